@@ -1,0 +1,73 @@
+/* The node's effective configuration (DESIGN.md §7): defaults, then the YAML file, then
+ * KVNODE_<KEY> / LMCACHE_<KEY> environment overrides. Internal layout of struct kvn_config. */
+#ifndef KVN_NODE_CONFIG_H
+#define KVN_NODE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvnode/kvnode.h"
+
+/* Where a value came from, for messages: "kvnode.yaml:12", "env KVNODE_CHUNK_SIZE", "default". */
+#define KVN_ORIGIN_MAX 300
+
+/* One extra_config entry, flattened to a string (nested maps give dotted keys). */
+struct kvn_config_kv {
+	char *key;
+	char *value;
+	char origin[KVN_ORIGIN_MAX];
+};
+
+struct kvn_config {
+	char *path; /* file loaded, NULL when running on defaults */
+	char *dir; /* directory of that file ("." without one): base of relative paths */
+
+	/* LMCache keys */
+	uint32_t chunk_size; /* tokens per chunk, default 256 */
+	bool local_cpu; /* default true */
+	uint64_t max_local_cpu_size; /* bytes (config: GB, float), default 5 GB */
+	char *local_disk; /* directory, "file://" stripped; NULL = no disk tier */
+	uint64_t max_local_disk_size; /* bytes (config: GB), default 0 = no disk tier */
+	char *remote_url; /* NULL = none */
+	char *remote_serde; /* default "naive" */
+	char **external_backends; /* names, in priority order */
+	size_t n_external_backends;
+	struct kvn_config_kv *extra; /* extra_config, flattened */
+	size_t n_extra;
+	char **plugin_locations;
+	size_t n_plugin_locations;
+
+	/* kvnode's own */
+	char *node_name; /* default: host name */
+	char *listen; /* data-plane address, default "127.0.0.1:0" */
+	char *scheduler_url; /* NULL = run alone */
+	char *transport; /* "auto" | "verbs" | "tcp" */
+	char *rdma_device; /* NULL = first active port */
+	int gid_index; /* -1 = auto */
+	char *gpu; /* "none" | "auto" | device index */
+	uint32_t heartbeat_ms; /* default 500 */
+	char *auth_token;
+	char *metrics_listen; /* NULL = off */
+	int log_level; /* enum kvn_log_level, default info */
+	char *socket_path; /* local client socket of `kvnode serve` */
+	bool hugepages; /* try hugepages for the pool, default true */
+	bool promote_to_cpu; /* copy hits from slower tiers into cpu, default true */
+	uint32_t put_queue_depth; /* bound of the slow-tier write queue, default 64 */
+	uint32_t put_threads; /* writer threads for slow tiers, default 2 */
+};
+
+/* A config holding only the defaults (never fails except for memory: NULL). */
+struct kvn_config *kvn_config_new_defaults(void);
+/* Parses YAML text as if read from `name` (for messages and relative paths); no env overrides. */
+int kvn_config_parse(const char *text, size_t len, const char *name, struct kvn_config **out,
+		     char *err, size_t errlen);
+/* Applies KVNODE_<KEY> then LMCACHE_<KEY> overrides (KVNODE_ wins) from envp (NULL = environ). */
+int kvn_config_apply_env(struct kvn_config *cfg, char *const *envp, char *err, size_t errlen);
+/* extra_config value for key, NULL when unset. */
+const char *kvn_config_extra(const struct kvn_config *cfg, const char *key);
+/* Default local socket: $KVNODE_SOCKET, else $XDG_RUNTIME_DIR/kvnode.sock, else
+ * /tmp/kvnode-<uid>.sock. Returns a malloc'd string. */
+char *kvn_config_default_socket(void);
+
+#endif

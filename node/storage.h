@@ -1,0 +1,44 @@
+/* Storage manager: backends in priority order (cpu, disk, [peer, remote], external…). get
+ * returns the first hit and promotes it into cpu; put writes through to every tier, slow tiers
+ * through a bounded queue served by writer threads, with queued puts visible to contains/get. */
+#ifndef KVN_NODE_STORAGE_H
+#define KVN_NODE_STORAGE_H
+
+#include "kvnode/backend.h"
+#include "node/config.h"
+
+struct kvn_storage;
+
+/* A backend the manager may load: a built-in ops table or one found by the external loader. */
+KVN_API const struct kvn_backend_ops *kvn_builtin_backend(const char *name);
+extern const struct kvn_backend_ops kvn_cpu_backend_ops;
+extern const struct kvn_backend_ops kvn_disk_backend_ops;
+
+/* Loads module_path (absolute, relative to config_dir, or a bare name searched in
+ * $KVNODE_MODULE_PATH) and returns the exported `const struct kvn_backend_ops` named symbol.
+ * Errors name the file and the symbol (ABI mismatch, missing file, missing symbol). *handle
+ * gets the dlopen handle (dlclose it after the backend is destroyed). */
+KVN_API int kvn_external_load(const char *module_path, const char *symbol, const char *config_dir,
+			      const struct kvn_backend_ops **ops, void **handle, char *err,
+			      size_t errlen);
+
+/* Builds the tiers the config enables. */
+KVN_API int kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool,
+			     struct kvn_storage **out, char *err, size_t errlen);
+KVN_API void kvn_storage_close(struct kvn_storage *st);
+
+KVN_API int kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf);
+KVN_API int kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf **out);
+KVN_API int kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key);
+/* 1 when a write of key is queued or running for some slow tier (LMCache exists_in_put_tasks). */
+KVN_API int kvn_storage_put_pending(struct kvn_storage *st, const struct kvn_key *key);
+KVN_API int kvn_storage_remove(struct kvn_storage *st, const struct kvn_key *key);
+KVN_API int kvn_storage_list(struct kvn_storage *st, kvn_list_cb cb, void *ctx);
+KVN_API void kvn_storage_flush(struct kvn_storage *st);
+
+KVN_API size_t kvn_storage_count(const struct kvn_storage *st);
+/* Name and stats of tier i (0 = highest priority); -ENOENT past the last. */
+KVN_API int kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name,
+			     struct kvn_backend_stats *stats);
+
+#endif
