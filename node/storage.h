@@ -36,6 +36,8 @@ KVN_API int kvn_storage_remove(struct kvn_storage *st, const struct kvn_key *key
 KVN_API int kvn_storage_list(struct kvn_storage *st, kvn_list_cb cb, void *ctx);
 KVN_API void kvn_storage_flush(struct kvn_storage *st);
 
+/* true when some tier is written asynchronously (puts keep a reference to the buffer). */
+KVN_API bool kvn_storage_async(const struct kvn_storage *st);
 KVN_API size_t kvn_storage_count(const struct kvn_storage *st);
 /* Name and stats of tier i (0 = highest priority); -ENOENT past the last. */
 KVN_API int kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name,

@@ -1,0 +1,686 @@
+/* Storage manager: ordered tiers (cpu, disk, external…), first-hit get with promotion into cpu,
+ * write-through put where slow tiers are fed by writer threads through bounded queues. */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <dlfcn.h>
+
+#include "node/log.h"
+#include "node/pool.h"
+#include "node/storage.h"
+
+#define MAX_TIERS 16
+#define PENDING_BUCKETS 1024
+
+struct tier {
+	const struct kvn_backend_ops *ops;
+	struct kvn_backend *be;
+	char name[64];
+	char prefix[96]; /* extra_config prefix of its options: "disk." or "external_backend.N." */
+	struct kvn_backend_env env;
+	struct kvn_storage *st;
+	void *dl; /* dlopen handle of an external module */
+	uint64_t capacity;
+	char *path;
+};
+
+/* A queued write of one value to every slow tier. Jobs of one key always go to the same
+ * writer (chosen by digest), so they run in submission order and a newer value is never
+ * overwritten by an older one. */
+struct job {
+	struct kvn_key key;
+	struct kvn_buf *buf;
+	bool cancelled; /* removed or superseded before it ran; under st->lock */
+	struct job *qnext; /* writer queue */
+	struct job *hnext; /* pending hash chain */
+};
+
+struct writer {
+	struct kvn_storage *st;
+	pthread_t thread;
+	pthread_cond_t cond; /* job queued, or stopping */
+	struct job *head, *tail;
+	uint32_t depth;
+	bool started;
+};
+
+struct kvn_storage {
+	const struct kvn_config *cfg;
+	struct tier tier[MAX_TIERS];
+	size_t ntiers;
+	int cpu; /* index of the cpu tier, -1 when disabled */
+	bool have_slow;
+	bool promote;
+
+	pthread_mutex_t lock; /* queues and the pending table; never held across backend I/O */
+	pthread_cond_t room; /* a queue has room */
+	pthread_cond_t idle; /* a job finished */
+	struct writer *writers;
+	uint32_t nwriters;
+	uint32_t depth_max;
+	uint32_t running;
+	uint64_t queued_total;
+	bool stopping;
+	struct job *pending[PENDING_BUCKETS];
+};
+
+/* --------------------------------------------------------------------------------------------
+ * Options a backend reads through env->get_opt
+ * -------------------------------------------------------------------------------------------- */
+
+static const char *
+tier_get_opt(const struct kvn_backend_env *env, const char *opt)
+{
+	struct tier *t = env->node_priv;
+	const struct kvn_config *cfg = t->st->cfg;
+	static _Thread_local char num[32];
+	char full[256];
+
+	if (!strcmp(opt, "capacity_bytes") && t->capacity) {
+		snprintf(num, sizeof(num), "%" PRIu64, t->capacity);
+		return num;
+	}
+	if (!strcmp(opt, "path") && t->path)
+		return t->path;
+	snprintf(full, sizeof(full), "%s%s", t->prefix, opt);
+	const char *v = kvn_config_extra(cfg, full);
+	if (v)
+		return v;
+	if (!strcmp(opt, "chunk_size")) {
+		snprintf(num, sizeof(num), "%" PRIu32, cfg->chunk_size);
+		return num;
+	}
+	if (!strcmp(opt, "local_disk"))
+		return cfg->local_disk;
+	if (!strcmp(opt, "node_name"))
+		return cfg->node_name;
+	if (!strcmp(opt, "remote_url"))
+		return cfg->remote_url;
+	return NULL;
+}
+
+static void
+tier_log(const struct kvn_backend_env *env, int level, const char *fmt, ...)
+{
+	char comp[80];
+	snprintf(comp, sizeof(comp), "backend %s", env->name);
+	va_list ap;
+	va_start(ap, fmt);
+	kvn_logv(level, comp, fmt, ap);
+	va_end(ap);
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Tiers
+ * -------------------------------------------------------------------------------------------- */
+
+KVN_API const struct kvn_backend_ops *
+kvn_builtin_backend(const char *name)
+{
+	if (!strcmp(name, "cpu"))
+		return &kvn_cpu_backend_ops;
+	if (!strcmp(name, "disk"))
+		return &kvn_disk_backend_ops;
+	return NULL;
+}
+
+static int
+add_tier(struct kvn_storage *st, const struct kvn_backend_ops *ops, const char *name,
+	 const char *prefix, struct kvn_pool *pool, uint64_t capacity, const char *path, void *dl,
+	 char *err, size_t errlen)
+{
+	if (st->ntiers == MAX_TIERS) {
+		if (dl)
+			dlclose(dl);
+		return kvn_seterr(err, errlen, "too many backends (at most %d)", MAX_TIERS);
+	}
+	struct tier *t = &st->tier[st->ntiers];
+	memset(t, 0, sizeof(*t));
+	t->ops = ops;
+	t->st = st;
+	t->dl = dl;
+	t->capacity = capacity;
+	snprintf(t->name, sizeof(t->name), "%s", name);
+	snprintf(t->prefix, sizeof(t->prefix), "%s", prefix);
+	if (path && !(t->path = strdup(path))) {
+		if (dl)
+			dlclose(dl);
+		return -ENOMEM;
+	}
+	t->env = (struct kvn_backend_env){
+		.abi = KVN_BACKEND_ABI,
+		.name = t->name,
+		.config_dir = st->cfg->dir ? st->cfg->dir : ".",
+		.get_opt = tier_get_opt,
+		.log = tier_log,
+		.pool = pool,
+		.node_priv = t,
+	};
+	int rc = ops->create(&t->env, &t->be);
+	if (rc < 0) {
+		free(t->path);
+		if (dl)
+			dlclose(dl);
+		kvn_seterr(err, errlen, "backend \"%s\": could not start: %s (see the log above)",
+			   name, kvn_strerror(rc));
+		return rc;
+	}
+	if (ops->flags & KVN_BACKEND_F_SLOW)
+		st->have_slow = true;
+	st->ntiers++;
+	kvn_info("storage", "tier %zu: %s (%s)%s", st->ntiers - 1, name, ops->name,
+		 (ops->flags & KVN_BACKEND_F_SLOW) ? ", written asynchronously" : "");
+	return 0;
+}
+
+static int
+add_external(struct kvn_storage *st, const char *name, char *err, size_t errlen)
+{
+	char key[256], prefix[128];
+	snprintf(prefix, sizeof(prefix), "external_backend.%s.", name);
+	snprintf(key, sizeof(key), "%smodule_path", prefix);
+	const char *module = kvn_config_extra(st->cfg, key);
+	snprintf(key, sizeof(key), "%sclass_name", prefix);
+	const char *symbol = kvn_config_extra(st->cfg, key);
+	if (!module || !symbol)
+		return kvn_seterr(err, errlen,
+				  "external backend \"%s\": set extra_config "
+				  "external_backend.%s.module_path and .class_name",
+				  name, name);
+
+	const struct kvn_backend_ops *ops;
+	void *dl;
+	int rc = kvn_external_load(module, symbol, st->cfg->dir, &ops, &dl, err, errlen);
+	if (rc < 0)
+		return rc;
+	snprintf(key, sizeof(key), "%scapacity_bytes", prefix);
+	const char *cap = kvn_config_extra(st->cfg, key);
+	return add_tier(st, ops, name, prefix, NULL, cap ? strtoull(cap, NULL, 10) : 0, NULL, dl,
+			err, errlen);
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Writers for slow tiers
+ * -------------------------------------------------------------------------------------------- */
+
+static size_t
+bucket_of(struct kvn_digest d)
+{
+	return (size_t)(d.lo % PENDING_BUCKETS);
+}
+
+/* Latest queued job of key, or NULL. Caller holds st->lock. */
+static struct job *
+pending_find(struct kvn_storage *st, const struct kvn_key *key)
+{
+	/* enqueue cancels older jobs of the key, so at most one live job matches. */
+	for (struct job *j = st->pending[bucket_of(key->digest)]; j; j = j->hnext)
+		if (!j->cancelled && kvn_digest_eq(j->key.digest, key->digest))
+			return j;
+	return NULL;
+}
+
+static void
+pending_unlink(struct kvn_storage *st, struct job *job)
+{
+	struct job **pp = &st->pending[bucket_of(job->key.digest)];
+	while (*pp && *pp != job)
+		pp = &(*pp)->hnext;
+	if (*pp)
+		*pp = job->hnext;
+}
+
+/* Marks every queued job of key cancelled. Caller holds st->lock. */
+static bool
+pending_cancel(struct kvn_storage *st, const struct kvn_key *key)
+{
+	bool any = false;
+	for (struct job *j = st->pending[bucket_of(key->digest)]; j; j = j->hnext)
+		if (!j->cancelled && kvn_digest_eq(j->key.digest, key->digest)) {
+			j->cancelled = true;
+			any = true;
+		}
+	return any;
+}
+
+static void
+run_job(struct kvn_storage *st, struct job *job)
+{
+	for (size_t i = 0; i < st->ntiers; i++) {
+		struct tier *t = &st->tier[i];
+		if (!(t->ops->flags & KVN_BACKEND_F_SLOW))
+			continue;
+		pthread_mutex_lock(&st->lock);
+		bool cancelled = job->cancelled;
+		pthread_mutex_unlock(&st->lock);
+		if (cancelled)
+			return;
+		int rc = t->ops->put(t->be, &job->key, job->buf);
+		if (rc < 0)
+			kvn_warn("storage", "write of key %s to %s failed: %s", job->key.str, t->name,
+				 kvn_strerror(rc));
+		/* A remove that raced with this put must win: undo what we just wrote. */
+		pthread_mutex_lock(&st->lock);
+		cancelled = job->cancelled;
+		pthread_mutex_unlock(&st->lock);
+		if (cancelled && rc == 0)
+			t->ops->remove(t->be, &job->key);
+	}
+}
+
+static void *
+writer_main(void *arg)
+{
+	struct writer *w = arg;
+	struct kvn_storage *st = w->st;
+
+	pthread_mutex_lock(&st->lock);
+	for (;;) {
+		while (!w->head && !st->stopping)
+			pthread_cond_wait(&w->cond, &st->lock);
+		if (!w->head)
+			break; /* stopping and drained */
+		struct job *job = w->head;
+		w->head = job->qnext;
+		if (!w->head)
+			w->tail = NULL;
+		w->depth--;
+		st->running++;
+		pthread_cond_broadcast(&st->room);
+		pthread_mutex_unlock(&st->lock);
+
+		run_job(st, job);
+
+		pthread_mutex_lock(&st->lock);
+		pending_unlink(st, job);
+		st->running--;
+		pthread_cond_broadcast(&st->idle);
+		pthread_mutex_unlock(&st->lock);
+		kvn_buf_unref(job->buf);
+		free(job);
+		pthread_mutex_lock(&st->lock);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return NULL;
+}
+
+static int
+enqueue(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf)
+{
+	struct job *job = malloc(sizeof(*job));
+	if (!job)
+		return -ENOMEM;
+	job->key = *key;
+	job->buf = kvn_buf_ref(buf);
+	job->cancelled = false;
+	job->qnext = NULL;
+
+	struct writer *w = &st->writers[key->digest.hi % st->nwriters];
+	pthread_mutex_lock(&st->lock);
+	/* Backpressure: a full queue makes the producer wait, so memory stays bounded. */
+	while (w->depth >= st->depth_max && !st->stopping)
+		pthread_cond_wait(&st->room, &st->lock);
+	pending_cancel(st, key); /* an older queued value of this key need not be written */
+	size_t b = bucket_of(key->digest);
+	job->hnext = st->pending[b];
+	st->pending[b] = job;
+	if (w->tail)
+		w->tail->qnext = job;
+	else
+		w->head = job;
+	w->tail = job;
+	w->depth++;
+	st->queued_total++;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&st->lock);
+	return 0;
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Open / close
+ * -------------------------------------------------------------------------------------------- */
+
+static int
+start_writers(struct kvn_storage *st)
+{
+	st->nwriters = st->cfg->put_threads ? st->cfg->put_threads : 2;
+	st->depth_max = st->cfg->put_queue_depth ? st->cfg->put_queue_depth : 64;
+	st->writers = calloc(st->nwriters, sizeof(*st->writers));
+	if (!st->writers)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < st->nwriters; i++) {
+		struct writer *w = &st->writers[i];
+		w->st = st;
+		pthread_cond_init(&w->cond, NULL);
+		int rc = pthread_create(&w->thread, NULL, writer_main, w);
+		if (rc)
+			return -rc;
+		w->started = true;
+	}
+	return 0;
+}
+
+KVN_API int
+kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn_storage **out,
+		 char *err, size_t errlen)
+{
+	struct kvn_storage *st = calloc(1, sizeof(*st));
+	if (!st)
+		return -ENOMEM;
+	st->cfg = cfg;
+	st->cpu = -1;
+	st->promote = cfg->promote_to_cpu;
+	pthread_mutex_init(&st->lock, NULL);
+	pthread_cond_init(&st->room, NULL);
+	pthread_cond_init(&st->idle, NULL);
+
+	int rc = 0;
+	if (cfg->local_cpu) {
+		if (!pool) {
+			rc = kvn_seterr(err, errlen, "local_cpu is on but no chunk pool was given");
+			goto fail;
+		}
+		rc = add_tier(st, &kvn_cpu_backend_ops, "cpu", "cpu.", pool, kvn_pool_size(pool),
+			      NULL, NULL, err, errlen);
+		if (rc < 0)
+			goto fail;
+		st->cpu = 0;
+	}
+	if (cfg->local_disk && cfg->max_local_disk_size == 0) {
+		kvn_warn("storage", "local_disk is set to %s but max_local_disk_size is 0: "
+				    "the disk tier stays off",
+			 cfg->local_disk);
+	} else if (cfg->local_disk) {
+		rc = add_tier(st, &kvn_disk_backend_ops, "disk", "disk.", NULL,
+			      cfg->max_local_disk_size, cfg->local_disk, NULL, err, errlen);
+		if (rc < 0)
+			goto fail;
+	}
+	for (size_t i = 0; i < cfg->n_external_backends; i++) {
+		rc = add_external(st, cfg->external_backends[i], err, errlen);
+		if (rc < 0)
+			goto fail;
+	}
+	if (st->ntiers == 0) {
+		rc = kvn_seterr(err, errlen, "no storage tier enabled: set local_cpu: true, "
+					     "local_disk, or external_backends");
+		goto fail;
+	}
+	if (st->have_slow && (rc = start_writers(st)) < 0) {
+		kvn_seterr(err, errlen, "cannot start writer threads: %s", kvn_strerror(rc));
+		goto fail;
+	}
+	*out = st;
+	return 0;
+fail:
+	kvn_storage_close(st);
+	return rc;
+}
+
+KVN_API void
+kvn_storage_flush(struct kvn_storage *st)
+{
+	pthread_mutex_lock(&st->lock);
+	for (;;) {
+		bool busy = st->running > 0;
+		for (uint32_t i = 0; i < st->nwriters && !busy; i++)
+			busy = st->writers[i].head != NULL;
+		if (!busy)
+			break;
+		pthread_cond_wait(&st->idle, &st->lock);
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+KVN_API void
+kvn_storage_close(struct kvn_storage *st)
+{
+	if (!st)
+		return;
+	if (st->writers) {
+		/* Writers drain their queues before they exit: nothing accepted is lost. */
+		pthread_mutex_lock(&st->lock);
+		st->stopping = true;
+		for (uint32_t i = 0; i < st->nwriters; i++)
+			pthread_cond_broadcast(&st->writers[i].cond);
+		pthread_cond_broadcast(&st->room);
+		pthread_mutex_unlock(&st->lock);
+		for (uint32_t i = 0; i < st->nwriters; i++) {
+			if (st->writers[i].started)
+				pthread_join(st->writers[i].thread, NULL);
+			pthread_cond_destroy(&st->writers[i].cond);
+		}
+		free(st->writers);
+	}
+	for (size_t i = st->ntiers; i-- > 0;) {
+		struct tier *t = &st->tier[i];
+		t->ops->destroy(t->be);
+		if (t->dl)
+			dlclose(t->dl);
+		free(t->path);
+	}
+	pthread_cond_destroy(&st->idle);
+	pthread_cond_destroy(&st->room);
+	pthread_mutex_destroy(&st->lock);
+	free(st);
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Operations
+ * -------------------------------------------------------------------------------------------- */
+
+KVN_API int
+kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf)
+{
+	int stored = 0, last = -ENOSPC;
+	for (size_t i = 0; i < st->ntiers; i++) {
+		struct tier *t = &st->tier[i];
+		if (t->ops->flags & KVN_BACKEND_F_SLOW)
+			continue;
+		int rc = t->ops->put(t->be, key, buf);
+		if (rc == 0)
+			stored++;
+		else
+			last = rc;
+		if (rc < 0 && rc != -ENOSPC)
+			kvn_warn("storage", "put of key %s into %s failed: %s", key->str, t->name,
+				 kvn_strerror(rc));
+	}
+	if (st->have_slow) {
+		int rc = enqueue(st, key, buf);
+		if (rc == 0)
+			stored++;
+		else
+			last = rc;
+	}
+	return stored ? 0 : last;
+}
+
+static int
+promote(struct kvn_storage *st, size_t from, const struct kvn_key *key, struct kvn_buf *buf)
+{
+	if (!st->promote || st->cpu < 0 || (size_t)st->cpu == from)
+		return 0;
+	struct tier *c = &st->tier[st->cpu];
+	int rc = c->ops->put(c->be, key, buf);
+	if (rc < 0 && rc != -ENOSPC)
+		kvn_debug("storage", "promotion of key %s from %s into cpu failed: %s", key->str,
+			  st->tier[from].name, kvn_strerror(rc));
+	return rc;
+}
+
+KVN_API int
+kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf **out)
+{
+	bool checked_pending = false;
+	for (size_t i = 0; i < st->ntiers; i++) {
+		struct tier *t = &st->tier[i];
+		/* A value still queued for the slow tiers is newer than what they hold. */
+		if ((t->ops->flags & KVN_BACKEND_F_SLOW) && !checked_pending) {
+			checked_pending = true;
+			struct kvn_buf *b = NULL;
+			pthread_mutex_lock(&st->lock);
+			struct job *j = pending_find(st, key);
+			if (j)
+				b = kvn_buf_ref(j->buf);
+			pthread_mutex_unlock(&st->lock);
+			if (b) {
+				*out = b;
+				return 0;
+			}
+		}
+		int rc = t->ops->get(t->be, key, out);
+		if (rc == 0) {
+			promote(st, i, key, *out);
+			return 0;
+		}
+		if (rc != -ENOENT)
+			kvn_warn("storage", "get of key %s from %s failed: %s", key->str, t->name,
+				 kvn_strerror(rc));
+	}
+	return -ENOENT;
+}
+
+KVN_API int
+kvn_storage_put_pending(struct kvn_storage *st, const struct kvn_key *key)
+{
+	if (!st->have_slow)
+		return 0;
+	pthread_mutex_lock(&st->lock);
+	int found = pending_find(st, key) != NULL;
+	pthread_mutex_unlock(&st->lock);
+	return found;
+}
+
+KVN_API int
+kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key)
+{
+	for (size_t i = 0; i < st->ntiers; i++) {
+		struct tier *t = &st->tier[i];
+		if (t->ops->contains(t->be, key, false) == 1)
+			return 1;
+	}
+	return kvn_storage_put_pending(st, key);
+}
+
+KVN_API int
+kvn_storage_remove(struct kvn_storage *st, const struct kvn_key *key)
+{
+	bool any = false;
+	if (st->have_slow) {
+		pthread_mutex_lock(&st->lock);
+		any = pending_cancel(st, key);
+		pthread_mutex_unlock(&st->lock);
+	}
+	for (size_t i = 0; i < st->ntiers; i++) {
+		struct tier *t = &st->tier[i];
+		int rc = t->ops->remove(t->be, key);
+		if (rc == 0)
+			any = true;
+		else if (rc != -ENOENT)
+			kvn_warn("storage", "remove of key %s from %s failed: %s", key->str,
+				 t->name, kvn_strerror(rc));
+	}
+	return any ? 0 : -ENOENT;
+}
+
+/* list: every tier reports its keys; a key held by several tiers is reported once. */
+struct seen {
+	struct kvn_digest *slot;
+	size_t cap, n;
+	kvn_list_cb cb;
+	void *ctx;
+	int err;
+};
+
+static int
+seen_add(struct seen *s, struct kvn_digest d)
+{
+	if ((s->n + 1) * 2 > s->cap) {
+		size_t ncap = s->cap ? s->cap * 2 : 1024;
+		struct kvn_digest *n = calloc(ncap, sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		for (size_t i = 0; i < s->cap; i++) {
+			struct kvn_digest e = s->slot[i];
+			if (!e.lo && !e.hi)
+				continue;
+			size_t h = e.lo & (ncap - 1);
+			while (n[h].lo || n[h].hi)
+				h = (h + 1) & (ncap - 1);
+			n[h] = e;
+		}
+		free(s->slot);
+		s->slot = n;
+		s->cap = ncap;
+	}
+	if (!d.lo && !d.hi)
+		d.lo = 1; /* the empty marker; a collision here only merges two listings */
+	size_t h = d.lo & (s->cap - 1);
+	while (s->slot[h].lo || s->slot[h].hi) {
+		if (kvn_digest_eq(s->slot[h], d))
+			return 0;
+		h = (h + 1) & (s->cap - 1);
+	}
+	s->slot[h] = d;
+	s->n++;
+	return 1;
+}
+
+static int
+list_one(void *ctx, const struct kvn_key *key, size_t len)
+{
+	struct seen *s = ctx;
+	int rc = seen_add(s, key->digest);
+	if (rc < 0) {
+		s->err = rc;
+		return rc;
+	}
+	return rc ? s->cb(s->ctx, key, len) : 0;
+}
+
+KVN_API int
+kvn_storage_list(struct kvn_storage *st, kvn_list_cb cb, void *ctx)
+{
+	struct seen s = { .cb = cb, .ctx = ctx };
+	int rc = 0;
+	for (size_t i = 0; i < st->ntiers && rc == 0; i++) {
+		struct tier *t = &st->tier[i];
+		if (t->ops->list)
+			rc = t->ops->list(t->be, list_one, &s);
+	}
+	free(s.slot);
+	return s.err ? s.err : rc;
+}
+
+KVN_API bool
+kvn_storage_async(const struct kvn_storage *st)
+{
+	return st->have_slow;
+}
+
+KVN_API size_t
+kvn_storage_count(const struct kvn_storage *st)
+{
+	return st->ntiers;
+}
+
+KVN_API int
+kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name,
+		 struct kvn_backend_stats *stats)
+{
+	if (i >= st->ntiers)
+		return -ENOENT;
+	struct tier *t = &st->tier[i];
+	if (name)
+		*name = t->name;
+	if (stats) {
+		memset(stats, 0, sizeof(*stats));
+		t->ops->stats(t->be, stats);
+	}
+	return 0;
+}
