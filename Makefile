@@ -1,0 +1,47 @@
+# Thin wrapper over CMake (as Neovim does): `make demo` and `make test` are the README's two
+# commands; each installs what is missing, builds, then runs.
+BUILD      ?= build
+BUILD_TYPE ?= RelWithDebInfo
+JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
+CMAKE_ARGS ?=
+
+.PHONY: all deps build demo test asan check-format clean install help
+
+all: build
+
+help:
+	@echo "make demo    install dependencies, build, run the local demo"
+	@echo "make test    install dependencies, build, run the whole test suite"
+	@echo "make build   configure and build into $(BUILD)/"
+	@echo "make asan    build into build-asan/ with ASan+UBSan and run the tests there"
+	@echo "make deps    install the Debian packages needed (scripts/install-deps)"
+	@echo "make clean   remove build directories"
+
+deps:
+	@scripts/install-deps
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS)
+
+build: $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j$(JOBS)
+
+demo: deps
+	@$(MAKE) --no-print-directory build
+	$(BUILD)/kvnode demo
+
+test: deps
+	@$(MAKE) --no-print-directory build
+	ctest --test-dir $(BUILD) --output-on-failure
+
+asan: deps
+	@$(MAKE) --no-print-directory build BUILD=build-asan BUILD_TYPE=Debug \
+		CMAKE_ARGS="-DKVN_SANITIZE=ON $(CMAKE_ARGS)"
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 \
+		ctest --test-dir build-asan --output-on-failure
+
+install: build
+	cmake --install $(BUILD)
+
+clean:
+	rm -rf $(BUILD) build-asan
