@@ -1,0 +1,42 @@
+/* kvnode-bench: shared options, timing and perftest-style / JSON reporting of result rows. */
+#ifndef KVN_BENCH_H
+#define KVN_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct bench_opts {
+	bool json;
+	bool baseline;
+	double duration_s; /* measuring time per row and trial */
+	uint64_t working_set; /* bytes touched per pass, to keep caches honest */
+	size_t sizes[16];
+	size_t nsizes;
+	int trials; /* alternating measured/baseline trials; the median is reported */
+};
+
+/* One row: an operation at one size, its bandwidth and (with --baseline) the anchor's. */
+struct bench_row {
+	const char *mode;
+	const char *op;
+	size_t bytes;
+	uint64_t iterations;
+	double gbps; /* average over the reported trial, 1e9 bytes/s */
+	double peak_gbps; /* best single pass */
+	double baseline_gbps; /* 0 without --baseline */
+	const char *baseline_name;
+};
+
+double bench_now(void);
+/* Prints the perftest-style header once per table. */
+void bench_table_header(const struct bench_opts *o, const char *title, const char *setup);
+void bench_table_row(const struct bench_opts *o, const struct bench_row *r);
+void bench_table_footer(const struct bench_opts *o);
+/* Collects rows for --json; printed as one array by bench_json_flush. */
+void bench_json_add(const struct bench_row *r);
+void bench_json_flush(void);
+
+int bench_local(const struct bench_opts *o);
+
+#endif

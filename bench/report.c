@@ -1,0 +1,87 @@
+/* kvnode-bench reporting: perftest-style tables on stdout, or one JSON array (cJSON). */
+#include <cjson/cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "bench/bench.h"
+
+static cJSON *rows;
+static const char rule[] =
+	"---------------------------------------------------------------------------------------------";
+
+double
+bench_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+void
+bench_table_header(const struct bench_opts *o, const char *title, const char *setup)
+{
+	if (o->json)
+		return;
+	printf("%s\n %s\n %s\n%s\n", rule, title, setup, rule);
+	printf(" %-9s %12s %12s %15s %18s", "#op", "#bytes", "#iterations", "BW peak[GB/s]",
+	       "BW average[GB/s]");
+	if (o->baseline)
+		printf(" %17s %7s", "baseline[GB/s]", "ratio");
+	printf("\n");
+}
+
+void
+bench_table_row(const struct bench_opts *o, const struct bench_row *r)
+{
+	if (o->json) {
+		bench_json_add(r);
+		return;
+	}
+	printf(" %-9s %12zu %12llu %15.2f %18.2f", r->op, r->bytes,
+	       (unsigned long long)r->iterations, r->peak_gbps, r->gbps);
+	if (o->baseline && r->baseline_gbps > 0)
+		printf(" %17.2f %7.3f", r->baseline_gbps, r->gbps / r->baseline_gbps);
+	printf("\n");
+	fflush(stdout);
+}
+
+void
+bench_table_footer(const struct bench_opts *o)
+{
+	if (!o->json)
+		printf("%s\n", rule);
+}
+
+void
+bench_json_add(const struct bench_row *r)
+{
+	if (!rows)
+		rows = cJSON_CreateArray();
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "mode", r->mode);
+	cJSON_AddStringToObject(j, "op", r->op);
+	cJSON_AddNumberToObject(j, "bytes", (double)r->bytes);
+	cJSON_AddNumberToObject(j, "iterations", (double)r->iterations);
+	cJSON_AddNumberToObject(j, "gbps", r->gbps);
+	cJSON_AddNumberToObject(j, "peak_gbps", r->peak_gbps);
+	if (r->baseline_gbps > 0) {
+		cJSON_AddStringToObject(j, "baseline", r->baseline_name);
+		cJSON_AddNumberToObject(j, "baseline_gbps", r->baseline_gbps);
+		cJSON_AddNumberToObject(j, "ratio", r->gbps / r->baseline_gbps);
+	}
+	cJSON_AddItemToArray(rows, j);
+}
+
+void
+bench_json_flush(void)
+{
+	if (!rows)
+		rows = cJSON_CreateArray();
+	char *text = cJSON_Print(rows);
+	if (text)
+		printf("%s\n", text);
+	free(text);
+	cJSON_Delete(rows);
+	rows = NULL;
+}
