@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "node/config.h"
 #include "node/storage.h"
 #include "tests/helpers/backend_env.h"
 
@@ -318,4 +319,53 @@ Test(zmem, holds_more_payload_than_its_capacity_when_chunks_compress, .init = zm
 		  "destroy does not log the compression ratio: %s",
 		  backend_env_last_log(env, KVN_LOG_INFO));
 	backend_env_free(env);
+}
+
+/* The README's config, end to end: a relative module_path taken from the config file's
+ * directory, options passed through extra_config, the tier reachable through the manager. */
+Test(zmem, loads_from_a_config_like_the_readme_shows)
+{
+	static const char yaml[] = "local_cpu: false\n"
+				   "external_backends: [zcache]\n"
+				   "extra_config:\n"
+				   "  external_backend.zcache.module_path: modules/" ZMEM_FILE "\n"
+				   "  external_backend.zcache.class_name: " ZMEM_SYM "\n"
+				   "  external_backend.zcache.capacity_bytes: 4194304\n"
+				   "  external_backend.zcache.level: 3\n";
+	struct kvn_config *cfg = NULL;
+	int rc = kvn_config_parse(yaml, strlen(yaml), KVN_BINARY_DIR "/kvnode.yaml", &cfg, err,
+				  sizeof(err));
+	cr_assert_eq(rc, 0, "config: %s", err);
+	struct kvn_storage *st = NULL;
+	rc = kvn_storage_open(cfg, NULL, &st, err, sizeof(err));
+	cr_assert_eq(rc, 0, "storage: %s", err);
+
+	struct kvn_key k;
+	cr_assert_eq(kvn_key_from_str(&k, "vllm@readme@1@0@beef@bfloat16"), 0);
+	struct kvn_buf *in = kvn_buf_new(300000);
+	for (size_t i = 0; i < in->len; i++)
+		((unsigned char *)in->data)[i] = (unsigned char)(i % 251);
+	cr_assert_eq(kvn_storage_put(st, &k, in), 0);
+	kvn_storage_flush(st);
+	struct kvn_buf *out = NULL;
+	cr_assert_eq(kvn_storage_get(st, &k, &out), 0);
+	cr_assert_eq(out->len, in->len);
+	cr_assert_arr_eq(out->data, in->data, in->len);
+	kvn_buf_unref(out);
+	kvn_buf_unref(in);
+
+	const char *name = NULL;
+	struct kvn_backend_stats s;
+	bool found = false;
+	for (size_t i = 0; kvn_storage_tier(st, i, &name, &s) == 0; i++)
+		if (!strcmp(name, "zcache")) {
+			found = true;
+			cr_expect_eq(s.count, 1);
+			cr_expect_eq(s.bytes, 300000);
+			cr_expect_eq(s.capacity, 4194304,
+				     "capacity_bytes did not reach the module");
+		}
+	cr_assert(found, "no tier named zcache");
+	kvn_storage_close(st);
+	kvn_config_free(cfg);
 }
