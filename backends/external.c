@@ -33,9 +33,15 @@ fail(int rc, char *err, size_t errlen, const char *fmt, ...)
 static void
 append(char *dst, size_t cap, const char *s)
 {
-	size_t n = strlen(dst);
-	if (n + 1 < cap)
-		snprintf(dst + n, cap - n, "%s%s", n ? ", " : "", s);
+	/* A list that no longer fits is cut, not overflowed: it only feeds a message. */
+	size_t n = strlen(dst), sep = n ? 2 : 0, len = strlen(s);
+	if (n + sep + 1 >= cap)
+		return;
+	if (len > cap - n - sep - 1)
+		len = cap - n - sep - 1;
+	memcpy(dst + n, ", ", sep);
+	memcpy(dst + n + sep, s, len);
+	dst[n + sep + len] = '\0';
 }
 
 /* Joins dir and name into out; -ENAMETOOLONG when it does not fit. */
