@@ -1,0 +1,837 @@
+/* The kvnode program: `kvnode serve` (the daemon), the client commands that talk to it over its
+ * unix socket (put/get/rm/ls/stat), the in-process `demo`, and the help texts (DESIGN.md §9). */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "node/client.h"
+#include "node/config.h"
+#include "node/log.h"
+#include "node/server.h"
+
+enum exit_code { EXIT_OK = 0, EXIT_MISS = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
+
+#define HELP_COMMON                                                                                \
+	"  -c, --config FILE    YAML config (default: $KVNODE_CONFIG_FILE, then\n"                 \
+	"                       $LMCACHE_CONFIG_FILE, else built-in defaults)\n"                   \
+	"      --node PATH      node socket (alias --socket; default: the config's socket_path)\n" \
+	"  -v, --verbose        one more level of logging (repeatable)\n"                          \
+	"      --log-level LVL  error, warn, info or debug\n"                                      \
+	"  -h, --help           this text\n"
+
+#define HELP_EXIT                                                                                  \
+	"EXIT STATUS\n"                                                                            \
+	"  0  success\n"                                                                           \
+	"  1  miss: the node does not hold the key\n"                                              \
+	"  2  usage, config or local file error (bad option, invalid key, unreadable FILE)\n"      \
+	"  3  connection error: no node on the socket, connection lost, or the node failed\n"      \
+	"     the request (e.g. out of space)\n"
+
+static const char help_main[] =
+    "NAME\n"
+    "  kvnode - RDMA KV-cache cluster node for LLM serving (LMCache-compatible)\n"
+    "\n"
+    "SYNOPSIS\n"
+    "  kvnode serve [-c FILE] [--socket PATH]\n"
+    "  kvnode put KEY [FILE|-]\n"
+    "  kvnode get KEY [-o FILE]\n"
+    "  kvnode rm KEY\n"
+    "  kvnode ls\n"
+    "  kvnode stat [--json]\n"
+    "  kvnode demo [-c FILE]\n"
+    "  kvnode help [COMMAND] | --help | --version\n"
+    "\n"
+    "COMMANDS\n"
+    "  serve   run a node: open the storage tiers, serve clients on a unix socket\n"
+    "  put     store the bytes of FILE (or stdin) under KEY\n"
+    "  get     write the value of KEY to stdout (or FILE)\n"
+    "  rm      remove KEY from every tier\n"
+    "  ls      list the keys held, one per line: KEY<TAB>LENGTH\n"
+    "  stat    per-tier counts, bytes, hits, misses, evictions\n"
+    "  demo    store and read back a few KV-cache chunks in-process, with timings\n"
+    "  help    the manual of one command (also `kvnode COMMAND --help`)\n"
+    "\n"
+    "  Keys are LMCache CacheEngineKey strings (fmt@model@world_size@worker_id@hash@dtype)\n"
+    "  or any printable text up to 512 bytes.\n"
+    "\n"
+    "OPTIONS\n" HELP_COMMON "      --version        version and build features\n"
+    "\n" HELP_EXIT "\n"
+    "ENVIRONMENT\n"
+    "  KVNODE_CONFIG_FILE, LMCACHE_CONFIG_FILE   config file when -c is not given\n"
+    "  KVNODE_<KEY>, LMCACHE_<KEY>               override one config key (KVNODE_ wins)\n"
+    "  KVNODE_SOCKET                             default socket path\n"
+    "  XDG_RUNTIME_DIR                           default socket directory\n"
+    "\n"
+    "FILES\n"
+    "  $XDG_RUNTIME_DIR/kvnode.sock, else /tmp/kvnode-UID.sock   default node socket\n"
+    "\n"
+    "EXAMPLES\n"
+    "  kvnode serve -c /etc/kvnode/kvnode.yaml &\n"
+    "  kvnode put 'vllm@meta-llama/Llama-3.1-8B@1@0@a1b2c3@bfloat16' chunk.bin\n"
+    "  kvnode get 'vllm@meta-llama/Llama-3.1-8B@1@0@a1b2c3@bfloat16' -o copy.bin\n"
+    "  kvnode stat --json | jq '.backends[] | {name, count, hits}'\n";
+
+struct command;
+struct opts {
+	const char *config;
+	const char *node;
+	const char *output;
+	bool json;
+	int verbose;
+	int log_level; /* -1: not given */
+	const struct command *cmd;
+	char **args; /* positional arguments after the command's options */
+	int nargs;
+};
+
+struct command {
+	const char *name;
+	int (*run)(struct opts *o);
+	int min_args, max_args;
+	const char *opt_allowed; /* command-specific long options accepted ("output json") */
+	const char *help;
+};
+
+/* ------------------------------------------------------------------------------------------
+ * Shared pieces: messages, logging, key and socket resolution
+ * ------------------------------------------------------------------------------------------ */
+
+static int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int
+die(int code, const char *fmt, ...)
+{
+	char line[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "kvnode: %s\n", line);
+	return code;
+}
+
+static void
+apply_log_level(const struct opts *o, int base)
+{
+	int level = o->log_level >= 0 ? o->log_level : base + o->verbose;
+	kvn_log_set_level(level);
+}
+
+static int
+parse_key(const char *text, struct kvn_key *key)
+{
+	char why[256], shown[600];
+	if (kvn_key_parse(key, text, strlen(text), why, sizeof(why)) == 0)
+		return 0;
+	/* The message stays one line whatever bytes the key holds. */
+	size_t n = 0;
+	for (const unsigned char *p = (const unsigned char *)text; *p && n + 8 < sizeof(shown); p++)
+		n += (size_t)snprintf(shown + n, sizeof(shown) - n,
+				      *p >= 0x20 && *p < 0x7f ? "%c" : "\\x%02x", *p);
+	shown[n] = '\0';
+	return die(EXIT_USAGE, "invalid key \"%s%s\": %s", shown,
+		   n + 8 >= sizeof(shown) ? "..." : "", why);
+}
+
+/* --node, else the config's socket_path: the config is read only when it is needed. */
+static int
+resolve_socket(const struct opts *o, char **path)
+{
+	if (o->node) {
+		*path = strdup(o->node);
+		return *path ? 0 : die(EXIT_CONN, "out of memory");
+	}
+	struct kvn_config *cfg;
+	char err[1024];
+	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
+		return die(EXIT_USAGE, "%s", err);
+	*path = cfg->socket_path ? strdup(cfg->socket_path) : kvn_config_default_socket();
+	kvn_config_free(cfg);
+	return *path ? 0 : die(EXIT_CONN, "out of memory");
+}
+
+static int
+client_open(const struct opts *o, struct kvn_client **c, char **path)
+{
+	apply_log_level(o, KVN_LOG_WARN);
+	int rc = resolve_socket(o, path);
+	if (rc)
+		return rc;
+	char err[1024];
+	if (kvn_client_connect(*path, 0, c, err, sizeof(err)) < 0) {
+		free(*path);
+		return die(EXIT_CONN, "%s", err);
+	}
+	return 0;
+}
+
+/* Maps a failed client call onto the exit codes of §9 with a one-line message. */
+static int
+client_fail(struct kvn_client *c, int err, const char *what, const char *key, const char *path)
+{
+	const char *msg = kvn_client_error(c);
+	switch (kvn_client_fault(c)) {
+	case KVN_CLIENT_NODE:
+		if (key && err == -ENOENT)
+			return die(EXIT_MISS, "%s: key %s not found on node %s", what, key, path);
+		return die(EXIT_CONN, "%s%s%s: node %s: %s", what, key ? " " : "", key ? key : "",
+			   path, msg);
+	case KVN_CLIENT_LOCAL:
+		return die(EXIT_USAGE, "%s%s%s: %s", what, key ? " " : "", key ? key : "", msg);
+	default:
+		return die(EXIT_CONN, "%s%s%s: %s", what, key ? " " : "", key ? key : "", msg);
+	}
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Client commands
+ * ------------------------------------------------------------------------------------------ */
+
+/* A pipe or terminal has no size up front and the frame needs one: read it all. */
+static int
+slurp(int fd, char **data, size_t *len)
+{
+	size_t cap = 1 << 20, n = 0;
+	char *p = malloc(cap);
+	while (p) {
+		if (n == cap) {
+			char *q = realloc(p, cap *= 2);
+			if (!q)
+				break;
+			p = q;
+		}
+		ssize_t r = read(fd, p + n, cap - n);
+		if (r > 0) {
+			n += (size_t)r;
+		} else if (r == 0) {
+			*data = p;
+			*len = n;
+			return 0;
+		} else if (errno != EINTR) {
+			int e = errno;
+			free(p);
+			return -e;
+		}
+	}
+	free(p);
+	return -ENOMEM;
+}
+
+static int
+cmd_put(struct opts *o)
+{
+	struct kvn_key key;
+	const char *src = o->nargs > 1 ? o->args[1] : "-";
+	int e, rc = parse_key(o->args[0], &key);
+	if (rc)
+		return rc;
+	int fd = strcmp(src, "-") ? open(src, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
+	const char *src_name = strcmp(src, "-") ? src : "stdin";
+	if (fd < 0)
+		return die(EXIT_USAGE, "put %s: cannot open %s: %s", key.str, src, strerror(errno));
+	struct stat st;
+	if (fstat(fd, &st) < 0) {
+		rc = die(EXIT_USAGE, "put %s: cannot stat %s: %s", key.str, src_name,
+			 strerror(errno));
+		goto out_fd;
+	}
+	struct kvn_client *c;
+	char *path;
+	rc = client_open(o, &c, &path);
+	if (rc)
+		goto out_fd;
+	if (S_ISREG(st.st_mode)) {
+		/* A regular file streams: its size is known and nothing is held in memory. */
+		off_t pos = lseek(fd, 0, SEEK_CUR);
+		uint64_t len = (uint64_t)(st.st_size - (pos > 0 ? pos : 0));
+		if ((e = kvn_client_put_fd(c, &key, fd, len)) < 0)
+			rc = client_fail(c, e, "put", key.str, path);
+	} else {
+		char *data;
+		size_t len;
+		if (isatty(fd))
+			fprintf(stderr,
+				"kvnode: reading the value of %s from the terminal; end it "
+				"with Ctrl-D\n",
+				key.str);
+		e = slurp(fd, &data, &len);
+		if (e < 0) {
+			rc = die(EXIT_USAGE, "put %s: reading %s: %s", key.str, src_name,
+				 kvn_strerror(e));
+		} else {
+			if ((e = kvn_client_put(c, &key, data, len)) < 0)
+				rc = client_fail(c, e, "put", key.str, path);
+			free(data);
+		}
+	}
+	kvn_client_close(c);
+	free(path);
+out_fd:
+	if (fd != STDIN_FILENO)
+		close(fd);
+	return rc;
+}
+
+static int
+cmd_get(struct opts *o)
+{
+	struct kvn_key key;
+	int e, rc = parse_key(o->args[0], &key);
+	if (rc)
+		return rc;
+	struct kvn_client *c;
+	char *path;
+	rc = client_open(o, &c, &path);
+	if (rc)
+		return rc;
+	uint64_t len;
+	if ((e = kvn_client_get_begin(c, &key, &len)) < 0) {
+		rc = client_fail(c, e, "get", key.str, path);
+		goto out;
+	}
+	/* The output is opened only now, so that a miss leaves an existing FILE untouched. */
+	bool to_file = o->output && strcmp(o->output, "-");
+	int fd = to_file ? open(o->output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
+			 : STDOUT_FILENO;
+	if (fd < 0) {
+		rc = die(EXIT_USAGE, "get %s: cannot create %s: %s", key.str, o->output,
+			 strerror(errno));
+		goto out;
+	}
+	if ((e = kvn_client_get_finish(c, fd)) < 0)
+		rc = client_fail(c, e, "get", key.str, path);
+	if (to_file) {
+		if (close(fd) < 0 && !rc)
+			rc = die(EXIT_USAGE, "get %s: writing %s: %s", key.str, o->output,
+				 strerror(errno));
+		if (rc) {
+			struct stat st;
+			if (stat(o->output, &st) == 0 && S_ISREG(st.st_mode))
+				unlink(o->output); /* never leave a partial value behind */
+		}
+	}
+out:
+	kvn_client_close(c);
+	free(path);
+	return rc;
+}
+
+static int
+cmd_rm(struct opts *o)
+{
+	struct kvn_key key;
+	int e, rc = parse_key(o->args[0], &key);
+	if (rc)
+		return rc;
+	struct kvn_client *c;
+	char *path;
+	rc = client_open(o, &c, &path);
+	if (rc)
+		return rc;
+	if ((e = kvn_client_rm(c, &key)) < 0)
+		rc = client_fail(c, e, "rm", key.str, path);
+	kvn_client_close(c);
+	free(path);
+	return rc;
+}
+
+static int
+cmd_ls(struct opts *o)
+{
+	struct kvn_client *c;
+	char *path, *text;
+	size_t len;
+	int e, rc = client_open(o, &c, &path);
+	if (rc)
+		return rc;
+	if ((e = kvn_client_ls(c, &text, &len)) < 0) {
+		rc = client_fail(c, e, "ls", NULL, path);
+	} else {
+		if (fwrite(text, 1, len, stdout) != len || fflush(stdout))
+			rc = die(EXIT_USAGE, "ls: writing stdout: %s", strerror(errno));
+		free(text);
+	}
+	kvn_client_close(c);
+	free(path);
+	return rc;
+}
+
+static int
+cmd_stat(struct opts *o)
+{
+	struct kvn_client *c;
+	char *path, *json;
+	int e, rc = client_open(o, &c, &path);
+	if (rc)
+		return rc;
+	if ((e = kvn_client_stat(c, &json)) < 0) {
+		rc = client_fail(c, e, "stat", NULL, path);
+		goto out;
+	}
+	if (o->json)
+		printf("%s\n", json);
+	else if (kvn_client_print_stats(json, stdout) < 0)
+		rc = die(EXIT_CONN, "stat: node %s sent statistics that are not JSON", path);
+	free(json);
+	if (!rc && fflush(stdout))
+		rc = die(EXIT_USAGE, "stat: writing stdout: %s", strerror(errno));
+out:
+	kvn_client_close(c);
+	free(path);
+	return rc;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * serve
+ * ------------------------------------------------------------------------------------------ */
+
+struct sig_ctx {
+	struct kvn_server *srv;
+	sigset_t set;
+};
+
+/* Signals are blocked in every thread and taken here, so no handler ever runs inside the
+ * engine or the allocator. A second signal during a slow drain exits at once. */
+static void *
+signal_main(void *arg)
+{
+	struct sig_ctx *sc = arg;
+	for (int n = 0;; n++) {
+		int sig;
+		if (sigwait(&sc->set, &sig))
+			continue;
+		if (n == 0) {
+			kvn_info("serve", "%s: shutting down (finishing requests in flight)",
+				 strsignal(sig));
+			kvn_server_stop(sc->srv);
+		} else {
+			kvn_warn("serve", "%s again: exiting without waiting", strsignal(sig));
+			_exit(128 + sig);
+		}
+	}
+	return NULL;
+}
+
+static int
+cmd_serve(struct opts *o)
+{
+	struct kvn_config *cfg;
+	char err[1024];
+	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
+		return die(EXIT_USAGE, "%s", err);
+	apply_log_level(o, cfg->log_level);
+
+	/* Before any thread exists, so that every thread (engine writers included) inherits
+	 * the mask and the signals reach signal_main only. */
+	struct sig_ctx sc;
+	sigemptyset(&sc.set);
+	sigaddset(&sc.set, SIGTERM);
+	sigaddset(&sc.set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sc.set, NULL);
+	signal(SIGPIPE, SIG_IGN); /* a vanished client or stderr reader is an error return */
+
+	int rc = EXIT_OK;
+	char *socket_path = o->node	       ? strdup(o->node)
+			    : cfg->socket_path ? strdup(cfg->socket_path)
+					       : kvn_config_default_socket();
+	struct kvn_engine *eng = NULL;
+	struct kvn_server *srv = NULL;
+	pthread_t sig_thread;
+	bool sig_started = false;
+	if (!socket_path) {
+		rc = die(EXIT_CONN, "out of memory");
+		goto out;
+	}
+	if (kvn_server_probe(socket_path, err, sizeof(err)) < 0) {
+		rc = die(EXIT_CONN, "%s", err);
+		goto out;
+	}
+	if (kvn_engine_open(cfg, &eng, err, sizeof(err)) < 0) {
+		rc = die(EXIT_USAGE, "cannot open the storage tiers%s%s: %s",
+			 cfg->path ? " of " : "", cfg->path ? cfg->path : "", err);
+		goto out;
+	}
+	struct kvn_server_opts so = {.socket_path = socket_path};
+	if (kvn_server_create(eng, &so, &srv, err, sizeof(err)) < 0) {
+		rc = die(EXIT_CONN, "%s", err);
+		goto out;
+	}
+	sc.srv = srv;
+	if (pthread_create(&sig_thread, NULL, signal_main, &sc)) {
+		rc = die(EXIT_CONN, "cannot start the signal thread");
+		goto out;
+	}
+	sig_started = true;
+	printf("kvnode: serving on %s\n", kvn_server_address(srv));
+	fflush(stdout);
+	kvn_info("serve", "node %s serving on %s (config: %s)",
+		 cfg->node_name ? cfg->node_name : "?", kvn_server_address(srv),
+		 cfg->path ? cfg->path : "defaults");
+	kvn_server_run(srv);
+	kvn_info("serve", "all clients done; closing the storage tiers");
+out:
+	kvn_engine_close(eng); /* drains queued disk writes: the disk tier is consistent */
+	if (sig_started) {     /* kept until now: a second signal may cut a slow disk flush short */
+		pthread_cancel(sig_thread);
+		pthread_join(sig_thread, NULL);
+	}
+	kvn_server_destroy(srv); /* the socket file goes last: its absence means "finished" */
+	free(socket_path);
+	kvn_config_free(cfg);
+	return rc;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * demo
+ * ------------------------------------------------------------------------------------------ */
+
+/* One LMCache chunk of Llama-3.1-8B: 256 tokens x 32 layers x (K,V) x 8 KV heads x 128 dims
+ * x 2 bytes (bfloat16) = 32 MiB. */
+#define DEMO_MODEL  "meta-llama/Llama-3.1-8B-Instruct"
+#define DEMO_TOKENS 256
+#define DEMO_CHUNK  ((size_t)DEMO_TOKENS * 32 * 2 * 8 * 128 * 2)
+#define DEMO_CHUNKS 4
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Deterministic bytes per chunk, so the check regenerates them instead of keeping copies. */
+static void
+demo_fill(void *p, size_t len, uint64_t seed)
+{
+	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1, *w = p;
+	for (size_t i = 0; i < len / 8; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		w[i] = x;
+	}
+}
+
+static int
+cmd_demo(struct opts *o)
+{
+	apply_log_level(o, KVN_LOG_WARN);
+	struct kvn_config *cfg;
+	char err[1024];
+	int rc = o->config ? kvn_config_load(o->config, &cfg, err, sizeof(err)) : 0;
+	if (rc < 0)
+		return die(EXIT_USAGE, "%s", err);
+	if (!o->config) {
+		cfg = kvn_config_new_defaults();
+		if (!cfg)
+			return die(EXIT_CONN, "out of memory");
+		cfg->max_local_cpu_size = 256ull << 20; /* room for the chunks, not 5 GB */
+	}
+	struct kvn_engine *eng;
+	if (kvn_engine_open(cfg, &eng, err, sizeof(err)) < 0) {
+		kvn_config_free(cfg);
+		return die(EXIT_USAGE, "demo: cannot open the engine: %s", err);
+	}
+	char *data = malloc(DEMO_CHUNK), *out = malloc(DEMO_CHUNK);
+	struct kvn_key keys[DEMO_CHUNKS];
+	double t_put = 0, t_get = 0;
+	int bad = 0;
+	rc = EXIT_OK;
+	if (!data || !out) {
+		rc = die(EXIT_CONN, "out of memory");
+		goto out;
+	}
+	printf("kvnode demo: one in-process node, %d chunks of %d tokens of %s (%s each)\n\n",
+	       DEMO_CHUNKS, DEMO_TOKENS, DEMO_MODEL,
+	       kvn_client_human_bytes((double)DEMO_CHUNK, err, 32));
+	/* LMCache chains each chunk's hash with its prefix's: same tokens, same keys. */
+	uint64_t prefix = 0;
+	for (int i = 0; i < DEMO_CHUNKS; i++) {
+		uint32_t tokens[DEMO_TOKENS];
+		for (int t = 0; t < DEMO_TOKENS; t++)
+			tokens[t] = (uint32_t)(i * DEMO_TOKENS + t) * 2654435761u % 128256u;
+		prefix = XXH3_64bits_withSeed(tokens, sizeof(tokens), prefix);
+		char text[KVN_KEY_MAX + 1];
+		snprintf(text, sizeof(text), "vllm@%s@1@0@%016llx@bfloat16", DEMO_MODEL,
+			 (unsigned long long)prefix);
+		if (parse_key(text, &keys[i])) {
+			rc = EXIT_CONN;
+			goto out;
+		}
+		demo_fill(data, DEMO_CHUNK, (uint64_t)i);
+		double t0 = now_s();
+		int e = kvn_engine_put(eng, &keys[i], data, DEMO_CHUNK);
+		double dt = now_s() - t0;
+		t_put += dt;
+		if (e < 0) {
+			rc = die(EXIT_CONN, "demo: put %s: %s", text, kvn_strerror(e));
+			goto out;
+		}
+		printf("put  %s  %8.2f GB/s\n", text, (double)DEMO_CHUNK / dt / 1e9);
+	}
+	kvn_engine_flush(eng);
+	for (int i = 0; i < DEMO_CHUNKS; i++) {
+		size_t len = 0;
+		double t0 = now_s();
+		int e = kvn_engine_get_into(eng, &keys[i], out, DEMO_CHUNK, &len);
+		double dt = now_s() - t0;
+		t_get += dt;
+		if (e < 0) {
+			printf("get  %s  MISSING (%s)\n", keys[i].str, kvn_strerror(e));
+			bad++;
+			continue;
+		}
+		demo_fill(data, DEMO_CHUNK, (uint64_t)i);
+		bool same = len == DEMO_CHUNK && !memcmp(out, data, DEMO_CHUNK);
+		printf("get  %s  %8.2f GB/s  %s\n", keys[i].str, (double)DEMO_CHUNK / dt / 1e9,
+		       same ? "verified" : "CORRUPT");
+		bad += !same;
+	}
+	struct kvn_key absent;
+	kvn_key_from_str(&absent, "vllm@" DEMO_MODEL "@1@0@00000000deadbeef@bfloat16");
+	struct kvn_buf *none = NULL;
+	int miss = kvn_engine_get(eng, &absent, &none);
+	printf("get  %s  %s\n\n", absent.str,
+	       miss == -ENOENT ? "miss (never stored), as expected" : "UNEXPECTED HIT");
+	if (!miss)
+		kvn_buf_unref(none);
+	char *stats = kvn_engine_stats_json(eng);
+	if (stats)
+		kvn_client_print_stats(stats, stdout);
+	free(stats);
+	double total = (double)DEMO_CHUNK * DEMO_CHUNKS;
+	printf("\n%d chunks, %s: put %.2f GB/s, get %.2f GB/s (copying), %s\n", DEMO_CHUNKS,
+	       kvn_client_human_bytes(total, err, 32), total / t_put / 1e9, total / t_get / 1e9,
+	       bad ? "VERIFICATION FAILED" : "all verified");
+	if (bad)
+		rc = EXIT_MISS;
+out:
+	free(data);
+	free(out);
+	kvn_engine_close(eng);
+	kvn_config_free(cfg);
+	return rc;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Commands, options, help
+ * ------------------------------------------------------------------------------------------ */
+
+static const struct command commands[] = {
+    {"serve", cmd_serve, 0, 0, "",
+     "NAME\n  kvnode serve - run a node\n\n"
+     "SYNOPSIS\n  kvnode serve [-c FILE] [--socket PATH]\n\n"
+     "DESCRIPTION\n"
+     "  Loads the config (no file: a single node on defaults), opens the storage tiers and\n"
+     "  serves clients on a unix socket, printing `kvnode: serving on unix:PATH` once ready.\n"
+     "  A socket file nothing answers on is replaced; a live node there is left alone.\n"
+     "  SIGTERM or SIGINT: stop accepting, finish requests in flight, write queued chunks\n"
+     "  to the disk tier, remove the socket, exit 0. A second signal exits at once.\n\n"
+     "OPTIONS\n"
+     "      --socket PATH    listen here instead of the config's socket_path\n" HELP_COMMON
+     "\nEXIT STATUS\n  0 clean shutdown; 2 bad option or config, or a tier could not be opened;\n"
+     "  3 the socket could not be set up (a live node already serves it, path too long,\n"
+     "  no permission)\n\n"
+     "EXAMPLES\n  kvnode serve -c kvnode.yaml --socket /run/kvnode/kvnode.sock\n"},
+    {"put", cmd_put, 1, 2, "",
+     "NAME\n  kvnode put - store a value\n\n"
+     "SYNOPSIS\n  kvnode put KEY [FILE|-]\n\n"
+     "DESCRIPTION\n"
+     "  Stores the bytes of FILE (stdin when FILE is - or absent) under KEY on the node,\n"
+     "  replacing an older value. Regular files are streamed, so values of any size (up to\n"
+     "  4 GiB) need no client memory.\n\n"
+     "OPTIONS\n" HELP_COMMON "\n" HELP_EXIT "\n"
+     "EXAMPLES\n  kvnode put 'vllm@llama@1@0@a1b2@bfloat16' chunk.bin\n"
+     "  head -c 1M /dev/urandom | kvnode put test-key\n"},
+    {"get", cmd_get, 1, 1, "output",
+     "NAME\n  kvnode get - read a value\n\n"
+     "SYNOPSIS\n  kvnode get KEY [-o FILE]\n\n"
+     "DESCRIPTION\n"
+     "  Writes the value of KEY to stdout, or to FILE. On a miss FILE is not touched; a\n"
+     "  transfer that fails half way removes the partial FILE.\n\n"
+     "OPTIONS\n  -o, --output FILE    write here instead of stdout\n" HELP_COMMON "\n" HELP_EXIT
+     "\nEXAMPLES\n  kvnode get 'vllm@llama@1@0@a1b2@bfloat16' -o chunk.bin\n"},
+    {"rm", cmd_rm, 1, 1, "",
+     "NAME\n  kvnode rm - remove a key\n\n"
+     "SYNOPSIS\n  kvnode rm KEY\n\n"
+     "DESCRIPTION\n  Removes KEY from every tier of the node (exit 1 when no tier held it).\n\n"
+     "OPTIONS\n" HELP_COMMON "\n" HELP_EXIT "\nEXAMPLES\n  kvnode rm test-key\n"},
+    {"ls", cmd_ls, 0, 0, "",
+     "NAME\n  kvnode ls - list keys\n\n"
+     "SYNOPSIS\n  kvnode ls\n\n"
+     "DESCRIPTION\n  One line per key held in any tier: KEY, a tab, the value's length in\n"
+     "  bytes. Order is unspecified.\n\n"
+     "OPTIONS\n" HELP_COMMON "\n" HELP_EXIT "\nEXAMPLES\n  kvnode ls | sort | cut -f1\n"},
+    {"stat", cmd_stat, 0, 0, "json",
+     "NAME\n  kvnode stat - node statistics\n\n"
+     "SYNOPSIS\n  kvnode stat [--json]\n\n"
+     "DESCRIPTION\n  Per tier: chunks held, bytes, capacity, hits, misses, puts, evictions,\n"
+     "  errors; node-wide hits and misses; client connections.\n\n"
+     "OPTIONS\n      --json           the node's statistics object, one line of JSON\n" HELP_COMMON
+     "\n" HELP_EXIT "\nEXAMPLES\n  kvnode stat --json | jq '.backends[0].hits'\n"},
+    {"demo", cmd_demo, 0, 0, "",
+     "NAME\n  kvnode demo - see a node work, in one process\n\n"
+     "SYNOPSIS\n  kvnode demo [-c FILE]\n\n"
+     "DESCRIPTION\n"
+     "  Opens an engine in-process (defaults with a 256 MiB cpu tier, or FILE), stores\n"
+     "  "
+     "4 chunks of 32 MiB under LMCache keys, reads them back, verifies every byte and\n"
+     "  prints keys, bandwidth and the per-tier statistics. Needs no daemon.\n\n"
+     "OPTIONS\n" HELP_COMMON
+     "\nEXIT STATUS\n  0 all chunks verified; 1 a chunk was missing or corrupt; 2 bad option or\n"
+     "  config\n\nEXAMPLES\n  kvnode demo\n"},
+};
+
+static const struct command *
+find_command(const char *name)
+{
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (!strcmp(commands[i].name, name))
+			return &commands[i];
+	return NULL;
+}
+
+static void
+print_version(void)
+{
+	printf("kvnode %s\n", KVN_VERSION_STRING);
+	printf("features: verbs=%s cuda=%s backend-abi=%d\n", KVN_HAVE_VERBS ? "yes" : "no",
+	       KVN_HAVE_CUDA ? "yes" : "no", KVN_BACKEND_ABI);
+}
+
+enum { OPT_NODE = 256, OPT_LOG_LEVEL, OPT_VERSION, OPT_JSON };
+
+static const struct option long_opts[] = {
+    {"config", required_argument, NULL, 'c'},
+    {"node", required_argument, NULL, OPT_NODE},
+    {"socket", required_argument, NULL, OPT_NODE},
+    {"verbose", no_argument, NULL, 'v'},
+    {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {"output", required_argument, NULL, 'o'},
+    {"json", no_argument, NULL, OPT_JSON},
+    {0},
+};
+
+/* Parses argv from argv[0] (the program or the command) on. Returns -1 to go on, else the
+ * exit code. cmd is NULL for the options before the command. */
+static int
+parse_opts(int argc, char **argv, const struct command *cmd, struct opts *o)
+{
+	const char *where = cmd ? cmd->name : NULL;
+	opterr = 0;
+	optind = 0; /* glibc: a full rescan of a new argv */
+	for (;;) {
+		int ch = getopt_long(argc, argv, cmd ? ":c:vho:" : "+:c:vh", long_opts, NULL);
+		if (ch == -1)
+			break;
+		char arg[128];
+		if (optopt > 0 && optopt < 128)
+			snprintf(arg, sizeof(arg), "-%c", optopt);
+		else
+			snprintf(arg, sizeof(arg), "%s", argv[optind > 0 ? optind - 1 : 0]);
+		switch (ch) {
+		case 'c':
+			o->config = optarg;
+			break;
+		case OPT_NODE:
+			o->node = optarg;
+			break;
+		case 'v':
+			o->verbose++;
+			break;
+		case OPT_LOG_LEVEL:
+			o->log_level = kvn_log_level_parse(optarg);
+			if (o->log_level < 0)
+				return die(EXIT_USAGE,
+					   "--log-level %s: use error, warn, info or debug",
+					   optarg);
+			break;
+		case 'h':
+			fputs(cmd ? cmd->help : help_main, stdout);
+			return EXIT_OK;
+		case OPT_VERSION:
+			print_version();
+			return EXIT_OK;
+		case 'o':
+		case OPT_JSON: {
+			const char *name = ch == 'o' ? "output" : "json";
+			if (!cmd || !strstr(cmd->opt_allowed, name))
+				return die(EXIT_USAGE,
+					   "option --%s does not apply to `kvnode %s` "
+					   "(see kvnode %s --help)",
+					   name, where ? where : "", where ? where : "");
+			if (ch == 'o')
+				o->output = optarg;
+			else
+				o->json = true;
+			break;
+		}
+		case ':':
+			return die(EXIT_USAGE, "option %s needs a value (see kvnode %s%s--help)",
+				   arg, where ? where : "", where ? " " : "");
+		default:
+			return die(EXIT_USAGE, "unknown option %s (see kvnode %s%s--help)", arg,
+				   where ? where : "", where ? " " : "");
+		}
+	}
+	return -1;
+}
+
+int
+main(int argc, char **argv)
+{
+	struct opts o = {.log_level = -1};
+	if (argc < 2)
+		return die(EXIT_USAGE, "no command given: try `kvnode --help`");
+	int rc = parse_opts(argc, argv, NULL, &o);
+	if (rc >= 0)
+		return rc;
+	if (optind >= argc)
+		return die(EXIT_USAGE, "no command given: try `kvnode --help`");
+	int cmd_at = optind;
+	const char *name = argv[cmd_at];
+	if (!strcmp(name, "help")) {
+		if (cmd_at + 1 >= argc) {
+			fputs(help_main, stdout);
+			return EXIT_OK;
+		}
+		const struct command *hc = find_command(argv[cmd_at + 1]);
+		if (!hc)
+			return die(EXIT_USAGE,
+				   "help: no command %s (commands: serve put get rm ls "
+				   "stat demo)",
+				   argv[cmd_at + 1]);
+		fputs(hc->help, stdout);
+		return EXIT_OK;
+	}
+	o.cmd = find_command(name);
+	if (!o.cmd)
+		return die(EXIT_USAGE, "unknown command %s: try `kvnode --help`", name);
+	int sub_argc = argc - cmd_at;
+	char **sub_argv = argv + cmd_at;
+	rc = parse_opts(sub_argc, sub_argv, o.cmd, &o);
+	if (rc >= 0)
+		return rc;
+	o.args = sub_argv + optind;
+	o.nargs = sub_argc - optind;
+	if (o.nargs < o.cmd->min_args)
+		return die(EXIT_USAGE, "%s: missing %s (see kvnode %s --help)", name,
+			   o.cmd->min_args == 1 ? "KEY" : "arguments", name);
+	if (o.nargs > o.cmd->max_args)
+		return die(EXIT_USAGE, "%s: unexpected argument %s (see kvnode %s --help)", name,
+			   o.args[o.cmd->max_args], name);
+	return o.cmd->run(&o);
+}

@@ -1,0 +1,38 @@
+/* The local client server of `kvnode serve`: hosts an engine on a unix socket and answers the
+ * control protocol (node/ctlproto.h), a thread per connection up to a cap. */
+#ifndef KVN_NODE_SERVER_H
+#define KVN_NODE_SERVER_H
+
+#include <stdint.h>
+
+#include "kvnode/kvnode.h"
+
+struct kvn_server;
+
+struct kvn_server_opts {
+	const char *socket_path;
+	unsigned max_conns; /* concurrent connections; 0 = 128. Past it a client gets -EBUSY. */
+	int io_timeout_ms;  /* idle or stalled connection is closed after this; 0 = 30 s */
+	uint64_t value_max; /* largest PUT value; 0 = KVN_CTL_VALUE_MAX */
+};
+
+/* Binds and listens on opts->socket_path. A socket file nothing answers on is stale and
+ * replaced; a live daemon there is -EADDRINUSE, anything that is not a socket -EEXIST (never
+ * deleted). err names the path and what to do. The engine must outlive the server. */
+int kvn_server_create(struct kvn_engine *eng, const struct kvn_server_opts *opts,
+		      struct kvn_server **out, char *err, size_t errlen);
+/* The checks of kvn_server_create without side effects: whether path is usable (free, or a
+ * stale socket create would replace). Lets a daemon refuse before opening costly tiers. */
+int kvn_server_probe(const char *socket_path, char *err, size_t errlen);
+/* "unix:<path>", for the start-up line and logs. */
+const char *kvn_server_address(const struct kvn_server *srv);
+/* Accepts and serves until kvn_server_stop; then stops accepting, lets requests in flight
+ * finish (connections still busy after the I/O timeout are cut) and returns 0 once no
+ * connection thread is left. */
+int kvn_server_run(struct kvn_server *srv);
+/* Async-signal-safe: asks kvn_server_run to wind down. */
+void kvn_server_stop(struct kvn_server *srv);
+/* Closes the listening socket and removes the socket file if it is still this server's. */
+void kvn_server_destroy(struct kvn_server *srv);
+
+#endif
