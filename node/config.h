@@ -55,6 +55,10 @@ struct kvn_config {
 	bool promote_to_cpu; /* copy hits from slower tiers into cpu, default true */
 	uint32_t put_queue_depth; /* bound of the slow-tier write queue, default 64 */
 	uint32_t put_threads; /* writer threads for slow tiers, default 2 */
+
+	/* The loader's bookkeeping (where each key was set). The strings above are malloc'd and
+	 * freed by kvn_config_free: code that changes one must free the old and strdup. */
+	struct kvn_config_priv *priv;
 };
 
 /* A config holding only the defaults (never fails except for memory: NULL). */
@@ -69,5 +73,20 @@ const char *kvn_config_extra(const struct kvn_config *cfg, const char *key);
 /* Default local socket: $KVNODE_SOCKET, else $XDG_RUNTIME_DIR/kvnode.sock, else
  * /tmp/kvnode-<uid>.sock. Returns a malloc'd string. */
 char *kvn_config_default_socket(void);
+/* Checks that span keys (each external backend has module_path and class_name, no built-in
+ * tier name …). kvn_config_parse, kvn_config_apply_env and kvn_config_load already call it. */
+int kvn_config_validate(const struct kvn_config *cfg, char *err, size_t errlen);
+/* The effective config as one JSON object with the file's keys and units (sizes in GB,
+ * extra_config flattened to dotted keys); malloc'd, free() it; NULL when out of memory. With
+ * redact, auth_token, passwords in URLs and extra_config values whose name says password,
+ * secret or token are "***". */
+KVN_API char *kvn_config_to_json(const struct kvn_config *cfg, bool redact);
+/* Where key got its value: "kvnode.yaml:12", "env KVNODE_CHUNK_SIZE" or "default"; NULL for
+ * a key the config does not have. */
+const char *kvn_config_origin(const struct kvn_config *cfg, const char *key);
+/* A top-level key's value as text, as a file would write it (sizes in GB, lists joined with
+ * ",", log_level by name). -ENOENT for an unknown key, extra_config (see kvn_config_extra) or
+ * an unset value; -ENOSPC when len is too short. */
+int kvn_config_value(const struct kvn_config *cfg, const char *key, char *buf, size_t len);
 
 #endif

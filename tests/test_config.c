@@ -1,0 +1,455 @@
+/* Config from YAML: defaults, every key, LMCache files, errors with file:line and the key,
+ * unknown-key warnings, paths and extra_config. */
+#include <glob.h>
+
+#include "config_fixture.h"
+
+TestSuite(config, .init = setup, .fini = teardown);
+
+Test(config, no_config_at_all_gives_a_single_node_on_defaults)
+{
+	struct kvn_config *cfg = NULL;
+	cr_assert_eq(kvn_config_load(NULL, &cfg, err, sizeof(err)), 0, "%s", err);
+	expect_defaults(cfg);
+	cr_assert_null(cfg->path);
+	cr_assert_str_eq(kvn_config_origin(cfg, "chunk_size"), "default");
+	kvn_config_free(cfg);
+
+	cfg = kvn_config_new_defaults();
+	expect_defaults(cfg);
+	kvn_config_free(cfg);
+}
+
+Test(config, an_empty_or_comment_only_file_gives_the_defaults)
+{
+	static const char *const texts[] = {"", "# only a comment\n\n", "---\n", "~\n"};
+	for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+		struct kvn_config *cfg = load_ok(texts[i]);
+		expect_defaults(cfg);
+		cr_assert_str_eq(cfg->path, cfgpath);
+		cr_assert_str_eq(cfg->dir, tmpdir);
+		kvn_config_free(cfg);
+	}
+}
+
+Test(config, every_key_is_read_from_the_file)
+{
+	struct kvn_config *cfg = load_ok("chunk_size: 512\n"
+					 "local_cpu: false\n"
+					 "max_local_cpu_size: 2.5\n"
+					 "local_disk: /var/cache/kvnode\n"
+					 "max_local_disk_size: 100\n"
+					 "remote_url: redis://cache:6379\n"
+					 "remote_serde: cachegen\n"
+					 "external_backends: [zmem, nvme_pool]\n"
+					 "extra_config:\n"
+					 "  external_backend.zmem.module_path: libkvn_zmem.so\n"
+					 "  external_backend.zmem.class_name: kvn_zmem_ops\n"
+					 "  external_backend:\n"
+					 "    nvme_pool:\n"
+					 "      module_path: /opt/kvn/libnvme.so\n"
+					 "      class_name: nvme_ops\n"
+					 "plugin_locations: [/opt/plugins, /etc/kvnode/plugins]\n"
+					 "node_name: gpu-node-7\n"
+					 "listen: 10.0.0.7:7300\n"
+					 "scheduler_url: kvnode://10.0.0.1:7200\n"
+					 "transport: verbs\n"
+					 "rdma_device: mlx5_0\n"
+					 "gid_index: 3\n"
+					 "gpu: auto\n"
+					 "heartbeat_ms: 250\n"
+					 "auth_token: s3cret\n"
+					 "metrics_listen: 0.0.0.0:9300\n"
+					 "log_level: debug\n"
+					 "socket_path: /run/kvnode/kvnode.sock\n"
+					 "hugepages: no\n"
+					 "promote_to_cpu: off\n"
+					 "put_queue_depth: 128\n"
+					 "put_threads: 8\n");
+	cr_assert_eq(cfg->chunk_size, 512);
+	cr_assert_not(cfg->local_cpu);
+	cr_assert_eq(cfg->max_local_cpu_size, 5ull << 29);
+	cr_assert_str_eq(cfg->local_disk, "/var/cache/kvnode");
+	cr_assert_eq(cfg->max_local_disk_size, 100ull << 30);
+	cr_assert_str_eq(cfg->remote_url, "redis://cache:6379");
+	cr_assert_str_eq(cfg->remote_serde, "cachegen");
+	cr_assert_eq(cfg->n_external_backends, 2);
+	cr_assert_str_eq(cfg->external_backends[0], "zmem");
+	cr_assert_str_eq(cfg->external_backends[1], "nvme_pool");
+	cr_assert_eq(cfg->n_extra, 4);
+	cr_assert_str_eq(kvn_config_extra(cfg, "external_backend.zmem.class_name"), "kvn_zmem_ops");
+	cr_assert_str_eq(kvn_config_extra(cfg, "external_backend.nvme_pool.module_path"),
+			 "/opt/kvn/libnvme.so");
+	cr_assert_null(kvn_config_extra(cfg, "external_backend.nvme_pool"));
+	cr_assert_eq(cfg->n_plugin_locations, 2);
+	cr_assert_str_eq(cfg->plugin_locations[1], "/etc/kvnode/plugins");
+	cr_assert_str_eq(cfg->node_name, "gpu-node-7");
+	cr_assert_str_eq(cfg->listen, "10.0.0.7:7300");
+	cr_assert_str_eq(cfg->scheduler_url, "kvnode://10.0.0.1:7200");
+	cr_assert_str_eq(cfg->transport, "verbs");
+	cr_assert_str_eq(cfg->rdma_device, "mlx5_0");
+	cr_assert_eq(cfg->gid_index, 3);
+	cr_assert_str_eq(cfg->gpu, "auto");
+	cr_assert_eq(cfg->heartbeat_ms, 250);
+	cr_assert_str_eq(cfg->auth_token, "s3cret");
+	cr_assert_str_eq(cfg->metrics_listen, "0.0.0.0:9300");
+	cr_assert_eq(cfg->log_level, KVN_LOG_DEBUG);
+	cr_assert_str_eq(cfg->socket_path, "/run/kvnode/kvnode.sock");
+	cr_assert_not(cfg->hugepages);
+	cr_assert_not(cfg->promote_to_cpu);
+	cr_assert_eq(cfg->put_queue_depth, 128);
+	cr_assert_eq(cfg->put_threads, 8);
+
+	char where[PATH_MAX + 96];
+	snprintf(where, sizeof(where), "%s:17", cfgpath);
+	cr_assert_str_eq(kvn_config_origin(cfg, "node_name"), where);
+	snprintf(where, sizeof(where), "%s:14", cfgpath);
+	cr_assert_str_eq(extra_origin(cfg, "external_backend.nvme_pool.module_path"), where);
+	kvn_config_free(cfg);
+}
+
+Test(config, lmcache_example_config_loads_and_its_other_keys_are_ignored)
+{
+	/* LMCache's documented example, as a vLLM deployment would have it. */
+	struct capture cap;
+	capture_begin(&cap);
+	struct kvn_config *cfg = NULL;
+	int rc = load("chunk_size: 256\n"
+		      "local_cpu: True\n"
+		      "max_local_cpu_size: 5.0\n"
+		      "local_disk: \"file:///local/disk_test/local_disk/\"\n"
+		      "max_local_disk_size: 5\n"
+		      "remote_url: \"lm://localhost:65432\"\n"
+		      "remote_serde: \"naive\"\n"
+		      "use_layerwise: False\n"
+		      "save_decode_cache: False\n"
+		      "enable_p2p: False\n"
+		      "cache_policy: LRU\n"
+		      "blocking_timeout_secs: 10\n",
+		      &cfg);
+	char *log = capture_end(&cap);
+	cr_assert_eq(rc, 0, "%s", err);
+	cr_assert_eq(cfg->chunk_size, 256);
+	cr_assert(cfg->local_cpu);
+	cr_assert_eq(cfg->max_local_cpu_size, 5ull << 30);
+	cr_assert_str_eq(cfg->local_disk, "/local/disk_test/local_disk/");
+	cr_assert_eq(cfg->max_local_disk_size, 5ull << 30);
+	cr_assert_str_eq(cfg->remote_url, "lm://localhost:65432");
+	assert_contains(log, "kvnode.yaml:8: LMCache key \"use_layerwise\" ignored");
+	assert_contains(log, "\"blocking_timeout_secs\" ignored");
+	assert_lacks(log, "unknown key");
+	kvn_config_free(cfg);
+}
+
+Test(config, booleans_take_every_yaml_spelling)
+{
+	static const struct {
+		const char *text;
+		bool want;
+	} cases[] = {{"true", true},   {"True", true},	 {"TRUE", true}, {"yes", true},
+		     {"Yes", true},    {"on", true},	 {"ON", true},	 {"false", false},
+		     {"False", false}, {"no", false},	 {"NO", false},	 {"off", false},
+		     {"Off", false},   {"\"yes\"", true}};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[128];
+		snprintf(text, sizeof(text), "hugepages: %s\nlocal_cpu: %s\n", cases[i].text,
+			 cases[i].text);
+		struct kvn_config *cfg = load_ok(text);
+		cr_assert_eq(cfg->hugepages, cases[i].want, "%s", cases[i].text);
+		cr_assert_eq(cfg->local_cpu, cases[i].want, "%s", cases[i].text);
+		kvn_config_free(cfg);
+	}
+	expect_bad("local_cpu: maybe\n", 1, "local_cpu", "true or false");
+	expect_bad("hugepages:\n", 1, "hugepages", "got null");
+}
+
+Test(config, sizes_take_integers_and_fractions_of_a_gb)
+{
+	struct kvn_config *cfg = load_ok("max_local_cpu_size: 0.5\nmax_local_disk_size: 3\n");
+	cr_assert_eq(cfg->max_local_cpu_size, 1ull << 29);
+	cr_assert_eq(cfg->max_local_disk_size, 3ull << 30);
+	kvn_config_free(cfg);
+	cfg = load_ok("max_local_cpu_size: 0\nmax_local_disk_size: 1.5e1\n");
+	cr_assert_eq(cfg->max_local_cpu_size, 0);
+	cr_assert_eq(cfg->max_local_disk_size, 15ull << 30);
+	kvn_config_free(cfg);
+}
+
+Test(config, negative_or_garbage_sizes_are_refused_with_file_line_and_key)
+{
+	static const char *const bad[] = {"-3",	   "-0.5", ".nan", "nan",  ".inf", "inf",
+					  "1e400", "5GB",  "abc",  "0x10", "\"\""};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char text[128];
+		snprintf(text, sizeof(text), "chunk_size: 256\nmax_local_cpu_size: %s\n", bad[i]);
+		expect_bad(text, 2, "max_local_cpu_size", "must be a number of GB >= 0, got");
+	}
+	expect_bad("max_local_cpu_size: -3\n", 1, "max_local_cpu_size",
+		   "must be a number of GB >= 0, got \"-3\"");
+	expect_bad("\n\nmax_local_disk_size: [1, 2]\n", 3, "max_local_disk_size", "got a list");
+}
+
+Test(config, a_value_of_the_wrong_shape_is_refused)
+{
+	expect_bad("chunk_size: [1, 2]\n", 1, "chunk_size", "got a list");
+	expect_bad("node_name:\n  a: b\n", 1, "node_name", "got a mapping");
+	expect_bad("external_backends:\n  zmem: x\n", 1, "external_backends",
+		   "must be a list of strings (or one string), got a mapping");
+	expect_bad("heartbeat_ms: soon\n", 1, "heartbeat_ms",
+		   "must be an integer > 0, got \"soon\"");
+	expect_bad("chunk_size: 25.6\n", 1, "chunk_size", "integer");
+	expect_bad("extra_config: [a, b]\n", 1, "extra_config", "got a list");
+	expect_bad("extra_config: text\n", 1, "extra_config", "mapping");
+	expect_bad("plugin_locations:\n  - /a\n  - [x]\n", 3, "plugin_locations", "entry 2");
+	expect_bad("node_name: \"\"\n", 1, "node_name", "non-empty");
+	expect_bad("extra_config:\n  a:\n    - {x: 1}\n", 3, "extra_config.a", "scalars");
+	expect_bad("- a\n- b\n", 1, NULL, "mapping of keys");
+	expect_bad("node_name: \"a\\0b\"\n", 1, "node_name", "NUL byte");
+}
+
+Test(config, integers_out_of_range_are_refused)
+{
+	expect_bad("chunk_size: 0\n", 1, "chunk_size", "must be an integer > 0, got \"0\"");
+	expect_bad("chunk_size: 4294967296\n", 1, "chunk_size",
+		   "must be at most 4294967295, got \"4294967296\"");
+	expect_bad("chunk_size: 99999999999999999999999\n", 1, "chunk_size", "at most");
+	expect_bad("gid_index: -99999999999999999999999\n", 1, "gid_index", ">= -1");
+	expect_bad("put_threads: 65\n", 1, "put_threads", "from 1 to 64, got \"65\"");
+	expect_bad("put_threads: 0\n", 1, "put_threads", "from 1 to 64");
+	expect_bad("gid_index: -2\n", 1, "gid_index", "must be an integer >= -1, got \"-2\"");
+	expect_bad("put_queue_depth: -1\n", 1, "put_queue_depth", "got \"-1\"");
+	expect_bad("heartbeat_ms: 0\n", 1, "heartbeat_ms", "> 0");
+
+	struct kvn_config *cfg = load_ok("gid_index: -1\nput_threads: 64\nput_threads_x: 1\n");
+	cr_assert_eq(cfg->gid_index, -1);
+	cr_assert_eq(cfg->put_threads, 64);
+	kvn_config_free(cfg);
+}
+
+Test(config, yaml_syntax_errors_carry_libyamls_line)
+{
+	expect_bad("chunk_size: 256\nlocal_cpu: true\nlisten: a: b\n", 3, NULL,
+		   "YAML syntax error");
+	expect_bad("chunk_size: 256\nplugin_locations: [/a, /b\n", 3, NULL, "YAML syntax error");
+	expect_bad("chunk_size: 1\n---\nchunk_size: 2\n", 2, NULL, "second YAML document");
+	expect_bad("extra_config:\n\tdisk.o_direct: true\n", 2, NULL, "tab");
+}
+
+Test(config, a_repeated_key_is_an_error_naming_both_lines)
+{
+	expect_bad("chunk_size: 256\nlocal_cpu: true\nchunk_size: 512\n", 3, "chunk_size",
+		   "duplicate key (first set at line 1)");
+	expect_bad("extra_config:\n  disk:\n    o_direct: true\n  disk.o_direct: false\n", 4,
+		   "extra_config.disk.o_direct", "duplicate key");
+	expect_bad("extra_config:\n  a: {x: 1}\n  a: {y: 2}\n", 3, "extra_config.a", "duplicate");
+}
+
+Test(config, external_backends_need_module_path_and_class_name)
+{
+	expect_bad("external_backends: [zmem]\n", 1, "external_backends",
+		   "backend \"zmem\" needs extra_config key \"external_backend.zmem.module_path\"");
+	expect_bad("external_backends: zmem\n"
+		   "extra_config:\n"
+		   "  external_backend.zmem.module_path: libkvn_zmem.so\n",
+		   1, "external_backends",
+		   "needs extra_config key \"external_backend.zmem.class_name\"");
+	struct kvn_config *cfg =
+	    load_ok("external_backends: \"a, b\"\n"
+		    "extra_config:\n"
+		    "  external_backend.a: {module_path: x.so, class_name: a}\n"
+		    "  external_backend.b: {module_path: y.so, class_name: b}\n");
+	cr_assert_eq(cfg->n_external_backends, 2);
+	cr_assert_str_eq(cfg->external_backends[1], "b");
+	kvn_config_free(cfg);
+}
+
+Test(config, an_external_backend_may_not_take_a_built_in_tier_name)
+{
+	static const char *const names[] = {"cpu", "disk", "peer", "remote"};
+	for (size_t i = 0; i < 4; i++) {
+		char text[256];
+		snprintf(text, sizeof(text),
+			 "external_backends: [%s]\nextra_config:\n"
+			 "  external_backend.%s: {module_path: x.so, class_name: y}\n",
+			 names[i], names[i]);
+		expect_bad(text, 1, "external_backends", "unknown backend name");
+		assert_contains(err, "built-in tier");
+	}
+	expect_bad("external_backends: [a.b]\n", 1, "external_backends", "letters, digits");
+	expect_bad("external_backends: [a, a]\n", 1, "external_backends", "listed twice");
+}
+
+Test(config, transport_and_log_level_are_checked_against_their_values)
+{
+	expect_bad("transport: rdma\n", 1, "transport", "one of auto, verbs, tcp, got \"rdma\"");
+	expect_bad("log_level: loud\n", 1, "log_level", "one of error, warn, info, debug");
+	expect_bad("gpu: -1\n", 1, "gpu", "GPU index");
+	struct kvn_config *cfg = load_ok("transport: TCP\nlog_level: warning\ngpu: cuda:1\n");
+	cr_assert_str_eq(cfg->transport, "tcp");
+	cr_assert_eq(cfg->log_level, KVN_LOG_WARN);
+	cr_assert_str_eq(cfg->gpu, "1");
+	kvn_config_free(cfg);
+}
+
+Test(config, a_missing_file_is_enoent_naming_the_path)
+{
+	struct kvn_config *cfg = (struct kvn_config *)1;
+	char path[PATH_MAX + 16];
+	snprintf(path, sizeof(path), "%s/nope.yaml", tmpdir);
+	cr_assert_eq(kvn_config_load(path, &cfg, err, sizeof(err)), -ENOENT);
+	cr_assert_null(cfg);
+	assert_contains(err, path);
+
+	setenv("KVNODE_CONFIG_FILE", path, 1);
+	cr_assert_eq(kvn_config_load(NULL, &cfg, err, sizeof(err)), -ENOENT);
+	assert_contains(err, path);
+	assert_contains(err, "KVNODE_CONFIG_FILE");
+
+	cr_assert_lt(kvn_config_load(tmpdir, &cfg, err, sizeof(err)), 0);
+	assert_contains(err, "directory");
+}
+
+Test(config, an_unknown_key_warns_with_the_closest_known_key)
+{
+	struct capture cap;
+	capture_begin(&cap);
+	struct kvn_config *cfg = NULL;
+	int rc = load("chunk_size: 256\n\nmax_local_cpu_sise: 2\nlisten_addr: x\n", &cfg);
+	char *log = capture_end(&cap);
+	cr_assert_eq(rc, 0, "an unknown key is not an error: %s", err);
+	assert_contains(log, "kvnode.yaml:3: unknown key \"max_local_cpu_sise\" (did you mean "
+			     "\"max_local_cpu_size\"?)");
+	assert_contains(log,
+			"kvnode.yaml:4: unknown key \"listen_addr\" (did you mean \"listen\"?)");
+	assert_contains(log, "warn");
+	cr_assert_eq(cfg->max_local_cpu_size, 5ull << 30);
+	kvn_config_free(cfg);
+}
+
+Test(config, an_lmcache_key_with_a_kvnode_name_warns_with_that_name)
+{
+	struct capture cap;
+	capture_begin(&cap);
+	struct kvn_config *cfg = NULL;
+	int rc = load("storage_plugins: [x]\n", &cfg);
+	char *log = capture_end(&cap);
+	cr_assert_eq(rc, 0, "%s", err);
+	assert_contains(log, "\"storage_plugins\" ignored");
+	assert_contains(log, "use \"external_backends\"");
+	kvn_config_free(cfg);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Paths and extra_config
+ * ------------------------------------------------------------------------------------------ */
+
+Test(config, file_urls_are_stripped_and_relative_paths_follow_the_config_file)
+{
+	char sub[PATH_MAX + 8], want[PATH_MAX + 64];
+	snprintf(sub, sizeof(sub), "%s/etc", tmpdir);
+	cr_assert_eq(mkdir(sub, 0700), 0);
+	snprintf(cfgpath, sizeof(cfgpath), "%s/etc/kvnode.yaml", tmpdir);
+
+	struct kvn_config *cfg = load_ok("local_disk: file://cache/kv\n"
+					 "plugin_locations: plugins\n"
+					 "socket_path: run/k.sock\n");
+	snprintf(want, sizeof(want), "%s/cache/kv", sub);
+	cr_assert_str_eq(cfg->local_disk, want);
+	cr_assert_str_eq(cfg->dir, sub);
+	snprintf(want, sizeof(want), "%s/plugins", sub);
+	cr_assert_eq(cfg->n_plugin_locations, 1);
+	cr_assert_str_eq(cfg->plugin_locations[0], want);
+	snprintf(want, sizeof(want), "%s/run/k.sock", sub);
+	cr_assert_str_eq(cfg->socket_path, want);
+	kvn_config_free(cfg);
+
+	cfg = load_ok("local_disk: \"file:///mnt/nvme/kv/\"\n");
+	cr_assert_str_eq(cfg->local_disk, "/mnt/nvme/kv/");
+	kvn_config_free(cfg);
+	cfg = load_ok("local_disk: null\n");
+	cr_assert_null(cfg->local_disk);
+	kvn_config_free(cfg);
+
+	expect_bad("local_disk: s3://bucket/kv\n", 1, "local_disk", "file:// URL");
+	expect_bad("local_disk: \"file://\"\n", 1, "local_disk", "path");
+}
+
+Test(config, extra_config_is_flattened_with_origins)
+{
+	struct kvn_config *cfg = load_ok("chunk_size: 256\n"
+					 "extra_config:\n"
+					 "  disk:\n"
+					 "    o_direct: true\n"
+					 "    shards: 16\n"
+					 "  redis.password: hunter2\n"
+					 "  hosts: [a, b, 3]\n"
+					 "  unset: ~\n"
+					 "  quoted: \"null\"\n");
+	cr_assert_eq(cfg->n_extra, 5);
+	cr_assert_str_eq(kvn_config_extra(cfg, "disk.o_direct"), "true");
+	cr_assert_str_eq(kvn_config_extra(cfg, "disk.shards"), "16");
+	cr_assert_str_eq(kvn_config_extra(cfg, "hosts"), "a,b,3");
+	cr_assert_null(kvn_config_extra(cfg, "unset"));
+	cr_assert_str_eq(kvn_config_extra(cfg, "quoted"), "null");
+	cr_assert_null(kvn_config_extra(cfg, "disk"));
+	char where[PATH_MAX + 96];
+	snprintf(where, sizeof(where), "%s:5", cfgpath);
+	cr_assert_str_eq(extra_origin(cfg, "disk.shards"), where);
+	kvn_config_free(cfg);
+}
+
+Test(config, a_self_referencing_alias_is_refused_not_followed_forever)
+{
+	struct kvn_config *cfg = NULL;
+	int rc = load("extra_config: &a\n  x: *a\n", &cfg);
+	cr_assert_eq(rc, -EINVAL);
+	assert_contains(err, "extra_config");
+	/* Aliases that fan out are bounded by the entry limit. */
+	rc = load("a: &a {k0: 1, k1: 1, k2: 1, k3: 1, k4: 1, k5: 1, k6: 1, k7: 1}\n"
+		  "b: &b {k0: *a, k1: *a, k2: *a, k3: *a, k4: *a, k5: *a, k6: *a, k7: *a}\n"
+		  "c: &c {k0: *b, k1: *b, k2: *b, k3: *b, k4: *b, k5: *b, k6: *b, k7: *b}\n"
+		  "d: &d {k0: *c, k1: *c, k2: *c, k3: *c, k4: *c, k5: *c, k6: *c, k7: *c}\n"
+		  "e: &e {k0: *d, k1: *d, k2: *d, k3: *d, k4: *d, k5: *d, k6: *d, k7: *d}\n"
+		  "extra_config: {k0: *e, k1: *e, k2: *e, k3: *e, k4: *e, k5: *e, k6: *e}\n",
+		  &cfg);
+	cr_assert_eq(rc, -EINVAL);
+	assert_contains(err, "more than 4096 entries");
+}
+
+Test(config, parse_takes_text_and_a_name_for_messages)
+{
+	struct kvn_config *cfg = NULL;
+	const char text[] = "chunk_size: 64\nlocal_disk: kv\n";
+	cr_assert_eq(
+	    kvn_config_parse(text, strlen(text), "/etc/kvnode/kvnode.yaml", &cfg, err, sizeof(err)),
+	    0, "%s", err);
+	cr_assert_eq(cfg->chunk_size, 64);
+	cr_assert_str_eq(cfg->local_disk, "/etc/kvnode/kv");
+	kvn_config_free(cfg);
+	cr_assert_eq(kvn_config_parse("chunk_size: x\n", 14, "inline.yaml", &cfg, err, sizeof(err)),
+		     -EINVAL);
+	assert_contains(err, "inline.yaml:1: chunk_size: must be an integer > 0, got \"x\"");
+	cr_assert_eq(
+	    kvn_config_parse("chunk_size: 2\nchunk_size: 3", 14, "t.yaml", &cfg, err, sizeof(err)),
+	    0, "only len bytes are read: %s", err);
+	cr_assert_eq(cfg->chunk_size, 2);
+	kvn_config_free(cfg);
+}
+
+Test(config, every_example_config_loads)
+{
+	glob_t g;
+	cr_assert_eq(glob(KVN_SOURCE_DIR "/examples/configs/*.yaml", 0, NULL, &g), 0);
+	cr_assert_geq(g.gl_pathc, 4);
+	for (size_t i = 0; i < g.gl_pathc; i++) {
+		struct kvn_config *cfg = NULL;
+		struct capture cap;
+		capture_begin(&cap);
+		int rc = kvn_config_load(g.gl_pathv[i], &cfg, err, sizeof(err));
+		char *log = capture_end(&cap);
+		cr_assert_eq(rc, 0, "%s: %s", g.gl_pathv[i], err);
+		assert_lacks(log, "unknown key");
+		kvn_config_free(cfg);
+	}
+	globfree(&g);
+}
