@@ -217,9 +217,7 @@ cpu_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 
 	/* The slot is private to this put (odd generation, not indexed): copy and checksum
 	 * without any lock. */
-	if (buf->len)
-		memcpy(kvn_slot_payload(slot), buf->data, buf->len);
-	kvn_pool_seal(slot);
+	kvn_pool_fill(slot, buf->data);
 
 	pthread_mutex_lock(&be->lock);
 	struct entry *e = tab_find(be, key->digest);

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 #include <xxhash.h>
 
 #include "node/log.h"
@@ -577,14 +578,38 @@ kvn_pool_alloc(struct kvn_pool *pool, size_t len, const struct kvn_key *key, boo
 	return 0;
 }
 
-KVN_API void
-kvn_pool_seal(struct kvn_slot *slot)
+static void
+publish(struct kvn_slot *slot, uint64_t checksum)
 {
 	struct kvn_slot_hdr *h = hdr_of(slot);
-	h->checksum = XXH3_64bits(kvn_slot_payload(slot), slot->len);
+	h->checksum = checksum;
 	if (slot->gen & 1)
 		slot->gen++; /* the published value of the odd one alloc handed out */
 	atomic_store_explicit(&h->generation, slot->gen, memory_order_release);
+}
+
+KVN_API void
+kvn_pool_seal(struct kvn_slot *slot)
+{
+	publish(slot, XXH3_64bits(kvn_slot_payload(slot), slot->len));
+}
+
+KVN_API void
+kvn_pool_fill(struct kvn_slot *slot, const void *src)
+{
+	/* Copy and checksum block by block, hashing each block while it is still in cache: a
+	 * put then costs about one pass over memory instead of a copy pass and a hash pass.
+	 * Streaming XXH3 gives the same value as the one-shot hash a reader checks. */
+	enum { BLOCK = 64 << 10 };
+	XXH3_state_t st;
+	XXH3_64bits_reset(&st);
+	char *dst = kvn_slot_payload(slot);
+	for (size_t off = 0; off < slot->len; off += BLOCK) {
+		size_t n = slot->len - off < BLOCK ? slot->len - off : BLOCK;
+		memcpy(dst + off, (const char *)src + off, n);
+		XXH3_64bits_update(&st, dst + off, n);
+	}
+	publish(slot, XXH3_64bits_digest(&st));
 }
 
 KVN_API void

@@ -84,6 +84,8 @@ KVN_API int kvn_pool_alloc(struct kvn_pool *pool, size_t len, const struct kvn_k
 			   struct kvn_slot **out);
 /* Stores the xxh3-64 checksum of the payload and publishes the slot (even generation). */
 KVN_API void kvn_pool_seal(struct kvn_slot *slot);
+/* Copies the payload from src and seals, in one pass over memory (copy and hash fused). */
+KVN_API void kvn_pool_fill(struct kvn_slot *slot, const void *src);
 /* Marks slot linked (held by the owner's index) and drops the writer's reference. */
 KVN_API void kvn_pool_commit(struct kvn_pool *pool, struct kvn_slot *slot);
 /* The owner let go of slot: generation made odd, freed when unreferenced. */
