@@ -1,0 +1,346 @@
+/* Storage manager: tier order, first-hit get, promotion into cpu, write-through with queued
+ * (slow-tier) writes visible to get/contains, removal racing queued writes, bounded queues. */
+#include <criterion/criterion.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "node/config.h"
+#include "node/pool.h"
+#include "node/storage.h"
+
+#define GATE_SO KVN_MODULE_DIR "/libkvn_test_gate.so"
+
+static char dir[64];
+static struct kvn_config *cfg;
+static struct kvn_storage *st;
+static char err[512];
+
+static void
+setup(void)
+{
+	strcpy(dir, "/tmp/kvn-storage-XXXXXX");
+	cr_assert_not_null(mkdtemp(dir));
+}
+
+static void
+teardown(void)
+{
+	kvn_storage_close(st);
+	st = NULL;
+	kvn_config_free(cfg);
+	cfg = NULL;
+	char cmd[128];
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+	cr_assert_eq(system(cmd), 0);
+}
+
+/* Opens a storage manager (with its own pool when local_cpu) from YAML text; %s = dir. */
+static struct kvn_pool *pool;
+
+static void
+open_yaml(const char *fmt)
+{
+	char yaml[2048];
+	snprintf(yaml, sizeof(yaml), fmt, dir, dir);
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "test.yaml", &cfg, err, sizeof(err)), 0,
+		     "config: %s", err);
+	pool = NULL;
+	if (cfg->local_cpu)
+		cr_assert_eq(kvn_pool_create(cfg->max_local_cpu_size, false, &pool, err, sizeof(err)), 0,
+			     "pool: %s", err);
+	cr_assert_eq(kvn_storage_open(cfg, pool, &st, err, sizeof(err)), 0, "open: %s", err);
+}
+
+static void
+close_all(void)
+{
+	kvn_storage_close(st);
+	st = NULL;
+	kvn_pool_destroy(pool);
+	pool = NULL;
+}
+
+static struct kvn_key
+key_n(int n)
+{
+	struct kvn_key k;
+	char text[64];
+	snprintf(text, sizeof(text), "vllm@test@1@0@%x@half", n);
+	cr_assert_eq(kvn_key_from_str(&k, text), 0);
+	return k;
+}
+
+static void
+put_n(int n, size_t len, int fill)
+{
+	struct kvn_key k = key_n(n);
+	struct kvn_buf *b = kvn_buf_new(len);
+	memset(b->data, fill, len);
+	cr_assert_eq(kvn_storage_put(st, &k, b), 0, "put %d", n);
+	kvn_buf_unref(b);
+}
+
+/* Gets key n and checks every byte is fill. */
+static void
+expect_n(int n, size_t len, int fill)
+{
+	struct kvn_key k = key_n(n);
+	struct kvn_buf *b = NULL;
+	cr_assert_eq(kvn_storage_get(st, &k, &b), 0, "get %d", n);
+	cr_assert_eq(b->len, len);
+	for (size_t i = 0; i < len; i++)
+		if (((unsigned char *)b->data)[i] != (unsigned char)fill)
+			cr_assert_fail("key %d byte %zu is %d, want %d", n, i,
+				       ((unsigned char *)b->data)[i], fill);
+	kvn_buf_unref(b);
+}
+
+static struct kvn_backend_stats
+tier(size_t i, const char *want_name)
+{
+	const char *name;
+	struct kvn_backend_stats s;
+	cr_assert_eq(kvn_storage_tier(st, i, &name, &s), 0);
+	cr_assert_str_eq(name, want_name, "tier %zu", i);
+	return s;
+}
+
+static void (*gate_set_closed)(int);
+static int (*gate_waiting)(void);
+
+static void
+gate_bind(void)
+{
+	void *h = dlopen(GATE_SO, RTLD_NOW | RTLD_NOLOAD);
+	cr_assert_not_null(h, "the gate module is loaded by the storage manager");
+	gate_set_closed = (void (*)(int))dlsym(h, "kvn_test_gate_set_closed");
+	gate_waiting = (int (*)(void))dlsym(h, "kvn_test_gate_waiting");
+	cr_assert(gate_set_closed && gate_waiting);
+	dlclose(h); /* drops our extra reference only */
+}
+
+static void
+wait_for(int (*cond)(void), int want)
+{
+	for (int i = 0; i < 60000 && cond() != want; i++)
+		usleep(1000);
+	cr_assert_eq(cond(), want, "condition reached within 60 s");
+}
+
+static const char gate_cfg[] = "local_cpu: %s\n"
+			       "max_local_cpu_size: 0.01\n"
+			       "put_threads: 1\n"
+			       "put_queue_depth: 2\n"
+			       "external_backends: [gate]\n"
+			       "extra_config:\n"
+			       "  external_backend.gate.module_path: " GATE_SO "\n"
+			       "  external_backend.gate.class_name: kvn_gate_backend_ops\n";
+
+static void
+open_gate(bool cpu)
+{
+	char fmt[1024];
+	snprintf(fmt, sizeof(fmt), gate_cfg, cpu ? "true" : "false");
+	open_yaml(fmt);
+	gate_bind();
+}
+
+TestSuite(storage, .init = setup, .fini = teardown);
+
+Test(storage, tiers_are_ordered_cpu_disk_then_external_in_list_order)
+{
+	open_yaml("max_local_cpu_size: 0.01\nlocal_disk: \"file://%s/disk\"\nmax_local_disk_size: 0.01\n"
+		  "external_backends: [gate]\nextra_config:\n"
+		  "  external_backend.gate.module_path: " GATE_SO "\n"
+		  "  external_backend.gate.class_name: kvn_gate_backend_ops\n");
+	cr_assert_eq(kvn_storage_count(st), 3);
+	tier(0, "cpu");
+	tier(1, "disk");
+	tier(2, "gate");
+	cr_assert(kvn_storage_async(st), "disk and gate are written asynchronously");
+	close_all();
+}
+
+Test(storage, get_returns_the_first_hit_and_writes_through_to_every_tier)
+{
+	open_yaml("max_local_cpu_size: 0.01\nlocal_disk: %s/disk\nmax_local_disk_size: 0.01\n");
+	put_n(1, 4096, 0x11);
+	kvn_storage_flush(st);
+	cr_assert_eq(tier(0, "cpu").count, 1);
+	cr_assert_eq(tier(1, "disk").count, 1, "written through to disk");
+	expect_n(1, 4096, 0x11);
+	cr_assert_eq(tier(0, "cpu").hits, 1);
+	cr_assert_eq(tier(1, "disk").hits, 0, "the cpu hit answers first");
+	close_all();
+}
+
+Test(storage, a_hit_in_a_slower_tier_is_promoted_into_cpu)
+{
+	/* 4 MiB of cpu: eight 1 MiB chunks push the first ones out of cpu, not out of disk. */
+	open_yaml("max_local_cpu_size: 0.004\nlocal_disk: %s/disk\nmax_local_disk_size: 0.1\n");
+	for (int i = 0; i < 8; i++)
+		put_n(i, 1 << 20, i);
+	kvn_storage_flush(st);
+	cr_assert(tier(0, "cpu").evictions > 0, "the cpu tier evicted");
+	cr_assert_eq(tier(1, "disk").count, 8);
+
+	expect_n(0, 1 << 20, 0);
+	cr_assert_eq(tier(1, "disk").hits, 1, "key 0 came from disk");
+	uint64_t cpu_hits = tier(0, "cpu").hits;
+	expect_n(0, 1 << 20, 0);
+	cr_assert_eq(tier(0, "cpu").hits, cpu_hits + 1, "the second get hits cpu: promoted");
+	cr_assert_eq(tier(1, "disk").hits, 1);
+	close_all();
+}
+
+Test(storage, promotion_can_be_turned_off)
+{
+	open_yaml("max_local_cpu_size: 0.004\nlocal_disk: %s/disk\nmax_local_disk_size: 0.1\n"
+		  "promote_to_cpu: false\n");
+	for (int i = 0; i < 8; i++)
+		put_n(i, 1 << 20, i);
+	kvn_storage_flush(st);
+	expect_n(0, 1 << 20, 0);
+	expect_n(0, 1 << 20, 0);
+	cr_assert_eq(tier(1, "disk").hits, 2, "both gets went to disk");
+	close_all();
+}
+
+Test(storage, a_queued_write_is_visible_to_contains_and_get_before_it_lands)
+{
+	open_gate(false);
+	gate_set_closed(1);
+	put_n(7, 1000, 0x77);
+	struct kvn_key k = key_n(7);
+	cr_assert_eq(kvn_storage_put_pending(st, &k), 1);
+	cr_assert_eq(kvn_storage_contains(st, &k), 1);
+	expect_n(7, 1000, 0x77);
+	wait_for(gate_waiting, 1);
+	cr_assert_eq(tier(0, "gate").count, 0, "still in flight");
+	gate_set_closed(0);
+	kvn_storage_flush(st);
+	cr_assert_eq(kvn_storage_put_pending(st, &k), 0);
+	cr_assert_eq(tier(0, "gate").count, 1);
+	expect_n(7, 1000, 0x77);
+	close_all();
+}
+
+Test(storage, remove_wins_over_a_write_still_in_flight)
+{
+	open_gate(false);
+	gate_set_closed(1);
+	put_n(1, 100, 1); /* taken by the writer, blocked in the tier */
+	wait_for(gate_waiting, 1);
+	put_n(2, 100, 2); /* still queued */
+	struct kvn_key k1 = key_n(1), k2 = key_n(2);
+	cr_assert_eq(kvn_storage_remove(st, &k1), 0, "a queued write counts as held");
+	cr_assert_eq(kvn_storage_remove(st, &k2), 0);
+	gate_set_closed(0);
+	kvn_storage_flush(st);
+	cr_assert_eq(kvn_storage_contains(st, &k1), 0, "removed while being written");
+	cr_assert_eq(kvn_storage_contains(st, &k2), 0, "removed while queued");
+	cr_assert_eq(tier(0, "gate").count, 0);
+	close_all();
+}
+
+Test(storage, a_newer_value_is_never_overwritten_by_an_older_queued_one)
+{
+	open_gate(false);
+	gate_set_closed(1);
+	put_n(3, 64, 0xa1);
+	wait_for(gate_waiting, 1);
+	put_n(3, 64, 0xa2);
+	put_n(3, 64, 0xa3);
+	expect_n(3, 64, 0xa3);
+	gate_set_closed(0);
+	kvn_storage_flush(st);
+	expect_n(3, 64, 0xa3);
+	close_all();
+}
+
+static _Atomic int produced;
+
+static void *
+producer(void *arg)
+{
+	(void)arg;
+	for (int i = 0; i < 6; i++) {
+		put_n(100 + i, 64, i);
+		atomic_fetch_add(&produced, 1);
+	}
+	return NULL;
+}
+
+static int
+produced_count(void)
+{
+	return atomic_load(&produced);
+}
+
+Test(storage, the_write_queue_is_bounded_and_applies_backpressure)
+{
+	open_gate(false); /* one writer, queue depth 2 */
+	gate_set_closed(1);
+	atomic_store(&produced, 0);
+	pthread_t t;
+	pthread_create(&t, NULL, producer, NULL);
+	wait_for(gate_waiting, 1);
+	wait_for(produced_count, 3); /* one in the tier, two queued */
+	usleep(200 * 1000);
+	/* A slow machine can only make the count lower; an unbounded queue makes it 6. */
+	cr_assert_eq(produced_count(), 3, "the fourth put waits for room");
+	gate_set_closed(0);
+	pthread_join(t, NULL);
+	kvn_storage_flush(st);
+	cr_assert_eq(tier(0, "gate").count, 6, "nothing was lost");
+	close_all();
+}
+
+static int
+count_128(void *ctx, const struct kvn_key *k, size_t len)
+{
+	(void)k;
+	cr_assert_eq(len, 128);
+	(*(int *)ctx)++;
+	return 0;
+}
+
+Test(storage, list_reports_a_key_held_by_several_tiers_once)
+{
+	open_yaml("max_local_cpu_size: 0.01\nlocal_disk: %s/disk\nmax_local_disk_size: 0.01\n");
+	for (int i = 0; i < 5; i++)
+		put_n(i, 128, i);
+	kvn_storage_flush(st);
+	int n = 0;
+	cr_assert_eq(kvn_storage_list(st, count_128, &n), 0);
+	cr_assert_eq(n, 5);
+	close_all();
+}
+
+Test(storage, an_external_backend_without_its_module_is_a_clear_error)
+{
+	char yaml[512];
+	snprintf(yaml, sizeof(yaml),
+		 "external_backends: [nope]\nextra_config:\n"
+		 "  external_backend.nope.module_path: %s/missing.so\n"
+		 "  external_backend.nope.class_name: kvn_nope_ops\n", dir);
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_pool_create(cfg->max_local_cpu_size, false, &pool, err, sizeof(err)), 0);
+	cr_assert_lt(kvn_storage_open(cfg, pool, &st, err, sizeof(err)), 0);
+	cr_assert(strstr(err, "missing.so"), "names the file: %s", err);
+	kvn_pool_destroy(pool);
+	pool = NULL;
+}
+
+Test(storage, no_enabled_tier_is_refused)
+{
+	const char *yaml = "local_cpu: false\n";
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_storage_open(cfg, NULL, &st, err, sizeof(err)), -EINVAL);
+	cr_assert(strstr(err, "no storage tier"), "%s", err);
+}
