@@ -257,8 +257,8 @@ cmd_put(struct opts *o)
 		if ((e = kvn_client_put_fd(c, &key, fd, len)) < 0)
 			rc = client_fail(c, e, "put", key.str, path);
 	} else {
-		char *data;
-		size_t len;
+		char *data = NULL;
+		size_t len = 0;
 		if (isatty(fd))
 			fprintf(stderr,
 				"kvnode: reading the value of %s from the terminal; end it "

@@ -90,17 +90,8 @@ tier_get_opt(const struct kvn_backend_env *env, const char *opt)
 	const char *v = kvn_config_extra(cfg, full);
 	if (v)
 		return v;
-	if (!strcmp(opt, "chunk_size")) {
-		snprintf(num, sizeof(num), "%" PRIu32, cfg->chunk_size);
-		return num;
-	}
-	if (!strcmp(opt, "local_disk"))
-		return cfg->local_disk;
-	if (!strcmp(opt, "node_name"))
-		return cfg->node_name;
-	if (!strcmp(opt, "remote_url"))
-		return cfg->remote_url;
-	return NULL;
+	static _Thread_local char text[4096];
+	return kvn_config_value(cfg, opt, text, sizeof(text)) == 0 ? text : NULL;
 }
 
 static void
