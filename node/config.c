@@ -50,6 +50,8 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"promote_to_cpu", KVN_K_BOOL, FIELD(promote_to_cpu), 0, 0, 0, 0},
     {"put_queue_depth", KVN_K_UINT, FIELD(put_queue_depth), 0, 1, 1 << 20, 0},
     {"put_threads", KVN_K_UINT, FIELD(put_threads), 0, 1, 64, 0},
+    {"plugin_stop_timeout_ms", KVN_K_UINT, FIELD(plugin_stop_timeout_ms), 0, 0, INT32_MAX, 0},
+    {"plugin_restart", KVN_K_RESTART, FIELD(plugin_restart), 0, 0, 0, 0},
 };
 
 /* LMCache keys that kvnode has no use for: accepted so that one file can serve both, with a
@@ -240,6 +242,8 @@ describe(const struct kvn_keydef *kd, char *buf, size_t len)
 		return "one of error, warn, info, debug";
 	case KVN_K_GPU:
 		return "none, auto, or a GPU index (0, 1, … or cuda:N)";
+	case KVN_K_RESTART:
+		return "one of never, on-failure";
 	}
 	return "a valid value";
 }
@@ -494,6 +498,12 @@ kvn_config_set_scalar(struct kvn_config *cfg, size_t ki, const char *text, const
 			return bad_value(err, errlen, where, kd, text, NULL);
 		*(int *)p = kvn_log_level_parse(text);
 		return 0;
+	case KVN_K_RESTART:
+		if (strcasecmp(text, "never") && strcasecmp(text, "on-failure"))
+			return bad_value(err, errlen, where, kd, text, NULL);
+		snprintf(norm, sizeof(norm), "%s",
+			 strcasecmp(text, "never") ? "on-failure" : "never");
+		return replace_str(p, norm) ? kvn_config_nomem(err, errlen) : 0;
 	case KVN_K_GPU:
 		if (!parse_gpu(text, norm, sizeof(norm)))
 			return bad_value(err, errlen, where, kd, text, NULL);
@@ -632,6 +642,7 @@ kvn_config_new_defaults(void)
 	cfg->promote_to_cpu = true;
 	cfg->put_queue_depth = 64;
 	cfg->put_threads = 2;
+	cfg->plugin_stop_timeout_ms = 3000;
 	cfg->priv = calloc(1, sizeof(*cfg->priv));
 	cfg->dir = strdup(".");
 	cfg->remote_serde = strdup("naive");
@@ -639,9 +650,10 @@ kvn_config_new_defaults(void)
 	cfg->listen = strdup("127.0.0.1:0");
 	cfg->transport = strdup("auto");
 	cfg->gpu = strdup("none");
+	cfg->plugin_restart = strdup("never");
 	cfg->socket_path = kvn_config_default_socket();
 	if (!cfg->priv || !cfg->dir || !cfg->remote_serde || !cfg->node_name || !cfg->listen ||
-	    !cfg->transport || !cfg->gpu || !cfg->socket_path) {
+	    !cfg->transport || !cfg->gpu || !cfg->socket_path || !cfg->plugin_restart) {
 		kvn_config_free(cfg);
 		return NULL;
 	}
@@ -665,6 +677,7 @@ kvn_config_free(struct kvn_config *cfg)
 		case KVN_K_PATH:
 		case KVN_K_TRANSPORT:
 		case KVN_K_GPU:
+		case KVN_K_RESTART:
 			free(*(char **)p);
 			break;
 		case KVN_K_LIST:

@@ -55,6 +55,8 @@ struct kvn_config {
 	bool promote_to_cpu; /* copy hits from slower tiers into cpu, default true */
 	uint32_t put_queue_depth; /* bound of the slow-tier write queue, default 64 */
 	uint32_t put_threads; /* writer threads for slow tiers, default 2 */
+	uint32_t plugin_stop_timeout_ms; /* SIGTERM → SIGKILL grace for plugins, default 3000 */
+	char *plugin_restart; /* "never" | "on-failure", default never */
 
 	/* The loader's bookkeeping (where each key was set). The strings above are malloc'd and
 	 * freed by kvn_config_free: code that changes one must free the old and strdup. */

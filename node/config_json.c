@@ -101,6 +101,7 @@ key_json(const struct kvn_config *cfg, size_t ki, bool redact)
 	case KVN_K_PATH:
 	case KVN_K_TRANSPORT:
 	case KVN_K_GPU:
+	case KVN_K_RESTART:
 		return str_json(*(char *const *)p, redact, kd->flags & KVN_KF_SECRET);
 	case KVN_K_LIST: {
 		char *const *items = *(char **const *)p;
@@ -190,6 +191,7 @@ kvn_config_value(const struct kvn_config *cfg, const char *key, char *buf, size_
 	case KVN_K_PATH:
 	case KVN_K_TRANSPORT:
 	case KVN_K_GPU:
+	case KVN_K_RESTART:
 		if (!*(char *const *)p)
 			return -ENOENT;
 		n = snprintf(buf, len, "%s", *(char *const *)p);

@@ -20,6 +20,7 @@ enum kvn_ktype {
 	KVN_K_TRANSPORT, /* char *: auto | verbs | tcp */
 	KVN_K_LOGLEVEL,	 /* int */
 	KVN_K_GPU,	 /* char *: none | auto | index */
+	KVN_K_RESTART,	 /* char *: never | on-failure */
 };
 
 #define KVN_KF_NULLABLE 1u  /* null / empty means unset (NULL) */
@@ -41,7 +42,7 @@ extern const struct kvn_keydef kvn_config_keys[];
 #define KVN_CONFIG_MAX_DEPTH 16 /* extra_config nesting; also stops a self-referencing alias */
 /* Keys in one mapping and flattened extra_config entries; stops alias "billion laughs". */
 #define KVN_CONFIG_MAX_ENTRIES 4096
-#define KVN_NKEYS	     26
+#define KVN_NKEYS	     28
 
 /* Bookkeeping behind kvn_config.priv. */
 struct kvn_config_priv {
