@@ -1,0 +1,139 @@
+/* Transport ABI (DESIGN.md §4): one-sided READ of another node's registered memory. The
+ * implementations (verbs on rdma-core, tcp with the same semantics) fill the same struct
+ * kvn_transport_ops; callers pick one with kvn_transport_by_name and never switch on type. */
+#ifndef KVNODE_TRANSPORT_H
+#define KVNODE_TRANSPORT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvnode/kvnode.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped whenever struct kvn_transport_ops / kvn_transport_cfg / kvn_read change. */
+#define KVN_TRANSPORT_ABI 1
+
+/* Connect and read-progress timeout when the config leaves it at 0. */
+#define KVN_TRANSPORT_TIMEOUT_MS 10000
+
+struct kvn_transport; /* an open instance; each implementation defines it */
+struct kvn_tp_mr; /* one registration */
+struct kvn_tp_ep; /* a connection to one peer (maybe several sockets / QPs underneath) */
+
+enum kvn_mem_kind {
+	KVN_MEM_HOST = 0,
+	KVN_MEM_GPU = 1, /* device memory (GPUDirect); -EOPNOTSUPP where the transport cannot */
+};
+
+/* What a peer needs to read a region: sent to it out of band (membership, private data). addr
+ * is the owner's virtual address of the region's first byte, as with verbs. */
+struct kvn_mem_desc {
+	uint64_t addr;
+	uint64_t len;
+	uint32_t rkey; /* random per registration: a stale or forged rkey is refused */
+};
+
+struct kvn_transport_cfg {
+	const char *rdma_device; /* verbs: device name; NULL = first device with an active port */
+	int gid_index; /* verbs, RoCE: GID table index; -1 = pick automatically */
+	int timeout_ms; /* connect timeout, and how long a read may see no progress; 0 = default */
+	int conns_per_peer; /* tcp: sockets per endpoint that large reads are striped over; 0 = 1 */
+};
+
+struct kvn_read;
+/* Called exactly once per posted read, on the transport's progress thread. status is 0 or a
+ * negative errno; msg (NULL on success) says what failed and names the peer, and is valid only
+ * during the call. The callback may post more reads; it must not block for long or close the
+ * endpoint or the instance. */
+typedef void (*kvn_read_cb)(struct kvn_read *rd, int status, const char *msg);
+
+/* One READ: len bytes at the peer's (remote_addr, rkey) into local, which lies inside local_mr
+ * (a registration of the reading instance). The struct is the caller's and must stay valid and
+ * untouched until its callback has run. */
+struct kvn_read {
+	void *local;
+	struct kvn_tp_mr *local_mr;
+	uint64_t remote_addr;
+	uint32_t rkey;
+	uint64_t len;
+	kvn_read_cb done;
+	void *ctx; /* the caller's */
+	int status; /* set before done is called */
+};
+
+/*
+ * Error model, common to every implementation (the conformance suite checks it):
+ *  - a read whose rkey is unknown to the owner (never registered, deregistered, forged) or whose
+ *    range is not inside that registration completes with -EACCES;
+ *  - a zero-length read, or one whose local range is not inside local_mr, completes with -EINVAL;
+ *  - none of those affects other reads: the endpoint and the owner keep serving;
+ *  - a peer that goes away fails the endpoint's outstanding reads (-ECONNRESET, or -ETIMEDOUT
+ *    when nothing arrives for timeout_ms) — a read never hangs. The next read() on that
+ *    endpoint reconnects once (within timeout_ms) and fails with -ENOTCONN when it cannot;
+ *  - every function that can fail returns 0 or a negative errno and, where it takes (err,
+ *    errlen), writes there one line naming the peer or the thing involved and what to do.
+ */
+struct kvn_transport_ops {
+	uint32_t abi; /* KVN_TRANSPORT_ABI, first so a mismatched module is detected */
+	const char *name; /* "tcp", "verbs" */
+
+	/* 0 when the transport can work on this machine (verbs: an RDMA device with an active
+	 * port), else -ENODEV with the reason in err. Opens nothing that outlives the call. */
+	int (*probe)(const struct kvn_transport_cfg *cfg, char *err, size_t errlen);
+	/* Opens an instance and starts its progress thread. cfg may be NULL for the defaults. */
+	int (*open)(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *err,
+		    size_t errlen);
+	/* Closes every endpoint (failing their outstanding reads), stops the progress thread,
+	 * stops listening and drops every registration. */
+	void (*close)(struct kvn_transport *tp);
+
+	/* Registers [ptr, ptr+len) for local write and remote READ only (never remote write) and
+	 * fills desc. The memory must stay valid until dereg. */
+	int (*reg_mem)(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind kind,
+		       struct kvn_tp_mr **out, struct kvn_mem_desc *desc, char *err, size_t errlen);
+	/* From its return on, reads naming the registration's rkey are refused and none is still
+	 * touching its memory (a peer's read caught mid-stream fails). */
+	void (*dereg)(struct kvn_tp_mr *mr);
+
+	/* Serves reads of this instance's registrations at addr ("HOST:PORT", port 0 = pick
+	 * one); bound gets the address peers should connect to ("127.0.0.1:41234"). Once per
+	 * instance (-EALREADY after). */
+	int (*listen)(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen,
+		      char *err, size_t errlen);
+	/* Connects to a peer's listen address within timeout_ms (0 = the instance's timeout). An
+	 * unreachable peer is -ECONNREFUSED / -ETIMEDOUT / -EHOSTUNREACH with err naming it. */
+	int (*connect)(struct kvn_transport *tp, const char *peer, int timeout_ms,
+		       struct kvn_tp_ep **out, char *err, size_t errlen);
+	/* Fails the endpoint's outstanding reads (their callbacks run before this returns) and
+	 * frees it. */
+	void (*ep_close)(struct kvn_tp_ep *ep);
+
+	/* Posts n reads (pipelined: many may be in flight per endpoint; they may complete in any
+	 * order). Returns 0 when all n are posted: each one's done is then called exactly once,
+	 * never from inside this call. Returns a negative errno when none was posted (then no
+	 * callback runs): -ENOTCONN when the endpoint is broken and reconnecting failed, -ENOMEM.
+	 * Safe to call from several threads and from a read callback. */
+	int (*read)(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n);
+};
+
+/* The built-in transport named name: "tcp", "verbs", or "auto" (verbs when its probe finds an
+ * active RDMA device, else tcp; logs which it picked and why). NULL with err set when the name is
+ * unknown or that transport is not in this build. Does not probe a named transport. */
+KVN_API const struct kvn_transport_ops *kvn_transport_by_name(const char *name,
+							      const struct kvn_transport_cfg *cfg,
+							      char *err, size_t errlen);
+
+/* For synchronous callers: posts the n reads, waits until every one has completed and returns 0
+ * when all succeeded, else the first failure's status with its message in err. Uses each read's
+ * done and ctx itself. Never hangs: the transport fails stalled reads after its timeout. */
+KVN_API int kvn_transport_read_sync(const struct kvn_transport_ops *ops, struct kvn_tp_ep *ep,
+				    struct kvn_read *reads, size_t n, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
