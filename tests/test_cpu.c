@@ -11,6 +11,7 @@
 #include "node/pool.h"
 #include "node/storage.h"
 #include "tests/helpers/backend_env.h"
+#include "tests/helpers/pattern.h"
 
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
@@ -58,30 +59,13 @@ key_of(const char *fmt, long n)
 	return k;
 }
 
-static void
-fill(void *p, size_t n, uint64_t seed)
-{
-	uint8_t *b = p;
-	for (size_t i = 0; i < n; i++)
-		b[i] = (uint8_t)((seed * 151 + i * 13 + (i >> 11)) & 0xff);
-}
-
-static bool
-check(const void *p, size_t n, uint64_t seed)
-{
-	const uint8_t *b = p;
-	for (size_t i = 0; i < n; i++)
-		if (b[i] != (uint8_t)((seed * 151 + i * 13 + (i >> 11)) & 0xff))
-			return false;
-	return true;
-}
 
 static int
 put_bytes(struct fixture *f, const struct kvn_key *k, size_t len, uint64_t seed)
 {
 	struct kvn_buf *b = kvn_buf_new(len);
 	cr_assert_not_null(b);
-	fill(b->data, len, seed);
+	pattern_fill(b->data, len, seed);
 	int rc = ops->put(f->be, k, b);
 	kvn_buf_unref(b);
 	return rc;
@@ -93,7 +77,7 @@ holds(struct fixture *f, const struct kvn_key *k, size_t len, uint64_t seed)
 	struct kvn_buf *v;
 	if (ops->get(f->be, k, &v))
 		return false;
-	bool ok = v->len == len && check(v->data, len, seed);
+	bool ok = v->len == len && pattern_check(v->data, len, seed);
 	kvn_buf_unref(v);
 	return ok;
 }
@@ -128,7 +112,7 @@ Test(cpu, get_returns_a_zero_copy_view_of_the_stored_bytes_and_counts_hits_and_m
 	struct kvn_buf *v;
 	cr_assert_eq(ops->get(f.be, &k, &v), 0);
 	cr_assert_eq(v->len, 300 * KiB);
-	cr_assert(check(v->data, v->len, 3));
+	cr_assert(pattern_check(v->data, v->len, 3));
 	struct kvn_slot *s = kvn_pool_view_slot(v);
 	cr_assert_not_null(s, "the view points into the pool");
 	cr_assert_eq(v->data, kvn_slot_payload(s));
@@ -222,7 +206,7 @@ Test(cpu, eviction_spares_pinned_chunks_and_chunks_with_live_views)
 	}
 	for (int i = 0; i < 3; i++) {
 		cr_assert(holds(&f, &k[i], len, (uint64_t)i), "pinned key %d lost or changed", i);
-		cr_assert(check(views[i]->data, len, 3 + (uint64_t)i), "viewed key %d changed",
+		cr_assert(pattern_check(views[i]->data, len, 3 + (uint64_t)i), "viewed key %d changed",
 			  3 + i);
 		cr_assert_eq(ops->contains(f.be, &k[3 + i], false), 1);
 	}
@@ -284,8 +268,8 @@ Test(cpu, replacing_or_removing_a_key_leaves_existing_views_intact)
 		struct kvn_key m = key_of("churn-%ld", i);
 		cr_assert_eq(put_bytes(&f, &m, MiB, 50 + (uint64_t)i), 0);
 	}
-	cr_assert(check(old->data, 2 * MiB, 1), "replaced value changed under its view");
-	cr_assert(check(cur->data, 1 * MiB, 2), "removed value changed under its view");
+	cr_assert(pattern_check(old->data, 2 * MiB, 1), "replaced value changed under its view");
+	cr_assert(pattern_check(cur->data, 1 * MiB, 2), "removed value changed under its view");
 	kvn_buf_unref(old);
 	kvn_buf_unref(cur);
 	close_cpu(&f);
@@ -389,7 +373,7 @@ worker_main(void *ap)
 		if ((i + w->id) % 2) {
 			size_t len = 64 * KiB + (size_t)((i * 4099 + w->id * 977) % (448 * 1024));
 			struct kvn_buf *b = kvn_buf_new(len);
-			fill(b->data, len, len);
+			pattern_fill(b->data, len, len);
 			if (ops->put(w->f->be, &k, b))
 				w->bad++;
 			kvn_buf_unref(b);
@@ -397,7 +381,7 @@ worker_main(void *ap)
 			struct kvn_buf *v;
 			if (ops->get(w->f->be, &k, &v) == 0) {
 				w->hits++;
-				if (!check(v->data, v->len, v->len))
+				if (!pattern_check(v->data, v->len, v->len))
 					w->bad++;
 				kvn_buf_unref(v);
 			}

@@ -10,6 +10,7 @@
 #include <xxhash.h>
 
 #include "node/pool.h"
+#include "tests/helpers/pattern.h"
 
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
@@ -32,24 +33,6 @@ key_of(const char *s)
 	return k;
 }
 
-/* Deterministic bytes for (seed, i) so a reader can check what a writer stored. */
-static void
-fill(void *p, size_t n, uint64_t seed)
-{
-	uint8_t *b = p;
-	for (size_t i = 0; i < n; i++)
-		b[i] = (uint8_t)((seed * 131 + i * 7 + (i >> 9)) & 0xff);
-}
-
-static bool
-check(const void *p, size_t n, uint64_t seed)
-{
-	const uint8_t *b = p;
-	for (size_t i = 0; i < n; i++)
-		if (b[i] != (uint8_t)((seed * 131 + i * 7 + (i >> 9)) & 0xff))
-			return false;
-	return true;
-}
 
 /* A published, linked slot as the cpu backend makes one. */
 static struct kvn_slot *
@@ -59,7 +42,7 @@ put_slot(struct kvn_pool *p, const char *key, size_t len, uint64_t seed, bool ev
 	struct kvn_slot *s;
 	int rc = kvn_pool_alloc(p, len, &k, evict, &s);
 	cr_assert_eq(rc, 0, "alloc of %zu bytes for %s: %s", len, key, kvn_strerror(rc));
-	fill(kvn_slot_payload(s), len, seed);
+	pattern_fill(kvn_slot_payload(s), len, seed);
 	kvn_pool_seal(s);
 	kvn_pool_commit(p, s);
 	return s;
@@ -141,7 +124,7 @@ Test(pool, allocates_many_sizes_page_aligned_inside_the_region_without_overlap)
 		cr_assert_eq((char *)kvn_slot_payload(s[i]), base + off + 64);
 		cr_assert_eq(kvn_slot_len(s[i]), sizes[i]);
 		cr_assert_leq(off + 64 + sizes[i], kvn_pool_size(p));
-		fill(kvn_slot_payload(s[i]), sizes[i], i);
+		pattern_fill(kvn_slot_payload(s[i]), sizes[i], i);
 	}
 	for (size_t i = 0; i < n; i++) {
 		uint64_t a = kvn_slot_offset(s[i]);
@@ -152,7 +135,7 @@ Test(pool, allocates_many_sizes_page_aligned_inside_the_region_without_overlap)
 					      b + kvn_pool_slot_footprint(sizes[j]) <= a,
 					  "slots %zu and %zu overlap", i, j);
 		}
-		cr_assert(check(kvn_slot_payload(s[i]), sizes[i], i), "slot %zu was overwritten",
+		cr_assert(pattern_check(kvn_slot_payload(s[i]), sizes[i], i), "slot %zu was overwritten",
 			  i);
 	}
 	struct kvn_pool_stats st;
@@ -294,7 +277,7 @@ Test(pool, generation_is_odd_while_written_even_once_published_and_changes_on_re
 	struct kvn_slot_hdr *h = kvn_slot_hdr(s);
 	uint64_t writing = kvn_slot_generation(s);
 	cr_assert_eq(writing & 1, 1, "generation %llu while written", (unsigned long long)writing);
-	fill(kvn_slot_payload(s), 1000, 1);
+	pattern_fill(kvn_slot_payload(s), 1000, 1);
 	kvn_pool_seal(s);
 	uint64_t published = kvn_slot_generation(s);
 	cr_assert_eq(published & 1, 0);
@@ -370,7 +353,7 @@ Test(pool, a_view_keeps_an_unlinked_slot_alive_until_released)
 		memset(kvn_slot_payload(fillers[nf]), 0xee, 256 * KiB);
 		nf++;
 	}
-	cr_assert(check(v->data, v->len, 5), "a removed slot's bytes changed under a view");
+	cr_assert(pattern_check(v->data, v->len, 5), "a removed slot's bytes changed under a view");
 	struct kvn_pool_stats st;
 	kvn_pool_stats(p, &st);
 	uint64_t used = st.used_bytes;
@@ -421,7 +404,7 @@ Test(pool, eviction_never_frees_a_pinned_or_referenced_slot)
 		struct kvn_key k = key_of(key);
 		if (kvn_pool_alloc(p, MiB - 64, &k, false, &s[n]))
 			break;
-		fill(kvn_slot_payload(s[n]), MiB - 64, n);
+		pattern_fill(kvn_slot_payload(s[n]), MiB - 64, n);
 		kvn_pool_seal(s[n]);
 		kvn_pool_commit(p, s[n]);
 	}
@@ -446,7 +429,7 @@ Test(pool, eviction_never_frees_a_pinned_or_referenced_slot)
 	cr_assert_gt(log.n, 16, "eviction happened (%zu)", log.n);
 	for (size_t i = 0; i < 6; i++) {
 		cr_assert_not(was_evicted(&log, s[i]), "protected slot %zu evicted", i);
-		cr_assert(check(kvn_slot_payload(s[i]), MiB - 64, i), "slot %zu bytes changed", i);
+		cr_assert(pattern_check(kvn_slot_payload(s[i]), MiB - 64, i), "slot %zu bytes changed", i);
 		cr_assert_eq(kvn_slot_generation(s[i]), gens[i]);
 		snprintf(key, sizeof(key), "fill-%zu", i);
 		cr_assert_str_eq(kvn_slot_key(s[i])->str, key);
@@ -534,7 +517,7 @@ churn_thread(void *ap)
 	for (int i = 0; i < 3000; i++) {
 		int j = (int)(rnd(&r) % 8);
 		if (mine[j]) {
-			if (!check(kvn_slot_payload(mine[j]), kvn_slot_len(mine[j]), seeds[j]))
+			if (!pattern_check(kvn_slot_payload(mine[j]), kvn_slot_len(mine[j]), seeds[j]))
 				a->errors++;
 			kvn_pool_unref(a->pool, mine[j]);
 			mine[j] = NULL;
@@ -542,13 +525,13 @@ churn_thread(void *ap)
 			size_t len = (size_t)(rnd(&r) % (300 * KiB));
 			if (kvn_pool_alloc(a->pool, len, NULL, false, &mine[j]) == 0) {
 				seeds[j] = rnd(&r);
-				fill(kvn_slot_payload(mine[j]), len, seeds[j]);
+				pattern_fill(kvn_slot_payload(mine[j]), len, seeds[j]);
 			}
 		}
 	}
 	for (int j = 0; j < 8; j++)
 		if (mine[j]) {
-			if (!check(kvn_slot_payload(mine[j]), kvn_slot_len(mine[j]), seeds[j]))
+			if (!pattern_check(kvn_slot_payload(mine[j]), kvn_slot_len(mine[j]), seeds[j]))
 				a->errors++;
 			kvn_pool_unref(a->pool, mine[j]);
 		}
