@@ -10,5 +10,7 @@
 
 /* Bumped whenever struct kvn_backend_ops / kvn_backend_env / kvn_buf change layout or meaning. */
 #define KVN_BACKEND_ABI 1
+/* Bumped whenever struct kvn_connector_ops / kvn_connector_env / kvn_remote_value change. */
+#define KVN_CONNECTOR_ABI 1
 
 #endif

@@ -1,0 +1,42 @@
+/* Connector registry: remote_url scheme -> struct kvn_connector_ops. Built-in connectors are
+ * always there; external ones (dlopen'ed by the node's loader) are added with
+ * kvn_connector_register. Also the batch helpers that fall back to single calls. */
+#ifndef KVN_CONNECTORS_REGISTRY_H
+#define KVN_CONNECTORS_REGISTRY_H
+
+#include "kvnode/connector.h"
+
+extern const struct kvn_connector_ops kvn_redis_connector_ops;
+extern const struct kvn_connector_ops kvn_fs_connector_ops;
+extern const struct kvn_connector_ops kvn_blackhole_connector_ops;
+
+/* Adds an external connector for scheme (letters, digits, '+', '-', '.'). 0 when added or when
+ * the same ops are already registered for it; -EEXIST when the scheme is built in or taken by
+ * other ops; -EINVAL for a bad scheme or an ops whose abi is not KVN_CONNECTOR_ABI. The ops
+ * (and the module holding them) must stay valid until kvn_connector_unregister. */
+KVN_API int kvn_connector_register(const char *scheme, const struct kvn_connector_ops *ops);
+/* Removes an external registration; -ENOENT when there is none. */
+KVN_API int kvn_connector_unregister(const char *scheme);
+
+/* The ops for url's scheme. Unknown scheme: -EINVAL, err lists the known schemes. A scheme
+ * this build lacks (rediss without hiredis SSL, infinistore, mooncakestore): -ENOTSUP, err
+ * says "not built in this build: needs <library>". A URL without "://": -EINVAL. */
+KVN_API int kvn_connector_find(const char *url, const struct kvn_connector_ops **ops, char *err,
+			       size_t errlen);
+/* The known schemes, ", "-joined, into buf; returns the length it needs. */
+KVN_API size_t kvn_connector_schemes(char *buf, size_t len);
+/* Copies url's scheme (before "://") into out; -EINVAL without one or when it is too long. */
+KVN_API int kvn_connector_scheme_of(const char *url, char *out, size_t outlen);
+
+/* Batched calls: the connector's batch op when it has one, else a loop of single calls. */
+KVN_API int kvn_connector_get_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c,
+				    size_t n, const struct kvn_key *const *keys,
+				    struct kvn_remote_value *out, int *rcs);
+KVN_API int kvn_connector_put_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c,
+				    size_t n, const struct kvn_key *const *keys,
+				    const struct kvn_remote_value *vals, int *rcs);
+KVN_API int kvn_connector_exists_batch(const struct kvn_connector_ops *ops,
+				       struct kvn_connector *c, size_t n,
+				       const struct kvn_key *const *keys, int *rcs);
+
+#endif

@@ -1,0 +1,149 @@
+/* Remote connector ABI (DESIGN.md §4, §10). A connector moves values between the node and one
+ * remote store chosen by the scheme of remote_url. Built-in connectors (redis, fs, blackhole …)
+ * and external ones loaded from a .so fill the same struct kvn_connector_ops. */
+#ifndef KVNODE_CONNECTOR_H
+#define KVNODE_CONNECTOR_H
+
+#include "kvnode/kvnode.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------------------------
+ * Values. A stored value is LMCache's 28-byte RemoteMetadata header (seven little-endian int32:
+ * length, fmt, dtype, shape[0..3]) followed by `length` payload bytes, so LMCache and kvnode
+ * can share one store. kvnode's integrity tag travels beside the value, in a place LMCache
+ * ignores (a separate redis key, a file's xattr …): the connector stores and returns the tag
+ * bytes as they are; the node computes and checks them (node/remote_value.h).
+ * ------------------------------------------------------------------------------------------ */
+
+#define KVN_REMOTE_META_LEN 28 /* bytes of LMCache's RemoteMetadata */
+#define KVN_REMOTE_TAG_MAX 32 /* bytes of kvnode's integrity tag, at most */
+
+/* LMCache dtype codes and MemoryFormat values (DESIGN.md §10). */
+enum kvn_remote_dtype {
+	KVN_DTYPE_NONE = 0,
+	KVN_DTYPE_HALF = 1,
+	KVN_DTYPE_FLOAT16 = 2,
+	KVN_DTYPE_BFLOAT16 = 3,
+	KVN_DTYPE_FLOAT32 = 4,
+	KVN_DTYPE_FLOAT64 = 5,
+	KVN_DTYPE_UINT8 = 6,
+	KVN_DTYPE_FP8_E4M3FN = 7,
+	KVN_DTYPE_FP8_E5M2 = 8,
+};
+
+enum kvn_remote_fmt {
+	KVN_FMT_UNDEFINED = 0,
+	KVN_FMT_KV_2LTD = 1,
+	KVN_FMT_KV_T2D = 2,
+	KVN_FMT_KV_2TD = 3,
+	KVN_FMT_BINARY = 4,
+	KVN_FMT_BINARY_BUFFER = 5,
+	KVN_FMT_KV_MLA_FMT = 6,
+};
+
+/* The header fields, decoded. */
+struct kvn_remote_meta {
+	int32_t length; /* payload bytes */
+	int32_t fmt; /* enum kvn_remote_fmt */
+	int32_t dtype; /* enum kvn_remote_dtype */
+	int32_t shape[4];
+};
+
+/* One value as a connector stores and returns it. */
+struct kvn_remote_value {
+	struct kvn_remote_meta meta;
+	/* The payload: meta.length bytes. On get the connector sets it (one reference for the
+	 * caller; the connector may hand out a view of its own reply buffer, zero-copy). On put
+	 * it is the caller's, valid for the call. */
+	struct kvn_buf *payload;
+	/* kvnode's integrity tag (opaque to the connector). On put: store these tag_len bytes
+	 * where LMCache does not look. On get: return them, or tag_len = 0 when the store has
+	 * none (a value written by LMCache itself). */
+	uint8_t tag[KVN_REMOTE_TAG_MAX];
+	uint32_t tag_len;
+};
+
+/* ------------------------------------------------------------------------------------------
+ * What the node hands a connector
+ * ------------------------------------------------------------------------------------------ */
+
+struct kvn_connector; /* an instance (one connection); each implementation defines it */
+
+struct kvn_connector_env {
+	uint32_t abi; /* KVN_CONNECTOR_ABI of the node */
+	const char *url; /* remote_url as configured (may hold a password: never log it) */
+	const char *url_redacted; /* the same with any password replaced: use this in messages */
+	const char *config_dir; /* directory of the config file ("." without one) */
+	/* An option: the URL's query parameter ?opt=…, else extra_config "remote.<opt>", else
+	 * (external connectors) extra_config "external_connector.<scheme>.<opt>"; NULL when unset. */
+	const char *(*get_opt)(const struct kvn_connector_env *env, const char *opt);
+	/* One log line, tagged with the connector's scheme. level is enum kvn_log_level. */
+	void (*log)(const struct kvn_connector_env *env, int level, const char *fmt, ...)
+		__attribute__((format(printf, 3, 4)));
+	uint32_t timeout_ms; /* per-operation deadline (connect, and each request) */
+	void *node_priv;
+};
+
+/* Callback of list(): the key text of one stored value; non-zero stops the walk and is
+ * returned by list(). */
+typedef int (*kvn_connector_list_cb)(void *ctx, const char *key, size_t keylen);
+
+enum kvn_connector_flags {
+	/* The store keeps nothing (blackhole): get always misses; tests skip read-back cases. */
+	KVN_CONNECTOR_F_DISCARDS = 1u << 0,
+	/* list() is not supported by the store (returns -EOPNOTSUPP). */
+	KVN_CONNECTOR_F_NO_LIST = 1u << 1,
+};
+
+/* Errors: 0 or a negative errno. -ENOENT a miss; -EINVAL a bad URL/option (with an env->log
+ * line naming it); -ENOTCONN, -ECONNREFUSED, -ECONNRESET, -EPIPE, -ETIMEDOUT, -EIO: the store
+ * is unreachable or the connection broke — the node then closes this instance and reconnects
+ * with back-off, so a connector need not retry on its own. -EPROTO: the store answered
+ * something that is not a value of this layout.
+ *
+ * Threads: one instance is used by one thread at a time (the node keeps a small pool of
+ * instances, one connect() each), so an instance needs no locking of its own. */
+struct kvn_connector_ops {
+	uint32_t abi; /* KVN_CONNECTOR_ABI, first so a mismatched module is detected */
+	uint32_t flags; /* enum kvn_connector_flags */
+	const char *scheme; /* "redis", "fs" … (what remote_url starts with, before "://") */
+
+	/* Parses env->url, validates options and opens one connection. On failure nothing is
+	 * left allocated and the error says what to fix (address, option, credentials). */
+	int (*connect)(const struct kvn_connector_env *env, struct kvn_connector **out);
+	/* Closes the connection and frees the instance. */
+	void (*close)(struct kvn_connector *c);
+
+	/* 1 when key is stored (LMCache: the metadata exists), 0 when not, < 0 on error. */
+	int (*exists)(struct kvn_connector *c, const struct kvn_key *key);
+	/* Fills *out (meta, payload with one reference, tag); -ENOENT on a miss. */
+	int (*get)(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_value *out);
+	/* Stores val under key, replacing an older value. Writes the payload before the header
+	 * so that a reader never sees a header without its payload (LMCache's order). */
+	int (*put)(struct kvn_connector *c, const struct kvn_key *key,
+		   const struct kvn_remote_value *val);
+	/* -ENOENT when absent. */
+	int (*remove)(struct kvn_connector *c, const struct kvn_key *key);
+	/* Calls cb for each stored key (order unspecified); -EOPNOTSUPP when the store cannot. */
+	int (*list)(struct kvn_connector *c, kvn_connector_list_cb cb, void *ctx);
+	/* 0 when the store answers. */
+	int (*ping)(struct kvn_connector *c);
+
+	/* Batched variants, optional (NULL: the node loops over the single ones). rcs[i] gets
+	 * what the single call would return for keys[i]; the function's own return value is 0,
+	 * or < 0 when the whole batch failed (then rcs is undefined). */
+	int (*get_batch)(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys,
+			 struct kvn_remote_value *out, int *rcs);
+	int (*put_batch)(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys,
+			 const struct kvn_remote_value *vals, int *rcs);
+	int (*exists_batch)(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys,
+			    int *rcs);
+};
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,142 @@
+/* LMCache RemoteMetadata codec and kvnode's integrity tag for values in remote stores
+ * (DESIGN.md §10). */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <xxhash.h>
+
+#include "node/remote_value.h"
+
+static const uint8_t tag_magic[4] = { 'K', 'V', 'X', '1' };
+
+static void
+put_le32(uint8_t *p, uint32_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+	p[2] = (uint8_t)(v >> 16);
+	p[3] = (uint8_t)(v >> 24);
+}
+
+static uint32_t
+get_le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+KVN_API void
+kvn_remote_meta_encode(const struct kvn_remote_meta *meta, uint8_t out[KVN_REMOTE_META_LEN])
+{
+	put_le32(out + 0, (uint32_t)meta->length);
+	put_le32(out + 4, (uint32_t)meta->fmt);
+	put_le32(out + 8, (uint32_t)meta->dtype);
+	for (int i = 0; i < 4; i++)
+		put_le32(out + 12 + 4 * i, (uint32_t)meta->shape[i]);
+}
+
+KVN_API int
+kvn_remote_meta_decode(const void *in, size_t len, struct kvn_remote_meta *meta)
+{
+	const uint8_t *p = in;
+	if (len != KVN_REMOTE_META_LEN)
+		return -EPROTO;
+	meta->length = (int32_t)get_le32(p);
+	meta->fmt = (int32_t)get_le32(p + 4);
+	meta->dtype = (int32_t)get_le32(p + 8);
+	for (int i = 0; i < 4; i++)
+		meta->shape[i] = (int32_t)get_le32(p + 12 + 4 * i);
+	if (meta->length < 0 || meta->fmt < KVN_FMT_UNDEFINED || meta->fmt > KVN_FMT_KV_MLA_FMT ||
+	    meta->dtype < KVN_DTYPE_NONE || meta->dtype > KVN_DTYPE_FP8_E5M2)
+		return -EPROTO;
+	for (int i = 0; i < 4; i++)
+		if (meta->shape[i] < 0)
+			return -EPROTO;
+	return 0;
+}
+
+KVN_API int
+kvn_remote_meta_for_bytes(size_t len, struct kvn_remote_meta *meta)
+{
+	if (len > INT32_MAX)
+		return -EFBIG;
+	/* shape multiplies out to the byte count, which is how LMCache sizes the buffer it
+	 * allocates for a uint8 object. */
+	*meta = (struct kvn_remote_meta){
+		.length = (int32_t)len,
+		.fmt = KVN_FMT_BINARY,
+		.dtype = KVN_DTYPE_UINT8,
+		.shape = { (int32_t)len, 1, 1, 1 },
+	};
+	return 0;
+}
+
+static uint64_t
+value_sum(const struct kvn_remote_meta *meta, const void *payload, size_t len)
+{
+	uint8_t hdr[KVN_REMOTE_META_LEN];
+	kvn_remote_meta_encode(meta, hdr);
+	return XXH3_64bits_withSeed(payload, len, XXH3_64bits(hdr, sizeof(hdr)));
+}
+
+KVN_API void
+kvn_remote_tag_fill(struct kvn_remote_value *val)
+{
+	const struct kvn_buf *b = val->payload;
+	uint64_t sum = value_sum(&val->meta, b ? b->data : NULL, b ? b->len : 0);
+	memcpy(val->tag, tag_magic, 4);
+	put_le32(val->tag + 4, (uint32_t)sum);
+	put_le32(val->tag + 8, (uint32_t)(sum >> 32));
+	val->tag_len = KVN_REMOTE_TAG_LEN;
+}
+
+KVN_API int
+kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf)
+{
+	memset(val, 0, sizeof(*val));
+	int rc = kvn_remote_meta_for_bytes(buf->len, &val->meta);
+	if (rc < 0)
+		return rc;
+	val->payload = buf;
+	kvn_remote_tag_fill(val);
+	return 0;
+}
+
+static int
+bad(char *why, size_t whylen, const char *msg)
+{
+	if (why && whylen)
+		snprintf(why, whylen, "%s", msg);
+	return -EBADMSG;
+}
+
+KVN_API int
+kvn_remote_value_check(const struct kvn_remote_value *val, char *why, size_t whylen)
+{
+	uint8_t hdr[KVN_REMOTE_META_LEN];
+	struct kvn_remote_meta m;
+	if (!val->payload)
+		return bad(why, whylen, "no payload");
+	kvn_remote_meta_encode(&val->meta, hdr);
+	if (kvn_remote_meta_decode(hdr, sizeof(hdr), &m) < 0)
+		return bad(why, whylen, "header field out of range (length, fmt, dtype or shape)");
+	if ((size_t)val->meta.length != val->payload->len)
+		return bad(why, whylen, "header length differs from the payload's");
+	if (val->tag_len == 0)
+		return 0;
+	if (val->tag_len != KVN_REMOTE_TAG_LEN || memcmp(val->tag, tag_magic, 4))
+		return bad(why, whylen, "integrity tag has an unknown layout");
+	uint64_t want = (uint64_t)get_le32(val->tag + 4) | (uint64_t)get_le32(val->tag + 8) << 32;
+	if (value_sum(&val->meta, val->payload->data, val->payload->len) != want)
+		return bad(why, whylen, "checksum mismatch (header or payload changed)");
+	return 0;
+}
+
+KVN_API void
+kvn_remote_value_release(struct kvn_remote_value *val)
+{
+	if (val && val->payload) {
+		kvn_buf_unref(val->payload);
+		val->payload = NULL;
+	}
+}

@@ -1,0 +1,36 @@
+/* LMCache's 28-byte remote value header (RemoteMetadata) and kvnode's integrity tag: the one
+ * implementation every connector, the remote tier and the lm:// server use. */
+#ifndef KVN_NODE_REMOTE_VALUE_H
+#define KVN_NODE_REMOTE_VALUE_H
+
+#include "kvnode/connector.h"
+
+/* Tag layout: "KVX1" then the xxh3-64 (little-endian) of the 28 header bytes followed by the
+ * payload, so a header or payload changed behind kvnode's back (or a value rewritten by LMCache
+ * over an older kvnode one) fails the check. */
+#define KVN_REMOTE_TAG_LEN 12
+
+/* Writes meta as seven little-endian int32 (LMCache's RemoteMetadata.serialize). */
+KVN_API void kvn_remote_meta_encode(const struct kvn_remote_meta *meta,
+				    uint8_t out[KVN_REMOTE_META_LEN]);
+/* Reads the header; -EPROTO when len is not 28 or a field is out of range (negative length
+ * or shape, unknown dtype or fmt). */
+KVN_API int kvn_remote_meta_decode(const void *in, size_t len, struct kvn_remote_meta *meta);
+/* The header kvnode writes for a plain byte value: BINARY, uint8, shape {len, 1, 1, 1}.
+ * -EFBIG when len does not fit LMCache's int32 length. */
+KVN_API int kvn_remote_meta_for_bytes(size_t len, struct kvn_remote_meta *meta);
+
+/* Computes val->tag / tag_len from val->meta and the payload. */
+KVN_API void kvn_remote_tag_fill(struct kvn_remote_value *val);
+/* Prepares a value for put: header for plain bytes, payload = buf (not referenced), tag. */
+KVN_API int kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf);
+
+/* Checks a value read from a store: a valid header whose length is the payload's, and, when
+ * the store gave a tag, a matching one. 0, or -EBADMSG with why (may be NULL) saying which
+ * check failed. A value without a tag (written by LMCache) passes on its header alone. */
+KVN_API int kvn_remote_value_check(const struct kvn_remote_value *val, char *why, size_t whylen);
+
+/* Drops the payload reference of a value returned by a connector (NULL-safe). */
+KVN_API void kvn_remote_value_release(struct kvn_remote_value *val);
+
+#endif
