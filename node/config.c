@@ -13,6 +13,7 @@
 
 #include "node/config_keys.h"
 #include "node/log.h"
+#include "node/netaddr.h"
 
 #define COMP "config"
 
@@ -52,6 +53,7 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"put_threads", KVN_K_UINT, FIELD(put_threads), 0, 1, 64, 0},
     {"plugin_stop_timeout_ms", KVN_K_UINT, FIELD(plugin_stop_timeout_ms), 0, 0, INT32_MAX, 0},
     {"plugin_restart", KVN_K_RESTART, FIELD(plugin_restart), 0, 0, 0, 0},
+    {"lm_listen", KVN_K_ADDR, FIELD(lm_listen), 0, 0, 0, KVN_KF_NULLABLE},
 };
 
 /* LMCache keys that kvnode has no use for: accepted so that one file can serve both, with a
@@ -244,6 +246,8 @@ describe(const struct kvn_keydef *kd, char *buf, size_t len)
 		return "none, auto, or a GPU index (0, 1, … or cuda:N)";
 	case KVN_K_RESTART:
 		return "one of never, on-failure";
+	case KVN_K_ADDR:
+		return "HOST:PORT (port 0 to 65535)";
 	}
 	return "a valid value";
 }
@@ -432,7 +436,8 @@ kvn_config_set_scalar(struct kvn_config *cfg, size_t ki, const char *text, const
 
 	bool null_ok =
 	    kd->type == KVN_K_LIST ||
-	    ((kd->type == KVN_K_STR || kd->type == KVN_K_PATH) && (kd->flags & KVN_KF_NULLABLE));
+	    ((kd->type == KVN_K_STR || kd->type == KVN_K_PATH || kd->type == KVN_K_ADDR) &&
+	     (kd->flags & KVN_KF_NULLABLE));
 	if (!text && !null_ok)
 		return bad_value(err, errlen, where, kd, NULL, "null");
 	switch (kd->type) {
@@ -498,6 +503,18 @@ kvn_config_set_scalar(struct kvn_config *cfg, size_t ki, const char *text, const
 			return bad_value(err, errlen, where, kd, text, NULL);
 		*(int *)p = kvn_log_level_parse(text);
 		return 0;
+	case KVN_K_ADDR:
+		if (text && *text) {
+			char host[KVN_HOST_MAX], why[300];
+			uint16_t port;
+			if (kvn_hostport_parse(text, host, &port, why, sizeof(why)) < 0)
+				return kvn_seterr(err, errlen, "%s: %s", where, why);
+		} else if (!(kd->flags & KVN_KF_NULLABLE)) {
+			return bad_value(err, errlen, where, kd, "", NULL);
+		} else {
+			text = NULL;
+		}
+		return replace_str(p, text) ? kvn_config_nomem(err, errlen) : 0;
 	case KVN_K_RESTART:
 		if (strcasecmp(text, "never") && strcasecmp(text, "on-failure"))
 			return bad_value(err, errlen, where, kd, text, NULL);
@@ -678,6 +695,7 @@ kvn_config_free(struct kvn_config *cfg)
 		case KVN_K_TRANSPORT:
 		case KVN_K_GPU:
 		case KVN_K_RESTART:
+		case KVN_K_ADDR:
 			free(*(char **)p);
 			break;
 		case KVN_K_LIST:

@@ -57,6 +57,7 @@ struct kvn_config {
 	uint32_t put_threads; /* writer threads for slow tiers, default 2 */
 	uint32_t plugin_stop_timeout_ms; /* SIGTERM → SIGKILL grace for plugins, default 3000 */
 	char *plugin_restart; /* "never" | "on-failure", default never */
+	char *lm_listen; /* HOST:PORT of the lm:// (LMCache cache-server) listener; NULL = off */
 
 	/* The loader's bookkeeping (where each key was set). The strings above are malloc'd and
 	 * freed by kvn_config_free: code that changes one must free the old and strdup. */

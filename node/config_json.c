@@ -102,6 +102,7 @@ key_json(const struct kvn_config *cfg, size_t ki, bool redact)
 	case KVN_K_TRANSPORT:
 	case KVN_K_GPU:
 	case KVN_K_RESTART:
+	case KVN_K_ADDR:
 		return str_json(*(char *const *)p, redact, kd->flags & KVN_KF_SECRET);
 	case KVN_K_LIST: {
 		char *const *items = *(char **const *)p;
@@ -192,6 +193,7 @@ kvn_config_value(const struct kvn_config *cfg, const char *key, char *buf, size_
 	case KVN_K_TRANSPORT:
 	case KVN_K_GPU:
 	case KVN_K_RESTART:
+	case KVN_K_ADDR:
 		if (!*(char *const *)p)
 			return -ENOENT;
 		n = snprintf(buf, len, "%s", *(char *const *)p);

@@ -21,6 +21,7 @@ enum kvn_ktype {
 	KVN_K_LOGLEVEL,	 /* int */
 	KVN_K_GPU,	 /* char *: none | auto | index */
 	KVN_K_RESTART,	 /* char *: never | on-failure */
+	KVN_K_ADDR,	 /* char *: HOST:PORT */
 };
 
 #define KVN_KF_NULLABLE 1u  /* null / empty means unset (NULL) */
@@ -42,7 +43,7 @@ extern const struct kvn_keydef kvn_config_keys[];
 #define KVN_CONFIG_MAX_DEPTH 16 /* extra_config nesting; also stops a self-referencing alias */
 /* Keys in one mapping and flattened extra_config entries; stops alias "billion laughs". */
 #define KVN_CONFIG_MAX_ENTRIES 4096
-#define KVN_NKEYS	     28
+#define KVN_NKEYS	     29
 
 /* Bookkeeping behind kvn_config.priv. */
 struct kvn_config_priv {

@@ -1,0 +1,23 @@
+/* TCP addresses written as HOST:PORT (config keys such as lm_listen, connector URLs): parsing
+ * with messages that name the text, and listening / connecting sockets built from them. */
+#ifndef KVN_NODE_NETADDR_H
+#define KVN_NODE_NETADDR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define KVN_HOST_MAX 256
+
+/* Splits "host:port" or "[v6 host]:port" (port 0..65535; 0 means "any" for listen). Returns 0
+ * or -EINVAL with the reason in err. */
+int kvn_hostport_parse(const char *text, char host[KVN_HOST_MAX], uint16_t *port, char *err,
+		       size_t errlen);
+/* A listening TCP socket (SO_REUSEADDR, CLOEXEC) on host:port; *bound gets the port actually
+ * bound (useful with port 0). Returns the fd or a negative errno with err naming the address. */
+int kvn_tcp_listen(const char *host, uint16_t port, int backlog, uint16_t *bound, char *err,
+		   size_t errlen);
+/* A connected TCP socket (TCP_NODELAY, CLOEXEC) to host:port, giving up after timeout_ms
+ * per address tried. Returns the fd or a negative errno with err naming the address. */
+int kvn_tcp_connect(const char *host, uint16_t port, int timeout_ms, char *err, size_t errlen);
+
+#endif
