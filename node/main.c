@@ -17,6 +17,7 @@
 #include "node/client.h"
 #include "node/config.h"
 #include "node/log.h"
+#include "node/lm_server.h"
 #include "node/server.h"
 
 enum exit_code { EXIT_OK = 0, EXIT_MISS = 1, EXIT_USAGE = 2, EXIT_CONN = 3 };
@@ -446,6 +447,7 @@ cmd_serve(struct opts *o)
 					       : kvn_config_default_socket();
 	struct kvn_engine *eng = NULL;
 	struct kvn_server *srv = NULL;
+	struct kvn_lm_server *lm = NULL;
 	pthread_t sig_thread;
 	bool sig_started = false;
 	if (!socket_path) {
@@ -466,6 +468,13 @@ cmd_serve(struct opts *o)
 		rc = die(EXIT_CONN, "%s", err);
 		goto out;
 	}
+	if (cfg->lm_listen) {
+		struct kvn_lm_server_opts lo = {.listen = cfg->lm_listen};
+		if (kvn_lm_server_start(eng, &lo, &lm, err, sizeof(err)) < 0) {
+			rc = die(EXIT_CONN, "%s", err);
+			goto out;
+		}
+	}
 	sc.srv = srv;
 	if (pthread_create(&sig_thread, NULL, signal_main, &sc)) {
 		rc = die(EXIT_CONN, "cannot start the signal thread");
@@ -473,6 +482,8 @@ cmd_serve(struct opts *o)
 	}
 	sig_started = true;
 	printf("kvnode: serving on %s\n", kvn_server_address(srv));
+	if (lm)
+		printf("kvnode: lm:// server on %s\n", kvn_lm_server_address(lm));
 	fflush(stdout);
 	kvn_info("serve", "node %s serving on %s (config: %s)",
 		 cfg->node_name ? cfg->node_name : "?", kvn_server_address(srv),
@@ -480,6 +491,7 @@ cmd_serve(struct opts *o)
 	kvn_server_run(srv);
 	kvn_info("serve", "all clients done; closing the storage tiers");
 out:
+	kvn_lm_server_stop(lm); /* before the engine it serves from */
 	kvn_engine_close(eng); /* drains queued disk writes: the disk tier is consistent */
 	if (sig_started) {     /* kept until now: a second signal may cut a slow disk flush short */
 		pthread_cancel(sig_thread);

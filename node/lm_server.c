@@ -1,0 +1,560 @@
+/* lm server: LMCache's cache-server protocol (DESIGN.md §10) over TCP, a thread per connection
+ * up to a cap, values kept in the engine as LMCache's 28-byte remote header + payload. A
+ * malformed request gets a 400 reply and its connection is closed; others keep being served. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "node/ctlproto.h"
+#include "node/lm_server.h"
+#include "node/lmproto.h"
+#include "node/log.h"
+#include "node/netaddr.h"
+#include "node/remote_value.h"
+
+#define COMP		  "lm-server"
+#define DEFAULT_MAX_CONNS 128
+#define DEFAULT_IO_MS	  30000
+#define DEFAULT_VALUE_MAX (1u << 30)
+#define THREAD_STACK	  (2u << 20) /* headroom for sanitizer builds */
+
+struct conn {
+	struct kvn_lm_server *srv;
+	int fd;
+	char peer[64]; /* "ip:port", for log lines */
+	struct conn *prev, *next;
+};
+
+struct kvn_lm_server {
+	struct kvn_engine *eng;
+	char addr[KVN_HOST_MAX + 16];
+	int lfd;
+	int wake_fd; /* eventfd, never read: readable from stop on, for every poller */
+	unsigned max_conns;
+	int io_timeout_ms;
+	uint32_t value_max;
+	pthread_t accept_thread;
+	bool accept_started;
+
+	pthread_mutex_t lock;
+	pthread_cond_t drained;
+	unsigned nconns;
+	struct conn *conns;
+
+	_Atomic uint64_t accepted, refused, requests, proto_errors;
+};
+
+/* ------------------------------------------------------------------------------------------
+ * Requests
+ * ------------------------------------------------------------------------------------------ */
+
+static int
+send_reply(struct conn *c, int32_t code, int32_t length, const struct kvn_lm_meta *meta)
+{
+	uint8_t hdr[KVN_LM_REPLY_SIZE];
+	kvn_lm_reply_encode(hdr, code, length, meta);
+	return kvn_ctl_write_full(c->fd, hdr, sizeof(hdr));
+}
+
+/* A request that breaks the protocol: the client gets a 400 header (its reader is waiting for
+ * one, or will be) and the connection is closed, since its byte stream is out of step. */
+static int
+proto_fail(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int
+proto_fail(struct conn *c, const char *fmt, ...)
+{
+	char what[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	atomic_fetch_add(&c->srv->proto_errors, 1);
+	kvn_warn(COMP, "client %s on %s: %s; answering 400 and closing its connection", c->peer,
+		 c->srv->addr, what);
+	send_reply(c, KVN_LM_FAIL, 0, NULL);
+	return -1;
+}
+
+static int
+do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req)
+{
+	size_t len = (size_t)req->length;
+	struct kvn_remote_meta meta = {
+	    .length = req->length, .fmt = req->meta.fmt, .dtype = req->meta.dtype};
+	memcpy(meta.shape, req->meta.shape, sizeof(meta.shape));
+	uint8_t hdr[KVN_REMOTE_META_LEN];
+	kvn_remote_meta_encode(&meta, hdr);
+	/* Checked before any payload is read: a value GET could never describe is refused
+	 * rather than stored. */
+	if (kvn_remote_meta_decode(hdr, sizeof(hdr), &meta) < 0)
+		return proto_fail(c,
+				  "PUT %s: metadata out of range (fmt %d, dtype %d, shape %d,%d,%d,%d)",
+				  key->str, meta.fmt, meta.dtype, meta.shape[0], meta.shape[1],
+				  meta.shape[2], meta.shape[3]);
+	/* One buffer for header + payload: the engine stores exactly what LMCache's redis layout
+	 * would hold, and malloc only reserves address space for bytes not yet received. */
+	uint8_t *val = malloc(KVN_REMOTE_META_LEN + (len ? len : 1));
+	if (!val)
+		return proto_fail(c, "PUT %s: no memory for a %zu-byte value", key->str, len);
+	size_t got;
+	memcpy(val, hdr, sizeof(hdr));
+	int rc = kvn_ctl_read_full(c->fd, val + KVN_REMOTE_META_LEN, len, &got);
+	if (rc) {
+		free(val);
+		return proto_fail(c, "truncated PUT value for key %s (%zu of %zu bytes: %s)",
+				  key->str, got, len, kvn_strerror(rc));
+	}
+	rc = kvn_engine_put(c->srv->eng, key, val, KVN_REMOTE_META_LEN + len);
+	free(val);
+	/* PUT has no reply in this protocol: a failure can only be logged. */
+	if (rc < 0)
+		kvn_warn(COMP, "client %s: PUT %s (%zu bytes) not stored: %s", c->peer, key->str,
+			 len, kvn_strerror(rc));
+	return 0;
+}
+
+static int
+do_get(struct conn *c, const struct kvn_key *key)
+{
+	struct kvn_buf *buf;
+	int rc = kvn_engine_get(c->srv->eng, key, &buf);
+	if (rc < 0) {
+		if (rc != -ENOENT)
+			kvn_warn(COMP, "client %s: GET %s: %s; answering a miss", c->peer, key->str,
+				 kvn_strerror(rc));
+		return send_reply(c, KVN_LM_FAIL, 0, NULL) ? -1 : 0;
+	}
+	struct kvn_remote_meta meta;
+	const char *why = NULL;
+	if (buf->len < KVN_REMOTE_META_LEN)
+		why = "shorter than the 28-byte header";
+	else if (kvn_remote_meta_decode(buf->data, KVN_REMOTE_META_LEN, &meta) < 0)
+		why = "header fields out of range";
+	else if ((size_t)meta.length != buf->len - KVN_REMOTE_META_LEN)
+		why = "header length is not the payload's";
+	if (why) {
+		/* Put by another client (the CLI) without LMCache's header: not a value this
+		 * protocol can describe, so a miss rather than bytes with made-up metadata. */
+		kvn_warn(COMP, "client %s: GET %s: stored value is not in LMCache's layout (%s); "
+			 "answering a miss", c->peer, key->str, why);
+		kvn_buf_unref(buf);
+		return send_reply(c, KVN_LM_FAIL, 0, NULL) ? -1 : 0;
+	}
+	struct kvn_lm_meta lm = {.fmt = meta.fmt, .dtype = meta.dtype};
+	memcpy(lm.shape, meta.shape, sizeof(lm.shape));
+	/* The view pins the chunk while it streams out; SO_SNDTIMEO bounds a reader that stops. */
+	rc = send_reply(c, KVN_LM_OK, meta.length, &lm);
+	if (!rc)
+		rc = kvn_ctl_write_full(c->fd, (const uint8_t *)buf->data + KVN_REMOTE_META_LEN,
+					(size_t)meta.length);
+	kvn_buf_unref(buf);
+	if (rc)
+		kvn_debug(COMP, "client %s: GET %s not delivered: %s", c->peer, key->str,
+			  kvn_strerror(rc));
+	return rc ? -1 : 0;
+}
+
+struct list_text {
+	char *p;
+	size_t len, cap;
+	int err;
+};
+
+static int
+list_add(void *ctx, const struct kvn_key *key, size_t len)
+{
+	struct list_text *t = ctx;
+	(void)len;
+	size_t need = t->len + (t->len ? 1 : 0) + key->len;
+	if (need > INT32_MAX) {
+		t->err = -EOVERFLOW;
+		return 1;
+	}
+	if (need > t->cap) {
+		size_t cap = t->cap ? t->cap * 2 : 4096;
+		while (cap < need)
+			cap *= 2;
+		char *p = realloc(t->p, cap);
+		if (!p) {
+			t->err = -ENOMEM;
+			return 1;
+		}
+		t->p = p;
+		t->cap = cap;
+	}
+	/* "\n".join(keys): a separator between keys, none after the last. */
+	if (t->len)
+		t->p[t->len++] = '\n';
+	memcpy(t->p + t->len, key->str, key->len);
+	t->len += key->len;
+	return 0;
+}
+
+static int
+do_list(struct conn *c)
+{
+	struct list_text t = {0};
+	int rc = kvn_engine_list(c->srv->eng, list_add, &t);
+	if (t.err)
+		rc = t.err;
+	if (rc < 0) {
+		free(t.p);
+		kvn_warn(COMP, "client %s: LIST failed: %s", c->peer, kvn_strerror(rc));
+		return send_reply(c, KVN_LM_FAIL, 0, NULL) ? -1 : 0;
+	}
+	rc = send_reply(c, KVN_LM_OK, (int32_t)t.len, NULL);
+	if (!rc)
+		rc = kvn_ctl_write_full(c->fd, t.p, t.len);
+	free(t.p);
+	return rc ? -1 : 0;
+}
+
+/* Serves one request. Returns 0 to keep the connection, -1 to close it. */
+static int
+serve_one(struct conn *c)
+{
+	struct kvn_lm_server *srv = c->srv;
+	uint8_t hdr[KVN_LM_REQ_SIZE];
+	size_t got;
+	int rc = kvn_ctl_read_full(c->fd, hdr, sizeof(hdr), &got);
+	if (rc) {
+		if (got == 0 && rc == -ECONNRESET)
+			return -1; /* closed between requests: the normal end */
+		return proto_fail(c, "truncated request header (%zu of %d bytes: %s)", got,
+				  KVN_LM_REQ_SIZE, kvn_strerror(rc));
+	}
+	struct kvn_lm_req req;
+	kvn_lm_req_decode(hdr, &req);
+	if (req.command < KVN_LM_PUT || req.command > KVN_LM_HEALTH)
+		return proto_fail(c, "unknown command %d (PUT=1 GET=2 EXIST=3 LIST=4 HEALTH=5)",
+				  req.command);
+	if (req.command == KVN_LM_PUT && (req.length < 0 || (uint32_t)req.length > srv->value_max))
+		return proto_fail(c, "PUT length %d is outside 0..%u (the server's value cap)",
+				  req.length, srv->value_max);
+	atomic_fetch_add(&srv->requests, 1);
+
+	struct kvn_key key;
+	if (req.command == KVN_LM_PUT || req.command == KVN_LM_GET || req.command == KVN_LM_EXIST) {
+		char why[256];
+		if (kvn_key_parse(&key, req.key, req.key_len, why, sizeof(why)) < 0)
+			return proto_fail(c, "%s with an invalid key: %s",
+					  kvn_lm_cmd_name(req.command), why);
+		kvn_debug(COMP, "client %s: %s %s %d bytes", c->peer, kvn_lm_cmd_name(req.command),
+			  key.str, req.length);
+	}
+
+	switch (req.command) {
+	case KVN_LM_PUT:
+		return do_put(c, &key, &req);
+	case KVN_LM_GET:
+		return do_get(c, &key);
+	case KVN_LM_EXIST:
+		rc = kvn_engine_contains(srv->eng, &key);
+		if (rc < 0)
+			kvn_warn(COMP, "client %s: EXIST %s: %s; answering absent", c->peer,
+				 key.str, kvn_strerror(rc));
+		return send_reply(c, rc > 0 ? KVN_LM_OK : KVN_LM_FAIL, 0, NULL) ? -1 : 0;
+	case KVN_LM_LIST:
+		return do_list(c);
+	case KVN_LM_HEALTH:
+		return send_reply(c, KVN_LM_OK, 0, NULL) ? -1 : 0;
+	}
+	return -1; /* not reached: the command was checked above */
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Connections
+ * ------------------------------------------------------------------------------------------ */
+
+static void
+conn_unlink(struct conn *c)
+{
+	struct kvn_lm_server *srv = c->srv;
+	pthread_mutex_lock(&srv->lock);
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		srv->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	srv->nconns--;
+	pthread_cond_broadcast(&srv->drained);
+	pthread_mutex_unlock(&srv->lock);
+}
+
+static void *
+conn_main(void *arg)
+{
+	struct conn *c = arg;
+	struct kvn_lm_server *srv = c->srv;
+	for (;;) {
+		/* No idle timeout: LMCache keeps one connection open for the life of the engine
+		 * and may stay silent for hours. Only a request stalled half-way is cut. */
+		struct pollfd pf[2] = {
+		    {.fd = c->fd, .events = POLLIN},
+		    {.fd = srv->wake_fd, .events = POLLIN},
+		};
+		int n = poll(pf, 2, -1);
+		if (n < 0 && errno == EINTR)
+			continue;
+		/* A request already on the wire is served even when stopping. */
+		if (n < 0 || !(pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
+			break;
+		if (serve_one(c) < 0)
+			break;
+	}
+	/* Unlinked under the lock before close: stop may shutdown() any fd still listed. */
+	conn_unlink(c);
+	close(c->fd);
+	free(c);
+	return NULL;
+}
+
+static void
+peer_name(int fd, char *out, size_t cap)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	char host[64] = "?";
+	unsigned port = 0;
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
+		if (ss.ss_family == AF_INET) {
+			struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+			inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
+			port = ntohs(s4->sin_port);
+		} else if (ss.ss_family == AF_INET6) {
+			struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+			inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
+			port = ntohs(s6->sin6_port);
+		}
+	}
+	snprintf(out, cap, "%s:%u", host, port);
+}
+
+static void
+start_conn(struct kvn_lm_server *srv, int fd)
+{
+	struct timeval tv = {.tv_sec = srv->io_timeout_ms / 1000,
+			     .tv_usec = (srv->io_timeout_ms % 1000) * 1000};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	struct conn *c = calloc(1, sizeof(*c));
+	char peer[64];
+	peer_name(fd, peer, sizeof(peer));
+	const char *why = NULL;
+	unsigned open = 0;
+	if (!c) {
+		why = "out of memory";
+		goto refuse;
+	}
+	c->srv = srv;
+	c->fd = fd;
+	memcpy(c->peer, peer, sizeof(peer));
+
+	pthread_mutex_lock(&srv->lock);
+	if (srv->nconns >= srv->max_conns) {
+		open = srv->nconns;
+		pthread_mutex_unlock(&srv->lock);
+		why = "connection cap reached";
+		goto refuse;
+	}
+	c->next = srv->conns;
+	if (c->next)
+		c->next->prev = c;
+	srv->conns = c;
+	srv->nconns++;
+	pthread_mutex_unlock(&srv->lock);
+
+	pthread_attr_t attr;
+	pthread_t tid;
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	pthread_attr_setstacksize(&attr, THREAD_STACK);
+	int rc = pthread_create(&tid, &attr, conn_main, c);
+	pthread_attr_destroy(&attr);
+	if (rc) {
+		conn_unlink(c);
+		why = "cannot start a connection thread";
+		goto refuse;
+	}
+	atomic_fetch_add(&srv->accepted, 1);
+	return;
+refuse:
+	/* The protocol has no unsolicited message: closing is the only answer a client can see
+	 * (its next read ends). */
+	atomic_fetch_add(&srv->refused, 1);
+	kvn_warn(COMP, "refusing client %s on %s: %s (%u connections open, cap %u): it may retry",
+		 peer, srv->addr, why, open, srv->max_conns);
+	free(c);
+	close(fd);
+}
+
+static void *
+accept_main(void *arg)
+{
+	struct kvn_lm_server *srv = arg;
+	for (;;) {
+		struct pollfd pf[2] = {
+		    {.fd = srv->lfd, .events = POLLIN},
+		    {.fd = srv->wake_fd, .events = POLLIN},
+		};
+		int n = poll(pf, 2, -1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			kvn_err(COMP, "poll on %s: %s", srv->addr, strerror(errno));
+			break;
+		}
+		if (pf[1].revents)
+			break;
+		if (!pf[0].revents)
+			continue;
+		int fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN)
+				continue;
+			kvn_warn(COMP, "accept on %s: %s", srv->addr, strerror(errno));
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM)
+				poll(NULL, 0, 100); /* let connections close instead of spinning */
+			continue;
+		}
+		start_conn(srv, fd);
+	}
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Lifetime
+ * ------------------------------------------------------------------------------------------ */
+
+static void
+server_free(struct kvn_lm_server *srv)
+{
+	if (srv->lfd >= 0)
+		close(srv->lfd);
+	if (srv->wake_fd >= 0)
+		close(srv->wake_fd);
+	pthread_mutex_destroy(&srv->lock);
+	pthread_cond_destroy(&srv->drained);
+	free(srv);
+}
+
+int
+kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts *opts,
+		    struct kvn_lm_server **out, char *err, size_t errlen)
+{
+	char host[KVN_HOST_MAX], why[512];
+	uint16_t port, bound = 0;
+	int rc = kvn_hostport_parse(opts->listen, host, &port, why, sizeof(why));
+	if (rc)
+		return kvn_seterr(err, errlen, "lm_listen: %s", why), rc;
+	struct kvn_lm_server *srv = calloc(1, sizeof(*srv));
+	if (!srv)
+		return -ENOMEM;
+	srv->eng = eng;
+	srv->lfd = -1;
+	srv->max_conns = opts->max_conns ? opts->max_conns : DEFAULT_MAX_CONNS;
+	srv->io_timeout_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEFAULT_IO_MS;
+	srv->value_max = opts->value_max ? opts->value_max : DEFAULT_VALUE_MAX;
+	if (srv->value_max > INT32_MAX)
+		srv->value_max = INT32_MAX;
+	pthread_mutex_init(&srv->lock, NULL);
+	pthread_cond_init(&srv->drained, NULL);
+	srv->wake_fd = eventfd(0, EFD_CLOEXEC);
+	if (srv->wake_fd < 0) {
+		rc = -errno;
+		kvn_seterr(err, errlen, "lm server: eventfd: %s", strerror(errno));
+		goto fail;
+	}
+	srv->lfd = kvn_tcp_listen(host, port, 128, &bound, why, sizeof(why));
+	if (srv->lfd < 0) {
+		rc = srv->lfd;
+		kvn_seterr(err, errlen, "lm_listen %s: %s", opts->listen, why);
+		goto fail;
+	}
+	snprintf(srv->addr, sizeof(srv->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
+		 bound);
+	rc = pthread_create(&srv->accept_thread, NULL, accept_main, srv);
+	if (rc) {
+		rc = -rc;
+		kvn_seterr(err, errlen, "lm server on %s: cannot start its thread: %s", srv->addr,
+			   strerror(-rc));
+		goto fail;
+	}
+	srv->accept_started = true;
+	kvn_info(COMP, "serving LMCache's lm:// protocol on %s", srv->addr);
+	*out = srv;
+	return 0;
+fail:
+	server_free(srv);
+	return rc;
+}
+
+const char *
+kvn_lm_server_address(const struct kvn_lm_server *srv)
+{
+	return srv->addr;
+}
+
+void
+kvn_lm_server_stats(struct kvn_lm_server *srv, struct kvn_lm_server_stats *out)
+{
+	pthread_mutex_lock(&srv->lock);
+	out->connections = srv->nconns;
+	pthread_mutex_unlock(&srv->lock);
+	out->accepted = atomic_load(&srv->accepted);
+	out->refused = atomic_load(&srv->refused);
+	out->requests = atomic_load(&srv->requests);
+	out->proto_errors = atomic_load(&srv->proto_errors);
+}
+
+void
+kvn_lm_server_stop(struct kvn_lm_server *srv)
+{
+	if (!srv)
+		return;
+	uint64_t one = 1;
+	ssize_t n = write(srv->wake_fd, &one, sizeof(one));
+	(void)n;
+	if (srv->accept_started)
+		pthread_join(srv->accept_thread, NULL);
+	/* Idle connections saw the wake and are leaving; one busy past the I/O timeout has its
+	 * socket shut down so that a trickling client cannot hold the node up. */
+	struct timespec deadline;
+	clock_gettime(CLOCK_REALTIME, &deadline);
+	deadline.tv_sec += srv->io_timeout_ms / 1000 + 1;
+	pthread_mutex_lock(&srv->lock);
+	bool cut = false;
+	while (srv->nconns) {
+		if (!cut &&
+		    pthread_cond_timedwait(&srv->drained, &srv->lock, &deadline) == ETIMEDOUT) {
+			kvn_warn(COMP, "%u lm connection(s) still busy at shutdown: cutting them",
+				 srv->nconns);
+			for (struct conn *c = srv->conns; c; c = c->next)
+				shutdown(c->fd, SHUT_RDWR);
+			cut = true;
+		} else if (cut) {
+			pthread_cond_wait(&srv->drained, &srv->lock);
+		}
+	}
+	pthread_mutex_unlock(&srv->lock);
+	server_free(srv);
+}

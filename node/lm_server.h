@@ -1,0 +1,36 @@
+/* The lm server of `kvnode serve` (config key lm_listen): answers LMCache's cache-server
+ * protocol (DESIGN.md §10) from the node's engine, so an unmodified LMCache instance with
+ * `remote_url: lm://HOST:PORT` uses this node, its tiers and its eviction as its remote store. */
+#ifndef KVN_NODE_LM_SERVER_H
+#define KVN_NODE_LM_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kvnode/kvnode.h"
+
+struct kvn_lm_server;
+
+struct kvn_lm_server_opts {
+	const char *listen;	/* HOST:PORT (port 0: any free one) */
+	unsigned max_conns;	/* concurrent connections; 0 = 128. Past it a client is closed. */
+	int io_timeout_ms;	/* a request stalled half-way is cut after this; 0 = 30 s */
+	uint32_t value_max;	/* largest PUT payload; 0 = 1 GiB. Over it: 400 and close. */
+};
+
+/* Binds, listens and starts serving in background threads. The engine must outlive the
+ * server. err names the address and what to do. */
+int kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts *opts,
+			struct kvn_lm_server **out, char *err, size_t errlen);
+/* "HOST:PORT" actually bound (the real port when 0 was asked for). */
+const char *kvn_lm_server_address(const struct kvn_lm_server *srv);
+/* Counters for stat and tests. */
+struct kvn_lm_server_stats {
+	uint64_t accepted, refused, requests, proto_errors, connections;
+};
+void kvn_lm_server_stats(struct kvn_lm_server *srv, struct kvn_lm_server_stats *out);
+/* Stops accepting, lets requests in flight finish (cut after the I/O timeout), waits for every
+ * thread and frees the server. NULL is a no-op. */
+void kvn_lm_server_stop(struct kvn_lm_server *srv);
+
+#endif

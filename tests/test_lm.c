@@ -1,0 +1,720 @@
+/* The lm:// server (LMCache's cache-server protocol, DESIGN.md §10): the wire codec, every
+ * command against an in-process server, robustness against malformed requests (400 and close,
+ * the server keeps serving), the lm_listen config key, and a `kvnode serve` child driven by an
+ * independent Python client that packs LMCache's frames with struct.pack. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "kvnode/connector.h"
+#include "node/config.h"
+#include "node/ctlproto.h"
+#include "node/lm_server.h"
+#include "node/lmproto.h"
+#include "node/netaddr.h"
+#include "node/remote_value.h"
+#include "tests/helpers/proc.h"
+
+#define KVNODE	 KVN_BINARY_DIR "/kvnode"
+#define DEADLINE 120000 /* ms */
+#define MIB	 (1024 * 1024)
+
+/* ------------------------------------------------------------------------------------------
+ * Codec
+ * ------------------------------------------------------------------------------------------ */
+
+static int32_t
+i32_at(const uint8_t *p, int i)
+{
+	int32_t v;
+	memcpy(&v, p + 4 * i, 4);
+	return v;
+}
+
+Test(lmproto, a_request_is_nine_int32_then_the_key_space_padded_to_150_bytes)
+{
+	uint8_t w[KVN_LM_REQ_SIZE];
+	struct kvn_lm_meta m = {.fmt = 1, .dtype = 3, .shape = {2, 32, 256, 1024}};
+	cr_assert_eq(KVN_LM_REQ_SIZE, 186);
+	cr_assert_eq(kvn_lm_req_encode(w, KVN_LM_PUT, "abc", 3, 4096, &m), 0);
+	const int32_t want[9] = {1, 4096, 1, 3, 0, 2, 32, 256, 1024};
+	for (int i = 0; i < 9; i++)
+		cr_assert_eq(i32_at(w, i), want[i], "int %d", i);
+	cr_assert(!memcmp(w + 36, "abc", 3));
+	for (int i = 39; i < KVN_LM_REQ_SIZE; i++)
+		cr_assert_eq(w[i], ' ', "byte %d pads with a space", i);
+
+	struct kvn_lm_req r;
+	kvn_lm_req_decode(w, &r);
+	cr_assert_eq(r.command, KVN_LM_PUT);
+	cr_assert_eq(r.length, 4096);
+	cr_assert_eq(r.meta.dtype, 3);
+	cr_assert_eq(r.meta.shape[3], 1024);
+	cr_assert_str_eq(r.key, "abc");
+	cr_assert_eq(r.key_len, 3);
+}
+
+Test(lmproto, nul_padding_is_stripped_like_space_padding)
+{
+	uint8_t w[KVN_LM_REQ_SIZE] = {0};
+	memcpy(w + 36, "k@1", 3);
+	struct kvn_lm_req r;
+	kvn_lm_req_decode(w, &r);
+	cr_assert_str_eq(r.key, "k@1");
+}
+
+Test(lmproto, a_reply_puts_location_last)
+{
+	uint8_t w[KVN_LM_REPLY_SIZE];
+	struct kvn_lm_meta m = {.fmt = 4, .dtype = 6, .shape = {7, 8, 9, 10}};
+	cr_assert_eq(KVN_LM_REPLY_SIZE, 36);
+	kvn_lm_reply_encode(w, KVN_LM_OK, 99, &m);
+	const int32_t want[9] = {200, 99, 4, 6, 7, 8, 9, 10, 0};
+	for (int i = 0; i < 9; i++)
+		cr_assert_eq(i32_at(w, i), want[i], "int %d", i);
+	struct kvn_lm_reply r;
+	kvn_lm_reply_decode(w, &r);
+	cr_assert_eq(r.code, 200);
+	cr_assert_eq(r.length, 99);
+	cr_assert_eq(r.meta.shape[0], 7);
+	cr_assert_eq(r.location, 0);
+}
+
+Test(lmproto, a_key_over_150_bytes_cannot_be_encoded)
+{
+	uint8_t w[KVN_LM_REQ_SIZE];
+	char key[200];
+	memset(key, 'k', sizeof(key));
+	cr_assert_eq(kvn_lm_req_encode(w, KVN_LM_GET, key, 151, 0, NULL), -ENAMETOOLONG);
+	cr_assert_eq(kvn_lm_req_encode(w, KVN_LM_GET, key, 150, 0, NULL), 0);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Config
+ * ------------------------------------------------------------------------------------------ */
+
+Test(lm_config, lm_listen_is_off_by_default_and_takes_host_port)
+{
+	struct kvn_config *cfg = kvn_config_new_defaults();
+	cr_assert_null(cfg->lm_listen);
+	kvn_config_free(cfg);
+	char err[512];
+	const char *text = "lm_listen: \"[::1]:65432\"\n";
+	cr_assert_eq(kvn_config_parse(text, strlen(text), "k.yaml", &cfg, err, sizeof(err)), 0,
+		     "%s", err);
+	cr_assert_str_eq(cfg->lm_listen, "[::1]:65432");
+	kvn_config_free(cfg);
+}
+
+Test(lm_config, a_bad_lm_listen_is_refused_with_file_line_and_reason)
+{
+	static const char *const bad[][2] = {
+	    {"lm_listen: 127.0.0.1\n", "has no port"},
+	    {"lm_listen: \"127.0.0.1:70000\"\n", "0 to 65535"},
+	    {"lm_listen: \":8000\"\n", "has no host"},
+	    {"lm_listen: \"::1:8000\"\n", "[HOST]:PORT"},
+	    {"chunk_size: 256\nlm_listen: \"h:x\"\n", "must be a number"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct kvn_config *cfg = NULL;
+		char err[512] = "";
+		int rc = kvn_config_parse(bad[i][0], strlen(bad[i][0]), "k.yaml", &cfg, err,
+					  sizeof(err));
+		cr_assert_eq(rc, -EINVAL, "%s was accepted", bad[i][0]);
+		cr_assert(strstr(err, "k.yaml:") && strstr(err, "lm_listen") &&
+			      strstr(err, bad[i][1]),
+			  "message for %s: %s", bad[i][0], err);
+	}
+}
+
+/* ------------------------------------------------------------------------------------------
+ * In-process server
+ * ------------------------------------------------------------------------------------------ */
+
+static struct kvn_config *icfg;
+static struct kvn_engine *ieng;
+static struct kvn_lm_server *isrv;
+static char ihost[KVN_HOST_MAX];
+static uint16_t iport;
+
+static void
+lm_up(unsigned max_conns, uint32_t value_max)
+{
+	char err[512];
+	icfg = kvn_config_new_defaults();
+	icfg->max_local_cpu_size = 128 * MIB;
+	icfg->hugepages = false;
+	cr_assert_eq(kvn_engine_open(icfg, &ieng, err, sizeof(err)), 0, "%s", err);
+	struct kvn_lm_server_opts o = {.listen = "127.0.0.1:0",
+				       .max_conns = max_conns,
+				       .io_timeout_ms = 5000,
+				       .value_max = value_max};
+	cr_assert_eq(kvn_lm_server_start(ieng, &o, &isrv, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_hostport_parse(kvn_lm_server_address(isrv), ihost, &iport, err,
+					sizeof(err)),
+		     0, "%s", err);
+	cr_assert_neq(iport, 0, "the real port is reported");
+}
+
+static void
+lm_up_default(void)
+{
+	lm_up(0, 0);
+}
+
+static void
+lm_down(void)
+{
+	kvn_lm_server_stop(isrv);
+	isrv = NULL;
+	kvn_engine_close(ieng);
+	ieng = NULL;
+	kvn_config_free(icfg);
+	icfg = NULL;
+}
+
+static int
+lm_connect(void)
+{
+	char err[256];
+	int fd = kvn_tcp_connect(ihost, iport, DEADLINE, err, sizeof(err));
+	cr_assert_geq(fd, 0, "%s", err);
+	struct timeval tv = {.tv_sec = DEADLINE / 1000};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+static void
+send_all(int fd, const void *p, size_t len)
+{
+	cr_assert_eq(kvn_ctl_write_full(fd, p, len), 0);
+}
+
+static void
+send_req(int fd, int32_t cmd, const char *key, int32_t len, const struct kvn_lm_meta *m)
+{
+	uint8_t w[KVN_LM_REQ_SIZE];
+	cr_assert_eq(kvn_lm_req_encode(w, cmd, key, strlen(key), len, m), 0);
+	send_all(fd, w, sizeof(w));
+}
+
+static struct kvn_lm_reply
+recv_reply(int fd)
+{
+	uint8_t w[KVN_LM_REPLY_SIZE];
+	size_t got;
+	int rc = kvn_ctl_read_full(fd, w, sizeof(w), &got);
+	cr_assert_eq(rc, 0, "no reply header (%zu bytes): %s", got, kvn_strerror(rc));
+	struct kvn_lm_reply r;
+	kvn_lm_reply_decode(w, &r);
+	return r;
+}
+
+static void
+fill(uint8_t *p, size_t len, unsigned seed)
+{
+	for (size_t i = 0; i < len; i++)
+		p[i] = (uint8_t)(i * 131 + seed * 7 + (i >> 9));
+}
+
+static void
+put_value(int fd, const char *key, const uint8_t *p, size_t len, const struct kvn_lm_meta *m)
+{
+	send_req(fd, KVN_LM_PUT, key, (int32_t)len, m);
+	send_all(fd, p, len);
+}
+
+/* GET key; asserts a hit and returns the payload (malloc'd) with the reply's metadata. */
+static uint8_t *
+get_value(int fd, const char *key, struct kvn_lm_reply *rep)
+{
+	send_req(fd, KVN_LM_GET, key, 0, NULL);
+	*rep = recv_reply(fd);
+	cr_assert_eq(rep->code, KVN_LM_OK, "GET %s: code %d", key, rep->code);
+	cr_assert_geq(rep->length, 0);
+	uint8_t *p = malloc((size_t)rep->length + 1);
+	cr_assert_eq(kvn_ctl_read_full(fd, p, (size_t)rep->length, NULL), 0);
+	return p;
+}
+
+static void
+assert_closed_by_peer(int fd)
+{
+	char b;
+	ssize_t n;
+	while ((n = read(fd, &b, 1)) < 0 && errno == EINTR)
+		;
+	cr_assert(n == 0 || (n < 0 && errno == ECONNRESET),
+		  "the server should close the connection (read: %zd, %s)", n,
+		  n < 0 ? strerror(errno) : "more data");
+}
+
+/* A 400 header, then the connection ends. */
+static void
+assert_400_and_closed(int fd)
+{
+	struct kvn_lm_reply r = recv_reply(fd);
+	cr_assert_eq(r.code, KVN_LM_FAIL, "a malformed request gets 400, got %d", r.code);
+	cr_assert_eq(r.length, 0);
+	assert_closed_by_peer(fd);
+	close(fd);
+}
+
+/* A fresh client is served: HEALTH and a PUT/GET round trip. */
+static void
+assert_still_serving(void)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_HEALTH, "", 0, NULL);
+	cr_assert_eq(recv_reply(fd).code, KVN_LM_OK);
+	uint8_t v[3] = {1, 2, 3};
+	put_value(fd, "still-serving", v, 3, NULL);
+	struct kvn_lm_reply r;
+	uint8_t *got = get_value(fd, "still-serving", &r);
+	cr_assert(r.length == 3 && !memcmp(got, v, 3));
+	free(got);
+	close(fd);
+}
+
+TestSuite(lm, .init = lm_up_default, .fini = lm_down, .timeout = 300);
+
+Test(lm, put_then_get_returns_the_payload_and_its_metadata)
+{
+	int fd = lm_connect();
+	size_t len = 3 * MIB + 17;
+	uint8_t *v = malloc(len);
+	fill(v, len, 1);
+	struct kvn_lm_meta m = {.fmt = 1, .dtype = 3, .shape = {2, 32, 256, 1024}};
+	const char *key = "vllm@meta-llama/Llama-3.1-8B@1@0@a1b2c3@bfloat16";
+	put_value(fd, key, v, len, &m);
+	struct kvn_lm_reply r;
+	uint8_t *got = get_value(fd, key, &r);
+	cr_assert_eq((size_t)r.length, len);
+	cr_assert(!memcmp(got, v, len), "payload differs");
+	cr_assert_eq(r.meta.fmt, 1);
+	cr_assert_eq(r.meta.dtype, 3);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(r.meta.shape[i], m.shape[i]);
+	free(got);
+	free(v);
+	close(fd);
+}
+
+Test(lm, the_engine_holds_lmcache_s_28_byte_header_then_the_payload)
+{
+	int fd = lm_connect();
+	uint8_t v[1000];
+	fill(v, sizeof(v), 2);
+	struct kvn_lm_meta m = {.fmt = 4, .dtype = 6, .shape = {1000, 0, 0, 0}};
+	put_value(fd, "in-engine", v, sizeof(v), &m);
+	/* PUT has no reply: a HEALTH after it proves the PUT was consumed in order. */
+	send_req(fd, KVN_LM_HEALTH, "", 0, NULL);
+	cr_assert_eq(recv_reply(fd).code, KVN_LM_OK);
+	close(fd);
+
+	struct kvn_key k;
+	kvn_key_from_str(&k, "in-engine");
+	struct kvn_buf *b;
+	cr_assert_eq(kvn_engine_get(ieng, &k, &b), 0);
+	cr_assert_eq(b->len, KVN_REMOTE_META_LEN + sizeof(v));
+	const uint8_t *h = b->data;
+	const int32_t want[7] = {1000, 4, 6, 1000, 0, 0, 0};
+	for (int i = 0; i < 7; i++)
+		cr_assert_eq(i32_at(h, i), want[i], "header int %d", i);
+	cr_assert(!memcmp(h + KVN_REMOTE_META_LEN, v, sizeof(v)));
+	kvn_buf_unref(b);
+}
+
+Test(lm, a_miss_is_400_with_length_0_and_nothing_after_it)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_GET, "never-stored", 0, NULL);
+	struct kvn_lm_reply r = recv_reply(fd);
+	cr_assert_eq(r.code, KVN_LM_FAIL);
+	cr_assert_eq(r.length, 0);
+	/* The next reply on the stream is HEALTH's: no stray bytes followed the miss. */
+	send_req(fd, KVN_LM_HEALTH, "", 0, NULL);
+	r = recv_reply(fd);
+	cr_assert_eq(r.code, KVN_LM_OK);
+	cr_assert_eq(r.length, 0);
+	close(fd);
+}
+
+Test(lm, exist_answers_200_for_a_stored_key_and_400_otherwise)
+{
+	int fd = lm_connect();
+	uint8_t v[10] = {0};
+	put_value(fd, "here", v, sizeof(v), NULL);
+	send_req(fd, KVN_LM_EXIST, "here", 0, NULL);
+	cr_assert_eq(recv_reply(fd).code, KVN_LM_OK);
+	send_req(fd, KVN_LM_EXIST, "not-here", 0, NULL);
+	struct kvn_lm_reply r = recv_reply(fd);
+	cr_assert_eq(r.code, KVN_LM_FAIL);
+	cr_assert_eq(r.length, 0);
+	close(fd);
+}
+
+Test(lm, health_answers_200_with_lmcache_s_reply_bytes)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_HEALTH, "", 0, NULL);
+	uint8_t w[KVN_LM_REPLY_SIZE];
+	cr_assert_eq(kvn_ctl_read_full(fd, w, sizeof(w), NULL), 0);
+	/* LMCache's server: ServerMetaMessage(200, 0, MemoryFormat(1), float16, (0,0,0,0)). */
+	const int32_t want[9] = {200, 0, 1, 2, 0, 0, 0, 0, 0};
+	for (int i = 0; i < 9; i++)
+		cr_assert_eq(i32_at(w, i), want[i], "int %d", i);
+	close(fd);
+}
+
+Test(lm, list_answers_the_newline_joined_keys)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_LIST, "", 0, NULL);
+	struct kvn_lm_reply r = recv_reply(fd);
+	cr_assert_eq(r.code, KVN_LM_OK);
+	cr_assert_eq(r.length, 0, "an empty store lists nothing");
+
+	uint8_t v[4] = {0};
+	const char *keys[] = {"k-one", "k-two", "k-three"};
+	for (int i = 0; i < 3; i++)
+		put_value(fd, keys[i], v, sizeof(v), NULL);
+	send_req(fd, KVN_LM_LIST, "", 0, NULL);
+	r = recv_reply(fd);
+	cr_assert_eq(r.code, KVN_LM_OK);
+	char *text = calloc(1, (size_t)r.length + 1);
+	cr_assert_eq(kvn_ctl_read_full(fd, text, (size_t)r.length, NULL), 0);
+	cr_assert_eq(r.length, (int32_t)strlen("k-one\nk-two\nk-three"), "list: %s", text);
+	cr_assert_neq(text[r.length - 1], '\n', "no separator after the last key");
+	char *copy = strdup(text);
+	int found = 0;
+	for (char *save, *t = strtok_r(copy, "\n", &save); t; t = strtok_r(NULL, "\n", &save))
+		for (int i = 0; i < 3; i++)
+			found += !strcmp(t, keys[i]);
+	cr_assert_eq(found, 3, "list: %s", text);
+	free(copy);
+	free(text);
+	close(fd);
+}
+
+Test(lm, many_requests_follow_each_other_on_one_connection)
+{
+	int fd = lm_connect();
+	enum { N = 40 };
+	uint8_t v[N][300];
+	char key[N][32];
+	for (int i = 0; i < N; i++) {
+		fill(v[i], sizeof(v[i]), (unsigned)i);
+		snprintf(key[i], sizeof(key[i]), "pipelined-%d", i);
+		put_value(fd, key[i], v[i], sizeof(v[i]), NULL);
+	}
+	/* All requests first, then all replies: the server must answer in order. */
+	for (int i = 0; i < N; i++)
+		send_req(fd, KVN_LM_GET, key[i], 0, NULL);
+	for (int i = 0; i < N; i++) {
+		struct kvn_lm_reply r = recv_reply(fd);
+		cr_assert_eq(r.code, KVN_LM_OK, "reply %d", i);
+		cr_assert_eq(r.length, 300);
+		uint8_t got[300];
+		cr_assert_eq(kvn_ctl_read_full(fd, got, sizeof(got), NULL), 0);
+		cr_assert(!memcmp(got, v[i], sizeof(got)), "reply %d carries value %d", i, i);
+	}
+	close(fd);
+}
+
+Test(lm, a_value_put_without_lmcache_s_header_reads_as_a_miss)
+{
+	struct kvn_key k;
+	kvn_key_from_str(&k, "raw-bytes");
+	cr_assert_eq(kvn_engine_put(ieng, &k, "hello", 5), 0);
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_GET, "raw-bytes", 0, NULL);
+	struct kvn_lm_reply r = recv_reply(fd);
+	cr_assert_eq(r.code, KVN_LM_FAIL, "bytes without a header are never served");
+	cr_assert_eq(r.length, 0);
+	send_req(fd, KVN_LM_HEALTH, "", 0, NULL);
+	cr_assert_eq(recv_reply(fd).code, KVN_LM_OK, "and the connection stays in step");
+	close(fd);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Malformed requests: 400, close, keep serving
+ * ------------------------------------------------------------------------------------------ */
+
+Test(lm, garbage_gets_400_and_close_and_the_server_keeps_serving)
+{
+	int fd = lm_connect();
+	uint8_t junk[KVN_LM_REQ_SIZE];
+	for (size_t i = 0; i < sizeof(junk); i++)
+		junk[i] = (uint8_t)(0xa5 ^ (i * 29));
+	send_all(fd, junk, sizeof(junk));
+	assert_400_and_closed(fd);
+	assert_still_serving();
+	struct kvn_lm_server_stats st;
+	kvn_lm_server_stats(isrv, &st);
+	cr_assert_geq(st.proto_errors, 1);
+}
+
+Test(lm, unknown_commands_get_400_and_close)
+{
+	const int32_t bad[] = {0, 6, -1, 200, INT32_MAX};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int fd = lm_connect();
+		send_req(fd, bad[i], "k", 0, NULL);
+		assert_400_and_closed(fd);
+	}
+	assert_still_serving();
+}
+
+Test(lm, a_short_header_closes_the_connection_and_others_are_served)
+{
+	int fd = lm_connect();
+	uint8_t w[KVN_LM_REQ_SIZE];
+	kvn_lm_req_encode(w, KVN_LM_GET, "k", 1, 0, NULL);
+	send_all(fd, w, 100);
+	shutdown(fd, SHUT_WR);
+	/* The server may or may not get its 400 out before noticing the end: either way the
+	 * connection ends and nothing else comes. */
+	uint8_t r[KVN_LM_REPLY_SIZE];
+	size_t got = 0;
+	int rc = kvn_ctl_read_full(fd, r, sizeof(r), &got);
+	if (rc == 0) {
+		cr_assert_eq(i32_at(r, 0), KVN_LM_FAIL);
+		assert_closed_by_peer(fd);
+	} else {
+		cr_assert_eq(got, 0, "a partial reply is never sent");
+	}
+	close(fd);
+	assert_still_serving();
+}
+
+Test(lm, a_huge_put_length_gets_400_before_any_payload_is_read)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_PUT, "huge", INT32_MAX, NULL);
+	assert_400_and_closed(fd);
+	fd = lm_connect();
+	send_req(fd, KVN_LM_PUT, "negative", -5, NULL);
+	assert_400_and_closed(fd);
+	assert_still_serving();
+	struct kvn_key k;
+	kvn_key_from_str(&k, "huge");
+	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
+}
+
+Test(lm, an_invalid_key_gets_400_and_close)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_GET, "", 0, NULL);
+	assert_400_and_closed(fd);
+	fd = lm_connect();
+	send_req(fd, KVN_LM_EXIST, "bad\x01key", 0, NULL);
+	assert_400_and_closed(fd);
+	assert_still_serving();
+}
+
+Test(lm, out_of_range_metadata_is_refused_and_nothing_stored)
+{
+	int fd = lm_connect();
+	struct kvn_lm_meta m = {.fmt = 99, .dtype = 2};
+	send_req(fd, KVN_LM_PUT, "bad-meta", 8, &m);
+	assert_400_and_closed(fd);
+	struct kvn_key k;
+	kvn_key_from_str(&k, "bad-meta");
+	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
+}
+
+Test(lm, a_truncated_put_stores_nothing)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_PUT, "cut-short", 1000, NULL);
+	uint8_t half[500] = {0};
+	send_all(fd, half, sizeof(half));
+	shutdown(fd, SHUT_WR);
+	char b[64];
+	while (read(fd, b, sizeof(b)) > 0)
+		; /* until the server closes */
+	close(fd);
+	assert_still_serving(); /* also orders us after the server's handling of fd */
+	struct kvn_key k;
+	kvn_key_from_str(&k, "cut-short");
+	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
+}
+
+static void
+lm_up_capped(void)
+{
+	lm_up(1, 4096);
+}
+
+Test(lm_capped, past_the_connection_cap_a_client_is_closed, .init = lm_up_capped,
+     .fini = lm_down, .timeout = 300)
+{
+	int a = lm_connect();
+	send_req(a, KVN_LM_HEALTH, "", 0, NULL);
+	cr_assert_eq(recv_reply(a).code, KVN_LM_OK);
+	int b = lm_connect(); /* the kernel accepts it; the server then closes it */
+	assert_closed_by_peer(b);
+	close(b);
+	struct kvn_lm_server_stats st;
+	kvn_lm_server_stats(isrv, &st);
+	cr_assert_eq(st.refused, 1);
+	close(a);
+	/* Once a is gone (the server notices asynchronously) a new client gets in. */
+	bool served = false;
+	for (int i = 0; i < 200 && !served; i++) {
+		int c = lm_connect();
+		uint8_t w[KVN_LM_REQ_SIZE], r[KVN_LM_REPLY_SIZE];
+		kvn_lm_req_encode(w, KVN_LM_HEALTH, "", 0, 0, NULL);
+		if (kvn_ctl_write_full(c, w, sizeof(w)) == 0 &&
+		    kvn_ctl_read_full(c, r, sizeof(r), NULL) == 0)
+			served = i32_at(r, 0) == KVN_LM_OK;
+		close(c);
+		if (!served)
+			poll(NULL, 0, 50);
+	}
+	cr_assert(served, "a client was served after the first one left");
+}
+
+Test(lm_capped, a_put_over_the_value_cap_gets_400, .init = lm_up_capped, .fini = lm_down,
+     .timeout = 300)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_PUT, "big", 4097, NULL);
+	assert_400_and_closed(fd);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * `kvnode serve` with lm_listen, driven by LMCache's frames packed in Python
+ * ------------------------------------------------------------------------------------------ */
+
+/* An independent client: it knows nothing of kvnode's code, only LMCache's protocol.py
+ * layouts ("iiiiiiiii150s" requests, "iiiiiiiii" replies). */
+static const char lmcache_client_py[] =
+    "import socket, struct, sys\n"
+    "MAX_KEY_LENGTH = 150\n"
+    "PUT, GET, EXIST, LIST, HEALTH = 1, 2, 3, 4, 5\n"
+    "host, port = sys.argv[1], int(sys.argv[2])\n"
+    "s = socket.create_connection((host, port))\n"
+    "def req(cmd, key, length=0, fmt=1, dtype=2, shape=(0, 0, 0, 0)):\n"
+    "    s.sendall(struct.pack(f'iiiiiiiii{MAX_KEY_LENGTH}s', cmd, length, fmt, dtype, 0,\n"
+    "                          *shape, key.encode().ljust(MAX_KEY_LENGTH)))\n"
+    "def recv_all(n):\n"
+    "    b = bytearray()\n"
+    "    while len(b) < n:\n"
+    "        p = s.recv(n - len(b))\n"
+    "        if not p: raise SystemExit('server closed the connection')\n"
+    "        b.extend(p)\n"
+    "    return bytes(b)\n"
+    "def reply():\n"
+    "    return struct.unpack('iiiiiiiii', recv_all(36))\n"
+    "req(HEALTH, '')\n"
+    "assert reply()[0] == 200, 'health'\n"
+    "vals = {}\n"
+    "for i, n in enumerate((1, 4096, 1 << 20, 5 * (1 << 20) + 3)):\n"
+    "    key = f'vllm@meta-llama/Llama-3.1-8B@1@0@{i:x}beef@bfloat16'\n"
+    "    data = bytes((j * 7 + i) & 0xff for j in range(min(n, 4096))) * (n // 4096 + 1)\n"
+    "    vals[key] = (data[:n], (2, 32, 256, i + 1))\n"
+    "    req(PUT, key, n, 1, 3, vals[key][1])\n"
+    "    s.sendall(data[:n])\n"
+    "for key, (data, shape) in vals.items():\n"
+    "    req(EXIST, key)\n"
+    "    assert reply()[0] == 200, 'exist ' + key\n"
+    "    req(GET, key)\n"
+    "    code, length, fmt, dtype, s0, s1, s2, s3, loc = reply()\n"
+    "    assert code == 200, f'get {key}: {code}'\n"
+    "    assert (length, fmt, dtype, (s0, s1, s2, s3)) == (len(data), 1, 3, shape), 'meta'\n"
+    "    assert recv_all(length) == data, 'payload ' + key\n"
+    "req(GET, 'nope')\n"
+    "code, length = reply()[:2]\n"
+    "assert (code, length) == (400, 0), 'miss'\n"
+    "req(EXIST, 'nope')\n"
+    "assert reply()[0] == 400, 'exist of a miss'\n"
+    "req(LIST, '')\n"
+    "code, length = reply()[:2]\n"
+    "keys = recv_all(length).decode().split('\\n')\n"
+    "assert code == 200 and sorted(keys) == sorted(vals), keys\n"
+    "print('lmcache-client: ok')\n";
+
+static char ddir[256];
+static struct proc dproc;
+
+static bool
+lm_line_ready(void *path)
+{
+	char *text = proc_read_file(path, NULL);
+	bool ok = text && strstr(text, "lm:// server on ") && strchr(strstr(text, "lm:// "), '\n');
+	free(text);
+	return ok;
+}
+
+Test(lm_daemon, an_lmcache_client_speaking_the_wire_format_uses_kvnode_serve, .timeout = 300)
+{
+	char cfg[PATH_MAX], out[PATH_MAX], errp[PATH_MAX], py[PATH_MAX], pyout[PATH_MAX],
+	    sock[PATH_MAX];
+	if (proc_run((const char *const[]){"/bin/sh", "-c", "command -v python3", NULL}, NULL,
+		     DEADLINE) != 0)
+		cr_skip_test("python3 is not installed");
+	cr_assert_eq(access(KVNODE, X_OK), 0, "%s is not built", KVNODE);
+	cr_assert_eq(proc_mkdtemp("lmd", ddir, sizeof(ddir)), 0);
+	snprintf(cfg, sizeof(cfg), "%s/kvnode.yaml", ddir);
+	snprintf(out, sizeof(out), "%s/serve.out", ddir);
+	snprintf(errp, sizeof(errp), "%s/serve.err", ddir);
+	snprintf(py, sizeof(py), "%s/lmcache_client.py", ddir);
+	snprintf(pyout, sizeof(pyout), "%s/client.out", ddir);
+	snprintf(sock, sizeof(sock), "%s/kvnode.sock", ddir);
+	const char *text = "max_local_cpu_size: 0.25\nhugepages: false\n"
+			   "lm_listen: \"127.0.0.1:0\"\n";
+	cr_assert_eq(proc_write_file(cfg, text, strlen(text)), 0);
+	cr_assert_eq(proc_write_file(py, lmcache_client_py, strlen(lmcache_client_py)), 0);
+
+	static const char *const env[] = {"KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE",
+					  "KVNODE_SOCKET", NULL};
+	const char *argv[] = {KVNODE, "serve", "-c", cfg, "--socket", sock, NULL};
+	struct proc_opts po = {.stdout_path = out, .stderr_path = errp, .env = env};
+	cr_assert_eq(proc_spawn(&dproc, argv, &po), 0);
+	if (!proc_wait_for(lm_line_ready, out, DEADLINE)) {
+		proc_stop(&dproc, SIGKILL, 0);
+		cr_assert_fail("kvnode serve printed no lm:// address: %s",
+			       proc_read_file(errp, NULL));
+	}
+	char *o = proc_read_file(out, NULL), host[KVN_HOST_MAX], addr[300], why[256];
+	uint16_t port;
+	cr_assert(sscanf(strstr(o, "lm:// server on ") + strlen("lm:// server on "), "%299s",
+			 addr) == 1);
+	free(o);
+	cr_assert_eq(kvn_hostport_parse(addr, host, &port, why, sizeof(why)), 0, "%s", why);
+	char portstr[8];
+	snprintf(portstr, sizeof(portstr), "%u", port);
+
+	const char *pyargv[] = {"/usr/bin/env", "python3", py, host, portstr, NULL};
+	struct proc_opts pyo = {.stdout_path = pyout, .stderr_path = pyout};
+	int code = proc_run(pyargv, &pyo, DEADLINE);
+	char *log = proc_read_file(pyout, NULL);
+	cr_expect_eq(code, 0, "the LMCache-protocol client failed (%d): %s\nserver: %s", code,
+		     log ? log : "", proc_read_file(errp, NULL));
+	cr_expect(log && strstr(log, "lmcache-client: ok"));
+	free(log);
+
+	/* The values went into the node's engine: the CLI sees them. */
+	const char *ls[] = {KVNODE, "ls", "--node", sock, NULL};
+	struct proc_opts lso = {.stdout_path = pyout, .env = env};
+	cr_expect_eq(proc_run(ls, &lso, DEADLINE), 0);
+	log = proc_read_file(pyout, NULL);
+	cr_expect(log && strstr(log, "vllm@meta-llama/Llama-3.1-8B@1@0@3beef@bfloat16"),
+		  "kvnode ls: %s", log ? log : "");
+	free(log);
+
+	int stop = proc_stop(&dproc, SIGTERM, DEADLINE);
+	cr_expect_eq(stop, 0, "kvnode serve exited with %d", stop);
+	proc_rm_tree(ddir);
+}
