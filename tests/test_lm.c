@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -591,6 +592,212 @@ Test(lm_capped, a_put_over_the_value_cap_gets_400, .init = lm_up_capped, .fini =
 	int fd = lm_connect();
 	send_req(fd, KVN_LM_PUT, "big", 4097, NULL);
 	assert_400_and_closed(fd);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The lm:// connector (client) against the in-process server
+ * ------------------------------------------------------------------------------------------ */
+
+extern const struct kvn_connector_ops kvn_lm_connector_ops;
+
+static char curl[128];
+
+static const char *
+no_opt(const struct kvn_connector_env *env, const char *opt)
+{
+	(void)env;
+	(void)opt;
+	return NULL;
+}
+
+static void
+env_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
+{
+	(void)env;
+	(void)level;
+	va_list ap;
+	va_start(ap, fmt);
+	fprintf(stderr, "lm connector: ");
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+static struct kvn_connector_env cenv = {
+    .abi = KVN_CONNECTOR_ABI, .get_opt = no_opt, .log = env_log, .timeout_ms = 10000};
+
+static struct kvn_connector *
+conn_open(void)
+{
+	snprintf(curl, sizeof(curl), "lm://%s", kvn_lm_server_address(isrv));
+	cenv.url = cenv.url_redacted = curl;
+	struct kvn_connector *c = NULL;
+	int rc = kvn_lm_connector_ops.connect(&cenv, &c);
+	cr_assert_eq(rc, 0, "connect %s: %s", curl, kvn_strerror(rc));
+	return c;
+}
+
+static struct kvn_remote_value
+bytes_value(size_t len, unsigned seed)
+{
+	struct kvn_remote_value v = {0};
+	struct kvn_buf *b = kvn_buf_new(len);
+	fill(b->data, len, seed);
+	cr_assert_eq(kvn_remote_value_from_buf(&v, b), 0);
+	return v; /* payload is b, one reference: drop with kvn_buf_unref(v.payload) */
+}
+
+struct seen_ctx {
+	const struct kvn_key *want;
+	int seen;
+};
+
+static int
+count_key(void *ctx, const char *key, size_t len)
+{
+	struct seen_ctx *sc = ctx;
+	sc->seen += len == sc->want->len && !memcmp(key, sc->want->str, len);
+	return 0;
+}
+
+TestSuite(lm_connector, .init = lm_up_default, .fini = lm_down, .timeout = 300);
+
+Test(lm_connector, put_get_exists_list_and_ping_round_trip)
+{
+	struct kvn_connector *c = conn_open();
+	const struct kvn_connector_ops *ops = &kvn_lm_connector_ops;
+	cr_assert_eq(ops->ping(c), 0);
+	struct kvn_key k;
+	kvn_key_from_str(&k, "vllm@m@1@0@feed@bfloat16");
+	cr_assert_eq(ops->exists(c, &k), 0);
+	struct kvn_remote_value out;
+	cr_assert_eq(ops->get(c, &k, &out), -ENOENT);
+
+	struct kvn_remote_value v = bytes_value(2 * MIB + 5, 3);
+	v.meta.fmt = 1;
+	v.meta.dtype = 3;
+	cr_assert_eq(ops->put(c, &k, &v), 0);
+	cr_assert_eq(ops->exists(c, &k), 1);
+	cr_assert_eq(ops->get(c, &k, &out), 0);
+	cr_assert_eq(out.meta.length, v.meta.length);
+	cr_assert_eq(out.meta.fmt, 1);
+	cr_assert_eq(out.meta.dtype, 3);
+	cr_assert_eq(out.meta.shape[0], v.meta.shape[0]);
+	cr_assert_eq(out.payload->len, v.payload->len);
+	cr_assert(!memcmp(out.payload->data, v.payload->data, v.payload->len));
+	cr_assert_eq(out.tag_len, 0, "lm:// carries no kvnode tag");
+	cr_assert_eq(kvn_remote_value_check(&out, NULL, 0), 0);
+	kvn_remote_value_release(&out);
+	kvn_buf_unref(v.payload);
+
+	struct seen_ctx sc = {.want = &k};
+	cr_assert_eq(ops->list(c, count_key, &sc), 0);
+	cr_assert_eq(sc.seen, 1);
+	cr_assert_eq(ops->remove(c, &k), -EOPNOTSUPP, "LMCache's protocol has no delete");
+	ops->close(c);
+}
+
+Test(lm_connector, batches_are_pipelined_and_misses_stay_per_key)
+{
+	enum { N = 70 }; /* more than one pipeline window */
+	struct kvn_connector *c = conn_open();
+	const struct kvn_connector_ops *ops = &kvn_lm_connector_ops;
+	static struct kvn_key keys[N];
+	const struct kvn_key *kp[N];
+	struct kvn_remote_value vals[N], out[N];
+	int rcs[N];
+	for (int i = 0; i < N; i++) {
+		char t[32];
+		snprintf(t, sizeof(t), "batch-%d", i);
+		kvn_key_from_str(&keys[i], t);
+		kp[i] = &keys[i];
+		vals[i] = bytes_value(1000 + (size_t)i, (unsigned)i);
+	}
+	/* Only the even keys are stored. */
+	const struct kvn_key *even[N / 2];
+	struct kvn_remote_value evals[N / 2];
+	for (int i = 0; i < N / 2; i++) {
+		even[i] = kp[2 * i];
+		evals[i] = vals[2 * i];
+	}
+	cr_assert_eq(ops->put_batch(c, N / 2, even, evals, rcs), 0);
+	for (int i = 0; i < N / 2; i++)
+		cr_assert_eq(rcs[i], 0);
+	cr_assert_eq(ops->exists_batch(c, N, kp, rcs), 0);
+	for (int i = 0; i < N; i++)
+		cr_assert_eq(rcs[i], i % 2 == 0, "exists %d", i);
+	cr_assert_eq(ops->get_batch(c, N, kp, out, rcs), 0);
+	for (int i = 0; i < N; i++) {
+		if (i % 2) {
+			cr_assert_eq(rcs[i], -ENOENT, "get %d", i);
+			continue;
+		}
+		cr_assert_eq(rcs[i], 0, "get %d", i);
+		cr_assert_eq(out[i].payload->len, vals[i].payload->len);
+		cr_assert(!memcmp(out[i].payload->data, vals[i].payload->data,
+				  vals[i].payload->len));
+		kvn_remote_value_release(&out[i]);
+	}
+	for (int i = 0; i < N; i++)
+		kvn_buf_unref(vals[i].payload);
+	ops->close(c);
+}
+
+Test(lm_connector, a_key_over_150_bytes_is_refused_without_breaking_the_connection)
+{
+	struct kvn_connector *c = conn_open();
+	const struct kvn_connector_ops *ops = &kvn_lm_connector_ops;
+	char t[200];
+	memset(t, 'x', sizeof(t) - 1);
+	t[sizeof(t) - 1] = '\0';
+	struct kvn_key k;
+	kvn_key_from_str(&k, t);
+	struct kvn_remote_value v = bytes_value(10, 1);
+	cr_assert_eq(ops->put(c, &k, &v), -ENAMETOOLONG);
+	cr_assert_eq(ops->ping(c), 0);
+	kvn_buf_unref(v.payload);
+	ops->close(c);
+}
+
+Test(lm_connector, a_stopped_server_is_a_connection_error_and_a_new_one_is_reachable)
+{
+	struct kvn_connector *c = conn_open();
+	const struct kvn_connector_ops *ops = &kvn_lm_connector_ops;
+	cr_assert_eq(ops->ping(c), 0);
+	char addr[300];
+	snprintf(addr, sizeof(addr), "%s", kvn_lm_server_address(isrv));
+	kvn_lm_server_stop(isrv);
+	isrv = NULL;
+	struct kvn_key k;
+	kvn_key_from_str(&k, "gone");
+	int rc = ops->exists(c, &k);
+	cr_assert(rc == -ECONNRESET || rc == -EPIPE || rc == -ENOTCONN,
+		  "exists against a stopped server: %s", kvn_strerror(rc));
+	ops->close(c);
+	struct kvn_connector *c2 = NULL;
+	rc = ops->connect(&cenv, &c2);
+	cr_assert(rc == -ECONNREFUSED, "connect to a stopped server: %s", kvn_strerror(rc));
+
+	/* The same address served again (the node's reconnect finds it). */
+	char err[256];
+	struct kvn_lm_server_opts o = {.listen = addr};
+	cr_assert_eq(kvn_lm_server_start(ieng, &o, &isrv, err, sizeof(err)), 0, "%s", err);
+	c = conn_open();
+	cr_assert_eq(ops->ping(c), 0);
+	ops->close(c);
+}
+
+Test(lm_connector, bad_urls_are_refused_with_a_reason)
+{
+	static const char *const bad[] = {"lm://", "lm://host", "lm://127.0.0.1:0",
+					  "lm://127.0.0.1:80/path", "redis://127.0.0.1:6379"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct kvn_connector_env e = cenv;
+		e.url = e.url_redacted = bad[i];
+		struct kvn_connector *c = NULL;
+		cr_assert_eq(kvn_lm_connector_ops.connect(&e, &c), -EINVAL, "%s", bad[i]);
+		cr_assert_null(c);
+	}
 }
 
 /* ------------------------------------------------------------------------------------------
