@@ -1,0 +1,134 @@
+/* Internal state of the verbs transport, shared by rdma/verbs.c (device, registrations, read
+ * path, progress thread) and rdma/verbs_cm.c (rdma_cm: listen, accept, connect, disconnects). */
+#ifndef KVN_RDMA_VERBS_H
+#define KVN_RDMA_VERBS_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <infiniband/verbs.h>
+#include <rdma/rdma_cma.h>
+
+#include "kvnode/transport.h"
+
+/* Private data exchanged in the rdma_cm REQ/REP: magic and protocol version both ways, and in the
+ * REP the owner's region descriptors (as many as fit: the REP carries at most 196 bytes). */
+#define VB_MAGIC 0x4b564e56u /* "KVNV" */
+#define VB_PROTO 1
+#define VB_MAX_DESC 8
+
+enum ep_state {
+	EP_DOWN, /* no QP: the next read (or queued work) connects */
+	EP_CONNECTING,
+	EP_UP,
+	EP_BROKEN, /* QP moved to error; waiting for its posted work requests to flush */
+};
+
+/* One kvn_read from read() until its callback has returned. */
+struct vb_op {
+	struct vb_op *next;
+	struct kvn_read *rd;
+	struct kvn_tp_ep *ep;
+	uint64_t posted; /* bytes handed to work requests so far */
+	uint32_t wrs_out;
+	bool queued, retry;
+	int status;
+	char msg[224];
+};
+
+
+struct kvn_tp_mr {
+	struct kvn_transport *tp;
+	struct ibv_mr *mr;
+	struct kvn_tp_mr *next; /* tp->mrs: what the REP describes */
+};
+
+struct kvn_tp_ep {
+	struct kvn_transport *tp;
+	struct kvn_tp_ep *next; /* tp->eps */
+	char peer[128];
+	int timeout_ms;
+	struct rdma_cm_id *id; /* NULL unless EP_UP or EP_BROKEN */
+	enum ep_state state;
+	bool closing;
+	/* Why the QP broke: outstanding reads fail with this, unless retry (the peer is alive and
+	 * only another read was bad), then they are posted again after the reconnect. */
+	int break_status;
+	bool break_retry;
+	char break_msg[160];
+	struct vb_op *queue, **queue_tail; /* reads not (fully) posted yet */
+	uint32_t sq_free; /* free send-queue slots */
+	uint32_t wrs_out; /* posted, not completed work requests */
+	uint32_t live_ops; /* reads whose callback has not returned yet */
+	uint64_t last_progress_ns;
+	/* The owner's regions from the REP; complete when all fitted, else unknown rkeys are left
+	 * to the owner's device to refuse. */
+	struct kvn_mem_desc desc[VB_MAX_DESC];
+	uint32_t ndesc;
+	bool desc_complete;
+};
+
+struct vb_srv_conn { /* an accepted connection: the owner's side, never posts anything */
+	struct rdma_cm_id *id;
+	struct vb_srv_conn *next;
+};
+
+struct kvn_transport {
+	int timeout_ms;
+	struct ibv_context **devs; /* rdma_get_devices(): rdma_cm ids point at these contexts */
+	struct ibv_context *ctx;
+	uint8_t port;
+	uint32_t max_msg; /* bytes per work request (port max_msg_sz, maybe lowered for tests) */
+	uint32_t sq_depth, cq_depth;
+	uint8_t init_depth, resp_depth; /* max_qp_init_rd_atom, max_qp_rd_atom */
+	bool have_src; /* gid_index given: connections leave from its address */
+	struct sockaddr_storage src;
+
+	struct ibv_pd *pd;
+	struct ibv_comp_channel *cc;
+	struct ibv_cq *cq;
+	uint32_t cq_free;
+
+	pthread_mutex_t lock; /* everything below, and each endpoint's fields */
+	pthread_cond_t cond; /* an endpoint drained (ep_close waits for it) */
+	struct kvn_tp_ep *eps;
+	struct vb_op *done, **done_tail; /* completed reads whose callbacks are still to run */
+	struct vb_srv_conn *srv;
+	struct vb_srv_conn *dead; /* ids of drained endpoints, destroyed unlocked */
+	bool stop;
+
+	int wake_fd; /* eventfd: the progress thread has new work */
+	pthread_t progress;
+
+	struct rdma_event_channel *cm_ch; /* the listener and every connected endpoint */
+	struct rdma_cm_id *listen_id;
+	int cm_stop_fd;
+	pthread_t cm_thread;
+	bool cm_running;
+	struct kvn_tp_mr *mrs;
+};
+
+/* verbs_cm.c */
+int vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen);
+void vb_cm_stop(struct kvn_transport *tp);
+int vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen, char *err,
+	      size_t errlen);
+int vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, char *err,
+		  size_t errlen);
+void vb_destroy_id(struct rdma_cm_id *id);
+
+void vb_cm_free(struct kvn_transport *tp);
+
+/* verbs_post.c; the vb_ep_*, vb_op_*, vb_*queue functions need tp->lock held */
+uint64_t vb_now_ns(void);
+void vb_wake(struct kvn_transport *tp);
+void vb_ep_break(struct kvn_tp_ep *ep, int status, bool retry, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+void vb_op_done(struct vb_op *op);
+void vb_queue_push(struct kvn_tp_ep *ep, struct vb_op *op, bool front);
+void vb_fail_queue(struct kvn_tp_ep *ep, int status, const char *msg);
+void vb_post_queue(struct kvn_tp_ep *ep);
+void *vb_progress_main(void *arg);
+
+#endif
