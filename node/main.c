@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -14,6 +15,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "kvnode/plugin.h"
 #include "node/client.h"
 #include "node/config.h"
 #include "node/log.h"
@@ -396,6 +398,32 @@ out:
  * serve
  * ------------------------------------------------------------------------------------------ */
 
+/* Plugins beside this process (DESIGN.md §6). Until the membership service hands out worker
+ * ids a node is worker 0 of 1. Plugins get this node's socket and program, so that `kvnode
+ * stat` in a plugin reaches it. A launcher that cannot start is a warning: the node runs. */
+static struct kvn_plugins *
+start_plugins(const struct kvn_config *cfg, const char *socket_path)
+{
+	char exe[PATH_MAX], cwd[PATH_MAX], *sock_env = NULL, *bin_env = NULL, err[1024];
+	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+	exe[n > 0 ? n : 0] = '\0';
+	bool rel = socket_path && socket_path[0] != '/' && getcwd(cwd, sizeof(cwd));
+	if (socket_path && asprintf(&sock_env, "KVNODE_SOCKET_PATH=%s%s%s", rel ? cwd : "",
+				    rel ? "/" : "", socket_path) < 0)
+		sock_env = NULL;
+	if (asprintf(&bin_env, "KVNODE_BIN=%s", n > 0 ? exe : "kvnode") < 0)
+		bin_env = NULL;
+	const char *env[] = {bin_env, sock_env, NULL};
+	struct kvn_plugins_opts po = {
+	    .role = KVN_PLUGIN_WORKER, .worker_id = 0, .worker_count = 1, .extra_env = env};
+	struct kvn_plugins *pl = NULL;
+	if (kvn_plugins_start(cfg, &po, &pl, err, sizeof(err)) < 0)
+		kvn_warn("serve", "%s: running without plugins", err);
+	free(sock_env);
+	free(bin_env);
+	return pl;
+}
+
 struct sig_ctx {
 	struct kvn_server *srv;
 	sigset_t set;
@@ -448,6 +476,7 @@ cmd_serve(struct opts *o)
 	struct kvn_engine *eng = NULL;
 	struct kvn_server *srv = NULL;
 	struct kvn_lm_server *lm = NULL;
+	struct kvn_plugins *plugins = NULL;
 	pthread_t sig_thread;
 	bool sig_started = false;
 	if (!socket_path) {
@@ -481,6 +510,8 @@ cmd_serve(struct opts *o)
 		goto out;
 	}
 	sig_started = true;
+	plugins = start_plugins(cfg, socket_path);
+	kvn_server_set_plugins(srv, plugins);
 	printf("kvnode: serving on %s\n", kvn_server_address(srv));
 	if (lm)
 		printf("kvnode: lm:// server on %s\n", kvn_lm_server_address(lm));
@@ -491,6 +522,7 @@ cmd_serve(struct opts *o)
 	kvn_server_run(srv);
 	kvn_info("serve", "all clients done; closing the storage tiers");
 out:
+	kvn_plugins_stop(plugins); /* SIGTERM, then SIGKILL after plugin_stop_timeout_ms */
 	kvn_lm_server_stop(lm); /* before the engine it serves from */
 	kvn_engine_close(eng); /* drains queued disk writes: the disk tier is consistent */
 	if (sig_started) {     /* kept until now: a second signal may cut a slow disk flush short */

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvnode/plugin.h"
 #include "node/ctlproto.h"
 #include "node/log.h"
 #include "node/server.h"
@@ -52,6 +53,7 @@ struct kvn_server {
 	struct conn *conns;
 
 	_Atomic uint64_t accepted, requests, proto_errors, refused;
+	struct kvn_plugins *plugins; /* listed by STAT; NULL = none */
 };
 
 /* ------------------------------------------------------------------------------------------
@@ -197,6 +199,12 @@ kvn_server_address(const struct kvn_server *srv)
 }
 
 void
+kvn_server_set_plugins(struct kvn_server *srv, struct kvn_plugins *plugins)
+{
+	srv->plugins = plugins;
+}
+
+void
 kvn_server_stop(struct kvn_server *srv)
 {
 	uint64_t one = 1;
@@ -330,6 +338,11 @@ do_stat(struct conn *c)
 	cJSON_AddNumberToObject(s, "requests", (double)atomic_load(&srv->requests));
 	cJSON_AddNumberToObject(s, "protocol_errors", (double)atomic_load(&srv->proto_errors));
 	cJSON_AddNumberToObject(s, "refused", (double)atomic_load(&srv->refused));
+	text = kvn_plugins_stats_json(srv->plugins);
+	cJSON *plugins = text ? cJSON_Parse(text) : NULL;
+	free(text);
+	if (plugins && !cJSON_AddItemToObject(root, "plugins", plugins))
+		cJSON_Delete(plugins);
 	text = cJSON_PrintUnformatted(root);
 	cJSON_Delete(root);
 	if (!text) {

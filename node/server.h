@@ -30,6 +30,9 @@ const char *kvn_server_address(const struct kvn_server *srv);
  * finish (connections still busy after the I/O timeout are cut) and returns 0 once no
  * connection thread is left. */
 int kvn_server_run(struct kvn_server *srv);
+/* The plugins STAT lists (kvnode/plugin.h); set before kvn_server_run, kept until destroy. */
+struct kvn_plugins;
+void kvn_server_set_plugins(struct kvn_server *srv, struct kvn_plugins *plugins);
 /* Async-signal-safe: asks kvn_server_run to wind down. */
 void kvn_server_stop(struct kvn_server *srv);
 /* Closes the listening socket and removes the socket file if it is still this server's. */

@@ -1,0 +1,56 @@
+/* Plugin launcher (DESIGN.md §6): role-targeted scripts beside every kvnode process (worker or
+ * scheduler), their output logged with a "[plugin <file>]" prefix, stopped with the process
+ * and never left behind, even when the process is SIGKILLed. */
+#ifndef KVNODE_PLUGIN_H
+#define KVNODE_PLUGIN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "kvnode/kvnode.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum kvn_plugin_role { KVN_PLUGIN_SCHEDULER = 0, KVN_PLUGIN_WORKER = 1 };
+
+struct kvn_plugins_opts {
+	enum kvn_plugin_role role;
+	int worker_id;	  /* this worker's id (the scheduler passes -1) */
+	int worker_count; /* workers in the cluster */
+	/* More "NAME=VALUE" for every plugin (NULL-terminated, may be NULL), e.g. the socket
+	 * of this node so that `kvnode stat` in a plugin finds it. */
+	const char *const *extra_env;
+};
+
+struct kvn_plugins;
+
+/* Scans cfg->plugin_locations (directories recursively, or single files), keeps the files
+ * that target this process (see kvn_plugin_targets) and starts each in its own process group
+ * with the KVNODE_PLUGIN_* and LMCACHE_PLUGIN_* environment. A location or plugin that cannot
+ * be used is a warning naming it, never an error: the node still starts. Returns 0, or a
+ * negative errno (out of memory, no thread) with err set. cfg is read only during the call. */
+KVN_API int kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *opts,
+			      struct kvn_plugins **out, char *err, size_t errlen);
+/* SIGTERM to every plugin's process group, SIGKILL to those still alive after
+ * plugin_stop_timeout_ms; returns once all are reaped and their output is logged. Frees pl
+ * (NULL is a no-op). */
+KVN_API void kvn_plugins_stop(struct kvn_plugins *pl);
+/* The plugins as a JSON array of {name, file, interpreter, pid, state, restarts, exit_code,
+ * dropped_lines}; state is one of "running", "restarting", "exited", "failed", "stopped",
+ * "not-started". malloc'd, free() it; NULL when out of memory. */
+KVN_API char *kvn_plugins_stats_json(struct kvn_plugins *pl);
+/* Whether a plugin file name targets this process (DESIGN.md §6): split on '_' (up to the
+ * first '.'), role words case-insensitive; "scheduler_*" the scheduler only; "worker_*" every
+ * worker; "worker_<N>_*" and "worker_<N>.ext" worker N only; "all_*" or no role word: every
+ * process. */
+KVN_API bool kvn_plugin_targets(const char *file_name, enum kvn_plugin_role role, int worker_id);
+/* "SCHEDULER" or "WORKER", as in KVNODE_PLUGIN_ROLE. */
+KVN_API const char *kvn_plugin_role_name(enum kvn_plugin_role role);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
