@@ -14,7 +14,24 @@ struct bench_opts {
 	size_t sizes[16];
 	size_t nsizes;
 	int trials; /* alternating measured/baseline trials; the median is reported */
+	bool sizes_given; /* --sizes was on the command line (else the mode's defaults) */
+	/* peer mode */
+	const char *transport; /* tcp | verbs | auto */
+	const char *connect; /* HOST:PORT of a running responder; NULL = start one */
+	const char *remote_desc; /* with connect: the responder's "serving ..." line */
+	const char *listen; /* --serve: address to listen on */
+	int inflight; /* reads outstanding */
+	int conns; /* tcp: connections per peer; 0 = transport default */
+	bool serve; /* be the responder only, until SIGTERM */
 };
+
+/* Byte at offset off of the region kvnode-bench peer --serve registers: position-dependent so a
+ * read from the wrong place or into the wrong place shows. */
+static inline uint8_t
+bench_pattern(uint64_t off)
+{
+	return (uint8_t)((off ^ (off >> 8) ^ (off >> 16) ^ (off >> 24)) * 31 + 7);
+}
 
 /* One row: an operation at one size, its bandwidth and (with --baseline) the anchor's. */
 struct bench_row {
@@ -38,5 +55,6 @@ void bench_json_add(const struct bench_row *r);
 void bench_json_flush(void);
 
 int bench_local(const struct bench_opts *o);
+int bench_peer(const struct bench_opts *o);
 
 #endif

@@ -17,6 +17,9 @@ static const char usage[] =
 	"SYNOPSIS\n"
 	"    kvnode-bench MODE [--baseline] [--json] [--sizes LIST] [--duration SEC]\n"
 	"                      [--working-set MIB] [--trials N] [-v] [--log-level LEVEL]\n"
+	"    kvnode-bench peer [--transport tcp|verbs|auto] [--inflight N] [--conns N]\n"
+	"                      [--connect HOST:PORT --remote LINE] [--baseline] [--json] ...\n"
+	"    kvnode-bench peer --serve [--transport T] [--listen HOST:PORT] [--sizes LIST]\n"
 	"    kvnode-bench --help | --version\n"
 	"\n"
 	"MODES\n"
@@ -25,7 +28,13 @@ static const char usage[] =
 	"             get_view is the zero-copy get (a reference into the pool) and is\n"
 	"             reported on its own. Baseline: memcpy of the same sizes over a\n"
 	"             working set of the same size.\n"
-	"    peer, scheduler, disk, gpu\n"
+	"    peer     one-sided READs of another process's registered memory over the\n"
+	"             transport, N reads in flight, into a registered buffer. The bench\n"
+	"             forks the responder on 127.0.0.1 itself, or reads from a running\n"
+	"             one (--connect). Default sizes 64K,256K,1M,4M,32M. Baseline (tcp):\n"
+	"             iperf3, single stream over loopback, run in the same process tree\n"
+	"             (iperf3 -s -1 and iperf3 -c 127.0.0.1 -J -t 2), once per trial.\n"
+	"    scheduler, disk, gpu\n"
 	"             not in this build yet: they arrive with the transport, membership\n"
 	"             and GPU work; asking for one says so and exits 2.\n"
 	"\n"
@@ -41,6 +50,17 @@ static const char usage[] =
 	"                       (default 256)\n"
 	"    --trials N         alternating kvnode/baseline trials per row; the median trial\n"
 	"                       is reported (default 3)\n"
+	"    --transport T      peer: tcp (default), verbs or auto\n"
+	"    --inflight N       peer: reads outstanding at once (default 8)\n"
+	"    --conns N          peer, tcp: connections per peer that reads are striped over\n"
+	"                       (default 1)\n"
+	"    --connect HOST:PORT  peer: read from a running responder instead of forking one;\n"
+	"                       needs --remote\n"
+	"    --remote LINE      peer: the \"serving ...\" line that responder printed\n"
+	"    --serve            peer: only be the responder: register a region with a known\n"
+	"                       pattern, print \"serving T HOST:PORT addr=0x.. len=N rkey=0x..\"\n"
+	"                       and serve until SIGTERM\n"
+	"    --listen HOST:PORT peer --serve: where to listen (default 127.0.0.1:0)\n"
 	"    -v, --verbose      debug logging\n"
 	"    --log-level LEVEL  error, warn, info or debug (default warn)\n"
 	"    -h, --help         this text\n"
@@ -56,7 +76,8 @@ static const char usage[] =
 	"\n"
 	"EXAMPLES\n"
 	"    kvnode-bench local --baseline\n"
-	"    kvnode-bench local --baseline --json --sizes 4M,32M\n";
+	"    kvnode-bench local --baseline --json --sizes 4M,32M\n"
+	"    kvnode-bench peer --transport tcp --inflight 8 --baseline\n";
 
 static int
 parse_size(const char *s, size_t *out)
@@ -107,8 +128,11 @@ main(int argc, char **argv)
 		.sizes = { 256 << 10, 1 << 20, 4 << 20, 32 << 20 },
 		.nsizes = 4,
 		.trials = 3,
+		.transport = "tcp",
+		.inflight = 8,
 	};
-	enum { O_BASELINE = 256, O_JSON, O_SIZES, O_DURATION, O_WSET, O_TRIALS, O_LEVEL, O_VERSION };
+	enum { O_BASELINE = 256, O_JSON, O_SIZES, O_DURATION, O_WSET, O_TRIALS, O_LEVEL, O_VERSION,
+	       O_TRANSPORT, O_CONNECT, O_REMOTE, O_LISTEN, O_INFLIGHT, O_CONNS, O_SERVE };
 	static const struct option longopts[] = {
 		{ "baseline", no_argument, NULL, O_BASELINE },
 		{ "json", no_argument, NULL, O_JSON },
@@ -117,6 +141,13 @@ main(int argc, char **argv)
 		{ "working-set", required_argument, NULL, O_WSET },
 		{ "trials", required_argument, NULL, O_TRIALS },
 		{ "log-level", required_argument, NULL, O_LEVEL },
+		{ "transport", required_argument, NULL, O_TRANSPORT },
+		{ "connect", required_argument, NULL, O_CONNECT },
+		{ "remote", required_argument, NULL, O_REMOTE },
+		{ "listen", required_argument, NULL, O_LISTEN },
+		{ "inflight", required_argument, NULL, O_INFLIGHT },
+		{ "conns", required_argument, NULL, O_CONNS },
+		{ "serve", no_argument, NULL, O_SERVE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, O_VERSION },
@@ -132,7 +163,31 @@ main(int argc, char **argv)
 		case O_SIZES:
 			if (parse_sizes(&o, optarg) < 0)
 				return 2;
+			o.sizes_given = true;
 			break;
+		case O_TRANSPORT:
+			if (strcmp(optarg, "tcp") && strcmp(optarg, "verbs") && strcmp(optarg, "auto")) {
+				fprintf(stderr, "kvnode-bench: --transport: want tcp, verbs or auto, got \"%s\"\n", optarg);
+				return 2;
+			}
+			o.transport = optarg;
+			break;
+		case O_CONNECT: o.connect = optarg; break;
+		case O_REMOTE: o.remote_desc = optarg; break;
+		case O_LISTEN: o.listen = optarg; break;
+		case O_SERVE: o.serve = true; break;
+		case O_INFLIGHT:
+		case O_CONNS: {
+			long v = strtol(optarg, &end, 10);
+			int max = c == O_INFLIGHT ? 4096 : 16;
+			if (*end || v < 1 || v > max) {
+				fprintf(stderr, "kvnode-bench: --%s: want 1..%d, got \"%s\"\n",
+					c == O_INFLIGHT ? "inflight" : "conns", max, optarg);
+				return 2;
+			}
+			*(c == O_INFLIGHT ? &o.inflight : &o.conns) = (int)v;
+			break;
+		}
 		case O_DURATION:
 			o.duration_s = strtod(optarg, &end);
 			if (*end || !(o.duration_s > 0 && o.duration_s <= 3600)) {
@@ -184,9 +239,17 @@ main(int argc, char **argv)
 	}
 	if (!strcmp(mode, "local"))
 		return bench_local(&o) < 0 ? 1 : 0;
-	if (!strcmp(mode, "peer") || !strcmp(mode, "scheduler") || !strcmp(mode, "disk") ||
+	if (!strcmp(mode, "peer")) {
+		if (!o.sizes_given) {
+			const size_t peer_sizes[] = { 64 << 10, 256 << 10, 1 << 20, 4 << 20, 32 << 20 };
+			memcpy(o.sizes, peer_sizes, sizeof(peer_sizes));
+			o.nsizes = 5;
+		}
+		return bench_peer(&o) < 0 ? 1 : 0;
+	}
+	if (!strcmp(mode, "scheduler") || !strcmp(mode, "disk") ||
 	    !strcmp(mode, "gpu")) {
-		fprintf(stderr, "kvnode-bench: mode \"%s\" is not in this build yet (only \"local\")\n", mode);
+		fprintf(stderr, "kvnode-bench: mode \"%s\" is not in this build yet (only \"local\" and \"peer\")\n", mode);
 		return 2;
 	}
 	fprintf(stderr, "kvnode-bench: unknown mode \"%s\" (local, peer, scheduler, disk, gpu)\n", mode);

@@ -1,0 +1,510 @@
+/* kvnode-bench peer: one-sided reads from another process's registered memory over a transport
+ * (the bench starts the responder itself, or --connect to one), with iperf3 as the tcp baseline.
+ * --serve is the responder alone: the tests kill it mid-transfer. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+#include "kvnode/transport.h"
+#include "node/log.h"
+
+extern char **environ;
+
+static int
+open_transport(const struct bench_opts *o, const struct kvn_transport_ops **ops,
+	       struct kvn_transport **tp)
+{
+	char err[256] = "";
+	struct kvn_transport_cfg cfg = { .gid_index = -1, .conns_per_peer = o->conns };
+	*ops = kvn_transport_by_name(o->transport, &cfg, err, sizeof(err));
+	int rc = *ops ? (*ops)->open(&cfg, tp, err, sizeof(err)) : -EINVAL;
+	if (rc < 0)
+		fprintf(stderr, "kvnode-bench: %s\n", err);
+	return rc;
+}
+
+static void *
+map_region(size_t len)
+{
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	madvise(p, len, MADV_HUGEPAGE);
+	return p;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Responder
+ * ------------------------------------------------------------------------------------------- */
+
+static size_t
+region_len(const struct bench_opts *o)
+{
+	size_t max = 0;
+	for (size_t i = 0; i < o->nsizes; i++)
+		max = o->sizes[i] > max ? o->sizes[i] : max;
+	return max * 2 > (64u << 20) ? max * 2 : (64u << 20);
+}
+
+/* Registers a region filled with bench_pattern, listens, writes the line peers parse to out
+ * and serves until SIGTERM/SIGINT. */
+static int
+serve(const struct bench_opts *o, FILE *out)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &set, NULL); /* before the progress thread inherits it */
+	const struct kvn_transport_ops *ops;
+	struct kvn_transport *tp;
+	if (open_transport(o, &ops, &tp) < 0)
+		return -EINVAL;
+	size_t len = region_len(o);
+	char *region = map_region(len);
+	if (!region) {
+		fprintf(stderr, "kvnode-bench: cannot map a %zu MiB region to serve\n", len >> 20);
+		ops->close(tp);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < len; i++)
+		region[i] = (char)bench_pattern(i);
+	char err[256] = "", bound[128];
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc d;
+	int rc = ops->reg_mem(tp, region, len, KVN_MEM_HOST, &mr, &d, err, sizeof(err));
+	if (!rc)
+		rc = ops->listen(tp, o->listen ? o->listen : "127.0.0.1:0", bound, sizeof(bound),
+				 err, sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, "kvnode-bench: %s\n", err);
+	} else {
+		fprintf(out, "serving %s %s addr=0x%" PRIx64 " len=%" PRIu64 " rkey=0x%08x\n",
+			ops->name, bound, d.addr, d.len, d.rkey);
+		fflush(out);
+		int sig;
+		sigwait(&set, &sig);
+		ops->dereg(mr);
+	}
+	ops->close(tp);
+	munmap(region, len);
+	return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Reader
+ * ------------------------------------------------------------------------------------------- */
+
+struct peer_info {
+	char addr[128];
+	struct kvn_mem_desc d;
+};
+
+static int
+parse_serving(const char *line, struct peer_info *pi)
+{
+	char name[32];
+	return sscanf(line, "serving %31s %127s addr=0x%" SCNx64 " len=%" SCNu64 " rkey=0x%" SCNx32,
+		      name, pi->addr, &pi->d.addr, &pi->d.len, &pi->d.rkey) == 5
+		       ? 0
+		       : -EPROTO;
+}
+
+/* Forks the responder (before any thread exists here) and reads its serving line. */
+static int
+start_responder(const struct bench_opts *o, pid_t *pid, struct peer_info *pi)
+{
+	int fds[2];
+	if (pipe(fds) < 0)
+		return -errno;
+	fflush(NULL);
+	*pid = fork();
+	if (*pid < 0)
+		return -errno;
+	if (*pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(fds[0]);
+		FILE *out = fdopen(fds[1], "w");
+		_exit(out && serve(o, out) == 0 ? 0 : 1);
+	}
+	close(fds[1]);
+	FILE *in = fdopen(fds[0], "r");
+	char line[512];
+	int rc = in && fgets(line, sizeof(line), in) ? parse_serving(line, pi) : -EPIPE;
+	if (in)
+		fclose(in);
+	if (rc < 0)
+		fprintf(stderr, "kvnode-bench: the responder did not start (see its error above)\n");
+	return rc;
+}
+
+struct run {
+	const struct kvn_transport_ops *ops;
+	struct kvn_tp_ep *ep;
+	struct kvn_tp_mr *mr;
+	char *dst;
+	size_t dst_slots; /* reads land in slot (i % dst_slots) of size bytes */
+	size_t size;
+	struct kvn_mem_desc remote;
+	size_t remote_slots;
+	double deadline;
+	atomic_uint_fast64_t next; /* read counter: picks remote and local slots */
+	atomic_uint_fast64_t completed;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	int outstanding;
+	int status;
+	char err[256];
+};
+
+static void
+set_read(struct run *r, struct kvn_read *rd)
+{
+	uint64_t k = atomic_fetch_add(&r->next, 1);
+	rd->local = r->dst + (k % r->dst_slots) * r->size;
+	rd->remote_addr = r->remote.addr + (k % r->remote_slots) * r->size;
+}
+
+static void
+read_done(struct kvn_read *rd, int status, const char *msg)
+{
+	struct run *r = rd->ctx;
+	bool again = false;
+	if (status == 0) {
+		atomic_fetch_add(&r->completed, 1);
+		again = bench_now() < r->deadline;
+	}
+	if (again) {
+		set_read(r, rd);
+		status = r->ops->read(r->ep, rd, 1);
+		if (status == 0)
+			return;
+		msg = "posting the next read failed";
+	}
+	pthread_mutex_lock(&r->lock);
+	if (status && !r->status) {
+		r->status = status;
+		snprintf(r->err, sizeof(r->err), "%s", msg ? msg : kvn_strerror(status));
+	}
+	if (--r->outstanding == 0)
+		pthread_cond_signal(&r->cond);
+	pthread_mutex_unlock(&r->lock);
+}
+
+/* Keeps inflight reads of size outstanding for duration seconds; returns GB/s. */
+static int
+measure(struct run *r, int inflight, double duration, uint64_t *iters, double *gbps)
+{
+	struct kvn_read *rds = calloc((size_t)inflight, sizeof(*rds));
+	if (!rds)
+		return -ENOMEM;
+	atomic_store(&r->completed, 0);
+	r->status = 0;
+	r->outstanding = inflight;
+	double t0 = bench_now();
+	r->deadline = t0 + duration;
+	for (int i = 0; i < inflight; i++) {
+		rds[i] = (struct kvn_read){ .local_mr = r->mr, .rkey = r->remote.rkey,
+					    .len = r->size, .done = read_done, .ctx = r };
+		set_read(r, &rds[i]);
+	}
+	int rc = r->ops->read(r->ep, rds, (size_t)inflight);
+	pthread_mutex_lock(&r->lock);
+	if (rc < 0) {
+		r->outstanding = 0;
+		r->status = rc;
+		snprintf(r->err, sizeof(r->err), "posting reads failed: %s", kvn_strerror(rc));
+	}
+	while (r->outstanding)
+		pthread_cond_wait(&r->cond, &r->lock);
+	pthread_mutex_unlock(&r->lock);
+	double t = bench_now() - t0;
+	free(rds);
+	*iters = atomic_load(&r->completed);
+	*gbps = (double)*iters * (double)r->size / t / 1e9;
+	if (r->status)
+		fprintf(stderr, "kvnode-bench: read of %zu bytes failed: %s\n", r->size, r->err);
+	return r->status;
+}
+
+/* One read of size at offset 0 must return the responder's pattern. */
+static int
+verify(struct run *r)
+{
+	struct kvn_read rd = { .local = r->dst, .local_mr = r->mr, .remote_addr = r->remote.addr,
+			       .rkey = r->remote.rkey, .len = r->size };
+	memset(r->dst, 0, r->size);
+	char err[256] = "";
+	int rc = kvn_transport_read_sync(r->ops, r->ep, &rd, 1, err, sizeof(err));
+	for (size_t i = 0; !rc && i < r->size; i++) {
+		if ((uint8_t)r->dst[i] != bench_pattern(i)) {
+			snprintf(err, sizeof(err), "byte %zu of a %zu-byte read is wrong", i, r->size);
+			rc = -EIO;
+		}
+	}
+	if (rc)
+		fprintf(stderr, "kvnode-bench: verification read failed: %s\n", err);
+	return rc;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * iperf3 baseline
+ * ------------------------------------------------------------------------------------------- */
+
+static int
+free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t l = sizeof(sa);
+	int port = -1;
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&sa, &l) == 0)
+		port = ntohs(sa.sin_port);
+	if (fd >= 0)
+		close(fd);
+	return port;
+}
+
+/* Runs argv with stdout into a pipe (out != NULL) or /dev/null; returns its exit status. */
+static int
+run_capture(char *const argv[], char **out, pid_t *bg)
+{
+	int fds[2] = { -1, -1 };
+	posix_spawn_file_actions_t fa;
+	posix_spawn_file_actions_init(&fa);
+	if (out) {
+		if (pipe(fds) < 0)
+			return -errno;
+		posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+		posix_spawn_file_actions_addclose(&fa, fds[0]);
+	} else {
+		posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+	}
+	posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+	pid_t pid;
+	int rc = posix_spawnp(&pid, argv[0], &fa, NULL, argv, environ);
+	posix_spawn_file_actions_destroy(&fa);
+	if (fds[1] >= 0)
+		close(fds[1]);
+	if (rc) {
+		if (fds[0] >= 0)
+			close(fds[0]);
+		return -rc;
+	}
+	if (bg) {
+		*bg = pid;
+		return 0;
+	}
+	size_t len = 0, cap = 0;
+	char *buf = NULL;
+	for (;;) {
+		if (len + 4096 + 1 > cap) {
+			cap = cap ? cap * 2 : 65536;
+			char *nb = realloc(buf, cap);
+			if (!nb)
+				break;
+			buf = nb;
+		}
+		ssize_t r = read(fds[0], buf + len, cap - len - 1);
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+	}
+	if (buf)
+		buf[len] = 0;
+	close(fds[0]);
+	*out = buf;
+	int st;
+	waitpid(pid, &st, 0);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* Single-stream loopback bandwidth of iperf3 in GB/s, or a negative errno. */
+static double
+iperf3_gbps(void)
+{
+	int port = free_port();
+	char p[16];
+	snprintf(p, sizeof(p), "%d", port);
+	char *srv[] = { "iperf3", "-s", "-1", "-p", p, NULL };
+	pid_t spid;
+	if (port < 0 || run_capture(srv, NULL, &spid) < 0) {
+		fprintf(stderr, "kvnode-bench: cannot start iperf3 (install it: scripts/install-deps)\n");
+		return -ENOENT;
+	}
+	double gbps = -EIO;
+	char *cli[] = { "iperf3", "-c", "127.0.0.1", "-p", p, "-J", "-t", "2", NULL };
+	/* The server needs a moment to listen: retry the client briefly. */
+	for (int attempt = 0; attempt < 50 && gbps < 0; attempt++) {
+		char *out = NULL;
+		int st = run_capture(cli, &out, NULL);
+		cJSON *j = out ? cJSON_Parse(out) : NULL;
+		cJSON *bps = cJSON_GetObjectItem(
+			cJSON_GetObjectItem(cJSON_GetObjectItem(j, "end"), "sum_received"),
+			"bits_per_second");
+		if (st == 0 && cJSON_IsNumber(bps))
+			gbps = bps->valuedouble / 8 / 1e9;
+		cJSON_Delete(j);
+		free(out);
+		if (gbps < 0)
+			usleep(100000);
+	}
+	kill(spid, SIGTERM);
+	waitpid(spid, NULL, 0);
+	if (gbps < 0)
+		fprintf(stderr, "kvnode-bench: iperf3 on 127.0.0.1:%d gave no result\n", port);
+	return gbps;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The mode
+ * ------------------------------------------------------------------------------------------- */
+
+static int
+cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int
+run_sizes(const struct bench_opts *o, struct run *r, const char *transport_name,
+	  const struct peer_info *pi)
+{
+	char setup[256];
+	snprintf(setup, sizeof(setup),
+		 "transport: %s   peer: %s   in flight: %d   trials: %d x %.2f s   baseline: %s",
+		 transport_name, pi->addr, o->inflight, o->trials, o->duration_s,
+		 o->baseline ? "iperf3 -c (single stream, loopback)" : "none");
+	bench_table_header(o, "kvnode-bench peer: one-sided READ of a peer's registered memory",
+			   setup);
+	double gb[16][99], base[99];
+	uint64_t it[16][99];
+	int rc = 0;
+	for (int t = 0; t < o->trials && !rc; t++) {
+		for (size_t s = 0; s < o->nsizes && !rc; s++) {
+			r->size = o->sizes[s];
+			r->remote_slots = r->remote.len / r->size;
+			r->dst_slots = (256u << 20) / r->size ? (256u << 20) / r->size : 1;
+			if (r->dst_slots > (size_t)o->inflight)
+				r->dst_slots = (size_t)o->inflight;
+			if (t == 0)
+				rc = verify(r);
+			if (!rc)
+				rc = measure(r, o->inflight, o->duration_s, &it[s][t], &gb[s][t]);
+		}
+		if (!rc && o->baseline && (base[t] = iperf3_gbps()) < 0)
+			rc = -EIO;
+	}
+	if (rc)
+		return rc;
+	double med_base = 0;
+	if (o->baseline) {
+		qsort(base, (size_t)o->trials, sizeof(double), cmp_double);
+		med_base = base[o->trials / 2];
+	}
+	for (size_t s = 0; s < o->nsizes; s++) {
+		/* Report the median trial; its iteration count goes with it. */
+		int mid = 0;
+		double sorted[99];
+		memcpy(sorted, gb[s], sizeof(double) * (size_t)o->trials);
+		qsort(sorted, (size_t)o->trials, sizeof(double), cmp_double);
+		for (int t = 0; t < o->trials; t++)
+			if (gb[s][t] == sorted[o->trials / 2])
+				mid = t;
+		struct bench_row row = {
+			.mode = "peer",
+			.op = "read",
+			.bytes = o->sizes[s],
+			.iterations = it[s][mid],
+			.gbps = gb[s][mid],
+			.peak_gbps = sorted[o->trials - 1],
+			.baseline_gbps = med_base,
+			.baseline_name = "iperf3",
+		};
+		bench_table_row(o, &row);
+	}
+	bench_table_footer(o);
+	return 0;
+}
+
+int
+bench_peer(const struct bench_opts *o)
+{
+	if (o->serve)
+		return serve(o, stdout);
+	if (o->baseline && strcmp(o->transport, "tcp")) {
+		fprintf(stderr, "kvnode-bench: --baseline for --transport %s is not in this build "
+			"(ib_read_bw comes with the verbs transport); use --transport tcp\n",
+			o->transport);
+		return -EINVAL;
+	}
+	pid_t child = 0;
+	struct peer_info pi;
+	int rc = 0;
+	if (o->connect) {
+		/* A running responder (kvnode-bench peer --serve) told us its region. */
+		if (!o->remote_desc || parse_serving(o->remote_desc, &pi) < 0) {
+			fprintf(stderr, "kvnode-bench: --connect needs --remote \"serving ...\" (the "
+				"line kvnode-bench peer --serve printed)\n");
+			return -EINVAL;
+		}
+		snprintf(pi.addr, sizeof(pi.addr), "%s", o->connect);
+	} else if ((rc = start_responder(o, &child, &pi)) < 0) {
+		goto out;
+	}
+	const struct kvn_transport_ops *ops;
+	struct kvn_transport *tp;
+	if ((rc = open_transport(o, &ops, &tp)) < 0)
+		goto out;
+	struct run r = { .ops = ops, .remote = pi.d };
+	pthread_mutex_init(&r.lock, NULL);
+	pthread_cond_init(&r.cond, NULL);
+	char err[256] = "";
+	size_t dst_len = 256u << 20;
+	r.dst = map_region(dst_len);
+	if (r.dst)
+		memset(r.dst, 0, dst_len); /* fault it in now, not in the first timed reads */
+	rc = r.dst ? ops->reg_mem(tp, r.dst, dst_len, KVN_MEM_HOST, &r.mr, &(struct kvn_mem_desc){ 0 },
+				  err, sizeof(err))
+		   : -ENOMEM;
+	if (!rc)
+		rc = ops->connect(tp, pi.addr, 0, &r.ep, err, sizeof(err));
+	if (rc < 0)
+		fprintf(stderr, "kvnode-bench: %s\n", *err ? err : kvn_strerror(rc));
+	else
+		rc = run_sizes(o, &r, ops->name, &pi);
+	if (r.ep)
+		ops->ep_close(r.ep);
+	if (r.mr)
+		ops->dereg(r.mr);
+	ops->close(tp);
+	if (r.dst)
+		munmap(r.dst, dst_len);
+	pthread_cond_destroy(&r.cond);
+	pthread_mutex_destroy(&r.lock);
+out:
+	if (child > 0) {
+		kill(child, SIGTERM);
+		waitpid(child, NULL, 0);
+	}
+	if (!rc && o->json)
+		bench_json_flush();
+	return rc;
+}

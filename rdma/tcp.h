@@ -1,0 +1,147 @@
+/* TCP transport internals shared by tcp.c (instance, registrations, progress thread),
+ * tcp_read.c (the reading side: endpoints) and tcp_serve.c (the owner's responder). */
+#ifndef KVN_RDMA_TCP_H
+#define KVN_RDMA_TCP_H
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "kvnode/transport.h"
+
+/*
+ * Wire protocol. After connect the reader sends a hello and the responder answers with one;
+ * then the reader sends 32-byte read requests and the responder answers each, in order, with
+ * a 24-byte response header followed (status 0 only) by exactly len payload bytes. All fields
+ * little-endian. A read longer than TCP_MAX_MSG is split by the reader into several requests,
+ * so one response never monopolises a connection for long and the responder bounds what it
+ * accepts.
+ */
+#define TCP_MAGIC 0x544e564bu /* "KVNT" */
+#define TCP_VERSION 1u
+#define TCP_REQ_READ 0x52u
+#define TCP_HELLO_SIZE 8
+#define TCP_REQ_SIZE 32
+#define TCP_RESP_SIZE 24
+#define TCP_MAX_MSG (1u << 20)
+
+/* Why the responder refused a request (the reader turns it into the message). */
+enum tcp_reason {
+	TCP_OK = 0,
+	TCP_UNKNOWN_RKEY = 1,
+	TCP_OUT_OF_RANGE = 2,
+	TCP_ZERO_LEN = 3,
+	TCP_TOO_LONG = 4,
+	TCP_BAD_OP = 5,
+};
+
+struct tcp_req {
+	uint32_t op;
+	uint32_t rkey;
+	uint64_t seq;
+	uint64_t addr;
+	uint64_t len;
+};
+
+struct tcp_resp {
+	uint32_t status; /* 0 or a positive errno */
+	uint32_t reason; /* enum tcp_reason */
+	uint64_t seq;
+	uint64_t len; /* payload bytes that follow */
+};
+
+void tcp_req_encode(const struct tcp_req *r, uint8_t out[TCP_REQ_SIZE]);
+void tcp_req_decode(const uint8_t in[TCP_REQ_SIZE], struct tcp_req *r);
+void tcp_resp_encode(const struct tcp_resp *r, uint8_t out[TCP_RESP_SIZE]);
+void tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r);
+void tcp_hello_encode(uint32_t status, uint8_t out[TCP_HELLO_SIZE]);
+const char *tcp_reason_str(uint32_t reason);
+
+/* What the progress thread's epoll events point at. */
+enum tcp_pollable_kind { TCP_P_WAKE, TCP_P_LISTEN, TCP_P_SERVE, TCP_P_READ };
+struct tcp_pollable {
+	enum tcp_pollable_kind kind;
+	int fd;
+	uint32_t events; /* currently registered with epoll */
+};
+
+struct kvn_tp_mr {
+	struct kvn_transport *tp;
+	char *base;
+	uint64_t len;
+	uint32_t rkey;
+	/* Responses streaming from it plus reads landing in it; dereg waits for 0. */
+	atomic_int users;
+	atomic_bool dead;
+};
+
+struct tcp_serve_conn; /* tcp_serve.c */
+struct tcp_op; /* tcp_read.c */
+
+struct kvn_transport {
+	struct kvn_transport_cfg cfg;
+	int epfd;
+	struct tcp_pollable wake; /* eventfd */
+	pthread_t thread;
+	bool thread_started;
+	atomic_bool stop;
+	atomic_int work; /* set by posters and ep_close: the thread looks at endpoints */
+	atomic_int dereg_waiting; /* dereg calls waiting for users to drop */
+
+	pthread_mutex_t lock; /* regions, endpoint list, closing handshakes */
+	pthread_cond_t cond;
+	struct kvn_tp_mr **regions;
+	size_t nregions, capregions;
+	struct kvn_tp_ep *eps; /* linked through ep->next */
+
+	/* Responder: touched by the progress thread only, after listen. */
+	struct tcp_pollable listener;
+	char bound[80];
+	struct tcp_serve_conn *serve_conns;
+
+	/* Reading side, progress thread only: request chunks sent and not yet answered, and
+	 * reads completed whose callbacks run once no lock is held. */
+	uint64_t chunks_out;
+	struct tcp_op *done_head, *done_tail;
+};
+
+/* Instance helpers (tcp.c). */
+pid_t tcp_gettid(void);
+bool tcp_on_progress_thread(const struct kvn_transport *tp);
+void tcp_kick(struct kvn_transport *tp);
+int tcp_epoll_set(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events);
+void tcp_epoll_del(struct kvn_transport *tp, struct tcp_pollable *p);
+uint64_t tcp_now_ms(void);
+void tcp_mr_put(struct kvn_tp_mr *mr);
+/* The registration named rkey with one more user, or NULL. */
+struct kvn_tp_mr *tcp_mr_get(struct kvn_transport *tp, uint32_t rkey);
+void tcp_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
+void tcp_tune_socket(int fd);
+
+/* Reading side (tcp_read.c). */
+int tcp_connect(struct kvn_transport *tp, const char *peer, int timeout_ms, struct kvn_tp_ep **out,
+		char *err, size_t errlen);
+void tcp_ep_close(struct kvn_tp_ep *ep);
+int tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n);
+void tcp_read_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events);
+/* Progress thread: takes posted reads, installs reconnected sockets, closes endpoints, fails
+ * stalled connections. */
+void tcp_read_work(struct kvn_transport *tp, uint64_t now_ms);
+/* Progress thread: fails endpoints reading into a region being deregistered. */
+void tcp_read_drop_dead(struct kvn_transport *tp);
+/* Progress thread, at stop: fails every endpoint's reads and closes their sockets. */
+void tcp_read_shutdown(struct kvn_transport *tp);
+/* Whether a stalled-connection check is due (some read outstanding). */
+bool tcp_read_busy(struct kvn_transport *tp);
+
+/* Responder (tcp_serve.c). */
+int tcp_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen, char *err,
+	       size_t errlen);
+void tcp_serve_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events);
+void tcp_serve_drop_dead(struct kvn_transport *tp);
+void tcp_serve_shutdown(struct kvn_transport *tp);
+
+#endif
