@@ -386,6 +386,23 @@ kvn_client_print_stats(const char *json, FILE *out)
 			num(t, "hits"), num(t, "misses"), num(t, "puts"), num(t, "evictions"),
 			num(t, "errors"));
 	}
+	const cJSON *plugins = cJSON_GetObjectItemCaseSensitive(root, "plugins");
+	if (cJSON_GetArraySize(plugins) > 0)
+		fprintf(out, "\n%-32s %8s %-12s %8s %5s\n", "PLUGIN", "PID", "STATE", "RESTARTS",
+			"EXIT");
+	cJSON_ArrayForEach(t, plugins)
+	{
+		const cJSON *pn = cJSON_GetObjectItemCaseSensitive(t, "name");
+		const cJSON *ps = cJSON_GetObjectItemCaseSensitive(t, "state");
+		const cJSON *pid = cJSON_GetObjectItemCaseSensitive(t, "pid");
+		const cJSON *code = cJSON_GetObjectItemCaseSensitive(t, "exit_code");
+		snprintf(a, sizeof(a), "%.0f", cJSON_IsNumber(pid) ? pid->valuedouble : -1);
+		snprintf(b, sizeof(b), "%.0f", cJSON_IsNumber(code) ? code->valuedouble : -1);
+		fprintf(out, "%-32s %8s %-12s %8.0f %5s\n",
+			cJSON_IsString(pn) ? pn->valuestring : "?", cJSON_IsNumber(pid) ? a : "-",
+			cJSON_IsString(ps) ? ps->valuestring : "?", num(t, "restarts"),
+			cJSON_IsNumber(code) ? b : "-");
+	}
 	cJSON_Delete(root);
 	return 0;
 }

@@ -567,6 +567,44 @@ demo_fill(void *p, size_t len, uint64_t seed)
 	}
 }
 
+/* The config's plugins, else one written to a temp directory, run to their end (5 s at most)
+ * at info level: the demo shows a plugin's output prefixed in the log (DESIGN.md §6). */
+static void
+demo_plugins(struct kvn_config *cfg)
+{
+	static const char hello[] = "echo \"hello from $KVNODE_PLUGIN_ROLE $KVNODE_PLUGIN_WORKER_ID"
+				    " of $KVNODE_PLUGIN_WORKER_COUNT, in $(pwd)\"\n";
+	char tmp[] = "/tmp/kvnode-demo-XXXXXX", path[sizeof(tmp) + 16] = "";
+	if (!cfg->n_plugin_locations && mkdtemp(tmp)) {
+		snprintf(path, sizeof(path), "%s/all_hello.sh", tmp);
+		FILE *f = fopen(path, "w");
+		bool ok = f && fputs(hello, f) >= 0;
+		if ((f && fclose(f)) || !ok || !(cfg->plugin_locations = calloc(1, sizeof(char *))) ||
+		    !(cfg->plugin_locations[0] = strdup(tmp)))
+			kvn_warn("demo", "cannot write the demo plugin %s: running without it", path);
+		else
+			cfg->n_plugin_locations = 1;
+	}
+	int level = kvn_log_get_level();
+	if (level < KVN_LOG_INFO)
+		kvn_log_set_level(KVN_LOG_INFO);
+	struct kvn_plugins *pl = start_plugins(cfg, NULL);
+	for (int i = 0; pl && i < 100; i++) {
+		char *stats = kvn_plugins_stats_json(pl);
+		bool running = !stats || strstr(stats, "\"state\":\"running\"");
+		free(stats);
+		if (!running)
+			break;
+		nanosleep(&(struct timespec){.tv_nsec = 50000000}, NULL);
+	}
+	kvn_plugins_stop(pl);
+	kvn_log_set_level(level);
+	if (path[0]) {
+		unlink(path);
+		rmdir(tmp);
+	}
+}
+
 static int
 cmd_demo(struct opts *o)
 {
@@ -587,6 +625,7 @@ cmd_demo(struct opts *o)
 		kvn_config_free(cfg);
 		return die(EXIT_USAGE, "demo: cannot open the engine: %s", err);
 	}
+	demo_plugins(cfg);
 	char *data = malloc(DEMO_CHUNK), *out = malloc(DEMO_CHUNK);
 	struct kvn_key keys[DEMO_CHUNKS];
 	double t_put = 0, t_get = 0;

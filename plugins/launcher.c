@@ -339,6 +339,10 @@ monitor_main(void *arg)
 	for (size_t i = 0; i < pl->n; i++)
 		if (pl->p[i].state == PLUGIN_STOPPED)
 			spawn(pl, &pl->p[i]);
+	pthread_mutex_lock(&pl->lock);
+	pl->launched = true;
+	pthread_cond_signal(&pl->launched_cond);
+	pthread_mutex_unlock(&pl->lock);
 	for (;;) {
 		bool stopping = atomic_load(&pl->stopping);
 		uint64_t now = plugin_now_ms();
@@ -452,6 +456,7 @@ free_all(struct kvn_plugins *pl)
 	if (pl->wake_fd >= 0)
 		close(pl->wake_fd);
 	pthread_mutex_destroy(&pl->lock);
+	pthread_cond_destroy(&pl->launched_cond);
 	pthread_mutex_destroy(&pl->qlock);
 	pthread_cond_destroy(&pl->qcond);
 	free(pl);
@@ -469,6 +474,7 @@ kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *o
 		return -ENOMEM;
 	}
 	pthread_mutex_init(&pl->lock, NULL);
+	pthread_cond_init(&pl->launched_cond, NULL);
 	pthread_mutex_init(&pl->qlock, NULL);
 	pthread_cond_init(&pl->qcond, NULL);
 	pl->guard_fd = -1;
@@ -505,6 +511,11 @@ kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *o
 		free_all(pl);
 		return rc;
 	}
+	/* Started (or failed) one by one before this returns: stat right after is accurate. */
+	pthread_mutex_lock(&pl->lock);
+	while (!pl->launched)
+		pthread_cond_wait(&pl->launched_cond, &pl->lock);
+	pthread_mutex_unlock(&pl->lock);
 	*out = pl;
 	return 0;
 }

@@ -69,6 +69,8 @@ struct kvn_plugins {
 	bool restart_on_failure;
 
 	pthread_mutex_t lock; /* the plugins' state, for stat */
+	pthread_cond_t launched_cond;
+	bool launched; /* the first start of every plugin is done */
 	pthread_t monitor;
 	int wake_fd;  /* eventfd: stop requested */
 	int guard_fd; /* socket to the guard process (launcher.c); -1 without one */

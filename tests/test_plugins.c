@@ -306,6 +306,8 @@ Test(plugins, worker_3_starts_only_its_plugins_and_ignores_hidden_backup_and_spe
 	}
 	cr_expect_str_eq(names, "all_e.sh f.sh worker_3_deep.sh worker_3.sh worker_3_c.sh "
 				"worker_b.sh ");
+	cr_expect(!strstr(text, "\"stopped\""), "a plugin not started when start returned: %s",
+		  text);
 	assert_contains(log, "/.hidden.sh ignored: hidden file");
 	assert_contains(log, "/all_g.sh~ ignored: editor backup file");
 	assert_contains(log, "/all_h.sh.swp ignored: editor backup file");
@@ -677,6 +679,18 @@ Test(plugins, example_plugins_run_beside_a_real_node_and_stop_with_it)
 	cr_expect_eq(code, 0, "kvnode serve exit code after SIGTERM");
 	assert_contains(log, "[plugin worker_health_check.py] killed by signal 15");
 	cr_expect(!strstr(log, "unhealthy"), "health check failed:\n%.6000s", log);
+	free(log);
+}
+
+Test(plugins, the_demo_shows_a_plugins_prefixed_output)
+{
+	cr_assert_eq(access(KVNODE, X_OK), 0, "%s is not built", KVNODE);
+	const char *argv[] = {KVNODE, "demo", NULL};
+	struct proc_opts po = {.stderr_path = logpath, .env = clean_env};
+	cr_assert_eq(proc_run(argv, &po, DEADLINE * 2), 0);
+	char *log = proc_read_file(logpath, NULL);
+	assert_contains(log, "[plugin all_hello.sh] hello from WORKER 0 of 1, in /");
+	assert_contains(log, "[plugin all_hello.sh] exited with status 0");
 	free(log);
 }
 
