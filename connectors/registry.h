@@ -9,6 +9,7 @@
 extern const struct kvn_connector_ops kvn_redis_connector_ops;
 extern const struct kvn_connector_ops kvn_fs_connector_ops;
 extern const struct kvn_connector_ops kvn_blackhole_connector_ops;
+extern const struct kvn_connector_ops kvn_lm_connector_ops;
 
 /* Adds an external connector for scheme (letters, digits, '+', '-', '.'). 0 when added or when
  * the same ops are already registered for it; -EEXIST when the scheme is built in or taken by
@@ -35,8 +36,7 @@ KVN_API int kvn_connector_get_batch(const struct kvn_connector_ops *ops, struct 
 KVN_API int kvn_connector_put_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c,
 				    size_t n, const struct kvn_key *const *keys,
 				    const struct kvn_remote_value *vals, int *rcs);
-KVN_API int kvn_connector_exists_batch(const struct kvn_connector_ops *ops,
-				       struct kvn_connector *c, size_t n,
-				       const struct kvn_key *const *keys, int *rcs);
+KVN_API int kvn_connector_exists_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c,
+				       size_t n, const struct kvn_key *const *keys, int *rcs);
 
 #endif

@@ -84,6 +84,9 @@ int kvn_config_validate(const struct kvn_config *cfg, char *err, size_t errlen);
  * redact, auth_token, passwords in URLs and extra_config values whose name says password,
  * secret or token are "***". */
 KVN_API char *kvn_config_to_json(const struct kvn_config *cfg, bool redact);
+/* url with its password (if any) replaced by "***", for messages; malloc'd, NULL when out of
+ * memory. */
+char *kvn_config_redact_url(const char *url);
 /* Where key got its value: "kvnode.yaml:12", "env KVNODE_CHUNK_SIZE" or "default"; NULL for
  * a key the config does not have. */
 const char *kvn_config_origin(const struct kvn_config *cfg, const char *key);

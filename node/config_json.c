@@ -216,3 +216,9 @@ kvn_config_value(const struct kvn_config *cfg, const char *key, char *buf, size_
 	}
 	return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
 }
+
+char *
+kvn_config_redact_url(const char *url)
+{
+	return redact_url(url);
+}

@@ -8,7 +8,7 @@
 
 #include "node/remote_value.h"
 
-static const uint8_t tag_magic[4] = { 'K', 'V', 'X', '1' };
+static const uint8_t tag_magic[4] = {'K', 'V', 'X', '1'};
 
 static void
 put_le32(uint8_t *p, uint32_t v)
@@ -63,10 +63,10 @@ kvn_remote_meta_for_bytes(size_t len, struct kvn_remote_meta *meta)
 	/* shape multiplies out to the byte count, which is how LMCache sizes the buffer it
 	 * allocates for a uint8 object. */
 	*meta = (struct kvn_remote_meta){
-		.length = (int32_t)len,
-		.fmt = KVN_FMT_BINARY,
-		.dtype = KVN_DTYPE_UINT8,
-		.shape = { (int32_t)len, 1, 1, 1 },
+	    .length = (int32_t)len,
+	    .fmt = KVN_FMT_BINARY,
+	    .dtype = KVN_DTYPE_UINT8,
+	    .shape = {(int32_t)len, 1, 1, 1},
 	};
 	return 0;
 }

@@ -116,6 +116,8 @@ kvn_builtin_backend(const char *name)
 		return &kvn_cpu_backend_ops;
 	if (!strcmp(name, "disk"))
 		return &kvn_disk_backend_ops;
+	if (!strcmp(name, "remote"))
+		return &kvn_remote_backend_ops;
 	return NULL;
 }
 
@@ -388,6 +390,13 @@ kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn
 	} else if (cfg->local_disk) {
 		rc = add_tier(st, &kvn_disk_backend_ops, "disk", "disk.", NULL,
 			      cfg->max_local_disk_size, cfg->local_disk, NULL, err, errlen);
+		if (rc < 0)
+			goto fail;
+	}
+	if (cfg->remote_url) {
+		/* Options come as extra_config "remote.<opt>" (the tier adds the prefix). */
+		rc = add_tier(st, &kvn_remote_backend_ops, "remote", "", NULL, 0, NULL, NULL, err,
+			      errlen);
 		if (rc < 0)
 			goto fail;
 	}

@@ -13,6 +13,7 @@ struct kvn_storage;
 KVN_API const struct kvn_backend_ops *kvn_builtin_backend(const char *name);
 extern const struct kvn_backend_ops kvn_cpu_backend_ops;
 extern const struct kvn_backend_ops kvn_disk_backend_ops;
+extern const struct kvn_backend_ops kvn_remote_backend_ops;
 
 /* Loads module_path (absolute, relative to config_dir, or a bare name searched in
  * $KVNODE_MODULE_PATH) and returns the exported `const struct kvn_backend_ops` named symbol.

@@ -19,7 +19,7 @@ extern "C" {
  * ------------------------------------------------------------------------------------------ */
 
 #define KVN_REMOTE_META_LEN 28 /* bytes of LMCache's RemoteMetadata */
-#define KVN_REMOTE_TAG_MAX 32 /* bytes of kvnode's integrity tag, at most */
+#define KVN_REMOTE_TAG_MAX  32 /* bytes of kvnode's integrity tag, at most */
 
 /* LMCache dtype codes and MemoryFormat values (DESIGN.md §10). */
 enum kvn_remote_dtype {
@@ -47,8 +47,8 @@ enum kvn_remote_fmt {
 /* The header fields, decoded. */
 struct kvn_remote_meta {
 	int32_t length; /* payload bytes */
-	int32_t fmt; /* enum kvn_remote_fmt */
-	int32_t dtype; /* enum kvn_remote_dtype */
+	int32_t fmt;	/* enum kvn_remote_fmt */
+	int32_t dtype;	/* enum kvn_remote_dtype */
 	int32_t shape[4];
 };
 
@@ -73,16 +73,17 @@ struct kvn_remote_value {
 struct kvn_connector; /* an instance (one connection); each implementation defines it */
 
 struct kvn_connector_env {
-	uint32_t abi; /* KVN_CONNECTOR_ABI of the node */
-	const char *url; /* remote_url as configured (may hold a password: never log it) */
+	uint32_t abi;		  /* KVN_CONNECTOR_ABI of the node */
+	const char *url;	  /* remote_url as configured (may hold a password: never log it) */
 	const char *url_redacted; /* the same with any password replaced: use this in messages */
-	const char *config_dir; /* directory of the config file ("." without one) */
+	const char *config_dir;	  /* directory of the config file ("." without one) */
 	/* An option: the URL's query parameter ?opt=…, else extra_config "remote.<opt>", else
-	 * (external connectors) extra_config "external_connector.<scheme>.<opt>"; NULL when unset. */
+	 * (external connectors) extra_config "external_connector.<scheme>.<opt>"; NULL when unset.
+	 */
 	const char *(*get_opt)(const struct kvn_connector_env *env, const char *opt);
 	/* One log line, tagged with the connector's scheme. level is enum kvn_log_level. */
 	void (*log)(const struct kvn_connector_env *env, int level, const char *fmt, ...)
-		__attribute__((format(printf, 3, 4)));
+	    __attribute__((format(printf, 3, 4)));
 	uint32_t timeout_ms; /* per-operation deadline (connect, and each request) */
 	void *node_priv;
 };
@@ -99,16 +100,18 @@ enum kvn_connector_flags {
 };
 
 /* Errors: 0 or a negative errno. -ENOENT a miss; -EINVAL a bad URL/option (with an env->log
- * line naming it); -ENOTCONN, -ECONNREFUSED, -ECONNRESET, -EPIPE, -ETIMEDOUT, -EIO: the store
- * is unreachable or the connection broke — the node then closes this instance and reconnects
- * with back-off, so a connector need not retry on its own. -EPROTO: the store answered
- * something that is not a value of this layout.
+ * line naming it); -ENOTCONN, -ECONNREFUSED, -ECONNRESET, -EPIPE, -ETIMEDOUT, -EIO, -EPROTO
+ * (the store spoke something that is not its protocol): the store is unreachable or the
+ * connection broke — the node then closes this instance and reconnects with back-off, so a
+ * connector need not retry on its own. -EBADMSG: the stored value is malformed (the node
+ * treats it as a miss, logs and counts it; the connection stays). -EREMOTEIO: the store
+ * refused the request (an error reply); the connection stays.
  *
  * Threads: one instance is used by one thread at a time (the node keeps a small pool of
  * instances, one connect() each), so an instance needs no locking of its own. */
 struct kvn_connector_ops {
-	uint32_t abi; /* KVN_CONNECTOR_ABI, first so a mismatched module is detected */
-	uint32_t flags; /* enum kvn_connector_flags */
+	uint32_t abi;	    /* KVN_CONNECTOR_ABI, first so a mismatched module is detected */
+	uint32_t flags;	    /* enum kvn_connector_flags */
 	const char *scheme; /* "redis", "fs" … (what remote_url starts with, before "://") */
 
 	/* Parses env->url, validates options and opens one connection. On failure nothing is
@@ -119,8 +122,10 @@ struct kvn_connector_ops {
 
 	/* 1 when key is stored (LMCache: the metadata exists), 0 when not, < 0 on error. */
 	int (*exists)(struct kvn_connector *c, const struct kvn_key *key);
-	/* Fills *out (meta, payload with one reference, tag); -ENOENT on a miss. */
-	int (*get)(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_value *out);
+	/* Fills *out (meta, payload with one reference, tag); -ENOENT on a miss. On any
+	 * failure out->payload is NULL. */
+	int (*get)(struct kvn_connector *c, const struct kvn_key *key,
+		   struct kvn_remote_value *out);
 	/* Stores val under key, replacing an older value. Writes the payload before the header
 	 * so that a reader never sees a header without its payload (LMCache's order). */
 	int (*put)(struct kvn_connector *c, const struct kvn_key *key,

@@ -1,0 +1,489 @@
+/* remote tier: the connector chosen by remote_url's scheme, as a storage backend. Keeps a small
+ * pool of connections; when the store goes away the tier fails fast, the node serves from its
+ * other tiers, and a reconnect is tried with exponential back-off. Values read back are checked
+ * (LMCache header + kvnode tag) and a bad one is a miss, logged and counted. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "connectors/registry.h"
+#include "kvnode/backend.h"
+#include "node/config.h"
+#include "node/log.h"
+#include "node/remote_value.h"
+#include "node/storage.h"
+
+#define MAX_CONNS 64
+#define MAX_QUERY 16
+
+struct slot {
+	struct kvn_connector *conn; /* NULL: not connected */
+	uint64_t gen;		    /* store generation it was opened in */
+	bool busy;
+};
+
+struct kvn_backend {
+	const struct kvn_backend_env *benv;
+	const struct kvn_connector_ops *ops;
+	struct kvn_connector_env cenv;
+	char scheme[32];
+	char *url, *url_redacted;
+	char *qname[MAX_QUERY], *qval[MAX_QUERY]; /* remote_url's ?name=value options */
+	size_t nq;
+
+	pthread_mutex_t lock;
+	pthread_cond_t freed;
+	struct slot slot[MAX_CONNS];
+	size_t nslots;
+	/* Health. gen grows each time the store is found unreachable: connections of an older
+	 * generation are reopened before use, so one restart of the store costs one error. */
+	bool down;
+	uint64_t gen;
+	uint64_t retry_at_ms;
+	uint32_t backoff_ms, backoff_min_ms, backoff_max_ms;
+
+	_Atomic uint64_t hits, misses, puts, errors, corrupt, disconnects, reconnects;
+};
+
+static uint64_t
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Options and the connector's environment
+ * -------------------------------------------------------------------------------------------- */
+
+static const char *
+conn_get_opt(const struct kvn_connector_env *env, const char *opt)
+{
+	struct kvn_backend *be = env->node_priv;
+	char key[256];
+	for (size_t i = 0; i < be->nq; i++)
+		if (!strcmp(be->qname[i], opt))
+			return be->qval[i];
+	snprintf(key, sizeof(key), "remote.%s", opt);
+	const char *v = be->benv->get_opt(be->benv, key);
+	if (v)
+		return v;
+	snprintf(key, sizeof(key), "external_connector.%s.%s", be->scheme, opt);
+	return be->benv->get_opt(be->benv, key);
+}
+
+static void
+conn_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
+{
+	struct kvn_backend *be = env->node_priv;
+	char comp[64];
+	snprintf(comp, sizeof(comp), "connector %s", be->scheme);
+	va_list ap;
+	va_start(ap, fmt);
+	kvn_logv(level, comp, fmt, ap);
+	va_end(ap);
+}
+
+static int
+parse_query(struct kvn_backend *be)
+{
+	const char *q = strchr(be->url, '?');
+	while (q && *++q && be->nq < MAX_QUERY) {
+		size_t n = strcspn(q, "&#");
+		const char *eq = memchr(q, '=', n);
+		size_t kl = eq ? (size_t)(eq - q) : n;
+		be->qname[be->nq] = strndup(q, kl);
+		be->qval[be->nq] = eq ? strndup(eq + 1, n - kl - 1) : strdup("true");
+		if (!be->qname[be->nq] || !be->qval[be->nq])
+			return -ENOMEM;
+		be->nq++;
+		q += n;
+		if (*q != '&')
+			break;
+	}
+	return 0;
+}
+
+/* A positive integer option with a default; -EINVAL (logged) when malformed. */
+static int
+opt_u32(struct kvn_backend *be, const char *name, uint32_t def, uint32_t min, uint32_t max,
+	uint32_t *out)
+{
+	const char *v = conn_get_opt(&be->cenv, name);
+	*out = def;
+	if (!v)
+		return 0;
+	char *end;
+	unsigned long n = strtoul(v, &end, 10);
+	if (end == v || *end || n < min || n > max) {
+		kvn_err("remote", "option %s=%s for %s: expected a number from %u to %u", name, v,
+			be->url_redacted, min, max);
+		return -EINVAL;
+	}
+	*out = (uint32_t)n;
+	return 0;
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Connections: check out one (connecting it when needed), give it back
+ * -------------------------------------------------------------------------------------------- */
+
+static bool
+is_conn_error(int rc)
+{
+	return rc == -ENOTCONN || rc == -ECONNREFUSED || rc == -ECONNRESET || rc == -EPIPE ||
+	       rc == -ETIMEDOUT || rc == -EIO || rc == -EPROTO || rc == -EHOSTUNREACH ||
+	       rc == -ENETUNREACH || rc == -ECONNABORTED;
+}
+
+/* Caller holds be->lock. */
+static void
+mark_down(struct kvn_backend *be, int rc)
+{
+	if (!be->down) {
+		be->down = true;
+		be->gen++;
+		be->backoff_ms = be->backoff_min_ms;
+		atomic_fetch_add(&be->disconnects, 1);
+		kvn_warn("remote",
+			 "store %s unreachable (%s): the node keeps serving from its "
+			 "other tiers; reconnecting with back-off (%u ms up to %u ms)",
+			 be->url_redacted, kvn_strerror(rc), be->backoff_min_ms,
+			 be->backoff_max_ms);
+	} else {
+		be->backoff_ms = be->backoff_ms * 2 > be->backoff_max_ms ? be->backoff_max_ms
+									 : be->backoff_ms * 2;
+		kvn_debug("remote", "store %s still unreachable (%s); next try in %u ms",
+			  be->url_redacted, kvn_strerror(rc), be->backoff_ms);
+	}
+	be->retry_at_ms = now_ms() + be->backoff_ms;
+}
+
+static void
+checkin(struct kvn_backend *be, struct slot *s, int rc)
+{
+	pthread_mutex_lock(&be->lock);
+	if (is_conn_error(rc)) {
+		if (s->gen == be->gen)
+			mark_down(be, rc);
+		struct kvn_connector *c = s->conn;
+		s->conn = NULL;
+		s->busy = false;
+		pthread_cond_signal(&be->freed);
+		pthread_mutex_unlock(&be->lock);
+		if (c)
+			be->ops->close(c);
+		return;
+	}
+	s->busy = false;
+	pthread_cond_signal(&be->freed);
+	pthread_mutex_unlock(&be->lock);
+}
+
+/* A usable connection: a pooled one of the current generation, else a fresh connect(). */
+static int
+acquire(struct kvn_backend *be, struct slot **out)
+{
+	struct slot *s = NULL;
+	pthread_mutex_lock(&be->lock);
+	for (;;) {
+		if (be->down && now_ms() < be->retry_at_ms) {
+			pthread_mutex_unlock(&be->lock);
+			return -ENOTCONN;
+		}
+		for (size_t i = 0; i < be->nslots && !s; i++)
+			if (!be->slot[i].busy && be->slot[i].conn && be->slot[i].gen == be->gen)
+				s = &be->slot[i];
+		for (size_t i = 0; i < be->nslots && !s; i++)
+			if (!be->slot[i].busy)
+				s = &be->slot[i];
+		if (s)
+			break;
+		pthread_cond_wait(&be->freed, &be->lock);
+	}
+	s->busy = true;
+	bool probing = be->down;
+	if (probing) /* claim this back-off period's probe */
+		be->retry_at_ms = now_ms() + be->backoff_ms;
+	struct kvn_connector *stale = s->conn && s->gen != be->gen ? s->conn : NULL;
+	if (stale)
+		s->conn = NULL;
+	uint64_t gen = be->gen;
+	pthread_mutex_unlock(&be->lock);
+
+	if (stale)
+		be->ops->close(stale);
+	if (s->conn) {
+		*out = s;
+		return 0;
+	}
+	struct kvn_connector *c = NULL;
+	int rc = be->ops->connect(&be->cenv, &c);
+	pthread_mutex_lock(&be->lock);
+	if (rc == 0) {
+		s->conn = c;
+		s->gen = gen;
+		if (be->down && gen == be->gen) {
+			be->down = false;
+			atomic_fetch_add(&be->reconnects, 1);
+			kvn_info("remote", "reconnected to %s: remote tier back in service",
+				 be->url_redacted);
+		}
+		pthread_mutex_unlock(&be->lock);
+		*out = s;
+		return 0;
+	}
+	s->busy = false;
+	pthread_cond_signal(&be->freed);
+	if (is_conn_error(rc) || rc == -ENOENT || rc == -EHOSTDOWN)
+		mark_down(be, rc);
+	pthread_mutex_unlock(&be->lock);
+	return rc;
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Create / destroy
+ * -------------------------------------------------------------------------------------------- */
+
+static void
+remote_destroy(struct kvn_backend *be)
+{
+	if (!be)
+		return;
+	for (size_t i = 0; i < be->nslots; i++)
+		if (be->slot[i].conn)
+			be->ops->close(be->slot[i].conn);
+	for (size_t i = 0; i < be->nq; i++) {
+		free(be->qname[i]);
+		free(be->qval[i]);
+	}
+	pthread_cond_destroy(&be->freed);
+	pthread_mutex_destroy(&be->lock);
+	free(be->url);
+	free(be->url_redacted);
+	free(be);
+}
+
+static int
+remote_create(const struct kvn_backend_env *env, struct kvn_backend **out)
+{
+	const char *url = env->get_opt(env, "remote_url");
+	char err[1024];
+	if (!url || !*url) {
+		env->log(env, KVN_LOG_ERROR, "no remote_url set: set it (e.g. redis://host:6379)");
+		return -EINVAL;
+	}
+	struct kvn_backend *be = calloc(1, sizeof(*be));
+	if (!be)
+		return -ENOMEM;
+	pthread_mutex_init(&be->lock, NULL);
+	pthread_cond_init(&be->freed, NULL);
+	be->benv = env;
+	be->url = strdup(url);
+	be->url_redacted = kvn_config_redact_url(url);
+	int rc = -ENOMEM;
+	if (!be->url || !be->url_redacted || parse_query(be) < 0)
+		goto fail;
+	rc = kvn_connector_find(url, &be->ops, err, sizeof(err));
+	if (rc < 0) {
+		env->log(env, KVN_LOG_ERROR, "%s", err);
+		goto fail;
+	}
+	kvn_connector_scheme_of(url, be->scheme, sizeof(be->scheme));
+	be->cenv = (struct kvn_connector_env){
+	    .abi = KVN_CONNECTOR_ABI,
+	    .url = be->url,
+	    .url_redacted = be->url_redacted,
+	    .config_dir = env->config_dir,
+	    .get_opt = conn_get_opt,
+	    .log = conn_log,
+	    .node_priv = be,
+	};
+	uint32_t conns, timeout;
+	if ((rc = opt_u32(be, "connections", 4, 1, MAX_CONNS, &conns)) < 0 ||
+	    (rc = opt_u32(be, "timeout_ms", 30000, 1, 3600000, &timeout)) < 0 ||
+	    (rc = opt_u32(be, "retry_min_ms", 100, 1, 3600000, &be->backoff_min_ms)) < 0 ||
+	    (rc = opt_u32(be, "retry_max_ms", 5000, 1, 3600000, &be->backoff_max_ms)) < 0)
+		goto fail;
+	if (be->backoff_max_ms < be->backoff_min_ms)
+		be->backoff_max_ms = be->backoff_min_ms;
+	be->cenv.timeout_ms = timeout;
+	be->nslots = conns;
+
+	/* One connection now: a bad URL or option fails the node's start with the connector's
+	 * message; an unreachable store does not (the node serves without it meanwhile). */
+	struct slot *s;
+	rc = acquire(be, &s);
+	if (rc == 0) {
+		checkin(be, s, 0);
+		kvn_info("remote", "remote tier on %s (%s connector, %zu connections)",
+			 be->url_redacted, be->scheme, be->nslots);
+	} else if (rc == -EINVAL || rc == -EACCES || rc == -ENOMEM || rc == -ENAMETOOLONG) {
+		env->log(env, KVN_LOG_ERROR, "cannot use remote_url %s: %s (see the message above)",
+			 be->url_redacted, kvn_strerror(rc));
+		goto fail;
+	} else {
+		pthread_mutex_lock(&be->lock);
+		mark_down(be, rc);
+		pthread_mutex_unlock(&be->lock);
+	}
+	*out = be;
+	return 0;
+fail:
+	remote_destroy(be);
+	return rc;
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Operations
+ * -------------------------------------------------------------------------------------------- */
+
+static int
+remote_contains(struct kvn_backend *be, const struct kvn_key *key, bool pin)
+{
+	(void)pin; /* a remote store cannot pin; nothing in it is evicted by this node */
+	struct slot *s;
+	int rc = acquire(be, &s);
+	if (rc < 0)
+		return 0;
+	rc = be->ops->exists(s->conn, key);
+	checkin(be, s, rc);
+	return rc == 1;
+}
+
+static int
+remote_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
+{
+	struct kvn_remote_value v;
+	int rc = kvn_remote_value_from_buf(&v, buf);
+	if (rc < 0)
+		return rc == -EFBIG ? -ENOSPC : rc;
+	struct slot *s;
+	if ((rc = acquire(be, &s)) < 0)
+		return rc;
+	rc = be->ops->put(s->conn, key, &v);
+	checkin(be, s, rc);
+	if (rc == 0)
+		atomic_fetch_add(&be->puts, 1);
+	else
+		atomic_fetch_add(&be->errors, 1);
+	return rc;
+}
+
+/* Checks a value the connector returned; a bad one is dropped (miss, logged, counted). */
+static int
+accept_value(struct kvn_backend *be, const struct kvn_key *key, struct kvn_remote_value *v, int rc,
+	     struct kvn_buf **out)
+{
+	char why[128] = "the connector found the stored header malformed";
+	if (rc == 0 && (rc = kvn_remote_value_check(v, why, sizeof(why))) == 0) {
+		atomic_fetch_add(&be->hits, 1);
+		*out = v->payload;
+		v->payload = NULL;
+		return 0;
+	}
+	kvn_remote_value_release(v);
+	if (rc == -EBADMSG) {
+		atomic_fetch_add(&be->corrupt, 1);
+		atomic_fetch_add(&be->errors, 1);
+		kvn_warn("remote", "key %s in %s: corrupt value (%s): treated as a miss", key->str,
+			 be->url_redacted, why);
+	} else if (rc != -ENOENT) {
+		atomic_fetch_add(&be->errors, 1);
+	}
+	atomic_fetch_add(&be->misses, 1);
+	return -ENOENT;
+}
+
+static int
+remote_get(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf **out)
+{
+	struct kvn_remote_value v;
+	memset(&v, 0, sizeof(v));
+	struct slot *s;
+	int rc = acquire(be, &s);
+	if (rc < 0) {
+		atomic_fetch_add(&be->misses, 1);
+		return -ENOENT; /* unreachable: already logged when it went down */
+	}
+	rc = be->ops->get(s->conn, key, &v);
+	checkin(be, s, rc);
+	return accept_value(be, key, &v, rc, out);
+}
+
+static int
+remote_remove(struct kvn_backend *be, const struct kvn_key *key)
+{
+	struct slot *s;
+	int rc = acquire(be, &s);
+	if (rc < 0)
+		return rc;
+	rc = be->ops->remove(s->conn, key);
+	checkin(be, s, rc);
+	return rc;
+}
+
+static int
+remote_pin(struct kvn_backend *be, const struct kvn_key *key)
+{
+	(void)be, (void)key;
+	return -EOPNOTSUPP;
+}
+
+struct list_ctx {
+	kvn_list_cb cb;
+	void *ctx;
+};
+
+static int
+list_one(void *arg, const char *text, size_t len)
+{
+	struct list_ctx *l = arg;
+	struct kvn_key key;
+	if (kvn_key_parse(&key, text, len, NULL, 0) < 0)
+		return 0; /* something else shares the store: not a key of ours */
+	return l->cb(l->ctx, &key, 0);
+}
+
+static int
+remote_list(struct kvn_backend *be, kvn_list_cb cb, void *ctx)
+{
+	struct slot *s;
+	int rc = acquire(be, &s);
+	if (rc < 0)
+		return 0; /* unreachable: list what the other tiers hold */
+	struct list_ctx l = {cb, ctx};
+	rc = be->ops->list(s->conn, list_one, &l);
+	checkin(be, s, rc);
+	return rc == -EOPNOTSUPP || is_conn_error(rc) ? 0 : rc;
+}
+
+static void
+remote_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
+{
+	out->hits = atomic_load(&be->hits);
+	out->misses = atomic_load(&be->misses);
+	out->puts = atomic_load(&be->puts);
+	out->errors = atomic_load(&be->errors);
+}
+
+const struct kvn_backend_ops kvn_remote_backend_ops = {
+    .abi = KVN_BACKEND_ABI,
+    .flags = KVN_BACKEND_F_SLOW,
+    .name = "remote",
+    .create = remote_create,
+    .destroy = remote_destroy,
+    .contains = remote_contains,
+    .put = remote_put,
+    .get = remote_get,
+    .remove = remote_remove,
+    .pin = remote_pin,
+    .unpin = remote_pin,
+    .list = remote_list,
+    .stats = remote_stats,
+};

@@ -1,0 +1,602 @@
+/* redis://[[user]:password@]host[:port][/db] — LMCache's Redis layout through hiredis: the
+ * payload under "<key>kv_bytes" (written first), the 28-byte header under "<key>metadata"
+ * (its presence is what exists means), and kvnode's integrity tag under "<key>kvnode_tag". */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/time.h>
+#include <time.h>
+
+#include <hiredis/hiredis.h>
+
+#include "connectors/registry.h"
+#include "node/remote_value.h"
+
+#define SUFFIX_DATA "kv_bytes"
+#define SUFFIX_META "metadata"
+#define SUFFIX_TAG  "kvnode_tag"
+#define HOST_MAX    256
+#define CRED_MAX    256
+
+struct kvn_connector {
+	const struct kvn_connector_env *env;
+	redisContext *ctx;
+};
+
+struct redis_url {
+	char host[HOST_MAX];
+	int port;
+	int db;
+	char user[CRED_MAX];
+	char pass[CRED_MAX];
+};
+
+/* --------------------------------------------------------------------------------------------
+ * URL
+ * -------------------------------------------------------------------------------------------- */
+
+static int
+url_fail(const struct kvn_connector_env *env, const char *what)
+{
+	env->log(env, KVN_LOG_ERROR, "remote_url %s: %s; write redis://[:password@]host:port[/db]",
+		 env->url_redacted, what);
+	return -EINVAL;
+}
+
+static int
+copy_part(char *dst, size_t cap, const char *s, size_t n)
+{
+	if (n >= cap)
+		return -1;
+	memcpy(dst, s, n);
+	dst[n] = '\0';
+	return 0;
+}
+
+static int
+parse_url(const struct kvn_connector_env *env, struct redis_url *u)
+{
+	memset(u, 0, sizeof(*u));
+	u->port = 6379;
+	const char *p = strstr(env->url, "://");
+	if (!p)
+		return url_fail(env, "no scheme");
+	p += 3;
+	size_t end = strcspn(p, "?#");
+	const char *stop = p + end;
+
+	const char *at = memchr(p, '@', end);
+	if (at) {
+		const char *colon = memchr(p, ':', (size_t)(at - p));
+		if (colon) {
+			if (copy_part(u->user, sizeof(u->user), p, (size_t)(colon - p)) ||
+			    copy_part(u->pass, sizeof(u->pass), colon + 1,
+				      (size_t)(at - colon - 1)))
+				return url_fail(env, "user name or password too long");
+		} else if (copy_part(u->pass, sizeof(u->pass), p, (size_t)(at - p))) {
+			return url_fail(env, "password too long");
+		}
+		p = at + 1;
+	}
+	const char *slash = memchr(p, '/', (size_t)(stop - p));
+	const char *hp_end = slash ? slash : stop;
+	const char *port = NULL;
+	if (*p == '[') { /* [v6]:port */
+		const char *rb = memchr(p, ']', (size_t)(hp_end - p));
+		if (!rb)
+			return url_fail(env, "unterminated [IPv6] host");
+		if (copy_part(u->host, sizeof(u->host), p + 1, (size_t)(rb - p - 1)))
+			return url_fail(env, "host too long");
+		if (rb + 1 < hp_end && rb[1] == ':')
+			port = rb + 2;
+	} else {
+		const char *colon = memchr(p, ':', (size_t)(hp_end - p));
+		if (copy_part(u->host, sizeof(u->host), p, (size_t)((colon ? colon : hp_end) - p)))
+			return url_fail(env, "host too long");
+		if (colon)
+			port = colon + 1;
+	}
+	if (!u->host[0])
+		return url_fail(env, "no host");
+	if (port) {
+		char *e;
+		long v = strtol(port, &e, 10);
+		if (e == port || e != hp_end || v < 1 || v > 65535)
+			return url_fail(env, "port must be a number from 1 to 65535");
+		u->port = (int)v;
+	}
+	if (slash && slash + 1 < stop) {
+		char *e;
+		long v = strtol(slash + 1, &e, 10);
+		if (e != stop || v < 0 || v > 1000000)
+			return url_fail(env, "database must be a number (redis://host:port/0)");
+		u->db = (int)v;
+	}
+	return 0;
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Replies and errors
+ * -------------------------------------------------------------------------------------------- */
+
+/* The context is broken (I/O error, EOF, timeout): say why once; the node reconnects. */
+static int
+ctx_error(struct kvn_connector *c, const char *op)
+{
+	redisContext *x = c->ctx;
+	int rc = -ECONNRESET;
+	if (x->err == REDIS_ERR_IO && (errno == EAGAIN || errno == EWOULDBLOCK))
+		rc = -ETIMEDOUT;
+	else if (x->err == REDIS_ERR_IO && errno == ECONNREFUSED)
+		rc = -ECONNREFUSED;
+	else if (x->err == REDIS_ERR_PROTOCOL)
+		rc = -EPROTO;
+	c->env->log(c->env, KVN_LOG_WARN, "%s on %s failed: %s", op, c->env->url_redacted,
+		    x->errstr[0] ? x->errstr : "connection lost");
+	return rc;
+}
+
+static int
+reply_error(struct kvn_connector *c, const char *op, const redisReply *r)
+{
+	c->env->log(c->env, KVN_LOG_WARN, "%s on %s: server says: %.*s", op, c->env->url_redacted,
+		    (int)r->len, r->str);
+	return -EREMOTEIO;
+}
+
+static void
+reply_release(struct kvn_buf *buf)
+{
+	freeReplyObject(buf->owner);
+	free(buf);
+}
+
+/* Keys are built in a stack buffer: key text plus the longest suffix. */
+#define RKEY_MAX (KVN_KEY_MAX + sizeof(SUFFIX_TAG))
+
+static size_t
+rkey(char *out, const struct kvn_key *key, const char *suffix)
+{
+	size_t n = strlen(suffix);
+	memcpy(out, key->str, key->len);
+	memcpy(out + key->len, suffix, n);
+	return key->len + n;
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Connect
+ * -------------------------------------------------------------------------------------------- */
+
+static int
+simple(struct kvn_connector *c, const char *op, redisReply *r)
+{
+	if (!r)
+		return ctx_error(c, op);
+	int rc = r->type == REDIS_REPLY_ERROR ? reply_error(c, op, r) : 0;
+	freeReplyObject(r);
+	return rc;
+}
+
+static int
+do_connect(const struct kvn_connector_env *env, struct kvn_connector **out)
+{
+	struct redis_url u;
+	int rc = parse_url(env, &u);
+	if (rc < 0)
+		return rc;
+	struct kvn_connector *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->env = env;
+	struct timeval tv = {.tv_sec = env->timeout_ms / 1000,
+			     .tv_usec = (env->timeout_ms % 1000) * 1000};
+	c->ctx = redisConnectWithTimeout(u.host, u.port, tv);
+	if (!c->ctx) {
+		free(c);
+		return -ENOMEM;
+	}
+	if (c->ctx->err) {
+		rc = c->ctx->err == REDIS_ERR_IO && errno ? -errno : -ECONNREFUSED;
+		if (rc == -EINPROGRESS || rc == -EAGAIN)
+			rc = -ETIMEDOUT;
+		env->log(env, KVN_LOG_WARN,
+			 "cannot connect to %s (%s:%d): %s; is redis-server "
+			 "running there?",
+			 env->url_redacted, u.host, u.port, c->ctx->errstr);
+		goto fail;
+	}
+	redisSetTimeout(c->ctx, tv);
+	redisEnableKeepAlive(c->ctx);
+	if (u.pass[0]) {
+		redisReply *r = u.user[0] ? redisCommand(c->ctx, "AUTH %s %s", u.user, u.pass)
+					  : redisCommand(c->ctx, "AUTH %s", u.pass);
+		if (r && r->type == REDIS_REPLY_ERROR) {
+			env->log(env, KVN_LOG_ERROR,
+				 "%s refused the password: %.*s; check the "
+				 "password in remote_url",
+				 env->url_redacted, (int)r->len, r->str);
+			freeReplyObject(r);
+			rc = -EACCES;
+			goto fail;
+		}
+		if ((rc = simple(c, "AUTH", r)) < 0)
+			goto fail;
+	}
+	if (u.db && (rc = simple(c, "SELECT", redisCommand(c->ctx, "SELECT %d", u.db))) < 0) {
+		env->log(env, KVN_LOG_ERROR, "%s: cannot select database %d", env->url_redacted,
+			 u.db);
+		rc = rc == -EREMOTEIO ? -EINVAL : rc;
+		goto fail;
+	}
+	*out = c;
+	return 0;
+fail:
+	redisFree(c->ctx);
+	free(c);
+	return rc;
+}
+
+static void
+redis_close(struct kvn_connector *c)
+{
+	redisFree(c->ctx);
+	free(c);
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Pipelined requests: append, then read the replies in order
+ * -------------------------------------------------------------------------------------------- */
+
+static int
+append_get(struct kvn_connector *c, const struct kvn_key *key)
+{
+	char m[RKEY_MAX], d[RKEY_MAX], t[RKEY_MAX];
+	size_t ml = rkey(m, key, SUFFIX_META), dl = rkey(d, key, SUFFIX_DATA),
+	       tl = rkey(t, key, SUFFIX_TAG);
+	/* One MGET: the three keys are read at one instant, so a concurrent put is never seen
+	 * half-done. */
+	return redisAppendCommand(c->ctx, "MGET %b %b %b", m, ml, d, dl, t, tl) == REDIS_OK
+		   ? 0
+		   : -ENOMEM;
+}
+
+static int
+read_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_value *out)
+{
+	redisReply *r;
+	memset(out, 0, sizeof(*out));
+	if (redisGetReply(c->ctx, (void **)&r) != REDIS_OK)
+		return ctx_error(c, "MGET");
+	int rc;
+	if (r->type == REDIS_REPLY_ERROR) {
+		rc = reply_error(c, "MGET", r);
+		goto done;
+	}
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+		rc = -EPROTO;
+		goto done;
+	}
+	redisReply *m = r->element[0], *d = r->element[1], *t = r->element[2];
+	if (m->type != REDIS_REPLY_STRING) {
+		rc = -ENOENT;
+		goto done;
+	}
+	if (d->type != REDIS_REPLY_STRING ||
+	    kvn_remote_meta_decode(m->str, m->len, &out->meta) < 0) {
+		c->env->log(c->env, KVN_LOG_WARN, "key %s on %s: %s", key->str,
+			    c->env->url_redacted,
+			    d->type != REDIS_REPLY_STRING ? "metadata without kv_bytes"
+							  : "metadata is not a 28-byte header");
+		rc = -EBADMSG;
+		goto done;
+	}
+	if (t->type == REDIS_REPLY_STRING && t->len <= KVN_REMOTE_TAG_MAX) {
+		memcpy(out->tag, t->str, t->len);
+		out->tag_len = (uint32_t)t->len;
+	}
+	/* Zero-copy: the payload view keeps the whole reply alive. */
+	struct kvn_buf *b = kvn_buf_wrap(d->str, d->len);
+	if (!b) {
+		rc = -ENOMEM;
+		goto done;
+	}
+	b->release = reply_release;
+	b->owner = r;
+	out->payload = b;
+	return 0;
+done:
+	freeReplyObject(r);
+	return rc;
+}
+
+static int
+append_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
+{
+	char k[RKEY_MAX];
+	uint8_t hdr[KVN_REMOTE_META_LEN];
+	size_t kl;
+	kvn_remote_meta_encode(&v->meta, hdr);
+	/* Payload first, header last: the header's arrival is what makes the value exist. */
+	kl = rkey(k, key, SUFFIX_DATA);
+	if (redisAppendCommand(c->ctx, "SET %b %b", k, kl, v->payload->data, v->payload->len))
+		return -ENOMEM;
+	kl = rkey(k, key, SUFFIX_TAG);
+	if (v->tag_len ? redisAppendCommand(c->ctx, "SET %b %b", k, kl, v->tag, (size_t)v->tag_len)
+		       : redisAppendCommand(c->ctx, "DEL %b", k, kl))
+		return -ENOMEM;
+	kl = rkey(k, key, SUFFIX_META);
+	if (redisAppendCommand(c->ctx, "SET %b %b", k, kl, hdr, sizeof(hdr)))
+		return -ENOMEM;
+	return 0;
+}
+
+static int
+read_n(struct kvn_connector *c, const char *op, int n)
+{
+	int rc = 0;
+	for (int i = 0; i < n; i++) {
+		redisReply *r;
+		if (redisGetReply(c->ctx, (void **)&r) != REDIS_OK)
+			return ctx_error(c, op);
+		if (r->type == REDIS_REPLY_ERROR && rc == 0)
+			rc = reply_error(c, op, r);
+		freeReplyObject(r);
+	}
+	return rc;
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Operations
+ * -------------------------------------------------------------------------------------------- */
+
+static int
+do_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_value *out)
+{
+	memset(out, 0, sizeof(*out));
+	int rc = append_get(c, key);
+	return rc < 0 ? rc : read_get(c, key, out);
+}
+
+static int
+do_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
+{
+	int rc = append_put(c, key, v);
+	return rc < 0 ? rc : read_n(c, "SET", 3);
+}
+
+static int
+int_reply(struct kvn_connector *c, const char *op, long long *val)
+{
+	redisReply *r;
+	if (redisGetReply(c->ctx, (void **)&r) != REDIS_OK)
+		return ctx_error(c, op);
+	int rc = 0;
+	if (r->type == REDIS_REPLY_INTEGER)
+		*val = r->integer;
+	else
+		rc = r->type == REDIS_REPLY_ERROR ? reply_error(c, op, r) : -EPROTO;
+	freeReplyObject(r);
+	return rc;
+}
+
+static int
+append_exists(struct kvn_connector *c, const struct kvn_key *key)
+{
+	char k[RKEY_MAX];
+	size_t kl = rkey(k, key, SUFFIX_META);
+	return redisAppendCommand(c->ctx, "EXISTS %b", k, kl) == REDIS_OK ? 0 : -ENOMEM;
+}
+
+static int
+do_exists(struct kvn_connector *c, const struct kvn_key *key)
+{
+	long long n = 0;
+	int rc = append_exists(c, key);
+	if (rc == 0)
+		rc = int_reply(c, "EXISTS", &n);
+	return rc < 0 ? rc : n > 0;
+}
+
+static int
+do_remove(struct kvn_connector *c, const struct kvn_key *key)
+{
+	char m[RKEY_MAX], d[RKEY_MAX], t[RKEY_MAX];
+	size_t ml = rkey(m, key, SUFFIX_META), dl = rkey(d, key, SUFFIX_DATA),
+	       tl = rkey(t, key, SUFFIX_TAG);
+	long long n = 0;
+	/* The header goes first in the argument list; DEL of several keys is atomic anyway. */
+	if (redisAppendCommand(c->ctx, "DEL %b %b %b", m, ml, d, dl, t, tl) != REDIS_OK)
+		return -ENOMEM;
+	int rc = int_reply(c, "DEL", &n);
+	return rc < 0 ? rc : n > 0 ? 0 : -ENOENT;
+}
+
+static int
+do_list(struct kvn_connector *c, kvn_connector_list_cb cb, void *ctx)
+{
+	const size_t sl = strlen(SUFFIX_META);
+	char cursor[32] = "0";
+	do {
+		redisReply *r =
+		    redisCommand(c->ctx, "SCAN %s MATCH *" SUFFIX_META " COUNT 1000", cursor);
+		if (!r)
+			return ctx_error(c, "SCAN");
+		if (r->type == REDIS_REPLY_ERROR) {
+			int rc = reply_error(c, "SCAN", r);
+			freeReplyObject(r);
+			return rc;
+		}
+		if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+		    r->element[0]->type != REDIS_REPLY_STRING ||
+		    r->element[1]->type != REDIS_REPLY_ARRAY ||
+		    r->element[0]->len >= sizeof(cursor)) {
+			freeReplyObject(r);
+			return -EPROTO;
+		}
+		memcpy(cursor, r->element[0]->str, r->element[0]->len);
+		cursor[r->element[0]->len] = '\0';
+		int stop = 0;
+		for (size_t i = 0; i < r->element[1]->elements && !stop; i++) {
+			redisReply *k = r->element[1]->element[i];
+			if (k->type == REDIS_REPLY_STRING && k->len > sl)
+				stop = cb(ctx, k->str, k->len - sl);
+		}
+		freeReplyObject(r);
+		if (stop)
+			return stop;
+	} while (strcmp(cursor, "0"));
+	return 0;
+}
+
+static int
+do_ping(struct kvn_connector *c)
+{
+	return simple(c, "PING", redisCommand(c->ctx, "PING"));
+}
+
+/* Batches: every request of the batch is written before the first reply is read, so the
+ * batch costs one round trip (hiredis buffers the appended commands and flushes them on the
+ * first redisGetReply). */
+
+static int
+do_get_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys,
+	     struct kvn_remote_value *out, int *rcs)
+{
+	for (size_t i = 0; i < n; i++)
+		if (append_get(c, keys[i]) < 0)
+			return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		rcs[i] = read_get(c, keys[i], &out[i]);
+		if (c->ctx->err) {
+			for (size_t j = i + 1; j < n; j++) /* the stream is gone */
+				rcs[j] = rcs[i], memset(&out[j], 0, sizeof(out[j]));
+			break;
+		}
+	}
+	return 0;
+}
+
+static int
+do_put_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys,
+	     const struct kvn_remote_value *vals, int *rcs)
+{
+	for (size_t i = 0; i < n; i++)
+		if (append_put(c, keys[i], &vals[i]) < 0)
+			return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		rcs[i] = read_n(c, "SET", 3);
+		if (c->ctx->err) {
+			for (size_t j = i + 1; j < n; j++)
+				rcs[j] = rcs[i];
+			break;
+		}
+	}
+	return 0;
+}
+
+static int
+do_exists_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys, int *rcs)
+{
+	for (size_t i = 0; i < n; i++)
+		if (append_exists(c, keys[i]) < 0)
+			return -ENOMEM;
+	for (size_t i = 0; i < n; i++) {
+		long long v = 0;
+		int rc = int_reply(c, "EXISTS", &v);
+		rcs[i] = rc < 0 ? rc : v > 0;
+		if (c->ctx->err) {
+			for (size_t j = i + 1; j < n; j++)
+				rcs[j] = rcs[i];
+			break;
+		}
+	}
+	return 0;
+}
+
+/* --------------------------------------------------------------------------------------------
+ * SIGPIPE: hiredis writes with write(2), so a store that dies mid-request would kill a process
+ * that has not ignored SIGPIPE (an inference engine embedding libkvnode). Each call blocks it
+ * for the calling thread and swallows one raised meanwhile; the write then fails with EPIPE.
+ * -------------------------------------------------------------------------------------------- */
+
+struct pipe_guard {
+	sigset_t old;
+	bool was_pending;
+};
+
+static void
+guard_begin(struct pipe_guard *g)
+{
+	sigset_t set, pend;
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	sigpending(&pend);
+	g->was_pending = sigismember(&pend, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &set, &g->old);
+}
+
+static void
+guard_end(struct pipe_guard *g)
+{
+	sigset_t set, pend;
+	sigemptyset(&set);
+	sigaddset(&set, SIGPIPE);
+	sigpending(&pend);
+	if (!g->was_pending && sigismember(&pend, SIGPIPE)) {
+		struct timespec zero = {0, 0};
+		sigtimedwait(&set, NULL, &zero);
+	}
+	pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+#define GUARDED(ret, name, params, args)                                                           \
+	static ret redis_##name params                                                             \
+	{                                                                                          \
+		struct pipe_guard g;                                                               \
+		guard_begin(&g);                                                                   \
+		ret rc = do_##name args;                                                           \
+		guard_end(&g);                                                                     \
+		return rc;                                                                         \
+	}
+
+GUARDED(int, connect, (const struct kvn_connector_env *env, struct kvn_connector **out), (env, out))
+GUARDED(int, exists, (struct kvn_connector * c, const struct kvn_key *key), (c, key))
+GUARDED(int, get,
+	(struct kvn_connector * c, const struct kvn_key *key, struct kvn_remote_value *out),
+	(c, key, out))
+GUARDED(int, put,
+	(struct kvn_connector * c, const struct kvn_key *key, const struct kvn_remote_value *v),
+	(c, key, v))
+GUARDED(int, remove, (struct kvn_connector * c, const struct kvn_key *key), (c, key))
+GUARDED(int, list, (struct kvn_connector * c, kvn_connector_list_cb cb, void *ctx), (c, cb, ctx))
+GUARDED(int, ping, (struct kvn_connector * c), (c))
+GUARDED(int, get_batch,
+	(struct kvn_connector * c, size_t n, const struct kvn_key *const *keys,
+	 struct kvn_remote_value *out, int *rcs),
+	(c, n, keys, out, rcs))
+GUARDED(int, put_batch,
+	(struct kvn_connector * c, size_t n, const struct kvn_key *const *keys,
+	 const struct kvn_remote_value *vals, int *rcs),
+	(c, n, keys, vals, rcs))
+GUARDED(int, exists_batch,
+	(struct kvn_connector * c, size_t n, const struct kvn_key *const *keys, int *rcs),
+	(c, n, keys, rcs))
+
+const struct kvn_connector_ops kvn_redis_connector_ops = {
+    .abi = KVN_CONNECTOR_ABI,
+    .scheme = "redis",
+    .connect = redis_connect,
+    .close = redis_close,
+    .exists = redis_exists,
+    .get = redis_get,
+    .put = redis_put,
+    .remove = redis_remove,
+    .list = redis_list,
+    .ping = redis_ping,
+    .get_batch = redis_get_batch,
+    .put_batch = redis_put_batch,
+    .exists_batch = redis_exists_batch,
+};
