@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -498,6 +499,59 @@ Test(plugins, output_lines_are_logged_with_prefix_by_stream_none_lost_long_lines
 	log = proc_read_file(logpath, NULL);
 	assert_contains(log, "[plugin all_out.py] exited with status 0");
 	free(log);
+}
+
+static void *
+drain_fd(void *arg)
+{
+	int fd = *(int *)arg;
+	char buf[65536];
+	size_t cap = 1 << 20, len = 0;
+	char *text = calloc(1, cap + 1);
+	for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) {
+		size_t keep = (size_t)n < cap - len ? (size_t)n : cap - len;
+		memcpy(text + len, buf, keep); /* the first MiB is enough to look at */
+		len += keep;
+	}
+	return text;
+}
+
+/* The node's stderr is a pipe nobody reads: the logger is stuck, yet the plugin runs to its
+ * end and what did not fit is dropped and counted. */
+Test(plugins, a_plugin_flooding_a_stuck_log_never_blocks_lines_are_dropped_and_counted)
+{
+	put_plugin("all_flood.py", 0644,
+		   "import sys\n"
+		   "for i in range(6):\n"
+		   "    sys.stdout.write(('x' * 99 + '\\n') * 40000)\n"
+		   "print('flood done', flush=True)\n");
+	int pfd[2];
+	cr_assert_eq(pipe(pfd), 0);
+	saved_stderr = dup(STDERR_FILENO);
+	dup2(pfd[1], STDERR_FILENO);
+	close(pfd[1]);
+	struct kvn_plugins *pl = start_as(KVN_PLUGIN_WORKER, 0, 1, "");
+	wait_state(pl, "all_flood.py", "exited");
+	double dropped = num_of(pl, "all_flood.py", "dropped_lines");
+	/* From now on the log goes to a file; the pipe's last writer is the stuck logger. */
+	int fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+	cr_assert(fd >= 0);
+	dup2(fd, STDERR_FILENO);
+	close(fd);
+	pthread_t reader;
+	cr_assert_eq(pthread_create(&reader, NULL, drain_fd, &pfd[0]), 0);
+	kvn_plugins_stop(pl);
+	char *head;
+	pthread_join(reader, (void **)&head);
+	close(pfd[0]);
+	char *log = log_end();
+	cr_expect_gt(dropped, 0, "24 MB of output should not fit a stuck log");
+	cr_expect_lt(dropped, 240000);
+	assert_contains(log, "[plugin all_flood.py] ");
+	assert_contains(log, " lines of output dropped: the log could not keep up");
+	assert_contains(log, "[plugin all_flood.py] exited with status 0");
+	free(log);
+	free(head);
 }
 
 /* ------------------------------------------------------------------------------------------
