@@ -19,6 +19,8 @@
 #include "node/client.h"
 #include "node/config.h"
 #include "node/log.h"
+#include "node/membership.h"
+#include "node/scheduler.h"
 #include "node/lm_server.h"
 #include "node/server.h"
 
@@ -50,7 +52,8 @@ static const char help_main[] =
     "  kvnode get KEY [-o FILE]\n"
     "  kvnode rm KEY\n"
     "  kvnode ls\n"
-    "  kvnode stat [--json]\n"
+    "  kvnode stat [--json] [--scheduler HOST:PORT]\n"
+    "  kvnode scheduler [-c FILE] [--listen HOST:PORT]\n"
     "  kvnode demo [-c FILE]\n"
     "  kvnode help [COMMAND] | --help | --version\n"
     "\n"
@@ -60,7 +63,9 @@ static const char help_main[] =
     "  get     write the value of KEY to stdout (or FILE)\n"
     "  rm      remove KEY from every tier\n"
     "  ls      list the keys held, one per line: KEY<TAB>LENGTH\n"
-    "  stat    per-tier counts, bytes, hits, misses, evictions\n"
+    "  stat    per-tier counts, bytes, hits, misses, evictions (or, with\n"
+    "          --scheduler, the cluster view: members, worker ids, chunks)\n"
+    "  scheduler  run the membership service and chunk directory of a cluster\n"
     "  demo    store and read back a few KV-cache chunks in-process, with timings\n"
     "  help    the manual of one command (also `kvnode COMMAND --help`)\n"
     "\n"
@@ -90,6 +95,8 @@ struct opts {
 	const char *node;
 	const char *output;
 	bool json;
+	const char *listen; /* scheduler: --listen */
+	const char *scheduler; /* stat: --scheduler */
 	int verbose;
 	int log_level; /* -1: not given */
 	const struct command *cmd;
@@ -369,9 +376,37 @@ cmd_ls(struct opts *o)
 	return rc;
 }
 
+/* `kvnode stat --scheduler`: the cluster view, with the config's auth_token. */
+static int
+stat_scheduler(struct opts *o)
+{
+	apply_log_level(o, KVN_LOG_WARN);
+	struct kvn_config *cfg;
+	char err[1024], *json = NULL;
+	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
+		return die(EXIT_USAGE, "%s", err);
+	int e = kvn_membership_fetch_stats(o->scheduler, cfg->auth_token, 0, &json, err,
+					   sizeof(err));
+	kvn_config_free(cfg);
+	if (e < 0)
+		return die(e == -EINVAL ? EXIT_USAGE : EXIT_CONN, "stat: %s", err);
+	int rc = EXIT_OK;
+	if (o->json)
+		printf("%s\n", json);
+	else if (kvn_membership_print_stats(json, stdout) < 0)
+		rc = die(EXIT_CONN, "stat: scheduler %s sent a cluster view that is not JSON",
+			 o->scheduler);
+	free(json);
+	if (!rc && fflush(stdout))
+		rc = die(EXIT_USAGE, "stat: writing stdout: %s", strerror(errno));
+	return rc;
+}
+
 static int
 cmd_stat(struct opts *o)
 {
+	if (o->scheduler)
+		return stat_scheduler(o);
 	struct kvn_client *c;
 	char *path, *json;
 	int e, rc = client_open(o, &c, &path);
@@ -533,6 +568,80 @@ out:
 	free(socket_path);
 	kvn_config_free(cfg);
 	return rc;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * scheduler
+ * ------------------------------------------------------------------------------------------ */
+
+#define SCHEDULER_DEFAULT_LISTEN "127.0.0.1:7470"
+
+struct sched_sig {
+	struct kvn_scheduler *s;
+	sigset_t set;
+};
+
+static void *
+scheduler_signal_main(void *arg)
+{
+	struct sched_sig *ss = arg;
+	int sig;
+	while (sigwait(&ss->set, &sig))
+		;
+	kvn_info("scheduler", "%s: shutting down", strsignal(sig));
+	kvn_scheduler_stop(ss->s);
+	return NULL;
+}
+
+static int
+cmd_scheduler(struct opts *o)
+{
+	struct kvn_config *cfg;
+	char err[1024];
+	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
+		return die(EXIT_USAGE, "%s", err);
+	apply_log_level(o, cfg->log_level);
+	/* --listen, else the address nodes are told (scheduler_url), else the default. */
+	const char *listen = o->listen, *url = cfg->scheduler_url;
+	if (!listen && url)
+		listen = strstr(url, "://") ? strstr(url, "://") + 3 : url;
+	char addr[512];
+	snprintf(addr, sizeof(addr), "%s", listen ? listen : SCHEDULER_DEFAULT_LISTEN);
+	size_t n = strlen(addr);
+	if (n && addr[n - 1] == '/')
+		addr[n - 1] = '\0';
+	struct sched_sig ss;
+	sigemptyset(&ss.set);
+	sigaddset(&ss.set, SIGTERM);
+	sigaddset(&ss.set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &ss.set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	struct kvn_scheduler_opts so = {
+	    .listen = addr, .heartbeat_ms = cfg->heartbeat_ms, .auth_token = cfg->auth_token};
+	int rc = kvn_scheduler_create(&so, &ss.s, err, sizeof(err));
+	if (rc < 0) {
+		kvn_config_free(cfg);
+		return die(rc == -EINVAL ? EXIT_USAGE : EXIT_CONN, "scheduler: %s", err);
+	}
+	pthread_t th;
+	if (pthread_create(&th, NULL, scheduler_signal_main, &ss)) {
+		kvn_scheduler_destroy(ss.s);
+		kvn_config_free(cfg);
+		return die(EXIT_CONN, "scheduler: cannot start the signal thread");
+	}
+	printf("kvnode: scheduler on %s\n", kvn_scheduler_address(ss.s));
+	fflush(stdout);
+	kvn_info("scheduler", "membership service on %s (heartbeat %u ms, auth %s)",
+		 kvn_scheduler_address(ss.s), so.heartbeat_ms ? so.heartbeat_ms : 500,
+		 so.auth_token && *so.auth_token ? "token" : "none");
+	rc = kvn_scheduler_run(ss.s);
+	pthread_cancel(th);
+	pthread_join(th, NULL);
+	kvn_scheduler_destroy(ss.s);
+	kvn_config_free(cfg);
+	if (rc < 0)
+		return die(EXIT_CONN, "scheduler: event loop failed: %s", kvn_strerror(rc));
+	return EXIT_OK;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -756,13 +865,42 @@ static const struct command commands[] = {
      "DESCRIPTION\n  One line per key held in any tier: KEY, a tab, the value's length in\n"
      "  bytes. Order is unspecified.\n\n"
      "OPTIONS\n" HELP_COMMON "\n" HELP_EXIT "\nEXAMPLES\n  kvnode ls | sort | cut -f1\n"},
-    {"stat", cmd_stat, 0, 0, "json",
+    {"stat", cmd_stat, 0, 0, "json scheduler",
      "NAME\n  kvnode stat - node statistics\n\n"
-     "SYNOPSIS\n  kvnode stat [--json]\n\n"
+     "SYNOPSIS\n  kvnode stat [--json]\n  kvnode stat --scheduler HOST:PORT [--json]\n\n"
      "DESCRIPTION\n  Per tier: chunks held, bytes, capacity, hits, misses, puts, evictions,\n"
-     "  errors; node-wide hits and misses; client connections.\n\n"
-     "OPTIONS\n      --json           the node's statistics object, one line of JSON\n" HELP_COMMON
-     "\n" HELP_EXIT "\nEXAMPLES\n  kvnode stat --json | jq '.backends[0].hits'\n"},
+     "  errors; node-wide hits and misses; client connections.\n"
+     "  With --scheduler: the cluster view of that membership service instead: every\n"
+     "  member ever joined with its worker id, state (alive, expired), data address,\n"
+     "  transport, milliseconds since its last heartbeat and chunks in the directory.\n"
+     "  The config's auth_token is sent when the scheduler wants one.\n\n"
+     "OPTIONS\n      --json           the node's statistics object, one line of JSON\n"
+     "      --scheduler HOST:PORT  ask the scheduler there (scheduler_url form also\n"
+     "                       accepted) for the cluster view\n" HELP_COMMON
+     "\n" HELP_EXIT "\nEXAMPLES\n  kvnode stat --json | jq '.backends[0].hits'\n"
+     "  kvnode stat --scheduler 10.0.0.1:7470\n"},
+    {"scheduler", cmd_scheduler, 0, 0, "listen",
+     "NAME\n  kvnode scheduler - run the membership service and chunk directory\n\n"
+     "SYNOPSIS\n  kvnode scheduler [-c FILE] [--listen HOST:PORT]\n\n"
+     "DESCRIPTION\n"
+     "  One small daemon per cluster (DESIGN.md section 5). Nodes join it with their\n"
+     "  node_name, data address, transport and region descriptors; each name gets a\n"
+     "  stable worker id (a node that restarts gets its id back) and every member is told\n"
+     "  the worker count, a cluster epoch and every join and expiry. Members heartbeat\n"
+     "  every heartbeat_ms; one silent for 3 beats is expired and its chunks dropped from\n"
+     "  the directory. Nodes publish which chunks they hold and look up where others are.\n"
+     "  After a scheduler restart the nodes re-join and re-publish, rebuilding the\n"
+     "  directory. Prints `kvnode: scheduler on HOST:PORT` once listening. With\n"
+     "  auth_token set, a join or stats request without the same token is refused.\n"
+     "  SIGTERM or SIGINT: close every connection and exit 0.\n\n"
+     "OPTIONS\n"
+     "      --listen HOST:PORT  where nodes connect (default: the HOST:PORT of the\n"
+     "                       config's scheduler_url, else " SCHEDULER_DEFAULT_LISTEN ";\n"
+     "                       port 0 picks a free one)\n" HELP_COMMON
+     "\nCONFIG KEYS\n  heartbeat_ms (default 500), auth_token, scheduler_url, log_level\n"
+     "\nEXIT STATUS\n  0 clean shutdown; 2 bad option or config; 3 cannot listen\n\n"
+     "EXAMPLES\n  kvnode scheduler --listen 0.0.0.0:7470\n"
+     "  kvnode stat --scheduler 127.0.0.1:7470\n"},
     {"demo", cmd_demo, 0, 0, "",
      "NAME\n  kvnode demo - see a node work, in one process\n\n"
      "SYNOPSIS\n  kvnode demo [-c FILE]\n\n"
@@ -793,7 +931,7 @@ print_version(void)
 	       KVN_HAVE_CUDA ? "yes" : "no", KVN_BACKEND_ABI);
 }
 
-enum { OPT_NODE = 256, OPT_LOG_LEVEL, OPT_VERSION, OPT_JSON };
+enum { OPT_NODE = 256, OPT_LOG_LEVEL, OPT_VERSION, OPT_JSON, OPT_LISTEN, OPT_SCHEDULER };
 
 static const struct option long_opts[] = {
     {"config", required_argument, NULL, 'c'},
@@ -805,6 +943,8 @@ static const struct option long_opts[] = {
     {"version", no_argument, NULL, OPT_VERSION},
     {"output", required_argument, NULL, 'o'},
     {"json", no_argument, NULL, OPT_JSON},
+    {"listen", required_argument, NULL, OPT_LISTEN},
+    {"scheduler", required_argument, NULL, OPT_SCHEDULER},
     {0},
 };
 
@@ -829,6 +969,17 @@ parse_opts(int argc, char **argv, const struct command *cmd, struct opts *o)
 		case 'c':
 			o->config = optarg;
 			break;
+		case OPT_LISTEN:
+		case OPT_SCHEDULER: {
+			const char *name = ch == OPT_LISTEN ? "listen" : "scheduler";
+			if (!cmd || !strstr(cmd->opt_allowed, name))
+				return die(EXIT_USAGE,
+					   "option --%s does not apply to `kvnode %s` "
+					   "(see kvnode %s --help)",
+					   name, where ? where : "", where ? where : "");
+			*(ch == OPT_LISTEN ? &o->listen : &o->scheduler) = optarg;
+			break;
+		}
 		case OPT_NODE:
 			o->node = optarg;
 			break;
