@@ -60,6 +60,8 @@ void tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r);
 void tcp_hello_encode(uint32_t status, uint8_t out[TCP_HELLO_SIZE]);
 const char *tcp_reason_str(uint32_t reason);
 
+extern const struct kvn_transport_ops kvn_transport_tcp;
+
 /* What the progress thread's epoll events point at. */
 enum tcp_pollable_kind { TCP_P_WAKE, TCP_P_LISTEN, TCP_P_SERVE, TCP_P_READ };
 struct tcp_pollable {

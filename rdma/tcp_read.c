@@ -225,9 +225,11 @@ ep_fail(struct kvn_tp_ep *ep, int status, const char *fmt, ...)
 	for (int i = 0; i < ep->nconns; i++)
 		out += ep->conns[i].fifo.n;
 	snprintf(msg, sizeof(msg), "tcp: peer %s: %s", ep->peer, why);
-	if (atomic_load(&ep->state) == EP_UP && status != -ECANCELED)
+	if (atomic_load(&ep->state) == EP_UP && status != -ECANCELED && out)
 		kvn_warn("tcp", "peer %s: %s; %zu read requests outstanding fail; the next read "
 			 "reconnects", ep->peer, why, out);
+	else if (atomic_load(&ep->state) == EP_UP && status != -ECANCELED)
+		kvn_info("tcp", "peer %s: %s; the next read reconnects", ep->peer, why);
 	for (int i = 0; i < ep->nconns; i++)
 		conn_fail_all(ep->tp, &ep->conns[i], status, msg);
 	atomic_store(&ep->state, EP_BROKEN);

@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,19 +104,14 @@ accept_all(struct kvn_transport *tp)
 				kvn_warn("tcp", "accept on %s: %s", tp->bound, strerror(errno));
 			return;
 		}
-		struct tcp_serve_conn *c = malloc(sizeof(*c));
+		struct tcp_serve_conn *c = calloc(1, sizeof(*c));
 		if (!c) {
 			kvn_warn("tcp", "out of memory accepting a reader on %s", tp->bound);
 			close(fd);
 			continue;
 		}
-		memset(c, 0, offsetof(struct tcp_serve_conn, in));
 		c->p.kind = TCP_P_SERVE;
 		c->p.fd = fd;
-		c->hdr_len = c->hdr_off = 0;
-		c->payload = NULL;
-		c->pay_len = c->pay_off = 0;
-		c->mr = NULL;
 		tcp_format_addr((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
 		tcp_tune_socket(fd);
 		c->next = tp->serve_conns;

@@ -1,0 +1,407 @@
+/* TCP transport cases beyond the conformance suite: the wire protocol seen from a raw socket,
+ * stalls, reconnects to the same address, striping, and deregistration during a transfer. */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+#include "kvnode/transport.h"
+#include "node/netaddr.h"
+#include "rdma/tcp.h"
+#include "tests/helpers/proc.h"
+
+#define MIB (1024 * 1024)
+#define DEADLINE_MS 120000
+#define BENCH KVN_BINARY_DIR "/kvnode-bench"
+
+static const struct kvn_transport_ops *ops = &kvn_transport_tcp;
+
+static struct kvn_transport *
+tp_open(int timeout_ms, int conns)
+{
+	struct kvn_transport *tp;
+	char err[256] = "";
+	struct kvn_transport_cfg cfg = { .timeout_ms = timeout_ms, .conns_per_peer = conns };
+	cr_assert_eq(ops->open(&cfg, &tp, err, sizeof(err)), 0, "%s", err);
+	return tp;
+}
+
+static char *
+pattern_buf(size_t len)
+{
+	char *p = NULL;
+	cr_assert_eq(posix_memalign((void **)&p, 4096, len), 0);
+	for (size_t i = 0; i < len; i++)
+		p[i] = (char)bench_pattern(i);
+	return p;
+}
+
+static void
+expect_pattern(const char *buf, uint64_t off, uint64_t len)
+{
+	for (uint64_t j = 0; j < len; j++)
+		if ((uint8_t)buf[j] != bench_pattern(off + j))
+			cr_assert_fail("byte %" PRIu64 " of %" PRIu64 " at offset %" PRIu64 " wrong", j,
+				       len, off);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The wire, from a raw socket
+ * ------------------------------------------------------------------------------------------- */
+
+static void
+full_write(int fd, const void *p, size_t n)
+{
+	cr_assert_eq(send(fd, p, n, MSG_NOSIGNAL), (ssize_t)n);
+}
+
+static void
+full_read(int fd, void *p, size_t n)
+{
+	size_t got = 0;
+	while (got < n) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		cr_assert_gt(poll(&pfd, 1, DEADLINE_MS), 0, "no answer from the responder");
+		ssize_t r = recv(fd, (char *)p + got, n - got, 0);
+		cr_assert_gt(r, 0, "the responder closed the connection");
+		got += (size_t)r;
+	}
+}
+
+static int
+raw_connect(const char *bound)
+{
+	char host[KVN_HOST_MAX], err[256];
+	uint16_t port;
+	cr_assert_eq(kvn_hostport_parse(bound, host, &port, err, sizeof(err)), 0);
+	int fd = kvn_tcp_connect(host, port, 5000, err, sizeof(err));
+	cr_assert_geq(fd, 0, "%s", err);
+	return fd;
+}
+
+static struct tcp_resp
+raw_request(int fd, uint32_t op, uint32_t rkey, uint64_t seq, uint64_t addr, uint64_t len)
+{
+	uint8_t frame[TCP_REQ_SIZE], hdr[TCP_RESP_SIZE];
+	tcp_req_encode(&(struct tcp_req){ op, rkey, seq, addr, len }, frame);
+	full_write(fd, frame, sizeof(frame));
+	full_read(fd, hdr, sizeof(hdr));
+	struct tcp_resp r;
+	tcp_resp_decode(hdr, &r);
+	cr_assert_eq(r.seq, seq, "responses answer requests in order");
+	return r;
+}
+
+Test(tcp, responder_refuses_bad_requests_on_the_wire_and_keeps_the_connection)
+{
+	struct kvn_transport *owner = tp_open(0, 0);
+	char *region = pattern_buf(4 * MIB), err[256], bound[128];
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc d;
+	cr_assert_eq(ops->reg_mem(owner, region, 4 * MIB, KVN_MEM_HOST, &mr, &d, err, sizeof(err)), 0);
+	cr_assert_eq(ops->listen(owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)), 0);
+	int fd = raw_connect(bound);
+	uint8_t hello[TCP_HELLO_SIZE];
+	tcp_hello_encode(0, hello);
+	full_write(fd, hello, sizeof(hello));
+	full_read(fd, hello, sizeof(hello));
+	cr_assert_eq(hello[6] | hello[7] << 8, 0, "hello accepted");
+
+	struct tcp_resp r = raw_request(fd, TCP_REQ_READ, d.rkey, 0, d.addr, TCP_MAX_MSG + 1);
+	cr_assert_eq(r.status, EMSGSIZE, "a request over the max message is refused");
+	cr_assert_eq(r.len, 0);
+	r = raw_request(fd, 0x99, d.rkey, 1, d.addr, 16);
+	cr_assert_eq(r.status, EPROTO, "an unknown request type is refused");
+	r = raw_request(fd, TCP_REQ_READ, d.rkey + 1, 2, d.addr, 16);
+	cr_assert_eq(r.status, EACCES);
+	cr_assert_eq(r.reason, TCP_UNKNOWN_RKEY);
+	r = raw_request(fd, TCP_REQ_READ, d.rkey, 3, d.addr + 4 * MIB - 8, 16);
+	cr_assert_eq(r.status, EACCES);
+	cr_assert_eq(r.reason, TCP_OUT_OF_RANGE);
+	/* Still serving on the same connection. */
+	r = raw_request(fd, TCP_REQ_READ, d.rkey, 4, d.addr + 100, 64);
+	cr_assert_eq(r.status, 0);
+	cr_assert_eq(r.len, 64);
+	char payload[64];
+	full_read(fd, payload, sizeof(payload));
+	expect_pattern(payload, 100, 64);
+	close(fd);
+	ops->dereg(mr);
+	ops->close(owner);
+	free(region);
+}
+
+/* Something that is not a kvnode responder: the connect fails with a message saying so. */
+Test(tcp, a_peer_that_is_not_kvnode_is_refused_at_connect)
+{
+	char err[256];
+	uint16_t port;
+	int lfd = kvn_tcp_listen("127.0.0.1", 0, 4, &port, err, sizeof(err));
+	cr_assert_geq(lfd, 0, "%s", err);
+	struct kvn_transport *tp = tp_open(5000, 0);
+	char addr[64];
+	snprintf(addr, sizeof(addr), "127.0.0.1:%u", port);
+	pid_t pid = fork();
+	if (pid == 0) { /* answers like a web server would */
+		int c = accept(lfd, NULL, NULL);
+		const char reply[] = "HTTP/1.1 400 Bad Request\r\n\r\n";
+		ssize_t w = write(c, reply, sizeof(reply) - 1);
+		(void)w;
+		sleep(5);
+		_exit(0);
+	}
+	struct kvn_tp_ep *ep = NULL;
+	int rc = ops->connect(tp, addr, 0, &ep, err, sizeof(err));
+	cr_assert_eq(rc, -EPROTO, "got %d: %s", rc, err);
+	cr_assert(strstr(err, addr) && strstr(err, "not a kvnode"), "message: %s", err);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	close(lfd);
+	ops->close(tp);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Failures and recovery
+ * ------------------------------------------------------------------------------------------- */
+
+struct waiter {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	size_t left, failed;
+	int status;
+};
+
+static void
+waiter_cb(struct kvn_read *rd, int status, const char *msg)
+{
+	(void)msg;
+	struct waiter *w = rd->ctx;
+	pthread_mutex_lock(&w->mu);
+	if (status) {
+		w->failed++;
+		w->status = status;
+	}
+	if (--w->left == 0)
+		pthread_cond_broadcast(&w->cv);
+	pthread_mutex_unlock(&w->mu);
+}
+
+static bool
+waiter_wait(struct waiter *w, int timeout_ms)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += timeout_ms / 1000;
+	int rc = 0;
+	pthread_mutex_lock(&w->mu);
+	while (w->left && rc != ETIMEDOUT)
+		rc = pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+	bool done = w->left == 0;
+	pthread_mutex_unlock(&w->mu);
+	return done;
+}
+
+struct served {
+	struct proc p;
+	char dir[256], out[300];
+	char addr[128];
+	struct kvn_mem_desc d;
+};
+
+static bool
+serving_line(void *arg)
+{
+	struct served *s = arg;
+	char *text = proc_read_file(s->out, NULL), name[32];
+	bool ok = text && sscanf(text, "serving %31s %127s addr=0x%" SCNx64 " len=%" SCNu64
+				 " rkey=0x%" SCNx32, name, s->addr, &s->d.addr, &s->d.len,
+				 &s->d.rkey) == 5;
+	free(text);
+	return ok;
+}
+
+/* A peer that stops answering (SIGSTOP: sockets stay open) fails the reads after the timeout. */
+Test(tcp, reads_from_a_stalled_peer_fail_with_a_timeout)
+{
+	struct served s = { 0 };
+	cr_assert_eq(proc_mkdtemp("tcp", s.dir, sizeof(s.dir)), 0);
+	snprintf(s.out, sizeof(s.out), "%s/serve.out", s.dir);
+	const char *argv[] = { BENCH, "peer", "--serve", "--sizes", "4M", NULL };
+	cr_assert_eq(proc_spawn(&s.p, argv, &(struct proc_opts){ .stdout_path = s.out }), 0);
+	cr_assert(proc_wait_for(serving_line, &s, DEADLINE_MS), "no serving line from %s", BENCH);
+	struct kvn_transport *tp = tp_open(1000, 0);
+	char err[256], *dst = malloc(8 * MIB);
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc d;
+	cr_assert_eq(ops->reg_mem(tp, dst, 8 * MIB, KVN_MEM_HOST, &mr, &d, err, sizeof(err)), 0);
+	struct kvn_tp_ep *ep;
+	cr_assert_eq(ops->connect(tp, s.addr, 0, &ep, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kill(s.p.pid, SIGSTOP), 0);
+	enum { N = 32 };
+	struct kvn_read rds[N];
+	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, N, 0, 0 };
+	for (int i = 0; i < N; i++)
+		rds[i] = (struct kvn_read){ .local = dst + (i % 8) * MIB, .local_mr = mr,
+					    .remote_addr = s.d.addr + (uint64_t)i * MIB,
+					    .rkey = s.d.rkey, .len = MIB, .done = waiter_cb,
+					    .ctx = &w };
+	cr_assert_eq(ops->read(ep, rds, N), 0);
+	cr_assert(waiter_wait(&w, DEADLINE_MS), "reads from a stalled peer never completed");
+	cr_assert_gt(w.failed, 0, "a stopped peer answered");
+	cr_assert_eq(w.status, -ETIMEDOUT);
+	kill(s.p.pid, SIGCONT);
+	ops->ep_close(ep);
+	ops->dereg(mr);
+	ops->close(tp);
+	proc_stop(&s.p, SIGTERM, DEADLINE_MS);
+	proc_rm_tree(s.dir);
+	free(dst);
+}
+
+/* An owner restarted on the same address: the old endpoint's next read reconnects by itself. */
+Test(tcp, endpoint_reconnects_to_a_peer_restarted_on_the_same_address)
+{
+	struct kvn_transport *owner = tp_open(0, 0), *reader = tp_open(5000, 0);
+	char *region = pattern_buf(MIB), *dst = malloc(MIB), err[256], bound[128];
+	struct kvn_tp_mr *rmr, *dmr;
+	struct kvn_mem_desc d, dd;
+	cr_assert_eq(ops->reg_mem(owner, region, MIB, KVN_MEM_HOST, &rmr, &d, err, sizeof(err)), 0);
+	cr_assert_eq(ops->listen(owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)), 0);
+	cr_assert_eq(ops->reg_mem(reader, dst, MIB, KVN_MEM_HOST, &dmr, &dd, err, sizeof(err)), 0);
+	struct kvn_tp_ep *ep;
+	cr_assert_eq(ops->connect(reader, bound, 0, &ep, err, sizeof(err)), 0, "%s", err);
+	struct kvn_read rd = { .local = dst, .local_mr = dmr, .remote_addr = d.addr, .rkey = d.rkey,
+			       .len = 4096 };
+	cr_assert_eq(kvn_transport_read_sync(ops, ep, &rd, 1, err, sizeof(err)), 0, "%s", err);
+
+	ops->dereg(rmr);
+	ops->close(owner); /* the reader sees its connection close */
+	owner = tp_open(0, 0);
+	cr_assert_eq(ops->reg_mem(owner, region, MIB, KVN_MEM_HOST, &rmr, &d, err, sizeof(err)), 0);
+	char again[128];
+	cr_assert_eq(ops->listen(owner, bound, again, sizeof(again), err, sizeof(err)), 0, "%s", err);
+	/* The first read after the restart may still meet the closing socket; one more must work. */
+	rd = (struct kvn_read){ .local = dst, .local_mr = dmr, .remote_addr = d.addr + 5,
+				.rkey = d.rkey, .len = 70000 };
+	int rc = kvn_transport_read_sync(ops, ep, &rd, 1, err, sizeof(err));
+	if (rc)
+		rc = kvn_transport_read_sync(ops, ep, &rd, 1, err, sizeof(err));
+	cr_assert_eq(rc, 0, "read after the owner restarted: %s", err);
+	expect_pattern(dst, 5, 70000);
+	ops->ep_close(ep);
+	ops->dereg(dmr);
+	ops->dereg(rmr);
+	ops->close(reader);
+	ops->close(owner);
+	free(region);
+	free(dst);
+}
+
+/* Reads striped over several sockets still land byte-exact. */
+Test(tcp, reads_striped_over_four_connections_are_exact)
+{
+	struct kvn_transport *owner = tp_open(0, 0), *reader = tp_open(0, 4);
+	size_t len = 24 * MIB;
+	char *region = pattern_buf(len), *dst = calloc(1, len), err[256], bound[128];
+	struct kvn_tp_mr *rmr, *dmr;
+	struct kvn_mem_desc d, dd;
+	cr_assert_eq(ops->reg_mem(owner, region, len, KVN_MEM_HOST, &rmr, &d, err, sizeof(err)), 0);
+	cr_assert_eq(ops->listen(owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)), 0);
+	cr_assert_eq(ops->reg_mem(reader, dst, len, KVN_MEM_HOST, &dmr, &dd, err, sizeof(err)), 0);
+	struct kvn_tp_ep *ep;
+	cr_assert_eq(ops->connect(reader, bound, 0, &ep, err, sizeof(err)), 0, "%s", err);
+	struct kvn_read rds[3] = {
+		{ .local = dst, .local_mr = dmr, .remote_addr = d.addr + 3, .rkey = d.rkey,
+		  .len = 11 * MIB + 1 },
+		{ .local = dst + 12 * MIB, .local_mr = dmr, .remote_addr = d.addr + 12 * MIB,
+		  .rkey = d.rkey, .len = 12 * MIB },
+		{ .local = dst + 11 * MIB + 1, .local_mr = dmr, .remote_addr = d.addr + 7,
+		  .rkey = d.rkey, .len = 100 },
+	};
+	cr_assert_eq(kvn_transport_read_sync(ops, ep, rds, 3, err, sizeof(err)), 0, "%s", err);
+	expect_pattern(dst, 3, 11 * MIB + 1);
+	expect_pattern(dst + 11 * MIB + 1, 7, 100);
+	expect_pattern(dst + 12 * MIB, 12 * MIB, 12 * MIB);
+	ops->ep_close(ep);
+	ops->dereg(dmr);
+	ops->dereg(rmr);
+	ops->close(reader);
+	ops->close(owner);
+	free(region);
+	free(dst);
+}
+
+/* dereg while a peer streams from the region: it returns, the memory is untouched afterwards
+ * (freed at once: ASan/valgrind would see a late access) and the reads complete. */
+Test(tcp, dereg_during_a_transfer_cuts_it_and_returns)
+{
+	struct kvn_transport *owner = tp_open(0, 0), *reader = tp_open(5000, 0);
+	size_t len = 32 * MIB;
+	char *region = pattern_buf(len), *dst = malloc(8 * MIB), err[256], bound[128];
+	struct kvn_tp_mr *rmr, *dmr;
+	struct kvn_mem_desc d, dd;
+	cr_assert_eq(ops->reg_mem(owner, region, len, KVN_MEM_HOST, &rmr, &d, err, sizeof(err)), 0);
+	cr_assert_eq(ops->listen(owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)), 0);
+	cr_assert_eq(ops->reg_mem(reader, dst, 8 * MIB, KVN_MEM_HOST, &dmr, &dd, err, sizeof(err)),
+		     0);
+	struct kvn_tp_ep *ep;
+	cr_assert_eq(ops->connect(reader, bound, 0, &ep, err, sizeof(err)), 0, "%s", err);
+	enum { N = 256 };
+	struct kvn_read *rds = calloc(N, sizeof(*rds));
+	struct waiter w = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, N, 0, 0 };
+	for (int i = 0; i < N; i++)
+		rds[i] = (struct kvn_read){ .local = dst + (i % 8) * MIB, .local_mr = dmr,
+					    .remote_addr = d.addr + (uint64_t)(i % 32) * MIB,
+					    .rkey = d.rkey, .len = MIB, .done = waiter_cb,
+					    .ctx = &w };
+	cr_assert_eq(ops->read(ep, rds, N), 0);
+	ops->dereg(rmr);
+	free(region);
+	cr_assert(waiter_wait(&w, DEADLINE_MS), "reads never completed after dereg");
+	cr_assert_gt(w.failed, 0, "256 MiB of reads all finished before dereg returned");
+	ops->ep_close(ep);
+	ops->dereg(dmr);
+	ops->close(reader);
+	ops->close(owner);
+	free(rds);
+	free(dst);
+}
+
+Test(tcp, gpu_memory_is_refused_with_a_reason)
+{
+	struct kvn_transport *tp = tp_open(0, 0);
+	char buf[64], err[256] = "";
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc d;
+	cr_assert_eq(ops->reg_mem(tp, buf, sizeof(buf), KVN_MEM_GPU, &mr, &d, err, sizeof(err)),
+		     -EOPNOTSUPP);
+	cr_assert(strstr(err, "GPU"), "%s", err);
+	ops->close(tp);
+}
+
+Test(tcp, auto_picks_tcp_without_an_rdma_device)
+{
+	char err[256] = "";
+	struct kvn_transport_cfg cfg = { .gid_index = -1 };
+	const struct kvn_transport_ops *a = kvn_transport_by_name("auto", &cfg, err, sizeof(err));
+	cr_assert_not_null(a, "%s", err);
+	const struct kvn_transport_ops *v = kvn_transport_by_name("verbs", &cfg, err, sizeof(err));
+	if (v && v->probe(&cfg, err, sizeof(err)) == 0)
+		cr_assert_str_eq(a->name, "verbs", "an active RDMA device is here: auto must pick it");
+	else
+		cr_assert_str_eq(a->name, "tcp");
+	cr_assert_null(kvn_transport_by_name("carrier-pigeon", &cfg, err, sizeof(err)));
+	cr_assert(strstr(err, "carrier-pigeon"), "%s", err);
+}
