@@ -263,7 +263,10 @@ drain(struct kvn_plugins *pl, struct plugin *p, int s)
 static void
 reaped(struct kvn_plugins *pl, struct plugin *p, int status)
 {
-	int code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+	/* status -1: gone without a status (SIGCHLD ignored in this process reaps children). */
+	int code = status == -1	       ? -1
+		   : WIFEXITED(status) ? WEXITSTATUS(status)
+				       : 128 + WTERMSIG(status);
 	bool stopping = atomic_load(&pl->stopping);
 	/* What the plugin wrote before it ended comes before the note that it ended. Output
 	 * still held by its own children is cut: they are sent SIGTERM below. */
@@ -275,12 +278,16 @@ reaped(struct kvn_plugins *pl, struct plugin *p, int status)
 	close_fd(&p->pidfd);
 	kill(-p->pid, stopping ? SIGKILL : SIGTERM); /* what is left of its group */
 	guard_tell(pl, p->pid, false);
-	if (WIFEXITED(status))
+	if (status == -1)
+		logq_note(pl, KVN_LOG_WARN, p,
+			  "ended; its exit status is lost (this process ignores SIGCHLD)");
+	else if (WIFEXITED(status))
 		logq_note(pl, code ? KVN_LOG_WARN : KVN_LOG_INFO, p, "exited with status %d", code);
 	else
 		logq_note(pl, stopping && WTERMSIG(status) == SIGTERM ? KVN_LOG_INFO : KVN_LOG_WARN,
 			  p, "killed by signal %d (%s)", WTERMSIG(status),
-			  strsignal(WTERMSIG(status)));
+			  sigdescr_np(WTERMSIG(status)) ? sigdescr_np(WTERMSIG(status))
+							: "unknown signal");
 
 	uint64_t now = plugin_now_ms();
 	pthread_mutex_lock(&pl->lock);
@@ -288,7 +295,7 @@ reaped(struct kvn_plugins *pl, struct plugin *p, int status)
 	p->exit_code = code;
 	if (stopping) {
 		p->state = PLUGIN_STOPPED;
-	} else if (code == 0) {
+	} else if (code <= 0) {
 		p->state = PLUGIN_EXITED;
 	} else if (!pl->restart_on_failure) {
 		p->state = PLUGIN_FAILED;
@@ -313,6 +320,8 @@ try_reap(struct kvn_plugins *pl, struct plugin *p)
 	pid_t r = waitpid(p->pid, &status, WNOHANG);
 	if (r == p->pid)
 		reaped(pl, p, status);
+	else if (r < 0 && errno == ECHILD)
+		reaped(pl, p, -1); /* else its pidfd would stay readable: a busy loop */
 }
 
 static void
@@ -433,9 +442,10 @@ monitor_main(void *arg)
 	signal_all(pl, SIGKILL);
 	for (size_t i = 0; i < pl->n; i++)
 		if (pl->p[i].pid > 0) {
-			int status;
-			if (waitpid(pl->p[i].pid, &status, 0) == pl->p[i].pid)
-				reaped(pl, &pl->p[i], status);
+			int status = -1;
+			if (waitpid(pl->p[i].pid, &status, 0) != pl->p[i].pid)
+				status = -1;
+			reaped(pl, &pl->p[i], status);
 		}
 	guard_stop(pl);
 	free(fds);
@@ -466,9 +476,12 @@ KVN_API int
 kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *opts,
 		  struct kvn_plugins **out, char *err, size_t errlen)
 {
+	static const struct kvn_plugins_opts alone = {.role = KVN_PLUGIN_WORKER, .worker_count = 1};
 	struct kvn_plugins *pl = calloc(1, sizeof(*pl));
 	int rc;
 	*out = NULL;
+	if (!opts)
+		opts = &alone;
 	if (!pl) {
 		kvn_seterr(err, errlen, "plugins: out of memory");
 		return -ENOMEM;

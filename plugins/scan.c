@@ -244,7 +244,7 @@ static int
 build_env(struct scan *sc, struct plugin *p)
 {
 	static const char *const prefixes[] = {"KVNODE_PLUGIN_", "LMCACHE_PLUGIN_"};
-	char *ours[8 + 64] = {0};
+	char *ours[8 + 64 + 1] = {0};
 	size_t nours = 0, nenv = 0, nextra = 0;
 	int rc = -ENOMEM;
 	char *json = config_json(sc, p);
@@ -263,6 +263,10 @@ build_env(struct scan *sc, struct plugin *p)
 	for (; o->extra_env && o->extra_env[nextra] && nours < 8 + 64; nextra++)
 		if (!(ours[nours++] = strdup(o->extra_env[nextra])))
 			goto out;
+	/* Python buffers a pipe's output in 8 KiB blocks: its lines would reach the log late,
+	 * or never if the plugin is killed. */
+	if (!getenv("PYTHONUNBUFFERED") && !(ours[nours++] = strdup("PYTHONUNBUFFERED=1")))
+		goto out;
 	while (environ && environ[nenv])
 		nenv++;
 	if (!(p->envp = calloc(nenv + nours + 1, sizeof(char *))))

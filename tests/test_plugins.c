@@ -398,6 +398,7 @@ Test(plugins, plugin_sees_both_prefixes_redacted_config_its_settings_cwd_and_nul
 		   "import json, os, sys\n"
 		   "e = {k: v for k, v in os.environ.items() if 'PLUGIN' in k}\n"
 		   "e['cwd'] = os.getcwd()\n"
+		   "e['unbuffered'] = os.environ.get('PYTHONUNBUFFERED', '')\n"
 		   "e['stdin'] = sys.stdin.read()\n"
 		   "json.dump(e, open('env.json.tmp', 'w'))\n"
 		   "os.rename('env.json.tmp', 'env.json')\n");
@@ -437,6 +438,8 @@ Test(plugins, plugin_sees_both_prefixes_redacted_config_its_settings_cwd_and_nul
 	}
 	cr_expect_str_eq(cJSON_GetObjectItem(env, "cwd")->valuestring, plugdir);
 	cr_expect_str_eq(cJSON_GetObjectItem(env, "stdin")->valuestring, "");
+	if (!getenv("PYTHONUNBUFFERED"))
+		cr_expect_str_eq(cJSON_GetObjectItem(env, "unbuffered")->valuestring, "1");
 	cJSON_Delete(env);
 	free(text);
 }
@@ -569,6 +572,21 @@ Test(plugins, a_plugin_that_exits_at_once_is_reported_and_not_restarted_by_defau
 	kvn_plugins_stop(pl);
 	char *log = log_end();
 	assert_contains(log, "[plugin all_quick.sh] exited with status 3");
+	free(log);
+}
+
+/* With SIGCHLD ignored the kernel reaps plugins itself: the launcher must still see them end
+ * (and not spin on a pidfd that stays readable). */
+Test(plugins, a_plugin_is_seen_ending_when_the_process_ignores_sigchld)
+{
+	signal(SIGCHLD, SIG_IGN);
+	put_plugin("all_brief.sh", 0644, "exit 0\n");
+	log_begin();
+	struct kvn_plugins *pl = start_as(KVN_PLUGIN_WORKER, 0, 1, "");
+	wait_state(pl, "all_brief.sh", "exited");
+	kvn_plugins_stop(pl);
+	char *log = log_end();
+	assert_contains(log, "[plugin all_brief.sh] ended; its exit status is lost");
 	free(log);
 }
 

@@ -30,10 +30,12 @@ struct kvn_plugins;
  * that target this process (see kvn_plugin_targets) and starts each in its own process group
  * with the KVNODE_PLUGIN_* and LMCACHE_PLUGIN_* environment. A location or plugin that cannot
  * be used is a warning naming it, never an error: the node still starts. Returns 0, or a
- * negative errno (out of memory, no thread) with err set. cfg is read only during the call. */
+ * negative errno (out of memory, no thread) with err set. cfg is read only during the call;
+ * opts NULL is worker 0 of 1. Returns once every plugin has been started (or failed to). */
 KVN_API int kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *opts,
 			      struct kvn_plugins **out, char *err, size_t errlen);
-/* SIGTERM to every plugin's process group, SIGKILL to those still alive after
+/* A plugin whose main process ends has what is left of its group sent SIGTERM.
+ * kvn_plugins_stop: SIGTERM to every plugin's process group, SIGKILL to those still alive after
  * plugin_stop_timeout_ms; returns once all are reaped and their output is logged. Frees pl
  * (NULL is a no-op). */
 KVN_API void kvn_plugins_stop(struct kvn_plugins *pl);
