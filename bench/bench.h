@@ -23,6 +23,8 @@ struct bench_opts {
 	int inflight; /* reads outstanding */
 	int conns; /* tcp: connections per peer; 0 = transport default */
 	bool serve; /* be the responder only, until SIGTERM */
+	/* scheduler mode */
+	uint64_t entries; /* directory entries of the memory row */
 };
 
 /* Byte at offset off of the region kvnode-bench peer --serve registers: position-dependent so a
@@ -56,5 +58,6 @@ void bench_json_flush(void);
 
 int bench_local(const struct bench_opts *o);
 int bench_peer(const struct bench_opts *o);
+int bench_scheduler(const struct bench_opts *o);
 
 #endif
