@@ -1,0 +1,210 @@
+/* LMCache interoperability over Redis: values laid out the way LMCache writes them (written with
+ * redis-cli, not kvnode's code) are read by a kvnode node, and values a node writes are read back
+ * with redis-cli and checked byte for byte against LMCache's layout (DESIGN.md §10). */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "helpers/pattern.h"
+#include "helpers/proc.h"
+#include "helpers/redis_server.h"
+#include "node/config.h"
+
+#define KEY "vllm@meta-llama/Llama-3.1-8B@1@0@5e0e1f7a9c@bfloat16"
+
+static struct redis_server rs;
+static char dir[PATH_MAX - 64];
+static char path[PATH_MAX];
+static struct kvn_config *cfg;
+static struct kvn_engine *eng;
+
+static void
+setup(void)
+{
+	if (!redis_server_available())
+		cr_skip_test("redis-server/redis-cli not installed (scripts/install-deps)");
+	cr_assert_eq(proc_mkdtemp("kvn-interop", dir, sizeof(dir)), 0);
+	cr_assert_eq(redis_server_start(&rs), 0, "redis-server did not start");
+	char yaml[512], err[1024];
+	snprintf(yaml, sizeof(yaml), "local_cpu: false\nremote_url: \"%s\"\n", rs.url);
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof(err)), 0,
+		     "%s", err);
+	cr_assert_eq(kvn_engine_open(cfg, &eng, err, sizeof(err)), 0, "%s", err);
+}
+
+static void
+teardown(void)
+{
+	kvn_engine_close(eng);
+	kvn_config_free(cfg);
+	redis_server_destroy(&rs);
+	if (dir[0])
+		proc_rm_tree(dir);
+}
+
+/* LMCache's RemoteMetadata.serialize: struct.pack("iiiiiii", ...), written out by hand here so
+ * the test does not lean on kvnode's own encoder. */
+static void
+lmcache_header(uint8_t out[28], int32_t length, int32_t fmt, int32_t dtype, const int32_t shape[4])
+{
+	int32_t f[7] = {length, fmt, dtype, shape[0], shape[1], shape[2], shape[3]};
+	for (int i = 0; i < 7; i++)
+		for (int b = 0; b < 4; b++)
+			out[4 * i + b] = (uint8_t)((uint32_t)f[i] >> (8 * b));
+}
+
+static int32_t
+le32_at(const uint8_t *p)
+{
+	return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+			 (uint32_t)p[3] << 24);
+}
+
+static void
+file_path(const char *name)
+{
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+}
+
+/* redis-cli -x: the file's bytes become the last argument, untouched. */
+static void
+cli_set_from(const char *rkey, const void *data, size_t len)
+{
+	file_path("in.bin");
+	cr_assert_eq(proc_write_file(path, data, len), 0);
+	cr_assert_eq(redis_cli(&rs, path, NULL, "-x", "SET", rkey, NULL), 0, "redis-cli SET %s",
+		     rkey);
+}
+
+/* redis-cli GET into a file: the raw bytes, then the newline redis-cli adds. */
+static char *
+cli_get(const char *rkey, size_t *len)
+{
+	char out[PATH_MAX];
+	snprintf(out, sizeof(out), "%s/out.bin", dir);
+	cr_assert_eq(redis_cli(&rs, NULL, out, "GET", rkey, NULL), 0, "redis-cli GET %s", rkey);
+	char *data = proc_read_file(out, len);
+	cr_assert_not_null(data);
+	cr_assert_geq(*len, 1);
+	cr_assert_eq(data[*len - 1], '\n');
+	(*len)--;
+	return data;
+}
+
+TestSuite(redis_interop, .init = setup, .fini = teardown, .timeout = 240);
+
+Test(redis_interop, a_value_lmcache_wrote_with_redis_cli_is_served_by_kvnode)
+{
+	const size_t len = 3 * 256 * 1024 + 5;
+	uint8_t *payload = malloc(len), hdr[28];
+	pattern_fill(payload, len, 77);
+	const int32_t shape[4] = {2, 32, 256, (int32_t)(len / 2 / 32 / 256)};
+	lmcache_header(hdr, (int32_t)len, 1 /* KV_2LTD */, 3 /* bfloat16 */, shape);
+	/* LMCache's order: payload first, then the header that makes the value exist. */
+	cli_set_from(KEY "kv_bytes", payload, len);
+	cli_set_from(KEY "metadata", hdr, sizeof(hdr));
+
+	struct kvn_key k;
+	struct kvn_buf *b = NULL;
+	cr_assert_eq(kvn_key_from_str(&k, KEY), 0);
+	cr_assert_eq(kvn_engine_contains(eng, &k), 1);
+	cr_assert_eq(kvn_engine_get(eng, &k, &b), 0, "kvnode did not read LMCache's value");
+	cr_assert_eq(b->len, len);
+	cr_assert(pattern_check(b->data, len, 77));
+	kvn_buf_unref(b);
+	free(payload);
+}
+
+Test(redis_interop, an_lmcache_value_whose_header_disagrees_with_its_payload_is_a_miss)
+{
+	uint8_t payload[1000], hdr[28];
+	pattern_fill(payload, sizeof(payload), 3);
+	const int32_t shape[4] = {1000, 1, 1, 1};
+	lmcache_header(hdr, 999, 4, 6, shape); /* one byte short */
+	cli_set_from("short-headerkv_bytes", payload, sizeof(payload));
+	cli_set_from("short-headermetadata", hdr, sizeof(hdr));
+	struct kvn_key k;
+	struct kvn_buf *b = NULL;
+	cr_assert_eq(kvn_key_from_str(&k, "short-header"), 0);
+	cr_assert_eq(kvn_engine_get(eng, &k, &b), -ENOENT);
+}
+
+Test(redis_interop, a_payload_without_its_metadata_key_does_not_exist_for_kvnode)
+{
+	uint8_t payload[100];
+	pattern_fill(payload, sizeof(payload), 4);
+	cli_set_from("halfwrittenkv_bytes", payload, sizeof(payload));
+	struct kvn_key k;
+	struct kvn_buf *b = NULL;
+	cr_assert_eq(kvn_key_from_str(&k, "halfwritten"), 0);
+	cr_assert_eq(kvn_engine_contains(eng, &k), 0);
+	cr_assert_eq(kvn_engine_get(eng, &k, &b), -ENOENT);
+}
+
+static bool
+monitor_saw_metadata(void *arg)
+{
+	char *log = proc_read_file(arg, NULL);
+	bool seen = log && strstr(log, "metadata\"");
+	free(log);
+	return seen;
+}
+
+static bool
+monitor_ready(void *arg)
+{
+	char *log = proc_read_file(arg, NULL);
+	bool ok = log && strstr(log, "OK");
+	free(log);
+	return ok;
+}
+
+Test(redis_interop, a_value_kvnode_wrote_has_lmcache_layout_payload_first_as_redis_cli_shows)
+{
+	const size_t len = 256 * 1024;
+	uint8_t *payload = malloc(len);
+	pattern_fill(payload, len, 21);
+
+	/* MONITOR records the commands in the order the server ran them. */
+	char mon[PATH_MAX];
+	snprintf(mon, sizeof(mon), "%s/monitor.txt", dir);
+	const char *argv[] = {"/usr/bin/env", "redis-cli",  "-h",      "127.0.0.1",
+			      "-p",	      rs.port_text, "MONITOR", NULL};
+	struct proc_opts o = {.stdout_path = mon};
+	struct proc monitor;
+	cr_assert_eq(proc_spawn(&monitor, argv, &o), 0);
+	cr_assert(proc_wait_for(monitor_ready, mon, 30000), "redis-cli MONITOR did not start");
+
+	struct kvn_key k;
+	cr_assert_eq(kvn_key_from_str(&k, KEY), 0);
+	cr_assert_eq(kvn_engine_put(eng, &k, payload, len), 0);
+	kvn_engine_flush(eng);
+	cr_assert(proc_wait_for(monitor_saw_metadata, mon, 30000), "no SET of the metadata key");
+	proc_stop(&monitor, SIGTERM, 5000);
+
+	size_t n;
+	char *hdr = cli_get(KEY "metadata", &n);
+	cr_assert_eq(n, 28, "metadata is %zu bytes, LMCache reads 28", n);
+	const uint8_t *h = (const uint8_t *)hdr;
+	cr_assert_eq(le32_at(h), (int32_t)len, "length");
+	cr_assert_eq(le32_at(h + 4), 4, "fmt BINARY");
+	cr_assert_eq(le32_at(h + 8), 6, "dtype uint8");
+	cr_assert_eq((int64_t)le32_at(h + 12) * le32_at(h + 16) * le32_at(h + 20) * le32_at(h + 24),
+		     (int64_t)len, "shape must multiply out to the byte count");
+	free(hdr);
+
+	char *data = cli_get(KEY "kv_bytes", &n);
+	cr_assert_eq(n, len);
+	cr_assert_eq(memcmp(data, payload, len), 0, "kv_bytes is not the payload");
+	free(data);
+
+	char *log = proc_read_file(mon, NULL);
+	char *d = strstr(log, "kv_bytes\""), *m = strstr(log, "metadata\"");
+	cr_assert(d && m && d < m, "kv_bytes must be written before metadata:\n%.2000s", log);
+	free(log);
+	free(payload);
+}
