@@ -311,8 +311,10 @@ conn_main(void *arg)
 		int n = poll(pf, 2, -1);
 		if (n < 0 && errno == EINTR)
 			continue;
-		/* A request already on the wire is served even when stopping. */
-		if (n < 0 || !(pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
+		/* Stopping ends the connection between requests even when more are queued: a
+		 * client that never pauses (PUTs have no replies to wait for) must not hold the
+		 * node up, and to it this is the same as a server that went away. */
+		if (n < 0 || pf[1].revents || !(pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
 			break;
 		if (serve_one(c) < 0)
 			break;
