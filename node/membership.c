@@ -796,6 +796,8 @@ kvn_membership_joins(struct kvn_membership *m)
 int
 kvn_membership_publish(struct kvn_membership *m, const struct kvn_cf_pub *recs, size_t n)
 {
+	if (!n)
+		return 0;
 	pthread_mutex_lock(&m->lock);
 	if (!m->connected) {
 		pthread_mutex_unlock(&m->lock);

@@ -391,7 +391,8 @@ do_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *bo
 	nm.blob = blen ? malloc(blen) : NULL;
 	if (blen && !nm.blob)
 		return conn_fail(s, c, seq, "JOIN of %s: out of memory", nm.name);
-	memcpy(nm.blob, blob, blen);
+	if (blen)
+		memcpy(nm.blob, blob, blen);
 	nm.blob_len = blen;
 
 	struct member *m = &s->members[id];

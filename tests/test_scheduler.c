@@ -3,6 +3,7 @@
  * worker ids, expiry of a SIGKILLed member, re-join and re-publish after a scheduler restart,
  * auth tokens, rogue clients and the connection cap. Deadlines are generous; nothing asserts
  * on timing. */
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <poll.h>
@@ -768,4 +769,59 @@ Test(scheduler, kvnode_stat_shows_the_cluster_view)
 	const char *argv2[] = {KVNODE, "stat", "--scheduler", "127.0.0.1:1", NULL};
 	cr_assert_eq(proc_run(argv2, &po, DEADLINE), 3);
 	sched_stop(&s);
+}
+
+Test(scheduler, a_bad_listen_address_is_a_usage_error_and_sigterm_exits_cleanly)
+{
+	const char *env[] = {"KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE", NULL};
+	struct proc_opts po = {.env = env};
+	const char *bad[] = {KVNODE, "scheduler", "--listen", "127.0.0.1", NULL};
+	cr_assert_eq(proc_run(bad, &po, DEADLINE), 2, "a listen address without a port");
+	const char *misplaced[] = {KVNODE, "stat", "--listen", "127.0.0.1:1", NULL};
+	cr_assert_eq(proc_run(misplaced, &po, DEADLINE), 2, "--listen belongs to scheduler only");
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", NULL);
+	cr_assert_eq(proc_stop(&s.p, SIGTERM, DEADLINE), 0, "SIGTERM: exit 0");
+	sched_stop(&s);
+}
+
+Test(scheduler, kvnode_bench_scheduler_reports_lookups_and_memory_as_json)
+{
+	char dir[256], out[300];
+	cr_assert_eq(proc_mkdtemp("schedbench", dir, sizeof(dir)), 0);
+	snprintf(out, sizeof(out), "%s/bench.json", dir);
+	const char *argv[] = {KVN_BINARY_DIR "/kvnode-bench", "scheduler", "--json", "--duration",
+			      "0.1", "--entries", "20000", NULL};
+	struct proc_opts po = {.stdout_path = out};
+	cr_assert_eq(proc_run(argv, &po, 120000), 0);
+	char *text = proc_read_file(out, NULL);
+	cr_assert(text);
+	cJSON *rows = cJSON_Parse(text);
+	cr_assert(cJSON_IsArray(rows), "JSON array: %s", text);
+	int lookups = 0, memory = 0;
+	const cJSON *r;
+	cJSON_ArrayForEach(r, rows)
+	{
+		cr_assert_str_eq(cJSON_GetObjectItem(r, "mode")->valuestring, "scheduler");
+		const char *op = cJSON_GetObjectItem(r, "op")->valuestring;
+		if (!strcmp(op, "lookup")) {
+			int batch = cJSON_GetObjectItem(r, "batch")->valueint;
+			cr_assert(batch == 1 || batch == 16 || batch == 256);
+			cr_assert_gt(cJSON_GetObjectItem(r, "ops_per_s")->valuedouble, 0);
+			lookups++;
+		} else {
+			cr_assert_str_eq(op, "memory");
+			cr_assert_eq(cJSON_GetObjectItem(r, "entries")->valuedouble, 20000);
+			cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(r, "bytes_per_entry")));
+			/* A table at most 3/4 full holds more than one entry's bytes per entry. */
+			cr_assert_gt(cJSON_GetObjectItem(r, "allocated_bytes_per_entry")->valuedouble,
+				     48);
+			memory++;
+		}
+	}
+	cr_assert_eq(lookups, 3);
+	cr_assert_eq(memory, 1);
+	cJSON_Delete(rows);
+	free(text);
+	proc_rm_tree(dir);
 }
