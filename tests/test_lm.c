@@ -6,6 +6,9 @@
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -549,6 +552,52 @@ Test(lm, a_truncated_put_stores_nothing)
 	struct kvn_key k;
 	kvn_key_from_str(&k, "cut-short");
 	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
+}
+
+/* A client that never pauses: PUTs have no replies, so it only ever writes. */
+struct hammer {
+	int fd;
+	_Atomic int sent;
+	int err;
+};
+
+static void *
+hammer_main(void *arg)
+{
+	struct hammer *h = arg;
+	static uint8_t v[256 * 1024];
+	uint8_t w[KVN_LM_REQ_SIZE];
+	kvn_lm_req_encode(w, KVN_LM_PUT, "hammered", 8, (int32_t)sizeof(v), NULL);
+	for (;;) {
+		int rc = kvn_ctl_write_full(h->fd, w, sizeof(w));
+		if (!rc)
+			rc = kvn_ctl_write_full(h->fd, v, sizeof(v));
+		if (rc) {
+			h->err = rc;
+			return NULL;
+		}
+		atomic_fetch_add(&h->sent, 1);
+	}
+}
+
+static bool
+hammer_going(void *arg)
+{
+	return atomic_load(&((struct hammer *)arg)->sent) > 2;
+}
+
+Test(lm, stop_ends_a_connection_that_never_pauses_and_the_client_sees_it)
+{
+	struct hammer h = {.fd = lm_connect()};
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, hammer_main, &h), 0);
+	cr_assert(proc_wait_for(hammer_going, &h, DEADLINE), "no PUT went out");
+	kvn_lm_server_stop(isrv); /* returns: the connection is not served to its end */
+	isrv = NULL;
+	pthread_join(t, NULL);
+	cr_assert(h.err == -EPIPE || h.err == -ECONNRESET, "the writer got %s",
+		  kvn_strerror(h.err));
+	close(h.fd);
 }
 
 static void
