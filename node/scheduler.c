@@ -28,6 +28,7 @@
 #define DEFAULT_HB_MS	  500
 #define DEFAULT_MISSED	  3
 #define DEFAULT_MAX_CONNS 1024
+#define DEFAULT_UNJOINED  10000
 #define OUT_MAX		  (64u << 20) /* a peer that reads nothing is cut off here */
 #define READ_BUDGET	  (4u << 20)  /* per wake-up, so one busy peer cannot starve others */
 #define TRANSPORT_MAX	  31
@@ -54,6 +55,7 @@ struct conn {
 	bool want_evicts;
 	bool closing; /* flush what is queued (an ERROR), then close */
 	bool dead;    /* closed; freed once the current batch of events is handled */
+	int64_t opened_ms;
 	uint8_t *in;
 	size_t in_len, in_cap;
 	struct kvn_cf_buf out;
@@ -64,7 +66,7 @@ struct conn {
 struct kvn_scheduler {
 	int lfd, efd, wake_fd;
 	char addr[KVN_HOST_MAX + 8];
-	uint32_t hb_ms, missed;
+	uint32_t hb_ms, missed, unjoined_ms;
 	char *token;
 	unsigned max_conns, nconns;
 	struct conn *conns;
@@ -283,6 +285,11 @@ expire_silent(struct kvn_scheduler *s)
 				 (long long)(now - m->last_beat_ms));
 			member_down(s, id, why);
 		}
+	}
+	for (struct conn *c = s->conns, *next; c; c = next) {
+		next = c->next;
+		if (c->member < 0 && !c->closing && now - c->opened_ms > (int64_t)s->unjoined_ms)
+			conn_close(s, c, "it did not join in time");
 	}
 }
 
@@ -727,6 +734,7 @@ accept_all(struct kvn_scheduler *s)
 		}
 		c->fd = fd;
 		c->member = -1;
+		c->opened_ms = now_ms();
 		snprintf(c->peer, sizeof(c->peer), ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u",
 			 host, port);
 		int one = 1;
@@ -767,6 +775,7 @@ kvn_scheduler_create(const struct kvn_scheduler_opts *o, struct kvn_scheduler **
 	s->hb_ms = o->heartbeat_ms ? o->heartbeat_ms : DEFAULT_HB_MS;
 	s->missed = o->missed_beats ? o->missed_beats : DEFAULT_MISSED;
 	s->max_conns = o->max_conns ? o->max_conns : DEFAULT_MAX_CONNS;
+	s->unjoined_ms = o->unjoined_ms ? o->unjoined_ms : DEFAULT_UNJOINED;
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	/* Epochs keep growing across scheduler restarts (barring clock steps). */

@@ -15,6 +15,8 @@ struct kvn_scheduler_opts {
 	const char *auth_token; /* NULL or "": no token needed */
 	unsigned max_conns;	/* 0 = 1024; more are accepted and closed at once */
 	size_t expect_entries;	/* sizes the directory up front; 0 = grow as needed */
+	uint32_t unjoined_ms;	/* a connection that has not joined is closed after this;
+				 * 0 = 10000 (idle sockets must not hold the connection cap) */
 };
 
 int kvn_scheduler_create(const struct kvn_scheduler_opts *opts, struct kvn_scheduler **out,

@@ -739,6 +739,27 @@ Test(scheduler, connections_over_the_cap_are_closed_at_once)
 	kvn_scheduler_destroy(s);
 }
 
+Test(scheduler, a_connection_that_never_joins_is_closed_and_frees_its_slot)
+{
+	struct kvn_scheduler *s;
+	struct kvn_scheduler_opts o = {.listen = "127.0.0.1:0", .max_conns = 1, .unjoined_ms = 200};
+	cr_assert_eq(kvn_scheduler_create(&o, &s, why, sizeof(why)), 0, "%s", why);
+	pthread_t th;
+	pthread_create(&th, NULL, run_sched, s);
+	int idle = raw_connect(kvn_scheduler_address(s));
+	bool err;
+	cr_assert(closed_by_scheduler(idle, &err), "the idle connection is closed");
+	struct kvn_membership *m;
+	cr_assert_eq(node_start(kvn_scheduler_address(s), "late", NULL, NULL, &m), 0, "%s", why);
+	sleep_ms(600); /* three times the limit: a joined member must still be there */
+	cr_assert(kvn_membership_connected(m), "a joined member is not subject to that limit");
+	cr_assert_eq(kvn_membership_joins(m), 1, "and was never cut off and re-joined");
+	kvn_membership_stop(m);
+	kvn_scheduler_stop(s);
+	pthread_join(th, NULL);
+	kvn_scheduler_destroy(s);
+}
+
 Test(scheduler, kvnode_stat_shows_the_cluster_view)
 {
 	struct sched s = {0};
