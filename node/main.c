@@ -433,11 +433,12 @@ out:
  * serve
  * ------------------------------------------------------------------------------------------ */
 
-/* Plugins beside this process (DESIGN.md §6). Until the membership service hands out worker
- * ids a node is worker 0 of 1. Plugins get this node's socket and program, so that `kvnode
- * stat` in a plugin reaches it. A launcher that cannot start is a warning: the node runs. */
+/* Plugins beside this process (DESIGN.md §6). They get this program and the node's socket (if
+ * any), so that `kvnode stat` in a plugin reaches it. A launcher that cannot start is a
+ * warning: the process runs on. */
 static struct kvn_plugins *
-start_plugins(const struct kvn_config *cfg, const char *socket_path)
+start_plugins(const struct kvn_config *cfg, enum kvn_plugin_role role, int worker_id,
+	      int worker_count, const char *socket_path)
 {
 	char exe[PATH_MAX], cwd[PATH_MAX], *sock_env = NULL, *bin_env = NULL, err[1024];
 	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
@@ -450,10 +451,11 @@ start_plugins(const struct kvn_config *cfg, const char *socket_path)
 		bin_env = NULL;
 	const char *env[] = {bin_env, sock_env, NULL};
 	struct kvn_plugins_opts po = {
-	    .role = KVN_PLUGIN_WORKER, .worker_id = 0, .worker_count = 1, .extra_env = env};
+	    .role = role, .worker_id = worker_id, .worker_count = worker_count, .extra_env = env};
 	struct kvn_plugins *pl = NULL;
 	if (kvn_plugins_start(cfg, &po, &pl, err, sizeof(err)) < 0)
-		kvn_warn("serve", "%s: running without plugins", err);
+		kvn_warn(role == KVN_PLUGIN_SCHEDULER ? "scheduler" : "serve",
+			 "%s: running without plugins", err);
 	free(sock_env);
 	free(bin_env);
 	return pl;
@@ -545,7 +547,8 @@ cmd_serve(struct opts *o)
 		goto out;
 	}
 	sig_started = true;
-	plugins = start_plugins(cfg, socket_path);
+	/* Until the membership service hands out worker ids, a node is worker 0 of 1. */
+	plugins = start_plugins(cfg, KVN_PLUGIN_WORKER, 0, 1, socket_path);
 	kvn_server_set_plugins(srv, plugins);
 	printf("kvnode: serving on %s\n", kvn_server_address(srv));
 	if (lm)
@@ -634,7 +637,10 @@ cmd_scheduler(struct opts *o)
 	kvn_info("scheduler", "membership service on %s (heartbeat %u ms, auth %s)",
 		 kvn_scheduler_address(ss.s), so.heartbeat_ms ? so.heartbeat_ms : 500,
 		 so.auth_token && *so.auth_token ? "token" : "none");
+	/* Workers join later: the scheduler's plugins start knowing of none (count 0). */
+	struct kvn_plugins *plugins = start_plugins(cfg, KVN_PLUGIN_SCHEDULER, -1, 0, NULL);
 	rc = kvn_scheduler_run(ss.s);
+	kvn_plugins_stop(plugins);
 	pthread_cancel(th);
 	pthread_join(th, NULL);
 	kvn_scheduler_destroy(ss.s);
@@ -697,7 +703,7 @@ demo_plugins(struct kvn_config *cfg)
 	int level = kvn_log_get_level();
 	if (level < KVN_LOG_INFO)
 		kvn_log_set_level(KVN_LOG_INFO);
-	struct kvn_plugins *pl = start_plugins(cfg, NULL);
+	struct kvn_plugins *pl = start_plugins(cfg, KVN_PLUGIN_WORKER, 0, 1, NULL);
 	for (int i = 0; pl && i < 100; i++) {
 		char *stats = kvn_plugins_stats_json(pl);
 		bool running = !stats || strstr(stats, "\"state\":\"running\"");

@@ -508,9 +508,9 @@ kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *o
 	size_t runnable = 0;
 	for (size_t i = 0; i < pl->n; i++)
 		runnable += pl->p[i].state != PLUGIN_NOT_STARTED;
-	kvn_info(COMP, "%zu plugin%s for %s %d of %d%s", runnable, runnable == 1 ? "" : "s",
-		 kvn_plugin_role_name(opts->role), opts->worker_id, opts->worker_count,
-		 cfg->n_plugin_locations ? "" : " (plugin_locations is empty)");
+	if (cfg->n_plugin_locations)
+		kvn_info(COMP, "%zu plugin%s for %s %d of %d", runnable, runnable == 1 ? "" : "s",
+			 kvn_plugin_role_name(opts->role), opts->worker_id, opts->worker_count);
 	if ((rc = logq_start(pl)) < 0) {
 		kvn_seterr(err, errlen, "plugins: cannot start the logger thread: %s",
 			   strerror(-rc));

@@ -729,6 +729,42 @@ log_has_all(void *arg)
 	return all;
 }
 
+/* `kvnode scheduler` starts the scheduler's plugins (and not the workers'), stops them with
+ * itself. */
+Test(plugins, kvnode_scheduler_runs_scheduler_plugins_only)
+{
+	cr_assert_eq(access(KVNODE, X_OK), 0, "%s is not built", KVNODE);
+	put_plugin("scheduler_hello.sh", 0644,
+		   "echo \"$KVNODE_PLUGIN_ROLE $LMCACHE_PLUGIN_WORKER_ID\" > sched.tmp\n"
+		   "mv sched.tmp sched.txt\necho scheduler plugin up\nexec sleep 1000\n");
+	put_plugin("worker_hello.sh", 0644, "echo worker > worker.txt\n");
+	char cfg[PATH_MAX + 32], *text;
+	snprintf(cfg, sizeof(cfg), "%s/kvnode.yaml", dir);
+	cr_assert(asprintf(&text, "plugin_locations: [\"%s\"]\n", plugdir) > 0);
+	cr_assert_eq(proc_write_file(cfg, text, strlen(text)), 0);
+	free(text);
+	const char *argv[] = {KVNODE, "scheduler", "-c", cfg, "--listen", "127.0.0.1:0", NULL};
+	const char *env[] = {"KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE", "KVNODE_SCHEDULER_URL",
+			     NULL};
+	struct proc_opts po = {.stderr_path = logpath, .env = env};
+	struct proc sched = {0};
+	cr_assert_eq(proc_spawn(&sched, argv, &po), 0);
+	wait_file("sched.txt");
+	const char *const want[] = {"[plugin scheduler_hello.sh] scheduler plugin up", NULL};
+	cr_expect(proc_wait_for(log_has_all, (void *)want, DEADLINE), "no scheduler plugin output");
+	char *role = read_plugdir_file("sched.txt");
+	cr_expect_str_eq(role, "SCHEDULER -1\n");
+	free(role);
+	cr_expect_eq(proc_stop(&sched, SIGTERM, DEADLINE), 0, "scheduler exit code after SIGTERM");
+	char path[PATH_MAX * 2];
+	snprintf(path, sizeof(path), "%s/worker.txt", plugdir);
+	cr_expect_neq(access(path, F_OK), 0, "a worker plugin ran in the scheduler");
+	char *log = proc_read_file(logpath, NULL);
+	assert_contains(log, "[plugin scheduler_hello.sh] killed by signal 15");
+	cr_expect(!strstr(log, "worker_hello.sh"), "a worker plugin in the scheduler:\n%s", log);
+	free(log);
+}
+
 /* examples/plugins beside a real node: each does what its README line says. */
 Test(plugins, example_plugins_run_beside_a_real_node_and_stop_with_it)
 {
