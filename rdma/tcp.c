@@ -284,10 +284,10 @@ tcp_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *
 		tp->cfg.timeout_ms = KVN_TRANSPORT_TIMEOUT_MS;
 	if (tp->cfg.conns_per_peer <= 0)
 		tp->cfg.conns_per_peer = 1;
-	if (tp->cfg.conns_per_peer > 16) {
+	if (tp->cfg.conns_per_peer > TCP_MAX_CONNS) {
 		free(tp);
-		return kvn_seterr(err, errlen, "tcp: conns_per_peer %d is more than 16",
-				  cfg->conns_per_peer);
+		return kvn_seterr(err, errlen, "tcp: conns_per_peer %d is more than %d",
+				  cfg->conns_per_peer, TCP_MAX_CONNS);
 	}
 	pthread_mutex_init(&tp->lock, NULL);
 	pthread_cond_init(&tp->cond, NULL);

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "kvnode/transport.h"
+#include "node/netaddr.h"
 
 /*
  * Wire protocol. After connect the reader sends a hello and the responder answers with one;
@@ -81,7 +82,7 @@ struct kvn_tp_mr {
 };
 
 struct tcp_serve_conn; /* tcp_serve.c */
-struct tcp_op; /* tcp_read.c */
+struct tcp_op; /* one posted read, below */
 
 struct kvn_transport {
 	struct kvn_transport_cfg cfg;
@@ -123,7 +124,82 @@ struct kvn_tp_mr *tcp_mr_get(struct kvn_transport *tp, uint32_t rkey);
 void tcp_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
 void tcp_tune_socket(int fd);
 
-/* Reading side (tcp_read.c). */
+/* ---------------------------------------------------------------------------------------------
+ * Reading side: endpoints (tcp_ep.c) and their progress-thread half (tcp_read.c)
+ * ------------------------------------------------------------------------------------------- */
+
+#define TCP_MAX_CONNS 16
+
+enum ep_state { EP_UP, EP_BROKEN };
+
+struct tcp_batch {
+	size_t left; /* ops not yet completed; progress thread only */
+};
+
+struct tcp_op {
+	struct kvn_read *rd;
+	struct tcp_batch *batch;
+	struct tcp_op *next_done;
+	struct kvn_tp_mr *local_mr; /* held (one user) until completion, NULL if refused */
+	uint32_t chunks_left;
+	int status;
+	char *msg;
+};
+
+/* A piece of one read, at most TCP_MAX_MSG bytes: one request/response on the wire. */
+struct chunk {
+	struct tcp_op *op;
+	uint64_t off; /* LOCAL_FAIL: the op was refused locally, complete it as it is */
+	uint64_t len;
+};
+#define LOCAL_FAIL UINT64_MAX
+
+struct chunkq {
+	struct chunk *v;
+	size_t head, n, cap;
+};
+
+struct read_conn {
+	struct tcp_pollable p; /* first: epoll events point here */
+	struct kvn_tp_ep *ep;
+	struct chunkq fifo; /* requested (or being requested), answered in this order */
+	uint64_t head_seq; /* sequence number of fifo's head */
+	uint8_t *out; /* request frames not yet sent */
+	size_t out_off, out_len, out_cap;
+	uint8_t hdr[TCP_RESP_SIZE];
+	size_t hdr_off;
+	bool in_payload;
+	uint64_t pay_off;
+	uint64_t outstanding; /* bytes requested and not yet received, for striping */
+	uint64_t last_rx_ms;
+};
+
+struct kvn_tp_ep {
+	struct kvn_transport *tp;
+	struct kvn_tp_ep *next;
+	char peer[128];
+	char host[KVN_HOST_MAX];
+	uint16_t port;
+	int timeout_ms;
+	atomic_int state; /* enum ep_state */
+	pthread_mutex_t reconnect_lock;
+
+	pthread_mutex_t lock; /* subq, rearm, closing */
+	struct chunkq subq;
+	int new_fds[TCP_MAX_CONNS];
+	bool rearm;
+	bool closing;
+	bool close_failed; /* progress thread: its reads are failed; callbacks pending */
+	bool closed; /* under tp->lock: ep_close may free it */
+
+	int nconns;
+	struct read_conn conns[TCP_MAX_CONNS];
+};
+
+int tcp_q_push(struct chunkq *q, struct chunk c);
+/* malloc'd printf, NULL when out of memory (the reader then reports the bare errno). */
+char *tcp_fmt_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 int tcp_connect(struct kvn_transport *tp, const char *peer, int timeout_ms, struct kvn_tp_ep **out,
 		char *err, size_t errlen);
 void tcp_ep_close(struct kvn_tp_ep *ep);
