@@ -150,8 +150,13 @@ child_exec(const struct plugin *p, pid_t parent, int devnull, const int out[2], 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	if (getppid() != parent)
 		_exit(127);
-	if (dup2(devnull, STDIN_FILENO) < 0 || dup2(out[1], STDOUT_FILENO) < 0 ||
-	    dup2(err[1], STDERR_FILENO) < 0)
+	/* A node started with a std fd closed may hold these at 0-2: move them out of the way
+	 * before dup2 overwrites one with another. */
+	int in = devnull, o = out[1], e = err[1];
+	if ((in < 3 && (in = fcntl(in, F_DUPFD, 3)) < 0) ||
+	    (o < 3 && (o = fcntl(o, F_DUPFD, 3)) < 0) || (e < 3 && (e = fcntl(e, F_DUPFD, 3)) < 0))
+		_exit(127);
+	if (dup2(in, STDIN_FILENO) < 0 || dup2(o, STDOUT_FILENO) < 0 || dup2(e, STDERR_FILENO) < 0)
 		_exit(127);
 	/* The node blocks SIGTERM/SIGINT in every thread and ignores SIGPIPE; a blocked mask and
 	 * ignored signals survive execve, and the plugin must see them as any program does. */
@@ -165,13 +170,13 @@ child_exec(const struct plugin *p, pid_t parent, int devnull, const int out[2], 
 	close_range(3, ~0u, 0); /* node sockets without O_CLOEXEC */
 	if (chdir(p->dir) == 0)
 		execve(p->argv[0], p->argv, p->envp);
-	int e = errno;
+	int code = errno;
 	char num[16];
 	size_t n = sizeof(num);
 	num[--n] = '\n';
 	do
-		num[--n] = (char)('0' + e % 10);
-	while ((e /= 10) && n);
+		num[--n] = (char)('0' + code % 10);
+	while ((code /= 10) && n);
 	ssize_t w = write(STDERR_FILENO, p->exec_fail, strlen(p->exec_fail));
 	w = write(STDERR_FILENO, num + n, sizeof(num) - n);
 	(void)w;
