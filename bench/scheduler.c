@@ -47,60 +47,18 @@ loc(uint64_t i)
 
 struct client {
 	int fd;
-	uint8_t *rx;
-	size_t rx_len, rx_cap;
+	struct kvn_cf_rx rx;
 };
-
-static int
-send_buf(int fd, const struct kvn_cf_buf *b)
-{
-	size_t off = 0;
-	while (off < b->len) {
-		ssize_t n = send(fd, b->p + off, b->len - off, MSG_NOSIGNAL);
-		if (n <= 0)
-			return n < 0 ? -errno : -EIO;
-		off += (size_t)n;
-	}
-	return 0;
-}
 
 /* Next whole frame (blocking). */
 static int
 next_frame(struct client *c, struct kvn_cf_hdr *h, const uint8_t **body)
 {
-	for (;;) {
-		if (c->rx_len >= KVN_CF_HDR_SIZE) {
-			char err[256];
-			if (kvn_cf_hdr_decode(c->rx, h, err, sizeof(err))) {
-				fprintf(stderr, "kvnode-bench: scheduler sent a bad frame: %s\n", err);
-				return -EPROTO;
-			}
-			if (c->rx_len >= KVN_CF_HDR_SIZE + (size_t)h->len) {
-				*body = c->rx + KVN_CF_HDR_SIZE;
-				return 0;
-			}
-		}
-		if (c->rx_cap - c->rx_len < 65536) {
-			size_t cap = c->rx_cap ? c->rx_cap * 2 : 1 << 20;
-			uint8_t *p = realloc(c->rx, cap);
-			if (!p)
-				return -ENOMEM;
-			c->rx = p;
-			c->rx_cap = cap;
-		}
-		ssize_t n = recv(c->fd, c->rx + c->rx_len, c->rx_cap - c->rx_len, 0);
-		if (n <= 0)
-			return n < 0 ? -errno : -ECONNRESET;
-		c->rx_len += (size_t)n;
-	}
-}
-
-static void
-consume(struct client *c, const struct kvn_cf_hdr *h)
-{
-	size_t n = KVN_CF_HDR_SIZE + (size_t)h->len;
-	memmove(c->rx, c->rx + n, c->rx_len - n);
-	c->rx_len -= n;
+	char err[256];
+	int rc = kvn_cf_rx_wait(&c->rx, c->fd, -1, h, body, err, sizeof(err));
+	if (rc)
+		fprintf(stderr, "kvnode-bench: reading from the scheduler: %s\n", err);
+	return rc;
 }
 
 /* Joins and publishes keys 0..n-1 (then waits for a heartbeat's ack: everything before it has
@@ -130,7 +88,7 @@ client_open(struct client *c, const char *addr, size_t n)
 	}
 	kvn_cf_begin(&b, KVN_CF_HEARTBEAT, 2);
 	kvn_cf_end(&b);
-	int rc = b.err ? b.err : send_buf(c->fd, &b);
+	int rc = b.err ? b.err : kvn_cf_send_all(c->fd, b.p, b.len);
 	kvn_cf_buf_free(&b);
 	for (bool acked = false; !rc && !acked;) {
 		struct kvn_cf_hdr h;
@@ -143,7 +101,7 @@ client_open(struct client *c, const char *addr, size_t n)
 			rc = -EACCES;
 		}
 		acked = h.type == KVN_CF_HEARTBEAT_ACK;
-		consume(c, &h);
+		kvn_cf_rx_consume(&c->rx, &h);
 	}
 	return rc;
 }
@@ -182,7 +140,7 @@ run_lookups(struct client *c, uint32_t batch, int window, double duration, uint6
 			kvn_cf_end(&req);
 			sent++;
 		}
-		if (req.len && (rc = req.err ? req.err : send_buf(c->fd, &req)))
+		if (req.len && (rc = req.err ? req.err : kvn_cf_send_all(c->fd, req.p, req.len)))
 			break;
 		struct kvn_cf_hdr h;
 		const uint8_t *body;
@@ -204,7 +162,7 @@ run_lookups(struct client *c, uint32_t batch, int window, double duration, uint6
 				rc = -EPROTO;
 				break;
 			}
-		consume(c, &h);
+		kvn_cf_rx_consume(&c->rx, &h);
 		done++;
 		if (!stop && bench_now() >= end)
 			stop = true;
@@ -411,7 +369,7 @@ out:
 	kvn_dir_destroy(direct);
 	if (c.fd >= 0)
 		close(c.fd);
-	free(c.rx);
+	kvn_cf_rx_free(&c.rx);
 	if (s) {
 		kvn_scheduler_stop(s);
 		pthread_join(th, NULL);

@@ -1,10 +1,14 @@
 /* Control frame codec between nodes and the scheduler (node/ctlframe.h): header, caps per
  * frame type, builders and validating decoders. A decoder never trusts a count it has not
  * checked against the body length. */
+#include <cjson/cJSON.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #include "node/ctlframe.h"
 #include "node/log.h"
@@ -453,6 +457,121 @@ kvn_cf_evicted_check(const uint8_t *body, uint32_t len, uint32_t *worker_id, uin
 	*worker_id = kvn_cf_get_u32(body);
 	*count = n;
 	return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Frame I/O
+ * ------------------------------------------------------------------------------------------ */
+
+void
+kvn_cf_rx_free(struct kvn_cf_rx *r)
+{
+	free(r->p);
+	memset(r, 0, sizeof(*r));
+}
+
+int
+kvn_cf_rx_fill(struct kvn_cf_rx *r, int fd)
+{
+	if (r->cap - r->len < 4096) {
+		size_t cap = r->cap ? r->cap * 2 : 65536;
+		uint8_t *p = realloc(r->p, cap);
+		if (!p)
+			return -ENOMEM;
+		r->p = p;
+		r->cap = cap;
+	}
+	ssize_t n = recv(fd, r->p + r->len, r->cap - r->len, MSG_DONTWAIT);
+	if (n > 0) {
+		r->len += (size_t)n;
+		return 0;
+	}
+	if (n == 0)
+		return -ECONNRESET;
+	return errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN : -errno;
+}
+
+int
+kvn_cf_rx_frame(struct kvn_cf_rx *r, struct kvn_cf_hdr *h, const uint8_t **body, char *err,
+		size_t errlen)
+{
+	if (r->len < KVN_CF_HDR_SIZE)
+		return 0;
+	int rc = kvn_cf_hdr_decode(r->p, h, err, errlen);
+	if (rc)
+		return -EPROTO;
+	if (r->len < KVN_CF_HDR_SIZE + (size_t)h->len)
+		return 0;
+	*body = r->p + KVN_CF_HDR_SIZE;
+	return 1;
+}
+
+void
+kvn_cf_rx_consume(struct kvn_cf_rx *r, const struct kvn_cf_hdr *h)
+{
+	size_t n = KVN_CF_HDR_SIZE + (size_t)h->len;
+	memmove(r->p, r->p + n, r->len - n);
+	r->len -= n;
+}
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int
+kvn_cf_rx_wait(struct kvn_cf_rx *r, int fd, int timeout_ms, struct kvn_cf_hdr *h,
+	       const uint8_t **body, char *err, size_t errlen)
+{
+	int64_t deadline = now_ms() + timeout_ms;
+	for (;;) {
+		int rc = kvn_cf_rx_frame(r, h, body, err, errlen);
+		if (rc)
+			return rc < 0 ? rc : 0;
+		int64_t left = timeout_ms < 0 ? -1 : deadline - now_ms();
+		if (timeout_ms >= 0 && left <= 0)
+			return kvn_seterr(err, errlen, "no reply within %d ms", timeout_ms),
+			       -ETIMEDOUT;
+		struct pollfd pf = {.fd = fd, .events = POLLIN};
+		if (poll(&pf, 1, (int)left) < 0 && errno != EINTR)
+			return -errno;
+		rc = kvn_cf_rx_fill(r, fd);
+		if (rc == -ECONNRESET)
+			return kvn_seterr(err, errlen, "the scheduler closed the connection"), rc;
+		if (rc && rc != -EAGAIN)
+			return kvn_seterr(err, errlen, "%s", strerror(-rc)), rc;
+	}
+}
+
+int
+kvn_cf_send_all(int fd, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	while (len) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n > 0) {
+			p += n;
+			len -= (size_t)n;
+		} else if (n < 0 && errno == EINTR) {
+			continue;
+		} else {
+			return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT
+										   : -errno;
+		}
+	}
+	return 0;
+}
+
+void
+kvn_cf_error_text(const uint8_t *body, uint32_t len, char *out, size_t cap)
+{
+	cJSON *j = cJSON_ParseWithLength((const char *)body, len);
+	const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+	snprintf(out, cap, "%s", cJSON_IsString(e) ? e->valuestring : "(no message)");
+	cJSON_Delete(j);
 }
 
 bool

@@ -173,6 +173,34 @@ int kvn_cf_lookup_reply_decode(const uint8_t *body, uint32_t len, uint32_t count
 int kvn_cf_evicted_check(const uint8_t *body, uint32_t len, uint32_t *worker_id, uint32_t *count,
 			 char *err, size_t errlen);
 
+/* ------------------------------------------------------------------------------------------
+ * Frame I/O on a blocking socket (the membership client, `kvnode stat`, kvnode-bench)
+ * ------------------------------------------------------------------------------------------ */
+
+struct kvn_cf_rx {
+	uint8_t *p;
+	size_t len, cap;
+};
+
+void kvn_cf_rx_free(struct kvn_cf_rx *r);
+/* One recv without blocking: 0 when bytes came, -ECONNRESET at EOF, -EAGAIN when none were
+ * there, else a negative errno. */
+int kvn_cf_rx_fill(struct kvn_cf_rx *r, int fd);
+/* 1 with h and *body set when a whole (validated) frame is buffered, 0 when more is needed,
+ * -EPROTO with err set for a bad header. */
+int kvn_cf_rx_frame(struct kvn_cf_rx *r, struct kvn_cf_hdr *h, const uint8_t **body, char *err,
+		    size_t errlen);
+/* Drops the frame kvn_cf_rx_frame returned (its body pointer is then invalid). */
+void kvn_cf_rx_consume(struct kvn_cf_rx *r, const struct kvn_cf_hdr *h);
+/* Waits up to timeout_ms (< 0: forever) for a whole frame. 0, -ETIMEDOUT, -ECONNRESET, -EPROTO
+ * or another negative errno, with err set. */
+int kvn_cf_rx_wait(struct kvn_cf_rx *r, int fd, int timeout_ms, struct kvn_cf_hdr *h,
+		   const uint8_t **body, char *err, size_t errlen);
+/* Writes all of p (MSG_NOSIGNAL; a send timeout is -ETIMEDOUT). */
+int kvn_cf_send_all(int fd, const void *p, size_t len);
+/* The message of an ERROR frame's JSON body, "(no message)" when it has none. */
+void kvn_cf_error_text(const uint8_t *body, uint32_t len, char *out, size_t cap);
+
 /* Constant-time comparison of two NUL-terminated secrets (time depends on b's length only). */
 bool kvn_cf_token_eq(const char *a, const char *b);
 

@@ -21,11 +21,6 @@
 #define DEFAULT_HB_MS  500
 #define DEFAULT_TMO_MS 5000
 
-struct rx {
-	uint8_t *p;
-	size_t len, cap;
-};
-
 struct waiter {
 	uint32_t seq;
 	uint32_t count, max_locs;
@@ -68,7 +63,7 @@ struct kvn_membership {
 	struct mrec *members;
 	size_t nmembers;
 
-	struct rx rx; /* the thread's (and the first join's) */
+	struct kvn_cf_rx rx; /* the thread's (and the first join's) */
 	struct kvn_cf_buf tx;
 };
 
@@ -93,8 +88,8 @@ deadline_ts(struct timespec *ts, int ms)
 }
 
 /* "kvnode://host:port/" and "host:port" both name the scheduler. */
-static int
-parse_scheduler(const char *url, char host[KVN_HOST_MAX], uint16_t *port, char *err, size_t errlen)
+int
+kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *port, char *err, size_t errlen)
 {
 	if (!url || !*url)
 		return kvn_seterr(err, errlen, "scheduler address is empty: set scheduler_url to "
@@ -118,102 +113,6 @@ parse_scheduler(const char *url, char host[KVN_HOST_MAX], uint16_t *port, char *
 /* ------------------------------------------------------------------------------------------
  * Receiving frames
  * ------------------------------------------------------------------------------------------ */
-
-/* One recv into rx. 0 on data, -ECONNRESET on EOF, -EAGAIN when nothing is there. */
-static int
-rx_fill(struct rx *r, int fd)
-{
-	if (r->cap - r->len < 4096) {
-		size_t cap = r->cap ? r->cap * 2 : 65536;
-		uint8_t *p = realloc(r->p, cap);
-		if (!p)
-			return -ENOMEM;
-		r->p = p;
-		r->cap = cap;
-	}
-	ssize_t n = recv(fd, r->p + r->len, r->cap - r->len, MSG_DONTWAIT);
-	if (n > 0) {
-		r->len += (size_t)n;
-		return 0;
-	}
-	if (n == 0)
-		return -ECONNRESET;
-	return errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK ? -EAGAIN : -errno;
-}
-
-/* 1 with h and *body set when a whole frame is buffered, 0 when more is needed, -EPROTO. */
-static int
-rx_frame(struct rx *r, struct kvn_cf_hdr *h, const uint8_t **body, char *err, size_t errlen)
-{
-	if (r->len < KVN_CF_HDR_SIZE)
-		return 0;
-	int rc = kvn_cf_hdr_decode(r->p, h, err, errlen);
-	if (rc)
-		return -EPROTO;
-	if (r->len < KVN_CF_HDR_SIZE + (size_t)h->len)
-		return 0;
-	*body = r->p + KVN_CF_HDR_SIZE;
-	return 1;
-}
-
-static void
-rx_consume(struct rx *r, const struct kvn_cf_hdr *h)
-{
-	size_t n = KVN_CF_HDR_SIZE + (size_t)h->len;
-	memmove(r->p, r->p + n, r->len - n);
-	r->len -= n;
-}
-
-/* Blocks (poll) until a whole frame is buffered or deadline (monotonic ms) passes. */
-static int
-rx_wait_frame(struct rx *r, int fd, int64_t deadline, struct kvn_cf_hdr *h, const uint8_t **body,
-	      char *err, size_t errlen)
-{
-	for (;;) {
-		int rc = rx_frame(r, h, body, err, errlen);
-		if (rc)
-			return rc < 0 ? rc : 0;
-		int64_t left = deadline - now_ms();
-		if (left <= 0)
-			return kvn_seterr(err, errlen, "no reply within the deadline"), -ETIMEDOUT;
-		struct pollfd pf = {.fd = fd, .events = POLLIN};
-		if (poll(&pf, 1, (int)left) < 0 && errno != EINTR)
-			return -errno;
-		rc = rx_fill(r, fd);
-		if (rc == -ECONNRESET)
-			return kvn_seterr(err, errlen, "the scheduler closed the connection"), rc;
-		if (rc && rc != -EAGAIN)
-			return kvn_seterr(err, errlen, "%s", strerror(-rc)), rc;
-	}
-}
-
-static int
-send_all(int fd, const uint8_t *p, size_t len)
-{
-	while (len) {
-		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
-		if (n > 0) {
-			p += n;
-			len -= (size_t)n;
-		} else if (n < 0 && errno == EINTR) {
-			continue;
-		} else {
-			return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT
-										   : -errno;
-		}
-	}
-	return 0;
-}
-
-/* The message of an ERROR frame's JSON body. */
-static void
-error_text(const uint8_t *body, uint32_t len, char *out, size_t cap)
-{
-	cJSON *j = cJSON_ParseWithLength((const char *)body, len);
-	const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
-	snprintf(out, cap, "%s", cJSON_IsString(e) ? e->valuestring : "(no message)");
-	cJSON_Delete(j);
-}
 
 /* ------------------------------------------------------------------------------------------
  * Join
@@ -260,7 +159,7 @@ connect_join(struct kvn_membership *m, char *err, size_t errlen)
 		      : -ENOMEM;
 	free(text);
 	if (!rc)
-		rc = send_all(fd, b.p, b.len);
+		rc = kvn_cf_send_all(fd, b.p, b.len);
 	kvn_cf_buf_free(&b);
 	if (rc) {
 		close(fd);
@@ -271,7 +170,7 @@ connect_join(struct kvn_membership *m, char *err, size_t errlen)
 	m->rx.len = 0;
 	struct kvn_cf_hdr h;
 	const uint8_t *body;
-	rc = rx_wait_frame(&m->rx, fd, now_ms() + timeout, &h, &body, why, sizeof(why));
+	rc = kvn_cf_rx_wait(&m->rx, fd, timeout, &h, &body, why, sizeof(why));
 	if (rc) {
 		close(fd);
 		return kvn_seterr(err, errlen, "scheduler %s:%u: waiting for JOIN_OK: %s", m->host,
@@ -279,7 +178,7 @@ connect_join(struct kvn_membership *m, char *err, size_t errlen)
 		       rc;
 	}
 	if (h.type == KVN_CF_ERROR) {
-		error_text(body, h.len, why, sizeof(why));
+		kvn_cf_error_text(body, h.len, why, sizeof(why));
 		close(fd);
 		bool auth = strstr(why, "auth_token") != NULL;
 		return kvn_seterr(err, errlen, "scheduler %s:%u refused node %s: %s", m->host,
@@ -299,7 +198,7 @@ connect_join(struct kvn_membership *m, char *err, size_t errlen)
 				  m->host, m->port, kvn_cf_type_name(h.type)),
 		       -EPROTO;
 	}
-	rx_consume(&m->rx, &h);
+	kvn_cf_rx_consume(&m->rx, &h);
 	pthread_mutex_lock(&m->send_lock);
 	pthread_mutex_lock(&m->lock);
 	m->fd = fd;
@@ -465,7 +364,7 @@ on_frame(struct kvn_membership *m, const struct kvn_cf_hdr *h, const uint8_t *bo
 	}
 	case KVN_CF_ERROR: {
 		char msg[512];
-		error_text(body, h->len, msg, sizeof(msg));
+		kvn_cf_error_text(body, h->len, msg, sizeof(msg));
 		return kvn_seterr(err, errlen, "the scheduler sent an error: %s", msg), -EPROTO;
 	}
 	}
@@ -497,7 +396,7 @@ flush_queue(struct kvn_membership *m)
 		int rc = kvn_cf_end(&m->tx);
 		pthread_mutex_lock(&m->send_lock);
 		if (!rc)
-			rc = m->fd >= 0 ? send_all(m->fd, m->tx.p, m->tx.len) : -ENOTCONN;
+			rc = m->fd >= 0 ? kvn_cf_send_all(m->fd, m->tx.p, m->tx.len) : -ENOTCONN;
 		pthread_mutex_unlock(&m->send_lock);
 		pthread_mutex_lock(&m->lock);
 		m->sent += n;
@@ -515,7 +414,7 @@ send_simple(struct kvn_membership *m, enum kvn_cf_type type)
 	struct kvn_cf_hdr h = {.version = KVN_CF_VERSION, .type = (uint8_t)type};
 	kvn_cf_hdr_encode(&h, hdr);
 	pthread_mutex_lock(&m->send_lock);
-	int rc = m->fd >= 0 ? send_all(m->fd, hdr, sizeof(hdr)) : -ENOTCONN;
+	int rc = m->fd >= 0 ? kvn_cf_send_all(m->fd, hdr, sizeof(hdr)) : -ENOTCONN;
 	pthread_mutex_unlock(&m->send_lock);
 	return rc;
 }
@@ -605,17 +504,17 @@ thread_main(void *arg)
 			continue;
 		rc = 0;
 		while (!rc) {
-			rc = rx_fill(&m->rx, m->fd);
+			rc = kvn_cf_rx_fill(&m->rx, m->fd);
 			struct kvn_cf_hdr h;
 			const uint8_t *body;
 			int got;
-			while ((got = rx_frame(&m->rx, &h, &body, err, sizeof(err))) == 1) {
+			while ((got = kvn_cf_rx_frame(&m->rx, &h, &body, err, sizeof(err))) == 1) {
 				last_rx = now_ms();
 				if (on_frame(m, &h, body, err, sizeof(err))) {
 					got = -EPROTO;
 					break;
 				}
-				rx_consume(&m->rx, &h);
+				kvn_cf_rx_consume(&m->rx, &h);
 			}
 			if (got < 0) {
 				disconnect(m, err);
@@ -699,7 +598,7 @@ kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_me
 	m->o.timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TMO_MS;
 	if (cbs)
 		m->cbs = *cbs;
-	int rc = parse_scheduler(opts->scheduler, m->host, &m->port, err, errlen);
+	int rc = kvn_scheduler_url_parse(opts->scheduler, m->host, &m->port, err, errlen);
 	if (rc)
 		goto fail;
 	m->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -867,7 +766,7 @@ lookup_frame(struct kvn_membership *m, const struct kvn_digest *keys, uint32_t n
 	}
 	pthread_mutex_unlock(&m->lock);
 	if (!rc)
-		rc = send_all(m->fd, b.p, b.len);
+		rc = kvn_cf_send_all(m->fd, b.p, b.len);
 	pthread_mutex_unlock(&m->send_lock);
 	kvn_cf_buf_free(&b);
 	struct timespec ts;
@@ -925,54 +824,5 @@ kvn_membership_member(struct kvn_membership *m, uint32_t worker_id, struct kvn_m
 			memcpy(regions, r->regions, r->info.regions_len);
 	}
 	pthread_mutex_unlock(&m->lock);
-	return rc;
-}
-
-int
-kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, char **json,
-			   char *err, size_t errlen)
-{
-	char host[KVN_HOST_MAX], why[512];
-	uint16_t port;
-	int rc = parse_scheduler(addr, host, &port, err, errlen);
-	if (rc)
-		return rc;
-	if (timeout_ms <= 0)
-		timeout_ms = DEFAULT_TMO_MS;
-	int fd = kvn_tcp_connect(host, port, timeout_ms, why, sizeof(why));
-	if (fd < 0)
-		return kvn_seterr(err, errlen, "scheduler %s: %s", addr, why), fd;
-	cJSON *j = cJSON_CreateObject();
-	if (token && *token)
-		cJSON_AddStringToObject(j, "auth_token", token);
-	char *text = cJSON_PrintUnformatted(j);
-	cJSON_Delete(j);
-	struct kvn_cf_buf b = {0};
-	struct rx r = {0};
-	rc = text ? kvn_cf_put_json_frame(&b, KVN_CF_STATS, 1, text, NULL, 0) : -ENOMEM;
-	free(text);
-	if (!rc)
-		rc = send_all(fd, b.p, b.len);
-	kvn_cf_buf_free(&b);
-	struct kvn_cf_hdr h;
-	const uint8_t *body;
-	if (rc) {
-		kvn_seterr(err, errlen, "scheduler %s: sending STATS: %s", addr, kvn_strerror(rc));
-	} else if ((rc = rx_wait_frame(&r, fd, now_ms() + timeout_ms, &h, &body, why,
-				       sizeof(why)))) {
-		kvn_seterr(err, errlen, "scheduler %s: %s", addr, why);
-	} else if (h.type == KVN_CF_ERROR) {
-		error_text(body, h.len, why, sizeof(why));
-		kvn_seterr(err, errlen, "scheduler %s refused: %s", addr, why);
-		rc = strstr(why, "auth_token") ? -EACCES : -EPROTO;
-	} else if (h.type != KVN_CF_STATS_REPLY || h.seq != 1) {
-		kvn_seterr(err, errlen, "scheduler %s answered STATS with %s", addr,
-			   kvn_cf_type_name(h.type));
-		rc = -EPROTO;
-	} else if (!(*json = strndup((const char *)body, h.len))) {
-		rc = -ENOMEM;
-	}
-	free(r.p);
-	close(fd);
 	return rc;
 }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include "node/ctlframe.h"
+#include "node/netaddr.h"
 
 struct kvn_membership;
 
@@ -95,6 +96,11 @@ int kvn_membership_lookup(struct kvn_membership *m, const struct kvn_digest *key
  * says how much is needed). */
 int kvn_membership_member(struct kvn_membership *m, uint32_t worker_id,
 			  struct kvn_member_info *out, void *regions, size_t cap);
+
+/* Splits scheduler_url ("HOST:PORT", or with any "scheme://" prefix and a trailing "/"). Port 0
+ * is refused. -EINVAL with err naming the text. */
+int kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *port, char *err,
+			    size_t errlen);
 
 /* One STATS request to the scheduler at addr (no join): the cluster view as JSON text
  * (malloc'd). token may be NULL. */

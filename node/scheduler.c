@@ -18,75 +18,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "node/ctlframe.h"
 #include "node/log.h"
-#include "node/netaddr.h"
-#include "node/scheduler.h"
-#include "node/scheduler_dir.h"
+#include "node/scheduler_int.h"
 
-#define COMP		  "scheduler"
 #define DEFAULT_HB_MS	  500
 #define DEFAULT_MISSED	  3
 #define DEFAULT_MAX_CONNS 1024
 #define DEFAULT_UNJOINED  10000
 #define OUT_MAX		  (64u << 20) /* a peer that reads nothing is cut off here */
 #define READ_BUDGET	  (4u << 20)  /* per wake-up, so one busy peer cannot starve others */
-#define TRANSPORT_MAX	  31
-
-enum mstate { M_UNUSED = 0, M_ALIVE, M_EXPIRED };
-
-struct member {
-	enum mstate state;
-	char name[KVN_CF_NAME_MAX + 1];
-	char data_addr[KVN_CF_ADDR_MAX + 1];
-	char transport[TRANSPORT_MAX + 1];
-	uint8_t *blob;
-	size_t blob_len;
-	uint64_t capacity;
-	int64_t last_beat_ms;
-	int64_t joined_ms;
-	struct conn *conn; /* NULL while disconnected */
-};
-
-struct conn {
-	int fd;
-	char peer[64];
-	int32_t member; /* worker id once joined, else -1 */
-	bool want_evicts;
-	bool closing; /* flush what is queued (an ERROR), then close */
-	bool dead;    /* closed; freed once the current batch of events is handled */
-	int64_t opened_ms;
-	uint8_t *in;
-	size_t in_len, in_cap;
-	struct kvn_cf_buf out;
-	size_t out_sent;
-	struct conn *prev, *next;
-};
-
-struct kvn_scheduler {
-	int lfd, efd, wake_fd;
-	char addr[KVN_HOST_MAX + 8];
-	uint32_t hb_ms, missed, unjoined_ms;
-	char *token;
-	unsigned max_conns, nconns;
-	struct conn *conns;
-	struct conn *dead; /* closed connections an event batch may still name */
-	struct member *members; /* indexed by worker id */
-	size_t nmembers;
-	uint32_t alive;
-	uint64_t epoch;
-	struct kvn_dir *dir;
-	struct kvn_cf_buf scratch; /* notices built once, copied to each member */
-	uint64_t frames, lookups, keys_looked_up, publishes, refused, proto_errors;
-};
-
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ------------------------------------------------------------------------------------------
  * Connections
@@ -103,8 +43,8 @@ conn_watch(struct kvn_scheduler *s, struct conn *c)
 	epoll_ctl(s->efd, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
-static void
-conn_close(struct kvn_scheduler *s, struct conn *c, const char *why)
+void
+kvn_sched_conn_close(struct kvn_scheduler *s, struct conn *c, const char *why)
 {
 	if (c->member >= 0) {
 		struct member *m = &s->members[c->member];
@@ -149,8 +89,8 @@ set_nonblock(int fd)
 }
 
 /* Writes what is queued without blocking. Returns -1 when the connection is gone or must go. */
-static int
-conn_flush(struct kvn_scheduler *s, struct conn *c)
+int
+kvn_sched_conn_flush(struct kvn_scheduler *s, struct conn *c)
 {
 	while (c->out_sent < c->out.len) {
 		ssize_t n = send(c->fd, c->out.p + c->out_sent, c->out.len - c->out_sent,
@@ -163,31 +103,26 @@ conn_flush(struct kvn_scheduler *s, struct conn *c)
 			continue;
 		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			break;
-		conn_close(s, c, n < 0 ? strerror(errno) : "send returned 0");
+		kvn_sched_conn_close(s, c, n < 0 ? strerror(errno) : "send returned 0");
 		return -1;
 	}
 	if (c->out_sent == c->out.len) {
 		kvn_cf_buf_reset(&c->out);
 		c->out_sent = 0;
 		if (c->closing) {
-			conn_close(s, c, "closed after an error reply");
+			kvn_sched_conn_close(s, c, "closed after an error reply");
 			return -1;
 		}
 	} else if (c->out.len - c->out_sent > OUT_MAX) {
-		conn_close(s, c, "it does not read its replies (over 64 MiB queued)");
+		kvn_sched_conn_close(s, c, "it does not read its replies (over 64 MiB queued)");
 		return -1;
 	}
 	conn_watch(s, c);
 	return 0;
 }
 
-/* Queues an ERROR frame and marks the connection to close once it is sent. */
-static int
-conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
-
-static int
-conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const char *fmt, ...)
+int
+kvn_sched_conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -210,252 +145,6 @@ conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const char *fmt
 }
 
 /* ------------------------------------------------------------------------------------------
- * Membership
- * ------------------------------------------------------------------------------------------ */
-
-static void
-put_member_frame(struct kvn_scheduler *s, struct kvn_cf_buf *b, uint32_t id)
-{
-	const struct member *m = &s->members[id];
-	cJSON *j = cJSON_CreateObject();
-	cJSON_AddNumberToObject(j, "worker_id", id);
-	cJSON_AddStringToObject(j, "name", m->name);
-	cJSON_AddStringToObject(j, "data_addr", m->data_addr);
-	cJSON_AddStringToObject(j, "transport", m->transport);
-	cJSON_AddNumberToObject(j, "capacity", (double)m->capacity);
-	cJSON_AddStringToObject(j, "state", m->state == M_ALIVE ? "up" : "down");
-	cJSON_AddNumberToObject(j, "epoch", (double)s->epoch);
-	cJSON_AddNumberToObject(j, "worker_count", s->alive);
-	char *text = cJSON_PrintUnformatted(j);
-	cJSON_Delete(j);
-	if (text)
-		kvn_cf_put_json_frame(b, KVN_CF_MEMBER, 0, text, m->state == M_ALIVE ? m->blob : NULL,
-				      m->state == M_ALIVE ? m->blob_len : 0);
-	else
-		b->err = -ENOMEM;
-	free(text);
-}
-
-/* Sends the frames in s->scratch to every joined connection but skip. */
-static void
-broadcast(struct kvn_scheduler *s, const struct conn *skip, bool evict_notice)
-{
-	if (s->scratch.err || !s->scratch.len)
-		return;
-	for (struct conn *c = s->conns, *next; c; c = next) {
-		next = c->next;
-		if (c == skip || c->member < 0 || c->closing || (evict_notice && !c->want_evicts))
-			continue;
-		kvn_cf_put_bytes(&c->out, s->scratch.p, s->scratch.len);
-		conn_flush(s, c);
-	}
-}
-
-static void
-member_down(struct kvn_scheduler *s, uint32_t id, const char *why)
-{
-	struct member *m = &s->members[id];
-	size_t dropped = kvn_dir_drop_worker(s->dir, id);
-	m->state = M_EXPIRED;
-	s->alive--;
-	s->epoch++;
-	kvn_info(COMP, "node %s (worker %u) %s: %zu directory entries dropped; %u members, epoch %llu",
-		 m->name, id, why, dropped, s->alive, (unsigned long long)s->epoch);
-	struct conn *c = m->conn;
-	m->conn = NULL;
-	if (c) {
-		c->member = -1;
-		conn_fail(s, c, 0, "node %s was %s", m->name, why);
-		conn_flush(s, c);
-	}
-	kvn_cf_buf_reset(&s->scratch);
-	put_member_frame(s, &s->scratch, id);
-	broadcast(s, NULL, false);
-}
-
-static void
-expire_silent(struct kvn_scheduler *s)
-{
-	int64_t now = now_ms(), limit = (int64_t)s->hb_ms * s->missed;
-	for (uint32_t id = 0; id < s->nmembers; id++) {
-		struct member *m = &s->members[id];
-		if (m->state == M_ALIVE && now - m->last_beat_ms > limit) {
-			char why[96];
-			snprintf(why, sizeof(why), "expired after %lld ms without a heartbeat",
-				 (long long)(now - m->last_beat_ms));
-			member_down(s, id, why);
-		}
-	}
-	for (struct conn *c = s->conns, *next; c; c = next) {
-		next = c->next;
-		if (c->member < 0 && !c->closing && now - c->opened_ms > (int64_t)s->unjoined_ms)
-			conn_close(s, c, "it did not join in time");
-	}
-}
-
-static int
-copy_str(const cJSON *j, const char *name, char *dst, size_t cap, bool required, char *err,
-	 size_t errlen)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, name);
-	if (!v || cJSON_IsNull(v)) {
-		if (required)
-			return kvn_seterr(err, errlen, "JOIN lacks \"%s\"", name);
-		dst[0] = '\0';
-		return 0;
-	}
-	size_t n = cJSON_IsString(v) ? strlen(v->valuestring) : 0;
-	if (!cJSON_IsString(v) || n >= cap || (required && !n))
-		return kvn_seterr(err, errlen, "JOIN \"%s\" must be a string of 1..%zu bytes", name,
-				  cap - 1);
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)v->valuestring[i] < 0x20 || v->valuestring[i] == 0x7f)
-			return kvn_seterr(err, errlen, "JOIN \"%s\" holds control characters",
-					  name);
-	memcpy(dst, v->valuestring, n + 1);
-	return 0;
-}
-
-/* The worker id for name: its old one, else the hint when free, else the lowest free one. */
-static int
-pick_id(struct kvn_scheduler *s, const char *name, double hint, uint32_t *id)
-{
-	for (uint32_t i = 0; i < s->nmembers; i++)
-		if (s->members[i].state != M_UNUSED && !strcmp(s->members[i].name, name)) {
-			*id = i;
-			return 0;
-		}
-	uint32_t want = UINT32_MAX;
-	if (hint >= 0 && hint < KVN_DIR_MAX_WORKERS &&
-	    ((uint32_t)hint >= s->nmembers || s->members[(uint32_t)hint].state == M_UNUSED))
-		want = (uint32_t)hint;
-	for (uint32_t i = 0; want == UINT32_MAX && i <= s->nmembers; i++)
-		if (i == s->nmembers || s->members[i].state == M_UNUSED)
-			want = i;
-	if (want >= KVN_DIR_MAX_WORKERS)
-		return -ENOSPC;
-	if (want >= s->nmembers) {
-		size_t n = want + 1 > s->nmembers * 2 ? want + 1 : s->nmembers * 2;
-		struct member *p = realloc(s->members, n * sizeof(*p));
-		if (!p)
-			return -ENOMEM;
-		memset(p + s->nmembers, 0, (n - s->nmembers) * sizeof(*p));
-		s->members = p;
-		s->nmembers = n;
-	}
-	*id = want;
-	return 0;
-}
-
-static int
-do_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body, uint32_t len)
-{
-	char err[256];
-	const char *jtext;
-	const uint8_t *blob;
-	size_t jlen, blen;
-	if (c->member >= 0)
-		return conn_fail(s, c, seq, "JOIN on a connection that already joined");
-	if (kvn_cf_split_json_blob(body, len, &jtext, &jlen, &blob, &blen, err, sizeof(err)))
-		return conn_fail(s, c, seq, "JOIN: %s", err);
-	cJSON *j = cJSON_ParseWithLength(jtext, jlen);
-	if (!cJSON_IsObject(j)) {
-		cJSON_Delete(j);
-		return conn_fail(s, c, seq, "JOIN body is not a JSON object");
-	}
-	/* The token first: nothing about the cluster is told to a peer without it. */
-	const cJSON *tok = cJSON_GetObjectItemCaseSensitive(j, "auth_token");
-	if (s->token && !(cJSON_IsString(tok) && kvn_cf_token_eq(tok->valuestring, s->token))) {
-		cJSON_Delete(j);
-		s->refused++;
-		return conn_fail(s, c, seq,
-				 "JOIN refused: wrong or missing auth_token (set the same "
-				 "auth_token on nodes and scheduler)");
-	}
-	struct member nm = {0};
-	const cJSON *cap = cJSON_GetObjectItemCaseSensitive(j, "capacity");
-	const cJSON *hint = cJSON_GetObjectItemCaseSensitive(j, "worker_id");
-	const cJSON *we = cJSON_GetObjectItemCaseSensitive(j, "want_evicts");
-	int rc = copy_str(j, "name", nm.name, sizeof(nm.name), true, err, sizeof(err));
-	if (!rc)
-		rc = copy_str(j, "data_addr", nm.data_addr, sizeof(nm.data_addr), false, err,
-			      sizeof(err));
-	if (!rc)
-		rc = copy_str(j, "transport", nm.transport, sizeof(nm.transport), false, err,
-			      sizeof(err));
-	if (!rc && cap && !(cJSON_IsNumber(cap) && cap->valuedouble >= 0 && cap->valuedouble < 1e19))
-		rc = kvn_seterr(err, sizeof(err), "JOIN \"capacity\" must be a byte count");
-	nm.capacity = cJSON_IsNumber(cap) && !rc ? (uint64_t)cap->valuedouble : 0;
-	double h = cJSON_IsNumber(hint) ? hint->valuedouble : -1;
-	c->want_evicts = cJSON_IsTrue(we);
-	cJSON_Delete(j);
-	if (rc)
-		return conn_fail(s, c, seq, "%s", err);
-	uint32_t id;
-	if ((rc = pick_id(s, nm.name, h, &id)))
-		return conn_fail(s, c, seq, "JOIN of %s: no worker id left (%s)", nm.name,
-				 kvn_strerror(rc));
-	nm.blob = blen ? malloc(blen) : NULL;
-	if (blen && !nm.blob)
-		return conn_fail(s, c, seq, "JOIN of %s: out of memory", nm.name);
-	if (blen)
-		memcpy(nm.blob, blob, blen);
-	nm.blob_len = blen;
-
-	struct member *m = &s->members[id];
-	bool rejoin = m->state != M_UNUSED;
-	if (m->conn) {
-		/* The same name from a new connection: the node restarted before its old
-		 * connection was noticed gone (or two nodes share a name, which is a config
-		 * error the log makes visible). */
-		kvn_warn(COMP, "node %s joined again from %s; dropping its old connection %s",
-			 nm.name, c->peer, m->conn->peer);
-		struct conn *old = m->conn;
-		old->member = -1;
-		m->conn = NULL;
-		conn_close(s, old, "replaced by a new JOIN of the same node");
-	}
-	/* Whatever it published before belongs to an index it is about to re-publish. */
-	size_t dropped = kvn_dir_drop_worker(s->dir, id);
-	if (m->state != M_ALIVE)
-		s->alive++;
-	free(m->blob);
-	*m = nm;
-	m->state = M_ALIVE;
-	m->last_beat_ms = m->joined_ms = now_ms();
-	m->conn = c;
-	c->member = (int32_t)id;
-	s->epoch++;
-	kvn_info(COMP,
-		 "node %s %sjoined from %s as worker %u (data %s, transport %s%s); %u members, "
-		 "epoch %llu",
-		 m->name, rejoin ? "re" : "", c->peer, id, m->data_addr[0] ? m->data_addr : "-",
-		 m->transport[0] ? m->transport : "-",
-		 dropped ? ", its old directory entries dropped" : "", s->alive,
-		 (unsigned long long)s->epoch);
-
-	cJSON *r = cJSON_CreateObject();
-	cJSON_AddNumberToObject(r, "worker_id", id);
-	cJSON_AddNumberToObject(r, "worker_count", s->alive);
-	cJSON_AddNumberToObject(r, "epoch", (double)s->epoch);
-	cJSON_AddNumberToObject(r, "heartbeat_ms", s->hb_ms);
-	char *text = cJSON_PrintUnformatted(r);
-	cJSON_Delete(r);
-	if (!text)
-		return conn_fail(s, c, seq, "JOIN of %s: out of memory", m->name);
-	kvn_cf_put_json_frame(&c->out, KVN_CF_JOIN_OK, seq, text, NULL, 0);
-	free(text);
-	/* The newcomer learns of everyone alive (itself included), everyone else of it. */
-	for (uint32_t i = 0; i < s->nmembers; i++)
-		if (s->members[i].state == M_ALIVE)
-			put_member_frame(s, &c->out, i);
-	kvn_cf_buf_reset(&s->scratch);
-	put_member_frame(s, &s->scratch, id);
-	broadcast(s, c, false);
-	return c->out.err ? conn_fail(s, c, seq, "out of memory") : 0;
-}
-
-/* ------------------------------------------------------------------------------------------
  * Directory frames
  * ------------------------------------------------------------------------------------------ */
 
@@ -466,7 +155,7 @@ do_publish(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t 
 	char err[256];
 	uint32_t n;
 	if (kvn_cf_publish_check(body, len, &n, err, sizeof(err)))
-		return conn_fail(s, c, seq, "%s", err);
+		return kvn_sched_conn_fail(s, c, seq, "%s", err);
 	uint32_t id = (uint32_t)c->member, evicted = 0;
 	struct kvn_cf_buf *note = &s->scratch;
 	kvn_cf_buf_reset(note);
@@ -479,7 +168,7 @@ do_publish(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t 
 		if (r.op == KVN_CF_ADMIT) {
 			r.loc.worker_id = id;
 			if (kvn_dir_admit(s->dir, r.digest, &r.loc))
-				return conn_fail(s, c, seq,
+				return kvn_sched_conn_fail(s, c, seq,
 						 "PUBLISH: the directory is out of memory at %zu "
 						 "entries",
 						 kvn_dir_entries(s->dir));
@@ -497,7 +186,7 @@ do_publish(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t 
 		cnt[2] = (uint8_t)(evicted >> 16);
 		cnt[3] = (uint8_t)(evicted >> 24);
 		if (kvn_cf_end(note) == 0)
-			broadcast(s, c, true);
+			kvn_sched_broadcast(s, c, true);
 	}
 	kvn_cf_buf_reset(note);
 	return 0;
@@ -509,11 +198,11 @@ do_lookup(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *
 	char err[256];
 	uint32_t n, max;
 	if (kvn_cf_lookup_check(body, len, &n, &max, err, sizeof(err)))
-		return conn_fail(s, c, seq, "%s", err);
+		return kvn_sched_conn_fail(s, c, seq, "%s", err);
 	struct kvn_cf_buf *b = &c->out;
 	/* Room for the worst case up front: the loop below then writes without checks. */
 	if (!kvn_cf_buf_room(b, KVN_CF_HDR_SIZE + 8 + (size_t)n * (4 + max * KVN_CF_LOC_SIZE)))
-		return conn_fail(s, c, seq, "LOOKUP: out of memory");
+		return kvn_sched_conn_fail(s, c, seq, "LOOKUP: out of memory");
 	kvn_cf_begin(b, KVN_CF_LOOKUP_REPLY, seq);
 	kvn_cf_put_u32(b, n);
 	kvn_cf_put_u32(b, 0);
@@ -526,70 +215,7 @@ do_lookup(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *
 	}
 	s->lookups++;
 	s->keys_looked_up += n;
-	return kvn_cf_end(b) ? conn_fail(s, c, seq, "LOOKUP reply: out of memory") : 0;
-}
-
-char *
-kvn_scheduler_stats_json(struct kvn_scheduler *s)
-{
-	int64_t now = now_ms();
-	cJSON *j = cJSON_CreateObject();
-	cJSON_AddStringToObject(j, "scheduler", s->addr);
-	cJSON_AddNumberToObject(j, "epoch", (double)s->epoch);
-	cJSON_AddNumberToObject(j, "worker_count", s->alive);
-	cJSON_AddNumberToObject(j, "heartbeat_ms", s->hb_ms);
-	cJSON_AddNumberToObject(j, "entries", (double)kvn_dir_entries(s->dir));
-	cJSON_AddNumberToObject(j, "directory_bytes", (double)kvn_dir_bytes(s->dir));
-	cJSON_AddNumberToObject(j, "connections", s->nconns);
-	cJSON_AddNumberToObject(j, "max_connections", s->max_conns);
-	cJSON_AddNumberToObject(j, "lookups", (double)s->lookups);
-	cJSON_AddNumberToObject(j, "keys_looked_up", (double)s->keys_looked_up);
-	cJSON_AddNumberToObject(j, "published", (double)s->publishes);
-	cJSON_AddNumberToObject(j, "refused", (double)s->refused);
-	cJSON_AddNumberToObject(j, "protocol_errors", (double)s->proto_errors);
-	cJSON *arr = cJSON_AddArrayToObject(j, "members");
-	for (uint32_t id = 0; id < s->nmembers; id++) {
-		const struct member *m = &s->members[id];
-		if (m->state == M_UNUSED)
-			continue;
-		cJSON *o = cJSON_CreateObject();
-		cJSON_AddNumberToObject(o, "worker_id", id);
-		cJSON_AddStringToObject(o, "name", m->name);
-		cJSON_AddStringToObject(o, "state", m->state == M_ALIVE ? "alive" : "expired");
-		cJSON_AddStringToObject(o, "data_addr", m->data_addr);
-		cJSON_AddStringToObject(o, "transport", m->transport);
-		cJSON_AddNumberToObject(o, "capacity", (double)m->capacity);
-		cJSON_AddNumberToObject(o, "chunks", (double)kvn_dir_worker_entries(s->dir, id));
-		cJSON_AddNumberToObject(o, "last_heartbeat_ms_ago", (double)(now - m->last_beat_ms));
-		cJSON_AddBoolToObject(o, "connected", m->conn != NULL);
-		cJSON_AddStringToObject(o, "peer", m->conn ? m->conn->peer : "");
-		cJSON_AddItemToArray(arr, o);
-	}
-	char *text = cJSON_PrintUnformatted(j);
-	cJSON_Delete(j);
-	return text;
-}
-
-static int
-do_stats(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body, uint32_t len)
-{
-	if (s->token) {
-		cJSON *j = len ? cJSON_ParseWithLength((const char *)body, len) : NULL;
-		const cJSON *tok = cJSON_GetObjectItemCaseSensitive(j, "auth_token");
-		bool ok = cJSON_IsString(tok) && kvn_cf_token_eq(tok->valuestring, s->token);
-		cJSON_Delete(j);
-		if (!ok) {
-			s->refused++;
-			return conn_fail(s, c, seq, "STATS refused: wrong or missing auth_token");
-		}
-	}
-	char *text = kvn_scheduler_stats_json(s);
-	if (!text)
-		return conn_fail(s, c, seq, "STATS: out of memory");
-	kvn_cf_begin(&c->out, KVN_CF_STATS_REPLY, seq);
-	kvn_cf_put_bytes(&c->out, text, strlen(text));
-	free(text);
-	return kvn_cf_end(&c->out) ? conn_fail(s, c, seq, "STATS reply too large") : 0;
+	return kvn_cf_end(b) ? kvn_sched_conn_fail(s, c, seq, "LOOKUP reply: out of memory") : 0;
 }
 
 /* One validated frame. Returns -1 when the connection is to be closed. */
@@ -598,17 +224,17 @@ dispatch(struct kvn_scheduler *s, struct conn *c, const struct kvn_cf_hdr *h, co
 {
 	s->frames++;
 	if (h->type == KVN_CF_JOIN)
-		return do_join(s, c, h->seq, body, h->len);
+		return kvn_sched_join(s, c, h->seq, body, h->len);
 	if (h->type == KVN_CF_STATS)
-		return do_stats(s, c, h->seq, body, h->len);
+		return kvn_sched_stats(s, c, h->seq, body, h->len);
 	if (h->type != KVN_CF_HEARTBEAT && h->type != KVN_CF_PUBLISH && h->type != KVN_CF_LOOKUP &&
 	    h->type != KVN_CF_LEAVE)
-		return conn_fail(s, c, h->seq, "%s is not a request a node may send",
+		return kvn_sched_conn_fail(s, c, h->seq, "%s is not a request a node may send",
 				 kvn_cf_type_name(h->type));
 	if (c->member < 0)
-		return conn_fail(s, c, h->seq, "%s before JOIN", kvn_cf_type_name(h->type));
+		return kvn_sched_conn_fail(s, c, h->seq, "%s before JOIN", kvn_cf_type_name(h->type));
 	struct member *m = &s->members[c->member];
-	m->last_beat_ms = now_ms(); /* any frame proves the member alive */
+	m->last_beat_ms = kvn_sched_now_ms(); /* any frame proves the member alive */
 	switch (h->type) {
 	case KVN_CF_HEARTBEAT:
 		kvn_cf_begin(&c->out, KVN_CF_HEARTBEAT_ACK, h->seq);
@@ -623,7 +249,7 @@ dispatch(struct kvn_scheduler *s, struct conn *c, const struct kvn_cf_hdr *h, co
 	default: /* LEAVE */
 		c->member = -1;
 		m->conn = NULL;
-		member_down(s, (uint32_t)(m - s->members), "left");
+		kvn_sched_member_down(s, (uint32_t)(m - s->members), "left");
 		c->closing = true;
 		return -1;
 	}
@@ -649,7 +275,7 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 			}
 			uint8_t *p = realloc(c->in, cap);
 			if (!p) {
-				conn_close(s, c, "out of memory for its input");
+				kvn_sched_conn_close(s, c, "out of memory for its input");
 				return;
 			}
 			c->in = p;
@@ -668,7 +294,7 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 			continue;
 		if (errno == EAGAIN || errno == EWOULDBLOCK)
 			break;
-		conn_close(s, c, strerror(errno));
+		kvn_sched_conn_close(s, c, strerror(errno));
 		return;
 	}
 	size_t off = 0;
@@ -676,7 +302,7 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 		struct kvn_cf_hdr h;
 		char err[256];
 		if (kvn_cf_hdr_decode(c->in + off, &h, err, sizeof(err))) {
-			conn_fail(s, c, 0, "%s", err);
+			kvn_sched_conn_fail(s, c, 0, "%s", err);
 			break;
 		}
 		if (c->in_len - off < KVN_CF_HDR_SIZE + (size_t)h.len)
@@ -684,7 +310,7 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 		const uint8_t *body = c->in + off + KVN_CF_HDR_SIZE;
 		off += KVN_CF_HDR_SIZE + h.len;
 		if (dispatch(s, c, &h, body) < 0 && !c->closing) {
-			conn_close(s, c, "failed to queue a reply");
+			kvn_sched_conn_close(s, c, "failed to queue a reply");
 			return;
 		}
 	}
@@ -694,10 +320,10 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 		if (c->in_len)
 			kvn_warn(COMP, "%s closed in the middle of a frame (%zu bytes of it read)",
 				 c->peer, c->in_len);
-		conn_close(s, c, "closed by the peer");
+		kvn_sched_conn_close(s, c, "closed by the peer");
 		return;
 	}
-	conn_flush(s, c);
+	kvn_sched_conn_flush(s, c);
 }
 
 static void
@@ -734,7 +360,7 @@ accept_all(struct kvn_scheduler *s)
 		}
 		c->fd = fd;
 		c->member = -1;
-		c->opened_ms = now_ms();
+		c->opened_ms = kvn_sched_now_ms();
 		snprintf(c->peer, sizeof(c->peer), ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u",
 			 host, port);
 		int one = 1;
@@ -821,9 +447,9 @@ int
 kvn_scheduler_run(struct kvn_scheduler *s)
 {
 	struct epoll_event evs[64];
-	int64_t next_check = now_ms() + s->hb_ms / 2;
+	int64_t next_check = kvn_sched_now_ms() + s->hb_ms / 2;
 	for (;;) {
-		int64_t wait = next_check - now_ms();
+		int64_t wait = next_check - kvn_sched_now_ms();
 		int n = epoll_wait(s->efd, evs, 64, wait < 0 ? 0 : (int)wait);
 		if (n < 0 && errno != EINTR)
 			return -errno;
@@ -841,11 +467,11 @@ kvn_scheduler_run(struct kvn_scheduler *s)
 			if (evs[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
 				conn_readable(s, c);
 			else if (evs[i].events & EPOLLOUT)
-				conn_flush(s, c);
+				kvn_sched_conn_flush(s, c);
 		}
-		if (now_ms() >= next_check) {
-			expire_silent(s);
-			next_check = now_ms() + (s->hb_ms / 2 ? s->hb_ms / 2 : 1);
+		if (kvn_sched_now_ms() >= next_check) {
+			kvn_sched_expire(s);
+			next_check = kvn_sched_now_ms() + (s->hb_ms / 2 ? s->hb_ms / 2 : 1);
 		}
 		free_dead(s);
 	}
@@ -865,7 +491,7 @@ kvn_scheduler_destroy(struct kvn_scheduler *s)
 	if (!s)
 		return;
 	while (s->conns)
-		conn_close(s, s->conns, "scheduler shutting down");
+		kvn_sched_conn_close(s, s->conns, "scheduler shutting down");
 	free_dead(s);
 	for (size_t i = 0; i < s->nmembers; i++)
 		free(s->members[i].blob);

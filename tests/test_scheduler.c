@@ -1,5 +1,4 @@
-/* The membership service: the chunk directory against a reference model, then `kvnode
- * scheduler` as a child process on 127.0.0.1 with in-process and forked member nodes — stable
+/* The membership service: `kvnode scheduler` as a child process on 127.0.0.1 with in-process and forked member nodes — stable
  * worker ids, expiry of a SIGKILLed member, re-join and re-publish after a scheduler restart,
  * auth tokens, rogue clients and the connection cap. Deadlines are generous; nothing asserts
  * on timing. */
@@ -22,7 +21,6 @@
 #include "node/membership.h"
 #include "node/netaddr.h"
 #include "node/scheduler.h"
-#include "node/scheduler_dir.h"
 #include "tests/helpers/proc.h"
 
 #define KVNODE	 KVN_BINARY_DIR "/kvnode"
@@ -53,94 +51,6 @@ key_loc(uint64_t i)
 				.addr = 0x10000 + i * 4096,
 				.len = 64 + (i % 1000) + 1,
 				.generation = 2 * (i % 50 + 1)};
-}
-
-/* ------------------------------------------------------------------------------------------
- * The directory against a reference model
- * ------------------------------------------------------------------------------------------ */
-
-Test(directory, random_churn_with_colliding_digests_matches_a_reference_model)
-{
-	/* 256 distinct home slots for 4000 keys: long probe runs that wrap the table's end,
-	 * where backward-shift deletion goes wrong if it is going to. */
-	enum { KEYS = 4000, WORKERS = 3, OPS = 200000 };
-	struct kvn_dir *d;
-	cr_assert_eq(kvn_dir_create(0, &d), 0);
-	static uint64_t model[KEYS][WORKERS]; /* generation held, 0 = none */
-	memset(model, 0, sizeof(model));
-	uint64_t r = 1;
-	for (int op = 0; op < OPS; op++) {
-		r = mix(r);
-		uint32_t k = (uint32_t)(r % KEYS), w = (uint32_t)((r >> 20) % WORKERS);
-		struct kvn_digest dg = {.lo = (uint64_t)(k % 256) * 0x1000 + 0x3ff, .hi = k};
-		if ((r >> 40) % 3) {
-			struct kvn_loc l = key_loc(k);
-			l.worker_id = w;
-			l.generation = 2 * ((r >> 50) % 100 + 1);
-			cr_assert_eq(kvn_dir_admit(d, dg, &l), 0);
-			model[k][w] = l.generation;
-		} else {
-			int got = kvn_dir_evict(d, w, dg, 0);
-			cr_assert_eq(got, model[k][w] != 0, "evict of key %u worker %u", k, w);
-			model[k][w] = 0;
-		}
-	}
-	size_t total = 0, per[WORKERS] = {0};
-	for (uint32_t k = 0; k < KEYS; k++) {
-		struct kvn_digest dg = {.lo = (uint64_t)(k % 256) * 0x1000 + 0x3ff, .hi = k};
-		struct kvn_loc locs[8];
-		uint32_t n = kvn_dir_lookup(d, dg, locs, 8), want = 0;
-		for (uint32_t w = 0; w < WORKERS; w++)
-			if (model[k][w]) {
-				want++;
-				per[w]++;
-				bool found = false;
-				for (uint32_t i = 0; i < n; i++)
-					found |= locs[i].worker_id == w &&
-						 locs[i].generation == model[k][w];
-				cr_assert(found, "key %u: worker %u's entry (gen %llu) is missing", k,
-					  w, (unsigned long long)model[k][w]);
-			}
-		cr_assert_eq(n, want, "key %u has %u locations, the model %u", k, n, want);
-		total += want;
-	}
-	cr_assert_eq(kvn_dir_entries(d), total);
-	for (uint32_t w = 0; w < WORKERS; w++)
-		cr_assert_eq(kvn_dir_worker_entries(d, w), per[w]);
-	/* Dropping one worker leaves every other entry findable. */
-	cr_assert_eq(kvn_dir_drop_worker(d, 1), per[1]);
-	for (uint32_t k = 0; k < KEYS; k++) {
-		struct kvn_digest dg = {.lo = (uint64_t)(k % 256) * 0x1000 + 0x3ff, .hi = k};
-		struct kvn_loc locs[8];
-		uint32_t n = kvn_dir_lookup(d, dg, locs, 8);
-		cr_assert_eq(n, (model[k][0] != 0) + (model[k][2] != 0), "key %u after the drop", k);
-		for (uint32_t i = 0; i < n; i++)
-			cr_assert_neq(locs[i].worker_id, 1);
-	}
-	cr_assert_eq(kvn_dir_entries(d), total - per[1]);
-	kvn_dir_destroy(d);
-}
-
-Test(directory, an_evict_for_an_older_generation_leaves_the_newer_entry)
-{
-	struct kvn_dir *d;
-	cr_assert_eq(kvn_dir_create(10, &d), 0);
-	struct kvn_digest dg = key_digest(1, 1);
-	struct kvn_loc l = key_loc(1);
-	l.generation = 4;
-	kvn_dir_admit(d, dg, &l);
-	l.generation = 6;
-	kvn_dir_admit(d, dg, &l);
-	cr_assert_eq(kvn_dir_entries(d), 1, "a re-admit replaces, it does not add");
-	cr_assert_eq(kvn_dir_evict(d, 0, dg, 4), 0);
-	struct kvn_loc got;
-	cr_assert_eq(kvn_dir_lookup(d, dg, &got, 1), 1);
-	cr_assert_eq(got.generation, 6);
-	cr_assert_eq(kvn_dir_evict(d, 0, dg, 6), 1);
-	cr_assert_eq(kvn_dir_lookup(d, dg, &got, 1), 0);
-	l.worker_id = KVN_DIR_MAX_WORKERS;
-	cr_assert_eq(kvn_dir_admit(d, dg, &l), -EINVAL, "a worker id over the cap");
-	kvn_dir_destroy(d);
 }
 
 /* ------------------------------------------------------------------------------------------
