@@ -456,9 +456,9 @@ child_start(struct child *c, const char *name)
 		  "the responder did not print its serving line; see %s", err);
 }
 
-/* Keeps 64 reads of 1 MiB in flight (more than socket buffers hold), SIGKILLs the owner once
- * reads flow, and then every outstanding read must fail within the timeout; a restarted owner
- * serves a new connection. */
+/* Keeps 256 reads of 1 MiB in flight (far more than socket buffers hold, so some are surely
+ * unanswered), SIGKILLs the owner once reads flow, and then every outstanding read must fail
+ * within the timeout; a restarted owner serves a new connection. */
 static void
 t_peer_killed(const char *name)
 {
@@ -477,22 +477,23 @@ t_peer_killed(const char *name)
 	struct kvn_tp_ep *ep;
 	cr_assert_eq(ops->connect(tp, c.addr, 0, &ep, err, sizeof(err)), 0, "%s", err);
 
-	enum { INFLIGHT = 64, MAXREADS = 4096 };
+	enum { INFLIGHT = 256, MAXREADS = 4096 };
 	struct kvn_read *rds = calloc(MAXREADS, sizeof(*rds));
 	struct waiter w;
 	waiter_init(&w, MAXREADS);
 	size_t posted = 0;
-	bool killed = false;
-	while (posted < MAXREADS && !killed) {
+	bool killed = false, refused = false;
+	while (posted < MAXREADS) {
 		pthread_mutex_lock(&w.mu);
 		size_t done = MAXREADS - w.left, ok = w.ok, failed = w.failed;
 		pthread_mutex_unlock(&w.mu);
-		if (ok >= 16) {
+		if (!killed && ok >= 16) {
 			cr_assert_eq(kill(c.p.pid, SIGKILL), 0);
 			killed = true;
-			break;
 		}
-		cr_assert_eq(failed, 0, "a read failed before the kill: %s", w.first_msg);
+		if (killed && failed)
+			break;
+		cr_assert(killed || !failed, "a read failed before the kill: %s", w.first_msg);
 		if (posted - done >= INFLIGHT) {
 			waiter_wait(&w, MAXREADS - done - 1, 1000);
 			continue;
@@ -501,7 +502,16 @@ t_peer_killed(const char *name)
 						 .remote_addr = c.d.addr + (posted % 32) * MIB,
 						 .rkey = c.d.rkey, .len = MIB, .done = waiter_cb,
 						 .ctx = &w };
-		cr_assert_eq(ops->read(ep, &rds[posted], 1), 0);
+		/* Reads keep flowing after the kill until they fail: an RDMA owner's device may
+		 * still serve the reads queued at its QP while the kernel tears the dead process
+		 * down (rxe does), so only later ones are bound to fail. A broken endpoint may
+		 * also refuse new reads outright. */
+		int rc = ops->read(ep, &rds[posted], 1);
+		if (killed && rc < 0) {
+			refused = true;
+			break;
+		}
+		cr_assert_eq(rc, 0);
 		posted++;
 	}
 	cr_assert(killed, "reads never got going");
@@ -509,11 +519,13 @@ t_peer_killed(const char *name)
 	size_t left = waiter_wait(&w, MAXREADS - posted, TIMEOUT_MS * 3 + DEADLINE_MS / 4);
 	cr_assert_eq(left, MAXREADS - posted, "%zu reads never completed after the peer died",
 		     left - (MAXREADS - posted));
-	cr_assert_geq(w.failed, 1, "no read was outstanding when the peer died (%zu posted)",
-		      posted);
-	cr_assert_lt(w.first_status, 0);
-	cr_assert(strstr(w.first_msg, c.addr), "the failure \"%s\" does not name the peer %s",
-		  w.first_msg, c.addr);
+	cr_assert(w.failed >= 1 || refused, "reads kept succeeding after the peer died (%zu "
+		  "posted)", posted);
+	if (w.failed) {
+		cr_assert_lt(w.first_status, 0);
+		cr_assert(strstr(w.first_msg, c.addr), "the failure \"%s\" does not name the peer "
+			  "%s", w.first_msg, c.addr);
+	}
 	proc_wait(&c.p, DEADLINE_MS);
 
 	/* The old endpoint's next read fails cleanly (its peer is gone for good). */

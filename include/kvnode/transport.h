@@ -46,8 +46,9 @@ struct kvn_transport_cfg {
 struct kvn_read;
 /* Called exactly once per posted read, on the transport's progress thread. status is 0 or a
  * negative errno; msg (NULL on success) says what failed and names the peer, and is valid only
- * during the call. The callback may post more reads; it must not block for long or close the
- * endpoint or the instance. */
+ * during the call. The callback may post more reads (they are not reconnected from there: a
+ * broken endpoint gives -ENOTCONN); it must not block, connect, dereg, or close an endpoint or
+ * the instance. */
 typedef void (*kvn_read_cb)(struct kvn_read *rd, int status, const char *msg);
 
 /* One READ: len bytes at the peer's (remote_addr, rkey) into local, which lies inside local_mr
