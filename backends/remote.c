@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "connectors/external.h"
 #include "connectors/registry.h"
 #include "kvnode/backend.h"
 #include "node/config.h"
@@ -269,6 +270,13 @@ remote_destroy(struct kvn_backend *be)
 	free(be);
 }
 
+static const char *
+extra_get(void *ctx, const char *key)
+{
+	const struct kvn_backend_env *env = ctx;
+	return env->get_opt(env, key);
+}
+
 static int
 remote_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 {
@@ -289,7 +297,11 @@ remote_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 	int rc = -ENOMEM;
 	if (!be->url || !be->url_redacted || parse_query(be) < 0)
 		goto fail;
-	rc = kvn_connector_find(url, &be->ops, err, sizeof(err));
+	/* A scheme extra_config maps to a .so is registered first, so find() sees it. */
+	rc = kvn_connector_load_external(url, env->config_dir, extra_get, (void *)env, err,
+					 sizeof(err));
+	if (rc >= 0)
+		rc = kvn_connector_find(url, &be->ops, err, sizeof(err));
 	if (rc < 0) {
 		env->log(env, KVN_LOG_ERROR, "%s", err);
 		goto fail;
