@@ -25,6 +25,8 @@ struct bench_opts {
 	bool serve; /* be the responder only, until SIGTERM */
 	/* scheduler mode */
 	uint64_t entries; /* directory entries of the memory row */
+	/* remote mode */
+	const char *url; /* store to measure; NULL = start a redis-server */
 };
 
 /* Byte at offset off of the region kvnode-bench peer --serve registers: position-dependent so a
@@ -59,5 +61,6 @@ void bench_json_flush(void);
 int bench_local(const struct bench_opts *o);
 int bench_peer(const struct bench_opts *o);
 int bench_scheduler(const struct bench_opts *o);
+int bench_remote(const struct bench_opts *o);
 
 #endif

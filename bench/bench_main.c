@@ -20,6 +20,7 @@ static const char usage[] =
 	"    kvnode-bench peer [--transport tcp|verbs|auto] [--inflight N] [--conns N]\n"
 	"                      [--connect HOST:PORT --remote LINE] [--baseline] [--json] ...\n"
 	"    kvnode-bench peer --serve [--transport T] [--listen HOST:PORT] [--sizes LIST]\n"
+	"    kvnode-bench remote [--url redis://HOST:PORT] [--baseline] [--json] ...\n"
 	"    kvnode-bench --help | --version\n"
 	"\n"
 	"MODES\n"
@@ -42,6 +43,12 @@ static const char usage[] =
 	"             filling). Baseline: the same lookups straight into an in-process\n"
 	"             directory (no frames, no socket). --connect HOST:PORT measures a\n"
 	"             running kvnode scheduler instead of an in-process one.\n"
+	"    remote   put and get through kvnode's redis connector (LMCache's two-key\n"
+	"             layout; integrity tag computed on put and checked on get, as the\n"
+	"             remote tier does), one connection, against a redis-server the bench\n"
+	"             starts on 127.0.0.1 (or --url). Baseline: raw hiredis SET/GET of the\n"
+	"             same sizes on its own connection, alternating trials. The working\n"
+	"             set is capped at 128 MiB per size (the store holds two).\n"
 	"    disk, gpu\n"
 	"             not in this build yet: they arrive with the transport, membership\n"
 	"             and GPU work; asking for one says so and exits 2.\n"
@@ -71,6 +78,7 @@ static const char usage[] =
 	"    --listen HOST:PORT peer --serve: where to listen (default 127.0.0.1:0)\n"
 	"    --entries N        scheduler: directory entries for the memory row (default\n"
 	"                       10000000)\n"
+	"    --url URL          remote: the redis:// store to measure (default: start one)\n"
 	"    -v, --verbose      debug logging\n"
 	"    --log-level LEVEL  error, warn, info or debug (default warn)\n"
 	"    -h, --help         this text\n"
@@ -144,7 +152,8 @@ main(int argc, char **argv)
 		.entries = 10000000,
 	};
 	enum { O_BASELINE = 256, O_JSON, O_SIZES, O_DURATION, O_WSET, O_TRIALS, O_LEVEL, O_VERSION,
-	       O_TRANSPORT, O_CONNECT, O_REMOTE, O_LISTEN, O_INFLIGHT, O_CONNS, O_SERVE, O_ENTRIES };
+	       O_TRANSPORT, O_CONNECT, O_REMOTE, O_LISTEN, O_INFLIGHT, O_CONNS, O_SERVE, O_ENTRIES,
+	       O_URL };
 	static const struct option longopts[] = {
 		{ "baseline", no_argument, NULL, O_BASELINE },
 		{ "json", no_argument, NULL, O_JSON },
@@ -161,6 +170,7 @@ main(int argc, char **argv)
 		{ "conns", required_argument, NULL, O_CONNS },
 		{ "serve", no_argument, NULL, O_SERVE },
 		{ "entries", required_argument, NULL, O_ENTRIES },
+		{ "url", required_argument, NULL, O_URL },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, O_VERSION },
@@ -189,6 +199,7 @@ main(int argc, char **argv)
 		case O_REMOTE: o.remote_desc = optarg; break;
 		case O_LISTEN: o.listen = optarg; break;
 		case O_SERVE: o.serve = true; break;
+		case O_URL: o.url = optarg; break;
 		case O_ENTRIES:
 			o.entries = strtoull(optarg, &end, 10);
 			if (*end || o.entries < 1 || o.entries > (1ull << 32)) {
@@ -269,11 +280,13 @@ main(int argc, char **argv)
 	}
 	if (!strcmp(mode, "scheduler"))
 		return bench_scheduler(&o) < 0 ? 1 : 0;
+	if (!strcmp(mode, "remote"))
+		return bench_remote(&o) < 0 ? 1 : 0;
 	if (!strcmp(mode, "disk") ||
 	    !strcmp(mode, "gpu")) {
-		fprintf(stderr, "kvnode-bench: mode \"%s\" is not in this build yet (only \"local\", \"peer\" and \"scheduler\")\n", mode);
+		fprintf(stderr, "kvnode-bench: mode \"%s\" is not in this build yet (only \"local\", \"peer\", \"scheduler\" and \"remote\")\n", mode);
 		return 2;
 	}
-	fprintf(stderr, "kvnode-bench: unknown mode \"%s\" (local, peer, scheduler, disk, gpu)\n", mode);
+	fprintf(stderr, "kvnode-bench: unknown mode \"%s\" (local, peer, scheduler, remote, disk, gpu)\n", mode);
 	return 2;
 }

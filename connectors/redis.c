@@ -7,7 +7,9 @@
 #include <string.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <hiredis/hiredis.h>
@@ -312,25 +314,93 @@ done:
 	return rc;
 }
 
-static int
-append_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
+/* RESP of one bulk string's length line, "$<n>\r\n". */
+static size_t
+bulk_len(char *out, size_t n)
 {
-	char k[RKEY_MAX];
-	uint8_t hdr[KVN_REMOTE_META_LEN];
-	size_t kl;
-	kvn_remote_meta_encode(&v->meta, hdr);
-	/* Payload first, header last: the header's arrival is what makes the value exist. */
-	kl = rkey(k, key, SUFFIX_DATA);
-	if (redisAppendCommand(c->ctx, "SET %b %b", k, kl, v->payload->data, v->payload->len))
-		return -ENOMEM;
-	kl = rkey(k, key, SUFFIX_TAG);
-	if (v->tag_len ? redisAppendCommand(c->ctx, "SET %b %b", k, kl, v->tag, (size_t)v->tag_len)
-		       : redisAppendCommand(c->ctx, "DEL %b", k, kl))
-		return -ENOMEM;
-	kl = rkey(k, key, SUFFIX_META);
-	if (redisAppendCommand(c->ctx, "SET %b %b", k, kl, hdr, sizeof(hdr)))
-		return -ENOMEM;
+	return (size_t)sprintf(out, "$%zu\r\n", n);
+}
+
+/* "*<argc>\r\n$<len>\r\n<cmd>\r\n$<len>\r\n<key><suffix>\r\n" into out; returns its length. */
+static size_t
+resp_head(char *out, int argc, const char *cmd, const struct kvn_key *key, const char *suffix)
+{
+	size_t n = (size_t)sprintf(out, "*%d\r\n", argc);
+	n += bulk_len(out + n, strlen(cmd));
+	n += (size_t)sprintf(out + n, "%s\r\n", cmd);
+	n += bulk_len(out + n, key->len + strlen(suffix));
+	n += rkey(out + n, key, suffix);
+	memcpy(out + n, "\r\n", 2);
+	return n + 2;
+}
+
+static size_t
+resp_bulk(char *out, const void *data, size_t len)
+{
+	size_t n = bulk_len(out, len);
+	memcpy(out + n, data, len);
+	memcpy(out + n + len, "\r\n", 2);
+	return n + len + 2;
+}
+
+/* Writes iov to the server. The payload goes straight from the caller's buffer to the socket:
+ * hiredis would first copy it into its output buffer and then, writing that in pieces, move
+ * the unsent rest down after each one, which costs more than the write itself for large
+ * values. A failed write leaves the stream in an unknown state, so the context is marked
+ * broken and the node reconnects. */
+static int
+send_all(struct kvn_connector *c, struct iovec *iov, int n)
+{
+	while (n > 0) {
+		struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+		ssize_t w = sendmsg(c->ctx->fd, &m, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0) {
+			int rc = errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+			c->ctx->err = REDIS_ERR_IO;
+			snprintf(c->ctx->errstr, sizeof(c->ctx->errstr), "%s", strerror(-rc));
+			c->env->log(c->env, KVN_LOG_WARN, "SET on %s failed: %s",
+				    c->env->url_redacted, strerror(-rc));
+			return rc;
+		}
+		while (n > 0 && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++, n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
+		}
+	}
 	return 0;
+}
+
+/* Sends SET <key>kv_bytes, SET <key>kvnode_tag (or DEL when untagged), SET <key>metadata:
+ * payload first, header last — the header's arrival is what makes the value exist. Three
+ * replies follow. */
+static int
+send_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
+{
+	char head[RKEY_MAX + 64], tail[2 * RKEY_MAX + 512];
+	uint8_t hdr[KVN_REMOTE_META_LEN];
+	if (c->ctx->err)
+		return ctx_error(c, "SET");
+	kvn_remote_meta_encode(&v->meta, hdr);
+	size_t hn = resp_head(head, 3, "SET", key, SUFFIX_DATA);
+	hn += bulk_len(head + hn, v->payload->len);
+	size_t tn = 2; /* "\r\n" that ends the payload */
+	memcpy(tail, "\r\n", 2);
+	if (v->tag_len) {
+		tn += resp_head(tail + tn, 3, "SET", key, SUFFIX_TAG);
+		tn += resp_bulk(tail + tn, v->tag, v->tag_len);
+	} else {
+		tn += resp_head(tail + tn, 2, "DEL", key, SUFFIX_TAG);
+	}
+	tn += resp_head(tail + tn, 3, "SET", key, SUFFIX_META);
+	tn += resp_bulk(tail + tn, hdr, sizeof(hdr));
+	struct iovec iov[3] = {{head, hn}, {v->payload->data, v->payload->len}, {tail, tn}};
+	return send_all(c, iov, 3);
 }
 
 static int
@@ -363,7 +433,7 @@ do_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_val
 static int
 do_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
 {
-	int rc = append_put(c, key, v);
+	int rc = send_put(c, key, v);
 	return rc < 0 ? rc : read_n(c, "SET", 3);
 }
 
@@ -483,9 +553,9 @@ static int
 do_put_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys,
 	     const struct kvn_remote_value *vals, int *rcs)
 {
-	for (size_t i = 0; i < n; i++)
-		if (append_put(c, keys[i], &vals[i]) < 0)
-			return -ENOMEM;
+	/* A failed send breaks the context: every reply read below then reports it. */
+	for (size_t i = 0; i < n && send_put(c, keys[i], &vals[i]) == 0; i++)
+		;
 	for (size_t i = 0; i < n; i++) {
 		rcs[i] = read_n(c, "SET", 3);
 		if (c->ctx->err) {

@@ -1,0 +1,413 @@
+/* kvnode-bench remote: put/get through kvnode's redis connector (LMCache layout, integrity tag
+ * computed on put and checked on get, as the remote tier does) against raw hiredis SET/GET of
+ * the same sizes on one connection each, in alternating trials, against a redis-server the
+ * bench starts on 127.0.0.1 (or --url). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <hiredis/hiredis.h>
+
+#include "bench/bench.h"
+#include "connectors/registry.h"
+#include "node/config.h"
+#include "node/log.h"
+#include "node/remote_value.h"
+
+#define WSET_MAX (128ull << 20) /* per key set: the store holds two of them */
+
+extern char **environ;
+
+struct trial {
+	uint64_t iterations;
+	double gbps;
+	double peak_gbps;
+};
+
+enum op { OP_PUT, OP_GET, OP_RAW_SET, OP_RAW_GET };
+
+struct ctx {
+	const struct kvn_connector_ops *ops;
+	struct kvn_connector *conn;
+	redisContext *raw;
+	struct kvn_key *keys;
+	size_t nkeys;
+	size_t size;
+	struct kvn_buf *val;
+};
+
+/* --------------------------------------------------------------------------------------------
+ * A private redis-server
+ * -------------------------------------------------------------------------------------------- */
+
+struct server {
+	pid_t pid;
+	char dir[64];
+	int port;
+};
+
+static int
+free_port(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	int port = -1;
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+		port = ntohs(a.sin_port);
+	if (fd >= 0)
+		close(fd);
+	return port;
+}
+
+static int
+server_start(struct server *s)
+{
+	char port[16], log[128];
+	snprintf(s->dir, sizeof(s->dir), "/tmp/kvn-bench-redis-XXXXXX");
+	if (!mkdtemp(s->dir))
+		return -errno;
+	s->port = free_port();
+	snprintf(port, sizeof(port), "%d", s->port);
+	snprintf(log, sizeof(log), "%s/redis.log", s->dir);
+	char *argv[] = {"redis-server",
+			"--port",
+			port,
+			"--bind",
+			"127.0.0.1",
+			"--dir",
+			s->dir,
+			"--save",
+			"",
+			"--appendonly",
+			"no",
+			"--protected-mode",
+			"no",
+			"--logfile",
+			log,
+			NULL};
+	int rc = posix_spawnp(&s->pid, "redis-server", NULL, NULL, argv, environ);
+	if (rc) {
+		fprintf(stderr,
+			"kvnode-bench: cannot start redis-server: %s (install it with "
+			"scripts/install-deps, or pass --url redis://HOST:PORT)\n",
+			strerror(rc));
+		s->pid = 0;
+		return -rc;
+	}
+	for (int i = 0; i < 300; i++) { /* up to 30 s on a loaded machine */
+		struct timeval tv = {1, 0};
+		redisContext *c = redisConnectWithTimeout("127.0.0.1", s->port, tv);
+		redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
+		bool ok = r && r->type == REDIS_REPLY_STATUS;
+		if (r)
+			freeReplyObject(r);
+		if (c)
+			redisFree(c);
+		if (ok)
+			return 0;
+		if (waitpid(s->pid, NULL, WNOHANG) == s->pid) {
+			s->pid = 0;
+			break;
+		}
+		usleep(100 * 1000);
+	}
+	fprintf(stderr, "kvnode-bench: redis-server on 127.0.0.1:%d did not come up (see %s)\n",
+		s->port, log);
+	return -ETIMEDOUT;
+}
+
+static void
+server_stop(struct server *s)
+{
+	if (s->pid > 0) {
+		kill(s->pid, SIGTERM);
+		waitpid(s->pid, NULL, 0);
+	}
+	if (s->dir[0]) {
+		char log[128];
+		snprintf(log, sizeof(log), "%s/redis.log", s->dir);
+		unlink(log);
+		rmdir(s->dir);
+	}
+}
+
+/* --------------------------------------------------------------------------------------------
+ * Measuring
+ * -------------------------------------------------------------------------------------------- */
+
+static int
+one(struct ctx *c, enum op op, size_t i)
+{
+	const struct kvn_key *k = &c->keys[i];
+	struct kvn_remote_value v;
+	redisReply *r = NULL;
+	int rc = 0;
+	switch (op) {
+	case OP_PUT:
+		/* What the remote tier does for a put: header + tag, then the connector. */
+		if ((rc = kvn_remote_value_from_buf(&v, c->val)) == 0)
+			rc = c->ops->put(c->conn, k, &v);
+		break;
+	case OP_GET:
+		rc = c->ops->get(c->conn, k, &v);
+		if (rc == 0) {
+			rc = kvn_remote_value_check(&v, NULL, 0);
+			if (rc == 0 && v.payload->len != c->size)
+				rc = -EBADMSG;
+			kvn_remote_value_release(&v);
+		}
+		break;
+	case OP_RAW_SET:
+		r = redisCommand(c->raw, "SET raw:%b %b", k->str, (size_t)k->len, c->val->data,
+				 c->val->len);
+		rc = r && r->type == REDIS_REPLY_STATUS ? 0 : -EIO;
+		break;
+	case OP_RAW_GET:
+		r = redisCommand(c->raw, "GET raw:%b", k->str, (size_t)k->len);
+		rc = r && r->type == REDIS_REPLY_STRING && r->len == c->size ? 0 : -EIO;
+		break;
+	}
+	if (r)
+		freeReplyObject(r);
+	if (rc < 0)
+		fprintf(stderr, "kvnode-bench: %s of key %s (%zu bytes) failed: %s\n",
+			op == OP_PUT	   ? "connector put"
+			: op == OP_GET	   ? "connector get"
+			: op == OP_RAW_SET ? "hiredis SET"
+					   : "hiredis GET",
+			k->str, c->size, kvn_strerror(rc));
+	return rc;
+}
+
+static int
+pass(struct ctx *c, enum op op)
+{
+	for (size_t i = 0; i < c->nkeys; i++) {
+		int rc = one(c, op, i);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
+static int
+measure(struct ctx *c, enum op op, double duration, struct trial *t)
+{
+	double bytes_per_pass = (double)c->nkeys * (double)c->size;
+	int rc = pass(c, op); /* warm-up, and gets need the keys present */
+	if (rc < 0)
+		return rc;
+	memset(t, 0, sizeof(*t));
+	double start = bench_now(), now = start;
+	do {
+		double p0 = now;
+		if ((rc = pass(c, op)) < 0)
+			return rc;
+		now = bench_now();
+		double g = bytes_per_pass / (now - p0) / 1e9;
+		if (g > t->peak_gbps)
+			t->peak_gbps = g;
+		t->iterations += c->nkeys;
+	} while (now - start < duration);
+	t->gbps = (double)t->iterations * (double)c->size / (now - start) / 1e9;
+	return 0;
+}
+
+static int
+cmp_trial(const void *a, const void *b)
+{
+	double x = ((const struct trial *)a)->gbps, y = ((const struct trial *)b)->gbps;
+	return (x > y) - (x < y);
+}
+
+static int
+row(const struct bench_opts *o, struct ctx *c, enum op op, enum op base_op, const char *name,
+    const char *base_name)
+{
+	struct trial mine[99], base[99];
+	for (int i = 0; i < o->trials; i++) {
+		int rc = measure(c, op, o->duration_s, &mine[i]);
+		if (rc == 0 && o->baseline)
+			rc = measure(c, base_op, o->duration_s, &base[i]);
+		if (rc < 0)
+			return rc;
+	}
+	qsort(mine, (size_t)o->trials, sizeof(mine[0]), cmp_trial);
+	qsort(base, o->baseline ? (size_t)o->trials : 0, sizeof(base[0]), cmp_trial);
+	struct trial *m = &mine[o->trials / 2];
+	struct bench_row r = {
+	    .mode = "remote",
+	    .op = name,
+	    .bytes = c->size,
+	    .iterations = m->iterations,
+	    .gbps = m->gbps,
+	    .peak_gbps = m->peak_gbps,
+	    .baseline_gbps = o->baseline ? base[o->trials / 2].gbps : 0,
+	    .baseline_name = base_name,
+	};
+	bench_table_row(o, &r);
+	return 0;
+}
+
+static int
+one_size(const struct bench_opts *o, struct ctx *c, size_t size, uint64_t wset)
+{
+	c->size = size;
+	c->nkeys = wset / size ? wset / size : 1;
+	c->keys = calloc(c->nkeys, sizeof(*c->keys));
+	c->val = kvn_buf_new(size);
+	int rc = -ENOMEM;
+	if (!c->keys || !c->val)
+		goto out;
+	for (size_t i = 0; i < size; i++)
+		((unsigned char *)c->val->data)[i] = (unsigned char)(i * 31 + 7);
+	for (size_t i = 0; i < c->nkeys; i++) {
+		char text[128];
+		snprintf(text, sizeof(text), "bench@llama-3-8b@1@0@%zx%08zx@bfloat16", size, i);
+		kvn_key_from_str(&c->keys[i], text);
+	}
+	if ((rc = row(o, c, OP_PUT, OP_RAW_SET, "put", "hiredis SET")) < 0 ||
+	    (rc = row(o, c, OP_GET, OP_RAW_GET, "get", "hiredis GET")) < 0)
+		goto out;
+	/* Leave the store as we found it. */
+	for (size_t i = 0; i < c->nkeys; i++) {
+		c->ops->remove(c->conn, &c->keys[i]);
+		redisReply *r =
+		    redisCommand(c->raw, "DEL raw:%b", c->keys[i].str, (size_t)c->keys[i].len);
+		if (r)
+			freeReplyObject(r);
+	}
+out:
+	kvn_buf_unref(c->val);
+	free(c->keys);
+	return rc;
+}
+
+static const char *
+no_opt(const struct kvn_connector_env *env, const char *opt)
+{
+	(void)env, (void)opt;
+	return NULL;
+}
+
+static void
+env_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
+{
+	(void)env;
+	va_list ap;
+	va_start(ap, fmt);
+	kvn_logv(level, "connector redis", fmt, ap);
+	va_end(ap);
+}
+
+/* host, port, password and db of a redis:// URL, for the baseline's own connection. */
+static int
+raw_connect(const char *url, int default_port, redisContext **out)
+{
+	char host[256] = "127.0.0.1", pass[256] = "";
+	int port = default_port, db = 0;
+	const char *p = strstr(url, "://") + 3, *at = strchr(p, '@');
+	if (at) {
+		const char *colon = memchr(p, ':', (size_t)(at - p));
+		snprintf(pass, sizeof(pass), "%.*s", colon ? (int)(at - colon - 1) : (int)(at - p),
+			 colon ? colon + 1 : p);
+		p = at + 1;
+	}
+	int n = sscanf(p, "%255[^:/?]:%d/%d", host, &port, &db);
+	if (n < 2)
+		port = 6379;
+	struct timeval tv = {60, 0};
+	redisContext *c = redisConnectWithTimeout(host, port, tv);
+	if (!c || c->err) {
+		fprintf(stderr, "kvnode-bench: baseline connection to %s:%d failed: %s\n", host,
+			port, c ? c->errstr : "out of memory");
+		if (c)
+			redisFree(c);
+		return -ECONNREFUSED;
+	}
+	redisSetTimeout(c, tv);
+	redisReply *r = pass[0] ? redisCommand(c, "AUTH %s", pass) : NULL;
+	if (r)
+		freeReplyObject(r);
+	r = db ? redisCommand(c, "SELECT %d", db) : NULL;
+	if (r)
+		freeReplyObject(r);
+	*out = c;
+	return 0;
+}
+
+int
+bench_remote(const struct bench_opts *o)
+{
+	struct server srv = {0};
+	char url[512], err[1024];
+	int rc;
+	if (o->url) {
+		snprintf(url, sizeof(url), "%s", o->url);
+	} else {
+		if ((rc = server_start(&srv)) < 0) {
+			server_stop(&srv);
+			return rc;
+		}
+		snprintf(url, sizeof(url), "redis://127.0.0.1:%d", srv.port);
+	}
+	struct ctx c = {0};
+	char *shown = kvn_config_redact_url(url);
+	struct kvn_connector_env env = {.abi = KVN_CONNECTOR_ABI,
+					.url = url,
+					.url_redacted = shown ? shown : "(url)",
+					.config_dir = ".",
+					.get_opt = no_opt,
+					.log = env_log,
+					.timeout_ms = 60000};
+	if ((rc = kvn_connector_find(url, &c.ops, err, sizeof(err))) < 0 ||
+	    strcmp(c.ops->scheme, "redis")) {
+		fprintf(stderr, "kvnode-bench: --url %s: %s\n", env.url_redacted,
+			rc < 0 ? err : "remote mode measures the redis connector: give redis://");
+		rc = rc < 0 ? rc : -EINVAL;
+		goto out;
+	}
+	if ((rc = c.ops->connect(&env, &c.conn)) < 0) {
+		fprintf(stderr, "kvnode-bench: cannot connect to %s: %s\n", env.url_redacted,
+			kvn_strerror(rc));
+		goto out;
+	}
+	/* The baseline: a plain hiredis connection to the same server (AUTH and SELECT as the
+	 * URL says), nothing of kvnode's in its path. */
+	if ((rc = raw_connect(url, srv.port, &c.raw)) < 0)
+		goto out;
+	uint64_t wset = o->working_set < WSET_MAX ? o->working_set : WSET_MAX;
+	char setup[512];
+	snprintf(setup, sizeof(setup),
+		 "store: %s%s   working set: %llu MiB per size   trials: %d x %.2f s   "
+		 "baseline: %s",
+		 env.url_redacted, o->url ? "" : " (redis-server started by the bench)",
+		 (unsigned long long)(wset >> 20), o->trials, o->duration_s,
+		 o->baseline ? "raw hiredis SET/GET, one connection" : "none");
+	bench_table_header(o, "kvnode-bench remote: kvnode's redis connector (LMCache layout)",
+			   setup);
+	for (size_t i = 0; i < o->nsizes && rc == 0; i++)
+		rc = one_size(o, &c, o->sizes[i], wset);
+	bench_table_footer(o);
+	if (o->json)
+		bench_json_flush();
+out:
+	if (c.raw)
+		redisFree(c.raw);
+	if (c.conn)
+		c.ops->close(c.conn);
+	free(shown);
+	server_stop(&srv);
+	return rc;
+}
