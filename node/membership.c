@@ -428,12 +428,17 @@ stopping(struct kvn_membership *m)
 	return s;
 }
 
-/* Sleeps ms or until stop. */
+/* Sleeps ms or until woken (stop). A wake-up left over from a publish is drained, else every
+ * later nap would return at once and a re-join loop would spin. */
 static void
 nap(struct kvn_membership *m, int ms)
 {
 	struct pollfd pf = {.fd = m->wake_fd, .events = POLLIN};
-	poll(&pf, 1, ms);
+	if (poll(&pf, 1, ms) > 0) {
+		uint64_t v;
+		ssize_t n = read(m->wake_fd, &v, sizeof(v));
+		(void)n;
+	}
 }
 
 static void
