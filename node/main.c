@@ -1055,7 +1055,7 @@ main(int argc, char **argv)
 		if (!hc)
 			return die(EXIT_USAGE,
 				   "help: no command %s (commands: serve put get rm ls "
-				   "stat demo)",
+				   "stat scheduler demo)",
 				   argv[cmd_at + 1]);
 		fputs(hc->help, stdout);
 		return EXIT_OK;

@@ -372,6 +372,7 @@ Test(scheduler, a_member_killed_with_sigkill_is_expired_and_its_chunks_are_no_lo
 	cr_assert_eq(found_on(w, 500, 7, (uint32_t)vid), 0, "none of its keys is returned");
 	cr_assert_eq(kvn_membership_worker_count(w), 1);
 	cr_assert(kvn_membership_connected(w), "the other member keeps working");
+	cr_assert_eq(kvn_membership_joins(w), 1, "its heartbeats kept it a member all along");
 	cr_assert_eq(found_on(w, 1, 7, (uint32_t)vid), 0);
 
 	/* The victim's name comes back: its old worker id with it. */
