@@ -410,7 +410,9 @@ verbs_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 	if (!ops)
 		return -ENOMEM;
 	pthread_mutex_lock(&tp->lock);
-	if (ep->state == EP_DOWN && !ep->closing) { /* broken earlier: reconnect once, here */
+	/* Broken earlier: reconnect once, here; but never from a read callback, which runs on the
+	 * progress thread and must not block (the ABI says -ENOTCONN then). */
+	if (ep->state == EP_DOWN && !ep->closing && !pthread_equal(pthread_self(), tp->progress)) {
 		char err[192];
 		ep->state = EP_CONNECTING;
 		pthread_mutex_unlock(&tp->lock);
