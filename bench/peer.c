@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "bench/peer_verbs.h"
 #include "kvnode/transport.h"
 #include "node/log.h"
 
@@ -388,13 +389,16 @@ run_sizes(const struct bench_opts *o, struct run *r, const char *transport_name,
 	  const struct peer_info *pi)
 {
 	char setup[256];
+	bool verbs = !strcmp(transport_name, "verbs");
 	snprintf(setup, sizeof(setup),
 		 "transport: %s   peer: %s   in flight: %d   trials: %d x %.2f s   baseline: %s",
 		 transport_name, pi->addr, o->inflight, o->trials, o->duration_s,
-		 o->baseline ? "iperf3 -c (single stream, loopback)" : "none");
+		 !o->baseline ? "none"
+		 : verbs     ? "ib_read_bw -R (same size and device)"
+			     : "iperf3 -c (single stream, loopback)");
 	bench_table_header(o, "kvnode-bench peer: one-sided READ of a peer's registered memory",
 			   setup);
-	double gb[16][99], base[99];
+	double gb[16][99], base[16][99];
 	uint64_t it[16][99];
 	int rc = 0;
 	for (int t = 0; t < o->trials && !rc; t++) {
@@ -408,18 +412,25 @@ run_sizes(const struct bench_opts *o, struct run *r, const char *transport_name,
 				rc = verify(r);
 			if (!rc)
 				rc = measure(r, o->inflight, o->duration_s, &it[s][t], &gb[s][t]);
+			/* ib_read_bw runs per size, on the same device as the reads above. */
+			if (!rc && o->baseline && verbs &&
+			    (base[s][t] = bench_verbs_baseline_gbps(pi->addr, r->size, it[s][t],
+								    o->inflight)) < 0)
+				rc = -EIO;
 		}
-		if (!rc && o->baseline && (base[t] = iperf3_gbps()) < 0)
+		if (!rc && o->baseline && !verbs && (base[0][t] = iperf3_gbps()) < 0)
 			rc = -EIO;
+		for (size_t s = 1; !rc && o->baseline && !verbs && s < o->nsizes; s++)
+			base[s][t] = base[0][t];
 	}
 	if (rc)
 		return rc;
-	double med_base = 0;
-	if (o->baseline) {
-		qsort(base, (size_t)o->trials, sizeof(double), cmp_double);
-		med_base = base[o->trials / 2];
-	}
 	for (size_t s = 0; s < o->nsizes; s++) {
+		double med_base = 0;
+		if (o->baseline) {
+			qsort(base[s], (size_t)o->trials, sizeof(double), cmp_double);
+			med_base = base[s][o->trials / 2];
+		}
 		/* Report the median trial; its iteration count goes with it. */
 		int mid = 0;
 		double sorted[99];
@@ -436,7 +447,7 @@ run_sizes(const struct bench_opts *o, struct run *r, const char *transport_name,
 			.gbps = gb[s][mid],
 			.peak_gbps = sorted[o->trials - 1],
 			.baseline_gbps = med_base,
-			.baseline_name = "iperf3",
+			.baseline_name = verbs ? "ib_read_bw" : "iperf3",
 		};
 		bench_table_row(o, &row);
 	}
@@ -449,12 +460,6 @@ bench_peer(const struct bench_opts *o)
 {
 	if (o->serve)
 		return serve(o, stdout);
-	if (o->baseline && strcmp(o->transport, "tcp")) {
-		fprintf(stderr, "kvnode-bench: --baseline for --transport %s is not in this build "
-			"(ib_read_bw comes with the verbs transport); use --transport tcp\n",
-			o->transport);
-		return -EINVAL;
-	}
 	pid_t child = 0;
 	struct peer_info pi;
 	int rc = 0;

@@ -1,0 +1,133 @@
+/* The verbs baseline of kvnode-bench peer --baseline: perftest's ib_read_bw (RDMA READ, RC, over
+ * rdma_cm) at the same message size, on the same device, towards the same address, in this run. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench/peer_verbs.h"
+
+#if KVN_HAVE_VERBS
+#include <infiniband/verbs.h>
+
+extern char **environ;
+
+/* The device the verbs transport picks by default: the first with an active port. */
+static int
+active_device(char *name, size_t len)
+{
+	int n = 0, rc = -ENODEV;
+	struct ibv_device **list = ibv_get_device_list(&n);
+	for (int i = 0; list && i < n && rc; i++) {
+		struct ibv_context *ctx = ibv_open_device(list[i]);
+		struct ibv_port_attr pa;
+		if (!ctx)
+			continue;
+		if (!ibv_query_port(ctx, 1, &pa) && pa.state == IBV_PORT_ACTIVE) {
+			snprintf(name, len, "%s", ibv_get_device_name(list[i]));
+			rc = 0;
+		}
+		ibv_close_device(ctx);
+	}
+	if (list)
+		ibv_free_device_list(list);
+	return rc;
+}
+
+/* perftest prints one row per size under "#bytes #iterations BW peak[MB/sec] BW average..."
+ * with MB = 2^20 bytes. */
+static double
+parse_bw(FILE *f, size_t size)
+{
+	char line[512];
+	bool table = false;
+	double gbps = -EPROTO;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long bytes, iters;
+		double peak, avg;
+		if (strstr(line, "#bytes"))
+			table = true;
+		else if (table && sscanf(line, "%llu %llu %lf %lf", &bytes, &iters, &peak, &avg) == 4 &&
+			 bytes == size)
+			gbps = avg * 1048576.0 / 1e9;
+	}
+	return gbps;
+}
+
+double
+bench_verbs_baseline_gbps(const char *peer_addr, size_t size, uint64_t iterations, int inflight)
+{
+	char dev[64], host[128], sz[32], iters[24], depth[16], port[16];
+	const char *colon = strrchr(peer_addr, ':');
+	double gbps = -EIO;
+	pid_t srv;
+
+	if (active_device(dev, sizeof(dev)) < 0) {
+		fprintf(stderr, "kvnode-bench: ib_read_bw baseline: no RDMA device with an active "
+				"port\n");
+		return -ENODEV;
+	}
+	if (!colon || (size_t)(colon - peer_addr) >= sizeof(host))
+		return -EINVAL;
+	snprintf(host, sizeof(host), "%.*s", (int)(colon - peer_addr), peer_addr);
+	snprintf(sz, sizeof(sz), "%zu", size);
+	/* The same work as kvnode's reads: iterations and the send-queue depth (reads posted at
+	 * once). perftest's duration mode (-D) starves at large sizes under emulation. */
+	snprintf(iters, sizeof(iters), "%llu", (unsigned long long)(iterations < 8 ? 8 : iterations));
+	snprintf(depth, sizeof(depth), "%d", inflight < 1 ? 1 : inflight > 128 ? 128 : inflight);
+	char *sargv[] = { "ib_read_bw", "-d", dev, "-R", "-F", "-s", sz, "-n", iters, "-t", depth,
+			  "-p", port, NULL };
+	char cmd[512];
+	/* Under emulation perftest sometimes reports 0 (its cycle counter is emulated too) and its
+	 * server needs a moment before it listens: a few attempts, each with a fresh server. */
+	for (int attempt = 0; attempt < 5 && gbps <= 0; attempt++) {
+		posix_spawn_file_actions_t fa;
+		snprintf(port, sizeof(port), "%d",
+			 20000 + (int)((getpid() * 7919u + (unsigned)time(NULL) * 31u +
+					(unsigned)attempt * 101u + (unsigned)size) % 20000));
+		posix_spawn_file_actions_init(&fa);
+		posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
+		posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
+		int rc = posix_spawnp(&srv, "ib_read_bw", &fa, NULL, sargv, environ);
+		posix_spawn_file_actions_destroy(&fa);
+		if (rc) {
+			fprintf(stderr, "kvnode-bench: cannot run ib_read_bw: %s (install perftest: "
+					"scripts/install-vm-deps)\n", strerror(rc));
+			return -rc;
+		}
+		usleep(300000u * (unsigned)(attempt + 1));
+		snprintf(cmd, sizeof(cmd), "ib_read_bw -d %s -R -F -s %s -n %s -t %s -p %s %s 2>&1",
+			 dev, sz, iters, depth, port, host);
+		FILE *f = popen(cmd, "r");
+		if (f) {
+			gbps = parse_bw(f, size);
+			pclose(f);
+		}
+		kill(srv, SIGTERM);
+		waitpid(srv, NULL, 0);
+	}
+	if (gbps <= 0) {
+		fprintf(stderr, "kvnode-bench: '%s' gave no bandwidth\n", cmd);
+		return -EIO;
+	}
+	return gbps;
+}
+
+#else
+
+double
+bench_verbs_baseline_gbps(const char *peer_addr, size_t size, uint64_t iterations, int inflight)
+{
+	(void)peer_addr, (void)size, (void)iterations, (void)inflight;
+	fprintf(stderr, "kvnode-bench: this build has no verbs (libibverbs was not found)\n");
+	return -EOPNOTSUPP;
+}
+
+#endif
