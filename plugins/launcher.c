@@ -170,16 +170,23 @@ child_exec(const struct plugin *p, pid_t parent, int devnull, const int out[2], 
 	close_range(3, ~0u, 0); /* node sockets without O_CLOEXEC */
 	if (chdir(p->dir) == 0)
 		execve(p->argv[0], p->argv, p->envp);
+	/* strerror is not async-signal-safe: the likely causes by hand, else the number. */
 	int code = errno;
-	char num[16];
+	const char *why = code == ENOEXEC  ? "not a program the kernel runs (add a #! line)\n"
+			  : code == EACCES ? "permission denied\n"
+			  : code == ENOENT ? "no such file or directory\n"
+					   : NULL;
+	char num[24];
 	size_t n = sizeof(num);
 	num[--n] = '\n';
 	do
 		num[--n] = (char)('0' + code % 10);
-	while ((code /= 10) && n);
-	ssize_t w = write(STDERR_FILENO, p->exec_fail, strlen(p->exec_fail));
-	w = write(STDERR_FILENO, num + n, sizeof(num) - n);
-	(void)w;
+	while ((code /= 10) && n > 6);
+	memcpy(num + n - 6, "errno ", 6);
+	n -= 6;
+	if (write(STDERR_FILENO, p->exec_fail, strlen(p->exec_fail)) > 0)
+		(void)!write(STDERR_FILENO, why ? why : num + n,
+			     why ? strlen(why) : sizeof(num) - n);
 	_exit(127);
 }
 

@@ -349,7 +349,7 @@ consider(struct scan *sc, const char *path)
 	} else {
 		p.state = PLUGIN_STOPPED; /* until the monitor starts it */
 		if (build_env(sc, &p) ||
-		    asprintf(&p.exec_fail, "kvnode: cannot execute %s for plugin %s: errno ",
+		    asprintf(&p.exec_fail, "kvnode: cannot execute %s for plugin %s: ",
 			     p.argv[0], p.path) < 0) {
 			p.exec_fail = NULL;
 			rc = -ENOMEM;

@@ -144,6 +144,7 @@ Test(plugins, shebang_wins_over_extension_then_extension_then_executable_bit)
 	cr_assert_eq(proc_write_file(dst, bin, len), 0);
 	cr_assert_eq(chmod(dst, 0755), 0);
 	free(bin);
+	put_plugin("noshebang_tool", 0755, "echo a script without a #! line\n");
 	put_plugin("missing_interp.sh", 0644, "#!/nonexistent/kvn-interp\n");
 	put_plugin("missing_env.py", 0644, "#!/usr/bin/env kvn-no-such-python9\n");
 
@@ -153,6 +154,7 @@ Test(plugins, shebang_wins_over_extension_then_extension_then_executable_bit)
 	wait_state(pl, "plain.py", "exited");
 	wait_state(pl, "plain.sh", "exited");
 	wait_state(pl, "binary_tool", "exited");
+	wait_state(pl, "noshebang_tool", "failed");
 	char buf[32];
 	cr_expect_str_eq(state_of(pl, "missing_interp.sh", buf, sizeof(buf)), "not-started");
 	cr_expect_str_eq(state_of(pl, "missing_env.py", buf, sizeof(buf)), "not-started");
@@ -170,6 +172,9 @@ Test(plugins, shebang_wins_over_extension_then_extension_then_executable_bit)
 	cr_expect(!strncmp(out, "bash ", 5) && strlen(out) > 7, "plain.sh ran by: %s", out);
 	free(out);
 	assert_contains(log, "notes.txt skipped: no #! line, no known extension");
+	assert_contains(log, "[plugin noshebang_tool] kvnode: cannot execute ");
+	assert_contains(log, "not a program the kernel runs (add a #! line)");
+	assert_contains(log, "[plugin noshebang_tool] exited with status 127");
 	assert_contains(log, "interpreter \"/nonexistent/kvn-interp\" not found");
 	assert_contains(log, "interpreter \"kvn-no-such-python9\" not found");
 	free(log);
