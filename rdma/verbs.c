@@ -126,10 +126,6 @@ pick_device(struct kvn_transport *tp, const struct kvn_transport_cfg *cfg, char 
 		return -EIO;
 	}
 	tp->max_msg = pa.max_msg_sz ? pa.max_msg_sz : (1u << 31);
-	/* Tests lower it to exercise the split of large reads on devices that allow 2 GiB. */
-	const char *lim = getenv("KVNODE_VERBS_MAX_MSG");
-	if (lim && strtoul(lim, NULL, 0) >= 4096 && strtoul(lim, NULL, 0) < tp->max_msg)
-		tp->max_msg = (uint32_t)strtoul(lim, NULL, 0);
 	tp->sq_depth = da.max_qp_wr < SQ_DEPTH_MAX ? (uint32_t)da.max_qp_wr : SQ_DEPTH_MAX;
 	tp->cq_depth = da.max_cqe < CQ_DEPTH_MAX ? (uint32_t)da.max_cqe : CQ_DEPTH_MAX;
 	tp->init_depth = (uint8_t)(da.max_qp_init_rd_atom > 255 ? 255 : da.max_qp_init_rd_atom);
