@@ -56,6 +56,7 @@ struct kvn_membership {
 	int32_t worker_id;
 	uint32_t worker_count;
 	uint64_t epoch, joins;
+	uint32_t beat_ms; /* the period in use: the scheduler's when it is shorter than ours */
 	struct waiter *waiters;
 	struct kvn_cf_pub *queue;
 	size_t qlen, qcap;
@@ -188,7 +189,7 @@ connect_join(struct kvn_membership *m, char *err, size_t errlen)
 	cJSON *r = h.type == KVN_CF_JOIN_OK ? cJSON_ParseWithLength((const char *)body, h.len)
 					    : NULL;
 	double id = num(r, "worker_id", -1), count = num(r, "worker_count", -1),
-	       epoch = num(r, "epoch", -1);
+	       epoch = num(r, "epoch", -1), beat = num(r, "heartbeat_ms", 0);
 	cJSON_Delete(r);
 	if (id < 0 || id >= 65535 || count < 1 || epoch < 0) {
 		close(fd);
@@ -207,6 +208,9 @@ connect_join(struct kvn_membership *m, char *err, size_t errlen)
 	m->worker_count = (uint32_t)count;
 	m->epoch = (uint64_t)epoch;
 	m->joins++;
+	/* The scheduler expires members by its own period: beating slower than it would get
+	 * this node expired while alive. */
+	m->beat_ms = beat >= 1 && beat < m->o.heartbeat_ms ? (uint32_t)beat : m->o.heartbeat_ms;
 	/* What was queued before this join is covered by the republish that follows. */
 	m->sent += m->qlen;
 	m->qlen = 0;
@@ -460,7 +464,7 @@ thread_main(void *arg)
 	int hb = (int)m->o.heartbeat_ms, backoff = 20;
 	/* A scheduler that answers nothing for this long is treated as gone. */
 	int silent_max = 3 * hb > m->o.timeout_ms ? 3 * hb : m->o.timeout_ms;
-	int64_t next_beat = now_ms() + hb, last_rx = now_ms();
+	int64_t next_beat = now_ms(), last_rx = now_ms();
 	char err[512];
 	bool fresh = kvn_membership_connected(m);
 	if (fresh)
@@ -478,9 +482,12 @@ thread_main(void *arg)
 			last_rx = now_ms();
 			after_join(m);
 		}
+		pthread_mutex_lock(&m->lock);
+		int beat = (int)m->beat_ms;
+		pthread_mutex_unlock(&m->lock);
 		int64_t now = now_ms();
 		if (now >= next_beat) {
-			next_beat = now + hb;
+			next_beat = now + beat;
 			if (send_simple(m, KVN_CF_HEARTBEAT)) {
 				disconnect(m, "sending a heartbeat failed");
 				continue;

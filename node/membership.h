@@ -54,7 +54,7 @@ struct kvn_membership_opts {
 	size_t regions_len;
 	uint64_t capacity;	/* bytes this node offers (cpu tier) */
 	const char *auth_token; /* NULL: none */
-	uint32_t heartbeat_ms;	/* 0 = 500 */
+	uint32_t heartbeat_ms;	/* 0 = 500; the scheduler's period when that is shorter */
 	int timeout_ms;		/* connect, join and lookup deadline; 0 = 5000 */
 	bool want_evicts;	/* receive EVICTED notices (a peer backend with a cache wants them) */
 };

@@ -418,6 +418,21 @@ Test(scheduler, after_a_scheduler_restart_members_rejoin_and_lookups_answer_agai
 	free(so);
 }
 
+Test(scheduler, a_node_configured_to_beat_slower_than_the_scheduler_follows_the_scheduler)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", NULL); /* heartbeat_ms 100 */
+	struct kvn_membership_opts o = {
+	    .scheduler = s.addr, .name = "slow", .heartbeat_ms = 5000, .timeout_ms = 10000};
+	struct kvn_membership *m;
+	cr_assert_eq(kvn_membership_start(&o, NULL, &m, why, sizeof(why)), 0, "%s", why);
+	sleep_ms(1500); /* 15 of the scheduler's beats: expired by now unless it beats at 100 */
+	cr_assert(kvn_membership_connected(m));
+	cr_assert_eq(kvn_membership_joins(m), 1, "never expired and re-joined");
+	kvn_membership_stop(m);
+	sched_stop(&s);
+}
+
 Test(scheduler, a_wrong_or_missing_auth_token_is_refused)
 {
 	struct sched s = {0};
