@@ -81,7 +81,8 @@ client_open(struct client *c, const char *addr, size_t n)
 		kvn_cf_put_u32(&b, (uint32_t)k);
 		kvn_cf_put_u32(&b, 0);
 		for (size_t i = off; i < off + k; i++) {
-			struct kvn_cf_pub r = {.op = KVN_CF_ADMIT, .digest = digest(i), .loc = loc(i)};
+			struct kvn_cf_pub r = {
+			    .op = KVN_CF_ADMIT, .digest = digest(i), .loc = loc(i)};
 			kvn_cf_put_pub(&b, &r);
 		}
 		kvn_cf_end(&b);
@@ -150,8 +151,10 @@ run_lookups(struct client *c, uint32_t batch, int window, double duration, uint6
 		if ((rc = next_frame(c, &h, &body)))
 			break;
 		if (h.type != KVN_CF_LOOKUP_REPLY || h.seq != (uint32_t)done ||
-		    kvn_cf_lookup_reply_decode(body, h.len, batch, 1, nloc, locs, err, sizeof(err))) {
-			fprintf(stderr, "kvnode-bench: reply %llu is not the LOOKUP_REPLY expected\n",
+		    kvn_cf_lookup_reply_decode(body, h.len, batch, 1, nloc, locs, err,
+					       sizeof(err))) {
+			fprintf(stderr,
+				"kvnode-bench: reply %llu is not the LOOKUP_REPLY expected\n",
 				(unsigned long long)done);
 			rc = -EPROTO;
 			break;
@@ -228,8 +231,9 @@ bench_memory(const struct bench_opts *o, cJSON *rows)
 		struct kvn_loc l = loc(i);
 		l.worker_id = (uint32_t)(i % 4); /* a cluster of 4 nodes */
 		if (kvn_dir_admit(d, digest(i), &l)) {
-			fprintf(stderr, "kvnode-bench: the directory ran out of memory at %llu "
-					"entries\n",
+			fprintf(stderr,
+				"kvnode-bench: the directory ran out of memory at %llu "
+				"entries\n",
 				(unsigned long long)i);
 			kvn_dir_destroy(d);
 			return -ENOMEM;
@@ -285,8 +289,8 @@ bench_scheduler(const struct bench_opts *o)
 	const char *addr = o->connect;
 	int rc = 0;
 	if (!addr) {
-		struct kvn_scheduler_opts so = {.listen = "127.0.0.1:0", .heartbeat_ms = 60000,
-						.expect_entries = LOOKUP_KEYS};
+		struct kvn_scheduler_opts so = {
+		    .listen = "127.0.0.1:0", .heartbeat_ms = 60000, .expect_entries = LOOKUP_KEYS};
 		if (kvn_scheduler_create(&so, &s, err, sizeof(err)) < 0) {
 			fprintf(stderr, "kvnode-bench: %s\n", err);
 			return -1;
@@ -313,7 +317,8 @@ bench_scheduler(const struct bench_opts *o)
 	}
 	if (!o->json) {
 		printf("--------------------------------------------------------------------------"
-		       "-------------------\n %s\n", setup);
+		       "-------------------\n %s\n",
+		       setup);
 		printf("--------------------------------------------------------------------------"
 		       "-------------------\n");
 		printf(" %-9s %8s %12s %16s%s\n", "#op", "#batch", "#frames", "keys/s",
@@ -323,9 +328,8 @@ bench_scheduler(const struct bench_opts *o)
 		struct result r;
 		if ((rc = run_lookups(&c, batches[b], windows[b], o->duration_s, LOOKUP_KEYS, &r)))
 			goto out;
-		double base = direct ? direct_lookups(direct, batches[b], o->duration_s,
-						      LOOKUP_KEYS)
-				     : 0;
+		double base =
+		    direct ? direct_lookups(direct, batches[b], o->duration_s, LOOKUP_KEYS) : 0;
 		if (o->json) {
 			cJSON *j = cJSON_CreateObject();
 			cJSON_AddStringToObject(j, "mode", "scheduler");
@@ -340,7 +344,8 @@ bench_scheduler(const struct bench_opts *o)
 			cJSON_AddNumberToObject(j, "frames_in_flight", windows[b]);
 			cJSON_AddNumberToObject(j, "directory_entries", LOOKUP_KEYS);
 			if (direct) {
-				cJSON_AddStringToObject(j, "baseline", "in-process directory lookup");
+				cJSON_AddStringToObject(j, "baseline",
+							"in-process directory lookup");
 				cJSON_AddNumberToObject(j, "baseline_ops_per_s", base);
 				cJSON_AddNumberToObject(j, "ratio", r.keys_per_s / base);
 			}

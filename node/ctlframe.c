@@ -21,19 +21,32 @@ const char *
 kvn_cf_type_name(unsigned type)
 {
 	switch (type) {
-	case KVN_CF_JOIN: return "JOIN";
-	case KVN_CF_HEARTBEAT: return "HEARTBEAT";
-	case KVN_CF_PUBLISH: return "PUBLISH";
-	case KVN_CF_LOOKUP: return "LOOKUP";
-	case KVN_CF_STATS: return "STATS";
-	case KVN_CF_LEAVE: return "LEAVE";
-	case KVN_CF_JOIN_OK: return "JOIN_OK";
-	case KVN_CF_HEARTBEAT_ACK: return "HEARTBEAT_ACK";
-	case KVN_CF_LOOKUP_REPLY: return "LOOKUP_REPLY";
-	case KVN_CF_STATS_REPLY: return "STATS_REPLY";
-	case KVN_CF_ERROR: return "ERROR";
-	case KVN_CF_MEMBER: return "MEMBER";
-	case KVN_CF_EVICTED: return "EVICTED";
+	case KVN_CF_JOIN:
+		return "JOIN";
+	case KVN_CF_HEARTBEAT:
+		return "HEARTBEAT";
+	case KVN_CF_PUBLISH:
+		return "PUBLISH";
+	case KVN_CF_LOOKUP:
+		return "LOOKUP";
+	case KVN_CF_STATS:
+		return "STATS";
+	case KVN_CF_LEAVE:
+		return "LEAVE";
+	case KVN_CF_JOIN_OK:
+		return "JOIN_OK";
+	case KVN_CF_HEARTBEAT_ACK:
+		return "HEARTBEAT_ACK";
+	case KVN_CF_LOOKUP_REPLY:
+		return "LOOKUP_REPLY";
+	case KVN_CF_STATS_REPLY:
+		return "STATS_REPLY";
+	case KVN_CF_ERROR:
+		return "ERROR";
+	case KVN_CF_MEMBER:
+		return "MEMBER";
+	case KVN_CF_EVICTED:
+		return "EVICTED";
 	}
 	return "?";
 }
@@ -97,8 +110,7 @@ kvn_cf_hdr_encode(const struct kvn_cf_hdr *h, uint8_t out[KVN_CF_HDR_SIZE])
 }
 
 int
-kvn_cf_hdr_decode(const uint8_t in[KVN_CF_HDR_SIZE], struct kvn_cf_hdr *h, char *err,
-		  size_t errlen)
+kvn_cf_hdr_decode(const uint8_t in[KVN_CF_HDR_SIZE], struct kvn_cf_hdr *h, char *err, size_t errlen)
 {
 	uint32_t magic = kvn_cf_get_u32(in);
 	h->version = in[4];
@@ -343,12 +355,13 @@ kvn_cf_publish_check(const uint8_t *body, uint32_t len, uint32_t *count, char *e
 		if (r.op == KVN_CF_ADMIT &&
 		    (!r.loc.len || !r.loc.generation || (r.loc.generation & 1) ||
 		     r.loc.addr + r.loc.len < r.loc.addr))
-			return kvn_seterr(err, errlen,
-					  "PUBLISH record %u: admit needs len > 0, an even non-zero "
-					  "generation and a range that does not wrap (len %llu "
-					  "generation %llu)",
-					  i, (unsigned long long)r.loc.len,
-					  (unsigned long long)r.loc.generation),
+			return kvn_seterr(
+				   err, errlen,
+				   "PUBLISH record %u: admit needs len > 0, an even non-zero "
+				   "generation and a range that does not wrap (len %llu "
+				   "generation %llu)",
+				   i, (unsigned long long)r.loc.len,
+				   (unsigned long long)r.loc.generation),
 			       -EPROTO;
 	}
 	*count = n;
@@ -559,7 +572,7 @@ kvn_cf_send_all(int fd, const void *buf, size_t len)
 			continue;
 		} else {
 			return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? -ETIMEDOUT
-										   : -errno;
+										  : -errno;
 		}
 	}
 	return 0;

@@ -19,15 +19,15 @@
 #define KVN_CF_HDR_SIZE 16
 
 /* Caps that bound every frame (and so every allocation a peer can cause). */
-#define KVN_CF_JSON_MAX	    (64u << 10) /* JSON part of any body */
-#define KVN_CF_BLOB_MAX	    (64u << 10) /* region descriptors carried in join/member */
-#define KVN_CF_PUBLISH_MAX  65536u	/* records per publish frame */
-#define KVN_CF_LOOKUP_MAX   4096u	/* keys per lookup frame */
-#define KVN_CF_LOCS_MAX	    8u		/* locations returned per key */
-#define KVN_CF_EVICT_MAX    65536u	/* digests per evict notice */
-#define KVN_CF_NAME_MAX	    255u	/* node name bytes */
-#define KVN_CF_ADDR_MAX	    300u	/* data address bytes */
-#define KVN_CF_STATS_MAX    (8u << 20)	/* a stats reply (member list) */
+#define KVN_CF_JSON_MAX	   (64u << 10) /* JSON part of any body */
+#define KVN_CF_BLOB_MAX	   (64u << 10) /* region descriptors carried in join/member */
+#define KVN_CF_PUBLISH_MAX 65536u      /* records per publish frame */
+#define KVN_CF_LOOKUP_MAX  4096u       /* keys per lookup frame */
+#define KVN_CF_LOCS_MAX	   8u	       /* locations returned per key */
+#define KVN_CF_EVICT_MAX   65536u      /* digests per evict notice */
+#define KVN_CF_NAME_MAX	   255u	       /* node name bytes */
+#define KVN_CF_ADDR_MAX	   300u	       /* data address bytes */
+#define KVN_CF_STATS_MAX   (8u << 20)  /* a stats reply (member list) */
 
 enum kvn_cf_type {
 	/* node -> scheduler */
@@ -165,9 +165,8 @@ void kvn_cf_put_loc(struct kvn_cf_buf *b, const struct kvn_loc *l);
 /* Decodes a LOOKUP_REPLY for a request of count keys and max_locs locations per key: nloc[i]
  * gets key i's location count and locs[i * max_locs ...] its locations. Every count and the
  * total length are checked; -EPROTO with err set on any mismatch. */
-int kvn_cf_lookup_reply_decode(const uint8_t *body, uint32_t len, uint32_t count,
-			       uint32_t max_locs, uint32_t *nloc, struct kvn_loc *locs, char *err,
-			       size_t errlen);
+int kvn_cf_lookup_reply_decode(const uint8_t *body, uint32_t len, uint32_t count, uint32_t max_locs,
+			       uint32_t *nloc, struct kvn_loc *locs, char *err, size_t errlen);
 
 /* EVICTED: worker_id u32 | count u32 | count x digest. */
 int kvn_cf_evicted_check(const uint8_t *body, uint32_t len, uint32_t *worker_id, uint32_t *count,

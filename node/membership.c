@@ -90,11 +90,13 @@ deadline_ts(struct timespec *ts, int ms)
 
 /* "kvnode://host:port/" and "host:port" both name the scheduler. */
 int
-kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *port, char *err, size_t errlen)
+kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *port, char *err,
+			size_t errlen)
 {
 	if (!url || !*url)
-		return kvn_seterr(err, errlen, "scheduler address is empty: set scheduler_url to "
-					       "HOST:PORT");
+		return kvn_seterr(err, errlen,
+				  "scheduler address is empty: set scheduler_url to "
+				  "HOST:PORT");
 	const char *p = strstr(url, "://");
 	p = p ? p + 3 : url;
 	char buf[KVN_HOST_MAX + 16];
@@ -155,9 +157,9 @@ connect_join(struct kvn_membership *m, char *err, size_t errlen)
 	char *text = cJSON_PrintUnformatted(j);
 	cJSON_Delete(j);
 	struct kvn_cf_buf b = {0};
-	int rc = text ? kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 0, text, m->o.regions,
-					      m->o.regions_len)
-		      : -ENOMEM;
+	int rc =
+	    text ? kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 0, text, m->o.regions, m->o.regions_len)
+		 : -ENOMEM;
 	free(text);
 	if (!rc)
 		rc = kvn_cf_send_all(fd, b.p, b.len);
@@ -186,8 +188,8 @@ connect_join(struct kvn_membership *m, char *err, size_t errlen)
 				  m->port, m->o.name, why),
 		       auth ? -EACCES : -EPROTO;
 	}
-	cJSON *r = h.type == KVN_CF_JOIN_OK ? cJSON_ParseWithLength((const char *)body, h.len)
-					    : NULL;
+	cJSON *r =
+	    h.type == KVN_CF_JOIN_OK ? cJSON_ParseWithLength((const char *)body, h.len) : NULL;
 	double id = num(r, "worker_id", -1), count = num(r, "worker_count", -1),
 	       epoch = num(r, "epoch", -1), beat = num(r, "heartbeat_ms", 0);
 	cJSON_Delete(r);
@@ -324,7 +326,8 @@ on_frame(struct kvn_membership *m, const struct kvn_cf_hdr *h, const uint8_t *bo
 	switch (h->type) {
 	case KVN_CF_HEARTBEAT_ACK:
 		if (h->len != 16)
-			return kvn_seterr(err, errlen, "HEARTBEAT_ACK of %u bytes", h->len), -EPROTO;
+			return kvn_seterr(err, errlen, "HEARTBEAT_ACK of %u bytes", h->len),
+			       -EPROTO;
 		pthread_mutex_lock(&m->lock);
 		m->epoch = kvn_cf_get_u64(body);
 		m->worker_count = kvn_cf_get_u32(body + 8);
@@ -753,11 +756,11 @@ kvn_membership_flush(struct kvn_membership *m, int timeout_ms)
 }
 
 static int
-lookup_frame(struct kvn_membership *m, const struct kvn_digest *keys, uint32_t n,
-	     uint32_t max_locs, uint32_t *nloc, struct kvn_loc *locs, int timeout_ms)
+lookup_frame(struct kvn_membership *m, const struct kvn_digest *keys, uint32_t n, uint32_t max_locs,
+	     uint32_t *nloc, struct kvn_loc *locs, int timeout_ms)
 {
-	struct waiter w = {.count = n, .max_locs = max_locs, .nloc = nloc, .locs = locs,
-			   .status = 1};
+	struct waiter w = {
+	    .count = n, .max_locs = max_locs, .nloc = nloc, .locs = locs, .status = 1};
 	struct kvn_cf_buf b = {0};
 	pthread_mutex_lock(&m->send_lock);
 	w.seq = ++m->next_seq ? m->next_seq : ++m->next_seq;
@@ -810,8 +813,8 @@ kvn_membership_lookup(struct kvn_membership *m, const struct kvn_digest *keys, s
 		timeout_ms = m->o.timeout_ms;
 	for (size_t off = 0; off < n; off += KVN_CF_LOOKUP_MAX) {
 		uint32_t k = (uint32_t)(n - off < KVN_CF_LOOKUP_MAX ? n - off : KVN_CF_LOOKUP_MAX);
-		int rc = lookup_frame(m, keys + off, k, max_locs, nloc + off,
-				      locs + off * max_locs, timeout_ms);
+		int rc = lookup_frame(m, keys + off, k, max_locs, nloc + off, locs + off * max_locs,
+				      timeout_ms);
 		if (rc)
 			return rc;
 	}

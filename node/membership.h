@@ -46,17 +46,17 @@ struct kvn_membership_cbs {
 };
 
 struct kvn_membership_opts {
-	const char *scheduler;	/* HOST:PORT, or scheduler_url with any scheme:// prefix */
-	const char *name;	/* node_name: the scheduler's key for a stable worker id */
-	const char *data_addr;	/* where peers reach this node's transport */
-	const char *transport;	/* "tcp", "verbs" */
-	const void *regions;	/* opaque region descriptors, at most KVN_CF_BLOB_MAX bytes */
+	const char *scheduler; /* HOST:PORT, or scheduler_url with any scheme:// prefix */
+	const char *name;      /* node_name: the scheduler's key for a stable worker id */
+	const char *data_addr; /* where peers reach this node's transport */
+	const char *transport; /* "tcp", "verbs" */
+	const void *regions;   /* opaque region descriptors, at most KVN_CF_BLOB_MAX bytes */
 	size_t regions_len;
 	uint64_t capacity;	/* bytes this node offers (cpu tier) */
 	const char *auth_token; /* NULL: none */
 	uint32_t heartbeat_ms;	/* 0 = 500; the scheduler's period when that is shorter */
 	int timeout_ms;		/* connect, join and lookup deadline; 0 = 5000 */
-	bool want_evicts;	/* receive EVICTED notices (a peer backend with a cache wants them) */
+	bool want_evicts; /* receive EVICTED notices (a peer backend with a cache wants them) */
 };
 
 /* Joins (once, on the caller's thread) and starts the heartbeat thread. A refused join (wrong
@@ -94,8 +94,8 @@ int kvn_membership_lookup(struct kvn_membership *m, const struct kvn_digest *key
 /* The member with worker_id as last announced: its record, with its region descriptors copied
  * into regions (cap bytes). -ENOENT for an unknown id, -ENOSPC when cap is short (regions_len
  * says how much is needed). */
-int kvn_membership_member(struct kvn_membership *m, uint32_t worker_id,
-			  struct kvn_member_info *out, void *regions, size_t cap);
+int kvn_membership_member(struct kvn_membership *m, uint32_t worker_id, struct kvn_member_info *out,
+			  void *regions, size_t cap);
 
 /* Splits scheduler_url ("HOST:PORT", or with any "scheme://" prefix and a trailing "/"). Port 0
  * is refused. -EINVAL with err naming the text. */

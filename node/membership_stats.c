@@ -61,7 +61,6 @@ kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, 
 	return rc;
 }
 
-
 static double
 num(const cJSON *j, const char *name)
 {
@@ -88,8 +87,9 @@ kvn_membership_print_stats(const char *json, FILE *out)
 	fprintf(out, "scheduler %s  epoch %.0f  members alive %.0f  heartbeat %.0f ms\n",
 		str(j, "scheduler"), num(j, "epoch"), num(j, "worker_count"),
 		num(j, "heartbeat_ms"));
-	fprintf(out, "directory: %.0f entries, %.1f MiB; %.0f lookups (%.0f keys), %.0f "
-		     "publish records; %.0f connections\n\n",
+	fprintf(out,
+		"directory: %.0f entries, %.1f MiB; %.0f lookups (%.0f keys), %.0f "
+		"publish records; %.0f connections\n\n",
 		num(j, "entries"), num(j, "directory_bytes") / (1024.0 * 1024.0), num(j, "lookups"),
 		num(j, "keys_looked_up"), num(j, "published"), num(j, "connections"));
 	fprintf(out, "%-6s %-20s %-8s %-22s %-9s %14s %12s\n", "WORKER", "NAME", "STATE",

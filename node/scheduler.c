@@ -149,8 +149,7 @@ kvn_sched_conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const
  * ------------------------------------------------------------------------------------------ */
 
 static int
-do_publish(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
-	   uint32_t len)
+do_publish(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body, uint32_t len)
 {
 	char err[256];
 	uint32_t n;
@@ -168,10 +167,11 @@ do_publish(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t 
 		if (r.op == KVN_CF_ADMIT) {
 			r.loc.worker_id = id;
 			if (kvn_dir_admit(s->dir, r.digest, &r.loc))
-				return kvn_sched_conn_fail(s, c, seq,
-						 "PUBLISH: the directory is out of memory at %zu "
-						 "entries",
-						 kvn_dir_entries(s->dir));
+				return kvn_sched_conn_fail(
+				    s, c, seq,
+				    "PUBLISH: the directory is out of memory at %zu "
+				    "entries",
+				    kvn_dir_entries(s->dir));
 		} else if (kvn_dir_evict(s->dir, id, r.digest, r.loc.generation)) {
 			kvn_cf_put_u64(note, r.digest.lo);
 			kvn_cf_put_u64(note, r.digest.hi);
@@ -230,9 +230,10 @@ dispatch(struct kvn_scheduler *s, struct conn *c, const struct kvn_cf_hdr *h, co
 	if (h->type != KVN_CF_HEARTBEAT && h->type != KVN_CF_PUBLISH && h->type != KVN_CF_LOOKUP &&
 	    h->type != KVN_CF_LEAVE)
 		return kvn_sched_conn_fail(s, c, h->seq, "%s is not a request a node may send",
-				 kvn_cf_type_name(h->type));
+					   kvn_cf_type_name(h->type));
 	if (c->member < 0)
-		return kvn_sched_conn_fail(s, c, h->seq, "%s before JOIN", kvn_cf_type_name(h->type));
+		return kvn_sched_conn_fail(s, c, h->seq, "%s before JOIN",
+					   kvn_cf_type_name(h->type));
 	struct member *m = &s->members[c->member];
 	m->last_beat_ms = kvn_sched_now_ms(); /* any frame proves the member alive */
 	switch (h->type) {
@@ -348,8 +349,8 @@ accept_all(struct kvn_scheduler *s)
 		}
 		if (s->nconns >= s->max_conns) {
 			s->refused++;
-			kvn_warn(COMP, "refusing %s:%u: %u connections already (the cap)", host, port,
-				 s->max_conns);
+			kvn_warn(COMP, "refusing %s:%u: %u connections already (the cap)", host,
+				 port, s->max_conns);
 			close(fd);
 			continue;
 		}
@@ -390,8 +391,8 @@ kvn_scheduler_create(const struct kvn_scheduler_opts *o, struct kvn_scheduler **
 {
 	char host[KVN_HOST_MAX];
 	uint16_t port, bound = 0;
-	int rc = kvn_hostport_parse(o->listen ? o->listen : "127.0.0.1:0", host, &port, err,
-				    errlen);
+	int rc =
+	    kvn_hostport_parse(o->listen ? o->listen : "127.0.0.1:0", host, &port, err, errlen);
 	if (rc)
 		return rc;
 	struct kvn_scheduler *s = calloc(1, sizeof(*s));
@@ -411,7 +412,8 @@ kvn_scheduler_create(const struct kvn_scheduler_opts *o, struct kvn_scheduler **
 		goto fail;
 	}
 	if ((rc = kvn_dir_create(o->expect_entries, &s->dir))) {
-		kvn_seterr(err, errlen, "cannot allocate the chunk directory: %s", kvn_strerror(rc));
+		kvn_seterr(err, errlen, "cannot allocate the chunk directory: %s",
+			   kvn_strerror(rc));
 		goto fail;
 	}
 	s->lfd = rc = kvn_tcp_listen(host, port, 512, &bound, err, errlen);

@@ -52,7 +52,7 @@ struct kvn_scheduler {
 	char *token;
 	unsigned max_conns, nconns;
 	struct conn *conns;
-	struct conn *dead; /* closed connections an event batch may still name */
+	struct conn *dead;	/* closed connections an event batch may still name */
 	struct member *members; /* indexed by worker id */
 	size_t nmembers;
 	uint32_t alive;
@@ -75,8 +75,8 @@ void kvn_sched_conn_close(struct kvn_scheduler *s, struct conn *c, const char *w
 /* Writes what is queued without blocking. -1 when the connection is gone or must go. */
 int kvn_sched_conn_flush(struct kvn_scheduler *s, struct conn *c);
 /* Queues an ERROR frame and marks the connection to close once it is sent; returns -1. */
-int kvn_sched_conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const char *fmt,
-			...) __attribute__((format(printf, 4, 5)));
+int kvn_sched_conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 /* scheduler_members.c */
 /* Sends the frames in s->scratch to every joined connection but skip (evict notices only to

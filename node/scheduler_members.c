@@ -29,7 +29,8 @@ put_member_frame(struct kvn_scheduler *s, struct kvn_cf_buf *b, uint32_t id)
 	char *text = cJSON_PrintUnformatted(j);
 	cJSON_Delete(j);
 	if (text)
-		kvn_cf_put_json_frame(b, KVN_CF_MEMBER, 0, text, m->state == M_ALIVE ? m->blob : NULL,
+		kvn_cf_put_json_frame(b, KVN_CF_MEMBER, 0, text,
+				      m->state == M_ALIVE ? m->blob : NULL,
 				      m->state == M_ALIVE ? m->blob_len : 0);
 	else
 		b->err = -ENOMEM;
@@ -59,7 +60,8 @@ kvn_sched_member_down(struct kvn_scheduler *s, uint32_t id, const char *why)
 	m->state = M_EXPIRED;
 	s->alive--;
 	s->epoch++;
-	kvn_info(COMP, "node %s (worker %u) %s: %zu directory entries dropped; %u members, epoch %llu",
+	kvn_info(COMP,
+		 "node %s (worker %u) %s: %zu directory entries dropped; %u members, epoch %llu",
 		 m->name, id, why, dropped, s->alive, (unsigned long long)s->epoch);
 	struct conn *c = m->conn;
 	m->conn = NULL;
@@ -148,7 +150,8 @@ pick_id(struct kvn_scheduler *s, const char *name, double hint, uint32_t *id)
 }
 
 int
-kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body, uint32_t len)
+kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
+	       uint32_t len)
 {
 	char err[256];
 	const char *jtext;
@@ -168,9 +171,10 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	if (s->token && !(cJSON_IsString(tok) && kvn_cf_token_eq(tok->valuestring, s->token))) {
 		cJSON_Delete(j);
 		s->refused++;
-		return kvn_sched_conn_fail(s, c, seq,
-				 "JOIN refused: wrong or missing auth_token (set the same "
-				 "auth_token on nodes and scheduler)");
+		return kvn_sched_conn_fail(
+		    s, c, seq,
+		    "JOIN refused: wrong or missing auth_token (set the same "
+		    "auth_token on nodes and scheduler)");
 	}
 	struct member nm = {0};
 	const cJSON *cap = cJSON_GetObjectItemCaseSensitive(j, "capacity");
@@ -183,7 +187,8 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	if (!rc)
 		rc = copy_str(j, "transport", nm.transport, sizeof(nm.transport), false, err,
 			      sizeof(err));
-	if (!rc && cap && !(cJSON_IsNumber(cap) && cap->valuedouble >= 0 && cap->valuedouble < 1e19))
+	if (!rc && cap &&
+	    !(cJSON_IsNumber(cap) && cap->valuedouble >= 0 && cap->valuedouble < 1e19))
 		rc = kvn_seterr(err, sizeof(err), "JOIN \"capacity\" must be a byte count");
 	nm.capacity = cJSON_IsNumber(cap) && !rc ? (uint64_t)cap->valuedouble : 0;
 	double h = cJSON_IsNumber(hint) ? hint->valuedouble : -1;
@@ -194,7 +199,7 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	uint32_t id;
 	if ((rc = pick_id(s, nm.name, h, &id)))
 		return kvn_sched_conn_fail(s, c, seq, "JOIN of %s: no worker id left (%s)", nm.name,
-				 kvn_strerror(rc));
+					   kvn_strerror(rc));
 	nm.blob = blen ? malloc(blen) : NULL;
 	if (blen && !nm.blob)
 		return kvn_sched_conn_fail(s, c, seq, "JOIN of %s: out of memory", nm.name);
@@ -286,7 +291,8 @@ kvn_scheduler_stats_json(struct kvn_scheduler *s)
 		cJSON_AddStringToObject(o, "transport", m->transport);
 		cJSON_AddNumberToObject(o, "capacity", (double)m->capacity);
 		cJSON_AddNumberToObject(o, "chunks", (double)kvn_dir_worker_entries(s->dir, id));
-		cJSON_AddNumberToObject(o, "last_heartbeat_ms_ago", (double)(now - m->last_beat_ms));
+		cJSON_AddNumberToObject(o, "last_heartbeat_ms_ago",
+					(double)(now - m->last_beat_ms));
 		cJSON_AddBoolToObject(o, "connected", m->conn != NULL);
 		cJSON_AddStringToObject(o, "peer", m->conn ? m->conn->peer : "");
 		cJSON_AddItemToArray(arr, o);
@@ -297,7 +303,8 @@ kvn_scheduler_stats_json(struct kvn_scheduler *s)
 }
 
 int
-kvn_sched_stats(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body, uint32_t len)
+kvn_sched_stats(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
+		uint32_t len)
 {
 	if (s->token) {
 		cJSON *j = len ? cJSON_ParseWithLength((const char *)body, len) : NULL;
@@ -306,7 +313,8 @@ kvn_sched_stats(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uin
 		cJSON_Delete(j);
 		if (!ok) {
 			s->refused++;
-			return kvn_sched_conn_fail(s, c, seq, "STATS refused: wrong or missing auth_token");
+			return kvn_sched_conn_fail(s, c, seq,
+						   "STATS refused: wrong or missing auth_token");
 		}
 	}
 	char *text = kvn_scheduler_stats_json(s);

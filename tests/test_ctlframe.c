@@ -10,7 +10,9 @@ static char why[512];
 
 Test(ctlframe, header_round_trips_and_is_little_endian_on_the_wire)
 {
-	struct kvn_cf_hdr h = {.version = KVN_CF_VERSION, .type = KVN_CF_LOOKUP, .seq = 0x01020304,
+	struct kvn_cf_hdr h = {.version = KVN_CF_VERSION,
+			       .type = KVN_CF_LOOKUP,
+			       .seq = 0x01020304,
 			       .len = 16 + 8},
 			  back;
 	uint8_t w[KVN_CF_HDR_SIZE];
@@ -209,27 +211,27 @@ Test(ctlframe, lookup_reply_round_trips_and_refuses_what_was_not_asked)
 	uint32_t nloc[2] = {2, 1}, got[2];
 	struct kvn_loc out[2 * 2];
 	struct kvn_cf_buf b = reply_body(2, nloc, l);
-	cr_assert_eq(kvn_cf_lookup_reply_decode(b.p, (uint32_t)b.len, 2, 2, got, out, why,
-						sizeof(why)),
-		     0, "%s", why);
+	cr_assert_eq(
+	    kvn_cf_lookup_reply_decode(b.p, (uint32_t)b.len, 2, 2, got, out, why, sizeof(why)), 0,
+	    "%s", why);
 	cr_assert_eq(got[0], 2);
 	cr_assert_eq(got[1], 1);
 	cr_assert_eq(out[1].worker_id, 7);
 	cr_assert_eq(out[1].generation, 12);
 	cr_assert_eq(out[2].addr, 15, "key 1's first location sits at index max_locs");
-	cr_assert_eq(kvn_cf_lookup_reply_decode(b.p, (uint32_t)b.len, 2, 1, got, out, why,
-						sizeof(why)),
-		     -EPROTO, "more locations than asked for");
-	cr_assert_eq(kvn_cf_lookup_reply_decode(b.p, (uint32_t)b.len, 3, 2, got, out, why,
-						sizeof(why)),
-		     -EPROTO, "answers a different number of keys");
-	cr_assert_eq(kvn_cf_lookup_reply_decode(b.p, (uint32_t)b.len - 1, 2, 2, got, out, why,
-						sizeof(why)),
-		     -EPROTO, "truncated");
+	cr_assert_eq(
+	    kvn_cf_lookup_reply_decode(b.p, (uint32_t)b.len, 2, 1, got, out, why, sizeof(why)),
+	    -EPROTO, "more locations than asked for");
+	cr_assert_eq(
+	    kvn_cf_lookup_reply_decode(b.p, (uint32_t)b.len, 3, 2, got, out, why, sizeof(why)),
+	    -EPROTO, "answers a different number of keys");
+	cr_assert_eq(
+	    kvn_cf_lookup_reply_decode(b.p, (uint32_t)b.len - 1, 2, 2, got, out, why, sizeof(why)),
+	    -EPROTO, "truncated");
 	kvn_cf_put_u32(&b, 0);
-	cr_assert_eq(kvn_cf_lookup_reply_decode(b.p, (uint32_t)b.len, 2, 2, got, out, why,
-						sizeof(why)),
-		     -EPROTO, "trailing bytes");
+	cr_assert_eq(
+	    kvn_cf_lookup_reply_decode(b.p, (uint32_t)b.len, 2, 2, got, out, why, sizeof(why)),
+	    -EPROTO, "trailing bytes");
 	kvn_cf_buf_free(&b);
 }
 
@@ -245,7 +247,8 @@ Test(ctlframe, json_blob_bodies_round_trip_and_lengths_are_checked)
 	const uint8_t *bl;
 	size_t jl, bll;
 	const uint8_t *body = b.p + KVN_CF_HDR_SIZE;
-	cr_assert_eq(kvn_cf_split_json_blob(body, h.len, &json, &jl, &bl, &bll, why, sizeof(why)), 0);
+	cr_assert_eq(kvn_cf_split_json_blob(body, h.len, &json, &jl, &bl, &bll, why, sizeof(why)),
+		     0);
 	cr_assert_eq(jl, strlen("{\"name\":\"a\"}"));
 	cr_assert(!memcmp(json, "{\"name\":\"a\"}", jl));
 	cr_assert_eq(bll, 5);
@@ -274,7 +277,8 @@ Test(ctlframe, evicted_notice_count_must_match_its_body)
 	cr_assert_eq(kvn_cf_evicted_check(b.p, (uint32_t)b.len, &id, &n, why, sizeof(why)), 0);
 	cr_assert(id == 3 && n == 1);
 	b.p[4] = 2;
-	cr_assert_eq(kvn_cf_evicted_check(b.p, (uint32_t)b.len, &id, &n, why, sizeof(why)), -EPROTO);
+	cr_assert_eq(kvn_cf_evicted_check(b.p, (uint32_t)b.len, &id, &n, why, sizeof(why)),
+		     -EPROTO);
 	kvn_cf_buf_free(&b);
 }
 

@@ -29,7 +29,8 @@ Test(directory, random_churn_with_colliding_digests_matches_a_reference_model)
 		uint32_t k = (uint32_t)((r >> 33) % KEYS), w = (uint32_t)((r >> 20) % WORKERS);
 		struct kvn_digest dg = digest_of(k);
 		if ((r >> 40) % 3) {
-			struct kvn_loc l = {.worker_id = w, .rkey = k, .addr = k * 4096, .len = 4160};
+			struct kvn_loc l = {
+			    .worker_id = w, .rkey = k, .addr = k * 4096, .len = 4160};
 			l.generation = 2 * ((r >> 50) % 100 + 1);
 			cr_assert_eq(kvn_dir_admit(d, dg, &l), 0);
 			model[k][w] = l.generation;
@@ -52,8 +53,8 @@ Test(directory, random_churn_with_colliding_digests_matches_a_reference_model)
 				for (uint32_t i = 0; i < n; i++)
 					found |= locs[i].worker_id == w &&
 						 locs[i].generation == model[k][w];
-				cr_assert(found, "key %u: worker %u's entry (gen %llu) is missing", k,
-					  w, (unsigned long long)model[k][w]);
+				cr_assert(found, "key %u: worker %u's entry (gen %llu) is missing",
+					  k, w, (unsigned long long)model[k][w]);
 			}
 		cr_assert_eq(n, want, "key %u has %u locations, the model %u", k, n, want);
 		total += want;
@@ -67,7 +68,8 @@ Test(directory, random_churn_with_colliding_digests_matches_a_reference_model)
 		struct kvn_digest dg = digest_of(k);
 		struct kvn_loc locs[8];
 		uint32_t n = kvn_dir_lookup(d, dg, locs, 8);
-		cr_assert_eq(n, (model[k][0] != 0) + (model[k][2] != 0), "key %u after the drop", k);
+		cr_assert_eq(n, (model[k][0] != 0) + (model[k][2] != 0), "key %u after the drop",
+			     k);
 		for (uint32_t i = 0; i < n; i++)
 			cr_assert_neq(locs[i].worker_id, 1);
 	}
@@ -96,4 +98,3 @@ Test(directory, an_evict_for_an_older_generation_leaves_the_newer_entry)
 	cr_assert_eq(kvn_dir_admit(d, dg, &l), -EINVAL, "a worker id over the cap");
 	kvn_dir_destroy(d);
 }
-

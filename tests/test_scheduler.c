@@ -1,7 +1,7 @@
-/* The membership service: `kvnode scheduler` as a child process on 127.0.0.1 with in-process and forked member nodes — stable
- * worker ids, expiry of a SIGKILLed member, re-join and re-publish after a scheduler restart,
- * auth tokens, rogue clients and the connection cap. Deadlines are generous; nothing asserts
- * on timing. */
+/* The membership service: `kvnode scheduler` as a child process on 127.0.0.1 with in-process and
+ * forked member nodes — stable worker ids, expiry of a SIGKILLed member, re-join and re-publish
+ * after a scheduler restart, auth tokens, rogue clients and the connection cap. Deadlines are
+ * generous; nothing asserts on timing. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -94,8 +94,12 @@ sched_start(struct sched *s, const char *listen, const char *token)
 	snprintf(err, sizeof(err), "%s/sched.err", s->dir);
 	snprintf(tok, sizeof(tok), token ? "KVNODE_AUTH_TOKEN=%s" : "KVNODE_AUTH_TOKEN",
 		 token ? token : "");
-	const char *env[] = {"KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE", "KVNODE_SCHEDULER_URL",
-			     "KVNODE_HEARTBEAT_MS=100", tok, NULL};
+	const char *env[] = {"KVNODE_CONFIG_FILE",
+			     "LMCACHE_CONFIG_FILE",
+			     "KVNODE_SCHEDULER_URL",
+			     "KVNODE_HEARTBEAT_MS=100",
+			     tok,
+			     NULL};
 	const char *argv[] = {KVNODE, "scheduler", "--listen", listen, "-v", NULL};
 	struct proc_opts po = {.stdout_path = s->out, .stderr_path = err, .env = env};
 	memset(&s->p, 0, sizeof(s->p));
@@ -202,10 +206,8 @@ node_start(const char *addr, const char *name, const char *token, struct seen *s
 					.heartbeat_ms = HB_MS,
 					.timeout_ms = 10000,
 					.want_evicts = true};
-	struct kvn_membership_cbs cb = {.ctx = s,
-					.joined = seen_joined,
-					.member = seen_member,
-					.evicted = seen_evicted};
+	struct kvn_membership_cbs cb = {
+	    .ctx = s, .joined = seen_joined, .member = seen_member, .evicted = seen_evicted};
 	why[0] = '\0';
 	return kvn_membership_start(&o, s ? &cb : NULL, m, why, sizeof(why));
 }
@@ -262,9 +264,10 @@ found_on(struct kvn_membership *m, size_t n, uint64_t salt, uint32_t worker)
 				const struct kvn_loc *l = &locs[i * 2 + j], want = key_loc(i);
 				if (l->worker_id != worker)
 					continue;
-				cr_assert(l->addr == want.addr && l->len == want.len &&
-					  l->rkey == want.rkey && l->generation == want.generation,
-					  "key %zu: the location differs from the one published", i);
+				cr_assert(
+				    l->addr == want.addr && l->len == want.len &&
+					l->rkey == want.rkey && l->generation == want.generation,
+				    "key %zu: the location differs from the one published", i);
 				hits++;
 			}
 	free(k);
@@ -445,9 +448,9 @@ Test(scheduler, a_wrong_or_missing_auth_token_is_refused)
 	cr_assert_eq(kvn_membership_fetch_stats(s.addr, NULL, 5000, &json, why, sizeof(why)),
 		     -EACCES, "the cluster view needs the token too");
 	cr_assert_eq(node_start(s.addr, "friend", "s3cret-token", NULL, &m), 0, "%s", why);
-	cr_assert_eq(kvn_membership_fetch_stats(s.addr, "s3cret-token", 5000, &json, why,
-						sizeof(why)),
-		     0, "%s", why);
+	cr_assert_eq(
+	    kvn_membership_fetch_stats(s.addr, "s3cret-token", 5000, &json, why, sizeof(why)), 0,
+	    "%s", why);
 	cr_assert(strstr(json, "\"friend\""));
 	cr_assert(!strstr(json, "intruder"), "refused nodes never became members");
 	free(json);
@@ -580,7 +583,8 @@ Test(scheduler, publish_and_lookup_agree_on_many_keys_and_evicts_are_announced)
 	struct kvn_membership *a, *b;
 	cr_assert_eq(node_start(s.addr, "pub", NULL, sa, &a), 0, "%s", why);
 	cr_assert_eq(node_start(s.addr, "sub", NULL, sb, &b), 0, "%s", why);
-	uint32_t ia = (uint32_t)kvn_membership_worker_id(a), ib = (uint32_t)kvn_membership_worker_id(b);
+	uint32_t ia = (uint32_t)kvn_membership_worker_id(a),
+		 ib = (uint32_t)kvn_membership_worker_id(b);
 	enum { N = 100000 };
 	struct kvn_cf_pub *ix = make_index(N, 5);
 	cr_assert_eq(kvn_membership_publish(a, ix, N), 0);
@@ -653,8 +657,8 @@ Test(scheduler, connections_over_the_cap_are_closed_at_once)
 	close(fds[0]);
 	/* A slot freed: stats work again on a new connection. */
 	char *json = NULL;
-	cr_assert(WAIT_UNTIL(kvn_membership_fetch_stats(kvn_scheduler_address(s), NULL, 5000,
-							&json, why, sizeof(why)) == 0));
+	cr_assert(WAIT_UNTIL(kvn_membership_fetch_stats(kvn_scheduler_address(s), NULL, 5000, &json,
+							why, sizeof(why)) == 0));
 	const char *r = strstr(json, "\"refused\":");
 	cr_assert(r && atoi(r + strlen("\"refused\":")) >= 1, "the refusal is counted: %s", json);
 	free(json);
@@ -737,8 +741,14 @@ Test(scheduler, kvnode_bench_scheduler_reports_lookups_and_memory_as_json)
 	char dir[256], out[300];
 	cr_assert_eq(proc_mkdtemp("schedbench", dir, sizeof(dir)), 0);
 	snprintf(out, sizeof(out), "%s/bench.json", dir);
-	const char *argv[] = {KVN_BINARY_DIR "/kvnode-bench", "scheduler", "--json", "--duration",
-			      "0.1", "--entries", "20000", NULL};
+	const char *argv[] = {KVN_BINARY_DIR "/kvnode-bench",
+			      "scheduler",
+			      "--json",
+			      "--duration",
+			      "0.1",
+			      "--entries",
+			      "20000",
+			      NULL};
 	struct proc_opts po = {.stdout_path = out};
 	cr_assert_eq(proc_run(argv, &po, 120000), 0);
 	char *text = proc_read_file(out, NULL);
@@ -761,8 +771,8 @@ Test(scheduler, kvnode_bench_scheduler_reports_lookups_and_memory_as_json)
 			cr_assert_eq(cJSON_GetObjectItem(r, "entries")->valuedouble, 20000);
 			cr_assert(cJSON_IsNumber(cJSON_GetObjectItem(r, "bytes_per_entry")));
 			/* A table at most 3/4 full holds more than one entry's bytes per entry. */
-			cr_assert_gt(cJSON_GetObjectItem(r, "allocated_bytes_per_entry")->valuedouble,
-				     48);
+			cr_assert_gt(
+			    cJSON_GetObjectItem(r, "allocated_bytes_per_entry")->valuedouble, 48);
 			memory++;
 		}
 	}
