@@ -484,6 +484,18 @@ remote_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 	out->errors = atomic_load(&be->errors);
 }
 
+void
+kvn_remote_backend_status(struct kvn_backend *be, struct kvn_remote_status *out)
+{
+	snprintf(out->url, sizeof(out->url), "%s", be->url_redacted);
+	pthread_mutex_lock(&be->lock);
+	out->connected = !be->down;
+	pthread_mutex_unlock(&be->lock);
+	out->disconnects = atomic_load(&be->disconnects);
+	out->reconnects = atomic_load(&be->reconnects);
+	out->corrupt = atomic_load(&be->corrupt);
+}
+
 const struct kvn_backend_ops kvn_remote_backend_ops = {
     .abi = KVN_BACKEND_ABI,
     .flags = KVN_BACKEND_F_SLOW,

@@ -372,6 +372,15 @@ kvn_client_print_stats(const char *json, FILE *out)
 	if (srv)
 		fprintf(out, "clients  %.0f connected, %.0f requests, %.0f protocol errors\n",
 			num(srv, "connections"), num(srv, "requests"), num(srv, "protocol_errors"));
+	const cJSON *remote = cJSON_GetObjectItemCaseSensitive(root, "remote");
+	const cJSON *rurl = cJSON_GetObjectItemCaseSensitive(remote, "url");
+	if (remote)
+		fprintf(out, "remote   %s %s, %.0f disconnects, %.0f reconnects, %.0f corrupt values\n",
+			cJSON_IsString(rurl) ? rurl->valuestring : "?",
+			cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(remote, "connected"))
+			    ? "connected"
+			    : "UNREACHABLE (serving from the other tiers, reconnecting)",
+			num(remote, "disconnects"), num(remote, "reconnects"), num(remote, "corrupt"));
 	fprintf(out, "\n%-10s %10s %12s %12s %10s %10s %10s %10s %8s\n", "BACKEND", "COUNT",
 		"BYTES", "CAPACITY", "HITS", "MISSES", "PUTS", "EVICTIONS", "ERRORS");
 	const cJSON *t;

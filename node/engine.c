@@ -168,6 +168,15 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 		cJSON_AddNumberToObject(t, "errors", (double)s.errors);
 		cJSON_AddItemToArray(tiers, t);
 	}
+	struct kvn_remote_status rs;
+	if (kvn_storage_remote_status(eng->st, &rs) == 0) {
+		cJSON *r = cJSON_AddObjectToObject(root, "remote");
+		cJSON_AddStringToObject(r, "url", rs.url);
+		cJSON_AddBoolToObject(r, "connected", rs.connected);
+		cJSON_AddNumberToObject(r, "disconnects", (double)rs.disconnects);
+		cJSON_AddNumberToObject(r, "reconnects", (double)rs.reconnects);
+		cJSON_AddNumberToObject(r, "corrupt", (double)rs.corrupt);
+	}
 	cJSON_AddNumberToObject(root, "hits", (double)atomic_load(&eng->hits));
 	cJSON_AddNumberToObject(root, "misses", (double)atomic_load(&eng->misses));
 	char *text = cJSON_PrintUnformatted(root);

@@ -684,3 +684,14 @@ kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name,
 	}
 	return 0;
 }
+
+KVN_API int
+kvn_storage_remote_status(struct kvn_storage *st, struct kvn_remote_status *out)
+{
+	for (size_t i = 0; i < st->ntiers; i++)
+		if (st->tier[i].ops == &kvn_remote_backend_ops) {
+			kvn_remote_backend_status(st->tier[i].be, out);
+			return 0;
+		}
+	return -ENOENT;
+}

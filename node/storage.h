@@ -15,6 +15,21 @@ extern const struct kvn_backend_ops kvn_cpu_backend_ops;
 extern const struct kvn_backend_ops kvn_disk_backend_ops;
 extern const struct kvn_backend_ops kvn_remote_backend_ops;
 
+/* Where the remote tier stands, for stat: the store (password redacted), whether it is
+ * reachable now, and how often it went away, came back, or served a value that failed its
+ * checks. */
+struct kvn_remote_status {
+	char url[512];
+	bool connected;
+	uint64_t disconnects;
+	uint64_t reconnects;
+	uint64_t corrupt;
+};
+/* Status of the remote tier be (an instance of kvn_remote_backend_ops). */
+void kvn_remote_backend_status(struct kvn_backend *be, struct kvn_remote_status *out);
+/* Status of st's remote tier; -ENOENT when it has none. */
+KVN_API int kvn_storage_remote_status(struct kvn_storage *st, struct kvn_remote_status *out);
+
 /* Loads module_path (absolute, relative to config_dir, or a bare name searched in
  * $KVNODE_MODULE_PATH) and returns the exported `const struct kvn_backend_ops` named symbol.
  * Errors name the file and the symbol (ABI mismatch, missing file, missing symbol). *handle
