@@ -208,6 +208,7 @@ lm_exists(struct kvn_connector *c, const struct kvn_key *key)
 static int
 lm_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_value *out)
 {
+	out->payload = NULL;
 	int rc = send_req(c, KVN_LM_GET, key, 0, NULL);
 	return rc ? rc : get_reply(c, key, out);
 }
@@ -284,9 +285,11 @@ lm_get_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *key
 	int rc = 0;
 	for (size_t at = 0; at < n && !rc; at += PIPELINE) {
 		size_t w = n - at < PIPELINE ? n - at : PIPELINE;
-		for (size_t i = at; i < at + w && !rc; i++)
+		for (size_t i = at; i < at + w && !rc; i++) {
+			out[i].payload = NULL;
 			if (!too_long(keys[i]))
 				rc = send_req(c, KVN_LM_GET, keys[i], 0, NULL);
+		}
 		for (; done < at + w && !rc; done++) {
 			rcs[done] = too_long(keys[done]) ? -ENAMETOOLONG
 							 : get_reply(c, keys[done], &out[done]);
