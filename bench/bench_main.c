@@ -68,7 +68,7 @@ static const char usage[] =
 	"    --transport T      peer: tcp (default), verbs or auto\n"
 	"    --inflight N       peer: reads outstanding at once (default 8)\n"
 	"    --conns N          peer, tcp: connections per peer that reads are striped over\n"
-	"                       (default 1)\n"
+	"                       (default: the transport's, 2 for tcp)\n"
 	"    --connect HOST:PORT  peer: read from a running responder instead of forking one;\n"
 	"                       needs --remote\n"
 	"    --remote LINE      peer: the \"serving ...\" line that responder printed\n"

@@ -282,8 +282,10 @@ tcp_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *
 		tp->cfg = *cfg;
 	if (tp->cfg.timeout_ms <= 0)
 		tp->cfg.timeout_ms = KVN_TRANSPORT_TIMEOUT_MS;
+	/* Two sockets by default: on loopback a second stream lets the kernel copy on two cores
+	 * and measured 32 MiB reads clearly faster than one; more gained little on 2 cores. */
 	if (tp->cfg.conns_per_peer <= 0)
-		tp->cfg.conns_per_peer = 1;
+		tp->cfg.conns_per_peer = 2;
 	if (tp->cfg.conns_per_peer > TCP_MAX_CONNS) {
 		free(tp);
 		return kvn_seterr(err, errlen, "tcp: conns_per_peer %d is more than %d",

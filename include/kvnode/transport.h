@@ -40,7 +40,7 @@ struct kvn_transport_cfg {
 	const char *rdma_device; /* verbs: device name; NULL = first device with an active port */
 	int gid_index; /* verbs, RoCE: GID table index; -1 = pick automatically */
 	int timeout_ms; /* connect timeout, and how long a read may see no progress; 0 = default */
-	int conns_per_peer; /* tcp: sockets per endpoint that large reads are striped over; 0 = 1 */
+	int conns_per_peer; /* tcp: sockets per endpoint that reads are striped over; 0 = 2 */
 };
 
 struct kvn_read;
