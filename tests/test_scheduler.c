@@ -782,3 +782,52 @@ Test(scheduler, kvnode_bench_scheduler_reports_lookups_and_memory_as_json)
 	free(text);
 	proc_rm_tree(dir);
 }
+
+/* Random bodies behind valid headers, from joined and unjoined connections, into an
+ * in-process scheduler (so a sanitizer build sees any bad memory access in the decoders). */
+Test(scheduler, random_frame_bodies_never_hurt_the_scheduler)
+{
+	struct kvn_scheduler *s;
+	struct kvn_scheduler_opts o = {.listen = "127.0.0.1:0"};
+	cr_assert_eq(kvn_scheduler_create(&o, &s, why, sizeof(why)), 0, "%s", why);
+	pthread_t th;
+	pthread_create(&th, NULL, run_sched, s);
+	const char *addr = kvn_scheduler_address(s);
+	static const uint8_t types[] = {KVN_CF_JOIN, KVN_CF_PUBLISH, KVN_CF_LOOKUP, KVN_CF_STATS,
+					KVN_CF_HEARTBEAT};
+	uint64_t r = 42;
+	for (int i = 0; i < 300; i++) {
+		int fd = raw_connect(addr);
+		struct kvn_cf_buf b = {0};
+		if (i % 2) { /* joined first: PUBLISH and LOOKUP bodies reach their checks */
+			kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, "{\"name\":\"fuzz\"}", NULL, 0);
+		}
+		r = mix(r);
+		uint8_t type = types[r % sizeof(types)];
+		uint32_t len = type == KVN_CF_HEARTBEAT ? 0 : (uint32_t)((r >> 8) % 600);
+		kvn_cf_begin(&b, type, 7);
+		for (uint32_t k = 0; k < len; k++) {
+			uint8_t byte = (uint8_t)mix(r + k);
+			/* Small counts now and then, so some bodies get past the first check. */
+			if (k < 8 && (r >> 20) % 2)
+				byte = k == 0 ? (uint8_t)(len / 48) : k == 4 ? 1 : 0;
+			kvn_cf_put_bytes(&b, &byte, 1);
+		}
+		kvn_cf_end(&b);
+		send(fd, b.p, b.len, MSG_NOSIGNAL);
+		kvn_cf_buf_free(&b);
+		close(fd);
+	}
+	struct kvn_membership *m;
+	cr_assert_eq(node_start(addr, "after-fuzz", NULL, NULL, &m), 0, "%s", why);
+	struct kvn_cf_pub one = {
+	    .op = KVN_CF_ADMIT, .digest = key_digest(1, 77), .loc = key_loc(1)};
+	kvn_membership_publish(m, &one, 1);
+	kvn_membership_flush(m, DEADLINE);
+	cr_assert(WAIT_UNTIL(found_on(m, 2, 77, (uint32_t)kvn_membership_worker_id(m)) == 1),
+		  "the scheduler still answers correctly");
+	kvn_membership_stop(m);
+	kvn_scheduler_stop(s);
+	pthread_join(th, NULL);
+	kvn_scheduler_destroy(s);
+}
