@@ -14,6 +14,7 @@
 #include "rdma/tcp.h"
 
 #define RECV_BUDGET (16u << 20) /* bytes received on one socket before turning to others */
+#define STRIPE_MIN (4ull << 20) /* bytes outstanding on a socket before the next one is used */
 
 /* ---------------------------------------------------------------------------------------------
  * Queues and completions
@@ -245,10 +246,19 @@ dispatch(struct kvn_transport *tp, struct kvn_tp_ep *ep, struct chunk ch, uint64
 				     "next read reconnects", ep->peer));
 		return;
 	}
-	struct read_conn *best = &ep->conns[0];
-	for (int i = 1; i < ep->nconns; i++)
-		if (ep->conns[i].outstanding < best->outstanding)
+	/* Fill the first socket up to STRIPE_MIN outstanding before spilling to the next: small
+	 * reads then share one socket (fewer wake-ups per byte) and only a deep queue of bytes is
+	 * striped, to the socket with the fewest outstanding. */
+	struct read_conn *best = NULL;
+	for (int i = 0; i < ep->nconns && !best; i++)
+		if (ep->conns[i].outstanding < STRIPE_MIN)
 			best = &ep->conns[i];
+	if (!best) {
+		best = &ep->conns[0];
+		for (int i = 1; i < ep->nconns; i++)
+			if (ep->conns[i].outstanding < best->outstanding)
+				best = &ep->conns[i];
+	}
 	if (conn_request(tp, best, ch, now) < 0)
 		chunk_finish(tp, ch.op, -ENOMEM,
 			     tcp_fmt_msg("tcp: peer %s: out of memory queueing a read", ep->peer));
