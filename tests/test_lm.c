@@ -849,6 +849,117 @@ Test(lm_connector, bad_urls_are_refused_with_a_reason)
 	}
 }
 
+
+/* An independent server: LMCache's cache server (lmcache/v1/server/__main__.py) restated with
+ * struct.pack and a dict, LIST left unanswered as LMCache leaves it. kvnode's lm:// connector
+ * must interoperate with it. */
+static const char lmcache_server_py[] =
+    "import socket, struct, sys, threading\n"
+    "MAX_KEY_LENGTH = 150\n"
+    "store = {}\n"
+    "def recv_all(c, n):\n"
+    "    b = bytearray()\n"
+    "    while len(b) < n:\n"
+    "        p = c.recv(n - len(b))\n"
+    "        if not p: return None\n"
+    "        b.extend(p)\n"
+    "    return bytes(b)\n"
+    "def reply(c, code, length=0, fmt=1, dtype=2, shape=(0, 0, 0, 0)):\n"
+    "    c.sendall(struct.pack('iiiiiiiii', code, length, fmt, dtype, *shape, 0))\n"
+    "def serve(c):\n"
+    "    while True:\n"
+    "        h = recv_all(c, 36 + MAX_KEY_LENGTH)\n"
+    "        if not h: break\n"
+    "        cmd, length, fmt, dtype, loc, s0, s1, s2, s3, key = struct.unpack(\n"
+    "            f'iiiiiiiii{MAX_KEY_LENGTH}s', h)\n"
+    "        key = key.decode().strip()\n"
+    "        if cmd == 1:\n"
+    "            store[key] = (fmt, dtype, (s0, s1, s2, s3), recv_all(c, length))\n"
+    "        elif cmd == 2:\n"
+    "            if key in store:\n"
+    "                fmt, dtype, shape, data = store[key]\n"
+    "                reply(c, 200, len(data), fmt, dtype, shape)\n"
+    "                c.sendall(data)\n"
+    "            else:\n"
+    "                reply(c, 400)\n"
+    "        elif cmd == 3:\n"
+    "            reply(c, 200 if key in store else 400)\n"
+    "        elif cmd == 5:\n"
+    "            reply(c, 200)\n"
+    "    c.close()\n"
+    "srv = socket.socket()\n"
+    "srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+    "srv.bind(('127.0.0.1', 0))\n"
+    "srv.listen()\n"
+    "print(srv.getsockname()[1], flush=True)\n"
+    "while True:\n"
+    "    c, _ = srv.accept()\n"
+    "    threading.Thread(target=serve, args=(c,), daemon=True).start()\n";
+
+static bool
+has_line(void *path)
+{
+	char *text = proc_read_file(path, NULL);
+	bool ok = text && strchr(text, '\n');
+	free(text);
+	return ok;
+}
+
+Test(lm_interop, kvnode_s_lm_connector_works_against_lmcache_s_server_protocol, .timeout = 300)
+{
+	char dir[256], py[PATH_MAX], out[PATH_MAX];
+	if (proc_run((const char *const[]){"/bin/sh", "-c", "command -v python3", NULL}, NULL,
+		     DEADLINE) != 0)
+		cr_skip_test("python3 is not installed");
+	cr_assert_eq(proc_mkdtemp("lmpy", dir, sizeof(dir)), 0);
+	snprintf(py, sizeof(py), "%s/lmcache_server.py", dir);
+	snprintf(out, sizeof(out), "%s/server.out", dir);
+	cr_assert_eq(proc_write_file(py, lmcache_server_py, strlen(lmcache_server_py)), 0);
+	struct proc srv;
+	const char *argv[] = {"/usr/bin/env", "python3", py, NULL};
+	struct proc_opts po = {.stdout_path = out, .stderr_path = out};
+	cr_assert_eq(proc_spawn(&srv, argv, &po), 0);
+	cr_assert(proc_wait_for(has_line, out, DEADLINE), "the Python server printed no port");
+	char *text = proc_read_file(out, NULL);
+	snprintf(curl, sizeof(curl), "lm://127.0.0.1:%d", atoi(text));
+	free(text);
+
+	struct kvn_connector_env e = cenv;
+	e.url = e.url_redacted = curl;
+	e.timeout_ms = 2000; /* LIST is never answered: this is how long it waits */
+	const struct kvn_connector_ops *ops = &kvn_lm_connector_ops;
+	struct kvn_connector *c = NULL;
+	cr_assert_eq(ops->connect(&e, &c), 0);
+	cr_assert_eq(ops->ping(c), 0);
+	struct kvn_key k;
+	kvn_key_from_str(&k, "vllm@meta-llama/Llama-3.1-8B@1@0@77aa@bfloat16");
+	cr_assert_eq(ops->exists(c, &k), 0);
+	struct kvn_remote_value v = bytes_value(MIB + 3, 9), got;
+	v.meta.fmt = 1;
+	v.meta.dtype = 3;
+	v.meta.shape[0] = 2, v.meta.shape[1] = 32, v.meta.shape[2] = 16, v.meta.shape[3] = 9;
+	cr_assert_eq(ops->put(c, &k, &v), 0);
+	cr_assert_eq(ops->exists(c, &k), 1);
+	cr_assert_eq(ops->get(c, &k, &got), 0);
+	cr_assert_eq(got.payload->len, v.payload->len);
+	cr_assert(!memcmp(got.payload->data, v.payload->data, v.payload->len));
+	cr_assert_eq(got.meta.dtype, 3);
+	cr_assert_eq(got.meta.shape[2], 16);
+	cr_assert_eq(got.meta.shape[3], 9);
+	kvn_remote_value_release(&got);
+	kvn_buf_unref(v.payload);
+	struct kvn_key miss;
+	kvn_key_from_str(&miss, "not-there");
+	cr_assert_eq(ops->get(c, &miss, &got), -ENOENT);
+	cr_assert_null(got.payload);
+	struct seen_ctx sc = {.want = &k};
+	cr_assert_eq(ops->list(c, count_key, &sc), -ETIMEDOUT,
+		     "LMCache's server does not answer LIST: the connector times out");
+	ops->close(c);
+	proc_stop(&srv, SIGTERM, DEADLINE);
+	proc_rm_tree(dir);
+}
+
 /* ------------------------------------------------------------------------------------------
  * `kvnode serve` with lm_listen, driven by LMCache's frames packed in Python
  * ------------------------------------------------------------------------------------------ */
