@@ -62,8 +62,8 @@ kvn_connector_load_external(const char *url, const char *config_dir, kvn_extra_g
 	};
 	void *h;
 	const void *sym;
-	int rc = kvn_module_open(&kind, mp, cn, config_dir, &h, &sym, path, sizeof(path), err,
-				 errlen);
+	int rc =
+	    kvn_module_open(&kind, mp, cn, config_dir, &h, &sym, path, sizeof(path), err, errlen);
 	if (rc)
 		return rc;
 	const struct kvn_connector_ops *ops = sym;
@@ -87,8 +87,8 @@ kvn_connector_load_external(const char *url, const char *config_dir, kvn_extra_g
 	rc = kvn_connector_register(scheme, ops);
 	if (rc) {
 		kvn_seterr(err, errlen,
-			   "external connector %s from %s (%s): cannot serve scheme \"%s\": %s",
-			   cn, path, key_mp, scheme,
+			   "external connector %s from %s (%s): cannot serve scheme \"%s\": %s", cn,
+			   path, key_mp, scheme,
 			   rc == -EEXIST ? "the scheme is built in or served by another module; "
 					   "pick another scheme name"
 					 : kvn_strerror(rc));

@@ -34,7 +34,8 @@ parse_url(const struct kvn_connector_env *env, char host[KVN_HOST_MAX], uint16_t
 	const char *u = env->url;
 	char why[300], hp[KVN_HOST_MAX + 16];
 	if (strncmp(u, "lm://", 5)) {
-		env->log(env, KVN_LOG_ERROR, "remote_url %s is not an lm:// URL", env->url_redacted);
+		env->log(env, KVN_LOG_ERROR, "remote_url %s is not an lm:// URL",
+			 env->url_redacted);
 		return -EINVAL;
 	}
 	size_t n = strcspn(u + 5, "/?");

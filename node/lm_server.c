@@ -71,8 +71,7 @@ send_reply(struct conn *c, int32_t code, int32_t length, const struct kvn_lm_met
 
 /* A request that breaks the protocol: the client gets a 400 header (its reader is waiting for
  * one, or will be) and the connection is closed, since its byte stream is out of step. */
-static int
-proto_fail(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int proto_fail(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 static int
 proto_fail(struct conn *c, const char *fmt, ...)
@@ -101,10 +100,10 @@ do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req)
 	/* Checked before any payload is read: a value GET could never describe is refused
 	 * rather than stored. */
 	if (kvn_remote_meta_decode(hdr, sizeof(hdr), &meta) < 0)
-		return proto_fail(c,
-				  "PUT %s: metadata out of range (fmt %d, dtype %d, shape %d,%d,%d,%d)",
-				  key->str, meta.fmt, meta.dtype, meta.shape[0], meta.shape[1],
-				  meta.shape[2], meta.shape[3]);
+		return proto_fail(
+		    c, "PUT %s: metadata out of range (fmt %d, dtype %d, shape %d,%d,%d,%d)",
+		    key->str, meta.fmt, meta.dtype, meta.shape[0], meta.shape[1], meta.shape[2],
+		    meta.shape[3]);
 	/* One buffer for header + payload: the engine stores exactly what LMCache's redis layout
 	 * would hold, and malloc only reserves address space for bytes not yet received. */
 	uint8_t *val = malloc(KVN_REMOTE_META_LEN + (len ? len : 1));
@@ -149,8 +148,10 @@ do_get(struct conn *c, const struct kvn_key *key)
 	if (why) {
 		/* Put by another client (the CLI) without LMCache's header: not a value this
 		 * protocol can describe, so a miss rather than bytes with made-up metadata. */
-		kvn_warn(COMP, "client %s: GET %s: stored value is not in LMCache's layout (%s); "
-			 "answering a miss", c->peer, key->str, why);
+		kvn_warn(COMP,
+			 "client %s: GET %s: stored value is not in LMCache's layout (%s); "
+			 "answering a miss",
+			 c->peer, key->str, why);
 		kvn_buf_unref(buf);
 		return send_reply(c, KVN_LM_FAIL, 0, NULL) ? -1 : 0;
 	}

@@ -12,10 +12,10 @@
 struct kvn_lm_server;
 
 struct kvn_lm_server_opts {
-	const char *listen;	/* HOST:PORT (port 0: any free one) */
-	unsigned max_conns;	/* concurrent connections; 0 = 128. Past it a client is closed. */
-	int io_timeout_ms;	/* a request stalled half-way is cut after this; 0 = 30 s */
-	uint32_t value_max;	/* largest PUT payload; 0 = 1 GiB. Over it: 400 and close. */
+	const char *listen; /* HOST:PORT (port 0: any free one) */
+	unsigned max_conns; /* concurrent connections; 0 = 128. Past it a client is closed. */
+	int io_timeout_ms;  /* a request stalled half-way is cut after this; 0 = 30 s */
+	uint32_t value_max; /* largest PUT payload; 0 = 1 GiB. Over it: 400 and close. */
 };
 
 /* Binds, listens and starts serving in background threads. The engine must outlive the

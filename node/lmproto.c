@@ -29,7 +29,7 @@ kvn_lm_req_encode(uint8_t out[KVN_LM_REQ_SIZE], int32_t command, const char *key
 		return -ENAMETOOLONG;
 	if (!meta)
 		meta = &kvn_lm_meta_none;
-	const int32_t v[9] = {command,	     length,	    meta->fmt,	    meta->dtype, 0,
+	const int32_t v[9] = {command,	      length,	      meta->fmt,      meta->dtype,   0,
 			      meta->shape[0], meta->shape[1], meta->shape[2], meta->shape[3]};
 	for (int i = 0; i < 9; i++)
 		put_i32(out + 4 * i, v[i]);
@@ -66,8 +66,9 @@ kvn_lm_reply_encode(uint8_t out[KVN_LM_REPLY_SIZE], int32_t code, int32_t length
 {
 	if (!meta)
 		meta = &kvn_lm_meta_none;
-	const int32_t v[9] = {code,	      length,	     meta->fmt,	    meta->dtype,   meta->shape[0],
-			      meta->shape[1], meta->shape[2], meta->shape[3], 0 /* location */};
+	const int32_t v[9] = {code,	      length,	      meta->fmt,
+			      meta->dtype,    meta->shape[0], meta->shape[1],
+			      meta->shape[2], meta->shape[3], 0 /* location */};
 	for (int i = 0; i < 9; i++)
 		put_i32(out + 4 * i, v[i]);
 }

@@ -142,7 +142,8 @@ kvn_module_open(const struct kvn_module_kind *kind, const char *module_path, con
 				    "%s module %s (symbol %s) not found: looked in %s and the "
 				    "system library path (%s); give an absolute path or add its "
 				    "directory to KVNODE_MODULE_PATH",
-				    what, module_path, symbol, looked, why ? why : "no reason given");
+				    what, module_path, symbol, looked,
+				    why ? why : "no reason given");
 		return fail(-EINVAL, err, errlen, "%s module %s (symbol %s) cannot be loaded: %s",
 			    what, path, symbol, why ? why : "no reason given");
 	}
@@ -152,10 +153,11 @@ kvn_module_open(const struct kvn_module_kind *kind, const char *module_path, con
 	const char *why = dlerror();
 	if (!s || why) {
 		dlclose(h);
-		return fail(-EINVAL, err, errlen,
-			    "%s module %s has no symbol %s (check class_name; `nm -D %s` lists what "
-			    "it exports, and the symbol needs default visibility)",
-			    what, path, symbol, path);
+		return fail(
+		    -EINVAL, err, errlen,
+		    "%s module %s has no symbol %s (check class_name; `nm -D %s` lists what "
+		    "it exports, and the symbol needs default visibility)",
+		    what, path, symbol, path);
 	}
 	kvn_debug("module", "loaded %s from %s (%s)", symbol, path, what);
 	*handle = h;

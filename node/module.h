@@ -15,10 +15,10 @@ struct kvn_module_kind {
 };
 
 /* Finds module_path, dlopens it (RTLD_NOW | RTLD_LOCAL) and looks up symbol. On success
- * *handle and *sym are set and path (pathlen bytes, 4096 is plenty) holds the file opened; the caller checks what the symbol points to and dlcloses the
- * handle when it refuses it. Errors (nothing left loaded, err says which and what to do):
- * -EINVAL empty module_path or symbol, a file that cannot be loaded, a missing symbol;
- * -ENOENT module not found; -ENAMETOOLONG, -ENOMEM. */
+ * *handle and *sym are set and path (pathlen bytes, 4096 is plenty) holds the file opened; the
+ * caller checks what the symbol points to and dlcloses the handle when it refuses it. Errors
+ * (nothing left loaded, err says which and what to do): -EINVAL empty module_path or symbol, a file
+ * that cannot be loaded, a missing symbol; -ENOENT module not found; -ENAMETOOLONG, -ENOMEM. */
 int kvn_module_open(const struct kvn_module_kind *kind, const char *module_path, const char *symbol,
 		    const char *config_dir, void **handle, const void **sym, char *path,
 		    size_t pathlen, char *err, size_t errlen);

@@ -27,22 +27,22 @@ kvn_hostport_parse(const char *text, char host[KVN_HOST_MAX], uint16_t *port, ch
 	if (text[0] == '[') {
 		const char *end = strchr(text, ']');
 		if (!end || end[1] != ':')
-			return kvn_seterr(err, errlen,
-					  "address \"%s\": an IPv6 host must be written [HOST]:PORT",
-					  text);
+			return kvn_seterr(
+			    err, errlen, "address \"%s\": an IPv6 host must be written [HOST]:PORT",
+			    text);
 		h = text + 1;
 		hlen = (size_t)(end - h);
 		colon = end + 1;
 	} else {
 		colon = strrchr(text, ':');
 		if (!colon)
-			return kvn_seterr(err, errlen, "address \"%s\" has no port: write HOST:PORT",
-					  text);
+			return kvn_seterr(err, errlen,
+					  "address \"%s\" has no port: write HOST:PORT", text);
 		hlen = (size_t)(colon - text);
 		if (memchr(text, ':', hlen))
-			return kvn_seterr(err, errlen,
-					  "address \"%s\": an IPv6 host must be written [HOST]:PORT",
-					  text);
+			return kvn_seterr(
+			    err, errlen, "address \"%s\": an IPv6 host must be written [HOST]:PORT",
+			    text);
 	}
 	if (hlen == 0)
 		return kvn_seterr(err, errlen,
@@ -58,8 +58,8 @@ kvn_hostport_parse(const char *text, char host[KVN_HOST_MAX], uint16_t *port, ch
 	long v = strtol(p, &end, 10);
 	if (!*p || *end || errno || v < 0 || v > 65535 || *p == '+' || *p == '-' || *p == ' ')
 		return kvn_seterr(err, errlen,
-				  "address \"%s\": port \"%s\" must be a number from 0 to 65535", text,
-				  p);
+				  "address \"%s\": port \"%s\" must be a number from 0 to 65535",
+				  text, p);
 	memcpy(host, h, hlen);
 	host[hlen] = '\0';
 	*port = (uint16_t)v;

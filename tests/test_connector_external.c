@@ -18,10 +18,10 @@
 #include "node/config.h"
 #include "node/remote_value.h"
 
-#define MEMCACHED_SO	"libkvn_conn_memcached.so"
-#define MEMCACHED_PATH	KVN_MODULE_DIR "/" MEMCACHED_SO
-#define MEMCACHED_SYM	"kvn_memcached_connector_ops"
-#define MIB		(1024 * 1024)
+#define MEMCACHED_SO   "libkvn_conn_memcached.so"
+#define MEMCACHED_PATH KVN_MODULE_DIR "/" MEMCACHED_SO
+#define MEMCACHED_SYM  "kvn_memcached_connector_ops"
+#define MIB	       (1024 * 1024)
 
 /* extra_config as a tiny table: key, value pairs, NULL-terminated. */
 static const char *
@@ -93,10 +93,9 @@ Test(ext_loader, a_wrong_class_name_names_the_symbol_and_the_file)
 
 Test(ext_loader, an_abi_mismatch_is_refused_with_how_to_fix_it)
 {
-	static const char *const t[] = {"external_connector.bad.module_path",
-					KVN_MODULE_DIR "/libkvn_test_conn_bad_abi.so",
-					"external_connector.bad.class_name",
-					"kvn_test_conn_bad_abi_ops", NULL};
+	static const char *const t[] = {
+	    "external_connector.bad.module_path", KVN_MODULE_DIR "/libkvn_test_conn_bad_abi.so",
+	    "external_connector.bad.class_name", "kvn_test_conn_bad_abi_ops", NULL};
 	char err[2048] = "";
 	cr_assert_eq(load("bad://h:1", t, err, sizeof(err)), -EINVAL);
 	assert_has(err, "KVN_CONNECTOR_ABI");
@@ -355,8 +354,8 @@ Test(memcached, a_32_mib_chunk_round_trips_and_a_multi_get_mixes_hits_and_misses
 		}
 		cr_assert_eq(rcs[i], 0, "get %d", i);
 		cr_assert_eq(got[i].payload->len, vals[i].payload->len);
-		cr_assert(!memcmp(got[i].payload->data, vals[i].payload->data,
-				  vals[i].payload->len));
+		cr_assert(
+		    !memcmp(got[i].payload->data, vals[i].payload->data, vals[i].payload->len));
 		cr_assert_eq(kvn_remote_value_check(&got[i], NULL, 0), 0);
 		kvn_remote_value_release(&got[i]);
 	}

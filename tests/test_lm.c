@@ -162,9 +162,9 @@ lm_up(unsigned max_conns, uint32_t value_max)
 				       .io_timeout_ms = 5000,
 				       .value_max = value_max};
 	cr_assert_eq(kvn_lm_server_start(ieng, &o, &isrv, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(kvn_hostport_parse(kvn_lm_server_address(isrv), ihost, &iport, err,
-					sizeof(err)),
-		     0, "%s", err);
+	cr_assert_eq(
+	    kvn_hostport_parse(kvn_lm_server_address(isrv), ihost, &iport, err, sizeof(err)), 0,
+	    "%s", err);
 	cr_assert_neq(iport, 0, "the real port is reported");
 }
 
@@ -606,8 +606,8 @@ lm_up_capped(void)
 	lm_up(1, 4096);
 }
 
-Test(lm_capped, past_the_connection_cap_a_client_is_closed, .init = lm_up_capped,
-     .fini = lm_down, .timeout = 300)
+Test(lm_capped, past_the_connection_cap_a_client_is_closed, .init = lm_up_capped, .fini = lm_down,
+     .timeout = 300)
 {
 	int a = lm_connect();
 	send_req(a, KVN_LM_HEALTH, "", 0, NULL);
@@ -783,8 +783,8 @@ Test(lm_connector, batches_are_pipelined_and_misses_stay_per_key)
 		}
 		cr_assert_eq(rcs[i], 0, "get %d", i);
 		cr_assert_eq(out[i].payload->len, vals[i].payload->len);
-		cr_assert(!memcmp(out[i].payload->data, vals[i].payload->data,
-				  vals[i].payload->len));
+		cr_assert(
+		    !memcmp(out[i].payload->data, vals[i].payload->data, vals[i].payload->len));
 		kvn_remote_value_release(&out[i]);
 	}
 	for (int i = 0; i < N; i++)
@@ -848,7 +848,6 @@ Test(lm_connector, bad_urls_are_refused_with_a_reason)
 		cr_assert_null(c);
 	}
 }
-
 
 /* An independent server: LMCache's cache server (lmcache/v1/server/__main__.py) restated with
  * struct.pack and a dict, LIST left unanswered as LMCache leaves it. kvnode's lm:// connector
@@ -1056,8 +1055,8 @@ Test(lm_daemon, an_lmcache_client_speaking_the_wire_format_uses_kvnode_serve, .t
 	}
 	char *o = proc_read_file(out, NULL), host[KVN_HOST_MAX], addr[300], why[256];
 	uint16_t port;
-	cr_assert(sscanf(strstr(o, "lm:// server on ") + strlen("lm:// server on "), "%299s",
-			 addr) == 1);
+	cr_assert(
+	    sscanf(strstr(o, "lm:// server on ") + strlen("lm:// server on "), "%299s", addr) == 1);
 	free(o);
 	cr_assert_eq(kvn_hostport_parse(addr, host, &port, why, sizeof(why)), 0, "%s", why);
 	char portstr[8];

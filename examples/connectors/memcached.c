@@ -84,8 +84,8 @@ fail(struct kvn_connector *c, memcached_return_t rc, const char *op, const struc
 {
 	int e = to_errno(rc);
 	if (e != -ENOENT)
-		c->env->log(c->env, KVN_LOG_WARN, "memcached %s %s%s%s: %s", c->env->url_redacted, op, key ? " " : "",
-			    key ? key->str : "", memcached_strerror(c->mc, rc));
+		c->env->log(c->env, KVN_LOG_WARN, "memcached %s %s%s%s: %s", c->env->url_redacted,
+			    op, key ? " " : "", key ? key->str : "", memcached_strerror(c->mc, rc));
 	return e;
 }
 
@@ -230,7 +230,8 @@ mc_connect(const struct kvn_connector_env *env, struct kvn_connector **out)
 		return -ENOMEM;
 	}
 	if (add_servers(c, env->url)) {
-		env->log(env, KVN_LOG_ERROR, "remote_url %s: write memcached://HOST:PORT[,HOST:PORT...]",
+		env->log(env, KVN_LOG_ERROR,
+			 "remote_url %s: write memcached://HOST:PORT[,HOST:PORT...]",
 			 env->url_redacted);
 		mc_close(c);
 		return -EINVAL;
@@ -285,8 +286,8 @@ mc_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_val
 static int
 mc_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *val)
 {
-	if (!val->payload || val->meta.length < 0 || (size_t)val->meta.length != val->payload->len ||
-	    val->tag_len > KVN_REMOTE_TAG_MAX)
+	if (!val->payload || val->meta.length < 0 ||
+	    (size_t)val->meta.length != val->payload->len || val->tag_len > KVN_REMOTE_TAG_MAX)
 		return -EINVAL;
 	/* memcached stores one contiguous value: header, payload, tag, tag length. */
 	size_t len = KVN_REMOTE_META_LEN + val->payload->len + val->tag_len + 1;
@@ -372,7 +373,8 @@ out:
 	return ret;
 }
 
-__attribute__((visibility("default"))) const struct kvn_connector_ops kvn_memcached_connector_ops = {
+__attribute__((visibility("default")))
+const struct kvn_connector_ops kvn_memcached_connector_ops = {
     .abi = KVN_CONNECTOR_ABI,
     .flags = KVN_CONNECTOR_F_NO_LIST,
     .scheme = "memcached",

@@ -82,8 +82,10 @@ spawn(struct memcached_server *ms)
 	snprintf(port, sizeof(port), "%d", ms->port);
 	/* -I 64m: chunks of up to 32 MiB plus header and tag; -m 1024: room for a few. */
 	/* memcached refuses to run as root unless told which user to be. */
-	const char *argv[] = {MEMCACHED_BIN, "-l", "127.0.0.1", "-p", port, "-U", "0", "-I", "64m",
-			      "-m", "1024", "-t", "2", getuid() == 0 ? "-u" : NULL, "root", NULL};
+	const char *argv[] = {
+	    MEMCACHED_BIN, "-l",  "127.0.0.1", "-p",   port, "-U", "0",
+	    "-I",	   "64m", "-m",	       "1024", "-t", "2",  getuid() == 0 ? "-u" : NULL,
+	    "root",	   NULL};
 	memset(&ms->proc, 0, sizeof(ms->proc));
 	int rc = proc_spawn(&ms->proc, argv, NULL);
 	if (rc)
