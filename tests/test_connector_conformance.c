@@ -964,3 +964,43 @@ Test(registry, a_node_whose_remote_url_is_unknown_does_not_start)
 	cr_assert(strstr(err, "remote"), "%s", err);
 	kvn_config_free(cfg);
 }
+
+/* ============================================================================================
+ * fs options
+ * ============================================================================================ */
+
+static int
+open_fs_node(const char *url, const char *extra, char *err, size_t errlen)
+{
+	char yaml[2 * PATH_MAX];
+	snprintf(yaml, sizeof(yaml), "local_cpu: false\nremote_url: \"%s\"\n%s", url, extra);
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", &cfg, err, errlen), 0, "%s",
+		     err);
+	return kvn_engine_open(cfg, &eng, err, errlen);
+}
+
+Test(fs_connector, fsync_is_set_in_the_url_or_extra_config_and_other_words_are_refused)
+{
+	char d[PATH_MAX - 64], url[PATH_MAX], err[1024];
+	cr_assert_eq(proc_mkdtemp("kvn-fsopt", d, sizeof(d)), 0);
+	const char *extra[] = {"", "extra_config:\n  remote.fsync: true\n"};
+	for (int i = 0; i < 2; i++) {
+		snprintf(url, sizeof(url), "fs://%s/s%d%s", d, i, i == 0 ? "?fsync=true" : "");
+		cr_assert_eq(open_fs_node(url, extra[i], err, sizeof(err)), 0, "%s", err);
+		put_bytes("synced", 5000, 3);
+		kvn_engine_flush(eng);
+		cr_assert_eq(get_bytes("synced", 5000, 3), 0);
+		engine_close();
+	}
+	snprintf(url, sizeof(url), "fs://%s/s2?fsync=maybe", d);
+	int saved = dup(2), fd = open("/dev/null", O_WRONLY);
+	dup2(fd, 2); /* the refusal is logged; only the return code matters here */
+	int rc = open_fs_node(url, "", err, sizeof(err));
+	dup2(saved, 2);
+	close(fd);
+	close(saved);
+	cr_assert_lt(rc, 0, "fsync=maybe was accepted");
+	kvn_config_free(cfg);
+	cfg = NULL;
+	proc_rm_tree(d);
+}

@@ -208,3 +208,76 @@ Test(redis_interop, a_value_kvnode_wrote_has_lmcache_layout_payload_first_as_red
 	free(log);
 	free(payload);
 }
+
+/* A second node on the same server with its own remote_url. */
+static int
+open_node(const char *url, struct kvn_config **c, struct kvn_engine **e, char *err, size_t errlen)
+{
+	char yaml[512];
+	snprintf(yaml, sizeof(yaml), "local_cpu: false\nremote_url: \"%s\"\n", url);
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", c, err, errlen), 0, "%s", err);
+	return kvn_engine_open(*c, e, err, errlen);
+}
+
+static char *
+cli_text(const char *db, const char *cmd, const char *arg)
+{
+	char out[PATH_MAX];
+	snprintf(out, sizeof(out), "%s/cli.txt", dir);
+	cr_assert_eq(redis_cli(&rs, NULL, out, "--no-auth-warning", "-a", "s3cret", "-n", db, cmd,
+			       arg, NULL),
+		     0);
+	return proc_read_file(out, NULL);
+}
+
+Test(redis_interop, a_url_with_password_and_database_authenticates_and_writes_into_that_database)
+{
+	cr_assert_eq(redis_cli(&rs, NULL, NULL, "CONFIG", "SET", "requirepass", "s3cret", NULL), 0);
+	char url[128], err[1024];
+	struct kvn_config *c2;
+	struct kvn_engine *e2;
+	snprintf(url, sizeof(url), "redis://:s3cret@127.0.0.1:%d/2", rs.port);
+	cr_assert_eq(open_node(url, &c2, &e2, err, sizeof(err)), 0, "%s", err);
+	struct kvn_key k;
+	cr_assert_eq(kvn_key_from_str(&k, "in-db-2"), 0);
+	cr_assert_eq(kvn_engine_put(e2, &k, "abc", 3), 0);
+	kvn_engine_flush(e2);
+	char *t = cli_text("2", "EXISTS", "in-db-2metadata");
+	cr_assert(t && !strcmp(t, "1\n"), "db 2: %s", t ? t : "");
+	free(t);
+	t = cli_text("0", "EXISTS", "in-db-2metadata");
+	cr_assert(t && !strcmp(t, "0\n"), "db 0: %s", t ? t : "");
+	free(t);
+	char *stats = kvn_engine_stats_json(e2);
+	cr_assert(stats && strstr(stats, "127.0.0.1") && !strstr(stats, "s3cret"),
+		  "stat must name the store without its password: %s", stats);
+	free(stats);
+	kvn_engine_close(e2);
+	kvn_config_free(c2);
+}
+
+Test(redis_interop, a_wrong_password_stops_the_node_from_starting_with_a_message)
+{
+	cr_assert_eq(redis_cli(&rs, NULL, NULL, "CONFIG", "SET", "requirepass", "s3cret", NULL), 0);
+	char url[128], err[1024];
+	struct kvn_config *c2;
+	struct kvn_engine *e2 = NULL;
+	snprintf(url, sizeof(url), "redis://:wrong@127.0.0.1:%d", rs.port);
+	cr_assert_lt(open_node(url, &c2, &e2, err, sizeof(err)), 0);
+	cr_assert(strstr(err, "remote"), "%s", err);
+	cr_assert_not(strstr(err, "wrong"), "the message shows the password: %s", err);
+	kvn_config_free(c2);
+}
+
+Test(redis_interop, a_malformed_redis_url_is_refused_at_start)
+{
+	const char *bad[] = {"redis://", "redis://host:99999", "redis://host:12/notadb"};
+	for (size_t i = 0; i < 3; i++) {
+		char err[1024];
+		struct kvn_config *c2;
+		struct kvn_engine *e2 = NULL;
+		cr_assert_lt(open_node(bad[i], &c2, &e2, err, sizeof(err)), 0, "%s was accepted",
+			     bad[i]);
+		kvn_config_free(c2);
+	}
+}
