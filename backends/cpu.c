@@ -8,6 +8,7 @@
 
 #include "kvnode/backend.h"
 #include "node/pool.h"
+#include "node/ctlframe.h"
 #include "node/storage.h"
 
 #define MIN_CAP 1024u
@@ -30,7 +31,18 @@ struct kvn_backend {
 	size_t n;
 	uint64_t bytes;
 	_Atomic uint64_t hits, misses, puts, evictions, errors;
+	/* The cluster glue's directory feed (kvn_cpu_set_publish): called with lock held, so
+	 * admits and evicts reach it in index order. */
+	kvn_cpu_publish_fn publish;
+	void *publish_ctx;
 };
+
+static void
+publish(struct kvn_backend *be, enum kvn_cf_pub_op op, const struct kvn_slot *slot)
+{
+	if (be->publish)
+		be->publish(be->publish_ctx, op, slot);
+}
 
 /* ------------------------------------------------------------------------------------------
  * Index: linear probing keyed by the 128-bit digest, deletion by backward shift (no tombstones,
@@ -113,6 +125,7 @@ drop(struct kvn_backend *be, struct entry *e)
 	be->bytes -= kvn_slot_len(s);
 	be->n--;
 	tab_delete(be, e);
+	publish(be, KVN_CF_EVICT, s);
 	kvn_pool_unlink(be->pool, s);
 }
 
@@ -128,6 +141,7 @@ evicted(void *ctx, struct kvn_slot *slot)
 	be->bytes -= kvn_slot_len(slot);
 	be->n--;
 	tab_delete(be, e);
+	publish(be, KVN_CF_EVICT, slot);
 	atomic_fetch_add_explicit(&be->evictions, 1, memory_order_relaxed);
 }
 
@@ -232,8 +246,10 @@ cpu_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 		be->n++;
 		be->bytes += buf->len;
 	}
-	if (rc == 0)
+	if (rc == 0) {
 		kvn_pool_commit(be->pool, slot);
+		publish(be, KVN_CF_ADMIT, slot); /* an admit replaces our older entry */
+	}
 	pthread_mutex_unlock(&be->lock);
 	if (rc) {
 		kvn_pool_unref(be->pool, slot); /* never linked: frees it */
@@ -350,6 +366,39 @@ cpu_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 	out->puts = atomic_load_explicit(&be->puts, memory_order_relaxed);
 	out->evictions = atomic_load_explicit(&be->evictions, memory_order_relaxed);
 	out->errors = atomic_load_explicit(&be->errors, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Hooks for the cluster glue (node/cluster.c)
+ * ------------------------------------------------------------------------------------------ */
+
+void
+kvn_cpu_set_publish(struct kvn_backend *be, kvn_cpu_publish_fn fn, void *ctx)
+{
+	pthread_mutex_lock(&be->lock);
+	be->publish = fn;
+	be->publish_ctx = ctx;
+	pthread_mutex_unlock(&be->lock);
+}
+
+void
+kvn_cpu_walk(struct kvn_backend *be, void (*fn)(void *ctx, const struct kvn_slot *slot), void *ctx)
+{
+	pthread_mutex_lock(&be->lock);
+	for (size_t i = 0; i < be->cap; i++)
+		if (be->tab[i].slot)
+			fn(ctx, be->tab[i].slot);
+	pthread_mutex_unlock(&be->lock);
+}
+
+/* Under the index lock, because an evicting alloc calls back into the index. */
+int
+kvn_cpu_alloc_scratch(struct kvn_backend *be, size_t len, struct kvn_slot **out)
+{
+	pthread_mutex_lock(&be->lock);
+	int rc = kvn_pool_alloc(be->pool, len, NULL, true, out);
+	pthread_mutex_unlock(&be->lock);
+	return rc;
 }
 
 const struct kvn_backend_ops kvn_cpu_backend_ops = {

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "node/cluster.h"
 #include "node/config.h"
 #include "node/log.h"
 #include "node/pool.h"
@@ -182,4 +183,16 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 	char *text = cJSON_PrintUnformatted(root);
 	cJSON_Delete(root);
 	return text;
+}
+
+struct kvn_pool *
+kvn_engine_pool(struct kvn_engine *eng)
+{
+	return eng->pool;
+}
+
+struct kvn_storage *
+kvn_engine_storage(struct kvn_engine *eng)
+{
+	return eng->st;
 }

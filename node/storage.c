@@ -393,6 +393,14 @@ kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn
 		if (rc < 0)
 			goto fail;
 	}
+	if (cfg->scheduler_url) {
+		/* Chunks of the other nodes, found through the scheduler (backends/peer.c); the
+		 * cluster glue attaches it once the transport and membership are up. */
+		rc = add_tier(st, &kvn_peer_backend_ops, "peer", "peer.", NULL, 0, NULL, NULL, err,
+			      errlen);
+		if (rc < 0)
+			goto fail;
+	}
 	if (cfg->remote_url) {
 		/* Options come as extra_config "remote.<opt>" (the tier adds the prefix). */
 		rc = add_tier(st, &kvn_remote_backend_ops, "remote", "", NULL, 0, NULL, NULL, err,
@@ -683,6 +691,15 @@ kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name,
 		t->ops->stats(t->be, stats);
 	}
 	return 0;
+}
+
+struct kvn_backend *
+kvn_storage_backend(struct kvn_storage *st, const struct kvn_backend_ops *ops)
+{
+	for (size_t i = 0; i < st->ntiers; i++)
+		if (st->tier[i].ops == ops)
+			return st->tier[i].be;
+	return NULL;
 }
 
 KVN_API int

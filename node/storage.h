@@ -27,6 +27,21 @@ struct kvn_remote_status {
 };
 /* Status of the remote tier be (an instance of kvn_remote_backend_ops). */
 void kvn_remote_backend_status(struct kvn_backend *be, struct kvn_remote_status *out);
+/* The cpu tier's hooks for the cluster glue (node/cluster.c). The publish hook sees every
+ * slot the index admits (KVN_CF_ADMIT) and drops (KVN_CF_EVICT: evicted or removed), with the
+ * index lock held: it must only queue. walk calls fn for each indexed slot, lock held.
+ * alloc_scratch takes an unindexed slot of len payload bytes (evicting as put does) that the
+ * caller frees with kvn_pool_unref; the peer tier READs into it. */
+struct kvn_slot;
+typedef void (*kvn_cpu_publish_fn)(void *ctx, int op, const struct kvn_slot *slot);
+void kvn_cpu_set_publish(struct kvn_backend *be, kvn_cpu_publish_fn fn, void *ctx);
+void kvn_cpu_walk(struct kvn_backend *be, void (*fn)(void *ctx, const struct kvn_slot *slot),
+		  void *ctx);
+int kvn_cpu_alloc_scratch(struct kvn_backend *be, size_t len, struct kvn_slot **out);
+/* The instance of tier ops in st, NULL when st has none. */
+struct kvn_backend *kvn_storage_backend(struct kvn_storage *st, const struct kvn_backend_ops *ops);
+extern const struct kvn_backend_ops kvn_peer_backend_ops;
+
 /* Status of st's remote tier; -ENOENT when it has none. */
 KVN_API int kvn_storage_remote_status(struct kvn_storage *st, struct kvn_remote_status *out);
 

@@ -1,0 +1,482 @@
+/* peer tier: chunks other nodes hold. On a local miss it asks the scheduler (through a small
+ * cache of the directory) where the key lives, READs the slot image from the owner's pool with
+ * the transport into a scratch slot of our own pool, and returns the payload only when the
+ * header and checksum say it is the directory's generation of this key (DESIGN.md §1, §3). */
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvnode/backend.h"
+#include "kvnode/transport.h"
+#include "node/cluster.h"
+#include "node/log.h"
+#include "node/membership.h"
+#include "node/pool.h"
+#include "node/storage.h"
+
+#define CACHE_SLOTS 4096u /* direct-mapped: a miss only costs one lookup */
+#define SLOT_HDR    sizeof(struct kvn_slot_hdr)
+
+struct cache_ent {
+	uint64_t lo, hi;
+	struct kvn_loc loc;
+	bool valid;
+};
+
+/* One endpoint per member; refs keep it open while reads use it, stale closes it once the
+ * last user lets go (member went down, moved, or a read broke the connection). */
+struct conn {
+	uint32_t worker_id;
+	struct kvn_tp_ep *ep;
+	int refs;
+	bool stale;
+};
+
+struct kvn_backend {
+	const struct kvn_backend_env *env;
+	/* Held shared by every get/contains, exclusively by attach/detach. */
+	pthread_rwlock_t attach_lock;
+	struct kvn_peer_link link;
+	bool attached;
+
+	pthread_mutex_t lock; /* cache and conns */
+	struct cache_ent *cache;
+	struct conn *conns;
+	size_t nconns, capconns;
+
+	_Atomic uint64_t hits, misses, errors, bytes_read, reads;
+};
+
+/* ------------------------------------------------------------------------------------------
+ * Directory cache
+ * ------------------------------------------------------------------------------------------ */
+
+static struct cache_ent *
+cache_at(struct kvn_backend *be, struct kvn_digest d)
+{
+	return &be->cache[d.lo & (CACHE_SLOTS - 1)];
+}
+
+static bool
+cache_get(struct kvn_backend *be, struct kvn_digest d, struct kvn_loc *out)
+{
+	pthread_mutex_lock(&be->lock);
+	struct cache_ent *e = cache_at(be, d);
+	bool hit = e->valid && e->lo == d.lo && e->hi == d.hi;
+	if (hit)
+		*out = e->loc;
+	pthread_mutex_unlock(&be->lock);
+	return hit;
+}
+
+static void
+cache_put(struct kvn_backend *be, struct kvn_digest d, const struct kvn_loc *loc)
+{
+	pthread_mutex_lock(&be->lock);
+	*cache_at(be, d) = (struct cache_ent){.lo = d.lo, .hi = d.hi, .loc = *loc, .valid = true};
+	pthread_mutex_unlock(&be->lock);
+}
+
+/* Caller holds be->lock. worker_id UINT32_MAX: any owner. */
+static void
+cache_drop_locked(struct kvn_backend *be, struct kvn_digest d, uint32_t worker_id)
+{
+	struct cache_ent *e = cache_at(be, d);
+	if (e->valid && e->lo == d.lo && e->hi == d.hi &&
+	    (worker_id == UINT32_MAX || e->loc.worker_id == worker_id))
+		e->valid = false;
+}
+
+void
+kvn_peer_evicted(struct kvn_backend *be, uint32_t worker_id, const struct kvn_digest *d, size_t n)
+{
+	pthread_mutex_lock(&be->lock);
+	for (size_t i = 0; i < n; i++)
+		cache_drop_locked(be, d[i], worker_id);
+	pthread_mutex_unlock(&be->lock);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Connections
+ * ------------------------------------------------------------------------------------------ */
+
+static struct conn *
+conn_find(struct kvn_backend *be, uint32_t worker_id)
+{
+	for (size_t i = 0; i < be->nconns; i++)
+		if (be->conns[i].worker_id == worker_id)
+			return &be->conns[i];
+	return NULL;
+}
+
+/* Caller holds be->lock; returns the endpoint to close (outside the lock) or NULL. */
+static struct kvn_tp_ep *
+conn_reap_locked(struct kvn_backend *be, struct conn *c)
+{
+	if (!c->stale || c->refs)
+		return NULL;
+	struct kvn_tp_ep *ep = c->ep;
+	*c = be->conns[--be->nconns];
+	return ep;
+}
+
+void
+kvn_peer_member(struct kvn_backend *be, const struct kvn_member_info *mi)
+{
+	pthread_mutex_lock(&be->lock);
+	struct conn *c = conn_find(be, mi->worker_id);
+	if (c)
+		c->stale = true; /* down, or up again at a maybe different address */
+	if (!mi->up)
+		for (size_t i = 0; i < CACHE_SLOTS; i++)
+			if (be->cache[i].loc.worker_id == mi->worker_id)
+				be->cache[i].valid = false;
+	pthread_mutex_unlock(&be->lock);
+	/* Closed by the next get or at detach: this runs on the membership thread, which must
+	 * not wait for reads to fail. */
+}
+
+/* Caller holds attach_lock shared. The endpoint to worker_id's data address, connecting
+ * (without be->lock held) when there is none; err names the peer. */
+static int
+conn_get(struct kvn_backend *be, uint32_t worker_id, struct conn **out, char *err, size_t errlen)
+{
+	struct kvn_tp_ep *old = NULL;
+	pthread_mutex_lock(&be->lock);
+	struct conn *c = conn_find(be, worker_id);
+	if (c && c->stale && !c->refs) {
+		old = conn_reap_locked(be, c);
+		c = NULL;
+	}
+	if (c && !c->stale) {
+		c->refs++;
+		*out = c;
+		pthread_mutex_unlock(&be->lock);
+		return 0;
+	}
+	pthread_mutex_unlock(&be->lock);
+	if (old)
+		be->link.ops->ep_close(old);
+
+	struct kvn_member_info mi;
+	int rc = kvn_membership_member(be->link.m, worker_id, &mi, NULL, 0);
+	if (rc == -ENOSPC)
+		rc = 0; /* the regions are not needed: locations carry addr and rkey */
+	if (rc < 0 || !mi.up) {
+		kvn_seterr(err, errlen, "peer worker %u is not a live member", worker_id);
+		return -ENOENT;
+	}
+	struct kvn_tp_ep *ep;
+	rc =
+	    be->link.ops->connect(be->link.tp, mi.data_addr, be->link.timeout_ms, &ep, err, errlen);
+	if (rc < 0)
+		return rc;
+	pthread_mutex_lock(&be->lock);
+	c = conn_find(be, worker_id);
+	if (c && !c->stale) { /* another thread connected meanwhile: use that one */
+		c->refs++;
+		*out = c;
+		pthread_mutex_unlock(&be->lock);
+		be->link.ops->ep_close(ep);
+		return 0;
+	}
+	if (c && !c->refs) {
+		old = conn_reap_locked(be, c);
+	} else if (c) {
+		/* a stale one still in use leaves the id to the new endpoint; conn_put finds it
+		 * by endpoint and closes it when its users let go */
+		c->worker_id = UINT32_MAX;
+	}
+	if (be->nconns == be->capconns) {
+		size_t cap = be->capconns ? be->capconns * 2 : 8;
+		struct conn *n = realloc(be->conns, cap * sizeof(*n));
+		if (!n) {
+			pthread_mutex_unlock(&be->lock);
+			be->link.ops->ep_close(ep);
+			if (old)
+				be->link.ops->ep_close(old);
+			return -ENOMEM;
+		}
+		be->conns = n;
+		be->capconns = cap;
+	}
+	c = &be->conns[be->nconns++];
+	*c = (struct conn){.worker_id = worker_id, .ep = ep, .refs = 1};
+	*out = c;
+	pthread_mutex_unlock(&be->lock);
+	if (old)
+		be->link.ops->ep_close(old);
+	return 0;
+}
+
+/* Drops a reference; broken marks the endpoint for reconnection. conns may move while
+ * be->lock is not held, so the entry is found again by endpoint. */
+static void
+conn_put(struct kvn_backend *be, struct kvn_tp_ep *ep, bool broken)
+{
+	struct kvn_tp_ep *old = NULL;
+	pthread_mutex_lock(&be->lock);
+	for (size_t i = 0; i < be->nconns; i++) {
+		struct conn *c = &be->conns[i];
+		if (c->ep != ep)
+			continue;
+		c->refs--;
+		c->stale |= broken;
+		old = conn_reap_locked(be, c);
+		break;
+	}
+	pthread_mutex_unlock(&be->lock);
+	if (old)
+		be->link.ops->ep_close(old);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Fetch
+ * ------------------------------------------------------------------------------------------ */
+
+/* READs the slot image at loc and returns its payload when it verifies. -EAGAIN: the image
+ * was stale or corrupt (or the read failed): try a fresh location. */
+static int
+fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_loc *loc,
+      struct kvn_buf **out)
+{
+	char err[512] = "";
+	if (loc->len <= SLOT_HDR || loc->len > kvn_pool_size(be->link.pool))
+		return -EAGAIN;
+	struct conn *c;
+	int rc = conn_get(be, loc->worker_id, &c, err, sizeof(err));
+	if (rc < 0) {
+		be->env->log(be->env, KVN_LOG_DEBUG, "key %s: %s", key->str, err);
+		return -EAGAIN;
+	}
+	struct kvn_tp_ep *ep = c->ep;
+	struct kvn_slot *scratch;
+	rc = kvn_cpu_alloc_scratch(be->link.cpu, loc->len, &scratch);
+	if (rc < 0) {
+		conn_put(be, ep, false);
+		be->env->log(be->env, KVN_LOG_WARN,
+			     "key %s: no room in the cpu pool for a %llu-byte peer read (%s); "
+			     "raise max_local_cpu_size",
+			     key->str, (unsigned long long)loc->len, kvn_strerror(rc));
+		return rc;
+	}
+	uint8_t *img = kvn_slot_payload(scratch);
+	struct kvn_read rd = {.local = img,
+			      .local_mr = be->link.mr,
+			      .remote_addr = loc->addr,
+			      .rkey = loc->rkey,
+			      .len = loc->len};
+	rc = kvn_transport_read_sync(be->link.ops, ep, &rd, 1, err, sizeof(err));
+	conn_put(be, ep, rc == -ENOTCONN || rc == -ECONNRESET || rc == -ETIMEDOUT);
+	atomic_fetch_add_explicit(&be->reads, 1, memory_order_relaxed);
+	if (rc < 0) {
+		be->env->log(be->env, KVN_LOG_WARN, "key %s: READ from peer worker %u failed: %s",
+			     key->str, loc->worker_id, err);
+		kvn_pool_unref(be->link.pool, scratch);
+		return -EAGAIN;
+	}
+	atomic_fetch_add_explicit(&be->bytes_read, loc->len, memory_order_relaxed);
+	rc = kvn_slot_verify(img, loc->len, key->digest, loc->generation);
+	if (rc == 0) {
+		const struct kvn_slot_hdr *h = (const void *)img;
+		struct kvn_buf *b = kvn_buf_new(h->len);
+		if (b)
+			memcpy(b->data, img + SLOT_HDR, h->len);
+		rc = b ? 0 : -ENOMEM;
+		*out = b;
+	} else {
+		/* evicted or rewritten since the directory heard of it: a miss, never bytes */
+		be->env->log(be->env, KVN_LOG_DEBUG,
+			     "key %s: slot read from peer worker %u failed its check (%s)",
+			     key->str, loc->worker_id, kvn_strerror(rc));
+		rc = -EAGAIN;
+	}
+	kvn_pool_unref(be->link.pool, scratch);
+	return rc;
+}
+
+/* Locations of key held by others: the cached one (fresh = false), else a lookup. */
+static int
+locate(struct kvn_backend *be, const struct kvn_key *key, bool fresh, struct kvn_loc *locs,
+       uint32_t *n)
+{
+	*n = 0;
+	if (!fresh && cache_get(be, key->digest, &locs[0])) {
+		*n = 1;
+		return 0;
+	}
+	uint32_t nloc = 0;
+	struct kvn_loc all[KVN_CF_LOCS_MAX];
+	int rc = kvn_membership_lookup(be->link.m, &key->digest, 1, KVN_CF_LOCS_MAX, &nloc, all,
+				       be->link.timeout_ms);
+	if (rc < 0)
+		return rc;
+	int32_t self = kvn_membership_worker_id(be->link.m);
+	for (uint32_t i = 0; i < nloc && i < KVN_CF_LOCS_MAX; i++)
+		if (self < 0 || all[i].worker_id != (uint32_t)self)
+			locs[(*n)++] = all[i];
+	return 0;
+}
+
+static int
+peer_get(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf **out)
+{
+	int rc = -ENOENT;
+	*out = NULL;
+	pthread_rwlock_rdlock(&be->attach_lock);
+	/* Attempt 0 may use the cache; a failed check or read retries once with a lookup. */
+	for (int attempt = 0; be->attached && attempt < 2 && rc == -ENOENT; attempt++) {
+		struct kvn_loc locs[KVN_CF_LOCS_MAX];
+		uint32_t n;
+		if (locate(be, key, attempt > 0, locs, &n) < 0 || n == 0)
+			break;
+		bool failed = false;
+		for (uint32_t i = 0; i < n; i++) {
+			int f = fetch(be, key, &locs[i], out);
+			if (f == 0) {
+				cache_put(be, key->digest, &locs[i]);
+				rc = 0;
+				break;
+			}
+			failed = true;
+			atomic_fetch_add_explicit(&be->errors, 1, memory_order_relaxed);
+		}
+		if (failed && rc) {
+			pthread_mutex_lock(&be->lock);
+			cache_drop_locked(be, key->digest, UINT32_MAX);
+			pthread_mutex_unlock(&be->lock);
+		}
+	}
+	pthread_rwlock_unlock(&be->attach_lock);
+	atomic_fetch_add_explicit(rc == 0 ? &be->hits : &be->misses, 1, memory_order_relaxed);
+	return rc;
+}
+
+/* Held by a peer: 1. A remote chunk cannot be pinned from here, so pin answers 0. */
+static int
+peer_contains(struct kvn_backend *be, const struct kvn_key *key, bool pin)
+{
+	if (pin)
+		return 0;
+	int found = 0;
+	pthread_rwlock_rdlock(&be->attach_lock);
+	struct kvn_loc locs[KVN_CF_LOCS_MAX];
+	uint32_t n = 0;
+	if (be->attached && locate(be, key, false, locs, &n) == 0 && n)
+		found = 1;
+	pthread_rwlock_unlock(&be->attach_lock);
+	return found;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Attach, ops
+ * ------------------------------------------------------------------------------------------ */
+
+static void
+close_conns(struct kvn_backend *be)
+{
+	for (size_t i = 0; i < be->nconns; i++)
+		be->link.ops->ep_close(be->conns[i].ep);
+	be->nconns = 0;
+}
+
+void
+kvn_peer_attach(struct kvn_backend *be, const struct kvn_peer_link *link)
+{
+	pthread_rwlock_wrlock(&be->attach_lock);
+	if (be->attached)
+		close_conns(be); /* no reader holds one: they all hold attach_lock */
+	be->attached = link != NULL;
+	if (link)
+		be->link = *link;
+	pthread_mutex_lock(&be->lock);
+	memset(be->cache, 0, CACHE_SLOTS * sizeof(*be->cache));
+	pthread_mutex_unlock(&be->lock);
+	pthread_rwlock_unlock(&be->attach_lock);
+}
+
+uint64_t
+kvn_peer_bytes_read(struct kvn_backend *be)
+{
+	return atomic_load_explicit(&be->bytes_read, memory_order_relaxed);
+}
+
+static int
+peer_create(const struct kvn_backend_env *env, struct kvn_backend **out)
+{
+	struct kvn_backend *be = calloc(1, sizeof(*be));
+	if (!be)
+		return -ENOMEM;
+	be->cache = calloc(CACHE_SLOTS, sizeof(*be->cache));
+	if (!be->cache) {
+		free(be);
+		return -ENOMEM;
+	}
+	be->env = env;
+	pthread_rwlock_init(&be->attach_lock, NULL);
+	pthread_mutex_init(&be->lock, NULL);
+	*out = be;
+	return 0;
+}
+
+static void
+peer_destroy(struct kvn_backend *be)
+{
+	if (!be)
+		return;
+	kvn_peer_attach(be, NULL);
+	pthread_rwlock_destroy(&be->attach_lock);
+	pthread_mutex_destroy(&be->lock);
+	free(be->conns);
+	free(be->cache);
+	free(be);
+}
+
+/* The peer tier stores nothing itself: the cpu tier's slots are what others read. -ENOSPC is
+ * the storage manager's "not stored here, not an error". */
+static int
+peer_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
+{
+	(void)be, (void)key, (void)buf;
+	return -ENOSPC;
+}
+
+static int
+peer_absent(struct kvn_backend *be, const struct kvn_key *key)
+{
+	(void)be, (void)key;
+	return -ENOENT;
+}
+
+static int
+peer_list(struct kvn_backend *be, kvn_list_cb cb, void *ctx)
+{
+	(void)be, (void)cb, (void)ctx;
+	return 0; /* other nodes' keys are theirs to list */
+}
+
+static void
+peer_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->hits = atomic_load_explicit(&be->hits, memory_order_relaxed);
+	out->misses = atomic_load_explicit(&be->misses, memory_order_relaxed);
+	out->errors = atomic_load_explicit(&be->errors, memory_order_relaxed);
+}
+
+const struct kvn_backend_ops kvn_peer_backend_ops = {
+    .abi = KVN_BACKEND_ABI,
+    .flags = 0,
+    .name = "peer",
+    .create = peer_create,
+    .destroy = peer_destroy,
+    .contains = peer_contains,
+    .put = peer_put,
+    .get = peer_get,
+    .remove = peer_absent,
+    .pin = peer_absent,
+    .unpin = peer_absent,
+    .list = peer_list,
+    .stats = peer_stats,
+};
