@@ -16,6 +16,7 @@
 #include <xxhash.h>
 
 #include "kvnode/plugin.h"
+#include "node/cluster.h"
 #include "node/client.h"
 #include "node/config.h"
 #include "node/log.h"
@@ -514,6 +515,7 @@ cmd_serve(struct opts *o)
 	struct kvn_server *srv = NULL;
 	struct kvn_lm_server *lm = NULL;
 	struct kvn_plugins *plugins = NULL;
+	struct kvn_cluster *cluster = NULL;
 	pthread_t sig_thread;
 	bool sig_started = false;
 	if (!socket_path) {
@@ -541,18 +543,29 @@ cmd_serve(struct opts *o)
 			goto out;
 		}
 	}
+	if (kvn_cluster_start(cfg, eng, &cluster, err, sizeof(err)) < 0) {
+		rc = die(EXIT_CONN, "cannot join the cluster: %s", err);
+		goto out;
+	}
 	sc.srv = srv;
 	if (pthread_create(&sig_thread, NULL, signal_main, &sc)) {
 		rc = die(EXIT_CONN, "cannot start the signal thread");
 		goto out;
 	}
 	sig_started = true;
-	/* Until the membership service hands out worker ids, a node is worker 0 of 1. */
-	plugins = start_plugins(cfg, KVN_PLUGIN_WORKER, 0, 1, socket_path);
+	/* The membership service's worker id once joined (the join is synchronous when the
+	 * scheduler is up), else worker 0 of 1. */
+	struct kvn_membership *mship = cluster ? kvn_cluster_membership(cluster) : NULL;
+	int32_t wid = mship ? kvn_membership_worker_id(mship) : -1;
+	plugins = start_plugins(cfg, KVN_PLUGIN_WORKER, wid < 0 ? 0 : wid,
+				wid < 0 ? 1 : (int)kvn_membership_worker_count(mship), socket_path);
 	kvn_server_set_plugins(srv, plugins);
 	printf("kvnode: serving on %s\n", kvn_server_address(srv));
 	if (lm)
 		printf("kvnode: lm:// server on %s\n", kvn_lm_server_address(lm));
+	if (cluster)
+		printf("kvnode: %s data on %s, worker %d\n", kvn_cluster_transport(cluster),
+		       kvn_cluster_data_addr(cluster), (int)wid);
 	fflush(stdout);
 	kvn_info("serve", "node %s serving on %s (config: %s)",
 		 cfg->node_name ? cfg->node_name : "?", kvn_server_address(srv),
@@ -562,6 +575,7 @@ cmd_serve(struct opts *o)
 out:
 	kvn_plugins_stop(plugins); /* SIGTERM, then SIGKILL after plugin_stop_timeout_ms */
 	kvn_lm_server_stop(lm); /* before the engine it serves from */
+	kvn_cluster_stop(cluster); /* leaves the cluster before the pool goes */
 	kvn_engine_close(eng); /* drains queued disk writes: the disk tier is consistent */
 	if (sig_started) {     /* kept until now: a second signal may cut a slow disk flush short */
 		pthread_cancel(sig_thread);
