@@ -4,6 +4,7 @@
  * header and checksum say it is the directory's generation of this key (DESIGN.md §1, §3). */
 #include <errno.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -28,6 +29,7 @@ struct cache_ent {
  * last user lets go (member went down, moved, or a read broke the connection). */
 struct conn {
 	uint32_t worker_id;
+	char addr[KVN_CF_ADDR_MAX + 1]; /* the data address it was made to */
 	struct kvn_tp_ep *ep;
 	int refs;
 	bool stale;
@@ -126,8 +128,10 @@ kvn_peer_member(struct kvn_backend *be, const struct kvn_member_info *mi)
 {
 	pthread_mutex_lock(&be->lock);
 	struct conn *c = conn_find(be, mi->worker_id);
-	if (c)
-		c->stale = true; /* down, or up again at a maybe different address */
+	/* Down, or up at another address (restarted). Up at the same address (a re-join after
+	 * a scheduler restart) keeps the endpoint: the transport reconnects it if needed. */
+	if (c && (!mi->up || strcmp(c->addr, mi->data_addr)))
+		c->stale = true;
 	if (!mi->up)
 		for (size_t i = 0; i < CACHE_SLOTS; i++)
 			if (be->cache[i].loc.worker_id == mi->worker_id)
@@ -140,7 +144,8 @@ kvn_peer_member(struct kvn_backend *be, const struct kvn_member_info *mi)
 /* Caller holds attach_lock shared. The endpoint to worker_id's data address, connecting
  * (without be->lock held) when there is none; err names the peer. */
 static int
-conn_get(struct kvn_backend *be, uint32_t worker_id, struct conn **out, char *err, size_t errlen)
+conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, char *err,
+	 size_t errlen)
 {
 	struct kvn_tp_ep *old = NULL;
 	pthread_mutex_lock(&be->lock);
@@ -151,14 +156,14 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct conn **out, char *er
 	}
 	if (c && !c->stale) {
 		c->refs++;
-		*out = c;
+		*out = c->ep;
 		pthread_mutex_unlock(&be->lock);
 		return 0;
 	}
 	pthread_mutex_unlock(&be->lock);
-	if (old)
-		be->link.ops->ep_close(old);
 
+	/* The old endpoint is closed only after the new one exists, so the two never share an
+	 * address (the transport keys its events by endpoint). */
 	struct kvn_member_info mi;
 	int rc = kvn_membership_member(be->link.m, worker_id, &mi, NULL, 0);
 	if (rc == -ENOSPC)
@@ -176,7 +181,7 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct conn **out, char *er
 	c = conn_find(be, worker_id);
 	if (c && !c->stale) { /* another thread connected meanwhile: use that one */
 		c->refs++;
-		*out = c;
+		*out = c->ep;
 		pthread_mutex_unlock(&be->lock);
 		be->link.ops->ep_close(ep);
 		return 0;
@@ -203,7 +208,8 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct conn **out, char *er
 	}
 	c = &be->conns[be->nconns++];
 	*c = (struct conn){.worker_id = worker_id, .ep = ep, .refs = 1};
-	*out = c;
+	snprintf(c->addr, sizeof(c->addr), "%s", mi.data_addr);
+	*out = ep;
 	pthread_mutex_unlock(&be->lock);
 	if (old)
 		be->link.ops->ep_close(old);
@@ -244,13 +250,12 @@ fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_loc *l
 	char err[512] = "";
 	if (loc->len <= SLOT_HDR || loc->len > kvn_pool_size(be->link.pool))
 		return -EAGAIN;
-	struct conn *c;
-	int rc = conn_get(be, loc->worker_id, &c, err, sizeof(err));
+	struct kvn_tp_ep *ep;
+	int rc = conn_get(be, loc->worker_id, &ep, err, sizeof(err));
 	if (rc < 0) {
 		be->env->log(be->env, KVN_LOG_DEBUG, "key %s: %s", key->str, err);
 		return -EAGAIN;
 	}
-	struct kvn_tp_ep *ep = c->ep;
 	struct kvn_slot *scratch;
 	rc = kvn_cpu_alloc_scratch(be->link.cpu, loc->len, &scratch);
 	if (rc < 0) {

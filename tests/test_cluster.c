@@ -1,0 +1,292 @@
+/* The cluster on loopback: a `kvnode scheduler` and `kvnode serve` nodes as separate processes.
+ * A chunk put on one node is read by another with a one-sided READ; a SIGKILLed node's chunks
+ * stop being returned; a restarted scheduler gets its directory back; reads racing eviction and
+ * slot reuse never return wrong bytes. Deadlines are generous; timings are printed, not
+ * asserted. */
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tests/helpers/cluster_env.h"
+
+#define VAL 8192
+
+static double
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+struct fixture {
+	struct sched s;
+	char dir[256];
+	struct cnode a, b, c;
+};
+
+static void
+cluster_up(struct fixture *f, const char *token, const char *a_gb, bool c_promote)
+{
+	memset(f, 0, sizeof(*f));
+	sched_start(&f->s, "127.0.0.1:0", token);
+	cr_assert_eq(proc_mkdtemp("cluster", f->dir, sizeof(f->dir)), 0);
+	struct cnode_opts o = {.dir = f->dir, .sched = f->s.addr, .token = token};
+	o.cpu_gb = a_gb;
+	cnode_start(&f->a, "node-a", &o);
+	o.cpu_gb = NULL;
+	cnode_start(&f->b, "node-b", &o);
+	o.no_promote = !c_promote;
+	cnode_start(&f->c, "node-c", &o);
+}
+
+static void
+cluster_down(struct fixture *f)
+{
+	cnode_stop(&f->a);
+	cnode_stop(&f->b);
+	cnode_stop(&f->c);
+	sched_stop(&f->s);
+	proc_rm_tree(f->dir);
+}
+
+struct get_ctx {
+	struct cnode *n;
+	const char *tag;
+	unsigned i;
+	int want;
+};
+
+static bool
+get_is(void *arg)
+{
+	struct get_ctx *g = arg;
+	return cnode_get_check(g->n, g->tag, g->i, VAL) == g->want;
+}
+
+Test(cluster, a_chunk_put_on_one_node_is_read_by_another_byte_for_byte, .timeout = 120)
+{
+	struct fixture f;
+	cluster_up(&f, NULL, NULL, true);
+	for (unsigned i = 0; i < 16; i++)
+		cnode_put(&f.a, "p", i, VAL);
+	/* publishing is asynchronous: the first get may come before the directory has it */
+	struct get_ctx g = {&f.c, "p", 0, 1};
+	cr_assert(proc_wait_for(get_is, &g, DEADLINE), "node-c reads node-a's chunk 0");
+	for (unsigned i = 1; i < 16; i++)
+		cr_assert_eq(cnode_get_check(&f.c, "p", i, VAL), 1, "chunk %u on node-c", i);
+	cr_assert_geq(cnode_tier_stat(&f.c, "peer", "hits"), 16, "the peer tier served them");
+	/* promoted: the second read is a local hit */
+	long long peer_hits = cnode_tier_stat(&f.c, "peer", "hits");
+	cr_assert_eq(cnode_get_check(&f.c, "p", 3, VAL), 1);
+	cr_assert_eq(cnode_tier_stat(&f.c, "peer", "hits"), peer_hits, "promoted into cpu");
+	cr_assert_eq(cnode_tier_stat(&f.c, "peer", "errors"), 0);
+	/* a key nobody holds is a miss, not an error */
+	cr_assert_eq(cnode_get_check(&f.b, "never", 1, VAL), 0);
+	cluster_down(&f);
+}
+
+/* The scheduler's log line for node-b's expiry, with the silence it measured. */
+static bool
+expired(void *arg)
+{
+	struct fixture *f = arg;
+	char path[300];
+	snprintf(path, sizeof(path), "%s/sched.err", f->s.dir);
+	char *text = proc_read_file(path, NULL);
+	bool ok = text && strstr(text, "node node-b (worker") && strstr(text, "expired after");
+	free(text);
+	return ok;
+}
+
+Test(cluster, a_killed_node_expires_and_its_chunks_are_no_longer_returned, .timeout = 180)
+{
+	struct fixture f;
+	cluster_up(&f, NULL, NULL, false);
+	for (unsigned i = 0; i < 8; i++)
+		cnode_put(&f.b, "k", i, VAL);
+	struct get_ctx g = {&f.c, "k", 0, 1};
+	cr_assert(proc_wait_for(get_is, &g, DEADLINE), "node-c reads node-b's chunk first");
+
+	double t0 = now_ms();
+	cnode_kill(&f.b);
+	cr_assert(proc_wait_for(expired, &f, DEADLINE), "the scheduler expires node-b");
+	double dt = now_ms() - t0;
+	char path[300];
+	snprintf(path, sizeof(path), "%s/sched.err", f.s.dir);
+	char *log = proc_read_file(path, NULL);
+	const char *p = log ? strstr(log, "expired after ") : NULL;
+	cr_log_info(
+	    "node-b expired %.0f ms after SIGKILL (heartbeat 100 ms); scheduler says: %.60s", dt,
+	    p ? p : "?");
+	free(log);
+
+	/* none of node-b's chunks comes back, from the directory or from node-c's cache */
+	for (unsigned i = 0; i < 8; i++)
+		cr_assert_eq(cnode_get_check(&f.c, "k", i, VAL), 0, "chunk %u of dead node-b", i);
+	/* node-a and node-c keep working */
+	cnode_put(&f.a, "after", 1, VAL);
+	struct get_ctx g2 = {&f.c, "after", 1, 1};
+	cr_assert(proc_wait_for(get_is, &g2, DEADLINE), "node-c reads node-a after node-b died");
+	cluster_down(&f);
+}
+
+static bool
+sched_listening(void *arg)
+{
+	struct sched *s = arg;
+	char *text = proc_read_file(s->out, NULL);
+	bool ok = text && strstr(text, "scheduler on ");
+	free(text);
+	return ok;
+}
+
+Test(cluster, after_a_scheduler_restart_the_nodes_rejoin_and_the_directory_is_rebuilt,
+     .timeout = 180)
+{
+	struct fixture f;
+	cluster_up(&f, NULL, NULL, false);
+	for (unsigned i = 0; i < 32; i++)
+		cnode_put(&f.a, "r", i, VAL);
+	struct get_ctx g = {&f.c, "r", 31, 1};
+	cr_assert(proc_wait_for(get_is, &g, DEADLINE), "node-c reads node-a before the restart");
+
+	char addr[64];
+	snprintf(addr, sizeof(addr), "%s", f.s.addr);
+	proc_stop(&f.s.p, SIGKILL, 10000);
+	double t0 = now_ms();
+	sched_start(&f.s, addr, NULL);
+	cr_assert(proc_wait_for(sched_listening, &f.s, DEADLINE));
+	/* gets work again once node-a re-joined and re-published; node-c's cache is cold for
+	 * most keys, so they go through the rebuilt directory */
+	struct get_ctx g2 = {&f.c, "r", 0, 1};
+	cr_assert(proc_wait_for(get_is, &g2, DEADLINE), "node-c reads node-a after the restart");
+	cr_log_info("gets worked again %.0f ms after the scheduler restarted", now_ms() - t0);
+	for (unsigned i = 1; i < 32; i++)
+		cr_assert_eq(cnode_get_check(&f.c, "r", i, VAL), 1, "chunk %u after restart", i);
+	cluster_down(&f);
+}
+
+Test(cluster, a_node_with_the_wrong_auth_token_is_refused, .timeout = 120)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", "right-token");
+	char dir[256];
+	cr_assert_eq(proc_mkdtemp("cluster-auth", dir, sizeof(dir)), 0);
+	char cfg[300], errp[300];
+	snprintf(cfg, sizeof(cfg), "%s/bad.yaml", dir);
+	snprintf(errp, sizeof(errp), "%s/bad.err", dir);
+	char text[1024];
+	int len = snprintf(text, sizeof(text),
+			   "node_name: bad\nscheduler_url: %s\nsocket_path: %s/bad.sock\n"
+			   "max_local_cpu_size: 0.01\ntransport: tcp\nauth_token: wrong-token\n",
+			   s.addr, dir);
+	cr_assert_eq(proc_write_file(cfg, text, (size_t)len), 0);
+	const char *argv[] = {KVNODE, "serve", "-c", cfg, NULL};
+	const char *env[] = {"KVNODE_CONFIG_FILE", "KVNODE_AUTH_TOKEN", NULL};
+	struct proc_opts po = {.stderr_path = errp, .env = env};
+	int code = proc_run(argv, &po, DEADLINE);
+	char *e = proc_read_file(errp, NULL);
+	cr_assert_eq(code, 3, "serve with a wrong token exits 3 (connection error), got %d: %s",
+		     code, e ? e : "");
+	cr_assert(e && strstr(e, "token"), "the message says the token was refused: %s", e);
+	free(e);
+	/* the right token is let in */
+	struct fixture f = {0};
+	memcpy(f.dir, dir, sizeof(dir));
+	struct cnode_opts o = {.dir = dir, .sched = s.addr, .token = "right-token"};
+	cnode_start(&f.a, "good", &o);
+	cnode_stop(&f.a);
+	sched_stop(&s);
+	proc_rm_tree(dir);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Eviction race
+ * ------------------------------------------------------------------------------------------ */
+
+#define RACE_VAL 4096
+
+struct race {
+	struct cnode *writer_node;
+	_Atomic unsigned written; /* keys 0..written-1 were put on node-a (most evicted since) */
+	_Atomic bool stop;
+};
+
+static void *
+race_writer(void *arg)
+{
+	struct race *r = arg;
+	struct kvn_client *c;
+	char err[256];
+	if (kvn_client_connect(r->writer_node->sock, 10000, &c, err, sizeof(err)))
+		return NULL;
+	void *v = malloc(RACE_VAL);
+	for (unsigned i = 0; !atomic_load(&r->stop); i++) {
+		struct kvn_key k;
+		cluster_key(&k, "x", i);
+		cluster_value(v, RACE_VAL, "x", i);
+		if (kvn_client_put(c, &k, v, RACE_VAL))
+			break;
+		atomic_store(&r->written, i + 1);
+	}
+	free(v);
+	kvn_client_close(c);
+	return NULL;
+}
+
+static unsigned
+race_reads(void)
+{
+	const char *e = getenv("KVN_TEST_RACE_READS");
+	if (e)
+		return (unsigned)strtoul(e, NULL, 10);
+#if defined(__SANITIZE_ADDRESS__)
+	return 10000; /* ASan build: the same race, fewer rounds */
+#else
+	return 100000;
+#endif
+}
+
+Test(cluster, reads_racing_eviction_and_slot_reuse_return_right_bytes_or_miss, .timeout = 600)
+{
+	struct fixture f;
+	/* node-a: a 1 MB pool holds ~200 chunks of 4 KiB, so slots are evicted and reused at
+	 * the same addresses all the time; node-c does not promote, so every read is a READ */
+	cluster_up(&f, NULL, "0.001", false);
+	struct race r = {.writer_node = &f.a};
+	pthread_t w;
+	cr_assert_eq(pthread_create(&w, NULL, race_writer, &r), 0);
+	unsigned reads = race_reads(), hits = 0, misses = 0, corrupt = 0;
+	uint64_t x = 12345;
+	while (atomic_load(&r.written) < 50)
+		sched_sleep_ms(5);
+	for (unsigned n = 0; n < reads; n++) {
+		unsigned top = atomic_load(&r.written);
+		x = sched_mix(x);
+		/* mostly keys that are about to be or were just evicted */
+		unsigned back = (unsigned)(x % 400);
+		unsigned i = top > back ? top - 1 - back : 0;
+		int got = cnode_get_check(&f.c, "x", i, RACE_VAL);
+		hits += got == 1;
+		misses += got == 0;
+		corrupt += got < 0;
+	}
+	atomic_store(&r.stop, true);
+	pthread_join(w, NULL);
+	long long evictions = cnode_tier_stat(&f.a, "cpu", "evictions");
+	long long rejected = cnode_tier_stat(&f.c, "peer", "errors");
+	cr_log_info("eviction race: %u reads, %u hits, %u misses, %u corrupt; node-a wrote %u "
+		    "chunks, evicted %lld; node-c rejected %lld stale or torn slot images",
+		    reads, hits, misses, corrupt, atomic_load(&r.written), evictions, rejected);
+	cr_assert_eq(corrupt, 0, "no read returns other bytes than the key's");
+	cr_assert_gt(hits, 0, "some reads hit (the race was run, not only misses)");
+	cr_assert_gt(evictions, 0, "node-a evicted while node-c read (stat says %lld)", evictions);
+	cluster_down(&f);
+}
