@@ -435,6 +435,32 @@ Test(lm, many_requests_follow_each_other_on_one_connection)
 	close(fd);
 }
 
+Test(lm, values_of_shrinking_and_growing_sizes_on_one_connection_read_back_exactly)
+{
+	static const size_t sizes[] = {2 * MIB, 10, 0, 3 * MIB + 1, 4096, 1};
+	enum { N = sizeof(sizes) / sizeof(sizes[0]) };
+	int fd = lm_connect();
+	uint8_t *v[N];
+	for (int i = 0; i < N; i++) {
+		char key[32];
+		snprintf(key, sizeof(key), "sized-%d", i);
+		v[i] = malloc(sizes[i] + 1);
+		fill(v[i], sizes[i], (unsigned)i + 40);
+		put_value(fd, key, v[i], sizes[i], NULL);
+	}
+	for (int i = 0; i < N; i++) {
+		char key[32];
+		snprintf(key, sizeof(key), "sized-%d", i);
+		struct kvn_lm_reply r;
+		uint8_t *got = get_value(fd, key, &r);
+		cr_assert_eq((size_t)r.length, sizes[i], "%s", key);
+		cr_assert(!memcmp(got, v[i], sizes[i]), "%s differs", key);
+		free(got);
+		free(v[i]);
+	}
+	close(fd);
+}
+
 Test(lm, a_value_put_without_lmcache_s_header_reads_as_a_miss)
 {
 	struct kvn_key k;
