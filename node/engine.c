@@ -178,6 +178,11 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 		cJSON_AddNumberToObject(r, "reconnects", (double)rs.reconnects);
 		cJSON_AddNumberToObject(r, "corrupt", (double)rs.corrupt);
 	}
+	struct kvn_backend *peer = kvn_storage_backend(eng->st, &kvn_peer_backend_ops);
+	if (peer) {
+		cJSON *p = cJSON_AddObjectToObject(root, "peer");
+		cJSON_AddNumberToObject(p, "bytes_read", (double)kvn_peer_bytes_read(peer));
+	}
 	cJSON_AddNumberToObject(root, "hits", (double)atomic_load(&eng->hits));
 	cJSON_AddNumberToObject(root, "misses", (double)atomic_load(&eng->misses));
 	char *text = cJSON_PrintUnformatted(root);

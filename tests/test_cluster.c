@@ -4,6 +4,7 @@
  * slot reuse never return wrong bytes. Deadlines are generous; timings are printed, not
  * asserted. */
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -12,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tests/helpers/cluster_env.h"
 
@@ -289,4 +291,63 @@ Test(cluster, reads_racing_eviction_and_slot_reuse_return_right_bytes_or_miss, .
 	cr_assert_gt(hits, 0, "some reads hit (the race was run, not only misses)");
 	cr_assert_gt(evictions, 0, "node-a evicted while node-c read (stat says %lld)", evictions);
 	cluster_down(&f);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * kvnode demo
+ * ------------------------------------------------------------------------------------------ */
+
+/* A live process whose command line mentions text (the demo's children name their temp
+ * configs). */
+static bool
+process_mentions(const char *text)
+{
+	bool found = false;
+	DIR *d = opendir("/proc");
+	for (struct dirent *e; d && !found && (e = readdir(d));) {
+		char path[300];
+		snprintf(path, sizeof(path), "/proc/%s/cmdline", e->d_name);
+		size_t len = 0;
+		char *cmd =
+		    e->d_name[0] >= '0' && e->d_name[0] <= '9' ? proc_read_file(path, &len) : NULL;
+		for (size_t i = 0; cmd && i + 1 < len; i++)
+			if (!cmd[i])
+				cmd[i] = ' ';
+		found = cmd && strstr(cmd, text);
+		free(cmd);
+	}
+	if (d)
+		closedir(d);
+	return found;
+}
+
+Test(cluster, the_demo_reads_chunks_across_nodes_and_leaves_nothing_behind, .timeout = 300)
+{
+	char dir[256], out[300], err[300], tmpenv[300];
+	cr_assert_eq(proc_mkdtemp("cluster-demo", dir, sizeof(dir)), 0);
+	snprintf(out, sizeof(out), "%s.out", dir);
+	snprintf(err, sizeof(err), "%s.err", dir);
+	snprintf(tmpenv, sizeof(tmpenv), "TMPDIR=%s", dir);
+	const char *argv[] = {KVNODE, "demo", NULL};
+	const char *env[] = {tmpenv, "KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE", NULL};
+	struct proc_opts po = {.stdout_path = out, .stderr_path = err, .env = env};
+	int code = proc_run(argv, &po, 240000);
+	char *text = proc_read_file(out, NULL), *log = proc_read_file(err, NULL);
+	cr_assert_eq(code, 0, "kvnode demo exits 0: %s\n%s", text, log);
+	cr_assert(text && strstr(text, "all verified"), "%s", text);
+	cr_assert(strstr(text, "by one-sided READ"), "%s", text);
+	cr_assert(strstr(text, "\npeer "), "node-3's tier table has the peer tier: %s", text);
+	cr_assert(log && strstr(log, "[plugin all_hello.sh] hello from WORKER"), "%s", log);
+	free(text);
+	free(log);
+	DIR *d = opendir(dir);
+	int left = 0;
+	for (struct dirent *e; d && (e = readdir(d));)
+		left += e->d_name[0] != '.';
+	closedir(d);
+	cr_assert_eq(left, 0, "the demo removed its temp directory under %s", dir);
+	cr_assert(!process_mentions(dir), "no process of the demo is left");
+	proc_rm_tree(dir);
+	unlink(out);
+	unlink(err);
 }
