@@ -1,5 +1,5 @@
 /* The kvnode program: `kvnode serve` (the daemon), the client commands that talk to it over its
- * unix socket (put/get/rm/ls/stat), the in-process `demo`, and the help texts (DESIGN.md §9). */
+ * unix socket (put/get/rm/ls/stat), `demo` (node/demo.c), and the help texts (DESIGN.md §9). */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -19,6 +19,7 @@
 #include "node/cluster.h"
 #include "node/client.h"
 #include "node/config.h"
+#include "node/demo.h"
 #include "node/log.h"
 #include "node/membership.h"
 #include "node/scheduler.h"
@@ -67,7 +68,7 @@ static const char help_main[] =
     "  stat    per-tier counts, bytes, hits, misses, evictions (or, with\n"
     "          --scheduler, the cluster view: members, worker ids, chunks)\n"
     "  scheduler  run the membership service and chunk directory of a cluster\n"
-    "  demo    store and read back a few KV-cache chunks in-process, with timings\n"
+    "  demo    a scheduler and 3 nodes: put chunks on one, read them on another by RDMA READ\n"
     "  help    the manual of one command (also `kvnode COMMAND --help`)\n"
     "\n"
     "  Keys are LMCache CacheEngineKey strings (fmt@model@world_size@worker_id@hash@dtype)\n"
@@ -665,175 +666,14 @@ cmd_scheduler(struct opts *o)
 }
 
 /* ------------------------------------------------------------------------------------------
- * demo
+ * demo (node/demo.c)
  * ------------------------------------------------------------------------------------------ */
-
-/* One LMCache chunk of Llama-3.1-8B: 256 tokens x 32 layers x (K,V) x 8 KV heads x 128 dims
- * x 2 bytes (bfloat16) = 32 MiB. */
-#define DEMO_MODEL  "meta-llama/Llama-3.1-8B-Instruct"
-#define DEMO_TOKENS 256
-#define DEMO_CHUNK  ((size_t)DEMO_TOKENS * 32 * 2 * 8 * 128 * 2)
-#define DEMO_CHUNKS 4
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* Deterministic bytes per chunk, so the check regenerates them instead of keeping copies. */
-static void
-demo_fill(void *p, size_t len, uint64_t seed)
-{
-	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1, *w = p;
-	for (size_t i = 0; i < len / 8; i++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		w[i] = x;
-	}
-}
-
-/* The config's plugins, else one written to a temp directory, run to their end (5 s at most)
- * at info level: the demo shows a plugin's output prefixed in the log (DESIGN.md §6). */
-static void
-demo_plugins(struct kvn_config *cfg)
-{
-	static const char hello[] = "echo \"hello from $KVNODE_PLUGIN_ROLE $KVNODE_PLUGIN_WORKER_ID"
-				    " of $KVNODE_PLUGIN_WORKER_COUNT, in $(pwd)\"\n";
-	char tmp[] = "/tmp/kvnode-demo-XXXXXX", path[sizeof(tmp) + 16] = "";
-	if (!cfg->n_plugin_locations && mkdtemp(tmp)) {
-		snprintf(path, sizeof(path), "%s/all_hello.sh", tmp);
-		FILE *f = fopen(path, "w");
-		bool ok = f && fputs(hello, f) >= 0;
-		if ((f && fclose(f)) || !ok || !(cfg->plugin_locations = calloc(1, sizeof(char *))) ||
-		    !(cfg->plugin_locations[0] = strdup(tmp)))
-			kvn_warn("demo", "cannot write the demo plugin %s: running without it", path);
-		else
-			cfg->n_plugin_locations = 1;
-	}
-	int level = kvn_log_get_level();
-	if (level < KVN_LOG_INFO)
-		kvn_log_set_level(KVN_LOG_INFO);
-	struct kvn_plugins *pl = start_plugins(cfg, KVN_PLUGIN_WORKER, 0, 1, NULL);
-	for (int i = 0; pl && i < 100; i++) {
-		char *stats = kvn_plugins_stats_json(pl);
-		bool running = !stats || strstr(stats, "\"state\":\"running\"");
-		free(stats);
-		if (!running)
-			break;
-		nanosleep(&(struct timespec){.tv_nsec = 50000000}, NULL);
-	}
-	kvn_plugins_stop(pl);
-	kvn_log_set_level(level);
-	if (path[0]) {
-		unlink(path);
-		rmdir(tmp);
-	}
-}
 
 static int
 cmd_demo(struct opts *o)
 {
 	apply_log_level(o, KVN_LOG_WARN);
-	struct kvn_config *cfg;
-	char err[1024];
-	int rc = o->config ? kvn_config_load(o->config, &cfg, err, sizeof(err)) : 0;
-	if (rc < 0)
-		return die(EXIT_USAGE, "%s", err);
-	if (!o->config) {
-		cfg = kvn_config_new_defaults();
-		if (!cfg)
-			return die(EXIT_CONN, "out of memory");
-		cfg->max_local_cpu_size = 256ull << 20; /* room for the chunks, not 5 GB */
-	}
-	struct kvn_engine *eng;
-	if (kvn_engine_open(cfg, &eng, err, sizeof(err)) < 0) {
-		kvn_config_free(cfg);
-		return die(EXIT_USAGE, "demo: cannot open the engine: %s", err);
-	}
-	demo_plugins(cfg);
-	char *data = malloc(DEMO_CHUNK), *out = malloc(DEMO_CHUNK);
-	struct kvn_key keys[DEMO_CHUNKS];
-	double t_put = 0, t_get = 0;
-	int bad = 0;
-	rc = EXIT_OK;
-	if (!data || !out) {
-		rc = die(EXIT_CONN, "out of memory");
-		goto out;
-	}
-	printf("kvnode demo: one in-process node, %d chunks of %d tokens of %s (%s each)\n\n",
-	       DEMO_CHUNKS, DEMO_TOKENS, DEMO_MODEL,
-	       kvn_client_human_bytes((double)DEMO_CHUNK, err, 32));
-	/* LMCache chains each chunk's hash with its prefix's: same tokens, same keys. */
-	uint64_t prefix = 0;
-	for (int i = 0; i < DEMO_CHUNKS; i++) {
-		uint32_t tokens[DEMO_TOKENS];
-		for (int t = 0; t < DEMO_TOKENS; t++)
-			tokens[t] = (uint32_t)(i * DEMO_TOKENS + t) * 2654435761u % 128256u;
-		prefix = XXH3_64bits_withSeed(tokens, sizeof(tokens), prefix);
-		char text[KVN_KEY_MAX + 1];
-		snprintf(text, sizeof(text), "vllm@%s@1@0@%016llx@bfloat16", DEMO_MODEL,
-			 (unsigned long long)prefix);
-		if (parse_key(text, &keys[i])) {
-			rc = EXIT_CONN;
-			goto out;
-		}
-		demo_fill(data, DEMO_CHUNK, (uint64_t)i);
-		double t0 = now_s();
-		int e = kvn_engine_put(eng, &keys[i], data, DEMO_CHUNK);
-		double dt = now_s() - t0;
-		t_put += dt;
-		if (e < 0) {
-			rc = die(EXIT_CONN, "demo: put %s: %s", text, kvn_strerror(e));
-			goto out;
-		}
-		printf("put  %s  %8.2f GB/s\n", text, (double)DEMO_CHUNK / dt / 1e9);
-	}
-	kvn_engine_flush(eng);
-	for (int i = 0; i < DEMO_CHUNKS; i++) {
-		size_t len = 0;
-		double t0 = now_s();
-		int e = kvn_engine_get_into(eng, &keys[i], out, DEMO_CHUNK, &len);
-		double dt = now_s() - t0;
-		t_get += dt;
-		if (e < 0) {
-			printf("get  %s  MISSING (%s)\n", keys[i].str, kvn_strerror(e));
-			bad++;
-			continue;
-		}
-		demo_fill(data, DEMO_CHUNK, (uint64_t)i);
-		bool same = len == DEMO_CHUNK && !memcmp(out, data, DEMO_CHUNK);
-		printf("get  %s  %8.2f GB/s  %s\n", keys[i].str, (double)DEMO_CHUNK / dt / 1e9,
-		       same ? "verified" : "CORRUPT");
-		bad += !same;
-	}
-	struct kvn_key absent;
-	kvn_key_from_str(&absent, "vllm@" DEMO_MODEL "@1@0@00000000deadbeef@bfloat16");
-	struct kvn_buf *none = NULL;
-	int miss = kvn_engine_get(eng, &absent, &none);
-	printf("get  %s  %s\n\n", absent.str,
-	       miss == -ENOENT ? "miss (never stored), as expected" : "UNEXPECTED HIT");
-	if (!miss)
-		kvn_buf_unref(none);
-	char *stats = kvn_engine_stats_json(eng);
-	if (stats)
-		kvn_client_print_stats(stats, stdout);
-	free(stats);
-	double total = (double)DEMO_CHUNK * DEMO_CHUNKS;
-	printf("\n%d chunks, %s: put %.2f GB/s, get %.2f GB/s (copying), %s\n", DEMO_CHUNKS,
-	       kvn_client_human_bytes(total, err, 32), total / t_put / 1e9, total / t_get / 1e9,
-	       bad ? "VERIFICATION FAILED" : "all verified");
-	if (bad)
-		rc = EXIT_MISS;
-out:
-	free(data);
-	free(out);
-	kvn_engine_close(eng);
-	kvn_config_free(cfg);
-	return rc;
+	return kvn_demo_run(o->config);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -925,16 +765,27 @@ static const struct command commands[] = {
      "EXAMPLES\n  kvnode scheduler --listen 0.0.0.0:7470\n"
      "  kvnode stat --scheduler 127.0.0.1:7470\n"},
     {"demo", cmd_demo, 0, 0, "",
-     "NAME\n  kvnode demo - see a node work, in one process\n\n"
+     "NAME\n  kvnode demo - a scheduler and three nodes sharing KV-cache chunks\n\n"
      "SYNOPSIS\n  kvnode demo [-c FILE]\n\n"
      "DESCRIPTION\n"
-     "  Opens an engine in-process (defaults with a 256 MiB cpu tier, or FILE), stores\n"
-     "  "
-     "4 chunks of 32 MiB under LMCache keys, reads them back, verifies every byte and\n"
-     "  prints keys, bandwidth and the per-tier statistics. Needs no daemon.\n\n"
+     "  Starts `kvnode scheduler` and three `kvnode serve` nodes as separate processes\n"
+     "  (this program, with configs, sockets and logs in a temp directory), puts 4 chunks\n"
+     "  of 32 MiB under LMCache keys on node-1, gets them on node-3 - found through the\n"
+     "  scheduler and fetched from node-1's pool by one-sided READ, every byte verified -\n"
+     "  then again from node-3's cpu tier, and prints hits per tier, bytes moved and\n"
+     "  bandwidth. node-1 runs a demo plugin whose prefixed output is shown. Then it stops\n"
+     "  the nodes and the scheduler and removes the temp directory; if the demo is killed,\n"
+     "  its children die with it.\n\n"
+     "  Without FILE the nodes listen on 127.0.0.1 with a 256 MiB cpu tier and transport\n"
+     "  auto (verbs when an RDMA device is up, else tcp). With FILE every node uses it (the\n"
+     "  demo sets node_name, socket_path and scheduler_url per node): put `listen:\n"
+     "  10.0.0.5:0` to carry the READs over that host's NIC, `transport: verbs` and\n"
+     "  `rdma_device` for RDMA, and `scheduler_url: HOST:PORT` to join a scheduler that\n"
+     "  already runs (for example on another host) instead of starting one.\n\n"
      "OPTIONS\n" HELP_COMMON
-     "\nEXIT STATUS\n  0 all chunks verified; 1 a chunk was missing or corrupt; 2 bad option or\n"
-     "  config\n\nEXAMPLES\n  kvnode demo\n"},
+     "\nEXIT STATUS\n  0 all chunks verified; 1 a chunk was missing or corrupt; 2 bad option;\n"
+     "  3 a process could not start\n\nEXAMPLES\n  kvnode demo\n"
+     "  kvnode demo -c examples/configs/demo-rdma.yaml\n"},
 };
 
 static const struct command *
