@@ -281,3 +281,60 @@ Test(redis_interop, a_malformed_redis_url_is_refused_at_start)
 		kvn_config_free(c2);
 	}
 }
+
+struct probe {
+	struct kvn_engine *e;
+	struct kvn_key k;
+};
+
+static bool
+store_reached(void *arg)
+{
+	struct probe *p = arg;
+	if (kvn_engine_contains(p->e, &p->k) == 1)
+		return true;
+	usleep(50 * 1000);
+	return false;
+}
+
+Test(redis_interop, a_node_starts_while_its_store_is_down_serves_from_cpu_and_attaches_later)
+{
+	redis_server_stop(&rs, SIGKILL);
+	char yaml[512], err[1024];
+	struct kvn_config *c2;
+	struct kvn_engine *e2;
+	snprintf(yaml, sizeof(yaml),
+		 "max_local_cpu_size: 0.1\nremote_url: \"%s\"\n"
+		 "extra_config:\n  remote.retry_min_ms: 20\n  remote.retry_max_ms: 100\n",
+		 rs.url);
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", &c2, err, sizeof(err)), 0);
+	c2->hugepages = false;
+	cr_assert_eq(kvn_engine_open(c2, &e2, err, sizeof(err)), 0, "%s", err);
+	char *stats = kvn_engine_stats_json(e2);
+	cr_assert(stats && strstr(stats, "\"connected\":false"), "%s", stats);
+	free(stats);
+
+	struct probe p = {.e = e2};
+	cr_assert_eq(kvn_key_from_str(&p.k, "written-while-down"), 0);
+	cr_assert_eq(kvn_engine_put(e2, &p.k, "hello", 5), 0);
+	kvn_engine_flush(e2);
+	char out[8];
+	size_t n;
+	cr_assert_eq(kvn_engine_get_into(e2, &p.k, out, sizeof(out), &n), 0,
+		     "cpu tier did not serve");
+
+	/* The value only the store holds: written by a redis-cli once the store is up. */
+	cr_assert_eq(redis_server_restart(&rs), 0);
+	uint8_t hdr[28];
+	const int32_t shape[4] = {2, 1, 1, 1};
+	lmcache_header(hdr, 2, 4, 6, shape);
+	cli_set_from("only-in-storekv_bytes", "hi", 2);
+	cli_set_from("only-in-storemetadata", hdr, sizeof(hdr));
+	cr_assert_eq(kvn_key_from_str(&p.k, "only-in-store"), 0);
+	cr_assert(proc_wait_for(store_reached, &p, 30000), "the node never reached the store");
+	stats = kvn_engine_stats_json(e2);
+	cr_assert(stats && strstr(stats, "\"connected\":true"), "%s", stats);
+	free(stats);
+	kvn_engine_close(e2);
+	kvn_config_free(c2);
+}
