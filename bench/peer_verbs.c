@@ -54,7 +54,8 @@ parse_bw(FILE *f, size_t size)
 		double peak, avg;
 		if (strstr(line, "#bytes"))
 			table = true;
-		else if (table && sscanf(line, "%llu %llu %lf %lf", &bytes, &iters, &peak, &avg) == 4 &&
+		else if (table &&
+			 sscanf(line, "%llu %llu %lf %lf", &bytes, &iters, &peak, &avg) == 4 &&
 			 bytes == size)
 			gbps = avg * 1048576.0 / 1e9;
 	}
@@ -80,10 +81,11 @@ bench_verbs_baseline_gbps(const char *peer_addr, size_t size, uint64_t iteration
 	snprintf(sz, sizeof(sz), "%zu", size);
 	/* The same work as kvnode's reads: iterations and the send-queue depth (reads posted at
 	 * once). perftest's duration mode (-D) starves at large sizes under emulation. */
-	snprintf(iters, sizeof(iters), "%llu", (unsigned long long)(iterations < 8 ? 8 : iterations));
+	snprintf(iters, sizeof(iters), "%llu",
+		 (unsigned long long)(iterations < 8 ? 8 : iterations));
 	snprintf(depth, sizeof(depth), "%d", inflight < 1 ? 1 : inflight > 128 ? 128 : inflight);
-	char *sargv[] = { "ib_read_bw", "-d", dev, "-R", "-F", "-s", sz, "-n", iters, "-t", depth,
-			  "-p", port, NULL };
+	char *sargv[] = {"ib_read_bw", "-d",  dev,  "-R",  "-F", "-s", sz,
+			 "-n",	       iters, "-t", depth, "-p", port, NULL};
 	char cmd[512];
 	/* perftest converts cycles to seconds with a CPU clock it calibrates itself; under
 	 * emulation that calibration fails now and then ("Correlation coefficient r^2 < 0.9") and
@@ -93,15 +95,18 @@ bench_verbs_baseline_gbps(const char *peer_addr, size_t size, uint64_t iteration
 		posix_spawn_file_actions_t fa;
 		snprintf(port, sizeof(port), "%d",
 			 20000 + (int)((getpid() * 7919u + (unsigned)time(NULL) * 31u +
-					(unsigned)attempt * 101u + (unsigned)size) % 20000));
+					(unsigned)attempt * 101u + (unsigned)size) %
+				       20000));
 		posix_spawn_file_actions_init(&fa);
 		posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
 		posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
 		int rc = posix_spawnp(&srv, "ib_read_bw", &fa, NULL, sargv, environ);
 		posix_spawn_file_actions_destroy(&fa);
 		if (rc) {
-			fprintf(stderr, "kvnode-bench: cannot run ib_read_bw: %s (install perftest: "
-					"scripts/install-vm-deps)\n", strerror(rc));
+			fprintf(stderr,
+				"kvnode-bench: cannot run ib_read_bw: %s (install perftest: "
+				"scripts/install-vm-deps)\n",
+				strerror(rc));
 			return -rc;
 		}
 		usleep(300000u + 100000u * (unsigned)attempt);

@@ -15,7 +15,7 @@
 #include "node/log.h"
 #include "rdma/verbs.h"
 
-#define LOG "verbs"
+#define LOG	     "verbs"
 #define SQ_DEPTH_MAX 512
 #define CQ_DEPTH_MAX 16384
 
@@ -46,15 +46,17 @@ verbs_probe(const struct kvn_transport_cfg *cfg, char *err, size_t errlen)
 	struct ibv_device **list = ibv_get_device_list(&n);
 
 	if (!list || n == 0) {
-		kvn_seterr(err, errlen, "no RDMA device on this machine (no rdma-capable NIC, or the "
-				    "kernel has no RDMA support: see scripts/run-in-rxe-vm)");
+		kvn_seterr(err, errlen,
+			   "no RDMA device on this machine (no rdma-capable NIC, or the "
+			   "kernel has no RDMA support: see scripts/run-in-rxe-vm)");
 		if (list)
 			ibv_free_device_list(list);
 		return -ENODEV;
 	}
-	kvn_seterr(err, errlen, want ? "RDMA device '%s' (rdma_device) not found or has no active port"
-				 : "no RDMA device has an active port (check 'ibv_devinfo')%s",
-	       want ? want : "");
+	kvn_seterr(err, errlen,
+		   want ? "RDMA device '%s' (rdma_device) not found or has no active port"
+			: "no RDMA device has an active port (check 'ibv_devinfo')%s",
+		   want ? want : "");
 	for (int i = 0; i < n && rc; i++) {
 		struct ibv_port_attr pa;
 		uint8_t port;
@@ -77,13 +79,14 @@ static int
 src_from_gid(struct kvn_transport *tp, int gid_index, char *err, size_t errlen)
 {
 	union ibv_gid gid;
-	static const uint8_t v4map[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	static const uint8_t v4map[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
 
 	if (ibv_query_gid(tp->ctx, tp->port, gid_index, &gid) ||
-	    !memcmp(gid.raw, (uint8_t[16]){ 0 }, 16)) {
-		kvn_seterr(err, errlen, "gid_index %d is not a valid GID of %s port %u (list them with "
-				    "'ibv_devinfo -v')", gid_index, ibv_get_device_name(tp->ctx->device),
-		       tp->port);
+	    !memcmp(gid.raw, (uint8_t[16]){0}, 16)) {
+		kvn_seterr(err, errlen,
+			   "gid_index %d is not a valid GID of %s port %u (list them with "
+			   "'ibv_devinfo -v')",
+			   gid_index, ibv_get_device_name(tp->ctx->device), tp->port);
 		return -EINVAL;
 	}
 	memset(&tp->src, 0, sizeof(tp->src));
@@ -101,8 +104,7 @@ src_from_gid(struct kvn_transport *tp, int gid_index, char *err, size_t errlen)
 }
 
 static int
-pick_device(struct kvn_transport *tp, const struct kvn_transport_cfg *cfg, char *err,
-	    size_t errlen)
+pick_device(struct kvn_transport *tp, const struct kvn_transport_cfg *cfg, char *err, size_t errlen)
 {
 	const char *want = cfg && cfg->rdma_device && *cfg->rdma_device ? cfg->rdma_device : NULL;
 	struct ibv_port_attr pa;
@@ -122,7 +124,7 @@ pick_device(struct kvn_transport *tp, const struct kvn_transport_cfg *cfg, char 
 	}
 	if (ibv_query_device(tp->ctx, &da)) {
 		kvn_seterr(err, errlen, "querying RDMA device %s failed: %s",
-		       ibv_get_device_name(tp->ctx->device), strerror(errno));
+			   ibv_get_device_name(tp->ctx->device), strerror(errno));
 		return -EIO;
 	}
 	tp->max_msg = pa.max_msg_sz ? pa.max_msg_sz : (1u << 31);
@@ -164,15 +166,18 @@ verbs_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char
 	tp->cc = tp->pd ? ibv_create_comp_channel(tp->ctx) : NULL;
 	tp->cq = tp->cc ? ibv_create_cq(tp->ctx, (int)tp->cq_depth, tp, tp->cc, 0) : NULL;
 	if (!tp->cq) {
-		kvn_seterr(err, errlen, "allocating PD/CQ on RDMA device %s failed: %s (check "
-				    "'ulimit -l')", ibv_get_device_name(tp->ctx->device), strerror(errno));
+		kvn_seterr(err, errlen,
+			   "allocating PD/CQ on RDMA device %s failed: %s (check "
+			   "'ulimit -l')",
+			   ibv_get_device_name(tp->ctx->device), strerror(errno));
 		goto fail;
 	}
 	tp->cq_free = tp->cq_depth;
 	tp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (tp->wake_fd < 0) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "eventfd for the verbs progress thread: %s", strerror(errno));
+		kvn_seterr(err, errlen, "eventfd for the verbs progress thread: %s",
+			   strerror(errno));
 		goto fail;
 	}
 	rc = vb_cm_start(tp, err, errlen);
@@ -183,9 +188,11 @@ verbs_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char
 		kvn_seterr(err, errlen, "starting the verbs progress thread: %s", strerror(-rc));
 		goto fail;
 	}
-	kvn_info(LOG, "verbs transport on %s port %u: max message %u B, %u reads in flight per "
-		      "QP, send queue %u", ibv_get_device_name(tp->ctx->device), tp->port,
-		 tp->max_msg, tp->init_depth, tp->sq_depth);
+	kvn_info(LOG,
+		 "verbs transport on %s port %u: max message %u B, %u reads in flight per "
+		 "QP, send queue %u",
+		 ibv_get_device_name(tp->ctx->device), tp->port, tp->max_msg, tp->init_depth,
+		 tp->sq_depth);
 	*out = tp;
 	return 0;
 fail:
@@ -241,11 +248,13 @@ verbs_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind
 	struct kvn_tp_mr *mr;
 
 	if (kind != KVN_MEM_HOST) {
-		kvn_seterr(err, errlen, "verbs: registering GPU memory needs GPUDirect (not built in)");
+		kvn_seterr(err, errlen,
+			   "verbs: registering GPU memory needs GPUDirect (not built in)");
 		return -EOPNOTSUPP;
 	}
 	if (!ptr || !len) {
-		kvn_seterr(err, errlen, "verbs: cannot register an empty region (%p, %zu bytes)", ptr, len);
+		kvn_seterr(err, errlen, "verbs: cannot register an empty region (%p, %zu bytes)",
+			   ptr, len);
 		return -EINVAL;
 	}
 	mr = calloc(1, sizeof(*mr));
@@ -255,14 +264,15 @@ verbs_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind
 	mr->mr = ibv_reg_mr(tp->pd, ptr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
 	if (!mr->mr) {
 		int rc = errno ? -errno : -ENOMEM;
-		kvn_seterr(err, errlen, "verbs: registering %zu bytes at %p on %s failed: %s (raise "
-				    "'ulimit -l' / memlock)", len, ptr, ibv_get_device_name(tp->ctx->device),
-		       strerror(-rc));
+		kvn_seterr(err, errlen,
+			   "verbs: registering %zu bytes at %p on %s failed: %s (raise "
+			   "'ulimit -l' / memlock)",
+			   len, ptr, ibv_get_device_name(tp->ctx->device), strerror(-rc));
 		free(mr);
 		return rc;
 	}
 	mr->tp = tp;
-	*desc = (struct kvn_mem_desc){ .addr = (uintptr_t)ptr, .len = len, .rkey = mr->mr->rkey };
+	*desc = (struct kvn_mem_desc){.addr = (uintptr_t)ptr, .len = len, .rkey = mr->mr->rkey};
 	pthread_mutex_lock(&tp->lock);
 	mr->next = tp->mrs;
 	tp->mrs = mr;
@@ -327,7 +337,8 @@ verbs_ep_close(struct kvn_tp_ep *ep)
 	struct kvn_transport *tp = ep->tp;
 	char msg[192];
 
-	kvn_seterr(msg, sizeof(msg), "peer %s: endpoint closed before the read completed", ep->peer);
+	kvn_seterr(msg, sizeof(msg), "peer %s: endpoint closed before the read completed",
+		   ep->peer);
 	pthread_mutex_lock(&tp->lock);
 	ep->closing = true;
 	for (;;) {
@@ -356,16 +367,17 @@ check_read(struct kvn_tp_ep *ep, const struct kvn_read *rd, char *msg, size_t ms
 {
 	uintptr_t l = (uintptr_t)rd->local;
 	if (!rd->len) {
-		kvn_seterr(msg, msglen, "peer %s: zero-length read (remote 0x%llx, rkey 0x%x)", ep->peer,
-			 (unsigned long long)rd->remote_addr, rd->rkey);
+		kvn_seterr(msg, msglen, "peer %s: zero-length read (remote 0x%llx, rkey 0x%x)",
+			   ep->peer, (unsigned long long)rd->remote_addr, rd->rkey);
 		return -EINVAL;
 	}
 	if (!rd->local_mr || rd->local_mr->tp != ep->tp || l < (uintptr_t)rd->local_mr->mr->addr ||
 	    l - (uintptr_t)rd->local_mr->mr->addr > rd->local_mr->mr->length ||
 	    rd->len > rd->local_mr->mr->length - (l - (uintptr_t)rd->local_mr->mr->addr)) {
-		kvn_seterr(msg, msglen, "read of %llu bytes from peer %s: local buffer %p is not inside "
-				      "the local_mr registration", (unsigned long long)rd->len, ep->peer,
-			 rd->local);
+		kvn_seterr(msg, msglen,
+			   "read of %llu bytes from peer %s: local buffer %p is not inside "
+			   "the local_mr registration",
+			   (unsigned long long)rd->len, ep->peer, rd->local);
 		return -EINVAL;
 	}
 	for (uint32_t i = 0; i < ep->ndesc; i++) {
@@ -374,10 +386,12 @@ check_read(struct kvn_tp_ep *ep, const struct kvn_read *rd, char *msg, size_t ms
 			continue;
 		if (rd->remote_addr < d->addr || rd->remote_addr - d->addr > d->len ||
 		    rd->len > d->len - (rd->remote_addr - d->addr)) {
-			kvn_seterr(msg, msglen, "peer %s refuses reads of %llu bytes at 0x%llx with rkey "
-					      "0x%x: outside its region [0x%llx, +%llu)", ep->peer,
-				 (unsigned long long)rd->len, (unsigned long long)rd->remote_addr,
-				 rd->rkey, (unsigned long long)d->addr, (unsigned long long)d->len);
+			kvn_seterr(msg, msglen,
+				   "peer %s refuses reads of %llu bytes at 0x%llx with rkey "
+				   "0x%x: outside its region [0x%llx, +%llu)",
+				   ep->peer, (unsigned long long)rd->len,
+				   (unsigned long long)rd->remote_addr, rd->rkey,
+				   (unsigned long long)d->addr, (unsigned long long)d->len);
 			return -EACCES;
 		}
 	}
@@ -452,15 +466,15 @@ verbs_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 }
 
 const struct kvn_transport_ops kvn_transport_verbs = {
-	.abi = KVN_TRANSPORT_ABI,
-	.name = "verbs",
-	.probe = verbs_probe,
-	.open = verbs_open,
-	.close = verbs_close,
-	.reg_mem = verbs_reg_mem,
-	.dereg = verbs_dereg,
-	.listen = vb_listen,
-	.connect = verbs_connect,
-	.ep_close = verbs_ep_close,
-	.read = verbs_read,
+    .abi = KVN_TRANSPORT_ABI,
+    .name = "verbs",
+    .probe = verbs_probe,
+    .open = verbs_open,
+    .close = verbs_close,
+    .reg_mem = verbs_reg_mem,
+    .dereg = verbs_dereg,
+    .listen = vb_listen,
+    .connect = verbs_connect,
+    .ep_close = verbs_ep_close,
+    .read = verbs_read,
 };

@@ -14,8 +14,8 @@
 
 /* Private data exchanged in the rdma_cm REQ/REP: magic and protocol version both ways, and in the
  * REP the owner's region descriptors (as many as fit: the REP carries at most 196 bytes). */
-#define VB_MAGIC 0x4b564e56u /* "KVNV" */
-#define VB_PROTO 1
+#define VB_MAGIC    0x4b564e56u /* "KVNV" */
+#define VB_PROTO    1
 #define VB_MAX_DESC 8
 
 enum ep_state {
@@ -37,7 +37,6 @@ struct vb_op {
 	char msg[224];
 };
 
-
 struct kvn_tp_mr {
 	struct kvn_transport *tp;
 	struct ibv_mr *mr;
@@ -58,9 +57,9 @@ struct kvn_tp_ep {
 	bool break_retry;
 	char break_msg[160];
 	struct vb_op *queue, **queue_tail; /* reads not (fully) posted yet */
-	uint32_t sq_free; /* free send-queue slots */
-	uint32_t wrs_out; /* posted, not completed work requests */
-	uint32_t live_ops; /* reads whose callback has not returned yet */
+	uint32_t sq_free;		   /* free send-queue slots */
+	uint32_t wrs_out;		   /* posted, not completed work requests */
+	uint32_t live_ops;		   /* reads whose callback has not returned yet */
 	uint64_t last_progress_ns;
 	/* The owner's regions from the REP; complete when all fitted, else unknown rkeys are left
 	 * to the owner's device to refuse. */
@@ -82,7 +81,7 @@ struct kvn_transport {
 	uint32_t max_msg; /* bytes per work request (port max_msg_sz, maybe lowered for tests) */
 	uint32_t sq_depth, cq_depth;
 	uint8_t init_depth, resp_depth; /* max_qp_init_rd_atom, max_qp_rd_atom */
-	bool have_src; /* gid_index given: connections leave from its address */
+	bool have_src;			/* gid_index given: connections leave from its address */
 	struct sockaddr_storage src;
 
 	struct ibv_pd *pd;
@@ -91,7 +90,7 @@ struct kvn_transport {
 	uint32_t cq_free;
 
 	pthread_mutex_t lock; /* everything below, and each endpoint's fields */
-	pthread_cond_t cond; /* an endpoint drained (ep_close waits for it) */
+	pthread_cond_t cond;  /* an endpoint drained (ep_close waits for it) */
 	struct kvn_tp_ep *eps;
 	struct vb_op *done, **done_tail; /* completed reads whose callbacks are still to run */
 	struct vb_srv_conn *srv;
@@ -124,7 +123,7 @@ void vb_cm_free(struct kvn_transport *tp);
 uint64_t vb_now_ns(void);
 void vb_wake(struct kvn_transport *tp);
 void vb_ep_break(struct kvn_tp_ep *ep, int status, bool retry, const char *fmt, ...)
-	__attribute__((format(printf, 4, 5)));
+    __attribute__((format(printf, 4, 5)));
 void vb_op_done(struct vb_op *op);
 void vb_queue_push(struct kvn_tp_ep *ep, struct vb_op *op, bool front);
 void vb_fail_queue(struct kvn_tp_ep *ep, int status, const char *msg);

@@ -24,7 +24,7 @@ struct wire_req {
 	uint16_t proto;
 	uint16_t pad;
 };
-#define REP_HDR 8
+#define REP_HDR	 8
 #define REP_DESC 20
 _Static_assert(REP_HDR + VB_MAX_DESC * REP_DESC <= 196, "REP private data limit");
 
@@ -61,8 +61,8 @@ keep_event(const struct rdma_cm_event *ev, struct cm_ev *out)
 	out->responder_resources = ev->param.conn.responder_resources;
 	if (ev->param.conn.private_data && ev->param.conn.private_data_len) {
 		out->plen = ev->param.conn.private_data_len > sizeof(out->pdata)
-				    ? sizeof(out->pdata)
-				    : ev->param.conn.private_data_len;
+				? sizeof(out->pdata)
+				: ev->param.conn.private_data_len;
 		memcpy(out->pdata, ev->param.conn.private_data, out->plen);
 	}
 }
@@ -84,7 +84,7 @@ parse_addr(const char *s, struct sockaddr_storage *ss, char *err, size_t errlen)
 {
 	char host[128];
 	const char *colon = strrchr(s, ':');
-	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_flags = AI_NUMERICSERV }, *ai = NULL;
+	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_flags = AI_NUMERICSERV}, *ai = NULL;
 	size_t hl;
 
 	if (!colon || colon == s || !colon[1]) {
@@ -137,10 +137,12 @@ devname(struct ibv_context *ctx)
 static void
 accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev *ev)
 {
-	struct ibv_qp_init_attr qa = { .send_cq = tp->cq, .recv_cq = tp->cq, .qp_type = IBV_QPT_RC,
-				       .cap = { .max_send_wr = 1, .max_recv_wr = 1,
-						.max_send_sge = 1, .max_recv_sge = 1 } };
-	struct rdma_conn_param cp = { 0 };
+	struct ibv_qp_init_attr qa = {
+	    .send_cq = tp->cq,
+	    .recv_cq = tp->cq,
+	    .qp_type = IBV_QPT_RC,
+	    .cap = {.max_send_wr = 1, .max_recv_wr = 1, .max_send_sge = 1, .max_recv_sge = 1}};
+	struct rdma_conn_param cp = {0};
 	uint8_t rep[REP_HDR + VB_MAX_DESC * REP_DESC];
 	struct vb_srv_conn *c = NULL;
 	uint32_t n = 0, total = 0;
@@ -182,8 +184,8 @@ accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev 
 	rep[7] = total == n; /* the list is complete */
 	cp.private_data = rep;
 	cp.private_data_len = (uint8_t)(REP_HDR + n * REP_DESC);
-	cp.responder_resources = ev->responder_resources < tp->resp_depth ? ev->responder_resources
-									   : tp->resp_depth;
+	cp.responder_resources =
+	    ev->responder_resources < tp->resp_depth ? ev->responder_resources : tp->resp_depth;
 	cp.initiator_depth = 0;
 	if (rdma_accept(id, &cp)) {
 		kvn_warn(LOG, "rdma_accept on %s failed: %s", devname(id->verbs), strerror(errno));
@@ -227,8 +229,8 @@ static void *
 cm_main(void *arg)
 {
 	struct kvn_transport *tp = arg;
-	struct pollfd pfd[2] = { { .fd = tp->cm_ch->fd, .events = POLLIN },
-				 { .fd = tp->cm_stop_fd, .events = POLLIN } };
+	struct pollfd pfd[2] = {{.fd = tp->cm_ch->fd, .events = POLLIN},
+				{.fd = tp->cm_stop_fd, .events = POLLIN}};
 	struct rdma_cm_event *ev;
 	struct cm_ev kept;
 
@@ -254,7 +256,7 @@ vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen)
 	tp->cm_ch = rdma_create_event_channel();
 	if (!tp->cm_ch) {
 		kvn_seterr(err, errlen, "rdma_cm event channel: %s (is rdma_ucm loaded?)",
-			 strerror(errno));
+			   strerror(errno));
 		return -errno ? -errno : -EIO;
 	}
 	fcntl(tp->cm_ch->fd, F_SETFL, fcntl(tp->cm_ch->fd, F_GETFL) | O_NONBLOCK);
@@ -311,8 +313,9 @@ vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundl
 	int rc;
 
 	if (tp->listen_id) {
-		kvn_seterr(err, errlen, "verbs: this instance already listens; listen is once per "
-				      "instance");
+		kvn_seterr(err, errlen,
+			   "verbs: this instance already listens; listen is once per "
+			   "instance");
 		return -EALREADY;
 	}
 	rc = parse_addr(addr, &ss, e, sizeof(e));
@@ -325,23 +328,28 @@ vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundl
 	    (ss.ss_family == AF_INET6 &&
 	     IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr))) {
 		/* rdma_cm binds it, but no route to a loopback address exists over RoCE. */
-		kvn_seterr(err, errlen, "verbs cannot serve on loopback address %s: listen on the "
-					"address of the RDMA device's netdev (%s) instead", addr,
-			   devname(tp->ctx));
+		kvn_seterr(err, errlen,
+			   "verbs cannot serve on loopback address %s: listen on the "
+			   "address of the RDMA device's netdev (%s) instead",
+			   addr, devname(tp->ctx));
 		return -EADDRNOTAVAIL;
 	}
 	if (rdma_create_id(tp->cm_ch, &id, NULL, RDMA_PS_TCP) ||
 	    rdma_bind_addr(id, (struct sockaddr *)&ss) || rdma_listen(id, 128)) {
 		rc = errno ? -errno : -EIO;
-		kvn_seterr(err, errlen, "verbs: cannot listen on %s: %s (is that an address of an RDMA "
-				      "device's netdev?)", addr, strerror(-rc));
+		kvn_seterr(err, errlen,
+			   "verbs: cannot listen on %s: %s (is that an address of an RDMA "
+			   "device's netdev?)",
+			   addr, strerror(-rc));
 		if (id)
 			rdma_destroy_id(id);
 		return rc;
 	}
 	if (id->verbs && id->verbs != tp->ctx) {
-		kvn_seterr(err, errlen, "verbs: %s belongs to RDMA device %s but this node uses %s (set "
-				      "rdma_device)", addr, devname(id->verbs), devname(tp->ctx));
+		kvn_seterr(err, errlen,
+			   "verbs: %s belongs to RDMA device %s but this node uses %s (set "
+			   "rdma_device)",
+			   addr, devname(id->verbs), devname(tp->ctx));
 		rdma_destroy_id(id);
 		return -ENODEV;
 	}
@@ -360,7 +368,7 @@ static int
 wait_event(struct rdma_event_channel *ch, struct timespec *deadline, struct cm_ev *out)
 {
 	struct rdma_cm_event *ev;
-	struct pollfd pfd = { .fd = ch->fd, .events = POLLIN };
+	struct pollfd pfd = {.fd = ch->fd, .events = POLLIN};
 	struct timespec now;
 
 	for (;;) {
@@ -387,26 +395,27 @@ event_error(const struct cm_ev *ev, const char *peer, char *err, size_t errlen)
 		/* A consumer reject carries our reason text; otherwise nothing listens there. */
 		bool ours = ev->plen && ev->pdata[0] >= 'a' && ev->pdata[0] <= 'z';
 		kvn_seterr(err, errlen, "peer %s refused the connection: %.*s", peer,
-			 ours ? (int)strnlen((const char *)ev->pdata, ev->plen) : 42,
-			 ours ? (const char *)ev->pdata : "no kvnode verbs listener at that address");
+			   ours ? (int)strnlen((const char *)ev->pdata, ev->plen) : 42,
+			   ours ? (const char *)ev->pdata
+				: "no kvnode verbs listener at that address");
 		return -ECONNREFUSED;
 	}
 	kvn_seterr(err, errlen, "peer %s: connecting failed: %s (status %d)", peer,
-		 rdma_event_str(ev->type), ev->status);
+		   rdma_event_str(ev->type), ev->status);
 	return ev->type == RDMA_CM_EVENT_ADDR_ERROR || ev->type == RDMA_CM_EVENT_ROUTE_ERROR ||
-			       ev->type == RDMA_CM_EVENT_UNREACHABLE
-		       ? -EHOSTUNREACH
-		       : -ECONNREFUSED;
+		       ev->type == RDMA_CM_EVENT_UNREACHABLE
+		   ? -EHOSTUNREACH
+		   : -ECONNREFUSED;
 }
 
 static int
 step(struct rdma_event_channel *ch, struct timespec *dl, enum rdma_cm_event_type want,
-     const char *what, const char *peer, int timeout_ms, struct cm_ev *ev, char *err,
-     size_t errlen)
+     const char *what, const char *peer, int timeout_ms, struct cm_ev *ev, char *err, size_t errlen)
 {
 	int rc = wait_event(ch, dl, ev);
 	if (rc == -ETIMEDOUT) {
-		kvn_seterr(err, errlen, "peer %s: no answer within %d ms (%s)", peer, timeout_ms, what);
+		kvn_seterr(err, errlen, "peer %s: no answer within %d ms (%s)", peer, timeout_ms,
+			   what);
 		return rc;
 	}
 	if (rc) {
@@ -420,14 +429,20 @@ int
 vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, char *err,
 	      size_t errlen)
 {
-	struct ibv_qp_init_attr qa = { .send_cq = tp->cq, .recv_cq = tp->cq, .qp_type = IBV_QPT_RC,
-				       .sq_sig_all = 1,
-				       .cap = { .max_send_wr = tp->sq_depth, .max_recv_wr = 1,
-						.max_send_sge = 1, .max_recv_sge = 1 } };
-	uint8_t req[sizeof(struct wire_req)] = { 0 };
-	struct rdma_conn_param cp = { .private_data = req, .private_data_len = sizeof(req),
-				      .initiator_depth = tp->init_depth, .retry_count = 7,
-				      .rnr_retry_count = 7 };
+	struct ibv_qp_init_attr qa = {.send_cq = tp->cq,
+				      .recv_cq = tp->cq,
+				      .qp_type = IBV_QPT_RC,
+				      .sq_sig_all = 1,
+				      .cap = {.max_send_wr = tp->sq_depth,
+					      .max_recv_wr = 1,
+					      .max_send_sge = 1,
+					      .max_recv_sge = 1}};
+	uint8_t req[sizeof(struct wire_req)] = {0};
+	struct rdma_conn_param cp = {.private_data = req,
+				     .private_data_len = sizeof(req),
+				     .initiator_depth = tp->init_depth,
+				     .retry_count = 7,
+				     .rnr_retry_count = 7};
 	struct rdma_event_channel *ch = rdma_create_event_channel();
 	struct rdma_cm_id *id = NULL;
 	struct sockaddr_storage dst;
@@ -451,7 +466,8 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 	if (rdma_resolve_addr(id, tp->have_src ? (struct sockaddr *)&tp->src : NULL,
 			      (struct sockaddr *)&dst, timeout_ms)) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "peer %s: resolving the address: %s", ep->peer, strerror(errno));
+		kvn_seterr(err, errlen, "peer %s: resolving the address: %s", ep->peer,
+			   strerror(errno));
 		goto out;
 	}
 	rc = step(ch, &dl, RDMA_CM_EVENT_ADDR_RESOLVED, "address", ep->peer, timeout_ms, &ev, err,
@@ -459,15 +475,17 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 	if (rc)
 		goto out;
 	if (id->verbs != tp->ctx) {
-		kvn_seterr(err, errlen, "peer %s is reached through RDMA device %s but this node "
-				      "registered its memory on %s (set rdma_device)", ep->peer,
-			 devname(id->verbs), devname(tp->ctx));
+		kvn_seterr(err, errlen,
+			   "peer %s is reached through RDMA device %s but this node "
+			   "registered its memory on %s (set rdma_device)",
+			   ep->peer, devname(id->verbs), devname(tp->ctx));
 		rc = -ENODEV;
 		goto out;
 	}
 	if (rdma_resolve_route(id, timeout_ms)) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "peer %s: resolving the route: %s", ep->peer, strerror(errno));
+		kvn_seterr(err, errlen, "peer %s: resolving the route: %s", ep->peer,
+			   strerror(errno));
 		goto out;
 	}
 	rc = step(ch, &dl, RDMA_CM_EVENT_ROUTE_RESOLVED, "route", ep->peer, timeout_ms, &ev, err,
@@ -500,8 +518,10 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 	if (ev.plen < REP_HDR || get_le(ev.pdata, 4) != VB_MAGIC ||
 	    get_le(ev.pdata + 4, 2) != VB_PROTO || ev.pdata[6] > VB_MAX_DESC ||
 	    ev.plen < REP_HDR + ev.pdata[6] * REP_DESC) {
-		kvn_seterr(err, errlen, "peer %s is not a kvnode verbs peer of protocol %d (bad "
-				      "private data in its accept)", ep->peer, VB_PROTO);
+		kvn_seterr(err, errlen,
+			   "peer %s is not a kvnode verbs peer of protocol %d (bad "
+			   "private data in its accept)",
+			   ep->peer, VB_PROTO);
 		rc = -EPROTO;
 		goto out;
 	}
@@ -516,8 +536,9 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 	ep->desc_complete = ev.pdata[7];
 	for (uint32_t i = 0; i < ep->ndesc; i++) {
 		const uint8_t *d = ev.pdata + REP_HDR + i * REP_DESC;
-		ep->desc[i] = (struct kvn_mem_desc){ .addr = get_le(d, 8), .len = get_le(d + 8, 8),
-						     .rkey = (uint32_t)get_le(d + 16, 4) };
+		ep->desc[i] = (struct kvn_mem_desc){.addr = get_le(d, 8),
+						    .len = get_le(d + 8, 8),
+						    .rkey = (uint32_t)get_le(d + 16, 4)};
 	}
 	ep->id = id;
 	ep->state = EP_UP;

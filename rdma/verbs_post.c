@@ -14,9 +14,9 @@
 #include "node/log.h"
 #include "rdma/verbs.h"
 
-#define LOG "verbs"
-#define POLL_BATCH 64
-#define POST_BATCH 64
+#define LOG	    "verbs"
+#define POLL_BATCH  64
+#define POST_BATCH  64
 #define SPIN_MIN_NS 5000ull
 #define SPIN_MAX_NS 500000ull
 #define WATCHDOG_NS 20000000ull /* how often idle sleeps wake to check read timeouts */
@@ -126,7 +126,7 @@ void
 vb_ep_break(struct kvn_tp_ep *ep, int status, bool retry, const char *fmt, ...)
 {
 	va_list ap;
-	struct ibv_qp_attr attr = { .qp_state = IBV_QPS_ERR };
+	struct ibv_qp_attr attr = {.qp_state = IBV_QPS_ERR};
 
 	if (ep->state != EP_UP)
 		return;
@@ -169,15 +169,15 @@ vb_post_queue(struct kvn_tp_ep *ep)
 			uint64_t piece = rd->len - op->posted;
 			if (piece > tp->max_msg)
 				piece = tp->max_msg;
-			sge[n] = (struct ibv_sge){ .addr = (uintptr_t)rd->local + op->posted,
-						   .length = (uint32_t)piece,
-						   .lkey = rd->local_mr->mr->lkey };
-			wr[n] = (struct ibv_send_wr){ .wr_id = (uintptr_t)op,
-						      .next = &wr[n + 1],
-						      .sg_list = &sge[n],
-						      .num_sge = 1,
-						      .opcode = IBV_WR_RDMA_READ,
-						      .send_flags = IBV_SEND_SIGNALED };
+			sge[n] = (struct ibv_sge){.addr = (uintptr_t)rd->local + op->posted,
+						  .length = (uint32_t)piece,
+						  .lkey = rd->local_mr->mr->lkey};
+			wr[n] = (struct ibv_send_wr){.wr_id = (uintptr_t)op,
+						     .next = &wr[n + 1],
+						     .sg_list = &sge[n],
+						     .num_sge = 1,
+						     .opcode = IBV_WR_RDMA_READ,
+						     .send_flags = IBV_SEND_SIGNALED};
 			wr[n].wr.rdma.remote_addr = rd->remote_addr + op->posted;
 			wr[n].wr.rdma.rkey = rd->rkey;
 			op->posted += piece;
@@ -200,8 +200,8 @@ vb_post_queue(struct kvn_tp_ep *ep)
 		for (struct ibv_send_wr *w = bad; w; w = w->next) {
 			struct vb_op *op = (struct vb_op *)(uintptr_t)w->wr_id;
 			char msg[160];
-			kvn_seterr(msg, sizeof(msg), "peer %s: posting an RDMA READ failed: %s", ep->peer,
-				 strerror(rc));
+			kvn_seterr(msg, sizeof(msg), "peer %s: posting an RDMA READ failed: %s",
+				   ep->peer, strerror(rc));
 			op_fail(op, -EIO, msg);
 			op->wrs_out--;
 			ep->wrs_out--;
@@ -247,9 +247,11 @@ wc_error(struct vb_op *op, const struct ibv_wc *wc)
 	default:
 		break;
 	}
-	kvn_seterr(msg, sizeof(msg), "peer %s: RDMA READ of %llu bytes at 0x%llx (rkey 0x%x) failed: "
-				   "%s", ep->peer, (unsigned long long)rd->len,
-		 (unsigned long long)rd->remote_addr, rd->rkey, why);
+	kvn_seterr(msg, sizeof(msg),
+		   "peer %s: RDMA READ of %llu bytes at 0x%llx (rkey 0x%x) failed: "
+		   "%s",
+		   ep->peer, (unsigned long long)rd->len, (unsigned long long)rd->remote_addr,
+		   rd->rkey, why);
 	op_fail(op, status, msg);
 	if (op->queued) /* partly posted, so at the head: its other pieces are moot now */
 		queue_pop(ep);
@@ -324,9 +326,10 @@ housekeeping(struct kvn_transport *tp, uint64_t now)
 	for (struct kvn_tp_ep *ep = tp->eps; ep; ep = ep->next) {
 		if (ep->state == EP_UP && ep->wrs_out &&
 		    (int64_t)(now - ep->last_progress_ns) > (int64_t)ep->timeout_ms * 1000000)
-			vb_ep_break(ep, -ETIMEDOUT, false,
-				    "peer %s: no RDMA READ completion for %d ms (peer hung or gone)",
-				    ep->peer, ep->timeout_ms);
+			vb_ep_break(
+			    ep, -ETIMEDOUT, false,
+			    "peer %s: no RDMA READ completion for %d ms (peer hung or gone)",
+			    ep->peer, ep->timeout_ms);
 		if (!todo && ep->state == EP_DOWN && ep->queue && !ep->closing)
 			todo = ep;
 	}
@@ -344,8 +347,8 @@ reconnect(struct kvn_transport *tp, struct kvn_tp_ep *ep)
 	pthread_mutex_lock(&tp->lock);
 	if (rc) {
 		ep->state = EP_DOWN;
-		kvn_seterr(msg, sizeof(msg), "peer %s: reconnecting after '%s' failed: %s", ep->peer,
-			 ep->break_msg, err);
+		kvn_seterr(msg, sizeof(msg), "peer %s: reconnecting after '%s' failed: %s",
+			   ep->peer, ep->break_msg, err);
 		vb_fail_queue(ep, -ENOTCONN, msg);
 		pthread_cond_broadcast(&tp->cond);
 	} else {
@@ -357,8 +360,8 @@ reconnect(struct kvn_transport *tp, struct kvn_tp_ep *ep)
 static void
 sleep_on_cq(struct kvn_transport *tp, uint64_t *spin_ns)
 {
-	struct pollfd pfd[2] = { { .fd = tp->cc->fd, .events = POLLIN },
-				 { .fd = tp->wake_fd, .events = POLLIN } };
+	struct pollfd pfd[2] = {{.fd = tp->cc->fd, .events = POLLIN},
+				{.fd = tp->wake_fd, .events = POLLIN}};
 	struct ibv_wc wc;
 	uint64_t t0 = vb_now_ns();
 
@@ -448,4 +451,3 @@ vb_progress_main(void *arg)
 		last_house = 0; /* after a sleep, check timeouts and queued reconnects right away */
 	}
 }
-
