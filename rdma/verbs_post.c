@@ -357,19 +357,28 @@ reconnect(struct kvn_transport *tp, struct kvn_tp_ep *ep)
 	pthread_mutex_unlock(&tp->lock);
 }
 
+/* Completions freed send-queue and CQ slots: hand waiting reads to the device. */
 static void
-sleep_on_cq(struct kvn_transport *tp, uint64_t *spin_ns)
+post_all(struct kvn_transport *tp)
+{
+	for (struct kvn_tp_ep *ep = tp->eps; ep; ep = ep->next)
+		if (ep->state == EP_UP && ep->queue)
+			vb_post_queue(ep);
+}
+
+static int
+sleep_on_cq(struct kvn_transport *tp, uint64_t *spin_ns, struct ibv_wc *wc)
 {
 	struct pollfd pfd[2] = {{.fd = tp->cc->fd, .events = POLLIN},
 				{.fd = tp->wake_fd, .events = POLLIN}};
-	struct ibv_wc wc;
 	uint64_t t0 = vb_now_ns();
 
 	if (ibv_req_notify_cq(tp->cq, 0))
-		return;
-	/* A completion that raced with arming has no event: look once more before sleeping. */
-	if (ibv_poll_cq(tp->cq, 0, &wc) != 0)
-		return;
+		return 0;
+	/* A completion that arrived between the last poll and arming raises no event: look once
+	 * more before sleeping, and hand what we found to the caller. */
+	if (ibv_poll_cq(tp->cq, 1, wc) > 0)
+		return 1;
 	if (poll(pfd, 2, (int)(WATCHDOG_NS / 1000000ull)) > 0) {
 		if (pfd[0].revents & POLLIN) {
 			struct ibv_cq *cq;
@@ -388,6 +397,7 @@ sleep_on_cq(struct kvn_transport *tp, uint64_t *spin_ns)
 		*spin_ns = *spin_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : *spin_ns * 2;
 	else
 		*spin_ns = *spin_ns / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : *spin_ns / 2;
+	return 0;
 }
 
 void *
@@ -409,9 +419,7 @@ vb_progress_main(void *arg)
 		for (int i = 0; i < n; i++)
 			handle_wc(tp, &wc[i]);
 		if (n > 0)
-			for (struct kvn_tp_ep *ep = tp->eps; ep; ep = ep->next)
-				if (ep->state == EP_UP && ep->queue)
-					vb_post_queue(ep);
+			post_all(tp);
 		if (now - last_house > WATCHDOG_NS / 4 || tp->dead) {
 			todo = housekeeping(tp, now);
 			last_house = now;
@@ -446,7 +454,12 @@ vb_progress_main(void *arg)
 			sched_yield();
 			continue;
 		}
-		sleep_on_cq(tp, &spin_ns);
+		if (sleep_on_cq(tp, &spin_ns, &wc[0])) {
+			pthread_mutex_lock(&tp->lock);
+			handle_wc(tp, &wc[0]);
+			post_all(tp);
+			pthread_mutex_unlock(&tp->lock);
+		}
 		idle_since = 0;
 		last_house = 0; /* after a sleep, check timeouts and queued reconnects right away */
 	}
