@@ -196,7 +196,10 @@ fs_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_val
 		rc = pread_full(fd, b->data, b->len, KVN_REMOTE_META_LEN);
 	if (rc == 0) {
 		ssize_t t = fgetxattr(fd, XATTR_TAG, out->tag, sizeof(out->tag));
-		out->tag_len = t > 0 ? (uint32_t)t : 0;
+		/* A tag too long for the buffer is not ours: its length fails the check. */
+		out->tag_len = t > 0			  ? (uint32_t)t
+			       : t < 0 && errno == ERANGE ? KVN_REMOTE_TAG_MAX + 1
+							  : 0;
 		out->payload = b;
 		b = NULL;
 	}

@@ -295,9 +295,11 @@ read_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_v
 		rc = -EBADMSG;
 		goto done;
 	}
-	if (t->type == REDIS_REPLY_STRING && t->len <= KVN_REMOTE_TAG_MAX) {
-		memcpy(out->tag, t->str, t->len);
-		out->tag_len = (uint32_t)t->len;
+	if (t->type == REDIS_REPLY_STRING) {
+		/* An over-long tag is kept truncated: its length alone then fails the check. */
+		size_t n = t->len < KVN_REMOTE_TAG_MAX ? t->len : KVN_REMOTE_TAG_MAX;
+		memcpy(out->tag, t->str, n);
+		out->tag_len = t->len > KVN_REMOTE_TAG_MAX ? KVN_REMOTE_TAG_MAX + 1 : (uint32_t)n;
 	}
 	/* Zero-copy: the payload view keeps the whole reply alive. */
 	struct kvn_buf *b = kvn_buf_wrap(d->str, d->len);

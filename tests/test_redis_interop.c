@@ -338,3 +338,21 @@ Test(redis_interop, a_node_starts_while_its_store_is_down_serves_from_cpu_and_at
 	kvn_engine_close(e2);
 	kvn_config_free(c2);
 }
+
+Test(redis_interop, a_tag_key_rewritten_behind_kvnodes_back_makes_the_value_a_miss)
+{
+	struct kvn_key k;
+	struct kvn_buf *b = NULL;
+	cr_assert_eq(kvn_key_from_str(&k, "tagged"), 0);
+	cr_assert_eq(kvn_engine_put(eng, &k, "payload", 7), 0);
+	kvn_engine_flush(eng);
+	cr_assert_eq(kvn_engine_get(eng, &k, &b), 0);
+	kvn_buf_unref(b);
+	char longtag[101];
+	memset(longtag, 'a', 100);
+	longtag[100] = '\0';
+	cli_set_from("taggedkvnode_tag", longtag, 100);
+	cr_assert_eq(kvn_engine_get(eng, &k, &b), -ENOENT, "an over-long tag was accepted");
+	cli_set_from("taggedkvnode_tag", "KVX1\0\0\0\0\0\0\0\0", 12);
+	cr_assert_eq(kvn_engine_get(eng, &k, &b), -ENOENT, "a wrong checksum was accepted");
+}

@@ -61,7 +61,8 @@ struct kvn_remote_value {
 	struct kvn_buf *payload;
 	/* kvnode's integrity tag (opaque to the connector). On put: store these tag_len bytes
 	 * where LMCache does not look. On get: return them, or tag_len = 0 when the store has
-	 * none (a value written by LMCache itself). */
+	 * none (a value written by LMCache itself), or tag_len > KVN_REMOTE_TAG_MAX when the
+	 * store holds a longer one (which then fails the node's check). */
 	uint8_t tag[KVN_REMOTE_TAG_MAX];
 	uint32_t tag_len;
 };
