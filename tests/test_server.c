@@ -347,11 +347,14 @@ send_all(int fd, const void *p, size_t len)
 static void
 send_req(int fd, struct kvn_ctl_req r, const char *key)
 {
-	uint8_t w[KVN_CTL_REQ_SIZE];
+	/* Header and key go out in one write: a daemon that refuses the header may close
+	 * before reading further, and a second write would then fail with EPIPE. */
+	uint8_t w[KVN_CTL_REQ_SIZE + KVN_KEY_MAX];
+	size_t klen = key ? strlen(key) : 0;
+	cr_assert_leq(klen, KVN_KEY_MAX);
 	kvn_ctl_req_encode(&r, w);
-	send_all(fd, w, sizeof(w));
-	if (key)
-		send_all(fd, key, strlen(key));
+	memcpy(w + KVN_CTL_REQ_SIZE, key ? key : "", klen);
+	send_all(fd, w, KVN_CTL_REQ_SIZE + klen);
 }
 
 /* Reads one reply; its payload (up to cap-1 bytes, NUL-terminated) into payload. */
