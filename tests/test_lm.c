@@ -149,12 +149,14 @@ static struct kvn_lm_server *isrv;
 static char ihost[KVN_HOST_MAX];
 static uint16_t iport;
 
+static uint64_t cpu_bytes = 128 * MIB;
+
 static void
 lm_up(unsigned max_conns, uint32_t value_max)
 {
 	char err[512];
 	icfg = kvn_config_new_defaults();
-	icfg->max_local_cpu_size = 128 * MIB;
+	icfg->max_local_cpu_size = cpu_bytes;
 	icfg->hugepages = false;
 	cr_assert_eq(kvn_engine_open(icfg, &ieng, err, sizeof(err)), 0, "%s", err);
 	struct kvn_lm_server_opts o = {.listen = "127.0.0.1:0",
@@ -667,6 +669,46 @@ Test(lm_capped, a_put_over_the_value_cap_gets_400, .init = lm_up_capped, .fini =
 	int fd = lm_connect();
 	send_req(fd, KVN_LM_PUT, "big", 4097, NULL);
 	assert_400_and_closed(fd);
+}
+
+static void
+lm_up_small(void)
+{
+	cpu_bytes = 16 * MIB;
+	lm_up(0, 0);
+}
+
+Test(lm_small, the_node_s_eviction_applies_to_what_lmcache_puts, .init = lm_up_small,
+     .fini = lm_down, .timeout = 300)
+{
+	enum { N = 12 }; /* 12 x 4 MiB into a 16 MiB cpu tier */
+	int fd = lm_connect();
+	uint8_t *v = malloc(4 * MIB);
+	for (int i = 0; i < N; i++) {
+		char key[32];
+		snprintf(key, sizeof(key), "evict-%d", i);
+		fill(v, 4 * MIB, (unsigned)i);
+		put_value(fd, key, v, 4 * MIB, NULL);
+	}
+	int hits = 0;
+	for (int i = 0; i < N; i++) {
+		char key[32];
+		snprintf(key, sizeof(key), "evict-%d", i);
+		send_req(fd, KVN_LM_EXIST, key, 0, NULL);
+		hits += recv_reply(fd).code == KVN_LM_OK;
+	}
+	cr_assert_lt(hits, N, "the cpu tier cannot hold all %d values", N);
+	struct kvn_lm_reply r;
+	uint8_t *got = get_value(fd, "evict-11", &r); /* the newest survives */
+	fill(v, 4 * MIB, 11);
+	cr_assert(r.length == 4 * MIB && !memcmp(got, v, 4 * MIB));
+	send_req(fd, KVN_LM_GET, "evict-0", 0, NULL); /* the oldest went first (LRU) */
+	r = recv_reply(fd);
+	cr_assert_eq(r.code, KVN_LM_FAIL);
+	cr_assert_eq(r.length, 0);
+	free(got);
+	free(v);
+	close(fd);
 }
 
 /* ------------------------------------------------------------------------------------------
