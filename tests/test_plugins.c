@@ -411,8 +411,11 @@ Test(plugins, on_failure_restarts_a_failed_plugin_after_a_back_off)
 Test(plugins, stop_kills_a_plugin_that_ignores_sigterm_after_the_grace_period)
 {
 	put_plugin("all_stubborn.sh", 0644,
-		   "trap '' TERM\necho $$ > stubborn.pid\nwhile :; do sleep 0.1; done\n");
-	put_plugin("all_polite.sh", 0644, "echo $$ > polite.pid\nwhile :; do sleep 0.1; done\n");
+		   "trap '' TERM\necho $$ > stubborn.tmp\nmv stubborn.tmp stubborn.pid\n"
+		   "while :; do sleep 0.1; done\n");
+	/* pid files appear by rename, so the test never reads one half-written */
+	put_plugin("all_polite.sh", 0644,
+		   "echo $$ > polite.tmp\nmv polite.tmp polite.pid\nwhile :; do sleep 0.1; done\n");
 	log_begin();
 	struct kvn_plugins *pl = start_as(KVN_PLUGIN_WORKER, 0, 1, "plugin_stop_timeout_ms: 300\n");
 	wait_file("stubborn.pid");
