@@ -395,7 +395,16 @@ kvn_client_print_stats(const char *json, FILE *out)
 			num(t, "hits"), num(t, "misses"), num(t, "puts"), num(t, "evictions"),
 			num(t, "errors"));
 	}
-	const cJSON *plugins = cJSON_GetObjectItemCaseSensitive(root, "plugins");
+	kvn_client_print_plugins(cJSON_GetObjectItemCaseSensitive(root, "plugins"), out);
+	cJSON_Delete(root);
+	return 0;
+}
+
+void
+kvn_client_print_plugins(const cJSON *plugins, FILE *out)
+{
+	char a[32], b[32];
+	const cJSON *t;
 	if (cJSON_GetArraySize(plugins) > 0)
 		fprintf(out, "\n%-32s %8s %-12s %8s %5s\n", "PLUGIN", "PID", "STATE", "RESTARTS",
 			"EXIT");
@@ -405,13 +414,13 @@ kvn_client_print_stats(const char *json, FILE *out)
 		const cJSON *ps = cJSON_GetObjectItemCaseSensitive(t, "state");
 		const cJSON *pid = cJSON_GetObjectItemCaseSensitive(t, "pid");
 		const cJSON *code = cJSON_GetObjectItemCaseSensitive(t, "exit_code");
+		const cJSON *restarts = cJSON_GetObjectItemCaseSensitive(t, "restarts");
 		snprintf(a, sizeof(a), "%.0f", cJSON_IsNumber(pid) ? pid->valuedouble : -1);
 		snprintf(b, sizeof(b), "%.0f", cJSON_IsNumber(code) ? code->valuedouble : -1);
 		fprintf(out, "%-32s %8s %-12s %8.0f %5s\n",
 			cJSON_IsString(pn) ? pn->valuestring : "?", cJSON_IsNumber(pid) ? a : "-",
-			cJSON_IsString(ps) ? ps->valuestring : "?", num(t, "restarts"),
+			cJSON_IsString(ps) ? ps->valuestring : "?",
+			cJSON_IsNumber(restarts) ? restarts->valuedouble : 0,
 			cJSON_IsNumber(code) ? b : "-");
 	}
-	cJSON_Delete(root);
-	return 0;
 }

@@ -53,6 +53,10 @@ int kvn_client_stat(struct kvn_client *c, char **json);
 /* Prints a stats object (kvn_engine_stats_json, plus the daemon's "server" part) as a table:
  * node, pool, hits and misses, then one row per tier. -EPROTO when json is not JSON. */
 int kvn_client_print_stats(const char *json, FILE *out);
+/* The PLUGIN table of a "plugins" array (kvn_plugins_stats_json); nothing when it is empty.
+ * Shared by the node's and the scheduler's stat views. */
+struct cJSON;
+void kvn_client_print_plugins(const struct cJSON *plugins, FILE *out);
 /* "32.0 MiB": bytes in binary units, into buf. */
 const char *kvn_client_human_bytes(double bytes, char *buf, size_t len);
 

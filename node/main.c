@@ -654,6 +654,7 @@ cmd_scheduler(struct opts *o)
 		 so.auth_token && *so.auth_token ? "token" : "none");
 	/* Workers join later: the scheduler's plugins start knowing of none (count 0). */
 	struct kvn_plugins *plugins = start_plugins(cfg, KVN_PLUGIN_SCHEDULER, -1, 0, NULL);
+	kvn_scheduler_set_plugins(ss.s, plugins);
 	rc = kvn_scheduler_run(ss.s);
 	kvn_plugins_stop(plugins);
 	pthread_cancel(th);

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "node/client.h"
 #include "node/log.h"
 #include "node/membership.h"
 #include "node/netaddr.h"
@@ -101,6 +102,7 @@ kvn_membership_print_stats(const char *json, FILE *out)
 			str(m, "name"), str(m, "state"), str(m, "data_addr"), str(m, "transport"),
 			num(m, "last_heartbeat_ms_ago"), num(m, "chunks"));
 	}
+	kvn_client_print_plugins(cJSON_GetObjectItemCaseSensitive(j, "plugins"), out);
 	cJSON_Delete(j);
 	return 0;
 }

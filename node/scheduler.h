@@ -33,5 +33,8 @@ void kvn_scheduler_destroy(struct kvn_scheduler *s);
 /* The cluster view a STATS request gets: malloc'd JSON text, NULL when out of memory. Only
  * from the thread running kvn_scheduler_run, or while it is not running. */
 char *kvn_scheduler_stats_json(struct kvn_scheduler *s);
+/* The plugins of this process, listed by STATS; call before kvn_scheduler_run. */
+struct kvn_plugins;
+void kvn_scheduler_set_plugins(struct kvn_scheduler *s, struct kvn_plugins *plugins);
 
 #endif

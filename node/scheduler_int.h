@@ -60,6 +60,7 @@ struct kvn_scheduler {
 	struct kvn_dir *dir;
 	struct kvn_cf_buf scratch; /* notices built once, copied to each member */
 	uint64_t frames, lookups, keys_looked_up, publishes, refused, proto_errors;
+	struct kvn_plugins *plugins; /* listed by STATS; NULL = none */
 };
 
 static inline int64_t

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvnode/plugin.h"
 #include "node/log.h"
 #include "node/scheduler_int.h"
 
@@ -297,9 +298,22 @@ kvn_scheduler_stats_json(struct kvn_scheduler *s)
 		cJSON_AddStringToObject(o, "peer", m->conn ? m->conn->peer : "");
 		cJSON_AddItemToArray(arr, o);
 	}
+	if (s->plugins) {
+		char *pl = kvn_plugins_stats_json(s->plugins);
+		cJSON *parr = pl ? cJSON_Parse(pl) : NULL;
+		free(pl);
+		if (parr && !cJSON_AddItemToObject(j, "plugins", parr))
+			cJSON_Delete(parr);
+	}
 	char *text = cJSON_PrintUnformatted(j);
 	cJSON_Delete(j);
 	return text;
+}
+
+void
+kvn_scheduler_set_plugins(struct kvn_scheduler *s, struct kvn_plugins *plugins)
+{
+	s->plugins = plugins;
 }
 
 int

@@ -98,7 +98,9 @@ Test(plugins_node, kvnode_scheduler_runs_scheduler_plugins_only)
 	const char *argv[] = {KVNODE, "scheduler", "-c", cfg, "--listen", "127.0.0.1:0", NULL};
 	const char *env[] = {"KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE", "KVNODE_SCHEDULER_URL",
 			     NULL};
-	struct proc_opts po = {.stderr_path = logpath, .env = env};
+	char outpath[PATH_MAX + 32];
+	snprintf(outpath, sizeof(outpath), "%s/sched.out", dir);
+	struct proc_opts po = {.stdout_path = outpath, .stderr_path = logpath, .env = env};
 	struct proc sched = {0};
 	cr_assert_eq(proc_spawn(&sched, argv, &po), 0);
 	wait_file("sched.txt");
@@ -107,6 +109,36 @@ Test(plugins_node, kvnode_scheduler_runs_scheduler_plugins_only)
 	char *role = read_plugdir_file("sched.txt");
 	cr_expect_str_eq(role, "SCHEDULER -1\n");
 	free(role);
+
+	/* `kvnode stat --scheduler` lists the scheduler process's plugins. */
+	char *out = NULL, addr[128] = "";
+	for (int i = 0; i < 600 && !addr[0]; i++) {
+		free(out);
+		out = proc_read_file(outpath, NULL);
+		const char *at = out ? strstr(out, "scheduler on ") : NULL;
+		if (at && strchr(at, '\n'))
+			sscanf(at + strlen("scheduler on "), "%127s", addr);
+		else
+			usleep(100 * 1000);
+	}
+	free(out);
+	cr_assert(addr[0], "the scheduler never printed its address");
+	char statpath[PATH_MAX + 32];
+	snprintf(statpath, sizeof(statpath), "%s/stat.json", dir);
+	const char *stat_argv[] = {KVNODE, "stat", "--json", "--scheduler", addr, NULL};
+	struct proc_opts so = {.stdout_path = statpath, .env = env};
+	cr_expect_eq(proc_run(stat_argv, &so, DEADLINE), 0, "kvnode stat --scheduler %s", addr);
+	char *stat = proc_read_file(statpath, NULL);
+	cJSON *sj = stat ? cJSON_Parse(stat) : NULL;
+	const cJSON *pls = cJSON_GetObjectItemCaseSensitive(sj, "plugins");
+	const cJSON *p0 = cJSON_GetArrayItem(pls, 0);
+	cr_expect_eq(cJSON_GetArraySize(pls), 1, "one plugin listed: %s", stat);
+	cr_expect_str_eq(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p0, "name")),
+			 "scheduler_hello.sh");
+	cr_expect_str_eq(cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(p0, "state")),
+			 "running");
+	cJSON_Delete(sj);
+	free(stat);
 	cr_expect_eq(proc_stop(&sched, SIGTERM, DEADLINE), 0, "scheduler exit code after SIGTERM");
 	char path[PATH_MAX * 2];
 	snprintf(path, sizeof(path), "%s/worker.txt", plugdir);
