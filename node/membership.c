@@ -646,10 +646,8 @@ kvn_membership_stop(struct kvn_membership *m)
 {
 	if (!m)
 		return;
-	if (kvn_membership_connected(m)) {
-		flush_queue(m);
-		send_simple(m, KVN_CF_LEAVE);
-	}
+	/* The thread stops before LEAVE goes out: a thread still running would see the scheduler
+	 * close the connection after LEAVE and join again, so others would see us come back. */
 	pthread_mutex_lock(&m->lock);
 	m->stop = true;
 	pthread_mutex_unlock(&m->lock);
@@ -658,6 +656,10 @@ kvn_membership_stop(struct kvn_membership *m)
 	(void)n;
 	if (m->started)
 		pthread_join(m->thread, NULL);
+	if (kvn_membership_connected(m)) {
+		flush_queue(m);
+		send_simple(m, KVN_CF_LEAVE);
+	}
 	disconnect(m, "stopping");
 	free_all(m);
 }

@@ -65,8 +65,8 @@ struct kvn_membership_opts {
 int kvn_membership_start(const struct kvn_membership_opts *opts,
 			 const struct kvn_membership_cbs *cbs, struct kvn_membership **out,
 			 char *err, size_t errlen);
-/* Sends LEAVE when connected (the scheduler drops this node's entries at once), stops the
- * thread, fails lookups in flight, frees everything. NULL is a no-op. */
+/* Stops the thread (so nothing re-joins), then sends LEAVE when connected (the scheduler drops
+ * this node's entries at once), fails lookups in flight, frees everything. NULL is a no-op. */
 void kvn_membership_stop(struct kvn_membership *m);
 
 bool kvn_membership_connected(struct kvn_membership *m);
