@@ -4,8 +4,10 @@ BUILD      ?= build
 BUILD_TYPE ?= RelWithDebInfo
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
+# Packages get their own build dir: installed to /usr (Debian's multiarch libdir, /etc), no tests.
+PKG_BUILD  ?= build-deb
 
-.PHONY: all deps build demo test asan check-format clean install help
+.PHONY: all deps build demo test asan check-format clean install package help
 
 all: build
 
@@ -15,6 +17,7 @@ help:
 	@echo "make build   configure and build into $(BUILD)/"
 	@echo "make asan    build into build-asan/ with ASan+UBSan and run the tests there"
 	@echo "make deps    install the Debian packages needed (scripts/install-deps)"
+	@echo "make package build the kvnode and kvnode-dev .deb in $(PKG_BUILD)/ (cpack -G DEB)"
 	@echo "make clean   remove build directories"
 
 deps:
@@ -43,5 +46,12 @@ asan: deps
 install: build
 	cmake --install $(BUILD)
 
+package:
+	cmake -S . -B $(PKG_BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCMAKE_INSTALL_PREFIX=/usr \
+		-DKVN_BUILD_TESTS=OFF $(CMAKE_ARGS)
+	cmake --build $(PKG_BUILD) -j$(JOBS)
+	cd $(PKG_BUILD) && cpack -G DEB
+	@ls $(PKG_BUILD)/*.deb
+
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan $(PKG_BUILD)
