@@ -46,9 +46,17 @@ asan: deps
 install: build
 	cmake --install $(BUILD)
 
+# Debian's hardening flags (fortify, stack protector, relro, bindnow) when dpkg-buildflags is here.
+PKG_BUILDFLAGS = DEB_BUILD_MAINT_OPTIONS=hardening=+all dpkg-buildflags --get
 package:
+	@if command -v dpkg-buildflags >/dev/null; then \
+		cflags="$$($(PKG_BUILDFLAGS) CPPFLAGS) $$($(PKG_BUILDFLAGS) CFLAGS)"; \
+		ldflags="$$($(PKG_BUILDFLAGS) LDFLAGS)"; \
+	fi; \
 	cmake -S . -B $(PKG_BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) -DCMAKE_INSTALL_PREFIX=/usr \
-		-DKVN_BUILD_TESTS=OFF $(CMAKE_ARGS)
+		-DKVN_BUILD_TESTS=OFF -DCMAKE_C_FLAGS="$$cflags" -DCMAKE_EXE_LINKER_FLAGS="$$ldflags" \
+		-DCMAKE_SHARED_LINKER_FLAGS="$$ldflags" -DCMAKE_MODULE_LINKER_FLAGS="$$ldflags" \
+		$(CMAKE_ARGS)
 	cmake --build $(PKG_BUILD) -j$(JOBS)
 	cd $(PKG_BUILD) && cpack -G DEB
 	@ls $(PKG_BUILD)/*.deb
