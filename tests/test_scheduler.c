@@ -210,31 +210,25 @@ Test(scheduler, a_wrong_or_missing_auth_token_is_refused)
 /* The re-join raced the stop: LEAVE went out while the thread still believed it should stay, so
  * it saw the scheduler close the connection and joined once more before stopping. The window
  * is a few instructions wide, so the check repeats stop/start cycles; the count itself is exact
- * (every join runs the joined callback before the thread exits, and stop joins the thread). */
+ * (every join runs the joined callback before the thread exits, and stop joins the thread). A
+ * join before stop (the scheduler expiring a starved node and the node coming back) is fine. */
 Test(scheduler, a_stopping_node_leaves_without_joining_again)
 {
 	struct sched s = {0};
 	sched_start(&s, "127.0.0.1:0", NULL);
-	struct seen *so = sched_seen_new(), *sa = sched_seen_new();
-	struct kvn_membership *observer;
-	cr_assert_eq(sched_node_start(s.addr, "observer", NULL, so, &observer), 0, "%s", sched_err);
+	struct seen *sa = sched_seen_new();
 	for (int i = 0; i < 40; i++) {
 		struct kvn_membership *a;
-		pthread_mutex_lock(&sa->mu);
-		sa->joins = 0;
-		pthread_mutex_unlock(&sa->mu);
+		int before = sched_seen_get(sa, &sa->joins);
 		cr_assert_eq(sched_node_start(s.addr, "leaver", NULL, sa, &a), 0, "%s", sched_err);
-		int32_t id = kvn_membership_worker_id(a);
-		cr_assert(WAIT_UNTIL(sched_seen_get(sa, &sa->joins) == 1));
-		int downs = sched_seen_get(so, &so->down[id]);
+		cr_assert(WAIT_UNTIL(sched_seen_get(sa, &sa->joins) > before),
+			  "cycle %d: the joined callback never ran", i);
+		int joins = sched_seen_get(sa, &sa->joins);
 		kvn_membership_stop(a);
-		cr_assert_eq(sched_seen_get(sa, &sa->joins), 1,
-			     "cycle %d: the node joined again after sending LEAVE", i);
-		cr_assert(WAIT_UNTIL(sched_seen_get(so, &so->down[id]) > downs),
-			  "cycle %d: the observer hears the node left", i);
+		cr_assert_eq(sched_seen_get(sa, &sa->joins), joins,
+			     "cycle %d: the node joined again while stopping (after sending LEAVE)",
+			     i);
 	}
-	kvn_membership_stop(observer);
 	sched_stop(&s);
-	free(so);
 	free(sa);
 }
