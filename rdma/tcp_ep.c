@@ -159,6 +159,12 @@ tcp_connect(struct kvn_transport *tp, const char *peer, int timeout_ms, struct k
 	return 0;
 }
 
+/* The close is handed to the progress thread: between two batches of epoll events (when no
+ * event it fetched is left to handle) it fails the reads, takes the sockets out of epoll,
+ * closes them and runs the callbacks; only then is the endpoint marked closed, and unlinked and
+ * freed here. Freeing it while the progress thread could still hold an event or a pointer for
+ * it must never happen. After tcp_close has stopped the thread, tcp_read_shutdown did all that
+ * already. */
 void
 tcp_ep_close(struct kvn_tp_ep *ep)
 {
@@ -179,7 +185,7 @@ tcp_ep_close(struct kvn_tp_ep *ep)
 		}
 	}
 	pthread_mutex_unlock(&tp->lock);
-	for (int i = 0; i < ep->nconns; i++)
+	for (int i = 0; i < ep->nconns; i++) /* none by now; never leak one if that changes */
 		if (ep->conns[i].p.fd >= 0)
 			close(ep->conns[i].p.fd);
 	ep_free(ep);
@@ -194,7 +200,12 @@ reconnect(struct kvn_tp_ep *ep)
 		return -ENOTCONN;
 	int rc = 0;
 	pthread_mutex_lock(&ep->reconnect_lock);
-	if (atomic_load(&ep->state) == EP_BROKEN) {
+	pthread_mutex_lock(&ep->lock);
+	bool closing = ep->closing;
+	pthread_mutex_unlock(&ep->lock);
+	if (closing) {
+		rc = -ENOTCONN; /* sockets made now would outlive the endpoint */
+	} else if (atomic_load(&ep->state) == EP_BROKEN) {
 		char err[256];
 		int fds[TCP_MAX_CONNS];
 		rc = dial_all(ep, ep->timeout_ms, fds, err, sizeof(err));
@@ -203,11 +214,20 @@ reconnect(struct kvn_tp_ep *ep)
 			rc = -ENOTCONN;
 		} else {
 			pthread_mutex_lock(&ep->lock);
-			memcpy(ep->new_fds, fds, sizeof(fds[0]) * (size_t)ep->nconns);
-			ep->rearm = true;
-			atomic_store(&ep->state, EP_UP);
+			closing = ep->closing;
+			if (!closing) {
+				memcpy(ep->new_fds, fds, sizeof(fds[0]) * (size_t)ep->nconns);
+				ep->rearm = true;
+				atomic_store(&ep->state, EP_UP);
+			}
 			pthread_mutex_unlock(&ep->lock);
-			kvn_info("tcp", "reconnected to peer %s", ep->peer);
+			if (closing) {
+				for (int i = 0; i < ep->nconns; i++)
+					close(fds[i]);
+				rc = -ENOTCONN;
+			} else {
+				kvn_info("tcp", "reconnected to peer %s", ep->peer);
+			}
 		}
 	}
 	pthread_mutex_unlock(&ep->reconnect_lock);
@@ -233,6 +253,9 @@ tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 {
 	if (!n)
 		return 0;
+	/* Once the reads are queued the progress thread may complete them and their owner may
+	 * close ep before we return: nothing of ep is touched after the unlock below. */
+	struct kvn_transport *tp = ep->tp;
 	if (atomic_load(&ep->state) == EP_BROKEN) {
 		int rc = reconnect(ep);
 		if (rc < 0)
@@ -262,6 +285,8 @@ tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 	int rc = 0;
 	pthread_mutex_lock(&ep->lock);
 	size_t undo = ep->subq.n;
+	if (ep->closing)
+		rc = -ENOTCONN; /* a callback of a read failed by the close posting again */
 	for (size_t i = 0; i < n && !rc; i++) {
 		struct tcp_op *op = &ops[i];
 		if (!op->chunks_left) {
@@ -289,6 +314,6 @@ tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 		return rc;
 	}
 	pthread_mutex_unlock(&ep->lock);
-	tcp_kick(ep->tp);
+	tcp_kick(tp);
 	return 0;
 }

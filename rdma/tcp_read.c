@@ -357,6 +357,10 @@ tcp_read_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events
 {
 	struct read_conn *c = (struct read_conn *)p;
 	uint64_t now = tcp_now_ms();
+	/* An event fetched in the same batch as one that failed the whole endpoint: its socket
+	 * is closed already (and not in epoll any more); there is nothing to read. */
+	if (c->p.fd < 0)
+		return;
 	if (events & (EPOLLIN | EPOLLERR | EPOLLHUP))
 		recv_responses(tp, c, now);
 	if (c->p.fd >= 0 && (events & EPOLLOUT))
@@ -391,13 +395,17 @@ tcp_read_work(struct kvn_transport *tp, uint64_t now)
 	pthread_mutex_lock(&tp->lock);
 	for (struct kvn_tp_ep *ep = tp->eps; ep; ep = ep->next) {
 		pthread_mutex_lock(&ep->lock);
+		bool closing = ep->closing && !ep->close_failed;
 		if (ep->rearm) {
 			ep->rearm = false;
-			install_fds(tp, ep, now);
+			if (closing)
+				for (int i = 0; i < ep->nconns; i++)
+					close(ep->new_fds[i]);
+			else
+				install_fds(tp, ep, now);
 		}
 		struct chunkq q = ep->subq;
 		ep->subq = (struct chunkq){ 0 };
-		bool closing = ep->closing && !ep->close_failed;
 		pthread_mutex_unlock(&ep->lock);
 		for (struct chunk *ch; (ch = q_front(&q)); q_pop(&q))
 			dispatch(tp, ep, *ch, now);

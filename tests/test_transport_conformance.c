@@ -5,7 +5,9 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -553,6 +555,144 @@ t_peer_killed(const char *name)
 	proc_rm_tree(c.dir);
 }
 
+/* Closing an endpoint from another thread than the one posting, as soon as the first of its
+ * reads completes: the poster may still be inside read(), the rest of the batch is in flight
+ * (their events fetched or pending) and a second endpoint keeps the progress side busy. Every
+ * callback runs exactly once before ep_close returns, and nothing touches the freed endpoint
+ * (the sanitizer build catches that). The poster runs at idle priority on one CPU next to a
+ * spinning thread, so it is often preempted in mid-read() and resumes late: that widens the
+ * window in which a transport could still touch the endpoint. It stays a stress test: a broken
+ * transport does not fail it on every run. */
+struct close_race {
+	struct fx *f;
+	struct kvn_tp_ep *ep;
+	struct kvn_read *rds;
+	size_t n;
+	int cpu; /* -1: not pinned */
+	int rc;
+};
+
+static void
+pin_self(int cpu)
+{
+	if (cpu < 0)
+		return;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+static void *
+close_race_post(void *arg)
+{
+	struct close_race *r = arg;
+	pin_self(r->cpu);
+	struct sched_param sp = { 0 };
+	pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+	r->rc = r->f->ops->read(r->ep, r->rds, r->n);
+	return NULL;
+}
+
+struct busy {
+	struct fx *f;
+	struct kvn_tp_ep *ep;
+	int cpu, hog_cpu;
+	atomic_bool stop;
+	size_t reads;
+};
+
+static void *
+busy_reader(void *arg)
+{
+	struct busy *b = arg;
+	pin_self(b->cpu);
+	char err[256];
+	while (!atomic_load(&b->stop)) {
+		struct kvn_read rd = rd_make(b->f, REGION - MIB, 0, 64 * 1024);
+		if (kvn_transport_read_sync(b->f->ops, b->ep, &rd, 1, err, sizeof(err)) == 0)
+			b->reads++;
+	}
+	return NULL;
+}
+
+static void *
+hog(void *arg)
+{
+	struct busy *b = arg;
+	pin_self(b->hog_cpu);
+	while (!atomic_load(&b->stop))
+		;
+	return NULL;
+}
+
+static void
+t_close_races_reads(const char *name)
+{
+	enum { ITER = 150, N = 64, LEN = 32 * 1024 };
+	/* Two CPUs we may run on: the progress threads, the spinner and the poster share the
+	 * first; the closer and the second endpoint's reader use the second. */
+	cpu_set_t all;
+	int cpus[2] = { -1, -1 }, ncpu = 0;
+	CPU_ZERO(&all);
+	pthread_getaffinity_np(pthread_self(), sizeof(all), &all);
+	for (int c = 0; c < CPU_SETSIZE && ncpu < 2; c++)
+		if (CPU_ISSET(c, &all))
+			cpus[ncpu++] = c;
+	if (ncpu < 2)
+		cpus[0] = cpus[1] = -1;
+	pin_self(cpus[0]);
+	struct fx f;
+	fx_setup(&f, name);
+	pin_self(cpus[1]);
+	char err[256] = "";
+	struct busy b = { .f = &f, .ep = f.ep, .cpu = cpus[1], .hog_cpu = cpus[0] };
+	pthread_t bt, ht;
+	cr_assert_eq(pthread_create(&bt, NULL, busy_reader, &b), 0);
+	if (cpus[0] >= 0)
+		cr_assert_eq(pthread_create(&ht, NULL, hog, &b), 0);
+	struct kvn_read rds[N];
+	size_t cancelled = 0;
+	for (int it = 0; it < ITER; it++) {
+		struct kvn_tp_ep *ep;
+		cr_assert_eq(f.ops->connect(f.reader, f.bound, 0, &ep, err, sizeof(err)), 0,
+			     "iteration %d: connect %s: %s", it, f.bound, err);
+		struct waiter w;
+		waiter_init(&w, N);
+		for (size_t i = 0; i < N; i++) {
+			rds[i] = rd_make(&f, i * LEN, (uint64_t)it * 4096 + i * LEN, LEN);
+			rds[i].done = waiter_cb;
+			rds[i].ctx = &w;
+		}
+		struct close_race r = { .f = &f, .ep = ep, .rds = rds, .n = N, .cpu = cpus[0] };
+		pthread_t pt;
+		cr_assert_eq(pthread_create(&pt, NULL, close_race_post, &r), 0);
+		cr_assert_lt(waiter_wait(&w, N - 1, DEADLINE_MS), (size_t)N,
+			     "iteration %d: no read completed", it);
+		f.ops->ep_close(ep);
+		pthread_mutex_lock(&w.mu);
+		size_t left = w.left, failed = w.failed;
+		pthread_mutex_unlock(&w.mu);
+		cr_assert_eq(left, 0, "iteration %d: %zu callbacks had not run when ep_close "
+			     "returned", it, left);
+		cancelled += failed;
+		pthread_join(pt, NULL);
+		cr_assert_eq(r.rc, 0, "iteration %d: posting failed", it);
+		for (size_t i = 0; i < N; i++)
+			if (rds[i].status == 0)
+				expect_pattern(rds[i].local, rds[i].remote_addr - f.desc.addr,
+					       rds[i].len);
+	}
+	atomic_store(&b.stop, true);
+	pthread_join(bt, NULL);
+	if (cpus[0] >= 0)
+		pthread_join(ht, NULL);
+	pthread_setaffinity_np(pthread_self(), sizeof(all), &all);
+	cr_assert_gt(b.reads, 0, "the second endpoint never completed a read");
+	cr_log_info("%s: %zu of %d reads were cut by the close", name, cancelled, ITER * N);
+	fx_teardown(&f);
+}
+
 /* A closed port on the test host: refused at once, with a message naming it. And a port that
  * accepts but never answers: the connect gives up after its timeout. */
 static void
@@ -619,6 +759,10 @@ t_unreachable(const char *name)
 	Test(impl, unreachable_peer_gives_a_clear_connect_error_within_the_timeout)                \
 	{                                                                                          \
 		t_unreachable(#impl);                                                              \
+	}                                                                                          \
+	Test(impl, closing_an_endpoint_while_its_reads_stream_runs_every_callback_once)            \
+	{                                                                                          \
+		t_close_races_reads(#impl);                                                        \
 	}
 
 CONFORMANCE(tcp)
