@@ -46,11 +46,6 @@ struct kvn_backend {
 	struct cache_ent *cache;
 	struct conn *conns;
 	size_t nconns, capconns;
-	/* Endpoints let go of, closed only at detach: the tcp transport may still deliver an
-	 * event it fetched for a closed endpoint's sockets, which would land in freed memory
-	 * (reported; remove this once tcp_ep_close waits those out). */
-	struct kvn_tp_ep **grave;
-	size_t ngrave, capgrave;
 
 	_Atomic uint64_t hits, misses, errors, bytes_read, reads;
 };
@@ -117,25 +112,7 @@ conn_find(struct kvn_backend *be, uint32_t worker_id)
 	return NULL;
 }
 
-/* Caller holds be->lock. Keeps ep until detach; returns it when there is no room to (the
- * caller closes it at once then). */
-static struct kvn_tp_ep *
-retire_locked(struct kvn_backend *be, struct kvn_tp_ep *ep)
-{
-	if (be->ngrave == be->capgrave) {
-		size_t cap = be->capgrave ? be->capgrave * 2 : 8;
-		struct kvn_tp_ep **g = realloc(be->grave, cap * sizeof(*g));
-		if (!g)
-			return ep;
-		be->grave = g;
-		be->capgrave = cap;
-	}
-	be->grave[be->ngrave++] = ep;
-	return NULL;
-}
-
-/* Caller holds be->lock; drops c when stale and unused. Returns an endpoint to close
- * (outside the lock) or NULL. */
+/* Caller holds be->lock; returns the endpoint to close (outside the lock) or NULL. */
 static struct kvn_tp_ep *
 conn_reap_locked(struct kvn_backend *be, struct conn *c)
 {
@@ -143,7 +120,7 @@ conn_reap_locked(struct kvn_backend *be, struct conn *c)
 		return NULL;
 	struct kvn_tp_ep *ep = c->ep;
 	*c = be->conns[--be->nconns];
-	return retire_locked(be, ep);
+	return ep;
 }
 
 void
@@ -205,10 +182,8 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 	if (c && !c->stale) { /* another thread connected meanwhile: use that one */
 		c->refs++;
 		*out = c->ep;
-		ep = retire_locked(be, ep);
 		pthread_mutex_unlock(&be->lock);
-		if (ep)
-			be->link.ops->ep_close(ep);
+		be->link.ops->ep_close(ep);
 		return 0;
 	}
 	if (c && !c->refs) {
@@ -409,9 +384,6 @@ close_conns(struct kvn_backend *be)
 	for (size_t i = 0; i < be->nconns; i++)
 		be->link.ops->ep_close(be->conns[i].ep);
 	be->nconns = 0;
-	for (size_t i = 0; i < be->ngrave; i++)
-		be->link.ops->ep_close(be->grave[i]);
-	be->ngrave = 0;
 }
 
 void
@@ -462,7 +434,6 @@ peer_destroy(struct kvn_backend *be)
 	pthread_rwlock_destroy(&be->attach_lock);
 	pthread_mutex_destroy(&be->lock);
 	free(be->conns);
-	free(be->grave);
 	free(be->cache);
 	free(be);
 }
