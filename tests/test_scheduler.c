@@ -8,6 +8,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,27 +210,94 @@ Test(scheduler, a_wrong_or_missing_auth_token_is_refused)
 }
 
 /* The re-join raced the stop: LEAVE went out while the thread still believed it should stay, so
- * it saw the scheduler close the connection and joined once more before stopping. The window
- * is a few instructions wide, so the check repeats stop/start cycles; the count itself is exact
- * (every join runs the joined callback before the thread exits, and stop joins the thread). A
- * join before stop (the scheduler expiring a starved node and the node coming back) is fine. */
+ * it saw the scheduler close the connection and joined once more before stopping. To open that
+ * window the stop runs at idle priority on one CPU shared with the scheduler, the membership
+ * thread and a spinning thread: the scheduler, woken by LEAVE, preempts the stopping thread
+ * right after the send, and the stopping thread then waits behind the spinner while the
+ * scheduler closes the connection. The count is exact (every join runs the joined callback
+ * before the thread exits, and stop joins the thread); a join before the stop (a starved node
+ * expired and coming back) is fine. */
+struct stopper {
+	struct kvn_membership *m;
+	int cpu;
+	atomic_bool spin_stop;
+};
+
+static void
+pin_to(int cpu)
+{
+	if (cpu < 0)
+		return;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+}
+
+static void *
+stop_idle(void *arg)
+{
+	struct stopper *st = arg;
+	pin_to(st->cpu);
+	struct sched_param sp = {0};
+	pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+	kvn_membership_stop(st->m);
+	return NULL;
+}
+
+static void *
+spinner(void *arg)
+{
+	struct stopper *st = arg;
+	pin_to(st->cpu);
+	while (!atomic_load(&st->spin_stop))
+		;
+	return NULL;
+}
+
 Test(scheduler, a_stopping_node_leaves_without_joining_again)
 {
 	struct sched s = {0};
 	sched_start(&s, "127.0.0.1:0", NULL);
+	cpu_set_t all;
+	CPU_ZERO(&all);
+	pthread_getaffinity_np(pthread_self(), sizeof(all), &all);
+	int cpu = -1;
+	for (int c = 0; c < CPU_SETSIZE && cpu < 0; c++)
+		if (CPU_ISSET(c, &all))
+			cpu = c;
+	if (CPU_COUNT(&all) < 2)
+		cpu = -1; /* one CPU: no spinner, the test still runs the cycles */
+	if (cpu >= 0) {
+		cpu_set_t one;
+		CPU_ZERO(&one);
+		CPU_SET(cpu, &one);
+		sched_setaffinity(s.p.pid, sizeof(one), &one);
+	}
+	struct stopper st = {.cpu = cpu};
+	pthread_t spin;
+	if (cpu >= 0)
+		cr_assert_eq(pthread_create(&spin, NULL, spinner, &st), 0);
 	struct seen *sa = sched_seen_new();
-	for (int i = 0; i < 40; i++) {
-		struct kvn_membership *a;
+	for (int i = 0; i < 20; i++) {
 		int before = sched_seen_get(sa, &sa->joins);
-		cr_assert_eq(sched_node_start(s.addr, "leaver", NULL, sa, &a), 0, "%s", sched_err);
+		pin_to(cpu); /* the membership thread inherits it */
+		cr_assert_eq(sched_node_start(s.addr, "leaver", NULL, sa, &st.m), 0, "%s",
+			     sched_err);
+		pthread_setaffinity_np(pthread_self(), sizeof(all), &all);
 		cr_assert(WAIT_UNTIL(sched_seen_get(sa, &sa->joins) > before),
 			  "cycle %d: the joined callback never ran", i);
 		int joins = sched_seen_get(sa, &sa->joins);
-		kvn_membership_stop(a);
+		pthread_t t;
+		cr_assert_eq(pthread_create(&t, NULL, stop_idle, &st), 0);
+		pthread_join(t, NULL);
 		cr_assert_eq(sched_seen_get(sa, &sa->joins), joins,
 			     "cycle %d: the node joined again while stopping (after sending LEAVE)",
 			     i);
 	}
+	atomic_store(&st.spin_stop, true);
+	if (cpu >= 0)
+		pthread_join(spin, NULL);
 	sched_stop(&s);
 	free(sa);
 }
