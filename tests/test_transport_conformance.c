@@ -588,8 +588,10 @@ close_race_post(void *arg)
 {
 	struct close_race *r = arg;
 	pin_self(r->cpu);
-	struct sched_param sp = { 0 };
-	pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+	if (r->cpu >= 0) {
+		struct sched_param sp = { 0 };
+		pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+	}
 	r->rc = r->f->ops->read(r->ep, r->rds, r->n);
 	return NULL;
 }
@@ -629,14 +631,20 @@ hog(void *arg)
 static void
 t_close_races_reads(const char *name)
 {
-	enum { ITER = 150, N = 64, LEN = 32 * 1024 };
+	enum { N = 64, LEN = 32 * 1024 };
+	/* The squeeze (pinning, a spinner, an idle-priority poster) opens the window of the tcp
+	 * transport's close race it was written for. Elsewhere — verbs runs under emulation in
+	 * the rxe VM, where a busy-polling progress thread beside the spinner would starve the
+	 * poster for minutes — the same checks run plainly, fewer times. */
+	const bool squeeze = !strcmp(name, "tcp");
+	const int ITER = squeeze ? 150 : 20;
 	/* Two CPUs we may run on: the progress threads, the spinner and the poster share the
 	 * first; the closer and the second endpoint's reader use the second. */
 	cpu_set_t all;
 	int cpus[2] = { -1, -1 }, ncpu = 0;
 	CPU_ZERO(&all);
 	pthread_getaffinity_np(pthread_self(), sizeof(all), &all);
-	for (int c = 0; c < CPU_SETSIZE && ncpu < 2; c++)
+	for (int c = 0; squeeze && c < CPU_SETSIZE && ncpu < 2; c++)
 		if (CPU_ISSET(c, &all))
 			cpus[ncpu++] = c;
 	if (ncpu < 2)
