@@ -49,6 +49,21 @@ struct bench_row {
 	const char *baseline_name;
 };
 
+/* One timed trial: passes over a working set for at least the trial's duration. */
+struct bench_trial {
+	uint64_t iterations; /* items moved */
+	double gbps; /* average over the trial */
+	double peak_gbps; /* best single pass */
+};
+
+/* One untimed warm-up pass (page faults, first touch, keys present for gets), then passes
+ * until duration seconds have gone by. A pass moves items * item_bytes bytes; pass returns
+ * 0 or a negative errno, which stops the measurement. */
+int bench_measure(int (*pass)(void *ctx, int op), void *ctx, int op, size_t items,
+		  size_t item_bytes, double duration, struct bench_trial *t);
+/* Sorts n trials by average and returns the median one. */
+const struct bench_trial *bench_median(struct bench_trial *t, int n);
+
 double bench_now(void);
 /* Prints the perftest-style header once per table. */
 void bench_table_header(const struct bench_opts *o, const char *title, const char *setup);

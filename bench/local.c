@@ -10,12 +10,6 @@
 #include "node/config.h"
 #include "node/log.h"
 
-struct trial {
-	uint64_t iterations;
-	double gbps;
-	double peak_gbps;
-};
-
 enum op { OP_MEMCPY, OP_PUT, OP_GET, OP_GET_VIEW };
 
 struct ctx {
@@ -32,8 +26,10 @@ struct ctx {
 
 /* One pass touches every key (or source buffer) once. */
 static int
-pass(struct ctx *c, enum op op)
+pass(void *arg, int op_)
 {
+	struct ctx *c = arg;
+	enum op op = (enum op)op_;
 	for (size_t i = 0; i < c->nkeys; i++) {
 		int rc = 0;
 		size_t len;
@@ -65,54 +61,24 @@ pass(struct ctx *c, enum op op)
 	return 0;
 }
 
-static int
-measure(struct ctx *c, enum op op, double duration, struct trial *t)
-{
-	double bytes_per_pass = (double)c->nkeys * (double)c->size;
-	int rc = pass(c, op); /* warm-up: page faults and first-touch out of the numbers */
-	if (rc < 0)
-		return rc;
-	memset(t, 0, sizeof(*t));
-	double start = bench_now(), now = start;
-	do {
-		double p0 = now;
-		if ((rc = pass(c, op)) < 0)
-			return rc;
-		now = bench_now();
-		double g = bytes_per_pass / (now - p0) / 1e9;
-		if (g > t->peak_gbps)
-			t->peak_gbps = g;
-		t->iterations += c->nkeys;
-	} while (now - start < duration);
-	t->gbps = (double)t->iterations * (double)c->size / (now - start) / 1e9;
-	return 0;
-}
-
-static int
-cmp_trial(const void *a, const void *b)
-{
-	double x = ((const struct trial *)a)->gbps, y = ((const struct trial *)b)->gbps;
-	return (x > y) - (x < y);
-}
-
 /* Runs op and (with --baseline) memcpy in alternating trials, so drift on a busy machine hits
  * both alike, and reports the median trial of each. */
 static int
 row(const struct bench_opts *o, struct ctx *c, enum op op, const char *name)
 {
-	struct trial mine[99], base[99];
+	struct bench_trial mine[99], base[99];
 	/* A zero-copy view moves no bytes: comparing it with memcpy would flatter it. */
 	bool compare = o->baseline && op != OP_GET_VIEW;
 	for (int i = 0; i < o->trials; i++) {
-		int rc = measure(c, op, o->duration_s, &mine[i]);
+		int rc = bench_measure(pass, c, op, c->nkeys, c->size, o->duration_s,
+				       &mine[i]);
 		if (rc == 0 && compare)
-			rc = measure(c, OP_MEMCPY, o->duration_s, &base[i]);
+			rc = bench_measure(pass, c, OP_MEMCPY, c->nkeys, c->size, o->duration_s,
+					   &base[i]);
 		if (rc < 0)
 			return rc;
 	}
-	qsort(mine, (size_t)o->trials, sizeof(mine[0]), cmp_trial);
-	qsort(base, compare ? (size_t)o->trials : 0, sizeof(base[0]), cmp_trial);
-	struct trial *m = &mine[o->trials / 2];
+	const struct bench_trial *m = bench_median(mine, o->trials);
 	struct bench_row r = {
 		.mode = "local",
 		.op = name,
@@ -120,7 +86,7 @@ row(const struct bench_opts *o, struct ctx *c, enum op op, const char *name)
 		.iterations = m->iterations,
 		.gbps = m->gbps,
 		.peak_gbps = m->peak_gbps,
-		.baseline_gbps = compare ? base[o->trials / 2].gbps : 0,
+		.baseline_gbps = compare ? bench_median(base, o->trials)->gbps : 0,
 		.baseline_name = "memcpy",
 	};
 	bench_table_row(o, &r);

@@ -27,12 +27,6 @@
 
 extern char **environ;
 
-struct trial {
-	uint64_t iterations;
-	double gbps;
-	double peak_gbps;
-};
-
 enum op { OP_PUT, OP_GET, OP_RAW_SET, OP_RAW_GET };
 
 struct ctx {
@@ -191,8 +185,10 @@ one(struct ctx *c, enum op op, size_t i)
 }
 
 static int
-pass(struct ctx *c, enum op op)
+pass(void *arg, int op_)
 {
+	struct ctx *c = arg;
+	enum op op = (enum op)op_;
 	for (size_t i = 0; i < c->nkeys; i++) {
 		int rc = one(c, op, i);
 		if (rc < 0)
@@ -202,50 +198,20 @@ pass(struct ctx *c, enum op op)
 }
 
 static int
-measure(struct ctx *c, enum op op, double duration, struct trial *t)
-{
-	double bytes_per_pass = (double)c->nkeys * (double)c->size;
-	int rc = pass(c, op); /* warm-up, and gets need the keys present */
-	if (rc < 0)
-		return rc;
-	memset(t, 0, sizeof(*t));
-	double start = bench_now(), now = start;
-	do {
-		double p0 = now;
-		if ((rc = pass(c, op)) < 0)
-			return rc;
-		now = bench_now();
-		double g = bytes_per_pass / (now - p0) / 1e9;
-		if (g > t->peak_gbps)
-			t->peak_gbps = g;
-		t->iterations += c->nkeys;
-	} while (now - start < duration);
-	t->gbps = (double)t->iterations * (double)c->size / (now - start) / 1e9;
-	return 0;
-}
-
-static int
-cmp_trial(const void *a, const void *b)
-{
-	double x = ((const struct trial *)a)->gbps, y = ((const struct trial *)b)->gbps;
-	return (x > y) - (x < y);
-}
-
-static int
 row(const struct bench_opts *o, struct ctx *c, enum op op, enum op base_op, const char *name,
     const char *base_name)
 {
-	struct trial mine[99], base[99];
+	struct bench_trial mine[99], base[99];
 	for (int i = 0; i < o->trials; i++) {
-		int rc = measure(c, op, o->duration_s, &mine[i]);
+		int rc = bench_measure(pass, c, op, c->nkeys, c->size, o->duration_s,
+				       &mine[i]);
 		if (rc == 0 && o->baseline)
-			rc = measure(c, base_op, o->duration_s, &base[i]);
+			rc = bench_measure(pass, c, base_op, c->nkeys, c->size, o->duration_s,
+					   &base[i]);
 		if (rc < 0)
 			return rc;
 	}
-	qsort(mine, (size_t)o->trials, sizeof(mine[0]), cmp_trial);
-	qsort(base, o->baseline ? (size_t)o->trials : 0, sizeof(base[0]), cmp_trial);
-	struct trial *m = &mine[o->trials / 2];
+	const struct bench_trial *m = bench_median(mine, o->trials);
 	struct bench_row r = {
 	    .mode = "remote",
 	    .op = name,
@@ -253,7 +219,7 @@ row(const struct bench_opts *o, struct ctx *c, enum op op, enum op base_op, cons
 	    .iterations = m->iterations,
 	    .gbps = m->gbps,
 	    .peak_gbps = m->peak_gbps,
-	    .baseline_gbps = o->baseline ? base[o->trials / 2].gbps : 0,
+	    .baseline_gbps = o->baseline ? bench_median(base, o->trials)->gbps : 0,
 	    .baseline_name = base_name,
 	};
 	bench_table_row(o, &r);

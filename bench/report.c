@@ -18,6 +18,44 @@ bench_now(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+int
+bench_measure(int (*pass)(void *ctx, int op), void *ctx, int op, size_t items, size_t item_bytes,
+	      double duration, struct bench_trial *t)
+{
+	double bytes_per_pass = (double)items * (double)item_bytes;
+	int rc = pass(ctx, op);
+	if (rc < 0)
+		return rc;
+	*t = (struct bench_trial){ 0 };
+	double start = bench_now(), now = start;
+	do {
+		double p0 = now;
+		if ((rc = pass(ctx, op)) < 0)
+			return rc;
+		now = bench_now();
+		double g = bytes_per_pass / (now - p0) / 1e9;
+		if (g > t->peak_gbps)
+			t->peak_gbps = g;
+		t->iterations += items;
+	} while (now - start < duration);
+	t->gbps = (double)t->iterations * (double)item_bytes / (now - start) / 1e9;
+	return 0;
+}
+
+static int
+cmp_trial(const void *a, const void *b)
+{
+	double x = ((const struct bench_trial *)a)->gbps, y = ((const struct bench_trial *)b)->gbps;
+	return (x > y) - (x < y);
+}
+
+const struct bench_trial *
+bench_median(struct bench_trial *t, int n)
+{
+	qsort(t, (size_t)n, sizeof(*t), cmp_trial);
+	return &t[n / 2];
+}
+
 void
 bench_table_header(const struct bench_opts *o, const char *title, const char *setup)
 {
