@@ -23,6 +23,7 @@
 #include "bench/peer_verbs.h"
 #include "kvnode/transport.h"
 #include "node/log.h"
+#include "node/netaddr.h"
 
 extern char **environ;
 
@@ -267,21 +268,6 @@ verify(struct run *r)
  * iperf3 baseline
  * ------------------------------------------------------------------------------------------- */
 
-static int
-free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t l = sizeof(sa);
-	int port = -1;
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&sa, &l) == 0)
-		port = ntohs(sa.sin_port);
-	if (fd >= 0)
-		close(fd);
-	return port;
-}
-
 /* Runs argv with stdout into a pipe (out != NULL) or /dev/null; returns its exit status. */
 static int
 run_capture(char *const argv[], char **out, pid_t *bg)
@@ -340,7 +326,7 @@ run_capture(char *const argv[], char **out, pid_t *bg)
 static double
 iperf3_gbps(void)
 {
-	int port = free_port();
+	int port = kvn_tcp_free_port();
 	char p[16];
 	snprintf(p, sizeof(p), "%d", port);
 	char *srv[] = { "iperf3", "-s", "-1", "-p", p, NULL };

@@ -22,6 +22,7 @@
 #include "node/config.h"
 #include "node/log.h"
 #include "node/remote_value.h"
+#include "node/netaddr.h"
 
 #define WSET_MAX (128ull << 20) /* per key set: the store holds two of them */
 
@@ -50,28 +51,13 @@ struct server {
 };
 
 static int
-free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(a);
-	int port = -1;
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-		port = ntohs(a.sin_port);
-	if (fd >= 0)
-		close(fd);
-	return port;
-}
-
-static int
 server_start(struct server *s)
 {
 	char port[16], log[128];
 	snprintf(s->dir, sizeof(s->dir), "/tmp/kvn-bench-redis-XXXXXX");
 	if (!mkdtemp(s->dir))
 		return -errno;
-	s->port = free_port();
+	s->port = kvn_tcp_free_port();
 	snprintf(port, sizeof(port), "%d", s->port);
 	snprintf(log, sizeof(log), "%s/redis.log", s->dir);
 	char *argv[] = {"redis-server",

@@ -19,5 +19,9 @@ int kvn_tcp_listen(const char *host, uint16_t port, int backlog, uint16_t *bound
 /* A connected TCP socket (TCP_NODELAY, CLOEXEC) to host:port, giving up after timeout_ms
  * per address tried. Returns the fd or a negative errno with err naming the address. */
 int kvn_tcp_connect(const char *host, uint16_t port, int timeout_ms, char *err, size_t errlen);
+/* A loopback port the kernel just handed out, for starting a helper server (redis, memcached,
+ * a responder) on it: free now, but a caller must cope with losing it to someone else before
+ * its server binds. -1 when no socket could be bound. */
+int kvn_tcp_free_port(void);
 
 #endif

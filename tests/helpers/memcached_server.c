@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "memcached_server.h"
+#include "node/netaddr.h"
 
 #define MEMCACHED_BIN "/usr/bin/memcached"
 #define DEADLINE_MS   60000
@@ -20,23 +21,6 @@ bool
 memcached_server_available(void)
 {
 	return access(MEMCACHED_BIN, X_OK) == 0;
-}
-
-/* A port the kernel just handed out; another process may take it before memcached binds,
- * which start() notices (memcached exits) and retries. */
-static int
-free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t sl = sizeof(sa);
-	int port = -1;
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&sa, &sl) == 0)
-		port = ntohs(sa.sin_port);
-	if (fd >= 0)
-		close(fd);
-	return port;
 }
 
 static int
@@ -102,7 +86,7 @@ memcached_server_start(struct memcached_server *ms)
 {
 	int rc = -EADDRINUSE;
 	for (int tries = 0; tries < 5 && rc == -EADDRINUSE; tries++) {
-		ms->port = free_port();
+		ms->port = kvn_tcp_free_port();
 		if (ms->port < 0)
 			return -EADDRNOTAVAIL;
 		snprintf(ms->url, sizeof(ms->url), "memcached://127.0.0.1:%d", ms->port);

@@ -13,6 +13,7 @@
 #include <hiredis/hiredis.h>
 
 #include "redis_server.h"
+#include "node/netaddr.h"
 
 #define START_TIMEOUT_MS 30000
 
@@ -37,22 +38,6 @@ bool
 redis_server_available(void)
 {
 	return on_path("redis-server") && on_path("redis-cli");
-}
-
-/* A port the kernel just handed out: free now; the start retries if someone takes it. */
-static int
-free_port(void)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-	socklen_t len = sizeof(a);
-	int port = -1;
-	if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-		port = ntohs(a.sin_port);
-	if (fd >= 0)
-		close(fd);
-	return port;
 }
 
 static bool
@@ -116,7 +101,7 @@ redis_server_start(struct redis_server *rs)
 	if (rc < 0)
 		return rc;
 	for (int attempt = 0; attempt < 5; attempt++) {
-		rs->port = free_port();
+		rs->port = kvn_tcp_free_port();
 		if (rs->port < 0)
 			return -EADDRNOTAVAIL;
 		snprintf(rs->url, sizeof(rs->url), "redis://127.0.0.1:%d", rs->port);
