@@ -20,6 +20,7 @@
 
 #include "node/scheduler.h"
 #include "tests/helpers/sched_env.h"
+#include "tests/helpers/proc.h"
 
 /* ------------------------------------------------------------------------------------------
  * Membership
@@ -223,22 +224,11 @@ struct stopper {
 	atomic_bool spin_stop;
 };
 
-static void
-pin_to(int cpu)
-{
-	if (cpu < 0)
-		return;
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
-
 static void *
 stop_idle(void *arg)
 {
 	struct stopper *st = arg;
-	pin_to(st->cpu);
+	proc_pin_self(st->cpu);
 	struct sched_param sp = {0};
 	pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
 	kvn_membership_stop(st->m);
@@ -249,7 +239,7 @@ static void *
 spinner(void *arg)
 {
 	struct stopper *st = arg;
-	pin_to(st->cpu);
+	proc_pin_self(st->cpu);
 	while (!atomic_load(&st->spin_stop))
 		;
 	return NULL;
@@ -281,7 +271,7 @@ Test(scheduler, a_stopping_node_leaves_without_joining_again)
 	struct seen *sa = sched_seen_new();
 	for (int i = 0; i < 20; i++) {
 		int before = sched_seen_get(sa, &sa->joins);
-		pin_to(cpu); /* the membership thread inherits it */
+		proc_pin_self(cpu); /* the membership thread inherits it */
 		cr_assert_eq(sched_node_start(s.addr, "leaver", NULL, sa, &st.m), 0, "%s",
 			     sched_err);
 		pthread_setaffinity_np(pthread_self(), sizeof(all), &all);

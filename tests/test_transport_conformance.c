@@ -572,22 +572,11 @@ struct close_race {
 	int rc;
 };
 
-static void
-pin_self(int cpu)
-{
-	if (cpu < 0)
-		return;
-	cpu_set_t set;
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
-
 static void *
 close_race_post(void *arg)
 {
 	struct close_race *r = arg;
-	pin_self(r->cpu);
+	proc_pin_self(r->cpu);
 	if (r->cpu >= 0) {
 		struct sched_param sp = { 0 };
 		pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
@@ -608,7 +597,7 @@ static void *
 busy_reader(void *arg)
 {
 	struct busy *b = arg;
-	pin_self(b->cpu);
+	proc_pin_self(b->cpu);
 	char err[256];
 	while (!atomic_load(&b->stop)) {
 		struct kvn_read rd = rd_make(b->f, REGION - MIB, 0, 64 * 1024);
@@ -622,7 +611,7 @@ static void *
 hog(void *arg)
 {
 	struct busy *b = arg;
-	pin_self(b->hog_cpu);
+	proc_pin_self(b->hog_cpu);
 	while (!atomic_load(&b->stop))
 		;
 	return NULL;
@@ -649,10 +638,10 @@ t_close_races_reads(const char *name)
 			cpus[ncpu++] = c;
 	if (ncpu < 2)
 		cpus[0] = cpus[1] = -1;
-	pin_self(cpus[0]);
+	proc_pin_self(cpus[0]);
 	struct fx f;
 	fx_setup(&f, name);
-	pin_self(cpus[1]);
+	proc_pin_self(cpus[1]);
 	char err[256] = "";
 	struct busy b = { .f = &f, .ep = f.ep, .cpu = cpus[1], .hog_cpu = cpus[0] };
 	pthread_t bt, ht;

@@ -1,6 +1,8 @@
 /* Test helper: child processes with deadlines (see proc.h). fork + exec rather than
  * posix_spawn so that the child can ask for PR_SET_PDEATHSIG before it runs anything. */
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <signal.h>
@@ -322,4 +324,15 @@ int
 proc_rm_tree(const char *path)
 {
 	return nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS) < 0 ? -errno : 0;
+}
+
+void
+proc_pin_self(int cpu)
+{
+	if (cpu < 0)
+		return;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 }

@@ -56,5 +56,7 @@ int proc_write_file(const char *path, const void *data, size_t len);
  * holds. Both return 0 or a negative errno. */
 int proc_mkdtemp(const char *tag, char *out, size_t outlen);
 int proc_rm_tree(const char *path);
+/* Pins the calling thread to one CPU (tests that squeeze a race window); cpu < 0: no-op. */
+void proc_pin_self(int cpu);
 
 #endif
