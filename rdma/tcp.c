@@ -90,13 +90,20 @@ tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r)
 	r->len = get64(in + 16);
 }
 
-/* Hello, both ways: magic, then version in the low 16 bits and a status (0 = accepted, else a
- * positive errno) in the high 16 bits. */
+/* Hello header, both ways: magic, then version in the low 16 bits and in the high 16 bits a
+ * status (responder: 0 = accepted, else a positive errno) or flags (reader). */
 void
 tcp_hello_encode(uint32_t status, uint8_t out[TCP_HELLO_SIZE])
 {
 	put32(out, TCP_MAGIC);
 	put32(out + 4, TCP_VERSION | status << 16);
+}
+
+void
+tcp_hello_req_encode(const struct kvn_tp_auth *a, uint8_t out[TCP_HELLO_REQ_SIZE])
+{
+	tcp_hello_encode(a->set ? TCP_HELLO_TOKEN : 0, out);
+	memcpy(out + TCP_HELLO_SIZE, a->proof, KVN_TP_PROOF_SIZE);
 }
 
 const char *
@@ -280,6 +287,8 @@ tcp_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *
 		return -ENOMEM;
 	if (cfg)
 		tp->cfg = *cfg;
+	kvn_tp_auth_init(&tp->auth, tp->cfg.auth_token);
+	tp->cfg.auth_token = NULL; /* the caller's string: not kept */
 	if (tp->cfg.timeout_ms <= 0)
 		tp->cfg.timeout_ms = KVN_TRANSPORT_TIMEOUT_MS;
 	/* Two sockets by default: on loopback a second stream lets the kernel copy on two cores

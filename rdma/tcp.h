@@ -12,19 +12,25 @@
 
 #include "kvnode/transport.h"
 #include "node/netaddr.h"
+#include "rdma/auth.h"
 
 /*
- * Wire protocol. After connect the reader sends a hello and the responder answers with one;
- * then the reader sends 32-byte read requests and the responder answers each, in order, with
- * a 24-byte response header followed (status 0 only) by exactly len payload bytes. All fields
+ * Wire protocol. After connect the reader sends a hello (TCP_HELLO_REQ_SIZE: the 8-byte header,
+ * flags in its status half, TCP_HELLO_TOKEN when the reader has an auth_token, then the
+ * token's 16-byte proof, zeros without one) and the responder answers with a header whose
+ * status is 0, EPROTO (another version) or EACCES (auth_token refused, then it closes). Then
+ * the reader sends 32-byte read requests and the responder answers each, in order, with a
+ * 24-byte response header followed (status 0 only) by exactly len payload bytes. All fields
  * little-endian. A read longer than TCP_MAX_MSG is split by the reader into several requests,
  * so one response never monopolises a connection for long and the responder bounds what it
  * accepts.
  */
 #define TCP_MAGIC 0x544e564bu /* "KVNT" */
-#define TCP_VERSION 1u
+#define TCP_VERSION 2u /* 2: the hello carries the auth_token proof */
 #define TCP_REQ_READ 0x52u
-#define TCP_HELLO_SIZE 8
+#define TCP_HELLO_SIZE 8 /* header: magic, version | status << 16 */
+#define TCP_HELLO_REQ_SIZE (TCP_HELLO_SIZE + KVN_TP_PROOF_SIZE)
+#define TCP_HELLO_TOKEN 1u /* reader's hello flag: a proof follows */
 #define TCP_REQ_SIZE 32
 #define TCP_RESP_SIZE 24
 #define TCP_MAX_MSG (1u << 20)
@@ -59,6 +65,8 @@ void tcp_req_decode(const uint8_t in[TCP_REQ_SIZE], struct tcp_req *r);
 void tcp_resp_encode(const struct tcp_resp *r, uint8_t out[TCP_RESP_SIZE]);
 void tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r);
 void tcp_hello_encode(uint32_t status, uint8_t out[TCP_HELLO_SIZE]);
+/* The reader's hello: header with TCP_HELLO_TOKEN when a is set, then a's proof. */
+void tcp_hello_req_encode(const struct kvn_tp_auth *a, uint8_t out[TCP_HELLO_REQ_SIZE]);
 const char *tcp_reason_str(uint32_t reason);
 
 extern const struct kvn_transport_ops kvn_transport_tcp;
@@ -85,7 +93,8 @@ struct tcp_serve_conn; /* tcp_serve.c */
 struct tcp_op; /* one posted read, below */
 
 struct kvn_transport {
-	struct kvn_transport_cfg cfg;
+	struct kvn_transport_cfg cfg; /* auth_token NULL: the token lives on as auth only */
+	struct kvn_tp_auth auth;
 	int epfd;
 	struct tcp_pollable wake; /* eventfd */
 	pthread_t thread;

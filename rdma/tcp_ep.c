@@ -50,11 +50,11 @@ dial(const struct kvn_tp_ep *ep, int timeout_ms, int *out, char *err, size_t err
 	int rc = fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -errno : 0;
 	uint8_t hello[TCP_HELLO_SIZE];
 	if (!rc) {
-		tcp_hello_encode(0, hello);
-		/* A fresh socket always has room for 8 bytes. */
-		rc = send(fd, hello, sizeof(hello), MSG_NOSIGNAL | MSG_DONTWAIT) == sizeof(hello)
-			     ? 0
-			     : -EIO;
+		uint8_t req[TCP_HELLO_REQ_SIZE];
+		tcp_hello_req_encode(&ep->tp->auth, req);
+		/* A fresh socket always has room for 24 bytes. */
+		rc = send(fd, req, sizeof(req), MSG_NOSIGNAL | MSG_DONTWAIT) == sizeof(req) ? 0
+											    : -EIO;
 	}
 	size_t got = 0;
 	while (!rc && got < sizeof(hello)) {
@@ -73,6 +73,10 @@ dial(const struct kvn_tp_ep *ep, int timeout_ms, int *out, char *err, size_t err
 		uint32_t magic = (uint32_t)hello[0] | (uint32_t)hello[1] << 8 |
 				 (uint32_t)hello[2] << 16 | (uint32_t)hello[3] << 24;
 		uint32_t st = (uint32_t)hello[6] | (uint32_t)hello[7] << 8;
+		if (magic == TCP_MAGIC && st == EACCES) {
+			close(fd);
+			return kvn_tp_auth_refused("tcp", ep->peer, &ep->tp->auth, err, errlen);
+		}
 		if (magic != TCP_MAGIC || st) {
 			close(fd);
 			return kvn_seterr(err, errlen, "tcp: peer %s is not a kvnode tcp transport of "

@@ -207,9 +207,10 @@ send_response(struct tcp_serve_conn *c, uint64_t *budget)
 	return 1;
 }
 
-/* Reads the hello; answers it. 1 done, 0 need more, negative on a bad hello or error. */
+/* Reads the hello; answers it. 1 done, 0 need more, negative on a bad hello, a refused
+ * auth_token or an error: the connection is then closed without serving anything. */
 static int
-do_hello(struct tcp_serve_conn *c)
+do_hello(struct kvn_transport *tp, struct tcp_serve_conn *c)
 {
 	size_t have = c->in_end - c->in_start;
 	if (have < TCP_HELLO_SIZE)
@@ -218,24 +219,34 @@ do_hello(struct tcp_serve_conn *c)
 	uint32_t magic = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 |
 			 (uint32_t)h[3] << 24;
 	uint32_t ver = ((uint32_t)h[4] | (uint32_t)h[5] << 8);
-	uint8_t reply[TCP_HELLO_SIZE];
-	int rc = 1;
+	uint32_t flags = ((uint32_t)h[6] | (uint32_t)h[7] << 8);
+	uint32_t status = 0;
 	if (magic != TCP_MAGIC) {
 		kvn_warn("tcp", "reader %s is not a kvnode tcp transport (bad hello); closing", c->peer);
 		return -EPROTO;
 	}
 	if (ver != TCP_VERSION) {
+		/* Answered at once: an older reader's hello has no proof to wait for. */
 		kvn_warn("tcp", "reader %s speaks protocol version %u, this node %u; closing", c->peer,
 			 ver, TCP_VERSION);
-		rc = -EPROTO;
+		status = EPROTO;
+	} else if (have < TCP_HELLO_REQ_SIZE) {
+		return 0;
+	} else if (!kvn_tp_auth_ok(&tp->auth, flags & TCP_HELLO_TOKEN, h + TCP_HELLO_SIZE)) {
+		kvn_warn("tcp",
+			 "reader %s refused on %s: wrong or missing auth_token (set the same "
+			 "auth_token on every node); nothing served",
+			 c->peer, tp->bound);
+		status = EACCES;
 	}
-	tcp_hello_encode(rc < 0 ? EPROTO : 0, reply);
+	uint8_t reply[TCP_HELLO_SIZE];
+	tcp_hello_encode(status, reply);
 	/* The socket is fresh and empty, so 8 bytes always fit. */
 	if (send(c->p.fd, reply, sizeof(reply), MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof(reply))
 		return -EIO;
-	c->in_start += TCP_HELLO_SIZE;
+	c->in_start += status == EPROTO ? TCP_HELLO_SIZE : TCP_HELLO_REQ_SIZE;
 	c->hello_done = true;
-	return rc;
+	return status ? -(int)status : 1;
 }
 
 /* Serves one connection until its socket blocks or its budget is spent. */
@@ -255,9 +266,10 @@ serve(struct kvn_transport *tp, struct tcp_serve_conn *c)
 			}
 		}
 		if (!c->hello_done) {
-			int rc = do_hello(c);
+			int rc = do_hello(tp, c);
 			if (rc < 0) {
-				conn_close(tp, c, "bad hello");
+				conn_close(tp, c,
+					   rc == -EACCES ? "auth_token refused" : "bad hello");
 				return;
 			}
 		}

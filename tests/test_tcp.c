@@ -104,6 +104,74 @@ raw_request(int fd, uint32_t op, uint32_t rkey, uint64_t seq, uint64_t addr, uin
 	return r;
 }
 
+/* A reader refused for its auth_token is answered EACCES and then only the close, even when it
+ * sends a valid read request right behind its hello without waiting: not one byte of the
+ * region. The right proof, sent the same way, gets the bytes. */
+static void
+hello_then_read(const char *bound, const struct kvn_mem_desc *d, const char *token,
+		uint32_t *status, uint8_t *after, ssize_t *nafter)
+{
+	struct kvn_tp_auth a;
+	kvn_tp_auth_init(&a, token);
+	uint8_t out[TCP_HELLO_REQ_SIZE + TCP_REQ_SIZE], hello[TCP_HELLO_SIZE];
+	tcp_hello_req_encode(&a, out);
+	tcp_req_encode(&(struct tcp_req){ TCP_REQ_READ, d->rkey, 1, d->addr, 4096 },
+		       out + TCP_HELLO_REQ_SIZE);
+	int fd = raw_connect(bound);
+	full_write(fd, out, sizeof(out));
+	full_read(fd, hello, sizeof(hello));
+	*status = (uint32_t)(hello[6] | hello[7] << 8);
+	/* Everything else the responder sends until it closes (or, when it serves, the first
+	 * response: header and payload). */
+	*nafter = 0;
+	for (;;) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		cr_assert_gt(poll(&pfd, 1, DEADLINE_MS), 0,
+			     "the responder neither sent nor closed");
+		ssize_t r = recv(fd, after + *nafter, TCP_RESP_SIZE + 4096 - (size_t)*nafter, 0);
+		if (r <= 0)
+			break;
+		*nafter += r;
+		if (*nafter == TCP_RESP_SIZE + 4096)
+			break;
+	}
+	close(fd);
+}
+
+Test(tcp, a_reader_refused_for_its_auth_token_is_sent_no_byte_of_the_region)
+{
+	struct kvn_transport *owner;
+	char err[256] = "", bound[128];
+	cr_assert_eq(ops->open(&(struct kvn_transport_cfg){ .auth_token = "s3cret" }, &owner, err,
+			       sizeof(err)),
+		     0, "%s", err);
+	char *region = pattern_buf(MIB);
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc d;
+	cr_assert_eq(ops->reg_mem(owner, region, MIB, KVN_MEM_HOST, &mr, &d, err, sizeof(err)), 0);
+	cr_assert_eq(ops->listen(owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)), 0);
+	static uint8_t after[TCP_RESP_SIZE + 4096];
+	uint32_t status;
+	ssize_t n;
+	const char *bad[] = { "s3cre", "s3cret!", NULL };
+	for (int i = 0; i < 3; i++) {
+		hello_then_read(bound, &d, bad[i], &status, after, &n);
+		const char *what = bad[i] ? bad[i] : "(none)";
+		cr_assert_eq(status, EACCES, "token %s: hello status %u", what, status);
+		cr_assert_eq(n, 0, "token %s: %zd bytes sent after the refusal", what, n);
+	}
+	hello_then_read(bound, &d, "s3cret", &status, after, &n);
+	cr_assert_eq(status, 0, "the right token: hello status %u", status);
+	cr_assert_eq(n, TCP_RESP_SIZE + 4096, "the right token: %zd bytes", n);
+	struct tcp_resp r;
+	tcp_resp_decode(after, &r);
+	cr_assert_eq(r.status, 0);
+	expect_pattern((const char *)after + TCP_RESP_SIZE, 0, 4096);
+	ops->dereg(mr);
+	ops->close(owner);
+	free(region);
+}
+
 Test(tcp, responder_refuses_bad_requests_on_the_wire_and_keeps_the_connection)
 {
 	struct kvn_transport *owner = tp_open(0, 0);
@@ -113,9 +181,11 @@ Test(tcp, responder_refuses_bad_requests_on_the_wire_and_keeps_the_connection)
 	cr_assert_eq(ops->reg_mem(owner, region, 4 * MIB, KVN_MEM_HOST, &mr, &d, err, sizeof(err)), 0);
 	cr_assert_eq(ops->listen(owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)), 0);
 	int fd = raw_connect(bound);
-	uint8_t hello[TCP_HELLO_SIZE];
-	tcp_hello_encode(0, hello);
-	full_write(fd, hello, sizeof(hello));
+	uint8_t req[TCP_HELLO_REQ_SIZE], hello[TCP_HELLO_SIZE];
+	struct kvn_tp_auth none;
+	kvn_tp_auth_init(&none, NULL);
+	tcp_hello_req_encode(&none, req);
+	full_write(fd, req, sizeof(req));
 	full_read(fd, hello, sizeof(hello));
 	cr_assert_eq(hello[6] | hello[7] << 8, 0, "hello accepted");
 

@@ -14,7 +14,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvn_transport_ops / kvn_transport_cfg / kvn_read change. */
-#define KVN_TRANSPORT_ABI 1
+#define KVN_TRANSPORT_ABI 2 /* 2: kvn_transport_cfg.auth_token */
 
 /* Connect and read-progress timeout when the config leaves it at 0. */
 #define KVN_TRANSPORT_TIMEOUT_MS 10000
@@ -41,6 +41,10 @@ struct kvn_transport_cfg {
 	int gid_index; /* verbs, RoCE: GID table index; -1 = pick automatically */
 	int timeout_ms; /* connect timeout, and how long a read may see no progress; 0 = default */
 	int conns_per_peer; /* tcp: sockets per endpoint that reads are striped over; 0 = 2 */
+	/* The cluster's shared secret (the config's auth_token); NULL or "": none. open keeps
+	 * only a digest of it, so the string need not outlive the call. See "Data-connection
+	 * auth" below. */
+	const char *auth_token;
 };
 
 struct kvn_read;
@@ -75,7 +79,25 @@ struct kvn_read {
  *    when nothing arrives for timeout_ms) — a read never hangs. The next read() on that
  *    endpoint reconnects once (within timeout_ms) and fails with -ENOTCONN when it cannot;
  *  - every function that can fail returns 0 or a negative errno and, where it takes (err,
- *    errlen), writes there one line naming the peer or the thing involved and what to do.
+ *    errlen), writes there one line naming the peer or the thing involved and what to do;
+ *  - a connect refused for its auth_token (below) is -EACCES, with err naming the peer and
+ *    saying to set the same auth_token on every node. A reconnect refused that way fails the
+ *    read with -ENOTCONN like any failed reconnect.
+ *
+ * Data-connection auth. A listener opened with an auth_token serves only readers opened with
+ * the same token: the check is made when the connection is set up (tcp: in the hello; verbs: in
+ * the rdma_cm connect request, before the accept carries any region descriptor), so a refused
+ * reader gets no endpoint and is never served a byte of registered memory. The listener logs
+ * each refusal, naming the reader's address. A listener without a token serves every reader,
+ * with or without one (as the scheduler accepts every join when it has none), so tokens can be
+ * rolled out readers first.
+ * The proof a reader sends is a fixed 16-byte digest of the token (XXH3-128, seeded for this
+ * use), compared by the listener in constant time. It is a shared secret against misconfigured
+ * or foreign readers (another cluster, a node left with an old token, a stray client), not
+ * against someone who can sniff the network: such a listener can replay the digest, just as it
+ * could read the token itself from a scheduler join or a Redis AUTH. The raw token never goes
+ * over a data connection. Deployments that need more put the data network on a trusted
+ * fabric or VLAN (RDMA has no encryption either).
  */
 struct kvn_transport_ops {
 	uint32_t abi; /* KVN_TRANSPORT_ABI, first so a mismatched module is detected */
