@@ -153,6 +153,7 @@ verbs_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char
 	if (!tp)
 		return -ENOMEM;
 	tp->timeout_ms = cfg && cfg->timeout_ms > 0 ? cfg->timeout_ms : KVN_TRANSPORT_TIMEOUT_MS;
+	kvn_tp_auth_init(&tp->auth, cfg ? cfg->auth_token : NULL);
 	tp->wake_fd = -1;
 	tp->cm_stop_fd = -1;
 	tp->done_tail = &tp->done;

@@ -11,11 +11,14 @@
 #include <rdma/rdma_cma.h>
 
 #include "kvnode/transport.h"
+#include "rdma/auth.h"
 
-/* Private data exchanged in the rdma_cm REQ/REP: magic and protocol version both ways, and in the
- * REP the owner's region descriptors (as many as fit: the REP carries at most 196 bytes). */
+/* Private data exchanged in the rdma_cm REQ/REP: magic and protocol version both ways, in the
+ * REQ the reader's auth_token proof (rdma/auth.h), in the REP the owner's region descriptors (as
+ * many as fit: the REP carries at most 196 bytes). A refusal is a REJ whose private data is the
+ * magic, a positive errno byte (EACCES: auth_token) and the reason as text. */
 #define VB_MAGIC    0x4b564e56u /* "KVNV" */
-#define VB_PROTO    1
+#define VB_PROTO    2		/* 2: the REQ carries the auth_token proof */
 #define VB_MAX_DESC 8
 
 enum ep_state {
@@ -75,6 +78,7 @@ struct vb_srv_conn { /* an accepted connection: the owner's side, never posts an
 
 struct kvn_transport {
 	int timeout_ms;
+	struct kvn_tp_auth auth;   /* the auth_token's proof: sent in REQs, checked on REQs */
 	struct ibv_context **devs; /* rdma_get_devices(): rdma_cm ids point at these contexts */
 	struct ibv_context *ctx;
 	uint8_t port;

@@ -1,6 +1,7 @@
 /* Connection management of the verbs transport (rdma_cm): the listener and its accepted QPs,
- * connecting an endpoint (protocol version out, the owner's region descriptors back, both in the
- * private data), and disconnect events, which fail an endpoint's outstanding reads at once. */
+ * connecting an endpoint (protocol version and auth_token proof out, the owner's region
+ * descriptors back, both in the private data), and disconnect events, which fail an endpoint's
+ * outstanding reads at once. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -18,14 +19,16 @@
 
 #define LOG "verbs"
 
-/* Little-endian on the wire, packed by hand: the REP has room for 196 bytes. */
-struct wire_req {
-	uint32_t magic;
-	uint16_t proto;
-	uint16_t pad;
-};
-#define REP_HDR	 8
-#define REP_DESC 20
+/* Little-endian on the wire, packed by hand. REQ: magic u32 | proto u16 | flags u16 | proof
+ * (16 bytes, zeros without a token): 24 of the 56 bytes an RC REQ carries over rdma_cm. REP:
+ * header, then descriptors, within 196 bytes. REJ: magic u32 | errno u8 | text, within 148. */
+#define REQ_SIZE  (8 + KVN_TP_PROOF_SIZE)
+#define REQ_TOKEN 1u /* flags: the reader has an auth_token */
+#define REP_HDR	  8
+#define REP_DESC  20
+#define REJ_HDR	  5
+#define REJ_MAX	  148
+_Static_assert(REQ_SIZE <= 56, "REQ private data limit");
 _Static_assert(REP_HDR + VB_MAX_DESC * REP_DESC <= 196, "REP private data limit");
 
 struct cm_ev { /* what we keep of an event after acking it */
@@ -134,6 +137,19 @@ devname(struct ibv_context *ctx)
  * The owner's side: accept with the region descriptors, drop connections that go away.
  * --------------------------------------------------------------------------------------------- */
 
+/* Refuses a connect request: the reader learns why (status, a positive errno, and the text)
+ * from the REJ's private data. */
+static void
+reject(struct rdma_cm_id *id, uint8_t status, const char *why)
+{
+	uint8_t rej[REJ_MAX] = {0};
+	size_t len = strnlen(why, REJ_MAX - REJ_HDR - 1);
+	put_le(rej, VB_MAGIC, 4);
+	rej[4] = status;
+	memcpy(rej + REJ_HDR, why, len);
+	rdma_reject(id, rej, (uint8_t)(REJ_HDR + len + 1));
+}
+
 static void
 accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev *ev)
 {
@@ -147,18 +163,29 @@ accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev 
 	struct vb_srv_conn *c = NULL;
 	uint32_t n = 0, total = 0;
 	const char *why = NULL;
+	uint8_t status = ECONNREFUSED;
+	char peer[INET6_ADDRSTRLEN + 8];
 
-	if (ev->plen < sizeof(struct wire_req) || get_le(ev->pdata, 4) != VB_MAGIC)
+	format_addr(rdma_get_peer_addr(id), ntohs(rdma_get_dst_port(id)), peer, sizeof(peer));
+	if (ev->plen < 8 || get_le(ev->pdata, 4) != VB_MAGIC)
 		why = "not a kvnode verbs peer";
 	else if (get_le(ev->pdata + 4, 2) != VB_PROTO)
 		why = "protocol version mismatch (upgrade both nodes)";
-	else if (id->verbs != tp->ctx)
+	else if (ev->plen < REQ_SIZE)
+		why = "not a kvnode verbs peer (short connect request)";
+	else if (!kvn_tp_auth_ok(&tp->auth, get_le(ev->pdata + 6, 2) & REQ_TOKEN, ev->pdata + 8)) {
+		why = "wrong or missing auth_token (set the same auth_token on every node)";
+		status = EACCES;
+	} else if (id->verbs != tp->ctx)
 		why = "request arrived on another RDMA device than this node registered on";
 	else if (!(c = calloc(1, sizeof(*c))) || rdma_create_qp(id, tp->pd, &qa))
 		why = "cannot create a QP (out of memory or device limits)";
 	if (why) {
-		kvn_warn(LOG, "refusing a connection on %s: %s", devname(id->verbs), why);
-		rdma_reject(id, why, (uint8_t)strlen(why));
+		/* Before the REP: a refused reader never learns a region descriptor, and without a
+		 * connected QP it cannot READ anything. */
+		kvn_warn(LOG, "refusing reader %s on %s: %s%s", peer, devname(id->verbs), why,
+			 status == EACCES ? "; nothing served" : "");
+		reject(id, status, why);
 		free(c);
 		if (id->qp)
 			rdma_destroy_qp(id);
@@ -389,8 +416,18 @@ wait_event(struct rdma_event_channel *ch, struct timespec *deadline, struct cm_e
 }
 
 static int
-event_error(const struct cm_ev *ev, const char *peer, char *err, size_t errlen)
+event_error(const struct kvn_transport *tp, const struct cm_ev *ev, const char *peer, char *err,
+	    size_t errlen)
 {
+	if (ev->type == RDMA_CM_EVENT_REJECTED && ev->plen > REJ_HDR &&
+	    get_le(ev->pdata, 4) == VB_MAGIC) {
+		if (ev->pdata[4] == EACCES)
+			return kvn_tp_auth_refused("verbs", peer, &tp->auth, err, errlen);
+		kvn_seterr(err, errlen, "peer %s refused the connection: %.*s", peer,
+			   (int)strnlen((const char *)ev->pdata + REJ_HDR, ev->plen - REJ_HDR),
+			   (const char *)ev->pdata + REJ_HDR);
+		return -ECONNREFUSED;
+	}
 	if (ev->type == RDMA_CM_EVENT_REJECTED) {
 		/* A consumer reject carries our reason text; otherwise nothing listens there. */
 		bool ours = ev->plen && ev->pdata[0] >= 'a' && ev->pdata[0] <= 'z';
@@ -409,8 +446,9 @@ event_error(const struct cm_ev *ev, const char *peer, char *err, size_t errlen)
 }
 
 static int
-step(struct rdma_event_channel *ch, struct timespec *dl, enum rdma_cm_event_type want,
-     const char *what, const char *peer, int timeout_ms, struct cm_ev *ev, char *err, size_t errlen)
+step(const struct kvn_transport *tp, struct rdma_event_channel *ch, struct timespec *dl,
+     enum rdma_cm_event_type want, const char *what, const char *peer, int timeout_ms,
+     struct cm_ev *ev, char *err, size_t errlen)
 {
 	int rc = wait_event(ch, dl, ev);
 	if (rc == -ETIMEDOUT) {
@@ -422,7 +460,7 @@ step(struct rdma_event_channel *ch, struct timespec *dl, enum rdma_cm_event_type
 		kvn_seterr(err, errlen, "peer %s: waiting for rdma_cm: %s", peer, strerror(-rc));
 		return rc;
 	}
-	return ev->type == want ? 0 : event_error(ev, peer, err, errlen);
+	return ev->type == want ? 0 : event_error(tp, ev, peer, err, errlen);
 }
 
 int
@@ -437,7 +475,7 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 					      .max_recv_wr = 1,
 					      .max_send_sge = 1,
 					      .max_recv_sge = 1}};
-	uint8_t req[sizeof(struct wire_req)] = {0};
+	uint8_t req[REQ_SIZE] = {0};
 	struct rdma_conn_param cp = {.private_data = req,
 				     .private_data_len = sizeof(req),
 				     .initiator_depth = tp->init_depth,
@@ -470,8 +508,8 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 			   strerror(errno));
 		goto out;
 	}
-	rc = step(ch, &dl, RDMA_CM_EVENT_ADDR_RESOLVED, "address", ep->peer, timeout_ms, &ev, err,
-		  errlen);
+	rc = step(tp, ch, &dl, RDMA_CM_EVENT_ADDR_RESOLVED, "address", ep->peer, timeout_ms, &ev,
+		  err, errlen);
 	if (rc)
 		goto out;
 	if (id->verbs != tp->ctx) {
@@ -488,8 +526,8 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 			   strerror(errno));
 		goto out;
 	}
-	rc = step(ch, &dl, RDMA_CM_EVENT_ROUTE_RESOLVED, "route", ep->peer, timeout_ms, &ev, err,
-		  errlen);
+	rc = step(tp, ch, &dl, RDMA_CM_EVENT_ROUTE_RESOLVED, "route", ep->peer, timeout_ms, &ev,
+		  err, errlen);
 	if (rc)
 		goto out;
 	/* rdma_cm's RoCE ACK timeout (0.5-1 s) stays: a shorter one (~270 ms) made rxe under
@@ -501,12 +539,14 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 	}
 	put_le(req, VB_MAGIC, 4);
 	put_le(req + 4, VB_PROTO, 2);
+	put_le(req + 6, tp->auth.set ? REQ_TOKEN : 0, 2);
+	memcpy(req + 8, tp->auth.proof, KVN_TP_PROOF_SIZE);
 	if (rdma_connect(id, &cp)) {
 		rc = -errno;
 		kvn_seterr(err, errlen, "peer %s: rdma_connect: %s", ep->peer, strerror(errno));
 		goto out;
 	}
-	rc = step(ch, &dl, RDMA_CM_EVENT_ESTABLISHED, "connect", ep->peer, timeout_ms, &ev, err,
+	rc = step(tp, ch, &dl, RDMA_CM_EVENT_ESTABLISHED, "connect", ep->peer, timeout_ms, &ev, err,
 		  errlen);
 	if (rc)
 		goto out;
