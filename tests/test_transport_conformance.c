@@ -725,6 +725,151 @@ t_unreachable(const char *name)
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * auth_token on data connections
+ * ------------------------------------------------------------------------------------------- */
+
+/* A reader instance with its own token and a registered destination. */
+struct tok_reader {
+	struct kvn_transport *tp;
+	char *dst;
+	struct kvn_tp_mr *mr;
+};
+
+static void
+tok_reader_open(struct fx *f, struct tok_reader *r, const char *token)
+{
+	char err[256] = "";
+	struct kvn_transport_cfg cfg = { .gid_index = -1, .timeout_ms = TIMEOUT_MS };
+	/* A copy that dies before the instance does: open must keep only what it needs. */
+	char *copy = token ? strdup(token) : NULL;
+	cfg.auth_token = copy;
+	cr_assert_eq(f->ops->open(&cfg, &r->tp, err, sizeof(err)), 0, "%s", err);
+	if (copy)
+		memset(copy, 'x', strlen(copy));
+	free(copy);
+	r->dst = xalloc(MIB);
+	struct kvn_mem_desc d;
+	cr_assert_eq(f->ops->reg_mem(r->tp, r->dst, MIB, KVN_MEM_HOST, &r->mr, &d, err,
+				     sizeof(err)),
+		     0, "%s", err);
+}
+
+static void
+tok_reader_close(struct fx *f, struct tok_reader *r)
+{
+	f->ops->dereg(r->mr);
+	f->ops->close(r->tp);
+	free(r->dst);
+}
+
+/* Connects r to the owner and reads 64 KiB at offset 4321: 0 with the pattern, else the
+ * connect's error (then no endpoint is left behind). */
+static int
+tok_read(struct fx *f, struct tok_reader *r, char *err, size_t errlen)
+{
+	struct kvn_tp_ep *ep = NULL;
+	int rc = f->ops->connect(r->tp, f->bound, 0, &ep, err, errlen);
+	if (rc < 0) {
+		cr_assert_null(ep, "a refused connect left an endpoint");
+		return rc;
+	}
+	memset(r->dst, 0, 65536);
+	struct kvn_read rd = { .local = r->dst, .local_mr = r->mr,
+			       .remote_addr = f->desc.addr + 4321, .rkey = f->desc.rkey,
+			       .len = 65536 };
+	rc = kvn_transport_read_sync(f->ops, ep, &rd, 1, err, errlen);
+	f->ops->ep_close(ep);
+	if (rc == 0)
+		expect_pattern(r->dst, 4321, 65536);
+	return rc;
+}
+
+static void
+expect_token_refused(struct fx *f, struct tok_reader *r, const char *what)
+{
+	char err[512] = "";
+	int rc = tok_read(f, r, err, sizeof(err));
+	cr_assert_eq(rc, -EACCES, "a reader with %s: got %d (%s), want -EACCES at connect", what,
+		     rc, err);
+	cr_assert(strstr(err, f->bound) && strstr(err, "auth_token"),
+		  "a reader with %s: the message \"%s\" must name the peer %s and the auth_token",
+		  what, err, f->bound);
+	/* Refused readers hurt nobody: the owner's own endpoint keeps being served. */
+	expect_serving(f, f->ep);
+}
+
+/* The owner holds a token: a reader with the same token reads the exact bytes, readers with
+ * another token or none are refused at connect with -EACCES (even knowing the rkey and address),
+ * and the good reader is served throughout. An owner without a token serves every reader. */
+static void
+t_auth_token(const char *name)
+{
+	struct fx f;
+	memset(&f, 0, sizeof(f));
+	open_impl(name, &f.ops, &f.owner);
+	f.ops->close(f.owner); /* reopened with the token */
+	char err[512] = "", addr[160];
+	char *token = strdup("cluster-secret-1");
+	cr_assert_eq(f.ops->open(&(struct kvn_transport_cfg){ .gid_index = -1,
+							      .timeout_ms = TIMEOUT_MS,
+							      .auth_token = token },
+				 &f.owner, err, sizeof(err)),
+		     0, "%s", err);
+	free(token);
+	f.region = xalloc(REGION);
+	for (size_t i = 0; i < REGION; i++)
+		f.region[i] = (char)bench_pattern(i);
+	cr_assert_eq(f.ops->reg_mem(f.owner, f.region, REGION, KVN_MEM_HOST, &f.region_mr, &f.desc,
+				    err, sizeof(err)),
+		     0, "%s", err);
+	snprintf(addr, sizeof(addr), "%s:0", test_host());
+	cr_assert_eq(f.ops->listen(f.owner, addr, f.bound, sizeof(f.bound), err, sizeof(err)), 0,
+		     "listen %s: %s", addr, err);
+	/* The fixture's own reader holds the right token: f.ep is the good reader. */
+	f.dst = xalloc(REGION);
+	struct kvn_mem_desc d;
+	cr_assert_eq(f.ops->open(&(struct kvn_transport_cfg){ .gid_index = -1,
+							      .timeout_ms = TIMEOUT_MS,
+							      .auth_token = "cluster-secret-1" },
+				 &f.reader, err, sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(f.ops->reg_mem(f.reader, f.dst, REGION, KVN_MEM_HOST, &f.dst_mr, &d, err,
+				    sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(f.ops->connect(f.reader, f.bound, 0, &f.ep, err, sizeof(err)), 0,
+		     "the right token was refused: %s", err);
+	expect_serving(&f, f.ep);
+
+	struct tok_reader same, other, prefix, none;
+	tok_reader_open(&f, &same, "cluster-secret-1");
+	tok_reader_open(&f, &other, "cluster-secret-2");
+	tok_reader_open(&f, &prefix, "cluster-secret-");
+	tok_reader_open(&f, &none, NULL);
+	cr_assert_eq(tok_read(&f, &same, err, sizeof(err)), 0, "the same token: %s", err);
+	expect_token_refused(&f, &other, "another token");
+	expect_token_refused(&f, &prefix, "a prefix of the token");
+	expect_token_refused(&f, &none, "no token");
+	/* Refusals leave no state behind: the same reader is let in again. */
+	cr_assert_eq(tok_read(&f, &same, err, sizeof(err)), 0, "the same token again: %s", err);
+
+	/* An owner without a token serves readers with and without one, as before tokens. */
+	struct fx open_f;
+	fx_setup(&open_f, name);
+	struct kvn_tp_ep *ep;
+	cr_assert_eq(f.ops->connect(other.tp, open_f.bound, 0, &ep, err, sizeof(err)), 0,
+		     "a token-less owner refused a reader with a token: %s", err);
+	f.ops->ep_close(ep);
+	expect_serving(&open_f, open_f.ep); /* its reader has no token */
+	fx_teardown(&open_f);
+
+	tok_reader_close(&f, &same);
+	tok_reader_close(&f, &other);
+	tok_reader_close(&f, &prefix);
+	tok_reader_close(&f, &none);
+	fx_teardown(&f);
+}
+
+/* ---------------------------------------------------------------------------------------------
  * The table: one line per implementation.
  * ------------------------------------------------------------------------------------------- */
 
@@ -760,6 +905,10 @@ t_unreachable(const char *name)
 	Test(impl, closing_an_endpoint_while_its_reads_stream_runs_every_callback_once)            \
 	{                                                                                          \
 		t_close_races_reads(#impl);                                                        \
+	}                                                                                          \
+	Test(impl, readers_without_the_owners_auth_token_are_refused_at_connect)                   \
+	{                                                                                          \
+		t_auth_token(#impl);                                                               \
 	}
 
 CONFORMANCE(tcp)
