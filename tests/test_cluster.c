@@ -16,6 +16,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvnode/transport.h"
+#include "node/pool.h"
 #include "tests/helpers/cluster_env.h"
 
 #define VAL 8192
@@ -207,6 +209,135 @@ Test(cluster, a_node_with_the_wrong_auth_token_is_refused)
 	cnode_stop(&f.a);
 	sched_stop(&s);
 	proc_rm_tree(dir);
+}
+
+struct spy {
+	struct kvn_membership *m;
+	struct kvn_key key;
+	struct kvn_loc loc;
+};
+
+static bool
+spy_finds_key(void *arg)
+{
+	struct spy *sp = arg;
+	uint32_t n = 0;
+	return kvn_membership_lookup(sp->m, &sp->key.digest, 1, 1, &n, &sp->loc, 5000) == 0 &&
+	       n == 1;
+}
+
+/* Connects to the owner's data address with a transport holding token and READs the slot at
+ * loc: 0 when the chunk came back whole (value i of tag), else the connect's or read's error. */
+static int
+direct_read(const char *data_addr, const char *token, const struct kvn_loc *loc,
+	    const struct kvn_key *key, const char *tag, unsigned i, char *err, size_t errlen)
+{
+	struct kvn_transport_cfg cfg = {.gid_index = -1, .timeout_ms = 10000, .auth_token = token};
+	const struct kvn_transport_ops *ops = kvn_transport_by_name("tcp", &cfg, err, errlen);
+	cr_assert_not_null(ops, "%s", err);
+	struct kvn_transport *tp;
+	cr_assert_eq(ops->open(&cfg, &tp, err, errlen), 0, "%s", err);
+	uint8_t *buf = malloc(loc->len);
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc d;
+	cr_assert_eq(ops->reg_mem(tp, buf, loc->len, KVN_MEM_HOST, &mr, &d, err, errlen), 0, "%s",
+		     err);
+	struct kvn_tp_ep *ep = NULL;
+	int rc = ops->connect(tp, data_addr, 0, &ep, err, errlen);
+	if (rc == 0) {
+		struct kvn_read rd = {.local = buf,
+				      .local_mr = mr,
+				      .remote_addr = loc->addr,
+				      .rkey = loc->rkey,
+				      .len = loc->len};
+		rc = kvn_transport_read_sync(ops, ep, &rd, 1, err, errlen);
+		ops->ep_close(ep);
+	}
+	if (rc == 0) {
+		cr_assert_eq(kvn_slot_verify(buf, loc->len, key->digest, loc->generation), 0,
+			     "the slot read with the right token does not verify");
+		void *want = malloc(VAL);
+		cluster_value(want, VAL, tag, i);
+		cr_assert_eq(memcmp(buf + sizeof(struct kvn_slot_hdr), want, VAL), 0,
+			     "the chunk read with the right token has other bytes");
+		free(want);
+	}
+	ops->dereg(mr);
+	ops->close(tp);
+	free(buf);
+	return rc;
+}
+
+struct log_ctx {
+	const char *path;
+	const char *a, *b;
+};
+
+static bool
+log_has(void *arg)
+{
+	struct log_ctx *l = arg;
+	char *text = proc_read_file(l->path, NULL);
+	bool ok = text && strstr(text, l->a) && strstr(text, l->b);
+	free(text);
+	return ok;
+}
+
+/* The token guards the data connections, not only the scheduler: a reader that knows exactly
+ * where a chunk lies (data address, addr, rkey: here from the directory, as a spy joined with
+ * the right token learns them) but holds another token, or none, connects straight to the
+ * owner's transport and reads nothing; the owner logs the refusal. With the right token the
+ * same read returns the chunk, so the refusal is the token's doing. */
+Test(cluster, a_reader_with_the_wrong_token_cannot_read_a_pool_by_going_around_the_scheduler)
+{
+	struct fixture f = {0};
+	sched_start(&f.s, "127.0.0.1:0", "right-token");
+	cr_assert_eq(proc_mkdtemp("cluster-bypass", f.dir, sizeof(f.dir)), 0);
+	/* No promotion: node-a stays the chunk's only holder, the one the spy is told of. */
+	struct cnode_opts o = {
+	    .dir = f.dir, .sched = f.s.addr, .token = "right-token", .no_promote = true};
+	cnode_start(&f.a, "node-a", &o);
+	cnode_start(&f.c, "node-c", &o);
+	cnode_put(&f.a, "s", 7, VAL);
+	/* Members of the cluster hold the token and read each other as before. */
+	struct get_ctx g = {&f.c, "s", 7, 1};
+	cr_assert(proc_wait_for(get_is, &g, DEADLINE), "node-c (right token) cannot read node-a");
+	cr_assert_geq(cnode_tier_stat(&f.c, "peer", "hits"), 1, "node-c's get was no peer read");
+
+	struct spy sp = {0};
+	cr_assert_eq(sched_node_start(f.s.addr, "spy", "right-token", NULL, &sp.m), 0, "%s",
+		     sched_err);
+	cluster_key(&sp.key, "s", 7);
+	cr_assert(proc_wait_for(spy_finds_key, &sp, DEADLINE),
+		  "the directory never listed the chunk put on node-a");
+	struct kvn_member_info mi;
+	int rc = kvn_membership_member(sp.m, sp.loc.worker_id, &mi, NULL, 0);
+	cr_assert(rc == 0 || rc == -ENOSPC, "member %u: %d", sp.loc.worker_id, rc);
+	kvn_membership_stop(sp.m);
+
+	char err[512] = "";
+	cr_assert_eq(
+	    direct_read(mi.data_addr, "right-token", &sp.loc, &sp.key, "s", 7, err, sizeof(err)), 0,
+	    "the right token read nothing from %s: %s", mi.data_addr, err);
+	const char *bad[] = {"wrong-token", NULL};
+	for (int t = 0; t < 2; t++) {
+		err[0] = 0;
+		rc = direct_read(mi.data_addr, bad[t], &sp.loc, &sp.key, "s", 7, err, sizeof(err));
+		cr_assert_eq(rc, -EACCES, "a reader with %s: got %d (%s), want -EACCES",
+			     bad[t] ? bad[t] : "no token", rc, err);
+		cr_assert(strstr(err, mi.data_addr) && strstr(err, "auth_token"),
+			  "the error names the node and the auth_token: %s", err);
+	}
+	char line[KVN_CF_ADDR_MAX + 64];
+	snprintf(line, sizeof(line), "refused on %s: wrong or missing auth_token", mi.data_addr);
+	struct log_ctx l = {.path = f.a.err, .a = "reader 127.0.0.1:", .b = line};
+	cr_assert(proc_wait_for(log_has, &l, DEADLINE), "node-a did not log the refused reader");
+	/* node-a keeps serving its own clients */
+	cr_assert_eq(cnode_get_check(&f.a, "s", 7, VAL), 1);
+	cnode_stop(&f.a);
+	cnode_stop(&f.c);
+	sched_stop(&f.s);
+	proc_rm_tree(f.dir);
 }
 
 /* ------------------------------------------------------------------------------------------
