@@ -7,7 +7,8 @@ CMAKE_ARGS ?=
 # Packages get their own build dir: installed to /usr (Debian's multiarch libdir, /etc), no tests.
 PKG_BUILD  ?= build-deb
 
-.PHONY: all deps build demo test asan check-format clean install package help
+.PHONY: all deps build demo test asan check-format clean install package check-package \
+	check-ansible help
 
 all: build
 
@@ -18,6 +19,9 @@ help:
 	@echo "make asan    build into build-asan/ with ASan+UBSan and run the tests there"
 	@echo "make deps    install the Debian packages needed (scripts/install-deps)"
 	@echo "make package build the kvnode and kvnode-dev .deb in $(PKG_BUILD)/ (cpack -G DEB)"
+	@echo "make check-package  build the .debs and check them without installing (lintian too)"
+	@echo "make check-ansible  lint the Ansible roles and roll them out to this machine (root;"
+	@echo "                    installs the fresh .deb, runs a scheduler and a node, purges it)"
 	@echo "make clean   remove build directories"
 
 deps:
@@ -60,6 +64,14 @@ package:
 	cmake --build $(PKG_BUILD) -j$(JOBS)
 	cd $(PKG_BUILD) && cpack -G DEB
 	@ls $(PKG_BUILD)/*.deb
+
+# The packaging and deployment checks CI runs (scripts/install-deps --checks installs their tools).
+check-package:
+	scripts/install-deps --checks
+	scripts/check-package $(PKG_BUILD)
+
+check-ansible:
+	scripts/check-ansible $(PKG_BUILD)
 
 clean:
 	rm -rf $(BUILD) build-asan $(PKG_BUILD)
