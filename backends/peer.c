@@ -7,12 +7,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kvnode/backend.h"
 #include "kvnode/transport.h"
 #include "node/cluster.h"
 #include "node/log.h"
 #include "node/membership.h"
+#include "node/metrics.h"
 #include "node/pool.h"
 #include "node/storage.h"
 
@@ -47,7 +49,8 @@ struct kvn_backend {
 	struct conn *conns;
 	size_t nconns, capconns;
 
-	_Atomic uint64_t hits, misses, errors, bytes_read, reads;
+	_Atomic uint64_t hits, misses, errors, bytes_read, reads, transport_errors;
+	struct kvn_histogram read_latency;
 };
 
 /* ------------------------------------------------------------------------------------------
@@ -272,16 +275,22 @@ fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_loc *l
 			      .remote_addr = loc->addr,
 			      .rkey = loc->rkey,
 			      .len = loc->len};
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	rc = kvn_transport_read_sync(be->link.ops, ep, &rd, 1, err, sizeof(err));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
 	conn_put(be, ep, rc == -ENOTCONN || rc == -ECONNRESET || rc == -ETIMEDOUT);
 	atomic_fetch_add_explicit(&be->reads, 1, memory_order_relaxed);
 	if (rc < 0) {
+		atomic_fetch_add_explicit(&be->transport_errors, 1, memory_order_relaxed);
 		be->env->log(be->env, KVN_LOG_WARN, "key %s: READ from peer worker %u failed: %s",
 			     key->str, loc->worker_id, err);
 		kvn_pool_unref(be->link.pool, scratch);
 		return -EAGAIN;
 	}
 	atomic_fetch_add_explicit(&be->bytes_read, loc->len, memory_order_relaxed);
+	kvn_histogram_observe(&be->read_latency, (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
+							    (t1.tv_nsec - t0.tv_nsec)));
 	rc = kvn_slot_verify(img, loc->len, key->digest, loc->generation);
 	if (rc == 0) {
 		const struct kvn_slot_hdr *h = (const void *)img;
@@ -405,6 +414,16 @@ uint64_t
 kvn_peer_bytes_read(struct kvn_backend *be)
 {
 	return atomic_load_explicit(&be->bytes_read, memory_order_relaxed);
+}
+
+void
+kvn_peer_read_stats(struct kvn_backend *be, struct kvn_peer_read_stats *out)
+{
+	out->reads = atomic_load_explicit(&be->reads, memory_order_relaxed);
+	out->bytes = atomic_load_explicit(&be->bytes_read, memory_order_relaxed);
+	out->errors = atomic_load_explicit(&be->errors, memory_order_relaxed);
+	out->transport_errors = atomic_load_explicit(&be->transport_errors, memory_order_relaxed);
+	out->latency = &be->read_latency;
 }
 
 static int

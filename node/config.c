@@ -44,7 +44,7 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"gpu", KVN_K_GPU, FIELD(gpu), 0, 0, 0, 0},
     {"heartbeat_ms", KVN_K_UINT, FIELD(heartbeat_ms), 0, 1, INT32_MAX, 0},
     {"auth_token", KVN_K_STR, FIELD(auth_token), 0, 0, 0, KVN_KF_NULLABLE | KVN_KF_SECRET},
-    {"metrics_listen", KVN_K_STR, FIELD(metrics_listen), 0, 0, 0, KVN_KF_NULLABLE},
+    {"metrics_listen", KVN_K_ADDR, FIELD(metrics_listen), 0, 0, 0, KVN_KF_NULLABLE},
     {"log_level", KVN_K_LOGLEVEL, FIELD(log_level), 0, 0, 0, 0},
     {"socket_path", KVN_K_PATH, FIELD(socket_path), 0, 0, 0, KVN_KF_RESOLVE},
     {"hugepages", KVN_K_BOOL, FIELD(hugepages), 0, 0, 0, 0},

@@ -241,6 +241,9 @@ prepare(struct demo *d, const char *config, bool *own_sched)
 				  "heartbeat_ms: 200\n");
 }
 
+/* Four processes on one host cannot share a FILE's metrics_listen port: the demo runs none. */
+static const char *const no_metrics[] = {"KVNODE_METRICS_LISTEN=", NULL};
+
 static int
 start_cluster(struct demo *d, const char *config)
 {
@@ -255,7 +258,8 @@ start_cluster(struct demo *d, const char *config)
 		snprintf(s->log, sizeof(s->log), "%s/scheduler.log", d->dir);
 		const char *argv[] = {d->exe,	  "scheduler",	 "-c", d->cfg,
 				      "--listen", "127.0.0.1:0", NULL};
-		if ((rc = spawn(d, s, argv, NULL)) < 0 || (rc = wait_ready(s, "scheduler on ")) < 0)
+		if ((rc = spawn(d, s, argv, no_metrics)) < 0 ||
+		    (rc = wait_ready(s, "scheduler on ")) < 0)
 			return rc;
 		snprintf(d->sched_url, sizeof(d->sched_url), "%s", s->addr);
 	}
@@ -284,7 +288,7 @@ start_cluster(struct demo *d, const char *config)
 		snprintf(e_sched, sizeof(e_sched), "KVNODE_SCHEDULER_URL=%s", d->sched_url);
 		snprintf(e_plug, sizeof(e_plug), "KVNODE_PLUGIN_LOCATIONS=%s",
 			 i == 0 ? plugdir : "");
-		const char *env[] = {e_name, e_sock, e_sched, e_plug, NULL};
+		const char *env[] = {e_name, e_sock, e_sched, e_plug, no_metrics[0], NULL};
 		const char *argv[] = {d->exe, "serve", "-c", d->cfg, "--log-level", "info", NULL};
 		/* one after the other, so node-1 is worker 0 of a fresh scheduler */
 		if ((rc = spawn(d, n, argv, env)) < 0 || (rc = wait_ready(n, " data on ")) < 0)

@@ -8,6 +8,7 @@
 #include "node/cluster.h"
 #include "node/config.h"
 #include "node/log.h"
+#include "node/metrics.h"
 #include "node/pool.h"
 #include "node/storage.h"
 
@@ -188,6 +189,13 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 	char *text = cJSON_PrintUnformatted(root);
 	cJSON_Delete(root);
 	return text;
+}
+
+void
+kvn_engine_gets(struct kvn_engine *eng, uint64_t *hits, uint64_t *misses)
+{
+	*hits = atomic_load_explicit(&eng->hits, memory_order_relaxed);
+	*misses = atomic_load_explicit(&eng->misses, memory_order_relaxed);
 }
 
 struct kvn_pool *

@@ -22,6 +22,8 @@
 #include "node/demo.h"
 #include "node/log.h"
 #include "node/membership.h"
+#include "node/metrics.h"
+#include "node/reload.h"
 #include "node/scheduler.h"
 #include "node/lm_server.h"
 #include "node/server.h"
@@ -466,19 +468,25 @@ start_plugins(const struct kvn_config *cfg, enum kvn_plugin_role role, int worke
 struct sig_ctx {
 	struct kvn_server *srv;
 	sigset_t set;
+	struct kvn_reload reload;
 };
 
 /* Signals are blocked in every thread and taken here, so no handler ever runs inside the
- * engine or the allocator. A second signal during a slow drain exits at once. */
+ * engine or the allocator: a SIGHUP reload is ordinary code on this thread. A second stop
+ * signal during a slow drain exits at once. */
 static void *
 signal_main(void *arg)
 {
 	struct sig_ctx *sc = arg;
-	for (int n = 0;; n++) {
+	for (int n = 0;;) {
 		int sig;
 		if (sigwait(&sc->set, &sig))
 			continue;
-		if (n == 0) {
+		if (sig == SIGHUP) {
+			kvn_reload_config(&sc->reload);
+			continue;
+		}
+		if (n++ == 0) {
 			kvn_info("serve", "%s: shutting down (finishing requests in flight)",
 				 strsignal(sig));
 			kvn_server_stop(sc->srv);
@@ -505,6 +513,7 @@ cmd_serve(struct opts *o)
 	sigemptyset(&sc.set);
 	sigaddset(&sc.set, SIGTERM);
 	sigaddset(&sc.set, SIGINT);
+	sigaddset(&sc.set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sc.set, NULL);
 	signal(SIGPIPE, SIG_IGN); /* a vanished client or stderr reader is an error return */
 
@@ -517,6 +526,7 @@ cmd_serve(struct opts *o)
 	struct kvn_lm_server *lm = NULL;
 	struct kvn_plugins *plugins = NULL;
 	struct kvn_cluster *cluster = NULL;
+	struct kvn_metrics *metrics = NULL;
 	pthread_t sig_thread;
 	bool sig_started = false;
 	if (!socket_path) {
@@ -548,12 +558,6 @@ cmd_serve(struct opts *o)
 		rc = die(EXIT_CONN, "cannot join the cluster: %s", err);
 		goto out;
 	}
-	sc.srv = srv;
-	if (pthread_create(&sig_thread, NULL, signal_main, &sc)) {
-		rc = die(EXIT_CONN, "cannot start the signal thread");
-		goto out;
-	}
-	sig_started = true;
 	/* The membership service's worker id once joined (the join is synchronous when the
 	 * scheduler is up), else worker 0 of 1. */
 	struct kvn_membership *mship = cluster ? kvn_cluster_membership(cluster) : NULL;
@@ -561,12 +565,33 @@ cmd_serve(struct opts *o)
 	plugins = start_plugins(cfg, KVN_PLUGIN_WORKER, wid < 0 ? 0 : wid,
 				wid < 0 ? 1 : (int)kvn_membership_worker_count(mship), socket_path);
 	kvn_server_set_plugins(srv, plugins);
+	/* The signal thread starts once the plugins run, so that a SIGHUP (pending until then)
+	 * finds them; a stop signal meanwhile also waits, blocked, for the thread. */
+	sc.srv = srv;
+	sc.reload = (struct kvn_reload){.config_arg = o->config,
+					.running = cfg,
+					.plugins = plugins,
+					.cli_log_level = o->log_level,
+					.verbose = o->verbose};
+	if (pthread_create(&sig_thread, NULL, signal_main, &sc)) {
+		rc = die(EXIT_CONN, "cannot start the signal thread");
+		goto out;
+	}
+	sig_started = true;
+	struct kvn_node_metrics nm = {.eng = eng, .cluster = cluster, .lm = lm, .plugins = plugins};
+	if (cfg->metrics_listen && kvn_metrics_start(cfg->metrics_listen, kvn_metrics_collect_node,
+						     &nm, &metrics, err, sizeof(err)) < 0) {
+		rc = die(EXIT_CONN, "%s", err);
+		goto out;
+	}
 	printf("kvnode: serving on %s\n", kvn_server_address(srv));
 	if (lm)
 		printf("kvnode: lm:// server on %s\n", kvn_lm_server_address(lm));
 	if (cluster)
 		printf("kvnode: %s data on %s, worker %d\n", kvn_cluster_transport(cluster),
 		       kvn_cluster_data_addr(cluster), (int)wid);
+	if (metrics)
+		printf("kvnode: metrics on http://%s/metrics\n", kvn_metrics_address(metrics));
 	fflush(stdout);
 	kvn_info("serve", "node %s serving on %s (config: %s)",
 		 cfg->node_name ? cfg->node_name : "?", kvn_server_address(srv),
@@ -574,6 +599,7 @@ cmd_serve(struct opts *o)
 	kvn_server_run(srv);
 	kvn_info("serve", "all clients done; closing the storage tiers");
 out:
+	kvn_metrics_stop(metrics); /* first: scrapes read everything below */
 	kvn_plugins_stop(plugins); /* SIGTERM, then SIGKILL after plugin_stop_timeout_ms */
 	kvn_lm_server_stop(lm); /* before the engine it serves from */
 	kvn_cluster_stop(cluster); /* leaves the cluster before the pool goes */
@@ -655,14 +681,27 @@ cmd_scheduler(struct opts *o)
 	/* Workers join later: the scheduler's plugins start knowing of none (count 0). */
 	struct kvn_plugins *plugins = start_plugins(cfg, KVN_PLUGIN_SCHEDULER, -1, 0, NULL);
 	kvn_scheduler_set_plugins(ss.s, plugins);
-	rc = kvn_scheduler_run(ss.s);
+	struct kvn_sched_metrics sm = {.sched = ss.s, .plugins = plugins};
+	struct kvn_metrics *metrics = NULL;
+	if (cfg->metrics_listen && kvn_metrics_start(cfg->metrics_listen, kvn_metrics_collect_sched,
+						     &sm, &metrics, err, sizeof(err)) < 0) {
+		rc = die(EXIT_CONN, "scheduler: %s", err);
+		kvn_scheduler_stop(ss.s); /* the loop returns at once: it sees the stop first */
+	} else if (metrics) {
+		printf("kvnode: metrics on http://%s/metrics\n", kvn_metrics_address(metrics));
+		fflush(stdout);
+	}
+	int run_rc = kvn_scheduler_run(ss.s);
+	kvn_metrics_stop(metrics);
 	kvn_plugins_stop(plugins);
 	pthread_cancel(th);
 	pthread_join(th, NULL);
 	kvn_scheduler_destroy(ss.s);
 	kvn_config_free(cfg);
-	if (rc < 0)
-		return die(EXIT_CONN, "scheduler: event loop failed: %s", kvn_strerror(rc));
+	if (rc)
+		return rc;
+	if (run_rc < 0)
+		return die(EXIT_CONN, "scheduler: event loop failed: %s", kvn_strerror(run_rc));
 	return EXIT_OK;
 }
 
@@ -692,7 +731,13 @@ static const struct command commands[] = {
      "  The plugins of plugin_locations for workers run beside it (examples/plugins/).\n"
      "  SIGTERM or SIGINT: stop accepting, finish requests in flight, stop the plugins,\n"
      "  write queued chunks to the disk tier, remove the socket, exit 0. A second signal\n"
-     "  exits at once.\n\n"
+     "  exits at once.\n"
+     "  SIGHUP: re-read the config file and apply log_level, plugin_restart and\n"
+     "  plugin_stop_timeout_ms; any other key that changed is logged as \"KEY changed:\n"
+     "  needs a restart\" and keeps its old value; a file that no longer loads is logged\n"
+     "  with file:line and the running config kept (systemctl reload kvnode).\n"
+     "  metrics_listen HOST:PORT: Prometheus metrics on http://HOST:PORT/metrics\n"
+     "  (docs/metrics.md).\n\n"
      "OPTIONS\n"
      "      --socket PATH    listen here instead of the config's socket_path\n" HELP_COMMON
      "\nEXIT STATUS\n  0 clean shutdown; 2 bad option or config, or a tier could not be opened;\n"
@@ -782,7 +827,8 @@ static const struct command commands[] = {
      "  demo sets node_name, socket_path and scheduler_url per node): put `listen:\n"
      "  10.0.0.5:0` to carry the READs over that host's NIC, `transport: verbs` and\n"
      "  `rdma_device` for RDMA, and `scheduler_url: HOST:PORT` to join a scheduler that\n"
-     "  already runs (for example on another host) instead of starting one.\n\n"
+     "  already runs (for example on another host) instead of starting one. The demo's\n"
+     "  processes serve no metrics (they would share one metrics_listen port).\n\n"
      "OPTIONS\n" HELP_COMMON
      "\nEXIT STATUS\n  0 all chunks verified; 1 a chunk was missing or corrupt; 2 bad option;\n"
      "  3 a process could not start\n\nEXAMPLES\n  kvnode demo\n"

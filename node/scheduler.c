@@ -250,6 +250,7 @@ dispatch(struct kvn_scheduler *s, struct conn *c, const struct kvn_cf_hdr *h, co
 	default: /* LEAVE */
 		c->member = -1;
 		m->conn = NULL;
+		s->leaves++;
 		kvn_sched_member_down(s, (uint32_t)(m - s->members), "left");
 		c->closing = true;
 		return -1;
@@ -398,7 +399,13 @@ kvn_scheduler_create(const struct kvn_scheduler_opts *o, struct kvn_scheduler **
 	struct kvn_scheduler *s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
-	s->lfd = s->efd = s->wake_fd = -1;
+	s->lfd = s->efd = s->wake_fd = s->stats_fd = -1;
+	pthread_mutex_init(&s->stats_lock, NULL);
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->stats_cond, &ca);
+	pthread_condattr_destroy(&ca);
 	s->hb_ms = o->heartbeat_ms ? o->heartbeat_ms : DEFAULT_HB_MS;
 	s->missed = o->missed_beats ? o->missed_beats : DEFAULT_MISSED;
 	s->max_conns = o->max_conns ? o->max_conns : DEFAULT_MAX_CONNS;
@@ -422,11 +429,14 @@ kvn_scheduler_create(const struct kvn_scheduler_opts *o, struct kvn_scheduler **
 	snprintf(s->addr, sizeof(s->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, bound);
 	s->efd = epoll_create1(EPOLL_CLOEXEC);
 	s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	s->stats_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	struct epoll_event lev = {.events = EPOLLIN, .data.ptr = &s->lfd};
 	struct epoll_event wev = {.events = EPOLLIN, .data.ptr = &s->wake_fd};
-	if (s->efd < 0 || s->wake_fd < 0 || set_nonblock(s->lfd) < 0 ||
+	struct epoll_event sev = {.events = EPOLLIN, .data.ptr = &s->stats_fd};
+	if (s->efd < 0 || s->wake_fd < 0 || s->stats_fd < 0 || set_nonblock(s->lfd) < 0 ||
 	    epoll_ctl(s->efd, EPOLL_CTL_ADD, s->lfd, &lev) < 0 ||
-	    epoll_ctl(s->efd, EPOLL_CTL_ADD, s->wake_fd, &wev) < 0) {
+	    epoll_ctl(s->efd, EPOLL_CTL_ADD, s->wake_fd, &wev) < 0 ||
+	    epoll_ctl(s->efd, EPOLL_CTL_ADD, s->stats_fd, &sev) < 0) {
 		rc = -errno;
 		kvn_seterr(err, errlen, "scheduler on %s: epoll set-up failed: %s", s->addr,
 			   strerror(errno));
@@ -445,6 +455,76 @@ kvn_scheduler_address(const struct kvn_scheduler *s)
 	return s->addr;
 }
 
+/* The loop's side of kvn_scheduler_stats_json_sync. */
+static void
+answer_stats(struct kvn_scheduler *s)
+{
+	uint64_t v;
+	ssize_t r = read(s->stats_fd, &v, sizeof(v));
+	(void)r;
+	pthread_mutex_lock(&s->stats_lock);
+	bool want = s->stats_want;
+	pthread_mutex_unlock(&s->stats_lock);
+	if (!want)
+		return;
+	char *text = kvn_scheduler_stats_json(s);
+	pthread_mutex_lock(&s->stats_lock);
+	if (s->stats_want) {
+		s->stats_reply = text;
+		s->stats_want = false;
+		text = NULL;
+		pthread_cond_broadcast(&s->stats_cond);
+	}
+	pthread_mutex_unlock(&s->stats_lock);
+	free(text); /* the asker gave up waiting */
+}
+
+/* Waiters give up at once once the loop is gone. */
+static int
+loop_ended(struct kvn_scheduler *s, int rc)
+{
+	pthread_mutex_lock(&s->stats_lock);
+	s->stats_stopped = true;
+	pthread_cond_broadcast(&s->stats_cond);
+	pthread_mutex_unlock(&s->stats_lock);
+	return rc;
+}
+
+char *
+kvn_scheduler_stats_json_sync(struct kvn_scheduler *s, int timeout_ms)
+{
+	struct timespec dl;
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	dl.tv_sec += timeout_ms / 1000;
+	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (dl.tv_nsec >= 1000000000) {
+		dl.tv_sec++;
+		dl.tv_nsec -= 1000000000;
+	}
+	char *text = NULL;
+	int rc = 0;
+	pthread_mutex_lock(&s->stats_lock);
+	while (s->stats_busy && !s->stats_stopped && rc == 0)
+		rc = pthread_cond_timedwait(&s->stats_cond, &s->stats_lock, &dl);
+	if (s->stats_busy || s->stats_stopped) {
+		pthread_mutex_unlock(&s->stats_lock);
+		return NULL;
+	}
+	s->stats_busy = s->stats_want = true;
+	uint64_t one = 1;
+	ssize_t w = write(s->stats_fd, &one, sizeof(one));
+	(void)w;
+	while (s->stats_want && !s->stats_stopped && rc == 0)
+		rc = pthread_cond_timedwait(&s->stats_cond, &s->stats_lock, &dl);
+	s->stats_want = false;
+	text = s->stats_reply;
+	s->stats_reply = NULL;
+	s->stats_busy = false;
+	pthread_cond_broadcast(&s->stats_cond);
+	pthread_mutex_unlock(&s->stats_lock);
+	return text;
+}
+
 int
 kvn_scheduler_run(struct kvn_scheduler *s)
 {
@@ -454,11 +534,15 @@ kvn_scheduler_run(struct kvn_scheduler *s)
 		int64_t wait = next_check - kvn_sched_now_ms();
 		int n = epoll_wait(s->efd, evs, 64, wait < 0 ? 0 : (int)wait);
 		if (n < 0 && errno != EINTR)
-			return -errno;
+			return loop_ended(s, -errno);
 		for (int i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 			if (p == &s->wake_fd)
-				return 0;
+				return loop_ended(s, 0);
+			if (p == &s->stats_fd) {
+				answer_stats(s);
+				continue;
+			}
 			if (p == &s->lfd) {
 				accept_all(s);
 				continue;
@@ -504,6 +588,11 @@ kvn_scheduler_destroy(struct kvn_scheduler *s)
 		close(s->efd);
 	if (s->wake_fd >= 0)
 		close(s->wake_fd);
+	if (s->stats_fd >= 0)
+		close(s->stats_fd);
+	free(s->stats_reply);
+	pthread_mutex_destroy(&s->stats_lock);
+	pthread_cond_destroy(&s->stats_cond);
 	kvn_dir_destroy(s->dir);
 	kvn_cf_buf_free(&s->scratch);
 	free(s->token);

@@ -33,6 +33,10 @@ void kvn_scheduler_destroy(struct kvn_scheduler *s);
 /* The cluster view a STATS request gets: malloc'd JSON text, NULL when out of memory. Only
  * from the thread running kvn_scheduler_run, or while it is not running. */
 char *kvn_scheduler_stats_json(struct kvn_scheduler *s);
+/* The same from any other thread (the metrics listener): the loop builds it between events.
+ * NULL when out of memory, when the loop has ended, or when it did not answer within
+ * timeout_ms. Before kvn_scheduler_run starts, it waits for it. */
+char *kvn_scheduler_stats_json_sync(struct kvn_scheduler *s, int timeout_ms);
 /* The plugins of this process, listed by STATS; call before kvn_scheduler_run. */
 struct kvn_plugins;
 void kvn_scheduler_set_plugins(struct kvn_scheduler *s, struct kvn_plugins *plugins);

@@ -3,6 +3,7 @@
 #ifndef KVN_NODE_SCHEDULER_INT_H
 #define KVN_NODE_SCHEDULER_INT_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <time.h>
@@ -60,7 +61,16 @@ struct kvn_scheduler {
 	struct kvn_dir *dir;
 	struct kvn_cf_buf scratch; /* notices built once, copied to each member */
 	uint64_t frames, lookups, keys_looked_up, publishes, refused, proto_errors;
+	uint64_t joins, leaves, expiries;
 	struct kvn_plugins *plugins; /* listed by STATS; NULL = none */
+
+	/* kvn_scheduler_stats_json_sync: another thread asks through stats_fd, the loop
+	 * answers in stats_reply; one request at a time (stats_busy). */
+	int stats_fd;
+	pthread_mutex_t stats_lock;
+	pthread_cond_t stats_cond;
+	bool stats_busy, stats_want, stats_stopped;
+	char *stats_reply;
 };
 
 static inline int64_t

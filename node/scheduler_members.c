@@ -86,6 +86,7 @@ kvn_sched_expire(struct kvn_scheduler *s)
 			char why[96];
 			snprintf(why, sizeof(why), "expired after %lld ms without a heartbeat",
 				 (long long)(now - m->last_beat_ms));
+			s->expiries++;
 			kvn_sched_member_down(s, id, why);
 		}
 	}
@@ -232,6 +233,7 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	m->conn = c;
 	c->member = (int32_t)id;
 	s->epoch++;
+	s->joins++;
 	kvn_info(COMP,
 		 "node %s %sjoined from %s as worker %u (data %s, transport %s%s); %u members, "
 		 "epoch %llu",
@@ -279,6 +281,10 @@ kvn_scheduler_stats_json(struct kvn_scheduler *s)
 	cJSON_AddNumberToObject(j, "published", (double)s->publishes);
 	cJSON_AddNumberToObject(j, "refused", (double)s->refused);
 	cJSON_AddNumberToObject(j, "protocol_errors", (double)s->proto_errors);
+	cJSON_AddNumberToObject(j, "frames", (double)s->frames);
+	cJSON_AddNumberToObject(j, "joins", (double)s->joins);
+	cJSON_AddNumberToObject(j, "leaves", (double)s->leaves);
+	cJSON_AddNumberToObject(j, "expiries", (double)s->expiries);
 	cJSON *arr = cJSON_AddArrayToObject(j, "members");
 	for (uint32_t id = 0; id < s->nmembers; id++) {
 		const struct member *m = &s->members[id];

@@ -4,6 +4,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,9 @@ struct tier {
 	void *dl; /* dlopen handle of an external module */
 	uint64_t capacity;
 	char *path;
+	/* Value bytes gets returned from it and stores put into it, for metrics; the tiers'
+	 * own stats count operations, not bytes moved. */
+	_Atomic uint64_t bytes_read, bytes_written;
 };
 
 /* A queued write of one value to every slow tier. Jobs of one key always go to the same
@@ -241,6 +245,12 @@ pending_cancel(struct kvn_storage *st, const struct kvn_key *key)
 }
 
 static void
+count_io(_Atomic uint64_t *ctr, size_t len)
+{
+	atomic_fetch_add_explicit(ctr, len, memory_order_relaxed);
+}
+
+static void
 run_job(struct kvn_storage *st, struct job *job)
 {
 	for (size_t i = 0; i < st->ntiers; i++) {
@@ -253,7 +263,9 @@ run_job(struct kvn_storage *st, struct job *job)
 		if (cancelled)
 			return;
 		int rc = t->ops->put(t->be, &job->key, job->buf);
-		if (rc < 0)
+		if (rc == 0)
+			count_io(&t->bytes_written, job->buf->len);
+		else if (rc < 0)
 			kvn_warn("storage", "write of key %s to %s failed: %s", job->key.str, t->name,
 				 kvn_strerror(rc));
 		/* A remove that raced with this put must win: undo what we just wrote. */
@@ -490,10 +502,12 @@ kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_bu
 		if (t->ops->flags & KVN_BACKEND_F_SLOW)
 			continue;
 		int rc = t->ops->put(t->be, key, buf);
-		if (rc == 0)
+		if (rc == 0) {
 			stored++;
-		else
+			count_io(&t->bytes_written, buf->len);
+		} else {
 			last = rc;
+		}
 		if (rc < 0 && rc != -ENOSPC)
 			kvn_warn("storage", "put of key %s into %s failed: %s", key->str, t->name,
 				 kvn_strerror(rc));
@@ -515,6 +529,8 @@ promote(struct kvn_storage *st, size_t from, const struct kvn_key *key, struct k
 		return 0;
 	struct tier *c = &st->tier[st->cpu];
 	int rc = c->ops->put(c->be, key, buf);
+	if (rc == 0)
+		count_io(&c->bytes_written, buf->len);
 	if (rc < 0 && rc != -ENOSPC)
 		kvn_debug("storage", "promotion of key %s from %s into cpu failed: %s", key->str,
 			  st->tier[from].name, kvn_strerror(rc));
@@ -543,6 +559,7 @@ kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kvn_bu
 		}
 		int rc = t->ops->get(t->be, key, out);
 		if (rc == 0) {
+			count_io(&t->bytes_read, (*out)->len);
 			promote(st, i, key, *out);
 			return 0;
 		}
@@ -691,6 +708,16 @@ kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name,
 		t->ops->stats(t->be, stats);
 	}
 	return 0;
+}
+
+void
+kvn_storage_tier_io(struct kvn_storage *st, size_t i, uint64_t *read, uint64_t *written)
+{
+	*read = *written = 0;
+	if (i < st->ntiers) {
+		*read = atomic_load_explicit(&st->tier[i].bytes_read, memory_order_relaxed);
+		*written = atomic_load_explicit(&st->tier[i].bytes_written, memory_order_relaxed);
+	}
 }
 
 struct kvn_backend *

@@ -73,5 +73,8 @@ KVN_API size_t kvn_storage_count(const struct kvn_storage *st);
 /* Name and stats of tier i (0 = highest priority); -ENOENT past the last. */
 KVN_API int kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name,
 			     struct kvn_backend_stats *stats);
+/* Value bytes gets returned from tier i and stores put into it (puts, write-behind,
+ * promotions); 0 past the last tier. */
+void kvn_storage_tier_io(struct kvn_storage *st, size_t i, uint64_t *read, uint64_t *written);
 
 #endif

@@ -371,7 +371,9 @@ monitor_main(void *arg)
 		int timeout = -1;
 		if (stopping && !term_sent) {
 			term_sent = true;
+			pthread_mutex_lock(&pl->lock); /* kvn_plugins_set_policy may change it */
 			deadline = now + pl->stop_timeout_ms;
+			pthread_mutex_unlock(&pl->lock);
 			signal_all(pl, SIGTERM);
 		}
 		if (stopping && !kill_sent && now >= deadline) {
@@ -557,6 +559,17 @@ kvn_plugins_stop(struct kvn_plugins *pl)
 	pthread_join(pl->monitor, NULL);
 	logq_finish(pl);
 	free_all(pl);
+}
+
+KVN_API void
+kvn_plugins_set_policy(struct kvn_plugins *pl, bool restart_on_failure, uint32_t stop_timeout_ms)
+{
+	if (!pl)
+		return;
+	pthread_mutex_lock(&pl->lock);
+	pl->restart_on_failure = restart_on_failure;
+	pl->stop_timeout_ms = stop_timeout_ms;
+	pthread_mutex_unlock(&pl->lock);
 }
 
 KVN_API char *

@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kvnode/kvnode.h"
 
@@ -39,6 +40,11 @@ KVN_API int kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plu
  * plugin_stop_timeout_ms; returns once all are reaped and their output is logged. Frees pl
  * (NULL is a no-op). */
 KVN_API void kvn_plugins_stop(struct kvn_plugins *pl);
+/* Changes plugin_restart (on-failure when restart_on_failure) and plugin_stop_timeout_ms of
+ * running plugins, for a config reload; a plugin already given up on stays failed. NULL is a
+ * no-op. */
+KVN_API void kvn_plugins_set_policy(struct kvn_plugins *pl, bool restart_on_failure,
+				    uint32_t stop_timeout_ms);
 /* The plugins as a JSON array of {name, file, interpreter, pid, state, restarts, exit_code,
  * dropped_lines}; state is one of "running", "restarting", "exited", "failed", "stopped",
  * "not-started". malloc'd, free() it; NULL when out of memory. */

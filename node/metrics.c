@@ -1,0 +1,292 @@
+/* Prometheus /metrics listener (libmicrohttpd on a socket bound with kvn_tcp_listen), the text
+ * exposition writer (format 0.0.4) and the lock-free latency histogram. Collecting happens
+ * only when a scrape comes in, on the listener's threads: nothing here runs on a data path
+ * except kvn_histogram_observe. */
+#include <errno.h>
+#include <inttypes.h>
+#include <microhttpd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "node/log.h"
+#include "node/metrics.h"
+#include "node/netaddr.h"
+
+#define COMP	     "metrics"
+#define CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+#define POOL_THREADS 2	/* scrapes are rare and cheap: two so a stalled one blocks nothing */
+#define MAX_CONNS    32 /* a scraper or two, plus curl by hand */
+#define CONN_TIMEOUT 10 /* seconds an idle or stalled scrape connection is kept */
+
+/* ------------------------------------------------------------------------------------------
+ * Histogram
+ * ------------------------------------------------------------------------------------------ */
+
+const uint64_t kvn_hist_bounds_ns[KVN_HIST_BOUNDS] = {
+    50000,    100000,	250000,	  500000,    1000000,	2500000,   5000000,
+    10000000, 25000000, 50000000, 100000000, 250000000, 500000000, 1000000000,
+};
+
+void
+kvn_histogram_observe(struct kvn_histogram *h, uint64_t ns)
+{
+	size_t i = 0;
+	while (i < KVN_HIST_BOUNDS && ns > kvn_hist_bounds_ns[i])
+		i++;
+	atomic_fetch_add_explicit(&h->bucket[i], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&h->sum_ns, ns, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Exposition writer
+ * ------------------------------------------------------------------------------------------ */
+
+static void expo_printf(struct kvn_expo *e, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+expo_printf(struct kvn_expo *e, const char *fmt, ...)
+{
+	if (e->oom)
+		return;
+	for (;;) {
+		va_list ap;
+		va_start(ap, fmt);
+		int n = vsnprintf(e->p ? e->p + e->len : NULL, e->p ? e->cap - e->len : 0, fmt, ap);
+		va_end(ap);
+		if (n < 0) {
+			e->oom = true;
+			return;
+		}
+		if (e->p && e->len + (size_t)n < e->cap) {
+			e->len += (size_t)n;
+			return;
+		}
+		size_t cap = e->cap ? e->cap * 2 : 16384;
+		while (cap <= e->len + (size_t)n)
+			cap *= 2;
+		char *p = realloc(e->p, cap);
+		if (!p) {
+			e->oom = true;
+			return;
+		}
+		e->p = p;
+		e->cap = cap;
+	}
+}
+
+/* Label values escape backslash, double quote and newline; HELP text backslash and newline. */
+static void
+expo_escaped(struct kvn_expo *e, const char *s, bool quote)
+{
+	for (; *s; s++) {
+		if (*s == '\\')
+			expo_printf(e, "\\\\");
+		else if (*s == '\n')
+			expo_printf(e, "\\n");
+		else if (*s == '"' && quote)
+			expo_printf(e, "\\\"");
+		else
+			expo_printf(e, "%c", *s);
+	}
+}
+
+void
+kvn_expo_family(struct kvn_expo *e, const char *name, const char *type, const char *help)
+{
+	expo_printf(e, "# HELP %s ", name);
+	expo_escaped(e, help, false);
+	expo_printf(e, "\n# TYPE %s %s\n", name, type);
+}
+
+static void
+expo_name(struct kvn_expo *e, const char *name, const struct kvn_label *l, size_t nl)
+{
+	expo_printf(e, "%s", name);
+	for (size_t i = 0; i < nl; i++) {
+		expo_printf(e, "%s%s=\"", i ? "," : "{", l[i].name);
+		expo_escaped(e, l[i].value ? l[i].value : "", true);
+		expo_printf(e, "\"%s", i + 1 == nl ? "}" : "");
+	}
+}
+
+void
+kvn_expo_u64(struct kvn_expo *e, const char *name, const struct kvn_label *l, size_t nl, uint64_t v)
+{
+	expo_name(e, name, l, nl);
+	expo_printf(e, " %" PRIu64 "\n", v);
+}
+
+void
+kvn_expo_double(struct kvn_expo *e, const char *name, const struct kvn_label *l, size_t nl,
+		double v)
+{
+	expo_name(e, name, l, nl);
+	expo_printf(e, " %.17g\n", v);
+}
+
+void
+kvn_expo_one(struct kvn_expo *e, const char *name, const char *type, const char *help, uint64_t v)
+{
+	kvn_expo_family(e, name, type, help);
+	kvn_expo_u64(e, name, NULL, 0, v);
+}
+
+void
+kvn_expo_histogram(struct kvn_expo *e, const char *name, const struct kvn_histogram *h)
+{
+	char sample[160], le[32];
+	uint64_t cum = 0;
+	snprintf(sample, sizeof(sample), "%s_bucket", name);
+	for (size_t i = 0; i <= KVN_HIST_BOUNDS; i++) {
+		cum += atomic_load_explicit(&h->bucket[i], memory_order_relaxed);
+		if (i < KVN_HIST_BOUNDS)
+			snprintf(le, sizeof(le), "%g", (double)kvn_hist_bounds_ns[i] / 1e9);
+		else
+			snprintf(le, sizeof(le), "+Inf");
+		struct kvn_label l = {"le", le};
+		kvn_expo_u64(e, sample, &l, 1, cum);
+	}
+	snprintf(sample, sizeof(sample), "%s_sum", name);
+	kvn_expo_double(e, sample, NULL, 0,
+			(double)atomic_load_explicit(&h->sum_ns, memory_order_relaxed) / 1e9);
+	snprintf(sample, sizeof(sample), "%s_count", name);
+	kvn_expo_u64(e, sample, NULL, 0, cum);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Listener
+ * ------------------------------------------------------------------------------------------ */
+
+struct kvn_metrics {
+	struct MHD_Daemon *d;
+	kvn_metrics_collect_fn collect;
+	void *ctx;
+	char addr[KVN_HOST_MAX + 8];
+};
+
+static void
+mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	struct kvn_metrics *m = cls;
+	char line[512];
+	vsnprintf(line, sizeof(line), fmt, ap);
+	size_t n = strlen(line);
+	while (n && line[n - 1] == '\n')
+		line[--n] = '\0';
+	kvn_warn(COMP, "listener %s: %s", m->addr, line);
+}
+
+static enum MHD_Result
+reply(struct MHD_Connection *conn, unsigned status, char *body, bool body_owned, const char *allow)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(
+	    strlen(body), body, body_owned ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+	if (!r) {
+		if (body_owned)
+			free(body);
+		return MHD_NO;
+	}
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
+				status == MHD_HTTP_OK ? CONTENT_TYPE : "text/plain; charset=utf-8");
+	if (allow)
+		MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow);
+	enum MHD_Result rc = MHD_queue_response(conn, status, r);
+	MHD_destroy_response(r);
+	return rc;
+}
+
+static enum MHD_Result
+on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+	   const char *version, const char *upload, size_t *upload_len, void **req_cls)
+{
+	struct kvn_metrics *m = cls;
+	(void)version, (void)upload, (void)upload_len, (void)req_cls;
+	if (strcmp(url, "/metrics"))
+		return reply(conn, MHD_HTTP_NOT_FOUND,
+			     "not found: kvnode serves its metrics on /metrics\n", false, NULL);
+	if (strcmp(method, MHD_HTTP_METHOD_GET) && strcmp(method, MHD_HTTP_METHOD_HEAD))
+		return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED,
+			     "method not allowed: /metrics answers GET and HEAD\n", false,
+			     "GET, HEAD");
+	struct kvn_expo e = {0};
+	int rc = m->collect(m->ctx, &e);
+	if (rc == 0 && e.oom)
+		rc = -ENOMEM;
+	if (rc < 0) {
+		free(e.p);
+		kvn_warn(COMP, "scrape of %s failed: %s", m->addr, kvn_strerror(rc));
+		char *msg = NULL;
+		if (asprintf(&msg, "metrics unavailable: %s\n", kvn_strerror(rc)) < 0)
+			return reply(conn, MHD_HTTP_SERVICE_UNAVAILABLE, "metrics unavailable\n",
+				     false, NULL);
+		return reply(conn, MHD_HTTP_SERVICE_UNAVAILABLE, msg, true, NULL);
+	}
+	if (!e.p) {
+		/* A collector that wrote nothing still answers with an empty exposition. */
+		return reply(conn, MHD_HTTP_OK, "", false, NULL);
+	}
+	return reply(conn, MHD_HTTP_OK, e.p, true, NULL);
+}
+
+int
+kvn_metrics_start(const char *listen, kvn_metrics_collect_fn collect, void *ctx,
+		  struct kvn_metrics **out, char *err, size_t errlen)
+{
+	char host[KVN_HOST_MAX], why[512];
+	uint16_t port, bound = 0;
+	*out = NULL;
+	if (kvn_hostport_parse(listen, host, &port, why, sizeof(why)) < 0)
+		return kvn_seterr(err, errlen, "metrics_listen: %s", why);
+	int fd = kvn_tcp_listen(host, port, 64, &bound, why, sizeof(why));
+	if (fd < 0) {
+		kvn_seterr(err, errlen, "metrics_listen %s: %s", listen, why);
+		return fd;
+	}
+	struct kvn_metrics *m = calloc(1, sizeof(*m));
+	if (!m) {
+		close(fd);
+		return -ENOMEM;
+	}
+	m->collect = collect;
+	m->ctx = ctx;
+	snprintf(m->addr, sizeof(m->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, bound);
+	/* The socket is ours (bound to exactly the address asked for, with netaddr's messages);
+	 * MHD only accepts on it and closes it on stop. */
+	m->d = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+				on_request, m, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, m,
+				MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE,
+				(unsigned)POOL_THREADS, MHD_OPTION_CONNECTION_LIMIT,
+				(unsigned)MAX_CONNS, MHD_OPTION_CONNECTION_TIMEOUT,
+				(unsigned)CONN_TIMEOUT, MHD_OPTION_END);
+	if (!m->d) {
+		/* fd is not closed here: whether MHD already did on its failure path differs
+		 * between versions, and a double close could hit another thread's descriptor.
+		 * The caller exits on this error anyway. */
+		free(m);
+		return kvn_seterr(err, errlen,
+				  "metrics_listen %s: libmicrohttpd could not start its listener "
+				  "threads (out of memory or threads?)",
+				  listen);
+	}
+	*out = m;
+	return 0;
+}
+
+const char *
+kvn_metrics_address(const struct kvn_metrics *m)
+{
+	return m->addr;
+}
+
+void
+kvn_metrics_stop(struct kvn_metrics *m)
+{
+	if (!m)
+		return;
+	MHD_stop_daemon(m->d);
+	free(m);
+}

@@ -1,0 +1,238 @@
+/* The metrics of `kvnode serve` and the families both daemons share: reads the counters the
+ * tiers, the peer tier, the membership client, the lm server and the plugin launcher already
+ * keep (the same ones `kvnode stat` shows) and writes them out. docs/metrics.md lists them. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvnode/plugin.h"
+#include "node/cluster.h"
+#include "node/lm_server.h"
+#include "node/membership.h"
+#include "node/metrics.h"
+#include "node/storage.h"
+
+#define MAX_TIERS 16
+
+/* ------------------------------------------------------------------------------------------
+ * Shared families
+ * ------------------------------------------------------------------------------------------ */
+
+static const char *
+json_str(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static uint64_t
+json_u64(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	return cJSON_IsNumber(v) && v->valuedouble > 0 ? (uint64_t)v->valuedouble : 0;
+}
+
+/* The launcher keeps its state behind its own lock; its stat JSON is the one reader it has. */
+static void
+plugins(struct kvn_expo *e, struct kvn_plugins *pl)
+{
+	char *text = pl ? kvn_plugins_stats_json(pl) : NULL;
+	cJSON *arr = text ? cJSON_Parse(text) : NULL;
+	free(text);
+	if (cJSON_GetArraySize(arr) > 0) {
+		static const struct {
+			const char *name, *type, *help, *field;
+		} fam[] = {
+		    {"kvnode_plugin_up", "gauge", "1 while the plugin's process runs, else 0",
+		     NULL},
+		    {"kvnode_plugin_restarts_total", "counter",
+		     "Restarts of the plugin (plugin_restart: on-failure)", "restarts"},
+		    {"kvnode_plugin_dropped_lines_total", "counter",
+		     "Output lines of the plugin dropped because the log queue was full",
+		     "dropped_lines"},
+		};
+		for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
+			kvn_expo_family(e, fam[f].name, fam[f].type, fam[f].help);
+			const cJSON *p;
+			cJSON_ArrayForEach(p, arr)
+			{
+				struct kvn_label l = {"plugin", json_str(p, "name")};
+				uint64_t v = fam[f].field
+						 ? json_u64(p, fam[f].field)
+						 : !strcmp(json_str(p, "state"), "running");
+				kvn_expo_u64(e, fam[f].name, &l, 1, v);
+			}
+		}
+	}
+	cJSON_Delete(arr);
+}
+
+void
+kvn_metrics_common(struct kvn_expo *e, struct kvn_plugins *pl)
+{
+	kvn_expo_family(e, "kvnode_build_info", "gauge",
+			"Always 1; the labels say which kvnode build this is");
+	struct kvn_label l[] = {{"version", KVN_VERSION_STRING},
+				{"verbs", KVN_HAVE_VERBS ? "yes" : "no"}};
+	kvn_expo_u64(e, "kvnode_build_info", l, 2, 1);
+	plugins(e, pl);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Node
+ * ------------------------------------------------------------------------------------------ */
+
+struct tier_snap {
+	const char *name;
+	struct kvn_backend_stats s;
+	uint64_t read, written;
+};
+
+/* One family per counter, every tier in it. */
+static void
+tiers(struct kvn_expo *e, struct kvn_storage *st)
+{
+	struct tier_snap t[MAX_TIERS];
+	size_t n = 0;
+	for (size_t i = 0; i < kvn_storage_count(st) && n < MAX_TIERS; i++, n++) {
+		kvn_storage_tier(st, i, &t[n].name, &t[n].s);
+		kvn_storage_tier_io(st, i, &t[n].read, &t[n].written);
+	}
+#define TIER_FIELD(f) offsetof(struct tier_snap, f)
+	static const struct {
+		const char *name, *type, *help;
+		size_t off;
+	} fam[] = {
+	    {"kvnode_tier_hits_total", "counter", "Gets this tier answered", TIER_FIELD(s.hits)},
+	    {"kvnode_tier_misses_total", "counter", "Gets that asked this tier and missed",
+	     TIER_FIELD(s.misses)},
+	    {"kvnode_tier_puts_total", "counter", "Values this tier stored", TIER_FIELD(s.puts)},
+	    {"kvnode_tier_read_bytes_total", "counter", "Value bytes gets returned from this tier",
+	     TIER_FIELD(read)},
+	    {"kvnode_tier_written_bytes_total", "counter",
+	     "Value bytes stored into this tier (puts, write-behind and promotions)",
+	     TIER_FIELD(written)},
+	    {"kvnode_tier_evictions_total", "counter", "Chunks this tier evicted to make room",
+	     TIER_FIELD(s.evictions)},
+	    {"kvnode_tier_errors_total", "counter",
+	     "Failed I/O, or corrupt data found and dropped, in this tier", TIER_FIELD(s.errors)},
+	    {"kvnode_tier_chunks", "gauge", "Chunks this tier holds now", TIER_FIELD(s.count)},
+	    {"kvnode_tier_stored_bytes", "gauge", "Value bytes this tier holds now",
+	     TIER_FIELD(s.bytes)},
+	    {"kvnode_tier_capacity_bytes", "gauge",
+	     "Value bytes this tier may hold (0: unbounded or not known)", TIER_FIELD(s.capacity)},
+	};
+#undef TIER_FIELD
+	for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
+		kvn_expo_family(e, fam[f].name, fam[f].type, fam[f].help);
+		for (size_t i = 0; i < n; i++) {
+			uint64_t v;
+			memcpy(&v, (const char *)&t[i] + fam[f].off, sizeof(v));
+			struct kvn_label l = {"tier", t[i].name};
+			kvn_expo_u64(e, fam[f].name, &l, 1, v);
+		}
+	}
+}
+
+static void
+peer(struct kvn_expo *e, struct kvn_storage *st)
+{
+	struct kvn_backend *be = kvn_storage_backend(st, &kvn_peer_backend_ops);
+	struct kvn_peer_read_stats p = {0};
+	if (be)
+		kvn_peer_read_stats(be, &p);
+	kvn_expo_one(e, "kvnode_peer_reads_total", "counter",
+		     "One-sided READs of chunks from other nodes' pools", p.reads);
+	kvn_expo_one(e, "kvnode_peer_read_bytes_total", "counter",
+		     "Slot-image bytes READ from other nodes", p.bytes);
+	kvn_expo_one(e, "kvnode_peer_read_errors_total", "counter",
+		     "Peer reads that gave no verified chunk (transport error, chunk evicted or "
+		     "rewritten since the directory heard of it, no room for it)",
+		     p.errors);
+	kvn_expo_one(e, "kvnode_transport_errors_total", "counter",
+		     "READs the data transport (verbs or tcp) failed", p.transport_errors);
+	kvn_expo_family(e, "kvnode_peer_read_duration_seconds", "histogram",
+			"Time from posting a READ to a peer to its completion");
+	static const struct kvn_histogram none;
+	kvn_expo_histogram(e, "kvnode_peer_read_duration_seconds", p.latency ? p.latency : &none);
+}
+
+static void
+membership(struct kvn_expo *e, struct kvn_cluster *c)
+{
+	struct kvn_membership *m = c ? kvn_cluster_membership(c) : NULL;
+	kvn_expo_one(e, "kvnode_cluster_joined", "gauge",
+		     "1 while this node is a member of its scheduler's cluster, else 0",
+		     m && kvn_membership_connected(m));
+	kvn_expo_family(e, "kvnode_cluster_worker_id", "gauge",
+			"This node's worker id (-1: not joined, or no scheduler_url)");
+	kvn_expo_double(e, "kvnode_cluster_worker_id", NULL, 0,
+			m ? (double)kvn_membership_worker_id(m) : -1);
+	kvn_expo_one(e, "kvnode_cluster_members", "gauge",
+		     "Members alive in the cluster (the worker count), as the scheduler last said",
+		     m ? kvn_membership_worker_count(m) : 0);
+	kvn_expo_one(e, "kvnode_cluster_epoch", "gauge",
+		     "Cluster epoch (changes on every join and expiry)",
+		     m ? kvn_membership_epoch(m) : 0);
+	kvn_expo_one(e, "kvnode_cluster_joins_total", "counter",
+		     "Successful joins (a re-join after a scheduler restart adds one)",
+		     m ? kvn_membership_joins(m) : 0);
+}
+
+static void
+remote(struct kvn_expo *e, struct kvn_storage *st)
+{
+	struct kvn_remote_status rs;
+	if (kvn_storage_remote_status(st, &rs) < 0)
+		return;
+	kvn_expo_one(e, "kvnode_remote_connected", "gauge",
+		     "1 while the remote tier's store (remote_url) is reachable, else 0",
+		     rs.connected);
+	kvn_expo_one(e, "kvnode_remote_disconnects_total", "counter",
+		     "Times the remote store went away", rs.disconnects);
+	kvn_expo_one(e, "kvnode_remote_reconnects_total", "counter",
+		     "Times the connection to the remote store was made again", rs.reconnects);
+	kvn_expo_one(e, "kvnode_remote_corrupt_total", "counter",
+		     "Values from the remote store that failed their checks", rs.corrupt);
+}
+
+static void
+lm(struct kvn_expo *e, struct kvn_lm_server *srv)
+{
+	if (!srv)
+		return;
+	struct kvn_lm_server_stats s;
+	kvn_lm_server_stats(srv, &s);
+	kvn_expo_one(e, "kvnode_lm_connections", "gauge",
+		     "Open connections of the lm:// server (lm_listen)", s.connections);
+	kvn_expo_one(e, "kvnode_lm_accepted_total", "counter",
+		     "Connections the lm:// server accepted", s.accepted);
+	kvn_expo_one(e, "kvnode_lm_refused_total", "counter",
+		     "Connections the lm:// server refused (over its connection cap)", s.refused);
+	kvn_expo_one(e, "kvnode_lm_requests_total", "counter", "Requests the lm:// server answered",
+		     s.requests);
+	kvn_expo_one(e, "kvnode_lm_protocol_errors_total", "counter",
+		     "Malformed requests that closed an lm:// connection", s.proto_errors);
+}
+
+int
+kvn_metrics_collect_node(void *ctx, struct kvn_expo *e)
+{
+	const struct kvn_node_metrics *nm = ctx;
+	struct kvn_storage *st = kvn_engine_storage(nm->eng);
+	kvn_metrics_common(e, nm->plugins);
+	uint64_t hits, misses;
+	kvn_engine_gets(nm->eng, &hits, &misses);
+	kvn_expo_family(e, "kvnode_gets_total", "counter",
+			"Gets of the node by outcome (hit: some tier had the key)");
+	kvn_expo_u64(e, "kvnode_gets_total", &(struct kvn_label){"result", "hit"}, 1, hits);
+	kvn_expo_u64(e, "kvnode_gets_total", &(struct kvn_label){"result", "miss"}, 1, misses);
+	tiers(e, st);
+	peer(e, st);
+	membership(e, nm->cluster);
+	remote(e, st);
+	lm(e, nm->lm);
+	return e->oom ? -ENOMEM : 0;
+}

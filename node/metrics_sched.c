@@ -1,0 +1,106 @@
+/* The metrics of `kvnode scheduler`: its cluster view (the same one `kvnode stat --scheduler`
+ * shows), taken from the event loop's thread, written out as Prometheus families. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "node/metrics.h"
+#include "node/scheduler.h"
+
+#define VIEW_TIMEOUT_MS 5000 /* the loop answers between events; it is never busy this long */
+
+static uint64_t
+u64(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	return cJSON_IsNumber(v) && v->valuedouble > 0 ? (uint64_t)v->valuedouble : 0;
+}
+
+static const char *
+str(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+static void
+members(struct kvn_expo *e, const cJSON *view)
+{
+	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(view, "members"), *m;
+	uint64_t alive = 0, expired = 0;
+	cJSON_ArrayForEach(m, arr)
+	{
+		if (!strcmp(str(m, "state"), "alive"))
+			alive++;
+		else
+			expired++;
+	}
+	kvn_expo_family(e, "kvnode_scheduler_members", "gauge",
+			"Nodes that ever joined, by state (alive, or expired/left and keeping "
+			"their worker id)");
+	kvn_expo_u64(e, "kvnode_scheduler_members", &(struct kvn_label){"state", "alive"}, 1,
+		     alive);
+	kvn_expo_u64(e, "kvnode_scheduler_members", &(struct kvn_label){"state", "expired"}, 1,
+		     expired);
+	kvn_expo_family(e, "kvnode_scheduler_member_chunks", "gauge",
+			"Directory entries (chunks) each member published");
+	cJSON_ArrayForEach(m, arr)
+	{
+		char id[24];
+		snprintf(id, sizeof(id), "%llu", (unsigned long long)u64(m, "worker_id"));
+		struct kvn_label l[] = {{"node", str(m, "name")}, {"worker_id", id}};
+		kvn_expo_u64(e, "kvnode_scheduler_member_chunks", l, 2, u64(m, "chunks"));
+	}
+}
+
+int
+kvn_metrics_collect_sched(void *ctx, struct kvn_expo *e)
+{
+	const struct kvn_sched_metrics *sm = ctx;
+	char *text = kvn_scheduler_stats_json_sync(sm->sched, VIEW_TIMEOUT_MS);
+	cJSON *view = text ? cJSON_Parse(text) : NULL;
+	free(text);
+	if (!cJSON_IsObject(view)) {
+		cJSON_Delete(view);
+		return -EAGAIN; /* stopping, or out of memory: this scrape gets 503 */
+	}
+	kvn_metrics_common(e, sm->plugins);
+	static const struct {
+		const char *name, *type, *help, *field;
+	} fam[] = {
+	    {"kvnode_scheduler_epoch", "gauge", "Cluster epoch (grows on every join and expiry)",
+	     "epoch"},
+	    {"kvnode_scheduler_directory_entries", "gauge",
+	     "Chunks in the directory (one entry per chunk and holder)", "entries"},
+	    {"kvnode_scheduler_directory_bytes", "gauge", "Memory the chunk directory uses",
+	     "directory_bytes"},
+	    {"kvnode_scheduler_connections", "gauge", "Open connections (nodes and stat clients)",
+	     "connections"},
+	    {"kvnode_scheduler_frames_total", "counter", "Control frames received from members",
+	     "frames"},
+	    {"kvnode_scheduler_lookups_total", "counter", "LOOKUP frames answered", "lookups"},
+	    {"kvnode_scheduler_looked_up_keys_total", "counter", "Keys asked for in LOOKUP frames",
+	     "keys_looked_up"},
+	    {"kvnode_scheduler_publishes_total", "counter",
+	     "Admit and evict records members published", "published"},
+	    {"kvnode_scheduler_joins_total", "counter", "Successful JOINs (re-joins included)",
+	     "joins"},
+	    {"kvnode_scheduler_leaves_total", "counter", "Members that sent LEAVE", "leaves"},
+	    {"kvnode_scheduler_expiries_total", "counter",
+	     "Members expired for missing their heartbeats", "expiries"},
+	    {"kvnode_scheduler_refused_total", "counter",
+	     "Connections refused over the connection cap, and JOIN or STATS requests refused "
+	     "for a wrong auth_token",
+	     "refused"},
+	    {"kvnode_scheduler_rejected_frames_total", "counter",
+	     "Frames rejected as malformed or not allowed (the connection is closed)",
+	     "protocol_errors"},
+	};
+	for (size_t i = 0; i < sizeof(fam) / sizeof(fam[0]); i++)
+		kvn_expo_one(e, fam[i].name, fam[i].type, fam[i].help, u64(view, fam[i].field));
+	members(e, view);
+	cJSON_Delete(view);
+	return e->oom ? -ENOMEM : 0;
+}

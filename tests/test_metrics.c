@@ -1,0 +1,432 @@
+/* Prometheus metrics end to end (docs/metrics.md): real `kvnode scheduler` and `kvnode serve`
+ * processes with metrics_listen on loopback, scraped over a plain socket, every documented
+ * family present, counters that move with puts and gets (peer reads included), the format
+ * checked strictly here and by `promtool check metrics` where it is installed, and the
+ * errors for a bad metrics_listen or a port already taken. */
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "node/netaddr.h"
+#include "tests/helpers/expo.h"
+#include "tests/helpers/proc.h"
+
+#define KVNODE	  KVN_BINARY_DIR "/kvnode"
+#define DOC	  KVN_SOURCE_DIR "/docs/metrics.md"
+#define DEADLINE  60000 /* ms: generous, for a loaded 2-core machine under sanitizers */
+#define KEY	  "vllm@llama@1@0@a1b2c3@bfloat16"
+#define VALUE_LEN 100000
+
+static const char *const clean_env[] = {"KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE",
+					"KVNODE_SOCKET", "KVNODE_METRICS_LISTEN", NULL};
+static char dir[256];
+
+struct daemon {
+	struct proc p;
+	char name[32];
+	char cfg[PATH_MAX], sock[PATH_MAX], out[PATH_MAX], err[PATH_MAX];
+	int metrics_port;
+	char sched_addr[64]; /* scheduler: where nodes join */
+};
+
+static struct daemon sched, node_a, node_b;
+
+static void
+setup(void)
+{
+	cr_assert_eq(access(KVNODE, X_OK), 0, "%s is not built", KVNODE);
+	cr_assert_eq(proc_mkdtemp("metrics", dir, sizeof(dir)), 0);
+}
+
+static void
+teardown(void)
+{
+	struct daemon *all[] = {&node_b, &node_a, &sched};
+	for (size_t i = 0; i < 3; i++)
+		if (all[i]->p.pid)
+			proc_stop(&all[i]->p, SIGTERM, 20000);
+	proc_rm_tree(dir);
+}
+
+TestSuite(metrics, .init = setup, .fini = teardown, .timeout = 240);
+
+static void
+daemon_paths(struct daemon *d, const char *name)
+{
+	snprintf(d->name, sizeof(d->name), "%s", name);
+	snprintf(d->cfg, sizeof(d->cfg), "%s/%s.yaml", dir, name);
+	snprintf(d->sock, sizeof(d->sock), "%s/%s.sock", dir, name);
+	snprintf(d->out, sizeof(d->out), "%s/%s.out", dir, name);
+	snprintf(d->err, sizeof(d->err), "%s/%s.err", dir, name);
+}
+
+static void
+write_cfg(const struct daemon *d, const char *text)
+{
+	cr_assert_eq(proc_write_file(d->cfg, text, strlen(text)), 0);
+}
+
+static bool
+out_has_metrics_line(void *ctx)
+{
+	struct daemon *d = ctx;
+	char *s = proc_read_file(d->out, NULL);
+	bool up = s && strstr(s, "kvnode: metrics on http://");
+	if (up && !d->sched_addr[0] && strstr(s, "scheduler on "))
+		sscanf(strstr(s, "scheduler on ") + 13, "%63s", d->sched_addr);
+	free(s);
+	return up || !proc_alive(&d->p);
+}
+
+static void
+wait_up(struct daemon *d)
+{
+	bool ok = proc_wait_for(out_has_metrics_line, d, DEADLINE) && proc_alive(&d->p);
+	if (!ok) {
+		char *e = proc_read_file(d->err, NULL);
+		cr_assert_fail("%s did not come up with its metrics listener: %s", d->name,
+			       e ? e : "");
+	}
+}
+
+static void
+start(struct daemon *d, const char *const argv[])
+{
+	struct proc_opts po = {.stdout_path = d->out, .stderr_path = d->err, .env = clean_env};
+	cr_assert_eq(proc_spawn(&d->p, argv, &po), 0);
+	wait_up(d);
+}
+
+static void
+start_sched(void)
+{
+	daemon_paths(&sched, "sched");
+	sched.metrics_port = kvn_tcp_free_port();
+	char text[256];
+	snprintf(text, sizeof(text), "heartbeat_ms: 100\nmetrics_listen: 127.0.0.1:%d\n",
+		 sched.metrics_port);
+	write_cfg(&sched, text);
+	const char *argv[] = {KVNODE,	  "scheduler",	 "-c", sched.cfg,
+			      "--listen", "127.0.0.1:0", NULL};
+	start(&sched, argv);
+	cr_assert(sched.sched_addr[0], "no scheduler address in its output");
+}
+
+/* A node on 0.05 GB of cpu tier, in sched's cluster when that runs; extra: more config. */
+static void
+start_node(struct daemon *d, const char *name, const char *extra)
+{
+	daemon_paths(d, name);
+	d->metrics_port = kvn_tcp_free_port();
+	char *text;
+	cr_assert(asprintf(&text,
+			   "node_name: %s\nmax_local_cpu_size: 0.05\nhugepages: false\n"
+			   "socket_path: %s\nmetrics_listen: 127.0.0.1:%d\nheartbeat_ms: 100\n"
+			   "%s%s%s%s",
+			   name, d->sock, d->metrics_port,
+			   sched.sched_addr[0] ? "transport: tcp\nlisten: 127.0.0.1:0\n" : "",
+			   sched.sched_addr[0] ? "scheduler_url: " : "", sched.sched_addr,
+			   sched.sched_addr[0] ? "\n" : "") > 0);
+	char *all;
+	cr_assert(asprintf(&all, "%s%s", text, extra ? extra : "") > 0);
+	write_cfg(d, all);
+	free(text);
+	free(all);
+	const char *argv[] = {KVNODE, "serve", "-c", d->cfg, NULL};
+	start(d, argv);
+}
+
+/* GET /metrics of d, checked against the grammar (and by promtool when installed). */
+static char *
+scrape(const struct daemon *d)
+{
+	char *body;
+	int st = http_request(d->metrics_port, "GET", "/metrics", &body, 20000);
+	cr_assert_eq(st, 200, "GET /metrics of %s: status %d (%s)", d->name, st, body ? body : "");
+	char why[512];
+	cr_assert(expo_check(body, why, sizeof(why)), "%s's exposition is malformed: %s\n%s",
+		  d->name, why, body);
+	return body;
+}
+
+static const char *
+promtool_path(void)
+{
+	static const char *const cands[] = {"/usr/bin/promtool", "/usr/local/bin/promtool"};
+	for (size_t i = 0; i < 2; i++)
+		if (access(cands[i], X_OK) == 0)
+			return cands[i];
+	return NULL;
+}
+
+static void
+promtool_check(const char *text, const char *what)
+{
+	const char *pt = promtool_path();
+	if (!pt) {
+		cr_log_warn("promtool is not installed (Debian package prometheus): %s was "
+			    "checked by the in-test format checker only",
+			    what);
+		return;
+	}
+	char in[PATH_MAX], out[PATH_MAX];
+	snprintf(in, sizeof(in), "%s/promtool.in", dir);
+	snprintf(out, sizeof(out), "%s/promtool.out", dir);
+	cr_assert_eq(proc_write_file(in, text, strlen(text)), 0);
+	const char *argv[] = {pt, "check", "metrics", NULL};
+	struct proc_opts po = {.stdin_path = in, .stdout_path = out, .stderr_path = out};
+	int rc = proc_run(argv, &po, DEADLINE);
+	char *msg = proc_read_file(out, NULL);
+	cr_expect_eq(rc, 0, "promtool check metrics on %s: exit %d: %s", what, rc, msg ? msg : "");
+	free(msg);
+}
+
+static void
+cli(const struct daemon *d, const char *const args[], const char *stdout_path)
+{
+	const char *argv[16] = {KVNODE};
+	size_t n = 1;
+	for (; args[n - 1]; n++)
+		argv[n] = args[n - 1];
+	argv[n++] = "--node";
+	argv[n++] = d->sock;
+	argv[n] = NULL;
+	struct proc_opts po = {.stdout_path = stdout_path, .env = clean_env};
+	cr_assert_eq(proc_run(argv, &po, DEADLINE), 0, "kvnode %s on %s failed", args[0], d->name);
+}
+
+struct dir_wait {
+	const struct daemon *d;
+	const char *series;
+	double at_least;
+};
+
+static bool
+series_reaches(void *ctx)
+{
+	struct dir_wait *w = ctx;
+	char *body;
+	int st = http_request(w->d->metrics_port, "GET", "/metrics", &body, 20000);
+	bool ok = st == 200 && expo_value(body, w->series) >= w->at_least;
+	free(body);
+	return ok;
+}
+
+/* The names docs/metrics.md documents: every `kvnode_...` word in backquotes. */
+static size_t
+documented_names(char names[][96], size_t max)
+{
+	char *doc = proc_read_file(DOC, NULL);
+	cr_assert(doc, "cannot read %s", DOC);
+	size_t n = 0;
+	for (const char *p = doc; (p = strstr(p, "`kvnode_")) && n < max;) {
+		p++;
+		size_t len = 0;
+		while (isalnum((unsigned char)p[len]) || p[len] == '_')
+			len++;
+		bool dup = false;
+		for (size_t i = 0; i < n; i++)
+			dup |= strlen(names[i]) == len && !strncmp(names[i], p, len);
+		if (!dup)
+			snprintf(names[n++], 96, "%.*s", (int)len, p);
+		p += len;
+	}
+	free(doc);
+	return n;
+}
+
+Test(metrics, every_documented_family_is_served_and_counters_follow_puts_gets_and_peer_reads)
+{
+	start_sched();
+	/* node-a also runs an lm:// server and a plugin, so that those families exist. */
+	char plugdir[300], plug[340], extra[700];
+	snprintf(plugdir, sizeof(plugdir), "%s/plugins", dir);
+	cr_assert_eq(mkdir(plugdir, 0755), 0);
+	snprintf(plug, sizeof(plug), "%s/worker_idle.sh", plugdir);
+	const char *script = "while :; do sleep 0.2; done\n";
+	cr_assert_eq(proc_write_file(plug, script, strlen(script)), 0);
+	snprintf(extra, sizeof(extra), "lm_listen: 127.0.0.1:0\nplugin_locations: [\"%s\"]\n",
+		 plugdir);
+	start_node(&node_a, "node-a", extra);
+	start_node(&node_b, "node-b", NULL);
+
+	char *before = scrape(&node_a);
+	cr_expect_eq(expo_value(before, "kvnode_tier_hits_total{tier=\"cpu\"}"), 0);
+	cr_expect_eq(expo_value(before, "kvnode_cluster_joined"), 1);
+	cr_expect_eq(expo_value(before, "kvnode_plugin_up{plugin=\"worker_idle.sh\"}"), 1,
+		     "the plugin should be up:\n%s", before);
+	free(before);
+
+	char value[PATH_MAX], got[PATH_MAX];
+	snprintf(value, sizeof(value), "%s/value.bin", dir);
+	snprintf(got, sizeof(got), "%s/got.bin", dir);
+	char *data = malloc(VALUE_LEN);
+	for (size_t i = 0; i < VALUE_LEN; i++)
+		data[i] = (char)(i * 131 + 7);
+	cr_assert_eq(proc_write_file(value, data, VALUE_LEN), 0);
+	free(data);
+	cli(&node_a, (const char *[]){"put", KEY, value, NULL}, NULL);
+	cli(&node_a, (const char *[]){"get", KEY, "-o", got, NULL}, NULL);
+
+	char *a = scrape(&node_a);
+	cr_expect_eq(expo_value(a, "kvnode_tier_hits_total{tier=\"cpu\"}"), 1, "%s", a);
+	cr_expect_eq(expo_value(a, "kvnode_tier_puts_total{tier=\"cpu\"}"), 1);
+	cr_expect_eq(expo_value(a, "kvnode_tier_read_bytes_total{tier=\"cpu\"}"), VALUE_LEN);
+	cr_expect_eq(expo_value(a, "kvnode_tier_written_bytes_total{tier=\"cpu\"}"), VALUE_LEN);
+	cr_expect_eq(expo_value(a, "kvnode_tier_chunks{tier=\"cpu\"}"), 1);
+	cr_expect_eq(expo_value(a, "kvnode_gets_total{result=\"hit\"}"), 1);
+	cr_expect(expo_value(a, "kvnode_tier_capacity_bytes{tier=\"cpu\"}") > 0);
+
+	/* node-b finds the chunk through the directory and READs it from node-a's pool. */
+	struct dir_wait w = {&sched, "kvnode_scheduler_directory_entries", 1};
+	cr_assert(proc_wait_for(series_reaches, &w, DEADLINE), "node-a's chunk never reached "
+							       "the directory");
+	cli(&node_b, (const char *[]){"get", KEY, "-o", got, NULL}, NULL);
+	char *b = scrape(&node_b);
+	cr_expect_eq(expo_value(b, "kvnode_tier_hits_total{tier=\"peer\"}"), 1, "%s", b);
+	cr_expect_geq(expo_value(b, "kvnode_peer_reads_total"), 1);
+	cr_expect_gt(expo_value(b, "kvnode_peer_read_bytes_total"), VALUE_LEN);
+	cr_expect_geq(expo_value(b, "kvnode_peer_read_duration_seconds_count"), 1);
+	cr_expect_eq(expo_value(b, "kvnode_peer_read_duration_seconds_bucket{le=\"+Inf\"}"),
+		     expo_value(b, "kvnode_peer_read_duration_seconds_count"));
+	cr_expect_gt(expo_value(b, "kvnode_peer_read_duration_seconds_sum"), 0);
+	cr_expect_eq(expo_value(b, "kvnode_cluster_members"), 2);
+
+	char *s = scrape(&sched);
+	cr_expect_eq(expo_value(s, "kvnode_scheduler_members{state=\"alive\"}"), 2, "%s", s);
+	cr_expect_geq(expo_value(s, "kvnode_scheduler_joins_total"), 2);
+	cr_expect_geq(expo_value(s, "kvnode_scheduler_lookups_total"), 1);
+	cr_expect_geq(expo_value(s, "kvnode_scheduler_publishes_total"), 1);
+	const char *row = strstr(s, "\nkvnode_scheduler_member_chunks{node=\"node-a\",");
+	cr_expect(row && strstr(row, "} 1\n") == strchr(row, '}'),
+		  "node-a's one chunk should be listed under it:\n%s", s);
+
+	/* Every documented name is served (the remote tier's need a remote_url: not here). */
+	char names[128][96];
+	size_t n = documented_names(names, 128);
+	cr_assert_gt(n, 30, "docs/metrics.md documents only %zu names", n);
+	for (size_t i = 0; i < n; i++) {
+		if (!strncmp(names[i], "kvnode_remote_", 14))
+			continue;
+		cr_expect(expo_has_family(a, names[i]) || expo_has_family(s, names[i]),
+			  "documented %s is served by neither node-a nor the scheduler", names[i]);
+	}
+	promtool_check(a, "a node's metrics");
+	promtool_check(b, "a peer-reading node's metrics");
+	promtool_check(s, "the scheduler's metrics");
+	free(a);
+	free(b);
+	free(s);
+}
+
+Test(metrics, other_paths_get_404_and_other_methods_405_while_head_works)
+{
+	start_node(&node_a, "solo", NULL);
+	char *body;
+	cr_expect_eq(http_request(node_a.metrics_port, "GET", "/", &body, 20000), 404);
+	free(body);
+	cr_expect_eq(http_request(node_a.metrics_port, "GET", "/metricsx", &body, 20000), 404);
+	free(body);
+	cr_expect_eq(http_request(node_a.metrics_port, "POST", "/metrics", &body, 20000), 405);
+	free(body);
+	cr_expect_eq(http_request(node_a.metrics_port, "DELETE", "/metrics", &body, 20000), 405);
+	free(body);
+	cr_expect_eq(http_request(node_a.metrics_port, "HEAD", "/metrics", &body, 20000), 200);
+	cr_expect_str_empty(body ? body : "", "HEAD must not send a body");
+	free(body);
+	/* A node alone still answers the cluster families, as "not joined". */
+	char *m = scrape(&node_a);
+	cr_expect_eq(expo_value(m, "kvnode_cluster_joined"), 0);
+	cr_expect_eq(expo_value(m, "kvnode_cluster_worker_id"), -1);
+	free(m);
+}
+
+Test(metrics, the_format_checker_rejects_what_prometheus_would)
+{
+	static const char *const bad[] = {
+	    "kvnode_x_total 1\n",			    /* no HELP/TYPE */
+	    "# HELP a h\n# TYPE a gauge\na 1",		    /* no final newline */
+	    "# HELP a h\n# TYPE a gauge\na 1\na 2\n",	    /* duplicate series */
+	    "# HELP a h\n# TYPE a counter\na 1\n",	    /* counter without _total */
+	    "# HELP a h\n# TYPE a gauge\na{x=\"1} 1\n",	    /* unterminated value */
+	    "# HELP a h\n# TYPE a gauge\na{x=\"\\q\"} 1\n", /* bad escape */
+	    "# HELP a h\n# TYPE a gauge\na one\n",	    /* bad value */
+	    "# HELP a h\n# TYPE a gauge\nb 1\n",	    /* sample of another family */
+	    "# HELP a h\n# TYPE a gauge\na 1\n# HELP a h\n# TYPE a gauge\n", /* family twice */
+	    "# TYPE a gauge\na 1\n",					     /* TYPE without HELP */
+	    "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n"
+	    "h_sum 1\nh_count 1\n", /* counts going down */
+	    "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n"
+	    "h_sum 1\nh_count 3\n", /* +Inf differs from _count */
+	    "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n",
+	    "# HELP a h\n# TYPE a gauge\n\na 1\n", /* empty line */
+	};
+	char why[512];
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		cr_expect_not(expo_check(bad[i], why, sizeof(why)), "accepted bad input %zu:\n%s",
+			      i, bad[i]);
+	const char *good = "# HELP a Some \\\\ help\\n\n# TYPE a gauge\na{x=\"q\\\"\",y=\"\"} 1.5\n"
+			   "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"0.5\"} 1\n"
+			   "h_bucket{le=\"+Inf\"} 2\nh_sum 3.25\nh_count 2\n";
+	cr_expect(expo_check(good, why, sizeof(why)), "rejected good input: %s", why);
+}
+
+static char *
+run_expect_fail(const char *cmd, const char *cfg_text, int want_rc)
+{
+	struct daemon d = {0};
+	daemon_paths(&d, cmd);
+	write_cfg(&d, cfg_text);
+	const char *serve[] = {KVNODE, "serve", "-c", d.cfg, "--socket", d.sock, NULL};
+	const char *schd[] = {KVNODE, "scheduler", "-c", d.cfg, "--listen", "127.0.0.1:0", NULL};
+	struct proc_opts po = {.stdout_path = d.out, .stderr_path = d.err, .env = clean_env};
+	int rc = proc_run(strcmp(cmd, "serve") ? schd : serve, &po, DEADLINE);
+	char *err = proc_read_file(d.err, NULL);
+	cr_expect_eq(rc, want_rc, "kvnode %s exited %d, expected %d: %s", cmd, rc, want_rc,
+		     err ? err : "");
+	return err;
+}
+
+Test(metrics, a_bad_metrics_listen_is_a_config_error_naming_the_key)
+{
+	const char *cmds[] = {"serve", "scheduler"};
+	for (size_t i = 0; i < 2; i++) {
+		char *err = run_expect_fail(cmds[i], "metrics_listen: localhost-9300\n", 2);
+		cr_expect(err && strstr(err, "metrics_listen") && strstr(err, ":1"),
+			  "%s: the message should name metrics_listen and its line: %s", cmds[i],
+			  err ? err : "");
+		free(err);
+	}
+}
+
+Test(metrics, a_metrics_port_already_in_use_is_a_clear_startup_error)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t sl = sizeof(sa);
+	cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+		  listen(fd, 1) == 0 && getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
+	char text[128];
+	snprintf(text, sizeof(text), "metrics_listen: 127.0.0.1:%u\n", ntohs(sa.sin_port));
+	const char *cmds[] = {"serve", "scheduler"};
+	for (size_t i = 0; i < 2; i++) {
+		char *err = run_expect_fail(cmds[i], text, 3);
+		cr_expect(err && strstr(err, "metrics_listen") && strstr(err, "in use"),
+			  "%s: the message should name metrics_listen and say the port is in "
+			  "use: %s",
+			  cmds[i], err ? err : "");
+		free(err);
+	}
+	close(fd);
+}
