@@ -6,6 +6,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvnode/kvnode.h"
+
 struct bench_opts {
 	bool json;
 	bool baseline;
@@ -27,6 +29,7 @@ struct bench_opts {
 	uint64_t entries; /* directory entries of the memory row */
 	/* remote mode */
 	const char *url; /* store to measure; NULL = start a redis-server */
+	bool peer; /* also peer fetch (transport) vs redis GET of the same chunks */
 };
 
 /* Byte at offset off of the region kvnode-bench peer --serve registers: position-dependent so a
@@ -77,5 +80,19 @@ int bench_local(const struct bench_opts *o);
 int bench_peer(const struct bench_opts *o);
 int bench_scheduler(const struct bench_opts *o);
 int bench_remote(const struct bench_opts *o);
+
+/* remote --peer: a responder (a filled kvnode pool behind its own transport instance) and a
+ * reader in this process; one fetch is what the peer tier does (READ of the slot image,
+ * kvn_slot_verify, payload copied out). */
+struct bench_peer_fetch;
+int bench_peer_fetch_open(const struct bench_opts *o, size_t max_size, uint64_t wset,
+			  struct bench_peer_fetch **out);
+const char *bench_peer_fetch_desc(const struct bench_peer_fetch *p);
+/* Stores n chunks (keys[i] -> val) in the responder's pool, dropping the earlier ones. */
+int bench_peer_fetch_fill(struct bench_peer_fetch *p, const struct kvn_key *keys, size_t n,
+			  const struct kvn_buf *val);
+int bench_peer_fetch_one(struct bench_peer_fetch *p, size_t i, size_t size);
+void bench_peer_fetch_clear(struct bench_peer_fetch *p);
+void bench_peer_fetch_close(struct bench_peer_fetch *p);
 
 #endif

@@ -20,7 +20,7 @@ static const char usage[] =
 	"    kvnode-bench peer [--transport tcp|verbs|auto] [--inflight N] [--conns N]\n"
 	"                      [--connect HOST:PORT --remote LINE] [--baseline] [--json] ...\n"
 	"    kvnode-bench peer --serve [--transport T] [--listen HOST:PORT] [--sizes LIST]\n"
-	"    kvnode-bench remote [--url redis://HOST:PORT] [--baseline] [--json] ...\n"
+	"    kvnode-bench remote [--url redis://HOST:PORT] [--baseline] [--peer] [--json] ...\n"
 	"    kvnode-bench --help | --version\n"
 	"\n"
 	"MODES\n"
@@ -45,10 +45,20 @@ static const char usage[] =
 	"             running kvnode scheduler instead of an in-process one.\n"
 	"    remote   put and get through kvnode's redis connector (LMCache's two-key\n"
 	"             layout; integrity tag computed on put and checked on get, as the\n"
-	"             remote tier does), one connection, against a redis-server the bench\n"
-	"             starts on 127.0.0.1 (or --url). Baseline: raw hiredis SET/GET of the\n"
-	"             same sizes on its own connection, alternating trials. The working\n"
-	"             set is capped at 128 MiB per size (the store holds two).\n"
+	"             remote tier does), one connection, one request at a time, against a\n"
+	"             redis-server the bench starts on 127.0.0.1 (or --url). Baseline: raw\n"
+	"             SET/GET of the same sizes on its own connection, redis-benchmark style\n"
+	"             (each command formatted once per size, the key patched in place,\n"
+	"             written straight to the socket; replies read by hiredis); trials\n"
+	"             alternate and so does which side goes first. The working set is\n"
+	"             capped at 128 MiB per size (the store holds two).\n"
+	"             With --peer, also a peer fetch row per size: what the peer tier does\n"
+	"             to get a chunk another node holds (a one-sided READ of the slot image\n"
+	"             from that node's registered pool over --transport, tcp by default,\n"
+	"             kvn_slot_verify, payload copied out), one fetch at a time, from a\n"
+	"             filled kvnode pool served by a second transport instance in the\n"
+	"             bench process; its baseline is the same raw redis GET of the same\n"
+	"             chunks, measured in the same run.\n"
 	"    disk, gpu\n"
 	"             not in this build yet: they arrive with the transport, membership\n"
 	"             and GPU work; asking for one says so and exits 2.\n"
@@ -65,10 +75,10 @@ static const char usage[] =
 	"                       (default 256)\n"
 	"    --trials N         alternating kvnode/baseline trials per row; the median trial\n"
 	"                       is reported (default 3)\n"
-	"    --transport T      peer: tcp (default), verbs or auto\n"
+	"    --transport T      peer, remote --peer: tcp (default), verbs or auto\n"
 	"    --inflight N       peer: reads outstanding at once (default 8)\n"
-	"    --conns N          peer, tcp: connections per peer that reads are striped over\n"
-	"                       (default: the transport's, 2 for tcp)\n"
+	"    --conns N          peer, remote --peer, tcp: connections per peer that reads are\n"
+	"                       striped over (default: the transport's, 2 for tcp)\n"
 	"    --connect HOST:PORT  peer: read from a running responder instead of forking one;\n"
 	"                       needs --remote\n"
 	"    --remote LINE      peer: the \"serving ...\" line that responder printed\n"
@@ -79,6 +89,7 @@ static const char usage[] =
 	"    --entries N        scheduler: directory entries for the memory row (default\n"
 	"                       10000000)\n"
 	"    --url URL          remote: the redis:// store to measure (default: start one)\n"
+	"    --peer             remote: also peer fetch vs redis GET (see MODES)\n"
 	"    -v, --verbose      debug logging\n"
 	"    --log-level LEVEL  error, warn, info or debug (default warn)\n"
 	"    -h, --help         this text\n"
@@ -96,7 +107,8 @@ static const char usage[] =
 	"    kvnode-bench local --baseline\n"
 	"    kvnode-bench local --baseline --json --sizes 4M,32M\n"
 	"    kvnode-bench peer --transport tcp --inflight 8 --baseline\n"
-	"    kvnode-bench scheduler --baseline --json --entries 10000000\n";
+	"    kvnode-bench scheduler --baseline --json --entries 10000000\n"
+	"    kvnode-bench remote --baseline --peer\n";
 
 static int
 parse_size(const char *s, size_t *out)
@@ -153,7 +165,7 @@ main(int argc, char **argv)
 	};
 	enum { O_BASELINE = 256, O_JSON, O_SIZES, O_DURATION, O_WSET, O_TRIALS, O_LEVEL, O_VERSION,
 	       O_TRANSPORT, O_CONNECT, O_REMOTE, O_LISTEN, O_INFLIGHT, O_CONNS, O_SERVE, O_ENTRIES,
-	       O_URL };
+	       O_URL, O_PEER };
 	static const struct option longopts[] = {
 		{ "baseline", no_argument, NULL, O_BASELINE },
 		{ "json", no_argument, NULL, O_JSON },
@@ -171,6 +183,7 @@ main(int argc, char **argv)
 		{ "serve", no_argument, NULL, O_SERVE },
 		{ "entries", required_argument, NULL, O_ENTRIES },
 		{ "url", required_argument, NULL, O_URL },
+		{ "peer", no_argument, NULL, O_PEER },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, O_VERSION },
@@ -200,6 +213,7 @@ main(int argc, char **argv)
 		case O_LISTEN: o.listen = optarg; break;
 		case O_SERVE: o.serve = true; break;
 		case O_URL: o.url = optarg; break;
+		case O_PEER: o.peer = true; break;
 		case O_ENTRIES:
 			o.entries = strtoull(optarg, &end, 10);
 			if (*end || o.entries < 1 || o.entries > (1ull << 32)) {

@@ -28,7 +28,7 @@
 
 extern char **environ;
 
-enum op { OP_PUT, OP_GET, OP_RAW_SET, OP_RAW_GET };
+enum op { OP_PUT, OP_GET, OP_RAW_SET, OP_RAW_GET, OP_PEER };
 
 struct ctx {
 	const struct kvn_connector_ops *ops;
@@ -38,6 +38,11 @@ struct ctx {
 	size_t nkeys;
 	size_t size;
 	struct kvn_buf *val;
+	struct bench_peer_fetch *peer; /* --peer */
+	/* The baseline's commands, formatted once per size as redis-benchmark does: the key is
+	 * patched in place, the value is never copied again. */
+	char *raw_set, *raw_get;
+	size_t raw_set_len, raw_get_len, raw_set_key, raw_get_key;
 };
 
 /* --------------------------------------------------------------------------------------------
@@ -126,6 +131,25 @@ server_stop(struct server *s)
  * Measuring
  * -------------------------------------------------------------------------------------------- */
 
+/* Sends a pre-formatted command (a write loop from an offset: hiredis's own output buffer
+ * would move the unsent rest down after each partial write) and reads its reply with hiredis.
+ */
+static redisReply *
+raw_command(redisContext *x, const char *cmd, size_t len)
+{
+	while (len > 0) {
+		ssize_t w = write(x->fd, cmd, len);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return NULL;
+		cmd += w;
+		len -= (size_t)w;
+	}
+	redisReply *r;
+	return redisGetReply(x, (void **)&r) == REDIS_OK ? r : NULL;
+}
+
 static int
 one(struct ctx *c, enum op op, size_t i)
 {
@@ -149,13 +173,17 @@ one(struct ctx *c, enum op op, size_t i)
 		}
 		break;
 	case OP_RAW_SET:
-		r = redisCommand(c->raw, "SET raw:%b %b", k->str, (size_t)k->len, c->val->data,
-				 c->val->len);
+		memcpy(c->raw_set + c->raw_set_key, k->str, k->len);
+		r = raw_command(c->raw, c->raw_set, c->raw_set_len);
 		rc = r && r->type == REDIS_REPLY_STATUS ? 0 : -EIO;
 		break;
 	case OP_RAW_GET:
-		r = redisCommand(c->raw, "GET raw:%b", k->str, (size_t)k->len);
+		memcpy(c->raw_get + c->raw_get_key, k->str, k->len);
+		r = raw_command(c->raw, c->raw_get, c->raw_get_len);
 		rc = r && r->type == REDIS_REPLY_STRING && r->len == c->size ? 0 : -EIO;
+		break;
+	case OP_PEER:
+		rc = bench_peer_fetch_one(c->peer, i, c->size);
 		break;
 	}
 	if (r)
@@ -165,9 +193,28 @@ one(struct ctx *c, enum op op, size_t i)
 			op == OP_PUT	   ? "connector put"
 			: op == OP_GET	   ? "connector get"
 			: op == OP_RAW_SET ? "hiredis SET"
-					   : "hiredis GET",
+			: op == OP_RAW_GET ? "hiredis GET"
+					   : "peer fetch",
 			k->str, c->size, kvn_strerror(rc));
 	return rc;
+}
+
+/* Formats "SET raw:<key> <value>" and "GET raw:<key>" for key 0; every key of one size has the
+ * same length, so the others are written over it. */
+static int
+raw_format(struct ctx *c)
+{
+	const struct kvn_key *k = &c->keys[0];
+	int n = redisFormatCommand(&c->raw_set, "SET raw:%b %b", k->str, (size_t)k->len,
+				   c->val->data, c->val->len);
+	int m = redisFormatCommand(&c->raw_get, "GET raw:%b", k->str, (size_t)k->len);
+	if (n < 0 || m < 0)
+		return -ENOMEM;
+	c->raw_set_len = (size_t)n, c->raw_get_len = (size_t)m;
+	/* The key is the first "raw:" in either command (the value comes after it). */
+	c->raw_set_key = (size_t)(strstr(c->raw_set, "raw:") - c->raw_set) + 4;
+	c->raw_get_key = (size_t)(strstr(c->raw_get, "raw:") - c->raw_get) + 4;
+	return 0;
 }
 
 static int
@@ -188,10 +235,19 @@ row(const struct bench_opts *o, struct ctx *c, enum op op, enum op base_op, cons
     const char *base_name)
 {
 	struct bench_trial mine[99], base[99];
+	/* Trials alternate, and so does which side goes first: whatever the store does after
+	 * the first writes of a size (growing its memory, rehashing) is not paid by one side
+	 * only. Each measurement starts with an untimed pass (bench_measure). */
 	for (int i = 0; i < o->trials; i++) {
-		int rc = bench_measure(pass, c, op, c->nkeys, c->size, o->duration_s,
-				       &mine[i]);
-		if (rc == 0 && o->baseline)
+		bool base_first = o->baseline && i % 2;
+		int rc = 0;
+		if (base_first)
+			rc = bench_measure(pass, c, base_op, c->nkeys, c->size, o->duration_s,
+					   &base[i]);
+		if (rc == 0)
+			rc = bench_measure(pass, c, op, c->nkeys, c->size, o->duration_s,
+					   &mine[i]);
+		if (rc == 0 && o->baseline && !base_first)
 			rc = bench_measure(pass, c, base_op, c->nkeys, c->size, o->duration_s,
 					   &base[i]);
 		if (rc < 0)
@@ -229,8 +285,12 @@ one_size(const struct bench_opts *o, struct ctx *c, size_t size, uint64_t wset)
 		snprintf(text, sizeof(text), "bench@llama-3-8b@1@0@%zx%08zx@bfloat16", size, i);
 		kvn_key_from_str(&c->keys[i], text);
 	}
-	if ((rc = row(o, c, OP_PUT, OP_RAW_SET, "put", "hiredis SET")) < 0 ||
+	if ((rc = raw_format(c)) < 0 ||
+	    (rc = row(o, c, OP_PUT, OP_RAW_SET, "put", "hiredis SET")) < 0 ||
 	    (rc = row(o, c, OP_GET, OP_RAW_GET, "get", "hiredis GET")) < 0)
+		goto out;
+	if (c->peer && ((rc = bench_peer_fetch_fill(c->peer, c->keys, c->nkeys, c->val)) < 0 ||
+			(rc = row(o, c, OP_PEER, OP_RAW_GET, "peer", "hiredis GET")) < 0))
 		goto out;
 	/* Leave the store as we found it. */
 	for (size_t i = 0; i < c->nkeys; i++) {
@@ -241,6 +301,11 @@ one_size(const struct bench_opts *o, struct ctx *c, size_t size, uint64_t wset)
 			freeReplyObject(r);
 	}
 out:
+	if (c->peer)
+		bench_peer_fetch_clear(c->peer);
+	redisFreeCommand(c->raw_set);
+	redisFreeCommand(c->raw_get);
+	c->raw_set = c->raw_get = NULL;
 	kvn_buf_unref(c->val);
 	free(c->keys);
 	return rc;
@@ -340,13 +405,25 @@ bench_remote(const struct bench_opts *o)
 	if ((rc = raw_connect(url, srv.port, &c.raw)) < 0)
 		goto out;
 	uint64_t wset = o->working_set < WSET_MAX ? o->working_set : WSET_MAX;
-	char setup[512];
+	size_t max_size = 0;
+	for (size_t i = 0; i < o->nsizes; i++)
+		max_size = o->sizes[i] > max_size ? o->sizes[i] : max_size;
+	if (o->peer && (rc = bench_peer_fetch_open(o, max_size, wset, &c.peer)) < 0)
+		goto out;
+	char setup[1024], peer[384] = "";
+	if (c.peer)
+		snprintf(peer, sizeof(peer),
+			 "\n peer rows: fetch over %s, from a pool in this process",
+			 bench_peer_fetch_desc(c.peer));
 	snprintf(setup, sizeof(setup),
-		 "store: %s%s   working set: %llu MiB per size   trials: %d x %.2f s   "
-		 "baseline: %s",
+		 "store: %s%s   working set: %llu MiB per size   trials: %d x %.2f s\n "
+		 "baseline: %s%s",
 		 env.url_redacted, o->url ? "" : " (redis-server started by the bench)",
 		 (unsigned long long)(wset >> 20), o->trials, o->duration_s,
-		 o->baseline ? "raw hiredis SET/GET, one connection" : "none");
+		 o->baseline ? "raw SET/GET (redis-benchmark style), one connection, one request "
+			       "at a time"
+			     : "none",
+		 peer);
 	bench_table_header(o, "kvnode-bench remote: kvnode's redis connector (LMCache layout)",
 			   setup);
 	for (size_t i = 0; i < o->nsizes && rc == 0; i++)
@@ -355,6 +432,7 @@ bench_remote(const struct bench_opts *o)
 	if (o->json)
 		bench_json_flush();
 out:
+	bench_peer_fetch_close(c.peer);
 	if (c.raw)
 		redisFree(c.raw);
 	if (c.conn)

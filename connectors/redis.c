@@ -149,13 +149,6 @@ reply_error(struct kvn_connector *c, const char *op, const redisReply *r)
 	return -EREMOTEIO;
 }
 
-static void
-reply_release(struct kvn_buf *buf)
-{
-	freeReplyObject(buf->owner);
-	free(buf);
-}
-
 /* Keys are built in a stack buffer: key text plus the longest suffix. */
 #define RKEY_MAX (KVN_KEY_MAX + sizeof(SUFFIX_TAG))
 
@@ -252,46 +245,162 @@ redis_close(struct kvn_connector *c)
  * Pipelined requests: append, then read the replies in order
  * -------------------------------------------------------------------------------------------- */
 
+/* A get is two pipelined commands, sent in one write: MGET of the header and the tag (small,
+ * read through hiredis), then GET of the payload, whose bulk reply read_payload receives
+ * straight into a buffer of its exact size. Redis runs the commands of one client's write
+ * back to back, so a concurrent put is not seen between them in practice; if one were, the
+ * tag (or, for a value LMCache wrote, the header's length) no longer matches the payload and
+ * the node takes it for a corrupt value, a miss — never returns it. */
 static int
 append_get(struct kvn_connector *c, const struct kvn_key *key)
 {
 	char m[RKEY_MAX], d[RKEY_MAX], t[RKEY_MAX];
 	size_t ml = rkey(m, key, SUFFIX_META), dl = rkey(d, key, SUFFIX_DATA),
 	       tl = rkey(t, key, SUFFIX_TAG);
-	/* One MGET: the three keys are read at one instant, so a concurrent put is never seen
-	 * half-done. */
-	return redisAppendCommand(c->ctx, "MGET %b %b %b", m, ml, d, dl, t, tl) == REDIS_OK
-		   ? 0
-		   : -ENOMEM;
+	if (redisAppendCommand(c->ctx, "MGET %b %b", m, ml, t, tl) != REDIS_OK ||
+	    redisAppendCommand(c->ctx, "GET %b", d, dl) != REDIS_OK)
+		return -ENOMEM;
+	return 0;
+}
+
+/* The stream is no longer in step with the replies: the node reconnects. */
+static int
+stream_broken(struct kvn_connector *c, int rc, const char *why)
+{
+	c->ctx->err = rc == -EPROTO ? REDIS_ERR_PROTOCOL : REDIS_ERR_IO;
+	snprintf(c->ctx->errstr, sizeof(c->ctx->errstr), "%s", why);
+	c->env->log(c->env, KVN_LOG_WARN, "GET on %s failed: %s", c->env->url_redacted, why);
+	return rc;
+}
+
+/* Receives exactly the bytes iov asks for from the socket, past hiredis's reader. */
+static int
+recv_all(struct kvn_connector *c, struct iovec *iov, int n)
+{
+	while (n > 0) {
+		struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+		ssize_t got = recvmsg(c->ctx->fd, &m, MSG_WAITALL);
+		if (got < 0 && errno == EINTR)
+			continue;
+		if (got <= 0) {
+			int rc = got == 0 ? -ECONNRESET
+				 : errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT
+									  : -errno;
+			return stream_broken(c, rc,
+					     got == 0 ? "server closed the connection mid-value"
+						      : strerror(-rc));
+		}
+		while (n > 0 && (size_t)got >= iov->iov_len) {
+			got -= (ssize_t)iov->iov_len;
+			iov++, n--;
+		}
+		if (n > 0) {
+			iov->iov_base = (char *)iov->iov_base + got;
+			iov->iov_len -= (size_t)got;
+		}
+	}
+	return 0;
+}
+
+#define BULK_LINE_MAX 24 /* "$" + 20 digits + "\r\n" */
+
+/* Reads the reply to GET <key>kv_bytes. A bulk string is taken over from hiredis: its
+ * "$<len>\r\n" line is parsed here, the payload bytes hiredis already buffered are copied out
+ * of its reader and consumed there, and the rest is received into the value's own buffer —
+ * hiredis would read it 16 KiB at a time into a growing buffer and then copy it once more
+ * into its reply object. Every other reply (nil, an error) is left to hiredis. *out is the
+ * payload, or NULL for nil; 0, -EREMOTEIO (an error reply) or a broken-stream error. */
+static int
+read_payload(struct kvn_connector *c, struct kvn_buf **out)
+{
+	redisReader *r = c->ctx->reader;
+	const char *line, *nl;
+	*out = NULL;
+	for (;;) {
+		line = r->buf + r->pos;
+		nl = memchr(line, '\n', r->len - r->pos);
+		if (nl || r->len - r->pos > BULK_LINE_MAX)
+			break;
+		if (redisBufferRead(c->ctx) != REDIS_OK)
+			return ctx_error(c, "GET");
+	}
+	if (line[0] != '$' || line[1] == '-') {
+		redisReply *rep;
+		if (redisGetReply(c->ctx, (void **)&rep) != REDIS_OK)
+			return ctx_error(c, "GET");
+		int rc = rep->type == REDIS_REPLY_NIL	  ? 0
+			 : rep->type == REDIS_REPLY_ERROR ? reply_error(c, "GET", rep)
+							  : -EPROTO;
+		freeReplyObject(rep);
+		return rc == -EPROTO ? stream_broken(c, rc, "GET answered neither a string nor nil")
+				     : rc;
+	}
+	char *end;
+	errno = 0;
+	unsigned long long len = strtoull(line + 1, &end, 10);
+	if (!nl || end == line + 1 || end + 2 != nl + 1 || end[0] != '\r' || errno ||
+	    len > INT32_MAX)
+		return stream_broken(c, -EPROTO, "GET answered a malformed bulk length");
+	struct kvn_buf *b = kvn_buf_new((size_t)len);
+	if (!b) /* the payload is still in the stream: this connection cannot go on */
+		return stream_broken(c, -ENOMEM, "out of memory for the value");
+	r->pos += (size_t)(nl + 1 - line);
+	size_t have = r->len - r->pos, take = have < len ? have : (size_t)len;
+	memcpy(b->data, r->buf + r->pos, take);
+	r->pos += take;
+	char crlf[2];
+	size_t tail = have - take < 2 ? have - take : 2;
+	memcpy(crlf, r->buf + r->pos, tail);
+	r->pos += tail;
+	struct iovec iov[2];
+	int n = 0;
+	if (take < len)
+		iov[n++] = (struct iovec){(char *)b->data + take, (size_t)len - take};
+	if (tail < 2)
+		iov[n++] = (struct iovec){crlf + tail, 2 - tail};
+	int rc = recv_all(c, iov, n);
+	if (rc == 0 && memcmp(crlf, "\r\n", 2))
+		rc = stream_broken(c, -EPROTO, "GET's value does not end in CRLF");
+	if (rc < 0) {
+		kvn_buf_unref(b);
+		return rc;
+	}
+	*out = b;
+	return 0;
 }
 
 static int
 read_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_value *out)
 {
 	redisReply *r;
+	struct kvn_buf *payload = NULL;
 	memset(out, 0, sizeof(*out));
 	if (redisGetReply(c->ctx, (void **)&r) != REDIS_OK)
 		return ctx_error(c, "MGET");
-	int rc;
+	/* Both replies are read whatever the first says, to stay in step with the stream. */
+	int rc = read_payload(c, &payload);
+	if (c->ctx->err)
+		goto done;
 	if (r->type == REDIS_REPLY_ERROR) {
 		rc = reply_error(c, "MGET", r);
 		goto done;
 	}
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) {
+	if (rc < 0)
+		goto done;
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
 		rc = -EPROTO;
 		goto done;
 	}
-	redisReply *m = r->element[0], *d = r->element[1], *t = r->element[2];
+	redisReply *m = r->element[0], *t = r->element[1];
 	if (m->type != REDIS_REPLY_STRING) {
 		rc = -ENOENT;
 		goto done;
 	}
-	if (d->type != REDIS_REPLY_STRING ||
-	    kvn_remote_meta_decode(m->str, m->len, &out->meta) < 0) {
+	if (!payload || kvn_remote_meta_decode(m->str, m->len, &out->meta) < 0) {
 		c->env->log(c->env, KVN_LOG_WARN, "key %s on %s: %s", key->str,
 			    c->env->url_redacted,
-			    d->type != REDIS_REPLY_STRING ? "metadata without kv_bytes"
-							  : "metadata is not a 28-byte header");
+			    !payload ? "metadata without kv_bytes"
+				     : "metadata is not a 28-byte header");
 		rc = -EBADMSG;
 		goto done;
 	}
@@ -301,17 +410,11 @@ read_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_v
 		memcpy(out->tag, t->str, n);
 		out->tag_len = t->len > KVN_REMOTE_TAG_MAX ? KVN_REMOTE_TAG_MAX + 1 : (uint32_t)n;
 	}
-	/* Zero-copy: the payload view keeps the whole reply alive. */
-	struct kvn_buf *b = kvn_buf_wrap(d->str, d->len);
-	if (!b) {
-		rc = -ENOMEM;
-		goto done;
-	}
-	b->release = reply_release;
-	b->owner = r;
-	out->payload = b;
-	return 0;
+	out->payload = payload;
+	payload = NULL;
+	rc = 0;
 done:
+	kvn_buf_unref(payload);
 	freeReplyObject(r);
 	return rc;
 }
