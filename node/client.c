@@ -372,6 +372,20 @@ kvn_client_print_stats(const char *json, FILE *out)
 	if (srv)
 		fprintf(out, "clients  %.0f connected, %.0f requests, %.0f protocol errors\n",
 			num(srv, "connections"), num(srv, "requests"), num(srv, "protocol_errors"));
+	const cJSON *lm = cJSON_GetObjectItemCaseSensitive(root, "lm_server");
+	if (lm) {
+		const cJSON *la = cJSON_GetObjectItemCaseSensitive(lm, "address");
+		const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(lm, "requests_by_command");
+		fprintf(out, "lm       %s: %.0f connected, %.0f requests (PUT %.0f, GET %.0f, "
+			     "EXIST %.0f, LIST %.0f, HEALTH %.0f), %s in, %s out, %.0f errors, %.0f "
+			     "protocol errors\n",
+			cJSON_IsString(la) ? la->valuestring : "?", num(lm, "connections"),
+			num(lm, "requests"), num(cmd, "PUT"), num(cmd, "GET"), num(cmd, "EXIST"),
+			num(cmd, "LIST"), num(cmd, "HEALTH"),
+			kvn_client_human_bytes(num(lm, "bytes_in"), a, sizeof(a)),
+			kvn_client_human_bytes(num(lm, "bytes_out"), b, sizeof(b)), num(lm, "errors"),
+			num(lm, "protocol_errors"));
+	}
 	const cJSON *remote = cJSON_GetObjectItemCaseSensitive(root, "remote");
 	const cJSON *rurl = cJSON_GetObjectItemCaseSensitive(remote, "url");
 	if (remote)

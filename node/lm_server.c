@@ -2,10 +2,9 @@
  * up to a cap, values kept in the engine as LMCache's 28-byte remote header + payload. A
  * malformed request gets a 400 reply and its connection is closed; others keep being served. */
 #include <arpa/inet.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -13,11 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "node/connsrv.h"
 #include "node/ctlproto.h"
 #include "node/lm_server.h"
 #include "node/lmproto.h"
@@ -29,9 +27,9 @@
 #define DEFAULT_MAX_CONNS 128
 #define DEFAULT_IO_MS	  30000
 #define DEFAULT_VALUE_MAX (1u << 30)
-#define THREAD_STACK	  (2u << 20) /* headroom for sanitizer builds */
 
 struct conn {
+	struct kvn_connsrv_conn base; /* first: the skeleton allocates and lists it */
 	struct kvn_lm_server *srv;
 	int fd;
 	char peer[64]; /* "ip:port", for log lines */
@@ -39,7 +37,6 @@ struct conn {
 	 * page fault per 4 KiB on every PUT, which halves throughput. */
 	uint8_t *buf;
 	size_t cap;
-	struct conn *prev, *next;
 };
 
 /* Largest receive buffer a connection keeps between PUTs; a bigger value gets its own. */
@@ -49,20 +46,17 @@ struct kvn_lm_server {
 	struct kvn_engine *eng;
 	char addr[KVN_HOST_MAX + 16];
 	int lfd;
-	int wake_fd; /* eventfd, never read: readable from stop on, for every poller */
-	unsigned max_conns;
-	int io_timeout_ms;
 	uint32_t value_max;
+	struct kvn_connsrv cs; /* connections, cap, stop and drain */
+	bool cs_ready;
 	pthread_t accept_thread;
 	bool accept_started;
 
-	pthread_mutex_t lock;
-	pthread_cond_t drained;
-	unsigned nconns;
-	struct conn *conns;
-
-	_Atomic uint64_t accepted, refused, requests, proto_errors;
+	_Atomic uint64_t requests, proto_errors, bytes_in, bytes_out, errors;
+	_Atomic uint64_t by_command[KVN_LM_HEALTH]; /* index command - 1 */
 };
+
+static const struct kvn_connsrv_ops conn_ops;
 
 /* ------------------------------------------------------------------------------------------
  * Requests
@@ -130,16 +124,19 @@ do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req)
 	if (rc)
 		return proto_fail(c, "truncated PUT value for key %s (%zu of %zu bytes: %s)",
 				  key->str, got, len, kvn_strerror(rc));
+	atomic_fetch_add(&c->srv->bytes_in, len);
 	rc = kvn_engine_put(c->srv->eng, key, val, need);
 	if (c->cap > KEEP_BUF_MAX) {
 		free(c->buf);
 		c->buf = NULL;
 		c->cap = 0;
 	}
-	/* PUT has no reply in this protocol: a failure can only be logged. */
-	if (rc < 0)
+	/* PUT has no reply in this protocol: a failure can only be logged (and counted). */
+	if (rc < 0) {
+		atomic_fetch_add(&c->srv->errors, 1);
 		kvn_warn(COMP, "client %s: PUT %s (%zu bytes) not stored: %s", c->peer, key->str,
 			 len, kvn_strerror(rc));
+	}
 	return 0;
 }
 
@@ -149,9 +146,11 @@ do_get(struct conn *c, const struct kvn_key *key)
 	struct kvn_buf *buf;
 	int rc = kvn_engine_get(c->srv->eng, key, &buf);
 	if (rc < 0) {
-		if (rc != -ENOENT)
+		if (rc != -ENOENT) {
+			atomic_fetch_add(&c->srv->errors, 1);
 			kvn_warn(COMP, "client %s: GET %s: %s; answering a miss", c->peer, key->str,
 				 kvn_strerror(rc));
+		}
 		return send_reply(c, KVN_LM_FAIL, 0, NULL) ? -1 : 0;
 	}
 	struct kvn_remote_meta meta;
@@ -179,6 +178,8 @@ do_get(struct conn *c, const struct kvn_key *key)
 	if (!rc)
 		rc = kvn_ctl_write_full(c->fd, (const uint8_t *)buf->data + KVN_REMOTE_META_LEN,
 					(size_t)meta.length);
+	if (!rc)
+		atomic_fetch_add(&c->srv->bytes_out, (uint64_t)meta.length);
 	kvn_buf_unref(buf);
 	if (rc)
 		kvn_debug(COMP, "client %s: GET %s not delivered: %s", c->peer, key->str,
@@ -231,12 +232,15 @@ do_list(struct conn *c)
 		rc = t.err;
 	if (rc < 0) {
 		free(t.p);
+		atomic_fetch_add(&c->srv->errors, 1);
 		kvn_warn(COMP, "client %s: LIST failed: %s", c->peer, kvn_strerror(rc));
 		return send_reply(c, KVN_LM_FAIL, 0, NULL) ? -1 : 0;
 	}
 	rc = send_reply(c, KVN_LM_OK, (int32_t)t.len, NULL);
 	if (!rc)
 		rc = kvn_ctl_write_full(c->fd, t.p, t.len);
+	if (!rc)
+		atomic_fetch_add(&c->srv->bytes_out, t.len);
 	free(t.p);
 	return rc ? -1 : 0;
 }
@@ -264,6 +268,7 @@ serve_one(struct conn *c)
 		return proto_fail(c, "PUT length %d is outside 0..%u (the server's value cap)",
 				  req.length, srv->value_max);
 	atomic_fetch_add(&srv->requests, 1);
+	atomic_fetch_add(&srv->by_command[req.command - 1], 1);
 
 	struct kvn_key key;
 	if (req.command == KVN_LM_PUT || req.command == KVN_LM_GET || req.command == KVN_LM_EXIST) {
@@ -282,9 +287,11 @@ serve_one(struct conn *c)
 		return do_get(c, &key);
 	case KVN_LM_EXIST:
 		rc = kvn_engine_contains(srv->eng, &key);
-		if (rc < 0)
+		if (rc < 0) {
+			atomic_fetch_add(&srv->errors, 1);
 			kvn_warn(COMP, "client %s: EXIST %s: %s; answering absent", c->peer,
 				 key.str, kvn_strerror(rc));
+		}
 		return send_reply(c, rc > 0 ? KVN_LM_OK : KVN_LM_FAIL, 0, NULL) ? -1 : 0;
 	case KVN_LM_LIST:
 		return do_list(c);
@@ -297,53 +304,6 @@ serve_one(struct conn *c)
 /* ------------------------------------------------------------------------------------------
  * Connections
  * ------------------------------------------------------------------------------------------ */
-
-static void
-conn_unlink(struct conn *c)
-{
-	struct kvn_lm_server *srv = c->srv;
-	pthread_mutex_lock(&srv->lock);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		srv->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	srv->nconns--;
-	pthread_cond_broadcast(&srv->drained);
-	pthread_mutex_unlock(&srv->lock);
-}
-
-static void *
-conn_main(void *arg)
-{
-	struct conn *c = arg;
-	struct kvn_lm_server *srv = c->srv;
-	for (;;) {
-		/* No idle timeout: LMCache keeps one connection open for the life of the engine
-		 * and may stay silent for hours. Only a request stalled half-way is cut. */
-		struct pollfd pf[2] = {
-		    {.fd = c->fd, .events = POLLIN},
-		    {.fd = srv->wake_fd, .events = POLLIN},
-		};
-		int n = poll(pf, 2, -1);
-		if (n < 0 && errno == EINTR)
-			continue;
-		/* Stopping ends the connection between requests even when more are queued: a
-		 * client that never pauses (PUTs have no replies to wait for) must not hold the
-		 * node up, and to it this is the same as a server that went away. */
-		if (n < 0 || pf[1].revents || !(pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
-			break;
-		if (serve_one(c) < 0)
-			break;
-	}
-	/* Unlinked under the lock before close: stop may shutdown() any fd still listed. */
-	conn_unlink(c);
-	close(c->fd);
-	free(c->buf);
-	free(c);
-	return NULL;
-}
 
 static void
 peer_name(int fd, char *out, size_t cap)
@@ -367,98 +327,58 @@ peer_name(int fd, char *out, size_t cap)
 }
 
 static void
-start_conn(struct kvn_lm_server *srv, int fd)
+conn_start(void *owner, struct kvn_connsrv_conn *base)
 {
-	struct timeval tv = {.tv_sec = srv->io_timeout_ms / 1000,
-			     .tv_usec = (srv->io_timeout_ms % 1000) * 1000};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	struct conn *c = (struct conn *)base;
+	c->srv = owner;
+	c->fd = base->fd;
+	peer_name(c->fd, c->peer, sizeof(c->peer));
+}
 
-	struct conn *c = calloc(1, sizeof(*c));
-	char peer[64];
-	peer_name(fd, peer, sizeof(peer));
-	const char *why = NULL;
-	unsigned open = 0;
-	if (!c) {
-		why = "out of memory";
-		goto refuse;
-	}
-	c->srv = srv;
-	c->fd = fd;
-	memcpy(c->peer, peer, sizeof(peer));
+static int
+conn_serve(void *owner, struct kvn_connsrv_conn *base)
+{
+	(void)owner;
+	return serve_one((struct conn *)base);
+}
 
-	pthread_mutex_lock(&srv->lock);
-	if (srv->nconns >= srv->max_conns) {
-		open = srv->nconns;
-		pthread_mutex_unlock(&srv->lock);
-		why = "connection cap reached";
-		goto refuse;
-	}
-	c->next = srv->conns;
-	if (c->next)
-		c->next->prev = c;
-	srv->conns = c;
-	srv->nconns++;
-	pthread_mutex_unlock(&srv->lock);
+static void
+conn_end(void *owner, struct kvn_connsrv_conn *base)
+{
+	(void)owner;
+	free(((struct conn *)base)->buf);
+}
 
-	pthread_attr_t attr;
-	pthread_t tid;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attr, THREAD_STACK);
-	int rc = pthread_create(&tid, &attr, conn_main, c);
-	pthread_attr_destroy(&attr);
-	if (rc) {
-		conn_unlink(c);
-		why = "cannot start a connection thread";
-		goto refuse;
-	}
-	atomic_fetch_add(&srv->accepted, 1);
-	return;
-refuse:
+static void
+conn_refuse(void *owner, int fd, int status, const char *why)
+{
 	/* The protocol has no unsolicited message: closing is the only answer a client can see
 	 * (its next read ends). */
-	atomic_fetch_add(&srv->refused, 1);
-	kvn_warn(COMP, "refusing client %s on %s: %s (%u connections open, cap %u): it may retry",
-		 peer, srv->addr, why, open, srv->max_conns);
-	free(c);
-	close(fd);
+	struct kvn_lm_server *srv = owner;
+	char peer[64];
+	(void)status;
+	peer_name(fd, peer, sizeof(peer));
+	kvn_warn(COMP, "refusing client %s on %s: %s", peer, srv->addr, why);
 }
+
+/* No idle limit: LMCache keeps one connection open for the life of the engine and may stay
+ * silent for hours; only a request stalled half-way is cut (the I/O timeout). Stopping ends
+ * a connection between requests even when more are queued: a client that never pauses (PUTs
+ * have no replies to wait for) must not hold the node up, and to it this is the same as a
+ * server that went away. */
+static const struct kvn_connsrv_ops conn_ops = {
+    .conn_size = sizeof(struct conn),
+    .conn_start = conn_start,
+    .serve_one = conn_serve,
+    .conn_end = conn_end,
+    .refuse = conn_refuse,
+};
 
 static void *
 accept_main(void *arg)
 {
 	struct kvn_lm_server *srv = arg;
-	for (;;) {
-		struct pollfd pf[2] = {
-		    {.fd = srv->lfd, .events = POLLIN},
-		    {.fd = srv->wake_fd, .events = POLLIN},
-		};
-		int n = poll(pf, 2, -1);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			kvn_err(COMP, "poll on %s: %s", srv->addr, strerror(errno));
-			break;
-		}
-		if (pf[1].revents)
-			break;
-		if (!pf[0].revents)
-			continue;
-		int fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC);
-		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN)
-				continue;
-			kvn_warn(COMP, "accept on %s: %s", srv->addr, strerror(errno));
-			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-			    errno == ENOMEM)
-				poll(NULL, 0, 100); /* let connections close instead of spinning */
-			continue;
-		}
-		start_conn(srv, fd);
-	}
+	kvn_connsrv_accept_loop(&srv->cs);
 	return NULL;
 }
 
@@ -471,10 +391,8 @@ server_free(struct kvn_lm_server *srv)
 {
 	if (srv->lfd >= 0)
 		close(srv->lfd);
-	if (srv->wake_fd >= 0)
-		close(srv->wake_fd);
-	pthread_mutex_destroy(&srv->lock);
-	pthread_cond_destroy(&srv->drained);
+	if (srv->cs_ready)
+		kvn_connsrv_destroy(&srv->cs);
 	free(srv);
 }
 
@@ -492,19 +410,20 @@ kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts *opt
 		return -ENOMEM;
 	srv->eng = eng;
 	srv->lfd = -1;
-	srv->max_conns = opts->max_conns ? opts->max_conns : DEFAULT_MAX_CONNS;
-	srv->io_timeout_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEFAULT_IO_MS;
 	srv->value_max = opts->value_max ? opts->value_max : DEFAULT_VALUE_MAX;
 	if (srv->value_max > INT32_MAX)
 		srv->value_max = INT32_MAX;
-	pthread_mutex_init(&srv->lock, NULL);
-	pthread_cond_init(&srv->drained, NULL);
-	srv->wake_fd = eventfd(0, EFD_CLOEXEC);
-	if (srv->wake_fd < 0) {
-		rc = -errno;
-		kvn_seterr(err, errlen, "lm server: eventfd: %s", strerror(errno));
+	struct kvn_connsrv_opts co = {
+	    .comp = COMP,
+	    .addr = srv->addr,
+	    .max_conns = opts->max_conns ? opts->max_conns : DEFAULT_MAX_CONNS,
+	    .io_timeout_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEFAULT_IO_MS,
+	    .nodelay = true,
+	    .stop_drops_queued = true,
+	};
+	if ((rc = kvn_connsrv_init(&srv->cs, &co, &conn_ops, srv, err, errlen)) < 0)
 		goto fail;
-	}
+	srv->cs_ready = true;
 	srv->lfd = kvn_tcp_listen(host, port, 128, &bound, why, sizeof(why));
 	if (srv->lfd < 0) {
 		rc = srv->lfd;
@@ -513,6 +432,7 @@ kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts *opt
 	}
 	snprintf(srv->addr, sizeof(srv->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
 		 bound);
+	srv->cs.lfd = srv->lfd;
 	rc = pthread_create(&srv->accept_thread, NULL, accept_main, srv);
 	if (rc) {
 		rc = -rc;
@@ -538,13 +458,43 @@ kvn_lm_server_address(const struct kvn_lm_server *srv)
 void
 kvn_lm_server_stats(struct kvn_lm_server *srv, struct kvn_lm_server_stats *out)
 {
-	pthread_mutex_lock(&srv->lock);
-	out->connections = srv->nconns;
-	pthread_mutex_unlock(&srv->lock);
-	out->accepted = atomic_load(&srv->accepted);
-	out->refused = atomic_load(&srv->refused);
+	out->connections = kvn_connsrv_conns(&srv->cs);
+	out->accepted = atomic_load(&srv->cs.accepted);
+	out->refused = atomic_load(&srv->cs.refused);
 	out->requests = atomic_load(&srv->requests);
 	out->proto_errors = atomic_load(&srv->proto_errors);
+	for (int i = 0; i < KVN_LM_HEALTH; i++)
+		out->by_command[i] = atomic_load(&srv->by_command[i]);
+	out->bytes_in = atomic_load(&srv->bytes_in);
+	out->bytes_out = atomic_load(&srv->bytes_out);
+	out->errors = atomic_load(&srv->errors);
+}
+
+cJSON *
+kvn_lm_server_stats_json(struct kvn_lm_server *srv)
+{
+	struct kvn_lm_server_stats st;
+	kvn_lm_server_stats(srv, &st);
+	cJSON *o = cJSON_CreateObject();
+	cJSON *cmd = cJSON_AddObjectToObject(o, "requests_by_command");
+	for (int i = 0; i < KVN_LM_HEALTH; i++)
+		cJSON_AddNumberToObject(cmd, kvn_lm_cmd_name(i + 1), (double)st.by_command[i]);
+	cJSON_AddStringToObject(o, "address", srv->addr);
+	cJSON_AddNumberToObject(o, "connections", (double)st.connections);
+	cJSON_AddNumberToObject(o, "max_connections", srv->cs.o.max_conns);
+	cJSON_AddNumberToObject(o, "accepted", (double)st.accepted);
+	cJSON_AddNumberToObject(o, "refused", (double)st.refused);
+	cJSON_AddNumberToObject(o, "requests", (double)st.requests);
+	cJSON_AddNumberToObject(o, "bytes_in", (double)st.bytes_in);
+	cJSON_AddNumberToObject(o, "bytes_out", (double)st.bytes_out);
+	cJSON_AddNumberToObject(o, "errors", (double)st.errors);
+	cJSON_AddNumberToObject(o, "protocol_errors", (double)st.proto_errors);
+	/* cJSON reports out of memory by leaving items out: an incomplete object is dropped. */
+	if (!cJSON_GetObjectItemCaseSensitive(o, "protocol_errors")) {
+		cJSON_Delete(o);
+		return NULL;
+	}
+	return o;
 }
 
 void
@@ -552,30 +502,11 @@ kvn_lm_server_stop(struct kvn_lm_server *srv)
 {
 	if (!srv)
 		return;
-	uint64_t one = 1;
-	ssize_t n = write(srv->wake_fd, &one, sizeof(one));
-	(void)n;
+	kvn_connsrv_stop(&srv->cs);
 	if (srv->accept_started)
 		pthread_join(srv->accept_thread, NULL);
 	/* Idle connections saw the wake and are leaving; one busy past the I/O timeout has its
 	 * socket shut down so that a trickling client cannot hold the node up. */
-	struct timespec deadline;
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += srv->io_timeout_ms / 1000 + 1;
-	pthread_mutex_lock(&srv->lock);
-	bool cut = false;
-	while (srv->nconns) {
-		if (!cut &&
-		    pthread_cond_timedwait(&srv->drained, &srv->lock, &deadline) == ETIMEDOUT) {
-			kvn_warn(COMP, "%u lm connection(s) still busy at shutdown: cutting them",
-				 srv->nconns);
-			for (struct conn *c = srv->conns; c; c = c->next)
-				shutdown(c->fd, SHUT_RDWR);
-			cut = true;
-		} else if (cut) {
-			pthread_cond_wait(&srv->drained, &srv->lock);
-		}
-	}
-	pthread_mutex_unlock(&srv->lock);
+	kvn_connsrv_drain(&srv->cs);
 	server_free(srv);
 }

@@ -27,8 +27,16 @@ const char *kvn_lm_server_address(const struct kvn_lm_server *srv);
 /* Counters for stat and tests. */
 struct kvn_lm_server_stats {
 	uint64_t accepted, refused, requests, proto_errors, connections;
+	uint64_t by_command[5]; /* requests by command: PUT, GET, EXIST, LIST, HEALTH */
+	uint64_t bytes_in;	/* PUT payload bytes received */
+	uint64_t bytes_out;	/* GET and LIST payload bytes sent */
+	uint64_t errors;	/* requests the node failed (PUT not stored, GET, EXIST or LIST
+				 * failing for another reason than a miss) */
 };
 void kvn_lm_server_stats(struct kvn_lm_server *srv, struct kvn_lm_server_stats *out);
+/* The same counters as a JSON object (for `kvnode stat`); NULL when out of memory. */
+struct cJSON;
+struct cJSON *kvn_lm_server_stats_json(struct kvn_lm_server *srv);
 /* Stops accepting, lets requests in flight finish (cut after the I/O timeout), waits for every
  * thread and frees the server. NULL is a no-op. */
 void kvn_lm_server_stop(struct kvn_lm_server *srv);

@@ -565,6 +565,7 @@ cmd_serve(struct opts *o)
 	plugins = start_plugins(cfg, KVN_PLUGIN_WORKER, wid < 0 ? 0 : wid,
 				wid < 0 ? 1 : (int)kvn_membership_worker_count(mship), socket_path);
 	kvn_server_set_plugins(srv, plugins);
+	kvn_server_set_lm(srv, lm);
 	/* The signal thread starts once the plugins run, so that a SIGHUP (pending until then)
 	 * finds them; a stop signal meanwhile also waits, blocked, for the thread. */
 	sc.srv = srv;
@@ -729,6 +730,9 @@ static const struct command commands[] = {
      "  serves clients on a unix socket, printing `kvnode: serving on unix:PATH` once ready.\n"
      "  A socket file nothing answers on is replaced; a live node there is left alone.\n"
      "  The plugins of plugin_locations for workers run beside it (examples/plugins/).\n"
+     "  lm_listen HOST:PORT: also answer LMCache's lm:// cache-server protocol there, so an\n"
+     "  unmodified LMCache with remote_url: lm://HOST:PORT uses this node (its tiers and\n"
+     "  eviction) as its remote store; `kvnode stat` then shows the lm server's counters.\n"
      "  SIGTERM or SIGINT: stop accepting, finish requests in flight, stop the plugins,\n"
      "  write queued chunks to the disk tier, remove the socket, exit 0. A second signal\n"
      "  exits at once.\n"
@@ -777,7 +781,8 @@ static const struct command commands[] = {
      "NAME\n  kvnode stat - node statistics\n\n"
      "SYNOPSIS\n  kvnode stat [--json]\n  kvnode stat --scheduler HOST:PORT [--json]\n\n"
      "DESCRIPTION\n  Per tier: chunks held, bytes, capacity, hits, misses, puts, evictions,\n"
-     "  errors; node-wide hits and misses; client connections.\n"
+     "  errors; node-wide hits and misses; client connections; with lm_listen, the lm://\n"
+     "  server's connections, requests by command, payload bytes in and out and errors.\n"
      "  With --scheduler: the cluster view of that membership service instead: every\n"
      "  member ever joined with its worker id, state (alive, expired), data address,\n"
      "  transport, milliseconds since its last heartbeat and chunks in the directory.\n"

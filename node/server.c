@@ -4,14 +4,12 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -19,20 +17,21 @@
 #include <unistd.h>
 
 #include "kvnode/plugin.h"
+#include "node/connsrv.h"
 #include "node/ctlproto.h"
+#include "node/lm_server.h"
 #include "node/log.h"
 #include "node/server.h"
 
 #define COMP		  "server"
 #define DEFAULT_MAX_CONNS 128
 #define DEFAULT_IO_MS	  30000
-#define THREAD_STACK	  (2u << 20) /* headroom for sanitizer builds */
 
 struct conn {
+	struct kvn_connsrv_conn base; /* first: the skeleton allocates and lists it */
 	struct kvn_server *srv;
 	int fd;
 	pid_t peer_pid; /* for log lines; 0 when unknown */
-	struct conn *prev, *next;
 };
 
 struct kvn_server {
@@ -40,21 +39,18 @@ struct kvn_server {
 	char *path;
 	char *addr;
 	int lfd;
-	int wake_fd; /* eventfd, never read: readable from kvn_server_stop on, for every poller */
 	dev_t dev;   /* identity of the socket file we created, so destroy never removes */
 	ino_t ino;   /* a newer daemon's socket */
-	unsigned max_conns;
-	int io_timeout_ms;
 	uint64_t value_max;
+	struct kvn_connsrv cs; /* connections, cap, stop and drain */
+	bool cs_ready;
 
-	pthread_mutex_t lock;
-	pthread_cond_t drained;
-	unsigned nconns;
-	struct conn *conns;
-
-	_Atomic uint64_t accepted, requests, proto_errors, refused;
+	_Atomic uint64_t requests, proto_errors;
 	struct kvn_plugins *plugins; /* listed by STAT; NULL = none */
+	struct kvn_lm_server *lm;    /* its counters in STAT; NULL = none */
 };
+
+static const struct kvn_connsrv_ops conn_ops;
 
 /* ------------------------------------------------------------------------------------------
  * Socket set-up
@@ -142,24 +138,22 @@ kvn_server_create(struct kvn_engine *eng, const struct kvn_server_opts *opts,
 		return -ENOMEM;
 	srv->eng = eng;
 	srv->lfd = -1;
-	srv->wake_fd = -1;
-	srv->max_conns = opts->max_conns ? opts->max_conns : DEFAULT_MAX_CONNS;
-	srv->io_timeout_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEFAULT_IO_MS;
 	srv->value_max = opts->value_max ? opts->value_max : KVN_CTL_VALUE_MAX;
-	pthread_mutex_init(&srv->lock, NULL);
-	pthread_cond_init(&srv->drained, NULL);
 	srv->path = strdup(opts->socket_path);
 	if (!srv->path || asprintf(&srv->addr, "unix:%s", opts->socket_path) < 0) {
 		srv->addr = NULL;
 		rc = -ENOMEM;
 		goto fail;
 	}
-	srv->wake_fd = eventfd(0, EFD_CLOEXEC);
-	if (srv->wake_fd < 0) {
-		rc = -errno;
-		kvn_seterr(err, errlen, "eventfd: %s", strerror(errno));
+	struct kvn_connsrv_opts co = {
+	    .comp = COMP,
+	    .addr = srv->path,
+	    .max_conns = opts->max_conns ? opts->max_conns : DEFAULT_MAX_CONNS,
+	    .io_timeout_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEFAULT_IO_MS,
+	};
+	if ((rc = kvn_connsrv_init(&srv->cs, &co, &conn_ops, srv, err, errlen)) < 0)
 		goto fail;
-	}
+	srv->cs_ready = true;
 	rc = clear_stale(srv->path, &sa, false, err, errlen);
 	if (rc)
 		goto fail;
@@ -185,6 +179,7 @@ kvn_server_create(struct kvn_engine *eng, const struct kvn_server_opts *opts,
 		kvn_seterr(err, errlen, "cannot listen on %s: %s", srv->path, strerror(errno));
 		goto fail;
 	}
+	srv->cs.lfd = srv->lfd;
 	*out = srv;
 	return 0;
 fail:
@@ -205,11 +200,15 @@ kvn_server_set_plugins(struct kvn_server *srv, struct kvn_plugins *plugins)
 }
 
 void
+kvn_server_set_lm(struct kvn_server *srv, struct kvn_lm_server *lm)
+{
+	srv->lm = lm;
+}
+
+void
 kvn_server_stop(struct kvn_server *srv)
 {
-	uint64_t one = 1;
-	ssize_t n = write(srv->wake_fd, &one, sizeof(one));
-	(void)n;
+	kvn_connsrv_stop(&srv->cs);
 }
 
 void
@@ -224,10 +223,8 @@ kvn_server_destroy(struct kvn_server *srv)
 		if (stat(srv->path, &st) == 0 && st.st_dev == srv->dev && st.st_ino == srv->ino)
 			unlink(srv->path);
 	}
-	if (srv->wake_fd >= 0)
-		close(srv->wake_fd);
-	pthread_mutex_destroy(&srv->lock);
-	pthread_cond_destroy(&srv->drained);
+	if (srv->cs_ready)
+		kvn_connsrv_destroy(&srv->cs);
 	free(srv->path);
 	free(srv->addr);
 	free(srv);
@@ -328,16 +325,16 @@ do_stat(struct conn *c)
 		return 0;
 	}
 	cJSON *s = cJSON_AddObjectToObject(root, "server");
-	pthread_mutex_lock(&srv->lock);
-	unsigned live = srv->nconns;
-	pthread_mutex_unlock(&srv->lock);
 	cJSON_AddStringToObject(s, "address", srv->addr);
-	cJSON_AddNumberToObject(s, "connections", live);
-	cJSON_AddNumberToObject(s, "max_connections", srv->max_conns);
-	cJSON_AddNumberToObject(s, "accepted", (double)atomic_load(&srv->accepted));
+	cJSON_AddNumberToObject(s, "connections", kvn_connsrv_conns(&srv->cs));
+	cJSON_AddNumberToObject(s, "max_connections", srv->cs.o.max_conns);
+	cJSON_AddNumberToObject(s, "accepted", (double)atomic_load(&srv->cs.accepted));
 	cJSON_AddNumberToObject(s, "requests", (double)atomic_load(&srv->requests));
 	cJSON_AddNumberToObject(s, "protocol_errors", (double)atomic_load(&srv->proto_errors));
-	cJSON_AddNumberToObject(s, "refused", (double)atomic_load(&srv->refused));
+	cJSON_AddNumberToObject(s, "refused", (double)atomic_load(&srv->cs.refused));
+	cJSON *lm = srv->lm ? kvn_lm_server_stats_json(srv->lm) : NULL;
+	if (lm && !cJSON_AddItemToObject(root, "lm_server", lm))
+		cJSON_Delete(lm);
 	text = kvn_plugins_stats_json(srv->plugins);
 	cJSON *plugins = text ? cJSON_Parse(text) : NULL;
 	free(text);
@@ -482,179 +479,58 @@ serve_one(struct conn *c)
  * ------------------------------------------------------------------------------------------ */
 
 static void
-conn_unlink(struct conn *c)
+conn_start(void *owner, struct kvn_connsrv_conn *base)
 {
-	struct kvn_server *srv = c->srv;
-	pthread_mutex_lock(&srv->lock);
-	if (c->prev)
-		c->prev->next = c->next;
-	else
-		srv->conns = c->next;
-	if (c->next)
-		c->next->prev = c->prev;
-	srv->nconns--;
-	pthread_cond_broadcast(&srv->drained);
-	pthread_mutex_unlock(&srv->lock);
+	struct conn *c = (struct conn *)base;
+	c->srv = owner;
+	c->fd = base->fd;
+	struct ucred cred;
+	socklen_t clen = sizeof(cred);
+	if (getsockopt(c->fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0)
+		c->peer_pid = cred.pid;
 }
 
-static void *
-conn_main(void *arg)
+static int
+conn_serve(void *owner, struct kvn_connsrv_conn *base)
 {
-	struct conn *c = arg;
-	struct kvn_server *srv = c->srv;
-	for (;;) {
-		struct pollfd pf[2] = {
-		    {.fd = c->fd, .events = POLLIN},
-		    {.fd = srv->wake_fd, .events = POLLIN},
-		};
-		int n = poll(pf, 2, srv->io_timeout_ms);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n == 0) {
-			kvn_debug(COMP, "client pid %d idle for %d ms: closing its connection",
-				  c->peer_pid, srv->io_timeout_ms);
-			break;
-		}
-		/* A request already on the wire is served even when stopping: it was sent
-		 * before the daemon stopped accepting. */
-		if (n < 0 || !(pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
-			break;
-		if (serve_one(c) < 0)
-			break;
-	}
-	/* Unlink under the lock before closing: the shutdown path may shutdown() any fd still
-	 * on the list, and must never touch one that has been closed and reused. */
-	conn_unlink(c);
-	close(c->fd);
-	free(c);
-	return NULL;
+	(void)owner;
+	return serve_one((struct conn *)base);
 }
 
 static void
-refuse(struct kvn_server *srv, int fd, int status, const char *why)
+conn_idle(void *owner, struct kvn_connsrv_conn *base)
 {
-	atomic_fetch_add(&srv->refused, 1);
+	struct kvn_server *srv = owner;
+	kvn_debug(COMP, "client pid %d idle for %d ms: closing its connection",
+		  ((struct conn *)base)->peer_pid, srv->cs.o.io_timeout_ms);
+}
+
+static void
+conn_refuse(void *owner, int fd, int status, const char *why)
+{
+	struct kvn_server *srv = owner;
 	struct conn tmp = {.srv = srv, .fd = fd};
 	kvn_warn(COMP, "refusing a client on %s: %s", srv->path, why);
 	reply_err(&tmp, status, "%s", why);
-	close(fd);
 }
 
-static void
-start_conn(struct kvn_server *srv, int fd)
-{
-	struct timeval tv = {.tv_sec = srv->io_timeout_ms / 1000,
-			     .tv_usec = (srv->io_timeout_ms % 1000) * 1000};
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-
-	struct conn *c = calloc(1, sizeof(*c));
-	if (!c) {
-		refuse(srv, fd, -ENOMEM, "node out of memory: try again later");
-		return;
-	}
-	c->srv = srv;
-	c->fd = fd;
-	struct ucred cred;
-	socklen_t clen = sizeof(cred);
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0)
-		c->peer_pid = cred.pid;
-
-	pthread_mutex_lock(&srv->lock);
-	if (srv->nconns >= srv->max_conns) {
-		pthread_mutex_unlock(&srv->lock);
-		free(c);
-		char why[160];
-		snprintf(why, sizeof(why),
-			 "node busy: %u connections already open (the cap): "
-			 "retry later",
-			 srv->max_conns);
-		refuse(srv, fd, -EBUSY, why);
-		return;
-	}
-	c->next = srv->conns;
-	if (c->next)
-		c->next->prev = c;
-	srv->conns = c;
-	srv->nconns++;
-	pthread_mutex_unlock(&srv->lock);
-
-	pthread_attr_t attr;
-	pthread_t tid;
-	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	pthread_attr_setstacksize(&attr, THREAD_STACK);
-	int rc = pthread_create(&tid, &attr, conn_main, c);
-	pthread_attr_destroy(&attr);
-	if (rc) {
-		conn_unlink(c);
-		free(c);
-		refuse(srv, fd, -EAGAIN,
-		       "node cannot start another connection thread: retry later");
-		return;
-	}
-	atomic_fetch_add(&srv->accepted, 1);
-}
-
-/* Waits for connection threads; ones still busy after the I/O timeout have their sockets
- * shut down so that a trickling client cannot hold the daemon up forever. */
-static void
-drain(struct kvn_server *srv)
-{
-	struct timespec deadline;
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += srv->io_timeout_ms / 1000 + 1;
-	pthread_mutex_lock(&srv->lock);
-	bool cut = false;
-	while (srv->nconns) {
-		if (!cut &&
-		    pthread_cond_timedwait(&srv->drained, &srv->lock, &deadline) == ETIMEDOUT) {
-			kvn_warn(COMP, "%u connection(s) still busy at shutdown: cutting them",
-				 srv->nconns);
-			for (struct conn *c = srv->conns; c; c = c->next)
-				shutdown(c->fd, SHUT_RDWR);
-			cut = true;
-		} else if (cut) {
-			pthread_cond_wait(&srv->drained, &srv->lock);
-		}
-	}
-	pthread_mutex_unlock(&srv->lock);
-}
+/* Idle connections are closed after the I/O timeout; a request already on the wire when the
+ * daemon stops is still served: it was sent before the daemon stopped accepting. */
+static const struct kvn_connsrv_ops conn_ops = {
+    .conn_size = sizeof(struct conn),
+    .conn_start = conn_start,
+    .serve_one = conn_serve,
+    .refuse = conn_refuse,
+    .idle = conn_idle,
+};
 
 int
 kvn_server_run(struct kvn_server *srv)
 {
-	for (;;) {
-		struct pollfd pf[2] = {
-		    {.fd = srv->lfd, .events = POLLIN},
-		    {.fd = srv->wake_fd, .events = POLLIN},
-		};
-		int n = poll(pf, 2, -1);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			kvn_err(COMP, "poll on %s: %s", srv->path, strerror(errno));
-			break;
-		}
-		if (pf[1].revents)
-			break;
-		if (!pf[0].revents)
-			continue;
-		int fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC);
-		if (fd < 0) {
-			if (errno == EINTR || errno == ECONNABORTED || errno == EAGAIN)
-				continue;
-			kvn_warn(COMP, "accept on %s: %s", srv->path, strerror(errno));
-			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-			    errno == ENOMEM)
-				poll(NULL, 0, 100); /* let connections close instead of spinning */
-			continue;
-		}
-		start_conn(srv, fd);
-	}
+	kvn_connsrv_accept_loop(&srv->cs);
 	/* Stop accepting at once: new clients get a refused connect, not a hang. The socket
 	 * file stays until destroy so that a restarting daemon still sees who owned it. */
 	shutdown(srv->lfd, SHUT_RDWR);
-	drain(srv);
+	kvn_connsrv_drain(&srv->cs);
 	return 0;
 }

@@ -33,6 +33,10 @@ int kvn_server_run(struct kvn_server *srv);
 /* The plugins STAT lists (kvnode/plugin.h); set before kvn_server_run, kept until destroy. */
 struct kvn_plugins;
 void kvn_server_set_plugins(struct kvn_server *srv, struct kvn_plugins *plugins);
+/* The lm:// server (lm_listen) whose counters STAT reports under "lm_server"; set before
+ * kvn_server_run, must outlive the server's connections. NULL: none. */
+struct kvn_lm_server;
+void kvn_server_set_lm(struct kvn_server *srv, struct kvn_lm_server *lm);
 /* Async-signal-safe: asks kvn_server_run to wind down. */
 void kvn_server_stop(struct kvn_server *srv);
 /* Closes the listening socket and removes the socket file if it is still this server's. */

@@ -3,6 +3,7 @@
  * the server keeps serving), the lm_listen config key, and a `kvnode serve` child driven by an
  * independent Python client that packs LMCache's frames with struct.pack. */
 #include <criterion/criterion.h>
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
@@ -26,6 +27,7 @@
 #include "node/netaddr.h"
 #include "node/remote_value.h"
 #include "tests/helpers/proc.h"
+#include "tests/helpers/rawsock.h"
 
 #define KVNODE	 KVN_BINARY_DIR "/kvnode"
 #define DEADLINE 120000 /* ms */
@@ -200,17 +202,11 @@ lm_connect(void)
 }
 
 static void
-send_all(int fd, const void *p, size_t len)
-{
-	cr_assert_eq(kvn_ctl_write_full(fd, p, len), 0);
-}
-
-static void
 send_req(int fd, int32_t cmd, const char *key, int32_t len, const struct kvn_lm_meta *m)
 {
 	uint8_t w[KVN_LM_REQ_SIZE];
 	cr_assert_eq(kvn_lm_req_encode(w, cmd, key, strlen(key), len, m), 0);
-	send_all(fd, w, sizeof(w));
+	rawsock_send_all(fd, w, sizeof(w));
 }
 
 static struct kvn_lm_reply
@@ -236,7 +232,7 @@ static void
 put_value(int fd, const char *key, const uint8_t *p, size_t len, const struct kvn_lm_meta *m)
 {
 	send_req(fd, KVN_LM_PUT, key, (int32_t)len, m);
-	send_all(fd, p, len);
+	rawsock_send_all(fd, p, len);
 }
 
 /* GET key; asserts a hit and returns the payload (malloc'd) with the reply's metadata. */
@@ -252,18 +248,6 @@ get_value(int fd, const char *key, struct kvn_lm_reply *rep)
 	return p;
 }
 
-static void
-assert_closed_by_peer(int fd)
-{
-	char b;
-	ssize_t n;
-	while ((n = read(fd, &b, 1)) < 0 && errno == EINTR)
-		;
-	cr_assert(n == 0 || (n < 0 && errno == ECONNRESET),
-		  "the server should close the connection (read: %zd, %s)", n,
-		  n < 0 ? strerror(errno) : "more data");
-}
-
 /* A 400 header, then the connection ends. */
 static void
 assert_400_and_closed(int fd)
@@ -271,7 +255,7 @@ assert_400_and_closed(int fd)
 	struct kvn_lm_reply r = recv_reply(fd);
 	cr_assert_eq(r.code, KVN_LM_FAIL, "a malformed request gets 400, got %d", r.code);
 	cr_assert_eq(r.length, 0);
-	assert_closed_by_peer(fd);
+	rawsock_assert_closed(fd, "the lm server");
 	close(fd);
 }
 
@@ -488,7 +472,7 @@ Test(lm, garbage_gets_400_and_close_and_the_server_keeps_serving)
 	uint8_t junk[KVN_LM_REQ_SIZE];
 	for (size_t i = 0; i < sizeof(junk); i++)
 		junk[i] = (uint8_t)(0xa5 ^ (i * 29));
-	send_all(fd, junk, sizeof(junk));
+	rawsock_send_all(fd, junk, sizeof(junk));
 	assert_400_and_closed(fd);
 	assert_still_serving();
 	struct kvn_lm_server_stats st;
@@ -512,7 +496,7 @@ Test(lm, a_short_header_closes_the_connection_and_others_are_served)
 	int fd = lm_connect();
 	uint8_t w[KVN_LM_REQ_SIZE];
 	kvn_lm_req_encode(w, KVN_LM_GET, "k", 1, 0, NULL);
-	send_all(fd, w, 100);
+	rawsock_send_all(fd, w, 100);
 	shutdown(fd, SHUT_WR);
 	/* The server may or may not get its 400 out before noticing the end: either way the
 	 * connection ends and nothing else comes. */
@@ -521,7 +505,7 @@ Test(lm, a_short_header_closes_the_connection_and_others_are_served)
 	int rc = kvn_ctl_read_full(fd, r, sizeof(r), &got);
 	if (rc == 0) {
 		cr_assert_eq(i32_at(r, 0), KVN_LM_FAIL);
-		assert_closed_by_peer(fd);
+		rawsock_assert_closed(fd, "the lm server");
 	} else {
 		cr_assert_eq(got, 0, "a partial reply is never sent");
 	}
@@ -570,7 +554,7 @@ Test(lm, a_truncated_put_stores_nothing)
 	int fd = lm_connect();
 	send_req(fd, KVN_LM_PUT, "cut-short", 1000, NULL);
 	uint8_t half[500] = {0};
-	send_all(fd, half, sizeof(half));
+	rawsock_send_all(fd, half, sizeof(half));
 	shutdown(fd, SHUT_WR);
 	char b[64];
 	while (read(fd, b, sizeof(b)) > 0)
@@ -641,7 +625,7 @@ Test(lm_capped, past_the_connection_cap_a_client_is_closed, .init = lm_up_capped
 	send_req(a, KVN_LM_HEALTH, "", 0, NULL);
 	cr_assert_eq(recv_reply(a).code, KVN_LM_OK);
 	int b = lm_connect(); /* the kernel accepts it; the server then closes it */
-	assert_closed_by_peer(b);
+	rawsock_assert_closed(b, "the lm server");
 	close(b);
 	struct kvn_lm_server_stats st;
 	kvn_lm_server_stats(isrv, &st);
@@ -1091,6 +1075,34 @@ lm_line_ready(void *path)
 	return ok;
 }
 
+struct stat_ctx {
+	const char *sock, *out;
+	char *last; /* the last JSON seen, for the failure message */
+};
+
+/* cond: `kvnode stat --json` shows the lm server's byte totals of the client above. */
+static bool
+lm_stats_settled(void *arg)
+{
+	struct stat_ctx *sc = arg;
+	static const char *const env[] = {"KVNODE_CONFIG_FILE", "KVNODE_SOCKET", NULL};
+	const char *argv[] = {KVNODE, "stat", "--json", "--node", sc->sock, NULL};
+	struct proc_opts po = {.stdout_path = sc->out, .env = env};
+	if (proc_run(argv, &po, DEADLINE) != 0)
+		return false;
+	free(sc->last);
+	sc->last = proc_read_file(sc->out, NULL);
+	cJSON *j = cJSON_Parse(sc->last ? sc->last : ""), *lm = cJSON_GetObjectItem(j, "lm_server");
+	/* GET payloads, then the LIST text: the four keys joined by newlines. */
+	double out = 6295556.0 + 4 * strlen("vllm@meta-llama/Llama-3.1-8B@1@0@0beef@bfloat16") + 3;
+	bool ok = cJSON_GetNumberValue(cJSON_GetObjectItem(lm, "bytes_in")) == 6295556.0 &&
+		  cJSON_GetNumberValue(cJSON_GetObjectItem(lm, "bytes_out")) == out &&
+		  cJSON_GetNumberValue(cJSON_GetObjectItem(
+		      cJSON_GetObjectItem(lm, "requests_by_command"), "GET")) == 5.0;
+	cJSON_Delete(j);
+	return ok;
+}
+
 Test(lm_daemon, an_lmcache_client_speaking_the_wire_format_uses_kvnode_serve, .timeout = 300)
 {
 	char cfg[PATH_MAX], out[PATH_MAX], errp[PATH_MAX], py[PATH_MAX], pyout[PATH_MAX],
@@ -1146,6 +1158,22 @@ Test(lm_daemon, an_lmcache_client_speaking_the_wire_format_uses_kvnode_serve, .t
 	log = proc_read_file(pyout, NULL);
 	cr_expect(log && strstr(log, "vllm@meta-llama/Llama-3.1-8B@1@0@3beef@bfloat16"),
 		  "kvnode ls: %s", log ? log : "");
+	free(log);
+
+	/* kvnode stat counts what the client did: 4 PUTs of 6295556 payload bytes, 5 EXISTs,
+	 * 5 GETs (4 hits sent back, one miss), a LIST and a HEALTH. A reply's bytes are counted
+	 * once written, which may be just after the client read them: wait for the totals. */
+	struct stat_ctx sc = {.sock = sock, .out = pyout};
+	cr_expect(proc_wait_for(lm_stats_settled, &sc, DEADLINE),
+		  "kvnode stat --json never showed the lm counters: %s", sc.last ? sc.last : "");
+	free(sc.last);
+	const char *st[] = {KVNODE, "stat", "--node", sock, NULL};
+	cr_expect_eq(proc_run(st, &lso, DEADLINE), 0);
+	log = proc_read_file(pyout, NULL);
+	cr_expect(log && strstr(log, "lm       127.0.0.1:") &&
+		      strstr(log, "16 requests (PUT 4, GET 5, EXIST 5, LIST 1, HEALTH 1)") &&
+		      strstr(log, "0 errors, 0 protocol errors"),
+		  "kvnode stat: %s", log ? log : "");
 	free(log);
 
 	int stop = proc_stop(&dproc, SIGTERM, DEADLINE);

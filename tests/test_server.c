@@ -21,6 +21,7 @@
 #include "node/ctlproto.h"
 #include "node/server.h"
 #include "tests/helpers/proc.h"
+#include "tests/helpers/rawsock.h"
 
 #define KVNODE	 KVN_BINARY_DIR "/kvnode"
 #define DEADLINE 120000 /* ms */
@@ -339,12 +340,6 @@ raw_connect(const char *path)
 }
 
 static void
-send_all(int fd, const void *p, size_t len)
-{
-	cr_assert_eq(kvn_ctl_write_full(fd, p, len), 0);
-}
-
-static void
 send_req(int fd, struct kvn_ctl_req r, const char *key)
 {
 	/* Header and key go out in one write: a daemon that refuses the header may close
@@ -354,7 +349,7 @@ send_req(int fd, struct kvn_ctl_req r, const char *key)
 	cr_assert_leq(klen, KVN_KEY_MAX);
 	kvn_ctl_req_encode(&r, w);
 	memcpy(w + KVN_CTL_REQ_SIZE, key ? key : "", klen);
-	send_all(fd, w, KVN_CTL_REQ_SIZE + klen);
+	rawsock_send_all(fd, w, KVN_CTL_REQ_SIZE + klen);
 }
 
 /* Reads one reply; its payload (up to cap-1 bytes, NUL-terminated) into payload. */
@@ -371,19 +366,6 @@ recv_reply(int fd, char *payload, size_t cap)
 	cr_assert_eq(kvn_ctl_read_full(fd, payload, (size_t)rep.payload_len, NULL), 0);
 	payload[rep.payload_len] = '\0';
 	return rep;
-}
-
-static void
-assert_closed_by_peer(int fd)
-{
-	char b;
-	ssize_t n;
-	while ((n = read(fd, &b, 1)) < 0 && errno == EINTR)
-		;
-	/* EOF, or ECONNRESET when the daemon closed with our unread bytes still queued */
-	cr_assert(n == 0 || (n < 0 && errno == ECONNRESET),
-		  "the daemon should close a connection after a bad frame (read: %zd, %s)", n,
-		  n < 0 ? strerror(errno) : "data");
 }
 
 /* A new client is served: PING and a small PUT/GET round trip. */
@@ -415,12 +397,12 @@ Test(daemon, garbage_bytes_get_eproto_and_the_next_client_is_served)
 {
 	int fd = raw_connect(sock);
 	const char junk[] = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
-	send_all(fd, junk, sizeof(junk) - 1);
+	rawsock_send_all(fd, junk, sizeof(junk) - 1);
 	char msg[512];
 	struct kvn_ctl_reply rep = recv_reply(fd, msg, sizeof(msg));
 	cr_assert_eq(rep.status, -EPROTO);
 	cr_assert(strstr(msg, "magic"), "the reply should say what was wrong: %s", msg);
-	assert_closed_by_peer(fd);
+	rawsock_assert_closed(fd, "the daemon");
 	close(fd);
 	assert_daemon_serves();
 }
@@ -433,7 +415,7 @@ Test(daemon, a_bad_magic_gets_eproto_and_the_connection_is_closed)
 	send_req(fd, r, NULL);
 	char msg[512];
 	cr_assert_eq(recv_reply(fd, msg, sizeof(msg)).status, -EPROTO);
-	assert_closed_by_peer(fd);
+	rawsock_assert_closed(fd, "the daemon");
 	close(fd);
 	assert_daemon_serves();
 }
@@ -445,7 +427,7 @@ Test(daemon, an_over_long_key_length_is_refused_without_reading_the_key)
 	char msg[512];
 	cr_assert_eq(recv_reply(fd, msg, sizeof(msg)).status, -EPROTO);
 	cr_assert(strstr(msg, "key length"), "%s", msg);
-	assert_closed_by_peer(fd);
+	rawsock_assert_closed(fd, "the daemon");
 	close(fd);
 	assert_daemon_serves();
 }
@@ -456,7 +438,7 @@ Test(daemon, a_value_over_the_limit_is_refused_with_emsgsize)
 	send_req(fd, kvn_ctl_req_make(KVN_CTL_PUT, 3, 5ull << 30), "big");
 	char msg[512];
 	cr_assert_eq(recv_reply(fd, msg, sizeof(msg)).status, -EMSGSIZE);
-	assert_closed_by_peer(fd);
+	rawsock_assert_closed(fd, "the daemon");
 	close(fd);
 	assert_daemon_serves();
 }
@@ -468,12 +450,12 @@ Test(daemon, a_truncated_header_gets_eproto_and_the_daemon_keeps_serving)
 	kvn_ctl_req_encode(&r, w);
 	/* half a header, then close outright */
 	int fd = raw_connect(sock);
-	send_all(fd, w, sizeof(w) / 2);
+	rawsock_send_all(fd, w, sizeof(w) / 2);
 	close(fd);
 	assert_daemon_serves();
 	/* half a header, then end of stream: the reply names the truncation */
 	fd = raw_connect(sock);
-	send_all(fd, w, sizeof(w) / 2);
+	rawsock_send_all(fd, w, sizeof(w) / 2);
 	shutdown(fd, SHUT_WR);
 	char msg[512];
 	cr_assert_eq(recv_reply(fd, msg, sizeof(msg)).status, -EPROTO);
@@ -488,7 +470,7 @@ Test(daemon, a_truncated_value_stores_nothing)
 	size_t len = 4 * MIB;
 	uint8_t *v = pattern(len);
 	send_req(fd, kvn_ctl_req_make(KVN_CTL_PUT, 4, len), "half");
-	send_all(fd, v, len / 2);
+	rawsock_send_all(fd, v, len / 2);
 	close(fd);
 	free(v);
 	assert_daemon_serves();
@@ -521,9 +503,9 @@ Test(daemon, pipelined_requests_are_answered_in_order)
 {
 	int fd = raw_connect(sock);
 	send_req(fd, kvn_ctl_req_make(KVN_CTL_PUT, 2, 5), "p1");
-	send_all(fd, "one..", 5);
+	rawsock_send_all(fd, "one..", 5);
 	send_req(fd, kvn_ctl_req_make(KVN_CTL_PUT, 2, 3), "p2");
-	send_all(fd, "two", 3);
+	rawsock_send_all(fd, "two", 3);
 	send_req(fd, kvn_ctl_req_make(KVN_CTL_GET, 2, 0), "p1");
 	send_req(fd, kvn_ctl_req_make(KVN_CTL_GET, 2, 0), "p2");
 	send_req(fd, kvn_ctl_req_make(KVN_CTL_GET, 2, 0), "p3");
@@ -559,10 +541,10 @@ Test(daemon, a_slow_large_put_does_not_block_other_clients)
 	uint8_t *v = pattern(len);
 	int fd = raw_connect(sock);
 	send_req(fd, kvn_ctl_req_make(KVN_CTL_PUT, 4, len), "slow");
-	send_all(fd, v, len / 2);
+	rawsock_send_all(fd, v, len / 2);
 	/* The slow client is mid-value: others are still served. */
 	assert_daemon_serves();
-	send_all(fd, v + len / 2, len - len / 2);
+	rawsock_send_all(fd, v + len / 2, len - len / 2);
 	char p[512];
 	cr_assert_eq(recv_reply(fd, p, sizeof(p)).status, 0, "%s", p);
 	close(fd);
@@ -685,16 +667,16 @@ Test(server, a_stalled_client_is_cut_off_after_the_io_timeout)
 	struct kvn_ctl_req r = kvn_ctl_req_make(KVN_CTL_PING, 0, 0);
 	kvn_ctl_req_encode(&r, w);
 	int fd = raw_connect(sock);
-	send_all(fd, w, 5); /* and then nothing */
+	rawsock_send_all(fd, w, 5); /* and then nothing */
 	char msg[512];
 	struct kvn_ctl_reply rep = recv_reply(fd, msg, sizeof(msg));
 	cr_assert_eq(rep.status, -EPROTO);
 	cr_assert(strstr(msg, "truncated"), "%s", msg);
-	assert_closed_by_peer(fd);
+	rawsock_assert_closed(fd, "the daemon");
 	close(fd);
 	/* An idle connection is closed too, without a reply. */
 	fd = raw_connect(sock);
-	assert_closed_by_peer(fd);
+	rawsock_assert_closed(fd, "the daemon");
 	close(fd);
 }
 
