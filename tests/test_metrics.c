@@ -20,6 +20,7 @@
 #include "node/netaddr.h"
 #include "tests/helpers/expo.h"
 #include "tests/helpers/proc.h"
+#include "tests/helpers/redis_server.h"
 
 #define KVNODE	  KVN_BINARY_DIR "/kvnode"
 #define DOC	  KVN_SOURCE_DIR "/docs/metrics.md"
@@ -311,7 +312,7 @@ Test(metrics, every_documented_family_is_served_and_counters_follow_puts_gets_an
 	cr_expect(row && strstr(row, "} 1\n") == strchr(row, '}'),
 		  "node-a's one chunk should be listed under it:\n%s", s);
 
-	/* Every documented name is served (the remote tier's need a remote_url: not here). */
+	/* Every documented name is served (the remote tier's: in the test with a store). */
 	char names[128][96];
 	size_t n = documented_names(names, 128);
 	cr_assert_gt(n, 30, "docs/metrics.md documents only %zu names", n);
@@ -353,32 +354,124 @@ Test(metrics, other_paths_get_404_and_other_methods_405_while_head_works)
 
 Test(metrics, the_format_checker_rejects_what_prometheus_would)
 {
-	static const char *const bad[] = {
-	    "kvnode_x_total 1\n",			    /* no HELP/TYPE */
-	    "# HELP a h\n# TYPE a gauge\na 1",		    /* no final newline */
-	    "# HELP a h\n# TYPE a gauge\na 1\na 2\n",	    /* duplicate series */
-	    "# HELP a h\n# TYPE a counter\na 1\n",	    /* counter without _total */
-	    "# HELP a h\n# TYPE a gauge\na{x=\"1} 1\n",	    /* unterminated value */
-	    "# HELP a h\n# TYPE a gauge\na{x=\"\\q\"} 1\n", /* bad escape */
-	    "# HELP a h\n# TYPE a gauge\na one\n",	    /* bad value */
-	    "# HELP a h\n# TYPE a gauge\nb 1\n",	    /* sample of another family */
-	    "# HELP a h\n# TYPE a gauge\na 1\n# HELP a h\n# TYPE a gauge\n", /* family twice */
-	    "# TYPE a gauge\na 1\n",					     /* TYPE without HELP */
-	    "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n"
-	    "h_sum 1\nh_count 1\n", /* counts going down */
-	    "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n"
-	    "h_sum 1\nh_count 3\n", /* +Inf differs from _count */
-	    "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n",
-	    "# HELP a h\n# TYPE a gauge\n\na 1\n", /* empty line */
+	static const struct {
+		const char *text, *why;
+	} bad[] = {
+	    {"kvnode_x_total 1\n", "before its family's HELP and TYPE"},
+	    {"# HELP a h\n# TYPE a gauge\na 1", "must end with a newline"},
+	    {"# HELP a h\n# TYPE a gauge\na 1\na 2\n", "appears twice"},
+	    {"# HELP a h\n# TYPE a counter\na 1\n", "does not end in _total"},
+	    {"# HELP a h\n# TYPE a gauge\na{x=\"1} 1\n", "unterminated label value"},
+	    {"# HELP a h\n# TYPE a gauge\na{x=\"\\q\"} 1\n", "bad escape"},
+	    {"# HELP a h\n# TYPE a gauge\na one\n", "bad value"},
+	    {"# HELP a h\n# TYPE a gauge\nb 1\n", "sample b in family a"},
+	    {"# HELP a h\n# TYPE a gauge\na 1\n# HELP a h\n# TYPE a gauge\n", "declared twice"},
+	    {"# TYPE a gauge\na 1\n", "without its HELP"},
+	    {"# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n"
+	     "h_sum 1\nh_count 1\n",
+	     "below the previous"},
+	    {"# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_bucket{le=\"+Inf\"} 2\n"
+	     "h_sum 1\nh_count 3\n",
+	     "differs from the +Inf bucket"},
+	    {"# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 1\nh_count 1\n",
+	     "no le=\"+Inf\" bucket"},
+	    {"# HELP a h\n# TYPE a gauge\n\na 1\n", "empty line"},
 	};
 	char why[512];
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-		cr_expect_not(expo_check(bad[i], why, sizeof(why)), "accepted bad input %zu:\n%s",
-			      i, bad[i]);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		why[0] = '\0';
+		cr_expect_not(expo_check(bad[i].text, why, sizeof(why)), "accepted bad input:\n%s",
+			      bad[i].text);
+		cr_expect(strstr(why, bad[i].why), "rejected\n%sfor \"%s\", expected \"%s\"",
+			  bad[i].text, why, bad[i].why);
+	}
 	const char *good = "# HELP a Some \\\\ help\\n\n# TYPE a gauge\na{x=\"q\\\"\",y=\"\"} 1.5\n"
 			   "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"0.5\"} 1\n"
 			   "h_bucket{le=\"+Inf\"} 2\nh_sum 3.25\nh_count 2\n";
 	cr_expect(expo_check(good, why, sizeof(why)), "rejected good input: %s", why);
+}
+
+Test(metrics, the_scheduler_counts_a_garbage_frame_as_rejected)
+{
+	start_sched();
+	char host[64];
+	int port = 0;
+	cr_assert_eq(sscanf(sched.sched_addr, "%63[^:]:%d", host, &port), 2);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	char junk[64];
+	memset(junk, 0xff, sizeof(junk));
+	cr_assert_eq(send(fd, junk, sizeof(junk), MSG_NOSIGNAL), (ssize_t)sizeof(junk));
+	struct dir_wait w = {&sched, "kvnode_scheduler_rejected_frames_total", 1};
+	cr_expect(proc_wait_for(series_reaches, &w, DEADLINE), "the garbage was not counted");
+	close(fd);
+	char *m = scrape(&sched);
+	cr_expect_eq(expo_value(m, "kvnode_scheduler_joins_total"), 0, "%s", m);
+	cr_expect_eq(expo_value(m, "kvnode_scheduler_members{state=\"alive\"}"), 0);
+	free(m);
+}
+
+struct remote_wait {
+	const char *series;
+	double want;
+};
+
+/* A get of a key no tier has goes to the store: that is what notices it gone or back. */
+static bool
+remote_state_is(void *ctx)
+{
+	struct remote_wait *w = ctx;
+	const char *argv[] = {KVNODE, "get", "no-such-key", "--node", node_a.sock, NULL};
+	struct proc_opts po = {.env = clean_env};
+	proc_run(argv, &po, DEADLINE);
+	char *body;
+	int st = http_request(node_a.metrics_port, "GET", "/metrics", &body, 20000);
+	bool ok = st == 200 && expo_value(body, "kvnode_remote_connected") == w->want &&
+		  expo_value(body, w->series) >= 1;
+	free(body);
+	return ok;
+}
+
+Test(metrics, the_remote_store_families_follow_the_store_going_away_and_coming_back)
+{
+	if (!redis_server_available())
+		cr_skip_test("redis-server is not installed (scripts/install-deps installs it)");
+	struct redis_server rs = {0};
+	cr_assert_eq(redis_server_start(&rs), 0, "redis-server did not start");
+	char extra[128];
+	snprintf(extra, sizeof(extra), "remote_url: %s\n", rs.url);
+	start_node(&node_a, "remote-node", extra);
+	char value[PATH_MAX];
+	snprintf(value, sizeof(value), "%s/value.bin", dir);
+	cr_assert_eq(proc_write_file(value, "0123456789", 10), 0);
+	cli(&node_a, (const char *[]){"put", KEY, value, NULL}, NULL);
+	/* The remote tier is written behind the put. */
+	struct dir_wait w = {&node_a, "kvnode_tier_written_bytes_total{tier=\"remote\"}", 10};
+	cr_expect(proc_wait_for(series_reaches, &w, DEADLINE), "the remote tier never got the "
+							       "value");
+	char *m = scrape(&node_a);
+	cr_expect_eq(expo_value(m, "kvnode_remote_connected"), 1, "%s", m);
+	cr_expect_eq(expo_value(m, "kvnode_tier_puts_total{tier=\"remote\"}"), 1);
+	char names[128][96];
+	size_t n = documented_names(names, 128);
+	for (size_t i = 0; i < n; i++)
+		if (!strncmp(names[i], "kvnode_remote_", 14))
+			cr_expect(expo_has_family(m, names[i]), "documented %s is not served",
+				  names[i]);
+	free(m);
+
+	redis_server_stop(&rs, SIGKILL);
+	struct remote_wait down = {"kvnode_remote_disconnects_total", 0};
+	cr_expect(proc_wait_for(remote_state_is, &down, DEADLINE),
+		  "kvnode_remote_connected never went to 0 with the store killed");
+	cr_assert_eq(redis_server_restart(&rs), 0, "redis-server did not restart");
+	struct remote_wait up = {"kvnode_remote_reconnects_total", 1};
+	cr_expect(proc_wait_for(remote_state_is, &up, DEADLINE),
+		  "kvnode_remote_connected never came back to 1 with the store back");
+	proc_stop(&node_a.p, SIGTERM, 20000);
+	redis_server_destroy(&rs);
 }
 
 static char *

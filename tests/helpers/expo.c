@@ -382,8 +382,8 @@ sample_line(struct checker *c, const char *l)
 		snprintf(key + kl, sizeof(key) - kl, "%s%s", i ? "," : "", labels[i]);
 		free(labels[i]);
 	}
-	snprintf(series, sizeof(series), "%s{%s%sle=\"%s\"}", nm, key, has_le ? ",has_" : "",
-		 has_le ? le : "");
+	snprintf(series, sizeof(series), "%s{%s%s%s%s%s}", nm, key, has_le && nl ? "," : "",
+		 has_le ? "le=\"" : "", has_le ? le : "", has_le ? "\"" : "");
 	for (size_t i = 0; i < c->nseries; i++)
 		if (!strcmp(c->series[i], series))
 			return fail(c, "series %s appears twice", series);
