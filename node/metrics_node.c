@@ -10,6 +10,7 @@
 #include "kvnode/plugin.h"
 #include "node/cluster.h"
 #include "node/lm_server.h"
+#include "node/lmproto.h"
 #include "node/membership.h"
 #include "node/metrics.h"
 #include "node/storage.h"
@@ -215,6 +216,20 @@ lm(struct kvn_expo *e, struct kvn_lm_server *srv)
 		     s.requests);
 	kvn_expo_one(e, "kvnode_lm_protocol_errors_total", "counter",
 		     "Malformed requests that closed an lm:// connection", s.proto_errors);
+	kvn_expo_family(e, "kvnode_lm_command_requests_total", "counter",
+			"lm:// requests by command");
+	for (int i = 0; i < KVN_LM_HEALTH; i++) {
+		struct kvn_label l = {"command", kvn_lm_cmd_name(i + 1)};
+		kvn_expo_u64(e, "kvnode_lm_command_requests_total", &l, 1, s.by_command[i]);
+	}
+	kvn_expo_one(e, "kvnode_lm_received_bytes_total", "counter",
+		     "PUT payload bytes the lm:// server received", s.bytes_in);
+	kvn_expo_one(e, "kvnode_lm_sent_bytes_total", "counter",
+		     "GET and LIST payload bytes the lm:// server sent", s.bytes_out);
+	kvn_expo_one(e, "kvnode_lm_errors_total", "counter",
+		     "lm:// requests the node failed (a PUT not stored; a GET, EXIST or LIST "
+		     "failing for another reason than a miss)",
+		     s.errors);
 }
 
 int
