@@ -1,6 +1,7 @@
 /* redis://[[user]:password@]host[:port][/db] — LMCache's Redis layout through hiredis: the
- * payload under "<key>kv_bytes" (written first), the 28-byte header under "<key>metadata"
- * (its presence is what exists means), and kvnode's integrity tag under "<key>kvnode_tag". */
+ * payload under "<key>kv_bytes" (never written after its header), the 28-byte header under
+ * "<key>metadata" (its presence is what exists means), and kvnode's integrity tag under
+ * "<key>kvnode_tag". Payload bytes go between the socket and the caller's buffer directly. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -481,31 +482,39 @@ send_all(struct kvn_connector *c, struct iovec *iov, int n)
 	return 0;
 }
 
-/* Sends SET <key>kv_bytes, SET <key>kvnode_tag (or DEL when untagged), SET <key>metadata:
- * payload first, header last — the header's arrival is what makes the value exist. Three
- * replies follow. */
+/* A tagged value is one MSET <key>kv_bytes <payload> <key>kvnode_tag <tag> <key>metadata
+ * <header>: atomic, so no reader sees the header without its payload (or an old tag beside a
+ * new payload), and one reply. Redis receives a large argument straight into the string it
+ * stores, and answers once: three SETs cost it a second read and the client a second wake-up
+ * for the later replies. An untagged value (no tag to write, an older one to drop) is SET
+ * <key>kv_bytes, DEL <key>kvnode_tag, SET <key>metadata: payload first, header last, as
+ * LMCache writes. Returns the number of replies that follow, or < 0. */
 static int
 send_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
 {
-	char head[RKEY_MAX + 64], tail[2 * RKEY_MAX + 512];
+	char head[RKEY_MAX + 64], tail[3 * RKEY_MAX + 512];
 	uint8_t hdr[KVN_REMOTE_META_LEN];
 	if (c->ctx->err)
 		return ctx_error(c, "SET");
 	kvn_remote_meta_encode(&v->meta, hdr);
-	size_t hn = resp_head(head, 3, "SET", key, SUFFIX_DATA);
+	size_t hn = resp_head(head, v->tag_len ? 7 : 3, v->tag_len ? "MSET" : "SET", key,
+			      SUFFIX_DATA);
 	hn += bulk_len(head + hn, v->payload->len);
 	size_t tn = 2; /* "\r\n" that ends the payload */
 	memcpy(tail, "\r\n", 2);
+	char k[RKEY_MAX];
 	if (v->tag_len) {
-		tn += resp_head(tail + tn, 3, "SET", key, SUFFIX_TAG);
+		tn += resp_bulk(tail + tn, k, rkey(k, key, SUFFIX_TAG));
 		tn += resp_bulk(tail + tn, v->tag, v->tag_len);
+		tn += resp_bulk(tail + tn, k, rkey(k, key, SUFFIX_META));
 	} else {
 		tn += resp_head(tail + tn, 2, "DEL", key, SUFFIX_TAG);
+		tn += resp_head(tail + tn, 3, "SET", key, SUFFIX_META);
 	}
-	tn += resp_head(tail + tn, 3, "SET", key, SUFFIX_META);
 	tn += resp_bulk(tail + tn, hdr, sizeof(hdr));
 	struct iovec iov[3] = {{head, hn}, {v->payload->data, v->payload->len}, {tail, tn}};
-	return send_all(c, iov, 3);
+	int rc = send_all(c, iov, 3);
+	return rc < 0 ? rc : v->tag_len ? 1 : 3;
 }
 
 static int
@@ -538,8 +547,8 @@ do_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_val
 static int
 do_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
 {
-	int rc = send_put(c, key, v);
-	return rc < 0 ? rc : read_n(c, "SET", 3);
+	int n = send_put(c, key, v);
+	return n < 0 ? n : read_n(c, "SET", n);
 }
 
 static int
@@ -659,10 +668,10 @@ do_put_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *key
 	     const struct kvn_remote_value *vals, int *rcs)
 {
 	/* A failed send breaks the context: every reply read below then reports it. */
-	for (size_t i = 0; i < n && send_put(c, keys[i], &vals[i]) == 0; i++)
+	for (size_t i = 0; i < n && send_put(c, keys[i], &vals[i]) > 0; i++)
 		;
 	for (size_t i = 0; i < n; i++) {
-		rcs[i] = read_n(c, "SET", 3);
+		rcs[i] = read_n(c, "SET", vals[i].tag_len ? 1 : 3);
 		if (c->ctx->err) {
 			for (size_t j = i + 1; j < n; j++)
 				rcs[j] = rcs[i];
