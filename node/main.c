@@ -579,7 +579,8 @@ cmd_serve(struct opts *o)
 		goto out;
 	}
 	sig_started = true;
-	struct kvn_node_metrics nm = {.eng = eng, .cluster = cluster, .lm = lm, .plugins = plugins};
+	struct kvn_node_metrics nm = {
+	    .eng = eng, .srv = srv, .cluster = cluster, .lm = lm, .plugins = plugins};
 	if (cfg->metrics_listen && kvn_metrics_start(cfg->metrics_listen, kvn_metrics_collect_node,
 						     &nm, &metrics, err, sizeof(err)) < 0) {
 		rc = die(EXIT_CONN, "%s", err);

@@ -85,8 +85,10 @@ struct kvn_plugins;
 struct kvn_scheduler;
 
 /* What `kvnode serve` runs; any member but eng may be NULL. */
+struct kvn_server;
 struct kvn_node_metrics {
 	struct kvn_engine *eng;
+	struct kvn_server *srv; /* the client socket */
 	struct kvn_cluster *cluster;
 	struct kvn_lm_server *lm;
 	struct kvn_plugins *plugins;

@@ -13,6 +13,7 @@
 #include "node/lmproto.h"
 #include "node/membership.h"
 #include "node/metrics.h"
+#include "node/server.h"
 #include "node/storage.h"
 
 #define MAX_TIERS 16
@@ -232,6 +233,25 @@ lm(struct kvn_expo *e, struct kvn_lm_server *srv)
 		     s.errors);
 }
 
+static void
+clients(struct kvn_expo *e, struct kvn_server *srv)
+{
+	if (!srv)
+		return;
+	struct kvn_server_stats s;
+	kvn_server_stats(srv, &s);
+	kvn_expo_one(e, "kvnode_client_connections", "gauge",
+		     "Open connections on the node's client socket (socket_path)", s.connections);
+	kvn_expo_one(e, "kvnode_client_accepted_total", "counter",
+		     "Connections the client socket accepted", s.accepted);
+	kvn_expo_one(e, "kvnode_client_requests_total", "counter",
+		     "Requests (put, get, rm, ls, stat …) the client socket answered", s.requests);
+	kvn_expo_one(e, "kvnode_client_protocol_errors_total", "counter",
+		     "Malformed client requests (the connection is closed)", s.proto_errors);
+	kvn_expo_one(e, "kvnode_client_refused_total", "counter",
+		     "Client connections refused over the connection cap", s.refused);
+}
+
 int
 kvn_metrics_collect_node(void *ctx, struct kvn_expo *e)
 {
@@ -245,6 +265,7 @@ kvn_metrics_collect_node(void *ctx, struct kvn_expo *e)
 	kvn_expo_u64(e, "kvnode_gets_total", &(struct kvn_label){"result", "hit"}, 1, hits);
 	kvn_expo_u64(e, "kvnode_gets_total", &(struct kvn_label){"result", "miss"}, 1, misses);
 	tiers(e, st);
+	clients(e, nm->srv);
 	peer(e, st);
 	membership(e, nm->cluster);
 	remote(e, st);

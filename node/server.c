@@ -206,6 +206,16 @@ kvn_server_set_lm(struct kvn_server *srv, struct kvn_lm_server *lm)
 }
 
 void
+kvn_server_stats(struct kvn_server *srv, struct kvn_server_stats *out)
+{
+	out->connections = kvn_connsrv_conns(&srv->cs);
+	out->accepted = atomic_load(&srv->cs.accepted);
+	out->requests = atomic_load(&srv->requests);
+	out->proto_errors = atomic_load(&srv->proto_errors);
+	out->refused = atomic_load(&srv->cs.refused);
+}
+
+void
 kvn_server_stop(struct kvn_server *srv)
 {
 	kvn_connsrv_stop(&srv->cs);
@@ -325,13 +335,15 @@ do_stat(struct conn *c)
 		return 0;
 	}
 	cJSON *s = cJSON_AddObjectToObject(root, "server");
+	struct kvn_server_stats st;
+	kvn_server_stats(srv, &st);
 	cJSON_AddStringToObject(s, "address", srv->addr);
-	cJSON_AddNumberToObject(s, "connections", kvn_connsrv_conns(&srv->cs));
+	cJSON_AddNumberToObject(s, "connections", (double)st.connections);
 	cJSON_AddNumberToObject(s, "max_connections", srv->cs.o.max_conns);
-	cJSON_AddNumberToObject(s, "accepted", (double)atomic_load(&srv->cs.accepted));
-	cJSON_AddNumberToObject(s, "requests", (double)atomic_load(&srv->requests));
-	cJSON_AddNumberToObject(s, "protocol_errors", (double)atomic_load(&srv->proto_errors));
-	cJSON_AddNumberToObject(s, "refused", (double)atomic_load(&srv->cs.refused));
+	cJSON_AddNumberToObject(s, "accepted", (double)st.accepted);
+	cJSON_AddNumberToObject(s, "requests", (double)st.requests);
+	cJSON_AddNumberToObject(s, "protocol_errors", (double)st.proto_errors);
+	cJSON_AddNumberToObject(s, "refused", (double)st.refused);
 	cJSON *lm = srv->lm ? kvn_lm_server_stats_json(srv->lm) : NULL;
 	if (lm && !cJSON_AddItemToObject(root, "lm_server", lm))
 		cJSON_Delete(lm);

@@ -37,6 +37,12 @@ void kvn_server_set_plugins(struct kvn_server *srv, struct kvn_plugins *plugins)
  * kvn_server_run, must outlive the server's connections. NULL: none. */
 struct kvn_lm_server;
 void kvn_server_set_lm(struct kvn_server *srv, struct kvn_lm_server *lm);
+/* Counters of the client socket (STAT shows them under "server"; metrics read them here). */
+struct kvn_server_stats {
+	uint64_t connections; /* open now */
+	uint64_t accepted, requests, proto_errors, refused;
+};
+void kvn_server_stats(struct kvn_server *srv, struct kvn_server_stats *out);
 /* Async-signal-safe: asks kvn_server_run to wind down. */
 void kvn_server_stop(struct kvn_server *srv);
 /* Closes the listening socket and removes the socket file if it is still this server's. */

@@ -287,6 +287,8 @@ Test(metrics, every_documented_family_is_served_and_counters_follow_puts_gets_an
 	cr_expect_eq(expo_value(a, "kvnode_tier_chunks{tier=\"cpu\"}"), 1);
 	cr_expect_eq(expo_value(a, "kvnode_gets_total{result=\"hit\"}"), 1);
 	cr_expect(expo_value(a, "kvnode_tier_capacity_bytes{tier=\"cpu\"}") > 0);
+	cr_expect_geq(expo_value(a, "kvnode_client_requests_total"), 2, "the put and the get");
+	cr_expect_geq(expo_value(a, "kvnode_client_accepted_total"), 2);
 
 	/* node-b finds the chunk through the directory and READs it from node-a's pool. */
 	struct dir_wait w = {&sched, "kvnode_scheduler_directory_entries", 1};
