@@ -43,8 +43,13 @@ http_request(int port, const char *method, const char *path, char **body, int ti
 	size_t len = 0, cap = 65536;
 	char *buf = malloc(cap);
 	for (;;) {
-		if (len + 1 >= cap)
-			buf = realloc(buf, cap *= 2);
+		char *more = len + 1 >= cap ? realloc(buf, cap *= 2) : buf;
+		if (!more) {
+			free(buf);
+			close(fd);
+			return -ENOMEM;
+		}
+		buf = more;
 		ssize_t r = recv(fd, buf + len, cap - len - 1, 0);
 		if (r > 0) {
 			len += (size_t)r;
@@ -101,6 +106,8 @@ struct checker {
 	size_t nseen_fams;
 	char **series;
 	size_t nseries;
+	char *labels[32]; /* of the sample line being checked, freed by the next one */
+	size_t nl;
 };
 
 static bool fail(struct checker *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -285,9 +292,18 @@ histogram_sample(struct checker *c, const char *suffix, const char *key, const c
 	return true;
 }
 
+static void
+free_labels(struct checker *c)
+{
+	for (size_t i = 0; i < c->nl; i++)
+		free(c->labels[i]);
+	c->nl = 0;
+}
+
 static bool
 sample_line(struct checker *c, const char *l)
 {
+	free_labels(c);
 	size_t n = metric_name_len(l);
 	if (!n)
 		return fail(c, "not a sample line: %s", l);
@@ -312,8 +328,7 @@ sample_line(struct checker *c, const char *l)
 	if (!strcmp(c->cur.type, "counter") && !ends_with(nm, "_total"))
 		return fail(c, "counter %s does not end in _total", nm);
 	const char *p = l + n;
-	char *labels[32], le[512] = "";
-	size_t nl = 0;
+	char le[512] = "";
 	bool has_le = false;
 	if (*p == '{') {
 		p++;
@@ -339,14 +354,14 @@ sample_line(struct checker *c, const char *l)
 				return fail(c, "unterminated label value: %s", l);
 			char pair[700];
 			snprintf(pair, sizeof(pair), "%.*s=\"%s\"", (int)ln, p, val);
-			for (size_t i = 0; i < nl; i++)
-				if (!strncmp(labels[i], p, ln) && labels[i][ln] == '=')
+			for (size_t i = 0; i < c->nl; i++)
+				if (!strncmp(c->labels[i], p, ln) && c->labels[i][ln] == '=')
 					return fail(c, "label %.*s twice: %s", (int)ln, p, l);
 			if (ln == 2 && !strncmp(p, "le", 2)) {
 				has_le = true;
 				snprintf(le, sizeof(le), "%s", val);
-			} else if (nl < 32) {
-				labels[nl++] = strdup(pair);
+			} else if (c->nl < 32) {
+				c->labels[c->nl++] = strdup(pair);
 			}
 			p = q + 1;
 			if (*p == ',' && p[1] != '}')
@@ -370,19 +385,15 @@ sample_line(struct checker *c, const char *l)
 		strtoll(sp + 1, &end, 10);
 		ok = *end == '\0' && end != sp + 1;
 	}
-	if (!ok) {
-		for (size_t i = 0; i < nl; i++)
-			free(labels[i]);
+	if (!ok)
 		return fail(c, "bad value or timestamp: %s", l);
-	}
-	qsort(labels, nl, sizeof(char *), cmp_str);
+	qsort(c->labels, c->nl, sizeof(char *), cmp_str);
 	char key[1024] = "", series[1400];
-	for (size_t i = 0; i < nl; i++) {
+	for (size_t i = 0; i < c->nl; i++) {
 		size_t kl = strlen(key);
-		snprintf(key + kl, sizeof(key) - kl, "%s%s", i ? "," : "", labels[i]);
-		free(labels[i]);
+		snprintf(key + kl, sizeof(key) - kl, "%s%s", i ? "," : "", c->labels[i]);
 	}
-	snprintf(series, sizeof(series), "%s{%s%s%s%s%s}", nm, key, has_le && nl ? "," : "",
+	snprintf(series, sizeof(series), "%s{%s%s%s%s%s}", nm, key, has_le && c->nl ? "," : "",
 		 has_le ? "le=\"" : "", has_le ? le : "", has_le ? "\"" : "");
 	for (size_t i = 0; i < c->nseries; i++)
 		if (!strcmp(c->series[i], series))
@@ -421,6 +432,7 @@ expo_check(const char *text, char *why, size_t whylen)
 	}
 	if (ok)
 		ok = close_family(&c);
+	free_labels(&c);
 	for (size_t i = 0; i < c.nseen_fams; i++)
 		free(c.seen_fams[i]);
 	for (size_t i = 0; i < c.nseries; i++)
