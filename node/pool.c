@@ -9,10 +9,10 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
-#include <xxhash.h>
 
 #include "node/log.h"
 #include "node/pool.h"
+#include "node/xxh.h"
 
 /* Granule 4 KiB. Slots start page-aligned, so a header never shares a page with another slot's
  * payload and RDMA reads of a slot start on a page boundary. The rounding waste is under 4 KiB

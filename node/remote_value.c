@@ -4,16 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <xxhash.h>
-/* The tag is an xxh3 over the whole value on every remote put and get. libxxhash's plain
- * entry points are built for the baseline x86-64 (SSE2, about 8 GB/s here: a third of a
- * 256 KiB value's time on the wire); its dispatching ones pick AVX2/AVX-512 at run time
- * (about 40 GB/s). The header maps XXH3_64bits* onto them. */
-#if defined(__x86_64__) && __has_include(<xxh_x86dispatch.h>)
-#include <xxh_x86dispatch.h>
-#endif
-
 #include "node/remote_value.h"
+#include "node/xxh.h"
 
 static const uint8_t tag_magic[4] = {'K', 'V', 'X', '1'};
 
