@@ -25,6 +25,9 @@ struct kvn_client {
 	char *path;
 	enum kvn_client_fault fault;
 	uint64_t pending; /* payload bytes of a GET between begin and finish */
+	/* A request failed half-way (timeout, lost connection, a reply left unread): the stream
+	 * is out of step, and a later request would read an earlier one's reply. */
+	bool broken;
 	char msg[MSG_MAX + 256];
 };
 
@@ -34,6 +37,8 @@ static int fail(struct kvn_client *c, enum kvn_client_fault fault, int rc, const
 static int
 fail(struct kvn_client *c, enum kvn_client_fault fault, int rc, const char *fmt, ...)
 {
+	if (fault == KVN_CLIENT_CONN)
+		c->broken = true;
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(c->msg, sizeof(c->msg), fmt, ap);
@@ -135,6 +140,8 @@ send_req(struct kvn_client *c, enum kvn_ctl_op op, const struct kvn_key *key, ui
 	if (klen)
 		memcpy(frame + KVN_CTL_REQ_SIZE, key->str, klen);
 	c->fault = KVN_CLIENT_OK;
+	if (c->broken)
+		return -ENOTCONN;
 	return kvn_ctl_write_full(c->fd, frame, KVN_CTL_REQ_SIZE + klen);
 }
 
@@ -172,6 +179,11 @@ static int
 send_failed(struct kvn_client *c, enum kvn_ctl_op op, int rc)
 {
 	uint64_t len;
+	if (c->broken)
+		return fail(c, KVN_CLIENT_CONN, -ENOTCONN,
+			    "connection to the node at %s is out of step after an earlier error: "
+			    "reconnect",
+			    c->path);
 	int st = recv_reply(c, op, 0, &len);
 	if (st < 0 && c->fault == KVN_CLIENT_NODE)
 		return st;
@@ -194,9 +206,11 @@ call(struct kvn_client *c, enum kvn_ctl_op op, const struct kvn_key *key, char *
 	if (!out)
 		return 0;
 	char *p = malloc((size_t)len + 1);
-	if (!p)
+	if (!p) {
+		c->broken = true; /* the reply is still on the wire */
 		return fail(c, KVN_CLIENT_LOCAL, -ENOMEM, "no memory for a %llu-byte reply",
 			    (unsigned long long)len);
+	}
 	rc = kvn_ctl_read_full(c->fd, p, (size_t)len, NULL);
 	if (rc) {
 		free(p);
@@ -249,6 +263,7 @@ kvn_client_put_fd(struct kvn_client *c, const struct kvn_key *key, int fd, uint6
 		return send_failed(c, KVN_CTL_PUT, rc);
 	if (rc) {
 		/* The node now holds a truncated frame and will drop the connection. */
+		c->broken = true;
 		return fail(c, KVN_CLIENT_LOCAL, rc, "reading the value: %s",
 			    rc == -ECONNRESET ? "input ended early (file changed while read?)"
 					      : kvn_strerror(rc));
@@ -275,6 +290,8 @@ kvn_client_get_finish(struct kvn_client *c, int fd)
 	uint64_t len = c->pending;
 	c->pending = 0;
 	int rc = kvn_ctl_copy(c->fd, fd, len, &write_side);
+	if (rc)
+		c->broken = true; /* the rest of the value is still on the wire */
 	if (rc && write_side)
 		return fail(c, KVN_CLIENT_LOCAL, rc, "writing the value: %s", kvn_strerror(rc));
 	if (rc)
@@ -290,9 +307,11 @@ kvn_client_get(struct kvn_client *c, const struct kvn_key *key, void **data, siz
 	if (rc)
 		return rc;
 	void *p = malloc(n ? (size_t)n : 1);
-	if (!p)
+	if (!p) {
+		c->broken = true; /* the value is still on the wire */
 		return fail(c, KVN_CLIENT_LOCAL, -ENOMEM, "no memory for a %llu-byte value",
 			    (unsigned long long)n);
+	}
 	c->pending = 0;
 	rc = kvn_ctl_read_full(c->fd, p, (size_t)n, NULL);
 	if (rc) {

@@ -727,3 +727,37 @@ Test(server, stop_drains_and_destroy_removes_the_socket)
 	cr_assert(proc_cond_path_gone(sock));
 	kvn_client_close(c);
 }
+
+/* ------------------------------------------------------------------------------------------
+ * Client: a request that failed half-way leaves the stream out of step
+ * ------------------------------------------------------------------------------------------ */
+
+Test(client, after_a_timed_out_request_the_client_refuses_rather_than_read_the_late_reply)
+{
+	char tdir[64], path[96], err[256];
+	cr_assert_eq(proc_mkdtemp("cli", tdir, sizeof(tdir)), 0);
+	snprintf(path, sizeof(path), "%s/fake.sock", tdir);
+	/* A node that accepts and answers late: the client gives up on the first PING. */
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(lfd, 4), 0);
+	struct kvn_client *c;
+	cr_assert_eq(kvn_client_connect(path, 200, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_lt(kvn_client_ping(c, NULL), 0, "nothing answered the first PING");
+	cr_assert_eq(kvn_client_fault(c), KVN_CLIENT_CONN);
+	int fd = accept(lfd, NULL, NULL);
+	cr_assert_geq(fd, 0);
+	uint8_t req[KVN_CTL_REQ_SIZE];
+	cr_assert_eq(kvn_ctl_read_full(fd, req, sizeof(req), NULL), 0);
+	cr_assert_eq(kvn_ctl_send_reply(fd, 0, "late", 4), 0);
+	/* The late reply belongs to the first PING: reading it as the second one's answer is
+	 * how a GET would return another key's value. */
+	cr_assert_eq(kvn_client_ping(c, NULL), -ENOTCONN);
+	cr_assert(strstr(kvn_client_error(c), "out of step"), "%s", kvn_client_error(c));
+	kvn_client_close(c);
+	close(fd);
+	close(lfd);
+	proc_rm_tree(tdir);
+}
