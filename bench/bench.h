@@ -64,6 +64,12 @@ struct bench_trial {
  * 0 or a negative errno, which stops the measurement. */
 int bench_measure(int (*pass)(void *ctx, int op), void *ctx, int op, size_t items,
 		  size_t item_bytes, double duration, struct bench_trial *t);
+/* The same for two operations on a shared machine: passes of op_a and op_b alternate for
+ * 2 * duration seconds, so a burst of load elsewhere hits both sides alike; each side's
+ * average is its bytes over its own passes' time. */
+int bench_measure_pair(int (*pass)(void *ctx, int op), void *ctx, int op_a, int op_b,
+		       size_t items, size_t item_bytes, double duration, struct bench_trial *a,
+		       struct bench_trial *b);
 /* Sorts n trials by average and returns the median one. */
 const struct bench_trial *bench_median(struct bench_trial *t, int n);
 

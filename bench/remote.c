@@ -235,25 +235,39 @@ row(const struct bench_opts *o, struct ctx *c, enum op op, enum op base_op, cons
     const char *base_name)
 {
 	struct bench_trial mine[99], base[99];
-	/* Trials alternate, and so does which side goes first: whatever the store does after
-	 * the first writes of a size (growing its memory, rehashing) is not paid by one side
-	 * only. Each measurement starts with an untimed pass (bench_measure). */
+	/* Passes of the two sides alternate (bench_measure_pair), and which side goes first
+	 * alternates from trial to trial: load elsewhere on the machine, or what the store does
+	 * after the first writes of a size (growing its memory), is not paid by one side only.
+	 * Each side starts with an untimed pass. */
 	for (int i = 0; i < o->trials; i++) {
-		bool base_first = o->baseline && i % 2;
-		int rc = 0;
-		if (base_first)
-			rc = bench_measure(pass, c, base_op, c->nkeys, c->size, o->duration_s,
-					   &base[i]);
-		if (rc == 0)
-			rc = bench_measure(pass, c, op, c->nkeys, c->size, o->duration_s,
-					   &mine[i]);
-		if (rc == 0 && o->baseline && !base_first)
-			rc = bench_measure(pass, c, base_op, c->nkeys, c->size, o->duration_s,
-					   &base[i]);
+		int rc;
+		if (!o->baseline)
+			rc = bench_measure(pass, c, op, c->nkeys, c->size, o->duration_s, &mine[i]);
+		else if (i % 2)
+			rc = bench_measure_pair(pass, c, base_op, op, c->nkeys, c->size,
+						o->duration_s, &base[i], &mine[i]);
+		else
+			rc = bench_measure_pair(pass, c, op, base_op, c->nkeys, c->size,
+						o->duration_s, &mine[i], &base[i]);
 		if (rc < 0)
 			return rc;
 	}
-	const struct bench_trial *m = bench_median(mine, o->trials);
+	/* With a baseline, the reported trial is the one of median ratio, both sides from that
+	 * same trial: they were measured side by side. */
+	int mid = 0;
+	if (o->baseline) {
+		double ratio[99];
+		for (int i = 0; i < o->trials; i++)
+			ratio[i] = mine[i].gbps / base[i].gbps;
+		for (int i = 0; i < o->trials; i++) {
+			int below = 0, same = 0;
+			for (int j = 0; j < o->trials; j++)
+				below += ratio[j] < ratio[i], same += ratio[j] == ratio[i];
+			if (below <= o->trials / 2 && o->trials / 2 < below + same)
+				mid = i;
+		}
+	}
+	const struct bench_trial *m = o->baseline ? &mine[mid] : bench_median(mine, o->trials);
 	struct bench_row r = {
 	    .mode = "remote",
 	    .op = name,
@@ -261,7 +275,7 @@ row(const struct bench_opts *o, struct ctx *c, enum op op, enum op base_op, cons
 	    .iterations = m->iterations,
 	    .gbps = m->gbps,
 	    .peak_gbps = m->peak_gbps,
-	    .baseline_gbps = o->baseline ? bench_median(base, o->trials)->gbps : 0,
+	    .baseline_gbps = o->baseline ? base[mid].gbps : 0,
 	    .baseline_name = base_name,
 	};
 	bench_table_row(o, &r);

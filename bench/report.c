@@ -42,6 +42,38 @@ bench_measure(int (*pass)(void *ctx, int op), void *ctx, int op, size_t items, s
 	return 0;
 }
 
+int
+bench_measure_pair(int (*pass)(void *ctx, int op), void *ctx, int op_a, int op_b, size_t items,
+		   size_t item_bytes, double duration, struct bench_trial *a, struct bench_trial *b)
+{
+	double bytes_per_pass = (double)items * (double)item_bytes;
+	int rc = pass(ctx, op_a);
+	if (rc == 0)
+		rc = pass(ctx, op_b);
+	if (rc < 0)
+		return rc;
+	*a = *b = (struct bench_trial){ 0 };
+	double time_a = 0, time_b = 0, start = bench_now();
+	do {
+		struct bench_trial *t[2] = { a, b };
+		double *spent[2] = { &time_a, &time_b };
+		int ops[2] = { op_a, op_b };
+		for (int i = 0; i < 2; i++) {
+			double p0 = bench_now();
+			if ((rc = pass(ctx, ops[i])) < 0)
+				return rc;
+			double dt = bench_now() - p0, g = bytes_per_pass / dt / 1e9;
+			*spent[i] += dt;
+			t[i]->iterations += items;
+			if (g > t[i]->peak_gbps)
+				t[i]->peak_gbps = g;
+		}
+	} while (bench_now() - start < 2 * duration);
+	a->gbps = (double)a->iterations * (double)item_bytes / time_a / 1e9;
+	b->gbps = (double)b->iterations * (double)item_bytes / time_b / 1e9;
+	return 0;
+}
+
 static int
 cmp_trial(const void *a, const void *b)
 {
