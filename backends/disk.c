@@ -14,11 +14,11 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "backends/disk_file.h"
 #include "node/log.h"
 #include "node/storage.h"
+#include "node/xxh.h"
 
 /* ---------------------------------------------------------------------------------------------
  * Instance

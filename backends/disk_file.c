@@ -8,9 +8,9 @@
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include "backends/disk_file.h"
+#include "node/xxh.h"
 
 static size_t
 round_up(size_t n, size_t a)
