@@ -625,18 +625,25 @@ out:
 struct sched_sig {
 	struct kvn_scheduler *s;
 	sigset_t set;
+	struct kvn_reload reload; /* SIGHUP: the same reload as serve's (log level, plugins) */
 };
 
 static void *
 scheduler_signal_main(void *arg)
 {
 	struct sched_sig *ss = arg;
-	int sig;
-	while (sigwait(&ss->set, &sig))
-		;
-	kvn_info("scheduler", "%s: shutting down", strsignal(sig));
-	kvn_scheduler_stop(ss->s);
-	return NULL;
+	for (;;) {
+		int sig;
+		if (sigwait(&ss->set, &sig))
+			continue;
+		if (sig == SIGHUP) {
+			kvn_reload_config(&ss->reload);
+			continue;
+		}
+		kvn_info("scheduler", "%s: shutting down", strsignal(sig));
+		kvn_scheduler_stop(ss->s);
+		return NULL;
+	}
 }
 
 static int
@@ -660,6 +667,7 @@ cmd_scheduler(struct opts *o)
 	sigemptyset(&ss.set);
 	sigaddset(&ss.set, SIGTERM);
 	sigaddset(&ss.set, SIGINT);
+	sigaddset(&ss.set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &ss.set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	struct kvn_scheduler_opts so = {
@@ -669,8 +677,19 @@ cmd_scheduler(struct opts *o)
 		kvn_config_free(cfg);
 		return die(rc == -EINVAL ? EXIT_USAGE : EXIT_CONN, "scheduler: %s", err);
 	}
+	/* Workers join later: the scheduler's plugins start knowing of none (count 0). They
+	 * start before the signal thread so that a SIGHUP (pending until then) finds them. */
+	struct kvn_plugins *plugins = start_plugins(cfg, KVN_PLUGIN_SCHEDULER, -1, 0, NULL);
+	kvn_scheduler_set_plugins(ss.s, plugins);
+	ss.reload = (struct kvn_reload){.config_arg = o->config,
+					.running = cfg,
+					.plugins = plugins,
+					.cli_log_level = o->log_level,
+					.verbose = o->verbose,
+					.role = "scheduler"};
 	pthread_t th;
 	if (pthread_create(&th, NULL, scheduler_signal_main, &ss)) {
+		kvn_plugins_stop(plugins);
 		kvn_scheduler_destroy(ss.s);
 		kvn_config_free(cfg);
 		return die(EXIT_CONN, "scheduler: cannot start the signal thread");
@@ -680,9 +699,6 @@ cmd_scheduler(struct opts *o)
 	kvn_info("scheduler", "membership service on %s (heartbeat %u ms, auth %s)",
 		 kvn_scheduler_address(ss.s), so.heartbeat_ms ? so.heartbeat_ms : 500,
 		 so.auth_token && *so.auth_token ? "token" : "none");
-	/* Workers join later: the scheduler's plugins start knowing of none (count 0). */
-	struct kvn_plugins *plugins = start_plugins(cfg, KVN_PLUGIN_SCHEDULER, -1, 0, NULL);
-	kvn_scheduler_set_plugins(ss.s, plugins);
 	struct kvn_sched_metrics sm = {.sched = ss.s, .plugins = plugins};
 	struct kvn_metrics *metrics = NULL;
 	if (cfg->metrics_listen && kvn_metrics_start(cfg->metrics_listen, kvn_metrics_collect_sched,
@@ -807,7 +823,9 @@ static const struct command commands[] = {
      "  directory. Prints `kvnode: scheduler on HOST:PORT` once listening. With\n"
      "  auth_token set, a join or stats request without the same token is refused.\n"
      "  The plugins of plugin_locations for the scheduler run beside it.\n"
-     "  SIGTERM or SIGINT: stop the plugins, close every connection and exit 0.\n\n"
+     "  SIGTERM or SIGINT: stop the plugins, close every connection and exit 0.\n"
+     "  SIGHUP: re-read the config file and apply log_level, plugin_restart and\n"
+     "  plugin_stop_timeout_ms; other changed keys are logged as needing a restart.\n\n"
      "OPTIONS\n"
      "      --listen HOST:PORT  where nodes connect (default: the HOST:PORT of the\n"
      "                       config's scheduler_url, else " SCHEDULER_DEFAULT_LISTEN ";\n"

@@ -13,7 +13,8 @@
 #include "node/log.h"
 #include "node/reload.h"
 
-#define COMP "serve"
+/* The log component: the role whose config this is. */
+#define COMP (r->role ? r->role : "serve")
 
 static bool
 extra_equal(const struct kvn_config *a, const struct kvn_config *b)

@@ -1,4 +1,4 @@
-/* `kvnode serve` on SIGHUP: re-reads the config file and applies the keys that can change
+/* `kvnode serve` and `kvnode scheduler` on SIGHUP: re-reads the config file and applies the keys that can change
  * while the node runs; the others are named in the log as needing a restart. */
 #ifndef KVN_NODE_RELOAD_H
 #define KVN_NODE_RELOAD_H
@@ -12,6 +12,7 @@ struct kvn_reload {
 	struct kvn_plugins *plugins; /* NULL: none */
 	int cli_log_level;	     /* --log-level (it wins over the file), -1 when not given */
 	int verbose;		     /* -v count, added to the file's log_level */
+	const char *role;	     /* log component: "serve" (NULL) or "scheduler" */
 };
 
 /* Keys applied at run time: log_level, plugin_restart, plugin_stop_timeout_ms. A file that no

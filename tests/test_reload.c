@@ -188,3 +188,29 @@ Test(reload, plugin_restart_changed_by_sighup_restarts_a_plugin_that_fails_after
 		  "the failed plugin was not restarted under the reloaded plugin_restart: %s",
 		  proc_read_file(logpath, NULL));
 }
+
+static bool
+scheduler_listening(void *out)
+{
+	char *s = proc_read_file(out, NULL);
+	bool on = s && strstr(s, "scheduler on");
+	free(s);
+	return on;
+}
+
+Test(reload, the_scheduler_applies_log_level_on_sighup_and_keeps_running)
+{
+	write_cfg("log_level: warn\nheartbeat_ms: 500\n");
+	const char *argv[] = {KVNODE, "scheduler", "-c", cfg, "--listen", "127.0.0.1:0", NULL};
+	char out[PATH_MAX];
+	snprintf(out, sizeof(out), "%s/scheduler.out", dir);
+	struct proc_opts po = {.stdout_path = out, .stderr_path = logpath, .env = clean_env};
+	cr_assert_eq(proc_spawn(&node, argv, &po), 0);
+	cr_assert(proc_wait_for(scheduler_listening, out, DEADLINE), "scheduler never listened");
+	write_cfg("log_level: info\nheartbeat_ms: 200\n");
+	hup_and_wait("SIGHUP: re-read");
+	char *log = proc_read_file(logpath, NULL);
+	cr_expect(strstr(log, "scheduler: log_level is now info"), "%s", log);
+	cr_expect(strstr(log, "heartbeat_ms changed: needs a restart"), "%s", log);
+	free(log);
+}
