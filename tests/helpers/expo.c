@@ -393,8 +393,11 @@ sample_line(struct checker *c, const char *l)
 		size_t kl = strlen(key);
 		snprintf(key + kl, sizeof(key) - kl, "%s%s", i ? "," : "", c->labels[i]);
 	}
-	snprintf(series, sizeof(series), "%s{%s%s%s%s%s}", nm, key, has_le && c->nl ? "," : "",
-		 has_le ? "le=\"" : "", has_le ? le : "", has_le ? "\"" : "");
+	int sn = snprintf(series, sizeof(series), "%s{%s%s%s%s%s}", nm, key,
+			  has_le && c->nl ? "," : "", has_le ? "le=\"" : "", has_le ? le : "",
+			  has_le ? "\"" : "");
+	if (sn < 0 || (size_t)sn >= sizeof(series))
+		return fail(c, "series too long to check: %s", l);
 	for (size_t i = 0; i < c->nseries; i++)
 		if (!strcmp(c->series[i], series))
 			return fail(c, "series %s appears twice", series);
