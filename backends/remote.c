@@ -372,7 +372,7 @@ static int
 remote_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 {
 	struct kvn_remote_value v;
-	int rc = kvn_remote_value_from_buf(&v, buf);
+	int rc = kvn_remote_value_for_put(&v, buf, be->ops);
 	if (rc < 0)
 		return rc == -EFBIG ? -ENOSPC : rc;
 	struct slot *s;

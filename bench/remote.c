@@ -160,7 +160,7 @@ one(struct ctx *c, enum op op, size_t i)
 	switch (op) {
 	case OP_PUT:
 		/* What the remote tier does for a put: header + tag, then the connector. */
-		if ((rc = kvn_remote_value_from_buf(&v, c->val)) == 0)
+		if ((rc = kvn_remote_value_for_put(&v, c->val, c->ops)) == 0)
 			rc = c->ops->put(c->conn, k, &v);
 		break;
 	case OP_GET:

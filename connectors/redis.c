@@ -3,9 +3,11 @@
  * "<key>metadata" (its presence is what exists means), and kvnode's integrity tag under
  * "<key>kvnode_tag". Payload bytes go between the socket and the caller's buffer directly. */
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -27,6 +29,7 @@
 struct kvn_connector {
 	const struct kvn_connector_env *env;
 	redisContext *ctx;
+	struct kvn_remote_tagger *tagger; /* tags computed while sending (F_TAG_ON_SEND) */
 };
 
 struct redis_url {
@@ -176,6 +179,14 @@ simple(struct kvn_connector *c, const char *op, redisReply *r)
 	return rc;
 }
 
+static void
+redis_close(struct kvn_connector *c)
+{
+	redisFree(c->ctx);
+	kvn_remote_tagger_free(c->tagger);
+	free(c);
+}
+
 static int
 do_connect(const struct kvn_connector_env *env, struct kvn_connector **out)
 {
@@ -187,10 +198,15 @@ do_connect(const struct kvn_connector_env *env, struct kvn_connector **out)
 	if (!c)
 		return -ENOMEM;
 	c->env = env;
+	if (!(c->tagger = kvn_remote_tagger_new())) {
+		free(c);
+		return -ENOMEM;
+	}
 	struct timeval tv = {.tv_sec = env->timeout_ms / 1000,
 			     .tv_usec = (env->timeout_ms % 1000) * 1000};
 	c->ctx = redisConnectWithTimeout(u.host, u.port, tv);
 	if (!c->ctx) {
+		kvn_remote_tagger_free(c->tagger);
 		free(c);
 		return -ENOMEM;
 	}
@@ -230,16 +246,8 @@ do_connect(const struct kvn_connector_env *env, struct kvn_connector **out)
 	*out = c;
 	return 0;
 fail:
-	redisFree(c->ctx);
-	free(c);
+	redis_close(c);
 	return rc;
-}
-
-static void
-redis_close(struct kvn_connector *c)
-{
-	redisFree(c->ctx);
-	free(c);
 }
 
 /* --------------------------------------------------------------------------------------------
@@ -449,19 +457,50 @@ resp_bulk(char *out, const void *data, size_t len)
 	return n + len + 2;
 }
 
+/* A pending tag's hashing, done while the socket takes no more bytes. */
+struct idle_hash {
+	struct kvn_remote_tagger *tagger;
+	const char *p;
+	size_t len, done;
+};
+
+#define HASH_STEP (128u << 10) /* bytes hashed between two tries to send more */
+
+/* Hashes the next piece; false when everything is hashed. */
+static bool
+hash_some(struct idle_hash *h)
+{
+	if (h->done == h->len)
+		return false;
+	size_t k = h->len - h->done < HASH_STEP ? h->len - h->done : HASH_STEP;
+	kvn_remote_tagger_update(h->tagger, h->p + h->done, k);
+	h->done += k;
+	return true;
+}
+
 /* Writes iov to the server. The payload goes straight from the caller's buffer to the socket:
  * hiredis would first copy it into its output buffer and then, writing that in pieces, move
  * the unsent rest down after each one, which costs more than the write itself for large
- * values. A failed write leaves the stream in an unknown state, so the context is marked
- * broken and the node reconnects. */
+ * values. With h, the socket is not waited on while hashing is left: the hash runs while the
+ * server drains what it has. A failed write leaves the stream in an unknown state, so the
+ * context is marked broken and the node reconnects. */
 static int
-send_all(struct kvn_connector *c, struct iovec *iov, int n)
+send_all(struct kvn_connector *c, struct iovec *iov, int n, struct idle_hash *h)
 {
 	while (n > 0) {
 		struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)n};
-		ssize_t w = sendmsg(c->ctx->fd, &m, MSG_NOSIGNAL);
+		ssize_t w = sendmsg(c->ctx->fd, &m, MSG_NOSIGNAL | (h ? MSG_DONTWAIT : 0));
 		if (w < 0 && errno == EINTR)
 			continue;
+		if (w < 0 && h && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (hash_some(h))
+				continue;
+			struct pollfd pfd = {.fd = c->ctx->fd, .events = POLLOUT};
+			int pr = poll(&pfd, 1, (int)c->env->timeout_ms);
+			if (pr > 0 || (pr < 0 && errno == EINTR))
+				continue;
+			errno = pr == 0 ? EAGAIN : errno;
+		}
 		if (w < 0) {
 			int rc = errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
 			c->ctx->err = REDIS_ERR_IO;
@@ -488,19 +527,24 @@ send_all(struct kvn_connector *c, struct iovec *iov, int n)
  * stores, and answers once: three SETs cost it a second read and the client a second wake-up
  * for the later replies. An untagged value (no tag to write, an older one to drop) is SET
  * <key>kv_bytes, DEL <key>kvnode_tag, SET <key>metadata: payload first, header last, as
- * LMCache writes. Returns the number of replies that follow, or < 0. */
-static int
-send_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
+ * LMCache writes. */
+
+/* What goes before the payload: the command, the data key and the payload's length line. */
+static size_t
+put_head(char *head, const struct kvn_key *key, const struct kvn_remote_value *v)
 {
-	char head[RKEY_MAX + 64], tail[3 * RKEY_MAX + 512];
-	uint8_t hdr[KVN_REMOTE_META_LEN];
-	if (c->ctx->err)
-		return ctx_error(c, "SET");
-	kvn_remote_meta_encode(&v->meta, hdr);
 	size_t hn = resp_head(head, v->tag_len ? 7 : 3, v->tag_len ? "MSET" : "SET", key,
 			      SUFFIX_DATA);
-	hn += bulk_len(head + hn, v->payload->len);
-	size_t tn = 2; /* "\r\n" that ends the payload */
+	return hn + bulk_len(head + hn, v->payload->len);
+}
+
+/* What follows the payload: its "\r\n", then tag and header (MSET) or DEL tag + SET header. */
+static size_t
+put_tail(char *tail, const struct kvn_key *key, const struct kvn_remote_value *v)
+{
+	uint8_t hdr[KVN_REMOTE_META_LEN];
+	kvn_remote_meta_encode(&v->meta, hdr);
+	size_t tn = 2;
 	memcpy(tail, "\r\n", 2);
 	char k[RKEY_MAX];
 	if (v->tag_len) {
@@ -511,9 +555,48 @@ send_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_re
 		tn += resp_head(tail + tn, 2, "DEL", key, SUFFIX_TAG);
 		tn += resp_head(tail + tn, 3, "SET", key, SUFFIX_META);
 	}
-	tn += resp_bulk(tail + tn, hdr, sizeof(hdr));
-	struct iovec iov[3] = {{head, hn}, {v->payload->data, v->payload->len}, {tail, tn}};
-	int rc = send_all(c, iov, 3);
+	return tn + resp_bulk(tail + tn, hdr, sizeof(hdr));
+}
+
+#define TAIL_MAX (3 * RKEY_MAX + 512)
+
+/* A pending tag (KVN_CONNECTOR_F_TAG_ON_SEND) follows the payload in the MSET, so it is hashed
+ * while the payload is on its way — whenever the socket is full, and after the last byte
+ * while redis is still reading — and goes out last. */
+static int
+send_put_hashing(struct kvn_connector *c, const struct kvn_key *key,
+		 const struct kvn_remote_value *v)
+{
+	char head[RKEY_MAX + 64], tail[TAIL_MAX];
+	struct idle_hash h = {c->tagger, v->payload->data, v->payload->len, 0};
+	kvn_remote_tagger_begin(c->tagger, &v->meta);
+	struct iovec iov[2] = {{head, put_head(head, key, v)}, {v->payload->data, h.len}};
+	int rc = send_all(c, iov, 2, &h);
+	if (rc < 0)
+		return rc;
+	while (hash_some(&h))
+		;
+	struct kvn_remote_value t = *v;
+	t.tag_len = kvn_remote_tagger_end(c->tagger, t.tag);
+	iov[0] = (struct iovec){tail, put_tail(tail, key, &t)};
+	return send_all(c, iov, 1, NULL);
+}
+
+/* Sends one put; returns the number of replies that follow, or < 0. */
+static int
+send_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
+{
+	if (c->ctx->err)
+		return ctx_error(c, "SET");
+	if (v->tag_len == KVN_REMOTE_TAG_PENDING) {
+		int rc = send_put_hashing(c, key, v);
+		return rc < 0 ? rc : 1;
+	}
+	char head[RKEY_MAX + 64], tail[TAIL_MAX];
+	struct iovec iov[3] = {{head, put_head(head, key, v)},
+			       {v->payload->data, v->payload->len},
+			       {tail, put_tail(tail, key, v)}};
+	int rc = send_all(c, iov, 3, NULL);
 	return rc < 0 ? rc : v->tag_len ? 1 : 3;
 }
 
@@ -771,6 +854,7 @@ GUARDED(int, exists_batch,
 
 const struct kvn_connector_ops kvn_redis_connector_ops = {
     .abi = KVN_CONNECTOR_ABI,
+    .flags = KVN_CONNECTOR_F_TAG_ON_SEND,
     .scheme = "redis",
     .connect = redis_connect,
     .close = redis_close,

@@ -2,6 +2,7 @@
  * (DESIGN.md §10). */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "node/remote_value.h"
@@ -70,35 +71,110 @@ kvn_remote_meta_for_bytes(size_t len, struct kvn_remote_meta *meta)
 	return 0;
 }
 
+/* The tag's hash is seeded with the hash of the header, so both parts are covered. */
 static uint64_t
-value_sum(const struct kvn_remote_meta *meta, const void *payload, size_t len)
+meta_seed(const struct kvn_remote_meta *meta)
 {
 	uint8_t hdr[KVN_REMOTE_META_LEN];
 	kvn_remote_meta_encode(meta, hdr);
-	return XXH3_64bits_withSeed(payload, len, XXH3_64bits(hdr, sizeof(hdr)));
+	return XXH3_64bits(hdr, sizeof(hdr));
+}
+
+static uint64_t
+value_sum(const struct kvn_remote_meta *meta, const void *payload, size_t len)
+{
+	return XXH3_64bits_withSeed(payload, len, meta_seed(meta));
+}
+
+static uint32_t
+tag_encode(uint64_t sum, uint8_t tag[KVN_REMOTE_TAG_MAX])
+{
+	memcpy(tag, tag_magic, 4);
+	put_le32(tag + 4, (uint32_t)sum);
+	put_le32(tag + 8, (uint32_t)(sum >> 32));
+	return KVN_REMOTE_TAG_LEN;
 }
 
 KVN_API void
 kvn_remote_tag_fill(struct kvn_remote_value *val)
 {
 	const struct kvn_buf *b = val->payload;
-	uint64_t sum = value_sum(&val->meta, b ? b->data : NULL, b ? b->len : 0);
-	memcpy(val->tag, tag_magic, 4);
-	put_le32(val->tag + 4, (uint32_t)sum);
-	put_le32(val->tag + 8, (uint32_t)(sum >> 32));
-	val->tag_len = KVN_REMOTE_TAG_LEN;
+	val->tag_len = tag_encode(value_sum(&val->meta, b ? b->data : NULL, b ? b->len : 0),
+				  val->tag);
 }
 
-KVN_API int
-kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf)
+static int
+value_untagged(struct kvn_remote_value *val, struct kvn_buf *buf)
 {
 	memset(val, 0, sizeof(*val));
 	int rc = kvn_remote_meta_for_bytes(buf->len, &val->meta);
 	if (rc < 0)
 		return rc;
 	val->payload = buf;
-	kvn_remote_tag_fill(val);
 	return 0;
+}
+
+KVN_API int
+kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf)
+{
+	int rc = value_untagged(val, buf);
+	if (rc == 0)
+		kvn_remote_tag_fill(val);
+	return rc;
+}
+
+KVN_API int
+kvn_remote_value_for_put(struct kvn_remote_value *val, struct kvn_buf *buf,
+			 const struct kvn_connector_ops *ops)
+{
+	if (!(ops->flags & KVN_CONNECTOR_F_TAG_ON_SEND))
+		return kvn_remote_value_from_buf(val, buf);
+	int rc = value_untagged(val, buf);
+	if (rc == 0)
+		val->tag_len = KVN_REMOTE_TAG_PENDING;
+	return rc;
+}
+
+struct kvn_remote_tagger {
+	XXH3_state_t *st;
+};
+
+KVN_API struct kvn_remote_tagger *
+kvn_remote_tagger_new(void)
+{
+	struct kvn_remote_tagger *t = malloc(sizeof(*t));
+	if (t && !(t->st = XXH3_createState())) {
+		free(t);
+		t = NULL;
+	}
+	return t;
+}
+
+KVN_API void
+kvn_remote_tagger_free(struct kvn_remote_tagger *t)
+{
+	if (t) {
+		XXH3_freeState(t->st);
+		free(t);
+	}
+}
+
+KVN_API void
+kvn_remote_tagger_begin(struct kvn_remote_tagger *t, const struct kvn_remote_meta *meta)
+{
+	XXH3_64bits_reset_withSeed(t->st, meta_seed(meta));
+}
+
+KVN_API void
+kvn_remote_tagger_update(struct kvn_remote_tagger *t, const void *p, size_t n)
+{
+	XXH3_64bits_update(t->st, p, n);
+}
+
+KVN_API uint32_t
+kvn_remote_tagger_end(struct kvn_remote_tagger *t, uint8_t tag[KVN_REMOTE_TAG_MAX])
+{
+	return tag_encode(XXH3_64bits_digest(t->st), tag);
 }
 
 static int

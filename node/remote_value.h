@@ -25,6 +25,24 @@ KVN_API void kvn_remote_tag_fill(struct kvn_remote_value *val);
 /* Prepares a value for put: header for plain bytes, payload = buf (not referenced), tag. */
 KVN_API int kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf);
 
+/* The value the remote tier hands ops->put: header for plain bytes, payload = buf (not
+ * referenced), and the tag — or tag_len = KVN_REMOTE_TAG_PENDING when ops computes the tag
+ * itself while it sends the payload (KVN_CONNECTOR_F_TAG_ON_SEND). */
+KVN_API int kvn_remote_value_for_put(struct kvn_remote_value *val, struct kvn_buf *buf,
+				     const struct kvn_connector_ops *ops);
+
+/* kvn_remote_tag_fill in pieces, for a connector with KVN_CONNECTOR_F_TAG_ON_SEND: begin with
+ * the value's header, update with the payload bytes in order (any piece sizes), end writes the
+ * tag and returns its length. One tagger per connector instance (it holds xxhash's state). */
+struct kvn_remote_tagger;
+KVN_API struct kvn_remote_tagger *kvn_remote_tagger_new(void);
+KVN_API void kvn_remote_tagger_free(struct kvn_remote_tagger *t);
+KVN_API void kvn_remote_tagger_begin(struct kvn_remote_tagger *t,
+				     const struct kvn_remote_meta *meta);
+KVN_API void kvn_remote_tagger_update(struct kvn_remote_tagger *t, const void *p, size_t n);
+KVN_API uint32_t kvn_remote_tagger_end(struct kvn_remote_tagger *t,
+				       uint8_t tag[KVN_REMOTE_TAG_MAX]);
+
 /* Checks a value read from a store: a valid header whose length is the payload's, and, when
  * the store gave a tag, a matching one. 0, or -EBADMSG with why (may be NULL) saying which
  * check failed. A value without a tag (written by LMCache) passes on its header alone. */

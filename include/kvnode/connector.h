@@ -98,7 +98,16 @@ enum kvn_connector_flags {
 	KVN_CONNECTOR_F_DISCARDS = 1u << 0,
 	/* list() is not supported by the store (returns -EOPNOTSUPP). */
 	KVN_CONNECTOR_F_NO_LIST = 1u << 1,
+	/* put() computes kvnode's tag itself while it sends the payload (hashing while the
+	 * socket is full or the store is still reading), for a store where the tag follows the
+	 * payload on the wire. The node then hands it values with tag_len =
+	 * KVN_REMOTE_TAG_PENDING, and the connector stores the tag that kvn_remote_tagger_*
+	 * (node/remote_value.h) computes. Other connectors always get the tag computed. */
+	KVN_CONNECTOR_F_TAG_ON_SEND = 1u << 2,
 };
+
+/* tag_len of a value handed to put() of a connector with KVN_CONNECTOR_F_TAG_ON_SEND. */
+#define KVN_REMOTE_TAG_PENDING UINT32_MAX
 
 /* Errors: 0 or a negative errno. -ENOENT a miss; -EINVAL a bad URL/option (with an env->log
  * line naming it); -ENOTCONN, -ECONNREFUSED, -ECONNRESET, -EPIPE, -ETIMEDOUT, -EIO, -EPROTO
