@@ -4,6 +4,7 @@
  * except kvn_histogram_observe. */
 #include <errno.h>
 #include <inttypes.h>
+#include <cjson/cJSON.h>
 #include <microhttpd.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -289,4 +290,18 @@ kvn_metrics_stop(struct kvn_metrics *m)
 		return;
 	MHD_stop_daemon(m->d);
 	free(m);
+}
+
+const char *
+kvn_metrics_json_str(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	return cJSON_IsString(v) ? v->valuestring : "";
+}
+
+uint64_t
+kvn_metrics_json_u64(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	return cJSON_IsNumber(v) && v->valuedouble > 0 ? (uint64_t)v->valuedouble : 0;
 }

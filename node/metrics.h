@@ -119,4 +119,10 @@ void kvn_peer_read_stats(struct kvn_backend *be, struct kvn_peer_read_stats *out
 /* Shared by both: kvnode_build_info and the plugin families. */
 void kvn_metrics_common(struct kvn_expo *e, struct kvn_plugins *plugins);
 
+/* Fields of the stat JSON the collectors read (the launcher's and the scheduler's views):
+ * "" or 0 when absent or of another type. */
+struct cJSON;
+const char *kvn_metrics_json_str(const struct cJSON *o, const char *name);
+uint64_t kvn_metrics_json_u64(const struct cJSON *o, const char *name);
+
 #endif

@@ -22,20 +22,6 @@
  * Shared families
  * ------------------------------------------------------------------------------------------ */
 
-static const char *
-json_str(const cJSON *o, const char *name)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-	return cJSON_IsString(v) ? v->valuestring : "";
-}
-
-static uint64_t
-json_u64(const cJSON *o, const char *name)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-	return cJSON_IsNumber(v) && v->valuedouble > 0 ? (uint64_t)v->valuedouble : 0;
-}
-
 /* The launcher keeps its state behind its own lock; its stat JSON is the one reader it has. */
 static void
 plugins(struct kvn_expo *e, struct kvn_plugins *pl)
@@ -60,10 +46,11 @@ plugins(struct kvn_expo *e, struct kvn_plugins *pl)
 			const cJSON *p;
 			cJSON_ArrayForEach(p, arr)
 			{
-				struct kvn_label l = {"plugin", json_str(p, "name")};
-				uint64_t v = fam[f].field
-						 ? json_u64(p, fam[f].field)
-						 : !strcmp(json_str(p, "state"), "running");
+				struct kvn_label l = {"plugin", kvn_metrics_json_str(p, "name")};
+				uint64_t v =
+				    fam[f].field
+					? kvn_metrics_json_u64(p, fam[f].field)
+					: !strcmp(kvn_metrics_json_str(p, "state"), "running");
 				kvn_expo_u64(e, fam[f].name, &l, 1, v);
 			}
 		}

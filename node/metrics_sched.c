@@ -11,20 +11,6 @@
 
 #define VIEW_TIMEOUT_MS 5000 /* the loop answers between events; it is never busy this long */
 
-static uint64_t
-u64(const cJSON *o, const char *name)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-	return cJSON_IsNumber(v) && v->valuedouble > 0 ? (uint64_t)v->valuedouble : 0;
-}
-
-static const char *
-str(const cJSON *o, const char *name)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-	return cJSON_IsString(v) ? v->valuestring : "";
-}
-
 static void
 members(struct kvn_expo *e, const cJSON *view)
 {
@@ -32,7 +18,7 @@ members(struct kvn_expo *e, const cJSON *view)
 	uint64_t alive = 0, expired = 0;
 	cJSON_ArrayForEach(m, arr)
 	{
-		if (!strcmp(str(m, "state"), "alive"))
+		if (!strcmp(kvn_metrics_json_str(m, "state"), "alive"))
 			alive++;
 		else
 			expired++;
@@ -49,9 +35,12 @@ members(struct kvn_expo *e, const cJSON *view)
 	cJSON_ArrayForEach(m, arr)
 	{
 		char id[24];
-		snprintf(id, sizeof(id), "%llu", (unsigned long long)u64(m, "worker_id"));
-		struct kvn_label l[] = {{"node", str(m, "name")}, {"worker_id", id}};
-		kvn_expo_u64(e, "kvnode_scheduler_member_chunks", l, 2, u64(m, "chunks"));
+		snprintf(id, sizeof(id), "%llu",
+			 (unsigned long long)kvn_metrics_json_u64(m, "worker_id"));
+		struct kvn_label l[] = {{"node", kvn_metrics_json_str(m, "name")},
+					{"worker_id", id}};
+		kvn_expo_u64(e, "kvnode_scheduler_member_chunks", l, 2,
+			     kvn_metrics_json_u64(m, "chunks"));
 	}
 }
 
@@ -99,7 +88,8 @@ kvn_metrics_collect_sched(void *ctx, struct kvn_expo *e)
 	     "protocol_errors"},
 	};
 	for (size_t i = 0; i < sizeof(fam) / sizeof(fam[0]); i++)
-		kvn_expo_one(e, fam[i].name, fam[i].type, fam[i].help, u64(view, fam[i].field));
+		kvn_expo_one(e, fam[i].name, fam[i].type, fam[i].help,
+			     kvn_metrics_json_u64(view, fam[i].field));
 	members(e, view);
 	cJSON_Delete(view);
 	return e->oom ? -ENOMEM : 0;
