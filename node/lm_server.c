@@ -1,7 +1,6 @@
 /* lm server: LMCache's cache-server protocol (DESIGN.md §10) over TCP, a thread per connection
  * up to a cap, values kept in the engine as LMCache's 28-byte remote header + payload. A
  * malformed request gets a 400 reply and its connection is closed; others keep being served. */
-#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -306,33 +305,12 @@ serve_one(struct conn *c)
  * ------------------------------------------------------------------------------------------ */
 
 static void
-peer_name(int fd, char *out, size_t cap)
-{
-	struct sockaddr_storage ss;
-	socklen_t sl = sizeof(ss);
-	char host[64] = "?";
-	unsigned port = 0;
-	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0) {
-		if (ss.ss_family == AF_INET) {
-			struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-			inet_ntop(AF_INET, &s4->sin_addr, host, sizeof(host));
-			port = ntohs(s4->sin_port);
-		} else if (ss.ss_family == AF_INET6) {
-			struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-			inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof(host));
-			port = ntohs(s6->sin6_port);
-		}
-	}
-	snprintf(out, cap, "%s:%u", host, port);
-}
-
-static void
 conn_start(void *owner, struct kvn_connsrv_conn *base)
 {
 	struct conn *c = (struct conn *)base;
 	c->srv = owner;
 	c->fd = base->fd;
-	peer_name(c->fd, c->peer, sizeof(c->peer));
+	kvn_peer_format(c->fd, c->peer, sizeof(c->peer));
 }
 
 static int
@@ -357,7 +335,7 @@ conn_refuse(void *owner, int fd, int status, const char *why)
 	struct kvn_lm_server *srv = owner;
 	char peer[64];
 	(void)status;
-	peer_name(fd, peer, sizeof(peer));
+	kvn_peer_format(fd, peer, sizeof(peer));
 	kvn_warn(COMP, "refusing client %s on %s: %s", peer, srv->addr, why);
 }
 

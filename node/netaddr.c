@@ -1,5 +1,6 @@
 /* TCP addresses as HOST:PORT: parsing, listening and connecting (getaddrinfo, so names and
  * both address families work). Every error names the address and what failed. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -198,4 +199,34 @@ kvn_tcp_free_port(void)
 	if (fd >= 0)
 		close(fd);
 	return port;
+}
+
+void
+kvn_sockaddr_format(const struct sockaddr *sa, uint16_t port_override, char *out, size_t outlen)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const void *)sa;
+		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+		snprintf(out, outlen, "%s:%u", host,
+			 port_override ? port_override : ntohs(in->sin_port));
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const void *)sa;
+		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+		snprintf(out, outlen, "[%s]:%u", host,
+			 port_override ? port_override : ntohs(in6->sin6_port));
+	} else {
+		snprintf(out, outlen, "?");
+	}
+}
+
+void
+kvn_peer_format(int fd, char *out, size_t outlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0)
+		kvn_sockaddr_format((struct sockaddr *)&ss, 0, out, outlen);
+	else
+		snprintf(out, outlen, "?:0");
 }

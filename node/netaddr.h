@@ -24,4 +24,12 @@ int kvn_tcp_connect(const char *host, uint16_t port, int timeout_ms, char *err, 
  * its server binds. -1 when no socket could be bound. */
 int kvn_tcp_free_port(void);
 
+struct sockaddr;
+/* "host:port" for IPv4, "[host]:port" for IPv6, "?" for any other family (log lines, peer
+ * names). port_override, when not 0, replaces the address's own port (rdma_cm keeps it apart). */
+void kvn_sockaddr_format(const struct sockaddr *sa, uint16_t port_override, char *out,
+			 size_t outlen);
+/* kvn_sockaddr_format of a connected socket's peer ("?:0" when getpeername fails). */
+void kvn_peer_format(int fd, char *out, size_t outlen);
+
 #endif

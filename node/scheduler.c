@@ -1,7 +1,6 @@
 /* The membership service (node/scheduler.h): one epoll thread, non-blocking sockets, every
  * frame validated before it is acted on. A bad frame gets an ERROR and closes that connection
  * only; members that miss their beats are expired and their directory entries dropped. */
-#include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +18,7 @@
 #include <unistd.h>
 
 #include "node/log.h"
+#include "node/netaddr.h"
 #include "node/scheduler_int.h"
 
 #define DEFAULT_HB_MS	  500
@@ -337,21 +337,12 @@ accept_all(struct kvn_scheduler *s)
 		int fd = accept4(s->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			return;
-		char host[INET6_ADDRSTRLEN] = "?";
-		uint16_t port = 0;
-		if (ss.ss_family == AF_INET) {
-			struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-			inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-			port = ntohs(a->sin_port);
-		} else if (ss.ss_family == AF_INET6) {
-			struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-			inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
-			port = ntohs(a->sin6_port);
-		}
+		char peer[64]; /* as struct conn's */
+		kvn_sockaddr_format((struct sockaddr *)&ss, 0, peer, sizeof(peer));
 		if (s->nconns >= s->max_conns) {
 			s->refused++;
-			kvn_warn(COMP, "refusing %s:%u: %u connections already (the cap)", host,
-				 port, s->max_conns);
+			kvn_warn(COMP, "refusing %s: %u connections already (the cap)", peer,
+				 s->max_conns);
 			close(fd);
 			continue;
 		}
@@ -363,8 +354,7 @@ accept_all(struct kvn_scheduler *s)
 		c->fd = fd;
 		c->member = -1;
 		c->opened_ms = kvn_sched_now_ms();
-		snprintf(c->peer, sizeof(c->peer), ss.ss_family == AF_INET6 ? "[%s]:%u" : "%s:%u",
-			 host, port);
+		snprintf(c->peer, sizeof(c->peer), "%s", peer);
 		int one = 1;
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 		struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};

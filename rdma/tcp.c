@@ -3,7 +3,6 @@
  * reading side is tcp_read.c and the owner's responder tcp_serve.c. */
 #include <endian.h>
 #include <errno.h>
-#include <arpa/inet.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,26 +126,6 @@ tcp_reason_str(uint32_t reason)
 /* ---------------------------------------------------------------------------------------------
  * Addresses and sockets
  * ------------------------------------------------------------------------------------------- */
-
-void
-tcp_format_addr(const struct sockaddr *sa, char *out, size_t outlen)
-{
-	char host[INET6_ADDRSTRLEN] = "?";
-	unsigned port = 0;
-	if (sa->sa_family == AF_INET) {
-		const struct sockaddr_in *in = (const void *)sa;
-		inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-		port = ntohs(in->sin_port);
-		snprintf(out, outlen, "%s:%u", host, port);
-	} else if (sa->sa_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const void *)sa;
-		inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-		port = ntohs(in6->sin6_port);
-		snprintf(out, outlen, "[%s]:%u", host, port);
-	} else {
-		snprintf(out, outlen, "?");
-	}
-}
 
 /* Small frames go out at once (requests are latency-bound); the payload path relies on the
  * kernel's buffer autotuning, which on loopback beats any fixed size we could pick. */

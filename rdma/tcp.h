@@ -130,7 +130,6 @@ uint64_t tcp_now_ms(void);
 void tcp_mr_put(struct kvn_tp_mr *mr);
 /* The registration named rkey with one more user, or NULL. */
 struct kvn_tp_mr *tcp_mr_get(struct kvn_transport *tp, uint32_t rkey);
-void tcp_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
 void tcp_tune_socket(int fd);
 
 /* ---------------------------------------------------------------------------------------------

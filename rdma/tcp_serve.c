@@ -112,7 +112,7 @@ accept_all(struct kvn_transport *tp)
 		}
 		c->p.kind = TCP_P_SERVE;
 		c->p.fd = fd;
-		tcp_format_addr((struct sockaddr *)&ss, c->peer, sizeof(c->peer));
+		kvn_sockaddr_format((struct sockaddr *)&ss, 0, c->peer, sizeof(c->peer));
 		tcp_tune_socket(fd);
 		c->next = tp->serve_conns;
 		tp->serve_conns = c;

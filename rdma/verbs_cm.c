@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "node/log.h"
+#include "node/netaddr.h"
 #include "rdma/verbs.h"
 
 #define LOG "verbs"
@@ -114,19 +115,6 @@ parse_addr(const char *s, struct sockaddr_storage *ss, char *err, size_t errlen)
 	return 0;
 }
 
-static void
-format_addr(const struct sockaddr *sa, uint16_t port, char *out, size_t outlen)
-{
-	char h[INET6_ADDRSTRLEN] = "?";
-	if (sa->sa_family == AF_INET6) {
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, h, sizeof(h));
-		snprintf(out, outlen, "[%s]:%u", h, port);
-	} else {
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, h, sizeof(h));
-		snprintf(out, outlen, "%s:%u", h, port);
-	}
-}
-
 static const char *
 devname(struct ibv_context *ctx)
 {
@@ -166,7 +154,7 @@ accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev 
 	uint8_t status = ECONNREFUSED;
 	char peer[INET6_ADDRSTRLEN + 8];
 
-	format_addr(rdma_get_peer_addr(id), ntohs(rdma_get_dst_port(id)), peer, sizeof(peer));
+	kvn_sockaddr_format(rdma_get_peer_addr(id), ntohs(rdma_get_dst_port(id)), peer, sizeof(peer));
 	if (ev->plen < 8 || get_le(ev->pdata, 4) != VB_MAGIC)
 		why = "not a kvnode verbs peer";
 	else if (get_le(ev->pdata + 4, 2) != VB_PROTO)
@@ -381,7 +369,7 @@ vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundl
 		return -ENODEV;
 	}
 	tp->listen_id = id;
-	format_addr(rdma_get_local_addr(id), ntohs(rdma_get_src_port(id)), bound, boundlen);
+	kvn_sockaddr_format(rdma_get_local_addr(id), ntohs(rdma_get_src_port(id)), bound, boundlen);
 	kvn_info(LOG, "serving RDMA READs of registered memory at %s (%s)", bound,
 		 devname(tp->ctx));
 	return 0;
