@@ -293,12 +293,10 @@ fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_loc *l
 							    (t1.tv_nsec - t0.tv_nsec)));
 	rc = kvn_slot_verify(img, loc->len, key->digest, loc->generation);
 	if (rc == 0) {
+		/* The payload stays where the READ put it: the caller gets a view of the scratch
+		 * slot (which it keeps until the buffer is dropped), not a copy. */
 		const struct kvn_slot_hdr *h = (const void *)img;
-		struct kvn_buf *b = kvn_buf_new(h->len);
-		if (b)
-			memcpy(b->data, img + SLOT_HDR, h->len);
-		rc = b ? 0 : -ENOMEM;
-		*out = b;
+		rc = kvn_pool_view_range(be->link.pool, scratch, SLOT_HDR, h->len, out);
 	} else {
 		/* evicted or rewritten since the directory heard of it: a miss, never bytes */
 		be->env->log(be->env, KVN_LOG_DEBUG,

@@ -697,13 +697,22 @@ view_release(struct kvn_buf *buf)
 KVN_API int
 kvn_pool_view(struct kvn_pool *pool, struct kvn_slot *slot, struct kvn_buf **out)
 {
-	struct kvn_buf *b = malloc(sizeof(*b));
+	return kvn_pool_view_range(pool, slot, 0, slot->len, out);
+}
+
+KVN_API int
+kvn_pool_view_range(struct kvn_pool *pool, struct kvn_slot *slot, size_t off, size_t len,
+		    struct kvn_buf **out)
+{
 	*out = NULL;
+	if (off > slot->len || len > slot->len - off)
+		return -EINVAL;
+	struct kvn_buf *b = malloc(sizeof(*b));
 	if (!b)
 		return -ENOMEM;
 	kvn_pool_ref(pool, slot);
-	b->data = kvn_slot_payload(slot);
-	b->len = slot->len;
+	b->data = (char *)kvn_slot_payload(slot) + off;
+	b->len = len;
 	atomic_init(&b->refs, 1);
 	b->release = view_release;
 	b->owner = pool;

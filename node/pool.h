@@ -99,7 +99,11 @@ KVN_API void kvn_pool_pin(struct kvn_pool *pool, struct kvn_slot *slot);
 KVN_API int kvn_pool_unpin(struct kvn_pool *pool, struct kvn_slot *slot);
 /* A zero-copy view of the payload holding one slot reference (dropped by kvn_buf_unref). */
 KVN_API int kvn_pool_view(struct kvn_pool *pool, struct kvn_slot *slot, struct kvn_buf **out);
-/* The slot a view returned by kvn_pool_view points into, NULL for any other buffer. */
+/* The same for len bytes at off inside the slot's payload area (the payload of a slot image
+ * a peer READ landed there); -EINVAL when the range is not inside it. */
+KVN_API int kvn_pool_view_range(struct kvn_pool *pool, struct kvn_slot *slot, size_t off,
+				size_t len, struct kvn_buf **out);
+/* The slot a view returned by kvn_pool_view(_range) points into, NULL for any other buffer. */
 KVN_API struct kvn_slot *kvn_pool_view_slot(const struct kvn_buf *buf);
 
 /* Immutable while the slot is allocated. The remote address of a slot is the registered

@@ -366,6 +366,30 @@ Test(pool, a_view_keeps_an_unlinked_slot_alive_until_released)
 	kvn_pool_destroy(p);
 }
 
+Test(pool, a_range_view_is_the_bytes_inside_the_slot_and_holds_it_until_dropped)
+{
+	struct kvn_pool *p = make_pool(8 * MiB);
+	struct kvn_slot *s = put_slot(p, "ranged", MiB, 9, false);
+	struct kvn_buf *v;
+	cr_assert_eq(kvn_pool_view_range(p, s, MiB - 64, 65, &v), -EINVAL, "past the end");
+	cr_assert_null(v);
+	cr_assert_eq(kvn_pool_view_range(p, s, MiB + 1, 0, &v), -EINVAL, "starts past the end");
+	cr_assert_eq(kvn_pool_view_range(p, s, 4096, MiB - 4096, &v), 0);
+	cr_assert_eq(v->data, (char *)kvn_slot_payload(s) + 4096);
+	cr_assert_eq(v->len, MiB - 4096);
+	cr_assert_eq(kvn_pool_view_slot(v), s);
+	struct kvn_pool_stats st;
+	kvn_pool_stats(p, &st);
+	uint64_t used = st.used_bytes;
+	kvn_pool_unlink(p, s); /* removed: only the view holds it now */
+	kvn_pool_stats(p, &st);
+	cr_assert_eq(st.used_bytes, used, "a slot with a view was freed");
+	kvn_buf_unref(v);
+	kvn_pool_stats(p, &st);
+	cr_assert_eq(st.used_bytes, used - kvn_pool_slot_footprint(MiB), "the view's drop frees it");
+	kvn_pool_destroy(p);
+}
+
 struct evict_log {
 	struct kvn_slot *slots[256];
 	size_t n;
