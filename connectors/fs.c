@@ -1,6 +1,7 @@
-/* fs:///path — one file per key under a directory (a local disk or a shared mount): the 28-byte
- * LMCache header then the payload, published by atomic rename; kvnode's integrity tag and the
- * key text ride in extended attributes. Options: fsync (true/false, default false). */
+/* fs:///path — one file per key under a directory (a local disk or a shared mount), laid out as
+ * LMCache's FSConnector does: "<key with '/' as '->.data" holding the 28-byte header then the
+ * payload, published by atomic rename, so LMCache and kvnode share one directory. kvnode's
+ * integrity tag and the exact key text ride in extended attributes. Options: fsync. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -33,8 +34,10 @@ struct kvn_connector {
 static _Atomic uint64_t tmp_seq;
 
 /* --------------------------------------------------------------------------------------------
- * File names: the key text with '/', '%' and a leading '.' percent-encoded, so names stay
- * readable and list() can give the key back; over-long ones become "%H<digest>".
+ * File names: LMCache's (the key text, '/' written as '-'), so either reads what the other
+ * wrote. '%' and a leading '.' are percent-encoded (LMCache keys have neither; it keeps such
+ * names out of dot-files), over-long names become "%H<digest>". '/' -> '-' can map two keys to
+ * one name: the key text in XATTR_KEY tells them apart, and list() gives it back.
  * -------------------------------------------------------------------------------------------- */
 
 static void
@@ -44,7 +47,9 @@ file_name(char out[NAME_MAX + 1], const struct kvn_key *key)
 	size_t o = 0;
 	for (size_t i = 0; i < key->len && o <= NAME_MAX_ENC; i++) {
 		unsigned char ch = (unsigned char)key->str[i];
-		if (ch == '/' || ch == '%' || (i == 0 && ch == '.')) {
+		if (ch == '/') {
+			out[o++] = '-';
+		} else if (ch == '%' || (i == 0 && ch == '.')) {
 			out[o++] = '%';
 			out[o++] = hex[ch >> 4];
 			out[o++] = hex[ch & 15];
@@ -157,6 +162,18 @@ fs_exists(struct kvn_connector *c, const struct kvn_key *key)
 	return errno == ENOENT ? 0 : -errno;
 }
 
+/* Whether the file at fd holds key: its XATTR_KEY says so, or it has none (LMCache wrote it,
+ * or a file system without user xattrs) and its name is the key's. */
+static bool
+same_key(int fd, const struct kvn_key *key)
+{
+	char k[KVN_KEY_MAX + 1];
+	ssize_t n = fgetxattr(fd, XATTR_KEY, k, sizeof(k));
+	if (n < 0)
+		return errno != ERANGE;
+	return (size_t)n == key->len && !memcmp(k, key->str, key->len);
+}
+
 static int
 pread_full(int fd, void *buf, size_t n, off_t off)
 {
@@ -183,6 +200,8 @@ fs_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_val
 	if (fd < 0)
 		return errno == ENOENT ? -ENOENT : -errno;
 	int rc = fstat(fd, &st) < 0 ? -errno : 0;
+	if (rc == 0 && !same_key(fd, key))
+		rc = -ENOENT; /* another key whose name maps to the same file */
 	if (rc == 0 && st.st_size < KVN_REMOTE_META_LEN)
 		rc = -EBADMSG;
 	if (rc == 0)
@@ -271,6 +290,13 @@ fs_remove(struct kvn_connector *c, const struct kvn_key *key)
 {
 	char name[NAME_MAX + 1];
 	file_name(name, key);
+	int fd = openat(c->dirfd, name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? -ENOENT : -errno;
+	bool mine = same_key(fd, key);
+	close(fd);
+	if (!mine)
+		return -ENOENT; /* the file of another key with the same name */
 	if (unlinkat(c->dirfd, name, 0) == 0)
 		return 0;
 	return errno == ENOENT ? -ENOENT : -errno;
@@ -295,17 +321,17 @@ fs_list(struct kvn_connector *c, kvn_connector_list_cb cb, void *ctx)
 		size_t n = strlen(e->d_name), klen;
 		if (e->d_name[0] == '.' || n <= sl || strcmp(e->d_name + n - sl, SUFFIX))
 			continue;
-		if (!strncmp(e->d_name, "%H", 2)) {
-			int f = openat(c->dirfd, e->d_name, O_RDONLY | O_CLOEXEC);
-			ssize_t k = f >= 0 ? fgetxattr(f, XATTR_KEY, key, KVN_KEY_MAX) : -1;
-			if (f >= 0)
-				close(f);
-			if (k <= 0)
-				continue;
+		/* The exact key from XATTR_KEY; else (LMCache wrote it) the name, as LMCache's own
+		 * list gives it ('/' stays '-'). */
+		int f = openat(c->dirfd, e->d_name, O_RDONLY | O_CLOEXEC);
+		ssize_t k = f >= 0 ? fgetxattr(f, XATTR_KEY, key, KVN_KEY_MAX) : -1;
+		if (f >= 0)
+			close(f);
+		if (k > 0)
 			klen = (size_t)k;
-		} else if (decode_name(e->d_name, n - sl, key, &klen) < 0) {
+		else if (!strncmp(e->d_name, "%H", 2) ||
+			 decode_name(e->d_name, n - sl, key, &klen) < 0)
 			continue;
-		}
 		key[klen] = '\0';
 		rc = cb(ctx, key, klen);
 	}
