@@ -116,3 +116,20 @@ kvn_strerror(int err)
 	snprintf(buf, sizeof(buf), "unexpected status %d", err);
 	return buf;
 }
+
+KVN_API bool
+kvn_ratelimit_ok(struct kvn_ratelimit *rl, unsigned interval_ms, uint64_t *missed)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	uint64_t next = atomic_load(&rl->next_ns);
+	/* One thread wins the slot; the others count themselves as held back. */
+	if (now < next ||
+	    !atomic_compare_exchange_strong(&rl->next_ns, &next, now + interval_ms * 1000000ull)) {
+		atomic_fetch_add(&rl->missed, 1);
+		return false;
+	}
+	*missed = atomic_exchange(&rl->missed, 0);
+	return true;
+}

@@ -3,6 +3,9 @@
 #define KVN_NODE_LOG_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 #include "kvnode/kvnode.h"
 
@@ -18,6 +21,15 @@ KVN_API void kvn_logv(int level, const char *component, const char *fmt, va_list
 		if (kvn_log_get_level() >= KVN_LOG_DEBUG)                                          \
 			kvn_log(KVN_LOG_DEBUG, comp, __VA_ARGS__);                                 \
 	} while (0)
+
+/* At most one line per interval for events a peer can repeat at will (a reader retrying with a
+ * wrong token): kvn_ratelimit_ok is true when this one may be logged, and *missed then gets how
+ * many were held back since the last logged one. Zero-initialize; safe from any thread. */
+struct kvn_ratelimit {
+	_Atomic uint64_t next_ns;
+	_Atomic uint64_t missed;
+};
+KVN_API bool kvn_ratelimit_ok(struct kvn_ratelimit *rl, unsigned interval_ms, uint64_t *missed);
 
 /* Formats into a caller's error buffer (NULL allowed) and returns -EINVAL: the usual way a
  * validating function reports what was wrong. */

@@ -233,10 +233,14 @@ do_hello(struct kvn_transport *tp, struct tcp_serve_conn *c)
 	} else if (have < TCP_HELLO_REQ_SIZE) {
 		return 0;
 	} else if (!kvn_tp_auth_ok(&tp->auth, flags & TCP_HELLO_TOKEN, h + TCP_HELLO_SIZE)) {
-		kvn_warn("tcp",
-			 "reader %s refused on %s: wrong or missing auth_token (set the same "
-			 "auth_token on every node); nothing served",
-			 c->peer, tp->bound);
+		static struct kvn_ratelimit rl;
+		uint64_t missed;
+		if (kvn_ratelimit_ok(&rl, 1000, &missed))
+			kvn_warn("tcp",
+				 "reader %s refused on %s: wrong or missing auth_token (set the same "
+				 "auth_token on every node); nothing served (%llu more refusals not "
+				 "logged)",
+				 c->peer, tp->bound, (unsigned long long)missed);
 		status = EACCES;
 	}
 	uint8_t reply[TCP_HELLO_SIZE];

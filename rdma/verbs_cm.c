@@ -171,8 +171,13 @@ accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev 
 	if (why) {
 		/* Before the REP: a refused reader never learns a region descriptor, and without a
 		 * connected QP it cannot READ anything. */
-		kvn_warn(LOG, "refusing reader %s on %s: %s%s", peer, devname(id->verbs), why,
-			 status == EACCES ? "; nothing served" : "");
+		static struct kvn_ratelimit rl;
+		uint64_t missed;
+		if (kvn_ratelimit_ok(&rl, 1000, &missed))
+			kvn_warn(LOG, "refusing reader %s on %s: %s%s (%llu more refusals not logged)",
+				 peer, devname(id->verbs), why,
+				 status == EACCES ? "; nothing served" : "",
+				 (unsigned long long)missed);
 		reject(id, status, why);
 		free(c);
 		if (id->qp)
