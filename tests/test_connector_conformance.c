@@ -17,6 +17,7 @@
 #include <hiredis/hiredis.h>
 
 #include "connectors/registry.h"
+#include "helpers/engine_env.h"
 #include "helpers/pattern.h"
 #include "helpers/proc.h"
 #include "helpers/memcached_server.h"
@@ -653,16 +654,13 @@ static struct kvn_engine *eng;
 static void
 engine_open(bool local_cpu)
 {
-	char yaml[2 * PATH_MAX], err[1024];
+	char yaml[2 * PATH_MAX];
 	snprintf(yaml, sizeof(yaml),
-		 "local_cpu: %s\nmax_local_cpu_size: 0.25\nremote_url: \"%s\"\n"
+		 "local_cpu: %s\nmax_local_cpu_size: 0.25\nhugepages: false\nremote_url: \"%s\"\n"
 		 "extra_config:\n  remote.retry_min_ms: 50\n  remote.retry_max_ms: 200\n"
 		 "  remote.timeout_ms: 5000\n%s",
 		 local_cpu ? "true" : "false", store.url, store.extra_yaml);
-	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "test.yaml", &cfg, err, sizeof(err)), 0,
-		     "%s", err);
-	cfg->hugepages = false;
-	cr_assert_eq(kvn_engine_open(cfg, &eng, err, sizeof(err)), 0, "engine: %s", err);
+	engine_env_open(yaml, &cfg, &eng);
 }
 
 static void
@@ -707,44 +705,18 @@ remote_status(const char *field)
 	return v;
 }
 
-static void
-put_bytes(const char *key, size_t len, uint64_t seed)
-{
-	struct kvn_key k;
-	cr_assert_eq(kvn_key_from_str(&k, key), 0);
-	void *p = malloc(len);
-	pattern_fill(p, len, seed);
-	cr_assert_eq(kvn_engine_put(eng, &k, p, len), 0, "engine put %s", key);
-	free(p);
-}
-
-static int
-get_bytes(const char *key, size_t len, uint64_t seed)
-{
-	struct kvn_key k;
-	struct kvn_buf *b;
-	cr_assert_eq(kvn_key_from_str(&k, key), 0);
-	int rc = kvn_engine_get(eng, &k, &b);
-	if (rc == 0) {
-		cr_assert_eq(b->len, len);
-		cr_assert(pattern_check(b->data, len, seed), "value of %s differs", key);
-		kvn_buf_unref(b);
-	}
-	return rc;
-}
-
 CONFORMANCE(the_remote_tier_writes_through_and_serves_what_the_store_holds)
 {
 	start(impl);
 	engine_open(false);
-	put_bytes("tier-a", 300000, 11);
+	engine_put_pattern(eng, "tier-a", 300000, 11);
 	kvn_engine_flush(eng);
-	cr_assert_eq(get_bytes("tier-a", 300000, 11), (impl->caps & CAP_KEEPS) ? 0 : -ENOENT);
+	cr_assert_eq(engine_get_pattern(eng, "tier-a", 300000, 11), (impl->caps & CAP_KEEPS) ? 0 : -ENOENT);
 	cr_assert_eq(remote_stat("puts"), 1);
 	engine_close();
 	/* A second node on the same store sees the value (the store outlives the node). */
 	engine_open(false);
-	cr_assert_eq(get_bytes("tier-a", 300000, 11), (impl->caps & CAP_KEEPS) ? 0 : -ENOENT);
+	cr_assert_eq(engine_get_pattern(eng, "tier-a", 300000, 11), (impl->caps & CAP_KEEPS) ? 0 : -ENOENT);
 	engine_close();
 	finish(impl);
 }
@@ -756,11 +728,11 @@ corrupted_value_case(struct impl *impl, enum corruption how)
 		cr_skip_test("%s: the test cannot alter this store's values", impl->name);
 	start(impl);
 	engine_open(false);
-	put_bytes("corrupt-me", 70000, 5);
+	engine_put_pattern(eng, "corrupt-me", 70000, 5);
 	kvn_engine_flush(eng);
-	cr_assert_eq(get_bytes("corrupt-me", 70000, 5), 0);
+	cr_assert_eq(engine_get_pattern(eng, "corrupt-me", 70000, 5), 0);
 	cr_assert_eq(impl->corrupt(&store, "corrupt-me", how), 0);
-	cr_assert_eq(get_bytes("corrupt-me", 70000, 5), -ENOENT, "a corrupt value was served");
+	cr_assert_eq(engine_get_pattern(eng, "corrupt-me", 70000, 5), -ENOENT, "a corrupt value was served");
 	cr_assert_geq(remote_stat("errors"), 1, "the corrupt value was not counted");
 	cr_assert_eq(remote_status("corrupt"), 1, "stat does not count the corrupt value");
 	char *log = captured_log();
@@ -852,7 +824,7 @@ store_has_new_write(void *arg)
 	struct node_probe *p = arg;
 	char key[64];
 	snprintf(key, sizeof(key), "after-restart-%u", p->n++);
-	put_bytes(key, 1000, 9);
+	engine_put_pattern(eng, key, 1000, 9);
 	kvn_engine_flush(eng);
 	struct kvn_connector *c = NULL;
 	if (ops->connect(&cenv, &c) < 0)
@@ -872,21 +844,21 @@ CONFORMANCE(a_node_keeps_serving_while_its_store_is_down_says_so_and_reconnects)
 		cr_skip_test("%s: the store is not a process the test can kill", impl->name);
 	start(impl);
 	engine_open(true);
-	put_bytes("before", 200000, 1);
+	engine_put_pattern(eng, "before", 200000, 1);
 	kvn_engine_flush(eng);
 	impl->kill(&store);
 	/* Puts and gets keep working from the cpu tier; nothing blocks on the dead store. */
 	for (int i = 0; i < 20; i++) {
 		char key[32];
 		snprintf(key, sizeof(key), "during-%d", i);
-		put_bytes(key, 100000, (uint64_t)i);
+		engine_put_pattern(eng, key, 100000, (uint64_t)i);
 	}
 	kvn_engine_flush(eng);
-	cr_assert_eq(get_bytes("before", 200000, 1), 0);
+	cr_assert_eq(engine_get_pattern(eng, "before", 200000, 1), 0);
 	for (int i = 0; i < 20; i++) {
 		char key[32];
 		snprintf(key, sizeof(key), "during-%d", i);
-		cr_assert_eq(get_bytes(key, 100000, (uint64_t)i), 0, "%s", key);
+		cr_assert_eq(engine_get_pattern(eng, key, 100000, (uint64_t)i), 0, "%s", key);
 	}
 	cr_assert_geq(remote_stat("errors"), 1, "failed writes to the dead store not counted");
 	cr_assert_eq(remote_status("connected"), 0, "stat does not say the store is down");
@@ -988,9 +960,9 @@ Test(fs_connector, fsync_is_set_in_the_url_or_extra_config_and_other_words_are_r
 	for (int i = 0; i < 2; i++) {
 		snprintf(url, sizeof(url), "fs://%s/s%d%s", d, i, i == 0 ? "?fsync=true" : "");
 		cr_assert_eq(open_fs_node(url, extra[i], err, sizeof(err)), 0, "%s", err);
-		put_bytes("synced", 5000, 3);
+		engine_put_pattern(eng, "synced", 5000, 3);
 		kvn_engine_flush(eng);
-		cr_assert_eq(get_bytes("synced", 5000, 3), 0);
+		cr_assert_eq(engine_get_pattern(eng, "synced", 5000, 3), 0);
 		engine_close();
 	}
 	snprintf(url, sizeof(url), "fs://%s/s2?fsync=maybe", d);

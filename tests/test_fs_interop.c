@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "helpers/engine_env.h"
 #include "helpers/pattern.h"
 #include "helpers/proc.h"
 #include "kvnode/kvnode.h"
@@ -25,12 +26,10 @@ static struct kvn_engine *eng;
 static void
 setup(void)
 {
-	char yaml[PATH_MAX + 64], err[1024];
+	char yaml[PATH_MAX + 64];
 	cr_assert_eq(proc_mkdtemp("kvn-fsinterop", dir, sizeof(dir)), 0);
 	snprintf(yaml, sizeof(yaml), "local_cpu: false\nremote_url: \"fs://%s/store\"\n", dir);
-	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof(err)), 0,
-		     "%s", err);
-	cr_assert_eq(kvn_engine_open(cfg, &eng, err, sizeof(err)), 0, "%s", err);
+	engine_env_open(yaml, &cfg, &eng);
 }
 
 static void
@@ -43,32 +42,12 @@ teardown(void)
 
 TestSuite(fs_interop, .init = setup, .fini = teardown, .timeout = 120);
 
+/* Puts a pattern value and waits for the remote tier's asynchronous write. */
 static void
 put(const char *key, size_t len, uint64_t seed)
 {
-	struct kvn_key k;
-	cr_assert_eq(kvn_key_from_str(&k, key), 0);
-	void *p = malloc(len);
-	pattern_fill(p, len, seed);
-	cr_assert_eq(kvn_engine_put(eng, &k, p, len), 0, "put %s", key);
-	free(p);
-	kvn_engine_flush(eng); /* the remote tier writes asynchronously */
-}
-
-/* 0 with the bytes checked, or the engine's error (-ENOENT: a miss). */
-static int
-get(const char *key, size_t len, uint64_t seed)
-{
-	struct kvn_key k;
-	struct kvn_buf *b;
-	cr_assert_eq(kvn_key_from_str(&k, key), 0);
-	int rc = kvn_engine_get(eng, &k, &b);
-	if (rc == 0) {
-		cr_assert_eq(b->len, len, "%s: %zu bytes, expected %zu", key, b->len, len);
-		cr_assert(pattern_check(b->data, len, seed), "%s: the bytes differ", key);
-		kvn_buf_unref(b);
-	}
-	return rc;
+	engine_put_pattern(eng, key, len, seed);
+	kvn_engine_flush(eng);
 }
 
 static void
@@ -108,15 +87,15 @@ Test(fs_interop, a_value_lmcache_wrote_is_read_on_its_header_alone)
 	cr_assert_eq(proc_write_file(tmp, file, n), 0);
 	cr_assert_eq(rename(tmp, path), 0);
 	free(file);
-	cr_assert_eq(get("vllm@org/model@2@1@abc9", 50000, 9), 0);
+	cr_assert_eq(engine_get_pattern(eng, "vllm@org/model@2@1@abc9", 50000, 9), 0);
 }
 
 Test(fs_interop, two_keys_with_one_file_name_never_return_each_others_bytes)
 {
 	put("vllm@a/b@1@0@77", 4000, 10);
 	put("vllm@a-b@1@0@77", 4000, 11); /* same file name: replaces the first */
-	cr_assert_eq(get("vllm@a-b@1@0@77", 4000, 11), 0);
+	cr_assert_eq(engine_get_pattern(eng, "vllm@a-b@1@0@77", 4000, 11), 0);
 	/* Its own bytes (get checks them) or a miss; never the other key's. */
-	int rc = get("vllm@a/b@1@0@77", 4000, 10);
+	int rc = engine_get_pattern(eng, "vllm@a/b@1@0@77", 4000, 10);
 	cr_assert(rc == 0 || rc == -ENOENT, "get: %s", kvn_strerror(rc));
 }

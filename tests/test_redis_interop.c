@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "helpers/engine_env.h"
 #include "helpers/pattern.h"
 #include "helpers/proc.h"
 #include "helpers/redis_server.h"
@@ -29,11 +30,9 @@ setup(void)
 		cr_skip_test("redis-server/redis-cli not installed (scripts/install-deps)");
 	cr_assert_eq(proc_mkdtemp("kvn-interop", dir, sizeof(dir)), 0);
 	cr_assert_eq(redis_server_start(&rs), 0, "redis-server did not start");
-	char yaml[512], err[1024];
+	char yaml[512];
 	snprintf(yaml, sizeof(yaml), "local_cpu: false\nremote_url: \"%s\"\n", rs.url);
-	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof(err)), 0,
-		     "%s", err);
-	cr_assert_eq(kvn_engine_open(cfg, &eng, err, sizeof(err)), 0, "%s", err);
+	engine_env_open(yaml, &cfg, &eng);
 }
 
 static void
