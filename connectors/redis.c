@@ -272,14 +272,29 @@ append_get(struct kvn_connector *c, const struct kvn_key *key)
 	return 0;
 }
 
-/* The stream is no longer in step with the replies: the node reconnects. */
+/* The stream is no longer in step with the replies (op, "GET" or "SET", failed mid-way): the
+ * node reconnects. */
 static int
-stream_broken(struct kvn_connector *c, int rc, const char *why)
+stream_broken(struct kvn_connector *c, const char *op, int rc, const char *why)
 {
 	c->ctx->err = rc == -EPROTO ? REDIS_ERR_PROTOCOL : REDIS_ERR_IO;
 	snprintf(c->ctx->errstr, sizeof(c->ctx->errstr), "%s", why);
-	c->env->log(c->env, KVN_LOG_WARN, "GET on %s failed: %s", c->env->url_redacted, why);
+	c->env->log(c->env, KVN_LOG_WARN, "%s on %s failed: %s", op, c->env->url_redacted, why);
 	return rc;
+}
+
+/* Moves past the done bytes of the n-entry iov that a partial sendmsg/recvmsg moved. */
+static void
+iov_consume(struct iovec **iov, int *n, size_t done)
+{
+	while (*n > 0 && done >= (*iov)->iov_len) {
+		done -= (*iov)->iov_len;
+		(*iov)++, (*n)--;
+	}
+	if (*n > 0) {
+		(*iov)->iov_base = (char *)(*iov)->iov_base + done;
+		(*iov)->iov_len -= done;
+	}
 }
 
 /* Receives exactly the bytes iov asks for from the socket, past hiredis's reader. */
@@ -295,18 +310,11 @@ recv_all(struct kvn_connector *c, struct iovec *iov, int n)
 			int rc = got == 0 ? -ECONNRESET
 				 : errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT
 									  : -errno;
-			return stream_broken(c, rc,
+			return stream_broken(c, "GET", rc,
 					     got == 0 ? "server closed the connection mid-value"
 						      : strerror(-rc));
 		}
-		while (n > 0 && (size_t)got >= iov->iov_len) {
-			got -= (ssize_t)iov->iov_len;
-			iov++, n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (char *)iov->iov_base + got;
-			iov->iov_len -= (size_t)got;
-		}
+		iov_consume(&iov, &n, (size_t)got);
 	}
 	return 0;
 }
@@ -341,18 +349,19 @@ read_payload(struct kvn_connector *c, struct kvn_buf **out)
 			 : rep->type == REDIS_REPLY_ERROR ? reply_error(c, "GET", rep)
 							  : -EPROTO;
 		freeReplyObject(rep);
-		return rc == -EPROTO ? stream_broken(c, rc, "GET answered neither a string nor nil")
-				     : rc;
+		return rc == -EPROTO
+			   ? stream_broken(c, "GET", rc, "GET answered neither a string nor nil")
+			   : rc;
 	}
 	char *end;
 	errno = 0;
 	unsigned long long len = strtoull(line + 1, &end, 10);
 	if (!nl || end == line + 1 || end + 2 != nl + 1 || end[0] != '\r' || errno ||
 	    len > INT32_MAX)
-		return stream_broken(c, -EPROTO, "GET answered a malformed bulk length");
+		return stream_broken(c, "GET", -EPROTO, "GET answered a malformed bulk length");
 	struct kvn_buf *b = kvn_buf_new((size_t)len);
 	if (!b) /* the payload is still in the stream: this connection cannot go on */
-		return stream_broken(c, -ENOMEM, "out of memory for the value");
+		return stream_broken(c, "GET", -ENOMEM, "out of memory for the value");
 	r->pos += (size_t)(nl + 1 - line);
 	size_t have = r->len - r->pos, take = have < len ? have : (size_t)len;
 	memcpy(b->data, r->buf + r->pos, take);
@@ -369,7 +378,7 @@ read_payload(struct kvn_connector *c, struct kvn_buf **out)
 		iov[n++] = (struct iovec){crlf + tail, 2 - tail};
 	int rc = recv_all(c, iov, n);
 	if (rc == 0 && memcmp(crlf, "\r\n", 2))
-		rc = stream_broken(c, -EPROTO, "GET's value does not end in CRLF");
+		rc = stream_broken(c, "GET", -EPROTO, "GET's value does not end in CRLF");
 	if (rc < 0) {
 		kvn_buf_unref(b);
 		return rc;
@@ -503,20 +512,9 @@ send_all(struct kvn_connector *c, struct iovec *iov, int n, struct idle_hash *h)
 		}
 		if (w < 0) {
 			int rc = errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
-			c->ctx->err = REDIS_ERR_IO;
-			snprintf(c->ctx->errstr, sizeof(c->ctx->errstr), "%s", strerror(-rc));
-			c->env->log(c->env, KVN_LOG_WARN, "SET on %s failed: %s",
-				    c->env->url_redacted, strerror(-rc));
-			return rc;
+			return stream_broken(c, "SET", rc, strerror(-rc));
 		}
-		while (n > 0 && (size_t)w >= iov->iov_len) {
-			w -= (ssize_t)iov->iov_len;
-			iov++, n--;
-		}
-		if (n > 0) {
-			iov->iov_base = (char *)iov->iov_base + w;
-			iov->iov_len -= (size_t)w;
-		}
+		iov_consume(&iov, &n, (size_t)w);
 	}
 	return 0;
 }
