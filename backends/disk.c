@@ -52,7 +52,6 @@ struct kvn_backend {
 	struct entry **bucket;
 	size_t nbucket; /* power of two */
 	size_t count;
-	struct entry lru;  /* sentinel */
 	uint64_t bytes;	   /* payload bytes of indexed chunks */
 	uint64_t reserved; /* payload bytes of puts being written */
 
@@ -63,6 +62,9 @@ struct kvn_backend {
 
 	_Atomic uint64_t tmpseq;
 	_Atomic uint64_t hits, misses, puts, evictions, errors;
+
+	/* LRU sentinel, guarded by lock. Last: struct entry ends in a flexible array (its key). */
+	struct entry lru;
 };
 
 static void __attribute__((format(printf, 3, 4)))

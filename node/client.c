@@ -275,6 +275,7 @@ kvn_client_put_fd(struct kvn_client *c, const struct kvn_key *key, int fd, uint6
 int
 kvn_client_get_begin(struct kvn_client *c, const struct kvn_key *key, uint64_t *len)
 {
+	*len = 0;
 	int rc = send_req(c, KVN_CTL_GET, key, 0);
 	if (rc)
 		return send_failed(c, KVN_CTL_GET, rc);

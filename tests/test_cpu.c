@@ -116,7 +116,8 @@ Test(cpu, get_returns_a_zero_copy_view_of_the_stored_bytes_and_counts_hits_and_m
 	struct kvn_slot *s = kvn_pool_view_slot(v);
 	cr_assert_not_null(s, "the view points into the pool");
 	cr_assert_eq(v->data, kvn_slot_payload(s));
-	cr_assert_eq((char *)v->data - (char *)kvn_pool_base(f.pool), kvn_slot_offset(s) + 64);
+	cr_assert_eq((size_t)((char *)v->data - (char *)kvn_pool_base(f.pool)),
+		     kvn_slot_offset(s) + 64);
 	kvn_buf_unref(v);
 
 	cr_assert_eq(ops->get(f.be, &absent, &v), -ENOENT);
