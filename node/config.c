@@ -54,6 +54,24 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"plugin_stop_timeout_ms", KVN_K_UINT, FIELD(plugin_stop_timeout_ms), 0, 0, INT32_MAX, 0},
     {"plugin_restart", KVN_K_RESTART, FIELD(plugin_restart), 0, 0, 0, 0},
     {"lm_listen", KVN_K_ADDR, FIELD(lm_listen), 0, 0, 0, KVN_KF_NULLABLE},
+    /* Limits */
+    {"max_chunk_size", KVN_K_SIZE, FIELD(max_chunk_size), 0, 4096, 1ll << 32, 0},
+    {"peer_timeout_ms", KVN_K_UINT, FIELD(peer_timeout_ms), 0, 1, INT32_MAX, 0},
+    {"client_max_connections", KVN_K_UINT, FIELD(client_max_connections), 0, 1, 65536, 0},
+    {"transport_max_connections", KVN_K_UINT, FIELD(transport_max_connections), 0, 1, 65536, 0},
+    {"transport_hello_timeout_ms", KVN_K_UINT, FIELD(transport_hello_timeout_ms), 0, 1,
+     INT32_MAX, 0},
+    {"lm_max_connections", KVN_K_UINT, FIELD(lm_max_connections), 0, 1, 65536, 0},
+    {"lm_idle_timeout_ms", KVN_K_UINT, FIELD(lm_idle_timeout_ms), 0, 0, INT32_MAX, 0},
+    {"lm_request_timeout_ms", KVN_K_UINT, FIELD(lm_request_timeout_ms), 0, 1, INT32_MAX, 0},
+    {"metrics_max_connections", KVN_K_UINT, FIELD(metrics_max_connections), 0, 1, 1024, 0},
+    {"metrics_timeout_s", KVN_K_UINT, FIELD(metrics_timeout_s), 0, 1, 3600, 0},
+    {"scheduler_max_connections", KVN_K_UINT, FIELD(scheduler_max_connections), 0, 1, 65536, 0},
+    {"scheduler_unjoined_timeout_ms", KVN_K_UINT, FIELD(scheduler_unjoined_timeout_ms), 0, 1,
+     INT32_MAX, 0},
+    {"scheduler_reply_queue_max", KVN_K_SIZE, FIELD(scheduler_reply_queue_max), 0, 1 << 20,
+     1ll << 40, 0},
+    {"worker_id_grace_ms", KVN_K_UINT, FIELD(worker_id_grace_ms), 0, 0, INT32_MAX, 0},
 };
 
 /* LMCache keys that kvnode has no use for: accepted so that one file can serve both, with a
@@ -248,6 +266,10 @@ describe(const struct kvn_keydef *kd, char *buf, size_t len)
 		return "one of never, on-failure";
 	case KVN_K_ADDR:
 		return "HOST:PORT (port 0 to 65535)";
+	case KVN_K_SIZE:
+		snprintf(buf, len, "a size from %lld to %lld bytes (65536, 64KiB, 64MiB, 1GiB)",
+			 kd->min, kd->max);
+		return buf;
 	}
 	return "a valid value";
 }
@@ -257,7 +279,7 @@ static int
 bad_value(char *err, size_t errlen, const char *where, const struct kvn_keydef *kd,
 	  const char *text, const char *got)
 {
-	char desc[64];
+	char desc[96];
 	if (got)
 		return kvn_seterr(err, errlen, "%s: must be %s, got %s%s", where,
 				  describe(kd, desc, sizeof(desc)), got,
@@ -307,6 +329,34 @@ parse_gb(const char *s, double *gb, uint64_t *bytes)
 	*gb = v;
 	*bytes = (uint64_t)llround(v * 1073741824.0);
 	return true;
+}
+
+/* Bytes, or a number of KiB/MiB/GiB/TiB (K, M, G, T, KB, MB … mean the same: units of 1024). */
+static bool
+parse_size(const char *s, uint64_t *bytes)
+{
+	static const char units[] = "KMGT";
+	size_t digits = strspn(s, "0123456789");
+	if (!digits || digits > 15)
+		return false;
+	unsigned long long v = strtoull(s, NULL, 10);
+	const char *u = s + digits;
+	while (*u == ' ')
+		u++;
+	if (!*u) {
+		*bytes = v;
+		return true;
+	}
+	const char *at = strchr(units, toupper((unsigned char)*u));
+	if (!at || !*at)
+		return false;
+	u++;
+	if (!strcasecmp(u, "ib") || !strcasecmp(u, "b"))
+		u += strlen(u);
+	if (*u)
+		return false;
+	*bytes = (uint64_t)v << (10 * (at - units + 1));
+	return (*bytes >> (10 * (at - units + 1))) == v;
 }
 
 static bool
@@ -466,6 +516,14 @@ kvn_config_set_scalar(struct kvn_config *cfg, size_t ki, const char *text, const
 			return bad_value(err, errlen, where, kd, text, NULL);
 		if (cfg->priv)
 			cfg->priv->gb[ki] = gb;
+		return 0;
+	}
+	case KVN_K_SIZE: {
+		uint64_t bytes;
+		if (!parse_size(text, &bytes) || bytes < (uint64_t)kd->min ||
+		    bytes > (uint64_t)kd->max)
+			return bad_value(err, errlen, where, kd, text, NULL);
+		*(uint64_t *)p = bytes;
 		return 0;
 	}
 	case KVN_K_STR:
@@ -660,6 +718,20 @@ kvn_config_new_defaults(void)
 	cfg->put_queue_depth = 64;
 	cfg->put_threads = 2;
 	cfg->plugin_stop_timeout_ms = 3000;
+	cfg->max_chunk_size = 64ull << 20;
+	cfg->peer_timeout_ms = 5000;
+	cfg->client_max_connections = 128;
+	cfg->transport_max_connections = 1024;
+	cfg->transport_hello_timeout_ms = 5000;
+	cfg->lm_max_connections = 128;
+	cfg->lm_idle_timeout_ms = 600000;
+	cfg->lm_request_timeout_ms = 30000;
+	cfg->metrics_max_connections = 16;
+	cfg->metrics_timeout_s = 10;
+	cfg->scheduler_max_connections = 1024;
+	cfg->scheduler_unjoined_timeout_ms = 10000;
+	cfg->scheduler_reply_queue_max = 256ull << 20;
+	cfg->worker_id_grace_ms = 600000;
 	cfg->priv = calloc(1, sizeof(*cfg->priv));
 	cfg->dir = strdup(".");
 	cfg->remote_serde = strdup("naive");

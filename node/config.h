@@ -59,6 +59,30 @@ struct kvn_config {
 	char *plugin_restart; /* "never" | "on-failure", default never */
 	char *lm_listen; /* HOST:PORT of the lm:// (LMCache cache-server) listener; NULL = off */
 
+	/* Bounds on what a network peer can hold (docs/configuration.md "Limits"). Each refusal
+	 * they cause is logged (rate-limited) and counted in the metrics. */
+	uint64_t max_chunk_size;	    /* largest value taken from a peer, the lm:// server or
+					     * the local socket; default 64 MiB */
+	uint32_t peer_timeout_ms;	    /* a peer READ (connect included); default 5000 */
+	uint32_t client_max_connections;    /* local socket; default 128 */
+	uint32_t transport_max_connections; /* readers of this node's pool; default 1024 */
+	uint32_t transport_hello_timeout_ms; /* a reader's hello must arrive in; default 5000 */
+	uint32_t lm_max_connections;	    /* lm:// clients; default 128 */
+	uint32_t lm_idle_timeout_ms;	    /* an lm:// client silent this long is closed; 0 =
+					     * never; default 600000 */
+	uint32_t lm_request_timeout_ms;	    /* a started lm:// request must be complete in;
+					     * default 30000 */
+	uint32_t metrics_max_connections;   /* /metrics scrapers at once; default 16 */
+	uint32_t metrics_timeout_s;	    /* a /metrics connection idle this long is closed;
+					     * default 10 */
+	uint32_t scheduler_max_connections; /* the scheduler's; default 1024 */
+	uint32_t scheduler_unjoined_timeout_ms; /* a connection that has not joined is closed
+						 * after; default 10000 */
+	uint64_t scheduler_reply_queue_max; /* replies queued to all slow readers together;
+					     * default 256 MiB */
+	uint32_t worker_id_grace_ms;	    /* an expired name keeps its worker id this long;
+					     * default 600000 */
+
 	/* The loader's bookkeeping (where each key was set). The strings above are malloc'd and
 	 * freed by kvn_config_free: code that changes one must free the old and strdup. */
 	struct kvn_config_priv *priv;

@@ -95,6 +95,8 @@ key_json(const struct kvn_config *cfg, size_t ki, bool redact)
 		return cJSON_CreateBool(*(const bool *)p);
 	case KVN_K_GB:
 		return cJSON_CreateNumber(kvn_config_gb(cfg, ki));
+	case KVN_K_SIZE:
+		return cJSON_CreateNumber((double)*(const uint64_t *)p);
 	case KVN_K_LOGLEVEL:
 		return cJSON_CreateString(level_name(*(const int *)p));
 	case KVN_K_STR:
@@ -184,6 +186,9 @@ kvn_config_value(const struct kvn_config *cfg, const char *key, char *buf, size_
 		break;
 	case KVN_K_GB:
 		n = print_double(buf, len, kvn_config_gb(cfg, (size_t)ki));
+		break;
+	case KVN_K_SIZE:
+		n = snprintf(buf, len, "%" PRIu64, *(const uint64_t *)p);
 		break;
 	case KVN_K_LOGLEVEL:
 		n = snprintf(buf, len, "%s", level_name(*(const int *)p));

@@ -22,6 +22,7 @@ enum kvn_ktype {
 	KVN_K_GPU,	 /* char *: none | auto | index */
 	KVN_K_RESTART,	 /* char *: never | on-failure */
 	KVN_K_ADDR,	 /* char *: HOST:PORT */
+	KVN_K_SIZE,	 /* uint64_t bytes in [min, max]: 65536, 64KiB, 64MiB, 1GiB (units of 1024) */
 };
 
 #define KVN_KF_NULLABLE 1u  /* null / empty means unset (NULL) */
@@ -43,7 +44,7 @@ extern const struct kvn_keydef kvn_config_keys[];
 #define KVN_CONFIG_MAX_DEPTH 16 /* extra_config nesting; also stops a self-referencing alias */
 /* Keys in one mapping and flattened extra_config entries; stops alias "billion laughs". */
 #define KVN_CONFIG_MAX_ENTRIES 4096
-#define KVN_NKEYS	     29
+#define KVN_NKEYS	     43
 
 /* Bookkeeping behind kvn_config.priv. */
 struct kvn_config_priv {

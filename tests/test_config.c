@@ -453,3 +453,31 @@ Test(config, every_example_config_loads)
 	}
 	globfree(&g);
 }
+
+Test(config, byte_sizes_take_bytes_or_binary_units_and_are_range_checked)
+{
+	struct kvn_config *cfg = load_ok("max_chunk_size: 32MiB\nscheduler_reply_queue_max: 1 GiB\n");
+	cr_assert_eq(cfg->max_chunk_size, 32ull << 20);
+	cr_assert_eq(cfg->scheduler_reply_queue_max, 1ull << 30);
+	char v[32];
+	cr_assert_eq(kvn_config_value(cfg, "max_chunk_size", v, sizeof(v)), 0);
+	cr_assert_str_eq(v, "33554432");
+	kvn_config_free(cfg);
+	cfg = load_ok("max_chunk_size: 1048576\n");
+	cr_assert_eq(cfg->max_chunk_size, 1ull << 20);
+	kvn_config_free(cfg);
+	cfg = load_ok("max_chunk_size: 256k\n");
+	cr_assert_eq(cfg->max_chunk_size, 256ull << 10);
+	kvn_config_free(cfg);
+	cfg = load_ok("");
+	cr_assert_eq(cfg->max_chunk_size, 64ull << 20, "the default is 64 MiB");
+	kvn_config_free(cfg);
+
+	static const char *const bad[] = {"-1", "1.5MiB", "64XB", "MiB", "0x100", "5GiBs",
+					  "99999999999999999999", "1024", "5TiB"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char text[128];
+		snprintf(text, sizeof(text), "max_chunk_size: %s\n", bad[i]);
+		expect_bad(text, 1, "max_chunk_size", "must be a size from 4096 to 4294967296 bytes");
+	}
+}
