@@ -15,18 +15,40 @@
 #define MAX_FILE_BYTES (4u << 20) /* a config is a few KB; more is a wrong path */
 #define ARRAY_SIZE(a)  (sizeof(a) / sizeof((a)[0]))
 
+/* Aliases make a document a graph: a few hundred bytes can name one mapping billions of times
+ * over, or one long scalar in a long list of aliases. Every value node the walk reaches (each
+ * reach of an aliased node again) and every byte of value text it takes count against these,
+ * so such a file is an error at once instead of minutes of CPU or gigabytes of memory. */
+#define MAX_EXPANDED_NODES 65536
+#define MAX_EXPANDED_BYTES (16u << 20)
+
 struct yctx {
 	struct kvn_config *cfg;
 	yaml_document_t *doc;
 	const char *name;
 	char *err;
 	size_t errlen;
+	size_t nodes, bytes; /* spent of the budget above */
 };
 
 static int
 line_of(const yaml_node_t *n)
 {
 	return (int)n->start_mark.line + 1;
+}
+
+static int
+spend(struct yctx *c, const yaml_node_t *n)
+{
+	c->nodes++;
+	if (n->type == YAML_SCALAR_NODE)
+		c->bytes += n->data.scalar.length;
+	if (c->nodes <= MAX_EXPANDED_NODES && c->bytes <= MAX_EXPANDED_BYTES)
+		return 0;
+	return kvn_seterr(c->err, c->errlen,
+			  "%s:%d: the file expands to more than %u values or %u MiB of text "
+			  "through its aliases (*name); write the values out or reuse fewer",
+			  c->name, line_of(n), MAX_EXPANDED_NODES, MAX_EXPANDED_BYTES >> 20);
 }
 
 static const char *
@@ -106,6 +128,8 @@ flatten_extra(struct yctx *c, yaml_node_t *map, const char *prefix, int depth)
 					c->name, k ? line_of(k) : 0, *prefix ? "." : "", prefix);
 			break;
 		}
+		if ((rc = spend(c, v)))
+			break;
 		char *full = NULL;
 		if (asprintf(&full, "%s%s%s", prefix, *prefix ? "." : "", ks) < 0)
 			return kvn_config_nomem(c->err, c->errlen);
@@ -139,6 +163,8 @@ flatten_extra(struct yctx *c, yaml_node_t *map, const char *prefix, int depth)
 					    e ? kind_of(e) : "nothing");
 					break;
 				}
+				if ((rc = spend(c, e)))
+					break;
 				fprintf(f, "%s%s", it == v->data.sequence.items.start ? "" : ",",
 					t ? t : "");
 			}
@@ -191,6 +217,8 @@ apply_yaml_key(struct yctx *c, size_t ki, yaml_node_t *v, int line)
 	rc = 0;
 	for (size_t i = 0; i < n && !rc; i++) {
 		yaml_node_t *e = yaml_document_get_node(c->doc, v->data.sequence.items.start[i]);
+		if (e && (rc = spend(c, e)))
+			break;
 		items[i] = e && e->type == YAML_SCALAR_NODE ? (char *)scalar_text(e, &ok) : NULL;
 		if (!items[i] || !ok)
 			rc = kvn_seterr(c->err, c->errlen,

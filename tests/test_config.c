@@ -481,3 +481,57 @@ Test(config, byte_sizes_take_bytes_or_binary_units_and_are_range_checked)
 		expect_bad(text, 1, "max_chunk_size", "must be a size from 4096 to 4294967296 bytes");
 	}
 }
+
+/* 16 levels of 8 aliases to the level below: 8^15 mappings to walk, none of them adding an
+ * entry, from about 1.2 KB. Without a budget the loader walks for hours (a SIGHUP reload
+ * with this file also kept the node from seeing SIGTERM). */
+static char *
+laughs_yaml(void)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	cr_assert_not_null(f);
+	fprintf(f, "extra_config:\n  l0: &l0 {}\n");
+	for (int i = 1; i < 16; i++)
+		fprintf(f, "  l%d: &l%d {a: *l%d, b: *l%d, c: *l%d, d: *l%d, e: *l%d, f: *l%d, "
+			   "g: *l%d, h: *l%d}\n",
+			i, i, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1);
+	cr_assert_eq(fclose(f), 0);
+	return text;
+}
+
+Test(config, aliases_that_expand_past_the_budget_are_refused_at_once, .timeout = 60)
+{
+	char *text = laughs_yaml();
+	cr_assert_lt(strlen(text), 1300);
+	struct kvn_config *cfg = NULL;
+	cr_assert_eq(kvn_config_parse(text, strlen(text), "laughs.yaml", &cfg, err, sizeof(err)),
+		     -EINVAL);
+	assert_contains(err, "laughs.yaml:");
+	assert_contains(err, "through its aliases");
+	free(text);
+
+	/* One 1 MiB scalar named 64 times in a list would be 64 MiB of strings. */
+	FILE *f = open_memstream(&text, &(size_t){0});
+	fprintf(f, "plugin_locations: &big \"");
+	for (int i = 0; i < (1 << 20); i++)
+		fputc('p', f);
+	fprintf(f, "\"\nextra_config:\n  x: [");
+	for (int i = 0; i < 64; i++)
+		fprintf(f, "%s*big", i ? ", " : "");
+	fprintf(f, "]\n");
+	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(kvn_config_parse(text, strlen(text), "wide.yaml", &cfg, err, sizeof(err)),
+		     -EINVAL);
+	assert_contains(err, "wide.yaml:");
+	assert_contains(err, "MiB of text");
+	free(text);
+
+	/* Aliases within the budget still work. */
+	const char ok[] = "extra_config:\n  base: &b {x: 1, y: 2}\n  copy: *b\n";
+	cr_assert_eq(kvn_config_parse(ok, strlen(ok), "ok.yaml", &cfg, err, sizeof(err)), 0, "%s",
+		     err);
+	cr_assert_str_eq(kvn_config_extra(cfg, "copy.y"), "2");
+	kvn_config_free(cfg);
+}
