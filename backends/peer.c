@@ -1,7 +1,7 @@
-/* peer tier: chunks other nodes hold. On a local miss it asks the scheduler (through a small
- * cache of the directory) where the key lives, READs the slot image from the owner's pool with
- * the transport into a scratch slot of our own pool, and returns the payload only when the
- * header and checksum say it is the directory's generation of this key (DESIGN.md §1, §3). */
+/* peer tier: chunks other nodes hold. On a local miss it asks the scheduler (through a small cache
+ * of the directory) where the key lives, READs the slot image from the owner's pool with the
+ * transport into a scratch slot of our own pool, and returns the payload only when the header and
+ * checksum say it is the directory's generation of this key (docs/architecture.md §1, §3). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>

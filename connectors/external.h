@@ -1,6 +1,6 @@
-/* External connectors (DESIGN.md §4): a remote_url scheme served by a .so named in extra_config
- * `external_connector.<scheme>.module_path` / `.class_name` (an exported
- * const struct kvn_connector_ops), loaded with the external backends' search rules. */
+/* External connectors (docs/architecture.md §4): a remote_url scheme served by a .so named in
+ * extra_config `external_connector.<scheme>.module_path` / `.class_name` (an exported const struct
+ * kvn_connector_ops), loaded with the external backends' search rules. */
 #ifndef KVN_CONNECTORS_EXTERNAL_H
 #define KVN_CONNECTORS_EXTERNAL_H
 

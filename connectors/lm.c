@@ -1,5 +1,5 @@
-/* lm:// connector: a client of LMCache's cache-server protocol (DESIGN.md §10), so a kvnode node
- * can use an LMCache server, or another kvnode's lm server, as its remote tier. One TCP
+/* lm:// connector: a client of LMCache's cache-server protocol (docs/architecture.md §10), so a
+ * kvnode node can use an LMCache server, or another kvnode's lm server, as its remote tier. One TCP
  * connection per instance; batches are pipelined (all requests, then all replies). */
 #include <errno.h>
 #include <stdbool.h>

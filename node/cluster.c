@@ -1,6 +1,6 @@
 /* The node's cluster glue: transport + one registration of the chunk pool, membership with the
  * data address and region, the cpu tier's admits/evicts published to the chunk directory, and
- * the peer tier attached to all of it (DESIGN.md §1, §5). */
+ * the peer tier attached to all of it (docs/architecture.md §1, §5). */
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
-/* Config (DESIGN.md §7): the table of keys, value parsing shared by file and environment,
- * lifetime and cross-key checks. Reading: config_yaml.c (file), config_env.c (environment);
- * output: config_json.c. */
+/* Config (docs/architecture.md §7): the table of keys, value parsing shared by file and
+ * environment, lifetime and cross-key checks. Reading: config_yaml.c (file), config_env.c
+ * (environment); output: config_json.c. */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>

@@ -1,4 +1,4 @@
-/* The node's effective configuration (DESIGN.md §7): defaults, then the YAML file, then
+/* The node's effective configuration (docs/architecture.md §7): defaults, then the YAML file, then
  * KVNODE_<KEY> / LMCACHE_<KEY> environment overrides. Internal layout of struct kvn_config. */
 #ifndef KVN_NODE_CONFIG_H
 #define KVN_NODE_CONFIG_H

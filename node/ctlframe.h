@@ -1,7 +1,7 @@
-/* Control frames between nodes and `kvnode scheduler` (DESIGN.md §5): a 16-byte header, then a
- * body that is JSON (join, stats, errors), JSON + an opaque blob (join, member notices) or compact
- * binary (publish, lookup, evict notices). Shared by node/scheduler*.c and node/membership.c so
- * both sides agree on the wire format and on what a valid frame is. */
+/* Control frames between nodes and `kvnode scheduler` (docs/architecture.md §5): a 16-byte header,
+ * then a body that is JSON (join, stats, errors), JSON + an opaque blob (join, member notices) or
+ * compact binary (publish, lookup, evict notices). Shared by node/scheduler*.c and
+ * node/membership.c so both sides agree on the wire format and on what a valid frame is. */
 #ifndef KVN_NODE_CTLFRAME_H
 #define KVN_NODE_CTLFRAME_H
 

@@ -1,6 +1,6 @@
-/* Local control protocol between `kvnode serve` and the CLI (DESIGN.md §9): length-prefixed
- * binary frames over a unix socket. Shared by node/server.c and node/client.c so that the two
- * sides cannot disagree on the wire format or on what a valid frame is. */
+/* Local control protocol between `kvnode serve` and the CLI (docs/architecture.md §9):
+ * length-prefixed binary frames over a unix socket. Shared by node/server.c and node/client.c so
+ * that the two sides cannot disagree on the wire format or on what a valid frame is. */
 #ifndef KVN_NODE_CTLPROTO_H
 #define KVN_NODE_CTLPROTO_H
 

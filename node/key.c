@@ -1,5 +1,5 @@
-/* Keys: LMCache CacheEngineKey string forms (DESIGN.md §3), opaque keys, and the 128-bit xxh3
- * digest that every map and directory lookup uses. */
+/* Keys: LMCache CacheEngineKey string forms (docs/architecture.md §3), opaque keys, and the 128-bit
+ * xxh3 digest that every map and directory lookup uses. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

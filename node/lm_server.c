@@ -1,5 +1,5 @@
-/* lm server: LMCache's cache-server protocol (DESIGN.md §10) over TCP, a thread per connection
- * up to a cap, values kept in the engine as LMCache's 28-byte remote header + payload. A
+/* lm server: LMCache's cache-server protocol (docs/architecture.md §10) over TCP, a thread per
+ * connection up to a cap, values kept in the engine as LMCache's 28-byte remote header + payload. A
  * malformed request gets a 400 reply and its connection is closed; others keep being served. */
 #include <cjson/cJSON.h>
 #include <errno.h>

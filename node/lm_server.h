@@ -1,5 +1,5 @@
-/* The lm server of `kvnode serve` (config key lm_listen): answers LMCache's cache-server
- * protocol (DESIGN.md §10) from the node's engine, so an unmodified LMCache instance with
+/* The lm server of `kvnode serve` (config key lm_listen): answers LMCache's cache-server protocol
+ * (docs/architecture.md §10) from the node's engine, so an unmodified LMCache instance with
  * `remote_url: lm://HOST:PORT` uses this node, its tiers and its eviction as its remote store. */
 #ifndef KVN_NODE_LM_SERVER_H
 #define KVN_NODE_LM_SERVER_H

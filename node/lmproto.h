@@ -1,6 +1,6 @@
-/* LMCache's cache-server wire format (`lm://`, DESIGN.md §10): fixed request and reply headers.
- * Shared by the lm server (node/lm_server.c) and the lm connector (connectors/lm.c) so that the
- * two sides cannot disagree on the layout or on what a valid header is. */
+/* LMCache's cache-server wire format (`lm://`, docs/architecture.md §10): fixed request and reply
+ * headers. Shared by the lm server (node/lm_server.c) and the lm connector (connectors/lm.c) so
+ * that the two sides cannot disagree on the layout or on what a valid header is. */
 #ifndef KVN_NODE_LMPROTO_H
 #define KVN_NODE_LMPROTO_H
 

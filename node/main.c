@@ -1,5 +1,6 @@
 /* The kvnode program: `kvnode serve` (the daemon), the client commands that talk to it over its
- * unix socket (put/get/rm/ls/stat), `demo` (node/demo.c), and the help texts (DESIGN.md §9). */
+ * unix socket (put/get/rm/ls/stat), `demo` (node/demo.c), and the help texts (docs/architecture.md
+ * §9). */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -433,12 +434,10 @@ out:
 	return rc;
 }
 
-/* ------------------------------------------------------------------------------------------
- * serve
- * ------------------------------------------------------------------------------------------ */
-
-/* Plugins beside this process (DESIGN.md §6). They get this program and the node's socket (if
- * any), so that `kvnode stat` in a plugin reaches it. A launcher that cannot start is a
+/* ------------------------------------------------------------------------------------------ serve
+ * ------------------------------------------------------------------------------------------ */ /*
+ * Plugins beside this process (docs/architecture.md §6). They get this program and the node's
+ * socket (if any), so that `kvnode stat` in a plugin reaches it. A launcher that cannot start is a
  * warning: the process runs on. */
 static struct kvn_plugins *
 start_plugins(const struct kvn_config *cfg, enum kvn_plugin_role role, int worker_id,
@@ -813,7 +812,7 @@ static const struct command commands[] = {
      "NAME\n  kvnode scheduler - run the membership service and chunk directory\n\n"
      "SYNOPSIS\n  kvnode scheduler [-c FILE] [--listen HOST:PORT]\n\n"
      "DESCRIPTION\n"
-     "  One small daemon per cluster (DESIGN.md section 5). Nodes join it with their\n"
+     "  One small daemon per cluster. Nodes join it with their\n"
      "  node_name, data address, transport and region descriptors; each name gets a\n"
      "  stable worker id (a node that restarts gets its id back) and every member is told\n"
      "  the worker count, a cluster epoch and every join and expiry. Members heartbeat\n"

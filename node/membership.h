@@ -1,6 +1,6 @@
-/* The node side of the membership service (DESIGN.md §5): join the scheduler, heartbeat on its
- * own thread, publish admit/evict batches asynchronously, look up batches of digests, and keep
- * a table of the members (data address, transport, region descriptors). After losing the
+/* The node side of the membership service (docs/architecture.md §5): join the scheduler, heartbeat
+ * on its own thread, publish admit/evict batches asynchronously, look up batches of digests, and
+ * keep a table of the members (data address, transport, region descriptors). After losing the
  * scheduler it re-joins and asks its owner to re-publish the whole index. */
 #ifndef KVN_NODE_MEMBERSHIP_H
 #define KVN_NODE_MEMBERSHIP_H

@@ -1,6 +1,6 @@
 /* Loadable modules for external backends and connectors: finding the file, dlopen and dlsym,
  * with every refusal naming the file, the symbol and the fix. Shared so that both kinds of
- * module follow the same search rules (DESIGN.md §4). */
+ * module follow the same search rules (docs/architecture.md §4). */
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdarg.h>

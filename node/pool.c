@@ -1,6 +1,6 @@
 /* Chunk pool: one mmap'd region carved into variable-size slots by a TLSF allocator whose
  * metadata lives outside the region; slot headers with a seqlock generation, reference counts,
- * pins and an LRU of evictable slots (DESIGN.md §3). */
+ * pins and an LRU of evictable slots (docs/architecture.md §3). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>

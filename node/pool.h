@@ -1,5 +1,6 @@
 /* Chunk pool: one large region (hugepages when available) allocated once, so a transport can
- * register it once; variable-size slots, each starting with the 64-byte header of DESIGN.md §3. */
+ * register it once; variable-size slots, each starting with the 64-byte header of
+ * docs/architecture.md §3. */
 #ifndef KVN_NODE_POOL_H
 #define KVN_NODE_POOL_H
 

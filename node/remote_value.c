@@ -1,5 +1,5 @@
 /* LMCache RemoteMetadata codec and kvnode's integrity tag for values in remote stores
- * (DESIGN.md §10). */
+ * (docs/architecture.md §10). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>

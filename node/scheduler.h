@@ -1,5 +1,5 @@
-/* `kvnode scheduler` (DESIGN.md §5): the membership service and chunk directory. One epoll
- * thread serves every node over TCP with the control frames of node/ctlframe.h. */
+/* `kvnode scheduler` (docs/architecture.md §5): the membership service and chunk directory. One
+ * epoll thread serves every node over TCP with the control frames of node/ctlframe.h. */
 #ifndef KVN_NODE_SCHEDULER_H
 #define KVN_NODE_SCHEDULER_H
 

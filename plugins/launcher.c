@@ -1,6 +1,6 @@
-/* Plugin launcher, lifecycle (DESIGN.md §6): one monitor thread starts every plugin in its own
- * process group, reads its output, reaps it, restarts it on failure if asked, and on stop sends
- * SIGTERM then SIGKILL. Scanning is in scan.c, output logging in output.c. */
+/* Plugin launcher, lifecycle (docs/architecture.md §6): one monitor thread starts every plugin in
+ * its own process group, reads its output, reaps it, restarts it on failure if asked, and on stop
+ * sends SIGTERM then SIGKILL. Scanning is in scan.c, output logging in output.c. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>

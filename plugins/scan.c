@@ -1,5 +1,5 @@
 /* Plugin launcher, finding plugins: walking plugin_locations, the targeting rules of
- * DESIGN.md §6, the interpreter of each file and the environment it is started with. */
+ * docs/architecture.md §6, the interpreter of each file and the environment it is started with. */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>

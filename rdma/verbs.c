@@ -1,4 +1,4 @@
-/* The verbs transport (DESIGN.md §4): one-sided IBV_WR_RDMA_READ over RC queue pairs on
+/* The verbs transport (docs/architecture.md §4): one-sided IBV_WR_RDMA_READ over RC queue pairs on
  * rdma-core. This file: device selection, the instance, registrations, endpoints and the read
  * entry point; rdma/verbs_post.c the data path, rdma/verbs_cm.c connection management. */
 #include <errno.h>

@@ -1,5 +1,5 @@
-/* The kvnode program end to end (DESIGN.md §9): `kvnode serve` as a child process on a unix
- * socket in a temp dir, the CLI commands as further children, exit codes 0/1/2/3, help and
+/* The kvnode program end to end (docs/architecture.md §9): `kvnode serve` as a child process on a
+ * unix socket in a temp dir, the CLI commands as further children, exit codes 0/1/2/3, help and
  * version, shutdown on SIGTERM, the disk tier across a restart, and the demo. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>

@@ -1,5 +1,5 @@
-/* The lm:// server (LMCache's cache-server protocol, DESIGN.md §10): the wire codec, every
- * command against an in-process server, robustness against malformed requests (400 and close,
+/* The lm:// server (LMCache's cache-server protocol, docs/architecture.md §10): the wire codec,
+ * every command against an in-process server, robustness against malformed requests (400 and close,
  * the server keeps serving), the lm_listen config key, and a `kvnode serve` child driven by an
  * independent Python client that packs LMCache's frames with struct.pack. */
 #include <criterion/criterion.h>

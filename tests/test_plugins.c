@@ -1,4 +1,4 @@
-/* The plugin launcher in-process (DESIGN.md §6): targeting by file name in each role,
+/* The plugin launcher in-process (docs/architecture.md §6): targeting by file name in each role,
  * interpreters, the environment a plugin sees, its output in the log, and its lifecycle (exit,
  * restart, SIGTERM ignored). kvnode serve/scheduler/demo with plugins: test_plugins_node.c. */
 #include <pthread.h>

@@ -1,6 +1,6 @@
 /* LMCache interoperability over Redis: values laid out the way LMCache writes them (written with
  * redis-cli, not kvnode's code) are read by a kvnode node, and values a node writes are read back
- * with redis-cli and checked byte for byte against LMCache's layout (DESIGN.md §10). */
+ * with redis-cli and checked byte for byte against LMCache's layout (docs/architecture.md §10). */
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <signal.h>

@@ -1,6 +1,6 @@
-/* Storage backend ABI (DESIGN.md §4). Built-in tiers (cpu, disk) and external modules loaded
- * with dlopen fill the same struct kvn_backend_ops; the storage manager never switches on type.
- * Semantics follow LMCache's StorageBackendInterface. */
+/* Storage backend ABI (docs/architecture.md §4). Built-in tiers (cpu, disk) and external modules
+ * loaded with dlopen fill the same struct kvn_backend_ops; the storage manager never switches on
+ * type. Semantics follow LMCache's StorageBackendInterface. */
 #ifndef KVNODE_BACKEND_H
 #define KVNODE_BACKEND_H
 

@@ -1,6 +1,6 @@
-/* Remote connector ABI (DESIGN.md §4, §10). A connector moves values between the node and one
- * remote store chosen by the scheme of remote_url. Built-in connectors (redis, fs, blackhole …)
- * and external ones loaded from a .so fill the same struct kvn_connector_ops. */
+/* Remote connector ABI (docs/architecture.md §4, §10). A connector moves values between the node
+ * and one remote store chosen by the scheme of remote_url. Built-in connectors (redis, fs,
+ * blackhole …) and external ones loaded from a .so fill the same struct kvn_connector_ops. */
 #ifndef KVNODE_CONNECTOR_H
 #define KVNODE_CONNECTOR_H
 
@@ -21,7 +21,7 @@ extern "C" {
 #define KVN_REMOTE_META_LEN 28 /* bytes of LMCache's RemoteMetadata */
 #define KVN_REMOTE_TAG_MAX  32 /* bytes of kvnode's integrity tag, at most */
 
-/* LMCache dtype codes and MemoryFormat values (DESIGN.md §10). */
+/* LMCache dtype codes and MemoryFormat values (docs/architecture.md §10). */
 enum kvn_remote_dtype {
 	KVN_DTYPE_NONE = 0,
 	KVN_DTYPE_HALF = 1,

@@ -21,7 +21,7 @@ extern "C" {
 #endif
 
 /* ------------------------------------------------------------------------------------------
- * Keys (DESIGN.md §3)
+ * Keys (docs/architecture.md §3)
  * ------------------------------------------------------------------------------------------ */
 
 #define KVN_KEY_MAX 512 /* bytes of key text, without the terminating NUL */
@@ -115,7 +115,7 @@ KVN_API int kvn_log_get_level(void);
 KVN_API int kvn_log_level_parse(const char *name);
 
 /* ------------------------------------------------------------------------------------------
- * Config (DESIGN.md §7). The struct is opaque to users of the API.
+ * Config (docs/architecture.md §7). The struct is opaque to users of the API.
  * ------------------------------------------------------------------------------------------ */
 
 struct kvn_config;

@@ -1,6 +1,6 @@
-/* Plugin launcher (DESIGN.md §6): role-targeted scripts beside every kvnode process (worker or
- * scheduler), their output logged with a "[plugin <file>]" prefix, stopped with the process
- * and never left behind, even when the process is SIGKILLed. */
+/* Plugin launcher (docs/architecture.md §6): role-targeted scripts beside every kvnode process
+ * (worker or scheduler), their output logged with a "[plugin <file>]" prefix, stopped with the
+ * process and never left behind, even when the process is SIGKILLed. */
 #ifndef KVNODE_PLUGIN_H
 #define KVNODE_PLUGIN_H
 
@@ -49,8 +49,8 @@ KVN_API void kvn_plugins_set_policy(struct kvn_plugins *pl, bool restart_on_fail
  * dropped_lines}; state is one of "running", "restarting", "exited", "failed", "stopped",
  * "not-started". malloc'd, free() it; NULL when out of memory. */
 KVN_API char *kvn_plugins_stats_json(struct kvn_plugins *pl);
-/* Whether a plugin file name targets this process (DESIGN.md §6): split on '_' (up to the
- * first '.'), role words case-insensitive; "scheduler_*" the scheduler only; "worker_*" every
+/* Whether a plugin file name targets this process (docs/architecture.md §6): split on '_' (up to
+ * the first '.'), role words case-insensitive; "scheduler_*" the scheduler only; "worker_*" every
  * worker; "worker_<N>_*" and "worker_<N>.ext" worker N only; "all_*" or no role word: every
  * process. */
 KVN_API bool kvn_plugin_targets(const char *file_name, enum kvn_plugin_role role, int worker_id);

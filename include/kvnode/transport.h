@@ -1,4 +1,4 @@
-/* Transport ABI (DESIGN.md §4): one-sided READ of another node's registered memory. The
+/* Transport ABI (docs/architecture.md §4): one-sided READ of another node's registered memory. The
  * implementations (verbs on rdma-core, tcp with the same semantics) fill the same struct
  * kvn_transport_ops; callers pick one with kvn_transport_by_name and never switch on type. */
 #ifndef KVNODE_TRANSPORT_H
