@@ -464,37 +464,16 @@ start_plugins(const struct kvn_config *cfg, enum kvn_plugin_role role, int worke
 	return pl;
 }
 
-struct sig_ctx {
-	struct kvn_server *srv;
-	sigset_t set;
-	struct kvn_reload reload;
-};
-
-/* Signals are blocked in every thread and taken here, so no handler ever runs inside the
- * engine or the allocator: a SIGHUP reload is ordinary code on this thread. A second stop
- * signal during a slow drain exits at once. */
-static void *
-signal_main(void *arg)
+static void
+stop_server(void *srv)
 {
-	struct sig_ctx *sc = arg;
-	for (int n = 0;;) {
-		int sig;
-		if (sigwait(&sc->set, &sig))
-			continue;
-		if (sig == SIGHUP) {
-			kvn_reload_config(&sc->reload);
-			continue;
-		}
-		if (n++ == 0) {
-			kvn_info("serve", "%s: shutting down (finishing requests in flight)",
-				 strsignal(sig));
-			kvn_server_stop(sc->srv);
-		} else {
-			kvn_warn("serve", "%s again: exiting without waiting", strsignal(sig));
-			_exit(128 + sig);
-		}
-	}
-	return NULL;
+	kvn_server_stop(srv);
+}
+
+static void
+stop_scheduler(void *s)
+{
+	kvn_scheduler_stop(s);
 }
 
 static int
@@ -507,13 +486,8 @@ cmd_serve(struct opts *o)
 	apply_log_level(o, cfg->log_level);
 
 	/* Before any thread exists, so that every thread (engine writers included) inherits
-	 * the mask and the signals reach signal_main only. */
-	struct sig_ctx sc;
-	sigemptyset(&sc.set);
-	sigaddset(&sc.set, SIGTERM);
-	sigaddset(&sc.set, SIGINT);
-	sigaddset(&sc.set, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &sc.set, NULL);
+	 * the mask and the signals reach the signal thread only. */
+	kvn_sigctl_block();
 	signal(SIGPIPE, SIG_IGN); /* a vanished client or stderr reader is an error return */
 
 	int rc = EXIT_OK;
@@ -526,8 +500,7 @@ cmd_serve(struct opts *o)
 	struct kvn_plugins *plugins = NULL;
 	struct kvn_cluster *cluster = NULL;
 	struct kvn_metrics *metrics = NULL;
-	pthread_t sig_thread;
-	bool sig_started = false;
+	struct kvn_sigctl *sig = NULL;
 	if (!socket_path) {
 		rc = die(EXIT_CONN, "out of memory");
 		goto out;
@@ -567,17 +540,15 @@ cmd_serve(struct opts *o)
 	kvn_server_set_lm(srv, lm);
 	/* The signal thread starts once the plugins run, so that a SIGHUP (pending until then)
 	 * finds them; a stop signal meanwhile also waits, blocked, for the thread. */
-	sc.srv = srv;
-	sc.reload = (struct kvn_reload){.config_arg = o->config,
-					.running = cfg,
-					.plugins = plugins,
-					.cli_log_level = o->log_level,
-					.verbose = o->verbose};
-	if (pthread_create(&sig_thread, NULL, signal_main, &sc)) {
+	struct kvn_reload reload = {.config_arg = o->config,
+				    .running = cfg,
+				    .plugins = plugins,
+				    .cli_log_level = o->log_level,
+				    .verbose = o->verbose};
+	if (kvn_sigctl_start(&reload, stop_server, srv, &sig) < 0) {
 		rc = die(EXIT_CONN, "cannot start the signal thread");
 		goto out;
 	}
-	sig_started = true;
 	struct kvn_node_metrics nm = {
 	    .eng = eng, .srv = srv, .cluster = cluster, .lm = lm, .plugins = plugins};
 	if (cfg->metrics_listen && kvn_metrics_start(cfg->metrics_listen, kvn_metrics_collect_node,
@@ -600,15 +571,13 @@ cmd_serve(struct opts *o)
 	kvn_server_run(srv);
 	kvn_info("serve", "all clients done; closing the storage tiers");
 out:
-	kvn_metrics_stop(metrics); /* first: scrapes read everything below */
+	kvn_sigctl_shutdown(sig);  /* first: no reload touches what is freed below */
+	kvn_metrics_stop(metrics); /* scrapes read everything below */
 	kvn_plugins_stop(plugins); /* SIGTERM, then SIGKILL after plugin_stop_timeout_ms */
 	kvn_lm_server_stop(lm); /* before the engine it serves from */
 	kvn_cluster_stop(cluster); /* leaves the cluster before the pool goes */
 	kvn_engine_close(eng); /* drains queued disk writes: the disk tier is consistent */
-	if (sig_started) {     /* kept until now: a second signal may cut a slow disk flush short */
-		pthread_cancel(sig_thread);
-		pthread_join(sig_thread, NULL);
-	}
+	kvn_sigctl_destroy(sig); /* kept until now: a second signal may cut a slow flush short */
 	kvn_server_destroy(srv); /* the socket file goes last: its absence means "finished" */
 	free(socket_path);
 	kvn_config_free(cfg);
@@ -620,30 +589,6 @@ out:
  * ------------------------------------------------------------------------------------------ */
 
 #define SCHEDULER_DEFAULT_LISTEN "127.0.0.1:7470"
-
-struct sched_sig {
-	struct kvn_scheduler *s;
-	sigset_t set;
-	struct kvn_reload reload; /* SIGHUP: the same reload as serve's (log level, plugins) */
-};
-
-static void *
-scheduler_signal_main(void *arg)
-{
-	struct sched_sig *ss = arg;
-	for (;;) {
-		int sig;
-		if (sigwait(&ss->set, &sig))
-			continue;
-		if (sig == SIGHUP) {
-			kvn_reload_config(&ss->reload);
-			continue;
-		}
-		kvn_info("scheduler", "%s: shutting down", strsignal(sig));
-		kvn_scheduler_stop(ss->s);
-		return NULL;
-	}
-}
 
 static int
 cmd_scheduler(struct opts *o)
@@ -662,16 +607,12 @@ cmd_scheduler(struct opts *o)
 	size_t n = strlen(addr);
 	if (n && addr[n - 1] == '/')
 		addr[n - 1] = '\0';
-	struct sched_sig ss;
-	sigemptyset(&ss.set);
-	sigaddset(&ss.set, SIGTERM);
-	sigaddset(&ss.set, SIGINT);
-	sigaddset(&ss.set, SIGHUP);
-	pthread_sigmask(SIG_BLOCK, &ss.set, NULL);
+	kvn_sigctl_block();
 	signal(SIGPIPE, SIG_IGN);
+	struct kvn_scheduler *sched;
 	struct kvn_scheduler_opts so = {
 	    .listen = addr, .heartbeat_ms = cfg->heartbeat_ms, .auth_token = cfg->auth_token};
-	int rc = kvn_scheduler_create(&so, &ss.s, err, sizeof(err));
+	int rc = kvn_scheduler_create(&so, &sched, err, sizeof(err));
 	if (rc < 0) {
 		kvn_config_free(cfg);
 		return die(rc == -EINVAL ? EXIT_USAGE : EXIT_CONN, "scheduler: %s", err);
@@ -679,41 +620,41 @@ cmd_scheduler(struct opts *o)
 	/* Workers join later: the scheduler's plugins start knowing of none (count 0). They
 	 * start before the signal thread so that a SIGHUP (pending until then) finds them. */
 	struct kvn_plugins *plugins = start_plugins(cfg, KVN_PLUGIN_SCHEDULER, -1, 0, NULL);
-	kvn_scheduler_set_plugins(ss.s, plugins);
-	ss.reload = (struct kvn_reload){.config_arg = o->config,
-					.running = cfg,
-					.plugins = plugins,
-					.cli_log_level = o->log_level,
-					.verbose = o->verbose,
-					.role = "scheduler"};
-	pthread_t th;
-	if (pthread_create(&th, NULL, scheduler_signal_main, &ss)) {
+	kvn_scheduler_set_plugins(sched, plugins);
+	struct kvn_reload reload = {.config_arg = o->config,
+				    .running = cfg,
+				    .plugins = plugins,
+				    .cli_log_level = o->log_level,
+				    .verbose = o->verbose,
+				    .role = "scheduler"};
+	struct kvn_sigctl *sig;
+	if (kvn_sigctl_start(&reload, stop_scheduler, sched, &sig) < 0) {
 		kvn_plugins_stop(plugins);
-		kvn_scheduler_destroy(ss.s);
+		kvn_scheduler_destroy(sched);
 		kvn_config_free(cfg);
 		return die(EXIT_CONN, "scheduler: cannot start the signal thread");
 	}
-	printf("kvnode: scheduler on %s\n", kvn_scheduler_address(ss.s));
+	printf("kvnode: scheduler on %s\n", kvn_scheduler_address(sched));
 	fflush(stdout);
 	kvn_info("scheduler", "membership service on %s (heartbeat %u ms, auth %s)",
-		 kvn_scheduler_address(ss.s), so.heartbeat_ms ? so.heartbeat_ms : 500,
+		 kvn_scheduler_address(sched), so.heartbeat_ms ? so.heartbeat_ms : 500,
 		 so.auth_token && *so.auth_token ? "token" : "none");
-	struct kvn_sched_metrics sm = {.sched = ss.s, .plugins = plugins};
+	struct kvn_sched_metrics sm = {.sched = sched, .plugins = plugins};
 	struct kvn_metrics *metrics = NULL;
 	if (cfg->metrics_listen && kvn_metrics_start(cfg->metrics_listen, kvn_metrics_collect_sched,
 						     &sm, &metrics, err, sizeof(err)) < 0) {
 		rc = die(EXIT_CONN, "scheduler: %s", err);
-		kvn_scheduler_stop(ss.s); /* the loop returns at once: it sees the stop first */
+		kvn_scheduler_stop(sched); /* the loop returns at once: it sees the stop first */
 	} else if (metrics) {
 		printf("kvnode: metrics on http://%s/metrics\n", kvn_metrics_address(metrics));
 		fflush(stdout);
 	}
-	int run_rc = kvn_scheduler_run(ss.s);
+	int run_rc = kvn_scheduler_run(sched);
+	kvn_sigctl_shutdown(sig); /* first: no reload touches what is freed below */
 	kvn_metrics_stop(metrics);
 	kvn_plugins_stop(plugins);
-	pthread_cancel(th);
-	pthread_join(th, NULL);
-	kvn_scheduler_destroy(ss.s);
+	kvn_sigctl_destroy(sig);
+	kvn_scheduler_destroy(sched);
 	kvn_config_free(cfg);
 	if (rc)
 		return rc;

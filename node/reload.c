@@ -2,10 +2,13 @@
  * compared key by key with the running config. Only what is read at each use can change in
  * place; everything else (tier sizes, addresses, names) was baked into objects at start. */
 #include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "kvnode/plugin.h"
 #include "node/config.h"
@@ -82,17 +85,12 @@ origin_of(const struct kvn_config *next, const char *key, char *where, size_t le
 		 origin && strcmp(origin, "default") ? origin : "back to its default");
 }
 
-int
-kvn_reload_config(struct kvn_reload *r)
+/* Compares next with the running config and applies what can change in place. */
+static int
+apply(struct kvn_reload *r, struct kvn_config *next)
 {
-	struct kvn_config *next;
-	char err[1024], where[KVN_ORIGIN_MAX + 32];
-	int rc = kvn_config_load(r->config_arg, &next, err, sizeof(err));
-	if (rc < 0) {
-		kvn_err(COMP, "SIGHUP: the config does not load, keeping the running one: %s", err);
-		return rc;
-	}
-	int restart = 0, applied = 0;
+	char where[KVN_ORIGIN_MAX + 32];
+	int rc, restart = 0, applied = 0;
 	/* log_level first, so that a level this file raises already shows what follows. */
 	if (!key_equal(r->running, next, "log_level")) {
 		origin_of(next, "log_level", where, sizeof(where));
@@ -124,6 +122,191 @@ kvn_reload_config(struct kvn_reload *r)
 	kvn_info(COMP, "SIGHUP: re-read %s: %d change%s applied, %d need%s a restart",
 		 next->path ? next->path : "built-in defaults", applied, applied == 1 ? "" : "s",
 		 restart, restart == 1 ? "s" : "");
-	kvn_config_free(next);
 	return restart;
+}
+
+static int
+load(struct kvn_reload *r, struct kvn_config **next)
+{
+	char err[1024];
+	int rc = kvn_config_load(r->config_arg, next, err, sizeof(err));
+	if (rc < 0)
+		kvn_err(COMP, "SIGHUP: the config does not load, keeping the running one: %s", err);
+	return rc;
+}
+
+int
+kvn_reload_config(struct kvn_reload *r)
+{
+	struct kvn_config *next;
+	int rc = load(r, &next);
+	if (rc < 0)
+		return rc;
+	rc = apply(r, next);
+	kvn_config_free(next);
+	return rc;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Signals: a signal thread that never blocks, and a reload thread that may take its time
+ * ------------------------------------------------------------------------------------------ */
+
+struct kvn_sigctl {
+	struct kvn_reload r;
+	void (*stop)(void *arg);
+	void *arg;
+	sigset_t set;
+	pthread_t sig_thread, reload_thread;
+	pthread_mutex_t lock;
+	pthread_cond_t wake;
+	bool pending;	/* a SIGHUP not yet acted on */
+	bool shutdown;	/* no more reloads are applied */
+	bool exit;	/* the reload thread ends */
+	bool applying;	/* the reload thread is changing the running config */
+	pthread_cond_t idle; /* signalled when applying ends */
+};
+
+static void
+stop_set(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGHUP);
+}
+
+void
+kvn_sigctl_block(void)
+{
+	sigset_t set;
+	stop_set(&set);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+static void *
+signal_main(void *arg)
+{
+	struct kvn_sigctl *s = arg;
+	const char *comp = s->r.role ? s->r.role : "serve";
+	for (int stops = 0;;) {
+		int sig;
+		if (sigwait(&s->set, &sig))
+			continue;
+		if (sig == SIGHUP) {
+			pthread_mutex_lock(&s->lock);
+			bool down = s->shutdown;
+			s->pending = !down;
+			pthread_cond_signal(&s->wake);
+			pthread_mutex_unlock(&s->lock);
+			if (down)
+				kvn_info(comp, "SIGHUP during shutdown: ignored");
+			continue;
+		}
+		if (stops++ == 0) {
+			kvn_info(comp, "%s: shutting down (finishing requests in flight)",
+				 strsignal(sig));
+			s->stop(s->arg);
+		} else {
+			kvn_warn(comp, "%s again: exiting without waiting", strsignal(sig));
+			_exit(128 + sig);
+		}
+	}
+	return NULL;
+}
+
+static void *
+reload_main(void *arg)
+{
+	struct kvn_sigctl *s = arg;
+	pthread_mutex_lock(&s->lock);
+	while (!s->exit) {
+		if (!s->pending) {
+			pthread_cond_wait(&s->wake, &s->lock);
+			continue;
+		}
+		s->pending = false;
+		pthread_mutex_unlock(&s->lock);
+		/* Loading takes the time (a slow disk, a large document), so it runs unlocked: a
+		 * shutdown meanwhile only waits for an apply, never for a load. */
+		struct kvn_config *next = NULL;
+		bool loaded = load(&s->r, &next) == 0;
+		pthread_mutex_lock(&s->lock);
+		if (loaded && s->shutdown) {
+			kvn_info(s->r.role ? s->r.role : "serve",
+				 "SIGHUP during shutdown: ignored (the file was read, not applied)");
+		} else if (loaded) {
+			s->applying = true;
+			pthread_mutex_unlock(&s->lock);
+			apply(&s->r, next);
+			pthread_mutex_lock(&s->lock);
+			s->applying = false;
+			pthread_cond_broadcast(&s->idle);
+		}
+		kvn_config_free(next);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+int
+kvn_sigctl_start(const struct kvn_reload *r, void (*stop)(void *arg), void *arg,
+		 struct kvn_sigctl **out)
+{
+	struct kvn_sigctl *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->r = *r;
+	s->stop = stop;
+	s->arg = arg;
+	stop_set(&s->set);
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->wake, NULL);
+	pthread_cond_init(&s->idle, NULL);
+	int rc = pthread_create(&s->reload_thread, NULL, reload_main, s);
+	if (rc) {
+		free(s);
+		return -rc;
+	}
+	if ((rc = pthread_create(&s->sig_thread, NULL, signal_main, s))) {
+		s->exit = true;
+		pthread_cond_signal(&s->wake);
+		pthread_join(s->reload_thread, NULL);
+		free(s);
+		return -rc;
+	}
+	*out = s;
+	return 0;
+}
+
+void
+kvn_sigctl_shutdown(struct kvn_sigctl *s)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	s->shutdown = true;
+	s->pending = false;
+	while (s->applying)
+		pthread_cond_wait(&s->idle, &s->lock);
+	pthread_mutex_unlock(&s->lock);
+}
+
+void
+kvn_sigctl_destroy(struct kvn_sigctl *s)
+{
+	if (!s)
+		return;
+	kvn_sigctl_shutdown(s);
+	pthread_cancel(s->sig_thread); /* sigwait is a cancellation point */
+	pthread_join(s->sig_thread, NULL);
+	pthread_mutex_lock(&s->lock);
+	s->exit = true;
+	pthread_cond_signal(&s->wake);
+	pthread_mutex_unlock(&s->lock);
+	/* A reload still loading a file finishes that first (the loader's budgets bound it). */
+	pthread_join(s->reload_thread, NULL);
+	pthread_cond_destroy(&s->idle);
+	pthread_cond_destroy(&s->wake);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
 }

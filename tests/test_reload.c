@@ -214,3 +214,76 @@ Test(reload, the_scheduler_applies_log_level_on_sighup_and_keeps_running)
 	cr_expect(strstr(log, "heartbeat_ms changed: needs a restart"), "%s", log);
 	free(log);
 }
+
+/* The node exited (reaped) within the deadline. */
+static bool
+node_exited(void *unused)
+{
+	(void)unused;
+	return !proc_alive(&node);
+}
+
+static bool
+file_exists(void *path)
+{
+	return access(path, F_OK) == 0;
+}
+
+/* A plugin that ignores SIGTERM keeps the shutdown busy for plugin_stop_timeout_ms: a SIGHUP
+ * sent then must not re-read or apply anything (it used to: the launcher it applied to was then
+ * freed while the signal thread still ran, a use-after-free on the next SIGHUP). */
+Test(reload, a_sighup_during_shutdown_is_ignored_and_never_applied)
+{
+	char plugdir[300], plug[340], pidf[300], script[1200], extra[800];
+	snprintf(plugdir, sizeof(plugdir), "%s/plugins", dir);
+	cr_assert_eq(mkdir(plugdir, 0755), 0);
+	snprintf(pidf, sizeof(pidf), "%s/stubborn.pid", dir);
+	snprintf(plug, sizeof(plug), "%s/worker_stubborn.sh", plugdir);
+	snprintf(script, sizeof(script), "trap '' TERM\necho $$ > %s.tmp\nmv %s.tmp %s\n"
+		 "while :; do sleep 0.1; done\n", pidf, pidf, pidf);
+	cr_assert_eq(proc_write_file(plug, script, strlen(script)), 0);
+	snprintf(extra, sizeof(extra),
+		 "plugin_stop_timeout_ms: 4000\nplugin_locations: [\"%s\"]\n", plugdir);
+	serve(extra);
+	cr_assert(proc_wait_for(file_exists, pidf, DEADLINE), "the plugin never ran");
+
+	cr_assert_eq(kill(node.pid, SIGTERM), 0);
+	cr_assert(proc_wait_for(log_has, "shutting down", DEADLINE), "no shutdown in the log");
+	snprintf(extra, sizeof(extra),
+		 "log_level: debug\nplugin_restart: on-failure\nplugin_locations: [\"%s\"]\n",
+		 plugdir);
+	write_cfg(extra);
+	for (int i = 0; i < 3 && proc_alive(&node); i++)
+		kill(node.pid, SIGHUP);
+	cr_assert(proc_wait_for(node_exited, NULL, DEADLINE), "the node did not exit");
+	char *log = proc_read_file(logpath, NULL);
+	cr_expect(strstr(log, "SIGHUP during shutdown: ignored"), "%s", log);
+	cr_expect_not(strstr(log, "SIGHUP: re-read"), "reloaded while shutting down:\n%s", log);
+	cr_expect_not(strstr(log, "log_level is now"), "%s", log);
+	free(log);
+}
+
+/* A reload is never in the way of a stop: a SIGHUP with a file whose aliases expand without
+ * end (it used to keep the signal thread parsing for hours) is refused, and SIGTERM ends the
+ * node as usual. */
+Test(reload, a_sighup_with_an_alias_bomb_is_refused_and_sigterm_still_stops_the_node)
+{
+	serve("log_level: info\n");
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	fprintf(f, "socket_path: %s\nhugepages: false\nextra_config:\n  l0: &l0 {}\n", sock);
+	for (int i = 1; i < 16; i++)
+		fprintf(f, "  l%d: &l%d {a: *l%d, b: *l%d, c: *l%d, d: *l%d, e: *l%d, f: *l%d}\n",
+			i, i, i - 1, i - 1, i - 1, i - 1, i - 1, i - 1);
+	cr_assert_eq(fclose(f), 0);
+	cr_assert_eq(proc_write_file(cfg, text, len), 0);
+	free(text);
+	cr_assert_eq(kill(node.pid, SIGHUP), 0);
+	cr_assert_eq(kill(node.pid, SIGTERM), 0);
+	cr_assert(proc_wait_for(node_exited, NULL, DEADLINE),
+		  "SIGTERM was not handled after a SIGHUP with an alias bomb:\n%s",
+		  proc_read_file(logpath, NULL));
+	cr_expect(WIFEXITED(node.status) && WEXITSTATUS(node.status) == 0, "status %d",
+		  node.status);
+}
