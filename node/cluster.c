@@ -135,7 +135,9 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 	 * instance, so it presents the token to the other nodes. */
 	struct kvn_transport_cfg tcfg = {.rdma_device = cfg->rdma_device,
 					 .gid_index = cfg->gid_index,
-					 .auth_token = cfg->auth_token};
+					 .auth_token = cfg->auth_token,
+					 .max_conns = cfg->transport_max_connections,
+					 .hello_timeout_ms = (int)cfg->transport_hello_timeout_ms};
 	c->ops =
 	    kvn_transport_by_name(cfg->transport ? cfg->transport : "auto", &tcfg, err, errlen);
 	if (!c->ops) {

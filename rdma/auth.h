@@ -1,27 +1,24 @@
 /* Data-connection auth shared by the transports (include/kvnode/transport.h, "Data-connection
- * auth"): the 16-byte proof a reader sends for its auth_token and the listener's check of it. */
+ * auth"): the messages a reader gets when an owner refuses it or fails to prove the token, and
+ * the owner's rate-limited log of refusals. The proofs themselves are node/auth.h's. */
 #ifndef KVN_RDMA_AUTH_H
 #define KVN_RDMA_AUTH_H
 
 #include <stdbool.h>
-#include <stdint.h>
+#include <stddef.h>
 
-#define KVN_TP_PROOF_SIZE 16
+#include "node/auth.h"
+#include "node/log.h"
 
-/* An instance's token, kept as its proof only (the string is the caller's). */
-struct kvn_tp_auth {
-	bool set;			  /* a non-empty auth_token was configured */
-	uint8_t proof[KVN_TP_PROOF_SIZE]; /* all zero when !set */
-};
-
-/* token NULL or "": none. */
-void kvn_tp_auth_init(struct kvn_tp_auth *a, const char *token);
-/* Whether a listener holding a serves a reader that sent (has, proof): always without a token of
- * its own, else only for the same proof, compared in constant time. */
-bool kvn_tp_auth_ok(const struct kvn_tp_auth *a, bool has, const uint8_t proof[KVN_TP_PROOF_SIZE]);
-
-/* The err line of a reader refused for its token; returns -EACCES. */
-int kvn_tp_auth_refused(const char *transport, const char *peer, const struct kvn_tp_auth *a,
+/* The err line of a reader the owner refused for its token; returns -EACCES. */
+int kvn_tp_auth_refused(const char *transport, const char *peer, const struct kvn_auth *a,
 			char *err, size_t errlen);
+/* The err line of a reader whose owner did not prove the reader's token (another cluster,
+ * another token, or someone else at that address); returns -EACCES. */
+int kvn_tp_auth_unproven(const char *transport, const char *peer, const struct kvn_auth *a,
+			 char *err, size_t errlen);
+/* Logs a refused reader at most once a second per rl, with the count of those not logged. */
+void kvn_tp_auth_log_refusal(struct kvn_ratelimit *rl, const char *transport, const char *peer,
+			     const char *listener, const char *why);
 
 #endif

@@ -89,20 +89,23 @@ tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r)
 	r->len = get64(in + 16);
 }
 
-/* Hello header, both ways: magic, then version in the low 16 bits and in the high 16 bits a
- * status (responder: 0 = accepted, else a positive errno) or flags (reader). */
 void
-tcp_hello_encode(uint32_t status, uint8_t out[TCP_HELLO_SIZE])
+tcp_hdr_encode(uint32_t status, uint32_t flags, uint8_t out[TCP_HDR_SIZE])
 {
 	put32(out, TCP_MAGIC);
 	put32(out + 4, TCP_VERSION | status << 16);
+	put32(out + 8, flags);
+	put32(out + 12, 0);
 }
 
 void
-tcp_hello_req_encode(const struct kvn_tp_auth *a, uint8_t out[TCP_HELLO_REQ_SIZE])
+tcp_hdr_decode(const uint8_t *in, size_t have, struct tcp_hdr *h)
 {
-	tcp_hello_encode(a->set ? TCP_HELLO_TOKEN : 0, out);
-	memcpy(out + TCP_HELLO_SIZE, a->proof, KVN_TP_PROOF_SIZE);
+	uint32_t w = get32(in + 4);
+	h->magic = get32(in);
+	h->version = w & 0xffff;
+	h->status = w >> 16;
+	h->flags = have >= TCP_HDR_SIZE ? get32(in + 8) : 0;
 }
 
 const char *
@@ -200,8 +203,12 @@ progress(void *arg)
 	struct epoll_event evs[64];
 	uint64_t last_check = tcp_now_ms();
 	while (!atomic_load(&tp->stop)) {
-		/* Stalled connections are only looked for while reads are outstanding. */
+		/* Stalled connections are only looked for while reads are outstanding; readers
+		 * still authenticating and a paused listener have deadlines of their own. */
 		int timeout = tcp_read_busy(tp) || atomic_load(&tp->dereg_waiting) ? 50 : -1;
+		int serve_ms = tcp_serve_timeout(tp, tcp_now_ms());
+		if (serve_ms >= 0 && (timeout < 0 || serve_ms < timeout))
+			timeout = serve_ms;
 		if (atomic_load(&tp->work))
 			timeout = 0; /* a read callback posted more: send it before sleeping */
 		int n = epoll_wait(tp->epfd, evs, 64, timeout);
@@ -233,6 +240,7 @@ progress(void *arg)
 			tcp_read_drop_dead(tp);
 		}
 		uint64_t now = tcp_now_ms();
+		tcp_serve_tick(tp, now);
 		if (atomic_exchange(&tp->work, 0) || now - last_check >= 50) {
 			tcp_read_work(tp, now);
 			last_check = now;
@@ -266,10 +274,14 @@ tcp_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *
 		return -ENOMEM;
 	if (cfg)
 		tp->cfg = *cfg;
-	kvn_tp_auth_init(&tp->auth, tp->cfg.auth_token);
+	kvn_auth_init(&tp->auth, tp->cfg.auth_token);
 	tp->cfg.auth_token = NULL; /* the caller's string: not kept */
 	if (tp->cfg.timeout_ms <= 0)
 		tp->cfg.timeout_ms = KVN_TRANSPORT_TIMEOUT_MS;
+	if (!tp->cfg.max_conns)
+		tp->cfg.max_conns = 1024;
+	if (tp->cfg.hello_timeout_ms <= 0)
+		tp->cfg.hello_timeout_ms = 5000;
 	/* Two sockets by default: on loopback a second stream lets the kernel copy on two cores
 	 * and measured 32 MiB reads clearly faster than one; more gained little on 2 cores. */
 	if (tp->cfg.conns_per_peer <= 0)
@@ -459,4 +471,5 @@ const struct kvn_transport_ops kvn_transport_tcp = {
 	.connect = tcp_connect,
 	.ep_close = tcp_ep_close,
 	.read = tcp_read,
+	.stats = tcp_serve_stats,
 };

@@ -11,29 +11,45 @@
 #include <sys/socket.h>
 
 #include "kvnode/transport.h"
+#include "node/auth.h"
 #include "node/netaddr.h"
 #include "rdma/auth.h"
 
 /*
- * Wire protocol. After connect the reader sends a hello (TCP_HELLO_REQ_SIZE: the 8-byte header,
- * flags in its status half, TCP_HELLO_TOKEN when the reader has an auth_token, then the
- * token's 16-byte proof, zeros without one) and the responder answers with a header whose
- * status is 0, EPROTO (another version) or EACCES (auth_token refused, then it closes). Then
- * the reader sends 32-byte read requests and the responder answers each, in order, with a
- * 24-byte response header followed (status 0 only) by exactly len payload bytes. All fields
- * little-endian. A read longer than TCP_MAX_MSG is split by the reader into several requests,
- * so one response never monopolises a connection for long and the responder bounds what it
- * accepts.
+ * Wire protocol, version 3 (all fields little-endian). Connection set-up is a challenge-response
+ * in both directions (node/auth.h), before any request is read:
+ *   reader -> owner   HELLO      header (flags: TCP_F_TOKEN when it has an auth_token), nonce_r
+ *   owner  -> reader  CHALLENGE  header (status 0, or EPROTO: another version), nonce_o,
+ *                                proof_o = MAC("kvnode tcp owner v3" | nonce_r | nonce_o)
+ *   reader -> owner   PROOF      header, proof_r = MAC("kvnode tcp reader v3" | nonce_o | nonce_r)
+ *   owner  -> reader  VERDICT    header (status 0, or EACCES and the owner closes)
+ * header = magic u32 | version u16 | status u16 | flags u32 | reserved u32. A proof is the
+ * HMAC-SHA256 under the auth_token's key, zeros without a token. An owner with a token serves
+ * only readers whose proof checks; a reader with a token reads only from an owner whose proof
+ * checks, so neither side can be impersonated without the token, and a proof seen on the wire
+ * is useless on any other connection (both nonces are fresh). The whole set-up must finish
+ * within the owner's hello timeout. Version 2 readers (8-byte header, version and status in its
+ * second word) are answered with such a header carrying EPROTO.
+ * Then the reader sends 32-byte read requests and the responder answers each, in order, with a
+ * 24-byte response header followed (status 0 only) by exactly len payload bytes. A read longer
+ * than TCP_MAX_MSG is split by the reader into several requests, so one response never
+ * monopolises a connection for long and the responder bounds what it accepts.
  */
-#define TCP_MAGIC 0x544e564bu /* "KVNT" */
-#define TCP_VERSION 2u /* 2: the hello carries the auth_token proof */
-#define TCP_REQ_READ 0x52u
-#define TCP_HELLO_SIZE 8 /* header: magic, version | status << 16 */
-#define TCP_HELLO_REQ_SIZE (TCP_HELLO_SIZE + KVN_TP_PROOF_SIZE)
-#define TCP_HELLO_TOKEN 1u /* reader's hello flag: a proof follows */
-#define TCP_REQ_SIZE 32
-#define TCP_RESP_SIZE 24
-#define TCP_MAX_MSG (1u << 20)
+#define TCP_MAGIC	   0x544e564bu /* "KVNT" */
+#define TCP_VERSION	   3u	       /* 3: challenge-response set-up */
+#define TCP_REQ_READ	   0x52u
+#define TCP_HDR_SIZE	   16
+#define TCP_V2_HDR_SIZE	   8 /* magic, version | status << 16: what a version 2 peer reads */
+#define TCP_F_TOKEN	   1u
+#define TCP_HELLO_SIZE	   (TCP_HDR_SIZE + KVN_AUTH_NONCE)
+#define TCP_CHALLENGE_SIZE (TCP_HDR_SIZE + KVN_AUTH_NONCE + KVN_AUTH_MAC)
+#define TCP_PROOF_SIZE	   (TCP_HDR_SIZE + KVN_AUTH_MAC)
+#define TCP_VERDICT_SIZE   TCP_HDR_SIZE
+#define TCP_OWNER_LABEL	   "kvnode tcp owner v3"
+#define TCP_READER_LABEL   "kvnode tcp reader v3"
+#define TCP_REQ_SIZE	   32
+#define TCP_RESP_SIZE	   24
+#define TCP_MAX_MSG	   (1u << 20)
 
 /* Why the responder refused a request (the reader turns it into the message). */
 enum tcp_reason {
@@ -64,9 +80,16 @@ void tcp_req_encode(const struct tcp_req *r, uint8_t out[TCP_REQ_SIZE]);
 void tcp_req_decode(const uint8_t in[TCP_REQ_SIZE], struct tcp_req *r);
 void tcp_resp_encode(const struct tcp_resp *r, uint8_t out[TCP_RESP_SIZE]);
 void tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r);
-void tcp_hello_encode(uint32_t status, uint8_t out[TCP_HELLO_SIZE]);
-/* The reader's hello: header with TCP_HELLO_TOKEN when a is set, then a's proof. */
-void tcp_hello_req_encode(const struct kvn_tp_auth *a, uint8_t out[TCP_HELLO_REQ_SIZE]);
+struct tcp_hdr {
+	uint32_t magic;
+	uint32_t version;
+	uint32_t status; /* 0 or a positive errno */
+	uint32_t flags;
+};
+void tcp_hdr_encode(uint32_t status, uint32_t flags, uint8_t out[TCP_HDR_SIZE]);
+/* Decodes the first TCP_V2_HDR_SIZE bytes (all a version 2 peer sends) and, when have is
+ * enough, the rest. */
+void tcp_hdr_decode(const uint8_t *in, size_t have, struct tcp_hdr *h);
 const char *tcp_reason_str(uint32_t reason);
 
 extern const struct kvn_transport_ops kvn_transport_tcp;
@@ -94,7 +117,7 @@ struct tcp_op; /* one posted read, below */
 
 struct kvn_transport {
 	struct kvn_transport_cfg cfg; /* auth_token NULL: the token lives on as auth only */
-	struct kvn_tp_auth auth;
+	struct kvn_auth auth;
 	int epfd;
 	struct tcp_pollable wake; /* eventfd */
 	pthread_t thread;
@@ -113,6 +136,9 @@ struct kvn_transport {
 	struct tcp_pollable listener;
 	char bound[80];
 	struct tcp_serve_conn *serve_conns;
+	unsigned nserve;		/* connections in serve_conns */
+	uint64_t listen_paused_until;	/* accept hit EMFILE/ENFILE: listener off until then */
+	struct kvn_transport_stats st;	/* counters of the responder (atomic reads elsewhere) */
 
 	/* Reading side, progress thread only: request chunks sent and not yet answered, and
 	 * reads completed whose callbacks run once no lock is held. */
@@ -229,5 +255,10 @@ int tcp_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t b
 void tcp_serve_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events);
 void tcp_serve_drop_dead(struct kvn_transport *tp);
 void tcp_serve_shutdown(struct kvn_transport *tp);
+/* Closes readers past their hello deadline, resumes a paused listener. Progress thread. */
+void tcp_serve_tick(struct kvn_transport *tp, uint64_t now);
+/* Milliseconds until tcp_serve_tick has something to do, -1 when nothing is pending. */
+int tcp_serve_timeout(struct kvn_transport *tp, uint64_t now);
+void tcp_serve_stats(struct kvn_transport *tp, struct kvn_transport_stats *out);
 
 #endif

@@ -35,7 +35,93 @@ wait_fd(int fd, short events, uint64_t deadline)
 	}
 }
 
-/* One socket to the peer, hello exchanged, within timeout_ms. */
+/* Receives exactly len bytes (or, with min_len < len, at least min_len followed by EOF) before
+ * deadline. Returns the count received or a negative errno. */
+static ssize_t
+recv_msg(int fd, uint8_t *buf, size_t len, size_t min_len, uint64_t deadline)
+{
+	size_t got = 0;
+	while (got < len) {
+		int rc = wait_fd(fd, POLLIN, deadline);
+		if (rc)
+			return rc;
+		ssize_t r = recv(fd, buf + got, len - got, MSG_DONTWAIT);
+		if (r > 0)
+			got += (size_t)r;
+		else if (r == 0)
+			return got >= min_len ? (ssize_t)got : -ECONNRESET;
+		else if (errno != EAGAIN && errno != EINTR)
+			return -errno;
+	}
+	return (ssize_t)got;
+}
+
+/* The set-up of rdma/tcp.h on a connected socket: 0, or a negative errno with err set. */
+static int
+handshake(const struct kvn_tp_ep *ep, int fd, uint64_t deadline, char *err, size_t errlen)
+{
+	const struct kvn_auth *a = &ep->tp->auth;
+	uint8_t nonce_r[KVN_AUTH_NONCE], msg[TCP_CHALLENGE_SIZE];
+	struct tcp_hdr h;
+
+	kvn_auth_nonce(nonce_r);
+	tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, msg);
+	memcpy(msg + TCP_HDR_SIZE, nonce_r, KVN_AUTH_NONCE);
+	/* A fresh socket always has room for these few bytes. */
+	if (send(fd, msg, TCP_HELLO_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT) != TCP_HELLO_SIZE)
+		return -EIO;
+	/* The first 8 bytes tell a kvnode owner (of any version) from anything else: check them
+	 * before waiting for more, which something else may never send. */
+	ssize_t n = recv_msg(fd, msg, TCP_V2_HDR_SIZE, TCP_V2_HDR_SIZE, deadline);
+	if (n < 0)
+		return (int)n;
+	tcp_hdr_decode(msg, (size_t)n, &h);
+	if (h.magic == TCP_MAGIC && h.version == TCP_VERSION && !h.status) {
+		ssize_t m = recv_msg(fd, msg + n, TCP_CHALLENGE_SIZE - (size_t)n, 0, deadline);
+		if (m < 0)
+			return (int)m;
+		n += m;
+		tcp_hdr_decode(msg, (size_t)n, &h);
+	}
+	if (h.magic != TCP_MAGIC || h.version != TCP_VERSION || h.status ||
+	    n < TCP_CHALLENGE_SIZE) {
+		kvn_seterr(err, errlen,
+			   "tcp: peer %s is not a kvnode tcp transport of protocol version %u "
+			   "(bad hello%s%u)",
+			   ep->peer, TCP_VERSION, h.magic == TCP_MAGIC ? ": it speaks version " : " ",
+			   h.magic == TCP_MAGIC ? h.version : 0);
+		return -EPROTO;
+	}
+	const uint8_t *nonce_o = msg + TCP_HDR_SIZE;
+	const struct kvn_auth_part owner[] = {{nonce_r, KVN_AUTH_NONCE}, {nonce_o, KVN_AUTH_NONCE}};
+	if (a->set && (!(h.flags & TCP_F_TOKEN) ||
+		       !kvn_auth_verify(a, TCP_OWNER_LABEL, owner, 2,
+					msg + TCP_HDR_SIZE + KVN_AUTH_NONCE, KVN_AUTH_MAC)))
+		return kvn_tp_auth_unproven("tcp", ep->peer, a, err, errlen);
+	uint8_t proof[TCP_PROOF_SIZE];
+	const struct kvn_auth_part reader[] = {{nonce_o, KVN_AUTH_NONCE}, {nonce_r, KVN_AUTH_NONCE}};
+	tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, proof);
+	kvn_auth_mac(a, TCP_READER_LABEL, reader, 2, proof + TCP_HDR_SIZE);
+	if (send(fd, proof, sizeof(proof), MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof(proof))
+		return -EIO;
+	/* An owner that refuses may close before its verdict is read: EOF then means refused. */
+	n = recv_msg(fd, msg, TCP_VERDICT_SIZE, TCP_VERDICT_SIZE, deadline);
+	if (n == -ECONNRESET && (h.flags & TCP_F_TOKEN))
+		return kvn_tp_auth_refused("tcp", ep->peer, a, err, errlen);
+	if (n < 0)
+		return (int)n;
+	tcp_hdr_decode(msg, (size_t)n, &h);
+	if (h.magic == TCP_MAGIC && h.status == EACCES)
+		return kvn_tp_auth_refused("tcp", ep->peer, a, err, errlen);
+	if (h.magic != TCP_MAGIC || h.status) {
+		kvn_seterr(err, errlen, "tcp: peer %s answered the hello with status %u", ep->peer,
+			   h.status);
+		return -EPROTO;
+	}
+	return 0;
+}
+
+/* One socket to the peer, set up and authenticated, within timeout_ms. */
 static int
 dial(const struct kvn_tp_ep *ep, int timeout_ms, int *out, char *err, size_t errlen)
 {
@@ -48,50 +134,23 @@ dial(const struct kvn_tp_ep *ep, int timeout_ms, int *out, char *err, size_t err
 		       fd;
 	int fl = fcntl(fd, F_GETFL);
 	int rc = fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -errno : 0;
-	uint8_t hello[TCP_HELLO_SIZE];
 	if (!rc) {
-		uint8_t req[TCP_HELLO_REQ_SIZE];
-		tcp_hello_req_encode(&ep->tp->auth, req);
-		/* A fresh socket always has room for 24 bytes. */
-		rc = send(fd, req, sizeof(req), MSG_NOSIGNAL | MSG_DONTWAIT) == sizeof(req) ? 0
-											    : -EIO;
-	}
-	size_t got = 0;
-	while (!rc && got < sizeof(hello)) {
-		rc = wait_fd(fd, POLLIN, deadline);
-		if (rc)
-			break;
-		ssize_t r = recv(fd, hello + got, sizeof(hello) - got, MSG_DONTWAIT);
-		if (r > 0)
-			got += (size_t)r;
-		else if (r == 0)
-			rc = -ECONNRESET;
-		else if (errno != EAGAIN && errno != EINTR)
-			rc = -errno;
+		if (err && errlen)
+			err[0] = '\0';
+		rc = handshake(ep, fd, deadline, err, errlen);
 	}
 	if (!rc) {
-		uint32_t magic = (uint32_t)hello[0] | (uint32_t)hello[1] << 8 |
-				 (uint32_t)hello[2] << 16 | (uint32_t)hello[3] << 24;
-		uint32_t st = (uint32_t)hello[6] | (uint32_t)hello[7] << 8;
-		if (magic == TCP_MAGIC && st == EACCES) {
-			close(fd);
-			return kvn_tp_auth_refused("tcp", ep->peer, &ep->tp->auth, err, errlen);
-		}
-		if (magic != TCP_MAGIC || st) {
-			close(fd);
-			return kvn_seterr(err, errlen, "tcp: peer %s is not a kvnode tcp transport of "
-					  "protocol version %u (bad hello)", ep->peer, TCP_VERSION),
-			       -EPROTO;
-		}
 		tcp_tune_socket(fd);
 		*out = fd;
 		return 0;
 	}
 	close(fd);
+	if (rc == -EACCES || rc == -EPROTO)
+		return rc;
 	if (rc == -ETIMEDOUT)
 		kvn_seterr(err, errlen, "tcp: peer %s accepted the connection but did not answer "
 			   "within %d ms (is it a kvnode node?)", ep->peer, timeout_ms);
-	else
+	else if (err && errlen && !err[0])
 		kvn_seterr(err, errlen, "tcp: peer %s: %s during the hello (is it a kvnode node?)",
 			   ep->peer, strerror(-rc));
 	return rc;

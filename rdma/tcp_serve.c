@@ -21,11 +21,20 @@
 /* Bytes sent to one connection before the thread turns to the others. */
 #define SEND_BUDGET (8u << 20)
 
+/* Where a connection is in the set-up of rdma/tcp.h's protocol. */
+enum hs_state {
+	HS_HELLO, /* waiting for the reader's hello */
+	HS_PROOF, /* challenge sent, waiting for the reader's proof */
+	HS_DONE,  /* authenticated: serving requests */
+};
+
 struct tcp_serve_conn {
 	struct tcp_pollable p; /* first: epoll events point here */
 	struct tcp_serve_conn *next;
 	char peer[80];
-	bool hello_done;
+	enum hs_state hs;
+	uint64_t hs_deadline; /* ms: the set-up must be done by then */
+	uint8_t nonce_r[KVN_AUTH_NONCE], nonce_o[KVN_AUTH_NONCE];
 	uint8_t in[IN_CAP];
 	size_t in_start, in_end;
 	/* The response being sent: header then payload from mr. */
@@ -73,6 +82,11 @@ tcp_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t bound
 	return 0;
 }
 
+#define COUNT(tp, field) __atomic_fetch_add(&(tp)->st.field, 1, __ATOMIC_RELAXED)
+/* How long accept stays off after EMFILE/ENFILE: descriptors free up as connections close, and
+ * retrying at once would spin on the ready listener. */
+#define ACCEPT_PAUSE_MS 100
+
 static void
 conn_close(struct kvn_transport *tp, struct tcp_serve_conn *c, const char *why)
 {
@@ -88,7 +102,35 @@ conn_close(struct kvn_transport *tp, struct tcp_serve_conn *c, const char *why)
 			break;
 		}
 	}
+	tp->nserve--;
+	__atomic_store_n(&tp->st.conns, tp->nserve, __ATOMIC_RELAXED);
 	free(c);
+}
+
+/* At the cap, a reader still in set-up makes room (the one that started first): it has not
+ * proved anything, so strangers opening connections cannot lock out authenticated readers.
+ * When every connection is authenticated, the newcomer is the one turned away. */
+static bool
+make_room(struct kvn_transport *tp)
+{
+	struct tcp_serve_conn *victim = NULL;
+	for (struct tcp_serve_conn *c = tp->serve_conns; c; c = c->next)
+		if (c->hs != HS_DONE && (!victim || c->hs_deadline <= victim->hs_deadline))
+			victim = c;
+	static struct kvn_ratelimit rl;
+	uint64_t missed;
+	if (kvn_ratelimit_ok(&rl, 1000, &missed))
+		kvn_warn("tcp",
+			 "%u readers on %s (transport_max_connections): %s (%llu more not logged)",
+			 tp->cfg.max_conns, tp->bound,
+			 victim ? "dropping the oldest one not yet authenticated"
+				: "refusing a new one",
+			 (unsigned long long)missed);
+	COUNT(tp, refused_full);
+	if (!victim)
+		return false;
+	conn_close(tp, victim, "over transport_max_connections");
+	return true;
 }
 
 static void
@@ -100,27 +142,100 @@ accept_all(struct kvn_transport *tp)
 		int fd = accept4(tp->listener.fd, (struct sockaddr *)&ss, &sslen,
 				 SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-				kvn_warn("tcp", "accept on %s: %s", tp->bound, strerror(errno));
+			if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED)
+				return;
+			static struct kvn_ratelimit rl;
+			uint64_t missed;
+			int e = errno;
+			COUNT(tp, accept_errors);
+			if (kvn_ratelimit_ok(&rl, 1000, &missed))
+				kvn_warn("tcp", "accept on %s: %s%s (%llu more not logged)", tp->bound,
+					 strerror(e),
+					 e == EMFILE || e == ENFILE
+					     ? ": out of file descriptors (raise `ulimit -n` or "
+					       "lower transport_max_connections); pausing accept"
+					     : "",
+					 (unsigned long long)missed);
+			/* The listener stays ready while the backlog holds connections: leave it
+			 * out of epoll for a while instead of spinning on it. */
+			tp->listen_paused_until = tcp_now_ms() + ACCEPT_PAUSE_MS;
+			tcp_epoll_del(tp, &tp->listener);
 			return;
+		}
+		if (tp->nserve >= tp->cfg.max_conns && !make_room(tp)) {
+			close(fd);
+			continue;
 		}
 		struct tcp_serve_conn *c = calloc(1, sizeof(*c));
 		if (!c) {
 			kvn_warn("tcp", "out of memory accepting a reader on %s", tp->bound);
+			COUNT(tp, accept_errors);
 			close(fd);
 			continue;
 		}
 		c->p.kind = TCP_P_SERVE;
 		c->p.fd = fd;
+		c->hs = HS_HELLO;
+		c->hs_deadline = tcp_now_ms() + (uint64_t)tp->cfg.hello_timeout_ms;
 		kvn_sockaddr_format((struct sockaddr *)&ss, 0, c->peer, sizeof(c->peer));
 		tcp_tune_socket(fd);
 		c->next = tp->serve_conns;
 		tp->serve_conns = c;
+		tp->nserve++;
+		__atomic_store_n(&tp->st.conns, tp->nserve, __ATOMIC_RELAXED);
+		COUNT(tp, accepted);
 		if (tcp_epoll_set(tp, &c->p, EPOLLIN) < 0)
 			conn_close(tp, c, "epoll_ctl failed");
 		else
 			kvn_debug("tcp", "reader %s connected to %s", c->peer, tp->bound);
 	}
+}
+
+void
+tcp_serve_tick(struct kvn_transport *tp, uint64_t now)
+{
+	if (tp->listen_paused_until && now >= tp->listen_paused_until) {
+		tp->listen_paused_until = 0;
+		if (tcp_epoll_set(tp, &tp->listener, EPOLLIN) < 0) /* retried at the next tick */
+			tp->listen_paused_until = now + ACCEPT_PAUSE_MS;
+	}
+	for (struct tcp_serve_conn *c = tp->serve_conns, *next; c; c = next) {
+		next = c->next;
+		if (c->hs == HS_DONE || now < c->hs_deadline)
+			continue;
+		static struct kvn_ratelimit rl;
+		uint64_t missed;
+		COUNT(tp, hello_timeouts);
+		if (kvn_ratelimit_ok(&rl, 1000, &missed))
+			kvn_info("tcp",
+				 "reader %s did not authenticate within %d ms "
+				 "(transport_hello_timeout_ms); closed (%llu more not logged)",
+				 c->peer, tp->cfg.hello_timeout_ms, (unsigned long long)missed);
+		conn_close(tp, c, "hello timeout");
+	}
+}
+
+int
+tcp_serve_timeout(struct kvn_transport *tp, uint64_t now)
+{
+	uint64_t next = tp->listen_paused_until;
+	for (struct tcp_serve_conn *c = tp->serve_conns; c; c = c->next)
+		if (c->hs != HS_DONE && (!next || c->hs_deadline < next))
+			next = c->hs_deadline;
+	if (!next)
+		return -1;
+	return next <= now ? 0 : (int)(next - now < INT32_MAX ? next - now : INT32_MAX);
+}
+
+void
+tcp_serve_stats(struct kvn_transport *tp, struct kvn_transport_stats *out)
+{
+	out->conns = __atomic_load_n(&tp->st.conns, __ATOMIC_RELAXED);
+	out->accepted = __atomic_load_n(&tp->st.accepted, __ATOMIC_RELAXED);
+	out->refused_full = __atomic_load_n(&tp->st.refused_full, __ATOMIC_RELAXED);
+	out->hello_timeouts = __atomic_load_n(&tp->st.hello_timeouts, __ATOMIC_RELAXED);
+	out->auth_refused = __atomic_load_n(&tp->st.auth_refused, __ATOMIC_RELAXED);
+	out->accept_errors = __atomic_load_n(&tp->st.accept_errors, __ATOMIC_RELAXED);
 }
 
 /* Checks one request and makes it the current response. */
@@ -207,50 +322,78 @@ send_response(struct tcp_serve_conn *c, uint64_t *budget)
 	return 1;
 }
 
-/* Reads the hello; answers it. 1 done, 0 need more, negative on a bad hello, a refused
- * auth_token or an error: the connection is then closed without serving anything. */
+/* Sends a set-up message whole: the socket is fresh and each message is the only one in flight
+ * in its direction, so it always fits. */
 static int
-do_hello(struct kvn_transport *tp, struct tcp_serve_conn *c)
+send_all(struct tcp_serve_conn *c, const uint8_t *msg, size_t len)
+{
+	return send(c->p.fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len ? 0 : -EIO;
+}
+
+/* One step of the set-up (rdma/tcp.h). 1 when it is done, 0 when more bytes are needed,
+ * negative when the connection is to be closed without serving anything. */
+static int
+do_handshake(struct kvn_transport *tp, struct tcp_serve_conn *c)
 {
 	size_t have = c->in_end - c->in_start;
-	if (have < TCP_HELLO_SIZE)
+	const uint8_t *m = c->in + c->in_start;
+	struct tcp_hdr h;
+	uint8_t out[TCP_CHALLENGE_SIZE];
+
+	if (have < TCP_V2_HDR_SIZE)
 		return 0;
-	const uint8_t *h = c->in + c->in_start;
-	uint32_t magic = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 |
-			 (uint32_t)h[3] << 24;
-	uint32_t ver = ((uint32_t)h[4] | (uint32_t)h[5] << 8);
-	uint32_t flags = ((uint32_t)h[6] | (uint32_t)h[7] << 8);
-	uint32_t status = 0;
-	if (magic != TCP_MAGIC) {
-		kvn_warn("tcp", "reader %s is not a kvnode tcp transport (bad hello); closing", c->peer);
+	tcp_hdr_decode(m, have, &h);
+	if (h.magic != TCP_MAGIC) {
+		kvn_warn("tcp", "reader %s is not a kvnode tcp transport (bad hello); closing",
+			 c->peer);
 		return -EPROTO;
 	}
-	if (ver != TCP_VERSION) {
-		/* Answered at once: an older reader's hello has no proof to wait for. */
-		kvn_warn("tcp", "reader %s speaks protocol version %u, this node %u; closing", c->peer,
-			 ver, TCP_VERSION);
-		status = EPROTO;
-	} else if (have < TCP_HELLO_REQ_SIZE) {
+	if (h.version != TCP_VERSION) {
+		/* Answered at once, in the 8-byte header every version reads. */
+		kvn_warn("tcp", "reader %s speaks protocol version %u, this node %u; closing",
+			 c->peer, h.version, TCP_VERSION);
+		tcp_hdr_encode(EPROTO, 0, out);
+		send_all(c, out, TCP_V2_HDR_SIZE);
+		return -EPROTO;
+	}
+	if (c->hs == HS_HELLO) {
+		if (have < TCP_HELLO_SIZE)
+			return 0;
+		memcpy(c->nonce_r, m + TCP_HDR_SIZE, KVN_AUTH_NONCE);
+		kvn_auth_nonce(c->nonce_o);
+		tcp_hdr_encode(0, tp->auth.set ? TCP_F_TOKEN : 0, out);
+		memcpy(out + TCP_HDR_SIZE, c->nonce_o, KVN_AUTH_NONCE);
+		const struct kvn_auth_part owner[] = {{c->nonce_r, KVN_AUTH_NONCE},
+						      {c->nonce_o, KVN_AUTH_NONCE}};
+		kvn_auth_mac(&tp->auth, TCP_OWNER_LABEL, owner, 2,
+			     out + TCP_HDR_SIZE + KVN_AUTH_NONCE);
+		c->in_start += TCP_HELLO_SIZE;
+		c->hs = HS_PROOF;
+		return send_all(c, out, TCP_CHALLENGE_SIZE) ? -EIO : 0;
+	}
+	if (have < TCP_PROOF_SIZE)
 		return 0;
-	} else if (!kvn_tp_auth_ok(&tp->auth, flags & TCP_HELLO_TOKEN, h + TCP_HELLO_SIZE)) {
+	const struct kvn_auth_part reader[] = {{c->nonce_o, KVN_AUTH_NONCE},
+					       {c->nonce_r, KVN_AUTH_NONCE}};
+	uint32_t status = 0;
+	if (tp->auth.set && (!(h.flags & TCP_F_TOKEN) ||
+			     !kvn_auth_verify(&tp->auth, TCP_READER_LABEL, reader, 2,
+					      m + TCP_HDR_SIZE, KVN_AUTH_MAC))) {
 		static struct kvn_ratelimit rl;
-		uint64_t missed;
-		if (kvn_ratelimit_ok(&rl, 1000, &missed))
-			kvn_warn("tcp",
-				 "reader %s refused on %s: wrong or missing auth_token (set the same "
-				 "auth_token on every node); nothing served (%llu more refusals not "
-				 "logged)",
-				 c->peer, tp->bound, (unsigned long long)missed);
+		COUNT(tp, auth_refused);
+		kvn_tp_auth_log_refusal(&rl, "tcp", c->peer, tp->bound,
+					h.flags & TCP_F_TOKEN ? "its proof does not check"
+							      : "it has none, this node has one");
 		status = EACCES;
 	}
-	uint8_t reply[TCP_HELLO_SIZE];
-	tcp_hello_encode(status, reply);
-	/* The socket is fresh and empty, so 8 bytes always fit. */
-	if (send(c->p.fd, reply, sizeof(reply), MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof(reply))
+	c->in_start += TCP_PROOF_SIZE;
+	tcp_hdr_encode(status, 0, out);
+	if (send_all(c, out, TCP_VERDICT_SIZE))
 		return -EIO;
-	c->in_start += status == EPROTO ? TCP_HELLO_SIZE : TCP_HELLO_REQ_SIZE;
-	c->hello_done = true;
-	return status ? -(int)status : 1;
+	if (status)
+		return -(int)status;
+	c->hs = HS_DONE;
+	return 1;
 }
 
 /* Serves one connection until its socket blocks or its budget is spent. */
@@ -269,15 +412,19 @@ serve(struct kvn_transport *tp, struct tcp_serve_conn *c)
 				break;
 			}
 		}
-		if (!c->hello_done) {
-			int rc = do_hello(tp, c);
+		if (c->hs != HS_DONE) {
+			int rc = do_handshake(tp, c);
 			if (rc < 0) {
 				conn_close(tp, c,
 					   rc == -EACCES ? "auth_token refused" : "bad hello");
 				return;
 			}
+			if (rc == 0 && c->in_end - c->in_start >= TCP_V2_HDR_SIZE &&
+			    c->in_end - c->in_start >= (c->hs == HS_HELLO ? TCP_HELLO_SIZE
+									  : TCP_PROOF_SIZE))
+				continue; /* a step was taken and the next message is here too */
 		}
-		if (c->hello_done && c->in_end - c->in_start >= TCP_REQ_SIZE) {
+		if (c->hs == HS_DONE && c->in_end - c->in_start >= TCP_REQ_SIZE) {
 			struct tcp_req req;
 			tcp_req_decode(c->in + c->in_start, &req);
 			c->in_start += TCP_REQ_SIZE;

@@ -153,7 +153,8 @@ verbs_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char
 	if (!tp)
 		return -ENOMEM;
 	tp->timeout_ms = cfg && cfg->timeout_ms > 0 ? cfg->timeout_ms : KVN_TRANSPORT_TIMEOUT_MS;
-	kvn_tp_auth_init(&tp->auth, cfg ? cfg->auth_token : NULL);
+	kvn_auth_init(&tp->auth, cfg ? cfg->auth_token : NULL);
+	tp->max_conns = cfg && cfg->max_conns ? cfg->max_conns : 1024;
 	tp->wake_fd = -1;
 	tp->cm_stop_fd = -1;
 	tp->done_tail = &tp->done;
@@ -466,6 +467,22 @@ verbs_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 	return 0;
 }
 
+static void
+verbs_stats(struct kvn_transport *tp, struct kvn_transport_stats *out)
+{
+	uint64_t n = 0;
+	pthread_mutex_lock(&tp->lock);
+	for (struct vb_srv_conn *c = tp->srv; c; c = c->next)
+		n++;
+	pthread_mutex_unlock(&tp->lock);
+	*out = (struct kvn_transport_stats){
+	    .conns = n,
+	    .accepted = __atomic_load_n(&tp->st.accepted, __ATOMIC_RELAXED),
+	    .refused_full = __atomic_load_n(&tp->st.refused_full, __ATOMIC_RELAXED),
+	    .auth_refused = __atomic_load_n(&tp->st.auth_refused, __ATOMIC_RELAXED),
+	    .accept_errors = __atomic_load_n(&tp->st.accept_errors, __ATOMIC_RELAXED)};
+}
+
 const struct kvn_transport_ops kvn_transport_verbs = {
     .abi = KVN_TRANSPORT_ABI,
     .name = "verbs",
@@ -478,4 +495,5 @@ const struct kvn_transport_ops kvn_transport_verbs = {
     .connect = verbs_connect,
     .ep_close = verbs_ep_close,
     .read = verbs_read,
+    .stats = verbs_stats,
 };

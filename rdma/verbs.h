@@ -14,12 +14,14 @@
 #include "rdma/auth.h"
 
 /* Private data exchanged in the rdma_cm REQ/REP: magic and protocol version both ways, in the
- * REQ the reader's auth_token proof (rdma/auth.h), in the REP the owner's region descriptors (as
- * many as fit: the REP carries at most 196 bytes). A refusal is a REJ whose private data is the
- * magic, a positive errno byte (EACCES: auth_token) and the reason as text. */
-#define VB_MAGIC    0x4b564e56u /* "KVNV" */
-#define VB_PROTO    2		/* 2: the REQ carries the auth_token proof */
+ * REQ the reader's nonce and auth proof, in the REP the owner's proof and its region descriptors
+ * (as many as fit: the REP carries at most 196 bytes); verbs_cm.c has the layout. A refusal is a
+ * REJ whose private data is the magic, a positive errno byte (EACCES: auth_token) and the
+ * reason as text. */
+#define VB_MAGIC    0x4b564e56u /* bytes "VNVK" on the wire (little-endian) */
+#define VB_PROTO    3		/* 3: challenge-response proofs both ways */
 #define VB_MAX_DESC 8
+#define VB_SEEN	    256 /* connect-request nonces remembered to refuse replays */
 
 enum ep_state {
 	EP_DOWN, /* no QP: the next read (or queued work) connects */
@@ -78,7 +80,11 @@ struct vb_srv_conn { /* an accepted connection: the owner's side, never posts an
 
 struct kvn_transport {
 	int timeout_ms;
-	struct kvn_tp_auth auth;   /* the auth_token's proof: sent in REQs, checked on REQs */
+	struct kvn_auth auth;	   /* the auth_token's key: proofs in REQs and REPs */
+	unsigned max_conns;	   /* accepted connections at once */
+	uint8_t seen[VB_SEEN][KVN_AUTH_NONCE]; /* recent REQ nonces (cm thread only) */
+	unsigned seen_next;
+	struct kvn_transport_stats st;
 	struct ibv_context **devs; /* rdma_get_devices(): rdma_cm ids point at these contexts */
 	struct ibv_context *ctx;
 	uint8_t port;

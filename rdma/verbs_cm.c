@@ -1,7 +1,7 @@
 /* Connection management of the verbs transport (rdma_cm): the listener and its accepted QPs,
- * connecting an endpoint (protocol version and auth_token proof out, the owner's region
- * descriptors back, both in the private data), and disconnect events, which fail an endpoint's
- * outstanding reads at once. */
+ * connecting an endpoint (protocol version and the reader's auth proof out, the owner's region
+ * descriptors and its proof back, both in the private data), and disconnect events, which fail
+ * an endpoint's outstanding reads at once. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -14,22 +14,31 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "node/log.h"
 #include "node/netaddr.h"
 #include "rdma/verbs.h"
 
 #define LOG "verbs"
 
-/* Little-endian on the wire, packed by hand. REQ: magic u32 | proto u16 | flags u16 | proof
- * (16 bytes, zeros without a token): 24 of the 56 bytes an RC REQ carries over rdma_cm. REP:
- * header, then descriptors, within 196 bytes. REJ: magic u32 | errno u8 | text, within 148. */
-#define REQ_SIZE  (8 + KVN_TP_PROOF_SIZE)
-#define REQ_TOKEN 1u /* flags: the reader has an auth_token */
-#define REP_HDR	  8
-#define REP_DESC  20
+/* Little-endian on the wire, packed by hand. REQ: magic u32 | proto u16 | flags u16 | nonce
+ * (16) | proof (32) = the 56 bytes an RC REQ carries over rdma_cm; proof = MAC(READER_LABEL |
+ * nonce | the reader's QP number), zeros without a token. REP: magic u32 | proto u16 | count u8
+ * | complete u8 | proof (16: a MAC prefix) | descriptors, within 196 bytes; proof =
+ * MAC(OWNER_LABEL | the REQ's nonce | the owner's QP number | the REP's first 8 bytes | the
+ * descriptors). REJ: magic u32 | errno u8 | text, within 148. */
+#define REQ_SIZE     (8 + KVN_AUTH_NONCE + KVN_AUTH_MAC)
+#define REQ_TOKEN    1u /* flags: the reader has an auth_token */
+#define REP_PROOF    16
+#define REP_HDR	     (8 + REP_PROOF)
+#define REP_DESC     20
+#define READER_LABEL "kvnode verbs reader v3"
+#define OWNER_LABEL  "kvnode verbs owner v3"
 #define REJ_HDR	  5
 #define REJ_MAX	  148
 _Static_assert(REQ_SIZE <= 56, "REQ private data limit");
+_Static_assert(VB_SEEN >= 64, "replay window");
 _Static_assert(REP_HDR + VB_MAX_DESC * REP_DESC <= 196, "REP private data limit");
 
 struct cm_ev { /* what we keep of an event after acking it */
@@ -38,6 +47,7 @@ struct cm_ev { /* what we keep of an event after acking it */
 	uint8_t pdata[196];
 	uint8_t plen;
 	uint8_t responder_resources; /* in a REQ: the peer's initiator depth (the kernel swaps) */
+	uint32_t qp_num;	     /* the other side's QP number (REQ, ESTABLISHED) */
 };
 
 static void
@@ -63,6 +73,7 @@ keep_event(const struct rdma_cm_event *ev, struct cm_ev *out)
 	out->status = ev->status;
 	out->plen = 0;
 	out->responder_resources = ev->param.conn.responder_resources;
+	out->qp_num = ev->param.conn.qp_num;
 	if (ev->param.conn.private_data && ev->param.conn.private_data_len) {
 		out->plen = ev->param.conn.private_data_len > sizeof(out->pdata)
 				? sizeof(out->pdata)
@@ -138,6 +149,52 @@ reject(struct rdma_cm_id *id, uint8_t status, const char *why)
 	rdma_reject(id, rej, (uint8_t)(REJ_HDR + len + 1));
 }
 
+/* The reader's proof: the MAC of its nonce and its QP number, so a REQ replayed from another
+ * QP does not check; an exact replay is caught by the window of nonces seen. */
+static bool
+reader_proven(struct kvn_transport *tp, const struct cm_ev *ev)
+{
+	if (!tp->auth.set)
+		return true;
+	if (!(get_le(ev->pdata + 6, 2) & REQ_TOKEN))
+		return false;
+	uint8_t qpn[4];
+	put_le(qpn, ev->qp_num, 4);
+	const uint8_t *nonce = ev->pdata + 8;
+	const struct kvn_auth_part parts[] = {{nonce, KVN_AUTH_NONCE}, {qpn, 4}};
+	if (!kvn_auth_verify(&tp->auth, READER_LABEL, parts, 2, nonce + KVN_AUTH_NONCE,
+			     KVN_AUTH_MAC))
+		return false;
+	/* Only the cm thread accepts, so the window needs no lock. */
+	for (unsigned i = 0; i < VB_SEEN; i++)
+		if (!memcmp(tp->seen[i], nonce, KVN_AUTH_NONCE))
+			return false;
+	memcpy(tp->seen[tp->seen_next++ % VB_SEEN], nonce, KVN_AUTH_NONCE);
+	return true;
+}
+
+static void
+owner_proof(const struct kvn_transport *tp, const uint8_t *nonce, uint32_t qp_num,
+	    const uint8_t *rep, size_t ndesc, uint8_t out[KVN_AUTH_MAC])
+{
+	uint8_t qpn[4];
+	put_le(qpn, qp_num, 4);
+	const struct kvn_auth_part parts[] = {
+	    {nonce, KVN_AUTH_NONCE}, {qpn, 4}, {rep, 8}, {rep + REP_HDR, ndesc * REP_DESC}};
+	kvn_auth_mac(&tp->auth, OWNER_LABEL, parts, 4, out);
+}
+
+static unsigned
+srv_count(struct kvn_transport *tp)
+{
+	unsigned n = 0;
+	pthread_mutex_lock(&tp->lock);
+	for (struct vb_srv_conn *c = tp->srv; c; c = c->next)
+		n++;
+	pthread_mutex_unlock(&tp->lock);
+	return n;
+}
+
 static void
 accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev *ev)
 {
@@ -161,13 +218,23 @@ accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev 
 		why = "protocol version mismatch (upgrade both nodes)";
 	else if (ev->plen < REQ_SIZE)
 		why = "not a kvnode verbs peer (short connect request)";
-	else if (!kvn_tp_auth_ok(&tp->auth, get_le(ev->pdata + 6, 2) & REQ_TOKEN, ev->pdata + 8)) {
-		why = "wrong or missing auth_token (set the same auth_token on every node)";
+	else if (!reader_proven(tp, ev)) {
+		why = get_le(ev->pdata + 6, 2) & REQ_TOKEN
+			  ? "wrong or missing auth_token (its proof does not check, or the "
+			    "connect request is a replay)"
+			  : "wrong or missing auth_token (it has none, this node has one)";
 		status = EACCES;
+		__atomic_fetch_add(&tp->st.auth_refused, 1, __ATOMIC_RELAXED);
 	} else if (id->verbs != tp->ctx)
 		why = "request arrived on another RDMA device than this node registered on";
-	else if (!(c = calloc(1, sizeof(*c))) || rdma_create_qp(id, tp->pd, &qa))
+	else if (srv_count(tp) >= tp->max_conns) {
+		why = "too many readers (transport_max_connections)";
+		status = EBUSY;
+		__atomic_fetch_add(&tp->st.refused_full, 1, __ATOMIC_RELAXED);
+	} else if (!(c = calloc(1, sizeof(*c))) || rdma_create_qp(id, tp->pd, &qa)) {
 		why = "cannot create a QP (out of memory or device limits)";
+		__atomic_fetch_add(&tp->st.accept_errors, 1, __ATOMIC_RELAXED);
+	}
 	if (why) {
 		/* Before the REP: a refused reader never learns a region descriptor, and without a
 		 * connected QP it cannot READ anything. */
@@ -198,10 +265,14 @@ accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev 
 	c->next = tp->srv;
 	tp->srv = c;
 	pthread_mutex_unlock(&tp->lock);
+	__atomic_fetch_add(&tp->st.accepted, 1, __ATOMIC_RELAXED);
 	put_le(rep, VB_MAGIC, 4);
 	put_le(rep + 4, VB_PROTO, 2);
 	rep[6] = (uint8_t)n;
 	rep[7] = total == n; /* the list is complete */
+	uint8_t proof[KVN_AUTH_MAC];
+	owner_proof(tp, ev->pdata + 8, id->qp->qp_num, rep, n, proof);
+	memcpy(rep + 8, proof, REP_PROOF);
 	cp.private_data = rep;
 	cp.private_data_len = (uint8_t)(REP_HDR + n * REP_DESC);
 	cp.responder_resources =
@@ -533,7 +604,13 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 	put_le(req, VB_MAGIC, 4);
 	put_le(req + 4, VB_PROTO, 2);
 	put_le(req + 6, tp->auth.set ? REQ_TOKEN : 0, 2);
-	memcpy(req + 8, tp->auth.proof, KVN_TP_PROOF_SIZE);
+	kvn_auth_nonce(req + 8);
+	{
+		uint8_t qpn[4];
+		put_le(qpn, id->qp->qp_num, 4);
+		const struct kvn_auth_part parts[] = {{req + 8, KVN_AUTH_NONCE}, {qpn, 4}};
+		kvn_auth_mac(&tp->auth, READER_LABEL, parts, 2, req + 8 + KVN_AUTH_NONCE);
+	}
 	if (rdma_connect(id, &cp)) {
 		rc = -errno;
 		kvn_seterr(err, errlen, "peer %s: rdma_connect: %s", ep->peer, strerror(errno));
@@ -552,6 +629,14 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 			   ep->peer, VB_PROTO);
 		rc = -EPROTO;
 		goto out;
+	}
+	if (tp->auth.set) {
+		uint8_t proof[KVN_AUTH_MAC];
+		owner_proof(tp, req + 8, ev.qp_num, ev.pdata, ev.pdata[6], proof);
+		if (sodium_memcmp(proof, ev.pdata + 8, REP_PROOF)) {
+			rc = kvn_tp_auth_unproven("verbs", ep->peer, &tp->auth, err, errlen);
+			goto out;
+		}
 	}
 	/* Disconnects from now on go to the instance's rdma_cm thread. */
 	if (rdma_migrate_id(id, tp->cm_ch)) {

@@ -1,5 +1,7 @@
-/* TCP transport cases beyond the conformance suite: the wire protocol seen from a raw socket,
- * stalls, reconnects to the same address, striping, and deregistration during a transfer. */
+/* TCP transport cases beyond the conformance suite: the wire protocol seen from a raw socket
+ * (the authenticated set-up, replays, the hello deadline, the connection cap, running out of
+ * descriptors), stalls, reconnects to the same address, striping, and deregistration during a
+ * transfer. */
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -11,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -104,25 +107,45 @@ raw_request(int fd, uint32_t op, uint32_t rkey, uint64_t seq, uint64_t addr, uin
 	return r;
 }
 
-/* A reader refused for its auth_token is answered EACCES and then only the close, even when it
- * sends a valid read request right behind its hello without waiting: not one byte of the
- * region. The right proof, sent the same way, gets the bytes. */
+/* The reader's half of the set-up (rdma/tcp.h), by hand: sends a hello with nonce_r, reads the
+ * challenge (nonce_o, the owner's flags and proof). */
 static void
-hello_then_read(const char *bound, const struct kvn_mem_desc *d, const char *token,
-		uint32_t *status, uint8_t *after, ssize_t *nafter)
+raw_hello(int fd, const struct kvn_auth *a, const uint8_t nonce_r[KVN_AUTH_NONCE],
+	  uint8_t nonce_o[KVN_AUTH_NONCE], struct tcp_hdr *h)
 {
-	struct kvn_tp_auth a;
-	kvn_tp_auth_init(&a, token);
-	uint8_t out[TCP_HELLO_REQ_SIZE + TCP_REQ_SIZE], hello[TCP_HELLO_SIZE];
-	tcp_hello_req_encode(&a, out);
+	uint8_t m[TCP_CHALLENGE_SIZE];
+	tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, m);
+	memcpy(m + TCP_HDR_SIZE, nonce_r, KVN_AUTH_NONCE);
+	full_write(fd, m, TCP_HELLO_SIZE);
+	full_read(fd, m, TCP_CHALLENGE_SIZE);
+	tcp_hdr_decode(m, TCP_CHALLENGE_SIZE, h);
+	memcpy(nonce_o, m + TCP_HDR_SIZE, KVN_AUTH_NONCE);
+}
+
+/* The proof for (nonce_o, nonce_r) under a, as an honest reader makes it. */
+static void
+reader_proof(const struct kvn_auth *a, const uint8_t nonce_o[KVN_AUTH_NONCE],
+	     const uint8_t nonce_r[KVN_AUTH_NONCE], uint8_t out[TCP_PROOF_SIZE])
+{
+	const struct kvn_auth_part parts[] = {{nonce_o, KVN_AUTH_NONCE}, {nonce_r, KVN_AUTH_NONCE}};
+	tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, out);
+	kvn_auth_mac(a, TCP_READER_LABEL, parts, 2, out + TCP_HDR_SIZE);
+}
+
+/* Sends proof and, right behind it without waiting, a valid read request; returns the verdict
+ * status and (in after) everything the owner sends until it closes, or the first response. */
+static uint32_t
+proof_then_read(int fd, const uint8_t proof[TCP_PROOF_SIZE], const struct kvn_mem_desc *d,
+		uint8_t *after, ssize_t *nafter)
+{
+	uint8_t out[TCP_PROOF_SIZE + TCP_REQ_SIZE], verdict[TCP_VERDICT_SIZE];
+	memcpy(out, proof, TCP_PROOF_SIZE);
 	tcp_req_encode(&(struct tcp_req){ TCP_REQ_READ, d->rkey, 1, d->addr, 4096 },
-		       out + TCP_HELLO_REQ_SIZE);
-	int fd = raw_connect(bound);
+		       out + TCP_PROOF_SIZE);
 	full_write(fd, out, sizeof(out));
-	full_read(fd, hello, sizeof(hello));
-	*status = (uint32_t)(hello[6] | hello[7] << 8);
-	/* Everything else the responder sends until it closes (or, when it serves, the first
-	 * response: header and payload). */
+	full_read(fd, verdict, sizeof(verdict));
+	struct tcp_hdr h;
+	tcp_hdr_decode(verdict, sizeof(verdict), &h);
 	*nafter = 0;
 	for (;;) {
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
@@ -135,41 +158,265 @@ hello_then_read(const char *bound, const struct kvn_mem_desc *d, const char *tok
 		if (*nafter == TCP_RESP_SIZE + 4096)
 			break;
 	}
-	close(fd);
+	return h.status;
 }
 
-Test(tcp, a_reader_refused_for_its_auth_token_is_sent_no_byte_of_the_region)
-{
-	struct kvn_transport *owner;
-	char err[256] = "", bound[128];
-	cr_assert_eq(ops->open(&(struct kvn_transport_cfg){ .auth_token = "s3cret" }, &owner, err,
-			       sizeof(err)),
-		     0, "%s", err);
-	char *region = pattern_buf(MIB);
+struct owner {
+	struct kvn_transport *tp;
+	char *region;
 	struct kvn_tp_mr *mr;
 	struct kvn_mem_desc d;
-	cr_assert_eq(ops->reg_mem(owner, region, MIB, KVN_MEM_HOST, &mr, &d, err, sizeof(err)), 0);
-	cr_assert_eq(ops->listen(owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)), 0);
+	char bound[128];
+};
+
+static void
+owner_open(struct owner *o, const struct kvn_transport_cfg *cfg)
+{
+	char err[256] = "";
+	cr_assert_eq(ops->open(cfg, &o->tp, err, sizeof(err)), 0, "%s", err);
+	o->region = pattern_buf(MIB);
+	cr_assert_eq(ops->reg_mem(o->tp, o->region, MIB, KVN_MEM_HOST, &o->mr, &o->d, err,
+				  sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(ops->listen(o->tp, "127.0.0.1:0", o->bound, sizeof(o->bound), err,
+				 sizeof(err)),
+		     0, "%s", err);
+}
+
+static void
+owner_close(struct owner *o)
+{
+	ops->dereg(o->mr);
+	ops->close(o->tp);
+	free(o->region);
+}
+
+/* A reader refused for its auth_token is answered EACCES and then only the close, even when it
+ * sends a valid read request right behind its proof without waiting: not one byte of the
+ * region. The right proof, sent the same way, gets the bytes. */
+Test(tcp, a_reader_refused_for_its_auth_token_is_sent_no_byte_of_the_region)
+{
+	struct owner o;
+	owner_open(&o, &(struct kvn_transport_cfg){ .auth_token = "s3cret" });
 	static uint8_t after[TCP_RESP_SIZE + 4096];
-	uint32_t status;
 	ssize_t n;
-	const char *bad[] = { "s3cre", "s3cret!", NULL };
-	for (int i = 0; i < 3; i++) {
-		hello_then_read(bound, &d, bad[i], &status, after, &n);
-		const char *what = bad[i] ? bad[i] : "(none)";
-		cr_assert_eq(status, EACCES, "token %s: hello status %u", what, status);
-		cr_assert_eq(n, 0, "token %s: %zd bytes sent after the refusal", what, n);
+	const char *tokens[] = { "s3cre", "s3cret!", NULL, "s3cret" };
+	for (int i = 0; i < 4; i++) {
+		struct kvn_auth a;
+		kvn_auth_init(&a, tokens[i]);
+		uint8_t nr[KVN_AUTH_NONCE], no[KVN_AUTH_NONCE], proof[TCP_PROOF_SIZE];
+		kvn_auth_nonce(nr);
+		struct tcp_hdr h;
+		int fd = raw_connect(o.bound);
+		raw_hello(fd, &a, nr, no, &h);
+		cr_assert_eq(h.status, 0);
+		cr_assert(h.flags & TCP_F_TOKEN, "an owner with a token says so");
+		reader_proof(&a, no, nr, proof);
+		uint32_t st = proof_then_read(fd, proof, &o.d, after, &n);
+		close(fd);
+		const char *what = tokens[i] ? tokens[i] : "(none)";
+		if (i < 3) {
+			cr_assert_eq(st, EACCES, "token %s: verdict %u", what, st);
+			cr_assert_eq(n, 0, "token %s: %zd bytes sent after the refusal", what, n);
+			continue;
+		}
+		cr_assert_eq(st, 0, "the right token: verdict %u", st);
+		cr_assert_eq(n, TCP_RESP_SIZE + 4096, "the right token: %zd bytes", n);
+		struct tcp_resp r;
+		tcp_resp_decode(after, &r);
+		cr_assert_eq(r.status, 0);
+		expect_pattern((const char *)after + TCP_RESP_SIZE, 0, 4096);
 	}
-	hello_then_read(bound, &d, "s3cret", &status, after, &n);
-	cr_assert_eq(status, 0, "the right token: hello status %u", status);
-	cr_assert_eq(n, TCP_RESP_SIZE + 4096, "the right token: %zd bytes", n);
-	struct tcp_resp r;
-	tcp_resp_decode(after, &r);
-	cr_assert_eq(r.status, 0);
-	expect_pattern((const char *)after + TCP_RESP_SIZE, 0, 4096);
-	ops->dereg(mr);
-	ops->close(owner);
-	free(region);
+	struct kvn_transport_stats st = { 0 };
+	ops->stats(o.tp, &st);
+	cr_expect_eq(st.auth_refused, 3, "refusals counted: %" PRIu64, st.auth_refused);
+	owner_close(&o);
+}
+
+/* A proof seen on the wire is worth nothing on another connection: the owner's nonce is new
+ * each time (with version 2's fixed digest, anyone who saw one connect could read the pool). */
+Test(tcp, a_proof_replayed_from_another_connection_is_refused)
+{
+	struct owner o;
+	owner_open(&o, &(struct kvn_transport_cfg){ .auth_token = "s3cret" });
+	struct kvn_auth a;
+	kvn_auth_init(&a, "s3cret");
+	uint8_t nr[KVN_AUTH_NONCE], no[KVN_AUTH_NONCE], no2[KVN_AUTH_NONCE];
+	uint8_t seen[TCP_PROOF_SIZE];
+	static uint8_t after[TCP_RESP_SIZE + 4096];
+	ssize_t n;
+	struct tcp_hdr h;
+	kvn_auth_nonce(nr);
+	int fd = raw_connect(o.bound);
+	raw_hello(fd, &a, nr, no, &h);
+	reader_proof(&a, no, nr, seen);
+	cr_assert_eq(proof_then_read(fd, seen, &o.d, after, &n), 0, "the honest reader is served");
+	close(fd);
+
+	/* Someone without the token replays the whole conversation it saw. */
+	fd = raw_connect(o.bound);
+	raw_hello(fd, &a, nr, no2, &h);
+	cr_assert_neq(memcmp(no, no2, KVN_AUTH_NONCE), 0, "the owner's nonce is fresh");
+	cr_assert_eq(proof_then_read(fd, seen, &o.d, after, &n), EACCES, "the replay is refused");
+	cr_assert_eq(n, 0, "%zd bytes sent to the replayer", n);
+	close(fd);
+	owner_close(&o);
+}
+
+/* A reader with a token reads only from an owner that proves it: something listening at a
+ * member's address without the token (or with another) is refused before any read. */
+Test(tcp, a_reader_refuses_an_owner_that_does_not_prove_the_token)
+{
+	static const char *const owners[] = { NULL, "other" };
+	for (int i = 0; i < 2; i++) {
+		struct owner o;
+		owner_open(&o, &(struct kvn_transport_cfg){ .auth_token = owners[i] });
+		struct kvn_transport *tp;
+		char err[256] = "";
+		cr_assert_eq(ops->open(&(struct kvn_transport_cfg){ .auth_token = "s3cret" }, &tp, err,
+				       sizeof(err)),
+			     0, "%s", err);
+		struct kvn_tp_ep *ep = NULL;
+		int rc = ops->connect(tp, o.bound, 0, &ep, err, sizeof(err));
+		cr_assert_eq(rc, -EACCES, "owner token %s: got %d (%s)",
+			     owners[i] ? owners[i] : "(none)", rc, err);
+		cr_assert(strstr(err, o.bound) && strstr(err, "auth_token"), "message: %s", err);
+		ops->close(tp);
+		owner_close(&o);
+	}
+}
+
+static bool
+peer_closed(void *arg)
+{
+	int fd = *(int *)arg;
+	char c;
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	return poll(&pfd, 1, 0) > 0 && recv(fd, &c, 1, MSG_DONTWAIT) <= 0;
+}
+
+/* A connection that never completes its set-up is closed after transport_hello_timeout_ms: idle
+ * sockets from strangers cannot pile up (before, they were kept for ever). */
+Test(tcp, a_reader_that_never_authenticates_is_closed_after_the_hello_timeout)
+{
+	struct owner o;
+	owner_open(&o, &(struct kvn_transport_cfg){ .auth_token = "s3cret",
+						    .hello_timeout_ms = 300 });
+	int silent = raw_connect(o.bound);
+	int half = raw_connect(o.bound); /* a hello, then nothing */
+	struct kvn_auth a;
+	kvn_auth_init(&a, "s3cret");
+	uint8_t nr[KVN_AUTH_NONCE], no[KVN_AUTH_NONCE];
+	struct tcp_hdr h;
+	kvn_auth_nonce(nr);
+	raw_hello(half, &a, nr, no, &h);
+	cr_assert(proc_wait_for(peer_closed, &silent, DEADLINE_MS), "the silent one stays open");
+	cr_assert(proc_wait_for(peer_closed, &half, DEADLINE_MS), "the half-done one stays open");
+	close(silent);
+	close(half);
+	struct kvn_transport_stats st = { 0 };
+	ops->stats(o.tp, &st);
+	cr_expect_geq(st.hello_timeouts, 2);
+	owner_close(&o);
+}
+
+/* transport_max_connections: strangers in set-up give way to a real reader; once every slot
+ * holds an authenticated reader, newcomers are refused and counted. */
+Test(tcp, the_connection_cap_makes_strangers_give_way_and_then_refuses)
+{
+	struct owner o;
+	owner_open(&o, &(struct kvn_transport_cfg){ .auth_token = "s3cret", .max_conns = 4 });
+	int idle[4];
+	for (int i = 0; i < 4; i++)
+		idle[i] = raw_connect(o.bound);
+	struct kvn_transport *tp;
+	char err[256] = "";
+	cr_assert_eq(ops->open(&(struct kvn_transport_cfg){ .auth_token = "s3cret",
+							    .conns_per_peer = 2 },
+			       &tp, err, sizeof(err)),
+		     0, "%s", err);
+	struct kvn_tp_ep *ep[2];
+	for (int i = 0; i < 2; i++)
+		cr_assert_eq(ops->connect(tp, o.bound, 0, &ep[i], err, sizeof(err)), 0,
+			     "reader %d is let in past the strangers: %s", i, err);
+	/* All four slots are authenticated readers now: the strangers were dropped. */
+	for (int i = 0; i < 4; i++) {
+		cr_assert(proc_wait_for(peer_closed, &idle[i], DEADLINE_MS), "stranger %d kept", i);
+		close(idle[i]);
+	}
+	int late = raw_connect(o.bound);
+	cr_assert(proc_wait_for(peer_closed, &late, DEADLINE_MS), "a fifth connection is kept");
+	close(late);
+	struct kvn_transport_stats st = { 0 };
+	ops->stats(o.tp, &st);
+	cr_expect_eq(st.conns, 4, "%" PRIu64 " connections", st.conns);
+	cr_expect_geq(st.refused_full, 5);
+	for (int i = 0; i < 2; i++)
+		ops->ep_close(ep[i]);
+	ops->close(tp);
+	owner_close(&o);
+}
+
+static double
+cpu_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static double
+wall_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Out of descriptors, accept fails while the listener stays readable: the progress thread must
+ * back off (it spun at 100% CPU writing millions of log lines) and resume once some free up. This
+ * bounds CPU use, not time: the process may use at most half of one core while it waits. */
+Test(tcp, out_of_descriptors_the_listener_backs_off_and_resumes, .timeout = 240)
+{
+	struct owner o;
+	owner_open(&o, &(struct kvn_transport_cfg){ .hello_timeout_ms = 60000 });
+	/* A low limit for this test process only (Criterion runs each test in its own). */
+	int probe = dup(0);
+	struct rlimit rl = { (rlim_t)probe + 12, (rlim_t)probe + 12 };
+	close(probe);
+	struct rlimit old;
+	cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &(struct rlimit){ rl.rlim_cur, old.rlim_max }), 0);
+	/* The connecting side shares the limit, so keep connecting until one fails here or the
+	 * owner has run out on its side. */
+	int fds[64], n = 0;
+	char host[KVN_HOST_MAX], err[256];
+	uint16_t port;
+	cr_assert_eq(kvn_hostport_parse(o.bound, host, &port, err, sizeof(err)), 0);
+	for (; n < 64; n++)
+		if ((fds[n] = kvn_tcp_connect(host, port, 2000, err, sizeof(err))) < 0)
+			break;
+	cr_assert_gt(n, 0);
+	struct kvn_transport_stats st = { 0 };
+	for (int i = 0; i < 2000 && !st.accept_errors; i++) {
+		usleep(10000);
+		ops->stats(o.tp, &st);
+	}
+	cr_assert_gt(st.accept_errors, 0, "accept never ran out of descriptors");
+	double c0 = cpu_seconds(), w0 = wall_seconds();
+	sleep(2);
+	double cpu = cpu_seconds() - c0, wall = wall_seconds() - w0;
+	cr_expect_lt(cpu, wall / 2, "%.2f s of CPU in %.2f s while out of descriptors", cpu, wall);
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	cr_assert_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+	/* Descriptors are back: a reader gets in again. */
+	struct kvn_transport *tp = tp_open(0, 1);
+	struct kvn_tp_ep *ep = NULL;
+	cr_assert_eq(ops->connect(tp, o.bound, 20000, &ep, err, sizeof(err)), 0, "%s", err);
+	ops->ep_close(ep);
+	ops->close(tp);
+	owner_close(&o);
 }
 
 Test(tcp, responder_refuses_bad_requests_on_the_wire_and_keeps_the_connection)
@@ -181,13 +428,18 @@ Test(tcp, responder_refuses_bad_requests_on_the_wire_and_keeps_the_connection)
 	cr_assert_eq(ops->reg_mem(owner, region, 4 * MIB, KVN_MEM_HOST, &mr, &d, err, sizeof(err)), 0);
 	cr_assert_eq(ops->listen(owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)), 0);
 	int fd = raw_connect(bound);
-	uint8_t req[TCP_HELLO_REQ_SIZE], hello[TCP_HELLO_SIZE];
-	struct kvn_tp_auth none;
-	kvn_tp_auth_init(&none, NULL);
-	tcp_hello_req_encode(&none, req);
-	full_write(fd, req, sizeof(req));
-	full_read(fd, hello, sizeof(hello));
-	cr_assert_eq(hello[6] | hello[7] << 8, 0, "hello accepted");
+	struct kvn_auth none;
+	kvn_auth_init(&none, NULL);
+	uint8_t nr[KVN_AUTH_NONCE], no[KVN_AUTH_NONCE], proof[TCP_PROOF_SIZE], verdict[TCP_HDR_SIZE];
+	struct tcp_hdr h;
+	kvn_auth_nonce(nr);
+	raw_hello(fd, &none, nr, no, &h);
+	cr_assert_eq(h.flags & TCP_F_TOKEN, 0, "an owner without a token says so");
+	reader_proof(&none, no, nr, proof);
+	full_write(fd, proof, sizeof(proof));
+	full_read(fd, verdict, sizeof(verdict));
+	tcp_hdr_decode(verdict, sizeof(verdict), &h);
+	cr_assert_eq(h.status, 0, "hello accepted");
 
 	struct tcp_resp r = raw_request(fd, TCP_REQ_READ, d.rkey, 0, d.addr, TCP_MAX_MSG + 1);
 	cr_assert_eq(r.status, EMSGSIZE, "a request over the max message is refused");

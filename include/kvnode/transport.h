@@ -14,7 +14,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever struct kvn_transport_ops / kvn_transport_cfg / kvn_read change. */
-#define KVN_TRANSPORT_ABI 2 /* 2: kvn_transport_cfg.auth_token */
+#define KVN_TRANSPORT_ABI 3 /* 3: challenge-response auth, listener bounds, stats */
 
 /* Connect and read-progress timeout when the config leaves it at 0. */
 #define KVN_TRANSPORT_TIMEOUT_MS 10000
@@ -42,9 +42,23 @@ struct kvn_transport_cfg {
 	int timeout_ms; /* connect timeout, and how long a read may see no progress; 0 = default */
 	int conns_per_peer; /* tcp: sockets per endpoint that reads are striped over; 0 = 2 */
 	/* The cluster's shared secret (the config's auth_token); NULL or "": none. open keeps
-	 * only a digest of it, so the string need not outlive the call. See "Data-connection
-	 * auth" below. */
+	 * only a key derived from it, so the string need not outlive the call. See
+	 * "Data-connection auth" below. */
 	const char *auth_token;
+	/* Listener bounds (what readers can hold): connections at once, 0 = 1024; and how long
+	 * a new connection may take to authenticate, 0 = 5000 ms (tcp; verbs: rdma_cm's). */
+	unsigned max_conns;
+	int hello_timeout_ms;
+};
+
+/* A listener's counters (kvn_transport_ops.stats). */
+struct kvn_transport_stats {
+	uint64_t conns;		   /* readers connected now */
+	uint64_t accepted;	   /* connections accepted since open */
+	uint64_t refused_full;	   /* refused or dropped: max_conns reached */
+	uint64_t hello_timeouts;   /* closed: not authenticated within hello_timeout_ms */
+	uint64_t auth_refused;	   /* refused: wrong or missing auth_token proof */
+	uint64_t accept_errors;	   /* accept() failed (EMFILE, ENFILE, ENOMEM …) */
 };
 
 struct kvn_read;
@@ -84,20 +98,17 @@ struct kvn_read {
  *    saying to set the same auth_token on every node. A reconnect refused that way fails the
  *    read with -ENOTCONN like any failed reconnect.
  *
- * Data-connection auth. A listener opened with an auth_token serves only readers opened with
- * the same token: the check is made when the connection is set up (tcp: in the hello; verbs: in
- * the rdma_cm connect request, before the accept carries any region descriptor), so a refused
- * reader gets no endpoint and is never served a byte of registered memory. The listener logs
- * each refusal, naming the reader's address. A listener without a token serves every reader,
- * with or without one (as the scheduler accepts every join when it has none), so tokens can be
- * rolled out readers first.
- * The proof a reader sends is a fixed 16-byte digest of the token (XXH3-128, seeded for this
- * use), compared by the listener in constant time. It is a shared secret against misconfigured
- * or foreign readers (another cluster, a node left with an old token, a stray client), not
- * against someone who can sniff the network: such a listener can replay the digest, just as it
- * could read the token itself from a scheduler join or a Redis AUTH. The raw token never goes
- * over a data connection. Deployments that need more put the data network on a trusted
- * fabric or VLAN (RDMA has no encryption either).
+ * Data-connection auth. A listener opened with an auth_token serves only readers that prove the
+ * same token, and a reader opened with one reads only from owners that prove it: a
+ * challenge-response with fresh nonces from both sides and HMAC-SHA256 under a key derived from
+ * the token (tcp: in the connection's first messages; verbs: the reader's proof in the rdma_cm
+ * connect request, bound to its QP number and refused when replayed, and the owner's in the
+ * accept, over the region descriptors it carries). A refused reader gets no endpoint and never
+ * a byte of registered memory; the listener logs each refusal (rate-limited) and counts it.
+ * Without a token on either side, both must have none. What it does not give: secrecy or
+ * integrity of the data itself (RDMA has no encryption; run the data network on a trusted
+ * fabric or VLAN), and for verbs a proof that is tied to the connection only by the QP number
+ * rdma_cm lets it carry (docs/architecture.md §12.4).
  */
 struct kvn_transport_ops {
 	uint32_t abi; /* KVN_TRANSPORT_ABI, first so a mismatched module is detected */
@@ -140,6 +151,8 @@ struct kvn_transport_ops {
 	 * callback runs): -ENOTCONN when the endpoint is broken and reconnecting failed, -ENOMEM.
 	 * Safe to call from several threads and from a read callback. */
 	int (*read)(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n);
+	/* The listener's counters; NULL where an implementation keeps none. */
+	void (*stats)(struct kvn_transport *tp, struct kvn_transport_stats *out);
 };
 
 /* The built-in transport named name: "tcp", "verbs", or "auto" (verbs when its probe finds an
