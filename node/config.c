@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "node/auth.h"
 #include "node/config_keys.h"
 #include "node/log.h"
 #include "node/netaddr.h"
@@ -44,6 +45,8 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"gpu", KVN_K_GPU, FIELD(gpu), 0, 0, 0, 0},
     {"heartbeat_ms", KVN_K_UINT, FIELD(heartbeat_ms), 0, 1, INT32_MAX, 0},
     {"auth_token", KVN_K_STR, FIELD(auth_token), 0, 0, 0, KVN_KF_NULLABLE | KVN_KF_SECRET},
+    {"auth_token_file", KVN_K_PATH, FIELD(auth_token_file), 0, 0, 0,
+     KVN_KF_NULLABLE | KVN_KF_RESOLVE},
     {"metrics_listen", KVN_K_ADDR, FIELD(metrics_listen), 0, 0, 0, KVN_KF_NULLABLE},
     {"log_level", KVN_K_LOGLEVEL, FIELD(log_level), 0, 0, 0, 0},
     {"socket_path", KVN_K_PATH, FIELD(socket_path), 0, 0, 0, KVN_KF_RESOLVE},
@@ -788,6 +791,59 @@ kvn_config_free(struct kvn_config *cfg)
 	free(cfg->path);
 	free(cfg->dir);
 	free(cfg);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The auth token
+ * ------------------------------------------------------------------------------------------ */
+
+int
+kvn_config_resolve_token(struct kvn_config *cfg, bool create, char *err, size_t errlen)
+{
+	if (cfg->auth_token && *cfg->auth_token)
+		return 0;
+	char path[PATH_MAX];
+	const char *file = cfg->auth_token_file;
+	if (!file) {
+		int rc = kvn_auth_default_file(path, sizeof(path));
+		if (rc) {
+			kvn_seterr(err, errlen,
+				   "no auth_token is set and this user has no state directory for "
+				   "one (set KVNODE_STATE_DIR, auth_token_file or auth_token)");
+			return rc;
+		}
+		file = path;
+	}
+	char *token;
+	int rc = kvn_auth_token_file(file, create, &token, err, errlen);
+	if (rc == -ENOENT && !create)
+		return 0;
+	if (rc)
+		return rc;
+	free(cfg->auth_token);
+	cfg->auth_token = token;
+	cfg->auth_token_from_file = true;
+	cfg->auth_token_generated = !cfg->auth_token_file;
+	return 0;
+}
+
+int
+kvn_config_check_listener(const struct kvn_config *cfg, const char *what, const char *addr,
+			  char *err, size_t errlen)
+{
+	if ((cfg->auth_token && *cfg->auth_token) || cfg->auth_token_file)
+		return 0;
+	char host[KVN_HOST_MAX];
+	uint16_t port;
+	if (kvn_hostport_parse(addr, host, &port, NULL, 0) < 0 || kvn_host_is_loopback(host))
+		return 0; /* a bad address is refused later, with its own message */
+	return kvn_seterr(err, errlen,
+			  "%s %s is not a loopback address and no auth_token is configured: "
+			  "every node and the scheduler of a cluster must share one secret. Set "
+			  "auth_token in the config (e.g. auth_token: <the output of `openssl "
+			  "rand -hex 32`>, the same on every host), or auth_token_file: a file "
+			  "holding it (mode 0600) on every host; see docs/configuration.md",
+			  what, addr);
 }
 
 /* ------------------------------------------------------------------------------------------

@@ -47,7 +47,10 @@ struct kvn_config {
 	int gid_index; /* -1 = auto */
 	char *gpu; /* "none" | "auto" | device index */
 	uint32_t heartbeat_ms; /* default 500 */
-	char *auth_token;
+	char *auth_token;	/* the cluster's secret; see kvn_config_resolve_token */
+	char *auth_token_file;	/* where it is read from when auth_token is not set */
+	bool auth_token_from_file; /* kvn_config_resolve_token read it from a file */
+	bool auth_token_generated; /* ... from this host's generated file */
 	char *metrics_listen; /* NULL = off */
 	int log_level; /* enum kvn_log_level, default info */
 	char *socket_path; /* local client socket of `kvnode serve` */
@@ -100,6 +103,18 @@ const char *kvn_config_extra(const struct kvn_config *cfg, const char *key);
 /* Default local socket: $KVNODE_SOCKET, else $XDG_RUNTIME_DIR/kvnode.sock, else
  * /tmp/kvnode-<uid>.sock. Returns a malloc'd string. */
 char *kvn_config_default_socket(void);
+/* When no auth_token is set, reads it from auth_token_file or, without one, from this host's
+ * generated file (kvn_auth_default_file), which create makes on first use (kvnode serve and
+ * kvnode scheduler; the CLI only reads). Sets auth_token_generated for the generated file.
+ * Sets auth_token_from_file when it read one. 0, or -errno with err naming the file and the fix
+ * (a missing file without create: 0). */
+int kvn_config_resolve_token(struct kvn_config *cfg, bool create, char *err, size_t errlen);
+/* A listener on addr (what: "listen", "--listen" …) that is not a loopback address needs a
+ * configured token (auth_token, or auth_token_file naming a file every host has): the host's
+ * generated one is unknown to other hosts, and without any the listener would be open to
+ * everyone. -EINVAL with err saying how to set one. Call before kvn_config_resolve_token. */
+int kvn_config_check_listener(const struct kvn_config *cfg, const char *what, const char *addr,
+			      char *err, size_t errlen);
 /* Checks that span keys (each external backend has module_path and class_name, no built-in
  * tier name …). kvn_config_parse, kvn_config_apply_env and kvn_config_load already call it. */
 int kvn_config_validate(const struct kvn_config *cfg, char *err, size_t errlen);

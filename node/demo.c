@@ -133,6 +133,9 @@ spawn(struct demo *d, struct child *c, const char *const *argv, const char *cons
 			_exit(127);
 		unsetenv("KVNODE_CONFIG_FILE");
 		unsetenv("LMCACHE_CONFIG_FILE");
+		/* Without an auth_token in the config, the demo's processes generate one in the
+		 * demo's own directory (mode 0700) and share it; it goes with the directory. */
+		setenv("KVNODE_STATE_DIR", d->dir, 1);
 		for (size_t i = 0; env && env[i]; i++)
 			putenv((char *)env[i]);
 		execv(d->exe, (char *const *)argv);

@@ -390,6 +390,11 @@ stat_scheduler(struct opts *o)
 	char err[1024], *json = NULL;
 	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
 		return die(EXIT_USAGE, "%s", err);
+	/* This host's generated token, when the config names none: read, never created. */
+	if (kvn_config_resolve_token(cfg, false, err, sizeof(err)) < 0) {
+		kvn_config_free(cfg);
+		return die(EXIT_USAGE, "stat: %s", err);
+	}
 	int e = kvn_membership_fetch_stats(o->scheduler, cfg->auth_token, 0, &json, err,
 					   sizeof(err));
 	kvn_config_free(cfg);
@@ -484,6 +489,13 @@ cmd_serve(struct opts *o)
 	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
 		return die(EXIT_USAGE, "%s", err);
 	apply_log_level(o, cfg->log_level);
+	/* A node in a cluster authenticates every join and data connection (node/auth.h). */
+	if (cfg->scheduler_url &&
+	    (kvn_config_check_listener(cfg, "listen", cfg->listen, err, sizeof(err)) < 0 ||
+	     kvn_config_resolve_token(cfg, true, err, sizeof(err)) < 0)) {
+		kvn_config_free(cfg);
+		return die(EXIT_USAGE, "%s", err);
+	}
 
 	/* Before any thread exists, so that every thread (engine writers included) inherits
 	 * the mask and the signals reach the signal thread only. */
@@ -607,6 +619,11 @@ cmd_scheduler(struct opts *o)
 	size_t n = strlen(addr);
 	if (n && addr[n - 1] == '/')
 		addr[n - 1] = '\0';
+	if (kvn_config_check_listener(cfg, "--listen", addr, err, sizeof(err)) < 0 ||
+	    kvn_config_resolve_token(cfg, true, err, sizeof(err)) < 0) {
+		kvn_config_free(cfg);
+		return die(EXIT_USAGE, "scheduler: %s", err);
+	}
 	kvn_sigctl_block();
 	signal(SIGPIPE, SIG_IGN);
 	struct kvn_scheduler *sched;

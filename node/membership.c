@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "node/auth.h"
 #include "node/log.h"
 #include "node/membership.h"
 #include "node/netaddr.h"
@@ -605,7 +606,8 @@ kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_me
 	m->o.name = strdup(opts->name);
 	m->o.data_addr = dup_or_null(opts->data_addr);
 	m->o.transport = dup_or_null(opts->transport);
-	m->o.auth_token = opts->auth_token && *opts->auth_token ? strdup(opts->auth_token) : NULL;
+	m->o.auth_token = opts->auth_token && *opts->auth_token ? strdup(opts->auth_token)
+							       : kvn_auth_host_token();
 	m->o.regions = NULL;
 	if (opts->regions_len && (m->o.regions = malloc(opts->regions_len)))
 		memcpy((void *)m->o.regions, opts->regions, opts->regions_len);

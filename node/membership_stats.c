@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "node/auth.h"
 #include "node/client.h"
 #include "node/log.h"
 #include "node/membership.h"
@@ -29,8 +30,12 @@ kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, 
 	if (fd < 0)
 		return kvn_seterr(err, errlen, "scheduler %s: %s", addr, why), fd;
 	cJSON *j = cJSON_CreateObject();
+	char *host_token = token && *token ? NULL : kvn_auth_host_token();
+	if (host_token)
+		token = host_token;
 	if (token && *token)
 		cJSON_AddStringToObject(j, "auth_token", token);
+	free(host_token);
 	char *text = cJSON_PrintUnformatted(j);
 	cJSON_Delete(j);
 	struct kvn_cf_buf b = {0};

@@ -3,6 +3,7 @@
 #ifndef KVN_NODE_NETADDR_H
 #define KVN_NODE_NETADDR_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +24,11 @@ int kvn_tcp_connect(const char *host, uint16_t port, int timeout_ms, char *err, 
  * a responder) on it: free now, but a caller must cope with losing it to someone else before
  * its server binds. -1 when no socket could be bound. */
 int kvn_tcp_free_port(void);
+
+/* Whether host (as kvn_hostport_parse gives it) is a loopback address: "localhost", 127.0.0.0/8,
+ * ::1 (or ::ffff:127.x.y.z). Names are not resolved: any other name counts as reachable from
+ * elsewhere, which is the safe answer for a listener. */
+bool kvn_host_is_loopback(const char *host);
 
 struct sockaddr;
 /* "host:port" for IPv4, "[host]:port" for IPv6, "?" for any other family (log lines, peer

@@ -130,6 +130,13 @@ load(struct kvn_reload *r, struct kvn_config **next)
 {
 	char err[1024];
 	int rc = kvn_config_load(r->config_arg, next, err, sizeof(err));
+	/* The running token came from a file: read it the same way, so that an unchanged file
+	 * does not show as a changed auth_token. */
+	if (!rc && r->running->auth_token_from_file &&
+	    (rc = kvn_config_resolve_token(*next, false, err, sizeof(err))) < 0) {
+		kvn_config_free(*next);
+		*next = NULL;
+	}
 	if (rc < 0)
 		kvn_err(COMP, "SIGHUP: the config does not load, keeping the running one: %s", err);
 	return rc;

@@ -537,3 +537,20 @@ Test(serve, the_disk_tier_keeps_values_across_a_restart)
 	assert_same_file(in2, got);
 	cr_assert_eq(stop_daemon(), 0);
 }
+
+/* Secure by default: a node or scheduler that others can reach (any address but loopback) does
+ * not start without a configured token; it says how to set one. On loopback it runs on this
+ * host's generated token, which the listener check does not count as configured. */
+Test(serve, a_listener_others_can_reach_without_a_configured_token_is_refused)
+{
+	write_config("scheduler_url: 127.0.0.1:9\nlisten: 0.0.0.0:0\n");
+	const char *argv[] = {"serve", "-c", cfg, "--socket", sock, NULL};
+	cr_assert_eq(run_argv(NULL, argv), 2);
+	assert_stderr_mentions("listen 0.0.0.0:0 is not a loopback address");
+	assert_stderr_mentions("auth_token");
+
+	const char *sargv[] = {"scheduler", "-c", cfg, "--listen", "0.0.0.0:0", NULL};
+	cr_assert_eq(run_argv(NULL, sargv), 2);
+	assert_stderr_mentions("--listen 0.0.0.0:0 is not a loopback address");
+	assert_stderr_mentions("openssl rand -hex 32");
+}

@@ -18,6 +18,7 @@
 
 #include "kvnode/transport.h"
 #include "node/pool.h"
+#include "node/auth.h"
 #include "tests/helpers/cluster_env.h"
 
 #define VAL 8192
@@ -288,6 +289,50 @@ log_has(void *arg)
  * the right token learns them) but holds another token, or none, connects straight to the
  * owner's transport and reads nothing; the owner logs the refusal. With the right token the
  * same read returns the chunk, so the refusal is the token's doing. */
+/* Secure by default: nobody configured a token, yet the cluster is closed. The scheduler and the
+ * nodes of this host share the token generated in their state directory (the chunk moves as in
+ * the test above); a process of another user, whose state directory holds another token, can
+ * neither join nor, knowing a node's address, read its pool. */
+Test(cluster, without_a_configured_token_only_processes_sharing_the_hosts_token_get_in)
+{
+	struct fixture f;
+	cluster_up(&f, NULL, NULL, true);
+	cnode_put(&f.a, "d", 1, VAL);
+	struct get_ctx g = {&f.c, "d", 1, 1};
+	cr_assert(proc_wait_for(get_is, &g, DEADLINE), "node-c reads node-a on the host's token");
+
+	char other[PATH_MAX];
+	snprintf(other, sizeof(other), "%s/other-user", f.dir);
+	const char *mine = getenv("KVNODE_STATE_DIR");
+	char *saved = mine ? strdup(mine) : NULL;
+	setenv("KVNODE_STATE_DIR", other, 1);
+	char path[PATH_MAX], *theirs = NULL;
+	cr_assert_eq(kvn_auth_default_file(path, sizeof(path)), 0);
+	cr_assert_eq(kvn_auth_token_file(path, true, &theirs, sched_err, sizeof(sched_err)), 0,
+		     "%s", sched_err);
+	struct kvn_membership *m = NULL;
+	int rc = sched_node_start(f.s.addr, "intruder", NULL, NULL, &m);
+	if (saved)
+		setenv("KVNODE_STATE_DIR", saved, 1);
+	free(saved);
+	cr_assert_eq(rc, -EACCES, "another user's process joined: %d %s", rc, sched_err);
+	cr_assert(strstr(sched_err, "auth_token"), "%s", sched_err);
+
+	struct spy sp = {0};
+	cr_assert_eq(sched_node_start(f.s.addr, "spy", NULL, NULL, &sp.m), 0, "%s", sched_err);
+	cluster_key(&sp.key, "d", 1);
+	cr_assert(proc_wait_for(spy_finds_key, &sp, DEADLINE), "the chunk is not in the directory");
+	struct kvn_member_info mi;
+	rc = kvn_membership_member(sp.m, sp.loc.worker_id, &mi, NULL, 0);
+	cr_assert(rc == 0 || rc == -ENOSPC, "member %u: %d", sp.loc.worker_id, rc);
+	kvn_membership_stop(sp.m);
+	char err[512] = "";
+	rc = direct_read(mi.data_addr, theirs, &sp.loc, &sp.key, "d", 1, err, sizeof(err));
+	cr_assert_eq(rc, -EACCES, "another user's token read node-a's pool: %d %s", rc, err);
+	free(theirs);
+	cluster_down(&f);
+}
+
 Test(cluster, a_reader_with_the_wrong_token_cannot_read_a_pool_by_going_around_the_scheduler)
 {
 	struct fixture f = {0};

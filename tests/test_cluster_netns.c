@@ -115,7 +115,9 @@ Test(cluster_netns, nodes_in_their_own_namespaces_share_chunks_over_veth, .timeo
 	struct proc sched = {0};
 	const char *sargv[] = {"/usr/sbin/ip", "netns",	   "exec",	     ns[1], KVNODE,
 			       "scheduler",    "--listen", "10.77.0.1:7470", NULL};
-	const char *senv[] = {"KVNODE_CONFIG_FILE", "KVNODE_HEARTBEAT_MS=100", NULL};
+	/* Listeners on 10.77.0.x are not loopback: the cluster needs a configured token. */
+	const char *senv[] = {"KVNODE_CONFIG_FILE", "KVNODE_HEARTBEAT_MS=100",
+			      "KVNODE_AUTH_TOKEN=netns-secret", NULL};
 	struct proc_opts po = {.stdout_path = out, .stderr_path = err, .env = senv};
 	cr_assert_eq(proc_spawn(&sched, sargv, &po), 0);
 	cr_assert(proc_wait_for(sched_up, out, DEADLINE), "scheduler in %s", ns[1]);
@@ -129,6 +131,7 @@ Test(cluster_netns, nodes_in_their_own_namespaces_share_chunks_over_veth, .timeo
 		struct cnode_opts o = {.dir = dir,
 				       .sched = "10.77.0.1:7470",
 				       .listen = listen,
+				       .token = "netns-secret",
 				       .no_promote = true,
 				       .wrap = wrap};
 		cnode_start(&n[i], name, &o);

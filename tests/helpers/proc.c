@@ -79,6 +79,9 @@ proc_spawn(struct proc *p, const char *const argv[], const struct proc_opts *opt
 	if (!opts)
 		opts = &none;
 	memset(p, 0, sizeof(*p));
+	/* kvnode processes without an auth_token share a generated one from their state
+	 * directory: the tests' own, in the build tree, never this machine's /var/lib/kvnode. */
+	setenv("KVNODE_STATE_DIR", KVN_BINARY_DIR "/test-state", 0);
 	/* Everything the child needs is opened here: after fork only async-signal-safe calls. */
 	int in = open_or_null(opts->stdin_path, O_RDONLY);
 	int out = open_or_null(opts->stdout_path, O_WRONLY | O_CREAT | O_TRUNC);

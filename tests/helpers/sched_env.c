@@ -1,6 +1,7 @@
 /* Test helper for the membership service (see sched_env.h). */
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 
 #include "node/netaddr.h"
 #include "node/scheduler.h"
+#include "node/auth.h"
 #include "tests/helpers/sched_env.h"
 
 char sched_err[1024];
@@ -160,6 +162,13 @@ sched_node_start(const char *addr, const char *name, const char *token, struct s
 	static const char regions[] = "regions-of-";
 	char blob[32];
 	snprintf(blob, sizeof(blob), "%s%s", regions, name);
+	/* No token given: the one a scheduler without auth_token uses, this host's generated
+	 * file (in the tests' state directory, see proc_spawn). */
+	char *generated = NULL, path[PATH_MAX];
+	setenv("KVNODE_STATE_DIR", KVN_BINARY_DIR "/test-state", 0);
+	if (!token && !kvn_auth_default_file(path, sizeof(path)) &&
+	    !kvn_auth_token_file(path, true, &generated, sched_err, sizeof(sched_err)))
+		token = generated;
 	struct kvn_membership_opts o = {.scheduler = addr,
 					.name = name,
 					.data_addr = "127.0.0.1:9",
@@ -174,7 +183,9 @@ sched_node_start(const char *addr, const char *name, const char *token, struct s
 	struct kvn_membership_cbs cb = {
 	    .ctx = s, .joined = seen_joined, .member = seen_member, .evicted = seen_evicted};
 	sched_err[0] = '\0';
-	return kvn_membership_start(&o, s ? &cb : NULL, m, sched_err, sizeof(sched_err));
+	int rc = kvn_membership_start(&o, s ? &cb : NULL, m, sched_err, sizeof(sched_err));
+	free(generated);
+	return rc;
 }
 
 struct seen *
