@@ -16,7 +16,7 @@
 
 /* Environment variables with a KVNODE_ prefix that are not config keys. */
 static const char *const env_not_keys[] = {"KVNODE_CONFIG_FILE", "KVNODE_MODULE_PATH",
-					   "KVNODE_SOCKET"};
+					   "KVNODE_SOCKET", "KVNODE_STATE_DIR"};
 
 static const char *
 env_lookup(char *const *envp, const char *name)
