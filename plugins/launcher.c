@@ -344,15 +344,53 @@ signal_all(struct kvn_plugins *pl, int sig)
 			kill(-pl->p[i].pid, sig);
 }
 
+/* What the monitor polls: the wake fd, then stdout, stderr and pidfd of each plugin. Allocated
+ * before the thread starts, so running out of memory is an error of kvn_plugins_start rather
+ * than a poll on a NULL array. */
+struct watched {
+	struct plugin *p;
+	int what; /* 0 stdout, 1 stderr, 2 pidfd */
+};
+
+struct monitor {
+	struct kvn_plugins *pl;
+	struct pollfd *fds;
+	struct watched *who;
+};
+
+static void
+monitor_free(struct monitor *m)
+{
+	if (m) {
+		free(m->fds);
+		free(m->who);
+		free(m);
+	}
+}
+
+static struct monitor *
+monitor_new(struct kvn_plugins *pl)
+{
+	struct monitor *m = calloc(1, sizeof(*m));
+	if (!m)
+		return NULL;
+	m->pl = pl;
+	m->fds = calloc(1 + 3 * pl->n, sizeof(*m->fds));
+	m->who = calloc(1 + 3 * pl->n, sizeof(*m->who));
+	if (!m->fds || !m->who) {
+		monitor_free(m);
+		return NULL;
+	}
+	return m;
+}
+
 static void *
 monitor_main(void *arg)
 {
-	struct kvn_plugins *pl = arg;
-	struct pollfd *fds = calloc(1 + 3 * pl->n, sizeof(*fds));
-	struct {
-		struct plugin *p;
-		int what; /* 0 stdout, 1 stderr, 2 pidfd */
-	} *who = calloc(1 + 3 * pl->n, sizeof(*who));
+	struct monitor *m = arg;
+	struct kvn_plugins *pl = m->pl;
+	struct pollfd *fds = m->fds;
+	struct watched *who = m->who;
 	bool term_sent = false, kill_sent = false;
 	uint64_t deadline = 0;
 
@@ -462,8 +500,7 @@ monitor_main(void *arg)
 			reaped(pl, &pl->p[i], status);
 		}
 	guard_stop(pl);
-	free(fds);
-	free(who);
+	monitor_free(m);
 	return NULL;
 }
 
@@ -531,9 +568,21 @@ kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *o
 		free_all(pl);
 		return rc;
 	}
-	if ((rc = -pthread_create(&pl->monitor, NULL, monitor_main, pl)) < 0) {
+	struct monitor *m = monitor_new(pl);
+	if (!m) {
+		rc = -ENOMEM;
+		kvn_seterr(err, errlen,
+			   "plugins: out of memory for the monitor of %zu plugins; free memory or "
+			   "remove plugins from plugin_locations",
+			   pl->n);
+		logq_finish(pl);
+		free_all(pl);
+		return rc;
+	}
+	if ((rc = -pthread_create(&pl->monitor, NULL, monitor_main, m)) < 0) {
 		kvn_seterr(err, errlen, "plugins: cannot start the monitor thread: %s",
 			   strerror(-rc));
+		monitor_free(m);
 		logq_finish(pl);
 		free_all(pl);
 		return rc;
