@@ -17,6 +17,13 @@
 #define MAX_TIERS 16
 #define PENDING_BUCKETS 1024
 
+/* An option value the node rendered as text for a backend, kept until the storage manager
+ * closes: get_opt's answer must stay valid however often the backend asks again. */
+struct opt_text {
+	struct opt_text *next;
+	char *name, *value;
+};
+
 struct tier {
 	const struct kvn_backend_ops *ops;
 	struct kvn_backend *be;
@@ -27,6 +34,8 @@ struct tier {
 	void *dl; /* dlopen handle of an external module */
 	uint64_t capacity;
 	char *path;
+	pthread_mutex_t opt_lock; /* opts */
+	struct opt_text *opts;
 	/* Value bytes gets returned from it and stores put into it, for metrics; the tiers'
 	 * own stats count operations, not bytes moved. */
 	_Atomic uint64_t bytes_read, bytes_written;
@@ -76,26 +85,60 @@ struct kvn_storage {
  * Options a backend reads through env->get_opt
  * -------------------------------------------------------------------------------------------- */
 
+/* The kept copy of value for opt: the same pointer for the same answer; NULL when out of
+ * memory (the backend then sees the option unset and says so). */
+static const char *
+opt_keep(struct tier *t, const char *opt, const char *value)
+{
+	const char *r = NULL;
+	pthread_mutex_lock(&t->opt_lock);
+	for (struct opt_text *o = t->opts; o && !r; o = o->next)
+		if (!strcmp(o->name, opt) && !strcmp(o->value, value))
+			r = o->value;
+	struct opt_text *o = r ? NULL : calloc(1, sizeof(*o));
+	if (o && (o->name = strdup(opt)) && (o->value = strdup(value))) {
+		o->next = t->opts;
+		t->opts = o;
+		r = o->value;
+	} else if (o) {
+		free(o->name);
+		free(o);
+		kvn_err("storage", "out of memory reading option %s of backend %s", opt, t->name);
+	}
+	pthread_mutex_unlock(&t->opt_lock);
+	return r;
+}
+
+static void
+opts_free(struct tier *t)
+{
+	for (struct opt_text *o = t->opts, *next; o; o = next) {
+		next = o->next;
+		free(o->name);
+		free(o->value);
+		free(o);
+	}
+	t->opts = NULL;
+}
+
 static const char *
 tier_get_opt(const struct kvn_backend_env *env, const char *opt)
 {
 	struct tier *t = env->node_priv;
 	const struct kvn_config *cfg = t->st->cfg;
-	static _Thread_local char num[32];
-	char full[256];
+	char full[256], text[4096];
 
 	if (!strcmp(opt, "capacity_bytes") && t->capacity) {
-		snprintf(num, sizeof(num), "%" PRIu64, t->capacity);
-		return num;
+		snprintf(text, sizeof(text), "%" PRIu64, t->capacity);
+		return opt_keep(t, opt, text);
 	}
 	if (!strcmp(opt, "path") && t->path)
 		return t->path;
 	snprintf(full, sizeof(full), "%s%s", t->prefix, opt);
-	const char *v = kvn_config_extra(cfg, full);
+	const char *v = kvn_config_extra(cfg, full); /* the config's own string */
 	if (v)
 		return v;
-	static _Thread_local char text[4096];
-	return kvn_config_value(cfg, opt, text, sizeof(text)) == 0 ? text : NULL;
+	return kvn_config_value(cfg, opt, text, sizeof(text)) == 0 ? opt_keep(t, opt, text) : NULL;
 }
 
 static void
@@ -137,6 +180,7 @@ add_tier(struct kvn_storage *st, const struct kvn_backend_ops *ops, const char *
 	}
 	struct tier *t = &st->tier[st->ntiers];
 	memset(t, 0, sizeof(*t));
+	pthread_mutex_init(&t->opt_lock, NULL);
 	t->ops = ops;
 	t->st = st;
 	t->dl = dl;
@@ -146,6 +190,7 @@ add_tier(struct kvn_storage *st, const struct kvn_backend_ops *ops, const char *
 	if (path && !(t->path = strdup(path))) {
 		if (dl)
 			dlclose(dl);
+		pthread_mutex_destroy(&t->opt_lock);
 		return -ENOMEM;
 	}
 	t->env = (struct kvn_backend_env){
@@ -160,6 +205,8 @@ add_tier(struct kvn_storage *st, const struct kvn_backend_ops *ops, const char *
 	int rc = ops->create(&t->env, &t->be);
 	if (rc < 0) {
 		free(t->path);
+		opts_free(t);
+		pthread_mutex_destroy(&t->opt_lock);
 		if (dl)
 			dlclose(dl);
 		kvn_seterr(err, errlen, "backend \"%s\": could not start: %s (see the log above)",
@@ -482,6 +529,8 @@ kvn_storage_close(struct kvn_storage *st)
 		if (t->dl)
 			dlclose(t->dl);
 		free(t->path);
+		opts_free(t);
+		pthread_mutex_destroy(&t->opt_lock);
 	}
 	pthread_cond_destroy(&st->idle);
 	pthread_cond_destroy(&st->room);

@@ -124,6 +124,18 @@ gate_bind(void)
 	dlclose(h); /* drops our extra reference only */
 }
 
+/* A function the gate module exports beyond gate_bind's two. */
+static void *
+gate_sym(const char *name)
+{
+	void *h = dlopen(GATE_SO, RTLD_NOW | RTLD_NOLOAD);
+	cr_assert_not_null(h, "the gate module is loaded by the storage manager");
+	void *f = dlsym(h, name);
+	cr_assert_not_null(f, "%s", name);
+	dlclose(h);
+	return f;
+}
+
 static void
 wait_for(int (*cond)(void), int want)
 {
@@ -263,6 +275,25 @@ Test(storage, a_newer_value_is_never_overwritten_by_an_older_queued_one)
 	close_all();
 }
 
+Test(storage, a_superseded_write_keeps_what_it_wrote_only_a_remove_undoes_it)
+{
+	open_gate(false);
+	int (*removes)(void) = (int (*)(void))gate_sym("kvn_test_gate_removes");
+	int before = removes();
+	gate_set_closed(1);
+	put_n(4, 64, 0xb1); /* in the tier when the newer put comes */
+	wait_for(gate_waiting, 1);
+	put_n(4, 64, 0xb2);
+	gate_set_closed(0);
+	kvn_storage_flush(st);
+	/* Undoing the older write would leave the tier without the key until the newer one
+	 * lands: a crash in between, or a failed newer write, loses a value that was stored. */
+	cr_assert_eq(removes(), before, "the superseded write deleted what it had written");
+	expect_n(4, 64, 0xb2);
+	cr_assert_eq(tier(0, "gate").count, 1);
+	close_all();
+}
+
 static _Atomic int produced;
 
 static void *
@@ -343,4 +374,26 @@ Test(storage, no_enabled_tier_is_refused)
 	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof(err)), 0, "%s", err);
 	cr_assert_eq(kvn_storage_open(cfg, NULL, &st, err, sizeof(err)), -EINVAL);
 	cr_assert(strstr(err, "no storage tier"), "%s", err);
+}
+
+Test(storage, option_values_a_backend_reads_stay_valid_after_later_reads)
+{
+	open_gate(false);
+	const struct kvn_backend_env *(*env_of)(void) =
+	    (const struct kvn_backend_env *(*)(void))gate_sym("kvn_test_gate_env");
+	const struct kvn_backend_env *env = env_of();
+	cr_assert_not_null(env);
+	/* Top-level keys, rendered as text by the node: each answer must outlive the next. */
+	const char *a = env->get_opt(env, "put_threads");
+	const char *b = env->get_opt(env, "put_queue_depth");
+	const char *c = env->get_opt(env, "max_local_cpu_size");
+	cr_assert(a && b && c);
+	char want[64];
+	cr_assert_eq(kvn_config_value(cfg, "max_local_cpu_size", want, sizeof(want)), 0);
+	cr_assert_str_eq(a, "1", "put_threads reads \"%s\" after two more reads", a);
+	cr_assert_str_eq(b, "2", "put_queue_depth reads \"%s\" after one more read", b);
+	cr_assert_str_eq(c, want);
+	cr_assert_eq(env->get_opt(env, "put_threads"), a, "the same answer, the same string");
+	cr_assert_str_eq(env->get_opt(env, "class_name"), "kvn_gate_backend_ops");
+	close_all();
 }

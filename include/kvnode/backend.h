@@ -21,7 +21,8 @@ struct kvn_backend_env {
 	uint32_t abi; /* KVN_BACKEND_ABI of the node */
 	const char *name; /* instance name: "cpu", "disk", or the external_backends entry */
 	const char *config_dir; /* directory of the config file ("." without one) */
-	/* Value of an option as written in the config (NULL when unset). */
+	/* Value of an option as written in the config (NULL when unset). The string stays valid
+	 * and unchanged until the instance is destroyed, whatever is asked after it. */
 	const char *(*get_opt)(const struct kvn_backend_env *env, const char *opt);
 	/* One log line, tagged with the backend's name. level is enum kvn_log_level. */
 	void (*log)(const struct kvn_backend_env *env, int level, const char *fmt, ...)

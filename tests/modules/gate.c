@@ -1,5 +1,6 @@
 /* Test module: a slow (asynchronously written) in-memory tier whose puts block while a gate is
- * closed, so storage-manager tests can hold writes "in flight" deterministically. */
+ * closed, so storage-manager tests can hold writes "in flight" deterministically. It also hands
+ * out the env it was created with and counts removes, for tests of what the manager does. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -24,6 +25,25 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static int closed;
 static int waiting;
+static int removes;
+static const struct kvn_backend_env *created_env;
+
+/* The env of the last instance created (the node's, valid until that instance is destroyed). */
+EXPORT const struct kvn_backend_env *
+kvn_test_gate_env(void)
+{
+	return created_env;
+}
+
+/* Removes that found the key, since the module was loaded. */
+EXPORT int
+kvn_test_gate_removes(void)
+{
+	pthread_mutex_lock(&lock);
+	int n = removes;
+	pthread_mutex_unlock(&lock);
+	return n;
+}
 
 EXPORT void
 kvn_test_gate_set_closed(int c)
@@ -55,7 +75,7 @@ find(struct kvn_backend *be, const struct kvn_key *key)
 static int
 gate_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 {
-	(void)env;
+	created_env = env;
 	*out = calloc(1, sizeof(**out));
 	return *out ? 0 : -ENOMEM;
 }
@@ -138,6 +158,7 @@ gate_remove(struct kvn_backend *be, const struct kvn_key *key)
 		kvn_buf_unref(e->buf);
 		free(e);
 		be->st.count--;
+		removes++;
 	}
 	pthread_mutex_unlock(&lock);
 	return e ? 0 : -ENOENT;
