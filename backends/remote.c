@@ -496,6 +496,15 @@ kvn_remote_backend_status(struct kvn_backend *be, struct kvn_remote_status *out)
 	out->corrupt = atomic_load(&be->corrupt);
 }
 
+bool
+kvn_remote_backend_in_service(struct kvn_backend *be)
+{
+	pthread_mutex_lock(&be->lock);
+	bool up = !be->down;
+	pthread_mutex_unlock(&be->lock);
+	return up;
+}
+
 const struct kvn_backend_ops kvn_remote_backend_ops = {
     .abi = KVN_BACKEND_ABI,
     .flags = KVN_BACKEND_F_SLOW,

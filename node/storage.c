@@ -1,5 +1,6 @@
 /* Storage manager: ordered tiers (cpu, disk, external…), first-hit get with promotion into cpu,
- * write-through put where slow tiers are fed by writer threads through bounded queues. */
+ * write-through put where each slow tier is fed by its own writer threads through a bounded
+ * queue (a lane), and puts that wait for a sync_put tier's write. */
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <dlfcn.h>
 
 #include "node/log.h"
@@ -41,24 +43,48 @@ struct tier {
 	_Atomic uint64_t bytes_read, bytes_written;
 };
 
-/* A queued write of one value to every slow tier. Jobs of one key always go to the same
- * writer (chosen by digest), so they run in submission order and a newer value is never
+/* Why a queued write no longer stands for the key's latest value. A superseded write keeps
+ * what it wrote (the newer one, queued behind it on the same writer, replaces it); a removed
+ * one is undone if it landed after the remove. */
+enum job_state { JOB_LIVE, JOB_SUPERSEDED, JOB_REMOVED };
+
+/* A queued write of one value to one slow tier. Jobs of one key in one lane always go to the
+ * same writer (chosen by digest), so they run in submission order and a newer value is never
  * overwritten by an older one. */
 struct job {
 	struct kvn_key key;
 	struct kvn_buf *buf;
-	bool cancelled; /* removed or superseded before it ran; under st->lock */
+	struct lane *lane;
+	uint8_t state; /* enum job_state; under st->lock */
+	bool waited;   /* a sync put waits for it (and frees it) */
+	bool done;     /* under st->lock */
+	int rc;	       /* the tier's answer, once done */
 	struct job *qnext; /* writer queue */
 	struct job *hnext; /* pending hash chain */
 };
 
 struct writer {
-	struct kvn_storage *st;
+	struct lane *lane;
 	pthread_t thread;
 	pthread_cond_t cond; /* job queued, or stopping */
 	struct job *head, *tail;
 	uint32_t depth;
 	bool started;
+};
+
+/* The queue and writers of one slow tier: a slow or hung tier holds up only its own lane. */
+struct lane {
+	struct kvn_storage *st;
+	struct tier *t;
+	struct writer *writers;
+	uint32_t nwriters;
+	/* sync_put: a put returns once this tier holds the value (or fails with its error). */
+	bool sync;
+	/* The remote tier: a put never waits for room in its queue, nor queues anything while
+	 * the store is out of service; the write is skipped and counted instead. */
+	bool best_effort;
+	_Atomic uint64_t skipped;
+	struct kvn_ratelimit fail_rl, skip_rl;
 };
 
 struct kvn_storage {
@@ -72,8 +98,8 @@ struct kvn_storage {
 	pthread_mutex_t lock; /* queues and the pending table; never held across backend I/O */
 	pthread_cond_t room; /* a queue has room */
 	pthread_cond_t idle; /* a job finished */
-	struct writer *writers;
-	uint32_t nwriters;
+	struct lane lane[MAX_TIERS];
+	size_t nlanes;
 	uint32_t depth_max;
 	uint32_t running;
 	uint64_t queued_total;
@@ -257,13 +283,13 @@ bucket_of(struct kvn_digest d)
 	return (size_t)(d.lo % PENDING_BUCKETS);
 }
 
-/* Latest queued job of key, or NULL. Caller holds st->lock. */
+/* A queued job of key holding its latest value, or NULL. Caller holds st->lock. */
 static struct job *
 pending_find(struct kvn_storage *st, const struct kvn_key *key)
 {
-	/* enqueue cancels older jobs of the key, so at most one live job matches. */
+	/* enqueue supersedes older jobs of the key: the live ones all hold the same value. */
 	for (struct job *j = st->pending[bucket_of(key->digest)]; j; j = j->hnext)
-		if (!j->cancelled && kvn_digest_eq(j->key.digest, key->digest))
+		if (j->state == JOB_LIVE && kvn_digest_eq(j->key.digest, key->digest))
 			return j;
 	return NULL;
 }
@@ -278,14 +304,14 @@ pending_unlink(struct kvn_storage *st, struct job *job)
 		*pp = job->hnext;
 }
 
-/* Marks every queued job of key cancelled. Caller holds st->lock. */
+/* Marks every live queued job of key superseded or removed. Caller holds st->lock. */
 static bool
-pending_cancel(struct kvn_storage *st, const struct kvn_key *key)
+pending_end(struct kvn_storage *st, const struct kvn_key *key, enum job_state why)
 {
 	bool any = false;
 	for (struct job *j = st->pending[bucket_of(key->digest)]; j; j = j->hnext)
-		if (!j->cancelled && kvn_digest_eq(j->key.digest, key->digest)) {
-			j->cancelled = true;
+		if (j->state == JOB_LIVE && kvn_digest_eq(j->key.digest, key->digest)) {
+			j->state = (uint8_t)why;
 			any = true;
 		}
 	return any;
@@ -297,38 +323,48 @@ count_io(_Atomic uint64_t *ctr, size_t len)
 	atomic_fetch_add_explicit(ctr, len, memory_order_relaxed);
 }
 
-static void
+static enum job_state
+job_state(struct kvn_storage *st, struct job *job)
+{
+	pthread_mutex_lock(&st->lock);
+	enum job_state s = (enum job_state)job->state;
+	pthread_mutex_unlock(&st->lock);
+	return s;
+}
+
+static int
 run_job(struct kvn_storage *st, struct job *job)
 {
-	for (size_t i = 0; i < st->ntiers; i++) {
-		struct tier *t = &st->tier[i];
-		if (!(t->ops->flags & KVN_BACKEND_F_SLOW))
-			continue;
-		pthread_mutex_lock(&st->lock);
-		bool cancelled = job->cancelled;
-		pthread_mutex_unlock(&st->lock);
-		if (cancelled)
-			return;
-		int rc = t->ops->put(t->be, &job->key, job->buf);
-		if (rc == 0)
-			count_io(&t->bytes_written, job->buf->len);
-		else if (rc < 0)
-			kvn_warn("storage", "write of key %s to %s failed: %s", job->key.str, t->name,
-				 kvn_strerror(rc));
-		/* A remove that raced with this put must win: undo what we just wrote. */
-		pthread_mutex_lock(&st->lock);
-		cancelled = job->cancelled;
-		pthread_mutex_unlock(&st->lock);
-		if (cancelled && rc == 0)
-			t->ops->remove(t->be, &job->key);
+	struct lane *l = job->lane;
+	struct tier *t = l->t;
+	enum job_state s = job_state(st, job);
+	/* A newer value replaces this one anyway, unless a sync put waits for this write. */
+	if (s == JOB_REMOVED || (s == JOB_SUPERSEDED && !job->waited))
+		return 0;
+	int rc = t->ops->put(t->be, &job->key, job->buf);
+	if (rc == 0) {
+		count_io(&t->bytes_written, job->buf->len);
+	} else {
+		uint64_t missed;
+		if (kvn_ratelimit_ok(&l->fail_rl, 1000, &missed))
+			kvn_warn("storage",
+				 "write of key %s to %s failed: %s%s (%" PRIu64 " more failed "
+				 "writes not logged in the last second)",
+				 job->key.str, t->name, kvn_strerror(rc),
+				 l->sync ? "; the put was refused" : "; the value is not in this tier",
+				 missed);
 	}
+	/* A remove that raced with this put must win: undo what we just wrote. */
+	if (rc == 0 && job_state(st, job) == JOB_REMOVED)
+		t->ops->remove(t->be, &job->key);
+	return rc;
 }
 
 static void *
 writer_main(void *arg)
 {
 	struct writer *w = arg;
-	struct kvn_storage *st = w->st;
+	struct kvn_storage *st = w->lane->st;
 
 	pthread_mutex_lock(&st->lock);
 	for (;;) {
@@ -345,73 +381,196 @@ writer_main(void *arg)
 		pthread_cond_broadcast(&st->room);
 		pthread_mutex_unlock(&st->lock);
 
-		run_job(st, job);
+		int rc = run_job(st, job);
 
 		pthread_mutex_lock(&st->lock);
+		struct kvn_buf *buf = job->buf;
+		bool waited = job->waited;
 		pending_unlink(st, job);
+		job->rc = rc;
+		job->done = true;
 		st->running--;
 		pthread_cond_broadcast(&st->idle);
 		pthread_mutex_unlock(&st->lock);
-		kvn_buf_unref(job->buf);
-		free(job);
+		kvn_buf_unref(buf);
+		if (!waited)
+			free(job); /* else its waiter does, once it saw done */
 		pthread_mutex_lock(&st->lock);
 	}
 	pthread_mutex_unlock(&st->lock);
 	return NULL;
 }
 
-static int
-enqueue(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf)
+static struct writer *
+writer_of(struct lane *l, const struct kvn_key *key)
 {
-	struct job *job = malloc(sizeof(*job));
-	if (!job)
-		return -ENOMEM;
-	job->key = *key;
-	job->buf = kvn_buf_ref(buf);
-	job->cancelled = false;
-	job->qnext = NULL;
+	return &l->writers[key->digest.hi % l->nwriters];
+}
 
-	struct writer *w = &st->writers[key->digest.hi % st->nwriters];
+/* true when some lane a put must wait for has no room on key's writer. Caller holds lock. */
+static bool
+lanes_full(struct kvn_storage *st, const struct kvn_key *key)
+{
+	for (size_t i = 0; i < st->nlanes; i++)
+		if (!st->lane[i].best_effort && writer_of(&st->lane[i], key)->depth >= st->depth_max)
+			return true;
+	return false;
+}
+
+/* Whether a best-effort lane takes this write now. Caller holds st->lock. */
+static bool
+lane_takes(struct lane *l, const struct kvn_key *key, struct kvn_storage *st)
+{
+	const char *why = NULL;
+	if (l->t->ops == &kvn_remote_backend_ops && !kvn_remote_backend_in_service(l->t->be))
+		why = "its store is out of service";
+	else if (writer_of(l, key)->depth >= st->depth_max)
+		why = "its write queue is full (put_queue_depth)";
+	if (!why)
+		return true;
+	atomic_fetch_add_explicit(&l->skipped, 1, memory_order_relaxed);
+	uint64_t missed;
+	if (kvn_ratelimit_ok(&l->skip_rl, 1000, &missed))
+		kvn_warn("storage",
+			 "write of key %s to %s skipped: %s; the other tiers have it (%" PRIu64
+			 " more skipped writes not logged in the last second)",
+			 key->str, l->t->name, why, missed);
+	return false;
+}
+
+/* Queues buf for every slow tier. The jobs of sync lanes are returned in waits (n of them):
+ * the caller waits for them and frees them. */
+static int
+enqueue(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf,
+	struct job **waits, size_t *nwaits)
+{
+	struct job *jobs[MAX_TIERS];
+	*nwaits = 0;
+	for (size_t i = 0; i < st->nlanes; i++) {
+		jobs[i] = calloc(1, sizeof(*jobs[i]));
+		if (!jobs[i]) {
+			while (i-- > 0)
+				free(jobs[i]);
+			return -ENOMEM;
+		}
+		jobs[i]->key = *key;
+		jobs[i]->lane = &st->lane[i];
+		jobs[i]->state = JOB_LIVE;
+		jobs[i]->waited = st->lane[i].sync;
+	}
+
 	pthread_mutex_lock(&st->lock);
 	/* Backpressure: a full queue makes the producer wait, so memory stays bounded. */
-	while (w->depth >= st->depth_max && !st->stopping)
+	while (lanes_full(st, key) && !st->stopping)
 		pthread_cond_wait(&st->room, &st->lock);
-	pending_cancel(st, key); /* an older queued value of this key need not be written */
-	size_t b = bucket_of(key->digest);
-	job->hnext = st->pending[b];
-	st->pending[b] = job;
-	if (w->tail)
-		w->tail->qnext = job;
-	else
-		w->head = job;
-	w->tail = job;
-	w->depth++;
-	st->queued_total++;
-	pthread_cond_signal(&w->cond);
+	pending_end(st, key, JOB_SUPERSEDED); /* an older value of this key need not be written */
+	for (size_t i = 0; i < st->nlanes; i++) {
+		struct lane *l = &st->lane[i];
+		struct job *job = jobs[i];
+		if (l->best_effort && !lane_takes(l, key, st)) {
+			free(job);
+			continue;
+		}
+		struct writer *w = writer_of(l, key);
+		job->buf = kvn_buf_ref(buf);
+		size_t b = bucket_of(key->digest);
+		job->hnext = st->pending[b];
+		st->pending[b] = job;
+		if (w->tail)
+			w->tail->qnext = job;
+		else
+			w->head = job;
+		w->tail = job;
+		w->depth++;
+		st->queued_total++;
+		pthread_cond_signal(&w->cond);
+		if (job->waited)
+			waits[(*nwaits)++] = job;
+	}
 	pthread_mutex_unlock(&st->lock);
 	return 0;
+}
+
+/* Waits for the sync lanes' writes of one put; the first failure, or 0. */
+static int
+wait_jobs(struct kvn_storage *st, struct job **waits, size_t n)
+{
+	int rc = 0;
+	pthread_mutex_lock(&st->lock);
+	for (size_t i = 0; i < n; i++) {
+		while (!waits[i]->done)
+			pthread_cond_wait(&st->idle, &st->lock);
+		if (waits[i]->rc < 0 && rc == 0)
+			rc = waits[i]->rc;
+	}
+	pthread_mutex_unlock(&st->lock);
+	for (size_t i = 0; i < n; i++)
+		free(waits[i]);
+	return rc;
 }
 
 /* --------------------------------------------------------------------------------------------
  * Open / close
  * -------------------------------------------------------------------------------------------- */
 
+/* sync_put of a slow tier, read like the tier's other options ("disk.sync_put"). */
 static int
-start_writers(struct kvn_storage *st)
+lane_sync_opt(struct tier *t, bool *out, char *err, size_t errlen)
 {
-	st->nwriters = st->cfg->put_threads ? st->cfg->put_threads : 2;
+	const char *v = t->env.get_opt(&t->env, "sync_put");
+	*out = false;
+	if (!v)
+		return 0;
+	if (!strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on") ||
+	    !strcmp(v, "1"))
+		*out = true;
+	else if (strcasecmp(v, "false") && strcasecmp(v, "no") && strcasecmp(v, "off") &&
+		 strcmp(v, "0"))
+		return kvn_seterr(err, errlen,
+				  "extra_config %ssync_put is \"%s\": set it to true or false",
+				  t->prefix, v);
+	return 0;
+}
+
+static int
+start_lanes(struct kvn_storage *st, char *err, size_t errlen)
+{
+	uint32_t nwriters = st->cfg->put_threads ? st->cfg->put_threads : 2;
 	st->depth_max = st->cfg->put_queue_depth ? st->cfg->put_queue_depth : 64;
-	st->writers = calloc(st->nwriters, sizeof(*st->writers));
-	if (!st->writers)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < st->nwriters; i++) {
-		struct writer *w = &st->writers[i];
-		w->st = st;
-		pthread_cond_init(&w->cond, NULL);
-		int rc = pthread_create(&w->thread, NULL, writer_main, w);
-		if (rc)
-			return -rc;
-		w->started = true;
+	for (size_t i = 0; i < st->ntiers; i++) {
+		struct tier *t = &st->tier[i];
+		if (!(t->ops->flags & KVN_BACKEND_F_SLOW))
+			continue;
+		struct lane *l = &st->lane[st->nlanes];
+		l->st = st;
+		l->t = t;
+		l->best_effort = t->ops == &kvn_remote_backend_ops;
+		int rc = lane_sync_opt(t, &l->sync, err, errlen);
+		if (rc < 0)
+			return rc;
+		if (l->sync && l->best_effort)
+			return kvn_seterr(err, errlen,
+					  "sync_put is not supported for the remote tier: puts do "
+					  "not wait for the remote store");
+		if (l->sync)
+			kvn_info("storage", "puts return once %s holds the value (%ssync_put)",
+				 t->name, t->prefix);
+		l->writers = calloc(nwriters, sizeof(*l->writers));
+		if (!l->writers)
+			return kvn_seterr(err, errlen, "out of memory for the writers of %s",
+					  t->name);
+		l->nwriters = nwriters;
+		st->nlanes++;
+		for (uint32_t k = 0; k < nwriters; k++) {
+			struct writer *w = &l->writers[k];
+			w->lane = l;
+			pthread_cond_init(&w->cond, NULL);
+			rc = pthread_create(&w->thread, NULL, writer_main, w);
+			if (rc)
+				return kvn_seterr(err, errlen, "cannot start writer threads of %s: %s",
+						  t->name, strerror(rc));
+			w->started = true;
+		}
 	}
 	return 0;
 }
@@ -477,10 +636,8 @@ kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn
 					     "local_disk, or external_backends");
 		goto fail;
 	}
-	if (st->have_slow && (rc = start_writers(st)) < 0) {
-		kvn_seterr(err, errlen, "cannot start writer threads: %s", kvn_strerror(rc));
+	if (st->have_slow && (rc = start_lanes(st, err, errlen)) < 0)
 		goto fail;
-	}
 	*out = st;
 	return 0;
 fail:
@@ -494,8 +651,9 @@ kvn_storage_flush(struct kvn_storage *st)
 	pthread_mutex_lock(&st->lock);
 	for (;;) {
 		bool busy = st->running > 0;
-		for (uint32_t i = 0; i < st->nwriters && !busy; i++)
-			busy = st->writers[i].head != NULL;
+		for (size_t i = 0; i < st->nlanes && !busy; i++)
+			for (uint32_t k = 0; k < st->lane[i].nwriters && !busy; k++)
+				busy = st->lane[i].writers[k].head != NULL;
 		if (!busy)
 			break;
 		pthread_cond_wait(&st->idle, &st->lock);
@@ -508,20 +666,22 @@ kvn_storage_close(struct kvn_storage *st)
 {
 	if (!st)
 		return;
-	if (st->writers) {
-		/* Writers drain their queues before they exit: nothing accepted is lost. */
-		pthread_mutex_lock(&st->lock);
-		st->stopping = true;
-		for (uint32_t i = 0; i < st->nwriters; i++)
-			pthread_cond_broadcast(&st->writers[i].cond);
-		pthread_cond_broadcast(&st->room);
-		pthread_mutex_unlock(&st->lock);
-		for (uint32_t i = 0; i < st->nwriters; i++) {
-			if (st->writers[i].started)
-				pthread_join(st->writers[i].thread, NULL);
-			pthread_cond_destroy(&st->writers[i].cond);
+	/* Writers drain their queues before they exit: nothing accepted is lost. */
+	pthread_mutex_lock(&st->lock);
+	st->stopping = true;
+	for (size_t i = 0; i < st->nlanes; i++)
+		for (uint32_t k = 0; k < st->lane[i].nwriters; k++)
+			pthread_cond_broadcast(&st->lane[i].writers[k].cond);
+	pthread_cond_broadcast(&st->room);
+	pthread_mutex_unlock(&st->lock);
+	for (size_t i = 0; i < st->nlanes; i++) {
+		struct lane *l = &st->lane[i];
+		for (uint32_t k = 0; k < l->nwriters; k++) {
+			if (l->writers[k].started)
+				pthread_join(l->writers[k].thread, NULL);
+			pthread_cond_destroy(&l->writers[k].cond);
 		}
-		free(st->writers);
+		free(l->writers);
 	}
 	for (size_t i = st->ntiers; i-- > 0;) {
 		struct tier *t = &st->tier[i];
@@ -562,7 +722,13 @@ kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_bu
 				 kvn_strerror(rc));
 	}
 	if (st->have_slow) {
-		int rc = enqueue(st, key, buf);
+		struct job *waits[MAX_TIERS];
+		size_t nwaits;
+		int rc = enqueue(st, key, buf, waits, &nwaits);
+		if (rc == 0)
+			rc = wait_jobs(st, waits, nwaits);
+		if (rc < 0 && nwaits)
+			return rc; /* a sync_put tier could not store it: not acknowledged */
 		if (rc == 0)
 			stored++;
 		else
@@ -647,7 +813,7 @@ kvn_storage_remove(struct kvn_storage *st, const struct kvn_key *key)
 	bool any = false;
 	if (st->have_slow) {
 		pthread_mutex_lock(&st->lock);
-		any = pending_cancel(st, key);
+		any = pending_end(st, key, JOB_REMOVED);
 		pthread_mutex_unlock(&st->lock);
 	}
 	for (size_t i = 0; i < st->ntiers; i++) {
@@ -767,6 +933,15 @@ kvn_storage_tier_io(struct kvn_storage *st, size_t i, uint64_t *read, uint64_t *
 		*read = atomic_load_explicit(&st->tier[i].bytes_read, memory_order_relaxed);
 		*written = atomic_load_explicit(&st->tier[i].bytes_written, memory_order_relaxed);
 	}
+}
+
+uint64_t
+kvn_storage_tier_skipped(struct kvn_storage *st, size_t i)
+{
+	for (size_t k = 0; k < st->nlanes; k++)
+		if (st->lane[k].t == &st->tier[i])
+			return atomic_load_explicit(&st->lane[k].skipped, memory_order_relaxed);
+	return 0;
 }
 
 struct kvn_backend *

@@ -1,6 +1,7 @@
 /* Storage manager: backends in priority order (cpu, disk, [peer, remote], external…). get
- * returns the first hit and promotes it into cpu; put writes through to every tier, slow tiers
- * through a bounded queue served by writer threads, with queued puts visible to contains/get. */
+ * returns the first hit and promotes it into cpu; put writes through to every tier, each slow
+ * tier through its own bounded queue served by writer threads, with queued puts visible to
+ * contains/get. docs/durability.md says what a put's success promises. */
 #ifndef KVN_NODE_STORAGE_H
 #define KVN_NODE_STORAGE_H
 
@@ -27,6 +28,9 @@ struct kvn_remote_status {
 };
 /* Status of the remote tier be (an instance of kvn_remote_backend_ops). */
 void kvn_remote_backend_status(struct kvn_backend *be, struct kvn_remote_status *out);
+/* false while the remote tier be counts its store as out of service (found unreachable or
+ * hung, and no PING answered since): its operations then fail at once. */
+bool kvn_remote_backend_in_service(struct kvn_backend *be);
 /* The cpu tier's hooks for the cluster glue (node/cluster.c). The publish hook sees every
  * slot the index admits (KVN_CF_ADMIT) and drops (KVN_CF_EVICT: evicted or removed), with the
  * index lock held: it must only queue. walk calls fn for each indexed slot, lock held.
@@ -76,5 +80,8 @@ KVN_API int kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name
 /* Value bytes gets returned from tier i and stores put into it (puts, write-behind,
  * promotions); 0 past the last tier. */
 void kvn_storage_tier_io(struct kvn_storage *st, size_t i, uint64_t *read, uint64_t *written);
+/* Writes to slow tier i that were skipped (the remote tier out of service, or its queue
+ * full); 0 for other tiers and past the last. */
+uint64_t kvn_storage_tier_skipped(struct kvn_storage *st, size_t i);
 
 #endif
