@@ -165,12 +165,23 @@ mark_down(struct kvn_backend *be, int rc)
 	be->retry_at_ms = now_ms() + be->backoff_ms;
 }
 
+/* Errors after which the connector ABI says the connection stays usable: a miss, a malformed
+ * stored value, the store refusing one request, an operation the store lacks. After any
+ * other (out of memory mid-request, a bug) the connection may be out of step with its
+ * replies: it is closed, never handed to the next request. */
+static bool
+conn_stays(int rc)
+{
+	return rc >= 0 || rc == -ENOENT || rc == -EBADMSG || rc == -EREMOTEIO ||
+	       rc == -EOPNOTSUPP;
+}
+
 static void
 checkin(struct kvn_backend *be, struct slot *s, int rc)
 {
 	pthread_mutex_lock(&be->lock);
-	if (is_conn_error(rc)) {
-		if (s->gen == be->gen)
+	if (!conn_stays(rc)) {
+		if (is_conn_error(rc) && s->gen == be->gen)
 			mark_down(be, rc);
 		struct kvn_connector *c = s->conn;
 		s->conn = NULL;
@@ -372,7 +383,7 @@ static int
 remote_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 {
 	struct kvn_remote_value v;
-	int rc = kvn_remote_value_for_put(&v, buf, be->ops);
+	int rc = kvn_remote_value_for_put(&v, key, buf, be->ops);
 	if (rc < 0)
 		return rc == -EFBIG ? -ENOSPC : rc;
 	struct slot *s;
@@ -393,14 +404,18 @@ accept_value(struct kvn_backend *be, const struct kvn_key *key, struct kvn_remot
 	     struct kvn_buf **out)
 {
 	char why[128] = "the connector found the stored header malformed";
-	if (rc == 0 && (rc = kvn_remote_value_check(v, why, sizeof(why))) == 0) {
+	if (rc == 0 && (rc = kvn_remote_value_check_key(v, key, why, sizeof(why))) == 0) {
 		atomic_fetch_add(&be->hits, 1);
 		*out = v->payload;
 		v->payload = NULL;
 		return 0;
 	}
 	kvn_remote_value_release(v);
-	if (rc == -EBADMSG) {
+	if (rc == -ESTALE) {
+		/* Written by an older kvnode: not trusted, not corrupt; a put rewrites it. */
+		kvn_debug("remote", "key %s in %s: %s: treated as a miss", key->str,
+			  be->url_redacted, why);
+	} else if (rc == -EBADMSG) {
 		atomic_fetch_add(&be->corrupt, 1);
 		atomic_fetch_add(&be->errors, 1);
 		kvn_warn("remote", "key %s in %s: corrupt value (%s): treated as a miss", key->str,

@@ -160,13 +160,13 @@ one(struct ctx *c, enum op op, size_t i)
 	switch (op) {
 	case OP_PUT:
 		/* What the remote tier does for a put: header + tag, then the connector. */
-		if ((rc = kvn_remote_value_for_put(&v, c->val, c->ops)) == 0)
+		if ((rc = kvn_remote_value_for_put(&v, k, c->val, c->ops)) == 0)
 			rc = c->ops->put(c->conn, k, &v);
 		break;
 	case OP_GET:
 		rc = c->ops->get(c->conn, k, &v);
 		if (rc == 0) {
-			rc = kvn_remote_value_check(&v, NULL, 0);
+			rc = kvn_remote_value_check_key(&v, k, NULL, 0);
 			if (rc == 0 && v.payload->len != c->size)
 				rc = -EBADMSG;
 			kvn_remote_value_release(&v);

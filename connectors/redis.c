@@ -3,6 +3,8 @@
  * "<key>metadata" (its presence is what exists means), and kvnode's integrity tag under
  * "<key>kvnode_tag". Payload bytes go between the socket and the caller's buffer directly. */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -254,6 +256,47 @@ fail:
  * Pipelined requests: append, then read the replies in order
  * -------------------------------------------------------------------------------------------- */
 
+_Atomic int kvn_redis_fail_append_in;
+
+/* A command could not be appended after others of the same request were: those sit in
+ * hiredis's output buffer and their replies would be read as the next request's. The context
+ * is marked broken, so this instance answers every later call with a connection error and
+ * the node closes it (rc is what the caller returns now). */
+static int
+poison(struct kvn_connector *c, const char *op, int rc)
+{
+	c->ctx->err = REDIS_ERR_OTHER;
+	snprintf(c->ctx->errstr, sizeof(c->ctx->errstr),
+		 "%s failed part-way (%s): the connection is out of step and is not used again",
+		 op, strerror(-rc));
+	c->env->log(c->env, KVN_LOG_WARN, "%s on %s: %s", op, c->env->url_redacted,
+		    c->ctx->errstr);
+	return rc;
+}
+
+/* 0 when the connection can take a request; else the connection error to return. */
+static int
+usable(struct kvn_connector *c, const char *op)
+{
+	return c->ctx->err ? ctx_error(c, op) : 0;
+}
+
+/* redisAppendCommand, with the tests' fault injection (connectors/registry.h). */
+static int
+append(struct kvn_connector *c, const char *fmt, ...)
+{
+	int n = atomic_load(&kvn_redis_fail_append_in);
+	while (n > 0 && !atomic_compare_exchange_weak(&kvn_redis_fail_append_in, &n, n - 1))
+		;
+	if (n == 1)
+		return REDIS_ERR;
+	va_list ap;
+	va_start(ap, fmt);
+	int rc = redisvAppendCommand(c->ctx, fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
 /* A get is two pipelined commands, sent in one write: MGET of the header and the tag (small,
  * read through hiredis), then GET of the payload, whose bulk reply read_payload receives
  * straight into a buffer of its exact size. Redis runs the commands of one client's write
@@ -266,9 +309,9 @@ append_get(struct kvn_connector *c, const struct kvn_key *key)
 	char m[RKEY_MAX], d[RKEY_MAX], t[RKEY_MAX];
 	size_t ml = rkey(m, key, SUFFIX_META), dl = rkey(d, key, SUFFIX_DATA),
 	       tl = rkey(t, key, SUFFIX_TAG);
-	if (redisAppendCommand(c->ctx, "MGET %b %b", m, ml, t, tl) != REDIS_OK ||
-	    redisAppendCommand(c->ctx, "GET %b", d, dl) != REDIS_OK)
-		return -ENOMEM;
+	if (append(c, "MGET %b %b", m, ml, t, tl) != REDIS_OK ||
+	    append(c, "GET %b", d, dl) != REDIS_OK)
+		return poison(c, "GET", -ENOMEM);
 	return 0;
 }
 
@@ -406,7 +449,7 @@ read_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_v
 	if (rc < 0)
 		goto done;
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
-		rc = -EPROTO;
+		rc = stream_broken(c, "GET", -EPROTO, "MGET answered something but two values");
 		goto done;
 	}
 	redisReply *m = r->element[0], *t = r->element[1];
@@ -567,7 +610,7 @@ send_put_hashing(struct kvn_connector *c, const struct kvn_key *key,
 {
 	char head[RKEY_MAX + 64], tail[TAIL_MAX];
 	struct idle_hash h = {c->tagger, v->payload->data, v->payload->len, 0};
-	kvn_remote_tagger_begin(c->tagger, &v->meta);
+	kvn_remote_tagger_begin(c->tagger, key, &v->meta);
 	struct iovec iov[2] = {{head, put_head(head, key, v)}, {v->payload->data, h.len}};
 	int rc = send_all(c, iov, 2, &h);
 	if (rc < 0)
@@ -580,34 +623,55 @@ send_put_hashing(struct kvn_connector *c, const struct kvn_key *key,
 	return send_all(c, iov, 1, NULL);
 }
 
-/* Sends one put; returns the number of replies that follow, or < 0. */
+/* Sends one put; 0 or < 0 (the stream is then broken). */
 static int
 send_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
 {
-	if (c->ctx->err)
-		return ctx_error(c, "SET");
-	if (v->tag_len == KVN_REMOTE_TAG_PENDING) {
-		int rc = send_put_hashing(c, key, v);
-		return rc < 0 ? rc : 1;
-	}
+	int rc = usable(c, "SET");
+	if (rc < 0)
+		return rc;
+	if (v->tag_len == KVN_REMOTE_TAG_PENDING)
+		return send_put_hashing(c, key, v);
 	char head[RKEY_MAX + 64], tail[TAIL_MAX];
 	struct iovec iov[3] = {{head, put_head(head, key, v)},
 			       {v->payload->data, v->payload->len},
 			       {tail, put_tail(tail, key, v)}};
-	int rc = send_all(c, iov, 3, NULL);
-	return rc < 0 ? rc : v->tag_len ? 1 : 3;
+	return send_all(c, iov, 3, NULL);
 }
 
+/* Reads a put's replies: +OK for MSET (tagged), else +OK, an integer (DEL) and +OK. An error
+ * reply is the store refusing (the stream stays in step); any other answer means this is not
+ * the reply to what was sent (a proxy speaking something else, a stream out of step), and
+ * the connection is not used again. */
 static int
-read_n(struct kvn_connector *c, const char *op, int n)
+read_put(struct kvn_connector *c, bool tagged)
 {
-	int rc = 0;
+	static const int want_untagged[3] = {REDIS_REPLY_STATUS, REDIS_REPLY_INTEGER,
+					     REDIS_REPLY_STATUS};
+	int n = tagged ? 1 : 3, rc = 0;
 	for (int i = 0; i < n; i++) {
 		redisReply *r;
 		if (redisGetReply(c->ctx, (void **)&r) != REDIS_OK)
-			return ctx_error(c, op);
-		if (r->type == REDIS_REPLY_ERROR && rc == 0)
-			rc = reply_error(c, op, r);
+			return ctx_error(c, "SET");
+		int want = tagged ? REDIS_REPLY_STATUS : want_untagged[i];
+		bool ok = r->type == want &&
+			  (want != REDIS_REPLY_STATUS || (r->len == 2 && !memcmp(r->str, "OK", 2)));
+		if (r->type == REDIS_REPLY_ERROR) {
+			if (rc == 0)
+				rc = reply_error(c, "SET", r);
+		} else if (!ok) {
+			const char *cmd = tagged ? "MSET" : i == 1 ? "DEL" : "SET";
+			char why[96];
+			if (r->type == REDIS_REPLY_STATUS)
+				snprintf(why, sizeof(why), "%s answered +%.*s, not +OK", cmd,
+					 (int)(r->len < 32 ? r->len : 32), r->str);
+			else
+				snprintf(why, sizeof(why), "%s answered a reply of type %d, not %s",
+					 cmd, r->type,
+					 want == REDIS_REPLY_INTEGER ? "an integer" : "+OK");
+			freeReplyObject(r);
+			return stream_broken(c, "SET", -EPROTO, why);
+		}
 		freeReplyObject(r);
 	}
 	return rc;
@@ -621,15 +685,17 @@ static int
 do_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_value *out)
 {
 	memset(out, 0, sizeof(*out));
-	int rc = append_get(c, key);
+	int rc = usable(c, "GET");
+	if (rc == 0)
+		rc = append_get(c, key);
 	return rc < 0 ? rc : read_get(c, key, out);
 }
 
 static int
 do_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *v)
 {
-	int n = send_put(c, key, v);
-	return n < 0 ? n : read_n(c, "SET", n);
+	int rc = send_put(c, key, v);
+	return rc < 0 ? rc : read_put(c, v->tag_len != 0);
 }
 
 static int
@@ -641,8 +707,10 @@ int_reply(struct kvn_connector *c, const char *op, long long *val)
 	int rc = 0;
 	if (r->type == REDIS_REPLY_INTEGER)
 		*val = r->integer;
+	else if (r->type == REDIS_REPLY_ERROR)
+		rc = reply_error(c, op, r);
 	else
-		rc = r->type == REDIS_REPLY_ERROR ? reply_error(c, op, r) : -EPROTO;
+		rc = stream_broken(c, op, -EPROTO, "answered something but an integer");
 	freeReplyObject(r);
 	return rc;
 }
@@ -652,14 +720,16 @@ append_exists(struct kvn_connector *c, const struct kvn_key *key)
 {
 	char k[RKEY_MAX];
 	size_t kl = rkey(k, key, SUFFIX_META);
-	return redisAppendCommand(c->ctx, "EXISTS %b", k, kl) == REDIS_OK ? 0 : -ENOMEM;
+	return append(c, "EXISTS %b", k, kl) == REDIS_OK ? 0 : poison(c, "EXISTS", -ENOMEM);
 }
 
 static int
 do_exists(struct kvn_connector *c, const struct kvn_key *key)
 {
 	long long n = 0;
-	int rc = append_exists(c, key);
+	int rc = usable(c, "EXISTS");
+	if (rc == 0)
+		rc = append_exists(c, key);
 	if (rc == 0)
 		rc = int_reply(c, "EXISTS", &n);
 	return rc < 0 ? rc : n > 0;
@@ -672,10 +742,13 @@ do_remove(struct kvn_connector *c, const struct kvn_key *key)
 	size_t ml = rkey(m, key, SUFFIX_META), dl = rkey(d, key, SUFFIX_DATA),
 	       tl = rkey(t, key, SUFFIX_TAG);
 	long long n = 0;
+	int rc = usable(c, "DEL");
+	if (rc < 0)
+		return rc;
 	/* The header goes first in the argument list; DEL of several keys is atomic anyway. */
-	if (redisAppendCommand(c->ctx, "DEL %b %b %b", m, ml, d, dl, t, tl) != REDIS_OK)
-		return -ENOMEM;
-	int rc = int_reply(c, "DEL", &n);
+	if (append(c, "DEL %b %b %b", m, ml, d, dl, t, tl) != REDIS_OK)
+		return poison(c, "DEL", -ENOMEM);
+	rc = int_reply(c, "DEL", &n);
 	return rc < 0 ? rc : n > 0 ? 0 : -ENOENT;
 }
 
@@ -684,6 +757,9 @@ do_list(struct kvn_connector *c, kvn_connector_list_cb cb, void *ctx)
 {
 	const size_t sl = strlen(SUFFIX_META);
 	char cursor[32] = "0";
+	int rc = usable(c, "SCAN");
+	if (rc < 0)
+		return rc;
 	do {
 		redisReply *r =
 		    redisCommand(c->ctx, "SCAN %s MATCH *" SUFFIX_META " COUNT 1000", cursor);
@@ -699,7 +775,7 @@ do_list(struct kvn_connector *c, kvn_connector_list_cb cb, void *ctx)
 		    r->element[1]->type != REDIS_REPLY_ARRAY ||
 		    r->element[0]->len >= sizeof(cursor)) {
 			freeReplyObject(r);
-			return -EPROTO;
+			return stream_broken(c, "SCAN", -EPROTO, "SCAN answered no cursor and keys");
 		}
 		memcpy(cursor, r->element[0]->str, r->element[0]->len);
 		cursor[r->element[0]->len] = '\0';
@@ -719,7 +795,8 @@ do_list(struct kvn_connector *c, kvn_connector_list_cb cb, void *ctx)
 static int
 do_ping(struct kvn_connector *c)
 {
-	return simple(c, "PING", redisCommand(c->ctx, "PING"));
+	int rc = usable(c, "PING");
+	return rc < 0 ? rc : simple(c, "PING", redisCommand(c->ctx, "PING"));
 }
 
 /* Batches: every request of the batch is written before the first reply is read, so the
@@ -730,9 +807,11 @@ static int
 do_get_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys,
 	     struct kvn_remote_value *out, int *rcs)
 {
-	for (size_t i = 0; i < n; i++)
-		if (append_get(c, keys[i]) < 0)
-			return -ENOMEM;
+	int rc = usable(c, "GET");
+	for (size_t i = 0; i < n && rc == 0; i++)
+		rc = append_get(c, keys[i]);
+	if (rc < 0)
+		return rc;
 	for (size_t i = 0; i < n; i++) {
 		rcs[i] = read_get(c, keys[i], &out[i]);
 		if (c->ctx->err) {
@@ -749,10 +828,10 @@ do_put_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *key
 	     const struct kvn_remote_value *vals, int *rcs)
 {
 	/* A failed send breaks the context: every reply read below then reports it. */
-	for (size_t i = 0; i < n && send_put(c, keys[i], &vals[i]) > 0; i++)
+	for (size_t i = 0; i < n && send_put(c, keys[i], &vals[i]) == 0; i++)
 		;
 	for (size_t i = 0; i < n; i++) {
-		rcs[i] = read_n(c, "SET", vals[i].tag_len ? 1 : 3);
+		rcs[i] = read_put(c, vals[i].tag_len != 0);
 		if (c->ctx->err) {
 			for (size_t j = i + 1; j < n; j++)
 				rcs[j] = rcs[i];
@@ -765,9 +844,11 @@ do_put_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *key
 static int
 do_exists_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys, int *rcs)
 {
-	for (size_t i = 0; i < n; i++)
-		if (append_exists(c, keys[i]) < 0)
-			return -ENOMEM;
+	int rc0 = usable(c, "EXISTS");
+	for (size_t i = 0; i < n && rc0 == 0; i++)
+		rc0 = append_exists(c, keys[i]);
+	if (rc0 < 0)
+		return rc0;
 	for (size_t i = 0; i < n; i++) {
 		long long v = 0;
 		int rc = int_reply(c, "EXISTS", &v);

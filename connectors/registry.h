@@ -11,6 +11,10 @@ extern const struct kvn_connector_ops kvn_fs_connector_ops;
 extern const struct kvn_connector_ops kvn_blackhole_connector_ops;
 extern const struct kvn_connector_ops kvn_lm_connector_ops;
 
+/* Fault injection for tests: while > 0, each command the redis connector appends to its output
+ * buffer counts it down, and the append that brings it to 0 fails as if out of memory. */
+extern _Atomic int kvn_redis_fail_append_in;
+
 /* Adds an external connector for scheme (letters, digits, '+', '-', '.'). 0 when added or when
  * the same ops are already registered for it; -EEXIST when the scheme is built in or taken by
  * other ops; -EINVAL for a bad scheme or an ops whose abi is not KVN_CONNECTOR_ABI. The ops

@@ -8,7 +8,8 @@
 #include "node/remote_value.h"
 #include "node/xxh.h"
 
-static const uint8_t tag_magic[4] = {'K', 'V', 'X', '1'};
+static const uint8_t tag_magic[4] = {'K', 'V', 'X', '2'};
+static const uint8_t tag_magic_v1[4] = {'K', 'V', 'X', '1'};
 
 static void
 put_le32(uint8_t *p, uint32_t v)
@@ -71,35 +72,58 @@ kvn_remote_meta_for_bytes(size_t len, struct kvn_remote_meta *meta)
 	return 0;
 }
 
-/* The tag's hash is seeded with the hash of the header, so both parts are covered. */
+static void
+put_le64(uint8_t *p, uint64_t v)
+{
+	put_le32(p, (uint32_t)v);
+	put_le32(p + 4, (uint32_t)(v >> 32));
+}
+
 static uint64_t
-meta_seed(const struct kvn_remote_meta *meta)
+get_le64(const uint8_t *p)
+{
+	return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
+}
+
+/* What a tag says of the key: the low half of its digest (0 for no key). */
+static uint64_t
+key_part(const struct kvn_key *key)
+{
+	return key ? key->digest.lo : 0;
+}
+
+/* The tag's hash is seeded with the hash of the key digest and the header, so all three parts
+ * are covered. */
+static uint64_t
+meta_seed(uint64_t keyd, const struct kvn_remote_meta *meta)
 {
 	uint8_t hdr[KVN_REMOTE_META_LEN];
 	kvn_remote_meta_encode(meta, hdr);
-	return XXH3_64bits(hdr, sizeof(hdr));
+	return XXH3_64bits_withSeed(hdr, sizeof(hdr), keyd);
 }
 
 static uint64_t
-value_sum(const struct kvn_remote_meta *meta, const void *payload, size_t len)
+value_sum(uint64_t keyd, const struct kvn_remote_meta *meta, const void *payload, size_t len)
 {
-	return XXH3_64bits_withSeed(payload, len, meta_seed(meta));
+	return XXH3_64bits_withSeed(payload, len, meta_seed(keyd, meta));
 }
 
 static uint32_t
-tag_encode(uint64_t sum, uint8_t tag[KVN_REMOTE_TAG_MAX])
+tag_encode(uint64_t keyd, uint64_t sum, uint8_t tag[KVN_REMOTE_TAG_MAX])
 {
 	memcpy(tag, tag_magic, 4);
-	put_le32(tag + 4, (uint32_t)sum);
-	put_le32(tag + 8, (uint32_t)(sum >> 32));
+	put_le64(tag + 4, keyd);
+	put_le64(tag + 12, sum);
 	return KVN_REMOTE_TAG_LEN;
 }
 
 KVN_API void
-kvn_remote_tag_fill(struct kvn_remote_value *val)
+kvn_remote_tag_fill(struct kvn_remote_value *val, const struct kvn_key *key)
 {
 	const struct kvn_buf *b = val->payload;
-	val->tag_len = tag_encode(value_sum(&val->meta, b ? b->data : NULL, b ? b->len : 0),
+	uint64_t keyd = key_part(key);
+	val->tag_len = tag_encode(keyd, value_sum(keyd, &val->meta, b ? b->data : NULL,
+						  b ? b->len : 0),
 				  val->tag);
 }
 
@@ -119,24 +143,27 @@ kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf)
 {
 	int rc = value_untagged(val, buf);
 	if (rc == 0)
-		kvn_remote_tag_fill(val);
+		kvn_remote_tag_fill(val, NULL);
 	return rc;
 }
 
 KVN_API int
-kvn_remote_value_for_put(struct kvn_remote_value *val, struct kvn_buf *buf,
-			 const struct kvn_connector_ops *ops)
+kvn_remote_value_for_put(struct kvn_remote_value *val, const struct kvn_key *key,
+			 struct kvn_buf *buf, const struct kvn_connector_ops *ops)
 {
-	if (!(ops->flags & KVN_CONNECTOR_F_TAG_ON_SEND))
-		return kvn_remote_value_from_buf(val, buf);
 	int rc = value_untagged(val, buf);
-	if (rc == 0)
+	if (rc < 0)
+		return rc;
+	if (ops->flags & KVN_CONNECTOR_F_TAG_ON_SEND)
 		val->tag_len = KVN_REMOTE_TAG_PENDING;
-	return rc;
+	else
+		kvn_remote_tag_fill(val, key);
+	return 0;
 }
 
 struct kvn_remote_tagger {
 	XXH3_state_t *st;
+	uint64_t keyd;
 };
 
 KVN_API struct kvn_remote_tagger *
@@ -160,9 +187,11 @@ kvn_remote_tagger_free(struct kvn_remote_tagger *t)
 }
 
 KVN_API void
-kvn_remote_tagger_begin(struct kvn_remote_tagger *t, const struct kvn_remote_meta *meta)
+kvn_remote_tagger_begin(struct kvn_remote_tagger *t, const struct kvn_key *key,
+			const struct kvn_remote_meta *meta)
 {
-	XXH3_64bits_reset_withSeed(t->st, meta_seed(meta));
+	t->keyd = key_part(key);
+	XXH3_64bits_reset_withSeed(t->st, meta_seed(t->keyd, meta));
 }
 
 KVN_API void
@@ -174,7 +203,7 @@ kvn_remote_tagger_update(struct kvn_remote_tagger *t, const void *p, size_t n)
 KVN_API uint32_t
 kvn_remote_tagger_end(struct kvn_remote_tagger *t, uint8_t tag[KVN_REMOTE_TAG_MAX])
 {
-	return tag_encode(XXH3_64bits_digest(t->st), tag);
+	return tag_encode(t->keyd, XXH3_64bits_digest(t->st), tag);
 }
 
 static int
@@ -185,8 +214,8 @@ bad(char *why, size_t whylen, const char *msg)
 	return -EBADMSG;
 }
 
-KVN_API int
-kvn_remote_value_check(const struct kvn_remote_value *val, char *why, size_t whylen)
+static int
+check(const struct kvn_remote_value *val, const struct kvn_key *key, char *why, size_t whylen)
 {
 	uint8_t hdr[KVN_REMOTE_META_LEN];
 	struct kvn_remote_meta m;
@@ -199,12 +228,32 @@ kvn_remote_value_check(const struct kvn_remote_value *val, char *why, size_t why
 		return bad(why, whylen, "header length differs from the payload's");
 	if (val->tag_len == 0)
 		return 0;
+	if (val->tag_len == 12 && !memcmp(val->tag, tag_magic_v1, 4)) {
+		bad(why, whylen, "integrity tag of version 1 (KVX1), which does not name the key");
+		return -ESTALE;
+	}
 	if (val->tag_len != KVN_REMOTE_TAG_LEN || memcmp(val->tag, tag_magic, 4))
 		return bad(why, whylen, "integrity tag has an unknown layout");
-	uint64_t want = (uint64_t)get_le32(val->tag + 4) | (uint64_t)get_le32(val->tag + 8) << 32;
-	if (value_sum(&val->meta, val->payload->data, val->payload->len) != want)
+	uint64_t keyd = get_le64(val->tag + 4);
+	if (key && keyd != key_part(key))
+		return bad(why, whylen, "integrity tag is for another key");
+	if (value_sum(keyd, &val->meta, val->payload->data, val->payload->len) !=
+	    get_le64(val->tag + 12))
 		return bad(why, whylen, "checksum mismatch (header or payload changed)");
 	return 0;
+}
+
+KVN_API int
+kvn_remote_value_check(const struct kvn_remote_value *val, char *why, size_t whylen)
+{
+	return check(val, NULL, why, whylen);
+}
+
+KVN_API int
+kvn_remote_value_check_key(const struct kvn_remote_value *val, const struct kvn_key *key,
+			   char *why, size_t whylen)
+{
+	return check(val, key, why, whylen);
 }
 
 KVN_API void

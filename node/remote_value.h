@@ -5,10 +5,13 @@
 
 #include "kvnode/connector.h"
 
-/* Tag layout: "KVX1" then the xxh3-64 (little-endian) of the 28 header bytes followed by the
- * payload, so a header or payload changed behind kvnode's back (or a value rewritten by LMCache
- * over an older kvnode one) fails the check. */
-#define KVN_REMOTE_TAG_LEN 12
+/* Tag layout, version 2: "KVX2", the low 64 bits of the key's digest, then an xxh3-64 seeded
+ * with that digest over the 28 header bytes and the payload (all little-endian). A header or
+ * payload changed behind kvnode's back, a value rewritten by LMCache over a kvnode one, and a
+ * value read under another key than it was written for (a copied value, or a connection whose
+ * replies are out of step with its requests) all fail the check. Version 1 ("KVX1", 12 bytes,
+ * no key) is no longer trusted: such a value is a miss (-ESTALE) until a put rewrites it. */
+#define KVN_REMOTE_TAG_LEN 20
 
 /* Writes meta as seven little-endian int32 (LMCache's RemoteMetadata.serialize). */
 KVN_API void kvn_remote_meta_encode(const struct kvn_remote_meta *meta,
@@ -20,33 +23,40 @@ KVN_API int kvn_remote_meta_decode(const void *in, size_t len, struct kvn_remote
  * -EFBIG when len does not fit LMCache's int32 length. */
 KVN_API int kvn_remote_meta_for_bytes(size_t len, struct kvn_remote_meta *meta);
 
-/* Computes val->tag / tag_len from val->meta and the payload. */
-KVN_API void kvn_remote_tag_fill(struct kvn_remote_value *val);
-/* Prepares a value for put: header for plain bytes, payload = buf (not referenced), tag. */
+/* Computes val->tag / tag_len from key, val->meta and the payload. A NULL key makes a tag
+ * that names no key: only kvn_remote_value_check accepts it (tests and tools). */
+KVN_API void kvn_remote_tag_fill(struct kvn_remote_value *val, const struct kvn_key *key);
+/* Prepares a value for put: header for plain bytes, payload = buf (not referenced), and a tag
+ * that names no key (for tests and tools; the remote tier uses kvn_remote_value_for_put). */
 KVN_API int kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf);
 
-/* The value the remote tier hands ops->put: header for plain bytes, payload = buf (not
- * referenced), and the tag — or tag_len = KVN_REMOTE_TAG_PENDING when ops computes the tag
- * itself while it sends the payload (KVN_CONNECTOR_F_TAG_ON_SEND). */
-KVN_API int kvn_remote_value_for_put(struct kvn_remote_value *val, struct kvn_buf *buf,
-				     const struct kvn_connector_ops *ops);
+/* The value the remote tier hands ops->put for key: header for plain bytes, payload = buf
+ * (not referenced), and the tag — or tag_len = KVN_REMOTE_TAG_PENDING when ops computes the
+ * tag itself while it sends the payload (KVN_CONNECTOR_F_TAG_ON_SEND). key NULL: as above. */
+KVN_API int kvn_remote_value_for_put(struct kvn_remote_value *val, const struct kvn_key *key,
+				     struct kvn_buf *buf, const struct kvn_connector_ops *ops);
 
 /* kvn_remote_tag_fill in pieces, for a connector with KVN_CONNECTOR_F_TAG_ON_SEND: begin with
- * the value's header, update with the payload bytes in order (any piece sizes), end writes the
- * tag and returns its length. One tagger per connector instance (it holds xxhash's state). */
+ * the key the value is put under and its header, update with the payload bytes in order (any
+ * piece sizes), end writes the tag and returns its length. One tagger per connector instance
+ * (it holds xxhash's state). */
 struct kvn_remote_tagger;
 KVN_API struct kvn_remote_tagger *kvn_remote_tagger_new(void);
 KVN_API void kvn_remote_tagger_free(struct kvn_remote_tagger *t);
-KVN_API void kvn_remote_tagger_begin(struct kvn_remote_tagger *t,
+KVN_API void kvn_remote_tagger_begin(struct kvn_remote_tagger *t, const struct kvn_key *key,
 				     const struct kvn_remote_meta *meta);
 KVN_API void kvn_remote_tagger_update(struct kvn_remote_tagger *t, const void *p, size_t n);
 KVN_API uint32_t kvn_remote_tagger_end(struct kvn_remote_tagger *t,
 				       uint8_t tag[KVN_REMOTE_TAG_MAX]);
 
 /* Checks a value read from a store: a valid header whose length is the payload's, and, when
- * the store gave a tag, a matching one. 0, or -EBADMSG with why (may be NULL) saying which
- * check failed. A value without a tag (written by LMCache) passes on its header alone. */
+ * the store gave a tag, a matching one (for the key the tag names). 0, -EBADMSG with why (may
+ * be NULL) saying which check failed, or -ESTALE for a tag of version 1. A value without a tag
+ * (written by LMCache) passes on its header alone. */
 KVN_API int kvn_remote_value_check(const struct kvn_remote_value *val, char *why, size_t whylen);
+/* The same, and a tag must name key: what the remote tier checks every value it reads with. */
+KVN_API int kvn_remote_value_check_key(const struct kvn_remote_value *val,
+				       const struct kvn_key *key, char *why, size_t whylen);
 
 /* Drops the payload reference of a value returned by a connector (NULL-safe). */
 KVN_API void kvn_remote_value_release(struct kvn_remote_value *val);

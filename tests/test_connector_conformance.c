@@ -12,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cjson/cJSON.h>
 #include <hiredis/hiredis.h>
@@ -431,7 +434,7 @@ value_of(size_t len, uint64_t seed)
 	cr_assert_not_null(b);
 	pattern_fill(b->data, len, seed);
 	struct kvn_remote_value v;
-	cr_assert_eq(kvn_remote_value_for_put(&v, b, ops), 0);
+	cr_assert_eq(kvn_remote_value_for_put(&v, NULL, b, ops), 0);
 	return v;
 }
 
@@ -976,4 +979,143 @@ Test(fs_connector, fsync_is_set_in_the_url_or_extra_config_and_other_words_are_r
 	kvn_config_free(cfg);
 	cfg = NULL;
 	proc_rm_tree(d);
+}
+
+/* ============================================================================================
+ * redis: a request that fails part-way, and replies that are not what was asked
+ * ============================================================================================ */
+
+static void
+redis_value_put(struct kvn_connector *c, const char *key, size_t len, uint64_t seed)
+{
+	struct kvn_key k;
+	cr_assert_eq(kvn_key_from_str(&k, key), 0);
+	struct kvn_remote_value v = value_of(len, seed);
+	cr_assert_eq(ops->put(c, &k, &v), 0, "put %s", key);
+	kvn_buf_unref(v.payload);
+}
+
+Test(redis_connector, a_batch_that_failed_part_way_never_lets_the_next_request_read_its_replies,
+     .timeout = 240)
+{
+	start(&impls[0]);
+	struct kvn_connector *c = connect_ok();
+	redis_value_put(c, "desync-a", 1000, 1);
+	redis_value_put(c, "desync-b", 2000, 2);
+	struct kvn_key a, b;
+	kvn_key_from_str(&a, "desync-a");
+	kvn_key_from_str(&b, "desync-b");
+	const struct kvn_key *keys[2] = {&a, &b};
+	struct kvn_remote_value got[2];
+	int rcs[2];
+	/* The third append (the MGET of b) fails: a's MGET and GET are already buffered. */
+	atomic_store(&kvn_redis_fail_append_in, 3);
+	cr_assert_lt(ops->get_batch(c, 2, keys, got, rcs), 0, "the batch did not fail");
+	atomic_store(&kvn_redis_fail_append_in, 0);
+
+	struct kvn_remote_value v;
+	int rc = ops->get(c, &b, &v);
+	if (rc == 0) {
+		cr_assert_eq(v.payload->len, 2000, "the get of b returned a's %zu bytes",
+			     v.payload->len);
+		cr_assert(pattern_check(v.payload->data, 2000, 2), "the get of b returned a's value");
+		kvn_remote_value_release(&v);
+	} else {
+		cr_assert(is_conn_error(rc), "get after the failed batch: %s", kvn_strerror(rc));
+	}
+	ops->close(c);
+	finish(&impls[0]);
+}
+
+Test(redis_connector, after_a_get_failed_part_way_the_tiers_next_get_returns_its_own_value,
+     .timeout = 240)
+{
+	start(&impls[0]);
+	snprintf(store.extra_yaml, sizeof(store.extra_yaml), "  remote.connections: 1\n");
+	engine_open(false);
+	engine_put_pattern(eng, "tier-desync-a", 3000, 3);
+	engine_put_pattern(eng, "tier-desync-b", 4000, 4);
+	kvn_engine_flush(eng);
+	atomic_store(&kvn_redis_fail_append_in, 2); /* the GET after a's MGET */
+	cr_assert_eq(engine_get_pattern(eng, "tier-desync-a", 3000, 3), -ENOENT);
+	atomic_store(&kvn_redis_fail_append_in, 0);
+	cr_assert_eq(engine_get_pattern(eng, "tier-desync-b", 4000, 4), 0,
+		     "the get after a failed one did not get its own value");
+	cr_assert_eq(engine_get_pattern(eng, "tier-desync-a", 3000, 3), 0);
+	engine_close();
+	finish(&impls[0]);
+}
+
+/* A server that reads a request and answers every one with the same line, like a proxy that
+ * speaks something other than what was asked. */
+struct liar {
+	int lfd, port;
+	const char *answer;
+	pthread_t thread;
+};
+
+static void *
+liar_main(void *arg)
+{
+	struct liar *l = arg;
+	int fd = accept(l->lfd, NULL, NULL);
+	if (fd < 0)
+		return NULL;
+	char buf[65536];
+	ssize_t n;
+	bool answered = false;
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		if (!answered) {
+			answered = true;
+			if (write(fd, l->answer, strlen(l->answer)) < 0)
+				break;
+		}
+	close(fd);
+	return NULL;
+}
+
+static void
+liar_start(struct liar *l, const char *answer)
+{
+	l->answer = answer;
+	l->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	cr_assert_geq(l->lfd, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t sl = sizeof(sa);
+	cr_assert_eq(bind(l->lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(l->lfd, 4), 0);
+	cr_assert_eq(getsockname(l->lfd, (struct sockaddr *)&sa, &sl), 0);
+	l->port = ntohs(sa.sin_port);
+	cr_assert_eq(pthread_create(&l->thread, NULL, liar_main, l), 0);
+}
+
+Test(redis_connector, a_put_answered_with_anything_but_ok_is_an_error, .timeout = 240)
+{
+	static const char *answers[] = {"+QUEUED\r\n", ":1\r\n", "$2\r\nOK\r\n"};
+	for (size_t i = 0; i < 3; i++) {
+		struct liar l;
+		liar_start(&l, answers[i]);
+		char url[64];
+		snprintf(url, sizeof(url), "redis://127.0.0.1:%d", l.port);
+		cr_assert_eq(kvn_connector_find(url, &ops, NULL, 0), 0);
+		cenv = (struct kvn_connector_env){.abi = KVN_CONNECTOR_ABI,
+						  .url = url,
+						  .url_redacted = url,
+						  .config_dir = ".",
+						  .get_opt = no_opt,
+						  .log = test_log,
+						  .timeout_ms = 30000};
+		struct kvn_connector *c = NULL;
+		cr_assert_eq(ops->connect(&cenv, &c), 0);
+		struct kvn_key k;
+		kvn_key_from_str(&k, "lied-to");
+		struct kvn_remote_value v = value_of(100, 1);
+		int rc = ops->put(c, &k, &v);
+		kvn_buf_unref(v.payload);
+		cr_assert_lt(rc, 0, "a put answered %.*s was taken as stored",
+			     (int)strcspn(answers[i], "\r"), answers[i]);
+		ops->close(c);
+		pthread_join(l.thread, NULL);
+		close(l.lfd);
+	}
 }

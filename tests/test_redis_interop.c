@@ -14,6 +14,7 @@
 #include "helpers/proc.h"
 #include "helpers/redis_server.h"
 #include "node/config.h"
+#include "node/xxh.h"
 
 #define KEY "vllm@meta-llama/Llama-3.1-8B@1@0@5e0e1f7a9c@bfloat16"
 
@@ -354,4 +355,58 @@ Test(redis_interop, a_tag_key_rewritten_behind_kvnodes_back_makes_the_value_a_mi
 	cr_assert_eq(kvn_engine_get(eng, &k, &b), -ENOENT, "an over-long tag was accepted");
 	cli_set_from("taggedkvnode_tag", "KVX1\0\0\0\0\0\0\0\0", 12);
 	cr_assert_eq(kvn_engine_get(eng, &k, &b), -ENOENT, "a wrong checksum was accepted");
+}
+
+/* Copies the three redis keys of one value to another key, bytes untouched. */
+static void
+cli_copy_value(const char *from, const char *to)
+{
+	static const char *suffix[] = {"kv_bytes", "kvnode_tag", "metadata"};
+	for (int i = 0; i < 3; i++) {
+		char a[256], b[256];
+		snprintf(a, sizeof(a), "%s%s", from, suffix[i]);
+		snprintf(b, sizeof(b), "%s%s", to, suffix[i]);
+		size_t n;
+		char *v = cli_get(a, &n);
+		cli_set_from(b, v, n);
+		free(v);
+	}
+}
+
+Test(redis_interop, a_value_copied_under_another_key_is_a_miss_there)
+{
+	engine_put_pattern(eng, "copy-source", 5000, 8);
+	kvn_engine_flush(eng);
+	cli_copy_value("copy-source", "copy-target");
+	cr_assert_eq(engine_get_pattern(eng, "copy-source", 5000, 8), 0);
+	/* Header, payload and tag all agree: only the tag's key digest tells them apart. */
+	struct kvn_key k;
+	struct kvn_buf *b = NULL;
+	cr_assert_eq(kvn_key_from_str(&k, "copy-target"), 0);
+	cr_assert_eq(kvn_engine_get(eng, &k, &b), -ENOENT,
+		     "a value stored under another key was served");
+}
+
+Test(redis_interop, a_value_with_the_older_keyless_tag_is_a_miss_until_rewritten)
+{
+	/* kvnode before tag version 2: "KVX1" and the xxh3 of header and payload, no key. */
+	uint8_t payload[600], hdr[28], tag[12] = {'K', 'V', 'X', '1'};
+	pattern_fill(payload, sizeof(payload), 6);
+	const int32_t shape[4] = {600, 1, 1, 1};
+	lmcache_header(hdr, 600, 4, 6, shape);
+	uint64_t sum = XXH3_64bits_withSeed(payload, sizeof(payload), XXH3_64bits(hdr, 28));
+	for (int i = 0; i < 8; i++)
+		tag[4 + i] = (uint8_t)(sum >> (8 * i));
+	cli_set_from("old-tagkv_bytes", payload, sizeof(payload));
+	cli_set_from("old-tagkvnode_tag", tag, sizeof(tag));
+	cli_set_from("old-tagmetadata", hdr, sizeof(hdr));
+	cr_assert_eq(engine_get_pattern(eng, "old-tag", 600, 6), -ENOENT,
+		     "a tag that does not name its key was trusted");
+	engine_put_pattern(eng, "old-tag", 600, 7);
+	kvn_engine_flush(eng);
+	cr_assert_eq(engine_get_pattern(eng, "old-tag", 600, 7), 0);
+	size_t n;
+	char *t = cli_get("old-tagkvnode_tag", &n);
+	cr_assert(n > 4 && !memcmp(t, "KVX2", 4), "the rewrite did not store a version 2 tag");
+	free(t);
 }
