@@ -1,8 +1,10 @@
 /* remote tier: the connector chosen by remote_url's scheme, as a storage backend. Keeps a small
- * pool of connections; when the store goes away the tier fails fast, the node serves from its
- * other tiers, and a reconnect is tried with exponential back-off. Values read back are checked
- * (LMCache header + kvnode tag) and a bad one is a miss, logged and counted. */
+ * pool of connections; when the store goes away or hangs the tier is out of service and fails
+ * fast, the node serves from its other tiers, and a watcher thread probes the store with
+ * exponential back-off until it answers a PING. Values read back are checked (LMCache header +
+ * kvnode tag naming the key) and a bad one is a miss, logged and counted. */
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -13,6 +15,7 @@
 #include "connectors/external.h"
 #include "connectors/registry.h"
 #include "kvnode/backend.h"
+#include "node/clock.h"
 #include "node/config.h"
 #include "node/log.h"
 #include "node/remote_value.h"
@@ -24,6 +27,7 @@
 struct slot {
 	struct kvn_connector *conn; /* NULL: not connected */
 	uint64_t gen;		    /* store generation it was opened in */
+	uint64_t busy_since_ms;	    /* when the request using it began */
 	bool busy;
 };
 
@@ -41,22 +45,27 @@ struct kvn_backend {
 	struct slot slot[MAX_CONNS];
 	size_t nslots;
 	/* Health. gen grows each time the store is found unreachable: connections of an older
-	 * generation are reopened before use, so one restart of the store costs one error. */
+	 * generation are reopened before use, so one restart of the store costs one error. While
+	 * down, no request touches the store: only the watcher, which declares it back once a
+	 * PING is answered (a stopped process still accepts TCP connections). */
 	bool down;
 	uint64_t gen;
 	uint64_t retry_at_ms;
 	uint32_t backoff_ms, backoff_min_ms, backoff_max_ms;
 
+	/* The watcher: probes while down; while up, PINGs the store on its own connection when
+	 * a request has waited ping_timeout_ms, and takes a store that does not answer within
+	 * ping_timeout_ms out of service rather than let every request wait timeout_ms. */
+	struct kvn_connector_env pcenv; /* cenv with timeout_ms = ping_timeout_ms */
+	uint32_t ping_timeout_ms;
+	struct kvn_connector *hc; /* the watcher's own connection */
+	pthread_cond_t wake;	  /* monotonic; stopping, or the store went down */
+	pthread_t watcher;
+	bool watcher_started, stopping;
+
 	_Atomic uint64_t hits, misses, puts, errors, corrupt, disconnects, reconnects;
 };
 
-static uint64_t
-now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
 
 /* --------------------------------------------------------------------------------------------
  * Options and the connector's environment
@@ -162,7 +171,8 @@ mark_down(struct kvn_backend *be, int rc)
 		kvn_debug("remote", "store %s still unreachable (%s); next try in %u ms",
 			  be->url_redacted, kvn_strerror(rc), be->backoff_ms);
 	}
-	be->retry_at_ms = now_ms() + be->backoff_ms;
+	be->retry_at_ms = kvn_now_ms() + be->backoff_ms;
+	pthread_cond_signal(&be->wake);
 }
 
 /* Errors after which the connector ABI says the connection stays usable: a miss, a malformed
@@ -197,14 +207,15 @@ checkin(struct kvn_backend *be, struct slot *s, int rc)
 	pthread_mutex_unlock(&be->lock);
 }
 
-/* A usable connection: a pooled one of the current generation, else a fresh connect(). */
+/* A usable connection: a pooled one of the current generation, else a fresh connect().
+ * -ENOTCONN at once while the store is out of service. */
 static int
 acquire(struct kvn_backend *be, struct slot **out)
 {
 	struct slot *s = NULL;
 	pthread_mutex_lock(&be->lock);
 	for (;;) {
-		if (be->down && now_ms() < be->retry_at_ms) {
+		if (be->down) {
 			pthread_mutex_unlock(&be->lock);
 			return -ENOTCONN;
 		}
@@ -219,9 +230,7 @@ acquire(struct kvn_backend *be, struct slot **out)
 		pthread_cond_wait(&be->freed, &be->lock);
 	}
 	s->busy = true;
-	bool probing = be->down;
-	if (probing) /* claim this back-off period's probe */
-		be->retry_at_ms = now_ms() + be->backoff_ms;
+	s->busy_since_ms = kvn_now_ms();
 	struct kvn_connector *stale = s->conn && s->gen != be->gen ? s->conn : NULL;
 	if (stale)
 		s->conn = NULL;
@@ -240,22 +249,113 @@ acquire(struct kvn_backend *be, struct slot **out)
 	if (rc == 0) {
 		s->conn = c;
 		s->gen = gen;
-		if (be->down && gen == be->gen) {
-			be->down = false;
-			atomic_fetch_add(&be->reconnects, 1);
-			kvn_info("remote", "reconnected to %s: remote tier back in service",
-				 be->url_redacted);
-		}
 		pthread_mutex_unlock(&be->lock);
 		*out = s;
 		return 0;
 	}
 	s->busy = false;
 	pthread_cond_signal(&be->freed);
-	if (is_conn_error(rc) || rc == -ENOENT || rc == -EHOSTDOWN)
+	if ((is_conn_error(rc) || rc == -ENOENT || rc == -EHOSTDOWN) && gen == be->gen)
 		mark_down(be, rc);
 	pthread_mutex_unlock(&be->lock);
 	return rc;
+}
+
+/* One look at a store that is out of service: connect and PING with ping_timeout_ms. */
+static int
+probe(struct kvn_backend *be)
+{
+	struct kvn_connector *c = NULL;
+	int rc = be->ops->connect(&be->pcenv, &c);
+	if (rc == 0) {
+		rc = be->ops->ping(c);
+		be->ops->close(c);
+	}
+	return rc;
+}
+
+/* PING on the watcher's own connection (made when needed); a failure closes it. */
+static int
+health_ping(struct kvn_backend *be)
+{
+	int rc = be->hc ? 0 : be->ops->connect(&be->pcenv, &be->hc);
+	if (rc == 0)
+		rc = be->ops->ping(be->hc);
+	if (rc < 0 && be->hc) {
+		be->ops->close(be->hc);
+		be->hc = NULL;
+	}
+	return rc;
+}
+
+/* Caller holds be->lock. When the oldest request still running began; 0 when none runs. */
+static uint64_t
+oldest_request(struct kvn_backend *be)
+{
+	uint64_t oldest = 0;
+	for (size_t i = 0; i < be->nslots; i++)
+		if (be->slot[i].busy && (!oldest || be->slot[i].busy_since_ms < oldest))
+			oldest = be->slot[i].busy_since_ms;
+	return oldest;
+}
+
+static void
+wait_ms(struct kvn_backend *be, uint64_t ms)
+{
+	struct timespec until = kvn_deadline_in_ms(ms);
+	pthread_cond_timedwait(&be->wake, &be->lock, &until);
+}
+
+static void *
+watcher_main(void *arg)
+{
+	struct kvn_backend *be = arg;
+	pthread_mutex_lock(&be->lock);
+	while (!be->stopping) {
+		uint64_t now = kvn_now_ms(), gen = be->gen;
+		if (be->down) {
+			if (now < be->retry_at_ms) {
+				wait_ms(be, be->retry_at_ms - now);
+				continue;
+			}
+			pthread_mutex_unlock(&be->lock);
+			int rc = probe(be);
+			pthread_mutex_lock(&be->lock);
+			if (!be->down || be->gen != gen)
+				continue;
+			if (rc == 0) {
+				be->down = false;
+				atomic_fetch_add(&be->reconnects, 1);
+				kvn_info("remote",
+					 "%s answered PING: remote tier back in service "
+					 "(reconnected)",
+					 be->url_redacted);
+			} else {
+				mark_down(be, rc); /* the next probe after a longer back-off */
+			}
+			continue;
+		}
+		uint64_t oldest = oldest_request(be);
+		if (!oldest || now - oldest < be->ping_timeout_ms) {
+			wait_ms(be, oldest ? oldest + be->ping_timeout_ms - now : be->ping_timeout_ms);
+			continue;
+		}
+		/* A request has waited ping_timeout_ms: is the store there at all? */
+		pthread_mutex_unlock(&be->lock);
+		int rc = health_ping(be);
+		pthread_mutex_lock(&be->lock);
+		if (rc < 0 && !be->down && be->gen == gen) {
+			kvn_warn("remote",
+				 "%s did not answer PING within remote.ping_timeout_ms (%u ms) while "
+				 "a request has waited %" PRIu64 " ms: taking it out of service",
+				 be->url_redacted, be->ping_timeout_ms, kvn_now_ms() - oldest);
+			mark_down(be, rc);
+		} else if (rc == 0 && !be->stopping) {
+			wait_ms(be, be->ping_timeout_ms); /* alive, only slow: look again later */
+		}
+	}
+	pthread_mutex_unlock(&be->lock);
+	return NULL;
 }
 
 /* --------------------------------------------------------------------------------------------
@@ -267,6 +367,15 @@ remote_destroy(struct kvn_backend *be)
 {
 	if (!be)
 		return;
+	if (be->watcher_started) {
+		pthread_mutex_lock(&be->lock);
+		be->stopping = true;
+		pthread_cond_signal(&be->wake);
+		pthread_mutex_unlock(&be->lock);
+		pthread_join(be->watcher, NULL);
+	}
+	if (be->hc)
+		be->ops->close(be->hc);
 	for (size_t i = 0; i < be->nslots; i++)
 		if (be->slot[i].conn)
 			be->ops->close(be->slot[i].conn);
@@ -275,6 +384,7 @@ remote_destroy(struct kvn_backend *be)
 		free(be->qval[i]);
 	}
 	pthread_cond_destroy(&be->freed);
+	pthread_cond_destroy(&be->wake);
 	pthread_mutex_destroy(&be->lock);
 	free(be->url);
 	free(be->url_redacted);
@@ -302,6 +412,7 @@ remote_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 		return -ENOMEM;
 	pthread_mutex_init(&be->lock, NULL);
 	pthread_cond_init(&be->freed, NULL);
+	kvn_cond_init_monotonic(&be->wake);
 	be->benv = env;
 	be->url = strdup(url);
 	be->url_redacted = kvn_config_redact_url(url);
@@ -330,12 +441,15 @@ remote_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 	uint32_t conns, timeout;
 	if ((rc = opt_u32(be, "connections", 4, 1, MAX_CONNS, &conns)) < 0 ||
 	    (rc = opt_u32(be, "timeout_ms", 30000, 1, 3600000, &timeout)) < 0 ||
+	    (rc = opt_u32(be, "ping_timeout_ms", 2000, 1, 3600000, &be->ping_timeout_ms)) < 0 ||
 	    (rc = opt_u32(be, "retry_min_ms", 100, 1, 3600000, &be->backoff_min_ms)) < 0 ||
 	    (rc = opt_u32(be, "retry_max_ms", 5000, 1, 3600000, &be->backoff_max_ms)) < 0)
 		goto fail;
 	if (be->backoff_max_ms < be->backoff_min_ms)
 		be->backoff_max_ms = be->backoff_min_ms;
 	be->cenv.timeout_ms = timeout;
+	be->pcenv = be->cenv;
+	be->pcenv.timeout_ms = be->ping_timeout_ms;
 	be->nslots = conns;
 
 	/* One connection now: a bad URL or option fails the node's start with the connector's
@@ -352,9 +466,16 @@ remote_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 		goto fail;
 	} else {
 		pthread_mutex_lock(&be->lock);
-		mark_down(be, rc);
+		if (!be->down)
+			mark_down(be, rc);
 		pthread_mutex_unlock(&be->lock);
 	}
+	if ((rc = -pthread_create(&be->watcher, NULL, watcher_main, be)) < 0) {
+		env->log(env, KVN_LOG_ERROR, "cannot start the watcher of %s: %s",
+			 be->url_redacted, kvn_strerror(rc));
+		goto fail;
+	}
+	be->watcher_started = true;
 	*out = be;
 	return 0;
 fail:

@@ -76,7 +76,7 @@ kvn_metrics_common(struct kvn_expo *e, struct kvn_plugins *pl)
 struct tier_snap {
 	const char *name;
 	struct kvn_backend_stats s;
-	uint64_t read, written;
+	uint64_t read, written, skipped;
 };
 
 /* One family per counter, every tier in it. */
@@ -88,6 +88,7 @@ tiers(struct kvn_expo *e, struct kvn_storage *st)
 	for (size_t i = 0; i < kvn_storage_count(st) && n < MAX_TIERS; i++, n++) {
 		kvn_storage_tier(st, i, &t[n].name, &t[n].s);
 		kvn_storage_tier_io(st, i, &t[n].read, &t[n].written);
+		t[n].skipped = kvn_storage_tier_skipped(st, i);
 	}
 #define TIER_FIELD(f) offsetof(struct tier_snap, f)
 	static const struct {
@@ -107,6 +108,9 @@ tiers(struct kvn_expo *e, struct kvn_storage *st)
 	     TIER_FIELD(s.evictions)},
 	    {"kvnode_tier_errors_total", "counter",
 	     "Failed I/O, or corrupt data found and dropped, in this tier", TIER_FIELD(s.errors)},
+	    {"kvnode_tier_writes_skipped_total", "counter",
+	     "Writes to this slow tier skipped: its store out of service or its queue full",
+	     TIER_FIELD(skipped)},
 	    {"kvnode_tier_chunks", "gauge", "Chunks this tier holds now", TIER_FIELD(s.count)},
 	    {"kvnode_tier_stored_bytes", "gauge", "Value bytes this tier holds now",
 	     TIER_FIELD(s.bytes)},

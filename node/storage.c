@@ -283,6 +283,16 @@ bucket_of(struct kvn_digest d)
 	return (size_t)(d.lo % PENDING_BUCKETS);
 }
 
+/* " (N more … not logged)" for a rate-limited line that held N back, else "". */
+static const char *
+held_back(char *buf, size_t len, uint64_t missed, const char *what)
+{
+	if (!missed)
+		return "";
+	snprintf(buf, len, " (%" PRIu64 " more %s not logged in the last second)", missed, what);
+	return buf;
+}
+
 /* A queued job of key holding its latest value, or NULL. Caller holds st->lock. */
 static struct job *
 pending_find(struct kvn_storage *st, const struct kvn_key *key)
@@ -346,13 +356,13 @@ run_job(struct kvn_storage *st, struct job *job)
 		count_io(&t->bytes_written, job->buf->len);
 	} else {
 		uint64_t missed;
+		char more[96];
 		if (kvn_ratelimit_ok(&l->fail_rl, 1000, &missed))
-			kvn_warn("storage",
-				 "write of key %s to %s failed: %s%s (%" PRIu64 " more failed "
-				 "writes not logged in the last second)",
-				 job->key.str, t->name, kvn_strerror(rc),
-				 l->sync ? "; the put was refused" : "; the value is not in this tier",
-				 missed);
+			kvn_warn("storage", "write of key %s to %s failed: %s%s%s", job->key.str,
+				 t->name, kvn_strerror(rc),
+				 l->sync ? "; the put was refused"
+					 : "; the value is not in this tier",
+				 held_back(more, sizeof(more), missed, "failed writes"));
 	}
 	/* A remove that raced with this put must win: undo what we just wrote. */
 	if (rc == 0 && job_state(st, job) == JOB_REMOVED)
@@ -430,11 +440,11 @@ lane_takes(struct lane *l, const struct kvn_key *key, struct kvn_storage *st)
 		return true;
 	atomic_fetch_add_explicit(&l->skipped, 1, memory_order_relaxed);
 	uint64_t missed;
+	char more[96];
 	if (kvn_ratelimit_ok(&l->skip_rl, 1000, &missed))
-		kvn_warn("storage",
-			 "write of key %s to %s skipped: %s; the other tiers have it (%" PRIu64
-			 " more skipped writes not logged in the last second)",
-			 key->str, l->t->name, why, missed);
+		kvn_warn("storage", "write of key %s to %s skipped: %s; the other tiers have it%s",
+			 key->str, l->t->name, why,
+			 held_back(more, sizeof(more), missed, "skipped writes"));
 	return false;
 }
 

@@ -13,6 +13,7 @@
 #include "helpers/pattern.h"
 #include "helpers/proc.h"
 #include "helpers/redis_server.h"
+#include "node/clock.h"
 #include "node/config.h"
 #include "node/xxh.h"
 
@@ -355,6 +356,118 @@ Test(redis_interop, a_tag_key_rewritten_behind_kvnodes_back_makes_the_value_a_mi
 	cr_assert_eq(kvn_engine_get(eng, &k, &b), -ENOENT, "an over-long tag was accepted");
 	cli_set_from("taggedkvnode_tag", "KVX1\0\0\0\0\0\0\0\0", 12);
 	cr_assert_eq(kvn_engine_get(eng, &k, &b), -ENOENT, "a wrong checksum was accepted");
+}
+
+static bool
+stats_say(struct kvn_engine *e, const char *what)
+{
+	char *stats = kvn_engine_stats_json(e);
+	bool yes = stats && strstr(stats, what);
+	free(stats);
+	if (!yes)
+		usleep(50 * 1000);
+	return yes;
+}
+
+static bool
+remote_down(void *arg)
+{
+	return stats_say(arg, "\"connected\":false");
+}
+
+static bool
+remote_up(void *arg)
+{
+	return stats_say(arg, "\"connected\":true");
+}
+
+/* redis-cli EXISTS <key>metadata says 1. */
+static bool
+cli_has(const char *key)
+{
+	char out[PATH_MAX], rkey[256];
+	snprintf(out, sizeof(out), "%s/exists.txt", dir);
+	snprintf(rkey, sizeof(rkey), "%smetadata", key);
+	if (redis_cli(&rs, NULL, out, "EXISTS", rkey, NULL) != 0)
+		return false;
+	char *t = proc_read_file(out, NULL);
+	bool yes = t && !strcmp(t, "1\n");
+	free(t);
+	return yes;
+}
+
+struct fresh_put {
+	struct kvn_engine *e;
+	unsigned n;
+};
+
+/* After the store is back a put must reach it: fresh keys until one lands. */
+static bool
+fresh_put_lands(void *arg)
+{
+	struct fresh_put *f = arg;
+	char key[64];
+	snprintf(key, sizeof(key), "after-cont-%u", f->n++);
+	engine_put_pattern(f->e, key, 1000, 5);
+	kvn_engine_flush(f->e);
+	if (cli_has(key))
+		return true;
+	usleep(100 * 1000);
+	return false;
+}
+
+Test(redis_interop, a_hung_store_never_holds_up_puts_and_is_back_only_once_it_answers_a_ping)
+{
+	char yaml[1024], err[1024];
+	struct kvn_config *c2;
+	struct kvn_engine *e2;
+	/* A request timeout far above the deadline below: waiting on the store shows clearly. */
+	snprintf(yaml, sizeof(yaml),
+		 "max_local_cpu_size: 0.1\nput_threads: 1\nput_queue_depth: 2\n"
+		 "remote_url: \"%s\"\nextra_config:\n  remote.timeout_ms: 60000\n"
+		 "  remote.ping_timeout_ms: 500\n  remote.retry_min_ms: 50\n"
+		 "  remote.retry_max_ms: 200\n",
+		 rs.url);
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", &c2, err, sizeof(err)), 0,
+		     "%s", err);
+	c2->hugepages = false;
+	cr_assert_eq(kvn_engine_open(c2, &e2, err, sizeof(err)), 0, "%s", err);
+	engine_put_pattern(e2, "before-stop", 1000, 1);
+	kvn_engine_flush(e2);
+	cr_assert(cli_has("before-stop"));
+
+	/* SIGSTOP: the kernel still accepts connections, nothing answers them. */
+	cr_assert_eq(kill(rs.proc.pid, SIGSTOP), 0);
+	uint64_t t0 = kvn_now_ms();
+	for (int i = 0; i < 24; i++) {
+		char key[32];
+		snprintf(key, sizeof(key), "while-hung-%d", i);
+		engine_put_pattern(e2, key, 100000, (uint64_t)i);
+		if (i == 11) /* half before the store is seen out of service, half after */
+			cr_assert(proc_wait_for(remote_down, e2, 30000),
+				  "the hung store was never taken out of service");
+	}
+	uint64_t took = kvn_now_ms() - t0;
+	cr_assert_lt(took, 20000,
+		     "24 puts took %llu ms: they waited on the hung store (remote.timeout_ms is "
+		     "60 s)",
+		     (unsigned long long)took);
+	for (int i = 0; i < 24; i++) {
+		char key[32];
+		snprintf(key, sizeof(key), "while-hung-%d", i);
+		cr_assert_eq(engine_get_pattern(e2, key, 100000, (uint64_t)i), 0, "%s", key);
+	}
+	/* A bare TCP connect succeeds on a stopped redis: that is not being back. */
+	usleep(1000 * 1000);
+	cr_assert(remote_down(e2), "the store was declared back while it answered nothing");
+
+	cr_assert_eq(kill(rs.proc.pid, SIGCONT), 0);
+	cr_assert(proc_wait_for(remote_up, e2, 60000), "the store never came back");
+	struct fresh_put f = {.e = e2};
+	cr_assert(proc_wait_for(fresh_put_lands, &f, 60000),
+		  "puts did not reach the store after it answered again");
+	kvn_engine_close(e2);
+	kvn_config_free(c2);
 }
 
 /* Copies the three redis keys of one value to another key, bytes untouched. */

@@ -115,7 +115,10 @@ enum kvn_connector_flags {
  * connection broke — the node then closes this instance and reconnects with back-off, so a
  * connector need not retry on its own. -EBADMSG: the stored value is malformed (the node
  * treats it as a miss, logs and counts it; the connection stays). -EREMOTEIO: the store
- * refused the request (an error reply); the connection stays.
+ * refused the request (an error reply); the connection stays. After any other error (-ENOMEM
+ * part-way through a request …) the node closes the instance without taking the store out of
+ * service: a connector that cannot finish a request must not answer the next one on the same
+ * connection with the earlier one's replies.
  *
  * Threads: one instance is used by one thread at a time (the node keeps a small pool of
  * instances, one connect() each), so an instance needs no locking of its own. */
@@ -144,7 +147,9 @@ struct kvn_connector_ops {
 	int (*remove)(struct kvn_connector *c, const struct kvn_key *key);
 	/* Calls cb for each stored key (order unspecified); -EOPNOTSUPP when the store cannot. */
 	int (*list)(struct kvn_connector *c, kvn_connector_list_cb cb, void *ctx);
-	/* 0 when the store answers. */
+	/* 0 when the store answers. The node PINGs (with env->timeout_ms set to its
+	 * remote.ping_timeout_ms) to tell a hung store from a slow request, and declares a store
+	 * back in service only once it answers a PING, never on a bare connect. */
 	int (*ping)(struct kvn_connector *c);
 
 	/* Batched variants, optional (NULL: the node loops over the single ones). rcs[i] gets
