@@ -53,6 +53,7 @@ struct kvn_backend {
 	size_t nbucket; /* power of two */
 	size_t count;
 	uint64_t bytes;	   /* payload bytes of indexed chunks */
+	uint64_t pinned;   /* payload bytes of indexed chunks that are pinned */
 	uint64_t reserved; /* payload bytes of puts being written */
 
 	/* Per-digest order of name operations (rename, unlink) and the index change that goes
@@ -157,7 +158,21 @@ index_unlink(struct kvn_backend *d, struct entry *e)
 	*pp = e->hnext;
 	lru_unlink(e);
 	d->bytes -= e->len;
+	if (e->pins)
+		d->pinned -= e->len;
 	d->count--;
+}
+
+/* Adds delta to e's pins (e is indexed), keeping d->pinned in step. */
+static void
+pins_add(struct kvn_backend *d, struct entry *e, int delta)
+{
+	bool was = e->pins;
+	e->pins = (uint32_t)((int64_t)e->pins + delta);
+	if (!was && e->pins)
+		d->pinned += e->len;
+	else if (was && !e->pins)
+		d->pinned -= e->len;
 }
 
 static void
@@ -197,6 +212,8 @@ index_insert(struct kvn_backend *d, struct entry *e)
 	*head = e;
 	lru_push_head(d, e);
 	d->bytes += e->len;
+	if (e->pins)
+		d->pinned += e->len;
 	d->count++;
 }
 
@@ -204,9 +221,17 @@ index_insert(struct kvn_backend *d, struct entry *e)
  * Victims leave the index here; their files are unlinked by unlink_victims once the lock is
  * dropped. Waits while other puts hold reservations that may become evictable. */
 static int
-reserve_room(struct kvn_backend *d, uint64_t len, struct entry **victims)
+reserve_room(struct kvn_backend *d, const struct kvn_key *key, uint64_t len,
+	     struct entry **victims)
 {
 	while (d->bytes + d->reserved + len > d->capacity) {
+		/* Pinned chunks stay whatever is evicted (the key's own old value goes when the
+		 * new one is published): when they leave no room, evicting the rest would only
+		 * lose them too. */
+		struct entry *own = index_find(d, key->digest);
+		uint64_t stuck = d->pinned - (own && own->pins ? own->len : 0);
+		if (stuck + len > d->capacity)
+			return -ENOSPC;
 		struct entry *v = d->lru.prev;
 		while (v != &d->lru && v->pins)
 			v = v->prev;
@@ -590,7 +615,7 @@ disk_contains(struct kvn_backend *d, const struct kvn_key *key, bool pin)
 	pthread_mutex_lock(&d->lock);
 	struct entry *e = index_find(d, key->digest);
 	if (e && pin)
-		e->pins++;
+		pins_add(d, e, 1);
 	pthread_mutex_unlock(&d->lock);
 	return e != NULL;
 }
@@ -612,8 +637,8 @@ disk_put(struct kvn_backend *d, const struct kvn_key *key, struct kvn_buf *buf)
 
 	struct entry *victims = NULL;
 	pthread_mutex_lock(&d->lock);
-	int r = reserve_room(d, len, &victims);
-	uint64_t pinned = d->bytes;
+	int r = reserve_room(d, key, len, &victims);
+	uint64_t pinned = d->pinned;
 	pthread_mutex_unlock(&d->lock);
 	unlink_victims(d, victims);
 	if (r) {
@@ -775,7 +800,7 @@ pin_delta(struct kvn_backend *d, const struct kvn_key *key, int delta)
 	else if (delta < 0 && !e->pins)
 		r = -EINVAL;
 	else
-		e->pins += (uint32_t)delta;
+		pins_add(d, e, delta);
 	if (delta < 0)
 		pthread_cond_broadcast(&d->room);
 	pthread_mutex_unlock(&d->lock);

@@ -507,6 +507,31 @@ Test(disk, a_put_that_only_pinned_chunks_could_make_room_for_is_refused)
 	cr_assert_eq(ops->contains(be, &b, false), 0);
 }
 
+Test(disk, a_put_pinned_chunks_leave_no_room_for_evicts_nothing)
+{
+	cr_assert_eq(open_disk(4000, NULL), 0);
+	struct kvn_key k[4];
+	for (int i = 0; i < 4; i++) {
+		k[i] = key_of("keep-%d", i);
+		cr_assert_eq(put_seed(&k[i], 1000, (uint64_t)i), 0);
+	}
+	cr_assert_eq(ops->pin(be, &k[0]), 0);
+	cr_assert_eq(ops->pin(be, &k[1]), 0);
+	/* 2000 pinned bytes: 2500 more can never fit in 4000, whatever is evicted. */
+	struct kvn_key big = key_of("too-big-beside-the-pins");
+	cr_assert_eq(put_seed(&big, 2500, 9), -ENOSPC);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(ops->contains(be, &k[i], false), 1,
+			     "chunk %d was evicted for a put that could not fit anyway", i);
+	cr_assert_eq(stats().evictions, 0);
+	cr_assert_eq(count_files(".kvc"), 4);
+	cr_assert_eq(ops->unpin(be, &k[0]), 0);
+	cr_assert_eq(put_seed(&big, 2500, 9), 0, "with one pin gone it fits after evictions");
+	expect_value(&big, 2500, 9);
+	cr_assert_eq(ops->contains(be, &k[1], false), 1, "a pinned chunk is never evicted");
+	cr_assert_eq(ops->unpin(be, &k[1]), 0);
+}
+
 Test(disk, a_restart_with_a_smaller_capacity_keeps_the_newest_by_mtime)
 {
 	cr_assert_eq(open_disk(4000, NULL), 0);
