@@ -63,6 +63,8 @@ struct kvn_backend {
 
 	_Atomic uint64_t tmpseq;
 	_Atomic uint64_t hits, misses, puts, evictions, errors;
+	/* Failed puts are logged at most once a second: a full disk fails every one of them. */
+	struct kvn_ratelimit put_rl;
 
 	/* LRU sentinel, guarded by lock. Last: struct entry ends in a flexible array (its key). */
 	struct entry lru;
@@ -89,6 +91,17 @@ dlog(const struct kvn_backend_env *env, int level, const char *fmt, ...)
 		if ((level) < KVN_LOG_DEBUG || kvn_log_get_level() >= KVN_LOG_DEBUG)               \
 			dlog((d)->env, level, __VA_ARGS__);                                        \
 	} while (0)
+
+/* "; N more failed puts ..." for a rate-limited line that held N back, else "". */
+static const char *
+held_back(char *buf, size_t len, uint64_t missed)
+{
+	if (!missed)
+		return "";
+	snprintf(buf, len, "; %" PRIu64 " more failed puts not logged in the last second",
+		 missed);
+	return buf;
+}
 
 static int
 open_chunk(struct kvn_backend *d, const char *name, int flags, bool *direct)
@@ -641,12 +654,16 @@ disk_put(struct kvn_backend *d, const struct kvn_key *key, struct kvn_buf *buf)
 	uint64_t pinned = d->pinned;
 	pthread_mutex_unlock(&d->lock);
 	unlink_victims(d, victims);
+	uint64_t missed;
+	char more[96];
 	if (r) {
 		free(e);
-		DLOG(d, KVN_LOG_WARN,
-		     "no room for key %s (%" PRIu64 " bytes) in %s: %" PRIu64
-		     " of capacity_bytes %" PRIu64 " are pinned",
-		     key->str, len, d->dir, pinned, d->capacity);
+		if (kvn_ratelimit_ok(&d->put_rl, 1000, &missed))
+			DLOG(d, KVN_LOG_WARN,
+			     "no room for key %s (%" PRIu64 " bytes) in %s: %" PRIu64
+			     " of capacity_bytes %" PRIu64 " are pinned%s",
+			     key->str, len, d->dir, pinned, d->capacity,
+			     held_back(more, sizeof(more), missed));
 		return r;
 	}
 
@@ -684,12 +701,23 @@ disk_put(struct kvn_backend *d, const struct kvn_key *key, struct kvn_buf *buf)
 			unlinkat(d->dirfd, tmp, 0);
 		free(e);
 		d->errors++;
-		DLOG(d, KVN_LOG_ERROR, "cannot %s %s/%s for key %s: %s (check the disk under %s)",
-		     what, d->dir, tmp, key->str, strerror(-r), d->dir);
+		if (kvn_ratelimit_ok(&d->put_rl, 1000, &missed))
+			DLOG(d, KVN_LOG_ERROR,
+			     "cannot %s %s/%s for key %s: %s (check the disk under %s)%s", what,
+			     d->dir, tmp, key->str, strerror(-r), d->dir,
+			     held_back(more, sizeof(more), missed));
 		return r;
 	}
-	if (d->fsync && fsync(d->dirfd))
-		DLOG(d, KVN_LOG_WARN, "fsync of directory %s failed: %s", d->dir, strerror(errno));
+	/* Published and readable; durable across a power loss only once the directory is. */
+	if (d->fsync && fsync(d->dirfd)) {
+		r = -errno;
+		d->errors++;
+		if (kvn_ratelimit_ok(&d->put_rl, 1000, &missed))
+			DLOG(d, KVN_LOG_ERROR,
+			     "fsync of directory %s failed after publishing key %s: %s%s", d->dir,
+			     key->str, strerror(-r), held_back(more, sizeof(more), missed));
+		return r;
+	}
 	d->puts++;
 	return 0;
 }

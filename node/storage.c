@@ -421,9 +421,11 @@ writer_of(struct lane *l, const struct kvn_key *key)
 static bool
 lanes_full(struct kvn_storage *st, const struct kvn_key *key)
 {
-	for (size_t i = 0; i < st->nlanes; i++)
-		if (!st->lane[i].best_effort && writer_of(&st->lane[i], key)->depth >= st->depth_max)
+	for (size_t i = 0; i < st->nlanes; i++) {
+		struct lane *l = &st->lane[i];
+		if (!l->best_effort && writer_of(l, key)->depth >= st->depth_max)
 			return true;
+	}
 	return false;
 }
 
@@ -577,8 +579,9 @@ start_lanes(struct kvn_storage *st, char *err, size_t errlen)
 			pthread_cond_init(&w->cond, NULL);
 			rc = pthread_create(&w->thread, NULL, writer_main, w);
 			if (rc)
-				return kvn_seterr(err, errlen, "cannot start writer threads of %s: %s",
-						  t->name, strerror(rc));
+				return kvn_seterr(err, errlen,
+						  "cannot start writer threads of %s: %s", t->name,
+						  strerror(rc));
 			w->started = true;
 		}
 	}

@@ -554,3 +554,88 @@ Test(serve, a_listener_others_can_reach_without_a_configured_token_is_refused)
 	assert_stderr_mentions("--listen 0.0.0.0:0 is not a loopback address");
 	assert_stderr_mentions("openssl rand -hex 32");
 }
+
+/* Puts keys (every third one twice, a newer version last), SIGKILLs the daemon right after the
+ * last acknowledgement and restarts it on the same directory: returns how many keys did not
+ * read back their latest version byte for byte (each named in the log). disk_opts: lines of
+ * extra_config. */
+static int
+kill_after_acks_and_count_lost(const char *disk_opts)
+{
+	enum { N = 12 };
+	char text[PATH_MAX + 256], in[PATH_MAX], got[PATH_MAX];
+	snprintf(text, sizeof(text),
+		 "local_disk: %s/disk\nmax_local_disk_size: 0.5\nextra_config:\n%s", dir,
+		 disk_opts);
+	write_config(text);
+	path_in_dir(got, "got.bin");
+	for (int round = 0; round < 2; round++)
+		for (int i = 0; i < N; i++) {
+			snprintf(in, sizeof(in), "%s/v%d-%d.bin", dir, round, i);
+			random_file(in, 6 * MIB + 4096 * (size_t)i + 1,
+				    (uint64_t)(round * 100 + i));
+		}
+	start_daemon();
+	for (int i = 0; i < N; i++) {
+		char key[64];
+		snprintf(key, sizeof(key), "durable-%d", i);
+		snprintf(in, sizeof(in), "%s/v0-%d.bin", dir, i);
+		cr_assert_eq(kv(NULL, "put", "--node", sock, key, in), 0, "%s", cli_err());
+	}
+	/* The newer versions at once, from several clients: writes are still queued when the
+	 * last acknowledgement arrives, unless a put waits for its disk write. */
+	struct proc puts[N];
+	char keys[N][64], ins[N][PATH_MAX];
+	for (int i = 0; i < N; i += 3) {
+		snprintf(keys[i], sizeof(keys[i]), "durable-%d", i);
+		snprintf(ins[i], sizeof(ins[i]), "%s/v1-%d.bin", dir, i);
+		const char *argv[] = {KVNODE, "put", "--node", sock, keys[i], ins[i], NULL};
+		struct proc_opts po = {.env = clean_env};
+		cr_assert_eq(proc_spawn(&puts[i], argv, &po), 0);
+	}
+	for (int i = 0; i < N; i += 3) {
+		cr_assert_eq(proc_wait(&puts[i], DEADLINE), 0, "put %s did not finish", keys[i]);
+		cr_assert_eq(proc_exit_code(&puts[i]), 0, "put %s failed", keys[i]);
+	}
+	cr_assert_geq(proc_stop(&daemon_proc, SIGKILL, DEADLINE), 0);
+
+	start_daemon();
+	int lost = 0;
+	for (int i = 0; i < N; i++) {
+		char key[64];
+		snprintf(key, sizeof(key), "durable-%d", i);
+		snprintf(in, sizeof(in), "%s/v%d-%d.bin", dir, i % 3 ? 0 : 1, i);
+		unlink(got);
+		int rc = kv(NULL, "get", "--node", sock, key, "-o", got);
+		size_t la = 0, lb = 0;
+		char *want = proc_read_file(in, &la), *have = rc ? NULL : proc_read_file(got, &lb);
+		if (!have || la != lb || memcmp(want, have, la)) {
+			cr_log_info("%s: %s after the SIGKILL", key,
+				    rc ? "missing" : "an older or different version");
+			lost++;
+		}
+		free(want);
+		free(have);
+	}
+	cr_assert_eq(stop_daemon(), 0, "serve: %s", slurp("serve.err"));
+	return lost;
+}
+
+Test(serve, with_disk_sync_put_every_acknowledged_value_survives_a_sigkill_in_its_latest_version)
+{
+	int lost = kill_after_acks_and_count_lost("  disk.sync_put: true\n");
+	cr_assert_eq(lost, 0, "%d acknowledged keys lost or older after a SIGKILL", lost);
+}
+
+Test(serve, a_bad_disk_sync_put_is_a_config_error_naming_it)
+{
+	char text[PATH_MAX + 128];
+	snprintf(text, sizeof(text),
+		 "local_disk: %s/disk\nmax_local_disk_size: 0.25\nextra_config:\n"
+		 "  disk.sync_put: sometimes\n",
+		 dir);
+	write_config(text);
+	const char *argv[] = {"serve", "-c", cfg, "--socket", sock, NULL};
+	cr_assert_neq(run_argv(NULL, argv), 0);
+	assert_stderr_mentions("disk.sync_put");
+}

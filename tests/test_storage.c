@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -396,4 +397,98 @@ Test(storage, option_values_a_backend_reads_stay_valid_after_later_reads)
 	cr_assert_eq(env->get_opt(env, "put_threads"), a, "the same answer, the same string");
 	cr_assert_str_eq(env->get_opt(env, "class_name"), "kvn_gate_backend_ops");
 	close_all();
+}
+
+/* cpu and a disk tier of about 2 KiB (2^-19 GB = 2048 bytes), extra_config lines in extra. */
+static void
+open_small_disk(const char *extra)
+{
+	char fmt[1024];
+	snprintf(fmt, sizeof(fmt),
+		 "local_cpu: true\nmax_local_cpu_size: 0.01\nlocal_disk: %%s/disk\n"
+		 "max_local_disk_size: 0.0000019073486328125\nextra_config:\n%s",
+		 extra);
+	open_yaml(fmt);
+}
+
+/* Pins key n in the disk tier, which then has no room for a value of 1100 bytes or more. */
+static void
+pin_in_disk(int n)
+{
+	struct kvn_backend *d = kvn_storage_backend(st, &kvn_disk_backend_ops);
+	struct kvn_key k = key_n(n);
+	cr_assert_eq(kvn_disk_backend_ops.pin(d, &k), 0);
+}
+
+Test(storage, with_disk_sync_put_a_put_returns_once_the_disk_holds_it_and_fails_when_it_cannot)
+{
+	open_small_disk("  disk.sync_put: true\n");
+	cr_assert_eq(tier(1, "disk").capacity, 2048);
+	put_n(1, 1000, 0x11);
+	/* No flush: the acknowledgement itself says the disk has it. */
+	cr_assert_eq(tier(1, "disk").count, 1, "the put returned before the disk write");
+	pin_in_disk(1);
+	struct kvn_key k = key_n(2);
+	struct kvn_buf *b = kvn_buf_new(1500);
+	memset(b->data, 0x22, 1500);
+	cr_assert_eq(kvn_storage_put(st, &k, b), -ENOSPC,
+		     "a value the disk could not store was acknowledged");
+	kvn_buf_unref(b);
+	close_all();
+}
+
+Test(storage, without_sync_put_a_put_the_disk_cannot_store_is_still_acknowledged_from_cpu)
+{
+	open_small_disk("  disk.sync_put: false\n");
+	put_n(1, 1000, 0x11);
+	kvn_storage_flush(st);
+	pin_in_disk(1);
+	put_n(2, 1500, 0x22);
+	kvn_storage_flush(st);
+	expect_n(2, 1500, 0x22);
+	cr_assert_eq(tier(1, "disk").count, 1);
+	close_all();
+}
+
+static int
+count_lines_with(const char *text, const char *what)
+{
+	int n = 0;
+	for (const char *p = text; (p = strstr(p, what)); p += strlen(what))
+		n++;
+	return n;
+}
+
+Test(storage, failed_disk_writes_are_logged_at_most_about_once_a_second)
+{
+	char logpath[128];
+	snprintf(logpath, sizeof(logpath), "%s/log.txt", dir);
+	fflush(stderr);
+	int saved = dup(2), fd = open(logpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	cr_assert_geq(fd, 0);
+	dup2(fd, 2);
+	close(fd);
+	open_small_disk("  disk.fsync: false\n");
+	put_n(1, 1000, 0x11);
+	kvn_storage_flush(st);
+	pin_in_disk(1);
+	for (int i = 0; i < 200; i++)
+		put_n(100 + i, 1500, i); /* each one refused by the disk */
+	kvn_storage_flush(st);
+	close_all();
+	fflush(stderr);
+	dup2(saved, 2);
+	close(saved);
+	FILE *f = fopen(logpath, "r");
+	cr_assert_not_null(f);
+	static char text[1 << 20];
+	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	text[n] = '\0';
+	fclose(f);
+	int storage = count_lines_with(text, "to disk failed");
+	int disk = count_lines_with(text, "no room");
+	cr_assert_geq(storage, 1, "no failed write was logged:\n%s", text);
+	cr_assert_geq(disk, 1);
+	/* 200 failures in a run of well under a minute even on a loaded machine. */
+	cr_assert_lt(storage + disk, 100, "%d + %d lines for 200 failed writes", storage, disk);
 }
