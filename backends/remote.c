@@ -337,7 +337,8 @@ watcher_main(void *arg)
 		}
 		uint64_t oldest = oldest_request(be);
 		if (!oldest || now - oldest < be->ping_timeout_ms) {
-			wait_ms(be, oldest ? oldest + be->ping_timeout_ms - now : be->ping_timeout_ms);
+			wait_ms(be, oldest ? oldest + be->ping_timeout_ms - now
+					   : be->ping_timeout_ms);
 			continue;
 		}
 		/* A request has waited ping_timeout_ms: is the store there at all? */
@@ -346,8 +347,9 @@ watcher_main(void *arg)
 		pthread_mutex_lock(&be->lock);
 		if (rc < 0 && !be->down && be->gen == gen) {
 			kvn_warn("remote",
-				 "%s did not answer PING within remote.ping_timeout_ms (%u ms) while "
-				 "a request has waited %" PRIu64 " ms: taking it out of service",
+				 "%s did not answer PING within remote.ping_timeout_ms (%u ms) "
+				 "while a request has waited %" PRIu64
+				 " ms: taking it out of service",
 				 be->url_redacted, be->ping_timeout_ms, kvn_now_ms() - oldest);
 			mark_down(be, rc);
 		} else if (rc == 0 && !be->stopping) {

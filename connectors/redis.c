@@ -775,7 +775,8 @@ do_list(struct kvn_connector *c, kvn_connector_list_cb cb, void *ctx)
 		    r->element[1]->type != REDIS_REPLY_ARRAY ||
 		    r->element[0]->len >= sizeof(cursor)) {
 			freeReplyObject(r);
-			return stream_broken(c, "SCAN", -EPROTO, "SCAN answered no cursor and keys");
+			return stream_broken(c, "SCAN", -EPROTO,
+					     "SCAN answered no cursor and keys");
 		}
 		memcpy(cursor, r->element[0]->str, r->element[0]->len);
 		cursor[r->element[0]->len] = '\0';

@@ -1018,7 +1018,8 @@ Test(redis_connector, a_batch_that_failed_part_way_never_lets_the_next_request_r
 	if (rc == 0) {
 		cr_assert_eq(v.payload->len, 2000, "the get of b returned a's %zu bytes",
 			     v.payload->len);
-		cr_assert(pattern_check(v.payload->data, 2000, 2), "the get of b returned a's value");
+		cr_assert(pattern_check(v.payload->data, 2000, 2),
+			  "the get of b returned a's value");
 		kvn_remote_value_release(&v);
 	} else {
 		cr_assert(is_conn_error(rc), "get after the failed batch: %s", kvn_strerror(rc));
