@@ -529,7 +529,10 @@ wait_jobs(struct kvn_storage *st, struct job **waits, size_t n)
 static int
 lane_sync_opt(struct tier *t, bool *out, char *err, size_t errlen)
 {
-	const char *v = t->env.get_opt(&t->env, "sync_put");
+	/* The remote tier's options carry their prefix themselves (backends/remote.c). */
+	bool remote = t->ops == &kvn_remote_backend_ops;
+	const char *v = remote ? kvn_config_extra(t->st->cfg, "remote.sync_put")
+			       : t->env.get_opt(&t->env, "sync_put");
 	*out = false;
 	if (!v)
 		return 0;
@@ -540,7 +543,7 @@ lane_sync_opt(struct tier *t, bool *out, char *err, size_t errlen)
 		 strcmp(v, "0"))
 		return kvn_seterr(err, errlen,
 				  "extra_config %ssync_put is \"%s\": set it to true or false",
-				  t->prefix, v);
+				  remote ? "remote." : t->prefix, v);
 	return 0;
 }
 
@@ -562,8 +565,8 @@ start_lanes(struct kvn_storage *st, char *err, size_t errlen)
 			return rc;
 		if (l->sync && l->best_effort)
 			return kvn_seterr(err, errlen,
-					  "sync_put is not supported for the remote tier: puts do "
-					  "not wait for the remote store");
+					  "extra_config remote.sync_put is not supported: puts never "
+					  "wait for the remote store (see docs/durability.md)");
 		if (l->sync)
 			kvn_info("storage", "puts return once %s holds the value (%ssync_put)",
 				 t->name, t->prefix);

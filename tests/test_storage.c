@@ -492,3 +492,14 @@ Test(storage, failed_disk_writes_are_logged_at_most_about_once_a_second)
 	/* 200 failures in a run of well under a minute even on a loaded machine. */
 	cr_assert_lt(storage + disk, 100, "%d + %d lines for 200 failed writes", storage, disk);
 }
+
+Test(storage, sync_put_for_the_remote_tier_is_refused_naming_it)
+{
+	const char yaml[] = "local_cpu: false\nremote_url: \"blackhole://\"\n"
+			    "extra_config:\n  remote.sync_put: true\n";
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "test.yaml", &cfg, err, sizeof(err)), 0,
+		     "config: %s", err);
+	cr_assert_lt(kvn_storage_open(cfg, NULL, &st, err, sizeof(err)), 0);
+	cr_assert(strstr(err, "remote.sync_put"), "%s", err);
+	st = NULL;
+}
