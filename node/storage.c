@@ -93,6 +93,7 @@ struct kvn_storage {
 	size_t ntiers;
 	int cpu; /* index of the cpu tier, -1 when disabled */
 	bool have_slow;
+	bool have_sync; /* some lane is sync_put */
 	bool promote;
 
 	pthread_mutex_t lock; /* queues and the pending table; never held across backend I/O */
@@ -567,6 +568,7 @@ start_lanes(struct kvn_storage *st, char *err, size_t errlen)
 			return kvn_seterr(err, errlen,
 					  "extra_config remote.sync_put is not supported: puts never "
 					  "wait for the remote store (see docs/durability.md)");
+		st->have_sync |= l->sync;
 		if (l->sync)
 			kvn_info("storage", "puts return once %s holds the value (%ssync_put)",
 				 t->name, t->prefix);
@@ -743,8 +745,8 @@ kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_bu
 		int rc = enqueue(st, key, buf, waits, &nwaits);
 		if (rc == 0)
 			rc = wait_jobs(st, waits, nwaits);
-		if (rc < 0 && nwaits)
-			return rc; /* a sync_put tier could not store it: not acknowledged */
+		if (rc < 0 && st->have_sync)
+			return rc; /* a sync_put tier does not hold it: not acknowledged */
 		if (rc == 0)
 			stored++;
 		else
