@@ -581,10 +581,117 @@ kvn_cf_send_all(int fd, const void *buf, size_t len)
 void
 kvn_cf_error_text(const uint8_t *body, uint32_t len, char *out, size_t cap)
 {
+	kvn_cf_error_decode(body, len, out, cap);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * ERROR frames, names
+ * ------------------------------------------------------------------------------------------ */
+
+/* Length of the UTF-8 character at p (at most n bytes there) with its code point in *cp; 0 for
+ * an invalid, overlong, surrogate or out-of-range sequence. */
+static size_t
+utf8_char(const unsigned char *p, size_t n, uint32_t *cp)
+{
+	size_t len;
+	uint32_t c, min;
+	if (p[0] < 0x80) {
+		*cp = p[0];
+		return 1;
+	} else if ((p[0] & 0xe0) == 0xc0) {
+		len = 2, c = p[0] & 0x1fu, min = 0x80;
+	} else if ((p[0] & 0xf0) == 0xe0) {
+		len = 3, c = p[0] & 0x0fu, min = 0x800;
+	} else if ((p[0] & 0xf8) == 0xf0) {
+		len = 4, c = p[0] & 0x07u, min = 0x10000;
+	} else {
+		return 0;
+	}
+	if (n < len)
+		return 0;
+	for (size_t i = 1; i < len; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		c = c << 6 | (p[i] & 0x3fu);
+	}
+	if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+		return 0;
+	*cp = c;
+	return len;
+}
+
+int
+kvn_cf_put_error(struct kvn_cf_buf *b, uint32_t seq, int code, const char *msg)
+{
+	/* Messages may quote what a peer sent: only printable, valid UTF-8 goes out. */
+	char clean[1024];
+	size_t n = strlen(msg), o = 0;
+	for (size_t i = 0; i < n && o + 5 < sizeof(clean);) {
+		uint32_t cp;
+		size_t l = utf8_char((const unsigned char *)msg + i, n - i, &cp);
+		if (!l || cp < 0x20 || (cp >= 0x7f && cp < 0xa0)) {
+			clean[o++] = '?';
+			i++;
+			continue;
+		}
+		memcpy(clean + o, msg + i, l);
+		o += l;
+		i += l;
+	}
+	clean[o] = '\0';
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "error", clean);
+	cJSON_AddNumberToObject(j, "code", code < 0 ? -code : code);
+	char *text = cJSON_PrintUnformatted(j);
+	cJSON_Delete(j);
+	int rc = text ? kvn_cf_put_json_frame(b, KVN_CF_ERROR, seq, text, NULL, 0) : -ENOMEM;
+	free(text);
+	return rc;
+}
+
+int
+kvn_cf_error_decode(const uint8_t *body, uint32_t len, char *out, size_t cap)
+{
 	cJSON *j = cJSON_ParseWithLength((const char *)body, len);
 	const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+	const cJSON *c = cJSON_GetObjectItemCaseSensitive(j, "code");
 	snprintf(out, cap, "%s", cJSON_IsString(e) ? e->valuestring : "(no message)");
+	int code = -EPROTO;
+	if (cJSON_IsNumber(c) && c->valuedouble >= 1 && c->valuedouble < 4096 &&
+	    c->valuedouble == (double)(int)c->valuedouble)
+		code = -(int)c->valuedouble;
 	cJSON_Delete(j);
+	return code;
+}
+
+int
+kvn_cf_name_check(const char *name, char *err, size_t errlen)
+{
+	size_t n = strlen(name);
+	if (n == 0 || n > KVN_CF_NAME_MAX)
+		return kvn_seterr(err, errlen,
+				  "a node name of %zu bytes: names are " KVN_CF_NAME_RULE, n);
+	for (size_t i = 0; i < n;) {
+		const unsigned char *p = (const unsigned char *)name + i;
+		uint32_t cp;
+		size_t l = utf8_char(p, n - i, &cp);
+		if (!l)
+			return kvn_seterr(err, errlen,
+					  "byte %zu of the node name (0x%02x) is not valid UTF-8: "
+					  "names are " KVN_CF_NAME_RULE,
+					  i, p[0]);
+		bool ok = cp < 0x80
+			      ? (cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') ||
+				    (cp >= '0' && cp <= '9') || cp == '-' || cp == '_' || cp == '.'
+			      : cp >= 0xa0 && cp != 0x2028 && cp != 0x2029;
+		if (!ok)
+			return kvn_seterr(err, errlen,
+					  "the node name's character U+%04X at byte %zu is not "
+					  "allowed: names are " KVN_CF_NAME_RULE,
+					  (unsigned)cp, i);
+		i += l;
+	}
+	return 0;
 }
 
 bool

@@ -25,7 +25,7 @@
 #define KVN_CF_LOOKUP_MAX  4096u       /* keys per lookup frame */
 #define KVN_CF_LOCS_MAX	   8u	       /* locations returned per key */
 #define KVN_CF_EVICT_MAX   65536u      /* digests per evict notice */
-#define KVN_CF_NAME_MAX	   255u	       /* node name bytes */
+#define KVN_CF_NAME_MAX	   64u	       /* node name bytes (kvn_cf_name_check) */
 #define KVN_CF_ADDR_MAX	   300u	       /* data address bytes */
 #define KVN_CF_STATS_MAX   (8u << 20)  /* a stats reply (member list) */
 
@@ -42,7 +42,8 @@ enum kvn_cf_type {
 	KVN_CF_HEARTBEAT_ACK = 17, /* epoch u64 | worker_count u32 | reserved u32 */
 	KVN_CF_LOOKUP_REPLY = 18,  /* binary locations per key */
 	KVN_CF_STATS_REPLY = 19,   /* JSON cluster view */
-	KVN_CF_ERROR = 20,	   /* JSON {"error": "..."}; the scheduler closes after it */
+	KVN_CF_ERROR = 20,	   /* JSON {"error": "...", "code": errno}; the scheduler closes
+				    * after it */
 	KVN_CF_MEMBER = 21,	   /* json_len u32 | JSON | region blob: a member is up or down */
 	KVN_CF_EVICTED = 22,	   /* worker_id u32 | count u32 | count x digest: dropped entries */
 };
@@ -199,6 +200,29 @@ int kvn_cf_rx_wait(struct kvn_cf_rx *r, int fd, int timeout_ms, struct kvn_cf_hd
 int kvn_cf_send_all(int fd, const void *p, size_t len);
 /* The message of an ERROR frame's JSON body, "(no message)" when it has none. */
 void kvn_cf_error_text(const uint8_t *body, uint32_t len, char *out, size_t cap);
+
+/* ------------------------------------------------------------------------------------------
+ * ERROR frames: {"error": message, "code": a positive errno}. Receivers decide by the code
+ * (EACCES: the auth token; EINVAL: a field the sender must fix; EUSERS: no worker id left);
+ * the message is for people. Bytes of msg that are not printable UTF-8 are sent as '?', so the
+ * frame is always valid JSON.
+ * ------------------------------------------------------------------------------------------ */
+
+int kvn_cf_put_error(struct kvn_cf_buf *b, uint32_t seq, int code, const char *msg);
+/* The ERROR's code as a negative errno (-EPROTO when it carries none, as from a peer that
+ * predates codes) and its message into out. */
+int kvn_cf_error_decode(const uint8_t *body, uint32_t len, char *out, size_t cap);
+
+/* A node name (node_name; the scheduler's key for a worker id, shown in `kvnode stat`, JSON
+ * and metric labels): 1..KVN_CF_NAME_MAX bytes of valid UTF-8 made of ASCII letters, digits,
+ * '-', '_', '.' and non-ASCII characters other than controls (U+0080..U+009F) and line
+ * separators (U+2028, U+2029). Such a name needs no quoting anywhere it is shown. 0, or
+ * -EINVAL with err saying which byte broke which rule (never echoing the bytes). */
+int kvn_cf_name_check(const char *name, char *err, size_t errlen);
+/* The rule above in words, for messages. */
+#define KVN_CF_NAME_RULE                                                                           \
+	"1..64 bytes of UTF-8: letters, digits, '-', '_', '.' (no spaces, quotes or control "      \
+	"characters)"
 
 /* Constant-time comparison of two NUL-terminated secrets (time depends on b's length only). */
 bool kvn_cf_token_eq(const char *a, const char *b);

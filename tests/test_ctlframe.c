@@ -291,3 +291,79 @@ Test(ctlframe, token_comparison_is_exact)
 	cr_assert(!kvn_cf_token_eq("", "s3cret"));
 	cr_assert(kvn_cf_token_eq("", ""));
 }
+
+Test(ctlframe, error_frames_carry_an_errno_code_beside_their_message)
+{
+	struct kvn_cf_buf b = {0};
+	cr_assert_eq(kvn_cf_put_error(&b, 9, -EACCES, "JOIN refused: no \"token\" here"), 0);
+	struct kvn_cf_hdr h;
+	cr_assert_eq(kvn_cf_hdr_decode(b.p, &h, why, sizeof(why)), 0);
+	cr_assert(h.type == KVN_CF_ERROR && h.seq == 9);
+	char msg[128];
+	const uint8_t *body = b.p + KVN_CF_HDR_SIZE;
+	cr_assert_eq(kvn_cf_error_decode(body, h.len, msg, sizeof(msg)), -EACCES,
+		     "the code decides, whatever the text says");
+	cr_assert_str_eq(msg, "JOIN refused: no \"token\" here");
+	kvn_cf_error_text(body, h.len, msg, sizeof(msg));
+	cr_assert_str_eq(msg, "JOIN refused: no \"token\" here", "the text reads as before");
+
+	const char *old = "{\"error\":\"from an older scheduler\"}";
+	cr_assert_eq(
+	    kvn_cf_error_decode((const uint8_t *)old, (uint32_t)strlen(old), msg, sizeof(msg)),
+	    -EPROTO, "an ERROR without a code is a protocol error");
+	cr_assert_str_eq(msg, "from an older scheduler");
+	const char *odd[] = {"{\"error\":\"x\",\"code\":0}", "{\"error\":\"x\",\"code\":-13}",
+			     "{\"error\":\"x\",\"code\":1e9}", "{\"error\":\"x\",\"code\":\"13\"}",
+			     "not json"};
+	for (size_t i = 0; i < sizeof(odd) / sizeof(odd[0]); i++)
+		cr_assert_eq(kvn_cf_error_decode((const uint8_t *)odd[i], (uint32_t)strlen(odd[i]),
+						 msg, sizeof(msg)),
+			     -EPROTO, "%s", odd[i]);
+	kvn_cf_buf_free(&b);
+}
+
+Test(ctlframe, node_names_are_1_to_64_bytes_of_utf8_letters_digits_dash_underscore_dot)
+{
+	const char *good[] = {"node-a",
+			      "gpu_node.7",
+			      "A",
+			      "kv-node-1.rack12.example.com",
+			      "n\xc3\xb6"
+			      "de",			    /* ö */
+			      "\xe8\x8a\x82\xe7\x82\xb9-1", /* 节点-1 */
+			      "\xf0\x9f\x9a\x80",	    /* a four-byte character */
+			      "1234567890123456789012345678901234567890123456789012345678901234"};
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+		cr_assert_eq(kvn_cf_name_check(good[i], why, sizeof(why)), 0, "%s: %s", good[i],
+			     why);
+	const char *bad[] = {
+	    "",
+	    "12345678901234567890123456789012345678901234567890123456789012345", /* 65 */
+	    "a b",
+	    "a\"b",
+	    "a\\b",
+	    "a\nb",
+	    "a\tb",
+	    "a{b}",
+	    "a:b",
+	    "a/b",
+	    "\xff",
+	    "a\xfe",
+	    "\xc0\x80",		/* overlong NUL */
+	    "\xe0\x80\xaf",	/* overlong '/' */
+	    "\xed\xa0\x80",	/* a UTF-16 surrogate */
+	    "\xf4\x90\x80\x80", /* past U+10FFFF */
+	    "\xe8\x8a",		/* cut short */
+	    "\xc2\x85",		/* U+0085, a C1 control */
+	    "\xe2\x80\xa8",	/* U+2028, a line separator */
+	    "\x7f"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		why[0] = '\0';
+		cr_assert_neq(kvn_cf_name_check(bad[i], why, sizeof(why)), 0, "bad name %zu passed",
+			      i);
+		cr_assert(why[0], "refusal %zu says why", i);
+		for (const char *p = why; *p; p++)
+			cr_assert((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f,
+				  "the message never echoes the bytes it refused: %s", why);
+	}
+}
