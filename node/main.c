@@ -628,7 +628,14 @@ cmd_scheduler(struct opts *o)
 	signal(SIGPIPE, SIG_IGN);
 	struct kvn_scheduler *sched;
 	struct kvn_scheduler_opts so = {
-	    .listen = addr, .heartbeat_ms = cfg->heartbeat_ms, .auth_token = cfg->auth_token};
+	    .listen = addr,
+	    .heartbeat_ms = cfg->heartbeat_ms,
+	    .auth_token = cfg->auth_token,
+	    .max_conns = cfg->scheduler_max_connections,
+	    .unjoined_ms = cfg->scheduler_unjoined_timeout_ms,
+	    .reply_queue_max = cfg->scheduler_reply_queue_max,
+	    /* 0 in the config: ids are free as soon as their name is gone */
+	    .worker_id_grace_ms = cfg->worker_id_grace_ms ? (int64_t)cfg->worker_id_grace_ms : -1};
 	int rc = kvn_scheduler_create(&so, &sched, err, sizeof(err));
 	if (rc < 0) {
 		kvn_config_free(cfg);

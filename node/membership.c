@@ -31,10 +31,11 @@ struct waiter {
 	struct waiter *next;
 };
 
+/* The member table: one record per worker id announced, sorted by id (not indexed by it, so a
+ * notice of a large id costs one record). */
 struct mrec {
 	struct kvn_member_info info;
 	uint8_t *regions;
-	bool known;
 };
 
 struct kvn_membership {
@@ -63,7 +64,7 @@ struct kvn_membership {
 	size_t qlen, qcap;
 	uint64_t queued, sent; /* records, for kvn_membership_flush */
 	struct mrec *members;
-	size_t nmembers;
+	size_t nmembers, members_cap;
 
 	struct kvn_cf_rx rx; /* the thread's (and the first join's) */
 	struct kvn_cf_buf tx;
@@ -87,6 +88,22 @@ deadline_ts(struct timespec *ts, int ms)
 		ts->tv_sec++;
 		ts->tv_nsec -= 1000000000;
 	}
+}
+
+/* The index of worker_id's record, or where it would go (*found false). */
+static size_t
+member_pos(const struct kvn_membership *m, uint32_t worker_id, bool *found)
+{
+	size_t lo = 0, hi = m->nmembers;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (m->members[mid].info.worker_id < worker_id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = lo < m->nmembers && m->members[lo].info.worker_id == worker_id;
+	return lo;
 }
 
 /* "kvnode://host:port/" and "host:port" both name the scheduler. */
@@ -129,11 +146,14 @@ num(const cJSON *j, const char *name, double dflt)
 	return cJSON_IsNumber(v) ? v->valuedouble : dflt;
 }
 
-/* Connects and joins; on success m->fd is the connection. Called with no lock held, by start
- * (before the thread exists) or by the thread. */
+/* Connects and joins; on success m->fd is the connection. *refused: the scheduler answered
+ * with an ERROR, whose code is returned (-EACCES for the auth token, -EINVAL for a field of
+ * ours, -EUSERS when no worker id is left). Called with no lock held, by start (before the
+ * thread exists) or by the thread. */
 static int
-connect_join(struct kvn_membership *m, char *err, size_t errlen)
+connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
 {
+	*refused = false;
 	int timeout = m->o.timeout_ms;
 	char why[512];
 	int fd = kvn_tcp_connect(m->host, m->port, timeout, why, sizeof(why));
@@ -182,12 +202,12 @@ connect_join(struct kvn_membership *m, char *err, size_t errlen)
 		       rc;
 	}
 	if (h.type == KVN_CF_ERROR) {
-		kvn_cf_error_text(body, h.len, why, sizeof(why));
+		rc = kvn_cf_error_decode(body, h.len, why, sizeof(why));
 		close(fd);
-		bool auth = strstr(why, "auth_token") != NULL;
+		*refused = true;
 		return kvn_seterr(err, errlen, "scheduler %s:%u refused node %s: %s", m->host,
 				  m->port, m->o.name, why),
-		       auth ? -EACCES : -EPROTO;
+		       rc;
 	}
 	cJSON *r =
 	    h.type == KVN_CF_JOIN_OK ? cJSON_ParseWithLength((const char *)body, h.len) : NULL;
@@ -288,28 +308,35 @@ on_member(struct kvn_membership *m, const uint8_t *body, uint32_t len, char *err
 		       -EPROTO;
 	mi.regions = blob;
 	mi.regions_len = bl;
-	pthread_mutex_lock(&m->lock);
-	if (mi.worker_id >= m->nmembers) {
-		size_t n = mi.worker_id + 16;
-		struct mrec *p = realloc(m->members, n * sizeof(*p));
-		if (!p) {
-			pthread_mutex_unlock(&m->lock);
-			return -ENOMEM;
-		}
-		memset(p + m->nmembers, 0, (n - m->nmembers) * sizeof(*p));
-		m->members = p;
-		m->nmembers = n;
-	}
-	struct mrec *r = &m->members[mi.worker_id];
 	uint8_t *copy = bl ? malloc(bl) : NULL;
 	if (copy)
 		memcpy(copy, blob, bl);
+	pthread_mutex_lock(&m->lock);
+	bool found;
+	size_t at = member_pos(m, mi.worker_id, &found);
+	if (!found) {
+		if (m->nmembers == m->members_cap) {
+			size_t n = m->members_cap ? m->members_cap * 2 : 16;
+			struct mrec *p = realloc(m->members, n * sizeof(*p));
+			if (!p) {
+				pthread_mutex_unlock(&m->lock);
+				free(copy);
+				return -ENOMEM;
+			}
+			m->members = p;
+			m->members_cap = n;
+		}
+		memmove(m->members + at + 1, m->members + at,
+			(m->nmembers - at) * sizeof(*m->members));
+		m->members[at].regions = NULL;
+		m->nmembers++;
+	}
+	struct mrec *r = &m->members[at];
 	free(r->regions);
 	r->regions = copy;
 	r->info = mi;
 	r->info.regions = NULL;
 	r->info.regions_len = copy ? bl : 0;
-	r->known = true;
 	m->epoch = mi.epoch;
 	m->worker_count = mi.worker_count;
 	pthread_mutex_unlock(&m->lock);
@@ -475,7 +502,8 @@ thread_main(void *arg)
 		after_join(m);
 	while (!stopping(m)) {
 		if (!kvn_membership_connected(m)) {
-			if (connect_join(m, err, sizeof(err))) {
+			bool refused;
+			if (connect_join(m, &refused, err, sizeof(err))) {
 				kvn_debug(COMP, "node %s: %s; retrying in %d ms", m->o.name, err,
 					  backoff);
 				nap(m, backoff);
@@ -581,9 +609,10 @@ int
 kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_membership_cbs *cbs,
 		     struct kvn_membership **out, char *err, size_t errlen)
 {
-	if (!opts->name || !*opts->name || strlen(opts->name) > KVN_CF_NAME_MAX)
-		return kvn_seterr(err, errlen, "node_name must be 1..%u bytes to join a scheduler",
-				  KVN_CF_NAME_MAX);
+	char why[256];
+	if (!opts->name || kvn_cf_name_check(opts->name, why, sizeof(why)))
+		return kvn_seterr(err, errlen, "node_name cannot join a scheduler: %s",
+				  opts->name ? why : "it is not set");
 	if (opts->regions_len > KVN_CF_BLOB_MAX ||
 	    (opts->data_addr && strlen(opts->data_addr) > KVN_CF_ADDR_MAX) ||
 	    (opts->transport && strlen(opts->transport) > 31))
@@ -623,8 +652,11 @@ kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_me
 		rc = -ENOMEM;
 		goto fail;
 	}
-	rc = connect_join(m, err, errlen);
-	if (rc == -EACCES || rc == -EPROTO)
+	bool refused;
+	rc = connect_join(m, &refused, err, errlen);
+	/* A refusal says what to fix (token, name, a cluster without free ids): retrying would
+	 * only hide it. An unreachable scheduler may come up later. */
+	if (refused || rc == -EPROTO)
 		goto fail;
 	if (rc)
 		kvn_warn(COMP, "%s; will keep trying in the background", err);
@@ -831,10 +863,12 @@ kvn_membership_member(struct kvn_membership *m, uint32_t worker_id, struct kvn_m
 {
 	int rc = 0;
 	pthread_mutex_lock(&m->lock);
-	if (worker_id >= m->nmembers || !m->members[worker_id].known) {
+	bool found;
+	size_t at = member_pos(m, worker_id, &found);
+	if (!found) {
 		rc = -ENOENT;
 	} else {
-		const struct mrec *r = &m->members[worker_id];
+		const struct mrec *r = &m->members[at];
 		*out = r->info;
 		out->regions = regions;
 		if (r->info.regions_len > cap)

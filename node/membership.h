@@ -59,9 +59,11 @@ struct kvn_membership_opts {
 	bool want_evicts; /* receive EVICTED notices (a peer backend with a cache wants them) */
 };
 
-/* Joins (once, on the caller's thread) and starts the heartbeat thread. A refused join (wrong
- * auth token, bad option) fails with -EACCES / -EINVAL and err naming the scheduler; an
- * unreachable scheduler is not fatal: the thread keeps trying (kvn_membership_connected). */
+/* Joins (once, on the caller's thread) and starts the heartbeat thread. A join the scheduler
+ * refuses fails with the code of its ERROR and err naming the scheduler: -EACCES for the auth
+ * token, -EINVAL for a field (node_name must pass kvn_cf_name_check, checked before
+ * connecting), -EUSERS when all worker ids are held. An unreachable scheduler is not fatal:
+ * the thread keeps trying (kvn_membership_connected). */
 int kvn_membership_start(const struct kvn_membership_opts *opts,
 			 const struct kvn_membership_cbs *cbs, struct kvn_membership **out,
 			 char *err, size_t errlen);

@@ -52,9 +52,8 @@ kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, 
 	} else if ((rc = kvn_cf_rx_wait(&r, fd, timeout_ms, &h, &body, why, sizeof(why)))) {
 		kvn_seterr(err, errlen, "scheduler %s: %s", addr, why);
 	} else if (h.type == KVN_CF_ERROR) {
-		kvn_cf_error_text(body, h.len, why, sizeof(why));
+		rc = kvn_cf_error_decode(body, h.len, why, sizeof(why)); /* -EACCES: the token */
 		kvn_seterr(err, errlen, "scheduler %s refused: %s", addr, why);
-		rc = strstr(why, "auth_token") ? -EACCES : -EPROTO;
 	} else if (h.type != KVN_CF_STATS_REPLY || h.seq != 1) {
 		kvn_seterr(err, errlen, "scheduler %s answered STATS with %s", addr,
 			   kvn_cf_type_name(h.type));

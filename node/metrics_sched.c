@@ -24,8 +24,8 @@ members(struct kvn_expo *e, const cJSON *view)
 			expired++;
 	}
 	kvn_expo_family(e, "kvnode_scheduler_members", "gauge",
-			"Nodes that ever joined, by state (alive, or expired/left and keeping "
-			"their worker id)");
+			"Node names holding a worker id, by state (alive, or expired/left and "
+			"keeping it for worker_id_grace_ms)");
 	kvn_expo_u64(e, "kvnode_scheduler_members", &(struct kvn_label){"state", "alive"}, 1,
 		     alive);
 	kvn_expo_u64(e, "kvnode_scheduler_members", &(struct kvn_label){"state", "expired"}, 1,
@@ -80,9 +80,23 @@ kvn_metrics_collect_sched(void *ctx, struct kvn_expo *e)
 	    {"kvnode_scheduler_expiries_total", "counter",
 	     "Members expired for missing their heartbeats", "expiries"},
 	    {"kvnode_scheduler_refused_total", "counter",
-	     "Connections refused over the connection cap, and JOIN or STATS requests refused "
-	     "for a wrong auth_token",
+	     "Connections refused over the connection cap, JOIN or STATS requests refused "
+	     "for a wrong auth_token, and JOINs refused for want of a free worker id",
 	     "refused"},
+	    {"kvnode_scheduler_reply_queue_bytes", "gauge",
+	     "Replies and notices queued to all connections, not yet read by their peers",
+	     "reply_queue_bytes"},
+	    {"kvnode_scheduler_slow_readers_dropped_total", "counter",
+	     "Connections closed because they did not read their replies (the largest queue "
+	     "when all together passed scheduler_reply_queue_max, or one over 64 MiB)",
+	     "slow_readers_dropped"},
+	    {"kvnode_scheduler_accept_errors_total", "counter",
+	     "accept() failures for want of file descriptors or memory (each pauses accepting "
+	     "for 100 ms)",
+	     "accept_errors"},
+	    {"kvnode_scheduler_worker_ids_reclaimed_total", "counter",
+	     "Worker ids freed because their name was gone longer than worker_id_grace_ms",
+	     "worker_ids_reclaimed"},
 	    {"kvnode_scheduler_rejected_frames_total", "counter",
 	     "Frames rejected as malformed or not allowed (the connection is closed)",
 	     "protocol_errors"},

@@ -21,12 +21,17 @@
 #include "node/netaddr.h"
 #include "node/scheduler_int.h"
 
-#define DEFAULT_HB_MS	  500
-#define DEFAULT_MISSED	  3
-#define DEFAULT_MAX_CONNS 1024
-#define DEFAULT_UNJOINED  10000
-#define OUT_MAX		  (64u << 20) /* a peer that reads nothing is cut off here */
-#define READ_BUDGET	  (4u << 20)  /* per wake-up, so one busy peer cannot starve others */
+#define DEFAULT_HB_MS		500
+#define DEFAULT_MISSED		3
+#define DEFAULT_MAX_CONNS	1024
+#define DEFAULT_UNJOINED	10000
+#define DEFAULT_REPLY_QUEUE_MAX (256ull << 20)
+#define DEFAULT_GRACE_MS	600000
+#define OUT_MAX			(64u << 20)  /* one connection's queue, whatever the total */
+#define OUT_KEEP		(256u << 10) /* a drained queue's buffer over this is freed */
+#define READ_BUDGET		(4u << 20) /* per wake-up, so one busy peer cannot starve others */
+#define ACCEPT_PAUSE_MS		100	   /* accepts rest this long when fds run out */
+#define LOG_EVERY_MS		5000	   /* one line per kind of refusal at most this often */
 
 /* ------------------------------------------------------------------------------------------
  * Connections
@@ -35,6 +40,8 @@
 static void
 conn_watch(struct kvn_scheduler *s, struct conn *c)
 {
+	if (c->drop)
+		return; /* not watched at all: it is closed after this batch */
 	/* A closing connection reads nothing more: waiting only for room to send its ERROR
 	 * keeps level-triggered input from spinning the loop. */
 	struct epoll_event ev = {.events = c->closing ? 0u : EPOLLIN | EPOLLRDHUP, .data.ptr = c};
@@ -55,6 +62,8 @@ kvn_sched_conn_close(struct kvn_scheduler *s, struct conn *c, const char *why)
 	} else {
 		kvn_debug(COMP, "connection from %s closed: %s", c->peer, why);
 	}
+	s->out_bytes -= c->charged;
+	c->charged = 0;
 	epoll_ctl(s->efd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	if (c->prev)
@@ -88,10 +97,76 @@ set_nonblock(int fd)
 	return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
 }
 
+/* Marks c to be closed after this batch of events: its queue no longer counts. */
+static void
+drop_slow(struct kvn_scheduler *s, struct conn *c, const char *why)
+{
+	uint64_t missed;
+	if (kvn_ratelimit_ok(&s->rl_drop, LOG_EVERY_MS, &missed))
+		kvn_warn(COMP,
+			 "dropping the connection of %s%s%s: it does not read its replies (%zu "
+			 "bytes queued; %s)%s",
+			 c->peer, c->member >= 0 ? ", node " : "",
+			 c->member >= 0 ? s->members[c->member].name : "", c->charged, why,
+			 missed ? " (and more like it since the last such line)" : "");
+	s->out_bytes -= c->charged;
+	c->charged = 0;
+	/* Never to be sent: the memory goes now, not once the batch of events is done (every
+	 * hog in one batch would otherwise hold its queue until then). */
+	kvn_cf_buf_free(&c->out);
+	c->out_sent = 0;
+	c->drop = c->closing = true;
+	s->any_drop = true;
+	s->slow_dropped++;
+	struct epoll_event ev = {.events = 0, .data.ptr = c};
+	epoll_ctl(s->efd, EPOLL_CTL_MOD, c->fd, &ev);
+}
+
+int
+kvn_sched_charge(struct kvn_scheduler *s, struct conn *c)
+{
+	if (c->drop || c->dead)
+		return -1;
+	size_t q = c->out.len - c->out_sent;
+	s->out_bytes = s->out_bytes - c->charged + q;
+	c->charged = q;
+	if (q > OUT_MAX)
+		drop_slow(s, c, "over 64 MiB for one connection");
+	while (s->out_bytes > s->out_max) {
+		struct conn *big = NULL;
+		for (struct conn *x = s->conns; x; x = x->next)
+			if (!x->drop && (!big || x->charged > big->charged))
+				big = x;
+		if (!big || !big->charged)
+			break;
+		char why[160];
+		snprintf(why, sizeof(why),
+			 "the largest of all queues, which together passed "
+			 "scheduler_reply_queue_max = %llu bytes",
+			 (unsigned long long)s->out_max);
+		drop_slow(s, big, why);
+	}
+	return c->drop ? -1 : 0;
+}
+
+/* Closes the connections drop_slow marked. */
+static void
+close_dropped(struct kvn_scheduler *s)
+{
+	for (struct conn *c = s->conns, *next; c; c = next) {
+		next = c->next;
+		if (c->drop)
+			kvn_sched_conn_close(s, c, "dropped: it does not read its replies");
+	}
+	s->any_drop = false;
+}
+
 /* Writes what is queued without blocking. Returns -1 when the connection is gone or must go. */
 int
 kvn_sched_conn_flush(struct kvn_scheduler *s, struct conn *c)
 {
+	if (c->drop || c->dead)
+		return -1;
 	while (c->out_sent < c->out.len) {
 		ssize_t n = send(c->fd, c->out.p + c->out_sent, c->out.len - c->out_sent,
 				 MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -107,22 +182,35 @@ kvn_sched_conn_flush(struct kvn_scheduler *s, struct conn *c)
 		return -1;
 	}
 	if (c->out_sent == c->out.len) {
-		kvn_cf_buf_reset(&c->out);
+		/* A burst's buffer goes back once sent: an idle connection holds little. */
+		if (c->out.cap > OUT_KEEP)
+			kvn_cf_buf_free(&c->out);
+		else
+			kvn_cf_buf_reset(&c->out);
 		c->out_sent = 0;
+		kvn_sched_charge(s, c);
 		if (c->closing) {
 			kvn_sched_conn_close(s, c, "closed after an error reply");
 			return -1;
 		}
-	} else if (c->out.len - c->out_sent > OUT_MAX) {
-		kvn_sched_conn_close(s, c, "it does not read its replies (over 64 MiB queued)");
-		return -1;
+	} else {
+		/* What was sent leaves the buffer, so its memory is what the charge says. */
+		if (c->out_sent >= OUT_KEEP && c->out_sent >= c->out.len / 2) {
+			memmove(c->out.p, c->out.p + c->out_sent, c->out.len - c->out_sent);
+			c->out.len -= c->out_sent;
+			c->out.frame = 0;
+			c->out_sent = 0;
+		}
+		if (kvn_sched_charge(s, c))
+			return -1;
 	}
 	conn_watch(s, c);
 	return 0;
 }
 
 int
-kvn_sched_conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const char *fmt, ...)
+kvn_sched_conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, int code,
+		    const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -130,16 +218,15 @@ kvn_sched_conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	s->proto_errors++;
-	kvn_warn(COMP, "%s%s%s: %s; closing its connection", c->peer,
-		 c->member >= 0 ? " node " : "", c->member >= 0 ? s->members[c->member].name : "",
-		 msg);
-	cJSON *j = cJSON_CreateObject();
-	cJSON_AddStringToObject(j, "error", msg);
-	char *text = cJSON_PrintUnformatted(j);
-	cJSON_Delete(j);
-	if (text)
-		kvn_cf_put_json_frame(&c->out, KVN_CF_ERROR, seq, text, NULL, 0);
-	free(text);
+	uint64_t missed;
+	if (kvn_ratelimit_ok(&s->rl_fail, LOG_EVERY_MS, &missed))
+		kvn_warn(COMP, "%s%s%s: %s; closing its connection%s", c->peer,
+			 c->member >= 0 ? " node " : "",
+			 c->member >= 0 ? s->members[c->member].name : "", msg,
+			 missed ? " (more refusals since the last such line: see "
+				  "kvnode_scheduler_rejected_frames_total)"
+				: "");
+	kvn_cf_put_error(&c->out, seq, code, msg);
 	c->closing = true;
 	return -1;
 }
@@ -154,7 +241,7 @@ do_publish(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t 
 	char err[256];
 	uint32_t n;
 	if (kvn_cf_publish_check(body, len, &n, err, sizeof(err)))
-		return kvn_sched_conn_fail(s, c, seq, "%s", err);
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO, "%s", err);
 	uint32_t id = (uint32_t)c->member, evicted = 0;
 	struct kvn_cf_buf *note = &s->scratch;
 	kvn_cf_buf_reset(note);
@@ -168,7 +255,7 @@ do_publish(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t 
 			r.loc.worker_id = id;
 			if (kvn_dir_admit(s->dir, r.digest, &r.loc))
 				return kvn_sched_conn_fail(
-				    s, c, seq,
+				    s, c, seq, -ENOMEM,
 				    "PUBLISH: the directory is out of memory at %zu "
 				    "entries",
 				    kvn_dir_entries(s->dir));
@@ -198,11 +285,11 @@ do_lookup(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *
 	char err[256];
 	uint32_t n, max;
 	if (kvn_cf_lookup_check(body, len, &n, &max, err, sizeof(err)))
-		return kvn_sched_conn_fail(s, c, seq, "%s", err);
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO, "%s", err);
 	struct kvn_cf_buf *b = &c->out;
 	/* Room for the worst case up front: the loop below then writes without checks. */
 	if (!kvn_cf_buf_room(b, KVN_CF_HDR_SIZE + 8 + (size_t)n * (4 + max * KVN_CF_LOC_SIZE)))
-		return kvn_sched_conn_fail(s, c, seq, "LOOKUP: out of memory");
+		return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "LOOKUP: out of memory");
 	kvn_cf_begin(b, KVN_CF_LOOKUP_REPLY, seq);
 	kvn_cf_put_u32(b, n);
 	kvn_cf_put_u32(b, 0);
@@ -215,7 +302,9 @@ do_lookup(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *
 	}
 	s->lookups++;
 	s->keys_looked_up += n;
-	return kvn_cf_end(b) ? kvn_sched_conn_fail(s, c, seq, "LOOKUP reply: out of memory") : 0;
+	return kvn_cf_end(b)
+		   ? kvn_sched_conn_fail(s, c, seq, -ENOMEM, "LOOKUP reply: out of memory")
+		   : 0;
 }
 
 /* One validated frame. Returns -1 when the connection is to be closed. */
@@ -229,10 +318,11 @@ dispatch(struct kvn_scheduler *s, struct conn *c, const struct kvn_cf_hdr *h, co
 		return kvn_sched_stats(s, c, h->seq, body, h->len);
 	if (h->type != KVN_CF_HEARTBEAT && h->type != KVN_CF_PUBLISH && h->type != KVN_CF_LOOKUP &&
 	    h->type != KVN_CF_LEAVE)
-		return kvn_sched_conn_fail(s, c, h->seq, "%s is not a request a node may send",
+		return kvn_sched_conn_fail(s, c, h->seq, -EPROTO,
+					   "%s is not a request a node may send",
 					   kvn_cf_type_name(h->type));
 	if (c->member < 0)
-		return kvn_sched_conn_fail(s, c, h->seq, "%s before JOIN",
+		return kvn_sched_conn_fail(s, c, h->seq, -EPROTO, "%s before JOIN",
 					   kvn_cf_type_name(h->type));
 	struct member *m = &s->members[c->member];
 	m->last_beat_ms = kvn_sched_now_ms(); /* any frame proves the member alive */
@@ -303,8 +393,9 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 	while (!c->closing && c->in_len - off >= KVN_CF_HDR_SIZE) {
 		struct kvn_cf_hdr h;
 		char err[256];
-		if (kvn_cf_hdr_decode(c->in + off, &h, err, sizeof(err))) {
-			kvn_sched_conn_fail(s, c, 0, "%s", err);
+		int rc = kvn_cf_hdr_decode(c->in + off, &h, err, sizeof(err));
+		if (rc) {
+			kvn_sched_conn_fail(s, c, 0, rc, "%s", err);
 			break;
 		}
 		if (c->in_len - off < KVN_CF_HDR_SIZE + (size_t)h.len)
@@ -315,6 +406,9 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 			kvn_sched_conn_close(s, c, "failed to queue a reply");
 			return;
 		}
+		/* Per frame: a batch of small requests can ask for far more than it weighs. */
+		if (kvn_sched_charge(s, c))
+			return;
 	}
 	memmove(c->in, c->in + off, c->in_len - off);
 	c->in_len -= off;
@@ -329,20 +423,58 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 }
 
 static void
+accept_watch(struct kvn_scheduler *s, bool on)
+{
+	struct epoll_event ev = {.events = on ? EPOLLIN : 0, .data.ptr = &s->lfd};
+	epoll_ctl(s->efd, EPOLL_CTL_MOD, s->lfd, &ev);
+}
+
+/* accept() failed for want of a file descriptor or memory: the listener stays readable, so
+ * asking again at once would spin. It rests ACCEPT_PAUSE_MS (the run loop resumes it), while
+ * closing connections free descriptors. */
+static void
+accept_pause(struct kvn_scheduler *s, int err)
+{
+	s->accept_errors++;
+	s->accept_resume_ms = kvn_sched_now_ms() + ACCEPT_PAUSE_MS;
+	accept_watch(s, false);
+	uint64_t missed;
+	if (kvn_ratelimit_ok(&s->rl_accept, LOG_EVERY_MS, &missed))
+		kvn_warn(COMP,
+			 "cannot accept connections on %s: %s with %u open; not accepting for "
+			 "%d ms (%llu more times since the last such line): raise the open-file "
+			 "limit (ulimit -n) above scheduler_max_connections (%u)",
+			 s->addr, strerror(err), s->nconns, ACCEPT_PAUSE_MS,
+			 (unsigned long long)missed, s->max_conns);
+}
+
+static void
 accept_all(struct kvn_scheduler *s)
 {
 	for (;;) {
 		struct sockaddr_storage ss;
 		socklen_t sl = sizeof(ss);
 		int fd = accept4(s->lfd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-		if (fd < 0)
+		if (fd < 0) {
+			if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO ||
+			    errno == EPERM)
+				continue;
+			if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+			    errno == ENOMEM)
+				accept_pause(s, errno);
 			return;
+		}
 		char peer[64]; /* as struct conn's */
 		kvn_sockaddr_format((struct sockaddr *)&ss, 0, peer, sizeof(peer));
 		if (s->nconns >= s->max_conns) {
 			s->refused++;
-			kvn_warn(COMP, "refusing %s: %u connections already (the cap)", peer,
-				 s->max_conns);
+			uint64_t missed;
+			if (kvn_ratelimit_ok(&s->rl_cap, LOG_EVERY_MS, &missed))
+				kvn_warn(COMP,
+					 "refusing %s: %u connections already "
+					 "(scheduler_max_connections)%s",
+					 peer, s->max_conns,
+					 missed ? "; more refused since the last such line" : "");
 			close(fd);
 			continue;
 		}
@@ -391,15 +523,15 @@ kvn_scheduler_create(const struct kvn_scheduler_opts *o, struct kvn_scheduler **
 		return -ENOMEM;
 	s->lfd = s->efd = s->wake_fd = s->stats_fd = -1;
 	pthread_mutex_init(&s->stats_lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&s->stats_cond, &ca);
-	pthread_condattr_destroy(&ca);
+	kvn_cond_init_monotonic(&s->stats_cond);
 	s->hb_ms = o->heartbeat_ms ? o->heartbeat_ms : DEFAULT_HB_MS;
 	s->missed = o->missed_beats ? o->missed_beats : DEFAULT_MISSED;
 	s->max_conns = o->max_conns ? o->max_conns : DEFAULT_MAX_CONNS;
 	s->unjoined_ms = o->unjoined_ms ? o->unjoined_ms : DEFAULT_UNJOINED;
+	s->out_max = o->reply_queue_max ? o->reply_queue_max : DEFAULT_REPLY_QUEUE_MAX;
+	s->grace_ms = o->worker_id_grace_ms > 0	   ? o->worker_id_grace_ms
+		      : o->worker_id_grace_ms == 0 ? DEFAULT_GRACE_MS
+						   : 0;
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	/* Epochs keep growing across scheduler restarts (barring clock steps). */
@@ -483,14 +615,7 @@ loop_ended(struct kvn_scheduler *s, int rc)
 char *
 kvn_scheduler_stats_json_sync(struct kvn_scheduler *s, int timeout_ms)
 {
-	struct timespec dl;
-	clock_gettime(CLOCK_MONOTONIC, &dl);
-	dl.tv_sec += timeout_ms / 1000;
-	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-	if (dl.tv_nsec >= 1000000000) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000;
-	}
+	struct timespec dl = kvn_deadline_in_ms(timeout_ms > 0 ? (uint64_t)timeout_ms : 0);
 	char *text = NULL;
 	int rc = 0;
 	pthread_mutex_lock(&s->stats_lock);
@@ -521,7 +646,15 @@ kvn_scheduler_run(struct kvn_scheduler *s)
 	struct epoll_event evs[64];
 	int64_t next_check = kvn_sched_now_ms() + s->hb_ms / 2;
 	for (;;) {
-		int64_t wait = next_check - kvn_sched_now_ms();
+		int64_t now = kvn_sched_now_ms(), wait = next_check - now;
+		if (s->accept_resume_ms) {
+			if (now >= s->accept_resume_ms) {
+				s->accept_resume_ms = 0;
+				accept_watch(s, true);
+			} else if (s->accept_resume_ms - now < wait) {
+				wait = s->accept_resume_ms - now;
+			}
+		}
 		int n = epoll_wait(s->efd, evs, 64, wait < 0 ? 0 : (int)wait);
 		if (n < 0 && errno != EINTR)
 			return loop_ended(s, -errno);
@@ -549,6 +682,8 @@ kvn_scheduler_run(struct kvn_scheduler *s)
 			kvn_sched_expire(s);
 			next_check = kvn_sched_now_ms() + (s->hb_ms / 2 ? s->hb_ms / 2 : 1);
 		}
+		if (s->any_drop)
+			close_dropped(s);
 		free_dead(s);
 	}
 }
@@ -572,6 +707,7 @@ kvn_scheduler_destroy(struct kvn_scheduler *s)
 	for (size_t i = 0; i < s->nmembers; i++)
 		free(s->members[i].blob);
 	free(s->members);
+	free(s->name_buckets);
 	if (s->lfd >= 0)
 		close(s->lfd);
 	if (s->efd >= 0)

@@ -9,14 +9,22 @@
 struct kvn_scheduler;
 
 struct kvn_scheduler_opts {
-	const char *listen;	/* HOST:PORT; port 0 picks one */
-	uint32_t heartbeat_ms;	/* beat period members are told; 0 = 500 */
-	uint32_t missed_beats;	/* a member silent this many periods is expired; 0 = 3 */
-	const char *auth_token; /* NULL or "": no token needed */
-	unsigned max_conns;	/* 0 = 1024; more are accepted and closed at once */
-	size_t expect_entries;	/* sizes the directory up front; 0 = grow as needed */
-	uint32_t unjoined_ms;	/* a connection that has not joined is closed after this;
-				 * 0 = 10000 (idle sockets must not hold the connection cap) */
+	const char *listen;	    /* HOST:PORT; port 0 picks one */
+	uint32_t heartbeat_ms;	    /* beat period members are told; 0 = 500 */
+	uint32_t missed_beats;	    /* a member silent this many periods is expired; 0 = 3 */
+	const char *auth_token;	    /* NULL or "": no token needed */
+	unsigned max_conns;	    /* scheduler_max_connections; 0 = 1024; more are accepted and
+				     * closed at once */
+	size_t expect_entries;	    /* sizes the directory up front; 0 = grow as needed */
+	uint32_t unjoined_ms;	    /* scheduler_unjoined_timeout_ms: a connection that has not
+				     * joined is closed after this; 0 = 10000 (idle sockets must not
+				     * hold the connection cap) */
+	uint64_t reply_queue_max;   /* scheduler_reply_queue_max: replies and notices queued to all
+				     * connections together; past it the largest queue's connection
+				     * is dropped; 0 = 256 MiB */
+	int64_t worker_id_grace_ms; /* worker_id_grace_ms: an expired or departed name keeps its
+				     * id this long (a restarting node gets it back), then the id
+				     * is free; 0 = 600000, < 0 = free at once */
 };
 
 int kvn_scheduler_create(const struct kvn_scheduler_opts *opts, struct kvn_scheduler **out,

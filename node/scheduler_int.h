@@ -8,7 +8,9 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "node/clock.h"
 #include "node/ctlframe.h"
+#include "node/log.h"
 #include "node/netaddr.h"
 #include "node/scheduler.h"
 #include "node/scheduler_dir.h"
@@ -28,6 +30,8 @@ struct member {
 	uint64_t capacity;
 	int64_t last_beat_ms;
 	int64_t joined_ms;
+	int64_t down_ms;   /* when it expired or left: its id is free worker_id_grace_ms later */
+	int32_t name_next; /* next id in its name bucket's chain, -1 ends it */
 	struct conn *conn; /* NULL while disconnected */
 };
 
@@ -37,12 +41,14 @@ struct conn {
 	int32_t member; /* worker id once joined, else -1 */
 	bool want_evicts;
 	bool closing; /* flush what is queued (an ERROR), then close */
+	bool drop;    /* its unread replies are over the bound: closed after this batch */
 	bool dead;    /* closed; freed once the current batch of events is handled */
 	int64_t opened_ms;
 	uint8_t *in;
 	size_t in_len, in_cap;
 	struct kvn_cf_buf out;
 	size_t out_sent;
+	size_t charged; /* out.len - out_sent as last added to s->out_bytes */
 	struct conn *prev, *next;
 };
 
@@ -50,19 +56,34 @@ struct kvn_scheduler {
 	int lfd, efd, wake_fd;
 	char addr[KVN_HOST_MAX + 8];
 	uint32_t hb_ms, missed, unjoined_ms;
+	int64_t grace_ms; /* worker_id_grace_ms; 0: ids are free at once */
 	char *token;
 	unsigned max_conns, nconns;
 	struct conn *conns;
 	struct conn *dead;	/* closed connections an event batch may still name */
 	struct member *members; /* indexed by worker id */
 	size_t nmembers;
+	uint32_t held;	       /* ids not M_UNUSED: alive, or down within their grace */
+	uint32_t free_from;    /* every id below this one is held */
+	int32_t *name_buckets; /* name hash -> first id of its chain, -1 = none */
+	size_t nbuckets;       /* a power of two, or 0 before the first join */
 	uint32_t alive;
 	uint64_t epoch;
 	struct kvn_dir *dir;
 	struct kvn_cf_buf scratch; /* notices built once, copied to each member */
 	uint64_t frames, lookups, keys_looked_up, publishes, refused, proto_errors;
-	uint64_t joins, leaves, expiries;
-	struct kvn_plugins *plugins; /* listed by STATS; NULL = none */
+	uint64_t joins, leaves, expiries, reclaimed;
+
+	/* Replies and notices queued to all connections (scheduler_reply_queue_max). */
+	uint64_t out_bytes, out_max, slow_dropped;
+	bool any_drop; /* some connection has drop set */
+
+	/* accept() out of file descriptors: the listener is not watched until accept_resume_ms. */
+	uint64_t accept_errors;
+	int64_t accept_resume_ms; /* 0 = watched */
+
+	struct kvn_ratelimit rl_fail, rl_accept, rl_cap, rl_drop; /* log lines of refusals */
+	struct kvn_plugins *plugins;				  /* listed by STATS; NULL = none */
 
 	/* kvn_scheduler_stats_json_sync: another thread asks through stats_fd, the loop
 	 * answers in stats_reply; one request at a time (stats_busy). */
@@ -76,25 +97,31 @@ struct kvn_scheduler {
 static inline int64_t
 kvn_sched_now_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return (int64_t)kvn_now_ms();
 }
 
 /* scheduler.c */
 void kvn_sched_conn_close(struct kvn_scheduler *s, struct conn *c, const char *why);
 /* Writes what is queued without blocking. -1 when the connection is gone or must go. */
 int kvn_sched_conn_flush(struct kvn_scheduler *s, struct conn *c);
-/* Queues an ERROR frame and marks the connection to close once it is sent; returns -1. */
-int kvn_sched_conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+/* Queues an ERROR frame with code (a negative errno: -EPROTO for a malformed frame, -EACCES
+ * for the auth token, -EINVAL for a field the node must fix, -EUSERS when no worker id is
+ * left) and marks the connection to close once it is sent; returns -1. */
+int kvn_sched_conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, int code,
+			const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* Adds what c has queued to the scheduler-wide total. Over scheduler_reply_queue_max, the
+ * connections with the largest queues are marked to be dropped (closed once the current batch
+ * of events is handled, so that walks of the connection list stay valid). -1 when c is one of
+ * them. */
+int kvn_sched_charge(struct kvn_scheduler *s, struct conn *c);
 
 /* scheduler_members.c */
 /* Sends the frames in s->scratch to every joined connection but skip (evict notices only to
  * those that asked for them). */
 void kvn_sched_broadcast(struct kvn_scheduler *s, const struct conn *skip, bool evict_notice);
 void kvn_sched_member_down(struct kvn_scheduler *s, uint32_t id, const char *why);
-/* Expires members silent for missed beats and closes connections that never joined. */
+/* Expires members silent for missed beats, frees the ids of names down for longer than
+ * worker_id_grace_ms and closes connections that never joined. */
 void kvn_sched_expire(struct kvn_scheduler *s);
 int kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
 		   uint32_t len);

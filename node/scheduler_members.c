@@ -1,5 +1,6 @@
 /* The scheduler's membership (node/scheduler_int.h): joins with stable worker ids per node
- * name, expiry of silent members, MEMBER notices to everyone, and the cluster view (STATS). */
+ * name (kept worker_id_grace_ms after the name goes, then reused), expiry of silent members,
+ * MEMBER notices to everyone, and the cluster view (STATS). */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -9,6 +10,100 @@
 #include "kvnode/plugin.h"
 #include "node/log.h"
 #include "node/scheduler_int.h"
+
+/* A JOIN's worker_id hint is honoured below max(HINT_FLOOR, 2 x the ids held): a cluster's
+ * ids survive a scheduler restart, and no one frame sizes the tables indexed by worker id (here
+ * and on every node) past what the members need. */
+#define HINT_FLOOR 256u
+
+/* ------------------------------------------------------------------------------------------
+ * Names to ids: a chained hash through struct member.name_next, one bucket per held id or more
+ * ------------------------------------------------------------------------------------------ */
+
+static int32_t *
+bucket_of(struct kvn_scheduler *s, const char *name)
+{
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+	for (; *name; name++)
+		h = (h ^ (unsigned char)*name) * 0x100000001b3ull;
+	return &s->name_buckets[h & (s->nbuckets - 1)];
+}
+
+static int32_t
+name_find(struct kvn_scheduler *s, const char *name)
+{
+	if (!s->nbuckets)
+		return -1;
+	for (int32_t id = *bucket_of(s, name); id >= 0; id = s->members[id].name_next)
+		if (!strcmp(s->members[id].name, name))
+			return id;
+	return -1;
+}
+
+/* Indexes id (its name set, not yet counted in held). */
+static int
+name_add(struct kvn_scheduler *s, uint32_t id)
+{
+	if (s->held + 1 > s->nbuckets) {
+		size_t n = s->nbuckets ? s->nbuckets * 2 : 64;
+		int32_t *b = malloc(n * sizeof(*b));
+		if (!b)
+			return -ENOMEM;
+		for (size_t i = 0; i < n; i++)
+			b[i] = -1;
+		free(s->name_buckets);
+		s->name_buckets = b;
+		s->nbuckets = n;
+		for (uint32_t i = 0; i < s->nmembers; i++) {
+			if (s->members[i].state == M_UNUSED || i == id)
+				continue;
+			int32_t *head = bucket_of(s, s->members[i].name);
+			s->members[i].name_next = *head;
+			*head = (int32_t)i;
+		}
+	}
+	int32_t *head = bucket_of(s, s->members[id].name);
+	s->members[id].name_next = *head;
+	*head = (int32_t)id;
+	return 0;
+}
+
+static void
+name_del(struct kvn_scheduler *s, uint32_t id)
+{
+	for (int32_t *pp = bucket_of(s, s->members[id].name); *pp >= 0;
+	     pp = &s->members[*pp].name_next)
+		if (*pp == (int32_t)id) {
+			*pp = s->members[id].name_next;
+			return;
+		}
+}
+
+/* The name down for longer than worker_id_grace_ms gives its id back. */
+static void
+reclaim(struct kvn_scheduler *s, uint32_t id)
+{
+	struct member *m = &s->members[id];
+	kvn_debug(COMP, "worker id %u of node %s is free again: down for over %lld ms", id, m->name,
+		  (long long)s->grace_ms);
+	name_del(s, id);
+	free(m->blob);
+	memset(m, 0, sizeof(*m)); /* M_UNUSED */
+	m->name_next = -1;
+	s->held--;
+	s->reclaimed++;
+	if (id < s->free_from)
+		s->free_from = id;
+}
+
+static void
+reclaim_expired(struct kvn_scheduler *s, int64_t now)
+{
+	for (uint32_t id = 0; id < s->nmembers; id++)
+		if (s->members[id].state == M_EXPIRED &&
+		    now - s->members[id].down_ms >= s->grace_ms)
+			reclaim(s, id);
+}
 
 /* ------------------------------------------------------------------------------------------
  * Membership
@@ -59,6 +154,7 @@ kvn_sched_member_down(struct kvn_scheduler *s, uint32_t id, const char *why)
 	struct member *m = &s->members[id];
 	size_t dropped = kvn_dir_drop_worker(s->dir, id);
 	m->state = M_EXPIRED;
+	m->down_ms = kvn_sched_now_ms();
 	s->alive--;
 	s->epoch++;
 	kvn_info(COMP,
@@ -68,7 +164,7 @@ kvn_sched_member_down(struct kvn_scheduler *s, uint32_t id, const char *why)
 	m->conn = NULL;
 	if (c) {
 		c->member = -1;
-		kvn_sched_conn_fail(s, c, 0, "node %s was %s", m->name, why);
+		kvn_sched_conn_fail(s, c, 0, -ETIMEDOUT, "node %s was %s", m->name, why);
 		kvn_sched_conn_flush(s, c);
 	}
 	kvn_cf_buf_reset(&s->scratch);
@@ -90,6 +186,7 @@ kvn_sched_expire(struct kvn_scheduler *s)
 			kvn_sched_member_down(s, id, why);
 		}
 	}
+	reclaim_expired(s, now);
 	for (struct conn *c = s->conns, *next; c; c = next) {
 		next = c->next;
 		if (c->member < 0 && !c->closing && now - c->opened_ms > (int64_t)s->unjoined_ms)
@@ -97,49 +194,84 @@ kvn_sched_expire(struct kvn_scheduler *s)
 	}
 }
 
+/* A string of the JOIN into dst (cap bytes): the name by kvn_cf_name_check, the others printable
+ * ASCII without spaces (an address, a transport's name). All are shown in logs, JSON and
+ * `kvnode stat` as they are. */
 static int
-copy_str(const cJSON *j, const char *name, char *dst, size_t cap, bool required, char *err,
+copy_str(const cJSON *j, const char *field, char *dst, size_t cap, bool is_name, char *err,
 	 size_t errlen)
 {
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, name);
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, field);
 	if (!v || cJSON_IsNull(v)) {
-		if (required)
-			return kvn_seterr(err, errlen, "JOIN lacks \"%s\"", name);
+		if (is_name)
+			return kvn_seterr(err, errlen,
+					  "JOIN lacks \"%s\": names are " KVN_CF_NAME_RULE, field);
 		dst[0] = '\0';
 		return 0;
 	}
-	size_t n = cJSON_IsString(v) ? strlen(v->valuestring) : 0;
-	if (!cJSON_IsString(v) || n >= cap || (required && !n))
-		return kvn_seterr(err, errlen, "JOIN \"%s\" must be a string of 1..%zu bytes", name,
-				  cap - 1);
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)v->valuestring[i] < 0x20 || v->valuestring[i] == 0x7f)
-			return kvn_seterr(err, errlen, "JOIN \"%s\" holds control characters",
-					  name);
-	memcpy(dst, v->valuestring, n + 1);
+	if (!cJSON_IsString(v))
+		return kvn_seterr(err, errlen, "JOIN \"%s\" must be a string", field);
+	const char *str = v->valuestring;
+	size_t n = strlen(str);
+	if (is_name) {
+		char why[256];
+		if (kvn_cf_name_check(str, why, sizeof(why)))
+			return kvn_seterr(err, errlen, "JOIN \"%s\" refused: %s (set node_name)",
+					  field, why);
+	} else {
+		if (n >= cap)
+			return kvn_seterr(err, errlen,
+					  "JOIN \"%s\" of %zu bytes: it must be 0..%zu bytes of "
+					  "printable ASCII",
+					  field, n, cap - 1);
+		for (size_t i = 0; i < n; i++)
+			if ((unsigned char)str[i] <= 0x20 || (unsigned char)str[i] >= 0x7f)
+				return kvn_seterr(err, errlen,
+						  "JOIN \"%s\" must be printable ASCII without "
+						  "spaces; byte %zu is 0x%02x",
+						  field, i, (unsigned char)str[i]);
+	}
+	memcpy(dst, str, n + 1);
 	return 0;
 }
 
-/* The worker id for name: its old one, else the hint when free, else the lowest free one. */
+/* The worker id for name: its own while it holds one, else the hint when that is free and
+ * under the hint bound, else the lowest free id. *fresh: the id was free (name not indexed). */
 static int
-pick_id(struct kvn_scheduler *s, const char *name, double hint, uint32_t *id)
+pick_id(struct kvn_scheduler *s, const char *name, double hint, uint32_t *id, bool *fresh)
 {
-	for (uint32_t i = 0; i < s->nmembers; i++)
-		if (s->members[i].state != M_UNUSED && !strcmp(s->members[i].name, name)) {
-			*id = i;
-			return 0;
-		}
+	int32_t own = name_find(s, name);
+	if (own >= 0) {
+		*id = (uint32_t)own;
+		*fresh = false;
+		return 0;
+	}
+	*fresh = true;
+	if (s->held >= KVN_DIR_MAX_WORKERS)
+		reclaim_expired(s, kvn_sched_now_ms()); /* the periodic pass may not have run */
+	if (s->held >= KVN_DIR_MAX_WORKERS)
+		return -EUSERS;
+	uint64_t bound = 2 * (uint64_t)(s->held + 1);
+	if (bound < HINT_FLOOR)
+		bound = HINT_FLOOR;
+	if (bound > KVN_DIR_MAX_WORKERS)
+		bound = KVN_DIR_MAX_WORKERS;
 	uint32_t want = UINT32_MAX;
-	if (hint >= 0 && hint < KVN_DIR_MAX_WORKERS &&
+	if (hint >= 0 && hint < (double)bound &&
 	    ((uint32_t)hint >= s->nmembers || s->members[(uint32_t)hint].state == M_UNUSED))
 		want = (uint32_t)hint;
-	for (uint32_t i = 0; want == UINT32_MAX && i <= s->nmembers; i++)
-		if (i == s->nmembers || s->members[i].state == M_UNUSED)
-			want = i;
-	if (want >= KVN_DIR_MAX_WORKERS)
-		return -ENOSPC;
+	if (want == UINT32_MAX) {
+		uint32_t i = s->free_from;
+		while (i < s->nmembers && s->members[i].state != M_UNUSED)
+			i++;
+		s->free_from = want = i; /* held < the cap: i is below it */
+	}
 	if (want >= s->nmembers) {
 		size_t n = want + 1 > s->nmembers * 2 ? want + 1 : s->nmembers * 2;
+		if (n < 16)
+			n = 16;
+		if (n > KVN_DIR_MAX_WORKERS)
+			n = KVN_DIR_MAX_WORKERS;
 		struct member *p = realloc(s->members, n * sizeof(*p));
 		if (!p)
 			return -ENOMEM;
@@ -160,13 +292,14 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	const uint8_t *blob;
 	size_t jlen, blen;
 	if (c->member >= 0)
-		return kvn_sched_conn_fail(s, c, seq, "JOIN on a connection that already joined");
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO,
+					   "JOIN on a connection that already joined");
 	if (kvn_cf_split_json_blob(body, len, &jtext, &jlen, &blob, &blen, err, sizeof(err)))
-		return kvn_sched_conn_fail(s, c, seq, "JOIN: %s", err);
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO, "JOIN: %s", err);
 	cJSON *j = cJSON_ParseWithLength(jtext, jlen);
 	if (!cJSON_IsObject(j)) {
 		cJSON_Delete(j);
-		return kvn_sched_conn_fail(s, c, seq, "JOIN body is not a JSON object");
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO, "JOIN body is not a JSON object");
 	}
 	/* The token first: nothing about the cluster is told to a peer without it. */
 	const cJSON *tok = cJSON_GetObjectItemCaseSensitive(j, "auth_token");
@@ -174,7 +307,7 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 		cJSON_Delete(j);
 		s->refused++;
 		return kvn_sched_conn_fail(
-		    s, c, seq,
+		    s, c, seq, -EACCES,
 		    "JOIN refused: wrong or missing auth_token (set the same "
 		    "auth_token on nodes and scheduler)");
 	}
@@ -183,6 +316,7 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	const cJSON *hint = cJSON_GetObjectItemCaseSensitive(j, "worker_id");
 	const cJSON *we = cJSON_GetObjectItemCaseSensitive(j, "want_evicts");
 	int rc = copy_str(j, "name", nm.name, sizeof(nm.name), true, err, sizeof(err));
+	nm.name_next = -1;
 	if (!rc)
 		rc = copy_str(j, "data_addr", nm.data_addr, sizeof(nm.data_addr), false, err,
 			      sizeof(err));
@@ -197,20 +331,41 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	c->want_evicts = cJSON_IsTrue(we);
 	cJSON_Delete(j);
 	if (rc)
-		return kvn_sched_conn_fail(s, c, seq, "%s", err);
+		return kvn_sched_conn_fail(s, c, seq, -EINVAL, "%s", err);
 	uint32_t id;
-	if ((rc = pick_id(s, nm.name, h, &id)))
-		return kvn_sched_conn_fail(s, c, seq, "JOIN of %s: no worker id left (%s)", nm.name,
-					   kvn_strerror(rc));
+	bool fresh;
+	if ((rc = pick_id(s, nm.name, h, &id, &fresh)) == -EUSERS) {
+		s->refused++;
+		return kvn_sched_conn_fail(
+		    s, c, seq, -EUSERS,
+		    "JOIN of %s refused: all %u worker ids are held by node names that are members "
+		    "or left less than worker_id_grace_ms (%lld ms) ago; an id is reused once its "
+		    "name has been gone that long",
+		    nm.name, KVN_DIR_MAX_WORKERS, (long long)s->grace_ms);
+	}
+	if (rc)
+		return kvn_sched_conn_fail(s, c, seq, rc, "JOIN of %s: out of memory", nm.name);
 	nm.blob = blen ? malloc(blen) : NULL;
 	if (blen && !nm.blob)
-		return kvn_sched_conn_fail(s, c, seq, "JOIN of %s: out of memory", nm.name);
+		return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "JOIN of %s: out of memory",
+					   nm.name);
 	if (blen)
 		memcpy(nm.blob, blob, blen);
 	nm.blob_len = blen;
 
 	struct member *m = &s->members[id];
-	bool rejoin = m->state != M_UNUSED;
+	bool rejoin = !fresh;
+	if (fresh) {
+		memcpy(m->name, nm.name, sizeof(m->name));
+		if (name_add(s, id)) {
+			free(nm.blob);
+			memset(m, 0, sizeof(*m));
+			m->name_next = -1;
+			return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "JOIN of %s: out of memory",
+						   nm.name);
+		}
+		s->held++;
+	}
 	if (m->conn) {
 		/* The same name from a new connection: the node restarted before its old
 		 * connection was noticed gone (or two nodes share a name, which is a config
@@ -227,6 +382,7 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	if (m->state != M_ALIVE)
 		s->alive++;
 	free(m->blob);
+	nm.name_next = m->name_next;
 	*m = nm;
 	m->state = M_ALIVE;
 	m->last_beat_ms = m->joined_ms = kvn_sched_now_ms();
@@ -250,7 +406,8 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	char *text = cJSON_PrintUnformatted(r);
 	cJSON_Delete(r);
 	if (!text)
-		return kvn_sched_conn_fail(s, c, seq, "JOIN of %s: out of memory", m->name);
+		return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "JOIN of %s: out of memory",
+					   m->name);
 	kvn_cf_put_json_frame(&c->out, KVN_CF_JOIN_OK, seq, text, NULL, 0);
 	free(text);
 	/* The newcomer learns of everyone alive (itself included), everyone else of it. */
@@ -260,7 +417,7 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	kvn_cf_buf_reset(&s->scratch);
 	put_member_frame(s, &s->scratch, id);
 	kvn_sched_broadcast(s, c, false);
-	return c->out.err ? kvn_sched_conn_fail(s, c, seq, "out of memory") : 0;
+	return c->out.err ? kvn_sched_conn_fail(s, c, seq, -ENOMEM, "out of memory") : 0;
 }
 
 char *
@@ -276,6 +433,14 @@ kvn_scheduler_stats_json(struct kvn_scheduler *s)
 	cJSON_AddNumberToObject(j, "directory_bytes", (double)kvn_dir_bytes(s->dir));
 	cJSON_AddNumberToObject(j, "connections", s->nconns);
 	cJSON_AddNumberToObject(j, "max_connections", s->max_conns);
+	cJSON_AddNumberToObject(j, "unjoined_timeout_ms", s->unjoined_ms);
+	cJSON_AddNumberToObject(j, "reply_queue_bytes", (double)s->out_bytes);
+	cJSON_AddNumberToObject(j, "reply_queue_max", (double)s->out_max);
+	cJSON_AddNumberToObject(j, "slow_readers_dropped", (double)s->slow_dropped);
+	cJSON_AddNumberToObject(j, "accept_errors", (double)s->accept_errors);
+	cJSON_AddNumberToObject(j, "worker_ids_held", s->held);
+	cJSON_AddNumberToObject(j, "worker_ids_reclaimed", (double)s->reclaimed);
+	cJSON_AddNumberToObject(j, "worker_id_grace_ms", (double)s->grace_ms);
 	cJSON_AddNumberToObject(j, "lookups", (double)s->lookups);
 	cJSON_AddNumberToObject(j, "keys_looked_up", (double)s->keys_looked_up);
 	cJSON_AddNumberToObject(j, "published", (double)s->publishes);
@@ -333,15 +498,17 @@ kvn_sched_stats(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uin
 		cJSON_Delete(j);
 		if (!ok) {
 			s->refused++;
-			return kvn_sched_conn_fail(s, c, seq,
+			return kvn_sched_conn_fail(s, c, seq, -EACCES,
 						   "STATS refused: wrong or missing auth_token");
 		}
 	}
 	char *text = kvn_scheduler_stats_json(s);
 	if (!text)
-		return kvn_sched_conn_fail(s, c, seq, "STATS: out of memory");
+		return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "STATS: out of memory");
 	kvn_cf_begin(&c->out, KVN_CF_STATS_REPLY, seq);
 	kvn_cf_put_bytes(&c->out, text, strlen(text));
 	free(text);
-	return kvn_cf_end(&c->out) ? kvn_sched_conn_fail(s, c, seq, "STATS reply too large") : 0;
+	return kvn_cf_end(&c->out)
+		   ? kvn_sched_conn_fail(s, c, seq, -EMSGSIZE, "STATS reply too large")
+		   : 0;
 }

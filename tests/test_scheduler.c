@@ -1,7 +1,8 @@
 /* The membership service: `kvnode scheduler` as a child process on 127.0.0.1 with in-process and
  * forked member nodes — stable worker ids, expiry of a SIGKILLed member, re-join and re-publish
- * after a scheduler restart, heartbeat period, auth tokens. Deadlines are generous; nothing
- * asserts on timing. */
+ * after a scheduler restart, heartbeat period, auth tokens; against a scripted scheduler, what a
+ * node makes of error codes and member notices. Deadlines are generous; nothing asserts on
+ * timing. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -18,6 +19,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "node/log.h"
+#include "node/netaddr.h"
 #include "node/scheduler.h"
 #include "tests/helpers/sched_env.h"
 #include "tests/helpers/proc.h"
@@ -290,4 +293,147 @@ Test(scheduler, a_stopping_node_leaves_without_joining_again)
 		pthread_join(spin, NULL);
 	sched_stop(&s);
 	free(sa);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Against a scripted scheduler: what a node makes of what it is told
+ * ------------------------------------------------------------------------------------------ */
+
+struct fake {
+	int lfd;
+	char addr[64];
+	struct kvn_cf_buf reply; /* sent once the first frame of a connection came */
+	pthread_t th;
+	atomic_bool stop;
+};
+
+static void *
+fake_main(void *arg)
+{
+	struct fake *f = arg;
+	while (!atomic_load(&f->stop)) {
+		struct pollfd pf = {.fd = f->lfd, .events = POLLIN};
+		if (poll(&pf, 1, 50) <= 0)
+			continue;
+		int fd = accept(f->lfd, NULL, NULL);
+		if (fd < 0)
+			continue;
+		struct kvn_cf_rx rx = {0};
+		bool answered = false;
+		while (!atomic_load(&f->stop)) {
+			struct kvn_cf_hdr h;
+			const uint8_t *body;
+			char err[256];
+			int rc = kvn_cf_rx_wait(&rx, fd, 50, &h, &body, err, sizeof(err));
+			if (rc == -ETIMEDOUT)
+				continue;
+			if (rc)
+				break;
+			if (!answered) {
+				kvn_cf_send_all(fd, f->reply.p, f->reply.len);
+				answered = true;
+			} else if (h.type == KVN_CF_HEARTBEAT) {
+				struct kvn_cf_buf ack = {0};
+				kvn_cf_begin(&ack, KVN_CF_HEARTBEAT_ACK, h.seq);
+				kvn_cf_put_u64(&ack, 5);
+				kvn_cf_put_u32(&ack, 2);
+				kvn_cf_put_u32(&ack, 0);
+				kvn_cf_end(&ack);
+				kvn_cf_send_all(fd, ack.p, ack.len);
+				kvn_cf_buf_free(&ack);
+			}
+			kvn_cf_rx_consume(&rx, &h);
+		}
+		kvn_cf_rx_free(&rx);
+		close(fd);
+	}
+	return NULL;
+}
+
+static void
+fake_start(struct fake *f)
+{
+	uint16_t port = 0;
+	f->lfd = kvn_tcp_listen("127.0.0.1", 0, 16, &port, sched_err, sizeof(sched_err));
+	cr_assert_geq(f->lfd, 0, "%s", sched_err);
+	snprintf(f->addr, sizeof(f->addr), "127.0.0.1:%u", port);
+	cr_assert_eq(pthread_create(&f->th, NULL, fake_main, f), 0);
+}
+
+static void
+fake_stop(struct fake *f)
+{
+	atomic_store(&f->stop, true);
+	pthread_join(f->th, NULL);
+	close(f->lfd);
+	kvn_cf_buf_free(&f->reply);
+}
+
+static void
+fake_error(struct fake *f, const char *json)
+{
+	kvn_cf_buf_reset(&f->reply);
+	cr_assert_eq(kvn_cf_put_json_frame(&f->reply, KVN_CF_ERROR, 0, json, NULL, 0), 0);
+}
+
+Test(scheduler, a_refusal_is_told_apart_by_its_error_code_not_by_its_text)
+{
+	struct fake f = {0};
+	char json[128];
+	snprintf(json, sizeof(json), "{\"error\":\"refused by this cluster's policy\",\"code\":%d}",
+		 EACCES);
+	fake_error(&f, json);
+	fake_start(&f);
+	struct kvn_membership *m;
+	cr_assert_eq(sched_node_start(f.addr, "node", "some-token", NULL, &m), -EACCES,
+		     "EACCES is an auth failure whatever the text: %s", sched_err);
+	cr_assert(strstr(sched_err, "refused by this cluster's policy"), "%s", sched_err);
+	char *stats = NULL;
+	cr_assert_eq(
+	    kvn_membership_fetch_stats(f.addr, "t", 5000, &stats, sched_err, sizeof(sched_err)),
+	    -EACCES, "%s", sched_err);
+	snprintf(json, sizeof(json), "{\"error\":\"bad auth_token field type\",\"code\":%d}",
+		 EINVAL);
+	fake_error(&f, json);
+	cr_assert_eq(sched_node_start(f.addr, "node", "some-token", NULL, &m), -EINVAL,
+		     "a text that names auth_token is not an auth failure: %s", sched_err);
+	fake_stop(&f);
+}
+
+static long
+rss_kb(void)
+{
+	char *text = proc_read_file("/proc/self/status", NULL);
+	cr_assert(text);
+	const char *p = strstr(text, "VmRSS:");
+	long kb = p ? atol(p + 6) : -1;
+	free(text);
+	return kb;
+}
+
+Test(scheduler, a_member_notice_with_a_huge_worker_id_costs_a_node_one_record_not_a_table)
+{
+	struct fake f = {0};
+	kvn_cf_put_json_frame(
+	    &f.reply, KVN_CF_JOIN_OK, 0,
+	    "{\"worker_id\":0,\"worker_count\":2,\"epoch\":5,\"heartbeat_ms\":100}", NULL, 0);
+	kvn_cf_put_json_frame(&f.reply, KVN_CF_MEMBER, 0,
+			      "{\"worker_id\":65534,\"name\":\"far\",\"data_addr\":\"127.0.0.1:9\","
+			      "\"transport\":\"tcp\",\"capacity\":1,\"state\":\"up\",\"epoch\":5,"
+			      "\"worker_count\":2}",
+			      "r", 1);
+	fake_start(&f);
+	long before = rss_kb();
+	struct kvn_membership *m;
+	cr_assert_eq(sched_node_start(f.addr, "node", NULL, NULL, &m), 0, "%s", sched_err);
+	struct kvn_member_info mi;
+	char reg[8];
+	cr_assert(WAIT_UNTIL(kvn_membership_member(m, 65534, &mi, reg, sizeof(reg)) == 0),
+		  "the member is known");
+	cr_assert_str_eq(mi.name, "far");
+	cr_assert_eq(kvn_membership_member(m, 1000, &mi, reg, sizeof(reg)), -ENOENT);
+	long grown = rss_kb() - before;
+	cr_assert_lt(grown, 8 * 1024, "one member notice cost %ld KiB", grown);
+	kvn_membership_stop(m);
+	fake_stop(&f);
 }

@@ -1,9 +1,12 @@
 /* The scheduler against rogue and heavy clients, and its command-line faces: garbage,
  * oversized, truncated and random frames, the connection cap, unjoined sockets, publish/lookup
- * of many keys, `kvnode stat --scheduler`, `kvnode-bench scheduler --json`. */
+ * of many keys, `kvnode stat --scheduler`, `kvnode-bench scheduler --json`; the limits on what
+ * peers can hold: worker ids, id hints, names, reply queues, file descriptors. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
+#include <iconv.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -11,11 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "node/scheduler.h"
+#include "tests/helpers/rawsock.h"
 #include "tests/helpers/sched_env.h"
 
 Test(scheduler, garbage_oversized_and_truncated_frames_close_only_that_connection)
@@ -334,4 +339,409 @@ Test(scheduler, random_frame_bodies_never_hurt_the_scheduler)
 	kvn_scheduler_stop(s);
 	pthread_join(th, NULL);
 	kvn_scheduler_destroy(s);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Limits: worker ids, hints, names, reply queues, file descriptors
+ * ------------------------------------------------------------------------------------------ */
+
+/* The first frame the scheduler sends on fd. */
+static struct kvn_cf_hdr
+raw_first_frame(int fd, struct kvn_cf_rx *rx, const uint8_t **body)
+{
+	struct kvn_cf_hdr h;
+	cr_assert_eq(kvn_cf_rx_wait(rx, fd, DEADLINE, &h, body, sched_err, sizeof(sched_err)), 0,
+		     "no reply from the scheduler: %s", sched_err);
+	return h;
+}
+
+/* A JOIN of json on a new connection: the worker id its JOIN_OK gives (the connection stays
+ * open in *fdp when fdp is not NULL), or -1 with the ERROR's message in msg and its code (a
+ * negative errno, -EPROTO without one) in *code. */
+static int
+raw_join(const char *addr, const char *json, char *msg, size_t cap, int *code, int *fdp)
+{
+	int fd = sched_raw_connect(addr);
+	struct kvn_cf_buf b = {0};
+	cr_assert_eq(kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, json, NULL, 0), 0);
+	rawsock_send_all(fd, b.p, b.len);
+	kvn_cf_buf_free(&b);
+	struct kvn_cf_rx rx = {0};
+	const uint8_t *body;
+	struct kvn_cf_hdr h = raw_first_frame(fd, &rx, &body);
+	int id = -1;
+	msg[0] = '\0';
+	if (h.type == KVN_CF_JOIN_OK) {
+		cJSON *j = cJSON_ParseWithLength((const char *)body, h.len);
+		const cJSON *w = cJSON_GetObjectItem(j, "worker_id");
+		cr_assert(cJSON_IsNumber(w), "JOIN_OK without a worker_id");
+		id = w->valueint;
+		cJSON_Delete(j);
+	} else {
+		cr_assert_eq(h.type, KVN_CF_ERROR, "JOIN answered with %s",
+			     kvn_cf_type_name(h.type));
+		cJSON *j = cJSON_ParseWithLength((const char *)body, h.len);
+		const cJSON *e = cJSON_GetObjectItem(j, "error"),
+			    *c = cJSON_GetObjectItem(j, "code");
+		snprintf(msg, cap, "%s", cJSON_IsString(e) ? e->valuestring : "");
+		*code = cJSON_IsNumber(c) ? -c->valueint : -EPROTO;
+		cJSON_Delete(j);
+	}
+	kvn_cf_rx_free(&rx);
+	if (fdp && id >= 0)
+		*fdp = fd;
+	else
+		close(fd);
+	return id;
+}
+
+/* JOIN then LEAVE as prefix<first> .. prefix<first + n - 1>, 64 connections at a time, each
+ * read up to its first reply (both frames are handled by then). Returns the JOINs refused. */
+static unsigned
+churn(const char *addr, const char *prefix, unsigned first, unsigned n)
+{
+	enum { BATCH = 64 };
+	unsigned refused = 0;
+	for (unsigned i = 0; i < n; i += BATCH) {
+		int fds[BATCH];
+		unsigned k = n - i < BATCH ? n - i : BATCH;
+		for (unsigned j = 0; j < k; j++) {
+			fds[j] = sched_raw_connect(addr);
+			char json[96];
+			snprintf(json, sizeof(json), "{\"name\":\"%s%u\"}", prefix, first + i + j);
+			struct kvn_cf_buf b = {0};
+			kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, json, NULL, 0);
+			kvn_cf_begin(&b, KVN_CF_LEAVE, 0);
+			kvn_cf_end(&b);
+			rawsock_send_all(fds[j], b.p, b.len);
+			kvn_cf_buf_free(&b);
+		}
+		for (unsigned j = 0; j < k; j++) {
+			struct kvn_cf_rx rx = {0};
+			const uint8_t *body;
+			struct kvn_cf_hdr h = raw_first_frame(fds[j], &rx, &body);
+			refused += h.type == KVN_CF_ERROR;
+			kvn_cf_rx_free(&rx);
+			/* A reset leaves no TIME_WAIT behind: 65k closes would use up the ports. */
+			struct linger lg = {.l_onoff = 1, .l_linger = 0};
+			setsockopt(fds[j], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+			close(fds[j]);
+		}
+	}
+	return refused;
+}
+
+static cJSON *
+stats_of(const char *addr)
+{
+	char *json = NULL;
+	cr_assert_eq(
+	    kvn_membership_fetch_stats(addr, NULL, DEADLINE, &json, sched_err, sizeof(sched_err)),
+	    0, "%s", sched_err);
+	cJSON *j = cJSON_Parse(json);
+	cr_assert(cJSON_IsObject(j), "%s", json);
+	free(json);
+	return j;
+}
+
+static double
+stat_num(const char *addr, const char *field)
+{
+	cJSON *j = stats_of(addr);
+	const cJSON *v = cJSON_GetObjectItem(j, field);
+	double d = cJSON_IsNumber(v) ? v->valuedouble : -1;
+	cJSON_Delete(j);
+	return d;
+}
+
+Test(scheduler, names_gone_longer_than_worker_id_grace_ms_give_their_ids_to_new_names,
+     .timeout = 600)
+{
+	struct sched s = {0};
+	const char *env[] = {"KVNODE_WORKER_ID_GRACE_MS=1", NULL};
+	sched_start_env(&s, "127.0.0.1:0", NULL, env);
+	/* More made-up names than there are worker ids, each joining once and leaving. */
+	cr_assert_eq(churn(s.addr, "made-up-", 0, 70000), 0,
+		     "every JOIN got an id: the ids of departed names came back");
+	cr_assert(WAIT_UNTIL(stat_num(s.addr, "worker_ids_reclaimed") == 70000),
+		  "every name's id is freed once its grace is over");
+	cr_assert_eq(stat_num(s.addr, "worker_ids_held"), 0);
+	struct kvn_membership *m;
+	cr_assert_eq(sched_node_start(s.addr, "newcomer", NULL, NULL, &m), 0, "%s", sched_err);
+	cr_assert_eq(kvn_membership_worker_id(m), 0, "it gets the lowest id, freed again");
+	kvn_membership_stop(m);
+	sched_stop(&s);
+}
+
+Test(scheduler, a_name_within_worker_id_grace_ms_keeps_its_id_and_a_full_table_says_so,
+     .timeout = 600)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", NULL); /* the default grace: ten minutes */
+	struct kvn_membership *m;
+	cr_assert_eq(sched_node_start(s.addr, "keeper", NULL, NULL, &m), 0, "%s", sched_err);
+	int32_t kid = kvn_membership_worker_id(m);
+	kvn_membership_stop(m);
+	cr_assert_eq(churn(s.addr, "held-", 0, 65534), 0);
+	char msg[512];
+	int code = 0;
+	cr_assert_eq(raw_join(s.addr, "{\"name\":\"one-too-many\"}", msg, sizeof(msg), &code, NULL),
+		     -1, "all 65535 ids are held by names within their grace");
+	cr_assert_eq(code, -EUSERS, "the ERROR's code says why (%s)", msg);
+	cr_assert(strstr(msg, "worker id") && strstr(msg, "worker_id_grace_ms"),
+		  "the message names the cause and the key: %s", msg);
+	cr_assert(!strstr(msg, "tier"), "and nothing about a tier: %s", msg);
+	cr_assert_eq(sched_node_start(s.addr, "one-too-many", NULL, NULL, &m), -EUSERS,
+		     "a node is refused with the same code: %s", sched_err);
+	cr_assert(strstr(sched_err, "worker_id_grace_ms"), "%s", sched_err);
+	cr_assert(!strstr(sched_err, "tier"), "%s", sched_err);
+	cr_assert_eq(sched_node_start(s.addr, "keeper", NULL, NULL, &m), 0, "%s", sched_err);
+	cr_assert_eq(kvn_membership_worker_id(m), kid, "a name within its grace keeps its id");
+	kvn_membership_stop(m);
+	sched_stop(&s);
+}
+
+Test(scheduler, a_worker_id_hint_far_above_the_member_count_is_not_honoured)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", NULL);
+	char msg[512];
+	int code = 0, fd = -1;
+	int id = raw_join(s.addr, "{\"name\":\"far\",\"worker_id\":65534}", msg, sizeof(msg), &code,
+			  &fd);
+	cr_assert_geq(id, 0, "the JOIN itself is fine: %s", msg);
+	cr_assert_lt(id, 256, "a hint of 65534 with no members would size every table to it");
+	/* A restarting cluster's hints below the bound are kept (ids survive a restart). */
+	int fd2 = -1;
+	cr_assert_eq(
+	    raw_join(s.addr, "{\"name\":\"near\",\"worker_id\":40}", msg, sizeof(msg), &code, &fd2),
+	    40, "%s", msg);
+	close(fd);
+	close(fd2);
+	sched_stop(&s);
+}
+
+/* The text is valid UTF-8 (iconv checks it independently of the scheduler's own rules). */
+static bool
+valid_utf8(const char *text)
+{
+	iconv_t cd = iconv_open("UTF-8", "UTF-8");
+	cr_assert(cd != (iconv_t)-1);
+	size_t in = strlen(text), outcap = in * 4 + 4, out = outcap;
+	char *ip = (char *)text, *buf = malloc(outcap), *op = buf;
+	size_t rc = iconv(cd, &ip, &in, &op, &out);
+	iconv_close(cd);
+	free(buf);
+	return rc != (size_t)-1 && in == 0;
+}
+
+Test(scheduler, join_names_that_are_not_short_valid_utf8_words_are_refused_naming_the_rule)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", NULL);
+	static const char *bad[] = {
+	    "{\"name\":\"\xff\xfe-node\"}",
+	    "{\"name\":\"a\\\"b\"}",
+	    "{\"name\":\"a b\"}",
+	    "{\"name\":\"a\\u0085b\"}",
+	    "{\"name\":\"12345678901234567890123456789012345678901234567890123456789012345\"}",
+	    "{\"name\":\"ok\",\"data_addr\":\"\xc3\x28\"}",
+	    "{\"name\":\"ok\",\"transport\":\"t\xff\"}"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char msg[512];
+		int code = 0;
+		cr_assert_eq(raw_join(s.addr, bad[i], msg, sizeof(msg), &code, NULL), -1,
+			     "JOIN %zu was let in", i);
+		cr_assert_eq(code, -EINVAL, "JOIN %zu: %s", i, msg);
+		cr_assert(strstr(msg, "UTF-8") || strstr(msg, "printable"),
+			  "JOIN %zu: the message states the rule: %s", i, msg);
+		cr_assert(valid_utf8(msg), "JOIN %zu: the message is valid UTF-8", i);
+	}
+	char msg[512];
+	int code = 0, fd = -1;
+	cr_assert_geq(raw_join(s.addr,
+			       "{\"name\":\"n\xc3\xb6"
+			       "de-\xe8\x8a\x82.1_x\"}",
+			       msg, sizeof(msg), &code, &fd),
+		      0, "letters beyond ASCII are fine: %s", msg);
+	char *json = NULL;
+	cr_assert_eq(
+	    kvn_membership_fetch_stats(s.addr, NULL, 5000, &json, sched_err, sizeof(sched_err)), 0,
+	    "%s", sched_err);
+	cr_assert(valid_utf8(json), "stat --json is valid UTF-8: %s", json);
+	cJSON *view = cJSON_Parse(json);
+	cr_assert(view != NULL);
+	cJSON_Delete(view);
+	cr_assert(strstr(json, "\"n\xc3\xb6"
+			       "de-\xe8\x8a\x82.1_x\""),
+		  "%s", json);
+	free(json);
+	close(fd);
+
+	/* A node checks its own name before it connects, naming the key. */
+	struct kvn_membership *m;
+	cr_assert_eq(sched_node_start(s.addr, "bad name", NULL, NULL, &m), -EINVAL);
+	cr_assert(strstr(sched_err, "node_name"), "%s", sched_err);
+	sched_stop(&s);
+}
+
+static long
+proc_status_kb(pid_t pid, const char *field)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	char *text = proc_read_file(path, NULL);
+	cr_assert(text);
+	const char *p = strstr(text, field);
+	long kb = p ? atol(p + strlen(field) + 1) : -1;
+	free(text);
+	return kb;
+}
+
+/* Members that ask for cluster views and never read them: the replies queued to all of them
+ * together stay within scheduler_reply_queue_max (the largest queue is dropped first), and a
+ * member that reads its replies is never cut off. */
+Test(scheduler, clients_that_never_read_are_dropped_to_keep_all_reply_queues_within_the_max,
+     .timeout = 600)
+{
+	struct sched s = {0};
+	/* Answering a hog's burst keeps the loop from everyone's heartbeats for a while: beats
+	 * of a second keep the member that reads from being expired meanwhile. */
+	const char *env[] = {"KVNODE_SCHEDULER_REPLY_QUEUE_MAX=4194304", "KVNODE_HEARTBEAT_MS=1000",
+			     NULL};
+	sched_start_env(&s, "127.0.0.1:0", NULL, env);
+	struct kvn_membership *good;
+	cr_assert_eq(sched_node_start(s.addr, "reads-its-replies", NULL, NULL, &good), 0, "%s",
+		     sched_err);
+	long hwm0 = proc_status_kb(s.p.pid, "VmHWM:");
+	enum { HOGS = 8, ASKS = 5000 };
+	int hog[HOGS];
+	for (int i = 0; i < HOGS; i++) {
+		char json[64], msg[256];
+		int code;
+		snprintf(json, sizeof(json), "{\"name\":\"hog-%d\"}", i);
+		int rcv = 4096;
+		cr_assert_geq(raw_join(s.addr, json, msg, sizeof(msg), &code, &hog[i]), 0, "%s",
+			      msg);
+		setsockopt(hog[i], SOL_SOCKET, SO_RCVBUF, &rcv, sizeof(rcv));
+	}
+	/* Every hog asks ASKS times (16 bytes each, about 2.5 KiB of reply each), then leaves. */
+	struct kvn_cf_buf b = {0};
+	for (int k = 0; k < ASKS; k++) {
+		kvn_cf_begin(&b, KVN_CF_STATS, (uint32_t)k + 1);
+		kvn_cf_end(&b);
+	}
+	kvn_cf_begin(&b, KVN_CF_LEAVE, 0);
+	kvn_cf_end(&b);
+	for (int i = 0; i < HOGS; i++)
+		send(hog[i], b.p, b.len, MSG_NOSIGNAL); /* the scheduler may cut it off meanwhile */
+	kvn_cf_buf_free(&b);
+	/* Each hog is gone once it left or was dropped (then it stops beating and expires). */
+	cr_assert(WAIT_UNTIL(stat_num(s.addr, "worker_count") == 1), "the hogs never went away");
+	cr_assert_geq(stat_num(s.addr, "slow_readers_dropped"), 1,
+		      "%d x %d replies of 2 KiB do not fit in 4 MiB: some hog was dropped", HOGS,
+		      ASKS);
+	cr_assert_leq(stat_num(s.addr, "reply_queue_bytes"), 4194304);
+	cr_assert(kvn_membership_connected(good));
+	cr_assert_eq(kvn_membership_joins(good), 1, "the member that reads was never cut off");
+#ifndef __SANITIZE_ADDRESS__ /* ASan's quarantine holds freed memory: RSS says nothing */
+	long grown = proc_status_kb(s.p.pid, "VmHWM:") - hwm0;
+	/* About 5 MiB here (4 MiB of queues); without the bound, every hog's 12 MiB. */
+	cr_assert_lt(grown, 24 * 1024, "the scheduler's peak memory grew by %ld KiB", grown);
+#else
+	(void)hwm0;
+#endif
+	for (int i = 0; i < HOGS; i++)
+		close(hog[i]);
+	kvn_membership_stop(good);
+	sched_stop(&s);
+}
+
+static double
+cpu_seconds(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	char *text = proc_read_file(path, NULL);
+	cr_assert(text);
+	/* Fields 14 and 15 (utime, stime) follow the command name's closing parenthesis. */
+	const char *p = strrchr(text, ')');
+	unsigned long ut = 0, st = 0;
+	cr_assert_eq(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st),
+		     2);
+	free(text);
+	return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static int
+open_fds(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(path);
+	int n = 0;
+	for (struct dirent *e; d && (e = readdir(d));)
+		n += e->d_name[0] != '.';
+	if (d)
+		closedir(d);
+	return n;
+}
+
+static double
+wall_seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Out of file descriptors, accept() fails while the listener stays readable: the scheduler
+ * must pause accepting instead of asking again at once, forever. */
+Test(scheduler, out_of_file_descriptors_the_scheduler_pauses_accepting_instead_of_spinning)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", NULL);
+	struct rlimit rl = {.rlim_cur = 32, .rlim_max = 32};
+	cr_assert_eq(prlimit(s.p.pid, RLIMIT_NOFILE, &rl, NULL), 0, "%s", strerror(errno));
+	enum { N = 60 };
+	int fds[N];
+	for (int i = 0; i < N; i++)
+		fds[i] = sched_raw_connect(s.addr); /* the kernel's backlog takes what it cannot */
+	cr_assert(WAIT_UNTIL(open_fds(s.p.pid) >= 32), "the scheduler never used up its fds");
+	sched_sleep_ms(200);
+	double cpu0 = cpu_seconds(s.p.pid), t0 = wall_seconds();
+	sched_sleep_ms(2000);
+	double cpu = cpu_seconds(s.p.pid) - cpu0, wall = wall_seconds() - t0;
+	/* Resting, it wakes 10 times a second (about 1% of a CPU); a busy loop takes all the
+	 * CPU it can get, a quarter even on a loaded machine. */
+	cr_assert_lt(cpu, wall / 4, "%.2f s of CPU in %.2f s: accept() failing in a busy loop", cpu,
+		     wall);
+	for (int i = 0; i < N; i++)
+		close(fds[i]);
+	struct kvn_membership *m;
+	cr_assert_eq(sched_node_start(s.addr, "after-emfile", NULL, NULL, &m), 0, "%s", sched_err);
+	cr_assert(WAIT_UNTIL(kvn_membership_connected(m)), "a node joins once fds are free");
+	cr_assert_geq(stat_num(s.addr, "accept_errors"), 1, "the failures are counted");
+	kvn_membership_stop(m);
+	cr_assert(proc_alive(&s.p));
+	sched_stop(&s);
+}
+
+Test(scheduler, scheduler_max_connections_and_scheduler_unjoined_timeout_ms_are_read_from_config)
+{
+	struct sched s = {0};
+	const char *env[] = {"KVNODE_SCHEDULER_MAX_CONNECTIONS=2",
+			     "KVNODE_SCHEDULER_UNJOINED_TIMEOUT_MS=300", NULL};
+	sched_start_env(&s, "127.0.0.1:0", NULL, env);
+	cr_assert_eq(stat_num(s.addr, "max_connections"), 2);
+	cr_assert_eq(stat_num(s.addr, "unjoined_timeout_ms"), 300);
+	int a = sched_raw_connect(s.addr), b = sched_raw_connect(s.addr);
+	sched_sleep_ms(50);
+	int c = sched_raw_connect(s.addr);
+	bool err;
+	cr_assert(sched_closed(c, &err), "the third connection is over the cap of 2");
+	cr_assert(sched_closed(a, &err), "an unjoined connection is closed");
+	cr_assert(sched_closed(b, &err));
+	cr_assert_geq(stat_num(s.addr, "refused"), 1);
+	sched_stop(&s);
 }

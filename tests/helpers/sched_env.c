@@ -66,6 +66,13 @@ sched_ready(void *arg)
 void
 sched_start(struct sched *s, const char *listen, const char *token)
 {
+	sched_start_env(s, listen, token, NULL);
+}
+
+void
+sched_start_env(struct sched *s, const char *listen, const char *token,
+		const char *const *extra_env)
+{
 	if (!s->dir[0]) {
 		cr_assert_eq(access(KVNODE, X_OK), 0, "%s is not built", KVNODE);
 		cr_assert_eq(proc_mkdtemp("sched", s->dir, sizeof(s->dir)), 0);
@@ -75,12 +82,20 @@ sched_start(struct sched *s, const char *listen, const char *token)
 	snprintf(err, sizeof(err), "%s/sched.err", s->dir);
 	snprintf(tok, sizeof(tok), token ? "KVNODE_AUTH_TOKEN=%s" : "KVNODE_AUTH_TOKEN",
 		 token ? token : "");
-	const char *env[] = {"KVNODE_CONFIG_FILE",
-			     "LMCACHE_CONFIG_FILE",
-			     "KVNODE_SCHEDULER_URL",
-			     "KVNODE_HEARTBEAT_MS=100",
-			     tok,
-			     NULL};
+	const char *env[24] = {"KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE", "KVNODE_SCHEDULER_URL",
+			       "KVNODE_HEARTBEAT_MS=100", tok};
+	size_t n = 5;
+	for (size_t i = 0; extra_env && extra_env[i]; i++) {
+		/* One that sets a variable above replaces it (the child sees the first). */
+		size_t nl = strcspn(extra_env[i], "=");
+		size_t k = 0;
+		while (k < n && !(strncmp(env[k], extra_env[i], nl) == 0 &&
+				  (env[k][nl] == '=' || env[k][nl] == '\0')))
+			k++;
+		cr_assert_lt(k, sizeof(env) / sizeof(env[0]) - 1, "too many extra variables");
+		env[k] = extra_env[i];
+		n += k == n;
+	}
 	const char *argv[] = {KVNODE, "scheduler", "--listen", listen, "-v", NULL};
 	struct proc_opts po = {.stdout_path = s->out, .stderr_path = err, .env = env};
 	memset(&s->p, 0, sizeof(s->p));

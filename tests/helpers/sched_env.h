@@ -30,6 +30,10 @@ struct sched {
 /* Starts `kvnode scheduler --listen listen` (heartbeat_ms 100, token or none) and waits for
  * its "scheduler on" line; s->addr gets the bound address. Restarting reuses s->dir. */
 void sched_start(struct sched *s, const char *listen, const char *token);
+/* The same with more environment ("KVNODE_<KEY>=VALUE" config overrides; one naming a
+ * variable set above replaces it), NULL-terminated. */
+void sched_start_env(struct sched *s, const char *listen, const char *token,
+		     const char *const *extra_env);
 /* SIGTERM (then SIGKILL) and removes the temporary directory. */
 void sched_stop(struct sched *s);
 
