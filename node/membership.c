@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "node/auth.h"
+#include "node/clock.h"
 #include "node/log.h"
 #include "node/membership.h"
 #include "node/netaddr.h"
@@ -78,16 +79,12 @@ now_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void
-deadline_ts(struct timespec *ts, int ms)
+/* The deadline of a wait on m->cond: CLOCK_MONOTONIC, as the condition measures it, so that a
+ * wall-clock step neither cuts a wait short nor stretches it. */
+static struct timespec
+deadline_ts(int ms)
 {
-	clock_gettime(CLOCK_REALTIME, ts);
-	ts->tv_sec += ms / 1000;
-	ts->tv_nsec += (long)(ms % 1000) * 1000000;
-	if (ts->tv_nsec >= 1000000000) {
-		ts->tv_sec++;
-		ts->tv_nsec -= 1000000000;
-	}
+	return kvn_deadline_in_ms(ms > 0 ? (uint64_t)ms : 0);
 }
 
 /* The index of worker_id's record, or where it would go (*found false). */
@@ -627,10 +624,7 @@ kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_me
 	m->worker_id = -1;
 	pthread_mutex_init(&m->send_lock, NULL);
 	pthread_mutex_init(&m->lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_cond_init(&m->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	kvn_cond_init_monotonic(&m->cond);
 	m->o = *opts;
 	m->o.name = strdup(opts->name);
 	m->o.data_addr = dup_or_null(opts->data_addr);
@@ -778,8 +772,7 @@ kvn_membership_publish(struct kvn_membership *m, const struct kvn_cf_pub *recs, 
 int
 kvn_membership_flush(struct kvn_membership *m, int timeout_ms)
 {
-	struct timespec ts;
-	deadline_ts(&ts, timeout_ms);
+	struct timespec ts = deadline_ts(timeout_ms);
 	int rc = 0;
 	pthread_mutex_lock(&m->lock);
 	uint64_t target = m->queued;
@@ -820,8 +813,7 @@ lookup_frame(struct kvn_membership *m, const struct kvn_digest *keys, uint32_t n
 		rc = kvn_cf_send_all(m->fd, b.p, b.len);
 	pthread_mutex_unlock(&m->send_lock);
 	kvn_cf_buf_free(&b);
-	struct timespec ts;
-	deadline_ts(&ts, timeout_ms);
+	struct timespec ts = deadline_ts(timeout_ms);
 	pthread_mutex_lock(&m->lock);
 	while (!rc && w.status == 1)
 		if (pthread_cond_timedwait(&m->cond, &m->lock, &ts))

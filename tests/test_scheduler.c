@@ -1,8 +1,8 @@
 /* The membership service: `kvnode scheduler` as a child process on 127.0.0.1 with in-process and
  * forked member nodes — stable worker ids, expiry of a SIGKILLed member, re-join and re-publish
  * after a scheduler restart, heartbeat period, auth tokens; against a scripted scheduler, what a
- * node makes of error codes and member notices. Deadlines are generous; nothing asserts on
- * timing. */
+ * node makes of error codes and member notices, and its waits under a wall-clock step.
+ * Deadlines are generous; nothing asserts on a duration being short. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -16,7 +16,9 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "node/log.h"
@@ -436,4 +438,48 @@ Test(scheduler, a_member_notice_with_a_huge_worker_id_costs_a_node_one_record_no
 	cr_assert_lt(grown, 8 * 1024, "one member notice cost %ld KiB", grown);
 	kvn_membership_stop(m);
 	fake_stop(&f);
+}
+
+/* A wall clock the test can step. This program's clock_gettime is the one the library calls;
+ * the monotonic clock is left alone. */
+static _Atomic long realtime_shift_s;
+
+int
+clock_gettime(clockid_t id, struct timespec *ts)
+{
+	int rc = (int)syscall(SYS_clock_gettime, id, ts);
+	if (rc == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE))
+		ts->tv_sec += atomic_load(&realtime_shift_s);
+	return rc;
+}
+
+static double
+mono_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+Test(scheduler, a_wall_clock_step_does_not_cut_a_lookup_wait_short)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", NULL);
+	struct kvn_membership *m;
+	cr_assert_eq(sched_node_start(s.addr, "stepper", NULL, NULL, &m), 0, "%s", sched_err);
+	kill(s.p.pid, SIGSTOP); /* the scheduler answers nothing now */
+	atomic_store(&realtime_shift_s, -3600);
+	struct kvn_digest k = sched_key_digest(1, 1);
+	uint32_t n;
+	struct kvn_loc loc;
+	double t0 = mono_s();
+	int rc = kvn_membership_lookup(m, &k, 1, 1, &n, &loc, 1500);
+	double waited = mono_s() - t0;
+	atomic_store(&realtime_shift_s, 0);
+	kill(s.p.pid, SIGCONT);
+	cr_assert_eq(rc, -ETIMEDOUT, "%s", kvn_strerror(rc));
+	cr_assert_geq(waited, 1.4,
+		      "the wall clock went back an hour: a wait of 1.5 s lasted %.3f s", waited);
+	kvn_membership_stop(m);
+	sched_stop(&s);
 }
