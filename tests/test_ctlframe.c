@@ -328,8 +328,7 @@ Test(ctlframe, node_names_are_1_to_64_bytes_of_utf8_letters_digits_dash_undersco
 			      "gpu_node.7",
 			      "A",
 			      "kv-node-1.rack12.example.com",
-			      "n\xc3\xb6"
-			      "de",			    /* ö */
+			      "k\xc3\xb6ln",		    /* köln */
 			      "\xe8\x8a\x82\xe7\x82\xb9-1", /* 节点-1 */
 			      "\xf0\x9f\x9a\x80",	    /* a four-byte character */
 			      "1234567890123456789012345678901234567890123456789012345678901234"};

@@ -559,10 +559,8 @@ Test(scheduler, join_names_that_are_not_short_valid_utf8_words_are_refused_namin
 	}
 	char msg[512];
 	int code = 0, fd = -1;
-	cr_assert_geq(raw_join(s.addr,
-			       "{\"name\":\"n\xc3\xb6"
-			       "de-\xe8\x8a\x82.1_x\"}",
-			       msg, sizeof(msg), &code, &fd),
+	cr_assert_geq(raw_join(s.addr, "{\"name\":\"k\xc3\xb6ln-\xe8\x8a\x82.1_x\"}", msg,
+			       sizeof(msg), &code, &fd),
 		      0, "letters beyond ASCII are fine: %s", msg);
 	char *json = NULL;
 	cr_assert_eq(
@@ -572,9 +570,7 @@ Test(scheduler, join_names_that_are_not_short_valid_utf8_words_are_refused_namin
 	cJSON *view = cJSON_Parse(json);
 	cr_assert(view != NULL);
 	cJSON_Delete(view);
-	cr_assert(strstr(json, "\"n\xc3\xb6"
-			       "de-\xe8\x8a\x82.1_x\""),
-		  "%s", json);
+	cr_assert(strstr(json, "\"k\xc3\xb6ln-\xe8\x8a\x82.1_x\""), "%s", json);
 	free(json);
 	close(fd);
 
