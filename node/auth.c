@@ -246,13 +246,3 @@ kvn_auth_token_file(const char *path, bool create, char **token, char *err, size
 	sodium_memzero(buf, sizeof(buf));
 	return *token ? 0 : -ENOMEM;
 }
-
-char *
-kvn_auth_host_token(void)
-{
-	char path[PATH_MAX], *token = NULL;
-	if (kvn_auth_default_file(path, sizeof(path)) ||
-	    kvn_auth_token_file(path, false, &token, NULL, 0))
-		return NULL;
-	return token;
-}

@@ -51,8 +51,4 @@ int kvn_auth_default_file(char *path, size_t len);
  * with err naming the path and the fix. */
 int kvn_auth_token_file(const char *path, bool create, char **token, char *err, size_t errlen);
 
-/* This host's generated token (kvn_auth_default_file) when the file exists and is sound, else
- * NULL: the default of a client given no token. malloc'd. */
-char *kvn_auth_host_token(void);
-
 #endif

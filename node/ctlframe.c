@@ -10,6 +10,9 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include <sodium.h>
+
+#include "node/auth.h"
 #include "node/ctlframe.h"
 #include "node/log.h"
 
@@ -47,6 +50,10 @@ kvn_cf_type_name(unsigned type)
 		return "MEMBER";
 	case KVN_CF_EVICTED:
 		return "EVICTED";
+	case KVN_CF_HELLO:
+		return "HELLO";
+	case KVN_CF_CHALLENGE:
+		return "CHALLENGE";
 	}
 	return "?";
 }
@@ -77,6 +84,10 @@ kvn_cf_body_max(unsigned type)
 		return KVN_CF_STATS_MAX;
 	case KVN_CF_EVICTED:
 		return 8 + KVN_CF_EVICT_MAX * 16;
+	case KVN_CF_HELLO:
+		return 16;
+	case KVN_CF_CHALLENGE:
+		return KVN_CF_CHALLENGE_SIZE;
 	}
 	return 0;
 }
@@ -694,13 +705,63 @@ kvn_cf_name_check(const char *name, char *err, size_t errlen)
 	return 0;
 }
 
-bool
-kvn_cf_token_eq(const char *a, const char *b)
+int
+kvn_cf_client_auth(int fd, struct kvn_cf_rx *r, const struct kvn_auth *a, int timeout_ms,
+		   char proof[KVN_CF_PROOF_HEX], char *err, size_t errlen)
 {
-	size_t la = strlen(a), lb = strlen(b);
-	unsigned diff = (unsigned)(la ^ lb);
-	/* Walks b whole whatever a holds: the time says nothing about how much of a matched. */
-	for (size_t i = 0; i < lb; i++)
-		diff |= (unsigned char)(la ? a[i % la] : 0) ^ (unsigned char)b[i];
-	return diff == 0;
+	uint8_t nonce_c[KVN_AUTH_NONCE];
+	proof[0] = '\0';
+	kvn_auth_nonce(nonce_c);
+	struct kvn_cf_buf b = {0};
+	kvn_cf_begin(&b, KVN_CF_HELLO, 0);
+	kvn_cf_put_bytes(&b, nonce_c, sizeof(nonce_c));
+	int rc = kvn_cf_end(&b);
+	if (!rc)
+		rc = kvn_cf_send_all(fd, b.p, b.len);
+	kvn_cf_buf_free(&b);
+	if (rc) {
+		kvn_seterr(err, errlen, "sending HELLO: %s", kvn_strerror(rc));
+		return rc;
+	}
+	struct kvn_cf_hdr h;
+	const uint8_t *body;
+	char why[256];
+	if ((rc = kvn_cf_rx_wait(r, fd, timeout_ms, &h, &body, why, sizeof(why)))) {
+		kvn_seterr(err, errlen, "waiting for CHALLENGE: %s", why);
+		return rc;
+	}
+	if (h.type == KVN_CF_ERROR) {
+		rc = kvn_cf_error_decode(body, h.len, why, sizeof(why));
+		kvn_seterr(err, errlen, "refused: %s", why);
+		return rc;
+	}
+	if (h.type != KVN_CF_CHALLENGE || h.len != KVN_CF_CHALLENGE_SIZE) {
+		kvn_seterr(err, errlen,
+			   "answered HELLO with %s, not a CHALLENGE: an older scheduler (upgrade "
+			   "it to this node's version)",
+			   kvn_cf_type_name(h.type));
+		return -EPROTO;
+	}
+	const uint8_t *nonce_s = body;
+	uint32_t flags = kvn_cf_get_u32(body + 16);
+	const struct kvn_auth_part sched[] = {{nonce_c, KVN_AUTH_NONCE},
+					      {nonce_s, KVN_AUTH_NONCE}};
+	if (a->set && (!(flags & KVN_CF_F_TOKEN) ||
+		       !kvn_auth_verify(a, KVN_CF_SCHED_LABEL, sched, 2, body + 20, KVN_AUTH_MAC))) {
+		kvn_cf_rx_consume(r, &h);
+		kvn_seterr(err, errlen,
+			   "did not prove this node's auth_token (it has another token or none: "
+			   "another cluster, or not a kvnode scheduler); set the same auth_token "
+			   "on nodes and scheduler");
+		return -EACCES;
+	}
+	if (a->set) {
+		const struct kvn_auth_part node[] = {{nonce_s, KVN_AUTH_NONCE},
+						     {nonce_c, KVN_AUTH_NONCE}};
+		uint8_t mac[KVN_AUTH_MAC];
+		kvn_auth_mac(a, KVN_CF_NODE_LABEL, node, 2, mac);
+		sodium_bin2hex(proof, KVN_CF_PROOF_HEX, mac, sizeof(mac));
+	}
+	kvn_cf_rx_consume(r, &h);
+	return 0;
 }

@@ -31,12 +31,14 @@
 
 enum kvn_cf_type {
 	/* node -> scheduler */
-	KVN_CF_JOIN = 1,      /* json_len u32 | JSON | region blob; reply JOIN_OK or ERROR */
+	KVN_CF_JOIN = 1,      /* json_len u32 | JSON {name, …, proof} | region blob; reply JOIN_OK
+			       * or ERROR */
 	KVN_CF_HEARTBEAT = 2, /* empty; reply HEARTBEAT_ACK */
 	KVN_CF_PUBLISH = 3,   /* binary admit/evict records; no reply */
 	KVN_CF_LOOKUP = 4,    /* binary digests; reply LOOKUP_REPLY */
-	KVN_CF_STATS = 5,     /* JSON {"auth_token"} (may be empty); reply STATS_REPLY */
+	KVN_CF_STATS = 5,     /* JSON {"proof"} (may be empty); reply STATS_REPLY */
 	KVN_CF_LEAVE = 6,     /* empty: expire me now; no reply */
+	KVN_CF_HELLO = 7,     /* nonce (16): first on a connection; reply CHALLENGE */
 	/* scheduler -> node */
 	KVN_CF_JOIN_OK = 16,	   /* JSON {worker_id, worker_count, epoch, heartbeat_ms} */
 	KVN_CF_HEARTBEAT_ACK = 17, /* epoch u64 | worker_count u32 | reserved u32 */
@@ -46,6 +48,7 @@ enum kvn_cf_type {
 				    * after it */
 	KVN_CF_MEMBER = 21,	   /* json_len u32 | JSON | region blob: a member is up or down */
 	KVN_CF_EVICTED = 22,	   /* worker_id u32 | count u32 | count x digest: dropped entries */
+	KVN_CF_CHALLENGE = 23,	   /* nonce (16) | flags u32 | proof (32): see "Auth" below */
 };
 
 struct kvn_cf_hdr {
@@ -224,7 +227,28 @@ int kvn_cf_name_check(const char *name, char *err, size_t errlen);
 	"1..64 bytes of UTF-8: letters, digits, '-', '_', '.' (no spaces, quotes or control "      \
 	"characters)"
 
-/* Constant-time comparison of two NUL-terminated secrets (time depends on b's length only). */
-bool kvn_cf_token_eq(const char *a, const char *b);
+/* ------------------------------------------------------------------------------------------
+ * Auth: a challenge-response before JOIN or STATS (node/auth.h). The client sends HELLO with its
+ * nonce; the scheduler answers CHALLENGE with its own nonce, KVN_CF_F_TOKEN when it has a token,
+ * and its proof MAC(KVN_CF_SCHED_LABEL | client nonce | scheduler nonce); the client checks that
+ * proof when it has a token (a scheduler that cannot prove it may be anyone) and puts its own,
+ * MAC(KVN_CF_NODE_LABEL | scheduler nonce | client nonce), in hex as "proof" in the JOIN or
+ * STATS JSON. The token itself never crosses the network, and a proof is good on its own
+ * connection only.
+ * ------------------------------------------------------------------------------------------ */
+
+#define KVN_CF_F_TOKEN	   1u
+#define KVN_CF_SCHED_LABEL "kvnode scheduler v1"
+#define KVN_CF_NODE_LABEL  "kvnode node v1"
+#define KVN_CF_CHALLENGE_SIZE (16 + 4 + 32)
+#define KVN_CF_PROOF_HEX   65 /* 64 hex digits and a NUL */
+
+struct kvn_auth;
+/* The client's half on a connected blocking socket: HELLO out, CHALLENGE in (within
+ * timeout_ms, through r), the scheduler's proof checked when a has a token; proof gets the
+ * client's proof in hex ("" without a token). 0, or -EACCES (the scheduler did not prove the
+ * token), -EPROTO (no CHALLENGE: a scheduler older than this node), -ETIMEDOUT … with err. */
+int kvn_cf_client_auth(int fd, struct kvn_cf_rx *r, const struct kvn_auth *a, int timeout_ms,
+		       char proof[KVN_CF_PROOF_HEX], char *err, size_t errlen);
 
 #endif

@@ -40,7 +40,8 @@ struct mrec {
 };
 
 struct kvn_membership {
-	struct kvn_membership_opts o; /* strings below are owned copies */
+	struct kvn_membership_opts o; /* strings below are owned copies; auth_token NULL */
+	struct kvn_auth auth;	      /* the token's key: the join's proofs */
 	char host[KVN_HOST_MAX];
 	uint16_t port;
 	struct kvn_membership_cbs cbs;
@@ -158,6 +159,15 @@ connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
 		return kvn_seterr(err, errlen, "scheduler %s:%u: %s", m->host, m->port, why), fd;
 	struct timeval tv = {.tv_sec = timeout / 1000, .tv_usec = (timeout % 1000) * 1000};
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	m->rx.len = 0;
+	char proof[KVN_CF_PROOF_HEX];
+	int arc = kvn_cf_client_auth(fd, &m->rx, &m->auth, timeout, proof, why, sizeof(why));
+	if (arc) {
+		close(fd);
+		*refused = arc == -EACCES || arc == -EPROTO;
+		kvn_seterr(err, errlen, "scheduler %s:%u %s", m->host, m->port, why);
+		return arc;
+	}
 
 	pthread_mutex_lock(&m->lock);
 	int32_t hint = m->worker_id;
@@ -170,8 +180,8 @@ connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
 	cJSON_AddBoolToObject(j, "want_evicts", m->o.want_evicts);
 	if (hint >= 0)
 		cJSON_AddNumberToObject(j, "worker_id", hint);
-	if (m->o.auth_token)
-		cJSON_AddStringToObject(j, "auth_token", m->o.auth_token);
+	if (proof[0])
+		cJSON_AddStringToObject(j, "proof", proof);
 	char *text = cJSON_PrintUnformatted(j);
 	cJSON_Delete(j);
 	struct kvn_cf_buf b = {0};
@@ -188,7 +198,6 @@ connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
 				  m->port, kvn_strerror(rc)),
 		       rc;
 	}
-	m->rx.len = 0;
 	struct kvn_cf_hdr h;
 	const uint8_t *body;
 	rc = kvn_cf_rx_wait(&m->rx, fd, timeout, &h, &body, why, sizeof(why));
@@ -586,7 +595,7 @@ free_all(struct kvn_membership *m)
 	free((char *)m->o.name);
 	free((char *)m->o.data_addr);
 	free((char *)m->o.transport);
-	free((char *)m->o.auth_token);
+	kvn_auth_wipe(&m->auth);
 	free((void *)m->o.regions);
 	for (size_t i = 0; i < m->nmembers; i++)
 		free(m->members[i].regions);
@@ -629,8 +638,8 @@ kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_me
 	m->o.name = strdup(opts->name);
 	m->o.data_addr = dup_or_null(opts->data_addr);
 	m->o.transport = dup_or_null(opts->transport);
-	m->o.auth_token = opts->auth_token && *opts->auth_token ? strdup(opts->auth_token)
-							       : kvn_auth_host_token();
+	kvn_auth_init(&m->auth, opts->auth_token); /* only the key is kept */
+	m->o.auth_token = NULL;
 	m->o.regions = NULL;
 	if (opts->regions_len && (m->o.regions = malloc(opts->regions_len)))
 		memcpy((void *)m->o.regions, opts->regions, opts->regions_len);

@@ -53,7 +53,7 @@ struct kvn_membership_opts {
 	const void *regions;   /* opaque region descriptors, at most KVN_CF_BLOB_MAX bytes */
 	size_t regions_len;
 	uint64_t capacity;	/* bytes this node offers (cpu tier) */
-	const char *auth_token; /* NULL: this host's generated token, if any (node/auth.h) */
+	const char *auth_token; /* NULL: none (a daemon resolves its own: kvn_config_resolve_token) */
 	uint32_t heartbeat_ms;	/* 0 = 500; the scheduler's period when that is shorter */
 	int timeout_ms;		/* connect, join and lookup deadline; 0 = 5000 */
 	bool want_evicts; /* receive EVICTED notices (a peer backend with a cache wants them) */
@@ -105,7 +105,7 @@ int kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *
 			    size_t errlen);
 
 /* One STATS request to the scheduler at addr (no join): the cluster view as JSON text
- * (malloc'd). token NULL: this host's generated token, if any. */
+ * (malloc'd). token may be NULL (none). */
 int kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, char **json,
 			       char *err, size_t errlen);
 /* The cluster view as a table: members, worker ids, last heartbeat, chunks per node. -EPROTO

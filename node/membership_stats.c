@@ -29,17 +29,24 @@ kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, 
 	int fd = kvn_tcp_connect(host, port, timeout_ms, why, sizeof(why));
 	if (fd < 0)
 		return kvn_seterr(err, errlen, "scheduler %s: %s", addr, why), fd;
+	struct kvn_cf_rx r = {0};
+	struct kvn_auth a;
+	kvn_auth_init(&a, token);
+	char proof[KVN_CF_PROOF_HEX];
+	rc = kvn_cf_client_auth(fd, &r, &a, timeout_ms, proof, why, sizeof(why));
+	kvn_auth_wipe(&a);
+	if (rc) {
+		close(fd);
+		kvn_cf_rx_free(&r);
+		kvn_seterr(err, errlen, "scheduler %s %s", addr, why);
+		return rc;
+	}
 	cJSON *j = cJSON_CreateObject();
-	char *host_token = token && *token ? NULL : kvn_auth_host_token();
-	if (host_token)
-		token = host_token;
-	if (token && *token)
-		cJSON_AddStringToObject(j, "auth_token", token);
-	free(host_token);
+	if (proof[0])
+		cJSON_AddStringToObject(j, "proof", proof);
 	char *text = cJSON_PrintUnformatted(j);
 	cJSON_Delete(j);
 	struct kvn_cf_buf b = {0};
-	struct kvn_cf_rx r = {0};
 	rc = text ? kvn_cf_put_json_frame(&b, KVN_CF_STATS, 1, text, NULL, 0) : -ENOMEM;
 	free(text);
 	if (!rc)

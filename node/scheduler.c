@@ -312,6 +312,8 @@ static int
 dispatch(struct kvn_scheduler *s, struct conn *c, const struct kvn_cf_hdr *h, const uint8_t *body)
 {
 	s->frames++;
+	if (h->type == KVN_CF_HELLO)
+		return kvn_sched_hello(s, c, h->seq, body, h->len);
 	if (h->type == KVN_CF_JOIN)
 		return kvn_sched_join(s, c, h->seq, body, h->len);
 	if (h->type == KVN_CF_STATS)
@@ -536,10 +538,7 @@ kvn_scheduler_create(const struct kvn_scheduler_opts *o, struct kvn_scheduler **
 	clock_gettime(CLOCK_REALTIME, &ts);
 	/* Epochs keep growing across scheduler restarts (barring clock steps). */
 	s->epoch = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-	if (o->auth_token && *o->auth_token && !(s->token = strdup(o->auth_token))) {
-		rc = -ENOMEM;
-		goto fail;
-	}
+	kvn_auth_init(&s->auth, o->auth_token);
 	if ((rc = kvn_dir_create(o->expect_entries, &s->dir))) {
 		kvn_seterr(err, errlen, "cannot allocate the chunk directory: %s",
 			   kvn_strerror(rc));
@@ -721,6 +720,6 @@ kvn_scheduler_destroy(struct kvn_scheduler *s)
 	pthread_cond_destroy(&s->stats_cond);
 	kvn_dir_destroy(s->dir);
 	kvn_cf_buf_free(&s->scratch);
-	free(s->token);
+	kvn_auth_wipe(&s->auth);
 	free(s);
 }

@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "node/clock.h"
+#include "node/auth.h"
 #include "node/ctlframe.h"
 #include "node/log.h"
 #include "node/netaddr.h"
@@ -43,6 +44,9 @@ struct conn {
 	bool closing; /* flush what is queued (an ERROR), then close */
 	bool drop;    /* its unread replies are over the bound: closed after this batch */
 	bool dead;    /* closed; freed once the current batch of events is handled */
+	bool hello;   /* HELLO answered: nonces below are set */
+	bool authed;  /* a JOIN or STATS proved the token (or none is needed) */
+	uint8_t nonce_c[KVN_AUTH_NONCE], nonce_s[KVN_AUTH_NONCE];
 	int64_t opened_ms;
 	uint8_t *in;
 	size_t in_len, in_cap;
@@ -57,7 +61,7 @@ struct kvn_scheduler {
 	char addr[KVN_HOST_MAX + 8];
 	uint32_t hb_ms, missed, unjoined_ms;
 	int64_t grace_ms; /* worker_id_grace_ms; 0: ids are free at once */
-	char *token;
+	struct kvn_auth auth; /* the auth_token's key; proofs at JOIN and STATS */
 	unsigned max_conns, nconns;
 	struct conn *conns;
 	struct conn *dead;	/* closed connections an event batch may still name */
@@ -125,6 +129,9 @@ void kvn_sched_member_down(struct kvn_scheduler *s, uint32_t id, const char *why
 void kvn_sched_expire(struct kvn_scheduler *s);
 int kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
 		   uint32_t len);
+/* HELLO: the connection's nonces and the scheduler's proof (CHALLENGE). */
+int kvn_sched_hello(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
+		    uint32_t len);
 int kvn_sched_stats(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
 		    uint32_t len);
 

@@ -3,6 +3,7 @@
  * MEMBER notices to everyone, and the cluster view (STATS). */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -283,6 +284,60 @@ pick_id(struct kvn_scheduler *s, const char *name, double hint, uint32_t *id, bo
 	return 0;
 }
 
+/* The client's proof in a JOIN or STATS (ctlframe.h "Auth"): its HELLO must have come first,
+ * and with a token the proof must check. 0, or the connection is refused (ERROR, closed). */
+static int
+check_proof(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const cJSON *j,
+	    const char *what)
+{
+	if (!c->hello)
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO,
+					   "%s before HELLO: the node is older than this scheduler "
+					   "(upgrade it to the same version)",
+					   what);
+	if (!s->auth.set || c->authed)
+		return 0; /* a connection proves the token once */
+	const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "proof");
+	uint8_t mac[KVN_AUTH_MAC];
+	size_t n = 0;
+	const struct kvn_auth_part parts[] = {{c->nonce_s, KVN_AUTH_NONCE},
+					      {c->nonce_c, KVN_AUTH_NONCE}};
+	if (cJSON_IsString(p) &&
+	    !sodium_hex2bin(mac, sizeof(mac), p->valuestring, strlen(p->valuestring), NULL, &n,
+			    NULL) &&
+	    n == sizeof(mac) && kvn_auth_verify(&s->auth, KVN_CF_NODE_LABEL, parts, 2, mac, n)) {
+		c->authed = true;
+		return 0;
+	}
+	s->refused++;
+	return kvn_sched_conn_fail(s, c, seq, -EACCES,
+				   "%s refused: wrong or missing auth_token (set the same "
+				   "auth_token on nodes and scheduler)",
+				   what);
+}
+
+int
+kvn_sched_hello(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
+		uint32_t len)
+{
+	if (c->hello || len != KVN_AUTH_NONCE)
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO,
+					   c->hello ? "a second HELLO" : "HELLO of %u bytes, not %d",
+					   len, KVN_AUTH_NONCE);
+	memcpy(c->nonce_c, body, KVN_AUTH_NONCE);
+	kvn_auth_nonce(c->nonce_s);
+	c->hello = true;
+	uint8_t proof[KVN_AUTH_MAC];
+	const struct kvn_auth_part parts[] = {{c->nonce_c, KVN_AUTH_NONCE},
+					      {c->nonce_s, KVN_AUTH_NONCE}};
+	kvn_auth_mac(&s->auth, KVN_CF_SCHED_LABEL, parts, 2, proof);
+	kvn_cf_begin(&c->out, KVN_CF_CHALLENGE, seq);
+	kvn_cf_put_bytes(&c->out, c->nonce_s, KVN_AUTH_NONCE);
+	kvn_cf_put_u32(&c->out, s->auth.set ? KVN_CF_F_TOKEN : 0);
+	kvn_cf_put_bytes(&c->out, proof, sizeof(proof));
+	return kvn_cf_end(&c->out) ? -1 : 0;
+}
+
 int
 kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
 	       uint32_t len)
@@ -301,15 +356,11 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 		cJSON_Delete(j);
 		return kvn_sched_conn_fail(s, c, seq, -EPROTO, "JOIN body is not a JSON object");
 	}
-	/* The token first: nothing about the cluster is told to a peer without it. */
-	const cJSON *tok = cJSON_GetObjectItemCaseSensitive(j, "auth_token");
-	if (s->token && !(cJSON_IsString(tok) && kvn_cf_token_eq(tok->valuestring, s->token))) {
+	/* The proof first: nothing about the cluster is told to a peer without it. */
+	int prc = check_proof(s, c, seq, j, "JOIN");
+	if (prc) {
 		cJSON_Delete(j);
-		s->refused++;
-		return kvn_sched_conn_fail(
-		    s, c, seq, -EACCES,
-		    "JOIN refused: wrong or missing auth_token (set the same "
-		    "auth_token on nodes and scheduler)");
+		return prc;
 	}
 	struct member nm = {0};
 	const cJSON *cap = cJSON_GetObjectItemCaseSensitive(j, "capacity");
@@ -491,17 +542,11 @@ int
 kvn_sched_stats(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
 		uint32_t len)
 {
-	if (s->token) {
-		cJSON *j = len ? cJSON_ParseWithLength((const char *)body, len) : NULL;
-		const cJSON *tok = cJSON_GetObjectItemCaseSensitive(j, "auth_token");
-		bool ok = cJSON_IsString(tok) && kvn_cf_token_eq(tok->valuestring, s->token);
-		cJSON_Delete(j);
-		if (!ok) {
-			s->refused++;
-			return kvn_sched_conn_fail(s, c, seq, -EACCES,
-						   "STATS refused: wrong or missing auth_token");
-		}
-	}
+	cJSON *j = len ? cJSON_ParseWithLength((const char *)body, len) : NULL;
+	int prc = check_proof(s, c, seq, j, "STATS");
+	cJSON_Delete(j);
+	if (prc)
+		return prc;
 	char *text = kvn_scheduler_stats_json(s);
 	if (!text)
 		return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "STATS: out of memory");

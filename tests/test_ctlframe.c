@@ -282,14 +282,18 @@ Test(ctlframe, evicted_notice_count_must_match_its_body)
 	kvn_cf_buf_free(&b);
 }
 
-Test(ctlframe, token_comparison_is_exact)
+/* The auth set-up's frames have fixed sizes: a HELLO or CHALLENGE of any other length is refused
+ * from its header. */
+Test(ctlframe, hello_and_challenge_carry_exactly_their_nonce_and_proof)
 {
-	cr_assert(kvn_cf_token_eq("s3cret", "s3cret"));
-	cr_assert(!kvn_cf_token_eq("s3cre", "s3cret"), "a prefix is not the token");
-	cr_assert(!kvn_cf_token_eq("s3crets3cret", "s3cret"), "nor a repetition of it");
-	cr_assert(!kvn_cf_token_eq("s3creT", "s3cret"));
-	cr_assert(!kvn_cf_token_eq("", "s3cret"));
-	cr_assert(kvn_cf_token_eq("", ""));
+	cr_assert_eq(kvn_cf_body_max(KVN_CF_HELLO), 16);
+	cr_assert_eq(kvn_cf_body_max(KVN_CF_CHALLENGE), KVN_CF_CHALLENGE_SIZE);
+	cr_assert_str_eq(kvn_cf_type_name(KVN_CF_HELLO), "HELLO");
+	cr_assert_str_eq(kvn_cf_type_name(KVN_CF_CHALLENGE), "CHALLENGE");
+	uint8_t raw[KVN_CF_HDR_SIZE];
+	struct kvn_cf_hdr h = {.version = KVN_CF_VERSION, .type = KVN_CF_HELLO, .len = 17};
+	kvn_cf_hdr_encode(&h, raw);
+	cr_assert_eq(kvn_cf_hdr_decode(raw, &h, why, sizeof(why)), -EMSGSIZE);
 }
 
 Test(ctlframe, error_frames_carry_an_errno_code_beside_their_message)

@@ -24,6 +24,7 @@
 #include "node/log.h"
 #include "node/netaddr.h"
 #include "node/scheduler.h"
+#include "node/auth.h"
 #include "tests/helpers/sched_env.h"
 #include "tests/helpers/proc.h"
 
@@ -177,8 +178,12 @@ Test(scheduler, a_node_configured_to_beat_slower_than_the_scheduler_follows_the_
 {
 	struct sched s = {0};
 	sched_start(&s, "127.0.0.1:0", NULL); /* heartbeat_ms 100 */
-	struct kvn_membership_opts o = {
-	    .scheduler = s.addr, .name = "slow", .heartbeat_ms = 5000, .timeout_ms = 10000};
+	char *tok = sched_host_token();
+	struct kvn_membership_opts o = {.scheduler = s.addr,
+					.name = "slow",
+					.heartbeat_ms = 5000,
+					.timeout_ms = 10000,
+					.auth_token = tok};
 	struct kvn_membership *m;
 	cr_assert_eq(kvn_membership_start(&o, NULL, &m, sched_err, sizeof(sched_err)), 0, "%s",
 		     sched_err);
@@ -188,6 +193,7 @@ Test(scheduler, a_node_configured_to_beat_slower_than_the_scheduler_follows_the_
 	cr_assert_eq(kvn_membership_joins(m), 1, "never expired and re-joined");
 	kvn_membership_stop(m);
 	sched_stop(&s);
+	free(tok);
 }
 
 Test(scheduler, a_wrong_or_missing_auth_token_is_refused)
@@ -304,10 +310,31 @@ Test(scheduler, a_stopping_node_leaves_without_joining_again)
 struct fake {
 	int lfd;
 	char addr[64];
-	struct kvn_cf_buf reply; /* sent once the first frame of a connection came */
+	struct kvn_cf_buf reply; /* sent once the first frame after the HELLO came */
+	char *token;		 /* proved in its CHALLENGE; the tests' host token when NULL */
 	pthread_t th;
 	atomic_bool stop;
 };
+
+/* The scheduler's half of the auth set-up, as the real one does it (ctlframe.h "Auth"). */
+static void
+fake_challenge(const struct fake *f, int fd, const struct kvn_cf_hdr *h, const uint8_t *body)
+{
+	struct kvn_auth a;
+	kvn_auth_init(&a, f->token);
+	uint8_t nonce_s[KVN_AUTH_NONCE], proof[KVN_AUTH_MAC];
+	kvn_auth_nonce(nonce_s);
+	const struct kvn_auth_part parts[] = {{body, KVN_AUTH_NONCE}, {nonce_s, KVN_AUTH_NONCE}};
+	kvn_auth_mac(&a, KVN_CF_SCHED_LABEL, parts, 2, proof);
+	struct kvn_cf_buf b = {0};
+	kvn_cf_begin(&b, KVN_CF_CHALLENGE, h->seq);
+	kvn_cf_put_bytes(&b, nonce_s, sizeof(nonce_s));
+	kvn_cf_put_u32(&b, KVN_CF_F_TOKEN);
+	kvn_cf_put_bytes(&b, proof, sizeof(proof));
+	kvn_cf_end(&b);
+	kvn_cf_send_all(fd, b.p, b.len);
+	kvn_cf_buf_free(&b);
+}
 
 static void *
 fake_main(void *arg)
@@ -331,7 +358,9 @@ fake_main(void *arg)
 				continue;
 			if (rc)
 				break;
-			if (!answered) {
+			if (h.type == KVN_CF_HELLO && h.len == KVN_AUTH_NONCE) {
+				fake_challenge(f, fd, &h, body);
+			} else if (!answered) {
 				kvn_cf_send_all(fd, f->reply.p, f->reply.len);
 				answered = true;
 			} else if (h.type == KVN_CF_HEARTBEAT) {
@@ -355,6 +384,8 @@ fake_main(void *arg)
 static void
 fake_start(struct fake *f)
 {
+	if (!f->token)
+		f->token = sched_host_token();
 	uint16_t port = 0;
 	f->lfd = kvn_tcp_listen("127.0.0.1", 0, 16, &port, sched_err, sizeof(sched_err));
 	cr_assert_geq(f->lfd, 0, "%s", sched_err);
@@ -369,6 +400,7 @@ fake_stop(struct fake *f)
 	pthread_join(f->th, NULL);
 	close(f->lfd);
 	kvn_cf_buf_free(&f->reply);
+	free(f->token);
 }
 
 static void
@@ -380,7 +412,7 @@ fake_error(struct fake *f, const char *json)
 
 Test(scheduler, a_refusal_is_told_apart_by_its_error_code_not_by_its_text)
 {
-	struct fake f = {0};
+	struct fake f = {.token = strdup("some-token")};
 	char json[128];
 	snprintf(json, sizeof(json), "{\"error\":\"refused by this cluster's policy\",\"code\":%d}",
 		 EACCES);
@@ -392,7 +424,8 @@ Test(scheduler, a_refusal_is_told_apart_by_its_error_code_not_by_its_text)
 	cr_assert(strstr(sched_err, "refused by this cluster's policy"), "%s", sched_err);
 	char *stats = NULL;
 	cr_assert_eq(
-	    kvn_membership_fetch_stats(f.addr, "t", 5000, &stats, sched_err, sizeof(sched_err)),
+	    kvn_membership_fetch_stats(f.addr, "some-token", 5000, &stats, sched_err,
+				       sizeof(sched_err)),
 	    -EACCES, "%s", sched_err);
 	snprintf(json, sizeof(json), "{\"error\":\"bad auth_token field type\",\"code\":%d}",
 		 EINVAL);

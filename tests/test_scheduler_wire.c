@@ -19,9 +19,21 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "node/auth.h"
 #include "node/scheduler.h"
 #include "tests/helpers/rawsock.h"
 #include "tests/helpers/sched_env.h"
+
+/* The tests' host token: what `kvnode scheduler` processes without auth_token use, and what the
+ * in-process schedulers here are given, so members and raw clients prove the same token. */
+static const char *
+tok(void)
+{
+	static char *t;
+	if (!t)
+		t = sched_host_token();
+	return t;
+}
 
 Test(scheduler, garbage_oversized_and_truncated_frames_close_only_that_connection)
 {
@@ -77,7 +89,7 @@ Test(scheduler, garbage_oversized_and_truncated_frames_close_only_that_connectio
 	cr_assert(kvn_membership_connected(good));
 	char *json = NULL;
 	cr_assert_eq(
-	    kvn_membership_fetch_stats(s.addr, NULL, 5000, &json, sched_err, sizeof(sched_err)), 0,
+	    kvn_membership_fetch_stats(s.addr, tok(), 5000, &json, sched_err, sizeof(sched_err)), 0,
 	    "%s", sched_err);
 	cr_assert(strstr(json, "\"protocol_errors\":5"), "five refusals counted: %s", json);
 	free(json);
@@ -148,7 +160,7 @@ Test(scheduler, publish_and_lookup_agree_on_many_keys_and_evicts_are_announced)
 Test(scheduler, connections_over_the_cap_are_closed_at_once)
 {
 	struct kvn_scheduler *s;
-	struct kvn_scheduler_opts o = {.listen = "127.0.0.1:0", .max_conns = 3};
+	struct kvn_scheduler_opts o = {.listen = "127.0.0.1:0", .max_conns = 3, .auth_token = tok()};
 	cr_assert_eq(kvn_scheduler_create(&o, &s, sched_err, sizeof(sched_err)), 0, "%s",
 		     sched_err);
 	pthread_t th;
@@ -163,7 +175,7 @@ Test(scheduler, connections_over_the_cap_are_closed_at_once)
 	close(fds[0]);
 	/* A slot freed: stats work again on a new connection. */
 	char *json = NULL;
-	cr_assert(WAIT_UNTIL(kvn_membership_fetch_stats(kvn_scheduler_address(s), NULL, 5000, &json,
+	cr_assert(WAIT_UNTIL(kvn_membership_fetch_stats(kvn_scheduler_address(s), tok(), 5000, &json,
 							sched_err, sizeof(sched_err)) == 0));
 	const char *r = strstr(json, "\"refused\":");
 	cr_assert(r && atoi(r + strlen("\"refused\":")) >= 1, "the refusal is counted: %s", json);
@@ -178,7 +190,8 @@ Test(scheduler, connections_over_the_cap_are_closed_at_once)
 Test(scheduler, a_connection_that_never_joins_is_closed_and_frees_its_slot)
 {
 	struct kvn_scheduler *s;
-	struct kvn_scheduler_opts o = {.listen = "127.0.0.1:0", .max_conns = 1, .unjoined_ms = 200};
+	struct kvn_scheduler_opts o = {
+	    .listen = "127.0.0.1:0", .max_conns = 1, .unjoined_ms = 200, .auth_token = tok()};
 	cr_assert_eq(kvn_scheduler_create(&o, &s, sched_err, sizeof(sched_err)), 0, "%s",
 		     sched_err);
 	pthread_t th;
@@ -296,7 +309,7 @@ Test(scheduler, kvnode_bench_scheduler_reports_lookups_and_memory_as_json)
 Test(scheduler, random_frame_bodies_never_hurt_the_scheduler)
 {
 	struct kvn_scheduler *s;
-	struct kvn_scheduler_opts o = {.listen = "127.0.0.1:0"};
+	struct kvn_scheduler_opts o = {.listen = "127.0.0.1:0", .auth_token = tok()};
 	cr_assert_eq(kvn_scheduler_create(&o, &s, sched_err, sizeof(sched_err)), 0, "%s",
 		     sched_err);
 	pthread_t th;
@@ -309,7 +322,10 @@ Test(scheduler, random_frame_bodies_never_hurt_the_scheduler)
 		int fd = sched_raw_connect(addr);
 		struct kvn_cf_buf b = {0};
 		if (i % 2) { /* joined first: PUBLISH and LOOKUP bodies reach their checks */
-			kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, "{\"name\":\"fuzz\"}", NULL, 0);
+			char proof[KVN_CF_PROOF_HEX], json[160];
+			sched_raw_auth(fd, tok(), proof);
+			sched_json_with_proof("{\"name\":\"fuzz\"}", proof, json, sizeof(json));
+			kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, json, NULL, 0);
 		}
 		r = sched_mix(r);
 		uint8_t type = types[r % sizeof(types)];
@@ -362,8 +378,11 @@ static int
 raw_join(const char *addr, const char *json, char *msg, size_t cap, int *code, int *fdp)
 {
 	int fd = sched_raw_connect(addr);
+	char proof[KVN_CF_PROOF_HEX], full[1024];
+	sched_raw_auth(fd, NULL, proof);
+	sched_json_with_proof(json, proof, full, sizeof(full));
 	struct kvn_cf_buf b = {0};
-	cr_assert_eq(kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, json, NULL, 0), 0);
+	cr_assert_eq(kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, full, NULL, 0), 0);
 	rawsock_send_all(fd, b.p, b.len);
 	kvn_cf_buf_free(&b);
 	struct kvn_cf_rx rx = {0};
@@ -407,10 +426,12 @@ churn(const char *addr, const char *prefix, unsigned first, unsigned n)
 		unsigned k = n - i < BATCH ? n - i : BATCH;
 		for (unsigned j = 0; j < k; j++) {
 			fds[j] = sched_raw_connect(addr);
-			char json[96];
+			char json[96], proof[KVN_CF_PROOF_HEX], full[256];
+			sched_raw_auth(fds[j], NULL, proof);
 			snprintf(json, sizeof(json), "{\"name\":\"%s%u\"}", prefix, first + i + j);
+			sched_json_with_proof(json, proof, full, sizeof(full));
 			struct kvn_cf_buf b = {0};
-			kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, json, NULL, 0);
+			kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, full, NULL, 0);
 			kvn_cf_begin(&b, KVN_CF_LEAVE, 0);
 			kvn_cf_end(&b);
 			rawsock_send_all(fds[j], b.p, b.len);
@@ -436,7 +457,7 @@ stats_of(const char *addr)
 {
 	char *json = NULL;
 	cr_assert_eq(
-	    kvn_membership_fetch_stats(addr, NULL, DEADLINE, &json, sched_err, sizeof(sched_err)),
+	    kvn_membership_fetch_stats(addr, tok(), DEADLINE, &json, sched_err, sizeof(sched_err)),
 	    0, "%s", sched_err);
 	cJSON *j = cJSON_Parse(json);
 	cr_assert(cJSON_IsObject(j), "%s", json);
@@ -564,7 +585,7 @@ Test(scheduler, join_names_that_are_not_short_valid_utf8_words_are_refused_namin
 		      0, "letters beyond ASCII are fine: %s", msg);
 	char *json = NULL;
 	cr_assert_eq(
-	    kvn_membership_fetch_stats(s.addr, NULL, 5000, &json, sched_err, sizeof(sched_err)), 0,
+	    kvn_membership_fetch_stats(s.addr, tok(), 5000, &json, sched_err, sizeof(sched_err)), 0,
 	    "%s", sched_err);
 	cr_assert(valid_utf8(json), "stat --json is valid UTF-8: %s", json);
 	cJSON *view = cJSON_Parse(json);
@@ -740,4 +761,111 @@ Test(scheduler, scheduler_max_connections_and_scheduler_unjoined_timeout_ms_are_
 	cr_assert(sched_closed(b, &err));
 	cr_assert_geq(stat_num(s.addr, "refused"), 1);
 	sched_stop(&s);
+}
+
+/* The raw set-up with a chosen nonce: the CHALLENGE's nonce. */
+static void
+raw_hello(int fd, const uint8_t nonce_c[KVN_AUTH_NONCE], uint8_t nonce_s[KVN_AUTH_NONCE])
+{
+	struct kvn_cf_buf b = {0};
+	kvn_cf_begin(&b, KVN_CF_HELLO, 0);
+	kvn_cf_put_bytes(&b, nonce_c, KVN_AUTH_NONCE);
+	kvn_cf_end(&b);
+	rawsock_send_all(fd, b.p, b.len);
+	kvn_cf_buf_free(&b);
+	struct kvn_cf_rx rx = {0};
+	const uint8_t *body;
+	struct kvn_cf_hdr h = raw_first_frame(fd, &rx, &body);
+	cr_assert_eq(h.type, KVN_CF_CHALLENGE, "HELLO answered with %s", kvn_cf_type_name(h.type));
+	memcpy(nonce_s, body, KVN_AUTH_NONCE);
+	kvn_cf_rx_free(&rx);
+}
+
+/* The first frame after sending json as a JOIN: JOIN_OK or ERROR (with its code). */
+static int
+raw_join_after_hello(int fd, const char *json, int *code)
+{
+	struct kvn_cf_buf b = {0};
+	cr_assert_eq(kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, json, NULL, 0), 0);
+	rawsock_send_all(fd, b.p, b.len);
+	kvn_cf_buf_free(&b);
+	struct kvn_cf_rx rx = {0};
+	const uint8_t *body;
+	struct kvn_cf_hdr h = raw_first_frame(fd, &rx, &body);
+	char msg[256];
+	*code = h.type == KVN_CF_ERROR ? kvn_cf_error_decode(body, h.len, msg, sizeof(msg)) : 0;
+	kvn_cf_rx_free(&rx);
+	return h.type;
+}
+
+/* The join is a challenge-response: the token never crosses the wire, and a proof seen on one
+ * connection is refused on another (the scheduler's nonce is new each time). Before, the JOIN
+ * carried the token itself, for anyone on the path to read and use. */
+Test(scheduler, a_join_proof_is_good_on_its_own_connection_only)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", "join-secret");
+	struct kvn_auth a;
+	kvn_auth_init(&a, "join-secret");
+	uint8_t nc[KVN_AUTH_NONCE], ns[KVN_AUTH_NONCE], ns2[KVN_AUTH_NONCE], mac[KVN_AUTH_MAC];
+	kvn_auth_nonce(nc);
+	int fd = sched_raw_connect(s.addr);
+	raw_hello(fd, nc, ns);
+	const struct kvn_auth_part parts[] = {{ns, KVN_AUTH_NONCE}, {nc, KVN_AUTH_NONCE}};
+	kvn_auth_mac(&a, KVN_CF_NODE_LABEL, parts, 2, mac);
+	char hex[KVN_CF_PROOF_HEX], json[256];
+	for (int i = 0; i < KVN_AUTH_MAC; i++)
+		snprintf(hex + 2 * i, 3, "%02x", mac[i]);
+	snprintf(json, sizeof(json), "{\"name\":\"honest\",\"proof\":\"%s\"}", hex);
+	int code;
+	cr_assert_eq(raw_join_after_hello(fd, json, &code), KVN_CF_JOIN_OK, "code %d", code);
+
+	int fd2 = sched_raw_connect(s.addr);
+	raw_hello(fd2, nc, ns2); /* the same client nonce, replayed */
+	cr_assert_neq(memcmp(ns, ns2, KVN_AUTH_NONCE), 0, "the scheduler's nonce is fresh");
+	snprintf(json, sizeof(json), "{\"name\":\"replayer\",\"proof\":\"%s\"}", hex);
+	cr_assert_eq(raw_join_after_hello(fd2, json, &code), KVN_CF_ERROR);
+	cr_assert_eq(code, -EACCES);
+	close(fd2);
+
+	/* The old way, the token in the clear, is no proof at all. */
+	fd2 = sched_raw_connect(s.addr);
+	raw_hello(fd2, nc, ns2);
+	cr_assert_eq(raw_join_after_hello(fd2, "{\"name\":\"old\",\"auth_token\":\"join-secret\"}",
+					  &code),
+		     KVN_CF_ERROR);
+	cr_assert_eq(code, -EACCES);
+	close(fd2);
+
+	/* And a JOIN without the set-up is told why. */
+	fd2 = sched_raw_connect(s.addr);
+	cr_assert_eq(raw_join_after_hello(fd2, "{\"name\":\"older-node\"}", &code), KVN_CF_ERROR);
+	cr_assert_eq(code, -EPROTO);
+	close(fd2);
+	close(fd);
+	sched_stop(&s);
+}
+
+/* A node with a token joins only a scheduler that proves it: one without it (or with another)
+ * could feed the node made-up members and chunk locations. */
+Test(scheduler, a_node_refuses_a_scheduler_that_does_not_prove_the_token)
+{
+	struct kvn_scheduler *s;
+	struct kvn_scheduler_opts o = {.listen = "127.0.0.1:0"}; /* no token */
+	cr_assert_eq(kvn_scheduler_create(&o, &s, sched_err, sizeof(sched_err)), 0, "%s",
+		     sched_err);
+	pthread_t th;
+	pthread_create(&th, NULL, sched_run, s);
+	struct kvn_membership *m = NULL;
+	int rc = sched_node_start(kvn_scheduler_address(s), "careful", "node-secret", NULL, &m);
+	cr_assert_eq(rc, -EACCES, "joined a scheduler without the token: %d %s", rc, sched_err);
+	cr_assert(strstr(sched_err, "did not prove") && strstr(sched_err, "auth_token"), "%s",
+		  sched_err);
+	char *json = NULL;
+	rc = kvn_membership_fetch_stats(kvn_scheduler_address(s), "node-secret", 5000, &json,
+					sched_err, sizeof(sched_err));
+	cr_assert_eq(rc, -EACCES, "%s", sched_err);
+	kvn_scheduler_stop(s);
+	pthread_join(th, NULL);
+	kvn_scheduler_destroy(s);
 }

@@ -179,10 +179,8 @@ sched_node_start(const char *addr, const char *name, const char *token, struct s
 	snprintf(blob, sizeof(blob), "%s%s", regions, name);
 	/* No token given: the one a scheduler without auth_token uses, this host's generated
 	 * file (in the tests' state directory, see proc_spawn). */
-	char *generated = NULL, path[PATH_MAX];
-	setenv("KVNODE_STATE_DIR", KVN_BINARY_DIR "/test-state", 0);
-	if (!token && !kvn_auth_default_file(path, sizeof(path)) &&
-	    !kvn_auth_token_file(path, true, &generated, sched_err, sizeof(sched_err)))
+	char *generated = token ? NULL : sched_host_token();
+	if (generated)
 		token = generated;
 	struct kvn_membership_opts o = {.scheduler = addr,
 					.name = name,
@@ -312,4 +310,40 @@ sched_run(void *arg)
 {
 	kvn_scheduler_run(arg);
 	return NULL;
+}
+
+char *
+sched_host_token(void)
+{
+	char path[PATH_MAX], *t = NULL;
+	setenv("KVNODE_STATE_DIR", KVN_BINARY_DIR "/test-state", 0);
+	cr_assert_eq(kvn_auth_default_file(path, sizeof(path)), 0);
+	cr_assert_eq(kvn_auth_token_file(path, true, &t, sched_err, sizeof(sched_err)), 0, "%s",
+		     sched_err);
+	return t;
+}
+
+void
+sched_raw_auth(int fd, const char *token, char proof[KVN_CF_PROOF_HEX])
+{
+	char *t = token ? NULL : sched_host_token();
+	struct kvn_auth a;
+	kvn_auth_init(&a, token ? token : t);
+	free(t);
+	struct kvn_cf_rx rx = {0};
+	int rc = kvn_cf_client_auth(fd, &rx, &a, DEADLINE, proof, sched_err, sizeof(sched_err));
+	cr_assert_eq(rc, 0, "auth set-up with the scheduler: %s", sched_err);
+	cr_assert_eq(rx.len, 0, "the scheduler sent more than its CHALLENGE");
+	kvn_cf_rx_free(&rx);
+}
+
+void
+sched_json_with_proof(const char *json, const char *proof, char *out, size_t cap)
+{
+	cr_assert_eq(json[0], '{');
+	const char *rest = json + 1;
+	while (*rest == ' ')
+		rest++;
+	int n = snprintf(out, cap, "{\"proof\":\"%s\"%s%s", proof, *rest == '}' ? "" : ",", rest);
+	cr_assert(n > 0 && (size_t)n < cap, "JSON too long for the buffer");
 }

@@ -78,6 +78,15 @@ void sched_sleep_ms(int ms);
 		ok_;                                                                               \
 	})
 
+/* The token of the tests' host (what `kvnode scheduler` and `kvnode serve` without auth_token
+ * use: KVNODE_STATE_DIR is the build tree's test-state), malloc'd; created when missing. */
+char *sched_host_token(void);
+/* The client's half of the auth set-up on a raw connection (HELLO, CHALLENGE): proof gets what
+ * a JOIN or STATS must carry. token NULL: the tests' host token (what a scheduler without one
+ * uses). Asserts success. */
+void sched_raw_auth(int fd, const char *token, char proof[KVN_CF_PROOF_HEX]);
+/* json (an object) with "proof": proof added first. */
+void sched_json_with_proof(const char *json, const char *proof, char *out, size_t cap);
 /* Raw TCP connection to addr with a 20 s receive timeout. */
 int sched_raw_connect(const char *addr);
 /* Reads until EOF: whether the scheduler closed the connection, and whether an ERROR frame
