@@ -1,5 +1,6 @@
 /* Thread-per-connection server skeleton (node/connsrv.h): the accept loop, the connection cap
- * and list, each connection's poll on its socket and the wake fd, and the drain at stop. */
+ * and list (and whom to close to make room), each connection's poll on its socket and the wake
+ * fd with its idle limit, deadline reads, and the drain at stop. */
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -12,10 +13,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "node/clock.h"
 #include "node/connsrv.h"
 #include "node/log.h"
 
 #define THREAD_STACK (2u << 20) /* headroom for sanitizer builds */
+/* How long the accept loop waits for an evicted connection's thread to leave before it gives
+ * up and refuses the newcomer after all (the thread only has to notice its shut-down socket). */
+#define EVICT_WAIT_MS 2000
+#define DISCARD_STEP  16384
 
 int
 kvn_connsrv_init(struct kvn_connsrv *cs, const struct kvn_connsrv_opts *opts,
@@ -27,10 +33,16 @@ kvn_connsrv_init(struct kvn_connsrv *cs, const struct kvn_connsrv_opts *opts,
 	cs->owner = owner;
 	cs->lfd = -1;
 	pthread_mutex_init(&cs->lock, NULL);
-	pthread_cond_init(&cs->drained, NULL);
+	int rc = kvn_cond_init_monotonic(&cs->drained);
+	if (rc < 0) {
+		pthread_mutex_destroy(&cs->lock);
+		cs->wake_fd = -1;
+		kvn_seterr(err, errlen, "%s: condition variable: %s", opts->comp, strerror(-rc));
+		return rc;
+	}
 	cs->wake_fd = eventfd(0, EFD_CLOEXEC);
 	if (cs->wake_fd < 0) {
-		int rc = -errno;
+		rc = -errno;
 		kvn_seterr(err, errlen, "%s: eventfd: %s", opts->comp, strerror(errno));
 		return rc;
 	}
@@ -88,28 +100,44 @@ conn_main(void *arg)
 	if (cs->ops->conn_start)
 		cs->ops->conn_start(cs->owner, c);
 	for (;;) {
+		uint64_t idle_from = kvn_now_ms();
+		atomic_store(&c->idle_since_ms, idle_from);
 		struct pollfd pf[2] = {
 		    {.fd = c->fd, .events = POLLIN},
 		    {.fd = cs->wake_fd, .events = POLLIN},
 		};
-		int n = poll(pf, 2, cs->ops->idle ? cs->o.io_timeout_ms : -1);
-		if (n < 0 && errno == EINTR)
-			continue;
+		int n;
+		for (;;) {
+			int wait = -1;
+			if (cs->o.idle_timeout_ms > 0) {
+				uint64_t spent = kvn_now_ms() - idle_from;
+				wait = spent >= (uint64_t)cs->o.idle_timeout_ms
+					   ? 0
+					   : (int)((uint64_t)cs->o.idle_timeout_ms - spent);
+			}
+			n = poll(pf, 2, wait);
+			if (n >= 0 || errno != EINTR)
+				break;
+		}
 		if (n == 0) {
-			cs->ops->idle(cs->owner, c);
+			atomic_fetch_add(&cs->idle_closed, 1);
+			if (cs->ops->idle)
+				cs->ops->idle(cs->owner, c);
 			break;
 		}
 		if (n < 0 || (cs->o.stop_drops_queued && pf[1].revents) ||
 		    !(pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
 			break;
+		atomic_store(&c->idle_since_ms, 0);
 		if (cs->ops->serve_one(cs->owner, c) < 0)
 			break;
 	}
 	if (cs->ops->conn_end)
 		cs->ops->conn_end(cs->owner, c);
-	/* Unlinked under the lock before close: the drain may shutdown() any fd still listed,
-	 * and must never touch one that has been closed and reused. From here on the server
-	 * may be gone (the drain saw the last connection leave): only c is touched. */
+	/* Unlinked under the lock before close: the drain and the eviction may shutdown() any
+	 * fd still listed, and must never touch one that has been closed and reused. From here
+	 * on the server may be gone (the drain saw the last connection leave): only c is
+	 * touched. */
 	conn_unlink(c);
 	close(c->fd);
 	free(c);
@@ -122,6 +150,41 @@ refuse(struct kvn_connsrv *cs, int fd, int status, const char *why)
 	atomic_fetch_add(&cs->refused, 1);
 	cs->ops->refuse(cs->owner, fd, status, why);
 	close(fd);
+}
+
+/* At the cap: closes the connection idle the longest, if one has been idle evict_idle_ms, and
+ * waits for its thread to leave. Caller holds cs->lock; true when there is room now. Idle
+ * connections must not lock new clients out, and one that just finished a request is likely
+ * to send the next: the minimum keeps busy clients from being closed between two requests. */
+static bool
+make_room_locked(struct kvn_connsrv *cs, int newcomer_fd)
+{
+	if (cs->o.evict_idle_ms <= 0)
+		return false;
+	uint64_t now = kvn_now_ms(), oldest = 0;
+	struct kvn_connsrv_conn *victim = NULL;
+	for (struct kvn_connsrv_conn *c = cs->conns; c; c = c->next) {
+		uint64_t since = atomic_load(&c->idle_since_ms);
+		if (!since || c->evicting || now - since < (uint64_t)cs->o.evict_idle_ms)
+			continue;
+		if (!victim || since < oldest) {
+			victim = c;
+			oldest = since;
+		}
+	}
+	if (!victim)
+		return false;
+	victim->evicting = true;
+	atomic_fetch_add(&cs->evicted, 1);
+	if (cs->ops->evicted)
+		cs->ops->evicted(cs->owner, victim, newcomer_fd);
+	/* Its thread sees the end of its stream, as from a client that closed. */
+	shutdown(victim->fd, SHUT_RDWR);
+	struct timespec deadline = kvn_deadline_in_ms(EVICT_WAIT_MS);
+	while (cs->nconns >= cs->o.max_conns)
+		if (pthread_cond_timedwait(&cs->drained, &cs->lock, &deadline) == ETIMEDOUT)
+			break;
+	return cs->nconns < cs->o.max_conns;
 }
 
 static void
@@ -144,14 +207,21 @@ start_conn(struct kvn_connsrv *cs, int fd)
 	c->fd = fd;
 
 	pthread_mutex_lock(&cs->lock);
-	if (cs->nconns >= cs->o.max_conns) {
+	if (cs->nconns >= cs->o.max_conns && !make_room_locked(cs, fd)) {
 		unsigned open = cs->nconns;
 		pthread_mutex_unlock(&cs->lock);
 		free(c);
-		char why[160];
-		snprintf(why, sizeof(why),
-			 "node busy: %u connections already open (the cap of %u): retry later",
-			 open, cs->o.max_conns);
+		char why[200];
+		const char *key = cs->o.max_conns_key ? cs->o.max_conns_key : "the connection cap";
+		if (cs->o.evict_idle_ms > 0)
+			snprintf(why, sizeof(why),
+				 "node busy: %u connections open, over %s=%u, none of them idle "
+				 "for %d ms to make room: retry later",
+				 open, key, cs->o.max_conns, cs->o.evict_idle_ms);
+		else
+			snprintf(why, sizeof(why),
+				 "node busy: %u connections open, over %s=%u: retry later", open,
+				 key, cs->o.max_conns);
 		refuse(cs, fd, -EBUSY, why);
 		return;
 	}
@@ -214,9 +284,7 @@ kvn_connsrv_accept_loop(struct kvn_connsrv *cs)
 void
 kvn_connsrv_drain(struct kvn_connsrv *cs)
 {
-	struct timespec deadline;
-	clock_gettime(CLOCK_REALTIME, &deadline);
-	deadline.tv_sec += cs->o.io_timeout_ms / 1000 + 1;
+	struct timespec deadline = kvn_deadline_in_ms((uint64_t)cs->o.io_timeout_ms + 1000);
 	pthread_mutex_lock(&cs->lock);
 	bool cut = false;
 	while (cs->nconns) {
@@ -233,4 +301,63 @@ kvn_connsrv_drain(struct kvn_connsrv *cs)
 		}
 	}
 	pthread_mutex_unlock(&cs->lock);
+}
+
+int
+kvn_connsrv_read_by(int fd, void *buf, size_t len, uint64_t deadline_ms, size_t *got)
+{
+	size_t done = 0;
+	int rc = 0;
+	while (done < len) {
+		/* Non-blocking reads with a poll only when nothing is there: a fast sender costs
+		 * no more syscalls than blocking reads would. */
+		ssize_t n = recv(fd, (char *)buf + done, len - done, MSG_DONTWAIT);
+		if (n > 0) {
+			done += (size_t)n;
+			continue;
+		}
+		if (n == 0) {
+			rc = -ECONNRESET;
+			break;
+		}
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN && errno != EWOULDBLOCK) {
+			rc = -errno;
+			break;
+		}
+		uint64_t now = kvn_now_ms();
+		if (now >= deadline_ms) {
+			rc = -ETIMEDOUT;
+			break;
+		}
+		uint64_t wait = deadline_ms - now;
+		struct pollfd pf = {.fd = fd, .events = POLLIN};
+		if (poll(&pf, 1, wait > INT32_MAX ? INT32_MAX : (int)wait) < 0 && errno != EINTR) {
+			rc = -errno;
+			break;
+		}
+	}
+	if (got)
+		*got = done;
+	return rc;
+}
+
+int
+kvn_connsrv_discard_by(int fd, uint64_t len, uint64_t deadline_ms, uint64_t *got)
+{
+	char sink[DISCARD_STEP];
+	uint64_t done = 0;
+	int rc = 0;
+	while (done < len) {
+		size_t step = len - done > sizeof(sink) ? sizeof(sink) : (size_t)(len - done);
+		size_t n = 0;
+		rc = kvn_connsrv_read_by(fd, sink, step, deadline_ms, &n);
+		done += n;
+		if (rc)
+			break;
+	}
+	if (got)
+		*got = done;
+	return rc;
 }

@@ -1,6 +1,7 @@
 /* Thread-per-connection server skeleton shared by the local client server (node/server.c) and
- * the lm:// server (node/lm_server.c): accept loop, connection cap, one detached thread per
- * connection, and a stop that lets requests in flight finish and cuts the ones still busy. */
+ * the lm:// server (node/lm_server.c): accept loop, connection cap (refusing, or closing the
+ * connection idle the longest), idle limit, one detached thread per connection, deadline reads,
+ * and a stop that lets requests in flight finish and cuts the ones still busy. */
 #ifndef KVN_NODE_CONNSRV_H
 #define KVN_NODE_CONNSRV_H
 
@@ -18,6 +19,10 @@ struct kvn_connsrv_conn {
 	struct kvn_connsrv *cs;
 	int fd;
 	struct kvn_connsrv_conn *prev, *next;
+	/* kvn_now_ms() when it last went idle between requests, 0 while one is served: what the
+	 * accept loop compares when it must make room at the cap. */
+	_Atomic uint64_t idle_since_ms;
+	bool evicting; /* chosen to make room and shut down; under the server's lock */
 };
 
 struct kvn_connsrv_ops {
@@ -32,16 +37,26 @@ struct kvn_connsrv_ops {
 	/* Tells a client turned away why (over the cap, out of memory, no thread), logs it, and
 	 * leaves fd open: the skeleton closes it. status is a negative errno. */
 	void (*refuse)(void *owner, int fd, int status, const char *why);
-	/* Idle connection seen, no request for io_timeout_ms (optional; NULL: no idle limit). */
+	/* c had no request for idle_timeout_ms and is being closed (optional: a log line). */
 	void (*idle)(void *owner, struct kvn_connsrv_conn *c);
+	/* c, idle the longest, is being closed to make room for the client on newcomer_fd
+	 * (optional: a log line). Runs on the accept thread with the server's lock held: it must
+	 * not call the skeleton. */
+	void (*evicted)(void *owner, struct kvn_connsrv_conn *c, int newcomer_fd);
 };
 
 struct kvn_connsrv_opts {
 	const char *comp; /* log component */
 	const char *addr; /* for log lines; kept by pointer, must outlive the server */
 	unsigned max_conns;
-	int io_timeout_ms; /* SO_RCVTIMEO/SO_SNDTIMEO of each connection; idle limit with idle */
-	bool nodelay;	   /* TCP_NODELAY on accepted sockets */
+	const char *max_conns_key; /* its config key, for the refusal's reason */
+	int io_timeout_ms;   /* SO_RCVTIMEO/SO_SNDTIMEO of each connection; the drain's grace */
+	int idle_timeout_ms; /* no request for this long: closed (ops->idle); 0 = never */
+	/* At max_conns a newcomer takes the place of the connection idle the longest when that
+	 * one has been idle at least this long; 0, or none idle that long: the newcomer is
+	 * refused. */
+	int evict_idle_ms;
+	bool nodelay; /* TCP_NODELAY on accepted sockets */
 	/* Stopping ends a connection between requests even when one is already queued (a client
 	 * that never pauses must not hold the node up); else such a request is still served. */
 	bool stop_drops_queued;
@@ -60,6 +75,8 @@ struct kvn_connsrv {
 	struct kvn_connsrv_conn *conns;
 
 	_Atomic uint64_t accepted, refused;
+	_Atomic uint64_t idle_closed; /* closed after idle_timeout_ms without a request */
+	_Atomic uint64_t evicted;     /* closed, idle, to make room for a newcomer at the cap */
 };
 
 /* Sets cs up (lfd -1: the owner sets cs->lfd to its listening socket before the accept loop,
@@ -75,6 +92,12 @@ void kvn_connsrv_stop(struct kvn_connsrv *cs);
 void kvn_connsrv_drain(struct kvn_connsrv *cs);
 /* Open connections now. */
 unsigned kvn_connsrv_conns(struct kvn_connsrv *cs);
+/* Reads exactly len bytes from fd unless kvn_now_ms() reaches deadline_ms first (-ETIMEDOUT):
+ * a sender trickling a byte at a time cannot stretch it, as it can a socket's SO_RCVTIMEO.
+ * Otherwise as kvn_ctl_read_full: -ECONNRESET at an early end, *got (may be NULL) the bytes
+ * read. kvn_connsrv_discard_by reads and throws away len bytes under the same deadline. */
+int kvn_connsrv_read_by(int fd, void *buf, size_t len, uint64_t deadline_ms, size_t *got);
+int kvn_connsrv_discard_by(int fd, uint64_t len, uint64_t deadline_ms, uint64_t *got);
 /* Closes the wake fd; the listening socket and cs itself are the caller's. */
 void kvn_connsrv_destroy(struct kvn_connsrv *cs);
 

@@ -1,6 +1,8 @@
-/* lm server: LMCache's cache-server protocol (docs/architecture.md §10) over TCP, a thread per
- * connection up to a cap, values kept in the engine as LMCache's 28-byte remote header + payload. A
- * malformed request gets a 400 reply and its connection is closed; others keep being served. */
+/* lm server: LMCache's cache-server protocol (docs/architecture.md §10) over TCP, a thread per connection
+ * up to a cap, values kept in the engine as LMCache's 28-byte remote header + payload. A
+ * malformed request gets a 400 reply and its connection is closed; others keep being served.
+ * Idle clients, requests that never complete and oversized PUTs are bounded by config keys;
+ * the protocol has no way to say why, so each is logged (rate-limited) and counted. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -14,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "node/clock.h"
 #include "node/connsrv.h"
 #include "node/ctlproto.h"
 #include "node/lm_server.h"
@@ -25,7 +28,13 @@
 #define COMP		  "lm-server"
 #define DEFAULT_MAX_CONNS 128
 #define DEFAULT_IO_MS	  30000
-#define DEFAULT_VALUE_MAX (1u << 30)
+#define DEFAULT_VALUE_MAX (64u << 20) /* max_chunk_size's default */
+/* At lm_max_connections a newcomer closes the connection idle the longest if that one has been
+ * idle this long: idle connections (of clients gone without a word, say) must not lock live
+ * ones out for all of lm_idle_timeout_ms, and one that spoke within the last second is likely
+ * in the middle of an exchange. */
+#define EVICT_IDLE_MS 1000
+#define LOG_EVERY_MS  1000 /* one refusal line a second per kind at most */
 
 struct conn {
 	struct kvn_connsrv_conn base; /* first: the skeleton allocates and lists it */
@@ -45,17 +54,58 @@ struct kvn_lm_server {
 	struct kvn_engine *eng;
 	char addr[KVN_HOST_MAX + 16];
 	int lfd;
-	uint32_t value_max;
+	uint64_t value_max;    /* max_chunk_size */
+	int request_ms;	       /* lm_request_timeout_ms */
 	struct kvn_connsrv cs; /* connections, cap, stop and drain */
 	bool cs_ready;
 	pthread_t accept_thread;
 	bool accept_started;
 
 	_Atomic uint64_t requests, proto_errors, bytes_in, bytes_out, errors;
+	_Atomic uint64_t request_timeouts, oversized;
 	_Atomic uint64_t by_command[KVN_LM_HEALTH]; /* index command - 1 */
+	struct kvn_ratelimit rl_refused, rl_idle, rl_evicted, rl_timeout, rl_oversized;
 };
 
 static const struct kvn_connsrv_ops conn_ops;
+
+/* A refusal the client cannot be told of: one line a second per kind, with the count of those
+ * held back since. */
+static void note(struct kvn_ratelimit *rl, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+note(struct kvn_ratelimit *rl, const char *fmt, ...)
+{
+	uint64_t missed;
+	if (!kvn_ratelimit_ok(rl, LOG_EVERY_MS, &missed))
+		return;
+	char line[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (missed)
+		kvn_warn(COMP, "%s (%llu more like it not logged)", line,
+			 (unsigned long long)missed);
+	else
+		kvn_warn(COMP, "%s", line);
+}
+
+/* The request on c did not complete within lm_request_timeout_ms: the connection is closed
+ * (a 400 would be read as the reply to whatever the client sends next). */
+static int
+request_timed_out(struct conn *c, const char *what, uint64_t got, uint64_t want)
+{
+	struct kvn_lm_server *srv = c->srv;
+	atomic_fetch_add(&srv->request_timeouts, 1);
+	note(&srv->rl_timeout,
+	     "client %s on %s: request incomplete after %d ms (lm_request_timeout_ms): %llu of "
+	     "%llu bytes of its %s arrived; closing its connection",
+	     c->peer, srv->addr, srv->request_ms, (unsigned long long)got,
+	     (unsigned long long)want, what);
+	return -1;
+}
 
 /* ------------------------------------------------------------------------------------------
  * Requests
@@ -89,7 +139,7 @@ proto_fail(struct conn *c, const char *fmt, ...)
 }
 
 static int
-do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req)
+do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req, uint64_t deadline)
 {
 	size_t len = (size_t)req->length;
 	struct kvn_remote_meta meta = {
@@ -119,7 +169,9 @@ do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req)
 	uint8_t *val = c->buf;
 	size_t got;
 	memcpy(val, hdr, sizeof(hdr));
-	int rc = kvn_ctl_read_full(c->fd, val + KVN_REMOTE_META_LEN, len, &got);
+	int rc = kvn_connsrv_read_by(c->fd, val + KVN_REMOTE_META_LEN, len, deadline, &got);
+	if (rc == -ETIMEDOUT)
+		return request_timed_out(c, "PUT payload", got, len);
 	if (rc)
 		return proto_fail(c, "truncated PUT value for key %s (%zu of %zu bytes: %s)",
 				  key->str, got, len, kvn_strerror(rc));
@@ -137,6 +189,27 @@ do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req)
 			 len, kvn_strerror(rc));
 	}
 	return 0;
+}
+
+/* A PUT over max_chunk_size: its payload is read and dropped so that the client, which expects
+ * no reply, stays in step and its next request is served; nothing is stored (a later GET
+ * misses, which a cache client handles). */
+static int
+drop_put(struct conn *c, const struct kvn_key *key, uint64_t len, uint64_t deadline)
+{
+	struct kvn_lm_server *srv = c->srv;
+	atomic_fetch_add(&srv->oversized, 1);
+	note(&srv->rl_oversized,
+	     "client %s on %s: PUT %s of %llu bytes is over max_chunk_size (%llu bytes): not "
+	     "stored, its payload read and dropped (raise max_chunk_size, or a smaller LMCache "
+	     "chunk_size)",
+	     c->peer, srv->addr, key->str, (unsigned long long)len,
+	     (unsigned long long)srv->value_max);
+	uint64_t got = 0;
+	int rc = kvn_connsrv_discard_by(c->fd, len, deadline, &got);
+	if (rc == -ETIMEDOUT)
+		return request_timed_out(c, "PUT payload (being dropped)", got, len);
+	return rc ? -1 : 0;
 }
 
 static int
@@ -251,7 +324,12 @@ serve_one(struct conn *c)
 	struct kvn_lm_server *srv = c->srv;
 	uint8_t hdr[KVN_LM_REQ_SIZE];
 	size_t got;
-	int rc = kvn_ctl_read_full(c->fd, hdr, sizeof(hdr), &got);
+	/* Its first byte is here (the socket polled readable): from now on the whole request
+	 * has lm_request_timeout_ms, however slowly it trickles in. */
+	uint64_t deadline = kvn_now_ms() + (uint64_t)srv->request_ms;
+	int rc = kvn_connsrv_read_by(c->fd, hdr, sizeof(hdr), deadline, &got);
+	if (rc == -ETIMEDOUT)
+		return request_timed_out(c, "request header", got, sizeof(hdr));
 	if (rc) {
 		if (got == 0 && rc == -ECONNRESET)
 			return -1; /* closed between requests: the normal end */
@@ -263,9 +341,8 @@ serve_one(struct conn *c)
 	if (req.command < KVN_LM_PUT || req.command > KVN_LM_HEALTH)
 		return proto_fail(c, "unknown command %d (PUT=1 GET=2 EXIST=3 LIST=4 HEALTH=5)",
 				  req.command);
-	if (req.command == KVN_LM_PUT && (req.length < 0 || (uint32_t)req.length > srv->value_max))
-		return proto_fail(c, "PUT length %d is outside 0..%u (the server's value cap)",
-				  req.length, srv->value_max);
+	if (req.command == KVN_LM_PUT && req.length < 0)
+		return proto_fail(c, "PUT length %d is negative", req.length);
 	atomic_fetch_add(&srv->requests, 1);
 	atomic_fetch_add(&srv->by_command[req.command - 1], 1);
 
@@ -281,7 +358,9 @@ serve_one(struct conn *c)
 
 	switch (req.command) {
 	case KVN_LM_PUT:
-		return do_put(c, &key, &req);
+		if ((uint64_t)req.length > srv->value_max)
+			return drop_put(c, &key, (uint64_t)req.length, deadline);
+		return do_put(c, &key, &req, deadline);
 	case KVN_LM_GET:
 		return do_get(c, &key);
 	case KVN_LM_EXIST:
@@ -336,12 +415,39 @@ conn_refuse(void *owner, int fd, int status, const char *why)
 	char peer[64];
 	(void)status;
 	kvn_peer_format(fd, peer, sizeof(peer));
-	kvn_warn(COMP, "refusing client %s on %s: %s", peer, srv->addr, why);
+	note(&srv->rl_refused, "refusing client %s on %s: %s; closing its connection", peer,
+	     srv->addr, why);
 }
 
-/* No idle limit: LMCache keeps one connection open for the life of the engine and may stay
- * silent for hours; only a request stalled half-way is cut (the I/O timeout). Stopping ends
- * a connection between requests even when more are queued: a client that never pauses (PUTs
+static void
+conn_idle(void *owner, struct kvn_connsrv_conn *base)
+{
+	struct kvn_lm_server *srv = owner;
+	note(&srv->rl_idle,
+	     "client %s on %s: idle for %d ms (lm_idle_timeout_ms): closing its "
+	     "connection",
+	     ((struct conn *)base)->peer, srv->addr, srv->cs.o.idle_timeout_ms);
+}
+
+static void
+conn_evicted(void *owner, struct kvn_connsrv_conn *base, int newcomer_fd)
+{
+	struct kvn_lm_server *srv = owner;
+	struct conn *c = (struct conn *)base;
+	char peer[64];
+	kvn_peer_format(newcomer_fd, peer, sizeof(peer));
+	uint64_t since = atomic_load(&base->idle_since_ms), now = kvn_now_ms();
+	note(&srv->rl_evicted,
+	     "client %s on %s: idle for %llu ms with lm_max_connections=%u open: closing its "
+	     "connection to serve new client %s",
+	     c->peer, srv->addr, (unsigned long long)(since && now > since ? now - since : 0),
+	     srv->cs.o.max_conns, peer);
+}
+
+/* LMCache keeps one connection open for the life of the engine and may stay silent for long:
+ * the idle limit (lm_idle_timeout_ms) is long, and at the cap only a connection idle a second
+ * makes room. A request started is bounded by lm_request_timeout_ms. Stopping ends a
+ * connection between requests even when more are queued: a client that never pauses (PUTs
  * have no replies to wait for) must not hold the node up, and to it this is the same as a
  * server that went away. */
 static const struct kvn_connsrv_ops conn_ops = {
@@ -350,6 +456,8 @@ static const struct kvn_connsrv_ops conn_ops = {
     .serve_one = conn_serve,
     .conn_end = conn_end,
     .refuse = conn_refuse,
+    .idle = conn_idle,
+    .evicted = conn_evicted,
 };
 
 static void *
@@ -391,11 +499,15 @@ kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts *opt
 	srv->value_max = opts->value_max ? opts->value_max : DEFAULT_VALUE_MAX;
 	if (srv->value_max > INT32_MAX)
 		srv->value_max = INT32_MAX;
+	srv->request_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEFAULT_IO_MS;
 	struct kvn_connsrv_opts co = {
 	    .comp = COMP,
 	    .addr = srv->addr,
 	    .max_conns = opts->max_conns ? opts->max_conns : DEFAULT_MAX_CONNS,
-	    .io_timeout_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEFAULT_IO_MS,
+	    .max_conns_key = "lm_max_connections",
+	    .io_timeout_ms = srv->request_ms,
+	    .idle_timeout_ms = opts->idle_timeout_ms > 0 ? opts->idle_timeout_ms : 0,
+	    .evict_idle_ms = EVICT_IDLE_MS,
 	    .nodelay = true,
 	    .stop_drops_queued = true,
 	};
@@ -446,6 +558,10 @@ kvn_lm_server_stats(struct kvn_lm_server *srv, struct kvn_lm_server_stats *out)
 	out->bytes_in = atomic_load(&srv->bytes_in);
 	out->bytes_out = atomic_load(&srv->bytes_out);
 	out->errors = atomic_load(&srv->errors);
+	out->idle_closed = atomic_load(&srv->cs.idle_closed);
+	out->evicted = atomic_load(&srv->cs.evicted);
+	out->request_timeouts = atomic_load(&srv->request_timeouts);
+	out->oversized = atomic_load(&srv->oversized);
 }
 
 cJSON *
@@ -460,12 +576,19 @@ kvn_lm_server_stats_json(struct kvn_lm_server *srv)
 	cJSON_AddStringToObject(o, "address", srv->addr);
 	cJSON_AddNumberToObject(o, "connections", (double)st.connections);
 	cJSON_AddNumberToObject(o, "max_connections", srv->cs.o.max_conns);
+	cJSON_AddNumberToObject(o, "idle_timeout_ms", srv->cs.o.idle_timeout_ms);
+	cJSON_AddNumberToObject(o, "request_timeout_ms", srv->request_ms);
+	cJSON_AddNumberToObject(o, "max_chunk_size", (double)srv->value_max);
 	cJSON_AddNumberToObject(o, "accepted", (double)st.accepted);
 	cJSON_AddNumberToObject(o, "refused", (double)st.refused);
 	cJSON_AddNumberToObject(o, "requests", (double)st.requests);
 	cJSON_AddNumberToObject(o, "bytes_in", (double)st.bytes_in);
 	cJSON_AddNumberToObject(o, "bytes_out", (double)st.bytes_out);
 	cJSON_AddNumberToObject(o, "errors", (double)st.errors);
+	cJSON_AddNumberToObject(o, "idle_closed", (double)st.idle_closed);
+	cJSON_AddNumberToObject(o, "evicted", (double)st.evicted);
+	cJSON_AddNumberToObject(o, "request_timeouts", (double)st.request_timeouts);
+	cJSON_AddNumberToObject(o, "oversized_puts", (double)st.oversized);
 	cJSON_AddNumberToObject(o, "protocol_errors", (double)st.proto_errors);
 	/* cJSON reports out of memory by leaving items out: an incomplete object is dropped. */
 	if (!cJSON_GetObjectItemCaseSensitive(o, "protocol_errors")) {

@@ -13,9 +13,19 @@ struct kvn_lm_server;
 
 struct kvn_lm_server_opts {
 	const char *listen; /* HOST:PORT (port 0: any free one) */
-	unsigned max_conns; /* concurrent connections; 0 = 128. Past it a client is closed. */
-	int io_timeout_ms;  /* a request stalled half-way is cut after this; 0 = 30 s */
-	uint32_t value_max; /* largest PUT payload; 0 = 1 GiB. Over it: 400 and close. */
+	/* lm_max_connections; 0 = 128. At the cap a newcomer takes the place of the connection
+	 * idle the longest (idle 1 s at least), else it is closed. */
+	unsigned max_conns;
+	int idle_timeout_ms; /* lm_idle_timeout_ms: a client silent this long is closed; 0 = never
+			      */
+	/* lm_request_timeout_ms: once a request's first byte arrived, its header and payload must
+	 * all be in within this, else the connection is closed; also the stall allowed to one
+	 * write of a reply. 0 = 30 s. */
+	int io_timeout_ms;
+	/* max_chunk_size: largest PUT payload; 0 = 64 MiB, at most INT32_MAX. A PUT over it is
+	 * read and thrown away (the protocol has no reply to PUT, and the client stays in step)
+	 * and logged; nothing is stored. */
+	uint64_t value_max;
 };
 
 /* Binds, listens and starts serving in background threads. The engine must outlive the
@@ -27,11 +37,16 @@ const char *kvn_lm_server_address(const struct kvn_lm_server *srv);
 /* Counters for stat and tests. */
 struct kvn_lm_server_stats {
 	uint64_t accepted, refused, requests, proto_errors, connections;
-	uint64_t by_command[5]; /* requests by command: PUT, GET, EXIST, LIST, HEALTH */
-	uint64_t bytes_in;	/* PUT payload bytes received */
-	uint64_t bytes_out;	/* GET and LIST payload bytes sent */
-	uint64_t errors;	/* requests the node failed (PUT not stored, GET, EXIST or LIST
-				 * failing for another reason than a miss) */
+	uint64_t by_command[5];	   /* requests by command: PUT, GET, EXIST, LIST, HEALTH */
+	uint64_t bytes_in;	   /* PUT payload bytes received */
+	uint64_t bytes_out;	   /* GET and LIST payload bytes sent */
+	uint64_t errors;	   /* requests the node failed (PUT not stored, GET, EXIST or LIST
+				    * failing for another reason than a miss) */
+	uint64_t idle_closed;	   /* connections closed after idle_timeout_ms of silence */
+	uint64_t request_timeouts; /* connections closed with a request incomplete after
+				    * io_timeout_ms */
+	uint64_t evicted;	   /* idle connections closed to make room for a new client */
+	uint64_t oversized;	   /* PUTs over value_max, thrown away */
 };
 void kvn_lm_server_stats(struct kvn_lm_server *srv, struct kvn_lm_server_stats *out);
 /* The same counters as a JSON object (for `kvnode stat`); NULL when out of memory. */

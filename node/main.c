@@ -526,13 +526,19 @@ cmd_serve(struct opts *o)
 			 cfg->path ? " of " : "", cfg->path ? cfg->path : "", err);
 		goto out;
 	}
-	struct kvn_server_opts so = {.socket_path = socket_path};
+	struct kvn_server_opts so = {.socket_path = socket_path,
+				     .max_conns = cfg->client_max_connections,
+				     .value_max = cfg->max_chunk_size};
 	if (kvn_server_create(eng, &so, &srv, err, sizeof(err)) < 0) {
 		rc = die(EXIT_CONN, "%s", err);
 		goto out;
 	}
 	if (cfg->lm_listen) {
-		struct kvn_lm_server_opts lo = {.listen = cfg->lm_listen};
+		struct kvn_lm_server_opts lo = {.listen = cfg->lm_listen,
+						.max_conns = cfg->lm_max_connections,
+						.idle_timeout_ms = (int)cfg->lm_idle_timeout_ms,
+						.io_timeout_ms = (int)cfg->lm_request_timeout_ms,
+						.value_max = cfg->max_chunk_size};
 		if (kvn_lm_server_start(eng, &lo, &lm, err, sizeof(err)) < 0) {
 			rc = die(EXIT_CONN, "%s", err);
 			goto out;

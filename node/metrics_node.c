@@ -203,7 +203,23 @@ lm(struct kvn_expo *e, struct kvn_lm_server *srv)
 	kvn_expo_one(e, "kvnode_lm_accepted_total", "counter",
 		     "Connections the lm:// server accepted", s.accepted);
 	kvn_expo_one(e, "kvnode_lm_refused_total", "counter",
-		     "Connections the lm:// server refused (over its connection cap)", s.refused);
+		     "New lm:// clients refused at lm_max_connections, none open idle long enough "
+		     "to make room",
+		     s.refused);
+	kvn_expo_family(e, "kvnode_lm_closed_total", "counter",
+			"lm:// connections the server closed, by reason: idle (silent for "
+			"lm_idle_timeout_ms), request_timeout (a request incomplete after "
+			"lm_request_timeout_ms), evicted (idle, to make room for a new client at "
+			"lm_max_connections)");
+	kvn_expo_u64(e, "kvnode_lm_closed_total", &(struct kvn_label){"reason", "idle"}, 1,
+		     s.idle_closed);
+	kvn_expo_u64(e, "kvnode_lm_closed_total", &(struct kvn_label){"reason", "request_timeout"},
+		     1, s.request_timeouts);
+	kvn_expo_u64(e, "kvnode_lm_closed_total", &(struct kvn_label){"reason", "evicted"}, 1,
+		     s.evicted);
+	kvn_expo_one(e, "kvnode_lm_oversized_puts_total", "counter",
+		     "lm:// PUTs over max_chunk_size, read and dropped without being stored",
+		     s.oversized);
 	kvn_expo_one(e, "kvnode_lm_requests_total", "counter", "Requests the lm:// server answered",
 		     s.requests);
 	kvn_expo_one(e, "kvnode_lm_protocol_errors_total", "counter",
@@ -240,7 +256,11 @@ clients(struct kvn_expo *e, struct kvn_server *srv)
 	kvn_expo_one(e, "kvnode_client_protocol_errors_total", "counter",
 		     "Malformed client requests (the connection is closed)", s.proto_errors);
 	kvn_expo_one(e, "kvnode_client_refused_total", "counter",
-		     "Client connections refused over the connection cap", s.refused);
+		     "Client connections refused over the connection cap (client_max_connections)",
+		     s.refused);
+	kvn_expo_one(e, "kvnode_client_oversized_total", "counter",
+		     "PUTs on the client socket refused for declaring more than max_chunk_size",
+		     s.oversized);
 }
 
 int

@@ -45,7 +45,8 @@ struct kvn_server {
 	struct kvn_connsrv cs; /* connections, cap, stop and drain */
 	bool cs_ready;
 
-	_Atomic uint64_t requests, proto_errors;
+	_Atomic uint64_t requests, proto_errors, oversized;
+	struct kvn_ratelimit rl_oversized;
 	struct kvn_plugins *plugins; /* listed by STAT; NULL = none */
 	struct kvn_lm_server *lm;    /* its counters in STAT; NULL = none */
 };
@@ -145,11 +146,14 @@ kvn_server_create(struct kvn_engine *eng, const struct kvn_server_opts *opts,
 		rc = -ENOMEM;
 		goto fail;
 	}
+	int io_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEFAULT_IO_MS;
 	struct kvn_connsrv_opts co = {
 	    .comp = COMP,
 	    .addr = srv->path,
 	    .max_conns = opts->max_conns ? opts->max_conns : DEFAULT_MAX_CONNS,
-	    .io_timeout_ms = opts->io_timeout_ms > 0 ? opts->io_timeout_ms : DEFAULT_IO_MS,
+	    .max_conns_key = "client_max_connections",
+	    .io_timeout_ms = io_ms,
+	    .idle_timeout_ms = io_ms,
 	};
 	if ((rc = kvn_connsrv_init(&srv->cs, &co, &conn_ops, srv, err, errlen)) < 0)
 		goto fail;
@@ -213,6 +217,7 @@ kvn_server_stats(struct kvn_server *srv, struct kvn_server_stats *out)
 	out->requests = atomic_load(&srv->requests);
 	out->proto_errors = atomic_load(&srv->proto_errors);
 	out->refused = atomic_load(&srv->cs.refused);
+	out->oversized = atomic_load(&srv->oversized);
 }
 
 void
@@ -271,6 +276,27 @@ proto_fail(struct conn *c, int status, const char *what)
 	kvn_warn(COMP, "client pid %d on %s: %s; closing its connection", c->peer_pid, c->srv->path,
 		 what);
 	reply_err(c, status, "%s", what);
+	return -1;
+}
+
+/* A PUT whose header declares more than max_chunk_size: refused before a byte of the value is
+ * read, and the connection closed since the value is still on its way. */
+static int
+refuse_oversized(struct conn *c, const struct kvn_ctl_req *req)
+{
+	struct kvn_server *srv = c->srv;
+	uint64_t missed;
+	atomic_fetch_add(&srv->oversized, 1);
+	if (kvn_ratelimit_ok(&srv->rl_oversized, 1000, &missed))
+		kvn_warn(COMP,
+			 "client pid %d on %s: PUT of %llu bytes is over max_chunk_size (%llu "
+			 "bytes): refused unread, closing its connection (%llu more not logged)",
+			 c->peer_pid, srv->path, (unsigned long long)req->value_len,
+			 (unsigned long long)srv->value_max, (unsigned long long)missed);
+	reply_err(c, -EMSGSIZE,
+		  "PUT value of %llu bytes is over this node's max_chunk_size of %llu bytes: store "
+		  "smaller values or raise max_chunk_size in the node's config",
+		  (unsigned long long)req->value_len, (unsigned long long)srv->value_max);
 	return -1;
 }
 
@@ -340,10 +366,12 @@ do_stat(struct conn *c)
 	cJSON_AddStringToObject(s, "address", srv->addr);
 	cJSON_AddNumberToObject(s, "connections", (double)st.connections);
 	cJSON_AddNumberToObject(s, "max_connections", srv->cs.o.max_conns);
+	cJSON_AddNumberToObject(s, "max_chunk_size", (double)srv->value_max);
 	cJSON_AddNumberToObject(s, "accepted", (double)st.accepted);
 	cJSON_AddNumberToObject(s, "requests", (double)st.requests);
 	cJSON_AddNumberToObject(s, "protocol_errors", (double)st.proto_errors);
 	cJSON_AddNumberToObject(s, "refused", (double)st.refused);
+	cJSON_AddNumberToObject(s, "oversized", (double)st.oversized);
 	cJSON *lm = srv->lm ? kvn_lm_server_stats_json(srv->lm) : NULL;
 	if (lm && !cJSON_AddItemToObject(root, "lm_server", lm))
 		cJSON_Delete(lm);
@@ -436,6 +464,8 @@ serve_one(struct conn *c)
 	struct kvn_ctl_req req;
 	kvn_ctl_req_decode(hdr, &req);
 	rc = kvn_ctl_req_validate(&req, srv->value_max, what, sizeof(what));
+	if (rc == -EMSGSIZE)
+		return refuse_oversized(c, &req);
 	if (rc)
 		return proto_fail(c, rc, what);
 	atomic_fetch_add(&srv->requests, 1);

@@ -11,9 +11,11 @@ struct kvn_server;
 
 struct kvn_server_opts {
 	const char *socket_path;
-	unsigned max_conns; /* concurrent connections; 0 = 128. Past it a client gets -EBUSY. */
+	unsigned max_conns; /* client_max_connections; 0 = 128. Past it a client gets -EBUSY. */
 	int io_timeout_ms;  /* idle or stalled connection is closed after this; 0 = 30 s */
-	uint64_t value_max; /* largest PUT value; 0 = KVN_CTL_VALUE_MAX */
+	/* max_chunk_size; 0 = KVN_CTL_VALUE_MAX. A PUT declaring more gets -EMSGSIZE naming the
+	 * key, before its value is read, and its connection is closed. */
+	uint64_t value_max;
 };
 
 /* Binds and listens on opts->socket_path. A socket file nothing answers on is stale and
@@ -41,6 +43,7 @@ void kvn_server_set_lm(struct kvn_server *srv, struct kvn_lm_server *lm);
 struct kvn_server_stats {
 	uint64_t connections; /* open now */
 	uint64_t accepted, requests, proto_errors, refused;
+	uint64_t oversized; /* PUTs refused over value_max (max_chunk_size) */
 };
 void kvn_server_stats(struct kvn_server *srv, struct kvn_server_stats *out);
 /* Async-signal-safe: asks kvn_server_run to wind down. */

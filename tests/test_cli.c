@@ -515,6 +515,34 @@ Test(serve, a_bad_config_is_a_usage_error_naming_the_file)
 	assert_stderr_mentions("kvnode.yaml");
 }
 
+/* max_chunk_size bounds what the client socket takes: the CLI's put of a bigger file fails
+ * with the node's reason, and the daemon keeps serving. */
+Test(serve, a_put_over_max_chunk_size_fails_naming_the_key_and_the_daemon_keeps_serving)
+{
+	write_config("max_chunk_size: 64KiB\nclient_max_connections: 5\n");
+	start_daemon();
+	cr_assert_eq(kv(NULL, "stat", "--json", "--node", sock), 0, "%s", cli_err());
+	char *json = cli_out();
+	cJSON *j = cJSON_Parse(json), *srv = cJSON_GetObjectItem(j, "server");
+	cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(srv, "max_chunk_size")), 65536,
+		     "%s", json);
+	cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(srv, "max_connections")), 5, "%s",
+		     json);
+	cJSON_Delete(j);
+	free(json);
+	char big[PATH_MAX], ok[PATH_MAX];
+	path_in_dir(big, "big.bin");
+	path_in_dir(ok, "ok.bin");
+	random_file(big, 100000, 3);
+	random_file(ok, 65536, 4);
+	cr_assert_eq(kv(NULL, "put", LMKEY("b1"), big, "--node", sock), 3);
+	assert_stderr_mentions("max_chunk_size");
+	assert_stderr_mentions("100000");
+	cr_assert_eq(kv(NULL, "put", LMKEY("b2"), ok, "--node", sock), 0, "%s", cli_err());
+	cr_assert_eq(kv(NULL, "get", LMKEY("b1"), "--node", sock), 1, "nothing was stored");
+	cr_assert_eq(stop_daemon(), 0);
+}
+
 Test(serve, the_disk_tier_keeps_values_across_a_restart)
 {
 	char text[PATH_MAX + 128], in1[PATH_MAX], in2[PATH_MAX], got[PATH_MAX];

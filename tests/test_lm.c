@@ -153,23 +153,29 @@ static uint16_t iport;
 
 static uint64_t cpu_bytes = 128 * MIB;
 
+/* An engine and an lm server on it with o (listen defaults to 127.0.0.1:0). */
 static void
-lm_up(unsigned max_conns, uint32_t value_max)
+lm_start(struct kvn_lm_server_opts o)
 {
 	char err[512];
 	icfg = kvn_config_new_defaults();
 	icfg->max_local_cpu_size = cpu_bytes;
 	icfg->hugepages = false;
 	cr_assert_eq(kvn_engine_open(icfg, &ieng, err, sizeof(err)), 0, "%s", err);
-	struct kvn_lm_server_opts o = {.listen = "127.0.0.1:0",
-				       .max_conns = max_conns,
-				       .io_timeout_ms = 5000,
-				       .value_max = value_max};
+	if (!o.listen)
+		o.listen = "127.0.0.1:0";
 	cr_assert_eq(kvn_lm_server_start(ieng, &o, &isrv, err, sizeof(err)), 0, "%s", err);
 	cr_assert_eq(
 	    kvn_hostport_parse(kvn_lm_server_address(isrv), ihost, &iport, err, sizeof(err)), 0,
 	    "%s", err);
 	cr_assert_neq(iport, 0, "the real port is reported");
+}
+
+static void
+lm_up(unsigned max_conns, uint64_t value_max)
+{
+	lm_start((struct kvn_lm_server_opts){
+	    .max_conns = max_conns, .io_timeout_ms = 5000, .value_max = value_max});
 }
 
 static void
@@ -513,18 +519,32 @@ Test(lm, a_short_header_closes_the_connection_and_others_are_served)
 	assert_still_serving();
 }
 
-Test(lm, a_huge_put_length_gets_400_before_any_payload_is_read)
+Test(lm, a_negative_put_length_gets_400_and_close)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_PUT, "negative", -5, NULL);
+	assert_400_and_closed(fd);
+	assert_still_serving();
+}
+
+/* Over max_chunk_size (64 MiB by default) nothing is allocated for it: what comes is dropped,
+ * and the connection ends with the stream. */
+Test(lm, a_huge_put_length_is_never_allocated_and_nothing_is_stored)
 {
 	int fd = lm_connect();
 	send_req(fd, KVN_LM_PUT, "huge", INT32_MAX, NULL);
-	assert_400_and_closed(fd);
-	fd = lm_connect();
-	send_req(fd, KVN_LM_PUT, "negative", -5, NULL);
-	assert_400_and_closed(fd);
+	uint8_t some[4096] = {0};
+	rawsock_send_all(fd, some, sizeof(some));
+	shutdown(fd, SHUT_WR);
+	rawsock_assert_closed(fd, "the lm server");
+	close(fd);
 	assert_still_serving();
 	struct kvn_key k;
 	kvn_key_from_str(&k, "huge");
 	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
+	struct kvn_lm_server_stats st;
+	kvn_lm_server_stats(isrv, &st);
+	cr_assert_eq(st.oversized, 1);
 }
 
 Test(lm, an_invalid_key_gets_400_and_close)
@@ -618,18 +638,39 @@ lm_up_capped(void)
 	lm_up(1, 4096);
 }
 
-Test(lm_capped, past_the_connection_cap_a_client_is_closed, .init = lm_up_capped, .fini = lm_down,
-     .timeout = 300)
+/* A connection in the middle of a request: never the one closed to make room. */
+static int
+lm_connect_busy(void)
 {
-	int a = lm_connect();
-	send_req(a, KVN_LM_HEALTH, "", 0, NULL);
-	cr_assert_eq(recv_reply(a).code, KVN_LM_OK);
+	int fd = lm_connect();
+	uint8_t w[KVN_LM_REQ_SIZE];
+	kvn_lm_req_encode(w, KVN_LM_HEALTH, "", 0, 0, NULL);
+	rawsock_send_all(fd, w, 10);
+	return fd;
+}
+
+/* The rest of the HEALTH lm_connect_busy began: the connection was served throughout. */
+static void
+finish_busy(int fd)
+{
+	uint8_t w[KVN_LM_REQ_SIZE];
+	kvn_lm_req_encode(w, KVN_LM_HEALTH, "", 0, 0, NULL);
+	rawsock_send_all(fd, w + 10, sizeof(w) - 10);
+	cr_assert_eq(recv_reply(fd).code, KVN_LM_OK);
+}
+
+Test(lm_capped, past_the_connection_cap_with_none_idle_a_client_is_closed, .init = lm_up_capped,
+     .fini = lm_down, .timeout = 300)
+{
+	int a = lm_connect_busy();
 	int b = lm_connect(); /* the kernel accepts it; the server then closes it */
 	rawsock_assert_closed(b, "the lm server");
 	close(b);
 	struct kvn_lm_server_stats st;
 	kvn_lm_server_stats(isrv, &st);
 	cr_assert_eq(st.refused, 1);
+	cr_assert_eq(st.evicted, 0, "a connection mid-request is never closed to make room");
+	finish_busy(a);
 	close(a);
 	/* Once a is gone (the server notices asynchronously) a new client gets in. */
 	bool served = false;
@@ -647,12 +688,172 @@ Test(lm_capped, past_the_connection_cap_a_client_is_closed, .init = lm_up_capped
 	cr_assert(served, "a client was served after the first one left");
 }
 
-Test(lm_capped, a_put_over_the_value_cap_gets_400, .init = lm_up_capped, .fini = lm_down,
-     .timeout = 300)
+/* LMCache sends a PUT's payload right after its header and reads no reply: the server drops
+ * the payload, stores nothing, and the client's next requests are answered in step. */
+Test(lm_capped, a_put_over_max_chunk_size_is_dropped_and_the_connection_stays_in_step,
+     .init = lm_up_capped, .fini = lm_down, .timeout = 300)
 {
 	int fd = lm_connect();
-	send_req(fd, KVN_LM_PUT, "big", 4097, NULL);
-	assert_400_and_closed(fd);
+	static uint8_t big[4097];
+	fill(big, sizeof(big), 5);
+	put_value(fd, "big", big, sizeof(big), NULL);
+	uint8_t v[3] = {7, 8, 9};
+	put_value(fd, "small", v, sizeof(v), NULL);
+	send_req(fd, KVN_LM_GET, "big", 0, NULL);
+	struct kvn_lm_reply r = recv_reply(fd);
+	cr_assert(r.code == KVN_LM_FAIL && r.length == 0, "GET big: a miss, got %d", r.code);
+	uint8_t *got = get_value(fd, "small", &r);
+	cr_assert(r.length == 3 && !memcmp(got, v, 3), "the PUT after the dropped one was stored");
+	free(got);
+	send_req(fd, KVN_LM_HEALTH, "", 0, NULL);
+	cr_assert_eq(recv_reply(fd).code, KVN_LM_OK);
+	close(fd);
+	struct kvn_lm_server_stats st;
+	kvn_lm_server_stats(isrv, &st);
+	cr_assert_eq(st.oversized, 1);
+	cr_assert_eq(st.proto_errors, 0);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Limits: idle clients, requests that never complete, the connection cap
+ * ------------------------------------------------------------------------------------------ */
+
+#define CLOSE_WAIT_S 20 /* a server that never closes fails the test after this */
+
+static void
+rcv_timeout(int fd, int seconds)
+{
+	struct timeval tv = {.tv_sec = seconds};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+}
+
+static struct kvn_lm_server_stats
+lm_stats(void)
+{
+	struct kvn_lm_server_stats st;
+	kvn_lm_server_stats(isrv, &st);
+	return st;
+}
+
+static void
+lm_up_idle(void)
+{
+	lm_start((struct kvn_lm_server_opts){.idle_timeout_ms = 300, .io_timeout_ms = 60000});
+}
+
+Test(lm_limits, an_idle_client_is_closed_after_lm_idle_timeout_ms, .init = lm_up_idle,
+     .fini = lm_down, .timeout = 300)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_HEALTH, "", 0, NULL);
+	cr_assert_eq(recv_reply(fd).code, KVN_LM_OK);
+	rcv_timeout(fd, CLOSE_WAIT_S);
+	rawsock_assert_closed(fd, "the lm server (lm_idle_timeout_ms 300)");
+	close(fd);
+	cr_assert_eq(lm_stats().idle_closed, 1);
+	cr_assert_eq(lm_stats().request_timeouts, 0);
+}
+
+static void
+lm_up_request_timeout(void)
+{
+	lm_start((struct kvn_lm_server_opts){.io_timeout_ms = 500});
+}
+
+/* Sends p one byte every 100 ms (each well inside any per-read timeout) until the server
+ * ends the connection; returns how many bytes went out by then, or len if it never did. */
+static size_t
+trickle(int fd, const uint8_t *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		if (send(fd, p + i, 1, MSG_NOSIGNAL) != 1)
+			return i;
+		struct pollfd pf = {.fd = fd, .events = POLLIN};
+		if (poll(&pf, 1, 100) > 0) {
+			char b;
+			ssize_t n = read(fd, &b, 1);
+			cr_assert(n <= 0, "the server answered a request it never got whole");
+			return i + 1;
+		}
+	}
+	return len;
+}
+
+Test(lm_limits, a_header_trickling_past_lm_request_timeout_ms_is_cut,
+     .init = lm_up_request_timeout, .fini = lm_down, .timeout = 300)
+{
+	int fd = lm_connect();
+	uint8_t w[KVN_LM_REQ_SIZE];
+	kvn_lm_req_encode(w, KVN_LM_HEALTH, "", 0, 0, NULL);
+	/* All but the last byte: 18.5 s of trickle, the server must give up long before. */
+	size_t sent = trickle(fd, w, sizeof(w) - 1);
+	cr_assert_lt(sent, sizeof(w) - 1,
+		     "the server kept a header trickling in for %zu bytes (lm_request_timeout_ms "
+		     "500)",
+		     sent);
+	close(fd);
+	cr_assert_eq(lm_stats().request_timeouts, 1);
+	assert_still_serving();
+}
+
+Test(lm_limits, a_put_payload_trickling_past_lm_request_timeout_ms_is_cut,
+     .init = lm_up_request_timeout, .fini = lm_down, .timeout = 300)
+{
+	int fd = lm_connect();
+	send_req(fd, KVN_LM_PUT, "trickled", 1000, NULL);
+	uint8_t v[200] = {0};
+	size_t sent = trickle(fd, v, sizeof(v));
+	cr_assert_lt(sent, sizeof(v),
+		     "the server kept a PUT payload trickling in for %zu bytes "
+		     "(lm_request_timeout_ms 500)",
+		     sent);
+	close(fd);
+	cr_assert_eq(lm_stats().request_timeouts, 1);
+	struct kvn_key k;
+	kvn_key_from_str(&k, "trickled");
+	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
+	assert_still_serving();
+}
+
+static void
+lm_up_three(void)
+{
+	lm_start((struct kvn_lm_server_opts){.max_conns = 3, .io_timeout_ms = 60000});
+}
+
+static void
+health(int fd)
+{
+	send_req(fd, KVN_LM_HEALTH, "", 0, NULL);
+	cr_assert_eq(recv_reply(fd).code, KVN_LM_OK);
+}
+
+/* Idle connections (of clients long gone, say) must not lock new clients out: at the cap a
+ * newcomer takes the place of the connection idle the longest, once that one has been idle
+ * a second. A connection in the middle of a request is never taken. */
+Test(lm_limits, at_lm_max_connections_a_new_client_closes_the_connection_idle_the_longest,
+     .init = lm_up_three, .fini = lm_down, .timeout = 300)
+{
+	int a = lm_connect();
+	health(a);
+	poll(NULL, 0, 300); /* a has been idle longer than b */
+	int b = lm_connect();
+	health(b);
+	int busy = lm_connect_busy();
+	poll(NULL, 0, 1500); /* both idle past the one-second minimum */
+	int c = lm_connect();
+	health(c); /* served, not refused */
+	rcv_timeout(a, CLOSE_WAIT_S);
+	rawsock_assert_closed(a, "the lm server (a was idle the longest)");
+	close(a);
+	health(b);
+	finish_busy(busy);
+	struct kvn_lm_server_stats st = lm_stats();
+	cr_assert_eq(st.evicted, 1);
+	cr_assert_eq(st.refused, 0);
+	close(b);
+	close(busy);
+	close(c);
 }
 
 static void
@@ -1176,6 +1377,82 @@ Test(lm_daemon, an_lmcache_client_speaking_the_wire_format_uses_kvnode_serve, .t
 		  "kvnode stat: %s", log ? log : "");
 	free(log);
 
+	int stop = proc_stop(&dproc, SIGTERM, DEADLINE);
+	cr_expect_eq(stop, 0, "kvnode serve exited with %d", stop);
+	proc_rm_tree(ddir);
+}
+
+struct json_ctx {
+	const char *sock, *out;
+	cJSON *lm; /* the lm_server object once stat answered (owned by root) */
+	cJSON *root;
+};
+
+static bool
+stat_answers(void *arg)
+{
+	struct json_ctx *jc = arg;
+	static const char *const env[] = {"KVNODE_CONFIG_FILE", "KVNODE_SOCKET", NULL};
+	const char *argv[] = {KVNODE, "stat", "--json", "--node", jc->sock, NULL};
+	struct proc_opts po = {.stdout_path = jc->out, .env = env};
+	if (proc_run(argv, &po, DEADLINE) != 0)
+		return false;
+	char *text = proc_read_file(jc->out, NULL);
+	jc->root = cJSON_Parse(text ? text : "");
+	free(text);
+	jc->lm = cJSON_GetObjectItem(jc->root, "lm_server");
+	return jc->lm != NULL;
+}
+
+/* lm_max_connections, lm_idle_timeout_ms, lm_request_timeout_ms and max_chunk_size reach the
+ * lm server of `kvnode serve`: stat shows them, and an idle client is closed. */
+Test(lm_daemon, the_lm_limits_come_from_the_config_keys, .timeout = 300)
+{
+	char cfg[PATH_MAX], out[PATH_MAX], errp[PATH_MAX], sock[PATH_MAX], sout[PATH_MAX];
+	cr_assert_eq(access(KVNODE, X_OK), 0, "%s is not built", KVNODE);
+	cr_assert_eq(proc_mkdtemp("lmk", ddir, sizeof(ddir)), 0);
+	snprintf(cfg, sizeof(cfg), "%s/kvnode.yaml", ddir);
+	snprintf(out, sizeof(out), "%s/serve.out", ddir);
+	snprintf(errp, sizeof(errp), "%s/serve.err", ddir);
+	snprintf(sock, sizeof(sock), "%s/kvnode.sock", ddir);
+	snprintf(sout, sizeof(sout), "%s/stat.out", ddir);
+	const char *text = "max_local_cpu_size: 0.05\nhugepages: false\nlm_listen: \"127.0.0.1:0\"\n"
+			   "lm_max_connections: 7\nlm_idle_timeout_ms: 300\n"
+			   "lm_request_timeout_ms: 4000\nmax_chunk_size: 1MiB\n";
+	cr_assert_eq(proc_write_file(cfg, text, strlen(text)), 0);
+	static const char *const env[] = {"KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE",
+					  "KVNODE_SOCKET", NULL};
+	const char *argv[] = {KVNODE, "serve", "-c", cfg, "--socket", sock, NULL};
+	struct proc_opts po = {.stdout_path = out, .stderr_path = errp, .env = env};
+	cr_assert_eq(proc_spawn(&dproc, argv, &po), 0);
+	if (!proc_wait_for(lm_line_ready, out, DEADLINE)) {
+		proc_stop(&dproc, SIGKILL, 0);
+		cr_assert_fail("kvnode serve printed no lm:// address: %s",
+			       proc_read_file(errp, NULL));
+	}
+	char *o = proc_read_file(out, NULL), addr[300], why[256];
+	cr_assert(
+	    sscanf(strstr(o, "lm:// server on ") + strlen("lm:// server on "), "%299s", addr) == 1);
+	free(o);
+	cr_assert_eq(kvn_hostport_parse(addr, ihost, &iport, why, sizeof(why)), 0, "%s", why);
+
+	struct json_ctx jc = {.sock = sock, .out = sout};
+	cr_assert(proc_wait_for(stat_answers, &jc, DEADLINE), "kvnode stat --json showed no lm_server");
+	cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(jc.lm, "max_connections")), 7);
+	cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(jc.lm, "idle_timeout_ms")), 300);
+	cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(jc.lm, "request_timeout_ms")), 4000);
+	cr_expect_eq(cJSON_GetNumberValue(cJSON_GetObjectItem(jc.lm, "max_chunk_size")), 1 << 20);
+	cJSON_Delete(jc.root);
+
+	int fd = lm_connect();
+	health(fd);
+	rcv_timeout(fd, CLOSE_WAIT_S);
+	rawsock_assert_closed(fd, "kvnode serve's lm server (lm_idle_timeout_ms 300)");
+	close(fd);
+	char *log = proc_read_file(errp, NULL);
+	cr_expect(log && strstr(log, "idle for 300 ms (lm_idle_timeout_ms)"),
+		  "the close is logged with its reason: %s", log ? log : "");
+	free(log);
 	int stop = proc_stop(&dproc, SIGTERM, DEADLINE);
 	cr_expect_eq(stop, 0, "kvnode serve exited with %d", stop);
 	proc_rm_tree(ddir);

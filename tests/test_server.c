@@ -620,6 +620,7 @@ static struct kvn_config *icfg;
 static struct kvn_engine *ieng;
 static struct kvn_server *isrv;
 static pthread_t irun;
+static uint64_t ivalue_max; /* value_max (max_chunk_size) of the next inproc_up; 0: default */
 
 static void *
 run_main(void *arg)
@@ -638,7 +639,10 @@ inproc_up(unsigned max_conns, int io_timeout_ms)
 	icfg->hugepages = false;
 	cr_assert_eq(kvn_engine_open(icfg, &ieng, err, sizeof(err)), 0, "%s", err);
 	struct kvn_server_opts o = {
-	    .socket_path = sock, .max_conns = max_conns, .io_timeout_ms = io_timeout_ms};
+	    .socket_path = sock,
+	    .max_conns = max_conns,
+	    .io_timeout_ms = io_timeout_ms,
+	    .value_max = ivalue_max};
 	cr_assert_eq(kvn_server_create(ieng, &o, &isrv, err, sizeof(err)), 0, "%s", err);
 	pthread_create(&irun, NULL, run_main, isrv);
 }
@@ -706,6 +710,39 @@ Test(server, past_the_connection_cap_a_client_gets_ebusy)
 	}
 	cr_assert(ok, "a closed connection must free its slot");
 	kvn_client_close(c[1]);
+}
+
+/* The header alone is enough to refuse: the reply comes though not a byte of the value was
+ * sent, names the size and the key to raise, and the connection is closed. */
+Test(server, a_put_over_max_chunk_size_is_refused_from_its_header_naming_the_key)
+{
+	ivalue_max = 4096;
+	inproc_up(0, 0);
+	int fd = raw_connect(sock);
+	send_req(fd, kvn_ctl_req_make(KVN_CTL_PUT, 7, 5000), "too-big");
+	char msg[512];
+	cr_assert_eq(recv_reply(fd, msg, sizeof(msg)).status, -EMSGSIZE);
+	cr_assert(strstr(msg, "5000") && strstr(msg, "max_chunk_size") && strstr(msg, "4096"),
+		  "the refusal names the size and max_chunk_size: %s", msg);
+	rawsock_assert_closed(fd, "the daemon");
+	close(fd);
+	struct kvn_server_stats st;
+	kvn_server_stats(isrv, &st);
+	cr_assert_eq(st.oversized, 1);
+	/* The client library reports it; a value at the bound is stored. */
+	char err[256];
+	struct kvn_client *c;
+	cr_assert_eq(kvn_client_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
+	struct kvn_key k;
+	kvn_key_from_str(&k, "too-big");
+	static char v[5000];
+	cr_assert_eq(kvn_client_put(c, &k, v, sizeof(v)), -EMSGSIZE);
+	cr_assert(strstr(kvn_client_error(c), "max_chunk_size"), "%s", kvn_client_error(c));
+	kvn_client_close(c);
+	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
+	cr_assert_eq(kvn_client_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_client_put(c, &k, v, 4096), 0, "%s", kvn_client_error(c));
+	kvn_client_close(c);
 }
 
 Test(server, stop_drains_and_destroy_removes_the_socket)
