@@ -569,8 +569,11 @@ cmd_serve(struct opts *o)
 	}
 	struct kvn_node_metrics nm = {
 	    .eng = eng, .srv = srv, .cluster = cluster, .lm = lm, .plugins = plugins};
-	if (cfg->metrics_listen && kvn_metrics_start(cfg->metrics_listen, kvn_metrics_collect_node,
-						     &nm, &metrics, err, sizeof(err)) < 0) {
+	struct kvn_metrics_opts mo = {.listen = cfg->metrics_listen,
+				      .max_conns = cfg->metrics_max_connections,
+				      .timeout_s = cfg->metrics_timeout_s};
+	if (cfg->metrics_listen &&
+	    kvn_metrics_start(&mo, kvn_metrics_collect_node, &nm, &metrics, err, sizeof(err)) < 0) {
 		rc = die(EXIT_CONN, "%s", err);
 		goto out;
 	}
@@ -671,8 +674,11 @@ cmd_scheduler(struct opts *o)
 		 so.auth_token && *so.auth_token ? "token" : "none");
 	struct kvn_sched_metrics sm = {.sched = sched, .plugins = plugins};
 	struct kvn_metrics *metrics = NULL;
-	if (cfg->metrics_listen && kvn_metrics_start(cfg->metrics_listen, kvn_metrics_collect_sched,
-						     &sm, &metrics, err, sizeof(err)) < 0) {
+	struct kvn_metrics_opts mo = {.listen = cfg->metrics_listen,
+				      .max_conns = cfg->metrics_max_connections,
+				      .timeout_s = cfg->metrics_timeout_s};
+	if (cfg->metrics_listen && kvn_metrics_start(&mo, kvn_metrics_collect_sched, &sm, &metrics,
+						     err, sizeof(err)) < 0) {
 		rc = die(EXIT_CONN, "scheduler: %s", err);
 		kvn_scheduler_stop(sched); /* the loop returns at once: it sees the stop first */
 	} else if (metrics) {

@@ -1,26 +1,30 @@
-/* Prometheus /metrics listener (libmicrohttpd on a socket bound with kvn_tcp_listen), the text
- * exposition writer (format 0.0.4) and the lock-free latency histogram. Collecting happens
- * only when a scrape comes in, on the listener's threads: nothing here runs on a data path
- * except kvn_histogram_observe. */
+/* Prometheus /metrics listener (libmicrohttpd on a socket bound with kvn_tcp_listen, with a
+ * connection cap and a per-request deadline of our own), the text exposition writer (format
+ * 0.0.4) and the lock-free latency histogram. Collecting happens only when a scrape comes in,
+ * on the listener's threads: nothing here runs on a data path except kvn_histogram_observe. */
 #include <errno.h>
 #include <inttypes.h>
 #include <cjson/cJSON.h>
 #include <microhttpd.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include "node/clock.h"
 #include "node/log.h"
 #include "node/metrics.h"
 #include "node/netaddr.h"
 
 #define COMP	     "metrics"
 #define CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
-#define POOL_THREADS 2	/* scrapes are rare and cheap: two so a stalled one blocks nothing */
-#define MAX_CONNS    32 /* a scraper or two, plus curl by hand */
-#define CONN_TIMEOUT 10 /* seconds an idle or stalled scrape connection is kept */
+#define POOL_THREADS 2	  /* scrapes are rare and cheap: two so a slow collect blocks nothing */
+#define MAX_CONNS    16	  /* metrics_max_connections' default */
+#define CONN_TIMEOUT 10	  /* metrics_timeout_s' default */
+#define LOG_EVERY_MS 1000 /* libmicrohttpd's lines and our refusals: one a second per kind */
 
 /* ------------------------------------------------------------------------------------------
  * Histogram
@@ -162,11 +166,33 @@ kvn_expo_histogram(struct kvn_expo *e, const char *name, const struct kvn_histog
  * Listener
  * ------------------------------------------------------------------------------------------ */
 
+/* A connection, for the deadline: libmicrohttpd's own timeout counts from the last byte, so a
+ * client sending one byte a second would hold its slot forever. */
+struct mconn {
+	struct mconn *prev, *next;
+	int fd;
+	uint64_t since_ms; /* opened, or its last request completed */
+	bool cut;
+	char peer[64];
+};
+
 struct kvn_metrics {
 	struct MHD_Daemon *d;
 	kvn_metrics_collect_fn collect;
 	void *ctx;
 	char addr[KVN_HOST_MAX + 8];
+	unsigned max_conns, timeout_s;
+
+	pthread_mutex_t lock; /* conns, nconns, stopping */
+	pthread_cond_t cond;  /* the reaper's: a connection came, or stop */
+	struct mconn *conns;
+	unsigned nconns;
+	bool stopping;
+	pthread_t reaper;
+	bool reaper_started;
+
+	_Atomic uint64_t cut, refused;
+	struct kvn_ratelimit rl_log, rl_cut;
 };
 
 static void
@@ -178,7 +204,142 @@ mhd_log(void *cls, const char *fmt, va_list ap)
 	size_t n = strlen(line);
 	while (n && line[n - 1] == '\n')
 		line[--n] = '\0';
-	kvn_warn(COMP, "listener %s: %s", m->addr, line);
+	/* The one sign libmicrohttpd gives of a client turned away at the cap (most wait in the
+	 * listen queue instead: it stops accepting while full). */
+	if (strstr(line, "connection limit"))
+		atomic_fetch_add(&m->refused, 1);
+	uint64_t missed;
+	if (kvn_ratelimit_ok(&m->rl_log, LOG_EVERY_MS, &missed))
+		kvn_warn(COMP,
+			 "listener %s: %s (%llu more lines not logged; metrics_max_connections "
+			 "%u, metrics_timeout_s %u)",
+			 m->addr, line, (unsigned long long)missed, m->max_conns, m->timeout_s);
+}
+
+static void
+on_connection(void *cls, struct MHD_Connection *conn, void **socket_ctx,
+	      enum MHD_ConnectionNotificationCode toe)
+{
+	struct kvn_metrics *m = cls;
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+		const union MHD_ConnectionInfo *fd =
+		    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+		const union MHD_ConnectionInfo *sa =
+		    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+		struct mconn *mc = fd ? calloc(1, sizeof(*mc)) : NULL;
+		*socket_ctx = mc;
+		if (!mc)
+			return; /* untracked: only libmicrohttpd's idle timeout applies to it */
+		mc->fd = fd->connect_fd;
+		mc->since_ms = kvn_now_ms();
+		if (sa && sa->client_addr)
+			kvn_sockaddr_format(sa->client_addr, 0, mc->peer, sizeof(mc->peer));
+		else
+			snprintf(mc->peer, sizeof(mc->peer), "?");
+		pthread_mutex_lock(&m->lock);
+		mc->next = m->conns;
+		if (mc->next)
+			mc->next->prev = mc;
+		m->conns = mc;
+		m->nconns++;
+		pthread_cond_signal(&m->cond);
+		pthread_mutex_unlock(&m->lock);
+		return;
+	}
+	/* CLOSED comes before libmicrohttpd closes the socket: once unlinked here, the reaper
+	 * can never shut down a descriptor that was closed and reused. */
+	struct mconn *mc = *socket_ctx;
+	if (!mc)
+		return;
+	pthread_mutex_lock(&m->lock);
+	if (mc->prev)
+		mc->prev->next = mc->next;
+	else
+		m->conns = mc->next;
+	if (mc->next)
+		mc->next->prev = mc->prev;
+	m->nconns--;
+	pthread_mutex_unlock(&m->lock);
+	free(mc);
+	*socket_ctx = NULL;
+}
+
+/* A request answered: the next one on this keep-alive connection gets a fresh deadline. */
+static void
+on_completed(void *cls, struct MHD_Connection *conn, void **req_ctx,
+	     enum MHD_RequestTerminationCode toe)
+{
+	struct kvn_metrics *m = cls;
+	(void)req_ctx, (void)toe;
+	const union MHD_ConnectionInfo *ci =
+	    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	struct mconn *mc = ci ? ci->socket_context : NULL;
+	if (!mc)
+		return;
+	pthread_mutex_lock(&m->lock);
+	mc->since_ms = kvn_now_ms();
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Shuts down every connection past its deadline; libmicrohttpd then sees the end of the
+ * stream and closes it, freeing the slot for a waiting scraper. */
+static void *
+reaper_main(void *arg)
+{
+	struct kvn_metrics *m = arg;
+	uint64_t limit = (uint64_t)m->timeout_s * 1000;
+	pthread_mutex_lock(&m->lock);
+	while (!m->stopping) {
+		uint64_t now = kvn_now_ms(), next = UINT64_MAX;
+		for (struct mconn *mc = m->conns; mc; mc = mc->next) {
+			if (mc->cut)
+				continue;
+			if (now - mc->since_ms < limit) {
+				if (mc->since_ms + limit < next)
+					next = mc->since_ms + limit;
+				continue;
+			}
+			mc->cut = true;
+			atomic_fetch_add(&m->cut, 1);
+			uint64_t missed;
+			if (kvn_ratelimit_ok(&m->rl_cut, LOG_EVERY_MS, &missed))
+				kvn_warn(
+				    COMP,
+				    "client %s on %s: no complete request within %u s "
+				    "(metrics_timeout_s): closing its connection (%llu more not "
+				    "logged)",
+				    mc->peer, m->addr, m->timeout_s, (unsigned long long)missed);
+			shutdown(mc->fd, SHUT_RDWR);
+		}
+		if (next == UINT64_MAX) {
+			pthread_cond_wait(&m->cond, &m->lock);
+		} else {
+			struct timespec ts = kvn_deadline_in_ms(next - now);
+			pthread_cond_timedwait(&m->cond, &m->lock, &ts);
+		}
+	}
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
+/* The listener's own families, after the daemon's. */
+static void
+listener_families(struct kvn_metrics *m, struct kvn_expo *e)
+{
+	pthread_mutex_lock(&m->lock);
+	unsigned open = m->nconns;
+	pthread_mutex_unlock(&m->lock);
+	kvn_expo_one(e, "kvnode_metrics_connections", "gauge",
+		     "Open connections of this /metrics listener (metrics_max_connections at most)",
+		     open);
+	kvn_expo_one(e, "kvnode_metrics_cut_total", "counter",
+		     "/metrics connections closed for going metrics_timeout_s without completing a "
+		     "request (stalled or trickling clients)",
+		     atomic_load(&m->cut));
+	kvn_expo_one(e, "kvnode_metrics_refused_total", "counter",
+		     "/metrics connections libmicrohttpd closed at once at metrics_max_connections "
+		     "(most wait in the listen queue instead)",
+		     atomic_load(&m->refused));
 }
 
 static enum MHD_Result
@@ -215,6 +376,8 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 			     "GET, HEAD");
 	struct kvn_expo e = {0};
 	int rc = m->collect(m->ctx, &e);
+	if (rc == 0)
+		listener_families(m, &e);
 	if (rc == 0 && e.oom)
 		rc = -ENOMEM;
 	if (rc < 0) {
@@ -233,41 +396,78 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *
 	return reply(conn, MHD_HTTP_OK, e.p, true, NULL);
 }
 
+static void
+metrics_free(struct kvn_metrics *m)
+{
+	if (m->reaper_started) {
+		pthread_mutex_lock(&m->lock);
+		m->stopping = true;
+		pthread_cond_signal(&m->cond);
+		pthread_mutex_unlock(&m->lock);
+		pthread_join(m->reaper, NULL);
+	}
+	pthread_mutex_destroy(&m->lock);
+	pthread_cond_destroy(&m->cond);
+	free(m);
+}
+
 int
-kvn_metrics_start(const char *listen, kvn_metrics_collect_fn collect, void *ctx,
+kvn_metrics_start(const struct kvn_metrics_opts *opts, kvn_metrics_collect_fn collect, void *ctx,
 		  struct kvn_metrics **out, char *err, size_t errlen)
 {
+	const char *listen = opts->listen;
 	char host[KVN_HOST_MAX], why[512];
 	uint16_t port, bound = 0;
 	*out = NULL;
 	if (kvn_hostport_parse(listen, host, &port, why, sizeof(why)) < 0)
 		return kvn_seterr(err, errlen, "metrics_listen: %s", why);
-	int fd = kvn_tcp_listen(host, port, 64, &bound, why, sizeof(why));
-	if (fd < 0) {
-		kvn_seterr(err, errlen, "metrics_listen %s: %s", listen, why);
-		return fd;
-	}
 	struct kvn_metrics *m = calloc(1, sizeof(*m));
-	if (!m) {
-		close(fd);
+	if (!m)
 		return -ENOMEM;
+	pthread_mutex_init(&m->lock, NULL);
+	int rc = kvn_cond_init_monotonic(&m->cond);
+	if (rc < 0) {
+		pthread_mutex_destroy(&m->lock);
+		free(m);
+		return kvn_seterr(err, errlen, "metrics_listen %s: condition variable: %s", listen,
+				  strerror(-rc)),
+		       rc;
 	}
 	m->collect = collect;
 	m->ctx = ctx;
+	m->max_conns = opts->max_conns ? opts->max_conns : MAX_CONNS;
+	m->timeout_s = opts->timeout_s ? opts->timeout_s : CONN_TIMEOUT;
+	if ((rc = pthread_create(&m->reaper, NULL, reaper_main, m))) {
+		metrics_free(m);
+		return kvn_seterr(err, errlen, "metrics_listen %s: cannot start a thread: %s",
+				  listen, strerror(rc)),
+		       -rc;
+	}
+	m->reaper_started = true;
+	int fd = kvn_tcp_listen(host, port, 64, &bound, why, sizeof(why));
+	if (fd < 0) {
+		metrics_free(m);
+		kvn_seterr(err, errlen, "metrics_listen %s: %s", listen, why);
+		return fd;
+	}
 	snprintf(m->addr, sizeof(m->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, bound);
+	/* Each pool thread gets its share of the cap (libmicrohttpd divides it): no more threads
+	 * than connections, or one would have no share. */
+	unsigned threads = m->max_conns < POOL_THREADS ? m->max_conns : POOL_THREADS;
 	/* The socket is ours (bound to exactly the address asked for, with netaddr's messages);
-	 * MHD only accepts on it and closes it on stop. */
-	m->d = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL,
-				on_request, m, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, m,
-				MHD_OPTION_LISTEN_SOCKET, fd, MHD_OPTION_THREAD_POOL_SIZE,
-				(unsigned)POOL_THREADS, MHD_OPTION_CONNECTION_LIMIT,
-				(unsigned)MAX_CONNS, MHD_OPTION_CONNECTION_TIMEOUT,
-				(unsigned)CONN_TIMEOUT, MHD_OPTION_END);
+	 * MHD only accepts on it and closes it on stop. A full listener stops accepting, so a
+	 * scraper waits in the listen queue until the deadline frees a slot. */
+	m->d = MHD_start_daemon(
+	    MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG, 0, NULL, NULL, on_request, m,
+	    MHD_OPTION_EXTERNAL_LOGGER, mhd_log, m, MHD_OPTION_LISTEN_SOCKET, fd,
+	    MHD_OPTION_THREAD_POOL_SIZE, threads, MHD_OPTION_CONNECTION_LIMIT, m->max_conns,
+	    MHD_OPTION_CONNECTION_TIMEOUT, m->timeout_s, MHD_OPTION_NOTIFY_CONNECTION,
+	    on_connection, m, MHD_OPTION_NOTIFY_COMPLETED, on_completed, m, MHD_OPTION_END);
 	if (!m->d) {
 		/* fd is not closed here: whether MHD already did on its failure path differs
 		 * between versions, and a double close could hit another thread's descriptor.
 		 * The caller exits on this error anyway. */
-		free(m);
+		metrics_free(m);
 		return kvn_seterr(err, errlen,
 				  "metrics_listen %s: libmicrohttpd could not start its listener "
 				  "threads (out of memory or threads?)",
@@ -288,8 +488,8 @@ kvn_metrics_stop(struct kvn_metrics *m)
 {
 	if (!m)
 		return;
-	MHD_stop_daemon(m->d);
-	free(m);
+	MHD_stop_daemon(m->d); /* closes every connection: the list is empty after */
+	metrics_free(m);
 }
 
 const char *

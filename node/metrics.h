@@ -64,11 +64,20 @@ typedef int (*kvn_metrics_collect_fn)(void *ctx, struct kvn_expo *e);
 
 struct kvn_metrics;
 
-/* Serves GET /metrics on listen ("HOST:PORT", port 0 picks one) from background threads:
- * 404 for other paths, 405 for other methods. err names metrics_listen, the address and what
- * to do (address in use, cannot resolve). */
-int kvn_metrics_start(const char *listen, kvn_metrics_collect_fn collect, void *ctx,
-		      struct kvn_metrics **out, char *err, size_t errlen);
+struct kvn_metrics_opts {
+	const char *listen; /* metrics_listen: "HOST:PORT", port 0 picks one */
+	unsigned max_conns; /* metrics_max_connections; 0 = 16. Past it a client waits in the
+			     * listen queue for a free slot. */
+	/* metrics_timeout_s; 0 = 10. A connection that has gone this long without completing a
+	 * request (since it opened or since its last reply) is closed, however it trickles. */
+	unsigned timeout_s;
+};
+
+/* Serves GET /metrics on opts->listen from background threads: 404 for other paths, 405 for
+ * other methods. err names metrics_listen, the address and what to do (address in use, cannot
+ * resolve). Every exposition ends with the listener's own families (kvnode_metrics_*). */
+int kvn_metrics_start(const struct kvn_metrics_opts *opts, kvn_metrics_collect_fn collect,
+		      void *ctx, struct kvn_metrics **out, char *err, size_t errlen);
 /* "HOST:PORT" actually bound. */
 const char *kvn_metrics_address(const struct kvn_metrics *m);
 /* Stops the listener, waiting for scrapes in flight. NULL is a no-op. */

@@ -9,7 +9,10 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -447,6 +450,111 @@ Test(metrics, the_scheduler_counts_a_garbage_frame_as_rejected)
 	cr_expect_eq(expo_value(m, "kvnode_scheduler_joins_total"), 0, "%s", m);
 	cr_expect_eq(expo_value(m, "kvnode_scheduler_members{state=\"alive\"}"), 0);
 	free(m);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Slow clients: metrics_max_connections and metrics_timeout_s
+ * ------------------------------------------------------------------------------------------ */
+
+#define TRICKLERS      40 /* more than any cap: the old hard-coded one was 32 */
+#define TRICKLE_PREFIX "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "
+
+static int
+trickler_open(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert_geq(fd, 0);
+	int rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+	cr_assert(rc == 0 || errno == EINPROGRESS, "connect: %s", strerror(errno));
+	struct pollfd pf = {.fd = fd, .events = POLLOUT};
+	cr_assert_eq(poll(&pf, 1, DEADLINE), 1, "connect to the metrics port never completed");
+	/* A request line and a header that never ends: the request stays incomplete forever. */
+	send(fd, TRICKLE_PREFIX, strlen(TRICKLE_PREFIX), MSG_NOSIGNAL);
+	return fd;
+}
+
+struct scrape_job {
+	int port;
+	char *body;
+	int status;
+	_Atomic bool done;
+};
+
+static void *
+scrape_main(void *arg)
+{
+	struct scrape_job *j = arg;
+	j->status = http_request(j->port, "GET", "/metrics", &j->body, 2 * DEADLINE);
+	atomic_store(&j->done, true);
+	return NULL;
+}
+
+/* TRICKLERS connections send a byte of a never-ending header every 200 ms (each well inside
+ * libmicrohttpd's idle timeout); one that the daemon closes comes straight back. A scrape
+ * started among them must still be answered; d runs with metrics_timeout_s: 1. */
+static void
+scrape_while_trickling(struct daemon *d)
+{
+	int fds[TRICKLERS];
+	for (int i = 0; i < TRICKLERS; i++)
+		fds[i] = trickler_open(d->metrics_port);
+	struct scrape_job j = {.port = d->metrics_port};
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, scrape_main, &j), 0);
+	int reopened = 0;
+	for (int round = 0; round < DEADLINE / 200 && !atomic_load(&j.done); round++) {
+		for (int i = 0; i < TRICKLERS; i++) {
+			struct pollfd pf = {.fd = fds[i], .events = POLLIN};
+			bool gone = send(fds[i], "a", 1, MSG_NOSIGNAL) != 1 && errno != EAGAIN;
+			if (!gone && poll(&pf, 1, 0) == 1)
+				gone = true; /* the daemon closed it (or answered: not expected) */
+			if (gone) {
+				close(fds[i]);
+				fds[i] = trickler_open(d->metrics_port);
+				reopened++;
+			}
+		}
+		poll(NULL, 0, 200);
+	}
+	bool answered = atomic_load(&j.done);
+	for (int i = 0; i < TRICKLERS; i++)
+		close(fds[i]);
+	pthread_join(t, NULL);
+	cr_assert(answered,
+		  "%s: no scrape answered in %d s while %d clients trickled (metrics_max_connections "
+		  "4, metrics_timeout_s 1); the daemon closed %d of them",
+		  d->name, DEADLINE / 1000, TRICKLERS, reopened);
+	cr_assert_eq(j.status, 200, "%s: scrape status %d", d->name, j.status);
+	cr_expect_geq(expo_value(j.body, "kvnode_metrics_cut_total"), 1, "%s", j.body);
+	cr_expect_leq(expo_value(j.body, "kvnode_metrics_connections"), 4, "%s", j.body);
+	free(j.body);
+	char *e = proc_read_file(d->err, NULL);
+	cr_expect(e && strstr(e, "metrics_timeout_s"), "%s: the cuts are logged naming the key: %s",
+		  d->name, e ? e : "");
+	free(e);
+}
+
+Test(metrics, a_scrape_is_answered_while_more_clients_than_the_cap_trickle_bytes)
+{
+	start_node(&node_a, "node-a", "metrics_max_connections: 4\nmetrics_timeout_s: 1\n");
+	scrape_while_trickling(&node_a);
+}
+
+Test(metrics, the_scheduler_s_listener_has_the_same_limits)
+{
+	daemon_paths(&sched, "sched");
+	sched.metrics_port = kvn_tcp_free_port();
+	char text[256];
+	snprintf(text, sizeof(text),
+		 "metrics_listen: 127.0.0.1:%d\nmetrics_max_connections: 4\nmetrics_timeout_s: 1\n",
+		 sched.metrics_port);
+	write_cfg(&sched, text);
+	const char *argv[] = {KVNODE,	  "scheduler",	 "-c", sched.cfg,
+			      "--listen", "127.0.0.1:0", NULL};
+	start(&sched, argv);
+	scrape_while_trickling(&sched);
 }
 
 struct remote_wait {
