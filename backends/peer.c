@@ -39,7 +39,11 @@ struct conn {
 
 struct kvn_backend {
 	const struct kvn_backend_env *env;
-	/* Held shared by every get/contains, exclusively by attach/detach. */
+	/* Held shared by every get/contains for its whole course, I/O included (lookup, connect,
+	 * READ, each bounded by peer_timeout_ms), so that the link and its endpoints outlive the
+	 * read; exclusively by attach/detach only. Readers never wait for one another (glibc's
+	 * rwlocks prefer readers): a stuck peer holds up its own gets and a detach, no other
+	 * read (tests/test_cluster.c, a_stuck_peer_does_not_hold_up_reads_from_other_peers). */
 	pthread_rwlock_t attach_lock;
 	struct kvn_peer_link link;
 	bool attached;
@@ -49,8 +53,9 @@ struct kvn_backend {
 	struct conn *conns;
 	size_t nconns, capconns;
 
-	_Atomic uint64_t hits, misses, errors, bytes_read, reads, transport_errors;
+	_Atomic uint64_t hits, misses, errors, bytes_read, reads, transport_errors, oversized;
 	struct kvn_histogram read_latency;
+	struct kvn_ratelimit rl_oversized;
 };
 
 /* ------------------------------------------------------------------------------------------
@@ -126,6 +131,36 @@ conn_reap_locked(struct kvn_backend *be, struct conn *c)
 	return ep;
 }
 
+/* Endpoints taken out of the table, closed once be->lock is let go. */
+#define SWEEP_MAX 8
+struct sweep {
+	struct kvn_tp_ep *ep[SWEEP_MAX + 1];
+	size_t n;
+};
+
+/* Caller holds be->lock: takes out stale endpoints no read uses (members that left, moved, or
+ * broke), up to SWEEP_MAX a call. A member that is gone for good is never asked for again, so
+ * waiting for a get of its own would keep its connection open for the node's lifetime. */
+static void
+sweep_locked(struct kvn_backend *be, struct sweep *sw)
+{
+	for (size_t i = 0; i < be->nconns && sw->n < SWEEP_MAX;) {
+		struct kvn_tp_ep *ep = conn_reap_locked(be, &be->conns[i]);
+		if (ep)
+			sw->ep[sw->n++] = ep; /* the last entry moved into i: look at it again */
+		else
+			i++;
+	}
+}
+
+static void
+sweep_close(struct kvn_backend *be, struct sweep *sw)
+{
+	for (size_t i = 0; i < sw->n; i++)
+		be->link.ops->ep_close(sw->ep[i]);
+	sw->n = 0;
+}
+
 void
 kvn_peer_member(struct kvn_backend *be, const struct kvn_member_info *mi)
 {
@@ -140,46 +175,48 @@ kvn_peer_member(struct kvn_backend *be, const struct kvn_member_info *mi)
 			if (be->cache[i].loc.worker_id == mi->worker_id)
 				be->cache[i].valid = false;
 	pthread_mutex_unlock(&be->lock);
-	/* Closed by the next get or at detach: this runs on the membership thread, which must
-	 * not wait for reads to fail. */
+	/* Closed by the next get (whichever peer it reads from) or at detach: this runs on the
+	 * membership thread, which must not wait for reads to fail. */
 }
 
 /* Caller holds attach_lock shared. The endpoint to worker_id's data address, connecting
- * (without be->lock held) when there is none; err names the peer. */
+ * (without be->lock held) when there is none; err names the peer. Stale endpoints are closed
+ * on the way, on every path. */
 static int
 conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, char *err,
 	 size_t errlen)
 {
-	struct kvn_tp_ep *old = NULL;
+	struct sweep sw = {.n = 0};
 	pthread_mutex_lock(&be->lock);
+	sweep_locked(be, &sw);
 	struct conn *c = conn_find(be, worker_id);
-	if (c && c->stale && !c->refs) {
-		old = conn_reap_locked(be, c);
-		c = NULL;
-	}
 	if (c && !c->stale) {
 		c->refs++;
 		*out = c->ep;
 		pthread_mutex_unlock(&be->lock);
+		sweep_close(be, &sw);
 		return 0;
 	}
 	pthread_mutex_unlock(&be->lock);
 
-	/* The old endpoint is closed only after the new one exists, so the two never share an
-	 * address (the transport keys its events by endpoint). */
+	/* Endpoints swept are closed only after the new one exists (or failed), so the two
+	 * never share an address (the transport keys its events by endpoint). */
 	struct kvn_member_info mi;
 	int rc = kvn_membership_member(be->link.m, worker_id, &mi, NULL, 0);
 	if (rc == -ENOSPC)
 		rc = 0; /* the regions are not needed: locations carry addr and rkey */
+	struct kvn_tp_ep *ep = NULL;
 	if (rc < 0 || !mi.up) {
 		kvn_seterr(err, errlen, "peer worker %u is not a live member", worker_id);
-		return -ENOENT;
+		rc = -ENOENT;
+	} else {
+		rc = be->link.ops->connect(be->link.tp, mi.data_addr, be->link.timeout_ms, &ep, err,
+					   errlen);
 	}
-	struct kvn_tp_ep *ep;
-	rc =
-	    be->link.ops->connect(be->link.tp, mi.data_addr, be->link.timeout_ms, &ep, err, errlen);
-	if (rc < 0)
+	if (rc < 0) {
+		sweep_close(be, &sw);
 		return rc;
+	}
 	pthread_mutex_lock(&be->lock);
 	c = conn_find(be, worker_id);
 	if (c && !c->stale) { /* another thread connected meanwhile: use that one */
@@ -187,10 +224,11 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 		*out = c->ep;
 		pthread_mutex_unlock(&be->lock);
 		be->link.ops->ep_close(ep);
+		sweep_close(be, &sw);
 		return 0;
 	}
 	if (c && !c->refs) {
-		old = conn_reap_locked(be, c);
+		sw.ep[sw.n++] = conn_reap_locked(be, c); /* room: sweep_locked keeps one slot */
 	} else if (c) {
 		/* a stale one still in use leaves the id to the new endpoint; conn_put finds it
 		 * by endpoint and closes it when its users let go */
@@ -202,8 +240,7 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 		if (!n) {
 			pthread_mutex_unlock(&be->lock);
 			be->link.ops->ep_close(ep);
-			if (old)
-				be->link.ops->ep_close(old);
+			sweep_close(be, &sw);
 			return -ENOMEM;
 		}
 		be->conns = n;
@@ -214,8 +251,7 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 	snprintf(c->addr, sizeof(c->addr), "%s", mi.data_addr);
 	*out = ep;
 	pthread_mutex_unlock(&be->lock);
-	if (old)
-		be->link.ops->ep_close(old);
+	sweep_close(be, &sw);
 	return 0;
 }
 
@@ -253,6 +289,21 @@ fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_loc *l
 	char err[512] = "";
 	if (loc->len <= SLOT_HDR || loc->len > kvn_pool_size(be->link.pool))
 		return -EAGAIN;
+	if (be->link.max_chunk && loc->len - SLOT_HDR > be->link.max_chunk) {
+		/* The scratch slot would be that large: one bad entry (a corrupt directory, a
+		 * peer with a larger max_chunk_size) must not evict the cpu tier to make room. */
+		uint64_t missed;
+		atomic_fetch_add_explicit(&be->oversized, 1, memory_order_relaxed);
+		if (kvn_ratelimit_ok(&be->rl_oversized, 1000, &missed))
+			be->env->log(
+			    be->env, KVN_LOG_WARN,
+			    "key %s: the directory says peer worker %u holds %llu bytes, "
+			    "over max_chunk_size (%llu): answering a miss without reading "
+			    "it (%llu more not logged)",
+			    key->str, loc->worker_id, (unsigned long long)(loc->len - SLOT_HDR),
+			    (unsigned long long)be->link.max_chunk, (unsigned long long)missed);
+		return -EMSGSIZE;
+	}
 	struct kvn_tp_ep *ep;
 	int rc = conn_get(be, loc->worker_id, &ep, err, sizeof(err));
 	if (rc < 0) {
@@ -351,8 +402,10 @@ peer_get(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf **out
 				rc = 0;
 				break;
 			}
-			failed = true;
 			atomic_fetch_add_explicit(&be->errors, 1, memory_order_relaxed);
+			/* an oversized entry is refused, not stale: a fresh lookup gives it again
+			 */
+			failed |= f != -EMSGSIZE;
 		}
 		if (failed && rc) {
 			pthread_mutex_lock(&be->lock);
@@ -421,6 +474,7 @@ kvn_peer_read_stats(struct kvn_backend *be, struct kvn_peer_read_stats *out)
 	out->bytes = atomic_load_explicit(&be->bytes_read, memory_order_relaxed);
 	out->errors = atomic_load_explicit(&be->errors, memory_order_relaxed);
 	out->transport_errors = atomic_load_explicit(&be->transport_errors, memory_order_relaxed);
+	out->oversized = atomic_load_explicit(&be->oversized, memory_order_relaxed);
 	out->latency = &be->read_latency;
 }
 

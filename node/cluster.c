@@ -185,7 +185,8 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 				     .pool = c->pool,
 				     .cpu = c->cpu,
 				     .m = c->owned,
-				     .timeout_ms = 5000};
+				     .timeout_ms = (int)cfg->peer_timeout_ms,
+				     .max_chunk = cfg->max_chunk_size};
 	kvn_peer_attach(c->peer, &link);
 	kvn_info("cluster", "serving reads of the %zu-byte pool on %s (%s); scheduler %s",
 		 kvn_pool_size(c->pool), c->data_addr, c->ops->name, cfg->scheduler_url);

@@ -41,7 +41,8 @@ struct kvn_peer_link {
 	struct kvn_pool *pool;
 	struct kvn_backend *cpu;
 	struct kvn_membership *m;
-	int timeout_ms;
+	int timeout_ms;	    /* peer_timeout_ms: a lookup, a connect, a READ */
+	uint64_t max_chunk; /* max_chunk_size: a longer directory entry is a miss; 0 = none */
 };
 /* link NULL detaches (closing every peer connection); gets miss while detached. */
 void kvn_peer_attach(struct kvn_backend *be, const struct kvn_peer_link *link);

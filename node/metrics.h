@@ -121,6 +121,7 @@ struct kvn_peer_read_stats {
 	uint64_t bytes;			     /* slot-image bytes they brought */
 	uint64_t errors;		     /* gets from a peer that gave no verified chunk */
 	uint64_t transport_errors;	     /* READs the transport failed */
+	uint64_t oversized;		     /* directory entries over max_chunk_size, not read */
 	const struct kvn_histogram *latency; /* of each READ, posted to completed */
 };
 void kvn_peer_read_stats(struct kvn_backend *be, struct kvn_peer_read_stats *out);

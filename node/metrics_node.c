@@ -144,6 +144,9 @@ peer(struct kvn_expo *e, struct kvn_storage *st)
 		     "Peer reads that gave no verified chunk (transport error, chunk evicted or "
 		     "rewritten since the directory heard of it, no room for it)",
 		     p.errors);
+	kvn_expo_one(e, "kvnode_peer_oversized_total", "counter",
+		     "Directory entries longer than max_chunk_size, answered as a miss unread",
+		     p.oversized);
 	kvn_expo_one(e, "kvnode_transport_errors_total", "counter",
 		     "READs the data transport (verbs or tcp) failed", p.transport_errors);
 	kvn_expo_family(e, "kvnode_peer_read_duration_seconds", "histogram",

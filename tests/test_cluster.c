@@ -5,21 +5,27 @@
  * asserted. No per-test .timeout: Criterion 2.4 leaks its timer when timed tests run in
  * parallel, which fails the ASan run; every wait here has its own deadline instead. */
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "kvnode/transport.h"
+#include "node/netaddr.h"
 #include "node/pool.h"
 #include "node/auth.h"
 #include "tests/helpers/cluster_env.h"
+#include "tests/helpers/expo.h"
 
 #define VAL 8192
 
@@ -467,6 +473,385 @@ Test(cluster, reads_racing_eviction_and_slot_reuse_return_right_bytes_or_miss)
 	cr_assert_gt(hits, 0, "some reads hit (the race was run, not only misses)");
 	cr_assert_gt(evictions, 0, "node-a evicted while node-c read (stat says %lld)", evictions);
 	cluster_down(&f);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The peer tier against members that misbehave: a ghost member run by the test (a membership
+ * client and, when it serves at all, a tcp transport over a zeroed region) publishes directory
+ * entries the nodes then try to read.
+ * ------------------------------------------------------------------------------------------ */
+
+#define GHOST_REGION (9u << 20)
+
+struct ghost {
+	const struct kvn_transport_ops *ops;
+	struct kvn_transport *tp;
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc desc;
+	uint8_t *region;
+	char data_addr[KVN_CF_ADDR_MAX + 1]; /* where its transport listens */
+	struct kvn_membership *m;
+	uint32_t worker_id;
+};
+
+/* A tcp transport listening on loopback over a zeroed region: reads succeed, and what they
+ * bring never verifies as a chunk. */
+static void
+ghost_serve(struct ghost *g)
+{
+	char err[512];
+	struct kvn_transport_cfg cfg = {.gid_index = -1, .timeout_ms = 10000};
+	g->ops = kvn_transport_by_name("tcp", &cfg, err, sizeof(err));
+	cr_assert_not_null(g->ops, "%s", err);
+	cr_assert_eq(g->ops->open(&cfg, &g->tp, err, sizeof(err)), 0, "%s", err);
+	g->region = calloc(1, GHOST_REGION);
+	cr_assert_eq(g->ops->reg_mem(g->tp, g->region, GHOST_REGION, KVN_MEM_HOST, &g->mr,
+				     &g->desc, err, sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(g->ops->listen(g->tp, "127.0.0.1:0", g->data_addr, sizeof(g->data_addr), err,
+				    sizeof(err)),
+		     0, "%s", err);
+}
+
+static void
+ghost_unserve(struct ghost *g)
+{
+	g->ops->dereg(g->mr);
+	g->ops->close(g->tp);
+	free(g->region);
+}
+
+/* Joins sched as name with data_addr (NULL: its transport's). */
+static void
+ghost_join(struct ghost *g, const char *sched, const char *name, const char *data_addr)
+{
+	static const char blob[24];
+	struct kvn_membership_opts o = {.scheduler = sched,
+					.name = name,
+					.data_addr = data_addr ? data_addr : g->data_addr,
+					.transport = "tcp",
+					.regions = blob,
+					.regions_len = sizeof(blob),
+					.capacity = GHOST_REGION,
+					.heartbeat_ms = HB_MS,
+					.timeout_ms = 10000};
+	char err[512];
+	cr_assert_eq(kvn_membership_start(&o, NULL, &g->m, err, sizeof(err)), 0, "%s", err);
+	g->worker_id = (uint32_t)kvn_membership_worker_id(g->m);
+}
+
+static void
+ghost_leave(struct ghost *g)
+{
+	kvn_membership_stop(g->m);
+	g->m = NULL;
+}
+
+struct ghost_entry {
+	struct ghost *g;
+	struct kvn_key key;
+};
+
+static bool
+ghost_entry_listed(void *arg)
+{
+	struct ghost_entry *e = arg;
+	uint32_t n = 0;
+	struct kvn_loc loc;
+	return kvn_membership_lookup(e->g->m, &e->key.digest, 1, 1, &n, &loc, 5000) == 0 && n == 1;
+}
+
+/* Publishes key (tag, i) as held by g in a slot of len payload bytes at the start of its
+ * region, and waits until the directory lists it. */
+static void
+ghost_publish(struct ghost *g, const char *tag, unsigned i, uint64_t len)
+{
+	struct ghost_entry e = {.g = g};
+	cluster_key(&e.key, tag, i);
+	struct kvn_cf_pub r = {.op = KVN_CF_ADMIT,
+			       .digest = e.key.digest,
+			       .loc = {.rkey = g->desc.rkey,
+				       .addr = g->desc.addr,
+				       .len = sizeof(struct kvn_slot_hdr) + len,
+				       .generation = 2}};
+	cr_assert_eq(kvn_membership_publish(g->m, &r, 1), 0);
+	cr_assert(proc_wait_for(ghost_entry_listed, &e, DEADLINE),
+		  "the directory never listed the ghost's entry");
+}
+
+/* How many times n's log says it saw member name at addr go up or down. */
+struct member_seen {
+	struct cnode *n;
+	char line[300];
+	int times;
+};
+
+static int
+count_in(const char *text, const char *what)
+{
+	int k = 0;
+	for (const char *p = text; p && (p = strstr(p, what)); p += strlen(what))
+		k++;
+	return k;
+}
+
+static bool
+member_seen(void *arg)
+{
+	struct member_seen *ms = arg;
+	char *text = proc_read_file(ms->n->err, NULL);
+	bool ok = text && count_in(text, ms->line) >= ms->times;
+	free(text);
+	return ok;
+}
+
+static void
+wait_member(struct cnode *n, const struct ghost *g, const char *name, const char *addr,
+	    const char *state, int times)
+{
+	struct member_seen ms = {.n = n, .times = times};
+	snprintf(ms.line, sizeof(ms.line), "member %s (worker %u) at %s is %s", name, g->worker_id,
+		 addr, state);
+	cr_assert(proc_wait_for(member_seen, &ms, DEADLINE), "%s never saw: %s", n->name, ms.line);
+}
+
+static int
+open_fds(struct proc *p)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)p->pid);
+	DIR *d = opendir(path);
+	cr_assert_not_null(d, "%s: %s", path, strerror(errno));
+	int n = 0;
+	for (struct dirent *e; (e = readdir(d));)
+		n += e->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* A port nothing listens on (connects are refused at once). */
+static void
+dead_addr(char *out, size_t len)
+{
+	int port = kvn_tcp_free_port();
+	cr_assert_gt(port, 0);
+	snprintf(out, len, "127.0.0.1:%d", port);
+}
+
+/* Members that leave (and ones that come back where nothing answers) must not each leave the
+ * reading node a connection: over many of them its open descriptors stay flat. */
+Test(cluster, a_node_keeps_no_connection_to_members_that_left)
+{
+	enum { GHOSTS = 10 };
+	struct fixture f = {0};
+	sched_start(&f.s, "127.0.0.1:0", NULL);
+	cr_assert_eq(proc_mkdtemp("cluster-ghosts", f.dir, sizeof(f.dir)), 0);
+	struct cnode_opts o = {.dir = f.dir, .sched = f.s.addr, .no_promote = true};
+	cnode_start(&f.a, "node-a", &o);
+	cnode_start(&f.c, "node-c", &o);
+	cnode_put(&f.a, "live", 1, VAL);
+	struct get_ctx g = {&f.c, "live", 1, 1};
+	cr_assert(proc_wait_for(get_is, &g, DEADLINE), "node-c reads node-a");
+
+	struct ghost gh = {0};
+	ghost_serve(&gh);
+	int base = -1;
+	for (unsigned k = 0; k < GHOSTS; k++) {
+		char name[32], dead[64];
+		snprintf(name, sizeof(name), "ghost-%u", k);
+		/* up where it serves: node-c connects and reads (a miss: the region is zeros) */
+		ghost_join(&gh, f.s.addr, name, NULL);
+		ghost_publish(&gh, "g", k, 4096);
+		cr_assert_eq(cnode_get_check(&f.c, "g", k, VAL), 0);
+		ghost_leave(&gh);
+		wait_member(&f.c, &gh, name, gh.data_addr, "down", 1);
+		if (k % 2) {
+			/* back where nothing answers: node-c drops the old connection and fails
+			 * to make a new one */
+			dead_addr(dead, sizeof(dead));
+			ghost_join(&gh, f.s.addr, name, dead);
+			ghost_publish(&gh, "d", k, 4096);
+			wait_member(&f.c, &gh, name, dead, "up", 1);
+			cr_assert_eq(cnode_get_check(&f.c, "d", k, VAL), 0);
+			ghost_leave(&gh);
+			wait_member(&f.c, &gh, name, dead, "down", 1);
+		} /* else gone for good: no get will ever ask for it again */
+		/* a read from the live node: the point where a node may tidy up */
+		cr_assert_eq(cnode_get_check(&f.c, "live", 1, VAL), 1);
+		if (k == 1)
+			base = open_fds(&f.c.p);
+	}
+	int end = open_fds(&f.c.p);
+	cr_log_info("node-c's open descriptors: %d after 2 ghosts, %d after %d", base, end, GHOSTS);
+	cr_assert_leq(end, base + 3,
+		      "node-c went from %d to %d open descriptors over %d members that left", base,
+		      end, GHOSTS - 2);
+	ghost_unserve(&gh);
+	cnode_stop(&f.a);
+	cnode_stop(&f.c);
+	sched_stop(&f.s);
+	proc_rm_tree(f.dir);
+}
+
+/* A listening socket that never accepts nor answers: a peer that is up but stuck. */
+static int
+stuck_listener(char *addr, size_t len)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	socklen_t sl = sizeof(sa);
+	cr_assert(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+		  listen(fd, 16) == 0 && getsockname(fd, (struct sockaddr *)&sa, &sl) == 0);
+	snprintf(addr, len, "127.0.0.1:%u", ntohs(sa.sin_port));
+	return fd;
+}
+
+struct bg_get {
+	struct cnode *n;
+	struct kvn_client *c;
+	const char *tag;
+	unsigned i;
+	int rc;
+	_Atomic bool done;
+};
+
+static void *
+bg_get_main(void *arg)
+{
+	struct bg_get *b = arg;
+	struct kvn_key k;
+	cluster_key(&k, b->tag, b->i);
+	void *data = NULL;
+	size_t len = 0;
+	b->rc = kvn_client_get(b->c, &k, &data, &len);
+	free(data);
+	atomic_store(&b->done, true);
+	return NULL;
+}
+
+/* A peer that accepts but never answers holds only the gets that go to it: with a peer
+ * timeout far longer than the test, a get from a healthy peer completes while one to the
+ * stuck peer is still waiting. */
+Test(cluster, a_stuck_peer_does_not_hold_up_reads_from_other_peers)
+{
+	struct fixture f = {0};
+	sched_start(&f.s, "127.0.0.1:0", NULL);
+	cr_assert_eq(proc_mkdtemp("cluster-stuck", f.dir, sizeof(f.dir)), 0);
+	struct cnode_opts o = {.dir = f.dir, .sched = f.s.addr, .no_promote = true};
+	cnode_start(&f.a, "node-a", &o);
+	o.extra = "peer_timeout_ms: 600000\n";
+	cnode_start(&f.c, "node-c", &o);
+	for (unsigned i = 0; i < 4; i++)
+		cnode_put(&f.a, "h", i, VAL);
+	struct get_ctx g = {&f.c, "h", 0, 1};
+	cr_assert(proc_wait_for(get_is, &g, DEADLINE), "node-c reads node-a");
+
+	char addr[64];
+	int lfd = stuck_listener(addr, sizeof(addr));
+	struct ghost gh = {0};
+	ghost_join(&gh, f.s.addr, "stuck", addr);
+	ghost_publish(&gh, "s", 1, 4096);
+	wait_member(&f.c, &gh, "stuck", addr, "up", 1);
+	char err[256];
+	struct bg_get b = {.n = &f.c, .tag = "s", .i = 1};
+	cr_assert_eq(kvn_client_connect(f.c.sock, 10000, &b.c, err, sizeof(err)), 0, "%s", err);
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, bg_get_main, &b), 0);
+	/* node-c's connection to the stuck peer arrives: its get now waits on it */
+	struct pollfd pf = {.fd = lfd, .events = POLLIN};
+	cr_assert_eq(poll(&pf, 1, DEADLINE), 1, "node-c never connected to the stuck peer");
+	int held = accept(lfd, NULL, NULL);
+	cr_assert_geq(held, 0);
+	for (unsigned i = 1; i < 4; i++)
+		cr_assert_eq(cnode_get_check(&f.c, "h", i, VAL), 1, "chunk %u of node-a", i);
+	cr_assert(!atomic_load(&b.done), "the get to the stuck peer ended before it was let go");
+	/* let it go: the stuck peer's connections end, so does the get (a miss) */
+	close(held);
+	close(lfd);
+	pthread_join(t, NULL);
+	cr_assert_eq(b.rc, -ENOENT, "the get from the stuck peer: %d", b.rc);
+	kvn_client_close(b.c);
+	ghost_leave(&gh);
+	cnode_stop(&f.a);
+	cnode_stop(&f.c);
+	sched_stop(&f.s);
+	proc_rm_tree(f.dir);
+}
+
+/* peer_timeout_ms bounds a read from a stuck peer: it misses, and the log says after how
+ * long (the old hard-coded 5000 ms would read "5000"). */
+Test(cluster, a_stuck_peer_fails_the_get_after_peer_timeout_ms)
+{
+	struct fixture f = {0};
+	sched_start(&f.s, "127.0.0.1:0", NULL);
+	cr_assert_eq(proc_mkdtemp("cluster-ptime", f.dir, sizeof(f.dir)), 0);
+	struct cnode_opts o = {.dir = f.dir, .sched = f.s.addr, .extra = "peer_timeout_ms: 500\n"};
+	cnode_start(&f.c, "node-c", &o);
+	char addr[64];
+	int lfd = stuck_listener(addr, sizeof(addr));
+	struct ghost gh = {0};
+	ghost_join(&gh, f.s.addr, "stuck", addr);
+	ghost_publish(&gh, "t", 1, 4096);
+	wait_member(&f.c, &gh, "stuck", addr, "up", 1);
+	cr_assert_eq(cnode_get_check(&f.c, "t", 1, VAL), 0, "a get from a stuck peer misses");
+	struct log_ctx l = {.path = f.c.err, .a = addr, .b = "did not answer within 500 ms"};
+	cr_assert(proc_wait_for(log_has, &l, DEADLINE), "node-c's log does not show the 500 ms "
+							"peer_timeout_ms");
+	close(lfd);
+	ghost_leave(&gh);
+	cnode_stop(&f.c);
+	sched_stop(&f.s);
+	proc_rm_tree(f.dir);
+}
+
+static bool
+cpu_filled(void *arg)
+{
+	struct cnode *n = arg;
+	return cnode_tier_stat(n, "cpu", "evictions") > 0;
+}
+
+/* A directory entry longer than max_chunk_size (a corrupt directory, a peer with a larger
+ * bound) is a miss without a read: the node's cpu tier is not emptied to land it. */
+Test(cluster, a_directory_entry_over_max_chunk_size_is_a_miss_and_evicts_nothing)
+{
+	struct fixture f = {0};
+	sched_start(&f.s, "127.0.0.1:0", NULL);
+	cr_assert_eq(proc_mkdtemp("cluster-big", f.dir, sizeof(f.dir)), 0);
+	int mport = kvn_tcp_free_port();
+	char extra[128];
+	snprintf(extra, sizeof(extra), "max_chunk_size: 1MiB\nmetrics_listen: 127.0.0.1:%d\n",
+		 mport);
+	struct cnode_opts o = {.dir = f.dir, .sched = f.s.addr, .extra = extra};
+	cnode_start(&f.c, "node-c", &o);
+	/* node-c's cpu tier full of its own chunks (it has started evicting them) */
+	for (unsigned i = 0; !cpu_filled(&f.c); i++) {
+		cr_assert_lt(i, 1000, "node-c's cpu tier never filled");
+		cnode_put(&f.c, "own", i, 1 << 20);
+	}
+	long long evictions = cnode_tier_stat(&f.c, "cpu", "evictions");
+	struct ghost gh = {0};
+	ghost_serve(&gh);
+	ghost_join(&gh, f.s.addr, "big", NULL);
+	ghost_publish(&gh, "big", 1, 8u << 20);
+	wait_member(&f.c, &gh, "big", gh.data_addr, "up", 1);
+	cr_assert_eq(cnode_get_check(&f.c, "big", 1, 8u << 20), 0, "an oversized entry misses");
+	cr_assert_eq(cnode_tier_stat(&f.c, "cpu", "evictions"), evictions,
+		     "node-c evicted its own chunks to land an 8 MiB peer read (max_chunk_size "
+		     "1 MiB)");
+	struct log_ctx l = {.path = f.c.err, .a = "over max_chunk_size", .b = "8388608"};
+	cr_assert(proc_wait_for(log_has, &l, DEADLINE), "node-c does not log the refused entry");
+	char *body = NULL;
+	cr_assert_eq(http_request(mport, "GET", "/metrics", &body, 20000), 200);
+	cr_expect_geq(expo_value(body, "kvnode_peer_oversized_total"), 1, "%s", body);
+	cr_expect_eq(expo_value(body, "kvnode_peer_read_bytes_total"), 0, "%s", body);
+	free(body);
+	ghost_leave(&gh);
+	ghost_unserve(&gh);
+	cnode_stop(&f.c);
+	sched_stop(&f.s);
+	proc_rm_tree(f.dir);
 }
 
 /* ------------------------------------------------------------------------------------------

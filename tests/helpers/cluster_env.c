@@ -37,11 +37,11 @@ cnode_start(struct cnode *n, const char *name, const struct cnode_opts *o)
 	int len = snprintf(cfg, sizeof(cfg),
 			   "node_name: %s\nscheduler_url: %s\nsocket_path: %s\nlisten: %s\n"
 			   "max_local_cpu_size: %s\ntransport: tcp\nheartbeat_ms: 100\n"
-			   "promote_to_cpu: %s\n%s%s%s",
+			   "promote_to_cpu: %s\n%s%s%s%s",
 			   name, o->sched, n->sock, o->listen ? o->listen : "127.0.0.1:0",
 			   o->cpu_gb ? o->cpu_gb : "0.02", o->no_promote ? "false" : "true",
 			   o->token ? "auth_token: " : "", o->token ? o->token : "",
-			   o->token ? "\n" : "");
+			   o->token ? "\n" : "", o->extra ? o->extra : "");
 	cr_assert_eq(proc_write_file(n->cfg, cfg, (size_t)len), 0);
 	const char *argv[16];
 	size_t a = 0;

@@ -26,6 +26,7 @@ struct cnode_opts {
 	const char *cpu_gb;	 /* max_local_cpu_size; NULL: "0.02" */
 	bool no_promote;	 /* promote_to_cpu: false */
 	const char *const *wrap; /* argv prefix (e.g. ip netns exec NS), NULL-terminated */
+	const char *extra;	 /* more config lines, each ending in \n; NULL: none */
 };
 
 /* Writes the node's config, starts it and waits until its socket accepts and it printed its
