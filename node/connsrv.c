@@ -165,7 +165,9 @@ make_room_locked(struct kvn_connsrv *cs, int newcomer_fd)
 	struct kvn_connsrv_conn *victim = NULL;
 	for (struct kvn_connsrv_conn *c = cs->conns; c; c = c->next) {
 		uint64_t since = atomic_load(&c->idle_since_ms);
-		if (!since || c->evicting || now - since < (uint64_t)cs->o.evict_idle_ms)
+		/* since > now: it went idle again after now was read, so not for long */
+		if (!since || c->evicting || since > now ||
+		    now - since < (uint64_t)cs->o.evict_idle_ms)
 			continue;
 		if (!victim || since < oldest) {
 			victim = c;
