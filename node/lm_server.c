@@ -1,8 +1,8 @@
-/* lm server: LMCache's cache-server protocol (docs/architecture.md §10) over TCP, a thread per connection
- * up to a cap, values kept in the engine as LMCache's 28-byte remote header + payload. A
- * malformed request gets a 400 reply and its connection is closed; others keep being served.
- * Idle clients, requests that never complete and oversized PUTs are bounded by config keys;
- * the protocol has no way to say why, so each is logged (rate-limited) and counted. */
+/* lm server: LMCache's cache-server protocol (docs/architecture.md §10) over TCP, a thread per
+ * connection up to a cap, values kept in the engine as LMCache's 28-byte remote header + payload. A
+ * malformed request gets a 400 reply and its connection is closed; others keep being served. Idle
+ * clients, requests that never complete and oversized PUTs are bounded by config keys; the protocol
+ * has no way to say why, so each is logged (rate-limited) and counted. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <netinet/in.h>
