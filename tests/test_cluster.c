@@ -500,10 +500,14 @@ static void
 ghost_serve(struct ghost *g)
 {
 	char err[512];
-	struct kvn_transport_cfg cfg = {.gid_index = -1, .timeout_ms = 10000};
+	/* The host's token, as the nodes of these tests have it: they read only from owners that
+	 * prove it. */
+	char *tok = sched_host_token();
+	struct kvn_transport_cfg cfg = {.gid_index = -1, .timeout_ms = 10000, .auth_token = tok};
 	g->ops = kvn_transport_by_name("tcp", &cfg, err, sizeof(err));
 	cr_assert_not_null(g->ops, "%s", err);
 	cr_assert_eq(g->ops->open(&cfg, &g->tp, err, sizeof(err)), 0, "%s", err);
+	free(tok);
 	g->region = calloc(1, GHOST_REGION);
 	cr_assert_eq(g->ops->reg_mem(g->tp, g->region, GHOST_REGION, KVN_MEM_HOST, &g->mr,
 				     &g->desc, err, sizeof(err)),
@@ -534,9 +538,12 @@ ghost_join(struct ghost *g, const char *sched, const char *name, const char *dat
 					.regions_len = sizeof(blob),
 					.capacity = GHOST_REGION,
 					.heartbeat_ms = HB_MS,
-					.timeout_ms = 10000};
+					.timeout_ms = 10000,
+					.auth_token = sched_host_token()};
 	char err[512];
-	cr_assert_eq(kvn_membership_start(&o, NULL, &g->m, err, sizeof(err)), 0, "%s", err);
+	int rc = kvn_membership_start(&o, NULL, &g->m, err, sizeof(err));
+	free((char *)o.auth_token);
+	cr_assert_eq(rc, 0, "%s", err);
 	g->worker_id = (uint32_t)kvn_membership_worker_id(g->m);
 }
 
