@@ -221,6 +221,14 @@ kvn_cluster_data_addr(const struct kvn_cluster *c)
 	return c->data_addr;
 }
 
+void
+kvn_cluster_listener_stats(struct kvn_cluster *c, struct kvn_transport_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (c && c->tp && c->ops->stats)
+		c->ops->stats(c->tp, out);
+}
+
 const char *
 kvn_cluster_transport(const struct kvn_cluster *c)
 {

@@ -31,6 +31,10 @@ void kvn_cluster_stop(struct kvn_cluster *c);
 const char *kvn_cluster_data_addr(const struct kvn_cluster *c);
 const char *kvn_cluster_transport(const struct kvn_cluster *c);
 struct kvn_membership *kvn_cluster_membership(struct kvn_cluster *c);
+/* The data listener's counters (connections, refusals); all zero when c is NULL or its
+ * transport keeps none. */
+struct kvn_transport_stats;
+void kvn_cluster_listener_stats(struct kvn_cluster *c, struct kvn_transport_stats *out);
 
 /* What the peer tier reads with: the transport, the registration of this node's pool (reads
  * land in scratch slots of it), the cpu tier that hands those out, and the membership. */

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kvnode/plugin.h"
+#include "kvnode/transport.h"
 #include "node/cluster.h"
 #include "node/lm_server.h"
 #include "node/lmproto.h"
@@ -155,6 +156,34 @@ peer(struct kvn_expo *e, struct kvn_storage *st)
 	kvn_expo_histogram(e, "kvnode_peer_read_duration_seconds", p.latency ? p.latency : &none);
 }
 
+/* The data listener: who holds connections to this node's pool, and who was turned away. */
+static void
+listener(struct kvn_expo *e, struct kvn_cluster *c)
+{
+	struct kvn_transport_stats t;
+	kvn_cluster_listener_stats(c, &t);
+	kvn_expo_one(e, "kvnode_transport_connections", "gauge",
+		     "Readers connected to this node's data listener now", t.conns);
+	kvn_expo_one(e, "kvnode_transport_accepted_total", "counter",
+		     "Connections the data listener accepted", t.accepted);
+	kvn_expo_family(e, "kvnode_transport_refused_total", "counter",
+			"Data connections refused or closed before being served, by reason: full "
+			"(transport_max_connections), hello_timeout (transport_hello_timeout_ms), "
+			"auth (wrong or missing auth_token proof), accept_error (accept failed, "
+			"e.g. out of file descriptors)");
+	const struct {
+		const char *reason;
+		uint64_t v;
+	} r[] = {{"full", t.refused_full},
+		 {"hello_timeout", t.hello_timeouts},
+		 {"auth", t.auth_refused},
+		 {"accept_error", t.accept_errors}};
+	for (size_t i = 0; i < sizeof(r) / sizeof(r[0]); i++) {
+		struct kvn_label l = {"reason", r[i].reason};
+		kvn_expo_u64(e, "kvnode_transport_refused_total", &l, 1, r[i].v);
+	}
+}
+
 static void
 membership(struct kvn_expo *e, struct kvn_cluster *c)
 {
@@ -281,6 +310,7 @@ kvn_metrics_collect_node(void *ctx, struct kvn_expo *e)
 	tiers(e, st);
 	clients(e, nm->srv);
 	peer(e, st);
+	listener(e, nm->cluster);
 	membership(e, nm->cluster);
 	remote(e, st);
 	lm(e, nm->lm);

@@ -452,6 +452,33 @@ Test(metrics, the_scheduler_counts_a_garbage_frame_as_rejected)
 	free(m);
 }
 
+/* A stranger holding a data connection without authenticating is closed after
+ * transport_hello_timeout_ms, and the listener's families say so. */
+Test(metrics, the_data_listener_counts_connections_and_a_reader_that_never_authenticates)
+{
+	start_sched();
+	start_node(&node_a, "node-a", "transport_hello_timeout_ms: 300\n");
+	char *out = proc_read_file(node_a.out, NULL);
+	const char *at = out ? strstr(out, " data on ") : NULL;
+	cr_assert(at, "node-a printed no data address: %s", out ? out : "");
+	char host[64];
+	int port = 0;
+	cr_assert_eq(sscanf(at + strlen(" data on "), "%63[^:]:%d", host, &port), 2, "%s", at);
+	free(out);
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	cr_assert(fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	struct dir_wait w = {&node_a, "kvnode_transport_refused_total{reason=\"hello_timeout\"}", 1};
+	cr_assert(proc_wait_for(series_reaches, &w, DEADLINE), "the silent reader was not counted");
+	close(fd);
+	char *m = scrape(&node_a);
+	cr_expect_geq(expo_value(m, "kvnode_transport_accepted_total"), 1, "%s", m);
+	cr_expect_eq(expo_value(m, "kvnode_transport_connections"), 0, "%s", m);
+	cr_expect_eq(expo_value(m, "kvnode_transport_refused_total{reason=\"auth\"}"), 0);
+	free(m);
+}
+
 /* ------------------------------------------------------------------------------------------
  * Slow clients: metrics_max_connections and metrics_timeout_s
  * ------------------------------------------------------------------------------------------ */
