@@ -212,6 +212,12 @@ signal_main(void *arg)
 		if (stops++ == 0) {
 			kvn_info(comp, "%s: shutting down (finishing requests in flight)",
 				 strsignal(sig));
+			/* From the stop signal on, not from when the caller gets to
+			 * kvn_sigctl_shutdown: a SIGHUP in between is part of the shutdown. */
+			pthread_mutex_lock(&s->lock);
+			s->shutdown = true;
+			s->pending = false;
+			pthread_mutex_unlock(&s->lock);
 			s->stop(s->arg);
 		} else {
 			kvn_warn(comp, "%s again: exiting without waiting", strsignal(sig));
