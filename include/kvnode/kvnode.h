@@ -32,36 +32,68 @@ struct kvn_digest {
 	uint64_t hi;
 };
 
+/* The LMCache generations of CacheEngineKey text (lmcache/utils.py in LMCache's repository:
+ * CacheEngineKey.to_string / from_string, LayerCacheEngineKey, parse_cache_key). Every form is
+ * accepted as input; LMCache writes KVN_KEY_LMCACHE and KVN_KEY_LMCACHE_LAYER today. */
 enum kvn_key_form {
-	KVN_KEY_OPAQUE = 0, /* any other printable string */
-	KVN_KEY_LMCACHE_V0 = 1, /* fmt@model@world_size@worker_id@chunk_hash */
-	KVN_KEY_LMCACHE = 2, /* fmt@model@world_size@worker_id@chunk_hash_hex@dtype[@tag%value...] */
+	KVN_KEY_OPAQUE = 0, /* any other text */
+	/* Older LMCache (lmcache/utils.py before v1): fmt@model@world_size@worker_id@chunk_hash */
+	KVN_KEY_LMCACHE_V0 = 1,
+	/* Current LMCache: model@world_size@worker_id@chunk_hash_hex@dtype[@tag%value...] */
+	KVN_KEY_LMCACHE = 2,
+	/* Current LMCache, one layer: model@world_size@worker_id@chunk_hash_hex@dtype@layer_id
+	 * [@tag%value...] (the sixth part all digits) */
+	KVN_KEY_LMCACHE_LAYER = 3,
+	/* fmt@model@world_size@worker_id@chunk_hash_hex@dtype[@tag%value...]: the form earlier
+	 * kvnode documentation showed (LMCache never wrote it); still recognised as input. */
+	KVN_KEY_KVNODE_FMT = 4,
 };
 
-/* Fields of an LMCache key; the strings point into kvn_key.str and are not NUL-terminated. */
+/* A span of kvn_key.str (not NUL-terminated); len 0 when the key has no such part. */
 struct kvn_key_field {
 	uint16_t off;
 	uint16_t len;
+};
+
+/* Indexes of kvn_key.field. */
+enum kvn_key_part {
+	KVN_KEYF_FMT = 0, /* "vllm" of the V0 and KVNODE_FMT forms; empty otherwise */
+	KVN_KEYF_MODEL = 1,
+	KVN_KEYF_WORLD_SIZE = 2,
+	KVN_KEYF_WORKER_ID = 3,
+	KVN_KEYF_HASH = 4,  /* the chunk hash as written: hex (current) or the older text */
+	KVN_KEYF_DTYPE = 5, /* half, bfloat16, float, ... fp8_e5m2fnuz; empty for V0 */
 };
 
 struct kvn_key {
 	struct kvn_digest digest;
 	uint16_t len;
 	uint8_t form; /* enum kvn_key_form */
-	uint8_t nfields; /* fields of an LMCache key, 0 for opaque */
-	struct kvn_key_field field[6]; /* fmt, model, world_size, worker_id, chunk_hash, dtype */
+	uint8_t nfields; /* '@'-separated parts of an LMCache key (tags included), 0 for opaque */
+	struct kvn_key_field field[6]; /* enum kvn_key_part */
 	int32_t world_size; /* parsed numbers of LMCache keys, -1 otherwise */
 	int32_t worker_id;
 	char str[KVN_KEY_MAX + 1]; /* NUL-terminated key text */
+	/* Appended after str so that modules built against the earlier layout still find the
+	 * fields above where they were. */
+	int32_t layer_id; /* KVN_KEY_LMCACHE_LAYER's layer, -1 otherwise */
+	uint8_t ntags; /* tag%value parts */
+	struct kvn_key_field tags; /* "tag%value[@tag%value...]", len 0 without tags */
 };
 
-/* Parses key text (len bytes, need not be NUL-terminated). Rejects empty, over-long
- * (> KVN_KEY_MAX) and non-printable keys with -EINVAL; err (may be NULL) gets a reason. */
+/* Parses key text (len bytes, need not be NUL-terminated): any UTF-8 text without control
+ * characters (C0, DEL, C1), 1 to KVN_KEY_MAX bytes, spaces anywhere. Anything else is -EINVAL
+ * with a reason in err (may be NULL). The LMCache form is recognised (enum kvn_key_form); text
+ * that fits none stays an opaque key. */
 KVN_API int kvn_key_parse(struct kvn_key *key, const char *s, size_t len, char *err, size_t errlen);
 /* Same with a NUL-terminated string. */
 KVN_API int kvn_key_from_str(struct kvn_key *key, const char *s);
-/* Writes the canonical text of key into out (at most outlen bytes with the NUL); returns its length. */
+/* Writes the key's text into out (at most outlen bytes with the NUL); returns its length. The
+ * text is the key's identity, so every form is written as it was given. */
 KVN_API size_t kvn_key_print(const struct kvn_key *key, char *out, size_t outlen);
+/* abs(chunk_hash) % n of an LMCache key whose hash is hex (every form but the older V0), the
+ * way LMCache's FSConnector picks one of n base paths; -EINVAL for other keys or n == 0. */
+KVN_API int kvn_key_hash_mod(const struct kvn_key *key, uint32_t n);
 KVN_API struct kvn_digest kvn_digest_of(const void *data, size_t len);
 static inline bool kvn_digest_eq(struct kvn_digest a, struct kvn_digest b)
 {
