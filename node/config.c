@@ -21,20 +21,22 @@
 #define FIELD(f) offsetof(struct kvn_config, f)
 
 const struct kvn_keydef kvn_config_keys[] = {
-    /* LMCache's keys */
-    {"chunk_size", KVN_K_UINT, FIELD(chunk_size), 0, 1, UINT32_MAX, 0},
-    {"local_cpu", KVN_K_BOOL, FIELD(local_cpu), 0, 0, 0, 0},
-    {"max_local_cpu_size", KVN_K_GB, FIELD(max_local_cpu_size), 0, 0, 0, 0},
+    /* LMCache's keys (lmcache/v1/config.py in LMCache's repository) */
+    {"chunk_size", KVN_K_UINT, FIELD(chunk_size), 0, 1, UINT32_MAX, KVN_KF_LMCACHE},
+    {"local_cpu", KVN_K_BOOL, FIELD(local_cpu), 0, 0, 0, KVN_KF_LMCACHE},
+    {"max_local_cpu_size", KVN_K_GB, FIELD(max_local_cpu_size), 0, 0, 0, KVN_KF_LMCACHE},
     {"local_disk", KVN_K_PATH, FIELD(local_disk), 0, 0, 0,
-     KVN_KF_FILE_URL | KVN_KF_NULLABLE | KVN_KF_RESOLVE},
-    {"max_local_disk_size", KVN_K_GB, FIELD(max_local_disk_size), 0, 0, 0, 0},
-    {"remote_url", KVN_K_STR, FIELD(remote_url), 0, 0, 0, KVN_KF_NULLABLE},
-    {"remote_serde", KVN_K_STR, FIELD(remote_serde), 0, 0, 0, 0},
+     KVN_KF_FILE_URL | KVN_KF_NULLABLE | KVN_KF_RESOLVE | KVN_KF_LMCACHE},
+    {"max_local_disk_size", KVN_K_GB, FIELD(max_local_disk_size), 0, 0, 0, KVN_KF_LMCACHE},
+    {"remote_url", KVN_K_STR, FIELD(remote_url), 0, 0, 0, KVN_KF_NULLABLE | KVN_KF_LMCACHE},
+    {"remote_serde", KVN_K_STR, FIELD(remote_serde), 0, 0, 0, KVN_KF_NULLABLE | KVN_KF_LMCACHE},
     {"external_backends", KVN_K_LIST, FIELD(external_backends), FIELD(n_external_backends), 0, 0,
-     KVN_KF_SPLIT},
-    {"extra_config", KVN_K_EXTRA, 0, 0, 0, 0, 0},
+     KVN_KF_SPLIT | KVN_KF_LMCACHE},
+    {"extra_config", KVN_K_EXTRA, 0, 0, 0, 0, KVN_KF_LMCACHE},
     {"plugin_locations", KVN_K_LIST, FIELD(plugin_locations), FIELD(n_plugin_locations), 0, 0,
-     KVN_KF_RESOLVE},
+     KVN_KF_RESOLVE | KVN_KF_LMCACHE},
+    {"remote_storage_plugins", KVN_K_LIST, FIELD(remote_storage_plugins),
+     FIELD(n_remote_storage_plugins), 0, 0, KVN_KF_SPLIT | KVN_KF_LMCACHE},
     /* kvnode's own */
     {"node_name", KVN_K_STR, FIELD(node_name), 0, 0, 0, 0},
     {"listen", KVN_K_STR, FIELD(listen), 0, 0, 0, 0},
@@ -57,6 +59,7 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"plugin_stop_timeout_ms", KVN_K_UINT, FIELD(plugin_stop_timeout_ms), 0, 0, INT32_MAX, 0},
     {"plugin_restart", KVN_K_RESTART, FIELD(plugin_restart), 0, 0, 0, 0},
     {"lm_listen", KVN_K_ADDR, FIELD(lm_listen), 0, 0, 0, KVN_KF_NULLABLE},
+    {"worker_count", KVN_K_UINT, FIELD(worker_count), 0, 0, 65536, 0},
     /* Limits */
     {"max_chunk_size", KVN_K_SIZE, FIELD(max_chunk_size), 0, 4096, 1ll << 32, 0},
     {"peer_timeout_ms", KVN_K_UINT, FIELD(peer_timeout_ms), 0, 1, INT32_MAX, 0},
@@ -77,33 +80,63 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"worker_id_grace_ms", KVN_K_UINT, FIELD(worker_id_grace_ms), 0, 0, INT32_MAX, 0},
 };
 
-/* LMCache keys that kvnode has no use for: accepted so that one file can serve both, with a
- * note instead of an "unknown key" warning. */
-static const char lmcache_ignored[] =
-    "use_layerwise save_decode_cache save_unfull_chunk pre_caching_hash_algorithm "
-    "enable_blending blend_recompute_ratios blend_thresholds blend_check_layers "
-    "blend_min_tokens blend_special_str retrieve_locations store_location enable_p2p "
-    "p2p_host p2p_init_ports p2p_lookup_ports enable_controller lmcache_instance_id "
-    "controller_url controller_pull_url controller_reply_url lmcache_worker_port "
-    "lmcache_worker_ports lmcache_worker_ids enable_pd enable_xpyd pd_role "
-    "pd_buffer_size pd_buffer_device pd_peer_host pd_peer_init_port pd_peer_alloc_port "
-    "pd_proxy_host pd_proxy_port transfer_channel nixl_backends nixl_buffer_size "
-    "nixl_buffer_device nixl_role nixl_receiver_host nixl_receiver_port nixl_enable_gc "
-    "gds_path cufile_buffer_size use_gds weka_path audit_actual_remote_url "
-    "blocking_timeout_secs external_lookup_client py_enable_gc cache_policy numa_mode "
-    "enable_async_loading internal_api_server_enabled internal_api_server_host "
-    "internal_api_server_port_start priority_limit lookup_timeout_ms min_retrieve_tokens "
-    "mp_host mp_port pipelined_backend reserve_local_cpu_size remote_storage_plugins "
-    "enable_scheduler_bypass_lookup use_experimental";
+/* LMCache's newer names of kvnode's keys (lmcache/v1/config.py, _CONFIG_ALIASES: the older
+ * names are the deprecated ones there). Either name sets the key. */
+static const struct {
+	const char *alias;
+	const char *name;
+} aliases[] = {
+    {"storage_plugins", "external_backends"},
+    {"runtime_plugin_locations", "plugin_locations"},
+};
 
-/* LMCache keys whose kvnode counterpart has another name: a warning, since the user most
+/* LMCache keys that kvnode has no use for: accepted so that one file can serve both, with an
+ * info line instead of an "unknown key" warning. Every key of _CONFIG_DEFINITIONS and
+ * _CONFIG_ALIASES in lmcache/v1/config.py (LMCache commit 000620e3, and the keys of the earlier
+ * generation at commit 3ecd72f8 that it dropped), and of the older lmcache/config.py. */
+static const char lmcache_ignored[] =
+    /* lmcache/v1/config.py, 000620e3 */
+    "reserve_local_cpu_size local_disk_path_sharding use_layerwise "
+    "save_decode_cache pre_caching_hash_algorithm enable_blending blend_recompute_ratios "
+    "blend_thresholds blend_check_layers blend_min_tokens blend_special_str retrieve_locations "
+    "store_location enable_p2p p2p_host p2p_init_ports p2p_lookup_ports mp_host mp_port "
+    "enable_controller lmcache_instance_id controller_pull_url controller_reply_url "
+    "lmcache_worker_ports lmcache_worker_ids lmcache_worker_heartbeat_delay_time "
+    "lmcache_worker_heartbeat_time enable_pd pd_role pd_buffer_size pd_buffer_device "
+    "pd_peer_host pd_peer_init_port pd_peer_alloc_port pd_peer_query_port pd_proxy_host "
+    "pd_proxy_port pd_allocation_timeout_sec pd_shutdown_timeout_sec "
+    "pd_condition_poll_interval_sec pd_max_prefill_len pd_backend_mode "
+    "pd_skip_proxy_notification pd_bidirectional transfer_channel nixl_backends "
+    "nixl_buffer_size nixl_buffer_device gds_path gds_path_sharding gds_buffer_size maru_path "
+    "maru_pool_size use_gds gds_backend audit_actual_remote_url internal_api_server_host "
+    "save_unfull_chunk blocking_timeout_secs external_lookup_client py_enable_gc cache_policy "
+    "cost_aware_half_life_seconds cost_aware_ewma_alpha numa_mode enable_async_loading "
+    "internal_api_server_enabled internal_api_server_port_start priority_limit "
+    "internal_api_server_include_index_list internal_api_server_socket_path_prefix "
+    "lookup_timeout_ms min_retrieve_tokens hit_miss_ratio lookup_server_worker_ids "
+    "enable_scheduler_bypass_lookup script_allowed_imports enable_lazy_memory_allocator "
+    "lazy_memory_initial_ratio lazy_memory_expand_trigger_ratio lazy_memory_step_ratio "
+    "lazy_memory_safe_size enable_chunk_statistics chunk_statistics_auto_start_statistics "
+    "chunk_statistics_auto_exit_timeout_hours chunk_statistics_auto_exit_target_unique_chunks "
+    "chunk_statistics_strategy enable_kv_events use_gpu_connector_v3 pin_timeout_sec "
+    "pin_check_interval_sec remote_config_url app_id enable_hidden_state_cache "
+    "max_hidden_state_cpu_size hidden_state_layers hidden_states_retrieve_mode "
+    /* its _CONFIG_ALIASES and _DEPRECATED_CONFIGS */
+    "enable_xpyd nixl_peer_host nixl_peer_init_port nixl_peer_alloc_port nixl_proxy_host "
+    "nixl_proxy_port nixl_role controller_url lmcache_worker_port nixl_peer_port "
+    /* lmcache/v1/config.py, 3ecd72f8 */
+    "blend_recompute_ratio lookup_url distributed_url error_handling enable_nixl "
+    "nixl_receiver_host nixl_receiver_port nixl_enable_gc weka_path cufile_buffer_size "
+    /* lmcache/config.py (before v1) */
+    "max_local_cache_size pipelined_backend blend_separator blend_add_special_in_precomp "
+    "use_experimental";
+
+/* LMCache keys whose kvnode counterpart works differently: a warning, since the user most
  * likely meant it. */
 static const struct {
 	const char *name;
 	const char *hint;
 } lmcache_renamed[] = {
-    {"storage_plugins", "external_backends"},
-    {"runtime_plugin_locations", "plugin_locations"},
     {"local_cpu_use_hugepages", "hugepages"},
     {"local_device", "local_cpu / local_disk"},
 };
@@ -131,6 +164,24 @@ kvn_config_key_index(const char *name)
 		if (!strcmp(kvn_config_keys[i].name, name))
 			return (int)i;
 	return -1;
+}
+
+int
+kvn_config_alias_index(const char *name)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(aliases); i++)
+		if (!strcmp(aliases[i].alias, name))
+			return kvn_config_key_index(aliases[i].name);
+	return -1;
+}
+
+const char *
+kvn_config_alias_of(size_t ki, size_t i)
+{
+	for (size_t a = 0; a < ARRAY_SIZE(aliases); a++)
+		if (!strcmp(aliases[a].name, kvn_config_keys[ki].name) && i-- == 0)
+			return aliases[a].alias;
+	return NULL;
 }
 
 int
@@ -215,18 +266,25 @@ kvn_config_note_unread(const char *where, const char *name)
 			    where, name, lmcache_renamed[i].hint);
 			return;
 		}
+	if (kvn_config_lmcache_key(name)) {
+		kvn_info(COMP, "%s: \"%s\": LMCache key, not used by kvnode", where, name);
+		return;
+	}
+	kvn_warn(COMP, "%s: unknown key \"%s\" (did you mean \"%s\"?)", where, name,
+		 closest_key(name));
+}
+
+bool
+kvn_config_lmcache_key(const char *name)
+{
 	size_t n = strlen(name);
 	for (const char *w = lmcache_ignored; n && !strchr(name, ' '); w += n) {
 		if (!(w = strstr(w, name)))
 			break;
-		if ((w == lmcache_ignored || w[-1] == ' ') && (w[n] == ' ' || !w[n])) {
-			kvn_info(COMP, "%s: LMCache key \"%s\" ignored: kvnode does not use it",
-				 where, name);
-			return;
-		}
+		if ((w == lmcache_ignored || w[-1] == ' ') && (w[n] == ' ' || !w[n]))
+			return true;
 	}
-	kvn_warn(COMP, "%s: unknown key \"%s\" (did you mean \"%s\"?)", where, name,
-		 closest_key(name));
+	return false;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -844,6 +902,193 @@ kvn_config_check_listener(const struct kvn_config *cfg, const char *what, const 
 			  "rand -hex 32`>, the same on every host), or auth_token_file: a file "
 			  "holding it (mode 0600) on every host; see docs/configuration.md",
 			  what, addr);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * LMCache's newer spellings
+ * ------------------------------------------------------------------------------------------ */
+
+/* extra_config prefix LMCache's storage plugins use for kvnode's external_backend.<name>. */
+#define STORAGE_PLUGIN_PREFIX "storage_plugin."
+#define EXTERNAL_PREFIX	      "external_backend."
+/* Marks a remote_url that the loader made from remote_storage_plugins. */
+#define FROM_PLUGIN " (from remote_storage_plugins)"
+
+static int
+rename_storage_plugin_keys(struct kvn_config *cfg, char *err, size_t errlen)
+{
+	const size_t pl = strlen(STORAGE_PLUGIN_PREFIX);
+	for (size_t i = 0; i < cfg->n_extra;) {
+		struct kvn_config_kv *kv = &cfg->extra[i];
+		if (strncmp(kv->key, STORAGE_PLUGIN_PREFIX, pl) || !kv->key[pl]) {
+			i++;
+			continue;
+		}
+		char *ours = NULL;
+		if (asprintf(&ours, EXTERNAL_PREFIX "%s", kv->key + pl) < 0)
+			return kvn_config_nomem(err, errlen);
+		const struct kvn_config_kv *have = find_extra(cfg, ours);
+		int rc = 0;
+		if (have && strcmp(have->value, kv->value))
+			rc = kvn_seterr(err, errlen,
+					"%s: extra_config.%s is \"%s\" but extra_config.%s (its "
+					"other name, set at %s) is \"%s\": set one of them",
+					kv->origin, kv->key, kv->value, ours, have->origin,
+					have->value);
+		else if (!have) {
+			char origin[KVN_ORIGIN_MAX], *value = strdup(kv->value);
+			snprintf(origin, sizeof(origin), "%s", kv->origin);
+			rc = value ? kvn_config_put_extra(cfg, ours, value, origin, false, err,
+							  errlen)
+				   : kvn_config_nomem(err, errlen);
+			free(value);
+		}
+		free(ours);
+		if (rc)
+			return rc;
+		/* Dropped: kvnode reads the one name (the array may have moved). */
+		kv = &cfg->extra[i];
+		free(kv->key);
+		free(kv->value);
+		cfg->extra[i] = cfg->extra[--cfg->n_extra];
+	}
+	return 0;
+}
+
+/* LMCache's extra_config.save_chunk_meta (lmcache/v1/storage_backend/connector/base_connector.py,
+ * init_chunk_meta) is an option of the remote tier's connector. */
+static int
+map_save_chunk_meta(struct kvn_config *cfg, char *err, size_t errlen)
+{
+	const struct kvn_config_kv *kv = find_extra(cfg, "save_chunk_meta");
+	if (!kv || find_extra(cfg, "remote.save_chunk_meta"))
+		return 0;
+	char origin[KVN_ORIGIN_MAX];
+	snprintf(origin, sizeof(origin), "%s", kv->origin);
+	return kvn_config_put_extra(cfg, "remote.save_chunk_meta", kv->value, origin, false, err,
+				    errlen);
+}
+
+/* "fs://" and the absolute base paths of a comma-separated base_path; relative ones are
+ * against the config file's directory (or the working directory, for the environment's). */
+static int
+fs_url_of(const struct kvn_config *cfg, const struct kvn_config_kv *kv, char **url, char *err,
+	  size_t errlen)
+{
+	char cwd[PATH_MAX];
+	const char *base = cfg->dir;
+	if (!strncmp(kv->origin, "env ", 4) || !base)
+		base = getcwd(cwd, sizeof(cwd)) ? cwd : ".";
+	size_t len = 0;
+	FILE *f = open_memstream(url, &len);
+	if (!f)
+		return kvn_config_nomem(err, errlen);
+	fputs("fs://", f);
+	int rc = 0;
+	const char *p = kv->value;
+	for (size_t n = 0; !rc; p += n + 1) {
+		n = strcspn(p, ",");
+		size_t s = 0, e = n;
+		while (s < e && isspace((unsigned char)p[s]))
+			s++;
+		while (e > s && isspace((unsigned char)p[e - 1]))
+			e--;
+		if (s == e || memchr(p + s, '?', e - s) || memchr(p + s, '#', e - s))
+			rc = kvn_seterr(err, errlen,
+					"%s: extra_config.%s: \"%s\" holds an empty base path, or "
+					"one with '?' or '#'",
+					kv->origin, kv->key, kv->value);
+		else if (p[s] == '/')
+			fprintf(f, "%s%.*s", p == kv->value ? "" : ",", (int)(e - s), p + s);
+		else
+			fprintf(f, "%s%s/%.*s", p == kv->value ? "" : ",", base, (int)(e - s),
+				p + s);
+		if (!p[n])
+			break;
+	}
+	if (fclose(f) && !rc)
+		rc = kvn_config_nomem(err, errlen);
+	if (rc) {
+		free(*url);
+		*url = NULL;
+	}
+	return rc;
+}
+
+/* remote_storage_plugins (lmcache/v1/storage_backend/__init__.py: one RemoteBackend per
+ * plugin; connector/fs_adapter.py: plugin type "fs" before the first '.', base path from
+ * extra_config remote_storage_plugin.<name>.base_path, else fs_base_path). kvnode has one
+ * remote tier and its fs connector: one fs plugin becomes remote_url. */
+static int
+map_remote_storage_plugins(struct kvn_config *cfg, char *err, size_t errlen)
+{
+	int ki = kvn_config_key_index("remote_storage_plugins");
+	int ri = kvn_config_key_index("remote_url");
+	const char *origin = cfg->priv && cfg->priv->origin[ki] ? cfg->priv->origin[ki] : "default";
+	const char *rorigin = cfg->priv ? cfg->priv->origin[ri] : NULL;
+	bool derived = rorigin && strstr(rorigin, FROM_PLUGIN);
+	if (derived) {
+		/* Made by an earlier pass (the file, before the environment): made again. */
+		free(cfg->remote_url);
+		cfg->remote_url = NULL;
+	}
+	if (cfg->n_remote_storage_plugins == 0)
+		return 0;
+	const char *name = cfg->remote_storage_plugins[0];
+	if (cfg->n_remote_storage_plugins > 1)
+		return kvn_seterr(err, errlen,
+				  "%s: remote_storage_plugins: kvnode has one remote tier; list "
+				  "one plugin, not %zu",
+				  origin, cfg->n_remote_storage_plugins);
+	if (cfg->remote_url)
+		return kvn_seterr(err, errlen,
+				  "%s: remote_storage_plugins and remote_url (%s) both name a "
+				  "remote store; kvnode has one remote tier: keep one of them",
+				  origin, rorigin ? rorigin : "set");
+	char key[300];
+	snprintf(key, sizeof(key), "remote_storage_plugin.%s.module_path", name);
+	if (find_extra(cfg, key))
+		return kvn_seterr(err, errlen,
+				  "%s: remote_storage_plugins: \"%s\" is a Python connector "
+				  "adapter (extra_config %s), which kvnode cannot run; use "
+				  "remote_url with one of kvnode's connectors",
+				  origin, name, key);
+	size_t tlen = strcspn(name, ".");
+	if (tlen != 2 || strncmp(name, "fs", 2))
+		return kvn_seterr(err, errlen,
+				  "%s: remote_storage_plugins: plugin \"%s\": kvnode takes the "
+				  "fs plugin here (\"fs\" or \"fs.<instance>\"); for another "
+				  "store use remote_url",
+				  origin, name);
+	snprintf(key, sizeof(key), "remote_storage_plugin.%s.base_path", name);
+	const struct kvn_config_kv *bp = find_extra(cfg, key);
+	if (!bp)
+		bp = find_extra(cfg, "fs_base_path");
+	if (!bp)
+		return kvn_seterr(err, errlen,
+				  "%s: remote_storage_plugins: plugin \"%s\" needs extra_config "
+				  "\"%s\" (its directory, or comma-separated directories)",
+				  origin, name, key);
+	char *url = NULL, where[KVN_ORIGIN_MAX + 64];
+	int rc = fs_url_of(cfg, bp, &url, err, errlen);
+	if (rc)
+		return rc;
+	cfg->remote_url = url;
+	snprintf(where, sizeof(where), "%.*s%s", KVN_ORIGIN_MAX, origin, FROM_PLUGIN);
+	if (kvn_config_set_origin(cfg, (size_t)ri, where))
+		return kvn_config_nomem(err, errlen);
+	return 0;
+}
+
+int
+kvn_config_resolve(struct kvn_config *cfg, char *err, size_t errlen)
+{
+	int rc = rename_storage_plugin_keys(cfg, err, errlen);
+	if (!rc)
+		rc = map_save_chunk_meta(cfg, err, errlen);
+	if (!rc)
+		rc = map_remote_storage_plugins(cfg, err, errlen);
+	return rc;
 }
 
 /* ------------------------------------------------------------------------------------------

@@ -30,13 +30,18 @@ struct kvn_config {
 	char *local_disk; /* directory, "file://" stripped; NULL = no disk tier */
 	uint64_t max_local_disk_size; /* bytes (config: GB), default 0 = no disk tier */
 	char *remote_url; /* NULL = none */
-	char *remote_serde; /* default "naive" */
-	char **external_backends; /* names, in priority order */
+	char *remote_serde; /* default "naive"; NULL (null in the file) = naive too */
+	char **external_backends; /* names, in priority order (LMCache: storage_plugins) */
 	size_t n_external_backends;
 	struct kvn_config_kv *extra; /* extra_config, flattened */
 	size_t n_extra;
-	char **plugin_locations;
+	char **plugin_locations; /* LMCache: runtime_plugin_locations */
 	size_t n_plugin_locations;
+	/* LMCache's newer remote_url: one plugin ("fs" or "fs.<instance>") whose base_path the
+	 * loader turns into remote_url (kvn_config_resolve). */
+	char **remote_storage_plugins;
+	size_t n_remote_storage_plugins;
+	uint32_t worker_count; /* workers of the deployment, given to plugins; 0 = unset */
 
 	/* kvnode's own */
 	char *node_name; /* default: host name */
@@ -115,6 +120,12 @@ int kvn_config_resolve_token(struct kvn_config *cfg, bool create, char *err, siz
  * everyone. -EINVAL with err saying how to set one. Call before kvn_config_resolve_token. */
 int kvn_config_check_listener(const struct kvn_config *cfg, const char *what, const char *addr,
 			      char *err, size_t errlen);
+/* Turns LMCache's newer spellings into the keys kvnode reads: extra_config
+ * storage_plugin.<name>.* into external_backend.<name>.*, save_chunk_meta into
+ * remote.save_chunk_meta, remote_storage_plugins into remote_url. -EINVAL with err naming the
+ * key when they cannot be (two spellings with different values, a plugin kvnode cannot run).
+ * kvn_config_parse, kvn_config_apply_env and kvn_config_load call it before validating. */
+int kvn_config_resolve(struct kvn_config *cfg, char *err, size_t errlen);
 /* Checks that span keys (each external backend has module_path and class_name, no built-in
  * tier name …). kvn_config_parse, kvn_config_apply_env and kvn_config_load already call it. */
 int kvn_config_validate(const struct kvn_config *cfg, char *err, size_t errlen);

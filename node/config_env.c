@@ -1,10 +1,12 @@
-/* Config from the environment: KVNODE_<KEY>, then LMCACHE_<KEY> (KVNODE_ wins), each parsed
- * like the file's value; lists are comma-separated, extra_config is a JSON object. */
+/* Config from the environment: KVNODE_<KEY>, then LMCACHE_<KEY> (KVNODE_ wins). KVNODE_ values
+ * are parsed like the file's; LMCACHE_ values of LMCache's keys are converted as LMCache
+ * converts them (lmcache/v1/config_base.py), so that one environment means the same to both. */
 #include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -48,32 +50,251 @@ env_is_not_a_key(const char *var)
 	return false;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * LMCache's converters (lmcache/v1/config_base.py: _parse_quoted_string first, then the key's
+ * env_converter of lmcache/v1/config.py: _to_bool, int, float, str, _to_str_list, the
+ * runtime_plugin_locations lambda, json.loads). A value LMCache cannot convert it ignores with
+ * a warning ("Failed to parse"), keeping the earlier value: so does kvnode.
+ * ------------------------------------------------------------------------------------------ */
+
+static bool
+py_space(char c)
+{
+	return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
+
+/* str.strip(), in place. */
+static char *
+py_strip(char *s)
+{
+	while (py_space(*s))
+		s++;
+	size_t n = strlen(s);
+	while (n && py_space(s[n - 1]))
+		s[--n] = '\0';
+	return s;
+}
+
+static int
+hexdigit(char c)
+{
+	return c >= '0' && c <= '9'   ? c - '0'
+	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
+	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
+				      : -1;
+}
+
+/* _parse_quoted_string: strip; a value in matching quotes is the Python string literal it
+ * spells (the common escapes), else the text between the quotes. In place. */
+static char *
+py_unquote(char *s)
+{
+	s = py_strip(s);
+	size_t n = strlen(s);
+	if (n < 2 || s[0] != s[n - 1] || (s[0] != '\'' && s[0] != '"'))
+		return s;
+	s[n - 1] = '\0';
+	char *in = s + 1, *out = s + 1;
+	while (*in) {
+		if (*in != '\\' || !in[1]) {
+			*out++ = *in++;
+			continue;
+		}
+		char e = in[1], c = 0;
+		switch (e) {
+		case 'n':
+			c = '\n';
+			break;
+		case 't':
+			c = '\t';
+			break;
+		case 'r':
+			c = '\r';
+			break;
+		case '\\':
+		case '\'':
+		case '"':
+			c = e;
+			break;
+		}
+		if (e == 'x' && hexdigit(in[2]) >= 0 && hexdigit(in[3]) >= 0) {
+			*out++ = (char)(hexdigit(in[2]) << 4 | hexdigit(in[3]));
+			in += 4;
+		} else if (c) {
+			*out++ = c;
+			in += 2;
+		} else {
+			*out++ = *in++; /* Python keeps an unknown escape as it is */
+		}
+	}
+	*out = '\0';
+	return s + 1;
+}
+
+/* Python's int(s) in base 10 (s stripped): sign, digits, single '_' between digits. The
+ * digits without '_' go to out. */
+static bool
+py_int(const char *s, char *out, size_t outlen)
+{
+	size_t o = 0;
+	if (*s == '+' || *s == '-')
+		out[o++] = *s++;
+	if (!isdigit((unsigned char)*s))
+		return false;
+	for (; *s; s++) {
+		if (*s == '_' && isdigit((unsigned char)s[1]) && isdigit((unsigned char)s[-1]))
+			continue;
+		if (!isdigit((unsigned char)*s) || o + 1 >= outlen)
+			return false;
+		out[o++] = *s;
+	}
+	out[o] = '\0';
+	return true;
+}
+
+/* Python's float(s) (s stripped): a decimal with optional exponent and '_' between digits, or
+ * inf / infinity / nan. The number without '_' goes to out. */
+static bool
+py_float(const char *s, char *out, size_t outlen)
+{
+	const char *p = s + (*s == '+' || *s == '-');
+	if (!strcasecmp(p, "inf") || !strcasecmp(p, "infinity") || !strcasecmp(p, "nan")) {
+		snprintf(out, outlen, "%s", s);
+		return true;
+	}
+	size_t o = 0, digits = 0;
+	bool dot = false, exp = false;
+	for (const char *c = s; *c; c++) {
+		if (o + 1 >= outlen)
+			return false;
+		if (isdigit((unsigned char)*c)) {
+			digits++;
+		} else if (*c == '_') {
+			if (c == s || !isdigit((unsigned char)c[-1]) ||
+			    !isdigit((unsigned char)c[1]))
+				return false;
+			continue;
+		} else if ((*c == '+' || *c == '-') && (c == s || c[-1] == 'e' || c[-1] == 'E')) {
+		} else if (*c == '.' && !dot && !exp) {
+			dot = true;
+		} else if ((*c == 'e' || *c == 'E') && digits && !exp) {
+			exp = true;
+			digits = 0;
+		} else {
+			return false;
+		}
+		out[o++] = *c;
+	}
+	out[o] = '\0';
+	return digits > 0;
+}
+
+/* Text of an LMCACHE_ value for kvnode's parser, converted as LMCache converts it; NULL when
+ * LMCache would not take it (a warning says so). buf holds the result. */
+static const char *
+lmcache_value(const struct kvn_keydef *kd, const char *var, const char *raw, char *buf,
+	      size_t buflen, char **copy)
+{
+	if (!(*copy = strdup(raw)))
+		return NULL;
+	char *v = py_unquote(*copy);
+	switch (kd->type) {
+	case KVN_K_BOOL: /* _to_bool: only its own true spellings are true */
+		for (char *c = v; *c; c++)
+			*c = (char)tolower((unsigned char)*c);
+		return !strcmp(v, "true") || !strcmp(v, "1") ? "true" : "false";
+	case KVN_K_UINT:
+	case KVN_K_INT:
+		if (py_int(v, buf, buflen))
+			return buf;
+		break;
+	case KVN_K_GB:
+		if (py_float(v, buf, buflen))
+			return buf;
+		break;
+	default:
+		return v;
+	}
+	kvn_warn("config",
+		 "env %s=\"%.80s\": LMCache cannot convert it to %s either and ignores it; kvnode "
+		 "keeps %s's value",
+		 var, raw, kd->type == KVN_K_GB ? "a number" : "an integer", kd->name);
+	return NULL;
+}
+
+/* The variable of key ki under prefix: its own name or one of LMCache's other names. Two of
+ * them with different values are an error; NULL with *rc 0 when none is set. */
+static const char *
+find_var(char *const *envp, size_t ki, const char *prefix, char var[80], int *rc, char *err,
+	 size_t errlen)
+{
+	const struct kvn_keydef *kd = &kvn_config_keys[ki];
+	const char *text = NULL;
+	char name[80];
+	*rc = 0;
+	for (size_t a = 0;; a++) {
+		const char *n = a == 0 ? kd->name : kvn_config_alias_of(ki, a - 1);
+		if (!n)
+			break;
+		env_name(name, sizeof(name), prefix, n);
+		const char *t = env_lookup(envp, name);
+		if (!t)
+			continue;
+		if (text && strcmp(text, t)) {
+			*rc = kvn_seterr(err, errlen,
+					 "env %s and env %s name the same key (%s) with different "
+					 "values; set one of them",
+					 var, name, kd->name);
+			return NULL;
+		}
+		if (!text) {
+			text = t;
+			snprintf(var, 80, "%s", name);
+		}
+	}
+	return text;
+}
+
 int
 kvn_config_apply_env_only(struct kvn_config *cfg, char *const *envp, char *err, size_t errlen)
 {
-	char kv[80], lm[80], where[96];
+	char var[80], where[96], conv[64];
 	if (!envp)
 		envp = environ;
 	for (size_t i = 0; i < KVN_NKEYS; i++) {
 		const struct kvn_keydef *kd = &kvn_config_keys[i];
-		env_name(kv, sizeof(kv), "KVNODE_", kd->name);
-		env_name(lm, sizeof(lm), "LMCACHE_", kd->name);
-		const char *var = kv, *text = env_lookup(envp, kv);
-		if (!text) {
-			var = lm;
-			text = env_lookup(envp, lm);
+		int rc;
+		bool lm = false;
+		const char *text = find_var(envp, i, "KVNODE_", var, &rc, err, errlen);
+		if (!text && !rc) {
+			text = find_var(envp, i, "LMCACHE_", var, &rc, err, errlen);
+			lm = text && (kd->flags & KVN_KF_LMCACHE);
 		}
+		if (rc)
+			return rc;
 		if (!text)
 			continue;
 		snprintf(where, sizeof(where), "env %s", var);
-		int rc;
+		char *copy = NULL;
+		if (lm && !(text = lmcache_value(kd, var, text, conv, sizeof(conv), &copy))) {
+			bool nomem = !copy;
+			free(copy);
+			if (nomem)
+				return kvn_config_nomem(err, errlen);
+			continue;
+		}
 		if (kd->type == KVN_K_EXTRA)
 			rc = kvn_config_extra_from_json(cfg, text, where, err, errlen);
 		else if (kd->type == KVN_K_LIST)
-			rc = kvn_config_set_list_text(cfg, kd, *text ? text : NULL, true, NULL,
-						      where, err, errlen);
+			/* LMCache's runtime_plugin_locations converter takes the value as one
+			 * path; its other lists split at commas (_to_str_list). */
+			rc = kvn_config_set_list_text(
+			    cfg, kd, *text ? text : NULL,
+			    !(lm && !strcmp(kd->name, "plugin_locations")), NULL, where, err,
+			    errlen);
 		else
 			rc = kvn_config_set_scalar(cfg, i, text, NULL, where, err, errlen);
+		free(copy);
 		if (!rc && kvn_config_set_origin(cfg, i, where))
 			rc = kvn_config_nomem(err, errlen);
 		if (rc)
@@ -93,7 +314,7 @@ kvn_config_apply_env_only(struct kvn_config *cfg, char *const *envp, char *err, 
 		for (const char *c = var + 7; *c; c++)
 			key[n++] = (char)tolower((unsigned char)*c);
 		key[n] = '\0';
-		if (kvn_config_key_index(key) < 0) {
+		if (kvn_config_key_index(key) < 0 && kvn_config_alias_index(key) < 0) {
 			snprintf(where, sizeof(where), "env %s", var);
 			kvn_config_note_unread(where, key);
 		}
@@ -105,6 +326,8 @@ int
 kvn_config_apply_env(struct kvn_config *cfg, char *const *envp, char *err, size_t errlen)
 {
 	int rc = kvn_config_apply_env_only(cfg, envp, err, errlen);
+	if (!rc)
+		rc = kvn_config_resolve(cfg, err, errlen);
 	return rc ? rc : kvn_config_validate(cfg, err, errlen);
 }
 

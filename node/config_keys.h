@@ -30,6 +30,7 @@ enum kvn_ktype {
 #define KVN_KF_RESOLVE	4u  /* relative paths are against the config file's directory */
 #define KVN_KF_SPLIT	8u  /* one string in the file is split at commas */
 #define KVN_KF_SECRET	16u /* shown as "***" in redacted output */
+#define KVN_KF_LMCACHE	32u /* one of LMCache's keys: LMCACHE_<KEY> is converted as LMCache does */
 
 struct kvn_keydef {
 	const char *name;
@@ -44,7 +45,7 @@ extern const struct kvn_keydef kvn_config_keys[];
 #define KVN_CONFIG_MAX_DEPTH 16 /* extra_config nesting; also stops a self-referencing alias */
 /* Keys in one mapping and flattened extra_config entries; stops alias "billion laughs". */
 #define KVN_CONFIG_MAX_ENTRIES 4096
-#define KVN_NKEYS	     44
+#define KVN_NKEYS	     46
 
 /* Bookkeeping behind kvn_config.priv. */
 struct kvn_config_priv {
@@ -53,8 +54,16 @@ struct kvn_config_priv {
 };
 
 int kvn_config_key_index(const char *name);
-/* "unknown key … (did you mean …)" or, for LMCache's own keys, "ignored". */
+/* LMCache's other names of a key (storage_plugins for external_backends …): the key's index, or
+ * -1. */
+int kvn_config_alias_index(const char *name);
+/* The i-th other name of key ki (i from 0), NULL past the last. */
+const char *kvn_config_alias_of(size_t ki, size_t i);
+/* "unknown key … (did you mean …)" or, for LMCache's own keys, "LMCache key, not used by
+ * kvnode". */
 void kvn_config_note_unread(const char *where, const char *name);
+/* Whether name is one of LMCache's keys that kvnode does not use. */
+bool kvn_config_lmcache_key(const char *name);
 int kvn_config_nomem(char *err, size_t errlen);
 int kvn_config_set_origin(struct kvn_config *cfg, size_t ki, const char *origin);
 /* Sets key ki from text (NULL = null); base resolves relative paths (NULL: leave them). */

@@ -264,7 +264,8 @@ kvn_config_apply_yaml(struct kvn_config *cfg, const char *text, size_t len, cons
 	yaml_document_t doc, next;
 	struct yctx c = {.cfg = cfg, .doc = &doc, .name = name, .err = err, .errlen = errlen};
 	char where[KVN_ORIGIN_MAX];
-	int rc = 0;
+	int rc = 0, seen[KVN_NKEYS] = {0};
+	const char *seen_name[KVN_NKEYS] = {0};
 
 	if (!yaml_parser_initialize(&parser))
 		return kvn_config_nomem(err, errlen);
@@ -311,10 +312,22 @@ kvn_config_apply_yaml(struct kvn_config *cfg, const char *text, size_t len, cons
 		const char *key = (const char *)k->data.scalar.value;
 		snprintf(where, sizeof(where), "%s:%d", name, line_of(k));
 		int ki = kvn_config_key_index(key);
+		if (ki < 0)
+			ki = kvn_config_alias_index(key);
 		if (ki < 0) {
 			kvn_config_note_unread(where, key);
 			continue;
 		}
+		if (seen[ki]) {
+			/* Both of LMCache's names of a key (storage_plugins, external_backends). */
+			rc = kvn_seterr(err, errlen,
+					"%s: %s: the same key as \"%s\" on line %d (LMCache's "
+					"other name for it); keep one of them",
+					where, key, seen_name[ki], seen[ki]);
+			break;
+		}
+		seen[ki] = line_of(k);
+		seen_name[ki] = key;
 		rc = apply_yaml_key(&c, (size_t)ki, v, line_of(k));
 		if (!rc && kvn_config_set_origin(cfg, (size_t)ki, where))
 			rc = kvn_config_nomem(err, errlen);
@@ -437,6 +450,8 @@ kvn_config_parse(const char *text, size_t len, const char *name, struct kvn_conf
 		return kvn_config_nomem(err, errlen);
 	int rc = kvn_config_apply_yaml(cfg, text ? text : "", text ? len : 0, name, err, errlen);
 	if (!rc)
+		rc = kvn_config_resolve(cfg, err, errlen);
+	if (!rc)
 		rc = kvn_config_validate(cfg, err, errlen);
 	if (rc) {
 		kvn_config_free(cfg);
@@ -480,6 +495,8 @@ kvn_config_load(const char *path, struct kvn_config **out, char *err, size_t err
 	}
 	if (!rc)
 		rc = kvn_config_apply_env_only(cfg, NULL, err, errlen);
+	if (!rc)
+		rc = kvn_config_resolve(cfg, err, errlen);
 	if (!rc)
 		rc = kvn_config_validate(cfg, err, errlen);
 	if (rc) {

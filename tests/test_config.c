@@ -135,8 +135,8 @@ Test(config, lmcache_example_config_loads_and_its_other_keys_are_ignored)
 	cr_assert_str_eq(cfg->local_disk, "/local/disk_test/local_disk/");
 	cr_assert_eq(cfg->max_local_disk_size, 5ull << 30);
 	cr_assert_str_eq(cfg->remote_url, "lm://localhost:65432");
-	assert_contains(log, "kvnode.yaml:8: LMCache key \"use_layerwise\" ignored");
-	assert_contains(log, "\"blocking_timeout_secs\" ignored");
+	assert_contains(log, "kvnode.yaml:8: \"use_layerwise\": LMCache key, not used by kvnode");
+	assert_contains(log, "\"blocking_timeout_secs\": LMCache key, not used by kvnode");
 	assert_lacks(log, "unknown key");
 	kvn_config_free(cfg);
 }
@@ -331,12 +331,211 @@ Test(config, an_lmcache_key_with_a_kvnode_name_warns_with_that_name)
 	struct capture cap;
 	capture_begin(&cap);
 	struct kvn_config *cfg = NULL;
-	int rc = load("storage_plugins: [x]\n", &cfg);
+	int rc = load("local_cpu_use_hugepages: true\n", &cfg);
 	char *log = capture_end(&cap);
 	cr_assert_eq(rc, 0, "%s", err);
-	assert_contains(log, "\"storage_plugins\" ignored");
-	assert_contains(log, "use \"external_backends\"");
+	assert_contains(log, "\"local_cpu_use_hugepages\" ignored");
+	assert_contains(log, "use \"hugepages\"");
 	kvn_config_free(cfg);
+}
+
+static void
+expect_value(const struct kvn_config *cfg, const char *key, const char *want)
+{
+	char buf[PATH_MAX + 64];
+	cr_assert_eq(kvn_config_value(cfg, key, buf, sizeof(buf)), 0, "%s has no value", key);
+	cr_assert_str_eq(buf, want, "%s", key);
+}
+
+/* LMCache's newer names (lmcache/v1/config.py _CONFIG_ALIASES: external_backends and
+ * plugin_locations are the deprecated ones there) set the same keys. */
+Test(config, lmcaches_newer_names_are_the_same_keys)
+{
+	struct kvn_config *cfg = load_ok("storage_plugins: [zmem]\n"
+					 "runtime_plugin_locations: [\"/opt/plugins\"]\n"
+					 "extra_config:\n"
+					 "  storage_plugin.zmem.module_path: /opt/zmem.so\n"
+					 "  storage_plugin.zmem.class_name: kvn_zmem_ops\n"
+					 "  storage_plugin.zmem.max_size_gb: 1\n");
+	expect_value(cfg, "external_backends", "zmem");
+	expect_value(cfg, "plugin_locations", "/opt/plugins");
+	cr_assert_str_eq(kvn_config_extra(cfg, "external_backend.zmem.module_path"),
+			 "/opt/zmem.so");
+	cr_assert_str_eq(kvn_config_extra(cfg, "external_backend.zmem.class_name"), "kvn_zmem_ops");
+	cr_assert_str_eq(kvn_config_extra(cfg, "external_backend.zmem.max_size_gb"), "1");
+	kvn_config_free(cfg);
+}
+
+Test(config, both_names_of_one_key_are_refused_naming_both)
+{
+	expect_bad("external_backends: [a]\nstorage_plugins: [a]\n", 2, "storage_plugins",
+		   "\"external_backends\" on line 1");
+	struct kvn_config *cfg = NULL;
+	cr_assert_eq(load("external_backends: [z]\nextra_config:\n"
+			  "  external_backend.z.module_path: a.so\n"
+			  "  external_backend.z.class_name: z\n"
+			  "  storage_plugin.z.module_path: b.so\n",
+			  &cfg),
+		     -EINVAL);
+	assert_contains(err, "extra_config.storage_plugin.z.module_path is \"b.so\" but "
+			     "extra_config.external_backend.z.module_path");
+}
+
+Test(config, remote_serde_null_is_lmcaches_none_and_valid)
+{
+	/* As in three of LMCache's own test and example files. */
+	struct kvn_config *cfg = load_ok("remote_serde: null\nchunk_size: 256\n");
+	char buf[32];
+	cr_assert_eq(kvn_config_value(cfg, "remote_serde", buf, sizeof(buf)), -ENOENT, "unset");
+	kvn_config_free(cfg);
+}
+
+/* lmcache/v1/storage_backend/connector/fs_adapter.py and fs_connector.py: plugin type "fs"
+ * (before the first '.'), base_path from remote_storage_plugin.<name>.base_path or
+ * fs_base_path, comma-separated. */
+Test(config, a_remote_storage_plugin_fs_is_the_remote_tier)
+{
+	struct kvn_config *cfg = load_ok("remote_storage_plugins: [\"fs\"]\nextra_config:\n"
+					 "  remote_storage_plugin.fs.base_path: /data/lmcache\n");
+	expect_value(cfg, "remote_url", "fs:///data/lmcache");
+	assert_contains(kvn_config_origin(cfg, "remote_url"), "remote_storage_plugins");
+	kvn_config_free(cfg);
+
+	char want[PATH_MAX + 64];
+	cfg = load_ok("remote_storage_plugins: [fs.primary]\nextra_config:\n"
+		      "  remote_storage_plugin.fs.primary.base_path: \"cache, /mnt/b\"\n");
+	snprintf(want, sizeof(want), "fs://%s/cache,/mnt/b", tmpdir);
+	expect_value(cfg, "remote_url", want);
+	kvn_config_free(cfg);
+
+	cfg = load_ok("remote_storage_plugins: fs\nextra_config:\n  fs_base_path: /x\n");
+	expect_value(cfg, "remote_url", "fs:///x");
+	kvn_config_free(cfg);
+}
+
+Test(config, remote_storage_plugins_kvnode_cannot_honour_are_refused_naming_the_key)
+{
+	expect_bad("remote_storage_plugins: [fs]\n", 1, "remote_storage_plugins",
+		   "remote_storage_plugin.fs.base_path");
+	expect_bad("remote_storage_plugins: [fs.a, fs.b]\n", 1, "remote_storage_plugins",
+		   "one remote tier");
+	expect_bad("remote_url: redis://h:1\nremote_storage_plugins: [fs]\nextra_config:\n"
+		   "  fs_base_path: /x\n",
+		   2, "remote_storage_plugins", "keep one of them");
+	expect_bad("remote_storage_plugins: [mystore]\nextra_config:\n"
+		   "  remote_storage_plugin.mystore.module_path: my_pkg.adapter\n"
+		   "  remote_storage_plugin.mystore.class_name: MyAdapter\n",
+		   1, "remote_storage_plugins", "Python connector adapter");
+	expect_bad("remote_storage_plugins: [s3]\n", 1, "remote_storage_plugins",
+		   "plugin \"s3\"");
+}
+
+Test(config, save_chunk_meta_is_an_option_of_the_remote_connector)
+{
+	struct kvn_config *cfg = load_ok("extra_config:\n  save_chunk_meta: false\n");
+	cr_assert_str_eq(kvn_config_extra(cfg, "remote.save_chunk_meta"), "false");
+	kvn_config_free(cfg);
+}
+
+Test(config, worker_count_is_a_key_and_unset_by_default)
+{
+	struct kvn_config *cfg = load_ok("");
+	expect_value(cfg, "worker_count", "0");
+	kvn_config_free(cfg);
+	cfg = load_ok("worker_count: 8\n");
+	expect_value(cfg, "worker_count", "8");
+	kvn_config_free(cfg);
+	expect_bad("worker_count: -1\n", 1, "worker_count", NULL);
+}
+
+/* Every key of LMCache's lmcache/v1/config.py (_CONFIG_DEFINITIONS and _CONFIG_ALIASES at
+ * LMCache commit 000620e3, and the keys of commit 3ecd72f8 it no longer has) is one kvnode
+ * reads or an "LMCache key, not used by kvnode", never an unknown key. */
+static const char *const lmcache_config_py_keys[] = {
+    "chunk_size", "local_cpu", "max_local_cpu_size", "local_cpu_use_hugepages",
+    "reserve_local_cpu_size", "local_disk", "local_disk_path_sharding", "max_local_disk_size",
+    "remote_url", "remote_serde", "use_layerwise", "save_decode_cache",
+    "pre_caching_hash_algorithm", "enable_blending", "blend_recompute_ratios", "blend_thresholds",
+    "blend_check_layers", "blend_min_tokens", "blend_special_str", "retrieve_locations",
+    "store_location", "enable_p2p", "p2p_host", "p2p_init_ports", "p2p_lookup_ports", "mp_host",
+    "mp_port", "enable_controller", "lmcache_instance_id", "controller_pull_url",
+    "controller_reply_url", "lmcache_worker_ports", "lmcache_worker_ids",
+    "lmcache_worker_heartbeat_delay_time", "lmcache_worker_heartbeat_time", "enable_pd",
+    "pd_role", "pd_buffer_size", "pd_buffer_device", "pd_peer_host", "pd_peer_init_port",
+    "pd_peer_alloc_port", "pd_peer_query_port", "pd_proxy_host", "pd_proxy_port",
+    "pd_allocation_timeout_sec", "pd_shutdown_timeout_sec", "pd_condition_poll_interval_sec",
+    "pd_max_prefill_len", "pd_backend_mode", "pd_skip_proxy_notification", "pd_bidirectional",
+    "transfer_channel", "nixl_backends", "nixl_buffer_size", "nixl_buffer_device", "gds_path",
+    "gds_path_sharding", "gds_buffer_size", "maru_path", "maru_pool_size", "use_gds",
+    "gds_backend", "audit_actual_remote_url", "internal_api_server_host", "extra_config",
+    "save_unfull_chunk", "blocking_timeout_secs", "external_lookup_client", "py_enable_gc",
+    "cache_policy", "cost_aware_half_life_seconds", "cost_aware_ewma_alpha", "numa_mode",
+    "enable_async_loading", "internal_api_server_enabled", "internal_api_server_port_start",
+    "priority_limit", "internal_api_server_include_index_list",
+    "internal_api_server_socket_path_prefix", "runtime_plugin_locations", "storage_plugins",
+    "remote_storage_plugins", "lookup_timeout_ms", "min_retrieve_tokens", "hit_miss_ratio",
+    "lookup_server_worker_ids", "enable_scheduler_bypass_lookup", "script_allowed_imports",
+    "enable_lazy_memory_allocator", "lazy_memory_initial_ratio",
+    "lazy_memory_expand_trigger_ratio", "lazy_memory_step_ratio", "lazy_memory_safe_size",
+    "enable_chunk_statistics", "chunk_statistics_auto_start_statistics",
+    "chunk_statistics_auto_exit_timeout_hours",
+    "chunk_statistics_auto_exit_target_unique_chunks", "chunk_statistics_strategy",
+    "enable_kv_events", "use_gpu_connector_v3", "pin_timeout_sec", "pin_check_interval_sec",
+    "remote_config_url", "app_id", "enable_hidden_state_cache", "max_hidden_state_cpu_size",
+    "hidden_state_layers", "hidden_states_retrieve_mode",
+    /* _CONFIG_ALIASES / _DEPRECATED_CONFIGS */
+    "enable_xpyd", "nixl_peer_host", "nixl_peer_init_port", "nixl_peer_alloc_port",
+    "nixl_proxy_host", "nixl_proxy_port", "nixl_role", "controller_url", "lmcache_worker_port",
+    "plugin_locations", "external_backends", "nixl_peer_port",
+    /* 3ecd72f8 */
+    "blend_recompute_ratio", "lookup_url", "distributed_url", "error_handling", "enable_nixl",
+    "nixl_receiver_host", "nixl_receiver_port", "nixl_enable_gc", "weka_path",
+    "cufile_buffer_size"};
+
+Test(config, every_key_of_lmcaches_config_py_is_known)
+{
+	/* Keys kvnode reads get values it takes; the others a value LMCache would take. */
+	static const char *const read_here[] = {
+	    "chunk_size: 256", "local_cpu: true", "max_local_cpu_size: 1.0", "local_disk: null",
+	    "max_local_disk_size: 0", "remote_url: null", "remote_serde: naive",
+	    "extra_config: {}", "runtime_plugin_locations: []", "storage_plugins: []",
+	    "remote_storage_plugins: []"};
+	const size_t nread = sizeof(read_here) / sizeof(read_here[0]);
+	size_t n = sizeof(lmcache_config_py_keys) / sizeof(lmcache_config_py_keys[0]), seen = 0;
+	/* In slices, so that each one's log fits the capture. */
+	for (size_t at = 0; at < n; at += 30) {
+		char *yaml = NULL;
+		size_t len = 0;
+		FILE *f = open_memstream(&yaml, &len);
+		for (size_t i = 0; at == 0 && i < nread; i++)
+			fprintf(f, "%s\n", read_here[i]);
+		for (size_t i = at; i < n && i < at + 30; i++) {
+			const char *k = lmcache_config_py_keys[i];
+			bool done = !strcmp(k, "plugin_locations") ||
+				    !strcmp(k, "external_backends");
+			for (size_t j = 0; j < nread; j++)
+				done |= !strncmp(read_here[j], k, strlen(k)) &&
+					read_here[j][strlen(k)] == ':';
+			if (!done)
+				fprintf(f, "%s: 1\n", k);
+			seen++;
+		}
+		fclose(f);
+		struct capture cap;
+		capture_begin(&cap);
+		struct kvn_config *cfg = NULL;
+		int rc = load(yaml, &cfg);
+		char *log = capture_end(&cap);
+		cr_assert_eq(rc, 0, "%s", err);
+		assert_lacks(log, "unknown key");
+		for (size_t i = at; i < n && i < at + 30; i++)
+			if (!strcmp(lmcache_config_py_keys[i], "enable_nixl") ||
+			    !strcmp(lmcache_config_py_keys[i], "lookup_url"))
+				assert_contains(log, "LMCache key, not used by kvnode");
+		kvn_config_free(cfg);
+		free(yaml);
+	}
+	cr_assert_eq(seen, n);
 }
 
 /* ------------------------------------------------------------------------------------------

@@ -87,6 +87,80 @@ Test(config_env, a_bad_env_value_is_an_error_naming_the_variable)
 			     "needs extra_config key \"external_backend.zmem.module_path\"");
 }
 
+/* LMCache converts LMCACHE_<KEY> with lmcache/v1/config_base.py: _parse_quoted_string, then
+ * the key's converter of lmcache/v1/config.py (_to_bool takes only "true" and "1"; int() and
+ * float() as Python has them; runtime_plugin_locations one path; _to_str_list for the other
+ * lists). kvnode reads the same values from the same variables. */
+Test(config_env, lmcache_variables_are_read_with_lmcaches_converters)
+{
+	static const struct {
+		const char *value;
+		bool want;
+	} bools[] = {{"yes", false}, {"on", false}, {"True", true}, {" TRUE ", true},
+		     {"1", true},    {"'true'", true}, {"\"1\"", true}, {"no", false},
+		     {"garbage", false}};
+	for (size_t i = 0; i < sizeof(bools) / sizeof(bools[0]); i++) {
+		char e[64];
+		snprintf(e, sizeof(e), "LMCACHE_LOCAL_CPU=%s", bools[i].value);
+		char *envp[] = {e, NULL};
+		struct kvn_config *cfg = load_ok(bools[i].want ? "local_cpu: false\n" : "");
+		cr_assert_eq(kvn_config_apply_env(cfg, envp, err, sizeof(err)), 0, "%s", err);
+		cr_assert_eq(cfg->local_cpu, bools[i].want, "LMCACHE_LOCAL_CPU=%s",
+			     bools[i].value);
+		kvn_config_free(cfg);
+	}
+	struct kvn_config *cfg = load_ok("");
+	char *envp[] = {"LMCACHE_CHUNK_SIZE= 1_024 ", "LMCACHE_MAX_LOCAL_CPU_SIZE=0.2_5",
+			"LMCACHE_PLUGIN_LOCATIONS=/a,/b", "LMCACHE_STORAGE_PLUGINS= x, ,y",
+			"LMCACHE_REMOTE_URL='lm://h:1'", "KVNODE_HUGEPAGES=yes", NULL};
+	cr_assert_eq(kvn_config_apply_env(cfg, envp, err, sizeof(err)), -EINVAL,
+		     "x and y have no module_path");
+	kvn_config_free(cfg);
+	cfg = load_ok("extra_config:\n  external_backend.x.module_path: x.so\n"
+		      "  external_backend.x.class_name: x\n  external_backend.y.module_path: y.so\n"
+		      "  external_backend.y.class_name: y\n");
+	cr_assert_eq(kvn_config_apply_env(cfg, envp, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg->chunk_size, 1024);
+	cr_assert_eq(cfg->max_local_cpu_size, 1ull << 28);
+	cr_assert_eq(cfg->n_plugin_locations, 1, "one path, as LMCache reads it");
+	cr_assert_str_eq(cfg->plugin_locations[0], "/a,/b");
+	cr_assert_eq(cfg->n_external_backends, 2);
+	cr_assert_str_eq(cfg->external_backends[1], "y");
+	cr_assert_str_eq(cfg->remote_url, "lm://h:1", "the quotes are LMCache's to strip");
+	cr_assert(cfg->hugepages, "KVNODE_ keeps kvnode's spellings");
+	kvn_config_free(cfg);
+}
+
+Test(config_env, an_lmcache_value_lmcache_cannot_convert_is_ignored_with_a_warning)
+{
+	struct kvn_config *cfg = load_ok("chunk_size: 128\n");
+	char *envp[] = {"LMCACHE_CHUNK_SIZE=lots", "LMCACHE_MAX_LOCAL_DISK_SIZE=1.2.3", NULL};
+	struct capture cap;
+	capture_begin(&cap);
+	int rc = kvn_config_apply_env(cfg, envp, err, sizeof(err));
+	char *log = capture_end(&cap);
+	cr_assert_eq(rc, 0, "LMCache ignores it too: %s", err);
+	cr_assert_eq(cfg->chunk_size, 128);
+	assert_contains(log, "env LMCACHE_CHUNK_SIZE=\"lots\"");
+	assert_contains(log, "env LMCACHE_MAX_LOCAL_DISK_SIZE=\"1.2.3\"");
+	kvn_config_free(cfg);
+}
+
+Test(config_env, lmcaches_newer_variable_names_set_the_same_keys)
+{
+	struct kvn_config *cfg = load_ok("");
+	char *envp[] = {"LMCACHE_RUNTIME_PLUGIN_LOCATIONS=/opt/p", NULL};
+	cr_assert_eq(kvn_config_apply_env(cfg, envp, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(cfg->n_plugin_locations, 1);
+	cr_assert_str_eq(cfg->plugin_locations[0], "/opt/p");
+	kvn_config_free(cfg);
+	cfg = load_ok("");
+	char *both[] = {"LMCACHE_STORAGE_PLUGINS=a", "LMCACHE_EXTERNAL_BACKENDS=b", NULL};
+	cr_assert_eq(kvn_config_apply_env(cfg, both, err, sizeof(err)), -EINVAL);
+	assert_contains(err, "LMCACHE_EXTERNAL_BACKENDS and env LMCACHE_STORAGE_PLUGINS");
+	kvn_config_free(cfg);
+}
+
 Test(config_env, env_lists_and_extra_config_json_make_an_external_backend)
 {
 	struct kvn_config *cfg = NULL;
