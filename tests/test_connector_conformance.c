@@ -300,7 +300,9 @@ mc_corrupt(struct store *s, const char *key, enum corruption how)
 static struct impl impls[] = {
     {"redis", CAP_FULL | CAP_LIST | CAP_KILL | CAP_CORRUPT, redis_setup, redis_teardown, redis_kill,
      redis_revive, redis_corrupt},
-    {"fs", CAP_FULL | CAP_LIST | CAP_CORRUPT, fs_setup, fs_teardown, NULL, NULL, fs_corrupt},
+    /* A file name is LMCache's, the key text: keys up to NAME_MAX bytes of name only. */
+    {"fs", CAP_KEEPS | CAP_REMOVE | CAP_TAG | CAP_LIST | CAP_CORRUPT, fs_setup, fs_teardown, NULL,
+     NULL, fs_corrupt},
     {"blackhole", CAP_REMOVE | CAP_LONG_KEYS, bh_setup, bh_teardown, NULL, NULL, NULL},
     /* LMCache's protocol has no delete, no room for the tag and 150-byte keys. */
     {"lm", CAP_KEEPS | CAP_LIST | CAP_KILL, lm_setup, lm_teardown, lm_kill, lm_revive, NULL},
