@@ -1,6 +1,7 @@
 /* lm:// connector: a client of LMCache's cache-server protocol (docs/architecture.md §10), so a
  * kvnode node can use an LMCache server, or another kvnode's lm server, as its remote tier. One TCP
- * connection per instance; batches are pipelined (all requests, then all replies). */
+ * connection per instance; batches are pipelined (all requests, then all replies). PUT has no
+ * reply in the protocol: every PUT is followed by an EXIST of its key, whose answer is the ack. */
 #include <errno.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -103,12 +104,18 @@ lm_close(struct kvn_connector *c)
  * Frames
  * ------------------------------------------------------------------------------------------ */
 
+/* The key of requests about no key (HEALTH, LIST). LMCache's server parses every request's key
+ * (ClientMetaMessage.deserialize: CacheEngineKey.from_string, lmcache/v1/protocol.py) before it
+ * looks at the command, and ends the connection on one it cannot parse, an empty one too. */
+#define PROBE_KEY "kvnode-probe@1@0@0@half"
+
 static int
 send_req(struct kvn_connector *c, int32_t cmd, const struct kvn_key *key, int32_t length,
 	 const struct kvn_lm_meta *meta)
 {
 	uint8_t w[KVN_LM_REQ_SIZE];
-	if (kvn_lm_req_encode(w, cmd, key ? key->str : "", key ? key->len : 0, length, meta)) {
+	if (kvn_lm_req_encode(w, cmd, key ? key->str : PROBE_KEY,
+			      key ? key->len : strlen(PROBE_KEY), length, meta)) {
 		c->env->log(c->env, KVN_LOG_WARN,
 			    "key %s is %u bytes: LMCache's protocol carries at most %d", key->str,
 			    key->len, KVN_LM_KEY_MAX);
@@ -184,6 +191,10 @@ get_reply(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_
 	return 0;
 }
 
+/* Sends PUT, its payload, then EXIST of the same key. LMCache's server (lmcache/v1/server/
+ * __main__.py) stores a PUT without answering, and on a request it cannot take (a key that
+ * CacheEngineKey.from_string refuses raises ValueError) closes the connection: the EXIST's
+ * answer is what proves the value arrived. */
 static int
 put_req(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *val)
 {
@@ -192,7 +203,42 @@ put_req(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_rem
 	struct kvn_lm_meta m = {.fmt = val->meta.fmt, .dtype = val->meta.dtype};
 	memcpy(m.shape, val->meta.shape, sizeof(m.shape));
 	int rc = send_req(c, KVN_LM_PUT, key, val->meta.length, &m);
-	return rc ? rc : kvn_ctl_write_full(c->fd, val->payload->data, val->payload->len);
+	if (!rc)
+		rc = kvn_ctl_write_full(c->fd, val->payload->data, val->payload->len);
+	if (!rc)
+		rc = send_req(c, KVN_LM_EXIST, key, 0, NULL);
+	if (rc)
+		c->env->log(c->env, KVN_LOG_WARN,
+			    "lm server %s: PUT %s not sent (%s): not stored; reconnecting", c->addr,
+			    key->str, kvn_strerror(rc));
+	return rc;
+}
+
+/* Reads the EXIST answer that follows a PUT: 0 when the server holds the key. */
+static int
+put_ack(struct kvn_connector *c, const struct kvn_key *key)
+{
+	int rc = exists_reply(c);
+	if (rc == 1)
+		return 0;
+	if (rc == 0) {
+		c->env->log(c->env, KVN_LOG_WARN,
+			    "lm server %s does not hold %s right after its PUT: not stored",
+			    c->addr, key->str);
+		return -EREMOTEIO;
+	}
+	if (rc == -ECONNRESET || rc == -EPIPE)
+		c->env->log(c->env, KVN_LOG_WARN,
+			    "lm server %s closed the connection after PUT %s: not stored "
+			    "(LMCache's server does so for a key it cannot parse; its keys are "
+			    "model@world_size@worker_id@hash_hex@dtype[@tag%%value]); reconnecting",
+			    c->addr, key->str);
+	else if (rc != -EPROTO)
+		c->env->log(c->env, KVN_LOG_WARN,
+			    "lm server %s: no answer to the EXIST that confirms PUT %s (%s): not "
+			    "known to be stored; reconnecting",
+			    c->addr, key->str, kvn_strerror(rc));
+	return rc;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -214,12 +260,11 @@ lm_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_val
 	return rc ? rc : get_reply(c, key, out);
 }
 
-/* PUT has no reply in this protocol: success means the bytes were handed to the kernel. A
- * value the server could not store shows up as a later miss. */
 static int
 lm_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remote_value *val)
 {
-	return put_req(c, key, val);
+	int rc = put_req(c, key, val);
+	return rc ? rc : put_ack(c, key);
 }
 
 static int
@@ -323,15 +368,36 @@ lm_exists_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *
 	return rc;
 }
 
-/* PUTs have no replies, so a batch is already a pipeline. */
+/* A window of PUT + EXIST pairs, then their EXIST answers: the answers are small, so the
+ * server never blocks writing them while the payloads are still coming. */
 static int
 lm_put_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys,
 	     const struct kvn_remote_value *vals, int *rcs)
 {
-	for (size_t i = 0; i < n; i++) {
-		rcs[i] = too_long(keys[i]) ? -ENAMETOOLONG : put_req(c, keys[i], &vals[i]);
-		if (rcs[i] < 0 && rcs[i] != -ENAMETOOLONG && rcs[i] != -EINVAL)
-			return rcs[i];
+	for (size_t at = 0; at < n; at += PIPELINE) {
+		size_t w = n - at < PIPELINE ? n - at : PIPELINE;
+		bool sent[PIPELINE] = {false};
+		for (size_t i = at; i < at + w; i++) {
+			const struct kvn_remote_value *v = &vals[i];
+			if (too_long(keys[i])) {
+				rcs[i] = -ENAMETOOLONG;
+			} else if (!v->payload || v->meta.length < 0 ||
+				   (size_t)v->meta.length != v->payload->len) {
+				rcs[i] = -EINVAL;
+			} else {
+				int rc = put_req(c, keys[i], v);
+				if (rc)
+					return rc;
+				sent[i - at] = true;
+			}
+		}
+		for (size_t i = at; i < at + w; i++) {
+			if (!sent[i - at])
+				continue;
+			rcs[i] = put_ack(c, keys[i]);
+			if (rcs[i] < 0 && rcs[i] != -EREMOTEIO)
+				return rcs[i];
+		}
 	}
 	return 0;
 }

@@ -1103,12 +1103,27 @@ Test(lm_connector, bad_urls_are_refused_with_a_reason)
 }
 
 /* An independent server: LMCache's cache server (lmcache/v1/server/__main__.py) restated with
- * struct.pack and a dict, LIST left unanswered as LMCache leaves it. kvnode's lm:// connector
- * must interoperate with it. */
+ * struct.pack and a dict, LIST left unanswered as LMCache leaves it. Like LMCache's, it parses
+ * every key with CacheEngineKey.from_string's rules (lmcache/utils.py: '@' parts, int world
+ * size and worker id, int(hash, 16), a dtype name, tag%value parts) and on a key it cannot
+ * parse raises, which ends the connection (handle_client's finally: close). With "forget" it
+ * reads PUTs and keeps nothing (a server that takes a value and loses it). kvnode's lm://
+ * connector must interoperate with it. */
 static const char lmcache_server_py[] =
     "import socket, struct, sys, threading\n"
     "MAX_KEY_LENGTH = 150\n"
+    "DTYPES = {'half', 'bfloat16', 'float', 'double', 'int8', 'uint8', 'int16', 'int32',\n"
+    "          'int64', 'bool', 'fp8_e4m3fn', 'fp8_e4m3fnuz', 'fp8_e5m2', 'fp8_e5m2fnuz'}\n"
+    "forget = len(sys.argv) > 1 and sys.argv[1] == 'forget'\n"
     "store = {}\n"
+    "def from_string(s):\n"
+    "    parts = s.split('@')\n"
+    "    if len(parts) < 5: raise ValueError(f'Invalid key string: {s}')\n"
+    "    int(parts[1]); int(parts[2]); int(parts[3], 16)\n"
+    "    if parts[4] not in DTYPES: raise KeyError(parts[4])\n"
+    "    for kv in parts[5:]:\n"
+    "        if len(kv.split('%', 1)) != 2: raise ValueError(f'Invalid key string: {s}')\n"
+    "    return s\n"
     "def recv_all(c, n):\n"
     "    b = bytearray()\n"
     "    while len(b) < n:\n"
@@ -1119,14 +1134,16 @@ static const char lmcache_server_py[] =
     "def reply(c, code, length=0, fmt=1, dtype=2, shape=(0, 0, 0, 0)):\n"
     "    c.sendall(struct.pack('iiiiiiiii', code, length, fmt, dtype, *shape, 0))\n"
     "def serve(c):\n"
+    "  try:\n"
     "    while True:\n"
     "        h = recv_all(c, 36 + MAX_KEY_LENGTH)\n"
     "        if not h: break\n"
     "        cmd, length, fmt, dtype, loc, s0, s1, s2, s3, key = struct.unpack(\n"
     "            f'iiiiiiiii{MAX_KEY_LENGTH}s', h)\n"
-    "        key = key.decode().strip()\n"
+    "        key = from_string(key.decode().strip())\n"
     "        if cmd == 1:\n"
-    "            store[key] = (fmt, dtype, (s0, s1, s2, s3), recv_all(c, length))\n"
+    "            data = recv_all(c, length)\n"
+    "            if not forget: store[key] = (fmt, dtype, (s0, s1, s2, s3), data)\n"
     "        elif cmd == 2:\n"
     "            if key in store:\n"
     "                fmt, dtype, shape, data = store[key]\n"
@@ -1138,6 +1155,7 @@ static const char lmcache_server_py[] =
     "            reply(c, 200 if key in store else 400)\n"
     "        elif cmd == 5:\n"
     "            reply(c, 200)\n"
+    "  finally:\n"
     "    c.close()\n"
     "srv = socket.socket()\n"
     "srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
@@ -1157,25 +1175,50 @@ has_line(void *path)
 	return ok;
 }
 
-Test(lm_interop, kvnode_s_lm_connector_works_against_lmcache_s_server_protocol, .timeout = 300)
+static char pydir[256];
+
+/* Starts the Python server (mode "forget" or NULL) and points curl at it. */
+static void
+lmcache_server_start(struct proc *srv, const char *mode)
 {
-	char dir[256], py[PATH_MAX], out[PATH_MAX];
+	char py[PATH_MAX], out[PATH_MAX];
 	if (proc_run((const char *const[]){"/bin/sh", "-c", "command -v python3", NULL}, NULL,
 		     DEADLINE) != 0)
 		cr_skip_test("python3 is not installed");
-	cr_assert_eq(proc_mkdtemp("lmpy", dir, sizeof(dir)), 0);
-	snprintf(py, sizeof(py), "%s/lmcache_server.py", dir);
-	snprintf(out, sizeof(out), "%s/server.out", dir);
+	cr_assert_eq(proc_mkdtemp("lmpy", pydir, sizeof(pydir)), 0);
+	snprintf(py, sizeof(py), "%s/lmcache_server.py", pydir);
+	snprintf(out, sizeof(out), "%s/server.out", pydir);
 	cr_assert_eq(proc_write_file(py, lmcache_server_py, strlen(lmcache_server_py)), 0);
-	struct proc srv;
-	const char *argv[] = {"/usr/bin/env", "python3", py, NULL};
+	const char *argv[] = {"/usr/bin/env", "python3", py, mode, NULL};
 	struct proc_opts po = {.stdout_path = out, .stderr_path = out};
-	cr_assert_eq(proc_spawn(&srv, argv, &po), 0);
+	cr_assert_eq(proc_spawn(srv, argv, &po), 0);
 	cr_assert(proc_wait_for(has_line, out, DEADLINE), "the Python server printed no port");
 	char *text = proc_read_file(out, NULL);
 	snprintf(curl, sizeof(curl), "lm://127.0.0.1:%d", atoi(text));
 	free(text);
+}
 
+static void
+lmcache_server_stop(struct proc *srv)
+{
+	proc_stop(srv, SIGTERM, DEADLINE);
+	proc_rm_tree(pydir);
+}
+
+static struct kvn_connector *
+lmcache_conn(void)
+{
+	struct kvn_connector_env *e = &cenv;
+	e->url = e->url_redacted = curl;
+	struct kvn_connector *c = NULL;
+	cr_assert_eq(kvn_lm_connector_ops.connect(e, &c), 0);
+	return c;
+}
+
+Test(lm_interop, kvnode_s_lm_connector_works_against_lmcache_s_server_protocol, .timeout = 300)
+{
+	struct proc srv;
+	lmcache_server_start(&srv, NULL);
 	struct kvn_connector_env e = cenv;
 	e.url = e.url_redacted = curl;
 	e.timeout_ms = 2000; /* LIST is never answered: this is how long it waits */
@@ -1184,7 +1227,7 @@ Test(lm_interop, kvnode_s_lm_connector_works_against_lmcache_s_server_protocol, 
 	cr_assert_eq(ops->connect(&e, &c), 0);
 	cr_assert_eq(ops->ping(c), 0);
 	struct kvn_key k;
-	kvn_key_from_str(&k, "vllm@meta-llama/Llama-3.1-8B@1@0@77aa@bfloat16");
+	kvn_key_from_str(&k, "meta-llama/Llama-3.1-8B@1@0@77aa@bfloat16");
 	cr_assert_eq(ops->exists(c, &k), 0);
 	struct kvn_remote_value v = bytes_value(MIB + 3, 9), got;
 	v.meta.fmt = 1;
@@ -1201,15 +1244,127 @@ Test(lm_interop, kvnode_s_lm_connector_works_against_lmcache_s_server_protocol, 
 	kvn_remote_value_release(&got);
 	kvn_buf_unref(v.payload);
 	struct kvn_key miss;
-	kvn_key_from_str(&miss, "not-there");
+	kvn_key_from_str(&miss, "meta-llama/Llama-3.1-8B@1@0@dead@bfloat16");
 	cr_assert_eq(ops->get(c, &miss, &got), -ENOENT);
 	cr_assert_null(got.payload);
 	struct seen_ctx sc = {.want = &k};
 	cr_assert_eq(ops->list(c, count_key, &sc), -ETIMEDOUT,
 		     "LMCache's server does not answer LIST: the connector times out");
 	ops->close(c);
-	proc_stop(&srv, SIGTERM, DEADLINE);
-	proc_rm_tree(dir);
+	lmcache_server_stop(&srv);
+}
+
+/* PUT has no reply: a value the server dropped (with the connection) or did not keep must be
+ * a failed put, never a success, and the values after it must not vanish unnoticed. */
+Test(lm_interop, a_put_lmcaches_server_drops_with_the_connection_fails, .timeout = 300)
+{
+	struct proc srv;
+	lmcache_server_start(&srv, NULL);
+	const struct kvn_connector_ops *ops = &kvn_lm_connector_ops;
+	struct kvn_connector *c = lmcache_conn();
+	struct kvn_key bad, good;
+	kvn_key_from_str(&bad, "vllm@m@1@0@ab@half"); /* model "m" where LMCache wants an int */
+	kvn_key_from_str(&good, "m@1@0@ab@half");
+	struct kvn_remote_value v = bytes_value(4096, 3), got;
+	int rc = ops->put(c, &bad, &v);
+	cr_assert_lt(rc, 0, "the server closed the connection: the put did not happen");
+	cr_assert_lt(ops->put(c, &good, &v), 0, "nor does the next one on that connection");
+	ops->close(c);
+	/* The node reopens the connection: puts work again. */
+	c = lmcache_conn();
+	cr_assert_eq(ops->put(c, &good, &v), 0);
+	cr_assert_eq(ops->get(c, &good, &got), 0);
+	kvn_remote_value_release(&got);
+	/* A batch with the bad key in the middle fails, not only that key. */
+	struct kvn_key k2;
+	kvn_key_from_str(&k2, "m@1@0@cd@half");
+	const struct kvn_key *keys[] = {&good, &bad, &k2};
+	struct kvn_remote_value vals[] = {v, v, v};
+	int rcs[3];
+	cr_assert_lt(ops->put_batch(c, 3, keys, vals, rcs), 0);
+	ops->close(c);
+	c = lmcache_conn();
+	cr_assert_eq(ops->exists(c, &k2), 0, "the key after the bad one never arrived");
+	ops->close(c);
+	kvn_buf_unref(v.payload);
+	lmcache_server_stop(&srv);
+}
+
+Test(lm_interop, a_put_the_server_does_not_hold_afterwards_is_an_error, .timeout = 300)
+{
+	struct proc srv;
+	lmcache_server_start(&srv, "forget");
+	const struct kvn_connector_ops *ops = &kvn_lm_connector_ops;
+	struct kvn_connector *c = lmcache_conn();
+	struct kvn_key k;
+	kvn_key_from_str(&k, "m@1@0@ab@half");
+	struct kvn_remote_value v = bytes_value(4096, 4);
+	cr_assert_eq(ops->put(c, &k, &v), -EREMOTEIO);
+	const struct kvn_key *keys[] = {&k, &k};
+	struct kvn_remote_value vals[] = {v, v};
+	int rcs[2];
+	cr_assert_eq(ops->put_batch(c, 2, keys, vals, rcs), 0, "the connection is fine");
+	cr_assert_eq(rcs[0], -EREMOTEIO);
+	cr_assert_eq(rcs[1], -EREMOTEIO);
+	cr_assert_eq(ops->ping(c), 0);
+	ops->close(c);
+	kvn_buf_unref(v.payload);
+	lmcache_server_stop(&srv);
+}
+
+static bool
+engine_has(void *arg)
+{
+	struct kvn_engine *eng = arg;
+	struct kvn_key k;
+	kvn_key_from_str(&k, "m@1@0@feed@half");
+	struct kvn_buf *b = NULL;
+	if (kvn_engine_get(eng, &k, &b) != 0)
+		return false;
+	kvn_buf_unref(b);
+	return true;
+}
+
+static bool
+engine_put_valid(void *arg)
+{
+	struct kvn_engine *eng = arg;
+	struct kvn_key k;
+	kvn_key_from_str(&k, "m@1@0@feed@half");
+	char data[100] = "value";
+	kvn_engine_put(eng, &k, data, sizeof(data));
+	kvn_engine_flush(eng);
+	return engine_has(eng);
+}
+
+Test(lm_interop, the_remote_tier_reopens_a_connection_lmcaches_server_dropped, .timeout = 300)
+{
+	struct proc srv;
+	lmcache_server_start(&srv, NULL);
+	char yaml[512], err[1024];
+	snprintf(yaml, sizeof(yaml),
+		 "local_cpu: false\nremote_url: \"%s\"\nextra_config:\n"
+		 "  remote.retry_min_ms: 50\n  remote.retry_max_ms: 200\n",
+		 curl);
+	struct kvn_config *cfg;
+	struct kvn_engine *eng;
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "t.yaml", &cfg, err, sizeof(err)), 0,
+		     "%s", err);
+	cr_assert_eq(kvn_engine_open(cfg, &eng, err, sizeof(err)), 0, "%s", err);
+	struct kvn_key bad;
+	kvn_key_from_str(&bad, "not-an-lmcache-key");
+	char data[100] = "dropped";
+	cr_assert_eq(kvn_engine_put(eng, &bad, data, sizeof(data)), 0, "queued");
+	kvn_engine_flush(eng);
+	/* The dropped connection is reopened and the next put of a valid key arrives. */
+	cr_assert(proc_wait_for(engine_put_valid, eng, DEADLINE),
+		  "a valid key never reached LMCache's server after the drop");
+	char *stats = kvn_engine_stats_json(eng);
+	cr_assert(stats && strstr(stats, "\"errors\":"), "%s", stats ? stats : "");
+	free(stats);
+	kvn_engine_close(eng);
+	kvn_config_free(cfg);
+	lmcache_server_stop(&srv);
 }
 
 /* ------------------------------------------------------------------------------------------
