@@ -64,6 +64,7 @@ struct kvn_backend {
 	bool watcher_started, stopping;
 
 	_Atomic uint64_t hits, misses, puts, errors, corrupt, disconnects, reconnects;
+	_Atomic uint64_t stale_tags; /* tags another writer left behind, ignored */
 };
 
 
@@ -527,7 +528,17 @@ accept_value(struct kvn_backend *be, const struct kvn_key *key, struct kvn_remot
 	     struct kvn_buf **out)
 {
 	char why[128] = "the connector found the stored header malformed";
-	if (rc == 0 && (rc = kvn_remote_value_check_key(v, key, why, sizeof(why))) == 0) {
+	if (rc == 0)
+		rc = kvn_remote_value_check_key(v, key, why, sizeof(why));
+	if (rc == KVN_REMOTE_TAG_IGNORED) {
+		/* LMCache rewrote the value and left kvnode's tag behind: its value, checked as
+		 * LMCache checks it. kvnode's next put of the key replaces the tag. */
+		atomic_fetch_add(&be->stale_tags, 1);
+		kvn_debug("remote", "key %s in %s: %s; read as LMCache's value", key->str,
+			  be->url_redacted, why);
+		rc = 0;
+	}
+	if (rc == 0) {
 		atomic_fetch_add(&be->hits, 1);
 		*out = v->payload;
 		v->payload = NULL;
@@ -632,6 +643,7 @@ kvn_remote_backend_status(struct kvn_backend *be, struct kvn_remote_status *out)
 	out->disconnects = atomic_load(&be->disconnects);
 	out->reconnects = atomic_load(&be->reconnects);
 	out->corrupt = atomic_load(&be->corrupt);
+	out->stale_tags = atomic_load(&be->stale_tags);
 }
 
 bool

@@ -178,6 +178,7 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 		cJSON_AddNumberToObject(r, "disconnects", (double)rs.disconnects);
 		cJSON_AddNumberToObject(r, "reconnects", (double)rs.reconnects);
 		cJSON_AddNumberToObject(r, "corrupt", (double)rs.corrupt);
+		cJSON_AddNumberToObject(r, "stale_tags", (double)rs.stale_tags);
 	}
 	struct kvn_backend *peer = kvn_storage_backend(eng->st, &kvn_peer_backend_ops);
 	if (peer) {

@@ -8,8 +8,10 @@
 #include "node/remote_value.h"
 #include "node/xxh.h"
 
-static const uint8_t tag_magic[4] = {'K', 'V', 'X', '2'};
+static const uint8_t tag_magic[4] = {'K', 'V', 'X', '3'};
+static const uint8_t tag_magic_v2[4] = {'K', 'V', 'X', '2'};
 static const uint8_t tag_magic_v1[4] = {'K', 'V', 'X', '1'};
+#define TAG_V2_LEN 20
 
 static void
 put_le32(uint8_t *p, uint32_t v)
@@ -109,11 +111,12 @@ value_sum(uint64_t keyd, const struct kvn_remote_meta *meta, const void *payload
 }
 
 static uint32_t
-tag_encode(uint64_t keyd, uint64_t sum, uint8_t tag[KVN_REMOTE_TAG_MAX])
+tag_encode(uint64_t keyd, uint64_t mseed, uint64_t sum, uint8_t tag[KVN_REMOTE_TAG_MAX])
 {
 	memcpy(tag, tag_magic, 4);
 	put_le64(tag + 4, keyd);
-	put_le64(tag + 12, sum);
+	put_le64(tag + 12, mseed);
+	put_le64(tag + 20, sum);
 	return KVN_REMOTE_TAG_LEN;
 }
 
@@ -122,8 +125,8 @@ kvn_remote_tag_fill(struct kvn_remote_value *val, const struct kvn_key *key)
 {
 	const struct kvn_buf *b = val->payload;
 	uint64_t keyd = key_part(key);
-	val->tag_len = tag_encode(keyd, value_sum(keyd, &val->meta, b ? b->data : NULL,
-						  b ? b->len : 0),
+	val->tag_len = tag_encode(keyd, meta_seed(keyd, &val->meta),
+				  value_sum(keyd, &val->meta, b ? b->data : NULL, b ? b->len : 0),
 				  val->tag);
 }
 
@@ -163,7 +166,7 @@ kvn_remote_value_for_put(struct kvn_remote_value *val, const struct kvn_key *key
 
 struct kvn_remote_tagger {
 	XXH3_state_t *st;
-	uint64_t keyd;
+	uint64_t keyd, mseed;
 };
 
 KVN_API struct kvn_remote_tagger *
@@ -191,7 +194,8 @@ kvn_remote_tagger_begin(struct kvn_remote_tagger *t, const struct kvn_key *key,
 			const struct kvn_remote_meta *meta)
 {
 	t->keyd = key_part(key);
-	XXH3_64bits_reset_withSeed(t->st, meta_seed(t->keyd, meta));
+	t->mseed = meta_seed(t->keyd, meta);
+	XXH3_64bits_reset_withSeed(t->st, t->mseed);
 }
 
 KVN_API void
@@ -203,7 +207,7 @@ kvn_remote_tagger_update(struct kvn_remote_tagger *t, const void *p, size_t n)
 KVN_API uint32_t
 kvn_remote_tagger_end(struct kvn_remote_tagger *t, uint8_t tag[KVN_REMOTE_TAG_MAX])
 {
-	return tag_encode(t->keyd, XXH3_64bits_digest(t->st), tag);
+	return tag_encode(t->keyd, t->mseed, XXH3_64bits_digest(t->st), tag);
 }
 
 static int
@@ -232,13 +236,20 @@ check(const struct kvn_remote_value *val, const struct kvn_key *key, char *why, 
 		bad(why, whylen, "integrity tag of version 1 (KVX1), which does not name the key");
 		return -ESTALE;
 	}
-	if (val->tag_len != KVN_REMOTE_TAG_LEN || memcmp(val->tag, tag_magic, 4))
+	bool v2 = val->tag_len == TAG_V2_LEN && !memcmp(val->tag, tag_magic_v2, 4);
+	if (!v2 && (val->tag_len != KVN_REMOTE_TAG_LEN || memcmp(val->tag, tag_magic, 4)))
 		return bad(why, whylen, "integrity tag has an unknown layout");
 	uint64_t keyd = get_le64(val->tag + 4);
 	if (key && keyd != key_part(key))
 		return bad(why, whylen, "integrity tag is for another key");
+	if (!v2 && get_le64(val->tag + 12) != meta_seed(keyd, &val->meta)) {
+		bad(why, whylen,
+		    "integrity tag made for another header: the value was rewritten by a "
+		    "writer that does not know the tag");
+		return KVN_REMOTE_TAG_IGNORED;
+	}
 	if (value_sum(keyd, &val->meta, val->payload->data, val->payload->len) !=
-	    get_le64(val->tag + 12))
+	    get_le64(val->tag + (v2 ? 12 : 20)))
 		return bad(why, whylen, "checksum mismatch (header or payload changed)");
 	return 0;
 }

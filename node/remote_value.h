@@ -5,13 +5,23 @@
 
 #include "kvnode/connector.h"
 
-/* Tag layout, version 2: "KVX2", the low 64 bits of the key's digest, then an xxh3-64 seeded
- * with that digest over the 28 header bytes and the payload (all little-endian). A header or
- * payload changed behind kvnode's back, a value rewritten by LMCache over a kvnode one, and a
- * value read under another key than it was written for (a copied value, or a connection whose
- * replies are out of step with its requests) all fail the check. Version 1 ("KVX1", 12 bytes,
- * no key) is no longer trusted: such a value is a miss (-ESTALE) until a put rewrites it. */
-#define KVN_REMOTE_TAG_LEN 20
+/* Tag layout, version 3: "KVX3", the low 64 bits of the key's digest, an xxh3-64 seeded with
+ * that digest over the 28 header bytes, then one seeded with the header's over the payload
+ * (all little-endian). What a mismatch means:
+ *  - the tag names another key: a value copied from another key, or a connection whose replies
+ *    are out of step with its requests: corrupt (a miss, counted);
+ *  - the header is not the one the tag was made with: a writer that does not know the tag
+ *    (LMCache, whose redis connector rewrites <key>kv_bytes and <key>metadata and leaves
+ *    <key>kvnode_tag behind) replaced the value: the tag is stale and ignored, the value is
+ *    checked as LMCache checks it (its header's length is the payload's) and counted;
+ *  - the same header with other payload bytes: corrupt. (A rewrite with an identical header
+ *    and other bytes looks the same: a miss until the next put of the key.)
+ * Version 2 ("KVX2", 20 bytes, without the header's hash) is still checked, a mismatch being
+ * corrupt; version 1 ("KVX1", 12 bytes, no key) is no longer trusted: such a value is a miss
+ * (-ESTALE) until a put rewrites it. */
+#define KVN_REMOTE_TAG_LEN 28
+/* kvn_remote_value_check's answer for a value whose tag was another writer's leftover. */
+#define KVN_REMOTE_TAG_IGNORED 1
 
 /* Writes meta as seven little-endian int32 (LMCache's RemoteMetadata.serialize). */
 KVN_API void kvn_remote_meta_encode(const struct kvn_remote_meta *meta,
@@ -50,9 +60,10 @@ KVN_API uint32_t kvn_remote_tagger_end(struct kvn_remote_tagger *t,
 				       uint8_t tag[KVN_REMOTE_TAG_MAX]);
 
 /* Checks a value read from a store: a valid header whose length is the payload's, and, when
- * the store gave a tag, a matching one (for the key the tag names). 0, -EBADMSG with why (may
- * be NULL) saying which check failed, or -ESTALE for a tag of version 1. A value without a tag
- * (written by LMCache) passes on its header alone. */
+ * the store gave a tag, a matching one (for the key the tag names). 0; KVN_REMOTE_TAG_IGNORED
+ * when the tag was made for another header (see above) and the value passes on its header
+ * alone; -EBADMSG with why (may be NULL) saying which check failed; or -ESTALE for a tag of
+ * version 1. A value without a tag (written by LMCache) passes on its header alone. */
 KVN_API int kvn_remote_value_check(const struct kvn_remote_value *val, char *why, size_t whylen);
 /* The same, and a tag must name key: what the remote tier checks every value it reads with. */
 KVN_API int kvn_remote_value_check_key(const struct kvn_remote_value *val,

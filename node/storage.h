@@ -25,6 +25,7 @@ struct kvn_remote_status {
 	uint64_t disconnects;
 	uint64_t reconnects;
 	uint64_t corrupt;
+	uint64_t stale_tags; /* kvnode tags another writer left beside its value, ignored */
 };
 /* Status of the remote tier be (an instance of kvn_remote_backend_ops). */
 void kvn_remote_backend_status(struct kvn_backend *be, struct kvn_remote_status *out);

@@ -14,6 +14,7 @@
 #include "helpers/proc.h"
 #include "helpers/redis_server.h"
 #include "node/clock.h"
+#include "kvnode/kvnode.h"
 #include "node/config.h"
 #include "node/xxh.h"
 
@@ -520,6 +521,77 @@ Test(redis_interop, a_value_with_the_older_keyless_tag_is_a_miss_until_rewritten
 	cr_assert_eq(engine_get_pattern(eng, "old-tag", 600, 7), 0);
 	size_t n;
 	char *t = cli_get("old-tagkvnode_tag", &n);
-	cr_assert(n > 4 && !memcmp(t, "KVX2", 4), "the rewrite did not store a version 2 tag");
+	cr_assert(n > 4 && !memcmp(t, "KVX3", 4), "the rewrite did not store a version 3 tag");
 	free(t);
+}
+
+/* LMCache's RedisConnector._put (lmcache/v1/storage_backend/connector/redis_connector.py):
+ * SET <key>kv_bytes, then SET <key>metadata; it knows nothing of <key>kvnode_tag. */
+static void
+lmcache_put(const char *key, size_t len, uint64_t seed, const int32_t shape[4])
+{
+	char rk[256];
+	uint8_t *payload = malloc(len), hdr[28];
+	pattern_fill(payload, len, seed);
+	lmcache_header(hdr, (int32_t)len, 1, 3, shape);
+	snprintf(rk, sizeof(rk), "%skv_bytes", key);
+	cli_set_from(rk, payload, len);
+	snprintf(rk, sizeof(rk), "%smetadata", key);
+	cli_set_from(rk, hdr, sizeof(hdr));
+	free(payload);
+}
+
+Test(redis_interop, a_value_lmcache_wrote_over_a_kvnode_one_is_read_and_the_stale_tag_counted)
+{
+	engine_put_pattern(eng, KEY, 5000, 1);
+	kvn_engine_flush(eng);
+	cr_assert_eq(engine_get_pattern(eng, KEY, 5000, 1), 0);
+	/* LMCache rewrites the value: another length, the tag left behind. */
+	const int32_t shape[4] = {2, 1, 3000, 1};
+	lmcache_put(KEY, 6000, 2, shape);
+	cr_assert_eq(engine_get_pattern(eng, KEY, 6000, 2), 0, "LMCache's value was a miss");
+	/* The same length under another shape: a header kvnode did not write either. */
+	const int32_t shape2[4] = {2, 3, 1000, 1};
+	lmcache_put(KEY, 6000, 3, shape2);
+	cr_assert_eq(engine_get_pattern(eng, KEY, 6000, 3), 0, "LMCache's value was a miss");
+	cr_assert(stats_say(eng, "\"stale_tags\":2"), "the ignored tags are counted");
+	cr_assert(stats_say(eng, "\"corrupt\":0"), "and are not corruption");
+}
+
+Test(redis_interop, a_payload_changed_under_the_header_kvnode_wrote_is_still_corrupt)
+{
+	engine_put_pattern(eng, KEY, 5000, 4);
+	kvn_engine_flush(eng);
+	uint8_t other[5000];
+	pattern_fill(other, sizeof(other), 5);
+	cli_set_from(KEY "kv_bytes", other, sizeof(other));
+	cr_assert_eq(engine_get_pattern(eng, KEY, 5000, 5), -ENOENT,
+		     "bytes changed under kvnode's header were served");
+	cr_assert(stats_say(eng, "\"corrupt\":1"));
+	cr_assert(stats_say(eng, "\"stale_tags\":0"));
+}
+
+Test(redis_interop, a_value_with_a_version_2_tag_is_still_checked)
+{
+	/* "KVX2", the key digest's low half, xxh3 of the payload seeded with that of the header
+	 * (itself seeded with the key part): what kvnode wrote before tag version 3. */
+	struct kvn_key k;
+	cr_assert_eq(kvn_key_from_str(&k, "v2-tag"), 0);
+	uint8_t payload[700], hdr[28], tag[20] = {'K', 'V', 'X', '2'};
+	pattern_fill(payload, sizeof(payload), 9);
+	const int32_t shape[4] = {700, 1, 1, 1};
+	lmcache_header(hdr, 700, 4, 6, shape);
+	uint64_t sum = XXH3_64bits_withSeed(payload, sizeof(payload),
+					    XXH3_64bits_withSeed(hdr, 28, k.digest.lo));
+	for (int i = 0; i < 8; i++) {
+		tag[4 + i] = (uint8_t)(k.digest.lo >> (8 * i));
+		tag[12 + i] = (uint8_t)(sum >> (8 * i));
+	}
+	cli_set_from("v2-tagkv_bytes", payload, sizeof(payload));
+	cli_set_from("v2-tagkvnode_tag", tag, sizeof(tag));
+	cli_set_from("v2-tagmetadata", hdr, sizeof(hdr));
+	cr_assert_eq(engine_get_pattern(eng, "v2-tag", 700, 9), 0);
+	payload[5] ^= 1;
+	cli_set_from("v2-tagkv_bytes", payload, sizeof(payload));
+	cr_assert_eq(engine_get_pattern(eng, "v2-tag", 700, 9), -ENOENT);
 }
