@@ -40,41 +40,99 @@ kvn_plugin_role_name(enum kvn_plugin_role role)
  * Targeting
  * ------------------------------------------------------------------------------------------ */
 
-/* The part of name from *pos up to the next '_' or the end; *pos moves past it. */
-static size_t
-next_part(const char *name, size_t *pos, const char **part)
+/* The rules are LMCache's documentation of its runtime plugins ("Extending LMCache",
+ * docs/source/developer_guide/extending_lmcache in LMCache's repository), and LMCache's code
+ * (lmcache/v1/plugin/runtime_plugin_launcher.py: _launch_plugin, _should_skip_plugin) where the
+ * documentation is silent: the stem is the name without its last extension (Path.stem), split
+ * at '_'; a role prefix is a first part "scheduler", "worker" or "all" (any case) followed by
+ * another part; worker_<N>_<more> targets worker N (int(N): leading zeros are fine), and
+ * worker_<N>.ext, two parts, every worker. Where LMCache's code contradicts its documentation,
+ * the documentation wins: a file without a role prefix runs everywhere (the code skips
+ * my_tool.py), all_<N>_<more> too, and scheduler_* runs on the scheduler only. */
+
+/* Stem of file_name (Path.stem: without the last ".ext"; a leading dot is not an extension). */
+static void
+stem_of(const char *file_name, char stem[NAME_MAX + 1])
 {
-	*part = name + *pos;
-	size_t len = strcspn(*part, "_");
-	*pos += len + ((*part)[len] == '_');
-	return len;
+	const char *dot = strrchr(file_name, '.');
+	size_t n = dot && dot != file_name ? (size_t)(dot - file_name) : strlen(file_name);
+	snprintf(stem, NAME_MAX + 1, "%.*s", (int)n, file_name);
+}
+
+static bool
+part_is(const char *part, size_t len, const char *word)
+{
+	return len == strlen(word) && !strncasecmp(part, word, len);
+}
+
+static bool
+all_digits(const char *p, size_t n)
+{
+	return n && strspn(p, "0123456789") >= n;
+}
+
+/* The '_'-separated parts of stem: the first two and how many there are. */
+struct parts {
+	const char *p[2];
+	size_t len[2];
+	size_t n;
+};
+
+static struct parts
+split_stem(const char *stem)
+{
+	struct parts ps = {.n = 0};
+	for (const char *p = stem;; ps.n++) {
+		size_t len = strcspn(p, "_");
+		if (ps.n < 2) {
+			ps.p[ps.n] = p;
+			ps.len[ps.n] = len;
+		}
+		if (!p[len]) {
+			ps.n++;
+			break;
+		}
+		p += len + 1;
+	}
+	return ps;
 }
 
 KVN_API bool
 kvn_plugin_targets(const char *file_name, enum kvn_plugin_role role, int worker_id)
 {
 	char stem[NAME_MAX + 1];
-	snprintf(stem, sizeof(stem), "%.*s", (int)strcspn(file_name, "."), file_name);
-	size_t pos = 0;
-	const char *part;
-	size_t len = next_part(stem, &pos, &part);
-
-	if (len == 9 && !strncasecmp(part, "scheduler", 9))
+	stem_of(file_name, stem);
+	struct parts ps = split_stem(stem);
+	if (ps.n < 2)
+		return true; /* a role word alone is no prefix: every process */
+	if (part_is(ps.p[0], ps.len[0], "scheduler"))
 		return role == KVN_PLUGIN_SCHEDULER;
-	if (len != 6 || strncasecmp(part, "worker", 6))
-		return true; /* all_*, or no role word: every process */
+	if (!part_is(ps.p[0], ps.len[0], "worker"))
+		return true; /* all_*, or no role prefix: every process */
 	if (role != KVN_PLUGIN_WORKER)
 		return false;
-	len = next_part(stem, &pos, &part);
-	if (!len || strspn(part, "0123456789") < len)
-		return true; /* worker_<description>: every worker */
-	while (len > 1 && *part == '0') {
-		part++;
+	if (ps.n < 3 || !all_digits(ps.p[1], ps.len[1]))
+		return true; /* worker_<N>.ext and worker_<description>: every worker */
+	const char *d = ps.p[1];
+	size_t len = ps.len[1];
+	while (len > 1 && *d == '0') {
+		d++;
 		len--;
 	}
 	if (len > 9)
 		return false; /* no worker has such an id */
-	return worker_id >= 0 && atoi(part) == worker_id;
+	return worker_id >= 0 && atoi(d) == worker_id;
+}
+
+/* worker_<N>.ext: LMCache runs it on every worker, which its author may not expect. */
+static bool
+worker_n_alone(const char *file_name)
+{
+	char stem[NAME_MAX + 1];
+	stem_of(file_name, stem);
+	struct parts ps = split_stem(stem);
+	return ps.n == 2 && part_is(ps.p[0], ps.len[0], "worker") &&
+	       all_digits(ps.p[1], ps.len[1]);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -243,24 +301,30 @@ env_has_name(char *const *vars, size_t n, const char *entry)
 static int
 build_env(struct scan *sc, struct plugin *p)
 {
-	static const char *const prefixes[] = {"KVNODE_PLUGIN_", "LMCACHE_PLUGIN_"};
-	char *ours[8 + 64 + 1] = {0};
+	/* kvnode's names, LMCache's older and current ones (runtime_plugin_launcher.py). */
+	static const char *const prefixes[] = {"KVNODE_PLUGIN_", "LMCACHE_PLUGIN_",
+					       "LMCACHE_RUNTIME_PLUGIN_"};
+	enum { NPRE = sizeof(prefixes) / sizeof(prefixes[0]), NOURS = 4 * NPRE + 64 + 1 };
+	char *ours[NOURS + 1] = {0};
 	size_t nours = 0, nenv = 0, nextra = 0;
 	int rc = -ENOMEM;
 	char *json = config_json(sc, p);
 	const struct kvn_plugins_opts *o = sc->opts;
 
-	for (size_t k = 0; json && k < 2; k++) {
+	/* worker_count, when configured, is the deployment's (LMCache's meaning: the workers it
+	 * was configured with); else the count the caller knows (the cluster's at join). */
+	int count = sc->cfg->worker_count ? (int)sc->cfg->worker_count : o->worker_count;
+	for (size_t k = 0; json && k < NPRE; k++) {
 		const char *pre = prefixes[k];
 		if (asprintf(&ours[nours++], "%sROLE=%s", pre, kvn_plugin_role_name(o->role)) < 0 ||
 		    asprintf(&ours[nours++], "%sCONFIG=%s", pre, json) < 0 ||
 		    asprintf(&ours[nours++], "%sWORKER_ID=%d", pre, o->worker_id) < 0 ||
-		    asprintf(&ours[nours++], "%sWORKER_COUNT=%d", pre, o->worker_count) < 0)
+		    asprintf(&ours[nours++], "%sWORKER_COUNT=%d", pre, count) < 0)
 			goto out;
 	}
 	if (!json)
 		goto out;
-	for (; o->extra_env && o->extra_env[nextra] && nours < 8 + 64; nextra++)
+	for (; o->extra_env && o->extra_env[nextra] && nours < NOURS - 1; nextra++)
 		if (!(ours[nours++] = strdup(o->extra_env[nextra])))
 			goto out;
 	/* Python buffers a pipe's output in 8 KiB blocks: its lines would reach the log late,
@@ -321,6 +385,11 @@ consider(struct scan *sc, const char *path)
 			  kvn_plugin_role_name(sc->opts->role), sc->opts->worker_id);
 		return 0;
 	}
+	if (worker_n_alone(file))
+		kvn_info(COMP,
+			 "plugin %s runs on every worker, as LMCache runs such a name; to target "
+			 "one worker name it worker_<N>_<name> (e.g. worker_0_report.sh)",
+			 path);
 	char dir[PATH_MAX];
 	if (slash == path)
 		snprintf(dir, sizeof(dir), "/");
@@ -373,14 +442,29 @@ fail:
 	return rc == -ENOMEM ? rc : 0;
 }
 
+/* Backup and package-manager leftovers: never plugins, though they may still end in .py. */
+static const char *const leftover_suffixes[] = {"~",	 ".swp", ".bak", ".orig",
+						".rej", ".disabled", ".tmp"};
+
+static bool
+is_leftover(const char *name)
+{
+	size_t len = strlen(name);
+	for (size_t i = 0; i < sizeof(leftover_suffixes) / sizeof(leftover_suffixes[0]); i++) {
+		size_t n = strlen(leftover_suffixes[i]);
+		if (len > n && !strcmp(name + len - n, leftover_suffixes[i]))
+			return true;
+	}
+	return strstr(name, ".dpkg-") != NULL; /* .dpkg-old, .dpkg-new, .dpkg-dist ... */
+}
+
 static bool
 ignored_name(const char *name, const char **why)
 {
-	size_t len = strlen(name);
 	if (name[0] == '.')
 		*why = "hidden";
-	else if (name[len - 1] == '~' || (len > 4 && !strcmp(name + len - 4, ".swp")))
-		*why = "editor backup";
+	else if (is_leftover(name))
+		*why = "backup or leftover";
 	else
 		return false;
 	return true;
@@ -452,6 +536,11 @@ plugin_scan(const struct kvn_config *cfg, const struct kvn_plugins_opts *opts, s
 				 strerror(errno));
 		else if (S_ISDIR(st.st_mode))
 			rc = walk(&sc, loc, 0);
+		else if (S_ISREG(st.st_mode) && is_leftover(loc))
+			kvn_warn(COMP,
+				 "plugin_locations: %s is a backup or leftover file (~, .bak, "
+				 ".orig, .rej, .swp, .disabled, .tmp, .dpkg-*): not run",
+				 loc);
 		else if (S_ISREG(st.st_mode))
 			rc = consider(&sc, loc);
 		else

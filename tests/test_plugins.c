@@ -16,18 +16,32 @@ struct target_case {
 	bool scheduler, worker0, worker3; /* worker 3 of 4 */
 };
 
+/* LMCache's documentation ("Extending LMCache", docs/source/developer_guide/extending_lmcache/
+ * in LMCache's repository) first, its code (lmcache/v1/plugin/runtime_plugin_launcher.py)
+ * where the documentation is silent. */
 static const struct target_case target_cases[] = {
     {"scheduler_report.py", true, false, false},
     {"worker_report.sh", false, true, true},
     {"worker_3_report.sh", false, false, true},
     {"worker_0_report.sh", false, true, false},
-    {"worker_3.sh", false, false, true},
-    {"worker_0.py", false, true, false},
     {"worker_003_x.sh", false, false, true},
+    /* worker_<N>.ext has two parts: every worker, as LMCache's code runs it */
+    {"worker_3.sh", false, true, true},
+    {"worker_0.py", false, true, true},
     {"all_report.sh", true, true, true},
+    {"all_0_report.sh", true, true, true}, /* all_: every process, says the documentation */
+    /* no role prefix: every process */
     {"report.py", true, true, true},
     {"my_tool.py", true, true, true},
     {"workers_x.sh", true, true, true},
+    /* a role word alone is no prefix */
+    {"scheduler.py", true, true, true},
+    {"worker.sh", true, true, true},
+    {"ALL.sh", true, true, true},
+    /* the stem drops the last extension only */
+    {"worker_1.backup.py", false, true, true},
+    {"worker_3_x.tar.gz", false, false, true},
+    {"scheduler_x.y.py", true, false, false},
     /* case-insensitive role words */
     {"SCHEDULER_x.py", true, false, false},
     {"Worker_3_x.sh", false, false, true},
@@ -37,6 +51,7 @@ static const struct target_case target_cases[] = {
     {"worker_3a_x.sh", false, true, true},
     {"worker_x_3.sh", false, true, true},
     {"worker_-3_x.sh", false, true, true},
+    {"worker__x.sh", false, true, true},
     {"worker_99999999999_x.sh", false, false, false},
 };
 
@@ -67,6 +82,14 @@ Test(plugins, worker_3_starts_only_its_plugins_and_ignores_hidden_backup_and_spe
 	put_plugin(".hidden.sh", 0644, body);
 	put_plugin("all_g.sh~", 0644, body);
 	put_plugin("all_h.sh.swp", 0644, body);
+	static const char *const leftovers[] = {"all_x.py.bak",      "all_x.py.orig",
+						"all_x.py.rej",	     "all_x.sh.disabled",
+						"all_x.sh.tmp",	     "all_x.sh.dpkg-old",
+						"all_x.sh.dpkg-dist"};
+	for (size_t i = 0; i < sizeof(leftovers) / sizeof(leftovers[0]); i++)
+		put_plugin(leftovers[i], 0644, body);
+	put_plugin("worker_0.sh", 0644, body);
+	put_plugin("scheduler.sh", 0644, body);
 	char sub[PATH_MAX * 2];
 	snprintf(sub, sizeof(sub), "%s/nested", plugdir);
 	cr_assert_eq(mkdir(sub, 0755), 0);
@@ -92,17 +115,61 @@ Test(plugins, worker_3_starts_only_its_plugins_and_ignores_hidden_backup_and_spe
 		strcat(names, cJSON_GetObjectItem(e, "name")->valuestring);
 		strcat(names, " ");
 	}
-	cr_expect_str_eq(names, "all_e.sh f.sh worker_3_deep.sh worker_3.sh worker_3_c.sh "
-				"worker_b.sh ");
+	cr_expect_str_eq(names, "all_e.sh f.sh worker_3_deep.sh scheduler.sh worker_0.sh "
+				"worker_3.sh worker_3_c.sh worker_b.sh ");
 	cr_expect(!strstr(text, "\"stopped\""), "a plugin not started when start returned: %s",
 		  text);
 	assert_contains(log, "/.hidden.sh ignored: hidden file");
-	assert_contains(log, "/all_g.sh~ ignored: editor backup file");
-	assert_contains(log, "/all_h.sh.swp ignored: editor backup file");
+	assert_contains(log, "/all_g.sh~ ignored: backup or leftover file");
+	assert_contains(log, "/all_h.sh.swp ignored: backup or leftover file");
+	for (size_t i = 0; i < sizeof(leftovers) / sizeof(leftovers[0]); i++) {
+		char want[128];
+		snprintf(want, sizeof(want), "/%s ignored: backup or leftover file", leftovers[i]);
+		assert_contains(log, want);
+	}
+	assert_contains(log, "worker_0.sh runs on every worker");
+	assert_contains(log, "worker_<N>_<name>");
 	assert_contains(log, "/all_fifo.sh ignored: not a regular file");
 	cJSON_Delete(root);
 	free(text);
 	free(log);
+}
+
+Test(plugins, a_backup_file_named_in_plugin_locations_is_not_run_either)
+{
+	put_plugin("all_x.py.bak", 0644, "#!/bin/sh\nexit 0\n");
+	char *text, err[1024], loc[PATH_MAX * 2];
+	snprintf(loc, sizeof(loc), "%s/all_x.py.bak", plugdir);
+	cr_assert(asprintf(&text, "plugin_locations: [\"%s\"]\n", loc) > 0);
+	struct kvn_config *cfg;
+	cr_assert_eq(kvn_config_parse(text, strlen(text), "kvnode.yaml", &cfg, err, sizeof(err)), 0,
+		     "%s", err);
+	free(text);
+	struct kvn_plugins_opts o = {.role = KVN_PLUGIN_WORKER, .worker_id = 0, .worker_count = 1};
+	struct kvn_plugins *pl;
+	log_begin();
+	cr_assert_eq(kvn_plugins_start(cfg, &o, &pl, err, sizeof(err)), 0, "%s", err);
+	char *stats = kvn_plugins_stats_json(pl);
+	kvn_plugins_stop(pl);
+	char *log = log_end();
+	kvn_config_free(cfg);
+	cr_expect_str_eq(stats, "[]");
+	assert_contains(log, "is a backup or leftover file");
+	free(stats);
+	free(log);
+}
+
+Test(plugins, worker_count_when_configured_is_what_every_plugin_sees)
+{
+	put_plugin("all_count.sh", 0644,
+		   "#!/bin/sh\necho \"$KVNODE_PLUGIN_WORKER_COUNT $LMCACHE_PLUGIN_WORKER_COUNT "
+		   "$LMCACHE_RUNTIME_PLUGIN_WORKER_COUNT\" > count.tmp && mv count.tmp count\n");
+	struct kvn_plugins *pl = start_as(KVN_PLUGIN_SCHEDULER, -1, 0, "worker_count: 16\n");
+	wait_file("count");
+	kvn_plugins_stop(pl);
+	char *text = read_plugdir_file("count");
+	cr_expect_str_eq(text, "16 16 16\n");
+	free(text);
 }
 
 Test(plugins, the_scheduler_starts_scheduler_and_all_plugins_only)
@@ -208,10 +275,12 @@ Test(plugins, plugin_sees_both_prefixes_redacted_config_its_settings_cwd_and_nul
 		  "a secret reached the plugin: %s", text);
 	cJSON *env = cJSON_Parse(text);
 	cr_assert(env, "not JSON: %s", text);
-	static const char *const pre[] = {"KVNODE_PLUGIN_", "LMCACHE_PLUGIN_"};
-	for (int k = 0; k < 2; k++) {
+	static const char *const pre[] = {"KVNODE_PLUGIN_", "LMCACHE_PLUGIN_",
+					  "LMCACHE_RUNTIME_PLUGIN_"};
+	for (int k = 0; k < 3; k++) {
 		char name[64];
 		snprintf(name, sizeof(name), "%sROLE", pre[k]);
+		cr_assert(cJSON_GetObjectItem(env, name), "no %s", name);
 		cr_expect_str_eq(cJSON_GetObjectItem(env, name)->valuestring, "WORKER");
 		snprintf(name, sizeof(name), "%sWORKER_ID", pre[k]);
 		cr_expect_str_eq(cJSON_GetObjectItem(env, name)->valuestring, "3");
