@@ -74,8 +74,9 @@ static const char help_main[] =
     "  demo    a scheduler and 3 nodes: put chunks on one, read them on another by RDMA READ\n"
     "  help    the manual of one command (also `kvnode COMMAND --help`)\n"
     "\n"
-    "  Keys are LMCache CacheEngineKey strings (fmt@model@world_size@worker_id@hash@dtype)\n"
-    "  or any printable text up to 512 bytes.\n"
+    "  Keys are LMCache CacheEngineKey strings (model@world_size@worker_id@hash@dtype\n"
+    "  [@tag%value...], layer keys with @layer after the dtype; older forms are read too)\n"
+    "  or any UTF-8 text without control characters, up to 512 bytes.\n"
     "\n"
     "OPTIONS\n" HELP_COMMON "      --version        version and build features\n"
     "\n" HELP_EXIT "\n"
@@ -90,8 +91,8 @@ static const char help_main[] =
     "\n"
     "EXAMPLES\n"
     "  kvnode serve -c /etc/kvnode/kvnode.yaml &\n"
-    "  kvnode put 'vllm@meta-llama/Llama-3.1-8B@1@0@a1b2c3@bfloat16' chunk.bin\n"
-    "  kvnode get 'vllm@meta-llama/Llama-3.1-8B@1@0@a1b2c3@bfloat16' -o copy.bin\n"
+    "  kvnode put 'meta-llama/Llama-3.1-8B@1@0@a1b2c3@bfloat16' chunk.bin\n"
+    "  kvnode get 'meta-llama/Llama-3.1-8B@1@0@a1b2c3@bfloat16' -o copy.bin\n"
     "  kvnode stat --json | jq '.backends[] | {name, count, hits}'\n";
 
 struct command;
@@ -749,7 +750,7 @@ static const struct command commands[] = {
      "  replacing an older value. Regular files are streamed, so values of any size (up to\n"
      "  4 GiB) need no client memory.\n\n"
      "OPTIONS\n" HELP_COMMON "\n" HELP_EXIT "\n"
-     "EXAMPLES\n  kvnode put 'vllm@llama@1@0@a1b2@bfloat16' chunk.bin\n"
+     "EXAMPLES\n  kvnode put 'meta-llama/Llama-3.1-8B@1@0@a1b2@bfloat16' chunk.bin\n"
      "  head -c 1M /dev/urandom | kvnode put test-key\n"},
     {"get", cmd_get, 1, 1, "output",
      "NAME\n  kvnode get - read a value\n\n"
@@ -758,7 +759,7 @@ static const struct command commands[] = {
      "  Writes the value of KEY to stdout, or to FILE. On a miss FILE is not touched; a\n"
      "  transfer that fails half way removes the partial FILE.\n\n"
      "OPTIONS\n  -o, --output FILE    write here instead of stdout\n" HELP_COMMON "\n" HELP_EXIT
-     "\nEXAMPLES\n  kvnode get 'vllm@llama@1@0@a1b2@bfloat16' -o chunk.bin\n"},
+     "\nEXAMPLES\n  kvnode get 'meta-llama/Llama-3.1-8B@1@0@a1b2@bfloat16' -o chunk.bin\n"},
     {"rm", cmd_rm, 1, 1, "",
      "NAME\n  kvnode rm - remove a key\n\n"
      "SYNOPSIS\n  kvnode rm KEY\n\n"
