@@ -212,13 +212,25 @@ lmcache_value(const struct kvn_keydef *kd, const char *var, const char *raw, cha
 		if (py_float(v, buf, buflen))
 			return buf;
 		break;
+	case KVN_K_EXTRA: { /* json.loads; "" is None */
+		cJSON *j = *v ? cJSON_Parse(v) : NULL;
+		bool ok = !*v || j;
+		cJSON_Delete(j);
+		if (ok)
+			return v;
+		break;
+	}
 	default:
 		return v;
 	}
 	kvn_warn("config",
 		 "env %s=\"%.80s\": LMCache cannot convert it to %s either and ignores it; kvnode "
 		 "keeps %s's value",
-		 var, raw, kd->type == KVN_K_GB ? "a number" : "an integer", kd->name);
+		 var, raw,
+		 kd->type == KVN_K_GB	   ? "a number"
+		 : kd->type == KVN_K_EXTRA ? "JSON"
+					   : "an integer",
+		 kd->name);
 	return NULL;
 }
 

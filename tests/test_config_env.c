@@ -134,7 +134,8 @@ Test(config_env, lmcache_variables_are_read_with_lmcaches_converters)
 Test(config_env, an_lmcache_value_lmcache_cannot_convert_is_ignored_with_a_warning)
 {
 	struct kvn_config *cfg = load_ok("chunk_size: 128\n");
-	char *envp[] = {"LMCACHE_CHUNK_SIZE=lots", "LMCACHE_MAX_LOCAL_DISK_SIZE=1.2.3", NULL};
+	char *envp[] = {"LMCACHE_CHUNK_SIZE=lots", "LMCACHE_MAX_LOCAL_DISK_SIZE=1.2.3",
+			"LMCACHE_EXTRA_CONFIG={not json", NULL};
 	struct capture cap;
 	capture_begin(&cap);
 	int rc = kvn_config_apply_env(cfg, envp, err, sizeof(err));
@@ -143,6 +144,7 @@ Test(config_env, an_lmcache_value_lmcache_cannot_convert_is_ignored_with_a_warni
 	cr_assert_eq(cfg->chunk_size, 128);
 	assert_contains(log, "env LMCACHE_CHUNK_SIZE=\"lots\"");
 	assert_contains(log, "env LMCACHE_MAX_LOCAL_DISK_SIZE=\"1.2.3\"");
+	assert_contains(log, "env LMCACHE_EXTRA_CONFIG=\"{not json\"");
 	kvn_config_free(cfg);
 }
 
