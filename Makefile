@@ -11,8 +11,8 @@ TEST_EXCLUDE ?= packaging|vm
 # Packages get their own build dir: installed to /usr (Debian's multiarch libdir, /etc), no tests.
 PKG_BUILD  ?= build-deb
 
-.PHONY: all deps build demo test test-quick asan check-format clean install package \
-	check-package check-ansible help
+.PHONY: all deps build demo test test-quick asan fuzz fuzz-run check-format clean install \
+	package check-package check-ansible help
 
 all: build
 
@@ -23,6 +23,9 @@ help:
 	@echo "make test-quick  build, run the unit label only (in-process tests, seconds)"
 	@echo "make build   configure and build into $(BUILD)/"
 	@echo "make asan    build into build-asan/ with ASan+UBSan and run the tests there"
+	@echo "make fuzz    build the libFuzzer harnesses (tests/fuzz/, clang) into build-fuzz/fuzz/"
+	@echo "make fuzz-run  build them, replay the regression inputs, fuzz each for FUZZ_SECONDS"
+	@echo "             (default 60), 2 at a time; fails on any finding (scripts/run-fuzzers)"
 	@echo "make deps    install the Debian packages needed (scripts/install-deps)"
 	@echo "make package build the kvnode and kvnode-dev .deb in $(PKG_BUILD)/ (cpack -G DEB)"
 	@echo "make check-package  build the .debs and check them without installing (lintian too)"
@@ -61,6 +64,18 @@ asan: deps
 	@export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0; \
 		$(call CTEST,build-asan,-LE '$(TEST_EXCLUDE)')
 
+# The fuzzers: clang's libFuzzer with ASan and UBSan over the whole library (tests/fuzz/).
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+fuzz:
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug \
+		-DCMAKE_C_FLAGS=-O1 -DKVN_FUZZ=ON -DKVN_BUILD_TESTS=OFF -DKVN_BUILD_EXAMPLES=OFF \
+		-DKVN_WERROR=$(WERROR) $(CMAKE_ARGS)
+	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzzers
+
+fuzz-run: fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/run-fuzzers $(FUZZ_BUILD)
+
 install: build
 	cmake --install $(BUILD)
 
@@ -88,4 +103,4 @@ check-ansible:
 	scripts/check-ansible $(PKG_BUILD)
 
 clean:
-	rm -rf $(BUILD) build-asan $(PKG_BUILD)
+	rm -rf $(BUILD) build-asan $(FUZZ_BUILD) $(PKG_BUILD)
