@@ -223,8 +223,11 @@ kvn_cf_put_u64(struct kvn_cf_buf *b, uint64_t v)
 void
 kvn_cf_put_bytes(struct kvn_cf_buf *b, const void *src, size_t n)
 {
+	/* Nothing to add: an empty buffer has no memory yet, and NULL + 0 is undefined. */
+	if (!n)
+		return;
 	uint8_t *p = kvn_cf_buf_room(b, n);
-	if (p && n) {
+	if (p) {
 		memcpy(p, src, n);
 		b->len += n;
 	}
