@@ -144,8 +144,7 @@ fz_connect_tcp(const char *hostport)
 }
 
 int
-fz_exchange(int fd, const uint8_t *in, size_t n, int idle_ms, struct fz_bytes *out,
-	    size_t out_max)
+fz_exchange(int fd, const uint8_t *in, size_t n, int idle_ms, struct fz_bytes *out, size_t out_max)
 {
 	int fl = fcntl(fd, F_GETFL);
 	fcntl(fd, F_SETFL, fl | O_NONBLOCK);

@@ -34,12 +34,13 @@ fuzz_hdr(const uint8_t *p, size_t n)
 	char err[256] = "";
 	int rc = kvn_cf_hdr_decode(w, &h, err, sizeof(err));
 	if (rc) {
-		FZ_ASSERT((rc == -EPROTO || rc == -EMSGSIZE) && err[0], "refusal %d: '%s'", rc, err);
+		FZ_ASSERT((rc == -EPROTO || rc == -EMSGSIZE) && err[0], "refusal %d: '%s'", rc,
+			  err);
 		FZ_ASSERT(kvn_cf_hdr_decode(w, &h, NULL, 0) == rc, "decides otherwise without err");
 		return;
 	}
-	FZ_ASSERT(strcmp(kvn_cf_type_name(h.type), "?") && !h.flags && h.version == KVN_CF_VERSION &&
-		      h.len <= kvn_cf_body_max(h.type),
+	FZ_ASSERT(strcmp(kvn_cf_type_name(h.type), "?") && !h.flags &&
+		      h.version == KVN_CF_VERSION && h.len <= kvn_cf_body_max(h.type),
 		  "accepted type %u flags %u length %u", h.type, h.flags, h.len);
 	kvn_cf_hdr_encode(&h, back);
 	FZ_ASSERT(!memcmp(w, back, sizeof(w)), "header does not round-trip");
@@ -254,11 +255,11 @@ fuzz_build(const uint8_t *p, size_t n)
  * holds.
  * ------------------------------------------------------------------------------------------ */
 
-#define NWORKERS     4
-#define SMALL_KEYS   256
-#define BURST_KEYS   200
-#define MAX_BURSTS   6
-#define NKEYS	     (SMALL_KEYS + 256 * BURST_KEYS)
+#define NWORKERS   4
+#define SMALL_KEYS 256
+#define BURST_KEYS 200
+#define MAX_BURSTS 6
+#define NKEYS	   (SMALL_KEYS + 256 * BURST_KEYS)
 
 static const uint32_t workers[NWORKERS] = {0, 1, 7, KVN_DIR_MAX_WORKERS - 1};
 
@@ -325,10 +326,11 @@ model_check_key(const struct kvn_dir *dir, struct model *m, uint32_t key)
 		int w = 0;
 		while (w < NWORKERS && workers[w] != locs[j].worker_id)
 			w++;
-		FZ_ASSERT(w < NWORKERS && m->has[key][w] &&
-			      !memcmp(&m->loc[key][w], &locs[j], sizeof(locs[j])),
-			  "lookup of key %u returned a location the model does not hold (worker %u)",
-			  key, locs[j].worker_id);
+		FZ_ASSERT(
+		    w < NWORKERS && m->has[key][w] &&
+			!memcmp(&m->loc[key][w], &locs[j], sizeof(locs[j])),
+		    "lookup of key %u returned a location the model does not hold (worker %u)", key,
+		    locs[j].worker_id);
 		for (uint32_t k = 0; k < j; k++)
 			FZ_ASSERT(locs[k].worker_id != locs[j].worker_id,
 				  "lookup returned worker %u twice", locs[j].worker_id);
@@ -390,7 +392,9 @@ fuzz_dir(const uint8_t *p, size_t n)
 		uint8_t op = fz_u8(&in), key = fz_u8(&in);
 		int w = (op >> 3) & 3;
 		struct kvn_digest d = digest_of(key);
-		struct kvn_loc loc = {.rkey = key, .addr = (uint64_t)key << 12, .len = 4096 + op,
+		struct kvn_loc loc = {.rkey = key,
+				      .addr = (uint64_t)key << 12,
+				      .len = 4096 + op,
 				      .generation = gen += 2};
 		switch (op & 7) {
 		case 0:
@@ -403,9 +407,10 @@ fuzz_dir(const uint8_t *p, size_t n)
 			uint64_t own = has ? m->loc[key][w].generation : 0;
 			uint64_t g = (op >> 5) == 0 ? 0 : (op >> 5) == 1 ? own : 1;
 			bool want = has && (g == 0 || g == own);
-			FZ_ASSERT(kvn_dir_evict(dir, workers[w], d, g) == (int)want,
-				  "evict of key %u worker %u answered otherwise than the model (%d)",
-				  key, workers[w], want);
+			FZ_ASSERT(
+			    kvn_dir_evict(dir, workers[w], d, g) == (int)want,
+			    "evict of key %u worker %u answered otherwise than the model (%d)", key,
+			    workers[w], want);
 			if (want)
 				model_drop(m, key, w);
 			break;
@@ -434,8 +439,8 @@ fuzz_dir(const uint8_t *p, size_t n)
 			bad.worker_id = KVN_DIR_MAX_WORKERS + (op >> 3);
 			FZ_ASSERT(kvn_dir_admit(dir, d, &bad) == -EINVAL, "admit of worker %u",
 				  bad.worker_id);
-			FZ_ASSERT(kvn_dir_evict(dir, bad.worker_id, d, 0) == 0, "evict of worker %u",
-				  bad.worker_id);
+			FZ_ASSERT(kvn_dir_evict(dir, bad.worker_id, d, 0) == 0,
+				  "evict of worker %u", bad.worker_id);
 			break;
 		}
 		default:

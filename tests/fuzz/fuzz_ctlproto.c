@@ -169,8 +169,8 @@ fuzz_client(unsigned op, const uint8_t *p, size_t n)
 		if (text)
 			FZ_ASSERT(strlen(text) <= n, "reply text longer than what was sent");
 	} else {
-		FZ_ASSERT(rc < 0 && kvn_client_fault(c) != KVN_CLIENT_OK, "failure %d without a fault",
-			  rc);
+		FZ_ASSERT(rc < 0 && kvn_client_fault(c) != KVN_CLIENT_OK,
+			  "failure %d without a fault", rc);
 		FZ_ASSERT(kvn_client_error(c)[0], "failure without a message");
 	}
 	free(text);

@@ -16,11 +16,11 @@
 #include "node/server.h"
 #include "tests/fuzz/fuzz_common.h"
 
-#define MIB	     (1024 * 1024)
-#define VALUE_MAX    MIB /* far below the default: the fuzzer's malloc limit counts a PUT */
-#define IDLE_MS	     8000
-#define REPLY_KEEP   (16u * MIB)
-#define CHECK_EVERY  64
+#define MIB	    (1024 * 1024)
+#define VALUE_MAX   MIB /* far below the default: the fuzzer's malloc limit counts a PUT */
+#define IDLE_MS	    8000
+#define REPLY_KEEP  (16u * MIB)
+#define CHECK_EVERY 64
 
 static struct kvn_config *cfg;
 static struct kvn_engine *eng;
@@ -50,9 +50,10 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	cfg->hugepages = false;
 	if (kvn_engine_open(cfg, &eng, err, sizeof(err)) < 0)
 		fz_fail("engine: %s", err);
-	struct kvn_server_opts o = {
-	    .socket_path = sock_path, .max_conns = 32, .io_timeout_ms = 2000,
-	    .value_max = VALUE_MAX};
+	struct kvn_server_opts o = {.socket_path = sock_path,
+				    .max_conns = 32,
+				    .io_timeout_ms = 2000,
+				    .value_max = VALUE_MAX};
 	if (kvn_server_create(eng, &o, &srv, err, sizeof(err)) < 0)
 		fz_fail("server: %s", err);
 	if (pthread_create(&runner, NULL, run_main, srv))
@@ -92,8 +93,8 @@ check_replies(const struct fz_bytes *r)
 {
 	size_t off = 0;
 	while (off < r->len) {
-		FZ_ASSERT(r->len - off >= KVN_CTL_REPLY_SIZE, "a truncated reply header (%zu bytes)",
-			  r->len - off);
+		FZ_ASSERT(r->len - off >= KVN_CTL_REPLY_SIZE,
+			  "a truncated reply header (%zu bytes)", r->len - off);
 		struct kvn_ctl_reply rep;
 		char why[256];
 		kvn_ctl_reply_decode(r->p + off, &rep);

@@ -59,7 +59,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (!memchr(data, '\0', size) && size <= KVN_KEY_MAX) {
 			char *s = strndup((const char *)data, size);
 			FZ_ASSERT(s, "out of memory");
-			FZ_ASSERT(kvn_key_from_str(&again, s) < 0, "from_str accepts a refused key");
+			FZ_ASSERT(kvn_key_from_str(&again, s) < 0,
+				  "from_str accepts a refused key");
 			free(s);
 		}
 		return 0;

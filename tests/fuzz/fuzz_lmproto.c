@@ -156,9 +156,13 @@ check_value(int rc, struct kvn_remote_value *v)
 static void
 fuzz_connector(unsigned op, const uint8_t *p, size_t n)
 {
-	struct kvn_connector_env env = {
-	    .abi = KVN_CONNECTOR_ABI, .url = url, .url_redacted = url, .config_dir = ".",
-	    .get_opt = no_opt, .log = env_log, .timeout_ms = 5000};
+	struct kvn_connector_env env = {.abi = KVN_CONNECTOR_ABI,
+					.url = url,
+					.url_redacted = url,
+					.config_dir = ".",
+					.get_opt = no_opt,
+					.log = env_log,
+					.timeout_ms = 5000};
 	const struct kvn_connector_ops *ops = &kvn_lm_connector_ops;
 	struct fake f = {p, n};
 	pthread_t t;

@@ -43,9 +43,10 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	cfg->hugepages = false;
 	if (kvn_engine_open(cfg, &eng, err, sizeof(err)) < 0)
 		fz_fail("engine: %s", err);
-	struct kvn_lm_server_opts o = {
-	    .listen = "127.0.0.1:0", .max_conns = 32, .io_timeout_ms = 2000,
-	    .value_max = VALUE_MAX};
+	struct kvn_lm_server_opts o = {.listen = "127.0.0.1:0",
+				       .max_conns = 32,
+				       .io_timeout_ms = 2000,
+				       .value_max = VALUE_MAX};
 	if (kvn_lm_server_start(eng, &o, &srv, err, sizeof(err)) < 0)
 		fz_fail("lm server: %s", err);
 	snprintf(addr, sizeof(addr), "%s", kvn_lm_server_address(srv));

@@ -51,9 +51,11 @@ env_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
 	va_end(ap);
 }
 
-static struct kvn_connector_env env = {
-    .abi = KVN_CONNECTOR_ABI, .config_dir = ".", .get_opt = no_opt, .log = env_log,
-    .timeout_ms = 5000};
+static struct kvn_connector_env env = {.abi = KVN_CONNECTOR_ABI,
+				       .config_dir = ".",
+				       .get_opt = no_opt,
+				       .log = env_log,
+				       .timeout_ms = 5000};
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -167,7 +169,8 @@ fuzz_value(const uint8_t *p, size_t n)
 	kvn_remote_tagger_update(tagger, payload + cut2, pl - cut2);
 	FZ_ASSERT(kvn_remote_tagger_end(tagger, t2) == KVN_REMOTE_TAG_LEN &&
 		      !memcmp(t2, good.tag, KVN_REMOTE_TAG_LEN),
-		  "the tag in pieces (%zu, %zu of %zu) differs from the tag in one", cut1, cut2, pl);
+		  "the tag in pieces (%zu, %zu of %zu) differs from the tag in one", cut1, cut2,
+		  pl);
 
 	/* A value made from plain bytes carries a header and tag that pass. */
 	struct kvn_remote_value mine;
@@ -272,8 +275,7 @@ fuzz_fs_file(const uint8_t *p, size_t n)
 	}
 	kvn_remote_value_release(&got);
 	struct listed l = {0};
-	FZ_ASSERT(ops->list(fs, on_key, &l) == 0 && l.n <= 1, "fs list of one file: %zu keys",
-		  l.n);
+	FZ_ASSERT(ops->list(fs, on_key, &l) == 0 && l.n <= 1, "fs list of one file: %zu keys", l.n);
 	rc = ops->remove(fs, &key);
 	FZ_ASSERT(rc == 0 || rc == -ENOENT, "fs remove returned %d", rc);
 	clear_store();
@@ -297,8 +299,7 @@ fuzz_fs_name(const uint8_t *p, size_t n)
 		return;
 	close(fd);
 	struct listed l = {0};
-	FZ_ASSERT(ops->list(fs, on_key, &l) == 0 && l.n <= 1, "fs list of one file: %zu keys",
-		  l.n);
+	FZ_ASSERT(ops->list(fs, on_key, &l) == 0 && l.n <= 1, "fs list of one file: %zu keys", l.n);
 	unlink(path);
 }
 

@@ -3,9 +3,9 @@
  * mode: even, the rest is sent raw; odd, a valid JOIN (as a node "fuzz-node" sends it) goes
  * first, so PUBLISH, LOOKUP, HEARTBEAT and LEAVE reach the directory. Properties: everything the
  * scheduler sends is a whole, valid frame of a scheduler-to-node type, JOIN_OK comes first after
- * a JOIN, an ERROR is the last frame, the connection is closed after the input ends, and every 64 inputs a STATS request
- * over another connection (and from another thread, kvn_scheduler_stats_json_sync) is answered
- * with a JSON object. */
+ * a JOIN, an ERROR is the last frame, the connection is closed after the input ends, and every 64
+ * inputs a STATS request over another connection (and from another thread,
+ * kvn_scheduler_stats_json_sync) is answered with a JSON object. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <pthread.h>
@@ -49,10 +49,11 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (pthread_create(&runner, NULL, run_main, sched))
 		fz_fail("cannot start the scheduler thread");
 	static const char regions[] = "regions-of-fuzz-node";
-	if (kvn_cf_put_json_frame(&join, KVN_CF_JOIN, 1,
-				  "{\"name\":\"fuzz-node\",\"data_addr\":\"127.0.0.1:9\","
-				  "\"transport\":\"tcp\",\"capacity\":1048576,\"want_evicts\":true}",
-				  regions, sizeof(regions) - 1))
+	if (kvn_cf_put_json_frame(
+		&join, KVN_CF_JOIN, 1,
+		"{\"name\":\"fuzz-node\",\"data_addr\":\"127.0.0.1:9\","
+		"\"transport\":\"tcp\",\"capacity\":1048576,\"want_evicts\":true}",
+		regions, sizeof(regions) - 1))
 		fz_fail("cannot build the JOIN frame");
 	return 0;
 }
@@ -109,9 +110,8 @@ check_alive(void)
 {
 	int fd = fz_connect_tcp(addr);
 	uint8_t req[KVN_CF_HDR_SIZE];
-	kvn_cf_hdr_encode(&(struct kvn_cf_hdr){.version = KVN_CF_VERSION, .type = KVN_CF_STATS,
-					       .seq = 7},
-			  req);
+	kvn_cf_hdr_encode(
+	    &(struct kvn_cf_hdr){.version = KVN_CF_VERSION, .type = KVN_CF_STATS, .seq = 7}, req);
 	if (kvn_cf_send_all(fd, req, sizeof(req)))
 		fz_fail("cannot send STATS to the scheduler");
 	struct kvn_cf_rx rx = {0};

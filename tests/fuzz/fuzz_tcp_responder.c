@@ -125,7 +125,8 @@ setup(bool prove)
 		  "the owner's proof does not check");
 	if (!prove)
 		return fd;
-	const struct kvn_auth_part reader[] = {{nonce_o, KVN_AUTH_NONCE}, {nonce_r, KVN_AUTH_NONCE}};
+	const struct kvn_auth_part reader[] = {{nonce_o, KVN_AUTH_NONCE},
+					       {nonce_r, KVN_AUTH_NONCE}};
 	tcp_hdr_encode(0, TCP_F_TOKEN, m);
 	kvn_auth_mac(&auth, TCP_READER_LABEL, reader, 2, m + TCP_HDR_SIZE);
 	send_exact(fd, m, TCP_PROOF_SIZE);
@@ -193,7 +194,7 @@ build_requests(const uint8_t *p, size_t n, uint8_t **out)
 			r.len = TCP_MAX_MSG + (lsel >> 3) - 16;
 			break;
 		case 3:
-			r.len = (uint64_t)-(int64_t)(lraw + 1); /* wraps */
+			r.len = (uint64_t) - (int64_t)(lraw + 1); /* wraps */
 			break;
 		default:
 			r.len = lraw % 4097 + 1;
@@ -214,18 +215,22 @@ check_responses(const uint8_t *req, size_t reqlen, const struct fz_bytes *r)
 		struct tcp_resp s;
 		tcp_req_decode(req + i, &q);
 		FZ_ASSERT(r->len - off >= TCP_RESP_SIZE,
-			  "request %zu (seq %llu) got no response (%zu bytes left)", i / TCP_REQ_SIZE,
-			  (unsigned long long)q.seq, r->len - off);
+			  "request %zu (seq %llu) got no response (%zu bytes left)",
+			  i / TCP_REQ_SIZE, (unsigned long long)q.seq, r->len - off);
 		tcp_resp_decode(r->p + off, &s);
 		off += TCP_RESP_SIZE;
 		FZ_ASSERT(s.seq == q.seq, "response seq %llu for request seq %llu",
 			  (unsigned long long)s.seq, (unsigned long long)q.seq);
-		bool ok = q.op == TCP_REQ_READ && q.len <= TCP_MAX_MSG && inside(q.rkey, q.addr, q.len);
+		bool ok =
+		    q.op == TCP_REQ_READ && q.len <= TCP_MAX_MSG && inside(q.rkey, q.addr, q.len);
 		if (s.status) {
-			FZ_ASSERT(!ok, "a read of %llu bytes at 0x%llx inside a registration was "
-				  "refused (%s)", (unsigned long long)q.len,
-				  (unsigned long long)q.addr, tcp_reason_str(s.reason));
-			FZ_ASSERT(s.len == 0 && s.reason >= TCP_UNKNOWN_RKEY && s.reason <= TCP_BAD_OP,
+			FZ_ASSERT(!ok,
+				  "a read of %llu bytes at 0x%llx inside a registration was "
+				  "refused (%s)",
+				  (unsigned long long)q.len, (unsigned long long)q.addr,
+				  tcp_reason_str(s.reason));
+			FZ_ASSERT(s.len == 0 && s.reason >= TCP_UNKNOWN_RKEY &&
+				      s.reason <= TCP_BAD_OP,
 				  "a refusal with length %llu reason %u", (unsigned long long)s.len,
 				  s.reason);
 			continue;
@@ -233,9 +238,11 @@ check_responses(const uint8_t *req, size_t reqlen, const struct fz_bytes *r)
 		uintptr_t a = (uintptr_t)q.addr;
 		bool in_mem = a >= (uintptr_t)mem && q.len <= mem_len &&
 			      a - (uintptr_t)mem <= mem_len - q.len;
-		FZ_ASSERT(ok, "served %llu bytes at 0x%llx rkey 0x%08x, outside every live "
-			  "registration (%s)", (unsigned long long)q.len, (unsigned long long)q.addr,
-			  q.rkey, in_mem ? "guard or dropped bytes" : "not even our memory");
+		FZ_ASSERT(ok,
+			  "served %llu bytes at 0x%llx rkey 0x%08x, outside every live "
+			  "registration (%s)",
+			  (unsigned long long)q.len, (unsigned long long)q.addr, q.rkey,
+			  in_mem ? "guard or dropped bytes" : "not even our memory");
 		FZ_ASSERT(s.len == q.len, "served %llu bytes for a read of %llu",
 			  (unsigned long long)s.len, (unsigned long long)q.len);
 		FZ_ASSERT(r->len - off >= s.len, "a truncated payload");

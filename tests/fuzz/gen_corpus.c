@@ -132,8 +132,10 @@ gen_ctl(void)
 	for (size_t i = 0; i < 6; i++) {
 		struct seed *s = seed_new();
 		add_u8(s, 0);
-		bool keyed = opsv[i] == KVN_CTL_PUT || opsv[i] == KVN_CTL_GET || opsv[i] == KVN_CTL_RM;
-		add_ctl_req(s, opsv[i], keyed ? keys[0] : NULL, opsv[i] == KVN_CTL_PUT ? "v" : NULL);
+		bool keyed =
+		    opsv[i] == KVN_CTL_PUT || opsv[i] == KVN_CTL_GET || opsv[i] == KVN_CTL_RM;
+		add_ctl_req(s, opsv[i], keyed ? keys[0] : NULL,
+			    opsv[i] == KVN_CTL_PUT ? "v" : NULL);
 		s->n = 1 + KVN_CTL_REQ_SIZE;
 		add_le(s, 1u << 20, 8);
 		snprintf(name, sizeof(name), "req-%s", kvn_ctl_op_name(opsv[i]));
@@ -173,7 +175,8 @@ gen_ctl(void)
 	/* ctlserver: request streams */
 	for (size_t i = 0; i < 6; i++) {
 		s = seed_new();
-		bool keyed = opsv[i] == KVN_CTL_PUT || opsv[i] == KVN_CTL_GET || opsv[i] == KVN_CTL_RM;
+		bool keyed =
+		    opsv[i] == KVN_CTL_PUT || opsv[i] == KVN_CTL_GET || opsv[i] == KVN_CTL_RM;
 		add_ctl_req(s, opsv[i], keyed ? keys[i % 5] : NULL,
 			    opsv[i] == KVN_CTL_PUT ? "some value bytes" : NULL);
 		snprintf(name, sizeof(name), "%s", kvn_ctl_op_name(opsv[i]));
@@ -194,9 +197,10 @@ static void
 add_frame(struct seed *s, enum kvn_cf_type type, uint32_t seq, const void *body, size_t len)
 {
 	uint8_t h[KVN_CF_HDR_SIZE];
-	kvn_cf_hdr_encode(&(struct kvn_cf_hdr){.version = KVN_CF_VERSION, .type = (uint8_t)type,
-					       .seq = seq, .len = (uint32_t)len},
-			  h);
+	kvn_cf_hdr_encode(
+	    &(struct kvn_cf_hdr){
+		.version = KVN_CF_VERSION, .type = (uint8_t)type, .seq = seq, .len = (uint32_t)len},
+	    h);
 	add(s, h, sizeof(h));
 	add(s, body, len);
 }
@@ -208,11 +212,12 @@ publish_body(struct kvn_cf_buf *b, unsigned n)
 	kvn_cf_put_u32(b, n);
 	kvn_cf_put_u32(b, 0);
 	for (unsigned i = 0; i < n; i++) {
-		struct kvn_cf_pub r = {
-		    .op = i % 3 == 2 ? KVN_CF_EVICT : KVN_CF_ADMIT,
-		    .digest = {.lo = 1000 + i / 3, .hi = 7},
-		    .loc = {.rkey = 0x1234, .addr = 0x10000 + 4096 * i, .len = 4096,
-			    .generation = 2 * (i + 1)}};
+		struct kvn_cf_pub r = {.op = i % 3 == 2 ? KVN_CF_EVICT : KVN_CF_ADMIT,
+				       .digest = {.lo = 1000 + i / 3, .hi = 7},
+				       .loc = {.rkey = 0x1234,
+					       .addr = 0x10000 + 4096 * i,
+					       .len = 4096,
+					       .generation = 2 * (i + 1)}};
 		kvn_cf_put_pub(b, &r);
 	}
 }
@@ -238,9 +243,9 @@ gen_ctlframe(void)
 {
 	char name[48];
 	static const enum kvn_cf_type types[] = {
-	    KVN_CF_JOIN,	  KVN_CF_HEARTBEAT,    KVN_CF_PUBLISH,	KVN_CF_LOOKUP,
-	    KVN_CF_STATS,	  KVN_CF_LEAVE,	       KVN_CF_JOIN_OK,	KVN_CF_HEARTBEAT_ACK,
-	    KVN_CF_LOOKUP_REPLY, KVN_CF_STATS_REPLY, KVN_CF_ERROR,	KVN_CF_MEMBER,
+	    KVN_CF_JOIN,	 KVN_CF_HEARTBEAT,   KVN_CF_PUBLISH, KVN_CF_LOOKUP,
+	    KVN_CF_STATS,	 KVN_CF_LEAVE,	     KVN_CF_JOIN_OK, KVN_CF_HEARTBEAT_ACK,
+	    KVN_CF_LOOKUP_REPLY, KVN_CF_STATS_REPLY, KVN_CF_ERROR,   KVN_CF_MEMBER,
 	    KVN_CF_EVICTED};
 	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
 		struct seed *s = seed_new();
@@ -317,13 +322,13 @@ gen_ctlframe(void)
 	write_seed("ctlframe", "build-stats", s);
 
 	/* directory programs: admits, evicts, drops, a burst */
-	static const uint8_t prog1[] = {9,  16, 0, 0, 8, 0, 1, 64, 0, 65, 3, 0,
-					35, 1,  4, 0, 0, 128, 3, 128, 24, 5};
+	static const uint8_t prog1[] = {9, 16, 0, 0, 8, 0, 1,	64, 0,	 65, 3,
+					0, 35, 1, 4, 0, 0, 128, 3,  128, 24, 5};
 	s = seed_new();
 	add(s, prog1, sizeof(prog1));
 	write_seed("ctlframe", "dir-program", s);
-	static const uint8_t prog2[] = {9, 0, 5, 1, 13, 2, 0, 200, 8, 201, 16, 202, 3, 200,
-					12, 0, 4, 0, 6, 9, 11, 200};
+	static const uint8_t prog2[] = {9,   0, 5,   1,	 13, 2, 0, 200, 8, 201, 16,
+					202, 3, 200, 12, 0,  4, 0, 6,	9, 11,	200};
 	s = seed_new();
 	add(s, prog2, sizeof(prog2));
 	write_seed("ctlframe", "dir-burst", s);
@@ -413,9 +418,9 @@ gen_lm(void)
 		const char *payload;
 		const char *name;
 	} cl[] = {
-	    {2, KVN_LM_OK, NULL, "exists"},	      {3, KVN_LM_OK, "a value", "get"},
-	    {3, KVN_LM_FAIL, NULL, "get-miss"},	      {4, KVN_LM_OK, "k1\nk2\nk3", "list"},
-	    {5, KVN_LM_OK, NULL, "health"},	      {6, KVN_LM_OK, "first", "batch"},
+	    {2, KVN_LM_OK, NULL, "exists"},	{3, KVN_LM_OK, "a value", "get"},
+	    {3, KVN_LM_FAIL, NULL, "get-miss"}, {4, KVN_LM_OK, "k1\nk2\nk3", "list"},
+	    {5, KVN_LM_OK, NULL, "health"},	{6, KVN_LM_OK, "first", "batch"},
 	};
 	for (size_t i = 0; i < sizeof(cl) / sizeof(cl[0]); i++) {
 		s = seed_new();
