@@ -11,7 +11,7 @@ TEST_EXCLUDE ?= packaging|vm
 # Packages get their own build dir: installed to /usr (Debian's multiarch libdir, /etc), no tests.
 PKG_BUILD  ?= build-deb
 
-.PHONY: all deps build demo test test-quick asan fuzz fuzz-run check-format clean install \
+.PHONY: all deps build demo test test-quick asan fuzz fuzz-run tsan check-format clean install \
 	package check-package check-ansible help
 
 all: build
@@ -26,6 +26,7 @@ help:
 	@echo "make fuzz    build the libFuzzer harnesses (tests/fuzz/, clang) into build-fuzz/fuzz/"
 	@echo "make fuzz-run  build them, replay the regression inputs, fuzz each for FUZZ_SECONDS"
 	@echo "             (default 60), 2 at a time; fails on any finding (scripts/run-fuzzers)"
+	@echo "make tsan    build into build-tsan/ with ThreadSanitizer and run the threaded suites"
 	@echo "make deps    install the Debian packages needed (scripts/install-deps)"
 	@echo "make package build the kvnode and kvnode-dev .deb in $(PKG_BUILD)/ (cpack -G DEB)"
 	@echo "make check-package  build the .debs and check them without installing (lintian too)"
@@ -76,6 +77,26 @@ fuzz:
 fuzz-run: fuzz
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/run-fuzzers $(FUZZ_BUILD)
 
+# ThreadSanitizer over the suites that run threads: in the test process (the servers, the engine's
+# writers, the transport's progress thread, the plugin launcher) and in the kvnode processes the
+# cluster suites start. Every process writes its reports under build-tsan/tsan-reports/ (a
+# child's stderr goes to a file the test removes); any report fails the target.
+TSAN_CC ?= gcc
+TSAN_TESTS ?= storage|cpu|pool|tcp|transport_conformance|cluster|scheduler|lm|server|plugins|reload
+TSAN_REPORTS = $(CURDIR)/build-tsan/tsan-reports
+tsan:
+	@$(MAKE) --no-print-directory build BUILD=build-tsan BUILD_TYPE=Debug \
+		CMAKE_ARGS="-DCMAKE_C_COMPILER=$(TSAN_CC) -DKVN_TSAN=ON $(CMAKE_ARGS)"
+	@rm -rf $(TSAN_REPORTS) build-tsan/test-results/*.tap build-tsan/test-results/*.skip; \
+	mkdir -p $(TSAN_REPORTS); \
+	export TSAN_OPTIONS="log_path=$(TSAN_REPORTS)/report second_deadlock_stack=1 $(TSAN_OPTIONS)"; \
+	ctest --test-dir build-tsan --output-on-failure -R '^test_($(TSAN_TESTS))$$'; rc=$$?; \
+	scripts/test-summary build-tsan; \
+	if ls $(TSAN_REPORTS)/report.* >/dev/null 2>&1; then \
+		echo "== ThreadSanitizer reports ($(TSAN_REPORTS)/report.<pid>):"; \
+		grep -h '^SUMMARY' $(TSAN_REPORTS)/report.* | sort | uniq -c | sort -rn; rc=1; \
+	fi; exit $$rc
+
 install: build
 	cmake --install $(BUILD)
 
@@ -103,4 +124,4 @@ check-ansible:
 	scripts/check-ansible $(PKG_BUILD)
 
 clean:
-	rm -rf $(BUILD) build-asan $(FUZZ_BUILD) $(PKG_BUILD)
+	rm -rf $(BUILD) build-asan $(FUZZ_BUILD) build-tsan $(PKG_BUILD)
