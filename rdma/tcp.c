@@ -181,10 +181,15 @@ tcp_epoll_set(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events)
 	if (p->events == events)
 		return 0;
 	struct epoll_event ev = { .events = events, .data.ptr = p };
-	int op = p->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-	if (epoll_ctl(tp->epfd, op, p->fd, &ev) < 0)
-		return -errno;
+	uint32_t old = p->events;
+	int op = old ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+	/* Stored first: once in epoll, p is the progress thread's (listen adds the listener
+	 * from another thread, and an early reader makes the thread look at p->events). */
 	p->events = events;
+	if (epoll_ctl(tp->epfd, op, p->fd, &ev) < 0) {
+		p->events = old;
+		return -errno;
+	}
 	return 0;
 }
 
