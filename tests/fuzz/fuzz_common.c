@@ -183,10 +183,21 @@ fz_exchange(int fd, const uint8_t *in, size_t n, int idle_ms, struct fz_bytes *o
 					append(out, buf, (size_t)r, out_max);
 				continue;
 			}
-			if (r == 0 || (errno != EAGAIN && errno != EINTR))
-				break; /* EOF, or reset: the server closed with our bytes unread */
+			if (r == 0)
+				break;
+			if (errno != EAGAIN && errno != EINTR) {
+				/* A reset: the server closed with our bytes unread, and the kernel
+				 * dropped what it had sent and we had not read yet. */
+				rc = 1;
+				break;
+			}
 		}
 	}
+	/* Closed with a reset: the server's side, which closed first, then ends at once instead
+	 * of in TIME_WAIT. Thousands of connections a second otherwise fill the port range, and
+	 * the kernel starts answering new connects on reused ports late or not at all. */
+	struct linger lg = {.l_onoff = 1, .l_linger = 0};
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	close(fd);
 	return rc;
 }

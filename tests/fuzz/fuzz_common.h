@@ -39,8 +39,9 @@ int fz_connect_tcp(const char *hostport);
 
 /* Sends all of in[0..n) on fd (stopping early when the server closes), then shuts down the
  * writing side and reads until the server closes. What arrives is appended to out (NULL:
- * dropped) up to out_max bytes (more is read and dropped). Returns 0 at EOF (or a reset),
- * -ETIMEDOUT when the server neither sent nor closed for idle_ms. Closes fd. */
+ * dropped) up to out_max bytes (more is read and dropped). Returns 0 at EOF, 1 when the
+ * connection was reset (the server closed with input unread: the end of what it sent may be
+ * lost), -ETIMEDOUT when the server neither sent nor closed for idle_ms. Closes fd. */
 int fz_exchange(int fd, const uint8_t *in, size_t n, int idle_ms, struct fz_bytes *out,
 		size_t out_max);
 

@@ -53,11 +53,14 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
+/* whole: the connection ended with a FIN; after a reset the last reply may be cut. */
 static void
-check_replies(const struct fz_bytes *r)
+check_replies(const struct fz_bytes *r, bool whole)
 {
 	size_t off = 0;
 	while (off < r->len) {
+		if (!whole && r->len - off < KVN_LM_REPLY_SIZE)
+			break;
 		FZ_ASSERT(r->len - off >= KVN_LM_REPLY_SIZE, "a truncated reply header (%zu bytes)",
 			  r->len - off);
 		struct kvn_lm_reply rep;
@@ -71,6 +74,8 @@ check_replies(const struct fz_bytes *r)
 			FZ_ASSERT(rep.length == 0, "a 400 reply announcing %d bytes", rep.length);
 			continue;
 		}
+		if (!whole && (size_t)rep.length > r->len - off)
+			break;
 		FZ_ASSERT((size_t)rep.length <= r->len - off, "a truncated %d-byte payload",
 			  rep.length);
 		off += (size_t)rep.length;
@@ -125,10 +130,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static unsigned long count;
 	struct fz_bytes r = {0};
 	int rc = fz_exchange(fz_connect_tcp(addr), data, size, IDLE_MS, &r, REPLY_KEEP);
-	FZ_ASSERT(rc == 0, "the lm server neither answered nor closed for %d ms after the input",
+	FZ_ASSERT(rc >= 0, "the lm server neither answered nor closed for %d ms after the input",
 		  IDLE_MS);
 	if (r.len < REPLY_KEEP)
-		check_replies(&r);
+		check_replies(&r, rc == 0);
 	fz_bytes_free(&r);
 	if (++count % CHECK_EVERY == 0)
 		check_alive();

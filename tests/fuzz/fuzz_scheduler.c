@@ -66,11 +66,14 @@ to_node_type(unsigned t)
 	       t == KVN_CF_EVICTED;
 }
 
+/* whole: the connection ended with a FIN; after a reset the last frame may be cut. */
 static void
-check_frames(const struct fz_bytes *r)
+check_frames(const struct fz_bytes *r, bool whole)
 {
 	size_t off = 0;
 	while (off < r->len) {
+		if (!whole && r->len - off < KVN_CF_HDR_SIZE)
+			break;
 		FZ_ASSERT(r->len - off >= KVN_CF_HDR_SIZE, "a truncated frame header (%zu bytes)",
 			  r->len - off);
 		struct kvn_cf_hdr h;
@@ -80,6 +83,8 @@ check_frames(const struct fz_bytes *r)
 		FZ_ASSERT(to_node_type(h.type), "the scheduler sent a %s frame",
 			  kvn_cf_type_name(h.type));
 		off += KVN_CF_HDR_SIZE;
+		if (!whole && h.len > r->len - off)
+			break;
 		FZ_ASSERT(h.len <= r->len - off, "a truncated %s body", kvn_cf_type_name(h.type));
 		const uint8_t *body = r->p + off;
 		const char *js;
@@ -151,10 +156,10 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	struct fz_bytes r = {0};
 	int rc = fz_exchange(fz_connect_tcp(addr), send, n, IDLE_MS, &r, REPLY_KEEP);
-	FZ_ASSERT(rc == 0, "the scheduler neither answered nor closed for %d ms after the input",
+	FZ_ASSERT(rc >= 0, "the scheduler neither answered nor closed for %d ms after the input",
 		  IDLE_MS);
 	if (r.len < REPLY_KEEP)
-		check_frames(&r);
+		check_frames(&r, rc == 0);
 	/* Nothing at all may come back: the scheduler handles frames that arrive with the FIN
 	 * but closes without sending their replies. */
 	if ((data[0] & 1) && r.len)
