@@ -81,6 +81,8 @@ fuzz-run: fuzz
 # writers, the transport's progress thread, the plugin launcher) and in the kvnode processes the
 # cluster suites start. Every process writes its reports under build-tsan/tsan-reports/ (a
 # child's stderr goes to a file the test removes); any report fails the target.
+# gcc: its ThreadSanitizer runtime is a shared library, which the test modules (linked with
+# --no-undefined) need; clang links the runtime into executables only.
 TSAN_CC ?= gcc
 TSAN_TESTS ?= storage|cpu|pool|tcp|transport_conformance|cluster|scheduler|lm|server|plugins|reload
 TSAN_REPORTS = $(CURDIR)/build-tsan/tsan-reports
