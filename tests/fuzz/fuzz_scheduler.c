@@ -1,9 +1,10 @@
 /* Fuzzes the real scheduler (node/scheduler*.c): one kvn_scheduler on 127.0.0.1:0, its loop on a
  * thread, started once. Each input goes over a fresh TCP connection; the first byte picks the
- * mode: even, the rest is sent raw; odd, a valid JOIN (as a node "fuzz-node" sends it) goes
- * first, so PUBLISH, LOOKUP, HEARTBEAT and LEAVE reach the directory. Properties: everything the
- * scheduler sends is a whole, valid frame of a scheduler-to-node type, JOIN_OK comes first after
- * a JOIN, an ERROR is the last frame, the connection is closed after the input ends, and every 64
+ * mode: even, the rest is sent raw; odd, a HELLO and a valid JOIN (as a node "fuzz-node" sends
+ * them to a scheduler without a token) go first, so PUBLISH, LOOKUP, HEARTBEAT and LEAVE reach
+ * the directory. Properties: everything the scheduler sends is a whole, valid frame of a
+ * scheduler-to-node type, CHALLENGE then JOIN_OK come first after them, an ERROR is the last
+ * frame, the connection is closed after the input ends, and every 64
  * inputs a STATS request over another connection (and from another thread,
  * kvn_scheduler_stats_json_sync) is answered with a JSON object. */
 #include <cjson/cJSON.h>
@@ -49,6 +50,10 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	if (pthread_create(&runner, NULL, run_main, sched))
 		fz_fail("cannot start the scheduler thread");
 	static const char regions[] = "regions-of-fuzz-node";
+	static const uint8_t nonce[16] = "fuzz-node-nonce";
+	kvn_cf_begin(&join, KVN_CF_HELLO, 0);
+	kvn_cf_put_bytes(&join, nonce, sizeof(nonce));
+	kvn_cf_end(&join);
 	if (kvn_cf_put_json_frame(
 		&join, KVN_CF_JOIN, 1,
 		"{\"name\":\"fuzz-node\",\"data_addr\":\"127.0.0.1:9\","
@@ -63,7 +68,7 @@ to_node_type(unsigned t)
 {
 	return t == KVN_CF_JOIN_OK || t == KVN_CF_HEARTBEAT_ACK || t == KVN_CF_LOOKUP_REPLY ||
 	       t == KVN_CF_STATS_REPLY || t == KVN_CF_ERROR || t == KVN_CF_MEMBER ||
-	       t == KVN_CF_EVICTED;
+	       t == KVN_CF_EVICTED || t == KVN_CF_CHALLENGE;
 }
 
 /* whole: the connection ended with a FIN; after a reset the last frame may be cut. */
@@ -114,15 +119,24 @@ static void
 check_alive(void)
 {
 	int fd = fz_connect_tcp(addr);
-	uint8_t req[KVN_CF_HDR_SIZE];
-	kvn_cf_hdr_encode(
-	    &(struct kvn_cf_hdr){.version = KVN_CF_VERSION, .type = KVN_CF_STATS, .seq = 7}, req);
-	if (kvn_cf_send_all(fd, req, sizeof(req)))
+	struct kvn_cf_buf req = {0};
+	static const uint8_t nonce[16] = "alive-check-nonc";
+	kvn_cf_begin(&req, KVN_CF_HELLO, 0);
+	kvn_cf_put_bytes(&req, nonce, sizeof(nonce));
+	kvn_cf_end(&req);
+	kvn_cf_begin(&req, KVN_CF_STATS, 7);
+	kvn_cf_end(&req);
+	if (req.err || kvn_cf_send_all(fd, req.p, req.len))
 		fz_fail("cannot send STATS to the scheduler");
+	kvn_cf_buf_free(&req);
 	struct kvn_cf_rx rx = {0};
 	struct kvn_cf_hdr h;
 	const uint8_t *body;
 	char err[256];
+	if (kvn_cf_rx_wait(&rx, fd, IDLE_MS, &h, &body, err, sizeof(err)) ||
+	    h.type != KVN_CF_CHALLENGE)
+		fz_fail("the scheduler no longer answers HELLO: %s", err);
+	kvn_cf_rx_consume(&rx, &h);
 	if (kvn_cf_rx_wait(&rx, fd, IDLE_MS, &h, &body, err, sizeof(err)))
 		fz_fail("the scheduler no longer answers STATS: %s", err);
 	FZ_ASSERT(h.type == KVN_CF_STATS_REPLY && h.seq == 7, "STATS answered with %s seq %u",
@@ -162,9 +176,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		check_frames(&r, rc == 0);
 	/* Nothing at all may come back: the scheduler handles frames that arrive with the FIN
 	 * but closes without sending their replies. */
+	size_t ch = KVN_CF_HDR_SIZE + KVN_CF_CHALLENGE_SIZE;
 	if ((data[0] & 1) && r.len)
-		FZ_ASSERT(r.len >= KVN_CF_HDR_SIZE && r.p[5] == KVN_CF_JOIN_OK,
-			  "a valid JOIN was answered with %s first", kvn_cf_type_name(r.p[5]));
+		FZ_ASSERT(r.p[5] == KVN_CF_CHALLENGE, "a HELLO was answered with %s",
+			  kvn_cf_type_name(r.p[5]));
+	if ((data[0] & 1) && r.len > ch)
+		FZ_ASSERT(r.len >= ch + KVN_CF_HDR_SIZE && r.p[ch + 5] == KVN_CF_JOIN_OK,
+			  "a valid JOIN was answered with %s first", kvn_cf_type_name(r.p[ch + 5]));
 	fz_bytes_free(&r);
 	free(buf);
 	if (++count % CHECK_EVERY == 0)
