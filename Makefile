@@ -91,7 +91,8 @@ tsan:
 		CMAKE_ARGS="-DCMAKE_C_COMPILER=$(TSAN_CC) -DKVN_TSAN=ON $(CMAKE_ARGS)"
 	@rm -rf $(TSAN_REPORTS) build-tsan/test-results/*.tap build-tsan/test-results/*.skip; \
 	mkdir -p $(TSAN_REPORTS); \
-	export TSAN_OPTIONS="log_path=$(TSAN_REPORTS)/report second_deadlock_stack=1 $(TSAN_OPTIONS)"; \
+	export TSAN_OPTIONS="log_path=$(TSAN_REPORTS)/report second_deadlock_stack=1 \
+		suppressions=$(CURDIR)/tests/tsan/suppressions.txt $(TSAN_OPTIONS)"; \
 	ctest --test-dir build-tsan --output-on-failure -R '^test_($(TSAN_TESTS))$$'; rc=$$?; \
 	scripts/test-summary build-tsan; \
 	if ls $(TSAN_REPORTS)/report.* >/dev/null 2>&1; then \

@@ -441,9 +441,19 @@ peer_contains(struct kvn_backend *be, const struct kvn_key *key, bool pin)
 static void
 close_conns(struct kvn_backend *be)
 {
-	for (size_t i = 0; i < be->nconns; i++)
-		be->link.ops->ep_close(be->conns[i].ep);
-	be->nconns = 0;
+	/* Readers are kept out by attach_lock, but membership notices (conn_find, on the
+	 * membership thread) look at the table under be->lock: take it out under that lock, close
+	 * the endpoints outside it. */
+	pthread_mutex_lock(&be->lock);
+	struct conn *v = be->conns;
+	size_t n = be->nconns;
+	be->conns = NULL;
+	be->nconns = be->capconns = 0;
+	pthread_mutex_unlock(&be->lock);
+	for (size_t i = 0; i < n; i++)
+		if (v[i].ep)
+			be->link.ops->ep_close(v[i].ep);
+	free(v);
 }
 
 void

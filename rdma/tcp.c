@@ -430,10 +430,14 @@ tcp_mr_get(struct kvn_transport *tp, uint32_t rkey)
 void
 tcp_mr_put(struct kvn_tp_mr *mr)
 {
-	if (atomic_fetch_sub(&mr->users, 1) == 1 && atomic_load(&mr->dead)) {
-		pthread_mutex_lock(&mr->tp->lock);
-		pthread_cond_broadcast(&mr->tp->cond);
-		pthread_mutex_unlock(&mr->tp->lock);
+	/* mr may be freed by tcp_dereg the moment users reaches 0: nothing of it is touched after
+	 * the decrement. A dereg that waits counts itself in dereg_waiting before it looks at
+	 * users, under tp->lock, so either it sees 0 or this broadcast reaches it. */
+	struct kvn_transport *tp = mr->tp;
+	if (atomic_fetch_sub(&mr->users, 1) == 1 && atomic_load(&tp->dereg_waiting)) {
+		pthread_mutex_lock(&tp->lock);
+		pthread_cond_broadcast(&tp->cond);
+		pthread_mutex_unlock(&tp->lock);
 	}
 }
 

@@ -310,6 +310,7 @@ Test(scheduler, a_stopping_node_leaves_without_joining_again)
 struct fake {
 	int lfd;
 	char addr[64];
+	pthread_mutex_t mu;	 /* reply: the test rewrites it while the thread may send it */
 	struct kvn_cf_buf reply; /* sent once the first frame after the HELLO came */
 	char *token;		 /* proved in its CHALLENGE; the tests' host token when NULL */
 	pthread_t th;
@@ -361,7 +362,9 @@ fake_main(void *arg)
 			if (h.type == KVN_CF_HELLO && h.len == KVN_AUTH_NONCE) {
 				fake_challenge(f, fd, &h, body);
 			} else if (!answered) {
+				pthread_mutex_lock(&f->mu);
 				kvn_cf_send_all(fd, f->reply.p, f->reply.len);
+				pthread_mutex_unlock(&f->mu);
 				answered = true;
 			} else if (h.type == KVN_CF_HEARTBEAT) {
 				struct kvn_cf_buf ack = {0};
@@ -406,13 +409,16 @@ fake_stop(struct fake *f)
 static void
 fake_error(struct fake *f, const char *json)
 {
+	pthread_mutex_lock(&f->mu);
 	kvn_cf_buf_reset(&f->reply);
-	cr_assert_eq(kvn_cf_put_json_frame(&f->reply, KVN_CF_ERROR, 0, json, NULL, 0), 0);
+	int rc = kvn_cf_put_json_frame(&f->reply, KVN_CF_ERROR, 0, json, NULL, 0);
+	pthread_mutex_unlock(&f->mu);
+	cr_assert_eq(rc, 0);
 }
 
 Test(scheduler, a_refusal_is_told_apart_by_its_error_code_not_by_its_text)
 {
-	struct fake f = {.token = strdup("some-token")};
+	struct fake f = {.mu = PTHREAD_MUTEX_INITIALIZER, .token = strdup("some-token")};
 	char json[128];
 	snprintf(json, sizeof(json), "{\"error\":\"refused by this cluster's policy\",\"code\":%d}",
 		 EACCES);
@@ -448,7 +454,7 @@ rss_kb(void)
 
 Test(scheduler, a_member_notice_with_a_huge_worker_id_costs_a_node_one_record_not_a_table)
 {
-	struct fake f = {0};
+	struct fake f = {.mu = PTHREAD_MUTEX_INITIALIZER};
 	kvn_cf_put_json_frame(
 	    &f.reply, KVN_CF_JOIN_OK, 0,
 	    "{\"worker_id\":0,\"worker_count\":2,\"epoch\":5,\"heartbeat_ms\":100}", NULL, 0);
