@@ -221,6 +221,10 @@ remote(struct kvn_expo *e, struct kvn_storage *st)
 		     "Times the connection to the remote store was made again", rs.reconnects);
 	kvn_expo_one(e, "kvnode_remote_corrupt_total", "counter",
 		     "Values from the remote store that failed their checks", rs.corrupt);
+	kvn_expo_one(e, "kvnode_remote_stale_tags_total", "counter",
+		     "kvnode tags found beside a value another writer (LMCache) replaced; the tag "
+		     "ignored, the value checked as LMCache checks it",
+		     rs.stale_tags);
 }
 
 static void

@@ -631,7 +631,35 @@ Test(metrics, the_remote_store_families_follow_the_store_going_away_and_coming_b
 		if (!strncmp(names[i], "kvnode_remote_", 14))
 			cr_expect(expo_has_family(m, names[i]), "documented %s is not served",
 				  names[i]);
+	cr_expect(expo_has_family(m, "kvnode_remote_stale_tags_total"));
+	cr_expect_eq(expo_value(m, "kvnode_remote_stale_tags_total"), 0);
 	free(m);
+
+	/* LMCache writes over the value (RedisConnector: SET <key>kv_bytes, SET <key>metadata)
+	 * and leaves kvnode's tag behind. A second node, which holds nothing itself, reads it
+	 * from the store: served, and the tag counted stale rather than the value corrupt. */
+	char hdr_path[PATH_MAX], data_path[PATH_MAX], got[PATH_MAX];
+	snprintf(hdr_path, sizeof(hdr_path), "%s/lmcache.hdr", dir);
+	snprintf(data_path, sizeof(data_path), "%s/lmcache.data", dir);
+	snprintf(got, sizeof(got), "%s/got.bin", dir);
+	/* LMCache's RemoteMetadata: length, fmt 4 (binary), dtype 6 (uint8), shape 20,1,1,1. */
+	const int32_t hdr[7] = {20, 4, 6, 20, 1, 1, 1};
+	cr_assert_eq(proc_write_file(hdr_path, hdr, sizeof(hdr)), 0);
+	cr_assert_eq(proc_write_file(data_path, "LMCache wrote this!!", 20), 0);
+	cr_assert_eq(redis_cli(&rs, data_path, NULL, "-x", "SET", KEY "kv_bytes", NULL), 0);
+	cr_assert_eq(redis_cli(&rs, hdr_path, NULL, "-x", "SET", KEY "metadata", NULL), 0);
+	start_node(&node_b, "remote-node-b", extra);
+	cli(&node_b, (const char *[]){"get", KEY, "-o", got, NULL}, NULL);
+	size_t got_len = 0;
+	char *text = proc_read_file(got, &got_len);
+	cr_expect(text && got_len == 20 && !memcmp(text, "LMCache wrote this!!", 20),
+		  "node-b did not read LMCache's value");
+	free(text);
+	m = scrape(&node_b);
+	cr_expect_eq(expo_value(m, "kvnode_remote_stale_tags_total"), 1, "%s", m);
+	cr_expect_eq(expo_value(m, "kvnode_remote_corrupt_total"), 0);
+	free(m);
+	proc_stop(&node_b.p, SIGTERM, 20000);
 
 	redis_server_stop(&rs, SIGKILL);
 	struct remote_wait down = {"kvnode_remote_disconnects_total", 0};
