@@ -1,8 +1,9 @@
-/* lm server: LMCache's cache-server protocol (docs/architecture.md §10) over TCP, a thread per
- * connection up to a cap, values kept in the engine as LMCache's 28-byte remote header + payload. A
- * malformed request gets a 400 reply and its connection is closed; others keep being served. Idle
- * clients, requests that never complete and oversized PUTs are bounded by config keys; the protocol
- * has no way to say why, so each is logged (rate-limited) and counted. */
+/* lm server: LMCache's cache-server protocol (docs/architecture.md §10), both generations (the
+ * first request of a connection tells which), over TCP, a thread per connection up to a cap, values
+ * kept in the engine as LMCache's 28-byte remote header + payload. A malformed request gets a 400
+ * reply and its connection is closed; a PUT that is refused is read to its end first and gets no
+ * reply. Idle clients, requests that never complete and oversized PUTs are bounded by config keys;
+ * the protocol has no way to say why, so each is logged (rate-limited) and counted. */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -41,6 +42,9 @@ struct conn {
 	struct kvn_lm_server *srv;
 	int fd;
 	char peer[64]; /* "ip:port", for log lines */
+	/* enum kvn_lm_gen its first request was in, -1 before: one LMCache process speaks one
+	 * generation, and deciding once keeps a later request from being read in the other. */
+	int gen;
 	/* PUT bytes land here. Kept between requests: a fresh buffer of a chunk's size costs a
 	 * page fault per 4 KiB on every PUT, which halves throughput. */
 	uint8_t *buf;
@@ -62,9 +66,12 @@ struct kvn_lm_server {
 	bool accept_started;
 
 	_Atomic uint64_t requests, proto_errors, bytes_in, bytes_out, errors;
-	_Atomic uint64_t request_timeouts, oversized;
+	_Atomic uint64_t request_timeouts;
 	_Atomic uint64_t by_command[KVN_LM_HEALTH]; /* index command - 1 */
-	struct kvn_ratelimit rl_refused, rl_idle, rl_evicted, rl_timeout, rl_oversized;
+	_Atomic uint64_t dropped[KVN_LM_DROP_N];
+	_Atomic uint64_t by_gen[2];
+	struct kvn_ratelimit rl_refused, rl_idle, rl_evicted, rl_timeout;
+	struct kvn_ratelimit rl_drop[KVN_LM_DROP_N]; /* one per reason: none hides another */
 };
 
 static const struct kvn_connsrv_ops conn_ops;
@@ -111,12 +118,15 @@ request_timed_out(struct conn *c, const char *what, uint64_t got, uint64_t want)
  * Requests
  * ------------------------------------------------------------------------------------------ */
 
+/* In the client's generation: a v0 client reads 32 bytes, and 4 more would be taken as the
+ * start of its next reply. */
 static int
 send_reply(struct conn *c, int32_t code, int32_t length, const struct kvn_lm_meta *meta)
 {
 	uint8_t hdr[KVN_LM_REPLY_SIZE];
-	kvn_lm_reply_encode(hdr, code, length, meta);
-	return kvn_ctl_write_full(c->fd, hdr, sizeof(hdr));
+	enum kvn_lm_gen gen = c->gen == KVN_LM_V0 ? KVN_LM_V0 : KVN_LM_V1;
+	kvn_lm_reply_encode_gen(gen, hdr, code, length, meta);
+	return kvn_ctl_write_full(c->fd, hdr, kvn_lm_reply_size(gen));
 }
 
 /* A request that breaks the protocol: the client gets a 400 header (its reader is waiting for
@@ -138,6 +148,51 @@ proto_fail(struct conn *c, const char *fmt, ...)
 	return -1;
 }
 
+const char *
+kvn_lm_drop_name(enum kvn_lm_drop why)
+{
+	static const char *const names[KVN_LM_DROP_N] = {"oversized", "bad_key", "bad_metadata",
+							 "no_memory", "not_stored"};
+	return why < KVN_LM_DROP_N ? names[why] : "?";
+}
+
+/* A PUT that is not stored. The protocol has no reply to PUT: the client sends the payload
+ * right after the header whatever the server thinks of it. So the payload (len bytes still to
+ * come) is read and dropped in full — a close with bytes unread resets the connection under the
+ * client's send — and the reason logged and counted. Then, with close_after, the connection is
+ * closed without a word (a 400 would be read as the answer to the client's next request);
+ * otherwise the stream is in step and the connection goes on. */
+static int drop_put(struct conn *c, enum kvn_lm_drop why, const char *key, uint64_t len,
+		    uint64_t deadline, bool close_after, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+static int
+drop_put(struct conn *c, enum kvn_lm_drop why, const char *key, uint64_t len, uint64_t deadline,
+	 bool close_after, const char *fmt, ...)
+{
+	struct kvn_lm_server *srv = c->srv;
+	atomic_fetch_add(&srv->dropped[why], 1);
+	if (close_after)
+		atomic_fetch_add(&srv->proto_errors, 1);
+	else if (why != KVN_LM_DROP_OVERSIZED)
+		atomic_fetch_add(&srv->errors, 1);
+	char reason[384];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(reason, sizeof(reason), fmt, ap);
+	va_end(ap);
+	note(&srv->rl_drop[why], "client %s on %s: PUT %s not stored: %s%s%s", c->peer, srv->addr,
+	     key, reason, len ? "; its payload read and dropped" : "",
+	     close_after ? ", then its connection closed" : "");
+	if (!len)
+		return close_after ? -1 : 0;
+	uint64_t got = 0;
+	int rc = kvn_connsrv_discard_by(c->fd, len, deadline, &got);
+	if (rc == -ETIMEDOUT)
+		return request_timed_out(c, "PUT payload (being dropped)", got, len);
+	return rc || close_after ? -1 : 0;
+}
+
 static int
 do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req, uint64_t deadline)
 {
@@ -148,11 +203,14 @@ do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req, 
 	uint8_t hdr[KVN_REMOTE_META_LEN];
 	kvn_remote_meta_encode(&meta, hdr);
 	/* Checked before any payload is read: a value GET could never describe is refused
-	 * rather than stored. */
+	 * rather than stored. LMCache's server fails on the same (MemoryFormat(fmt),
+	 * INT_TO_DTYPE[dtype] in ClientMetaMessage.deserialize) and closes the connection. */
 	if (kvn_remote_meta_decode(hdr, sizeof(hdr), &meta) < 0)
-		return proto_fail(
-		    c, "PUT %s: metadata out of range (fmt %d, dtype %d, shape %d,%d,%d,%d)",
-		    key->str, meta.fmt, meta.dtype, meta.shape[0], meta.shape[1], meta.shape[2],
+		return drop_put(
+		    c, KVN_LM_DROP_BAD_METADATA, key->str, len, deadline, true,
+		    "metadata out of range (fmt %d, dtype %d, shape %d,%d,%d,%d: a "
+		    "MemoryFormat or dtype this kvnode does not know, or a negative size)",
+		    meta.fmt, meta.dtype, meta.shape[0], meta.shape[1], meta.shape[2],
 		    meta.shape[3]);
 	/* One buffer for header + payload: the engine stores exactly what LMCache's redis layout
 	 * would hold, and malloc only reserves address space for bytes not yet received. */
@@ -162,8 +220,10 @@ do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req, 
 		c->cap = 0;
 		c->buf = malloc(need);
 		if (!c->buf)
-			return proto_fail(c, "PUT %s: no memory for a %zu-byte value", key->str,
-					  len);
+			return drop_put(c, KVN_LM_DROP_NO_MEMORY, key->str, len, deadline, false,
+					"no memory for a %zu-byte value (lower max_chunk_size, or "
+					"give the node more memory)",
+					len);
 		c->cap = need;
 	}
 	uint8_t *val = c->buf;
@@ -182,34 +242,22 @@ do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req, 
 		c->buf = NULL;
 		c->cap = 0;
 	}
-	/* PUT has no reply in this protocol: a failure can only be logged (and counted). */
-	if (rc < 0) {
-		atomic_fetch_add(&c->srv->errors, 1);
-		kvn_warn(COMP, "client %s: PUT %s (%zu bytes) not stored: %s", c->peer, key->str,
-			 len, kvn_strerror(rc));
-	}
+	if (rc < 0)
+		return drop_put(c, KVN_LM_DROP_NOT_STORED, key->str, 0, deadline, false,
+				"the engine refused its %zu bytes: %s", len, kvn_strerror(rc));
 	return 0;
 }
 
-/* A PUT over max_chunk_size: its payload is read and dropped so that the client, which expects
- * no reply, stays in step and its next request is served; nothing is stored (a later GET
- * misses, which a cache client handles). */
-static int
-drop_put(struct conn *c, const struct kvn_key *key, uint64_t len, uint64_t deadline)
+/* A key for a log line: bytes outside printable ASCII as '?'. */
+static void
+printable_key(const struct kvn_lm_req *req, char *out, size_t outlen)
 {
-	struct kvn_lm_server *srv = c->srv;
-	atomic_fetch_add(&srv->oversized, 1);
-	note(&srv->rl_oversized,
-	     "client %s on %s: PUT %s of %llu bytes is over max_chunk_size (%llu bytes): not "
-	     "stored, its payload read and dropped (raise max_chunk_size, or a smaller LMCache "
-	     "chunk_size)",
-	     c->peer, srv->addr, key->str, (unsigned long long)len,
-	     (unsigned long long)srv->value_max);
-	uint64_t got = 0;
-	int rc = kvn_connsrv_discard_by(c->fd, len, deadline, &got);
-	if (rc == -ETIMEDOUT)
-		return request_timed_out(c, "PUT payload (being dropped)", got, len);
-	return rc ? -1 : 0;
+	size_t n = req->key_len < outlen - 1 ? req->key_len : outlen - 1;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)req->key[i];
+		out[i] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+	}
+	out[n] = '\0';
 }
 
 static int
@@ -323,21 +371,44 @@ serve_one(struct conn *c)
 {
 	struct kvn_lm_server *srv = c->srv;
 	uint8_t hdr[KVN_LM_REQ_SIZE];
-	size_t got;
+	size_t got, more = 0;
 	/* Its first byte is here (the socket polled readable): from now on the whole request
 	 * has lm_request_timeout_ms, however slowly it trickles in. */
 	uint64_t deadline = kvn_now_ms() + (uint64_t)srv->request_ms;
-	int rc = kvn_connsrv_read_by(c->fd, hdr, sizeof(hdr), deadline, &got);
+	/* The first request: the 182 bytes both generations have, then the generation they show
+	 * (kvn_lm_gen_detect), then v1's last 4 bytes. Waiting for 186 would hang a v0 client,
+	 * whose 182-byte request expects an answer. */
+	bool first = c->gen < 0;
+	size_t want = first ? KVN_LM_V0_REQ_SIZE : kvn_lm_req_size((enum kvn_lm_gen)c->gen);
+	int rc = kvn_connsrv_read_by(c->fd, hdr, want, deadline, &got);
+	if (first && got >= KVN_LM_GEN_PROBE_LEN) {
+		c->gen = (int)kvn_lm_gen_detect(hdr);
+		want = kvn_lm_req_size((enum kvn_lm_gen)c->gen);
+	}
+	if (!rc && first) {
+		if (want > got)
+			rc = kvn_connsrv_read_by(c->fd, hdr + got, want - got, deadline, &more);
+		got += more;
+		if (!rc) {
+			atomic_fetch_add(&srv->by_gen[c->gen], 1);
+			kvn_debug(COMP,
+				  "client %s speaks LMCache's %s protocol (%zu-byte requests)",
+				  c->peer, kvn_lm_gen_name((enum kvn_lm_gen)c->gen), want);
+		}
+	}
 	if (rc == -ETIMEDOUT)
-		return request_timed_out(c, "request header", got, sizeof(hdr));
+		return request_timed_out(c,
+					 c->gen < 0 ? "request header (182 bytes in v0, 186 in v1)"
+						    : "request header",
+					 got, want);
 	if (rc) {
 		if (got == 0 && rc == -ECONNRESET)
 			return -1; /* closed between requests: the normal end */
-		return proto_fail(c, "truncated request header (%zu of %d bytes: %s)", got,
-				  KVN_LM_REQ_SIZE, kvn_strerror(rc));
+		return proto_fail(c, "truncated request header (%zu of %zu bytes: %s)", got, want,
+				  kvn_strerror(rc));
 	}
 	struct kvn_lm_req req;
-	kvn_lm_req_decode(hdr, &req);
+	kvn_lm_req_decode_gen((enum kvn_lm_gen)c->gen, hdr, &req);
 	if (req.command < KVN_LM_PUT || req.command > KVN_LM_HEALTH)
 		return proto_fail(c, "unknown command %d (PUT=1 GET=2 EXIST=3 LIST=4 HEALTH=5)",
 				  req.command);
@@ -349,9 +420,19 @@ serve_one(struct conn *c)
 	struct kvn_key key;
 	if (req.command == KVN_LM_PUT || req.command == KVN_LM_GET || req.command == KVN_LM_EXIST) {
 		char why[256];
-		if (kvn_key_parse(&key, req.key, req.key_len, why, sizeof(why)) < 0)
+		if (kvn_key_parse(&key, req.key, req.key_len, why, sizeof(why)) < 0) {
+			if (req.command == KVN_LM_PUT) {
+				char shown[KVN_LM_KEY_MAX + 1];
+				printable_key(&req, shown, sizeof(shown));
+				return drop_put(c, KVN_LM_DROP_BAD_KEY, shown, (uint64_t)req.length,
+						deadline, true,
+						"invalid key (%s; LMCache's own server closes the "
+						"connection on a key it cannot parse)",
+						why);
+			}
 			return proto_fail(c, "%s with an invalid key: %s",
 					  kvn_lm_cmd_name(req.command), why);
+		}
 		kvn_debug(COMP, "client %s: %s %s %d bytes", c->peer, kvn_lm_cmd_name(req.command),
 			  key.str, req.length);
 	}
@@ -359,7 +440,11 @@ serve_one(struct conn *c)
 	switch (req.command) {
 	case KVN_LM_PUT:
 		if ((uint64_t)req.length > srv->value_max)
-			return drop_put(c, &key, (uint64_t)req.length, deadline);
+			return drop_put(c, KVN_LM_DROP_OVERSIZED, key.str, (uint64_t)req.length,
+					deadline, false,
+					"%d bytes is over max_chunk_size (%llu bytes): raise "
+					"max_chunk_size, or use a smaller LMCache chunk_size",
+					req.length, (unsigned long long)srv->value_max);
 		return do_put(c, &key, &req, deadline);
 	case KVN_LM_GET:
 		return do_get(c, &key);
@@ -389,6 +474,7 @@ conn_start(void *owner, struct kvn_connsrv_conn *base)
 	struct conn *c = (struct conn *)base;
 	c->srv = owner;
 	c->fd = base->fd;
+	c->gen = -1;
 	kvn_peer_format(c->fd, c->peer, sizeof(c->peer));
 }
 
@@ -561,7 +647,11 @@ kvn_lm_server_stats(struct kvn_lm_server *srv, struct kvn_lm_server_stats *out)
 	out->idle_closed = atomic_load(&srv->cs.idle_closed);
 	out->evicted = atomic_load(&srv->cs.evicted);
 	out->request_timeouts = atomic_load(&srv->request_timeouts);
-	out->oversized = atomic_load(&srv->oversized);
+	for (int i = 0; i < KVN_LM_DROP_N; i++)
+		out->dropped_puts[i] = atomic_load(&srv->dropped[i]);
+	out->oversized = out->dropped_puts[KVN_LM_DROP_OVERSIZED];
+	for (int i = 0; i < 2; i++)
+		out->by_protocol[i] = atomic_load(&srv->by_gen[i]);
 }
 
 cJSON *
@@ -573,6 +663,14 @@ kvn_lm_server_stats_json(struct kvn_lm_server *srv)
 	cJSON *cmd = cJSON_AddObjectToObject(o, "requests_by_command");
 	for (int i = 0; i < KVN_LM_HEALTH; i++)
 		cJSON_AddNumberToObject(cmd, kvn_lm_cmd_name(i + 1), (double)st.by_command[i]);
+	cJSON *gen = cJSON_AddObjectToObject(o, "connections_by_protocol");
+	for (int i = 0; i < 2; i++)
+		cJSON_AddNumberToObject(gen, kvn_lm_gen_name((enum kvn_lm_gen)i),
+					(double)st.by_protocol[i]);
+	cJSON *drop = cJSON_AddObjectToObject(o, "dropped_puts");
+	for (int i = 0; i < KVN_LM_DROP_N; i++)
+		cJSON_AddNumberToObject(drop, kvn_lm_drop_name((enum kvn_lm_drop)i),
+					(double)st.dropped_puts[i]);
 	cJSON_AddStringToObject(o, "address", srv->addr);
 	cJSON_AddNumberToObject(o, "connections", (double)st.connections);
 	cJSON_AddNumberToObject(o, "max_connections", srv->cs.o.max_conns);

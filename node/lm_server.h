@@ -1,6 +1,7 @@
 /* The lm server of `kvnode serve` (config key lm_listen): answers LMCache's cache-server protocol
- * (docs/architecture.md §10) from the node's engine, so an unmodified LMCache instance with
- * `remote_url: lm://HOST:PORT` uses this node, its tiers and its eviction as its remote store. */
+ * (docs/architecture.md §10) in both of its generations from the node's engine, so an unmodified
+ * LMCache instance with `remote_url: lm://HOST:PORT` uses this node, its tiers and its eviction as
+ * its remote store. */
 #ifndef KVN_NODE_LM_SERVER_H
 #define KVN_NODE_LM_SERVER_H
 
@@ -34,6 +35,22 @@ int kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts 
 			struct kvn_lm_server **out, char *err, size_t errlen);
 /* "HOST:PORT" actually bound (the real port when 0 was asked for). */
 const char *kvn_lm_server_address(const struct kvn_lm_server *srv);
+/* Why a PUT was not stored. Its payload is read and dropped in every case (PUT has no reply:
+ * the client sends the payload whatever happens and would be cut off mid-send, or read stale
+ * bytes as its next reply, otherwise); after a bad key or bad metadata the connection is then
+ * closed (as LMCache's own server closes on a key or field it cannot parse), after the others
+ * it goes on. */
+enum kvn_lm_drop {
+	KVN_LM_DROP_OVERSIZED, /* over max_chunk_size */
+	KVN_LM_DROP_BAD_KEY,   /* a key kvnode cannot take (empty, control characters, not UTF-8) */
+	KVN_LM_DROP_BAD_METADATA, /* fmt, dtype or a shape out of range */
+	KVN_LM_DROP_NO_MEMORY,	  /* no memory to receive the value into */
+	KVN_LM_DROP_NOT_STORED,	  /* the engine refused it (no tier can hold it, an I/O error) */
+	KVN_LM_DROP_N,
+};
+/* "oversized", "bad_key", "bad_metadata", "no_memory", "not_stored". */
+const char *kvn_lm_drop_name(enum kvn_lm_drop why);
+
 /* Counters for stat and tests. */
 struct kvn_lm_server_stats {
 	uint64_t accepted, refused, requests, proto_errors, connections;
@@ -47,6 +64,11 @@ struct kvn_lm_server_stats {
 				    * io_timeout_ms */
 	uint64_t evicted;	   /* idle connections closed to make room for a new client */
 	uint64_t oversized;	   /* PUTs over value_max, thrown away */
+	/* PUTs read and dropped, by enum kvn_lm_drop (oversized among them). */
+	uint64_t dropped_puts[KVN_LM_DROP_N];
+	/* Connections by the protocol generation of their first request (enum kvn_lm_gen:
+	 * v0, v1); a connection that never sent a whole request is in neither. */
+	uint64_t by_protocol[2];
 };
 void kvn_lm_server_stats(struct kvn_lm_server *srv, struct kvn_lm_server_stats *out);
 /* The same counters as a JSON object (for `kvnode stat`); NULL when out of memory. */

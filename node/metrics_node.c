@@ -256,6 +256,21 @@ lm(struct kvn_expo *e, struct kvn_lm_server *srv)
 	kvn_expo_one(e, "kvnode_lm_oversized_puts_total", "counter",
 		     "lm:// PUTs over max_chunk_size, read and dropped without being stored",
 		     s.oversized);
+	kvn_expo_family(e, "kvnode_lm_dropped_puts_total", "counter",
+			"lm:// PUTs read and dropped without being stored, by reason: oversized "
+			"(over max_chunk_size), bad_key and bad_metadata (the connection then "
+			"closed), no_memory, not_stored (the engine refused it)");
+	for (int i = 0; i < KVN_LM_DROP_N; i++) {
+		struct kvn_label l = {"reason", kvn_lm_drop_name((enum kvn_lm_drop)i)};
+		kvn_expo_u64(e, "kvnode_lm_dropped_puts_total", &l, 1, s.dropped_puts[i]);
+	}
+	kvn_expo_family(e, "kvnode_lm_protocol_connections_total", "counter",
+			"lm:// connections by the generation of LMCache's protocol their first "
+			"request was in: v0 (8-int headers), v1 (9-int, with location)");
+	for (int i = 0; i < 2; i++) {
+		struct kvn_label l = {"protocol", kvn_lm_gen_name((enum kvn_lm_gen)i)};
+		kvn_expo_u64(e, "kvnode_lm_protocol_connections_total", &l, 1, s.by_protocol[i]);
+	}
 	kvn_expo_one(e, "kvnode_lm_requests_total", "counter", "Requests the lm:// server answered",
 		     s.requests);
 	kvn_expo_one(e, "kvnode_lm_protocol_errors_total", "counter",

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -92,6 +93,83 @@ Test(lmproto, a_reply_puts_location_last)
 	cr_assert_eq(r.length, 99);
 	cr_assert_eq(r.meta.shape[0], 7);
 	cr_assert_eq(r.location, 0);
+}
+
+/* LMCache before the location field (lmcache/v1/protocol.py at 0e65d2fc…):
+ * struct.pack("iiiiiiii150s", command, length, fmt, dtype, shape0..3, key.ljust(150)). */
+Test(lmproto, a_v0_request_is_eight_int32_then_the_key_space_padded_in_182_bytes)
+{
+	uint8_t w[KVN_LM_REQ_SIZE];
+	struct kvn_lm_meta m = {.fmt = 1, .dtype = 3, .shape = {2, 32, 256, 1024}};
+	cr_assert_eq(KVN_LM_V0_REQ_SIZE, 182);
+	cr_assert_eq(kvn_lm_req_size(KVN_LM_V0), 182);
+	cr_assert_eq(kvn_lm_req_size(KVN_LM_V1), 186);
+	memset(w, 0xee, sizeof(w));
+	cr_assert_eq(kvn_lm_req_encode_gen(KVN_LM_V0, w, KVN_LM_PUT, "abc", 3, 4096, &m), 0);
+	const int32_t want[8] = {1, 4096, 1, 3, 2, 32, 256, 1024};
+	for (int i = 0; i < 8; i++)
+		cr_assert_eq(i32_at(w, i), want[i], "int %d", i);
+	cr_assert(!memcmp(w + 32, "abc", 3));
+	for (int i = 35; i < KVN_LM_V0_REQ_SIZE; i++)
+		cr_assert_eq(w[i], ' ', "byte %d pads with a space", i);
+	cr_assert_eq(w[KVN_LM_V0_REQ_SIZE], 0xee, "nothing is written past 182 bytes");
+
+	struct kvn_lm_req r;
+	kvn_lm_req_decode_gen(KVN_LM_V0, w, &r);
+	cr_assert_eq(r.command, KVN_LM_PUT);
+	cr_assert_eq(r.length, 4096);
+	cr_assert_eq(r.meta.dtype, 3);
+	cr_assert_eq(r.location, 0);
+	cr_assert_eq(r.meta.shape[0], 2);
+	cr_assert_eq(r.meta.shape[3], 1024);
+	cr_assert_str_eq(r.key, "abc");
+	cr_assert_eq(kvn_lm_req_encode_gen(KVN_LM_V0, w, KVN_LM_GET, "k", 151, 0, NULL),
+		     -ENAMETOOLONG);
+}
+
+Test(lmproto, a_v0_reply_is_eight_int32_without_location)
+{
+	uint8_t w[KVN_LM_REPLY_SIZE];
+	struct kvn_lm_meta m = {.fmt = 4, .dtype = 6, .shape = {7, 8, 9, 10}};
+	cr_assert_eq(kvn_lm_reply_size(KVN_LM_V0), 32);
+	cr_assert_eq(kvn_lm_reply_size(KVN_LM_V1), 36);
+	memset(w, 0xee, sizeof(w));
+	kvn_lm_reply_encode_gen(KVN_LM_V0, w, KVN_LM_OK, 99, &m);
+	const int32_t want[8] = {200, 99, 4, 6, 7, 8, 9, 10};
+	for (int i = 0; i < 8; i++)
+		cr_assert_eq(i32_at(w, i), want[i], "int %d", i);
+	cr_assert_eq(w[32], 0xee, "nothing is written past 32 bytes");
+	struct kvn_lm_reply r;
+	kvn_lm_reply_decode_gen(KVN_LM_V0, w, &r);
+	cr_assert(r.code == 200 && r.length == 99 && r.meta.shape[3] == 10 && r.location == 0);
+}
+
+/* Bytes 32..35: v0's first key bytes (text, space-padded: each >= 0x20), v1's shape[3]. */
+Test(lmproto, the_generation_is_told_from_bytes_32_to_35_of_the_first_request)
+{
+	uint8_t w[KVN_LM_REQ_SIZE];
+	static const char *const v0_keys[] = {"", "a", "abc", "vllm@meta-llama/Llama-3.1-8B@1@0@-5",
+					      "\xc3\xa9t\xc3\xa9@m@1@0@1"};
+	for (size_t i = 0; i < sizeof(v0_keys) / sizeof(v0_keys[0]); i++)
+		for (int32_t cmd = KVN_LM_PUT; cmd <= KVN_LM_HEALTH; cmd++) {
+			struct kvn_lm_meta m = {.fmt = 1, .dtype = 3, .shape = {2, 32, 256, 1024}};
+			kvn_lm_req_encode_gen(KVN_LM_V0, w, cmd, v0_keys[i], strlen(v0_keys[i]),
+					      cmd == KVN_LM_PUT ? 4096 : 0,
+					      cmd == KVN_LM_PUT ? &m : NULL);
+			cr_assert_eq(kvn_lm_gen_detect(w), KVN_LM_V0, "v0 %s with key '%s'",
+				     kvn_lm_cmd_name(cmd), v0_keys[i]);
+		}
+	/* Every v1 shape[3] below 0x20202020 (538 million), the largest one at that edge. */
+	static const int32_t v1_shape3[] = {0, 1, 128, 1024, 65536, 0x1fffffff, 0x2020201f};
+	for (size_t i = 0; i < sizeof(v1_shape3) / sizeof(v1_shape3[0]); i++) {
+		struct kvn_lm_meta m = {.fmt = 1, .dtype = 3, .shape = {2, 32, 256, v1_shape3[i]}};
+		kvn_lm_req_encode(w, KVN_LM_PUT, "vllm@1@0@ab@half", 16, 4096, &m);
+		cr_assert_eq(kvn_lm_gen_detect(w), KVN_LM_V1, "v1 with shape[3] %d", v1_shape3[i]);
+		kvn_lm_req_encode(w, KVN_LM_HEALTH, "", 0, 0, NULL);
+		cr_assert_eq(kvn_lm_gen_detect(w), KVN_LM_V1);
+	}
+	cr_assert_str_eq(kvn_lm_gen_name(KVN_LM_V0), "v0");
+	cr_assert_str_eq(kvn_lm_gen_name(KVN_LM_V1), "v1");
 }
 
 Test(lmproto, a_key_over_150_bytes_cannot_be_encoded)
@@ -281,6 +359,8 @@ assert_still_serving(void)
 	close(fd);
 }
 
+static struct kvn_lm_server_stats lm_stats(void);
+
 TestSuite(lm, .init = lm_up_default, .fini = lm_down, .timeout = 300);
 
 Test(lm, put_then_get_returns_the_payload_and_its_metadata)
@@ -469,6 +549,195 @@ Test(lm, a_value_put_without_lmcache_s_header_reads_as_a_miss)
 }
 
 /* ------------------------------------------------------------------------------------------
+ * The older generation: LMCache before the location field (8 int32 headers)
+ * ------------------------------------------------------------------------------------------ */
+
+/* LMCache's lmcache/v1/protocol.py at 0e65d2fc0ec3975c78c3ce33a48e81505f315a21 (and
+ * lmcache/experimental/protocol.py before it), packed here by hand rather than with lmproto
+ * so that the test states the layout on its own:
+ *   ClientMetaMessage.serialize: struct.pack("iiiiiiii150s", command, length, fmt, dtype,
+ *     shape[0..3], key.encode().ljust(150))          182 bytes
+ *   ServerMetaMessage.serialize: struct.pack("iiiiiiii", code, length, fmt, dtype,
+ *     shape[0..3])                                   32 bytes
+ * Its LMCServerConnector sends GET and EXIST with MemoryFormat(1), float16 (2), shape 0. */
+#define V0_REQ	 182
+#define V0_REPLY 32
+
+static void
+v0_send(int fd, int32_t cmd, const char *key, int32_t len, const struct kvn_lm_meta *m)
+{
+	static const struct kvn_lm_meta none = {.fmt = 1, .dtype = 2};
+	uint8_t w[V0_REQ];
+	if (!m)
+		m = &none;
+	const int32_t v[8] = {cmd,	  len,	      m->fmt,	  m->dtype,
+			      m->shape[0], m->shape[1], m->shape[2], m->shape[3]};
+	memcpy(w, v, sizeof(v));
+	size_t kl = strlen(key);
+	cr_assert_leq(kl, 150);
+	memcpy(w + 32, key, kl);
+	memset(w + 32 + kl, ' ', 150 - kl);
+	rawsock_send_all(fd, w, sizeof(w));
+}
+
+struct v0_reply {
+	int32_t code, length;
+	struct kvn_lm_meta meta;
+};
+
+/* Exactly 32 bytes: a 36-byte reply would put its last 4 bytes in front of the next one. */
+static struct v0_reply
+v0_recv(int fd)
+{
+	uint8_t w[V0_REPLY];
+	size_t got;
+	int rc = kvn_ctl_read_full(fd, w, sizeof(w), &got);
+	cr_assert_eq(rc, 0, "no 32-byte reply (%zu bytes): %s", got, kvn_strerror(rc));
+	struct v0_reply r = {.code = i32_at(w, 0), .length = i32_at(w, 1)};
+	r.meta.fmt = i32_at(w, 2);
+	r.meta.dtype = i32_at(w, 3);
+	for (int i = 0; i < 4; i++)
+		r.meta.shape[i] = i32_at(w, 4 + i);
+	return r;
+}
+
+static void
+v0_put(int fd, const char *key, const uint8_t *p, size_t len, const struct kvn_lm_meta *m)
+{
+	v0_send(fd, KVN_LM_PUT, key, (int32_t)len, m);
+	rawsock_send_all(fd, p, len);
+}
+
+/* The key form of that LMCache: CacheEngineKey.to_string, fmt@model@world@worker@hash. */
+#define V0_KEY(h) "vllm@meta-llama/Llama-3.1-8B@1@0@" h
+
+/* The reply LMCache's server of that time sent for EXIST, HEALTH and a miss. */
+static void
+assert_v0_none(struct v0_reply r, int32_t code)
+{
+	cr_assert_eq(r.code, code);
+	cr_assert_eq(r.length, 0);
+	cr_assert_eq(r.meta.fmt, 1);
+	cr_assert_eq(r.meta.dtype, 2);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(r.meta.shape[i], 0);
+}
+
+Test(lm, a_v0_client_gets_32_byte_replies_to_put_get_exist_list_and_health)
+{
+	int fd = lm_connect();
+	v0_send(fd, KVN_LM_HEALTH, V0_KEY("0"), 0, NULL);
+	assert_v0_none(v0_recv(fd), KVN_LM_OK);
+
+	size_t len = 2 * MIB + 9;
+	uint8_t *v = malloc(len);
+	fill(v, len, 21);
+	struct kvn_lm_meta m = {.fmt = 1, .dtype = 3, .shape = {2, 32, 256, 1024}};
+	v0_put(fd, V0_KEY("-8237491620534871"), v, len, &m);
+	v0_send(fd, KVN_LM_EXIST, V0_KEY("-8237491620534871"), 0, NULL);
+	assert_v0_none(v0_recv(fd), KVN_LM_OK);
+	v0_send(fd, KVN_LM_GET, V0_KEY("-8237491620534871"), 0, NULL);
+	struct v0_reply r = v0_recv(fd);
+	cr_assert_eq(r.code, KVN_LM_OK);
+	cr_assert_eq((size_t)r.length, len);
+	cr_assert(r.meta.fmt == 1 && r.meta.dtype == 3);
+	for (int i = 0; i < 4; i++)
+		cr_assert_eq(r.meta.shape[i], m.shape[i]);
+	uint8_t *got = malloc(len);
+	cr_assert_eq(kvn_ctl_read_full(fd, got, len, NULL), 0);
+	cr_assert(!memcmp(got, v, len), "payload differs");
+
+	v0_send(fd, KVN_LM_GET, V0_KEY("17"), 0, NULL);
+	assert_v0_none(v0_recv(fd), KVN_LM_FAIL);
+	v0_send(fd, KVN_LM_EXIST, V0_KEY("17"), 0, NULL);
+	assert_v0_none(v0_recv(fd), KVN_LM_FAIL);
+
+	/* That LMCache named LIST (4) but its server left it commented out: the reply its
+	 * commented-out code describes, a header with the length of "\n".join(keys), then the
+	 * keys. */
+	v0_send(fd, KVN_LM_LIST, V0_KEY("0"), 0, NULL);
+	r = v0_recv(fd);
+	cr_assert_eq(r.code, KVN_LM_OK);
+	char list[256] = "";
+	cr_assert_eq((size_t)r.length, strlen(V0_KEY("-8237491620534871")));
+	cr_assert_eq(kvn_ctl_read_full(fd, list, (size_t)r.length, NULL), 0);
+	cr_assert_str_eq(list, V0_KEY("-8237491620534871"));
+
+	/* Nothing stray after the last reply: the server closes on our end of stream. */
+	v0_send(fd, KVN_LM_HEALTH, V0_KEY("0"), 0, NULL);
+	assert_v0_none(v0_recv(fd), KVN_LM_OK);
+	shutdown(fd, SHUT_WR);
+	rawsock_assert_closed(fd, "the lm server");
+	close(fd);
+	free(got);
+	free(v);
+	struct kvn_lm_server_stats st = lm_stats();
+	cr_assert_eq(st.by_protocol[KVN_LM_V0], 1);
+	cr_assert_eq(st.by_protocol[KVN_LM_V1], 0);
+	cr_assert_eq(st.proto_errors, 0);
+}
+
+/* A key shorter than 4 bytes (or none) is padded with spaces by ljust: still the older form. */
+Test(lm, a_v0_request_with_a_short_or_empty_key_is_told_apart)
+{
+	int fd = lm_connect();
+	v0_send(fd, KVN_LM_HEALTH, "", 0, NULL);
+	assert_v0_none(v0_recv(fd), KVN_LM_OK);
+	close(fd);
+	fd = lm_connect();
+	uint8_t v[5] = {1, 2, 3, 4, 5};
+	v0_put(fd, "ab", v, sizeof(v), NULL);
+	v0_send(fd, KVN_LM_GET, "ab", 0, NULL);
+	struct v0_reply r = v0_recv(fd);
+	cr_assert(r.code == KVN_LM_OK && r.length == 5, "GET ab: %d, %d", r.code, r.length);
+	uint8_t got[5];
+	cr_assert_eq(kvn_ctl_read_full(fd, got, sizeof(got), NULL), 0);
+	cr_assert(!memcmp(got, v, sizeof(v)));
+	close(fd);
+}
+
+/* An engine shared by both: what one generation puts the other reads, metadata and all. */
+Test(lm, v0_and_v1_clients_are_served_side_by_side_from_one_store)
+{
+	int old = lm_connect(), cur = lm_connect();
+	uint8_t a[3000], b[5000];
+	fill(a, sizeof(a), 31);
+	fill(b, sizeof(b), 32);
+	struct kvn_lm_meta ma = {.fmt = 1, .dtype = 3, .shape = {2, 4, 3, 125}};
+	struct kvn_lm_meta mb = {.fmt = 4, .dtype = 6, .shape = {5000, 0, 0, 0}};
+	v0_put(old, V0_KEY("1"), a, sizeof(a), &ma);
+	put_value(cur, "vllm@1@0@2@bfloat16", b, sizeof(b), &mb);
+	/* Each one's PUT is in before the other reads: an EXIST after it on its own stream. */
+	v0_send(old, KVN_LM_EXIST, V0_KEY("1"), 0, NULL);
+	assert_v0_none(v0_recv(old), KVN_LM_OK);
+	send_req(cur, KVN_LM_EXIST, "vllm@1@0@2@bfloat16", 0, NULL);
+	cr_assert_eq(recv_reply(cur).code, KVN_LM_OK);
+
+	struct kvn_lm_reply r;
+	uint8_t *got = get_value(cur, V0_KEY("1"), &r);
+	cr_assert(r.length == (int32_t)sizeof(a) && !memcmp(got, a, sizeof(a)));
+	cr_assert(r.meta.fmt == 1 && r.meta.dtype == 3 && r.meta.shape[3] == 125);
+	free(got);
+	v0_send(old, KVN_LM_GET, "vllm@1@0@2@bfloat16", 0, NULL);
+	struct v0_reply o = v0_recv(old);
+	cr_assert(o.code == KVN_LM_OK && o.length == (int32_t)sizeof(b));
+	cr_assert(o.meta.fmt == 4 && o.meta.dtype == 6 && o.meta.shape[0] == 5000);
+	uint8_t gb[sizeof(b)];
+	cr_assert_eq(kvn_ctl_read_full(old, gb, sizeof(gb), NULL), 0);
+	cr_assert(!memcmp(gb, b, sizeof(b)));
+	/* And each stays in its own generation afterwards. */
+	send_req(cur, KVN_LM_HEALTH, "", 0, NULL);
+	cr_assert_eq(recv_reply(cur).code, KVN_LM_OK);
+	v0_send(old, KVN_LM_HEALTH, V0_KEY("0"), 0, NULL);
+	assert_v0_none(v0_recv(old), KVN_LM_OK);
+	close(old);
+	close(cur);
+	struct kvn_lm_server_stats st = lm_stats();
+	cr_assert_eq(st.by_protocol[KVN_LM_V0], 1);
+	cr_assert_eq(st.by_protocol[KVN_LM_V1], 1);
+}
+
+/* ------------------------------------------------------------------------------------------
  * Malformed requests: 400, close, keep serving
  * ------------------------------------------------------------------------------------------ */
 
@@ -558,15 +827,52 @@ Test(lm, an_invalid_key_gets_400_and_close)
 	assert_still_serving();
 }
 
-Test(lm, out_of_range_metadata_is_refused_and_nothing_stored)
+/* PUT has no reply. A refused one is read to its end, so that the client's sendall of the
+ * payload completes (a server closing with a payload unread resets the connection under it),
+ * then the connection is closed with nothing sent: a 400 would be read as the answer to the
+ * client's next request. LMCache's own server also closes on a key or metadata it cannot
+ * parse. 8 MiB is more than loopback's socket buffers hold. */
+static void
+assert_put_read_whole_then_closed(const char *key, const struct kvn_lm_meta *m)
 {
+	size_t len = 8 * MIB;
+	uint8_t *v = calloc(1, len);
 	int fd = lm_connect();
+	put_value(fd, key, v, len, m);
+	char b;
+	ssize_t n;
+	while ((n = read(fd, &b, 1)) < 0 && errno == EINTR)
+		;
+	cr_assert_eq(n, 0, "after the refused PUT: read %zd (%s); the server should have read "
+			   "the payload, sent nothing and closed",
+		     n, n < 0 ? strerror(errno) : "a reply");
+	close(fd);
+	free(v);
+	assert_still_serving();
+}
+
+Test(lm, a_put_with_an_invalid_key_is_read_whole_then_its_connection_closed)
+{
+	assert_put_read_whole_then_closed("bad\x01key", NULL);
+	struct kvn_lm_server_stats st = lm_stats();
+	cr_assert_eq(st.proto_errors, 1);
+	cr_assert_eq(st.dropped_puts[KVN_LM_DROP_BAD_KEY], 1);
+	cr_assert_eq(st.bytes_in, 3, "only still-serving's bytes were taken as a value");
+}
+
+Test(lm, a_put_with_out_of_range_metadata_is_read_whole_then_its_connection_closed)
+{
 	struct kvn_lm_meta m = {.fmt = 99, .dtype = 2};
-	send_req(fd, KVN_LM_PUT, "bad-meta", 8, &m);
-	assert_400_and_closed(fd);
+	assert_put_read_whole_then_closed("bad-meta", &m);
+	struct kvn_lm_meta neg = {.fmt = 1, .dtype = 2, .shape = {2, -1, 0, 0}};
+	assert_put_read_whole_then_closed("bad-shape", &neg);
 	struct kvn_key k;
 	kvn_key_from_str(&k, "bad-meta");
 	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
+	kvn_key_from_str(&k, "bad-shape");
+	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
+	cr_assert_eq(lm_stats().proto_errors, 2);
+	cr_assert_eq(lm_stats().dropped_puts[KVN_LM_DROP_BAD_METADATA], 2);
 }
 
 Test(lm, a_truncated_put_stores_nothing)
@@ -711,6 +1017,7 @@ Test(lm_capped, a_put_over_max_chunk_size_is_dropped_and_the_connection_stays_in
 	struct kvn_lm_server_stats st;
 	kvn_lm_server_stats(isrv, &st);
 	cr_assert_eq(st.oversized, 1);
+	cr_assert_eq(st.dropped_puts[KVN_LM_DROP_OVERSIZED], 1);
 	cr_assert_eq(st.proto_errors, 0);
 }
 
@@ -815,6 +1122,27 @@ Test(lm_limits, a_put_payload_trickling_past_lm_request_timeout_ms_is_cut,
 	assert_still_serving();
 }
 
+/* A header that stops short and stays silent (the older LMCache's 182 bytes were one to a
+ * server that took every header for 186; a client that died mid-send is another) never holds
+ * its connection: after lm_request_timeout_ms it is closed, nothing answered. Cut before 182
+ * bytes, and after 182 bytes of a request of the current generation (186). */
+Test(lm_limits, a_header_that_stops_short_is_closed_after_lm_request_timeout_ms,
+     .init = lm_up_request_timeout, .fini = lm_down, .timeout = 300)
+{
+	static const size_t cut[] = {1, 120, 181, 184};
+	uint8_t w[KVN_LM_REQ_SIZE];
+	kvn_lm_req_encode(w, KVN_LM_GET, "vllm@1@0@beef@half", 18, 0, NULL);
+	for (size_t i = 0; i < sizeof(cut) / sizeof(cut[0]); i++) {
+		int fd = lm_connect();
+		rawsock_send_all(fd, w, cut[i]);
+		rcv_timeout(fd, CLOSE_WAIT_S);
+		rawsock_assert_closed(fd, "the lm server (lm_request_timeout_ms 500)");
+		close(fd);
+	}
+	cr_assert_eq(lm_stats().request_timeouts, sizeof(cut) / sizeof(cut[0]));
+	assert_still_serving();
+}
+
 static void
 lm_up_three(void)
 {
@@ -894,6 +1222,76 @@ Test(lm_small, the_node_s_eviction_applies_to_what_lmcache_puts, .init = lm_up_s
 	free(got);
 	free(v);
 	close(fd);
+}
+
+/* A value the engine cannot take (larger than the whole cpu tier) is read whole before the
+ * engine refuses it, and the connection goes on: the client's stream is in step. */
+Test(lm_small, a_put_the_engine_refuses_is_read_whole_and_the_connection_stays_in_step,
+     .init = lm_up_small, .fini = lm_down, .timeout = 300)
+{
+	size_t len = 20 * MIB; /* over the 16 MiB cpu tier, under max_chunk_size */
+	uint8_t *v = calloc(1, len);
+	int fd = lm_connect();
+	put_value(fd, "no-tier-holds-it", v, len, NULL);
+	health(fd);
+	send_req(fd, KVN_LM_GET, "no-tier-holds-it", 0, NULL);
+	struct kvn_lm_reply r = recv_reply(fd);
+	cr_assert(r.code == KVN_LM_FAIL && r.length == 0, "GET: a miss, got %d", r.code);
+	close(fd);
+	free(v);
+	struct kvn_lm_server_stats st = lm_stats();
+	cr_assert_eq(st.errors, 1);
+	cr_assert_eq(st.proto_errors, 0);
+	cr_assert_eq(st.dropped_puts[KVN_LM_DROP_NOT_STORED], 1);
+}
+
+static void
+lm_up_roomy(void)
+{
+	lm_start((struct kvn_lm_server_opts){.io_timeout_ms = 120000, .value_max = 1u << 30});
+}
+
+static uint64_t
+address_space_now(void)
+{
+	char *t = proc_read_file("/proc/self/statm", NULL);
+	cr_assert_not_null(t);
+	unsigned long long pages = strtoull(t, NULL, 10);
+	free(t);
+	return (uint64_t)pages * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Out of memory for a value: its payload is read and dropped, and the connection goes on.
+ * RLIMIT_AS makes the server's malloc fail (the server runs in this process). */
+Test(lm_roomy, a_put_the_node_has_no_memory_for_is_read_whole_and_the_connection_stays_in_step,
+     .init = lm_up_roomy, .fini = lm_down, .timeout = 300)
+{
+#if defined(__SANITIZE_ADDRESS__)
+	cr_skip_test("AddressSanitizer reserves terabytes of address space: RLIMIT_AS cannot make "
+		     "one malloc fail under it");
+#endif
+	int fd = lm_connect();
+	health(fd); /* its thread and stack exist before the limit */
+	size_t step = 4 * MIB, len = 512 * MIB;
+	uint8_t *v = calloc(1, step);
+	struct rlimit was;
+	cr_assert_eq(getrlimit(RLIMIT_AS, &was), 0);
+	struct rlimit lim = {.rlim_cur = address_space_now() + 256 * MIB, .rlim_max = was.rlim_max};
+	cr_assert_eq(setrlimit(RLIMIT_AS, &lim), 0);
+	send_req(fd, KVN_LM_PUT, "no-room", (int32_t)len, NULL);
+	for (size_t sent = 0; sent < len; sent += step)
+		rawsock_send_all(fd, v, step);
+	health(fd);
+	cr_assert_eq(setrlimit(RLIMIT_AS, &was), 0);
+	close(fd);
+	free(v);
+	struct kvn_key k;
+	kvn_key_from_str(&k, "no-room");
+	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
+	struct kvn_lm_server_stats st = lm_stats();
+	cr_assert_eq(st.errors, 1);
+	cr_assert_eq(st.proto_errors, 0);
+	cr_assert_eq(st.dropped_puts[KVN_LM_DROP_NO_MEMORY], 1);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -1532,6 +1930,151 @@ Test(lm_daemon, an_lmcache_client_speaking_the_wire_format_uses_kvnode_serve, .t
 		  "kvnode stat: %s", log ? log : "");
 	free(log);
 
+	int stop = proc_stop(&dproc, SIGTERM, DEADLINE);
+	cr_expect_eq(stop, 0, "kvnode serve exited with %d", stop);
+	proc_rm_tree(ddir);
+}
+
+/* The older generation's client, as LMCache before the location field packs its frames
+ * (lmcache/v1/protocol.py at 0e65d2fc0ec3975c78c3ce33a48e81505f315a21: "iiiiiiii150s"
+ * requests, "iiiiiiii" replies; CacheEngineKey.to_string fmt@model@world@worker@hash with an
+ * int hash, lmcache/utils.py of the same commit). Last, a PUT the node refuses (a MemoryFormat
+ * it does not know): its payload goes out whole, then the connection ends with no reply. */
+static const char lmcache_v0_client_py[] =
+    "import socket, struct, sys\n"
+    "MAX_KEY_LENGTH = 150\n"
+    "PUT, GET, EXIST, LIST, HEALTH = 1, 2, 3, 4, 5\n"
+    "host, port = sys.argv[1], int(sys.argv[2])\n"
+    "s = socket.create_connection((host, port))\n"
+    "s.settimeout(100)\n"
+    "def key(h):\n"
+    "    return f'vllm@meta-llama/Llama-3.1-8B@1@0@{h}'\n"
+    "def req(cmd, k, length=0, fmt=1, dtype=2, shape=(0, 0, 0, 0)):\n"
+    "    s.sendall(struct.pack(f'iiiiiiii{MAX_KEY_LENGTH}s', cmd, length, fmt, dtype,\n"
+    "                          *shape, k.encode().ljust(MAX_KEY_LENGTH)))\n"
+    "def recv_all(n):\n"
+    "    b = bytearray()\n"
+    "    while len(b) < n:\n"
+    "        p = s.recv(n - len(b))\n"
+    "        if not p: raise SystemExit('server closed the connection')\n"
+    "        b.extend(p)\n"
+    "    return bytes(b)\n"
+    "def reply():\n"
+    "    return struct.unpack('iiiiiiii', recv_all(32))\n"
+    "req(HEALTH, key(0))\n"
+    "assert reply() == (200, 0, 1, 2, 0, 0, 0, 0), 'health'\n"
+    "vals = {}\n"
+    "for i, n in enumerate((1, 4096, 1 << 20, 3 * (1 << 20) + 5)):\n"
+    "    k = key(-(i + 1) * 1234567890123457)\n"
+    "    data = bytes((j * 5 + i) & 0xff for j in range(min(n, 4096))) * (n // 4096 + 1)\n"
+    "    vals[k] = (data[:n], (2, 32, 256, i + 1))\n"
+    "    req(PUT, k, n, 1, 3, vals[k][1])\n"
+    "    s.sendall(data[:n])\n"
+    "for k, (data, shape) in vals.items():\n"
+    "    req(EXIST, k)\n"
+    "    assert reply() == (200, 0, 1, 2, 0, 0, 0, 0), 'exist ' + k\n"
+    "    req(GET, k)\n"
+    "    code, length, fmt, dtype, s0, s1, s2, s3 = reply()\n"
+    "    assert code == 200, f'get {k}: {code}'\n"
+    "    assert (length, fmt, dtype, (s0, s1, s2, s3)) == (len(data), 1, 3, shape), 'meta'\n"
+    "    assert recv_all(length) == data, 'payload ' + k\n"
+    "req(GET, key(5))\n"
+    "assert reply() == (400, 0, 1, 2, 0, 0, 0, 0), 'miss'\n"
+    "req(EXIST, key(5))\n"
+    "assert reply()[0] == 400, 'exist of a miss'\n"
+    "req(LIST, key(0))\n"
+    "code, length = reply()[:2]\n"
+    "keys = recv_all(length).decode().split('\\n')\n"
+    "assert code == 200 and sorted(keys) == sorted(vals), keys\n"
+    "req(PUT, key(6), 2 << 20, 99, 3, (2, 1, 1, 1))\n"
+    "s.sendall(bytes(2 << 20))\n"
+    "assert s.recv(1) == b'', 'a refused PUT is answered by the close alone'\n"
+    "print('lmcache-v0-client: ok')\n";
+
+/* cond: `kvnode stat --json` shows the counters of the v0 client's session. */
+static bool
+lm_v0_stats_settled(void *arg)
+{
+	struct stat_ctx *sc = arg;
+	static const char *const env[] = {"KVNODE_CONFIG_FILE", "KVNODE_SOCKET", NULL};
+	const char *argv[] = {KVNODE, "stat", "--json", "--node", sc->sock, NULL};
+	struct proc_opts po = {.stdout_path = sc->out, .env = env};
+	if (proc_run(argv, &po, DEADLINE) != 0)
+		return false;
+	free(sc->last);
+	sc->last = proc_read_file(sc->out, NULL);
+	cJSON *j = cJSON_Parse(sc->last ? sc->last : ""), *lm = cJSON_GetObjectItem(j, "lm_server");
+	/* The four values, and the refused PUT's 2 MiB are not among them. */
+	bool ok = cJSON_GetNumberValue(cJSON_GetObjectItem(lm, "bytes_in")) == 4198406.0 &&
+		  cJSON_GetNumberValue(cJSON_GetObjectItem(lm, "protocol_errors")) == 1.0 &&
+		  cJSON_GetNumberValue(cJSON_GetObjectItem(lm, "connections")) == 0.0 &&
+		  cJSON_GetNumberValue(cJSON_GetObjectItem(
+		      cJSON_GetObjectItem(lm, "connections_by_protocol"), "v0")) == 1.0 &&
+		  cJSON_GetNumberValue(cJSON_GetObjectItem(
+		      cJSON_GetObjectItem(lm, "connections_by_protocol"), "v1")) == 0.0 &&
+		  cJSON_GetNumberValue(cJSON_GetObjectItem(cJSON_GetObjectItem(lm, "dropped_puts"),
+							   "bad_metadata")) == 1.0;
+	cJSON_Delete(j);
+	return ok;
+}
+
+Test(lm_daemon, an_lmcache_client_of_the_older_8_int_generation_uses_kvnode_serve, .timeout = 300)
+{
+	char cfg[PATH_MAX], out[PATH_MAX], errp[PATH_MAX], py[PATH_MAX], pyout[PATH_MAX],
+	    sock[PATH_MAX];
+	if (proc_run((const char *const[]){"/bin/sh", "-c", "command -v python3", NULL}, NULL,
+		     DEADLINE) != 0)
+		cr_skip_test("python3 is not installed");
+	cr_assert_eq(access(KVNODE, X_OK), 0, "%s is not built", KVNODE);
+	cr_assert_eq(proc_mkdtemp("lmd0", ddir, sizeof(ddir)), 0);
+	snprintf(cfg, sizeof(cfg), "%s/kvnode.yaml", ddir);
+	snprintf(out, sizeof(out), "%s/serve.out", ddir);
+	snprintf(errp, sizeof(errp), "%s/serve.err", ddir);
+	snprintf(py, sizeof(py), "%s/lmcache_v0_client.py", ddir);
+	snprintf(pyout, sizeof(pyout), "%s/client.out", ddir);
+	snprintf(sock, sizeof(sock), "%s/kvnode.sock", ddir);
+	const char *text = "max_local_cpu_size: 0.25\nhugepages: false\n"
+			   "lm_listen: \"127.0.0.1:0\"\n";
+	cr_assert_eq(proc_write_file(cfg, text, strlen(text)), 0);
+	cr_assert_eq(proc_write_file(py, lmcache_v0_client_py, strlen(lmcache_v0_client_py)), 0);
+	static const char *const env[] = {"KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE",
+					  "KVNODE_SOCKET", NULL};
+	const char *argv[] = {KVNODE, "serve", "-c", cfg, "--socket", sock, NULL};
+	struct proc_opts po = {.stdout_path = out, .stderr_path = errp, .env = env};
+	cr_assert_eq(proc_spawn(&dproc, argv, &po), 0);
+	if (!proc_wait_for(lm_line_ready, out, DEADLINE)) {
+		proc_stop(&dproc, SIGKILL, 0);
+		cr_assert_fail("kvnode serve printed no lm:// address: %s",
+			       proc_read_file(errp, NULL));
+	}
+	char *o = proc_read_file(out, NULL), host[KVN_HOST_MAX], addr[300], why[256];
+	uint16_t port;
+	cr_assert(
+	    sscanf(strstr(o, "lm:// server on ") + strlen("lm:// server on "), "%299s", addr) == 1);
+	free(o);
+	cr_assert_eq(kvn_hostport_parse(addr, host, &port, why, sizeof(why)), 0, "%s", why);
+	char portstr[8];
+	snprintf(portstr, sizeof(portstr), "%u", port);
+
+	const char *pyargv[] = {"/usr/bin/env", "python3", py, host, portstr, NULL};
+	struct proc_opts pyo = {.stdout_path = pyout, .stderr_path = pyout};
+	int code = proc_run(pyargv, &pyo, DEADLINE);
+	char *log = proc_read_file(pyout, NULL);
+	cr_expect_eq(code, 0, "the older LMCache-protocol client failed (%d): %s\nserver: %s", code,
+		     log ? log : "", proc_read_file(errp, NULL));
+	cr_expect(log && strstr(log, "lmcache-v0-client: ok"));
+	free(log);
+
+	struct stat_ctx sc = {.sock = sock, .out = pyout};
+	cr_expect(proc_wait_for(lm_v0_stats_settled, &sc, DEADLINE),
+		  "kvnode stat --json never showed the v0 session's counters: %s",
+		  sc.last ? sc.last : "");
+	free(sc.last);
+	log = proc_read_file(errp, NULL);
+	cr_expect(log && strstr(log, "PUT vllm@meta-llama/Llama-3.1-8B@1@0@6") &&
+		      strstr(log, "fmt 99") && strstr(log, "read and dropped"),
+		  "the refused PUT is logged with its reason: %s", log ? log : "");
+	free(log);
 	int stop = proc_stop(&dproc, SIGTERM, DEADLINE);
 	cr_expect_eq(stop, 0, "kvnode serve exited with %d", stop);
 	proc_rm_tree(ddir);
