@@ -53,19 +53,20 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
-/* whole: the connection ended with a FIN; after a reset the last reply may be cut. */
+/* whole: the connection ended with a FIN; after a reset the last reply may be cut. Replies are
+ * in the generation of the connection's first request (kvn_lm_gen_detect). */
 static void
-check_replies(const struct fz_bytes *r, bool whole)
+check_replies(const struct fz_bytes *r, bool whole, enum kvn_lm_gen gen)
 {
-	size_t off = 0;
+	size_t off = 0, rs = kvn_lm_reply_size(gen);
 	while (off < r->len) {
-		if (!whole && r->len - off < KVN_LM_REPLY_SIZE)
+		if (!whole && r->len - off < rs)
 			break;
-		FZ_ASSERT(r->len - off >= KVN_LM_REPLY_SIZE, "a truncated reply header (%zu bytes)",
-			  r->len - off);
+		FZ_ASSERT(r->len - off >= rs, "a truncated %s reply header (%zu bytes)",
+			  kvn_lm_gen_name(gen), r->len - off);
 		struct kvn_lm_reply rep;
-		kvn_lm_reply_decode(r->p + off, &rep);
-		off += KVN_LM_REPLY_SIZE;
+		kvn_lm_reply_decode_gen(gen, r->p + off, &rep);
+		off += rs;
 		FZ_ASSERT(rep.code == KVN_LM_OK || rep.code == KVN_LM_FAIL, "reply code %d",
 			  rep.code);
 		FZ_ASSERT(rep.location == 0, "reply location %d", rep.location);
@@ -132,8 +133,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int rc = fz_exchange(fz_connect_tcp(addr), data, size, IDLE_MS, &r, REPLY_KEEP);
 	FZ_ASSERT(rc >= 0, "the lm server neither answered nor closed for %d ms after the input",
 		  IDLE_MS);
+	enum kvn_lm_gen gen = size >= KVN_LM_GEN_PROBE_LEN ? kvn_lm_gen_detect(data) : KVN_LM_V1;
 	if (r.len < REPLY_KEEP)
-		check_replies(&r, rc == 0);
+		check_replies(&r, rc == 0, gen);
 	fz_bytes_free(&r);
 	if (++count % CHECK_EVERY == 0)
 		check_alive();
