@@ -68,6 +68,7 @@ struct kvn_scheduler {
 	struct member *members; /* indexed by worker id */
 	size_t nmembers;
 	uint32_t held;	       /* ids not M_UNUSED: alive, or down within their grace */
+	uint64_t blob_bytes;   /* region blobs held: alive members' only */
 	uint32_t free_from;    /* every id below this one is held */
 	int32_t *name_buckets; /* name hash -> first id of its chain, -1 = none */
 	size_t nbuckets;       /* a power of two, or 0 before the first join */

@@ -171,6 +171,12 @@ kvn_sched_member_down(struct kvn_scheduler *s, uint32_t id, const char *why)
 	kvn_cf_buf_reset(&s->scratch);
 	put_member_frame(s, &s->scratch, id);
 	kvn_sched_broadcast(s, NULL, false);
+	/* A name down keeps only its id for worker_id_grace_ms: its regions (up to 64 KiB) come
+	 * with its next JOIN, so 65535 names gone cannot hold 4 GiB here. */
+	s->blob_bytes -= m->blob_len;
+	free(m->blob);
+	m->blob = NULL;
+	m->blob_len = 0;
 }
 
 void
@@ -432,6 +438,7 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	size_t dropped = kvn_dir_drop_worker(s->dir, id);
 	if (m->state != M_ALIVE)
 		s->alive++;
+	s->blob_bytes += nm.blob_len - m->blob_len;
 	free(m->blob);
 	nm.name_next = m->name_next;
 	*m = nm;
@@ -490,6 +497,7 @@ kvn_scheduler_stats_json(struct kvn_scheduler *s)
 	cJSON_AddNumberToObject(j, "slow_readers_dropped", (double)s->slow_dropped);
 	cJSON_AddNumberToObject(j, "accept_errors", (double)s->accept_errors);
 	cJSON_AddNumberToObject(j, "worker_ids_held", s->held);
+	cJSON_AddNumberToObject(j, "member_region_bytes", (double)s->blob_bytes);
 	cJSON_AddNumberToObject(j, "worker_ids_reclaimed", (double)s->reclaimed);
 	cJSON_AddNumberToObject(j, "worker_id_grace_ms", (double)s->grace_ms);
 	cJSON_AddNumberToObject(j, "lookups", (double)s->lookups);

@@ -869,3 +869,23 @@ Test(scheduler, a_node_refuses_a_scheduler_that_does_not_prove_the_token)
 	pthread_join(th, NULL);
 	kvn_scheduler_destroy(s);
 }
+
+/* A name that is down keeps its worker id for worker_id_grace_ms but not its regions (up to
+ * 64 KiB each, sent again with its next JOIN): 65535 departed names could otherwise hold 4 GiB. */
+Test(scheduler, a_departed_name_keeps_its_id_but_not_its_regions)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", NULL);
+	struct kvn_membership *a, *b;
+	cr_assert_eq(sched_node_start(s.addr, "keeps", NULL, NULL, &a), 0, "%s", sched_err);
+	cr_assert_eq(sched_node_start(s.addr, "goes", NULL, NULL, &b), 0, "%s", sched_err);
+	double both = stat_num(s.addr, "member_region_bytes");
+	cr_assert_eq(both, strlen("regions-of-keeps") + strlen("regions-of-goes"), "%f", both);
+	kvn_membership_stop(b); /* LEAVE */
+	cr_assert(WAIT_UNTIL(stat_num(s.addr, "member_region_bytes") ==
+			     (double)strlen("regions-of-keeps")),
+		  "the departed name's regions are still held");
+	cr_assert_eq(stat_num(s.addr, "worker_ids_held"), 2, "its id is kept for the grace");
+	kvn_membership_stop(a);
+	sched_stop(&s);
+}
