@@ -85,7 +85,10 @@ conn_get_opt(const struct kvn_connector_env *env, const char *opt)
 	if (v)
 		return v;
 	snprintf(key, sizeof(key), "external_connector.%s.%s", be->scheme, opt);
-	return be->benv->get_opt(be->benv, key);
+	if ((v = be->benv->get_opt(be->benv, key)))
+		return v;
+	/* The node-wide bounds every connector applies (kvn_remote_value_max). */
+	return !strcmp(opt, "max_chunk_size") ? be->benv->get_opt(be->benv, opt) : NULL;
 }
 
 static void

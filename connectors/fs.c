@@ -36,6 +36,7 @@ struct kvn_connector {
 	const char *slash; /* what '/' of a key becomes in a file name */
 	const char *slash_alt; /* the other generation's, tried when a file is not found */
 	bool warned_xattr;
+	uint64_t value_max; /* max_chunk_size: longer files are refused unread */
 };
 
 static _Atomic uint64_t tmp_seq;
@@ -216,6 +217,7 @@ fs_connect(const struct kvn_connector_env *env, struct kvn_connector **out)
 	if (!c)
 		return -ENOMEM;
 	c->env = env;
+	c->value_max = kvn_remote_value_max(env);
 	c->save_meta = true;
 	c->slash = SLASH_SEP;
 	c->slash_alt = SLASH_DASH;
@@ -340,6 +342,13 @@ fs_get(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_val
 		rc = -EBADMSG; /* save_chunk_meta: false: the whole file is the payload */
 	}
 	struct kvn_buf *b = NULL;
+	if (rc == 0 && (uint64_t)st.st_size - hlen > c->value_max) {
+		c->env->log(c->env, KVN_LOG_WARN,
+			    "fs %s: %s holds %llu bytes, more than max_chunk_size (%llu): refused",
+			    c->path[s], name, (unsigned long long)(st.st_size - (off_t)hlen),
+			    (unsigned long long)c->value_max);
+		rc = -EMSGSIZE;
+	}
 	if (rc == 0 && !(b = kvn_buf_new((size_t)st.st_size - hlen)))
 		rc = -ENOMEM;
 	if (rc == 0)

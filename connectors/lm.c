@@ -26,6 +26,7 @@ struct kvn_connector {
 	const struct kvn_connector_env *env;
 	int fd;
 	char addr[KVN_HOST_MAX + 16];
+	uint64_t value_max; /* max_chunk_size: longer values are refused unread */
 };
 
 /* "lm://HOST:PORT" (a trailing '/' and ?options allowed) into host and port. */
@@ -86,6 +87,7 @@ lm_connect(const struct kvn_connector_env *env, struct kvn_connector **out)
 	}
 	c->env = env;
 	c->fd = fd;
+	c->value_max = kvn_remote_value_max(env);
 	snprintf(c->addr, sizeof(c->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, port);
 	*out = c;
 	return 0;
@@ -166,6 +168,14 @@ get_reply(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_
 		return rc;
 	if (r.code == KVN_LM_FAIL)
 		return r.length ? -EPROTO : -ENOENT;
+	if ((uint64_t)r.length > c->value_max) {
+		/* Refused unread: the remote tier closes the connection after this error. */
+		c->env->log(c->env, KVN_LOG_WARN,
+			    "lm server %s: GET %s announced %d bytes, more than max_chunk_size "
+			    "(%llu): refused, the connection is closed",
+			    c->addr, key->str, r.length, (unsigned long long)c->value_max);
+		return -EMSGSIZE;
+	}
 	struct kvn_buf *b = kvn_buf_new((size_t)r.length);
 	if (!b) {
 		/* The payload is on the wire and must be consumed to stay in step. */

@@ -31,6 +31,7 @@
 struct kvn_connector {
 	const struct kvn_connector_env *env;
 	redisContext *ctx;
+	uint64_t value_max; /* max_chunk_size: longer values are refused unread */
 	struct kvn_remote_tagger *tagger; /* tags computed while sending (F_TAG_ON_SEND) */
 };
 
@@ -200,6 +201,7 @@ do_connect(const struct kvn_connector_env *env, struct kvn_connector **out)
 	if (!c)
 		return -ENOMEM;
 	c->env = env;
+	c->value_max = kvn_remote_value_max(env);
 	if (!(c->tagger = kvn_remote_tagger_new())) {
 		free(c);
 		return -ENOMEM;
@@ -402,6 +404,9 @@ read_payload(struct kvn_connector *c, struct kvn_buf **out)
 	if (!nl || end == line + 1 || end + 2 != nl + 1 || end[0] != '\r' || errno ||
 	    len > INT32_MAX)
 		return stream_broken(c, "GET", -EPROTO, "GET answered a malformed bulk length");
+	if (len > c->value_max)
+		return stream_broken(c, "GET", -EMSGSIZE,
+				     "GET answered a value longer than max_chunk_size: refused unread");
 	struct kvn_buf *b = kvn_buf_new((size_t)len);
 	if (!b) /* the payload is still in the stream: this connection cannot go on */
 		return stream_broken(c, "GET", -ENOMEM, "out of memory for the value");

@@ -58,6 +58,15 @@ kvn_remote_meta_decode(const void *in, size_t len, struct kvn_remote_meta *meta)
 	return 0;
 }
 
+KVN_API uint64_t
+kvn_remote_value_max(const struct kvn_connector_env *env)
+{
+	const char *v = env && env->get_opt ? env->get_opt(env, "max_chunk_size") : NULL;
+	char *end;
+	unsigned long long n = v && *v ? strtoull(v, &end, 10) : 0;
+	return n && !*end ? (uint64_t)n : KVN_REMOTE_VALUE_MAX_DEFAULT;
+}
+
 KVN_API int
 kvn_remote_meta_for_bytes(size_t len, struct kvn_remote_meta *meta)
 {

@@ -69,6 +69,13 @@ KVN_API int kvn_remote_value_check(const struct kvn_remote_value *val, char *why
 KVN_API int kvn_remote_value_check_key(const struct kvn_remote_value *val,
 				       const struct kvn_key *key, char *why, size_t whylen);
 
+/* The largest payload a connector takes from its store: the config's max_chunk_size (through
+ * env->get_opt), else 64 MiB. A value announced longer is refused (-EMSGSIZE) before anything
+ * is allocated for it: a store, or whatever answers at its address, cannot make a node
+ * allocate gigabytes. */
+#define KVN_REMOTE_VALUE_MAX_DEFAULT (64ull << 20)
+KVN_API uint64_t kvn_remote_value_max(const struct kvn_connector_env *env);
+
 /* Drops the payload reference of a value returned by a connector (NULL-safe). */
 KVN_API void kvn_remote_value_release(struct kvn_remote_value *val);
 

@@ -595,3 +595,39 @@ Test(redis_interop, a_value_with_a_version_2_tag_is_still_checked)
 	cli_set_from("v2-tagkv_bytes", payload, sizeof(payload));
 	cr_assert_eq(engine_get_pattern(eng, "v2-tag", 700, 9), -ENOENT);
 }
+
+/* A store (or whatever answers at its address) cannot make the node allocate more than
+ * max_chunk_size for one value: a longer one is refused from its length, unread, a miss; the
+ * connection it came on is dropped and the next get works on a fresh one. */
+Test(redis_interop, a_value_longer_than_max_chunk_size_is_refused_unread_and_the_next_get_works)
+{
+	kvn_engine_close(eng);
+	kvn_config_free(cfg);
+	char yaml[512];
+	snprintf(yaml, sizeof(yaml), "local_cpu: false\nmax_chunk_size: 64KiB\nremote_url: \"%s\"\n",
+		 rs.url);
+	engine_env_open(yaml, &cfg, &eng);
+	const size_t big = 100000, small = 1000;
+	uint8_t *payload = malloc(big), hdr[28];
+	pattern_fill(payload, big, 5);
+	const int32_t shape[4] = {(int32_t)big, 1, 1, 1};
+	lmcache_header(hdr, (int32_t)big, 4 /* BINARY */, 6 /* uint8 */, shape);
+	cli_set_from(KEY "kv_bytes", payload, big);
+	cli_set_from(KEY "metadata", hdr, sizeof(hdr));
+	struct kvn_key k, k2;
+	struct kvn_buf *b = NULL;
+	cr_assert_eq(kvn_key_from_str(&k, KEY), 0);
+	cr_assert_eq(kvn_engine_get(eng, &k, &b), -ENOENT, "a value over the bound was served");
+	cr_assert_null(b);
+
+	const char *key2 = "vllm-model@1@0@abcdef12@uint8";
+	const int32_t shape2[4] = {(int32_t)small, 1, 1, 1};
+	lmcache_header(hdr, (int32_t)small, 4, 6, shape2);
+	cli_set_from("vllm-model@1@0@abcdef12@uint8kv_bytes", payload, small);
+	cli_set_from("vllm-model@1@0@abcdef12@uint8metadata", hdr, sizeof(hdr));
+	cr_assert_eq(kvn_key_from_str(&k2, key2), 0);
+	cr_assert_eq(kvn_engine_get(eng, &k2, &b), 0, "the next get on a new connection failed");
+	cr_assert(b && b->len == small && pattern_check(b->data, small, 5));
+	kvn_buf_unref(b);
+	free(payload);
+}
