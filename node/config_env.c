@@ -13,6 +13,7 @@
 
 #include "node/config_keys.h"
 #include "node/log.h"
+#include "node/utf8.h"
 
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -287,6 +288,12 @@ kvn_config_apply_env_only(struct kvn_config *cfg, char *const *envp, char *err, 
 		if (!text)
 			continue;
 		snprintf(where, sizeof(where), "env %s", var);
+		size_t bad;
+		if (!kvn_utf8_clean(text, strlen(text), &bad))
+			return kvn_seterr(err, errlen,
+					  "%s: byte %zu of the value is a control character or not "
+					  "UTF-8; values are text",
+					  where, bad);
 		char *copy = NULL;
 		if (lm && !(text = lmcache_value(kd, var, text, conv, sizeof(conv), &copy))) {
 			bool nomem = !copy;

@@ -15,6 +15,7 @@
 #include "node/auth.h"
 #include "node/ctlframe.h"
 #include "node/log.h"
+#include "node/utf8.h"
 
 /* ------------------------------------------------------------------------------------------
  * Header
@@ -602,38 +603,6 @@ kvn_cf_error_text(const uint8_t *body, uint32_t len, char *out, size_t cap)
  * ERROR frames, names
  * ------------------------------------------------------------------------------------------ */
 
-/* Length of the UTF-8 character at p (at most n bytes there) with its code point in *cp; 0 for
- * an invalid, overlong, surrogate or out-of-range sequence. */
-static size_t
-utf8_char(const unsigned char *p, size_t n, uint32_t *cp)
-{
-	size_t len;
-	uint32_t c, min;
-	if (p[0] < 0x80) {
-		*cp = p[0];
-		return 1;
-	} else if ((p[0] & 0xe0) == 0xc0) {
-		len = 2, c = p[0] & 0x1fu, min = 0x80;
-	} else if ((p[0] & 0xf0) == 0xe0) {
-		len = 3, c = p[0] & 0x0fu, min = 0x800;
-	} else if ((p[0] & 0xf8) == 0xf0) {
-		len = 4, c = p[0] & 0x07u, min = 0x10000;
-	} else {
-		return 0;
-	}
-	if (n < len)
-		return 0;
-	for (size_t i = 1; i < len; i++) {
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;
-		c = c << 6 | (p[i] & 0x3fu);
-	}
-	if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-		return 0;
-	*cp = c;
-	return len;
-}
-
 int
 kvn_cf_put_error(struct kvn_cf_buf *b, uint32_t seq, int code, const char *msg)
 {
@@ -642,7 +611,7 @@ kvn_cf_put_error(struct kvn_cf_buf *b, uint32_t seq, int code, const char *msg)
 	size_t n = strlen(msg), o = 0;
 	for (size_t i = 0; i < n && o + 5 < sizeof(clean);) {
 		uint32_t cp;
-		size_t l = utf8_char((const unsigned char *)msg + i, n - i, &cp);
+		size_t l = kvn_utf8_decode((const unsigned char *)msg + i, n - i, &cp);
 		if (!l || cp < 0x20 || (cp >= 0x7f && cp < 0xa0)) {
 			clean[o++] = '?';
 			i++;
@@ -688,7 +657,7 @@ kvn_cf_name_check(const char *name, char *err, size_t errlen)
 	for (size_t i = 0; i < n;) {
 		const unsigned char *p = (const unsigned char *)name + i;
 		uint32_t cp;
-		size_t l = utf8_char(p, n - i, &cp);
+		size_t l = kvn_utf8_decode(p, n - i, &cp);
 		if (!l)
 			return kvn_seterr(err, errlen,
 					  "byte %zu of the node name (0x%02x) is not valid UTF-8: "

@@ -7,6 +7,7 @@
 #include <xxhash.h>
 
 #include "node/log.h"
+#include "node/utf8.h"
 
 KVN_API struct kvn_digest
 kvn_digest_of(const void *data, size_t len)
@@ -171,47 +172,6 @@ classify(struct kvn_key *key)
  * listings (LIST replies, `kvnode ls`) and log lines.
  * ------------------------------------------------------------------------------------------ */
 
-/* Length of the valid UTF-8 sequence at s (n bytes left) that is not a control character;
- * 0 when there is none, with *cp the code point (or the offending byte). */
-static size_t
-utf8_char(const unsigned char *s, size_t n, uint32_t *cp)
-{
-	unsigned char c = s[0];
-	size_t len;
-	uint32_t v, min;
-	*cp = c;
-	if (c < 0x80)
-		return c >= 0x20 && c != 0x7f;
-	if (c >= 0xc2 && c <= 0xdf) {
-		len = 2;
-		v = c & 0x1f;
-		min = 0x80;
-	} else if (c >= 0xe0 && c <= 0xef) {
-		len = 3;
-		v = c & 0x0f;
-		min = 0x800;
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		len = 4;
-		v = c & 0x07;
-		min = 0x10000;
-	} else {
-		return 0;
-	}
-	if (n < len)
-		return 0;
-	for (size_t i = 1; i < len; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		v = v << 6 | (s[i] & 0x3f);
-	}
-	if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-		return 0; /* overlong, beyond Unicode, or a surrogate */
-	*cp = v;
-	if (v >= 0x80 && v <= 0x9f)
-		return 0; /* C1 control */
-	return len;
-}
-
 KVN_API int
 kvn_key_parse(struct kvn_key *key, const char *s, size_t len, char *err, size_t errlen)
 {
@@ -222,14 +182,14 @@ kvn_key_parse(struct kvn_key *key, const char *s, size_t len, char *err, size_t 
 				  len, KVN_KEY_MAX);
 	for (size_t i = 0; i < len;) {
 		uint32_t cp;
-		size_t n = utf8_char((const unsigned char *)s + i, len - i, &cp);
-		if (n)
+		size_t n = kvn_utf8_decode((const unsigned char *)s + i, len - i, &cp);
+		if (n && !kvn_utf8_is_control(cp))
 			i += n;
-		else if (cp < 0x20 || cp == 0x7f)
+		else if (n && (cp < 0x20 || cp == 0x7f))
 			return kvn_seterr(err, errlen,
 					  "key has a control character 0x%02x at offset %zu", cp,
 					  i);
-		else if (cp >= 0x80 && cp <= 0x9f)
+		else if (n)
 			return kvn_seterr(err, errlen,
 					  "key has a control character U+%04X at offset %zu", cp,
 					  i);

@@ -364,3 +364,25 @@ Test(config_env, any_key_reads_back_as_text)
 	kvn_config_free(cfg);
 	kvn_config_free(NULL);
 }
+
+/* Values from the environment are text: a control character or bytes that are not UTF-8 would
+ * end up in the config's JSON (kvnode stat) and in log lines; refused naming the variable. */
+Test(config_env, a_value_with_a_control_character_or_not_utf8_is_refused_naming_the_variable)
+{
+	static const char *const bad[] = {"KVNODE_NODE_NAME=node\x7f", "KVNODE_NODE_NAME=n\x01",
+					  "KVNODE_NODE_NAME=\xff\xfe", "KVNODE_NODE_NAME=\xc2\x85"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char *envp[] = {(char *)bad[i], NULL};
+		struct kvn_config *cfg = kvn_config_new_defaults();
+		char e[512];
+		cr_assert_eq(kvn_config_apply_env(cfg, envp, e, sizeof(e)), -EINVAL, "value %zu", i);
+		cr_assert(strstr(e, "env KVNODE_NODE_NAME") && strstr(e, "UTF-8"), "%s", e);
+		kvn_config_free(cfg);
+	}
+	char *ok[] = {"KVNODE_NODE_NAME=k\xc3\xb6ln", NULL};
+	struct kvn_config *cfg = kvn_config_new_defaults();
+	char e[512];
+	cr_assert_eq(kvn_config_apply_env(cfg, ok, e, sizeof(e)), 0, "%s", e);
+	cr_assert_str_eq(cfg->node_name, "k\xc3\xb6ln");
+	kvn_config_free(cfg);
+}
