@@ -418,7 +418,10 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 		if (c->in_len)
 			kvn_warn(COMP, "%s closed in the middle of a frame (%zu bytes of it read)",
 				 c->peer, c->in_len);
-		kvn_sched_conn_close(s, c, "closed by the peer");
+		/* A peer that sent its last requests and shut down its side still gets their
+		 * replies, as far as the socket takes them now (no waiting on a closed peer). */
+		if (kvn_sched_conn_flush(s, c) == 0)
+			kvn_sched_conn_close(s, c, "closed by the peer");
 		return;
 	}
 	kvn_sched_conn_flush(s, c);

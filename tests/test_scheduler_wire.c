@@ -889,3 +889,30 @@ Test(scheduler, a_departed_name_keeps_its_id_but_not_its_regions)
 	kvn_membership_stop(a);
 	sched_stop(&s);
 }
+
+/* A client that sends its request and shuts down its side (as `printf … | nc -N` does) still
+ * gets the reply: frames that arrive with the FIN are answered before the close. */
+Test(scheduler, requests_that_arrive_with_the_fin_are_answered)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", "fin-secret");
+	int fd = sched_raw_connect(s.addr);
+	char proof[KVN_CF_PROOF_HEX], json[160];
+	sched_raw_auth(fd, "fin-secret", proof);
+	snprintf(json, sizeof(json), "{\"proof\":\"%s\"}", proof);
+	struct kvn_cf_buf b = {0};
+	kvn_cf_begin(&b, KVN_CF_STATS, 3);
+	kvn_cf_put_bytes(&b, json, strlen(json));
+	cr_assert_eq(kvn_cf_end(&b), 0);
+	rawsock_send_all(fd, b.p, b.len);
+	kvn_cf_buf_free(&b);
+	shutdown(fd, SHUT_WR);
+	struct kvn_cf_rx rx = {0};
+	const uint8_t *body;
+	struct kvn_cf_hdr h = raw_first_frame(fd, &rx, &body);
+	cr_assert_eq(h.type, KVN_CF_STATS_REPLY, "got %s", kvn_cf_type_name(h.type));
+	cr_assert_eq(h.seq, 3);
+	kvn_cf_rx_free(&rx);
+	close(fd);
+	sched_stop(&s);
+}
