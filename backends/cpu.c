@@ -7,9 +7,8 @@
 #include <string.h>
 
 #include "kvnode/backend.h"
-#include "node/pool.h"
-#include "node/ctlframe.h"
-#include "node/storage.h"
+#include "core/pool.h"
+#include "backends/backends.h"
 
 #define MIN_CAP 1024u
 
@@ -38,7 +37,7 @@ struct kvn_backend {
 };
 
 static void
-publish(struct kvn_backend *be, enum kvn_cf_pub_op op, const struct kvn_slot *slot)
+publish(struct kvn_backend *be, enum kvn_cpu_event op, const struct kvn_slot *slot)
 {
 	if (be->publish)
 		be->publish(be->publish_ctx, op, slot);
@@ -125,7 +124,7 @@ drop(struct kvn_backend *be, struct entry *e)
 	be->bytes -= kvn_slot_len(s);
 	be->n--;
 	tab_delete(be, e);
-	publish(be, KVN_CF_EVICT, s);
+	publish(be, KVN_CPU_DROP, s);
 	kvn_pool_unlink(be->pool, s);
 }
 
@@ -141,7 +140,7 @@ evicted(void *ctx, struct kvn_slot *slot)
 	be->bytes -= kvn_slot_len(slot);
 	be->n--;
 	tab_delete(be, e);
-	publish(be, KVN_CF_EVICT, slot);
+	publish(be, KVN_CPU_DROP, slot);
 	atomic_fetch_add_explicit(&be->evictions, 1, memory_order_relaxed);
 }
 
@@ -248,7 +247,7 @@ cpu_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 	}
 	if (rc == 0) {
 		kvn_pool_commit(be->pool, slot);
-		publish(be, KVN_CF_ADMIT, slot); /* an admit replaces our older entry */
+		publish(be, KVN_CPU_ADMIT, slot); /* an admit replaces our older entry */
 	}
 	pthread_mutex_unlock(&be->lock);
 	if (rc) {

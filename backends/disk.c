@@ -16,9 +16,10 @@
 #include <unistd.h>
 
 #include "backends/disk_file.h"
-#include "node/log.h"
-#include "node/storage.h"
-#include "node/xxh.h"
+#include "core/fdio.h"
+#include "core/log.h"
+#include "backends/backends.h"
+#include "core/xxh.h"
 
 /* ---------------------------------------------------------------------------------------------
  * Instance
@@ -582,7 +583,7 @@ disk_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 	d->fsync = fsync_on;
 	d->verify = verify;
 
-	r = kvn_disk_mkdir_p(d->dir);
+	r = kvn_mkdir_p(d->dir, 0755);
 	if (!r) {
 		d->dirfd = open(d->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 		r = d->dirfd < 0 ? -errno : 0;

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "backends/disk_file.h"
-#include "node/xxh.h"
+#include "core/xxh.h"
 
 static size_t
 round_up(size_t n, size_t a)
@@ -262,26 +262,6 @@ bad:
 /* ---------------------------------------------------------------------------------------------
  * Directory
  * ------------------------------------------------------------------------------------------- */
-
-int
-kvn_disk_mkdir_p(const char *path)
-{
-	char buf[4096];
-	if (strlen(path) >= sizeof(buf))
-		return -ENAMETOOLONG;
-	strcpy(buf, path);
-	for (char *p = buf + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(buf, 0755) && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(buf, 0755) && errno != EEXIST)
-		return -errno;
-	return 0;
-}
 
 int
 kvn_disk_probe(int dirfd, bool want_direct, bool *direct)

@@ -12,12 +12,6 @@
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the disk chunk header is little-endian on disk; add byte swapping for this target"
-/* mkdir -p. 0 or -errno. */
-int kvn_disk_mkdir_p(const char *path);
-/* Creates and deletes a temp file in dirfd: 0 when the directory is writable, else -errno.
- * *direct says whether O_DIRECT (asked for with want_direct) works there. */
-int kvn_disk_probe(int dirfd, bool want_direct, bool *direct);
-
 #endif
 
 #define DISK_MAGIC   0x444e564bu /* "KVND" */
@@ -69,8 +63,6 @@ int kvn_disk_pwrite_full(int fd, const void *buf, size_t n, off_t off);
 int kvn_disk_read(int fd, bool payload, uint64_t max_len, struct disk_hdr *h, char *key,
 		  struct stat *st, void **basep, char *why, size_t whylen);
 
-/* mkdir -p. 0 or -errno. */
-int kvn_disk_mkdir_p(const char *path);
 /* Creates and deletes a temp file in dirfd: 0 when the directory is writable, else -errno.
  * *direct says whether O_DIRECT (asked for with want_direct) works there. */
 int kvn_disk_probe(int dirfd, bool want_direct, bool *direct);

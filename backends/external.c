@@ -4,9 +4,9 @@
 #include <dlfcn.h>
 #include <errno.h>
 
-#include "node/log.h"
-#include "node/module.h"
-#include "node/storage.h"
+#include "core/log.h"
+#include "core/module.h"
+#include "backends/backends.h"
 
 /* Names the first required operation the table lacks, NULL when all are there. */
 static const char *

@@ -9,21 +9,18 @@
 #include <string.h>
 #include <time.h>
 
+#include "backends/backends.h"
+#include "core/log.h"
+#include "core/pool.h"
 #include "kvnode/backend.h"
 #include "kvnode/transport.h"
-#include "node/cluster.h"
-#include "node/log.h"
-#include "node/membership.h"
-#include "node/metrics.h"
-#include "node/pool.h"
-#include "node/storage.h"
 
 #define CACHE_SLOTS 4096u /* direct-mapped: a miss only costs one lookup */
 #define SLOT_HDR    sizeof(struct kvn_slot_hdr)
 
 struct cache_ent {
 	uint64_t lo, hi;
-	struct kvn_loc loc;
+	struct kvn_peer_loc loc;
 	bool valid;
 };
 
@@ -31,7 +28,7 @@ struct cache_ent {
  * last user lets go (member went down, moved, or a read broke the connection). */
 struct conn {
 	uint32_t worker_id;
-	char addr[KVN_CF_ADDR_MAX + 1]; /* the data address it was made to */
+	char addr[KVN_PEER_ADDR_MAX + 1]; /* the data address it was made to */
 	struct kvn_tp_ep *ep;
 	int refs;
 	bool stale;
@@ -69,7 +66,7 @@ cache_at(struct kvn_backend *be, struct kvn_digest d)
 }
 
 static bool
-cache_get(struct kvn_backend *be, struct kvn_digest d, struct kvn_loc *out)
+cache_get(struct kvn_backend *be, struct kvn_digest d, struct kvn_peer_loc *out)
 {
 	pthread_mutex_lock(&be->lock);
 	struct cache_ent *e = cache_at(be, d);
@@ -81,7 +78,7 @@ cache_get(struct kvn_backend *be, struct kvn_digest d, struct kvn_loc *out)
 }
 
 static void
-cache_put(struct kvn_backend *be, struct kvn_digest d, const struct kvn_loc *loc)
+cache_put(struct kvn_backend *be, struct kvn_digest d, const struct kvn_peer_loc *loc)
 {
 	pthread_mutex_lock(&be->lock);
 	*cache_at(be, d) = (struct cache_ent){.lo = d.lo, .hi = d.hi, .loc = *loc, .valid = true};
@@ -162,7 +159,7 @@ sweep_close(struct kvn_backend *be, struct sweep *sw)
 }
 
 void
-kvn_peer_member(struct kvn_backend *be, const struct kvn_member_info *mi)
+kvn_peer_member(struct kvn_backend *be, const struct kvn_peer_member *mi)
 {
 	pthread_mutex_lock(&be->lock);
 	struct conn *c = conn_find(be, mi->worker_id);
@@ -201,10 +198,8 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 
 	/* Endpoints swept are closed only after the new one exists (or failed), so the two
 	 * never share an address (the transport keys its events by endpoint). */
-	struct kvn_member_info mi;
-	int rc = kvn_membership_member(be->link.m, worker_id, &mi, NULL, 0);
-	if (rc == -ENOSPC)
-		rc = 0; /* the regions are not needed: locations carry addr and rkey */
+	struct kvn_peer_member mi;
+	int rc = be->link.member(be->link.ctx, worker_id, &mi);
 	struct kvn_tp_ep *ep = NULL;
 	if (rc < 0 || !mi.up) {
 		kvn_seterr(err, errlen, "peer worker %u is not a live member", worker_id);
@@ -283,7 +278,7 @@ conn_put(struct kvn_backend *be, struct kvn_tp_ep *ep, bool broken)
 /* READs the slot image at loc and returns its payload when it verifies. -EAGAIN: the image
  * was stale or corrupt (or the read failed): try a fresh location. */
 static int
-fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_loc *loc,
+fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_peer_loc *loc,
       struct kvn_buf **out)
 {
 	char err[512] = "";
@@ -361,7 +356,7 @@ fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_loc *l
 
 /* Locations of key held by others: the cached one (fresh = false), else a lookup. */
 static int
-locate(struct kvn_backend *be, const struct kvn_key *key, bool fresh, struct kvn_loc *locs,
+locate(struct kvn_backend *be, const struct kvn_key *key, bool fresh, struct kvn_peer_loc *locs,
        uint32_t *n)
 {
 	*n = 0;
@@ -370,13 +365,13 @@ locate(struct kvn_backend *be, const struct kvn_key *key, bool fresh, struct kvn
 		return 0;
 	}
 	uint32_t nloc = 0;
-	struct kvn_loc all[KVN_CF_LOCS_MAX];
-	int rc = kvn_membership_lookup(be->link.m, &key->digest, 1, KVN_CF_LOCS_MAX, &nloc, all,
-				       be->link.timeout_ms);
+	struct kvn_peer_loc all[KVN_PEER_LOCS_MAX];
+	int rc = be->link.lookup(be->link.ctx, &key->digest, KVN_PEER_LOCS_MAX, &nloc, all,
+				 be->link.timeout_ms);
 	if (rc < 0)
 		return rc;
-	int32_t self = kvn_membership_worker_id(be->link.m);
-	for (uint32_t i = 0; i < nloc && i < KVN_CF_LOCS_MAX; i++)
+	int32_t self = be->link.self(be->link.ctx);
+	for (uint32_t i = 0; i < nloc && i < KVN_PEER_LOCS_MAX; i++)
 		if (self < 0 || all[i].worker_id != (uint32_t)self)
 			locs[(*n)++] = all[i];
 	return 0;
@@ -390,7 +385,7 @@ peer_get(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf **out
 	pthread_rwlock_rdlock(&be->attach_lock);
 	/* Attempt 0 may use the cache; a failed check or read retries once with a lookup. */
 	for (int attempt = 0; be->attached && attempt < 2 && rc == -ENOENT; attempt++) {
-		struct kvn_loc locs[KVN_CF_LOCS_MAX];
+		struct kvn_peer_loc locs[KVN_PEER_LOCS_MAX];
 		uint32_t n;
 		if (locate(be, key, attempt > 0, locs, &n) < 0 || n == 0)
 			break;
@@ -426,7 +421,7 @@ peer_contains(struct kvn_backend *be, const struct kvn_key *key, bool pin)
 		return 0;
 	int found = 0;
 	pthread_rwlock_rdlock(&be->attach_lock);
-	struct kvn_loc locs[KVN_CF_LOCS_MAX];
+	struct kvn_peer_loc locs[KVN_PEER_LOCS_MAX];
 	uint32_t n = 0;
 	if (be->attached && locate(be, key, false, locs, &n) == 0 && n)
 		found = 1;

@@ -15,11 +15,11 @@
 #include "connectors/external.h"
 #include "connectors/registry.h"
 #include "kvnode/backend.h"
-#include "node/clock.h"
-#include "node/config.h"
-#include "node/log.h"
-#include "node/remote_value.h"
-#include "node/storage.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/url.h"
+#include "connectors/remote_value.h"
+#include "backends/backends.h"
 
 #define MAX_CONNS 64
 #define MAX_QUERY 16
@@ -421,7 +421,7 @@ remote_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 	kvn_cond_init_monotonic(&be->wake);
 	be->benv = env;
 	be->url = strdup(url);
-	be->url_redacted = kvn_config_redact_url(url);
+	be->url_redacted = kvn_url_redact(url);
 	int rc = -ENOMEM;
 	if (!be->url || !be->url_redacted || parse_query(be) < 0)
 		goto fail;

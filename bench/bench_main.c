@@ -8,7 +8,7 @@
 #include <time.h>
 
 #include "bench/bench.h"
-#include "node/log.h"
+#include "core/log.h"
 
 static const char usage[] =
 	"NAME\n"

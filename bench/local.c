@@ -7,8 +7,8 @@
 #include <sys/mman.h>
 
 #include "bench/bench.h"
-#include "node/config.h"
-#include "node/log.h"
+#include "node/engine/config.h"
+#include "core/log.h"
 
 enum op { OP_MEMCPY, OP_PUT, OP_GET, OP_GET_VIEW };
 

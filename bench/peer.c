@@ -22,8 +22,8 @@
 #include "bench/bench.h"
 #include "bench/peer_verbs.h"
 #include "kvnode/transport.h"
-#include "node/log.h"
-#include "node/netaddr.h"
+#include "core/log.h"
+#include "core/netaddr.h"
 
 extern char **environ;
 

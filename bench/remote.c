@@ -19,10 +19,11 @@
 
 #include "bench/bench.h"
 #include "connectors/registry.h"
-#include "node/config.h"
-#include "node/log.h"
-#include "node/remote_value.h"
-#include "node/netaddr.h"
+#include "node/engine/config.h"
+#include "core/log.h"
+#include "core/url.h"
+#include "connectors/remote_value.h"
+#include "core/netaddr.h"
 
 #define WSET_MAX (128ull << 20) /* per key set: the store holds two of them */
 
@@ -394,7 +395,7 @@ bench_remote(const struct bench_opts *o)
 		snprintf(url, sizeof(url), "redis://127.0.0.1:%d", srv.port);
 	}
 	struct ctx c = {0};
-	char *shown = kvn_config_redact_url(url);
+	char *shown = kvn_url_redact(url);
 	struct kvn_connector_env env = {.abi = KVN_CONNECTOR_ABI,
 					.url = url,
 					.url_redacted = shown ? shown : "(url)",

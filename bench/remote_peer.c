@@ -10,8 +10,8 @@
 
 #include "bench/bench.h"
 #include "kvnode/transport.h"
-#include "node/log.h"
-#include "node/pool.h"
+#include "core/log.h"
+#include "core/pool.h"
 
 #define HDR sizeof(struct kvn_slot_hdr)
 

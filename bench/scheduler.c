@@ -12,12 +12,12 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
-#include "node/auth.h"
-#include "node/ctlframe.h"
-#include "node/log.h"
-#include "node/netaddr.h"
-#include "node/scheduler.h"
-#include "node/scheduler_dir.h"
+#include "core/auth.h"
+#include "node/cluster/ctlframe.h"
+#include "core/log.h"
+#include "core/netaddr.h"
+#include "node/scheduler/scheduler.h"
+#include "node/scheduler/scheduler_dir.h"
 
 #define LOOKUP_KEYS (1u << 20) /* directory size the lookups run against */
 

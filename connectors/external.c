@@ -6,8 +6,8 @@
 
 #include "connectors/external.h"
 #include "connectors/registry.h"
-#include "node/log.h"
-#include "node/module.h"
+#include "core/log.h"
+#include "core/module.h"
 
 #define SCHEME_MAX 64
 

@@ -14,10 +14,10 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
-#include "backends/disk_file.h"
+#include "core/fdio.h"
 #include "connectors/registry.h"
-#include "node/netaddr.h"
-#include "node/remote_value.h"
+#include "core/netaddr.h"
+#include "connectors/remote_value.h"
 
 #define XATTR_TAG  "user.kvnode.tag"
 #define XATTR_KEY  "user.kvnode.key"
@@ -137,7 +137,7 @@ add_path(struct kvn_connector *c, const char *p, size_t n)
 		return -ENOMEM;
 	c->path[c->npaths] = dir;
 	c->dirfd[c->npaths++] = -1;
-	int rc = kvn_disk_mkdir_p(dir);
+	int rc = kvn_mkdir_p(dir, 0755);
 	int fd = rc ? -1 : open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (!rc && fd < 0)
 		rc = -errno;
@@ -413,9 +413,9 @@ fs_put(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_remo
 		return -errno;
 	size_t hlen = c->save_meta ? sizeof(hdr) : 0;
 	kvn_remote_meta_encode(&v->meta, hdr);
-	int rc = hlen ? kvn_disk_pwrite_full(fd, hdr, hlen, 0) : 0;
+	int rc = hlen ? kvn_pwrite_full(fd, hdr, hlen, 0) : 0;
 	if (rc == 0)
-		rc = kvn_disk_pwrite_full(fd, v->payload->data, v->payload->len, (off_t)hlen);
+		rc = kvn_pwrite_full(fd, v->payload->data, v->payload->len, (off_t)hlen);
 	if (rc == 0)
 		rc = set_attrs(c, fd, key, v);
 	if (rc == 0 && c->fsync && fsync(fd) < 0)

@@ -12,11 +12,11 @@
 #include <unistd.h>
 
 #include "connectors/registry.h"
-#include "node/ctlproto.h"
-#include "node/lmproto.h"
-#include "node/log.h"
-#include "node/netaddr.h"
-#include "node/remote_value.h"
+#include "core/fdio.h"
+#include "connectors/lmproto.h"
+#include "core/log.h"
+#include "core/netaddr.h"
+#include "connectors/remote_value.h"
 
 /* Requests in flight at once in a batch: small enough that requests and replies never fill
  * both sockets' buffers (which would deadlock a pipeline that only reads at the end). */
@@ -123,7 +123,7 @@ send_req(struct kvn_connector *c, int32_t cmd, const struct kvn_key *key, int32_
 			    key->len, KVN_LM_KEY_MAX);
 		return -ENAMETOOLONG;
 	}
-	return kvn_ctl_write_full(c->fd, w, sizeof(w));
+	return kvn_fd_write_full(c->fd, w, sizeof(w));
 }
 
 /* Reads one reply header; a code other than 200/400 means the stream is not this protocol. */
@@ -131,7 +131,7 @@ static int
 recv_reply(struct kvn_connector *c, struct kvn_lm_reply *rep)
 {
 	uint8_t w[KVN_LM_REPLY_SIZE];
-	int rc = kvn_ctl_read_full(c->fd, w, sizeof(w), NULL);
+	int rc = kvn_fd_read_full(c->fd, w, sizeof(w), NULL);
 	if (rc)
 		return rc;
 	kvn_lm_reply_decode(w, rep);
@@ -179,11 +179,11 @@ get_reply(struct kvn_connector *c, const struct kvn_key *key, struct kvn_remote_
 	struct kvn_buf *b = kvn_buf_new((size_t)r.length);
 	if (!b) {
 		/* The payload is on the wire and must be consumed to stay in step. */
-		rc = kvn_ctl_discard(c->fd, (uint64_t)r.length);
+		rc = kvn_fd_discard(c->fd, (uint64_t)r.length);
 		return rc ? rc : -ENOMEM;
 	}
 	size_t got;
-	rc = kvn_ctl_read_full(c->fd, b->data, (size_t)r.length, &got);
+	rc = kvn_fd_read_full(c->fd, b->data, (size_t)r.length, &got);
 	if (rc) {
 		c->env->log(c->env, KVN_LOG_WARN, "lm server %s: GET %s: %zu of %d bytes: %s",
 			    c->addr, key->str, got, r.length, kvn_strerror(rc));
@@ -214,7 +214,7 @@ put_req(struct kvn_connector *c, const struct kvn_key *key, const struct kvn_rem
 	memcpy(m.shape, val->meta.shape, sizeof(m.shape));
 	int rc = send_req(c, KVN_LM_PUT, key, val->meta.length, &m);
 	if (!rc)
-		rc = kvn_ctl_write_full(c->fd, val->payload->data, val->payload->len);
+		rc = kvn_fd_write_full(c->fd, val->payload->data, val->payload->len);
 	if (!rc)
 		rc = send_req(c, KVN_LM_EXIST, key, 0, NULL);
 	if (rc)
@@ -298,10 +298,10 @@ lm_list(struct kvn_connector *c, kvn_connector_list_cb cb, void *ctx)
 		return r.length ? -EPROTO : -EOPNOTSUPP;
 	char *text = malloc((size_t)r.length + 1);
 	if (!text) {
-		rc = kvn_ctl_discard(c->fd, (uint64_t)r.length);
+		rc = kvn_fd_discard(c->fd, (uint64_t)r.length);
 		return rc ? rc : -ENOMEM;
 	}
-	rc = kvn_ctl_read_full(c->fd, text, (size_t)r.length, NULL);
+	rc = kvn_fd_read_full(c->fd, text, (size_t)r.length, NULL);
 	text[rc ? 0 : r.length] = '\0';
 	for (char *p = text, *end; !rc && *p; p = end + (*end == '\n')) {
 		end = strchrnul(p, '\n');

@@ -20,7 +20,7 @@
 #include <hiredis/hiredis.h>
 
 #include "connectors/registry.h"
-#include "node/remote_value.h"
+#include "connectors/remote_value.h"
 
 #define SUFFIX_DATA "kv_bytes"
 #define SUFFIX_META "metadata"

@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "connectors/registry.h"
-#include "node/log.h"
+#include "core/log.h"
 
 #define MAX_EXTERNAL 32
 #define SCHEME_MAX   32

@@ -17,7 +17,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "node/log.h"
+#include "core/log.h"
 #include "plugins/launcher.h"
 
 #define BACKOFF_MIN_MS 1000
@@ -523,16 +523,17 @@ free_all(struct kvn_plugins *pl)
 	free(pl);
 }
 
-KVN_API int
-kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *opts,
-		  struct kvn_plugins **out, char *err, size_t errlen)
+int
+kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out, char *err,
+		   size_t errlen)
 {
 	static const struct kvn_plugins_opts alone = {.role = KVN_PLUGIN_WORKER, .worker_count = 1};
+	struct kvn_plugins_launch lo = *l;
+	const struct kvn_plugins_opts *opts = l->opts ? l->opts : &alone;
+	lo.opts = opts;
 	struct kvn_plugins *pl = calloc(1, sizeof(*pl));
 	int rc;
 	*out = NULL;
-	if (!opts)
-		opts = &alone;
 	if (!pl) {
 		kvn_seterr(err, errlen, "plugins: out of memory");
 		return -ENOMEM;
@@ -542,8 +543,8 @@ kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *o
 	pthread_mutex_init(&pl->qlock, NULL);
 	pthread_cond_init(&pl->qcond, NULL);
 	pl->guard_fd = -1;
-	pl->stop_timeout_ms = cfg->plugin_stop_timeout_ms;
-	pl->restart_on_failure = cfg->plugin_restart && !strcmp(cfg->plugin_restart, "on-failure");
+	pl->stop_timeout_ms = l->stop_timeout_ms;
+	pl->restart_on_failure = l->restart_on_failure;
 	pl->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (pl->wake_fd < 0) {
 		rc = -errno;
@@ -551,7 +552,7 @@ kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *o
 		free_all(pl);
 		return rc;
 	}
-	if ((rc = plugin_scan(cfg, opts, &pl->p, &pl->n)) < 0) {
+	if ((rc = plugin_scan(&lo, &pl->p, &pl->n)) < 0) {
 		kvn_seterr(err, errlen, "plugins: scanning plugin_locations: %s", strerror(-rc));
 		free_all(pl);
 		return rc;
@@ -559,7 +560,7 @@ kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *o
 	size_t runnable = 0;
 	for (size_t i = 0; i < pl->n; i++)
 		runnable += pl->p[i].state != PLUGIN_NOT_STARTED;
-	if (cfg->n_plugin_locations)
+	if (l->nlocations)
 		kvn_info(COMP, "%zu plugin%s for %s %d of %d", runnable, runnable == 1 ? "" : "s",
 			 kvn_plugin_role_name(opts->role), opts->worker_id, opts->worker_count);
 	if ((rc = logq_start(pl)) < 0) {

@@ -10,7 +10,7 @@
 #include <sys/types.h>
 
 #include "kvnode/plugin.h"
-#include "node/config.h"
+#include "plugins/plugins.h"
 
 #define COMP "plugins"
 
@@ -86,10 +86,9 @@ struct kvn_plugins {
 	pthread_t logger;
 };
 
-/* scan.c: the plugins of cfg->plugin_locations that target this process, with interpreter
- * and environment ready to exec. 0 or -ENOMEM. */
-int plugin_scan(const struct kvn_config *cfg, const struct kvn_plugins_opts *opts,
-		struct plugin **out, size_t *n);
+/* scan.c: the plugins of l->locations that target this process, with interpreter and
+ * environment ready to exec. 0 or -ENOMEM. */
+int plugin_scan(const struct kvn_plugins_launch *l, struct plugin **out, size_t *n);
 void plugin_free(struct plugin *p);
 
 /* output.c */

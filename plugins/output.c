@@ -9,7 +9,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "node/log.h"
+#include "core/log.h"
 #include "plugins/launcher.h"
 
 struct logq_entry {

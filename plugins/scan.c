@@ -14,7 +14,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "node/log.h"
+#include "core/log.h"
 #include "plugins/launcher.h"
 
 /* Directories nested deeper are not entered: a symlink loop ends here. */
@@ -23,7 +23,7 @@
 extern char **environ;
 
 struct scan {
-	const struct kvn_config *cfg;
+	const struct kvn_plugins_launch *l;
 	const struct kvn_plugins_opts *opts;
 	cJSON *config; /* the redacted effective config, shared by every plugin */
 	struct plugin *p;
@@ -278,8 +278,8 @@ config_json(struct scan *sc, const struct plugin *p)
 	snprintf(prefix, sizeof(prefix), "plugin.%s.", p->name);
 	size_t plen = strlen(prefix);
 	bool ok = pc != NULL;
-	for (size_t i = 0; ok && i < sc->cfg->n_extra; i++) {
-		const struct kvn_config_kv *kv = &sc->cfg->extra[i];
+	for (size_t i = 0; ok && i < sc->l->nsettings; i++) {
+		const struct kvn_plugin_setting *kv = &sc->l->settings[i];
 		if (!strncmp(kv->key, prefix, plen) && kv->key[plen])
 			ok = cJSON_AddStringToObject(pc, kv->key + plen, kv->value) != NULL;
 	}
@@ -313,7 +313,7 @@ build_env(struct scan *sc, struct plugin *p)
 
 	/* worker_count, when configured, is the deployment's (LMCache's meaning: the workers it
 	 * was configured with); else the count the caller knows (the cluster's at join). */
-	int count = sc->cfg->worker_count ? (int)sc->cfg->worker_count : o->worker_count;
+	int count = sc->l->worker_count ? (int)sc->l->worker_count : o->worker_count;
 	for (size_t k = 0; json && k < NPRE; k++) {
 		const char *pre = prefixes[k];
 		if (asprintf(&ours[nours++], "%sROLE=%s", pre, kvn_plugin_role_name(o->role)) < 0 ||
@@ -516,20 +516,17 @@ walk(struct scan *sc, const char *path, int depth)
 }
 
 int
-plugin_scan(const struct kvn_config *cfg, const struct kvn_plugins_opts *opts, struct plugin **out,
-	    size_t *n)
+plugin_scan(const struct kvn_plugins_launch *l, struct plugin **out, size_t *n)
 {
-	struct scan sc = {.cfg = cfg, .opts = opts};
-	char *text = kvn_config_to_json(cfg, true);
+	struct scan sc = {.l = l, .opts = l->opts};
 	int rc = 0;
 	*out = NULL;
 	*n = 0;
-	sc.config = text ? cJSON_Parse(text) : NULL;
-	free(text);
+	sc.config = cJSON_Parse(l->config_json ? l->config_json : "{}");
 	if (!sc.config)
 		return -ENOMEM;
-	for (size_t i = 0; !rc && i < cfg->n_plugin_locations; i++) {
-		const char *loc = cfg->plugin_locations[i];
+	for (size_t i = 0; !rc && i < l->nlocations; i++) {
+		const char *loc = l->locations[i];
 		struct stat st;
 		if (stat(loc, &st))
 			kvn_warn(COMP, "plugin_locations: %s: %s (no plugins from it)", loc,

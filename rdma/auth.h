@@ -7,8 +7,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "node/auth.h"
-#include "node/log.h"
+#include "core/auth.h"
+#include "core/log.h"
 
 /* The err line of a reader the owner refused for its token; returns -EACCES. */
 int kvn_tp_auth_refused(const char *transport, const char *peer, const struct kvn_auth *a,

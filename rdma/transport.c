@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "kvnode/transport.h"
-#include "node/log.h"
+#include "core/log.h"
 
 /* rdma/verbs*.c are compiled only when rdma-core is found at build time. */
 #define HAVE_VERBS_OPS KVN_HAVE_VERBS

@@ -16,7 +16,7 @@
 
 #include <cjson/cJSON.h>
 
-#include "node/config.h"
+#include "node/engine/config.h"
 
 static char tmpdir[PATH_MAX];	    /* realpath of a mkdtemp directory */
 static char cfgpath[PATH_MAX + 64]; /* tmpdir/kvnode.yaml, or another config path */

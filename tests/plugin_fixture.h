@@ -17,8 +17,8 @@
 #include <unistd.h>
 
 #include "kvnode/plugin.h"
-#include "node/config.h"
-#include "node/log.h"
+#include "node/engine/config.h"
+#include "core/log.h"
 #include "tests/helpers/proc.h"
 
 #define KVNODE	 KVN_BINARY_DIR "/kvnode"

@@ -11,8 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "node/auth.h"
-#include "node/config.h"
+#include "core/auth.h"
+#include "node/engine/config.h"
 #include "tests/helpers/proc.h"
 
 static char dir[256], path[PATH_MAX], err[1024];

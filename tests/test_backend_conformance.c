@@ -14,8 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "node/pool.h"
-#include "node/storage.h"
+#include "core/pool.h"
+#include "node/engine/storage.h"
 #include "tests/helpers/backend_env.h"
 
 /* ------------------------------------------------------------------------------------------

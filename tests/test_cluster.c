@@ -21,9 +21,9 @@
 #include <unistd.h>
 
 #include "kvnode/transport.h"
-#include "node/netaddr.h"
-#include "node/pool.h"
-#include "node/auth.h"
+#include "core/netaddr.h"
+#include "core/pool.h"
+#include "core/auth.h"
 #include "tests/helpers/cluster_env.h"
 #include "tests/helpers/expo.h"
 

@@ -26,10 +26,10 @@
 #include "helpers/memcached_server.h"
 #include "helpers/redis_server.h"
 #include "connectors/external.h"
-#include "node/lm_server.h"
-#include "node/config.h"
-#include "node/log.h"
-#include "node/remote_value.h"
+#include "node/serve/lm_server.h"
+#include "node/engine/config.h"
+#include "core/log.h"
+#include "connectors/remote_value.h"
 
 /* ============================================================================================
  * The implementations under test

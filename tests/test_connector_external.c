@@ -15,8 +15,8 @@
 #include "connectors/registry.h"
 #include "helpers/memcached_server.h"
 #include "helpers/proc.h"
-#include "node/config.h"
-#include "node/remote_value.h"
+#include "node/engine/config.h"
+#include "connectors/remote_value.h"
 
 #define MEMCACHED_SO   "libkvn_conn_memcached.so"
 #define MEMCACHED_PATH KVN_MODULE_DIR "/" MEMCACHED_SO

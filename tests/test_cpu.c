@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "node/pool.h"
-#include "node/storage.h"
+#include "core/pool.h"
+#include "node/engine/storage.h"
 #include "tests/helpers/backend_env.h"
 #include "tests/helpers/pattern.h"
 

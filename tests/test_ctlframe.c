@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "node/ctlframe.h"
+#include "node/cluster/ctlframe.h"
 
 static char why[512];
 

@@ -4,7 +4,7 @@
 #include <errno.h>
 #include <string.h>
 
-#include "node/scheduler_dir.h"
+#include "node/scheduler/scheduler_dir.h"
 
 /* Half the keys have their home in the last 16 slots of any table size, the other half in
  * the first 16: their probe runs wrap past the end into each other. */

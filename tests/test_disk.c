@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "node/storage.h"
+#include "node/engine/storage.h"
 #include "tests/helpers/backend_env.h"
 
 #define KIB 1024ull

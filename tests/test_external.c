@@ -8,8 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "node/config.h"
-#include "node/storage.h"
+#include "node/engine/config.h"
+#include "node/engine/storage.h"
 #include "tests/helpers/backend_env.h"
 
 #define ZMEM_FILE "libkvn_zmem.so"

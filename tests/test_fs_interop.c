@@ -18,8 +18,8 @@
 #include "helpers/pattern.h"
 #include "helpers/proc.h"
 #include "kvnode/kvnode.h"
-#include "node/config.h"
-#include "node/remote_value.h"
+#include "node/engine/config.h"
+#include "connectors/remote_value.h"
 
 static char dir[512];
 static struct kvn_config *cfg;

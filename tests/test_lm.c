@@ -20,13 +20,14 @@
 #include <sys/time.h>
 #include <unistd.h>
 
+#include "core/fdio.h"
 #include "kvnode/connector.h"
-#include "node/config.h"
-#include "node/ctlproto.h"
-#include "node/lm_server.h"
-#include "node/lmproto.h"
-#include "node/netaddr.h"
-#include "node/remote_value.h"
+#include "node/engine/config.h"
+#include "node/serve/ctlproto.h"
+#include "node/serve/lm_server.h"
+#include "connectors/lmproto.h"
+#include "core/netaddr.h"
+#include "connectors/remote_value.h"
 #include "tests/helpers/proc.h"
 #include "tests/helpers/rawsock.h"
 
@@ -298,7 +299,7 @@ recv_reply(int fd)
 {
 	uint8_t w[KVN_LM_REPLY_SIZE];
 	size_t got;
-	int rc = kvn_ctl_read_full(fd, w, sizeof(w), &got);
+	int rc = kvn_fd_read_full(fd, w, sizeof(w), &got);
 	cr_assert_eq(rc, 0, "no reply header (%zu bytes): %s", got, kvn_strerror(rc));
 	struct kvn_lm_reply r;
 	kvn_lm_reply_decode(w, &r);
@@ -328,7 +329,7 @@ get_value(int fd, const char *key, struct kvn_lm_reply *rep)
 	cr_assert_eq(rep->code, KVN_LM_OK, "GET %s: code %d", key, rep->code);
 	cr_assert_geq(rep->length, 0);
 	uint8_t *p = malloc((size_t)rep->length + 1);
-	cr_assert_eq(kvn_ctl_read_full(fd, p, (size_t)rep->length, NULL), 0);
+	cr_assert_eq(kvn_fd_read_full(fd, p, (size_t)rep->length, NULL), 0);
 	return p;
 }
 
@@ -444,7 +445,7 @@ Test(lm, health_answers_200_with_lmcache_s_reply_bytes)
 	int fd = lm_connect();
 	send_req(fd, KVN_LM_HEALTH, "", 0, NULL);
 	uint8_t w[KVN_LM_REPLY_SIZE];
-	cr_assert_eq(kvn_ctl_read_full(fd, w, sizeof(w), NULL), 0);
+	cr_assert_eq(kvn_fd_read_full(fd, w, sizeof(w), NULL), 0);
 	/* LMCache's server: ServerMetaMessage(200, 0, MemoryFormat(1), float16, (0,0,0,0)). */
 	const int32_t want[9] = {200, 0, 1, 2, 0, 0, 0, 0, 0};
 	for (int i = 0; i < 9; i++)
@@ -468,7 +469,7 @@ Test(lm, list_answers_the_newline_joined_keys)
 	r = recv_reply(fd);
 	cr_assert_eq(r.code, KVN_LM_OK);
 	char *text = calloc(1, (size_t)r.length + 1);
-	cr_assert_eq(kvn_ctl_read_full(fd, text, (size_t)r.length, NULL), 0);
+	cr_assert_eq(kvn_fd_read_full(fd, text, (size_t)r.length, NULL), 0);
 	cr_assert_eq(r.length, (int32_t)strlen("k-one\nk-two\nk-three"), "list: %s", text);
 	cr_assert_neq(text[r.length - 1], '\n', "no separator after the last key");
 	char *copy = strdup(text);
@@ -501,7 +502,7 @@ Test(lm, many_requests_follow_each_other_on_one_connection)
 		cr_assert_eq(r.code, KVN_LM_OK, "reply %d", i);
 		cr_assert_eq(r.length, 300);
 		uint8_t got[300];
-		cr_assert_eq(kvn_ctl_read_full(fd, got, sizeof(got), NULL), 0);
+		cr_assert_eq(kvn_fd_read_full(fd, got, sizeof(got), NULL), 0);
 		cr_assert(!memcmp(got, v[i], sizeof(got)), "reply %d carries value %d", i, i);
 	}
 	close(fd);
@@ -591,7 +592,7 @@ v0_recv(int fd)
 {
 	uint8_t w[V0_REPLY];
 	size_t got;
-	int rc = kvn_ctl_read_full(fd, w, sizeof(w), &got);
+	int rc = kvn_fd_read_full(fd, w, sizeof(w), &got);
 	cr_assert_eq(rc, 0, "no 32-byte reply (%zu bytes): %s", got, kvn_strerror(rc));
 	struct v0_reply r = {.code = i32_at(w, 0), .length = i32_at(w, 1)};
 	r.meta.fmt = i32_at(w, 2);
@@ -644,7 +645,7 @@ Test(lm, a_v0_client_gets_32_byte_replies_to_put_get_exist_list_and_health)
 	for (int i = 0; i < 4; i++)
 		cr_assert_eq(r.meta.shape[i], m.shape[i]);
 	uint8_t *got = malloc(len);
-	cr_assert_eq(kvn_ctl_read_full(fd, got, len, NULL), 0);
+	cr_assert_eq(kvn_fd_read_full(fd, got, len, NULL), 0);
 	cr_assert(!memcmp(got, v, len), "payload differs");
 
 	v0_send(fd, KVN_LM_GET, V0_KEY("17"), 0, NULL);
@@ -660,7 +661,7 @@ Test(lm, a_v0_client_gets_32_byte_replies_to_put_get_exist_list_and_health)
 	cr_assert_eq(r.code, KVN_LM_OK);
 	char list[256] = "";
 	cr_assert_eq((size_t)r.length, strlen(V0_KEY("-8237491620534871")));
-	cr_assert_eq(kvn_ctl_read_full(fd, list, (size_t)r.length, NULL), 0);
+	cr_assert_eq(kvn_fd_read_full(fd, list, (size_t)r.length, NULL), 0);
 	cr_assert_str_eq(list, V0_KEY("-8237491620534871"));
 
 	/* Nothing stray after the last reply: the server closes on our end of stream. */
@@ -691,7 +692,7 @@ Test(lm, a_v0_request_with_a_short_or_empty_key_is_told_apart)
 	struct v0_reply r = v0_recv(fd);
 	cr_assert(r.code == KVN_LM_OK && r.length == 5, "GET ab: %d, %d", r.code, r.length);
 	uint8_t got[5];
-	cr_assert_eq(kvn_ctl_read_full(fd, got, sizeof(got), NULL), 0);
+	cr_assert_eq(kvn_fd_read_full(fd, got, sizeof(got), NULL), 0);
 	cr_assert(!memcmp(got, v, sizeof(v)));
 	close(fd);
 }
@@ -723,7 +724,7 @@ Test(lm, v0_and_v1_clients_are_served_side_by_side_from_one_store)
 	cr_assert(o.code == KVN_LM_OK && o.length == (int32_t)sizeof(b));
 	cr_assert(o.meta.fmt == 4 && o.meta.dtype == 6 && o.meta.shape[0] == 5000);
 	uint8_t gb[sizeof(b)];
-	cr_assert_eq(kvn_ctl_read_full(old, gb, sizeof(gb), NULL), 0);
+	cr_assert_eq(kvn_fd_read_full(old, gb, sizeof(gb), NULL), 0);
 	cr_assert(!memcmp(gb, b, sizeof(b)));
 	/* And each stays in its own generation afterwards. */
 	send_req(cur, KVN_LM_HEALTH, "", 0, NULL);
@@ -777,7 +778,7 @@ Test(lm, a_short_header_closes_the_connection_and_others_are_served)
 	 * connection ends and nothing else comes. */
 	uint8_t r[KVN_LM_REPLY_SIZE];
 	size_t got = 0;
-	int rc = kvn_ctl_read_full(fd, r, sizeof(r), &got);
+	int rc = kvn_fd_read_full(fd, r, sizeof(r), &got);
 	if (rc == 0) {
 		cr_assert_eq(i32_at(r, 0), KVN_LM_FAIL);
 		rawsock_assert_closed(fd, "the lm server");
@@ -907,9 +908,9 @@ hammer_main(void *arg)
 	uint8_t w[KVN_LM_REQ_SIZE];
 	kvn_lm_req_encode(w, KVN_LM_PUT, "hammered", 8, (int32_t)sizeof(v), NULL);
 	for (;;) {
-		int rc = kvn_ctl_write_full(h->fd, w, sizeof(w));
+		int rc = kvn_fd_write_full(h->fd, w, sizeof(w));
 		if (!rc)
-			rc = kvn_ctl_write_full(h->fd, v, sizeof(v));
+			rc = kvn_fd_write_full(h->fd, v, sizeof(v));
 		if (rc) {
 			h->err = rc;
 			return NULL;
@@ -984,8 +985,8 @@ Test(lm_capped, past_the_connection_cap_with_none_idle_a_client_is_closed, .init
 		int c = lm_connect();
 		uint8_t w[KVN_LM_REQ_SIZE], r[KVN_LM_REPLY_SIZE];
 		kvn_lm_req_encode(w, KVN_LM_HEALTH, "", 0, 0, NULL);
-		if (kvn_ctl_write_full(c, w, sizeof(w)) == 0 &&
-		    kvn_ctl_read_full(c, r, sizeof(r), NULL) == 0)
+		if (kvn_fd_write_full(c, w, sizeof(w)) == 0 &&
+		    kvn_fd_read_full(c, r, sizeof(r), NULL) == 0)
 			served = i32_at(r, 0) == KVN_LM_OK;
 		close(c);
 		if (!served)

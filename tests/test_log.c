@@ -4,7 +4,7 @@
 #include <pthread.h>
 #include <time.h>
 
-#include "node/log.h"
+#include "core/log.h"
 
 Test(ratelimit, the_first_event_is_logged_and_the_next_ones_within_the_interval_are_counted)
 {

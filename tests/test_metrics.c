@@ -20,7 +20,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "node/netaddr.h"
+#include "core/netaddr.h"
 #include "tests/helpers/expo.h"
 #include "tests/helpers/proc.h"
 #include "tests/helpers/redis_server.h"

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "node/pool.h"
+#include "core/pool.h"
 #include "tests/helpers/pattern.h"
 
 #define KiB ((size_t)1 << 10)

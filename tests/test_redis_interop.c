@@ -13,10 +13,10 @@
 #include "helpers/pattern.h"
 #include "helpers/proc.h"
 #include "helpers/redis_server.h"
-#include "node/clock.h"
+#include "core/clock.h"
 #include "kvnode/kvnode.h"
-#include "node/config.h"
-#include "node/xxh.h"
+#include "node/engine/config.h"
+#include "core/xxh.h"
 
 #define KEY "vllm@meta-llama/Llama-3.1-8B@1@0@5e0e1f7a9c@bfloat16"
 

@@ -21,10 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "node/log.h"
-#include "node/netaddr.h"
-#include "node/scheduler.h"
-#include "node/auth.h"
+#include "core/log.h"
+#include "core/netaddr.h"
+#include "node/scheduler/scheduler.h"
+#include "core/auth.h"
 #include "tests/helpers/sched_env.h"
 #include "tests/helpers/proc.h"
 

@@ -19,8 +19,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "node/auth.h"
-#include "node/scheduler.h"
+#include "core/auth.h"
+#include "node/scheduler/scheduler.h"
 #include "tests/helpers/rawsock.h"
 #include "tests/helpers/sched_env.h"
 

@@ -16,10 +16,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "node/client.h"
-#include "node/config.h"
-#include "node/ctlproto.h"
-#include "node/server.h"
+#include "core/fdio.h"
+#include "node/cli/client.h"
+#include "node/engine/config.h"
+#include "node/serve/ctlproto.h"
+#include "node/serve/server.h"
 #include "tests/helpers/proc.h"
 #include "tests/helpers/rawsock.h"
 
@@ -151,7 +152,7 @@ dribble_main(void *arg)
 	for (size_t off = 0, step = 1; off < end; off += step, step = step * 3 % 65521 + 1) {
 		if (step > end - off)
 			step = end - off;
-		if (kvn_ctl_write_full(d->fd, d->data + off, step))
+		if (kvn_fd_write_full(d->fd, d->data + off, step))
 			break;
 	}
 	if (d->close_early)
@@ -179,7 +180,7 @@ Test(ctlproto, read_full_assembles_a_value_sent_in_small_pieces)
 	pthread_t t;
 	pthread_create(&t, NULL, dribble_main, &d);
 	size_t got = 0;
-	cr_assert_eq(kvn_ctl_read_full(sv[1], dst, len, &got), 0);
+	cr_assert_eq(kvn_fd_read_full(sv[1], dst, len, &got), 0);
 	pthread_join(t, NULL);
 	cr_assert_eq(got, len);
 	cr_assert(!memcmp(src, dst, len));
@@ -199,7 +200,7 @@ Test(ctlproto, read_full_reports_what_arrived_before_the_peer_closed)
 	pthread_t t;
 	pthread_create(&t, NULL, dribble_main, &d);
 	size_t got = 0;
-	cr_assert_eq(kvn_ctl_read_full(sv[1], dst, len, &got), -ECONNRESET);
+	cr_assert_eq(kvn_fd_read_full(sv[1], dst, len, &got), -ECONNRESET);
 	pthread_join(t, NULL);
 	cr_assert_eq(got, len / 2);
 	cr_assert(!memcmp(src, dst, got));
@@ -217,7 +218,7 @@ Test(ctlproto, a_read_timeout_is_etimedout)
 	setsockopt(sv[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	char b[4];
 	size_t got = 99;
-	cr_assert_eq(kvn_ctl_read_full(sv[1], b, sizeof(b), &got), -ETIMEDOUT);
+	cr_assert_eq(kvn_fd_read_full(sv[1], b, sizeof(b), &got), -ETIMEDOUT);
 	cr_assert_eq(got, 0);
 	close(sv[0]);
 	close(sv[1]);
@@ -228,7 +229,7 @@ Test(ctlproto, writing_to_a_closed_peer_is_epipe_not_a_signal)
 	int sv[2];
 	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
 	close(sv[1]);
-	cr_assert_eq(kvn_ctl_write_full(sv[0], "x", 1), -EPIPE);
+	cr_assert_eq(kvn_fd_write_full(sv[0], "x", 1), -EPIPE);
 	close(sv[0]);
 }
 
@@ -243,7 +244,7 @@ static void *
 copy_main(void *arg)
 {
 	struct copy_job *j = arg;
-	j->rc = kvn_ctl_copy(j->in, j->out, j->len, &j->wside);
+	j->rc = kvn_fd_copy(j->in, j->out, j->len, &j->wside);
 	return NULL;
 }
 
@@ -260,7 +261,7 @@ Test(ctlproto, copy_moves_exactly_len_bytes_and_names_the_failing_side)
 	pthread_t tw, tc;
 	pthread_create(&tw, NULL, dribble_main, &d);
 	pthread_create(&tc, NULL, copy_main, &j);
-	cr_assert_eq(kvn_ctl_read_full(b[1], dst, len, NULL), 0);
+	cr_assert_eq(kvn_fd_read_full(b[1], dst, len, NULL), 0);
 	pthread_join(tw, NULL);
 	pthread_join(tc, NULL);
 	cr_assert_eq(j.rc, 0);
@@ -268,15 +269,15 @@ Test(ctlproto, copy_moves_exactly_len_bytes_and_names_the_failing_side)
 
 	/* Output side closed: the failure is the writer's. */
 	close(b[1]);
-	cr_assert_eq(kvn_ctl_write_full(a[0], "abc", 3), 0);
+	cr_assert_eq(kvn_fd_write_full(a[0], "abc", 3), 0);
 	bool wside = false;
-	cr_assert_eq(kvn_ctl_copy(a[1], b[0], 3, &wside), -EPIPE);
+	cr_assert_eq(kvn_fd_copy(a[1], b[0], 3, &wside), -EPIPE);
 	cr_assert(wside);
 	/* Input ends early: the failure is the reader's. */
 	close(a[0]);
 	int e[2];
 	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, e), 0);
-	cr_assert_eq(kvn_ctl_copy(a[1], e[0], 3, &wside), -ECONNRESET);
+	cr_assert_eq(kvn_fd_copy(a[1], e[0], 3, &wside), -ECONNRESET);
 	cr_assert(!wside);
 	free(src);
 	free(dst);
@@ -358,12 +359,12 @@ recv_reply(int fd, char *payload, size_t cap)
 {
 	uint8_t w[KVN_CTL_REPLY_SIZE];
 	size_t got;
-	int rc = kvn_ctl_read_full(fd, w, sizeof(w), &got);
+	int rc = kvn_fd_read_full(fd, w, sizeof(w), &got);
 	cr_assert_eq(rc, 0, "no reply header (%zu bytes): %s", got, kvn_strerror(rc));
 	struct kvn_ctl_reply rep;
 	kvn_ctl_reply_decode(w, &rep);
 	cr_assert_eq(kvn_ctl_reply_validate(&rep, cap - 1, NULL, 0), 0, "malformed reply");
-	cr_assert_eq(kvn_ctl_read_full(fd, payload, (size_t)rep.payload_len, NULL), 0);
+	cr_assert_eq(kvn_fd_read_full(fd, payload, (size_t)rep.payload_len, NULL), 0);
 	payload[rep.payload_len] = '\0';
 	return rep;
 }
@@ -787,7 +788,7 @@ Test(client, after_a_timed_out_request_the_client_refuses_rather_than_read_the_l
 	int fd = accept(lfd, NULL, NULL);
 	cr_assert_geq(fd, 0);
 	uint8_t req[KVN_CTL_REQ_SIZE];
-	cr_assert_eq(kvn_ctl_read_full(fd, req, sizeof(req), NULL), 0);
+	cr_assert_eq(kvn_fd_read_full(fd, req, sizeof(req), NULL), 0);
 	cr_assert_eq(kvn_ctl_send_reply(fd, 0, "late", 4), 0);
 	/* The late reply belongs to the first PING: reading it as the second one's answer is
 	 * how a GET would return another key's value. */

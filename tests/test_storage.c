@@ -10,9 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "node/config.h"
-#include "node/pool.h"
-#include "node/storage.h"
+#include "node/engine/config.h"
+#include "core/pool.h"
+#include "node/engine/storage.h"
 
 #define GATE_SO KVN_MODULE_DIR "/libkvn_test_gate.so"
 

@@ -21,8 +21,8 @@
 
 #include "bench/bench.h"
 #include "kvnode/transport.h"
-#include "node/netaddr.h"
-#include "rdma/tcp.h"
+#include "core/netaddr.h"
+#include "rdma/tcp/tcp.h"
 #include "tests/helpers/proc.h"
 
 #define MIB (1024 * 1024)

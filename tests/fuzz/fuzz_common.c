@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "kvnode/kvnode.h"
-#include "node/netaddr.h"
+#include "core/netaddr.h"
 #include "tests/fuzz/fuzz_common.h"
 
 static int report_fd = STDERR_FILENO;

@@ -13,8 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "node/config.h"
-#include "node/config_keys.h"
+#include "core/url.h"
+#include "node/engine/config.h"
+#include "node/engine/config_keys.h"
 #include "tests/fuzz/fuzz_common.h"
 
 int
@@ -42,7 +43,7 @@ check_config(struct kvn_config *cfg)
 	}
 	FZ_ASSERT(!kvn_config_origin(cfg, "no_such_key"), "an unknown key has an origin");
 	if (cfg->remote_url) {
-		char *r = kvn_config_redact_url(cfg->remote_url);
+		char *r = kvn_url_redact(cfg->remote_url);
 		FZ_ASSERT(r, "out of memory");
 		free(r);
 	}

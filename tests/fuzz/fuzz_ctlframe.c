@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "node/ctlframe.h"
-#include "node/scheduler_dir.h"
+#include "node/cluster/ctlframe.h"
+#include "node/scheduler/scheduler_dir.h"
 #include "tests/fuzz/fuzz_common.h"
 
 int

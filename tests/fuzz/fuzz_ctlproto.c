@@ -16,9 +16,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "node/client.h"
-#include "node/ctlframe.h"
-#include "node/ctlproto.h"
+#include "node/cli/client.h"
+#include "node/cluster/ctlframe.h"
+#include "node/serve/ctlproto.h"
 #include "tests/fuzz/fuzz_common.h"
 
 static char sock_path[300];

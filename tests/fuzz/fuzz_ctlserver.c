@@ -10,10 +10,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "node/client.h"
-#include "node/config.h"
-#include "node/ctlproto.h"
-#include "node/server.h"
+#include "node/cli/client.h"
+#include "node/engine/config.h"
+#include "node/serve/ctlproto.h"
+#include "node/serve/server.h"
 #include "tests/fuzz/fuzz_common.h"
 
 #define MIB	    (1024 * 1024)

@@ -19,10 +19,10 @@
 
 #include "connectors/registry.h"
 #include "kvnode/connector.h"
-#include "node/lmproto.h"
-#include "node/log.h"
-#include "node/netaddr.h"
-#include "node/remote_value.h"
+#include "connectors/lmproto.h"
+#include "core/log.h"
+#include "core/netaddr.h"
+#include "connectors/remote_value.h"
 #include "tests/fuzz/fuzz_common.h"
 
 static int lfd = -1;

@@ -12,10 +12,11 @@
 #include <sys/time.h>
 #include <unistd.h>
 
-#include "node/config.h"
-#include "node/ctlproto.h"
-#include "node/lm_server.h"
-#include "node/lmproto.h"
+#include "core/fdio.h"
+#include "node/engine/config.h"
+#include "node/serve/ctlproto.h"
+#include "node/serve/lm_server.h"
+#include "connectors/lmproto.h"
 #include "tests/fuzz/fuzz_common.h"
 
 #define MIB	    (1024 * 1024)
@@ -89,7 +90,7 @@ lm_send(int fd, int32_t cmd, const char *key, const void *val, int32_t len)
 	uint8_t req[KVN_LM_REQ_SIZE];
 	struct kvn_lm_meta meta = {.fmt = 4, .dtype = 6, .shape = {len, 1, 1, 1}};
 	if (kvn_lm_req_encode(req, cmd, key, strlen(key), len, &meta) ||
-	    kvn_ctl_write_full(fd, req, sizeof(req)) || (len && kvn_ctl_write_full(fd, val, len)))
+	    kvn_fd_write_full(fd, req, sizeof(req)) || (len && kvn_fd_write_full(fd, val, len)))
 		fz_fail("lm server: cannot send a %s request", kvn_lm_cmd_name(cmd));
 }
 
@@ -97,7 +98,7 @@ static struct kvn_lm_reply
 lm_reply(int fd, const char *what)
 {
 	uint8_t hdr[KVN_LM_REPLY_SIZE];
-	if (kvn_ctl_read_full(fd, hdr, sizeof(hdr), NULL))
+	if (kvn_fd_read_full(fd, hdr, sizeof(hdr), NULL))
 		fz_fail("lm server no longer answers %s", what);
 	struct kvn_lm_reply rep;
 	kvn_lm_reply_decode(hdr, &rep);
@@ -120,7 +121,7 @@ check_alive(void)
 	FZ_ASSERT(rep.code == KVN_LM_OK && rep.length == (int32_t)sizeof(v),
 		  "GET of a value just put: code %d length %d", rep.code, rep.length);
 	char got[sizeof(v)];
-	if (kvn_ctl_read_full(fd, got, sizeof(got), NULL) || memcmp(got, v, sizeof(v)))
+	if (kvn_fd_read_full(fd, got, sizeof(got), NULL) || memcmp(got, v, sizeof(v)))
 		fz_fail("lm server returned another value");
 	close(fd);
 }

@@ -23,8 +23,8 @@
 
 #include "connectors/registry.h"
 #include "kvnode/connector.h"
-#include "node/log.h"
-#include "node/remote_value.h"
+#include "core/log.h"
+#include "connectors/remote_value.h"
 #include "tests/fuzz/fuzz_common.h"
 
 static const char *dir;

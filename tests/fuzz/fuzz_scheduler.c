@@ -15,8 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "node/ctlframe.h"
-#include "node/scheduler.h"
+#include "node/cluster/ctlframe.h"
+#include "node/scheduler/scheduler.h"
 #include "tests/fuzz/fuzz_common.h"
 
 #define IDLE_MS	    8000

@@ -21,8 +21,8 @@
 #include <unistd.h>
 
 #include "kvnode/transport.h"
-#include "node/auth.h"
-#include "rdma/tcp.h"
+#include "core/auth.h"
+#include "rdma/tcp/tcp.h"
 #include "tests/fuzz/fuzz_common.h"
 
 #define TOKEN	    "fuzz-secret"

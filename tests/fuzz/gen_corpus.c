@@ -10,11 +10,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "node/ctlframe.h"
-#include "node/ctlproto.h"
-#include "node/lmproto.h"
-#include "node/remote_value.h"
-#include "rdma/tcp.h"
+#include "node/cluster/ctlframe.h"
+#include "node/serve/ctlproto.h"
+#include "connectors/lmproto.h"
+#include "connectors/remote_value.h"
+#include "rdma/tcp/tcp.h"
 
 static const char *out_dir;
 

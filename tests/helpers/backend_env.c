@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "node/log.h"
+#include "core/log.h"
 #include "tests/helpers/backend_env.h"
 
 #define LAST_LOG_MAX 1024

@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 #include "kvnode/kvnode.h"
-#include "node/client.h"
+#include "node/cli/client.h"
 #include "tests/helpers/proc.h"
 #include "tests/helpers/sched_env.h"
 

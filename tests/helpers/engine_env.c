@@ -6,7 +6,7 @@
 #include "tests/helpers/engine_env.h"
 #include "tests/helpers/pattern.h"
 #include "kvnode/kvnode.h"
-#include "node/config.h"
+#include "node/engine/config.h"
 
 void
 engine_env_open(const char *yaml, struct kvn_config **cfg, struct kvn_engine **eng)

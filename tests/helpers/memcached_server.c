@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "memcached_server.h"
-#include "node/netaddr.h"
+#include "core/netaddr.h"
 
 #define MEMCACHED_BIN "/usr/bin/memcached"
 #define DEADLINE_MS   60000

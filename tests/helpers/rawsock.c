@@ -4,13 +4,14 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "node/ctlproto.h"
+#include "core/fdio.h"
+#include "node/serve/ctlproto.h"
 #include "tests/helpers/rawsock.h"
 
 void
 rawsock_send_all(int fd, const void *p, size_t len)
 {
-	int rc = kvn_ctl_write_full(fd, p, len);
+	int rc = kvn_fd_write_full(fd, p, len);
 	cr_assert_eq(rc, 0, "writing %zu bytes to the server: %s", len, strerror(-rc));
 }
 

@@ -13,7 +13,7 @@
 #include <hiredis/hiredis.h>
 
 #include "redis_server.h"
-#include "node/netaddr.h"
+#include "core/netaddr.h"
 
 #define START_TIMEOUT_MS 30000
 

@@ -10,9 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "node/netaddr.h"
-#include "node/scheduler.h"
-#include "node/auth.h"
+#include "core/netaddr.h"
+#include "node/scheduler/scheduler.h"
+#include "core/auth.h"
 #include "tests/helpers/sched_env.h"
 
 char sched_err[1024];

@@ -9,8 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "node/ctlframe.h"
-#include "node/membership.h"
+#include "node/cluster/ctlframe.h"
+#include "node/cluster/membership.h"
 #include "tests/helpers/proc.h"
 
 #define KVNODE	 KVN_BINARY_DIR "/kvnode"

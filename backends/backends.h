@@ -1,0 +1,139 @@
+/* The built-in tiers (cpu, disk, peer, remote) as the storage manager and the cluster glue use
+ * them: their ops tables through a name registry, and each tier's own hooks. Nothing here
+ * knows the engine, the cluster or the scheduler: what a tier needs from them comes in as
+ * callbacks. */
+#ifndef KVN_BACKENDS_BACKENDS_H
+#define KVN_BACKENDS_BACKENDS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/histogram.h"
+#include "kvnode/backend.h"
+#include "kvnode/transport.h"
+
+extern const struct kvn_backend_ops kvn_cpu_backend_ops;
+extern const struct kvn_backend_ops kvn_disk_backend_ops;
+extern const struct kvn_backend_ops kvn_remote_backend_ops;
+extern const struct kvn_backend_ops kvn_peer_backend_ops;
+
+/* The built-in tier named name ("cpu", "disk", "remote"; the peer tier is the cluster glue's,
+ * never named in a config), NULL for another name. */
+KVN_API const struct kvn_backend_ops *kvn_builtin_backend(const char *name);
+
+/* Loads module_path (absolute, relative to config_dir, or a bare name searched in
+ * $KVNODE_MODULE_PATH) and returns the exported `const struct kvn_backend_ops` named symbol.
+ * Errors name the file and the symbol (ABI mismatch, missing file, missing symbol). *handle
+ * gets the dlopen handle (dlclose it after the backend is destroyed). */
+KVN_API int kvn_external_load(const char *module_path, const char *symbol, const char *config_dir,
+			      const struct kvn_backend_ops **ops, void **handle, char *err,
+			      size_t errlen);
+
+/* ------------------------------------------------------------------------------------------
+ * cpu: the registered pool's index
+ * ------------------------------------------------------------------------------------------ */
+
+/* What the publish hook is told of a slot. */
+enum kvn_cpu_event {
+	KVN_CPU_ADMIT = 1, /* the index took it (a put or a promotion) */
+	KVN_CPU_DROP = 2,  /* the index let it go (evicted or removed) */
+};
+/* The publish hook sees every slot the index admits and drops, with the index lock held: it
+ * must only queue. walk calls fn for each indexed slot, lock held. alloc_scratch takes an
+ * unindexed slot of len payload bytes (evicting as put does) that the caller frees with
+ * kvn_pool_unref; the peer tier READs into it. */
+struct kvn_slot;
+typedef void (*kvn_cpu_publish_fn)(void *ctx, enum kvn_cpu_event ev, const struct kvn_slot *slot);
+void kvn_cpu_set_publish(struct kvn_backend *be, kvn_cpu_publish_fn fn, void *ctx);
+void kvn_cpu_walk(struct kvn_backend *be, void (*fn)(void *ctx, const struct kvn_slot *slot),
+		  void *ctx);
+int kvn_cpu_alloc_scratch(struct kvn_backend *be, size_t len, struct kvn_slot **out);
+
+/* ------------------------------------------------------------------------------------------
+ * remote
+ * ------------------------------------------------------------------------------------------ */
+
+/* Where the remote tier stands, for stat: the store (password redacted), whether it is
+ * reachable now, and how often it went away, came back, or served a value that failed its
+ * checks. */
+struct kvn_remote_status {
+	char url[512];
+	bool connected;
+	uint64_t disconnects;
+	uint64_t reconnects;
+	uint64_t corrupt;
+	uint64_t stale_tags; /* kvnode tags another writer left beside its value, ignored */
+};
+/* Status of the remote tier be (an instance of kvn_remote_backend_ops). */
+void kvn_remote_backend_status(struct kvn_backend *be, struct kvn_remote_status *out);
+/* false while the remote tier be counts its store as out of service (found unreachable or
+ * hung, and no PING answered since): its operations then fail at once. */
+bool kvn_remote_backend_in_service(struct kvn_backend *be);
+
+/* ------------------------------------------------------------------------------------------
+ * peer: one-sided READs of other nodes' pools
+ * ------------------------------------------------------------------------------------------ */
+
+#define KVN_PEER_LOCS_MAX 8   /* locations asked for per key */
+#define KVN_PEER_ADDR_MAX 300 /* a member's data address */
+
+/* Where a chunk lives, as the directory says: the owner, and its slot image (header + payload)
+ * in the owner's registered memory at the generation published. */
+struct kvn_peer_loc {
+	uint32_t worker_id;
+	uint32_t rkey;
+	uint64_t addr;
+	uint64_t len;
+	uint64_t generation;
+};
+
+/* A member as the peer tier needs it. */
+struct kvn_peer_member {
+	uint32_t worker_id;
+	bool up; /* false: it left or was expired */
+	char data_addr[KVN_PEER_ADDR_MAX + 1];
+};
+
+/* What the peer tier reads with: the transport, the registration of this node's pool (reads
+ * land in scratch slots of it), the cpu tier that hands those out, and the cluster it asks
+ * through these callbacks (each bounded by timeout_ms; ctx is passed back). */
+struct kvn_peer_link {
+	const struct kvn_transport_ops *ops;
+	struct kvn_transport *tp;
+	struct kvn_tp_mr *mr;
+	struct kvn_pool *pool;
+	struct kvn_backend *cpu;
+	void *ctx;
+	/* Up to max locations of key into locs (*n of them), this node's own included. 0, or a
+	 * negative errno (no cluster, a timeout). */
+	int (*lookup)(void *ctx, const struct kvn_digest *key, uint32_t max, uint32_t *n,
+		      struct kvn_peer_loc *locs, int timeout_ms);
+	/* The member with worker_id as last announced; -ENOENT for one never seen. */
+	int (*member)(void *ctx, uint32_t worker_id, struct kvn_peer_member *out);
+	/* This node's worker id, -1 while not joined. */
+	int32_t (*self)(void *ctx);
+	int timeout_ms;	    /* peer_timeout_ms: a lookup, a connect, a READ */
+	uint64_t max_chunk; /* max_chunk_size: a longer directory entry is a miss; 0 = none */
+};
+/* link NULL detaches (closing every peer connection); gets miss while detached. */
+void kvn_peer_attach(struct kvn_backend *be, const struct kvn_peer_link *link);
+/* Membership news: a member up/down (its connection is re-made, its cached locations go),
+ * and evicted digests (their cached locations go). */
+void kvn_peer_member(struct kvn_backend *be, const struct kvn_peer_member *mi);
+void kvn_peer_evicted(struct kvn_backend *be, uint32_t worker_id, const struct kvn_digest *d,
+		      size_t n);
+/* Slot-image bytes READ from peers so far. */
+uint64_t kvn_peer_bytes_read(struct kvn_backend *be);
+
+struct kvn_peer_read_stats {
+	uint64_t reads;			     /* READs posted to peers */
+	uint64_t bytes;			     /* slot-image bytes they brought */
+	uint64_t errors;		     /* gets from a peer that gave no verified chunk */
+	uint64_t transport_errors;	     /* READs the transport failed */
+	uint64_t oversized;		     /* directory entries over max_chunk_size, not read */
+	const struct kvn_histogram *latency; /* of each READ, posted to completed */
+};
+void kvn_peer_read_stats(struct kvn_backend *be, struct kvn_peer_read_stats *out);
+
+#endif

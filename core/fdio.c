@@ -1,0 +1,160 @@
+/* Whole reads and writes on descriptors (core/fdio.h). */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/fdio.h"
+
+/* One syscall moves at most this much: keeps a huge value from being a single giant request
+ * and bounds the bounce buffer of kvn_fd_copy. */
+#define IO_STEP	  (8u << 20)
+#define COPY_STEP (1u << 20)
+
+static int
+io_errno(int e)
+{
+	/* A blocking socket with SO_RCVTIMEO/SO_SNDTIMEO reports its timeout as EAGAIN. */
+	if (e == EAGAIN || e == EWOULDBLOCK)
+		return -ETIMEDOUT;
+	return -e;
+}
+
+int
+kvn_fd_read_full(int fd, void *buf, size_t len, size_t *got)
+{
+	size_t done = 0;
+	int rc = 0;
+	while (done < len) {
+		size_t step = len - done > IO_STEP ? IO_STEP : len - done;
+		ssize_t n = read(fd, (char *)buf + done, step);
+		if (n > 0) {
+			done += (size_t)n;
+			continue;
+		}
+		if (n == 0) {
+			rc = -ECONNRESET;
+			break;
+		}
+		if (errno == EINTR)
+			continue;
+		rc = io_errno(errno);
+		break;
+	}
+	if (got)
+		*got = done;
+	return rc;
+}
+
+static ssize_t
+write_some(int fd, const void *buf, size_t len, bool *not_socket)
+{
+	if (!*not_socket) {
+		/* send() with MSG_NOSIGNAL: a vanished peer is an EPIPE return, not a signal. */
+		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+		if (n >= 0 || errno != ENOTSOCK)
+			return n;
+		*not_socket = true;
+	}
+	return write(fd, buf, len);
+}
+
+int
+kvn_fd_write_full(int fd, const void *buf, size_t len)
+{
+	bool not_socket = false;
+	size_t done = 0;
+	while (done < len) {
+		size_t step = len - done > IO_STEP ? IO_STEP : len - done;
+		ssize_t n = write_some(fd, (const char *)buf + done, step, &not_socket);
+		if (n > 0) {
+			done += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		return n == 0 ? -EIO : io_errno(errno);
+	}
+	return 0;
+}
+
+int
+kvn_fd_discard(int fd, uint64_t len)
+{
+	char sink[16384];
+	while (len) {
+		size_t step = len > sizeof(sink) ? sizeof(sink) : (size_t)len;
+		int rc = kvn_fd_read_full(fd, sink, step, NULL);
+		if (rc)
+			return rc;
+		len -= step;
+	}
+	return 0;
+}
+
+int
+kvn_fd_copy(int in_fd, int out_fd, uint64_t len, bool *out_failed)
+{
+	size_t cap = len > COPY_STEP ? COPY_STEP : (size_t)len;
+	char *bounce = malloc(cap ? cap : 1);
+	int rc = 0;
+	bool wfail = false;
+	if (!bounce)
+		return -ENOMEM;
+	while (len) {
+		size_t step = len > cap ? cap : (size_t)len;
+		rc = kvn_fd_read_full(in_fd, bounce, step, NULL);
+		if (rc)
+			break;
+		rc = kvn_fd_write_full(out_fd, bounce, step);
+		if (rc) {
+			wfail = true;
+			break;
+		}
+		len -= step;
+	}
+	free(bounce);
+	if (out_failed)
+		*out_failed = wfail;
+	return rc;
+}
+
+int
+kvn_pwrite_full(int fd, const void *buf, size_t n, off_t off)
+{
+	size_t done = 0;
+	while (done < n) {
+		ssize_t w = pwrite(fd, (const char *)buf + done, n - done, off + (off_t)done);
+		if (w > 0) {
+			done += (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		return w == 0 ? -EIO : -errno;
+	}
+	return 0;
+}
+
+int
+kvn_mkdir_p(const char *path, mode_t mode)
+{
+	char buf[4096];
+	if (strlen(path) >= sizeof(buf))
+		return -ENAMETOOLONG;
+	strcpy(buf, path);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, mode) && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	if (mkdir(buf, mode) && errno != EEXIST)
+		return -errno;
+	return 0;
+}

@@ -1,0 +1,28 @@
+/* Whole reads and writes on descriptors: a large value takes many syscalls and any of them may
+ * be short or interrupted. Shared by the local control protocol, the lm:// server and
+ * connector, the connectors that keep files, and the tools. */
+#ifndef KVN_CORE_FDIO_H
+#define KVN_CORE_FDIO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* Both return 0 or a negative errno; a socket timeout (SO_RCVTIMEO/SO_SNDTIMEO) is
+ * -ETIMEDOUT. kvn_fd_read_full returns -ECONNRESET when the peer closes early and stores the
+ * bytes actually read in *got (may be NULL). Writes never raise SIGPIPE on sockets. */
+int kvn_fd_read_full(int fd, void *buf, size_t len, size_t *got);
+int kvn_fd_write_full(int fd, const void *buf, size_t len);
+/* Reads and throws away len bytes (keeps a connection in step after an unwanted payload). */
+int kvn_fd_discard(int fd, uint64_t len);
+/* Copies exactly len bytes from in_fd to out_fd through a bounce buffer: the streaming path
+ * for files and pipes of any size. On failure *out_failed (may be NULL) tells which side failed
+ * (true: writing out_fd) so that a caller can name the right file or socket. */
+int kvn_fd_copy(int in_fd, int out_fd, uint64_t len, bool *out_failed);
+/* pwrite of all n bytes at off. */
+int kvn_pwrite_full(int fd, const void *buf, size_t n, off_t off);
+/* mkdir -p: every missing level made with mode. */
+int kvn_mkdir_p(const char *path, mode_t mode);
+
+#endif

@@ -1,0 +1,474 @@
+/* `kvnode demo`: the README's main job. Starts a scheduler and three nodes as separate processes
+ * (this binary, temp configs and sockets in a temp directory), puts KV-cache chunks on one node,
+ * reads them on another by one-sided READ, prints what happened and shuts everything down. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <xxhash.h>
+
+#include "node/cli/client.h"
+#include "node/engine/config.h"
+#include "node/cli/demo.h"
+#include "core/log.h"
+
+/* One LMCache chunk of Llama-3.1-8B: 256 tokens x 32 layers x (K,V) x 8 KV heads x 128 dims
+ * x 2 bytes (bfloat16) = 32 MiB. */
+#define DEMO_MODEL  "meta-llama/Llama-3.1-8B-Instruct"
+#define DEMO_TOKENS 256
+#define DEMO_CHUNK  ((size_t)DEMO_TOKENS * 32 * 2 * 8 * 128 * 2)
+#define DEMO_CHUNKS 4
+#define NODES	    3
+#define READY_MS    30000
+
+struct child {
+	pid_t pid;
+	char name[32];
+	char out[PATH_MAX], log[PATH_MAX], sock[PATH_MAX];
+	char addr[320]; /* scheduler: its address; node: its data address */
+	int worker;
+};
+
+struct demo {
+	char dir[96]; /* short: unix socket paths live under it */
+	char exe[PATH_MAX];
+	char cfg[PATH_MAX]; /* the nodes' config file (the user's, or one written here) */
+	char sched_url[320];
+	struct child sched; /* pid 0 when an external scheduler is used */
+	struct child node[NODES];
+};
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void
+sleep_ms(int ms)
+{
+	nanosleep(&(struct timespec){.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L}, NULL);
+}
+
+/* Deterministic bytes per chunk, so the check regenerates them instead of keeping copies. */
+static void
+fill(void *p, size_t len, uint64_t seed)
+{
+	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1, *w = p;
+	for (size_t i = 0; i < len / 8; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		w[i] = x;
+	}
+}
+
+static int
+write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return -errno;
+	bool ok = fputs(text, f) >= 0;
+	ok = !fclose(f) && ok;
+	return ok ? 0 : -EIO;
+}
+
+static char *
+read_file(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return NULL;
+	char *buf = NULL;
+	size_t cap = 0, n = 0, r;
+	do {
+		if (n + 4096 + 1 > cap) {
+			char *nb = realloc(buf, cap = (cap ? cap * 2 : 8192));
+			if (!nb) {
+				free(buf);
+				fclose(f);
+				return NULL;
+			}
+			buf = nb;
+		}
+		r = fread(buf + n, 1, 4096, f);
+		n += r;
+	} while (r > 0);
+	fclose(f);
+	buf[n] = '\0';
+	return buf;
+}
+
+/* Forks this binary with argv and the extra environment; stdout and stderr go to files. The
+ * child dies with the demo (PR_SET_PDEATHSIG), so an interrupted demo leaves no process. */
+static int
+spawn(struct demo *d, struct child *c, const char *const *argv, const char *const *env)
+{
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
+		int out = open(c->out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		int log = open(c->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+		if (out < 0 || log < 0 || dup2(out, 1) < 0 || dup2(log, 2) < 0)
+			_exit(127);
+		unsetenv("KVNODE_CONFIG_FILE");
+		unsetenv("LMCACHE_CONFIG_FILE");
+		/* Without an auth_token in the config, the demo's processes generate one in the
+		 * demo's own directory (mode 0700) and share it; it goes with the directory. */
+		setenv("KVNODE_STATE_DIR", d->dir, 1);
+		for (size_t i = 0; env && env[i]; i++)
+			putenv((char *)env[i]);
+		execv(d->exe, (char *const *)argv);
+		_exit(127);
+	}
+	c->pid = pid;
+	return 0;
+}
+
+/* Waits until c printed the line starting with what (its address follows) and, for a node,
+ * its socket answers. A child that exits first fails with its log's last lines. */
+static int
+wait_ready(struct child *c, const char *what)
+{
+	for (int t = 0; t < READY_MS / 20; t++) {
+		char *text = read_file(c->out);
+		const char *p = text ? strstr(text, what) : NULL;
+		bool ok = p && strchr(p, '\n');
+		if (ok)
+			sscanf(p + strlen(what), "%319[^ ,\n]", c->addr);
+		if (ok && c->sock[0]) {
+			const char *w = strstr(p, "worker ");
+			c->worker = w ? atoi(w + 7) : -1;
+			struct kvn_client *cl;
+			char err[256];
+			ok = kvn_client_connect(c->sock, 1000, &cl, err, sizeof(err)) == 0;
+			if (ok)
+				kvn_client_close(cl);
+		}
+		free(text);
+		if (ok)
+			return 0;
+		int st;
+		if (waitpid(c->pid, &st, WNOHANG) == c->pid) {
+			c->pid = 0;
+			char *log = read_file(c->log);
+			size_t n = log ? strlen(log) : 0;
+			fprintf(stderr,
+				"kvnode demo: %s exited before it was ready; its log:\n%s\n",
+				c->name, log ? log + (n > 2000 ? n - 2000 : 0) : "(none)");
+			free(log);
+			return -ECHILD;
+		}
+		sleep_ms(20);
+	}
+	fprintf(stderr, "kvnode demo: %s not ready after %d s (see %s)\n", c->name, READY_MS / 1000,
+		c->log);
+	return -ETIMEDOUT;
+}
+
+/* SIGTERM, then SIGKILL after 10 s; reaps. */
+static void
+stop(struct child *c)
+{
+	if (c->pid <= 0)
+		return;
+	kill(c->pid, SIGTERM);
+	for (int t = 0; t < 500; t++) {
+		if (waitpid(c->pid, NULL, WNOHANG) == c->pid) {
+			c->pid = 0;
+			return;
+		}
+		sleep_ms(20);
+	}
+	fprintf(stderr, "kvnode demo: %s ignored SIGTERM for 10 s: killing it\n", c->name);
+	kill(c->pid, SIGKILL);
+	waitpid(c->pid, NULL, 0);
+	c->pid = 0;
+}
+
+static int
+rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb, (void)flag, (void)ftw;
+	return remove(path);
+}
+
+/* The nodes' config: the user's file, else one for a small local cluster. */
+static int
+prepare(struct demo *d, const char *config, bool *own_sched)
+{
+	*own_sched = true;
+	if (config) {
+		if (!realpath(config, d->cfg)) {
+			fprintf(stderr, "kvnode demo: config %s: %s\n", config, strerror(errno));
+			return -errno;
+		}
+		struct kvn_config *cfg;
+		char err[1024];
+		if (kvn_config_load(d->cfg, &cfg, err, sizeof(err)) < 0) {
+			fprintf(stderr, "kvnode demo: %s\n", err);
+			return -EINVAL;
+		}
+		if (cfg->scheduler_url) {
+			snprintf(d->sched_url, sizeof(d->sched_url), "%s", cfg->scheduler_url);
+			*own_sched = false;
+		}
+		kvn_config_free(cfg);
+		return 0;
+	}
+	snprintf(d->cfg, sizeof(d->cfg), "%s/node.yaml", d->dir);
+	return write_file(d->cfg, "# written by kvnode demo\n"
+				  "max_local_cpu_size: 0.25\n"
+				  "listen: 127.0.0.1:0\n"
+				  "transport: auto\n"
+				  "heartbeat_ms: 200\n");
+}
+
+/* Four processes on one host cannot share a FILE's metrics_listen port: the demo runs none. */
+static const char *const no_metrics[] = {"KVNODE_METRICS_LISTEN=", NULL};
+
+static int
+start_cluster(struct demo *d, const char *config)
+{
+	bool own_sched;
+	int rc = prepare(d, config, &own_sched);
+	if (rc < 0)
+		return rc;
+	if (own_sched) {
+		struct child *s = &d->sched;
+		snprintf(s->name, sizeof(s->name), "scheduler");
+		snprintf(s->out, sizeof(s->out), "%s/scheduler.out", d->dir);
+		snprintf(s->log, sizeof(s->log), "%s/scheduler.log", d->dir);
+		const char *argv[] = {d->exe,	  "scheduler",	 "-c", d->cfg,
+				      "--listen", "127.0.0.1:0", NULL};
+		if ((rc = spawn(d, s, argv, no_metrics)) < 0 ||
+		    (rc = wait_ready(s, "scheduler on ")) < 0)
+			return rc;
+		snprintf(d->sched_url, sizeof(d->sched_url), "%s", s->addr);
+	}
+	/* node-1 runs the demo plugin: its output shows up prefixed in node-1's log */
+	char plugdir[128], plug[160];
+	snprintf(plugdir, sizeof(plugdir), "%s/plugins", d->dir);
+	snprintf(plug, sizeof(plug), "%s/all_hello.sh", plugdir);
+	if (mkdir(plugdir, 0700) < 0 ||
+	    write_file(plug, "echo \"hello from $KVNODE_PLUGIN_ROLE $KVNODE_PLUGIN_WORKER_ID of "
+			     "$KVNODE_PLUGIN_WORKER_COUNT, in $(pwd)\"\n") < 0)
+		fprintf(stderr, "kvnode demo: cannot write the demo plugin %s: without it\n", plug);
+	for (int i = 0; i < NODES; i++) {
+		struct child *n = &d->node[i];
+		/* The base path goes through a local buffer: n lives inside d, and gcc's
+		 * -Wrestrict (at -O0 under the sanitizers) cannot tell d->dir from n->out. */
+		char base[sizeof(d->dir) + 16];
+		snprintf(n->name, sizeof(n->name), "node-%d", i + 1);
+		snprintf(base, sizeof(base), "%s/node-%d", d->dir, i + 1);
+		snprintf(n->out, sizeof(n->out), "%s.out", base);
+		snprintf(n->log, sizeof(n->log), "%s.log", base);
+		snprintf(n->sock, sizeof(n->sock), "%s.sock", base);
+		char e_name[64], e_sock[PATH_MAX + 32], e_sched[400], e_plug[PATH_MAX + 64];
+		snprintf(e_name, sizeof(e_name), "KVNODE_NODE_NAME=demo-%d-%s", (int)getpid(),
+			 n->name);
+		snprintf(e_sock, sizeof(e_sock), "KVNODE_SOCKET_PATH=%s", n->sock);
+		snprintf(e_sched, sizeof(e_sched), "KVNODE_SCHEDULER_URL=%s", d->sched_url);
+		snprintf(e_plug, sizeof(e_plug), "KVNODE_PLUGIN_LOCATIONS=%s",
+			 i == 0 ? plugdir : "");
+		const char *env[] = {e_name, e_sock, e_sched, e_plug, no_metrics[0], NULL};
+		const char *argv[] = {d->exe, "serve", "-c", d->cfg, "--log-level", "info", NULL};
+		/* one after the other, so node-1 is worker 0 of a fresh scheduler */
+		if ((rc = spawn(d, n, argv, env)) < 0 || (rc = wait_ready(n, " data on ")) < 0)
+			return rc;
+	}
+	return 0;
+}
+
+/* Node-1's plugin lines, as the node logged them (waits up to 5 s for the plugin's end). */
+static void
+show_plugin(const struct demo *d)
+{
+	char *log = NULL;
+	for (int t = 0; t < 250; t++) {
+		free(log);
+		log = read_file(d->node[0].log);
+		if (log && strstr(log, "[plugin all_hello.sh] exited"))
+			break;
+		sleep_ms(20);
+	}
+	for (char *line = log ? strtok(log, "\n") : NULL; line; line = strtok(NULL, "\n"))
+		if (strstr(line, "[plugin "))
+			fprintf(stderr, "%s\n", line);
+	free(log);
+}
+
+static int
+connect_node(const struct child *n, struct kvn_client **c)
+{
+	char err[512];
+	int rc = kvn_client_connect(n->sock, 10000, c, err, sizeof(err));
+	if (rc < 0)
+		fprintf(stderr, "kvnode demo: %s: %s\n", n->name, err);
+	return rc;
+}
+
+static double
+peer_bytes(struct kvn_client *c)
+{
+	char *json = NULL;
+	double v = 0;
+	if (kvn_client_stat(c, &json) == 0) {
+		cJSON *root = cJSON_Parse(json);
+		cJSON *p = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "peer"), "bytes_read");
+		v = cJSON_IsNumber(p) ? p->valuedouble : 0;
+		cJSON_Delete(root);
+	}
+	free(json);
+	return v;
+}
+
+/* Puts the chunks on node-1, reads them on node-3 (peer READ), then again (now local). */
+static int
+run_traffic(struct demo *d)
+{
+	struct kvn_client *src = NULL, *dst = NULL;
+	char *data = malloc(DEMO_CHUNK), hb[32];
+	struct kvn_key keys[DEMO_CHUNKS];
+	int bad = 0, rc = 0;
+	if (!data || connect_node(&d->node[0], &src) < 0 || connect_node(&d->node[2], &dst) < 0) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	printf("\nput on node-1: %d chunks of %d tokens of %s (%s each)\n", DEMO_CHUNKS,
+	       DEMO_TOKENS, DEMO_MODEL, kvn_client_human_bytes((double)DEMO_CHUNK, hb, sizeof(hb)));
+	uint64_t prefix = 0; /* LMCache chains each chunk's hash with its prefix's */
+	for (int i = 0; i < DEMO_CHUNKS; i++) {
+		uint32_t tokens[DEMO_TOKENS];
+		for (int t = 0; t < DEMO_TOKENS; t++)
+			tokens[t] = (uint32_t)(i * DEMO_TOKENS + t) * 2654435761u % 128256u;
+		prefix = XXH3_64bits_withSeed(tokens, sizeof(tokens), prefix);
+		char text[KVN_KEY_MAX + 1];
+		snprintf(text, sizeof(text), "vllm@%s@1@0@%016llx@bfloat16", DEMO_MODEL,
+			 (unsigned long long)prefix);
+		kvn_key_from_str(&keys[i], text);
+		fill(data, DEMO_CHUNK, (uint64_t)i);
+		double t0 = now_s();
+		if (kvn_client_put(src, &keys[i], data, DEMO_CHUNK) < 0) {
+			fprintf(stderr, "kvnode demo: put %s on node-1: %s\n", text,
+				kvn_client_error(src));
+			rc = -EIO;
+			goto out;
+		}
+		printf("  put  %s  %8.2f GB/s\n", text, (double)DEMO_CHUNK / (now_s() - t0) / 1e9);
+	}
+	double before = peer_bytes(dst), t_peer = 0, t_local = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		printf(
+		    pass ? "\nget on node-3 again (promoted into its cpu tier):\n"
+			 : "\nget on node-3 (not there: found through the scheduler, fetched from "
+			   "node-1's pool by one-sided READ):\n");
+		for (int i = 0; i < DEMO_CHUNKS; i++) {
+			void *got = NULL;
+			size_t len = 0;
+			double t0 = now_s();
+			int e = kvn_client_get(dst, &keys[i], &got, &len);
+			/* publishing is asynchronous: the directory may lag the put a moment */
+			for (int t = 0; e == -ENOENT && !pass && t < 100; t++) {
+				sleep_ms(20);
+				t0 = now_s();
+				e = kvn_client_get(dst, &keys[i], &got, &len);
+			}
+			double dt = now_s() - t0;
+			*(pass ? &t_local : &t_peer) += dt;
+			if (e < 0) {
+				printf("  get  %s  MISSING (%s)\n", keys[i].str, kvn_strerror(e));
+				bad++;
+				continue;
+			}
+			fill(data, DEMO_CHUNK, (uint64_t)i);
+			bool same = len == DEMO_CHUNK && !memcmp(got, data, DEMO_CHUNK);
+			printf("  get  %s  %8.2f GB/s  %s\n", keys[i].str,
+			       (double)DEMO_CHUNK / dt / 1e9, same ? "verified" : "CORRUPT");
+			bad += !same;
+			free(got);
+		}
+	}
+	double moved = peer_bytes(dst) - before, total = (double)DEMO_CHUNK * DEMO_CHUNKS;
+	char *stats = NULL;
+	if (kvn_client_stat(dst, &stats) == 0) {
+		printf("\nnode-3 after the gets:\n");
+		kvn_client_print_stats(stats, stdout);
+	}
+	free(stats);
+	printf("\nmoved %s from node-1 to node-3 by one-sided READ (slot headers included); "
+	       "peer gets %.2f GB/s, local gets %.2f GB/s (both through node-3's socket to this "
+	       "client)\n",
+	       kvn_client_human_bytes(moved, hb, sizeof(hb)), total / t_peer / 1e9,
+	       total / t_local / 1e9);
+	printf("%d chunks, %s, %s\n", DEMO_CHUNKS, kvn_client_human_bytes(total, hb, sizeof(hb)),
+	       bad ? "VERIFICATION FAILED" : "all verified");
+	rc = bad ? -EIO : 0;
+out:
+	kvn_client_close(src);
+	kvn_client_close(dst);
+	free(data);
+	return rc;
+}
+
+int
+kvn_demo_run(const char *config)
+{
+	struct demo *d = calloc(1, sizeof(*d));
+	if (!d)
+		return 3;
+	ssize_t n = readlink("/proc/self/exe", d->exe, sizeof(d->exe) - 1);
+	const char *tmp = getenv("TMPDIR");
+	if (!tmp || !*tmp || strlen(tmp) > 60)
+		tmp = "/tmp"; /* unix socket paths must stay under 108 bytes */
+	snprintf(d->dir, sizeof(d->dir), "%s/kvnode-demo-XXXXXX", tmp);
+	if (n <= 0 || !mkdtemp(d->dir)) {
+		fprintf(stderr,
+			"kvnode demo: cannot find this program or make a temp directory in "
+			"%s: %s\n",
+			tmp, strerror(errno));
+		free(d);
+		return 3;
+	}
+	signal(SIGPIPE, SIG_IGN);
+	int rc = start_cluster(d, config);
+	if (rc == 0) {
+		printf("kvnode demo: %s and %d nodes as separate processes (temp dir %s)\n",
+		       d->sched.pid ? "a scheduler" : "an existing scheduler", NODES, d->dir);
+		printf("  scheduler  %s\n", d->sched_url);
+		for (int i = 0; i < NODES; i++)
+			printf("  %s     worker %d, data %s, pid %d\n", d->node[i].name,
+			       d->node[i].worker, d->node[i].addr, (int)d->node[i].pid);
+		fflush(stdout);
+		show_plugin(d);
+		rc = run_traffic(d);
+	}
+	printf("\nshutting down: nodes, then the scheduler; removing %s\n", d->dir);
+	fflush(stdout);
+	for (int i = NODES - 1; i >= 0; i--)
+		stop(&d->node[i]);
+	stop(&d->sched);
+	nftw(d->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	free(d);
+	return rc == 0 ? 0 : rc == -EIO ? 1 : 3;
+}

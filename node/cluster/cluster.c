@@ -1,0 +1,298 @@
+/* The node's cluster glue: transport + one registration of the chunk pool, membership with the
+ * data address and region, the cpu tier's admits/evicts published to the chunk directory, and
+ * the peer tier attached to all of it (docs/architecture.md §1, §5). */
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/backends.h"
+#include "core/log.h"
+#include "core/pool.h"
+#include "node/cluster/cluster.h"
+#include "node/cluster/membership.h"
+#include "node/engine/engine.h"
+#include "node/engine/storage.h"
+
+#define REPUBLISH_BATCH 4096
+#define REGION_BLOB	24 /* addr u64 | len u64 | rkey u32 | zero u32, little-endian */
+
+struct kvn_cluster {
+	const struct kvn_transport_ops *ops;
+	struct kvn_transport *tp;
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc desc;
+	struct kvn_pool *pool;
+	struct kvn_backend *cpu, *peer;
+	/* Set by the joined callback (it hands us the handle before kvn_membership_start
+	 * returns); the publish hook drops records while it is NULL, the joined walk covers
+	 * them. */
+	_Atomic(struct kvn_membership *) m;
+	struct kvn_membership *owned;
+	char data_addr[KVN_CF_ADDR_MAX + 1];
+	/* re-publish batch, used on the membership thread only */
+	struct kvn_cf_pub batch[REPUBLISH_BATCH];
+	size_t nbatch;
+};
+
+static struct kvn_cf_pub
+record(const struct kvn_cluster *c, enum kvn_cf_pub_op op, const struct kvn_slot *slot)
+{
+	struct kvn_cf_pub r = {.op = (uint8_t)op, .digest = kvn_slot_digest(slot)};
+	if (op == KVN_CF_ADMIT)
+		r.loc = (struct kvn_loc){.rkey = c->desc.rkey,
+					 .addr = c->desc.addr + kvn_slot_offset(slot),
+					 .len = sizeof(struct kvn_slot_hdr) + kvn_slot_len(slot),
+					 .generation = kvn_slot_generation(slot)};
+	return r;
+}
+
+/* The cpu tier's hook (its index lock held): queue only. */
+static void
+on_cpu_change(void *ctx, enum kvn_cpu_event ev, const struct kvn_slot *slot)
+{
+	struct kvn_cluster *c = ctx;
+	struct kvn_membership *m = atomic_load(&c->m);
+	if (!m)
+		return;
+	struct kvn_cf_pub r = record(c, ev == KVN_CPU_ADMIT ? KVN_CF_ADMIT : KVN_CF_EVICT, slot);
+	if (kvn_membership_publish(m, &r, 1) < 0)
+		kvn_warn("cluster", "cannot queue a directory update (out of memory); the next "
+				    "re-join re-publishes everything");
+}
+
+static void
+walk_one(void *ctx, const struct kvn_slot *slot)
+{
+	struct kvn_cluster *c = ctx;
+	c->batch[c->nbatch++] = record(c, KVN_CF_ADMIT, slot);
+	if (c->nbatch == REPUBLISH_BATCH) {
+		kvn_membership_publish(atomic_load(&c->m), c->batch, c->nbatch);
+		c->nbatch = 0;
+	}
+}
+
+static void
+on_joined(void *ctx, struct kvn_membership *m, uint32_t worker_id, uint32_t worker_count,
+	  uint64_t epoch)
+{
+	struct kvn_cluster *c = ctx;
+	atomic_store(&c->m, m);
+	c->nbatch = 0;
+	kvn_cpu_walk(c->cpu, walk_one, c);
+	if (c->nbatch)
+		kvn_membership_publish(m, c->batch, c->nbatch);
+	kvn_info("cluster", "joined as worker %u of %u (epoch %llu); published %s index", worker_id,
+		 worker_count, (unsigned long long)epoch, "the whole");
+}
+
+/* The peer tier's member, from membership's. */
+static void
+peer_member_of(const struct kvn_member_info *mi, struct kvn_peer_member *out)
+{
+	out->worker_id = mi->worker_id;
+	out->up = mi->up;
+	snprintf(out->data_addr, sizeof(out->data_addr), "%s", mi->data_addr);
+}
+
+static void
+on_member(void *ctx, const struct kvn_member_info *mi)
+{
+	struct kvn_cluster *c = ctx;
+	kvn_info("cluster", "member %s (worker %u) at %s is %s", mi->name, mi->worker_id,
+		 mi->data_addr, mi->up ? "up" : "down");
+	struct kvn_peer_member pm;
+	peer_member_of(mi, &pm);
+	kvn_peer_member(c->peer, &pm);
+}
+
+/* The peer tier's questions, answered by membership. */
+static int
+peer_lookup(void *ctx, const struct kvn_digest *key, uint32_t max, uint32_t *n,
+	    struct kvn_peer_loc *locs, int timeout_ms)
+{
+	struct kvn_cluster *c = ctx;
+	struct kvn_loc l[KVN_CF_LOCS_MAX];
+	_Static_assert(KVN_PEER_LOCS_MAX <= KVN_CF_LOCS_MAX, "locations per key");
+	int rc = kvn_membership_lookup(c->owned, key, 1, max < KVN_CF_LOCS_MAX ? max : KVN_CF_LOCS_MAX,
+				       n, l, timeout_ms);
+	for (uint32_t i = 0; !rc && i < *n; i++)
+		locs[i] = (struct kvn_peer_loc){.worker_id = l[i].worker_id,
+						.rkey = l[i].rkey,
+						.addr = l[i].addr,
+						.len = l[i].len,
+						.generation = l[i].generation};
+	return rc;
+}
+
+static int
+peer_member(void *ctx, uint32_t worker_id, struct kvn_peer_member *out)
+{
+	struct kvn_cluster *c = ctx;
+	struct kvn_member_info mi;
+	int rc = kvn_membership_member(c->owned, worker_id, &mi, NULL, 0);
+	if (rc == -ENOSPC)
+		rc = 0; /* the regions are not needed: locations carry addr and rkey */
+	if (!rc)
+		peer_member_of(&mi, out);
+	return rc;
+}
+
+static int32_t
+peer_self(void *ctx)
+{
+	struct kvn_cluster *c = ctx;
+	return kvn_membership_worker_id(c->owned);
+}
+
+static void
+on_evicted(void *ctx, uint32_t worker_id, const struct kvn_digest *d, size_t n)
+{
+	struct kvn_cluster *c = ctx;
+	kvn_peer_evicted(c->peer, worker_id, d, n);
+}
+
+static void
+put_le(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = 0; i < n; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+int
+kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct kvn_cluster **out,
+		  char *err, size_t errlen)
+{
+	*out = NULL;
+	if (!cfg->scheduler_url)
+		return 0;
+	struct kvn_storage *st = kvn_engine_storage(eng);
+	struct kvn_cluster *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->pool = kvn_engine_pool(eng);
+	c->cpu = kvn_storage_backend(st, &kvn_cpu_backend_ops);
+	c->peer = kvn_storage_backend(st, &kvn_peer_backend_ops);
+	int rc;
+	if (!c->pool || !c->cpu || !c->peer) {
+		rc =
+		    kvn_seterr(err, errlen,
+			       "scheduler_url %s needs the cpu tier (local_cpu: true): its pool is "
+			       "what peers read",
+			       cfg->scheduler_url);
+		goto fail;
+	}
+	/* The token guards the data connections too: a reader without it reads nothing of the
+	 * pool, whether it went through the scheduler or not. The peer tier reads with this same
+	 * instance, so it presents the token to the other nodes. */
+	struct kvn_transport_cfg tcfg = {.rdma_device = cfg->rdma_device,
+					 .gid_index = cfg->gid_index,
+					 .auth_token = cfg->auth_token,
+					 .max_conns = cfg->transport_max_connections,
+					 .hello_timeout_ms = (int)cfg->transport_hello_timeout_ms};
+	c->ops =
+	    kvn_transport_by_name(cfg->transport ? cfg->transport : "auto", &tcfg, err, errlen);
+	if (!c->ops) {
+		rc = -EINVAL;
+		goto fail;
+	}
+	if ((rc = c->ops->open(&tcfg, &c->tp, err, errlen)) < 0)
+		goto fail;
+	/* The pool, once, and nothing else: local write + remote read only. */
+	rc = c->ops->reg_mem(c->tp, kvn_pool_base(c->pool), kvn_pool_size(c->pool), KVN_MEM_HOST,
+			     &c->mr, &c->desc, err, errlen);
+	if (rc < 0)
+		goto fail;
+	const char *listen = cfg->listen ? cfg->listen : "127.0.0.1:0";
+	rc = c->ops->listen(c->tp, listen, c->data_addr, sizeof(c->data_addr), err, errlen);
+	if (rc < 0)
+		goto fail;
+
+	kvn_cpu_set_publish(c->cpu, on_cpu_change, c);
+	uint8_t blob[REGION_BLOB] = {0};
+	put_le(blob, c->desc.addr, 8);
+	put_le(blob + 8, c->desc.len, 8);
+	put_le(blob + 16, c->desc.rkey, 4);
+	struct kvn_membership_opts mo = {
+	    .scheduler = cfg->scheduler_url,
+	    .name = cfg->node_name ? cfg->node_name : "kvnode",
+	    .data_addr = c->data_addr,
+	    .transport = c->ops->name,
+	    .regions = blob,
+	    .regions_len = sizeof(blob),
+	    .capacity = kvn_pool_size(c->pool),
+	    .auth_token = cfg->auth_token,
+	    .heartbeat_ms = cfg->heartbeat_ms,
+	    .want_evicts = true,
+	};
+	struct kvn_membership_cbs cbs = {
+	    .ctx = c, .joined = on_joined, .member = on_member, .evicted = on_evicted};
+	rc = kvn_membership_start(&mo, &cbs, &c->owned, err, errlen);
+	if (rc < 0)
+		goto fail;
+	atomic_store(&c->m, c->owned);
+	struct kvn_peer_link link = {.ops = c->ops,
+				     .tp = c->tp,
+				     .mr = c->mr,
+				     .pool = c->pool,
+				     .cpu = c->cpu,
+				     .ctx = c,
+				     .lookup = peer_lookup,
+				     .member = peer_member,
+				     .self = peer_self,
+				     .timeout_ms = (int)cfg->peer_timeout_ms,
+				     .max_chunk = cfg->max_chunk_size};
+	kvn_peer_attach(c->peer, &link);
+	kvn_info("cluster", "serving reads of the %zu-byte pool on %s (%s); scheduler %s",
+		 kvn_pool_size(c->pool), c->data_addr, c->ops->name, cfg->scheduler_url);
+	*out = c;
+	return 0;
+fail:
+	kvn_cluster_stop(c);
+	return rc;
+}
+
+void
+kvn_cluster_stop(struct kvn_cluster *c)
+{
+	if (!c)
+		return;
+	if (c->peer)
+		kvn_peer_attach(c->peer, NULL);
+	if (c->cpu)
+		kvn_cpu_set_publish(c->cpu, NULL, NULL);
+	atomic_store(&c->m, NULL);
+	kvn_membership_stop(c->owned); /* LEAVE: the directory forgets us at once */
+	if (c->mr)
+		c->ops->dereg(c->mr);
+	if (c->tp)
+		c->ops->close(c->tp);
+	free(c);
+}
+
+const char *
+kvn_cluster_data_addr(const struct kvn_cluster *c)
+{
+	return c->data_addr;
+}
+
+void
+kvn_cluster_listener_stats(struct kvn_cluster *c, struct kvn_transport_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (c && c->tp && c->ops->stats)
+		c->ops->stats(c->tp, out);
+}
+
+const char *
+kvn_cluster_transport(const struct kvn_cluster *c)
+{
+	return c->ops->name;
+}
+
+struct kvn_membership *
+kvn_cluster_membership(struct kvn_cluster *c)
+{
+	return c->owned;
+}

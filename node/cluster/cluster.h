@@ -1,0 +1,35 @@
+/* The node's cluster glue (docs/architecture.md §1, §5): opens the transport, registers the chunk
+ * pool once, serves reads of it on `listen`, joins the scheduler with that address and region,
+ * feeds the chunk directory from the cpu tier, and attaches the peer tier (backends/peer.c). */
+#ifndef KVN_NODE_CLUSTER_H
+#define KVN_NODE_CLUSTER_H
+
+#include <stdint.h>
+
+#include "kvnode/backend.h"
+#include "kvnode/transport.h"
+#include "node/engine/config.h"
+
+struct kvn_cluster;
+struct kvn_membership;
+struct kvn_member_info;
+struct kvn_storage;
+struct kvn_engine;
+
+/* Starts the cluster part of a node when cfg->scheduler_url is set (*out NULL otherwise).
+ * Needs the cpu tier (its pool is what peers read). An unreachable scheduler is not fatal (the
+ * membership thread keeps trying); a refused join (auth token) is. */
+int kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng,
+		      struct kvn_cluster **out, char *err, size_t errlen);
+/* Leaves the cluster, detaches the peer tier, closes the transport. NULL is a no-op. */
+void kvn_cluster_stop(struct kvn_cluster *c);
+/* Where peers read this node's pool ("127.0.0.1:41234"), and the transport's name. */
+const char *kvn_cluster_data_addr(const struct kvn_cluster *c);
+const char *kvn_cluster_transport(const struct kvn_cluster *c);
+struct kvn_membership *kvn_cluster_membership(struct kvn_cluster *c);
+/* The data listener's counters (connections, refusals); all zero when c is NULL or its
+ * transport keeps none. */
+struct kvn_transport_stats;
+void kvn_cluster_listener_stats(struct kvn_cluster *c, struct kvn_transport_stats *out);
+
+#endif

@@ -1,0 +1,882 @@
+/* Membership client (node/membership.h): one TCP connection to the scheduler, owned by a
+ * thread that heartbeats, sends queued publishes and reads every frame (replies are matched to
+ * waiting lookups by seq; notices update the member table). Callers' lookups write their
+ * request under the send lock and sleep until the thread hands them the reply. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/auth.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "node/cluster/membership.h"
+#include "core/netaddr.h"
+
+#define COMP	       "membership"
+#define DEFAULT_HB_MS  500
+#define DEFAULT_TMO_MS 5000
+
+struct waiter {
+	uint32_t seq;
+	uint32_t count, max_locs;
+	uint32_t *nloc;
+	struct kvn_loc *locs;
+	int status; /* 1 while waiting */
+	struct waiter *next;
+};
+
+/* The member table: one record per worker id announced, sorted by id (not indexed by it, so a
+ * notice of a large id costs one record). */
+struct mrec {
+	struct kvn_member_info info;
+	uint8_t *regions;
+};
+
+struct kvn_membership {
+	struct kvn_membership_opts o; /* strings below are owned copies; auth_token NULL */
+	struct kvn_auth auth;	      /* the token's key: the join's proofs */
+	char host[KVN_HOST_MAX];
+	uint16_t port;
+	struct kvn_membership_cbs cbs;
+	int wake_fd;
+	pthread_t thread;
+	bool started;
+
+	pthread_mutex_t send_lock; /* writes to fd, and fd itself changing */
+	int fd;
+	uint32_t next_seq;
+
+	pthread_mutex_t lock; /* everything below */
+	pthread_cond_t cond;
+	bool stop;
+	bool connected;
+	int32_t worker_id;
+	uint32_t worker_count;
+	uint64_t epoch, joins;
+	uint32_t beat_ms; /* the period in use: the scheduler's when it is shorter than ours */
+	struct waiter *waiters;
+	struct kvn_cf_pub *queue;
+	size_t qlen, qcap;
+	uint64_t queued, sent; /* records, for kvn_membership_flush */
+	struct mrec *members;
+	size_t nmembers, members_cap;
+
+	struct kvn_cf_rx rx; /* the thread's (and the first join's) */
+	struct kvn_cf_buf tx;
+};
+
+static int64_t
+now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The deadline of a wait on m->cond: CLOCK_MONOTONIC, as the condition measures it, so that a
+ * wall-clock step neither cuts a wait short nor stretches it. */
+static struct timespec
+deadline_ts(int ms)
+{
+	return kvn_deadline_in_ms(ms > 0 ? (uint64_t)ms : 0);
+}
+
+/* The index of worker_id's record, or where it would go (*found false). */
+static size_t
+member_pos(const struct kvn_membership *m, uint32_t worker_id, bool *found)
+{
+	size_t lo = 0, hi = m->nmembers;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (m->members[mid].info.worker_id < worker_id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = lo < m->nmembers && m->members[lo].info.worker_id == worker_id;
+	return lo;
+}
+
+/* "kvnode://host:port/" and "host:port" both name the scheduler. */
+int
+kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *port, char *err,
+			size_t errlen)
+{
+	if (!url || !*url)
+		return kvn_seterr(err, errlen,
+				  "scheduler address is empty: set scheduler_url to "
+				  "HOST:PORT");
+	const char *p = strstr(url, "://");
+	p = p ? p + 3 : url;
+	char buf[KVN_HOST_MAX + 16];
+	size_t n = strlen(p);
+	if (n >= sizeof(buf))
+		return kvn_seterr(err, errlen, "scheduler address \"%.40s...\" is too long", url);
+	memcpy(buf, p, n + 1);
+	if (n && buf[n - 1] == '/')
+		buf[n - 1] = '\0';
+	char why[256];
+	if (kvn_hostport_parse(buf, host, port, why, sizeof(why)) || *port == 0)
+		return kvn_seterr(err, errlen, "scheduler_url \"%s\": %s", url,
+				  *port ? why : "needs a port other than 0");
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Receiving frames
+ * ------------------------------------------------------------------------------------------ */
+
+/* ------------------------------------------------------------------------------------------
+ * Join
+ * ------------------------------------------------------------------------------------------ */
+
+static double
+num(const cJSON *j, const char *name, double dflt)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, name);
+	return cJSON_IsNumber(v) ? v->valuedouble : dflt;
+}
+
+/* Connects and joins; on success m->fd is the connection. *refused: the scheduler answered
+ * with an ERROR, whose code is returned (-EACCES for the auth token, -EINVAL for a field of
+ * ours, -EUSERS when no worker id is left). Called with no lock held, by start (before the
+ * thread exists) or by the thread. */
+static int
+connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
+{
+	*refused = false;
+	int timeout = m->o.timeout_ms;
+	char why[512];
+	int fd = kvn_tcp_connect(m->host, m->port, timeout, why, sizeof(why));
+	if (fd < 0)
+		return kvn_seterr(err, errlen, "scheduler %s:%u: %s", m->host, m->port, why), fd;
+	struct timeval tv = {.tv_sec = timeout / 1000, .tv_usec = (timeout % 1000) * 1000};
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	m->rx.len = 0;
+	char proof[KVN_CF_PROOF_HEX];
+	int arc = kvn_cf_client_auth(fd, &m->rx, &m->auth, timeout, proof, why, sizeof(why));
+	if (arc) {
+		close(fd);
+		*refused = arc == -EACCES || arc == -EPROTO;
+		kvn_seterr(err, errlen, "scheduler %s:%u %s", m->host, m->port, why);
+		return arc;
+	}
+
+	pthread_mutex_lock(&m->lock);
+	int32_t hint = m->worker_id;
+	pthread_mutex_unlock(&m->lock);
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "name", m->o.name);
+	cJSON_AddStringToObject(j, "data_addr", m->o.data_addr ? m->o.data_addr : "");
+	cJSON_AddStringToObject(j, "transport", m->o.transport ? m->o.transport : "");
+	cJSON_AddNumberToObject(j, "capacity", (double)m->o.capacity);
+	cJSON_AddBoolToObject(j, "want_evicts", m->o.want_evicts);
+	if (hint >= 0)
+		cJSON_AddNumberToObject(j, "worker_id", hint);
+	if (proof[0])
+		cJSON_AddStringToObject(j, "proof", proof);
+	char *text = cJSON_PrintUnformatted(j);
+	cJSON_Delete(j);
+	struct kvn_cf_buf b = {0};
+	int rc =
+	    text ? kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 0, text, m->o.regions, m->o.regions_len)
+		 : -ENOMEM;
+	free(text);
+	if (!rc)
+		rc = kvn_cf_send_all(fd, b.p, b.len);
+	kvn_cf_buf_free(&b);
+	if (rc) {
+		close(fd);
+		return kvn_seterr(err, errlen, "scheduler %s:%u: sending JOIN: %s", m->host,
+				  m->port, kvn_strerror(rc)),
+		       rc;
+	}
+	struct kvn_cf_hdr h;
+	const uint8_t *body;
+	rc = kvn_cf_rx_wait(&m->rx, fd, timeout, &h, &body, why, sizeof(why));
+	if (rc) {
+		close(fd);
+		return kvn_seterr(err, errlen, "scheduler %s:%u: waiting for JOIN_OK: %s", m->host,
+				  m->port, why),
+		       rc;
+	}
+	if (h.type == KVN_CF_ERROR) {
+		rc = kvn_cf_error_decode(body, h.len, why, sizeof(why));
+		close(fd);
+		*refused = true;
+		return kvn_seterr(err, errlen, "scheduler %s:%u refused node %s: %s", m->host,
+				  m->port, m->o.name, why),
+		       rc;
+	}
+	cJSON *r =
+	    h.type == KVN_CF_JOIN_OK ? cJSON_ParseWithLength((const char *)body, h.len) : NULL;
+	double id = num(r, "worker_id", -1), count = num(r, "worker_count", -1),
+	       epoch = num(r, "epoch", -1), beat = num(r, "heartbeat_ms", 0);
+	cJSON_Delete(r);
+	if (id < 0 || id >= 65535 || count < 1 || epoch < 0) {
+		close(fd);
+		return kvn_seterr(err, errlen,
+				  "scheduler %s:%u answered JOIN with a %s frame that is not a "
+				  "valid JOIN_OK",
+				  m->host, m->port, kvn_cf_type_name(h.type)),
+		       -EPROTO;
+	}
+	kvn_cf_rx_consume(&m->rx, &h);
+	pthread_mutex_lock(&m->send_lock);
+	pthread_mutex_lock(&m->lock);
+	m->fd = fd;
+	m->connected = true;
+	m->worker_id = (int32_t)id;
+	m->worker_count = (uint32_t)count;
+	m->epoch = (uint64_t)epoch;
+	m->joins++;
+	/* The scheduler expires members by its own period: beating slower than it would get
+	 * this node expired while alive. */
+	m->beat_ms = beat >= 1 && beat < m->o.heartbeat_ms ? (uint32_t)beat : m->o.heartbeat_ms;
+	/* What was queued before this join is covered by the republish that follows. */
+	m->sent += m->qlen;
+	m->qlen = 0;
+	pthread_mutex_unlock(&m->lock);
+	pthread_mutex_unlock(&m->send_lock);
+	kvn_info(COMP, "node %s joined scheduler %s:%u as worker %d of %u (epoch %llu)", m->o.name,
+		 m->host, m->port, (int)id, (unsigned)count, (unsigned long long)epoch);
+	return 0;
+}
+
+/* Drops the connection: lookups in flight fail, the thread will re-join. */
+static void
+disconnect(struct kvn_membership *m, const char *why)
+{
+	pthread_mutex_lock(&m->send_lock);
+	pthread_mutex_lock(&m->lock);
+	if (m->fd >= 0) {
+		close(m->fd);
+		m->fd = -1;
+		if (!m->stop)
+			kvn_warn(COMP, "node %s lost scheduler %s:%u: %s; re-joining", m->o.name,
+				 m->host, m->port, why);
+	}
+	m->connected = false;
+	for (struct waiter *w = m->waiters; w; w = w->next)
+		w->status = -ENOTCONN;
+	m->waiters = NULL;
+	m->sent += m->qlen;
+	m->qlen = 0;
+	pthread_cond_broadcast(&m->cond);
+	pthread_mutex_unlock(&m->lock);
+	pthread_mutex_unlock(&m->send_lock);
+	m->rx.len = 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The thread
+ * ------------------------------------------------------------------------------------------ */
+
+static int
+on_member(struct kvn_membership *m, const uint8_t *body, uint32_t len, char *err, size_t errlen)
+{
+	const char *jt;
+	const uint8_t *blob;
+	size_t jl, bl;
+	int rc = kvn_cf_split_json_blob(body, len, &jt, &jl, &blob, &bl, err, errlen);
+	if (rc)
+		return rc;
+	cJSON *j = cJSON_ParseWithLength(jt, jl);
+	struct kvn_member_info mi = {0};
+	const cJSON *name = cJSON_GetObjectItemCaseSensitive(j, "name");
+	const cJSON *addr = cJSON_GetObjectItemCaseSensitive(j, "data_addr");
+	const cJSON *tp = cJSON_GetObjectItemCaseSensitive(j, "transport");
+	const cJSON *st = cJSON_GetObjectItemCaseSensitive(j, "state");
+	double id = num(j, "worker_id", -1);
+	mi.capacity = (uint64_t)num(j, "capacity", 0);
+	mi.epoch = (uint64_t)num(j, "epoch", 0);
+	mi.worker_count = (uint32_t)num(j, "worker_count", 0);
+	bool ok = cJSON_IsString(name) && cJSON_IsString(st) && id >= 0 && id < 65535;
+	if (ok) {
+		mi.worker_id = (uint32_t)id;
+		mi.up = !strcmp(st->valuestring, "up");
+		snprintf(mi.name, sizeof(mi.name), "%s", name->valuestring);
+		snprintf(mi.data_addr, sizeof(mi.data_addr), "%s",
+			 cJSON_IsString(addr) ? addr->valuestring : "");
+		snprintf(mi.transport, sizeof(mi.transport), "%s",
+			 cJSON_IsString(tp) ? tp->valuestring : "");
+	}
+	cJSON_Delete(j);
+	if (!ok)
+		return kvn_seterr(err, errlen, "MEMBER notice without name, state or worker_id"),
+		       -EPROTO;
+	mi.regions = blob;
+	mi.regions_len = bl;
+	uint8_t *copy = bl ? malloc(bl) : NULL;
+	if (copy)
+		memcpy(copy, blob, bl);
+	pthread_mutex_lock(&m->lock);
+	bool found;
+	size_t at = member_pos(m, mi.worker_id, &found);
+	if (!found) {
+		if (m->nmembers == m->members_cap) {
+			size_t n = m->members_cap ? m->members_cap * 2 : 16;
+			struct mrec *p = realloc(m->members, n * sizeof(*p));
+			if (!p) {
+				pthread_mutex_unlock(&m->lock);
+				free(copy);
+				return -ENOMEM;
+			}
+			m->members = p;
+			m->members_cap = n;
+		}
+		memmove(m->members + at + 1, m->members + at,
+			(m->nmembers - at) * sizeof(*m->members));
+		m->members[at].regions = NULL;
+		m->nmembers++;
+	}
+	struct mrec *r = &m->members[at];
+	free(r->regions);
+	r->regions = copy;
+	r->info = mi;
+	r->info.regions = NULL;
+	r->info.regions_len = copy ? bl : 0;
+	m->epoch = mi.epoch;
+	m->worker_count = mi.worker_count;
+	pthread_mutex_unlock(&m->lock);
+	kvn_debug(COMP, "member %s (worker %u) %s at %s", mi.name, mi.worker_id,
+		  mi.up ? "up" : "down", mi.data_addr);
+	if (m->cbs.member)
+		m->cbs.member(m->cbs.ctx, &mi);
+	return 0;
+}
+
+static int
+on_frame(struct kvn_membership *m, const struct kvn_cf_hdr *h, const uint8_t *body, char *err,
+	 size_t errlen)
+{
+	switch (h->type) {
+	case KVN_CF_HEARTBEAT_ACK:
+		if (h->len != 16)
+			return kvn_seterr(err, errlen, "HEARTBEAT_ACK of %u bytes", h->len),
+			       -EPROTO;
+		pthread_mutex_lock(&m->lock);
+		m->epoch = kvn_cf_get_u64(body);
+		m->worker_count = kvn_cf_get_u32(body + 8);
+		pthread_mutex_unlock(&m->lock);
+		return 0;
+	case KVN_CF_LOOKUP_REPLY: {
+		int rc = 0;
+		pthread_mutex_lock(&m->lock);
+		struct waiter **pp = &m->waiters;
+		while (*pp && (*pp)->seq != h->seq)
+			pp = &(*pp)->next;
+		if (*pp) { /* else the caller gave up waiting */
+			struct waiter *w = *pp;
+			rc = kvn_cf_lookup_reply_decode(body, h->len, w->count, w->max_locs,
+							w->nloc, w->locs, err, errlen);
+			w->status = rc ? -EPROTO : 0;
+			*pp = w->next;
+			pthread_cond_broadcast(&m->cond);
+		}
+		pthread_mutex_unlock(&m->lock);
+		return rc ? -EPROTO : 0;
+	}
+	case KVN_CF_MEMBER:
+		return on_member(m, body, h->len, err, errlen);
+	case KVN_CF_EVICTED: {
+		uint32_t id, n;
+		if (kvn_cf_evicted_check(body, h->len, &id, &n, err, errlen))
+			return -EPROTO;
+		if (m->cbs.evicted && n) {
+			struct kvn_digest *d = malloc(n * sizeof(*d));
+			if (!d)
+				return 0; /* the generation check still catches stale entries */
+			for (uint32_t i = 0; i < n; i++) {
+				d[i].lo = kvn_cf_get_u64(body + 8 + (size_t)i * 16);
+				d[i].hi = kvn_cf_get_u64(body + 16 + (size_t)i * 16);
+			}
+			m->cbs.evicted(m->cbs.ctx, id, d, n);
+			free(d);
+		}
+		return 0;
+	}
+	case KVN_CF_ERROR: {
+		char msg[512];
+		kvn_cf_error_text(body, h->len, msg, sizeof(msg));
+		return kvn_seterr(err, errlen, "the scheduler sent an error: %s", msg), -EPROTO;
+	}
+	}
+	return kvn_seterr(err, errlen, "unexpected %s frame from the scheduler",
+			  kvn_cf_type_name(h->type)),
+	       -EPROTO;
+}
+
+/* Sends everything queued, in frames of at most KVN_CF_PUBLISH_MAX records. */
+static int
+flush_queue(struct kvn_membership *m)
+{
+	for (;;) {
+		pthread_mutex_lock(&m->lock);
+		size_t n = m->qlen < KVN_CF_PUBLISH_MAX ? m->qlen : KVN_CF_PUBLISH_MAX;
+		if (!n) {
+			pthread_mutex_unlock(&m->lock);
+			return 0;
+		}
+		kvn_cf_buf_reset(&m->tx);
+		kvn_cf_begin(&m->tx, KVN_CF_PUBLISH, 0);
+		kvn_cf_put_u32(&m->tx, (uint32_t)n);
+		kvn_cf_put_u32(&m->tx, 0);
+		for (size_t i = 0; i < n; i++)
+			kvn_cf_put_pub(&m->tx, &m->queue[i]);
+		memmove(m->queue, m->queue + n, (m->qlen - n) * sizeof(*m->queue));
+		m->qlen -= n;
+		pthread_mutex_unlock(&m->lock);
+		int rc = kvn_cf_end(&m->tx);
+		pthread_mutex_lock(&m->send_lock);
+		if (!rc)
+			rc = m->fd >= 0 ? kvn_cf_send_all(m->fd, m->tx.p, m->tx.len) : -ENOTCONN;
+		pthread_mutex_unlock(&m->send_lock);
+		pthread_mutex_lock(&m->lock);
+		m->sent += n;
+		pthread_cond_broadcast(&m->cond);
+		pthread_mutex_unlock(&m->lock);
+		if (rc)
+			return rc;
+	}
+}
+
+static int
+send_simple(struct kvn_membership *m, enum kvn_cf_type type)
+{
+	uint8_t hdr[KVN_CF_HDR_SIZE];
+	struct kvn_cf_hdr h = {.version = KVN_CF_VERSION, .type = (uint8_t)type};
+	kvn_cf_hdr_encode(&h, hdr);
+	pthread_mutex_lock(&m->send_lock);
+	int rc = m->fd >= 0 ? kvn_cf_send_all(m->fd, hdr, sizeof(hdr)) : -ENOTCONN;
+	pthread_mutex_unlock(&m->send_lock);
+	return rc;
+}
+
+static bool
+stopping(struct kvn_membership *m)
+{
+	pthread_mutex_lock(&m->lock);
+	bool s = m->stop;
+	pthread_mutex_unlock(&m->lock);
+	return s;
+}
+
+/* Sleeps ms or until woken (stop). A wake-up left over from a publish is drained, else every
+ * later nap would return at once and a re-join loop would spin. */
+static void
+nap(struct kvn_membership *m, int ms)
+{
+	struct pollfd pf = {.fd = m->wake_fd, .events = POLLIN};
+	if (poll(&pf, 1, ms) > 0) {
+		uint64_t v;
+		ssize_t n = read(m->wake_fd, &v, sizeof(v));
+		(void)n;
+	}
+}
+
+static void
+after_join(struct kvn_membership *m)
+{
+	if (m->cbs.joined) {
+		pthread_mutex_lock(&m->lock);
+		uint32_t id = (uint32_t)m->worker_id, count = m->worker_count;
+		uint64_t epoch = m->epoch;
+		pthread_mutex_unlock(&m->lock);
+		m->cbs.joined(m->cbs.ctx, m, id, count, epoch);
+	}
+}
+
+static void *
+thread_main(void *arg)
+{
+	struct kvn_membership *m = arg;
+	int hb = (int)m->o.heartbeat_ms, backoff = 20;
+	/* A scheduler that answers nothing for this long is treated as gone. */
+	int silent_max = 3 * hb > m->o.timeout_ms ? 3 * hb : m->o.timeout_ms;
+	int64_t next_beat = now_ms(), last_rx = now_ms();
+	char err[512];
+	bool fresh = kvn_membership_connected(m);
+	if (fresh)
+		after_join(m);
+	while (!stopping(m)) {
+		if (!kvn_membership_connected(m)) {
+			bool refused;
+			if (connect_join(m, &refused, err, sizeof(err))) {
+				kvn_debug(COMP, "node %s: %s; retrying in %d ms", m->o.name, err,
+					  backoff);
+				nap(m, backoff);
+				backoff = backoff * 2 > hb ? hb : backoff * 2;
+				continue;
+			}
+			backoff = 20;
+			last_rx = now_ms();
+			after_join(m);
+		}
+		pthread_mutex_lock(&m->lock);
+		int beat = (int)m->beat_ms;
+		pthread_mutex_unlock(&m->lock);
+		int64_t now = now_ms();
+		if (now >= next_beat) {
+			next_beat = now + beat;
+			if (send_simple(m, KVN_CF_HEARTBEAT)) {
+				disconnect(m, "sending a heartbeat failed");
+				continue;
+			}
+		}
+		if (now - last_rx > silent_max) {
+			disconnect(m, "no frame from it for over 3 heartbeats");
+			continue;
+		}
+		int rc = flush_queue(m);
+		if (rc) {
+			disconnect(m, kvn_strerror(rc));
+			continue;
+		}
+		struct pollfd pf[2] = {{.fd = m->fd, .events = POLLIN},
+				       {.fd = m->wake_fd, .events = POLLIN}};
+		int wait = (int)(next_beat - now_ms());
+		if (poll(pf, 2, wait < 0 ? 0 : wait) < 0 && errno != EINTR)
+			continue;
+		if (pf[1].revents) {
+			uint64_t v;
+			ssize_t n = read(m->wake_fd, &v, sizeof(v));
+			(void)n;
+		}
+		if (!pf[0].revents)
+			continue;
+		rc = 0;
+		while (!rc) {
+			rc = kvn_cf_rx_fill(&m->rx, m->fd);
+			struct kvn_cf_hdr h;
+			const uint8_t *body;
+			int got;
+			while ((got = kvn_cf_rx_frame(&m->rx, &h, &body, err, sizeof(err))) == 1) {
+				last_rx = now_ms();
+				if (on_frame(m, &h, body, err, sizeof(err))) {
+					got = -EPROTO;
+					break;
+				}
+				kvn_cf_rx_consume(&m->rx, &h);
+			}
+			if (got < 0) {
+				disconnect(m, err);
+				rc = -EPROTO;
+			}
+		}
+		if (rc == -ECONNRESET)
+			disconnect(m, "the scheduler closed the connection");
+		else if (rc != -EAGAIN && rc != -EPROTO)
+			disconnect(m, kvn_strerror(rc));
+	}
+	return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * API
+ * ------------------------------------------------------------------------------------------ */
+
+static char *
+dup_or_null(const char *s)
+{
+	return s ? strdup(s) : NULL;
+}
+
+static void
+free_all(struct kvn_membership *m)
+{
+	free((char *)m->o.name);
+	free((char *)m->o.data_addr);
+	free((char *)m->o.transport);
+	kvn_auth_wipe(&m->auth);
+	free((void *)m->o.regions);
+	for (size_t i = 0; i < m->nmembers; i++)
+		free(m->members[i].regions);
+	free(m->members);
+	free(m->queue);
+	free(m->rx.p);
+	kvn_cf_buf_free(&m->tx);
+	if (m->wake_fd >= 0)
+		close(m->wake_fd);
+	pthread_mutex_destroy(&m->send_lock);
+	pthread_mutex_destroy(&m->lock);
+	pthread_cond_destroy(&m->cond);
+	free(m);
+}
+
+int
+kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_membership_cbs *cbs,
+		     struct kvn_membership **out, char *err, size_t errlen)
+{
+	char why[256];
+	if (!opts->name || kvn_cf_name_check(opts->name, why, sizeof(why)))
+		return kvn_seterr(err, errlen, "node_name cannot join a scheduler: %s",
+				  opts->name ? why : "it is not set");
+	if (opts->regions_len > KVN_CF_BLOB_MAX ||
+	    (opts->data_addr && strlen(opts->data_addr) > KVN_CF_ADDR_MAX) ||
+	    (opts->transport && strlen(opts->transport) > 31))
+		return kvn_seterr(err, errlen,
+				  "node %s: data address, transport name or region descriptors "
+				  "too long for a JOIN",
+				  opts->name);
+	struct kvn_membership *m = calloc(1, sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->fd = m->wake_fd = -1;
+	m->worker_id = -1;
+	pthread_mutex_init(&m->send_lock, NULL);
+	pthread_mutex_init(&m->lock, NULL);
+	kvn_cond_init_monotonic(&m->cond);
+	m->o = *opts;
+	m->o.name = strdup(opts->name);
+	m->o.data_addr = dup_or_null(opts->data_addr);
+	m->o.transport = dup_or_null(opts->transport);
+	kvn_auth_init(&m->auth, opts->auth_token); /* only the key is kept */
+	m->o.auth_token = NULL;
+	m->o.regions = NULL;
+	if (opts->regions_len && (m->o.regions = malloc(opts->regions_len)))
+		memcpy((void *)m->o.regions, opts->regions, opts->regions_len);
+	m->o.heartbeat_ms = opts->heartbeat_ms ? opts->heartbeat_ms : DEFAULT_HB_MS;
+	m->o.timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TMO_MS;
+	if (cbs)
+		m->cbs = *cbs;
+	int rc = kvn_scheduler_url_parse(opts->scheduler, m->host, &m->port, err, errlen);
+	if (rc)
+		goto fail;
+	m->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (m->wake_fd < 0 || !m->o.name || (opts->regions_len && !m->o.regions)) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	bool refused;
+	rc = connect_join(m, &refused, err, errlen);
+	/* A refusal says what to fix (token, name, a cluster without free ids): retrying would
+	 * only hide it. An unreachable scheduler may come up later. */
+	if (refused || rc == -EPROTO)
+		goto fail;
+	if (rc)
+		kvn_warn(COMP, "%s; will keep trying in the background", err);
+	if ((rc = pthread_create(&m->thread, NULL, thread_main, m))) {
+		rc = -rc;
+		kvn_seterr(err, errlen, "cannot start the membership thread: %s", strerror(-rc));
+		goto fail;
+	}
+	m->started = true;
+	*out = m;
+	return 0;
+fail:
+	if (m->fd >= 0)
+		close(m->fd);
+	free_all(m);
+	return rc;
+}
+
+void
+kvn_membership_stop(struct kvn_membership *m)
+{
+	if (!m)
+		return;
+	/* The thread stops before LEAVE goes out: a thread still running would see the scheduler
+	 * close the connection after LEAVE and join again, so others would see us come back. */
+	pthread_mutex_lock(&m->lock);
+	m->stop = true;
+	pthread_mutex_unlock(&m->lock);
+	uint64_t one = 1;
+	ssize_t n = write(m->wake_fd, &one, sizeof(one));
+	(void)n;
+	if (m->started)
+		pthread_join(m->thread, NULL);
+	if (kvn_membership_connected(m)) {
+		flush_queue(m);
+		send_simple(m, KVN_CF_LEAVE);
+	}
+	disconnect(m, "stopping");
+	free_all(m);
+}
+
+bool
+kvn_membership_connected(struct kvn_membership *m)
+{
+	pthread_mutex_lock(&m->lock);
+	bool c = m->connected;
+	pthread_mutex_unlock(&m->lock);
+	return c;
+}
+
+int32_t
+kvn_membership_worker_id(struct kvn_membership *m)
+{
+	pthread_mutex_lock(&m->lock);
+	int32_t v = m->worker_id;
+	pthread_mutex_unlock(&m->lock);
+	return v;
+}
+
+uint32_t
+kvn_membership_worker_count(struct kvn_membership *m)
+{
+	pthread_mutex_lock(&m->lock);
+	uint32_t v = m->worker_count;
+	pthread_mutex_unlock(&m->lock);
+	return v;
+}
+
+uint64_t
+kvn_membership_epoch(struct kvn_membership *m)
+{
+	pthread_mutex_lock(&m->lock);
+	uint64_t v = m->epoch;
+	pthread_mutex_unlock(&m->lock);
+	return v;
+}
+
+uint64_t
+kvn_membership_joins(struct kvn_membership *m)
+{
+	pthread_mutex_lock(&m->lock);
+	uint64_t v = m->joins;
+	pthread_mutex_unlock(&m->lock);
+	return v;
+}
+
+int
+kvn_membership_publish(struct kvn_membership *m, const struct kvn_cf_pub *recs, size_t n)
+{
+	if (!n)
+		return 0;
+	pthread_mutex_lock(&m->lock);
+	if (!m->connected) {
+		pthread_mutex_unlock(&m->lock);
+		return 0;
+	}
+	if (m->qlen + n > m->qcap) {
+		size_t cap = m->qcap ? m->qcap : 1024;
+		while (cap < m->qlen + n)
+			cap *= 2;
+		struct kvn_cf_pub *p = realloc(m->queue, cap * sizeof(*p));
+		if (!p) {
+			pthread_mutex_unlock(&m->lock);
+			return -ENOMEM;
+		}
+		m->queue = p;
+		m->qcap = cap;
+	}
+	memcpy(m->queue + m->qlen, recs, n * sizeof(*recs));
+	m->qlen += n;
+	m->queued += n;
+	pthread_mutex_unlock(&m->lock);
+	uint64_t one = 1;
+	ssize_t w = write(m->wake_fd, &one, sizeof(one));
+	(void)w;
+	return 0;
+}
+
+int
+kvn_membership_flush(struct kvn_membership *m, int timeout_ms)
+{
+	struct timespec ts = deadline_ts(timeout_ms);
+	int rc = 0;
+	pthread_mutex_lock(&m->lock);
+	uint64_t target = m->queued;
+	while (m->sent < target && m->connected && !rc)
+		rc = pthread_cond_timedwait(&m->cond, &m->lock, &ts) ? -ETIMEDOUT : 0;
+	if (!rc && !m->connected)
+		rc = -ENOTCONN;
+	pthread_mutex_unlock(&m->lock);
+	return rc;
+}
+
+static int
+lookup_frame(struct kvn_membership *m, const struct kvn_digest *keys, uint32_t n, uint32_t max_locs,
+	     uint32_t *nloc, struct kvn_loc *locs, int timeout_ms)
+{
+	struct waiter w = {
+	    .count = n, .max_locs = max_locs, .nloc = nloc, .locs = locs, .status = 1};
+	struct kvn_cf_buf b = {0};
+	pthread_mutex_lock(&m->send_lock);
+	w.seq = ++m->next_seq ? m->next_seq : ++m->next_seq;
+	kvn_cf_begin(&b, KVN_CF_LOOKUP, w.seq);
+	kvn_cf_put_u32(&b, n);
+	kvn_cf_put_u32(&b, max_locs);
+	for (uint32_t i = 0; i < n; i++) {
+		kvn_cf_put_u64(&b, keys[i].lo);
+		kvn_cf_put_u64(&b, keys[i].hi);
+	}
+	int rc = kvn_cf_end(&b);
+	pthread_mutex_lock(&m->lock);
+	if (!rc && m->fd < 0)
+		rc = -ENOTCONN;
+	if (!rc) {
+		w.next = m->waiters;
+		m->waiters = &w;
+	}
+	pthread_mutex_unlock(&m->lock);
+	if (!rc)
+		rc = kvn_cf_send_all(m->fd, b.p, b.len);
+	pthread_mutex_unlock(&m->send_lock);
+	kvn_cf_buf_free(&b);
+	struct timespec ts = deadline_ts(timeout_ms);
+	pthread_mutex_lock(&m->lock);
+	while (!rc && w.status == 1)
+		if (pthread_cond_timedwait(&m->cond, &m->lock, &ts))
+			rc = -ETIMEDOUT;
+	if (w.status == 1) { /* still listed: take it out so the thread never writes to it */
+		for (struct waiter **pp = &m->waiters; *pp; pp = &(*pp)->next)
+			if (*pp == &w) {
+				*pp = w.next;
+				break;
+			}
+	} else if (!rc) {
+		rc = w.status;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return rc;
+}
+
+int
+kvn_membership_lookup(struct kvn_membership *m, const struct kvn_digest *keys, size_t n,
+		      uint32_t max_locs, uint32_t *nloc, struct kvn_loc *locs, int timeout_ms)
+{
+	if (max_locs == 0 || max_locs > KVN_CF_LOCS_MAX)
+		return -EINVAL;
+	if (timeout_ms <= 0)
+		timeout_ms = m->o.timeout_ms;
+	for (size_t off = 0; off < n; off += KVN_CF_LOOKUP_MAX) {
+		uint32_t k = (uint32_t)(n - off < KVN_CF_LOOKUP_MAX ? n - off : KVN_CF_LOOKUP_MAX);
+		int rc = lookup_frame(m, keys + off, k, max_locs, nloc + off, locs + off * max_locs,
+				      timeout_ms);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+int
+kvn_membership_member(struct kvn_membership *m, uint32_t worker_id, struct kvn_member_info *out,
+		      void *regions, size_t cap)
+{
+	int rc = 0;
+	pthread_mutex_lock(&m->lock);
+	bool found;
+	size_t at = member_pos(m, worker_id, &found);
+	if (!found) {
+		rc = -ENOENT;
+	} else {
+		const struct mrec *r = &m->members[at];
+		*out = r->info;
+		out->regions = regions;
+		if (r->info.regions_len > cap)
+			rc = -ENOSPC;
+		else if (r->info.regions_len)
+			memcpy(regions, r->regions, r->info.regions_len);
+	}
+	pthread_mutex_unlock(&m->lock);
+	return rc;
+}

@@ -1,0 +1,211 @@
+/* Engine: one node's storage in this process — the chunk pool plus the storage manager — and
+ * its public API (include/kvnode/kvnode.h). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "node/engine/config.h"
+#include "core/log.h"
+#include "node/engine/engine.h"
+#include "core/pool.h"
+#include "node/engine/storage.h"
+
+struct kvn_engine {
+	struct kvn_pool *pool;
+	struct kvn_storage *st;
+	char *node_name;
+	bool copy_for_slow; /* slow tiers keep a reference: hand them a stable copy */
+	_Atomic uint64_t hits, misses; /* of gets, over all tiers */
+};
+
+KVN_API int
+kvn_engine_open(const struct kvn_config *cfg, struct kvn_engine **out, char *err, size_t errlen)
+{
+	struct kvn_engine *eng = calloc(1, sizeof(*eng));
+	if (!eng)
+		return -ENOMEM;
+	int rc = 0;
+	if (cfg->local_cpu) {
+		if (cfg->max_local_cpu_size == 0) {
+			rc = kvn_seterr(err, errlen,
+					"local_cpu is on but max_local_cpu_size is 0: give the cpu "
+					"tier some GB or set local_cpu: false");
+			goto fail;
+		}
+		rc = kvn_pool_create(cfg->max_local_cpu_size, cfg->hugepages, &eng->pool, err,
+				     errlen);
+		if (rc < 0)
+			goto fail;
+	}
+	rc = kvn_storage_open(cfg, eng->pool, &eng->st, err, errlen);
+	if (rc < 0)
+		goto fail;
+	eng->node_name = strdup(cfg->node_name ? cfg->node_name : "kvnode");
+	if (!eng->node_name) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	eng->copy_for_slow = kvn_storage_async(eng->st);
+	*out = eng;
+	return 0;
+fail:
+	kvn_engine_close(eng);
+	return rc;
+}
+
+KVN_API void
+kvn_engine_close(struct kvn_engine *eng)
+{
+	if (!eng)
+		return;
+	kvn_storage_close(eng->st); /* drains queued writes first */
+	kvn_pool_destroy(eng->pool);
+	free(eng->node_name);
+	free(eng);
+}
+
+KVN_API int
+kvn_engine_put(struct kvn_engine *eng, const struct kvn_key *key, const void *data, size_t len)
+{
+	struct kvn_buf *buf;
+	if (eng->copy_for_slow) {
+		/* A queued write outlives this call, and the caller may reuse data at once. */
+		buf = kvn_buf_new(len);
+		if (buf)
+			memcpy(buf->data, data, len);
+	} else {
+		buf = kvn_buf_wrap((void *)data, len);
+	}
+	if (!buf)
+		return -ENOMEM;
+	int rc = kvn_storage_put(eng->st, key, buf);
+	kvn_buf_unref(buf);
+	return rc;
+}
+
+static int
+get(struct kvn_engine *eng, const struct kvn_key *key, struct kvn_buf **out)
+{
+	int rc = kvn_storage_get(eng->st, key, out);
+	atomic_fetch_add_explicit(rc == 0 ? &eng->hits : &eng->misses, 1, memory_order_relaxed);
+	return rc;
+}
+
+KVN_API int
+kvn_engine_get(struct kvn_engine *eng, const struct kvn_key *key, struct kvn_buf **out)
+{
+	return get(eng, key, out);
+}
+
+KVN_API int
+kvn_engine_get_into(struct kvn_engine *eng, const struct kvn_key *key, void *dst, size_t cap,
+		    size_t *len)
+{
+	struct kvn_buf *buf;
+	int rc = get(eng, key, &buf);
+	if (rc < 0)
+		return rc;
+	*len = buf->len;
+	if (buf->len > cap)
+		rc = -ENOSPC;
+	else
+		memcpy(dst, buf->data, buf->len);
+	kvn_buf_unref(buf);
+	return rc;
+}
+
+KVN_API int
+kvn_engine_contains(struct kvn_engine *eng, const struct kvn_key *key)
+{
+	return kvn_storage_contains(eng->st, key);
+}
+
+KVN_API int
+kvn_engine_remove(struct kvn_engine *eng, const struct kvn_key *key)
+{
+	return kvn_storage_remove(eng->st, key);
+}
+
+KVN_API int
+kvn_engine_list(struct kvn_engine *eng, int (*cb)(void *ctx, const struct kvn_key *key, size_t len),
+		void *ctx)
+{
+	return kvn_storage_list(eng->st, cb, ctx);
+}
+
+KVN_API void
+kvn_engine_flush(struct kvn_engine *eng)
+{
+	kvn_storage_flush(eng->st);
+}
+
+KVN_API char *
+kvn_engine_stats_json(struct kvn_engine *eng)
+{
+	cJSON *root = cJSON_CreateObject();
+	cJSON *tiers = cJSON_AddArrayToObject(root, "backends");
+
+	cJSON_AddStringToObject(root, "node_name", eng->node_name);
+	cJSON_AddStringToObject(root, "version", KVN_VERSION_STRING);
+	if (eng->pool) {
+		cJSON *p = cJSON_AddObjectToObject(root, "pool");
+		cJSON_AddNumberToObject(p, "size", (double)kvn_pool_size(eng->pool));
+		cJSON_AddBoolToObject(p, "hugepages", kvn_pool_hugepages(eng->pool));
+	}
+	for (size_t i = 0; i < kvn_storage_count(eng->st); i++) {
+		const char *name;
+		struct kvn_backend_stats s;
+		kvn_storage_tier(eng->st, i, &name, &s);
+		cJSON *t = cJSON_CreateObject();
+		cJSON_AddStringToObject(t, "name", name);
+		cJSON_AddNumberToObject(t, "count", (double)s.count);
+		cJSON_AddNumberToObject(t, "bytes", (double)s.bytes);
+		cJSON_AddNumberToObject(t, "capacity", (double)s.capacity);
+		cJSON_AddNumberToObject(t, "hits", (double)s.hits);
+		cJSON_AddNumberToObject(t, "misses", (double)s.misses);
+		cJSON_AddNumberToObject(t, "puts", (double)s.puts);
+		cJSON_AddNumberToObject(t, "evictions", (double)s.evictions);
+		cJSON_AddNumberToObject(t, "errors", (double)s.errors);
+		cJSON_AddItemToArray(tiers, t);
+	}
+	struct kvn_remote_status rs;
+	if (kvn_storage_remote_status(eng->st, &rs) == 0) {
+		cJSON *r = cJSON_AddObjectToObject(root, "remote");
+		cJSON_AddStringToObject(r, "url", rs.url);
+		cJSON_AddBoolToObject(r, "connected", rs.connected);
+		cJSON_AddNumberToObject(r, "disconnects", (double)rs.disconnects);
+		cJSON_AddNumberToObject(r, "reconnects", (double)rs.reconnects);
+		cJSON_AddNumberToObject(r, "corrupt", (double)rs.corrupt);
+		cJSON_AddNumberToObject(r, "stale_tags", (double)rs.stale_tags);
+	}
+	struct kvn_backend *peer = kvn_storage_backend(eng->st, &kvn_peer_backend_ops);
+	if (peer) {
+		cJSON *p = cJSON_AddObjectToObject(root, "peer");
+		cJSON_AddNumberToObject(p, "bytes_read", (double)kvn_peer_bytes_read(peer));
+	}
+	cJSON_AddNumberToObject(root, "hits", (double)atomic_load(&eng->hits));
+	cJSON_AddNumberToObject(root, "misses", (double)atomic_load(&eng->misses));
+	char *text = cJSON_PrintUnformatted(root);
+	cJSON_Delete(root);
+	return text;
+}
+
+void
+kvn_engine_gets(struct kvn_engine *eng, uint64_t *hits, uint64_t *misses)
+{
+	*hits = atomic_load_explicit(&eng->hits, memory_order_relaxed);
+	*misses = atomic_load_explicit(&eng->misses, memory_order_relaxed);
+}
+
+struct kvn_pool *
+kvn_engine_pool(struct kvn_engine *eng)
+{
+	return eng->pool;
+}
+
+struct kvn_storage *
+kvn_engine_storage(struct kvn_engine *eng)
+{
+	return eng->st;
+}

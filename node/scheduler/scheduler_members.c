@@ -1,0 +1,567 @@
+/* The scheduler's membership (node/scheduler_int.h): joins with stable worker ids per node
+ * name (kept worker_id_grace_ms after the name goes, then reused), expiry of silent members,
+ * MEMBER notices to everyone, and the cluster view (STATS). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvnode/plugin.h"
+#include "core/log.h"
+#include "node/scheduler/scheduler_int.h"
+
+/* A JOIN's worker_id hint is honoured below max(HINT_FLOOR, 2 x the ids held): a cluster's
+ * ids survive a scheduler restart, and no one frame sizes the tables indexed by worker id (here
+ * and on every node) past what the members need. */
+#define HINT_FLOOR 256u
+
+/* ------------------------------------------------------------------------------------------
+ * Names to ids: a chained hash through struct member.name_next, one bucket per held id or more
+ * ------------------------------------------------------------------------------------------ */
+
+static int32_t *
+bucket_of(struct kvn_scheduler *s, const char *name)
+{
+	uint64_t h = 0xcbf29ce484222325ull; /* FNV-1a */
+	for (; *name; name++)
+		h = (h ^ (unsigned char)*name) * 0x100000001b3ull;
+	return &s->name_buckets[h & (s->nbuckets - 1)];
+}
+
+static int32_t
+name_find(struct kvn_scheduler *s, const char *name)
+{
+	if (!s->nbuckets)
+		return -1;
+	for (int32_t id = *bucket_of(s, name); id >= 0; id = s->members[id].name_next)
+		if (!strcmp(s->members[id].name, name))
+			return id;
+	return -1;
+}
+
+/* Indexes id (its name set, not yet counted in held). */
+static int
+name_add(struct kvn_scheduler *s, uint32_t id)
+{
+	if (s->held + 1 > s->nbuckets) {
+		size_t n = s->nbuckets ? s->nbuckets * 2 : 64;
+		int32_t *b = malloc(n * sizeof(*b));
+		if (!b)
+			return -ENOMEM;
+		for (size_t i = 0; i < n; i++)
+			b[i] = -1;
+		free(s->name_buckets);
+		s->name_buckets = b;
+		s->nbuckets = n;
+		for (uint32_t i = 0; i < s->nmembers; i++) {
+			if (s->members[i].state == M_UNUSED || i == id)
+				continue;
+			int32_t *head = bucket_of(s, s->members[i].name);
+			s->members[i].name_next = *head;
+			*head = (int32_t)i;
+		}
+	}
+	int32_t *head = bucket_of(s, s->members[id].name);
+	s->members[id].name_next = *head;
+	*head = (int32_t)id;
+	return 0;
+}
+
+static void
+name_del(struct kvn_scheduler *s, uint32_t id)
+{
+	for (int32_t *pp = bucket_of(s, s->members[id].name); *pp >= 0;
+	     pp = &s->members[*pp].name_next)
+		if (*pp == (int32_t)id) {
+			*pp = s->members[id].name_next;
+			return;
+		}
+}
+
+/* The name down for longer than worker_id_grace_ms gives its id back. */
+static void
+reclaim(struct kvn_scheduler *s, uint32_t id)
+{
+	struct member *m = &s->members[id];
+	kvn_debug(COMP, "worker id %u of node %s is free again: down for over %lld ms", id, m->name,
+		  (long long)s->grace_ms);
+	name_del(s, id);
+	free(m->blob);
+	memset(m, 0, sizeof(*m)); /* M_UNUSED */
+	m->name_next = -1;
+	s->held--;
+	s->reclaimed++;
+	if (id < s->free_from)
+		s->free_from = id;
+}
+
+static void
+reclaim_expired(struct kvn_scheduler *s, int64_t now)
+{
+	for (uint32_t id = 0; id < s->nmembers; id++)
+		if (s->members[id].state == M_EXPIRED &&
+		    now - s->members[id].down_ms >= s->grace_ms)
+			reclaim(s, id);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Membership
+ * ------------------------------------------------------------------------------------------ */
+
+static void
+put_member_frame(struct kvn_scheduler *s, struct kvn_cf_buf *b, uint32_t id)
+{
+	const struct member *m = &s->members[id];
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddNumberToObject(j, "worker_id", id);
+	cJSON_AddStringToObject(j, "name", m->name);
+	cJSON_AddStringToObject(j, "data_addr", m->data_addr);
+	cJSON_AddStringToObject(j, "transport", m->transport);
+	cJSON_AddNumberToObject(j, "capacity", (double)m->capacity);
+	cJSON_AddStringToObject(j, "state", m->state == M_ALIVE ? "up" : "down");
+	cJSON_AddNumberToObject(j, "epoch", (double)s->epoch);
+	cJSON_AddNumberToObject(j, "worker_count", s->alive);
+	char *text = cJSON_PrintUnformatted(j);
+	cJSON_Delete(j);
+	if (text)
+		kvn_cf_put_json_frame(b, KVN_CF_MEMBER, 0, text,
+				      m->state == M_ALIVE ? m->blob : NULL,
+				      m->state == M_ALIVE ? m->blob_len : 0);
+	else
+		b->err = -ENOMEM;
+	free(text);
+}
+
+/* Sends the frames in s->scratch to every joined connection but skip. */
+void
+kvn_sched_broadcast(struct kvn_scheduler *s, const struct conn *skip, bool evict_notice)
+{
+	if (s->scratch.err || !s->scratch.len)
+		return;
+	for (struct conn *c = s->conns, *next; c; c = next) {
+		next = c->next;
+		if (c == skip || c->member < 0 || c->closing || (evict_notice && !c->want_evicts))
+			continue;
+		kvn_cf_put_bytes(&c->out, s->scratch.p, s->scratch.len);
+		kvn_sched_conn_flush(s, c);
+	}
+}
+
+void
+kvn_sched_member_down(struct kvn_scheduler *s, uint32_t id, const char *why)
+{
+	struct member *m = &s->members[id];
+	size_t dropped = kvn_dir_drop_worker(s->dir, id);
+	m->state = M_EXPIRED;
+	m->down_ms = kvn_sched_now_ms();
+	s->alive--;
+	s->epoch++;
+	kvn_info(COMP,
+		 "node %s (worker %u) %s: %zu directory entries dropped; %u members, epoch %llu",
+		 m->name, id, why, dropped, s->alive, (unsigned long long)s->epoch);
+	struct conn *c = m->conn;
+	m->conn = NULL;
+	if (c) {
+		c->member = -1;
+		kvn_sched_conn_fail(s, c, 0, -ETIMEDOUT, "node %s was %s", m->name, why);
+		kvn_sched_conn_flush(s, c);
+	}
+	kvn_cf_buf_reset(&s->scratch);
+	put_member_frame(s, &s->scratch, id);
+	kvn_sched_broadcast(s, NULL, false);
+	/* A name down keeps only its id for worker_id_grace_ms: its regions (up to 64 KiB) come
+	 * with its next JOIN, so 65535 names gone cannot hold 4 GiB here. */
+	s->blob_bytes -= m->blob_len;
+	free(m->blob);
+	m->blob = NULL;
+	m->blob_len = 0;
+}
+
+void
+kvn_sched_expire(struct kvn_scheduler *s)
+{
+	int64_t now = kvn_sched_now_ms(), limit = (int64_t)s->hb_ms * s->missed;
+	for (uint32_t id = 0; id < s->nmembers; id++) {
+		struct member *m = &s->members[id];
+		if (m->state == M_ALIVE && now - m->last_beat_ms > limit) {
+			char why[96];
+			snprintf(why, sizeof(why), "expired after %lld ms without a heartbeat",
+				 (long long)(now - m->last_beat_ms));
+			s->expiries++;
+			kvn_sched_member_down(s, id, why);
+		}
+	}
+	reclaim_expired(s, now);
+	for (struct conn *c = s->conns, *next; c; c = next) {
+		next = c->next;
+		if (c->member < 0 && !c->closing && now - c->opened_ms > (int64_t)s->unjoined_ms)
+			kvn_sched_conn_close(s, c, "it did not join in time");
+	}
+}
+
+/* A string of the JOIN into dst (cap bytes): the name by kvn_cf_name_check, the others printable
+ * ASCII without spaces (an address, a transport's name). All are shown in logs, JSON and
+ * `kvnode stat` as they are. */
+static int
+copy_str(const cJSON *j, const char *field, char *dst, size_t cap, bool is_name, char *err,
+	 size_t errlen)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, field);
+	if (!v || cJSON_IsNull(v)) {
+		if (is_name)
+			return kvn_seterr(err, errlen,
+					  "JOIN lacks \"%s\": names are " KVN_CF_NAME_RULE, field);
+		dst[0] = '\0';
+		return 0;
+	}
+	if (!cJSON_IsString(v))
+		return kvn_seterr(err, errlen, "JOIN \"%s\" must be a string", field);
+	const char *str = v->valuestring;
+	size_t n = strlen(str);
+	if (is_name) {
+		char why[256];
+		if (kvn_cf_name_check(str, why, sizeof(why)))
+			return kvn_seterr(err, errlen, "JOIN \"%s\" refused: %s (set node_name)",
+					  field, why);
+	} else {
+		if (n >= cap)
+			return kvn_seterr(err, errlen,
+					  "JOIN \"%s\" of %zu bytes: it must be 0..%zu bytes of "
+					  "printable ASCII",
+					  field, n, cap - 1);
+		for (size_t i = 0; i < n; i++)
+			if ((unsigned char)str[i] <= 0x20 || (unsigned char)str[i] >= 0x7f)
+				return kvn_seterr(err, errlen,
+						  "JOIN \"%s\" must be printable ASCII without "
+						  "spaces; byte %zu is 0x%02x",
+						  field, i, (unsigned char)str[i]);
+	}
+	memcpy(dst, str, n + 1);
+	return 0;
+}
+
+/* The worker id for name: its own while it holds one, else the hint when that is free and
+ * under the hint bound, else the lowest free id. *fresh: the id was free (name not indexed). */
+static int
+pick_id(struct kvn_scheduler *s, const char *name, double hint, uint32_t *id, bool *fresh)
+{
+	int32_t own = name_find(s, name);
+	if (own >= 0) {
+		*id = (uint32_t)own;
+		*fresh = false;
+		return 0;
+	}
+	*fresh = true;
+	if (s->held >= KVN_DIR_MAX_WORKERS)
+		reclaim_expired(s, kvn_sched_now_ms()); /* the periodic pass may not have run */
+	if (s->held >= KVN_DIR_MAX_WORKERS)
+		return -EUSERS;
+	uint64_t bound = 2 * (uint64_t)(s->held + 1);
+	if (bound < HINT_FLOOR)
+		bound = HINT_FLOOR;
+	if (bound > KVN_DIR_MAX_WORKERS)
+		bound = KVN_DIR_MAX_WORKERS;
+	uint32_t want = UINT32_MAX;
+	if (hint >= 0 && hint < (double)bound &&
+	    ((uint32_t)hint >= s->nmembers || s->members[(uint32_t)hint].state == M_UNUSED))
+		want = (uint32_t)hint;
+	if (want == UINT32_MAX) {
+		uint32_t i = s->free_from;
+		while (i < s->nmembers && s->members[i].state != M_UNUSED)
+			i++;
+		s->free_from = want = i; /* held < the cap: i is below it */
+	}
+	if (want >= s->nmembers) {
+		size_t n = want + 1 > s->nmembers * 2 ? want + 1 : s->nmembers * 2;
+		if (n < 16)
+			n = 16;
+		if (n > KVN_DIR_MAX_WORKERS)
+			n = KVN_DIR_MAX_WORKERS;
+		struct member *p = realloc(s->members, n * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		memset(p + s->nmembers, 0, (n - s->nmembers) * sizeof(*p));
+		s->members = p;
+		s->nmembers = n;
+	}
+	*id = want;
+	return 0;
+}
+
+/* The client's proof in a JOIN or STATS (ctlframe.h "Auth"): its HELLO must have come first,
+ * and with a token the proof must check. 0, or the connection is refused (ERROR, closed). */
+static int
+check_proof(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const cJSON *j,
+	    const char *what)
+{
+	if (!c->hello)
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO,
+					   "%s before HELLO: the node is older than this scheduler "
+					   "(upgrade it to the same version)",
+					   what);
+	if (!s->auth.set || c->authed)
+		return 0; /* a connection proves the token once */
+	const cJSON *p = cJSON_GetObjectItemCaseSensitive(j, "proof");
+	uint8_t mac[KVN_AUTH_MAC];
+	size_t n = 0;
+	const struct kvn_auth_part parts[] = {{c->nonce_s, KVN_AUTH_NONCE},
+					      {c->nonce_c, KVN_AUTH_NONCE}};
+	if (cJSON_IsString(p) &&
+	    !sodium_hex2bin(mac, sizeof(mac), p->valuestring, strlen(p->valuestring), NULL, &n,
+			    NULL) &&
+	    n == sizeof(mac) && kvn_auth_verify(&s->auth, KVN_CF_NODE_LABEL, parts, 2, mac, n)) {
+		c->authed = true;
+		return 0;
+	}
+	s->refused++;
+	return kvn_sched_conn_fail(s, c, seq, -EACCES,
+				   "%s refused: wrong or missing auth_token (set the same "
+				   "auth_token on nodes and scheduler)",
+				   what);
+}
+
+int
+kvn_sched_hello(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
+		uint32_t len)
+{
+	if (c->hello || len != KVN_AUTH_NONCE)
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO,
+					   c->hello ? "a second HELLO" : "HELLO of %u bytes, not %d",
+					   len, KVN_AUTH_NONCE);
+	memcpy(c->nonce_c, body, KVN_AUTH_NONCE);
+	kvn_auth_nonce(c->nonce_s);
+	c->hello = true;
+	uint8_t proof[KVN_AUTH_MAC];
+	const struct kvn_auth_part parts[] = {{c->nonce_c, KVN_AUTH_NONCE},
+					      {c->nonce_s, KVN_AUTH_NONCE}};
+	kvn_auth_mac(&s->auth, KVN_CF_SCHED_LABEL, parts, 2, proof);
+	kvn_cf_begin(&c->out, KVN_CF_CHALLENGE, seq);
+	kvn_cf_put_bytes(&c->out, c->nonce_s, KVN_AUTH_NONCE);
+	kvn_cf_put_u32(&c->out, s->auth.set ? KVN_CF_F_TOKEN : 0);
+	kvn_cf_put_bytes(&c->out, proof, sizeof(proof));
+	return kvn_cf_end(&c->out) ? -1 : 0;
+}
+
+int
+kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
+	       uint32_t len)
+{
+	char err[256];
+	const char *jtext;
+	const uint8_t *blob;
+	size_t jlen, blen;
+	if (c->member >= 0)
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO,
+					   "JOIN on a connection that already joined");
+	if (kvn_cf_split_json_blob(body, len, &jtext, &jlen, &blob, &blen, err, sizeof(err)))
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO, "JOIN: %s", err);
+	cJSON *j = cJSON_ParseWithLength(jtext, jlen);
+	if (!cJSON_IsObject(j)) {
+		cJSON_Delete(j);
+		return kvn_sched_conn_fail(s, c, seq, -EPROTO, "JOIN body is not a JSON object");
+	}
+	/* The proof first: nothing about the cluster is told to a peer without it. */
+	int prc = check_proof(s, c, seq, j, "JOIN");
+	if (prc) {
+		cJSON_Delete(j);
+		return prc;
+	}
+	struct member nm = {0};
+	const cJSON *cap = cJSON_GetObjectItemCaseSensitive(j, "capacity");
+	const cJSON *hint = cJSON_GetObjectItemCaseSensitive(j, "worker_id");
+	const cJSON *we = cJSON_GetObjectItemCaseSensitive(j, "want_evicts");
+	int rc = copy_str(j, "name", nm.name, sizeof(nm.name), true, err, sizeof(err));
+	nm.name_next = -1;
+	if (!rc)
+		rc = copy_str(j, "data_addr", nm.data_addr, sizeof(nm.data_addr), false, err,
+			      sizeof(err));
+	if (!rc)
+		rc = copy_str(j, "transport", nm.transport, sizeof(nm.transport), false, err,
+			      sizeof(err));
+	if (!rc && cap &&
+	    !(cJSON_IsNumber(cap) && cap->valuedouble >= 0 && cap->valuedouble < 1e19))
+		rc = kvn_seterr(err, sizeof(err), "JOIN \"capacity\" must be a byte count");
+	nm.capacity = cJSON_IsNumber(cap) && !rc ? (uint64_t)cap->valuedouble : 0;
+	double h = cJSON_IsNumber(hint) ? hint->valuedouble : -1;
+	c->want_evicts = cJSON_IsTrue(we);
+	cJSON_Delete(j);
+	if (rc)
+		return kvn_sched_conn_fail(s, c, seq, -EINVAL, "%s", err);
+	uint32_t id;
+	bool fresh;
+	if ((rc = pick_id(s, nm.name, h, &id, &fresh)) == -EUSERS) {
+		s->refused++;
+		return kvn_sched_conn_fail(
+		    s, c, seq, -EUSERS,
+		    "JOIN of %s refused: all %u worker ids are held by node names that are members "
+		    "or left less than worker_id_grace_ms (%lld ms) ago; an id is reused once its "
+		    "name has been gone that long",
+		    nm.name, KVN_DIR_MAX_WORKERS, (long long)s->grace_ms);
+	}
+	if (rc)
+		return kvn_sched_conn_fail(s, c, seq, rc, "JOIN of %s: out of memory", nm.name);
+	nm.blob = blen ? malloc(blen) : NULL;
+	if (blen && !nm.blob)
+		return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "JOIN of %s: out of memory",
+					   nm.name);
+	if (blen)
+		memcpy(nm.blob, blob, blen);
+	nm.blob_len = blen;
+
+	struct member *m = &s->members[id];
+	bool rejoin = !fresh;
+	if (fresh) {
+		memcpy(m->name, nm.name, sizeof(m->name));
+		if (name_add(s, id)) {
+			free(nm.blob);
+			memset(m, 0, sizeof(*m));
+			m->name_next = -1;
+			return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "JOIN of %s: out of memory",
+						   nm.name);
+		}
+		s->held++;
+	}
+	if (m->conn) {
+		/* The same name from a new connection: the node restarted before its old
+		 * connection was noticed gone (or two nodes share a name, which is a config
+		 * error the log makes visible). */
+		kvn_warn(COMP, "node %s joined again from %s; dropping its old connection %s",
+			 nm.name, c->peer, m->conn->peer);
+		struct conn *old = m->conn;
+		old->member = -1;
+		m->conn = NULL;
+		kvn_sched_conn_close(s, old, "replaced by a new JOIN of the same node");
+	}
+	/* Whatever it published before belongs to an index it is about to re-publish. */
+	size_t dropped = kvn_dir_drop_worker(s->dir, id);
+	if (m->state != M_ALIVE)
+		s->alive++;
+	s->blob_bytes += nm.blob_len - m->blob_len;
+	free(m->blob);
+	nm.name_next = m->name_next;
+	*m = nm;
+	m->state = M_ALIVE;
+	m->last_beat_ms = m->joined_ms = kvn_sched_now_ms();
+	m->conn = c;
+	c->member = (int32_t)id;
+	s->epoch++;
+	s->joins++;
+	kvn_info(COMP,
+		 "node %s %sjoined from %s as worker %u (data %s, transport %s%s); %u members, "
+		 "epoch %llu",
+		 m->name, rejoin ? "re" : "", c->peer, id, m->data_addr[0] ? m->data_addr : "-",
+		 m->transport[0] ? m->transport : "-",
+		 dropped ? ", its old directory entries dropped" : "", s->alive,
+		 (unsigned long long)s->epoch);
+
+	cJSON *r = cJSON_CreateObject();
+	cJSON_AddNumberToObject(r, "worker_id", id);
+	cJSON_AddNumberToObject(r, "worker_count", s->alive);
+	cJSON_AddNumberToObject(r, "epoch", (double)s->epoch);
+	cJSON_AddNumberToObject(r, "heartbeat_ms", s->hb_ms);
+	char *text = cJSON_PrintUnformatted(r);
+	cJSON_Delete(r);
+	if (!text)
+		return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "JOIN of %s: out of memory",
+					   m->name);
+	kvn_cf_put_json_frame(&c->out, KVN_CF_JOIN_OK, seq, text, NULL, 0);
+	free(text);
+	/* The newcomer learns of everyone alive (itself included), everyone else of it. */
+	for (uint32_t i = 0; i < s->nmembers; i++)
+		if (s->members[i].state == M_ALIVE)
+			put_member_frame(s, &c->out, i);
+	kvn_cf_buf_reset(&s->scratch);
+	put_member_frame(s, &s->scratch, id);
+	kvn_sched_broadcast(s, c, false);
+	return c->out.err ? kvn_sched_conn_fail(s, c, seq, -ENOMEM, "out of memory") : 0;
+}
+
+char *
+kvn_scheduler_stats_json(struct kvn_scheduler *s)
+{
+	int64_t now = kvn_sched_now_ms();
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "scheduler", s->addr);
+	cJSON_AddNumberToObject(j, "epoch", (double)s->epoch);
+	cJSON_AddNumberToObject(j, "worker_count", s->alive);
+	cJSON_AddNumberToObject(j, "heartbeat_ms", s->hb_ms);
+	cJSON_AddNumberToObject(j, "entries", (double)kvn_dir_entries(s->dir));
+	cJSON_AddNumberToObject(j, "directory_bytes", (double)kvn_dir_bytes(s->dir));
+	cJSON_AddNumberToObject(j, "connections", s->nconns);
+	cJSON_AddNumberToObject(j, "max_connections", s->max_conns);
+	cJSON_AddNumberToObject(j, "unjoined_timeout_ms", s->unjoined_ms);
+	cJSON_AddNumberToObject(j, "reply_queue_bytes", (double)s->out_bytes);
+	cJSON_AddNumberToObject(j, "reply_queue_max", (double)s->out_max);
+	cJSON_AddNumberToObject(j, "slow_readers_dropped", (double)s->slow_dropped);
+	cJSON_AddNumberToObject(j, "accept_errors", (double)s->accept_errors);
+	cJSON_AddNumberToObject(j, "worker_ids_held", s->held);
+	cJSON_AddNumberToObject(j, "member_region_bytes", (double)s->blob_bytes);
+	cJSON_AddNumberToObject(j, "worker_ids_reclaimed", (double)s->reclaimed);
+	cJSON_AddNumberToObject(j, "worker_id_grace_ms", (double)s->grace_ms);
+	cJSON_AddNumberToObject(j, "lookups", (double)s->lookups);
+	cJSON_AddNumberToObject(j, "keys_looked_up", (double)s->keys_looked_up);
+	cJSON_AddNumberToObject(j, "published", (double)s->publishes);
+	cJSON_AddNumberToObject(j, "refused", (double)s->refused);
+	cJSON_AddNumberToObject(j, "protocol_errors", (double)s->proto_errors);
+	cJSON_AddNumberToObject(j, "frames", (double)s->frames);
+	cJSON_AddNumberToObject(j, "joins", (double)s->joins);
+	cJSON_AddNumberToObject(j, "leaves", (double)s->leaves);
+	cJSON_AddNumberToObject(j, "expiries", (double)s->expiries);
+	cJSON *arr = cJSON_AddArrayToObject(j, "members");
+	for (uint32_t id = 0; id < s->nmembers; id++) {
+		const struct member *m = &s->members[id];
+		if (m->state == M_UNUSED)
+			continue;
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddNumberToObject(o, "worker_id", id);
+		cJSON_AddStringToObject(o, "name", m->name);
+		cJSON_AddStringToObject(o, "state", m->state == M_ALIVE ? "alive" : "expired");
+		cJSON_AddStringToObject(o, "data_addr", m->data_addr);
+		cJSON_AddStringToObject(o, "transport", m->transport);
+		cJSON_AddNumberToObject(o, "capacity", (double)m->capacity);
+		cJSON_AddNumberToObject(o, "chunks", (double)kvn_dir_worker_entries(s->dir, id));
+		cJSON_AddNumberToObject(o, "last_heartbeat_ms_ago",
+					(double)(now - m->last_beat_ms));
+		cJSON_AddBoolToObject(o, "connected", m->conn != NULL);
+		cJSON_AddStringToObject(o, "peer", m->conn ? m->conn->peer : "");
+		cJSON_AddItemToArray(arr, o);
+	}
+	if (s->plugins) {
+		char *pl = kvn_plugins_stats_json(s->plugins);
+		cJSON *parr = pl ? cJSON_Parse(pl) : NULL;
+		free(pl);
+		if (parr && !cJSON_AddItemToObject(j, "plugins", parr))
+			cJSON_Delete(parr);
+	}
+	char *text = cJSON_PrintUnformatted(j);
+	cJSON_Delete(j);
+	return text;
+}
+
+void
+kvn_scheduler_set_plugins(struct kvn_scheduler *s, struct kvn_plugins *plugins)
+{
+	s->plugins = plugins;
+}
+
+int
+kvn_sched_stats(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
+		uint32_t len)
+{
+	cJSON *j = len ? cJSON_ParseWithLength((const char *)body, len) : NULL;
+	int prc = check_proof(s, c, seq, j, "STATS");
+	cJSON_Delete(j);
+	if (prc)
+		return prc;
+	char *text = kvn_scheduler_stats_json(s);
+	if (!text)
+		return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "STATS: out of memory");
+	kvn_cf_begin(&c->out, KVN_CF_STATS_REPLY, seq);
+	kvn_cf_put_bytes(&c->out, text, strlen(text));
+	free(text);
+	return kvn_cf_end(&c->out)
+		   ? kvn_sched_conn_fail(s, c, seq, -EMSGSIZE, "STATS reply too large")
+		   : 0;
+}
