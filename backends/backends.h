@@ -13,6 +13,21 @@
 #include "kvnode/backend.h"
 #include "kvnode/transport.h"
 
+struct kvn_pool;
+
+/* What the node creates a built-in tier with: the env every backend sees, and what only the
+ * built-in tiers get (an external module's create is never handed more than the env). */
+struct kvn_tier_env {
+	struct kvn_backend_env env; /* first: a tier's create gets &env */
+	struct kvn_pool *pool;	    /* the node's registered chunk pool, for the cpu tier */
+};
+
+static inline const struct kvn_tier_env *
+kvn_tier_env_of(const struct kvn_backend_env *env)
+{
+	return (const struct kvn_tier_env *)env;
+}
+
 extern const struct kvn_backend_ops kvn_cpu_backend_ops;
 extern const struct kvn_backend_ops kvn_disk_backend_ops;
 extern const struct kvn_backend_ops kvn_remote_backend_ops;
@@ -20,13 +35,18 @@ extern const struct kvn_backend_ops kvn_peer_backend_ops;
 
 /* The built-in tier named name ("cpu", "disk", "remote"; the peer tier is the cluster glue's,
  * never named in a config), NULL for another name. */
-KVN_API const struct kvn_backend_ops *kvn_builtin_backend(const char *name);
+const struct kvn_backend_ops *kvn_builtin_backend(const char *name);
+
+/* sizeof(struct kvn_backend_ops) at ABI 2.0: the shortest table a module may export. */
+#define KVN_BACKEND_OPS_SIZE_2_0 offsetof(struct kvn_backend_ops, sync)
 
 /* Loads module_path (absolute, relative to config_dir, or a bare name searched in
  * $KVNODE_MODULE_PATH) and returns the exported `const struct kvn_backend_ops` named symbol.
  * Errors name the file and the symbol (ABI mismatch, missing file, missing symbol). *handle
- * gets the dlopen handle (dlclose it after the backend is destroyed). */
-KVN_API int kvn_external_load(const char *module_path, const char *symbol, const char *config_dir,
+ * gets the dlopen handle (dlclose it after the backend is destroyed). *ops points into the
+ * module, and may be shorter than this node's struct: read a member ABI 2.0 lacks only when
+ * KVN_ABI_HAS(ops, member). */
+int kvn_external_load(const char *module_path, const char *symbol, const char *config_dir,
 			      const struct kvn_backend_ops **ops, void **handle, char *err,
 			      size_t errlen);
 

@@ -152,17 +152,18 @@ static int
 cpu_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 {
 	*out = NULL;
-	if (!env->pool) {
+	struct kvn_pool *pool = kvn_tier_env_of(env)->pool;
+	if (!pool) {
 		env->log(env, KVN_LOG_ERROR,
-			 "the cpu tier needs the node's chunk pool (env->pool is NULL); it is "
-			 "created by the engine from max_local_cpu_size");
+			 "the cpu tier needs the node's chunk pool (none given); it is created by "
+			 "the engine from max_local_cpu_size");
 		return -EINVAL;
 	}
 	struct kvn_backend *be = calloc(1, sizeof(*be));
 	if (!be)
 		return -ENOMEM;
 	be->env = env;
-	be->pool = env->pool;
+	be->pool = pool;
 	be->cap = MIN_CAP;
 	be->tab = calloc(be->cap, sizeof(*be->tab));
 	if (!be->tab) {
@@ -401,7 +402,8 @@ kvn_cpu_alloc_scratch(struct kvn_backend *be, size_t len, struct kvn_slot **out)
 }
 
 const struct kvn_backend_ops kvn_cpu_backend_ops = {
-    .abi = KVN_BACKEND_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_backend_ops),
     .flags = 0,
     .name = "cpu",
     .create = cpu_create,

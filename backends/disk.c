@@ -782,12 +782,7 @@ disk_get(struct kvn_backend *d, const struct kvn_key *key, struct kvn_buf **out)
 		goto miss;
 	}
 	struct kvn_buf *b = base;
-	b->data = (char *)base + DISK_HDR;
-	b->len = h.len;
-	atomic_init(&b->refs, 1);
-	b->release = page_release;
-	b->owner = NULL;
-	b->aux = 0;
+	kvn_buf_init(b, (char *)base + DISK_HDR, h.len, page_release, NULL, 0);
 	d->hits++;
 	*out = b;
 	return 0;
@@ -884,6 +879,22 @@ disk_list(struct kvn_backend *d, kvn_list_cb cb, void *ctx)
 	return r;
 }
 
+/* What a put without fsync left in the page cache reaches the disk: one syncfs of the
+ * directory's file system (the files and the renames that published them). */
+static int
+disk_sync(struct kvn_backend *d)
+{
+	if (syncfs(d->dirfd) == 0)
+		return 0;
+	int rc = -errno;
+	d->errors++;
+	d->env->log(d->env, KVN_LOG_ERROR,
+		    "syncfs of %s failed: %s: chunks put since the last "
+		    "flush may not survive a power loss",
+		    d->dir, strerror(-rc));
+	return rc;
+}
+
 static void
 disk_stats(struct kvn_backend *d, struct kvn_backend_stats *out)
 {
@@ -900,7 +911,8 @@ disk_stats(struct kvn_backend *d, struct kvn_backend_stats *out)
 }
 
 const struct kvn_backend_ops kvn_disk_backend_ops = {
-    .abi = KVN_BACKEND_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_backend_ops),
     .flags = KVN_BACKEND_F_SLOW,
     .name = "disk",
     .create = disk_create,
@@ -913,4 +925,5 @@ const struct kvn_backend_ops kvn_disk_backend_ops = {
     .unpin = disk_unpin,
     .list = disk_list,
     .stats = disk_stats,
+    .sync = disk_sync,
 };

@@ -3,7 +3,10 @@
  * Every refusal names the file and the symbol, and leaves nothing loaded. */
 #include <dlfcn.h>
 #include <errno.h>
+#include <stddef.h>
+#include <stdio.h>
 
+#include "core/abi.h"
 #include "core/log.h"
 #include "core/module.h"
 #include "backends/backends.h"
@@ -29,7 +32,7 @@ missing_op(const struct kvn_backend_ops *ops)
 	return NULL;
 }
 
-KVN_API int
+int
 kvn_external_load(const char *module_path, const char *symbol, const char *config_dir,
 		  const struct kvn_backend_ops **ops, void **handle, char *err, size_t errlen)
 {
@@ -49,13 +52,12 @@ kvn_external_load(const char *module_path, const char *symbol, const char *confi
 	if (rc)
 		return rc;
 	const struct kvn_backend_ops *o = sym;
-	if (o->abi != KVN_BACKEND_ABI) {
-		rc = kvn_seterr(err, errlen,
-			  "module %s exports ops with abi %u, this kvnode needs KVN_BACKEND_ABI %d "
-			  "(symbol %s): rebuild the module against this kvnode's headers",
-			  path, o->abi, KVN_BACKEND_ABI, symbol);
+	char what[4200];
+	snprintf(what, sizeof(what), "external backend module %s (symbol %s)", path, symbol);
+	rc = kvn_abi_check(o->abi, o->size, KVN_BACKEND_OPS_SIZE_2_0, sizeof(*o),
+			   "struct kvn_backend_ops", what, err, errlen);
+	if (rc)
 		goto out_close;
-	}
 	const char *miss = missing_op(o);
 	if (miss) {
 		rc = kvn_seterr(err, errlen,

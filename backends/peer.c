@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "backends/backends.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/pool.h"
 #include "kvnode/backend.h"
@@ -321,10 +322,9 @@ fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_peer_l
 			      .remote_addr = loc->addr,
 			      .rkey = loc->rkey,
 			      .len = loc->len};
-	struct timespec t0, t1;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
+	uint64_t t0 = kvn_now_ns();
 	rc = kvn_transport_read_sync(be->link.ops, ep, &rd, 1, err, sizeof(err));
-	clock_gettime(CLOCK_MONOTONIC, &t1);
+	uint64_t t1 = kvn_now_ns();
 	conn_put(be, ep, rc == -ENOTCONN || rc == -ECONNRESET || rc == -ETIMEDOUT);
 	atomic_fetch_add_explicit(&be->reads, 1, memory_order_relaxed);
 	if (rc < 0) {
@@ -335,8 +335,7 @@ fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_peer_l
 		return -EAGAIN;
 	}
 	atomic_fetch_add_explicit(&be->bytes_read, loc->len, memory_order_relaxed);
-	kvn_histogram_observe(&be->read_latency, (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL +
-							    (t1.tv_nsec - t0.tv_nsec)));
+	kvn_histogram_observe(&be->read_latency, t1 - t0);
 	rc = kvn_slot_verify(img, loc->len, key->digest, loc->generation);
 	if (rc == 0) {
 		/* The payload stays where the READ put it: the caller gets a view of the scratch
@@ -547,7 +546,8 @@ peer_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 }
 
 const struct kvn_backend_ops kvn_peer_backend_ops = {
-    .abi = KVN_BACKEND_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_backend_ops),
     .flags = 0,
     .name = "peer",
     .create = peer_create,

@@ -12,7 +12,7 @@ static const struct {
     {"remote", &kvn_remote_backend_ops},
 };
 
-KVN_API const struct kvn_backend_ops *
+const struct kvn_backend_ops *
 kvn_builtin_backend(const char *name)
 {
 	for (size_t i = 0; i < sizeof(builtin) / sizeof(builtin[0]); i++)

@@ -436,7 +436,8 @@ remote_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 	}
 	kvn_connector_scheme_of(url, be->scheme, sizeof(be->scheme));
 	be->cenv = (struct kvn_connector_env){
-	    .abi = KVN_CONNECTOR_ABI,
+	    .abi = KVN_ABI,
+	    .size = sizeof(struct kvn_connector_env),
 	    .url = be->url,
 	    .url_redacted = be->url_redacted,
 	    .config_dir = env->config_dir,
@@ -659,7 +660,8 @@ kvn_remote_backend_in_service(struct kvn_backend *be)
 }
 
 const struct kvn_backend_ops kvn_remote_backend_ops = {
-    .abi = KVN_BACKEND_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_backend_ops),
     .flags = KVN_BACKEND_F_SLOW,
     .name = "remote",
     .create = remote_create,

@@ -1,11 +1,12 @@
 /* kvnode-bench: shared options, timing and perftest-style / JSON reporting of result rows. */
-#ifndef KVN_BENCH_H
-#define KVN_BENCH_H
+#ifndef KVN_BENCH_BENCH_H
+#define KVN_BENCH_BENCH_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/clock.h"
 #include "kvnode/kvnode.h"
 
 struct bench_opts {
@@ -73,7 +74,6 @@ int bench_measure_pair(int (*pass)(void *ctx, int op), void *ctx, int op_a, int 
 /* Sorts n trials by average and returns the median one. */
 const struct bench_trial *bench_median(struct bench_trial *t, int n);
 
-double bench_now(void);
 /* Prints the perftest-style header once per table. */
 void bench_table_header(const struct bench_opts *o, const char *title, const char *setup);
 void bench_table_row(const struct bench_opts *o, const struct bench_row *r);

@@ -32,7 +32,8 @@ open_transport(const struct bench_opts *o, const struct kvn_transport_ops **ops,
 	       struct kvn_transport **tp)
 {
 	char err[256] = "";
-	struct kvn_transport_cfg cfg = { .gid_index = -1, .conns_per_peer = o->conns };
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
+					.conns_per_peer = o->conns};
 	*ops = kvn_transport_by_name(o->transport, &cfg, err, sizeof(err));
 	int rc = *ops ? (*ops)->open(&cfg, tp, err, sizeof(err)) : -EINVAL;
 	if (rc < 0)
@@ -189,7 +190,7 @@ read_done(struct kvn_read *rd, int status, const char *msg)
 	bool again = false;
 	if (status == 0) {
 		atomic_fetch_add(&r->completed, 1);
-		again = bench_now() < r->deadline;
+		again = kvn_now_s() < r->deadline;
 	}
 	if (again) {
 		set_read(r, rd);
@@ -218,7 +219,7 @@ measure(struct run *r, int inflight, double duration, uint64_t *iters, double *g
 	atomic_store(&r->completed, 0);
 	r->status = 0;
 	r->outstanding = inflight;
-	double t0 = bench_now();
+	double t0 = kvn_now_s();
 	r->deadline = t0 + duration;
 	for (int i = 0; i < inflight; i++) {
 		rds[i] = (struct kvn_read){ .local_mr = r->mr, .rkey = r->remote.rkey,
@@ -235,7 +236,7 @@ measure(struct run *r, int inflight, double duration, uint64_t *iters, double *g
 	while (r->outstanding)
 		pthread_cond_wait(&r->cond, &r->lock);
 	pthread_mutex_unlock(&r->lock);
-	double t = bench_now() - t0;
+	double t = kvn_now_s() - t0;
 	free(rds);
 	*iters = atomic_load(&r->completed);
 	*gbps = (double)*iters * (double)r->size / t / 1e9;

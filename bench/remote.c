@@ -396,7 +396,8 @@ bench_remote(const struct bench_opts *o)
 	}
 	struct ctx c = {0};
 	char *shown = kvn_url_redact(url);
-	struct kvn_connector_env env = {.abi = KVN_CONNECTOR_ABI,
+	struct kvn_connector_env env = {.abi = KVN_ABI,
+					.size = sizeof(struct kvn_connector_env),
 					.url = url,
 					.url_redacted = shown ? shown : "(url)",
 					.config_dir = ".",

@@ -46,7 +46,8 @@ bench_peer_fetch_open(const struct bench_opts *o, size_t max_size, uint64_t wset
 	if (!p)
 		return -ENOMEM;
 	const char *name = o->transport ? o->transport : "tcp";
-	struct kvn_transport_cfg cfg = {.gid_index = -1, .conns_per_peer = o->conns};
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
+					.conns_per_peer = o->conns};
 	int rc = -EINVAL;
 	p->ops = kvn_transport_by_name(name, &cfg, err, sizeof(err));
 	if (!p->ops)

@@ -10,14 +10,6 @@ static cJSON *rows;
 static const char rule[] =
 	"---------------------------------------------------------------------------------------------";
 
-double
-bench_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 int
 bench_measure(int (*pass)(void *ctx, int op), void *ctx, int op, size_t items, size_t item_bytes,
 	      double duration, struct bench_trial *t)
@@ -27,12 +19,12 @@ bench_measure(int (*pass)(void *ctx, int op), void *ctx, int op, size_t items, s
 	if (rc < 0)
 		return rc;
 	*t = (struct bench_trial){ 0 };
-	double start = bench_now(), now = start;
+	double start = kvn_now_s(), now = start;
 	do {
 		double p0 = now;
 		if ((rc = pass(ctx, op)) < 0)
 			return rc;
-		now = bench_now();
+		now = kvn_now_s();
 		double g = bytes_per_pass / (now - p0) / 1e9;
 		if (g > t->peak_gbps)
 			t->peak_gbps = g;
@@ -53,22 +45,22 @@ bench_measure_pair(int (*pass)(void *ctx, int op), void *ctx, int op_a, int op_b
 	if (rc < 0)
 		return rc;
 	*a = *b = (struct bench_trial){ 0 };
-	double time_a = 0, time_b = 0, start = bench_now();
+	double time_a = 0, time_b = 0, start = kvn_now_s();
 	do {
 		struct bench_trial *t[2] = { a, b };
 		double *spent[2] = { &time_a, &time_b };
 		int ops[2] = { op_a, op_b };
 		for (int i = 0; i < 2; i++) {
-			double p0 = bench_now();
+			double p0 = kvn_now_s();
 			if ((rc = pass(ctx, ops[i])) < 0)
 				return rc;
-			double dt = bench_now() - p0, g = bytes_per_pass / dt / 1e9;
+			double dt = kvn_now_s() - p0, g = bytes_per_pass / dt / 1e9;
 			*spent[i] += dt;
 			t[i]->iterations += items;
 			if (g > t[i]->peak_gbps)
 				t[i]->peak_gbps = g;
 		}
-	} while (bench_now() - start < 2 * duration);
+	} while (kvn_now_s() - start < 2 * duration);
 	a->gbps = (double)a->iterations * (double)item_bytes / time_a / 1e9;
 	b->gbps = (double)b->iterations * (double)item_bytes / time_b / 1e9;
 	return 0;

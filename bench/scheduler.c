@@ -134,7 +134,7 @@ run_lookups(struct client *c, uint32_t batch, int window, double duration, uint6
 	struct kvn_loc *locs = malloc(batch * sizeof(*locs));
 	uint64_t *first = malloc((size_t)window * sizeof(*first)), next = 1, sent = 0, done = 0;
 	int rc = nloc && locs && first ? 0 : -ENOMEM;
-	double start = bench_now(), end = start + duration;
+	double start = kvn_now_s(), end = start + duration;
 	bool stop = false;
 	while (!rc && (!stop || done < sent)) {
 		/* Top the window up in one write once half of it has come back: one send per
@@ -180,10 +180,10 @@ run_lookups(struct client *c, uint32_t batch, int window, double duration, uint6
 			}
 		kvn_cf_rx_consume(&c->rx, &h);
 		done++;
-		if (!stop && bench_now() >= end)
+		if (!stop && kvn_now_s() >= end)
 			stop = true;
 	}
-	double dt = bench_now() - start;
+	double dt = kvn_now_s() - start;
 	res->frames = done;
 	res->keys_per_s = (double)done * batch / dt;
 	kvn_cf_buf_free(&req);
@@ -200,14 +200,14 @@ direct_lookups(struct kvn_dir *d, uint32_t batch, double duration, uint64_t nkey
 {
 	uint64_t next = 1, keys = 0;
 	volatile uint64_t sink = 0;
-	double start = bench_now(), now;
+	double start = kvn_now_s(), now;
 	do {
 		for (uint32_t i = 0; i < batch; i++) {
 			struct kvn_loc l;
 			sink += kvn_dir_lookup(d, digest(mix(next++) % nkeys), &l, 1) ? l.addr : 0;
 		}
 		keys += batch;
-	} while ((now = bench_now()) - start < duration);
+	} while ((now = kvn_now_s()) - start < duration);
 	(void)sink;
 	return (double)keys / (now - start);
 }
@@ -237,7 +237,7 @@ bench_memory(const struct bench_opts *o, cJSON *rows)
 	struct kvn_dir *d;
 	if (kvn_dir_create(0, &d))
 		return -ENOMEM;
-	double t0 = bench_now();
+	double t0 = kvn_now_s();
 	for (uint64_t i = 0; i < n; i++) {
 		struct kvn_loc l = loc(i);
 		l.worker_id = (uint32_t)(i % 4); /* a cluster of 4 nodes */
@@ -250,7 +250,7 @@ bench_memory(const struct bench_opts *o, cJSON *rows)
 			return -ENOMEM;
 		}
 	}
-	double dt = bench_now() - t0;
+	double dt = kvn_now_s() - t0;
 	long grown = rss_bytes() - before;
 	double per = (double)grown / (double)n;
 	size_t alloc = kvn_dir_bytes(d);

@@ -6,6 +6,7 @@
 
 #include "connectors/external.h"
 #include "connectors/registry.h"
+#include "core/abi.h"
 #include "core/log.h"
 #include "core/module.h"
 
@@ -35,7 +36,7 @@ missing_op(const struct kvn_connector_ops *ops)
 	return NULL;
 }
 
-KVN_API int
+int
 kvn_connector_load_external(const char *url, const char *config_dir, kvn_extra_get_fn get,
 			    void *ctx, char *err, size_t errlen)
 {
@@ -68,14 +69,11 @@ kvn_connector_load_external(const char *url, const char *config_dir, kvn_extra_g
 		return rc;
 	const struct kvn_connector_ops *ops = sym;
 	const char *miss;
-	if (ops->abi != KVN_CONNECTOR_ABI) {
-		rc = kvn_seterr(err, errlen,
-				"external connector module %s exports %s with abi %u, this kvnode "
-				"needs KVN_CONNECTOR_ABI %d: rebuild the module against this "
-				"kvnode's headers",
-				path, cn, ops->abi, KVN_CONNECTOR_ABI);
+	char what[4200];
+	snprintf(what, sizeof(what), "external connector module %s (symbol %s)", path, cn);
+	rc = kvn_connector_check_abi(ops, what, err, errlen);
+	if (rc)
 		goto out_close;
-	}
 	if ((miss = missing_op(ops))) {
 		rc = kvn_seterr(err, errlen,
 				"external connector module %s exports %s without the required "

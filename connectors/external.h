@@ -17,7 +17,7 @@ typedef const char *(*kvn_extra_get_fn)(void *ctx, const char *key);
  * a built-in scheme from an unknown one). On error nothing stays loaded and err names the
  * file, the symbol and the extra_config key to fix. A registered module stays loaded for the
  * life of the process: the registry hands its ops out to every remote tier. */
-KVN_API int kvn_connector_load_external(const char *url, const char *config_dir,
+int kvn_connector_load_external(const char *url, const char *config_dir,
 					kvn_extra_get_fn get, void *ctx, char *err, size_t errlen);
 
 #endif

@@ -541,7 +541,8 @@ fs_ping(struct kvn_connector *c)
 }
 
 const struct kvn_connector_ops kvn_fs_connector_ops = {
-    .abi = KVN_CONNECTOR_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_connector_ops),
     .scheme = "fs",
     .connect = fs_connect,
     .close = fs_close,

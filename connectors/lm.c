@@ -413,7 +413,8 @@ lm_put_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *key
 }
 
 const struct kvn_connector_ops kvn_lm_connector_ops = {
-    .abi = KVN_CONNECTOR_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_connector_ops),
     .scheme = "lm",
     .connect = lm_connect,
     .close = lm_close,

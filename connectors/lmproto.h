@@ -1,8 +1,8 @@
 /* LMCache's cache-server wire format (`lm://`, docs/architecture.md §10): fixed request and reply
  * headers. Shared by the lm server (node/lm_server.c) and the lm connector (connectors/lm.c) so
  * that the two sides cannot disagree on the layout or on what a valid header is. */
-#ifndef KVN_NODE_LMPROTO_H
-#define KVN_NODE_LMPROTO_H
+#ifndef KVN_CONNECTORS_LMPROTO_H
+#define KVN_CONNECTORS_LMPROTO_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "connectors/registry.h"
+#include "core/abi.h"
 #include "core/log.h"
 
 #define MAX_EXTERNAL 32
@@ -72,7 +73,16 @@ find_external(const char *scheme)
 	return -1;
 }
 
-KVN_API int
+int
+kvn_connector_check_abi(const struct kvn_connector_ops *ops, const char *what, char *err,
+			size_t errlen)
+{
+	/* ABI 2.1 added nothing to the connector table: 2.0's is the whole struct. */
+	return kvn_abi_check(ops->abi, ops->size, sizeof(*ops), sizeof(*ops),
+			     "struct kvn_connector_ops", what, err, errlen);
+}
+
+int
 kvn_connector_register(const char *scheme, const struct kvn_connector_ops *ops)
 {
 	if (!scheme || !scheme_valid(scheme)) {
@@ -82,11 +92,11 @@ kvn_connector_register(const char *scheme, const struct kvn_connector_ops *ops)
 			scheme ? scheme : "(null)", SCHEME_MAX);
 		return -EINVAL;
 	}
-	if (!ops || ops->abi != KVN_CONNECTOR_ABI) {
-		kvn_err("connector",
-			"cannot register connector \"%s\": its ABI is %u, this node's "
-			"is %u: rebuild it against this kvnode's headers",
-			scheme, ops ? ops->abi : 0, KVN_CONNECTOR_ABI);
+	char what[160], why[512];
+	snprintf(what, sizeof(what), "connector \"%s\"", scheme);
+	if (!ops || kvn_connector_check_abi(ops, what, why, sizeof(why))) {
+		kvn_err("connector", "cannot register connector \"%s\": %s", scheme,
+			ops ? why : "no ops");
 		return -EINVAL;
 	}
 	if (find_builtin(scheme)) {
@@ -125,7 +135,7 @@ out:
 	return rc;
 }
 
-KVN_API int
+int
 kvn_connector_unregister(const char *scheme)
 {
 	pthread_mutex_lock(&lock);
@@ -144,7 +154,7 @@ append(char *buf, size_t len, size_t at, const char *s)
 	return at + (n > 0 ? (size_t)n : 0);
 }
 
-KVN_API size_t
+size_t
 kvn_connector_schemes(char *buf, size_t len)
 {
 	size_t at = 0;
@@ -160,7 +170,7 @@ kvn_connector_schemes(char *buf, size_t len)
 	return at;
 }
 
-KVN_API int
+int
 kvn_connector_scheme_of(const char *url, char *out, size_t outlen)
 {
 	const char *sep = url ? strstr(url, "://") : NULL;
@@ -171,7 +181,7 @@ kvn_connector_scheme_of(const char *url, char *out, size_t outlen)
 	return scheme_valid(out) ? 0 : -EINVAL;
 }
 
-KVN_API int
+int
 kvn_connector_find(const char *url, const struct kvn_connector_ops **ops, char *err, size_t errlen)
 {
 	char scheme[SCHEME_MAX], known[512];
@@ -211,7 +221,7 @@ kvn_connector_find(const char *url, const struct kvn_connector_ops **ops, char *
  * Batches
  * -------------------------------------------------------------------------------------------- */
 
-KVN_API int
+int
 kvn_connector_get_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c, size_t n,
 			const struct kvn_key *const *keys, struct kvn_remote_value *out, int *rcs)
 {
@@ -222,7 +232,7 @@ kvn_connector_get_batch(const struct kvn_connector_ops *ops, struct kvn_connecto
 	return 0;
 }
 
-KVN_API int
+int
 kvn_connector_put_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c, size_t n,
 			const struct kvn_key *const *keys, const struct kvn_remote_value *vals,
 			int *rcs)
@@ -234,7 +244,7 @@ kvn_connector_put_batch(const struct kvn_connector_ops *ops, struct kvn_connecto
 	return 0;
 }
 
-KVN_API int
+int
 kvn_connector_exists_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c, size_t n,
 			   const struct kvn_key *const *keys, int *rcs)
 {

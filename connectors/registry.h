@@ -17,30 +17,34 @@ extern _Atomic int kvn_redis_fail_append_in;
 
 /* Adds an external connector for scheme (letters, digits, '+', '-', '.'). 0 when added or when
  * the same ops are already registered for it; -EEXIST when the scheme is built in or taken by
- * other ops; -EINVAL for a bad scheme or an ops whose abi is not KVN_CONNECTOR_ABI. The ops
- * (and the module holding them) must stay valid until kvn_connector_unregister. */
-KVN_API int kvn_connector_register(const char *scheme, const struct kvn_connector_ops *ops);
+ * other ops; -EINVAL for a bad scheme or ops that fail kvn_connector_check_abi. The ops (and
+ * the module holding them) must stay valid until kvn_connector_unregister. */
+/* Whether this node can drive ops (their abi and size, kvnode/version.h); -EINVAL with err
+ * starting with what ("external connector module F (symbol S)") and saying how to fix it. */
+int kvn_connector_check_abi(const struct kvn_connector_ops *ops, const char *what, char *err,
+			    size_t errlen);
+int kvn_connector_register(const char *scheme, const struct kvn_connector_ops *ops);
 /* Removes an external registration; -ENOENT when there is none. */
-KVN_API int kvn_connector_unregister(const char *scheme);
+int kvn_connector_unregister(const char *scheme);
 
 /* The ops for url's scheme. Unknown scheme: -EINVAL, err lists the known schemes. A scheme
  * this build lacks (rediss without hiredis SSL, infinistore, mooncakestore): -ENOTSUP, err
  * says "not built in this build: needs <library>". A URL without "://": -EINVAL. */
-KVN_API int kvn_connector_find(const char *url, const struct kvn_connector_ops **ops, char *err,
+int kvn_connector_find(const char *url, const struct kvn_connector_ops **ops, char *err,
 			       size_t errlen);
 /* The known schemes, ", "-joined, into buf; returns the length it needs. */
-KVN_API size_t kvn_connector_schemes(char *buf, size_t len);
+size_t kvn_connector_schemes(char *buf, size_t len);
 /* Copies url's scheme (before "://") into out; -EINVAL without one or when it is too long. */
-KVN_API int kvn_connector_scheme_of(const char *url, char *out, size_t outlen);
+int kvn_connector_scheme_of(const char *url, char *out, size_t outlen);
 
 /* Batched calls: the connector's batch op when it has one, else a loop of single calls. */
-KVN_API int kvn_connector_get_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c,
+int kvn_connector_get_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c,
 				    size_t n, const struct kvn_key *const *keys,
 				    struct kvn_remote_value *out, int *rcs);
-KVN_API int kvn_connector_put_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c,
+int kvn_connector_put_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c,
 				    size_t n, const struct kvn_key *const *keys,
 				    const struct kvn_remote_value *vals, int *rcs);
-KVN_API int kvn_connector_exists_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c,
+int kvn_connector_exists_batch(const struct kvn_connector_ops *ops, struct kvn_connector *c,
 				       size_t n, const struct kvn_key *const *keys, int *rcs);
 
 #endif

@@ -129,7 +129,7 @@ tag_encode(uint64_t keyd, uint64_t mseed, uint64_t sum, uint8_t tag[KVN_REMOTE_T
 	return KVN_REMOTE_TAG_LEN;
 }
 
-KVN_API void
+void
 kvn_remote_tag_fill(struct kvn_remote_value *val, const struct kvn_key *key)
 {
 	const struct kvn_buf *b = val->payload;
@@ -150,7 +150,7 @@ value_untagged(struct kvn_remote_value *val, struct kvn_buf *buf)
 	return 0;
 }
 
-KVN_API int
+int
 kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf)
 {
 	int rc = value_untagged(val, buf);
@@ -159,7 +159,7 @@ kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf)
 	return rc;
 }
 
-KVN_API int
+int
 kvn_remote_value_for_put(struct kvn_remote_value *val, const struct kvn_key *key,
 			 struct kvn_buf *buf, const struct kvn_connector_ops *ops)
 {
@@ -263,13 +263,13 @@ check(const struct kvn_remote_value *val, const struct kvn_key *key, char *why, 
 	return 0;
 }
 
-KVN_API int
+int
 kvn_remote_value_check(const struct kvn_remote_value *val, char *why, size_t whylen)
 {
 	return check(val, NULL, why, whylen);
 }
 
-KVN_API int
+int
 kvn_remote_value_check_key(const struct kvn_remote_value *val, const struct kvn_key *key,
 			   char *why, size_t whylen)
 {

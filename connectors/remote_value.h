@@ -1,7 +1,8 @@
 /* LMCache's 28-byte remote value header (RemoteMetadata) and kvnode's integrity tag: the one
- * implementation every connector, the remote tier and the lm:// server use. */
-#ifndef KVN_NODE_REMOTE_VALUE_H
-#define KVN_NODE_REMOTE_VALUE_H
+ * implementation every connector, the remote tier and the lm:// server use. The part a
+ * connector module may call (header codec, tagger, value bound) is in kvnode/connector.h. */
+#ifndef KVN_CONNECTORS_REMOTE_VALUE_H
+#define KVN_CONNECTORS_REMOTE_VALUE_H
 
 #include "kvnode/connector.h"
 
@@ -23,60 +24,27 @@
 /* kvn_remote_value_check's answer for a value whose tag was another writer's leftover. */
 #define KVN_REMOTE_TAG_IGNORED 1
 
-/* Writes meta as seven little-endian int32 (LMCache's RemoteMetadata.serialize). */
-KVN_API void kvn_remote_meta_encode(const struct kvn_remote_meta *meta,
-				    uint8_t out[KVN_REMOTE_META_LEN]);
-/* Reads the header; -EPROTO when len is not 28 or a field is out of range (negative length
- * or shape, unknown dtype or fmt). */
-KVN_API int kvn_remote_meta_decode(const void *in, size_t len, struct kvn_remote_meta *meta);
-/* The header kvnode writes for a plain byte value: BINARY, uint8, shape {len, 1, 1, 1}.
- * -EFBIG when len does not fit LMCache's int32 length. */
-KVN_API int kvn_remote_meta_for_bytes(size_t len, struct kvn_remote_meta *meta);
-
 /* Computes val->tag / tag_len from key, val->meta and the payload. A NULL key makes a tag
  * that names no key: only kvn_remote_value_check accepts it (tests and tools). */
-KVN_API void kvn_remote_tag_fill(struct kvn_remote_value *val, const struct kvn_key *key);
+void kvn_remote_tag_fill(struct kvn_remote_value *val, const struct kvn_key *key);
 /* Prepares a value for put: header for plain bytes, payload = buf (not referenced), and a tag
  * that names no key (for tests and tools; the remote tier uses kvn_remote_value_for_put). */
-KVN_API int kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf);
+int kvn_remote_value_from_buf(struct kvn_remote_value *val, struct kvn_buf *buf);
 
 /* The value the remote tier hands ops->put for key: header for plain bytes, payload = buf
  * (not referenced), and the tag — or tag_len = KVN_REMOTE_TAG_PENDING when ops computes the
  * tag itself while it sends the payload (KVN_CONNECTOR_F_TAG_ON_SEND). key NULL: as above. */
-KVN_API int kvn_remote_value_for_put(struct kvn_remote_value *val, const struct kvn_key *key,
+int kvn_remote_value_for_put(struct kvn_remote_value *val, const struct kvn_key *key,
 				     struct kvn_buf *buf, const struct kvn_connector_ops *ops);
-
-/* kvn_remote_tag_fill in pieces, for a connector with KVN_CONNECTOR_F_TAG_ON_SEND: begin with
- * the key the value is put under and its header, update with the payload bytes in order (any
- * piece sizes), end writes the tag and returns its length. One tagger per connector instance
- * (it holds xxhash's state). */
-struct kvn_remote_tagger;
-KVN_API struct kvn_remote_tagger *kvn_remote_tagger_new(void);
-KVN_API void kvn_remote_tagger_free(struct kvn_remote_tagger *t);
-KVN_API void kvn_remote_tagger_begin(struct kvn_remote_tagger *t, const struct kvn_key *key,
-				     const struct kvn_remote_meta *meta);
-KVN_API void kvn_remote_tagger_update(struct kvn_remote_tagger *t, const void *p, size_t n);
-KVN_API uint32_t kvn_remote_tagger_end(struct kvn_remote_tagger *t,
-				       uint8_t tag[KVN_REMOTE_TAG_MAX]);
 
 /* Checks a value read from a store: a valid header whose length is the payload's, and, when
  * the store gave a tag, a matching one (for the key the tag names). 0; KVN_REMOTE_TAG_IGNORED
  * when the tag was made for another header (see above) and the value passes on its header
  * alone; -EBADMSG with why (may be NULL) saying which check failed; or -ESTALE for a tag of
  * version 1. A value without a tag (written by LMCache) passes on its header alone. */
-KVN_API int kvn_remote_value_check(const struct kvn_remote_value *val, char *why, size_t whylen);
+int kvn_remote_value_check(const struct kvn_remote_value *val, char *why, size_t whylen);
 /* The same, and a tag must name key: what the remote tier checks every value it reads with. */
-KVN_API int kvn_remote_value_check_key(const struct kvn_remote_value *val,
+int kvn_remote_value_check_key(const struct kvn_remote_value *val,
 				       const struct kvn_key *key, char *why, size_t whylen);
-
-/* The largest payload a connector takes from its store: the config's max_chunk_size (through
- * env->get_opt), else 64 MiB. A value announced longer is refused (-EMSGSIZE) before anything
- * is allocated for it: a store, or whatever answers at its address, cannot make a node
- * allocate gigabytes. */
-#define KVN_REMOTE_VALUE_MAX_DEFAULT (64ull << 20)
-KVN_API uint64_t kvn_remote_value_max(const struct kvn_connector_env *env);
-
-/* Drops the payload reference of a value returned by a connector (NULL-safe). */
-KVN_API void kvn_remote_value_release(struct kvn_remote_value *val);
 
 #endif

@@ -2,8 +2,8 @@
  * and data connection exchanges (HMAC-SHA256 from libsodium over fresh nonces, so a proof seen
  * on the wire is worth nothing on another connection). Also the per-host token file that one-host
  * setups use when no auth_token is configured (docs/configuration.md "Authentication"). */
-#ifndef KVN_NODE_AUTH_H
-#define KVN_NODE_AUTH_H
+#ifndef KVN_CORE_AUTH_H
+#define KVN_CORE_AUTH_H
 
 #include <stdbool.h>
 #include <stddef.h>

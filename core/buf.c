@@ -17,12 +17,7 @@ kvn_buf_new(size_t len)
 	struct kvn_buf *buf;
 	if (posix_memalign((void **)&buf, 64, hdr + (len ? len : 1)))
 		return NULL;
-	buf->data = (char *)buf + hdr;
-	buf->len = len;
-	atomic_init(&buf->refs, 1);
-	buf->release = heap_release;
-	buf->owner = NULL;
-	buf->aux = 0;
+	kvn_buf_init(buf, (char *)buf + hdr, len, heap_release, NULL, 0);
 	return buf;
 }
 
@@ -32,11 +27,6 @@ kvn_buf_wrap(void *data, size_t len)
 	struct kvn_buf *buf = malloc(sizeof(*buf));
 	if (!buf)
 		return NULL;
-	buf->data = data;
-	buf->len = len;
-	atomic_init(&buf->refs, 1);
-	buf->release = heap_release;
-	buf->owner = NULL;
-	buf->aux = 0;
+	kvn_buf_init(buf, data, len, heap_release, NULL, 0);
 	return buf;
 }

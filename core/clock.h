@@ -1,8 +1,8 @@
 /* The one monotonic clock: "now" for deadlines and durations, and condition variables that
  * wait on it, so that a wall-clock step (NTP, an operator's `date`) never shortens or stretches
- * a timeout. The wall clock is for log time stamps only (node/log.c). */
-#ifndef KVN_NODE_CLOCK_H
-#define KVN_NODE_CLOCK_H
+ * a timeout. The wall clock is for log time stamps only (core/log.c). */
+#ifndef KVN_CORE_CLOCK_H
+#define KVN_CORE_CLOCK_H
 
 #include <pthread.h>
 #include <stdint.h>
@@ -20,6 +20,13 @@ static inline uint64_t
 kvn_now_ms(void)
 {
 	return kvn_now_ns() / 1000000u;
+}
+
+/* Seconds, for rates and reports. */
+static inline double
+kvn_now_s(void)
+{
+	return (double)kvn_now_ns() * 1e-9;
 }
 
 /* A condition variable whose timed waits measure CLOCK_MONOTONIC. */
@@ -44,6 +51,15 @@ kvn_deadline_in_ms(uint64_t ms)
 	uint64_t t = kvn_now_ns() + ms * 1000000u;
 	return (struct timespec){.tv_sec = (time_t)(t / 1000000000u),
 				 .tv_nsec = (long)(t % 1000000000u)};
+}
+
+/* Milliseconds from now until deadline (a kvn_deadline_in_ms value); 0 once it has passed. */
+static inline int64_t
+kvn_ms_until(const struct timespec *deadline)
+{
+	int64_t left =
+	    ((int64_t)deadline->tv_sec * 1000000000 + deadline->tv_nsec) - (int64_t)kvn_now_ns();
+	return left <= 0 ? 0 : (left + 999999) / 1000000;
 }
 
 #endif

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/log.h"
 
 static _Atomic int log_level = KVN_LOG_INFO;
@@ -45,7 +46,7 @@ kvn_log_level_parse(const char *name)
 	return -EINVAL;
 }
 
-KVN_API void
+void
 kvn_logv(int level, const char *component, const char *fmt, va_list ap)
 {
 	if (level > kvn_log_get_level())
@@ -71,7 +72,7 @@ kvn_logv(int level, const char *component, const char *fmt, va_list ap)
 	(void)w;
 }
 
-KVN_API void
+void
 kvn_log(int level, const char *component, const char *fmt, ...)
 {
 	va_list ap;
@@ -80,7 +81,7 @@ kvn_log(int level, const char *component, const char *fmt, ...)
 	va_end(ap);
 }
 
-KVN_API int
+int
 kvn_seterr(char *err, size_t errlen, const char *fmt, ...)
 {
 	if (err && errlen) {
@@ -117,12 +118,10 @@ kvn_strerror(int err)
 	return buf;
 }
 
-KVN_API bool
+bool
 kvn_ratelimit_ok(struct kvn_ratelimit *rl, unsigned interval_ms, uint64_t *missed)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	uint64_t now = kvn_now_ns();
 	uint64_t next = atomic_load(&rl->next_ns);
 	/* One thread wins the slot; the others count themselves as held back. */
 	if (now < next ||

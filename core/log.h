@@ -1,6 +1,6 @@
 /* Logging: one line per event with time, level, component and the thing involved. */
-#ifndef KVN_NODE_LOG_H
-#define KVN_NODE_LOG_H
+#ifndef KVN_CORE_LOG_H
+#define KVN_CORE_LOG_H
 
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -9,9 +9,9 @@
 
 #include "kvnode/kvnode.h"
 
-KVN_API void kvn_log(int level, const char *component, const char *fmt, ...)
+void kvn_log(int level, const char *component, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
-KVN_API void kvn_logv(int level, const char *component, const char *fmt, va_list ap);
+void kvn_logv(int level, const char *component, const char *fmt, va_list ap);
 
 #define kvn_err(comp, ...) kvn_log(KVN_LOG_ERROR, comp, __VA_ARGS__)
 #define kvn_warn(comp, ...) kvn_log(KVN_LOG_WARN, comp, __VA_ARGS__)
@@ -29,11 +29,11 @@ struct kvn_ratelimit {
 	_Atomic uint64_t next_ns;
 	_Atomic uint64_t missed;
 };
-KVN_API bool kvn_ratelimit_ok(struct kvn_ratelimit *rl, unsigned interval_ms, uint64_t *missed);
+bool kvn_ratelimit_ok(struct kvn_ratelimit *rl, unsigned interval_ms, uint64_t *missed);
 
 /* Formats into a caller's error buffer (NULL allowed) and returns -EINVAL: the usual way a
  * validating function reports what was wrong. */
-KVN_API int kvn_seterr(char *err, size_t errlen, const char *fmt, ...)
+int kvn_seterr(char *err, size_t errlen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 
 #endif

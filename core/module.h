@@ -1,8 +1,8 @@
 /* Loadable modules (.so) for external backends and external connectors: one place that finds
  * the file (absolute, relative to the config file, $KVNODE_MODULE_PATH, then dlopen's search),
  * loads it and looks up the exported symbol, with messages that name file, symbol and fix. */
-#ifndef KVN_NODE_MODULE_H
-#define KVN_NODE_MODULE_H
+#ifndef KVN_CORE_MODULE_H
+#define KVN_CORE_MODULE_H
 
 #include <stddef.h>
 

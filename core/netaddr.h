@@ -1,7 +1,7 @@
 /* TCP addresses written as HOST:PORT (config keys such as lm_listen, connector URLs): parsing
  * with messages that name the text, and listening / connecting sockets built from them. */
-#ifndef KVN_NODE_NETADDR_H
-#define KVN_NODE_NETADDR_H
+#ifndef KVN_CORE_NETADDR_H
+#define KVN_CORE_NETADDR_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -368,7 +368,7 @@ slot_release(struct kvn_pool *p, struct kvn_slot *s)
  * Public: region
  * ------------------------------------------------------------------------------------------ */
 
-KVN_API int
+int
 kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err, size_t errlen)
 {
 	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
@@ -431,7 +431,7 @@ kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err, si
 	return 0;
 }
 
-KVN_API void
+void
 kvn_pool_destroy(struct kvn_pool *pool)
 {
 	if (!pool)
@@ -456,25 +456,25 @@ kvn_pool_destroy(struct kvn_pool *pool)
 	free(pool);
 }
 
-KVN_API void *
+void *
 kvn_pool_base(const struct kvn_pool *pool)
 {
 	return pool->base;
 }
 
-KVN_API size_t
+size_t
 kvn_pool_size(const struct kvn_pool *pool)
 {
 	return pool->size;
 }
 
-KVN_API bool
+bool
 kvn_pool_hugepages(const struct kvn_pool *pool)
 {
 	return !strcmp(pool->backing, "hugetlb");
 }
 
-KVN_API const char *
+const char *
 kvn_pool_backing(const struct kvn_pool *pool)
 {
 	return pool->backing;
@@ -484,13 +484,13 @@ kvn_pool_backing(const struct kvn_pool *pool)
  * Public: slots
  * ------------------------------------------------------------------------------------------ */
 
-KVN_API size_t
+size_t
 kvn_pool_slot_footprint(size_t len)
 {
 	return round_up(sizeof(struct kvn_slot_hdr) + len, GRANULE);
 }
 
-KVN_API int
+int
 kvn_pool_set_evict(struct kvn_pool *pool, kvn_pool_evict_fn fn, void *ctx)
 {
 	int rc = 0;
@@ -505,7 +505,7 @@ kvn_pool_set_evict(struct kvn_pool *pool, kvn_pool_evict_fn fn, void *ctx)
 	return rc;
 }
 
-KVN_API int
+int
 kvn_pool_alloc(struct kvn_pool *pool, size_t len, const struct kvn_key *key, bool evict,
 	       struct kvn_slot **out)
 {
@@ -588,13 +588,13 @@ publish(struct kvn_slot *slot, uint64_t checksum)
 	atomic_store_explicit(&h->generation, slot->gen, memory_order_release);
 }
 
-KVN_API void
+void
 kvn_pool_seal(struct kvn_slot *slot)
 {
 	publish(slot, XXH3_64bits(kvn_slot_payload(slot), slot->len));
 }
 
-KVN_API void
+void
 kvn_pool_fill(struct kvn_slot *slot, const void *src)
 {
 	/* Copy and checksum block by block, hashing each block while it is still in cache: a
@@ -612,7 +612,7 @@ kvn_pool_fill(struct kvn_slot *slot, const void *src)
 	publish(slot, XXH3_64bits_digest(&st));
 }
 
-KVN_API void
+void
 kvn_pool_commit(struct kvn_pool *pool, struct kvn_slot *slot)
 {
 	pthread_mutex_lock(&pool->lock);
@@ -622,7 +622,7 @@ kvn_pool_commit(struct kvn_pool *pool, struct kvn_slot *slot)
 	pthread_mutex_unlock(&pool->lock);
 }
 
-KVN_API void
+void
 kvn_pool_unlink(struct kvn_pool *pool, struct kvn_slot *slot)
 {
 	pthread_mutex_lock(&pool->lock);
@@ -634,7 +634,7 @@ kvn_pool_unlink(struct kvn_pool *pool, struct kvn_slot *slot)
 	pthread_mutex_unlock(&pool->lock);
 }
 
-KVN_API void
+void
 kvn_pool_ref(struct kvn_pool *pool, struct kvn_slot *slot)
 {
 	pthread_mutex_lock(&pool->lock);
@@ -643,7 +643,7 @@ kvn_pool_ref(struct kvn_pool *pool, struct kvn_slot *slot)
 	pthread_mutex_unlock(&pool->lock);
 }
 
-KVN_API void
+void
 kvn_pool_unref(struct kvn_pool *pool, struct kvn_slot *slot)
 {
 	pthread_mutex_lock(&pool->lock);
@@ -656,7 +656,7 @@ kvn_pool_unref(struct kvn_pool *pool, struct kvn_slot *slot)
 	pthread_mutex_unlock(&pool->lock);
 }
 
-KVN_API void
+void
 kvn_pool_pin(struct kvn_pool *pool, struct kvn_slot *slot)
 {
 	pthread_mutex_lock(&pool->lock);
@@ -665,7 +665,7 @@ kvn_pool_pin(struct kvn_pool *pool, struct kvn_slot *slot)
 	pthread_mutex_unlock(&pool->lock);
 }
 
-KVN_API int
+int
 kvn_pool_unpin(struct kvn_pool *pool, struct kvn_slot *slot)
 {
 	int rc = 0;
@@ -678,7 +678,7 @@ kvn_pool_unpin(struct kvn_pool *pool, struct kvn_slot *slot)
 	return rc;
 }
 
-KVN_API uint32_t
+uint32_t
 kvn_slot_pins(struct kvn_pool *pool, const struct kvn_slot *slot)
 {
 	pthread_mutex_lock(&pool->lock);
@@ -694,13 +694,13 @@ view_release(struct kvn_buf *buf)
 	free(buf);
 }
 
-KVN_API int
+int
 kvn_pool_view(struct kvn_pool *pool, struct kvn_slot *slot, struct kvn_buf **out)
 {
 	return kvn_pool_view_range(pool, slot, 0, slot->len, out);
 }
 
-KVN_API int
+int
 kvn_pool_view_range(struct kvn_pool *pool, struct kvn_slot *slot, size_t off, size_t len,
 		    struct kvn_buf **out)
 {
@@ -711,66 +711,62 @@ kvn_pool_view_range(struct kvn_pool *pool, struct kvn_slot *slot, size_t off, si
 	if (!b)
 		return -ENOMEM;
 	kvn_pool_ref(pool, slot);
-	b->data = (char *)kvn_slot_payload(slot) + off;
-	b->len = len;
-	atomic_init(&b->refs, 1);
-	b->release = view_release;
-	b->owner = pool;
-	b->aux = (uint64_t)(uintptr_t)slot;
+	kvn_buf_init(b, (char *)kvn_slot_payload(slot) + off, len, view_release, pool,
+		     (uint64_t)(uintptr_t)slot);
 	*out = b;
 	return 0;
 }
 
-KVN_API struct kvn_slot *
+struct kvn_slot *
 kvn_pool_view_slot(const struct kvn_buf *buf)
 {
 	return buf && buf->release == view_release ? (struct kvn_slot *)(uintptr_t)buf->aux : NULL;
 }
 
-KVN_API uint64_t
+uint64_t
 kvn_slot_offset(const struct kvn_slot *slot)
 {
 	return slot->off;
 }
 
-KVN_API struct kvn_slot_hdr *
+struct kvn_slot_hdr *
 kvn_slot_hdr(const struct kvn_slot *slot)
 {
 	return hdr_of(slot);
 }
 
-KVN_API void *
+void *
 kvn_slot_payload(const struct kvn_slot *slot)
 {
 	return (char *)hdr_of(slot) + sizeof(struct kvn_slot_hdr);
 }
 
-KVN_API size_t
+size_t
 kvn_slot_len(const struct kvn_slot *slot)
 {
 	return slot->len;
 }
 
-KVN_API const struct kvn_key *
+const struct kvn_key *
 kvn_slot_key(const struct kvn_slot *slot)
 {
 	return &slot->key;
 }
 
-KVN_API struct kvn_digest
+struct kvn_digest
 kvn_slot_digest(const struct kvn_slot *slot)
 {
 	const struct kvn_slot_hdr *h = hdr_of(slot);
 	return (struct kvn_digest){.lo = h->digest_lo, .hi = h->digest_hi};
 }
 
-KVN_API uint64_t
+uint64_t
 kvn_slot_generation(const struct kvn_slot *slot)
 {
 	return atomic_load_explicit(&hdr_of(slot)->generation, memory_order_acquire);
 }
 
-KVN_API int
+int
 kvn_slot_verify(const void *image, size_t n, struct kvn_digest digest, uint64_t gen)
 {
 	const struct kvn_slot_hdr *h = image;
@@ -786,7 +782,7 @@ kvn_slot_verify(const void *image, size_t n, struct kvn_digest digest, uint64_t 
 	return 0;
 }
 
-KVN_API void
+void
 kvn_pool_stats(struct kvn_pool *pool, struct kvn_pool_stats *out)
 {
 	memset(out, 0, sizeof(*out));

@@ -1,8 +1,8 @@
 /* Chunk pool: one large region (hugepages when available) allocated once, so a transport can
  * register it once; variable-size slots, each starting with the 64-byte header of
  * docs/architecture.md §3. */
-#ifndef KVN_NODE_POOL_H
-#define KVN_NODE_POOL_H
+#ifndef KVN_CORE_POOL_H
+#define KVN_CORE_POOL_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,15 +32,15 @@ struct kvn_pool;
 
 /* Maps size bytes (rounded up to the page size) — hugepages first when try_huge, falling back
  * to normal pages. err gets the reason on failure. */
-KVN_API int kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err,
+int kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err,
 			    size_t errlen);
-KVN_API void kvn_pool_destroy(struct kvn_pool *pool);
-KVN_API void *kvn_pool_base(const struct kvn_pool *pool);
-KVN_API size_t kvn_pool_size(const struct kvn_pool *pool);
-KVN_API bool kvn_pool_hugepages(const struct kvn_pool *pool);
+void kvn_pool_destroy(struct kvn_pool *pool);
+void *kvn_pool_base(const struct kvn_pool *pool);
+size_t kvn_pool_size(const struct kvn_pool *pool);
+bool kvn_pool_hugepages(const struct kvn_pool *pool);
 /* How the region is backed: "hugetlb" (MAP_HUGETLB), "thp" (normal pages with
  * madvise(MADV_HUGEPAGE) accepted) or "pages". */
-KVN_API const char *kvn_pool_backing(const struct kvn_pool *pool);
+const char *kvn_pool_backing(const struct kvn_pool *pool);
 
 /* ------------------------------------------------------------------------------------------
  * Slots. A slot is one allocated block of the region: the 64-byte header, then the payload.
@@ -75,55 +75,55 @@ typedef void (*kvn_pool_evict_fn)(void *ctx, struct kvn_slot *slot);
 
 /* Sets the owner told about evictions (one per pool). -EBUSY when another owner is set; fn
  * NULL clears it. */
-KVN_API int kvn_pool_set_evict(struct kvn_pool *pool, kvn_pool_evict_fn fn, void *ctx);
+int kvn_pool_set_evict(struct kvn_pool *pool, kvn_pool_evict_fn fn, void *ctx);
 
 /* Allocates a slot for len payload bytes; key (may be NULL) gives the digest in the header and
  * is kept in the descriptor for listing. -ENOSPC when header + len exceeds the pool, so it can
  * never fit; -ENOMEM when it does not fit now (with evict: not even after evicting every
  * evictable slot, because the rest is pinned, referenced or being written). */
-KVN_API int kvn_pool_alloc(struct kvn_pool *pool, size_t len, const struct kvn_key *key, bool evict,
+int kvn_pool_alloc(struct kvn_pool *pool, size_t len, const struct kvn_key *key, bool evict,
 			   struct kvn_slot **out);
 /* Stores the xxh3-64 checksum of the payload and publishes the slot (even generation). */
-KVN_API void kvn_pool_seal(struct kvn_slot *slot);
+void kvn_pool_seal(struct kvn_slot *slot);
 /* Copies the payload from src and seals, in one pass over memory (copy and hash fused). */
-KVN_API void kvn_pool_fill(struct kvn_slot *slot, const void *src);
+void kvn_pool_fill(struct kvn_slot *slot, const void *src);
 /* Marks slot linked (held by the owner's index) and drops the writer's reference. */
-KVN_API void kvn_pool_commit(struct kvn_pool *pool, struct kvn_slot *slot);
+void kvn_pool_commit(struct kvn_pool *pool, struct kvn_slot *slot);
 /* The owner let go of slot: generation made odd, freed when unreferenced. */
-KVN_API void kvn_pool_unlink(struct kvn_pool *pool, struct kvn_slot *slot);
+void kvn_pool_unlink(struct kvn_pool *pool, struct kvn_slot *slot);
 
 /* References keep a slot's storage alive (and off the LRU). */
-KVN_API void kvn_pool_ref(struct kvn_pool *pool, struct kvn_slot *slot);
-KVN_API void kvn_pool_unref(struct kvn_pool *pool, struct kvn_slot *slot);
+void kvn_pool_ref(struct kvn_pool *pool, struct kvn_slot *slot);
+void kvn_pool_unref(struct kvn_pool *pool, struct kvn_slot *slot);
 /* Pins keep a linked slot from eviction; they nest. unpin: -EINVAL when not pinned. */
-KVN_API void kvn_pool_pin(struct kvn_pool *pool, struct kvn_slot *slot);
-KVN_API int kvn_pool_unpin(struct kvn_pool *pool, struct kvn_slot *slot);
+void kvn_pool_pin(struct kvn_pool *pool, struct kvn_slot *slot);
+int kvn_pool_unpin(struct kvn_pool *pool, struct kvn_slot *slot);
 /* A zero-copy view of the payload holding one slot reference (dropped by kvn_buf_unref). */
-KVN_API int kvn_pool_view(struct kvn_pool *pool, struct kvn_slot *slot, struct kvn_buf **out);
+int kvn_pool_view(struct kvn_pool *pool, struct kvn_slot *slot, struct kvn_buf **out);
 /* The same for len bytes at off inside the slot's payload area (the payload of a slot image
  * a peer READ landed there); -EINVAL when the range is not inside it. */
-KVN_API int kvn_pool_view_range(struct kvn_pool *pool, struct kvn_slot *slot, size_t off,
+int kvn_pool_view_range(struct kvn_pool *pool, struct kvn_slot *slot, size_t off,
 				size_t len, struct kvn_buf **out);
 /* The slot a view returned by kvn_pool_view(_range) points into, NULL for any other buffer. */
-KVN_API struct kvn_slot *kvn_pool_view_slot(const struct kvn_buf *buf);
+struct kvn_slot *kvn_pool_view_slot(const struct kvn_buf *buf);
 
 /* Immutable while the slot is allocated. The remote address of a slot is the registered
  * base + kvn_slot_offset; a reader fetches kvn_slot_len + 64 bytes from there. */
-KVN_API uint64_t kvn_slot_offset(const struct kvn_slot *slot);
-KVN_API struct kvn_slot_hdr *kvn_slot_hdr(const struct kvn_slot *slot);
-KVN_API void *kvn_slot_payload(const struct kvn_slot *slot);
-KVN_API size_t kvn_slot_len(const struct kvn_slot *slot);
-KVN_API const struct kvn_key *kvn_slot_key(const struct kvn_slot *slot);
-KVN_API struct kvn_digest kvn_slot_digest(const struct kvn_slot *slot);
+uint64_t kvn_slot_offset(const struct kvn_slot *slot);
+struct kvn_slot_hdr *kvn_slot_hdr(const struct kvn_slot *slot);
+void *kvn_slot_payload(const struct kvn_slot *slot);
+size_t kvn_slot_len(const struct kvn_slot *slot);
+const struct kvn_key *kvn_slot_key(const struct kvn_slot *slot);
+struct kvn_digest kvn_slot_digest(const struct kvn_slot *slot);
 /* Acquire load of the header's generation. */
-KVN_API uint64_t kvn_slot_generation(const struct kvn_slot *slot);
+uint64_t kvn_slot_generation(const struct kvn_slot *slot);
 /* Whether slot is pinned (for tests and stats; racy by nature). */
-KVN_API uint32_t kvn_slot_pins(struct kvn_pool *pool, const struct kvn_slot *slot);
+uint32_t kvn_slot_pins(struct kvn_pool *pool, const struct kvn_slot *slot);
 
 /* Checks a slot image (header + payload, n bytes) a reader fetched: 0 when it is a published
  * value of digest with generation gen (gen 0: any even generation); -EPROTO bad magic, version
  * or length; -ESTALE odd or different generation or another key; -EBADMSG checksum mismatch. */
-KVN_API int kvn_slot_verify(const void *image, size_t n, struct kvn_digest digest, uint64_t gen);
+int kvn_slot_verify(const void *image, size_t n, struct kvn_digest digest, uint64_t gen);
 
 struct kvn_pool_stats {
 	uint64_t size;	     /* region bytes */
@@ -137,8 +137,8 @@ struct kvn_pool_stats {
 	uint64_t evictions;
 	uint64_t alloc_failures;
 };
-KVN_API void kvn_pool_stats(struct kvn_pool *pool, struct kvn_pool_stats *out);
+void kvn_pool_stats(struct kvn_pool *pool, struct kvn_pool_stats *out);
 /* Bytes a slot of len payload bytes occupies (header and granule rounding included). */
-KVN_API size_t kvn_pool_slot_footprint(size_t len);
+size_t kvn_pool_slot_footprint(size_t len);
 
 #endif

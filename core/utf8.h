@@ -1,8 +1,8 @@
 /* UTF-8 as kvnode takes text from peers, files and the environment: decoding one character
  * strictly (no overlong forms, surrogates or code points past U+10FFFF), and the rule for text
  * that goes into keys, logs, JSON and metric labels: no control characters. */
-#ifndef KVN_NODE_UTF8_H
-#define KVN_NODE_UTF8_H
+#ifndef KVN_CORE_UTF8_H
+#define KVN_CORE_UTF8_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -2,8 +2,8 @@
  * x86-64, libxxhash's run-time dispatching entry points (AVX2/AVX-512 where the CPU has them,
  * about 40 GB/s) instead of its plain ones, built for baseline x86-64 (SSE2, about 8 GB/s: a
  * third of a 256 KiB chunk's time on loopback TCP). The header maps XXH3_64bits* onto them. */
-#ifndef KVN_NODE_XXH_H
-#define KVN_NODE_XXH_H
+#ifndef KVN_CORE_XXH_H
+#define KVN_CORE_XXH_H
 
 #include <xxhash.h>
 #if defined(__x86_64__) && __has_include(<xxh_x86dispatch.h>)

@@ -230,7 +230,7 @@ spawn(struct kvn_plugins *pl, struct plugin *p)
 	p->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	p->line[0].len = p->line[1].len = 0;
 	p->state = PLUGIN_RUNNING;
-	p->started_ms = plugin_now_ms();
+	p->started_ms = kvn_now_ms();
 	pthread_mutex_unlock(&pl->lock);
 	kvn_info(COMP, "plugin %s started (pid %d, %s)", p->path, (int)pid, p->interp);
 out:
@@ -260,14 +260,14 @@ drain(struct kvn_plugins *pl, struct plugin *p, int s)
 	for (int rounds = 0; p->fd[s] >= 0 && rounds < 16; rounds++) {
 		ssize_t n = read(p->fd[s], buf, sizeof(buf));
 		if (n > 0) {
-			output_feed(pl, p, s, buf, (size_t)n);
+			kvn_plugin_output_feed(pl, p, s, buf, (size_t)n);
 			continue;
 		}
 		if (n < 0 && (errno == EINTR))
 			continue;
 		if (n < 0 && errno == EAGAIN)
 			return;
-		output_flush(pl, p, s);
+		kvn_plugin_output_flush(pl, p, s);
 		close_fd(&p->fd[s]);
 	}
 }
@@ -284,24 +284,26 @@ reaped(struct kvn_plugins *pl, struct plugin *p, int status)
 	 * still held by its own children is cut: they are sent SIGTERM below. */
 	for (int s = 0; s < 2; s++) {
 		drain(pl, p, s);
-		output_flush(pl, p, s);
+		kvn_plugin_output_flush(pl, p, s);
 		close_fd(&p->fd[s]);
 	}
 	close_fd(&p->pidfd);
 	kill(-p->pid, stopping ? SIGKILL : SIGTERM); /* what is left of its group */
 	guard_tell(pl, p->pid, false);
 	if (status == -1)
-		logq_note(pl, KVN_LOG_WARN, p,
-			  "ended; its exit status is lost (this process ignores SIGCHLD)");
+		kvn_logq_note(pl, KVN_LOG_WARN, p,
+			      "ended; its exit status is lost (this process ignores SIGCHLD)");
 	else if (WIFEXITED(status))
-		logq_note(pl, code ? KVN_LOG_WARN : KVN_LOG_INFO, p, "exited with status %d", code);
+		kvn_logq_note(pl, code ? KVN_LOG_WARN : KVN_LOG_INFO, p, "exited with status %d",
+			      code);
 	else
-		logq_note(pl, stopping && WTERMSIG(status) == SIGTERM ? KVN_LOG_INFO : KVN_LOG_WARN,
-			  p, "killed by signal %d (%s)", WTERMSIG(status),
-			  sigdescr_np(WTERMSIG(status)) ? sigdescr_np(WTERMSIG(status))
-							: "unknown signal");
+		kvn_logq_note(pl,
+			      stopping && WTERMSIG(status) == SIGTERM ? KVN_LOG_INFO : KVN_LOG_WARN,
+			      p, "killed by signal %d (%s)", WTERMSIG(status),
+			      sigdescr_np(WTERMSIG(status)) ? sigdescr_np(WTERMSIG(status))
+							    : "unknown signal");
 
-	uint64_t now = plugin_now_ms();
+	uint64_t now = kvn_now_ms();
 	pthread_mutex_lock(&pl->lock);
 	p->pid = 0;
 	p->exit_code = code;
@@ -321,8 +323,9 @@ reaped(struct kvn_plugins *pl, struct plugin *p, int status)
 	}
 	pthread_mutex_unlock(&pl->lock);
 	if (p->state == PLUGIN_RESTARTING)
-		logq_note(pl, KVN_LOG_WARN, p, "restarting in %.1f s (plugin_restart: on-failure)",
-			  p->backoff_ms / 1000.0);
+		kvn_logq_note(pl, KVN_LOG_WARN, p,
+			      "restarting in %.1f s (plugin_restart: on-failure)",
+			      p->backoff_ms / 1000.0);
 }
 
 static void
@@ -404,7 +407,7 @@ monitor_main(void *arg)
 	pthread_mutex_unlock(&pl->lock);
 	for (;;) {
 		bool stopping = atomic_load(&pl->stopping);
-		uint64_t now = plugin_now_ms();
+		uint64_t now = kvn_now_ms();
 		size_t running = 0;
 		int timeout = -1;
 		if (stopping && !term_sent) {
@@ -512,7 +515,7 @@ static void
 free_all(struct kvn_plugins *pl)
 {
 	for (size_t i = 0; i < pl->n; i++)
-		plugin_free(&pl->p[i]);
+		kvn_plugin_free(&pl->p[i]);
 	free(pl->p);
 	if (pl->wake_fd >= 0)
 		close(pl->wake_fd);
@@ -527,7 +530,8 @@ int
 kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out, char *err,
 		   size_t errlen)
 {
-	static const struct kvn_plugins_opts alone = {.role = KVN_PLUGIN_WORKER, .worker_count = 1};
+	static const struct kvn_plugins_opts alone = {KVN_PLUGINS_OPTS_INIT,
+						      .role = KVN_PLUGIN_WORKER, .worker_count = 1};
 	struct kvn_plugins_launch lo = *l;
 	const struct kvn_plugins_opts *opts = l->opts ? l->opts : &alone;
 	lo.opts = opts;
@@ -552,7 +556,7 @@ kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out,
 		free_all(pl);
 		return rc;
 	}
-	if ((rc = plugin_scan(&lo, &pl->p, &pl->n)) < 0) {
+	if ((rc = kvn_plugin_scan(&lo, &pl->p, &pl->n)) < 0) {
 		kvn_seterr(err, errlen, "plugins: scanning plugin_locations: %s", strerror(-rc));
 		free_all(pl);
 		return rc;
@@ -563,7 +567,7 @@ kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out,
 	if (l->nlocations)
 		kvn_info(COMP, "%zu plugin%s for %s %d of %d", runnable, runnable == 1 ? "" : "s",
 			 kvn_plugin_role_name(opts->role), opts->worker_id, opts->worker_count);
-	if ((rc = logq_start(pl)) < 0) {
+	if ((rc = kvn_logq_start(pl)) < 0) {
 		kvn_seterr(err, errlen, "plugins: cannot start the logger thread: %s",
 			   strerror(-rc));
 		free_all(pl);
@@ -576,7 +580,7 @@ kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out,
 			   "plugins: out of memory for the monitor of %zu plugins; free memory or "
 			   "remove plugins from plugin_locations",
 			   pl->n);
-		logq_finish(pl);
+		kvn_logq_finish(pl);
 		free_all(pl);
 		return rc;
 	}
@@ -584,7 +588,7 @@ kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out,
 		kvn_seterr(err, errlen, "plugins: cannot start the monitor thread: %s",
 			   strerror(-rc));
 		monitor_free(m);
-		logq_finish(pl);
+		kvn_logq_finish(pl);
 		free_all(pl);
 		return rc;
 	}
@@ -607,7 +611,7 @@ kvn_plugins_stop(struct kvn_plugins *pl)
 	ssize_t w = write(pl->wake_fd, &one, sizeof(one));
 	(void)w;
 	pthread_join(pl->monitor, NULL);
-	logq_finish(pl);
+	kvn_logq_finish(pl);
 	free_all(pl);
 }
 

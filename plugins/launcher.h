@@ -11,6 +11,7 @@
 
 #include "kvnode/plugin.h"
 #include "plugins/plugins.h"
+#include "core/clock.h"
 
 #define COMP "plugins"
 
@@ -88,21 +89,20 @@ struct kvn_plugins {
 
 /* scan.c: the plugins of l->locations that target this process, with interpreter and
  * environment ready to exec. 0 or -ENOMEM. */
-int plugin_scan(const struct kvn_plugins_launch *l, struct plugin **out, size_t *n);
-void plugin_free(struct plugin *p);
+int kvn_plugin_scan(const struct kvn_plugins_launch *l, struct plugin **out, size_t *n);
+void kvn_plugin_free(struct plugin *p);
 
 /* output.c */
-int logq_start(struct kvn_plugins *pl);
+int kvn_logq_start(struct kvn_plugins *pl);
 /* Lets the logger write what is queued, then ends it. */
-void logq_finish(struct kvn_plugins *pl);
+void kvn_logq_finish(struct kvn_plugins *pl);
 /* A message about plugin p (exit status, restart): never dropped. */
-void logq_note(struct kvn_plugins *pl, int level, const struct plugin *p, const char *fmt, ...)
+void kvn_logq_note(struct kvn_plugins *pl, int level, const struct plugin *p, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Output bytes of stream s (0 stdout, 1 stderr) of p: complete lines are queued. */
-void output_feed(struct kvn_plugins *pl, struct plugin *p, int s, const char *data, size_t n);
+void kvn_plugin_output_feed(struct kvn_plugins *pl, struct plugin *p, int s, const char *data,
+			    size_t n);
 /* End of stream s: a partial last line is queued too. */
-void output_flush(struct kvn_plugins *pl, struct plugin *p, int s);
-
-uint64_t plugin_now_ms(void);
+void kvn_plugin_output_flush(struct kvn_plugins *pl, struct plugin *p, int s);
 
 #endif

@@ -19,14 +19,6 @@ struct logq_entry {
 	char text[];
 };
 
-uint64_t
-plugin_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void *
 logger_main(void *arg)
 {
@@ -57,13 +49,13 @@ logger_main(void *arg)
 }
 
 int
-logq_start(struct kvn_plugins *pl)
+kvn_logq_start(struct kvn_plugins *pl)
 {
 	return -pthread_create(&pl->logger, NULL, logger_main, pl);
 }
 
 void
-logq_finish(struct kvn_plugins *pl)
+kvn_logq_finish(struct kvn_plugins *pl)
 {
 	pthread_mutex_lock(&pl->qlock);
 	pl->qclosed = true;
@@ -131,7 +123,7 @@ enqueue(struct kvn_plugins *pl, struct plugin *p, int level, const char *text, s
 }
 
 void
-logq_note(struct kvn_plugins *pl, int level, const struct plugin *p, const char *fmt, ...)
+kvn_logq_note(struct kvn_plugins *pl, int level, const struct plugin *p, const char *fmt, ...)
 {
 	char msg[512];
 	va_list ap;
@@ -177,7 +169,7 @@ emit_partial(struct kvn_plugins *pl, struct plugin *p, int s)
 }
 
 void
-output_feed(struct kvn_plugins *pl, struct plugin *p, int s, const char *data, size_t n)
+kvn_plugin_output_feed(struct kvn_plugins *pl, struct plugin *p, int s, const char *data, size_t n)
 {
 	struct linebuf *lb = &p->line[s];
 	while (n) {
@@ -203,7 +195,7 @@ output_feed(struct kvn_plugins *pl, struct plugin *p, int s, const char *data, s
 }
 
 void
-output_flush(struct kvn_plugins *pl, struct plugin *p, int s)
+kvn_plugin_output_flush(struct kvn_plugins *pl, struct plugin *p, int s)
 {
 	if (p->line[s].len)
 		emit(pl, p, s, p->line[s].len);

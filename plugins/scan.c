@@ -356,7 +356,7 @@ out:
  * ------------------------------------------------------------------------------------------ */
 
 void
-plugin_free(struct plugin *p)
+kvn_plugin_free(struct plugin *p)
 {
 	for (size_t i = 0; p->argv && p->argv[i]; i++)
 		free(p->argv[i]);
@@ -438,7 +438,7 @@ consider(struct scan *sc, const char *path)
 	sc->p[sc->n++] = p;
 	return 0;
 fail:
-	plugin_free(&p);
+	kvn_plugin_free(&p);
 	return rc == -ENOMEM ? rc : 0;
 }
 
@@ -516,7 +516,7 @@ walk(struct scan *sc, const char *path, int depth)
 }
 
 int
-plugin_scan(const struct kvn_plugins_launch *l, struct plugin **out, size_t *n)
+kvn_plugin_scan(const struct kvn_plugins_launch *l, struct plugin **out, size_t *n)
 {
 	struct scan sc = {.l = l, .opts = l->opts};
 	int rc = 0;
@@ -549,7 +549,7 @@ plugin_scan(const struct kvn_plugins_launch *l, struct plugin **out, size_t *n)
 	cJSON_Delete(sc.config);
 	if (rc) {
 		for (size_t i = 0; i < sc.n; i++)
-			plugin_free(&sc.p[i]);
+			kvn_plugin_free(&sc.p[i]);
 		free(sc.p);
 		return rc;
 	}

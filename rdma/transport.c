@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "kvnode/transport.h"
+#include "core/abi.h"
 #include "core/log.h"
+#include "kvnode/transport.h"
+#include "rdma/rdma.h"
 
 /* rdma/verbs*.c are compiled only when rdma-core is found at build time. */
 #define HAVE_VERBS_OPS KVN_HAVE_VERBS
@@ -24,6 +26,16 @@ static const struct kvn_transport_ops *const builtins[] = {
 	&kvn_transport_tcp,
 };
 #define NBUILTINS (sizeof(builtins) / sizeof(builtins[0]))
+
+int
+kvn_transport_cfg_read(const struct kvn_transport_cfg *in, struct kvn_transport_cfg *out, char *err,
+		       size_t errlen)
+{
+	*out = (struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .gid_index = -1};
+	return in ? kvn_abi_read_in(in, out, sizeof(*out), "struct kvn_transport_cfg",
+				    "KVN_TRANSPORT_CFG_INIT", err, errlen)
+		  : 0;
+}
 
 KVN_API const struct kvn_transport_ops *
 kvn_transport_by_name(const char *name, const struct kvn_transport_cfg *cfg, char *err,

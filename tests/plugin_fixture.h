@@ -103,7 +103,8 @@ static inline struct kvn_plugins *
 start_as(enum kvn_plugin_role role, int id, int count, const char *extra)
 {
 	struct kvn_config *cfg = config_with(extra);
-	struct kvn_plugins_opts o = {.role = role, .worker_id = id, .worker_count = count};
+	struct kvn_plugins_opts o = {KVN_PLUGINS_OPTS_INIT, .role = role, .worker_id = id,
+				     .worker_count = count};
 	struct kvn_plugins *pl;
 	char err[1024];
 	cr_assert_eq(kvn_plugins_start(cfg, &o, &pl, err, sizeof(err)), 0, "start: %s", err);

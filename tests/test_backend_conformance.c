@@ -1,5 +1,6 @@
 /* Backend conformance suite: the same cases, run against every storage backend implementation
- * (built-in cpu and disk, and the external zmem module loaded as a user's config would load it).
+ * (built-in cpu and disk, the external zmem module loaded as a user's config would load it, and
+ * zmem as a module built against ABI 2.0 exports it).
  * Adding an implementation: write its setup function and add one line to BACKENDS below. */
 #include <criterion/criterion.h>
 #include <dlfcn.h>
@@ -88,12 +89,25 @@ setup_zmem(struct fixture *f)
 	env_for(f, "zmem", (const struct backend_opt[]){{"level", "1"}, {NULL, NULL}});
 }
 
+/* zmem's code as a module built against ABI 2.0 exports it: the shorter table of 2.0. */
+static void
+setup_zmem_abi20(struct fixture *f)
+{
+	char err[1024] = "";
+	int rc =
+	    kvn_external_load(KVN_MODULE_DIR "/libkvn_test_zmem_abi20.so",
+			      "kvn_test_zmem_abi20_ops", ".", &f->ops, &f->dl, err, sizeof(err));
+	cr_assert_eq(rc, 0, "loading the ABI 2.0 module: %s", err);
+	env_for(f, "zmem_abi20", (const struct backend_opt[]){{"level", "1"}, {NULL, NULL}});
+}
+
 static const struct impl cpu_impl = {"cpu", setup_cpu};
 static const struct impl disk_impl = {"disk", setup_disk};
 static const struct impl zmem_impl = {"zmem", setup_zmem};
+static const struct impl zmem_abi20_impl = {"zmem_abi20", setup_zmem_abi20};
 
 /* One line per implementation: X(suite name, case). */
-#define BACKENDS(X, c) X(cpu, c) X(disk, c) X(zmem, c)
+#define BACKENDS(X, c) X(cpu, c) X(disk, c) X(zmem, c) X(zmem_abi20, c)
 
 static int
 rm_entry(const char *path, const struct stat *sb, int type, struct FTW *ftw)

@@ -239,7 +239,8 @@ static int
 direct_read(const char *data_addr, const char *token, const struct kvn_loc *loc,
 	    const struct kvn_key *key, const char *tag, unsigned i, char *err, size_t errlen)
 {
-	struct kvn_transport_cfg cfg = {.gid_index = -1, .timeout_ms = 10000, .auth_token = token};
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
+					.timeout_ms = 10000, .auth_token = token};
 	const struct kvn_transport_ops *ops = kvn_transport_by_name("tcp", &cfg, err, errlen);
 	cr_assert_not_null(ops, "%s", err);
 	struct kvn_transport *tp;
@@ -503,7 +504,8 @@ ghost_serve(struct ghost *g)
 	/* The host's token, as the nodes of these tests have it: they read only from owners that
 	 * prove it. */
 	char *tok = sched_host_token();
-	struct kvn_transport_cfg cfg = {.gid_index = -1, .timeout_ms = 10000, .auth_token = tok};
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
+					.timeout_ms = 10000, .auth_token = tok};
 	g->ops = kvn_transport_by_name("tcp", &cfg, err, sizeof(err));
 	cr_assert_not_null(g->ops, "%s", err);
 	cr_assert_eq(g->ops->open(&cfg, &g->tp, err, sizeof(err)), 0, "%s", err);

@@ -388,7 +388,8 @@ start(struct impl *impl)
 	cr_assert_eq(impl->setup(&store), 0, "%s store did not start", impl->name);
 	char err[512];
 	cr_assert_eq(kvn_connector_find(store.url, &ops, err, sizeof(err)), 0, "%s", err);
-	cenv = (struct kvn_connector_env){.abi = KVN_CONNECTOR_ABI,
+	cenv = (struct kvn_connector_env){.abi = KVN_ABI,
+					  .size = sizeof(struct kvn_connector_env),
 					  .url = store.url,
 					  .url_redacted = store.url,
 					  .config_dir = ".",
@@ -916,8 +917,10 @@ Test(registry, schemes_this_build_lacks_say_what_they_need)
 
 Test(registry, external_connectors_register_by_scheme_and_cannot_take_a_built_in_one)
 {
-	static const struct kvn_connector_ops mine = {.abi = KVN_CONNECTOR_ABI, .scheme = "x"};
-	static const struct kvn_connector_ops old = {.abi = KVN_CONNECTOR_ABI + 1};
+	static const struct kvn_connector_ops mine = {
+	    .abi = KVN_ABI, .size = sizeof(struct kvn_connector_ops), .scheme = "x"};
+	static const struct kvn_connector_ops old = {.abi = KVN_ABI + 1,
+						     .size = sizeof(struct kvn_connector_ops)};
 	const struct kvn_connector_ops *o;
 	char list[512];
 	cr_assert_eq(kvn_connector_register("mystore", &mine), 0);
@@ -1101,7 +1104,8 @@ Test(redis_connector, a_put_answered_with_anything_but_ok_is_an_error, .timeout 
 		char url[64];
 		snprintf(url, sizeof(url), "redis://127.0.0.1:%d", l.port);
 		cr_assert_eq(kvn_connector_find(url, &ops, NULL, 0), 0);
-		cenv = (struct kvn_connector_env){.abi = KVN_CONNECTOR_ABI,
+		cenv = (struct kvn_connector_env){.abi = KVN_ABI,
+						  .size = sizeof(struct kvn_connector_env),
 						  .url = url,
 						  .url_redacted = url,
 						  .config_dir = ".",

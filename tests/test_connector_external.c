@@ -98,7 +98,7 @@ Test(ext_loader, an_abi_mismatch_is_refused_with_how_to_fix_it)
 	    "external_connector.bad.class_name", "kvn_test_conn_bad_abi_ops", NULL};
 	char err[2048] = "";
 	cr_assert_eq(load("bad://h:1", t, err, sizeof(err)), -EINVAL);
-	assert_has(err, "KVN_CONNECTOR_ABI");
+	assert_has(err, "kvnode ABI 999");
 	assert_has(err, "rebuild");
 	const struct kvn_connector_ops *o;
 	cr_assert_eq(kvn_connector_find("bad://h:1", &o, NULL, 0), -EINVAL, "not registered");
@@ -173,8 +173,11 @@ keep_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
 	fprintf(stderr, "memcached connector: %s\n", last_log);
 }
 
-static struct kvn_connector_env menv = {
-    .abi = KVN_CONNECTOR_ABI, .get_opt = no_opt, .log = keep_log, .timeout_ms = 10000};
+static struct kvn_connector_env menv = {.abi = KVN_ABI,
+					.size = sizeof(struct kvn_connector_env),
+					.get_opt = no_opt,
+					.log = keep_log,
+					.timeout_ms = 10000};
 
 static void
 mc_up(void)

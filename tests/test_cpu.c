@@ -87,7 +87,7 @@ holds(struct fixture *f, const struct kvn_key *k, size_t len, uint64_t seed)
 Test(cpu, is_named_cpu_with_the_current_abi_and_fast_puts)
 {
 	cr_assert_str_eq(ops->name, "cpu");
-	cr_assert_eq(ops->abi, KVN_BACKEND_ABI);
+	cr_assert_eq(ops->abi, KVN_ABI);
 	cr_assert_eq(ops->flags, 0);
 }
 

@@ -62,7 +62,7 @@ Test(external, loads_a_module_by_absolute_path)
 	int rc = kvn_external_load(ZMEM_PATH, ZMEM_SYM, "/nonexistent", &ops, &h, err, sizeof(err));
 	cr_assert_eq(rc, 0, "%s", err);
 	cr_assert_not_null(h);
-	cr_assert_eq(ops->abi, KVN_BACKEND_ABI);
+	cr_assert_eq(ops->abi, KVN_ABI);
 	cr_assert_str_eq(ops->name, "zmem");
 	use_backend(ops);
 	cr_assert_eq(dlclose(h), 0);
@@ -78,7 +78,7 @@ Test(external, resolves_a_relative_module_path_against_the_config_dir)
 	int rc = kvn_external_load("modules/" ZMEM_FILE, ZMEM_SYM, KVN_BINARY_DIR, &ops, &h, err,
 				   sizeof(err));
 	cr_assert_eq(rc, 0, "%s", err);
-	cr_assert_eq(ops->abi, KVN_BACKEND_ABI);
+	cr_assert_eq(ops->abi, KVN_ABI);
 	use_backend(ops);
 	dlclose(h);
 }
@@ -153,8 +153,8 @@ Test(external, a_module_built_for_another_abi_is_refused)
 	const char *path = KVN_MODULE_DIR "/libkvn_test_bad_abi.so";
 	expect_refusal(path, "kvn_test_bad_abi_ops", ".", -EINVAL, path);
 	char want[256];
-	snprintf(want, sizeof(want),
-		 "exports ops with abi 999, this kvnode needs KVN_BACKEND_ABI %d", KVN_BACKEND_ABI);
+	snprintf(want, sizeof(want), "was built against kvnode ABI 999; this kvnode has ABI %u.%u",
+		 KVN_ABI_MAJOR, KVN_ABI_MINOR);
 	cr_assert(strstr(err, want), "message lacks \"%s\": %s", want, err);
 }
 

@@ -1324,8 +1324,11 @@ env_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
 	va_end(ap);
 }
 
-static struct kvn_connector_env cenv = {
-    .abi = KVN_CONNECTOR_ABI, .get_opt = no_opt, .log = env_log, .timeout_ms = 10000};
+static struct kvn_connector_env cenv = {.abi = KVN_ABI,
+					.size = sizeof(struct kvn_connector_env),
+					.get_opt = no_opt,
+					.log = env_log,
+					.timeout_ms = 10000};
 
 static struct kvn_connector *
 conn_open(void)

@@ -145,7 +145,8 @@ Test(plugins, a_backup_file_named_in_plugin_locations_is_not_run_either)
 	cr_assert_eq(kvn_config_parse(text, strlen(text), "kvnode.yaml", &cfg, err, sizeof(err)), 0,
 		     "%s", err);
 	free(text);
-	struct kvn_plugins_opts o = {.role = KVN_PLUGIN_WORKER, .worker_id = 0, .worker_count = 1};
+	struct kvn_plugins_opts o = {KVN_PLUGINS_OPTS_INIT, .role = KVN_PLUGIN_WORKER,
+				     .worker_id = 0, .worker_count = 1};
 	struct kvn_plugins *pl;
 	log_begin();
 	cr_assert_eq(kvn_plugins_start(cfg, &o, &pl, err, sizeof(err)), 0, "%s", err);

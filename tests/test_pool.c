@@ -1,5 +1,6 @@
 /* Chunk pool: region mapping, the slot allocator (alignment, coalescing, fragmentation under
  * churn), slot headers and their seqlock generation, references, pins and LRU eviction. */
+#include <stdatomic.h>
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <pthread.h>

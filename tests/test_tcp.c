@@ -36,7 +36,8 @@ tp_open(int timeout_ms, int conns)
 {
 	struct kvn_transport *tp;
 	char err[256] = "";
-	struct kvn_transport_cfg cfg = { .timeout_ms = timeout_ms, .conns_per_peer = conns };
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .timeout_ms = timeout_ms,
+					.conns_per_peer = conns};
 	cr_assert_eq(ops->open(&cfg, &tp, err, sizeof(err)), 0, "%s", err);
 	return tp;
 }
@@ -98,11 +99,11 @@ static struct tcp_resp
 raw_request(int fd, uint32_t op, uint32_t rkey, uint64_t seq, uint64_t addr, uint64_t len)
 {
 	uint8_t frame[TCP_REQ_SIZE], hdr[TCP_RESP_SIZE];
-	tcp_req_encode(&(struct tcp_req){ op, rkey, seq, addr, len }, frame);
+	kvn_tcp_req_encode(&(struct tcp_req){op, rkey, seq, addr, len}, frame);
 	full_write(fd, frame, sizeof(frame));
 	full_read(fd, hdr, sizeof(hdr));
 	struct tcp_resp r;
-	tcp_resp_decode(hdr, &r);
+	kvn_tcp_resp_decode(hdr, &r);
 	cr_assert_eq(r.seq, seq, "responses answer requests in order");
 	return r;
 }
@@ -114,11 +115,11 @@ raw_hello(int fd, const struct kvn_auth *a, const uint8_t nonce_r[KVN_AUTH_NONCE
 	  uint8_t nonce_o[KVN_AUTH_NONCE], struct tcp_hdr *h)
 {
 	uint8_t m[TCP_CHALLENGE_SIZE];
-	tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, m);
+	kvn_tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, m);
 	memcpy(m + TCP_HDR_SIZE, nonce_r, KVN_AUTH_NONCE);
 	full_write(fd, m, TCP_HELLO_SIZE);
 	full_read(fd, m, TCP_CHALLENGE_SIZE);
-	tcp_hdr_decode(m, TCP_CHALLENGE_SIZE, h);
+	kvn_tcp_hdr_decode(m, TCP_CHALLENGE_SIZE, h);
 	memcpy(nonce_o, m + TCP_HDR_SIZE, KVN_AUTH_NONCE);
 }
 
@@ -128,7 +129,7 @@ reader_proof(const struct kvn_auth *a, const uint8_t nonce_o[KVN_AUTH_NONCE],
 	     const uint8_t nonce_r[KVN_AUTH_NONCE], uint8_t out[TCP_PROOF_SIZE])
 {
 	const struct kvn_auth_part parts[] = {{nonce_o, KVN_AUTH_NONCE}, {nonce_r, KVN_AUTH_NONCE}};
-	tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, out);
+	kvn_tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, out);
 	kvn_auth_mac(a, TCP_READER_LABEL, parts, 2, out + TCP_HDR_SIZE);
 }
 
@@ -140,12 +141,12 @@ proof_then_read(int fd, const uint8_t proof[TCP_PROOF_SIZE], const struct kvn_me
 {
 	uint8_t out[TCP_PROOF_SIZE + TCP_REQ_SIZE], verdict[TCP_VERDICT_SIZE];
 	memcpy(out, proof, TCP_PROOF_SIZE);
-	tcp_req_encode(&(struct tcp_req){ TCP_REQ_READ, d->rkey, 1, d->addr, 4096 },
-		       out + TCP_PROOF_SIZE);
+	kvn_tcp_req_encode(&(struct tcp_req){TCP_REQ_READ, d->rkey, 1, d->addr, 4096},
+			   out + TCP_PROOF_SIZE);
 	full_write(fd, out, sizeof(out));
 	full_read(fd, verdict, sizeof(verdict));
 	struct tcp_hdr h;
-	tcp_hdr_decode(verdict, sizeof(verdict), &h);
+	kvn_tcp_hdr_decode(verdict, sizeof(verdict), &h);
 	*nafter = 0;
 	for (;;) {
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
@@ -197,7 +198,7 @@ owner_close(struct owner *o)
 Test(tcp, a_reader_refused_for_its_auth_token_is_sent_no_byte_of_the_region)
 {
 	struct owner o;
-	owner_open(&o, &(struct kvn_transport_cfg){ .auth_token = "s3cret" });
+	owner_open(&o, &(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .auth_token = "s3cret"});
 	static uint8_t after[TCP_RESP_SIZE + 4096];
 	ssize_t n;
 	const char *tokens[] = { "s3cre", "s3cret!", NULL, "s3cret" };
@@ -223,7 +224,7 @@ Test(tcp, a_reader_refused_for_its_auth_token_is_sent_no_byte_of_the_region)
 		cr_assert_eq(st, 0, "the right token: verdict %u", st);
 		cr_assert_eq(n, TCP_RESP_SIZE + 4096, "the right token: %zd bytes", n);
 		struct tcp_resp r;
-		tcp_resp_decode(after, &r);
+		kvn_tcp_resp_decode(after, &r);
 		cr_assert_eq(r.status, 0);
 		expect_pattern((const char *)after + TCP_RESP_SIZE, 0, 4096);
 	}
@@ -238,7 +239,7 @@ Test(tcp, a_reader_refused_for_its_auth_token_is_sent_no_byte_of_the_region)
 Test(tcp, a_proof_replayed_from_another_connection_is_refused)
 {
 	struct owner o;
-	owner_open(&o, &(struct kvn_transport_cfg){ .auth_token = "s3cret" });
+	owner_open(&o, &(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .auth_token = "s3cret"});
 	struct kvn_auth a;
 	kvn_auth_init(&a, "s3cret");
 	uint8_t nr[KVN_AUTH_NONCE], no[KVN_AUTH_NONCE], no2[KVN_AUTH_NONCE];
@@ -270,11 +271,13 @@ Test(tcp, a_reader_refuses_an_owner_that_does_not_prove_the_token)
 	static const char *const owners[] = { NULL, "other" };
 	for (int i = 0; i < 2; i++) {
 		struct owner o;
-		owner_open(&o, &(struct kvn_transport_cfg){ .auth_token = owners[i] });
+		owner_open(&o, &(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT,
+							   .auth_token = owners[i]});
 		struct kvn_transport *tp;
 		char err[256] = "";
-		cr_assert_eq(ops->open(&(struct kvn_transport_cfg){ .auth_token = "s3cret" }, &tp, err,
-				       sizeof(err)),
+		cr_assert_eq(ops->open(&(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT,
+								   .auth_token = "s3cret"},
+				       &tp, err, sizeof(err)),
 			     0, "%s", err);
 		struct kvn_tp_ep *ep = NULL;
 		int rc = ops->connect(tp, o.bound, 0, &ep, err, sizeof(err));
@@ -300,8 +303,8 @@ peer_closed(void *arg)
 Test(tcp, a_reader_that_never_authenticates_is_closed_after_the_hello_timeout)
 {
 	struct owner o;
-	owner_open(&o, &(struct kvn_transport_cfg){ .auth_token = "s3cret",
-						    .hello_timeout_ms = 300 });
+	owner_open(&o, &(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .auth_token = "s3cret",
+						   .hello_timeout_ms = 300});
 	int silent = raw_connect(o.bound);
 	int half = raw_connect(o.bound); /* a hello, then nothing */
 	struct kvn_auth a;
@@ -325,16 +328,18 @@ Test(tcp, a_reader_that_never_authenticates_is_closed_after_the_hello_timeout)
 Test(tcp, the_connection_cap_makes_strangers_give_way_and_then_refuses)
 {
 	struct owner o;
-	owner_open(&o, &(struct kvn_transport_cfg){ .auth_token = "s3cret", .max_conns = 4 });
+	owner_open(&o, &(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .auth_token = "s3cret",
+						   .max_conns = 4});
 	int idle[4];
 	for (int i = 0; i < 4; i++)
 		idle[i] = raw_connect(o.bound);
 	struct kvn_transport *tp;
 	char err[256] = "";
-	cr_assert_eq(ops->open(&(struct kvn_transport_cfg){ .auth_token = "s3cret",
-							    .conns_per_peer = 2 },
-			       &tp, err, sizeof(err)),
-		     0, "%s", err);
+	cr_assert_eq(
+	    ops->open(&(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .auth_token = "s3cret",
+						  .conns_per_peer = 2},
+		      &tp, err, sizeof(err)),
+	    0, "%s", err);
 	struct kvn_tp_ep *ep[2];
 	for (int i = 0; i < 2; i++)
 		cr_assert_eq(ops->connect(tp, o.bound, 0, &ep[i], err, sizeof(err)), 0,
@@ -379,7 +384,8 @@ wall_seconds(void)
 Test(tcp, out_of_descriptors_the_listener_backs_off_and_resumes, .timeout = 240)
 {
 	struct owner o;
-	owner_open(&o, &(struct kvn_transport_cfg){ .hello_timeout_ms = 60000 });
+	owner_open(&o,
+		   &(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .hello_timeout_ms = 60000});
 	/* A low limit for this test process only (Criterion runs each test in its own). */
 	int probe = dup(0);
 	struct rlimit rl = { (rlim_t)probe + 12, (rlim_t)probe + 12 };
@@ -438,7 +444,7 @@ Test(tcp, responder_refuses_bad_requests_on_the_wire_and_keeps_the_connection)
 	reader_proof(&none, no, nr, proof);
 	full_write(fd, proof, sizeof(proof));
 	full_read(fd, verdict, sizeof(verdict));
-	tcp_hdr_decode(verdict, sizeof(verdict), &h);
+	kvn_tcp_hdr_decode(verdict, sizeof(verdict), &h);
 	cr_assert_eq(h.status, 0, "hello accepted");
 
 	struct tcp_resp r = raw_request(fd, TCP_REQ_READ, d.rkey, 0, d.addr, TCP_MAX_MSG + 1);
@@ -716,7 +722,7 @@ Test(tcp, gpu_memory_is_refused_with_a_reason)
 Test(tcp, auto_picks_tcp_without_an_rdma_device)
 {
 	char err[256] = "";
-	struct kvn_transport_cfg cfg = { .gid_index = -1 };
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1};
 	const struct kvn_transport_ops *a = kvn_transport_by_name("auto", &cfg, err, sizeof(err));
 	cr_assert_not_null(a, "%s", err);
 	const struct kvn_transport_ops *v = kvn_transport_by_name("verbs", &cfg, err, sizeof(err));

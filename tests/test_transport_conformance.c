@@ -51,7 +51,8 @@ static void
 open_impl(const char *name, const struct kvn_transport_ops **ops, struct kvn_transport **tp)
 {
 	char err[256] = "";
-	struct kvn_transport_cfg cfg = { .gid_index = -1, .timeout_ms = TIMEOUT_MS };
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
+					.timeout_ms = TIMEOUT_MS};
 	*ops = kvn_transport_by_name(name, &cfg, err, sizeof(err));
 	if (!*ops)
 		cr_skip_test("transport %s: %s", name, err);
@@ -76,10 +77,11 @@ fx_setup(struct fx *f, const char *name)
 	memset(f, 0, sizeof(*f));
 	open_impl(name, &f->ops, &f->owner);
 	char err[256] = "", addr[160];
-	cr_assert_eq(f->ops->open(&(struct kvn_transport_cfg){ .gid_index = -1,
-							      .timeout_ms = TIMEOUT_MS },
-				  &f->reader, err, sizeof(err)),
-		     0, "%s", err);
+	cr_assert_eq(
+	    f->ops->open(&(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
+						     .timeout_ms = TIMEOUT_MS},
+			 &f->reader, err, sizeof(err)),
+	    0, "%s", err);
 	f->region = xalloc(REGION);
 	for (size_t i = 0; i < REGION; i++)
 		f->region[i] = (char)bench_pattern(i);
@@ -739,7 +741,8 @@ static void
 tok_reader_open(struct fx *f, struct tok_reader *r, const char *token)
 {
 	char err[256] = "";
-	struct kvn_transport_cfg cfg = { .gid_index = -1, .timeout_ms = TIMEOUT_MS };
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
+					.timeout_ms = TIMEOUT_MS};
 	/* A copy that dies before the instance does: open must keep only what it needs. */
 	char *copy = token ? strdup(token) : NULL;
 	cfg.auth_token = copy;
@@ -811,11 +814,11 @@ t_auth_token(const char *name)
 	f.ops->close(f.owner); /* reopened with the token */
 	char err[512] = "", addr[160];
 	char *token = strdup("cluster-secret-1");
-	cr_assert_eq(f.ops->open(&(struct kvn_transport_cfg){ .gid_index = -1,
-							      .timeout_ms = TIMEOUT_MS,
-							      .auth_token = token },
-				 &f.owner, err, sizeof(err)),
-		     0, "%s", err);
+	cr_assert_eq(
+	    f.ops->open(&(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
+						    .timeout_ms = TIMEOUT_MS, .auth_token = token},
+			&f.owner, err, sizeof(err)),
+	    0, "%s", err);
 	free(token);
 	f.region = xalloc(REGION);
 	for (size_t i = 0; i < REGION; i++)
@@ -829,11 +832,12 @@ t_auth_token(const char *name)
 	/* The fixture's own reader holds the right token: f.ep is the good reader. */
 	f.dst = xalloc(REGION);
 	struct kvn_mem_desc d;
-	cr_assert_eq(f.ops->open(&(struct kvn_transport_cfg){ .gid_index = -1,
-							      .timeout_ms = TIMEOUT_MS,
-							      .auth_token = "cluster-secret-1" },
-				 &f.reader, err, sizeof(err)),
-		     0, "%s", err);
+	cr_assert_eq(
+	    f.ops->open(&(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
+						    .timeout_ms = TIMEOUT_MS,
+						    .auth_token = "cluster-secret-1"},
+			&f.reader, err, sizeof(err)),
+	    0, "%s", err);
 	cr_assert_eq(f.ops->reg_mem(f.reader, f.dst, REGION, KVN_MEM_HOST, &f.dst_mr, &d, err,
 				    sizeof(err)),
 		     0, "%s", err);

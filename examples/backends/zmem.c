@@ -1,6 +1,7 @@
 /* zmem: an external backend that keeps chunks zstd-compressed in memory — a tier that trades a
  * little CPU for holding more KV cache than plain RAM would. Built as libkvn_zmem.so, loaded
  * with dlopen; it needs nothing from libkvnode, only the ABI headers (see README.md here). */
+#include <stdatomic.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -295,10 +296,12 @@ static int
 zmem_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 {
 	*out = NULL;
-	if (env->abi != KVN_BACKEND_ABI) {
-		env->log(env, LOG_ERROR,
-			 "node has backend ABI %u, zmem was built for %d: rebuild it", env->abi,
-			 KVN_BACKEND_ABI);
+	/* A node loads only modules of its own major ABI and no newer minor one, so the env it
+	 * hands over has every member zmem's headers know. */
+	if (KVN_ABI_MAJOR_OF(env->abi) != KVN_ABI_MAJOR) {
+		env->log(env, LOG_ERROR, "node has module ABI %u.%u, zmem was built for %u.%u",
+			 KVN_ABI_MAJOR_OF(env->abi), KVN_ABI_MINOR_OF(env->abi), KVN_ABI_MAJOR,
+			 KVN_ABI_MINOR);
 		return -EINVAL;
 	}
 	uint64_t capacity;
@@ -466,12 +469,7 @@ zbuf_new(size_t len)
 	struct kvn_buf *buf;
 	if (len > SIZE_MAX - hdr - 1 || posix_memalign((void **)&buf, 64, hdr + (len ? len : 1)))
 		return NULL;
-	buf->data = (char *)buf + hdr;
-	buf->len = len;
-	atomic_init(&buf->refs, 1);
-	buf->release = zbuf_release;
-	buf->owner = NULL;
-	buf->aux = 0;
+	kvn_buf_init(buf, (char *)buf + hdr, len, zbuf_release, NULL, 0);
 	return buf;
 }
 
@@ -635,7 +633,8 @@ zmem_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 /* Flagged slow: compressing a multi-megabyte chunk is better done on the node's writer threads
  * than on the inference engine's put path. */
 ZMEM_EXPORT const struct kvn_backend_ops kvn_zmem_backend_ops = {
-    .abi = KVN_BACKEND_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_backend_ops),
     .flags = KVN_BACKEND_F_SLOW,
     .name = "zmem",
     .create = zmem_create,

@@ -150,10 +150,8 @@ parse_item(struct kvn_connector *c, const struct kvn_key *key, char *item, size_
 		return -ENOMEM;
 	}
 	ib->item = item;
-	ib->buf.data = item + KVN_REMOTE_META_LEN;
-	ib->buf.len = (size_t)out->meta.length;
-	ib->buf.release = item_release;
-	atomic_init(&ib->buf.refs, 1);
+	kvn_buf_init(&ib->buf, item + KVN_REMOTE_META_LEN, (size_t)out->meta.length, item_release,
+		     NULL, 0);
 	memcpy(out->tag, item + len - 1 - tag, tag);
 	out->tag_len = (uint32_t)tag;
 	out->payload = &ib->buf;
@@ -375,7 +373,8 @@ out:
 
 __attribute__((visibility("default")))
 const struct kvn_connector_ops kvn_memcached_connector_ops = {
-    .abi = KVN_CONNECTOR_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_connector_ops),
     .flags = KVN_CONNECTOR_F_NO_LIST,
     .scheme = "memcached",
     .connect = mc_connect,

@@ -1,6 +1,6 @@
 /* Storage backend ABI (docs/architecture.md §4). Built-in tiers (cpu, disk) and external modules
  * loaded with dlopen fill the same struct kvn_backend_ops; the storage manager never switches on
- * type. Semantics follow LMCache's StorageBackendInterface. */
+ * type. Semantics follow LMCache's StorageBackendInterface. Versioning: kvnode/version.h. */
 #ifndef KVNODE_BACKEND_H
 #define KVNODE_BACKEND_H
 
@@ -11,14 +11,14 @@ extern "C" {
 #endif
 
 struct kvn_backend; /* an instance; each implementation defines it */
-struct kvn_pool; /* the node's registered chunk pool (internal; NULL for external modules' use) */
 
 /* What the node hands a backend at creation. Options are read through get_opt so that built-in
  * and external backends see the same thing: the config's own keys ("local_disk",
  * "max_local_disk_size", "chunk_size" …) and, for an external backend named N, every
  * extra_config key "external_backend.N.<opt>" under "<opt>". */
 struct kvn_backend_env {
-	uint32_t abi; /* KVN_BACKEND_ABI of the node */
+	uint32_t abi;  /* KVN_ABI of the node */
+	uint32_t size; /* sizeof(struct kvn_backend_env) of the node: members past it are absent */
 	const char *name; /* instance name: "cpu", "disk", or the external_backends entry */
 	const char *config_dir; /* directory of the config file ("." without one) */
 	/* Value of an option as written in the config (NULL when unset). The string stays valid
@@ -26,8 +26,7 @@ struct kvn_backend_env {
 	const char *(*get_opt)(const struct kvn_backend_env *env, const char *opt);
 	/* One log line, tagged with the backend's name. level is enum kvn_log_level. */
 	void (*log)(const struct kvn_backend_env *env, int level, const char *fmt, ...)
-		__attribute__((format(printf, 3, 4)));
-	struct kvn_pool *pool; /* for the cpu tier */
+	    __attribute__((format(printf, 3, 4)));
 	void *node_priv; /* the node's, for get_opt/log */
 };
 
@@ -50,8 +49,11 @@ enum kvn_backend_flags {
 /* Callback of list(); non-zero stops the walk and is returned by list(). */
 typedef int (*kvn_list_cb)(void *ctx, const struct kvn_key *key, size_t len);
 
+/* A module exports one of these, const, with abi = KVN_ABI and size = sizeof(struct
+ * kvn_backend_ops). */
 struct kvn_backend_ops {
-	uint32_t abi; /* KVN_BACKEND_ABI, first so a mismatched module is detected */
+	uint32_t abi;	/* KVN_ABI the module was built against */
+	uint32_t size;	/* sizeof(struct kvn_backend_ops) in those headers */
 	uint32_t flags; /* enum kvn_backend_flags */
 	const char *name; /* implementation name, e.g. "cpu", "zmem" */
 
@@ -80,6 +82,12 @@ struct kvn_backend_ops {
 	/* Calls cb for each key held (order unspecified). */
 	int (*list)(struct kvn_backend *be, kvn_list_cb cb, void *ctx);
 	void (*stats)(struct kvn_backend *be, struct kvn_backend_stats *out);
+
+	/* ABI 2.1 (read only when KVN_ABI_HAS(ops, sync)). Optional. Makes every value put so
+	 * far durable, as far as the backend can (the disk tier: syncfs of its directory's file
+	 * system), and returns 0 or a negative errno naming nothing: the node logs and counts a
+	 * failure. Called by kvn_engine_flush once the queued writes have landed. */
+	int (*sync)(struct kvn_backend *be);
 };
 
 #ifdef __cplusplus

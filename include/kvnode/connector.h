@@ -1,6 +1,7 @@
 /* Remote connector ABI (docs/architecture.md §4, §10). A connector moves values between the node
  * and one remote store chosen by the scheme of remote_url. Built-in connectors (redis, fs,
- * blackhole …) and external ones loaded from a .so fill the same struct kvn_connector_ops. */
+ * blackhole …) and external ones loaded from a .so fill the same struct kvn_connector_ops.
+ * Versioning: kvnode/version.h. */
 #ifndef KVNODE_CONNECTOR_H
 #define KVNODE_CONNECTOR_H
 
@@ -15,7 +16,8 @@ extern "C" {
  * length, fmt, dtype, shape[0..3]) followed by `length` payload bytes, so LMCache and kvnode
  * can share one store. kvnode's integrity tag travels beside the value, in a place LMCache
  * ignores (a separate redis key, a file's xattr …): the connector stores and returns the tag
- * bytes as they are; the node computes and checks them (node/remote_value.h).
+ * bytes as they are; the node computes and checks them (the helpers at the end of this file
+ * are for a connector that computes the tag itself, KVN_CONNECTOR_F_TAG_ON_SEND).
  * ------------------------------------------------------------------------------------------ */
 
 #define KVN_REMOTE_META_LEN 28 /* bytes of LMCache's RemoteMetadata */
@@ -74,7 +76,8 @@ struct kvn_remote_value {
 struct kvn_connector; /* an instance (one connection); each implementation defines it */
 
 struct kvn_connector_env {
-	uint32_t abi;		  /* KVN_CONNECTOR_ABI of the node */
+	uint32_t abi;		  /* KVN_ABI of the node */
+	uint32_t size;		  /* sizeof(struct kvn_connector_env) of the node */
 	const char *url;	  /* remote_url as configured (may hold a password: never log it) */
 	const char *url_redacted; /* the same with any password replaced: use this in messages */
 	const char *config_dir;	  /* directory of the config file ("." without one) */
@@ -102,7 +105,7 @@ enum kvn_connector_flags {
 	 * socket is full or the store is still reading), for a store where the tag follows the
 	 * payload on the wire. The node then hands it values with tag_len =
 	 * KVN_REMOTE_TAG_PENDING, and the connector stores the tag that kvn_remote_tagger_*
-	 * (node/remote_value.h) computes. Other connectors always get the tag computed. */
+	 * (below) computes. Other connectors always get the tag computed. */
 	KVN_CONNECTOR_F_TAG_ON_SEND = 1u << 2,
 };
 
@@ -123,7 +126,8 @@ enum kvn_connector_flags {
  * Threads: one instance is used by one thread at a time (the node keeps a small pool of
  * instances, one connect() each), so an instance needs no locking of its own. */
 struct kvn_connector_ops {
-	uint32_t abi;	    /* KVN_CONNECTOR_ABI, first so a mismatched module is detected */
+	uint32_t abi;	    /* KVN_ABI the module was built against */
+	uint32_t size;	    /* sizeof(struct kvn_connector_ops) in those headers */
 	uint32_t flags;	    /* enum kvn_connector_flags */
 	const char *scheme; /* "redis", "fs" … (what remote_url starts with, before "://") */
 
@@ -162,6 +166,44 @@ struct kvn_connector_ops {
 	int (*exists_batch)(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys,
 			    int *rcs);
 };
+
+/* ------------------------------------------------------------------------------------------
+ * Helpers for connectors, in libkvnode (a module links -lkvnode, or leaves the symbols to
+ * resolve against the kvnode process that loads it).
+ * ------------------------------------------------------------------------------------------ */
+
+/* Writes meta as seven little-endian int32 (LMCache's RemoteMetadata.serialize). */
+KVN_API void kvn_remote_meta_encode(const struct kvn_remote_meta *meta,
+				    uint8_t out[KVN_REMOTE_META_LEN]);
+/* Reads the header; -EPROTO when len is not 28 or a field is out of range (negative length
+ * or shape, unknown dtype or fmt). */
+KVN_API int kvn_remote_meta_decode(const void *in, size_t len, struct kvn_remote_meta *meta);
+/* The header kvnode writes for a plain byte value: BINARY, uint8, shape {len, 1, 1, 1}.
+ * -EFBIG when len does not fit LMCache's int32 length. */
+KVN_API int kvn_remote_meta_for_bytes(size_t len, struct kvn_remote_meta *meta);
+
+/* kvnode's tag computed in pieces, for a connector with KVN_CONNECTOR_F_TAG_ON_SEND: begin
+ * with the key the value is put under and its header, update with the payload bytes in order
+ * (any piece sizes), end writes the tag and returns its length. One tagger per connector
+ * instance (it holds xxhash's state). new returns NULL when out of memory. */
+struct kvn_remote_tagger;
+KVN_API struct kvn_remote_tagger *kvn_remote_tagger_new(void);
+KVN_API void kvn_remote_tagger_free(struct kvn_remote_tagger *t);
+KVN_API void kvn_remote_tagger_begin(struct kvn_remote_tagger *t, const struct kvn_key *key,
+				     const struct kvn_remote_meta *meta);
+KVN_API void kvn_remote_tagger_update(struct kvn_remote_tagger *t, const void *p, size_t n);
+KVN_API uint32_t kvn_remote_tagger_end(struct kvn_remote_tagger *t,
+				       uint8_t tag[KVN_REMOTE_TAG_MAX]);
+
+/* The largest payload a connector takes from its store: the config's max_chunk_size (through
+ * env->get_opt), else 64 MiB. A value announced longer is refused (-EMSGSIZE) before anything
+ * is allocated for it: a store, or whatever answers at its address, cannot make a node
+ * allocate gigabytes. */
+#define KVN_REMOTE_VALUE_MAX_DEFAULT (64ull << 20)
+KVN_API uint64_t kvn_remote_value_max(const struct kvn_connector_env *env);
+
+/* Drops the payload reference of a value returned by a connector (NULL-safe). */
+KVN_API void kvn_remote_value_release(struct kvn_remote_value *val);
 
 #ifdef __cplusplus
 }

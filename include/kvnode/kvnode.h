@@ -1,9 +1,9 @@
 /* kvnode public API: keys, buffers, the engine (an in-process node), error strings.
- * Everything here is prefixed kvn_ and returns 0 or a negative errno. */
+ * Everything here is prefixed kvn_ and returns 0 or a negative errno. The headers compile as C11
+ * and as C++ (they declare everything extern "C"). */
 #ifndef KVNODE_KVNODE_H
 #define KVNODE_KVNODE_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -19,6 +19,15 @@ extern "C" {
 #else
 #define KVN_API
 #endif
+
+/* ------------------------------------------------------------------------------------------
+ * Version
+ * ------------------------------------------------------------------------------------------ */
+
+/* The library's version ("0.1.0"), for a program that was built against other headers. */
+KVN_API const char *kvn_version(void);
+/* The module ABI this library drives (KVN_ABI_MAKE(major, minor) of its headers). */
+KVN_API unsigned kvn_abi_version(void);
 
 /* ------------------------------------------------------------------------------------------
  * Keys (docs/architecture.md §3)
@@ -103,29 +112,52 @@ static inline bool kvn_digest_eq(struct kvn_digest a, struct kvn_digest b)
 /* ------------------------------------------------------------------------------------------
  * Buffers: ref-counted views of chunk bytes. A view of a pool slot keeps the slot from being
  * evicted or reused until its last reference goes. The helpers are inline so that external
- * modules need no symbol from libkvnode.
+ * modules need no symbol from libkvnode. refs is changed only atomically (the GCC/Clang
+ * __atomic builtins, which C and C++ share), never read or written plainly once the buffer is
+ * shared.
  * ------------------------------------------------------------------------------------------ */
 
 struct kvn_buf {
 	void *data;
 	size_t len;
-	_Atomic uint32_t refs;
+	uint32_t refs;
 	/* Called once, when the last reference is dropped; frees the view and what it holds. */
 	void (*release)(struct kvn_buf *buf);
 	void *owner; /* for release */
 	uint64_t aux; /* for release */
 };
 
+/* Makes buf a view of [data, data + len) with one reference; release is called when the last
+ * one goes. For a module that hands out views of its own memory. */
+static inline void
+kvn_buf_init(struct kvn_buf *buf, void *data, size_t len, void (*release)(struct kvn_buf *buf),
+	     void *owner, uint64_t aux)
+{
+	buf->data = data;
+	buf->len = len;
+	buf->release = release;
+	buf->owner = owner;
+	buf->aux = aux;
+	__atomic_store_n(&buf->refs, 1, __ATOMIC_RELAXED);
+}
+
 static inline struct kvn_buf *kvn_buf_ref(struct kvn_buf *buf)
 {
-	atomic_fetch_add_explicit(&buf->refs, 1, memory_order_relaxed);
+	__atomic_fetch_add(&buf->refs, 1, __ATOMIC_RELAXED);
 	return buf;
 }
 
 static inline void kvn_buf_unref(struct kvn_buf *buf)
 {
-	if (buf && atomic_fetch_sub_explicit(&buf->refs, 1, memory_order_acq_rel) == 1)
+	if (buf && __atomic_fetch_sub(&buf->refs, 1, __ATOMIC_ACQ_REL) == 1)
 		buf->release(buf);
+}
+
+/* References held now (for tests and assertions; racy while others change it). */
+static inline uint32_t
+kvn_buf_refs(const struct kvn_buf *buf)
+{
+	return __atomic_load_n(&buf->refs, __ATOMIC_ACQUIRE);
 }
 
 /* A heap buffer of len bytes (contents undefined), one reference; NULL when out of memory. */
@@ -184,8 +216,10 @@ KVN_API int kvn_engine_remove(struct kvn_engine *eng, const struct kvn_key *key)
 /* Calls cb once per distinct key held (any tier); stops early when cb returns non-zero. */
 KVN_API int kvn_engine_list(struct kvn_engine *eng,
 			    int (*cb)(void *ctx, const struct kvn_key *key, size_t len), void *ctx);
-/* Waits until every queued write to a slow tier has completed. */
-KVN_API void kvn_engine_flush(struct kvn_engine *eng);
+/* Waits until every queued write to a slow tier has completed, then has each tier make what it
+ * holds durable (the disk tier: syncfs of its directory's file system). 0, or the first
+ * tier's error (logged by the tier, naming it). */
+KVN_API int kvn_engine_flush(struct kvn_engine *eng);
 /* Statistics as a JSON object (malloc'd, caller frees): {"backends":[{"name",...}], ...}. */
 KVN_API char *kvn_engine_stats_json(struct kvn_engine *eng);
 

@@ -16,7 +16,10 @@ extern "C" {
 
 enum kvn_plugin_role { KVN_PLUGIN_SCHEDULER = 0, KVN_PLUGIN_WORKER = 1 };
 
+/* Start from KVN_PLUGINS_OPTS_INIT (abi, size); members older headers lack take defaults. */
 struct kvn_plugins_opts {
+	uint32_t abi;  /* KVN_ABI of the caller's headers */
+	uint32_t size; /* sizeof(struct kvn_plugins_opts) in them */
 	enum kvn_plugin_role role;
 	int worker_id;	  /* this worker's id (the scheduler passes -1) */
 	int worker_count; /* workers in the cluster (the config's worker_count wins when set) */
@@ -25,6 +28,8 @@ struct kvn_plugins_opts {
 	const char *const *extra_env;
 };
 
+#define KVN_PLUGINS_OPTS_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_plugins_opts)
+
 struct kvn_plugins;
 
 /* Scans cfg->plugin_locations (directories recursively, or single files), keeps the files
@@ -32,8 +37,9 @@ struct kvn_plugins;
  * with the KVNODE_PLUGIN_*, LMCACHE_PLUGIN_* and LMCACHE_RUNTIME_PLUGIN_* environment (ROLE,
  * CONFIG, WORKER_ID, WORKER_COUNT). A location or plugin that cannot be used is a warning
  * naming it, never an error: the node still starts. Returns 0, or a
- * negative errno (out of memory, no thread) with err set. cfg is read only during the call;
- * opts NULL is worker 0 of 1. Returns once every plugin has been started (or failed to). */
+ * negative errno (out of memory, no thread; -EINVAL for opts of another major ABI) with err
+ * set. cfg is read only during the call; opts NULL is worker 0 of 1. Returns once every plugin has
+ * been started (or failed to). */
 KVN_API int kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *opts,
 			      struct kvn_plugins **out, char *err, size_t errlen);
 /* A plugin whose main process ends has what is left of its group sent SIGTERM.

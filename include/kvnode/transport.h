@@ -1,6 +1,7 @@
 /* Transport ABI (docs/architecture.md §4): one-sided READ of another node's registered memory. The
  * implementations (verbs on rdma-core, tcp with the same semantics) fill the same struct
- * kvn_transport_ops; callers pick one with kvn_transport_by_name and never switch on type. */
+ * kvn_transport_ops; callers pick one with kvn_transport_by_name and never switch on type.
+ * Versioning: kvnode/version.h. */
 #ifndef KVNODE_TRANSPORT_H
 #define KVNODE_TRANSPORT_H
 
@@ -12,9 +13,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/* Bumped whenever struct kvn_transport_ops / kvn_transport_cfg / kvn_read change. */
-#define KVN_TRANSPORT_ABI 3 /* 3: challenge-response auth, listener bounds, stats */
 
 /* Connect and read-progress timeout when the config leaves it at 0. */
 #define KVN_TRANSPORT_TIMEOUT_MS 10000
@@ -36,7 +34,12 @@ struct kvn_mem_desc {
 	uint32_t rkey; /* random per registration: a stale or forged rkey is refused */
 };
 
+/* What the caller opens an instance with. Start from KVN_TRANSPORT_CFG_INIT (abi, size):
+ *	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1};
+ * Members a caller built against older headers does not have take their defaults. */
 struct kvn_transport_cfg {
+	uint32_t abi;		 /* KVN_ABI of the caller's headers */
+	uint32_t size;		 /* sizeof(struct kvn_transport_cfg) in them */
 	const char *rdma_device; /* verbs: device name; NULL = first device with an active port */
 	int gid_index; /* verbs, RoCE: GID table index; -1 = pick automatically */
 	int timeout_ms; /* connect timeout, and how long a read may see no progress; 0 = default */
@@ -50,6 +53,8 @@ struct kvn_transport_cfg {
 	unsigned max_conns;
 	int hello_timeout_ms;
 };
+
+#define KVN_TRANSPORT_CFG_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_transport_cfg)
 
 /* A listener's counters (kvn_transport_ops.stats). */
 struct kvn_transport_stats {
@@ -111,13 +116,15 @@ struct kvn_read {
  * rdma_cm lets it carry (docs/architecture.md §12.4).
  */
 struct kvn_transport_ops {
-	uint32_t abi; /* KVN_TRANSPORT_ABI, first so a mismatched module is detected */
+	uint32_t abi;	  /* KVN_ABI the implementation was built against */
+	uint32_t size;	  /* sizeof(struct kvn_transport_ops) in those headers */
 	const char *name; /* "tcp", "verbs" */
 
 	/* 0 when the transport can work on this machine (verbs: an RDMA device with an active
 	 * port), else -ENODEV with the reason in err. Opens nothing that outlives the call. */
 	int (*probe)(const struct kvn_transport_cfg *cfg, char *err, size_t errlen);
-	/* Opens an instance and starts its progress thread. cfg may be NULL for the defaults. */
+	/* Opens an instance and starts its progress thread. cfg may be NULL for the defaults;
+	 * one of another major ABI, or without abi and size, is -EINVAL. */
 	int (*open)(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *err,
 		    size_t errlen);
 	/* Closes every endpoint (failing their outstanding reads), stops the progress thread,

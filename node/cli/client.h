@@ -1,7 +1,7 @@
 /* Client side of the local control protocol: what the kvnode CLI (put/get/rm/ls/stat) and
  * tests use to talk to a running `kvnode serve` over its unix socket. */
-#ifndef KVN_NODE_CLIENT_H
-#define KVN_NODE_CLIENT_H
+#ifndef KVN_NODE_CLI_CLIENT_H
+#define KVN_NODE_CLI_CLIENT_H
 
 #include <stdbool.h>
 #include <stddef.h>

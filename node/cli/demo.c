@@ -22,6 +22,7 @@
 #include "node/cli/client.h"
 #include "node/engine/config.h"
 #include "node/cli/demo.h"
+#include "core/clock.h"
 #include "core/log.h"
 
 /* One LMCache chunk of Llama-3.1-8B: 256 tokens x 32 layers x (K,V) x 8 KV heads x 128 dims
@@ -49,14 +50,6 @@ struct demo {
 	struct child sched; /* pid 0 when an external scheduler is used */
 	struct child node[NODES];
 };
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void
 sleep_ms(int ms)
@@ -368,14 +361,15 @@ run_traffic(struct demo *d)
 			 (unsigned long long)prefix);
 		kvn_key_from_str(&keys[i], text);
 		fill(data, DEMO_CHUNK, (uint64_t)i);
-		double t0 = now_s();
+		double t0 = kvn_now_s();
 		if (kvn_client_put(src, &keys[i], data, DEMO_CHUNK) < 0) {
 			fprintf(stderr, "kvnode demo: put %s on node-1: %s\n", text,
 				kvn_client_error(src));
 			rc = -EIO;
 			goto out;
 		}
-		printf("  put  %s  %8.2f GB/s\n", text, (double)DEMO_CHUNK / (now_s() - t0) / 1e9);
+		printf("  put  %s  %8.2f GB/s\n", text,
+		       (double)DEMO_CHUNK / (kvn_now_s() - t0) / 1e9);
 	}
 	double before = peer_bytes(dst), t_peer = 0, t_local = 0;
 	for (int pass = 0; pass < 2; pass++) {
@@ -386,15 +380,15 @@ run_traffic(struct demo *d)
 		for (int i = 0; i < DEMO_CHUNKS; i++) {
 			void *got = NULL;
 			size_t len = 0;
-			double t0 = now_s();
+			double t0 = kvn_now_s();
 			int e = kvn_client_get(dst, &keys[i], &got, &len);
 			/* publishing is asynchronous: the directory may lag the put a moment */
 			for (int t = 0; e == -ENOENT && !pass && t < 100; t++) {
 				sleep_ms(20);
-				t0 = now_s();
+				t0 = kvn_now_s();
 				e = kvn_client_get(dst, &keys[i], &got, &len);
 			}
-			double dt = now_s() - t0;
+			double dt = kvn_now_s() - t0;
 			*(pass ? &t_local : &t_peer) += dt;
 			if (e < 0) {
 				printf("  get  %s  MISSING (%s)\n", keys[i].str, kvn_strerror(e));

@@ -459,8 +459,8 @@ start_plugins(const struct kvn_config *cfg, enum kvn_plugin_role role, int worke
 	if (asprintf(&bin_env, "KVNODE_BIN=%s", n > 0 ? exe : "kvnode") < 0)
 		bin_env = NULL;
 	const char *env[] = {bin_env, sock_env, NULL};
-	struct kvn_plugins_opts po = {
-	    .role = role, .worker_id = worker_id, .worker_count = worker_count, .extra_env = env};
+	struct kvn_plugins_opts po = {KVN_PLUGINS_OPTS_INIT, .role = role, .worker_id = worker_id,
+				      .worker_count = worker_count, .extra_env = env};
 	struct kvn_plugins *pl = NULL;
 	if (kvn_plugins_start(cfg, &po, &pl, err, sizeof(err)) < 0)
 		kvn_warn(role == KVN_PLUGIN_SCHEDULER ? "scheduler" : "serve",
@@ -848,9 +848,11 @@ find_command(const char *name)
 static void
 print_version(void)
 {
-	printf("kvnode %s\n", KVN_VERSION_STRING);
-	printf("features: verbs=%s cuda=%s backend-abi=%d\n", KVN_HAVE_VERBS ? "yes" : "no",
-	       KVN_HAVE_CUDA ? "yes" : "no", KVN_BACKEND_ABI);
+	printf("kvnode %s\n", kvn_version());
+	printf("module ABI %u.%u (loads modules of ABI %u.0 to %u.%u)\n", KVN_ABI_MAJOR,
+	       KVN_ABI_MINOR, KVN_ABI_MAJOR, KVN_ABI_MAJOR, KVN_ABI_MINOR);
+	printf("features: verbs=%s cuda=%s\n", KVN_HAVE_VERBS ? "yes" : "no",
+	       KVN_HAVE_CUDA ? "yes" : "no");
 }
 
 enum { OPT_NODE = 256, OPT_LOG_LEVEL, OPT_VERSION, OPT_JSON, OPT_LISTEN, OPT_SCHEDULER };

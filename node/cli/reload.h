@@ -1,7 +1,7 @@
 /* `kvnode serve` and `kvnode scheduler` on SIGHUP: re-reads the config file and applies the keys that can change
  * while the node runs; the others are named in the log as needing a restart. */
-#ifndef KVN_NODE_RELOAD_H
-#define KVN_NODE_RELOAD_H
+#ifndef KVN_NODE_CLI_RELOAD_H
+#define KVN_NODE_CLI_RELOAD_H
 
 struct kvn_config;
 struct kvn_plugins;

@@ -186,7 +186,8 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 	/* The token guards the data connections too: a reader without it reads nothing of the
 	 * pool, whether it went through the scheduler or not. The peer tier reads with this same
 	 * instance, so it presents the token to the other nodes. */
-	struct kvn_transport_cfg tcfg = {.rdma_device = cfg->rdma_device,
+	struct kvn_transport_cfg tcfg = {KVN_TRANSPORT_CFG_INIT,
+					 .rdma_device = cfg->rdma_device,
 					 .gid_index = cfg->gid_index,
 					 .auth_token = cfg->auth_token,
 					 .max_conns = cfg->transport_max_connections,

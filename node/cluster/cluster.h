@@ -1,8 +1,8 @@
 /* The node's cluster glue (docs/architecture.md §1, §5): opens the transport, registers the chunk
  * pool once, serves reads of it on `listen`, joins the scheduler with that address and region,
  * feeds the chunk directory from the cpu tier, and attaches the peer tier (backends/peer.c). */
-#ifndef KVN_NODE_CLUSTER_H
-#define KVN_NODE_CLUSTER_H
+#ifndef KVN_NODE_CLUSTER_CLUSTER_H
+#define KVN_NODE_CLUSTER_CLUSTER_H
 
 #include <stdint.h>
 

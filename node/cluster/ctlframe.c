@@ -14,6 +14,7 @@
 
 #include "core/auth.h"
 #include "node/cluster/ctlframe.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/utf8.h"
 
@@ -542,24 +543,16 @@ kvn_cf_rx_consume(struct kvn_cf_rx *r, const struct kvn_cf_hdr *h)
 	r->len -= n;
 }
 
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 int
 kvn_cf_rx_wait(struct kvn_cf_rx *r, int fd, int timeout_ms, struct kvn_cf_hdr *h,
 	       const uint8_t **body, char *err, size_t errlen)
 {
-	int64_t deadline = now_ms() + timeout_ms;
+	int64_t deadline = ((int64_t)kvn_now_ms()) + timeout_ms;
 	for (;;) {
 		int rc = kvn_cf_rx_frame(r, h, body, err, errlen);
 		if (rc)
 			return rc < 0 ? rc : 0;
-		int64_t left = timeout_ms < 0 ? -1 : deadline - now_ms();
+		int64_t left = timeout_ms < 0 ? -1 : deadline - ((int64_t)kvn_now_ms());
 		if (timeout_ms >= 0 && left <= 0)
 			return kvn_seterr(err, errlen, "no reply within %d ms", timeout_ms),
 			       -ETIMEDOUT;

@@ -2,8 +2,8 @@
  * then a body that is JSON (join, stats, errors), JSON + an opaque blob (join, member notices) or
  * compact binary (publish, lookup, evict notices). Shared by node/scheduler*.c and
  * node/membership.c so both sides agree on the wire format and on what a valid frame is. */
-#ifndef KVN_NODE_CTLFRAME_H
-#define KVN_NODE_CTLFRAME_H
+#ifndef KVN_NODE_CLUSTER_CTLFRAME_H
+#define KVN_NODE_CLUSTER_CTLFRAME_H
 
 #include <stdbool.h>
 #include <stddef.h>

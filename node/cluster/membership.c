@@ -72,14 +72,6 @@ struct kvn_membership {
 	struct kvn_cf_buf tx;
 };
 
-static int64_t
-now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* The deadline of a wait on m->cond: CLOCK_MONOTONIC, as the condition measures it, so that a
  * wall-clock step neither cuts a wait short nor stretches it. */
 static struct timespec
@@ -501,7 +493,7 @@ thread_main(void *arg)
 	int hb = (int)m->o.heartbeat_ms, backoff = 20;
 	/* A scheduler that answers nothing for this long is treated as gone. */
 	int silent_max = 3 * hb > m->o.timeout_ms ? 3 * hb : m->o.timeout_ms;
-	int64_t next_beat = now_ms(), last_rx = now_ms();
+	int64_t next_beat = ((int64_t)kvn_now_ms()), last_rx = ((int64_t)kvn_now_ms());
 	char err[512];
 	bool fresh = kvn_membership_connected(m);
 	if (fresh)
@@ -517,13 +509,13 @@ thread_main(void *arg)
 				continue;
 			}
 			backoff = 20;
-			last_rx = now_ms();
+			last_rx = ((int64_t)kvn_now_ms());
 			after_join(m);
 		}
 		pthread_mutex_lock(&m->lock);
 		int beat = (int)m->beat_ms;
 		pthread_mutex_unlock(&m->lock);
-		int64_t now = now_ms();
+		int64_t now = ((int64_t)kvn_now_ms());
 		if (now >= next_beat) {
 			next_beat = now + beat;
 			if (send_simple(m, KVN_CF_HEARTBEAT)) {
@@ -542,7 +534,7 @@ thread_main(void *arg)
 		}
 		struct pollfd pf[2] = {{.fd = m->fd, .events = POLLIN},
 				       {.fd = m->wake_fd, .events = POLLIN}};
-		int wait = (int)(next_beat - now_ms());
+		int wait = (int)(next_beat - ((int64_t)kvn_now_ms()));
 		if (poll(pf, 2, wait < 0 ? 0 : wait) < 0 && errno != EINTR)
 			continue;
 		if (pf[1].revents) {
@@ -559,7 +551,7 @@ thread_main(void *arg)
 			const uint8_t *body;
 			int got;
 			while ((got = kvn_cf_rx_frame(&m->rx, &h, &body, err, sizeof(err))) == 1) {
-				last_rx = now_ms();
+				last_rx = ((int64_t)kvn_now_ms());
 				if (on_frame(m, &h, body, err, sizeof(err))) {
 					got = -EPROTO;
 					break;

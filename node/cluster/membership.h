@@ -2,8 +2,8 @@
  * on its own thread, publish admit/evict batches asynchronously, look up batches of digests, and
  * keep a table of the members (data address, transport, region descriptors). After losing the
  * scheduler it re-joins and asks its owner to re-publish the whole index. */
-#ifndef KVN_NODE_MEMBERSHIP_H
-#define KVN_NODE_MEMBERSHIP_H
+#ifndef KVN_NODE_CLUSTER_MEMBERSHIP_H
+#define KVN_NODE_CLUSTER_MEMBERSHIP_H
 
 #include <stdbool.h>
 #include <stddef.h>

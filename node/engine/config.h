@@ -1,7 +1,7 @@
 /* The node's effective configuration (docs/architecture.md §7): defaults, then the YAML file, then
  * KVNODE_<KEY> / LMCACHE_<KEY> environment overrides. Internal layout of struct kvn_config. */
-#ifndef KVN_NODE_CONFIG_H
-#define KVN_NODE_CONFIG_H
+#ifndef KVN_NODE_ENGINE_CONFIG_H
+#define KVN_NODE_ENGINE_CONFIG_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -133,7 +133,7 @@ int kvn_config_validate(const struct kvn_config *cfg, char *err, size_t errlen);
  * extra_config flattened to dotted keys); malloc'd, free() it; NULL when out of memory. With
  * redact, auth_token, passwords in URLs and extra_config values whose name says password,
  * secret or token are "***". */
-KVN_API char *kvn_config_to_json(const struct kvn_config *cfg, bool redact);
+char *kvn_config_to_json(const struct kvn_config *cfg, bool redact);
 /* Where key got its value: "kvnode.yaml:12", "env KVNODE_CHUNK_SIZE" or "default"; NULL for
  * a key the config does not have. */
 const char *kvn_config_origin(const struct kvn_config *cfg, const char *key);

@@ -112,7 +112,7 @@ key_json(const struct kvn_config *cfg, size_t ki, bool redact)
 	return v;
 }
 
-KVN_API char *
+char *
 kvn_config_to_json(const struct kvn_config *cfg, bool redact)
 {
 	if (!cfg)

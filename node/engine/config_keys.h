@@ -1,7 +1,7 @@
 /* Internal to the config loader (config.c, config_yaml.c, config_json.c): the table of known
  * keys and the value setters shared by the YAML file and the environment. */
-#ifndef KVN_NODE_CONFIG_KEYS_H
-#define KVN_NODE_CONFIG_KEYS_H
+#ifndef KVN_NODE_ENGINE_CONFIG_KEYS_H
+#define KVN_NODE_ENGINE_CONFIG_KEYS_H
 
 #include <stdbool.h>
 #include <stddef.h>

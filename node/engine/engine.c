@@ -134,10 +134,10 @@ kvn_engine_list(struct kvn_engine *eng, int (*cb)(void *ctx, const struct kvn_ke
 	return kvn_storage_list(eng->st, cb, ctx);
 }
 
-KVN_API void
+KVN_API int
 kvn_engine_flush(struct kvn_engine *eng)
 {
-	kvn_storage_flush(eng->st);
+	return kvn_storage_flush(eng->st);
 }
 
 KVN_API char *

@@ -31,7 +31,7 @@ struct tier {
 	struct kvn_backend *be;
 	char name[64];
 	char prefix[96]; /* extra_config prefix of its options: "disk." or "external_backend.N." */
-	struct kvn_backend_env env;
+	struct kvn_tier_env tenv; /* tenv.env is what the tier sees */
 	struct kvn_storage *st;
 	void *dl; /* dlopen handle of an external module */
 	uint64_t capacity;
@@ -208,16 +208,17 @@ add_tier(struct kvn_storage *st, const struct kvn_backend_ops *ops, const char *
 		pthread_mutex_destroy(&t->opt_lock);
 		return -ENOMEM;
 	}
-	t->env = (struct kvn_backend_env){
-		.abi = KVN_BACKEND_ABI,
-		.name = t->name,
-		.config_dir = st->cfg->dir ? st->cfg->dir : ".",
-		.get_opt = tier_get_opt,
-		.log = tier_log,
-		.pool = pool,
-		.node_priv = t,
+	t->tenv.env = (struct kvn_backend_env){
+	    .abi = KVN_ABI,
+	    .size = sizeof(struct kvn_backend_env),
+	    .name = t->name,
+	    .config_dir = st->cfg->dir ? st->cfg->dir : ".",
+	    .get_opt = tier_get_opt,
+	    .log = tier_log,
+	    .node_priv = t,
 	};
-	int rc = ops->create(&t->env, &t->be);
+	t->tenv.pool = pool;
+	int rc = ops->create(&t->tenv.env, &t->be);
 	if (rc < 0) {
 		free(t->path);
 		opts_free(t);
@@ -521,7 +522,7 @@ lane_sync_opt(struct tier *t, bool *out, char *err, size_t errlen)
 	/* The remote tier's options carry their prefix themselves (backends/remote.c). */
 	bool remote = t->ops == &kvn_remote_backend_ops;
 	const char *v = remote ? kvn_config_extra(t->st->cfg, "remote.sync_put")
-			       : t->env.get_opt(&t->env, "sync_put");
+			       : t->tenv.env.get_opt(&t->tenv.env, "sync_put");
 	*out = false;
 	if (!v)
 		return 0;
@@ -581,7 +582,7 @@ start_lanes(struct kvn_storage *st, char *err, size_t errlen)
 	return 0;
 }
 
-KVN_API int
+int
 kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn_storage **out,
 		 char *err, size_t errlen)
 {
@@ -651,7 +652,7 @@ fail:
 	return rc;
 }
 
-KVN_API void
+int
 kvn_storage_flush(struct kvn_storage *st)
 {
 	pthread_mutex_lock(&st->lock);
@@ -665,9 +666,22 @@ kvn_storage_flush(struct kvn_storage *st)
 		pthread_cond_wait(&st->idle, &st->lock);
 	}
 	pthread_mutex_unlock(&st->lock);
+
+	/* Then what landed is made durable, tier by tier (ABI 2.1; an older module has no
+	 * sync). The tier logs its own failure; the first one is returned. */
+	int rc = 0;
+	for (size_t i = 0; i < st->ntiers; i++) {
+		const struct kvn_backend_ops *ops = st->tier[i].ops;
+		if (KVN_ABI_HAS(ops, sync) && ops->sync) {
+			int r = ops->sync(st->tier[i].be);
+			if (r < 0 && !rc)
+				rc = r;
+		}
+	}
+	return rc;
 }
 
-KVN_API void
+void
 kvn_storage_close(struct kvn_storage *st)
 {
 	if (!st)
@@ -708,7 +722,7 @@ kvn_storage_close(struct kvn_storage *st)
  * Operations
  * -------------------------------------------------------------------------------------------- */
 
-KVN_API int
+int
 kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf)
 {
 	int stored = 0, last = -ENOSPC;
@@ -758,7 +772,7 @@ promote(struct kvn_storage *st, size_t from, const struct kvn_key *key, struct k
 	return rc;
 }
 
-KVN_API int
+int
 kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf **out)
 {
 	bool checked_pending = false;
@@ -791,7 +805,7 @@ kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kvn_bu
 	return -ENOENT;
 }
 
-KVN_API int
+int
 kvn_storage_put_pending(struct kvn_storage *st, const struct kvn_key *key)
 {
 	if (!st->have_slow)
@@ -802,7 +816,7 @@ kvn_storage_put_pending(struct kvn_storage *st, const struct kvn_key *key)
 	return found;
 }
 
-KVN_API int
+int
 kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key)
 {
 	for (size_t i = 0; i < st->ntiers; i++) {
@@ -813,7 +827,7 @@ kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key)
 	return kvn_storage_put_pending(st, key);
 }
 
-KVN_API int
+int
 kvn_storage_remove(struct kvn_storage *st, const struct kvn_key *key)
 {
 	bool any = false;
@@ -889,7 +903,7 @@ list_one(void *ctx, const struct kvn_key *key, size_t len)
 	return rc ? s->cb(s->ctx, key, len) : 0;
 }
 
-KVN_API int
+int
 kvn_storage_list(struct kvn_storage *st, kvn_list_cb cb, void *ctx)
 {
 	struct seen s = { .cb = cb, .ctx = ctx };
@@ -903,19 +917,19 @@ kvn_storage_list(struct kvn_storage *st, kvn_list_cb cb, void *ctx)
 	return s.err ? s.err : rc;
 }
 
-KVN_API bool
+bool
 kvn_storage_async(const struct kvn_storage *st)
 {
 	return st->have_slow;
 }
 
-KVN_API size_t
+size_t
 kvn_storage_count(const struct kvn_storage *st)
 {
 	return st->ntiers;
 }
 
-KVN_API int
+int
 kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name,
 		 struct kvn_backend_stats *stats)
 {
@@ -959,7 +973,7 @@ kvn_storage_backend(struct kvn_storage *st, const struct kvn_backend_ops *ops)
 	return NULL;
 }
 
-KVN_API int
+int
 kvn_storage_remote_status(struct kvn_storage *st, struct kvn_remote_status *out)
 {
 	for (size_t i = 0; i < st->ntiers; i++)

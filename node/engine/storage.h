@@ -2,8 +2,8 @@
  * returns the first hit and promotes it into cpu; put writes through to every tier, each slow
  * tier through its own bounded queue served by writer threads, with queued puts visible to
  * contains/get. docs/durability.md says what a put's success promises. */
-#ifndef KVN_NODE_STORAGE_H
-#define KVN_NODE_STORAGE_H
+#ifndef KVN_NODE_ENGINE_STORAGE_H
+#define KVN_NODE_ENGINE_STORAGE_H
 
 #include "backends/backends.h"
 #include "kvnode/backend.h"
@@ -15,27 +15,29 @@ struct kvn_storage;
 struct kvn_backend *kvn_storage_backend(struct kvn_storage *st, const struct kvn_backend_ops *ops);
 
 /* Status of st's remote tier; -ENOENT when it has none. */
-KVN_API int kvn_storage_remote_status(struct kvn_storage *st, struct kvn_remote_status *out);
+int kvn_storage_remote_status(struct kvn_storage *st, struct kvn_remote_status *out);
 
 /* Builds the tiers the config enables. */
-KVN_API int kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool,
+int kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool,
 			     struct kvn_storage **out, char *err, size_t errlen);
-KVN_API void kvn_storage_close(struct kvn_storage *st);
+void kvn_storage_close(struct kvn_storage *st);
 
-KVN_API int kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf);
-KVN_API int kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf **out);
-KVN_API int kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key);
+int kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf);
+int kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf **out);
+int kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key);
 /* 1 when a write of key is queued or running for some slow tier (LMCache exists_in_put_tasks). */
-KVN_API int kvn_storage_put_pending(struct kvn_storage *st, const struct kvn_key *key);
-KVN_API int kvn_storage_remove(struct kvn_storage *st, const struct kvn_key *key);
-KVN_API int kvn_storage_list(struct kvn_storage *st, kvn_list_cb cb, void *ctx);
-KVN_API void kvn_storage_flush(struct kvn_storage *st);
+int kvn_storage_put_pending(struct kvn_storage *st, const struct kvn_key *key);
+int kvn_storage_remove(struct kvn_storage *st, const struct kvn_key *key);
+int kvn_storage_list(struct kvn_storage *st, kvn_list_cb cb, void *ctx);
+/* Waits for the queued writes, then asks each tier to make what it holds durable (the sync
+ * op); 0 or the first tier's error. */
+int kvn_storage_flush(struct kvn_storage *st);
 
 /* true when some tier is written asynchronously (puts keep a reference to the buffer). */
-KVN_API bool kvn_storage_async(const struct kvn_storage *st);
-KVN_API size_t kvn_storage_count(const struct kvn_storage *st);
+bool kvn_storage_async(const struct kvn_storage *st);
+size_t kvn_storage_count(const struct kvn_storage *st);
 /* Name and stats of tier i (0 = highest priority); -ENOENT past the last. */
-KVN_API int kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name,
+int kvn_storage_tier(struct kvn_storage *st, size_t i, const char **name,
 			     struct kvn_backend_stats *stats);
 /* Value bytes gets returned from tier i and stores put into it (puts, write-behind,
  * promotions); 0 past the last tier. */

@@ -1,8 +1,8 @@
 /* Prometheus metrics (docs/metrics.md): the /metrics listener of `kvnode serve` and `kvnode
  * scheduler` (config key metrics_listen, libmicrohttpd), the text exposition writer the
  * collectors fill, and the lock-free latency histogram hot paths record into. */
-#ifndef KVN_NODE_METRICS_H
-#define KVN_NODE_METRICS_H
+#ifndef KVN_NODE_METRICS_METRICS_H
+#define KVN_NODE_METRICS_METRICS_H
 
 #include <stdatomic.h>
 #include <stdbool.h>

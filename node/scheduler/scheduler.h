@@ -1,7 +1,7 @@
 /* `kvnode scheduler` (docs/architecture.md §5): the membership service and chunk directory. One
  * epoll thread serves every node over TCP with the control frames of node/ctlframe.h. */
-#ifndef KVN_NODE_SCHEDULER_H
-#define KVN_NODE_SCHEDULER_H
+#ifndef KVN_NODE_SCHEDULER_SCHEDULER_H
+#define KVN_NODE_SCHEDULER_SCHEDULER_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,8 +1,8 @@
 /* The scheduler's chunk directory: which member holds which key digest, where, at which slot
  * generation. One open-addressing table of fixed 48-byte entries (no per-entry allocation),
  * keyed by (digest, member); every member's copy of a key sits in the same probe run. */
-#ifndef KVN_NODE_SCHEDULER_DIR_H
-#define KVN_NODE_SCHEDULER_DIR_H
+#ifndef KVN_NODE_SCHEDULER_SCHEDULER_DIR_H
+#define KVN_NODE_SCHEDULER_SCHEDULER_DIR_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* Internal to the scheduler (node/scheduler.c: connections, event loop, directory frames;
  * node/scheduler_members.c: joins, expiry, member notices, the cluster view). */
-#ifndef KVN_NODE_SCHEDULER_INT_H
-#define KVN_NODE_SCHEDULER_INT_H
+#ifndef KVN_NODE_SCHEDULER_SCHEDULER_INT_H
+#define KVN_NODE_SCHEDULER_SCHEDULER_INT_H
 
 #include <pthread.h>
 #include <stdbool.h>

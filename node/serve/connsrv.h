@@ -2,8 +2,8 @@
  * the lm:// server (node/lm_server.c): accept loop, connection cap (refusing, or closing the
  * connection idle the longest), idle limit, one detached thread per connection, deadline reads,
  * and a stop that lets requests in flight finish and cuts the ones still busy. */
-#ifndef KVN_NODE_CONNSRV_H
-#define KVN_NODE_CONNSRV_H
+#ifndef KVN_NODE_SERVE_CONNSRV_H
+#define KVN_NODE_SERVE_CONNSRV_H
 
 #include <pthread.h>
 #include <stdatomic.h>

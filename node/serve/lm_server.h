@@ -2,8 +2,8 @@
  * (docs/architecture.md §10) in both of its generations from the node's engine, so an unmodified
  * LMCache instance with `remote_url: lm://HOST:PORT` uses this node, its tiers and its eviction as
  * its remote store. */
-#ifndef KVN_NODE_LM_SERVER_H
-#define KVN_NODE_LM_SERVER_H
+#ifndef KVN_NODE_SERVE_LM_SERVER_H
+#define KVN_NODE_SERVE_LM_SERVER_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,7 +1,7 @@
 /* The local client server of `kvnode serve`: hosts an engine on a unix socket and answers the
  * control protocol (node/ctlproto.h), a thread per connection up to a cap. */
-#ifndef KVN_NODE_SERVER_H
-#define KVN_NODE_SERVER_H
+#ifndef KVN_NODE_SERVE_SERVER_H
+#define KVN_NODE_SERVE_SERVER_H
 
 #include <stdint.h>
 

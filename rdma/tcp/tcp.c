@@ -1,6 +1,6 @@
 /* TCP transport: one-sided READ semantics over TCP for machines without RDMA. This file holds
  * the instance (progress thread, registrations, addresses, wire codec) and the ops table; the
- * reading side is tcp_read.c and the owner's responder tcp_serve.c. */
+ * reading side is kvn_tcp_read.c and the owner's responder tcp_serve.c. */
 #include <endian.h>
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "rdma/rdma.h"
 #include "rdma/tcp/tcp.h"
 
 /* ---------------------------------------------------------------------------------------------
@@ -52,7 +53,7 @@ get64(const uint8_t *p)
 }
 
 void
-tcp_req_encode(const struct tcp_req *r, uint8_t out[TCP_REQ_SIZE])
+kvn_tcp_req_encode(const struct tcp_req *r, uint8_t out[TCP_REQ_SIZE])
 {
 	put32(out, r->op);
 	put32(out + 4, r->rkey);
@@ -62,7 +63,7 @@ tcp_req_encode(const struct tcp_req *r, uint8_t out[TCP_REQ_SIZE])
 }
 
 void
-tcp_req_decode(const uint8_t in[TCP_REQ_SIZE], struct tcp_req *r)
+kvn_tcp_req_decode(const uint8_t in[TCP_REQ_SIZE], struct tcp_req *r)
 {
 	r->op = get32(in);
 	r->rkey = get32(in + 4);
@@ -72,7 +73,7 @@ tcp_req_decode(const uint8_t in[TCP_REQ_SIZE], struct tcp_req *r)
 }
 
 void
-tcp_resp_encode(const struct tcp_resp *r, uint8_t out[TCP_RESP_SIZE])
+kvn_tcp_resp_encode(const struct tcp_resp *r, uint8_t out[TCP_RESP_SIZE])
 {
 	put32(out, r->status);
 	put32(out + 4, r->reason);
@@ -81,7 +82,7 @@ tcp_resp_encode(const struct tcp_resp *r, uint8_t out[TCP_RESP_SIZE])
 }
 
 void
-tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r)
+kvn_tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r)
 {
 	r->status = get32(in);
 	r->reason = get32(in + 4);
@@ -90,7 +91,7 @@ tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r)
 }
 
 void
-tcp_hdr_encode(uint32_t status, uint32_t flags, uint8_t out[TCP_HDR_SIZE])
+kvn_tcp_hdr_encode(uint32_t status, uint32_t flags, uint8_t out[TCP_HDR_SIZE])
 {
 	put32(out, TCP_MAGIC);
 	put32(out + 4, TCP_VERSION | status << 16);
@@ -99,7 +100,7 @@ tcp_hdr_encode(uint32_t status, uint32_t flags, uint8_t out[TCP_HDR_SIZE])
 }
 
 void
-tcp_hdr_decode(const uint8_t *in, size_t have, struct tcp_hdr *h)
+kvn_tcp_hdr_decode(const uint8_t *in, size_t have, struct tcp_hdr *h)
 {
 	uint32_t w = get32(in + 4);
 	h->magic = get32(in);
@@ -109,7 +110,7 @@ tcp_hdr_decode(const uint8_t *in, size_t have, struct tcp_hdr *h)
 }
 
 const char *
-tcp_reason_str(uint32_t reason)
+kvn_tcp_reason_str(uint32_t reason)
 {
 	switch (reason) {
 	case TCP_UNKNOWN_RKEY:
@@ -133,7 +134,7 @@ tcp_reason_str(uint32_t reason)
 /* Small frames go out at once (requests are latency-bound); the payload path relies on the
  * kernel's buffer autotuning, which on loopback beats any fixed size we could pick. */
 void
-tcp_tune_socket(int fd)
+kvn_tcp_tune_socket(int fd)
 {
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
@@ -144,21 +145,13 @@ tcp_tune_socket(int fd)
  * ------------------------------------------------------------------------------------------- */
 
 pid_t
-tcp_gettid(void)
+kvn_tcp_gettid(void)
 {
 	return (pid_t)syscall(SYS_gettid);
 }
 
-uint64_t
-tcp_now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 bool
-tcp_on_progress_thread(const struct kvn_transport *tp)
+kvn_tcp_on_progress_thread(const struct kvn_transport *tp)
 {
 	return tp->thread_started && pthread_equal(pthread_self(), tp->thread);
 }
@@ -166,9 +159,9 @@ tcp_on_progress_thread(const struct kvn_transport *tp)
 /* Makes the progress thread look at the endpoints. Posters on the progress thread itself (read
  * callbacks) need no eventfd write: the thread checks work after every batch of events. */
 void
-tcp_kick(struct kvn_transport *tp)
+kvn_tcp_kick(struct kvn_transport *tp)
 {
-	if (atomic_exchange(&tp->work, 1) == 0 && !tcp_on_progress_thread(tp)) {
+	if (atomic_exchange(&tp->work, 1) == 0 && !kvn_tcp_on_progress_thread(tp)) {
 		uint64_t one = 1;
 		ssize_t w = write(tp->wake.fd, &one, sizeof(one));
 		(void)w; /* a full counter still wakes the thread */
@@ -176,7 +169,7 @@ tcp_kick(struct kvn_transport *tp)
 }
 
 int
-tcp_epoll_set(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events)
+kvn_tcp_epoll_set(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events)
 {
 	if (p->events == events)
 		return 0;
@@ -194,7 +187,7 @@ tcp_epoll_set(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events)
 }
 
 void
-tcp_epoll_del(struct kvn_transport *tp, struct tcp_pollable *p)
+kvn_tcp_epoll_del(struct kvn_transport *tp, struct tcp_pollable *p)
 {
 	if (p->events)
 		epoll_ctl(tp->epfd, EPOLL_CTL_DEL, p->fd, NULL);
@@ -206,12 +199,12 @@ progress(void *arg)
 {
 	struct kvn_transport *tp = arg;
 	struct epoll_event evs[64];
-	uint64_t last_check = tcp_now_ms();
+	uint64_t last_check = kvn_now_ms();
 	while (!atomic_load(&tp->stop)) {
 		/* Stalled connections are only looked for while reads are outstanding; readers
 		 * still authenticating and a paused listener have deadlines of their own. */
-		int timeout = tcp_read_busy(tp) || atomic_load(&tp->dereg_waiting) ? 50 : -1;
-		int serve_ms = tcp_serve_timeout(tp, tcp_now_ms());
+		int timeout = kvn_tcp_read_busy(tp) || atomic_load(&tp->dereg_waiting) ? 50 : -1;
+		int serve_ms = kvn_tcp_serve_timeout(tp, kvn_now_ms());
 		if (serve_ms >= 0 && (timeout < 0 || serve_ms < timeout))
 			timeout = serve_ms;
 		if (atomic_load(&tp->work))
@@ -233,26 +226,26 @@ progress(void *arg)
 			}
 			case TCP_P_LISTEN:
 			case TCP_P_SERVE:
-				tcp_serve_event(tp, p, evs[i].events);
+				kvn_tcp_serve_event(tp, p, evs[i].events);
 				break;
 			case TCP_P_READ:
-				tcp_read_event(tp, p, evs[i].events);
+				kvn_tcp_read_event(tp, p, evs[i].events);
 				break;
 			}
 		}
 		if (atomic_load(&tp->dereg_waiting)) {
-			tcp_serve_drop_dead(tp);
-			tcp_read_drop_dead(tp);
+			kvn_tcp_serve_drop_dead(tp);
+			kvn_tcp_read_drop_dead(tp);
 		}
-		uint64_t now = tcp_now_ms();
-		tcp_serve_tick(tp, now);
+		uint64_t now = kvn_now_ms();
+		kvn_tcp_serve_tick(tp, now);
 		if (atomic_exchange(&tp->work, 0) || now - last_check >= 50) {
-			tcp_read_work(tp, now);
+			kvn_tcp_read_work(tp, now);
 			last_check = now;
 		}
 	}
-	tcp_read_shutdown(tp);
-	tcp_serve_shutdown(tp);
+	kvn_tcp_read_shutdown(tp);
+	kvn_tcp_serve_shutdown(tp);
 	return NULL;
 }
 
@@ -277,8 +270,11 @@ tcp_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *
 	struct kvn_transport *tp = calloc(1, sizeof(*tp));
 	if (!tp)
 		return -ENOMEM;
-	if (cfg)
-		tp->cfg = *cfg;
+	int rc = kvn_transport_cfg_read(cfg, &tp->cfg, err, errlen);
+	if (rc) {
+		free(tp);
+		return rc;
+	}
 	kvn_auth_init(&tp->auth, tp->cfg.auth_token);
 	tp->cfg.auth_token = NULL; /* the caller's string: not kept */
 	if (tp->cfg.timeout_ms <= 0)
@@ -292,9 +288,10 @@ tcp_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *
 	if (tp->cfg.conns_per_peer <= 0)
 		tp->cfg.conns_per_peer = 2;
 	if (tp->cfg.conns_per_peer > TCP_MAX_CONNS) {
+		rc = kvn_seterr(err, errlen, "tcp: conns_per_peer %d is more than %d",
+				tp->cfg.conns_per_peer, TCP_MAX_CONNS);
 		free(tp);
-		return kvn_seterr(err, errlen, "tcp: conns_per_peer %d is more than %d",
-				  cfg->conns_per_peer, TCP_MAX_CONNS);
+		return rc;
 	}
 	pthread_mutex_init(&tp->lock, NULL);
 	pthread_cond_init(&tp->cond, NULL);
@@ -303,8 +300,8 @@ tcp_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *
 	tp->listener.fd = -1;
 	tp->epfd = epoll_create1(EPOLL_CLOEXEC);
 	tp->wake.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-	int rc;
-	if (tp->epfd < 0 || tp->wake.fd < 0 || (rc = tcp_epoll_set(tp, &tp->wake, EPOLLIN)) < 0) {
+	if (tp->epfd < 0 || tp->wake.fd < 0 ||
+	    (rc = kvn_tcp_epoll_set(tp, &tp->wake, EPOLLIN)) < 0) {
 		rc = -errno;
 		kvn_seterr(err, errlen, "tcp: cannot set up epoll/eventfd: %s", strerror(errno));
 		goto fail;
@@ -336,7 +333,7 @@ tcp_close(struct kvn_transport *tp)
 	}
 	while (tp->eps) {
 		struct kvn_tp_ep *ep = tp->eps;
-		tcp_ep_close(ep); /* unlinks it; the thread already failed its reads */
+		kvn_tcp_ep_close(ep); /* unlinks it; the thread already failed its reads */
 	}
 	for (size_t i = 0; i < tp->nregions; i++)
 		free(tp->regions[i]);
@@ -409,7 +406,7 @@ tcp_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind k
 }
 
 struct kvn_tp_mr *
-tcp_mr_get(struct kvn_transport *tp, uint32_t rkey)
+kvn_tcp_mr_get(struct kvn_transport *tp, uint32_t rkey)
 {
 	struct kvn_tp_mr *found = NULL;
 	pthread_mutex_lock(&tp->lock);
@@ -428,7 +425,7 @@ tcp_mr_get(struct kvn_transport *tp, uint32_t rkey)
  * ours (both seq_cst), so at least one side sees the other and the last user always wakes a
  * waiting dereg. */
 void
-tcp_mr_put(struct kvn_tp_mr *mr)
+kvn_tcp_mr_put(struct kvn_tp_mr *mr)
 {
 	/* mr may be freed by tcp_dereg the moment users reaches 0: nothing of it is touched after
 	 * the decrement. A dereg that waits counts itself in dereg_waiting before it looks at
@@ -459,7 +456,7 @@ tcp_dereg(struct kvn_tp_mr *mr)
 		/* Someone streams from it or reads into it: the progress thread cuts those
 		 * connections (their reads fail) so the memory is untouched once we return. */
 		atomic_fetch_add(&tp->dereg_waiting, 1);
-		tcp_kick(tp);
+		kvn_tcp_kick(tp);
 		while (atomic_load(&mr->users) > 0)
 			pthread_cond_wait(&tp->cond, &tp->lock);
 		atomic_fetch_sub(&tp->dereg_waiting, 1);
@@ -469,16 +466,17 @@ tcp_dereg(struct kvn_tp_mr *mr)
 }
 
 const struct kvn_transport_ops kvn_transport_tcp = {
-	.abi = KVN_TRANSPORT_ABI,
-	.name = "tcp",
-	.probe = tcp_probe,
-	.open = tcp_open,
-	.close = tcp_close,
-	.reg_mem = tcp_reg_mem,
-	.dereg = tcp_dereg,
-	.listen = tcp_listen,
-	.connect = tcp_connect,
-	.ep_close = tcp_ep_close,
-	.read = tcp_read,
-	.stats = tcp_serve_stats,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_transport_ops),
+    .name = "tcp",
+    .probe = tcp_probe,
+    .open = tcp_open,
+    .close = tcp_close,
+    .reg_mem = tcp_reg_mem,
+    .dereg = tcp_dereg,
+    .listen = kvn_tcp_op_listen,
+    .connect = kvn_tcp_op_connect,
+    .ep_close = kvn_tcp_ep_close,
+    .read = kvn_tcp_read,
+    .stats = kvn_tcp_serve_stats,
 };

@@ -1,7 +1,7 @@
 /* TCP transport internals shared by tcp.c (instance, registrations, progress thread),
- * tcp_read.c (the reading side: endpoints) and tcp_serve.c (the owner's responder). */
-#ifndef KVN_RDMA_TCP_H
-#define KVN_RDMA_TCP_H
+ * kvn_tcp_read.c (the reading side: endpoints) and tcp_serve.c (the owner's responder). */
+#ifndef KVN_RDMA_TCP_TCP_H
+#define KVN_RDMA_TCP_TCP_H
 
 #include <netinet/in.h>
 #include <pthread.h>
@@ -12,6 +12,7 @@
 
 #include "kvnode/transport.h"
 #include "core/auth.h"
+#include "core/clock.h"
 #include "core/netaddr.h"
 #include "rdma/auth.h"
 
@@ -76,21 +77,21 @@ struct tcp_resp {
 	uint64_t len; /* payload bytes that follow */
 };
 
-void tcp_req_encode(const struct tcp_req *r, uint8_t out[TCP_REQ_SIZE]);
-void tcp_req_decode(const uint8_t in[TCP_REQ_SIZE], struct tcp_req *r);
-void tcp_resp_encode(const struct tcp_resp *r, uint8_t out[TCP_RESP_SIZE]);
-void tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r);
+void kvn_tcp_req_encode(const struct tcp_req *r, uint8_t out[TCP_REQ_SIZE]);
+void kvn_tcp_req_decode(const uint8_t in[TCP_REQ_SIZE], struct tcp_req *r);
+void kvn_tcp_resp_encode(const struct tcp_resp *r, uint8_t out[TCP_RESP_SIZE]);
+void kvn_tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r);
 struct tcp_hdr {
 	uint32_t magic;
 	uint32_t version;
 	uint32_t status; /* 0 or a positive errno */
 	uint32_t flags;
 };
-void tcp_hdr_encode(uint32_t status, uint32_t flags, uint8_t out[TCP_HDR_SIZE]);
+void kvn_tcp_hdr_encode(uint32_t status, uint32_t flags, uint8_t out[TCP_HDR_SIZE]);
 /* Decodes the first TCP_V2_HDR_SIZE bytes (all a version 2 peer sends) and, when have is
  * enough, the rest. */
-void tcp_hdr_decode(const uint8_t *in, size_t have, struct tcp_hdr *h);
-const char *tcp_reason_str(uint32_t reason);
+void kvn_tcp_hdr_decode(const uint8_t *in, size_t have, struct tcp_hdr *h);
+const char *kvn_tcp_reason_str(uint32_t reason);
 
 extern const struct kvn_transport_ops kvn_transport_tcp;
 
@@ -147,19 +148,18 @@ struct kvn_transport {
 };
 
 /* Instance helpers (tcp.c). */
-pid_t tcp_gettid(void);
-bool tcp_on_progress_thread(const struct kvn_transport *tp);
-void tcp_kick(struct kvn_transport *tp);
-int tcp_epoll_set(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events);
-void tcp_epoll_del(struct kvn_transport *tp, struct tcp_pollable *p);
-uint64_t tcp_now_ms(void);
-void tcp_mr_put(struct kvn_tp_mr *mr);
+pid_t kvn_tcp_gettid(void);
+bool kvn_tcp_on_progress_thread(const struct kvn_transport *tp);
+void kvn_tcp_kick(struct kvn_transport *tp);
+int kvn_tcp_epoll_set(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events);
+void kvn_tcp_epoll_del(struct kvn_transport *tp, struct tcp_pollable *p);
+void kvn_tcp_mr_put(struct kvn_tp_mr *mr);
 /* The registration named rkey with one more user, or NULL. */
-struct kvn_tp_mr *tcp_mr_get(struct kvn_transport *tp, uint32_t rkey);
-void tcp_tune_socket(int fd);
+struct kvn_tp_mr *kvn_tcp_mr_get(struct kvn_transport *tp, uint32_t rkey);
+void kvn_tcp_tune_socket(int fd);
 
 /* ---------------------------------------------------------------------------------------------
- * Reading side: endpoints (tcp_ep.c) and their progress-thread half (tcp_read.c)
+ * Reading side: endpoints (tcp_ep.c) and their progress-thread half (kvn_tcp_read.c)
  * ------------------------------------------------------------------------------------------- */
 
 #define TCP_MAX_CONNS 16
@@ -230,35 +230,35 @@ struct kvn_tp_ep {
 	struct read_conn conns[TCP_MAX_CONNS];
 };
 
-int tcp_q_push(struct chunkq *q, struct chunk c);
+int kvn_tcp_q_push(struct chunkq *q, struct chunk c);
 /* malloc'd printf, NULL when out of memory (the reader then reports the bare errno). */
-char *tcp_fmt_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+char *kvn_tcp_fmt_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
-int tcp_connect(struct kvn_transport *tp, const char *peer, int timeout_ms, struct kvn_tp_ep **out,
-		char *err, size_t errlen);
-void tcp_ep_close(struct kvn_tp_ep *ep);
-int tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n);
-void tcp_read_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events);
+int kvn_tcp_op_connect(struct kvn_transport *tp, const char *peer, int timeout_ms,
+		       struct kvn_tp_ep **out, char *err, size_t errlen);
+void kvn_tcp_ep_close(struct kvn_tp_ep *ep);
+int kvn_tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n);
+void kvn_tcp_read_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events);
 /* Progress thread: takes posted reads, installs reconnected sockets, closes endpoints, fails
  * stalled connections. */
-void tcp_read_work(struct kvn_transport *tp, uint64_t now_ms);
+void kvn_tcp_read_work(struct kvn_transport *tp, uint64_t now_ms);
 /* Progress thread: fails endpoints reading into a region being deregistered. */
-void tcp_read_drop_dead(struct kvn_transport *tp);
+void kvn_tcp_read_drop_dead(struct kvn_transport *tp);
 /* Progress thread, at stop: fails every endpoint's reads and closes their sockets. */
-void tcp_read_shutdown(struct kvn_transport *tp);
+void kvn_tcp_read_shutdown(struct kvn_transport *tp);
 /* Whether a stalled-connection check is due (some read outstanding). */
-bool tcp_read_busy(struct kvn_transport *tp);
+bool kvn_tcp_read_busy(struct kvn_transport *tp);
 
 /* Responder (tcp_serve.c). */
-int tcp_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen, char *err,
-	       size_t errlen);
-void tcp_serve_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events);
-void tcp_serve_drop_dead(struct kvn_transport *tp);
-void tcp_serve_shutdown(struct kvn_transport *tp);
+int kvn_tcp_op_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen,
+		      char *err, size_t errlen);
+void kvn_tcp_serve_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events);
+void kvn_tcp_serve_drop_dead(struct kvn_transport *tp);
+void kvn_tcp_serve_shutdown(struct kvn_transport *tp);
 /* Closes readers past their hello deadline, resumes a paused listener. Progress thread. */
-void tcp_serve_tick(struct kvn_transport *tp, uint64_t now);
-/* Milliseconds until tcp_serve_tick has something to do, -1 when nothing is pending. */
-int tcp_serve_timeout(struct kvn_transport *tp, uint64_t now);
-void tcp_serve_stats(struct kvn_transport *tp, struct kvn_transport_stats *out);
+void kvn_tcp_serve_tick(struct kvn_transport *tp, uint64_t now);
+/* Milliseconds until kvn_tcp_serve_tick has something to do, -1 when nothing is pending. */
+int kvn_tcp_serve_timeout(struct kvn_transport *tp, uint64_t now);
+void kvn_tcp_serve_stats(struct kvn_transport *tp, struct kvn_transport_stats *out);
 
 #endif

@@ -1,6 +1,6 @@
 /* TCP transport, reading side: endpoints. Connecting (hello included) and reconnecting from the
  * caller's thread, closing, and posting reads: split into requests here, sent and received by
- * the progress thread in tcp_read.c. */
+ * the progress thread in kvn_tcp_read.c. */
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -23,7 +23,7 @@ static int
 wait_fd(int fd, short events, uint64_t deadline)
 {
 	for (;;) {
-		uint64_t now = tcp_now_ms();
+		uint64_t now = kvn_now_ms();
 		if (now >= deadline)
 			return -ETIMEDOUT;
 		struct pollfd pfd = { .fd = fd, .events = events };
@@ -65,7 +65,7 @@ handshake(const struct kvn_tp_ep *ep, int fd, uint64_t deadline, char *err, size
 	struct tcp_hdr h;
 
 	kvn_auth_nonce(nonce_r);
-	tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, msg);
+	kvn_tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, msg);
 	memcpy(msg + TCP_HDR_SIZE, nonce_r, KVN_AUTH_NONCE);
 	/* A fresh socket always has room for these few bytes. */
 	if (send(fd, msg, TCP_HELLO_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT) != TCP_HELLO_SIZE)
@@ -75,13 +75,13 @@ handshake(const struct kvn_tp_ep *ep, int fd, uint64_t deadline, char *err, size
 	ssize_t n = recv_msg(fd, msg, TCP_V2_HDR_SIZE, TCP_V2_HDR_SIZE, deadline);
 	if (n < 0)
 		return (int)n;
-	tcp_hdr_decode(msg, (size_t)n, &h);
+	kvn_tcp_hdr_decode(msg, (size_t)n, &h);
 	if (h.magic == TCP_MAGIC && h.version == TCP_VERSION && !h.status) {
 		ssize_t m = recv_msg(fd, msg + n, TCP_CHALLENGE_SIZE - (size_t)n, 0, deadline);
 		if (m < 0)
 			return (int)m;
 		n += m;
-		tcp_hdr_decode(msg, (size_t)n, &h);
+		kvn_tcp_hdr_decode(msg, (size_t)n, &h);
 	}
 	if (h.magic != TCP_MAGIC || h.version != TCP_VERSION || h.status ||
 	    n < TCP_CHALLENGE_SIZE) {
@@ -100,7 +100,7 @@ handshake(const struct kvn_tp_ep *ep, int fd, uint64_t deadline, char *err, size
 		return kvn_tp_auth_unproven("tcp", ep->peer, a, err, errlen);
 	uint8_t proof[TCP_PROOF_SIZE];
 	const struct kvn_auth_part reader[] = {{nonce_o, KVN_AUTH_NONCE}, {nonce_r, KVN_AUTH_NONCE}};
-	tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, proof);
+	kvn_tcp_hdr_encode(0, a->set ? TCP_F_TOKEN : 0, proof);
 	kvn_auth_mac(a, TCP_READER_LABEL, reader, 2, proof + TCP_HDR_SIZE);
 	if (send(fd, proof, sizeof(proof), MSG_NOSIGNAL | MSG_DONTWAIT) != sizeof(proof))
 		return -EIO;
@@ -110,7 +110,7 @@ handshake(const struct kvn_tp_ep *ep, int fd, uint64_t deadline, char *err, size
 		return kvn_tp_auth_refused("tcp", ep->peer, a, err, errlen);
 	if (n < 0)
 		return (int)n;
-	tcp_hdr_decode(msg, (size_t)n, &h);
+	kvn_tcp_hdr_decode(msg, (size_t)n, &h);
 	if (h.magic == TCP_MAGIC && h.status == EACCES)
 		return kvn_tp_auth_refused("tcp", ep->peer, a, err, errlen);
 	if (h.magic != TCP_MAGIC || h.status) {
@@ -125,7 +125,7 @@ handshake(const struct kvn_tp_ep *ep, int fd, uint64_t deadline, char *err, size
 static int
 dial(const struct kvn_tp_ep *ep, int timeout_ms, int *out, char *err, size_t errlen)
 {
-	uint64_t deadline = tcp_now_ms() + (uint64_t)timeout_ms;
+	uint64_t deadline = kvn_now_ms() + (uint64_t)timeout_ms;
 	char cerr[256];
 	int fd = kvn_tcp_connect(ep->host, ep->port, timeout_ms, cerr, sizeof(cerr));
 	if (fd < 0)
@@ -140,7 +140,7 @@ dial(const struct kvn_tp_ep *ep, int timeout_ms, int *out, char *err, size_t err
 		rc = handshake(ep, fd, deadline, err, errlen);
 	}
 	if (!rc) {
-		tcp_tune_socket(fd);
+		kvn_tcp_tune_socket(fd);
 		*out = fd;
 		return 0;
 	}
@@ -184,8 +184,8 @@ ep_free(struct kvn_tp_ep *ep)
 }
 
 int
-tcp_connect(struct kvn_transport *tp, const char *peer, int timeout_ms, struct kvn_tp_ep **out,
-	    char *err, size_t errlen)
+kvn_tcp_op_connect(struct kvn_transport *tp, const char *peer, int timeout_ms,
+		   struct kvn_tp_ep **out, char *err, size_t errlen)
 {
 	struct kvn_tp_ep *ep = calloc(1, sizeof(*ep));
 	if (!ep)
@@ -215,7 +215,7 @@ tcp_connect(struct kvn_transport *tp, const char *peer, int timeout_ms, struct k
 	ep->next = tp->eps;
 	tp->eps = ep;
 	pthread_mutex_unlock(&tp->lock);
-	tcp_kick(tp);
+	kvn_tcp_kick(tp);
 	kvn_debug("tcp", "connected to peer %s (%d connection%s)", ep->peer, ep->nconns,
 		  ep->nconns > 1 ? "s" : "");
 	*out = ep;
@@ -226,10 +226,10 @@ tcp_connect(struct kvn_transport *tp, const char *peer, int timeout_ms, struct k
  * event it fetched is left to handle) it fails the reads, takes the sockets out of epoll,
  * closes them and runs the callbacks; only then is the endpoint marked closed, and unlinked and
  * freed here. Freeing it while the progress thread could still hold an event or a pointer for
- * it must never happen. After tcp_close has stopped the thread, tcp_read_shutdown did all that
+ * it must never happen. After tcp_close has stopped the thread, kvn_tcp_read_shutdown did all that
  * already. */
 void
-tcp_ep_close(struct kvn_tp_ep *ep)
+kvn_tcp_ep_close(struct kvn_tp_ep *ep)
 {
 	if (!ep)
 		return;
@@ -238,7 +238,7 @@ tcp_ep_close(struct kvn_tp_ep *ep)
 	pthread_mutex_lock(&ep->lock);
 	ep->closing = true;
 	pthread_mutex_unlock(&ep->lock);
-	tcp_kick(tp);
+	kvn_tcp_kick(tp);
 	while (!ep->closed)
 		pthread_cond_wait(&tp->cond, &tp->lock);
 	for (struct kvn_tp_ep **pp = &tp->eps; *pp; pp = &(*pp)->next) {
@@ -259,7 +259,7 @@ tcp_ep_close(struct kvn_tp_ep *ep)
 static int
 reconnect(struct kvn_tp_ep *ep)
 {
-	if (tcp_on_progress_thread(ep->tp))
+	if (kvn_tcp_on_progress_thread(ep->tp))
 		return -ENOTCONN;
 	int rc = 0;
 	pthread_mutex_lock(&ep->reconnect_lock);
@@ -312,7 +312,7 @@ local_ok(const struct kvn_tp_ep *ep, const struct kvn_read *rd)
 }
 
 int
-tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
+kvn_tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 {
 	if (!n)
 		return 0;
@@ -335,9 +335,11 @@ tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 		*op = (struct tcp_op){ .rd = rd, .batch = b };
 		if (!local_ok(ep, rd)) {
 			op->status = -EINVAL;
-			op->msg = tcp_fmt_msg("tcp: read of %" PRIu64 " bytes from peer %s: the local "
-					  "buffer %p is not inside the read's local_mr (register it "
-					  "with this transport)", rd->len, ep->peer, rd->local);
+			op->msg = kvn_tcp_fmt_msg(
+			    "tcp: read of %" PRIu64 " bytes from peer %s: the local "
+			    "buffer %p is not inside the read's local_mr (register it "
+			    "with this transport)",
+			    rd->len, ep->peer, rd->local);
 		} else {
 			op->local_mr = rd->local_mr;
 			atomic_fetch_add(&op->local_mr->users, 1);
@@ -353,13 +355,13 @@ tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 	for (size_t i = 0; i < n && !rc; i++) {
 		struct tcp_op *op = &ops[i];
 		if (!op->chunks_left) {
-			rc = tcp_q_push(&ep->subq, (struct chunk){ op, LOCAL_FAIL, 0 });
+			rc = kvn_tcp_q_push(&ep->subq, (struct chunk){op, LOCAL_FAIL, 0});
 			continue;
 		}
 		uint64_t len = op->rd->len;
 		for (uint64_t off = 0; !rc && (off < len || (!len && !off)); off += TCP_MAX_MSG) {
 			uint64_t l = len - off < TCP_MAX_MSG ? len - off : TCP_MAX_MSG;
-			rc = tcp_q_push(&ep->subq, (struct chunk){ op, off, l });
+			rc = kvn_tcp_q_push(&ep->subq, (struct chunk){op, off, l});
 			if (!len)
 				break;
 		}
@@ -370,13 +372,13 @@ tcp_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 		pthread_mutex_unlock(&ep->lock);
 		for (size_t i = 0; i < n; i++) {
 			if (ops[i].local_mr)
-				tcp_mr_put(ops[i].local_mr);
+				kvn_tcp_mr_put(ops[i].local_mr);
 			free(ops[i].msg);
 		}
 		free(b);
 		return rc;
 	}
 	pthread_mutex_unlock(&ep->lock);
-	tcp_kick(tp);
+	kvn_tcp_kick(tp);
 	return 0;
 }

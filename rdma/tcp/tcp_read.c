@@ -21,7 +21,7 @@
  * ------------------------------------------------------------------------------------------- */
 
 int
-tcp_q_push(struct chunkq *q, struct chunk c)
+kvn_tcp_q_push(struct chunkq *q, struct chunk c)
 {
 	if (q->n == q->cap) {
 		size_t cap = q->cap ? q->cap * 2 : 64;
@@ -77,7 +77,7 @@ chunk_finish(struct kvn_transport *tp, struct tcp_op *op, int status, char *msg)
 }
 
 char *
-tcp_fmt_msg(const char *fmt, ...)
+kvn_tcp_fmt_msg(const char *fmt, ...)
 {
 	char *s = NULL;
 	va_list ap;
@@ -98,7 +98,7 @@ flush_done(struct kvn_transport *tp)
 		if (!tp->done_head)
 			tp->done_tail = NULL;
 		if (op->local_mr)
-			tcp_mr_put(op->local_mr);
+			kvn_tcp_mr_put(op->local_mr);
 		struct kvn_read *rd = op->rd;
 		struct tcp_batch *b = op->batch;
 		rd->status = op->status;
@@ -121,12 +121,12 @@ conn_fail_all(struct kvn_transport *tp, struct read_conn *c, int status, const c
 {
 	struct chunk *ch;
 	while ((ch = q_front(&c->fifo))) {
-		chunk_finish(tp, ch->op, status, tcp_fmt_msg("%s", why));
+		chunk_finish(tp, ch->op, status, kvn_tcp_fmt_msg("%s", why));
 		q_pop(&c->fifo);
 		tp->chunks_out--;
 	}
 	if (c->p.fd >= 0) {
-		tcp_epoll_del(tp, &c->p);
+		kvn_tcp_epoll_del(tp, &c->p);
 		close(c->p.fd);
 		c->p.fd = -1;
 	}
@@ -171,7 +171,7 @@ static void
 conn_set_events(struct kvn_transport *tp, struct read_conn *c)
 {
 	uint32_t ev = EPOLLIN | (c->out_off < c->out_len ? EPOLLOUT : 0);
-	if (c->p.fd >= 0 && tcp_epoll_set(tp, &c->p, ev) < 0)
+	if (c->p.fd >= 0 && kvn_tcp_epoll_set(tp, &c->p, ev) < 0)
 		ep_fail(c->ep, -EIO, "epoll_ctl failed: %s", strerror(errno));
 }
 
@@ -214,7 +214,7 @@ conn_request(struct kvn_transport *tp, struct read_conn *c, struct chunk ch, uin
 			c->out_cap = cap;
 		}
 	}
-	if (tcp_q_push(&c->fifo, ch) < 0)
+	if (kvn_tcp_q_push(&c->fifo, ch) < 0)
 		return -ENOMEM;
 	struct tcp_req req = {
 		.op = TCP_REQ_READ,
@@ -223,7 +223,7 @@ conn_request(struct kvn_transport *tp, struct read_conn *c, struct chunk ch, uin
 		.addr = ch.op->rd->remote_addr + ch.off,
 		.len = ch.len,
 	};
-	tcp_req_encode(&req, c->out + c->out_len);
+	kvn_tcp_req_encode(&req, c->out + c->out_len);
 	c->out_len += TCP_REQ_SIZE;
 	if (c->fifo.n == 1)
 		c->last_rx_ms = now; /* idle time before this request is not a stall */
@@ -241,9 +241,11 @@ dispatch(struct kvn_transport *tp, struct kvn_tp_ep *ep, struct chunk ch, uint64
 		return;
 	}
 	if (atomic_load(&ep->state) != EP_UP) {
-		chunk_finish(tp, ch.op, -ECONNRESET,
-			     tcp_fmt_msg("tcp: peer %s: connection lost before the read was sent; the "
-				     "next read reconnects", ep->peer));
+		chunk_finish(
+		    tp, ch.op, -ECONNRESET,
+		    kvn_tcp_fmt_msg("tcp: peer %s: connection lost before the read was sent; the "
+				    "next read reconnects",
+				    ep->peer));
 		return;
 	}
 	/* Fill the first socket up to STRIPE_MIN outstanding before spilling to the next: small
@@ -260,8 +262,9 @@ dispatch(struct kvn_transport *tp, struct kvn_tp_ep *ep, struct chunk ch, uint64
 				best = &ep->conns[i];
 	}
 	if (conn_request(tp, best, ch, now) < 0)
-		chunk_finish(tp, ch.op, -ENOMEM,
-			     tcp_fmt_msg("tcp: peer %s: out of memory queueing a read", ep->peer));
+		chunk_finish(
+		    tp, ch.op, -ENOMEM,
+		    kvn_tcp_fmt_msg("tcp: peer %s: out of memory queueing a read", ep->peer));
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -273,7 +276,7 @@ static bool
 got_header(struct kvn_transport *tp, struct read_conn *c)
 {
 	struct tcp_resp resp;
-	tcp_resp_decode(c->hdr, &resp);
+	kvn_tcp_resp_decode(c->hdr, &resp);
 	c->hdr_off = 0;
 	struct chunk *ch = q_front(&c->fifo);
 	if (!ch || resp.seq != c->head_seq) {
@@ -285,9 +288,10 @@ got_header(struct kvn_transport *tp, struct read_conn *c)
 		struct kvn_read *rd = ch->op->rd;
 		int st = resp.status > 4095 ? -EPROTO : -(int)resp.status;
 		chunk_finish(tp, ch->op, st,
-			     tcp_fmt_msg("tcp: peer %s refused the read of %" PRIu64 " bytes at 0x%" PRIx64
-				     " (rkey 0x%08x): %s", c->ep->peer, rd->len, rd->remote_addr,
-				     rd->rkey, tcp_reason_str(resp.reason)));
+			     kvn_tcp_fmt_msg("tcp: peer %s refused the read of %" PRIu64
+					     " bytes at 0x%" PRIx64 " (rkey 0x%08x): %s",
+					     c->ep->peer, rd->len, rd->remote_addr, rd->rkey,
+					     kvn_tcp_reason_str(resp.reason)));
 		c->outstanding -= ch->len;
 		q_pop(&c->fifo);
 		c->head_seq++;
@@ -353,10 +357,10 @@ recv_responses(struct kvn_transport *tp, struct read_conn *c, uint64_t now)
 }
 
 void
-tcp_read_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events)
+kvn_tcp_read_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events)
 {
 	struct read_conn *c = (struct read_conn *)p;
-	uint64_t now = tcp_now_ms();
+	uint64_t now = kvn_now_ms();
 	/* An event fetched in the same batch as one that failed the whole endpoint: its socket
 	 * is closed already (and not in epoll any more); there is nothing to read. */
 	if (c->p.fd < 0)
@@ -381,7 +385,7 @@ install_fds(struct kvn_transport *tp, struct kvn_tp_ep *ep, uint64_t now)
 		c->p.events = 0;
 		c->head_seq = 0;
 		c->last_rx_ms = now;
-		if (tcp_epoll_set(tp, &c->p, EPOLLIN) < 0) {
+		if (kvn_tcp_epoll_set(tp, &c->p, EPOLLIN) < 0) {
 			ep_fail(ep, -EIO, "epoll_ctl failed: %s", strerror(errno));
 			return;
 		}
@@ -389,7 +393,7 @@ install_fds(struct kvn_transport *tp, struct kvn_tp_ep *ep, uint64_t now)
 }
 
 void
-tcp_read_work(struct kvn_transport *tp, uint64_t now)
+kvn_tcp_read_work(struct kvn_transport *tp, uint64_t now)
 {
 	bool any_closing = false;
 	pthread_mutex_lock(&tp->lock);
@@ -442,13 +446,13 @@ tcp_read_work(struct kvn_transport *tp, uint64_t now)
 }
 
 bool
-tcp_read_busy(struct kvn_transport *tp)
+kvn_tcp_read_busy(struct kvn_transport *tp)
 {
 	return tp->chunks_out > 0;
 }
 
 void
-tcp_read_drop_dead(struct kvn_transport *tp)
+kvn_tcp_read_drop_dead(struct kvn_transport *tp)
 {
 	pthread_mutex_lock(&tp->lock);
 	for (struct kvn_tp_ep *ep = tp->eps; ep; ep = ep->next) {
@@ -471,7 +475,7 @@ tcp_read_drop_dead(struct kvn_transport *tp)
 }
 
 void
-tcp_read_shutdown(struct kvn_transport *tp)
+kvn_tcp_read_shutdown(struct kvn_transport *tp)
 {
 	pthread_mutex_lock(&tp->lock);
 	for (struct kvn_tp_ep *ep = tp->eps; ep; ep = ep->next) {

@@ -46,8 +46,8 @@ struct tcp_serve_conn {
 };
 
 int
-tcp_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen, char *err,
-	   size_t errlen)
+kvn_tcp_op_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen,
+		  char *err, size_t errlen)
 {
 	if (tp->listener.fd >= 0)
 		return kvn_seterr(err, errlen, "tcp: already listening on %s", tp->bound), -EALREADY;
@@ -68,7 +68,7 @@ tcp_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t bound
 	snprintf(tp->bound, sizeof(tp->bound), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
 		 bport);
 	tp->listener.fd = fd;
-	rc = tcp_epoll_set(tp, &tp->listener, EPOLLIN);
+	rc = kvn_tcp_epoll_set(tp, &tp->listener, EPOLLIN);
 	if (rc < 0) {
 		close(fd);
 		tp->listener.fd = -1;
@@ -92,10 +92,10 @@ conn_close(struct kvn_transport *tp, struct tcp_serve_conn *c, const char *why)
 {
 	if (why)
 		kvn_debug("tcp", "reader %s: closing its connection: %s", c->peer, why);
-	tcp_epoll_del(tp, &c->p);
+	kvn_tcp_epoll_del(tp, &c->p);
 	close(c->p.fd);
 	if (c->mr)
-		tcp_mr_put(c->mr);
+		kvn_tcp_mr_put(c->mr);
 	for (struct tcp_serve_conn **pp = &tp->serve_conns; *pp; pp = &(*pp)->next) {
 		if (*pp == c) {
 			*pp = c->next;
@@ -158,8 +158,8 @@ accept_all(struct kvn_transport *tp)
 					 (unsigned long long)missed);
 			/* The listener stays ready while the backlog holds connections: leave it
 			 * out of epoll for a while instead of spinning on it. */
-			tp->listen_paused_until = tcp_now_ms() + ACCEPT_PAUSE_MS;
-			tcp_epoll_del(tp, &tp->listener);
+			tp->listen_paused_until = kvn_now_ms() + ACCEPT_PAUSE_MS;
+			kvn_tcp_epoll_del(tp, &tp->listener);
 			return;
 		}
 		if (tp->nserve >= tp->cfg.max_conns && !make_room(tp)) {
@@ -176,15 +176,15 @@ accept_all(struct kvn_transport *tp)
 		c->p.kind = TCP_P_SERVE;
 		c->p.fd = fd;
 		c->hs = HS_HELLO;
-		c->hs_deadline = tcp_now_ms() + (uint64_t)tp->cfg.hello_timeout_ms;
+		c->hs_deadline = kvn_now_ms() + (uint64_t)tp->cfg.hello_timeout_ms;
 		kvn_sockaddr_format((struct sockaddr *)&ss, 0, c->peer, sizeof(c->peer));
-		tcp_tune_socket(fd);
+		kvn_tcp_tune_socket(fd);
 		c->next = tp->serve_conns;
 		tp->serve_conns = c;
 		tp->nserve++;
 		__atomic_store_n(&tp->st.conns, tp->nserve, __ATOMIC_RELAXED);
 		COUNT(tp, accepted);
-		if (tcp_epoll_set(tp, &c->p, EPOLLIN) < 0)
+		if (kvn_tcp_epoll_set(tp, &c->p, EPOLLIN) < 0)
 			conn_close(tp, c, "epoll_ctl failed");
 		else
 			kvn_debug("tcp", "reader %s connected to %s", c->peer, tp->bound);
@@ -192,11 +192,12 @@ accept_all(struct kvn_transport *tp)
 }
 
 void
-tcp_serve_tick(struct kvn_transport *tp, uint64_t now)
+kvn_tcp_serve_tick(struct kvn_transport *tp, uint64_t now)
 {
 	if (tp->listen_paused_until && now >= tp->listen_paused_until) {
 		tp->listen_paused_until = 0;
-		if (tcp_epoll_set(tp, &tp->listener, EPOLLIN) < 0) /* retried at the next tick */
+		if (kvn_tcp_epoll_set(tp, &tp->listener, EPOLLIN) <
+		    0) /* retried at the next tick */
 			tp->listen_paused_until = now + ACCEPT_PAUSE_MS;
 	}
 	for (struct tcp_serve_conn *c = tp->serve_conns, *next; c; c = next) {
@@ -216,7 +217,7 @@ tcp_serve_tick(struct kvn_transport *tp, uint64_t now)
 }
 
 int
-tcp_serve_timeout(struct kvn_transport *tp, uint64_t now)
+kvn_tcp_serve_timeout(struct kvn_transport *tp, uint64_t now)
 {
 	uint64_t next = tp->listen_paused_until;
 	for (struct tcp_serve_conn *c = tp->serve_conns; c; c = c->next)
@@ -228,7 +229,7 @@ tcp_serve_timeout(struct kvn_transport *tp, uint64_t now)
 }
 
 void
-tcp_serve_stats(struct kvn_transport *tp, struct kvn_transport_stats *out)
+kvn_tcp_serve_stats(struct kvn_transport *tp, struct kvn_transport_stats *out)
 {
 	out->conns = __atomic_load_n(&tp->st.conns, __ATOMIC_RELAXED);
 	out->accepted = __atomic_load_n(&tp->st.accepted, __ATOMIC_RELAXED);
@@ -253,7 +254,7 @@ start_response(struct kvn_transport *tp, struct tcp_serve_conn *c, const struct 
 	} else if (req->len > TCP_MAX_MSG) {
 		resp.status = EMSGSIZE;
 		resp.reason = TCP_TOO_LONG;
-	} else if (!(mr = tcp_mr_get(tp, req->rkey))) {
+	} else if (!(mr = kvn_tcp_mr_get(tp, req->rkey))) {
 		resp.status = EACCES;
 		resp.reason = TCP_UNKNOWN_RKEY;
 	} else {
@@ -262,14 +263,15 @@ start_response(struct kvn_transport *tp, struct tcp_serve_conn *c, const struct 
 		if (req->addr < base || req->len > mr->len || req->addr - base > mr->len - req->len) {
 			resp.status = EACCES;
 			resp.reason = TCP_OUT_OF_RANGE;
-			tcp_mr_put(mr);
+			kvn_tcp_mr_put(mr);
 			mr = NULL;
 		}
 	}
 	if (resp.status) {
-		kvn_debug("tcp", "reader %s: refused read of %" PRIu64 " bytes at 0x%" PRIx64
-			  " rkey 0x%08x: %s", c->peer, req->len, req->addr, req->rkey,
-			  tcp_reason_str(resp.reason));
+		kvn_debug("tcp",
+			  "reader %s: refused read of %" PRIu64 " bytes at 0x%" PRIx64
+			  " rkey 0x%08x: %s",
+			  c->peer, req->len, req->addr, req->rkey, kvn_tcp_reason_str(resp.reason));
 	} else {
 		resp.len = req->len;
 		c->mr = mr;
@@ -277,7 +279,7 @@ start_response(struct kvn_transport *tp, struct tcp_serve_conn *c, const struct 
 		c->pay_len = req->len;
 		c->pay_off = 0;
 	}
-	tcp_resp_encode(&resp, c->hdr);
+	kvn_tcp_resp_encode(&resp, c->hdr);
 	c->hdr_len = TCP_RESP_SIZE;
 	c->hdr_off = 0;
 }
@@ -314,7 +316,7 @@ send_response(struct tcp_serve_conn *c, uint64_t *budget)
 		*budget -= (uint64_t)w;
 	}
 	if (c->mr) {
-		tcp_mr_put(c->mr);
+		kvn_tcp_mr_put(c->mr);
 		c->mr = NULL;
 	}
 	c->hdr_len = c->hdr_off = 0;
@@ -342,7 +344,7 @@ do_handshake(struct kvn_transport *tp, struct tcp_serve_conn *c)
 
 	if (have < TCP_V2_HDR_SIZE)
 		return 0;
-	tcp_hdr_decode(m, have, &h);
+	kvn_tcp_hdr_decode(m, have, &h);
 	if (h.magic != TCP_MAGIC) {
 		kvn_warn("tcp", "reader %s is not a kvnode tcp transport (bad hello); closing",
 			 c->peer);
@@ -352,7 +354,7 @@ do_handshake(struct kvn_transport *tp, struct tcp_serve_conn *c)
 		/* Answered at once, in the 8-byte header every version reads. */
 		kvn_warn("tcp", "reader %s speaks protocol version %u, this node %u; closing",
 			 c->peer, h.version, TCP_VERSION);
-		tcp_hdr_encode(EPROTO, 0, out);
+		kvn_tcp_hdr_encode(EPROTO, 0, out);
 		send_all(c, out, TCP_V2_HDR_SIZE);
 		return -EPROTO;
 	}
@@ -361,7 +363,7 @@ do_handshake(struct kvn_transport *tp, struct tcp_serve_conn *c)
 			return 0;
 		memcpy(c->nonce_r, m + TCP_HDR_SIZE, KVN_AUTH_NONCE);
 		kvn_auth_nonce(c->nonce_o);
-		tcp_hdr_encode(0, tp->auth.set ? TCP_F_TOKEN : 0, out);
+		kvn_tcp_hdr_encode(0, tp->auth.set ? TCP_F_TOKEN : 0, out);
 		memcpy(out + TCP_HDR_SIZE, c->nonce_o, KVN_AUTH_NONCE);
 		const struct kvn_auth_part owner[] = {{c->nonce_r, KVN_AUTH_NONCE},
 						      {c->nonce_o, KVN_AUTH_NONCE}};
@@ -387,7 +389,7 @@ do_handshake(struct kvn_transport *tp, struct tcp_serve_conn *c)
 		status = EACCES;
 	}
 	c->in_start += TCP_PROOF_SIZE;
-	tcp_hdr_encode(status, 0, out);
+	kvn_tcp_hdr_encode(status, 0, out);
 	if (send_all(c, out, TCP_VERDICT_SIZE))
 		return -EIO;
 	if (status)
@@ -426,7 +428,7 @@ serve(struct kvn_transport *tp, struct tcp_serve_conn *c)
 		}
 		if (c->hs == HS_DONE && c->in_end - c->in_start >= TCP_REQ_SIZE) {
 			struct tcp_req req;
-			tcp_req_decode(c->in + c->in_start, &req);
+			kvn_tcp_req_decode(c->in + c->in_start, &req);
 			c->in_start += TCP_REQ_SIZE;
 			start_response(tp, c, &req);
 			continue;
@@ -463,12 +465,12 @@ serve(struct kvn_transport *tp, struct tcp_serve_conn *c)
 		ev |= EPOLLOUT;
 	if (c->in_end < IN_CAP || !c->hdr_len)
 		ev |= EPOLLIN;
-	if (tcp_epoll_set(tp, &c->p, ev) < 0)
+	if (kvn_tcp_epoll_set(tp, &c->p, ev) < 0)
 		conn_close(tp, c, "epoll_ctl failed");
 }
 
 void
-tcp_serve_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events)
+kvn_tcp_serve_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t events)
 {
 	(void)events;
 	if (p->kind == TCP_P_LISTEN)
@@ -478,7 +480,7 @@ tcp_serve_event(struct kvn_transport *tp, struct tcp_pollable *p, uint32_t event
 }
 
 void
-tcp_serve_drop_dead(struct kvn_transport *tp)
+kvn_tcp_serve_drop_dead(struct kvn_transport *tp)
 {
 	struct tcp_serve_conn *c = tp->serve_conns, *next;
 	for (; c; c = next) {
@@ -489,9 +491,9 @@ tcp_serve_drop_dead(struct kvn_transport *tp)
 }
 
 void
-tcp_serve_shutdown(struct kvn_transport *tp)
+kvn_tcp_serve_shutdown(struct kvn_transport *tp)
 {
 	while (tp->serve_conns)
 		conn_close(tp, tp->serve_conns, NULL);
-	tcp_epoll_del(tp, &tp->listener);
+	kvn_tcp_epoll_del(tp, &tp->listener);
 }

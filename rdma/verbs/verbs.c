@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/log.h"
+#include "rdma/rdma.h"
 #include "rdma/verbs/verbs.h"
 
 #define LOG	     "verbs"
@@ -39,8 +40,13 @@ active_port(struct ibv_context *ctx, uint8_t *port, struct ibv_port_attr *pa)
 }
 
 static int
-verbs_probe(const struct kvn_transport_cfg *cfg, char *err, size_t errlen)
+verbs_probe(const struct kvn_transport_cfg *in, char *err, size_t errlen)
 {
+	struct kvn_transport_cfg c;
+	const struct kvn_transport_cfg *cfg = &c;
+	int r = kvn_transport_cfg_read(in, &c, err, errlen);
+	if (r)
+		return r;
 	const char *want = cfg && cfg->rdma_device && *cfg->rdma_device ? cfg->rdma_device : NULL;
 	int n = 0, rc = -ENODEV;
 	struct ibv_device **list = ibv_get_device_list(&n);
@@ -144,12 +150,14 @@ pick_device(struct kvn_transport *tp, const struct kvn_transport_cfg *cfg, char 
 static void verbs_close(struct kvn_transport *tp);
 
 static int
-verbs_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *err,
-	   size_t errlen)
+verbs_open(const struct kvn_transport_cfg *in, struct kvn_transport **out, char *err, size_t errlen)
 {
+	struct kvn_transport_cfg c;
+	const struct kvn_transport_cfg *cfg = &c;
+	int rc = kvn_transport_cfg_read(in, &c, err, errlen);
+	if (rc)
+		return rc;
 	struct kvn_transport *tp = calloc(1, sizeof(*tp));
-	int rc;
-
 	if (!tp)
 		return -ENOMEM;
 	tp->timeout_ms = cfg && cfg->timeout_ms > 0 ? cfg->timeout_ms : KVN_TRANSPORT_TIMEOUT_MS;
@@ -182,10 +190,10 @@ verbs_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char
 			   strerror(errno));
 		goto fail;
 	}
-	rc = vb_cm_start(tp, err, errlen);
+	rc = kvn_vb_cm_start(tp, err, errlen);
 	if (rc)
 		goto fail;
-	rc = -pthread_create(&tp->progress, NULL, vb_progress_main, tp);
+	rc = -pthread_create(&tp->progress, NULL, kvn_vb_progress_main, tp);
 	if (rc) {
 		kvn_seterr(err, errlen, "starting the verbs progress thread: %s", strerror(-rc));
 		goto fail;
@@ -209,14 +217,14 @@ verbs_close(struct kvn_transport *tp)
 {
 	if (!tp)
 		return;
-	vb_cm_stop(tp); /* no new connections; accepted ones are gone */
+	kvn_vb_cm_stop(tp); /* no new connections; accepted ones are gone */
 	while (tp->eps)
 		verbs_ep_close(tp->eps);
 	if (tp->progress) {
 		pthread_mutex_lock(&tp->lock);
 		tp->stop = true;
 		pthread_mutex_unlock(&tp->lock);
-		vb_wake(tp);
+		kvn_vb_wake(tp);
 		pthread_join(tp->progress, NULL);
 	}
 	while (tp->mrs) {
@@ -233,7 +241,7 @@ verbs_close(struct kvn_transport *tp)
 		ibv_destroy_comp_channel(tp->cc);
 	if (tp->pd)
 		ibv_dealloc_pd(tp->pd);
-	vb_cm_free(tp);
+	kvn_vb_cm_free(tp);
 	if (tp->devs)
 		rdma_free_devices(tp->devs);
 	if (tp->wake_fd >= 0)
@@ -320,7 +328,7 @@ verbs_connect(struct kvn_transport *tp, const char *peer, int timeout_ms, struct
 	ep->timeout_ms = timeout_ms > 0 ? timeout_ms : tp->timeout_ms;
 	ep->queue_tail = &ep->queue;
 	ep->state = EP_CONNECTING;
-	rc = vb_connect_id(tp, ep, ep->timeout_ms, err, errlen);
+	rc = kvn_vb_connect_id(tp, ep, ep->timeout_ms, err, errlen);
 	if (rc) {
 		free(ep);
 		return rc;
@@ -345,11 +353,11 @@ verbs_ep_close(struct kvn_tp_ep *ep)
 	ep->closing = true;
 	for (;;) {
 		/* A reconnect in flight may bring it back up: break it again then. */
-		vb_ep_break(ep, -ECONNRESET, false, "%s", msg);
-		vb_fail_queue(ep, -ECONNRESET, msg);
+		kvn_vb_ep_break(ep, -ECONNRESET, false, "%s", msg);
+		kvn_vb_fail_queue(ep, -ECONNRESET, msg);
 		if (!ep->live_ops && ep->state == EP_DOWN)
 			break;
-		vb_wake(tp);
+		kvn_vb_wake(tp);
 		pthread_cond_wait(&tp->cond, &tp->lock);
 	}
 	for (struct kvn_tp_ep **p = &tp->eps; *p; p = &(*p)->next) {
@@ -428,7 +436,7 @@ verbs_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 		char err[192];
 		ep->state = EP_CONNECTING;
 		pthread_mutex_unlock(&tp->lock);
-		int rc = vb_connect_id(tp, ep, ep->timeout_ms, err, sizeof(err));
+		int rc = kvn_vb_connect_id(tp, ep, ep->timeout_ms, err, sizeof(err));
 		pthread_mutex_lock(&tp->lock);
 		if (rc) {
 			ep->state = EP_DOWN;
@@ -449,21 +457,21 @@ verbs_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 		op->ep = ep;
 		op->status = check_read(ep, op->rd, op->msg, sizeof(op->msg));
 		if (op->status) {
-			vb_op_done(op);
+			kvn_vb_op_done(op);
 			wake = true;
 		} else {
-			vb_queue_push(ep, op, false);
+			kvn_vb_queue_push(ep, op, false);
 		}
 	}
 	ep->live_ops += (uint32_t)n;
 	if (ep->state == EP_UP)
-		vb_post_queue(ep);
+		kvn_vb_post_queue(ep);
 	else
 		wake = true; /* BROKEN/CONNECTING: whoever reconnects posts the queue */
 	pthread_mutex_unlock(&tp->lock);
 	free(ops);
 	if (wake)
-		vb_wake(tp);
+		kvn_vb_wake(tp);
 	return 0;
 }
 
@@ -484,14 +492,15 @@ verbs_stats(struct kvn_transport *tp, struct kvn_transport_stats *out)
 }
 
 const struct kvn_transport_ops kvn_transport_verbs = {
-    .abi = KVN_TRANSPORT_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_transport_ops),
     .name = "verbs",
     .probe = verbs_probe,
     .open = verbs_open,
     .close = verbs_close,
     .reg_mem = verbs_reg_mem,
     .dereg = verbs_dereg,
-    .listen = vb_listen,
+    .listen = kvn_vb_listen,
     .connect = verbs_connect,
     .ep_close = verbs_ep_close,
     .read = verbs_read,

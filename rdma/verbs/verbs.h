@@ -1,7 +1,7 @@
 /* Internal state of the verbs transport, shared by rdma/verbs.c (device, registrations, read
  * path, progress thread) and rdma/verbs_cm.c (rdma_cm: listen, accept, connect, disconnects). */
-#ifndef KVN_RDMA_VERBS_H
-#define KVN_RDMA_VERBS_H
+#ifndef KVN_RDMA_VERBS_VERBS_H
+#define KVN_RDMA_VERBS_VERBS_H
 
 #include <pthread.h>
 #include <stdbool.h>
@@ -11,6 +11,7 @@
 #include <rdma/rdma_cma.h>
 
 #include "kvnode/transport.h"
+#include "core/clock.h"
 #include "rdma/auth.h"
 
 /* Private data exchanged in the rdma_cm REQ/REP: magic and protocol version both ways, in the
@@ -119,25 +120,23 @@ struct kvn_transport {
 };
 
 /* verbs_cm.c */
-int vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen);
-void vb_cm_stop(struct kvn_transport *tp);
-int vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen, char *err,
-	      size_t errlen);
-int vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, char *err,
-		  size_t errlen);
-void vb_destroy_id(struct rdma_cm_id *id);
+int kvn_vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen);
+void kvn_vb_cm_stop(struct kvn_transport *tp);
+int kvn_vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen,
+		  char *err, size_t errlen);
+int kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, char *err,
+		      size_t errlen);
+void kvn_vb_destroy_id(struct rdma_cm_id *id);
 
-void vb_cm_free(struct kvn_transport *tp);
+void kvn_vb_cm_free(struct kvn_transport *tp);
 
-/* verbs_post.c; the vb_ep_*, vb_op_*, vb_*queue functions need tp->lock held */
-uint64_t vb_now_ns(void);
-void vb_wake(struct kvn_transport *tp);
-void vb_ep_break(struct kvn_tp_ep *ep, int status, bool retry, const char *fmt, ...)
+void kvn_vb_wake(struct kvn_transport *tp);
+void kvn_vb_ep_break(struct kvn_tp_ep *ep, int status, bool retry, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-void vb_op_done(struct vb_op *op);
-void vb_queue_push(struct kvn_tp_ep *ep, struct vb_op *op, bool front);
-void vb_fail_queue(struct kvn_tp_ep *ep, int status, const char *msg);
-void vb_post_queue(struct kvn_tp_ep *ep);
-void *vb_progress_main(void *arg);
+void kvn_vb_op_done(struct vb_op *op);
+void kvn_vb_queue_push(struct kvn_tp_ep *ep, struct vb_op *op, bool front);
+void kvn_vb_fail_queue(struct kvn_tp_ep *ep, int status, const char *msg);
+void kvn_vb_post_queue(struct kvn_tp_ep *ep);
+void *kvn_vb_progress_main(void *arg);
 
 #endif

@@ -83,7 +83,7 @@ keep_event(const struct rdma_cm_event *ev, struct cm_ev *out)
 }
 
 void
-vb_destroy_id(struct rdma_cm_id *id)
+kvn_vb_destroy_id(struct rdma_cm_id *id)
 {
 	if (!id)
 		return;
@@ -307,11 +307,11 @@ cm_event(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev *ev
 	}
 	for (struct kvn_tp_ep *ep = tp->eps; !gone && ep; ep = ep->next)
 		if (ep->id == id)
-			vb_ep_break(ep, -ECONNRESET, false, "peer %s disconnected (%s)", ep->peer,
-				    rdma_event_str(ev->type));
+			kvn_vb_ep_break(ep, -ECONNRESET, false, "peer %s disconnected (%s)",
+					ep->peer, rdma_event_str(ev->type));
 	pthread_mutex_unlock(&tp->lock);
 	if (gone) {
-		vb_destroy_id(gone->id);
+		kvn_vb_destroy_id(gone->id);
 		free(gone);
 	}
 }
@@ -342,7 +342,7 @@ cm_main(void *arg)
 }
 
 int
-vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen)
+kvn_vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen)
 {
 	tp->cm_ch = rdma_create_event_channel();
 	if (!tp->cm_ch) {
@@ -364,7 +364,7 @@ vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen)
 }
 
 void
-vb_cm_stop(struct kvn_transport *tp)
+kvn_vb_cm_stop(struct kvn_transport *tp)
 {
 	uint64_t one = 1;
 	if (tp->cm_running) {
@@ -380,13 +380,13 @@ vb_cm_stop(struct kvn_transport *tp)
 	while (tp->srv) {
 		struct vb_srv_conn *c = tp->srv;
 		tp->srv = c->next;
-		vb_destroy_id(c->id);
+		kvn_vb_destroy_id(c->id);
 		free(c);
 	}
 }
 
 void
-vb_cm_free(struct kvn_transport *tp)
+kvn_vb_cm_free(struct kvn_transport *tp)
 {
 	if (tp->cm_ch)
 		rdma_destroy_event_channel(tp->cm_ch);
@@ -395,8 +395,8 @@ vb_cm_free(struct kvn_transport *tp)
 }
 
 int
-vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen, char *err,
-	  size_t errlen)
+kvn_vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen, char *err,
+	      size_t errlen)
 {
 	struct sockaddr_storage ss;
 	struct rdma_cm_id *id = NULL;
@@ -460,12 +460,9 @@ wait_event(struct rdma_event_channel *ch, struct timespec *deadline, struct cm_e
 {
 	struct rdma_cm_event *ev;
 	struct pollfd pfd = {.fd = ch->fd, .events = POLLIN};
-	struct timespec now;
 
 	for (;;) {
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		long ms = (deadline->tv_sec - now.tv_sec) * 1000 +
-			  (deadline->tv_nsec - now.tv_nsec) / 1000000;
+		int64_t ms = kvn_ms_until(deadline);
 		if (ms <= 0)
 			return -ETIMEDOUT;
 		int rc = poll(&pfd, 1, (int)ms);
@@ -528,8 +525,8 @@ step(const struct kvn_transport *tp, struct rdma_event_channel *ch, struct times
 }
 
 int
-vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, char *err,
-	      size_t errlen)
+kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, char *err,
+		  size_t errlen)
 {
 	struct ibv_qp_init_attr qa = {.send_cq = tp->cq,
 				      .recv_cq = tp->cq,
@@ -552,11 +549,7 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 	struct cm_ev ev;
 	int rc;
 
-	clock_gettime(CLOCK_MONOTONIC, &dl);
-	dl.tv_sec += timeout_ms / 1000;
-	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-	if (dl.tv_nsec >= 1000000000)
-		dl.tv_sec++, dl.tv_nsec -= 1000000000;
+	dl = kvn_deadline_in_ms(timeout_ms > 0 ? (uint64_t)timeout_ms : 0);
 	rc = parse_addr(ep->peer, &dst, err, errlen);
 	if (rc)
 		goto out;
@@ -662,7 +655,7 @@ vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, ch
 	rc = 0;
 out:
 	if (id)
-		vb_destroy_id(id);
+		kvn_vb_destroy_id(id);
 	if (ch)
 		rdma_destroy_event_channel(ch);
 	return rc;

@@ -21,16 +21,8 @@
 #define SPIN_MAX_NS 500000ull
 #define WATCHDOG_NS 20000000ull /* how often idle sleeps wake to check read timeouts */
 
-uint64_t
-vb_now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
 void
-vb_wake(struct kvn_transport *tp)
+kvn_vb_wake(struct kvn_transport *tp)
 {
 	uint64_t one = 1;
 	if (write(tp->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
@@ -43,7 +35,7 @@ vb_wake(struct kvn_transport *tp)
  * --------------------------------------------------------------------------------------------- */
 
 void
-vb_op_done(struct vb_op *op)
+kvn_vb_op_done(struct vb_op *op)
 {
 	struct kvn_transport *tp = op->ep->tp;
 	op->next = NULL;
@@ -74,7 +66,7 @@ queue_pop(struct kvn_tp_ep *ep)
 }
 
 void
-vb_queue_push(struct kvn_tp_ep *ep, struct vb_op *op, bool front)
+kvn_vb_queue_push(struct kvn_tp_ep *ep, struct vb_op *op, bool front)
 {
 	op->queued = true;
 	if (front) {
@@ -90,13 +82,13 @@ vb_queue_push(struct kvn_tp_ep *ep, struct vb_op *op, bool front)
 }
 
 void
-vb_fail_queue(struct kvn_tp_ep *ep, int status, const char *msg)
+kvn_vb_fail_queue(struct kvn_tp_ep *ep, int status, const char *msg)
 {
 	struct vb_op *op;
 	while ((op = queue_pop(ep))) {
 		op_fail(op, status, msg);
 		if (!op->wrs_out)
-			vb_op_done(op);
+			kvn_vb_op_done(op);
 	}
 }
 
@@ -113,17 +105,17 @@ ep_drained(struct kvn_tp_ep *ep)
 		dead->next = tp->dead;
 		tp->dead = dead;
 	} else {
-		vb_destroy_id(ep->id); /* out of memory: destroy in place rather than leak */
+		kvn_vb_destroy_id(ep->id); /* out of memory: destroy in place rather than leak */
 	}
 	ep->id = NULL;
 	ep->state = EP_DOWN;
 	ep->sq_free = tp->sq_depth;
 	pthread_cond_broadcast(&tp->cond);
-	vb_wake(tp);
+	kvn_vb_wake(tp);
 }
 
 void
-vb_ep_break(struct kvn_tp_ep *ep, int status, bool retry, const char *fmt, ...)
+kvn_vb_ep_break(struct kvn_tp_ep *ep, int status, bool retry, const char *fmt, ...)
 {
 	va_list ap;
 	struct ibv_qp_attr attr = {.qp_state = IBV_QPS_ERR};
@@ -146,7 +138,7 @@ vb_ep_break(struct kvn_tp_ep *ep, int status, bool retry, const char *fmt, ...)
 		kvn_warn(LOG, "peer %s: moving the QP to error failed: %s", ep->peer,
 			 strerror(errno));
 	if (!ep->break_retry)
-		vb_fail_queue(ep, status, ep->break_msg);
+		kvn_vb_fail_queue(ep, status, ep->break_msg);
 	if (!ep->wrs_out)
 		ep_drained(ep);
 }
@@ -155,7 +147,7 @@ vb_ep_break(struct kvn_tp_ep *ep, int status, bool retry, const char *fmt, ...)
  * bounded by the send queue and the shared CQ. The device keeps max_rd_atomic of them on the
  * wire and the rest waiting in the send queue. */
 void
-vb_post_queue(struct kvn_tp_ep *ep)
+kvn_vb_post_queue(struct kvn_tp_ep *ep)
 {
 	struct kvn_transport *tp = ep->tp;
 	struct ibv_send_wr wr[POST_BATCH], *bad = NULL;
@@ -192,7 +184,7 @@ vb_post_queue(struct kvn_tp_ep *ep)
 			return;
 		wr[n - 1].next = NULL;
 		if (ep->wrs_out == (uint32_t)n)
-			ep->last_progress_ns = vb_now_ns();
+			ep->last_progress_ns = kvn_now_ns();
 		int rc = ibv_post_send(ep->id->qp, wr, &bad);
 		if (!rc)
 			continue;
@@ -208,10 +200,10 @@ vb_post_queue(struct kvn_tp_ep *ep)
 			ep->sq_free++;
 			tp->cq_free++;
 			if (!op->wrs_out && !op->queued)
-				vb_op_done(op);
+				kvn_vb_op_done(op);
 		}
-		vb_ep_break(ep, -EIO, false, "peer %s: ibv_post_send failed: %s", ep->peer,
-			    strerror(rc));
+		kvn_vb_ep_break(ep, -EIO, false, "peer %s: ibv_post_send failed: %s", ep->peer,
+				strerror(rc));
 		return;
 	}
 }
@@ -255,7 +247,7 @@ wc_error(struct vb_op *op, const struct ibv_wc *wc)
 	op_fail(op, status, msg);
 	if (op->queued) /* partly posted, so at the head: its other pieces are moot now */
 		queue_pop(ep);
-	vb_ep_break(ep, status, retry, "%s", msg);
+	kvn_vb_ep_break(ep, status, retry, "%s", msg);
 }
 
 static void
@@ -268,11 +260,11 @@ handle_wc(struct kvn_transport *tp, const struct ibv_wc *wc)
 	ep->wrs_out--;
 	ep->sq_free++;
 	tp->cq_free++;
-	ep->last_progress_ns = vb_now_ns();
+	ep->last_progress_ns = kvn_now_ns();
 	if (wc->status == IBV_WC_WR_FLUSH_ERR) {
 		if (ep->state == EP_UP)
-			vb_ep_break(ep, -ECONNRESET, false, "peer %s: QP flushed unexpectedly",
-				    ep->peer);
+			kvn_vb_ep_break(ep, -ECONNRESET, false, "peer %s: QP flushed unexpectedly",
+					ep->peer);
 		if (ep->break_retry && !ep->closing)
 			op->retry = !op->status;
 		else
@@ -285,9 +277,9 @@ handle_wc(struct kvn_transport *tp, const struct ibv_wc *wc)
 			op->retry = false;
 			op->posted = 0;
 			if (!op->queued)
-				vb_queue_push(ep, op, true);
+				kvn_vb_queue_push(ep, op, true);
 		} else if (!op->queued) {
-			vb_op_done(op);
+			kvn_vb_op_done(op);
 		}
 	}
 	if (ep->state == EP_BROKEN && !ep->wrs_out)
@@ -326,7 +318,7 @@ housekeeping(struct kvn_transport *tp, uint64_t now)
 	for (struct kvn_tp_ep *ep = tp->eps; ep; ep = ep->next) {
 		if (ep->state == EP_UP && ep->wrs_out &&
 		    (int64_t)(now - ep->last_progress_ns) > (int64_t)ep->timeout_ms * 1000000)
-			vb_ep_break(
+			kvn_vb_ep_break(
 			    ep, -ETIMEDOUT, false,
 			    "peer %s: no RDMA READ completion for %d ms (peer hung or gone)",
 			    ep->peer, ep->timeout_ms);
@@ -342,17 +334,17 @@ static void
 reconnect(struct kvn_transport *tp, struct kvn_tp_ep *ep)
 {
 	char err[192], msg[256];
-	int rc = vb_connect_id(tp, ep, ep->timeout_ms, err, sizeof(err));
+	int rc = kvn_vb_connect_id(tp, ep, ep->timeout_ms, err, sizeof(err));
 
 	pthread_mutex_lock(&tp->lock);
 	if (rc) {
 		ep->state = EP_DOWN;
 		kvn_seterr(msg, sizeof(msg), "peer %s: reconnecting after '%s' failed: %s",
 			   ep->peer, ep->break_msg, err);
-		vb_fail_queue(ep, -ENOTCONN, msg);
+		kvn_vb_fail_queue(ep, -ENOTCONN, msg);
 		pthread_cond_broadcast(&tp->cond);
 	} else {
-		vb_post_queue(ep);
+		kvn_vb_post_queue(ep);
 	}
 	pthread_mutex_unlock(&tp->lock);
 }
@@ -363,7 +355,7 @@ post_all(struct kvn_transport *tp)
 {
 	for (struct kvn_tp_ep *ep = tp->eps; ep; ep = ep->next)
 		if (ep->state == EP_UP && ep->queue)
-			vb_post_queue(ep);
+			kvn_vb_post_queue(ep);
 }
 
 static int
@@ -371,7 +363,7 @@ sleep_on_cq(struct kvn_transport *tp, uint64_t *spin_ns, struct ibv_wc *wc)
 {
 	struct pollfd pfd[2] = {{.fd = tp->cc->fd, .events = POLLIN},
 				{.fd = tp->wake_fd, .events = POLLIN}};
-	uint64_t t0 = vb_now_ns();
+	uint64_t t0 = kvn_now_ns();
 
 	if (ibv_req_notify_cq(tp->cq, 0))
 		return 0;
@@ -393,7 +385,7 @@ sleep_on_cq(struct kvn_transport *tp, uint64_t *spin_ns, struct ibv_wc *wc)
 		}
 	}
 	/* Woken soon after sleeping: traffic is bursty, spin longer next time; slept long: less. */
-	if (vb_now_ns() - t0 < 2 * *spin_ns)
+	if (kvn_now_ns() - t0 < 2 * *spin_ns)
 		*spin_ns = *spin_ns * 2 > SPIN_MAX_NS ? SPIN_MAX_NS : *spin_ns * 2;
 	else
 		*spin_ns = *spin_ns / 2 < SPIN_MIN_NS ? SPIN_MIN_NS : *spin_ns / 2;
@@ -401,7 +393,7 @@ sleep_on_cq(struct kvn_transport *tp, uint64_t *spin_ns, struct ibv_wc *wc)
 }
 
 void *
-vb_progress_main(void *arg)
+kvn_vb_progress_main(void *arg)
 {
 	struct kvn_transport *tp = arg;
 	struct ibv_wc wc[POLL_BATCH];
@@ -409,7 +401,7 @@ vb_progress_main(void *arg)
 
 	for (;;) {
 		int n = ibv_poll_cq(tp->cq, POLL_BATCH, wc);
-		uint64_t now = vb_now_ns();
+		uint64_t now = kvn_now_ns();
 		struct vb_op *done;
 		struct vb_srv_conn *dead;
 		struct kvn_tp_ep *todo = NULL;
@@ -436,7 +428,7 @@ vb_progress_main(void *arg)
 			run_callbacks(tp, done);
 		while (dead) {
 			struct vb_srv_conn *next = dead->next;
-			vb_destroy_id(dead->id);
+			kvn_vb_destroy_id(dead->id);
 			free(dead);
 			dead = next;
 		}

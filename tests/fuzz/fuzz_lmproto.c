@@ -156,7 +156,8 @@ check_value(int rc, struct kvn_remote_value *v)
 static void
 fuzz_connector(unsigned op, const uint8_t *p, size_t n)
 {
-	struct kvn_connector_env env = {.abi = KVN_CONNECTOR_ABI,
+	struct kvn_connector_env env = {.abi = KVN_ABI,
+					.size = sizeof(struct kvn_connector_env),
 					.url = url,
 					.url_redacted = url,
 					.config_dir = ".",

@@ -51,7 +51,8 @@ env_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
 	va_end(ap);
 }
 
-static struct kvn_connector_env env = {.abi = KVN_CONNECTOR_ABI,
+static struct kvn_connector_env env = {.abi = KVN_ABI,
+				       .size = sizeof(struct kvn_connector_env),
 				       .config_dir = ".",
 				       .get_opt = no_opt,
 				       .log = env_log,

@@ -49,8 +49,9 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argv;
 	fz_init();
 	char err[512];
-	struct kvn_transport_cfg cfg = {
-	    .auth_token = TOKEN, .timeout_ms = 5000, .max_conns = 64, .hello_timeout_ms = 3000};
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .auth_token = TOKEN,
+					.timeout_ms = 5000, .max_conns = 64,
+					.hello_timeout_ms = 3000};
 	if (ops->open(&cfg, &tp, err, sizeof(err)) < 0)
 		fz_fail("tcp transport: %s", err);
 	kvn_auth_init(&auth, TOKEN);
@@ -108,12 +109,12 @@ setup(bool prove)
 	int fd = fz_connect_tcp(bound);
 	uint8_t m[TCP_CHALLENGE_SIZE], nonce_r[KVN_AUTH_NONCE], nonce_o[KVN_AUTH_NONCE];
 	kvn_auth_nonce(nonce_r);
-	tcp_hdr_encode(0, TCP_F_TOKEN, m);
+	kvn_tcp_hdr_encode(0, TCP_F_TOKEN, m);
 	memcpy(m + TCP_HDR_SIZE, nonce_r, KVN_AUTH_NONCE);
 	send_exact(fd, m, TCP_HELLO_SIZE);
 	read_exact(fd, m, TCP_CHALLENGE_SIZE, "challenge");
 	struct tcp_hdr h;
-	tcp_hdr_decode(m, TCP_CHALLENGE_SIZE, &h);
+	kvn_tcp_hdr_decode(m, TCP_CHALLENGE_SIZE, &h);
 	FZ_ASSERT(h.magic == TCP_MAGIC && h.version == TCP_VERSION && h.status == 0 &&
 		      (h.flags & TCP_F_TOKEN),
 		  "challenge header: magic 0x%08x version %u status %u flags %u", h.magic,
@@ -127,11 +128,11 @@ setup(bool prove)
 		return fd;
 	const struct kvn_auth_part reader[] = {{nonce_o, KVN_AUTH_NONCE},
 					       {nonce_r, KVN_AUTH_NONCE}};
-	tcp_hdr_encode(0, TCP_F_TOKEN, m);
+	kvn_tcp_hdr_encode(0, TCP_F_TOKEN, m);
 	kvn_auth_mac(&auth, TCP_READER_LABEL, reader, 2, m + TCP_HDR_SIZE);
 	send_exact(fd, m, TCP_PROOF_SIZE);
 	read_exact(fd, m, TCP_VERDICT_SIZE, "verdict");
-	tcp_hdr_decode(m, TCP_VERDICT_SIZE, &h);
+	kvn_tcp_hdr_decode(m, TCP_VERDICT_SIZE, &h);
 	FZ_ASSERT(h.magic == TCP_MAGIC && h.status == 0, "a right proof got verdict %u", h.status);
 	return fd;
 }
@@ -200,7 +201,7 @@ build_requests(const uint8_t *p, size_t n, uint8_t **out)
 			r.len = lraw % 4097 + 1;
 			break;
 		}
-		tcp_req_encode(&r, w + i * TCP_REQ_SIZE);
+		kvn_tcp_req_encode(&r, w + i * TCP_REQ_SIZE);
 	}
 	*out = w;
 	return count * TCP_REQ_SIZE;
@@ -213,11 +214,11 @@ check_responses(const uint8_t *req, size_t reqlen, const struct fz_bytes *r)
 	for (size_t i = 0; i + TCP_REQ_SIZE <= reqlen; i += TCP_REQ_SIZE) {
 		struct tcp_req q;
 		struct tcp_resp s;
-		tcp_req_decode(req + i, &q);
+		kvn_tcp_req_decode(req + i, &q);
 		FZ_ASSERT(r->len - off >= TCP_RESP_SIZE,
 			  "request %zu (seq %llu) got no response (%zu bytes left)",
 			  i / TCP_REQ_SIZE, (unsigned long long)q.seq, r->len - off);
-		tcp_resp_decode(r->p + off, &s);
+		kvn_tcp_resp_decode(r->p + off, &s);
 		off += TCP_RESP_SIZE;
 		FZ_ASSERT(s.seq == q.seq, "response seq %llu for request seq %llu",
 			  (unsigned long long)s.seq, (unsigned long long)q.seq);
@@ -228,7 +229,7 @@ check_responses(const uint8_t *req, size_t reqlen, const struct fz_bytes *r)
 				  "a read of %llu bytes at 0x%llx inside a registration was "
 				  "refused (%s)",
 				  (unsigned long long)q.len, (unsigned long long)q.addr,
-				  tcp_reason_str(s.reason));
+				  kvn_tcp_reason_str(s.reason));
 			FZ_ASSERT(s.len == 0 && s.reason >= TCP_UNKNOWN_RKEY &&
 				      s.reason <= TCP_BAD_OP,
 				  "a refusal with length %llu reason %u", (unsigned long long)s.len,
@@ -261,7 +262,7 @@ check_setup_only(const struct fz_bytes *r, size_t before)
 		  "%zu bytes sent to a reader that never proved the token", r->len + before);
 	if (r->len >= TCP_V2_HDR_SIZE) {
 		struct tcp_hdr h;
-		tcp_hdr_decode(r->p, r->len, &h);
+		kvn_tcp_hdr_decode(r->p, r->len, &h);
 		FZ_ASSERT(h.magic == TCP_MAGIC, "a set-up message without the magic");
 	}
 }
@@ -271,7 +272,7 @@ check_alive(void)
 {
 	int fd = setup(true);
 	uint8_t req[TCP_REQ_SIZE];
-	tcp_req_encode(&(struct tcp_req){TCP_REQ_READ, da.rkey, 1, da.addr, da.len}, req);
+	kvn_tcp_req_encode(&(struct tcp_req){TCP_REQ_READ, da.rkey, 1, da.addr, da.len}, req);
 	struct fz_bytes r = {0};
 	FZ_ASSERT(fz_exchange(fd, req, sizeof(req), IDLE_MS, &r, SIZE_MAX) == 0,
 		  "the responder no longer serves a whole region");

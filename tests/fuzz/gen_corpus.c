@@ -499,11 +499,11 @@ gen_tcp(void)
 	uint8_t m[TCP_PROOF_SIZE];
 	struct seed *s = seed_new();
 	add_u8(s, 0);
-	tcp_hdr_encode(0, TCP_F_TOKEN, m);
+	kvn_tcp_hdr_encode(0, TCP_F_TOKEN, m);
 	add(s, m, TCP_HDR_SIZE);
 	for (int i = 0; i < KVN_AUTH_NONCE; i++)
 		add_u8(s, (uint8_t)i);
-	tcp_hdr_encode(0, TCP_F_TOKEN, m);
+	kvn_tcp_hdr_encode(0, TCP_F_TOKEN, m);
 	memset(m + TCP_HDR_SIZE, 0x42, KVN_AUTH_MAC);
 	add(s, m, TCP_PROOF_SIZE);
 	write_seed("tcp_responder", "raw-hello-bad-proof", s);
@@ -536,9 +536,9 @@ gen_tcp(void)
 	s = seed_new();
 	add_u8(s, 2);
 	uint8_t r[TCP_REQ_SIZE];
-	tcp_req_encode(&(struct tcp_req){TCP_REQ_READ, 0x1234, 1, 0x1000, 4096}, r);
+	kvn_tcp_req_encode(&(struct tcp_req){TCP_REQ_READ, 0x1234, 1, 0x1000, 4096}, r);
 	add(s, r, sizeof(r));
-	tcp_req_encode(&(struct tcp_req){7, 0, 2, 0, 0}, r);
+	kvn_tcp_req_encode(&(struct tcp_req){7, 0, 2, 0, 0}, r);
 	add(s, r, sizeof(r));
 	write_seed("tcp_responder", "raw-requests", s);
 }

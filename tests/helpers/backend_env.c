@@ -11,7 +11,7 @@
 #define LAST_LOG_MAX 1024
 
 struct test_env {
-	struct kvn_backend_env env; /* first: the env pointer is the struct's */
+	struct kvn_tier_env tenv; /* first: the env pointer is the struct's */
 	char *name;
 	char *config_dir;
 	struct backend_opt *opts;
@@ -70,16 +70,17 @@ backend_env_new(const char *name, const struct backend_opt *opts, struct kvn_poo
 		}
 	}
 	pthread_mutex_init(&te->lock, NULL);
-	te->env = (struct kvn_backend_env){
-	    .abi = KVN_BACKEND_ABI,
+	te->tenv.env = (struct kvn_backend_env){
+	    .abi = KVN_ABI,
+	    .size = sizeof(struct kvn_backend_env),
 	    .name = te->name,
 	    .config_dir = te->config_dir,
 	    .get_opt = get_opt,
 	    .log = env_log,
-	    .pool = pool,
 	    .node_priv = te,
 	};
-	return &te->env;
+	te->tenv.pool = pool;
+	return &te->tenv.env;
 fail:
 	for (size_t i = 0; i < te->nopts; i++) {
 		free((char *)te->opts[i].opt);

@@ -3,6 +3,7 @@
 #ifndef KVN_TESTS_BACKEND_ENV_H
 #define KVN_TESTS_BACKEND_ENV_H
 
+#include "backends/backends.h"
 #include "kvnode/backend.h"
 
 struct backend_opt {
@@ -11,7 +12,7 @@ struct backend_opt {
 };
 
 /* Copies name and the table (terminated by an entry whose opt is NULL; opts may be NULL) into a
- * new env with abi = KVN_BACKEND_ABI, config_dir "." and the given pool (NULL for every backend
+ * new env with abi = KVN_ABI, config_dir "." and the given pool (NULL for every backend
  * but cpu). get_opt answers from the table; log goes to kvn_log with the name as component.
  * Returns NULL when out of memory. */
 struct kvn_backend_env *backend_env_new(const char *name, const struct backend_opt *opts,

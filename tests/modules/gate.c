@@ -103,8 +103,7 @@ gate_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 	while (closed)
 		pthread_cond_wait(&cond, &lock);
 	waiting--;
-	*copy = (struct kvn_buf){ .data = copy + 1, .len = buf->len, .release = (void (*)(struct kvn_buf *))free };
-	atomic_init(&copy->refs, 1);
+	kvn_buf_init(copy, copy + 1, buf->len, (void (*)(struct kvn_buf *))free, NULL, 0);
 	memcpy(copy->data, buf->data, buf->len);
 	struct entry **pp = find(be, key);
 	if (*pp) {
@@ -184,15 +183,16 @@ gate_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 }
 
 EXPORT const struct kvn_backend_ops kvn_gate_backend_ops = {
-	.abi = KVN_BACKEND_ABI,
-	.flags = KVN_BACKEND_F_SLOW,
-	.name = "gate",
-	.create = gate_create,
-	.destroy = gate_destroy,
-	.contains = gate_contains,
-	.put = gate_put,
-	.get = gate_get,
-	.remove = gate_remove,
-	.list = gate_list,
-	.stats = gate_stats,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_backend_ops),
+    .flags = KVN_BACKEND_F_SLOW,
+    .name = "gate",
+    .create = gate_create,
+    .destroy = gate_destroy,
+    .contains = gate_contains,
+    .put = gate_put,
+    .get = gate_get,
+    .remove = gate_remove,
+    .list = gate_list,
+    .stats = gate_stats,
 };

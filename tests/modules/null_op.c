@@ -46,7 +46,8 @@ stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 }
 
 __attribute__((visibility("default"))) const struct kvn_backend_ops kvn_test_null_op_ops = {
-    .abi = KVN_BACKEND_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_backend_ops),
     .name = "null_op",
     .create = create,
     .destroy = destroy,

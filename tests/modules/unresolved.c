@@ -11,6 +11,7 @@ kvn_test_unresolved_entry(void)
 }
 
 __attribute__((visibility("default"))) const struct kvn_backend_ops kvn_test_unresolved_ops = {
-    .abi = KVN_BACKEND_ABI,
+    .abi = KVN_ABI,
+    .size = sizeof(struct kvn_backend_ops),
     .name = "unresolved",
 };
