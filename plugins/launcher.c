@@ -626,31 +626,88 @@ kvn_plugins_set_policy(struct kvn_plugins *pl, bool restart_on_failure, uint32_t
 	pthread_mutex_unlock(&pl->lock);
 }
 
-KVN_API char *
-kvn_plugins_stats_json(struct kvn_plugins *pl)
+int
+kvn_plugins_snapshot(struct kvn_plugins *pl, struct kvn_plugin_stat **out, size_t *n)
 {
+	*out = NULL;
+	*n = 0;
+	if (!pl)
+		return 0;
+	pthread_mutex_lock(&pl->lock);
+	struct kvn_plugin_stat *st = calloc(pl->n ? pl->n : 1, sizeof(*st));
+	bool ok = st != NULL;
+	size_t i = 0;
+	for (; ok && i < pl->n; i++) {
+		const struct plugin *p = &pl->p[i];
+		st[i] = (struct kvn_plugin_stat){
+		    .name = strdup(p->file),
+		    .file = strdup(p->path),
+		    .interpreter = strdup(p->interp ? p->interp : ""),
+		    .state = state_names[p->state],
+		    .pid = p->pid > 0 ? (int)p->pid : 0,
+		    .exit_code = p->exit_code,
+		    .restarts = p->restarts,
+		    .dropped_lines = p->dropped,
+		};
+		ok = st[i].name && st[i].file && st[i].interpreter;
+	}
+	pthread_mutex_unlock(&pl->lock);
+	if (!ok) {
+		kvn_plugins_snapshot_free(st, i);
+		return -ENOMEM;
+	}
+	*out = st;
+	*n = i;
+	return 0;
+}
+
+void
+kvn_plugins_snapshot_free(struct kvn_plugin_stat *st, size_t n)
+{
+	for (size_t i = 0; st && i < n; i++) {
+		free(st[i].name);
+		free(st[i].file);
+		free(st[i].interpreter);
+	}
+	free(st);
+}
+
+cJSON *
+kvn_plugins_stats_cjson(struct kvn_plugins *pl)
+{
+	struct kvn_plugin_stat *st;
+	size_t n;
+	if (kvn_plugins_snapshot(pl, &st, &n))
+		return NULL;
 	cJSON *a = cJSON_CreateArray();
 	bool ok = a != NULL;
-	if (pl)
-		pthread_mutex_lock(&pl->lock);
-	for (size_t i = 0; ok && pl && i < pl->n; i++) {
-		const struct plugin *p = &pl->p[i];
+	for (size_t i = 0; ok && i < n; i++) {
+		const struct kvn_plugin_stat *p = &st[i];
 		cJSON *o = cJSON_CreateObject();
-		ok = o && cJSON_AddItemToArray(a, o) &&
-		     cJSON_AddStringToObject(o, "name", p->file) &&
-		     cJSON_AddStringToObject(o, "file", p->path) &&
-		     cJSON_AddStringToObject(o, "interpreter", p->interp ? p->interp : "") &&
+		ok = o && cJSON_AddItemToArray(a, o) && cJSON_AddStringToObject(o, "name", p->name) &&
+		     cJSON_AddStringToObject(o, "file", p->file) &&
+		     cJSON_AddStringToObject(o, "interpreter", p->interpreter) &&
 		     (p->pid > 0 ? cJSON_AddNumberToObject(o, "pid", p->pid)
 				 : cJSON_AddNullToObject(o, "pid")) &&
-		     cJSON_AddStringToObject(o, "state", state_names[p->state]) &&
+		     cJSON_AddStringToObject(o, "state", p->state) &&
 		     cJSON_AddNumberToObject(o, "restarts", p->restarts) &&
 		     (p->exit_code >= 0 ? cJSON_AddNumberToObject(o, "exit_code", p->exit_code)
 					: cJSON_AddNullToObject(o, "exit_code")) &&
-		     cJSON_AddNumberToObject(o, "dropped_lines", (double)p->dropped);
+		     cJSON_AddNumberToObject(o, "dropped_lines", (double)p->dropped_lines);
 	}
-	if (pl)
-		pthread_mutex_unlock(&pl->lock);
-	char *s = ok ? cJSON_PrintUnformatted(a) : NULL;
+	kvn_plugins_snapshot_free(st, n);
+	if (!ok) {
+		cJSON_Delete(a);
+		return NULL;
+	}
+	return a;
+}
+
+KVN_API char *
+kvn_plugins_stats_json(struct kvn_plugins *pl)
+{
+	cJSON *a = kvn_plugins_stats_cjson(pl);
+	char *s = a ? cJSON_PrintUnformatted(a) : NULL;
 	cJSON_Delete(a);
 	return s;
 }

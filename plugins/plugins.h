@@ -32,4 +32,24 @@ struct kvn_plugins_launch {
 int kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out, char *err,
 		       size_t errlen);
 
+/* One plugin as stat and the metrics show it. */
+struct kvn_plugin_stat {
+	char *name;	   /* the file's base name (the log prefix) */
+	char *file;	   /* its path */
+	char *interpreter; /* "/usr/bin/bash", "(executable)" */
+	const char *state; /* "running", "restarting", "exited", "failed", "stopped", "not-started" */
+	int pid;	   /* 0 when no process runs */
+	int exit_code;	   /* last exit status, 128 + signal when killed; -1 none yet */
+	unsigned restarts;
+	uint64_t dropped_lines;
+};
+/* The plugins of pl (NULL: none) at one moment, *n of them in *out (free with
+ * kvn_plugins_snapshot_free); -ENOMEM. */
+int kvn_plugins_snapshot(struct kvn_plugins *pl, struct kvn_plugin_stat **out, size_t *n);
+void kvn_plugins_snapshot_free(struct kvn_plugin_stat *st, size_t n);
+/* kvn_plugins_stats_json's array as a cJSON tree, for a caller that embeds it (NULL when out
+ * of memory). */
+struct cJSON;
+struct cJSON *kvn_plugins_stats_cjson(struct kvn_plugins *pl);
+
 #endif

@@ -4,7 +4,6 @@
  * on the listener's threads: nothing here runs on a data path except kvn_histogram_observe. */
 #include <errno.h>
 #include <inttypes.h>
-#include <cjson/cJSON.h>
 #include <microhttpd.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -474,16 +473,3 @@ kvn_metrics_stop(struct kvn_metrics *m)
 	metrics_free(m);
 }
 
-const char *
-kvn_metrics_json_str(const cJSON *o, const char *name)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-	return cJSON_IsString(v) ? v->valuestring : "";
-}
-
-uint64_t
-kvn_metrics_json_u64(const cJSON *o, const char *name)
-{
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
-	return cJSON_IsNumber(v) && v->valuedouble > 0 ? (uint64_t)v->valuedouble : 0;
-}

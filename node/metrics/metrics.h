@@ -102,10 +102,4 @@ int kvn_metrics_collect_sched(void *ctx, struct kvn_expo *e);
 /* Shared by both: kvnode_build_info and the plugin families. */
 void kvn_metrics_common(struct kvn_expo *e, struct kvn_plugins *plugins);
 
-/* Fields of the stat JSON the collectors read (the launcher's and the scheduler's views):
- * "" or 0 when absent or of another type. */
-struct cJSON;
-const char *kvn_metrics_json_str(const struct cJSON *o, const char *name);
-uint64_t kvn_metrics_json_u64(const struct cJSON *o, const char *name);
-
 #endif

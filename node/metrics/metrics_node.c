@@ -1,13 +1,13 @@
 /* The metrics of `kvnode serve` and the families both daemons share: reads the counters the
  * tiers, the peer tier, the membership client, the lm server and the plugin launcher already
  * keep (the same ones `kvnode stat` shows) and writes them out. docs/metrics.md lists them. */
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kvnode/plugin.h"
+#include "plugins/plugins.h"
 #include "kvnode/transport.h"
 #include "node/cluster/cluster.h"
 #include "node/serve/lm_server.h"
@@ -24,40 +24,34 @@
  * Shared families
  * ------------------------------------------------------------------------------------------ */
 
-/* The launcher keeps its state behind its own lock; its stat JSON is the one reader it has. */
+/* A snapshot of the launcher's plugins, taken under its lock. */
 static void
 plugins(struct kvn_expo *e, struct kvn_plugins *pl)
 {
-	char *text = pl ? kvn_plugins_stats_json(pl) : NULL;
-	cJSON *arr = text ? cJSON_Parse(text) : NULL;
-	free(text);
-	if (cJSON_GetArraySize(arr) > 0) {
-		static const struct {
-			const char *name, *type, *help, *field;
-		} fam[] = {
-		    {"kvnode_plugin_up", "gauge", "1 while the plugin's process runs, else 0",
-		     NULL},
-		    {"kvnode_plugin_restarts_total", "counter",
-		     "Restarts of the plugin (plugin_restart: on-failure)", "restarts"},
-		    {"kvnode_plugin_dropped_lines_total", "counter",
-		     "Output lines of the plugin dropped because the log queue was full",
-		     "dropped_lines"},
-		};
-		for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
-			kvn_expo_family(e, fam[f].name, fam[f].type, fam[f].help);
-			const cJSON *p;
-			cJSON_ArrayForEach(p, arr)
-			{
-				struct kvn_label l = {"plugin", kvn_metrics_json_str(p, "name")};
-				uint64_t v =
-				    fam[f].field
-					? kvn_metrics_json_u64(p, fam[f].field)
-					: !strcmp(kvn_metrics_json_str(p, "state"), "running");
-				kvn_expo_u64(e, fam[f].name, &l, 1, v);
-			}
-		}
+	struct kvn_plugin_stat *st;
+	size_t n;
+	if (kvn_plugins_snapshot(pl, &st, &n)) {
+		e->oom = true;
+		return;
 	}
-	cJSON_Delete(arr);
+	if (n > 0) {
+		kvn_expo_family(e, "kvnode_plugin_up", "gauge",
+				"1 while the plugin's process runs, else 0");
+		for (size_t i = 0; i < n; i++)
+			kvn_expo_u64(e, "kvnode_plugin_up", &(struct kvn_label){"plugin", st[i].name},
+				     1, !strcmp(st[i].state, "running"));
+		kvn_expo_family(e, "kvnode_plugin_restarts_total", "counter",
+				"Restarts of the plugin (plugin_restart: on-failure)");
+		for (size_t i = 0; i < n; i++)
+			kvn_expo_u64(e, "kvnode_plugin_restarts_total",
+				     &(struct kvn_label){"plugin", st[i].name}, 1, st[i].restarts);
+		kvn_expo_family(e, "kvnode_plugin_dropped_lines_total", "counter",
+				"Output lines of the plugin dropped because the log queue was full");
+		for (size_t i = 0; i < n; i++)
+			kvn_expo_u64(e, "kvnode_plugin_dropped_lines_total",
+				     &(struct kvn_label){"plugin", st[i].name}, 1, st[i].dropped_lines);
+	}
+	kvn_plugins_snapshot_free(st, n);
 }
 
 void

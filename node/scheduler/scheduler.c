@@ -579,7 +579,7 @@ kvn_scheduler_address(const struct kvn_scheduler *s)
 	return s->addr;
 }
 
-/* The loop's side of kvn_scheduler_stats_json_sync. */
+/* The loop's side of kvn_scheduler_stats_sync. */
 static void
 answer_stats(struct kvn_scheduler *s)
 {
@@ -591,16 +591,18 @@ answer_stats(struct kvn_scheduler *s)
 	pthread_mutex_unlock(&s->stats_lock);
 	if (!want)
 		return;
-	char *text = kvn_scheduler_stats_json(s);
+	struct kvn_sched_stats st;
+	int rc = kvn_scheduler_stats(s, &st);
 	pthread_mutex_lock(&s->stats_lock);
 	if (s->stats_want) {
-		s->stats_reply = text;
+		s->stats_reply = st;
+		s->stats_rc = rc;
 		s->stats_want = false;
-		text = NULL;
+		st.members = NULL;
 		pthread_cond_broadcast(&s->stats_cond);
 	}
 	pthread_mutex_unlock(&s->stats_lock);
-	free(text); /* the asker gave up waiting */
+	kvn_sched_stats_free(&st); /* nothing once handed over; else the asker gave up */
 }
 
 /* Waiters give up at once once the loop is gone. */
@@ -614,18 +616,18 @@ loop_ended(struct kvn_scheduler *s, int rc)
 	return rc;
 }
 
-char *
-kvn_scheduler_stats_json_sync(struct kvn_scheduler *s, int timeout_ms)
+int
+kvn_scheduler_stats_sync(struct kvn_scheduler *s, int timeout_ms, struct kvn_sched_stats *out)
 {
 	struct timespec dl = kvn_deadline_in_ms(timeout_ms > 0 ? (uint64_t)timeout_ms : 0);
-	char *text = NULL;
 	int rc = 0;
+	*out = (struct kvn_sched_stats){0};
 	pthread_mutex_lock(&s->stats_lock);
 	while (s->stats_busy && !s->stats_stopped && rc == 0)
 		rc = pthread_cond_timedwait(&s->stats_cond, &s->stats_lock, &dl);
 	if (s->stats_busy || s->stats_stopped) {
 		pthread_mutex_unlock(&s->stats_lock);
-		return NULL;
+		return s->stats_stopped ? -ESHUTDOWN : -ETIMEDOUT;
 	}
 	s->stats_busy = s->stats_want = true;
 	uint64_t one = 1;
@@ -633,13 +635,18 @@ kvn_scheduler_stats_json_sync(struct kvn_scheduler *s, int timeout_ms)
 	(void)w;
 	while (s->stats_want && !s->stats_stopped && rc == 0)
 		rc = pthread_cond_timedwait(&s->stats_cond, &s->stats_lock, &dl);
-	s->stats_want = false;
-	text = s->stats_reply;
-	s->stats_reply = NULL;
+	if (s->stats_want) { /* not answered: the loop ended or did not get to it in time */
+		rc = s->stats_stopped ? -ESHUTDOWN : -ETIMEDOUT;
+		s->stats_want = false;
+	} else {
+		rc = s->stats_rc;
+		*out = s->stats_reply;
+		s->stats_reply = (struct kvn_sched_stats){0};
+	}
 	s->stats_busy = false;
 	pthread_cond_broadcast(&s->stats_cond);
 	pthread_mutex_unlock(&s->stats_lock);
-	return text;
+	return rc;
 }
 
 int
@@ -718,7 +725,7 @@ kvn_scheduler_destroy(struct kvn_scheduler *s)
 		close(s->wake_fd);
 	if (s->stats_fd >= 0)
 		close(s->stats_fd);
-	free(s->stats_reply);
+	kvn_sched_stats_free(&s->stats_reply);
 	pthread_mutex_destroy(&s->stats_lock);
 	pthread_cond_destroy(&s->stats_cond);
 	kvn_dir_destroy(s->dir);

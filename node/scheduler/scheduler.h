@@ -3,8 +3,11 @@
 #ifndef KVN_NODE_SCHEDULER_SCHEDULER_H
 #define KVN_NODE_SCHEDULER_SCHEDULER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "node/cluster/ctlframe.h"
 
 struct kvn_scheduler;
 
@@ -38,13 +41,45 @@ void kvn_scheduler_stop(struct kvn_scheduler *s);
 /* Closes every connection and frees everything (after kvn_scheduler_run returned). */
 void kvn_scheduler_destroy(struct kvn_scheduler *s);
 
-/* The cluster view a STATS request gets: malloc'd JSON text, NULL when out of memory. Only
- * from the thread running kvn_scheduler_run, or while it is not running. */
-char *kvn_scheduler_stats_json(struct kvn_scheduler *s);
-/* The same from any other thread (the metrics listener): the loop builds it between events.
- * NULL when out of memory, when the loop has ended, or when it did not answer within
+/* One name holding a worker id, as the cluster view shows it. */
+struct kvn_sched_member_stats {
+	uint32_t worker_id;
+	bool alive;	/* false: expired or left, keeping its id for worker_id_grace_ms */
+	bool connected; /* a connection is joined under it now */
+	char name[KVN_CF_NAME_MAX + 1];
+	char data_addr[KVN_CF_ADDR_MAX + 1];
+	char transport[32];
+	char peer[64]; /* its connection's address, "" while disconnected */
+	uint64_t capacity;
+	uint64_t chunks; /* directory entries it published */
+	int64_t last_heartbeat_ms_ago;
+};
+
+/* The scheduler's counters and members at one moment: what STATS replies with (as JSON) and
+ * what the metrics listener reads, field by field. */
+struct kvn_sched_stats {
+	uint64_t epoch, entries, directory_bytes, member_region_bytes;
+	uint64_t connections, max_connections, unjoined_timeout_ms;
+	uint64_t reply_queue_bytes, reply_queue_max, slow_readers_dropped, accept_errors;
+	uint64_t worker_count, worker_ids_held, worker_ids_reclaimed, worker_id_grace_ms;
+	uint64_t heartbeat_ms;
+	uint64_t frames, lookups, keys_looked_up, published, refused, protocol_errors;
+	uint64_t joins, leaves, expiries;
+	size_t nmembers;
+	struct kvn_sched_member_stats *members; /* malloc'd; kvn_sched_stats_free */
+};
+
+/* Fills out; -ENOMEM (out left empty) when the member list cannot be allocated. Only from the
+ * thread running kvn_scheduler_run, or while it is not running. */
+int kvn_scheduler_stats(struct kvn_scheduler *s, struct kvn_sched_stats *out);
+/* The same from any other thread (the metrics listener): the loop takes it between events.
+ * -ENOMEM, -ESHUTDOWN once the loop has ended, -ETIMEDOUT when it did not answer within
  * timeout_ms. Before kvn_scheduler_run starts, it waits for it. */
-char *kvn_scheduler_stats_json_sync(struct kvn_scheduler *s, int timeout_ms);
+int kvn_scheduler_stats_sync(struct kvn_scheduler *s, int timeout_ms, struct kvn_sched_stats *out);
+void kvn_sched_stats_free(struct kvn_sched_stats *st);
+/* The cluster view a STATS request gets (the stats above and the plugins): malloc'd JSON
+ * text, NULL when out of memory. Same thread rule as kvn_scheduler_stats. */
+char *kvn_scheduler_stats_json(struct kvn_scheduler *s);
 /* The plugins of this process, listed by STATS; call before kvn_scheduler_run. */
 struct kvn_plugins;
 void kvn_scheduler_set_plugins(struct kvn_scheduler *s, struct kvn_plugins *plugins);

@@ -90,13 +90,14 @@ struct kvn_scheduler {
 	struct kvn_ratelimit rl_fail, rl_accept, rl_cap, rl_drop; /* log lines of refusals */
 	struct kvn_plugins *plugins;				  /* listed by STATS; NULL = none */
 
-	/* kvn_scheduler_stats_json_sync: another thread asks through stats_fd, the loop
-	 * answers in stats_reply; one request at a time (stats_busy). */
+	/* kvn_scheduler_stats_sync: another thread asks through stats_fd, the loop answers in
+	 * stats_reply (stats_rc); one request at a time (stats_busy). */
 	int stats_fd;
 	pthread_mutex_t stats_lock;
 	pthread_cond_t stats_cond;
 	bool stats_busy, stats_want, stats_stopped;
-	char *stats_reply;
+	struct kvn_sched_stats stats_reply;
+	int stats_rc;
 };
 
 static inline int64_t

@@ -3,12 +3,14 @@
  * MEMBER notices to everyone, and the cluster view (STATS). */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <stddef.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kvnode/plugin.h"
+#include "plugins/plugins.h"
 #include "core/log.h"
 #include "node/scheduler/scheduler_int.h"
 
@@ -478,60 +480,113 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	return c->out.err ? kvn_sched_conn_fail(s, c, seq, -ENOMEM, "out of memory") : 0;
 }
 
-char *
-kvn_scheduler_stats_json(struct kvn_scheduler *s)
+int
+kvn_scheduler_stats(struct kvn_scheduler *s, struct kvn_sched_stats *out)
 {
 	int64_t now = kvn_sched_now_ms();
-	cJSON *j = cJSON_CreateObject();
-	cJSON_AddStringToObject(j, "scheduler", s->addr);
-	cJSON_AddNumberToObject(j, "epoch", (double)s->epoch);
-	cJSON_AddNumberToObject(j, "worker_count", s->alive);
-	cJSON_AddNumberToObject(j, "heartbeat_ms", s->hb_ms);
-	cJSON_AddNumberToObject(j, "entries", (double)kvn_dir_entries(s->dir));
-	cJSON_AddNumberToObject(j, "directory_bytes", (double)kvn_dir_bytes(s->dir));
-	cJSON_AddNumberToObject(j, "connections", s->nconns);
-	cJSON_AddNumberToObject(j, "max_connections", s->max_conns);
-	cJSON_AddNumberToObject(j, "unjoined_timeout_ms", s->unjoined_ms);
-	cJSON_AddNumberToObject(j, "reply_queue_bytes", (double)s->out_bytes);
-	cJSON_AddNumberToObject(j, "reply_queue_max", (double)s->out_max);
-	cJSON_AddNumberToObject(j, "slow_readers_dropped", (double)s->slow_dropped);
-	cJSON_AddNumberToObject(j, "accept_errors", (double)s->accept_errors);
-	cJSON_AddNumberToObject(j, "worker_ids_held", s->held);
-	cJSON_AddNumberToObject(j, "member_region_bytes", (double)s->blob_bytes);
-	cJSON_AddNumberToObject(j, "worker_ids_reclaimed", (double)s->reclaimed);
-	cJSON_AddNumberToObject(j, "worker_id_grace_ms", (double)s->grace_ms);
-	cJSON_AddNumberToObject(j, "lookups", (double)s->lookups);
-	cJSON_AddNumberToObject(j, "keys_looked_up", (double)s->keys_looked_up);
-	cJSON_AddNumberToObject(j, "published", (double)s->publishes);
-	cJSON_AddNumberToObject(j, "refused", (double)s->refused);
-	cJSON_AddNumberToObject(j, "protocol_errors", (double)s->proto_errors);
-	cJSON_AddNumberToObject(j, "frames", (double)s->frames);
-	cJSON_AddNumberToObject(j, "joins", (double)s->joins);
-	cJSON_AddNumberToObject(j, "leaves", (double)s->leaves);
-	cJSON_AddNumberToObject(j, "expiries", (double)s->expiries);
-	cJSON *arr = cJSON_AddArrayToObject(j, "members");
+	*out = (struct kvn_sched_stats){
+	    .epoch = s->epoch,
+	    .entries = kvn_dir_entries(s->dir),
+	    .directory_bytes = kvn_dir_bytes(s->dir),
+	    .member_region_bytes = s->blob_bytes,
+	    .connections = s->nconns,
+	    .max_connections = s->max_conns,
+	    .unjoined_timeout_ms = s->unjoined_ms,
+	    .reply_queue_bytes = s->out_bytes,
+	    .reply_queue_max = s->out_max,
+	    .slow_readers_dropped = s->slow_dropped,
+	    .accept_errors = s->accept_errors,
+	    .worker_count = s->alive,
+	    .worker_ids_held = s->held,
+	    .worker_ids_reclaimed = s->reclaimed,
+	    .worker_id_grace_ms = (uint64_t)s->grace_ms,
+	    .heartbeat_ms = s->hb_ms,
+	    .frames = s->frames,
+	    .lookups = s->lookups,
+	    .keys_looked_up = s->keys_looked_up,
+	    .published = s->publishes,
+	    .refused = s->refused,
+	    .protocol_errors = s->proto_errors,
+	    .joins = s->joins,
+	    .leaves = s->leaves,
+	    .expiries = s->expiries,
+	};
+	size_t n = 0;
+	for (uint32_t id = 0; id < s->nmembers; id++)
+		n += s->members[id].state != M_UNUSED;
+	if (n && !(out->members = calloc(n, sizeof(*out->members))))
+		return -ENOMEM;
 	for (uint32_t id = 0; id < s->nmembers; id++) {
 		const struct member *m = &s->members[id];
 		if (m->state == M_UNUSED)
 			continue;
+		struct kvn_sched_member_stats *o = &out->members[out->nmembers++];
+		o->worker_id = id;
+		o->alive = m->state == M_ALIVE;
+		o->connected = m->conn != NULL;
+		snprintf(o->name, sizeof(o->name), "%s", m->name);
+		snprintf(o->data_addr, sizeof(o->data_addr), "%s", m->data_addr);
+		snprintf(o->transport, sizeof(o->transport), "%s", m->transport);
+		snprintf(o->peer, sizeof(o->peer), "%s", m->conn ? m->conn->peer : "");
+		o->capacity = m->capacity;
+		o->chunks = kvn_dir_worker_entries(s->dir, id);
+		o->last_heartbeat_ms_ago = now - m->last_beat_ms;
+	}
+	return 0;
+}
+
+void
+kvn_sched_stats_free(struct kvn_sched_stats *st)
+{
+	free(st->members);
+	st->members = NULL;
+	st->nmembers = 0;
+}
+
+char *
+kvn_scheduler_stats_json(struct kvn_scheduler *s)
+{
+	struct kvn_sched_stats st;
+	if (kvn_scheduler_stats(s, &st))
+		return NULL;
+	cJSON *j = cJSON_CreateObject();
+	cJSON_AddStringToObject(j, "scheduler", s->addr);
+	static const struct {
+		const char *name;
+		size_t off;
+	} num[] = {
+#define F(f) {#f, offsetof(struct kvn_sched_stats, f)}
+	    F(epoch), F(worker_count), F(heartbeat_ms), F(entries), F(directory_bytes),
+	    F(connections), F(max_connections),
+	    F(unjoined_timeout_ms), F(reply_queue_bytes), F(reply_queue_max),
+	    F(slow_readers_dropped), F(accept_errors), F(worker_ids_held), F(member_region_bytes),
+	    F(worker_ids_reclaimed), F(worker_id_grace_ms), F(lookups), F(keys_looked_up),
+	    F(published), F(refused), F(protocol_errors), F(frames), F(joins), F(leaves),
+	    F(expiries),
+#undef F
+	};
+	for (size_t i = 0; i < sizeof(num) / sizeof(num[0]); i++)
+		cJSON_AddNumberToObject(j, num[i].name,
+					(double)*(const uint64_t *)((const char *)&st + num[i].off));
+	cJSON *arr = cJSON_AddArrayToObject(j, "members");
+	for (size_t i = 0; i < st.nmembers; i++) {
+		const struct kvn_sched_member_stats *m = &st.members[i];
 		cJSON *o = cJSON_CreateObject();
-		cJSON_AddNumberToObject(o, "worker_id", id);
+		cJSON_AddNumberToObject(o, "worker_id", m->worker_id);
 		cJSON_AddStringToObject(o, "name", m->name);
-		cJSON_AddStringToObject(o, "state", m->state == M_ALIVE ? "alive" : "expired");
+		cJSON_AddStringToObject(o, "state", m->alive ? "alive" : "expired");
 		cJSON_AddStringToObject(o, "data_addr", m->data_addr);
 		cJSON_AddStringToObject(o, "transport", m->transport);
 		cJSON_AddNumberToObject(o, "capacity", (double)m->capacity);
-		cJSON_AddNumberToObject(o, "chunks", (double)kvn_dir_worker_entries(s->dir, id));
-		cJSON_AddNumberToObject(o, "last_heartbeat_ms_ago",
-					(double)(now - m->last_beat_ms));
-		cJSON_AddBoolToObject(o, "connected", m->conn != NULL);
-		cJSON_AddStringToObject(o, "peer", m->conn ? m->conn->peer : "");
+		cJSON_AddNumberToObject(o, "chunks", (double)m->chunks);
+		cJSON_AddNumberToObject(o, "last_heartbeat_ms_ago", (double)m->last_heartbeat_ms_ago);
+		cJSON_AddBoolToObject(o, "connected", m->connected);
+		cJSON_AddStringToObject(o, "peer", m->peer);
 		cJSON_AddItemToArray(arr, o);
 	}
+	kvn_sched_stats_free(&st);
 	if (s->plugins) {
-		char *pl = kvn_plugins_stats_json(s->plugins);
-		cJSON *parr = pl ? cJSON_Parse(pl) : NULL;
-		free(pl);
+		cJSON *parr = kvn_plugins_stats_cjson(s->plugins);
 		if (parr && !cJSON_AddItemToObject(j, "plugins", parr))
 			cJSON_Delete(parr);
 	}

@@ -22,6 +22,7 @@
 #include "node/serve/ctlproto.h"
 #include "node/serve/lm_server.h"
 #include "core/log.h"
+#include "plugins/plugins.h"
 #include "node/serve/server.h"
 
 #define COMP		  "server"
@@ -376,9 +377,7 @@ do_stat(struct conn *c)
 	cJSON *lm = srv->lm ? kvn_lm_server_stats_json(srv->lm) : NULL;
 	if (lm && !cJSON_AddItemToObject(root, "lm_server", lm))
 		cJSON_Delete(lm);
-	text = kvn_plugins_stats_json(srv->plugins);
-	cJSON *plugins = text ? cJSON_Parse(text) : NULL;
-	free(text);
+	cJSON *plugins = kvn_plugins_stats_cjson(srv->plugins);
 	if (plugins && !cJSON_AddItemToObject(root, "plugins", plugins))
 		cJSON_Delete(plugins);
 	text = cJSON_PrintUnformatted(root);
