@@ -369,7 +369,7 @@ cpu_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 }
 
 /* ------------------------------------------------------------------------------------------
- * Hooks for the cluster glue (node/cluster.c)
+ * Hooks for the cluster glue (node/cluster/cluster.c)
  * ------------------------------------------------------------------------------------------ */
 
 void

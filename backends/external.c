@@ -1,4 +1,4 @@
-/* External backends: loads a module (node/module.c finds and opens it) and checks that the
+/* External backends: loads a module (core/module.c finds and opens it) and checks that the
  * symbol it exports is a struct kvn_backend_ops this node can drive (ABI, required operations).
  * Every refusal names the file and the symbol, and leaves nothing loaded. */
 #include <dlfcn.h>

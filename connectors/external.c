@@ -1,5 +1,5 @@
 /* External connector loader: extra_config external_connector.<scheme>.module_path/.class_name
- * → dlopen (node/module.c, the same search as external backends) → checked ops → registry. */
+ * → dlopen (core/module.c, the same search as external backends) → checked ops → registry. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>

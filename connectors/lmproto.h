@@ -1,5 +1,5 @@
 /* LMCache's cache-server wire format (`lm://`, docs/architecture.md §10): fixed request and reply
- * headers. Shared by the lm server (node/lm_server.c) and the lm connector (connectors/lm.c) so
+ * headers. Shared by the lm server (node/serve/lm_server.c) and the lm connector (connectors/lm.c) so
  * that the two sides cannot disagree on the layout or on what a valid header is. */
 #ifndef KVN_CONNECTORS_LMPROTO_H
 #define KVN_CONNECTORS_LMPROTO_H

@@ -1,4 +1,4 @@
-/* Cluster auth (node/auth.h): HMAC-SHA256 proofs over nonces with libsodium, and the per-host
+/* Cluster auth (core/auth.h): HMAC-SHA256 proofs over nonces with libsodium, and the per-host
  * token file. */
 #include <errno.h>
 #include <fcntl.h>

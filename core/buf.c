@@ -1,4 +1,4 @@
-/* Heap-backed and wrapping kvn_buf views (pool views live in node/pool.c). */
+/* Heap-backed and wrapping kvn_buf views (pool views live in core/pool.c). */
 #include <stdlib.h>
 
 #include "kvnode/kvnode.h"

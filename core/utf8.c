@@ -1,4 +1,4 @@
-/* UTF-8 decoding and the clean-text rule (node/utf8.h). */
+/* UTF-8 decoding and the clean-text rule (core/utf8.h). */
 #include "core/utf8.h"
 
 size_t

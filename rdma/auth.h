@@ -1,6 +1,6 @@
 /* Data-connection auth shared by the transports (include/kvnode/transport.h, "Data-connection
  * auth"): the messages a reader gets when an owner refuses it or fails to prove the token, and
- * the owner's rate-limited log of refusals. The proofs themselves are node/auth.h's. */
+ * the owner's rate-limited log of refusals. The proofs themselves are core/auth.h's. */
 #ifndef KVN_RDMA_AUTH_H
 #define KVN_RDMA_AUTH_H
 

@@ -10,7 +10,7 @@
 #include "kvnode/transport.h"
 #include "rdma/rdma.h"
 
-/* rdma/verbs*.c are compiled only when rdma-core is found at build time. */
+/* rdma/verbs/verbs*.c are compiled only when rdma-core is found at build time. */
 #define HAVE_VERBS_OPS KVN_HAVE_VERBS
 
 extern const struct kvn_transport_ops kvn_transport_tcp;

@@ -1,4 +1,4 @@
-/* Cluster auth (node/auth.c): the proofs (a MAC under the token's key, bound to a label and the
+/* Cluster auth (core/auth.c): the proofs (a MAC under the token's key, bound to a label and the
  * nonces), and the host's generated token file: created once with mode 0600, the same for
  * processes racing to create it, refused when others may read it. */
 #include <criterion/criterion.h>

@@ -1,4 +1,4 @@
-/* node/log.c: the rate limiter that keeps events a peer can repeat at will (refused readers)
+/* core/log.c: the rate limiter that keeps events a peer can repeat at will (refused readers)
  * from flooding the log. Nothing here depends on how fast the machine is. */
 #include <criterion/criterion.h>
 #include <pthread.h>

@@ -108,7 +108,7 @@ raw_request(int fd, uint32_t op, uint32_t rkey, uint64_t seq, uint64_t addr, uin
 	return r;
 }
 
-/* The reader's half of the set-up (rdma/tcp.h), by hand: sends a hello with nonce_r, reads the
+/* The reader's half of the set-up (rdma/tcp/tcp.h), by hand: sends a hello with nonce_r, reads the
  * challenge (nonce_o, the owner's flags and proof). */
 static void
 raw_hello(int fd, const struct kvn_auth *a, const uint8_t nonce_r[KVN_AUTH_NONCE],

@@ -1,4 +1,4 @@
-/* Client side of the local control protocol (node/ctlproto.h): one connection to a running
+/* Client side of the local control protocol (node/serve/ctlproto.h): one connection to a running
  * `kvnode serve`, requests in sequence, failures attributed to the node, the connection or the
  * caller's own file so that the CLI can pick the right exit code and message. */
 #include <cjson/cJSON.h>

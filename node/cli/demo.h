@@ -1,4 +1,4 @@
-/* `kvnode demo` (node/demo.c): a scheduler and three nodes as child processes, a peer read
+/* `kvnode demo` (node/cli/demo.c): a scheduler and three nodes as child processes, a peer read
  * between two of them, and a clean shutdown. */
 #ifndef KVN_NODE_CLI_DEMO_H
 #define KVN_NODE_CLI_DEMO_H

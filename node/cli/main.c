@@ -1,5 +1,5 @@
 /* The kvnode program: `kvnode serve` (the daemon), the client commands that talk to it over its
- * unix socket (put/get/rm/ls/stat), `demo` (node/demo.c), and the help texts (docs/architecture.md
+ * unix socket (put/get/rm/ls/stat), `demo` (node/cli/demo.c), and the help texts (docs/architecture.md
  * §9). */
 #include <errno.h>
 #include <fcntl.h>
@@ -490,7 +490,7 @@ cmd_serve(struct opts *o)
 	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
 		return die(EXIT_USAGE, "%s", err);
 	apply_log_level(o, cfg->log_level);
-	/* A node in a cluster authenticates every join and data connection (node/auth.h). */
+	/* A node in a cluster authenticates every join and data connection (core/auth.h). */
 	if (cfg->scheduler_url &&
 	    (kvn_config_check_listener(cfg, "listen", cfg->listen, err, sizeof(err)) < 0 ||
 	     kvn_config_resolve_token(cfg, true, err, sizeof(err)) < 0)) {
@@ -701,7 +701,7 @@ cmd_scheduler(struct opts *o)
 }
 
 /* ------------------------------------------------------------------------------------------
- * demo (node/demo.c)
+ * demo (node/cli/demo.c)
  * ------------------------------------------------------------------------------------------ */
 
 static int

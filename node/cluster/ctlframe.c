@@ -1,4 +1,4 @@
-/* Control frame codec between nodes and the scheduler (node/ctlframe.h): header, caps per
+/* Control frame codec between nodes and the scheduler (node/cluster/ctlframe.h): header, caps per
  * frame type, builders and validating decoders. A decoder never trusts a count it has not
  * checked against the body length. */
 #include <cjson/cJSON.h>

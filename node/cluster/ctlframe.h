@@ -1,7 +1,7 @@
 /* Control frames between nodes and `kvnode scheduler` (docs/architecture.md §5): a 16-byte header,
  * then a body that is JSON (join, stats, errors), JSON + an opaque blob (join, member notices) or
- * compact binary (publish, lookup, evict notices). Shared by node/scheduler*.c and
- * node/membership.c so both sides agree on the wire format and on what a valid frame is. */
+ * compact binary (publish, lookup, evict notices). Shared by node/scheduler/scheduler*.c and
+ * node/cluster/membership.c so both sides agree on the wire format and on what a valid frame is. */
 #ifndef KVN_NODE_CLUSTER_CTLFRAME_H
 #define KVN_NODE_CLUSTER_CTLFRAME_H
 
@@ -228,7 +228,7 @@ int kvn_cf_name_check(const char *name, char *err, size_t errlen);
 	"characters)"
 
 /* ------------------------------------------------------------------------------------------
- * Auth: a challenge-response before JOIN or STATS (node/auth.h). The client sends HELLO with its
+ * Auth: a challenge-response before JOIN or STATS (core/auth.h). The client sends HELLO with its
  * nonce; the scheduler answers CHALLENGE with its own nonce, KVN_CF_F_TOKEN when it has a token,
  * and its proof MAC(KVN_CF_SCHED_LABEL | client nonce | scheduler nonce); the client checks that
  * proof when it has a token (a scheduler that cannot prove it may be anyone) and puts its own,

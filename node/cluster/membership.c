@@ -1,4 +1,4 @@
-/* Membership client (node/membership.h): one TCP connection to the scheduler, owned by a
+/* Membership client (node/cluster/membership.h): one TCP connection to the scheduler, owned by a
  * thread that heartbeats, sends queued publishes and reads every frame (replies are matched to
  * waiting lookups by seq; notices update the member table). Callers' lookups write their
  * request under the send lock and sleep until the thread hands them the reply. */

@@ -71,7 +71,7 @@ const char *kvn_metrics_address(const struct kvn_metrics *m);
 void kvn_metrics_stop(struct kvn_metrics *m);
 
 /* ------------------------------------------------------------------------------------------
- * Collectors (node/metrics_node.c, node/metrics_sched.c)
+ * Collectors (node/metrics/metrics_node.c, node/metrics/metrics_sched.c)
  * ------------------------------------------------------------------------------------------ */
 
 struct kvn_engine;

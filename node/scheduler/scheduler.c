@@ -1,4 +1,4 @@
-/* The membership service (node/scheduler.h): one epoll thread, non-blocking sockets, every
+/* The membership service (node/scheduler/scheduler.h): one epoll thread, non-blocking sockets, every
  * frame validated before it is acted on. A bad frame gets an ERROR and closes that connection
  * only; members that miss their beats are expired and their directory entries dropped. */
 #include <cjson/cJSON.h>

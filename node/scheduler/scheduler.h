@@ -1,5 +1,5 @@
 /* `kvnode scheduler` (docs/architecture.md §5): the membership service and chunk directory. One
- * epoll thread serves every node over TCP with the control frames of node/ctlframe.h. */
+ * epoll thread serves every node over TCP with the control frames of node/cluster/ctlframe.h. */
 #ifndef KVN_NODE_SCHEDULER_SCHEDULER_H
 #define KVN_NODE_SCHEDULER_SCHEDULER_H
 

@@ -1,4 +1,4 @@
-/* The chunk directory (node/scheduler_dir.h): linear probing over a power-of-two table of
+/* The chunk directory (node/scheduler/scheduler_dir.h): linear probing over a power-of-two table of
  * 48-byte entries, backward-shift deletion (no tombstones, so lookups stay short after heavy
  * admit/evict churn). The digest is already xxh3: its low bits are the home slot. */
 #include <errno.h>

@@ -1,5 +1,5 @@
-/* Internal to the scheduler (node/scheduler.c: connections, event loop, directory frames;
- * node/scheduler_members.c: joins, expiry, member notices, the cluster view). */
+/* Internal to the scheduler (node/scheduler/scheduler.c: connections, event loop, directory frames;
+ * node/scheduler/scheduler_members.c: joins, expiry, member notices, the cluster view). */
 #ifndef KVN_NODE_SCHEDULER_SCHEDULER_INT_H
 #define KVN_NODE_SCHEDULER_SCHEDULER_INT_H
 

@@ -1,4 +1,4 @@
-/* The scheduler's membership (node/scheduler_int.h): joins with stable worker ids per node
+/* The scheduler's membership (node/scheduler/scheduler_int.h): joins with stable worker ids per node
  * name (kept worker_id_grace_ms after the name goes, then reused), expiry of silent members,
  * MEMBER notices to everyone, and the cluster view (STATS). */
 #include <cjson/cJSON.h>

@@ -1,4 +1,4 @@
-/* Thread-per-connection server skeleton (node/connsrv.h): the accept loop, the connection cap
+/* Thread-per-connection server skeleton (node/serve/connsrv.h): the accept loop, the connection cap
  * and list (and whom to close to make room), each connection's poll on its socket and the wake
  * fd with its idle limit, deadline reads, and the drain at stop. */
 #include <errno.h>

@@ -1,5 +1,5 @@
-/* Thread-per-connection server skeleton shared by the local client server (node/server.c) and
- * the lm:// server (node/lm_server.c): accept loop, connection cap (refusing, or closing the
+/* Thread-per-connection server skeleton shared by the local client server (node/serve/server.c) and
+ * the lm:// server (node/serve/lm_server.c): accept loop, connection cap (refusing, or closing the
  * connection idle the longest), idle limit, one detached thread per connection, deadline reads,
  * and a stop that lets requests in flight finish and cuts the ones still busy. */
 #ifndef KVN_NODE_SERVE_CONNSRV_H

@@ -1,5 +1,5 @@
 /* Local control protocol between `kvnode serve` and the CLI (docs/architecture.md §9):
- * length-prefixed binary frames over a unix socket. Shared by node/server.c and node/client.c so
+ * length-prefixed binary frames over a unix socket. Shared by node/serve/server.c and node/cli/client.c so
  * that the two sides cannot disagree on the wire format or on what a valid frame is. */
 #ifndef KVN_NODE_SERVE_CTLPROTO_H
 #define KVN_NODE_SERVE_CTLPROTO_H

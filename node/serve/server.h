@@ -1,5 +1,5 @@
 /* The local client server of `kvnode serve`: hosts an engine on a unix socket and answers the
- * control protocol (node/ctlproto.h), a thread per connection up to a cap. */
+ * control protocol (node/serve/ctlproto.h), a thread per connection up to a cap. */
 #ifndef KVN_NODE_SERVE_SERVER_H
 #define KVN_NODE_SERVE_SERVER_H
 

@@ -18,7 +18,7 @@
 
 /*
  * Wire protocol, version 3 (all fields little-endian). Connection set-up is a challenge-response
- * in both directions (node/auth.h), before any request is read:
+ * in both directions (core/auth.h), before any request is read:
  *   reader -> owner   HELLO      header (flags: TCP_F_TOKEN when it has an auth_token), nonce_r
  *   owner  -> reader  CHALLENGE  header (status 0, or EPROTO: another version), nonce_o,
  *                                proof_o = MAC("kvnode tcp owner v3" | nonce_r | nonce_o)

@@ -56,7 +56,7 @@ recv_msg(int fd, uint8_t *buf, size_t len, size_t min_len, uint64_t deadline)
 	return (ssize_t)got;
 }
 
-/* The set-up of rdma/tcp.h on a connected socket: 0, or a negative errno with err set. */
+/* The set-up of rdma/tcp/tcp.h on a connected socket: 0, or a negative errno with err set. */
 static int
 handshake(const struct kvn_tp_ep *ep, int fd, uint64_t deadline, char *err, size_t errlen)
 {

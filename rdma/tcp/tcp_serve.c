@@ -21,7 +21,7 @@
 /* Bytes sent to one connection before the thread turns to the others. */
 #define SEND_BUDGET (8u << 20)
 
-/* Where a connection is in the set-up of rdma/tcp.h's protocol. */
+/* Where a connection is in the set-up of rdma/tcp/tcp.h's protocol. */
 enum hs_state {
 	HS_HELLO, /* waiting for the reader's hello */
 	HS_PROOF, /* challenge sent, waiting for the reader's proof */
@@ -332,7 +332,7 @@ send_all(struct tcp_serve_conn *c, const uint8_t *msg, size_t len)
 	return send(c->p.fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT) == (ssize_t)len ? 0 : -EIO;
 }
 
-/* One step of the set-up (rdma/tcp.h). 1 when it is done, 0 when more bytes are needed,
+/* One step of the set-up (rdma/tcp/tcp.h). 1 when it is done, 0 when more bytes are needed,
  * negative when the connection is to be closed without serving anything. */
 static int
 do_handshake(struct kvn_transport *tp, struct tcp_serve_conn *c)

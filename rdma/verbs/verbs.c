@@ -1,6 +1,6 @@
 /* The verbs transport (docs/architecture.md §4): one-sided IBV_WR_RDMA_READ over RC queue pairs on
  * rdma-core. This file: device selection, the instance, registrations, endpoints and the read
- * entry point; rdma/verbs_post.c the data path, rdma/verbs_cm.c connection management. */
+ * entry point; rdma/verbs/verbs_post.c the data path, rdma/verbs/verbs_cm.c connection management. */
 #include <errno.h>
 #include <poll.h>
 #include <sched.h>

@@ -1,5 +1,5 @@
-/* Internal state of the verbs transport, shared by rdma/verbs.c (device, registrations, read
- * path, progress thread) and rdma/verbs_cm.c (rdma_cm: listen, accept, connect, disconnects). */
+/* Internal state of the verbs transport, shared by rdma/verbs/verbs.c (device, registrations, read
+ * path, progress thread) and rdma/verbs/verbs_cm.c (rdma_cm: listen, accept, connect, disconnects). */
 #ifndef KVN_RDMA_VERBS_VERBS_H
 #define KVN_RDMA_VERBS_VERBS_H
 

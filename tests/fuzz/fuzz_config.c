@@ -1,4 +1,4 @@
-/* Fuzzes the config loader (node/config*.c). The first input byte picks the mode:
+/* Fuzzes the config loader (node/engine/config*.c). The first input byte picks the mode:
  *   even: the rest is a YAML file (kvn_config_parse, as `kvnode serve -c FILE` reads it);
  *   odd:  the rest is an environment on top of the defaults: lines of "<key byte><value>",
  *         the key byte naming a config key (KVNODE_<KEY>, or LMCACHE_<KEY> when its top bit is

@@ -1,5 +1,5 @@
-/* Fuzzes the scheduler's control frames (node/ctlframe.c) and chunk directory
- * (node/scheduler_dir.c). The first input byte picks what the rest is:
+/* Fuzzes the scheduler's control frames (node/cluster/ctlframe.c) and chunk directory
+ * (node/scheduler/scheduler_dir.c). The first input byte picks what the rest is:
  *   0 a frame header          1 a JSON + blob body (JOIN, MEMBER)   2 a PUBLISH body
  *   3 a LOOKUP body           4 a LOOKUP_REPLY (count and max_locs from the input first)
  *   5 an EVICTED body         6 an ERROR body                       7 a receive stream

@@ -1,4 +1,4 @@
-/* Fuzzes the real local server (node/server.c over node/connsrv.c) of `kvnode serve`: an engine
+/* Fuzzes the real local server (node/serve/server.c over node/serve/connsrv.c) of `kvnode serve`: an engine
  * with a 32 MiB cpu tier behind a unix socket, started once. Each input is sent as raw bytes
  * over a fresh connection (then the writing side is shut); the server must answer with whole,
  * valid reply frames only and close, and it must go on serving: every 64 inputs a PING and a

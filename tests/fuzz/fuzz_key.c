@@ -1,4 +1,4 @@
-/* Fuzzes key parsing (node/key.c): any bytes are accepted exactly when they are 1..512 bytes of
+/* Fuzzes key parsing (core/key.c): any bytes are accepted exactly when they are 1..512 bytes of
  * UTF-8 without control characters, a refusal has a reason, and an accepted key is
  * self-consistent: its text, length and digest are the input's, the fields of its LMCache form
  * lie inside the text, and parsing its printed form gives the same key. */

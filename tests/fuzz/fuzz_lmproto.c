@@ -1,4 +1,4 @@
-/* Fuzzes LMCache's cache-server codec (node/lmproto.c) and the lm:// connector's side of it
+/* Fuzzes LMCache's cache-server codec (connectors/lmproto.c) and the lm:// connector's side of it
  * (connectors/lm.c) against a fake server. The first input byte picks the mode:
  *   0  a request: decode (the key's padding stripped), re-encode, decode again;
  *   1  a reply: decode, re-encode;

@@ -1,4 +1,4 @@
-/* Fuzzes the real lm:// server (node/lm_server.c over node/connsrv.c): LMCache's cache-server
+/* Fuzzes the real lm:// server (node/serve/lm_server.c over node/serve/connsrv.c): LMCache's cache-server
  * protocol on 127.0.0.1:0 in front of an engine with a 32 MiB cpu tier, started once. Each
  * input is sent raw over a fresh TCP connection (then the writing side is shut). Properties:
  * the server answers only with whole reply headers (200 with its payload, or 400 without one)

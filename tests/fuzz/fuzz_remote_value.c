@@ -1,4 +1,4 @@
-/* Fuzzes remote values (node/remote_value.c): LMCache's 28-byte header, kvnode's integrity tag
+/* Fuzzes remote values (connectors/remote_value.c): LMCache's 28-byte header, kvnode's integrity tag
  * and the checks the node applies to what a store returns, and the fs:// connector
  * (connectors/fs.c) reading files someone else wrote. The first input byte picks the mode:
  *   0  a header of any length: decode, and re-encode what decodes;

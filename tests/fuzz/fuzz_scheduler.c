@@ -1,4 +1,4 @@
-/* Fuzzes the real scheduler (node/scheduler*.c): one kvn_scheduler on 127.0.0.1:0, its loop on a
+/* Fuzzes the real scheduler (node/scheduler/scheduler*.c): one kvn_scheduler on 127.0.0.1:0, its loop on a
  * thread, started once. Each input goes over a fresh TCP connection; the first byte picks the
  * mode: even, the rest is sent raw; odd, a HELLO and a valid JOIN (as a node "fuzz-node" sends
  * them to a scheduler without a token) go first, so PUBLISH, LOOKUP, HEARTBEAT and LEAVE reach

@@ -1,4 +1,4 @@
-/* Fuzzes the tcp transport's owner side (rdma/tcp_serve.c): a transport with an auth_token, two
+/* Fuzzes the tcp transport's owner side (rdma/tcp/tcp_serve.c): a transport with an auth_token, two
  * registered regions of known bytes with unregistered guard pages around and between them, a
  * third registration already dropped, listening on 127.0.0.1:0, opened once. The first input
  * byte picks the mode; the rest goes over a fresh connection:
@@ -77,7 +77,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 }
 
 /* ------------------------------------------------------------------------------------------
- * The reader's set-up, by the book (rdma/tcp.h)
+ * The reader's set-up, by the book (rdma/tcp/tcp.h)
  * ------------------------------------------------------------------------------------------ */
 
 static void

@@ -568,7 +568,7 @@ gen_config(const char *examples)
 		closedir(d);
 	struct seed *s = seed_new();
 	add_u8(s, 1);
-	/* key bytes index node/config.c's table: 2 max_local_cpu_size, 8 extra_config,
+	/* key bytes index node/engine/config.c's table: 2 max_local_cpu_size, 8 extra_config,
 	 * 10 node_name, 23 hugepages; 0x80 | key: LMCACHE_<KEY>. */
 	add_u8(s, 2);
 	add_str(s, "0.25\n");
