@@ -143,12 +143,13 @@ check_alive(void)
 		  kvn_cf_type_name(h.type), h.seq);
 	kvn_cf_rx_free(&rx);
 	close(fd);
-	char *text = kvn_scheduler_stats_json_sync(sched, IDLE_MS);
-	FZ_ASSERT(text, "the scheduler loop no longer answers kvn_scheduler_stats_json_sync");
-	cJSON *j = cJSON_Parse(text);
-	FZ_ASSERT(cJSON_IsObject(j), "the stats are not a JSON object: %s", text);
-	cJSON_Delete(j);
-	free(text);
+	struct kvn_sched_stats st;
+	int rc = kvn_scheduler_stats_sync(sched, IDLE_MS, &st);
+	FZ_ASSERT(rc == 0, "the scheduler loop no longer answers kvn_scheduler_stats_sync: %s",
+		  kvn_strerror(rc));
+	FZ_ASSERT(st.nmembers == st.worker_ids_held, "the stats list %zu members for %llu held ids",
+		  st.nmembers, (unsigned long long)st.worker_ids_held);
+	kvn_sched_stats_free(&st);
 }
 
 int
