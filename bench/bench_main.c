@@ -152,111 +152,123 @@ parse_sizes(struct bench_opts *o, const char *list)
 	return o->nsizes ? 0 : -EINVAL;
 }
 
-int
-main(int argc, char **argv)
+enum { O_BASELINE = 256, O_JSON, O_SIZES, O_DURATION, O_WSET, O_TRIALS, O_LEVEL, O_VERSION,
+       O_TRANSPORT, O_CONNECT, O_REMOTE, O_LISTEN, O_INFLIGHT, O_CONNS, O_SERVE, O_ENTRIES,
+       O_URL, O_PEER };
+
+static const struct option longopts[] = {
+	{ "baseline", no_argument, NULL, O_BASELINE },
+	{ "json", no_argument, NULL, O_JSON },
+	{ "sizes", required_argument, NULL, O_SIZES },
+	{ "duration", required_argument, NULL, O_DURATION },
+	{ "working-set", required_argument, NULL, O_WSET },
+	{ "trials", required_argument, NULL, O_TRIALS },
+	{ "log-level", required_argument, NULL, O_LEVEL },
+	{ "transport", required_argument, NULL, O_TRANSPORT },
+	{ "connect", required_argument, NULL, O_CONNECT },
+	{ "remote", required_argument, NULL, O_REMOTE },
+	{ "listen", required_argument, NULL, O_LISTEN },
+	{ "inflight", required_argument, NULL, O_INFLIGHT },
+	{ "conns", required_argument, NULL, O_CONNS },
+	{ "serve", no_argument, NULL, O_SERVE },
+	{ "entries", required_argument, NULL, O_ENTRIES },
+	{ "url", required_argument, NULL, O_URL },
+	{ "peer", no_argument, NULL, O_PEER },
+	{ "verbose", no_argument, NULL, 'v' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, O_VERSION },
+	{ 0 },
+};
+
+/* The value of numeric option c (--entries, --inflight, --conns, --duration, --working-set,
+ * --trials) into o: 0, or 2 (the usage exit status) once the range is said. */
+static int
+set_number(struct bench_opts *o, int c, const char *arg)
 {
-	struct bench_opts o = {
-		.duration_s = 0.5,
-		.working_set = 256ull << 20,
-		.sizes = { 256 << 10, 1 << 20, 4 << 20, 32 << 20 },
-		.nsizes = 4,
-		.trials = 3,
-		.transport = "tcp",
-		.inflight = 8,
-		.entries = 10000000,
-	};
-	enum { O_BASELINE = 256, O_JSON, O_SIZES, O_DURATION, O_WSET, O_TRIALS, O_LEVEL, O_VERSION,
-	       O_TRANSPORT, O_CONNECT, O_REMOTE, O_LISTEN, O_INFLIGHT, O_CONNS, O_SERVE, O_ENTRIES,
-	       O_URL, O_PEER };
-	static const struct option longopts[] = {
-		{ "baseline", no_argument, NULL, O_BASELINE },
-		{ "json", no_argument, NULL, O_JSON },
-		{ "sizes", required_argument, NULL, O_SIZES },
-		{ "duration", required_argument, NULL, O_DURATION },
-		{ "working-set", required_argument, NULL, O_WSET },
-		{ "trials", required_argument, NULL, O_TRIALS },
-		{ "log-level", required_argument, NULL, O_LEVEL },
-		{ "transport", required_argument, NULL, O_TRANSPORT },
-		{ "connect", required_argument, NULL, O_CONNECT },
-		{ "remote", required_argument, NULL, O_REMOTE },
-		{ "listen", required_argument, NULL, O_LISTEN },
-		{ "inflight", required_argument, NULL, O_INFLIGHT },
-		{ "conns", required_argument, NULL, O_CONNS },
-		{ "serve", no_argument, NULL, O_SERVE },
-		{ "entries", required_argument, NULL, O_ENTRIES },
-		{ "url", required_argument, NULL, O_URL },
-		{ "peer", no_argument, NULL, O_PEER },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, O_VERSION },
-		{ 0 },
-	};
-	kvn_log_set_level(KVN_LOG_WARN);
-	int c;
 	char *end;
+	switch (c) {
+	case O_ENTRIES:
+		o->entries = strtoull(arg, &end, 10);
+		if (*end || o->entries < 1 || o->entries > (1ull << 32)) {
+			fprintf(stderr, "kvnode-bench: --entries: want 1..4294967296, got \"%s\"\n", arg);
+			return 2;
+		}
+		break;
+	case O_INFLIGHT:
+	case O_CONNS: {
+		long v = strtol(arg, &end, 10);
+		int max = c == O_INFLIGHT ? 4096 : 16;
+		if (*end || v < 1 || v > max) {
+			fprintf(stderr, "kvnode-bench: --%s: want 1..%d, got \"%s\"\n",
+				c == O_INFLIGHT ? "inflight" : "conns", max, arg);
+			return 2;
+		}
+		*(c == O_INFLIGHT ? &o->inflight : &o->conns) = (int)v;
+		break;
+	}
+	case O_DURATION:
+		o->duration_s = strtod(arg, &end);
+		if (*end || !(o->duration_s > 0 && o->duration_s <= 3600)) {
+			fprintf(stderr, "kvnode-bench: --duration: want seconds in (0, 3600], got \"%s\"\n", arg);
+			return 2;
+		}
+		break;
+	case O_WSET: {
+		unsigned long long mib = strtoull(arg, &end, 10);
+		if (*end || mib < 1 || mib > (1ull << 20)) {
+			fprintf(stderr, "kvnode-bench: --working-set: want MiB >= 1, got \"%s\"\n", arg);
+			return 2;
+		}
+		o->working_set = mib << 20;
+		break;
+	}
+	case O_TRIALS:
+		o->trials = (int)strtol(arg, &end, 10);
+		if (*end || o->trials < 1 || o->trials > 99) {
+			fprintf(stderr, "kvnode-bench: --trials: want 1..99, got \"%s\"\n", arg);
+			return 2;
+		}
+		break;
+	}
+	return 0;
+}
+
+/* The options into o (and the log level): -1 to go on to the mode, else the exit status
+ * (0 after --help or --version, 2 for a usage error). */
+static int
+parse_opts(int argc, char **argv, struct bench_opts *o)
+{
+	int c;
 	while ((c = getopt_long(argc, argv, "hv", longopts, NULL)) != -1) {
 		switch (c) {
-		case O_BASELINE: o.baseline = true; break;
-		case O_JSON: o.json = true; break;
+		case O_BASELINE: o->baseline = true; break;
+		case O_JSON: o->json = true; break;
 		case O_SIZES:
-			if (parse_sizes(&o, optarg) < 0)
+			if (parse_sizes(o, optarg) < 0)
 				return 2;
-			o.sizes_given = true;
+			o->sizes_given = true;
 			break;
 		case O_TRANSPORT:
 			if (strcmp(optarg, "tcp") && strcmp(optarg, "verbs") && strcmp(optarg, "auto")) {
 				fprintf(stderr, "kvnode-bench: --transport: want tcp, verbs or auto, got \"%s\"\n", optarg);
 				return 2;
 			}
-			o.transport = optarg;
+			o->transport = optarg;
 			break;
-		case O_CONNECT: o.connect = optarg; break;
-		case O_REMOTE: o.remote_desc = optarg; break;
-		case O_LISTEN: o.listen = optarg; break;
-		case O_SERVE: o.serve = true; break;
-		case O_URL: o.url = optarg; break;
-		case O_PEER: o.peer = true; break;
+		case O_CONNECT: o->connect = optarg; break;
+		case O_REMOTE: o->remote_desc = optarg; break;
+		case O_LISTEN: o->listen = optarg; break;
+		case O_SERVE: o->serve = true; break;
+		case O_URL: o->url = optarg; break;
+		case O_PEER: o->peer = true; break;
 		case O_ENTRIES:
-			o.entries = strtoull(optarg, &end, 10);
-			if (*end || o.entries < 1 || o.entries > (1ull << 32)) {
-				fprintf(stderr, "kvnode-bench: --entries: want 1..4294967296, got \"%s\"\n", optarg);
-				return 2;
-			}
-			break;
 		case O_INFLIGHT:
-		case O_CONNS: {
-			long v = strtol(optarg, &end, 10);
-			int max = c == O_INFLIGHT ? 4096 : 16;
-			if (*end || v < 1 || v > max) {
-				fprintf(stderr, "kvnode-bench: --%s: want 1..%d, got \"%s\"\n",
-					c == O_INFLIGHT ? "inflight" : "conns", max, optarg);
-				return 2;
-			}
-			*(c == O_INFLIGHT ? &o.inflight : &o.conns) = (int)v;
-			break;
-		}
+		case O_CONNS:
 		case O_DURATION:
-			o.duration_s = strtod(optarg, &end);
-			if (*end || !(o.duration_s > 0 && o.duration_s <= 3600)) {
-				fprintf(stderr, "kvnode-bench: --duration: want seconds in (0, 3600], got \"%s\"\n", optarg);
-				return 2;
-			}
-			break;
-		case O_WSET: {
-			unsigned long long mib = strtoull(optarg, &end, 10);
-			if (*end || mib < 1 || mib > (1ull << 20)) {
-				fprintf(stderr, "kvnode-bench: --working-set: want MiB >= 1, got \"%s\"\n", optarg);
-				return 2;
-			}
-			o.working_set = mib << 20;
-			break;
-		}
+		case O_WSET:
 		case O_TRIALS:
-			o.trials = (int)strtol(optarg, &end, 10);
-			if (*end || o.trials < 1 || o.trials > 99) {
-				fprintf(stderr, "kvnode-bench: --trials: want 1..99, got \"%s\"\n", optarg);
+			if (set_number(o, c, optarg))
 				return 2;
-			}
 			break;
 		case O_LEVEL: {
 			int l = kvn_log_level_parse(optarg);
@@ -275,6 +287,53 @@ main(int argc, char **argv)
 			return 2;
 		}
 	}
+	return -1;
+}
+
+/* Runs the named mode; returns the exit status. */
+static int
+run_mode(struct bench_opts *o, const char *mode)
+{
+	if (!strcmp(mode, "local"))
+		return bench_local(o) < 0 ? 1 : 0;
+	if (!strcmp(mode, "peer")) {
+		if (!o->sizes_given) {
+			const size_t peer_sizes[] = { 64 << 10, 256 << 10, 1 << 20, 4 << 20, 32 << 20 };
+			memcpy(o->sizes, peer_sizes, sizeof(peer_sizes));
+			o->nsizes = 5;
+		}
+		return bench_peer(o) < 0 ? 1 : 0;
+	}
+	if (!strcmp(mode, "scheduler"))
+		return bench_scheduler(o) < 0 ? 1 : 0;
+	if (!strcmp(mode, "remote"))
+		return bench_remote(o) < 0 ? 1 : 0;
+	if (!strcmp(mode, "disk") ||
+	    !strcmp(mode, "gpu")) {
+		fprintf(stderr, "kvnode-bench: mode \"%s\" is not in this build yet (only \"local\", \"peer\", \"scheduler\" and \"remote\")\n", mode);
+		return 2;
+	}
+	fprintf(stderr, "kvnode-bench: unknown mode \"%s\" (local, peer, scheduler, remote, disk, gpu)\n", mode);
+	return 2;
+}
+
+int
+main(int argc, char **argv)
+{
+	struct bench_opts o = {
+		.duration_s = 0.5,
+		.working_set = 256ull << 20,
+		.sizes = { 256 << 10, 1 << 20, 4 << 20, 32 << 20 },
+		.nsizes = 4,
+		.trials = 3,
+		.transport = "tcp",
+		.inflight = 8,
+		.entries = 10000000,
+	};
+	kvn_log_set_level(KVN_LOG_WARN);
+	int rc = parse_opts(argc, argv, &o);
+	if (rc >= 0)
+		return rc;
 	if (optind >= argc) {
 		fprintf(stderr, "kvnode-bench: missing MODE (local); try --help\n");
 		return 2;
@@ -284,25 +343,5 @@ main(int argc, char **argv)
 		fprintf(stderr, "kvnode-bench: unexpected argument \"%s\"; try --help\n", argv[optind + 1]);
 		return 2;
 	}
-	if (!strcmp(mode, "local"))
-		return bench_local(&o) < 0 ? 1 : 0;
-	if (!strcmp(mode, "peer")) {
-		if (!o.sizes_given) {
-			const size_t peer_sizes[] = { 64 << 10, 256 << 10, 1 << 20, 4 << 20, 32 << 20 };
-			memcpy(o.sizes, peer_sizes, sizeof(peer_sizes));
-			o.nsizes = 5;
-		}
-		return bench_peer(&o) < 0 ? 1 : 0;
-	}
-	if (!strcmp(mode, "scheduler"))
-		return bench_scheduler(&o) < 0 ? 1 : 0;
-	if (!strcmp(mode, "remote"))
-		return bench_remote(&o) < 0 ? 1 : 0;
-	if (!strcmp(mode, "disk") ||
-	    !strcmp(mode, "gpu")) {
-		fprintf(stderr, "kvnode-bench: mode \"%s\" is not in this build yet (only \"local\", \"peer\", \"scheduler\" and \"remote\")\n", mode);
-		return 2;
-	}
-	fprintf(stderr, "kvnode-bench: unknown mode \"%s\" (local, peer, scheduler, remote, disk, gpu)\n", mode);
-	return 2;
+	return run_mode(&o, mode);
 }

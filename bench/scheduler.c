@@ -288,88 +288,119 @@ serve(void *arg)
 	return NULL;
 }
 
-int
-bench_scheduler(const struct bench_opts *o)
+static const uint32_t batches[] = {1, 16, 256};
+/* Enough frames in flight to hide the round trip, few enough for the socket buffers. */
+static const int windows[] = {128, 64, 16};
+
+/* Starts an in-process scheduler on 127.0.0.1 on its own thread. */
+static int
+start_scheduler(struct kvn_scheduler **s, pthread_t *th)
 {
-	static const uint32_t batches[] = {1, 16, 256};
-	/* Enough frames in flight to hide the round trip, few enough for the socket buffers. */
-	static const int windows[] = {128, 64, 16};
-	struct kvn_scheduler *s = NULL;
-	pthread_t th;
 	char err[512];
-	const char *addr = o->connect;
-	int rc = 0;
-	if (!addr) {
-		struct kvn_scheduler_opts so = {
-		    .listen = "127.0.0.1:0", .heartbeat_ms = 60000, .expect_entries = LOOKUP_KEYS};
-		if (kvn_scheduler_create(&so, &s, err, sizeof(err)) < 0) {
-			fprintf(stderr, "kvnode-bench: %s\n", err);
-			return -1;
-		}
-		pthread_create(&th, NULL, serve, s);
-		addr = kvn_scheduler_address(s);
+	struct kvn_scheduler_opts so = {
+	    .listen = "127.0.0.1:0", .heartbeat_ms = 60000, .expect_entries = LOOKUP_KEYS};
+	if (kvn_scheduler_create(&so, s, err, sizeof(err)) < 0) {
+		fprintf(stderr, "kvnode-bench: %s\n", err);
+		return -1;
 	}
+	pthread_create(th, NULL, serve, *s);
+	return 0;
+}
+
+/* The baseline's directory, holding the same keys as the scheduler's (NULL when out of
+ * memory: the rows then go without a baseline). */
+static void
+fill_direct(struct kvn_dir **direct)
+{
+	kvn_dir_create(LOOKUP_KEYS, direct);
+	for (uint64_t i = 0; *direct && i < LOOKUP_KEYS; i++) {
+		struct kvn_loc l = loc(i);
+		kvn_dir_admit(*direct, digest(i), &l);
+	}
+}
+
+static void
+print_header(const struct bench_opts *o, bool in_process, const char *addr)
+{
 	char setup[512];
 	snprintf(setup, sizeof(setup),
 		 "%s scheduler at %s over loopback TCP, one pipelined client connection; "
 		 "directory of %u entries; 1 location asked per key",
-		 s ? "in-process (its own epoll thread)" : "external", addr, LOOKUP_KEYS);
+		 in_process ? "in-process (its own epoll thread)" : "external", addr, LOOKUP_KEYS);
+	printf("--------------------------------------------------------------------------"
+	       "-------------------\n %s\n",
+	       setup);
+	printf("--------------------------------------------------------------------------"
+	       "-------------------\n");
+	printf(" %-9s %8s %12s %16s%s\n", "#op", "#batch", "#frames", "keys/s",
+	       o->baseline ? "   baseline keys/s (in-process)   ratio" : "");
+}
+
+/* The lookup row of batch size batches[b]: measured through the scheduler (and, with a
+ * direct directory, the baseline), then added to rows (--json) or printed. */
+static int
+lookup_row(const struct bench_opts *o, struct client *c, struct kvn_dir *direct, size_t b,
+	   bool in_process, cJSON *rows)
+{
+	struct result r;
+	int rc = run_lookups(c, batches[b], windows[b], o->duration_s, LOOKUP_KEYS, &r);
+	if (rc)
+		return rc;
+	double base = direct ? direct_lookups(direct, batches[b], o->duration_s, LOOKUP_KEYS) : 0;
+	if (o->json) {
+		cJSON *j = cJSON_CreateObject();
+		cJSON_AddStringToObject(j, "mode", "scheduler");
+		cJSON_AddStringToObject(j, "op", "lookup");
+		cJSON_AddNumberToObject(j, "batch", batches[b]);
+		cJSON_AddNumberToObject(j, "bytes", 16.0 * batches[b]);
+		cJSON_AddNumberToObject(j, "iterations", (double)r.frames);
+		cJSON_AddNumberToObject(j, "ops_per_s", r.keys_per_s);
+		cJSON_AddStringToObject(j, "path",
+					in_process ? "loopback TCP, in-process scheduler thread"
+						   : "loopback TCP, external scheduler");
+		cJSON_AddNumberToObject(j, "frames_in_flight", windows[b]);
+		cJSON_AddNumberToObject(j, "directory_entries", LOOKUP_KEYS);
+		if (direct) {
+			cJSON_AddStringToObject(j, "baseline", "in-process directory lookup");
+			cJSON_AddNumberToObject(j, "baseline_ops_per_s", base);
+			cJSON_AddNumberToObject(j, "ratio", r.keys_per_s / base);
+		}
+		cJSON_AddItemToArray(rows, j);
+	} else {
+		printf(" %-9s %8u %12llu %16.0f", "lookup", batches[b],
+		       (unsigned long long)r.frames, r.keys_per_s);
+		if (direct)
+			printf(" %32.0f %7.3f", base, r.keys_per_s / base);
+		printf("\n");
+		fflush(stdout);
+	}
+	return 0;
+}
+
+int
+bench_scheduler(const struct bench_opts *o)
+{
+	struct kvn_scheduler *s = NULL;
+	pthread_t th;
+	const char *addr = o->connect;
+	int rc = 0;
+	if (!addr) {
+		if (start_scheduler(&s, &th) < 0)
+			return -1;
+		addr = kvn_scheduler_address(s);
+	}
 	cJSON *rows = cJSON_CreateArray();
 	struct client c = {.fd = -1};
 	struct kvn_dir *direct = NULL;
 	if ((rc = client_open(&c, addr, LOOKUP_KEYS)))
 		goto out;
-	if (o->baseline) {
-		kvn_dir_create(LOOKUP_KEYS, &direct);
-		for (uint64_t i = 0; direct && i < LOOKUP_KEYS; i++) {
-			struct kvn_loc l = loc(i);
-			kvn_dir_admit(direct, digest(i), &l);
-		}
-	}
-	if (!o->json) {
-		printf("--------------------------------------------------------------------------"
-		       "-------------------\n %s\n",
-		       setup);
-		printf("--------------------------------------------------------------------------"
-		       "-------------------\n");
-		printf(" %-9s %8s %12s %16s%s\n", "#op", "#batch", "#frames", "keys/s",
-		       o->baseline ? "   baseline keys/s (in-process)   ratio" : "");
-	}
-	for (size_t b = 0; b < sizeof(batches) / sizeof(batches[0]); b++) {
-		struct result r;
-		if ((rc = run_lookups(&c, batches[b], windows[b], o->duration_s, LOOKUP_KEYS, &r)))
+	if (o->baseline)
+		fill_direct(&direct);
+	if (!o->json)
+		print_header(o, s != NULL, addr);
+	for (size_t b = 0; b < sizeof(batches) / sizeof(batches[0]); b++)
+		if ((rc = lookup_row(o, &c, direct, b, s != NULL, rows)))
 			goto out;
-		double base =
-		    direct ? direct_lookups(direct, batches[b], o->duration_s, LOOKUP_KEYS) : 0;
-		if (o->json) {
-			cJSON *j = cJSON_CreateObject();
-			cJSON_AddStringToObject(j, "mode", "scheduler");
-			cJSON_AddStringToObject(j, "op", "lookup");
-			cJSON_AddNumberToObject(j, "batch", batches[b]);
-			cJSON_AddNumberToObject(j, "bytes", 16.0 * batches[b]);
-			cJSON_AddNumberToObject(j, "iterations", (double)r.frames);
-			cJSON_AddNumberToObject(j, "ops_per_s", r.keys_per_s);
-			cJSON_AddStringToObject(j, "path",
-						s ? "loopback TCP, in-process scheduler thread"
-						  : "loopback TCP, external scheduler");
-			cJSON_AddNumberToObject(j, "frames_in_flight", windows[b]);
-			cJSON_AddNumberToObject(j, "directory_entries", LOOKUP_KEYS);
-			if (direct) {
-				cJSON_AddStringToObject(j, "baseline",
-							"in-process directory lookup");
-				cJSON_AddNumberToObject(j, "baseline_ops_per_s", base);
-				cJSON_AddNumberToObject(j, "ratio", r.keys_per_s / base);
-			}
-			cJSON_AddItemToArray(rows, j);
-		} else {
-			printf(" %-9s %8u %12llu %16.0f", "lookup", batches[b],
-			       (unsigned long long)r.frames, r.keys_per_s);
-			if (direct)
-				printf(" %32.0f %7.3f", base, r.keys_per_s / base);
-			printf("\n");
-			fflush(stdout);
-		}
-	}
 	kvn_dir_destroy(direct);
 	direct = NULL;
 	rc = bench_memory(o, rows);
