@@ -346,18 +346,51 @@ kvn_sched_hello(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uin
 	return kvn_cf_end(&c->out) ? -1 : 0;
 }
 
-int
-kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
-	       uint32_t len)
+/* What a JOIN asks for, read from its body. */
+struct join_req {
+	struct member nm; /* name, data_addr, transport, capacity; blob not yet copied */
+	double hint;	  /* the worker_id it asks for, -1 for none */
+	const uint8_t *blob;
+	size_t blob_len;
+};
+
+/* The JOIN JSON's fields into q: 0, or an error written to err. */
+static int
+join_fields(const cJSON *j, struct join_req *q, char *err, size_t errlen)
+{
+	struct member *nm = &q->nm;
+	const cJSON *cap = cJSON_GetObjectItemCaseSensitive(j, "capacity");
+	const cJSON *hint = cJSON_GetObjectItemCaseSensitive(j, "worker_id");
+	int rc = copy_str(j, "name", nm->name, sizeof(nm->name), true, err, errlen);
+	nm->name_next = -1;
+	if (!rc)
+		rc = copy_str(j, "data_addr", nm->data_addr, sizeof(nm->data_addr), false, err,
+			      errlen);
+	if (!rc)
+		rc = copy_str(j, "transport", nm->transport, sizeof(nm->transport), false, err,
+			      errlen);
+	if (!rc && cap &&
+	    !(cJSON_IsNumber(cap) && cap->valuedouble >= 0 && cap->valuedouble < 1e19))
+		rc = kvn_seterr(err, errlen, "JOIN \"capacity\" must be a byte count");
+	nm->capacity = cJSON_IsNumber(cap) && !rc ? (uint64_t)cap->valuedouble : 0;
+	q->hint = cJSON_IsNumber(hint) ? hint->valuedouble : -1;
+	return rc;
+}
+
+/* Validates a JOIN (a first JOIN on the connection, a JSON object, the proof, its fields) into
+ * q; 0, or the connection is refused. */
+static int
+parse_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
+	   uint32_t len, struct join_req *q)
 {
 	char err[256];
 	const char *jtext;
-	const uint8_t *blob;
-	size_t jlen, blen;
+	size_t jlen;
 	if (c->member >= 0)
 		return kvn_sched_conn_fail(s, c, seq, -EPROTO,
 					   "JOIN on a connection that already joined");
-	if (kvn_cf_split_json_blob(body, len, &jtext, &jlen, &blob, &blen, err, sizeof(err)))
+	if (kvn_cf_split_json_blob(body, len, &jtext, &jlen, &q->blob, &q->blob_len, err,
+				   sizeof(err)))
 		return kvn_sched_conn_fail(s, c, seq, -EPROTO, "JOIN: %s", err);
 	cJSON *j = cJSON_ParseWithLength(jtext, jlen);
 	if (!cJSON_IsObject(j)) {
@@ -370,80 +403,85 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 		cJSON_Delete(j);
 		return prc;
 	}
-	struct member nm = {0};
-	const cJSON *cap = cJSON_GetObjectItemCaseSensitive(j, "capacity");
-	const cJSON *hint = cJSON_GetObjectItemCaseSensitive(j, "worker_id");
-	const cJSON *we = cJSON_GetObjectItemCaseSensitive(j, "want_evicts");
-	int rc = copy_str(j, "name", nm.name, sizeof(nm.name), true, err, sizeof(err));
-	nm.name_next = -1;
-	if (!rc)
-		rc = copy_str(j, "data_addr", nm.data_addr, sizeof(nm.data_addr), false, err,
-			      sizeof(err));
-	if (!rc)
-		rc = copy_str(j, "transport", nm.transport, sizeof(nm.transport), false, err,
-			      sizeof(err));
-	if (!rc && cap &&
-	    !(cJSON_IsNumber(cap) && cap->valuedouble >= 0 && cap->valuedouble < 1e19))
-		rc = kvn_seterr(err, sizeof(err), "JOIN \"capacity\" must be a byte count");
-	nm.capacity = cJSON_IsNumber(cap) && !rc ? (uint64_t)cap->valuedouble : 0;
-	double h = cJSON_IsNumber(hint) ? hint->valuedouble : -1;
-	c->want_evicts = cJSON_IsTrue(we);
+	memset(&q->nm, 0, sizeof(q->nm));
+	int rc = join_fields(j, q, err, sizeof(err));
+	c->want_evicts = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "want_evicts"));
 	cJSON_Delete(j);
 	if (rc)
 		return kvn_sched_conn_fail(s, c, seq, -EINVAL, "%s", err);
-	uint32_t id;
-	bool fresh;
-	if ((rc = pick_id(s, nm.name, h, &id, &fresh)) == -EUSERS) {
+	return 0;
+}
+
+/* A worker id for the joining name (its own again, or a free one), the blob copied into
+ * q->nm and a fresh id's name indexed; 0, or the connection is refused. */
+static int
+claim_id(struct kvn_scheduler *s, struct conn *c, uint32_t seq, struct join_req *q,
+	 uint32_t *id, bool *fresh)
+{
+	struct member *nm = &q->nm;
+	size_t blen = q->blob_len;
+	int rc;
+	if ((rc = pick_id(s, nm->name, q->hint, id, fresh)) == -EUSERS) {
 		s->refused++;
 		return kvn_sched_conn_fail(
 		    s, c, seq, -EUSERS,
 		    "JOIN of %s refused: all %u worker ids are held by node names that are members "
 		    "or left less than worker_id_grace_ms (%lld ms) ago; an id is reused once its "
 		    "name has been gone that long",
-		    nm.name, KVN_DIR_MAX_WORKERS, (long long)s->grace_ms);
+		    nm->name, KVN_DIR_MAX_WORKERS, (long long)s->grace_ms);
 	}
 	if (rc)
-		return kvn_sched_conn_fail(s, c, seq, rc, "JOIN of %s: out of memory", nm.name);
-	nm.blob = blen ? malloc(blen) : NULL;
-	if (blen && !nm.blob)
+		return kvn_sched_conn_fail(s, c, seq, rc, "JOIN of %s: out of memory", nm->name);
+	nm->blob = blen ? malloc(blen) : NULL;
+	if (blen && !nm->blob)
 		return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "JOIN of %s: out of memory",
-					   nm.name);
+					   nm->name);
 	if (blen)
-		memcpy(nm.blob, blob, blen);
-	nm.blob_len = blen;
+		memcpy(nm->blob, q->blob, blen);
+	nm->blob_len = blen;
 
-	struct member *m = &s->members[id];
-	bool rejoin = !fresh;
-	if (fresh) {
-		memcpy(m->name, nm.name, sizeof(m->name));
-		if (name_add(s, id)) {
-			free(nm.blob);
+	struct member *m = &s->members[*id];
+	if (*fresh) {
+		memcpy(m->name, nm->name, sizeof(m->name));
+		if (name_add(s, *id)) {
+			free(nm->blob);
 			memset(m, 0, sizeof(*m));
 			m->name_next = -1;
 			return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "JOIN of %s: out of memory",
-						   nm.name);
+						   nm->name);
 		}
 		s->held++;
 	}
-	if (m->conn) {
-		/* The same name from a new connection: the node restarted before its old
-		 * connection was noticed gone (or two nodes share a name, which is a config
-		 * error the log makes visible). */
-		kvn_warn(COMP, "node %s joined again from %s; dropping its old connection %s",
-			 nm.name, c->peer, m->conn->peer);
-		struct conn *old = m->conn;
-		old->member = -1;
-		m->conn = NULL;
-		kvn_sched_conn_close(s, old, "replaced by a new JOIN of the same node");
-	}
+	return 0;
+}
+
+/* The same name from a new connection: the node restarted before its old connection was
+ * noticed gone (or two nodes share a name, which is a config error the log makes visible). */
+static void
+drop_old_conn(struct kvn_scheduler *s, struct member *m, struct conn *c)
+{
+	kvn_warn(COMP, "node %s joined again from %s; dropping its old connection %s", m->name,
+		 c->peer, m->conn->peer);
+	struct conn *old = m->conn;
+	old->member = -1;
+	m->conn = NULL;
+	kvn_sched_conn_close(s, old, "replaced by a new JOIN of the same node");
+}
+
+/* Makes nm the alive member id on connection c (a new epoch). */
+static void
+admit_member(struct kvn_scheduler *s, struct conn *c, uint32_t id, struct member *nm,
+	     bool rejoin)
+{
+	struct member *m = &s->members[id];
 	/* Whatever it published before belongs to an index it is about to re-publish. */
 	size_t dropped = kvn_dir_drop_worker(s->dir, id);
 	if (m->state != M_ALIVE)
 		s->alive++;
-	s->blob_bytes += nm.blob_len - m->blob_len;
+	s->blob_bytes += nm->blob_len - m->blob_len;
 	free(m->blob);
-	nm.name_next = m->name_next;
-	*m = nm;
+	nm->name_next = m->name_next;
+	*m = *nm;
 	m->state = M_ALIVE;
 	m->last_beat_ms = m->joined_ms = kvn_sched_now_ms();
 	m->conn = c;
@@ -457,7 +495,13 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 		 m->transport[0] ? m->transport : "-",
 		 dropped ? ", its old directory entries dropped" : "", s->alive,
 		 (unsigned long long)s->epoch);
+}
 
+/* JOIN_OK and the MEMBER frames: the newcomer learns of everyone alive (itself included),
+ * everyone else of it. */
+static int
+send_join_ok(struct kvn_scheduler *s, struct conn *c, uint32_t seq, uint32_t id)
+{
 	cJSON *r = cJSON_CreateObject();
 	cJSON_AddNumberToObject(r, "worker_id", id);
 	cJSON_AddNumberToObject(r, "worker_count", s->alive);
@@ -467,10 +511,9 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	cJSON_Delete(r);
 	if (!text)
 		return kvn_sched_conn_fail(s, c, seq, -ENOMEM, "JOIN of %s: out of memory",
-					   m->name);
+					   s->members[id].name);
 	kvn_cf_put_json_frame(&c->out, KVN_CF_JOIN_OK, seq, text, NULL, 0);
 	free(text);
-	/* The newcomer learns of everyone alive (itself included), everyone else of it. */
 	for (uint32_t i = 0; i < s->nmembers; i++)
 		if (s->members[i].state == M_ALIVE)
 			put_member_frame(s, &c->out, i);
@@ -478,6 +521,25 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	put_member_frame(s, &s->scratch, id);
 	kvn_sched_broadcast(s, c, false);
 	return c->out.err ? kvn_sched_conn_fail(s, c, seq, -ENOMEM, "out of memory") : 0;
+}
+
+int
+kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
+	       uint32_t len)
+{
+	struct join_req q;
+	uint32_t id = 0;
+	bool fresh = false;
+	int rc = parse_join(s, c, seq, body, len, &q);
+	if (!rc)
+		rc = claim_id(s, c, seq, &q, &id, &fresh);
+	if (rc)
+		return rc;
+	struct member *m = &s->members[id];
+	if (m->conn)
+		drop_old_conn(s, m, c);
+	admit_member(s, c, id, &q.nm, !fresh);
+	return send_join_ok(s, c, seq, id);
 }
 
 int
