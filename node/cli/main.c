@@ -482,14 +482,168 @@ stop_scheduler(void *s)
 	kvn_scheduler_stop(s);
 }
 
+/* Loads the config (-c, else the usual lookup) and sets the log level from it and the flags;
+ * 0, or the exit status once the error is said. */
+static int
+load_config(const struct opts *o, struct kvn_config **cfg)
+{
+	char err[1024];
+	if (kvn_config_load(o->config, cfg, err, sizeof(err)) < 0)
+		return die(EXIT_USAGE, "%s", err);
+	apply_log_level(o, (*cfg)->log_level);
+	return 0;
+}
+
+/* Before any thread exists, so that every thread (engine writers included) inherits the mask
+ * and the signals reach the signal thread only. */
+static void
+block_signals(void)
+{
+	kvn_sigctl_block();
+	signal(SIGPIPE, SIG_IGN); /* a vanished client or stderr reader is an error return */
+}
+
+/* What a SIGHUP re-reads: the running config, with the flags that win over the file. */
+static struct kvn_reload
+reload_for(const struct opts *o, struct kvn_config *cfg, struct kvn_plugins *plugins,
+	   const char *role)
+{
+	return (struct kvn_reload){.config_arg = o->config,
+				   .running = cfg,
+				   .plugins = plugins,
+				   .cli_log_level = o->log_level,
+				   .verbose = o->verbose,
+				   .role = role};
+}
+
+/* The metrics endpoint when metrics_listen is set (else *out stays NULL). */
+static int
+start_metrics(const struct kvn_config *cfg, kvn_metrics_collect_fn collect, void *ctx,
+	      struct kvn_metrics **out, char *err, size_t errlen)
+{
+	struct kvn_metrics_opts mo = {.listen = cfg->metrics_listen,
+				      .max_conns = cfg->metrics_max_connections,
+				      .timeout_s = cfg->metrics_timeout_s};
+	if (!cfg->metrics_listen)
+		return 0;
+	return kvn_metrics_start(&mo, collect, ctx, out, err, errlen);
+}
+
+/* The parts of a running node; serve_close takes them down in order. */
+struct serve_node {
+	char *socket_path;
+	struct kvn_engine *eng;
+	struct kvn_server *srv;
+	struct kvn_lm_server *lm;
+	struct kvn_plugins *plugins;
+	struct kvn_cluster *cluster;
+	struct kvn_metrics *metrics;
+	struct kvn_sigctl *sig;
+	struct kvn_node_metrics nm; /* what scrapes read, until the metrics stop */
+	int32_t wid;		    /* worker id; -1 outside a cluster or before the join */
+};
+
+/* Opens the storage tiers and the client socket, starts the lm:// server (lm_listen) and joins
+ * the cluster (scheduler_url); 0, or the exit status once the error is said. */
+static int
+serve_open(struct serve_node *n, struct kvn_config *cfg)
+{
+	char err[1024];
+	if (kvn_server_probe(n->socket_path, err, sizeof(err)) < 0)
+		return die(EXIT_CONN, "%s", err);
+	if (kvn_engine_open(cfg, &n->eng, err, sizeof(err)) < 0)
+		return die(EXIT_USAGE, "cannot open the storage tiers%s%s: %s",
+			   cfg->path ? " of " : "", cfg->path ? cfg->path : "", err);
+	struct kvn_server_opts so = {.socket_path = n->socket_path,
+				     .max_conns = cfg->client_max_connections,
+				     .value_max = cfg->max_chunk_size};
+	if (kvn_server_create(n->eng, &so, &n->srv, err, sizeof(err)) < 0)
+		return die(EXIT_CONN, "%s", err);
+	if (cfg->lm_listen) {
+		struct kvn_lm_server_opts lo = {.listen = cfg->lm_listen,
+						.max_conns = cfg->lm_max_connections,
+						.idle_timeout_ms = (int)cfg->lm_idle_timeout_ms,
+						.io_timeout_ms = (int)cfg->lm_request_timeout_ms,
+						.value_max = cfg->max_chunk_size};
+		if (kvn_lm_server_start(n->eng, &lo, &n->lm, err, sizeof(err)) < 0)
+			return die(EXIT_CONN, "%s", err);
+	}
+	if (kvn_cluster_start(cfg, n->eng, &n->cluster, err, sizeof(err)) < 0)
+		return die(EXIT_CONN, "cannot join the cluster: %s", err);
+	return 0;
+}
+
+/* Starts the plugins (told the node's worker id), then the signal thread, then the metrics
+ * endpoint; 0, or the exit status once the error is said. */
+static int
+serve_start(struct serve_node *n, const struct opts *o, struct kvn_config *cfg)
+{
+	char err[1024];
+	/* The membership service's worker id once joined (the join is synchronous when the
+	 * scheduler is up), else worker 0 of 1. */
+	struct kvn_membership *mship = n->cluster ? kvn_cluster_membership(n->cluster) : NULL;
+	n->wid = mship ? kvn_membership_worker_id(mship) : -1;
+	n->plugins = start_plugins(cfg, KVN_PLUGIN_WORKER, n->wid < 0 ? 0 : n->wid,
+				   n->wid < 0 ? 1 : (int)kvn_membership_worker_count(mship),
+				   n->socket_path);
+	kvn_server_set_plugins(n->srv, n->plugins);
+	kvn_server_set_lm(n->srv, n->lm);
+	/* The signal thread starts once the plugins run, so that a SIGHUP (pending until then)
+	 * finds them; a stop signal meanwhile also waits, blocked, for the thread. */
+	struct kvn_reload reload = reload_for(o, cfg, n->plugins, NULL);
+	if (kvn_sigctl_start(&reload, stop_server, n->srv, &n->sig) < 0)
+		return die(EXIT_CONN, "cannot start the signal thread");
+	n->nm = (struct kvn_node_metrics){.eng = n->eng,
+					  .srv = n->srv,
+					  .cluster = n->cluster,
+					  .lm = n->lm,
+					  .plugins = n->plugins};
+	if (start_metrics(cfg, kvn_metrics_collect_node, &n->nm, &n->metrics, err, sizeof(err)) <
+	    0)
+		return die(EXIT_CONN, "%s", err);
+	return 0;
+}
+
+/* The addresses the node serves on, on stdout (tests and scripts read them). */
+static void
+serve_announce(const struct serve_node *n, const struct kvn_config *cfg)
+{
+	printf("kvnode: serving on %s\n", kvn_server_address(n->srv));
+	if (n->lm)
+		printf("kvnode: lm:// server on %s\n", kvn_lm_server_address(n->lm));
+	if (n->cluster)
+		printf("kvnode: %s data on %s, worker %d\n", kvn_cluster_transport(n->cluster),
+		       kvn_cluster_data_addr(n->cluster), (int)n->wid);
+	if (n->metrics)
+		printf("kvnode: metrics on http://%s/metrics\n", kvn_metrics_address(n->metrics));
+	fflush(stdout);
+	kvn_info("serve", "node %s serving on %s (config: %s)",
+		 cfg->node_name ? cfg->node_name : "?", kvn_server_address(n->srv),
+		 cfg->path ? cfg->path : "defaults");
+}
+
+static void
+serve_close(struct serve_node *n)
+{
+	kvn_sigctl_shutdown(n->sig);  /* first: no reload touches what is freed below */
+	kvn_metrics_stop(n->metrics); /* scrapes read everything below */
+	kvn_plugins_stop(n->plugins); /* SIGTERM, then SIGKILL after plugin_stop_timeout_ms */
+	kvn_lm_server_stop(n->lm);    /* before the engine it serves from */
+	kvn_cluster_stop(n->cluster); /* leaves the cluster before the pool goes */
+	kvn_engine_close(n->eng); /* drains queued disk writes: the disk tier is consistent */
+	kvn_sigctl_destroy(n->sig); /* kept until now: a second signal may cut a slow flush short */
+	kvn_server_destroy(n->srv); /* the socket file goes last: its absence means "finished" */
+	free(n->socket_path);
+}
+
 static int
 cmd_serve(struct opts *o)
 {
 	struct kvn_config *cfg;
 	char err[1024];
-	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
-		return die(EXIT_USAGE, "%s", err);
-	apply_log_level(o, cfg->log_level);
+	int rc = load_config(o, &cfg);
+	if (rc)
+		return rc;
 	/* A node in a cluster authenticates every join and data connection (core/auth.h). */
 	if (cfg->scheduler_url &&
 	    (kvn_config_check_listener(cfg, "listen", cfg->listen, err, sizeof(err)) < 0 ||
@@ -497,111 +651,22 @@ cmd_serve(struct opts *o)
 		kvn_config_free(cfg);
 		return die(EXIT_USAGE, "%s", err);
 	}
-
-	/* Before any thread exists, so that every thread (engine writers included) inherits
-	 * the mask and the signals reach the signal thread only. */
-	kvn_sigctl_block();
-	signal(SIGPIPE, SIG_IGN); /* a vanished client or stderr reader is an error return */
-
-	int rc = EXIT_OK;
-	char *socket_path = o->node	       ? strdup(o->node)
-			    : cfg->socket_path ? strdup(cfg->socket_path)
-					       : kvn_config_default_socket();
-	struct kvn_engine *eng = NULL;
-	struct kvn_server *srv = NULL;
-	struct kvn_lm_server *lm = NULL;
-	struct kvn_plugins *plugins = NULL;
-	struct kvn_cluster *cluster = NULL;
-	struct kvn_metrics *metrics = NULL;
-	struct kvn_sigctl *sig = NULL;
-	if (!socket_path) {
+	block_signals();
+	struct serve_node n = {.wid = -1};
+	n.socket_path = o->node		  ? strdup(o->node)
+			: cfg->socket_path ? strdup(cfg->socket_path)
+					   : kvn_config_default_socket();
+	if (!n.socket_path) {
 		rc = die(EXIT_CONN, "out of memory");
 		goto out;
 	}
-	if (kvn_server_probe(socket_path, err, sizeof(err)) < 0) {
-		rc = die(EXIT_CONN, "%s", err);
+	if ((rc = serve_open(&n, cfg)) || (rc = serve_start(&n, o, cfg)))
 		goto out;
-	}
-	if (kvn_engine_open(cfg, &eng, err, sizeof(err)) < 0) {
-		rc = die(EXIT_USAGE, "cannot open the storage tiers%s%s: %s",
-			 cfg->path ? " of " : "", cfg->path ? cfg->path : "", err);
-		goto out;
-	}
-	struct kvn_server_opts so = {.socket_path = socket_path,
-				     .max_conns = cfg->client_max_connections,
-				     .value_max = cfg->max_chunk_size};
-	if (kvn_server_create(eng, &so, &srv, err, sizeof(err)) < 0) {
-		rc = die(EXIT_CONN, "%s", err);
-		goto out;
-	}
-	if (cfg->lm_listen) {
-		struct kvn_lm_server_opts lo = {.listen = cfg->lm_listen,
-						.max_conns = cfg->lm_max_connections,
-						.idle_timeout_ms = (int)cfg->lm_idle_timeout_ms,
-						.io_timeout_ms = (int)cfg->lm_request_timeout_ms,
-						.value_max = cfg->max_chunk_size};
-		if (kvn_lm_server_start(eng, &lo, &lm, err, sizeof(err)) < 0) {
-			rc = die(EXIT_CONN, "%s", err);
-			goto out;
-		}
-	}
-	if (kvn_cluster_start(cfg, eng, &cluster, err, sizeof(err)) < 0) {
-		rc = die(EXIT_CONN, "cannot join the cluster: %s", err);
-		goto out;
-	}
-	/* The membership service's worker id once joined (the join is synchronous when the
-	 * scheduler is up), else worker 0 of 1. */
-	struct kvn_membership *mship = cluster ? kvn_cluster_membership(cluster) : NULL;
-	int32_t wid = mship ? kvn_membership_worker_id(mship) : -1;
-	plugins = start_plugins(cfg, KVN_PLUGIN_WORKER, wid < 0 ? 0 : wid,
-				wid < 0 ? 1 : (int)kvn_membership_worker_count(mship), socket_path);
-	kvn_server_set_plugins(srv, plugins);
-	kvn_server_set_lm(srv, lm);
-	/* The signal thread starts once the plugins run, so that a SIGHUP (pending until then)
-	 * finds them; a stop signal meanwhile also waits, blocked, for the thread. */
-	struct kvn_reload reload = {.config_arg = o->config,
-				    .running = cfg,
-				    .plugins = plugins,
-				    .cli_log_level = o->log_level,
-				    .verbose = o->verbose};
-	if (kvn_sigctl_start(&reload, stop_server, srv, &sig) < 0) {
-		rc = die(EXIT_CONN, "cannot start the signal thread");
-		goto out;
-	}
-	struct kvn_node_metrics nm = {
-	    .eng = eng, .srv = srv, .cluster = cluster, .lm = lm, .plugins = plugins};
-	struct kvn_metrics_opts mo = {.listen = cfg->metrics_listen,
-				      .max_conns = cfg->metrics_max_connections,
-				      .timeout_s = cfg->metrics_timeout_s};
-	if (cfg->metrics_listen &&
-	    kvn_metrics_start(&mo, kvn_metrics_collect_node, &nm, &metrics, err, sizeof(err)) < 0) {
-		rc = die(EXIT_CONN, "%s", err);
-		goto out;
-	}
-	printf("kvnode: serving on %s\n", kvn_server_address(srv));
-	if (lm)
-		printf("kvnode: lm:// server on %s\n", kvn_lm_server_address(lm));
-	if (cluster)
-		printf("kvnode: %s data on %s, worker %d\n", kvn_cluster_transport(cluster),
-		       kvn_cluster_data_addr(cluster), (int)wid);
-	if (metrics)
-		printf("kvnode: metrics on http://%s/metrics\n", kvn_metrics_address(metrics));
-	fflush(stdout);
-	kvn_info("serve", "node %s serving on %s (config: %s)",
-		 cfg->node_name ? cfg->node_name : "?", kvn_server_address(srv),
-		 cfg->path ? cfg->path : "defaults");
-	kvn_server_run(srv);
+	serve_announce(&n, cfg);
+	kvn_server_run(n.srv);
 	kvn_info("serve", "all clients done; closing the storage tiers");
 out:
-	kvn_sigctl_shutdown(sig);  /* first: no reload touches what is freed below */
-	kvn_metrics_stop(metrics); /* scrapes read everything below */
-	kvn_plugins_stop(plugins); /* SIGTERM, then SIGKILL after plugin_stop_timeout_ms */
-	kvn_lm_server_stop(lm); /* before the engine it serves from */
-	kvn_cluster_stop(cluster); /* leaves the cluster before the pool goes */
-	kvn_engine_close(eng); /* drains queued disk writes: the disk tier is consistent */
-	kvn_sigctl_destroy(sig); /* kept until now: a second signal may cut a slow flush short */
-	kvn_server_destroy(srv); /* the socket file goes last: its absence means "finished" */
-	free(socket_path);
+	serve_close(&n);
 	kvn_config_free(cfg);
 	return rc;
 }
@@ -612,32 +677,24 @@ out:
 
 #define SCHEDULER_DEFAULT_LISTEN "127.0.0.1:7470"
 
-static int
-cmd_scheduler(struct opts *o)
+/* --listen, else the address nodes are told (scheduler_url), else the default; without a
+ * trailing '/'. */
+static void
+scheduler_listen(const struct opts *o, const struct kvn_config *cfg, char *addr, size_t len)
 {
-	struct kvn_config *cfg;
-	char err[1024];
-	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
-		return die(EXIT_USAGE, "%s", err);
-	apply_log_level(o, cfg->log_level);
-	/* --listen, else the address nodes are told (scheduler_url), else the default. */
 	const char *listen = o->listen, *url = cfg->scheduler_url;
 	if (!listen && url)
 		listen = strstr(url, "://") ? strstr(url, "://") + 3 : url;
-	char addr[512];
-	snprintf(addr, sizeof(addr), "%s", listen ? listen : SCHEDULER_DEFAULT_LISTEN);
+	snprintf(addr, len, "%s", listen ? listen : SCHEDULER_DEFAULT_LISTEN);
 	size_t n = strlen(addr);
 	if (n && addr[n - 1] == '/')
 		addr[n - 1] = '\0';
-	if (kvn_config_check_listener(cfg, "--listen", addr, err, sizeof(err)) < 0 ||
-	    kvn_config_resolve_token(cfg, true, err, sizeof(err)) < 0) {
-		kvn_config_free(cfg);
-		return die(EXIT_USAGE, "scheduler: %s", err);
-	}
-	kvn_sigctl_block();
-	signal(SIGPIPE, SIG_IGN);
-	struct kvn_scheduler *sched;
-	struct kvn_scheduler_opts so = {
+}
+
+static struct kvn_scheduler_opts
+scheduler_opts(const struct kvn_config *cfg, const char *addr)
+{
+	return (struct kvn_scheduler_opts){
 	    .listen = addr,
 	    .heartbeat_ms = cfg->heartbeat_ms,
 	    .auth_token = cfg->auth_token,
@@ -646,7 +703,26 @@ cmd_scheduler(struct opts *o)
 	    .reply_queue_max = cfg->scheduler_reply_queue_max,
 	    /* 0 in the config: ids are free as soon as their name is gone */
 	    .worker_id_grace_ms = cfg->worker_id_grace_ms ? (int64_t)cfg->worker_id_grace_ms : -1};
-	int rc = kvn_scheduler_create(&so, &sched, err, sizeof(err));
+}
+
+static int
+cmd_scheduler(struct opts *o)
+{
+	struct kvn_config *cfg;
+	char err[1024], addr[512];
+	int rc = load_config(o, &cfg);
+	if (rc)
+		return rc;
+	scheduler_listen(o, cfg, addr, sizeof(addr));
+	if (kvn_config_check_listener(cfg, "--listen", addr, err, sizeof(err)) < 0 ||
+	    kvn_config_resolve_token(cfg, true, err, sizeof(err)) < 0) {
+		kvn_config_free(cfg);
+		return die(EXIT_USAGE, "scheduler: %s", err);
+	}
+	block_signals();
+	struct kvn_scheduler *sched;
+	struct kvn_scheduler_opts so = scheduler_opts(cfg, addr);
+	rc = kvn_scheduler_create(&so, &sched, err, sizeof(err));
 	if (rc < 0) {
 		kvn_config_free(cfg);
 		return die(rc == -EINVAL ? EXIT_USAGE : EXIT_CONN, "scheduler: %s", err);
@@ -655,12 +731,7 @@ cmd_scheduler(struct opts *o)
 	 * start before the signal thread so that a SIGHUP (pending until then) finds them. */
 	struct kvn_plugins *plugins = start_plugins(cfg, KVN_PLUGIN_SCHEDULER, -1, 0, NULL);
 	kvn_scheduler_set_plugins(sched, plugins);
-	struct kvn_reload reload = {.config_arg = o->config,
-				    .running = cfg,
-				    .plugins = plugins,
-				    .cli_log_level = o->log_level,
-				    .verbose = o->verbose,
-				    .role = "scheduler"};
+	struct kvn_reload reload = reload_for(o, cfg, plugins, "scheduler");
 	struct kvn_sigctl *sig;
 	if (kvn_sigctl_start(&reload, stop_scheduler, sched, &sig) < 0) {
 		kvn_plugins_stop(plugins);
@@ -675,11 +746,7 @@ cmd_scheduler(struct opts *o)
 		 so.auth_token && *so.auth_token ? "token" : "none");
 	struct kvn_sched_metrics sm = {.sched = sched, .plugins = plugins};
 	struct kvn_metrics *metrics = NULL;
-	struct kvn_metrics_opts mo = {.listen = cfg->metrics_listen,
-				      .max_conns = cfg->metrics_max_connections,
-				      .timeout_s = cfg->metrics_timeout_s};
-	if (cfg->metrics_listen && kvn_metrics_start(&mo, kvn_metrics_collect_sched, &sm, &metrics,
-						     err, sizeof(err)) < 0) {
+	if (start_metrics(cfg, kvn_metrics_collect_sched, &sm, &metrics, err, sizeof(err)) < 0) {
 		rc = die(EXIT_CONN, "scheduler: %s", err);
 		kvn_scheduler_stop(sched); /* the loop returns at once: it sees the stop first */
 	} else if (metrics) {
