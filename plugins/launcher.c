@@ -359,6 +359,9 @@ struct monitor {
 	struct kvn_plugins *pl;
 	struct pollfd *fds;
 	struct watched *who;
+	/* Once stopping: SIGTERM sent, then SIGKILL at deadline (ms) to what still runs. */
+	bool term_sent, kill_sent;
+	uint64_t deadline;
 };
 
 static void
@@ -387,17 +390,10 @@ monitor_new(struct kvn_plugins *pl)
 	return m;
 }
 
-static void *
-monitor_main(void *arg)
+/* Spawns every plugin, then tells kvn_plugins_start they were. */
+static void
+launch_all(struct kvn_plugins *pl)
 {
-	struct monitor *m = arg;
-	struct kvn_plugins *pl = m->pl;
-	struct pollfd *fds = m->fds;
-	struct watched *who = m->who;
-	bool term_sent = false, kill_sent = false;
-	uint64_t deadline = 0;
-
-	guard_start(pl);
 	for (size_t i = 0; i < pl->n; i++)
 		if (pl->p[i].state == PLUGIN_STOPPED)
 			spawn(pl, &pl->p[i]);
@@ -405,95 +401,117 @@ monitor_main(void *arg)
 	pl->launched = true;
 	pthread_cond_signal(&pl->launched_cond);
 	pthread_mutex_unlock(&pl->lock);
-	for (;;) {
-		bool stopping = atomic_load(&pl->stopping);
-		uint64_t now = kvn_now_ms();
-		size_t running = 0;
-		int timeout = -1;
-		if (stopping && !term_sent) {
-			term_sent = true;
-			pthread_mutex_lock(&pl->lock); /* kvn_plugins_set_policy may change it */
-			deadline = now + pl->stop_timeout_ms;
-			pthread_mutex_unlock(&pl->lock);
-			signal_all(pl, SIGTERM);
-		}
-		if (stopping && !kill_sent && now >= deadline) {
-			kill_sent = true;
-			signal_all(pl, SIGKILL);
-		}
-		nfds_t nfds = 0;
-		fds[nfds++] = (struct pollfd){.fd = pl->wake_fd, .events = POLLIN};
-		for (size_t i = 0; i < pl->n; i++) {
-			struct plugin *p = &pl->p[i];
-			if (p->state == PLUGIN_RESTARTING) {
-				if (stopping) {
-					pthread_mutex_lock(&pl->lock);
-					p->state = PLUGIN_STOPPED;
-					pthread_mutex_unlock(&pl->lock);
-					continue;
-				}
-				if (now >= p->restart_at_ms) {
-					pthread_mutex_lock(&pl->lock);
-					p->restarts++;
-					pthread_mutex_unlock(&pl->lock);
-					spawn(pl, p);
-				} else {
-					uint64_t wait = p->restart_at_ms - now;
-					if (timeout < 0 || wait < (uint64_t)timeout)
-						timeout = (int)wait;
-					continue;
-				}
-			}
-			if (p->pid <= 0)
-				continue;
-			running++;
-			for (int s = 0; s < 2; s++)
-				if (p->fd[s] >= 0) {
-					who[nfds].p = p;
-					who[nfds].what = s;
-					fds[nfds++] =
-					    (struct pollfd){.fd = p->fd[s], .events = POLLIN};
-				}
-			if (p->pidfd >= 0) {
-				who[nfds].p = p;
-				who[nfds].what = 2;
-				fds[nfds++] = (struct pollfd){.fd = p->pidfd, .events = POLLIN};
-			} else if (timeout < 0 || timeout > POLL_FALLBACK_MS) {
-				timeout = POLL_FALLBACK_MS;
-			}
-		}
-		if (stopping && !running)
-			break;
-		if (stopping && !kill_sent) {
-			uint64_t left = deadline > now ? deadline - now : 0;
-			if (timeout < 0 || left < (uint64_t)timeout)
-				timeout = (int)left;
-		}
-		int n = poll(fds, nfds, timeout);
-		if (n < 0 && errno != EINTR) {
-			kvn_err(COMP, "poll failed: %s; plugins are no longer watched",
-				strerror(errno));
-			break;
-		}
-		if (n > 0 && (fds[0].revents & POLLIN)) {
-			uint64_t v;
-			ssize_t r = read(pl->wake_fd, &v, sizeof(v));
-			(void)r;
-		}
-		for (nfds_t k = 1; n > 0 && k < nfds; k++) {
-			struct plugin *p = who[k].p;
-			if (!fds[k].revents || p->pid <= 0)
-				continue;
-			if (who[k].what < 2)
-				drain(pl, p, who[k].what);
-			else
-				try_reap(pl, p);
-		}
-		for (size_t i = 0; i < pl->n; i++)
-			if (pl->p[i].pid > 0 && pl->p[i].pidfd < 0)
-				try_reap(pl, &pl->p[i]);
+}
+
+/* While stopping: SIGTERM to all at once, SIGKILL once plugin_stop_timeout_ms is over. */
+static void
+escalate_stop(struct monitor *m, uint64_t now)
+{
+	struct kvn_plugins *pl = m->pl;
+	if (!m->term_sent) {
+		m->term_sent = true;
+		pthread_mutex_lock(&pl->lock); /* kvn_plugins_set_policy may change it */
+		m->deadline = now + pl->stop_timeout_ms;
+		pthread_mutex_unlock(&pl->lock);
+		signal_all(pl, SIGTERM);
 	}
-	/* Only after a poll failure can some still run: do not leave them behind. */
+	if (!m->kill_sent && now >= m->deadline) {
+		m->kill_sent = true;
+		signal_all(pl, SIGKILL);
+	}
+}
+
+/* A plugin waiting to restart: given up when stopping, spawned once due, else *timeout
+ * shortened to its restart time. True when it was spawned (it is then watched). */
+static bool
+restart_if_due(struct kvn_plugins *pl, struct plugin *p, bool stopping, uint64_t now,
+	       int *timeout)
+{
+	if (stopping) {
+		pthread_mutex_lock(&pl->lock);
+		p->state = PLUGIN_STOPPED;
+		pthread_mutex_unlock(&pl->lock);
+		return false;
+	}
+	if (now >= p->restart_at_ms) {
+		pthread_mutex_lock(&pl->lock);
+		p->restarts++;
+		pthread_mutex_unlock(&pl->lock);
+		spawn(pl, p);
+		return true;
+	}
+	uint64_t wait = p->restart_at_ms - now;
+	if (*timeout < 0 || wait < (uint64_t)*timeout)
+		*timeout = (int)wait;
+	return false;
+}
+
+/* Fills m->fds (and m->who) with the wake fd, then stdout, stderr and pidfd of each running
+ * plugin; returns how many. *running counts the running plugins; *timeout is shortened to the
+ * next restart, or to POLL_FALLBACK_MS for a plugin without a pidfd. */
+static nfds_t
+fill_poll_set(struct monitor *m, bool stopping, uint64_t now, size_t *running, int *timeout)
+{
+	struct kvn_plugins *pl = m->pl;
+	struct pollfd *fds = m->fds;
+	struct watched *who = m->who;
+	nfds_t nfds = 0;
+	fds[nfds++] = (struct pollfd){.fd = pl->wake_fd, .events = POLLIN};
+	for (size_t i = 0; i < pl->n; i++) {
+		struct plugin *p = &pl->p[i];
+		if (p->state == PLUGIN_RESTARTING && !restart_if_due(pl, p, stopping, now, timeout))
+			continue;
+		if (p->pid <= 0)
+			continue;
+		(*running)++;
+		for (int s = 0; s < 2; s++)
+			if (p->fd[s] >= 0) {
+				who[nfds].p = p;
+				who[nfds].what = s;
+				fds[nfds++] = (struct pollfd){.fd = p->fd[s], .events = POLLIN};
+			}
+		if (p->pidfd >= 0) {
+			who[nfds].p = p;
+			who[nfds].what = 2;
+			fds[nfds++] = (struct pollfd){.fd = p->pidfd, .events = POLLIN};
+		} else if (*timeout < 0 || *timeout > POLL_FALLBACK_MS) {
+			*timeout = POLL_FALLBACK_MS;
+		}
+	}
+	return nfds;
+}
+
+/* After a poll that saw n fds ready: empties the wake fd, reads the plugins' output and reaps
+ * the ones that ended (those without a pidfd are tried on every pass). */
+static void
+handle_ready(struct monitor *m, int n, nfds_t nfds)
+{
+	struct kvn_plugins *pl = m->pl;
+	struct pollfd *fds = m->fds;
+	struct watched *who = m->who;
+	if (n > 0 && (fds[0].revents & POLLIN)) {
+		uint64_t v;
+		ssize_t r = read(pl->wake_fd, &v, sizeof(v));
+		(void)r;
+	}
+	for (nfds_t k = 1; n > 0 && k < nfds; k++) {
+		struct plugin *p = who[k].p;
+		if (!fds[k].revents || p->pid <= 0)
+			continue;
+		if (who[k].what < 2)
+			drain(pl, p, who[k].what);
+		else
+			try_reap(pl, p);
+	}
+	for (size_t i = 0; i < pl->n; i++)
+		if (pl->p[i].pid > 0 && pl->p[i].pidfd < 0)
+			try_reap(pl, &pl->p[i]);
+}
+
+/* Only after a poll failure can some still run: do not leave them behind. */
+static void
+kill_leftovers(struct kvn_plugins *pl)
+{
 	signal_all(pl, SIGKILL);
 	for (size_t i = 0; i < pl->n; i++)
 		if (pl->p[i].pid > 0) {
@@ -502,6 +520,40 @@ monitor_main(void *arg)
 				status = -1;
 			reaped(pl, &pl->p[i], status);
 		}
+}
+
+static void *
+monitor_main(void *arg)
+{
+	struct monitor *m = arg;
+	struct kvn_plugins *pl = m->pl;
+
+	guard_start(pl);
+	launch_all(pl);
+	for (;;) {
+		bool stopping = atomic_load(&pl->stopping);
+		uint64_t now = kvn_now_ms();
+		size_t running = 0;
+		int timeout = -1;
+		if (stopping)
+			escalate_stop(m, now);
+		nfds_t nfds = fill_poll_set(m, stopping, now, &running, &timeout);
+		if (stopping && !running)
+			break;
+		if (stopping && !m->kill_sent) {
+			uint64_t left = m->deadline > now ? m->deadline - now : 0;
+			if (timeout < 0 || left < (uint64_t)timeout)
+				timeout = (int)left;
+		}
+		int n = poll(m->fds, nfds, timeout);
+		if (n < 0 && errno != EINTR) {
+			kvn_err(COMP, "poll failed: %s; plugins are no longer watched",
+				strerror(errno));
+			break;
+		}
+		handle_ready(m, n, nfds);
+	}
+	kill_leftovers(pl);
 	guard_stop(pl);
 	monitor_free(m);
 	return NULL;
