@@ -535,6 +535,115 @@ kvn_config_set_list_text(struct kvn_config *cfg, const struct kvn_keydef *kd, co
 	return rc;
 }
 
+/* The setters of kvn_config_set_scalar, one per key type: the text checked against the key's
+ * definition, then stored at p (its field in the config). */
+
+static int
+set_int(const struct kvn_keydef *kd, void *p, const char *text, const char *where, char *err,
+	size_t errlen)
+{
+	long long v;
+	if (!parse_ll(text, &v) || v < kd->min)
+		return bad_value(err, errlen, where, kd, text, NULL);
+	if (v > kd->max && kd->max < INT32_MAX)
+		return bad_value(err, errlen, where, kd, text, NULL); /* "from 1 to 64" */
+	if (v > kd->max)
+		return kvn_seterr(err, errlen, "%s: must be at most %lld, got \"%.40s\"", where,
+				  kd->max, text);
+	if (kd->type == KVN_K_UINT)
+		*(uint32_t *)p = (uint32_t)v;
+	else
+		*(int *)p = (int)v;
+	return 0;
+}
+
+static int
+set_size(const struct kvn_keydef *kd, void *p, const char *text, const char *where, char *err,
+	 size_t errlen)
+{
+	uint64_t bytes;
+	if (!parse_size(text, &bytes) || bytes < (uint64_t)kd->min || bytes > (uint64_t)kd->max)
+		return bad_value(err, errlen, where, kd, text, NULL);
+	*(uint64_t *)p = bytes;
+	return 0;
+}
+
+static int
+set_str(const struct kvn_keydef *kd, void *p, const char *text, const char *where, char *err,
+	size_t errlen)
+{
+	if (!text || !*text) {
+		if (!(kd->flags & KVN_KF_NULLABLE))
+			return bad_value(err, errlen, where, kd, "", NULL);
+		text = NULL;
+	}
+	return replace_str(p, text) ? kvn_config_nomem(err, errlen) : 0;
+}
+
+/* A relative path is taken relative to base (make_path). */
+static int
+set_path(const struct kvn_keydef *kd, void *p, const char *text, const char *base,
+	 const char *where, char *err, size_t errlen)
+{
+	char *path = NULL;
+	if (text && *text) {
+		int rc = make_path(kd, text, base, &path);
+		if (rc == -ENOMEM)
+			return kvn_config_nomem(err, errlen);
+		if (rc)
+			return bad_value(err, errlen, where, kd, text, NULL);
+	} else if (!(kd->flags & KVN_KF_NULLABLE)) {
+		return bad_value(err, errlen, where, kd, "", NULL);
+	}
+	free(*(char **)p);
+	*(char **)p = path;
+	return 0;
+}
+
+/* auto, verbs or tcp in any case; stored in lower case. */
+static int
+set_transport(const struct kvn_keydef *kd, void *p, const char *text, const char *where,
+	      char *err, size_t errlen)
+{
+	char norm[32];
+	if (strcasecmp(text, "auto") && strcasecmp(text, "verbs") && strcasecmp(text, "tcp"))
+		return bad_value(err, errlen, where, kd, text, NULL);
+	snprintf(norm, sizeof(norm), "%s", text);
+	for (char *c = norm; *c; c++)
+		*c = (char)tolower((unsigned char)*c);
+	return replace_str(p, norm) ? kvn_config_nomem(err, errlen) : 0;
+}
+
+/* HOST:PORT (kvn_hostport_parse says what is wrong with one). */
+static int
+set_addr(const struct kvn_keydef *kd, void *p, const char *text, const char *where, char *err,
+	 size_t errlen)
+{
+	if (text && *text) {
+		char host[KVN_HOST_MAX], why[300];
+		uint16_t port;
+		if (kvn_hostport_parse(text, host, &port, why, sizeof(why)) < 0)
+			return kvn_seterr(err, errlen, "%s: %s", where, why);
+	} else if (!(kd->flags & KVN_KF_NULLABLE)) {
+		return bad_value(err, errlen, where, kd, "", NULL);
+	} else {
+		text = NULL;
+	}
+	return replace_str(p, text) ? kvn_config_nomem(err, errlen) : 0;
+}
+
+/* never or on-failure in any case; stored in lower case. */
+static int
+set_restart(const struct kvn_keydef *kd, void *p, const char *text, const char *where,
+	    char *err, size_t errlen)
+{
+	char norm[32];
+	if (strcasecmp(text, "never") && strcasecmp(text, "on-failure"))
+		return bad_value(err, errlen, where, kd, text, NULL);
+	snprintf(norm, sizeof(norm), "%s", strcasecmp(text, "never") ? "on-failure" : "never");
+	return replace_str(p, norm) ? kvn_config_nomem(err, errlen) : 0;
+}
+
 /* Sets a scalar-typed key from text (NULL = null). */
 int
 kvn_config_set_scalar(struct kvn_config *cfg, size_t ki, const char *text, const char *base,
@@ -542,7 +651,6 @@ kvn_config_set_scalar(struct kvn_config *cfg, size_t ki, const char *text, const
 {
 	const struct kvn_keydef *kd = &kvn_config_keys[ki];
 	void *p = (char *)cfg + kd->off;
-	long long v;
 	char norm[32];
 
 	bool null_ok =
@@ -554,18 +662,7 @@ kvn_config_set_scalar(struct kvn_config *cfg, size_t ki, const char *text, const
 	switch (kd->type) {
 	case KVN_K_UINT:
 	case KVN_K_INT:
-		if (!parse_ll(text, &v) || v < kd->min)
-			return bad_value(err, errlen, where, kd, text, NULL);
-		if (v > kd->max && kd->max < INT32_MAX)
-			return bad_value(err, errlen, where, kd, text, NULL); /* "from 1 to 64" */
-		if (v > kd->max)
-			return kvn_seterr(err, errlen, "%s: must be at most %lld, got \"%.40s\"",
-					  where, kd->max, text);
-		if (kd->type == KVN_K_UINT)
-			*(uint32_t *)p = (uint32_t)v;
-		else
-			*(int *)p = (int)v;
-		return 0;
+		return set_int(kd, p, text, where, err, errlen);
 	case KVN_K_BOOL:
 		if (parse_bool(text) < 0)
 			return bad_value(err, errlen, where, kd, text, NULL);
@@ -579,67 +676,23 @@ kvn_config_set_scalar(struct kvn_config *cfg, size_t ki, const char *text, const
 			cfg->priv->gb[ki] = gb;
 		return 0;
 	}
-	case KVN_K_SIZE: {
-		uint64_t bytes;
-		if (!parse_size(text, &bytes) || bytes < (uint64_t)kd->min ||
-		    bytes > (uint64_t)kd->max)
-			return bad_value(err, errlen, where, kd, text, NULL);
-		*(uint64_t *)p = bytes;
-		return 0;
-	}
+	case KVN_K_SIZE:
+		return set_size(kd, p, text, where, err, errlen);
 	case KVN_K_STR:
-		if (!text || !*text) {
-			if (!(kd->flags & KVN_KF_NULLABLE))
-				return bad_value(err, errlen, where, kd, "", NULL);
-			text = NULL;
-		}
-		return replace_str(p, text) ? kvn_config_nomem(err, errlen) : 0;
-	case KVN_K_PATH: {
-		char *path = NULL;
-		if (text && *text) {
-			int rc = make_path(kd, text, base, &path);
-			if (rc == -ENOMEM)
-				return kvn_config_nomem(err, errlen);
-			if (rc)
-				return bad_value(err, errlen, where, kd, text, NULL);
-		} else if (!(kd->flags & KVN_KF_NULLABLE)) {
-			return bad_value(err, errlen, where, kd, "", NULL);
-		}
-		free(*(char **)p);
-		*(char **)p = path;
-		return 0;
-	}
+		return set_str(kd, p, text, where, err, errlen);
+	case KVN_K_PATH:
+		return set_path(kd, p, text, base, where, err, errlen);
 	case KVN_K_TRANSPORT:
-		if (strcasecmp(text, "auto") && strcasecmp(text, "verbs") &&
-		    strcasecmp(text, "tcp"))
-			return bad_value(err, errlen, where, kd, text, NULL);
-		snprintf(norm, sizeof(norm), "%s", text);
-		for (char *c = norm; *c; c++)
-			*c = (char)tolower((unsigned char)*c);
-		return replace_str(p, norm) ? kvn_config_nomem(err, errlen) : 0;
+		return set_transport(kd, p, text, where, err, errlen);
 	case KVN_K_LOGLEVEL:
 		if (kvn_log_level_parse(text) < 0)
 			return bad_value(err, errlen, where, kd, text, NULL);
 		*(int *)p = kvn_log_level_parse(text);
 		return 0;
 	case KVN_K_ADDR:
-		if (text && *text) {
-			char host[KVN_HOST_MAX], why[300];
-			uint16_t port;
-			if (kvn_hostport_parse(text, host, &port, why, sizeof(why)) < 0)
-				return kvn_seterr(err, errlen, "%s: %s", where, why);
-		} else if (!(kd->flags & KVN_KF_NULLABLE)) {
-			return bad_value(err, errlen, where, kd, "", NULL);
-		} else {
-			text = NULL;
-		}
-		return replace_str(p, text) ? kvn_config_nomem(err, errlen) : 0;
+		return set_addr(kd, p, text, where, err, errlen);
 	case KVN_K_RESTART:
-		if (strcasecmp(text, "never") && strcasecmp(text, "on-failure"))
-			return bad_value(err, errlen, where, kd, text, NULL);
-		snprintf(norm, sizeof(norm), "%s",
-			 strcasecmp(text, "never") ? "on-failure" : "never");
-		return replace_str(p, norm) ? kvn_config_nomem(err, errlen) : 0;
+		return set_restart(kd, p, text, where, err, errlen);
 	case KVN_K_GPU:
 		if (!parse_gpu(text, norm, sizeof(norm)))
 			return bad_value(err, errlen, where, kd, text, NULL);
