@@ -136,31 +136,35 @@ num(const cJSON *j, const char *name, double dflt)
 	return cJSON_IsNumber(v) ? v->valuedouble : dflt;
 }
 
-/* Connects and joins; on success m->fd is the connection. *refused: the scheduler answered
- * with an ERROR, whose code is returned (-EACCES for the auth token, -EINVAL for a field of
- * ours, -EUSERS when no worker id is left). Called with no lock held, by start (before the
- * thread exists) or by the thread. */
+/* A TCP connection to the scheduler that has passed the HELLO/CHALLENGE exchange; *fd is it,
+ * proof is what the JOIN carries. 0, or the error (*refused: the scheduler turned us down). */
 static int
-connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
+open_authed(struct kvn_membership *m, int *fd, char proof[KVN_CF_PROOF_HEX], bool *refused,
+	    char *err, size_t errlen)
 {
-	*refused = false;
 	int timeout = m->o.timeout_ms;
 	char why[512];
-	int fd = kvn_tcp_connect(m->host, m->port, timeout, why, sizeof(why));
-	if (fd < 0)
-		return kvn_seterr(err, errlen, "scheduler %s:%u: %s", m->host, m->port, why), fd;
+	*fd = kvn_tcp_connect(m->host, m->port, timeout, why, sizeof(why));
+	if (*fd < 0)
+		return kvn_seterr(err, errlen, "scheduler %s:%u: %s", m->host, m->port, why), *fd;
 	struct timeval tv = {.tv_sec = timeout / 1000, .tv_usec = (timeout % 1000) * 1000};
-	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	setsockopt(*fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	m->rx.len = 0;
-	char proof[KVN_CF_PROOF_HEX];
-	int arc = kvn_cf_client_auth(fd, &m->rx, &m->auth, timeout, proof, why, sizeof(why));
+	int arc = kvn_cf_client_auth(*fd, &m->rx, &m->auth, timeout, proof, why, sizeof(why));
 	if (arc) {
-		close(fd);
+		close(*fd);
 		*refused = arc == -EACCES || arc == -EPROTO;
 		kvn_seterr(err, errlen, "scheduler %s:%u %s", m->host, m->port, why);
 		return arc;
 	}
+	return 0;
+}
 
+/* Sends the JOIN: who this node is, the worker id it had (a hint), the proof and the
+ * registered regions. */
+static int
+send_join(struct kvn_membership *m, int fd, const char *proof)
+{
 	pthread_mutex_lock(&m->lock);
 	int32_t hint = m->worker_id;
 	pthread_mutex_unlock(&m->lock);
@@ -184,24 +188,30 @@ connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
 	if (!rc)
 		rc = kvn_cf_send_all(fd, b.p, b.len);
 	kvn_cf_buf_free(&b);
-	if (rc) {
-		close(fd);
-		return kvn_seterr(err, errlen, "scheduler %s:%u: sending JOIN: %s", m->host,
-				  m->port, kvn_strerror(rc)),
-		       rc;
-	}
+	return rc;
+}
+
+/* What a JOIN_OK gives the node. */
+struct join_ok {
+	double id, count, epoch, beat;
+};
+
+/* Waits for the answer to the JOIN and checks it is a valid JOIN_OK; 0, or the error
+ * (*refused: the scheduler sent an ERROR). */
+static int
+await_join_ok(struct kvn_membership *m, int fd, struct join_ok *ok, bool *refused, char *err,
+	      size_t errlen)
+{
 	struct kvn_cf_hdr h;
 	const uint8_t *body;
-	rc = kvn_cf_rx_wait(&m->rx, fd, timeout, &h, &body, why, sizeof(why));
-	if (rc) {
-		close(fd);
+	char why[512];
+	int rc = kvn_cf_rx_wait(&m->rx, fd, m->o.timeout_ms, &h, &body, why, sizeof(why));
+	if (rc)
 		return kvn_seterr(err, errlen, "scheduler %s:%u: waiting for JOIN_OK: %s", m->host,
 				  m->port, why),
 		       rc;
-	}
 	if (h.type == KVN_CF_ERROR) {
 		rc = kvn_cf_error_decode(body, h.len, why, sizeof(why));
-		close(fd);
 		*refused = true;
 		return kvn_seterr(err, errlen, "scheduler %s:%u refused node %s: %s", m->host,
 				  m->port, m->o.name, why),
@@ -209,36 +219,64 @@ connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
 	}
 	cJSON *r =
 	    h.type == KVN_CF_JOIN_OK ? cJSON_ParseWithLength((const char *)body, h.len) : NULL;
-	double id = num(r, "worker_id", -1), count = num(r, "worker_count", -1),
-	       epoch = num(r, "epoch", -1), beat = num(r, "heartbeat_ms", 0);
+	ok->id = num(r, "worker_id", -1);
+	ok->count = num(r, "worker_count", -1);
+	ok->epoch = num(r, "epoch", -1);
+	ok->beat = num(r, "heartbeat_ms", 0);
 	cJSON_Delete(r);
-	if (id < 0 || id >= 65535 || count < 1 || epoch < 0) {
-		close(fd);
+	if (ok->id < 0 || ok->id >= 65535 || ok->count < 1 || ok->epoch < 0)
 		return kvn_seterr(err, errlen,
 				  "scheduler %s:%u answered JOIN with a %s frame that is not a "
 				  "valid JOIN_OK",
 				  m->host, m->port, kvn_cf_type_name(h.type)),
 		       -EPROTO;
-	}
 	kvn_cf_rx_consume(&m->rx, &h);
+	return 0;
+}
+
+/* Connects and joins; on success m->fd is the connection. *refused: the scheduler answered
+ * with an ERROR, whose code is returned (-EACCES for the auth token, -EINVAL for a field of
+ * ours, -EUSERS when no worker id is left). Called with no lock held, by start (before the
+ * thread exists) or by the thread. */
+static int
+connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
+{
+	*refused = false;
+	int fd;
+	char proof[KVN_CF_PROOF_HEX];
+	int rc = open_authed(m, &fd, proof, refused, err, errlen);
+	if (rc)
+		return rc;
+	if ((rc = send_join(m, fd, proof))) {
+		close(fd);
+		return kvn_seterr(err, errlen, "scheduler %s:%u: sending JOIN: %s", m->host,
+				  m->port, kvn_strerror(rc)),
+		       rc;
+	}
+	struct join_ok ok = {0};
+	if ((rc = await_join_ok(m, fd, &ok, refused, err, errlen))) {
+		close(fd);
+		return rc;
+	}
 	pthread_mutex_lock(&m->send_lock);
 	pthread_mutex_lock(&m->lock);
 	m->fd = fd;
 	m->connected = true;
-	m->worker_id = (int32_t)id;
-	m->worker_count = (uint32_t)count;
-	m->epoch = (uint64_t)epoch;
+	m->worker_id = (int32_t)ok.id;
+	m->worker_count = (uint32_t)ok.count;
+	m->epoch = (uint64_t)ok.epoch;
 	m->joins++;
 	/* The scheduler expires members by its own period: beating slower than it would get
 	 * this node expired while alive. */
-	m->beat_ms = beat >= 1 && beat < m->o.heartbeat_ms ? (uint32_t)beat : m->o.heartbeat_ms;
+	m->beat_ms = ok.beat >= 1 && ok.beat < m->o.heartbeat_ms ? (uint32_t)ok.beat
+								 : m->o.heartbeat_ms;
 	/* What was queued before this join is covered by the republish that follows. */
 	m->sent += m->qlen;
 	m->qlen = 0;
 	pthread_mutex_unlock(&m->lock);
 	pthread_mutex_unlock(&m->send_lock);
 	kvn_info(COMP, "node %s joined scheduler %s:%u as worker %d of %u (epoch %llu)", m->o.name,
-		 m->host, m->port, (int)id, (unsigned)count, (unsigned long long)epoch);
+		 m->host, m->port, (int)ok.id, (unsigned)ok.count, (unsigned long long)ok.epoch);
 	return 0;
 }
 
