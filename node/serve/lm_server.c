@@ -366,19 +366,15 @@ do_list(struct conn *c)
 	return rc ? -1 : 0;
 }
 
-/* Serves one request. Returns 0 to keep the connection, -1 to close it. */
+/* Reads a request header into hdr by deadline. The first request: the 182 bytes both
+ * generations have, then the generation they show (kvn_lm_gen_detect), then v1's last 4
+ * bytes. Waiting for 186 would hang a v0 client, whose 182-byte request expects an answer.
+ * 0, or -1: the connection is to be closed (why is logged and counted). */
 static int
-serve_one(struct conn *c)
+read_header(struct conn *c, uint8_t hdr[KVN_LM_REQ_SIZE], uint64_t deadline)
 {
 	struct kvn_lm_server *srv = c->srv;
-	uint8_t hdr[KVN_LM_REQ_SIZE];
 	size_t got, more = 0;
-	/* Its first byte is here (the socket polled readable): from now on the whole request
-	 * has lm_request_timeout_ms, however slowly it trickles in. */
-	uint64_t deadline = kvn_now_ms() + (uint64_t)srv->request_ms;
-	/* The first request: the 182 bytes both generations have, then the generation they show
-	 * (kvn_lm_gen_detect), then v1's last 4 bytes. Waiting for 186 would hang a v0 client,
-	 * whose 182-byte request expects an answer. */
 	bool first = c->gen < 0;
 	size_t want = first ? KVN_LM_V0_REQ_SIZE : kvn_lm_req_size((enum kvn_lm_gen)c->gen);
 	int rc = kvn_connsrv_read_by(c->fd, hdr, want, deadline, &got);
@@ -408,6 +404,57 @@ serve_one(struct conn *c)
 		return proto_fail(c, "truncated request header (%zu of %zu bytes: %s)", got, want,
 				  kvn_strerror(rc));
 	}
+	return 0;
+}
+
+/* The key of a PUT, GET or EXIST into key. 0, or what serve_one returns: an invalid key
+ * breaks the protocol (a PUT's payload is read and dropped first). */
+static int
+request_key(struct conn *c, const struct kvn_lm_req *req, struct kvn_key *key, uint64_t deadline)
+{
+	char why[256];
+	if (kvn_key_parse(key, req->key, req->key_len, why, sizeof(why)) < 0) {
+		if (req->command == KVN_LM_PUT) {
+			char shown[KVN_LM_KEY_MAX + 1];
+			printable_key(req, shown, sizeof(shown));
+			return drop_put(c, KVN_LM_DROP_BAD_KEY, shown, (uint64_t)req->length,
+					deadline, true,
+					"invalid key (%s; LMCache's own server closes the "
+					"connection on a key it cannot parse)",
+					why);
+		}
+		return proto_fail(c, "%s with an invalid key: %s", kvn_lm_cmd_name(req->command),
+				  why);
+	}
+	kvn_debug(COMP, "client %s: %s %s %d bytes", c->peer, kvn_lm_cmd_name(req->command),
+		  key->str, req->length);
+	return 0;
+}
+
+static int
+do_exist(struct conn *c, const struct kvn_key *key)
+{
+	int rc = kvn_engine_contains(c->srv->eng, key);
+	if (rc < 0) {
+		atomic_fetch_add(&c->srv->errors, 1);
+		kvn_warn(COMP, "client %s: EXIST %s: %s; answering absent", c->peer, key->str,
+			 kvn_strerror(rc));
+	}
+	return send_reply(c, rc > 0 ? KVN_LM_OK : KVN_LM_FAIL, 0, NULL) ? -1 : 0;
+}
+
+/* Serves one request. Returns 0 to keep the connection, -1 to close it. */
+static int
+serve_one(struct conn *c)
+{
+	struct kvn_lm_server *srv = c->srv;
+	uint8_t hdr[KVN_LM_REQ_SIZE];
+	/* Its first byte is here (the socket polled readable): from now on the whole request
+	 * has lm_request_timeout_ms, however slowly it trickles in. */
+	uint64_t deadline = kvn_now_ms() + (uint64_t)srv->request_ms;
+	int rc = read_header(c, hdr, deadline);
+	if (rc)
+		return rc;
 	struct kvn_lm_req req;
 	kvn_lm_req_decode_gen((enum kvn_lm_gen)c->gen, hdr, &req);
 	if (req.command < KVN_LM_PUT || req.command > KVN_LM_HEALTH)
@@ -419,24 +466,10 @@ serve_one(struct conn *c)
 	atomic_fetch_add(&srv->by_command[req.command - 1], 1);
 
 	struct kvn_key key;
-	if (req.command == KVN_LM_PUT || req.command == KVN_LM_GET || req.command == KVN_LM_EXIST) {
-		char why[256];
-		if (kvn_key_parse(&key, req.key, req.key_len, why, sizeof(why)) < 0) {
-			if (req.command == KVN_LM_PUT) {
-				char shown[KVN_LM_KEY_MAX + 1];
-				printable_key(&req, shown, sizeof(shown));
-				return drop_put(c, KVN_LM_DROP_BAD_KEY, shown, (uint64_t)req.length,
-						deadline, true,
-						"invalid key (%s; LMCache's own server closes the "
-						"connection on a key it cannot parse)",
-						why);
-			}
-			return proto_fail(c, "%s with an invalid key: %s",
-					  kvn_lm_cmd_name(req.command), why);
-		}
-		kvn_debug(COMP, "client %s: %s %s %d bytes", c->peer, kvn_lm_cmd_name(req.command),
-			  key.str, req.length);
-	}
+	if ((req.command == KVN_LM_PUT || req.command == KVN_LM_GET ||
+	     req.command == KVN_LM_EXIST) &&
+	    (rc = request_key(c, &req, &key, deadline)))
+		return rc;
 
 	switch (req.command) {
 	case KVN_LM_PUT:
@@ -450,13 +483,7 @@ serve_one(struct conn *c)
 	case KVN_LM_GET:
 		return do_get(c, &key);
 	case KVN_LM_EXIST:
-		rc = kvn_engine_contains(srv->eng, &key);
-		if (rc < 0) {
-			atomic_fetch_add(&srv->errors, 1);
-			kvn_warn(COMP, "client %s: EXIST %s: %s; answering absent", c->peer,
-				 key.str, kvn_strerror(rc));
-		}
-		return send_reply(c, rc > 0 ? KVN_LM_OK : KVN_LM_FAIL, 0, NULL) ? -1 : 0;
+		return do_exist(c, &key);
 	case KVN_LM_LIST:
 		return do_list(c);
 	case KVN_LM_HEALTH:
