@@ -524,10 +524,65 @@ step(const struct kvn_transport *tp, struct rdma_event_channel *ch, struct times
 	return ev->type == want ? 0 : event_error(tp, ev, peer, err, errlen);
 }
 
-int
-kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, char *err,
-		  size_t errlen)
+/* One connect of kvn_vb_connect_id: its rdma_cm channel and id, its deadline and the last
+ * event, shared by the steps below. */
+struct dial {
+	struct kvn_transport *tp;
+	struct kvn_tp_ep *ep;
+	struct rdma_event_channel *ch;
+	struct rdma_cm_id *id;
+	struct timespec dl;
+	int timeout_ms;
+	struct cm_ev ev;
+	char *err;
+	size_t errlen;
+};
+
+static int
+dial_step(struct dial *d, enum rdma_cm_event_type want, const char *what)
 {
+	return step(d->tp, d->ch, &d->dl, want, what, d->ep->peer, d->timeout_ms, &d->ev, d->err,
+		    d->errlen);
+}
+
+/* Resolves the peer's address and route, on the device this node registered its memory on. */
+static int
+dial_resolve(struct dial *d, struct sockaddr_storage *dst)
+{
+	struct kvn_transport *tp = d->tp;
+	const char *peer = d->ep->peer;
+	int rc;
+	if (rdma_resolve_addr(d->id, tp->have_src ? (struct sockaddr *)&tp->src : NULL,
+			      (struct sockaddr *)dst, d->timeout_ms)) {
+		rc = -errno;
+		kvn_seterr(d->err, d->errlen, "peer %s: resolving the address: %s", peer,
+			   strerror(errno));
+		return rc;
+	}
+	rc = dial_step(d, RDMA_CM_EVENT_ADDR_RESOLVED, "address");
+	if (rc)
+		return rc;
+	if (d->id->verbs != tp->ctx) {
+		kvn_seterr(d->err, d->errlen,
+			   "peer %s is reached through RDMA device %s but this node "
+			   "registered its memory on %s (set rdma_device)",
+			   peer, devname(d->id->verbs), devname(tp->ctx));
+		return -ENODEV;
+	}
+	if (rdma_resolve_route(d->id, d->timeout_ms)) {
+		rc = -errno;
+		kvn_seterr(d->err, d->errlen, "peer %s: resolving the route: %s", peer,
+			   strerror(errno));
+		return rc;
+	}
+	return dial_step(d, RDMA_CM_EVENT_ROUTE_RESOLVED, "route");
+}
+
+/* Creates the QP and sends the REQ (req: magic, version, the reader's nonce and proof). */
+static int
+dial_connect(struct dial *d, uint8_t req[REQ_SIZE])
+{
+	struct kvn_transport *tp = d->tp;
 	struct ibv_qp_init_attr qa = {.send_cq = tp->cq,
 				      .recv_cq = tp->cq,
 				      .qp_type = IBV_QPT_RC,
@@ -536,63 +591,19 @@ kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms
 					      .max_recv_wr = 1,
 					      .max_send_sge = 1,
 					      .max_recv_sge = 1}};
-	uint8_t req[REQ_SIZE] = {0};
 	struct rdma_conn_param cp = {.private_data = req,
-				     .private_data_len = sizeof(req),
+				     .private_data_len = REQ_SIZE,
 				     .initiator_depth = tp->init_depth,
 				     .retry_count = 7,
 				     .rnr_retry_count = 7};
-	struct rdma_event_channel *ch = rdma_create_event_channel();
-	struct rdma_cm_id *id = NULL;
-	struct sockaddr_storage dst;
-	struct timespec dl;
-	struct cm_ev ev;
 	int rc;
-
-	dl = kvn_deadline_in_ms(timeout_ms > 0 ? (uint64_t)timeout_ms : 0);
-	rc = parse_addr(ep->peer, &dst, err, errlen);
-	if (rc)
-		goto out;
-	if (!ch || rdma_create_id(ch, &id, NULL, RDMA_PS_TCP)) {
-		rc = errno ? -errno : -EIO;
-		kvn_seterr(err, errlen, "peer %s: rdma_cm id: %s", ep->peer, strerror(-rc));
-		goto out;
-	}
-	if (rdma_resolve_addr(id, tp->have_src ? (struct sockaddr *)&tp->src : NULL,
-			      (struct sockaddr *)&dst, timeout_ms)) {
-		rc = -errno;
-		kvn_seterr(err, errlen, "peer %s: resolving the address: %s", ep->peer,
-			   strerror(errno));
-		goto out;
-	}
-	rc = step(tp, ch, &dl, RDMA_CM_EVENT_ADDR_RESOLVED, "address", ep->peer, timeout_ms, &ev,
-		  err, errlen);
-	if (rc)
-		goto out;
-	if (id->verbs != tp->ctx) {
-		kvn_seterr(err, errlen,
-			   "peer %s is reached through RDMA device %s but this node "
-			   "registered its memory on %s (set rdma_device)",
-			   ep->peer, devname(id->verbs), devname(tp->ctx));
-		rc = -ENODEV;
-		goto out;
-	}
-	if (rdma_resolve_route(id, timeout_ms)) {
-		rc = -errno;
-		kvn_seterr(err, errlen, "peer %s: resolving the route: %s", ep->peer,
-			   strerror(errno));
-		goto out;
-	}
-	rc = step(tp, ch, &dl, RDMA_CM_EVENT_ROUTE_RESOLVED, "route", ep->peer, timeout_ms, &ev,
-		  err, errlen);
-	if (rc)
-		goto out;
 	/* rdma_cm's RoCE ACK timeout (0.5-1 s) stays: a shorter one (~270 ms) made rxe under
 	 * emulation retransmit large outstanding reads before their responses had drained. */
-	if (rdma_create_qp(id, tp->pd, &qa)) {
+	if (rdma_create_qp(d->id, tp->pd, &qa)) {
 		rc = errno ? -errno : -ENOMEM;
-		kvn_seterr(err, errlen, "peer %s: creating the QP: %s", ep->peer, strerror(-rc));
-		goto out;
+		kvn_seterr(d->err, d->errlen, "peer %s: creating the QP: %s", d->ep->peer,
+			   strerror(-rc));
+		return rc;
 	}
 	put_le(req, VB_MAGIC, 4);
 	put_le(req + 4, VB_PROTO, 2);
@@ -600,63 +611,109 @@ kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms
 	kvn_auth_nonce(req + 8);
 	{
 		uint8_t qpn[4];
-		put_le(qpn, id->qp->qp_num, 4);
+		put_le(qpn, d->id->qp->qp_num, 4);
 		const struct kvn_auth_part parts[] = {{req + 8, KVN_AUTH_NONCE}, {qpn, 4}};
 		kvn_auth_mac(&tp->auth, READER_LABEL, parts, 2, req + 8 + KVN_AUTH_NONCE);
 	}
-	if (rdma_connect(id, &cp)) {
+	if (rdma_connect(d->id, &cp)) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "peer %s: rdma_connect: %s", ep->peer, strerror(errno));
-		goto out;
+		kvn_seterr(d->err, d->errlen, "peer %s: rdma_connect: %s", d->ep->peer,
+			   strerror(errno));
+		return rc;
 	}
-	rc = step(tp, ch, &dl, RDMA_CM_EVENT_ESTABLISHED, "connect", ep->peer, timeout_ms, &ev, err,
-		  errlen);
+	return 0;
+}
+
+/* Waits for the accept and checks its private data: a REP of our protocol and, with a token,
+ * the owner's proof over req's nonce. */
+static int
+dial_accepted(struct dial *d, const uint8_t req[REQ_SIZE])
+{
+	struct kvn_transport *tp = d->tp;
+	const struct cm_ev *ev = &d->ev;
+	int rc = dial_step(d, RDMA_CM_EVENT_ESTABLISHED, "connect");
 	if (rc)
-		goto out;
-	if (ev.plen < REP_HDR || get_le(ev.pdata, 4) != VB_MAGIC ||
-	    get_le(ev.pdata + 4, 2) != VB_PROTO || ev.pdata[6] > VB_MAX_DESC ||
-	    ev.plen < REP_HDR + ev.pdata[6] * REP_DESC) {
-		kvn_seterr(err, errlen,
+		return rc;
+	if (ev->plen < REP_HDR || get_le(ev->pdata, 4) != VB_MAGIC ||
+	    get_le(ev->pdata + 4, 2) != VB_PROTO || ev->pdata[6] > VB_MAX_DESC ||
+	    ev->plen < REP_HDR + ev->pdata[6] * REP_DESC) {
+		kvn_seterr(d->err, d->errlen,
 			   "peer %s is not a kvnode verbs peer of protocol %d (bad "
 			   "private data in its accept)",
-			   ep->peer, VB_PROTO);
-		rc = -EPROTO;
-		goto out;
+			   d->ep->peer, VB_PROTO);
+		return -EPROTO;
 	}
 	if (tp->auth.set) {
 		uint8_t proof[KVN_AUTH_MAC];
-		owner_proof(tp, req + 8, ev.qp_num, ev.pdata, ev.pdata[6], proof);
-		if (sodium_memcmp(proof, ev.pdata + 8, REP_PROOF)) {
-			rc = kvn_tp_auth_unproven("verbs", ep->peer, &tp->auth, err, errlen);
-			goto out;
-		}
+		owner_proof(tp, req + 8, ev->qp_num, ev->pdata, ev->pdata[6], proof);
+		if (sodium_memcmp(proof, ev->pdata + 8, REP_PROOF))
+			return kvn_tp_auth_unproven("verbs", d->ep->peer, &tp->auth, d->err,
+						    d->errlen);
 	}
-	/* Disconnects from now on go to the instance's rdma_cm thread. */
-	if (rdma_migrate_id(id, tp->cm_ch)) {
-		rc = -errno;
-		kvn_seterr(err, errlen, "peer %s: rdma_migrate_id: %s", ep->peer, strerror(errno));
-		goto out;
-	}
+	return 0;
+}
+
+/* The endpoint takes the connected id and the owner's region descriptors. */
+static void
+dial_up(struct dial *d)
+{
+	struct kvn_transport *tp = d->tp;
+	struct kvn_tp_ep *ep = d->ep;
 	pthread_mutex_lock(&tp->lock);
-	ep->ndesc = ev.pdata[6];
-	ep->desc_complete = ev.pdata[7];
+	ep->ndesc = d->ev.pdata[6];
+	ep->desc_complete = d->ev.pdata[7];
 	for (uint32_t i = 0; i < ep->ndesc; i++) {
-		const uint8_t *d = ev.pdata + REP_HDR + i * REP_DESC;
-		ep->desc[i] = (struct kvn_mem_desc){.addr = get_le(d, 8),
-						    .len = get_le(d + 8, 8),
-						    .rkey = (uint32_t)get_le(d + 16, 4)};
+		const uint8_t *p = d->ev.pdata + REP_HDR + i * REP_DESC;
+		ep->desc[i] = (struct kvn_mem_desc){.addr = get_le(p, 8),
+						    .len = get_le(p + 8, 8),
+						    .rkey = (uint32_t)get_le(p + 16, 4)};
 	}
-	ep->id = id;
+	ep->id = d->id;
 	ep->state = EP_UP;
 	ep->sq_free = tp->sq_depth;
 	pthread_cond_broadcast(&tp->cond);
 	pthread_mutex_unlock(&tp->lock);
-	id = NULL;
+}
+
+int
+kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms, char *err,
+		  size_t errlen)
+{
+	uint8_t req[REQ_SIZE] = {0};
+	struct dial d = {.tp = tp,
+			 .ep = ep,
+			 .ch = rdma_create_event_channel(),
+			 .timeout_ms = timeout_ms,
+			 .err = err,
+			 .errlen = errlen};
+	struct sockaddr_storage dst;
+	int rc;
+
+	d.dl = kvn_deadline_in_ms(timeout_ms > 0 ? (uint64_t)timeout_ms : 0);
+	rc = parse_addr(ep->peer, &dst, err, errlen);
+	if (rc)
+		goto out;
+	if (!d.ch || rdma_create_id(d.ch, &d.id, NULL, RDMA_PS_TCP)) {
+		rc = errno ? -errno : -EIO;
+		kvn_seterr(err, errlen, "peer %s: rdma_cm id: %s", ep->peer, strerror(-rc));
+		goto out;
+	}
+	if ((rc = dial_resolve(&d, &dst)) || (rc = dial_connect(&d, req)) ||
+	    (rc = dial_accepted(&d, req)))
+		goto out;
+	/* Disconnects from now on go to the instance's rdma_cm thread. */
+	if (rdma_migrate_id(d.id, tp->cm_ch)) {
+		rc = -errno;
+		kvn_seterr(err, errlen, "peer %s: rdma_migrate_id: %s", ep->peer, strerror(errno));
+		goto out;
+	}
+	dial_up(&d);
+	d.id = NULL;
 	rc = 0;
 out:
-	if (id)
-		kvn_vb_destroy_id(id);
-	if (ch)
-		rdma_destroy_event_channel(ch);
+	if (d.id)
+		kvn_vb_destroy_id(d.id);
+	if (d.ch)
+		rdma_destroy_event_channel(d.ch);
 	return rc;
 }
