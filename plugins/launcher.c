@@ -424,8 +424,7 @@ escalate_stop(struct monitor *m, uint64_t now)
 /* A plugin waiting to restart: given up when stopping, spawned once due, else *timeout
  * shortened to its restart time. True when it was spawned (it is then watched). */
 static bool
-restart_if_due(struct kvn_plugins *pl, struct plugin *p, bool stopping, uint64_t now,
-	       int *timeout)
+restart_if_due(struct kvn_plugins *pl, struct plugin *p, bool stopping, uint64_t now, int *timeout)
 {
 	if (stopping) {
 		pthread_mutex_lock(&pl->lock);

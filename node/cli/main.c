@@ -583,9 +583,9 @@ serve_start(struct serve_node *n, const struct opts *o, struct kvn_config *cfg)
 	 * scheduler is up), else worker 0 of 1. */
 	struct kvn_membership *mship = n->cluster ? kvn_cluster_membership(n->cluster) : NULL;
 	n->wid = mship ? kvn_membership_worker_id(mship) : -1;
-	n->plugins = start_plugins(cfg, KVN_PLUGIN_WORKER, n->wid < 0 ? 0 : n->wid,
-				   n->wid < 0 ? 1 : (int)kvn_membership_worker_count(mship),
-				   n->socket_path);
+	n->plugins =
+	    start_plugins(cfg, KVN_PLUGIN_WORKER, n->wid < 0 ? 0 : n->wid,
+			  n->wid < 0 ? 1 : (int)kvn_membership_worker_count(mship), n->socket_path);
 	kvn_server_set_plugins(n->srv, n->plugins);
 	kvn_server_set_lm(n->srv, n->lm);
 	/* The signal thread starts once the plugins run, so that a SIGHUP (pending until then)
@@ -598,8 +598,7 @@ serve_start(struct serve_node *n, const struct opts *o, struct kvn_config *cfg)
 					  .cluster = n->cluster,
 					  .lm = n->lm,
 					  .plugins = n->plugins};
-	if (start_metrics(cfg, kvn_metrics_collect_node, &n->nm, &n->metrics, err, sizeof(err)) <
-	    0)
+	if (start_metrics(cfg, kvn_metrics_collect_node, &n->nm, &n->metrics, err, sizeof(err)) < 0)
 		return die(EXIT_CONN, "%s", err);
 	return 0;
 }
@@ -630,7 +629,7 @@ serve_close(struct serve_node *n)
 	kvn_plugins_stop(n->plugins); /* SIGTERM, then SIGKILL after plugin_stop_timeout_ms */
 	kvn_lm_server_stop(n->lm);    /* before the engine it serves from */
 	kvn_cluster_stop(n->cluster); /* leaves the cluster before the pool goes */
-	kvn_engine_close(n->eng); /* drains queued disk writes: the disk tier is consistent */
+	kvn_engine_close(n->eng);     /* drains queued disk writes: the disk tier is consistent */
 	kvn_sigctl_destroy(n->sig); /* kept until now: a second signal may cut a slow flush short */
 	kvn_server_destroy(n->srv); /* the socket file goes last: its absence means "finished" */
 	free(n->socket_path);
@@ -653,7 +652,7 @@ cmd_serve(struct opts *o)
 	}
 	block_signals();
 	struct serve_node n = {.wid = -1};
-	n.socket_path = o->node		  ? strdup(o->node)
+	n.socket_path = o->node		   ? strdup(o->node)
 			: cfg->socket_path ? strdup(cfg->socket_path)
 					   : kvn_config_default_socket();
 	if (!n.socket_path) {

@@ -268,8 +268,8 @@ connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
 	m->joins++;
 	/* The scheduler expires members by its own period: beating slower than it would get
 	 * this node expired while alive. */
-	m->beat_ms = ok.beat >= 1 && ok.beat < m->o.heartbeat_ms ? (uint32_t)ok.beat
-								 : m->o.heartbeat_ms;
+	m->beat_ms =
+	    ok.beat >= 1 && ok.beat < m->o.heartbeat_ms ? (uint32_t)ok.beat : m->o.heartbeat_ms;
 	/* What was queued before this join is covered by the republish that follows. */
 	m->sent += m->qlen;
 	m->qlen = 0;

@@ -602,8 +602,8 @@ set_path(const struct kvn_keydef *kd, void *p, const char *text, const char *bas
 
 /* auto, verbs or tcp in any case; stored in lower case. */
 static int
-set_transport(const struct kvn_keydef *kd, void *p, const char *text, const char *where,
-	      char *err, size_t errlen)
+set_transport(const struct kvn_keydef *kd, void *p, const char *text, const char *where, char *err,
+	      size_t errlen)
 {
 	char norm[32];
 	if (strcasecmp(text, "auto") && strcasecmp(text, "verbs") && strcasecmp(text, "tcp"))
@@ -634,8 +634,8 @@ set_addr(const struct kvn_keydef *kd, void *p, const char *text, const char *whe
 
 /* never or on-failure in any case; stored in lower case. */
 static int
-set_restart(const struct kvn_keydef *kd, void *p, const char *text, const char *where,
-	    char *err, size_t errlen)
+set_restart(const struct kvn_keydef *kd, void *p, const char *text, const char *where, char *err,
+	    size_t errlen)
 {
 	char norm[32];
 	if (strcasecmp(text, "never") && strcasecmp(text, "on-failure"))

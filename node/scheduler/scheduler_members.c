@@ -380,8 +380,8 @@ join_fields(const cJSON *j, struct join_req *q, char *err, size_t errlen)
 /* Validates a JOIN (a first JOIN on the connection, a JSON object, the proof, its fields) into
  * q; 0, or the connection is refused. */
 static int
-parse_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body,
-	   uint32_t len, struct join_req *q)
+parse_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t *body, uint32_t len,
+	   struct join_req *q)
 {
 	char err[256];
 	const char *jtext;
@@ -415,8 +415,8 @@ parse_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint8_t 
 /* A worker id for the joining name (its own again, or a free one), the blob copied into
  * q->nm and a fresh id's name indexed; 0, or the connection is refused. */
 static int
-claim_id(struct kvn_scheduler *s, struct conn *c, uint32_t seq, struct join_req *q,
-	 uint32_t *id, bool *fresh)
+claim_id(struct kvn_scheduler *s, struct conn *c, uint32_t seq, struct join_req *q, uint32_t *id,
+	 bool *fresh)
 {
 	struct member *nm = &q->nm;
 	size_t blen = q->blob_len;
@@ -470,8 +470,7 @@ drop_old_conn(struct kvn_scheduler *s, struct member *m, struct conn *c)
 
 /* Makes nm the alive member id on connection c (a new epoch). */
 static void
-admit_member(struct kvn_scheduler *s, struct conn *c, uint32_t id, struct member *nm,
-	     bool rejoin)
+admit_member(struct kvn_scheduler *s, struct conn *c, uint32_t id, struct member *nm, bool rejoin)
 {
 	struct member *m = &s->members[id];
 	/* Whatever it published before belongs to an index it is about to re-publish. */
