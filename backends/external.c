@@ -60,10 +60,11 @@ kvn_external_load(const char *module_path, const char *symbol, const char *confi
 		goto out_close;
 	const char *miss = missing_op(o);
 	if (miss) {
-		rc = kvn_seterr(err, errlen,
-			  "module %s exports ops %s without the required operation %s (create, "
-			  "destroy, put, get, contains, remove and stats must be set)",
-			  path, symbol, miss);
+		rc = kvn_seterr(
+		    -EINVAL, err, errlen,
+		    "module %s exports ops %s without the required operation %s (create, "
+		    "destroy, put, get, contains, remove and stats must be set)",
+		    path, symbol, miss);
 		goto out_close;
 	}
 

@@ -203,7 +203,7 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 	int rc = be->link.member(be->link.ctx, worker_id, &mi);
 	struct kvn_tp_ep *ep = NULL;
 	if (rc < 0 || !mi.up) {
-		kvn_seterr(err, errlen, "peer worker %u is not a live member", worker_id);
+		kvn_seterr(-EINVAL, err, errlen, "peer worker %u is not a live member", worker_id);
 		rc = -ENOENT;
 	} else {
 		rc = be->link.ops->connect(be->link.tp, mi.data_addr, be->link.timeout_ms, &ep, err,

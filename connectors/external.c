@@ -51,7 +51,7 @@ kvn_connector_load_external(const char *url, const char *config_dir, kvn_extra_g
 	if (!mp && !cn)
 		return 0;
 	if (!mp || !cn)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "extra_config sets %s but not %s: an external connector needs "
 				  "both (the .so and its exported const struct kvn_connector_ops)",
 				  mp ? key_mp : key_cn, mp ? key_cn : key_mp);
@@ -75,7 +75,7 @@ kvn_connector_load_external(const char *url, const char *config_dir, kvn_extra_g
 	if (rc)
 		goto out_close;
 	if ((miss = missing_op(ops))) {
-		rc = kvn_seterr(err, errlen,
+		rc = kvn_seterr(-EINVAL, err, errlen,
 				"external connector module %s exports %s without the required "
 				"operation %s (connect, close, exists, get, put, remove, list and "
 				"ping must be set; remove/list may return -EOPNOTSUPP)",
@@ -84,7 +84,7 @@ kvn_connector_load_external(const char *url, const char *config_dir, kvn_extra_g
 	}
 	rc = kvn_connector_register(scheme, ops);
 	if (rc) {
-		kvn_seterr(err, errlen,
+		kvn_seterr(-EINVAL, err, errlen,
 			   "external connector %s from %s (%s): cannot serve scheme \"%s\": %s", cn,
 			   path, key_mp, scheme,
 			   rc == -EEXIST ? "the scheme is built in or served by another module; "

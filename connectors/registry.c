@@ -186,7 +186,7 @@ kvn_connector_find(const char *url, const struct kvn_connector_ops **ops, char *
 {
 	char scheme[SCHEME_MAX], known[512];
 	if (kvn_connector_scheme_of(url, scheme, sizeof(scheme)) < 0)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "remote_url \"%.200s\" has no scheme: write "
 				  "<scheme>://… (e.g. redis://host:6379)",
 				  url ? url : "");
@@ -203,14 +203,13 @@ kvn_connector_find(const char *url, const struct kvn_connector_ops **ops, char *
 	}
 	for (size_t i = 0; i < N(unavailable); i++)
 		if (!strcmp(unavailable[i].scheme, scheme)) {
-			kvn_seterr(err, errlen,
-				   "remote_url scheme \"%s\" is not built in this "
-				   "build: needs %s",
-				   scheme, unavailable[i].needs);
-			return -ENOTSUP;
+			return kvn_seterr(-ENOTSUP, err, errlen,
+					  "remote_url scheme \"%s\" is not built in this "
+					  "build: needs %s",
+					  scheme, unavailable[i].needs);
 		}
 	kvn_connector_schemes(known, sizeof(known));
-	return kvn_seterr(err, errlen,
+	return kvn_seterr(-EINVAL, err, errlen,
 			  "remote_url scheme \"%s\" is unknown (known: %s); for an external "
 			  "connector set extra_config external_connector.%s.module_path and "
 			  ".class_name",

@@ -142,9 +142,9 @@ create_file(const char *path, char *err, size_t errlen)
 {
 	int rc = make_parent(path);
 	if (rc) {
-		kvn_seterr(err, errlen, "auth_token_file %s: cannot create its directory: %s",
-			   path, strerror(-rc));
-		return rc;
+		return kvn_seterr(rc, err, errlen,
+				  "auth_token_file %s: cannot create its directory: %s", path,
+				  strerror(-rc));
 	}
 	uint8_t raw[TOKEN_BYTES];
 	char hex[2 * TOKEN_BYTES + 2];
@@ -155,13 +155,12 @@ create_file(const char *path, char *err, size_t errlen)
 	strcat(hex, "\n");
 	char tmp[PATH_MAX];
 	if (snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid()) >= (int)sizeof(tmp))
-		return kvn_seterr(err, errlen, "auth_token_file %s: path too long", path);
+		return kvn_seterr(-EINVAL, err, errlen, "auth_token_file %s: path too long", path);
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "auth_token_file %s: cannot create %s: %s", path, tmp,
-			   strerror(-rc));
-		return rc;
+		return kvn_seterr(rc, err, errlen, "auth_token_file %s: cannot create %s: %s", path,
+				  tmp, strerror(-rc));
 	}
 	size_t n = strlen(hex);
 	rc = write(fd, hex, n) == (ssize_t)n && fsync(fd) == 0 ? 0 : -errno;
@@ -172,9 +171,8 @@ create_file(const char *path, char *err, size_t errlen)
 		rc = -errno;
 	unlink(tmp);
 	if (rc) {
-		kvn_seterr(err, errlen, "auth_token_file %s: cannot write it: %s", path,
-			   strerror(-rc));
-		return rc;
+		return kvn_seterr(rc, err, errlen, "auth_token_file %s: cannot write it: %s", path,
+				  strerror(-rc));
 	}
 	kvn_info("auth", "generated this host's auth token in %s (mode 0600): processes of this "
 			 "user on this host share it",
@@ -196,39 +194,39 @@ kvn_auth_token_file(const char *path, bool create, char **token, char *err, size
 	if (fd < 0) {
 		int rc = -errno;
 		if (rc == -ENOENT)
-			kvn_seterr(err, errlen,
+			kvn_seterr(-EINVAL, err, errlen,
 				   "auth_token_file %s does not exist (a node or scheduler of this "
 				   "user on this host creates it; or set auth_token)",
 				   path);
 		else
-			kvn_seterr(err, errlen, "auth_token_file %s: %s", path, strerror(-rc));
+			kvn_seterr(-EINVAL, err, errlen, "auth_token_file %s: %s", path,
+				   strerror(-rc));
 		return rc;
 	}
 	struct stat st;
 	if (fstat(fd, &st) || !S_ISREG(st.st_mode)) {
 		close(fd);
-		return kvn_seterr(err, errlen, "auth_token_file %s is not a regular file", path);
+		return kvn_seterr(-EINVAL, err, errlen, "auth_token_file %s is not a regular file",
+				  path);
 	}
 	if (st.st_mode & 077) {
 		close(fd);
-		kvn_seterr(err, errlen,
-			   "auth_token_file %s may be read by other users (mode %04o): it holds "
-			   "the cluster's secret; chmod 600 %s",
-			   path, (unsigned)(st.st_mode & 07777), path);
-		return -EACCES;
+		return kvn_seterr(
+		    -EACCES, err, errlen,
+		    "auth_token_file %s may be read by other users (mode %04o): it holds "
+		    "the cluster's secret; chmod 600 %s",
+		    path, (unsigned)(st.st_mode & 07777), path);
 	}
 	char buf[TOKEN_MAX + 1];
 	ssize_t n = read(fd, buf, TOKEN_MAX + 1);
 	int rc = n < 0 ? -errno : 0;
 	close(fd);
 	if (rc) {
-		kvn_seterr(err, errlen, "auth_token_file %s: %s", path, strerror(-rc));
-		return rc;
+		return kvn_seterr(rc, err, errlen, "auth_token_file %s: %s", path, strerror(-rc));
 	}
 	if (n > TOKEN_MAX) {
-		kvn_seterr(err, errlen, "auth_token_file %s is larger than %d bytes", path,
-			   TOKEN_MAX);
-		return -EFBIG;
+		return kvn_seterr(-EFBIG, err, errlen, "auth_token_file %s is larger than %d bytes",
+				  path, TOKEN_MAX);
 	}
 	buf[n] = '\0';
 	/* One line: the token, surrounding white space dropped (an editor's newline). */
@@ -240,7 +238,7 @@ kvn_auth_token_file(const char *path, bool create, char **token, char *err, size
 		len--;
 	if (!len) {
 		sodium_memzero(buf, sizeof(buf));
-		return kvn_seterr(err, errlen, "auth_token_file %s is empty", path);
+		return kvn_seterr(-EINVAL, err, errlen, "auth_token_file %s is empty", path);
 	}
 	*token = strndup(s, len);
 	sodium_memzero(buf, sizeof(buf));

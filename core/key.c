@@ -176,25 +176,26 @@ KVN_API int
 kvn_key_parse(struct kvn_key *key, const char *s, size_t len, char *err, size_t errlen)
 {
 	if (!s || len == 0)
-		return kvn_seterr(err, errlen, "empty key");
+		return kvn_seterr(-EINVAL, err, errlen, "empty key");
 	if (len > KVN_KEY_MAX)
-		return kvn_seterr(err, errlen, "key is %zu bytes, longer than the maximum of %d",
-				  len, KVN_KEY_MAX);
+		return kvn_seterr(-EINVAL, err, errlen,
+				  "key is %zu bytes, longer than the maximum of %d", len,
+				  KVN_KEY_MAX);
 	for (size_t i = 0; i < len;) {
 		uint32_t cp;
 		size_t n = kvn_utf8_decode((const unsigned char *)s + i, len - i, &cp);
 		if (n && !kvn_utf8_is_control(cp))
 			i += n;
 		else if (n && (cp < 0x20 || cp == 0x7f))
-			return kvn_seterr(err, errlen,
+			return kvn_seterr(-EINVAL, err, errlen,
 					  "key has a control character 0x%02x at offset %zu", cp,
 					  i);
 		else if (n)
-			return kvn_seterr(err, errlen,
+			return kvn_seterr(-EINVAL, err, errlen,
 					  "key has a control character U+%04X at offset %zu", cp,
 					  i);
 		else
-			return kvn_seterr(err, errlen,
+			return kvn_seterr(-EINVAL, err, errlen,
 					  "key is not UTF-8: byte 0x%02x at offset %zu starts no "
 					  "valid character",
 					  (unsigned)(unsigned char)s[i], i);

@@ -82,7 +82,7 @@ kvn_log(int level, const char *component, const char *fmt, ...)
 }
 
 int
-kvn_seterr(char *err, size_t errlen, const char *fmt, ...)
+kvn_seterr(int code, char *err, size_t errlen, const char *fmt, ...)
 {
 	if (err && errlen) {
 		va_list ap;
@@ -90,7 +90,7 @@ kvn_seterr(char *err, size_t errlen, const char *fmt, ...)
 		vsnprintf(err, errlen, fmt, ap);
 		va_end(ap);
 	}
-	return -EINVAL;
+	return code;
 }
 
 KVN_API const char *

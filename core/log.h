@@ -31,9 +31,10 @@ struct kvn_ratelimit {
 };
 bool kvn_ratelimit_ok(struct kvn_ratelimit *rl, unsigned interval_ms, uint64_t *missed);
 
-/* Formats into a caller's error buffer (NULL allowed) and returns -EINVAL: the usual way a
- * validating function reports what was wrong. */
-int kvn_seterr(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+/* Formats into a caller's error buffer (NULL allowed) and returns code, so that a failing
+ * function says what went wrong and returns in one statement:
+ *	return kvn_seterr(-ENOENT, err, errlen, "no key %s", key); */
+int kvn_seterr(int code, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #endif

@@ -25,41 +25,42 @@ kvn_hostport_parse(const char *text, char host[KVN_HOST_MAX], uint16_t *port, ch
 	const char *colon, *h = text;
 	size_t hlen;
 	if (!text || !*text)
-		return kvn_seterr(err, errlen, "address is empty: write HOST:PORT");
+		return kvn_seterr(-EINVAL, err, errlen, "address is empty: write HOST:PORT");
 	if (text[0] == '[') {
 		const char *end = strchr(text, ']');
 		if (!end || end[1] != ':')
 			return kvn_seterr(
-			    err, errlen, "address \"%s\": an IPv6 host must be written [HOST]:PORT",
-			    text);
+			    -EINVAL, err, errlen,
+			    "address \"%s\": an IPv6 host must be written [HOST]:PORT", text);
 		h = text + 1;
 		hlen = (size_t)(end - h);
 		colon = end + 1;
 	} else {
 		colon = strrchr(text, ':');
 		if (!colon)
-			return kvn_seterr(err, errlen,
+			return kvn_seterr(-EINVAL, err, errlen,
 					  "address \"%s\" has no port: write HOST:PORT", text);
 		hlen = (size_t)(colon - text);
 		if (memchr(text, ':', hlen))
 			return kvn_seterr(
-			    err, errlen, "address \"%s\": an IPv6 host must be written [HOST]:PORT",
-			    text);
+			    -EINVAL, err, errlen,
+			    "address \"%s\": an IPv6 host must be written [HOST]:PORT", text);
 	}
 	if (hlen == 0)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "address \"%s\" has no host: write HOST:PORT (0.0.0.0 for every "
 				  "interface)",
 				  text);
 	if (hlen >= KVN_HOST_MAX)
-		return kvn_seterr(err, errlen, "address \"%.40s...\": host is longer than %d bytes",
-				  text, KVN_HOST_MAX - 1);
+		return kvn_seterr(-EINVAL, err, errlen,
+				  "address \"%.40s...\": host is longer than %d bytes", text,
+				  KVN_HOST_MAX - 1);
 	const char *p = colon + 1;
 	char *end;
 	errno = 0;
 	long v = strtol(p, &end, 10);
 	if (!*p || *end || errno || v < 0 || v > 65535 || *p == '+' || *p == '-' || *p == ' ')
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "address \"%s\": port \"%s\" must be a number from 0 to 65535",
 				  text, p);
 	memcpy(host, h, hlen);
@@ -79,7 +80,8 @@ resolve(const char *host, uint16_t port, bool passive, struct addrinfo **res, ch
 				 .ai_flags = passive ? AI_PASSIVE : 0};
 	int rc = getaddrinfo(host, service, &hints, res);
 	if (rc) {
-		kvn_seterr(err, errlen, "cannot resolve %s:%u: %s", host, port, gai_strerror(rc));
+		kvn_seterr(-EINVAL, err, errlen, "cannot resolve %s:%u: %s", host, port,
+			   gai_strerror(rc));
 		return rc == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
 	}
 	return 0;
@@ -110,10 +112,9 @@ kvn_tcp_listen(const char *host, uint16_t port, int backlog, uint16_t *bound, ch
 	}
 	freeaddrinfo(res);
 	if (fd < 0) {
-		kvn_seterr(err, errlen, "cannot listen on %s:%u: %s%s", host, port, strerror(-rc),
-			   rc == -EADDRINUSE ? " (another process holds the port: pick another)"
-					     : "");
-		return rc;
+		return kvn_seterr(
+		    rc, err, errlen, "cannot listen on %s:%u: %s%s", host, port, strerror(-rc),
+		    rc == -EADDRINUSE ? " (another process holds the port: pick another)" : "");
 	}
 	struct sockaddr_storage ss;
 	socklen_t sl = sizeof(ss);
@@ -179,8 +180,8 @@ kvn_tcp_connect(const char *host, uint16_t port, int timeout_ms, char *err, size
 	}
 	freeaddrinfo(res);
 	if (fd < 0) {
-		kvn_seterr(err, errlen, "cannot connect to %s:%u: %s", host, port, strerror(-rc));
-		return rc;
+		return kvn_seterr(rc, err, errlen, "cannot connect to %s:%u: %s", host, port,
+				  strerror(-rc));
 	}
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

@@ -374,7 +374,7 @@ kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err, si
 	const size_t page = (size_t)sysconf(_SC_PAGESIZE);
 	*out = NULL;
 	if (size == 0 || size > ((size_t)1 << 52))
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "pool size %zu bytes is out of range (1 byte .. 4 PiB); set "
 				  "max_local_cpu_size to a positive size",
 				  size);
@@ -382,8 +382,8 @@ kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err, si
 
 	struct kvn_pool *p = calloc(1, sizeof(*p));
 	if (!p) {
-		kvn_seterr(err, errlen, "out of memory allocating the pool descriptor");
-		return -ENOMEM;
+		return kvn_seterr(-ENOMEM, err, errlen,
+				  "out of memory allocating the pool descriptor");
 	}
 	p->size = size;
 	p->backing = "pages";
@@ -400,7 +400,7 @@ kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err, si
 		if (!p->base) {
 			int e = errno;
 			kvn_seterr(
-			    err, errlen,
+			    -EINVAL, err, errlen,
 			    "cannot map a chunk pool of %zu bytes: %s; lower max_local_cpu_size",
 			    size, strerror(e));
 			free(p);
@@ -420,8 +420,8 @@ kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err, si
 		munmap(p->base, size);
 		pthread_mutex_destroy(&p->lock);
 		free(p);
-		kvn_seterr(err, errlen, "out of memory allocating the pool descriptor");
-		return -ENOMEM;
+		return kvn_seterr(-ENOMEM, err, errlen,
+				  "out of memory allocating the pool descriptor");
 	}
 	all->off = 0;
 	all->size = size;

@@ -7,11 +7,11 @@ int
 kvn_tp_auth_refused(const char *transport, const char *peer, const struct kvn_auth *a, char *err,
 		    size_t errlen)
 {
-	kvn_seterr(err, errlen,
-		   "%s: peer %s refused this node's data connection: wrong or missing auth_token "
-		   "(this node has %s); set the same auth_token on every node of the cluster",
-		   transport, peer, a->set ? "one" : "none");
-	return -EACCES;
+	return kvn_seterr(
+	    -EACCES, err, errlen,
+	    "%s: peer %s refused this node's data connection: wrong or missing auth_token "
+	    "(this node has %s); set the same auth_token on every node of the cluster",
+	    transport, peer, a->set ? "one" : "none");
 }
 
 int
@@ -19,11 +19,11 @@ kvn_tp_auth_unproven(const char *transport, const char *peer, const struct kvn_a
 		     char *err, size_t errlen)
 {
 	(void)a;
-	kvn_seterr(err, errlen,
-		   "%s: peer %s did not prove this node's auth_token (it has another token or none: "
-		   "another cluster, or not a kvnode node of this one); nothing read from it",
-		   transport, peer);
-	return -EACCES;
+	return kvn_seterr(
+	    -EACCES, err, errlen,
+	    "%s: peer %s did not prove this node's auth_token (it has another token or none: "
+	    "another cluster, or not a kvnode node of this one); nothing read from it",
+	    transport, peer);
 }
 
 void

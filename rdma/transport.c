@@ -63,10 +63,12 @@ kvn_transport_by_name(const char *name, const struct kvn_transport_cfg *cfg, cha
 		if (!strcmp(builtins[i]->name, name))
 			return builtins[i];
 	if (!strcmp(name, "verbs"))
-		kvn_seterr(err, errlen, "transport \"verbs\" is not in this build (it needs "
+		kvn_seterr(-EINVAL, err, errlen,
+			   "transport \"verbs\" is not in this build (it needs "
 			   "libibverbs and librdmacm at build time); use \"tcp\" or \"auto\"");
 	else
-		kvn_seterr(err, errlen, "unknown transport \"%s\"; want auto, verbs or tcp", name);
+		kvn_seterr(-EINVAL, err, errlen,
+			   "unknown transport \"%s\"; want auto, verbs or tcp", name);
 	return NULL;
 }
 
@@ -114,7 +116,7 @@ kvn_transport_read_sync(const struct kvn_transport_ops *ops, struct kvn_tp_ep *e
 	}
 	int rc = ops->read(ep, reads, n);
 	if (rc < 0) {
-		kvn_seterr(err, errlen, "%s: posting %zu reads failed: %s", ops->name, n,
+		kvn_seterr(-EINVAL, err, errlen, "%s: posting %zu reads failed: %s", ops->name, n,
 			   kvn_strerror(rc));
 	} else {
 		pthread_mutex_lock(&w.lock);

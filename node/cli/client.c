@@ -53,13 +53,14 @@ kvn_client_connect(const char *socket_path, int timeout_ms, struct kvn_client **
 		   size_t errlen)
 {
 	if (!socket_path || !*socket_path)
-		return kvn_seterr(err, errlen, "no node socket given: use --node PATH");
+		return kvn_seterr(-EINVAL, err, errlen, "no node socket given: use --node PATH");
 	if (!strncmp(socket_path, "unix:", 5))
 		socket_path += 5;
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	if (strlen(socket_path) >= sizeof(sa.sun_path))
-		return kvn_seterr(err, errlen, "node socket path %s is longer than %zu bytes",
-				  socket_path, sizeof(sa.sun_path) - 1);
+		return kvn_seterr(-EINVAL, err, errlen,
+				  "node socket path %s is longer than %zu bytes", socket_path,
+				  sizeof(sa.sun_path) - 1);
 	memcpy(sa.sun_path, socket_path, strlen(socket_path) + 1);
 
 	struct kvn_client *c = calloc(1, sizeof(*c));
@@ -70,7 +71,7 @@ kvn_client_connect(const char *socket_path, int timeout_ms, struct kvn_client **
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
 		int rc = -errno;
-		kvn_seterr(err, errlen, "socket: %s", strerror(errno));
+		kvn_seterr(-EINVAL, err, errlen, "socket: %s", strerror(errno));
 		kvn_client_close(c);
 		return rc;
 	}
@@ -88,7 +89,7 @@ kvn_client_connect(const char *socket_path, int timeout_ms, struct kvn_client **
 				       ? " (is `kvnode serve` running there?)"
 				   : e == EACCES ? " (no permission on the socket file)"
 						 : "";
-		kvn_seterr(err, errlen, "cannot connect to node at %s: %s%s", socket_path,
+		kvn_seterr(-EINVAL, err, errlen, "cannot connect to node at %s: %s%s", socket_path,
 			   strerror(e == EAGAIN ? ETIMEDOUT : e), hint);
 		kvn_client_close(c);
 		return -(e == EAGAIN ? ETIMEDOUT : e);

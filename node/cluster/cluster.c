@@ -177,7 +177,7 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 	int rc;
 	if (!c->pool || !c->cpu || !c->peer) {
 		rc =
-		    kvn_seterr(err, errlen,
+		    kvn_seterr(-EINVAL, err, errlen,
 			       "scheduler_url %s needs the cpu tier (local_cpu: true): its pool is "
 			       "what peers read",
 			       cfg->scheduler_url);

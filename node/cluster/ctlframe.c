@@ -132,33 +132,30 @@ kvn_cf_hdr_decode(const uint8_t in[KVN_CF_HDR_SIZE], struct kvn_cf_hdr *h, char 
 	h->seq = kvn_cf_get_u32(in + 8);
 	h->len = kvn_cf_get_u32(in + 12);
 	if (magic != KVN_CF_MAGIC) {
-		kvn_seterr(err, errlen,
-			   "bad frame magic 0x%08x (expected 0x%08x): not a kvnode control "
-			   "connection",
-			   magic, KVN_CF_MAGIC);
-		return -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "bad frame magic 0x%08x (expected 0x%08x): not a kvnode control "
+				  "connection",
+				  magic, KVN_CF_MAGIC);
 	}
 	if (h->version != KVN_CF_VERSION) {
-		kvn_seterr(err, errlen,
-			   "control protocol version %u, this build speaks %u: run the same "
-			   "kvnode version on nodes and scheduler",
-			   h->version, KVN_CF_VERSION);
-		return -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "control protocol version %u, this build speaks %u: run the same "
+				  "kvnode version on nodes and scheduler",
+				  h->version, KVN_CF_VERSION);
 	}
 	uint32_t max = kvn_cf_body_max(h->type);
 	if (!strcmp(kvn_cf_type_name(h->type), "?")) {
-		kvn_seterr(err, errlen, "unknown frame type %u", h->type);
-		return -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen, "unknown frame type %u", h->type);
 	}
 	if (h->flags) {
-		kvn_seterr(err, errlen, "%s frame has flags 0x%x set (none are defined)",
-			   kvn_cf_type_name(h->type), h->flags);
-		return -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "%s frame has flags 0x%x set (none are defined)",
+				  kvn_cf_type_name(h->type), h->flags);
 	}
 	if (h->len > max) {
-		kvn_seterr(err, errlen, "%s frame body of %u bytes exceeds its cap of %u bytes",
-			   kvn_cf_type_name(h->type), h->len, max);
-		return -EMSGSIZE;
+		return kvn_seterr(-EMSGSIZE, err, errlen,
+				  "%s frame body of %u bytes exceeds its cap of %u bytes",
+				  kvn_cf_type_name(h->type), h->len, max);
 	}
 	return 0;
 }
@@ -291,19 +288,17 @@ kvn_cf_split_json_blob(const uint8_t *body, uint32_t len, const char **json, siz
 		       const uint8_t **blob, size_t *blob_len, char *err, size_t errlen)
 {
 	if (len < 4)
-		return kvn_seterr(err, errlen, "body of %u bytes is too short for its JSON length",
-				  len),
-		       -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "body of %u bytes is too short for its JSON length", len);
 	uint32_t jl = kvn_cf_get_u32(body);
 	if (jl == 0 || jl > KVN_CF_JSON_MAX || jl > len - 4)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EPROTO, err, errlen,
 				  "JSON length %u does not fit the %u-byte body (cap %u)", jl, len,
-				  KVN_CF_JSON_MAX),
-		       -EPROTO;
+				  KVN_CF_JSON_MAX);
 	if (len - 4 - jl > KVN_CF_BLOB_MAX)
-		return kvn_seterr(err, errlen, "region blob of %u bytes exceeds the cap of %u",
-				  len - 4 - jl, KVN_CF_BLOB_MAX),
-		       -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "region blob of %u bytes exceeds the cap of %u", len - 4 - jl,
+				  KVN_CF_BLOB_MAX);
 	*json = (const char *)body + 4;
 	*json_len = jl;
 	*blob = body + 4 + jl;
@@ -350,35 +345,31 @@ int
 kvn_cf_publish_check(const uint8_t *body, uint32_t len, uint32_t *count, char *err, size_t errlen)
 {
 	if (len < 8)
-		return kvn_seterr(err, errlen, "PUBLISH body of %u bytes has no count", len),
-		       -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen, "PUBLISH body of %u bytes has no count",
+				  len);
 	uint32_t n = kvn_cf_get_u32(body);
 	if (n > KVN_CF_PUBLISH_MAX || kvn_cf_get_u32(body + 4) ||
 	    (uint64_t)n * KVN_CF_PUB_REC + 8 != len)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EPROTO, err, errlen,
 				  "PUBLISH count %u does not match its %u-byte body (cap %u "
 				  "records, reserved must be 0)",
-				  n, len, KVN_CF_PUBLISH_MAX),
-		       -EPROTO;
+				  n, len, KVN_CF_PUBLISH_MAX);
 	for (uint32_t i = 0; i < n; i++) {
 		const uint8_t *p = body + 8 + (size_t)i * KVN_CF_PUB_REC;
 		struct kvn_cf_pub r;
 		kvn_cf_publish_rec(body, i, &r);
 		if ((r.op != KVN_CF_ADMIT && r.op != KVN_CF_EVICT) || p[1] || p[2] || p[3])
-			return kvn_seterr(err, errlen, "PUBLISH record %u: bad op %u or padding", i,
-					  r.op),
-			       -EPROTO;
+			return kvn_seterr(-EPROTO, err, errlen,
+					  "PUBLISH record %u: bad op %u or padding", i, r.op);
 		if (r.op == KVN_CF_ADMIT &&
 		    (!r.loc.len || !r.loc.generation || (r.loc.generation & 1) ||
 		     r.loc.addr + r.loc.len < r.loc.addr))
 			return kvn_seterr(
-				   err, errlen,
-				   "PUBLISH record %u: admit needs len > 0, an even non-zero "
-				   "generation and a range that does not wrap (len %llu "
-				   "generation %llu)",
-				   i, (unsigned long long)r.loc.len,
-				   (unsigned long long)r.loc.generation),
-			       -EPROTO;
+			    -EPROTO, err, errlen,
+			    "PUBLISH record %u: admit needs len > 0, an even non-zero "
+			    "generation and a range that does not wrap (len %llu "
+			    "generation %llu)",
+			    i, (unsigned long long)r.loc.len, (unsigned long long)r.loc.generation);
 	}
 	*count = n;
 	return 0;
@@ -393,18 +384,17 @@ kvn_cf_lookup_check(const uint8_t *body, uint32_t len, uint32_t *count, uint32_t
 		    char *err, size_t errlen)
 {
 	if (len < 8)
-		return kvn_seterr(err, errlen, "LOOKUP body of %u bytes has no count", len),
-		       -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen, "LOOKUP body of %u bytes has no count",
+				  len);
 	uint32_t n = kvn_cf_get_u32(body), ml = kvn_cf_get_u32(body + 4);
 	if (n == 0 || n > KVN_CF_LOOKUP_MAX || (uint64_t)n * 16 + 8 != len)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EPROTO, err, errlen,
 				  "LOOKUP count %u does not match its %u-byte body (1..%u keys)", n,
-				  len, KVN_CF_LOOKUP_MAX),
-		       -EPROTO;
+				  len, KVN_CF_LOOKUP_MAX);
 	if (ml == 0 || ml > KVN_CF_LOCS_MAX)
-		return kvn_seterr(err, errlen, "LOOKUP asks for %u locations per key (1..%u)", ml,
-				  KVN_CF_LOCS_MAX),
-		       -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "LOOKUP asks for %u locations per key (1..%u)", ml,
+				  KVN_CF_LOCS_MAX);
 	*count = n;
 	*max_locs = ml;
 	return 0;
@@ -436,23 +426,21 @@ kvn_cf_lookup_reply_decode(const uint8_t *body, uint32_t len, uint32_t count, ui
 			   uint32_t *nloc, struct kvn_loc *locs, char *err, size_t errlen)
 {
 	if (len < 8 || kvn_cf_get_u32(body) != count)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EPROTO, err, errlen,
 				  "LOOKUP_REPLY answers %u keys, the request asked for %u",
-				  len < 8 ? 0 : kvn_cf_get_u32(body), count),
-		       -EPROTO;
+				  len < 8 ? 0 : kvn_cf_get_u32(body), count);
 	size_t off = 8;
 	for (uint32_t i = 0; i < count; i++) {
 		if (len - off < 4)
-			return kvn_seterr(err, errlen, "LOOKUP_REPLY truncated at key %u", i),
-			       -EPROTO;
+			return kvn_seterr(-EPROTO, err, errlen, "LOOKUP_REPLY truncated at key %u",
+					  i);
 		uint32_t k = kvn_cf_get_u32(body + off);
 		off += 4;
 		if (k > max_locs || (uint64_t)k * KVN_CF_LOC_SIZE > len - off)
-			return kvn_seterr(err, errlen,
+			return kvn_seterr(-EPROTO, err, errlen,
 					  "LOOKUP_REPLY key %u: %u locations (asked for at most "
 					  "%u) do not fit the body",
-					  i, k, max_locs),
-			       -EPROTO;
+					  i, k, max_locs);
 		nloc[i] = k;
 		for (uint32_t j = 0; j < k; j++, off += KVN_CF_LOC_SIZE) {
 			const uint8_t *p = body + off;
@@ -465,9 +453,8 @@ kvn_cf_lookup_reply_decode(const uint8_t *body, uint32_t len, uint32_t count, ui
 		}
 	}
 	if (off != len)
-		return kvn_seterr(err, errlen, "LOOKUP_REPLY has %zu bytes after its last key",
-				  len - off),
-		       -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "LOOKUP_REPLY has %zu bytes after its last key", len - off);
 	return 0;
 }
 
@@ -476,13 +463,12 @@ kvn_cf_evicted_check(const uint8_t *body, uint32_t len, uint32_t *worker_id, uin
 		     char *err, size_t errlen)
 {
 	if (len < 8)
-		return kvn_seterr(err, errlen, "EVICTED body of %u bytes has no count", len),
-		       -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen, "EVICTED body of %u bytes has no count",
+				  len);
 	uint32_t n = kvn_cf_get_u32(body + 4);
 	if (n > KVN_CF_EVICT_MAX || (uint64_t)n * 16 + 8 != len)
-		return kvn_seterr(err, errlen, "EVICTED count %u does not match its %u-byte body",
-				  n, len),
-		       -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "EVICTED count %u does not match its %u-byte body", n, len);
 	*worker_id = kvn_cf_get_u32(body);
 	*count = n;
 	return 0;
@@ -554,16 +540,16 @@ kvn_cf_rx_wait(struct kvn_cf_rx *r, int fd, int timeout_ms, struct kvn_cf_hdr *h
 			return rc < 0 ? rc : 0;
 		int64_t left = timeout_ms < 0 ? -1 : deadline - ((int64_t)kvn_now_ms());
 		if (timeout_ms >= 0 && left <= 0)
-			return kvn_seterr(err, errlen, "no reply within %d ms", timeout_ms),
-			       -ETIMEDOUT;
+			return kvn_seterr(-ETIMEDOUT, err, errlen, "no reply within %d ms",
+					  timeout_ms);
 		struct pollfd pf = {.fd = fd, .events = POLLIN};
 		if (poll(&pf, 1, (int)left) < 0 && errno != EINTR)
 			return -errno;
 		rc = kvn_cf_rx_fill(r, fd);
 		if (rc == -ECONNRESET)
-			return kvn_seterr(err, errlen, "the scheduler closed the connection"), rc;
+			return kvn_seterr(rc, err, errlen, "the scheduler closed the connection");
 		if (rc && rc != -EAGAIN)
-			return kvn_seterr(err, errlen, "%s", strerror(-rc)), rc;
+			return kvn_seterr(rc, err, errlen, "%s", strerror(-rc));
 	}
 }
 
@@ -645,14 +631,14 @@ kvn_cf_name_check(const char *name, char *err, size_t errlen)
 {
 	size_t n = strlen(name);
 	if (n == 0 || n > KVN_CF_NAME_MAX)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "a node name of %zu bytes: names are " KVN_CF_NAME_RULE, n);
 	for (size_t i = 0; i < n;) {
 		const unsigned char *p = (const unsigned char *)name + i;
 		uint32_t cp;
 		size_t l = kvn_utf8_decode(p, n - i, &cp);
 		if (!l)
-			return kvn_seterr(err, errlen,
+			return kvn_seterr(-EINVAL, err, errlen,
 					  "byte %zu of the node name (0x%02x) is not valid UTF-8: "
 					  "names are " KVN_CF_NAME_RULE,
 					  i, p[0]);
@@ -661,7 +647,7 @@ kvn_cf_name_check(const char *name, char *err, size_t errlen)
 				    (cp >= '0' && cp <= '9') || cp == '-' || cp == '_' || cp == '.'
 			      : cp >= 0xa0 && cp != 0x2028 && cp != 0x2029;
 		if (!ok)
-			return kvn_seterr(err, errlen,
+			return kvn_seterr(-EINVAL, err, errlen,
 					  "the node name's character U+%04X at byte %zu is not "
 					  "allowed: names are " KVN_CF_NAME_RULE,
 					  (unsigned)cp, i);
@@ -685,27 +671,24 @@ kvn_cf_client_auth(int fd, struct kvn_cf_rx *r, const struct kvn_auth *a, int ti
 		rc = kvn_cf_send_all(fd, b.p, b.len);
 	kvn_cf_buf_free(&b);
 	if (rc) {
-		kvn_seterr(err, errlen, "sending HELLO: %s", kvn_strerror(rc));
-		return rc;
+		return kvn_seterr(rc, err, errlen, "sending HELLO: %s", kvn_strerror(rc));
 	}
 	struct kvn_cf_hdr h;
 	const uint8_t *body;
 	char why[256];
 	if ((rc = kvn_cf_rx_wait(r, fd, timeout_ms, &h, &body, why, sizeof(why)))) {
-		kvn_seterr(err, errlen, "waiting for CHALLENGE: %s", why);
-		return rc;
+		return kvn_seterr(rc, err, errlen, "waiting for CHALLENGE: %s", why);
 	}
 	if (h.type == KVN_CF_ERROR) {
 		rc = kvn_cf_error_decode(body, h.len, why, sizeof(why));
-		kvn_seterr(err, errlen, "refused: %s", why);
-		return rc;
+		return kvn_seterr(rc, err, errlen, "refused: %s", why);
 	}
 	if (h.type != KVN_CF_CHALLENGE || h.len != KVN_CF_CHALLENGE_SIZE) {
-		kvn_seterr(err, errlen,
-			   "answered HELLO with %s, not a CHALLENGE: an older scheduler (upgrade "
-			   "it to this node's version)",
-			   kvn_cf_type_name(h.type));
-		return -EPROTO;
+		return kvn_seterr(
+		    -EPROTO, err, errlen,
+		    "answered HELLO with %s, not a CHALLENGE: an older scheduler (upgrade "
+		    "it to this node's version)",
+		    kvn_cf_type_name(h.type));
 	}
 	const uint8_t *nonce_s = body;
 	uint32_t flags = kvn_cf_get_u32(body + 16);
@@ -714,11 +697,11 @@ kvn_cf_client_auth(int fd, struct kvn_cf_rx *r, const struct kvn_auth *a, int ti
 	if (a->set && (!(flags & KVN_CF_F_TOKEN) ||
 		       !kvn_auth_verify(a, KVN_CF_SCHED_LABEL, sched, 2, body + 20, KVN_AUTH_MAC))) {
 		kvn_cf_rx_consume(r, &h);
-		kvn_seterr(err, errlen,
-			   "did not prove this node's auth_token (it has another token or none: "
-			   "another cluster, or not a kvnode scheduler); set the same auth_token "
-			   "on nodes and scheduler");
-		return -EACCES;
+		return kvn_seterr(
+		    -EACCES, err, errlen,
+		    "did not prove this node's auth_token (it has another token or none: "
+		    "another cluster, or not a kvnode scheduler); set the same auth_token "
+		    "on nodes and scheduler");
 	}
 	if (a->set) {
 		const struct kvn_auth_part node[] = {{nonce_s, KVN_AUTH_NONCE},

@@ -102,7 +102,7 @@ kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *port
 			size_t errlen)
 {
 	if (!url || !*url)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "scheduler address is empty: set scheduler_url to "
 				  "HOST:PORT");
 	const char *p = strstr(url, "://");
@@ -110,13 +110,14 @@ kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *port
 	char buf[KVN_HOST_MAX + 16];
 	size_t n = strlen(p);
 	if (n >= sizeof(buf))
-		return kvn_seterr(err, errlen, "scheduler address \"%.40s...\" is too long", url);
+		return kvn_seterr(-EINVAL, err, errlen,
+				  "scheduler address \"%.40s...\" is too long", url);
 	memcpy(buf, p, n + 1);
 	if (n && buf[n - 1] == '/')
 		buf[n - 1] = '\0';
 	char why[256];
 	if (kvn_hostport_parse(buf, host, port, why, sizeof(why)) || *port == 0)
-		return kvn_seterr(err, errlen, "scheduler_url \"%s\": %s", url,
+		return kvn_seterr(-EINVAL, err, errlen, "scheduler_url \"%s\": %s", url,
 				  *port ? why : "needs a port other than 0");
 	return 0;
 }
@@ -146,7 +147,7 @@ open_authed(struct kvn_membership *m, int *fd, char proof[KVN_CF_PROOF_HEX], boo
 	char why[512];
 	*fd = kvn_tcp_connect(m->host, m->port, timeout, why, sizeof(why));
 	if (*fd < 0)
-		return kvn_seterr(err, errlen, "scheduler %s:%u: %s", m->host, m->port, why), *fd;
+		return kvn_seterr(*fd, err, errlen, "scheduler %s:%u: %s", m->host, m->port, why);
 	struct timeval tv = {.tv_sec = timeout / 1000, .tv_usec = (timeout % 1000) * 1000};
 	setsockopt(*fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	m->rx.len = 0;
@@ -154,8 +155,7 @@ open_authed(struct kvn_membership *m, int *fd, char proof[KVN_CF_PROOF_HEX], boo
 	if (arc) {
 		close(*fd);
 		*refused = arc == -EACCES || arc == -EPROTO;
-		kvn_seterr(err, errlen, "scheduler %s:%u %s", m->host, m->port, why);
-		return arc;
+		return kvn_seterr(arc, err, errlen, "scheduler %s:%u %s", m->host, m->port, why);
 	}
 	return 0;
 }
@@ -207,15 +207,13 @@ await_join_ok(struct kvn_membership *m, int fd, struct join_ok *ok, bool *refuse
 	char why[512];
 	int rc = kvn_cf_rx_wait(&m->rx, fd, m->o.timeout_ms, &h, &body, why, sizeof(why));
 	if (rc)
-		return kvn_seterr(err, errlen, "scheduler %s:%u: waiting for JOIN_OK: %s", m->host,
-				  m->port, why),
-		       rc;
+		return kvn_seterr(rc, err, errlen, "scheduler %s:%u: waiting for JOIN_OK: %s",
+				  m->host, m->port, why);
 	if (h.type == KVN_CF_ERROR) {
 		rc = kvn_cf_error_decode(body, h.len, why, sizeof(why));
 		*refused = true;
-		return kvn_seterr(err, errlen, "scheduler %s:%u refused node %s: %s", m->host,
-				  m->port, m->o.name, why),
-		       rc;
+		return kvn_seterr(rc, err, errlen, "scheduler %s:%u refused node %s: %s", m->host,
+				  m->port, m->o.name, why);
 	}
 	cJSON *r =
 	    h.type == KVN_CF_JOIN_OK ? cJSON_ParseWithLength((const char *)body, h.len) : NULL;
@@ -225,11 +223,10 @@ await_join_ok(struct kvn_membership *m, int fd, struct join_ok *ok, bool *refuse
 	ok->beat = num(r, "heartbeat_ms", 0);
 	cJSON_Delete(r);
 	if (ok->id < 0 || ok->id >= 65535 || ok->count < 1 || ok->epoch < 0)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EPROTO, err, errlen,
 				  "scheduler %s:%u answered JOIN with a %s frame that is not a "
 				  "valid JOIN_OK",
-				  m->host, m->port, kvn_cf_type_name(h.type)),
-		       -EPROTO;
+				  m->host, m->port, kvn_cf_type_name(h.type));
 	kvn_cf_rx_consume(&m->rx, &h);
 	return 0;
 }
@@ -249,9 +246,8 @@ connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
 		return rc;
 	if ((rc = send_join(m, fd, proof))) {
 		close(fd);
-		return kvn_seterr(err, errlen, "scheduler %s:%u: sending JOIN: %s", m->host,
-				  m->port, kvn_strerror(rc)),
-		       rc;
+		return kvn_seterr(rc, err, errlen, "scheduler %s:%u: sending JOIN: %s", m->host,
+				  m->port, kvn_strerror(rc));
 	}
 	struct join_ok ok = {0};
 	if ((rc = await_join_ok(m, fd, &ok, refused, err, errlen))) {
@@ -340,8 +336,8 @@ on_member(struct kvn_membership *m, const uint8_t *body, uint32_t len, char *err
 	}
 	cJSON_Delete(j);
 	if (!ok)
-		return kvn_seterr(err, errlen, "MEMBER notice without name, state or worker_id"),
-		       -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "MEMBER notice without name, state or worker_id");
 	mi.regions = blob;
 	mi.regions_len = bl;
 	uint8_t *copy = bl ? malloc(bl) : NULL;
@@ -390,8 +386,8 @@ on_frame(struct kvn_membership *m, const struct kvn_cf_hdr *h, const uint8_t *bo
 	switch (h->type) {
 	case KVN_CF_HEARTBEAT_ACK:
 		if (h->len != 16)
-			return kvn_seterr(err, errlen, "HEARTBEAT_ACK of %u bytes", h->len),
-			       -EPROTO;
+			return kvn_seterr(-EPROTO, err, errlen, "HEARTBEAT_ACK of %u bytes",
+					  h->len);
 		pthread_mutex_lock(&m->lock);
 		m->epoch = kvn_cf_get_u64(body);
 		m->worker_count = kvn_cf_get_u32(body + 8);
@@ -436,12 +432,11 @@ on_frame(struct kvn_membership *m, const struct kvn_cf_hdr *h, const uint8_t *bo
 	case KVN_CF_ERROR: {
 		char msg[512];
 		kvn_cf_error_text(body, h->len, msg, sizeof(msg));
-		return kvn_seterr(err, errlen, "the scheduler sent an error: %s", msg), -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen, "the scheduler sent an error: %s", msg);
 	}
 	}
-	return kvn_seterr(err, errlen, "unexpected %s frame from the scheduler",
-			  kvn_cf_type_name(h->type)),
-	       -EPROTO;
+	return kvn_seterr(-EPROTO, err, errlen, "unexpected %s frame from the scheduler",
+			  kvn_cf_type_name(h->type));
 }
 
 /* Sends everything queued, in frames of at most KVN_CF_PUBLISH_MAX records. */
@@ -647,12 +642,12 @@ kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_me
 {
 	char why[256];
 	if (!opts->name || kvn_cf_name_check(opts->name, why, sizeof(why)))
-		return kvn_seterr(err, errlen, "node_name cannot join a scheduler: %s",
+		return kvn_seterr(-EINVAL, err, errlen, "node_name cannot join a scheduler: %s",
 				  opts->name ? why : "it is not set");
 	if (opts->regions_len > KVN_CF_BLOB_MAX ||
 	    (opts->data_addr && strlen(opts->data_addr) > KVN_CF_ADDR_MAX) ||
 	    (opts->transport && strlen(opts->transport) > 31))
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "node %s: data address, transport name or region descriptors "
 				  "too long for a JOIN",
 				  opts->name);
@@ -695,7 +690,8 @@ kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_me
 		kvn_warn(COMP, "%s; will keep trying in the background", err);
 	if ((rc = pthread_create(&m->thread, NULL, thread_main, m))) {
 		rc = -rc;
-		kvn_seterr(err, errlen, "cannot start the membership thread: %s", strerror(-rc));
+		kvn_seterr(-EINVAL, err, errlen, "cannot start the membership thread: %s",
+			   strerror(-rc));
 		goto fail;
 	}
 	m->started = true;

@@ -27,7 +27,7 @@ kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, 
 		timeout_ms = DEFAULT_TMO_MS;
 	int fd = kvn_tcp_connect(host, port, timeout_ms, why, sizeof(why));
 	if (fd < 0)
-		return kvn_seterr(err, errlen, "scheduler %s: %s", addr, why), fd;
+		return kvn_seterr(fd, err, errlen, "scheduler %s: %s", addr, why);
 	struct kvn_cf_rx r = {0};
 	struct kvn_auth a;
 	kvn_auth_init(&a, token);
@@ -37,8 +37,7 @@ kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, 
 	if (rc) {
 		close(fd);
 		kvn_cf_rx_free(&r);
-		kvn_seterr(err, errlen, "scheduler %s %s", addr, why);
-		return rc;
+		return kvn_seterr(rc, err, errlen, "scheduler %s %s", addr, why);
 	}
 	cJSON *j = cJSON_CreateObject();
 	if (proof[0])
@@ -54,14 +53,15 @@ kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, 
 	struct kvn_cf_hdr h;
 	const uint8_t *body;
 	if (rc) {
-		kvn_seterr(err, errlen, "scheduler %s: sending STATS: %s", addr, kvn_strerror(rc));
+		kvn_seterr(-EINVAL, err, errlen, "scheduler %s: sending STATS: %s", addr,
+			   kvn_strerror(rc));
 	} else if ((rc = kvn_cf_rx_wait(&r, fd, timeout_ms, &h, &body, why, sizeof(why)))) {
-		kvn_seterr(err, errlen, "scheduler %s: %s", addr, why);
+		kvn_seterr(-EINVAL, err, errlen, "scheduler %s: %s", addr, why);
 	} else if (h.type == KVN_CF_ERROR) {
 		rc = kvn_cf_error_decode(body, h.len, why, sizeof(why)); /* -EACCES: the token */
-		kvn_seterr(err, errlen, "scheduler %s refused: %s", addr, why);
+		kvn_seterr(-EINVAL, err, errlen, "scheduler %s refused: %s", addr, why);
 	} else if (h.type != KVN_CF_STATS_REPLY || h.seq != 1) {
-		kvn_seterr(err, errlen, "scheduler %s answered STATS with %s", addr,
+		kvn_seterr(-EINVAL, err, errlen, "scheduler %s answered STATS with %s", addr,
 			   kvn_cf_type_name(h.type));
 		rc = -EPROTO;
 	} else if (!(*json = strndup((const char *)body, h.len))) {

@@ -153,8 +153,7 @@ _Static_assert(ARRAY_SIZE(kvn_config_keys) == KVN_NKEYS, "update KVN_NKEYS in co
 int
 kvn_config_nomem(char *err, size_t errlen)
 {
-	kvn_seterr(err, errlen, "config: out of memory");
-	return -ENOMEM;
+	return kvn_seterr(-ENOMEM, err, errlen, "config: out of memory");
 }
 
 int
@@ -342,10 +341,10 @@ bad_value(char *err, size_t errlen, const char *where, const struct kvn_keydef *
 {
 	char desc[96];
 	if (got)
-		return kvn_seterr(err, errlen, "%s: must be %s, got %s%s", where,
+		return kvn_seterr(-EINVAL, err, errlen, "%s: must be %s, got %s%s", where,
 				  describe(kd, desc, sizeof(desc)), got,
 				  strcmp(got, "null") ? "" : " (remove the line for the default)");
-	return kvn_seterr(err, errlen, "%s: must be %s, got \"%.80s%s\"", where,
+	return kvn_seterr(-EINVAL, err, errlen, "%s: must be %s, got \"%.80s%s\"", where,
 			  describe(kd, desc, sizeof(desc)), text, strlen(text) > 80 ? "…" : "");
 }
 
@@ -470,7 +469,8 @@ set_list(struct kvn_config *cfg, const struct kvn_keydef *kd, char **items, size
 	for (size_t i = 0; i < n; i++) {
 		int rc = 0;
 		if (!*items[i])
-			rc = kvn_seterr(err, errlen, "%s: entry %zu is empty", where, i + 1);
+			rc = kvn_seterr(-EINVAL, err, errlen, "%s: entry %zu is empty", where,
+					i + 1);
 		else if (kd->flags & KVN_KF_RESOLVE)
 			rc = make_path(kd, items[i], base, &v[i]) ? kvn_config_nomem(err, errlen)
 								  : 0;
@@ -548,8 +548,8 @@ set_int(const struct kvn_keydef *kd, void *p, const char *text, const char *wher
 	if (v > kd->max && kd->max < INT32_MAX)
 		return bad_value(err, errlen, where, kd, text, NULL); /* "from 1 to 64" */
 	if (v > kd->max)
-		return kvn_seterr(err, errlen, "%s: must be at most %lld, got \"%.40s\"", where,
-				  kd->max, text);
+		return kvn_seterr(-EINVAL, err, errlen, "%s: must be at most %lld, got \"%.40s\"",
+				  where, kd->max, text);
 	if (kd->type == KVN_K_UINT)
 		*(uint32_t *)p = (uint32_t)v;
 	else
@@ -623,7 +623,7 @@ set_addr(const struct kvn_keydef *kd, void *p, const char *text, const char *whe
 		char host[KVN_HOST_MAX], why[300];
 		uint16_t port;
 		if (kvn_hostport_parse(text, host, &port, why, sizeof(why)) < 0)
-			return kvn_seterr(err, errlen, "%s: %s", where, why);
+			return kvn_seterr(-EINVAL, err, errlen, "%s: %s", where, why);
 	} else if (!(kd->flags & KVN_KF_NULLABLE)) {
 		return bad_value(err, errlen, where, kd, "", NULL);
 	} else {
@@ -727,7 +727,7 @@ kvn_config_put_extra(struct kvn_config *cfg, const char *key, const char *value,
 {
 	struct kvn_config_kv *kv = find_extra(cfg, key);
 	if (kv && !replace)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s: extra_config.%s: duplicate key (first set at %s)", origin,
 				  key, kv->origin);
 	if (kv && !value) {
@@ -744,8 +744,9 @@ kvn_config_put_extra(struct kvn_config *cfg, const char *key, const char *value,
 	if (!kv) {
 		if (cfg->n_extra >= KVN_CONFIG_MAX_ENTRIES) {
 			free(v);
-			return kvn_seterr(err, errlen, "%s: extra_config: more than %d entries",
-					  origin, KVN_CONFIG_MAX_ENTRIES);
+			return kvn_seterr(-EINVAL, err, errlen,
+					  "%s: extra_config: more than %d entries", origin,
+					  KVN_CONFIG_MAX_ENTRIES);
 		}
 		struct kvn_config_kv *e = realloc(cfg->extra, (cfg->n_extra + 1) * sizeof(*e));
 		if (!e || !(e[cfg->n_extra].key = strdup(key))) {
@@ -918,10 +919,10 @@ kvn_config_resolve_token(struct kvn_config *cfg, bool create, char *err, size_t 
 	if (!file) {
 		int rc = kvn_auth_default_file(path, sizeof(path));
 		if (rc) {
-			kvn_seterr(err, errlen,
-				   "no auth_token is set and this user has no state directory for "
-				   "one (set KVNODE_STATE_DIR, auth_token_file or auth_token)");
-			return rc;
+			return kvn_seterr(
+			    rc, err, errlen,
+			    "no auth_token is set and this user has no state directory for "
+			    "one (set KVNODE_STATE_DIR, auth_token_file or auth_token)");
 		}
 		file = path;
 	}
@@ -948,7 +949,7 @@ kvn_config_check_listener(const struct kvn_config *cfg, const char *what, const 
 	uint16_t port;
 	if (kvn_hostport_parse(addr, host, &port, NULL, 0) < 0 || kvn_host_is_loopback(host))
 		return 0; /* a bad address is refused later, with its own message */
-	return kvn_seterr(err, errlen,
+	return kvn_seterr(-EINVAL, err, errlen,
 			  "%s %s is not a loopback address and no auth_token is configured: "
 			  "every node and the scheduler of a cluster must share one secret. Set "
 			  "auth_token in the config (e.g. auth_token: <the output of `openssl "
@@ -983,7 +984,7 @@ rename_storage_plugin_keys(struct kvn_config *cfg, char *err, size_t errlen)
 		const struct kvn_config_kv *have = find_extra(cfg, ours);
 		int rc = 0;
 		if (have && strcmp(have->value, kv->value))
-			rc = kvn_seterr(err, errlen,
+			rc = kvn_seterr(-EINVAL, err, errlen,
 					"%s: extra_config.%s is \"%s\" but extra_config.%s (its "
 					"other name, set at %s) is \"%s\": set one of them",
 					kv->origin, kv->key, kv->value, ours, have->origin,
@@ -1047,7 +1048,7 @@ fs_url_of(const struct kvn_config *cfg, const struct kvn_config_kv *kv, char **u
 		while (e > s && isspace((unsigned char)p[e - 1]))
 			e--;
 		if (s == e || memchr(p + s, '?', e - s) || memchr(p + s, '#', e - s))
-			rc = kvn_seterr(err, errlen,
+			rc = kvn_seterr(-EINVAL, err, errlen,
 					"%s: extra_config.%s: \"%s\" holds an empty base path, or "
 					"one with '?' or '#'",
 					kv->origin, kv->key, kv->value);
@@ -1089,26 +1090,26 @@ map_remote_storage_plugins(struct kvn_config *cfg, char *err, size_t errlen)
 		return 0;
 	const char *name = cfg->remote_storage_plugins[0];
 	if (cfg->n_remote_storage_plugins > 1)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s: remote_storage_plugins: kvnode has one remote tier; list "
 				  "one plugin, not %zu",
 				  origin, cfg->n_remote_storage_plugins);
 	if (cfg->remote_url)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s: remote_storage_plugins and remote_url (%s) both name a "
 				  "remote store; kvnode has one remote tier: keep one of them",
 				  origin, rorigin ? rorigin : "set");
 	char key[300];
 	snprintf(key, sizeof(key), "remote_storage_plugin.%s.module_path", name);
 	if (find_extra(cfg, key))
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s: remote_storage_plugins: \"%s\" is a Python connector "
 				  "adapter (extra_config %s), which kvnode cannot run; use "
 				  "remote_url with one of kvnode's connectors",
 				  origin, name, key);
 	size_t tlen = strcspn(name, ".");
 	if (tlen != 2 || strncmp(name, "fs", 2))
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s: remote_storage_plugins: plugin \"%s\": kvnode takes the "
 				  "fs plugin here (\"fs\" or \"fs.<instance>\"); for another "
 				  "store use remote_url",
@@ -1118,7 +1119,7 @@ map_remote_storage_plugins(struct kvn_config *cfg, char *err, size_t errlen)
 	if (!bp)
 		bp = find_extra(cfg, "fs_base_path");
 	if (!bp)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s: remote_storage_plugins: plugin \"%s\" needs extra_config "
 				  "\"%s\" (its directory, or comma-separated directories)",
 				  origin, name, key);
@@ -1163,7 +1164,7 @@ kvn_config_validate(const struct kvn_config *cfg, char *err, size_t errlen)
 		for (size_t b = 0; b < ARRAY_SIZE(builtin_tiers); b++)
 			if (!strcmp(name, builtin_tiers[b]))
 				return kvn_seterr(
-				    err, errlen,
+				    -EINVAL, err, errlen,
 				    "%s: external_backends: unknown backend name \"%s\": "
 				    "it is a built-in tier (cpu, disk, peer, remote), "
 				    "enabled by local_cpu, local_disk, remote_url; give "
@@ -1173,14 +1174,14 @@ kvn_config_validate(const struct kvn_config *cfg, char *err, size_t errlen)
 			   "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") !=
 		    strlen(name))
 			return kvn_seterr(
-			    err, errlen,
+			    -EINVAL, err, errlen,
 			    "%s: external_backends: backend name \"%s\" may hold only "
 			    "letters, digits, '_' and '-' (it is part of extra_config "
 			    "keys)",
 			    origin, name);
 		for (size_t j = 0; j < i; j++)
 			if (!strcmp(name, cfg->external_backends[j]))
-				return kvn_seterr(err, errlen,
+				return kvn_seterr(-EINVAL, err, errlen,
 						  "%s: external_backends: \"%s\" is listed twice",
 						  origin, name);
 	}
@@ -1191,7 +1192,7 @@ kvn_config_validate(const struct kvn_config *cfg, char *err, size_t errlen)
 			char key[256];
 			snprintf(key, sizeof(key), "external_backend.%s.%s", name, need[k][0]);
 			if (!kvn_config_extra(cfg, key))
-				return kvn_seterr(err, errlen,
+				return kvn_seterr(-EINVAL, err, errlen,
 						  "%s: external_backends: backend \"%s\" needs "
 						  "extra_config key \"%s\" (%s)",
 						  origin, name, key, need[k][1]);

@@ -254,7 +254,7 @@ find_var(char *const *envp, size_t ki, const char *prefix, char var[80], int *rc
 		if (!t)
 			continue;
 		if (text && strcmp(text, t)) {
-			*rc = kvn_seterr(err, errlen,
+			*rc = kvn_seterr(-EINVAL, err, errlen,
 					 "env %s and env %s name the same key (%s) with different "
 					 "values; set one of them",
 					 var, name, kd->name);
@@ -290,7 +290,7 @@ kvn_config_apply_env_only(struct kvn_config *cfg, char *const *envp, char *err, 
 		snprintf(where, sizeof(where), "env %s", var);
 		size_t bad;
 		if (!kvn_utf8_clean(text, strlen(text), &bad))
-			return kvn_seterr(err, errlen,
+			return kvn_seterr(-EINVAL, err, errlen,
 					  "%s: byte %zu of the value is a control character or not "
 					  "UTF-8; values are text",
 					  where, bad);
@@ -362,7 +362,7 @@ json_text(const cJSON *v, const char *where, const char *key, char **out, char *
 	if (cJSON_IsNumber(v) || cJSON_IsBool(v))
 		return (*out = cJSON_PrintUnformatted(v)) ? 0 : kvn_config_nomem(err, errlen);
 	if (!cJSON_IsArray(v))
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s: extra_config.%s: a value must be a string, number, "
 				  "boolean or list",
 				  where, key);
@@ -376,7 +376,7 @@ json_text(const cJSON *v, const char *where, const char *key, char **out, char *
 		if (rc)
 			break;
 		if (cJSON_IsArray(e) || cJSON_IsObject(e))
-			rc = kvn_seterr(err, errlen,
+			rc = kvn_seterr(-EINVAL, err, errlen,
 					"%s: extra_config.%s: list entries must be scalars", where,
 					key);
 		else if (!(rc = json_text(e, where, key, &t, err, errlen)))
@@ -398,7 +398,7 @@ json_flatten(struct kvn_config *cfg, const cJSON *obj, const char *prefix, int d
 {
 	const cJSON *v;
 	if (depth > KVN_CONFIG_MAX_DEPTH)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s: extra_config.%s: nested more than %d levels deep", where,
 				  prefix, KVN_CONFIG_MAX_DEPTH);
 	cJSON_ArrayForEach(v, obj)
@@ -406,8 +406,9 @@ json_flatten(struct kvn_config *cfg, const cJSON *obj, const char *prefix, int d
 		char *full = NULL, *text = NULL;
 		int rc;
 		if (!v->string || !*v->string)
-			return kvn_seterr(
-			    err, errlen, "%s: extra_config: option names must be non-empty", where);
+			return kvn_seterr(-EINVAL, err, errlen,
+					  "%s: extra_config: option names must be non-empty",
+					  where);
 		if (asprintf(&full, "%s%s%s", prefix, *prefix ? "." : "", v->string) < 0)
 			return kvn_config_nomem(err, errlen);
 		if (cJSON_IsObject(v))
@@ -432,7 +433,7 @@ kvn_config_extra_from_json(struct kvn_config *cfg, const char *text, const char 
 	if (!cJSON_IsObject(root)) {
 		cJSON_Delete(root);
 		return kvn_seterr(
-		    err, errlen,
+		    -EINVAL, err, errlen,
 		    "%s: must be a JSON object like {\"disk.o_direct\": \"true\"}, got "
 		    "\"%.60s\"",
 		    origin, text);

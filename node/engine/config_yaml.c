@@ -45,7 +45,7 @@ spend(struct yctx *c, const yaml_node_t *n)
 		c->bytes += n->data.scalar.length;
 	if (c->nodes <= MAX_EXPANDED_NODES && c->bytes <= MAX_EXPANDED_BYTES)
 		return 0;
-	return kvn_seterr(c->err, c->errlen,
+	return kvn_seterr(-EINVAL, c->err, c->errlen,
 			  "%s:%d: the file expands to more than %u values or %u MiB of text "
 			  "through its aliases (*name); write the values out or reuse fewer",
 			  c->name, line_of(n), MAX_EXPANDED_NODES, MAX_EXPANDED_BYTES >> 20);
@@ -79,9 +79,9 @@ check_duplicates(struct yctx *c, const yaml_node_t *map, const char *prefix)
 {
 	yaml_node_pair_t *a, *b;
 	if (map->data.mapping.pairs.top - map->data.mapping.pairs.start > KVN_CONFIG_MAX_ENTRIES)
-		return kvn_seterr(c->err, c->errlen, "%s:%d: %s: more than %d keys in one mapping",
-				  c->name, line_of(map), *prefix ? prefix : "top level",
-				  KVN_CONFIG_MAX_ENTRIES);
+		return kvn_seterr(
+		    -EINVAL, c->err, c->errlen, "%s:%d: %s: more than %d keys in one mapping",
+		    c->name, line_of(map), *prefix ? prefix : "top level", KVN_CONFIG_MAX_ENTRIES);
 	for (a = map->data.mapping.pairs.start; a < map->data.mapping.pairs.top; a++) {
 		yaml_node_t *ka = yaml_document_get_node(c->doc, a->key);
 		if (!ka || ka->type != YAML_SCALAR_NODE)
@@ -91,7 +91,7 @@ check_duplicates(struct yctx *c, const yaml_node_t *map, const char *prefix)
 			if (kb && kb->type == YAML_SCALAR_NODE &&
 			    !strcmp((char *)ka->data.scalar.value, (char *)kb->data.scalar.value))
 				return kvn_seterr(
-				    c->err, c->errlen,
+				    -EINVAL, c->err, c->errlen,
 				    "%s:%d: %s%s: duplicate key (first set at line %d); "
 				    "keep one",
 				    c->name, line_of(ka), prefix, (char *)ka->data.scalar.value,
@@ -106,7 +106,7 @@ flatten_extra(struct yctx *c, yaml_node_t *map, const char *prefix, int depth)
 {
 	char origin[KVN_ORIGIN_MAX];
 	if (depth > KVN_CONFIG_MAX_DEPTH)
-		return kvn_seterr(c->err, c->errlen,
+		return kvn_seterr(-EINVAL, c->err, c->errlen,
 				  "%s:%d: extra_config.%s: nested more than %d levels deep (or an "
 				  "alias refers to itself)",
 				  c->name, line_of(map), prefix, KVN_CONFIG_MAX_DEPTH);
@@ -122,7 +122,7 @@ flatten_extra(struct yctx *c, yaml_node_t *map, const char *prefix, int depth)
 		bool ok = true;
 		const char *ks = k && k->type == YAML_SCALAR_NODE ? scalar_text(k, &ok) : NULL;
 		if (!k || !v || !ks || !*ks || !ok) {
-			rc = kvn_seterr(c->err, c->errlen,
+			rc = kvn_seterr(-EINVAL, c->err, c->errlen,
 					"%s:%d: extra_config%s%s: option names must be non-empty "
 					"strings",
 					c->name, k ? line_of(k) : 0, *prefix ? "." : "", prefix);
@@ -141,7 +141,7 @@ flatten_extra(struct yctx *c, yaml_node_t *map, const char *prefix, int depth)
 			rc =
 			    ok ? kvn_config_put_extra(c->cfg, full, text, origin, false, c->err,
 						      c->errlen)
-			       : kvn_seterr(c->err, c->errlen,
+			       : kvn_seterr(-EINVAL, c->err, c->errlen,
 					    "%s: extra_config.%s: NUL byte in value", origin, full);
 		} else {
 			/* A list of scalars becomes "a,b,c", the same text an env list would be. */
@@ -156,7 +156,7 @@ flatten_extra(struct yctx *c, yaml_node_t *map, const char *prefix, int depth)
 				    e && e->type == YAML_SCALAR_NODE ? scalar_text(e, &ok) : NULL;
 				if (!e || e->type != YAML_SCALAR_NODE) {
 					rc = kvn_seterr(
-					    c->err, c->errlen,
+					    -EINVAL, c->err, c->errlen,
 					    "%s:%d: extra_config.%s: list entries must be "
 					    "scalars, got %s",
 					    c->name, e ? line_of(e) : 0, full,
@@ -192,7 +192,8 @@ apply_yaml_key(struct yctx *c, size_t ki, yaml_node_t *v, int line)
 	if (v->type == YAML_SCALAR_NODE) {
 		const char *text = scalar_text(v, &ok);
 		if (!ok)
-			return kvn_seterr(c->err, c->errlen, "%s: NUL byte in value", where);
+			return kvn_seterr(-EINVAL, c->err, c->errlen, "%s: NUL byte in value",
+					  where);
 		if (kd->type == KVN_K_EXTRA) {
 			if (text)
 				return kvn_config_bad_value(c->err, c->errlen, where, ki, text,
@@ -221,7 +222,7 @@ apply_yaml_key(struct yctx *c, size_t ki, yaml_node_t *v, int line)
 			break;
 		items[i] = e && e->type == YAML_SCALAR_NODE ? (char *)scalar_text(e, &ok) : NULL;
 		if (!items[i] || !ok)
-			rc = kvn_seterr(c->err, c->errlen,
+			rc = kvn_seterr(-EINVAL, c->err, c->errlen,
 					"%s:%d: %s: entry %zu must be a non-empty string, got %s",
 					c->name, e ? line_of(e) : line, kd->name, i + 1,
 					!e || e->type == YAML_SCALAR_NODE ? "null" : kind_of(e));
@@ -241,16 +242,16 @@ yaml_error(const yaml_parser_t *p, const char *text, size_t len, const char *nam
 	if (p->error == YAML_MEMORY_ERROR)
 		return kvn_config_nomem(err, errlen);
 	if (m->index < len && text[m->index] == '\t')
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s:%zu: YAML syntax error: a tab; YAML indents with spaces only",
 				  name, m->line + 1);
 	if (p->context)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s:%zu: YAML syntax error: %s (%s at line %zu); "
 				  "check indentation, colons and quoting",
 				  name, m->line + 1, p->problem ? p->problem : "?", p->context,
 				  p->context_mark.line + 1);
-	return kvn_seterr(err, errlen,
+	return kvn_seterr(-EINVAL, err, errlen,
 			  "%s:%zu: YAML syntax error: %s; check indentation, colons "
 			  "and quoting",
 			  name, m->line + 1, p->problem ? p->problem : "?");
@@ -282,7 +283,7 @@ kvn_config_apply_yaml(struct kvn_config *cfg, const char *text, size_t len, cons
 			rc = yaml_error(&parser, text, len, name, err, errlen);
 		} else {
 			if (yaml_document_get_root_node(&next))
-				rc = kvn_seterr(err, errlen,
+				rc = kvn_seterr(-EINVAL, err, errlen,
 						"%s:%zu: a second YAML document; put every key in "
 						"one document",
 						name, next.start_mark.line + 1);
@@ -293,9 +294,10 @@ kvn_config_apply_yaml(struct kvn_config *cfg, const char *text, size_t len, cons
 	if (rc || !root || (root->type == YAML_SCALAR_NODE && !scalar_text(root, &ok)))
 		goto out; /* empty file or a lone "~": defaults */
 	if (root->type != YAML_MAPPING_NODE) {
-		rc = kvn_seterr(
-		    err, errlen, "%s:%d: the file must be a mapping of keys (key: value), got %s",
-		    name, line_of(root), root->type == YAML_SCALAR_NODE ? "a scalar" : "a list");
+		rc = kvn_seterr(-EINVAL, err, errlen,
+				"%s:%d: the file must be a mapping of keys (key: value), got %s",
+				name, line_of(root),
+				root->type == YAML_SCALAR_NODE ? "a scalar" : "a list");
 		goto out;
 	}
 	if ((rc = check_duplicates(&c, root, "")))
@@ -305,8 +307,9 @@ kvn_config_apply_yaml(struct kvn_config *cfg, const char *text, size_t len, cons
 		yaml_node_t *k = yaml_document_get_node(&doc, pr->key);
 		yaml_node_t *v = yaml_document_get_node(&doc, pr->value);
 		if (!k || !v || k->type != YAML_SCALAR_NODE) {
-			rc = kvn_seterr(err, errlen, "%s:%d: keys must be plain names, got %s",
-					name, k ? line_of(k) : 0, k ? kind_of(k) : "nothing");
+			rc = kvn_seterr(-EINVAL, err, errlen,
+					"%s:%d: keys must be plain names, got %s", name,
+					k ? line_of(k) : 0, k ? kind_of(k) : "nothing");
 			break;
 		}
 		const char *key = (const char *)k->data.scalar.value;
@@ -320,7 +323,7 @@ kvn_config_apply_yaml(struct kvn_config *cfg, const char *text, size_t len, cons
 		}
 		if (seen[ki]) {
 			/* Both of LMCache's names of a key (storage_plugins, external_backends). */
-			rc = kvn_seterr(err, errlen,
+			rc = kvn_seterr(-EINVAL, err, errlen,
 					"%s: %s: the same key as \"%s\" on line %d (LMCache's "
 					"other name for it); keep one of them",
 					where, key, seen_name[ki], seen[ki]);
@@ -383,17 +386,17 @@ read_file(const char *path, const char *from, char **text, size_t *len, char *er
 	if (fd < 0) {
 		rc = -errno;
 		if (rc == -ENOENT)
-			kvn_seterr(err, errlen, "%s: no such config file (%s)", path,
+			kvn_seterr(-EINVAL, err, errlen, "%s: no such config file (%s)", path,
 				   from ? from : "check the path given");
 		else
-			kvn_seterr(err, errlen, "%s: cannot open config file: %s", path,
+			kvn_seterr(-EINVAL, err, errlen, "%s: cannot open config file: %s", path,
 				   strerror(-rc));
 		return rc;
 	}
 	if (!fstat(fd, &st) && S_ISDIR(st.st_mode)) {
 		close(fd);
-		kvn_seterr(err, errlen, "%s: is a directory; give the path of the YAML file", path);
-		return -EISDIR;
+		return kvn_seterr(-EISDIR, err, errlen,
+				  "%s: is a directory; give the path of the YAML file", path);
 	}
 	if (!(buf = malloc(cap))) {
 		close(fd);
@@ -413,7 +416,7 @@ read_file(const char *path, const char *from, char **text, size_t *len, char *er
 			continue;
 		if (r < 0) {
 			rc = -errno;
-			kvn_seterr(err, errlen, "%s: cannot read config file: %s", path,
+			kvn_seterr(-EINVAL, err, errlen, "%s: cannot read config file: %s", path,
 				   strerror(-rc));
 			break;
 		}
@@ -422,8 +425,9 @@ read_file(const char *path, const char *from, char **text, size_t *len, char *er
 		n += (size_t)r;
 		if (n > MAX_FILE_BYTES) {
 			rc = -EFBIG;
-			kvn_seterr(err, errlen, "%s: larger than %u MiB; is this the config file?",
-				   path, MAX_FILE_BYTES >> 20);
+			kvn_seterr(-EINVAL, err, errlen,
+				   "%s: larger than %u MiB; is this the config file?", path,
+				   MAX_FILE_BYTES >> 20);
 			break;
 		}
 	}

@@ -28,7 +28,7 @@ kvn_engine_open(const struct kvn_config *cfg, struct kvn_engine **out, char *err
 	int rc = 0;
 	if (cfg->local_cpu) {
 		if (cfg->max_local_cpu_size == 0) {
-			rc = kvn_seterr(err, errlen,
+			rc = kvn_seterr(-EINVAL, err, errlen,
 					"local_cpu is on but max_local_cpu_size is 0: give the cpu "
 					"tier some GB or set local_cpu: false");
 			goto fail;

@@ -24,8 +24,7 @@ kvn_plugins_start(const struct kvn_config *cfg, const struct kvn_plugins_opts *o
 	if (!set || !json) {
 		free(set);
 		free(json);
-		kvn_seterr(err, errlen, "plugins: out of memory");
-		return -ENOMEM;
+		return kvn_seterr(-ENOMEM, err, errlen, "plugins: out of memory");
 	}
 	size_t n = 0;
 	for (size_t i = 0; i < cfg->n_extra; i++)

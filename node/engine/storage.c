@@ -191,7 +191,8 @@ add_tier(struct kvn_storage *st, const struct kvn_backend_ops *ops, const char *
 	if (st->ntiers == MAX_TIERS) {
 		if (dl)
 			dlclose(dl);
-		return kvn_seterr(err, errlen, "too many backends (at most %d)", MAX_TIERS);
+		return kvn_seterr(-EINVAL, err, errlen, "too many backends (at most %d)",
+				  MAX_TIERS);
 	}
 	struct tier *t = &st->tier[st->ntiers];
 	memset(t, 0, sizeof(*t));
@@ -225,9 +226,9 @@ add_tier(struct kvn_storage *st, const struct kvn_backend_ops *ops, const char *
 		pthread_mutex_destroy(&t->opt_lock);
 		if (dl)
 			dlclose(dl);
-		kvn_seterr(err, errlen, "backend \"%s\": could not start: %s (see the log above)",
-			   name, kvn_strerror(rc));
-		return rc;
+		return kvn_seterr(rc, err, errlen,
+				  "backend \"%s\": could not start: %s (see the log above)", name,
+				  kvn_strerror(rc));
 	}
 	if (ops->flags & KVN_BACKEND_F_SLOW)
 		st->have_slow = true;
@@ -247,7 +248,7 @@ add_external(struct kvn_storage *st, const char *name, char *err, size_t errlen)
 	snprintf(key, sizeof(key), "%sclass_name", prefix);
 	const char *symbol = kvn_config_extra(st->cfg, key);
 	if (!module || !symbol)
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "external backend \"%s\": set extra_config "
 				  "external_backend.%s.module_path and .class_name",
 				  name, name);
@@ -531,7 +532,7 @@ lane_sync_opt(struct tier *t, bool *out, char *err, size_t errlen)
 		*out = true;
 	else if (strcasecmp(v, "false") && strcasecmp(v, "no") && strcasecmp(v, "off") &&
 		 strcmp(v, "0"))
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "extra_config %ssync_put is \"%s\": set it to true or false",
 				  remote ? "remote." : t->prefix, v);
 	return 0;
@@ -554,17 +555,18 @@ start_lanes(struct kvn_storage *st, char *err, size_t errlen)
 		if (rc < 0)
 			return rc;
 		if (l->sync && l->best_effort)
-			return kvn_seterr(err, errlen,
-					  "extra_config remote.sync_put is not supported: puts never "
-					  "wait for the remote store (see docs/durability.md)");
+			return kvn_seterr(
+			    -EINVAL, err, errlen,
+			    "extra_config remote.sync_put is not supported: puts never "
+			    "wait for the remote store (see docs/durability.md)");
 		st->have_sync |= l->sync;
 		if (l->sync)
 			kvn_info("storage", "puts return once %s holds the value (%ssync_put)",
 				 t->name, t->prefix);
 		l->writers = calloc(nwriters, sizeof(*l->writers));
 		if (!l->writers)
-			return kvn_seterr(err, errlen, "out of memory for the writers of %s",
-					  t->name);
+			return kvn_seterr(-EINVAL, err, errlen,
+					  "out of memory for the writers of %s", t->name);
 		l->nwriters = nwriters;
 		st->nlanes++;
 		for (uint32_t k = 0; k < nwriters; k++) {
@@ -573,7 +575,7 @@ start_lanes(struct kvn_storage *st, char *err, size_t errlen)
 			pthread_cond_init(&w->cond, NULL);
 			rc = pthread_create(&w->thread, NULL, writer_main, w);
 			if (rc)
-				return kvn_seterr(err, errlen,
+				return kvn_seterr(-EINVAL, err, errlen,
 						  "cannot start writer threads of %s: %s", t->name,
 						  strerror(rc));
 			w->started = true;
@@ -599,7 +601,8 @@ kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn
 	int rc = 0;
 	if (cfg->local_cpu) {
 		if (!pool) {
-			rc = kvn_seterr(err, errlen, "local_cpu is on but no chunk pool was given");
+			rc = kvn_seterr(-EINVAL, err, errlen,
+					"local_cpu is on but no chunk pool was given");
 			goto fail;
 		}
 		rc = add_tier(st, &kvn_cpu_backend_ops, "cpu", "cpu.", pool, kvn_pool_size(pool),
@@ -639,8 +642,9 @@ kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn
 			goto fail;
 	}
 	if (st->ntiers == 0) {
-		rc = kvn_seterr(err, errlen, "no storage tier enabled: set local_cpu: true, "
-					     "local_disk, or external_backends");
+		rc = kvn_seterr(-EINVAL, err, errlen,
+				"no storage tier enabled: set local_cpu: true, "
+				"local_disk, or external_backends");
 		goto fail;
 	}
 	if (st->have_slow && (rc = start_lanes(st, err, errlen)) < 0)

@@ -401,7 +401,7 @@ kvn_metrics_start(const struct kvn_metrics_opts *opts, kvn_metrics_collect_fn co
 	uint16_t port, bound = 0;
 	*out = NULL;
 	if (kvn_hostport_parse(listen, host, &port, why, sizeof(why)) < 0)
-		return kvn_seterr(err, errlen, "metrics_listen: %s", why);
+		return kvn_seterr(-EINVAL, err, errlen, "metrics_listen: %s", why);
 	struct kvn_metrics *m = calloc(1, sizeof(*m));
 	if (!m)
 		return -ENOMEM;
@@ -410,9 +410,8 @@ kvn_metrics_start(const struct kvn_metrics_opts *opts, kvn_metrics_collect_fn co
 	if (rc < 0) {
 		pthread_mutex_destroy(&m->lock);
 		free(m);
-		return kvn_seterr(err, errlen, "metrics_listen %s: condition variable: %s", listen,
-				  strerror(-rc)),
-		       rc;
+		return kvn_seterr(rc, err, errlen, "metrics_listen %s: condition variable: %s",
+				  listen, strerror(-rc));
 	}
 	m->collect = collect;
 	m->ctx = ctx;
@@ -420,16 +419,14 @@ kvn_metrics_start(const struct kvn_metrics_opts *opts, kvn_metrics_collect_fn co
 	m->timeout_s = opts->timeout_s ? opts->timeout_s : CONN_TIMEOUT;
 	if ((rc = pthread_create(&m->reaper, NULL, reaper_main, m))) {
 		metrics_free(m);
-		return kvn_seterr(err, errlen, "metrics_listen %s: cannot start a thread: %s",
-				  listen, strerror(rc)),
-		       -rc;
+		return kvn_seterr(-rc, err, errlen, "metrics_listen %s: cannot start a thread: %s",
+				  listen, strerror(rc));
 	}
 	m->reaper_started = true;
 	int fd = kvn_tcp_listen(host, port, 64, &bound, why, sizeof(why));
 	if (fd < 0) {
 		metrics_free(m);
-		kvn_seterr(err, errlen, "metrics_listen %s: %s", listen, why);
-		return fd;
+		return kvn_seterr(fd, err, errlen, "metrics_listen %s: %s", listen, why);
 	}
 	snprintf(m->addr, sizeof(m->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host, bound);
 	/* Each pool thread gets its share of the cap (libmicrohttpd divides it): no more threads
@@ -449,7 +446,7 @@ kvn_metrics_start(const struct kvn_metrics_opts *opts, kvn_metrics_collect_fn co
 		 * between versions, and a double close could hit another thread's descriptor.
 		 * The caller exits on this error anyway. */
 		metrics_free(m);
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "metrics_listen %s: libmicrohttpd could not start its listener "
 				  "threads (out of memory or threads?)",
 				  listen);

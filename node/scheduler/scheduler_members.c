@@ -213,29 +213,29 @@ copy_str(const cJSON *j, const char *field, char *dst, size_t cap, bool is_name,
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(j, field);
 	if (!v || cJSON_IsNull(v)) {
 		if (is_name)
-			return kvn_seterr(err, errlen,
+			return kvn_seterr(-EINVAL, err, errlen,
 					  "JOIN lacks \"%s\": names are " KVN_CF_NAME_RULE, field);
 		dst[0] = '\0';
 		return 0;
 	}
 	if (!cJSON_IsString(v))
-		return kvn_seterr(err, errlen, "JOIN \"%s\" must be a string", field);
+		return kvn_seterr(-EINVAL, err, errlen, "JOIN \"%s\" must be a string", field);
 	const char *str = v->valuestring;
 	size_t n = strlen(str);
 	if (is_name) {
 		char why[256];
 		if (kvn_cf_name_check(str, why, sizeof(why)))
-			return kvn_seterr(err, errlen, "JOIN \"%s\" refused: %s (set node_name)",
-					  field, why);
+			return kvn_seterr(-EINVAL, err, errlen,
+					  "JOIN \"%s\" refused: %s (set node_name)", field, why);
 	} else {
 		if (n >= cap)
-			return kvn_seterr(err, errlen,
+			return kvn_seterr(-EINVAL, err, errlen,
 					  "JOIN \"%s\" of %zu bytes: it must be 0..%zu bytes of "
 					  "printable ASCII",
 					  field, n, cap - 1);
 		for (size_t i = 0; i < n; i++)
 			if ((unsigned char)str[i] <= 0x20 || (unsigned char)str[i] >= 0x7f)
-				return kvn_seterr(err, errlen,
+				return kvn_seterr(-EINVAL, err, errlen,
 						  "JOIN \"%s\" must be printable ASCII without "
 						  "spaces; byte %zu is 0x%02x",
 						  field, i, (unsigned char)str[i]);
@@ -371,7 +371,7 @@ join_fields(const cJSON *j, struct join_req *q, char *err, size_t errlen)
 			      errlen);
 	if (!rc && cap &&
 	    !(cJSON_IsNumber(cap) && cap->valuedouble >= 0 && cap->valuedouble < 1e19))
-		rc = kvn_seterr(err, errlen, "JOIN \"capacity\" must be a byte count");
+		rc = kvn_seterr(-EINVAL, err, errlen, "JOIN \"capacity\" must be a byte count");
 	nm->capacity = cJSON_IsNumber(cap) && !rc ? (uint64_t)cap->valuedouble : 0;
 	q->hint = cJSON_IsNumber(hint) ? hint->valuedouble : -1;
 	return rc;

@@ -37,14 +37,13 @@ kvn_connsrv_init(struct kvn_connsrv *cs, const struct kvn_connsrv_opts *opts,
 	if (rc < 0) {
 		pthread_mutex_destroy(&cs->lock);
 		cs->wake_fd = -1;
-		kvn_seterr(err, errlen, "%s: condition variable: %s", opts->comp, strerror(-rc));
-		return rc;
+		return kvn_seterr(rc, err, errlen, "%s: condition variable: %s", opts->comp,
+				  strerror(-rc));
 	}
 	cs->wake_fd = eventfd(0, EFD_CLOEXEC);
 	if (cs->wake_fd < 0) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "%s: eventfd: %s", opts->comp, strerror(errno));
-		return rc;
+		return kvn_seterr(rc, err, errlen, "%s: eventfd: %s", opts->comp, strerror(errno));
 	}
 	return 0;
 }

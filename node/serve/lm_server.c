@@ -604,7 +604,7 @@ kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts *opt
 	uint16_t port, bound = 0;
 	int rc = kvn_hostport_parse(opts->listen, host, &port, why, sizeof(why));
 	if (rc)
-		return kvn_seterr(err, errlen, "lm_listen: %s", why), rc;
+		return kvn_seterr(rc, err, errlen, "lm_listen: %s", why);
 	struct kvn_lm_server *srv = calloc(1, sizeof(*srv));
 	if (!srv)
 		return -ENOMEM;
@@ -631,7 +631,7 @@ kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts *opt
 	srv->lfd = kvn_tcp_listen(host, port, 128, &bound, why, sizeof(why));
 	if (srv->lfd < 0) {
 		rc = srv->lfd;
-		kvn_seterr(err, errlen, "lm_listen %s: %s", opts->listen, why);
+		kvn_seterr(-EINVAL, err, errlen, "lm_listen %s: %s", opts->listen, why);
 		goto fail;
 	}
 	snprintf(srv->addr, sizeof(srv->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
@@ -640,8 +640,8 @@ kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts *opt
 	rc = pthread_create(&srv->accept_thread, NULL, accept_main, srv);
 	if (rc) {
 		rc = -rc;
-		kvn_seterr(err, errlen, "lm server on %s: cannot start its thread: %s", srv->addr,
-			   strerror(-rc));
+		kvn_seterr(-EINVAL, err, errlen, "lm server on %s: cannot start its thread: %s",
+			   srv->addr, strerror(-rc));
 		goto fail;
 	}
 	srv->accept_started = true;

@@ -65,9 +65,9 @@ fill_addr(struct sockaddr_un *sa, const char *path, char *err, size_t errlen)
 	memset(sa, 0, sizeof(*sa));
 	sa->sun_family = AF_UNIX;
 	if (!path || !*path)
-		return kvn_seterr(err, errlen, "socket path is empty: give --socket PATH");
+		return kvn_seterr(-EINVAL, err, errlen, "socket path is empty: give --socket PATH");
 	if (strlen(path) >= sizeof(sa->sun_path))
-		return kvn_seterr(err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 				  "socket path %s is %zu bytes, longer than the %zu a unix socket "
 				  "allows: pick a shorter --socket path",
 				  path, strlen(path), sizeof(sa->sun_path) - 1);
@@ -84,14 +84,13 @@ clear_stale(const char *path, const struct sockaddr_un *sa, bool dry_run, char *
 	if (lstat(path, &st) < 0)
 		return errno == ENOENT
 			   ? 0
-			   : (kvn_seterr(err, errlen, "cannot inspect socket path %s: %s", path,
-					 strerror(errno)),
+			   : (kvn_seterr(-EINVAL, err, errlen, "cannot inspect socket path %s: %s",
+					 path, strerror(errno)),
 			      -errno);
 	if (!S_ISSOCK(st.st_mode)) {
-		kvn_seterr(err, errlen,
-			   "%s exists and is not a socket: remove it or pick another --socket path",
-			   path);
-		return -EEXIST;
+		return kvn_seterr(
+		    -EEXIST, err, errlen,
+		    "%s exists and is not a socket: remove it or pick another --socket path", path);
 	}
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
@@ -100,21 +99,21 @@ clear_stale(const char *path, const struct sockaddr_un *sa, bool dry_run, char *
 	int e = errno;
 	close(fd);
 	if (rc == 0 || e == EAGAIN || e == EINPROGRESS) {
-		kvn_seterr(err, errlen,
-			   "another kvnode is already serving on %s: stop it first (kvnode stat "
-			   "--node %s shows it) or pick another --socket path",
-			   path, path);
-		return -EADDRINUSE;
+		return kvn_seterr(
+		    -EADDRINUSE, err, errlen,
+		    "another kvnode is already serving on %s: stop it first (kvnode stat "
+		    "--node %s shows it) or pick another --socket path",
+		    path, path);
 	}
 	if (e != ECONNREFUSED) {
-		kvn_seterr(err, errlen, "cannot probe existing socket %s: %s", path, strerror(e));
-		return -e;
+		return kvn_seterr(-e, err, errlen, "cannot probe existing socket %s: %s", path,
+				  strerror(e));
 	}
 	if (dry_run)
 		return 0;
 	if (unlink(path) < 0 && errno != ENOENT) {
-		kvn_seterr(err, errlen, "cannot remove stale socket %s: %s", path, strerror(errno));
-		return -errno;
+		return kvn_seterr(-errno, err, errlen, "cannot remove stale socket %s: %s", path,
+				  strerror(errno));
 	}
 	kvn_info(COMP, "removed stale socket %s (nothing was answering on it)", path);
 	return 0;
@@ -166,12 +165,12 @@ kvn_server_create(struct kvn_engine *eng, const struct kvn_server_opts *opts,
 	srv->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (srv->lfd < 0) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "socket: %s", strerror(errno));
+		kvn_seterr(-EINVAL, err, errlen, "socket: %s", strerror(errno));
 		goto fail;
 	}
 	if (bind(srv->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "cannot bind %s: %s%s", srv->path, strerror(errno),
+		kvn_seterr(-EINVAL, err, errlen, "cannot bind %s: %s%s", srv->path, strerror(errno),
 			   errno == ENOENT ? " (does its directory exist?)" : "");
 		goto fail;
 	}
@@ -182,7 +181,8 @@ kvn_server_create(struct kvn_engine *eng, const struct kvn_server_opts *opts,
 	}
 	if (listen(srv->lfd, 128) < 0) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "cannot listen on %s: %s", srv->path, strerror(errno));
+		kvn_seterr(-EINVAL, err, errlen, "cannot listen on %s: %s", srv->path,
+			   strerror(errno));
 		goto fail;
 	}
 	srv->cs.lfd = srv->lfd;

@@ -288,7 +288,7 @@ tcp_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *
 	if (tp->cfg.conns_per_peer <= 0)
 		tp->cfg.conns_per_peer = 2;
 	if (tp->cfg.conns_per_peer > TCP_MAX_CONNS) {
-		rc = kvn_seterr(err, errlen, "tcp: conns_per_peer %d is more than %d",
+		rc = kvn_seterr(-EINVAL, err, errlen, "tcp: conns_per_peer %d is more than %d",
 				tp->cfg.conns_per_peer, TCP_MAX_CONNS);
 		free(tp);
 		return rc;
@@ -303,12 +303,14 @@ tcp_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *
 	if (tp->epfd < 0 || tp->wake.fd < 0 ||
 	    (rc = kvn_tcp_epoll_set(tp, &tp->wake, EPOLLIN)) < 0) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "tcp: cannot set up epoll/eventfd: %s", strerror(errno));
+		kvn_seterr(-EINVAL, err, errlen, "tcp: cannot set up epoll/eventfd: %s",
+			   strerror(errno));
 		goto fail;
 	}
 	rc = -pthread_create(&tp->thread, NULL, progress, tp);
 	if (rc) {
-		kvn_seterr(err, errlen, "tcp: cannot start the progress thread: %s", strerror(-rc));
+		kvn_seterr(-EINVAL, err, errlen, "tcp: cannot start the progress thread: %s",
+			   strerror(-rc));
 		goto fail;
 	}
 	tp->thread_started = true;
@@ -358,12 +360,13 @@ tcp_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind k
 	    struct kvn_tp_mr **out, struct kvn_mem_desc *desc, char *err, size_t errlen)
 {
 	if (kind != KVN_MEM_HOST)
-		return kvn_seterr(err, errlen, "tcp: cannot register GPU memory at %p; stage it "
-				  "through host memory or use the verbs transport", ptr),
-		       -EOPNOTSUPP;
+		return kvn_seterr(-EOPNOTSUPP, err, errlen,
+				  "tcp: cannot register GPU memory at %p; stage it "
+				  "through host memory or use the verbs transport",
+				  ptr);
 	if (!ptr || !len)
-		return kvn_seterr(err, errlen, "tcp: cannot register an empty region (%p, %zu bytes)",
-				  ptr, len);
+		return kvn_seterr(-EINVAL, err, errlen,
+				  "tcp: cannot register an empty region (%p, %zu bytes)", ptr, len);
 	struct kvn_tp_mr *mr = calloc(1, sizeof(*mr));
 	if (!mr)
 		return -ENOMEM;
@@ -388,9 +391,8 @@ tcp_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind k
 		if (getrandom(&mr->rkey, sizeof(mr->rkey), 0) != sizeof(mr->rkey)) {
 			pthread_mutex_unlock(&tp->lock);
 			free(mr);
-			return kvn_seterr(err, errlen, "tcp: getrandom for an rkey failed: %s",
-					  strerror(errno)),
-			       -EIO;
+			return kvn_seterr(-EIO, err, errlen,
+					  "tcp: getrandom for an rkey failed: %s", strerror(errno));
 		}
 		unique = mr->rkey != 0;
 		for (size_t i = 0; unique && i < tp->nregions; i++)

@@ -85,12 +85,12 @@ handshake(const struct kvn_tp_ep *ep, int fd, uint64_t deadline, char *err, size
 	}
 	if (h.magic != TCP_MAGIC || h.version != TCP_VERSION || h.status ||
 	    n < TCP_CHALLENGE_SIZE) {
-		kvn_seterr(err, errlen,
-			   "tcp: peer %s is not a kvnode tcp transport of protocol version %u "
-			   "(bad hello%s%u)",
-			   ep->peer, TCP_VERSION, h.magic == TCP_MAGIC ? ": it speaks version " : " ",
-			   h.magic == TCP_MAGIC ? h.version : 0);
-		return -EPROTO;
+		return kvn_seterr(
+		    -EPROTO, err, errlen,
+		    "tcp: peer %s is not a kvnode tcp transport of protocol version %u "
+		    "(bad hello%s%u)",
+		    ep->peer, TCP_VERSION, h.magic == TCP_MAGIC ? ": it speaks version " : " ",
+		    h.magic == TCP_MAGIC ? h.version : 0);
 	}
 	const uint8_t *nonce_o = msg + TCP_HDR_SIZE;
 	const struct kvn_auth_part owner[] = {{nonce_r, KVN_AUTH_NONCE}, {nonce_o, KVN_AUTH_NONCE}};
@@ -114,9 +114,9 @@ handshake(const struct kvn_tp_ep *ep, int fd, uint64_t deadline, char *err, size
 	if (h.magic == TCP_MAGIC && h.status == EACCES)
 		return kvn_tp_auth_refused("tcp", ep->peer, a, err, errlen);
 	if (h.magic != TCP_MAGIC || h.status) {
-		kvn_seterr(err, errlen, "tcp: peer %s answered the hello with status %u", ep->peer,
-			   h.status);
-		return -EPROTO;
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "tcp: peer %s answered the hello with status %u", ep->peer,
+				  h.status);
 	}
 	return 0;
 }
@@ -129,9 +129,10 @@ dial(const struct kvn_tp_ep *ep, int timeout_ms, int *out, char *err, size_t err
 	char cerr[256];
 	int fd = kvn_tcp_connect(ep->host, ep->port, timeout_ms, cerr, sizeof(cerr));
 	if (fd < 0)
-		return kvn_seterr(err, errlen, "tcp: peer %s: %s (is a kvnode node listening "
-				  "there?)", ep->peer, cerr),
-		       fd;
+		return kvn_seterr(fd, err, errlen,
+				  "tcp: peer %s: %s (is a kvnode node listening "
+				  "there?)",
+				  ep->peer, cerr);
 	int fl = fcntl(fd, F_GETFL);
 	int rc = fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 ? -errno : 0;
 	if (!rc) {
@@ -148,11 +149,14 @@ dial(const struct kvn_tp_ep *ep, int timeout_ms, int *out, char *err, size_t err
 	if (rc == -EACCES || rc == -EPROTO)
 		return rc;
 	if (rc == -ETIMEDOUT)
-		kvn_seterr(err, errlen, "tcp: peer %s accepted the connection but did not answer "
-			   "within %d ms (is it a kvnode node?)", ep->peer, timeout_ms);
+		kvn_seterr(-EINVAL, err, errlen,
+			   "tcp: peer %s accepted the connection but did not answer "
+			   "within %d ms (is it a kvnode node?)",
+			   ep->peer, timeout_ms);
 	else if (err && errlen && !err[0])
-		kvn_seterr(err, errlen, "tcp: peer %s: %s during the hello (is it a kvnode node?)",
-			   ep->peer, strerror(-rc));
+		kvn_seterr(-EINVAL, err, errlen,
+			   "tcp: peer %s: %s during the hello (is it a kvnode node?)", ep->peer,
+			   strerror(-rc));
 	return rc;
 }
 

@@ -50,7 +50,8 @@ kvn_tcp_op_listen(struct kvn_transport *tp, const char *addr, char *bound, size_
 		  char *err, size_t errlen)
 {
 	if (tp->listener.fd >= 0)
-		return kvn_seterr(err, errlen, "tcp: already listening on %s", tp->bound), -EALREADY;
+		return kvn_seterr(-EALREADY, err, errlen, "tcp: already listening on %s",
+				  tp->bound);
 	char host[KVN_HOST_MAX];
 	uint16_t port, bport = 0;
 	int rc = kvn_hostport_parse(addr, host, &port, err, errlen);
@@ -63,7 +64,7 @@ kvn_tcp_op_listen(struct kvn_transport *tp, const char *addr, char *bound, size_
 	if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
 		rc = -errno;
 		close(fd);
-		return kvn_seterr(err, errlen, "tcp: listener on %s: %s", addr, strerror(-rc)), rc;
+		return kvn_seterr(rc, err, errlen, "tcp: listener on %s: %s", addr, strerror(-rc));
 	}
 	snprintf(tp->bound, sizeof(tp->bound), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
 		 bport);
@@ -72,9 +73,8 @@ kvn_tcp_op_listen(struct kvn_transport *tp, const char *addr, char *bound, size_
 	if (rc < 0) {
 		close(fd);
 		tp->listener.fd = -1;
-		return kvn_seterr(err, errlen, "tcp: epoll for listener %s: %s", tp->bound,
-				  strerror(-rc)),
-		       rc;
+		return kvn_seterr(rc, err, errlen, "tcp: epoll for listener %s: %s", tp->bound,
+				  strerror(-rc));
 	}
 	if (bound)
 		snprintf(bound, boundlen, "%s", tp->bound);

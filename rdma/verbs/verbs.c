@@ -52,14 +52,14 @@ verbs_probe(const struct kvn_transport_cfg *in, char *err, size_t errlen)
 	struct ibv_device **list = ibv_get_device_list(&n);
 
 	if (!list || n == 0) {
-		kvn_seterr(err, errlen,
+		kvn_seterr(-EINVAL, err, errlen,
 			   "no RDMA device on this machine (no rdma-capable NIC, or the "
 			   "kernel has no RDMA support: see scripts/run-in-rxe-vm)");
 		if (list)
 			ibv_free_device_list(list);
 		return -ENODEV;
 	}
-	kvn_seterr(err, errlen,
+	kvn_seterr(-EINVAL, err, errlen,
 		   want ? "RDMA device '%s' (rdma_device) not found or has no active port"
 			: "no RDMA device has an active port (check 'ibv_devinfo')%s",
 		   want ? want : "");
@@ -89,11 +89,10 @@ src_from_gid(struct kvn_transport *tp, int gid_index, char *err, size_t errlen)
 
 	if (ibv_query_gid(tp->ctx, tp->port, gid_index, &gid) ||
 	    !memcmp(gid.raw, (uint8_t[16]){0}, 16)) {
-		kvn_seterr(err, errlen,
-			   "gid_index %d is not a valid GID of %s port %u (list them with "
-			   "'ibv_devinfo -v')",
-			   gid_index, ibv_get_device_name(tp->ctx->device), tp->port);
-		return -EINVAL;
+		return kvn_seterr(-EINVAL, err, errlen,
+				  "gid_index %d is not a valid GID of %s port %u (list them with "
+				  "'ibv_devinfo -v')",
+				  gid_index, ibv_get_device_name(tp->ctx->device), tp->port);
 	}
 	memset(&tp->src, 0, sizeof(tp->src));
 	if (!memcmp(gid.raw, v4map, sizeof(v4map))) {
@@ -129,9 +128,8 @@ pick_device(struct kvn_transport *tp, const struct kvn_transport_cfg *cfg, char 
 		return -ENODEV;
 	}
 	if (ibv_query_device(tp->ctx, &da)) {
-		kvn_seterr(err, errlen, "querying RDMA device %s failed: %s",
-			   ibv_get_device_name(tp->ctx->device), strerror(errno));
-		return -EIO;
+		return kvn_seterr(-EIO, err, errlen, "querying RDMA device %s failed: %s",
+				  ibv_get_device_name(tp->ctx->device), strerror(errno));
 	}
 	tp->max_msg = pa.max_msg_sz ? pa.max_msg_sz : (1u << 31);
 	tp->sq_depth = da.max_qp_wr < SQ_DEPTH_MAX ? (uint32_t)da.max_qp_wr : SQ_DEPTH_MAX;
@@ -176,7 +174,7 @@ verbs_open(const struct kvn_transport_cfg *in, struct kvn_transport **out, char 
 	tp->cc = tp->pd ? ibv_create_comp_channel(tp->ctx) : NULL;
 	tp->cq = tp->cc ? ibv_create_cq(tp->ctx, (int)tp->cq_depth, tp, tp->cc, 0) : NULL;
 	if (!tp->cq) {
-		kvn_seterr(err, errlen,
+		kvn_seterr(-EINVAL, err, errlen,
 			   "allocating PD/CQ on RDMA device %s failed: %s (check "
 			   "'ulimit -l')",
 			   ibv_get_device_name(tp->ctx->device), strerror(errno));
@@ -186,7 +184,7 @@ verbs_open(const struct kvn_transport_cfg *in, struct kvn_transport **out, char 
 	tp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (tp->wake_fd < 0) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "eventfd for the verbs progress thread: %s",
+		kvn_seterr(-EINVAL, err, errlen, "eventfd for the verbs progress thread: %s",
 			   strerror(errno));
 		goto fail;
 	}
@@ -195,7 +193,8 @@ verbs_open(const struct kvn_transport_cfg *in, struct kvn_transport **out, char 
 		goto fail;
 	rc = -pthread_create(&tp->progress, NULL, kvn_vb_progress_main, tp);
 	if (rc) {
-		kvn_seterr(err, errlen, "starting the verbs progress thread: %s", strerror(-rc));
+		kvn_seterr(-EINVAL, err, errlen, "starting the verbs progress thread: %s",
+			   strerror(-rc));
 		goto fail;
 	}
 	kvn_info(LOG,
@@ -258,14 +257,13 @@ verbs_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind
 	struct kvn_tp_mr *mr;
 
 	if (kind != KVN_MEM_HOST) {
-		kvn_seterr(err, errlen,
-			   "verbs: registering GPU memory needs GPUDirect (not built in)");
-		return -EOPNOTSUPP;
+		return kvn_seterr(-EOPNOTSUPP, err, errlen,
+				  "verbs: registering GPU memory needs GPUDirect (not built in)");
 	}
 	if (!ptr || !len) {
-		kvn_seterr(err, errlen, "verbs: cannot register an empty region (%p, %zu bytes)",
-			   ptr, len);
-		return -EINVAL;
+		return kvn_seterr(-EINVAL, err, errlen,
+				  "verbs: cannot register an empty region (%p, %zu bytes)", ptr,
+				  len);
 	}
 	mr = calloc(1, sizeof(*mr));
 	if (!mr)
@@ -274,7 +272,7 @@ verbs_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind
 	mr->mr = ibv_reg_mr(tp->pd, ptr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
 	if (!mr->mr) {
 		int rc = errno ? -errno : -ENOMEM;
-		kvn_seterr(err, errlen,
+		kvn_seterr(-EINVAL, err, errlen,
 			   "verbs: registering %zu bytes at %p on %s failed: %s (raise "
 			   "'ulimit -l' / memlock)",
 			   len, ptr, ibv_get_device_name(tp->ctx->device), strerror(-rc));
@@ -324,7 +322,7 @@ verbs_connect(struct kvn_transport *tp, const char *peer, int timeout_ms, struct
 	if (!ep)
 		return -ENOMEM;
 	ep->tp = tp;
-	kvn_seterr(ep->peer, sizeof(ep->peer), "%s", peer);
+	kvn_seterr(-EINVAL, ep->peer, sizeof(ep->peer), "%s", peer);
 	ep->timeout_ms = timeout_ms > 0 ? timeout_ms : tp->timeout_ms;
 	ep->queue_tail = &ep->queue;
 	ep->state = EP_CONNECTING;
@@ -347,7 +345,7 @@ verbs_ep_close(struct kvn_tp_ep *ep)
 	struct kvn_transport *tp = ep->tp;
 	char msg[192];
 
-	kvn_seterr(msg, sizeof(msg), "peer %s: endpoint closed before the read completed",
+	kvn_seterr(-EINVAL, msg, sizeof(msg), "peer %s: endpoint closed before the read completed",
 		   ep->peer);
 	pthread_mutex_lock(&tp->lock);
 	ep->closing = true;
@@ -377,18 +375,17 @@ check_read(struct kvn_tp_ep *ep, const struct kvn_read *rd, char *msg, size_t ms
 {
 	uintptr_t l = (uintptr_t)rd->local;
 	if (!rd->len) {
-		kvn_seterr(msg, msglen, "peer %s: zero-length read (remote 0x%llx, rkey 0x%x)",
-			   ep->peer, (unsigned long long)rd->remote_addr, rd->rkey);
-		return -EINVAL;
+		return kvn_seterr(-EINVAL, msg, msglen,
+				  "peer %s: zero-length read (remote 0x%llx, rkey 0x%x)", ep->peer,
+				  (unsigned long long)rd->remote_addr, rd->rkey);
 	}
 	if (!rd->local_mr || rd->local_mr->tp != ep->tp || l < (uintptr_t)rd->local_mr->mr->addr ||
 	    l - (uintptr_t)rd->local_mr->mr->addr > rd->local_mr->mr->length ||
 	    rd->len > rd->local_mr->mr->length - (l - (uintptr_t)rd->local_mr->mr->addr)) {
-		kvn_seterr(msg, msglen,
-			   "read of %llu bytes from peer %s: local buffer %p is not inside "
-			   "the local_mr registration",
-			   (unsigned long long)rd->len, ep->peer, rd->local);
-		return -EINVAL;
+		return kvn_seterr(-EINVAL, msg, msglen,
+				  "read of %llu bytes from peer %s: local buffer %p is not inside "
+				  "the local_mr registration",
+				  (unsigned long long)rd->len, ep->peer, rd->local);
 	}
 	for (uint32_t i = 0; i < ep->ndesc; i++) {
 		const struct kvn_mem_desc *d = &ep->desc[i];
@@ -396,13 +393,12 @@ check_read(struct kvn_tp_ep *ep, const struct kvn_read *rd, char *msg, size_t ms
 			continue;
 		if (rd->remote_addr < d->addr || rd->remote_addr - d->addr > d->len ||
 		    rd->len > d->len - (rd->remote_addr - d->addr)) {
-			kvn_seterr(msg, msglen,
-				   "peer %s refuses reads of %llu bytes at 0x%llx with rkey "
-				   "0x%x: outside its region [0x%llx, +%llu)",
-				   ep->peer, (unsigned long long)rd->len,
-				   (unsigned long long)rd->remote_addr, rd->rkey,
-				   (unsigned long long)d->addr, (unsigned long long)d->len);
-			return -EACCES;
+			return kvn_seterr(-EACCES, msg, msglen,
+					  "peer %s refuses reads of %llu bytes at 0x%llx with rkey "
+					  "0x%x: outside its region [0x%llx, +%llu)",
+					  ep->peer, (unsigned long long)rd->len,
+					  (unsigned long long)rd->remote_addr, rd->rkey,
+					  (unsigned long long)d->addr, (unsigned long long)d->len);
 		}
 	}
 	return 0;

@@ -103,22 +103,19 @@ parse_addr(const char *s, struct sockaddr_storage *ss, char *err, size_t errlen)
 	size_t hl;
 
 	if (!colon || colon == s || !colon[1]) {
-		kvn_seterr(err, errlen, "address '%s' is not HOST:PORT", s);
-		return -EINVAL;
+		return kvn_seterr(-EINVAL, err, errlen, "address '%s' is not HOST:PORT", s);
 	}
 	hl = (size_t)(colon - s);
 	if (s[0] == '[' && colon[-1] == ']')
 		s++, hl -= 2;
 	if (hl >= sizeof(host)) {
-		kvn_seterr(err, errlen, "address '%s': host part too long", s);
-		return -EINVAL;
+		return kvn_seterr(-EINVAL, err, errlen, "address '%s': host part too long", s);
 	}
 	memcpy(host, s, hl);
 	host[hl] = 0;
 	int rc = getaddrinfo(host, colon + 1, &hints, &ai);
 	if (rc || !ai) {
-		kvn_seterr(err, errlen, "address '%s': %s", s, gai_strerror(rc));
-		return -EINVAL;
+		return kvn_seterr(-EINVAL, err, errlen, "address '%s': %s", s, gai_strerror(rc));
 	}
 	memset(ss, 0, sizeof(*ss));
 	memcpy(ss, ai->ai_addr, ai->ai_addrlen);
@@ -346,7 +343,7 @@ kvn_vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen)
 {
 	tp->cm_ch = rdma_create_event_channel();
 	if (!tp->cm_ch) {
-		kvn_seterr(err, errlen, "rdma_cm event channel: %s (is rdma_ucm loaded?)",
+		kvn_seterr(-EINVAL, err, errlen, "rdma_cm event channel: %s (is rdma_ucm loaded?)",
 			   strerror(errno));
 		return -errno ? -errno : -EIO;
 	}
@@ -356,8 +353,8 @@ kvn_vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen)
 		return -errno;
 	int rc = pthread_create(&tp->cm_thread, NULL, cm_main, tp);
 	if (rc) {
-		kvn_seterr(err, errlen, "starting the rdma_cm thread: %s", strerror(rc));
-		return -rc;
+		return kvn_seterr(-rc, err, errlen, "starting the rdma_cm thread: %s",
+				  strerror(rc));
 	}
 	tp->cm_running = true;
 	return 0;
@@ -404,31 +401,28 @@ kvn_vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t bo
 	int rc;
 
 	if (tp->listen_id) {
-		kvn_seterr(err, errlen,
-			   "verbs: this instance already listens; listen is once per "
-			   "instance");
-		return -EALREADY;
+		return kvn_seterr(-EALREADY, err, errlen,
+				  "verbs: this instance already listens; listen is once per "
+				  "instance");
 	}
 	rc = parse_addr(addr, &ss, e, sizeof(e));
 	if (rc) {
-		kvn_seterr(err, errlen, "verbs listen: %s", e);
-		return rc;
+		return kvn_seterr(rc, err, errlen, "verbs listen: %s", e);
 	}
 	if ((ss.ss_family == AF_INET &&
 	     (ntohl(((struct sockaddr_in *)&ss)->sin_addr.s_addr) >> 24) == 127) ||
 	    (ss.ss_family == AF_INET6 &&
 	     IN6_IS_ADDR_LOOPBACK(&((struct sockaddr_in6 *)&ss)->sin6_addr))) {
 		/* rdma_cm binds it, but no route to a loopback address exists over RoCE. */
-		kvn_seterr(err, errlen,
-			   "verbs cannot serve on loopback address %s: listen on the "
-			   "address of the RDMA device's netdev (%s) instead",
-			   addr, devname(tp->ctx));
-		return -EADDRNOTAVAIL;
+		return kvn_seterr(-EADDRNOTAVAIL, err, errlen,
+				  "verbs cannot serve on loopback address %s: listen on the "
+				  "address of the RDMA device's netdev (%s) instead",
+				  addr, devname(tp->ctx));
 	}
 	if (rdma_create_id(tp->cm_ch, &id, NULL, RDMA_PS_TCP) ||
 	    rdma_bind_addr(id, (struct sockaddr *)&ss) || rdma_listen(id, 128)) {
 		rc = errno ? -errno : -EIO;
-		kvn_seterr(err, errlen,
+		kvn_seterr(-EINVAL, err, errlen,
 			   "verbs: cannot listen on %s: %s (is that an address of an RDMA "
 			   "device's netdev?)",
 			   addr, strerror(-rc));
@@ -437,7 +431,7 @@ kvn_vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t bo
 		return rc;
 	}
 	if (id->verbs && id->verbs != tp->ctx) {
-		kvn_seterr(err, errlen,
+		kvn_seterr(-EINVAL, err, errlen,
 			   "verbs: %s belongs to RDMA device %s but this node uses %s (set "
 			   "rdma_device)",
 			   addr, devname(id->verbs), devname(tp->ctx));
@@ -484,21 +478,20 @@ event_error(const struct kvn_transport *tp, const struct cm_ev *ev, const char *
 	    get_le(ev->pdata, 4) == VB_MAGIC) {
 		if (ev->pdata[4] == EACCES)
 			return kvn_tp_auth_refused("verbs", peer, &tp->auth, err, errlen);
-		kvn_seterr(err, errlen, "peer %s refused the connection: %.*s", peer,
-			   (int)strnlen((const char *)ev->pdata + REJ_HDR, ev->plen - REJ_HDR),
-			   (const char *)ev->pdata + REJ_HDR);
-		return -ECONNREFUSED;
+		return kvn_seterr(
+		    -ECONNREFUSED, err, errlen, "peer %s refused the connection: %.*s", peer,
+		    (int)strnlen((const char *)ev->pdata + REJ_HDR, ev->plen - REJ_HDR),
+		    (const char *)ev->pdata + REJ_HDR);
 	}
 	if (ev->type == RDMA_CM_EVENT_REJECTED) {
 		/* A consumer reject carries our reason text; otherwise nothing listens there. */
 		bool ours = ev->plen && ev->pdata[0] >= 'a' && ev->pdata[0] <= 'z';
-		kvn_seterr(err, errlen, "peer %s refused the connection: %.*s", peer,
-			   ours ? (int)strnlen((const char *)ev->pdata, ev->plen) : 42,
-			   ours ? (const char *)ev->pdata
-				: "no kvnode verbs listener at that address");
-		return -ECONNREFUSED;
+		return kvn_seterr(
+		    -ECONNREFUSED, err, errlen, "peer %s refused the connection: %.*s", peer,
+		    ours ? (int)strnlen((const char *)ev->pdata, ev->plen) : 42,
+		    ours ? (const char *)ev->pdata : "no kvnode verbs listener at that address");
 	}
-	kvn_seterr(err, errlen, "peer %s: connecting failed: %s (status %d)", peer,
+	kvn_seterr(-EINVAL, err, errlen, "peer %s: connecting failed: %s (status %d)", peer,
 		   rdma_event_str(ev->type), ev->status);
 	return ev->type == RDMA_CM_EVENT_ADDR_ERROR || ev->type == RDMA_CM_EVENT_ROUTE_ERROR ||
 		       ev->type == RDMA_CM_EVENT_UNREACHABLE
@@ -513,13 +506,12 @@ step(const struct kvn_transport *tp, struct rdma_event_channel *ch, struct times
 {
 	int rc = wait_event(ch, dl, ev);
 	if (rc == -ETIMEDOUT) {
-		kvn_seterr(err, errlen, "peer %s: no answer within %d ms (%s)", peer, timeout_ms,
-			   what);
-		return rc;
+		return kvn_seterr(rc, err, errlen, "peer %s: no answer within %d ms (%s)", peer,
+				  timeout_ms, what);
 	}
 	if (rc) {
-		kvn_seterr(err, errlen, "peer %s: waiting for rdma_cm: %s", peer, strerror(-rc));
-		return rc;
+		return kvn_seterr(rc, err, errlen, "peer %s: waiting for rdma_cm: %s", peer,
+				  strerror(-rc));
 	}
 	return ev->type == want ? 0 : event_error(tp, ev, peer, err, errlen);
 }
@@ -555,25 +547,22 @@ dial_resolve(struct dial *d, struct sockaddr_storage *dst)
 	if (rdma_resolve_addr(d->id, tp->have_src ? (struct sockaddr *)&tp->src : NULL,
 			      (struct sockaddr *)dst, d->timeout_ms)) {
 		rc = -errno;
-		kvn_seterr(d->err, d->errlen, "peer %s: resolving the address: %s", peer,
-			   strerror(errno));
-		return rc;
+		return kvn_seterr(rc, d->err, d->errlen, "peer %s: resolving the address: %s", peer,
+				  strerror(errno));
 	}
 	rc = dial_step(d, RDMA_CM_EVENT_ADDR_RESOLVED, "address");
 	if (rc)
 		return rc;
 	if (d->id->verbs != tp->ctx) {
-		kvn_seterr(d->err, d->errlen,
-			   "peer %s is reached through RDMA device %s but this node "
-			   "registered its memory on %s (set rdma_device)",
-			   peer, devname(d->id->verbs), devname(tp->ctx));
-		return -ENODEV;
+		return kvn_seterr(-ENODEV, d->err, d->errlen,
+				  "peer %s is reached through RDMA device %s but this node "
+				  "registered its memory on %s (set rdma_device)",
+				  peer, devname(d->id->verbs), devname(tp->ctx));
 	}
 	if (rdma_resolve_route(d->id, d->timeout_ms)) {
 		rc = -errno;
-		kvn_seterr(d->err, d->errlen, "peer %s: resolving the route: %s", peer,
-			   strerror(errno));
-		return rc;
+		return kvn_seterr(rc, d->err, d->errlen, "peer %s: resolving the route: %s", peer,
+				  strerror(errno));
 	}
 	return dial_step(d, RDMA_CM_EVENT_ROUTE_RESOLVED, "route");
 }
@@ -601,9 +590,8 @@ dial_connect(struct dial *d, uint8_t req[REQ_SIZE])
 	 * emulation retransmit large outstanding reads before their responses had drained. */
 	if (rdma_create_qp(d->id, tp->pd, &qa)) {
 		rc = errno ? -errno : -ENOMEM;
-		kvn_seterr(d->err, d->errlen, "peer %s: creating the QP: %s", d->ep->peer,
-			   strerror(-rc));
-		return rc;
+		return kvn_seterr(rc, d->err, d->errlen, "peer %s: creating the QP: %s",
+				  d->ep->peer, strerror(-rc));
 	}
 	put_le(req, VB_MAGIC, 4);
 	put_le(req + 4, VB_PROTO, 2);
@@ -617,9 +605,8 @@ dial_connect(struct dial *d, uint8_t req[REQ_SIZE])
 	}
 	if (rdma_connect(d->id, &cp)) {
 		rc = -errno;
-		kvn_seterr(d->err, d->errlen, "peer %s: rdma_connect: %s", d->ep->peer,
-			   strerror(errno));
-		return rc;
+		return kvn_seterr(rc, d->err, d->errlen, "peer %s: rdma_connect: %s", d->ep->peer,
+				  strerror(errno));
 	}
 	return 0;
 }
@@ -637,11 +624,10 @@ dial_accepted(struct dial *d, const uint8_t req[REQ_SIZE])
 	if (ev->plen < REP_HDR || get_le(ev->pdata, 4) != VB_MAGIC ||
 	    get_le(ev->pdata + 4, 2) != VB_PROTO || ev->pdata[6] > VB_MAX_DESC ||
 	    ev->plen < REP_HDR + ev->pdata[6] * REP_DESC) {
-		kvn_seterr(d->err, d->errlen,
-			   "peer %s is not a kvnode verbs peer of protocol %d (bad "
-			   "private data in its accept)",
-			   d->ep->peer, VB_PROTO);
-		return -EPROTO;
+		return kvn_seterr(-EPROTO, d->err, d->errlen,
+				  "peer %s is not a kvnode verbs peer of protocol %d (bad "
+				  "private data in its accept)",
+				  d->ep->peer, VB_PROTO);
 	}
 	if (tp->auth.set) {
 		uint8_t proof[KVN_AUTH_MAC];
@@ -695,7 +681,8 @@ kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms
 		goto out;
 	if (!d.ch || rdma_create_id(d.ch, &d.id, NULL, RDMA_PS_TCP)) {
 		rc = errno ? -errno : -EIO;
-		kvn_seterr(err, errlen, "peer %s: rdma_cm id: %s", ep->peer, strerror(-rc));
+		kvn_seterr(-EINVAL, err, errlen, "peer %s: rdma_cm id: %s", ep->peer,
+			   strerror(-rc));
 		goto out;
 	}
 	if ((rc = dial_resolve(&d, &dst)) || (rc = dial_connect(&d, req)) ||
@@ -704,7 +691,8 @@ kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms
 	/* Disconnects from now on go to the instance's rdma_cm thread. */
 	if (rdma_migrate_id(d.id, tp->cm_ch)) {
 		rc = -errno;
-		kvn_seterr(err, errlen, "peer %s: rdma_migrate_id: %s", ep->peer, strerror(errno));
+		kvn_seterr(-EINVAL, err, errlen, "peer %s: rdma_migrate_id: %s", ep->peer,
+			   strerror(errno));
 		goto out;
 	}
 	dial_up(&d);

@@ -49,7 +49,7 @@ op_fail(struct vb_op *op, int status, const char *msg)
 	if (op->status)
 		return;
 	op->status = status;
-	kvn_seterr(op->msg, sizeof(op->msg), "%s", msg);
+	kvn_seterr(-EINVAL, op->msg, sizeof(op->msg), "%s", msg);
 }
 
 static struct vb_op *
@@ -192,8 +192,9 @@ kvn_vb_post_queue(struct kvn_tp_ep *ep)
 		for (struct ibv_send_wr *w = bad; w; w = w->next) {
 			struct vb_op *op = (struct vb_op *)(uintptr_t)w->wr_id;
 			char msg[160];
-			kvn_seterr(msg, sizeof(msg), "peer %s: posting an RDMA READ failed: %s",
-				   ep->peer, strerror(rc));
+			kvn_seterr(-EINVAL, msg, sizeof(msg),
+				   "peer %s: posting an RDMA READ failed: %s", ep->peer,
+				   strerror(rc));
 			op_fail(op, -EIO, msg);
 			op->wrs_out--;
 			ep->wrs_out--;
@@ -239,7 +240,7 @@ wc_error(struct vb_op *op, const struct ibv_wc *wc)
 	default:
 		break;
 	}
-	kvn_seterr(msg, sizeof(msg),
+	kvn_seterr(-EINVAL, msg, sizeof(msg),
 		   "peer %s: RDMA READ of %llu bytes at 0x%llx (rkey 0x%x) failed: "
 		   "%s",
 		   ep->peer, (unsigned long long)rd->len, (unsigned long long)rd->remote_addr,
@@ -339,7 +340,7 @@ reconnect(struct kvn_transport *tp, struct kvn_tp_ep *ep)
 	pthread_mutex_lock(&tp->lock);
 	if (rc) {
 		ep->state = EP_DOWN;
-		kvn_seterr(msg, sizeof(msg), "peer %s: reconnecting after '%s' failed: %s",
+		kvn_seterr(-EINVAL, msg, sizeof(msg), "peer %s: reconnecting after '%s' failed: %s",
 			   ep->peer, ep->break_msg, err);
 		kvn_vb_fail_queue(ep, -ENOTCONN, msg);
 		pthread_cond_broadcast(&tp->cond);
