@@ -402,8 +402,7 @@ kvn_cpu_alloc_scratch(struct kvn_backend *be, size_t len, struct kvn_slot **out)
 }
 
 const struct kvn_backend_ops kvn_cpu_backend_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_backend_ops),
+    KVN_BACKEND_OPS_INIT,
     .flags = 0,
     .name = "cpu",
     .create = cpu_create,

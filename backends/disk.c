@@ -911,8 +911,7 @@ disk_stats(struct kvn_backend *d, struct kvn_backend_stats *out)
 }
 
 const struct kvn_backend_ops kvn_disk_backend_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_backend_ops),
+    KVN_BACKEND_OPS_INIT,
     .flags = KVN_BACKEND_F_SLOW,
     .name = "disk",
     .create = disk_create,

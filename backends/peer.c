@@ -203,7 +203,7 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 	int rc = be->link.member(be->link.ctx, worker_id, &mi);
 	struct kvn_tp_ep *ep = NULL;
 	if (rc < 0 || !mi.up) {
-		kvn_seterr(-EINVAL, err, errlen, "peer worker %u is not a live member", worker_id);
+		kvn_seterr(rc, err, errlen, "peer worker %u is not a live member", worker_id);
 		rc = -ENOENT;
 	} else {
 		rc = be->link.ops->connect(be->link.tp, mi.data_addr, be->link.timeout_ms, &ep, err,
@@ -546,8 +546,7 @@ peer_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 }
 
 const struct kvn_backend_ops kvn_peer_backend_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_backend_ops),
+    KVN_BACKEND_OPS_INIT,
     .flags = 0,
     .name = "peer",
     .create = peer_create,

@@ -436,8 +436,7 @@ remote_create(const struct kvn_backend_env *env, struct kvn_backend **out)
 	}
 	kvn_connector_scheme_of(url, be->scheme, sizeof(be->scheme));
 	be->cenv = (struct kvn_connector_env){
-	    .abi = KVN_ABI,
-	    .size = sizeof(struct kvn_connector_env),
+	    KVN_CONNECTOR_ENV_INIT,
 	    .url = be->url,
 	    .url_redacted = be->url_redacted,
 	    .config_dir = env->config_dir,
@@ -660,8 +659,7 @@ kvn_remote_backend_in_service(struct kvn_backend *be)
 }
 
 const struct kvn_backend_ops kvn_remote_backend_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_backend_ops),
+    KVN_BACKEND_OPS_INIT,
     .flags = KVN_BACKEND_F_SLOW,
     .name = "remote",
     .create = remote_create,

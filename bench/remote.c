@@ -326,22 +326,6 @@ out:
 	return rc;
 }
 
-static const char *
-no_opt(const struct kvn_connector_env *env, const char *opt)
-{
-	(void)env, (void)opt;
-	return NULL;
-}
-
-static void
-env_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
-{
-	(void)env;
-	va_list ap;
-	va_start(ap, fmt);
-	kvn_logv(level, "connector redis", fmt, ap);
-	va_end(ap);
-}
 
 /* host, port, password and db of a redis:// URL, for the baseline's own connection. */
 static int
@@ -396,14 +380,8 @@ bench_remote(const struct bench_opts *o)
 	}
 	struct ctx c = {0};
 	char *shown = kvn_url_redact(url);
-	struct kvn_connector_env env = {.abi = KVN_ABI,
-					.size = sizeof(struct kvn_connector_env),
-					.url = url,
-					.url_redacted = shown ? shown : "(url)",
-					.config_dir = ".",
-					.get_opt = no_opt,
-					.log = env_log,
-					.timeout_ms = 60000};
+	struct kvn_connector_env env;
+	kvn_connector_env_plain(&env, url, shown ? shown : "(url)", 60000);
 	if ((rc = kvn_connector_find(url, &c.ops, err, sizeof(err))) < 0 ||
 	    strcmp(c.ops->scheme, "redis")) {
 		fprintf(stderr, "kvnode-bench: --url %s: %s\n", env.url_redacted,

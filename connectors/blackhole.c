@@ -75,8 +75,7 @@ bh_ping(struct kvn_connector *c)
 }
 
 const struct kvn_connector_ops kvn_blackhole_connector_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_connector_ops),
+    KVN_CONNECTOR_OPS_INIT,
     .flags = KVN_CONNECTOR_F_DISCARDS,
     .scheme = "blackhole",
     .connect = bh_connect,

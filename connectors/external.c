@@ -84,7 +84,7 @@ kvn_connector_load_external(const char *url, const char *config_dir, kvn_extra_g
 	}
 	rc = kvn_connector_register(scheme, ops);
 	if (rc) {
-		kvn_seterr(-EINVAL, err, errlen,
+		kvn_seterr(rc, err, errlen,
 			   "external connector %s from %s (%s): cannot serve scheme \"%s\": %s", cn,
 			   path, key_mp, scheme,
 			   rc == -EEXIST ? "the scheme is built in or served by another module; "

@@ -541,8 +541,7 @@ fs_ping(struct kvn_connector *c)
 }
 
 const struct kvn_connector_ops kvn_fs_connector_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_connector_ops),
+    KVN_CONNECTOR_OPS_INIT,
     .scheme = "fs",
     .connect = fs_connect,
     .close = fs_close,

@@ -413,8 +413,7 @@ lm_put_batch(struct kvn_connector *c, size_t n, const struct kvn_key *const *key
 }
 
 const struct kvn_connector_ops kvn_lm_connector_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_connector_ops),
+    KVN_CONNECTOR_OPS_INIT,
     .scheme = "lm",
     .connect = lm_connect,
     .close = lm_close,

@@ -938,8 +938,7 @@ GUARDED(int, exists_batch,
 	(c, n, keys, rcs))
 
 const struct kvn_connector_ops kvn_redis_connector_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_connector_ops),
+    KVN_CONNECTOR_OPS_INIT,
     .flags = KVN_CONNECTOR_F_TAG_ON_SEND,
     .scheme = "redis",
     .connect = redis_connect,

@@ -1,6 +1,7 @@
 /* Connector registry: built-in connectors by scheme, external ones registered at run time, the
  * schemes this build knows of but lacks, and batch calls that fall back to single ones. */
 #include <errno.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
@@ -71,6 +72,39 @@ find_external(const char *scheme)
 		if (external[i].ops && !strcmp(external[i].scheme, scheme))
 			return i;
 	return -1;
+}
+
+static const char *
+plain_get_opt(const struct kvn_connector_env *env, const char *opt)
+{
+	(void)env, (void)opt;
+	return NULL;
+}
+
+static void
+plain_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
+{
+	char comp[SCHEME_MAX + 16], scheme[SCHEME_MAX];
+	if (!env->url || kvn_connector_scheme_of(env->url, scheme, sizeof(scheme)) < 0)
+		snprintf(scheme, sizeof(scheme), "?");
+	snprintf(comp, sizeof(comp), "connector %s", scheme);
+	va_list ap;
+	va_start(ap, fmt);
+	kvn_logv(level, comp, fmt, ap);
+	va_end(ap);
+}
+
+void
+kvn_connector_env_plain(struct kvn_connector_env *env, const char *url, const char *url_redacted,
+			uint32_t timeout_ms)
+{
+	*env = (struct kvn_connector_env){KVN_CONNECTOR_ENV_INIT,
+					  .url = url,
+					  .url_redacted = url_redacted ? url_redacted : url,
+					  .config_dir = ".",
+					  .get_opt = plain_get_opt,
+					  .log = plain_log,
+					  .timeout_ms = timeout_ms};
 }
 
 int

@@ -19,6 +19,12 @@ extern _Atomic int kvn_redis_fail_append_in;
  * the same ops are already registered for it; -EEXIST when the scheme is built in or taken by
  * other ops; -EINVAL for a bad scheme or ops that fail kvn_connector_check_abi. The ops (and
  * the module holding them) must stay valid until kvn_connector_unregister. */
+/* The env of a connector used without a remote tier (a tool, a fuzzer, a test): no options
+ * (get_opt answers NULL), config_dir ".", log lines through kvn_log under "connector
+ * <scheme>". url_redacted NULL: url is shown as it is (it holds no password). */
+void kvn_connector_env_plain(struct kvn_connector_env *env, const char *url,
+			     const char *url_redacted, uint32_t timeout_ms);
+
 /* Whether this node can drive ops (their abi and size, kvnode/version.h); -EINVAL with err
  * starting with what ("external connector module F (symbol S)") and saying how to fix it. */
 int kvn_connector_check_abi(const struct kvn_connector_ops *ops, const char *what, char *err,

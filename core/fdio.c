@@ -1,5 +1,6 @@
 /* Whole reads and writes on descriptors (core/fdio.h). */
 #include <errno.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,7 +8,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "core/fdio.h"
+
+#define NO_DEADLINE UINT64_MAX
 
 /* One syscall moves at most this much: keeps a huge value from being a single giant request
  * and bounds the bounce buffer of kvn_fd_copy. */
@@ -23,14 +27,33 @@ io_errno(int e)
 	return -e;
 }
 
-int
-kvn_fd_read_full(int fd, void *buf, size_t len, size_t *got)
+/* Waits until fd is readable or the monotonic deadline passes (-ETIMEDOUT). */
+static int
+wait_readable(int fd, uint64_t deadline_ms)
+{
+	uint64_t now = kvn_now_ms();
+	if (now >= deadline_ms)
+		return -ETIMEDOUT;
+	uint64_t wait = deadline_ms - now;
+	struct pollfd pf = {.fd = fd, .events = POLLIN};
+	if (poll(&pf, 1, wait > INT32_MAX ? INT32_MAX : (int)wait) < 0 && errno != EINTR)
+		return -errno;
+	return 0;
+}
+
+/* The one read loop. Without a deadline (NO_DEADLINE) it blocks in read(); with one, fd is a
+ * socket read without blocking, polled only when nothing is there (a fast sender costs no more
+ * syscalls than blocking reads would). */
+static int
+read_until(int fd, void *buf, size_t len, uint64_t deadline_ms, size_t *got)
 {
 	size_t done = 0;
 	int rc = 0;
 	while (done < len) {
 		size_t step = len - done > IO_STEP ? IO_STEP : len - done;
-		ssize_t n = read(fd, (char *)buf + done, step);
+		ssize_t n = deadline_ms == NO_DEADLINE
+				? read(fd, (char *)buf + done, step)
+				: recv(fd, (char *)buf + done, step, MSG_DONTWAIT);
 		if (n > 0) {
 			done += (size_t)n;
 			continue;
@@ -41,12 +64,44 @@ kvn_fd_read_full(int fd, void *buf, size_t len, size_t *got)
 		}
 		if (errno == EINTR)
 			continue;
-		rc = io_errno(errno);
-		break;
+		if (deadline_ms == NO_DEADLINE || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+			rc = io_errno(errno);
+			break;
+		}
+		if ((rc = wait_readable(fd, deadline_ms)))
+			break;
 	}
 	if (got)
 		*got = done;
 	return rc;
+}
+
+static int
+discard_until(int fd, uint64_t len, uint64_t deadline_ms, uint64_t *got)
+{
+	char sink[16384];
+	uint64_t done = 0;
+	int rc = 0;
+	while (done < len && !rc) {
+		size_t step = len - done > sizeof(sink) ? sizeof(sink) : (size_t)(len - done), n = 0;
+		rc = read_until(fd, sink, step, deadline_ms, &n);
+		done += n;
+	}
+	if (got)
+		*got = done;
+	return rc;
+}
+
+int
+kvn_fd_read_full(int fd, void *buf, size_t len, size_t *got)
+{
+	return read_until(fd, buf, len, NO_DEADLINE, got);
+}
+
+int
+kvn_fd_read_by(int fd, void *buf, size_t len, uint64_t deadline_ms, size_t *got)
+{
+	return read_until(fd, buf, len, deadline_ms, got);
 }
 
 static ssize_t
@@ -84,15 +139,13 @@ kvn_fd_write_full(int fd, const void *buf, size_t len)
 int
 kvn_fd_discard(int fd, uint64_t len)
 {
-	char sink[16384];
-	while (len) {
-		size_t step = len > sizeof(sink) ? sizeof(sink) : (size_t)len;
-		int rc = kvn_fd_read_full(fd, sink, step, NULL);
-		if (rc)
-			return rc;
-		len -= step;
-	}
-	return 0;
+	return discard_until(fd, len, NO_DEADLINE, NULL);
+}
+
+int
+kvn_fd_discard_by(int fd, uint64_t len, uint64_t deadline_ms, uint64_t *got)
+{
+	return discard_until(fd, len, deadline_ms, got);
 }
 
 int

@@ -16,6 +16,12 @@ int kvn_fd_read_full(int fd, void *buf, size_t len, size_t *got);
 int kvn_fd_write_full(int fd, const void *buf, size_t len);
 /* Reads and throws away len bytes (keeps a connection in step after an unwanted payload). */
 int kvn_fd_discard(int fd, uint64_t len);
+/* On a socket: reads exactly len bytes unless kvn_now_ms() reaches deadline_ms first
+ * (-ETIMEDOUT): a sender trickling a byte at a time cannot stretch it, as it can a socket's
+ * SO_RCVTIMEO. Otherwise as kvn_fd_read_full. kvn_fd_discard_by reads and throws away len
+ * bytes under the same deadline, *got (may be NULL) getting how many it read. */
+int kvn_fd_read_by(int fd, void *buf, size_t len, uint64_t deadline_ms, size_t *got);
+int kvn_fd_discard_by(int fd, uint64_t len, uint64_t deadline_ms, uint64_t *got);
 /* Copies exactly len bytes from in_fd to out_fd through a bounce buffer: the streaming path
  * for files and pipes of any size. On failure *out_failed (may be NULL) tells which side failed
  * (true: writing out_fd) so that a caller can name the right file or socket. */

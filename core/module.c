@@ -16,21 +16,6 @@
 /* Where a bare module name was looked for, for the "not found" message. */
 #define LOOKED_MAX 2048
 
-static int fail(int rc, char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int
-fail(int rc, char *err, size_t errlen, const char *fmt, ...)
-{
-	if (err && errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return rc;
-}
-
 static void
 append(char *dst, size_t cap, const char *s)
 {
@@ -111,21 +96,21 @@ kvn_module_open(const struct kvn_module_kind *kind, const char *module_path, con
 	*handle = NULL;
 	*sym = NULL;
 	if (!module_path || !*module_path)
-		return fail(-EINVAL, err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 			    "%s: module_path is empty (set extra_config %s.module_path)", what,
 			    kind->cfg_prefix);
 	if (!symbol || !*symbol)
-		return fail(-EINVAL, err, errlen,
+		return kvn_seterr(-EINVAL, err, errlen,
 			    "%s module %s: class_name is empty (set extra_config %s.class_name to "
 			    "the exported %s)",
 			    what, module_path, kind->cfg_prefix, kind->sym_type);
 
 	int rc = resolve(module_path, config_dir, path, pathlen, looked, sizeof(looked));
 	if (rc == -ENAMETOOLONG || rc == -ENOMEM)
-		return fail(rc, err, errlen, "%s module %s (symbol %s): %s", what, module_path,
+		return kvn_seterr(rc, err, errlen, "%s module %s (symbol %s): %s", what, module_path,
 			    symbol, rc == -ENOMEM ? "out of memory" : "path too long");
 	if (rc == -ENOENT)
-		return fail(-ENOENT, err, errlen,
+		return kvn_seterr(-ENOENT, err, errlen,
 			    "%s module %s (symbol %s) not found: looked at %s (a relative "
 			    "module_path is taken from the config file's directory)",
 			    what, module_path, symbol, looked);
@@ -138,13 +123,13 @@ kvn_module_open(const struct kvn_module_kind *kind, const char *module_path, con
 		/* Only a failed search is "not found"; a file the search did find but could not
 		 * load (bad ELF, unresolved symbol) is reported as such. */
 		if (searched && (!why || strstr(why, "No such file")))
-			return fail(-ENOENT, err, errlen,
+			return kvn_seterr(-ENOENT, err, errlen,
 				    "%s module %s (symbol %s) not found: looked in %s and the "
 				    "system library path (%s); give an absolute path or add its "
 				    "directory to KVNODE_MODULE_PATH",
 				    what, module_path, symbol, looked,
 				    why ? why : "no reason given");
-		return fail(-EINVAL, err, errlen, "%s module %s (symbol %s) cannot be loaded: %s",
+		return kvn_seterr(-EINVAL, err, errlen, "%s module %s (symbol %s) cannot be loaded: %s",
 			    what, path, symbol, why ? why : "no reason given");
 	}
 
@@ -153,7 +138,7 @@ kvn_module_open(const struct kvn_module_kind *kind, const char *module_path, con
 	const char *why = dlerror();
 	if (!s || why) {
 		dlclose(h);
-		return fail(
+		return kvn_seterr(
 		    -EINVAL, err, errlen,
 		    "%s module %s has no symbol %s (check class_name; `nm -D %s` lists what "
 		    "it exports, and the symbol needs default visibility)",

@@ -80,11 +80,21 @@ resolve(const char *host, uint16_t port, bool passive, struct addrinfo **res, ch
 				 .ai_flags = passive ? AI_PASSIVE : 0};
 	int rc = getaddrinfo(host, service, &hints, res);
 	if (rc) {
-		kvn_seterr(-EINVAL, err, errlen, "cannot resolve %s:%u: %s", host, port,
+		kvn_seterr(rc, err, errlen, "cannot resolve %s:%u: %s", host, port,
 			   gai_strerror(rc));
 		return rc == EAI_SYSTEM ? -errno : -EHOSTUNREACH;
 	}
 	return 0;
+}
+
+/* A socket for one resolved address; -1 with *rc = -errno when none can be made. */
+static int
+socket_for(const struct addrinfo *ai, int *rc)
+{
+	int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+	if (fd < 0)
+		*rc = -errno;
+	return fd;
 }
 
 int
@@ -97,11 +107,8 @@ kvn_tcp_listen(const char *host, uint16_t port, int backlog, uint16_t *bound, ch
 		return rc;
 	rc = -EADDRNOTAVAIL;
 	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-		if (fd < 0) {
-			rc = -errno;
+		if ((fd = socket_for(ai, &rc)) < 0)
 			continue;
-		}
 		int one = 1;
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 		if (bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, backlog) == 0)
@@ -167,11 +174,8 @@ kvn_tcp_connect(const char *host, uint16_t port, int timeout_ms, char *err, size
 		return rc;
 	rc = -EADDRNOTAVAIL;
 	for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-		if (fd < 0) {
-			rc = -errno;
+		if ((fd = socket_for(ai, &rc)) < 0)
 			continue;
-		}
 		rc = connect_timed(fd, ai->ai_addr, ai->ai_addrlen, timeout_ms);
 		if (!rc)
 			break;

@@ -602,12 +602,12 @@ kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out,
 	pl->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (pl->wake_fd < 0) {
 		rc = -errno;
-		kvn_seterr(-EINVAL, err, errlen, "plugins: eventfd: %s", strerror(-rc));
+		kvn_seterr(rc, err, errlen, "plugins: eventfd: %s", strerror(-rc));
 		free_all(pl);
 		return rc;
 	}
 	if ((rc = kvn_plugin_scan(&lo, &pl->p, &pl->n)) < 0) {
-		kvn_seterr(-EINVAL, err, errlen, "plugins: scanning plugin_locations: %s",
+		kvn_seterr(rc, err, errlen, "plugins: scanning plugin_locations: %s",
 			   strerror(-rc));
 		free_all(pl);
 		return rc;
@@ -619,7 +619,7 @@ kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out,
 		kvn_info(COMP, "%zu plugin%s for %s %d of %d", runnable, runnable == 1 ? "" : "s",
 			 kvn_plugin_role_name(opts->role), opts->worker_id, opts->worker_count);
 	if ((rc = kvn_logq_start(pl)) < 0) {
-		kvn_seterr(-EINVAL, err, errlen, "plugins: cannot start the logger thread: %s",
+		kvn_seterr(rc, err, errlen, "plugins: cannot start the logger thread: %s",
 			   strerror(-rc));
 		free_all(pl);
 		return rc;
@@ -627,7 +627,7 @@ kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out,
 	struct monitor *m = monitor_new(pl);
 	if (!m) {
 		rc = -ENOMEM;
-		kvn_seterr(-EINVAL, err, errlen,
+		kvn_seterr(rc, err, errlen,
 			   "plugins: out of memory for the monitor of %zu plugins; free memory or "
 			   "remove plugins from plugin_locations",
 			   pl->n);
@@ -636,7 +636,7 @@ kvn_plugins_launch(const struct kvn_plugins_launch *l, struct kvn_plugins **out,
 		return rc;
 	}
 	if ((rc = -pthread_create(&pl->monitor, NULL, monitor_main, m)) < 0) {
-		kvn_seterr(-EINVAL, err, errlen, "plugins: cannot start the monitor thread: %s",
+		kvn_seterr(rc, err, errlen, "plugins: cannot start the monitor thread: %s",
 			   strerror(-rc));
 		monitor_free(m);
 		kvn_logq_finish(pl);

@@ -116,7 +116,7 @@ kvn_transport_read_sync(const struct kvn_transport_ops *ops, struct kvn_tp_ep *e
 	}
 	int rc = ops->read(ep, reads, n);
 	if (rc < 0) {
-		kvn_seterr(-EINVAL, err, errlen, "%s: posting %zu reads failed: %s", ops->name, n,
+		kvn_seterr(rc, err, errlen, "%s: posting %zu reads failed: %s", ops->name, n,
 			   kvn_strerror(rc));
 	} else {
 		pthread_mutex_lock(&w.lock);

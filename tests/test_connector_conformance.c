@@ -343,23 +343,6 @@ static char logpath[PATH_MAX];
 static char logdir[PATH_MAX - 64];
 static int saved_stderr = -1;
 
-static const char *
-no_opt(const struct kvn_connector_env *env, const char *opt)
-{
-	(void)env, (void)opt;
-	return NULL;
-}
-
-static void
-test_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
-{
-	(void)env;
-	va_list ap;
-	va_start(ap, fmt);
-	kvn_logv(level, "connector-test", fmt, ap);
-	va_end(ap);
-}
-
 /* Log lines (fd 2) go to a file the test can search. */
 static void
 capture_log(void)
@@ -388,14 +371,7 @@ start(struct impl *impl)
 	cr_assert_eq(impl->setup(&store), 0, "%s store did not start", impl->name);
 	char err[512];
 	cr_assert_eq(kvn_connector_find(store.url, &ops, err, sizeof(err)), 0, "%s", err);
-	cenv = (struct kvn_connector_env){.abi = KVN_ABI,
-					  .size = sizeof(struct kvn_connector_env),
-					  .url = store.url,
-					  .url_redacted = store.url,
-					  .config_dir = ".",
-					  .get_opt = no_opt,
-					  .log = test_log,
-					  .timeout_ms = 30000};
+	kvn_connector_env_plain(&cenv, store.url, NULL, 30000);
 	capture_log();
 }
 
@@ -918,7 +894,7 @@ Test(registry, schemes_this_build_lacks_say_what_they_need)
 Test(registry, external_connectors_register_by_scheme_and_cannot_take_a_built_in_one)
 {
 	static const struct kvn_connector_ops mine = {
-	    .abi = KVN_ABI, .size = sizeof(struct kvn_connector_ops), .scheme = "x"};
+	    KVN_CONNECTOR_OPS_INIT, .scheme = "x"};
 	static const struct kvn_connector_ops old = {.abi = KVN_ABI + 1,
 						     .size = sizeof(struct kvn_connector_ops)};
 	const struct kvn_connector_ops *o;
@@ -1104,14 +1080,7 @@ Test(redis_connector, a_put_answered_with_anything_but_ok_is_an_error, .timeout 
 		char url[64];
 		snprintf(url, sizeof(url), "redis://127.0.0.1:%d", l.port);
 		cr_assert_eq(kvn_connector_find(url, &ops, NULL, 0), 0);
-		cenv = (struct kvn_connector_env){.abi = KVN_ABI,
-						  .size = sizeof(struct kvn_connector_env),
-						  .url = url,
-						  .url_redacted = url,
-						  .config_dir = ".",
-						  .get_opt = no_opt,
-						  .log = test_log,
-						  .timeout_ms = 30000};
+		kvn_connector_env_plain(&cenv, url, NULL, 30000);
 		struct kvn_connector *c = NULL;
 		cr_assert_eq(ops->connect(&cenv, &c), 0);
 		struct kvn_key k;

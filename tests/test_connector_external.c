@@ -173,8 +173,7 @@ keep_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
 	fprintf(stderr, "memcached connector: %s\n", last_log);
 }
 
-static struct kvn_connector_env menv = {.abi = KVN_ABI,
-					.size = sizeof(struct kvn_connector_env),
+static struct kvn_connector_env menv = {KVN_CONNECTOR_ENV_INIT,
 					.get_opt = no_opt,
 					.log = keep_log,
 					.timeout_ms = 10000};

@@ -1324,8 +1324,7 @@ env_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
 	va_end(ap);
 }
 
-static struct kvn_connector_env cenv = {.abi = KVN_ABI,
-					.size = sizeof(struct kvn_connector_env),
+static struct kvn_connector_env cenv = {KVN_CONNECTOR_ENV_INIT,
 					.get_opt = no_opt,
 					.log = env_log,
 					.timeout_ms = 10000};

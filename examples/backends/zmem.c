@@ -633,8 +633,7 @@ zmem_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 /* Flagged slow: compressing a multi-megabyte chunk is better done on the node's writer threads
  * than on the inference engine's put path. */
 ZMEM_EXPORT const struct kvn_backend_ops kvn_zmem_backend_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_backend_ops),
+    KVN_BACKEND_OPS_INIT,
     .flags = KVN_BACKEND_F_SLOW,
     .name = "zmem",
     .create = zmem_create,

@@ -373,8 +373,7 @@ out:
 
 __attribute__((visibility("default")))
 const struct kvn_connector_ops kvn_memcached_connector_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_connector_ops),
+    KVN_CONNECTOR_OPS_INIT,
     .flags = KVN_CONNECTOR_F_NO_LIST,
     .scheme = "memcached",
     .connect = mc_connect,

@@ -49,8 +49,9 @@ enum kvn_backend_flags {
 /* Callback of list(); non-zero stops the walk and is returned by list(). */
 typedef int (*kvn_list_cb)(void *ctx, const struct kvn_key *key, size_t len);
 
-/* A module exports one of these, const, with abi = KVN_ABI and size = sizeof(struct
- * kvn_backend_ops). */
+/* A module exports one of these, const, starting with KVN_BACKEND_OPS_INIT (abi = KVN_ABI,
+ * size = sizeof(struct kvn_backend_ops)):
+ *	const struct kvn_backend_ops my_ops = {KVN_BACKEND_OPS_INIT, .name = "mine", ...}; */
 struct kvn_backend_ops {
 	uint32_t abi;	/* KVN_ABI the module was built against */
 	uint32_t size;	/* sizeof(struct kvn_backend_ops) in those headers */
@@ -89,6 +90,9 @@ struct kvn_backend_ops {
 	 * failure. Called by kvn_engine_flush once the queued writes have landed. */
 	int (*sync)(struct kvn_backend *be);
 };
+
+#define KVN_BACKEND_OPS_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_backend_ops)
+#define KVN_BACKEND_ENV_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_backend_env)
 
 #ifdef __cplusplus
 }

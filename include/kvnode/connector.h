@@ -125,6 +125,7 @@ enum kvn_connector_flags {
  *
  * Threads: one instance is used by one thread at a time (the node keeps a small pool of
  * instances, one connect() each), so an instance needs no locking of its own. */
+/* A module exports one of these, const, starting with KVN_CONNECTOR_OPS_INIT. */
 struct kvn_connector_ops {
 	uint32_t abi;	    /* KVN_ABI the module was built against */
 	uint32_t size;	    /* sizeof(struct kvn_connector_ops) in those headers */
@@ -166,6 +167,9 @@ struct kvn_connector_ops {
 	int (*exists_batch)(struct kvn_connector *c, size_t n, const struct kvn_key *const *keys,
 			    int *rcs);
 };
+
+#define KVN_CONNECTOR_OPS_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_connector_ops)
+#define KVN_CONNECTOR_ENV_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_connector_env)
 
 /* ------------------------------------------------------------------------------------------
  * Helpers for connectors, in libkvnode (a module links -lkvnode, or leaves the symbols to

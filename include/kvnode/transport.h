@@ -55,6 +55,7 @@ struct kvn_transport_cfg {
 };
 
 #define KVN_TRANSPORT_CFG_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_transport_cfg)
+#define KVN_TRANSPORT_OPS_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_transport_ops)
 
 /* A listener's counters (kvn_transport_ops.stats). */
 struct kvn_transport_stats {

@@ -71,7 +71,7 @@ kvn_client_connect(const char *socket_path, int timeout_ms, struct kvn_client **
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
 		int rc = -errno;
-		kvn_seterr(-EINVAL, err, errlen, "socket: %s", strerror(errno));
+		kvn_seterr(rc, err, errlen, "socket: %s", strerror(errno));
 		kvn_client_close(c);
 		return rc;
 	}

@@ -690,7 +690,7 @@ kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_me
 		kvn_warn(COMP, "%s; will keep trying in the background", err);
 	if ((rc = pthread_create(&m->thread, NULL, thread_main, m))) {
 		rc = -rc;
-		kvn_seterr(-EINVAL, err, errlen, "cannot start the membership thread: %s",
+		kvn_seterr(rc, err, errlen, "cannot start the membership thread: %s",
 			   strerror(-rc));
 		goto fail;
 	}

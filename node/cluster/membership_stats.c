@@ -53,10 +53,10 @@ kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, 
 	struct kvn_cf_hdr h;
 	const uint8_t *body;
 	if (rc) {
-		kvn_seterr(-EINVAL, err, errlen, "scheduler %s: sending STATS: %s", addr,
+		kvn_seterr(rc, err, errlen, "scheduler %s: sending STATS: %s", addr,
 			   kvn_strerror(rc));
 	} else if ((rc = kvn_cf_rx_wait(&r, fd, timeout_ms, &h, &body, why, sizeof(why)))) {
-		kvn_seterr(-EINVAL, err, errlen, "scheduler %s: %s", addr, why);
+		kvn_seterr(rc, err, errlen, "scheduler %s: %s", addr, why);
 	} else if (h.type == KVN_CF_ERROR) {
 		rc = kvn_cf_error_decode(body, h.len, why, sizeof(why)); /* -EACCES: the token */
 		kvn_seterr(-EINVAL, err, errlen, "scheduler %s refused: %s", addr, why);

@@ -416,7 +416,7 @@ read_file(const char *path, const char *from, char **text, size_t *len, char *er
 			continue;
 		if (r < 0) {
 			rc = -errno;
-			kvn_seterr(-EINVAL, err, errlen, "%s: cannot read config file: %s", path,
+			kvn_seterr(rc, err, errlen, "%s: cannot read config file: %s", path,
 				   strerror(-rc));
 			break;
 		}
@@ -425,7 +425,7 @@ read_file(const char *path, const char *from, char **text, size_t *len, char *er
 		n += (size_t)r;
 		if (n > MAX_FILE_BYTES) {
 			rc = -EFBIG;
-			kvn_seterr(-EINVAL, err, errlen,
+			kvn_seterr(rc, err, errlen,
 				   "%s: larger than %u MiB; is this the config file?", path,
 				   MAX_FILE_BYTES >> 20);
 			break;

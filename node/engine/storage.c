@@ -210,8 +210,7 @@ add_tier(struct kvn_storage *st, const struct kvn_backend_ops *ops, const char *
 		return -ENOMEM;
 	}
 	t->tenv.env = (struct kvn_backend_env){
-	    .abi = KVN_ABI,
-	    .size = sizeof(struct kvn_backend_env),
+	    KVN_BACKEND_ENV_INIT,
 	    .name = t->name,
 	    .config_dir = st->cfg->dir ? st->cfg->dir : ".",
 	    .get_opt = tier_get_opt,

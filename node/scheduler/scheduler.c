@@ -543,7 +543,7 @@ kvn_scheduler_create(const struct kvn_scheduler_opts *o, struct kvn_scheduler **
 	s->epoch = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 	kvn_auth_init(&s->auth, o->auth_token);
 	if ((rc = kvn_dir_create(o->expect_entries, &s->dir))) {
-		kvn_seterr(-EINVAL, err, errlen, "cannot allocate the chunk directory: %s",
+		kvn_seterr(rc, err, errlen, "cannot allocate the chunk directory: %s",
 			   kvn_strerror(rc));
 		goto fail;
 	}
@@ -562,7 +562,7 @@ kvn_scheduler_create(const struct kvn_scheduler_opts *o, struct kvn_scheduler **
 	    epoll_ctl(s->efd, EPOLL_CTL_ADD, s->wake_fd, &wev) < 0 ||
 	    epoll_ctl(s->efd, EPOLL_CTL_ADD, s->stats_fd, &sev) < 0) {
 		rc = -errno;
-		kvn_seterr(-EINVAL, err, errlen, "scheduler on %s: epoll set-up failed: %s",
+		kvn_seterr(rc, err, errlen, "scheduler on %s: epoll set-up failed: %s",
 			   s->addr, strerror(errno));
 		goto fail;
 	}

@@ -21,7 +21,6 @@
 /* How long the accept loop waits for an evicted connection's thread to leave before it gives
  * up and refuses the newcomer after all (the thread only has to notice its shut-down socket). */
 #define EVICT_WAIT_MS 2000
-#define DISCARD_STEP  16384
 
 int
 kvn_connsrv_init(struct kvn_connsrv *cs, const struct kvn_connsrv_opts *opts,
@@ -304,61 +303,3 @@ kvn_connsrv_drain(struct kvn_connsrv *cs)
 	pthread_mutex_unlock(&cs->lock);
 }
 
-int
-kvn_connsrv_read_by(int fd, void *buf, size_t len, uint64_t deadline_ms, size_t *got)
-{
-	size_t done = 0;
-	int rc = 0;
-	while (done < len) {
-		/* Non-blocking reads with a poll only when nothing is there: a fast sender costs
-		 * no more syscalls than blocking reads would. */
-		ssize_t n = recv(fd, (char *)buf + done, len - done, MSG_DONTWAIT);
-		if (n > 0) {
-			done += (size_t)n;
-			continue;
-		}
-		if (n == 0) {
-			rc = -ECONNRESET;
-			break;
-		}
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN && errno != EWOULDBLOCK) {
-			rc = -errno;
-			break;
-		}
-		uint64_t now = kvn_now_ms();
-		if (now >= deadline_ms) {
-			rc = -ETIMEDOUT;
-			break;
-		}
-		uint64_t wait = deadline_ms - now;
-		struct pollfd pf = {.fd = fd, .events = POLLIN};
-		if (poll(&pf, 1, wait > INT32_MAX ? INT32_MAX : (int)wait) < 0 && errno != EINTR) {
-			rc = -errno;
-			break;
-		}
-	}
-	if (got)
-		*got = done;
-	return rc;
-}
-
-int
-kvn_connsrv_discard_by(int fd, uint64_t len, uint64_t deadline_ms, uint64_t *got)
-{
-	char sink[DISCARD_STEP];
-	uint64_t done = 0;
-	int rc = 0;
-	while (done < len) {
-		size_t step = len - done > sizeof(sink) ? sizeof(sink) : (size_t)(len - done);
-		size_t n = 0;
-		rc = kvn_connsrv_read_by(fd, sink, step, deadline_ms, &n);
-		done += n;
-		if (rc)
-			break;
-	}
-	if (got)
-		*got = done;
-	return rc;
-}

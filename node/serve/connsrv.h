@@ -92,12 +92,6 @@ void kvn_connsrv_stop(struct kvn_connsrv *cs);
 void kvn_connsrv_drain(struct kvn_connsrv *cs);
 /* Open connections now. */
 unsigned kvn_connsrv_conns(struct kvn_connsrv *cs);
-/* Reads exactly len bytes from fd unless kvn_now_ms() reaches deadline_ms first (-ETIMEDOUT):
- * a sender trickling a byte at a time cannot stretch it, as it can a socket's SO_RCVTIMEO.
- * Otherwise as kvn_fd_read_full: -ECONNRESET at an early end, *got (may be NULL) the bytes
- * read. kvn_connsrv_discard_by reads and throws away len bytes under the same deadline. */
-int kvn_connsrv_read_by(int fd, void *buf, size_t len, uint64_t deadline_ms, size_t *got);
-int kvn_connsrv_discard_by(int fd, uint64_t len, uint64_t deadline_ms, uint64_t *got);
 /* Closes the wake fd; the listening socket and cs itself are the caller's. */
 void kvn_connsrv_destroy(struct kvn_connsrv *cs);
 

@@ -135,36 +135,18 @@ kvn_ctl_reply_decode(const uint8_t in[KVN_CTL_REPLY_SIZE], struct kvn_ctl_reply 
  * Validation
  * ------------------------------------------------------------------------------------------ */
 
-static int proto_err(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int
-proto_err(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-	if (err && errlen) {
-		va_list ap;
-		va_start(ap, fmt);
-		vsnprintf(err, errlen, fmt, ap);
-		va_end(ap);
-	}
-	return code;
-}
-
 int
 kvn_ctl_req_validate(const struct kvn_ctl_req *req, uint64_t value_max, char *err, size_t errlen)
 {
 	if (req->magic != KVN_CTL_REQ_MAGIC)
-		return proto_err(err, errlen, -EPROTO,
-				 "bad request magic 0x%08x (expected 0x%08x): not a kvnode client?",
+		return kvn_seterr(-EPROTO, err, errlen, "bad request magic 0x%08x (expected 0x%08x): not a kvnode client?",
 				 req->magic, KVN_CTL_REQ_MAGIC);
 	if (req->version != KVN_CTL_VERSION)
-		return proto_err(err, errlen, -EPROTO,
-				 "unsupported protocol version %u (this node speaks %u): use a "
+		return kvn_seterr(-EPROTO, err, errlen, "unsupported protocol version %u (this node speaks %u): use a "
 				 "kvnode CLI of the same release",
 				 req->version, KVN_CTL_VERSION);
 	if (req->flags || req->reserved)
-		return proto_err(err, errlen, -EPROTO,
-				 "%s request has unknown flags 0x%02x / reserved 0x%08x set",
+		return kvn_seterr(-EPROTO, err, errlen, "%s request has unknown flags 0x%02x / reserved 0x%08x set",
 				 kvn_ctl_op_name(req->op), req->flags, req->reserved);
 
 	bool keyed, valued;
@@ -183,22 +165,21 @@ kvn_ctl_req_validate(const struct kvn_ctl_req *req, uint64_t value_max, char *er
 		keyed = valued = false;
 		break;
 	default:
-		return proto_err(err, errlen, -EPROTO, "unknown op %u", req->op);
+		return kvn_seterr(-EPROTO, err, errlen, "unknown op %u", req->op);
 	}
 
 	const char *name = kvn_ctl_op_name(req->op);
 	if (keyed && (req->key_len == 0 || req->key_len > KVN_KEY_MAX))
-		return proto_err(err, errlen, -EPROTO, "%s key length %u out of range 1..%d", name,
+		return kvn_seterr(-EPROTO, err, errlen, "%s key length %u out of range 1..%d", name,
 				 req->key_len, KVN_KEY_MAX);
 	if (!keyed && req->key_len)
-		return proto_err(err, errlen, -EPROTO, "%s takes no key (key length %u)", name,
+		return kvn_seterr(-EPROTO, err, errlen, "%s takes no key (key length %u)", name,
 				 req->key_len);
 	if (!valued && req->value_len)
-		return proto_err(err, errlen, -EPROTO, "%s takes no value (value length %llu)",
+		return kvn_seterr(-EPROTO, err, errlen, "%s takes no value (value length %llu)",
 				 name, (unsigned long long)req->value_len);
 	if (valued && req->value_len > value_max)
-		return proto_err(err, errlen, -EMSGSIZE,
-				 "%s value of %llu bytes exceeds this node's limit of %llu bytes",
+		return kvn_seterr(-EMSGSIZE, err, errlen, "%s value of %llu bytes exceeds this node's limit of %llu bytes",
 				 name, (unsigned long long)req->value_len,
 				 (unsigned long long)value_max);
 	return 0;
@@ -209,16 +190,14 @@ kvn_ctl_reply_validate(const struct kvn_ctl_reply *rep, uint64_t payload_max, ch
 		       size_t errlen)
 {
 	if (rep->magic != KVN_CTL_REPLY_MAGIC)
-		return proto_err(err, errlen, -EPROTO,
-				 "bad reply magic 0x%08x (expected 0x%08x): is a kvnode daemon "
+		return kvn_seterr(-EPROTO, err, errlen, "bad reply magic 0x%08x (expected 0x%08x): is a kvnode daemon "
 				 "listening there?",
 				 rep->magic, KVN_CTL_REPLY_MAGIC);
 	if (rep->status > 0 || rep->status < -4095)
-		return proto_err(err, errlen, -EPROTO, "reply status %d is not 0 or a -errno",
+		return kvn_seterr(-EPROTO, err, errlen, "reply status %d is not 0 or a -errno",
 				 rep->status);
 	if (rep->payload_len > payload_max)
-		return proto_err(err, errlen, -EPROTO,
-				 "reply payload of %llu bytes exceeds the limit of %llu bytes",
+		return kvn_seterr(-EPROTO, err, errlen, "reply payload of %llu bytes exceeds the limit of %llu bytes",
 				 (unsigned long long)rep->payload_len,
 				 (unsigned long long)payload_max);
 	return 0;

@@ -188,7 +188,7 @@ drop_put(struct conn *c, enum kvn_lm_drop why, const char *key, uint64_t len, ui
 	if (!len)
 		return close_after ? -1 : 0;
 	uint64_t got = 0;
-	int rc = kvn_connsrv_discard_by(c->fd, len, deadline, &got);
+	int rc = kvn_fd_discard_by(c->fd, len, deadline, &got);
 	if (rc == -ETIMEDOUT)
 		return request_timed_out(c, "PUT payload (being dropped)", got, len);
 	return rc || close_after ? -1 : 0;
@@ -230,7 +230,7 @@ do_put(struct conn *c, const struct kvn_key *key, const struct kvn_lm_req *req, 
 	uint8_t *val = c->buf;
 	size_t got;
 	memcpy(val, hdr, sizeof(hdr));
-	int rc = kvn_connsrv_read_by(c->fd, val + KVN_REMOTE_META_LEN, len, deadline, &got);
+	int rc = kvn_fd_read_by(c->fd, val + KVN_REMOTE_META_LEN, len, deadline, &got);
 	if (rc == -ETIMEDOUT)
 		return request_timed_out(c, "PUT payload", got, len);
 	if (rc)
@@ -377,14 +377,14 @@ read_header(struct conn *c, uint8_t hdr[KVN_LM_REQ_SIZE], uint64_t deadline)
 	size_t got, more = 0;
 	bool first = c->gen < 0;
 	size_t want = first ? KVN_LM_V0_REQ_SIZE : kvn_lm_req_size((enum kvn_lm_gen)c->gen);
-	int rc = kvn_connsrv_read_by(c->fd, hdr, want, deadline, &got);
+	int rc = kvn_fd_read_by(c->fd, hdr, want, deadline, &got);
 	if (first && got >= KVN_LM_GEN_PROBE_LEN) {
 		c->gen = (int)kvn_lm_gen_detect(hdr);
 		want = kvn_lm_req_size((enum kvn_lm_gen)c->gen);
 	}
 	if (!rc && first) {
 		if (want > got)
-			rc = kvn_connsrv_read_by(c->fd, hdr + got, want - got, deadline, &more);
+			rc = kvn_fd_read_by(c->fd, hdr + got, want - got, deadline, &more);
 		got += more;
 		if (!rc) {
 			atomic_fetch_add(&srv->by_gen[c->gen], 1);
@@ -631,7 +631,7 @@ kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts *opt
 	srv->lfd = kvn_tcp_listen(host, port, 128, &bound, why, sizeof(why));
 	if (srv->lfd < 0) {
 		rc = srv->lfd;
-		kvn_seterr(-EINVAL, err, errlen, "lm_listen %s: %s", opts->listen, why);
+		kvn_seterr(rc, err, errlen, "lm_listen %s: %s", opts->listen, why);
 		goto fail;
 	}
 	snprintf(srv->addr, sizeof(srv->addr), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
@@ -640,7 +640,7 @@ kvn_lm_server_start(struct kvn_engine *eng, const struct kvn_lm_server_opts *opt
 	rc = pthread_create(&srv->accept_thread, NULL, accept_main, srv);
 	if (rc) {
 		rc = -rc;
-		kvn_seterr(-EINVAL, err, errlen, "lm server on %s: cannot start its thread: %s",
+		kvn_seterr(rc, err, errlen, "lm server on %s: cannot start its thread: %s",
 			   srv->addr, strerror(-rc));
 		goto fail;
 	}

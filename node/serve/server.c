@@ -165,12 +165,12 @@ kvn_server_create(struct kvn_engine *eng, const struct kvn_server_opts *opts,
 	srv->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (srv->lfd < 0) {
 		rc = -errno;
-		kvn_seterr(-EINVAL, err, errlen, "socket: %s", strerror(errno));
+		kvn_seterr(rc, err, errlen, "socket: %s", strerror(errno));
 		goto fail;
 	}
 	if (bind(srv->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		rc = -errno;
-		kvn_seterr(-EINVAL, err, errlen, "cannot bind %s: %s%s", srv->path, strerror(errno),
+		kvn_seterr(rc, err, errlen, "cannot bind %s: %s%s", srv->path, strerror(errno),
 			   errno == ENOENT ? " (does its directory exist?)" : "");
 		goto fail;
 	}
@@ -181,7 +181,7 @@ kvn_server_create(struct kvn_engine *eng, const struct kvn_server_opts *opts,
 	}
 	if (listen(srv->lfd, 128) < 0) {
 		rc = -errno;
-		kvn_seterr(-EINVAL, err, errlen, "cannot listen on %s: %s", srv->path,
+		kvn_seterr(rc, err, errlen, "cannot listen on %s: %s", srv->path,
 			   strerror(errno));
 		goto fail;
 	}

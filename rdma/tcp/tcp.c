@@ -303,13 +303,13 @@ tcp_open(const struct kvn_transport_cfg *cfg, struct kvn_transport **out, char *
 	if (tp->epfd < 0 || tp->wake.fd < 0 ||
 	    (rc = kvn_tcp_epoll_set(tp, &tp->wake, EPOLLIN)) < 0) {
 		rc = -errno;
-		kvn_seterr(-EINVAL, err, errlen, "tcp: cannot set up epoll/eventfd: %s",
+		kvn_seterr(rc, err, errlen, "tcp: cannot set up epoll/eventfd: %s",
 			   strerror(errno));
 		goto fail;
 	}
 	rc = -pthread_create(&tp->thread, NULL, progress, tp);
 	if (rc) {
-		kvn_seterr(-EINVAL, err, errlen, "tcp: cannot start the progress thread: %s",
+		kvn_seterr(rc, err, errlen, "tcp: cannot start the progress thread: %s",
 			   strerror(-rc));
 		goto fail;
 	}
@@ -468,8 +468,7 @@ tcp_dereg(struct kvn_tp_mr *mr)
 }
 
 const struct kvn_transport_ops kvn_transport_tcp = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_transport_ops),
+    KVN_TRANSPORT_OPS_INIT,
     .name = "tcp",
     .probe = tcp_probe,
     .open = tcp_open,

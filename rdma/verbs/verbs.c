@@ -184,7 +184,7 @@ verbs_open(const struct kvn_transport_cfg *in, struct kvn_transport **out, char 
 	tp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (tp->wake_fd < 0) {
 		rc = -errno;
-		kvn_seterr(-EINVAL, err, errlen, "eventfd for the verbs progress thread: %s",
+		kvn_seterr(rc, err, errlen, "eventfd for the verbs progress thread: %s",
 			   strerror(errno));
 		goto fail;
 	}
@@ -193,7 +193,7 @@ verbs_open(const struct kvn_transport_cfg *in, struct kvn_transport **out, char 
 		goto fail;
 	rc = -pthread_create(&tp->progress, NULL, kvn_vb_progress_main, tp);
 	if (rc) {
-		kvn_seterr(-EINVAL, err, errlen, "starting the verbs progress thread: %s",
+		kvn_seterr(rc, err, errlen, "starting the verbs progress thread: %s",
 			   strerror(-rc));
 		goto fail;
 	}
@@ -272,7 +272,7 @@ verbs_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind
 	mr->mr = ibv_reg_mr(tp->pd, ptr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
 	if (!mr->mr) {
 		int rc = errno ? -errno : -ENOMEM;
-		kvn_seterr(-EINVAL, err, errlen,
+		kvn_seterr(rc, err, errlen,
 			   "verbs: registering %zu bytes at %p on %s failed: %s (raise "
 			   "'ulimit -l' / memlock)",
 			   len, ptr, ibv_get_device_name(tp->ctx->device), strerror(-rc));
@@ -488,8 +488,7 @@ verbs_stats(struct kvn_transport *tp, struct kvn_transport_stats *out)
 }
 
 const struct kvn_transport_ops kvn_transport_verbs = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_transport_ops),
+    KVN_TRANSPORT_OPS_INIT,
     .name = "verbs",
     .probe = verbs_probe,
     .open = verbs_open,

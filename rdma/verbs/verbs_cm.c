@@ -422,7 +422,7 @@ kvn_vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t bo
 	if (rdma_create_id(tp->cm_ch, &id, NULL, RDMA_PS_TCP) ||
 	    rdma_bind_addr(id, (struct sockaddr *)&ss) || rdma_listen(id, 128)) {
 		rc = errno ? -errno : -EIO;
-		kvn_seterr(-EINVAL, err, errlen,
+		kvn_seterr(rc, err, errlen,
 			   "verbs: cannot listen on %s: %s (is that an address of an RDMA "
 			   "device's netdev?)",
 			   addr, strerror(-rc));
@@ -681,7 +681,7 @@ kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms
 		goto out;
 	if (!d.ch || rdma_create_id(d.ch, &d.id, NULL, RDMA_PS_TCP)) {
 		rc = errno ? -errno : -EIO;
-		kvn_seterr(-EINVAL, err, errlen, "peer %s: rdma_cm id: %s", ep->peer,
+		kvn_seterr(rc, err, errlen, "peer %s: rdma_cm id: %s", ep->peer,
 			   strerror(-rc));
 		goto out;
 	}
@@ -691,7 +691,7 @@ kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms
 	/* Disconnects from now on go to the instance's rdma_cm thread. */
 	if (rdma_migrate_id(d.id, tp->cm_ch)) {
 		rc = -errno;
-		kvn_seterr(-EINVAL, err, errlen, "peer %s: rdma_migrate_id: %s", ep->peer,
+		kvn_seterr(rc, err, errlen, "peer %s: rdma_migrate_id: %s", ep->peer,
 			   strerror(errno));
 		goto out;
 	}

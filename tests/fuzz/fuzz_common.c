@@ -239,3 +239,14 @@ fz_take(struct fz_in *in, size_t max, const uint8_t **out)
 	in->n -= n;
 	return n;
 }
+
+/* The harnesses that need no set-up of their own get this one; the others define their own
+ * (which calls fz_init first). */
+__attribute__((weak)) int
+LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+	(void)argc;
+	(void)argv;
+	fz_init();
+	return 0;
+}

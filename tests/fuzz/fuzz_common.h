@@ -7,7 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Every harness's LLVMFuzzerInitialize calls this first: sets the log level from
+/* Every harness's LLVMFuzzerInitialize calls this first (fuzz_common.c's weak default, for a
+ * harness without set-up of its own, does only this): sets the log level from
  * $KVN_FUZZ_LOG (error | warn | info | debug; default error, so a manual run of one input is
  * readable; scripts/run-fuzzers sets debug, so every message a peer can trigger is formatted,
  * and -close_fd_mask=2 drops the lines) and keeps a copy of stderr for fz_fail. */

@@ -18,15 +18,6 @@
 #include "node/engine/config_keys.h"
 #include "tests/fuzz/fuzz_common.h"
 
-int
-LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc;
-	(void)argv;
-	fz_init();
-	return 0;
-}
-
 static void
 check_config(struct kvn_config *cfg)
 {

@@ -16,15 +16,6 @@
 #include "node/scheduler/scheduler_dir.h"
 #include "tests/fuzz/fuzz_common.h"
 
-int
-LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc;
-	(void)argv;
-	fz_init();
-	return 0;
-}
-
 static void
 fuzz_hdr(const uint8_t *p, size_t n)
 {

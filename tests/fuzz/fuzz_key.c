@@ -10,15 +10,6 @@
 #include "kvnode/kvnode.h"
 #include "tests/fuzz/fuzz_common.h"
 
-int
-LLVMFuzzerInitialize(int *argc, char ***argv)
-{
-	(void)argc;
-	(void)argv;
-	fz_init();
-	return 0;
-}
-
 /* Whether p[0..n) is UTF-8 without control characters (C0, DEL, C1): what a key may be. */
 static bool
 clean_utf8(const uint8_t *p, size_t n)

@@ -111,23 +111,6 @@ fake_main(void *arg)
 	return NULL;
 }
 
-static const char *
-no_opt(const struct kvn_connector_env *env, const char *opt)
-{
-	(void)env;
-	(void)opt;
-	return NULL;
-}
-
-static void
-env_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
-{
-	(void)env;
-	va_list ap;
-	va_start(ap, fmt);
-	kvn_logv(level, "lm-connector", fmt, ap);
-	va_end(ap);
-}
 
 static int
 count_keys(void *ctx, const char *key, size_t len)
@@ -156,14 +139,8 @@ check_value(int rc, struct kvn_remote_value *v)
 static void
 fuzz_connector(unsigned op, const uint8_t *p, size_t n)
 {
-	struct kvn_connector_env env = {.abi = KVN_ABI,
-					.size = sizeof(struct kvn_connector_env),
-					.url = url,
-					.url_redacted = url,
-					.config_dir = ".",
-					.get_opt = no_opt,
-					.log = env_log,
-					.timeout_ms = 5000};
+	struct kvn_connector_env env;
+	kvn_connector_env_plain(&env, url, NULL, 5000);
 	const struct kvn_connector_ops *ops = &kvn_lm_connector_ops;
 	struct fake f = {p, n};
 	pthread_t t;

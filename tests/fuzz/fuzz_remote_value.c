@@ -33,30 +33,7 @@ static struct kvn_connector *fs;
 static const struct kvn_connector_ops *ops = &kvn_fs_connector_ops;
 static struct kvn_remote_tagger *tagger;
 
-static const char *
-no_opt(const struct kvn_connector_env *env, const char *opt)
-{
-	(void)env;
-	(void)opt;
-	return NULL;
-}
-
-static void
-env_log(const struct kvn_connector_env *env, int level, const char *fmt, ...)
-{
-	(void)env;
-	va_list ap;
-	va_start(ap, fmt);
-	kvn_logv(level, "fs-connector", fmt, ap);
-	va_end(ap);
-}
-
-static struct kvn_connector_env env = {.abi = KVN_ABI,
-				       .size = sizeof(struct kvn_connector_env),
-				       .config_dir = ".",
-				       .get_opt = no_opt,
-				       .log = env_log,
-				       .timeout_ms = 5000};
+static struct kvn_connector_env env;
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -66,7 +43,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	fz_init();
 	dir = fz_tmpdir("remote-value");
 	snprintf(url, sizeof(url), "fs://%s", dir);
-	env.url = env.url_redacted = url;
+	kvn_connector_env_plain(&env, url, NULL, 5000);
 	if (ops->connect(&env, &fs) < 0)
 		fz_fail("fs connector on %s does not open", url);
 	tagger = kvn_remote_tagger_new();

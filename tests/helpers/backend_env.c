@@ -71,8 +71,7 @@ backend_env_new(const char *name, const struct backend_opt *opts, struct kvn_poo
 	}
 	pthread_mutex_init(&te->lock, NULL);
 	te->tenv.env = (struct kvn_backend_env){
-	    .abi = KVN_ABI,
-	    .size = sizeof(struct kvn_backend_env),
+	    KVN_BACKEND_ENV_INIT,
 	    .name = te->name,
 	    .config_dir = te->config_dir,
 	    .get_opt = get_opt,

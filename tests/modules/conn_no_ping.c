@@ -62,8 +62,7 @@ no_list(struct kvn_connector *c, kvn_connector_list_cb cb, void *ctx)
 }
 
 __attribute__((visibility("default"))) const struct kvn_connector_ops kvn_test_conn_no_ping_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_connector_ops),
+    KVN_CONNECTOR_OPS_INIT,
     .scheme = "noping",
     .connect = no_connect,
     .close = no_close,

@@ -183,8 +183,7 @@ gate_stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 }
 
 EXPORT const struct kvn_backend_ops kvn_gate_backend_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_backend_ops),
+    KVN_BACKEND_OPS_INIT,
     .flags = KVN_BACKEND_F_SLOW,
     .name = "gate",
     .create = gate_create,

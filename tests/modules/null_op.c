@@ -46,8 +46,7 @@ stats(struct kvn_backend *be, struct kvn_backend_stats *out)
 }
 
 __attribute__((visibility("default"))) const struct kvn_backend_ops kvn_test_null_op_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_backend_ops),
+    KVN_BACKEND_OPS_INIT,
     .name = "null_op",
     .create = create,
     .destroy = destroy,

@@ -11,7 +11,6 @@ kvn_test_unresolved_entry(void)
 }
 
 __attribute__((visibility("default"))) const struct kvn_backend_ops kvn_test_unresolved_ops = {
-    .abi = KVN_ABI,
-    .size = sizeof(struct kvn_backend_ops),
+    KVN_BACKEND_OPS_INIT,
     .name = "unresolved",
 };
