@@ -69,6 +69,14 @@ void kvn_cpu_set_publish(struct kvn_backend *be, kvn_cpu_publish_fn fn, void *ct
 void kvn_cpu_walk(struct kvn_backend *be, void (*fn)(void *ctx, const struct kvn_slot *slot),
 		  void *ctx);
 int kvn_cpu_alloc_scratch(struct kvn_backend *be, size_t len, struct kvn_slot **out);
+/* A put in two steps, for a writer outside the tier (a local client filling the slot
+ * itself): reserve allocates an unindexed slot for key (evicting as put does; -ENOSPC, -ENOMEM
+ * as kvn_pool_alloc); once its payload is written and sealed, adopt indexes it in place of an
+ * older value of key and publishes it, taking over the writer's reference (on failure the
+ * reference is dropped and the slot freed). */
+int kvn_cpu_reserve(struct kvn_backend *be, const struct kvn_key *key, size_t len,
+		    struct kvn_slot **out);
+int kvn_cpu_adopt(struct kvn_backend *be, const struct kvn_key *key, struct kvn_slot *slot);
 
 /* ------------------------------------------------------------------------------------------
  * remote

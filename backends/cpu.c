@@ -210,41 +210,40 @@ cpu_contains(struct kvn_backend *be, const struct kvn_key *key, bool pin)
 	return e != NULL;
 }
 
-static int
-cpu_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
+int
+kvn_cpu_reserve(struct kvn_backend *be, const struct kvn_key *key, size_t len,
+		struct kvn_slot **out)
 {
-	struct kvn_slot *slot;
-	if (!key || !buf)
-		return -EINVAL;
 	/* The allocation may evict; the pool's callback edits the index, hence the lock. */
 	pthread_mutex_lock(&be->lock);
-	int rc = kvn_pool_alloc(be->pool, buf->len, key, true, &slot);
+	int rc = kvn_pool_alloc(be->pool, len, key, true, out);
 	pthread_mutex_unlock(&be->lock);
-	if (rc) {
-		if (rc == -ENOSPC)
-			be->env->log(be->env, KVN_LOG_DEBUG,
-				     "value of %zu bytes for key %s exceeds the cpu pool (%zu "
-				     "bytes); raise max_local_cpu_size",
-				     buf->len, key->str, kvn_pool_size(be->pool));
-		return rc;
-	}
+	if (rc == -ENOSPC)
+		be->env->log(
+		    be->env, KVN_LOG_DEBUG,
+		    "value of %zu bytes for key %s exceeds the cpu pool (%zu bytes); raise "
+		    "max_local_cpu_size",
+		    len, key->str, kvn_pool_size(be->pool));
+	return rc;
+}
 
-	/* The slot is private to this put (odd generation, not indexed): copy and checksum
-	 * without any lock. */
-	kvn_pool_fill(slot, buf->data);
-
+int
+kvn_cpu_adopt(struct kvn_backend *be, const struct kvn_key *key, struct kvn_slot *slot)
+{
+	size_t len = kvn_slot_len(slot);
+	int rc = 0;
 	pthread_mutex_lock(&be->lock);
 	struct entry *e = tab_find(be, key->digest);
 	if (e) {
 		struct kvn_slot *old = e->slot;
-		be->bytes += buf->len;
+		be->bytes += len;
 		be->bytes -= kvn_slot_len(old);
 		e->slot = slot;
 		kvn_pool_unlink(be->pool, old);
 	} else if ((rc = tab_reserve(be)) == 0) {
 		tab_place(be->tab, be->cap, key->digest.lo, key->digest.hi, slot);
 		be->n++;
-		be->bytes += buf->len;
+		be->bytes += len;
 	}
 	if (rc == 0) {
 		kvn_pool_commit(be->pool, slot);
@@ -257,6 +256,21 @@ cpu_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 	}
 	atomic_fetch_add_explicit(&be->puts, 1, memory_order_relaxed);
 	return 0;
+}
+
+static int
+cpu_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
+{
+	struct kvn_slot *slot;
+	if (!key || !buf)
+		return -EINVAL;
+	int rc = kvn_cpu_reserve(be, key, buf->len, &slot);
+	if (rc)
+		return rc;
+	/* The slot is private to this put (odd generation, not indexed): copy and checksum
+	 * without any lock. */
+	kvn_pool_fill(slot, buf->data);
+	return kvn_cpu_adopt(be, key, slot);
 }
 
 static int

@@ -251,3 +251,16 @@ kvn_host_is_loopback(const char *host)
 		       (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
 	return false;
 }
+
+char *
+kvn_default_socket_path(void)
+{
+	const char *s = getenv("KVNODE_SOCKET");
+	char *out = NULL;
+	if (s && *s)
+		return strdup(s);
+	s = getenv("XDG_RUNTIME_DIR");
+	if (s && *s)
+		return asprintf(&out, "%s/kvnode.sock", s) < 0 ? NULL : out;
+	return asprintf(&out, "/tmp/kvnode-%u.sock", (unsigned)getuid()) < 0 ? NULL : out;
+}

@@ -38,4 +38,8 @@ void kvn_sockaddr_format(const struct sockaddr *sa, uint16_t port_override, char
 /* kvn_sockaddr_format of a connected socket's peer ("?:0" when getpeername fails). */
 void kvn_peer_format(int fd, char *out, size_t outlen);
 
+/* The node's default unix socket (malloc'd, NULL when out of memory): $KVNODE_SOCKET, else
+ * $XDG_RUNTIME_DIR/kvnode.sock, else /tmp/kvnode-<uid>.sock. */
+char *kvn_default_socket_path(void);
+
 #endif

@@ -59,6 +59,7 @@ struct kvn_slot {
 struct kvn_pool {
 	void *base;
 	size_t size;
+	int fd; /* the memfd the region is mapped from */
 	const char *backing;
 	pthread_mutex_t lock;
 
@@ -95,20 +96,44 @@ round_up(size_t v, size_t a)
 	return (v + a - 1) / a * a;
 }
 
-/* Normal pages, 2 MiB aligned so transparent hugepages can back all of it. */
+/* The region is a memfd mapped shared, so that the node can hand it to the clients of its
+ * host (they map the same pages: a get is a view, a put one copy). Normal pages are mapped 2 MiB
+ * aligned so transparent hugepages can back all of it. NULL with errno set on failure. */
 static void *
-map_aligned(size_t size, size_t align)
+map_memfd(size_t size, bool hugetlb, size_t align, int *fd_out)
 {
-	size_t span = size + align;
-	char *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
+	int fd = memfd_create("kvnode-pool", MFD_CLOEXEC | (hugetlb ? MFD_HUGETLB : 0));
+	if (fd < 0)
 		return NULL;
-	char *start = (char *)round_up((uintptr_t)p, align);
-	if (start > p)
-		munmap(p, (size_t)(start - p));
-	size_t tail = (size_t)((p + span) - (start + size));
-	if (tail)
-		munmap(start + size, tail);
+	char *start = NULL;
+	if (ftruncate(fd, (off_t)size) == 0) {
+		/* Reserve an aligned span, then map the file over its aligned part. */
+		size_t span = size + align;
+		char *p = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (p != MAP_FAILED) {
+			start = (char *)round_up((uintptr_t)p, align);
+			if (mmap(start, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd,
+				 0) == MAP_FAILED) {
+				int e = errno;
+				munmap(p, span);
+				errno = e;
+				start = NULL;
+			} else {
+				if (start > p)
+					munmap(p, (size_t)(start - p));
+				size_t tail = (size_t)((p + span) - (start + size));
+				if (tail)
+					munmap(start + size, tail);
+			}
+		}
+	}
+	if (!start) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return NULL;
+	}
+	*fd_out = fd;
 	return start;
 }
 
@@ -387,16 +412,11 @@ kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err, si
 	}
 	p->size = size;
 	p->backing = "pages";
-	if (try_huge) {
-		void *m = mmap(NULL, size, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
-		if (m != MAP_FAILED) {
-			p->base = m;
-			p->backing = "hugetlb";
-		}
-	}
+	p->fd = -1;
+	if (try_huge && (p->base = map_memfd(size, true, HUGE_2M, &p->fd)))
+		p->backing = "hugetlb";
 	if (!p->base) {
-		p->base = map_aligned(size, try_huge ? HUGE_2M : page);
+		p->base = map_memfd(size, false, try_huge ? HUGE_2M : page, &p->fd);
 		if (!p->base) {
 			int e = errno;
 			kvn_seterr(
@@ -418,6 +438,7 @@ kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err, si
 	struct kvn_slot *all = desc_get(p);
 	if (!all) {
 		munmap(p->base, size);
+		close(p->fd);
 		pthread_mutex_destroy(&p->lock);
 		free(p);
 		return kvn_seterr(-ENOMEM, err, errlen,
@@ -452,8 +473,15 @@ kvn_pool_destroy(struct kvn_pool *pool)
 		free(b);
 	}
 	munmap(pool->base, pool->size);
+	close(pool->fd);
 	pthread_mutex_destroy(&pool->lock);
 	free(pool);
+}
+
+int
+kvn_pool_fd(const struct kvn_pool *pool)
+{
+	return pool->fd;
 }
 
 void *
@@ -595,7 +623,13 @@ kvn_pool_seal(struct kvn_slot *slot)
 }
 
 void
-kvn_pool_fill(struct kvn_slot *slot, const void *src)
+kvn_pool_seal_with(struct kvn_slot *slot, uint64_t checksum)
+{
+	publish(slot, checksum);
+}
+
+uint64_t
+kvn_copy_checksum(void *dst, const void *src, size_t len)
 {
 	/* Copy and checksum block by block, hashing each block while it is still in cache: a
 	 * put then costs about one pass over memory instead of a copy pass and a hash pass.
@@ -603,13 +637,18 @@ kvn_pool_fill(struct kvn_slot *slot, const void *src)
 	enum { BLOCK = 64 << 10 };
 	XXH3_state_t st;
 	XXH3_64bits_reset(&st);
-	char *dst = kvn_slot_payload(slot);
-	for (size_t off = 0; off < slot->len; off += BLOCK) {
-		size_t n = slot->len - off < BLOCK ? slot->len - off : BLOCK;
-		memcpy(dst + off, (const char *)src + off, n);
-		XXH3_64bits_update(&st, dst + off, n);
+	for (size_t off = 0; off < len; off += BLOCK) {
+		size_t n = len - off < BLOCK ? len - off : BLOCK;
+		memcpy((char *)dst + off, (const char *)src + off, n);
+		XXH3_64bits_update(&st, (char *)dst + off, n);
 	}
-	publish(slot, XXH3_64bits_digest(&st));
+	return XXH3_64bits_digest(&st);
+}
+
+void
+kvn_pool_fill(struct kvn_slot *slot, const void *src)
+{
+	publish(slot, kvn_copy_checksum(kvn_slot_payload(slot), src, slot->len));
 }
 
 void

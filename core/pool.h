@@ -36,6 +36,9 @@ int kvn_pool_create(size_t size, bool try_huge, struct kvn_pool **out, char *err
 			    size_t errlen);
 void kvn_pool_destroy(struct kvn_pool *pool);
 void *kvn_pool_base(const struct kvn_pool *pool);
+/* The memfd the region is mapped from (offset 0 is kvn_pool_base): what the node hands its
+ * local clients. Owned by the pool. */
+int kvn_pool_fd(const struct kvn_pool *pool);
 size_t kvn_pool_size(const struct kvn_pool *pool);
 bool kvn_pool_hugepages(const struct kvn_pool *pool);
 /* How the region is backed: "hugetlb" (MAP_HUGETLB), "thp" (normal pages with
@@ -87,6 +90,10 @@ int kvn_pool_alloc(struct kvn_pool *pool, size_t len, const struct kvn_key *key,
 void kvn_pool_seal(struct kvn_slot *slot);
 /* Copies the payload from src and seals, in one pass over memory (copy and hash fused). */
 void kvn_pool_fill(struct kvn_slot *slot, const void *src);
+/* Seals with a checksum computed elsewhere (a client wrote the payload, kvn_copy_checksum). */
+void kvn_pool_seal_with(struct kvn_slot *slot, uint64_t checksum);
+/* memcpy of len bytes that returns the xxh3-64 of them (the slot checksum), in one pass. */
+uint64_t kvn_copy_checksum(void *dst, const void *src, size_t len);
 /* Marks slot linked (held by the owner's index) and drops the writer's reference. */
 void kvn_pool_commit(struct kvn_pool *pool, struct kvn_slot *slot);
 /* The owner let go of slot: generation made odd, freed when unreferenced. */

@@ -408,21 +408,21 @@ static void *
 race_writer(void *arg)
 {
 	struct race *r = arg;
-	struct kvn_client *c;
+	struct kvn_cli_conn *c;
 	char err[256];
-	if (kvn_client_connect(r->writer_node->sock, 10000, &c, err, sizeof(err)))
+	if (kvn_cli_connect(r->writer_node->sock, 10000, &c, err, sizeof(err)))
 		return NULL;
 	void *v = malloc(RACE_VAL);
 	for (unsigned i = 0; !atomic_load(&r->stop); i++) {
 		struct kvn_key k;
 		cluster_key(&k, "x", i);
 		cluster_value(v, RACE_VAL, "x", i);
-		if (kvn_client_put(c, &k, v, RACE_VAL))
+		if (kvn_cli_put(c, &k, v, RACE_VAL))
 			break;
 		atomic_store(&r->written, i + 1);
 	}
 	free(v);
-	kvn_client_close(c);
+	kvn_cli_close(c);
 	return NULL;
 }
 
@@ -718,7 +718,7 @@ stuck_listener(char *addr, size_t len)
 
 struct bg_get {
 	struct cnode *n;
-	struct kvn_client *c;
+	struct kvn_cli_conn *c;
 	const char *tag;
 	unsigned i;
 	int rc;
@@ -733,7 +733,7 @@ bg_get_main(void *arg)
 	cluster_key(&k, b->tag, b->i);
 	void *data = NULL;
 	size_t len = 0;
-	b->rc = kvn_client_get(b->c, &k, &data, &len);
+	b->rc = kvn_cli_get(b->c, &k, &data, &len);
 	free(data);
 	atomic_store(&b->done, true);
 	return NULL;
@@ -764,7 +764,7 @@ Test(cluster, a_stuck_peer_does_not_hold_up_reads_from_other_peers)
 	wait_member(&f.c, &gh, "stuck", addr, "up", 1);
 	char err[256];
 	struct bg_get b = {.n = &f.c, .tag = "s", .i = 1};
-	cr_assert_eq(kvn_client_connect(f.c.sock, 10000, &b.c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_cli_connect(f.c.sock, 10000, &b.c, err, sizeof(err)), 0, "%s", err);
 	pthread_t t;
 	cr_assert_eq(pthread_create(&t, NULL, bg_get_main, &b), 0);
 	/* node-c's connection to the stuck peer arrives: its get now waits on it */
@@ -780,7 +780,7 @@ Test(cluster, a_stuck_peer_does_not_hold_up_reads_from_other_peers)
 	close(lfd);
 	pthread_join(t, NULL);
 	cr_assert_eq(b.rc, -ENOENT, "the get from the stuck peer: %d", b.rc);
-	kvn_client_close(b.c);
+	kvn_cli_close(b.c);
 	ghost_leave(&gh);
 	cnode_stop(&f.a);
 	cnode_stop(&f.c);

@@ -374,21 +374,21 @@ static void
 assert_daemon_serves(void)
 {
 	char err[256];
-	struct kvn_client *c;
-	cr_assert_eq(kvn_client_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
+	struct kvn_cli_conn *c;
+	cr_assert_eq(kvn_cli_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
 	char *banner = NULL;
-	cr_assert_eq(kvn_client_ping(c, &banner), 0, "%s", kvn_client_error(c));
+	cr_assert_eq(kvn_cli_ping(c, &banner), 0, "%s", kvn_cli_error(c));
 	cr_assert_str_eq(banner, "kvnode " KVN_VERSION_STRING);
 	free(banner);
 	struct kvn_key k;
 	kvn_key_from_str(&k, "still-serving");
-	cr_assert_eq(kvn_client_put(c, &k, "yes", 3), 0, "%s", kvn_client_error(c));
+	cr_assert_eq(kvn_cli_put(c, &k, "yes", 3), 0, "%s", kvn_cli_error(c));
 	void *v;
 	size_t len;
-	cr_assert_eq(kvn_client_get(c, &k, &v, &len), 0, "%s", kvn_client_error(c));
+	cr_assert_eq(kvn_cli_get(c, &k, &v, &len), 0, "%s", kvn_cli_error(c));
 	cr_assert(len == 3 && !memcmp(v, "yes", 3));
 	free(v);
-	kvn_client_close(c);
+	kvn_cli_close(c);
 	cr_assert(proc_alive(&daemon_proc), "the daemon died");
 }
 
@@ -476,15 +476,15 @@ Test(daemon, a_truncated_value_stores_nothing)
 	free(v);
 	assert_daemon_serves();
 	char err[256];
-	struct kvn_client *c;
-	cr_assert_eq(kvn_client_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
+	struct kvn_cli_conn *c;
+	cr_assert_eq(kvn_cli_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
 	struct kvn_key k;
 	kvn_key_from_str(&k, "half");
 	void *got;
 	size_t glen;
-	cr_assert_eq(kvn_client_get(c, &k, &got, &glen), -ENOENT);
-	cr_assert_eq(kvn_client_fault(c), KVN_CLIENT_NODE);
-	kvn_client_close(c);
+	cr_assert_eq(kvn_cli_get(c, &k, &got, &glen), -ENOENT);
+	cr_assert_eq(kvn_cli_fault(c), KVN_CLIENT_NODE);
+	kvn_cli_close(c);
 }
 
 Test(daemon, an_invalid_key_gets_einval_and_the_connection_stays_usable)
@@ -551,17 +551,17 @@ Test(daemon, a_slow_large_put_does_not_block_other_clients)
 	close(fd);
 
 	char err[256];
-	struct kvn_client *c;
-	cr_assert_eq(kvn_client_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
+	struct kvn_cli_conn *c;
+	cr_assert_eq(kvn_cli_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
 	struct kvn_key k;
 	kvn_key_from_str(&k, "slow");
 	void *got;
 	size_t glen;
-	cr_assert_eq(kvn_client_get(c, &k, &got, &glen), 0, "%s", kvn_client_error(c));
+	cr_assert_eq(kvn_cli_get(c, &k, &got, &glen), 0, "%s", kvn_cli_error(c));
 	cr_assert(glen == len && !memcmp(got, v, len), "the slow PUT must land whole");
 	free(got);
 	free(v);
-	kvn_client_close(c);
+	kvn_cli_close(c);
 }
 
 struct worker {
@@ -574,8 +574,8 @@ worker_main(void *arg)
 {
 	struct worker *w = arg;
 	char err[256], name[64];
-	struct kvn_client *c;
-	if (kvn_client_connect(sock, DEADLINE, &c, err, sizeof(err))) {
+	struct kvn_cli_conn *c;
+	if (kvn_cli_connect(sock, DEADLINE, &c, err, sizeof(err))) {
 		w->failures++;
 		return NULL;
 	}
@@ -587,7 +587,7 @@ worker_main(void *arg)
 		struct kvn_key k;
 		kvn_key_from_str(&k, name);
 		size_t blen;
-		if (kvn_client_put(c, &k, v, len) || kvn_client_get(c, &k, (void **)&back, &blen)) {
+		if (kvn_cli_put(c, &k, v, len) || kvn_cli_get(c, &k, (void **)&back, &blen)) {
 			w->failures++;
 			continue;
 		}
@@ -595,7 +595,7 @@ worker_main(void *arg)
 		free(back);
 	}
 	free(v);
-	kvn_client_close(c);
+	kvn_cli_close(c);
 	return NULL;
 }
 
@@ -689,28 +689,28 @@ Test(server, past_the_connection_cap_a_client_gets_ebusy)
 {
 	inproc_up(2, 0);
 	char err[256];
-	struct kvn_client *c[3];
+	struct kvn_cli_conn *c[3];
 	for (int i = 0; i < 2; i++) {
-		cr_assert_eq(kvn_client_connect(sock, DEADLINE, &c[i], err, sizeof(err)), 0);
-		cr_assert_eq(kvn_client_ping(c[i], NULL), 0, "%s", kvn_client_error(c[i]));
+		cr_assert_eq(kvn_cli_connect(sock, DEADLINE, &c[i], err, sizeof(err)), 0);
+		cr_assert_eq(kvn_cli_ping(c[i], NULL), 0, "%s", kvn_cli_error(c[i]));
 	}
-	cr_assert_eq(kvn_client_connect(sock, DEADLINE, &c[2], err, sizeof(err)), 0);
-	cr_assert_eq(kvn_client_ping(c[2], NULL), -EBUSY);
-	cr_assert(strstr(kvn_client_error(c[2]), "busy"), "%s", kvn_client_error(c[2]));
-	kvn_client_close(c[2]);
+	cr_assert_eq(kvn_cli_connect(sock, DEADLINE, &c[2], err, sizeof(err)), 0);
+	cr_assert_eq(kvn_cli_ping(c[2], NULL), -EBUSY);
+	cr_assert(strstr(kvn_cli_error(c[2]), "busy"), "%s", kvn_cli_error(c[2]));
+	kvn_cli_close(c[2]);
 	/* A slot freed is a slot reused. */
-	kvn_client_close(c[0]);
+	kvn_cli_close(c[0]);
 	bool ok = false;
 	for (int tries = 0; tries < 1000 && !ok; tries++) {
-		struct kvn_client *d;
-		cr_assert_eq(kvn_client_connect(sock, DEADLINE, &d, err, sizeof(err)), 0);
-		ok = kvn_client_ping(d, NULL) == 0;
-		kvn_client_close(d);
+		struct kvn_cli_conn *d;
+		cr_assert_eq(kvn_cli_connect(sock, DEADLINE, &d, err, sizeof(err)), 0);
+		ok = kvn_cli_ping(d, NULL) == 0;
+		kvn_cli_close(d);
 		if (!ok)
 			usleep(10000);
 	}
 	cr_assert(ok, "a closed connection must free its slot");
-	kvn_client_close(c[1]);
+	kvn_cli_close(c[1]);
 }
 
 /* The header alone is enough to refuse: the reply comes though not a byte of the value was
@@ -732,18 +732,18 @@ Test(server, a_put_over_max_chunk_size_is_refused_from_its_header_naming_the_key
 	cr_assert_eq(st.oversized, 1);
 	/* The client library reports it; a value at the bound is stored. */
 	char err[256];
-	struct kvn_client *c;
-	cr_assert_eq(kvn_client_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
+	struct kvn_cli_conn *c;
+	cr_assert_eq(kvn_cli_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
 	struct kvn_key k;
 	kvn_key_from_str(&k, "too-big");
 	static char v[5000];
-	cr_assert_eq(kvn_client_put(c, &k, v, sizeof(v)), -EMSGSIZE);
-	cr_assert(strstr(kvn_client_error(c), "max_chunk_size"), "%s", kvn_client_error(c));
-	kvn_client_close(c);
+	cr_assert_eq(kvn_cli_put(c, &k, v, sizeof(v)), -EMSGSIZE);
+	cr_assert(strstr(kvn_cli_error(c), "max_chunk_size"), "%s", kvn_cli_error(c));
+	kvn_cli_close(c);
 	cr_assert_eq(kvn_engine_contains(ieng, &k), 0);
-	cr_assert_eq(kvn_client_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(kvn_client_put(c, &k, v, 4096), 0, "%s", kvn_client_error(c));
-	kvn_client_close(c);
+	cr_assert_eq(kvn_cli_connect(sock, DEADLINE, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_cli_put(c, &k, v, 4096), 0, "%s", kvn_cli_error(c));
+	kvn_cli_close(c);
 }
 
 Test(server, stop_drains_and_destroy_removes_the_socket)
@@ -752,9 +752,9 @@ Test(server, stop_drains_and_destroy_removes_the_socket)
 	char err[256];
 	cr_assert_eq(kvn_server_probe(sock, err, sizeof(err)), -EADDRINUSE);
 	cr_assert(strstr(err, sock), "%s", err);
-	struct kvn_client *c;
-	cr_assert_eq(kvn_client_connect(sock, DEADLINE, &c, err, sizeof(err)), 0);
-	cr_assert_eq(kvn_client_ping(c, NULL), 0);
+	struct kvn_cli_conn *c;
+	cr_assert_eq(kvn_cli_connect(sock, DEADLINE, &c, err, sizeof(err)), 0);
+	cr_assert_eq(kvn_cli_ping(c, NULL), 0);
 	/* An idle open connection must not hold up the stop. */
 	kvn_server_stop(isrv);
 	void *rc;
@@ -763,7 +763,7 @@ Test(server, stop_drains_and_destroy_removes_the_socket)
 	kvn_server_destroy(isrv);
 	isrv = NULL;
 	cr_assert(proc_cond_path_gone(sock));
-	kvn_client_close(c);
+	kvn_cli_close(c);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -781,10 +781,10 @@ Test(client, after_a_timed_out_request_the_client_refuses_rather_than_read_the_l
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
 	cr_assert_eq(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	cr_assert_eq(listen(lfd, 4), 0);
-	struct kvn_client *c;
-	cr_assert_eq(kvn_client_connect(path, 200, &c, err, sizeof(err)), 0, "%s", err);
-	cr_assert_lt(kvn_client_ping(c, NULL), 0, "nothing answered the first PING");
-	cr_assert_eq(kvn_client_fault(c), KVN_CLIENT_CONN);
+	struct kvn_cli_conn *c;
+	cr_assert_eq(kvn_cli_connect(path, 200, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_lt(kvn_cli_ping(c, NULL), 0, "nothing answered the first PING");
+	cr_assert_eq(kvn_cli_fault(c), KVN_CLIENT_CONN);
 	int fd = accept(lfd, NULL, NULL);
 	cr_assert_geq(fd, 0);
 	uint8_t req[KVN_CTL_REQ_SIZE];
@@ -792,9 +792,9 @@ Test(client, after_a_timed_out_request_the_client_refuses_rather_than_read_the_l
 	cr_assert_eq(kvn_ctl_send_reply(fd, 0, "late", 4), 0);
 	/* The late reply belongs to the first PING: reading it as the second one's answer is
 	 * how a GET would return another key's value. */
-	cr_assert_eq(kvn_client_ping(c, NULL), -ENOTCONN);
-	cr_assert(strstr(kvn_client_error(c), "out of step"), "%s", kvn_client_error(c));
-	kvn_client_close(c);
+	cr_assert_eq(kvn_cli_ping(c, NULL), -ENOTCONN);
+	cr_assert(strstr(kvn_cli_error(c), "out of step"), "%s", kvn_cli_error(c));
+	kvn_cli_close(c);
 	close(fd);
 	close(lfd);
 	proc_rm_tree(tdir);

@@ -21,10 +21,10 @@
 #define TEXT_MAX	   (1ull << 30) /* LS / STAT replies */
 #define MSG_MAX		   4096		/* an error reply's message */
 
-struct kvn_client {
+struct kvn_cli_conn {
 	int fd;
 	char *path;
-	enum kvn_client_fault fault;
+	enum kvn_cli_fault fault;
 	uint64_t pending; /* payload bytes of a GET between begin and finish */
 	/* A request failed half-way (timeout, lost connection, a reply left unread): the stream
 	 * is out of step, and a later request would read an earlier one's reply. */
@@ -32,11 +32,11 @@ struct kvn_client {
 	char msg[MSG_MAX + 256];
 };
 
-static int fail(struct kvn_client *c, enum kvn_client_fault fault, int rc, const char *fmt, ...)
+static int fail(struct kvn_cli_conn *c, enum kvn_cli_fault fault, int rc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
 static int
-fail(struct kvn_client *c, enum kvn_client_fault fault, int rc, const char *fmt, ...)
+fail(struct kvn_cli_conn *c, enum kvn_cli_fault fault, int rc, const char *fmt, ...)
 {
 	if (fault == KVN_CLIENT_CONN)
 		c->broken = true;
@@ -49,8 +49,8 @@ fail(struct kvn_client *c, enum kvn_client_fault fault, int rc, const char *fmt,
 }
 
 int
-kvn_client_connect(const char *socket_path, int timeout_ms, struct kvn_client **out, char *err,
-		   size_t errlen)
+kvn_cli_connect(const char *socket_path, int timeout_ms, struct kvn_cli_conn **out, char *err,
+		size_t errlen)
 {
 	if (!socket_path || !*socket_path)
 		return kvn_seterr(-EINVAL, err, errlen, "no node socket given: use --node PATH");
@@ -63,7 +63,7 @@ kvn_client_connect(const char *socket_path, int timeout_ms, struct kvn_client **
 				  sizeof(sa.sun_path) - 1);
 	memcpy(sa.sun_path, socket_path, strlen(socket_path) + 1);
 
-	struct kvn_client *c = calloc(1, sizeof(*c));
+	struct kvn_cli_conn *c = calloc(1, sizeof(*c));
 	if (!c || !(c->path = strdup(socket_path))) {
 		free(c);
 		return -ENOMEM;
@@ -72,7 +72,7 @@ kvn_client_connect(const char *socket_path, int timeout_ms, struct kvn_client **
 	if (c->fd < 0) {
 		int rc = -errno;
 		kvn_seterr(rc, err, errlen, "socket: %s", strerror(errno));
-		kvn_client_close(c);
+		kvn_cli_close(c);
 		return rc;
 	}
 	if (timeout_ms <= 0)
@@ -91,7 +91,7 @@ kvn_client_connect(const char *socket_path, int timeout_ms, struct kvn_client **
 						 : "";
 		kvn_seterr(-EINVAL, err, errlen, "cannot connect to node at %s: %s%s", socket_path,
 			   strerror(e == EAGAIN ? ETIMEDOUT : e), hint);
-		kvn_client_close(c);
+		kvn_cli_close(c);
 		return -(e == EAGAIN ? ETIMEDOUT : e);
 	}
 	*out = c;
@@ -99,7 +99,7 @@ kvn_client_connect(const char *socket_path, int timeout_ms, struct kvn_client **
 }
 
 void
-kvn_client_close(struct kvn_client *c)
+kvn_cli_close(struct kvn_cli_conn *c)
 {
 	if (!c)
 		return;
@@ -109,14 +109,14 @@ kvn_client_close(struct kvn_client *c)
 	free(c);
 }
 
-enum kvn_client_fault
-kvn_client_fault(const struct kvn_client *c)
+enum kvn_cli_fault
+kvn_cli_fault(const struct kvn_cli_conn *c)
 {
 	return c->fault;
 }
 
 const char *
-kvn_client_error(const struct kvn_client *c)
+kvn_cli_error(const struct kvn_cli_conn *c)
 {
 	return c->fault ? c->msg : "";
 }
@@ -126,14 +126,14 @@ kvn_client_error(const struct kvn_client *c)
  * ------------------------------------------------------------------------------------------ */
 
 static int
-conn_fail(struct kvn_client *c, int rc, const char *doing)
+conn_fail(struct kvn_cli_conn *c, int rc, const char *doing)
 {
 	return fail(c, KVN_CLIENT_CONN, rc, "%s node at %s: %s", doing, c->path,
 		    rc == -ECONNRESET ? "connection closed by the node" : kvn_strerror(rc));
 }
 
 static int
-send_req(struct kvn_client *c, enum kvn_ctl_op op, const struct kvn_key *key, uint64_t value_len)
+send_req(struct kvn_cli_conn *c, enum kvn_ctl_op op, const struct kvn_key *key, uint64_t value_len)
 {
 	uint8_t frame[KVN_CTL_REQ_SIZE + KVN_KEY_MAX];
 	size_t klen = key ? key->len : 0;
@@ -150,7 +150,7 @@ send_req(struct kvn_client *c, enum kvn_ctl_op op, const struct kvn_key *key, ui
 /* Reads a reply header. A node error (status < 0) is returned with its message read from the
  * payload; 0 leaves the payload (*len bytes) on the wire for the caller. */
 static int
-recv_reply(struct kvn_client *c, enum kvn_ctl_op op, uint64_t payload_max, uint64_t *len)
+recv_reply(struct kvn_cli_conn *c, enum kvn_ctl_op op, uint64_t payload_max, uint64_t *len)
 {
 	uint8_t hdr[KVN_CTL_REPLY_SIZE];
 	int rc = kvn_fd_read_full(c->fd, hdr, sizeof(hdr), NULL);
@@ -178,7 +178,7 @@ recv_reply(struct kvn_client *c, enum kvn_ctl_op op, uint64_t payload_max, uint6
 /* After a failed send the node may already have answered (a refused frame, a busy node) and
  * closed: its reply explains the failure better than EPIPE does. */
 static int
-send_failed(struct kvn_client *c, enum kvn_ctl_op op, int rc)
+send_failed(struct kvn_cli_conn *c, enum kvn_ctl_op op, int rc)
 {
 	uint64_t len;
 	if (c->broken)
@@ -195,7 +195,7 @@ send_failed(struct kvn_client *c, enum kvn_ctl_op op, int rc)
 /* A whole request whose reply payload (if any) is read into a malloc'd, NUL-terminated
  * buffer. */
 static int
-call(struct kvn_client *c, enum kvn_ctl_op op, const struct kvn_key *key, char **out,
+call(struct kvn_cli_conn *c, enum kvn_ctl_op op, const struct kvn_key *key, char **out,
      size_t *out_len)
 {
 	int rc = send_req(c, op, key, 0);
@@ -230,7 +230,7 @@ call(struct kvn_client *c, enum kvn_ctl_op op, const struct kvn_key *key, char *
  * ------------------------------------------------------------------------------------------ */
 
 int
-kvn_client_ping(struct kvn_client *c, char **banner)
+kvn_cli_ping(struct kvn_cli_conn *c, char **banner)
 {
 	char *text = NULL;
 	int rc = call(c, KVN_CTL_PING, NULL, &text, NULL);
@@ -242,7 +242,7 @@ kvn_client_ping(struct kvn_client *c, char **banner)
 }
 
 int
-kvn_client_put(struct kvn_client *c, const struct kvn_key *key, const void *data, size_t len)
+kvn_cli_put(struct kvn_cli_conn *c, const struct kvn_key *key, const void *data, size_t len)
 {
 	int rc = send_req(c, KVN_CTL_PUT, key, len);
 	if (!rc)
@@ -254,7 +254,7 @@ kvn_client_put(struct kvn_client *c, const struct kvn_key *key, const void *data
 }
 
 int
-kvn_client_put_fd(struct kvn_client *c, const struct kvn_key *key, int fd, uint64_t len)
+kvn_cli_put_fd(struct kvn_cli_conn *c, const struct kvn_key *key, int fd, uint64_t len)
 {
 	int rc = send_req(c, KVN_CTL_PUT, key, len);
 	if (rc)
@@ -275,7 +275,7 @@ kvn_client_put_fd(struct kvn_client *c, const struct kvn_key *key, int fd, uint6
 }
 
 int
-kvn_client_get_begin(struct kvn_client *c, const struct kvn_key *key, uint64_t *len)
+kvn_cli_get_begin(struct kvn_cli_conn *c, const struct kvn_key *key, uint64_t *len)
 {
 	*len = 0;
 	int rc = send_req(c, KVN_CTL_GET, key, 0);
@@ -287,7 +287,7 @@ kvn_client_get_begin(struct kvn_client *c, const struct kvn_key *key, uint64_t *
 }
 
 int
-kvn_client_get_finish(struct kvn_client *c, int fd)
+kvn_cli_get_finish(struct kvn_cli_conn *c, int fd)
 {
 	bool write_side;
 	uint64_t len = c->pending;
@@ -303,10 +303,10 @@ kvn_client_get_finish(struct kvn_client *c, int fd)
 }
 
 int
-kvn_client_get(struct kvn_client *c, const struct kvn_key *key, void **data, size_t *len)
+kvn_cli_get(struct kvn_cli_conn *c, const struct kvn_key *key, void **data, size_t *len)
 {
 	uint64_t n;
-	int rc = kvn_client_get_begin(c, key, &n);
+	int rc = kvn_cli_get_begin(c, key, &n);
 	if (rc)
 		return rc;
 	void *p = malloc(n ? (size_t)n : 1);
@@ -327,19 +327,19 @@ kvn_client_get(struct kvn_client *c, const struct kvn_key *key, void **data, siz
 }
 
 int
-kvn_client_rm(struct kvn_client *c, const struct kvn_key *key)
+kvn_cli_rm(struct kvn_cli_conn *c, const struct kvn_key *key)
 {
 	return call(c, KVN_CTL_RM, key, NULL, NULL);
 }
 
 int
-kvn_client_ls(struct kvn_client *c, char **text, size_t *len)
+kvn_cli_ls(struct kvn_cli_conn *c, char **text, size_t *len)
 {
 	return call(c, KVN_CTL_LS, NULL, text, len);
 }
 
 int
-kvn_client_stat(struct kvn_client *c, char **json)
+kvn_cli_stat(struct kvn_cli_conn *c, char **json)
 {
 	return call(c, KVN_CTL_STAT, NULL, json, NULL);
 }
@@ -356,7 +356,7 @@ num(const cJSON *obj, const char *name)
 }
 
 const char *
-kvn_client_human_bytes(double bytes, char *buf, size_t len)
+kvn_cli_human_bytes(double bytes, char *buf, size_t len)
 {
 	static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
 	int u = 0;
@@ -369,7 +369,7 @@ kvn_client_human_bytes(double bytes, char *buf, size_t len)
 }
 
 int
-kvn_client_print_stats(const char *json, FILE *out)
+kvn_cli_print_stats(const char *json, FILE *out)
 {
 	cJSON *root = cJSON_Parse(json);
 	if (!root)
@@ -386,7 +386,7 @@ kvn_client_print_stats(const char *json, FILE *out)
 	const cJSON *pool = cJSON_GetObjectItemCaseSensitive(root, "pool");
 	if (pool)
 		fprintf(out, "pool     %s%s\n",
-			kvn_client_human_bytes(num(pool, "size"), a, sizeof(a)),
+			kvn_cli_human_bytes(num(pool, "size"), a, sizeof(a)),
 			cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(pool, "hugepages"))
 			    ? " (hugepages)"
 			    : "");
@@ -398,14 +398,15 @@ kvn_client_print_stats(const char *json, FILE *out)
 	if (lm) {
 		const cJSON *la = cJSON_GetObjectItemCaseSensitive(lm, "address");
 		const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(lm, "requests_by_command");
-		fprintf(out, "lm       %s: %.0f connected, %.0f requests (PUT %.0f, GET %.0f, "
-			     "EXIST %.0f, LIST %.0f, HEALTH %.0f), %s in, %s out, %.0f errors, %.0f "
-			     "protocol errors\n",
+		fprintf(out,
+			"lm       %s: %.0f connected, %.0f requests (PUT %.0f, GET %.0f, "
+			"EXIST %.0f, LIST %.0f, HEALTH %.0f), %s in, %s out, %.0f errors, %.0f "
+			"protocol errors\n",
 			cJSON_IsString(la) ? la->valuestring : "?", num(lm, "connections"),
 			num(lm, "requests"), num(cmd, "PUT"), num(cmd, "GET"), num(cmd, "EXIST"),
 			num(cmd, "LIST"), num(cmd, "HEALTH"),
-			kvn_client_human_bytes(num(lm, "bytes_in"), a, sizeof(a)),
-			kvn_client_human_bytes(num(lm, "bytes_out"), b, sizeof(b)), num(lm, "errors"),
+			kvn_cli_human_bytes(num(lm, "bytes_in"), a, sizeof(a)),
+			kvn_cli_human_bytes(num(lm, "bytes_out"), b, sizeof(b)), num(lm, "errors"),
 			num(lm, "protocol_errors"));
 	}
 	const cJSON *remote = cJSON_GetObjectItemCaseSensitive(root, "remote");
@@ -426,18 +427,17 @@ kvn_client_print_stats(const char *json, FILE *out)
 		double cap = num(t, "capacity");
 		fprintf(out, "%-10s %10.0f %12s %12s %10.0f %10.0f %10.0f %10.0f %8.0f\n",
 			cJSON_IsString(tn) ? tn->valuestring : "?", num(t, "count"),
-			kvn_client_human_bytes(num(t, "bytes"), a, sizeof(a)),
-			cap ? kvn_client_human_bytes(cap, b, sizeof(b)) : "unbounded",
-			num(t, "hits"), num(t, "misses"), num(t, "puts"), num(t, "evictions"),
-			num(t, "errors"));
+			kvn_cli_human_bytes(num(t, "bytes"), a, sizeof(a)),
+			cap ? kvn_cli_human_bytes(cap, b, sizeof(b)) : "unbounded", num(t, "hits"),
+			num(t, "misses"), num(t, "puts"), num(t, "evictions"), num(t, "errors"));
 	}
-	kvn_client_print_plugins(cJSON_GetObjectItemCaseSensitive(root, "plugins"), out);
+	kvn_cli_print_plugins(cJSON_GetObjectItemCaseSensitive(root, "plugins"), out);
 	cJSON_Delete(root);
 	return 0;
 }
 
 void
-kvn_client_print_plugins(const cJSON *plugins, FILE *out)
+kvn_cli_print_plugins(const cJSON *plugins, FILE *out)
 {
 	char a[32], b[32];
 	const cJSON *t;

@@ -46,7 +46,7 @@ kvn_cli_print_cluster(const char *json, FILE *out)
 			str(m, "name"), str(m, "state"), str(m, "data_addr"), str(m, "transport"),
 			num(m, "last_heartbeat_ms_ago"), num(m, "chunks"));
 	}
-	kvn_client_print_plugins(cJSON_GetObjectItemCaseSensitive(j, "plugins"), out);
+	kvn_cli_print_plugins(cJSON_GetObjectItemCaseSensitive(j, "plugins"), out);
 	cJSON_Delete(j);
 	return 0;
 }

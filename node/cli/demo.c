@@ -152,11 +152,11 @@ wait_ready(struct child *c, const char *what)
 		if (ok && c->sock[0]) {
 			const char *w = strstr(p, "worker ");
 			c->worker = w ? atoi(w + 7) : -1;
-			struct kvn_client *cl;
+			struct kvn_cli_conn *cl;
 			char err[256];
-			ok = kvn_client_connect(c->sock, 1000, &cl, err, sizeof(err)) == 0;
+			ok = kvn_cli_connect(c->sock, 1000, &cl, err, sizeof(err)) == 0;
 			if (ok)
-				kvn_client_close(cl);
+				kvn_cli_close(cl);
 		}
 		free(text);
 		if (ok)
@@ -312,21 +312,21 @@ show_plugin(const struct demo *d)
 }
 
 static int
-connect_node(const struct child *n, struct kvn_client **c)
+connect_node(const struct child *n, struct kvn_cli_conn **c)
 {
 	char err[512];
-	int rc = kvn_client_connect(n->sock, 10000, c, err, sizeof(err));
+	int rc = kvn_cli_connect(n->sock, 10000, c, err, sizeof(err));
 	if (rc < 0)
 		fprintf(stderr, "kvnode demo: %s: %s\n", n->name, err);
 	return rc;
 }
 
 static double
-peer_bytes(struct kvn_client *c)
+peer_bytes(struct kvn_cli_conn *c)
 {
 	char *json = NULL;
 	double v = 0;
-	if (kvn_client_stat(c, &json) == 0) {
+	if (kvn_cli_stat(c, &json) == 0) {
 		cJSON *root = cJSON_Parse(json);
 		cJSON *p = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "peer"), "bytes_read");
 		v = cJSON_IsNumber(p) ? p->valuedouble : 0;
@@ -340,7 +340,7 @@ peer_bytes(struct kvn_client *c)
 static int
 run_traffic(struct demo *d)
 {
-	struct kvn_client *src = NULL, *dst = NULL;
+	struct kvn_cli_conn *src = NULL, *dst = NULL;
 	char *data = malloc(DEMO_CHUNK), hb[32];
 	struct kvn_key keys[DEMO_CHUNKS];
 	int bad = 0, rc = 0;
@@ -349,7 +349,7 @@ run_traffic(struct demo *d)
 		goto out;
 	}
 	printf("\nput on node-1: %d chunks of %d tokens of %s (%s each)\n", DEMO_CHUNKS,
-	       DEMO_TOKENS, DEMO_MODEL, kvn_client_human_bytes((double)DEMO_CHUNK, hb, sizeof(hb)));
+	       DEMO_TOKENS, DEMO_MODEL, kvn_cli_human_bytes((double)DEMO_CHUNK, hb, sizeof(hb)));
 	uint64_t prefix = 0; /* LMCache chains each chunk's hash with its prefix's */
 	for (int i = 0; i < DEMO_CHUNKS; i++) {
 		uint32_t tokens[DEMO_TOKENS];
@@ -362,9 +362,9 @@ run_traffic(struct demo *d)
 		kvn_key_from_str(&keys[i], text);
 		fill(data, DEMO_CHUNK, (uint64_t)i);
 		double t0 = kvn_now_s();
-		if (kvn_client_put(src, &keys[i], data, DEMO_CHUNK) < 0) {
+		if (kvn_cli_put(src, &keys[i], data, DEMO_CHUNK) < 0) {
 			fprintf(stderr, "kvnode demo: put %s on node-1: %s\n", text,
-				kvn_client_error(src));
+				kvn_cli_error(src));
 			rc = -EIO;
 			goto out;
 		}
@@ -381,12 +381,12 @@ run_traffic(struct demo *d)
 			void *got = NULL;
 			size_t len = 0;
 			double t0 = kvn_now_s();
-			int e = kvn_client_get(dst, &keys[i], &got, &len);
+			int e = kvn_cli_get(dst, &keys[i], &got, &len);
 			/* publishing is asynchronous: the directory may lag the put a moment */
 			for (int t = 0; e == -ENOENT && !pass && t < 100; t++) {
 				sleep_ms(20);
 				t0 = kvn_now_s();
-				e = kvn_client_get(dst, &keys[i], &got, &len);
+				e = kvn_cli_get(dst, &keys[i], &got, &len);
 			}
 			double dt = kvn_now_s() - t0;
 			*(pass ? &t_local : &t_peer) += dt;
@@ -405,22 +405,22 @@ run_traffic(struct demo *d)
 	}
 	double moved = peer_bytes(dst) - before, total = (double)DEMO_CHUNK * DEMO_CHUNKS;
 	char *stats = NULL;
-	if (kvn_client_stat(dst, &stats) == 0) {
+	if (kvn_cli_stat(dst, &stats) == 0) {
 		printf("\nnode-3 after the gets:\n");
-		kvn_client_print_stats(stats, stdout);
+		kvn_cli_print_stats(stats, stdout);
 	}
 	free(stats);
 	printf("\nmoved %s from node-1 to node-3 by one-sided READ (slot headers included); "
 	       "peer gets %.2f GB/s, local gets %.2f GB/s (both through node-3's socket to this "
 	       "client)\n",
-	       kvn_client_human_bytes(moved, hb, sizeof(hb)), total / t_peer / 1e9,
+	       kvn_cli_human_bytes(moved, hb, sizeof(hb)), total / t_peer / 1e9,
 	       total / t_local / 1e9);
-	printf("%d chunks, %s, %s\n", DEMO_CHUNKS, kvn_client_human_bytes(total, hb, sizeof(hb)),
+	printf("%d chunks, %s, %s\n", DEMO_CHUNKS, kvn_cli_human_bytes(total, hb, sizeof(hb)),
 	       bad ? "VERIFICATION FAILED" : "all verified");
 	rc = bad ? -EIO : 0;
 out:
-	kvn_client_close(src);
-	kvn_client_close(dst);
+	kvn_cli_close(src);
+	kvn_cli_close(dst);
 	free(data);
 	return rc;
 }

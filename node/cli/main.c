@@ -177,14 +177,14 @@ resolve_socket(const struct opts *o, char **path)
 }
 
 static int
-client_open(const struct opts *o, struct kvn_client **c, char **path)
+client_open(const struct opts *o, struct kvn_cli_conn **c, char **path)
 {
 	apply_log_level(o, KVN_LOG_WARN);
 	int rc = resolve_socket(o, path);
 	if (rc)
 		return rc;
 	char err[1024];
-	if (kvn_client_connect(*path, 0, c, err, sizeof(err)) < 0) {
+	if (kvn_cli_connect(*path, 0, c, err, sizeof(err)) < 0) {
 		free(*path);
 		return die(EXIT_CONN, "%s", err);
 	}
@@ -193,10 +193,10 @@ client_open(const struct opts *o, struct kvn_client **c, char **path)
 
 /* Maps a failed client call onto the exit codes of §9 with a one-line message. */
 static int
-client_fail(struct kvn_client *c, int err, const char *what, const char *key, const char *path)
+client_fail(struct kvn_cli_conn *c, int err, const char *what, const char *key, const char *path)
 {
-	const char *msg = kvn_client_error(c);
-	switch (kvn_client_fault(c)) {
+	const char *msg = kvn_cli_error(c);
+	switch (kvn_cli_fault(c)) {
 	case KVN_CLIENT_NODE:
 		if (key && err == -ENOENT)
 			return die(EXIT_MISS, "%s: key %s not found on node %s", what, key, path);
@@ -261,7 +261,7 @@ cmd_put(struct opts *o)
 			 strerror(errno));
 		goto out_fd;
 	}
-	struct kvn_client *c;
+	struct kvn_cli_conn *c;
 	char *path;
 	rc = client_open(o, &c, &path);
 	if (rc)
@@ -270,7 +270,7 @@ cmd_put(struct opts *o)
 		/* A regular file streams: its size is known and nothing is held in memory. */
 		off_t pos = lseek(fd, 0, SEEK_CUR);
 		uint64_t len = (uint64_t)(st.st_size - (pos > 0 ? pos : 0));
-		if ((e = kvn_client_put_fd(c, &key, fd, len)) < 0)
+		if ((e = kvn_cli_put_fd(c, &key, fd, len)) < 0)
 			rc = client_fail(c, e, "put", key.str, path);
 	} else {
 		char *data = NULL;
@@ -285,12 +285,12 @@ cmd_put(struct opts *o)
 			rc = die(EXIT_USAGE, "put %s: reading %s: %s", key.str, src_name,
 				 kvn_strerror(e));
 		} else {
-			if ((e = kvn_client_put(c, &key, data, len)) < 0)
+			if ((e = kvn_cli_put(c, &key, data, len)) < 0)
 				rc = client_fail(c, e, "put", key.str, path);
 			free(data);
 		}
 	}
-	kvn_client_close(c);
+	kvn_cli_close(c);
 	free(path);
 out_fd:
 	if (fd != STDIN_FILENO)
@@ -305,13 +305,13 @@ cmd_get(struct opts *o)
 	int e, rc = parse_key(o->args[0], &key);
 	if (rc)
 		return rc;
-	struct kvn_client *c;
+	struct kvn_cli_conn *c;
 	char *path;
 	rc = client_open(o, &c, &path);
 	if (rc)
 		return rc;
 	uint64_t len;
-	if ((e = kvn_client_get_begin(c, &key, &len)) < 0) {
+	if ((e = kvn_cli_get_begin(c, &key, &len)) < 0) {
 		rc = client_fail(c, e, "get", key.str, path);
 		goto out;
 	}
@@ -324,7 +324,7 @@ cmd_get(struct opts *o)
 			 strerror(errno));
 		goto out;
 	}
-	if ((e = kvn_client_get_finish(c, fd)) < 0)
+	if ((e = kvn_cli_get_finish(c, fd)) < 0)
 		rc = client_fail(c, e, "get", key.str, path);
 	if (to_file) {
 		if (close(fd) < 0 && !rc)
@@ -337,7 +337,7 @@ cmd_get(struct opts *o)
 		}
 	}
 out:
-	kvn_client_close(c);
+	kvn_cli_close(c);
 	free(path);
 	return rc;
 }
@@ -349,14 +349,14 @@ cmd_rm(struct opts *o)
 	int e, rc = parse_key(o->args[0], &key);
 	if (rc)
 		return rc;
-	struct kvn_client *c;
+	struct kvn_cli_conn *c;
 	char *path;
 	rc = client_open(o, &c, &path);
 	if (rc)
 		return rc;
-	if ((e = kvn_client_rm(c, &key)) < 0)
+	if ((e = kvn_cli_rm(c, &key)) < 0)
 		rc = client_fail(c, e, "rm", key.str, path);
-	kvn_client_close(c);
+	kvn_cli_close(c);
 	free(path);
 	return rc;
 }
@@ -364,20 +364,20 @@ cmd_rm(struct opts *o)
 static int
 cmd_ls(struct opts *o)
 {
-	struct kvn_client *c;
+	struct kvn_cli_conn *c;
 	char *path, *text;
 	size_t len;
 	int e, rc = client_open(o, &c, &path);
 	if (rc)
 		return rc;
-	if ((e = kvn_client_ls(c, &text, &len)) < 0) {
+	if ((e = kvn_cli_ls(c, &text, &len)) < 0) {
 		rc = client_fail(c, e, "ls", NULL, path);
 	} else {
 		if (fwrite(text, 1, len, stdout) != len || fflush(stdout))
 			rc = die(EXIT_USAGE, "ls: writing stdout: %s", strerror(errno));
 		free(text);
 	}
-	kvn_client_close(c);
+	kvn_cli_close(c);
 	free(path);
 	return rc;
 }
@@ -418,24 +418,24 @@ cmd_stat(struct opts *o)
 {
 	if (o->scheduler)
 		return stat_scheduler(o);
-	struct kvn_client *c;
+	struct kvn_cli_conn *c;
 	char *path, *json;
 	int e, rc = client_open(o, &c, &path);
 	if (rc)
 		return rc;
-	if ((e = kvn_client_stat(c, &json)) < 0) {
+	if ((e = kvn_cli_stat(c, &json)) < 0) {
 		rc = client_fail(c, e, "stat", NULL, path);
 		goto out;
 	}
 	if (o->json)
 		printf("%s\n", json);
-	else if (kvn_client_print_stats(json, stdout) < 0)
+	else if (kvn_cli_print_stats(json, stdout) < 0)
 		rc = die(EXIT_CONN, "stat: node %s sent statistics that are not JSON", path);
 	free(json);
 	if (!rc && fflush(stdout))
 		rc = die(EXIT_USAGE, "stat: writing stdout: %s", strerror(errno));
 out:
-	kvn_client_close(c);
+	kvn_cli_close(c);
 	free(path);
 	return rc;
 }
@@ -543,6 +543,13 @@ struct serve_node {
 	int32_t wid;		    /* worker id; -1 outside a cluster or before the join */
 };
 
+/* A client's CONTAINS for keys this node does not hold: one scheduler lookup. */
+static int
+cluster_held(void *ctx, const struct kvn_digest *keys, size_t n, bool *held)
+{
+	return kvn_cluster_held(ctx, keys, n, held, 5000);
+}
+
 /* Opens the storage tiers and the client socket, starts the lm:// server (lm_listen) and joins
  * the cluster (scheduler_url); 0, or the exit status once the error is said. */
 static int
@@ -556,7 +563,8 @@ serve_open(struct serve_node *n, struct kvn_config *cfg)
 			   cfg->path ? " of " : "", cfg->path ? cfg->path : "", err);
 	struct kvn_server_opts so = {.socket_path = n->socket_path,
 				     .max_conns = cfg->client_max_connections,
-				     .value_max = cfg->max_chunk_size};
+				     .value_max = cfg->max_chunk_size,
+				     .client_max_held = cfg->client_max_held_bytes};
 	if (kvn_server_create(n->eng, &so, &n->srv, err, sizeof(err)) < 0)
 		return die(EXIT_CONN, "%s", err);
 	if (cfg->lm_listen) {
@@ -570,6 +578,8 @@ serve_open(struct serve_node *n, struct kvn_config *cfg)
 	}
 	if (kvn_cluster_start(cfg, n->eng, &n->cluster, err, sizeof(err)) < 0)
 		return die(EXIT_CONN, "cannot join the cluster: %s", err);
+	if (n->cluster)
+		kvn_server_set_held(n->srv, cluster_held, n->cluster);
 	return 0;
 }
 

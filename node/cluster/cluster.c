@@ -107,6 +107,21 @@ on_member(void *ctx, const struct kvn_member_info *mi)
 	kvn_peer_member(c->peer, &pm);
 }
 
+int
+kvn_cluster_held(struct kvn_cluster *c, const struct kvn_digest *keys, size_t n, bool *held,
+		 int timeout_ms)
+{
+	uint32_t *nloc = malloc(sizeof(*nloc) * (n ? n : 1));
+	struct kvn_loc *locs = malloc(sizeof(*locs) * (n ? n : 1));
+	int rc = nloc && locs ? kvn_membership_lookup(c->owned, keys, n, 1, nloc, locs, timeout_ms)
+			      : -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		held[i] = rc == 0 && nloc[i] > 0;
+	free(nloc);
+	free(locs);
+	return rc;
+}
+
 /* The peer tier's questions, answered by membership. */
 static int
 peer_lookup(void *ctx, const struct kvn_digest *key, uint32_t max, uint32_t *n,

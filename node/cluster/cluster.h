@@ -4,6 +4,8 @@
 #ifndef KVN_NODE_CLUSTER_CLUSTER_H
 #define KVN_NODE_CLUSTER_CLUSTER_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kvnode/backend.h"
@@ -27,6 +29,11 @@ void kvn_cluster_stop(struct kvn_cluster *c);
 const char *kvn_cluster_data_addr(const struct kvn_cluster *c);
 const char *kvn_cluster_transport(const struct kvn_cluster *c);
 struct kvn_membership *kvn_cluster_membership(struct kvn_cluster *c);
+/* Whether some member holds each of n keys: one lookup at the scheduler for all of them.
+ * held[i] true when key i has a location (this node's own included). 0 or a negative errno
+ * (no scheduler, a timeout). */
+int kvn_cluster_held(struct kvn_cluster *c, const struct kvn_digest *keys, size_t n, bool *held,
+		     int timeout_ms);
 /* The data listener's counters (connections, refusals); all zero when c is NULL or its
  * transport keeps none. */
 struct kvn_transport_stats;

@@ -62,11 +62,12 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"worker_count", KVN_K_UINT, FIELD(worker_count), 0, 0, 65536, 0},
     /* Limits */
     {"max_chunk_size", KVN_K_SIZE, FIELD(max_chunk_size), 0, 4096, 1ll << 32, 0},
+    {"client_max_held_bytes", KVN_K_SIZE, FIELD(client_max_held_bytes), 0, 0, 1ll << 52, 0},
     {"peer_timeout_ms", KVN_K_UINT, FIELD(peer_timeout_ms), 0, 1, INT32_MAX, 0},
     {"client_max_connections", KVN_K_UINT, FIELD(client_max_connections), 0, 1, 65536, 0},
     {"transport_max_connections", KVN_K_UINT, FIELD(transport_max_connections), 0, 1, 65536, 0},
-    {"transport_hello_timeout_ms", KVN_K_UINT, FIELD(transport_hello_timeout_ms), 0, 1,
-     INT32_MAX, 0},
+    {"transport_hello_timeout_ms", KVN_K_UINT, FIELD(transport_hello_timeout_ms), 0, 1, INT32_MAX,
+     0},
     {"lm_max_connections", KVN_K_UINT, FIELD(lm_max_connections), 0, 1, 65536, 0},
     {"lm_idle_timeout_ms", KVN_K_UINT, FIELD(lm_idle_timeout_ms), 0, 0, INT32_MAX, 0},
     {"lm_request_timeout_ms", KVN_K_UINT, FIELD(lm_request_timeout_ms), 0, 1, INT32_MAX, 0},
@@ -803,14 +804,7 @@ kvn_config_gb(const struct kvn_config *cfg, size_t ki)
 char *
 kvn_config_default_socket(void)
 {
-	const char *s = getenv("KVNODE_SOCKET");
-	char *out = NULL;
-	if (s && *s)
-		return strdup(s);
-	s = getenv("XDG_RUNTIME_DIR");
-	if (s && *s)
-		return asprintf(&out, "%s/kvnode.sock", s) < 0 ? NULL : out;
-	return asprintf(&out, "/tmp/kvnode-%u.sock", (unsigned)getuid()) < 0 ? NULL : out;
+	return kvn_default_socket_path();
 }
 
 struct kvn_config *

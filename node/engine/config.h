@@ -73,6 +73,9 @@ struct kvn_config {
 					     * the local socket; default 64 MiB */
 	uint32_t peer_timeout_ms;	    /* a peer READ (connect included); default 5000 */
 	uint32_t client_max_connections;    /* local socket; default 128 */
+	uint64_t client_max_held_bytes;	    /* leases and reservations one client of the local
+					     * socket may hold; default 0 = a quarter of the
+					     * pool */
 	uint32_t transport_max_connections; /* readers of this node's pool; default 1024 */
 	uint32_t transport_hello_timeout_ms; /* a reader's hello must arrive in; default 5000 */
 	uint32_t lm_max_connections;	    /* lm:// clients; default 128 */

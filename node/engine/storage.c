@@ -92,6 +92,7 @@ struct kvn_storage {
 	struct tier tier[MAX_TIERS];
 	size_t ntiers;
 	int cpu; /* index of the cpu tier, -1 when disabled */
+	struct kvn_pool *pool; /* the cpu tier's, NULL when disabled */
 	bool have_slow;
 	bool have_sync; /* some lane is sync_put */
 	bool promote;
@@ -609,6 +610,7 @@ kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn
 		if (rc < 0)
 			goto fail;
 		st->cpu = 0;
+		st->pool = pool;
 	}
 	if (cfg->local_disk && cfg->max_local_disk_size == 0) {
 		kvn_warn("storage", "local_disk is set to %s but max_local_disk_size is 0: "
@@ -725,17 +727,20 @@ kvn_storage_close(struct kvn_storage *st)
  * Operations
  * -------------------------------------------------------------------------------------------- */
 
-int
-kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf)
+/* Puts buf into every tier but skip (-1: none): the fast ones inline, the slow ones through
+ * their writers. *stored counts the tiers (one for all slow ones) that took it. */
+static int
+put_tiers(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf, int skip,
+	  int *stored)
 {
-	int stored = 0, last = -ENOSPC;
+	int last = -ENOSPC;
 	for (size_t i = 0; i < st->ntiers; i++) {
 		struct tier *t = &st->tier[i];
-		if (t->ops->flags & KVN_BACKEND_F_SLOW)
+		if ((t->ops->flags & KVN_BACKEND_F_SLOW) || (int)i == skip)
 			continue;
 		int rc = t->ops->put(t->be, key, buf);
 		if (rc == 0) {
-			stored++;
+			++*stored;
 			count_io(&t->bytes_written, buf->len);
 		} else {
 			last = rc;
@@ -750,14 +755,87 @@ kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_bu
 		int rc = enqueue(st, key, buf, waits, &nwaits);
 		if (rc == 0)
 			rc = wait_jobs(st, waits, nwaits);
-		if (rc < 0 && st->have_sync)
-			return rc; /* a sync_put tier does not hold it: not acknowledged */
+		if (rc < 0 && st->have_sync) {
+			*stored = 0; /* a sync_put tier does not hold it: not acknowledged */
+			return rc;
+		}
 		if (rc == 0)
-			stored++;
+			++*stored;
 		else
 			last = rc;
 	}
+	return last;
+}
+
+int
+kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf)
+{
+	int stored = 0, last = put_tiers(st, key, buf, -1, &stored);
 	return stored ? 0 : last;
+}
+
+int
+kvn_storage_reserve(struct kvn_storage *st, const struct kvn_key *key, size_t len,
+		    struct kvn_slot **out)
+{
+	if (st->cpu < 0)
+		return -ENOTSUP;
+	return kvn_cpu_reserve(st->tier[st->cpu].be, key, len, out);
+}
+
+int
+kvn_storage_commit(struct kvn_storage *st, const struct kvn_key *key, struct kvn_slot *slot,
+		   uint64_t checksum)
+{
+	struct tier *c = &st->tier[st->cpu];
+	size_t len = kvn_slot_len(slot);
+	kvn_pool_seal_with(slot, checksum);
+	/* The other tiers read the value from the slot: a view keeps it alive even when the cpu
+	 * tier evicts or replaces it before they are done. */
+	struct kvn_buf *view = NULL;
+	bool others = st->ntiers > 1;
+	if (others && kvn_pool_view(st->pool, slot, &view) < 0) {
+		kvn_pool_unref(st->pool, slot);
+		return -ENOMEM;
+	}
+	int rc = kvn_cpu_adopt(c->be, key, slot);
+	if (rc == 0)
+		count_io(&c->bytes_written, len);
+	if (others) {
+		int stored = rc == 0, last = put_tiers(st, key, view, st->cpu, &stored);
+		kvn_buf_unref(view);
+		if (!stored)
+			return rc ? rc : last;
+		if (st->have_sync && last < 0 && last != -ENOSPC)
+			return last;
+	}
+	return rc;
+}
+
+int
+kvn_storage_to_pool(struct kvn_storage *st, struct kvn_buf *buf, struct kvn_buf **out)
+{
+	*out = NULL;
+	if (st->cpu < 0)
+		return -ENOTSUP;
+	if (kvn_pool_view_slot(buf)) {
+		*out = kvn_buf_ref(buf);
+		return 0;
+	}
+	struct kvn_slot *slot;
+	int rc = kvn_cpu_alloc_scratch(st->tier[st->cpu].be, buf->len, &slot);
+	if (rc)
+		return rc;
+	kvn_pool_fill(slot, buf->data);
+	rc = kvn_pool_view(st->pool, slot, out);
+	kvn_pool_unref(st->pool, slot); /* the view holds it now, or nothing does */
+	return rc;
+}
+
+void
+kvn_storage_abort(struct kvn_storage *st, struct kvn_slot *slot)
+{
+	kvn_pool_unref(st->pool, slot); /* never linked: frees it */
 }
 
 static int

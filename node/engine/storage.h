@@ -23,6 +23,21 @@ int kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool,
 void kvn_storage_close(struct kvn_storage *st);
 
 int kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf);
+/* A put whose bytes a local client writes into the pool itself (node/serve/clientsrv.c):
+ * reserve an unindexed slot of the cpu tier for key (-ENOTSUP without the cpu tier), let the
+ * client fill its payload, then commit with the payload's xxh3-64 (kvn_copy_checksum): the slot
+ * is sealed, indexed and published, and the slower tiers get it as a put does. commit takes
+ * over the slot whatever it returns; abort frees a reserved slot never committed. */
+struct kvn_slot;
+int kvn_storage_reserve(struct kvn_storage *st, const struct kvn_key *key, size_t len,
+			struct kvn_slot **out);
+int kvn_storage_commit(struct kvn_storage *st, const struct kvn_key *key, struct kvn_slot *slot,
+		       uint64_t checksum);
+void kvn_storage_abort(struct kvn_storage *st, struct kvn_slot *slot);
+/* A view of buf's bytes inside the pool: buf itself (one more reference) when it already is
+ * one, else a copy in an unindexed slot of the cpu tier (freed with the view). -ENOTSUP without
+ * the cpu tier, -ENOMEM / -ENOSPC as the pool allocates. */
+int kvn_storage_to_pool(struct kvn_storage *st, struct kvn_buf *buf, struct kvn_buf **out);
 int kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf **out);
 int kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key);
 /* 1 when a write of key is queued or running for some slow tier (LMCache exists_in_put_tasks). */

@@ -107,7 +107,7 @@ conn_main(void *arg)
 		int n;
 		for (;;) {
 			int wait = -1;
-			if (cs->o.idle_timeout_ms > 0) {
+			if (cs->o.idle_timeout_ms > 0 && !c->never_idle) {
 				uint64_t spent = kvn_now_ms() - idle_from;
 				wait = spent >= (uint64_t)cs->o.idle_timeout_ms
 					   ? 0

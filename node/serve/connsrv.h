@@ -23,6 +23,9 @@ struct kvn_connsrv_conn {
 	 * accept loop compares when it must make room at the cap. */
 	_Atomic uint64_t idle_since_ms;
 	bool evicting; /* chosen to make room and shut down; under the server's lock */
+	/* The owner's: a long-lived connection (an inference worker's) never closed for being
+	 * idle; set from serve_one. */
+	bool never_idle;
 };
 
 struct kvn_connsrv_ops {

@@ -18,6 +18,8 @@
 
 #include "core/fdio.h"
 #include "kvnode/plugin.h"
+#include "node/engine/engine.h"
+#include "node/serve/clientsrv.h"
 #include "node/serve/connsrv.h"
 #include "node/serve/ctlproto.h"
 #include "node/serve/lm_server.h"
@@ -34,6 +36,7 @@ struct conn {
 	struct kvn_server *srv;
 	int fd;
 	pid_t peer_pid; /* for log lines; 0 when unknown */
+	struct kvn_client_conn *client; /* a client-protocol connection (after its HELLO) */
 };
 
 struct kvn_server {
@@ -51,6 +54,7 @@ struct kvn_server {
 	struct kvn_ratelimit rl_oversized;
 	struct kvn_plugins *plugins; /* listed by STAT; NULL = none */
 	struct kvn_lm_server *lm;    /* its counters in STAT; NULL = none */
+	struct kvn_clientsrv *clients; /* the client protocol; NULL without the cpu tier */
 };
 
 static const struct kvn_connsrv_ops conn_ops;
@@ -159,6 +163,13 @@ kvn_server_create(struct kvn_engine *eng, const struct kvn_server_opts *opts,
 	if ((rc = kvn_connsrv_init(&srv->cs, &co, &conn_ops, srv, err, errlen)) < 0)
 		goto fail;
 	srv->cs_ready = true;
+	if (kvn_engine_pool(eng)) {
+		struct kvn_clientsrv_opts cso = {.max_chunk = opts->value_max,
+						 .max_held = opts->client_max_held,
+						 .io_timeout_ms = io_ms};
+		if ((rc = kvn_clientsrv_create(eng, &cso, &srv->clients, err, errlen)) < 0)
+			goto fail;
+	}
 	rc = clear_stale(srv->path, &sa, false, err, errlen);
 	if (rc)
 		goto fail;
@@ -206,6 +217,19 @@ kvn_server_set_plugins(struct kvn_server *srv, struct kvn_plugins *plugins)
 }
 
 void
+kvn_server_set_held(struct kvn_server *srv, kvn_clientsrv_held_fn fn, void *ctx)
+{
+	if (srv->clients)
+		kvn_clientsrv_set_held(srv->clients, fn, ctx);
+}
+
+void
+kvn_server_client_stats(struct kvn_server *srv, struct kvn_clientsrv_stats *out)
+{
+	kvn_clientsrv_stats(srv->clients, out);
+}
+
+void
 kvn_server_set_lm(struct kvn_server *srv, struct kvn_lm_server *lm)
 {
 	srv->lm = lm;
@@ -242,6 +266,7 @@ kvn_server_destroy(struct kvn_server *srv)
 	}
 	if (srv->cs_ready)
 		kvn_connsrv_destroy(&srv->cs);
+	kvn_clientsrv_destroy(srv->clients);
 	free(srv->path);
 	free(srv->addr);
 	free(srv);
@@ -374,6 +399,24 @@ do_stat(struct conn *c)
 	cJSON_AddNumberToObject(s, "protocol_errors", (double)st.proto_errors);
 	cJSON_AddNumberToObject(s, "refused", (double)st.refused);
 	cJSON_AddNumberToObject(s, "oversized", (double)st.oversized);
+	if (srv->clients) {
+		struct kvn_clientsrv_stats cs;
+		kvn_clientsrv_stats(srv->clients, &cs);
+		cJSON *o = cJSON_AddObjectToObject(root, "clients"),
+		      *r = cJSON_AddObjectToObject(o, "requests");
+		cJSON_AddNumberToObject(o, "connected", (double)cs.clients);
+		cJSON_AddNumberToObject(o, "leases", (double)cs.leases);
+		cJSON_AddNumberToObject(o, "reservations", (double)cs.reservations);
+		cJSON_AddNumberToObject(o, "held_bytes", (double)cs.held_bytes);
+		cJSON_AddNumberToObject(o, "keys", (double)cs.keys);
+		cJSON_AddNumberToObject(o, "held_refused", (double)cs.held_refused);
+		cJSON_AddNumberToObject(o, "cluster_lookups", (double)cs.cluster_lookups);
+		cJSON_AddNumberToObject(o, "copied_to_pool", (double)cs.copied_to_pool);
+		cJSON_AddNumberToObject(o, "protocol_errors", (double)cs.protocol_errors);
+		for (int i = 1; i < KVN_CP_NOPS; i++)
+			cJSON_AddNumberToObject(r, kvn_cp_op_name((unsigned)i),
+						(double)cs.requests[i]);
+	}
 	cJSON *lm = srv->lm ? kvn_lm_server_stats_json(srv->lm) : NULL;
 	if (lm && !cJSON_AddItemToObject(root, "lm_server", lm))
 		cJSON_Delete(lm);
@@ -445,11 +488,40 @@ do_get(struct conn *c, const struct kvn_key *key)
 	return rc ? -1 : 0;
 }
 
+/* The first frame is the client protocol's HELLO (its magic where the control protocol has
+ * its own): the connection speaks that protocol from now on. */
+static int
+client_hello(struct conn *c, const uint8_t *first)
+{
+	_Static_assert(KVN_CP_HDR_SIZE > KVN_CTL_REQ_SIZE, "headers");
+	uint8_t raw[KVN_CP_HDR_SIZE];
+	memcpy(raw, first, KVN_CTL_REQ_SIZE);
+	if (kvn_fd_read_full(c->fd, raw + KVN_CTL_REQ_SIZE, KVN_CP_HDR_SIZE - KVN_CTL_REQ_SIZE,
+			     NULL))
+		return proto_fail(c, -EPROTO, "truncated client HELLO");
+	struct kvn_cp_hdr h;
+	char why[256], peer[32];
+	kvn_cp_hdr_decode(raw, &h);
+	if (kvn_cp_hdr_validate(&h, false, why, sizeof(why)) || h.op != KVN_CP_HELLO)
+		return proto_fail(c, -EPROTO,
+				  h.op != KVN_CP_HELLO ? "client frame before HELLO" : why);
+	if (!c->srv->clients)
+		return proto_fail(
+		    c, -ENOTSUP, "a client HELLO, but clients need the cpu tier (local_cpu: true)");
+	snprintf(peer, sizeof(peer), "pid %d", (int)c->peer_pid);
+	if (kvn_clientsrv_hello(c->srv->clients, c->fd, peer, &h, &c->client) < 0)
+		return -1;
+	c->base.never_idle = true;
+	return 0;
+}
+
 /* Serves one request. Returns 0 to keep the connection, -1 to close it. */
 static int
 serve_one(struct conn *c)
 {
 	struct kvn_server *srv = c->srv;
+	if (c->client)
+		return kvn_clientsrv_serve(srv->clients, c->client);
 	uint8_t hdr[KVN_CTL_REQ_SIZE];
 	char what[KVN_KEY_MAX + 256];
 	size_t got;
@@ -461,6 +533,9 @@ serve_one(struct conn *c)
 			 KVN_CTL_REQ_SIZE, kvn_strerror(rc));
 		return proto_fail(c, -EPROTO, what);
 	}
+	if (hdr[0] == (KVN_CP_REQ_MAGIC & 0xff) && hdr[1] == ((KVN_CP_REQ_MAGIC >> 8) & 0xff) &&
+	    hdr[2] == ((KVN_CP_REQ_MAGIC >> 16) & 0xff) && hdr[3] == (KVN_CP_REQ_MAGIC >> 24))
+		return client_hello(c, hdr);
 	struct kvn_ctl_req req;
 	kvn_ctl_req_decode(hdr, &req);
 	rc = kvn_ctl_req_validate(&req, srv->value_max, what, sizeof(what));
@@ -532,6 +607,15 @@ conn_start(void *owner, struct kvn_connsrv_conn *base)
 		c->peer_pid = cred.pid;
 }
 
+static void
+conn_end(void *owner, struct kvn_connsrv_conn *base)
+{
+	struct kvn_server *srv = owner;
+	struct conn *c = (struct conn *)base;
+	kvn_clientsrv_conn_end(srv->clients, c->client);
+	c->client = NULL;
+}
+
 static int
 conn_serve(void *owner, struct kvn_connsrv_conn *base)
 {
@@ -562,6 +646,7 @@ static const struct kvn_connsrv_ops conn_ops = {
     .conn_size = sizeof(struct conn),
     .conn_start = conn_start,
     .serve_one = conn_serve,
+    .conn_end = conn_end,
     .refuse = conn_refuse,
     .idle = conn_idle,
 };

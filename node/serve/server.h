@@ -16,6 +16,7 @@ struct kvn_server_opts {
 	/* max_chunk_size; 0 = KVN_CTL_VALUE_MAX. A PUT declaring more gets -EMSGSIZE naming the
 	 * key, before its value is read, and its connection is closed. */
 	uint64_t value_max;
+	uint64_t client_max_held; /* client_max_held_bytes; 0 = a quarter of the pool */
 };
 
 /* Binds and listens on opts->socket_path. A socket file nothing answers on is stale and
@@ -39,6 +40,12 @@ void kvn_server_set_plugins(struct kvn_server *srv, struct kvn_plugins *plugins)
  * kvn_server_run, must outlive the server's connections. NULL: none. */
 struct kvn_lm_server;
 void kvn_server_set_lm(struct kvn_server *srv, struct kvn_lm_server *lm);
+/* How a client's CONTAINS asks the cluster (node/serve/clientsrv.h); set before
+ * kvn_server_run. Without it, keys this node does not hold are absent. */
+#include "node/serve/clientsrv.h"
+void kvn_server_set_held(struct kvn_server *srv, kvn_clientsrv_held_fn fn, void *ctx);
+/* The client protocol's counters (all zero without the cpu tier). */
+void kvn_server_client_stats(struct kvn_server *srv, struct kvn_clientsrv_stats *out);
 /* Counters of the client socket (STAT shows them under "server"; metrics read them here). */
 struct kvn_server_stats {
 	uint64_t connections; /* open now */

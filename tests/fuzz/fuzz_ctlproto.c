@@ -104,8 +104,8 @@ static void
 fuzz_client(unsigned op, const uint8_t *p, size_t n)
 {
 	char err[512];
-	struct kvn_client *c;
-	if (kvn_client_connect(sock_path, 10000, &c, err, sizeof(err)) < 0)
+	struct kvn_cli_conn *c;
+	if (kvn_cli_connect(sock_path, 10000, &c, err, sizeof(err)) < 0)
 		fz_fail("client connect: %s", err);
 	int sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
 	if (sfd < 0)
@@ -126,37 +126,37 @@ fuzz_client(unsigned op, const uint8_t *p, size_t n)
 	int rc;
 	switch (op % 7) {
 	case 0:
-		rc = kvn_client_ping(c, &text);
+		rc = kvn_cli_ping(c, &text);
 		break;
 	case 1:
-		rc = kvn_client_put(c, &key, "value", 5);
+		rc = kvn_cli_put(c, &key, "value", 5);
 		break;
 	case 2:
-		rc = kvn_client_get_begin(c, &key, &glen);
+		rc = kvn_cli_get_begin(c, &key, &glen);
 		if (rc == 0) {
 			FZ_ASSERT(glen <= KVN_CTL_VALUE_MAX, "GET of %llu bytes accepted",
 				  (unsigned long long)glen);
-			rc = kvn_client_get_finish(c, devnull);
+			rc = kvn_cli_get_finish(c, devnull);
 		}
 		break;
 	case 3:
 		/* Only lengths the input can hold: a client mallocs the announced value. */
 		if (n >= KVN_CTL_REPLY_SIZE && kvn_cf_get_u64(p + 8) <= n)
-			rc = kvn_client_get(c, &key, &data, &len);
+			rc = kvn_cli_get(c, &key, &data, &len);
 		else
-			rc = kvn_client_rm(c, &key);
+			rc = kvn_cli_rm(c, &key);
 		break;
 	case 4:
-		rc = kvn_client_rm(c, &key);
+		rc = kvn_cli_rm(c, &key);
 		break;
 	case 5:
-		rc = kvn_client_ls(c, &text, &len);
+		rc = kvn_cli_ls(c, &text, &len);
 		break;
 	default:
-		rc = kvn_client_stat(c, &text);
+		rc = kvn_cli_stat(c, &text);
 		if (rc == 0) {
 			FILE *f = fopen("/dev/null", "w");
-			kvn_client_print_stats(text, f);
+			kvn_cli_print_stats(text, f);
 			fclose(f);
 		}
 		break;
@@ -165,17 +165,17 @@ fuzz_client(unsigned op, const uint8_t *p, size_t n)
 		/* Success needs a whole valid reply header in the input. */
 		FZ_ASSERT(n >= KVN_CTL_REPLY_SIZE && !memcmp(p, "KVNR", 4),
 			  "op %u succeeded on a %zu-byte reply without the reply magic", op % 7, n);
-		FZ_ASSERT(kvn_client_fault(c) == KVN_CLIENT_OK, "success with a fault set");
+		FZ_ASSERT(kvn_cli_fault(c) == KVN_CLIENT_OK, "success with a fault set");
 		if (text)
 			FZ_ASSERT(strlen(text) <= n, "reply text longer than what was sent");
 	} else {
-		FZ_ASSERT(rc < 0 && kvn_client_fault(c) != KVN_CLIENT_OK,
-			  "failure %d without a fault", rc);
-		FZ_ASSERT(kvn_client_error(c)[0], "failure without a message");
+		FZ_ASSERT(rc < 0 && kvn_cli_fault(c) != KVN_CLIENT_OK, "failure %d without a fault",
+			  rc);
+		FZ_ASSERT(kvn_cli_error(c)[0], "failure without a message");
 	}
 	free(text);
 	free(data);
-	kvn_client_close(c);
+	kvn_cli_close(c);
 	close(sfd);
 }
 

@@ -66,25 +66,25 @@ static void
 check_alive(void)
 {
 	char err[512];
-	struct kvn_client *c;
-	if (kvn_client_connect(sock_path, 10000, &c, err, sizeof(err)) < 0)
+	struct kvn_cli_conn *c;
+	if (kvn_cli_connect(sock_path, 10000, &c, err, sizeof(err)) < 0)
 		fz_fail("server no longer accepts: %s", err);
 	char *banner = NULL;
-	if (kvn_client_ping(c, &banner) < 0)
-		fz_fail("server no longer answers PING: %s", kvn_client_error(c));
+	if (kvn_cli_ping(c, &banner) < 0)
+		fz_fail("server no longer answers PING: %s", kvn_cli_error(c));
 	free(banner);
 	struct kvn_key k;
 	kvn_key_from_str(&k, "fuzz-liveness-probe");
 	static const char v[] = "still serving";
-	if (kvn_client_put(c, &k, v, sizeof(v)) < 0)
-		fz_fail("server no longer stores: %s", kvn_client_error(c));
+	if (kvn_cli_put(c, &k, v, sizeof(v)) < 0)
+		fz_fail("server no longer stores: %s", kvn_cli_error(c));
 	void *got = NULL;
 	size_t len = 0;
-	if (kvn_client_get(c, &k, &got, &len) < 0)
-		fz_fail("server lost a value just stored: %s", kvn_client_error(c));
+	if (kvn_cli_get(c, &k, &got, &len) < 0)
+		fz_fail("server lost a value just stored: %s", kvn_cli_error(c));
 	FZ_ASSERT(len == sizeof(v) && !memcmp(got, v, len), "server returned another value");
 	free(got);
-	kvn_client_close(c);
+	kvn_cli_close(c);
 }
 
 /* Replies are whole frames, back to back, each one valid (the last one may be cut when the

@@ -63,13 +63,13 @@ cnode_start(struct cnode *n, const char *name, const struct cnode_opts *o)
 		cr_assert_fail("node %s did not come up: %s", name, e ? e : "");
 	}
 	char err[512];
-	cr_assert_eq(kvn_client_connect(n->sock, 10000, &n->c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_cli_connect(n->sock, 10000, &n->c, err, sizeof(err)), 0, "%s", err);
 }
 
 void
 cnode_stop(struct cnode *n)
 {
-	kvn_client_close(n->c);
+	kvn_cli_close(n->c);
 	n->c = NULL;
 	if (n->p.pid)
 		proc_stop(&n->p, SIGTERM, 10000);
@@ -78,7 +78,7 @@ cnode_stop(struct cnode *n)
 void
 cnode_kill(struct cnode *n)
 {
-	kvn_client_close(n->c);
+	kvn_cli_close(n->c);
 	n->c = NULL;
 	if (n->p.pid)
 		proc_stop(&n->p, SIGKILL, 10000);
@@ -112,9 +112,9 @@ cnode_put(struct cnode *n, const char *tag, unsigned i, size_t len)
 	cluster_key(&k, tag, i);
 	void *v = malloc(len);
 	cluster_value(v, len, tag, i);
-	int rc = kvn_client_put(n->c, &k, v, len);
+	int rc = kvn_cli_put(n->c, &k, v, len);
 	free(v);
-	cr_assert_eq(rc, 0, "put %s on %s: %s", k.str, n->name, kvn_client_error(n->c));
+	cr_assert_eq(rc, 0, "put %s on %s: %s", k.str, n->name, kvn_cli_error(n->c));
 }
 
 int
@@ -124,10 +124,10 @@ cnode_get_check(struct cnode *n, const char *tag, unsigned i, size_t len)
 	cluster_key(&k, tag, i);
 	void *data = NULL;
 	size_t got = 0;
-	int rc = kvn_client_get(n->c, &k, &data, &got);
+	int rc = kvn_cli_get(n->c, &k, &data, &got);
 	if (rc == -ENOENT)
 		return 0;
-	cr_assert_eq(rc, 0, "get %s on %s: %s", k.str, n->name, kvn_client_error(n->c));
+	cr_assert_eq(rc, 0, "get %s on %s: %s", k.str, n->name, kvn_cli_error(n->c));
 	void *v = malloc(len);
 	cluster_value(v, len, tag, i);
 	int ok = got == len && !memcmp(v, data, len) ? 1 : -1;
@@ -141,11 +141,11 @@ cnode_tier_stat(struct cnode *n, const char *tier, const char *field)
 {
 	char *json = NULL, err[256];
 	long long v = -1;
-	struct kvn_client *c; /* its own connection: n->c may have idled out during a long test */
-	if (kvn_client_connect(n->sock, 10000, &c, err, sizeof(err)) < 0)
+	struct kvn_cli_conn *c; /* its own connection: n->c may have idled out during a long test */
+	if (kvn_cli_connect(n->sock, 10000, &c, err, sizeof(err)) < 0)
 		return -1;
-	int rc = kvn_client_stat(c, &json);
-	kvn_client_close(c);
+	int rc = kvn_cli_stat(c, &json);
+	kvn_cli_close(c);
 	if (rc < 0)
 		return -1;
 	cJSON *root = cJSON_Parse(json);

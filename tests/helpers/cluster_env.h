@@ -15,7 +15,7 @@ struct cnode {
 	struct proc p;
 	char name[32];
 	char cfg[300], sock[300], out[300], err[300];
-	struct kvn_client *c;
+	struct kvn_cli_conn *c;
 };
 
 struct cnode_opts {

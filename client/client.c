@@ -1,0 +1,971 @@
+/* The client library (kvnode/client.h): one connection to the node's socket, the node's pool
+ * mapped read-only, and an event loop run by the caller's thread. Frames go out through one
+ * buffer and come back in request order, so a reply pairs with the oldest frame in flight.
+ * A put is two frames: RESERVE gives the slots, the library copies (and checksums) each value
+ * into its slot with that slot alone made writable, then COMMIT publishes them. */
+#include <errno.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "client/proto.h"
+#include "core/abi.h"
+#include "core/clock.h"
+#include "core/fdio.h"
+#include "core/log.h"
+#include "core/netaddr.h"
+#include "core/pool.h"
+#include "kvnode/client.h"
+
+#define MAX_INFLIGHT	   64 /* requests; each is at most two frames in flight */
+#define MAX_FRAMES	   (2 * MAX_INFLIGHT)
+#define DEFAULT_TIMEOUT_MS 30000
+#define SLOT_HDR	   64 /* struct kvn_slot_hdr before each payload */
+
+/* What the library keeps of a request while it is in flight. */
+struct rstate {
+	struct kvn_client_req *req;
+	int *rc;	   /* per key */
+	uint64_t *resv;	   /* PUT: the reservation of key i, 0 when none */
+	uint32_t frames;   /* in flight */
+	bool whole_failed; /* a frame's status failed every key */
+};
+
+/* A frame in flight: the request it belongs to and what it asked. */
+struct frame {
+	uint64_t id;
+	uint16_t op;
+	struct rstate *rs;
+	uint32_t n;	/* entries asked */
+	uint32_t *keys; /* COMMIT: the key index of each entry (NULL: entry i is key i) */
+	bool keep_rc;	/* an aborting COMMIT: the keys keep the error that made it */
+};
+
+struct kvn_client {
+	int fd;
+	uint8_t *pool;
+	size_t pool_size, page;
+	bool pool_writable; /* a hugetlb pool: pages too large to protect slot by slot */
+	struct kvn_cp_hello_ok hello;
+	int timeout_ms;
+	int broken; /* 0, or the error every later call gets */
+	uint64_t next_id;
+
+	struct kvn_cp_buf out; /* frames not yet written */
+	size_t out_off;
+	struct kvn_cp_buf in; /* bytes of replies not yet handled */
+
+	struct frame frames[MAX_FRAMES]; /* FIFO */
+	size_t fhead, nframes;
+	size_t nreqs;
+	char err[512];
+};
+
+static int fail(struct kvn_client *c, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int
+fail(struct kvn_client *c, int rc, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->err, sizeof(c->err), fmt, ap);
+	va_end(ap);
+	return rc;
+}
+
+const char *
+kvn_client_error(const struct kvn_client *c)
+{
+	return c ? c->err : "no client";
+}
+
+uint64_t
+kvn_client_max_value(const struct kvn_client *c)
+{
+	return c->hello.max_chunk;
+}
+
+int
+kvn_client_fd(const struct kvn_client *c)
+{
+	return c->fd;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Connecting
+ * ------------------------------------------------------------------------------------------ */
+
+static int
+dial(const char *path, int timeout_ms, char *err, size_t errlen)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return kvn_seterr(-ENAMETOOLONG, err, errlen, "socket path %s is longer than %zu",
+				  path, sizeof(sa.sun_path) - 1);
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return kvn_seterr(-errno, err, errlen, "socket: %s", strerror(errno));
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int e = errno;
+		close(fd);
+		return kvn_seterr(-e, err, errlen,
+				  "cannot connect to the kvnode socket %s: %s (is `kvnode serve` "
+				  "running there? set socket_path or $KVNODE_SOCKET_PATH)",
+				  path, strerror(e));
+	}
+	struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	return fd;
+}
+
+/* Reads the HELLO reply and the memfd that comes with it. */
+static int
+recv_hello(struct kvn_client *c, const char *path, int *pool_fd, char *err, size_t errlen)
+{
+	uint8_t buf[KVN_CP_HDR_SIZE + 512];
+	char ctl[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {buf, KVN_CP_HDR_SIZE};
+	struct msghdr mh = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl)};
+	ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+	*pool_fd = -1;
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+			memcpy(pool_fd, CMSG_DATA(cm), sizeof(int));
+	if (n != KVN_CP_HDR_SIZE)
+		return kvn_seterr(n < 0 ? -errno : -EPROTO, err, errlen,
+				  "kvnode socket %s: no answer to HELLO (%s): not a kvnode of this "
+				  "version?",
+				  path, n < 0 ? strerror(errno) : "closed");
+	struct kvn_cp_hdr h;
+	kvn_cp_hdr_decode(buf, &h);
+	char why[200];
+	int rc = kvn_cp_hdr_validate(&h, true, why, sizeof(why));
+	if (rc || h.op != KVN_CP_HELLO || h.body_len > sizeof(buf) - KVN_CP_HDR_SIZE)
+		return kvn_seterr(-EPROTO, err, errlen, "kvnode socket %s: bad HELLO reply: %s",
+				  path, rc ? why : "not a HELLO reply");
+	rc = kvn_fd_read_by(c->fd, buf + KVN_CP_HDR_SIZE, (size_t)h.body_len,
+			    kvn_now_ms() + (uint64_t)c->timeout_ms, NULL);
+	if (rc)
+		return kvn_seterr(rc, err, errlen, "kvnode socket %s: reading HELLO reply: %s",
+				  path, kvn_strerror(rc));
+	if (h.status < 0)
+		return kvn_seterr(h.status, err, errlen,
+				  "kvnode socket %s refused this client: %.*s", path,
+				  (int)h.body_len, (const char *)buf + KVN_CP_HDR_SIZE);
+	if (h.body_len < KVN_CP_HELLO_OK_SIZE || *pool_fd < 0)
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "kvnode socket %s: HELLO reply without the pool", path);
+	kvn_cp_hello_ok_decode(buf + KVN_CP_HDR_SIZE, &c->hello);
+	if (c->hello.major != KVN_CP_MAJOR)
+		return kvn_seterr(-EPROTO, err, errlen,
+				  "kvnode socket %s speaks client protocol %u.%u, this library "
+				  "%u.%u: use the library of the node's version",
+				  path, c->hello.major, c->hello.minor, KVN_CP_MAJOR, KVN_CP_MINOR);
+	return 0;
+}
+
+static int
+hello(struct kvn_client *c, const char *path, const char *name, char *err, size_t errlen)
+{
+	char dflt[32];
+	if (!name || !*name) {
+		snprintf(dflt, sizeof(dflt), "pid %d", (int)getpid());
+		name = dflt;
+	}
+	size_t nl = strnlen(name, KVN_CP_NAME_MAX);
+	uint8_t buf[KVN_CP_HDR_SIZE + 8 + KVN_CP_NAME_MAX];
+	struct kvn_cp_hdr h = {
+	    .magic = KVN_CP_REQ_MAGIC, .op = KVN_CP_HELLO, .id = 0, .body_len = 8 + nl};
+	kvn_cp_hdr_encode(&h, buf);
+	uint8_t *b = buf + KVN_CP_HDR_SIZE;
+	b[0] = KVN_CP_MAJOR, b[1] = 0, b[2] = KVN_CP_MINOR, b[3] = 0;
+	memset(b + 4, 0, 4);
+	memcpy(b + 8, name, nl);
+	int rc = kvn_fd_write_full(c->fd, buf, KVN_CP_HDR_SIZE + 8 + nl);
+	if (rc)
+		return kvn_seterr(rc, err, errlen, "kvnode socket %s: sending HELLO: %s", path,
+				  kvn_strerror(rc));
+	int pool_fd;
+	rc = recv_hello(c, path, &pool_fd, err, errlen);
+	if (rc == 0) {
+		c->pool_size = c->hello.pool_size;
+		/* Read-only, so that no stray write of this process reaches a chunk; a hugetlb
+		 * pool's 2 MiB pages cannot be protected slot by slot and is mapped writable. */
+		c->pool = mmap(NULL, c->pool_size, PROT_READ, MAP_SHARED, pool_fd, 0);
+		if (c->pool == MAP_FAILED)
+			rc = kvn_seterr(-errno, err, errlen,
+					"cannot map the node's pool (%zu bytes): %s", c->pool_size,
+					strerror(errno));
+		else if (c->pool_size && mprotect(c->pool, c->page, PROT_READ | PROT_WRITE) != 0)
+			c->pool_writable =
+			    mprotect(c->pool, c->pool_size, PROT_READ | PROT_WRITE) == 0;
+		else if (c->pool_size)
+			mprotect(c->pool, c->page, PROT_READ);
+	}
+	if (pool_fd >= 0)
+		close(pool_fd);
+	if (rc && c->pool == MAP_FAILED)
+		c->pool = NULL;
+	return rc;
+}
+
+int
+kvn_client_open(const struct kvn_client_opts *opts, struct kvn_client **out, char *err,
+		size_t errlen)
+{
+	struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT};
+	*out = NULL;
+	if (opts && kvn_abi_read_in(opts, &o, sizeof(o), "struct kvn_client_opts",
+				    "KVN_CLIENT_OPTS_INIT", err, errlen))
+		return -EINVAL;
+	char *dflt = NULL;
+	const char *path =
+	    o.socket_path && *o.socket_path ? o.socket_path : getenv("KVNODE_SOCKET_PATH");
+	if (!path || !*path)
+		path = dflt = kvn_default_socket_path();
+	if (!path)
+		return kvn_seterr(-ENOMEM, err, errlen, "out of memory");
+	struct kvn_client *c = calloc(1, sizeof(*c));
+	if (!c) {
+		free(dflt);
+		return kvn_seterr(-ENOMEM, err, errlen, "out of memory");
+	}
+	c->timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : DEFAULT_TIMEOUT_MS;
+	c->page = (size_t)sysconf(_SC_PAGESIZE);
+	c->next_id = 1;
+	int rc = c->fd = dial(path, c->timeout_ms, err, errlen);
+	if (rc >= 0)
+		rc = hello(c, path, o.name, err, errlen);
+	free(dflt);
+	if (rc < 0) {
+		if (c->fd >= 0)
+			close(c->fd);
+		if (c->pool)
+			munmap(c->pool, c->pool_size);
+		free(c);
+		return rc;
+	}
+	snprintf(c->err, sizeof(c->err), "no error");
+	*out = c;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Requests and their completion
+ * ------------------------------------------------------------------------------------------ */
+
+static void
+rstate_free(struct rstate *rs)
+{
+	free(rs->rc);
+	free(rs->resv);
+	free(rs);
+}
+
+/* The request's last frame is done: its status, the caller's arrays, its callback. */
+static void
+complete(struct kvn_client *c, struct rstate *rs)
+{
+	struct kvn_client_req *req = rs->req;
+	req->status = 0;
+	for (size_t i = 0; i < req->n; i++) {
+		if (req->rcs)
+			req->rcs[i] = rs->rc[i];
+		if (rs->rc[i] < 0 && !req->status)
+			req->status = rs->rc[i];
+	}
+	if (req->op == KVN_CLIENT_CONTAINS_PREFIX) {
+		req->found = 0;
+		while (req->found < req->n && rs->rc[req->found] > 0)
+			req->found++;
+	}
+	req->priv[0] = 0;
+	c->nreqs--;
+	rstate_free(rs);
+	if (req->done)
+		req->done(req);
+}
+
+/* Every key of rs gets rc (a whole request failed, or the connection broke). */
+static void
+fail_all_keys(struct rstate *rs, int rc)
+{
+	for (size_t i = 0; i < rs->req->n; i++)
+		if (rs->rc[i] >= 0 || rs->req->op == KVN_CLIENT_CONTAINS_PREFIX)
+			rs->rc[i] = rc;
+	rs->whole_failed = true;
+}
+
+static struct frame *
+frame_push(struct kvn_client *c, uint16_t op, struct rstate *rs, uint32_t n, uint32_t *keys)
+{
+	struct frame *f = &c->frames[(c->fhead + c->nframes) % MAX_FRAMES];
+	c->nframes++;
+	*f = (struct frame){.id = c->next_id++, .op = op, .rs = rs, .n = n, .keys = keys};
+	if (rs)
+		rs->frames++;
+	return f;
+}
+
+/* Appends a request header to the outgoing buffer; the body follows with kvn_cp_put_*. */
+static void
+begin(struct kvn_client *c, uint16_t op, uint16_t flags, uint32_t count, uint64_t id,
+      size_t *hdr_at)
+{
+	*hdr_at = c->out.len;
+	uint8_t hdr[KVN_CP_HDR_SIZE] = {0};
+	kvn_cp_put_bytes(&c->out, hdr, sizeof(hdr));
+	struct kvn_cp_hdr h = {
+	    .magic = KVN_CP_REQ_MAGIC, .op = op, .flags = flags, .count = count, .id = id};
+	if (!c->out.err)
+		kvn_cp_hdr_encode(&h, c->out.p + *hdr_at);
+}
+
+static int
+end(struct kvn_client *c, size_t hdr_at)
+{
+	if (c->out.err)
+		return -ENOMEM;
+	struct kvn_cp_hdr h;
+	kvn_cp_hdr_decode(c->out.p + hdr_at, &h);
+	h.body_len = c->out.len - hdr_at - KVN_CP_HDR_SIZE;
+	kvn_cp_hdr_encode(&h, c->out.p + hdr_at);
+	return 0;
+}
+
+static void break_conn(struct kvn_client *c, int rc);
+
+/* Writes what the outgoing buffer holds, without blocking. */
+static int
+flush(struct kvn_client *c)
+{
+	while (c->out_off < c->out.len) {
+		ssize_t n = send(c->fd, c->out.p + c->out_off, c->out.len - c->out_off,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n > 0) {
+			c->out_off += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return 0;
+		int rc = n < 0 ? -errno : -EIO;
+		fail(c, rc, "the kvnode connection broke while sending: %s", kvn_strerror(rc));
+		break_conn(c, rc);
+		return rc;
+	}
+	kvn_cp_buf_reset(&c->out);
+	c->out_off = 0;
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Replies
+ * ------------------------------------------------------------------------------------------ */
+
+/* The range of a payload at off of len bytes in the mapping, page-aligned outward: the
+ * node's slots are page-aligned blocks with the header first, so this never reaches another
+ * slot. */
+static void
+slot_pages(const struct kvn_client *c, uint64_t off, uint64_t len, uint8_t **start, size_t *n)
+{
+	uint64_t s = (off - SLOT_HDR) / c->page * c->page;
+	uint64_t e = (off + len + c->page - 1) / c->page * c->page;
+	*start = c->pool + s;
+	*n = (size_t)(e - s);
+}
+
+static bool
+in_pool(const struct kvn_client *c, uint64_t off, uint64_t len)
+{
+	return off >= SLOT_HDR && off <= c->pool_size && len <= c->pool_size - off;
+}
+
+/* RESERVE answered: copy each value into its slot (writable for the copy only), then COMMIT
+ * the ones reserved. Every reservation is committed or the connection breaks: the node holds
+ * them against this client's bound until then. */
+static int
+on_reserved(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
+{
+	struct rstate *rs = f->rs;
+	struct kvn_client_req *req = rs->req;
+	uint32_t *idx = malloc(sizeof(*idx) * (req->n ? req->n : 1));
+	uint64_t *sum = malloc(sizeof(*sum) * (req->n ? req->n : 1));
+	if (!idx || !sum) {
+		free(idx);
+		free(sum);
+		return fail(c, -ENOMEM, "put: out of memory committing %zu values", req->n);
+	}
+	uint32_t m = 0;
+	for (uint32_t i = 0; i < f->n && i < req->n; i++) {
+		uint8_t raw[KVN_CP_ENTRY_SIZE];
+		struct kvn_cp_entry e = {.rc = -EPROTO};
+		if (rd->len - rd->off >= sizeof(raw)) {
+			memcpy(raw, rd->p + rd->off, sizeof(raw));
+			rd->off += sizeof(raw);
+			kvn_cp_entry_decode(raw, &e);
+		}
+		if (e.rc == 0 && (!in_pool(c, e.off, req->lens_in[i]) || e.len != req->lens_in[i]))
+			e.rc = -EPROTO;
+		rs->rc[i] = e.rc;
+		if (e.rc < 0)
+			continue;
+		rs->resv[i] = e.handle;
+		uint8_t *pg;
+		size_t np;
+		slot_pages(c, e.off, e.len, &pg, &np);
+		uint64_t ck = 0;
+		if (!c->pool_writable && mprotect(pg, np, PROT_READ | PROT_WRITE) != 0) {
+			/* Committed as an abort below: the node frees the slot. */
+			rs->rc[i] = fail(c, -errno, "put %s: cannot map its slot writable: %s",
+					 req->keys[i], strerror(errno));
+		} else {
+			ck = kvn_copy_checksum(c->pool + e.off, req->data[i], (size_t)e.len);
+			if (!c->pool_writable)
+				mprotect(pg, np, PROT_READ);
+		}
+		idx[m] = i;
+		sum[m++] = ck;
+	}
+	int rc = 0;
+	if (m) {
+		/* Values whose copy failed go in a second, aborting COMMIT. */
+		uint32_t nok = 0, nbad = 0;
+		for (uint32_t k = 0; k < m; k++)
+			nok += rs->rc[idx[k]] == 0;
+		nbad = m - nok;
+		for (int pass = 0; pass < 2 && !rc; pass++) {
+			uint32_t cnt = pass ? nbad : nok;
+			if (!cnt)
+				continue;
+			uint32_t *keys = malloc(sizeof(*keys) * cnt);
+			if (!keys) {
+				rc = -ENOMEM;
+				break;
+			}
+			struct frame *cf = frame_push(c, KVN_CP_COMMIT, rs, cnt, keys);
+			cf->keep_rc = pass == 1;
+			size_t at, j = 0;
+			begin(c, KVN_CP_COMMIT, pass ? KVN_CP_F_ABORT : 0, cnt, cf->id, &at);
+			for (uint32_t k = 0; k < m; k++) {
+				if ((rs->rc[idx[k]] == 0) == (pass == 1))
+					continue;
+				keys[j++] = idx[k];
+				kvn_cp_put_u64(&c->out, rs->resv[idx[k]]);
+				kvn_cp_put_u64(&c->out, sum[k]);
+			}
+			rc = end(c, at);
+		}
+	}
+	free(idx);
+	free(sum);
+	return rc ? fail(c, rc, "put: out of memory committing %zu values", req->n) : 0;
+}
+
+static int
+on_entries(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
+{
+	struct rstate *rs = f->rs;
+	struct kvn_client_req *req = rs->req;
+	uint64_t *leases = req->op == KVN_CLIENT_GET_INTO ? malloc(8 * (f->n ? f->n : 1)) : NULL;
+	uint32_t nl = 0;
+	int rc = 0;
+	for (uint32_t i = 0; i < f->n && i < req->n; i++) {
+		uint8_t raw[KVN_CP_ENTRY_SIZE];
+		struct kvn_cp_entry e = {.rc = -EPROTO};
+		if (rd->len - rd->off >= sizeof(raw)) {
+			memcpy(raw, rd->p + rd->off, sizeof(raw));
+			rd->off += sizeof(raw);
+			kvn_cp_entry_decode(raw, &e);
+		}
+		if (e.rc == 0 && !in_pool(c, e.off, e.len))
+			e.rc = -EPROTO;
+		rs->rc[i] = e.rc;
+		if (req->op == KVN_CLIENT_GET) {
+			req->views[i] =
+			    e.rc == 0 ? (struct kvn_view){c->pool + e.off, (size_t)e.len, e.handle}
+				      : (struct kvn_view){NULL, 0, 0};
+			continue;
+		}
+		if (e.rc == 0) {
+			if (req->lens)
+				req->lens[i] = (size_t)e.len;
+			if (e.len > req->caps[i])
+				rs->rc[i] = -ENOSPC;
+			else
+				memcpy(req->dst[i], c->pool + e.off, (size_t)e.len);
+		}
+		if (e.handle && leases)
+			leases[nl++] = e.handle;
+		else if (e.handle)
+			rc = -ENOMEM; /* cannot even say which leases to give back */
+	}
+	if (nl) {
+		size_t at;
+		begin(c, KVN_CP_RELEASE, 0, nl, 0, &at);
+		for (uint32_t k = 0; k < nl; k++)
+			kvn_cp_put_u64(&c->out, leases[k]);
+		if (end(c, at))
+			rc = -ENOMEM;
+	}
+	free(leases);
+	return rc ? fail(c, rc, "get: out of memory giving back %u leases", f->n) : 0;
+}
+
+static void
+on_codes(struct frame *f, struct kvn_cp_rd *rd)
+{
+	struct rstate *rs = f->rs;
+	for (uint32_t i = 0; i < f->n && !f->keep_rc; i++) {
+		int32_t v = (int32_t)kvn_cp_get_u32(rd);
+		uint32_t k = f->keys ? f->keys[i] : i;
+		if (k < rs->req->n)
+			rs->rc[k] = rd->bad ? -EPROTO : v;
+	}
+}
+
+static void
+handle_reply(struct kvn_client *c, const struct kvn_cp_hdr *h, const uint8_t *body)
+{
+	struct frame *f = &c->frames[c->fhead];
+	c->fhead = (c->fhead + 1) % MAX_FRAMES;
+	c->nframes--;
+	struct rstate *rs = f->rs;
+	struct kvn_cp_rd rd = {body, (size_t)h->body_len, 0, false};
+	int rc = 0;
+	if (h->status < 0) {
+		fail(c, h->status, "kvnode %s: %.*s", kvn_cp_op_name(f->op), (int)h->body_len,
+		     (const char *)body);
+		fail_all_keys(rs, h->status);
+	} else if (f->op == KVN_CP_RESERVE) {
+		rc = on_reserved(c, f, &rd);
+	} else if (f->op == KVN_CP_GET) {
+		rc = on_entries(c, f, &rd);
+	} else if (f->op == KVN_CP_COMMIT || f->op == KVN_CP_REMOVE || f->op == KVN_CP_CONTAINS) {
+		on_codes(f, &rd);
+	}
+	free(f->keys);
+	if (--rs->frames == 0)
+		complete(c, rs);
+	if (rc) /* the node frees what this client held when the connection goes */
+		break_conn(c, rc);
+}
+
+/* Handles every complete reply in the input buffer. */
+static int
+drain_input(struct kvn_client *c)
+{
+	size_t off = 0;
+	int done = 0;
+	while (c->in.len - off >= KVN_CP_HDR_SIZE && !c->broken) {
+		struct kvn_cp_hdr h;
+		kvn_cp_hdr_decode(c->in.p + off, &h);
+		char why[200];
+		int rc = kvn_cp_hdr_validate(&h, true, why, sizeof(why));
+		if (!rc && (!c->nframes || h.id != c->frames[c->fhead].id))
+			rc = -EPROTO,
+			snprintf(why, sizeof(why), "a reply to no request (id %" PRIu64 ")", h.id);
+		if (rc) {
+			fail(c, -EPROTO, "the kvnode node sent a bad reply: %s", why);
+			break_conn(c, -EPROTO);
+			return -EPROTO;
+		}
+		if (c->in.len - off - KVN_CP_HDR_SIZE < h.body_len)
+			break;
+		size_t before = c->nreqs;
+		handle_reply(c, &h, c->in.p + off + KVN_CP_HDR_SIZE);
+		done += (int)(before - c->nreqs);
+		off += KVN_CP_HDR_SIZE + (size_t)h.body_len;
+	}
+	if (off) {
+		memmove(c->in.p, c->in.p + off, c->in.len - off);
+		c->in.len -= off;
+	}
+	return done;
+}
+
+/* Reads what the socket has, without blocking. */
+static int
+read_input(struct kvn_client *c)
+{
+	for (;;) {
+		if (c->in.cap - c->in.len < 65536) {
+			if (!kvn_cp_room(&c->in, 65536))
+				return -ENOMEM;
+			c->in.len -= 65536;
+		}
+		ssize_t n = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, MSG_DONTWAIT);
+		if (n > 0) {
+			c->in.len += (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			return 0;
+		return n == 0 ? -ECONNRESET : -errno;
+	}
+}
+
+static void
+break_conn(struct kvn_client *c, int rc)
+{
+	if (c->broken)
+		return;
+	c->broken = rc;
+	shutdown(c->fd, SHUT_RDWR);
+	while (c->nframes) {
+		struct frame *f = &c->frames[c->fhead];
+		c->fhead = (c->fhead + 1) % MAX_FRAMES;
+		c->nframes--;
+		free(f->keys);
+		fail_all_keys(f->rs, rc);
+		if (--f->rs->frames == 0)
+			complete(c, f->rs);
+	}
+}
+
+int
+kvn_client_progress(struct kvn_client *c, int timeout_ms)
+{
+	uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : kvn_now_ms() + (uint64_t)timeout_ms;
+	int done = 0;
+	for (;;) {
+		if (c->broken)
+			return done ? done : c->broken;
+		int rc = flush(c);
+		if (rc)
+			return done ? done : rc;
+		if ((rc = read_input(c)) < 0) {
+			fail(c, rc, "the kvnode connection broke: %s", kvn_strerror(rc));
+			break_conn(c, rc == -ECONNRESET ? -ENOTCONN : rc);
+			continue;
+		}
+		rc = drain_input(c);
+		if (rc < 0)
+			continue;
+		done += rc;
+		if (c->out_off < c->out.len && (rc = flush(c)))
+			continue;
+		if (done || !c->nframes)
+			return done;
+		uint64_t now = kvn_now_ms();
+		if (now >= deadline)
+			return 0;
+		uint64_t wait = deadline - now;
+		struct pollfd pf = {.fd = c->fd,
+				    .events = POLLIN | (c->out_off < c->out.len ? POLLOUT : 0)};
+		if (poll(&pf, 1, wait > INT32_MAX ? INT32_MAX : (int)wait) < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+int
+kvn_client_wait(struct kvn_client *c, struct kvn_client_req *req, int timeout_ms)
+{
+	uint64_t deadline = kvn_now_ms() + (uint64_t)(timeout_ms < 0 ? c->timeout_ms : timeout_ms);
+	while (req->priv[0]) {
+		uint64_t now = kvn_now_ms();
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		int rc = kvn_client_progress(c, (int)(deadline - now));
+		if (rc < 0 && req->priv[0])
+			return rc;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Submitting
+ * ------------------------------------------------------------------------------------------ */
+
+static int
+check_req(struct kvn_client *c, const struct kvn_client_req *req)
+{
+	if (KVN_ABI_MAJOR_OF(req->abi) != KVN_ABI_MAJOR || req->size < sizeof(*req))
+		return fail(c, -EINVAL,
+			    "struct kvn_client_req not started from KVN_CLIENT_REQ_INIT");
+	if (req->op < KVN_CLIENT_GET || req->op > KVN_CLIENT_CONTAINS_PREFIX)
+		return fail(c, -EINVAL, "unknown request op %d", (int)req->op);
+	if (req->n == 0 || req->n > KVN_CP_BATCH_MAX || req->n > c->hello.max_batch)
+		return fail(c, -EINVAL, "a request of %zu keys (1 to %u)", req->n,
+			    c->hello.max_batch < KVN_CP_BATCH_MAX ? c->hello.max_batch
+								  : KVN_CP_BATCH_MAX);
+	if (!req->keys)
+		return fail(c, -EINVAL, "a request without keys");
+	for (size_t i = 0; i < req->n; i++) {
+		struct kvn_key k;
+		char why[200];
+		if (!req->keys[i])
+			return fail(c, -EINVAL, "key %zu of the request is NULL", i);
+		if (kvn_key_parse(&k, req->keys[i], strlen(req->keys[i]), why, sizeof(why)) < 0)
+			return fail(c, -EINVAL, "key \"%.80s\": %s", req->keys[i], why);
+		if (req->op == KVN_CLIENT_PUT &&
+		    (!req->data || !req->lens_in || (!req->data[i] && req->lens_in[i])))
+			return fail(c, -EINVAL, "put %s: no data", req->keys[i]);
+		if (req->op == KVN_CLIENT_PUT && req->lens_in[i] > c->hello.max_chunk)
+			return fail(c, -EMSGSIZE,
+				    "put %s: %zu bytes is more than the node's max_chunk_size "
+				    "(%" PRIu64 ")",
+				    req->keys[i], req->lens_in[i], c->hello.max_chunk);
+	}
+	if (req->op == KVN_CLIENT_GET && !req->views)
+		return fail(c, -EINVAL, "a GET request without views");
+	if (req->op == KVN_CLIENT_GET_INTO && (!req->dst || !req->caps))
+		return fail(c, -EINVAL, "a GET_INTO request without dst or caps");
+	return 0;
+}
+
+int
+kvn_client_submit(struct kvn_client *c, struct kvn_client_req *req)
+{
+	int rc = check_req(c, req);
+	if (rc)
+		return rc;
+	if (c->broken)
+		return fail(c, -ENOTCONN, "the kvnode connection is broken (%s): open a new client",
+			    kvn_strerror(c->broken));
+	if (c->nreqs >= MAX_INFLIGHT || c->nframes + 2 > MAX_FRAMES)
+		return fail(c, -EAGAIN, "%d requests in flight already: progress them first",
+			    MAX_INFLIGHT);
+	struct rstate *rs = calloc(1, sizeof(*rs));
+	if (rs)
+		rs->rc = calloc(req->n, sizeof(int));
+	if (rs && req->op == KVN_CLIENT_PUT)
+		rs->resv = calloc(req->n, sizeof(uint64_t));
+	if (!rs || !rs->rc || (req->op == KVN_CLIENT_PUT && !rs->resv)) {
+		if (rs)
+			rstate_free(rs);
+		return fail(c, -ENOMEM, "out of memory");
+	}
+	rs->req = req;
+	static const uint16_t wire[] = {
+	    [KVN_CLIENT_GET] = KVN_CP_GET,
+	    [KVN_CLIENT_GET_INTO] = KVN_CP_GET,
+	    [KVN_CLIENT_PUT] = KVN_CP_RESERVE,
+	    [KVN_CLIENT_REMOVE] = KVN_CP_REMOVE,
+	    [KVN_CLIENT_CONTAINS_PREFIX] = KVN_CP_CONTAINS,
+	};
+	uint16_t op = wire[req->op];
+	size_t at, mark = c->out.len;
+	struct frame *f = frame_push(c, op, rs, (uint32_t)req->n, NULL);
+	begin(c, op, req->op == KVN_CLIENT_CONTAINS_PREFIX ? KVN_CP_F_PREFIX : 0, (uint32_t)req->n,
+	      f->id, &at);
+	for (size_t i = 0; i < req->n; i++) {
+		kvn_cp_put_key(&c->out, req->keys[i], strlen(req->keys[i]));
+		if (op == KVN_CP_RESERVE)
+			kvn_cp_put_u64(&c->out, req->lens_in[i]);
+	}
+	if (end(c, at)) {
+		c->out.len = mark;
+		c->out.err = false;
+		c->nframes--;
+		c->next_id--;
+		rstate_free(rs);
+		return fail(c, -ENOMEM, "out of memory");
+	}
+	req->priv[0] = (uint64_t)(uintptr_t)rs;
+	c->nreqs++;
+	flush(c);
+	return 0;
+}
+
+/* A synchronous call: submit, then wait; a request the node does not answer in time breaks
+ * the connection, so that nothing of the caller's stack stays in flight. */
+static int
+run(struct kvn_client *c, struct kvn_client_req *req)
+{
+	int rc = kvn_client_submit(c, req);
+	if (rc) {
+		for (size_t i = 0; req->rcs && i < req->n; i++)
+			req->rcs[i] = rc;
+		return req->status = rc;
+	}
+	rc = kvn_client_wait(c, req, -1);
+	if (rc == -ETIMEDOUT) {
+		fail(c, rc, "the kvnode node did not answer within %d ms", c->timeout_ms);
+		break_conn(c, -ETIMEDOUT);
+	}
+	if (req->status < 0 && !strcmp(c->err, "no error"))
+		fail(c, req->status, "%s", kvn_strerror(req->status));
+	return req->status;
+}
+
+/* The error of key i, named in c->err. */
+static int
+key_error(struct kvn_client *c, const char *what, const char *key, int rc)
+{
+	if (rc >= 0 || rc == -EINVAL || rc == -EMSGSIZE || rc == -EAGAIN)
+		return rc; /* refused before sending: the message says why */
+	if (c->broken)
+		return fail(c, rc, "%s %s: the kvnode connection broke: %s", what, key,
+			    kvn_strerror(c->broken));
+	return fail(c, rc, "%s %s: %s", what, key,
+		    rc == -ENOENT ? "no node of the cluster holds it" : kvn_strerror(rc));
+}
+
+static int
+first_error(struct kvn_client *c, const char *what, const char *const *keys, size_t n,
+	    const int *rcs, int status)
+{
+	if (status == -EINVAL || status == -EMSGSIZE || status == -EAGAIN)
+		return status; /* refused before sending: the message says why */
+	for (size_t i = 0; i < n; i++)
+		if (rcs[i] < 0)
+			return key_error(c, what, keys[i], rcs[i]);
+	return status;
+}
+
+int
+kvn_client_batch_get(struct kvn_client *c, const char *const *keys, size_t n,
+		     struct kvn_view *views, int *rcs)
+{
+	int own[64], *r = rcs ? rcs : (n <= 64 ? own : NULL);
+	struct kvn_client_req req = {KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_GET, .n = n,
+				     .keys = keys,	  .views = views,	.rcs = r};
+	int rc = run(c, &req);
+	return r && rc < 0 ? first_error(c, "get", keys, n, r, rc) : rc;
+}
+
+int
+kvn_client_get(struct kvn_client *c, const char *key, struct kvn_view *out)
+{
+	int rc;
+	kvn_client_batch_get(c, &key, 1, out, &rc);
+	return key_error(c, "get", key, rc);
+}
+
+void
+kvn_client_release(struct kvn_client *c, struct kvn_view *views, size_t n)
+{
+	size_t at, cnt = 0;
+	for (size_t i = 0; i < n; i++)
+		cnt += views[i].lease != 0;
+	if (!cnt || c->broken) {
+		for (size_t i = 0; i < n; i++)
+			views[i] = (struct kvn_view){NULL, 0, 0};
+		return;
+	}
+	begin(c, KVN_CP_RELEASE, 0, (uint32_t)cnt, 0, &at);
+	for (size_t i = 0; i < n; i++) {
+		if (views[i].lease)
+			kvn_cp_put_u64(&c->out, views[i].lease);
+		views[i] = (struct kvn_view){NULL, 0, 0};
+	}
+	if (end(c, at))
+		break_conn(c, -ENOMEM); /* the node frees the leases with the connection */
+	else
+		flush(c);
+}
+
+int
+kvn_client_batch_get_into(struct kvn_client *c, const char *const *keys, size_t n, void *const *dst,
+			  const size_t *caps, size_t *lens, int *rcs)
+{
+	int own[64], *r = rcs ? rcs : (n <= 64 ? own : NULL);
+	struct kvn_client_req req = {KVN_CLIENT_REQ_INIT,
+				     .op = KVN_CLIENT_GET_INTO,
+				     .n = n,
+				     .keys = keys,
+				     .dst = dst,
+				     .caps = caps,
+				     .lens = lens,
+				     .rcs = r};
+	int rc = run(c, &req);
+	return r && rc < 0 ? first_error(c, "get", keys, n, r, rc) : rc;
+}
+
+int
+kvn_client_get_into(struct kvn_client *c, const char *key, void *dst, size_t cap, size_t *len)
+{
+	int rc;
+	size_t l = 0;
+	kvn_client_batch_get_into(c, &key, 1, &dst, &cap, &l, &rc);
+	if (len)
+		*len = l;
+	return key_error(c, "get", key, rc);
+}
+
+int
+kvn_client_batch_put(struct kvn_client *c, const char *const *keys, size_t n,
+		     const void *const *data, const size_t *lens, int *rcs)
+{
+	int own[64], *r = rcs ? rcs : (n <= 64 ? own : NULL);
+	struct kvn_client_req req = {
+	    KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_PUT, .n = n,	.keys = keys,
+	    .data = data,	 .lens_in = lens,      .rcs = r};
+	int rc = run(c, &req);
+	return r && rc < 0 ? first_error(c, "put", keys, n, r, rc) : rc;
+}
+
+int
+kvn_client_put(struct kvn_client *c, const char *key, const void *data, size_t len)
+{
+	int rc;
+	kvn_client_batch_put(c, &key, 1, &data, &len, &rc);
+	return key_error(c, "put", key, rc);
+}
+
+int
+kvn_client_batch_remove(struct kvn_client *c, const char *const *keys, size_t n, int *rcs)
+{
+	int own[64], *r = rcs ? rcs : (n <= 64 ? own : NULL);
+	struct kvn_client_req req = {KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_REMOVE, .n = n,
+				     .keys = keys, .rcs = r};
+	int rc = run(c, &req);
+	return r && rc < 0 ? first_error(c, "remove", keys, n, r, rc) : rc;
+}
+
+int
+kvn_client_remove(struct kvn_client *c, const char *key)
+{
+	int rc;
+	kvn_client_batch_remove(c, &key, 1, &rc);
+	return key_error(c, "remove", key, rc);
+}
+
+int
+kvn_client_contains_prefix(struct kvn_client *c, const char *const *keys, size_t n, size_t *found)
+{
+	struct kvn_client_req req = {KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_CONTAINS_PREFIX, .n = n,
+				     .keys = keys};
+	int rc = run(c, &req);
+	*found = rc == 0 ? req.found : 0;
+	return rc;
+}
+
+int
+kvn_client_contains(struct kvn_client *c, const char *key)
+{
+	size_t found = 0;
+	int rc = kvn_client_contains_prefix(c, &key, 1, &found);
+	return rc < 0 ? key_error(c, "contains", key, rc) : found == 1;
+}
+
+void
+kvn_client_close(struct kvn_client *c)
+{
+	if (!c)
+		return;
+	if (!c->broken)
+		fail(c, -ECANCELED, "the client was closed");
+	break_conn(c, -ECANCELED);
+	close(c->fd);
+	if (c->pool)
+		munmap(c->pool, c->pool_size);
+	kvn_cp_buf_free(&c->out);
+	kvn_cp_buf_free(&c->in);
+	free(c);
+}

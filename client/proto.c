@@ -1,0 +1,286 @@
+/* The client protocol's codec (client/proto.h). */
+#include <endian.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "client/proto.h"
+#include "core/log.h"
+#include "kvnode/kvnode.h"
+
+static const char *const op_names[KVN_CP_NOPS] = {
+    [KVN_CP_HELLO] = "HELLO",	    [KVN_CP_GET] = "GET",	  [KVN_CP_RESERVE] = "RESERVE",
+    [KVN_CP_COMMIT] = "COMMIT",	    [KVN_CP_RELEASE] = "RELEASE", [KVN_CP_REMOVE] = "REMOVE",
+    [KVN_CP_CONTAINS] = "CONTAINS", [KVN_CP_PING] = "PING",
+};
+
+/* The flags each op may carry. */
+static const uint16_t op_flags[KVN_CP_NOPS] = {
+    [KVN_CP_COMMIT] = KVN_CP_F_ABORT,
+    [KVN_CP_CONTAINS] = KVN_CP_F_PREFIX,
+};
+
+const char *
+kvn_cp_op_name(unsigned op)
+{
+	return op < KVN_CP_NOPS && op_names[op] ? op_names[op] : "?";
+}
+
+static void
+put16(uint8_t *p, uint16_t v)
+{
+	v = htole16(v);
+	memcpy(p, &v, 2);
+}
+
+static void
+put32(uint8_t *p, uint32_t v)
+{
+	v = htole32(v);
+	memcpy(p, &v, 4);
+}
+
+static void
+put64(uint8_t *p, uint64_t v)
+{
+	v = htole64(v);
+	memcpy(p, &v, 8);
+}
+
+static uint16_t
+get16(const uint8_t *p)
+{
+	uint16_t v;
+	memcpy(&v, p, 2);
+	return le16toh(v);
+}
+
+static uint32_t
+get32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return le32toh(v);
+}
+
+static uint64_t
+get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return le64toh(v);
+}
+
+void
+kvn_cp_hdr_encode(const struct kvn_cp_hdr *h, uint8_t out[KVN_CP_HDR_SIZE])
+{
+	put32(out, h->magic);
+	put16(out + 4, h->op);
+	put16(out + 6, h->flags);
+	put32(out + 8, h->count);
+	put32(out + 12, (uint32_t)h->status);
+	put64(out + 16, h->id);
+	put64(out + 24, h->body_len);
+}
+
+void
+kvn_cp_hdr_decode(const uint8_t in[KVN_CP_HDR_SIZE], struct kvn_cp_hdr *h)
+{
+	h->magic = get32(in);
+	h->op = get16(in + 4);
+	h->flags = get16(in + 6);
+	h->count = get32(in + 8);
+	h->status = (int32_t)get32(in + 12);
+	h->id = get64(in + 16);
+	h->body_len = get64(in + 24);
+}
+
+int
+kvn_cp_hdr_validate(const struct kvn_cp_hdr *h, bool reply, char *err, size_t errlen)
+{
+	uint32_t magic = reply ? KVN_CP_REPLY_MAGIC : KVN_CP_REQ_MAGIC;
+	if (h->magic != magic)
+		return kvn_seterr(
+		    -EPROTO, err, errlen, "bad %s magic 0x%08x (expected 0x%08x): not a kvnode %s?",
+		    reply ? "reply" : "request", h->magic, magic, reply ? "node" : "client");
+	if (h->op == 0 || h->op >= KVN_CP_NOPS)
+		return kvn_seterr(-EPROTO, err, errlen, "unknown op %u", h->op);
+	if (h->flags & ~op_flags[h->op])
+		return kvn_seterr(-EPROTO, err, errlen, "%s with unknown flags 0x%x",
+				  kvn_cp_op_name(h->op), h->flags & ~op_flags[h->op]);
+	if (h->count > KVN_CP_BATCH_MAX)
+		return kvn_seterr(-EPROTO, err, errlen, "%s of %u entries (at most %u)",
+				  kvn_cp_op_name(h->op), h->count, KVN_CP_BATCH_MAX);
+	if (h->body_len > KVN_CP_BODY_MAX)
+		return kvn_seterr(-EPROTO, err, errlen, "%s body of %llu bytes (at most %u)",
+				  kvn_cp_op_name(h->op), (unsigned long long)h->body_len,
+				  KVN_CP_BODY_MAX);
+	if (reply ? (h->status > 0 || h->status < -4095) : h->status != 0)
+		return kvn_seterr(-EPROTO, err, errlen, "%s with status %d", kvn_cp_op_name(h->op),
+				  h->status);
+	return 0;
+}
+
+void
+kvn_cp_hello_ok_encode(const struct kvn_cp_hello_ok *o, uint8_t out[KVN_CP_HELLO_OK_SIZE])
+{
+	put16(out, o->major);
+	put16(out + 2, o->minor);
+	put32(out + 4, o->max_batch);
+	put64(out + 8, o->pool_size);
+	put64(out + 16, o->max_chunk);
+	put64(out + 24, o->max_held);
+}
+
+void
+kvn_cp_hello_ok_decode(const uint8_t in[KVN_CP_HELLO_OK_SIZE], struct kvn_cp_hello_ok *o)
+{
+	o->major = get16(in);
+	o->minor = get16(in + 2);
+	o->max_batch = get32(in + 4);
+	o->pool_size = get64(in + 8);
+	o->max_chunk = get64(in + 16);
+	o->max_held = get64(in + 24);
+}
+
+void
+kvn_cp_entry_encode(const struct kvn_cp_entry *e, uint8_t out[KVN_CP_ENTRY_SIZE])
+{
+	put32(out, (uint32_t)e->rc);
+	put32(out + 4, 0);
+	put64(out + 8, e->handle);
+	put64(out + 16, e->off);
+	put64(out + 24, e->len);
+}
+
+void
+kvn_cp_entry_decode(const uint8_t in[KVN_CP_ENTRY_SIZE], struct kvn_cp_entry *e)
+{
+	e->rc = (int32_t)get32(in);
+	e->handle = get64(in + 8);
+	e->off = get64(in + 16);
+	e->len = get64(in + 24);
+}
+
+void
+kvn_cp_buf_reset(struct kvn_cp_buf *b)
+{
+	b->len = 0;
+	b->err = false;
+}
+
+void
+kvn_cp_buf_free(struct kvn_cp_buf *b)
+{
+	free(b->p);
+	*b = (struct kvn_cp_buf){0};
+}
+
+uint8_t *
+kvn_cp_room(struct kvn_cp_buf *b, size_t n)
+{
+	if (b->err)
+		return NULL;
+	if (b->len + n > b->cap) {
+		size_t cap = b->cap ? b->cap : 256;
+		while (cap < b->len + n)
+			cap *= 2;
+		uint8_t *p = realloc(b->p, cap);
+		if (!p) {
+			b->err = true;
+			return NULL;
+		}
+		b->p = p;
+		b->cap = cap;
+	}
+	uint8_t *at = b->p + b->len;
+	b->len += n;
+	return at;
+}
+
+void
+kvn_cp_put_u16(struct kvn_cp_buf *b, uint16_t v)
+{
+	uint8_t *p = kvn_cp_room(b, 2);
+	if (p)
+		put16(p, v);
+}
+
+void
+kvn_cp_put_u32(struct kvn_cp_buf *b, uint32_t v)
+{
+	uint8_t *p = kvn_cp_room(b, 4);
+	if (p)
+		put32(p, v);
+}
+
+void
+kvn_cp_put_u64(struct kvn_cp_buf *b, uint64_t v)
+{
+	uint8_t *p = kvn_cp_room(b, 8);
+	if (p)
+		put64(p, v);
+}
+
+void
+kvn_cp_put_bytes(struct kvn_cp_buf *b, const void *src, size_t n)
+{
+	uint8_t *p = kvn_cp_room(b, n);
+	if (p && n)
+		memcpy(p, src, n);
+}
+
+void
+kvn_cp_put_key(struct kvn_cp_buf *b, const char *key, size_t len)
+{
+	kvn_cp_put_u16(b, (uint16_t)len);
+	kvn_cp_put_bytes(b, key, len);
+}
+
+static const uint8_t *
+take(struct kvn_cp_rd *r, size_t n)
+{
+	if (r->bad || r->len - r->off < n) {
+		r->bad = true;
+		return NULL;
+	}
+	const uint8_t *p = r->p + r->off;
+	r->off += n;
+	return p;
+}
+
+uint16_t
+kvn_cp_get_u16(struct kvn_cp_rd *r)
+{
+	const uint8_t *p = take(r, 2);
+	return p ? get16(p) : 0;
+}
+
+uint32_t
+kvn_cp_get_u32(struct kvn_cp_rd *r)
+{
+	const uint8_t *p = take(r, 4);
+	return p ? get32(p) : 0;
+}
+
+uint64_t
+kvn_cp_get_u64(struct kvn_cp_rd *r)
+{
+	const uint8_t *p = take(r, 8);
+	return p ? get64(p) : 0;
+}
+
+size_t
+kvn_cp_get_key(struct kvn_cp_rd *r, const char **key)
+{
+	uint16_t n = kvn_cp_get_u16(r);
+	const uint8_t *p = n && n <= KVN_KEY_MAX ? take(r, n) : NULL;
+	if (!p) {
+		r->bad = true;
+		*key = NULL;
+		return 0;
+	}
+	*key = (const char *)p;
+	return n;
+}

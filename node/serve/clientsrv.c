@@ -1,0 +1,670 @@
+/* The client protocol, node side (node/serve/clientsrv.h). One thread per connection (the
+ * local socket's skeleton) reads a request, answers it from the engine and writes the reply;
+ * no lock is held while a client reads or writes its pool mapping. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/clock.h"
+#include "core/fdio.h"
+#include "core/log.h"
+#include "core/pool.h"
+#include "node/engine/engine.h"
+#include "node/engine/storage.h"
+#include "node/serve/clientsrv.h"
+
+#define COMP	       "client"
+#define DEFAULT_IO_MS  30000
+#define LOOKUP_TIMEOUT 5000
+
+struct kvn_clientsrv {
+	struct kvn_engine *eng;
+	struct kvn_storage *st;
+	struct kvn_pool *pool;
+	uint8_t *base;
+	struct kvn_clientsrv_opts o;
+	kvn_clientsrv_held_fn held_fn;
+	void *held_ctx;
+
+	_Atomic uint64_t clients, leases, reservations, held_bytes;
+	_Atomic uint64_t requests[KVN_CP_NOPS], keys, held_refused, lookups, copied, proto_errors;
+	struct kvn_ratelimit rl_held;
+};
+
+/* What a client holds: a lease (a view) or a reservation (a slot it writes). */
+struct hold {
+	uint64_t id; /* 0: a free entry */
+	bool resv;
+	struct kvn_buf *view;  /* lease */
+	struct kvn_slot *slot; /* reservation */
+	struct kvn_key *key;   /* reservation: the key it is for */
+	uint64_t len;
+};
+
+struct kvn_client_conn {
+	int fd;
+	char peer[48];
+	uint64_t next_id;
+	struct hold *tab; /* open addressing by id */
+	size_t cap, n;
+	uint64_t held; /* bytes */
+	struct kvn_cp_buf out;
+};
+
+/* ------------------------------------------------------------------------------------------
+ * Holds
+ * ------------------------------------------------------------------------------------------ */
+
+static size_t
+slot_of(const struct kvn_client_conn *cc, uint64_t id)
+{
+	return (size_t)(id * 0x9e3779b97f4a7c15ull) & (cc->cap - 1);
+}
+
+static struct hold *
+hold_find(struct kvn_client_conn *cc, uint64_t id)
+{
+	if (!id || !cc->cap)
+		return NULL;
+	for (size_t i = slot_of(cc, id), k = 0; k < cc->cap; i = (i + 1) & (cc->cap - 1), k++) {
+		if (cc->tab[i].id == id)
+			return &cc->tab[i];
+		if (!cc->tab[i].id)
+			return NULL;
+	}
+	return NULL;
+}
+
+static int
+hold_add(struct kvn_client_conn *cc, const struct hold *h)
+{
+	if ((cc->n + 1) * 2 > cc->cap) {
+		size_t cap = cc->cap ? cc->cap * 2 : 64;
+		struct hold *t = calloc(cap, sizeof(*t)), *old = cc->tab;
+		if (!t)
+			return -ENOMEM;
+		size_t ocap = cc->cap;
+		cc->tab = t;
+		cc->cap = cap;
+		for (size_t i = 0; i < ocap; i++)
+			if (old[i].id) {
+				size_t j = slot_of(cc, old[i].id);
+				while (t[j].id)
+					j = (j + 1) & (cap - 1);
+				t[j] = old[i];
+			}
+		free(old);
+	}
+	size_t j = slot_of(cc, h->id);
+	while (cc->tab[j].id)
+		j = (j + 1) & (cc->cap - 1);
+	cc->tab[j] = *h;
+	cc->n++;
+	return 0;
+}
+
+/* Removes h, keeping every probe chain intact (backward shift). */
+static void
+hold_del(struct kvn_client_conn *cc, struct hold *h)
+{
+	size_t i = (size_t)(h - cc->tab);
+	cc->tab[i].id = 0;
+	cc->n--;
+	for (size_t j = (i + 1) & (cc->cap - 1); cc->tab[j].id; j = (j + 1) & (cc->cap - 1)) {
+		struct hold t = cc->tab[j];
+		cc->tab[j].id = 0;
+		size_t k = slot_of(cc, t.id);
+		while (cc->tab[k].id)
+			k = (k + 1) & (cc->cap - 1);
+		cc->tab[k] = t;
+	}
+}
+
+/* Gives back what h holds (a lease's view; a reservation's slot unless commit took it). */
+static void
+hold_drop(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, struct hold *h, bool slot_taken)
+{
+	cc->held -= h->len;
+	atomic_fetch_sub(&cs->held_bytes, h->len);
+	if (h->resv) {
+		if (!slot_taken)
+			kvn_storage_abort(cs->st, h->slot);
+		free(h->key);
+		atomic_fetch_sub(&cs->reservations, 1);
+	} else {
+		kvn_buf_unref(h->view);
+		atomic_fetch_sub(&cs->leases, 1);
+	}
+	hold_del(cc, h);
+}
+
+/* Whether cc may hold len more bytes. */
+static bool
+hold_room(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const char *what,
+	  const struct kvn_key *key, uint64_t len)
+{
+	if (cc->held + len <= cs->o.max_held)
+		return true;
+	atomic_fetch_add(&cs->held_refused, 1);
+	uint64_t missed;
+	if (kvn_ratelimit_ok(&cs->rl_held, 1000, &missed))
+		kvn_warn(COMP,
+			 "client %s: %s %s refused: it holds %" PRIu64 " bytes of leases and "
+			 "reservations, %" PRIu64 " more would pass client_max_held_bytes (%" PRIu64
+			 "); release views sooner%s",
+			 cc->peer, what, key->str, cc->held, len, cs->o.max_held,
+			 missed ? " (more like it not logged)" : "");
+	return false;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Replies
+ * ------------------------------------------------------------------------------------------ */
+
+static int
+send_reply(struct kvn_client_conn *cc, const struct kvn_cp_hdr *req, int status, uint32_t count)
+{
+	if (cc->out.err)
+		status = -ENOMEM, cc->out.len = 0, count = 0;
+	uint8_t hdr[KVN_CP_HDR_SIZE];
+	struct kvn_cp_hdr h = {.magic = KVN_CP_REPLY_MAGIC,
+			       .op = req->op,
+			       .count = count,
+			       .status = status,
+			       .id = req->id,
+			       .body_len = cc->out.len};
+	kvn_cp_hdr_encode(&h, hdr);
+	int rc = kvn_fd_write_full(cc->fd, hdr, sizeof(hdr));
+	if (!rc && cc->out.len)
+		rc = kvn_fd_write_full(cc->fd, cc->out.p, cc->out.len);
+	kvn_cp_buf_reset(&cc->out);
+	if (rc)
+		kvn_debug(COMP, "client %s: reply to %s not delivered: %s", cc->peer,
+			  kvn_cp_op_name(req->op), kvn_strerror(rc));
+	return rc ? -1 : 0;
+}
+
+/* A reply failing the whole request, its body the message. */
+static int
+send_error(struct kvn_client_conn *cc, const struct kvn_cp_hdr *req, int status, const char *msg)
+{
+	kvn_cp_buf_reset(&cc->out);
+	kvn_cp_put_bytes(&cc->out, msg, strlen(msg));
+	return send_reply(cc, req, status, 0);
+}
+
+static void
+put_entry(struct kvn_client_conn *cc, int rc, uint64_t handle, uint64_t off, uint64_t len)
+{
+	uint8_t *p = kvn_cp_room(&cc->out, KVN_CP_ENTRY_SIZE);
+	if (p)
+		kvn_cp_entry_encode(&(struct kvn_cp_entry){rc, handle, off, len}, p);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Requests
+ * ------------------------------------------------------------------------------------------ */
+
+/* The next key of a body; rc -EINVAL for one that is not a key (the reply says so per key),
+ * -EPROTO when the body ends (the connection closes). */
+static int
+next_key(struct kvn_cp_rd *rd, struct kvn_key *key)
+{
+	const char *k;
+	size_t n = kvn_cp_get_key(rd, &k);
+	if (rd->bad)
+		return -EPROTO;
+	return kvn_key_parse(key, k, n, NULL, 0) < 0 ? -EINVAL : 0;
+}
+
+static int
+do_get(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_cp_hdr *h,
+       struct kvn_cp_rd *rd)
+{
+	for (uint32_t i = 0; i < h->count; i++) {
+		struct kvn_key key;
+		int rc = next_key(rd, &key);
+		if (rc == -EPROTO)
+			return rc;
+		struct kvn_buf *buf = NULL, *view = NULL;
+		if (!rc)
+			rc = kvn_engine_get(cs->eng, &key, &buf);
+		if (!rc && !hold_room(cs, cc, "get", &key, buf->len))
+			rc = -ENOBUFS;
+		if (!rc) {
+			if (!kvn_pool_view_slot(buf))
+				atomic_fetch_add(&cs->copied, 1);
+			rc = kvn_storage_to_pool(cs->st, buf, &view);
+		}
+		kvn_buf_unref(buf);
+		uint64_t id = 0, off = 0, len = 0;
+		if (!rc) {
+			id = cc->next_id++;
+			off = (uint64_t)((const uint8_t *)view->data - cs->base);
+			len = view->len;
+			rc = hold_add(cc, &(struct hold){.id = id, .view = view, .len = len});
+			if (rc) {
+				kvn_buf_unref(view);
+				id = off = len = 0;
+			} else {
+				cc->held += len;
+				atomic_fetch_add(&cs->held_bytes, len);
+				atomic_fetch_add(&cs->leases, 1);
+			}
+		}
+		put_entry(cc, rc, id, off, len);
+	}
+	return send_reply(cc, h, 0, h->count);
+}
+
+static int
+do_reserve(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_cp_hdr *h,
+	   struct kvn_cp_rd *rd)
+{
+	for (uint32_t i = 0; i < h->count; i++) {
+		struct kvn_key key;
+		int rc = next_key(rd, &key);
+		uint64_t len = kvn_cp_get_u64(rd), id = 0, off = 0;
+		if (rc == -EPROTO || rd->bad)
+			return -EPROTO;
+		struct kvn_slot *slot = NULL;
+		struct kvn_key *kc = NULL;
+		if (!rc && len > cs->o.max_chunk)
+			rc = -EMSGSIZE;
+		if (!rc && !hold_room(cs, cc, "put", &key, len))
+			rc = -ENOBUFS;
+		if (!rc && !(kc = malloc(sizeof(*kc))))
+			rc = -ENOMEM;
+		if (!rc)
+			rc = kvn_storage_reserve(cs->st, &key, (size_t)len, &slot);
+		if (!rc) {
+			*kc = key;
+			id = cc->next_id++;
+			rc = hold_add(
+			    cc, &(struct hold){
+				    .id = id, .resv = true, .slot = slot, .key = kc, .len = len});
+		}
+		if (rc) {
+			if (slot)
+				kvn_storage_abort(cs->st, slot);
+			free(kc);
+			id = 0;
+		} else {
+			off = (uint64_t)((const uint8_t *)kvn_slot_payload(slot) - cs->base);
+			cc->held += len;
+			atomic_fetch_add(&cs->held_bytes, len);
+			atomic_fetch_add(&cs->reservations, 1);
+		}
+		put_entry(cc, rc, id, off, rc ? 0 : len);
+	}
+	return send_reply(cc, h, 0, h->count);
+}
+
+static int
+do_commit(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_cp_hdr *h,
+	  struct kvn_cp_rd *rd)
+{
+	bool abort_all = h->flags & KVN_CP_F_ABORT;
+	for (uint32_t i = 0; i < h->count; i++) {
+		uint64_t id = kvn_cp_get_u64(rd), sum = kvn_cp_get_u64(rd);
+		if (rd->bad)
+			return -EPROTO;
+		/* Only a reservation of this connection that is not committed yet: a client
+		 * cannot publish a slot it did not reserve, nor reach one again once published. */
+		struct hold *ho = hold_find(cc, id);
+		int rc = 0;
+		if (!ho || !ho->resv) {
+			rc = -ENOENT;
+		} else if (abort_all) {
+			hold_drop(cs, cc, ho, false);
+		} else {
+			struct kvn_key key = *ho->key;
+			struct kvn_slot *slot = ho->slot;
+			hold_drop(cs, cc, ho, true);
+			rc = kvn_storage_commit(cs->st, &key, slot, sum);
+			if (rc)
+				kvn_debug(COMP, "client %s: put %s not stored: %s", cc->peer,
+					  key.str, kvn_strerror(rc));
+		}
+		kvn_cp_put_u32(&cc->out, (uint32_t)rc);
+	}
+	return send_reply(cc, h, 0, h->count);
+}
+
+static int
+do_release(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_cp_hdr *h,
+	   struct kvn_cp_rd *rd)
+{
+	for (uint32_t i = 0; i < h->count; i++) {
+		uint64_t id = kvn_cp_get_u64(rd);
+		if (rd->bad)
+			return -EPROTO;
+		struct hold *ho = hold_find(cc, id);
+		if (ho && !ho->resv)
+			hold_drop(cs, cc, ho, false);
+	}
+	return 0; /* no reply */
+}
+
+static int
+do_remove(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_cp_hdr *h,
+	  struct kvn_cp_rd *rd)
+{
+	for (uint32_t i = 0; i < h->count; i++) {
+		struct kvn_key key;
+		int rc = next_key(rd, &key);
+		if (rc == -EPROTO)
+			return rc;
+		if (!rc)
+			rc = kvn_engine_remove(cs->eng, &key);
+		kvn_cp_put_u32(&cc->out, (uint32_t)rc);
+	}
+	return send_reply(cc, h, 0, h->count);
+}
+
+/* Keys this node does not hold are asked of the scheduler in one lookup. With PREFIX the
+ * answer stops at the first key held nowhere (LMCache's contains-prefix). */
+static int
+do_contains(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_cp_hdr *h,
+	    struct kvn_cp_rd *rd)
+{
+	bool prefix = h->flags & KVN_CP_F_PREFIX;
+	struct kvn_digest *ask = malloc(sizeof(*ask) * (h->count ? h->count : 1));
+	uint32_t *at = malloc(sizeof(*at) * (h->count ? h->count : 1));
+	int32_t *res = calloc(h->count ? h->count : 1, sizeof(*res));
+	bool *held = malloc(sizeof(*held) * (h->count ? h->count : 1));
+	int rc = ask && at && res && held ? 0 : -ENOMEM;
+	uint32_t nask = 0;
+	for (uint32_t i = 0; i < h->count && rc != -EPROTO; i++) {
+		struct kvn_key key;
+		int r = next_key(rd, &key);
+		if (r == -EPROTO) {
+			rc = r;
+			break;
+		}
+		if (rc)
+			continue;
+		res[i] = r < 0 ? r : kvn_engine_contains(cs->eng, &key) > 0;
+		if (res[i] == 0) {
+			ask[nask] = key.digest;
+			at[nask++] = i;
+		}
+	}
+	if (!rc && nask && cs->held_fn) {
+		atomic_fetch_add(&cs->lookups, 1);
+		if (cs->held_fn(cs->held_ctx, ask, nask, held) == 0)
+			for (uint32_t k = 0; k < nask; k++)
+				res[at[k]] = held[k] ? 2 : 0;
+	}
+	if (!rc) {
+		bool stop = false;
+		for (uint32_t i = 0; i < h->count; i++) {
+			if (prefix && (stop || res[i] <= 0)) {
+				stop = true;
+				res[i] = res[i] < 0 ? res[i] : 0;
+			}
+			kvn_cp_put_u32(&cc->out, (uint32_t)res[i]);
+		}
+	}
+	free(ask);
+	free(at);
+	free(res);
+	free(held);
+	if (rc == -EPROTO)
+		return rc;
+	return rc ? send_error(cc, h, rc, "CONTAINS: out of memory")
+		  : send_reply(cc, h, 0, h->count);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Connections
+ * ------------------------------------------------------------------------------------------ */
+
+static int
+proto_fail(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const char *why)
+{
+	atomic_fetch_add(&cs->proto_errors, 1);
+	kvn_warn(COMP, "client %s: %s; closing its connection", cc->peer, why);
+	return -1;
+}
+
+int
+kvn_clientsrv_serve(struct kvn_clientsrv *cs, struct kvn_client_conn *cc)
+{
+	uint8_t raw[KVN_CP_HDR_SIZE];
+	size_t got;
+	uint64_t deadline = kvn_now_ms() + (uint64_t)cs->o.io_timeout_ms;
+	int rc = kvn_fd_read_by(cc->fd, raw, sizeof(raw), deadline, &got);
+	if (rc)
+		return got == 0 && rc == -ECONNRESET ? -1 : proto_fail(cs, cc, "truncated request");
+	struct kvn_cp_hdr h;
+	char why[256];
+	kvn_cp_hdr_decode(raw, &h);
+	if (kvn_cp_hdr_validate(&h, false, why, sizeof(why)) || h.op == KVN_CP_HELLO)
+		return proto_fail(cs, cc, h.op == KVN_CP_HELLO ? "a second HELLO" : why);
+	uint8_t *body = h.body_len ? malloc((size_t)h.body_len) : NULL;
+	if (h.body_len && !body)
+		return proto_fail(cs, cc, "out of memory for a request body");
+	rc = kvn_fd_read_by(cc->fd, body, (size_t)h.body_len, deadline, &got);
+	if (rc) {
+		free(body);
+		return proto_fail(cs, cc, "truncated request body");
+	}
+	atomic_fetch_add(&cs->requests[h.op], 1);
+	atomic_fetch_add(&cs->keys, h.count);
+	struct kvn_cp_rd rd = {body, (size_t)h.body_len, 0, false};
+	kvn_cp_buf_reset(&cc->out);
+	switch (h.op) {
+	case KVN_CP_GET:
+		rc = do_get(cs, cc, &h, &rd);
+		break;
+	case KVN_CP_RESERVE:
+		rc = do_reserve(cs, cc, &h, &rd);
+		break;
+	case KVN_CP_COMMIT:
+		rc = do_commit(cs, cc, &h, &rd);
+		break;
+	case KVN_CP_RELEASE:
+		rc = do_release(cs, cc, &h, &rd);
+		break;
+	case KVN_CP_REMOVE:
+		rc = do_remove(cs, cc, &h, &rd);
+		break;
+	case KVN_CP_CONTAINS:
+		rc = do_contains(cs, cc, &h, &rd);
+		break;
+	case KVN_CP_PING:
+		rc = send_reply(cc, &h, 0, 0);
+		break;
+	}
+	free(body);
+	if (rc == -EPROTO) {
+		snprintf(why, sizeof(why), "malformed %s body (%u entries in %" PRIu64 " bytes)",
+			 kvn_cp_op_name(h.op), h.count, h.body_len);
+		return proto_fail(cs, cc, why);
+	}
+	return rc;
+}
+
+static int
+send_hello_ok(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_cp_hdr *req)
+{
+	uint8_t buf[KVN_CP_HDR_SIZE + KVN_CP_HELLO_OK_SIZE];
+	struct kvn_cp_hdr h = {.magic = KVN_CP_REPLY_MAGIC,
+			       .op = KVN_CP_HELLO,
+			       .id = req->id,
+			       .body_len = KVN_CP_HELLO_OK_SIZE};
+	kvn_cp_hdr_encode(&h, buf);
+	struct kvn_cp_hello_ok ok = {.major = KVN_CP_MAJOR,
+				     .minor = KVN_CP_MINOR,
+				     .max_batch = KVN_CP_BATCH_MAX,
+				     .pool_size = kvn_pool_size(cs->pool),
+				     .max_chunk = cs->o.max_chunk,
+				     .max_held = cs->o.max_held};
+	kvn_cp_hello_ok_encode(&ok, buf + KVN_CP_HDR_SIZE);
+	int fd = kvn_pool_fd(cs->pool);
+	char ctl[CMSG_SPACE(sizeof(int))] = {0};
+	struct iovec iov = {buf, sizeof(buf)};
+	struct msghdr mh = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl)};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	ssize_t n = sendmsg(cc->fd, &mh, MSG_NOSIGNAL);
+	/* The header and the 32 bytes fit any socket buffer: sent whole or not at all. */
+	return n == (ssize_t)sizeof(buf) ? 0 : -1;
+}
+
+int
+kvn_clientsrv_hello(struct kvn_clientsrv *cs, int fd, const char *peer, const struct kvn_cp_hdr *h,
+		    struct kvn_client_conn **out)
+{
+	*out = NULL;
+	uint8_t body[8 + KVN_CP_NAME_MAX];
+	struct kvn_client_conn tmp = {.fd = fd};
+	snprintf(tmp.peer, sizeof(tmp.peer), "%s", peer);
+	if (h->body_len < 8 || h->body_len > sizeof(body))
+		return proto_fail(cs, &tmp, "HELLO of a wrong size");
+	size_t got;
+	if (kvn_fd_read_by(fd, body, (size_t)h->body_len,
+			   kvn_now_ms() + (uint64_t)cs->o.io_timeout_ms, &got))
+		return proto_fail(cs, &tmp, "truncated HELLO");
+	uint16_t major = (uint16_t)(body[0] | body[1] << 8),
+		 minor = (uint16_t)(body[2] | body[3] << 8);
+	if (major != KVN_CP_MAJOR) {
+		char msg[200];
+		snprintf(msg, sizeof(msg),
+			 "client protocol %u.%u: this node (kvnode %s) speaks %u.%u; use the "
+			 "client library of the node's version",
+			 major, minor, KVN_VERSION_STRING, KVN_CP_MAJOR, KVN_CP_MINOR);
+		kvn_warn(COMP, "client %s refused: %s", peer, msg);
+		send_error(&tmp, h, -EPROTO, msg);
+		kvn_cp_buf_free(&tmp.out);
+		return -1;
+	}
+	struct kvn_client_conn *cc = calloc(1, sizeof(*cc));
+	if (!cc) {
+		send_error(&tmp, h, -ENOMEM, "the node is out of memory");
+		kvn_cp_buf_free(&tmp.out);
+		return -1;
+	}
+	cc->fd = fd;
+	cc->next_id = 1;
+	char name[25];
+	size_t nl = (size_t)h->body_len - 8 < 24 ? (size_t)h->body_len - 8 : 24;
+	for (size_t i = 0; i < nl; i++) /* a name for log lines: printable ASCII only */
+		name[i] = body[8 + i] >= 0x20 && body[8 + i] < 0x7f ? (char)body[8 + i] : '?';
+	name[nl] = '\0';
+	snprintf(cc->peer, sizeof(cc->peer), "%s (%s)", name, peer);
+	if (send_hello_ok(cs, cc, h)) {
+		free(cc);
+		return -1;
+	}
+	atomic_fetch_add(&cs->clients, 1);
+	kvn_debug(COMP, "client %s connected (protocol %u.%u)", cc->peer, major, minor);
+	*out = cc;
+	return 0;
+}
+
+void
+kvn_clientsrv_conn_end(struct kvn_clientsrv *cs, struct kvn_client_conn *cc)
+{
+	if (!cc)
+		return;
+	size_t leases = 0, resv = 0;
+	for (size_t i = 0; i < cc->cap; i++) {
+		struct hold *h = &cc->tab[i];
+		if (!h->id)
+			continue;
+		if (h->resv) {
+			resv++;
+			kvn_storage_abort(cs->st, h->slot);
+			free(h->key);
+		} else {
+			leases++;
+			kvn_buf_unref(h->view);
+		}
+	}
+	atomic_fetch_sub(&cs->leases, leases);
+	atomic_fetch_sub(&cs->reservations, resv);
+	atomic_fetch_sub(&cs->held_bytes, cc->held);
+	if (leases || resv)
+		kvn_debug(COMP, "client %s gone: %zu leases and %zu reservations given back",
+			  cc->peer, leases, resv);
+	atomic_fetch_sub(&cs->clients, 1);
+	free(cc->tab);
+	kvn_cp_buf_free(&cc->out);
+	free(cc);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The server
+ * ------------------------------------------------------------------------------------------ */
+
+int
+kvn_clientsrv_create(struct kvn_engine *eng, const struct kvn_clientsrv_opts *opts,
+		     struct kvn_clientsrv **out, char *err, size_t errlen)
+{
+	*out = NULL;
+	struct kvn_pool *pool = kvn_engine_pool(eng);
+	if (!pool)
+		return kvn_seterr(-ENOTSUP, err, errlen,
+				  "clients need the cpu tier (local_cpu: true): its pool is what "
+				  "they map");
+	struct kvn_clientsrv *cs = calloc(1, sizeof(*cs));
+	if (!cs)
+		return kvn_seterr(-ENOMEM, err, errlen, "out of memory");
+	cs->eng = eng;
+	cs->st = kvn_engine_storage(eng);
+	cs->pool = pool;
+	cs->base = kvn_pool_base(pool);
+	cs->o = *opts;
+	if (!cs->o.max_held)
+		cs->o.max_held = kvn_pool_size(pool) / 4;
+	if (!cs->o.io_timeout_ms)
+		cs->o.io_timeout_ms = DEFAULT_IO_MS;
+	if (!cs->o.max_chunk)
+		cs->o.max_chunk = kvn_pool_size(pool);
+	*out = cs;
+	return 0;
+}
+
+void
+kvn_clientsrv_destroy(struct kvn_clientsrv *cs)
+{
+	free(cs);
+}
+
+void
+kvn_clientsrv_set_held(struct kvn_clientsrv *cs, kvn_clientsrv_held_fn fn, void *ctx)
+{
+	cs->held_fn = fn;
+	cs->held_ctx = ctx;
+}
+
+void
+kvn_clientsrv_stats(struct kvn_clientsrv *cs, struct kvn_clientsrv_stats *out)
+{
+	*out = (struct kvn_clientsrv_stats){0};
+	if (!cs)
+		return;
+	out->clients = atomic_load(&cs->clients);
+	out->leases = atomic_load(&cs->leases);
+	out->reservations = atomic_load(&cs->reservations);
+	out->held_bytes = atomic_load(&cs->held_bytes);
+	for (int i = 0; i < KVN_CP_NOPS; i++)
+		out->requests[i] = atomic_load(&cs->requests[i]);
+	out->keys = atomic_load(&cs->keys);
+	out->held_refused = atomic_load(&cs->held_refused);
+	out->cluster_lookups = atomic_load(&cs->lookups);
+	out->copied_to_pool = atomic_load(&cs->copied);
+	out->protocol_errors = atomic_load(&cs->proto_errors);
+}

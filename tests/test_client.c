@@ -1,0 +1,606 @@
+/* The client library (kvnode/client.h) against real `kvnode serve` nodes: views and one-copy
+ * puts through the mapped pool, batches, contains-prefix with one scheduler lookup, peer hits
+ * as views, leases under eviction pressure and after a SIGKILL, the write protection of
+ * committed slots, 100 clients at once, the asynchronous form, and older callers. */
+#include <cjson/cJSON.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "client/proto.h"
+#include "kvnode/client.h"
+#include "tests/helpers/cluster_env.h"
+#include "tests/helpers/pattern.h"
+
+static char dir[256];
+static struct sched sched;
+static struct cnode a, b;
+
+static void
+start_sized(const char *extra, const char *cpu_gb)
+{
+	cr_assert_eq(proc_mkdtemp("kvn-client", dir, sizeof(dir)), 0);
+	sched_start(&sched, "127.0.0.1:0", NULL);
+	cnode_start(&a, "a",
+		    &(struct cnode_opts){
+			.dir = dir, .sched = sched.addr, .extra = extra, .cpu_gb = cpu_gb});
+}
+
+static void
+start_one(const char *extra)
+{
+	start_sized(extra, NULL);
+}
+
+static void
+start_two(void)
+{
+	start_one(NULL);
+	cnode_start(&b, "b", &(struct cnode_opts){.dir = dir, .sched = sched.addr});
+}
+
+static void
+stop_all(void)
+{
+	if (b.p.pid)
+		cnode_stop(&b);
+	if (a.p.pid)
+		cnode_stop(&a);
+	sched_stop(&sched);
+	if (dir[0] && !getenv("KVN_TEST_KEEP"))
+		proc_rm_tree(dir);
+	memset(&a, 0, sizeof(a));
+	memset(&b, 0, sizeof(b));
+	dir[0] = '\0';
+}
+
+static struct kvn_client *
+open_client(const struct cnode *n)
+{
+	struct kvn_client *c = NULL;
+	char err[512] = "";
+	struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT, .socket_path = n->sock, .name = "test",
+				    .timeout_ms = 60000};
+	cr_assert_eq(kvn_client_open(&o, &c, err, sizeof(err)), 0, "%s", err);
+	return c;
+}
+
+static void
+key_text(char *out, size_t len, const char *tag, unsigned i)
+{
+	snprintf(out, len, "model@1@0@%08x%s@bfloat16", i, tag);
+}
+
+/* A field of the node's "clients" stats, -1 when absent. */
+static long long
+client_stat(const struct cnode *n, const char *field)
+{
+	char *json = NULL, err[256];
+	struct kvn_cli_conn *c;
+	long long v = -1;
+	if (kvn_cli_connect(n->sock, 10000, &c, err, sizeof(err)) < 0)
+		return -1;
+	int rc = kvn_cli_stat(c, &json);
+	kvn_cli_close(c);
+	if (rc < 0)
+		return -1;
+	cJSON *root = cJSON_Parse(json), *o = cJSON_GetObjectItem(root, "clients");
+	cJSON *f = strchr(field, '.') ? cJSON_GetObjectItem(cJSON_GetObjectItem(o, "requests"),
+							    strchr(field, '.') + 1)
+				      : cJSON_GetObjectItem(o, field);
+	if (cJSON_IsNumber(f))
+		v = (long long)f->valuedouble;
+	cJSON_Delete(root);
+	free(json);
+	return v;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * One node
+ * ------------------------------------------------------------------------------------------ */
+
+Test(client, put_then_get_as_a_view_and_into_a_buffer_byte_for_byte, .fini = stop_all,
+     .timeout = 300)
+{
+	start_one(NULL);
+	struct kvn_client *c = open_client(&a);
+	static const size_t sizes[] = {1, 4097, 256 << 10, 3u << 20};
+	for (unsigned i = 0; i < 4; i++) {
+		char k[96];
+		key_text(k, sizeof(k), "one", i);
+		uint8_t *v = malloc(sizes[i]), *got = malloc(sizes[i]);
+		pattern_fill(v, sizes[i], i + 1);
+		cr_assert_eq(kvn_client_put(c, k, v, sizes[i]), 0, "%s", kvn_client_error(c));
+		struct kvn_view view;
+		cr_assert_eq(kvn_client_get(c, k, &view), 0, "%s", kvn_client_error(c));
+		cr_assert_eq(view.len, sizes[i]);
+		cr_assert(view.lease != 0);
+		cr_assert_arr_eq(view.data, v, sizes[i], "the view of %s differs", k);
+		kvn_client_release(c, &view, 1);
+		cr_assert_null(view.data);
+		size_t len = 0;
+		cr_assert_eq(kvn_client_get_into(c, k, got, sizes[i], &len), 0, "%s",
+			     kvn_client_error(c));
+		cr_assert_eq(len, sizes[i]);
+		cr_assert_arr_eq(got, v, sizes[i]);
+		if (sizes[i] > 1)
+			cr_assert_eq(kvn_client_get_into(c, k, got, sizes[i] - 1, &len), -ENOSPC);
+		cr_assert_eq(len, sizes[i], "a short buffer still says the value's length");
+		free(v);
+		free(got);
+	}
+	char k[96];
+	key_text(k, sizeof(k), "one", 0);
+	cr_assert_eq(kvn_client_remove(c, k), 0);
+	struct kvn_view view;
+	cr_assert_eq(kvn_client_get(c, k, &view), -ENOENT);
+	cr_assert(strstr(kvn_client_error(c), k), "the error names the key: %s",
+		  kvn_client_error(c));
+	cr_assert_eq(kvn_client_remove(c, k), -ENOENT);
+	cr_assert_eq(kvn_client_get(c, "bad\x01key", &view), -EINVAL);
+	kvn_client_close(c);
+	cr_assert_eq(client_stat(&a, "leases"), 0, "every lease was given back");
+}
+
+Test(client, a_put_over_max_chunk_size_is_refused_before_anything_is_sent, .fini = stop_all,
+     .timeout = 300)
+{
+	start_one("max_chunk_size: 65536\n");
+	struct kvn_client *c = open_client(&a);
+	cr_assert_eq(kvn_client_max_value(c), 65536);
+	static uint8_t v[65537];
+	cr_assert_eq(kvn_client_put(c, "model@1@0@00aa@half", v, sizeof(v)), -EMSGSIZE);
+	cr_assert(strstr(kvn_client_error(c), "max_chunk_size"), "%s", kvn_client_error(c));
+	cr_assert_eq(kvn_client_put(c, "model@1@0@00aa@half", v, 65536), 0, "%s",
+		     kvn_client_error(c));
+	kvn_client_close(c);
+}
+
+Test(client, batches_are_one_request_each_and_say_per_key_what_happened, .fini = stop_all,
+     .timeout = 300)
+{
+	start_one(NULL);
+	struct kvn_client *c = open_client(&a);
+	enum { N = 32, LEN = 100000 };
+	char text[N][96];
+	const char *keys[N];
+	const void *data[N];
+	size_t lens[N], caps[N], got_len[N];
+	void *dst[N];
+	uint8_t *vals = malloc((size_t)N * LEN), *out = malloc((size_t)N * LEN);
+	for (unsigned i = 0; i < N; i++) {
+		key_text(text[i], sizeof(text[i]), "batch", i);
+		keys[i] = text[i];
+		pattern_fill(vals + (size_t)i * LEN, LEN, 100 + i);
+		data[i] = vals + (size_t)i * LEN;
+		lens[i] = caps[i] = LEN;
+		dst[i] = out + (size_t)i * LEN;
+	}
+	long long puts0 = client_stat(&a, "requests.RESERVE");
+	int rcs[N];
+	cr_assert_eq(kvn_client_batch_put(c, keys, N, data, lens, rcs), 0, "%s",
+		     kvn_client_error(c));
+	cr_assert_eq(client_stat(&a, "requests.RESERVE"), puts0 + 1, "32 puts, one RESERVE");
+	cr_assert_eq(kvn_client_batch_get_into(c, keys, N, dst, caps, got_len, rcs), 0, "%s",
+		     kvn_client_error(c));
+	for (unsigned i = 0; i < N; i++) {
+		cr_assert_eq(got_len[i], LEN);
+		cr_assert_arr_eq(out + (size_t)i * LEN, vals + (size_t)i * LEN, LEN, "key %u", i);
+	}
+	struct kvn_view views[N];
+	cr_assert_eq(kvn_client_batch_get(c, keys, N, views, rcs), 0);
+	for (unsigned i = 0; i < N; i++)
+		cr_assert_arr_eq(views[i].data, vals + (size_t)i * LEN, LEN);
+	cr_assert_eq(client_stat(&a, "leases"), N);
+	kvn_client_release(c, views, N);
+	/* Half removed: the batch says which. */
+	cr_assert_eq(kvn_client_batch_remove(c, keys, N / 2, rcs), 0);
+	cr_assert_eq(kvn_client_batch_get(c, keys, N, views, rcs), -ENOENT);
+	for (unsigned i = 0; i < N; i++)
+		cr_assert_eq(rcs[i], i < N / 2 ? -ENOENT : 0, "key %u: %d", i, rcs[i]);
+	kvn_client_release(c, views, N);
+	size_t found = 99;
+	cr_assert_eq(kvn_client_contains_prefix(c, keys + N / 2, N / 2, &found), 0);
+	cr_assert_eq(found, N / 2);
+	cr_assert_eq(kvn_client_contains_prefix(c, keys, N, &found), 0);
+	cr_assert_eq(found, 0, "the first key is gone: the prefix is empty");
+	kvn_client_close(c);
+	free(vals);
+	free(out);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Two nodes
+ * ------------------------------------------------------------------------------------------ */
+
+Test(client, a_peer_hit_is_a_view_and_a_prefix_batch_is_one_scheduler_lookup, .fini = stop_all,
+     .timeout = 300)
+{
+	start_two();
+	struct kvn_client *ca = open_client(&a), *cb = open_client(&b);
+	enum { N = 32, HELD = 20, LEN = 300000 };
+	char text[N][96];
+	const char *keys[N];
+	uint8_t *v = malloc(LEN);
+	for (unsigned i = 0; i < N; i++) {
+		key_text(text[i], sizeof(text[i]), "peer", i);
+		keys[i] = text[i];
+	}
+	/* The first 20 keys exist, alternately on a and on b; the rest nowhere. */
+	for (unsigned i = 0; i < HELD; i++) {
+		pattern_fill(v, LEN, 500 + i);
+		cr_assert_eq(kvn_client_put(i % 2 ? cb : ca, keys[i], v, LEN), 0);
+	}
+	/* b learns of a's chunks through the scheduler: wait until it sees them all. */
+	size_t found = 0;
+	for (int t = 0; t < DEADLINE / 50 && found != HELD; t++) {
+		cr_assert_eq(kvn_client_contains_prefix(cb, keys, N, &found), 0, "%s",
+			     kvn_client_error(cb));
+		if (found != HELD)
+			sched_sleep_ms(50);
+	}
+	cr_assert_eq(found, HELD, "b sees the prefix of 20 keys held by a and b");
+	long long l0 = client_stat(&b, "cluster_lookups"),
+		  r0 = client_stat(&b, "requests.CONTAINS");
+	cr_assert_eq(kvn_client_contains_prefix(cb, keys, N, &found), 0);
+	cr_assert_eq(found, HELD);
+	cr_assert_eq(client_stat(&b, "requests.CONTAINS") - r0, 1, "one node round trip");
+	cr_assert_eq(client_stat(&b, "cluster_lookups") - l0, 1, "one scheduler lookup");
+	/* A key a holds, read through b's client: b READs it into its pool, the client sees it
+	 * there. */
+	struct kvn_view view;
+	cr_assert_eq(kvn_client_get(cb, keys[0], &view), 0, "%s", kvn_client_error(cb));
+	pattern_fill(v, LEN, 500);
+	cr_assert_eq(view.len, LEN);
+	cr_assert_arr_eq(view.data, v, LEN, "the peer hit's bytes");
+	kvn_client_release(cb, &view, 1);
+	kvn_client_close(ca);
+	kvn_client_close(cb);
+	free(v);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Leases and what a client may not do
+ * ------------------------------------------------------------------------------------------ */
+
+Test(client, a_lease_survives_eviction_pressure_and_is_freed_on_release, .fini = stop_all,
+     .timeout = 300)
+{
+	start_one(NULL); /* a 20 MB pool */
+	struct kvn_client *c = open_client(&a);
+	enum { LEN = 1 << 20 };
+	uint8_t *v = malloc(LEN), *w = malloc(LEN);
+	pattern_fill(v, LEN, 7);
+	cr_assert_eq(kvn_client_put(c, "model@1@0@0001@half", v, LEN), 0);
+	struct kvn_view held;
+	cr_assert_eq(kvn_client_get(c, "model@1@0@0001@half", &held), 0);
+	/* Three times the pool in other values: the held one's slot is never reused. */
+	for (unsigned i = 0; i < 60; i++) {
+		char k[96];
+		key_text(k, sizeof(k), "press", i);
+		pattern_fill(w, LEN, 1000 + i);
+		int rc = kvn_client_put(c, k, w, LEN);
+		cr_assert(rc == 0 || rc == -ENOMEM, "%s", kvn_client_error(c));
+	}
+	cr_assert_arr_eq(held.data, v, LEN, "a leased view changed under eviction pressure");
+	cr_assert_eq(client_stat(&a, "leases"), 1);
+	kvn_client_release(c, &held, 1);
+	for (int t = 0; t < DEADLINE / 20 && client_stat(&a, "leases") != 0; t++)
+		sched_sleep_ms(20);
+	cr_assert_eq(client_stat(&a, "leases"), 0);
+	cr_assert_eq(client_stat(&a, "held_bytes"), 0);
+	kvn_client_close(c);
+	free(v);
+	free(w);
+}
+
+Test(client, a_sigkilled_client_loses_its_leases_and_reservations_at_once, .fini = stop_all,
+     .timeout = 300)
+{
+	start_one(NULL);
+	struct kvn_client *c = open_client(&a);
+	static uint8_t v[1 << 16];
+	pattern_fill(v, sizeof(v), 3);
+	cr_assert_eq(kvn_client_put(c, "model@1@0@00cc@half", v, sizeof(v)), 0);
+	kvn_client_close(c);
+	int ready[2];
+	cr_assert_eq(pipe(ready), 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		struct kvn_client *k = NULL;
+		struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT, .socket_path = a.sock};
+		struct kvn_view views[8];
+		const char *keys[8];
+		for (int i = 0; i < 8; i++)
+			keys[i] = "model@1@0@00cc@half";
+		if (kvn_client_open(&o, &k, NULL, 0) ||
+		    kvn_client_batch_get(k, keys, 8, views, NULL))
+			_exit(1);
+		if (write(ready[1], "x", 1) != 1)
+			_exit(1);
+		pause();
+		_exit(0);
+	}
+	char x;
+	cr_assert_eq(read(ready[0], &x, 1), 1, "the child did not get its leases");
+	cr_assert_eq(client_stat(&a, "leases"), 8);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	for (int t = 0; t < DEADLINE / 20 && client_stat(&a, "leases") != 0; t++)
+		sched_sleep_ms(20);
+	cr_assert_eq(client_stat(&a, "leases"), 0, "the killed client's leases are gone");
+	cr_assert_eq(client_stat(&a, "held_bytes"), 0);
+	cr_assert_eq(client_stat(&a, "connected"), 0);
+	close(ready[0]);
+	close(ready[1]);
+}
+
+Test(client, a_committed_slot_cannot_be_written_and_keeps_its_bytes, .fini = stop_all,
+     .timeout = 300)
+{
+	start_one(NULL);
+	struct kvn_client *c = open_client(&a);
+	static uint8_t v[1 << 16];
+	pattern_fill(v, sizeof(v), 9);
+	cr_assert_eq(kvn_client_put(c, "model@1@0@00dd@half", v, sizeof(v)), 0);
+	struct kvn_view view;
+	cr_assert_eq(kvn_client_get(c, "model@1@0@00dd@half", &view), 0);
+	fflush(NULL);
+	pid_t pid = fork();
+	if (pid == 0) {
+		((volatile uint8_t *)view.data)[100] ^= 0xff; /* faults: the pool is read-only */
+		_exit(0);
+	}
+	int st;
+	cr_assert_eq(waitpid(pid, &st, 0), pid);
+	cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGSEGV,
+		  "a write into a committed slot was not refused (status 0x%x)", st);
+	kvn_client_release(c, &view, 1);
+	uint8_t got[sizeof(v)];
+	size_t len;
+	cr_assert_eq(kvn_client_get_into(c, "model@1@0@00dd@half", got, sizeof(got), &len), 0);
+	cr_assert_arr_eq(got, v, sizeof(v), "the bytes stay");
+	kvn_client_close(c);
+}
+
+/* A raw connection that speaks the protocol by hand: HELLO (keeping the pool fd away), then
+ * a frame of ours. */
+static int
+raw_hello(const char *sock, uint16_t major, uint16_t minor, struct kvn_cp_hdr *reply)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	cr_assert_lt(strlen(sock), sizeof(sa.sun_path));
+	memcpy(sa.sun_path, sock, strlen(sock) + 1);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	struct timeval tv = {.tv_sec = 30};
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	uint8_t buf[KVN_CP_HDR_SIZE + 12];
+	kvn_cp_hdr_encode(
+	    &(struct kvn_cp_hdr){.magic = KVN_CP_REQ_MAGIC, .op = KVN_CP_HELLO, .body_len = 12},
+	    buf);
+	uint8_t *b = buf + KVN_CP_HDR_SIZE;
+	b[0] = (uint8_t)major, b[1] = (uint8_t)(major >> 8), b[2] = (uint8_t)minor,
+	b[3] = (uint8_t)(minor >> 8);
+	memset(b + 4, 0, 4);
+	memcpy(b + 8, "raw!", 4);
+	cr_assert_eq(write(fd, buf, sizeof(buf)), (ssize_t)sizeof(buf));
+	uint8_t rep[KVN_CP_HDR_SIZE + 256];
+	char ctl[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = {rep, KVN_CP_HDR_SIZE};
+	struct msghdr mh = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl)};
+	cr_assert_eq(recvmsg(fd, &mh, MSG_WAITALL | MSG_CMSG_CLOEXEC), KVN_CP_HDR_SIZE);
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+		int pfd;
+		memcpy(&pfd, CMSG_DATA(cm), sizeof(pfd));
+		close(pfd);
+	}
+	kvn_cp_hdr_decode(rep, reply);
+	cr_assert_leq(reply->body_len, 256);
+	cr_assert_eq(recv(fd, rep + KVN_CP_HDR_SIZE, (size_t)reply->body_len, MSG_WAITALL),
+		     (ssize_t)reply->body_len);
+	return fd;
+}
+
+Test(client, a_commit_of_a_slot_the_client_did_not_reserve_is_refused, .fini = stop_all,
+     .timeout = 300)
+{
+	start_one(NULL);
+	struct kvn_cp_hdr h;
+	int fd = raw_hello(a.sock, KVN_CP_MAJOR, 0, &h);
+	cr_assert_eq(h.status, 0);
+	/* Reservation ids are the connection's own: 1 is one this client never got. */
+	uint8_t buf[KVN_CP_HDR_SIZE + 16];
+	kvn_cp_hdr_encode(&(struct kvn_cp_hdr){.magic = KVN_CP_REQ_MAGIC,
+					       .op = KVN_CP_COMMIT,
+					       .count = 1,
+					       .id = 7,
+					       .body_len = 16},
+			  buf);
+	memset(buf + KVN_CP_HDR_SIZE, 0, 16);
+	buf[KVN_CP_HDR_SIZE] = 1;
+	cr_assert_eq(write(fd, buf, sizeof(buf)), (ssize_t)sizeof(buf));
+	uint8_t rep[KVN_CP_HDR_SIZE + 4];
+	cr_assert_eq(recv(fd, rep, sizeof(rep), MSG_WAITALL), (ssize_t)sizeof(rep));
+	kvn_cp_hdr_decode(rep, &h);
+	cr_assert_eq(h.id, 7);
+	int32_t rc;
+	memcpy(&rc, rep + KVN_CP_HDR_SIZE, 4);
+	cr_assert_eq(rc, -ENOENT, "a forged commit got %d", rc);
+	close(fd);
+}
+
+Test(client, an_older_caller_is_served_and_another_major_protocol_is_refused, .fini = stop_all,
+     .timeout = 300)
+{
+	start_one(NULL);
+	struct kvn_cp_hdr h;
+	int fd = raw_hello(a.sock, KVN_CP_MAJOR, 0, &h);
+	cr_assert_eq(h.status, 0, "protocol %u.0 is served", KVN_CP_MAJOR);
+	close(fd);
+	fd = raw_hello(a.sock, KVN_CP_MAJOR + 1, 0, &h);
+	cr_assert_eq(h.status, -EPROTO);
+	close(fd);
+	/* A caller built before timeout_ms existed passes the shorter options. */
+	struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT, .socket_path = a.sock};
+	o.size = (uint32_t)offsetof(struct kvn_client_opts, timeout_ms);
+	o.timeout_ms = -12345; /* past its size: never read */
+	struct kvn_client *c = NULL;
+	char err[512];
+	cr_assert_eq(kvn_client_open(&o, &c, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_client_put(c, "model@1@0@00ee@half", "x", 1), 0);
+	kvn_client_close(c);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Many clients, asynchronous requests
+ * ------------------------------------------------------------------------------------------ */
+
+struct worker {
+	const char *sock;
+	unsigned id;
+	int failures;
+	char why[512];
+};
+
+static void *
+worker_main(void *arg)
+{
+	struct worker *w = arg;
+	struct kvn_client *c = NULL;
+	struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT, .socket_path = w->sock,
+				    .timeout_ms = 120000};
+	if (kvn_client_open(&o, &c, w->why, sizeof(w->why))) {
+		w->failures++;
+		return NULL;
+	}
+	enum { K = 8, LEN = 20000 };
+	char text[K][96];
+	const char *keys[K];
+	const void *data[K];
+	size_t lens[K];
+	uint8_t *vals = malloc((size_t)K * LEN), *got = malloc(LEN);
+	for (unsigned round = 0; round < 5 && !w->failures; round++) {
+		for (unsigned i = 0; i < K; i++) {
+			key_text(text[i], sizeof(text[i]), "many", w->id * 1000 + round * K + i);
+			keys[i] = text[i];
+			pattern_fill(vals + (size_t)i * LEN, LEN, w->id * 100000 + round * K + i);
+			data[i] = vals + (size_t)i * LEN;
+			lens[i] = LEN - i;
+		}
+		struct kvn_view views[K];
+		size_t len;
+		if (kvn_client_batch_put(c, keys, K, data, lens, NULL) ||
+		    kvn_client_batch_get(c, keys, K, views, NULL)) {
+			snprintf(w->why, sizeof(w->why), "%s", kvn_client_error(c));
+			w->failures++;
+			break;
+		}
+		for (unsigned i = 0; i < K; i++)
+			if (views[i].len != LEN - i ||
+			    memcmp(views[i].data, vals + (size_t)i * LEN, LEN - i))
+				w->failures++,
+				    snprintf(w->why, sizeof(w->why), "%s differs", keys[i]);
+		kvn_client_release(c, views, K);
+		if (kvn_client_get_into(c, keys[round % K], got, LEN, &len) ||
+		    memcmp(got, vals + (size_t)(round % K) * LEN, len))
+			w->failures++, snprintf(w->why, sizeof(w->why), "get_into %s", keys[0]);
+		if (kvn_client_batch_remove(c, keys, K / 2, NULL))
+			w->failures++, snprintf(w->why, sizeof(w->why), "%s", kvn_client_error(c));
+	}
+	free(vals);
+	free(got);
+	kvn_client_close(c);
+	return NULL;
+}
+
+Test(client, a_hundred_clients_doing_mixed_batches_see_every_byte_right, .fini = stop_all,
+     .timeout = 600)
+{
+	start_sized(NULL, "0.2");
+	enum { W = 100 };
+	static struct worker w[W];
+	pthread_t t[W];
+	for (unsigned i = 0; i < W; i++) {
+		w[i] = (struct worker){.sock = a.sock, .id = i};
+		cr_assert_eq(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
+	}
+	for (unsigned i = 0; i < W; i++)
+		pthread_join(t[i], NULL);
+	for (unsigned i = 0; i < W; i++)
+		cr_assert_eq(w[i].failures, 0, "client %u: %s", i, w[i].why);
+	for (int t2 = 0; t2 < DEADLINE / 20 && client_stat(&a, "connected") != 0; t2++)
+		sched_sleep_ms(20);
+	cr_assert_eq(client_stat(&a, "leases"), 0);
+}
+
+static void
+count_done(struct kvn_client_req *req)
+{
+	++*(int *)req->ctx;
+}
+
+Test(client, asynchronous_requests_complete_through_the_fd_and_callbacks, .fini = stop_all,
+     .timeout = 300)
+{
+	start_one(NULL);
+	struct kvn_client *c = open_client(&a);
+	enum { N = 16, LEN = 50000 };
+	char text[N][96];
+	const char *keys[N];
+	const void *data[N];
+	size_t lens[N], caps[N], got_len[N];
+	void *dst[N];
+	uint8_t *vals = malloc((size_t)N * LEN), *out = malloc((size_t)N * LEN);
+	for (unsigned i = 0; i < N; i++) {
+		key_text(text[i], sizeof(text[i]), "async", i);
+		keys[i] = text[i];
+		pattern_fill(vals + (size_t)i * LEN, LEN, 77 + i);
+		data[i] = vals + (size_t)i * LEN;
+		lens[i] = caps[i] = LEN;
+		dst[i] = out + (size_t)i * LEN;
+	}
+	int done = 0;
+	struct kvn_client_req put[N];
+	for (unsigned i = 0; i < N; i++) {
+		put[i] = (struct kvn_client_req){
+		    KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_PUT, .n = 1,
+		    .keys = &keys[i],	 .data = &data[i],     .lens_in = &lens[i],
+		    .done = count_done,	 .ctx = &done};
+		cr_assert_eq(kvn_client_submit(c, &put[i]), 0, "%s", kvn_client_error(c));
+	}
+	while (done < N) {
+		struct pollfd pf = {.fd = kvn_client_fd(c), .events = POLLIN};
+		cr_assert_geq(poll(&pf, 1, 60000), 1, "no completion within a minute");
+		cr_assert_geq(kvn_client_progress(c, 0), 0, "%s", kvn_client_error(c));
+	}
+	for (unsigned i = 0; i < N; i++)
+		cr_assert_eq(put[i].status, 0, "put %u: %d", i, put[i].status);
+	struct kvn_client_req get = {KVN_CLIENT_REQ_INIT,
+				     .op = KVN_CLIENT_GET_INTO,
+				     .n = N,
+				     .keys = keys,
+				     .dst = dst,
+				     .caps = caps,
+				     .lens = got_len,
+				     .done = count_done,
+				     .ctx = &done};
+	cr_assert_eq(kvn_client_submit(c, &get), 0);
+	cr_assert_eq(kvn_client_wait(c, &get, 60000), 0);
+	cr_assert_eq(done, N + 1);
+	cr_assert_eq(get.status, 0);
+	cr_assert_arr_eq(out, vals, (size_t)N * LEN);
+	kvn_client_close(c);
+	free(vals);
+	free(out);
+}
