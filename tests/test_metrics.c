@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "core/netaddr.h"
+#include "kvnode/client.h"
 #include "tests/helpers/expo.h"
 #include "tests/helpers/proc.h"
 #include "tests/helpers/redis_server.h"
@@ -274,6 +275,41 @@ value_files(char value[PATH_MAX], char got[PATH_MAX])
 	free(data);
 }
 
+static bool
+api_settled(void *ctx)
+{
+	char *body;
+	int st = http_request(((struct daemon *)ctx)->metrics_port, "GET", "/metrics", &body,
+			      20000);
+	bool ok = st == 200 && expo_value(body, "kvnode_api_clients") == 1 &&
+		  expo_value(body, "kvnode_api_leases") == 1;
+	free(body);
+	return ok;
+}
+
+/* A client-library connection holding one view shows in the kvnode_api_* families. */
+static void
+api_client_is_counted(void)
+{
+	struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT, .socket_path = node_a.sock};
+	struct kvn_client *c;
+	char err[256];
+	cr_assert_eq(kvn_client_open(&o, &c, err, sizeof(err)), 0, "%s", err);
+	struct kvn_view v;
+	cr_assert_eq(kvn_client_get(c, KEY, &v), 0, "%s", kvn_client_error(c));
+	/* Connections that came before (the CLI's) end on the node a moment after they close. */
+	cr_assert(proc_wait_for(api_settled, &node_a, DEADLINE),
+		  "the node never showed one client holding one lease");
+	char *a = scrape(&node_a);
+	cr_expect_eq(expo_value(a, "kvnode_api_held_bytes"), VALUE_LEN, "%s", a);
+	cr_expect_geq(expo_value(a, "kvnode_api_requests_total{op=\"get\"}"), 1);
+	cr_expect_geq(expo_value(a, "kvnode_api_keys_total"), 1);
+	cr_expect_gt(expo_value(a, "kvnode_api_max_held_bytes"), VALUE_LEN);
+	free(a);
+	kvn_client_release(c, &v, 1);
+	kvn_client_close(c);
+}
+
 Test(metrics, every_documented_family_is_served_and_counters_follow_puts_gets_and_peer_reads)
 {
 	start_cluster();
@@ -299,6 +335,7 @@ Test(metrics, every_documented_family_is_served_and_counters_follow_puts_gets_an
 	cr_expect(expo_value(a, "kvnode_tier_capacity_bytes{tier=\"cpu\"}") > 0);
 	cr_expect_geq(expo_value(a, "kvnode_client_requests_total"), 2, "the put and the get");
 	cr_expect_geq(expo_value(a, "kvnode_client_accepted_total"), 2);
+	api_client_is_counted();
 
 	/* node-b finds the chunk through the directory and READs it from node-a's pool. */
 	struct dir_wait w = {&sched, "kvnode_scheduler_directory_entries", 1};

@@ -1,6 +1,7 @@
 /* The metrics of `kvnode serve` and the families both daemons share: reads the counters the
  * tiers, the peer tier, the membership client, the lm server and the plugin launcher already
  * keep (the same ones `kvnode stat` shows) and writes them out. docs/metrics.md lists them. */
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -309,6 +310,63 @@ clients(struct kvn_expo *e, struct kvn_server *srv)
 		     s.oversized);
 }
 
+/* The client library's connections (include/kvnode/client.h): the host's inference workers
+ * that map the pool. */
+static void
+pool_clients(struct kvn_expo *e, struct kvn_server *srv)
+{
+	struct kvn_clientsrv_stats s;
+	kvn_server_client_stats(srv, &s);
+	kvn_expo_one(e, "kvnode_api_clients", "gauge",
+		     "Client-library connections (inference workers that map the pool) open now",
+		     s.clients);
+	kvn_expo_one(e, "kvnode_api_leases", "gauge",
+		     "Views of chunks that client-library connections hold now (each keeps its "
+		     "slot from eviction and reuse)",
+		     s.leases);
+	kvn_expo_one(e, "kvnode_api_reservations", "gauge",
+		     "Pool slots reserved by client-library puts and not yet committed",
+		     s.reservations);
+	kvn_expo_one(e, "kvnode_api_held_bytes", "gauge",
+		     "Value bytes of the leases and reservations all client-library connections "
+		     "hold now",
+		     s.held_bytes);
+	kvn_expo_one(e, "kvnode_api_max_held_bytes", "gauge",
+		     "Bytes of leases and reservations one client-library connection may hold "
+		     "(client_max_held_bytes)",
+		     s.max_held);
+	kvn_expo_one(e, "kvnode_api_held_refused_total", "counter",
+		     "Gets and puts refused because their connection would pass "
+		     "client_max_held_bytes",
+		     s.held_refused);
+	kvn_expo_family(e, "kvnode_api_requests_total", "counter",
+			"Client-library requests by operation");
+	for (unsigned op = KVN_CP_GET; op < KVN_CP_NOPS; op++) {
+		char name[16];
+		const char *n = kvn_cp_op_name(op);
+		size_t i = 0;
+		for (; n[i] && i < sizeof(name) - 1; i++)
+			name[i] = (char)tolower((unsigned char)n[i]);
+		name[i] = '\0';
+		struct kvn_label l = {"op", name};
+		kvn_expo_u64(e, "kvnode_api_requests_total", &l, 1, s.requests[op]);
+	}
+	kvn_expo_one(e, "kvnode_api_keys_total", "counter",
+		     "Keys and entries in all client-library requests (a batch counts each)",
+		     s.keys);
+	kvn_expo_one(e, "kvnode_api_cluster_lookups_total", "counter",
+		     "Scheduler lookups made for client-library requests (one per request, for "
+		     "all its keys this node does not hold)",
+		     s.cluster_lookups);
+	kvn_expo_one(e, "kvnode_api_copied_to_pool_total", "counter",
+		     "Client-library gets whose value was not in the pool (a disk, remote or "
+		     "external tier's) and was copied into a pool slot to be viewed",
+		     s.copied_to_pool);
+	kvn_expo_one(e, "kvnode_api_protocol_errors_total", "counter",
+		     "Malformed client-library requests (the connection is closed)",
+		     s.protocol_errors);
+}
+
 int
 kvn_metrics_collect_node(void *ctx, struct kvn_expo *e)
 {
@@ -323,6 +381,8 @@ kvn_metrics_collect_node(void *ctx, struct kvn_expo *e)
 	kvn_expo_u64(e, "kvnode_gets_total", &(struct kvn_label){"result", "miss"}, 1, misses);
 	tiers(e, st);
 	clients(e, nm->srv);
+	if (nm->srv)
+		pool_clients(e, nm->srv);
 	peer(e, st);
 	listener(e, nm->cluster);
 	membership(e, nm->cluster);

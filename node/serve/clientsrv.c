@@ -660,6 +660,7 @@ kvn_clientsrv_stats(struct kvn_clientsrv *cs, struct kvn_clientsrv_stats *out)
 	out->leases = atomic_load(&cs->leases);
 	out->reservations = atomic_load(&cs->reservations);
 	out->held_bytes = atomic_load(&cs->held_bytes);
+	out->max_held = cs->o.max_held;
 	for (int i = 0; i < KVN_CP_NOPS; i++)
 		out->requests[i] = atomic_load(&cs->requests[i]);
 	out->keys = atomic_load(&cs->keys);

@@ -49,6 +49,7 @@ struct kvn_clientsrv_stats {
 	uint64_t leases;		/* held now, all clients */
 	uint64_t reservations;		/* held now */
 	uint64_t held_bytes;		/* of both */
+	uint64_t max_held;		/* one client may hold (client_max_held_bytes) */
 	uint64_t requests[KVN_CP_NOPS]; /* by op */
 	uint64_t keys;			/* in all requests */
 	uint64_t held_refused;		/* entries refused at client_max_held_bytes */

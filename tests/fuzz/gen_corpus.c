@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "client/proto.h"
 #include "node/cluster/ctlframe.h"
 #include "node/serve/ctlproto.h"
 #include "connectors/lmproto.h"
@@ -581,6 +582,78 @@ gen_config(const char *examples)
 	write_seed("config", "environment", s);
 }
 
+/* Client protocol seeds (fuzz_clientsrv): an even first byte, then the frames the harness sends
+ * after its own HELLO; and one raw HELLO (odd first byte). Reservation and lease ids count from
+ * 1 per connection, so the COMMIT and RELEASE below name the ones just handed out. */
+static void
+add_cp(struct seed *s, enum kvn_cp_op op, uint16_t flags, uint32_t count, uint64_t id,
+       const struct kvn_cp_buf *body)
+{
+	uint8_t w[KVN_CP_HDR_SIZE];
+	kvn_cp_hdr_encode(&(struct kvn_cp_hdr){KVN_CP_REQ_MAGIC, op, flags, count, 0, id,
+					       body ? body->len : 0},
+			  w);
+	add(s, w, sizeof(w));
+	if (body)
+		add(s, body->p, body->len);
+}
+
+static void
+gen_client(void)
+{
+	static const char *const ck[] = {"model@1@0@00aa@half", "model@1@0@00bb@half",
+					  "model@1@0@00cc@bfloat16@5"};
+	struct kvn_cp_buf b = {0};
+	struct seed *s = seed_new();
+	add_u8(s, 0);
+	for (int i = 0; i < 3; i++) {
+		kvn_cp_put_key(&b, ck[i], strlen(ck[i]));
+		kvn_cp_put_u64(&b, 4096u << i);
+	}
+	add_cp(s, KVN_CP_RESERVE, 0, 3, 2, &b);
+	kvn_cp_buf_reset(&b);
+	for (uint64_t id = 1; id <= 3; id++) {
+		kvn_cp_put_u64(&b, id);
+		kvn_cp_put_u64(&b, 0x1234);
+	}
+	add_cp(s, KVN_CP_COMMIT, 0, 3, 3, &b);
+	kvn_cp_buf_reset(&b);
+	for (int i = 0; i < 3; i++)
+		kvn_cp_put_key(&b, ck[i], strlen(ck[i]));
+	add_cp(s, KVN_CP_GET, 0, 3, 4, &b);
+	add_cp(s, KVN_CP_CONTAINS, KVN_CP_F_PREFIX, 3, 5, &b);
+	add_cp(s, KVN_CP_REMOVE, 0, 3, 6, &b);
+	kvn_cp_buf_reset(&b);
+	kvn_cp_put_u64(&b, 4);
+	add_cp(s, KVN_CP_RELEASE, 0, 1, 7, &b);
+	add_cp(s, KVN_CP_PING, 0, 0, 8, NULL);
+	write_seed("clientsrv", "reserve-commit-get-contains-remove", s);
+
+	s = seed_new();
+	add_u8(s, 0);
+	kvn_cp_buf_reset(&b);
+	kvn_cp_put_key(&b, ck[0], strlen(ck[0]));
+	kvn_cp_put_u64(&b, 100);
+	add_cp(s, KVN_CP_RESERVE, 0, 1, 2, &b);
+	kvn_cp_buf_reset(&b);
+	kvn_cp_put_u64(&b, 1);
+	kvn_cp_put_u64(&b, 0);
+	add_cp(s, KVN_CP_COMMIT, KVN_CP_F_ABORT, 1, 3, &b);
+	write_seed("clientsrv", "reserve-abort", s);
+
+	s = seed_new();
+	add_u8(s, 1);
+	kvn_cp_buf_reset(&b);
+	kvn_cp_put_u16(&b, KVN_CP_MAJOR);
+	kvn_cp_put_u16(&b, KVN_CP_MINOR);
+	kvn_cp_put_u32(&b, 0);
+	kvn_cp_put_bytes(&b, "seed", 4);
+	add_cp(s, KVN_CP_HELLO, 0, 0, 1, &b);
+	add_cp(s, KVN_CP_PING, 0, 0, 2, NULL);
+	write_seed("clientsrv", "raw-hello-ping", s);
+	kvn_cp_buf_free(&b);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -597,6 +670,7 @@ main(int argc, char **argv)
 	gen_lm();
 	gen_remote_value();
 	gen_tcp();
+	gen_client();
 	gen_config(argv[2]);
 	return 0;
 }
