@@ -18,6 +18,8 @@ struct bench_opts {
 	size_t nsizes;
 	int trials; /* alternating measured/baseline trials; the median is reported */
 	bool sizes_given; /* --sizes was on the command line (else the mode's defaults) */
+	bool wset_given; /* --working-set was on the command line */
+	int depth; /* client: requests in flight (kvn_client_submit) */
 	/* peer mode */
 	const char *transport; /* tcp | verbs | auto */
 	const char *connect; /* HOST:PORT of a running responder; NULL = start one */
@@ -51,6 +53,7 @@ struct bench_row {
 	double peak_gbps; /* best single pass */
 	double baseline_gbps; /* 0 without --baseline */
 	const char *baseline_name;
+	double goal; /* the documented ratio this row should reach; 0 = none */
 };
 
 /* One timed trial: passes over a working set for at least the trial's duration. */
@@ -73,6 +76,9 @@ int bench_measure_pair(int (*pass)(void *ctx, int op), void *ctx, int op_a, int 
 		       struct bench_trial *b);
 /* Sorts n trials by average and returns the median one. */
 const struct bench_trial *bench_median(struct bench_trial *t, int n);
+/* Of n paired trials (mine[i] measured beside base[i]), the index of the one of median ratio:
+ * both sides are then reported from that same trial. */
+int bench_median_ratio(const struct bench_trial *mine, const struct bench_trial *base, int n);
 
 /* Prints the perftest-style header once per table. */
 void bench_table_header(const struct bench_opts *o, const char *title, const char *setup);
@@ -86,6 +92,7 @@ int bench_local(const struct bench_opts *o);
 int bench_peer(const struct bench_opts *o);
 int bench_scheduler(const struct bench_opts *o);
 int bench_remote(const struct bench_opts *o);
+int bench_client(const struct bench_opts *o);
 
 /* remote --peer: a responder (a filled kvnode pool behind its own transport instance) and a
  * reader in this process; one fetch is what the peer tier does (READ of the slot image,

@@ -61,6 +61,30 @@ static const char usage[] =
 	"             filled kvnode pool served by a second transport instance in the\n"
 	"             bench process; its baseline is the same raw redis GET of the same\n"
 	"             chunks, measured in the same run.\n"
+	"    client   the client library (kvnode/client.h) an inference worker uses,\n"
+	"             against a `kvnode serve` child the bench starts (the kvnode program\n"
+	"             next to kvnode-bench, else kvnode on $PATH) on a temp socket. Default\n"
+	"             working set 512 MiB per size (at least 32 chunks), --depth requests\n"
+	"             in flight (kvn_client_submit/wait). Rows and their baselines, each\n"
+	"             measured in the same run, same sizes and working set, passes of the\n"
+	"             two sides alternating, the trial of median ratio reported:\n"
+	"               put       one copy into a reserved slot (checksummed while it\n"
+	"                         copies) vs memcpy of the same sources into a region\n"
+	"                         of the working set's size; goal >= 0.70\n"
+	"               get_into  one copy out of the pool into depth buffers vs memcpy\n"
+	"                         of the same sizes into the same buffers; goal >= 0.80\n"
+	"               get_view  a view, every byte of it read, released vs reading\n"
+	"                         the same bytes of a region of the working set's size\n"
+	"               batch32   kvn_client_batch_get of 32 keys (LMCache's prefix) vs\n"
+	"                         the same 32 as kvn_client_get, one round trip each\n"
+	"               cli_put, cli_get  the old socket-copy protocol of the CLI (one\n"
+	"                         key per round trip, copies both ways) vs memcpy\n"
+	"             With --peer, also a scheduler and a second node b: peer_get is\n"
+	"             kvn_client_get through b of keys node a holds (b READs each from a's\n"
+	"             pool over tcp, and does not keep it), one at a time, vs the raw\n"
+	"             transport READ of the same slot images (as in remote --peer), one at\n"
+	"             a time; goal >= 0.80. Goals are printed per row (pass or MISS); a\n"
+	"             missed goal does not change the exit status.\n"
 	"    disk, gpu\n"
 	"             not in this build yet: they arrive with the transport, membership\n"
 	"             and GPU work; asking for one says so and exits 2.\n"
@@ -74,7 +98,7 @@ static const char usage[] =
 	"                       (default 256K,1M,4M,32M)\n"
 	"    --duration SEC     measuring time per row and trial (default 0.5)\n"
 	"    --working-set MIB  bytes touched per pass, larger than the CPU caches\n"
-	"                       (default 256)\n"
+	"                       (default 256; client: 512)\n"
 	"    --trials N         alternating kvnode/baseline trials per row; the median trial\n"
 	"                       is reported (default 3)\n"
 	"    --transport T      peer, remote --peer: tcp (default), verbs or auto\n"
@@ -91,7 +115,9 @@ static const char usage[] =
 	"    --entries N        scheduler: directory entries for the memory row (default\n"
 	"                       10000000)\n"
 	"    --url URL          remote: the redis:// store to measure (default: start one)\n"
-	"    --peer             remote: also peer fetch vs redis GET (see MODES)\n"
+	"    --peer             remote: also peer fetch vs redis GET; client: also peer_get\n"
+	"                       vs transport READ (see MODES)\n"
+	"    --depth N          client: requests in flight, 1..64 (default 8)\n"
 	"    -v, --verbose      debug logging\n"
 	"    --log-level LEVEL  error, warn, info or debug (default warn)\n"
 	"    -h, --help         this text\n"
@@ -110,7 +136,8 @@ static const char usage[] =
 	"    kvnode-bench local --baseline --json --sizes 4M,32M\n"
 	"    kvnode-bench peer --transport tcp --inflight 8 --baseline\n"
 	"    kvnode-bench scheduler --baseline --json --entries 10000000\n"
-	"    kvnode-bench remote --baseline --peer\n";
+	"    kvnode-bench remote --baseline --peer\n"
+	"    kvnode-bench client --baseline --peer --depth 8\n";
 
 static int
 parse_size(const char *s, size_t *out)
@@ -154,7 +181,7 @@ parse_sizes(struct bench_opts *o, const char *list)
 
 enum { O_BASELINE = 256, O_JSON, O_SIZES, O_DURATION, O_WSET, O_TRIALS, O_LEVEL, O_VERSION,
        O_TRANSPORT, O_CONNECT, O_REMOTE, O_LISTEN, O_INFLIGHT, O_CONNS, O_SERVE, O_ENTRIES,
-       O_URL, O_PEER };
+       O_URL, O_PEER, O_DEPTH };
 
 static const struct option longopts[] = {
 	{ "baseline", no_argument, NULL, O_BASELINE },
@@ -174,6 +201,7 @@ static const struct option longopts[] = {
 	{ "entries", required_argument, NULL, O_ENTRIES },
 	{ "url", required_argument, NULL, O_URL },
 	{ "peer", no_argument, NULL, O_PEER },
+	{ "depth", required_argument, NULL, O_DEPTH },
 	{ "verbose", no_argument, NULL, 'v' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, O_VERSION },
@@ -195,15 +223,17 @@ set_number(struct bench_opts *o, int c, const char *arg)
 		}
 		break;
 	case O_INFLIGHT:
-	case O_CONNS: {
+	case O_CONNS:
+	case O_DEPTH: {
 		long v = strtol(arg, &end, 10);
-		int max = c == O_INFLIGHT ? 4096 : 16;
+		int max = c == O_INFLIGHT ? 4096 : c == O_CONNS ? 16 : 64;
+		const char *name = c == O_INFLIGHT ? "inflight" : c == O_CONNS ? "conns" : "depth";
 		if (*end || v < 1 || v > max) {
-			fprintf(stderr, "kvnode-bench: --%s: want 1..%d, got \"%s\"\n",
-				c == O_INFLIGHT ? "inflight" : "conns", max, arg);
+			fprintf(stderr, "kvnode-bench: --%s: want 1..%d, got \"%s\"\n", name, max,
+				arg);
 			return 2;
 		}
-		*(c == O_INFLIGHT ? &o->inflight : &o->conns) = (int)v;
+		*(c == O_INFLIGHT ? &o->inflight : c == O_CONNS ? &o->conns : &o->depth) = (int)v;
 		break;
 	}
 	case O_DURATION:
@@ -220,6 +250,7 @@ set_number(struct bench_opts *o, int c, const char *arg)
 			return 2;
 		}
 		o->working_set = mib << 20;
+		o->wset_given = true;
 		break;
 	}
 	case O_TRIALS:
@@ -264,6 +295,7 @@ parse_opts(int argc, char **argv, struct bench_opts *o)
 		case O_ENTRIES:
 		case O_INFLIGHT:
 		case O_CONNS:
+		case O_DEPTH:
 		case O_DURATION:
 		case O_WSET:
 		case O_TRIALS:
@@ -308,12 +340,17 @@ run_mode(struct bench_opts *o, const char *mode)
 		return bench_scheduler(o) < 0 ? 1 : 0;
 	if (!strcmp(mode, "remote"))
 		return bench_remote(o) < 0 ? 1 : 0;
+	if (!strcmp(mode, "client")) {
+		if (!o->wset_given)
+			o->working_set = 512ull << 20; /* well past any CPU's last-level cache */
+		return bench_client(o) < 0 ? 1 : 0;
+	}
 	if (!strcmp(mode, "disk") ||
 	    !strcmp(mode, "gpu")) {
-		fprintf(stderr, "kvnode-bench: mode \"%s\" is not in this build yet (only \"local\", \"peer\", \"scheduler\" and \"remote\")\n", mode);
+		fprintf(stderr, "kvnode-bench: mode \"%s\" is not in this build yet (only \"local\", \"peer\", \"scheduler\", \"remote\" and \"client\")\n", mode);
 		return 2;
 	}
-	fprintf(stderr, "kvnode-bench: unknown mode \"%s\" (local, peer, scheduler, remote, disk, gpu)\n", mode);
+	fprintf(stderr, "kvnode-bench: unknown mode \"%s\" (local, peer, scheduler, remote, client, disk, gpu)\n", mode);
 	return 2;
 }
 
@@ -328,6 +365,7 @@ main(int argc, char **argv)
 		.trials = 3,
 		.transport = "tcp",
 		.inflight = 8,
+		.depth = 8,
 		.entries = 10000000,
 	};
 	kvn_log_set_level(KVN_LOG_WARN);

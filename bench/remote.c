@@ -255,19 +255,7 @@ row(const struct bench_opts *o, struct ctx *c, enum op op, enum op base_op, cons
 	}
 	/* With a baseline, the reported trial is the one of median ratio, both sides from that
 	 * same trial: they were measured side by side. */
-	int mid = 0;
-	if (o->baseline) {
-		double ratio[99];
-		for (int i = 0; i < o->trials; i++)
-			ratio[i] = mine[i].gbps / base[i].gbps;
-		for (int i = 0; i < o->trials; i++) {
-			int below = 0, same = 0;
-			for (int j = 0; j < o->trials; j++)
-				below += ratio[j] < ratio[i], same += ratio[j] == ratio[i];
-			if (below <= o->trials / 2 && o->trials / 2 < below + same)
-				mid = i;
-		}
-	}
+	int mid = o->baseline ? bench_median_ratio(mine, base, o->trials) : 0;
 	const struct bench_trial *m = o->baseline ? &mine[mid] : bench_median(mine, o->trials);
 	struct bench_row r = {
 	    .mode = "remote",

@@ -80,6 +80,23 @@ bench_median(struct bench_trial *t, int n)
 	return &t[n / 2];
 }
 
+int
+bench_median_ratio(const struct bench_trial *mine, const struct bench_trial *base, int n)
+{
+	double ratio[99];
+	int mid = 0;
+	for (int i = 0; i < n; i++)
+		ratio[i] = mine[i].gbps / base[i].gbps;
+	for (int i = 0; i < n; i++) {
+		int below = 0, same = 0;
+		for (int j = 0; j < n; j++)
+			below += ratio[j] < ratio[i], same += ratio[j] == ratio[i];
+		if (below <= n / 2 && n / 2 < below + same)
+			mid = i;
+	}
+	return mid;
+}
+
 void
 bench_table_header(const struct bench_opts *o, const char *title, const char *setup)
 {
@@ -102,8 +119,12 @@ bench_table_row(const struct bench_opts *o, const struct bench_row *r)
 	}
 	printf(" %-9s %12zu %12llu %15.2f %18.2f", r->op, r->bytes,
 	       (unsigned long long)r->iterations, r->peak_gbps, r->gbps);
-	if (o->baseline && r->baseline_gbps > 0)
-		printf(" %17.2f %7.3f", r->baseline_gbps, r->gbps / r->baseline_gbps);
+	if (o->baseline && r->baseline_gbps > 0) {
+		double ratio = r->gbps / r->baseline_gbps;
+		printf(" %17.2f %7.3f", r->baseline_gbps, ratio);
+		if (r->goal > 0)
+			printf("  goal >= %.2f %s", r->goal, ratio >= r->goal ? "pass" : "MISS");
+	}
 	printf("\n");
 	fflush(stdout);
 }
@@ -131,6 +152,10 @@ bench_json_add(const struct bench_row *r)
 		cJSON_AddStringToObject(j, "baseline", r->baseline_name);
 		cJSON_AddNumberToObject(j, "baseline_gbps", r->baseline_gbps);
 		cJSON_AddNumberToObject(j, "ratio", r->gbps / r->baseline_gbps);
+		if (r->goal > 0) {
+			cJSON_AddNumberToObject(j, "goal", r->goal);
+			cJSON_AddBoolToObject(j, "goal_met", r->gbps / r->baseline_gbps >= r->goal);
+		}
 	}
 	cJSON_AddItemToArray(rows, j);
 }
