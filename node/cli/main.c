@@ -11,11 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "kvnode/client.h"
 #include "kvnode/plugin.h"
 #include "node/cluster/cluster.h"
 #include "node/cli/client.h"
@@ -243,8 +245,9 @@ slurp(int fd, char **data, size_t *len)
 	return -ENOMEM;
 }
 
+/* put over the control protocol: the value streamed through the socket. */
 static int
-cmd_put(struct opts *o)
+put_ctl(struct opts *o)
 {
 	struct kvn_key key;
 	const char *src = o->nargs > 1 ? o->args[1] : "-";
@@ -298,8 +301,9 @@ out_fd:
 	return rc;
 }
 
+/* get over the control protocol: the value streamed through the socket. */
 static int
-cmd_get(struct opts *o)
+get_ctl(struct opts *o)
 {
 	struct kvn_key key;
 	int e, rc = parse_key(o->args[0], &key);
@@ -338,6 +342,171 @@ cmd_get(struct opts *o)
 	}
 out:
 	kvn_cli_close(c);
+	free(path);
+	return rc;
+}
+
+/* The client library (kvnode/client.h) on the node's socket; 1 when the node has no client
+ * protocol (no cpu tier: the caller falls back to the control protocol), 0 when open, else the
+ * exit status once the error is said. */
+static int
+data_open(const struct opts *o, struct kvn_client **c, char **path)
+{
+	apply_log_level(o, KVN_LOG_WARN);
+	int rc = resolve_socket(o, path);
+	if (rc)
+		return rc;
+	char err[1024];
+	struct kvn_client_opts co = {KVN_CLIENT_OPTS_INIT,
+				     .socket_path = strncmp(*path, "unix:", 5) ? *path : *path + 5,
+				     .name = "kvnode cli",
+				     .timeout_ms = 60000};
+	rc = kvn_client_open(&co, c, err, sizeof(err));
+	if (rc == 0)
+		return 0;
+	free(*path);
+	*path = NULL;
+	return rc == -ENOTSUP ? 1 : die(EXIT_CONN, "%s", err);
+}
+
+/* A failed client call as an exit status: a miss is 1, a refused key 2, the rest 3. */
+static int
+data_fail(struct kvn_client *c, int err, const char *what, const char *key, const char *path)
+{
+	if (err == -ENOENT && strcmp(what, "put"))
+		return die(EXIT_MISS, "%s: key %s not found on node %s", what, key, path);
+	return die(err == -EINVAL ? EXIT_USAGE : EXIT_CONN, "node %s: %s", path,
+		   kvn_client_error(c));
+}
+
+/* The value of a regular file is mapped, and the client copies it once into the node's pool;
+ * a pipe or terminal is read into memory first. */
+static int
+put_value(struct kvn_client *c, const struct kvn_key *key, int fd, const struct stat *st,
+	  const char *src_name, const char *path)
+{
+	char *data = NULL;
+	size_t len = 0, map_len = 0;
+	void *map = NULL;
+	int e;
+	if (S_ISREG(st->st_mode)) {
+		off_t pos = lseek(fd, 0, SEEK_CUR);
+		pos = pos > 0 ? pos : 0;
+		len = st->st_size > pos ? (size_t)(st->st_size - pos) : 0;
+		map_len = (size_t)pos + len;
+		if (len && (map = mmap(NULL, map_len, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED)
+			return die(EXIT_USAGE, "put %s: cannot map %s: %s", key->str, src_name,
+				   strerror(errno));
+		if (map)
+			madvise(map, map_len, MADV_SEQUENTIAL);
+		data = map ? (char *)map + pos : NULL;
+	} else {
+		if (isatty(fd))
+			fprintf(stderr,
+				"kvnode: reading the value of %s from the terminal; end it "
+				"with Ctrl-D\n",
+				key->str);
+		if ((e = slurp(fd, &data, &len)) < 0)
+			return die(EXIT_USAGE, "put %s: reading %s: %s", key->str, src_name,
+				   kvn_strerror(e));
+	}
+	int rc = 0;
+	if ((e = kvn_client_put(c, key->str, data, len)) < 0)
+		rc = data_fail(c, e, "put", key->str, path);
+	if (map)
+		munmap(map, map_len);
+	else
+		free(data);
+	return rc;
+}
+
+static int
+cmd_put(struct opts *o)
+{
+	struct kvn_key key;
+	const char *src = o->nargs > 1 ? o->args[1] : "-";
+	int rc = parse_key(o->args[0], &key);
+	if (rc)
+		return rc;
+	int fd = strcmp(src, "-") ? open(src, O_RDONLY | O_CLOEXEC) : STDIN_FILENO;
+	const char *src_name = strcmp(src, "-") ? src : "stdin";
+	if (fd < 0)
+		return die(EXIT_USAGE, "put %s: cannot open %s: %s", key.str, src, strerror(errno));
+	struct stat st;
+	struct kvn_client *c = NULL;
+	char *path = NULL;
+	if (fstat(fd, &st) < 0)
+		rc = die(EXIT_USAGE, "put %s: cannot stat %s: %s", key.str, src_name,
+			 strerror(errno));
+	else if ((rc = data_open(o, &c, &path)) == 0)
+		rc = put_value(c, &key, fd, &st, src_name, path);
+	bool fallback = rc == 1 && !c; /* no client protocol there: the control protocol */
+	kvn_client_close(c);
+	free(path);
+	if (fd != STDIN_FILENO)
+		close(fd);
+	return fallback ? put_ctl(o) : rc;
+}
+
+/* Writes all of a view to fd: the bytes go from the node's pool to the output, no copy here. */
+static int
+write_view(int fd, const struct kvn_view *v)
+{
+	const char *p = v->data;
+	size_t left = v->len;
+	while (left) {
+		ssize_t w = write(fd, p, left);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		p += w;
+		left -= (size_t)w;
+	}
+	return 0;
+}
+
+static int
+cmd_get(struct opts *o)
+{
+	struct kvn_key key;
+	int e, rc = parse_key(o->args[0], &key);
+	if (rc)
+		return rc;
+	struct kvn_client *c = NULL;
+	char *path = NULL;
+	if ((rc = data_open(o, &c, &path)) != 0)
+		return rc == 1 ? get_ctl(o) : rc;
+	struct kvn_view v = {0};
+	if ((e = kvn_client_get(c, key.str, &v)) < 0) {
+		rc = data_fail(c, e, "get", key.str, path);
+		goto out;
+	}
+	/* The output is opened only now, so that a miss leaves an existing FILE untouched. */
+	bool to_file = o->output && strcmp(o->output, "-");
+	int fd = to_file ? open(o->output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
+			 : STDOUT_FILENO;
+	if (fd < 0) {
+		rc = die(EXIT_USAGE, "get %s: cannot create %s: %s", key.str, o->output,
+			 strerror(errno));
+		goto out;
+	}
+	if ((e = write_view(fd, &v)) < 0)
+		rc = die(EXIT_USAGE, "get %s: writing %s: %s", key.str, to_file ? o->output : "stdout",
+			 strerror(-e));
+	if (to_file) {
+		if (close(fd) < 0 && !rc)
+			rc = die(EXIT_USAGE, "get %s: writing %s: %s", key.str, o->output,
+				 strerror(errno));
+		if (rc) {
+			struct stat st;
+			if (stat(o->output, &st) == 0 && S_ISREG(st.st_mode))
+				unlink(o->output); /* never leave a partial value behind */
+		}
+	}
+out:
+	kvn_client_release(c, &v, 1);
+	kvn_client_close(c);
 	free(path);
 	return rc;
 }
@@ -823,8 +992,10 @@ static const struct command commands[] = {
      "SYNOPSIS\n  kvnode put KEY [FILE|-]\n\n"
      "DESCRIPTION\n"
      "  Stores the bytes of FILE (stdin when FILE is - or absent) under KEY on the node,\n"
-     "  replacing an older value. Regular files are streamed, so values of any size (up to\n"
-     "  4 GiB) need no client memory.\n\n"
+     "  replacing an older value, through the client library (kvnode/client.h): a regular\n"
+     "  FILE is mapped and copied once, into the slot the node reserved in its pool; stdin\n"
+     "  that is a pipe or terminal is read into memory first. A node without the cpu tier\n"
+     "  (no client protocol) gets the value streamed over its control protocol.\n\n"
      "OPTIONS\n" HELP_COMMON "\n" HELP_EXIT "\n"
      "EXAMPLES\n  kvnode put 'meta-llama/Llama-3.1-8B@1@0@a1b2@bfloat16' chunk.bin\n"
      "  head -c 1M /dev/urandom | kvnode put test-key\n"},
@@ -832,8 +1003,10 @@ static const struct command commands[] = {
      "NAME\n  kvnode get - read a value\n\n"
      "SYNOPSIS\n  kvnode get KEY [-o FILE]\n\n"
      "DESCRIPTION\n"
-     "  Writes the value of KEY to stdout, or to FILE. On a miss FILE is not touched; a\n"
-     "  transfer that fails half way removes the partial FILE.\n\n"
+     "  Writes the value of KEY to stdout, or to FILE, with write(2) straight from a\n"
+     "  read-only view of the node's pool (the client library, kvnode/client.h; no copy\n"
+     "  in between). On a miss FILE is not touched; a transfer that fails half way\n"
+     "  removes the partial FILE.\n\n"
      "OPTIONS\n  -o, --output FILE    write here instead of stdout\n" HELP_COMMON "\n" HELP_EXIT
      "\nEXAMPLES\n  kvnode get 'meta-llama/Llama-3.1-8B@1@0@a1b2@bfloat16' -o chunk.bin\n"},
     {"rm", cmd_rm, 1, 1, "",
