@@ -19,6 +19,8 @@
 #include <cjson/cJSON.h>
 #include <xxhash.h>
 
+#include "kvnode/client.h"
+#include "kvnode/transport.h"
 #include "node/cli/client.h"
 #include "node/engine/config.h"
 #include "node/cli/demo.h"
@@ -312,37 +314,199 @@ show_plugin(const struct demo *d)
 }
 
 static int
-connect_node(const struct child *n, struct kvn_cli_conn **c)
+connect_node(const struct child *n, struct kvn_client **c)
 {
 	char err[512];
-	int rc = kvn_cli_connect(n->sock, 10000, c, err, sizeof(err));
+	struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT, .socket_path = n->sock,
+				    .name = "kvnode demo", .timeout_ms = 60000};
+	int rc = kvn_client_open(&o, c, err, sizeof(err));
 	if (rc < 0)
 		fprintf(stderr, "kvnode demo: %s: %s\n", n->name, err);
 	return rc;
 }
 
+/* node n's peer bytes_read; show: print its stats table too. */
 static double
-peer_bytes(struct kvn_cli_conn *c)
+peer_bytes(const struct child *n, bool show)
 {
-	char *json = NULL;
+	struct kvn_cli_conn *c;
+	char *json = NULL, err[256];
 	double v = 0;
+	if (kvn_cli_connect(n->sock, 10000, &c, err, sizeof(err)) < 0)
+		return 0;
 	if (kvn_cli_stat(c, &json) == 0) {
 		cJSON *root = cJSON_Parse(json);
 		cJSON *p = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "peer"), "bytes_read");
 		v = cJSON_IsNumber(p) ? p->valuedouble : 0;
 		cJSON_Delete(root);
+		if (show) {
+			printf("\n%s after the gets:\n", n->name);
+			kvn_cli_print_stats(json, stdout);
+		}
 	}
 	free(json);
+	kvn_cli_close(c);
 	return v;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The transport alone: READs of the same chunk size between two instances in this process
+ * (the nodes' transport), what a peer get through the client is measured against.
+ * ------------------------------------------------------------------------------------------ */
+
+struct raw_read {
+	const struct kvn_transport_ops *ops;
+	struct kvn_transport *owner, *reader;
+	struct kvn_tp_mr *src_mr, *dst_mr;
+	struct kvn_mem_desc src_desc;
+	struct kvn_tp_ep *ep;
+	char *src, *dst;
+};
+
+static void
+raw_close(struct raw_read *r)
+{
+	if (r->ep)
+		r->ops->ep_close(r->ep);
+	if (r->dst_mr)
+		r->ops->dereg(r->dst_mr);
+	if (r->src_mr)
+		r->ops->dereg(r->src_mr);
+	if (r->reader)
+		r->ops->close(r->reader);
+	if (r->owner)
+		r->ops->close(r->owner);
+	free(r->src);
+	free(r->dst);
+}
+
+/* GB/s of DEMO_CHUNKS READs of DEMO_CHUNK bytes one at a time, as the peer gets were; <0 on
+ * failure (said). */
+static double
+raw_read_gbps(const char *transport)
+{
+	struct raw_read r = {0};
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1};
+	char err[256] = "", bound[128];
+	double gbps = -1;
+	r.ops = kvn_transport_by_name(transport ? transport : "auto", &cfg, err, sizeof(err));
+	r.src = malloc(DEMO_CHUNK);
+	r.dst = calloc(1, DEMO_CHUNK);
+	if (!r.ops || !r.src || !r.dst || r.ops->open(&cfg, &r.owner, err, sizeof(err)) < 0 ||
+	    r.ops->open(&cfg, &r.reader, err, sizeof(err)) < 0)
+		goto out;
+	fill(r.src, DEMO_CHUNK, 99);
+	if (r.ops->reg_mem(r.owner, r.src, DEMO_CHUNK, KVN_MEM_HOST, &r.src_mr, &r.src_desc, err,
+			   sizeof(err)) < 0 ||
+	    r.ops->reg_mem(r.reader, r.dst, DEMO_CHUNK, KVN_MEM_HOST, &r.dst_mr,
+			   &(struct kvn_mem_desc){0}, err, sizeof(err)) < 0 ||
+	    r.ops->listen(r.owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)) < 0 ||
+	    r.ops->connect(r.reader, bound, 0, &r.ep, err, sizeof(err)) < 0)
+		goto out;
+	struct kvn_read rd = {.local = r.dst, .local_mr = r.dst_mr, .remote_addr = r.src_desc.addr,
+			      .rkey = r.src_desc.rkey, .len = DEMO_CHUNK};
+	double t = 0;
+	for (int i = 0; i <= DEMO_CHUNKS; i++) { /* the first is a warm-up */
+		double t0 = kvn_now_s();
+		if (kvn_transport_read_sync(r.ops, r.ep, &rd, 1, err, sizeof(err)) < 0)
+			goto out;
+		t += i ? kvn_now_s() - t0 : 0;
+	}
+	gbps = memcmp(r.src, r.dst, DEMO_CHUNK) ? -1 : (double)DEMO_CHUNK * DEMO_CHUNKS / t / 1e9;
+	if (gbps < 0)
+		snprintf(err, sizeof(err), "the READ brought back other bytes");
+out:
+	if (gbps < 0)
+		fprintf(stderr, "kvnode demo: measuring the %s transport alone: %s\n",
+			transport ? transport : "auto", *err ? err : "out of memory");
+	raw_close(&r);
+	return gbps;
+}
+
+/* The nodes' transport, as their config names it. */
+static char *
+nodes_transport(const struct demo *d)
+{
+	struct kvn_config *cfg;
+	char err[1024], *t = NULL;
+	if (kvn_config_load(d->cfg, &cfg, err, sizeof(err)) == 0) {
+		t = cfg->transport ? strdup(cfg->transport) : NULL;
+		kvn_config_free(cfg);
+	}
+	return t;
+}
+
+/* The chunks' LMCache keys: each chunk's hash chained with its prefix's. */
+static void
+demo_keys(char (*text)[KVN_KEY_MAX + 1])
+{
+	uint64_t prefix = 0;
+	for (int i = 0; i < DEMO_CHUNKS; i++) {
+		uint32_t tokens[DEMO_TOKENS];
+		for (int t = 0; t < DEMO_TOKENS; t++)
+			tokens[t] = (uint32_t)(i * DEMO_TOKENS + t) * 2654435761u % 128256u;
+		prefix = XXH3_64bits_withSeed(tokens, sizeof(tokens), prefix);
+		snprintf(text[i], KVN_KEY_MAX + 1, "vllm@%s@1@0@%016llx@bfloat16", DEMO_MODEL,
+			 (unsigned long long)prefix);
+	}
+}
+
+/* One get through the client, timed (the view's arrival), verified, released; 1 when the
+ * bytes are wrong or missing. */
+static int
+get_one(struct kvn_client *c, const char *key, int i, bool retry, char *data, double *spent)
+{
+	struct kvn_view v = {0};
+	double t0 = kvn_now_s();
+	int e = kvn_client_get(c, key, &v);
+	/* publishing is asynchronous: the directory may lag the put a moment */
+	for (int t = 0; e == -ENOENT && retry && t < 100; t++) {
+		sleep_ms(20);
+		t0 = kvn_now_s();
+		e = kvn_client_get(c, key, &v);
+	}
+	double dt = kvn_now_s() - t0;
+	*spent += dt;
+	if (e < 0) {
+		printf("  get  %s  MISSING (%s)\n", key, kvn_client_error(c));
+		return 1;
+	}
+	fill(data, DEMO_CHUNK, (uint64_t)i);
+	bool same = v.len == DEMO_CHUNK && !memcmp(v.data, data, DEMO_CHUNK);
+	if (retry)
+		printf("  get  %s  %8.2f GB/s  %s\n", key, (double)DEMO_CHUNK / dt / 1e9,
+		       same ? "verified" : "CORRUPT");
+	else /* a view of a local chunk moves no bytes: a bandwidth would mean nothing */
+		printf("  get  %s  %6.0f us (a view)  %s\n", key, dt * 1e6,
+		       same ? "verified" : "CORRUPT");
+	kvn_client_release(c, &v, 1);
+	return !same;
+}
+
+static void
+print_bandwidth(double t_put, double t_peer, double t_local, double raw, const char *transport)
+{
+	double total = (double)DEMO_CHUNK * DEMO_CHUNKS, peer = total / t_peer / 1e9;
+	char hb[32];
+	printf("\nclient-visible bandwidth (kvnode/client.h, %s chunks, one at a time):\n",
+	       kvn_cli_human_bytes((double)DEMO_CHUNK, hb, sizeof(hb)));
+	printf("  put on node-1 (one copy into its pool)       %8.2f GB/s\n", total / t_put / 1e9);
+	printf("  get on node-3, local: a view of its pool, nothing copied, %.0f us per get\n",
+	       t_local / DEMO_CHUNKS * 1e6);
+	printf("  get on node-3, peer hit (READ from node-1)   %8.2f GB/s\n", peer);
+	if (raw > 0)
+		printf("  %-5s transport alone, READ of the same size %8.2f GB/s\n"
+		       "  peer get / transport READ: %.2f (goal >= 0.80: %s)\n",
+		       transport ? transport : "auto", raw, peer / raw,
+		       peer / raw >= 0.8 ? "met" : "missed");
 }
 
 /* Puts the chunks on node-1, reads them on node-3 (peer READ), then again (now local). */
 static int
 run_traffic(struct demo *d)
 {
-	struct kvn_cli_conn *src = NULL, *dst = NULL;
-	char *data = malloc(DEMO_CHUNK), hb[32];
-	struct kvn_key keys[DEMO_CHUNKS];
+	struct kvn_client *src = NULL, *dst = NULL;
+	char *data = malloc(DEMO_CHUNK), hb[32], keys[DEMO_CHUNKS][KVN_KEY_MAX + 1];
 	int bad = 0, rc = 0;
 	if (!data || connect_node(&d->node[0], &src) < 0 || connect_node(&d->node[2], &dst) < 0) {
 		rc = -ENOMEM;
@@ -350,77 +514,41 @@ run_traffic(struct demo *d)
 	}
 	printf("\nput on node-1: %d chunks of %d tokens of %s (%s each)\n", DEMO_CHUNKS,
 	       DEMO_TOKENS, DEMO_MODEL, kvn_cli_human_bytes((double)DEMO_CHUNK, hb, sizeof(hb)));
-	uint64_t prefix = 0; /* LMCache chains each chunk's hash with its prefix's */
+	demo_keys(keys);
+	double t_put = 0, t_peer = 0, t_local = 0;
 	for (int i = 0; i < DEMO_CHUNKS; i++) {
-		uint32_t tokens[DEMO_TOKENS];
-		for (int t = 0; t < DEMO_TOKENS; t++)
-			tokens[t] = (uint32_t)(i * DEMO_TOKENS + t) * 2654435761u % 128256u;
-		prefix = XXH3_64bits_withSeed(tokens, sizeof(tokens), prefix);
-		char text[KVN_KEY_MAX + 1];
-		snprintf(text, sizeof(text), "vllm@%s@1@0@%016llx@bfloat16", DEMO_MODEL,
-			 (unsigned long long)prefix);
-		kvn_key_from_str(&keys[i], text);
 		fill(data, DEMO_CHUNK, (uint64_t)i);
 		double t0 = kvn_now_s();
-		if (kvn_cli_put(src, &keys[i], data, DEMO_CHUNK) < 0) {
-			fprintf(stderr, "kvnode demo: put %s on node-1: %s\n", text,
-				kvn_cli_error(src));
+		if (kvn_client_put(src, keys[i], data, DEMO_CHUNK) < 0) {
+			fprintf(stderr, "kvnode demo: on node-1: %s\n", kvn_client_error(src));
 			rc = -EIO;
 			goto out;
 		}
-		printf("  put  %s  %8.2f GB/s\n", text,
-		       (double)DEMO_CHUNK / (kvn_now_s() - t0) / 1e9);
+		double dt = kvn_now_s() - t0;
+		t_put += dt;
+		printf("  put  %s  %8.2f GB/s\n", keys[i], (double)DEMO_CHUNK / dt / 1e9);
 	}
-	double before = peer_bytes(dst), t_peer = 0, t_local = 0;
+	double before = peer_bytes(&d->node[2], false);
 	for (int pass = 0; pass < 2; pass++) {
 		printf(
 		    pass ? "\nget on node-3 again (promoted into its cpu tier):\n"
 			 : "\nget on node-3 (not there: found through the scheduler, fetched from "
 			   "node-1's pool by one-sided READ):\n");
-		for (int i = 0; i < DEMO_CHUNKS; i++) {
-			void *got = NULL;
-			size_t len = 0;
-			double t0 = kvn_now_s();
-			int e = kvn_cli_get(dst, &keys[i], &got, &len);
-			/* publishing is asynchronous: the directory may lag the put a moment */
-			for (int t = 0; e == -ENOENT && !pass && t < 100; t++) {
-				sleep_ms(20);
-				t0 = kvn_now_s();
-				e = kvn_cli_get(dst, &keys[i], &got, &len);
-			}
-			double dt = kvn_now_s() - t0;
-			*(pass ? &t_local : &t_peer) += dt;
-			if (e < 0) {
-				printf("  get  %s  MISSING (%s)\n", keys[i].str, kvn_strerror(e));
-				bad++;
-				continue;
-			}
-			fill(data, DEMO_CHUNK, (uint64_t)i);
-			bool same = len == DEMO_CHUNK && !memcmp(got, data, DEMO_CHUNK);
-			printf("  get  %s  %8.2f GB/s  %s\n", keys[i].str,
-			       (double)DEMO_CHUNK / dt / 1e9, same ? "verified" : "CORRUPT");
-			bad += !same;
-			free(got);
-		}
+		for (int i = 0; i < DEMO_CHUNKS; i++)
+			bad += get_one(dst, keys[i], i, !pass, data, pass ? &t_local : &t_peer);
 	}
-	double moved = peer_bytes(dst) - before, total = (double)DEMO_CHUNK * DEMO_CHUNKS;
-	char *stats = NULL;
-	if (kvn_cli_stat(dst, &stats) == 0) {
-		printf("\nnode-3 after the gets:\n");
-		kvn_cli_print_stats(stats, stdout);
-	}
-	free(stats);
-	printf("\nmoved %s from node-1 to node-3 by one-sided READ (slot headers included); "
-	       "peer gets %.2f GB/s, local gets %.2f GB/s (both through node-3's socket to this "
-	       "client)\n",
-	       kvn_cli_human_bytes(moved, hb, sizeof(hb)), total / t_peer / 1e9,
-	       total / t_local / 1e9);
+	double moved = peer_bytes(&d->node[2], true) - before, total = (double)DEMO_CHUNK * DEMO_CHUNKS;
+	printf("\nmoved %s from node-1 to node-3 by one-sided READ (slot headers included)\n",
+	       kvn_cli_human_bytes(moved, hb, sizeof(hb)));
+	char *transport = nodes_transport(d);
+	print_bandwidth(t_put, t_peer, t_local, raw_read_gbps(transport), transport);
+	free(transport);
 	printf("%d chunks, %s, %s\n", DEMO_CHUNKS, kvn_cli_human_bytes(total, hb, sizeof(hb)),
 	       bad ? "VERIFICATION FAILED" : "all verified");
 	rc = bad ? -EIO : 0;
 out:
-	kvn_cli_close(src);
-	kvn_cli_close(dst);
+	kvn_client_close(src);
+	kvn_client_close(dst);
 	free(data);
 	return rc;
 }
