@@ -17,7 +17,7 @@
 #include "bench/bench.h"
 #include "core/log.h"
 #include "kvnode/client.h"
-#include "node/cli/client.h"
+#include "node/serve/ctlclient.h"
 
 #define BATCH	   32	 /* LMCache's prefix: one batch of a request's chunks */
 #define READY_MS   60000 /* a child's start on a loaded machine */
@@ -26,18 +26,18 @@
 #define LOOKUP_MAX 4096 /* keys of one request (kvnode/client.h) */
 
 enum op {
-	OP_READ,	/* baseline: read every byte of src[i] */
-	OP_MEMCPY_IN,	/* baseline: src[i] -> ring[i % depth] */
-	OP_MEMCPY_OUT,	/* baseline: src[i] -> out region i */
-	OP_GET_VIEW,	/* view, read every byte, release */
-	OP_GET_INTO,	/* into ring[i % depth] */
-	OP_PUT,		/* from src[i] */
-	OP_BATCH,	/* kvn_client_batch_get of 32 keys, release */
-	OP_SINGLES,	/* baseline: 32 kvn_client_get, release */
-	OP_CLI_GET,	/* kvn_cli_get (old protocol) */
-	OP_CLI_PUT,	/* kvn_cli_put (old protocol) */
-	OP_PEER_GET,	/* kvn_client_get through node b of a key node a holds */
-	OP_PEER_READ,	/* baseline: the transport READ of the slot image (remote_peer.c) */
+	OP_READ,       /* baseline: read every byte of src[i] */
+	OP_MEMCPY_IN,  /* baseline: src[i] -> ring[i % depth] */
+	OP_MEMCPY_OUT, /* baseline: src[i] -> out region i */
+	OP_GET_VIEW,   /* view, read every byte, release */
+	OP_GET_INTO,   /* into ring[i % depth] */
+	OP_PUT,	       /* from src[i] */
+	OP_BATCH,      /* kvn_client_batch_get of 32 keys, release */
+	OP_SINGLES,    /* baseline: 32 kvn_client_get, release */
+	OP_CLI_GET,    /* kvn_cli_get (old protocol) */
+	OP_CLI_PUT,    /* kvn_cli_put (old protocol) */
+	OP_PEER_GET,   /* kvn_client_get through node b of a key node a holds */
+	OP_PEER_READ,  /* baseline: the transport READ of the slot image (remote_peer.c) */
 };
 
 /* ------------------------------------------------------------------------------------------
@@ -162,8 +162,9 @@ start_node(struct nodes *n, struct child *c, const char *name, uint64_t pool, ui
 		(int)getpid(), name, c->sock, (double)pool / 1e9, (unsigned long long)max_chunk,
 		(unsigned long long)pool, promote ? "true" : "false");
 	if (sched)
-		fprintf(f, "scheduler_url: %s\nlisten: 127.0.0.1:0\ntransport: tcp\n"
-			   "heartbeat_ms: 200\n",
+		fprintf(f,
+			"scheduler_url: %s\nlisten: 127.0.0.1:0\ntransport: tcp\n"
+			"heartbeat_ms: 200\n",
 			sched);
 	if (fclose(f))
 		return -EIO;
@@ -309,9 +310,15 @@ one(struct ctx *x, enum op op, size_t i)
 	struct kvn_view v;
 	int rc = 0;
 	switch (op) {
-	case OP_READ: x->sink += read_all(s, x->size); break;
-	case OP_MEMCPY_IN: memcpy(x->ring + (i % x->depth) * x->size, s, x->size); break;
-	case OP_MEMCPY_OUT: memcpy(x->out + i * x->size, s, x->size); break;
+	case OP_READ:
+		x->sink += read_all(s, x->size);
+		break;
+	case OP_MEMCPY_IN:
+		memcpy(x->ring + (i % x->depth) * x->size, s, x->size);
+		break;
+	case OP_MEMCPY_OUT:
+		memcpy(x->out + i * x->size, s, x->size);
+		break;
 	case OP_CLI_PUT:
 		if ((rc = kvn_cli_put(x->cli, &x->kkeys[i], s, x->size)) < 0)
 			fprintf(stderr, "kvnode-bench: cli put %s: %s\n", x->keys[i],
@@ -330,8 +337,11 @@ one(struct ctx *x, enum op op, size_t i)
 		x->sink += ((const uint8_t *)v.data)[v.len - 1];
 		kvn_client_release(x->cb, &v, 1);
 		break;
-	case OP_PEER_READ: rc = bench_peer_fetch_one(x->peer, i, x->size); break;
-	default: rc = -EINVAL;
+	case OP_PEER_READ:
+		rc = bench_peer_fetch_one(x->peer, i, x->size);
+		break;
+	default:
+		rc = -EINVAL;
 	}
 	return rc;
 }
@@ -342,12 +352,18 @@ pass(void *arg, int op_)
 	struct ctx *x = arg;
 	enum op op = (enum op)op_;
 	switch (op) {
-	case OP_GET_VIEW: return async_pass(x, KVN_CLIENT_GET);
-	case OP_GET_INTO: return async_pass(x, KVN_CLIENT_GET_INTO);
-	case OP_PUT: return async_pass(x, KVN_CLIENT_PUT);
-	case OP_BATCH: return batch_pass(x, true);
-	case OP_SINGLES: return batch_pass(x, false);
-	default: break;
+	case OP_GET_VIEW:
+		return async_pass(x, KVN_CLIENT_GET);
+	case OP_GET_INTO:
+		return async_pass(x, KVN_CLIENT_GET_INTO);
+	case OP_PUT:
+		return async_pass(x, KVN_CLIENT_PUT);
+	case OP_BATCH:
+		return batch_pass(x, true);
+	case OP_SINGLES:
+		return batch_pass(x, false);
+	default:
+		break;
 	}
 	for (size_t i = 0; i < x->nkeys; i++) {
 		int rc = one(x, op, i);
@@ -487,8 +503,9 @@ peer_rows(struct ctx *x, const struct child *b)
 		rc = row(x, &peer_row);
 	double moved = peer_stat(b, "bytes_read") - before;
 	if (!rc && moved < (double)x->nkeys * (double)x->size) {
-		fprintf(stderr, "kvnode-bench: node b READ only %.0f bytes from node a for %zu "
-				"peer gets of %zu bytes: its gets were not peer hits\n",
+		fprintf(stderr,
+			"kvnode-bench: node b READ only %.0f bytes from node a for %zu "
+			"peer gets of %zu bytes: its gets were not peer hits\n",
 			moved, x->nkeys, x->size);
 		rc = -EPROTO;
 	}
@@ -517,7 +534,8 @@ ctx_alloc(struct ctx *x, size_t size)
 		x->keys[i] = x->text[i];
 		kvn_key_from_str(&x->kkeys[i], x->text[i]);
 		for (size_t j = 0; j < size; j += 8) /* every page touched, distinct values */
-			memcpy(x->src + i * size + j, &(uint64_t){i * 0x9e3779b97f4a7c15ull + j}, 8);
+			memcpy(x->src + i * size + j, &(uint64_t){i * 0x9e3779b97f4a7c15ull + j},
+			       8);
 	}
 	memset(x->out, 0, x->nkeys * size);
 	memset(x->ring, 0, x->depth * size);
@@ -552,8 +570,8 @@ one_size(struct ctx *x, const struct nodes *n, size_t size)
 		bench_peer_fetch_clear(x->peer);
 	/* The next size's working set needs the pool. */
 	for (size_t i = 0; x->keys && i < x->nkeys; i += LOOKUP_MAX)
-		kvn_client_batch_remove(x->c, &x->keys[i],
-					x->nkeys - i < LOOKUP_MAX ? x->nkeys - i : LOOKUP_MAX, NULL);
+		kvn_client_batch_remove(
+		    x->c, &x->keys[i], x->nkeys - i < LOOKUP_MAX ? x->nkeys - i : LOOKUP_MAX, NULL);
 	ctx_free(x);
 	return rc;
 }
@@ -580,9 +598,10 @@ setup(struct ctx *x, struct nodes *n, size_t largest, uint64_t wset)
 	uint64_t pool = 2 * wset + (uint64_t)(x->depth + 2) * largest * 2 + (64ull << 20);
 	uint64_t max_chunk = largest > (64u << 20) ? largest : (64u << 20);
 	int rc = 0;
-	if (o->peer && ((rc = start_scheduler(n)) < 0 ||
-			(rc = start_node(n, &n->b, "b", (uint64_t)(BATCH + 4) * largest + (64ull << 20),
-					 max_chunk, n->sched.addr, false)) < 0))
+	if (o->peer &&
+	    ((rc = start_scheduler(n)) < 0 ||
+	     (rc = start_node(n, &n->b, "b", (uint64_t)(BATCH + 4) * largest + (64ull << 20),
+			      max_chunk, n->sched.addr, false)) < 0))
 		return rc;
 	if ((rc = start_node(n, &n->a, "a", pool, max_chunk, o->peer ? n->sched.addr : NULL,
 			     true)) < 0 ||

@@ -403,8 +403,11 @@ raw_read_gbps(const char *transport)
 	    r.ops->listen(r.owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)) < 0 ||
 	    r.ops->connect(r.reader, bound, 0, &r.ep, err, sizeof(err)) < 0)
 		goto out;
-	struct kvn_read rd = {.local = r.dst, .local_mr = r.dst_mr, .remote_addr = r.src_desc.addr,
-			      .rkey = r.src_desc.rkey, .len = DEMO_CHUNK};
+	struct kvn_read rd = {.local = r.dst,
+			      .local_mr = r.dst_mr,
+			      .remote_addr = r.src_desc.addr,
+			      .rkey = r.src_desc.rkey,
+			      .len = DEMO_CHUNK};
 	double t = 0;
 	for (int i = 0; i <= DEMO_CHUNKS; i++) { /* the first is a warm-up */
 		double t0 = kvn_now_s();
@@ -537,7 +540,8 @@ run_traffic(struct demo *d)
 		for (int i = 0; i < DEMO_CHUNKS; i++)
 			bad += get_one(dst, keys[i], i, !pass, data, pass ? &t_local : &t_peer);
 	}
-	double moved = peer_bytes(&d->node[2], true) - before, total = (double)DEMO_CHUNK * DEMO_CHUNKS;
+	double moved = peer_bytes(&d->node[2], true) - before,
+	       total = (double)DEMO_CHUNK * DEMO_CHUNKS;
 	printf("\nmoved %s from node-1 to node-3 by one-sided READ (slot headers included)\n",
 	       kvn_cli_human_bytes(moved, hb, sizeof(hb)));
 	char *transport = nodes_transport(d);
