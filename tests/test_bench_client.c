@@ -61,10 +61,10 @@ num(cJSON *r, const char *field)
 Test(bench_client, every_row_of_every_size_is_measured_beside_its_baseline, .fini = cleanup,
      .timeout = 300)
 {
-	const char *argv[] = {BENCH,	    "client",  "--baseline", "--peer",	  "--json",
-			      "--sizes",    "64K,256K", "--duration", "0.05",	  "--trials",
-			      "1",	    "--working-set", "4",	 "--depth",   "4",
-			      NULL};
+	const char *argv[] = {BENCH,	"client",   "--baseline", "--peer",
+			      "--json", "--sizes",  "64K,256K",	  "--duration",
+			      "0.05",	"--trials", "1",	  "--working-set",
+			      "4",	"--depth",  "4",	  NULL};
 	char *out, *err;
 	int code = run_bench(argv, &out, &err);
 	cr_assert_eq(code, 0, "kvnode-bench client exited with %d: %s", code, err ? err : "");
@@ -77,13 +77,13 @@ Test(bench_client, every_row_of_every_size_is_measured_beside_its_baseline, .fin
 		for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
 			cJSON *r = row(rows, ops[i], bytes);
 			cr_assert(r, "no %s row of %.0f bytes", ops[i], bytes);
-			cr_expect_eq(strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(r, "mode")),
-					    "client"),
-				     0);
+			cr_expect_eq(
+			    strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(r, "mode")), "client"),
+			    0);
 			cr_expect_gt(num(r, "iterations"), 0, "%s %.0f", ops[i], bytes);
 			cr_expect_gt(num(r, "gbps"), 0, "%s %.0f", ops[i], bytes);
-			cr_expect_gt(num(r, "baseline_gbps"), 0, "%s row of %.0f bytes has no baseline",
-				     ops[i], bytes);
+			cr_expect_gt(num(r, "baseline_gbps"), 0,
+				     "%s row of %.0f bytes has no baseline", ops[i], bytes);
 			cr_expect_gt(num(r, "ratio"), 0, "%s %.0f", ops[i], bytes);
 		}
 		/* The documented goals come with their rows (met or not: never asserted). */

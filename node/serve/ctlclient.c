@@ -343,4 +343,3 @@ kvn_cli_stat(struct kvn_cli_conn *c, char **json)
 {
 	return call(c, KVN_CTL_STAT, NULL, json, NULL);
 }
-

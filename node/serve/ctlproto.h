@@ -1,6 +1,7 @@
 /* Local control protocol between `kvnode serve` and the CLI (docs/architecture.md §9):
- * length-prefixed binary frames over a unix socket. Shared by node/serve/server.c and node/cli/client.c so
- * that the two sides cannot disagree on the wire format or on what a valid frame is. */
+ * length-prefixed binary frames over a unix socket. Shared by node/serve/server.c and
+ * node/serve/ctlclient.c so that the two sides cannot disagree on the wire format or on what a
+ * valid frame is. */
 #ifndef KVN_NODE_SERVE_CTLPROTO_H
 #define KVN_NODE_SERVE_CTLPROTO_H
 

@@ -1,4 +1,4 @@
-/* Fuzzes the local control protocol's codec (node/serve/ctlproto.c) and its client (node/cli/client.c).
+/* Fuzzes the local control protocol's codec (node/serve/ctlproto.c) and its client (node/serve/ctlclient.c).
  * The first input byte picks the mode:
  *   0  a request header: decode, validate against a value limit from the input, re-encode;
  *   1  a reply header: the same;
