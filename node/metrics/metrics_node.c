@@ -293,13 +293,21 @@ clients(struct kvn_expo *e, struct kvn_server *srv)
 	if (!srv)
 		return;
 	struct kvn_server_stats s;
+	struct kvn_clientsrv_stats cs;
 	kvn_server_stats(srv, &s);
+	kvn_server_client_stats(srv, &cs);
+	/* The socket answers both protocols: the CLI's put and get speak the client library's. */
+	uint64_t requests = s.requests;
+	for (size_t i = 0; i < KVN_CP_NOPS; i++)
+		requests += cs.requests[i];
 	kvn_expo_one(e, "kvnode_client_connections", "gauge",
 		     "Open connections on the node's client socket (socket_path)", s.connections);
 	kvn_expo_one(e, "kvnode_client_accepted_total", "counter",
 		     "Connections the client socket accepted", s.accepted);
 	kvn_expo_one(e, "kvnode_client_requests_total", "counter",
-		     "Requests (put, get, rm, ls, stat …) the client socket answered", s.requests);
+		     "Requests the client socket answered: control protocol (rm, ls, stat …) and "
+		     "client library frames (get, reserve, commit, release …)",
+		     requests);
 	kvn_expo_one(e, "kvnode_client_protocol_errors_total", "counter",
 		     "Malformed client requests (the connection is closed)", s.proto_errors);
 	kvn_expo_one(e, "kvnode_client_refused_total", "counter",
