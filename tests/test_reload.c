@@ -110,14 +110,17 @@ Test(reload, sighup_applies_log_level_at_once_and_names_keys_that_need_a_restart
 	write_cfg("log_level: debug\nmax_local_cpu_size: 0.06\n");
 	hup_and_wait("SIGHUP: re-read");
 	put("loud-key");
-	/* Debug logs each request: only the put after the reload shows. */
-	cr_assert(proc_wait_for(log_has, "PUT loud-key", DEADLINE), "debug level not applied");
+	/* Debug logs each client as it connects, by the name `kvnode put KEY` gives it: only the
+	 * put after the reload shows. */
+	cr_assert(proc_wait_for(log_has, "kvnode put loud-key", DEADLINE),
+		  "debug level not applied");
 	char *log = proc_read_file(logpath, NULL);
 	cr_expect(strstr(log, "log_level is now debug"), "%s", log);
 	cr_expect(strstr(log, "max_local_cpu_size changed: needs a restart"), "%s", log);
 	cr_expect(strstr(log, "kvnode.yaml:4"), "the changed key's file:line: %s", log);
 	cr_expect(strstr(log, "1 change applied, 1 needs a restart"), "%s", log);
-	cr_expect_not(strstr(log, "PUT quiet-key"), "logged at debug before the reload: %s", log);
+	cr_expect_not(strstr(log, "kvnode put quiet-key"), "logged at debug before the reload: %s",
+		      log);
 	cr_expect_not(strstr(log, "socket_path changed"), "unchanged keys are not named: %s", log);
 	free(log);
 }
@@ -131,12 +134,12 @@ Test(reload, a_file_that_no_longer_loads_is_reported_with_file_line_and_the_node
 	cr_expect(strstr(log, "kvnode.yaml:"), "the message should name file:line: %s", log);
 	free(log);
 	put("still-serving");
-	cr_expect_not(log_has("PUT still-serving"), "log_level must stay warn");
+	cr_expect_not(log_has("kvnode put still-serving"), "log_level must stay warn");
 	/* A later good file still applies. */
 	write_cfg("log_level: debug\nmax_local_cpu_size: 0.05\n");
 	hup_and_wait("SIGHUP: re-read");
 	put("after-fix");
-	cr_expect(proc_wait_for(log_has, "PUT after-fix", DEADLINE),
+	cr_expect(proc_wait_for(log_has, "kvnode put after-fix", DEADLINE),
 		  "the fixed file was not applied");
 }
 

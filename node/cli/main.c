@@ -350,16 +350,19 @@ out:
  * protocol (no cpu tier: the caller falls back to the control protocol), 0 when open, else the
  * exit status once the error is said. */
 static int
-data_open(const struct opts *o, struct kvn_client **c, char **path)
+data_open(const struct opts *o, const char *what, const struct kvn_key *key, struct kvn_client **c,
+	  char **path)
 {
 	apply_log_level(o, KVN_LOG_WARN);
 	int rc = resolve_socket(o, path);
 	if (rc)
 		return rc;
-	char err[1024];
+	char err[1024], name[64];
+	/* The node shows this name in its log and stat (the first 24 bytes of it). */
+	snprintf(name, sizeof(name), "kvnode %s %.40s", what, key->str);
 	struct kvn_client_opts co = {KVN_CLIENT_OPTS_INIT,
 				     .socket_path = strncmp(*path, "unix:", 5) ? *path : *path + 5,
-				     .name = "kvnode cli",
+				     .name = name,
 				     .timeout_ms = 60000};
 	rc = kvn_client_open(&co, c, err, sizeof(err));
 	if (rc == 0)
@@ -438,7 +441,7 @@ cmd_put(struct opts *o)
 	if (fstat(fd, &st) < 0)
 		rc = die(EXIT_USAGE, "put %s: cannot stat %s: %s", key.str, src_name,
 			 strerror(errno));
-	else if ((rc = data_open(o, &c, &path)) == 0)
+	else if ((rc = data_open(o, "put", &key, &c, &path)) == 0)
 		rc = put_value(c, &key, fd, &st, src_name, path);
 	bool fallback = rc == 1 && !c; /* no client protocol there: the control protocol */
 	kvn_client_close(c);
@@ -475,7 +478,7 @@ cmd_get(struct opts *o)
 		return rc;
 	struct kvn_client *c = NULL;
 	char *path = NULL;
-	if ((rc = data_open(o, &c, &path)) != 0)
+	if ((rc = data_open(o, "get", &key, &c, &path)) != 0)
 		return rc == 1 ? get_ctl(o) : rc;
 	struct kvn_view v = {0};
 	if ((e = kvn_client_get(c, key.str, &v)) < 0) {
