@@ -430,14 +430,44 @@ static const struct row_def peer_row = {OP_PEER_GET, OP_PEER_READ, "peer_get", "
  * The mode
  * ------------------------------------------------------------------------------------------ */
 
+/* The caller's buffers (get_into's ring): anonymous memory, transparent hugepages if given. */
 static void *
 map_region(size_t len)
 {
 	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		return NULL;
-	madvise(p, len, MADV_HUGEPAGE); /* backed as the node's pool is: copies, not TLB misses */
+	madvise(p, len, MADV_HUGEPAGE);
 	return p;
+}
+
+/* The baselines' working set, backed as the node's pool is (core/pool.c: a hugetlb memfd, else
+ * a plain one, shared), so that a ratio compares copies and not page sizes: a 4 KiB shmem pool
+ * read against THP-backed anonymous memory would charge the TLB to the client library. */
+static size_t
+like_pool_len(size_t len)
+{
+	return (len + (2u << 20) - 1) / (2u << 20) * (2u << 20); /* whole huge pages */
+}
+
+static void *
+map_like_pool(size_t len)
+{
+	size_t hlen = like_pool_len(len);
+	int fd = memfd_create("kvn-bench", MFD_CLOEXEC | MFD_HUGETLB);
+	void *p = MAP_FAILED;
+	if (fd >= 0 && ftruncate(fd, (off_t)hlen) == 0)
+		p = mmap(NULL, hlen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+	if (fd >= 0)
+		close(fd);
+	if (p != MAP_FAILED)
+		return p;
+	fd = memfd_create("kvn-bench", MFD_CLOEXEC);
+	if (fd >= 0 && ftruncate(fd, (off_t)hlen) == 0)
+		p = mmap(NULL, hlen, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (fd >= 0)
+		close(fd);
+	return p == MAP_FAILED ? NULL : p;
 }
 
 /* Keys: at least one batch and one depth's worth, else the working set's. */
@@ -520,8 +550,8 @@ ctx_alloc(struct ctx *x, size_t size)
 	x->text = calloc(x->nkeys, sizeof(*x->text));
 	x->keys = calloc(x->nkeys, sizeof(*x->keys));
 	x->kkeys = calloc(x->nkeys, sizeof(*x->kkeys));
-	x->src = map_region(x->nkeys * size);
-	x->out = map_region(x->nkeys * size);
+	x->src = map_like_pool(x->nkeys * size);
+	x->out = map_like_pool(x->nkeys * size);
 	x->ring = map_region(x->depth * size);
 	if (!x->text || !x->keys || !x->kkeys || !x->src || !x->out || !x->ring) {
 		fprintf(stderr, "kvnode-bench: out of memory for %zu chunks of %zu bytes\n",
@@ -546,9 +576,9 @@ static void
 ctx_free(struct ctx *x)
 {
 	if (x->src)
-		munmap(x->src, x->nkeys * x->size);
+		munmap(x->src, like_pool_len(x->nkeys * x->size));
 	if (x->out)
-		munmap(x->out, x->nkeys * x->size);
+		munmap(x->out, like_pool_len(x->nkeys * x->size));
 	if (x->ring)
 		munmap(x->ring, x->depth * x->size);
 	free(x->text);
