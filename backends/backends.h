@@ -133,10 +133,11 @@ struct kvn_peer_link {
 	struct kvn_pool *pool;
 	struct kvn_backend *cpu;
 	void *ctx;
-	/* Up to max locations of key into locs (*n of them), this node's own included. 0, or a
-	 * negative errno (no cluster, a timeout). */
-	int (*lookup)(void *ctx, const struct kvn_digest *key, uint32_t max, uint32_t *n,
-		      struct kvn_peer_loc *locs, int timeout_ms);
+	/* The n keys in one scheduler round trip (a batch get's misses together): up to max
+	 * locations of keys[i] into locs[i * max ...], nloc[i] of them, this node's own
+	 * included. 0, or a negative errno (no cluster, a timeout) for the whole batch. */
+	int (*lookup)(void *ctx, const struct kvn_digest *keys, size_t n, uint32_t max,
+		      uint32_t *nloc, struct kvn_peer_loc *locs, int timeout_ms);
 	/* The member with worker_id as last announced; -ENOENT for one never seen. */
 	int (*member)(void *ctx, uint32_t worker_id, struct kvn_peer_member *out);
 	/* This node's worker id, -1 while not joined. */
@@ -151,6 +152,13 @@ void kvn_peer_attach(struct kvn_backend *be, const struct kvn_peer_link *link);
 void kvn_peer_member(struct kvn_backend *be, const struct kvn_peer_member *mi);
 void kvn_peer_evicted(struct kvn_backend *be, uint32_t worker_id, const struct kvn_digest *d,
 		      size_t n);
+/* The get op for n keys at once: one lookup for every key whose location is not cached, then
+ * each round of READs (a key's first location, then its next for those that failed) posted
+ * together and waited for together. Per key the outcome is the get op's: rcs[i] 0 with outs[i]
+ * a verified view, or -ENOENT with outs[i] NULL. *lookups (may be NULL) gets the scheduler
+ * lookups it made. */
+void kvn_peer_get_batch(struct kvn_backend *be, const struct kvn_key *const *keys, size_t n,
+			struct kvn_buf **outs, int *rcs, uint64_t *lookups);
 /* Slot-image bytes READ from peers so far. */
 uint64_t kvn_peer_bytes_read(struct kvn_backend *be);
 

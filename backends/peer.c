@@ -276,13 +276,59 @@ conn_put(struct kvn_backend *be, struct kvn_tp_ep *ep, bool broken)
  * Fetch
  * ------------------------------------------------------------------------------------------ */
 
-/* READs the slot image at loc and returns its payload when it verifies. -EAGAIN: the image
- * was stale or corrupt (or the read failed): try a fresh location. */
+/* A key of a get (a batch of one for the get op): its locations this attempt and how it
+ * stands. */
+struct bkey {
+	const struct kvn_key *key;
+	struct kvn_peer_loc locs[KVN_PEER_LOCS_MAX];
+	uint32_t nlocs;
+	bool done;   /* rc is final: a verified payload, or nowhere left to look */
+	bool failed; /* a location failed other than by being oversized: uncache it */
+	int rc;	     /* 0 or -ENOENT */
+};
+
+/* The completions a round of READs waits for, over every endpoint it posted to. */
+struct rwait {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	size_t left;
+};
+
+/* One READ of a round: the slot image at loc into a scratch slot of our pool. */
+struct pread {
+	struct bkey *bk;
+	const struct kvn_peer_loc *loc;
+	struct kvn_buf **out;
+	struct kvn_tp_ep *ep;
+	struct kvn_slot *scratch;
+	struct rwait *w;
+	bool posted; /* fetch_begin took ep and scratch; fetch_end gives them back */
+	int rc;	     /* fetch_begin's answer, then the READ's status */
+	uint64_t t0, t1;
+	char err[512];
+};
+
+/* What one batch get works with, allocated once for its n keys. */
+struct batch {
+	size_t n;
+	struct bkey *bk;
+	struct kvn_buf **outs;
+	struct pread *items, **ready;
+	struct kvn_read *rds;
+	struct kvn_digest *ask;
+	uint32_t *at, *nloc;
+	struct kvn_peer_loc *all; /* n x KVN_PEER_LOCS_MAX lookup answers */
+	uint64_t lookups;
+};
+
+/* Checks loc and takes the endpoint and a scratch slot for the READ. 0: ready to post; else
+ * the fetch's answer already: -EAGAIN (try a fresh location), -EMSGSIZE (refused, not
+ * stale), or why the pool had no room. */
 static int
-fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_peer_loc *loc,
-      struct kvn_buf **out)
+fetch_begin(struct kvn_backend *be, struct pread *p)
 {
-	char err[512] = "";
+	const struct kvn_key *key = p->bk->key;
+	const struct kvn_peer_loc *loc = p->loc;
 	if (loc->len <= SLOT_HDR || loc->len > kvn_pool_size(be->link.pool))
 		return -EAGAIN;
 	if (be->link.max_chunk && loc->len - SLOT_HDR > be->link.max_chunk) {
@@ -300,48 +346,50 @@ fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_peer_l
 			    (unsigned long long)be->link.max_chunk, (unsigned long long)missed);
 		return -EMSGSIZE;
 	}
-	struct kvn_tp_ep *ep;
-	int rc = conn_get(be, loc->worker_id, &ep, err, sizeof(err));
+	int rc = conn_get(be, loc->worker_id, &p->ep, p->err, sizeof(p->err));
 	if (rc < 0) {
-		be->env->log(be->env, KVN_LOG_DEBUG, "key %s: %s", key->str, err);
+		be->env->log(be->env, KVN_LOG_DEBUG, "key %s: %s", key->str, p->err);
 		return -EAGAIN;
 	}
-	struct kvn_slot *scratch;
-	rc = kvn_cpu_alloc_scratch(be->link.cpu, loc->len, &scratch);
+	rc = kvn_cpu_alloc_scratch(be->link.cpu, loc->len, &p->scratch);
 	if (rc < 0) {
-		conn_put(be, ep, false);
+		conn_put(be, p->ep, false);
 		be->env->log(be->env, KVN_LOG_WARN,
 			     "key %s: no room in the cpu pool for a %llu-byte peer read (%s); "
 			     "raise max_local_cpu_size",
 			     key->str, (unsigned long long)loc->len, kvn_strerror(rc));
 		return rc;
 	}
-	uint8_t *img = kvn_slot_payload(scratch);
-	struct kvn_read rd = {.local = img,
-			      .local_mr = be->link.mr,
-			      .remote_addr = loc->addr,
-			      .rkey = loc->rkey,
-			      .len = loc->len};
-	uint64_t t0 = kvn_now_ns();
-	rc = kvn_transport_read_sync(be->link.ops, ep, &rd, 1, err, sizeof(err));
-	uint64_t t1 = kvn_now_ns();
-	conn_put(be, ep, rc == -ENOTCONN || rc == -ECONNRESET || rc == -ETIMEDOUT);
+	p->posted = true;
+	return 0;
+}
+
+/* Gives back what fetch_begin took and returns the payload when the image verifies.
+ * -EAGAIN: the image was stale or corrupt (or the READ failed): try a fresh location. */
+static int
+fetch_end(struct kvn_backend *be, struct pread *p)
+{
+	const struct kvn_key *key = p->bk->key;
+	const struct kvn_peer_loc *loc = p->loc;
+	int rc = p->rc;
+	conn_put(be, p->ep, rc == -ENOTCONN || rc == -ECONNRESET || rc == -ETIMEDOUT);
 	atomic_fetch_add_explicit(&be->reads, 1, memory_order_relaxed);
 	if (rc < 0) {
 		atomic_fetch_add_explicit(&be->transport_errors, 1, memory_order_relaxed);
 		be->env->log(be->env, KVN_LOG_WARN, "key %s: READ from peer worker %u failed: %s",
-			     key->str, loc->worker_id, err);
-		kvn_pool_unref(be->link.pool, scratch);
+			     key->str, loc->worker_id, p->err);
+		kvn_pool_unref(be->link.pool, p->scratch);
 		return -EAGAIN;
 	}
 	atomic_fetch_add_explicit(&be->bytes_read, loc->len, memory_order_relaxed);
-	kvn_histogram_observe(&be->read_latency, t1 - t0);
+	kvn_histogram_observe(&be->read_latency, p->t1 - p->t0);
+	uint8_t *img = kvn_slot_payload(p->scratch);
 	rc = kvn_slot_verify(img, loc->len, key->digest, loc->generation);
 	if (rc == 0) {
 		/* The payload stays where the READ put it: the caller gets a view of the scratch
 		 * slot (which it keeps until the buffer is dropped), not a copy. */
 		const struct kvn_slot_hdr *h = (const void *)img;
-		rc = kvn_pool_view_range(be->link.pool, scratch, SLOT_HDR, h->len, out);
+		rc = kvn_pool_view_range(be->link.pool, p->scratch, SLOT_HDR, h->len, p->out);
 	} else {
 		/* evicted or rewritten since the directory heard of it: a miss, never bytes */
 		be->env->log(be->env, KVN_LOG_DEBUG,
@@ -349,66 +397,244 @@ fetch(struct kvn_backend *be, const struct kvn_key *key, const struct kvn_peer_l
 			     key->str, loc->worker_id, kvn_strerror(rc));
 		rc = -EAGAIN;
 	}
-	kvn_pool_unref(be->link.pool, scratch);
+	kvn_pool_unref(be->link.pool, p->scratch);
 	return rc;
 }
 
-/* Locations of key held by others: the cached one (fresh = false), else a lookup. */
-static int
-locate(struct kvn_backend *be, const struct kvn_key *key, bool fresh, struct kvn_peer_loc *locs,
-       uint32_t *n)
+/* On the transport's progress thread: record the outcome, count the READ down. */
+static void
+read_done(struct kvn_read *rd, int status, const char *msg)
 {
-	*n = 0;
-	if (!fresh && cache_get(be, key->digest, &locs[0])) {
-		*n = 1;
-		return 0;
+	struct pread *p = rd->ctx;
+	struct rwait *w = p->w;
+	p->t1 = kvn_now_ns();
+	p->rc = status;
+	if (status)
+		snprintf(p->err, sizeof(p->err), "%s", msg ? msg : kvn_strerror(status));
+	/* Signal under the lock: the waiter's w is gone as soon as it sees left == 0. */
+	pthread_mutex_lock(&w->lock);
+	if (--w->left == 0)
+		pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+}
+
+static int
+by_ep(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)(*(struct pread *const *)a)->ep;
+	uintptr_t y = (uintptr_t)(*(struct pread *const *)b)->ep;
+	return (x > y) - (x < y);
+}
+
+/* Posts the n READs, one call per endpoint, and waits for all of them: a round costs the
+ * slowest READ, not their sum. Every one ends with p->rc set (the transport fails stalled
+ * reads after its timeout, so this never hangs). */
+static void
+post_reads(struct kvn_backend *be, struct pread **ready, size_t n, struct kvn_read *rds)
+{
+	struct rwait w = {.left = n};
+	pthread_mutex_init(&w.lock, NULL);
+	pthread_cond_init(&w.cond, NULL);
+	qsort(ready, n, sizeof(*ready), by_ep); /* reads of one endpoint side by side */
+	for (size_t i = 0; i < n; i++) {
+		struct pread *p = ready[i];
+		p->w = &w;
+		rds[i] = (struct kvn_read){.local = kvn_slot_payload(p->scratch),
+					   .local_mr = be->link.mr,
+					   .remote_addr = p->loc->addr,
+					   .rkey = p->loc->rkey,
+					   .len = p->loc->len,
+					   .done = read_done,
+					   .ctx = p};
 	}
-	uint32_t nloc = 0;
-	struct kvn_peer_loc all[KVN_PEER_LOCS_MAX];
-	int rc = be->link.lookup(be->link.ctx, &key->digest, KVN_PEER_LOCS_MAX, &nloc, all,
-				 be->link.timeout_ms);
-	if (rc < 0)
-		return rc;
+	for (size_t i = 0, j; i < n; i = j) {
+		uint64_t t0 = kvn_now_ns();
+		for (j = i; j < n && ready[j]->ep == ready[i]->ep; j++)
+			ready[j]->t0 = t0;
+		int rc = be->link.ops->read(ready[i]->ep, &rds[i], j - i);
+		if (rc == 0)
+			continue;
+		/* none of these was posted, so no callback counts them down */
+		for (size_t k = i; k < j; k++) {
+			ready[k]->rc = rc;
+			kvn_seterr(rc, ready[k]->err, sizeof(ready[k]->err),
+				   "%s: posting %zu reads failed: %s", be->link.ops->name, j - i,
+				   kvn_strerror(rc));
+		}
+		pthread_mutex_lock(&w.lock);
+		w.left -= j - i;
+		pthread_mutex_unlock(&w.lock);
+	}
+	pthread_mutex_lock(&w.lock);
+	while (w.left)
+		pthread_cond_wait(&w.cond, &w.lock);
+	pthread_mutex_unlock(&w.lock);
+	pthread_cond_destroy(&w.cond);
+	pthread_mutex_destroy(&w.lock);
+}
+
+/* Location j of every key still looking: READ together, then each key's outcome. false when
+ * no key has a location j. */
+static bool
+fetch_round(struct kvn_backend *be, struct batch *b, uint32_t j)
+{
+	size_t ni = 0, nr = 0;
+	for (size_t i = 0; i < b->n; i++) {
+		struct bkey *bk = &b->bk[i];
+		if (bk->done || j >= bk->nlocs)
+			continue;
+		struct pread *p = &b->items[ni++];
+		*p = (struct pread){.bk = bk, .loc = &bk->locs[j], .out = &b->outs[i]};
+		p->rc = fetch_begin(be, p);
+		if (p->posted)
+			b->ready[nr++] = p;
+	}
+	if (nr)
+		post_reads(be, b->ready, nr, b->rds);
+	for (size_t k = 0; k < ni; k++) {
+		struct pread *p = &b->items[k];
+		int f = p->posted ? fetch_end(be, p) : p->rc;
+		if (f == 0) {
+			p->bk->done = true;
+			p->bk->rc = 0;
+			cache_put(be, p->bk->key->digest, p->loc);
+			continue;
+		}
+		atomic_fetch_add_explicit(&be->errors, 1, memory_order_relaxed);
+		/* an oversized entry is refused, not stale: a fresh lookup gives it again */
+		p->bk->failed |= f != -EMSGSIZE;
+	}
+	return ni > 0;
+}
+
+/* Of nloc locations from the directory, those of other nodes into locs; how many. */
+static uint32_t
+others(struct kvn_backend *be, const struct kvn_peer_loc *all, uint32_t nloc,
+       struct kvn_peer_loc *locs)
+{
 	int32_t self = be->link.self(be->link.ctx);
+	uint32_t n = 0;
 	for (uint32_t i = 0; i < nloc && i < KVN_PEER_LOCS_MAX; i++)
 		if (self < 0 || all[i].worker_id != (uint32_t)self)
-			locs[(*n)++] = all[i];
+			locs[n++] = all[i];
+	return n;
+}
+
+/* Locations of every key still looking: the cached one (fresh = false), else the directory's,
+ * all of those asked in one lookup. A key left with none is a miss. */
+static void
+locate_batch(struct kvn_backend *be, struct batch *b, bool fresh)
+{
+	size_t nask = 0;
+	for (size_t i = 0; i < b->n; i++) {
+		struct bkey *bk = &b->bk[i];
+		if (bk->done)
+			continue;
+		bk->nlocs = 0;
+		bk->failed = false;
+		if (!fresh && cache_get(be, bk->key->digest, &bk->locs[0])) {
+			bk->nlocs = 1;
+			continue;
+		}
+		b->ask[nask] = bk->key->digest;
+		b->at[nask++] = (uint32_t)i;
+	}
+	if (nask) {
+		b->lookups++;
+		int rc = be->link.lookup(be->link.ctx, b->ask, nask, KVN_PEER_LOCS_MAX, b->nloc,
+					 b->all, be->link.timeout_ms);
+		for (size_t k = 0; rc == 0 && k < nask; k++)
+			b->bk[b->at[k]].nlocs = others(be, &b->all[k * KVN_PEER_LOCS_MAX],
+						       b->nloc[k], b->bk[b->at[k]].locs);
+	}
+	for (size_t i = 0; i < b->n; i++)
+		if (!b->bk[i].done && !b->bk[i].nlocs)
+			b->bk[i].done = true; /* rc stays -ENOENT */
+}
+
+/* Keys whose locations failed this attempt forget the cached one. */
+static void
+drop_failed(struct kvn_backend *be, struct batch *b)
+{
+	pthread_mutex_lock(&be->lock);
+	for (size_t i = 0; i < b->n; i++)
+		if (!b->bk[i].done && b->bk[i].failed)
+			cache_drop_locked(be, b->bk[i].key->digest, UINT32_MAX);
+	pthread_mutex_unlock(&be->lock);
+}
+
+static void
+batch_free(struct batch *b)
+{
+	free(b->bk);
+	free(b->items);
+	free(b->ready);
+	free(b->rds);
+	free(b->ask);
+	free(b->at);
+	free(b->nloc);
+	free(b->all);
+}
+
+static int
+batch_alloc(struct batch *b, const struct kvn_key *const *keys, size_t n)
+{
+	b->bk = calloc(n, sizeof(*b->bk));
+	b->items = calloc(n, sizeof(*b->items));
+	b->ready = calloc(n, sizeof(*b->ready));
+	b->rds = calloc(n, sizeof(*b->rds));
+	b->ask = calloc(n, sizeof(*b->ask));
+	b->at = calloc(n, sizeof(*b->at));
+	b->nloc = calloc(n, sizeof(*b->nloc));
+	b->all = calloc(n * KVN_PEER_LOCS_MAX, sizeof(*b->all));
+	if (!b->bk || !b->items || !b->ready || !b->rds || !b->ask || !b->at || !b->nloc || !b->all)
+		return -ENOMEM;
+	for (size_t i = 0; i < n; i++)
+		b->bk[i] = (struct bkey){.key = keys[i], .rc = -ENOENT};
 	return 0;
+}
+
+void
+kvn_peer_get_batch(struct kvn_backend *be, const struct kvn_key *const *keys, size_t n,
+		   struct kvn_buf **outs, int *rcs, uint64_t *lookups)
+{
+	struct batch b = {.n = n, .outs = outs};
+	for (size_t i = 0; i < n; i++) {
+		outs[i] = NULL;
+		rcs[i] = -ENOENT;
+	}
+	pthread_rwlock_rdlock(&be->attach_lock);
+	if (n && be->attached && batch_alloc(&b, keys, n) < 0) {
+		be->env->log(be->env, KVN_LOG_WARN,
+			     "out of memory for a get of %zu keys from peers (key %s first): "
+			     "answering misses",
+			     n, keys[0]->str);
+	} else if (n && be->attached) {
+		/* Attempt 0 may use the cache; a failed check or read retries once with a
+		 * lookup. Within an attempt a key tries its locations in order, one per round. */
+		for (int attempt = 0; attempt < 2; attempt++) {
+			locate_batch(be, &b, attempt > 0);
+			for (uint32_t j = 0; j < KVN_PEER_LOCS_MAX && fetch_round(be, &b, j); j++)
+				;
+			drop_failed(be, &b);
+		}
+		for (size_t i = 0; i < n; i++)
+			rcs[i] = b.bk[i].rc;
+	}
+	pthread_rwlock_unlock(&be->attach_lock);
+	for (size_t i = 0; i < n; i++)
+		atomic_fetch_add_explicit(rcs[i] == 0 ? &be->hits : &be->misses, 1,
+					  memory_order_relaxed);
+	if (lookups)
+		*lookups = b.lookups;
+	batch_free(&b);
 }
 
 static int
 peer_get(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf **out)
 {
-	int rc = -ENOENT;
-	*out = NULL;
-	pthread_rwlock_rdlock(&be->attach_lock);
-	/* Attempt 0 may use the cache; a failed check or read retries once with a lookup. */
-	for (int attempt = 0; be->attached && attempt < 2 && rc == -ENOENT; attempt++) {
-		struct kvn_peer_loc locs[KVN_PEER_LOCS_MAX];
-		uint32_t n;
-		if (locate(be, key, attempt > 0, locs, &n) < 0 || n == 0)
-			break;
-		bool failed = false;
-		for (uint32_t i = 0; i < n; i++) {
-			int f = fetch(be, key, &locs[i], out);
-			if (f == 0) {
-				cache_put(be, key->digest, &locs[i]);
-				rc = 0;
-				break;
-			}
-			atomic_fetch_add_explicit(&be->errors, 1, memory_order_relaxed);
-			/* an oversized entry is refused, not stale: a fresh lookup gives it again
-			 */
-			failed |= f != -EMSGSIZE;
-		}
-		if (failed && rc) {
-			pthread_mutex_lock(&be->lock);
-			cache_drop_locked(be, key->digest, UINT32_MAX);
-			pthread_mutex_unlock(&be->lock);
-		}
-	}
-	pthread_rwlock_unlock(&be->attach_lock);
-	atomic_fetch_add_explicit(rc == 0 ? &be->hits : &be->misses, 1, memory_order_relaxed);
+	int rc;
+	kvn_peer_get_batch(be, &key, 1, out, &rc, NULL);
 	return rc;
 }
 
@@ -420,10 +646,13 @@ peer_contains(struct kvn_backend *be, const struct kvn_key *key, bool pin)
 		return 0;
 	int found = 0;
 	pthread_rwlock_rdlock(&be->attach_lock);
-	struct kvn_peer_loc locs[KVN_PEER_LOCS_MAX];
-	uint32_t n = 0;
-	if (be->attached && locate(be, key, false, locs, &n) == 0 && n)
+	struct kvn_peer_loc all[KVN_PEER_LOCS_MAX], locs[KVN_PEER_LOCS_MAX];
+	uint32_t nloc = 0;
+	if (be->attached && cache_get(be, key->digest, &locs[0]))
 		found = 1;
+	else if (be->attached && be->link.lookup(be->link.ctx, &key->digest, 1, KVN_PEER_LOCS_MAX,
+						 &nloc, all, be->link.timeout_ms) == 0)
+		found = others(be, all, nloc, locs) > 0;
 	pthread_rwlock_unlock(&be->attach_lock);
 	return found;
 }

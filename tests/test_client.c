@@ -268,6 +268,115 @@ Test(client, a_peer_hit_is_a_view_and_a_prefix_batch_is_one_scheduler_lookup, .f
 	free(v);
 }
 
+/* A top-level number of the scheduler's STATS reply, -1 when it cannot be had. */
+static long long
+sched_stat(const char *field)
+{
+	char *json = NULL, *tok = sched_host_token();
+	long long v = -1;
+	if (kvn_membership_fetch_stats(sched.addr, tok, 10000, &json, sched_err,
+				       sizeof(sched_err)) == 0) {
+		cJSON *root = cJSON_Parse(json), *f = cJSON_GetObjectItem(root, field);
+		if (cJSON_IsNumber(f))
+			v = (long long)f->valuedouble;
+		cJSON_Delete(root);
+	}
+	free(json);
+	free(tok);
+	return v;
+}
+
+Test(client, a_batch_of_peer_misses_is_one_scheduler_lookup_and_every_byte_checks, .fini = stop_all,
+     .timeout = 300)
+{
+	start_two();
+	struct kvn_client *ca = open_client(&a), *cb = open_client(&b);
+	/* 32 chunks of a prompt on a; 4 keys held nowhere, spread through the batch. */
+	enum { HELD = 32, N = HELD + 4, LEN = 100000 };
+	char text[N][96];
+	const char *keys[N];
+	bool missing[N];
+	unsigned seed[N];
+	uint8_t *v = malloc(LEN), *out = malloc((size_t)N * LEN);
+	for (unsigned i = 0, h = 0; i < N; i++) {
+		missing[i] = i % 9 == 4; /* 4, 13, 22, 31 */
+		seed[i] = missing[i] ? 0 : 700 + h++;
+		key_text(text[i], sizeof(text[i]), missing[i] ? "nowhere" : "prompt", i);
+		keys[i] = text[i];
+		if (missing[i])
+			continue;
+		pattern_fill(v, LEN, seed[i]);
+		cr_assert_eq(kvn_client_put(ca, keys[i], v, LEN), 0, "%s", kvn_client_error(ca));
+	}
+	/* The directory hears of a's chunks asynchronously: wait until it has all of them. */
+	const char *held[HELD];
+	for (unsigned i = 0, h = 0; i < N; i++)
+		if (!missing[i])
+			held[h++] = keys[i];
+	size_t found = 0;
+	for (int t = 0; t < DEADLINE / 50 && found != HELD; t++) {
+		cr_assert_eq(kvn_client_contains_prefix(cb, held, HELD, &found), 0, "%s",
+			     kvn_client_error(cb));
+		if (found != HELD)
+			sched_sleep_ms(50);
+	}
+	cr_assert_eq(found, HELD, "the directory has a's 32 chunks");
+
+	long long l0 = sched_stat("lookups"), k0 = sched_stat("keys_looked_up"),
+		  c0 = client_stat(&b, "cluster_lookups"), g0 = client_stat(&b, "requests.GET"),
+		  h0 = cnode_tier_stat(&b, "peer", "hits");
+	cr_assert(l0 >= 0 && k0 >= 0 && c0 >= 0 && h0 >= 0, "stats: %s", sched_err);
+	struct kvn_view views[N];
+	int rcs[N];
+	cr_assert_eq(kvn_client_batch_get(cb, keys, N, views, rcs), -ENOENT, "%s",
+		     kvn_client_error(cb));
+	for (unsigned i = 0; i < N; i++) {
+		if (missing[i]) {
+			cr_assert_eq(rcs[i], -ENOENT, "key %u: %d", i, rcs[i]);
+			cr_assert_null(views[i].data);
+			continue;
+		}
+		cr_assert_eq(rcs[i], 0, "key %u: %d", i, rcs[i]);
+		cr_assert_eq(views[i].len, LEN);
+		pattern_fill(v, LEN, seed[i]);
+		cr_assert_arr_eq(views[i].data, v, LEN, "the bytes of key %u", i);
+	}
+	kvn_client_release(cb, views, N);
+	cr_assert_eq(client_stat(&b, "requests.GET") - g0, 1, "one node round trip");
+	cr_assert_eq(sched_stat("lookups") - l0, 1, "one scheduler lookup for the batch");
+	cr_assert_eq(sched_stat("keys_looked_up") - k0, N, "asking for all 36 keys");
+	cr_assert_eq(client_stat(&b, "cluster_lookups") - c0, 1);
+	cr_assert_eq(cnode_tier_stat(&b, "peer", "hits") - h0, HELD, "32 peer hits");
+	cr_assert_eq(cnode_tier_stat(&b, "peer", "errors"), 0);
+
+	/* Promoted into b's cpu tier: again, only the 4 missing keys go to the scheduler (one
+	 * lookup, 4 keys) and the peer tier serves nothing. */
+	size_t caps[N], lens[N];
+	void *dst[N];
+	for (unsigned i = 0; i < N; i++) {
+		caps[i] = LEN;
+		dst[i] = out + (size_t)i * LEN;
+	}
+	cr_assert_eq(kvn_client_batch_get_into(cb, keys, N, dst, caps, lens, rcs), -ENOENT);
+	for (unsigned i = 0; i < N; i++) {
+		cr_assert_eq(rcs[i], missing[i] ? -ENOENT : 0, "key %u: %d", i, rcs[i]);
+		if (missing[i])
+			continue;
+		cr_assert_eq(lens[i], LEN);
+		pattern_fill(v, LEN, seed[i]);
+		cr_assert_arr_eq(out + (size_t)i * LEN, v, LEN, "the bytes of key %u", i);
+	}
+	cr_assert_eq(sched_stat("lookups") - l0, 2);
+	cr_assert_eq(sched_stat("keys_looked_up") - k0, N + 4);
+	cr_assert_eq(cnode_tier_stat(&b, "peer", "hits") - h0, HELD, "local hits now");
+	/* RELEASE has no reply: the count may lag behind the call */
+	cr_assert(WAIT_UNTIL(client_stat(&b, "leases") == 0), "every lease was given back");
+	kvn_client_close(ca);
+	kvn_client_close(cb);
+	free(v);
+	free(out);
+}
+
 /* ------------------------------------------------------------------------------------------
  * Leases and what a client may not do
  * ------------------------------------------------------------------------------------------ */

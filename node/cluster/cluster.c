@@ -122,22 +122,32 @@ kvn_cluster_held(struct kvn_cluster *c, const struct kvn_digest *keys, size_t n,
 	return rc;
 }
 
-/* The peer tier's questions, answered by membership. */
+/* The peer tier's questions, answered by membership: n keys in one LOOKUP frame (up to
+ * KVN_CF_LOOKUP_MAX, which a client batch never passes; membership splits a longer one). */
 static int
-peer_lookup(void *ctx, const struct kvn_digest *key, uint32_t max, uint32_t *n,
+peer_lookup(void *ctx, const struct kvn_digest *keys, size_t n, uint32_t max, uint32_t *nloc,
 	    struct kvn_peer_loc *locs, int timeout_ms)
 {
 	struct kvn_cluster *c = ctx;
-	struct kvn_loc l[KVN_CF_LOCS_MAX];
 	_Static_assert(KVN_PEER_LOCS_MAX <= KVN_CF_LOCS_MAX, "locations per key");
-	int rc = kvn_membership_lookup(c->owned, key, 1, max < KVN_CF_LOCS_MAX ? max : KVN_CF_LOCS_MAX,
-				       n, l, timeout_ms);
-	for (uint32_t i = 0; !rc && i < *n; i++)
-		locs[i] = (struct kvn_peer_loc){.worker_id = l[i].worker_id,
-						.rkey = l[i].rkey,
-						.addr = l[i].addr,
-						.len = l[i].len,
-						.generation = l[i].generation};
+	if (max > KVN_CF_LOCS_MAX)
+		max = KVN_CF_LOCS_MAX;
+	struct kvn_loc one[KVN_CF_LOCS_MAX];
+	struct kvn_loc *l = n == 1 ? one : malloc(sizeof(*l) * n * max);
+	if (!l)
+		return -ENOMEM;
+	int rc = kvn_membership_lookup(c->owned, keys, n, max, nloc, l, timeout_ms);
+	for (size_t k = 0; !rc && k < n; k++)
+		for (uint32_t i = 0; i < nloc[k] && i < max; i++) {
+			const struct kvn_loc *f = &l[k * max + i];
+			locs[k * max + i] = (struct kvn_peer_loc){.worker_id = f->worker_id,
+								  .rkey = f->rkey,
+								  .addr = f->addr,
+								  .len = f->len,
+								  .generation = f->generation};
+		}
+	if (l != one)
+		free(l);
 	return rc;
 }
 

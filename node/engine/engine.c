@@ -92,6 +92,16 @@ get(struct kvn_engine *eng, const struct kvn_key *key, struct kvn_buf **out)
 	return rc;
 }
 
+void
+kvn_engine_get_batch(struct kvn_engine *eng, const struct kvn_key *keys, size_t n,
+		     struct kvn_buf **outs, int *rcs, uint64_t *lookups)
+{
+	kvn_storage_get_batch(eng->st, keys, n, outs, rcs, lookups);
+	for (size_t i = 0; i < n; i++)
+		atomic_fetch_add_explicit(rcs[i] == 0 ? &eng->hits : &eng->misses, 1,
+					  memory_order_relaxed);
+}
+
 KVN_API int
 kvn_engine_get(struct kvn_engine *eng, const struct kvn_key *key, struct kvn_buf **out)
 {

@@ -853,37 +853,133 @@ promote(struct kvn_storage *st, size_t from, const struct kvn_key *key, struct k
 	return rc;
 }
 
+/* A value of key still queued for the slow tiers: newer than what they hold. */
+static bool
+pending_hit(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf **out)
+{
+	struct kvn_buf *b = NULL;
+	pthread_mutex_lock(&st->lock);
+	struct job *j = pending_find(st, key);
+	if (j)
+		b = kvn_buf_ref(j->buf);
+	pthread_mutex_unlock(&st->lock);
+	*out = b;
+	return b != NULL;
+}
+
+/* What a tier's get gave: counted and promoted on a hit, logged when it failed. */
+static int
+tier_got(struct kvn_storage *st, size_t i, const struct kvn_key *key, int rc,
+	 struct kvn_buf *const *out)
+{
+	struct tier *t = &st->tier[i];
+	if (rc == 0) {
+		count_io(&t->bytes_read, (*out)->len);
+		promote(st, i, key, *out);
+	} else if (rc != -ENOENT) {
+		kvn_warn("storage", "get of key %s from %s failed: %s", key->str, t->name,
+			 kvn_strerror(rc));
+	}
+	return rc;
+}
+
 int
 kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf **out)
 {
 	bool checked_pending = false;
 	for (size_t i = 0; i < st->ntiers; i++) {
 		struct tier *t = &st->tier[i];
-		/* A value still queued for the slow tiers is newer than what they hold. */
 		if ((t->ops->flags & KVN_BACKEND_F_SLOW) && !checked_pending) {
 			checked_pending = true;
-			struct kvn_buf *b = NULL;
-			pthread_mutex_lock(&st->lock);
-			struct job *j = pending_find(st, key);
-			if (j)
-				b = kvn_buf_ref(j->buf);
-			pthread_mutex_unlock(&st->lock);
-			if (b) {
-				*out = b;
+			if (pending_hit(st, key, out))
 				return 0;
-			}
 		}
-		int rc = t->ops->get(t->be, key, out);
-		if (rc == 0) {
-			count_io(&t->bytes_read, (*out)->len);
-			promote(st, i, key, *out);
+		if (tier_got(st, i, key, t->ops->get(t->be, key, out), out) == 0)
 			return 0;
-		}
-		if (rc != -ENOENT)
-			kvn_warn("storage", "get of key %s from %s failed: %s", key->str, t->name,
-				 kvn_strerror(rc));
 	}
 	return -ENOENT;
+}
+
+/* The keys of a batch the tiers above missed, asked of the peer tier at once. */
+static void
+peer_batch(struct kvn_storage *st, size_t i, const struct kvn_key *keys, size_t n,
+	   struct kvn_buf **outs, int *rcs, uint64_t *lookups)
+{
+	size_t nmiss = 0;
+	for (size_t k = 0; k < n; k++)
+		nmiss += rcs[k] != 0;
+	const struct kvn_key **mk = malloc(sizeof(*mk) * nmiss);
+	struct kvn_buf **mo = malloc(sizeof(*mo) * nmiss);
+	int *mr = malloc(sizeof(*mr) * nmiss);
+	if (!mk || !mo || !mr) {
+		kvn_warn("storage",
+			 "out of memory for a get of %zu keys from peer (key %s first): "
+			 "asking key by key",
+			 nmiss, keys[0].str);
+		for (size_t k = 0; k < n; k++)
+			if (rcs[k])
+				rcs[k] = tier_got(
+				    st, i, &keys[k],
+				    st->tier[i].ops->get(st->tier[i].be, &keys[k], &outs[k]),
+				    &outs[k]);
+		goto out;
+	}
+	for (size_t k = 0, m = 0; k < n; k++)
+		if (rcs[k])
+			mk[m++] = &keys[k];
+	uint64_t l = 0;
+	kvn_peer_get_batch(st->tier[i].be, mk, nmiss, mo, mr, &l);
+	*lookups += l;
+	for (size_t k = 0, m = 0; k < n; k++) {
+		if (!rcs[k])
+			continue;
+		outs[k] = mo[m];
+		rcs[k] = tier_got(st, i, &keys[k], mr[m], &outs[k]);
+		m++;
+	}
+out:
+	free(mk);
+	free(mo);
+	free(mr);
+}
+
+void
+kvn_storage_get_batch(struct kvn_storage *st, const struct kvn_key *keys, size_t n,
+		      struct kvn_buf **outs, int *rcs, uint64_t *lookups)
+{
+	uint64_t l = 0;
+	size_t left = n;
+	bool checked_pending = false;
+	for (size_t k = 0; k < n; k++)
+		outs[k] = NULL, rcs[k] = -ENOENT;
+	/* Tier by tier instead of key by key: per key the tiers are asked in the same order
+	 * with the same checks as kvn_storage_get, and the peer tier gets every key still
+	 * missing in one call (one lookup, READs posted together). */
+	for (size_t i = 0; i < st->ntiers && left; i++) {
+		struct tier *t = &st->tier[i];
+		bool pend = (t->ops->flags & KVN_BACKEND_F_SLOW) && !checked_pending;
+		checked_pending |= pend;
+		for (size_t k = 0; pend && k < n; k++)
+			if (rcs[k] && pending_hit(st, &keys[k], &outs[k]))
+				rcs[k] = 0, left--;
+		if (t->ops == &kvn_peer_backend_ops && left) {
+			peer_batch(st, i, keys, n, outs, rcs, &l);
+		} else {
+			for (size_t k = 0; k < n; k++)
+				if (rcs[k])
+					rcs[k] = tier_got(st, i, &keys[k],
+							  t->ops->get(t->be, &keys[k], &outs[k]),
+							  &outs[k]);
+		}
+		left = 0;
+		for (size_t k = 0; k < n; k++)
+			left += rcs[k] != 0;
+	}
+	for (size_t k = 0; k < n; k++)
+		if (rcs[k])
+			rcs[k] = -ENOENT, outs[k] = NULL;
+	if (lookups)
+		*lookups = l;
 }
 
 int

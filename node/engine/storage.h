@@ -39,6 +39,13 @@ void kvn_storage_abort(struct kvn_storage *st, struct kvn_slot *slot);
  * the cpu tier, -ENOMEM / -ENOSPC as the pool allocates. */
 int kvn_storage_to_pool(struct kvn_storage *st, struct kvn_buf *buf, struct kvn_buf **out);
 int kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf **out);
+/* kvn_storage_get of n keys: rcs[i] 0 with outs[i], or -ENOENT with outs[i] NULL, each key
+ * asked of the tiers as kvn_storage_get does (promotion included), except that the keys every
+ * tier above the peer tier missed are asked of it together: one scheduler lookup for those
+ * with no cached location, their READs posted at once. *lookups (may be NULL) gets the
+ * scheduler lookups made. */
+void kvn_storage_get_batch(struct kvn_storage *st, const struct kvn_key *keys, size_t n,
+			   struct kvn_buf **outs, int *rcs, uint64_t *lookups);
 int kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key);
 /* 1 when a write of key is queued or running for some slow tier (LMCache exists_in_put_tasks). */
 int kvn_storage_put_pending(struct kvn_storage *st, const struct kvn_key *key);

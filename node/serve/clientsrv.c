@@ -223,44 +223,78 @@ next_key(struct kvn_cp_rd *rd, struct kvn_key *key)
 	return kvn_key_parse(key, k, n, NULL, 0) < 0 ? -EINVAL : 0;
 }
 
+/* A lease on buf for the client: buf itself when it is a view of the pool, else a copy into
+ * it. 0 with id/off/len; else why not (the caller still drops buf). */
+static int
+lease(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_key *key,
+      struct kvn_buf *buf, uint64_t *id, uint64_t *off, uint64_t *len)
+{
+	struct kvn_buf *view = NULL;
+	if (!hold_room(cs, cc, "get", key, buf->len))
+		return -ENOBUFS;
+	if (!kvn_pool_view_slot(buf))
+		atomic_fetch_add(&cs->copied, 1);
+	int rc = kvn_storage_to_pool(cs->st, buf, &view);
+	if (rc)
+		return rc;
+	*id = cc->next_id++;
+	*off = (uint64_t)((const uint8_t *)view->data - cs->base);
+	*len = view->len;
+	rc = hold_add(cc, &(struct hold){.id = *id, .view = view, .len = *len});
+	if (rc) {
+		kvn_buf_unref(view);
+		*id = *off = *len = 0;
+		return rc;
+	}
+	cc->held += *len;
+	atomic_fetch_add(&cs->held_bytes, *len);
+	atomic_fetch_add(&cs->leases, 1);
+	return 0;
+}
+
+/* The batch's keys go to the engine in one call, so that those no local tier holds cost one
+ * scheduler lookup and one round of peer READs together; the entries are then built in
+ * order, each key with its own status, leases bounded as one by one. */
 static int
 do_get(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_cp_hdr *h,
        struct kvn_cp_rd *rd)
 {
-	for (uint32_t i = 0; i < h->count; i++) {
-		struct kvn_key key;
-		int rc = next_key(rd, &key);
-		if (rc == -EPROTO)
-			return rc;
-		struct kvn_buf *buf = NULL, *view = NULL;
-		if (!rc)
-			rc = kvn_engine_get(cs->eng, &key, &buf);
-		if (!rc && !hold_room(cs, cc, "get", &key, buf->len))
-			rc = -ENOBUFS;
-		if (!rc) {
-			if (!kvn_pool_view_slot(buf))
-				atomic_fetch_add(&cs->copied, 1);
-			rc = kvn_storage_to_pool(cs->st, buf, &view);
-		}
-		kvn_buf_unref(buf);
-		uint64_t id = 0, off = 0, len = 0;
-		if (!rc) {
-			id = cc->next_id++;
-			off = (uint64_t)((const uint8_t *)view->data - cs->base);
-			len = view->len;
-			rc = hold_add(cc, &(struct hold){.id = id, .view = view, .len = len});
-			if (rc) {
-				kvn_buf_unref(view);
-				id = off = len = 0;
-			} else {
-				cc->held += len;
-				atomic_fetch_add(&cs->held_bytes, len);
-				atomic_fetch_add(&cs->leases, 1);
-			}
-		}
-		put_entry(cc, rc, id, off, len);
+	size_t n = h->count ? h->count : 1;
+	struct kvn_key *keys = malloc(sizeof(*keys) * n);
+	struct kvn_buf **bufs = malloc(sizeof(*bufs) * n);
+	int *rcs = malloc(sizeof(*rcs) * n), *got = malloc(sizeof(*got) * n);
+	int rc = keys && bufs && rcs && got ? 0 : -ENOMEM;
+	uint32_t nk = 0;
+	for (uint32_t i = 0; !rc && i < h->count; i++) {
+		rcs[i] = next_key(rd, &keys[nk]);
+		if (rcs[i] == -EPROTO)
+			rc = -EPROTO;
+		else if (rcs[i] == 0)
+			nk++;
 	}
-	return send_reply(cc, h, 0, h->count);
+	uint64_t lookups = 0;
+	if (!rc && nk)
+		kvn_engine_get_batch(cs->eng, keys, nk, bufs, got, &lookups);
+	if (lookups)
+		atomic_fetch_add(&cs->lookups, lookups);
+	for (uint32_t i = 0, k = 0; !rc && i < h->count; i++) {
+		uint64_t id = 0, off = 0, len = 0;
+		int r = rcs[i];
+		if (r == 0) {
+			r = got[k];
+			if (!r)
+				r = lease(cs, cc, &keys[k], bufs[k], &id, &off, &len);
+			kvn_buf_unref(bufs[k++]);
+		}
+		put_entry(cc, r, id, off, len);
+	}
+	free(keys);
+	free(bufs);
+	free(rcs);
+	free(got);
+	if (rc == -EPROTO)
+		return rc;
+	return rc ? send_error(cc, h, rc, "GET: out of memory") : send_reply(cc, h, 0, h->count);
 }
 
 static int
