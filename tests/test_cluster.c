@@ -4,6 +4,7 @@
  * slot reuse never return wrong bytes. Deadlines are generous; timings are printed, not
  * asserted. No per-test .timeout: Criterion 2.4 leaks its timer when timed tests run in
  * parallel, which fails the ASan run; every wait here has its own deadline instead. */
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvnode/client.h"
 #include "kvnode/transport.h"
 #include "core/netaddr.h"
 #include "core/pool.h"
@@ -861,6 +863,77 @@ Test(cluster, a_directory_entry_over_max_chunk_size_is_a_miss_and_evicts_nothing
 	cnode_stop(&f.c);
 	sched_stop(&f.s);
 	proc_rm_tree(f.dir);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Batch gets
+ * ------------------------------------------------------------------------------------------ */
+
+/* The scheduler's STATS field (top level), -1 when it cannot be had. */
+static long long
+sched_field(const struct sched *s, const char *field)
+{
+	char *json = NULL, *tok = sched_host_token();
+	long long v = -1;
+	if (kvn_membership_fetch_stats(s->addr, tok, 10000, &json, sched_err, sizeof(sched_err)) ==
+	    0) {
+		cJSON *root = cJSON_Parse(json), *f = cJSON_GetObjectItem(root, field);
+		if (cJSON_IsNumber(f))
+			v = (long long)f->valuedouble;
+		cJSON_Delete(root);
+	}
+	free(json);
+	free(tok);
+	return v;
+}
+
+/* One round of READs goes to several endpoints at once: node-c's client batch-gets chunks
+ * that node-a and node-b hold alternately, in one scheduler lookup, every byte checked. */
+Test(cluster, a_batch_get_reads_chunks_of_two_peers_in_one_lookup)
+{
+	enum { N = 32 };
+	struct fixture f;
+	cluster_up(&f, NULL, NULL, true);
+	static struct kvn_key k[N];
+	const char *keys[N];
+	for (unsigned i = 0; i < N; i++) {
+		cnode_put(i % 2 ? &f.b : &f.a, "two", i, VAL);
+		cluster_key(&k[i], "two", i);
+		keys[i] = k[i].str;
+	}
+	struct kvn_client *cl = NULL;
+	char err[512] = "";
+	struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT, .socket_path = f.c.sock, .name = "test",
+				    .timeout_ms = 60000};
+	cr_assert_eq(kvn_client_open(&o, &cl, err, sizeof(err)), 0, "%s", err);
+	size_t found = 0;
+	for (int t = 0; t < DEADLINE / 50 && found != N; t++) {
+		cr_assert_eq(kvn_client_contains_prefix(cl, keys, N, &found), 0, "%s",
+			     kvn_client_error(cl));
+		if (found != N)
+			sched_sleep_ms(50);
+	}
+	cr_assert_eq(found, N, "the directory has the chunks of node-a and node-b");
+	long long l0 = sched_field(&f.s, "lookups"), h0 = cnode_tier_stat(&f.c, "peer", "hits");
+	cr_assert(l0 >= 0 && h0 >= 0, "stats: %s", sched_err);
+	struct kvn_view views[N];
+	int rcs[N];
+	cr_assert_eq(kvn_client_batch_get(cl, keys, N, views, rcs), 0, "%s", kvn_client_error(cl));
+	uint8_t *want = malloc(VAL);
+	for (unsigned i = 0; i < N; i++) {
+		cr_assert_eq(rcs[i], 0, "key %u: %d", i, rcs[i]);
+		cr_assert_eq(views[i].len, VAL);
+		cluster_value(want, VAL, "two", i);
+		cr_assert_arr_eq(views[i].data, want, VAL, "the bytes of key %u (from node-%c)", i,
+				 i % 2 ? 'b' : 'a');
+	}
+	kvn_client_release(cl, views, N);
+	cr_assert_eq(sched_field(&f.s, "lookups") - l0, 1, "one scheduler lookup");
+	cr_assert_eq(cnode_tier_stat(&f.c, "peer", "hits") - h0, N);
+	cr_assert_eq(cnode_tier_stat(&f.c, "peer", "errors"), 0);
+	free(want);
+	kvn_client_close(cl);
+	cluster_down(&f);
 }
 
 /* ------------------------------------------------------------------------------------------
