@@ -222,6 +222,8 @@ Test(client, batches_are_one_request_each_and_say_per_key_what_happened, .fini =
  * Two nodes
  * ------------------------------------------------------------------------------------------ */
 
+static long long sched_stat(const char *field);
+
 Test(client, a_peer_hit_is_a_view_and_a_prefix_batch_is_one_scheduler_lookup, .fini = stop_all,
      .timeout = 300)
 {
@@ -250,11 +252,12 @@ Test(client, a_peer_hit_is_a_view_and_a_prefix_batch_is_one_scheduler_lookup, .f
 	}
 	cr_assert_eq(found, HELD, "b sees the prefix of 20 keys held by a and b");
 	long long l0 = client_stat(&b, "cluster_lookups"),
-		  r0 = client_stat(&b, "requests.CONTAINS");
+		  r0 = client_stat(&b, "requests.CONTAINS"), s0 = sched_stat("lookups");
 	cr_assert_eq(kvn_client_contains_prefix(cb, keys, N, &found), 0);
 	cr_assert_eq(found, HELD);
 	cr_assert_eq(client_stat(&b, "requests.CONTAINS") - r0, 1, "one node round trip");
 	cr_assert_eq(client_stat(&b, "cluster_lookups") - l0, 1, "one scheduler lookup");
+	cr_assert_eq(sched_stat("lookups") - s0, 1, "the scheduler counts one lookup too");
 	/* A key a holds, read through b's client: b READs it into its pool, the client sees it
 	 * there. */
 	struct kvn_view view;

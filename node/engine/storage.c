@@ -1005,6 +1005,17 @@ kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key)
 }
 
 int
+kvn_storage_contains_here(struct kvn_storage *st, const struct kvn_key *key)
+{
+	for (size_t i = 0; i < st->ntiers; i++) {
+		struct tier *t = &st->tier[i];
+		if (t->ops != &kvn_peer_backend_ops && t->ops->contains(t->be, key, false) == 1)
+			return 1;
+	}
+	return kvn_storage_put_pending(st, key);
+}
+
+int
 kvn_storage_remove(struct kvn_storage *st, const struct kvn_key *key)
 {
 	bool any = false;

@@ -47,6 +47,9 @@ int kvn_storage_get(struct kvn_storage *st, const struct kvn_key *key, struct kv
 void kvn_storage_get_batch(struct kvn_storage *st, const struct kvn_key *keys, size_t n,
 			   struct kvn_buf **outs, int *rcs, uint64_t *lookups);
 int kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key);
+/* The same without asking the peer tier (no scheduler lookup): for callers that ask the
+ * cluster about many keys at once themselves. */
+int kvn_storage_contains_here(struct kvn_storage *st, const struct kvn_key *key);
 /* 1 when a write of key is queued or running for some slow tier (LMCache exists_in_put_tasks). */
 int kvn_storage_put_pending(struct kvn_storage *st, const struct kvn_key *key);
 int kvn_storage_remove(struct kvn_storage *st, const struct kvn_key *key);

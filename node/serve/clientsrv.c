@@ -424,7 +424,7 @@ do_contains(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct k
 		}
 		if (rc)
 			continue;
-		res[i] = r < 0 ? r : kvn_engine_contains(cs->eng, &key) > 0;
+		res[i] = r < 0 ? r : kvn_storage_contains_here(cs->st, &key) > 0;
 		if (res[i] == 0) {
 			ask[nask] = key.digest;
 			at[nask++] = i;
