@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -134,6 +135,30 @@ kvn_fd_write_full(int fd, const void *buf, size_t len)
 		return n == 0 ? -EIO : io_errno(errno);
 	}
 	return 0;
+}
+
+int
+kvn_fd_send2(int fd, const void *hdr, size_t hlen, const void *body, size_t blen)
+{
+	struct iovec iov[2] = {{(void *)hdr, hlen}, {(void *)body, blen}};
+	struct msghdr mh = {.msg_iov = iov, .msg_iovlen = blen ? 2 : 1};
+	for (;;) {
+		ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n == 0 ? -EIO : io_errno(errno);
+		size_t sent = (size_t)n;
+		if (sent < iov[0].iov_len) {
+			iov[0].iov_base = (char *)iov[0].iov_base + sent;
+			iov[0].iov_len -= sent;
+			continue;
+		}
+		/* The header is out: the rest of the body goes as the one write it now is. */
+		sent -= iov[0].iov_len;
+		return blen > sent ? kvn_fd_write_full(fd, (const char *)body + sent, blen - sent)
+				   : 0;
+	}
 }
 
 int

@@ -14,6 +14,9 @@
  * bytes actually read in *got (may be NULL). Writes never raise SIGPIPE on sockets. */
 int kvn_fd_read_full(int fd, void *buf, size_t len, size_t *got);
 int kvn_fd_write_full(int fd, const void *buf, size_t len);
+/* A header and a body on a socket in one sendmsg where they fit (one wake-up of the reader,
+ * not two), the rest of a long body after it. */
+int kvn_fd_send2(int fd, const void *hdr, size_t hlen, const void *body, size_t blen);
 /* Reads and throws away len bytes (keeps a connection in step after an unwanted payload). */
 int kvn_fd_discard(int fd, uint64_t len);
 /* On a socket: reads exactly len bytes unless kvn_now_ms() reaches deadline_ms first

@@ -180,9 +180,7 @@ send_reply(struct kvn_client_conn *cc, const struct kvn_cp_hdr *req, int status,
 			       .id = req->id,
 			       .body_len = cc->out.len};
 	kvn_cp_hdr_encode(&h, hdr);
-	int rc = kvn_fd_write_full(cc->fd, hdr, sizeof(hdr));
-	if (!rc && cc->out.len)
-		rc = kvn_fd_write_full(cc->fd, cc->out.p, cc->out.len);
+	int rc = kvn_fd_send2(cc->fd, hdr, sizeof(hdr), cc->out.p, cc->out.len);
 	kvn_cp_buf_reset(&cc->out);
 	if (rc)
 		kvn_debug(COMP, "client %s: reply to %s not delivered: %s", cc->peer,
