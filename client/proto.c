@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/le.h"
 #include "client/proto.h"
 #include "core/log.h"
 #include "kvnode/kvnode.h"
@@ -27,73 +28,28 @@ kvn_cp_op_name(unsigned op)
 	return op < KVN_CP_NOPS && op_names[op] ? op_names[op] : "?";
 }
 
-static void
-put16(uint8_t *p, uint16_t v)
-{
-	v = htole16(v);
-	memcpy(p, &v, 2);
-}
-
-static void
-put32(uint8_t *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, 4);
-}
-
-static void
-put64(uint8_t *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, 8);
-}
-
-static uint16_t
-get16(const uint8_t *p)
-{
-	uint16_t v;
-	memcpy(&v, p, 2);
-	return le16toh(v);
-}
-
-static uint32_t
-get32(const uint8_t *p)
-{
-	uint32_t v;
-	memcpy(&v, p, 4);
-	return le32toh(v);
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-	uint64_t v;
-	memcpy(&v, p, 8);
-	return le64toh(v);
-}
-
 void
 kvn_cp_hdr_encode(const struct kvn_cp_hdr *h, uint8_t out[KVN_CP_HDR_SIZE])
 {
-	put32(out, h->magic);
-	put16(out + 4, h->op);
-	put16(out + 6, h->flags);
-	put32(out + 8, h->count);
-	put32(out + 12, (uint32_t)h->status);
-	put64(out + 16, h->id);
-	put64(out + 24, h->body_len);
+	kvn_le_put32(out, h->magic);
+	kvn_le_put16(out + 4, h->op);
+	kvn_le_put16(out + 6, h->flags);
+	kvn_le_put32(out + 8, h->count);
+	kvn_le_put32(out + 12, (uint32_t)h->status);
+	kvn_le_put64(out + 16, h->id);
+	kvn_le_put64(out + 24, h->body_len);
 }
 
 void
 kvn_cp_hdr_decode(const uint8_t in[KVN_CP_HDR_SIZE], struct kvn_cp_hdr *h)
 {
-	h->magic = get32(in);
-	h->op = get16(in + 4);
-	h->flags = get16(in + 6);
-	h->count = get32(in + 8);
-	h->status = (int32_t)get32(in + 12);
-	h->id = get64(in + 16);
-	h->body_len = get64(in + 24);
+	h->magic = kvn_le_get32(in);
+	h->op = kvn_le_get16(in + 4);
+	h->flags = kvn_le_get16(in + 6);
+	h->count = kvn_le_get32(in + 8);
+	h->status = (int32_t)kvn_le_get32(in + 12);
+	h->id = kvn_le_get64(in + 16);
+	h->body_len = kvn_le_get64(in + 24);
 }
 
 int
@@ -125,42 +81,42 @@ kvn_cp_hdr_validate(const struct kvn_cp_hdr *h, bool reply, char *err, size_t er
 void
 kvn_cp_hello_ok_encode(const struct kvn_cp_hello_ok *o, uint8_t out[KVN_CP_HELLO_OK_SIZE])
 {
-	put16(out, o->major);
-	put16(out + 2, o->minor);
-	put32(out + 4, o->max_batch);
-	put64(out + 8, o->pool_size);
-	put64(out + 16, o->max_chunk);
-	put64(out + 24, o->max_held);
+	kvn_le_put16(out, o->major);
+	kvn_le_put16(out + 2, o->minor);
+	kvn_le_put32(out + 4, o->max_batch);
+	kvn_le_put64(out + 8, o->pool_size);
+	kvn_le_put64(out + 16, o->max_chunk);
+	kvn_le_put64(out + 24, o->max_held);
 }
 
 void
 kvn_cp_hello_ok_decode(const uint8_t in[KVN_CP_HELLO_OK_SIZE], struct kvn_cp_hello_ok *o)
 {
-	o->major = get16(in);
-	o->minor = get16(in + 2);
-	o->max_batch = get32(in + 4);
-	o->pool_size = get64(in + 8);
-	o->max_chunk = get64(in + 16);
-	o->max_held = get64(in + 24);
+	o->major = kvn_le_get16(in);
+	o->minor = kvn_le_get16(in + 2);
+	o->max_batch = kvn_le_get32(in + 4);
+	o->pool_size = kvn_le_get64(in + 8);
+	o->max_chunk = kvn_le_get64(in + 16);
+	o->max_held = kvn_le_get64(in + 24);
 }
 
 void
 kvn_cp_entry_encode(const struct kvn_cp_entry *e, uint8_t out[KVN_CP_ENTRY_SIZE])
 {
-	put32(out, (uint32_t)e->rc);
-	put32(out + 4, 0);
-	put64(out + 8, e->handle);
-	put64(out + 16, e->off);
-	put64(out + 24, e->len);
+	kvn_le_put32(out, (uint32_t)e->rc);
+	kvn_le_put32(out + 4, 0);
+	kvn_le_put64(out + 8, e->handle);
+	kvn_le_put64(out + 16, e->off);
+	kvn_le_put64(out + 24, e->len);
 }
 
 void
 kvn_cp_entry_decode(const uint8_t in[KVN_CP_ENTRY_SIZE], struct kvn_cp_entry *e)
 {
-	e->rc = (int32_t)get32(in);
-	e->handle = get64(in + 8);
-	e->off = get64(in + 16);
-	e->len = get64(in + 24);
+	e->rc = (int32_t)kvn_le_get32(in);
+	e->handle = kvn_le_get64(in + 8);
+	e->off = kvn_le_get64(in + 16);
+	e->len = kvn_le_get64(in + 24);
 }
 
 void
@@ -204,7 +160,7 @@ kvn_cp_put_u16(struct kvn_cp_buf *b, uint16_t v)
 {
 	uint8_t *p = kvn_cp_room(b, 2);
 	if (p)
-		put16(p, v);
+		kvn_le_put16(p, v);
 }
 
 void
@@ -212,7 +168,7 @@ kvn_cp_put_u32(struct kvn_cp_buf *b, uint32_t v)
 {
 	uint8_t *p = kvn_cp_room(b, 4);
 	if (p)
-		put32(p, v);
+		kvn_le_put32(p, v);
 }
 
 void
@@ -220,7 +176,7 @@ kvn_cp_put_u64(struct kvn_cp_buf *b, uint64_t v)
 {
 	uint8_t *p = kvn_cp_room(b, 8);
 	if (p)
-		put64(p, v);
+		kvn_le_put64(p, v);
 }
 
 void
@@ -254,21 +210,21 @@ uint16_t
 kvn_cp_get_u16(struct kvn_cp_rd *r)
 {
 	const uint8_t *p = take(r, 2);
-	return p ? get16(p) : 0;
+	return p ? kvn_le_get16(p) : 0;
 }
 
 uint32_t
 kvn_cp_get_u32(struct kvn_cp_rd *r)
 {
 	const uint8_t *p = take(r, 4);
-	return p ? get32(p) : 0;
+	return p ? kvn_le_get32(p) : 0;
 }
 
 uint64_t
 kvn_cp_get_u64(struct kvn_cp_rd *r)
 {
 	const uint8_t *p = take(r, 8);
-	return p ? get64(p) : 0;
+	return p ? kvn_le_get64(p) : 0;
 }
 
 size_t

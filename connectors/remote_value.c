@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/le.h"
 #include "connectors/remote_value.h"
 #include "core/xxh.h"
 
@@ -13,29 +14,14 @@ static const uint8_t tag_magic_v2[4] = {'K', 'V', 'X', '2'};
 static const uint8_t tag_magic_v1[4] = {'K', 'V', 'X', '1'};
 #define TAG_V2_LEN 20
 
-static void
-put_le32(uint8_t *p, uint32_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-	p[2] = (uint8_t)(v >> 16);
-	p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t
-get_le32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
 KVN_API void
 kvn_remote_meta_encode(const struct kvn_remote_meta *meta, uint8_t out[KVN_REMOTE_META_LEN])
 {
-	put_le32(out + 0, (uint32_t)meta->length);
-	put_le32(out + 4, (uint32_t)meta->fmt);
-	put_le32(out + 8, (uint32_t)meta->dtype);
+	kvn_le_put32(out + 0, (uint32_t)meta->length);
+	kvn_le_put32(out + 4, (uint32_t)meta->fmt);
+	kvn_le_put32(out + 8, (uint32_t)meta->dtype);
 	for (int i = 0; i < 4; i++)
-		put_le32(out + 12 + 4 * i, (uint32_t)meta->shape[i]);
+		kvn_le_put32(out + 12 + 4 * i, (uint32_t)meta->shape[i]);
 }
 
 KVN_API int
@@ -44,11 +30,11 @@ kvn_remote_meta_decode(const void *in, size_t len, struct kvn_remote_meta *meta)
 	const uint8_t *p = in;
 	if (len != KVN_REMOTE_META_LEN)
 		return -EPROTO;
-	meta->length = (int32_t)get_le32(p);
-	meta->fmt = (int32_t)get_le32(p + 4);
-	meta->dtype = (int32_t)get_le32(p + 8);
+	meta->length = (int32_t)kvn_le_get32(p);
+	meta->fmt = (int32_t)kvn_le_get32(p + 4);
+	meta->dtype = (int32_t)kvn_le_get32(p + 8);
 	for (int i = 0; i < 4; i++)
-		meta->shape[i] = (int32_t)get_le32(p + 12 + 4 * i);
+		meta->shape[i] = (int32_t)kvn_le_get32(p + 12 + 4 * i);
 	if (meta->length < 0 || meta->fmt < KVN_FMT_UNDEFINED || meta->fmt > KVN_FMT_KV_MLA_FMT ||
 	    meta->dtype < KVN_DTYPE_NONE || meta->dtype > KVN_DTYPE_FP8_E5M2)
 		return -EPROTO;
@@ -83,19 +69,6 @@ kvn_remote_meta_for_bytes(size_t len, struct kvn_remote_meta *meta)
 	return 0;
 }
 
-static void
-put_le64(uint8_t *p, uint64_t v)
-{
-	put_le32(p, (uint32_t)v);
-	put_le32(p + 4, (uint32_t)(v >> 32));
-}
-
-static uint64_t
-get_le64(const uint8_t *p)
-{
-	return (uint64_t)get_le32(p) | (uint64_t)get_le32(p + 4) << 32;
-}
-
 /* What a tag says of the key: the low half of its digest (0 for no key). */
 static uint64_t
 key_part(const struct kvn_key *key)
@@ -123,9 +96,9 @@ static uint32_t
 tag_encode(uint64_t keyd, uint64_t mseed, uint64_t sum, uint8_t tag[KVN_REMOTE_TAG_MAX])
 {
 	memcpy(tag, tag_magic, 4);
-	put_le64(tag + 4, keyd);
-	put_le64(tag + 12, mseed);
-	put_le64(tag + 20, sum);
+	kvn_le_put64(tag + 4, keyd);
+	kvn_le_put64(tag + 12, mseed);
+	kvn_le_put64(tag + 20, sum);
 	return KVN_REMOTE_TAG_LEN;
 }
 
@@ -248,17 +221,17 @@ check(const struct kvn_remote_value *val, const struct kvn_key *key, char *why, 
 	bool v2 = val->tag_len == TAG_V2_LEN && !memcmp(val->tag, tag_magic_v2, 4);
 	if (!v2 && (val->tag_len != KVN_REMOTE_TAG_LEN || memcmp(val->tag, tag_magic, 4)))
 		return bad(why, whylen, "integrity tag has an unknown layout");
-	uint64_t keyd = get_le64(val->tag + 4);
+	uint64_t keyd = kvn_le_get64(val->tag + 4);
 	if (key && keyd != key_part(key))
 		return bad(why, whylen, "integrity tag is for another key");
-	if (!v2 && get_le64(val->tag + 12) != meta_seed(keyd, &val->meta)) {
+	if (!v2 && kvn_le_get64(val->tag + 12) != meta_seed(keyd, &val->meta)) {
 		bad(why, whylen,
 		    "integrity tag made for another header: the value was rewritten by a "
 		    "writer that does not know the tag");
 		return KVN_REMOTE_TAG_IGNORED;
 	}
 	if (value_sum(keyd, &val->meta, val->payload->data, val->payload->len) !=
-	    get_le64(val->tag + (v2 ? 12 : 20)))
+	    kvn_le_get64(val->tag + (v2 ? 12 : 20)))
 		return bad(why, whylen, "checksum mismatch (header or payload changed)");
 	return 0;
 }

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "core/le.h"
 #include "core/fdio.h"
 #include "core/log.h"
 #include "node/serve/ctlproto.h"
@@ -46,89 +47,44 @@ kvn_ctl_req_make(enum kvn_ctl_op op, size_t key_len, uint64_t value_len)
  * cannot leak onto the wire.
  * ------------------------------------------------------------------------------------------ */
 
-static void
-put16(uint8_t *p, uint16_t v)
-{
-	v = htole16(v);
-	memcpy(p, &v, sizeof(v));
-}
-
-static void
-put32(uint8_t *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, sizeof(v));
-}
-
-static void
-put64(uint8_t *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, sizeof(v));
-}
-
-static uint16_t
-get16(const uint8_t *p)
-{
-	uint16_t v;
-	memcpy(&v, p, sizeof(v));
-	return le16toh(v);
-}
-
-static uint32_t
-get32(const uint8_t *p)
-{
-	uint32_t v;
-	memcpy(&v, p, sizeof(v));
-	return le32toh(v);
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-	uint64_t v;
-	memcpy(&v, p, sizeof(v));
-	return le64toh(v);
-}
-
 void
 kvn_ctl_req_encode(const struct kvn_ctl_req *req, uint8_t out[KVN_CTL_REQ_SIZE])
 {
-	put32(out + 0, req->magic);
-	put16(out + 4, req->version);
+	kvn_le_put32(out + 0, req->magic);
+	kvn_le_put16(out + 4, req->version);
 	out[6] = req->op;
 	out[7] = req->flags;
-	put32(out + 8, req->key_len);
-	put32(out + 12, req->reserved);
-	put64(out + 16, req->value_len);
+	kvn_le_put32(out + 8, req->key_len);
+	kvn_le_put32(out + 12, req->reserved);
+	kvn_le_put64(out + 16, req->value_len);
 }
 
 void
 kvn_ctl_req_decode(const uint8_t in[KVN_CTL_REQ_SIZE], struct kvn_ctl_req *req)
 {
-	req->magic = get32(in + 0);
-	req->version = get16(in + 4);
+	req->magic = kvn_le_get32(in + 0);
+	req->version = kvn_le_get16(in + 4);
 	req->op = in[6];
 	req->flags = in[7];
-	req->key_len = get32(in + 8);
-	req->reserved = get32(in + 12);
-	req->value_len = get64(in + 16);
+	req->key_len = kvn_le_get32(in + 8);
+	req->reserved = kvn_le_get32(in + 12);
+	req->value_len = kvn_le_get64(in + 16);
 }
 
 void
 kvn_ctl_reply_encode(const struct kvn_ctl_reply *rep, uint8_t out[KVN_CTL_REPLY_SIZE])
 {
-	put32(out + 0, rep->magic);
-	put32(out + 4, (uint32_t)rep->status);
-	put64(out + 8, rep->payload_len);
+	kvn_le_put32(out + 0, rep->magic);
+	kvn_le_put32(out + 4, (uint32_t)rep->status);
+	kvn_le_put64(out + 8, rep->payload_len);
 }
 
 void
 kvn_ctl_reply_decode(const uint8_t in[KVN_CTL_REPLY_SIZE], struct kvn_ctl_reply *rep)
 {
-	rep->magic = get32(in + 0);
-	rep->status = (int32_t)get32(in + 4);
-	rep->payload_len = get64(in + 8);
+	rep->magic = kvn_le_get32(in + 0);
+	rep->status = (int32_t)kvn_le_get32(in + 4);
+	rep->payload_len = kvn_le_get64(in + 8);
 }
 
 /* ------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/le.h"
 #include "core/log.h"
 #include "rdma/rdma.h"
 #include "rdma/tcp/tcp.h"
@@ -22,91 +23,61 @@
  * Wire codec
  * ------------------------------------------------------------------------------------------- */
 
-static void
-put32(uint8_t *p, uint32_t v)
-{
-	v = htole32(v);
-	memcpy(p, &v, 4);
-}
-
-static void
-put64(uint8_t *p, uint64_t v)
-{
-	v = htole64(v);
-	memcpy(p, &v, 8);
-}
-
-static uint32_t
-get32(const uint8_t *p)
-{
-	uint32_t v;
-	memcpy(&v, p, 4);
-	return le32toh(v);
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-	uint64_t v;
-	memcpy(&v, p, 8);
-	return le64toh(v);
-}
-
 void
 kvn_tcp_req_encode(const struct tcp_req *r, uint8_t out[TCP_REQ_SIZE])
 {
-	put32(out, r->op);
-	put32(out + 4, r->rkey);
-	put64(out + 8, r->seq);
-	put64(out + 16, r->addr);
-	put64(out + 24, r->len);
+	kvn_le_put32(out, r->op);
+	kvn_le_put32(out + 4, r->rkey);
+	kvn_le_put64(out + 8, r->seq);
+	kvn_le_put64(out + 16, r->addr);
+	kvn_le_put64(out + 24, r->len);
 }
 
 void
 kvn_tcp_req_decode(const uint8_t in[TCP_REQ_SIZE], struct tcp_req *r)
 {
-	r->op = get32(in);
-	r->rkey = get32(in + 4);
-	r->seq = get64(in + 8);
-	r->addr = get64(in + 16);
-	r->len = get64(in + 24);
+	r->op = kvn_le_get32(in);
+	r->rkey = kvn_le_get32(in + 4);
+	r->seq = kvn_le_get64(in + 8);
+	r->addr = kvn_le_get64(in + 16);
+	r->len = kvn_le_get64(in + 24);
 }
 
 void
 kvn_tcp_resp_encode(const struct tcp_resp *r, uint8_t out[TCP_RESP_SIZE])
 {
-	put32(out, r->status);
-	put32(out + 4, r->reason);
-	put64(out + 8, r->seq);
-	put64(out + 16, r->len);
+	kvn_le_put32(out, r->status);
+	kvn_le_put32(out + 4, r->reason);
+	kvn_le_put64(out + 8, r->seq);
+	kvn_le_put64(out + 16, r->len);
 }
 
 void
 kvn_tcp_resp_decode(const uint8_t in[TCP_RESP_SIZE], struct tcp_resp *r)
 {
-	r->status = get32(in);
-	r->reason = get32(in + 4);
-	r->seq = get64(in + 8);
-	r->len = get64(in + 16);
+	r->status = kvn_le_get32(in);
+	r->reason = kvn_le_get32(in + 4);
+	r->seq = kvn_le_get64(in + 8);
+	r->len = kvn_le_get64(in + 16);
 }
 
 void
 kvn_tcp_hdr_encode(uint32_t status, uint32_t flags, uint8_t out[TCP_HDR_SIZE])
 {
-	put32(out, TCP_MAGIC);
-	put32(out + 4, TCP_VERSION | status << 16);
-	put32(out + 8, flags);
-	put32(out + 12, 0);
+	kvn_le_put32(out, TCP_MAGIC);
+	kvn_le_put32(out + 4, TCP_VERSION | status << 16);
+	kvn_le_put32(out + 8, flags);
+	kvn_le_put32(out + 12, 0);
 }
 
 void
 kvn_tcp_hdr_decode(const uint8_t *in, size_t have, struct tcp_hdr *h)
 {
-	uint32_t w = get32(in + 4);
-	h->magic = get32(in);
+	uint32_t w = kvn_le_get32(in + 4);
+	h->magic = kvn_le_get32(in);
 	h->version = w & 0xffff;
 	h->status = w >> 16;
-	h->flags = have >= TCP_HDR_SIZE ? get32(in + 8) : 0;
+	h->flags = have >= TCP_HDR_SIZE ? kvn_le_get32(in + 8) : 0;
 }
 
 const char *
