@@ -12,7 +12,6 @@
  *  - the node goes on serving: every 64 inputs the real client library puts a value and gets
  *    it back through a view. */
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +20,6 @@
 
 #include "client/proto.h"
 #include "kvnode/client.h"
-#include "node/engine/config.h"
 #include "node/serve/server.h"
 #include "tests/fuzz/fuzz_common.h"
 
@@ -32,18 +30,8 @@
 #define CHECK_EVERY 64
 #define SETTLE_MS   10000
 
-static struct kvn_config *cfg;
-static struct kvn_engine *eng;
 static struct kvn_server *srv;
-static pthread_t runner;
 static char sock_path[300];
-
-static void *
-run_main(void *arg)
-{
-	kvn_server_run(arg);
-	return NULL;
-}
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -51,23 +39,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argc;
 	(void)argv;
 	fz_init();
-	char err[512];
-	snprintf(sock_path, sizeof(sock_path), "%s/kvnode.sock", fz_tmpdir("clientsrv"));
-	cfg = kvn_config_new_defaults();
-	if (!cfg)
-		fz_fail("out of memory");
-	cfg->max_local_cpu_size = 32 * MIB;
-	cfg->hugepages = false;
-	if (kvn_engine_open(cfg, &eng, err, sizeof(err)) < 0)
-		fz_fail("engine: %s", err);
-	struct kvn_server_opts o = {.socket_path = sock_path,
-				    .max_conns = 32,
-				    .io_timeout_ms = 2000,
-				    .value_max = VALUE_MAX};
-	if (kvn_server_create(eng, &o, &srv, err, sizeof(err)) < 0)
-		fz_fail("server: %s", err);
-	if (pthread_create(&runner, NULL, run_main, srv))
-		fz_fail("cannot start the server thread");
+	srv = fz_local_server("clientsrv", VALUE_MAX, sock_path, sizeof(sock_path));
 	return 0;
 }
 

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,8 @@
 
 #include "kvnode/kvnode.h"
 #include "core/netaddr.h"
+#include "node/engine/config.h"
+#include "node/serve/server.h"
 #include "tests/fuzz/fuzz_common.h"
 
 static int report_fd = STDERR_FILENO;
@@ -249,4 +252,35 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argv;
 	fz_init();
 	return 0;
+}
+
+static void *
+local_server_main(void *arg)
+{
+	kvn_server_run(arg);
+	return NULL;
+}
+
+struct kvn_server *
+fz_local_server(const char *tag, uint64_t value_max, char *sock, size_t socklen)
+{
+	char err[512];
+	snprintf(sock, socklen, "%s/kvnode.sock", fz_tmpdir(tag));
+	struct kvn_config *cfg = kvn_config_new_defaults();
+	if (!cfg)
+		fz_fail("out of memory");
+	cfg->max_local_cpu_size = 32 * 1024 * 1024;
+	cfg->hugepages = false;
+	struct kvn_engine *eng;
+	if (kvn_engine_open(cfg, &eng, err, sizeof(err)) < 0)
+		fz_fail("engine: %s", err);
+	struct kvn_server_opts o = {
+	    .socket_path = sock, .max_conns = 32, .io_timeout_ms = 2000, .value_max = value_max};
+	struct kvn_server *srv;
+	if (kvn_server_create(eng, &o, &srv, err, sizeof(err)) < 0)
+		fz_fail("server: %s", err);
+	pthread_t runner;
+	if (pthread_create(&runner, NULL, local_server_main, srv))
+		fz_fail("cannot start the server thread");
+	return srv; /* the engine, its config and the thread live until exit */
 }

@@ -26,6 +26,12 @@ void fz_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn
 /* A fresh directory under $TMPDIR (or /tmp), removed with everything in it at exit. */
 const char *fz_tmpdir(const char *tag);
 
+/* The local server of `kvnode serve` (node/serve/server.c) over an engine with a 32 MiB cpu
+ * tier, on a unix socket under fz_tmpdir(tag) (its path in sock), served by a thread of its
+ * own until exit; values over value_max are refused. fz_fail when it cannot start. */
+struct kvn_server;
+struct kvn_server *fz_local_server(const char *tag, uint64_t value_max, char *sock, size_t socklen);
+
 /* Bytes received from a server. */
 struct fz_bytes {
 	uint8_t *p;

@@ -4,16 +4,13 @@
  * valid reply frames only and close, and it must go on serving: every 64 inputs a PING and a
  * PUT/GET round trip over another connection must succeed. */
 #include <errno.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "node/cli/client.h"
-#include "node/engine/config.h"
 #include "node/serve/ctlproto.h"
-#include "node/serve/server.h"
 #include "tests/fuzz/fuzz_common.h"
 
 #define MIB	    (1024 * 1024)
@@ -22,18 +19,7 @@
 #define REPLY_KEEP  (16u * MIB)
 #define CHECK_EVERY 64
 
-static struct kvn_config *cfg;
-static struct kvn_engine *eng;
-static struct kvn_server *srv;
-static pthread_t runner;
 static char sock_path[300];
-
-static void *
-run_main(void *arg)
-{
-	kvn_server_run(arg);
-	return NULL;
-}
 
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -41,23 +27,7 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
 	(void)argc;
 	(void)argv;
 	fz_init();
-	char err[512];
-	snprintf(sock_path, sizeof(sock_path), "%s/kvnode.sock", fz_tmpdir("ctlserver"));
-	cfg = kvn_config_new_defaults();
-	if (!cfg)
-		fz_fail("out of memory");
-	cfg->max_local_cpu_size = 32 * MIB;
-	cfg->hugepages = false;
-	if (kvn_engine_open(cfg, &eng, err, sizeof(err)) < 0)
-		fz_fail("engine: %s", err);
-	struct kvn_server_opts o = {.socket_path = sock_path,
-				    .max_conns = 32,
-				    .io_timeout_ms = 2000,
-				    .value_max = VALUE_MAX};
-	if (kvn_server_create(eng, &o, &srv, err, sizeof(err)) < 0)
-		fz_fail("server: %s", err);
-	if (pthread_create(&runner, NULL, run_main, srv))
-		fz_fail("cannot start the server thread");
+	fz_local_server("ctlserver", VALUE_MAX, sock_path, sizeof(sock_path));
 	return 0;
 }
 
