@@ -200,9 +200,10 @@ class Pinned:
         self.held = False
         try:
             _get_buffer(obj, ctypes.byref(self.b), PYBUF_WRITABLE if writable else PYBUF_SIMPLE)
-        except (BufferError, TypeError) as e:
+        except (BufferError, TypeError, ValueError) as e:
+            # numpy says ValueError for a non-contiguous array; one type for every exporter
             what = "a writable, C-contiguous buffer" if writable else "a C-contiguous buffer"
-            raise type(e)("kvnode needs %s (bytes, bytearray, memoryview, numpy array), not "
+            raise (TypeError if isinstance(e, TypeError) else BufferError)("kvnode needs %s (bytes, bytearray, memoryview, numpy array), not "
                           "%s: %s" % (what, type(obj).__name__, e)) from None
         self.held = True
 
