@@ -94,11 +94,14 @@ class ClientTest(unittest.TestCase):
         self.c.put(key(1, "close"), b"abc")
         c2 = kvnode.Client(self.node.sock)
         lease = c2.get(key(1, "close"))
+        view = lease.view
         self.assertEqual(self.node.wait_leases(1), 1)
         c2.close()
         self.assertEqual(self.node.wait_leases(0), 0)
         with self.assertRaises(ValueError):
             lease.view
+        with self.assertRaises(ValueError):
+            bytes(view)  # the pool is unmapped: a read would crash, it raises instead
         with self.assertRaises(ValueError):
             c2.get(key(1, "close"))
 
