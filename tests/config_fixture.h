@@ -178,7 +178,7 @@ expect_defaults(const struct kvn_config *cfg)
 	cr_assert_str_eq(cfg->transport, "auto");
 	cr_assert_null(cfg->rdma_device);
 	cr_assert_eq(cfg->gid_index, -1);
-	cr_assert_str_eq(cfg->gpu, "none");
+	cr_assert_str_eq(cfg->gpu, "false");
 	cr_assert_eq(cfg->heartbeat_ms, 500);
 	cr_assert_null(cfg->auth_token);
 	cr_assert_null(cfg->metrics_listen);

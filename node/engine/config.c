@@ -45,6 +45,9 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"rdma_device", KVN_K_STR, FIELD(rdma_device), 0, 0, 0, KVN_KF_NULLABLE},
     {"gid_index", KVN_K_INT, FIELD(gid_index), 0, -1, INT_MAX, 0},
     {"gpu", KVN_K_GPU, FIELD(gpu), 0, 0, 0, 0},
+    {"gpu_devices", KVN_K_LIST, FIELD(gpu_devices), FIELD(n_gpu_devices), 0, 0,
+     KVN_KF_SPLIT | KVN_KF_GPU_INDEX},
+    {"max_gpu_size", KVN_K_GB, FIELD(max_gpu_size), 0, 0, 0, 0},
     {"heartbeat_ms", KVN_K_UINT, FIELD(heartbeat_ms), 0, 1, INT32_MAX, 0},
     {"auth_token", KVN_K_STR, FIELD(auth_token), 0, 0, 0, KVN_KF_NULLABLE | KVN_KF_SECRET},
     {"auth_token_file", KVN_K_PATH, FIELD(auth_token_file), 0, 0, 0,
@@ -314,7 +317,8 @@ describe(const struct kvn_keydef *kd, char *buf, size_t len)
 		return kd->flags & KVN_KF_FILE_URL ? "a directory path or file:// URL (or null)"
 						   : "a non-empty path";
 	case KVN_K_LIST:
-		return "a list of strings (or one string)";
+		return kd->flags & KVN_KF_GPU_INDEX ? "a list of GPU indices ([0, 1] or \"0,1\")"
+						    : "a list of strings (or one string)";
 	case KVN_K_EXTRA:
 		return "a mapping of option names to values";
 	case KVN_K_TRANSPORT:
@@ -322,7 +326,8 @@ describe(const struct kvn_keydef *kd, char *buf, size_t len)
 	case KVN_K_LOGLEVEL:
 		return "one of error, warn, info, debug";
 	case KVN_K_GPU:
-		return "none, auto, or a GPU index (0, 1, … or cuda:N)";
+		return "true, false or auto (or a GPU index 0, 1, … or cuda:N: gpu: true on that "
+		       "device)";
 	case KVN_K_RESTART:
 		return "one of never, on-failure";
 	case KVN_K_ADDR:
@@ -420,20 +425,36 @@ parse_size(const char *s, uint64_t *bytes)
 	return (*bytes >> (10 * (at - units + 1))) == v;
 }
 
+/* A GPU index as written: 3 or cuda:3 (PyTorch's device name), normalized to "3". */
 static bool
-parse_gpu(const char *s, char *norm, size_t len)
+parse_gpu_index(const char *s, char *norm, size_t len)
 {
-	if (!strcasecmp(s, "none") || !strcasecmp(s, "auto")) {
-		snprintf(norm, len, "%s", s[0] == 'n' || s[0] == 'N' ? "none" : "auto");
-		return true;
-	}
+	long long v;
 	if (!strncasecmp(s, "cuda:", 5))
 		s += 5;
-	long long v;
 	if (*s == '-' || *s == '+' || !parse_ll(s, &v) || v > INT_MAX)
 		return false;
 	snprintf(norm, len, "%lld", v);
 	return true;
+}
+
+/* true | false | auto, normalized; the older none is false and an index N is true on device
+ * N (kvn_config_gpu_devices), kept as "N". 0 and 1 are indices here, not booleans, as they
+ * were before gpu took true and false. */
+static bool
+parse_gpu(const char *s, char *norm, size_t len)
+{
+	static const char *const off[] = {"false", "none", "no", "off"};
+	static const char *const on[] = {"true", "yes", "on"};
+	for (size_t i = 0; i < ARRAY_SIZE(off); i++)
+		if (!strcasecmp(s, off[i]))
+			return snprintf(norm, len, "false") > 0;
+	for (size_t i = 0; i < ARRAY_SIZE(on); i++)
+		if (!strcasecmp(s, on[i]))
+			return snprintf(norm, len, "true") > 0;
+	if (!strcasecmp(s, "auto"))
+		return snprintf(norm, len, "auto") > 0;
+	return parse_gpu_index(s, norm, len);
 }
 
 /* A path as written: "file://" stripped where allowed, relative ones joined to base (the
@@ -469,9 +490,18 @@ set_list(struct kvn_config *cfg, const struct kvn_keydef *kd, char **items, size
 		return kvn_config_nomem(err, errlen);
 	for (size_t i = 0; i < n; i++) {
 		int rc = 0;
+		char idx[32];
 		if (!*items[i])
 			rc = kvn_seterr(-EINVAL, err, errlen, "%s: entry %zu is empty", where,
 					i + 1);
+		else if ((kd->flags & KVN_KF_GPU_INDEX) &&
+			 !parse_gpu_index(items[i], idx, sizeof(idx)))
+			rc = kvn_seterr(-EINVAL, err, errlen,
+					"%s: entry %zu must be a GPU index (0, 1, … or cuda:N), "
+					"got \"%.40s\"",
+					where, i + 1, items[i]);
+		else if (kd->flags & KVN_KF_GPU_INDEX)
+			rc = (v[i] = strdup(idx)) ? 0 : kvn_config_nomem(err, errlen);
 		else if (kd->flags & KVN_KF_RESOLVE)
 			rc = make_path(kd, items[i], base, &v[i]) ? kvn_config_nomem(err, errlen)
 								  : 0;
@@ -847,11 +877,15 @@ kvn_config_new_defaults(void)
 	cfg->node_name = strdup(host);
 	cfg->listen = strdup("127.0.0.1:0");
 	cfg->transport = strdup("auto");
-	cfg->gpu = strdup("none");
+	cfg->gpu = strdup("false");
+	cfg->gpu_devices = calloc(1, sizeof(char *));
+	if (cfg->gpu_devices && (cfg->gpu_devices[0] = strdup("0")))
+		cfg->n_gpu_devices = 1;
 	cfg->plugin_restart = strdup("never");
 	cfg->socket_path = kvn_config_default_socket();
 	if (!cfg->priv || !cfg->dir || !cfg->remote_serde || !cfg->node_name || !cfg->listen ||
-	    !cfg->transport || !cfg->gpu || !cfg->socket_path || !cfg->plugin_restart) {
+	    !cfg->transport || !cfg->gpu || !cfg->socket_path || !cfg->plugin_restart ||
+	    !cfg->n_gpu_devices) {
 		kvn_config_free(cfg);
 		return NULL;
 	}
@@ -859,6 +893,7 @@ kvn_config_new_defaults(void)
 		cfg->priv->gb[i] = -1.0;
 	cfg->priv->gb[kvn_config_key_index("max_local_cpu_size")] = 5.0;
 	cfg->priv->gb[kvn_config_key_index("max_local_disk_size")] = 0.0;
+	cfg->priv->gb[kvn_config_key_index("max_gpu_size")] = 0.0;
 	return cfg;
 }
 
@@ -1192,5 +1227,5 @@ kvn_config_validate(const struct kvn_config *cfg, char *err, size_t errlen)
 						  origin, name, key, need[k][1]);
 		}
 	}
-	return 0;
+	return kvn_config_check_gpu(cfg, err, errlen);
 }

@@ -50,7 +50,10 @@ struct kvn_config {
 	char *transport; /* "auto" | "verbs" | "tcp" */
 	char *rdma_device; /* NULL = first active port */
 	int gid_index; /* -1 = auto */
-	char *gpu; /* "none" | "auto" | device index */
+	char *gpu; /* "false" | "true" | "auto" | "N" (older form: true on device N) */
+	char **gpu_devices; /* CUDA ordinals as "N", default ["0"]; see kvn_config_gpu_devices */
+	size_t n_gpu_devices;
+	uint64_t max_gpu_size; /* bytes per device (config: GB), default 0; no gpu tier yet */
 	uint32_t heartbeat_ms; /* default 500 */
 	char *auth_token;	/* the cluster's secret; see kvn_config_resolve_token */
 	char *auth_token_file;	/* where it is read from when auth_token is not set */
@@ -98,6 +101,17 @@ struct kvn_config {
 	 * freed by kvn_config_free: code that changes one must free the old and strdup. */
 	struct kvn_config_priv *priv;
 };
+
+/* gpu: off, on (refuse to start without the devices) or auto (use them when present). */
+enum kvn_gpu_mode {
+	KVN_GPU_OFF,
+	KVN_GPU_ON,
+	KVN_GPU_AUTO,
+};
+enum kvn_gpu_mode kvn_config_gpu_mode(const struct kvn_config *cfg);
+/* The GPUs to use, into devs (at most max): [N] for gpu: N, else gpu_devices. Returns the
+ * count (it may exceed max). */
+size_t kvn_config_gpu_devices(const struct kvn_config *cfg, int *devs, size_t max);
 
 /* A config holding only the defaults (never fails except for memory: NULL). */
 struct kvn_config *kvn_config_new_defaults(void);

@@ -94,7 +94,10 @@ key_json(const struct kvn_config *cfg, size_t ki, bool redact)
 		size_t n = *(const size_t *)((const char *)cfg + kd->noff);
 		v = cJSON_CreateArray();
 		for (size_t i = 0; v && ok && i < n; i++)
-			ok = add(v, NULL, str_json(items[i], redact, false));
+			ok = add(v, NULL,
+				 kd->flags & KVN_KF_GPU_INDEX
+				     ? cJSON_CreateNumber(atoi(items[i])) /* indices: [0, 1] */
+				     : str_json(items[i], redact, false));
 		break;
 	}
 	case KVN_K_EXTRA:

@@ -31,6 +31,7 @@ enum kvn_ktype {
 #define KVN_KF_SPLIT	8u  /* one string in the file is split at commas */
 #define KVN_KF_SECRET	16u /* shown as "***" in redacted output */
 #define KVN_KF_LMCACHE	32u /* one of LMCache's keys: LMCACHE_<KEY> is converted as LMCache does */
+#define KVN_KF_GPU_INDEX 64u /* a list of GPU indices: 0, 1 or cuda:N, kept as "N" */
 
 struct kvn_keydef {
 	const char *name;
@@ -45,7 +46,7 @@ extern const struct kvn_keydef kvn_config_keys[];
 #define KVN_CONFIG_MAX_DEPTH 16 /* extra_config nesting; also stops a self-referencing alias */
 /* Keys in one mapping and flattened extra_config entries; stops alias "billion laughs". */
 #define KVN_CONFIG_MAX_ENTRIES 4096
-#define KVN_NKEYS	       47
+#define KVN_NKEYS	       49
 
 /* Bookkeeping behind kvn_config.priv. */
 struct kvn_config_priv {
@@ -89,6 +90,8 @@ int kvn_config_extra_from_json(struct kvn_config *cfg, const char *text, const c
 /* Applies YAML text on top of cfg (no env, no cross-key checks). */
 int kvn_config_apply_yaml(struct kvn_config *cfg, const char *text, size_t len, const char *name,
 			  char *err, size_t errlen);
+/* The gpu keys across each other (config_gpu.c): part of kvn_config_validate. */
+int kvn_config_check_gpu(const struct kvn_config *cfg, char *err, size_t errlen);
 /* GB value of a size key as it should be shown. */
 double kvn_config_gb(const struct kvn_config *cfg, size_t ki);
 
