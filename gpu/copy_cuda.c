@@ -28,8 +28,8 @@ static int
 enter(struct cuda_engine *c, unsigned s, char *err, size_t errlen)
 {
 	if (s >= c->base.nstreams)
-		return kvn_seterr(-EINVAL, err, errlen, "cuda copy engine: no stream %u (of %u)",
-				  s, c->base.nstreams);
+		return kvn_seterr(-EINVAL, err, errlen, "cuda copy engine: no stream %u (of %u)", s,
+				  c->base.nstreams);
 	return kvn_gpu_use_device(c->gpu, c->dev, err, errlen);
 }
 
@@ -42,9 +42,10 @@ cuda_to_host(struct kvn_copy_engine *e, void *dst, kvn_devptr_t src, size_t len,
 	if (rc)
 		return rc;
 	CUresult r = c->gpu->f.p_cuMemcpyDtoHAsync(dst, (CUdeviceptr)src, len, c->s[s]);
-	return r == CUDA_SUCCESS ? 0
-				 : kvn_gpu_cuerr(c->gpu, r, err, errlen,
-						 "cuMemcpyDtoHAsync(%zu bytes) on GPU %d", len, c->dev);
+	return r == CUDA_SUCCESS
+		   ? 0
+		   : kvn_gpu_cuerr(c->gpu, r, err, errlen, "cuMemcpyDtoHAsync(%zu bytes) on GPU %d",
+				   len, c->dev);
 }
 
 static int
@@ -56,9 +57,10 @@ cuda_to_dev(struct kvn_copy_engine *e, kvn_devptr_t dst, const void *src, size_t
 	if (rc)
 		return rc;
 	CUresult r = c->gpu->f.p_cuMemcpyHtoDAsync((CUdeviceptr)dst, src, len, c->s[s]);
-	return r == CUDA_SUCCESS ? 0
-				 : kvn_gpu_cuerr(c->gpu, r, err, errlen,
-						 "cuMemcpyHtoDAsync(%zu bytes) on GPU %d", len, c->dev);
+	return r == CUDA_SUCCESS
+		   ? 0
+		   : kvn_gpu_cuerr(c->gpu, r, err, errlen, "cuMemcpyHtoDAsync(%zu bytes) on GPU %d",
+				   len, c->dev);
 }
 
 static int
@@ -69,9 +71,10 @@ cuda_sync(struct kvn_copy_engine *e, unsigned s, char *err, size_t errlen)
 	if (rc)
 		return rc;
 	CUresult r = c->gpu->f.p_cuStreamSynchronize(c->s[s]);
-	return r == CUDA_SUCCESS ? 0
-				 : kvn_gpu_cuerr(c->gpu, r, err, errlen,
-						 "cuStreamSynchronize(stream %u) on GPU %d", s, c->dev);
+	return r == CUDA_SUCCESS
+		   ? 0
+		   : kvn_gpu_cuerr(c->gpu, r, err, errlen,
+				   "cuStreamSynchronize(stream %u) on GPU %d", s, c->dev);
 }
 
 static int

@@ -34,8 +34,8 @@ host_of(struct kvn_copy_engine *e)
 }
 
 static int
-enqueue(struct kvn_copy_engine *e, void *dst, const void *src, size_t len, unsigned s,
-	char *err, size_t errlen)
+enqueue(struct kvn_copy_engine *e, void *dst, const void *src, size_t len, unsigned s, char *err,
+	size_t errlen)
 {
 	if (s >= e->nstreams)
 		return kvn_seterr(-EINVAL, err, errlen, "host copy engine: no stream %u (of %u)", s,
@@ -117,8 +117,8 @@ int
 kvn_copy_engine_host(unsigned nstreams, struct kvn_copy_engine **out, char *err, size_t errlen)
 {
 	if (!nstreams || nstreams > 64)
-		return kvn_seterr(-EINVAL, err, errlen,
-				  "host copy engine: %u streams (1 to 64)", nstreams);
+		return kvn_seterr(-EINVAL, err, errlen, "host copy engine: %u streams (1 to 64)",
+				  nstreams);
 	struct host_engine *h = calloc(1, sizeof(*h) + nstreams * sizeof(h->s[0]));
 	if (!h)
 		return kvn_seterr(-ENOMEM, err, errlen, "out of memory");

@@ -42,13 +42,12 @@ attr(struct kvn_gpu *g, int dev, CUdevice_attribute a, int *v, const char *what,
 {
 	CUresult r = g->f.p_cuDeviceGetAttribute(v, a, g->dev[dev]);
 	return r == CUDA_SUCCESS ? 0
-				 : kvn_gpu_cuerr(g, r, err, errlen, "cuDeviceGetAttribute(GPU %d, %s)",
-						 dev, what);
+				 : kvn_gpu_cuerr(g, r, err, errlen,
+						 "cuDeviceGetAttribute(GPU %d, %s)", dev, what);
 }
 
 int
-kvn_gpu_device_info(struct kvn_gpu *g, int dev, struct kvn_gpu_info *info, char *err,
-		    size_t errlen)
+kvn_gpu_device_info(struct kvn_gpu *g, int dev, struct kvn_gpu_info *info, char *err, size_t errlen)
 {
 	int rc = kvn_gpu_use_device(g, dev, err, errlen);
 	if (rc)
@@ -162,9 +161,10 @@ kvn_gpu_host_register(struct kvn_gpu *g, int dev, void *p, size_t len, char *err
 	if (rc)
 		return rc;
 	CUresult r = g->f.p_cuMemHostRegister(p, len, CU_MEMHOSTREGISTER_PORTABLE);
-	return r == CUDA_SUCCESS ? 0
-				 : kvn_gpu_cuerr(g, r, err, errlen,
-						 "cuMemHostRegister(%zu bytes) on GPU %d", len, dev);
+	return r == CUDA_SUCCESS
+		   ? 0
+		   : kvn_gpu_cuerr(g, r, err, errlen, "cuMemHostRegister(%zu bytes) on GPU %d", len,
+				   dev);
 }
 
 void
@@ -198,8 +198,7 @@ kvn_gpu_pointer_device(struct kvn_gpu *g, const void *ptr, int *dev, char *err, 
 #else /* !KVN_GPU_CUDA: every call says so */
 
 int
-kvn_gpu_device_info(struct kvn_gpu *g, int dev, struct kvn_gpu_info *info, char *err,
-		    size_t errlen)
+kvn_gpu_device_info(struct kvn_gpu *g, int dev, struct kvn_gpu_info *info, char *err, size_t errlen)
 {
 	(void)g, (void)dev, (void)info;
 	return kvn_gpu_no_headers(err, errlen);

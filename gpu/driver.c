@@ -40,10 +40,11 @@ kvn_gpu_check_version(int v, char *err, size_t errlen)
 		return 0;
 	kvn_gpu_version_str(v, have, sizeof(have));
 	kvn_gpu_version_str(KVN_GPU_MIN_DRIVER, need, sizeof(need));
-	return kvn_seterr(-ENOTSUP, err, errlen,
-			  "the NVIDIA driver supports CUDA %s (cuDriverGetVersion %d); kvnode needs "
-			  "CUDA %s (%d) or newer: update the driver",
-			  have, v, need, KVN_GPU_MIN_DRIVER);
+	return kvn_seterr(
+	    -ENOTSUP, err, errlen,
+	    "the NVIDIA driver supports CUDA %s (cuDriverGetVersion %d); kvnode needs "
+	    "CUDA %s (%d) or newer: update the driver",
+	    have, v, need, KVN_GPU_MIN_DRIVER);
 }
 
 #if KVN_GPU_CUDA
@@ -52,8 +53,7 @@ kvn_gpu_check_version(int v, char *err, size_t errlen)
 #define KVN_STR(x)  KVN_STR_(x) /* expands first: "cuMemAlloc_v2" */
 
 int
-kvn_gpu_cuerr(const struct kvn_gpu *gpu, CUresult r, char *err, size_t errlen, const char *fmt,
-	      ...)
+kvn_gpu_cuerr(const struct kvn_gpu *gpu, CUresult r, char *err, size_t errlen, const char *fmt, ...)
 {
 	const char *name = NULL, *text = NULL;
 	char what[256];
@@ -64,16 +64,15 @@ kvn_gpu_cuerr(const struct kvn_gpu *gpu, CUresult r, char *err, size_t errlen, c
 	va_end(ap);
 	if (gpu && gpu->f.p_cuGetErrorName && gpu->f.p_cuGetErrorName(r, &name) != CUDA_SUCCESS)
 		name = NULL;
-	if (gpu && gpu->f.p_cuGetErrorString &&
-	    gpu->f.p_cuGetErrorString(r, &text) != CUDA_SUCCESS)
+	if (gpu && gpu->f.p_cuGetErrorString && gpu->f.p_cuGetErrorString(r, &text) != CUDA_SUCCESS)
 		text = NULL;
-	int code = r == CUDA_ERROR_OUT_OF_MEMORY	     ? -ENOMEM
-		   : r == CUDA_ERROR_NO_DEVICE		     ? -ENODEV
-		   : r == CUDA_ERROR_INVALID_DEVICE	     ? -ENODEV
-		   : r == CUDA_ERROR_INVALID_VALUE	     ? -EINVAL
-		   : r == CUDA_ERROR_NOT_SUPPORTED	     ? -EOPNOTSUPP
+	int code = r == CUDA_ERROR_OUT_OF_MEMORY		    ? -ENOMEM
+		   : r == CUDA_ERROR_NO_DEVICE			    ? -ENODEV
+		   : r == CUDA_ERROR_INVALID_DEVICE		    ? -ENODEV
+		   : r == CUDA_ERROR_INVALID_VALUE		    ? -EINVAL
+		   : r == CUDA_ERROR_NOT_SUPPORTED		    ? -EOPNOTSUPP
 		   : r == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED ? -EEXIST
-							     : -EIO;
+								    : -EIO;
 	if (name)
 		return kvn_seterr(code, err, errlen, "%s: %s (%s)", what, name,
 				  text ? text : "no description");
@@ -134,8 +133,9 @@ kvn_gpu_open(struct kvn_gpu **out, char *err, size_t errlen)
 		goto fail;
 	CUresult r = g->f.p_cuInit(0);
 	if (r == CUDA_ERROR_NO_DEVICE) {
-		rc = kvn_seterr(-ENODEV, err, errlen, "no CUDA device on this host (cuInit: "
-						      "CUDA_ERROR_NO_DEVICE)");
+		rc = kvn_seterr(-ENODEV, err, errlen,
+				"no CUDA device on this host (cuInit: "
+				"CUDA_ERROR_NO_DEVICE)");
 		goto fail;
 	}
 	if (r != CUDA_SUCCESS) {
@@ -147,8 +147,9 @@ kvn_gpu_open(struct kvn_gpu **out, char *err, size_t errlen)
 		goto fail;
 	}
 	if (g->ndev <= 0) {
-		rc = kvn_seterr(-ENODEV, err, errlen, "no CUDA device on this host "
-						      "(cuDeviceGetCount: 0)");
+		rc = kvn_seterr(-ENODEV, err, errlen,
+				"no CUDA device on this host "
+				"(cuDeviceGetCount: 0)");
 		goto fail;
 	}
 	if (g->ndev > KVN_GPU_MAX_DEVICES)

@@ -62,8 +62,8 @@ struct kvn_gpu {
 
 /* "what: CUDA_ERROR_OUT_OF_MEMORY (out of memory)" into err; returns the errno that fits the
  * CUDA error (-ENOMEM, -ENODEV, -EINVAL, -EOPNOTSUPP, else -EIO). */
-int kvn_gpu_cuerr(const struct kvn_gpu *gpu, CUresult r, char *err, size_t errlen,
-		  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+int kvn_gpu_cuerr(const struct kvn_gpu *gpu, CUresult r, char *err, size_t errlen, const char *fmt,
+		  ...) __attribute__((format(printf, 5, 6)));
 #endif
 
 /* The message of every call in a build without the headers: -ENOTSUP. */

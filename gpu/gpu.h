@@ -53,8 +53,8 @@ bool kvn_gpu_has_dmabuf(const struct kvn_gpu *gpu);
 
 /* Device memory: cuMemAlloc on device dev. -ENOMEM with the driver's error name when the
  * device has no room. */
-int kvn_gpu_mem_alloc(struct kvn_gpu *gpu, int dev, size_t len, struct kvn_gpu_mem **out,
-		      char *err, size_t errlen);
+int kvn_gpu_mem_alloc(struct kvn_gpu *gpu, int dev, size_t len, struct kvn_gpu_mem **out, char *err,
+		      size_t errlen);
 void kvn_gpu_mem_free(struct kvn_gpu_mem *mem);
 kvn_devptr_t kvn_gpu_mem_ptr(const struct kvn_gpu_mem *mem);
 size_t kvn_gpu_mem_len(const struct kvn_gpu_mem *mem);

@@ -41,8 +41,10 @@ kvn_staging_create(struct kvn_copy_engine *e, size_t bounce_size, struct kvn_sta
 	size_t size = (st->half * 2 + (size_t)page - 1) & ~((size_t)page - 1);
 	if (posix_memalign((void **)&st->area, (size_t)page, size)) {
 		free(st);
-		return kvn_seterr(-ENOMEM, err, errlen, "staging: no memory for a %zu-byte bounce "
-							"area", size);
+		return kvn_seterr(-ENOMEM, err, errlen,
+				  "staging: no memory for a %zu-byte bounce "
+				  "area",
+				  size);
 	}
 	int rc = e->ops->register_host(e, st->area, size, err, errlen);
 	if (rc) {
@@ -86,8 +88,7 @@ drain(struct kvn_staging *st)
 }
 
 static int
-issue_get(struct kvn_staging *st, kvn_devptr_t src, size_t len, size_t i, char *err,
-	  size_t errlen)
+issue_get(struct kvn_staging *st, kvn_devptr_t src, size_t len, size_t i, char *err, size_t errlen)
 {
 	size_t off = i * st->half;
 	size_t n = len - off < st->half ? len - off : st->half;
@@ -115,8 +116,9 @@ kvn_staging_get(struct kvn_staging *st, kvn_devptr_t src, size_t len, kvn_stagin
 		size_t n = len - off < st->half ? len - off : st->half;
 		if ((rc = sink(ctx, off, st->area + (i % 2) * st->half, n))) {
 			rc = rc < 0 ? rc : -ECANCELED;
-			kvn_seterr(rc, err, errlen, "staging: the receiver of %zu bytes at offset "
-						    "%zu stopped the transfer",
+			kvn_seterr(rc, err, errlen,
+				   "staging: the receiver of %zu bytes at offset "
+				   "%zu stopped the transfer",
 				   n, off);
 			goto fail;
 		}
@@ -146,8 +148,9 @@ kvn_staging_put(struct kvn_staging *st, kvn_devptr_t dst, size_t len, kvn_stagin
 			goto fail;
 		if ((rc = source(ctx, off, piece, n))) {
 			rc = rc < 0 ? rc : -ECANCELED;
-			kvn_seterr(rc, err, errlen, "staging: the source of %zu bytes at offset %zu "
-						    "stopped the transfer",
+			kvn_seterr(rc, err, errlen,
+				   "staging: the source of %zu bytes at offset %zu "
+				   "stopped the transfer",
 				   n, off);
 			goto fail;
 		}

@@ -41,8 +41,7 @@ struct kvn_copy_engine {
 };
 
 /* The host engine: kvn_devptr_t values are this process's addresses ((kvn_devptr_t)ptr). */
-int kvn_copy_engine_host(unsigned nstreams, struct kvn_copy_engine **out, char *err,
-			 size_t errlen);
+int kvn_copy_engine_host(unsigned nstreams, struct kvn_copy_engine **out, char *err, size_t errlen);
 void kvn_copy_engine_destroy(struct kvn_copy_engine *e);
 
 /* ------------------------------------------------------------------------------------------
@@ -69,11 +68,11 @@ void kvn_staging_destroy(struct kvn_staging *st);
 int kvn_staging_get(struct kvn_staging *st, kvn_devptr_t src, size_t len, kvn_staging_sink sink,
 		    void *ctx, char *err, size_t errlen);
 /* Host → device: len bytes to dst, taken from source piece by piece. */
-int kvn_staging_put(struct kvn_staging *st, kvn_devptr_t dst, size_t len,
-		    kvn_staging_source source, void *ctx, char *err, size_t errlen);
+int kvn_staging_put(struct kvn_staging *st, kvn_devptr_t dst, size_t len, kvn_staging_source source,
+		    void *ctx, char *err, size_t errlen);
 /* The same with a plain host buffer on the other side. */
-int kvn_staging_get_buf(struct kvn_staging *st, void *dst, kvn_devptr_t src, size_t len,
-			char *err, size_t errlen);
+int kvn_staging_get_buf(struct kvn_staging *st, void *dst, kvn_devptr_t src, size_t len, char *err,
+			size_t errlen);
 int kvn_staging_put_buf(struct kvn_staging *st, kvn_devptr_t dst, const void *src, size_t len,
 			char *err, size_t errlen);
 /* Pieces the last transfer took (for the tests and the stats). */

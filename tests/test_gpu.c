@@ -88,8 +88,8 @@ Test(gpu, host_engine_runs_a_copy_only_when_its_stream_is_synced)
 {
 	struct kvn_copy_engine *e = host_engine(2);
 	char src[16] = "staged bytes", dst[16] = "";
-	cr_assert_eq(e->ops->copy_to_host(e, dst, (kvn_devptr_t)(uintptr_t)src, sizeof(src), 1,
-					  err, sizeof(err)),
+	cr_assert_eq(e->ops->copy_to_host(e, dst, (kvn_devptr_t)(uintptr_t)src, sizeof(src), 1, err,
+					  sizeof(err)),
 		     0);
 	cr_assert_eq(e->ops->sync(e, 0, err, sizeof(err)), 0);
 	cr_assert_str_eq(dst, "", "stream 0's sync must not run stream 1's copy");
@@ -115,15 +115,15 @@ round_trip(size_t len, size_t bounce, uint64_t seed)
 	memset(back, 0x5a, len);
 	size_t half = kvn_staging_half(st), want = (len + half - 1) / half;
 
-	cr_assert_eq(kvn_staging_put_buf(st, (kvn_devptr_t)(uintptr_t)dev, src, len, err,
-					 sizeof(err)),
-		     0, "put %zu: %s", len, err);
+	cr_assert_eq(
+	    kvn_staging_put_buf(st, (kvn_devptr_t)(uintptr_t)dev, src, len, err, sizeof(err)), 0,
+	    "put %zu: %s", len, err);
 	cr_assert_eq(kvn_staging_pieces(st), want, "put %zu in halves of %zu", len, half);
 	cr_assert(pattern_check(dev, len, seed), "put %zu bytes through %zu: wrong bytes", len,
 		  bounce);
-	cr_assert_eq(kvn_staging_get_buf(st, back, (kvn_devptr_t)(uintptr_t)dev, len, err,
-					 sizeof(err)),
-		     0, "get %zu: %s", len, err);
+	cr_assert_eq(
+	    kvn_staging_get_buf(st, back, (kvn_devptr_t)(uintptr_t)dev, len, err, sizeof(err)), 0,
+	    "get %zu: %s", len, err);
 	cr_assert_eq(kvn_staging_pieces(st), want);
 	cr_assert(pattern_check(back, len, seed), "get %zu bytes through %zu: wrong bytes", len,
 		  bounce);
@@ -136,8 +136,8 @@ round_trip(size_t len, size_t bounce, uint64_t seed)
 
 Test(gpu, staging_moves_1_byte_to_64_MiB_through_a_bounded_bounce_area)
 {
-	static const size_t sizes[] = {1, 2, 3, 4095, 4096, 4097, 65535, 65536, 65537,
-				       (1 << 20) + 7, 16 << 20, 64 << 20};
+	static const size_t sizes[] = {1,     2,     3,	    4095,	   4096,     4097,
+				       65535, 65536, 65537, (1 << 20) + 7, 16 << 20, 64 << 20};
 	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
 		round_trip(sizes[i], 1 << 20, 1000 + i); /* halves of 512 KiB */
 }
@@ -185,8 +185,8 @@ Test(gpu, a_receiver_or_source_that_fails_stops_the_transfer_with_its_error)
 	cr_assert_eq(kvn_staging_pieces(st), 3);
 	cr_assert_eq(s.seen, 4, "no piece after the failing one");
 	s = (struct stop_at){.piece = 2};
-	cr_assert_eq(kvn_staging_put(st, (kvn_devptr_t)(uintptr_t)dev, len, source_stops, &s,
-				     err, sizeof(err)),
+	cr_assert_eq(kvn_staging_put(st, (kvn_devptr_t)(uintptr_t)dev, len, source_stops, &s, err,
+				     sizeof(err)),
 		     -ECANCELED, "a positive answer is -ECANCELED");
 	assert_contains(err, "source of 2048 bytes at offset 4096");
 	cr_assert_eq(dev[0], 1, "the pieces before it were copied (drained)");
@@ -273,10 +273,8 @@ Test(gpu, config_bad_gpu_values_are_refused_naming_the_key)
 	expect_bad("gpu_devices: {a: 1}\n", 1, "gpu_devices", "got a mapping");
 	expect_bad("max_gpu_size: -1\n", 1, "max_gpu_size", "a number of GB >= 0");
 	expect_bad("max_gpu_size: lots\n", 1, "max_gpu_size", "a number of GB >= 0");
-	expect_bad("gpu: true\ngpu_devices: [1, 1]\n", 2, "gpu_devices",
-		   "GPU 1 is listed twice");
-	expect_bad("gpu: true\ngpu_devices: []\n", 2, "gpu_devices",
-		   "empty, but gpu is true");
+	expect_bad("gpu: true\ngpu_devices: [1, 1]\n", 2, "gpu_devices", "GPU 1 is listed twice");
+	expect_bad("gpu: true\ngpu_devices: []\n", 2, "gpu_devices", "empty, but gpu is true");
 	expect_bad("gpu: 1\ngpu_devices: [0]\n", 1, "gpu", "gpu: 1 names GPU 1, but gpu_devices (");
 	assert_contains(err, "kvnode.yaml:2) names other devices: write gpu: true");
 }

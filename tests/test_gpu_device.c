@@ -111,8 +111,7 @@ staged_round_trip(struct kvn_staging *st, struct kvn_gpu_mem *m, size_t len, uin
 		     "put %zu: %s", len, err);
 	cr_assert_eq(kvn_staging_get_buf(st, back, kvn_gpu_mem_ptr(m), len, err, sizeof(err)), 0,
 		     "get %zu: %s", len, err);
-	cr_assert(pattern_check(back, len, seed), "%zu bytes through the device: wrong bytes",
-		  len);
+	cr_assert(pattern_check(back, len, seed), "%zu bytes through the device: wrong bytes", len);
 	free(src);
 	free(back);
 }
@@ -127,9 +126,8 @@ Test(gpu_device, staging_put_get_through_the_cuda_engine_1_byte_to_64_MiB)
 	cr_assert_str_eq(e->ops->name, "cuda");
 	cr_assert_eq(kvn_staging_create(e, 8 << 20, &st, err, sizeof(err)), 0, "%s", err);
 	cr_assert_eq(kvn_gpu_mem_alloc(gpu, 0, 64 << 20, &m, err, sizeof(err)), 0, "%s", err);
-	static const size_t sizes[] = {1,	  2,	     4095,	4096,	  4097,
-				       65536,	  1 << 20,   (4 << 20) + 3, 8 << 20, 16 << 20,
-				       64 << 20};
+	static const size_t sizes[] = {
+	    1, 2, 4095, 4096, 4097, 65536, 1 << 20, (4 << 20) + 3, 8 << 20, 16 << 20, 64 << 20};
 	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
 		staged_round_trip(st, m, sizes[i], 77 + i);
 	kvn_gpu_mem_free(m);

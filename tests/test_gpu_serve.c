@@ -15,7 +15,8 @@
 #define DEADLINE 120000 /* ms */
 
 static const char *const clean_env[] = {"KVNODE_CONFIG_FILE", "LMCACHE_CONFIG_FILE",
-					"KVNODE_SOCKET", "KVNODE_GPU", "LMCACHE_GPU", NULL};
+					"KVNODE_SOCKET",      "KVNODE_GPU",
+					"LMCACHE_GPU",	      NULL};
 static char dir[256], sock[PATH_MAX], cfg[PATH_MAX], serr[PATH_MAX];
 
 static void
@@ -60,7 +61,7 @@ Test(gpu_serve, gpu_true_without_a_driver_refuses_to_start_naming_libcuda)
 	cr_assert_neq(code, 0, "kvnode serve with gpu: true started: %s", text);
 	cr_assert_gt(code, 0, "exited by itself (%d)", code);
 	cr_assert(text && strstr(text, "gpu: true: libcuda.so.1 not found (no NVIDIA driver on "
-					"this host)"),
+				       "this host)"),
 		  "stderr: %s", text ? text : "(none)");
 	cr_assert_eq(access(sock, F_OK), -1, "no socket was left behind");
 	free(text);

@@ -59,8 +59,7 @@ kvn_config_check_gpu(const struct kvn_config *cfg, char *err, size_t errlen)
 				  "devices: write gpu: true and list the devices in gpu_devices",
 				  gorigin ? gorigin : "default", cfg->gpu, cfg->gpu, dorigin);
 	const char *where = dorigin ? dorigin : "default";
-	if (kvn_config_gpu_mode(cfg) != KVN_GPU_OFF && !is_index(cfg->gpu) &&
-	    !cfg->n_gpu_devices)
+	if (kvn_config_gpu_mode(cfg) != KVN_GPU_OFF && !is_index(cfg->gpu) && !cfg->n_gpu_devices)
 		return kvn_seterr(-EINVAL, err, errlen,
 				  "%s: gpu_devices: empty, but gpu is %s: list the GPUs to use "
 				  "([0]) or set gpu: false",
