@@ -128,6 +128,7 @@ kvn_gpu_open(struct kvn_gpu **out, char *err, size_t errlen)
 	struct kvn_gpu *g = calloc(1, sizeof(*g));
 	if (!g)
 		return kvn_seterr(-ENOMEM, err, errlen, "out of memory");
+	pthread_mutex_init(&g->lock, NULL);
 	int rc = load(g, err, errlen);
 	if (rc)
 		goto fail;
@@ -171,6 +172,7 @@ kvn_gpu_close(struct kvn_gpu *g)
 			g->f.p_cuDevicePrimaryCtxRelease(g->dev[i]);
 	if (g->lib)
 		dlclose(g->lib);
+	pthread_mutex_destroy(&g->lock);
 	free(g);
 }
 
@@ -203,22 +205,35 @@ absent(const struct kvn_gpu *g, int dev, char *err, size_t errlen)
 /* Contexts are retained lazily and kept until close: retaining is a driver round trip, and
  * the primary context is shared with any other CUDA user of the process (the inference
  * engine), which is why it is used instead of a context of our own. */
+static int
+retain(struct kvn_gpu *g, int dev, char *err, size_t errlen)
+{
+	CUresult r;
+	CUcontext ctx;
+	if ((r = g->f.p_cuDeviceGet(&g->dev[dev], dev)) != CUDA_SUCCESS)
+		return kvn_gpu_cuerr(g, r, err, errlen, "cuDeviceGet(%d)", dev);
+	if ((r = g->f.p_cuDevicePrimaryCtxRetain(&ctx, g->dev[dev])) != CUDA_SUCCESS)
+		return kvn_gpu_cuerr(g, r, err, errlen, "cuDevicePrimaryCtxRetain(GPU %d)", dev);
+	__atomic_store_n(&g->ctx[dev], ctx, __ATOMIC_RELEASE);
+	return 0;
+}
+
 int
 kvn_gpu_use_device(struct kvn_gpu *g, int dev, char *err, size_t errlen)
 {
-	CUresult r;
 	if (!g || dev < 0 || dev >= g->ndev)
 		return g ? absent(g, dev, err, errlen) : kvn_gpu_no_headers(err, errlen);
-	if (!g->ctx[dev]) {
-		CUcontext ctx;
-		if ((r = g->f.p_cuDeviceGet(&g->dev[dev], dev)) != CUDA_SUCCESS)
-			return kvn_gpu_cuerr(g, r, err, errlen, "cuDeviceGet(%d)", dev);
-		if ((r = g->f.p_cuDevicePrimaryCtxRetain(&ctx, g->dev[dev])) != CUDA_SUCCESS)
-			return kvn_gpu_cuerr(g, r, err, errlen, "cuDevicePrimaryCtxRetain(GPU %d)",
-					     dev);
-		g->ctx[dev] = ctx;
+	CUcontext ctx = __atomic_load_n(&g->ctx[dev], __ATOMIC_ACQUIRE);
+	if (!ctx) { /* the first use on any thread: retain it once */
+		pthread_mutex_lock(&g->lock);
+		int rc = g->ctx[dev] ? 0 : retain(g, dev, err, errlen);
+		ctx = g->ctx[dev];
+		pthread_mutex_unlock(&g->lock);
+		if (rc)
+			return rc;
 	}
-	if ((r = g->f.p_cuCtxSetCurrent(g->ctx[dev])) != CUDA_SUCCESS)
+	CUresult r = g->f.p_cuCtxSetCurrent(ctx);
+	if (r != CUDA_SUCCESS)
 		return kvn_gpu_cuerr(g, r, err, errlen, "cuCtxSetCurrent(GPU %d)", dev);
 	return 0;
 }

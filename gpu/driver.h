@@ -7,6 +7,7 @@
 
 #if KVN_GPU_CUDA
 #include <cuda.h>
+#include <pthread.h>
 
 /* Every function kvnode calls, and whether a driver without it is refused (1) or only loses
  * that feature (0). The name given is the header's: cuda.h #defines cuMemAlloc to
@@ -56,6 +57,7 @@ struct kvn_gpu {
 	int driver_version;
 	int ndev;
 	struct kvn_cu_fns f;
+	pthread_mutex_t lock;		    /* retaining a context (threads share the handle) */
 	CUcontext ctx[KVN_GPU_MAX_DEVICES]; /* retained primary contexts, NULL until used */
 	CUdevice dev[KVN_GPU_MAX_DEVICES];
 };
