@@ -301,6 +301,34 @@ out_fd:
 	return rc;
 }
 
+/* get's output: -o FILE (created now), else stdout. 0, or the exit status once said. */
+static int
+output_open(const struct opts *o, const struct kvn_key *key, int *fd)
+{
+	bool to_file = o->output && strcmp(o->output, "-");
+	*fd = to_file ? open(o->output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
+		      : STDOUT_FILENO;
+	if (*fd < 0)
+		return die(EXIT_USAGE, "get %s: cannot create %s: %s", key->str, o->output,
+			   strerror(errno));
+	return 0;
+}
+
+/* Closes -o FILE; a get that failed (rc, or the close) leaves no partial value behind. */
+static int
+output_close(const struct opts *o, const struct kvn_key *key, int fd, int rc)
+{
+	if (close(fd) < 0 && !rc)
+		rc = die(EXIT_USAGE, "get %s: writing %s: %s", key->str, o->output,
+			 strerror(errno));
+	if (rc) {
+		struct stat st;
+		if (stat(o->output, &st) == 0 && S_ISREG(st.st_mode))
+			unlink(o->output);
+	}
+	return rc;
+}
+
 /* get over the control protocol: the value streamed through the socket. */
 static int
 get_ctl(struct opts *o)
@@ -321,25 +349,13 @@ get_ctl(struct opts *o)
 	}
 	/* The output is opened only now, so that a miss leaves an existing FILE untouched. */
 	bool to_file = o->output && strcmp(o->output, "-");
-	int fd = to_file ? open(o->output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
-			 : STDOUT_FILENO;
-	if (fd < 0) {
-		rc = die(EXIT_USAGE, "get %s: cannot create %s: %s", key.str, o->output,
-			 strerror(errno));
+	int fd;
+	if ((rc = output_open(o, &key, &fd)) != 0)
 		goto out;
-	}
 	if ((e = kvn_cli_get_finish(c, fd)) < 0)
 		rc = client_fail(c, e, "get", key.str, path);
-	if (to_file) {
-		if (close(fd) < 0 && !rc)
-			rc = die(EXIT_USAGE, "get %s: writing %s: %s", key.str, o->output,
-				 strerror(errno));
-		if (rc) {
-			struct stat st;
-			if (stat(o->output, &st) == 0 && S_ISREG(st.st_mode))
-				unlink(o->output); /* never leave a partial value behind */
-		}
-	}
+	if (to_file)
+		rc = output_close(o, &key, fd, rc);
 out:
 	kvn_cli_close(c);
 	free(path);
@@ -487,26 +503,14 @@ cmd_get(struct opts *o)
 	}
 	/* The output is opened only now, so that a miss leaves an existing FILE untouched. */
 	bool to_file = o->output && strcmp(o->output, "-");
-	int fd = to_file ? open(o->output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)
-			 : STDOUT_FILENO;
-	if (fd < 0) {
-		rc = die(EXIT_USAGE, "get %s: cannot create %s: %s", key.str, o->output,
-			 strerror(errno));
+	int fd;
+	if ((rc = output_open(o, &key, &fd)) != 0)
 		goto out;
-	}
 	if ((e = write_view(fd, &v)) < 0)
 		rc = die(EXIT_USAGE, "get %s: writing %s: %s", key.str, to_file ? o->output : "stdout",
 			 strerror(-e));
-	if (to_file) {
-		if (close(fd) < 0 && !rc)
-			rc = die(EXIT_USAGE, "get %s: writing %s: %s", key.str, o->output,
-				 strerror(errno));
-		if (rc) {
-			struct stat st;
-			if (stat(o->output, &st) == 0 && S_ISREG(st.st_mode))
-				unlink(o->output); /* never leave a partial value behind */
-		}
-	}
+	if (to_file)
+		rc = output_close(o, &key, fd, rc);
 out:
 	kvn_client_release(c, &v, 1);
 	kvn_client_close(c);

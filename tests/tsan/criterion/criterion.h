@@ -116,8 +116,8 @@ void cri_log(const char *level, const char *fmt, ...);
 #define cr_expect_str_empty(s, ...)  CRI_CHECK(false, !*(s), #s " is empty", __VA_ARGS__)
 
 #define cr_skip_test(...) cri_skip_at(__FILE__, __LINE__, "" __VA_ARGS__)
-#define cr_log_info(...)  cri_log("info", "" __VA_ARGS__)
-#define cr_log_warn(...)  cri_log("warn", "" __VA_ARGS__)
-#define cr_log_error(...) cri_log("error", "" __VA_ARGS__)
+/* No cr_log_warn or cr_log_error: Debian's Criterion 2.4.1 exits 1 after either, even when
+ * every test passed. A missing optional tool is cr_skip_test with the reason. */
+#define cr_log_info(...) cri_log("info", "" __VA_ARGS__)
 
 #endif
