@@ -993,26 +993,29 @@ kvn_storage_put_pending(struct kvn_storage *st, const struct kvn_key *key)
 	return found;
 }
 
-int
-kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key)
+/* Whether a tier (the peer tier only when peers) or the write queue holds key. */
+static int
+contains(struct kvn_storage *st, const struct kvn_key *key, bool peers)
 {
 	for (size_t i = 0; i < st->ntiers; i++) {
 		struct tier *t = &st->tier[i];
-		if (t->ops->contains(t->be, key, false) == 1)
+		if ((peers || t->ops != &kvn_peer_backend_ops) &&
+		    t->ops->contains(t->be, key, false) == 1)
 			return 1;
 	}
 	return kvn_storage_put_pending(st, key);
 }
 
 int
+kvn_storage_contains(struct kvn_storage *st, const struct kvn_key *key)
+{
+	return contains(st, key, true);
+}
+
+int
 kvn_storage_contains_here(struct kvn_storage *st, const struct kvn_key *key)
 {
-	for (size_t i = 0; i < st->ntiers; i++) {
-		struct tier *t = &st->tier[i];
-		if (t->ops != &kvn_peer_backend_ops && t->ops->contains(t->be, key, false) == 1)
-			return 1;
-	}
-	return kvn_storage_put_pending(st, key);
+	return contains(st, key, false);
 }
 
 int
