@@ -87,11 +87,18 @@ drain(struct kvn_staging *st)
 		st->e->ops->sync(st->e, s, NULL, 0);
 }
 
+/* Piece i of a len-byte transfer: its offset, and its length as the return. */
+static size_t
+piece_at(const struct kvn_staging *st, size_t len, size_t i, size_t *off)
+{
+	*off = i * st->half;
+	return len - *off < st->half ? len - *off : st->half;
+}
+
 static int
 issue_get(struct kvn_staging *st, kvn_devptr_t src, size_t len, size_t i, char *err, size_t errlen)
 {
-	size_t off = i * st->half;
-	size_t n = len - off < st->half ? len - off : st->half;
+	size_t off, n = piece_at(st, len, i, &off);
 	return st->e->ops->copy_to_host(st->e, st->area + (i % 2) * st->half, src + off, n,
 					(unsigned)(i % 2), err, errlen);
 }
@@ -112,8 +119,7 @@ kvn_staging_get(struct kvn_staging *st, kvn_devptr_t src, size_t len, kvn_stagin
 			goto fail;
 		if ((rc = st->e->ops->sync(st->e, (unsigned)(i % 2), err, errlen)))
 			goto fail;
-		size_t off = i * st->half;
-		size_t n = len - off < st->half ? len - off : st->half;
+		size_t off, n = piece_at(st, len, i, &off);
 		if ((rc = sink(ctx, off, st->area + (i % 2) * st->half, n))) {
 			rc = rc < 0 ? rc : -ECANCELED;
 			kvn_seterr(rc, err, errlen,
@@ -142,8 +148,7 @@ kvn_staging_put(struct kvn_staging *st, kvn_devptr_t dst, size_t len, kvn_stagin
 	for (size_t i = 0; i < np; i++) {
 		unsigned s = (unsigned)(i % 2);
 		unsigned char *piece = st->area + s * st->half;
-		size_t off = i * st->half;
-		size_t n = len - off < st->half ? len - off : st->half;
+		size_t off, n = piece_at(st, len, i, &off);
 		if (i >= 2 && (rc = st->e->ops->sync(st->e, s, err, errlen)))
 			goto fail;
 		if ((rc = source(ctx, off, piece, n))) {
