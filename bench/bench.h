@@ -66,6 +66,10 @@ struct bench_trial {
 /* One untimed warm-up pass (page faults, first touch, keys present for gets), then passes
  * until duration seconds have gone by. A pass moves items * item_bytes bytes; pass returns
  * 0 or a negative errno, which stops the measurement. */
+/* Anonymous memory for a bench's buffers, transparent hugepages where the kernel gives them;
+ * NULL when it cannot be had. */
+void *bench_map_region(size_t len);
+
 int bench_measure(int (*pass)(void *ctx, int op), void *ctx, int op, size_t items,
 		  size_t item_bytes, double duration, struct bench_trial *t);
 /* The same for two operations on a shared machine: passes of op_a and op_b alternate for

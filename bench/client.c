@@ -430,17 +430,6 @@ static const struct row_def peer_row = {OP_PEER_GET, OP_PEER_READ, "peer_get", "
  * The mode
  * ------------------------------------------------------------------------------------------ */
 
-/* The caller's buffers (get_into's ring): anonymous memory, transparent hugepages if given. */
-static void *
-map_region(size_t len)
-{
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		return NULL;
-	madvise(p, len, MADV_HUGEPAGE);
-	return p;
-}
-
 /* The baselines' working set, backed as the node's pool is (core/pool.c: a hugetlb memfd, else
  * a plain one, shared), so that a ratio compares copies and not page sizes: a 4 KiB shmem pool
  * read against THP-backed anonymous memory would charge the TLB to the client library. */
@@ -552,7 +541,7 @@ ctx_alloc(struct ctx *x, size_t size)
 	x->kkeys = calloc(x->nkeys, sizeof(*x->kkeys));
 	x->src = map_like_pool(x->nkeys * size);
 	x->out = map_like_pool(x->nkeys * size);
-	x->ring = map_region(x->depth * size);
+	x->ring = bench_map_region(x->depth * size); /* get_into's destinations */
 	if (!x->text || !x->keys || !x->kkeys || !x->src || !x->out || !x->ring) {
 		fprintf(stderr, "kvnode-bench: out of memory for %zu chunks of %zu bytes\n",
 			x->nkeys, size);

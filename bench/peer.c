@@ -41,16 +41,6 @@ open_transport(const struct bench_opts *o, const struct kvn_transport_ops **ops,
 	return rc;
 }
 
-static void *
-map_region(size_t len)
-{
-	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		return NULL;
-	madvise(p, len, MADV_HUGEPAGE);
-	return p;
-}
-
 /* ---------------------------------------------------------------------------------------------
  * Responder
  * ------------------------------------------------------------------------------------------- */
@@ -79,7 +69,7 @@ serve(const struct bench_opts *o, FILE *out)
 	if (open_transport(o, &ops, &tp) < 0)
 		return -EINVAL;
 	size_t len = region_len(o);
-	char *region = map_region(len);
+	char *region = bench_map_region(len);
 	if (!region) {
 		fprintf(stderr, "kvnode-bench: cannot map a %zu MiB region to serve\n", len >> 20);
 		ops->close(tp);
@@ -470,7 +460,7 @@ bench_peer(const struct bench_opts *o)
 	pthread_cond_init(&r.cond, NULL);
 	char err[256] = "";
 	size_t dst_len = 256u << 20;
-	r.dst = map_region(dst_len);
+	r.dst = bench_map_region(dst_len);
 	if (r.dst)
 		memset(r.dst, 0, dst_len); /* fault it in now, not in the first timed reads */
 	rc = r.dst ? ops->reg_mem(tp, r.dst, dst_len, KVN_MEM_HOST, &r.mr, &(struct kvn_mem_desc){ 0 },
