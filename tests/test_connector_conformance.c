@@ -180,7 +180,7 @@ lm_serve(struct store *s, const char *listen)
 	struct kvn_lm_server_opts o = {.listen = listen};
 	int rc = kvn_lm_server_start(s->lm_eng, &o, &s->lm_srv, err, sizeof(err));
 	if (rc)
-		cr_log_error("lm server: %s", err);
+		cr_log_info("lm server: %s", err);
 	return rc;
 }
 
@@ -252,7 +252,7 @@ mc_setup(struct store *s)
 	char err[1024];
 	rc = kvn_connector_load_external(s->url, ".", mc_table, NULL, err, sizeof(err));
 	if (rc)
-		cr_log_error("%s", err);
+		cr_log_info("%s", err);
 	return rc;
 }
 
