@@ -99,8 +99,9 @@ int bench_remote(const struct bench_opts *o);
 int bench_client(const struct bench_opts *o);
 
 /* remote --peer: a responder (a filled kvnode pool behind its own transport instance) and a
- * reader in this process; one fetch is what the peer tier does (READ of the slot image,
- * kvn_slot_verify, payload copied out). */
+ * reader in this process; one fetch is what the peer tier does (READ of the slot image, then
+ * kvn_slot_verify; the payload stays where it landed), or with verify false the raw READ
+ * alone (client --peer's baseline). */
 struct bench_peer_fetch;
 int bench_peer_fetch_open(const struct bench_opts *o, size_t max_size, uint64_t wset,
 			  struct bench_peer_fetch **out);
@@ -108,7 +109,7 @@ const char *bench_peer_fetch_desc(const struct bench_peer_fetch *p);
 /* Stores n chunks (keys[i] -> val) in the responder's pool, dropping the earlier ones. */
 int bench_peer_fetch_fill(struct bench_peer_fetch *p, const struct kvn_key *keys, size_t n,
 			  const struct kvn_buf *val);
-int bench_peer_fetch_one(struct bench_peer_fetch *p, size_t i, size_t size);
+int bench_peer_fetch_one(struct bench_peer_fetch *p, size_t i, size_t size, bool verify);
 void bench_peer_fetch_clear(struct bench_peer_fetch *p);
 void bench_peer_fetch_close(struct bench_peer_fetch *p);
 

@@ -338,7 +338,7 @@ one(struct ctx *x, enum op op, size_t i)
 		kvn_client_release(x->cb, &v, 1);
 		break;
 	case OP_PEER_READ:
-		rc = bench_peer_fetch_one(x->peer, i, x->size);
+		rc = bench_peer_fetch_one(x->peer, i, x->size, false);
 		break;
 	default:
 		rc = -EINVAL;
@@ -665,7 +665,7 @@ bench_client(const struct bench_opts *o)
 		if (x.peer)
 			snprintf(peer, sizeof(peer),
 				 "\n peer_get: node b gets what node a holds (tcp), one at a time; "
-				 "baseline: READ over %s",
+				 "baseline: the raw READ (no check) over %s",
 				 bench_peer_fetch_desc(x.peer));
 		snprintf(setup_line, sizeof(setup_line),
 			 "node: %s serve (a child)   working set: >= %llu MiB per size   depth: "

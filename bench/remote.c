@@ -184,7 +184,7 @@ one(struct ctx *c, enum op op, size_t i)
 		rc = r && r->type == REDIS_REPLY_STRING && r->len == c->size ? 0 : -EIO;
 		break;
 	case OP_PEER:
-		rc = bench_peer_fetch_one(c->peer, i, c->size);
+		rc = bench_peer_fetch_one(c->peer, i, c->size, true);
 		break;
 	}
 	if (r)
