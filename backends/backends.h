@@ -61,14 +61,18 @@ enum kvn_cpu_event {
 };
 /* The publish hook sees every slot the index admits and drops, with the index lock held: it
  * must only queue. walk calls fn for each indexed slot, lock held. alloc_scratch takes an
- * unindexed slot of len payload bytes (evicting as put does) that the caller frees with
- * kvn_pool_unref; the peer tier READs into it. */
+ * unindexed slot of len payload bytes (evicting as put does; key NULL: none yet) that the
+ * caller frees with kvn_pool_unref; the peer tier READs a slot image into it, and once it
+ * has sealed it, a put of a view of that slot (the promotion of a peer hit) indexes the slot
+ * itself instead of copying it: adopted counts those. */
 struct kvn_slot;
 typedef void (*kvn_cpu_publish_fn)(void *ctx, enum kvn_cpu_event ev, const struct kvn_slot *slot);
 void kvn_cpu_set_publish(struct kvn_backend *be, kvn_cpu_publish_fn fn, void *ctx);
 void kvn_cpu_walk(struct kvn_backend *be, void (*fn)(void *ctx, const struct kvn_slot *slot),
 		  void *ctx);
-int kvn_cpu_alloc_scratch(struct kvn_backend *be, size_t len, struct kvn_slot **out);
+int kvn_cpu_alloc_scratch(struct kvn_backend *be, size_t len, const struct kvn_key *key,
+			  struct kvn_slot **out);
+uint64_t kvn_cpu_adopted(struct kvn_backend *be);
 /* A put in two steps, for a writer outside the tier (a local client filling the slot
  * itself): reserve allocates an unindexed slot for key (evicting as put does; -ENOSPC, -ENOMEM
  * as kvn_pool_alloc); once its payload is written and sealed, adopt indexes it in place of an
@@ -159,15 +163,13 @@ void kvn_peer_evicted(struct kvn_backend *be, uint32_t worker_id, const struct k
  * lookups it made. */
 void kvn_peer_get_batch(struct kvn_backend *be, const struct kvn_key *const *keys, size_t n,
 			struct kvn_buf **outs, int *rcs, uint64_t *lookups);
-/* Slot-image bytes READ from peers so far. */
-uint64_t kvn_peer_bytes_read(struct kvn_backend *be);
-
 struct kvn_peer_read_stats {
 	uint64_t reads;			     /* READs posted to peers */
 	uint64_t bytes;			     /* slot-image bytes they brought */
 	uint64_t errors;		     /* gets from a peer that gave no verified chunk */
 	uint64_t transport_errors;	     /* READs the transport failed */
 	uint64_t oversized;		     /* directory entries over max_chunk_size, not read */
+	uint64_t promoted_in_place;	     /* peer hits the cpu tier indexed where they landed */
 	const struct kvn_histogram *latency; /* of each READ, posted to completed */
 };
 void kvn_peer_read_stats(struct kvn_backend *be, struct kvn_peer_read_stats *out);

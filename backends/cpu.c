@@ -30,6 +30,7 @@ struct kvn_backend {
 	size_t n;
 	uint64_t bytes;
 	_Atomic uint64_t hits, misses, puts, evictions, errors;
+	_Atomic uint64_t adopted; /* puts that indexed a loose slot of the pool, no copy */
 	/* The cluster glue's directory feed (kvn_cpu_set_publish): called with lock held, so
 	 * admits and evicts reach it in index order. */
 	kvn_cpu_publish_fn publish;
@@ -264,6 +265,12 @@ cpu_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 	struct kvn_slot *slot;
 	if (!key || !buf)
 		return -EINVAL;
+	/* A peer hit's payload is already a sealed slot of this pool (the READ landed there):
+	 * the promotion indexes that slot, no copy. */
+	if ((slot = kvn_pool_take_loose(be->pool, buf, key->digest))) {
+		atomic_fetch_add_explicit(&be->adopted, 1, memory_order_relaxed);
+		return kvn_cpu_adopt(be, key, slot);
+	}
 	int rc = kvn_cpu_reserve(be, key, buf->len, &slot);
 	if (rc)
 		return rc;
@@ -407,12 +414,19 @@ kvn_cpu_walk(struct kvn_backend *be, void (*fn)(void *ctx, const struct kvn_slot
 
 /* Under the index lock, because an evicting alloc calls back into the index. */
 int
-kvn_cpu_alloc_scratch(struct kvn_backend *be, size_t len, struct kvn_slot **out)
+kvn_cpu_alloc_scratch(struct kvn_backend *be, size_t len, const struct kvn_key *key,
+		      struct kvn_slot **out)
 {
 	pthread_mutex_lock(&be->lock);
-	int rc = kvn_pool_alloc(be->pool, len, NULL, true, out);
+	int rc = kvn_pool_alloc(be->pool, len, key, true, out);
 	pthread_mutex_unlock(&be->lock);
 	return rc;
+}
+
+uint64_t
+kvn_cpu_adopted(struct kvn_backend *be)
+{
+	return atomic_load_explicit(&be->adopted, memory_order_relaxed);
 }
 
 const struct kvn_backend_ops kvn_cpu_backend_ops = {

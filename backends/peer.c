@@ -8,16 +8,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t complete, as in core/pool.c */
 
 #include "backends/backends.h"
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/pool.h"
+#include "core/xxh.h"
 #include "kvnode/backend.h"
 #include "kvnode/transport.h"
 
 #define CACHE_SLOTS 4096u /* direct-mapped: a miss only costs one lookup */
 #define SLOT_HDR    sizeof(struct kvn_slot_hdr)
+/* A READ of a slot image is posted as up to PIECES_MAX pieces of at least PIECE_MIN bytes,
+ * and the reader hashes each piece as soon as it has landed, while the next ones are still on
+ * the wire: verifying a chunk then costs about one piece's hash after the last byte, not a
+ * pass over the whole chunk. */
+#define PIECES_MAX 16u
+#define PIECE_MIN  (512u << 10)
 
 struct cache_ent {
 	uint64_t lo, hi;
@@ -287,14 +295,16 @@ struct bkey {
 	int rc;	     /* 0 or -ENOENT */
 };
 
-/* The completions a round of READs waits for, over every endpoint it posted to. */
+/* The completions a round of READs waits for (pieces), over every endpoint it posted to. */
 struct rwait {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	size_t left;
 };
 
-/* One READ of a round: the slot image at loc into a scratch slot of our pool. */
+/* One READ of a round: the slot image at loc into a scratch slot of our pool, header where
+ * the slot's own header goes, so that once verified the scratch slot is a slot like any other
+ * (the cpu tier's promotion indexes it instead of copying it). */
 struct pread {
 	struct bkey *bk;
 	const struct kvn_peer_loc *loc;
@@ -303,8 +313,13 @@ struct pread {
 	struct kvn_slot *scratch;
 	struct rwait *w;
 	bool posted; /* fetch_begin took ep and scratch; fetch_end gives them back */
-	int rc;	     /* fetch_begin's answer, then the READ's status */
+	int rc;	     /* fetch_begin's answer, then the first failed piece's status */
 	uint64_t t0, t1;
+	struct kvn_read *rd;	  /* its pieces' reads, side by side */
+	uint32_t npieces, hashed; /* pieces posted; pieces hashed, in order */
+	uint32_t upto;		  /* pieces the waiter may hash now */
+	bool landed[PIECES_MAX];  /* under w->lock */
+	XXH3_state_t *xs;	  /* the payload's hash so far */
 	char err[512];
 };
 
@@ -314,7 +329,8 @@ struct batch {
 	struct bkey *bk;
 	struct kvn_buf **outs;
 	struct pread *items, **ready;
-	struct kvn_read *rds;
+	struct kvn_read *rds; /* PIECES_MAX per key */
+	XXH3_state_t **xs;    /* one per key */
 	struct kvn_digest *ask;
 	uint32_t *at, *nloc;
 	struct kvn_peer_loc *all; /* n x KVN_PEER_LOCS_MAX lookup answers */
@@ -351,7 +367,7 @@ fetch_begin(struct kvn_backend *be, struct pread *p)
 		be->env->log(be->env, KVN_LOG_DEBUG, "key %s: %s", key->str, p->err);
 		return -EAGAIN;
 	}
-	rc = kvn_cpu_alloc_scratch(be->link.cpu, loc->len, &p->scratch);
+	rc = kvn_cpu_alloc_scratch(be->link.cpu, loc->len - SLOT_HDR, key, &p->scratch);
 	if (rc < 0) {
 		conn_put(be, p->ep, false);
 		be->env->log(be->env, KVN_LOG_WARN,
@@ -383,13 +399,15 @@ fetch_end(struct kvn_backend *be, struct pread *p)
 	}
 	atomic_fetch_add_explicit(&be->bytes_read, loc->len, memory_order_relaxed);
 	kvn_histogram_observe(&be->read_latency, p->t1 - p->t0);
-	uint8_t *img = kvn_slot_payload(p->scratch);
-	rc = kvn_slot_verify(img, loc->len, key->digest, loc->generation);
+	const struct kvn_slot_hdr *h = kvn_slot_hdr(p->scratch);
+	rc = kvn_slot_verify_sum(h, loc->len, key->digest, loc->generation,
+				 XXH3_64bits_digest(p->xs));
 	if (rc == 0) {
-		/* The payload stays where the READ put it: the caller gets a view of the scratch
-		 * slot (which it keeps until the buffer is dropped), not a copy. */
-		const struct kvn_slot_hdr *h = (const void *)img;
-		rc = kvn_pool_view_range(be->link.pool, p->scratch, SLOT_HDR, h->len, p->out);
+		/* The payload stays where the READ put it: sealed with our own generation, the
+		 * scratch slot is a published slot, and the caller gets a view of it, not a copy.
+		 */
+		kvn_pool_seal_with(p->scratch, h->checksum);
+		rc = kvn_pool_view(be->link.pool, p->scratch, p->out);
 	} else {
 		/* evicted or rewritten since the directory heard of it: a miss, never bytes */
 		be->env->log(be->env, KVN_LOG_DEBUG,
@@ -401,21 +419,76 @@ fetch_end(struct kvn_backend *be, struct pread *p)
 	return rc;
 }
 
-/* On the transport's progress thread: record the outcome, count the READ down. */
+/* On the transport's progress thread: record a piece's outcome, count it down, and wake the
+ * waiter to hash it. */
 static void
 read_done(struct kvn_read *rd, int status, const char *msg)
 {
 	struct pread *p = rd->ctx;
 	struct rwait *w = p->w;
-	p->t1 = kvn_now_ns();
-	p->rc = status;
-	if (status)
-		snprintf(p->err, sizeof(p->err), "%s", msg ? msg : kvn_strerror(status));
-	/* Signal under the lock: the waiter's w is gone as soon as it sees left == 0. */
+	/* Under the lock: the waiter reads p, and its w is gone once it sees left == 0. */
 	pthread_mutex_lock(&w->lock);
-	if (--w->left == 0)
-		pthread_cond_signal(&w->cond);
+	p->t1 = kvn_now_ns();
+	p->landed[rd - p->rd] = true;
+	if (status && !p->rc) {
+		p->rc = status;
+		snprintf(p->err, sizeof(p->err), "%s", msg ? msg : kvn_strerror(status));
+	}
+	w->left--;
+	pthread_cond_signal(&w->cond);
 	pthread_mutex_unlock(&w->lock);
+}
+
+/* Bytes of the image each of p's pieces covers: all PIECE_MIN or more but the last. */
+static size_t
+piece_len(size_t len)
+{
+	size_t per = (len + PIECES_MAX - 1) / PIECES_MAX;
+	per = per < PIECE_MIN ? PIECE_MIN : (per + 4095) & ~(size_t)4095;
+	return per;
+}
+
+/* Splits p's READ into pieces at rd (room for PIECES_MAX); how many. */
+static uint32_t
+pieces_build(struct kvn_backend *be, struct pread *p, struct kvn_read *rd)
+{
+	size_t len = p->loc->len, per = piece_len(len);
+	uint8_t *img = (uint8_t *)kvn_slot_hdr(p->scratch);
+	uint32_t n = 0;
+	for (size_t off = 0; off < len; off += per, n++)
+		rd[n] = (struct kvn_read){.local = img + off,
+					  .local_mr = be->link.mr,
+					  .remote_addr = p->loc->addr + off,
+					  .rkey = p->loc->rkey,
+					  .len = len - off < per ? len - off : per,
+					  .done = read_done,
+					  .ctx = p};
+	p->rd = rd;
+	p->npieces = n;
+	p->hashed = 0;
+	XXH3_64bits_reset(p->xs);
+	return n;
+}
+
+/* Hashes p's payload bytes in pieces [p->hashed, upto), which have all landed. */
+static void
+pieces_hash(struct pread *p, uint32_t upto)
+{
+	for (; p->hashed < upto; p->hashed++) {
+		const struct kvn_read *rd = &p->rd[p->hashed];
+		size_t skip = p->hashed == 0 ? SLOT_HDR : 0; /* the header is not hashed */
+		XXH3_64bits_update(p->xs, (const uint8_t *)rd->local + skip, rd->len - skip);
+	}
+}
+
+/* Under w->lock: the pieces of p that have landed in order from the first unhashed one. */
+static uint32_t
+pieces_landed(const struct pread *p)
+{
+	uint32_t upto = p->hashed;
+	while (upto < p->npieces && p->landed[upto])
+		upto++;
+	return upto;
 }
 
 static int
@@ -426,32 +499,31 @@ by_ep(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* Posts the n READs, one call per endpoint, and waits for all of them: a round costs the
- * slowest READ, not their sum. Every one ends with p->rc set (the transport fails stalled
- * reads after its timeout, so this never hangs). */
+/* Posts the n READs (in pieces), one call per endpoint, and waits for all of them, hashing
+ * each piece once it is in: a round costs the slowest READ plus a piece's hash, not their
+ * sum. Every one ends with p->rc set (the transport fails stalled reads after its timeout, so
+ * this never hangs). rds has room for PIECES_MAX reads per READ. */
 static void
 post_reads(struct kvn_backend *be, struct pread **ready, size_t n, struct kvn_read *rds)
 {
-	struct rwait w = {.left = n};
+	struct rwait w = {0};
 	pthread_mutex_init(&w.lock, NULL);
 	pthread_cond_init(&w.cond, NULL);
 	qsort(ready, n, sizeof(*ready), by_ep); /* reads of one endpoint side by side */
+	size_t nr = 0;
 	for (size_t i = 0; i < n; i++) {
-		struct pread *p = ready[i];
-		p->w = &w;
-		rds[i] = (struct kvn_read){.local = kvn_slot_payload(p->scratch),
-					   .local_mr = be->link.mr,
-					   .remote_addr = p->loc->addr,
-					   .rkey = p->loc->rkey,
-					   .len = p->loc->len,
-					   .done = read_done,
-					   .ctx = p};
+		ready[i]->w = &w;
+		nr += pieces_build(be, ready[i], &rds[nr]);
 	}
+	w.left = nr;
 	for (size_t i = 0, j; i < n; i = j) {
 		uint64_t t0 = kvn_now_ns();
-		for (j = i; j < n && ready[j]->ep == ready[i]->ep; j++)
+		size_t pieces = 0;
+		for (j = i; j < n && ready[j]->ep == ready[i]->ep; j++) {
 			ready[j]->t0 = t0;
-		int rc = be->link.ops->read(ready[i]->ep, &rds[i], j - i);
+			pieces += ready[j]->npieces;
+		}
+		int rc = be->link.ops->read(ready[i]->ep, ready[i]->rd, pieces);
 		if (rc == 0)
 			continue;
 		/* none of these was posted, so no callback counts them down */
@@ -462,13 +534,29 @@ post_reads(struct kvn_backend *be, struct pread **ready, size_t n, struct kvn_re
 				   kvn_strerror(rc));
 		}
 		pthread_mutex_lock(&w.lock);
-		w.left -= j - i;
+		w.left -= pieces;
 		pthread_mutex_unlock(&w.lock);
 	}
 	pthread_mutex_lock(&w.lock);
-	while (w.left)
-		pthread_cond_wait(&w.cond, &w.lock);
-	pthread_mutex_unlock(&w.lock);
+	for (;;) {
+		for (size_t i = 0; i < n; i++)
+			ready[i]->upto = ready[i]->rc ? ready[i]->hashed : pieces_landed(ready[i]);
+		bool last = w.left == 0;
+		pthread_mutex_unlock(&w.lock);
+		for (size_t i = 0; i < n; i++) /* outside the lock: landed pieces do not change */
+			pieces_hash(ready[i], ready[i]->upto);
+		if (last)
+			break;
+		pthread_mutex_lock(&w.lock);
+		while (w.left) {
+			bool more = false;
+			for (size_t i = 0; i < n && !more; i++)
+				more = !ready[i]->rc && pieces_landed(ready[i]) > ready[i]->hashed;
+			if (more)
+				break;
+			pthread_cond_wait(&w.cond, &w.lock);
+		}
+	}
 	pthread_cond_destroy(&w.cond);
 	pthread_mutex_destroy(&w.lock);
 }
@@ -484,7 +572,8 @@ fetch_round(struct kvn_backend *be, struct batch *b, uint32_t j)
 		if (bk->done || j >= bk->nlocs)
 			continue;
 		struct pread *p = &b->items[ni++];
-		*p = (struct pread){.bk = bk, .loc = &bk->locs[j], .out = &b->outs[i]};
+		*p = (struct pread){
+		    .bk = bk, .loc = &bk->locs[j], .out = &b->outs[i], .xs = b->xs[i]};
 		p->rc = fetch_begin(be, p);
 		if (p->posted)
 			b->ready[nr++] = p;
@@ -570,6 +659,9 @@ batch_free(struct batch *b)
 	free(b->items);
 	free(b->ready);
 	free(b->rds);
+	for (size_t i = 0; b->xs && i < b->n; i++)
+		XXH3_freeState(b->xs[i]);
+	free(b->xs);
 	free(b->ask);
 	free(b->at);
 	free(b->nloc);
@@ -582,7 +674,11 @@ batch_alloc(struct batch *b, const struct kvn_key *const *keys, size_t n)
 	b->bk = calloc(n, sizeof(*b->bk));
 	b->items = calloc(n, sizeof(*b->items));
 	b->ready = calloc(n, sizeof(*b->ready));
-	b->rds = calloc(n, sizeof(*b->rds));
+	b->rds = calloc(n * PIECES_MAX, sizeof(*b->rds));
+	b->xs = calloc(n, sizeof(*b->xs));
+	for (size_t i = 0; b->xs && i < n; i++)
+		if (!(b->xs[i] = XXH3_createState()))
+			return -ENOMEM;
 	b->ask = calloc(n, sizeof(*b->ask));
 	b->at = calloc(n, sizeof(*b->at));
 	b->nloc = calloc(n, sizeof(*b->nloc));
@@ -694,12 +790,6 @@ kvn_peer_attach(struct kvn_backend *be, const struct kvn_peer_link *link)
 	pthread_rwlock_unlock(&be->attach_lock);
 }
 
-uint64_t
-kvn_peer_bytes_read(struct kvn_backend *be)
-{
-	return atomic_load_explicit(&be->bytes_read, memory_order_relaxed);
-}
-
 void
 kvn_peer_read_stats(struct kvn_backend *be, struct kvn_peer_read_stats *out)
 {
@@ -709,6 +799,9 @@ kvn_peer_read_stats(struct kvn_backend *be, struct kvn_peer_read_stats *out)
 	out->transport_errors = atomic_load_explicit(&be->transport_errors, memory_order_relaxed);
 	out->oversized = atomic_load_explicit(&be->oversized, memory_order_relaxed);
 	out->latency = &be->read_latency;
+	pthread_rwlock_rdlock(&be->attach_lock);
+	out->promoted_in_place = be->attached ? kvn_cpu_adopted(be->link.cpu) : 0;
+	pthread_rwlock_unlock(&be->attach_lock);
 }
 
 static int

@@ -3,6 +3,7 @@
  * pins and an LRU of evictable slots (docs/architecture.md §3). */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +11,7 @@
 #include <unistd.h>
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/pool.h"
 #include "core/xxh.h"
@@ -32,6 +34,12 @@
  * nothing. */
 #define EXACT_SCAN 8
 #define HUGE_2M	   ((size_t)2 << 20)
+/* kvn_pool_populate_start makes the region resident this many bytes at a time, checking for a
+ * stop in between (a node shutting down mid-way waits for one step at most). */
+#define POPULATE_STEP ((size_t)64 << 20)
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14; older headers lack it */
+#endif
 
 enum blk_state {
 	BLK_FREE = 0,
@@ -84,6 +92,12 @@ struct kvn_pool {
 
 	uint64_t free_blocks, used_bytes, payload_bytes, slots, evictable, evictions,
 	    alloc_failures;
+
+	/* kvn_pool_populate_start's thread */
+	pthread_t populator;
+	bool populating;
+	atomic_bool populate_stop;
+	_Atomic uint64_t populated;
 };
 
 /* ------------------------------------------------------------------------------------------
@@ -457,6 +471,10 @@ kvn_pool_destroy(struct kvn_pool *pool)
 {
 	if (!pool)
 		return;
+	if (pool->populating) {
+		atomic_store(&pool->populate_stop, true);
+		pthread_join(pool->populator, NULL);
+	}
 	uint64_t held = 0;
 	for (struct kvn_slot *b = pool->first, *n; b; b = n) {
 		n = b->next_phys;
@@ -500,6 +518,58 @@ bool
 kvn_pool_hugepages(const struct kvn_pool *pool)
 {
 	return !strcmp(pool->backing, "hugetlb");
+}
+
+static void *
+populate_main(void *arg)
+{
+	struct kvn_pool *p = arg;
+	double t0 = kvn_now_s();
+	for (size_t off = 0; off < p->size && !atomic_load(&p->populate_stop);) {
+		size_t n = p->size - off < POPULATE_STEP ? p->size - off : POPULATE_STEP;
+		/* Write faults without writing: a put racing this step keeps its bytes. */
+		if (madvise((char *)p->base + off, n, MADV_POPULATE_WRITE) < 0) {
+			int e = errno;
+			if (e == EINTR || e == EAGAIN)
+				continue;
+			if (e == EINVAL)
+				kvn_info("pool",
+					 "this kernel cannot populate the pool "
+					 "(MADV_POPULATE_WRITE, Linux 5.14): its pages fault in on "
+					 "first use");
+			else
+				kvn_warn(
+				    "pool",
+				    "making the pool resident stopped at %zu of %zu bytes: %s; "
+				    "the rest faults in on first use",
+				    off, p->size, strerror(e));
+			return NULL;
+		}
+		off += n;
+		atomic_store_explicit(&p->populated, off, memory_order_relaxed);
+	}
+	if (!atomic_load(&p->populate_stop))
+		kvn_info("pool", "the pool's %zu bytes are resident (%s pages), made so in %.2f s",
+			 p->size, p->backing, kvn_now_s() - t0);
+	return NULL;
+}
+
+int
+kvn_pool_populate_start(struct kvn_pool *pool)
+{
+	if (pool->populating)
+		return 0;
+	int rc = pthread_create(&pool->populator, NULL, populate_main, pool);
+	if (rc)
+		return -rc;
+	pool->populating = true;
+	return 0;
+}
+
+uint64_t
+kvn_pool_populated(struct kvn_pool *pool)
+{
+	return atomic_load_explicit(&pool->populated, memory_order_relaxed);
 }
 
 const char *
@@ -762,6 +832,23 @@ kvn_pool_view_slot(const struct kvn_buf *buf)
 	return buf && buf->release == view_release ? (struct kvn_slot *)(uintptr_t)buf->aux : NULL;
 }
 
+struct kvn_slot *
+kvn_pool_take_loose(struct kvn_pool *pool, const struct kvn_buf *buf, struct kvn_digest digest)
+{
+	struct kvn_slot *s = kvn_pool_view_slot(buf);
+	if (!s || buf->owner != pool || buf->data != kvn_slot_payload(s) || buf->len != s->len)
+		return NULL;
+	const struct kvn_slot_hdr *h = hdr_of(s);
+	pthread_mutex_lock(&pool->lock);
+	/* loose: no index holds it (never committed) and the reader published it (even) */
+	bool loose =
+	    !s->linked && !(s->gen & 1) && h->digest_lo == digest.lo && h->digest_hi == digest.hi;
+	if (loose)
+		s->refs++; /* the view's keeps it off the LRU already */
+	pthread_mutex_unlock(&pool->lock);
+	return loose ? s : NULL;
+}
+
 uint64_t
 kvn_slot_offset(const struct kvn_slot *slot)
 {
@@ -805,20 +892,40 @@ kvn_slot_generation(const struct kvn_slot *slot)
 	return atomic_load_explicit(&hdr_of(slot)->generation, memory_order_acquire);
 }
 
-int
-kvn_slot_verify(const void *image, size_t n, struct kvn_digest digest, uint64_t gen)
+/* The header half of a slot image's check; exact: its len must be all of the n - 64 bytes. */
+static int
+verify_header(const void *image, size_t n, struct kvn_digest digest, uint64_t gen, bool exact)
 {
 	const struct kvn_slot_hdr *h = image;
 	if (n < sizeof(*h) || h->magic != KVN_SLOT_MAGIC || h->version != KVN_SLOT_VERSION ||
-	    h->len > n - sizeof(*h))
+	    h->len > n - sizeof(*h) || (exact && h->len != n - sizeof(*h)))
 		return -EPROTO;
 	uint64_t g =
 	    atomic_load_explicit(&((struct kvn_slot_hdr *)image)->generation, memory_order_acquire);
 	if ((g & 1) || (gen && g != gen) || h->digest_lo != digest.lo || h->digest_hi != digest.hi)
 		return -ESTALE;
-	if (XXH3_64bits((const char *)image + sizeof(*h), h->len) != h->checksum)
-		return -EBADMSG;
 	return 0;
+}
+
+int
+kvn_slot_verify(const void *image, size_t n, struct kvn_digest digest, uint64_t gen)
+{
+	const struct kvn_slot_hdr *h = image;
+	int rc = verify_header(image, n, digest, gen, false);
+	if (rc == 0 && XXH3_64bits((const char *)image + sizeof(*h), h->len) != h->checksum)
+		rc = -EBADMSG;
+	return rc;
+}
+
+int
+kvn_slot_verify_sum(const void *image, size_t n, struct kvn_digest digest, uint64_t gen,
+		    uint64_t sum)
+{
+	const struct kvn_slot_hdr *h = image;
+	int rc = verify_header(image, n, digest, gen, true);
+	if (rc == 0 && sum != h->checksum)
+		rc = -EBADMSG;
+	return rc;
 }
 
 void

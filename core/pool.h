@@ -113,6 +113,12 @@ int kvn_pool_view_range(struct kvn_pool *pool, struct kvn_slot *slot, size_t off
 				size_t len, struct kvn_buf **out);
 /* The slot a view returned by kvn_pool_view(_range) points into, NULL for any other buffer. */
 struct kvn_slot *kvn_pool_view_slot(const struct kvn_buf *buf);
+/* When buf views the whole payload of a published slot of pool that no index holds (a slot a
+ * peer READ landed and the reader sealed) and whose header names digest: that slot, with a
+ * new reference for kvn_pool_commit to take, so an index adopts it instead of copying it.
+ * NULL otherwise. */
+struct kvn_slot *kvn_pool_take_loose(struct kvn_pool *pool, const struct kvn_buf *buf,
+				     struct kvn_digest digest);
 
 /* Immutable while the slot is allocated. The remote address of a slot is the registered
  * base + kvn_slot_offset; a reader fetches kvn_slot_len + 64 bytes from there. */
@@ -131,6 +137,10 @@ uint32_t kvn_slot_pins(struct kvn_pool *pool, const struct kvn_slot *slot);
  * value of digest with generation gen (gen 0: any even generation); -EPROTO bad magic, version
  * or length; -ESTALE odd or different generation or another key; -EBADMSG checksum mismatch. */
 int kvn_slot_verify(const void *image, size_t n, struct kvn_digest digest, uint64_t gen);
+/* The same for a reader that hashed the payload while it landed: sum is the xxh3-64 of the
+ * n - 64 bytes after the header, which must all be payload (the header's len exactly). */
+int kvn_slot_verify_sum(const void *image, size_t n, struct kvn_digest digest, uint64_t gen,
+			uint64_t sum);
 
 struct kvn_pool_stats {
 	uint64_t size;	     /* region bytes */
@@ -145,6 +155,13 @@ struct kvn_pool_stats {
 	uint64_t alloc_failures;
 };
 void kvn_pool_stats(struct kvn_pool *pool, struct kvn_pool_stats *out);
+/* Makes the whole region resident from a thread of its own (page faults taken up front, as
+ * an RDMA registration pinning it would): a first put or READ into a slot then costs a copy,
+ * not a copy plus a fault per page. Nothing in the region is written; allocations meanwhile
+ * go on as before. kvn_pool_destroy stops it. 0 or -errno (the thread did not start). */
+int kvn_pool_populate_start(struct kvn_pool *pool);
+/* Bytes from the region's start populate has made resident so far. */
+uint64_t kvn_pool_populated(struct kvn_pool *pool);
 /* Bytes a slot of len payload bytes occupies (header and granule rounding included). */
 size_t kvn_pool_slot_footprint(size_t len);
 

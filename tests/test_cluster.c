@@ -25,6 +25,7 @@
 #include "kvnode/transport.h"
 #include "core/netaddr.h"
 #include "core/pool.h"
+#include "core/xxh.h"
 #include "core/auth.h"
 #include "tests/helpers/cluster_env.h"
 #include "tests/helpers/expo.h"
@@ -96,8 +97,10 @@ Test(cluster, a_chunk_put_on_one_node_is_read_by_another_byte_for_byte)
 	for (unsigned i = 1; i < 16; i++)
 		cr_assert_eq(cnode_get_check(&f.c, "p", i, VAL), 1, "chunk %u on node-c", i);
 	cr_assert_geq(cnode_tier_stat(&f.c, "peer", "hits"), 16, "the peer tier served them");
-	/* promoted: the second read is a local hit */
+	/* promoted: the second read is a local hit, of the slot the READ landed in */
 	long long peer_hits = cnode_tier_stat(&f.c, "peer", "hits");
+	cr_assert_eq(cnode_stat(&f.c, "peer", "promoted_in_place"), peer_hits,
+		     "every peer hit was indexed where it landed, none copied");
 	cr_assert_eq(cnode_get_check(&f.c, "p", 3, VAL), 1);
 	cr_assert_eq(cnode_tier_stat(&f.c, "peer", "hits"), peer_hits, "promoted into cpu");
 	cr_assert_eq(cnode_tier_stat(&f.c, "peer", "errors"), 0);
@@ -858,6 +861,61 @@ Test(cluster, a_directory_entry_over_max_chunk_size_is_a_miss_and_evicts_nothing
 	cr_expect_geq(expo_value(body, "kvnode_peer_oversized_total"), 1, "%s", body);
 	cr_expect_eq(expo_value(body, "kvnode_peer_read_bytes_total"), 0, "%s", body);
 	free(body);
+	ghost_leave(&gh);
+	ghost_unserve(&gh);
+	cnode_stop(&f.c);
+	sched_stop(&f.s);
+	proc_rm_tree(f.dir);
+}
+
+/* A published slot image of key (tag, i) with payload val at the start of g's region. */
+static void
+ghost_image(struct ghost *g, const char *tag, unsigned i, const uint8_t *val, size_t len)
+{
+	struct kvn_key k;
+	cluster_key(&k, tag, i);
+	struct kvn_slot_hdr *h = (void *)g->region;
+	memset(h, 0, sizeof(*h));
+	h->magic = KVN_SLOT_MAGIC;
+	h->version = KVN_SLOT_VERSION;
+	atomic_store(&h->generation, 2); /* ghost_publish's */
+	h->digest_lo = k.digest.lo;
+	h->digest_hi = k.digest.hi;
+	h->len = len;
+	h->checksum = XXH3_64bits(val, len);
+	memcpy(g->region + sizeof(*h), val, len);
+}
+
+/* A chunk larger than a READ piece is READ in pieces and hashed as they land: the whole value
+ * arrives byte for byte, and one changed byte in a late piece still makes the image fail its
+ * check (a miss, never those bytes). */
+Test(cluster, a_chunk_read_in_pieces_is_whole_and_a_bad_late_piece_is_a_miss)
+{
+	enum { LEN = (5u << 20) + 17 }; /* 11 pieces, the last one short */
+	struct fixture f = {0};
+	sched_start(&f.s, "127.0.0.1:0", NULL);
+	cr_assert_eq(proc_mkdtemp("cluster-pieces", f.dir, sizeof(f.dir)), 0);
+	struct cnode_opts o = {.dir = f.dir, .sched = f.s.addr};
+	cnode_start(&f.c, "node-c", &o);
+	struct ghost gh = {0};
+	ghost_serve(&gh);
+	ghost_join(&gh, f.s.addr, "pieces", NULL);
+	wait_member(&f.c, &gh, "pieces", gh.data_addr, "up", 1);
+	uint8_t *val = malloc(LEN);
+	cluster_value(val, LEN, "w", 1);
+	ghost_image(&gh, "w", 1, val, LEN);
+	ghost_publish(&gh, "w", 1, LEN);
+	cr_assert_eq(cnode_get_check(&f.c, "w", 1, LEN), 1, "the 5 MiB chunk, byte for byte");
+	cr_assert_eq(cnode_stat(&f.c, "peer", "promoted_in_place"), 1, "indexed where it landed");
+	long long errors = cnode_tier_stat(&f.c, "peer", "errors");
+	cluster_value(val, LEN, "w", 2);
+	ghost_image(&gh, "w", 2, val, LEN);
+	gh.region[sizeof(struct kvn_slot_hdr) + (4u << 20) + 3] ^= 0x40;
+	ghost_publish(&gh, "w", 2, LEN);
+	cr_assert_eq(cnode_get_check(&f.c, "w", 2, LEN), 0, "a torn image is a miss");
+	cr_assert_gt(cnode_tier_stat(&f.c, "peer", "errors"), errors, "and counted as one");
+	cr_assert_eq(cnode_get_check(&f.c, "w", 1, LEN), 1, "the good one is still there");
+	free(val);
 	ghost_leave(&gh);
 	ghost_unserve(&gh);
 	cnode_stop(&f.c);

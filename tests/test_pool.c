@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "core/pool.h"
@@ -333,6 +334,75 @@ Test(pool, seal_stores_the_xxh3_of_the_payload_and_verify_checks_it)
 	memcpy(img, h, 64);
 	cr_assert_eq(kvn_slot_verify(img, n, k.digest, gen), -ESTALE, "freed slot reads stale");
 	free(img);
+	kvn_pool_destroy(p);
+}
+
+Test(pool, verify_sum_takes_the_readers_hash_and_wants_the_exact_length)
+{
+	struct kvn_pool *p = make_pool(1 * MiB);
+	struct kvn_key k = key_of("sum-key");
+	struct kvn_slot *s = put_slot(p, "sum-key", 70000, 9, false);
+	const uint8_t *img = (const void *)kvn_slot_hdr(s);
+	uint64_t gen = kvn_slot_generation(s), sum = XXH3_64bits(img + 64, 70000);
+	cr_assert_eq(kvn_slot_verify_sum(img, 64 + 70000, k.digest, gen, sum), 0);
+	cr_assert_eq(kvn_slot_verify_sum(img, 64 + 70000, k.digest, gen, sum ^ 1), -EBADMSG);
+	cr_assert_eq(kvn_slot_verify_sum(img, 64 + 70000, k.digest, gen + 2, sum), -ESTALE);
+	/* kvn_slot_verify allows bytes past the payload; a reader that hashed all it READ
+	 * must have READ exactly the payload */
+	cr_assert_eq(kvn_slot_verify(img, 64 + 70001, k.digest, gen), 0);
+	cr_assert_eq(kvn_slot_verify_sum(img, 64 + 70001, k.digest, gen, sum), -EPROTO);
+	kvn_pool_unlink(p, s);
+	kvn_pool_destroy(p);
+}
+
+Test(pool, a_sealed_slot_no_index_holds_is_taken_by_reference_and_only_whole)
+{
+	struct kvn_pool *p = make_pool(4 * MiB);
+	struct kvn_key k = key_of("loose"), other = key_of("other");
+	struct kvn_slot *s;
+	cr_assert_eq(kvn_pool_alloc(p, 100000, &k, false, &s), 0);
+	struct kvn_buf *v, *part;
+	cr_assert_eq(kvn_pool_view(p, s, &v), 0);
+	cr_assert_null(kvn_pool_take_loose(p, v, k.digest), "still being written (odd)");
+	pattern_fill(kvn_slot_payload(s), 100000, 3);
+	kvn_pool_seal(s);
+	kvn_pool_unref(p, s); /* the view holds it alone, as a peer READ's does */
+	cr_assert_null(kvn_pool_take_loose(p, v, other.digest), "another key's");
+	cr_assert_eq(kvn_pool_view_range(p, s, 64, 1000, &part), 0);
+	cr_assert_null(kvn_pool_take_loose(p, part, k.digest), "a part of the payload");
+	struct kvn_buf plain = {.data = v->data, .len = v->len};
+	cr_assert_null(kvn_pool_take_loose(p, &plain, k.digest), "not a view");
+	cr_assert_eq(kvn_pool_take_loose(p, v, k.digest), s);
+	kvn_pool_commit(p, s); /* an index adopts it: the taken reference is the writer's */
+	cr_assert_null(kvn_pool_take_loose(p, v, k.digest), "linked now");
+	kvn_buf_unref(part);
+	kvn_buf_unref(v);
+	struct kvn_pool_stats st;
+	kvn_pool_stats(p, &st);
+	cr_assert_eq(st.slots, 1, "the index holds it after its views are gone");
+	cr_assert_eq(st.evictable, 1);
+	kvn_pool_unlink(p, s);
+	kvn_pool_stats(p, &st);
+	cr_assert_eq(st.slots, 0);
+	kvn_pool_destroy(p);
+}
+
+Test(pool, populate_makes_the_whole_region_resident_and_keeps_its_bytes)
+{
+	struct kvn_pool *p = make_pool(64 * MiB + 4 * KiB);
+	struct kvn_slot *s = put_slot(p, "kept", MiB, 5, false);
+	cr_assert_eq(kvn_pool_populated(p), 0);
+	cr_assert_eq(kvn_pool_populate_start(p), 0);
+	for (int t = 0; t < 60000 && kvn_pool_populated(p) < kvn_pool_size(p); t++)
+		usleep(1000);
+	if (kvn_pool_populated(p) == 0)
+		cr_skip_test("this kernel has no MADV_POPULATE_WRITE (Linux 5.14)");
+	cr_assert_eq(kvn_pool_populated(p), kvn_pool_size(p));
+	uint8_t *want = malloc(MiB);
+	pattern_fill(want, MiB, 5);
+	cr_assert_eq(memcmp(kvn_slot_payload(s), want, MiB), 0, "populating wrote nothing");
+	free(want);
+	kvn_pool_unlink(p, s);
 	kvn_pool_destroy(p);
 }
 

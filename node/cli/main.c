@@ -22,8 +22,10 @@
 #include "node/cluster/cluster.h"
 #include "node/cli/client.h"
 #include "node/engine/config.h"
+#include "node/engine/engine.h"
 #include "node/cli/demo.h"
 #include "core/log.h"
+#include "core/pool.h"
 #include "node/cluster/membership.h"
 #include "node/metrics/metrics.h"
 #include "node/cli/reload.h"
@@ -737,6 +739,10 @@ serve_open(struct serve_node *n, struct kvn_config *cfg)
 	if (kvn_engine_open(cfg, &n->eng, err, sizeof(err)) < 0)
 		return die(EXIT_USAGE, "cannot open the storage tiers%s%s: %s",
 			   cfg->path ? " of " : "", cfg->path ? cfg->path : "", err);
+	struct kvn_pool *pool = kvn_engine_pool(n->eng);
+	if (cfg->pool_populate && pool && kvn_pool_populate_start(pool) < 0)
+		kvn_warn("serve", "cannot start making the pool resident (out of threads): its "
+				  "pages fault in on first use");
 	struct kvn_server_opts so = {.socket_path = n->socket_path,
 				     .max_conns = cfg->client_max_connections,
 				     .value_max = cfg->max_chunk_size,

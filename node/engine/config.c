@@ -57,6 +57,7 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"socket_path", KVN_K_PATH, FIELD(socket_path), 0, 0, 0, KVN_KF_RESOLVE},
     {"hugepages", KVN_K_BOOL, FIELD(hugepages), 0, 0, 0, 0},
     {"promote_to_cpu", KVN_K_BOOL, FIELD(promote_to_cpu), 0, 0, 0, 0},
+    {"pool_populate", KVN_K_BOOL, FIELD(pool_populate), 0, 0, 0, 0},
     {"put_queue_depth", KVN_K_UINT, FIELD(put_queue_depth), 0, 1, 1 << 20, 0},
     {"put_threads", KVN_K_UINT, FIELD(put_threads), 0, 1, 64, 0},
     {"plugin_stop_timeout_ms", KVN_K_UINT, FIELD(plugin_stop_timeout_ms), 0, 0, INT32_MAX, 0},
@@ -854,6 +855,7 @@ kvn_config_new_defaults(void)
 	cfg->log_level = KVN_LOG_INFO;
 	cfg->hugepages = true;
 	cfg->promote_to_cpu = true;
+	cfg->pool_populate = true;
 	cfg->put_queue_depth = 64;
 	cfg->put_threads = 2;
 	cfg->plugin_stop_timeout_ms = 3000;

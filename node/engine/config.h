@@ -64,6 +64,7 @@ struct kvn_config {
 	char *socket_path; /* local client socket of `kvnode serve` */
 	bool hugepages; /* try hugepages for the pool, default true */
 	bool promote_to_cpu; /* copy hits from slower tiers into cpu, default true */
+	bool pool_populate;  /* kvnode serve: make the pool resident at start, default true */
 	uint32_t put_queue_depth; /* bound of the slow-tier write queue, default 64 */
 	uint32_t put_threads; /* writer threads for slow tiers, default 2 */
 	uint32_t plugin_stop_timeout_ms; /* SIGTERM → SIGKILL grace for plugins, default 3000 */

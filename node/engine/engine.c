@@ -228,6 +228,8 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 		cJSON *p = cJSON_AddObjectToObject(root, "pool");
 		cJSON_AddNumberToObject(p, "size", (double)kvn_pool_size(eng->pool));
 		cJSON_AddBoolToObject(p, "hugepages", kvn_pool_hugepages(eng->pool));
+		cJSON_AddNumberToObject(p, "populated_bytes",
+					(double)kvn_pool_populated(eng->pool));
 	}
 	for (size_t i = 0; i < kvn_storage_count(eng->st); i++) {
 		const char *name;
@@ -258,7 +260,11 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 	struct kvn_backend *peer = kvn_storage_backend(eng->st, &kvn_peer_backend_ops);
 	if (peer) {
 		cJSON *p = cJSON_AddObjectToObject(root, "peer");
-		cJSON_AddNumberToObject(p, "bytes_read", (double)kvn_peer_bytes_read(peer));
+		struct kvn_peer_read_stats ps;
+		kvn_peer_read_stats(peer, &ps);
+		cJSON_AddNumberToObject(p, "bytes_read", (double)ps.bytes);
+		cJSON_AddNumberToObject(p, "reads", (double)ps.reads);
+		cJSON_AddNumberToObject(p, "promoted_in_place", (double)ps.promoted_in_place);
 	}
 	cJSON_AddNumberToObject(root, "hits", (double)atomic_load(&eng->hits));
 	cJSON_AddNumberToObject(root, "misses", (double)atomic_load(&eng->misses));

@@ -823,7 +823,7 @@ kvn_storage_to_pool(struct kvn_storage *st, struct kvn_buf *buf, struct kvn_buf 
 		return 0;
 	}
 	struct kvn_slot *slot;
-	int rc = kvn_cpu_alloc_scratch(st->tier[st->cpu].be, buf->len, &slot);
+	int rc = kvn_cpu_alloc_scratch(st->tier[st->cpu].be, buf->len, NULL, &slot);
 	if (rc)
 		return rc;
 	kvn_pool_fill(slot, buf->data);

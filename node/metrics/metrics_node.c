@@ -18,6 +18,7 @@
 #include "node/metrics/metrics.h"
 #include "node/serve/server.h"
 #include "node/engine/storage.h"
+#include "core/pool.h"
 
 #define MAX_TIERS 16
 
@@ -144,6 +145,9 @@ peer(struct kvn_expo *e, struct kvn_storage *st)
 	kvn_expo_one(e, "kvnode_peer_oversized_total", "counter",
 		     "Directory entries longer than max_chunk_size, answered as a miss unread",
 		     p.oversized);
+	kvn_expo_one(e, "kvnode_peer_promoted_in_place_total", "counter",
+		     "Peer hits the cpu tier indexed in the pool slot the READ landed in (no copy)",
+		     p.promoted_in_place);
 	kvn_expo_one(e, "kvnode_transport_errors_total", "counter",
 		     "READs the data transport (verbs or tcp) failed", p.transport_errors);
 	kvn_expo_family(e, "kvnode_peer_read_duration_seconds", "histogram",
@@ -388,6 +392,10 @@ kvn_metrics_collect_node(void *ctx, struct kvn_expo *e)
 	kvn_expo_u64(e, "kvnode_gets_total", &(struct kvn_label){"result", "hit"}, 1, hits);
 	kvn_expo_u64(e, "kvnode_gets_total", &(struct kvn_label){"result", "miss"}, 1, misses);
 	tiers(e, st);
+	struct kvn_pool *pool = kvn_engine_pool(nm->eng);
+	kvn_expo_one(e, "kvnode_pool_populated_bytes", "gauge",
+		     "Pool bytes made resident at start so far (pool_populate)",
+		     pool ? kvn_pool_populated(pool) : 0);
 	clients(e, nm->srv);
 	if (nm->srv)
 		pool_clients(e, nm->srv);

@@ -136,20 +136,26 @@ cnode_get_check(struct cnode *n, const char *tag, unsigned i, size_t len)
 	return ok;
 }
 
+/* The node's stats, parsed; NULL when it cannot be asked. */
+static cJSON *
+stat_json(struct cnode *n)
+{
+	char *json = NULL, err[256];
+	struct kvn_cli_conn *c; /* its own connection: n->c may have idled out during a long test */
+	if (kvn_cli_connect(n->sock, 10000, &c, err, sizeof(err)) < 0)
+		return NULL;
+	int rc = kvn_cli_stat(c, &json);
+	kvn_cli_close(c);
+	cJSON *root = rc < 0 ? NULL : cJSON_Parse(json);
+	free(json);
+	return root;
+}
+
 long long
 cnode_tier_stat(struct cnode *n, const char *tier, const char *field)
 {
-	char *json = NULL, err[256];
 	long long v = -1;
-	struct kvn_cli_conn *c; /* its own connection: n->c may have idled out during a long test */
-	if (kvn_cli_connect(n->sock, 10000, &c, err, sizeof(err)) < 0)
-		return -1;
-	int rc = kvn_cli_stat(c, &json);
-	kvn_cli_close(c);
-	if (rc < 0)
-		return -1;
-	cJSON *root = cJSON_Parse(json);
-	cJSON *t;
+	cJSON *root = stat_json(n), *t;
 	cJSON_ArrayForEach(t, cJSON_GetObjectItem(root, "backends"))
 	{
 		cJSON *nm = cJSON_GetObjectItem(t, "name"), *f = cJSON_GetObjectItem(t, field);
@@ -157,6 +163,15 @@ cnode_tier_stat(struct cnode *n, const char *tier, const char *field)
 			v = (long long)f->valuedouble;
 	}
 	cJSON_Delete(root);
-	free(json);
+	return v;
+}
+
+long long
+cnode_stat(struct cnode *n, const char *section, const char *field)
+{
+	cJSON *root = stat_json(n);
+	cJSON *f = cJSON_GetObjectItem(cJSON_GetObjectItem(root, section), field);
+	long long v = cJSON_IsNumber(f) ? (long long)f->valuedouble : -1;
+	cJSON_Delete(root);
 	return v;
 }

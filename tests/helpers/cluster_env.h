@@ -46,5 +46,7 @@ void cnode_put(struct cnode *n, const char *tag, unsigned i, size_t len);
 int cnode_get_check(struct cnode *n, const char *tag, unsigned i, size_t len);
 /* The node's stats JSON field backends[name].field (hits …), -1 when absent. */
 long long cnode_tier_stat(struct cnode *n, const char *tier, const char *field);
+/* The node's stats JSON field section.field (peer.promoted_in_place …), -1 when absent. */
+long long cnode_stat(struct cnode *n, const char *section, const char *field);
 
 #endif
