@@ -30,6 +30,10 @@
 #define OUT_MAX			(64u << 20)  /* one connection's queue, whatever the total */
 #define OUT_KEEP		(256u << 10) /* a drained queue's buffer over this is freed */
 #define READ_BUDGET		(4u << 20) /* per wake-up, so one busy peer cannot starve others */
+/* Frames one connection has handled per turn of the loop: a peer that sent thousands at once
+ * (STATS each answered with a JSON of the cluster) waits its turn behind the others' frames,
+ * heartbeats among them, instead of keeping the loop to itself for seconds. */
+#define FRAMES_PER_TURN		256
 #define ACCEPT_PAUSE_MS		100	   /* accepts rest this long when fds run out */
 #define LOG_EVERY_MS		5000	   /* one line per kind of refusal at most this often */
 
@@ -64,6 +68,10 @@ kvn_sched_conn_close(struct kvn_scheduler *s, struct conn *c, const char *why)
 	}
 	s->out_bytes -= c->charged;
 	c->charged = 0;
+	if (c->backlog) {
+		c->backlog = false;
+		s->backlogged--;
+	}
 	epoll_ctl(s->efd, EPOLL_CTL_DEL, c->fd, NULL);
 	close(c->fd);
 	if (c->prev)
@@ -349,12 +357,13 @@ dispatch(struct kvn_scheduler *s, struct conn *c, const struct kvn_cf_hdr *h, co
 	}
 }
 
-/* Reads what is there and handles every whole frame. */
+static void conn_frames(struct kvn_scheduler *s, struct conn *c);
+
+/* Reads what is there, then handles its whole frames (FRAMES_PER_TURN of them this turn). */
 static void
 conn_readable(struct kvn_scheduler *s, struct conn *c)
 {
-	bool eof = false;
-	while (!c->closing) {
+	while (!c->closing && !c->eof) {
 		if (c->in_len == c->in_cap) {
 			size_t cap = c->in_cap ? c->in_cap * 2 : 16384;
 			/* Past the read budget the buffer grows only toward a frame that does
@@ -381,7 +390,7 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 			continue;
 		}
 		if (n == 0) {
-			eof = true;
+			c->eof = true;
 			break;
 		}
 		if (errno == EINTR)
@@ -391,8 +400,27 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 		kvn_sched_conn_close(s, c, strerror(errno));
 		return;
 	}
+	conn_frames(s, c);
+}
+
+/* Whether a whole frame waits at the start of c's input. */
+static bool
+frame_waits(const struct conn *c)
+{
+	struct kvn_cf_hdr h;
+	return c->in_len >= KVN_CF_HDR_SIZE && (kvn_cf_hdr_decode(c->in, &h, NULL, 0) ||
+						KVN_CF_HDR_SIZE + (size_t)h.len <= c->in_len);
+}
+
+/* Handles up to FRAMES_PER_TURN whole frames of c's input; any left make it backlogged, and
+ * the loop comes back to it after the next round of events. */
+static void
+conn_frames(struct kvn_scheduler *s, struct conn *c)
+{
 	size_t off = 0;
-	while (!c->closing && c->in_len - off >= KVN_CF_HDR_SIZE) {
+	for (unsigned k = 0; k < FRAMES_PER_TURN && !c->closing; k++) {
+		if (c->in_len - off < KVN_CF_HDR_SIZE)
+			break;
 		struct kvn_cf_hdr h;
 		char err[256];
 		int rc = kvn_cf_hdr_decode(c->in + off, &h, err, sizeof(err));
@@ -414,7 +442,13 @@ conn_readable(struct kvn_scheduler *s, struct conn *c)
 	}
 	memmove(c->in, c->in + off, c->in_len - off);
 	c->in_len -= off;
-	if (eof && !c->closing) {
+	bool more = !c->closing && frame_waits(c);
+	if (more && !c->backlog)
+		s->backlogged++;
+	else if (!more && c->backlog)
+		s->backlogged--;
+	c->backlog = more;
+	if (c->eof && !c->closing && !more) {
 		if (c->in_len)
 			kvn_warn(COMP, "%s closed in the middle of a frame (%zu bytes of it read)",
 				 c->peer, c->in_len);
@@ -664,7 +698,8 @@ kvn_scheduler_run(struct kvn_scheduler *s)
 				wait = s->accept_resume_ms - now;
 			}
 		}
-		int n = epoll_wait(s->efd, evs, 64, wait < 0 ? 0 : (int)wait);
+		/* backlogged connections: only look for events, do not wait for them */
+		int n = epoll_wait(s->efd, evs, 64, wait < 0 || s->backlogged ? 0 : (int)wait);
 		if (n < 0 && errno != EINTR)
 			return loop_ended(s, -errno);
 		for (int i = 0; i < n; i++) {
@@ -686,6 +721,11 @@ kvn_scheduler_run(struct kvn_scheduler *s)
 				conn_readable(s, c);
 			else if (evs[i].events & EPOLLOUT)
 				kvn_sched_conn_flush(s, c);
+		}
+		for (struct conn *c = s->conns, *next; c && s->backlogged; c = next) {
+			next = c->next; /* conn_frames may close c, never another */
+			if (c->backlog)
+				conn_frames(s, c);
 		}
 		if (kvn_sched_now_ms() >= next_check) {
 			kvn_sched_expire(s);

@@ -46,6 +46,8 @@ struct conn {
 	bool dead;    /* closed; freed once the current batch of events is handled */
 	bool hello;   /* HELLO answered: nonces below are set */
 	bool authed;  /* a JOIN or STATS proved the token (or none is needed) */
+	bool backlog; /* whole frames wait in `in` for the next turn (FRAMES_PER_TURN) */
+	bool eof;     /* the peer shut its side; handled once the backlog is done */
 	uint8_t nonce_c[KVN_AUTH_NONCE], nonce_s[KVN_AUTH_NONCE];
 	int64_t opened_ms;
 	uint8_t *in;
@@ -65,6 +67,7 @@ struct kvn_scheduler {
 	unsigned max_conns, nconns;
 	struct conn *conns;
 	struct conn *dead;	/* closed connections an event batch may still name */
+	unsigned backlogged;	/* connections with backlog set */
 	struct member *members; /* indexed by worker id */
 	size_t nmembers;
 	uint32_t held;	       /* ids not M_UNUSED: alive, or down within their grace */
