@@ -28,6 +28,10 @@
 #define MAX_FRAMES	   (2 * MAX_INFLIGHT)
 #define DEFAULT_TIMEOUT_MS 30000
 #define SLOT_HDR	   64 /* struct kvn_slot_hdr before each payload */
+#define WARM_SHIFT	   21 /* warm(): 2 MiB regions */
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22 /* Linux 5.14; older headers lack it */
+#endif
 
 /* What the library keeps of a request while it is in flight. */
 struct rstate {
@@ -53,6 +57,8 @@ struct kvn_client {
 	uint8_t *pool;
 	size_t pool_size, page;
 	bool pool_writable; /* a hugetlb pool: pages too large to protect slot by slot */
+	uint64_t *warm;	    /* a bit per WARM_REGION of the mapping: its page tables are filled */
+	bool no_populate;   /* the kernel has no MADV_POPULATE_READ: pages fault in one by one */
 	struct kvn_cp_hello_ok hello;
 	int timeout_ms;
 	int broken; /* 0, or the error every later call gets */
@@ -212,6 +218,9 @@ hello(struct kvn_client *c, const char *path, const char *name, char *err, size_
 			    mprotect(c->pool, c->pool_size, PROT_READ | PROT_WRITE) == 0;
 		else if (c->pool_size)
 			mprotect(c->pool, c->page, PROT_READ);
+		if (c->pool != MAP_FAILED) /* without it, pages fault in one by one: no error */
+			c->warm =
+			    calloc(((c->pool_size >> WARM_SHIFT) + 64) / 64, sizeof(*c->warm));
 	}
 	if (pool_fd >= 0)
 		close(pool_fd);
@@ -253,6 +262,7 @@ kvn_client_open(const struct kvn_client_opts *opts, struct kvn_client **out, cha
 			close(c->fd);
 		if (c->pool)
 			munmap(c->pool, c->pool_size);
+		free(c->warm);
 		free(c);
 		return rc;
 	}
@@ -387,6 +397,30 @@ slot_pages(const struct kvn_client *c, uint64_t off, uint64_t len, uint8_t **sta
 	*n = (size_t)(e - s);
 }
 
+/* Before this process first touches a region of the pool, one madvise fills its page tables
+ * (the node has made the pages resident): on 4 KiB pages a first touch otherwise takes a
+ * fault per page, about 30 ms per 32 MiB on the machine this was measured on, against 5 ms
+ * for the madvise. Once per region for the mapping's life. */
+static void
+warm(struct kvn_client *c, uint64_t off, uint64_t len)
+{
+	if (c->no_populate || !c->warm)
+		return;
+	uint64_t from = (off - SLOT_HDR) >> WARM_SHIFT, to = (off + len - 1) >> WARM_SHIFT;
+	for (uint64_t r = from; r <= to; r++) {
+		if (c->warm[r / 64] & (1ull << (r % 64)))
+			continue;
+		uint64_t at = r << WARM_SHIFT, n = (uint64_t)1 << WARM_SHIFT;
+		if (n > c->pool_size - at)
+			n = c->pool_size - at;
+		if (madvise(c->pool + at, n, MADV_POPULATE_READ) < 0 && errno == EINVAL) {
+			c->no_populate = true; /* before Linux 5.14 */
+			return;
+		}
+		c->warm[r / 64] |= 1ull << (r % 64);
+	}
+}
+
 static bool
 in_pool(const struct kvn_client *c, uint64_t off, uint64_t len)
 {
@@ -426,6 +460,7 @@ on_reserved(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 		uint8_t *pg;
 		size_t np;
 		slot_pages(c, e.off, e.len, &pg, &np);
+		warm(c, e.off, e.len);
 		uint64_t ck = 0;
 		if (!c->pool_writable && mprotect(pg, np, PROT_READ | PROT_WRITE) != 0) {
 			/* Committed as an abort below: the node frees the slot. */
@@ -492,6 +527,8 @@ on_entries(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 		}
 		if (e.rc == 0 && !in_pool(c, e.off, e.len))
 			e.rc = -EPROTO;
+		if (e.rc == 0 && e.len)
+			warm(c, e.off, e.len);
 		rs->rc[i] = e.rc;
 		if (req->op == KVN_CLIENT_GET) {
 			req->views[i] =
@@ -965,6 +1002,7 @@ kvn_client_close(struct kvn_client *c)
 	close(c->fd);
 	if (c->pool)
 		munmap(c->pool, c->pool_size);
+	free(c->warm);
 	kvn_cp_buf_free(&c->out);
 	kvn_cp_buf_free(&c->in);
 	free(c);
