@@ -201,7 +201,8 @@ nodes_stop(struct nodes *n)
 struct ctx {
 	const struct bench_opts *o;
 	struct kvn_client *c, *cb; /* on node a; on node b (--peer) */
-	struct kvn_cli_conn *cli;  /* node a, the old protocol */
+	struct kvn_cli_conn *cli;  /* node a, the old protocol (connected by row) */
+	const char *cli_sock;	   /* its socket */
 	struct bench_peer_fetch *peer;
 	size_t size, nkeys, depth;
 	char (*text)[KEY_TEXT];
@@ -387,6 +388,16 @@ row(struct ctx *x, const struct row_def *d)
 	const struct bench_opts *o = x->o;
 	struct bench_trial mine[99], base[99];
 	size_t items = d->op == OP_BATCH ? x->nkeys / BATCH * BATCH : x->nkeys;
+	if (d->op == OP_CLI_PUT || d->op == OP_CLI_GET) {
+		/* A connection of its own: the node closes a control connection idle for its
+		 * I/O timeout (30 s), which the rows before can outlast with long --duration. */
+		char err[512];
+		kvn_cli_close(x->cli);
+		if (kvn_cli_connect(x->cli_sock, 120000, &x->cli, err, sizeof(err)) < 0) {
+			fprintf(stderr, "kvnode-bench: %s\n", err);
+			return -ECONNREFUSED;
+		}
+	}
 	for (int i = 0; i < o->trials; i++) {
 		int rc;
 		if (!o->baseline)
@@ -627,11 +638,7 @@ setup(struct ctx *x, struct nodes *n, size_t largest, uint64_t wset)
 	    (rc = open_client(&n->a, "kvnode-bench", &x->c)) < 0 ||
 	    (o->peer && (rc = open_client(&n->b, "kvnode-bench peer", &x->cb)) < 0))
 		return rc;
-	char err[512];
-	if ((rc = kvn_cli_connect(n->a.sock, 120000, &x->cli, err, sizeof(err))) < 0) {
-		fprintf(stderr, "kvnode-bench: %s\n", err);
-		return rc;
-	}
+	x->cli_sock = n->a.sock; /* the CLI rows connect there (row) */
 	if (o->peer && (rc = bench_peer_fetch_open(o, largest, wset, &x->peer)) < 0)
 		return rc;
 	return 0;
