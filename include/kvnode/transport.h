@@ -23,7 +23,9 @@ struct kvn_tp_ep; /* a connection to one peer (maybe several sockets / QPs under
 
 enum kvn_mem_kind {
 	KVN_MEM_HOST = 0,
-	KVN_MEM_GPU = 1, /* device memory (GPUDirect); -EOPNOTSUPP where the transport cannot */
+	/* Device memory, with nothing from its owner: only nvidia-peermem can register it (verbs);
+	 * -EOPNOTSUPP where the transport cannot. reg_dev (ABI 2.3) is the full ladder. */
+	KVN_MEM_GPU = 1,
 };
 
 /* What a peer needs to read a region: sent to it out of band (membership, private data). addr
@@ -56,6 +58,58 @@ struct kvn_transport_cfg {
 
 #define KVN_TRANSPORT_CFG_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_transport_cfg)
 #define KVN_TRANSPORT_OPS_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_transport_ops)
+
+/* ---------------------------------------------------------------------------------------------
+ * Device memory (ABI 2.3): kvn_transport_ops.reg_dev registers it the first way that works, in
+ * this order (docs/gpu.md "Registration").
+ * ------------------------------------------------------------------------------------------- */
+enum kvn_reg_method {
+	KVN_REG_NONE = 0,
+	KVN_REG_DMABUF = 1,  /* the owner's dma-buf of the memory (ibv_reg_dmabuf_mr) */
+	KVN_REG_PEERMEM = 2, /* the device pointer itself (ibv_reg_mr through nvidia-peermem) */
+	KVN_REG_STAGING = 3, /* no GPUDirect: the owner's host staging area in its place */
+};
+#define KVN_REG_STEPS 3 /* dma-buf, nvidia-peermem, host staging */
+
+/* What the owner of device memory offers for registering [ptr, ptr + len). A NULL callback:
+ * that way is not offered. Start from KVN_DEV_MEM_INIT:
+ *	struct kvn_dev_mem src = {KVN_DEV_MEM_INIT, .device = "GPU 0", .dmabuf = export};
+ * The transport keeps none of it past reg_dev but ctx, staging_done and the staging area. */
+struct kvn_dev_mem {
+	uint32_t abi;
+	uint32_t size;
+	const char *device; /* names the memory in log lines and reports: "GPU 0 (0000:17:00.0)" */
+	void *ctx;	    /* the owner's, passed to each callback */
+	/* A dma-buf fd holding the range and ptr's offset in it; the transport closes the fd
+	 * (a registration holds its own reference). */
+	int (*dmabuf)(void *ctx, void *ptr, size_t len, int *fd, uint64_t *offset, char *err,
+		      size_t errlen);
+	/* len bytes of host memory that peers read in place of the range: the owner keeps them
+	 * current (device -> host copies) and valid until staging_done, which dereg calls. */
+	int (*staging)(void *ctx, void *ptr, size_t len, void **host, char *err, size_t errlen);
+	void (*staging_done)(void *ctx, void *ptr, void *host);
+};
+#define KVN_DEV_MEM_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_dev_mem)
+
+/* One way reg_dev tried or passed over. */
+struct kvn_reg_step {
+	int method; /* enum kvn_reg_method */
+	int tried;  /* 0: passed over without trying it (why says why) */
+	int status; /* 0: this way won; else the -errno it failed or was passed over with */
+	char why[232];
+};
+
+/* What reg_dev did. Start from KVN_REG_REPORT_INIT; the transport fills as much of it as the
+ * caller's size holds. */
+struct kvn_reg_report {
+	uint32_t abi;
+	uint32_t size;
+	int method;    /* the winner (enum kvn_reg_method), KVN_REG_NONE when none worked */
+	void *staging; /* KVN_REG_STAGING: the host area peers read (the owner's staging's) */
+	unsigned nsteps;
+	struct kvn_reg_step step[KVN_REG_STEPS]; /* in the order of the ladder */
+};
+#define KVN_REG_REPORT_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_reg_report)
 
 /* A listener's counters (kvn_transport_ops.stats). */
 struct kvn_transport_stats {
@@ -161,6 +215,19 @@ struct kvn_transport_ops {
 	int (*read)(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n);
 	/* The listener's counters; NULL where an implementation keeps none. */
 	void (*stats)(struct kvn_transport *tp, struct kvn_transport_stats *out);
+
+	/* ABI 2.3 (read it only when KVN_ABI_HAS(ops, reg_dev); NULL: no device memory).
+	 * Registers device memory [ptr, ptr + len) as reg_mem does, trying in order dma-buf
+	 * (src->dmabuf, where the NIC's provider takes dma-buf), nvidia-peermem (where the module
+	 * is loaded) and host staging (src->staging); each try, and each way passed over, is
+	 * logged naming src->device and why. desc->addr is ptr whichever way won, so peers
+	 * address the region alike, and a read into it names device addresses too. report (NULL
+	 * allowed) gets the winner and every step. When none works: -EOPNOTSUPP (or the last
+	 * way's error) with the reasons in err. */
+	int (*reg_dev)(struct kvn_transport *tp, void *ptr, size_t len,
+		       const struct kvn_dev_mem *src, struct kvn_tp_mr **out,
+		       struct kvn_mem_desc *desc, struct kvn_reg_report *report, char *err,
+		       size_t errlen);
 };
 
 /* The built-in transport named name: "tcp", "verbs", or "auto" (verbs when its probe finds an

@@ -16,7 +16,9 @@
  * History: 1 (kvnode 0.1): no size members, the number had to match exactly. 2.0: abi and
  * size in every struct, struct kvn_buf without _Atomic (C++), no internal type in the
  * backend env, the connectors' header and tag helpers installed. 2.1: kvn_backend_ops.sync.
- * 2.2: the client API (kvnode/client.h, struct kvn_client_opts and kvn_client_req). */
+ * 2.2: the client API (kvnode/client.h, struct kvn_client_opts and kvn_client_req). 2.3:
+ * device memory in the transports (kvn_transport_ops.reg_dev, struct kvn_dev_mem and
+ * kvn_reg_report). */
 #ifndef KVNODE_VERSION_H
 #define KVNODE_VERSION_H
 
@@ -26,7 +28,7 @@
 #define KVN_VERSION_STRING "0.1.0"
 
 #define KVN_ABI_MAJOR		   2
-#define KVN_ABI_MINOR		   2
+#define KVN_ABI_MINOR		   3
 #define KVN_ABI_MAKE(major, minor) ((((unsigned)(major)) << 16) | ((unsigned)(minor)&0xffffu))
 #define KVN_ABI_MAJOR_OF(abi)	   (((unsigned)(abi)) >> 16)
 #define KVN_ABI_MINOR_OF(abi)	   (((unsigned)(abi)) & 0xffffu)

@@ -308,8 +308,10 @@ tcp_close(struct kvn_transport *tp)
 		struct kvn_tp_ep *ep = tp->eps;
 		kvn_tcp_ep_close(ep); /* unlinks it; the thread already failed its reads */
 	}
-	for (size_t i = 0; i < tp->nregions; i++)
+	for (size_t i = 0; i < tp->nregions; i++) {
+		kvn_devreg_release(&tp->regions[i]->rel);
 		free(tp->regions[i]);
+	}
 	free(tp->regions);
 	if (tp->listener.fd >= 0)
 		close(tp->listener.fd);
@@ -326,23 +328,17 @@ tcp_close(struct kvn_transport *tp)
  * Registrations
  * ------------------------------------------------------------------------------------------- */
 
+/* host: the bytes; addr: what reads name them by (host, or the device range staged there). */
 static int
-tcp_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind kind,
-	    struct kvn_tp_mr **out, struct kvn_mem_desc *desc, char *err, size_t errlen)
+add_region(struct kvn_transport *tp, void *host, uint64_t addr, size_t len, struct kvn_tp_mr **out,
+	   struct kvn_mem_desc *desc, char *err, size_t errlen)
 {
-	if (kind != KVN_MEM_HOST)
-		return kvn_seterr(-EOPNOTSUPP, err, errlen,
-				  "tcp: cannot register GPU memory at %p; stage it "
-				  "through host memory or use the verbs transport",
-				  ptr);
-	if (!ptr || !len)
-		return kvn_seterr(-EINVAL, err, errlen,
-				  "tcp: cannot register an empty region (%p, %zu bytes)", ptr, len);
 	struct kvn_tp_mr *mr = calloc(1, sizeof(*mr));
 	if (!mr)
 		return -ENOMEM;
 	mr->tp = tp;
-	mr->base = ptr;
+	mr->base = host;
+	mr->addr = addr;
 	mr->len = len;
 	pthread_mutex_lock(&tp->lock);
 	if (tp->nregions == tp->capregions) {
@@ -371,10 +367,67 @@ tcp_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind k
 	}
 	tp->regions[tp->nregions++] = mr;
 	pthread_mutex_unlock(&tp->lock);
-	desc->addr = (uint64_t)(uintptr_t)ptr;
+	desc->addr = addr;
 	desc->len = len;
 	desc->rkey = mr->rkey;
 	*out = mr;
+	return 0;
+}
+
+static int
+tcp_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind kind,
+	    struct kvn_tp_mr **out, struct kvn_mem_desc *desc, char *err, size_t errlen)
+{
+	if (kind != KVN_MEM_HOST)
+		return kvn_seterr(-EOPNOTSUPP, err, errlen,
+				  "tcp: cannot register GPU memory at %p by itself: register it "
+				  "with reg_dev and a host staging area, or use the verbs "
+				  "transport",
+				  ptr);
+	if (!ptr || !len)
+		return kvn_seterr(-EINVAL, err, errlen,
+				  "tcp: cannot register an empty region (%p, %zu bytes)", ptr, len);
+	return add_region(tp, ptr, (uintptr_t)ptr, len, out, desc, err, errlen);
+}
+
+/* Device memory: the CPU sends every byte, so of the ladder only host staging can work. */
+struct staged {
+	struct kvn_transport *tp;
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc desc;
+};
+
+static int
+way_host(void *t, void *host, void *iova, size_t len, void **reg, char *err, size_t errlen)
+{
+	struct staged *st = t;
+	int rc = add_region(st->tp, host, (uintptr_t)iova, len, &st->mr, &st->desc, err, errlen);
+	*reg = st->mr;
+	return rc;
+}
+
+static int
+tcp_reg_dev(struct kvn_transport *tp, void *ptr, size_t len, const struct kvn_dev_mem *src,
+	    struct kvn_tp_mr **out, struct kvn_mem_desc *desc, struct kvn_reg_report *report,
+	    char *err, size_t errlen)
+{
+	struct kvn_devreg_facts f = {
+	    .transport = "tcp",
+	    .staging_offered = src && KVN_ABI_HAS(src, staging) && src->staging,
+	    .dmabuf_offered = src && KVN_ABI_HAS(src, dmabuf) && src->dmabuf,
+	};
+	struct kvn_devreg_plan plan;
+	struct staged st = {.tp = tp};
+	struct kvn_devreg_ways w = {.t = &st, .host = way_host};
+	struct kvn_devreg_release rel;
+	void *reg;
+	kvn_devreg_plan(&f, &plan);
+	int rc = kvn_devreg_run(&plan, &f, src, ptr, len, &w, &reg, &rel, report, err, errlen);
+	if (rc < 0)
+		return rc;
+	st.mr->rel = rel; /* only dereg and close read it */
+	*desc = st.desc;
+	*out = st.mr;
 	return 0;
 }
 
@@ -435,6 +488,7 @@ tcp_dereg(struct kvn_tp_mr *mr)
 		atomic_fetch_sub(&tp->dereg_waiting, 1);
 	}
 	pthread_mutex_unlock(&tp->lock);
+	kvn_devreg_release(&mr->rel); /* nothing streams from it any more */
 	free(mr);
 }
 
@@ -451,4 +505,5 @@ const struct kvn_transport_ops kvn_transport_tcp = {
     .ep_close = kvn_tcp_ep_close,
     .read = kvn_tcp_read,
     .stats = kvn_tcp_serve_stats,
+    .reg_dev = tcp_reg_dev,
 };

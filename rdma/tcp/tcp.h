@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 
 #include "kvnode/transport.h"
+#include "rdma/devreg.h"
 #include "core/auth.h"
 #include "core/clock.h"
 #include "core/netaddr.h"
@@ -105,8 +106,10 @@ struct tcp_pollable {
 
 struct kvn_tp_mr {
 	struct kvn_transport *tp;
-	char *base;
+	char *base;    /* the bytes */
+	uint64_t addr; /* what reads name them by: base, or a staged device range's pointer */
 	uint64_t len;
+	struct kvn_devreg_release rel; /* staged device memory: the owner's area, for dereg */
 	uint32_t rkey;
 	/* Responses streaming from it plus reads landing in it; dereg waits for 0. */
 	atomic_int users;

@@ -311,7 +311,7 @@ local_ok(const struct kvn_tp_ep *ep, const struct kvn_read *rd)
 	const struct kvn_tp_mr *mr = rd->local_mr;
 	if (!mr || mr->tp != ep->tp || atomic_load(&mr->dead) || !rd->local)
 		return false;
-	uintptr_t base = (uintptr_t)mr->base, p = (uintptr_t)rd->local;
+	uint64_t base = mr->addr, p = (uintptr_t)rd->local;
 	return p >= base && rd->len <= mr->len && p - base <= mr->len - rd->len;
 }
 

@@ -317,7 +317,11 @@ recv_responses(struct kvn_transport *tp, struct read_conn *c, uint64_t now)
 		void *dst;
 		size_t want;
 		if (c->in_payload) {
-			dst = (char *)ch->op->rd->local + ch->off + c->pay_off;
+			/* local names the registration's addresses (a staged device range's
+			 * pointer): the bytes land at the same offset of its memory. */
+			const struct kvn_tp_mr *lm = ch->op->local_mr;
+			dst = lm->base + ((uintptr_t)ch->op->rd->local - lm->addr) + ch->off +
+			      c->pay_off;
 			want = ch->len - c->pay_off;
 		} else {
 			dst = c->hdr + c->hdr_off;

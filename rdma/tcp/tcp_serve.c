@@ -258,7 +258,7 @@ start_response(struct kvn_transport *tp, struct tcp_serve_conn *c, const struct 
 		resp.status = EACCES;
 		resp.reason = TCP_UNKNOWN_RKEY;
 	} else {
-		uint64_t base = (uint64_t)(uintptr_t)mr->base;
+		uint64_t base = mr->addr;
 		/* Overflow-safe: addr - base and len - ... never wrap once the first test holds. */
 		if (req->addr < base || req->len > mr->len || req->addr - base > mr->len - req->len) {
 			resp.status = EACCES;
@@ -275,7 +275,7 @@ start_response(struct kvn_transport *tp, struct tcp_serve_conn *c, const struct 
 	} else {
 		resp.len = req->len;
 		c->mr = mr;
-		c->payload = (const char *)(uintptr_t)req->addr;
+		c->payload = mr->base + (req->addr - mr->addr);
 		c->pay_len = req->len;
 		c->pay_off = 0;
 	}

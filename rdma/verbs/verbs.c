@@ -181,6 +181,7 @@ verbs_open(const struct kvn_transport_cfg *in, struct kvn_transport **out, char 
 		goto fail;
 	}
 	tp->cq_free = tp->cq_depth;
+	tp->dmabuf_probe = kvn_vb_probe_dmabuf(tp);
 	tp->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (tp->wake_fd < 0) {
 		rc = -errno;
@@ -229,9 +230,10 @@ verbs_close(struct kvn_transport *tp)
 	while (tp->mrs) {
 		struct kvn_tp_mr *mr = tp->mrs;
 		tp->mrs = mr->next;
-		kvn_warn(LOG, "closing with %zu bytes at %p still registered", mr->mr->length,
-			 mr->mr->addr);
+		kvn_warn(LOG, "closing with %zu bytes at 0x%llx still registered", mr->len,
+			 (unsigned long long)mr->base);
 		ibv_dereg_mr(mr->mr);
+		kvn_devreg_release(&mr->rel);
 		free(mr);
 	}
 	if (tp->cq)
@@ -256,10 +258,11 @@ verbs_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind
 {
 	struct kvn_tp_mr *mr;
 
-	if (kind != KVN_MEM_HOST) {
-		return kvn_seterr(-EOPNOTSUPP, err, errlen,
-				  "verbs: registering GPU memory needs GPUDirect (not built in)");
-	}
+	/* Nothing from the memory's owner: of the ladder only nvidia-peermem can work. */
+	if (kind == KVN_MEM_GPU)
+		return kvn_vb_reg_dev(tp, ptr, len, NULL, out, desc, NULL, err, errlen);
+	if (kind != KVN_MEM_HOST)
+		return kvn_seterr(-EINVAL, err, errlen, "verbs: unknown memory kind %d", (int)kind);
 	if (!ptr || !len) {
 		return kvn_seterr(-EINVAL, err, errlen,
 				  "verbs: cannot register an empty region (%p, %zu bytes)", ptr,
@@ -279,14 +282,22 @@ verbs_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind
 		free(mr);
 		return rc;
 	}
-	mr->tp = tp;
+	mr->base = (uintptr_t)ptr;
+	mr->len = len;
 	*desc = (struct kvn_mem_desc){.addr = (uintptr_t)ptr, .len = len, .rkey = mr->mr->rkey};
+	kvn_vb_mr_link(tp, mr);
+	*out = mr;
+	return 0;
+}
+
+void
+kvn_vb_mr_link(struct kvn_transport *tp, struct kvn_tp_mr *mr)
+{
+	mr->tp = tp;
 	pthread_mutex_lock(&tp->lock);
 	mr->next = tp->mrs;
 	tp->mrs = mr;
 	pthread_mutex_unlock(&tp->lock);
-	*out = mr;
-	return 0;
 }
 
 static void
@@ -305,6 +316,7 @@ verbs_dereg(struct kvn_tp_mr *mr)
 	}
 	pthread_mutex_unlock(&tp->lock);
 	ibv_dereg_mr(mr->mr); /* from here on the device refuses the rkey */
+	kvn_devreg_release(&mr->rel); /* no read touches the staging area any more */
 	free(mr);
 }
 
@@ -379,9 +391,9 @@ check_read(struct kvn_tp_ep *ep, const struct kvn_read *rd, char *msg, size_t ms
 				  "peer %s: zero-length read (remote 0x%llx, rkey 0x%x)", ep->peer,
 				  (unsigned long long)rd->remote_addr, rd->rkey);
 	}
-	if (!rd->local_mr || rd->local_mr->tp != ep->tp || l < (uintptr_t)rd->local_mr->mr->addr ||
-	    l - (uintptr_t)rd->local_mr->mr->addr > rd->local_mr->mr->length ||
-	    rd->len > rd->local_mr->mr->length - (l - (uintptr_t)rd->local_mr->mr->addr)) {
+	if (!rd->local_mr || rd->local_mr->tp != ep->tp || l < rd->local_mr->base ||
+	    l - rd->local_mr->base > rd->local_mr->len ||
+	    rd->len > rd->local_mr->len - (l - rd->local_mr->base)) {
 		return kvn_seterr(-EINVAL, msg, msglen,
 				  "read of %llu bytes from peer %s: local buffer %p is not inside "
 				  "the local_mr registration",
@@ -500,4 +512,5 @@ const struct kvn_transport_ops kvn_transport_verbs = {
     .ep_close = verbs_ep_close,
     .read = verbs_read,
     .stats = verbs_stats,
+    .reg_dev = kvn_vb_reg_dev,
 };

@@ -13,6 +13,7 @@
 #include "kvnode/transport.h"
 #include "core/clock.h"
 #include "rdma/auth.h"
+#include "rdma/devreg.h"
 
 /* Private data exchanged in the rdma_cm REQ/REP: magic and protocol version both ways, in the
  * REQ the reader's nonce and auth proof, in the REP the owner's proof and its region descriptors
@@ -47,6 +48,13 @@ struct kvn_tp_mr {
 	struct kvn_transport *tp;
 	struct ibv_mr *mr;
 	struct kvn_tp_mr *next; /* tp->mrs: what the REP describes */
+	/* The addresses reads name, peers' and a local landing's alike: the host pointer, or for
+	 * device memory the device pointer whichever way registered it (a staged MR is
+	 * registered with it as iova, so ibv_mr.addr is the host area there). */
+	uintptr_t base;
+	size_t len;
+	int method;		       /* device memory: enum kvn_reg_method; host: KVN_REG_NONE */
+	struct kvn_devreg_release rel; /* host staging: the owner's area, handed back on dereg */
 };
 
 struct kvn_tp_ep {
@@ -96,6 +104,9 @@ struct kvn_transport {
 	struct sockaddr_storage src;
 
 	struct ibv_pd *pd;
+	/* The provider's answer to a dma-buf registration of fd -1, probed once at open as UCX
+	 * does (rdma/verbs/verbs_devreg.c): -EBADF when it takes dma-buf. */
+	int dmabuf_probe;
 	struct ibv_comp_channel *cc;
 	struct ibv_cq *cq;
 	uint32_t cq_free;
@@ -118,6 +129,22 @@ struct kvn_transport {
 	bool cm_running;
 	struct kvn_tp_mr *mrs;
 };
+
+/* verbs_devreg.c: registering device memory (reg_dev) */
+int kvn_vb_probe_dmabuf(struct kvn_transport *tp);
+int kvn_vb_reg_dev(struct kvn_transport *tp, void *ptr, size_t len, const struct kvn_dev_mem *src,
+		   struct kvn_tp_mr **out, struct kvn_mem_desc *desc, struct kvn_reg_report *report,
+		   char *err, size_t errlen);
+void kvn_vb_mr_link(struct kvn_transport *tp, struct kvn_tp_mr *mr);
+/* The two halves of reg_dev: this instance's facts (the probe, sysfs, what src offers), and the
+ * walk of a plan made from them; the VM test walks a plan of its own through the second. */
+void kvn_vb_devreg_facts(struct kvn_transport *tp, const struct kvn_dev_mem *src,
+			 struct kvn_devreg_facts *f);
+int kvn_vb_reg_dev_plan(struct kvn_transport *tp, const struct kvn_devreg_plan *plan,
+			const struct kvn_devreg_facts *f, void *ptr, size_t len,
+			const struct kvn_dev_mem *src, struct kvn_tp_mr **out,
+			struct kvn_mem_desc *desc, struct kvn_reg_report *report, char *err,
+			size_t errlen);
 
 /* verbs_cm.c */
 int kvn_vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen);

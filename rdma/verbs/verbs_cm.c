@@ -254,8 +254,8 @@ accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev 
 		if (n == VB_MAX_DESC)
 			continue;
 		uint8_t *d = rep + REP_HDR + n++ * REP_DESC;
-		put_le(d, (uintptr_t)mr->mr->addr, 8);
-		put_le(d + 8, mr->mr->length, 8);
+		put_le(d, mr->base, 8);
+		put_le(d + 8, mr->len, 8);
 		put_le(d + 16, mr->mr->rkey, 4);
 	}
 	c->id = id;
