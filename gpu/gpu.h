@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kvnode/transport.h"
+
 /* The oldest driver accepted: CUDA 11.7, as cuDriverGetVersion writes it. 11.7 is the first
  * with cuMemGetHandleForAddressRange (dma-buf export), and every symbol resolved here exists
  * in it. */
@@ -75,6 +77,18 @@ void kvn_gpu_host_unregister(struct kvn_gpu *gpu, int dev, void *p);
  * 0 for host memory the driver does not know, or -errno. */
 int kvn_gpu_pointer_device(struct kvn_gpu *gpu, const void *ptr, int *dev, char *err,
 			   size_t errlen);
+
+/* Device memory for the transports' registration ladder (kvn_transport_ops.reg_dev): out offers
+ * dma-buf export (when the driver has it) and a page-locked host staging area, which the owner
+ * keeps current with device -> host copies (gpu/staging.h's engine). ctx holds what the
+ * callbacks use and must outlive every registration made with out. */
+struct kvn_gpu_dev_src {
+	struct kvn_gpu *gpu;
+	int dev;
+	char name[320]; /* "GPU 0 (NVIDIA H200, 0000:17:00.0)": the ladder's log lines name it */
+};
+void kvn_gpu_dev_mem(struct kvn_gpu *gpu, const struct kvn_gpu_info *info,
+		     struct kvn_gpu_dev_src *ctx, struct kvn_dev_mem *out);
 
 /* For the staging copy engine (gpu/staging.h). */
 struct kvn_copy_engine;

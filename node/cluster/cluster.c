@@ -10,10 +10,12 @@
 #include "backends/backends.h"
 #include "core/log.h"
 #include "core/pool.h"
+#include "gpu/gpu.h"
 #include "node/cluster/cluster.h"
 #include "node/cluster/membership.h"
 #include "node/engine/engine.h"
 #include "node/engine/storage.h"
+#include "rdma/devreg.h"
 
 #define REPUBLISH_BATCH 4096
 #define REGION_BLOB	24 /* addr u64 | len u64 | rkey u32 | zero u32, little-endian */
@@ -185,6 +187,55 @@ put_le(uint8_t *p, uint64_t v, int n)
 		p[i] = (uint8_t)(v >> (8 * i));
 }
 
+/* How each GPU's memory registers with this transport (docs/gpu.md "Registration"): a probe
+ * allocation goes down the ladder as the gpu tier's region will, the winner is recorded for
+ * `kvnode stat` and the metrics, and the probe is dropped. Never fatal: a GPU whose memory
+ * cannot be registered is reported so, and the node serves its host pool as before. */
+#define GPU_PROBE_BYTES (2u << 20)
+
+static void
+gpu_probe(struct kvn_cluster *c, struct kvn_engine *eng)
+{
+	struct kvn_engine_gpus *g = kvn_engine_gpus(eng);
+	size_t n;
+	struct kvn_gpu *gpu = kvn_engine_gpus_driver(g, &n);
+	for (size_t i = 0; i < n; i++) {
+		const struct kvn_gpu_info *in = kvn_engine_gpus_info(g, i);
+		char err[768] = "";
+		struct kvn_gpu_mem *m = NULL;
+		if (!KVN_ABI_HAS(c->ops, reg_dev) || !c->ops->reg_dev) {
+			snprintf(err, sizeof(err), "the %s transport registers no device memory",
+				 c->ops->name);
+			kvn_engine_gpus_set_reg(g, i, c->ops->name, NULL, err);
+			continue;
+		}
+		int rc = kvn_gpu_mem_alloc(gpu, in->index, GPU_PROBE_BYTES, &m, err, sizeof(err));
+		if (rc < 0) {
+			kvn_warn("cluster", "GPU %d: no registration probe: %s", in->index, err);
+			kvn_engine_gpus_set_reg(g, i, c->ops->name, NULL, err);
+			continue;
+		}
+		struct kvn_gpu_dev_src ctx;
+		struct kvn_dev_mem src;
+		struct kvn_reg_report rep = {KVN_REG_REPORT_INIT};
+		struct kvn_tp_mr *mr = NULL;
+		struct kvn_mem_desc d;
+		kvn_gpu_dev_mem(gpu, in, &ctx, &src);
+		rc = c->ops->reg_dev(c->tp, (void *)(uintptr_t)kvn_gpu_mem_ptr(m), GPU_PROBE_BYTES,
+				     &src, &mr, &d, &rep, err, sizeof(err));
+		if (rc == 0) {
+			kvn_info("cluster", "%s: its memory registers with %s by %s", ctx.name,
+				 c->ops->name, kvn_reg_method_name(rep.method));
+			c->ops->dereg(mr);
+			kvn_engine_gpus_set_reg(g, i, c->ops->name, &rep, NULL);
+		} else {
+			kvn_warn("cluster", "%s", err);
+			kvn_engine_gpus_set_reg(g, i, c->ops->name, &rep, err);
+		}
+		kvn_gpu_mem_free(m);
+	}
+}
+
 int
 kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct kvn_cluster **out,
 		  char *err, size_t errlen)
@@ -230,6 +281,7 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 			     &c->mr, &c->desc, err, errlen);
 	if (rc < 0)
 		goto fail;
+	gpu_probe(c, eng);
 	const char *listen = cfg->listen ? cfg->listen : "127.0.0.1:0";
 	rc = c->ops->listen(c->tp, listen, c->data_addr, sizeof(c->data_addr), err, errlen);
 	if (rc < 0)

@@ -7,79 +7,20 @@
 
 #include "node/engine/config.h"
 #include "core/log.h"
-#include "gpu/gpu.h"
 #include "node/engine/engine.h"
 #include "core/pool.h"
 #include "node/engine/storage.h"
 
 #define COMP "engine"
-#define MAX_GPUS 64
 
 struct kvn_engine {
 	struct kvn_pool *pool;
 	struct kvn_storage *st;
-	struct kvn_gpu *gpu; /* the driver, when gpu is on and it loaded; no tier on it yet */
-	int ngpu;	     /* devices opened */
+	struct kvn_engine_gpus *gpus; /* gpu: true|auto and some device opened; no tier on it yet */
 	char *node_name;
 	bool copy_for_slow; /* slow tiers keep a reference: hand them a stable copy */
 	_Atomic uint64_t hits, misses; /* of gets, over all tiers */
 };
-
-/* gpu: true must get every listed device or the node does not start; auto takes what there
- * is and says once why it takes nothing. */
-static int
-gpu_refuse_or_skip(enum kvn_gpu_mode mode, int rc, const char *why, char *err, size_t errlen)
-{
-	if (mode == KVN_GPU_ON)
-		return kvn_seterr(rc, err, errlen, "gpu: true: %s", why);
-	kvn_info(COMP, "gpu: auto: not using GPUs: %s", why);
-	return 0;
-}
-
-static void
-gpu_log_device(const struct kvn_config *cfg, const struct kvn_gpu *gpu,
-	       const struct kvn_gpu_info *in)
-{
-	char ver[16];
-	kvn_gpu_version_str(kvn_gpu_driver_version(gpu), ver, sizeof(ver));
-	kvn_info(COMP,
-		 "GPU %d: %s (PCI %s, compute %d.%d), driver CUDA %s, dma-buf %s; the gpu tier is "
-		 "not built yet: nothing is allocated on it%s",
-		 in->index, in->name, in->pci_bus_id, in->cc_major, in->cc_minor, ver,
-		 kvn_gpu_has_dmabuf(gpu) ? "exportable" : "not available",
-		 cfg->max_gpu_size ? " (max_gpu_size is not used yet)" : "");
-}
-
-static int
-gpu_open(struct kvn_engine *eng, const struct kvn_config *cfg, char *err, size_t errlen)
-{
-	enum kvn_gpu_mode mode = kvn_config_gpu_mode(cfg);
-	char why[512];
-	int devs[MAX_GPUS];
-	if (mode == KVN_GPU_OFF)
-		return 0;
-	int rc = kvn_gpu_open(&eng->gpu, why, sizeof(why));
-	if (rc)
-		return gpu_refuse_or_skip(mode, rc, why, err, errlen);
-	size_t n = kvn_config_gpu_devices(cfg, devs, MAX_GPUS);
-	for (size_t i = 0; i < n && i < MAX_GPUS; i++) {
-		struct kvn_gpu_info in;
-		rc = kvn_gpu_device_info(eng->gpu, devs[i], &in, why, sizeof(why));
-		if (rc && mode == KVN_GPU_ON)
-			return kvn_seterr(rc, err, errlen, "gpu: true, gpu_devices: %s", why);
-		if (rc) {
-			kvn_info(COMP, "gpu: auto: not using GPU %d: %s", devs[i], why);
-			continue;
-		}
-		gpu_log_device(cfg, eng->gpu, &in);
-		eng->ngpu++;
-	}
-	if (!eng->ngpu) {
-		kvn_gpu_close(eng->gpu);
-		eng->gpu = NULL;
-	}
-	return 0;
-}
 
 KVN_API int
 kvn_engine_open(const struct kvn_config *cfg, struct kvn_engine **out, char *err, size_t errlen)
@@ -88,7 +29,7 @@ kvn_engine_open(const struct kvn_config *cfg, struct kvn_engine **out, char *err
 	if (!eng)
 		return -ENOMEM;
 	/* GPUs first: a node refused for gpu: true has not sized its pool yet. */
-	int rc = gpu_open(eng, cfg, err, errlen);
+	int rc = kvn_engine_gpus_open(cfg, &eng->gpus, err, errlen);
 	if (rc < 0)
 		goto fail;
 	if (cfg->local_cpu) {
@@ -126,7 +67,7 @@ kvn_engine_close(struct kvn_engine *eng)
 		return;
 	kvn_storage_close(eng->st); /* drains queued writes first */
 	kvn_pool_destroy(eng->pool);
-	kvn_gpu_close(eng->gpu);
+	kvn_engine_gpus_close(eng->gpus);
 	free(eng->node_name);
 	free(eng);
 }
@@ -266,6 +207,7 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 		cJSON_AddNumberToObject(p, "reads", (double)ps.reads);
 		cJSON_AddNumberToObject(p, "promoted_in_place", (double)ps.promoted_in_place);
 	}
+	kvn_engine_gpus_json(eng->gpus, root);
 	cJSON_AddNumberToObject(root, "hits", (double)atomic_load(&eng->hits));
 	cJSON_AddNumberToObject(root, "misses", (double)atomic_load(&eng->misses));
 	char *text = cJSON_PrintUnformatted(root);
@@ -278,6 +220,12 @@ kvn_engine_gets(struct kvn_engine *eng, uint64_t *hits, uint64_t *misses)
 {
 	*hits = atomic_load_explicit(&eng->hits, memory_order_relaxed);
 	*misses = atomic_load_explicit(&eng->misses, memory_order_relaxed);
+}
+
+struct kvn_engine_gpus *
+kvn_engine_gpus(struct kvn_engine *eng)
+{
+	return eng->gpus;
 }
 
 struct kvn_pool *

@@ -22,4 +22,28 @@ struct kvn_key;
 void kvn_engine_get_batch(struct kvn_engine *eng, const struct kvn_key *keys, size_t n,
 			  struct kvn_buf **outs, int *rcs, uint64_t *lookups);
 
+/* The engine's GPUs (node/engine/engine_gpu.c): opened by kvn_engine_open as `gpu:` says,
+ * closed with it. kvn_engine_gpus is NULL when none was opened. */
+struct kvn_config;
+struct kvn_engine_gpus;
+struct kvn_gpu;
+struct kvn_gpu_info;
+struct kvn_reg_report;
+struct cJSON;
+struct kvn_engine_gpus *kvn_engine_gpus(struct kvn_engine *eng);
+int kvn_engine_gpus_open(const struct kvn_config *cfg, struct kvn_engine_gpus **out, char *err,
+			 size_t errlen);
+void kvn_engine_gpus_close(struct kvn_engine_gpus *g);
+/* The driver, and how many devices are open (*n; 0 and NULL for g NULL). */
+struct kvn_gpu *kvn_engine_gpus_driver(struct kvn_engine_gpus *g, size_t *n);
+const struct kvn_gpu_info *kvn_engine_gpus_info(struct kvn_engine_gpus *g, size_t i);
+/* How the i-th device's memory registers with the node's transport (the cluster glue's probe
+ * at start): rep's winner and steps, or rep NULL and why nothing registered. */
+void kvn_engine_gpus_set_reg(struct kvn_engine_gpus *g, size_t i, const char *transport,
+			     const struct kvn_reg_report *rep, const char *why);
+/* The i-th device's winner (enum kvn_reg_method) and *index its CUDA ordinal. */
+int kvn_engine_gpus_reg(struct kvn_engine_gpus *g, size_t i, int *index);
+/* Adds "gpus" (one object per device, its registration included) to a stats object. */
+void kvn_engine_gpus_json(struct kvn_engine_gpus *g, struct cJSON *root);
+
 #endif

@@ -19,6 +19,7 @@
 #include "node/serve/server.h"
 #include "node/engine/storage.h"
 #include "core/pool.h"
+#include "rdma/devreg.h"
 
 #define MAX_TIERS 16
 
@@ -204,6 +205,31 @@ membership(struct kvn_expo *e, struct kvn_cluster *c)
 	kvn_expo_one(e, "kvnode_cluster_joins_total", "counter",
 		     "Successful joins (a re-join after a scheduler restart adds one)",
 		     m ? kvn_membership_joins(m) : 0);
+}
+
+/* How each GPU's memory registers with the node's transport: one series per GPU and way, 1 for
+ * the way the cluster glue's probe found at start (method="none" when none did, or no
+ * transport is open), so that an alert can say "GPU 1 fell back to host staging". */
+static void
+gpus(struct kvn_expo *e, struct kvn_engine *eng)
+{
+	struct kvn_engine_gpus *g = kvn_engine_gpus(eng);
+	size_t n;
+	kvn_engine_gpus_driver(g, &n);
+	if (!n)
+		return;
+	kvn_expo_family(e, "kvnode_gpu_registration", "gauge",
+			"1 for the way the GPU's memory registers with the node's transport "
+			"(dma-buf, nvidia-peermem, host staging, or none), else 0");
+	for (size_t i = 0; i < n; i++) {
+		int dev = -1, won = kvn_engine_gpus_reg(g, i, &dev);
+		char idx[16];
+		snprintf(idx, sizeof(idx), "%d", dev);
+		for (int m = KVN_REG_NONE; m <= KVN_REG_STAGING; m++) {
+			struct kvn_label l[2] = {{"gpu", idx}, {"method", kvn_reg_method_name(m)}};
+			kvn_expo_u64(e, "kvnode_gpu_registration", l, 2, m == won);
+		}
+	}
 }
 
 static void
@@ -403,6 +429,7 @@ kvn_metrics_collect_node(void *ctx, struct kvn_expo *e)
 	listener(e, nm->cluster);
 	membership(e, nm->cluster);
 	remote(e, st);
+	gpus(e, nm->eng);
 	lm(e, nm->lm);
 	return e->oom ? -ENOMEM : 0;
 }
