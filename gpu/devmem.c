@@ -18,7 +18,8 @@ src_dmabuf(void *ctx, void *ptr, size_t len, int *fd, uint64_t *offset, char *er
 				     err, errlen);
 }
 
-/* The area's first page holds its mapped length: staging_done is given only the pointer. */
+/* The mapping's first page holds its length (staging_done is given only the pointer); the area
+ * starts after it, at ptr's offset in a page, as the transports need (kvnode/transport.h). */
 static size_t
 page_size(void)
 {
@@ -29,8 +30,8 @@ static int
 src_staging(void *ctx, void *ptr, size_t len, void **host, char *err, size_t errlen)
 {
 	struct kvn_gpu_dev_src *s = ctx;
-	size_t pg = page_size(), maplen = pg + ((len + pg - 1) & ~(pg - 1));
-	(void)ptr;
+	size_t pg = page_size(), off = (uintptr_t)ptr & (pg - 1);
+	size_t maplen = pg + ((off + len + pg - 1) & ~(pg - 1));
 	char *m = mmap(NULL, maplen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m == MAP_FAILED)
 		return kvn_seterr(-ENOMEM, err, errlen,
@@ -44,7 +45,7 @@ src_staging(void *ctx, void *ptr, size_t len, void **host, char *err, size_t err
 		munmap(m, maplen);
 		return rc;
 	}
-	*host = m + pg;
+	*host = m + pg + off;
 	return 0;
 }
 
@@ -52,11 +53,12 @@ static void
 src_staging_done(void *ctx, void *ptr, void *host)
 {
 	struct kvn_gpu_dev_src *s = ctx;
-	char *m = (char *)host - page_size();
+	size_t pg = page_size();
+	char *m = (char *)((uintptr_t)host & ~(uintptr_t)(pg - 1)) - pg;
 	size_t maplen;
 	(void)ptr;
 	memcpy(&maplen, m, sizeof(maplen));
-	kvn_gpu_host_unregister(s->gpu, s->dev, host);
+	kvn_gpu_host_unregister(s->gpu, s->dev, m + pg);
 	munmap(m, maplen);
 }
 

@@ -164,6 +164,19 @@ try_step(const struct kvn_devreg_ways *w, const struct kvn_dev_mem *src, int met
 		if (!host)
 			return kvn_seterr(-EINVAL, err, errlen,
 					  "the owner's staging answered no host area");
+		/* The area is registered under ptr's addresses: the kernel takes a start and
+		 * an iova only at the same offset in their pages (ib_uverbs_reg_mr). */
+		size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+		if (((uintptr_t)host ^ (uintptr_t)ptr) & (pg - 1)) {
+			rc = kvn_seterr(-EINVAL, err, errlen,
+					"the owner's staging area %p is not at %p's offset in a "
+					"page (%zu bytes): it cannot be registered under the "
+					"range's addresses",
+					host, ptr, pg);
+			if (src->staging_done)
+				src->staging_done(src->ctx, ptr, host);
+			return rc;
+		}
 		rc = w->host(w->t, host, ptr, len, reg, err, errlen);
 		if (rc < 0) {
 			if (src->staging_done)

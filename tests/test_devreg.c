@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "kvnode/transport.h"
+#include "node/cli/client.h"
 #include "rdma/devreg.h"
 #include "tests/helpers/hostdmabuf.h"
 #include "tests/helpers/pattern.h"
@@ -283,7 +284,8 @@ struct fake {
 	int other_end;
 	void *staged;	  /* the area the owner's staging gave */
 	int staging_done; /* times it was handed back */
-	char area[4096];
+	size_t misalign;  /* gives the area at this offset from the range's in-page offset */
+	_Alignas(4096) char area[8192];
 	int reg_token;
 };
 
@@ -305,7 +307,7 @@ f_staging(void *ctx, void *ptr, size_t len, void **host, char *e, size_t el)
 {
 	struct fake *f = ctx;
 	(void)ptr, (void)len, (void)e, (void)el;
-	f->staged = *host = f->area;
+	f->staged = *host = f->area + f->misalign;
 	return 0;
 }
 
@@ -314,7 +316,7 @@ f_staging_done(void *ctx, void *ptr, void *host)
 {
 	struct fake *f = ctx;
 	(void)ptr;
-	cr_assert_eq(host, f->area);
+	cr_assert_eq(host, f->staged);
 	f->staging_done++;
 }
 
@@ -450,6 +452,20 @@ Test(walk, a_staging_area_the_transport_cannot_register_goes_back_to_its_owner)
 	cr_assert_eq(rep.method, KVN_REG_NONE);
 }
 
+Test(walk, a_staging_area_off_the_ranges_offset_in_its_page_is_refused_and_given_back)
+{
+	struct fake fk = {.misalign = 16};
+	struct kvn_devreg_facts facts = all_good();
+	facts.dmabuf_offered = false;
+	facts.sysfs.peermem = false;
+	struct kvn_devreg_release rel;
+	int rc = walk(&fk, &facts, NULL, &rel);
+	cr_assert_eq(rc, -EINVAL, "rc %d: %s", rc, err);
+	assert_contains(err, "is not at 0x10000's offset in a page");
+	cr_assert_eq(fk.calls[KVN_REG_STAGING], 0, "registered anyway");
+	cr_assert_eq(fk.staging_done, 1);
+}
+
 Test(walk, when_nothing_registers_err_gives_every_reason_in_the_ladders_order)
 {
 	struct fake fk = {0};
@@ -499,9 +515,19 @@ Test(walk, an_older_callers_report_is_filled_only_as_far_as_its_size)
 struct owner_range {
 	char *range;   /* stands for the device range: what reg_dev is given */
 	char *staging; /* the owner's host copy */
+	void *base;    /* what to free of it */
 	size_t len;
 	int done;
 };
+
+/* len bytes at ptr's offset in a page, as a staging area must be; *base is what to free. */
+static void *
+area_like(const void *ptr, size_t len, void **base)
+{
+	size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+	cr_assert_eq(posix_memalign(base, pg, len + pg), 0);
+	return (char *)*base + ((uintptr_t)ptr & (pg - 1));
+}
 
 static int
 o_staging(void *ctx, void *ptr, size_t len, void **host, char *e, size_t el)
@@ -509,7 +535,7 @@ o_staging(void *ctx, void *ptr, size_t len, void **host, char *e, size_t el)
 	struct owner_range *o = ctx;
 	(void)e, (void)el;
 	cr_assert_eq(ptr, o->range);
-	o->staging = malloc(len);
+	o->staging = area_like(ptr, len, &o->base);
 	memcpy(o->staging, o->range, len); /* what a device -> host copy does on a GPU */
 	*host = o->staging;
 	return 0;
@@ -521,7 +547,7 @@ o_staging_done(void *ctx, void *ptr, void *host)
 	struct owner_range *o = ctx;
 	cr_assert_eq(ptr, o->range);
 	cr_assert_eq(host, o->staging);
-	free(host);
+	free(o->base);
 	o->staging = NULL;
 	o->done++;
 }
@@ -662,6 +688,7 @@ test_host(void)
 struct dmabuf_owner {
 	struct hostdmabuf b;
 	char *staging;
+	void *base;
 	int exports, done;
 };
 
@@ -681,7 +708,7 @@ d_staging(void *ctx, void *ptr, size_t len, void **host, char *e, size_t el)
 {
 	struct dmabuf_owner *o = ctx;
 	(void)e, (void)el;
-	o->staging = malloc(len);
+	o->staging = area_like(ptr, len, &o->base);
 	memcpy(o->staging, ptr, len); /* the owner's copy of the dma-buf's bytes */
 	*host = o->staging;
 	return 0;
@@ -693,7 +720,7 @@ d_staging_done(void *ctx, void *ptr, void *host)
 	struct dmabuf_owner *o = ctx;
 	(void)ptr;
 	cr_assert_eq(host, o->staging);
-	free(host);
+	free(o->base);
 	o->staging = NULL;
 	o->done++;
 }
@@ -877,3 +904,30 @@ Test(verbs_dmabuf, the_provider_refuses_a_host_dma_buf_with_eopnotsupp_probe_and
 }
 
 #endif
+
+/* ---------------------------------------------------------------------------------------------
+ * kvnode stat's table: one line per GPU from the stats JSON (the JSON here is written by hand
+ * in the shape kvn_engine_gpus_json gives; test_gpu_device checks a node's own on a GPU)
+ * ------------------------------------------------------------------------------------------- */
+
+Test(stat_table, each_gpu_says_how_its_memory_registers_or_why_it_does_not)
+{
+	const char *json =
+	    "{\"node_name\":\"n\",\"version\":\"0.1.0\",\"backends\":[],\"hits\":0,\"misses\":0,"
+	    "\"gpus\":[{\"index\":0,\"name\":\"NVIDIA H200\",\"pci_bus_id\":\"0000:17:00.0\","
+	    "\"registration\":{\"transport\":\"verbs\",\"method\":\"host staging\",\"steps\":[]}},"
+	    "{\"index\":1,\"name\":\"NVIDIA H200\",\"pci_bus_id\":\"0000:2a:00.0\","
+	    "\"registration\":{\"transport\":null,\"method\":\"none\",\"why\":\"no transport: the "
+	    "node registers memory for peers only with scheduler_url set\",\"steps\":[]}}]}";
+	char *text = NULL;
+	size_t len = 0;
+	FILE *out = open_memstream(&text, &len);
+	cr_assert_eq(kvn_cli_print_stats(json, out), 0);
+	fclose(out);
+	assert_contains(text, "gpu 0    NVIDIA H200 (0000:17:00.0): memory registers by host "
+			      "staging with verbs\n");
+	assert_contains(text, "gpu 1    NVIDIA H200 (0000:2a:00.0): memory not registered: no "
+			      "transport: the node registers memory for peers only with "
+			      "scheduler_url set\n");
+	free(text);
+}

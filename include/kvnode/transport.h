@@ -84,7 +84,8 @@ struct kvn_dev_mem {
 	 * (a registration holds its own reference). */
 	int (*dmabuf)(void *ctx, void *ptr, size_t len, int *fd, uint64_t *offset, char *err,
 		      size_t errlen);
-	/* len bytes of host memory that peers read in place of the range: the owner keeps them
+	/* len bytes of host memory that peers read in place of the range, starting at ptr's
+	 * offset in a page (it is registered under ptr's addresses): the owner keeps them
 	 * current (device -> host copies) and valid until staging_done, which dereg calls. */
 	int (*staging)(void *ctx, void *ptr, size_t len, void **host, char *err, size_t errlen);
 	void (*staging_done)(void *ctx, void *ptr, void *host);
