@@ -73,6 +73,7 @@ kvn_cli_print_stats(const char *json, FILE *out)
 			kvn_cli_human_bytes(num(lm, "bytes_out"), b, sizeof(b)), num(lm, "errors"),
 			num(lm, "protocol_errors"));
 	}
+	const cJSON *t;
 	const cJSON *remote = cJSON_GetObjectItemCaseSensitive(root, "remote");
 	const cJSON *rurl = cJSON_GetObjectItemCaseSensitive(remote, "url");
 	if (remote)
@@ -82,9 +83,26 @@ kvn_cli_print_stats(const char *json, FILE *out)
 			    ? "connected"
 			    : "UNREACHABLE (serving from the other tiers, reconnecting)",
 			num(remote, "disconnects"), num(remote, "reconnects"), num(remote, "corrupt"));
+	/* How each GPU's memory registers for peers' READs (docs/gpu.md "Registration"). */
+	cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(root, "gpus"))
+	{
+		const cJSON *reg = cJSON_GetObjectItemCaseSensitive(t, "registration");
+		const cJSON *m = cJSON_GetObjectItemCaseSensitive(reg, "method");
+		const cJSON *tp = cJSON_GetObjectItemCaseSensitive(reg, "transport");
+		const cJSON *why = cJSON_GetObjectItemCaseSensitive(reg, "why");
+		const cJSON *gn = cJSON_GetObjectItemCaseSensitive(t, "name");
+		const cJSON *pci = cJSON_GetObjectItemCaseSensitive(t, "pci_bus_id");
+		bool none = !cJSON_IsString(m) || !strcmp(m->valuestring, "none");
+		fprintf(out, "gpu %-4.0f %s (%s): %s%s%s%s\n", num(t, "index"),
+			cJSON_IsString(gn) ? gn->valuestring : "?",
+			cJSON_IsString(pci) ? pci->valuestring : "?",
+			none ? "memory not registered: " : "memory registers by ",
+			none ? (cJSON_IsString(why) ? why->valuestring : "?") : m->valuestring,
+			!none && cJSON_IsString(tp) ? " with " : "",
+			!none && cJSON_IsString(tp) ? tp->valuestring : "");
+	}
 	fprintf(out, "\n%-10s %10s %12s %12s %10s %10s %10s %10s %8s\n", "BACKEND", "COUNT",
 		"BYTES", "CAPACITY", "HITS", "MISSES", "PUTS", "EVICTIONS", "ERRORS");
-	const cJSON *t;
 	cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(root, "backends"))
 	{
 		const cJSON *tn = cJSON_GetObjectItemCaseSensitive(t, "name");
