@@ -1,15 +1,23 @@
 /* gpu/ on a real NVIDIA device (ctest -L gpu, scripts/gpu-checks): device info, device memory,
- * dma-buf export, and staging through the "cuda" copy engine from 1 byte to 64 MiB,
- * byte-verified. Every test is skipped, with kvn_gpu_open's answer as the reason, on a host
- * where the driver or a device is missing. */
+ * dma-buf export, staging through the "cuda" copy engine from 1 byte to 64 MiB, and device
+ * memory registered for peers' READs (tcp: host staging; verbs: whichever way this machine
+ * takes), all byte-verified. Every test is skipped, with kvn_gpu_open's answer as the reason, on a
+ * host where the driver or a device is missing. */
+#include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "gpu/gpu.h"
 #include "gpu/staging.h"
+#include "kvnode/transport.h"
+#include "node/cluster/cluster.h"
+#include "node/engine/config.h"
+#include "rdma/devreg.h"
+#include "tests/helpers/engine_env.h"
 #include "tests/helpers/pattern.h"
 
 static char err[1024];
@@ -159,4 +167,154 @@ Test(gpu_device, cuda_engine_copies_directly_on_each_stream)
 	kvn_gpu_mem_free(m);
 	kvn_copy_engine_destroy(e);
 	kvn_gpu_close(gpu);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Device memory down the registration ladder (docs/gpu.md "Registration")
+ * ------------------------------------------------------------------------------------------ */
+
+#define REG_LEN ((size_t)4 << 20)
+
+/* Device memory holding pattern seed, and the engine that filled it. */
+static struct kvn_gpu_mem *
+filled_device_memory(struct kvn_gpu *gpu, struct kvn_copy_engine **e, uint64_t seed)
+{
+	struct kvn_gpu_mem *m = NULL;
+	unsigned char *a = malloc(REG_LEN);
+	pattern_fill(a, REG_LEN, seed);
+	cr_assert_eq(kvn_gpu_copy_engine(gpu, 0, 2, e, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_gpu_mem_alloc(gpu, 0, REG_LEN, &m, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(
+	    (*e)->ops->copy_to_dev(*e, kvn_gpu_mem_ptr(m), a, REG_LEN, 0, err, sizeof(err)), 0,
+	    "%s", err);
+	cr_assert_eq((*e)->ops->sync(*e, 0, err, sizeof(err)), 0, "%s", err);
+	free(a);
+	return m;
+}
+
+/* A reader of the same transport reads the whole registration and finds the pattern. */
+static void
+read_back(const struct kvn_transport_ops *ops, struct kvn_transport *owner,
+	  const struct kvn_transport_cfg *cfg, const char *listen, const struct kvn_mem_desc *d,
+	  uint64_t seed)
+{
+	struct kvn_transport *reader;
+	struct kvn_tp_mr *dmr;
+	struct kvn_mem_desc dd;
+	struct kvn_tp_ep *ep;
+	char bound[160];
+	char *dst = calloc(1, d->len);
+	cr_assert_eq(ops->open(cfg, &reader, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ops->reg_mem(reader, dst, d->len, KVN_MEM_HOST, &dmr, &dd, err, sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(ops->listen(owner, listen, bound, sizeof(bound), err, sizeof(err)), 0, "%s",
+		     err);
+	cr_assert_eq(ops->connect(reader, bound, 0, &ep, err, sizeof(err)), 0, "%s", err);
+	struct kvn_read rd = {
+	    .local = dst, .local_mr = dmr, .remote_addr = d->addr, .rkey = d->rkey, .len = d->len};
+	cr_assert_eq(kvn_transport_read_sync(ops, ep, &rd, 1, err, sizeof(err)), 0, "%s", err);
+	cr_assert(pattern_check(dst, d->len, seed), "the READ did not return the device's bytes");
+	ops->ep_close(ep);
+	ops->dereg(dmr);
+	ops->close(reader);
+	free(dst);
+}
+
+/* Registers m through reg_dev; when host staging won, fills the area from the device as the
+ * owner must; reads it all back over the transport. */
+static void
+ladder_round_trip(struct kvn_gpu *gpu, const struct kvn_transport_ops *ops,
+		  const struct kvn_transport_cfg *cfg, const char *listen)
+{
+	struct kvn_copy_engine *e = NULL;
+	struct kvn_gpu_mem *m = filled_device_memory(gpu, &e, 31);
+	struct kvn_gpu_info in;
+	struct kvn_gpu_dev_src ctx;
+	struct kvn_dev_mem src;
+	struct kvn_reg_report rep = {KVN_REG_REPORT_INIT};
+	struct kvn_transport *owner;
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc d;
+	void *ptr = (void *)(uintptr_t)kvn_gpu_mem_ptr(m);
+	cr_assert_eq(kvn_gpu_device_info(gpu, 0, &in, err, sizeof(err)), 0, "%s", err);
+	kvn_gpu_dev_mem(gpu, &in, &ctx, &src);
+	cr_assert_eq(ops->open(cfg, &owner, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(ops->reg_dev(owner, ptr, REG_LEN, &src, &mr, &d, &rep, err, sizeof(err)), 0,
+		     "%s", err);
+	for (unsigned i = 0; i < rep.nsteps; i++)
+		cr_log_info("%s on %s: %s: %s%s", ctx.name, ops->name,
+			    kvn_reg_method_name(rep.step[i].method),
+			    rep.step[i].tried ? "" : "passed over: ", rep.step[i].why);
+	cr_assert_neq(rep.method, KVN_REG_NONE);
+	cr_assert_eq(d.addr, (uintptr_t)ptr, "peers name the device pointer");
+	if (rep.method == KVN_REG_STAGING) {
+		cr_assert_not_null(rep.staging);
+		cr_assert_eq(e->ops->copy_to_host(e, rep.staging, kvn_gpu_mem_ptr(m), REG_LEN, 0,
+						  err, sizeof(err)),
+			     0, "%s", err);
+		cr_assert_eq(e->ops->sync(e, 0, err, sizeof(err)), 0, "%s", err);
+	}
+	read_back(ops, owner, cfg, listen, &d, 31);
+	ops->dereg(mr);
+	ops->close(owner);
+	kvn_gpu_mem_free(m);
+	kvn_copy_engine_destroy(e);
+}
+
+Test(gpu_device, device_memory_registers_by_host_staging_over_tcp_and_reads_back)
+{
+	struct kvn_gpu *gpu = gpu_or_skip();
+	const struct kvn_transport_ops *ops = kvn_transport_by_name("tcp", NULL, err, sizeof(err));
+	cr_assert_not_null(ops, "%s", err);
+	ladder_round_trip(gpu, ops, NULL, "127.0.0.1:0");
+	kvn_gpu_close(gpu);
+}
+
+/* dma-buf or nvidia-peermem when this machine's NIC and driver take them, else host staging:
+ * whichever wins, a peer's READ must return the device's bytes. */
+Test(gpu_device, device_memory_goes_down_the_ladder_on_verbs_and_reads_back)
+{
+	struct kvn_gpu *gpu = gpu_or_skip();
+	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1};
+	const struct kvn_transport_ops *ops =
+	    kvn_transport_by_name("verbs", &cfg, err, sizeof(err));
+	if (!ops)
+		cr_skip_test("verbs: %s", err);
+	if (ops->probe(&cfg, err, sizeof(err)) < 0)
+		cr_skip_test("verbs cannot run on this machine: %s", err);
+	const char *h = getenv("KVN_TEST_TRANSPORT_HOST");
+	char listen[160];
+	snprintf(listen, sizeof(listen), "%s:0", h && *h ? h : "127.0.0.1");
+	ladder_round_trip(gpu, ops, &cfg, listen);
+	kvn_gpu_close(gpu);
+}
+
+/* A node with a GPU and a transport finds at start how the GPU's memory registers, and says so
+ * in its stats. The scheduler is unreachable on purpose (port 9): that is not fatal, and the
+ * probe happens before the node joins. */
+Test(gpu_device, a_node_records_how_its_gpus_memory_registers_in_its_stats)
+{
+	struct kvn_gpu *gpu = gpu_or_skip();
+	kvn_gpu_close(gpu);
+	struct kvn_config *cfg;
+	struct kvn_engine *eng;
+	struct kvn_cluster *c = NULL;
+	engine_env_open("max_local_cpu_size: 0.05\nhugepages: false\ngpu: true\ngpu_devices: [0]\n"
+			"scheduler_url: 127.0.0.1:9\ntransport: tcp\n",
+			&cfg, &eng);
+	cr_assert_eq(kvn_cluster_start(cfg, eng, &c, err, sizeof(err)), 0, "%s", err);
+	char *text = kvn_engine_stats_json(eng);
+	cr_log_info("%s", text);
+	cJSON *root = cJSON_Parse(text);
+	cJSON *g0 = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "gpus"), 0);
+	cJSON *reg = cJSON_GetObjectItem(g0, "registration");
+	cr_assert_not_null(reg, "no gpus[0].registration in %s", text);
+	cr_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(reg, "transport")), "tcp");
+	cr_assert_str_eq(cJSON_GetStringValue(cJSON_GetObjectItem(reg, "method")), "host staging");
+	cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(reg, "steps")), 3);
+	cJSON_Delete(root);
+	free(text);
+	kvn_cluster_stop(c);
+	kvn_engine_close(eng);
+	kvn_config_free(cfg);
 }
