@@ -16,8 +16,10 @@
 #include "kvnode/transport.h"
 #include "node/cluster/cluster.h"
 #include "node/engine/config.h"
+#include "node/metrics/metrics.h"
 #include "rdma/devreg.h"
 #include "tests/helpers/engine_env.h"
+#include "tests/helpers/expo.h"
 #include "tests/helpers/pattern.h"
 
 static char err[1024];
@@ -290,8 +292,8 @@ Test(gpu_device, device_memory_goes_down_the_ladder_on_verbs_and_reads_back)
 }
 
 /* A node with a GPU and a transport finds at start how the GPU's memory registers, and says so
- * in its stats. The scheduler is unreachable on purpose (port 9): that is not fatal, and the
- * probe happens before the node joins. */
+ * in its stats and metrics. The scheduler is unreachable on purpose (port 9): that is not fatal,
+ * and the probe happens before the node joins. */
 Test(gpu_device, a_node_records_how_its_gpus_memory_registers_in_its_stats)
 {
 	struct kvn_gpu *gpu = gpu_or_skip();
@@ -314,6 +316,17 @@ Test(gpu_device, a_node_records_how_its_gpus_memory_registers_in_its_stats)
 	cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(reg, "steps")), 3);
 	cJSON_Delete(root);
 	free(text);
+	/* and kvnode_gpu_registration: 1 for the winner, 0 for the other ways */
+	struct kvn_node_metrics nm = {.eng = eng, .cluster = c};
+	struct kvn_expo e = {0};
+	char why[256];
+	cr_assert_eq(kvn_metrics_collect_node(&nm, &e), 0);
+	cr_assert(expo_check(e.p, why, sizeof(why)), "%s", why);
+	cr_assert_eq(expo_value(e.p, "kvnode_gpu_registration{gpu=\"0\",method=\"host staging\"}"),
+		     1, "%s", e.p);
+	cr_assert_eq(expo_value(e.p, "kvnode_gpu_registration{gpu=\"0\",method=\"dma-buf\"}"), 0);
+	cr_assert_eq(expo_value(e.p, "kvnode_gpu_registration{gpu=\"0\",method=\"none\"}"), 0);
+	free(e.p);
 	kvn_cluster_stop(c);
 	kvn_engine_close(eng);
 	kvn_config_free(cfg);
