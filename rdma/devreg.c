@@ -213,7 +213,7 @@ kvn_devreg_run(const struct kvn_devreg_plan *plan, const struct kvn_devreg_facts
 	const char *comp = f->transport ? f->transport : "rdma";
 	struct kvn_dev_mem src = {KVN_DEV_MEM_INIT};
 	struct kvn_reg_report r = {KVN_REG_REPORT_INIT};
-	char dev[96], why[sizeof(r.step[0].why)];
+	char dev[160], why[sizeof(r.step[0].why)];
 	int rc = -EOPNOTSUPP;
 
 	memset(rel, 0, sizeof(*rel));
