@@ -367,7 +367,8 @@ Test(metrics, every_documented_family_is_served_and_counters_follow_puts_gets_an
 	size_t n = documented_names(names, 128);
 	cr_assert_gt(n, 30, "docs/metrics.md documents only %zu names", n);
 	for (size_t i = 0; i < n; i++) {
-		if (!strncmp(names[i], "kvnode_remote_", 14) || !strncmp(names[i], "kvnode_gpu_", 11))
+		if (!strncmp(names[i], "kvnode_remote_", 14) ||
+		    !strncmp(names[i], "kvnode_gpu_", 11))
 			continue;
 		cr_expect(expo_has_family(a, names[i]) || expo_has_family(s, names[i]),
 			  "documented %s is served by neither node-a nor the scheduler", names[i]);
