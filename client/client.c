@@ -2,7 +2,8 @@
  * mapped read-only, and an event loop run by the caller's thread. Frames go out through one
  * buffer and come back in request order, so a reply pairs with the oldest frame in flight.
  * A put is two frames: RESERVE gives the slots, the library copies (and checksums) each value
- * into its slot with that slot alone made writable, then COMMIT publishes them. */
+ * into its slot with that slot alone made writable, then COMMIT publishes them. PING and LIST
+ * are synchronous calls of one frame each, without a struct kvn_client_req. */
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -18,6 +19,7 @@
 #include "client/proto.h"
 #include "core/abi.h"
 #include "core/clock.h"
+#include "core/copysum.h"
 #include "core/fdio.h"
 #include "core/log.h"
 #include "core/netaddr.h"
@@ -33,23 +35,43 @@
 #define MADV_POPULATE_READ 22 /* Linux 5.14; older headers lack it */
 #endif
 
+/* A gather put's pieces (kvn_client_batch_putv): key i's value is iov[i][0..iovcnt[i]). */
+struct gather {
+	const struct iovec *const *iov;
+	const int *iovcnt;
+};
+
 /* What the library keeps of a request while it is in flight. */
 struct rstate {
 	struct kvn_client_req *req;
-	int *rc;	   /* per key */
-	uint64_t *resv;	   /* PUT: the reservation of key i, 0 when none */
-	uint32_t frames;   /* in flight */
-	bool whole_failed; /* a frame's status failed every key */
+	int *rc;	    /* per key */
+	uint64_t *resv;	    /* PUT: the reservation of key i, 0 when none */
+	const size_t *lens; /* PUT: the length of key i's value (req->lens_in, or own_lens) */
+	size_t *own_lens;   /* a gather put's totals */
+	struct gather g;    /* a gather put's pieces (iov NULL: req->data) */
+	uint32_t frames;    /* in flight */
+	bool whole_failed;  /* a frame's status failed every key */
 };
 
-/* A frame in flight: the request it belongs to and what it asked. */
+/* A synchronous call without a request (PING, LIST): the reply of its one frame. */
+struct syncop {
+	bool done;
+	int status;
+	uint16_t flags;
+	uint32_t count;
+	uint8_t *body; /* a copy of the reply's body (malloc), len bytes */
+	size_t len;
+};
+
+/* A frame in flight: the request it belongs to (or the synchronous call) and what it asked. */
 struct frame {
 	uint64_t id;
 	uint16_t op;
-	struct rstate *rs;
-	uint32_t n;	/* entries asked */
-	uint32_t *keys; /* COMMIT: the key index of each entry (NULL: entry i is key i) */
-	bool keep_rc;	/* an aborting COMMIT: the keys keep the error that made it */
+	struct rstate *rs;   /* NULL for a synchronous call's frame */
+	struct syncop *sync; /* that call's */
+	uint32_t n;	     /* entries asked */
+	uint32_t *keys;	     /* COMMIT: the key index of each entry (NULL: entry i is key i) */
+	bool keep_rc;	     /* an aborting COMMIT: the keys keep the error that made it */
 };
 
 struct kvn_client {
@@ -280,6 +302,7 @@ rstate_free(struct rstate *rs)
 {
 	free(rs->rc);
 	free(rs->resv);
+	free(rs->own_lens);
 	free(rs);
 }
 
@@ -451,7 +474,7 @@ on_reserved(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 			rd->off += sizeof(raw);
 			kvn_cp_entry_decode(raw, &e);
 		}
-		if (e.rc == 0 && (!in_pool(c, e.off, req->lens_in[i]) || e.len != req->lens_in[i]))
+		if (e.rc == 0 && (!in_pool(c, e.off, rs->lens[i]) || e.len != rs->lens[i]))
 			e.rc = -EPROTO;
 		rs->rc[i] = e.rc;
 		if (e.rc < 0)
@@ -467,7 +490,12 @@ on_reserved(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 			rs->rc[i] = fail(c, -errno, "put %s: cannot map its slot writable: %s",
 					 req->keys[i], strerror(errno));
 		} else {
-			ck = kvn_copy_checksum(c->pool + e.off, req->data[i], (size_t)e.len);
+			/* A plain put is a gather of one piece. */
+			const struct iovec *v =
+			    rs->g.iov ? rs->g.iov[i]
+				      : &(struct iovec){(void *)req->data[i], (size_t)e.len};
+			ck =
+			    kvn_copyv_checksum(c->pool + e.off, v, rs->g.iov ? rs->g.iovcnt[i] : 1);
 			if (!c->pool_writable)
 				mprotect(pg, np, PROT_READ);
 		}
@@ -573,12 +601,35 @@ on_codes(struct frame *f, struct kvn_cp_rd *rd)
 	}
 }
 
+/* A synchronous call's reply: kept for the call, which reads it once this returns. */
 static void
+on_sync(struct kvn_client *c, struct frame *f, const struct kvn_cp_hdr *h, const uint8_t *body)
+{
+	struct syncop *so = f->sync;
+	*so = (struct syncop){
+	    .done = true, .status = h->status, .flags = h->flags, .count = h->count};
+	if (h->status < 0)
+		fail(c, h->status, "kvnode %s: %.*s", kvn_cp_op_name(f->op), (int)h->body_len,
+		     (const char *)body);
+	else if (h->body_len && !(so->body = malloc((size_t)h->body_len)))
+		so->status = fail(c, -ENOMEM, "%s: out of memory for a reply of %" PRIu64 " bytes",
+				  kvn_cp_op_name(f->op), h->body_len);
+	else if (h->body_len)
+		memcpy(so->body, body, so->len = (size_t)h->body_len);
+}
+
+/* The reply to the oldest frame: 1 when it completed a synchronous call, else 0 (requests
+ * that completed are counted by c->nreqs). */
+static int
 handle_reply(struct kvn_client *c, const struct kvn_cp_hdr *h, const uint8_t *body)
 {
 	struct frame *f = &c->frames[c->fhead];
 	c->fhead = (c->fhead + 1) % MAX_FRAMES;
 	c->nframes--;
+	if (!f->rs) {
+		on_sync(c, f, h, body);
+		return 1;
+	}
 	struct rstate *rs = f->rs;
 	struct kvn_cp_rd rd = {body, (size_t)h->body_len, 0, false};
 	int rc = 0;
@@ -598,6 +649,7 @@ handle_reply(struct kvn_client *c, const struct kvn_cp_hdr *h, const uint8_t *bo
 		complete(c, rs);
 	if (rc) /* the node frees what this client held when the connection goes */
 		break_conn(c, rc);
+	return 0;
 }
 
 /* Handles every complete reply in the input buffer. */
@@ -622,8 +674,8 @@ drain_input(struct kvn_client *c)
 		if (c->in.len - off - KVN_CP_HDR_SIZE < h.body_len)
 			break;
 		size_t before = c->nreqs;
-		handle_reply(c, &h, c->in.p + off + KVN_CP_HDR_SIZE);
-		done += (int)(before - c->nreqs);
+		int synced = handle_reply(c, &h, c->in.p + off + KVN_CP_HDR_SIZE);
+		done += (int)(before - c->nreqs) + synced;
 		off += KVN_CP_HDR_SIZE + (size_t)h.body_len;
 	}
 	if (off) {
@@ -667,6 +719,10 @@ break_conn(struct kvn_client *c, int rc)
 		struct frame *f = &c->frames[c->fhead];
 		c->fhead = (c->fhead + 1) % MAX_FRAMES;
 		c->nframes--;
+		if (!f->rs) {
+			*f->sync = (struct syncop){.done = true, .status = rc};
+			continue;
+		}
 		free(f->keys);
 		fail_all_keys(f->rs, rc);
 		if (--f->rs->frames == 0)
@@ -728,8 +784,46 @@ kvn_client_wait(struct kvn_client *c, struct kvn_client_req *req, int timeout_ms
  * Submitting
  * ------------------------------------------------------------------------------------------ */
 
+/* The length of key i's value in a put: its one buffer's, or its pieces' together. */
+static size_t
+value_len(const struct kvn_client_req *req, const struct gather *g, size_t i)
+{
+	if (!g)
+		return req->lens_in[i];
+	size_t t = 0;
+	for (int k = 0; k < g->iovcnt[i]; k++) /* saturating: past max_chunk_size either way */
+		t = g->iov[i][k].iov_len > SIZE_MAX - t ? SIZE_MAX : t + g->iov[i][k].iov_len;
+	return t;
+}
+
+/* Key i's value in a put: its bytes are there, and it fits the node's max_chunk_size. */
 static int
-check_req(struct kvn_client *c, const struct kvn_client_req *req)
+check_value(struct kvn_client *c, const struct kvn_client_req *req, const struct gather *g,
+	    size_t i)
+{
+	const char *key = req->keys[i];
+	if (!g && (!req->data || !req->lens_in || (!req->data[i] && req->lens_in[i])))
+		return fail(c, -EINVAL, "put %s: no data", key);
+	if (g && (!g->iov || !g->iovcnt))
+		return fail(c, -EINVAL, "put %s: no pieces", key);
+	if (g && (g->iovcnt[i] < 0 || (g->iovcnt[i] > 0 && !g->iov[i])))
+		return fail(c, -EINVAL, "put %s: %d pieces%s", key, g->iovcnt[i],
+			    g->iovcnt[i] < 0 ? "" : " and no iovec array");
+	for (int k = 0; g && k < g->iovcnt[i]; k++)
+		if (!g->iov[i][k].iov_base && g->iov[i][k].iov_len)
+			return fail(c, -EINVAL, "put %s: piece %d has %zu bytes and no base", key,
+				    k, g->iov[i][k].iov_len);
+	size_t len = value_len(req, g, i);
+	if (len > c->hello.max_chunk)
+		return fail(c, -EMSGSIZE,
+			    "put %s: %zu bytes is more than the node's max_chunk_size (%" PRIu64
+			    ")",
+			    key, len, c->hello.max_chunk);
+	return 0;
+}
+
+static int
+check_req(struct kvn_client *c, const struct kvn_client_req *req, const struct gather *g)
 {
 	if (KVN_ABI_MAJOR_OF(req->abi) != KVN_ABI_MAJOR || req->size < sizeof(*req))
 		return fail(c, -EINVAL,
@@ -749,14 +843,9 @@ check_req(struct kvn_client *c, const struct kvn_client_req *req)
 			return fail(c, -EINVAL, "key %zu of the request is NULL", i);
 		if (kvn_key_parse(&k, req->keys[i], strlen(req->keys[i]), why, sizeof(why)) < 0)
 			return fail(c, -EINVAL, "key \"%.80s\": %s", req->keys[i], why);
-		if (req->op == KVN_CLIENT_PUT &&
-		    (!req->data || !req->lens_in || (!req->data[i] && req->lens_in[i])))
-			return fail(c, -EINVAL, "put %s: no data", req->keys[i]);
-		if (req->op == KVN_CLIENT_PUT && req->lens_in[i] > c->hello.max_chunk)
-			return fail(c, -EMSGSIZE,
-				    "put %s: %zu bytes is more than the node's max_chunk_size "
-				    "(%" PRIu64 ")",
-				    req->keys[i], req->lens_in[i], c->hello.max_chunk);
+		int rc = req->op == KVN_CLIENT_PUT ? check_value(c, req, g, i) : 0;
+		if (rc)
+			return rc;
 	}
 	if (req->op == KVN_CLIENT_GET && !req->views)
 		return fail(c, -EINVAL, "a GET request without views");
@@ -765,10 +854,11 @@ check_req(struct kvn_client *c, const struct kvn_client_req *req)
 	return 0;
 }
 
-int
-kvn_client_submit(struct kvn_client *c, struct kvn_client_req *req)
+/* kvn_client_submit, or with g a gather put (kvn_client_batch_putv). */
+static int
+submit(struct kvn_client *c, struct kvn_client_req *req, const struct gather *g)
 {
-	int rc = check_req(c, req);
+	int rc = check_req(c, req, g);
 	if (rc)
 		return rc;
 	if (c->broken)
@@ -777,17 +867,26 @@ kvn_client_submit(struct kvn_client *c, struct kvn_client_req *req)
 	if (c->nreqs >= MAX_INFLIGHT || c->nframes + 2 > MAX_FRAMES)
 		return fail(c, -EAGAIN, "%d requests in flight already: progress them first",
 			    MAX_INFLIGHT);
+	bool put = req->op == KVN_CLIENT_PUT;
 	struct rstate *rs = calloc(1, sizeof(*rs));
 	if (rs)
 		rs->rc = calloc(req->n, sizeof(int));
-	if (rs && req->op == KVN_CLIENT_PUT)
+	if (rs && put)
 		rs->resv = calloc(req->n, sizeof(uint64_t));
-	if (!rs || !rs->rc || (req->op == KVN_CLIENT_PUT && !rs->resv)) {
+	if (rs && put && g)
+		rs->own_lens = malloc(req->n * sizeof(size_t));
+	if (!rs || !rs->rc || (put && !rs->resv) || (put && g && !rs->own_lens)) {
 		if (rs)
 			rstate_free(rs);
 		return fail(c, -ENOMEM, "out of memory");
 	}
 	rs->req = req;
+	if (g) {
+		rs->g = *g;
+		for (size_t i = 0; i < req->n; i++)
+			rs->own_lens[i] = value_len(req, g, i);
+	}
+	rs->lens = g ? rs->own_lens : req->lens_in;
 	static const uint16_t wire[] = {
 	    [KVN_CLIENT_GET] = KVN_CP_GET,
 	    [KVN_CLIENT_GET_INTO] = KVN_CP_GET,
@@ -803,7 +902,7 @@ kvn_client_submit(struct kvn_client *c, struct kvn_client_req *req)
 	for (size_t i = 0; i < req->n; i++) {
 		kvn_cp_put_key(&c->out, req->keys[i], strlen(req->keys[i]));
 		if (op == KVN_CP_RESERVE)
-			kvn_cp_put_u64(&c->out, req->lens_in[i]);
+			kvn_cp_put_u64(&c->out, rs->lens[i]);
 	}
 	if (end(c, at)) {
 		c->out.len = mark;
@@ -819,12 +918,18 @@ kvn_client_submit(struct kvn_client *c, struct kvn_client_req *req)
 	return 0;
 }
 
+int
+kvn_client_submit(struct kvn_client *c, struct kvn_client_req *req)
+{
+	return submit(c, req, NULL);
+}
+
 /* A synchronous call: submit, then wait; a request the node does not answer in time breaks
  * the connection, so that nothing of the caller's stack stays in flight. */
 static int
-run(struct kvn_client *c, struct kvn_client_req *req)
+run(struct kvn_client *c, struct kvn_client_req *req, const struct gather *g)
 {
-	int rc = kvn_client_submit(c, req);
+	int rc = submit(c, req, g);
 	if (rc) {
 		for (size_t i = 0; req->rcs && i < req->n; i++)
 			req->rcs[i] = rc;
@@ -872,7 +977,7 @@ kvn_client_batch_get(struct kvn_client *c, const char *const *keys, size_t n,
 	int own[64], *r = rcs ? rcs : (n <= 64 ? own : NULL);
 	struct kvn_client_req req = {KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_GET, .n = n,
 				     .keys = keys,	  .views = views,	.rcs = r};
-	int rc = run(c, &req);
+	int rc = run(c, &req, NULL);
 	return r && rc < 0 ? first_error(c, "get", keys, n, r, rc) : rc;
 }
 
@@ -920,7 +1025,7 @@ kvn_client_batch_get_into(struct kvn_client *c, const char *const *keys, size_t 
 				     .caps = caps,
 				     .lens = lens,
 				     .rcs = r};
-	int rc = run(c, &req);
+	int rc = run(c, &req, NULL);
 	return r && rc < 0 ? first_error(c, "get", keys, n, r, rc) : rc;
 }
 
@@ -943,7 +1048,7 @@ kvn_client_batch_put(struct kvn_client *c, const char *const *keys, size_t n,
 	struct kvn_client_req req = {
 	    KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_PUT, .n = n,	.keys = keys,
 	    .data = data,	 .lens_in = lens,      .rcs = r};
-	int rc = run(c, &req);
+	int rc = run(c, &req, NULL);
 	return r && rc < 0 ? first_error(c, "put", keys, n, r, rc) : rc;
 }
 
@@ -956,12 +1061,31 @@ kvn_client_put(struct kvn_client *c, const char *key, const void *data, size_t l
 }
 
 int
+kvn_client_batch_putv(struct kvn_client *c, const char *const *keys, size_t n,
+		      const struct iovec *const *iovs, const int *iovcnts, int *rcs)
+{
+	int own[64], *r = rcs ? rcs : (n <= 64 ? own : NULL);
+	struct kvn_client_req req = {KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_PUT, .n = n,
+				     .keys = keys, .rcs = r};
+	int rc = run(c, &req, &(struct gather){iovs, iovcnts});
+	return r && rc < 0 ? first_error(c, "put", keys, n, r, rc) : rc;
+}
+
+int
+kvn_client_putv(struct kvn_client *c, const char *key, const struct iovec *iov, int iovcnt)
+{
+	int rc;
+	kvn_client_batch_putv(c, &key, 1, &iov, &iovcnt, &rc);
+	return key_error(c, "put", key, rc);
+}
+
+int
 kvn_client_batch_remove(struct kvn_client *c, const char *const *keys, size_t n, int *rcs)
 {
 	int own[64], *r = rcs ? rcs : (n <= 64 ? own : NULL);
 	struct kvn_client_req req = {KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_REMOVE, .n = n,
 				     .keys = keys, .rcs = r};
-	int rc = run(c, &req);
+	int rc = run(c, &req, NULL);
 	return r && rc < 0 ? first_error(c, "remove", keys, n, r, rc) : rc;
 }
 
@@ -978,7 +1102,7 @@ kvn_client_contains_prefix(struct kvn_client *c, const char *const *keys, size_t
 {
 	struct kvn_client_req req = {KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_CONTAINS_PREFIX, .n = n,
 				     .keys = keys};
-	int rc = run(c, &req);
+	int rc = run(c, &req, NULL);
 	*found = rc == 0 ? req.found : 0;
 	return rc;
 }
@@ -989,6 +1113,170 @@ kvn_client_contains(struct kvn_client *c, const char *key)
 	size_t found = 0;
 	int rc = kvn_client_contains_prefix(c, &key, 1, &found);
 	return rc < 0 ? key_error(c, "contains", key, rc) : found == 1;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Synchronous calls of one frame: PING, LIST
+ * ------------------------------------------------------------------------------------------ */
+
+/* Starts the frame of op (count entries); its body follows with kvn_cp_put_*, then
+ * sync_wait. The node must know op: an older one closes the connection on an op it lacks. */
+static int
+sync_begin(struct kvn_client *c, uint16_t op, uint32_t count, struct syncop *so, size_t *at,
+	   size_t *mark)
+{
+	*so = (struct syncop){0};
+	if (c->hello.minor < kvn_cp_op_minor(op))
+		return fail(c, -EOPNOTSUPP,
+			    "%s is not supported by this kvnode node: it speaks client protocol "
+			    "%u.%u, %s came with %u.%u (this library speaks %u.%u); upgrade the "
+			    "node",
+			    kvn_cp_op_name(op), c->hello.major, c->hello.minor, kvn_cp_op_name(op),
+			    KVN_CP_MAJOR, kvn_cp_op_minor(op), KVN_CP_MAJOR, KVN_CP_MINOR);
+	if (c->broken)
+		return fail(c, -ENOTCONN, "the kvnode connection is broken (%s): open a new client",
+			    kvn_strerror(c->broken));
+	if (c->nframes + 1 > MAX_FRAMES)
+		return fail(c, -EAGAIN, "%d requests in flight already: progress them first",
+			    MAX_INFLIGHT);
+	*mark = c->out.len;
+	struct frame *f = frame_push(c, op, NULL, count, NULL);
+	f->sync = so;
+	begin(c, op, 0, count, f->id, at);
+	return 0;
+}
+
+/* Sends the frame and progresses until its reply came: so->status, and so holds the reply. A
+ * node that does not answer within the client's timeout breaks the connection, as in run. */
+static int
+sync_wait(struct kvn_client *c, struct syncop *so, size_t at, size_t mark)
+{
+	if (end(c, at)) {
+		c->out.len = mark;
+		c->out.err = false;
+		c->nframes--;
+		c->next_id--;
+		return fail(c, -ENOMEM, "out of memory");
+	}
+	flush(c);
+	uint64_t deadline = kvn_now_ms() + (uint64_t)c->timeout_ms;
+	while (!so->done) {
+		uint64_t now = kvn_now_ms();
+		if (now >= deadline) {
+			fail(c, -ETIMEDOUT, "the kvnode node did not answer within %d ms",
+			     c->timeout_ms);
+			break_conn(c, -ETIMEDOUT);
+			break;
+		}
+		int rc = kvn_client_progress(c, (int)(deadline - now));
+		if (rc < 0 && !so->done) /* poll failed: the frame cannot be waited for */
+			break_conn(c, rc);
+	}
+	if (so->status < 0 && !strcmp(c->err, "no error"))
+		fail(c, so->status, "%s", kvn_strerror(so->status));
+	return so->status;
+}
+
+int
+kvn_client_ping(struct kvn_client *c)
+{
+	struct syncop so;
+	size_t at, mark;
+	int rc = sync_begin(c, KVN_CP_PING, 0, &so, &at, &mark);
+	if (!rc)
+		rc = sync_wait(c, &so, at, mark);
+	free(so.body);
+	return rc;
+}
+
+/* Byte order of key texts (the node's order of a listing). */
+static int
+keycmp(const char *a, size_t an, const char *b, size_t bn)
+{
+	int r = memcmp(a, b, an < bn ? an : bn);
+	return r ? r : (an > bn) - (an < bn);
+}
+
+/* One page of a listing: the keys after cur (curlen bytes; 0: from the first), at most want.
+ * fn runs for each; cur becomes the last one fn saw; *seen counts them. 0 when the listing
+ * ended, 1 when keys follow cur, 2 when the page was taken whole and more pages follow. */
+static int
+list_page(struct kvn_client *c, char *cur, size_t *curlen, uint32_t want, kvn_client_list_fn fn,
+	  void *ctx, size_t *seen)
+{
+	struct syncop so;
+	size_t at, mark;
+	int rc = sync_begin(c, KVN_CP_LIST, *curlen ? 1 : 0, &so, &at, &mark);
+	if (!rc) {
+		kvn_cp_put_u32(&c->out, want);
+		kvn_cp_put_u32(&c->out, 0);
+		if (*curlen)
+			kvn_cp_put_key(&c->out, cur, *curlen);
+		rc = sync_wait(c, &so, at, mark);
+	}
+	if (rc) {
+		free(so.body);
+		return rc;
+	}
+	bool more = so.flags & KVN_CP_F_MORE;
+	/* Keys in order and after the cursor, so that a listing always advances. */
+	if (so.count > want || (more && so.count == 0))
+		rc = fail(c, -EPROTO, "LIST: the node sent %u keys%s for a page of %u", so.count,
+			  more ? " and more to follow" : "", want);
+	struct kvn_cp_rd rd = {so.body, so.len, 0, false};
+	uint32_t i = 0;
+	int stop = 0;
+	for (; !rc && i < so.count && !stop; i++) {
+		uint64_t len = kvn_cp_get_u64(&rd);
+		const char *k;
+		size_t n = kvn_cp_get_key(&rd, &k);
+		if (rd.bad || memchr(k, '\0', n) || keycmp(k, n, cur, *curlen) <= 0) {
+			rc = fail(c, -EPROTO, "LIST: entry %u of the node's page is %s", i,
+				  rd.bad ? "malformed" : "out of order");
+			break;
+		}
+		memcpy(cur, k, n);
+		cur[n] = '\0';
+		*curlen = n;
+		++*seen;
+		stop = fn(ctx, cur, len);
+	}
+	if (!rc && !stop && rd.off != rd.len)
+		rc = fail(c, -EPROTO, "LIST: %zu bytes after the page's %u keys", rd.len - rd.off,
+			  so.count);
+	free(so.body);
+	if (rc)
+		return rc;
+	if (i < so.count)
+		return 1;
+	return more ? (stop ? 1 : 2) : 0;
+}
+
+int
+kvn_client_list(struct kvn_client *c, const char *after, size_t max, kvn_client_list_fn fn,
+		void *ctx)
+{
+	char cur[KVN_KEY_MAX + 1] = "";
+	size_t curlen = after ? strlen(after) : 0, seen = 0;
+	if (!fn)
+		return fail(c, -EINVAL, "list: no callback");
+	if (curlen) {
+		struct kvn_key k;
+		char why[200];
+		if (kvn_key_parse(&k, after, curlen, why, sizeof(why)) < 0)
+			return fail(c, -EINVAL, "list after \"%.80s\": %s", after, why);
+		memcpy(cur, after, curlen + 1);
+	}
+	for (;;) {
+		size_t want = max ? max - seen : KVN_CP_BATCH_MAX;
+		int rc = list_page(c, cur, &curlen,
+				   want < KVN_CP_BATCH_MAX ? (uint32_t)want : KVN_CP_BATCH_MAX, fn,
+				   ctx, &seen);
+		if (rc != 2)
+			return rc;
+		if (max && seen == max)
+			return 1;
+	}
 }
 
 void

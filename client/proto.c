@@ -13,14 +13,23 @@
 static const char *const op_names[KVN_CP_NOPS] = {
     [KVN_CP_HELLO] = "HELLO",	    [KVN_CP_GET] = "GET",	  [KVN_CP_RESERVE] = "RESERVE",
     [KVN_CP_COMMIT] = "COMMIT",	    [KVN_CP_RELEASE] = "RELEASE", [KVN_CP_REMOVE] = "REMOVE",
-    [KVN_CP_CONTAINS] = "CONTAINS", [KVN_CP_PING] = "PING",
+    [KVN_CP_CONTAINS] = "CONTAINS", [KVN_CP_PING] = "PING",	  [KVN_CP_LIST] = "LIST",
 };
 
-/* The flags each op may carry. */
+/* The flags each op's requests may carry, and its replies. */
 static const uint16_t op_flags[KVN_CP_NOPS] = {
     [KVN_CP_COMMIT] = KVN_CP_F_ABORT,
     [KVN_CP_CONTAINS] = KVN_CP_F_PREFIX,
 };
+static const uint16_t reply_flags[KVN_CP_NOPS] = {
+    [KVN_CP_LIST] = KVN_CP_F_MORE,
+};
+
+unsigned
+kvn_cp_op_minor(unsigned op)
+{
+	return op == KVN_CP_LIST ? 1 : 0;
+}
 
 const char *
 kvn_cp_op_name(unsigned op)
@@ -62,9 +71,11 @@ kvn_cp_hdr_validate(const struct kvn_cp_hdr *h, bool reply, char *err, size_t er
 		    reply ? "reply" : "request", h->magic, magic, reply ? "node" : "client");
 	if (h->op == 0 || h->op >= KVN_CP_NOPS)
 		return kvn_seterr(-EPROTO, err, errlen, "unknown op %u", h->op);
-	if (h->flags & ~op_flags[h->op])
-		return kvn_seterr(-EPROTO, err, errlen, "%s with unknown flags 0x%x",
-				  kvn_cp_op_name(h->op), h->flags & ~op_flags[h->op]);
+	uint16_t flags = reply ? reply_flags[h->op] : op_flags[h->op];
+	if (h->flags & ~flags)
+		return kvn_seterr(-EPROTO, err, errlen, "%s %s with unknown flags 0x%x",
+				  kvn_cp_op_name(h->op), reply ? "reply" : "request",
+				  h->flags & ~flags);
 	if (h->count > KVN_CP_BATCH_MAX)
 		return kvn_seterr(-EPROTO, err, errlen, "%s of %u entries (at most %u)",
 				  kvn_cp_op_name(h->op), h->count, KVN_CP_BATCH_MAX);

@@ -20,8 +20,15 @@
  *	CONTAINS keys -> per key: 1 held here, 2 held by a peer, 0 absent (flag PREFIX: stop
  *	         at the first key held nowhere, LMCache's contains-prefix; the rest are 0)
  *	PING     -> empty
+ *	LIST     (1.1) max u32 | reserved u32 | [key] (count 1: the cursor) -> per key, in byte
+ *	         order of the key text and after the cursor: len u64 | key; at most max (0, or
+ *	         over KVN_CP_BATCH_MAX: that many); reply flag MORE when keys follow the last
  * A key in a body is u16 length then its bytes. Every error is a negative errno in rc (per
- * entry) or status (whole request); a failed request's body may be a one-line message. */
+ * entry) or status (whole request); a failed request's body may be a one-line message.
+ *
+ * A minor version adds operations only. The node answers HELLO with its version, and the
+ * library sends an operation only to a node whose minor version has it (an older node would
+ * close the connection on an op it does not know); an older client is served as before. */
 #ifndef KVN_CLIENT_PROTO_H
 #define KVN_CLIENT_PROTO_H
 
@@ -33,7 +40,7 @@
 #define KVN_CP_REPLY_MAGIC 0x534e564bu /* "KVNS" */
 #define KVN_CP_HDR_SIZE	   32
 #define KVN_CP_MAJOR	   1
-#define KVN_CP_MINOR	   0
+#define KVN_CP_MINOR	   1 /* 1.1: LIST */
 #define KVN_CP_NAME_MAX	   64
 /* Keys in one request at most, and the most body bytes a request may carry. */
 #define KVN_CP_BATCH_MAX 4096u
@@ -48,13 +55,18 @@ enum kvn_cp_op {
 	KVN_CP_REMOVE = 6,
 	KVN_CP_CONTAINS = 7,
 	KVN_CP_PING = 8,
+	KVN_CP_LIST = 9, /* 1.1 */
 	KVN_CP_NOPS
 };
 
 enum kvn_cp_flags {
 	KVN_CP_F_ABORT = 1u << 0,  /* COMMIT: drop the reservations */
 	KVN_CP_F_PREFIX = 1u << 1, /* CONTAINS: stop at the first key held nowhere */
+	KVN_CP_F_MORE = 1u << 2,   /* a LIST reply: keys follow its last */
 };
+
+/* The minor version that brought op (a node of an older one does not know it). */
+unsigned kvn_cp_op_minor(unsigned op);
 
 struct kvn_cp_hdr {
 	uint32_t magic;
@@ -89,7 +101,8 @@ const char *kvn_cp_op_name(unsigned op);
 
 void kvn_cp_hdr_encode(const struct kvn_cp_hdr *h, uint8_t out[KVN_CP_HDR_SIZE]);
 void kvn_cp_hdr_decode(const uint8_t in[KVN_CP_HDR_SIZE], struct kvn_cp_hdr *h);
-/* A request header (reply false) or a reply's: magic, a known op, flags of that op, count
+/* A request header (reply false) or a reply's: magic, a known op, flags of that op (a
+ * request's and a reply's differ), count
  * at most KVN_CP_BATCH_MAX, body at most KVN_CP_BODY_MAX, status 0 in a request and in
  * [-4095, 0] in a reply. 0 or -EPROTO with the reason in err. */
 int kvn_cp_hdr_validate(const struct kvn_cp_hdr *h, bool reply, char *err, size_t errlen);

@@ -1,7 +1,8 @@
 /* The client library (kvnode/client.h) against real `kvnode serve` nodes: views and one-copy
  * puts through the mapped pool, batches, contains-prefix with one scheduler lookup, peer hits
  * as views, leases under eviction pressure and after a SIGKILL, the write protection of
- * committed slots, 100 clients at once, the asynchronous form, and older callers. */
+ * committed slots, gather puts, listings across pages, ping, a node older than LIST, 100
+ * clients at once, the asynchronous form, and older callers. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -160,6 +162,9 @@ Test(client, a_put_over_max_chunk_size_is_refused_before_anything_is_sent, .fini
 	static uint8_t v[65537];
 	cr_assert_eq(kvn_client_put(c, "model@1@0@00aa@half", v, sizeof(v)), -EMSGSIZE);
 	cr_assert(strstr(kvn_client_error(c), "max_chunk_size"), "%s", kvn_client_error(c));
+	struct iovec two[2] = {{v, 28}, {v + 28, sizeof(v) - 28}};
+	cr_assert_eq(kvn_client_putv(c, "model@1@0@00aa@half", two, 2), -EMSGSIZE,
+		     "the pieces together are over it");
 	cr_assert_eq(kvn_client_put(c, "model@1@0@00aa@half", v, 65536), 0, "%s",
 		     kvn_client_error(c));
 	kvn_client_close(c);
@@ -576,6 +581,340 @@ Test(client, an_older_caller_is_served_and_another_major_protocol_is_refused, .f
 	kvn_client_close(c);
 }
 
+static void
+count_done(struct kvn_client_req *req)
+{
+	++*(int *)req->ctx;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Gather puts, listing, ping
+ * ------------------------------------------------------------------------------------------ */
+
+/* A value of many pieces: sizes that cross the 64 KiB copy blocks and zero-length pieces
+ * first, last and in between. The pieces point into joined, which is their concatenation. */
+enum { PIECES = 1200 };
+
+static size_t
+make_pieces(struct iovec *iov, uint8_t *joined, size_t cap, unsigned seed)
+{
+	size_t off = 0;
+	for (unsigned i = 0; i < PIECES; i++) {
+		size_t n = i % 97 == 0 || i == 2 || i == PIECES - 1 ? 0 : (i * 37u + seed) % 700;
+		if (i == 500)
+			n = 200000; /* one piece over several copy blocks */
+		cr_assert_leq(off + n, cap);
+		/* Piece 2 has neither base nor length: it contributes nothing either. */
+		iov[i] = (struct iovec){i == 2 ? NULL : joined + off, n};
+		off += n;
+	}
+	pattern_fill(joined, off, seed);
+	return off;
+}
+
+Test(client, a_gather_put_stores_its_pieces_back_to_back_and_peers_verify_it, .fini = stop_all,
+     .timeout = 300)
+{
+	start_two();
+	struct kvn_client *ca = open_client(&a), *cb = open_client(&b);
+	static struct iovec iov[PIECES];
+	size_t cap = PIECES * 700 + 200000;
+	uint8_t *joined = malloc(cap);
+	size_t len = make_pieces(iov, joined, cap, 3);
+	cr_assert_gt(len, 600000);
+	const char *key = "model@1@0@00f1@bfloat16";
+	long long r0 = client_stat(&a, "requests.RESERVE");
+	cr_assert_eq(kvn_client_putv(ca, key, iov, PIECES), 0, "%s", kvn_client_error(ca));
+	cr_assert_eq(client_stat(&a, "requests.RESERVE") - r0, 1, "one put of 1200 pieces");
+	struct kvn_view view;
+	cr_assert_eq(kvn_client_get(ca, key, &view), 0, "%s", kvn_client_error(ca));
+	cr_assert_eq(view.len, len);
+	cr_assert_arr_eq(view.data, joined, len, "the stored value is the pieces joined");
+	kvn_client_release(ca, &view, 1);
+	/* b READs the slot from a and verifies it against the checksum the put computed while it
+	 * copied: a wrong checksum would be no hit. */
+	int held = 0;
+	for (int t = 0; t < DEADLINE / 50 && held != 1; t++)
+		if ((held = kvn_client_contains(cb, key)) != 1)
+			sched_sleep_ms(50);
+	cr_assert_eq(held, 1, "b sees a's value");
+	cr_assert_eq(kvn_client_get(cb, key, &view), 0, "%s", kvn_client_error(cb));
+	cr_assert_eq(view.len, len);
+	cr_assert_arr_eq(view.data, joined, len, "the peer hit's bytes");
+	kvn_client_release(cb, &view, 1);
+
+	/* A batch of LMCache-like values, header and payload, and an empty one (no pieces). */
+	enum { N = 3, HDR = 28, PAY = 70000 };
+	uint8_t hdr[N][HDR], *pay = malloc((size_t)N * PAY), *got = malloc(HDR + PAY);
+	struct iovec two[N][2];
+	const struct iovec *iovs[N + 1];
+	int cnt[N + 1], rcs[N + 1];
+	char text[N + 1][96];
+	const char *keys[N + 1];
+	for (unsigned i = 0; i <= N; i++) {
+		key_text(text[i], sizeof(text[i]), "gather", i);
+		keys[i] = text[i];
+		if (i == N) {
+			iovs[i] = NULL;
+			cnt[i] = 0;
+			continue;
+		}
+		pattern_fill(hdr[i], HDR, 40 + i);
+		pattern_fill(pay + (size_t)i * PAY, PAY, 50 + i);
+		two[i][0] = (struct iovec){hdr[i], HDR};
+		two[i][1] = (struct iovec){pay + (size_t)i * PAY, PAY - i};
+		iovs[i] = two[i];
+		cnt[i] = 2;
+	}
+	cr_assert_eq(kvn_client_batch_putv(ca, keys, N + 1, iovs, cnt, rcs), 0, "%s",
+		     kvn_client_error(ca));
+	for (unsigned i = 0; i <= N; i++) {
+		size_t n = 0;
+		cr_assert_eq(kvn_client_get_into(ca, keys[i], got, HDR + PAY, &n), 0, "%s",
+			     kvn_client_error(ca));
+		if (i == N) {
+			cr_assert_eq(n, 0, "no pieces store an empty value");
+			continue;
+		}
+		cr_assert_eq(n, HDR + PAY - i);
+		cr_assert_arr_eq(got, hdr[i], HDR, "key %u's header", i);
+		cr_assert_arr_eq(got + HDR, pay + (size_t)i * PAY, PAY - i, "key %u's payload", i);
+	}
+	/* Malformed pieces are refused before anything is sent. */
+	struct iovec bad[2] = {{hdr[0], HDR}, {NULL, 10}};
+	cr_assert_eq(kvn_client_putv(ca, keys[0], bad, 2), -EINVAL);
+	cr_assert(strstr(kvn_client_error(ca), "piece 1"), "%s", kvn_client_error(ca));
+	cr_assert_eq(kvn_client_putv(ca, keys[0], bad, -1), -EINVAL);
+	cr_assert_eq(kvn_client_get_into(ca, keys[0], got, HDR + PAY, NULL), 0, "still stored");
+	kvn_client_close(ca);
+	kvn_client_close(cb);
+	free(joined);
+	free(pay);
+	free(got);
+}
+
+struct listed {
+	size_t n, cap, stop_at;
+	char (*key)[96];
+	uint64_t *len;
+};
+
+static int
+collect(void *ctx, const char *key, uint64_t len)
+{
+	struct listed *l = ctx;
+	cr_assert_lt(l->n, l->cap, "more keys listed than were put");
+	cr_assert_lt(strlen(key), sizeof(l->key[0]));
+	strcpy(l->key[l->n], key);
+	l->len[l->n++] = len;
+	return l->stop_at && l->n == l->stop_at;
+}
+
+static int
+by_text(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+Test(client, a_listing_is_exactly_the_keys_held_in_order_across_pages, .fini = stop_all,
+     .timeout = 300)
+{
+	start_sized(NULL, "0.1");
+	struct kvn_client *c = open_client(&a);
+	enum { N = 5000, GONE = 3, STEP = 1000 }; /* more than one page of 4096 */
+	static char text[N][96];
+	static const char *keys[N];
+	static const void *data[N];
+	static size_t lens[N];
+	static uint8_t bytes[16];
+	for (unsigned i = 0; i < N; i++) {
+		/* Keys whose order is not the order they were put in. */
+		key_text(text[i], sizeof(text[i]), "list", (i * 7919u) % 100003u);
+		keys[i] = text[i];
+		data[i] = bytes;
+		lens[i] = 1 + i % 16;
+	}
+	for (unsigned i = 0; i < N; i += STEP)
+		cr_assert_eq(kvn_client_batch_put(c, keys + i, STEP, data + i, lens + i, NULL), 0,
+			     "%s", kvn_client_error(c));
+	for (unsigned i = 0; i < GONE; i++)
+		cr_assert_eq(kvn_client_remove(c, keys[i * 100]), 0);
+	/* What the listing must be: the keys put, less those removed, in byte order. */
+	static char want[N][96];
+	size_t nw = 0;
+	for (unsigned i = 0; i < N; i++)
+		if (i % 100 || i / 100 >= GONE)
+			strcpy(want[nw++], text[i]);
+	qsort(want, nw, sizeof(want[0]), by_text);
+
+	static char got_key[N][96];
+	static uint64_t got_len[N];
+	struct listed l = {.cap = N, .key = got_key, .len = got_len};
+	long long p0 = client_stat(&a, "requests.LIST");
+	cr_assert_eq(kvn_client_list(c, NULL, 0, collect, &l), 0, "%s", kvn_client_error(c));
+	cr_assert_eq(client_stat(&a, "requests.LIST") - p0, 2, "%zu keys are two pages", nw);
+	cr_assert_eq(l.n, nw, "listed %zu keys, %zu held", l.n, nw);
+	for (size_t i = 0; i < nw; i++) {
+		cr_assert_str_eq(got_key[i], want[i], "key %zu of the listing", i);
+		unsigned k = 0;
+		while (strcmp(text[k], want[i]))
+			k++;
+		cr_assert_eq(got_len[i], lens[k], "%s's length", want[i]);
+	}
+
+	/* A bounded listing, resumed after its last key. */
+	l = (struct listed){.cap = N, .key = got_key, .len = got_len};
+	cr_assert_eq(kvn_client_list(c, NULL, 10, collect, &l), 1, "keys follow the first 10");
+	cr_assert_eq(l.n, 10);
+	char after[96];
+	strcpy(after, got_key[9]);
+	cr_assert_eq(kvn_client_list(c, after, 4200, collect, &l), 1, "%s", kvn_client_error(c));
+	cr_assert_eq(l.n, 4210);
+	for (size_t i = 0; i < l.n; i++)
+		cr_assert_str_eq(got_key[i], want[i], "key %zu of the resumed listing", i);
+	/* The callback stops it; after the last key, nothing follows. */
+	l = (struct listed){.cap = N, .key = got_key, .len = got_len, .stop_at = 3};
+	cr_assert_eq(kvn_client_list(c, NULL, 0, collect, &l), 1);
+	cr_assert_eq(l.n, 3);
+	l = (struct listed){.cap = N, .key = got_key, .len = got_len};
+	cr_assert_eq(kvn_client_list(c, want[nw - 2], 0, collect, &l), 0);
+	cr_assert_eq(l.n, 1);
+	cr_assert_str_eq(got_key[0], want[nw - 1]);
+	cr_assert_eq(kvn_client_list(c, want[nw - 1], 0, collect, &l), 0);
+	cr_assert_eq(l.n, 1, "nothing after the last key");
+	cr_assert_eq(kvn_client_list(c, "bad\x01key", 0, collect, &l), -EINVAL);
+	cr_assert_eq(kvn_client_ping(c), 0, "the connection is fine after all that");
+	kvn_client_close(c);
+}
+
+Test(client, ping_is_one_round_trip_behind_requests_in_flight_and_fails_once_the_node_is_gone,
+     .fini = stop_all, .timeout = 300)
+{
+	start_one(NULL);
+	struct kvn_client *c = open_client(&a);
+	long long p0 = client_stat(&a, "requests.PING");
+	cr_assert_eq(kvn_client_ping(c), 0, "%s", kvn_client_error(c));
+	cr_assert_eq(client_stat(&a, "requests.PING") - p0, 1);
+	/* A put in flight: the ping's reply comes after the put's, and both complete. */
+	const char *key = "model@1@0@00b0@half";
+	static uint8_t v[100000];
+	pattern_fill(v, sizeof(v), 9);
+	const void *data = v;
+	size_t len = sizeof(v);
+	int done = 0;
+	struct kvn_client_req put = {KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_PUT, .n = 1,
+				     .keys = &key,	  .data = &data,	.lens_in = &len,
+				     .done = count_done,  .ctx = &done};
+	cr_assert_eq(kvn_client_submit(c, &put), 0, "%s", kvn_client_error(c));
+	cr_assert_eq(kvn_client_ping(c), 0, "%s", kvn_client_error(c));
+	cr_assert_eq(kvn_client_wait(c, &put, 60000), 0);
+	cr_assert_eq(done, 1);
+	cr_assert_eq(put.status, 0, "%d", put.status);
+	cnode_kill(&a);
+	int rc = kvn_client_ping(c);
+	cr_assert(rc == -ENOTCONN || rc == -ECONNRESET || rc == -EPIPE, "ping of a dead node: %d",
+		  rc);
+	cr_assert(strstr(kvn_client_error(c), "connection"), "%s", kvn_client_error(c));
+	cr_assert_eq(kvn_client_ping(c), -ENOTCONN, "and it stays broken");
+	kvn_client_close(c);
+}
+
+/* A node of client protocol 1.0, before LIST: it answers HELLO (a small memfd for a pool) and
+ * PING, and closes the connection on any other op, as such a node does on one it does not
+ * know. */
+struct old_node {
+	char path[300];
+	int lfd;
+	int other_ops; /* frames that were not PING */
+};
+
+static void *
+old_node_main(void *arg)
+{
+	struct old_node *o = arg;
+	int fd = accept(o->lfd, NULL, NULL);
+	uint8_t buf[KVN_CP_HDR_SIZE + 256];
+	struct kvn_cp_hdr h;
+	if (fd < 0 || recv(fd, buf, KVN_CP_HDR_SIZE, MSG_WAITALL) != KVN_CP_HDR_SIZE)
+		return NULL;
+	kvn_cp_hdr_decode(buf, &h);
+	if (h.body_len > 256 || recv(fd, buf, (size_t)h.body_len, MSG_WAITALL) < 0)
+		return NULL;
+	uint8_t rep[KVN_CP_HDR_SIZE + KVN_CP_HELLO_OK_SIZE];
+	kvn_cp_hdr_encode(&(struct kvn_cp_hdr){.magic = KVN_CP_REPLY_MAGIC,
+					       .op = KVN_CP_HELLO,
+					       .id = h.id,
+					       .body_len = KVN_CP_HELLO_OK_SIZE},
+			  rep);
+	kvn_cp_hello_ok_encode(&(struct kvn_cp_hello_ok){.major = KVN_CP_MAJOR,
+							 .minor = 0,
+							 .max_batch = KVN_CP_BATCH_MAX,
+							 .pool_size = 1 << 20,
+							 .max_chunk = 1 << 20,
+							 .max_held = 1 << 20},
+			       rep + KVN_CP_HDR_SIZE);
+	int pool = memfd_create("old-node", MFD_CLOEXEC);
+	if (pool < 0 || ftruncate(pool, 1 << 20) < 0)
+		return NULL;
+	char ctl[CMSG_SPACE(sizeof(int))] = {0};
+	struct iovec iov = {rep, sizeof(rep)};
+	struct msghdr mh = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl)};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &pool, sizeof(int));
+	if (sendmsg(fd, &mh, MSG_NOSIGNAL) != (ssize_t)sizeof(rep))
+		return NULL;
+	close(pool);
+	while (recv(fd, buf, KVN_CP_HDR_SIZE, MSG_WAITALL) == KVN_CP_HDR_SIZE) {
+		kvn_cp_hdr_decode(buf, &h);
+		if (h.op != KVN_CP_PING) {
+			o->other_ops++;
+			break;
+		}
+		kvn_cp_hdr_encode(&(struct kvn_cp_hdr){.magic = KVN_CP_REPLY_MAGIC,
+						       .op = KVN_CP_PING,
+						       .id = h.id},
+				  buf);
+		if (send(fd, buf, KVN_CP_HDR_SIZE, MSG_NOSIGNAL) != KVN_CP_HDR_SIZE)
+			break;
+	}
+	close(fd);
+	return NULL;
+}
+
+Test(client, a_node_older_than_list_gets_no_list_frame_and_the_call_says_so, .timeout = 120)
+{
+	char d[256];
+	cr_assert_eq(proc_mkdtemp("kvn-oldnode", d, sizeof(d)), 0);
+	struct old_node o = {0};
+	snprintf(o.path, sizeof(o.path), "%s/old.sock", d);
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	memcpy(sa.sun_path, o.path, strlen(o.path) + 1);
+	o.lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	cr_assert_eq(bind(o.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(o.lfd, 1), 0);
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, old_node_main, &o), 0);
+	struct kvn_client *c = NULL;
+	char err[512];
+	struct kvn_client_opts opts = {KVN_CLIENT_OPTS_INIT, .socket_path = o.path,
+				       .timeout_ms = 30000};
+	cr_assert_eq(kvn_client_open(&opts, &c, err, sizeof(err)), 0, "%s", err);
+	struct listed l = {0};
+	cr_assert_eq(kvn_client_list(c, NULL, 0, collect, &l), -EOPNOTSUPP);
+	const char *msg = kvn_client_error(c);
+	cr_assert(strstr(msg, "LIST") && strstr(msg, "1.0") && strstr(msg, "upgrade"), "%s", msg);
+	cr_assert_eq(kvn_client_ping(c), 0, "the connection is still up: %s", kvn_client_error(c));
+	kvn_client_close(c);
+	pthread_join(t, NULL);
+	cr_assert_eq(o.other_ops, 0, "the old node was sent an op it does not know");
+	close(o.lfd);
+	proc_rm_tree(d);
+}
+
 /* ------------------------------------------------------------------------------------------
  * Many clients, asynchronous requests
  * ------------------------------------------------------------------------------------------ */
@@ -656,12 +995,6 @@ Test(client, a_hundred_clients_doing_mixed_batches_see_every_byte_right, .fini =
 	for (int t2 = 0; t2 < DEADLINE / 20 && client_stat(&a, "connected") != 0; t2++)
 		sched_sleep_ms(20);
 	cr_assert_eq(client_stat(&a, "leases"), 0);
-}
-
-static void
-count_done(struct kvn_client_req *req)
-{
-	++*(int *)req->ctx;
 }
 
 Test(client, asynchronous_requests_complete_through_the_fd_and_callbacks, .fini = stop_all,

@@ -9,7 +9,10 @@
  *    to the cluster;
  *  - a chunk another node holds is fetched by the node with one-sided RDMA READs into its pool
  *    and comes back as a view like a local one;
- *  - batches (get, get_into, put, remove, contains_prefix) are one round trip to the node.
+ *  - a gather put (putv) copies pieces (a header and a payload, say) back to back into the
+ *    slot, in the same one pass;
+ *  - batches (get, get_into, put, remove, contains_prefix) are one round trip to the node;
+ *  - list walks the keys the node holds, a bounded page per round trip.
  * Every call returns 0 or a negative errno; kvn_client_error() then names the key and the
  * cause. A client is used by one thread at a time (open one per thread); it is not
  * fork-safe. Keys are LMCache's key text (kvnode.h, Keys). */
@@ -19,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "kvnode/kvnode.h"
 
@@ -74,6 +78,13 @@ KVN_API int kvn_client_get_into(struct kvn_client *c, const char *key, void *dst
  * max_chunk_size, -ENOSPC when it can never fit the pool, -ENOMEM when the pool is full of
  * chunks that cannot be evicted now. */
 KVN_API int kvn_client_put(struct kvn_client *c, const char *key, const void *data, size_t len);
+/* (ABI 2.3) kvn_client_put of the concatenation of iov[0..iovcnt): the pieces are copied once,
+ * back to back, into the reserved slot and checksummed in the same pass, so the node stores
+ * byte for byte what a put of the joined bytes stores, without the caller joining them.
+ * Zero-length pieces are skipped; iovcnt 0 stores an empty value. The same errors as put,
+ * and -EINVAL for a negative iovcnt or a piece with no base but a length. */
+KVN_API int kvn_client_putv(struct kvn_client *c, const char *key, const struct iovec *iov,
+			    int iovcnt);
 /* -ENOENT when the node held no value of key. */
 KVN_API int kvn_client_remove(struct kvn_client *c, const char *key);
 /* 1 when the node or a peer holds key, 0 when none does. */
@@ -91,6 +102,9 @@ KVN_API int kvn_client_batch_get_into(struct kvn_client *c, const char *const *k
 				      void *const *dst, const size_t *caps, size_t *lens, int *rcs);
 KVN_API int kvn_client_batch_put(struct kvn_client *c, const char *const *keys, size_t n,
 				 const void *const *data, const size_t *lens, int *rcs);
+/* (ABI 2.3) Key i's value is the concatenation of iovs[i][0..iovcnts[i]), as kvn_client_putv. */
+KVN_API int kvn_client_batch_putv(struct kvn_client *c, const char *const *keys, size_t n,
+				  const struct iovec *const *iovs, const int *iovcnts, int *rcs);
 KVN_API int kvn_client_batch_remove(struct kvn_client *c, const char *const *keys, size_t n,
 				    int *rcs);
 /* LMCache's prefix lookup: *found gets how many leading keys are held by this node or a peer,
@@ -98,6 +112,30 @@ KVN_API int kvn_client_batch_remove(struct kvn_client *c, const char *const *key
  * once for all the keys it does not hold. */
 KVN_API int kvn_client_contains_prefix(struct kvn_client *c, const char *const *keys, size_t n,
 				       size_t *found);
+
+/* ------------------------------------------------------------------------------------------
+ * The node itself (ABI 2.3)
+ * ------------------------------------------------------------------------------------------ */
+
+/* One round trip to the node: 0 when it answered, else a negative errno (-ENOTCONN when the
+ * connection broke; -ETIMEDOUT after the client's timeout, which breaks the connection) and
+ * kvn_client_error() says why. */
+KVN_API int kvn_client_ping(struct kvn_client *c);
+
+/* A key of the node's listing and the length of its value; non-zero stops the listing. */
+typedef int (*kvn_client_list_fn)(void *ctx, const char *key, uint64_t len);
+/* Lists the keys the node holds in its own tiers (what `kvnode ls` shows; not its peers'), in
+ * byte order of their text: fn runs for each key after `after` (NULL or "": from the first),
+ * for at most max of them (0: no limit). Each round trip is a page of at most 4096 keys, and
+ * the node keeps nothing between pages: a key held throughout the listing is listed exactly
+ * once, a key put or removed meanwhile may or may not be. Each page walks the node's whole
+ * listing (its remote store's included), so a listing of N keys costs N / 4096 walks.
+ * Returns 0 when the listing reached the last key; 1 when keys follow the last one fn saw
+ * (max reached, or fn stopped it): call again with after = that key; else a negative errno,
+ * -EOPNOTSUPP when the node is older than LIST (client protocol 1.0). fn runs from this
+ * call once a page has arrived, not from the event loop: it may call c's functions. */
+KVN_API int kvn_client_list(struct kvn_client *c, const char *after, size_t max,
+			    kvn_client_list_fn fn, void *ctx);
 
 /* ------------------------------------------------------------------------------------------
  * Asynchronous requests, to overlap loading with compute. Fill a struct kvn_client_req

@@ -18,7 +18,7 @@
  * backend env, the connectors' header and tag helpers installed. 2.1: kvn_backend_ops.sync.
  * 2.2: the client API (kvnode/client.h, struct kvn_client_opts and kvn_client_req). 2.3:
  * device memory in the transports (kvn_transport_ops.reg_dev, struct kvn_dev_mem and
- * kvn_reg_report). */
+ * kvn_reg_report); kvn_client_putv, kvn_client_batch_putv, kvn_client_ping, kvn_client_list. */
 #ifndef KVNODE_VERSION_H
 #define KVNODE_VERSION_H
 

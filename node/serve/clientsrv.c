@@ -168,13 +168,15 @@ hold_room(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const char *what
  * ------------------------------------------------------------------------------------------ */
 
 static int
-send_reply(struct kvn_client_conn *cc, const struct kvn_cp_hdr *req, int status, uint32_t count)
+send_reply_flags(struct kvn_client_conn *cc, const struct kvn_cp_hdr *req, int status,
+		 uint32_t count, uint16_t flags)
 {
 	if (cc->out.err)
-		status = -ENOMEM, cc->out.len = 0, count = 0;
+		status = -ENOMEM, cc->out.len = 0, count = 0, flags = 0;
 	uint8_t hdr[KVN_CP_HDR_SIZE];
 	struct kvn_cp_hdr h = {.magic = KVN_CP_REPLY_MAGIC,
 			       .op = req->op,
+			       .flags = flags,
 			       .count = count,
 			       .status = status,
 			       .id = req->id,
@@ -186,6 +188,12 @@ send_reply(struct kvn_client_conn *cc, const struct kvn_cp_hdr *req, int status,
 		kvn_debug(COMP, "client %s: reply to %s not delivered: %s", cc->peer,
 			  kvn_cp_op_name(req->op), kvn_strerror(rc));
 	return rc ? -1 : 0;
+}
+
+static int
+send_reply(struct kvn_client_conn *cc, const struct kvn_cp_hdr *req, int status, uint32_t count)
+{
+	return send_reply_flags(cc, req, status, count, 0);
 }
 
 /* A reply failing the whole request, its body the message. */
@@ -454,6 +462,132 @@ do_contains(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct k
 		  : send_reply(cc, h, 0, h->count);
 }
 
+/* LIST: a page of the engine's listing (what `kvnode ls` shows), in byte order of the key
+ * text, after the request's cursor. The node keeps nothing between pages: each walks the
+ * listing once, keeping the page's size of smallest keys past the cursor in a max-heap (of
+ * indexes, so that a replaced entry is written once), so a reply is bounded however many keys
+ * the node holds, and a key held throughout a listing is in exactly one of its pages. */
+struct list_ent {
+	uint64_t len;
+	uint16_t n;
+	char key[KVN_KEY_MAX];
+};
+
+struct list_page {
+	const char *after;
+	size_t after_len;
+	uint32_t want, n;
+	struct list_ent *ent;
+	uint32_t *heap; /* indexes into ent, the largest key first */
+	bool more;	/* a key past the cursor did not fit the page */
+};
+
+static int
+keycmp(const char *a, size_t an, const char *b, size_t bn)
+{
+	int r = memcmp(a, b, an < bn ? an : bn);
+	return r ? r : (an > bn) - (an < bn);
+}
+
+static int
+ent_cmp(const struct list_page *p, uint32_t a, uint32_t b)
+{
+	const struct list_ent *x = &p->ent[p->heap[a]], *y = &p->ent[p->heap[b]];
+	return keycmp(x->key, x->n, y->key, y->n);
+}
+
+static void
+heap_swap(struct list_page *p, uint32_t a, uint32_t b)
+{
+	uint32_t t = p->heap[a];
+	p->heap[a] = p->heap[b];
+	p->heap[b] = t;
+}
+
+static void
+heap_down(struct list_page *p, uint32_t n, uint32_t i)
+{
+	for (;;) {
+		uint32_t l = 2 * i + 1, r = l + 1, m = i;
+		if (l < n && ent_cmp(p, l, m) > 0)
+			m = l;
+		if (r < n && ent_cmp(p, r, m) > 0)
+			m = r;
+		if (m == i)
+			return;
+		heap_swap(p, i, m);
+		i = m;
+	}
+}
+
+static void
+ent_set(struct list_ent *e, const struct kvn_key *key, size_t len)
+{
+	e->len = len;
+	e->n = key->len;
+	memcpy(e->key, key->str, key->len);
+}
+
+static int
+list_one(void *ctx, const struct kvn_key *key, size_t len)
+{
+	struct list_page *p = ctx;
+	if (keycmp(key->str, key->len, p->after, p->after_len) <= 0)
+		return 0;
+	if (p->n < p->want) { /* a new leaf, up to where it belongs */
+		uint32_t i = p->n++;
+		ent_set(&p->ent[i], key, len);
+		p->heap[i] = i;
+		for (; i > 0 && ent_cmp(p, i, (i - 1) / 2) > 0; i = (i - 1) / 2)
+			heap_swap(p, i, (i - 1) / 2);
+		return 0;
+	}
+	p->more = true;
+	const struct list_ent *top = &p->ent[p->heap[0]];
+	if (keycmp(key->str, key->len, top->key, top->n) < 0) { /* replaces the largest */
+		ent_set(&p->ent[p->heap[0]], key, len);
+		heap_down(p, p->n, 0);
+	}
+	return 0;
+}
+
+static int
+do_list(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_cp_hdr *h,
+	struct kvn_cp_rd *rd)
+{
+	struct list_page p = {.after = "", .want = kvn_cp_get_u32(rd)};
+	kvn_cp_get_u32(rd); /* reserved */
+	if (h->count == 1)
+		p.after_len = kvn_cp_get_key(rd, &p.after);
+	if (h->count > 1 || rd->bad || rd->off != rd->len)
+		return -EPROTO;
+	if (p.want == 0 || p.want > KVN_CP_BATCH_MAX)
+		p.want = KVN_CP_BATCH_MAX;
+	p.ent = malloc(sizeof(*p.ent) * p.want);
+	p.heap = malloc(sizeof(*p.heap) * p.want);
+	int rc = p.ent && p.heap ? kvn_engine_list(cs->eng, list_one, &p) : -ENOMEM;
+	if (rc == 0) {
+		/* Heap sort: the largest to the end, n times, gives byte order. */
+		for (uint32_t k = p.n; k > 1; k--) {
+			heap_swap(&p, 0, k - 1);
+			heap_down(&p, k - 1, 0);
+		}
+		for (uint32_t i = 0; i < p.n; i++) {
+			const struct list_ent *e = &p.ent[p.heap[i]];
+			kvn_cp_put_u64(&cc->out, e->len);
+			kvn_cp_put_key(&cc->out, e->key, e->n);
+		}
+	}
+	free(p.ent);
+	free(p.heap);
+	if (rc) {
+		char msg[200];
+		snprintf(msg, sizeof(msg), "LIST failed: %s", kvn_strerror(rc));
+		return send_error(cc, h, rc, msg);
+	}
+	return send_reply_flags(cc, h, 0, p.n, p.more ? KVN_CP_F_MORE : 0);
+}
+
 /* ------------------------------------------------------------------------------------------
  * Connections
  * ------------------------------------------------------------------------------------------ */
@@ -513,6 +647,9 @@ kvn_clientsrv_serve(struct kvn_clientsrv *cs, struct kvn_client_conn *cc)
 		break;
 	case KVN_CP_PING:
 		rc = send_reply(cc, &h, 0, 0);
+		break;
+	case KVN_CP_LIST:
+		rc = do_list(cs, cc, &h, &rd);
 		break;
 	}
 	free(body);
