@@ -2,11 +2,11 @@
  * server of `kvnode serve`, node/serve/server.c): an engine with a 32 MiB cpu tier, started
  * once. An input whose first byte is odd is sent raw (the HELLO itself is fuzzed); any other
  * input follows a valid HELLO, so the frames after it reach GET, RESERVE, COMMIT, RELEASE,
- * REMOVE, CONTAINS and PING. Each input gets a fresh connection, then the writing side is shut.
- * Properties:
+ * REMOVE, CONTAINS, PING and LIST. Each input gets a fresh connection, then the writing side is
+ * shut. Properties:
  *  - the replies are whole, valid frames: a known op, each body the size its op and count
  *    make, every per-entry status an errno or a documented value, every view and reserved
- *    slot inside the pool that HELLO announced;
+ *    slot inside the pool that HELLO announced, a LIST page's keys valid and in byte order;
  *  - what a client held is given back when it goes: once the connection is closed, the
  *    server's leases, reservations and held bytes return to 0;
  *  - the node goes on serving: every 64 inputs the real client library puts a value and gets
@@ -115,6 +115,35 @@ check_statuses(const struct kvn_cp_hdr *h, const uint8_t *body)
 	}
 }
 
+/* A LIST page: count entries (len u64, key), each key valid and after the one before, filling
+ * the body exactly. */
+static void
+check_listing(const struct kvn_cp_hdr *h, const uint8_t *body)
+{
+	struct kvn_cp_rd rd = {body, (size_t)h->body_len, 0, false};
+	const char *prev = NULL;
+	size_t prev_n = 0;
+	for (uint32_t i = 0; i < h->count; i++) {
+		uint64_t len = kvn_cp_get_u64(&rd);
+		const char *k;
+		size_t n = kvn_cp_get_key(&rd, &k);
+		FZ_ASSERT(!rd.bad, "LIST entry %u of %u: malformed", i, h->count);
+		FZ_ASSERT(len <= VALUE_MAX, "LIST entry %u: a value of %llu bytes", i,
+			  (unsigned long long)len);
+		struct kvn_key key;
+		FZ_ASSERT(kvn_key_parse(&key, k, n, NULL, 0) == 0, "LIST entry %u: not a key", i);
+		if (prev) {
+			int r = memcmp(prev, k, prev_n < n ? prev_n : n);
+			FZ_ASSERT(r < 0 || (r == 0 && prev_n < n), "LIST entry %u: out of order",
+				  i);
+		}
+		prev = k;
+		prev_n = n;
+	}
+	FZ_ASSERT(rd.off == rd.len, "LIST of %u keys: %zu bytes after them", h->count,
+		  rd.len - rd.off);
+}
+
 /* One reply frame (header valid); its body is the size its op and count make. */
 static void
 check_body(const struct kvn_cp_hdr *h, const uint8_t *body, uint64_t *pool_size)
@@ -141,6 +170,9 @@ check_body(const struct kvn_cp_hdr *h, const uint8_t *body, uint64_t *pool_size)
 		break;
 	case KVN_CP_RELEASE:
 		fz_fail("RELEASE was answered");
+	case KVN_CP_LIST:
+		check_listing(h, body);
+		return;
 	}
 	FZ_ASSERT(h->body_len == want, "%s of %u entries: a %llu-byte body, not %llu", op,
 		  h->count, (unsigned long long)h->body_len, (unsigned long long)want);

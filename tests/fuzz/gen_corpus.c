@@ -629,6 +629,32 @@ gen_client(void)
 	add_cp(s, KVN_CP_PING, 0, 0, 8, NULL);
 	write_seed("clientsrv", "reserve-commit-get-contains-remove", s);
 
+	/* A listing in pages: the first two keys, then the ones after the second (1.1). */
+	s = seed_new();
+	add_u8(s, 0);
+	kvn_cp_buf_reset(&b);
+	for (int i = 0; i < 3; i++) {
+		kvn_cp_put_key(&b, ck[i], strlen(ck[i]));
+		kvn_cp_put_u64(&b, 100);
+	}
+	add_cp(s, KVN_CP_RESERVE, 0, 3, 2, &b);
+	kvn_cp_buf_reset(&b);
+	for (uint64_t id = 1; id <= 3; id++) {
+		kvn_cp_put_u64(&b, id);
+		kvn_cp_put_u64(&b, 0);
+	}
+	add_cp(s, KVN_CP_COMMIT, 0, 3, 3, &b);
+	kvn_cp_buf_reset(&b);
+	kvn_cp_put_u32(&b, 2);
+	kvn_cp_put_u32(&b, 0);
+	add_cp(s, KVN_CP_LIST, 0, 0, 4, &b);
+	kvn_cp_buf_reset(&b);
+	kvn_cp_put_u32(&b, 0);
+	kvn_cp_put_u32(&b, 0);
+	kvn_cp_put_key(&b, ck[1], strlen(ck[1]));
+	add_cp(s, KVN_CP_LIST, 0, 1, 5, &b);
+	write_seed("clientsrv", "reserve-commit-list-pages", s);
+
 	s = seed_new();
 	add_u8(s, 0);
 	kvn_cp_buf_reset(&b);
