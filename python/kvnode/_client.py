@@ -1,7 +1,8 @@
 """kvnode.Client: the host's kvnode from Python, over libkvnode's client API (docs/python.md).
 
 A get is a read-only memoryview straight into the node's pool under a lease; a put copies the
-caller's buffer once, into the slot the node reserved. Every failure raises a kvnode.Error
+caller's buffer (or its pieces, back to back) once, into the slot the node reserved. Every
+failure raises a kvnode.Error
 (an OSError) with the errno and kvn_client_error()'s message, which names the key."""
 import ctypes
 import errno as _errno
@@ -58,8 +59,8 @@ def _error(rc, message, key=None, cls=None):
 
 
 def _key(k):
-    if isinstance(k, str):
-        return k.encode("utf-8")
+    if isinstance(k, str):  # surrogateescape: the keys keys() decoded go back as they came
+        return k.encode("utf-8", "surrogateescape")
     if isinstance(k, (bytes, bytearray)):
         return bytes(k)
     if hasattr(k, "to_string"):  # LMCache's CacheEngineKey
@@ -70,6 +71,38 @@ def _key(k):
 def _keys(keys):
     enc = [_key(k) for k in keys]
     return enc, (ctypes.c_char_p * max(len(enc), 1))(*enc)
+
+
+def _pieces(value):
+    """A put's value as pieces: a list or tuple of buffers is stored joined, anything else is
+    one buffer."""
+    return list(value) if isinstance(value, (list, tuple)) else None
+
+
+class _Gather:
+    """The pieces of one value, pinned, as the struct iovec array kvn_client_putv takes."""
+
+    __slots__ = ("pins", "iov")
+
+    def __init__(self, pieces):
+        self.pins = []
+        try:
+            for p in pieces:
+                self.pins.append(_lib.Pinned(p))
+        except BaseException:
+            self.close()
+            raise
+        self.iov = (_lib.Iovec * max(len(self.pins), 1))(
+            *[_lib.Iovec(p.addr, p.nbytes) for p in self.pins])
+
+    @property
+    def count(self):
+        return len(self.pins)
+
+    def close(self):
+        for p in self.pins:
+            p.close()
+        self.pins = []
 
 
 def _chunks(n):
@@ -299,8 +332,21 @@ class Client:
             return n.value
 
     def put(self, key, data):
-        """Stores the bytes of data (any C-contiguous buffer) under key, copied once."""
+        """Stores the bytes of data (any C-contiguous buffer) under key, copied once. A list or
+        tuple of buffers (a header and a payload, say) is stored as their concatenation,
+        copied once piece by piece: nothing joins them first (kvn_client_putv)."""
         k = _key(key)
+        pieces = _pieces(data)
+        if pieces is not None:
+            g = _Gather(pieces)
+            try:
+                with self._lock:
+                    rc = _L.kvn_client_putv(self._handle(), k, g.iov, g.count)
+                    if rc < 0:
+                        raise self._err(rc, key)
+            finally:
+                g.close()
+            return
         with _lib.Pinned(data) as p, self._lock:
             c = self._handle()
             rc = _L.kvn_client_put(c, k, p.addr, p.nbytes)
@@ -409,10 +455,13 @@ class Client:
 
     def put_many(self, keys, values):
         """Stores values[i] under keys[i], one round trip per 4096; the first failed key's
-        error raises (the others were stored)."""
+        error raises (the others were stored). A value that is a list or tuple of buffers is
+        stored joined, as put does."""
         keys, values = list(keys), list(values)
         if len(keys) != len(values):
             raise ValueError("put_many: %d keys, %d values" % (len(keys), len(values)))
+        if any(isinstance(v, (list, tuple)) for v in values):
+            return self._putv_many(keys, values)
         pins = []
         try:
             pins = [_lib.Pinned(v) for v in values]
@@ -432,6 +481,30 @@ class Client:
             for p in pins:
                 p.close()
 
+    def _putv_many(self, keys, values):
+        gathers = []
+        try:
+            for v in values:
+                pieces = _pieces(v)
+                gathers.append(_Gather(pieces if pieces is not None else [v]))
+            with self._lock:
+                c = self._handle()
+                for lo, hi in _chunks(len(keys)):
+                    n = hi - lo
+                    _, arr = _keys(keys[lo:hi])
+                    iovs = (ctypes.POINTER(_lib.Iovec) * n)(
+                        *[ctypes.cast(g.iov, ctypes.POINTER(_lib.Iovec))
+                          for g in gathers[lo:hi]])
+                    cnts = (ctypes.c_int * n)(*[g.count for g in gathers[lo:hi]])
+                    rcs = (ctypes.c_int * n)()
+                    rc = _L.kvn_client_batch_putv(c, arr, n, iovs, cnts, rcs)
+                    e = self._batch_raise(rc, rcs, keys, lo, n, False)
+                    if e:
+                        raise e
+        finally:
+            for g in gathers:
+                g.close()
+
     def remove_many(self, keys):
         """Removes the keys: how many the node held."""
         keys = list(keys)
@@ -448,6 +521,48 @@ class Client:
                     raise e
                 removed += sum(1 for i in range(n) if rcs[i] == 0)
         return removed
+
+    # -- the node -----------------------------------------------------------------------------
+    def ping(self):
+        """One round trip to the node; raises (NodeUnavailable when the connection broke)
+        when it does not answer."""
+        with self._lock:
+            rc = _L.kvn_client_ping(self._handle())
+            if rc < 0:
+                raise self._err(rc)
+
+    def _list(self, after, limit):
+        """[(key, value length)] of one kvn_client_list call, and whether keys follow."""
+        got = []
+
+        def one(ctx, key, length):
+            got.append((key.decode("utf-8", "surrogateescape"), length))
+            return 0
+
+        fn = _lib.LIST_FN(one)
+        a = _key(after) if after else None
+        with self._lock:
+            rc = _L.kvn_client_list(self._handle(), a, limit, fn, None)
+            if rc < 0:
+                raise self._err(rc)
+        return got, rc == 1
+
+    def keys(self, after=None):
+        """The keys the node holds (its own tiers, as `kvnode ls`), in byte order, after
+        `after` when given: an iterator, one round trip per 4096 keys. A key held throughout
+        is listed once; one put or removed meanwhile may or may not be."""
+        while True:
+            page, more = self._list(after, _lib.BATCH_MAX)
+            for k, _ in page:
+                yield k
+            if not more or not page:
+                return
+            after = page[-1][0]
+
+    def list(self, after=None, limit=None):
+        """[(key, value length)] of the node's keys in byte order, after `after`, at most
+        limit of them (None: all)."""
+        return self._list(after, int(limit) if limit else 0)[0]
 
     def __repr__(self):
         return "<kvnode.Client %s%s>" % (self.socket, " closed" if self.closed else "")

@@ -9,9 +9,10 @@ import ctypes.util
 import os
 import re
 
-# include/kvnode/version.h: KVN_ABI_MAKE(2, 2), the ABI that added the client API.
+# include/kvnode/version.h: KVN_ABI_MAKE(2, 3), the client API with gather puts, list and
+# ping (2.2 added the client API).
 ABI_MAJOR = 2
-ABI_MINOR = 2
+ABI_MINOR = 3
 ABI = (ABI_MAJOR << 16) | ABI_MINOR
 SONAME = "libkvnode.so.0"  # CMakeLists.txt: SOVERSION 0
 
@@ -35,6 +36,17 @@ class KvnView(ctypes.Structure):
         ("len", ctypes.c_size_t),
         ("lease", ctypes.c_uint64),
     ]
+
+
+class Iovec(ctypes.Structure):  # <sys/uio.h>'s struct iovec, kvn_client_putv's pieces
+    _fields_ = [
+        ("iov_base", ctypes.c_void_p),
+        ("iov_len", ctypes.c_size_t),
+    ]
+
+
+# kvn_client_list_fn: int (*)(void *ctx, const char *key, uint64_t len)
+LIST_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64)
 
 
 # Sizes and offsets of the header's structs on LP64 (x86-64, arm64): what the C compiler
@@ -127,7 +139,12 @@ def load():
 
 
 def _fn(lib, name, restype, *argtypes):
-    f = getattr(lib, name)
+    try:
+        f = getattr(lib, name)
+    except AttributeError:
+        raise ImportError("kvnode: %s has no %s: it is older than these bindings (ABI %d.%d); "
+                          "use the kvnode package of the library's version"
+                          % (lib._name, name, ABI_MAJOR, ABI_MINOR)) from None
     f.restype = restype
     f.argtypes = list(argtypes)
 
@@ -157,6 +174,13 @@ def _declare(lib):
     _fn(lib, "kvn_client_batch_put", ctypes.c_int, P, keys, ctypes.c_size_t, ptrs, sizes, ints)
     _fn(lib, "kvn_client_batch_remove", ctypes.c_int, P, keys, ctypes.c_size_t, ints)
     _fn(lib, "kvn_client_contains_prefix", ctypes.c_int, P, keys, ctypes.c_size_t, sizes)
+    iovs = ctypes.POINTER(Iovec)
+    _fn(lib, "kvn_client_putv", ctypes.c_int, P, ctypes.c_char_p, iovs, ctypes.c_int)
+    _fn(lib, "kvn_client_batch_putv", ctypes.c_int, P, keys, ctypes.c_size_t,
+        ctypes.POINTER(iovs), ints, ints)
+    _fn(lib, "kvn_client_ping", ctypes.c_int, P)
+    _fn(lib, "kvn_client_list", ctypes.c_int, P, ctypes.c_char_p, ctypes.c_size_t, LIST_FN,
+        P)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,15 +11,12 @@ lmcache/v1/storage_backend/connector/fs_connector.py): the 28-byte RemoteMetadat
 shape[0..3]) then the payload, which is also what kvnode's own remote tier writes
 (docs/architecture.md §10.1). Imports without LMCache installed: the base classes are then
 stand-ins with the same methods, for tests and tools."""
-import asyncio
+import errno
 import logging
-import os
-import shutil
 import struct
-import subprocess
 from urllib.parse import urlparse
 
-from ._client import Client, NotFound
+from ._client import Client, Error, NotFound
 
 log = logging.getLogger("kvnode.lmcache")
 
@@ -123,7 +120,8 @@ def _key(key):
 
 class KvnodeConnector(RemoteConnector):
     """LMCache's RemoteConnector over kvnode.Client. get copies the value once, from the
-    node's pool into the MemoryObj that local_cpu_backend.allocate gives."""
+    node's pool into the MemoryObj that local_cpu_backend.allocate gives; put copies it once,
+    header and payload as two pieces, into the pool slot."""
 
     def __init__(self, url, loop, local_cpu_backend, name="lmcache"):
         self.url = url
@@ -133,17 +131,16 @@ class KvnodeConnector(RemoteConnector):
 
     # -- store --------------------------------------------------------------------------------
     def _value(self, memory_obj):
-        """Header and payload in one buffer: the client API has no gather put, so this is the
-        one copy beyond the pool's (fs_connector writes the header, then the payload)."""
+        """The value's pieces, header then payload (fs_connector writes the header, then the
+        payload): Client.put copies them back to back into the pool slot (kvn_client_putv), so
+        the stored bytes are the fs layout and the payload is copied once, from the
+        MemoryObj itself."""
         payload = memoryview(memory_obj.byte_array).cast("B")
         if not self.save_chunk_meta:
             return payload
         hdr = pack_meta(len(payload), memory_obj.get_shape(), memory_obj.get_dtype(),
                         memory_obj.get_memory_format())
-        value = bytearray(META_LEN + len(payload))
-        value[:META_LEN] = hdr
-        value[META_LEN:] = payload
-        return value
+        return [hdr, payload]
 
     def put_sync(self, key, memory_obj):
         self.client.put(_key(key), self._value(memory_obj))
@@ -262,12 +259,31 @@ class KvnodeConnector(RemoteConnector):
             return False
 
     async def list(self):
-        """The keys the node holds: `kvnode ls` (the client API has no listing call)."""
-        exe = os.environ.get("KVNODE_BIN") or shutil.which("kvnode") or "/usr/bin/kvnode"
-        out = await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
-            [exe, "ls", "--node", self.client.socket], check=True, capture_output=True,
-            text=True, timeout=60).stdout)
-        return [line.split("\t", 1)[0] for line in out.splitlines() if line]
+        """The keys the node holds (its own tiers, what `kvnode ls` shows), in byte order:
+        Client.keys, one round trip per 4096 keys."""
+        return [k for k in self.client.keys()]
+
+    # -- health -------------------------------------------------------------------------------
+    # LMCache's RemoteConnector (lmcache/v1/storage_backend/connector/base_connector.py):
+    # support_ping() -> bool, async ping() -> int, "the error code, 0 means success". Its
+    # health check (lmcache/v1/health_monitor/checks/remote_backend_check.py) calls ping when
+    # support_ping() says so, records the code and counts any non-zero one as unhealthy; its
+    # own codes for a timeout and an exception are -1 and -2 (health_monitor/constants.py), so
+    # this returns the failure's errno, positive, never one of those.
+    def support_ping(self):
+        return True
+
+    async def ping(self):
+        """0 when the node answers one round trip, else the errno of why not (ENOTCONN once
+        the connection broke or the connector was closed)."""
+        try:
+            self.client.ping()
+            return 0
+        except Error as e:
+            log.warning("kvnode: ping of %s failed: %s", self.url, e)
+            return e.errno or errno.EIO
+        except ValueError:  # closed
+            return errno.ENOTCONN
 
     async def close(self):
         self.client.close()

@@ -1,7 +1,7 @@
 """kvnode.Client against a real `kvnode serve`: round trips up to 32 MiB byte for byte, views
 that are read-only and invalid once released, leases the node drops on release, get_into
-numpy, batches and contains_prefix, errors with errno and the key, and the ctypes layout
-against the C header."""
+numpy, batches and contains_prefix, puts of pieces stored joined, listings across pages, ping,
+errors with errno and the key, and the ctypes layout against the C header."""
 import array
 import ctypes
 import errno
@@ -69,6 +69,68 @@ class ClientTest(unittest.TestCase):
             self.c.put(key(9, "buf"), memoryview(src)[::2])
         with self.assertRaises(TypeError):
             self.c.put(key(9, "buf"), "text is not bytes")
+
+    def test_put_of_pieces_stores_them_joined(self):
+        hdr = pattern(28, 1)
+        payload = pattern(300000, 2)
+        pieces = [hdr, b"", bytearray(payload[:70000]), memoryview(payload)[70000:],
+                  array.array("B", b"tail")]
+        if np is not None:
+            pieces.append(np.arange(100, dtype=np.int32))
+        joined = b"".join(bytes(memoryview(p).cast("B")) for p in pieces)
+        self.c.put(key(1, "pieces"), pieces)
+        self.assertEqual(self.c.get_bytes(key(1, "pieces")), joined)
+        self.c.put(key(2, "pieces"), (hdr, payload))
+        self.assertEqual(self.c.get_bytes(key(2, "pieces")), hdr + payload)
+        self.c.put(key(3, "pieces"), [])
+        self.assertEqual(self.c.get_bytes(key(3, "pieces")), b"")
+        # A batch mixing values of pieces and plain ones, more than one round trip's keys.
+        keys = [key(i, "pmany") for i in range(kvnode.BATCH_MAX + 10)]
+        vals = [[pattern(28, i), pattern(100 + i % 50, i + 1)] if i % 3 else pattern(64, i)
+                for i in range(len(keys))]
+        self.c.put_many(keys, vals)
+        for i in (0, 1, 2, kvnode.BATCH_MAX + 9):
+            want = b"".join(vals[i]) if isinstance(vals[i], list) else vals[i]
+            self.assertEqual(self.c.get_bytes(keys[i]), want, keys[i])
+        self.assertEqual(self.c.remove_many(keys), len(keys))
+        with self.assertRaises(BufferError):
+            self.c.put(key(4, "pieces"), [hdr, memoryview(payload)[::2]])
+        with self.assertRaises(TypeError):
+            self.c.put(key(4, "pieces"), [hdr, "text is not bytes"])
+        with self.assertRaises(kvnode.ValueTooLarge):
+            self.c.put(key(4, "pieces"), [hdr, bytearray(self.c.max_value)])
+        self.assertNotIn(key(4, "pieces"), self.c)
+
+    def test_keys_lists_exactly_what_was_put_across_pages(self):
+        # Opaque keys that sort after every "model@..." key of the other tests.
+        mine = ["zz-list-%05d" % i for i in range(kvnode.BATCH_MAX + 200)]
+        self.c.put_many(mine, [pattern(1 + i % 9, i) for i in range(len(mine))])
+        try:
+            listed = list(self.c.keys())
+            self.assertEqual(listed, sorted(listed), "in byte order")
+            self.assertEqual([k for k in listed if k.startswith("zz-list-")], mine)
+            self.assertEqual(list(self.c.keys(after="zz-list-")), mine)
+            self.assertEqual(list(self.c.keys(after=mine[-2])), mine[-1:])
+            first = self.c.list(after="zz-list-", limit=5)
+            self.assertEqual(first, [(mine[i], 1 + i % 9) for i in range(5)])
+            self.assertEqual(len(self.c.list(after="zz-list-")), len(mine))
+            self.c.remove(mine[7])
+            self.assertEqual(list(self.c.keys(after="zz-list-")), mine[:7] + mine[8:])
+            pages = self.node.stat()["clients"]["requests"]["LIST"]
+            list(self.c.keys(after="zz-list-"))
+            self.assertEqual(self.node.stat()["clients"]["requests"]["LIST"] - pages, 2,
+                             "%d keys, two round trips" % (len(mine) - 1))
+        finally:
+            self.c.remove_many(mine)
+
+    def test_ping(self):
+        before = self.node.stat()["clients"]["requests"]["PING"]
+        self.assertIsNone(self.c.ping())
+        self.assertEqual(self.node.stat()["clients"]["requests"]["PING"], before + 1)
+        c2 = kvnode.Client(self.node.sock)
+        c2.close()
+        with self.assertRaises(ValueError):
+            c2.ping()
 
     def test_view_is_read_only_and_invalid_after_release(self):
         self.c.put(key(1, "ro"), b"x" * 5000)

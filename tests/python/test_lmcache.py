@@ -1,8 +1,10 @@
 """kvnode.lmcache.KvnodeConnector as LMCache drives it (base_connector.py's RemoteConnector):
 put -> exists -> get of a 32 MiB KV chunk keeping shape, dtype and fmt, values in the layout
 of LMCache's fs connector (28-byte RemoteMetadata, then the payload), batches, prefix
-lookups, list, remove and close, against a real `kvnode serve`."""
+lookups, list, ping, remove and close, against a real `kvnode serve`."""
 import asyncio
+import errno
+import os
 import struct
 import unittest
 
@@ -88,6 +90,48 @@ class ConnectorTest(unittest.TestCase):
         self.assertEqual(got.get_dtype(), "uint8")
         self.assertEqual(got.get_memory_format(), MemoryFormat.BINARY)
         self.assertEqual(bytes(got.raw), payload)
+
+    def test_put_gives_header_and_payload_as_two_pieces_not_a_joined_copy(self):
+        obj = filled((2, 4, 16, 64), "bfloat16", MemoryFormat.KV_2LTD, 11)
+        pieces = self.conn._value(obj)
+        self.assertEqual(len(pieces), 2)
+        self.assertEqual(pieces[0], struct.pack("<7i", len(obj.raw), 1, 3, 2, 4, 16, 64))
+        self.assertIs(pieces[1].obj, obj.raw, "the payload is the MemoryObj's own bytes")
+        self.aw(self.conn.batched_put([Key(0x200), Key(0x201)], [obj, obj]))
+        with kvnode.Client(self.node.sock) as c:
+            for k in (Key(0x200), Key(0x201)):
+                self.assertEqual(c.get_bytes(k.to_string()), pieces[0] + bytes(obj.raw))
+        got = self.aw(self.conn.get(Key(0x201)))
+        self.assertEqual(bytes(got.raw), bytes(obj.raw))
+        self.conn.save_chunk_meta = False
+        try:
+            self.assertIs(self.conn._value(obj).obj, obj.raw, "no header: the payload alone")
+        finally:
+            self.conn.save_chunk_meta = True
+
+    def test_list_uses_the_client_not_the_kvnode_program(self):
+        keys = [Key(0x300 + i) for i in range(3)]
+        self.aw(self.conn.batched_put(keys, [filled((2, 1, 16, 8), "bfloat16",
+                                                    MemoryFormat.KV_2LTD, i) for i in range(3)]))
+        saved = os.environ.get("KVNODE_BIN")
+        os.environ["KVNODE_BIN"] = "/nonexistent/kvnode"
+        try:
+            listed = self.aw(self.conn.list())
+        finally:
+            if saved is None:
+                del os.environ["KVNODE_BIN"]
+            else:
+                os.environ["KVNODE_BIN"] = saved
+        self.assertEqual(listed, sorted(listed))
+        for k in keys:
+            self.assertIn(k.to_string(), listed)
+
+    def test_ping_is_zero_while_the_node_answers_and_an_errno_after(self):
+        self.assertTrue(self.conn.support_ping())
+        self.assertEqual(self.aw(self.conn.ping()), 0)
+        self.aw(self.conn.close())
+        self.assertEqual(self.aw(self.conn.ping()), errno.ENOTCONN)
+        self.conn = kl.KvnodeConnector("kvnode://" + self.node.sock, self.loop, self.backend)
 
     def test_missing_or_malformed_value_is_none(self):
         self.assertIsNone(self.aw(self.conn.get(Key(0xdead))))
