@@ -287,7 +287,17 @@ api_settled(void *ctx)
 	return ok;
 }
 
-/* A client-library connection holding one view shows in the kvnode_api_* families. */
+static int
+count_key(void *ctx, const char *key, uint64_t len)
+{
+	(void)key;
+	(void)len;
+	++*(int *)ctx;
+	return 0;
+}
+
+/* A client-library connection holding one view shows in the kvnode_api_* families, and its
+ * listing and ping in requests_total by op. */
 static void
 api_client_is_counted(void)
 {
@@ -297,12 +307,18 @@ api_client_is_counted(void)
 	cr_assert_eq(kvn_client_open(&o, &c, err, sizeof(err)), 0, "%s", err);
 	struct kvn_view v;
 	cr_assert_eq(kvn_client_get(c, KEY, &v), 0, "%s", kvn_client_error(c));
+	int listed = 0;
+	cr_assert_eq(kvn_client_list(c, NULL, 0, count_key, &listed), 0, "%s", kvn_client_error(c));
+	cr_assert_geq(listed, 1, "the listing holds the key just read");
+	cr_assert_eq(kvn_client_ping(c), 0, "%s", kvn_client_error(c));
 	/* Connections that came before (the CLI's) end on the node a moment after they close. */
 	cr_assert(proc_wait_for(api_settled, &node_a, DEADLINE),
 		  "the node never showed one client holding one lease");
 	char *a = scrape(&node_a);
 	cr_expect_eq(expo_value(a, "kvnode_api_held_bytes"), VALUE_LEN, "%s", a);
 	cr_expect_geq(expo_value(a, "kvnode_api_requests_total{op=\"get\"}"), 1);
+	cr_expect_eq(expo_value(a, "kvnode_api_requests_total{op=\"list\"}"), 1, "%s", a);
+	cr_expect_eq(expo_value(a, "kvnode_api_requests_total{op=\"ping\"}"), 1);
 	cr_expect_geq(expo_value(a, "kvnode_api_keys_total"), 1);
 	cr_expect_gt(expo_value(a, "kvnode_api_max_held_bytes"), VALUE_LEN);
 	free(a);
