@@ -9,9 +9,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack */
 
 #include "core/clock.h"
+#include "core/copysum.h"
 #include "core/log.h"
 #include "core/pool.h"
 #include "core/xxh.h"
@@ -701,18 +701,8 @@ kvn_pool_seal_with(struct kvn_slot *slot, uint64_t checksum)
 uint64_t
 kvn_copy_checksum(void *dst, const void *src, size_t len)
 {
-	/* Copy and checksum block by block, hashing each block while it is still in cache: a
-	 * put then costs about one pass over memory instead of a copy pass and a hash pass.
-	 * Streaming XXH3 gives the same value as the one-shot hash a reader checks. */
-	enum { BLOCK = 64 << 10 };
-	XXH3_state_t st;
-	XXH3_64bits_reset(&st);
-	for (size_t off = 0; off < len; off += BLOCK) {
-		size_t n = len - off < BLOCK ? len - off : BLOCK;
-		memcpy((char *)dst + off, (const char *)src + off, n);
-		XXH3_64bits_update(&st, (char *)dst + off, n);
-	}
-	return XXH3_64bits_digest(&st);
+	struct iovec one = {.iov_base = (void *)src, .iov_len = len};
+	return kvn_copyv_checksum(dst, &one, 1);
 }
 
 void
