@@ -142,6 +142,43 @@ stop(struct child *c)
 		unlink(c->cfg);
 }
 
+/* The node's stats field section.field (peer.bytes_read …), -1 when absent. */
+static double
+node_stat(const struct child *n, const char *section, const char *field)
+{
+	struct kvn_cli_conn *c;
+	char err[256], *json = NULL;
+	double v = -1;
+	if (kvn_cli_connect(n->sock, 10000, &c, err, sizeof(err)) < 0)
+		return -1;
+	if (kvn_cli_stat(c, &json) == 0) {
+		cJSON *root = cJSON_Parse(json);
+		cJSON *f = cJSON_GetObjectItem(cJSON_GetObjectItem(root, section), field);
+		v = cJSON_IsNumber(f) ? f->valuedouble : -1;
+		cJSON_Delete(root);
+	}
+	free(json);
+	kvn_cli_close(c);
+	return v;
+}
+
+/* Until the node has made its pool resident (pool_populate, from a thread of its own): a
+ * measurement meanwhile would share the machine with it. */
+static int
+wait_populated(const struct child *c)
+{
+	for (int t = 0; t < READY_MS / 50; t++) {
+		double size = node_stat(c, "pool", "size");
+		double done = node_stat(c, "pool", "populated_bytes");
+		if (size < 0 || done < 0 || done >= size)
+			return 0; /* done, or a node that does not say */
+		usleep(50000);
+	}
+	fprintf(stderr, "kvnode-bench: the node at %s did not make its pool resident in %d s\n",
+		c->sock, READY_MS / 1000);
+	return -ETIMEDOUT;
+}
+
 /* Starts one `kvnode serve` with a pool of pool bytes (sched: join that scheduler). */
 static int
 start_node(struct nodes *n, struct child *c, const char *name, uint64_t pool, uint64_t max_chunk,
@@ -170,7 +207,9 @@ start_node(struct nodes *n, struct child *c, const char *name, uint64_t pool, ui
 		return -EIO;
 	const char *argv[] = {n->exe, "serve", "-c", c->cfg, NULL};
 	int rc = spawn(n, c, argv);
-	return rc ? rc : wait_ready(c, sched ? " data on " : "serving on ");
+	if (rc == 0)
+		rc = wait_ready(c, sched ? " data on " : "serving on ");
+	return rc ? rc : wait_populated(c);
 }
 
 static int
@@ -479,24 +518,10 @@ keys_for(const struct bench_opts *o, size_t size)
 	return n < min ? min : n;
 }
 
-/* The node's view of a field of its "peer" stats (bytes_read …), -1 when absent. */
 static double
 peer_stat(const struct child *n, const char *field)
 {
-	struct kvn_cli_conn *c;
-	char err[256], *json = NULL;
-	double v = -1;
-	if (kvn_cli_connect(n->sock, 10000, &c, err, sizeof(err)) < 0)
-		return -1;
-	if (kvn_cli_stat(c, &json) == 0) {
-		cJSON *root = cJSON_Parse(json);
-		cJSON *f = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "peer"), field);
-		v = cJSON_IsNumber(f) ? f->valuedouble : -1;
-		cJSON_Delete(root);
-	}
-	free(json);
-	kvn_cli_close(c);
-	return v;
+	return node_stat(n, "peer", field);
 }
 
 /* The peer row: b must see every key a holds (publishing is asynchronous), and its gets must
