@@ -420,10 +420,11 @@ slot_pages(const struct kvn_client *c, uint64_t off, uint64_t len, uint8_t **sta
 	*n = (size_t)(e - s);
 }
 
-/* Before this process first touches a region of the pool, one madvise fills its page tables
- * (the node has made the pages resident): on 4 KiB pages a first touch otherwise takes a
- * fault per page, about 30 ms per 32 MiB on the machine this was measured on, against 5 ms
- * for the madvise. Once per region for the mapping's life. */
+/* Before the library first copies into or out of a region of the pool, one madvise fills this
+ * process's page tables for it (the node has made the pages resident): on 4 KiB pages a first
+ * touch otherwise takes a fault per page, about 30 ms per 32 MiB on the machine this was
+ * measured on, against 5 ms for the madvise. Once per region for the mapping's life. A view is
+ * handed out as it is: what of it the caller reads is the caller's to fault in. */
 static void
 warm(struct kvn_client *c, uint64_t off, uint64_t len)
 {
@@ -555,8 +556,6 @@ on_entries(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 		}
 		if (e.rc == 0 && !in_pool(c, e.off, e.len))
 			e.rc = -EPROTO;
-		if (e.rc == 0 && e.len)
-			warm(c, e.off, e.len);
 		rs->rc[i] = e.rc;
 		if (req->op == KVN_CLIENT_GET) {
 			req->views[i] =
@@ -567,10 +566,12 @@ on_entries(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 		if (e.rc == 0) {
 			if (req->lens)
 				req->lens[i] = (size_t)e.len;
-			if (e.len > req->caps[i])
+			if (e.len > req->caps[i]) {
 				rs->rc[i] = -ENOSPC;
-			else
+			} else {
+				warm(c, e.off, e.len);
 				memcpy(req->dst[i], c->pool + e.off, (size_t)e.len);
+			}
 		}
 		if (e.handle && leases)
 			leases[nl++] = e.handle;

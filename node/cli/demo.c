@@ -325,9 +325,10 @@ connect_node(const struct child *n, struct kvn_client **c)
 	return rc;
 }
 
-/* node n's peer bytes_read; show: print its stats table too. */
+/* node n's stats field section.field (0 when it cannot be had); show: print its stats table
+ * too. */
 static double
-peer_bytes(const struct child *n, bool show)
+node_stat(const struct child *n, const char *section, const char *field, bool show)
 {
 	struct kvn_cli_conn *c;
 	char *json = NULL, err[256];
@@ -336,7 +337,7 @@ peer_bytes(const struct child *n, bool show)
 		return 0;
 	if (kvn_cli_stat(c, &json) == 0) {
 		cJSON *root = cJSON_Parse(json);
-		cJSON *p = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "peer"), "bytes_read");
+		cJSON *p = cJSON_GetObjectItem(cJSON_GetObjectItem(root, section), field);
 		v = cJSON_IsNumber(p) ? p->valuedouble : 0;
 		cJSON_Delete(root);
 		if (show) {
@@ -347,6 +348,26 @@ peer_bytes(const struct child *n, bool show)
 	free(json);
 	kvn_cli_close(c);
 	return v;
+}
+
+static double
+peer_bytes(const struct child *n, bool show)
+{
+	return node_stat(n, "peer", "bytes_read", show);
+}
+
+/* Until every node has made its pool resident (pool_populate, a thread of its own): traffic
+ * meanwhile would share the machine with it. At most 60 s; then the demo goes on. */
+static void
+wait_populated(const struct demo *d)
+{
+	for (int i = 0; i < NODES; i++)
+		for (int t = 0; t < 1200; t++) {
+			double size = node_stat(&d->node[i], "pool", "size", false);
+			if (!size || node_stat(&d->node[i], "pool", "populated_bytes", false) >= size)
+				break;
+			sleep_ms(50);
+		}
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -587,6 +608,7 @@ kvn_demo_run(const char *config)
 			       d->node[i].worker, d->node[i].addr, (int)d->node[i].pid);
 		fflush(stdout);
 		show_plugin(d);
+		wait_populated(d);
 		rc = run_traffic(d);
 	}
 	printf("\nshutting down: nodes, then the scheduler; removing %s\n", d->dir);
