@@ -1127,6 +1127,7 @@ sync_begin(struct kvn_client *c, uint16_t op, uint32_t count, struct syncop *so,
 	   size_t *mark)
 {
 	*so = (struct syncop){0};
+	*at = *mark = 0; /* set on every path: a Release build cannot prove sync_wait's use */
 	if (c->hello.minor < kvn_cp_op_minor(op))
 		return fail(c, -EOPNOTSUPP,
 			    "%s is not supported by this kvnode node: it speaks client protocol "
