@@ -626,9 +626,11 @@ Test(scheduler, clients_that_never_read_are_dropped_to_keep_all_reply_queues_wit
      .timeout = 600)
 {
 	struct sched s = {0};
-	/* Answering a hog's burst keeps the loop from everyone's heartbeats for a while: beats
-	 * of a second keep the member that reads from being expired meanwhile. */
-	const char *env[] = {"KVNODE_SCHEDULER_REPLY_QUEUE_MAX=4194304", "KVNODE_HEARTBEAT_MS=1000",
+	/* The loop answers a hog's burst 256 frames per turn, in turn with the others. The hogs
+	 * never beat: with beats of 3 s they live 9 s, long enough on a loaded machine (or under
+	 * ASan) for their queues to pass the bound before they expire, however slowly the turns
+	 * go. The member that reads beats too, and is answered between the turns. */
+	const char *env[] = {"KVNODE_SCHEDULER_REPLY_QUEUE_MAX=4194304", "KVNODE_HEARTBEAT_MS=3000",
 			     NULL};
 	sched_start_env(&s, "127.0.0.1:0", NULL, env);
 	struct kvn_membership *good;
