@@ -93,11 +93,20 @@ key_json(const struct kvn_config *cfg, size_t ki, bool redact)
 		char *const *items = *(char **const *)p;
 		size_t n = *(const size_t *)((const char *)cfg + kd->noff);
 		v = cJSON_CreateArray();
+		if (kd->flags & KVN_KF_GPU_INDEX) {
+			/* The devices used, indices ([0, 1]): gpu: N means [N] whatever the
+			 * default list says, and printing that list beside it would read back as
+			 * a contradiction. */
+			int *devs = malloc(sizeof(*devs) * (n + 1));
+			size_t nd = devs ? kvn_config_gpu_devices(cfg, devs, n + 1) : 0;
+			ok = devs != NULL;
+			for (size_t i = 0; v && ok && i < nd; i++)
+				ok = add(v, NULL, cJSON_CreateNumber(devs[i]));
+			free(devs);
+			break;
+		}
 		for (size_t i = 0; v && ok && i < n; i++)
-			ok = add(v, NULL,
-				 kd->flags & KVN_KF_GPU_INDEX
-				     ? cJSON_CreateNumber(atoi(items[i])) /* indices: [0, 1] */
-				     : str_json(items[i], redact, false));
+			ok = add(v, NULL, str_json(items[i], redact, false));
 		break;
 	}
 	case KVN_K_EXTRA:
