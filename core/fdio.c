@@ -138,6 +138,26 @@ kvn_fd_write_full(int fd, const void *buf, size_t len)
 }
 
 int
+kvn_fd_send_with_fd(int sock, const void *buf, size_t len, int fd)
+{
+	char ctl[CMSG_SPACE(sizeof(int))] = {0};
+	struct iovec iov = {(void *)buf, len};
+	struct msghdr mh = {
+	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl)};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	ssize_t n;
+	while ((n = sendmsg(sock, &mh, MSG_NOSIGNAL)) < 0 && errno == EINTR)
+		;
+	if (n < 0)
+		return io_errno(errno);
+	return n == (ssize_t)len ? 0 : -EIO;
+}
+
+int
 kvn_fd_send2(int fd, const void *hdr, size_t hlen, const void *body, size_t blen)
 {
 	struct iovec iov[2] = {{(void *)hdr, hlen}, {(void *)body, blen}};

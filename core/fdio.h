@@ -17,6 +17,9 @@ int kvn_fd_write_full(int fd, const void *buf, size_t len);
 /* A header and a body on a socket in one sendmsg where they fit (one wake-up of the reader,
  * not two), the rest of a long body after it. */
 int kvn_fd_send2(int fd, const void *hdr, size_t hlen, const void *body, size_t blen);
+/* len bytes and a file descriptor (SCM_RIGHTS) on a unix socket in one sendmsg, which must take
+ * them whole (a reply small enough for any socket buffer): 0, or -errno (-EIO when short). */
+int kvn_fd_send_with_fd(int sock, const void *buf, size_t len, int fd);
 /* Reads and throws away len bytes (keeps a connection in step after an unwanted payload). */
 int kvn_fd_discard(int fd, uint64_t len);
 /* On a socket: reads exactly len bytes unless kvn_now_ms() reaches deadline_ms first

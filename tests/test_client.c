@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "client/proto.h"
+#include "core/fdio.h"
 #include "kvnode/client.h"
 #include "tests/helpers/cluster_env.h"
 #include "tests/helpers/pattern.h"
@@ -846,16 +847,7 @@ old_node_main(void *arg)
 	int pool = memfd_create("old-node", MFD_CLOEXEC);
 	if (pool < 0 || ftruncate(pool, 1 << 20) < 0)
 		return NULL;
-	char ctl[CMSG_SPACE(sizeof(int))] = {0};
-	struct iovec iov = {rep, sizeof(rep)};
-	struct msghdr mh = {
-	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl)};
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-	cm->cmsg_level = SOL_SOCKET;
-	cm->cmsg_type = SCM_RIGHTS;
-	cm->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(cm), &pool, sizeof(int));
-	if (sendmsg(fd, &mh, MSG_NOSIGNAL) != (ssize_t)sizeof(rep))
+	if (kvn_fd_send_with_fd(fd, rep, sizeof(rep), pool) < 0)
 		return NULL;
 	close(pool);
 	while (recv(fd, buf, KVN_CP_HDR_SIZE, MSG_WAITALL) == KVN_CP_HDR_SIZE) {

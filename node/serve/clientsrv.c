@@ -677,19 +677,8 @@ send_hello_ok(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct
 				     .max_chunk = cs->o.max_chunk,
 				     .max_held = cs->o.max_held};
 	kvn_cp_hello_ok_encode(&ok, buf + KVN_CP_HDR_SIZE);
-	int fd = kvn_pool_fd(cs->pool);
-	char ctl[CMSG_SPACE(sizeof(int))] = {0};
-	struct iovec iov = {buf, sizeof(buf)};
-	struct msghdr mh = {
-	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl)};
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-	cm->cmsg_level = SOL_SOCKET;
-	cm->cmsg_type = SCM_RIGHTS;
-	cm->cmsg_len = CMSG_LEN(sizeof(int));
-	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
-	ssize_t n = sendmsg(cc->fd, &mh, MSG_NOSIGNAL);
 	/* The header and the 32 bytes fit any socket buffer: sent whole or not at all. */
-	return n == (ssize_t)sizeof(buf) ? 0 : -1;
+	return kvn_fd_send_with_fd(cc->fd, buf, sizeof(buf), kvn_pool_fd(cs->pool)) ? -1 : 0;
 }
 
 int
