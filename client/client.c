@@ -2,8 +2,8 @@
  * mapped read-only, and an event loop run by the caller's thread. Frames go out through one
  * buffer and come back in request order, so a reply pairs with the oldest frame in flight.
  * A put is two frames: RESERVE gives the slots, the library copies (and checksums) each value
- * into its slot with that slot alone made writable, then COMMIT publishes them. PING and LIST
- * are synchronous calls of one frame each, without a struct kvn_client_req. */
+ * into its slot through a second, writable mapping of the pool, then COMMIT publishes them. PING
+ * and LIST are synchronous calls of one frame each, without a struct kvn_client_req. */
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
@@ -71,16 +71,17 @@ struct frame {
 	struct syncop *sync; /* that call's */
 	uint32_t n;	     /* entries asked */
 	uint32_t *keys;	     /* COMMIT: the key index of each entry (NULL: entry i is key i) */
-	bool keep_rc;	     /* an aborting COMMIT: the keys keep the error that made it */
 };
 
 struct kvn_client {
 	int fd;
-	uint8_t *pool;
-	size_t pool_size, page;
-	bool pool_writable; /* a hugetlb pool: pages too large to protect slot by slot */
-	uint64_t *warm;	    /* a bit per WARM_REGION of the mapping: its page tables are filled */
-	bool no_populate;   /* the kernel has no MADV_POPULATE_READ: pages fault in one by one */
+	uint8_t *pool;	/* read-only: views point into it */
+	uint8_t *wpool; /* the same pages writable: only the library's copies into reserved slots */
+	size_t pool_size;
+	/* A bit per 2 MiB region of each mapping (reads: pool, writes: wpool): its page tables
+	 * are filled. */
+	uint64_t *warm_r, *warm_w;
+	bool no_populate; /* the kernel has no MADV_POPULATE_*: pages fault in one by one */
 	struct kvn_cp_hello_ok hello;
 	int timeout_ms;
 	int broken; /* 0, or the error every later call gets */
@@ -228,27 +229,43 @@ hello(struct kvn_client *c, const char *path, const char *name, char *err, size_
 	rc = recv_hello(c, path, &pool_fd, err, errlen);
 	if (rc == 0) {
 		c->pool_size = c->hello.pool_size;
-		/* Read-only, so that no stray write of this process reaches a chunk; a hugetlb
-		 * pool's 2 MiB pages cannot be protected slot by slot and is mapped writable. */
+		/* Mapped twice. Views point into a read-only mapping, so that no stray write of
+		 * this process through one reaches a chunk; the library copies puts through a
+		 * second, writable mapping of the same pages whose addresses it never hands out.
+		 * Protecting each reserved slot in one mapping instead took two mprotect calls
+		 * per put, a fifth of a 256 KiB put's time. */
 		c->pool = mmap(NULL, c->pool_size, PROT_READ, MAP_SHARED, pool_fd, 0);
-		if (c->pool == MAP_FAILED)
+		c->wpool = c->pool == MAP_FAILED ? MAP_FAILED
+						 : mmap(NULL, c->pool_size, PROT_READ | PROT_WRITE,
+							MAP_SHARED, pool_fd, 0);
+		if (c->pool == MAP_FAILED || c->wpool == MAP_FAILED)
 			rc = kvn_seterr(-errno, err, errlen,
 					"cannot map the node's pool (%zu bytes): %s", c->pool_size,
 					strerror(errno));
-		else if (c->pool_size && mprotect(c->pool, c->page, PROT_READ | PROT_WRITE) != 0)
-			c->pool_writable =
-			    mprotect(c->pool, c->pool_size, PROT_READ | PROT_WRITE) == 0;
-		else if (c->pool_size)
-			mprotect(c->pool, c->page, PROT_READ);
-		if (c->pool != MAP_FAILED) /* without it, pages fault in one by one: no error */
-			c->warm =
-			    calloc(((c->pool_size >> WARM_SHIFT) + 64) / 64, sizeof(*c->warm));
+		size_t words = ((c->pool_size >> WARM_SHIFT) + 64) / 64;
+		if (rc == 0) { /* without them, pages fault in one by one: no error */
+			c->warm_r = calloc(words, sizeof(*c->warm_r));
+			c->warm_w = calloc(words, sizeof(*c->warm_w));
+		}
 	}
 	if (pool_fd >= 0)
 		close(pool_fd);
-	if (rc && c->pool == MAP_FAILED)
+	if (c->pool == MAP_FAILED)
 		c->pool = NULL;
+	if (c->wpool == MAP_FAILED)
+		c->wpool = NULL;
 	return rc;
+}
+
+static void
+unmap_pool(struct kvn_client *c)
+{
+	if (c->pool)
+		munmap(c->pool, c->pool_size);
+	if (c->wpool)
+		munmap(c->wpool, c->pool_size);
+	free(c->warm_r);
+	free(c->warm_w);
 }
 
 int
@@ -273,7 +290,6 @@ kvn_client_open(const struct kvn_client_opts *opts, struct kvn_client **out, cha
 		return kvn_seterr(-ENOMEM, err, errlen, "out of memory");
 	}
 	c->timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : DEFAULT_TIMEOUT_MS;
-	c->page = (size_t)sysconf(_SC_PAGESIZE);
 	c->next_id = 1;
 	int rc = c->fd = dial(path, c->timeout_ms, err, errlen);
 	if (rc >= 0)
@@ -282,9 +298,7 @@ kvn_client_open(const struct kvn_client_opts *opts, struct kvn_client **out, cha
 	if (rc < 0) {
 		if (c->fd >= 0)
 			close(c->fd);
-		if (c->pool)
-			munmap(c->pool, c->pool_size);
-		free(c->warm);
+		unmap_pool(c);
 		free(c);
 		return rc;
 	}
@@ -408,40 +422,32 @@ flush(struct kvn_client *c)
  * Replies
  * ------------------------------------------------------------------------------------------ */
 
-/* The range of a payload at off of len bytes in the mapping, page-aligned outward: the
- * node's slots are page-aligned blocks with the header first, so this never reaches another
- * slot. */
-static void
-slot_pages(const struct kvn_client *c, uint64_t off, uint64_t len, uint8_t **start, size_t *n)
-{
-	uint64_t s = (off - SLOT_HDR) / c->page * c->page;
-	uint64_t e = (off + len + c->page - 1) / c->page * c->page;
-	*start = c->pool + s;
-	*n = (size_t)(e - s);
-}
-
-/* Before the library first copies into or out of a region of the pool, one madvise fills this
+/* Before the library first copies into or out of a region of a mapping, one madvise fills this
  * process's page tables for it (the node has made the pages resident): on 4 KiB pages a first
  * touch otherwise takes a fault per page, about 30 ms per 32 MiB on the machine this was
- * measured on, against 5 ms for the madvise. Once per region for the mapping's life. A view is
- * handed out as it is: what of it the caller reads is the caller's to fault in. */
+ * measured on, against 5 ms for the madvise. Once per region and mapping for the client's
+ * life. A view is handed out as it is: what of it the caller reads is the caller's to fault
+ * in. */
 static void
-warm(struct kvn_client *c, uint64_t off, uint64_t len)
+warm(struct kvn_client *c, bool write, uint64_t off, uint64_t len)
 {
-	if (c->no_populate || !c->warm)
+	uint64_t *bits = write ? c->warm_w : c->warm_r;
+	if (c->no_populate || !bits)
 		return;
+	uint8_t *map = write ? c->wpool : c->pool;
 	uint64_t from = (off - SLOT_HDR) >> WARM_SHIFT, to = (off + len - 1) >> WARM_SHIFT;
 	for (uint64_t r = from; r <= to; r++) {
-		if (c->warm[r / 64] & (1ull << (r % 64)))
+		if (bits[r / 64] & (1ull << (r % 64)))
 			continue;
 		uint64_t at = r << WARM_SHIFT, n = (uint64_t)1 << WARM_SHIFT;
 		if (n > c->pool_size - at)
 			n = c->pool_size - at;
-		if (madvise(c->pool + at, n, MADV_POPULATE_READ) < 0 && errno == EINVAL) {
+		if (madvise(map + at, n, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ) < 0 &&
+		    errno == EINVAL) {
 			c->no_populate = true; /* before Linux 5.14 */
 			return;
 		}
-		c->warm[r / 64] |= 1ull << (r % 64);
+		bits[r / 64] |= 1ull << (r % 64);
 	}
 }
 
@@ -451,9 +457,9 @@ in_pool(const struct kvn_client *c, uint64_t off, uint64_t len)
 	return off >= SLOT_HDR && off <= c->pool_size && len <= c->pool_size - off;
 }
 
-/* RESERVE answered: copy each value into its slot (writable for the copy only), then COMMIT
- * the ones reserved. Every reservation is committed or the connection breaks: the node holds
- * them against this client's bound until then. */
+/* RESERVE answered: copy each value into its slot, checksumming as it copies, then COMMIT the
+ * ones reserved in one frame. Every reservation is committed or the connection breaks: the
+ * node holds them against this client's bound until then. */
 static int
 on_reserved(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 {
@@ -481,57 +487,25 @@ on_reserved(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 		if (e.rc < 0)
 			continue;
 		rs->resv[i] = e.handle;
-		uint8_t *pg;
-		size_t np;
-		slot_pages(c, e.off, e.len, &pg, &np);
-		warm(c, e.off, e.len);
-		uint64_t ck = 0;
-		if (!c->pool_writable && mprotect(pg, np, PROT_READ | PROT_WRITE) != 0) {
-			/* Committed as an abort below: the node frees the slot. */
-			rs->rc[i] = fail(c, -errno, "put %s: cannot map its slot writable: %s",
-					 req->keys[i], strerror(errno));
-		} else {
-			/* A plain put is a gather of one piece. */
-			const struct iovec *v =
-			    rs->g.iov ? rs->g.iov[i]
-				      : &(struct iovec){(void *)req->data[i], (size_t)e.len};
-			ck =
-			    kvn_copyv_checksum(c->pool + e.off, v, rs->g.iov ? rs->g.iovcnt[i] : 1);
-			if (!c->pool_writable)
-				mprotect(pg, np, PROT_READ);
-		}
+		warm(c, true, e.off, e.len);
+		/* A plain put is a gather of one piece. */
+		const struct iovec *v =
+		    rs->g.iov ? rs->g.iov[i] : &(struct iovec){(void *)req->data[i], (size_t)e.len};
 		idx[m] = i;
-		sum[m++] = ck;
+		sum[m++] = kvn_copyv_checksum(c->wpool + e.off, v, rs->g.iov ? rs->g.iovcnt[i] : 1);
 	}
 	int rc = 0;
 	if (m) {
-		/* Values whose copy failed go in a second, aborting COMMIT. */
-		uint32_t nok = 0, nbad = 0;
-		for (uint32_t k = 0; k < m; k++)
-			nok += rs->rc[idx[k]] == 0;
-		nbad = m - nok;
-		for (int pass = 0; pass < 2 && !rc; pass++) {
-			uint32_t cnt = pass ? nbad : nok;
-			if (!cnt)
-				continue;
-			uint32_t *keys = malloc(sizeof(*keys) * cnt);
-			if (!keys) {
-				rc = -ENOMEM;
-				break;
-			}
-			struct frame *cf = frame_push(c, KVN_CP_COMMIT, rs, cnt, keys);
-			cf->keep_rc = pass == 1;
-			size_t at, j = 0;
-			begin(c, KVN_CP_COMMIT, pass ? KVN_CP_F_ABORT : 0, cnt, cf->id, &at);
-			for (uint32_t k = 0; k < m; k++) {
-				if ((rs->rc[idx[k]] == 0) == (pass == 1))
-					continue;
-				keys[j++] = idx[k];
-				kvn_cp_put_u64(&c->out, rs->resv[idx[k]]);
-				kvn_cp_put_u64(&c->out, sum[k]);
-			}
-			rc = end(c, at);
+		/* The frame owns idx as its key map from here on. */
+		struct frame *cf = frame_push(c, KVN_CP_COMMIT, rs, m, idx);
+		size_t at;
+		begin(c, KVN_CP_COMMIT, 0, m, cf->id, &at);
+		for (uint32_t k = 0; k < m; k++) {
+			kvn_cp_put_u64(&c->out, rs->resv[idx[k]]);
+			kvn_cp_put_u64(&c->out, sum[k]);
 		}
+		rc = end(c, at);
+		idx = NULL;
 	}
 	free(idx);
 	free(sum);
@@ -569,7 +543,7 @@ on_entries(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 			if (e.len > req->caps[i]) {
 				rs->rc[i] = -ENOSPC;
 			} else {
-				warm(c, e.off, e.len);
+				warm(c, false, e.off, e.len);
 				memcpy(req->dst[i], c->pool + e.off, (size_t)e.len);
 			}
 		}
@@ -594,7 +568,7 @@ static void
 on_codes(struct frame *f, struct kvn_cp_rd *rd)
 {
 	struct rstate *rs = f->rs;
-	for (uint32_t i = 0; i < f->n && !f->keep_rc; i++) {
+	for (uint32_t i = 0; i < f->n; i++) {
 		int32_t v = (int32_t)kvn_cp_get_u32(rd);
 		uint32_t k = f->keys ? f->keys[i] : i;
 		if (k < rs->req->n)
@@ -1290,9 +1264,7 @@ kvn_client_close(struct kvn_client *c)
 		fail(c, -ECANCELED, "the client was closed");
 	break_conn(c, -ECANCELED);
 	close(c->fd);
-	if (c->pool)
-		munmap(c->pool, c->pool_size);
-	free(c->warm);
+	unmap_pool(c);
 	kvn_cp_buf_free(&c->out);
 	kvn_cp_buf_free(&c->in);
 	free(c);
