@@ -80,15 +80,41 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
  * The reader's set-up, by the book (rdma/tcp/tcp.h)
  * ------------------------------------------------------------------------------------------ */
 
+/* Waits on fd with a deadline. libFuzzer's -timeout arms a SIGALRM timer without SA_RESTART
+ * (every timeout/2 + 1 s): when it lands on this thread inside poll, poll returns EINTR, which
+ * is no answer yet, not the end of the wait. */
+static void
+wait_readable(int fd, const char *what)
+{
+	uint64_t deadline = kvn_now_ms() + IDLE_MS;
+	for (;;) {
+		struct pollfd pf = {.fd = fd, .events = POLLIN};
+		uint64_t now = kvn_now_ms();
+		int n = poll(&pf, 1, now < deadline ? (int)(deadline - now) : 0);
+		if (n > 0)
+			return;
+		if (n < 0 && errno == EINTR)
+			continue;
+		struct kvn_transport_stats st;
+		ops->stats(tp, &st);
+		fz_fail("no %s from the responder within %d ms (%s; responder: %llu conns, %llu "
+			"accepted, %llu refused full, %llu hello timeouts, %llu accept errors)",
+			what, IDLE_MS, n < 0 ? strerror(errno) : "timed out",
+			(unsigned long long)st.conns, (unsigned long long)st.accepted,
+			(unsigned long long)st.refused_full, (unsigned long long)st.hello_timeouts,
+			(unsigned long long)st.accept_errors);
+	}
+}
+
 static void
 read_exact(int fd, void *p, size_t n, const char *what)
 {
 	size_t got = 0;
 	while (got < n) {
-		struct pollfd pf = {.fd = fd, .events = POLLIN};
-		if (poll(&pf, 1, IDLE_MS) <= 0)
-			fz_fail("no %s from the responder within %d ms", what, IDLE_MS);
+		wait_readable(fd, what);
 		ssize_t r = recv(fd, (char *)p + got, n - got, 0);
+		if (r < 0 && errno == EINTR)
+			continue;
 		if (r <= 0)
 			fz_fail("the responder closed instead of sending its %s", what);
 		got += (size_t)r;
