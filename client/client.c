@@ -89,6 +89,11 @@ struct kvn_client {
 
 	struct kvn_cp_buf out; /* frames not yet written */
 	size_t out_off;
+	/* out[0, out_must) holds frames that wait for a reply: they go out at once. What follows
+	 * is RELEASEs, which need no reply: while other frames are in flight they wait to go out
+	 * with the next frame (one write, one wake-up of the node), at the latest when the last
+	 * reply is in. */
+	size_t out_must;
 	struct kvn_cp_buf in; /* bytes of replies not yet handled */
 
 	struct frame frames[MAX_FRAMES]; /* FIFO */
@@ -414,8 +419,24 @@ flush(struct kvn_client *c)
 		return rc;
 	}
 	kvn_cp_buf_reset(&c->out);
-	c->out_off = 0;
+	c->out_off = c->out_must = 0;
 	return 0;
+}
+
+/* Whether the outgoing buffer must be written now (see out_must). */
+static bool
+out_due(const struct kvn_client *c)
+{
+	return c->out_off < c->out_must || (c->out_off < c->out.len && !c->nframes);
+}
+
+/* A frame that waits for its reply is complete in the outgoing buffer: write it, and what
+ * waited before it, now. */
+static void
+send_frames(struct kvn_client *c)
+{
+	c->out_must = c->out.len;
+	flush(c);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -505,6 +526,7 @@ on_reserved(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 			kvn_cp_put_u64(&c->out, sum[k]);
 		}
 		rc = end(c, at);
+		c->out_must = c->out.len; /* written when the replies being handled are */
 		idx = NULL;
 	}
 	free(idx);
@@ -670,9 +692,12 @@ read_input(struct kvn_client *c)
 				return -ENOMEM;
 			c->in.len -= 65536;
 		}
-		ssize_t n = recv(c->fd, c->in.p + c->in.len, c->in.cap - c->in.len, MSG_DONTWAIT);
+		size_t room = c->in.cap - c->in.len;
+		ssize_t n = recv(c->fd, c->in.p + c->in.len, room, MSG_DONTWAIT);
 		if (n > 0) {
 			c->in.len += (size_t)n;
+			if ((size_t)n < room)
+				return 0; /* a short read emptied the socket: no second recv */
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
@@ -713,7 +738,7 @@ kvn_client_progress(struct kvn_client *c, int timeout_ms)
 	for (;;) {
 		if (c->broken)
 			return done ? done : c->broken;
-		int rc = flush(c);
+		int rc = out_due(c) ? flush(c) : 0;
 		if (rc)
 			return done ? done : rc;
 		if ((rc = read_input(c)) < 0) {
@@ -725,7 +750,7 @@ kvn_client_progress(struct kvn_client *c, int timeout_ms)
 		if (rc < 0)
 			continue;
 		done += rc;
-		if (c->out_off < c->out.len && (rc = flush(c)))
+		if (out_due(c) && (rc = flush(c)))
 			continue;
 		if (done || !c->nframes)
 			return done;
@@ -733,8 +758,7 @@ kvn_client_progress(struct kvn_client *c, int timeout_ms)
 		if (now >= deadline)
 			return 0;
 		uint64_t wait = deadline - now;
-		struct pollfd pf = {.fd = c->fd,
-				    .events = POLLIN | (c->out_off < c->out.len ? POLLOUT : 0)};
+		struct pollfd pf = {.fd = c->fd, .events = POLLIN | (out_due(c) ? POLLOUT : 0)};
 		if (poll(&pf, 1, wait > INT32_MAX ? INT32_MAX : (int)wait) < 0 && errno != EINTR)
 			return -errno;
 	}
@@ -889,7 +913,7 @@ submit(struct kvn_client *c, struct kvn_client_req *req, const struct gather *g)
 	}
 	req->priv[0] = (uint64_t)(uintptr_t)rs;
 	c->nreqs++;
-	flush(c);
+	send_frames(c);
 	return 0;
 }
 
@@ -983,8 +1007,8 @@ kvn_client_release(struct kvn_client *c, struct kvn_view *views, size_t n)
 	}
 	if (end(c, at))
 		break_conn(c, -ENOMEM); /* the node frees the leases with the connection */
-	else
-		flush(c);
+	else if (!c->nframes)
+		flush(c); /* else it goes with the next frame or after the last reply */
 }
 
 int
@@ -1134,7 +1158,7 @@ sync_wait(struct kvn_client *c, struct syncop *so, size_t at, size_t mark)
 		c->next_id--;
 		return fail(c, -ENOMEM, "out of memory");
 	}
-	flush(c);
+	send_frames(c);
 	uint64_t deadline = kvn_now_ms() + (uint64_t)c->timeout_ms;
 	while (!so->done) {
 		uint64_t now = kvn_now_ms();
