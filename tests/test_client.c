@@ -553,6 +553,46 @@ Test(client, a_commit_of_a_slot_the_client_did_not_reserve_is_refused, .fini = s
 	close(fd);
 }
 
+/* The node takes what a client sent with one read: frames that came together are each
+ * answered, in order, and a frame cut off where a read ended is completed, not dropped. */
+Test(client, frames_sent_together_or_split_anywhere_are_each_answered_in_order, .fini = stop_all)
+{
+	start_one(NULL);
+	struct kvn_cp_hdr h;
+	int fd = raw_hello(a.sock, KVN_CP_MAJOR, 0, &h);
+	cr_assert_eq(h.status, 0);
+	enum { N = 5 };
+	uint8_t buf[N * KVN_CP_HDR_SIZE];
+	for (unsigned i = 0; i < N; i++)
+		kvn_cp_hdr_encode(&(struct kvn_cp_hdr){.magic = KVN_CP_REQ_MAGIC,
+						       .op = KVN_CP_PING,
+						       .id = 100 + i},
+				  buf + i * KVN_CP_HDR_SIZE);
+	/* Two whole frames and half a header; then the rest of that header alone; then the
+	 * rest. The pauses make the node likely to read each piece on its own. */
+	size_t cuts[] = {2 * KVN_CP_HDR_SIZE + KVN_CP_HDR_SIZE / 2, 3 * KVN_CP_HDR_SIZE,
+			 sizeof(buf)};
+	for (size_t k = 0, at = 0; k < 3; at = cuts[k++]) {
+		cr_assert_eq(write(fd, buf + at, cuts[k] - at), (ssize_t)(cuts[k] - at));
+		usleep(100000);
+	}
+	for (unsigned i = 0; i < N; i++) {
+		uint8_t rep[KVN_CP_HDR_SIZE];
+		cr_assert_eq(recv(fd, rep, sizeof(rep), MSG_WAITALL), (ssize_t)sizeof(rep),
+			     "reply %u of %d", i, N);
+		kvn_cp_hdr_decode(rep, &h);
+		cr_assert_eq(h.id, 100 + i, "reply %u answers request %llu", i,
+			     (unsigned long long)h.id);
+		cr_assert_eq(h.status, 0);
+	}
+	/* Half a header and the connection closed: the node drops it and serves on. */
+	cr_assert_eq(write(fd, buf, KVN_CP_HDR_SIZE / 2), (ssize_t)(KVN_CP_HDR_SIZE / 2));
+	close(fd);
+	struct kvn_client *c = open_client(&a);
+	cr_assert_eq(kvn_client_ping(c), 0, "%s", kvn_client_error(c));
+	kvn_client_close(c);
+}
+
 Test(client, an_older_caller_is_served_and_another_major_protocol_is_refused, .fini = stop_all)
 {
 	start_one(NULL);

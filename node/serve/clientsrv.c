@@ -22,6 +22,7 @@
 #define COMP	       "client"
 #define DEFAULT_IO_MS  30000
 #define LOOKUP_TIMEOUT 5000
+#define IN_READ	       (64u << 10) /* what one recv takes of a client's frames */
 
 struct kvn_clientsrv {
 	struct kvn_engine *eng;
@@ -55,6 +56,7 @@ struct kvn_client_conn {
 	size_t cap, n;
 	uint64_t held; /* bytes */
 	struct kvn_cp_buf out;
+	struct kvn_cp_buf in; /* frames read, not yet handled: empty between two calls of serve */
 };
 
 /* ------------------------------------------------------------------------------------------
@@ -600,64 +602,104 @@ proto_fail(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const char *why
 	return -1;
 }
 
+/* Handles one frame: its header h, its body in rd. */
+static int
+serve_frame(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, const struct kvn_cp_hdr *h,
+	    struct kvn_cp_rd *rd)
+{
+	atomic_fetch_add(&cs->requests[h->op], 1);
+	atomic_fetch_add(&cs->keys, h->count);
+	kvn_cp_buf_reset(&cc->out);
+	int rc = 0;
+	switch (h->op) {
+	case KVN_CP_GET:
+		rc = do_get(cs, cc, h, rd);
+		break;
+	case KVN_CP_RESERVE:
+		rc = do_reserve(cs, cc, h, rd);
+		break;
+	case KVN_CP_COMMIT:
+		rc = do_commit(cs, cc, h, rd);
+		break;
+	case KVN_CP_RELEASE:
+		rc = do_release(cs, cc, h, rd);
+		break;
+	case KVN_CP_REMOVE:
+		rc = do_remove(cs, cc, h, rd);
+		break;
+	case KVN_CP_CONTAINS:
+		rc = do_contains(cs, cc, h, rd);
+		break;
+	case KVN_CP_PING:
+		rc = send_reply(cc, h, 0, 0);
+		break;
+	case KVN_CP_LIST:
+		rc = do_list(cs, cc, h, rd);
+		break;
+	}
+	if (rc == -EPROTO) {
+		char why[256];
+		snprintf(why, sizeof(why), "malformed %s body (%u entries in %" PRIu64 " bytes)",
+			 kvn_cp_op_name(h->op), h->count, h->body_len);
+		return proto_fail(cs, cc, why);
+	}
+	return rc;
+}
+
+/* Reads the rest of a frame begun in cc->in, so that it holds need bytes: what the client
+ * has not sent yet it must send within the I/O timeout. */
+static int
+read_rest(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, size_t need, uint64_t deadline,
+	  const char *what)
+{
+	if (cc->in.len >= need)
+		return 0;
+	size_t have = cc->in.len, got;
+	if (!kvn_cp_room(&cc->in, need - have))
+		return proto_fail(cs, cc, "out of memory for a request");
+	cc->in.len = have;
+	int rc = kvn_fd_read_by(cc->fd, cc->in.p + have, need - have, deadline, &got);
+	cc->in.len = have + got;
+	return rc ? proto_fail(cs, cc, what) : 0;
+}
+
+/* The socket is readable: one recv takes what the client has sent (a GET and the RELEASEs
+ * that rode with it, a burst of pipelined requests), and every frame of it is handled before
+ * the connection's thread polls again. A frame cut off at the end of what arrived is read
+ * whole first, within the I/O timeout, as a single one always was. */
 int
 kvn_clientsrv_serve(struct kvn_clientsrv *cs, struct kvn_client_conn *cc)
 {
-	uint8_t raw[KVN_CP_HDR_SIZE];
-	size_t got;
 	uint64_t deadline = kvn_now_ms() + (uint64_t)cs->o.io_timeout_ms;
-	int rc = kvn_fd_read_by(cc->fd, raw, sizeof(raw), deadline, &got);
-	if (rc)
-		return got == 0 && rc == -ECONNRESET ? -1 : proto_fail(cs, cc, "truncated request");
-	struct kvn_cp_hdr h;
-	char why[256];
-	kvn_cp_hdr_decode(raw, &h);
-	if (kvn_cp_hdr_validate(&h, false, why, sizeof(why)) || h.op == KVN_CP_HELLO)
-		return proto_fail(cs, cc, h.op == KVN_CP_HELLO ? "a second HELLO" : why);
-	uint8_t *body = h.body_len ? malloc((size_t)h.body_len) : NULL;
-	if (h.body_len && !body)
-		return proto_fail(cs, cc, "out of memory for a request body");
-	rc = kvn_fd_read_by(cc->fd, body, (size_t)h.body_len, deadline, &got);
-	if (rc) {
-		free(body);
-		return proto_fail(cs, cc, "truncated request body");
+	kvn_cp_buf_reset(&cc->in);
+	if (!kvn_cp_room(&cc->in, IN_READ))
+		return proto_fail(cs, cc, "out of memory for a request");
+	ssize_t n;
+	do
+		n = recv(cc->fd, cc->in.p, IN_READ, MSG_DONTWAIT);
+	while (n < 0 && errno == EINTR);
+	cc->in.len = n > 0 ? (size_t)n : 0;
+	if (n == 0 || (n < 0 && errno != EAGAIN))
+		return -1; /* closed (or reset) between two frames */
+	int rc = 0;
+	for (size_t off = 0; !rc && off < cc->in.len;) {
+		if (read_rest(cs, cc, off + KVN_CP_HDR_SIZE, deadline, "truncated request"))
+			return -1;
+		struct kvn_cp_hdr h;
+		char why[256];
+		kvn_cp_hdr_decode(cc->in.p + off, &h);
+		if (kvn_cp_hdr_validate(&h, false, why, sizeof(why)) || h.op == KVN_CP_HELLO)
+			return proto_fail(cs, cc, h.op == KVN_CP_HELLO ? "a second HELLO" : why);
+		size_t end = off + KVN_CP_HDR_SIZE + (size_t)h.body_len; /* body <= BODY_MAX */
+		if (read_rest(cs, cc, end, deadline, "truncated request body"))
+			return -1;
+		struct kvn_cp_rd rd = {cc->in.p + off + KVN_CP_HDR_SIZE, (size_t)h.body_len, 0,
+				       false};
+		rc = serve_frame(cs, cc, &h, &rd);
+		off = end;
 	}
-	atomic_fetch_add(&cs->requests[h.op], 1);
-	atomic_fetch_add(&cs->keys, h.count);
-	struct kvn_cp_rd rd = {body, (size_t)h.body_len, 0, false};
-	kvn_cp_buf_reset(&cc->out);
-	switch (h.op) {
-	case KVN_CP_GET:
-		rc = do_get(cs, cc, &h, &rd);
-		break;
-	case KVN_CP_RESERVE:
-		rc = do_reserve(cs, cc, &h, &rd);
-		break;
-	case KVN_CP_COMMIT:
-		rc = do_commit(cs, cc, &h, &rd);
-		break;
-	case KVN_CP_RELEASE:
-		rc = do_release(cs, cc, &h, &rd);
-		break;
-	case KVN_CP_REMOVE:
-		rc = do_remove(cs, cc, &h, &rd);
-		break;
-	case KVN_CP_CONTAINS:
-		rc = do_contains(cs, cc, &h, &rd);
-		break;
-	case KVN_CP_PING:
-		rc = send_reply(cc, &h, 0, 0);
-		break;
-	case KVN_CP_LIST:
-		rc = do_list(cs, cc, &h, &rd);
-		break;
-	}
-	free(body);
-	if (rc == -EPROTO) {
-		snprintf(why, sizeof(why), "malformed %s body (%u entries in %" PRIu64 " bytes)",
-			 kvn_cp_op_name(h.op), h.count, h.body_len);
-		return proto_fail(cs, cc, why);
-	}
+	if (cc->in.cap > 2 * IN_READ) /* a large body once: not kept for the connection's life */
+		kvn_cp_buf_free(&cc->in);
 	return rc;
 }
 
@@ -760,6 +802,7 @@ kvn_clientsrv_conn_end(struct kvn_clientsrv *cs, struct kvn_client_conn *cc)
 	atomic_fetch_sub(&cs->clients, 1);
 	free(cc->tab);
 	kvn_cp_buf_free(&cc->out);
+	kvn_cp_buf_free(&cc->in);
 	free(cc);
 }
 
