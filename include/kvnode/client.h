@@ -68,7 +68,9 @@ struct kvn_view {
 
 /* *out is a view of key's value (-ENOENT when no node of the cluster holds it). */
 KVN_API int kvn_client_get(struct kvn_client *c, const char *key, struct kvn_view *out);
-/* Releases views (their data must not be read after); views with lease 0 are skipped. */
+/* Releases views (their data must not be read after); views with lease 0 are skipped. The
+ * node frees the leases when the RELEASE reaches it: at once when nothing else is in flight,
+ * else with the next request or once the last reply is in. */
 KVN_API void kvn_client_release(struct kvn_client *c, struct kvn_view *views, size_t n);
 /* Copies key's value into dst; *len gets its length; -ENOSPC (with *len set) when cap is
  * short. */
