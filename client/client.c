@@ -687,11 +687,8 @@ static int
 read_input(struct kvn_client *c)
 {
 	for (;;) {
-		if (c->in.cap - c->in.len < 65536) {
-			if (!kvn_cp_room(&c->in, 65536))
-				return -ENOMEM;
-			c->in.len -= 65536;
-		}
+		if (!kvn_cp_spare(&c->in, 65536))
+			return -ENOMEM;
 		size_t room = c->in.cap - c->in.len;
 		ssize_t n = recv(c->fd, c->in.p + c->in.len, room, MSG_DONTWAIT);
 		if (n > 0) {
@@ -1007,7 +1004,7 @@ kvn_client_release(struct kvn_client *c, struct kvn_view *views, size_t n)
 	}
 	if (end(c, at))
 		break_conn(c, -ENOMEM); /* the node frees the leases with the connection */
-	else if (!c->nframes)
+	else if (out_due(c))
 		flush(c); /* else it goes with the next frame or after the last reply */
 }
 

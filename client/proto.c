@@ -145,7 +145,7 @@ kvn_cp_buf_free(struct kvn_cp_buf *b)
 }
 
 uint8_t *
-kvn_cp_room(struct kvn_cp_buf *b, size_t n)
+kvn_cp_spare(struct kvn_cp_buf *b, size_t n)
 {
 	if (b->err)
 		return NULL;
@@ -161,8 +161,15 @@ kvn_cp_room(struct kvn_cp_buf *b, size_t n)
 		b->p = p;
 		b->cap = cap;
 	}
-	uint8_t *at = b->p + b->len;
-	b->len += n;
+	return b->p + b->len;
+}
+
+uint8_t *
+kvn_cp_room(struct kvn_cp_buf *b, size_t n)
+{
+	uint8_t *at = kvn_cp_spare(b, n);
+	if (at)
+		b->len += n;
 	return at;
 }
 

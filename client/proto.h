@@ -122,6 +122,9 @@ void kvn_cp_buf_reset(struct kvn_cp_buf *b);
 void kvn_cp_buf_free(struct kvn_cp_buf *b);
 /* n more bytes at the end (len grows by n): where to write them, NULL on failure. */
 uint8_t *kvn_cp_room(struct kvn_cp_buf *b, size_t n);
+/* Room for n bytes past the end, len unchanged (a read fills them, then adds what it got):
+ * where they start, NULL on failure. */
+uint8_t *kvn_cp_spare(struct kvn_cp_buf *b, size_t n);
 void kvn_cp_put_u16(struct kvn_cp_buf *b, uint16_t v);
 void kvn_cp_put_u32(struct kvn_cp_buf *b, uint32_t v);
 void kvn_cp_put_u64(struct kvn_cp_buf *b, uint64_t v);

@@ -654,12 +654,12 @@ read_rest(struct kvn_clientsrv *cs, struct kvn_client_conn *cc, size_t need, uin
 {
 	if (cc->in.len >= need)
 		return 0;
-	size_t have = cc->in.len, got;
-	if (!kvn_cp_room(&cc->in, need - have))
+	size_t got;
+	uint8_t *at = kvn_cp_spare(&cc->in, need - cc->in.len);
+	if (!at)
 		return proto_fail(cs, cc, "out of memory for a request");
-	cc->in.len = have;
-	int rc = kvn_fd_read_by(cc->fd, cc->in.p + have, need - have, deadline, &got);
-	cc->in.len = have + got;
+	int rc = kvn_fd_read_by(cc->fd, at, need - cc->in.len, deadline, &got);
+	cc->in.len += got;
 	return rc ? proto_fail(cs, cc, what) : 0;
 }
 
@@ -672,7 +672,7 @@ kvn_clientsrv_serve(struct kvn_clientsrv *cs, struct kvn_client_conn *cc)
 {
 	uint64_t deadline = kvn_now_ms() + (uint64_t)cs->o.io_timeout_ms;
 	kvn_cp_buf_reset(&cc->in);
-	if (!kvn_cp_room(&cc->in, IN_READ))
+	if (!kvn_cp_spare(&cc->in, IN_READ))
 		return proto_fail(cs, cc, "out of memory for a request");
 	ssize_t n;
 	do
