@@ -169,6 +169,8 @@ struct kvn_peer_read_stats {
 	uint64_t errors;		     /* gets from a peer that gave no verified chunk */
 	uint64_t transport_errors;	     /* READs the transport failed */
 	uint64_t oversized;		     /* directory entries over max_chunk_size, not read */
+	uint64_t location_cache_hits;	     /* keys whose location was cached (no lookup) */
+	uint64_t location_cache_misses;	     /* keys that needed the scheduler's directory */
 	uint64_t promoted_in_place;	     /* peer hits the cpu tier indexed where they landed */
 	const struct kvn_histogram *latency; /* of each READ, posted to completed */
 };

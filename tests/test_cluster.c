@@ -994,6 +994,48 @@ Test(cluster, a_batch_get_reads_chunks_of_two_peers_in_one_lookup)
 	cluster_down(&f);
 }
 
+/* Eight keys whose digests pick the same set of the peer tier's directory cache (8192 sets of 8
+ * ways, chosen by digest.lo; backends/peer.c) are all remembered: read again, none of them costs
+ * a scheduler lookup. A direct-mapped cache kept one of them. */
+Test(cluster, keys_that_share_a_location_cache_set_are_all_read_again_without_a_lookup)
+{
+	enum { WAYS = 8, SETS = 8192 };
+	unsigned idx[WAYS], count[SETS] = {0}, set = SETS;
+	for (unsigned i = 0; set == SETS; i++) {
+		struct kvn_key k;
+		cluster_key(&k, "set", i);
+		if (++count[k.digest.lo & (SETS - 1)] == WAYS)
+			set = (unsigned)(k.digest.lo & (SETS - 1));
+		cr_assert_lt(i, 1000000u, "no set filled");
+	}
+	for (unsigned i = 0, n = 0; n < WAYS; i++) {
+		struct kvn_key k;
+		cluster_key(&k, "set", i);
+		if ((k.digest.lo & (SETS - 1)) == set)
+			idx[n++] = i;
+	}
+	struct fixture f;
+	cluster_up(&f, NULL, NULL, false); /* node-c keeps no copy: every get is a peer READ */
+	for (unsigned n = 0; n < WAYS; n++)
+		cnode_put(&f.a, "set", idx[n], VAL);
+	for (unsigned n = 0; n < WAYS; n++) {
+		struct get_ctx g = {&f.c, "set", idx[n], 1};
+		cr_assert(proc_wait_for(get_is, &g, DEADLINE), "node-c reads key %u", idx[n]);
+	}
+	long long hits = cnode_stat(&f.c, "peer", "location_cache_hits");
+	long long misses = cnode_stat(&f.c, "peer", "location_cache_misses");
+	long long lookups = sched_field(&f.s, "lookups"), reads = cnode_stat(&f.c, "peer", "reads");
+	cr_assert(hits >= 0 && misses >= WAYS && lookups >= WAYS, "stats: %s", sched_err);
+	for (unsigned n = 0; n < WAYS; n++)
+		cr_assert_eq(cnode_get_check(&f.c, "set", idx[n], VAL), 1, "key %u again", idx[n]);
+	cr_assert_eq(cnode_stat(&f.c, "peer", "reads") - reads, WAYS, "each read from node-a");
+	cr_assert_eq(cnode_stat(&f.c, "peer", "location_cache_hits") - hits, WAYS,
+		     "every location remembered");
+	cr_assert_eq(cnode_stat(&f.c, "peer", "location_cache_misses"), misses);
+	cr_assert_eq(sched_field(&f.s, "lookups"), lookups, "no lookup the second time");
+	cluster_down(&f);
+}
+
 /* ------------------------------------------------------------------------------------------
  * kvnode demo
  * ------------------------------------------------------------------------------------------ */

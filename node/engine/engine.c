@@ -206,6 +206,9 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 		cJSON_AddNumberToObject(p, "bytes_read", (double)ps.bytes);
 		cJSON_AddNumberToObject(p, "reads", (double)ps.reads);
 		cJSON_AddNumberToObject(p, "promoted_in_place", (double)ps.promoted_in_place);
+		cJSON_AddNumberToObject(p, "location_cache_hits", (double)ps.location_cache_hits);
+		cJSON_AddNumberToObject(p, "location_cache_misses",
+					(double)ps.location_cache_misses);
 	}
 	kvn_engine_gpus_json(eng->gpus, root);
 	cJSON_AddNumberToObject(root, "hits", (double)atomic_load(&eng->hits));

@@ -149,6 +149,12 @@ peer(struct kvn_expo *e, struct kvn_storage *st)
 	kvn_expo_one(e, "kvnode_peer_promoted_in_place_total", "counter",
 		     "Peer hits the cpu tier indexed in the pool slot the READ landed in (no copy)",
 		     p.promoted_in_place);
+	kvn_expo_one(e, "kvnode_peer_location_cache_hits_total", "counter",
+		     "Keys a peer get or contains found located in the directory cache (no lookup)",
+		     p.location_cache_hits);
+	kvn_expo_one(e, "kvnode_peer_location_cache_misses_total", "counter",
+		     "Keys a peer get or contains had to ask the scheduler's directory for",
+		     p.location_cache_misses);
 	kvn_expo_one(e, "kvnode_transport_errors_total", "counter",
 		     "READs the data transport (verbs or tcp) failed", p.transport_errors);
 	kvn_expo_family(e, "kvnode_peer_read_duration_seconds", "histogram",
