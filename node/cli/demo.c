@@ -401,50 +401,59 @@ raw_close(struct raw_read *r)
 	free(r->dst);
 }
 
-/* GB/s of DEMO_CHUNKS READs of DEMO_CHUNK bytes one at a time, as the peer gets were; <0 on
- * failure (said). */
-static double
-raw_read_gbps(const char *transport)
+static bool raw_read_one(struct raw_read *r, double *spent, char *err, size_t errlen);
+
+/* Sets up the two instances, registers a chunk on each side and makes one warm-up READ; false
+ * (said) when any of it fails, and r is then closed. */
+static bool
+raw_open(struct raw_read *r, const char *transport)
 {
-	struct raw_read r = {0};
 	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1};
 	char err[256] = "", bound[128];
-	double gbps = -1;
-	r.ops = kvn_transport_by_name(transport ? transport : "auto", &cfg, err, sizeof(err));
-	r.src = malloc(DEMO_CHUNK);
-	r.dst = calloc(1, DEMO_CHUNK);
-	if (!r.ops || !r.src || !r.dst || r.ops->open(&cfg, &r.owner, err, sizeof(err)) < 0 ||
-	    r.ops->open(&cfg, &r.reader, err, sizeof(err)) < 0)
-		goto out;
-	fill(r.src, DEMO_CHUNK, 99);
-	if (r.ops->reg_mem(r.owner, r.src, DEMO_CHUNK, KVN_MEM_HOST, &r.src_mr, &r.src_desc, err,
-			   sizeof(err)) < 0 ||
-	    r.ops->reg_mem(r.reader, r.dst, DEMO_CHUNK, KVN_MEM_HOST, &r.dst_mr,
-			   &(struct kvn_mem_desc){0}, err, sizeof(err)) < 0 ||
-	    r.ops->listen(r.owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)) < 0 ||
-	    r.ops->connect(r.reader, bound, 0, &r.ep, err, sizeof(err)) < 0)
-		goto out;
-	struct kvn_read rd = {.local = r.dst,
-			      .local_mr = r.dst_mr,
-			      .remote_addr = r.src_desc.addr,
-			      .rkey = r.src_desc.rkey,
-			      .len = DEMO_CHUNK};
 	double t = 0;
-	for (int i = 0; i <= DEMO_CHUNKS; i++) { /* the first is a warm-up */
-		double t0 = kvn_now_s();
-		if (kvn_transport_read_sync(r.ops, r.ep, &rd, 1, err, sizeof(err)) < 0)
-			goto out;
-		t += i ? kvn_now_s() - t0 : 0;
+	r->ops = kvn_transport_by_name(transport ? transport : "auto", &cfg, err, sizeof(err));
+	r->src = malloc(DEMO_CHUNK);
+	r->dst = calloc(1, DEMO_CHUNK);
+	if (!r->ops || !r->src || !r->dst || r->ops->open(&cfg, &r->owner, err, sizeof(err)) < 0 ||
+	    r->ops->open(&cfg, &r->reader, err, sizeof(err)) < 0)
+		goto fail;
+	fill(r->src, DEMO_CHUNK, 99);
+	if (r->ops->reg_mem(r->owner, r->src, DEMO_CHUNK, KVN_MEM_HOST, &r->src_mr, &r->src_desc,
+			    err, sizeof(err)) < 0 ||
+	    r->ops->reg_mem(r->reader, r->dst, DEMO_CHUNK, KVN_MEM_HOST, &r->dst_mr,
+			    &(struct kvn_mem_desc){0}, err, sizeof(err)) < 0 ||
+	    r->ops->listen(r->owner, "127.0.0.1:0", bound, sizeof(bound), err, sizeof(err)) < 0 ||
+	    r->ops->connect(r->reader, bound, 0, &r->ep, err, sizeof(err)) < 0)
+		goto fail;
+	if (raw_read_one(r, &t, err, sizeof(err))) /* a warm-up: connection and pages */
+		return true;
+fail:
+	fprintf(stderr, "kvnode demo: measuring the %s transport alone: %s\n",
+		transport ? transport : "auto", *err ? err : "out of memory");
+	raw_close(r);
+	*r = (struct raw_read){0};
+	return false;
+}
+
+/* One READ of the chunk, its time added to *spent, its bytes checked; false (err) if not. */
+static bool
+raw_read_one(struct raw_read *r, double *spent, char *err, size_t errlen)
+{
+	struct kvn_read rd = {.local = r->dst,
+			      .local_mr = r->dst_mr,
+			      .remote_addr = r->src_desc.addr,
+			      .rkey = r->src_desc.rkey,
+			      .len = DEMO_CHUNK};
+	memset(r->dst, 0, DEMO_CHUNK);
+	double t0 = kvn_now_s();
+	if (kvn_transport_read_sync(r->ops, r->ep, &rd, 1, err, errlen) < 0)
+		return false;
+	*spent += kvn_now_s() - t0;
+	if (memcmp(r->src, r->dst, DEMO_CHUNK)) {
+		snprintf(err, errlen, "the READ brought back other bytes");
+		return false;
 	}
-	gbps = memcmp(r.src, r.dst, DEMO_CHUNK) ? -1 : (double)DEMO_CHUNK * DEMO_CHUNKS / t / 1e9;
-	if (gbps < 0)
-		snprintf(err, sizeof(err), "the READ brought back other bytes");
-out:
-	if (gbps < 0)
-		fprintf(stderr, "kvnode demo: measuring the %s transport alone: %s\n",
-			transport ? transport : "auto", *err ? err : "out of memory");
-	raw_close(&r);
-	return gbps;
+	return true;
 }
 
 /* The nodes' transport, as their config names it. */
@@ -552,21 +561,32 @@ run_traffic(struct demo *d)
 		t_put += dt;
 		printf("  put  %s  %8.2f GB/s\n", keys[i], (double)DEMO_CHUNK / dt / 1e9);
 	}
-	double before = peer_bytes(&d->node[2], false);
+	/* Each peer get is followed by a READ of the same size over the transport alone, so that
+	 * the two are measured side by side, under the same load of this machine. */
+	char *transport = nodes_transport(d), err[256] = "";
+	struct raw_read raw = {0};
+	bool raw_ok = raw_open(&raw, transport);
+	double t_raw = 0, before = peer_bytes(&d->node[2], false);
 	for (int pass = 0; pass < 2; pass++) {
 		printf(
 		    pass ? "\nget on node-3 again (promoted into its cpu tier):\n"
 			 : "\nget on node-3 (not there: found through the scheduler, fetched from "
 			   "node-1's pool by one-sided READ):\n");
-		for (int i = 0; i < DEMO_CHUNKS; i++)
+		for (int i = 0; i < DEMO_CHUNKS; i++) {
 			bad += get_one(dst, keys[i], i, !pass, data, pass ? &t_local : &t_peer);
+			if (!pass && raw_ok &&
+			    !(raw_ok = raw_read_one(&raw, &t_raw, err, sizeof(err))))
+				fprintf(stderr,
+					"kvnode demo: measuring the %s transport alone: %s\n",
+					transport ? transport : "auto", err);
+		}
 	}
+	raw_close(&raw);
 	double moved = peer_bytes(&d->node[2], true) - before,
 	       total = (double)DEMO_CHUNK * DEMO_CHUNKS;
 	printf("\nmoved %s from node-1 to node-3 by one-sided READ (slot headers included)\n",
 	       kvn_cli_human_bytes(moved, hb, sizeof(hb)));
-	char *transport = nodes_transport(d);
-	print_bandwidth(t_put, t_peer, t_local, raw_read_gbps(transport), transport);
+	print_bandwidth(t_put, t_peer, t_local, raw_ok ? total / t_raw / 1e9 : -1, transport);
 	free(transport);
 	printf("%d chunks, %s, %s\n", DEMO_CHUNKS, kvn_cli_human_bytes(total, hb, sizeof(hb)),
 	       bad ? "VERIFICATION FAILED" : "all verified");
