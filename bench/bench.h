@@ -33,6 +33,8 @@ struct bench_opts {
 	/* remote mode */
 	const char *url; /* store to measure; NULL = start a redis-server */
 	bool peer; /* also peer fetch (transport) vs redis GET of the same chunks */
+	/* gpu mode */
+	int device; /* CUDA ordinal */
 };
 
 /* Byte at offset off of the region kvnode-bench peer --serve registers: position-dependent so a
@@ -97,6 +99,8 @@ int bench_peer(const struct bench_opts *o);
 int bench_scheduler(const struct bench_opts *o);
 int bench_remote(const struct bench_opts *o);
 int bench_client(const struct bench_opts *o);
+/* -ENODEV: no GPU to measure here (said). */
+int bench_gpu(const struct bench_opts *o);
 
 /* remote --peer: a responder (a filled kvnode pool behind its own transport instance) and a
  * reader in this process; one fetch is what the peer tier does (READ of the slot image, then

@@ -1,6 +1,7 @@
 /* kvnode serve and the gpu key on a host without an NVIDIA driver: gpu: true refuses to start
- * naming libcuda.so.1, gpu: auto serves and says once why it uses no GPU. (On a host with a
- * driver these answers differ: the tests skip there.) */
+ * naming libcuda.so.1, gpu: auto serves and says once why it uses no GPU, and kvnode-bench gpu
+ * exits 2 naming what is missing. (On a host with a driver these answers differ: the tests skip
+ * there.) */
 #include <criterion/criterion.h>
 #include <dlfcn.h>
 #include <limits.h>
@@ -96,5 +97,22 @@ Test(gpu_serve, gpu_auto_without_a_driver_serves_and_says_why_once)
 	const char *first = text ? strstr(text, why) : NULL;
 	cr_assert(first, "stderr: %s", text ? text : "(none)");
 	cr_assert_null(strstr(first + 1, why), "said once: %s", text);
+	free(text);
+}
+
+/* kvnode-bench gpu has nothing to measure here: it names what is missing and exits 2, the
+ * status scripts/gpu-checks also gives a machine without a GPU. */
+Test(gpu_serve, kvnode_bench_gpu_without_a_driver_names_what_is_missing_and_exits_2)
+{
+	const char *bench = KVN_BINARY_DIR "/kvnode-bench";
+	cr_assert_eq(access(bench, X_OK), 0, "%s is not built", bench);
+	const char *argv[] = {bench, "gpu", "--baseline", "--sizes", "4M", NULL};
+	struct proc_opts po = {.stderr_path = serr, .env = clean_env};
+	int code = proc_run(argv, &po, DEADLINE);
+	char *text = proc_read_file(serr, NULL);
+	cr_assert_eq(code, 2, "exit %d: %s", code, text);
+	cr_assert(text && strstr(text, "kvnode-bench gpu: ") &&
+		      strstr(text, KVN_HAVE_CUDA ? "libcuda.so.1 not found" : "CUDA headers"),
+		  "stderr: %s", text ? text : "(none)");
 	free(text);
 }
