@@ -3,11 +3,13 @@
  * buffer and come back in request order, so a reply pairs with the oldest frame in flight.
  * A put is two frames: RESERVE gives the slots, the library copies (and checksums) each value
  * into its slot through a second, writable mapping of the pool, then COMMIT publishes them. PING
- * and LIST are synchronous calls of one frame each, without a struct kvn_client_req. */
+ * and LIST are synchronous calls of one frame each, without a struct kvn_client_req. Device
+ * buffers (kvn_client_req.mem) are copied to and from the pool through gpu/'s staging. */
 #include <errno.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack (copy_from_gpu) */
 
 #include "client/proto.h"
 #include "core/abi.h"
@@ -24,6 +27,9 @@
 #include "core/log.h"
 #include "core/netaddr.h"
 #include "core/pool.h"
+#include "core/xxh.h"
+#include "gpu/gpu.h"
+#include "gpu/staging.h"
 #include "kvnode/client.h"
 
 #define MAX_INFLIGHT	   64 /* requests; each is at most two frames in flight */
@@ -31,6 +37,7 @@
 #define DEFAULT_TIMEOUT_MS 30000
 #define SLOT_HDR	   64 /* struct kvn_slot_hdr before each payload */
 #define WARM_SHIFT	   21 /* warm(): 2 MiB regions */
+#define GPU_BOUNCE	   ((size_t)8 << 20) /* device buffers: a bounce area of two halves */
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22 /* Linux 5.14; older headers lack it */
 #endif
@@ -71,6 +78,7 @@ struct frame {
 	struct syncop *sync; /* that call's */
 	uint32_t n;	     /* entries asked */
 	uint32_t *keys;	     /* COMMIT: the key index of each entry (NULL: entry i is key i) */
+	bool abort;	     /* COMMIT of reservations given back: their keys keep their error */
 };
 
 struct kvn_client {
@@ -100,6 +108,13 @@ struct kvn_client {
 	size_t fhead, nframes;
 	size_t nreqs;
 	char err[512];
+
+	/* Device buffers: the driver, a copy engine and a staging area for one GPU, set up by
+	 * the first request that names it (gpu_ready). */
+	struct kvn_gpu *gpu;
+	struct kvn_copy_engine *ce;
+	struct kvn_staging *st;
+	int gpu_dev; /* the GPU they copy for, -1 before */
 };
 
 static int fail(struct kvn_client *c, int rc, const char *fmt, ...)
@@ -296,6 +311,7 @@ kvn_client_open(const struct kvn_client_opts *opts, struct kvn_client **out, cha
 	}
 	c->timeout_ms = o.timeout_ms > 0 ? o.timeout_ms : DEFAULT_TIMEOUT_MS;
 	c->next_id = 1;
+	c->gpu_dev = -1;
 	int rc = c->fd = dial(path, c->timeout_ms, err, errlen);
 	if (rc >= 0)
 		rc = hello(c, path, o.name, err, errlen);
@@ -478,6 +494,106 @@ in_pool(const struct kvn_client *c, uint64_t off, uint64_t len)
 	return off >= SLOT_HDR && off <= c->pool_size && len <= c->pool_size - off;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * Device buffers
+ * ------------------------------------------------------------------------------------------ */
+
+static bool
+on_gpu(const struct kvn_client_req *req)
+{
+	return KVN_ABI_HAS(req, mem_device) && req->mem == KVN_CLIENT_MEM_GPU;
+}
+
+static void
+gpu_close(struct kvn_client *c)
+{
+	if (c->st)
+		kvn_staging_destroy(c->st);
+	if (c->ce)
+		kvn_copy_engine_destroy(c->ce);
+	if (c->gpu)
+		kvn_gpu_close(c->gpu);
+	c->st = NULL;
+	c->ce = NULL;
+	c->gpu = NULL;
+	c->gpu_dev = -1;
+}
+
+/* The driver, a copy engine on GPU dev and a staging area, set up once per client; 0, or why
+ * not in c->err. */
+static int
+gpu_ready(struct kvn_client *c, int dev)
+{
+	if (c->st)
+		return dev == c->gpu_dev ? 0
+					 : fail(c, -EINVAL,
+						"device buffers: this client copies for GPU %d, a "
+						"request named GPU %d (one GPU per client)",
+						c->gpu_dev, dev);
+	char err[400] = "";
+	struct kvn_gpu_info info;
+	int rc = dev < 0 ? kvn_seterr(-EINVAL, err, sizeof(err), "no GPU %d", dev) : 0;
+	if (!rc)
+		rc = kvn_gpu_open(&c->gpu, err, sizeof(err));
+	if (!rc)
+		rc = kvn_gpu_device_info(c->gpu, dev, &info, err, sizeof(err));
+	if (!rc)
+		rc = kvn_gpu_copy_engine(c->gpu, dev, 2, &c->ce, err, sizeof(err));
+	if (!rc)
+		rc = kvn_staging_create(c->ce, GPU_BOUNCE, &c->st, err, sizeof(err));
+	if (rc) {
+		gpu_close(c);
+		return fail(c, rc, "device buffers on GPU %d: %s", dev, err);
+	}
+	c->gpu_dev = dev;
+	return 0;
+}
+
+struct sum_sink {
+	uint8_t *slot;
+	XXH3_state_t xs;
+};
+
+/* Each piece of a device value lands in the slot and is hashed there while in cache. */
+static int
+sum_sink(void *ctx, size_t off, const void *piece, size_t n)
+{
+	struct sum_sink *s = ctx;
+	memcpy(s->slot + off, piece, n);
+	XXH3_64bits_update(&s->xs, s->slot + off, n);
+	return 0;
+}
+
+/* A PUT's value i from device memory into its slot, and the slot checksum of it. */
+static int
+copy_from_gpu(struct kvn_client *c, const struct kvn_client_req *req, size_t i, uint8_t *slot,
+	      size_t len, uint64_t *sum)
+{
+	struct sum_sink s = {.slot = slot};
+	char err[400];
+	XXH3_64bits_reset(&s.xs);
+	int rc = kvn_staging_get(c->st, (kvn_devptr_t)(uintptr_t)req->data[i], len, sum_sink, &s,
+				 err, sizeof(err));
+	if (rc)
+		return fail(c, rc, "put %s: copying %zu bytes from GPU %d: %s", req->keys[i], len,
+			    c->gpu_dev, err);
+	*sum = XXH3_64bits_digest(&s.xs);
+	return 0;
+}
+
+/* A GET_INTO's value i from the pool into device memory. */
+static int
+copy_to_gpu(struct kvn_client *c, const struct kvn_client_req *req, size_t i, const uint8_t *src,
+	    size_t len)
+{
+	char err[400];
+	int rc = kvn_staging_put_buf(c->st, (kvn_devptr_t)(uintptr_t)req->dst[i], src, len, err,
+				     sizeof(err));
+	return rc ? fail(c, rc, "get_into %s: copying %zu bytes to GPU %d: %s", req->keys[i], len,
+			 c->gpu_dev, err)
+		  : 0;
+}
+
 /* RESERVE answered: copy each value into its slot, checksumming as it copies, then COMMIT the
  * ones reserved in one frame. Every reservation is committed or the connection breaks: the
  * node holds them against this client's bound until then. */
@@ -488,12 +604,14 @@ on_reserved(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 	struct kvn_client_req *req = rs->req;
 	uint32_t *idx = malloc(sizeof(*idx) * (req->n ? req->n : 1));
 	uint64_t *sum = malloc(sizeof(*sum) * (req->n ? req->n : 1));
-	if (!idx || !sum) {
+	uint32_t *bad = on_gpu(req) ? malloc(sizeof(*bad) * (req->n ? req->n : 1)) : NULL;
+	if (!idx || !sum || (on_gpu(req) && !bad)) {
 		free(idx);
 		free(sum);
+		free(bad);
 		return fail(c, -ENOMEM, "put: out of memory committing %zu values", req->n);
 	}
-	uint32_t m = 0;
+	uint32_t m = 0, nbad = 0;
 	for (uint32_t i = 0; i < f->n && i < req->n; i++) {
 		uint8_t raw[KVN_CP_ENTRY_SIZE];
 		struct kvn_cp_entry e = {.rc = -EPROTO};
@@ -509,6 +627,15 @@ on_reserved(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 			continue;
 		rs->resv[i] = e.handle;
 		warm(c, true, e.off, e.len);
+		if (on_gpu(req)) {
+			/* a value that cannot be copied in gives its reservation back */
+			int r = copy_from_gpu(c, req, i, c->wpool + e.off, (size_t)e.len, &sum[m]);
+			if (r < 0)
+				rs->rc[i] = r, bad[nbad++] = i;
+			else
+				idx[m++] = i;
+			continue;
+		}
 		/* A plain put is a gather of one piece. */
 		const struct iovec *v =
 		    rs->g.iov ? rs->g.iov[i] : &(struct iovec){(void *)req->data[i], (size_t)e.len};
@@ -529,6 +656,20 @@ on_reserved(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 		c->out_must = c->out.len; /* written when the replies being handled are */
 		idx = NULL;
 	}
+	if (nbad && !rc) {
+		struct frame *af = frame_push(c, KVN_CP_COMMIT, rs, nbad, bad);
+		size_t at;
+		af->abort = true;
+		begin(c, KVN_CP_COMMIT, KVN_CP_F_ABORT, nbad, af->id, &at);
+		for (uint32_t k = 0; k < nbad; k++) {
+			kvn_cp_put_u64(&c->out, rs->resv[bad[k]]);
+			kvn_cp_put_u64(&c->out, 0);
+		}
+		rc = end(c, at);
+		c->out_must = c->out.len;
+		bad = NULL;
+	}
+	free(bad);
 	free(idx);
 	free(sum);
 	return rc ? fail(c, rc, "put: out of memory committing %zu values", req->n) : 0;
@@ -564,6 +705,11 @@ on_entries(struct kvn_client *c, struct frame *f, struct kvn_cp_rd *rd)
 				req->lens[i] = (size_t)e.len;
 			if (e.len > req->caps[i]) {
 				rs->rc[i] = -ENOSPC;
+			} else if (on_gpu(req)) {
+				warm(c, false, e.off, e.len);
+				int r = copy_to_gpu(c, req, i, c->pool + e.off, (size_t)e.len);
+				if (r < 0)
+					rs->rc[i] = r;
 			} else {
 				warm(c, false, e.off, e.len);
 				memcpy(req->dst[i], c->pool + e.off, (size_t)e.len);
@@ -593,7 +739,7 @@ on_codes(struct frame *f, struct kvn_cp_rd *rd)
 	for (uint32_t i = 0; i < f->n; i++) {
 		int32_t v = (int32_t)kvn_cp_get_u32(rd);
 		uint32_t k = f->keys ? f->keys[i] : i;
-		if (k < rs->req->n)
+		if (k < rs->req->n && !f->abort)
 			rs->rc[k] = rd->bad ? -EPROTO : v;
 	}
 }
@@ -821,9 +967,20 @@ check_value(struct kvn_client *c, const struct kvn_client_req *req, const struct
 static int
 check_req(struct kvn_client *c, const struct kvn_client_req *req, const struct gather *g)
 {
-	if (KVN_ABI_MAJOR_OF(req->abi) != KVN_ABI_MAJOR || req->size < sizeof(*req))
+	/* a caller built against ABI 2.2 or 2.3 has the request without mem */
+	if (KVN_ABI_MAJOR_OF(req->abi) != KVN_ABI_MAJOR ||
+	    req->size < offsetof(struct kvn_client_req, mem))
 		return fail(c, -EINVAL,
 			    "struct kvn_client_req not started from KVN_CLIENT_REQ_INIT");
+	if (KVN_ABI_HAS(req, mem_device) && req->mem != KVN_CLIENT_MEM_HOST) {
+		if (req->mem != KVN_CLIENT_MEM_GPU)
+			return fail(c, -EINVAL, "unknown request memory kind %d", (int)req->mem);
+		if (req->op != KVN_CLIENT_GET_INTO && req->op != KVN_CLIENT_PUT)
+			return fail(c, -EINVAL,
+				    "device memory is for GET_INTO and PUT requests only");
+		if (g)
+			return fail(c, -EINVAL, "a gather put takes host memory only");
+	}
 	if (req->op < KVN_CLIENT_GET || req->op > KVN_CLIENT_CONTAINS_PREFIX)
 		return fail(c, -EINVAL, "unknown request op %d", (int)req->op);
 	if (req->n == 0 || req->n > KVN_CP_BATCH_MAX || req->n > c->hello.max_batch)
@@ -856,6 +1013,8 @@ submit(struct kvn_client *c, struct kvn_client_req *req, const struct gather *g)
 {
 	int rc = check_req(c, req, g);
 	if (rc)
+		return rc;
+	if (on_gpu(req) && (rc = gpu_ready(c, req->mem_device)))
 		return rc;
 	if (c->broken)
 		return fail(c, -ENOTCONN, "the kvnode connection is broken (%s): open a new client",
@@ -1288,5 +1447,6 @@ kvn_client_close(struct kvn_client *c)
 	unmap_pool(c);
 	kvn_cp_buf_free(&c->out);
 	kvn_cp_buf_free(&c->in);
+	gpu_close(c);
 	free(c);
 }

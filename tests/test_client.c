@@ -7,10 +7,12 @@
  * which the ASan run reports as a leak; every wait here has its own deadline. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1070,4 +1072,68 @@ Test(client, asynchronous_requests_complete_through_the_fd_and_callbacks, .fini 
 	kvn_client_close(c);
 	free(vals);
 	free(out);
+}
+
+/* Device buffers on a host without a driver: the request is refused before anything is sent,
+ * naming what is missing, and the client goes on serving host buffers. A caller built against
+ * ABI 2.3 (a request without mem) is served as one asking for host memory. (With a driver the
+ * answers differ: tests/test_gpu_device.c has the device side.) */
+Test(client, device_buffers_without_a_driver_are_refused_by_name_and_older_requests_served,
+     .fini = stop_all)
+{
+	void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+	if (h) {
+		dlclose(h);
+		cr_skip_test("this host has libcuda.so.1: tests/test_gpu_device.c covers it");
+	}
+	start_one(NULL);
+	struct kvn_client *c = open_client(&a);
+	const char *key = "vllm@test-model@1@0@00de@bfloat16";
+	uint8_t val[4096], out[4096];
+	pattern_fill(val, sizeof(val), 5);
+	cr_assert_eq(kvn_client_put(c, key, val, sizeof(val)), 0, "%s", kvn_client_error(c));
+	void *dst[1] = {out};
+	size_t cap = sizeof(out), len = 0;
+	struct kvn_client_req r = {KVN_CLIENT_REQ_INIT,
+				   .op = KVN_CLIENT_GET_INTO,
+				   .n = 1,
+				   .keys = &key,
+				   .dst = dst,
+				   .caps = &cap,
+				   .lens = &len,
+				   .mem = KVN_CLIENT_MEM_GPU,
+				   .mem_device = 0};
+	int rc = kvn_client_submit(c, &r);
+	cr_assert(rc == -ENOENT || rc == -ENOTSUP, "submit: %d (%s)", rc, kvn_client_error(c));
+	cr_assert(strstr(kvn_client_error(c), "device buffers on GPU 0: ") &&
+		      strstr(kvn_client_error(c),
+			     rc == -ENOENT ? "libcuda.so.1 not found" : "CUDA headers"),
+		  "%s", kvn_client_error(c));
+	const void *data[1] = {val};
+	size_t vlen = sizeof(val);
+	struct kvn_client_req p = {
+	    KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_PUT,	   .n = 1, .keys = &key, .data = data,
+	    .lens_in = &vlen,	 .mem = KVN_CLIENT_MEM_GPU};
+	cr_assert_eq(kvn_client_submit(c, &p), rc, "a put from a device is refused alike");
+	/* device memory is for GET_INTO and PUT; an unknown kind is refused */
+	struct kvn_view v;
+	struct kvn_client_req g = {
+	    KVN_CLIENT_REQ_INIT, .op = KVN_CLIENT_GET, .n = 1,
+	    .keys = &key,	 .views = &v,	       .mem = KVN_CLIENT_MEM_GPU};
+	cr_assert_eq(kvn_client_submit(c, &g), -EINVAL);
+	cr_assert(strstr(kvn_client_error(c), "GET_INTO and PUT"), "%s", kvn_client_error(c));
+	r.mem = (enum kvn_client_mem)7;
+	cr_assert_eq(kvn_client_submit(c, &r), -EINVAL);
+	cr_assert(strstr(kvn_client_error(c), "memory kind 7"), "%s", kvn_client_error(c));
+	/* A 2.3 request: its size ends before mem, whatever lies past it is never read. */
+	r.size = (uint32_t)offsetof(struct kvn_client_req, mem);
+	r.mem = KVN_CLIENT_MEM_GPU;
+	cr_assert_eq(kvn_client_submit(c, &r), 0, "%s", kvn_client_error(c));
+	cr_assert_eq(kvn_client_wait(c, &r, 60000), 0);
+	cr_assert_eq(r.status, 0, "%s", kvn_client_error(c));
+	cr_assert_eq(len, sizeof(val));
+	cr_assert_arr_eq(out, val, sizeof(val), "host bytes, as the older caller meant");
+	r.size = (uint32_t)offsetof(struct kvn_client_req, mem) - 1;
+	cr_assert_eq(kvn_client_submit(c, &r), -EINVAL, "shorter than any 2.x request");
+	kvn_client_close(c);
 }

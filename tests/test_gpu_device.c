@@ -1,7 +1,8 @@
 /* gpu/ on a real NVIDIA device (ctest -L gpu, scripts/gpu-checks): device info, device memory,
  * dma-buf export, staging through the "cuda" copy engine from 1 byte to 64 MiB, and device
  * memory registered for peers' READs (tcp: host staging; verbs: whichever way this machine
- * takes), all byte-verified. Every test is skipped, with kvn_gpu_open's answer as the reason, on a
+ * takes), and the client library putting from and getting into device memory through a node,
+ * all byte-verified. Every test is skipped, with kvn_gpu_open's answer as the reason, on a
  * host where the driver or a device is missing. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
@@ -13,11 +14,13 @@
 
 #include "gpu/gpu.h"
 #include "gpu/staging.h"
+#include "kvnode/client.h"
 #include "kvnode/transport.h"
 #include "node/cluster/cluster.h"
 #include "node/engine/config.h"
 #include "node/metrics/metrics.h"
 #include "rdma/devreg.h"
+#include "tests/helpers/cluster_env.h"
 #include "tests/helpers/engine_env.h"
 #include "tests/helpers/expo.h"
 #include "tests/helpers/pattern.h"
@@ -330,4 +333,90 @@ Test(gpu_device, a_node_records_how_its_gpus_memory_registers_in_its_stats)
 	kvn_cluster_stop(c);
 	kvn_engine_close(eng);
 	kvn_config_free(cfg);
+}
+
+/* The client library with device buffers (kvn_client_req.mem): a put from device memory and a
+ * get_into device memory through a node's pool, 1 byte to 32 MiB, every byte checked on the
+ * host and through a plain host get of the same key. */
+Test(gpu_device, a_client_puts_from_and_gets_into_device_memory_byte_for_byte)
+{
+	struct kvn_gpu *gpu = gpu_or_skip();
+	static const size_t sizes[] = {1, 4096, (5 << 20) + 3, 32 << 20};
+	enum { N = sizeof(sizes) / sizeof(sizes[0]), MAX = 32 << 20 };
+	struct kvn_copy_engine *e = NULL;
+	struct kvn_gpu_mem *src = NULL, *dst = NULL;
+	cr_assert_eq(kvn_gpu_copy_engine(gpu, 0, 1, &e, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_gpu_mem_alloc(gpu, 0, MAX, &src, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_gpu_mem_alloc(gpu, 0, MAX, &dst, err, sizeof(err)), 0, "%s", err);
+	uint8_t *want = malloc(MAX), *got = malloc(MAX);
+	cr_assert(want && got);
+
+	char dir[256];
+	struct sched s = {0};
+	struct cnode n = {0};
+	cr_assert_eq(proc_mkdtemp("kvn-gpu-client", dir, sizeof(dir)), 0);
+	sched_start(&s, "127.0.0.1:0", NULL);
+	cnode_start(&n, "a", &(struct cnode_opts){.dir = dir, .sched = s.addr, .cpu_gb = "0.2"});
+	struct kvn_client *c = NULL;
+	struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT, .socket_path = n.sock, .name = "gpu",
+				    .timeout_ms = 60000};
+	cr_assert_eq(kvn_client_open(&o, &c, err, sizeof(err)), 0, "%s", err);
+	for (size_t i = 0; i < N; i++) {
+		char key[96];
+		const char *k = key;
+		snprintf(key, sizeof(key), "vllm@test-model@1@0@%08zx00@bfloat16", i);
+		pattern_fill(want, sizes[i], 11 + (unsigned)i);
+		cr_assert_eq(e->ops->copy_to_dev(e, kvn_gpu_mem_ptr(src), want, sizes[i], 0, err,
+						 sizeof(err)),
+			     0, "%s", err);
+		cr_assert_eq(e->ops->sync(e, 0, err, sizeof(err)), 0, "%s", err);
+		const void *data = (const void *)(uintptr_t)kvn_gpu_mem_ptr(src);
+		void *out = (void *)(uintptr_t)kvn_gpu_mem_ptr(dst);
+		size_t len = sizes[i], cap = MAX, got_len = 0;
+		struct kvn_client_req put = {KVN_CLIENT_REQ_INIT,
+					     .op = KVN_CLIENT_PUT,
+					     .n = 1,
+					     .keys = &k,
+					     .data = &data,
+					     .lens_in = &len,
+					     .mem = KVN_CLIENT_MEM_GPU,
+					     .mem_device = 0};
+		cr_assert_eq(kvn_client_submit(c, &put), 0, "%s", kvn_client_error(c));
+		cr_assert_eq(kvn_client_wait(c, &put, -1), 0);
+		cr_assert_eq(put.status, 0, "put of %zu bytes: %s", len, kvn_client_error(c));
+		struct kvn_client_req get = {KVN_CLIENT_REQ_INIT,
+					     .op = KVN_CLIENT_GET_INTO,
+					     .n = 1,
+					     .keys = &k,
+					     .dst = &out,
+					     .caps = &cap,
+					     .lens = &got_len,
+					     .mem = KVN_CLIENT_MEM_GPU,
+					     .mem_device = 0};
+		cr_assert_eq(kvn_client_submit(c, &get), 0, "%s", kvn_client_error(c));
+		cr_assert_eq(kvn_client_wait(c, &get, -1), 0);
+		cr_assert_eq(get.status, 0, "get_into of %zu bytes: %s", len, kvn_client_error(c));
+		cr_assert_eq(got_len, len);
+		memset(got, 0, len);
+		cr_assert_eq(
+		    e->ops->copy_to_host(e, got, kvn_gpu_mem_ptr(dst), len, 0, err, sizeof(err)), 0,
+		    "%s", err);
+		cr_assert_eq(e->ops->sync(e, 0, err, sizeof(err)), 0, "%s", err);
+		cr_assert_arr_eq(got, want, len, "%zu bytes through device memory both ways", len);
+		struct kvn_view v;
+		cr_assert_eq(kvn_client_get(c, k, &v), 0, "%s", kvn_client_error(c));
+		cr_assert_eq(v.len, len);
+		cr_assert_arr_eq(v.data, want, len, "the pool holds the device's bytes");
+		kvn_client_release(c, &v, 1);
+	}
+	kvn_client_close(c);
+	cnode_stop(&n);
+	sched_stop(&s);
+	proc_rm_tree(dir);
+	free(want);
+	free(got);
+	kvn_gpu_mem_free(src);
+	kvn_gpu_mem_free(dst);
+	kvn_copy_engine_destroy(e);
+	kvn_gpu_close(gpu);
 }

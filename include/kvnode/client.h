@@ -155,6 +155,20 @@ enum kvn_client_op {
 	KVN_CLIENT_CONTAINS_PREFIX = 5, /* keys -> found */
 };
 
+/* (ABI 2.4) Where a request's buffers are: host memory (the default), or the memory of one GPU,
+ * so that a worker loads KV chunks straight into device memory and stores them from there. With
+ * KVN_CLIENT_MEM_GPU, dst (GET_INTO) or data (PUT) hold device addresses (CUdeviceptr values
+ * cast to pointers) of GPU mem_device. The library loads the CUDA driver (libcuda.so.1) at run
+ * time on the first such request, never at link time, and copies between the pool and device
+ * memory through a page-locked bounce area on streams of its own, before done runs; the bytes
+ * are the same as with host buffers. One client copies for one GPU (an inference worker has
+ * one): a request for another is refused. Without a driver or that GPU, kvn_client_submit
+ * fails (-ENOENT, -ENODEV, -ENOTSUP) and kvn_client_error() names what is missing. */
+enum kvn_client_mem {
+	KVN_CLIENT_MEM_HOST = 0,
+	KVN_CLIENT_MEM_GPU = 1,
+};
+
 struct kvn_client_req {
 	uint32_t abi, size; /* KVN_CLIENT_REQ_INIT */
 	enum kvn_client_op op;
@@ -172,6 +186,8 @@ struct kvn_client_req {
 	void (*done)(struct kvn_client_req *req); /* may be NULL */
 	void *ctx;				  /* the caller's */
 	uint64_t priv[4];			  /* the library's */
+	enum kvn_client_mem mem;		  /* (ABI 2.4) GET_INTO's dst, PUT's data */
+	int mem_device;				  /* (ABI 2.4) with KVN_CLIENT_MEM_GPU: the GPU */
 };
 #define KVN_CLIENT_REQ_INIT .abi = KVN_ABI, .size = sizeof(struct kvn_client_req)
 

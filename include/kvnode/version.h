@@ -18,7 +18,8 @@
  * backend env, the connectors' header and tag helpers installed. 2.1: kvn_backend_ops.sync.
  * 2.2: the client API (kvnode/client.h, struct kvn_client_opts and kvn_client_req). 2.3:
  * device memory in the transports (kvn_transport_ops.reg_dev, struct kvn_dev_mem and
- * kvn_reg_report); kvn_client_putv, kvn_client_batch_putv, kvn_client_ping, kvn_client_list. */
+ * kvn_reg_report); kvn_client_putv, kvn_client_batch_putv, kvn_client_ping, kvn_client_list.
+ * 2.4: device buffers in client requests (kvn_client_req.mem, mem_device). */
 #ifndef KVNODE_VERSION_H
 #define KVNODE_VERSION_H
 
@@ -28,7 +29,7 @@
 #define KVN_VERSION_STRING "0.1.0"
 
 #define KVN_ABI_MAJOR		   2
-#define KVN_ABI_MINOR		   3
+#define KVN_ABI_MINOR		   4
 #define KVN_ABI_MAKE(major, minor) ((((unsigned)(major)) << 16) | ((unsigned)(minor)&0xffffu))
 #define KVN_ABI_MAJOR_OF(abi)	   (((unsigned)(abi)) >> 16)
 #define KVN_ABI_MINOR_OF(abi)	   (((unsigned)(abi)) & 0xffffu)

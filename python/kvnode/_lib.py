@@ -9,10 +9,11 @@ import ctypes.util
 import os
 import re
 
-# include/kvnode/version.h: KVN_ABI_MAKE(2, 3), the client API with gather puts, list and
-# ping (2.2 added the client API).
+# include/kvnode/version.h: KVN_ABI_MAKE(2, 4). These bindings use the client API as of 2.3
+# (gather puts, list and ping; 2.2 added the client API); 2.4's device buffers are a member of
+# struct kvn_client_req, which the bindings do not use.
 ABI_MAJOR = 2
-ABI_MINOR = 3
+ABI_MINOR = 4
 ABI = (ABI_MAJOR << 16) | ABI_MINOR
 SONAME = "libkvnode.so.0"  # CMakeLists.txt: SOVERSION 0
 
