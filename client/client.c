@@ -17,7 +17,6 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
-#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack (copy_from_gpu) */
 
 #include "client/proto.h"
 #include "core/abi.h"
@@ -27,7 +26,6 @@
 #include "core/log.h"
 #include "core/netaddr.h"
 #include "core/pool.h"
-#include "core/xxh.h"
 #include "gpu/gpu.h"
 #include "gpu/staging.h"
 #include "kvnode/client.h"
@@ -549,36 +547,17 @@ gpu_ready(struct kvn_client *c, int dev)
 	return 0;
 }
 
-struct sum_sink {
-	uint8_t *slot;
-	XXH3_state_t xs;
-};
-
-/* Each piece of a device value lands in the slot and is hashed there while in cache. */
-static int
-sum_sink(void *ctx, size_t off, const void *piece, size_t n)
-{
-	struct sum_sink *s = ctx;
-	memcpy(s->slot + off, piece, n);
-	XXH3_64bits_update(&s->xs, s->slot + off, n);
-	return 0;
-}
-
 /* A PUT's value i from device memory into its slot, and the slot checksum of it. */
 static int
 copy_from_gpu(struct kvn_client *c, const struct kvn_client_req *req, size_t i, uint8_t *slot,
 	      size_t len, uint64_t *sum)
 {
-	struct sum_sink s = {.slot = slot};
 	char err[400];
-	XXH3_64bits_reset(&s.xs);
-	int rc = kvn_staging_get(c->st, (kvn_devptr_t)(uintptr_t)req->data[i], len, sum_sink, &s,
-				 err, sizeof(err));
-	if (rc)
-		return fail(c, rc, "put %s: copying %zu bytes from GPU %d: %s", req->keys[i], len,
-			    c->gpu_dev, err);
-	*sum = XXH3_64bits_digest(&s.xs);
-	return 0;
+	int rc = kvn_staging_get_sum(c->st, slot, (kvn_devptr_t)(uintptr_t)req->data[i], len, sum,
+				     err, sizeof(err));
+	return rc ? fail(c, rc, "put %s: copying %zu bytes from GPU %d: %s", req->keys[i], len,
+			 c->gpu_dev, err)
+		  : 0;
 }
 
 /* A GET_INTO's value i from the pool into device memory. */

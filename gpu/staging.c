@@ -4,8 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack (kvn_staging_get_sum) */
 
 #include "core/log.h"
+#include "core/xxh.h"
 #include "gpu/staging.h"
 
 struct kvn_staging {
@@ -198,4 +200,30 @@ kvn_staging_put_buf(struct kvn_staging *st, kvn_devptr_t dst, const void *src, s
 		    char *err, size_t errlen)
 {
 	return kvn_staging_put(st, dst, len, from_buf, (void *)src, err, errlen);
+}
+
+struct sum_sink {
+	uint8_t *dst;
+	XXH3_state_t xs;
+};
+
+/* Each piece lands in the buffer and is hashed there while it is still in cache. */
+static int
+to_buf_sum(void *ctx, size_t off, const void *piece, size_t n)
+{
+	struct sum_sink *s = ctx;
+	memcpy(s->dst + off, piece, n);
+	XXH3_64bits_update(&s->xs, s->dst + off, n);
+	return 0;
+}
+
+int
+kvn_staging_get_sum(struct kvn_staging *st, void *dst, kvn_devptr_t src, size_t len, uint64_t *sum,
+		    char *err, size_t errlen)
+{
+	struct sum_sink s = {.dst = dst};
+	XXH3_64bits_reset(&s.xs);
+	int rc = kvn_staging_get(st, src, len, to_buf_sum, &s, err, errlen);
+	*sum = rc ? 0 : XXH3_64bits_digest(&s.xs);
+	return rc;
 }

@@ -75,6 +75,10 @@ int kvn_staging_get_buf(struct kvn_staging *st, void *dst, kvn_devptr_t src, siz
 			size_t errlen);
 int kvn_staging_put_buf(struct kvn_staging *st, kvn_devptr_t dst, const void *src, size_t len,
 			char *err, size_t errlen);
+/* kvn_staging_get_buf that also gives *sum, the xxh3-64 of the bytes (a pool slot's checksum),
+ * each piece hashed as it lands in dst. */
+int kvn_staging_get_sum(struct kvn_staging *st, void *dst, kvn_devptr_t src, size_t len,
+			uint64_t *sum, char *err, size_t errlen);
 /* Pieces the last transfer took (for the tests and the stats). */
 size_t kvn_staging_pieces(const struct kvn_staging *st);
 size_t kvn_staging_half(const struct kvn_staging *st);

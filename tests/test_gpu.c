@@ -10,7 +10,11 @@
 
 #include "config_fixture.h"
 #include "gpu/gpu.h"
+#include "core/xxh.h"
 #include "gpu/staging.h"
+#include "kvnode/kvnode.h"
+#include "node/engine/config.h"
+#include "tests/helpers/engine_env.h"
 #include "tests/helpers/pattern.h"
 
 TestSuite(gpu, .init = setup, .fini = teardown);
@@ -127,6 +131,16 @@ round_trip(size_t len, size_t bounce, uint64_t seed)
 	cr_assert_eq(kvn_staging_pieces(st), want);
 	cr_assert(pattern_check(back, len, seed), "get %zu bytes through %zu: wrong bytes", len,
 		  bounce);
+	/* the checksumming get: the same bytes, and the slot checksum of all of them */
+	uint64_t sum = 0;
+	memset(back, 0x5a, len);
+	cr_assert_eq(kvn_staging_get_sum(st, back, (kvn_devptr_t)(uintptr_t)dev, len, &sum, err,
+					 sizeof(err)),
+		     0, "get %zu: %s", len, err);
+	cr_assert(pattern_check(back, len, seed), "checksumming get of %zu bytes through %zu", len,
+		  bounce);
+	cr_assert_eq(sum, XXH3_64bits(src, len), "checksum of %zu bytes in pieces of %zu", len,
+		     half);
 	free(src);
 	free(dev);
 	free(back);
@@ -293,4 +307,25 @@ Test(gpu, config_gpu_keys_come_from_the_environment)
 	setenv("KVNODE_GPU_DEVICES", "0,gpu1", 1);
 	cr_assert_eq(load("gpu: false\n", &cfg), -EINVAL);
 	assert_contains(err, "env KVNODE_GPU_DEVICES: entry 2 must be a GPU index");
+}
+
+/* The engine API's device pointers name one of the engine's GPUs: an engine without any
+ * refuses both ways with -ENODEV, and a refused put leaves nothing stored. */
+Test(gpu, engine_device_pointers_need_one_of_the_engines_gpus)
+{
+	struct kvn_config *cfg;
+	struct kvn_engine *eng;
+	engine_env_open("max_local_cpu_size: 0.05\nhugepages: false\ngpu: false\n", &cfg, &eng);
+	struct kvn_key k;
+	cr_assert_eq(kvn_key_from_str(&k, "vllm@test-model@1@0@00ab@bfloat16"), 0);
+	cr_assert_eq(kvn_engine_put_from_gpu(eng, &k, 0, 0x1000, 4096), -ENODEV);
+	cr_assert_eq(kvn_engine_contains(eng, &k), 0, "the refused put's reservation is gone");
+	engine_put_pattern(eng, k.str, 4096, 3);
+	size_t len = 0;
+	cr_assert_eq(kvn_engine_get_into_gpu(eng, &k, 0, 0x1000, 4096, &len), -ENODEV);
+	cr_assert_eq(len, 4096, "the get found the value before the copy was refused");
+	cr_assert_eq(kvn_engine_get_into_gpu(eng, &k, 0, 0x1000, 100, &len), -ENOSPC);
+	cr_assert_eq(engine_get_pattern(eng, k.str, 4096, 3), 0, "the value is unchanged");
+	kvn_engine_close(eng);
+	kvn_config_free(cfg);
 }

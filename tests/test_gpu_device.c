@@ -420,3 +420,65 @@ Test(gpu_device, a_client_puts_from_and_gets_into_device_memory_byte_for_byte)
 	kvn_copy_engine_destroy(e);
 	kvn_gpu_close(gpu);
 }
+
+/* The engine API with device pointers (kvn_engine_put_from_gpu, kvn_engine_get_into_gpu), 1 byte
+ * to 32 MiB, and the pool holding the device's bytes; a GPU the engine did not open is
+ * refused. */
+Test(gpu_device, the_engine_puts_from_and_gets_into_device_memory_byte_for_byte)
+{
+	struct kvn_gpu *gpu = gpu_or_skip();
+	static const size_t sizes[] = {1, 4096, (5 << 20) + 3, 32 << 20};
+	enum { MAX = 32 << 20 };
+	struct kvn_copy_engine *e = NULL;
+	struct kvn_gpu_mem *src = NULL, *dst = NULL;
+	cr_assert_eq(kvn_gpu_copy_engine(gpu, 0, 1, &e, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_gpu_mem_alloc(gpu, 0, MAX, &src, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_gpu_mem_alloc(gpu, 0, MAX, &dst, err, sizeof(err)), 0, "%s", err);
+	uint8_t *want = malloc(MAX), *got = malloc(MAX);
+	cr_assert(want && got);
+	struct kvn_config *cfg;
+	struct kvn_engine *eng;
+	engine_env_open("max_local_cpu_size: 0.2\nhugepages: false\ngpu: true\ngpu_devices: [0]\n",
+			&cfg, &eng);
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		size_t len = sizes[i], got_len = 0;
+		char text[96];
+		struct kvn_key k;
+		snprintf(text, sizeof(text), "vllm@test-model@1@0@%08zx01@bfloat16", i);
+		cr_assert_eq(kvn_key_from_str(&k, text), 0);
+		pattern_fill(want, len, 21 + (unsigned)i);
+		cr_assert_eq(
+		    e->ops->copy_to_dev(e, kvn_gpu_mem_ptr(src), want, len, 0, err, sizeof(err)), 0,
+		    "%s", err);
+		cr_assert_eq(e->ops->sync(e, 0, err, sizeof(err)), 0, "%s", err);
+		cr_assert_eq(kvn_engine_put_from_gpu(eng, &k, 0, kvn_gpu_mem_ptr(src), len), 0,
+			     "put of %zu bytes", len);
+		cr_assert_eq(engine_get_pattern(eng, text, len, 21 + (unsigned)i), 0,
+			     "the pool holds the device's %zu bytes", len);
+		cr_assert_eq(
+		    kvn_engine_get_into_gpu(eng, &k, 0, kvn_gpu_mem_ptr(dst), MAX, &got_len), 0,
+		    "get of %zu bytes", len);
+		cr_assert_eq(got_len, len);
+		memset(got, 0, len);
+		cr_assert_eq(
+		    e->ops->copy_to_host(e, got, kvn_gpu_mem_ptr(dst), len, 0, err, sizeof(err)), 0,
+		    "%s", err);
+		cr_assert_eq(e->ops->sync(e, 0, err, sizeof(err)), 0, "%s", err);
+		cr_assert_arr_eq(got, want, len, "%zu bytes back in device memory", len);
+	}
+	struct kvn_key k;
+	size_t len;
+	cr_assert_eq(kvn_key_from_str(&k, "vllm@test-model@1@0@00000000ff@bfloat16"), 0);
+	cr_assert_eq(
+	    kvn_engine_put_from_gpu(eng, &k, kvn_gpu_device_count(gpu), kvn_gpu_mem_ptr(src), 16),
+	    -ENODEV, "a GPU the engine did not open");
+	cr_assert_eq(kvn_engine_get_into_gpu(eng, &k, 0, kvn_gpu_mem_ptr(dst), MAX, &len), -ENOENT);
+	kvn_engine_close(eng);
+	kvn_config_free(cfg);
+	free(want);
+	free(got);
+	kvn_gpu_mem_free(src);
+	kvn_gpu_mem_free(dst);
+	kvn_copy_engine_destroy(e);
+	kvn_gpu_close(gpu);
+}

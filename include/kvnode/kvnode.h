@@ -209,6 +209,16 @@ KVN_API int kvn_engine_get(struct kvn_engine *eng, const struct kvn_key *key, st
 /* Copying get into dst. *len gets the value's length; -ENOSPC (with *len set) when cap is short. */
 KVN_API int kvn_engine_get_into(struct kvn_engine *eng, const struct kvn_key *key, void *dst,
 				size_t cap, size_t *len);
+/* (ABI 2.4) The same with device memory on the caller's side: src and dst are device addresses
+ * (CUdeviceptr values) on the GPU with CUDA ordinal gpu, one of the engine's (`gpu`,
+ * `gpu_devices`). The bytes go through a page-locked bounce area of that GPU, one copy at a
+ * time per GPU; a put lands in its pool slot checksummed piece by piece, and is then stored as
+ * kvn_engine_put stores. -ENODEV when gpu is not one of the engine's GPUs; the driver's errors
+ * are logged, naming the key. */
+KVN_API int kvn_engine_put_from_gpu(struct kvn_engine *eng, const struct kvn_key *key, int gpu,
+				    uint64_t src, size_t len);
+KVN_API int kvn_engine_get_into_gpu(struct kvn_engine *eng, const struct kvn_key *key, int gpu,
+				    uint64_t dst, size_t cap, size_t *len);
 /* 1 present (in a tier or in a queued write), 0 absent, < 0 error. */
 KVN_API int kvn_engine_contains(struct kvn_engine *eng, const struct kvn_key *key);
 /* Removes key from every tier; -ENOENT when no tier had it. */

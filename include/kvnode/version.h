@@ -19,7 +19,8 @@
  * 2.2: the client API (kvnode/client.h, struct kvn_client_opts and kvn_client_req). 2.3:
  * device memory in the transports (kvn_transport_ops.reg_dev, struct kvn_dev_mem and
  * kvn_reg_report); kvn_client_putv, kvn_client_batch_putv, kvn_client_ping, kvn_client_list.
- * 2.4: device buffers in client requests (kvn_client_req.mem, mem_device). */
+ * 2.4: device buffers in client requests (kvn_client_req.mem, mem_device) and in the engine
+ * API (kvn_engine_put_from_gpu, kvn_engine_get_into_gpu). */
 #ifndef KVNODE_VERSION_H
 #define KVNODE_VERSION_H
 

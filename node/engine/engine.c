@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "node/engine/engine.h"
 #include "core/pool.h"
+#include "gpu/staging.h"
 #include "node/engine/storage.h"
 
 #define COMP "engine"
@@ -128,6 +129,56 @@ kvn_engine_get_into(struct kvn_engine *eng, const struct kvn_key *key, void *dst
 		rc = -ENOSPC;
 	else
 		memcpy(dst, buf->data, buf->len);
+	kvn_buf_unref(buf);
+	return rc;
+}
+
+/* The copy itself holds the GPU's staging area, not the reservation or the get before it (a
+ * peer get may wait on the network). */
+KVN_API int
+kvn_engine_put_from_gpu(struct kvn_engine *eng, const struct kvn_key *key, int gpu, uint64_t src,
+			size_t len)
+{
+	struct kvn_slot *slot = NULL;
+	int rc = kvn_storage_reserve(eng->st, key, len, &slot);
+	if (rc)
+		return rc;
+	struct kvn_staging *stg;
+	char err[512];
+	uint64_t sum = 0;
+	rc = kvn_engine_gpus_copy_begin(eng->gpus, gpu, &stg, err, sizeof(err));
+	if (!rc) {
+		rc = kvn_staging_get_sum(stg, kvn_slot_payload(slot), src, len, &sum, err,
+					 sizeof(err));
+		kvn_engine_gpus_copy_end(eng->gpus, gpu);
+	}
+	if (rc) {
+		kvn_warn(COMP, "put %s of %zu bytes from GPU %d: %s", key->str, len, gpu, err);
+		kvn_storage_abort(eng->st, slot);
+		return rc;
+	}
+	return kvn_storage_commit(eng->st, key, slot, sum);
+}
+
+KVN_API int
+kvn_engine_get_into_gpu(struct kvn_engine *eng, const struct kvn_key *key, int gpu, uint64_t dst,
+			size_t cap, size_t *len)
+{
+	struct kvn_buf *buf = NULL;
+	int rc = get(eng, key, &buf);
+	if (rc)
+		return rc;
+	*len = buf->len;
+	struct kvn_staging *stg;
+	char err[512];
+	if (buf->len > cap)
+		rc = -ENOSPC;
+	else if (!(rc = kvn_engine_gpus_copy_begin(eng->gpus, gpu, &stg, err, sizeof(err)))) {
+		rc = kvn_staging_put_buf(stg, dst, buf->data, buf->len, err, sizeof(err));
+		kvn_engine_gpus_copy_end(eng->gpus, gpu);
+	}
+	if (rc && rc != -ENOSPC)
+		kvn_warn(COMP, "get %s of %zu bytes into GPU %d: %s", key->str, buf->len, gpu, err);
 	kvn_buf_unref(buf);
 	return rc;
 }

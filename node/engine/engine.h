@@ -45,5 +45,13 @@ void kvn_engine_gpus_set_reg(struct kvn_engine_gpus *g, size_t i, const char *tr
 int kvn_engine_gpus_reg(struct kvn_engine_gpus *g, size_t i, int *index);
 /* Adds "gpus" (one object per device, its registration included) to a stats object. */
 void kvn_engine_gpus_json(struct kvn_engine_gpus *g, struct cJSON *root);
+/* *st: the staging area of the GPU with CUDA ordinal index, made on first use and held for
+ * the caller until kvn_engine_gpus_copy_end (copies of one device go one at a time). Else a
+ * negative errno with err set: -ENODEV when it is not one of the engine's GPUs (g NULL: none),
+ * or the driver's error. */
+struct kvn_staging;
+int kvn_engine_gpus_copy_begin(struct kvn_engine_gpus *g, int index, struct kvn_staging **st,
+			       char *err, size_t errlen);
+void kvn_engine_gpus_copy_end(struct kvn_engine_gpus *g, int index);
 
 #endif

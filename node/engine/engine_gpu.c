@@ -1,6 +1,7 @@
 /* The engine's GPUs (docs/gpu.md): the devices `gpu:` names, opened with the node, and for each
  * how its memory registers with the node's transport, as the cluster glue found at start
- * (kvn_cluster_start's probe), for `kvnode stat` and the metrics. */
+ * (kvn_cluster_start's probe), for `kvnode stat` and the metrics; and each one's copy path for
+ * the engine API's device pointers (a staging area, made on first use). */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <pthread.h>
@@ -10,18 +11,24 @@
 
 #include "core/log.h"
 #include "gpu/gpu.h"
+#include "gpu/staging.h"
 #include "node/engine/config.h"
 #include "node/engine/engine.h"
 #include "rdma/devreg.h"
 
 #define COMP	 "engine"
 #define MAX_GPUS 64
+#define BOUNCE	 ((size_t)8 << 20) /* a device's staging area: two 4 MiB halves */
 
 struct gpu_dev {
 	struct kvn_gpu_info info;
 	char transport[16];	   /* "" until the cluster glue registered on it */
 	struct kvn_reg_report reg; /* its report; method KVN_REG_NONE when nothing registered */
 	char why[256];		   /* what the record says when no way won */
+	/* Copies for kvn_engine_*_gpu: one at a time per device, under copy. */
+	pthread_mutex_t copy;
+	struct kvn_copy_engine *ce;
+	struct kvn_staging *st;
 };
 
 struct kvn_engine_gpus {
@@ -89,6 +96,7 @@ kvn_engine_gpus_open(const struct kvn_config *cfg, struct kvn_engine_gpus **out,
 			continue;
 		}
 		log_device(cfg, gpu, &d->info);
+		pthread_mutex_init(&d->copy, NULL);
 		d->reg = (struct kvn_reg_report){KVN_REG_REPORT_INIT};
 		snprintf(d->why, sizeof(d->why),
 			 "no transport: the node registers memory for peers only with "
@@ -108,9 +116,54 @@ kvn_engine_gpus_close(struct kvn_engine_gpus *g)
 {
 	if (!g)
 		return;
+	for (size_t i = 0; i < g->n; i++) {
+		struct gpu_dev *d = &g->dev[i];
+		if (d->st)
+			kvn_staging_destroy(d->st);
+		if (d->ce)
+			kvn_copy_engine_destroy(d->ce);
+		pthread_mutex_destroy(&d->copy);
+	}
 	kvn_gpu_close(g->gpu);
 	pthread_mutex_destroy(&g->lock);
 	free(g);
+}
+
+int
+kvn_engine_gpus_copy_begin(struct kvn_engine_gpus *g, int index, struct kvn_staging **st, char *err,
+			   size_t errlen)
+{
+	struct gpu_dev *d = NULL;
+	for (size_t i = 0; g && i < g->n && !d; i++)
+		if (g->dev[i].info.index == index)
+			d = &g->dev[i];
+	if (!d)
+		return kvn_seterr(-ENODEV, err, errlen,
+				  "GPU %d is not one of this node's GPUs (gpu, gpu_devices)",
+				  index);
+	pthread_mutex_lock(&d->copy);
+	int rc = 0;
+	if (!d->st) {
+		rc = kvn_gpu_copy_engine(g->gpu, index, 2, &d->ce, err, errlen);
+		if (!rc)
+			rc = kvn_staging_create(d->ce, BOUNCE, &d->st, err, errlen);
+		if (rc && d->ce) {
+			kvn_copy_engine_destroy(d->ce);
+			d->ce = NULL;
+		}
+	}
+	if (rc)
+		pthread_mutex_unlock(&d->copy);
+	*st = rc ? NULL : d->st;
+	return rc;
+}
+
+void
+kvn_engine_gpus_copy_end(struct kvn_engine_gpus *g, int index)
+{
+	for (size_t i = 0; i < g->n; i++)
+		if (g->dev[i].info.index == index)
+			pthread_mutex_unlock(&g->dev[i].copy);
 }
 
 struct kvn_gpu *
