@@ -161,8 +161,22 @@ dial(const char *path, int timeout_ms, char *err, size_t errlen)
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return kvn_seterr(-errno, err, errlen, "socket: %s", strerror(errno));
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		int e = errno;
+	int e = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? errno : 0;
+	if (e == EINTR) {
+		/* A signal (the caller's timer, say) came first: the connection goes on. */
+		struct pollfd pf = {.fd = fd, .events = POLLOUT};
+		uint64_t deadline = kvn_now_ms() + (uint64_t)timeout_ms;
+		int r;
+		socklen_t elen = sizeof(e);
+		while ((r = poll(&pf, 1, 100)) <= 0 && (r == 0 || errno == EINTR) &&
+		       kvn_now_ms() < deadline)
+			;
+		if (r <= 0)
+			e = r == 0 ? ETIMEDOUT : errno;
+		else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &elen) < 0)
+			e = errno;
+	}
+	if (e) {
 		close(fd);
 		return kvn_seterr(-e, err, errlen,
 				  "cannot connect to the kvnode socket %s: %s (is `kvnode serve` "
@@ -184,11 +198,20 @@ recv_hello(struct kvn_client *c, const char *path, int *pool_fd, char *err, size
 	struct iovec iov = {buf, KVN_CP_HDR_SIZE};
 	struct msghdr mh = {
 	    .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl)};
-	ssize_t n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+	/* The socket has SO_RCVTIMEO, so a signal handler's return is never restarted (signal(7)):
+	 * a signal interrupts the wait with EINTR, or MSG_WAITALL with part of the header. */
+	uint64_t deadline = kvn_now_ms() + (uint64_t)c->timeout_ms;
+	ssize_t n;
+	while ((n = recvmsg(c->fd, &mh, MSG_CMSG_CLOEXEC | MSG_WAITALL)) < 0 && errno == EINTR &&
+	       kvn_now_ms() < deadline)
+		;
 	*pool_fd = -1;
-	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); n > 0 && cm; cm = CMSG_NXTHDR(&mh, cm))
 		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
 			memcpy(pool_fd, CMSG_DATA(cm), sizeof(int));
+	if (n > 0 && n < KVN_CP_HDR_SIZE && /* the fd came with the first byte */
+	    kvn_fd_read_by(c->fd, buf + n, KVN_CP_HDR_SIZE - (size_t)n, deadline, NULL) == 0)
+		n = KVN_CP_HDR_SIZE;
 	if (n != KVN_CP_HDR_SIZE)
 		return kvn_seterr(n < 0 ? -errno : -EPROTO, err, errlen,
 				  "kvnode socket %s: no answer to HELLO (%s): not a kvnode of this "
@@ -201,8 +224,7 @@ recv_hello(struct kvn_client *c, const char *path, int *pool_fd, char *err, size
 	if (rc || h.op != KVN_CP_HELLO || h.body_len > sizeof(buf) - KVN_CP_HDR_SIZE)
 		return kvn_seterr(-EPROTO, err, errlen, "kvnode socket %s: bad HELLO reply: %s",
 				  path, rc ? why : "not a HELLO reply");
-	rc = kvn_fd_read_by(c->fd, buf + KVN_CP_HDR_SIZE, (size_t)h.body_len,
-			    kvn_now_ms() + (uint64_t)c->timeout_ms, NULL);
+	rc = kvn_fd_read_by(c->fd, buf + KVN_CP_HDR_SIZE, (size_t)h.body_len, deadline, NULL);
 	if (rc)
 		return kvn_seterr(rc, err, errlen, "kvnode socket %s: reading HELLO reply: %s",
 				  path, kvn_strerror(rc));

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1136,4 +1137,50 @@ Test(client, device_buffers_without_a_driver_are_refused_by_name_and_older_reque
 	r.size = (uint32_t)offsetof(struct kvn_client_req, mem) - 1;
 	cr_assert_eq(kvn_client_submit(c, &r), -EINVAL, "shorter than any 2.x request");
 	kvn_client_close(c);
+}
+
+static void
+on_alarm(int sig)
+{
+	(void)sig;
+}
+
+/* A worker's own signals (a profiler's timer, Python's handlers, installed without SA_RESTART)
+ * interrupt the library's waits: connecting, the HELLO and requests must go on through them.
+ * The HELLO's recvmsg, on a socket with SO_RCVTIMEO, is never restarted by the kernel; it used
+ * to fail with "no answer to HELLO (Interrupted system call)" (found by fuzz_clientsrv under
+ * libFuzzer's SIGALRM). */
+Test(client, signals_interrupting_the_librarys_waits_do_not_fail_its_calls, .fini = stop_all)
+{
+	start_one(NULL);
+	struct sigaction sa = {.sa_handler = on_alarm}, old;
+	cr_assert_eq(sigaction(SIGALRM, &sa, &old), 0);
+	struct itimerval every = {{0, 100}, {0, 100}}, off = {{0, 0}, {0, 0}};
+	cr_assert_eq(setitimer(ITIMER_REAL, &every, NULL), 0);
+	uint8_t val[65536], out[65536];
+	pattern_fill(val, sizeof(val), 9);
+	for (int i = 0; i < 300; i++) {
+		struct kvn_client *c = NULL;
+		char err[512] = "";
+		struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT, .socket_path = a.sock,
+					    .name = "signals", .timeout_ms = 60000};
+		int rc = kvn_client_open(&o, &c, err, sizeof(err));
+		if (rc)
+			setitimer(ITIMER_REAL, &off, NULL);
+		cr_assert_eq(rc, 0, "open %d: %s", i, err);
+		char key[64];
+		snprintf(key, sizeof(key), "vllm@test-model@1@0@%04x5151@bfloat16", i);
+		size_t len = 0;
+		rc = kvn_client_put(c, key, val, sizeof(val));
+		if (!rc)
+			rc = kvn_client_get_into(c, key, out, sizeof(out), &len);
+		if (rc)
+			setitimer(ITIMER_REAL, &off, NULL);
+		cr_assert_eq(rc, 0, "round %d: %s", i, kvn_client_error(c));
+		cr_assert_eq(len, sizeof(val));
+		cr_assert_arr_eq(out, val, sizeof(val));
+		kvn_client_close(c);
+	}
+	setitimer(ITIMER_REAL, &off, NULL);
+	sigaction(SIGALRM, &old, NULL);
 }
