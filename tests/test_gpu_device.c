@@ -335,22 +335,73 @@ Test(gpu_device, a_node_records_how_its_gpus_memory_registers_in_its_stats)
 	kvn_config_free(cfg);
 }
 
+/* What the device-buffer tests move: a pattern put on the host, a device source and a device
+ * destination of MAX bytes each, and the bytes copied back from the destination. */
+enum { DEV_MAX = 32 << 20 };
+static const size_t dev_sizes[] = {1, 4096, (5 << 20) + 3, 32 << 20};
+
+struct devbufs {
+	struct kvn_gpu *gpu;
+	struct kvn_copy_engine *e;
+	struct kvn_gpu_mem *src, *dst;
+	uint8_t *want, *got;
+};
+
+static void
+devbufs_open(struct devbufs *b)
+{
+	b->gpu = gpu_or_skip();
+	cr_assert_eq(kvn_gpu_copy_engine(b->gpu, 0, 1, &b->e, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_gpu_mem_alloc(b->gpu, 0, DEV_MAX, &b->src, err, sizeof(err)), 0, "%s",
+		     err);
+	cr_assert_eq(kvn_gpu_mem_alloc(b->gpu, 0, DEV_MAX, &b->dst, err, sizeof(err)), 0, "%s",
+		     err);
+	b->want = malloc(DEV_MAX);
+	b->got = malloc(DEV_MAX);
+	cr_assert(b->want && b->got);
+}
+
+static void
+devbufs_close(struct devbufs *b)
+{
+	free(b->want);
+	free(b->got);
+	kvn_gpu_mem_free(b->src);
+	kvn_gpu_mem_free(b->dst);
+	kvn_copy_engine_destroy(b->e);
+	kvn_gpu_close(b->gpu);
+}
+
+/* len bytes of pattern seed in want and in the device source. */
+static void
+devbufs_fill(struct devbufs *b, size_t len, unsigned seed)
+{
+	pattern_fill(b->want, len, seed);
+	cr_assert_eq(b->e->ops->copy_to_dev(b->e, kvn_gpu_mem_ptr(b->src), b->want, len, 0, err,
+					    sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(b->e->ops->sync(b->e, 0, err, sizeof(err)), 0, "%s", err);
+}
+
+/* The device destination's first len bytes are want's. */
+static void
+devbufs_check(struct devbufs *b, size_t len)
+{
+	memset(b->got, 0, len);
+	cr_assert_eq(b->e->ops->copy_to_host(b->e, b->got, kvn_gpu_mem_ptr(b->dst), len, 0, err,
+					     sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(b->e->ops->sync(b->e, 0, err, sizeof(err)), 0, "%s", err);
+	cr_assert_arr_eq(b->got, b->want, len, "%zu bytes through device memory both ways", len);
+}
+
 /* The client library with device buffers (kvn_client_req.mem): a put from device memory and a
  * get_into device memory through a node's pool, 1 byte to 32 MiB, every byte checked on the
  * host and through a plain host get of the same key. */
 Test(gpu_device, a_client_puts_from_and_gets_into_device_memory_byte_for_byte)
 {
-	struct kvn_gpu *gpu = gpu_or_skip();
-	static const size_t sizes[] = {1, 4096, (5 << 20) + 3, 32 << 20};
-	enum { N = sizeof(sizes) / sizeof(sizes[0]), MAX = 32 << 20 };
-	struct kvn_copy_engine *e = NULL;
-	struct kvn_gpu_mem *src = NULL, *dst = NULL;
-	cr_assert_eq(kvn_gpu_copy_engine(gpu, 0, 1, &e, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(kvn_gpu_mem_alloc(gpu, 0, MAX, &src, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(kvn_gpu_mem_alloc(gpu, 0, MAX, &dst, err, sizeof(err)), 0, "%s", err);
-	uint8_t *want = malloc(MAX), *got = malloc(MAX);
-	cr_assert(want && got);
-
+	struct devbufs b = {0};
+	devbufs_open(&b);
 	char dir[256];
 	struct sched s = {0};
 	struct cnode n = {0};
@@ -361,18 +412,14 @@ Test(gpu_device, a_client_puts_from_and_gets_into_device_memory_byte_for_byte)
 	struct kvn_client_opts o = {KVN_CLIENT_OPTS_INIT, .socket_path = n.sock, .name = "gpu",
 				    .timeout_ms = 60000};
 	cr_assert_eq(kvn_client_open(&o, &c, err, sizeof(err)), 0, "%s", err);
-	for (size_t i = 0; i < N; i++) {
+	for (size_t i = 0; i < sizeof(dev_sizes) / sizeof(dev_sizes[0]); i++) {
 		char key[96];
 		const char *k = key;
+		size_t len = dev_sizes[i], cap = DEV_MAX, got_len = 0;
 		snprintf(key, sizeof(key), "vllm@test-model@1@0@%08zx00@bfloat16", i);
-		pattern_fill(want, sizes[i], 11 + (unsigned)i);
-		cr_assert_eq(e->ops->copy_to_dev(e, kvn_gpu_mem_ptr(src), want, sizes[i], 0, err,
-						 sizeof(err)),
-			     0, "%s", err);
-		cr_assert_eq(e->ops->sync(e, 0, err, sizeof(err)), 0, "%s", err);
-		const void *data = (const void *)(uintptr_t)kvn_gpu_mem_ptr(src);
-		void *out = (void *)(uintptr_t)kvn_gpu_mem_ptr(dst);
-		size_t len = sizes[i], cap = MAX, got_len = 0;
+		devbufs_fill(&b, len, 11 + (unsigned)i);
+		const void *data = (const void *)(uintptr_t)kvn_gpu_mem_ptr(b.src);
+		void *out = (void *)(uintptr_t)kvn_gpu_mem_ptr(b.dst);
 		struct kvn_client_req put = {KVN_CLIENT_REQ_INIT,
 					     .op = KVN_CLIENT_PUT,
 					     .n = 1,
@@ -397,28 +444,18 @@ Test(gpu_device, a_client_puts_from_and_gets_into_device_memory_byte_for_byte)
 		cr_assert_eq(kvn_client_wait(c, &get, -1), 0);
 		cr_assert_eq(get.status, 0, "get_into of %zu bytes: %s", len, kvn_client_error(c));
 		cr_assert_eq(got_len, len);
-		memset(got, 0, len);
-		cr_assert_eq(
-		    e->ops->copy_to_host(e, got, kvn_gpu_mem_ptr(dst), len, 0, err, sizeof(err)), 0,
-		    "%s", err);
-		cr_assert_eq(e->ops->sync(e, 0, err, sizeof(err)), 0, "%s", err);
-		cr_assert_arr_eq(got, want, len, "%zu bytes through device memory both ways", len);
+		devbufs_check(&b, len);
 		struct kvn_view v;
 		cr_assert_eq(kvn_client_get(c, k, &v), 0, "%s", kvn_client_error(c));
 		cr_assert_eq(v.len, len);
-		cr_assert_arr_eq(v.data, want, len, "the pool holds the device's bytes");
+		cr_assert_arr_eq(v.data, b.want, len, "the pool holds the device's bytes");
 		kvn_client_release(c, &v, 1);
 	}
 	kvn_client_close(c);
 	cnode_stop(&n);
 	sched_stop(&s);
 	proc_rm_tree(dir);
-	free(want);
-	free(got);
-	kvn_gpu_mem_free(src);
-	kvn_gpu_mem_free(dst);
-	kvn_copy_engine_destroy(e);
-	kvn_gpu_close(gpu);
+	devbufs_close(&b);
 }
 
 /* The engine API with device pointers (kvn_engine_put_from_gpu, kvn_engine_get_into_gpu), 1 byte
@@ -426,59 +463,38 @@ Test(gpu_device, a_client_puts_from_and_gets_into_device_memory_byte_for_byte)
  * refused. */
 Test(gpu_device, the_engine_puts_from_and_gets_into_device_memory_byte_for_byte)
 {
-	struct kvn_gpu *gpu = gpu_or_skip();
-	static const size_t sizes[] = {1, 4096, (5 << 20) + 3, 32 << 20};
-	enum { MAX = 32 << 20 };
-	struct kvn_copy_engine *e = NULL;
-	struct kvn_gpu_mem *src = NULL, *dst = NULL;
-	cr_assert_eq(kvn_gpu_copy_engine(gpu, 0, 1, &e, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(kvn_gpu_mem_alloc(gpu, 0, MAX, &src, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(kvn_gpu_mem_alloc(gpu, 0, MAX, &dst, err, sizeof(err)), 0, "%s", err);
-	uint8_t *want = malloc(MAX), *got = malloc(MAX);
-	cr_assert(want && got);
+	struct devbufs b = {0};
+	devbufs_open(&b);
 	struct kvn_config *cfg;
 	struct kvn_engine *eng;
 	engine_env_open("max_local_cpu_size: 0.2\nhugepages: false\ngpu: true\ngpu_devices: [0]\n",
 			&cfg, &eng);
-	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-		size_t len = sizes[i], got_len = 0;
+	for (size_t i = 0; i < sizeof(dev_sizes) / sizeof(dev_sizes[0]); i++) {
+		size_t len = dev_sizes[i], got_len = 0;
 		char text[96];
 		struct kvn_key k;
 		snprintf(text, sizeof(text), "vllm@test-model@1@0@%08zx01@bfloat16", i);
 		cr_assert_eq(kvn_key_from_str(&k, text), 0);
-		pattern_fill(want, len, 21 + (unsigned)i);
-		cr_assert_eq(
-		    e->ops->copy_to_dev(e, kvn_gpu_mem_ptr(src), want, len, 0, err, sizeof(err)), 0,
-		    "%s", err);
-		cr_assert_eq(e->ops->sync(e, 0, err, sizeof(err)), 0, "%s", err);
-		cr_assert_eq(kvn_engine_put_from_gpu(eng, &k, 0, kvn_gpu_mem_ptr(src), len), 0,
+		devbufs_fill(&b, len, 21 + (unsigned)i);
+		cr_assert_eq(kvn_engine_put_from_gpu(eng, &k, 0, kvn_gpu_mem_ptr(b.src), len), 0,
 			     "put of %zu bytes", len);
 		cr_assert_eq(engine_get_pattern(eng, text, len, 21 + (unsigned)i), 0,
 			     "the pool holds the device's %zu bytes", len);
 		cr_assert_eq(
-		    kvn_engine_get_into_gpu(eng, &k, 0, kvn_gpu_mem_ptr(dst), MAX, &got_len), 0,
-		    "get of %zu bytes", len);
+		    kvn_engine_get_into_gpu(eng, &k, 0, kvn_gpu_mem_ptr(b.dst), DEV_MAX, &got_len),
+		    0, "get of %zu bytes", len);
 		cr_assert_eq(got_len, len);
-		memset(got, 0, len);
-		cr_assert_eq(
-		    e->ops->copy_to_host(e, got, kvn_gpu_mem_ptr(dst), len, 0, err, sizeof(err)), 0,
-		    "%s", err);
-		cr_assert_eq(e->ops->sync(e, 0, err, sizeof(err)), 0, "%s", err);
-		cr_assert_arr_eq(got, want, len, "%zu bytes back in device memory", len);
+		devbufs_check(&b, len);
 	}
 	struct kvn_key k;
 	size_t len;
 	cr_assert_eq(kvn_key_from_str(&k, "vllm@test-model@1@0@00000000ff@bfloat16"), 0);
-	cr_assert_eq(
-	    kvn_engine_put_from_gpu(eng, &k, kvn_gpu_device_count(gpu), kvn_gpu_mem_ptr(src), 16),
-	    -ENODEV, "a GPU the engine did not open");
-	cr_assert_eq(kvn_engine_get_into_gpu(eng, &k, 0, kvn_gpu_mem_ptr(dst), MAX, &len), -ENOENT);
+	cr_assert_eq(kvn_engine_put_from_gpu(eng, &k, kvn_gpu_device_count(b.gpu),
+					     kvn_gpu_mem_ptr(b.src), 16),
+		     -ENODEV, "a GPU the engine did not open");
+	cr_assert_eq(kvn_engine_get_into_gpu(eng, &k, 0, kvn_gpu_mem_ptr(b.dst), DEV_MAX, &len),
+		     -ENOENT);
 	kvn_engine_close(eng);
 	kvn_config_free(cfg);
-	free(want);
-	free(got);
-	kvn_gpu_mem_free(src);
-	kvn_gpu_mem_free(dst);
-	kvn_copy_engine_destroy(e);
-	kvn_gpu_close(gpu);
+	devbufs_close(&b);
 }
