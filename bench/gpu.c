@@ -14,8 +14,6 @@
 #include "gpu/gpu.h"
 #include "gpu/staging.h"
 
-/* The bounce area the staging rows use: two halves of 4 MiB. */
-#define BOUNCE ((size_t)8 << 20)
 /* Chunks of one pass sit side by side in a region of at least this many bytes on each side. */
 #define REGION_MIN ((size_t)64 << 20)
 
@@ -152,8 +150,7 @@ setup(struct ctx *x, int dev, size_t largest)
 	int rc = kvn_gpu_open(&x->gpu, x->err, sizeof(x->err));
 	if (rc < 0 ||
 	    (rc = kvn_gpu_device_info(x->gpu, dev, &x->info, x->err, sizeof(x->err))) < 0 ||
-	    (rc = kvn_gpu_copy_engine(x->gpu, dev, 2, &x->e, x->err, sizeof(x->err))) < 0 ||
-	    (rc = kvn_staging_create(x->e, BOUNCE, &x->st, x->err, sizeof(x->err))) < 0 ||
+	    (rc = kvn_gpu_staging_open(x->gpu, dev, &x->e, &x->st, x->err, sizeof(x->err))) < 0 ||
 	    (rc = kvn_gpu_mem_alloc(x->gpu, dev, x->region, &x->mem, x->err, sizeof(x->err))) < 0)
 		return rc;
 	x->dev = kvn_gpu_mem_ptr(x->mem);
@@ -180,10 +177,7 @@ teardown(struct ctx *x)
 		munmap(x->host, x->region);
 	if (x->pinned)
 		munmap(x->pinned, x->region);
-	if (x->st)
-		kvn_staging_destroy(x->st);
-	if (x->e)
-		kvn_copy_engine_destroy(x->e);
+	kvn_gpu_staging_close(x->e, x->st);
 	if (x->mem)
 		kvn_gpu_mem_free(x->mem);
 	if (x->gpu)
@@ -214,7 +208,7 @@ bench_gpu(const struct bench_opts *o)
 		 "baseline: one cuMemcpy*Async of the chunk from/to page-locked memory, then a "
 		 "sync\n region: %zu MiB per side   trials: %d x %.2f s, alternating",
 		 o->device, x.info.name, x.info.pci_bus_id, x.info.cc_major, x.info.cc_minor, drv,
-		 BOUNCE >> 20, x.region >> 20, o->trials, o->duration_s);
+		 KVN_STAGING_BOUNCE >> 20, x.region >> 20, o->trials, o->duration_s);
 	bench_table_header(o,
 			   "kvnode-bench gpu: host <-> device staging vs cuMemcpy of pinned memory",
 			   setup_line);

@@ -35,7 +35,6 @@
 #define DEFAULT_TIMEOUT_MS 30000
 #define SLOT_HDR	   64 /* struct kvn_slot_hdr before each payload */
 #define WARM_SHIFT	   21 /* warm(): 2 MiB regions */
-#define GPU_BOUNCE	   ((size_t)8 << 20) /* device buffers: a bounce area of two halves */
 #ifndef MADV_POPULATE_READ
 #define MADV_POPULATE_READ 22 /* Linux 5.14; older headers lack it */
 #endif
@@ -527,10 +526,7 @@ on_gpu(const struct kvn_client_req *req)
 static void
 gpu_close(struct kvn_client *c)
 {
-	if (c->st)
-		kvn_staging_destroy(c->st);
-	if (c->ce)
-		kvn_copy_engine_destroy(c->ce);
+	kvn_gpu_staging_close(c->ce, c->st);
 	if (c->gpu)
 		kvn_gpu_close(c->gpu);
 	c->st = NULL;
@@ -558,9 +554,7 @@ gpu_ready(struct kvn_client *c, int dev)
 	if (!rc)
 		rc = kvn_gpu_device_info(c->gpu, dev, &info, err, sizeof(err));
 	if (!rc)
-		rc = kvn_gpu_copy_engine(c->gpu, dev, 2, &c->ce, err, sizeof(err));
-	if (!rc)
-		rc = kvn_staging_create(c->ce, GPU_BOUNCE, &c->st, err, sizeof(err));
+		rc = kvn_gpu_staging_open(c->gpu, dev, &c->ce, &c->st, err, sizeof(err));
 	if (rc) {
 		gpu_close(c);
 		return fail(c, rc, "device buffers on GPU %d: %s", dev, err);

@@ -227,3 +227,28 @@ kvn_staging_get_sum(struct kvn_staging *st, void *dst, kvn_devptr_t src, size_t 
 	*sum = rc ? 0 : XXH3_64bits_digest(&s.xs);
 	return rc;
 }
+
+int
+kvn_gpu_staging_open(struct kvn_gpu *gpu, int dev, struct kvn_copy_engine **e,
+		     struct kvn_staging **st, char *err, size_t errlen)
+{
+	*e = NULL;
+	*st = NULL;
+	int rc = kvn_gpu_copy_engine(gpu, dev, 2, e, err, errlen);
+	if (!rc)
+		rc = kvn_staging_create(*e, KVN_STAGING_BOUNCE, st, err, errlen);
+	if (rc) {
+		kvn_gpu_staging_close(*e, NULL);
+		*e = NULL;
+	}
+	return rc;
+}
+
+void
+kvn_gpu_staging_close(struct kvn_copy_engine *e, struct kvn_staging *st)
+{
+	if (st)
+		kvn_staging_destroy(st); /* first: it syncs its copies on e */
+	if (e)
+		kvn_copy_engine_destroy(e);
+}

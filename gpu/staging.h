@@ -79,6 +79,14 @@ int kvn_staging_put_buf(struct kvn_staging *st, kvn_devptr_t dst, const void *sr
  * each piece hashed as it lands in dst. */
 int kvn_staging_get_sum(struct kvn_staging *st, void *dst, kvn_devptr_t src, size_t len,
 			uint64_t *sum, char *err, size_t errlen);
+/* What the node, the client library and the bench stage a GPU's bytes through: the cuda engine
+ * on device dev with two streams, and a bounce area of KVN_STAGING_BOUNCE bytes on it. 0, or
+ * -errno with err set and nothing left open. */
+#define KVN_STAGING_BOUNCE ((size_t)8 << 20) /* two 4 MiB halves */
+int kvn_gpu_staging_open(struct kvn_gpu *gpu, int dev, struct kvn_copy_engine **e,
+			 struct kvn_staging **st, char *err, size_t errlen);
+/* Destroys both (either may be NULL). */
+void kvn_gpu_staging_close(struct kvn_copy_engine *e, struct kvn_staging *st);
 /* Pieces the last transfer took (for the tests and the stats). */
 size_t kvn_staging_pieces(const struct kvn_staging *st);
 size_t kvn_staging_half(const struct kvn_staging *st);

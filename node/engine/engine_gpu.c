@@ -18,7 +18,6 @@
 
 #define COMP	 "engine"
 #define MAX_GPUS 64
-#define BOUNCE	 ((size_t)8 << 20) /* a device's staging area: two 4 MiB halves */
 
 struct gpu_dev {
 	struct kvn_gpu_info info;
@@ -117,41 +116,35 @@ kvn_engine_gpus_close(struct kvn_engine_gpus *g)
 	if (!g)
 		return;
 	for (size_t i = 0; i < g->n; i++) {
-		struct gpu_dev *d = &g->dev[i];
-		if (d->st)
-			kvn_staging_destroy(d->st);
-		if (d->ce)
-			kvn_copy_engine_destroy(d->ce);
-		pthread_mutex_destroy(&d->copy);
+		kvn_gpu_staging_close(g->dev[i].ce, g->dev[i].st);
+		pthread_mutex_destroy(&g->dev[i].copy);
 	}
 	kvn_gpu_close(g->gpu);
 	pthread_mutex_destroy(&g->lock);
 	free(g);
 }
 
+/* The opened device with CUDA ordinal index, NULL when none is. */
+static struct gpu_dev *
+dev_of(struct kvn_engine_gpus *g, int index)
+{
+	for (size_t i = 0; g && i < g->n; i++)
+		if (g->dev[i].info.index == index)
+			return &g->dev[i];
+	return NULL;
+}
+
 int
 kvn_engine_gpus_copy_begin(struct kvn_engine_gpus *g, int index, struct kvn_staging **st, char *err,
 			   size_t errlen)
 {
-	struct gpu_dev *d = NULL;
-	for (size_t i = 0; g && i < g->n && !d; i++)
-		if (g->dev[i].info.index == index)
-			d = &g->dev[i];
+	struct gpu_dev *d = dev_of(g, index);
 	if (!d)
 		return kvn_seterr(-ENODEV, err, errlen,
 				  "GPU %d is not one of this node's GPUs (gpu, gpu_devices)",
 				  index);
 	pthread_mutex_lock(&d->copy);
-	int rc = 0;
-	if (!d->st) {
-		rc = kvn_gpu_copy_engine(g->gpu, index, 2, &d->ce, err, errlen);
-		if (!rc)
-			rc = kvn_staging_create(d->ce, BOUNCE, &d->st, err, errlen);
-		if (rc && d->ce) {
-			kvn_copy_engine_destroy(d->ce);
-			d->ce = NULL;
-		}
-	}
+	int rc = d->st ? 0 : kvn_gpu_staging_open(g->gpu, index, &d->ce, &d->st, err, errlen);
 	if (rc)
 		pthread_mutex_unlock(&d->copy);
 	*st = rc ? NULL : d->st;
@@ -161,9 +154,7 @@ kvn_engine_gpus_copy_begin(struct kvn_engine_gpus *g, int index, struct kvn_stag
 void
 kvn_engine_gpus_copy_end(struct kvn_engine_gpus *g, int index)
 {
-	for (size_t i = 0; i < g->n; i++)
-		if (g->dev[i].info.index == index)
-			pthread_mutex_unlock(&g->dev[i].copy);
+	pthread_mutex_unlock(&dev_of(g, index)->copy);
 }
 
 struct kvn_gpu *
