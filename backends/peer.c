@@ -108,6 +108,15 @@ cache_get(struct kvn_backend *be, struct kvn_digest d, struct kvn_peer_loc *out)
 	return e != NULL;
 }
 
+/* Caller holds be->lock. worker_id UINT32_MAX: any owner. */
+static void
+cache_drop_locked(struct kvn_backend *be, struct kvn_digest d, uint32_t worker_id)
+{
+	struct cache_ent *e = cache_find_locked(be, d);
+	if (e && (worker_id == UINT32_MAX || e->loc.worker_id == worker_id))
+		e->valid = false;
+}
+
 /* d's entry, else a free one of its set, else the set's least recently used. */
 static void
 cache_put(struct kvn_backend *be, struct kvn_digest d, const struct kvn_peer_loc *loc)
@@ -133,11 +142,8 @@ void
 kvn_peer_evicted(struct kvn_backend *be, uint32_t worker_id, const struct kvn_digest *d, size_t n)
 {
 	pthread_mutex_lock(&be->lock);
-	for (size_t i = 0; i < n; i++) {
-		struct cache_ent *e = cache_find_locked(be, d[i]);
-		if (e && e->loc.worker_id == worker_id)
-			e->valid = false;
-	}
+	for (size_t i = 0; i < n; i++)
+		cache_drop_locked(be, d[i], worker_id);
 	pthread_mutex_unlock(&be->lock);
 }
 
@@ -675,11 +681,8 @@ drop_failed(struct kvn_backend *be, struct batch *b)
 {
 	pthread_mutex_lock(&be->lock);
 	for (size_t i = 0; i < b->n; i++)
-		if (!b->bk[i].done && b->bk[i].failed) {
-			struct cache_ent *e = cache_find_locked(be, b->bk[i].key->digest);
-			if (e)
-				e->valid = false;
-		}
+		if (!b->bk[i].done && b->bk[i].failed)
+			cache_drop_locked(be, b->bk[i].key->digest, UINT32_MAX);
 	pthread_mutex_unlock(&be->lock);
 }
 
