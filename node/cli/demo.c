@@ -401,7 +401,33 @@ raw_close(struct raw_read *r)
 	free(r->dst);
 }
 
-static bool raw_read_one(struct raw_read *r, double *spent, char *err, size_t errlen);
+/* One READ of the chunk, its time added to *spent, its bytes checked; false (err) if not. */
+static bool
+raw_read_one(struct raw_read *r, double *spent, char *err, size_t errlen)
+{
+	struct kvn_read rd = {.local = r->dst,
+			      .local_mr = r->dst_mr,
+			      .remote_addr = r->src_desc.addr,
+			      .rkey = r->src_desc.rkey,
+			      .len = DEMO_CHUNK};
+	memset(r->dst, 0, DEMO_CHUNK);
+	double t0 = kvn_now_s();
+	if (kvn_transport_read_sync(r->ops, r->ep, &rd, 1, err, errlen) < 0)
+		return false;
+	*spent += kvn_now_s() - t0;
+	if (memcmp(r->src, r->dst, DEMO_CHUNK)) {
+		snprintf(err, errlen, "the READ brought back other bytes");
+		return false;
+	}
+	return true;
+}
+
+static void
+raw_failed(const char *transport, const char *err)
+{
+	fprintf(stderr, "kvnode demo: measuring the %s transport alone: %s\n",
+		transport ? transport : "auto", *err ? err : "out of memory");
+}
 
 /* Sets up the two instances, registers a chunk on each side and makes one warm-up READ; false
  * (said) when any of it fails, and r is then closed. */
@@ -428,32 +454,10 @@ raw_open(struct raw_read *r, const char *transport)
 	if (raw_read_one(r, &t, err, sizeof(err))) /* a warm-up: connection and pages */
 		return true;
 fail:
-	fprintf(stderr, "kvnode demo: measuring the %s transport alone: %s\n",
-		transport ? transport : "auto", *err ? err : "out of memory");
+	raw_failed(transport, err);
 	raw_close(r);
 	*r = (struct raw_read){0};
 	return false;
-}
-
-/* One READ of the chunk, its time added to *spent, its bytes checked; false (err) if not. */
-static bool
-raw_read_one(struct raw_read *r, double *spent, char *err, size_t errlen)
-{
-	struct kvn_read rd = {.local = r->dst,
-			      .local_mr = r->dst_mr,
-			      .remote_addr = r->src_desc.addr,
-			      .rkey = r->src_desc.rkey,
-			      .len = DEMO_CHUNK};
-	memset(r->dst, 0, DEMO_CHUNK);
-	double t0 = kvn_now_s();
-	if (kvn_transport_read_sync(r->ops, r->ep, &rd, 1, err, errlen) < 0)
-		return false;
-	*spent += kvn_now_s() - t0;
-	if (memcmp(r->src, r->dst, DEMO_CHUNK)) {
-		snprintf(err, errlen, "the READ brought back other bytes");
-		return false;
-	}
-	return true;
 }
 
 /* The nodes' transport, as their config names it. */
@@ -576,9 +580,7 @@ run_traffic(struct demo *d)
 			bad += get_one(dst, keys[i], i, !pass, data, pass ? &t_local : &t_peer);
 			if (!pass && raw_ok &&
 			    !(raw_ok = raw_read_one(&raw, &t_raw, err, sizeof(err))))
-				fprintf(stderr,
-					"kvnode demo: measuring the %s transport alone: %s\n",
-					transport ? transport : "auto", err);
+				raw_failed(transport, err);
 		}
 	}
 	raw_close(&raw);
