@@ -14,12 +14,24 @@
 #include "kvnode/transport.h"
 
 struct kvn_pool;
+struct kvn_staging;
+
+/* The device memory a gpu tier keeps its chunks in: len bytes at device address base, and the
+ * staging (gpu/staging.h) its copies go through, one at a time. Owned by whoever made the
+ * tier, and outlives it. */
+struct kvn_gpu_region {
+	uint64_t base; /* kvn_devptr_t */
+	size_t len;
+	struct kvn_staging *staging;
+	int device; /* CUDA ordinal */
+};
 
 /* What the node creates a built-in tier with: the env every backend sees, and what only the
  * built-in tiers get (an external module's create is never handed more than the env). */
 struct kvn_tier_env {
 	struct kvn_backend_env env; /* first: a tier's create gets &env */
-	struct kvn_pool *pool;	    /* the node's registered chunk pool, for the cpu tier */
+	struct kvn_pool *pool;	    /* the node's registered chunk pool: the cpu tier's */
+	const struct kvn_gpu_region *gpu; /* the gpu tier's device memory */
 };
 
 static inline const struct kvn_tier_env *
@@ -32,6 +44,7 @@ extern const struct kvn_backend_ops kvn_cpu_backend_ops;
 extern const struct kvn_backend_ops kvn_disk_backend_ops;
 extern const struct kvn_backend_ops kvn_remote_backend_ops;
 extern const struct kvn_backend_ops kvn_peer_backend_ops;
+extern const struct kvn_backend_ops kvn_gpu_backend_ops;
 
 /* The built-in tier named name ("cpu", "disk", "remote"; the peer tier is the cluster glue's,
  * never named in a config), NULL for another name. */
@@ -81,6 +94,17 @@ uint64_t kvn_cpu_adopted(struct kvn_backend *be);
 int kvn_cpu_reserve(struct kvn_backend *be, const struct kvn_key *key, size_t len,
 		    struct kvn_slot **out);
 int kvn_cpu_adopt(struct kvn_backend *be, const struct kvn_key *key, struct kvn_slot *slot);
+
+/* ------------------------------------------------------------------------------------------
+ * gpu: chunks in device memory (env->gpu), evicted into the cpu tier
+ * ------------------------------------------------------------------------------------------ */
+
+/* Where the gpu tier be moves a chunk it evicts: the cpu tier cpu (its env's pool is
+ * the one that tier allocates from), unless cpu already holds the key. NULL: evicted chunks
+ * are dropped. */
+void kvn_gpu_tier_set_spill(struct kvn_backend *be, struct kvn_backend *cpu);
+/* Evicted chunks the tier moved into the cpu tier. */
+uint64_t kvn_gpu_tier_spilled(struct kvn_backend *be);
 
 /* ------------------------------------------------------------------------------------------
  * remote

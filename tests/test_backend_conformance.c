@@ -1,6 +1,7 @@
 /* Backend conformance suite: the same cases, run against every storage backend implementation
- * (built-in cpu and disk, the external zmem module loaded as a user's config would load it, and
- * zmem as a module built against ABI 2.0 exports it).
+ * (built-in cpu and disk, the gpu tier on a GPU, the gpu tier's logic over host memory, the
+ * external zmem module loaded as a user's config would load it, and zmem as a module built
+ * against ABI 2.0 exports it).
  * Adding an implementation: write its setup function and add one line to BACKENDS below. */
 #include <criterion/criterion.h>
 #include <dlfcn.h>
@@ -16,6 +17,8 @@
 #include <unistd.h>
 
 #include "core/pool.h"
+#include "gpu/gpu.h"
+#include "gpu/staging.h"
 #include "node/engine/storage.h"
 #include "tests/helpers/backend_env.h"
 
@@ -34,6 +37,14 @@ struct fixture {
 	struct kvn_pool *pool;
 	void *dl;
 	char dir[256];
+	/* The gpu tier's: its region, the staging and copy engine it goes through, and on a GPU
+	 * the driver and the device allocation; else host memory standing for the region. */
+	struct kvn_gpu_region region;
+	struct kvn_copy_engine *ce;
+	struct kvn_staging *staging;
+	struct kvn_gpu *gpu;
+	struct kvn_gpu_mem *mem;
+	void *host_region;
 };
 
 struct impl {
@@ -101,13 +112,54 @@ setup_zmem_abi20(struct fixture *f)
 	env_for(f, "zmem_abi20", (const struct backend_opt[]){{"level", "1"}, {NULL, NULL}});
 }
 
+/* The gpu tier on GPU 0: device memory, the cuda copy engine. Skipped without a GPU. */
+static void
+setup_gpu(struct fixture *f)
+{
+	char err[512] = "";
+	int rc = kvn_gpu_open(&f->gpu, err, sizeof(err));
+	if (rc)
+		cr_skip_test("no usable GPU (%d): %s", rc, err);
+	rc = kvn_gpu_mem_alloc(f->gpu, 0, f->capacity, &f->mem, err, sizeof(err));
+	cr_assert_eq(rc, 0, "%" PRIu64 " bytes on GPU 0: %s", f->capacity, err);
+	rc = kvn_gpu_staging_open(f->gpu, 0, &f->ce, &f->staging, err, sizeof(err));
+	cr_assert_eq(rc, 0, "staging on GPU 0: %s", err);
+	f->region = (struct kvn_gpu_region){kvn_gpu_mem_ptr(f->mem), kvn_gpu_mem_len(f->mem),
+					    f->staging, 0};
+	f->ops = &kvn_gpu_backend_ops;
+	env_for(f, "gpu0", NULL);
+	backend_env_set_gpu(f->env, &f->region);
+}
+
+/* The gpu tier's own logic (allocator, index, LRU, pins, checksums, its staging transfers)
+ * over the host copy engine of gpu/staging.h: the "device region" is host memory and the
+ * copies are memcpy run at each stream's sync, with a 64 KiB bounce area so that a chunk goes
+ * in many pieces. This is not a GPU; the gpu case above is. */
+static void
+setup_gpu_host(struct fixture *f)
+{
+	char err[256] = "";
+	cr_assert_eq(kvn_copy_engine_host(2, &f->ce, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_staging_create(f->ce, 64 * KIB, &f->staging, err, sizeof(err)), 0, "%s",
+		     err);
+	f->host_region = malloc(f->capacity);
+	cr_assert_not_null(f->host_region);
+	f->region = (struct kvn_gpu_region){(uint64_t)(uintptr_t)f->host_region, f->capacity,
+					    f->staging, -1};
+	f->ops = &kvn_gpu_backend_ops;
+	env_for(f, "gpu_host", NULL);
+	backend_env_set_gpu(f->env, &f->region);
+}
+
 static const struct impl cpu_impl = {"cpu", setup_cpu};
+static const struct impl gpu_impl = {"gpu", setup_gpu};
+static const struct impl gpu_host_impl = {"gpu_host", setup_gpu_host};
 static const struct impl disk_impl = {"disk", setup_disk};
 static const struct impl zmem_impl = {"zmem", setup_zmem};
 static const struct impl zmem_abi20_impl = {"zmem_abi20", setup_zmem_abi20};
 
 /* One line per implementation: X(suite name, case). */
-#define BACKENDS(X, c) X(cpu, c) X(disk, c) X(zmem, c) X(zmem_abi20, c)
+#define BACKENDS(X, c) X(cpu, c) X(disk, c) X(gpu, c) X(gpu_host, c) X(zmem, c) X(zmem_abi20, c)
 
 static int
 rm_entry(const char *path, const struct stat *sb, int type, struct FTW *ftw)
@@ -127,6 +179,15 @@ fixture_fini(void)
 		kvn_pool_destroy(f->pool);
 	if (f->dl)
 		dlclose(f->dl);
+	if (f->gpu)
+		kvn_gpu_staging_close(f->ce, f->staging);
+	else if (f->ce) {
+		kvn_staging_destroy(f->staging);
+		kvn_copy_engine_destroy(f->ce);
+	}
+	kvn_gpu_mem_free(f->mem);
+	kvn_gpu_close(f->gpu);
+	free(f->host_region);
 	if (f->dir[0])
 		nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	memset(f, 0, sizeof(*f));

@@ -7,6 +7,7 @@
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,8 @@
 #include "kvnode/transport.h"
 #include "node/cluster/cluster.h"
 #include "node/engine/config.h"
+#include "node/engine/engine.h"
+#include "node/engine/storage.h"
 #include "node/metrics/metrics.h"
 #include "rdma/devreg.h"
 #include "tests/helpers/cluster_env.h"
@@ -497,4 +500,43 @@ Test(gpu_device, the_engine_puts_from_and_gets_into_device_memory_byte_for_byte)
 	kvn_engine_close(eng);
 	kvn_config_free(cfg);
 	devbufs_close(&b);
+}
+
+/* The gpu tier on device memory in a node: first in lookup order, written through with the
+ * cpu tier, evicting when full, and every chunk read back byte for byte from whichever tier
+ * still holds it. */
+Test(gpu_device, a_gpu_tier_holds_chunks_in_device_memory_and_evicts_when_full)
+{
+	kvn_gpu_close(gpu_or_skip());
+	struct kvn_config *cfg;
+	struct kvn_engine *eng;
+	engine_env_open("max_local_cpu_size: 0.2\nhugepages: false\ngpu: true\ngpu_devices: [0]\n"
+			"max_gpu_size: 0.03125\n",
+			&cfg, &eng);
+	struct kvn_storage *st = kvn_engine_storage(eng);
+	const char *name;
+	struct kvn_backend_stats s;
+	cr_assert_eq(kvn_storage_tier(st, 0, &name, &s), 0);
+	cr_assert_str_eq(name, "gpu0", "tier 0 is %s", name);
+	cr_assert_eq(s.capacity, 32u << 20, "capacity %" PRIu64, s.capacity);
+	enum { N = 24, LEN = 4 << 20 }; /* 96 MiB through 32 MiB of device memory */
+	for (int i = 0; i < N; i++) {
+		char key[96];
+		snprintf(key, sizeof(key), "vllm@test-model@1@0@%08x02@bfloat16", i);
+		engine_put_pattern(eng, key, LEN, 500 + (unsigned)i);
+	}
+	cr_assert_eq(kvn_storage_tier(st, 0, &name, &s), 0);
+	cr_assert(s.count > 0 && s.count < N, "the gpu tier holds %" PRIu64 " of %d", s.count, N);
+	cr_assert_gt(s.evictions, 0);
+	uint64_t hits = s.hits;
+	for (int i = N - 1; i >= 0; i--) {
+		char key[96];
+		snprintf(key, sizeof(key), "vllm@test-model@1@0@%08x02@bfloat16", i);
+		cr_assert_eq(engine_get_pattern(eng, key, LEN, 500 + (unsigned)i), 0, "%s", key);
+	}
+	cr_assert_eq(kvn_storage_tier(st, 0, &name, &s), 0);
+	cr_assert_geq(s.hits - hits, 1, "no get was served from device memory");
+	cr_assert_eq(s.errors, 0, "%" PRIu64 " chunks failed their checksum", s.errors);
+	kvn_engine_close(eng);
+	kvn_config_free(cfg);
 }

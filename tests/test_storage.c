@@ -4,6 +4,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 
 #include "node/engine/config.h"
 #include "core/pool.h"
+#include "gpu/staging.h"
 #include "node/engine/storage.h"
 
 #define GATE_SO KVN_MODULE_DIR "/libkvn_test_gate.so"
@@ -502,4 +504,87 @@ Test(storage, sync_put_for_the_remote_tier_is_refused_naming_it)
 	cr_assert_lt(kvn_storage_open(cfg, NULL, &st, err, sizeof(err)), 0);
 	cr_assert(strstr(err, "remote.sync_put"), "%s", err);
 	st = NULL;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The gpu tier in the storage manager. Its region here is host memory behind the host copy
+ * engine of gpu/staging.h (the tier's logic, not a GPU: tests/test_gpu_device.c and the gpu
+ * case of the backend conformance suite run it on device memory).
+ * ------------------------------------------------------------------------------------------ */
+
+struct host_region {
+	struct kvn_copy_engine *ce;
+	struct kvn_staging *stg;
+	void *mem;
+	struct kvn_gpu_region rg;
+};
+
+static void
+open_with_gpu_tier(struct host_region *h, size_t len)
+{
+	cr_assert_eq(kvn_copy_engine_host(2, &h->ce, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(kvn_staging_create(h->ce, 64 * 1024, &h->stg, err, sizeof(err)), 0, "%s", err);
+	h->mem = malloc(len);
+	cr_assert_not_null(h->mem);
+	h->rg = (struct kvn_gpu_region){(uint64_t)(uintptr_t)h->mem, len, h->stg, 7};
+	const char *yaml = "local_cpu: true\nmax_local_cpu_size: 0.01\n";
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "test.yaml", &cfg, err, sizeof(err)), 0,
+		     "config: %s", err);
+	cr_assert_eq(kvn_pool_create(cfg->max_local_cpu_size, false, &pool, err, sizeof(err)), 0,
+		     "pool: %s", err);
+	cr_assert_eq(kvn_storage_open_gpu(cfg, pool, &h->rg, 1, &st, err, sizeof(err)), 0,
+		     "open: %s", err);
+}
+
+static void
+close_gpu_tier(struct host_region *h)
+{
+	close_all();
+	kvn_staging_destroy(h->stg);
+	kvn_copy_engine_destroy(h->ce);
+	free(h->mem);
+}
+
+Test(storage, the_gpu_tier_is_asked_first_and_written_through_with_cpu)
+{
+	struct host_region h;
+	open_with_gpu_tier(&h, 1 << 20);
+	put_n(1, 40000, 0x31);
+	struct kvn_backend_stats g = tier(0, "gpu7"), c = tier(1, "cpu");
+	cr_assert_eq(g.count, 1, "gpu tier holds %" PRIu64, g.count);
+	cr_assert_eq(c.count, 1, "cpu tier holds %" PRIu64 ": puts write through", c.count);
+	expect_n(1, 40000, 0x31);
+	g = tier(0, "gpu7"), c = tier(1, "cpu");
+	cr_assert_eq(g.hits, 1, "the gpu tier answered %" PRIu64 " gets", g.hits);
+	cr_assert_eq(c.hits, 0, "the cpu tier was asked first (%" PRIu64 " hits)", c.hits);
+	cr_assert_eq(c.puts, 1, "a gpu hit was promoted into cpu again (%" PRIu64 " puts)", c.puts);
+	struct kvn_key k = key_n(1);
+	cr_assert_eq(kvn_storage_remove(st, &k), 0);
+	cr_assert_eq(tier(0, "gpu7").count, 0);
+	cr_assert_eq(tier(1, "cpu").count, 0);
+	close_gpu_tier(&h);
+}
+
+Test(storage, what_the_gpu_tier_evicts_moves_into_cpu_when_cpu_lacks_it)
+{
+	struct host_region h;
+	open_with_gpu_tier(&h, 1 << 20);
+	struct kvn_backend *gpu = kvn_storage_backend(st, &kvn_gpu_backend_ops);
+	struct kvn_backend *cpu = kvn_storage_backend(st, &kvn_cpu_backend_ops);
+	cr_assert(gpu && cpu);
+	put_n(100, 64 * 1024, 0x64);
+	/* Only the gpu tier holds key 100 now. */
+	struct kvn_key k = key_n(100);
+	cr_assert_eq(kvn_cpu_backend_ops.remove(cpu, &k), 0);
+	for (int i = 0; i < 20; i++) /* 1.25 MiB through a 1 MiB region */
+		put_n(i, 64 * 1024, i);
+	cr_assert_eq(kvn_gpu_backend_ops.contains(gpu, &k, false), 0, "key 100 not evicted");
+	cr_assert_eq(kvn_cpu_backend_ops.contains(cpu, &k, false), 1,
+		     "key 100 was evicted from the gpu tier and lost");
+	cr_assert_eq(kvn_gpu_tier_spilled(gpu), 1,
+		     "%" PRIu64 " chunks moved into cpu: only key 100 was not there already",
+		     kvn_gpu_tier_spilled(gpu));
+	expect_n(100, 64 * 1024, 0x64);
+	cr_assert_gt(tier(0, "gpu7").evictions, 0);
+	close_gpu_tier(&h);
 }

@@ -17,7 +17,7 @@
 struct kvn_engine {
 	struct kvn_pool *pool;
 	struct kvn_storage *st;
-	struct kvn_engine_gpus *gpus; /* gpu: true|auto and some device opened; no tier on it yet */
+	struct kvn_engine_gpus *gpus; /* gpu: true|auto and some device opened */
 	char *node_name;
 	bool copy_for_slow; /* slow tiers keep a reference: hand them a stable copy */
 	_Atomic uint64_t hits, misses; /* of gets, over all tiers */
@@ -45,7 +45,9 @@ kvn_engine_open(const struct kvn_config *cfg, struct kvn_engine **out, char *err
 		if (rc < 0)
 			goto fail;
 	}
-	rc = kvn_storage_open(cfg, eng->pool, &eng->st, err, errlen);
+	size_t nreg;
+	const struct kvn_gpu_region *reg = kvn_engine_gpus_regions(eng->gpus, &nreg);
+	rc = kvn_storage_open_gpu(cfg, eng->pool, reg, nreg, &eng->st, err, errlen);
 	if (rc < 0)
 		goto fail;
 	eng->node_name = strdup(cfg->node_name ? cfg->node_name : "kvnode");

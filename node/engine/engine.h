@@ -35,6 +35,9 @@ int kvn_engine_gpus_open(const struct kvn_config *cfg, struct kvn_engine_gpus **
 			 size_t errlen);
 void kvn_engine_gpus_close(struct kvn_engine_gpus *g);
 /* The driver, and how many devices are open (*n; 0 and NULL for g NULL). */
+/* The gpu tiers' device regions (max_gpu_size on each device), n of them; NULL when none. */
+struct kvn_gpu_region;
+const struct kvn_gpu_region *kvn_engine_gpus_regions(struct kvn_engine_gpus *g, size_t *n);
 struct kvn_gpu *kvn_engine_gpus_driver(struct kvn_engine_gpus *g, size_t *n);
 const struct kvn_gpu_info *kvn_engine_gpus_info(struct kvn_engine_gpus *g, size_t i);
 /* How the i-th device's memory registers with the node's transport (the cluster glue's probe

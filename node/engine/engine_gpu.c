@@ -4,11 +4,13 @@
  * the engine API's device pointers (a staging area, made on first use). */
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/backends.h"
 #include "core/log.h"
 #include "gpu/gpu.h"
 #include "gpu/staging.h"
@@ -28,12 +30,18 @@ struct gpu_dev {
 	pthread_mutex_t copy;
 	struct kvn_copy_engine *ce;
 	struct kvn_staging *st;
+	/* The gpu tier's region (max_gpu_size) and the staging of its own copies. */
+	struct kvn_gpu_mem *tier_mem;
+	struct kvn_copy_engine *tier_ce;
+	struct kvn_staging *tier_st;
 };
 
 struct kvn_engine_gpus {
 	struct kvn_gpu *gpu;
 	size_t n;
 	struct gpu_dev dev[MAX_GPUS];
+	struct kvn_gpu_region regions[MAX_GPUS]; /* the gpu tiers', in dev order */
+	size_t nregions;
 	pthread_mutex_t lock; /* the registration records: set by the cluster, read by stats */
 };
 
@@ -51,14 +59,37 @@ refuse_or_skip(enum kvn_gpu_mode mode, int rc, const char *why, char *err, size_
 static void
 log_device(const struct kvn_config *cfg, const struct kvn_gpu *gpu, const struct kvn_gpu_info *in)
 {
-	char ver[16];
+	char ver[16], tier[96];
 	kvn_gpu_version_str(kvn_gpu_driver_version(gpu), ver, sizeof(ver));
-	kvn_info(COMP,
-		 "GPU %d: %s (PCI %s, compute %d.%d), driver CUDA %s, dma-buf %s; the gpu tier is "
-		 "not built yet: nothing is allocated on it%s",
+	if (cfg->max_gpu_size)
+		snprintf(tier, sizeof(tier), "a gpu tier of %" PRIu64 " bytes", cfg->max_gpu_size);
+	else
+		snprintf(tier, sizeof(tier), "no gpu tier on it (max_gpu_size is 0)");
+	kvn_info(COMP, "GPU %d: %s (PCI %s, compute %d.%d), driver CUDA %s, dma-buf %s; %s",
 		 in->index, in->name, in->pci_bus_id, in->cc_major, in->cc_minor, ver,
-		 kvn_gpu_has_dmabuf(gpu) ? "exportable" : "not available",
-		 cfg->max_gpu_size ? " (max_gpu_size is not used yet)" : "");
+		 kvn_gpu_has_dmabuf(gpu) ? "exportable" : "not available", tier);
+}
+
+/* The gpu tier's device memory on d: max_gpu_size bytes and a staging of its own. */
+static int
+open_region(struct kvn_engine_gpus *g, struct gpu_dev *d, uint64_t size, char *err, size_t errlen)
+{
+	int dev = d->info.index;
+	int rc = kvn_gpu_mem_alloc(g->gpu, dev, size, &d->tier_mem, err, errlen);
+	if (rc == 0)
+		rc = kvn_gpu_staging_open(g->gpu, dev, &d->tier_ce, &d->tier_st, err, errlen);
+	if (rc) {
+		kvn_gpu_mem_free(d->tier_mem);
+		d->tier_mem = NULL;
+		return rc;
+	}
+	g->regions[g->nregions++] = (struct kvn_gpu_region){
+	    .base = kvn_gpu_mem_ptr(d->tier_mem),
+	    .len = kvn_gpu_mem_len(d->tier_mem),
+	    .staging = d->tier_st,
+	    .device = dev,
+	};
+	return 0;
 }
 
 int
@@ -95,6 +126,16 @@ kvn_engine_gpus_open(const struct kvn_config *cfg, struct kvn_engine_gpus **out,
 			continue;
 		}
 		log_device(cfg, gpu, &d->info);
+		if (cfg->max_gpu_size &&
+		    (rc = open_region(g, d, cfg->max_gpu_size, why, sizeof(why))) < 0) {
+			if (mode == KVN_GPU_ON) {
+				kvn_engine_gpus_close(g);
+				return kvn_seterr(rc, err, errlen,
+						  "gpu: true, max_gpu_size: GPU %d: %s", devs[i],
+						  why);
+			}
+			kvn_info(COMP, "gpu: auto: no gpu tier on GPU %d: %s", devs[i], why);
+		}
 		pthread_mutex_init(&d->copy, NULL);
 		d->reg = (struct kvn_reg_report){KVN_REG_REPORT_INIT};
 		snprintf(d->why, sizeof(d->why),
@@ -117,6 +158,8 @@ kvn_engine_gpus_close(struct kvn_engine_gpus *g)
 		return;
 	for (size_t i = 0; i < g->n; i++) {
 		kvn_gpu_staging_close(g->dev[i].ce, g->dev[i].st);
+		kvn_gpu_staging_close(g->dev[i].tier_ce, g->dev[i].tier_st);
+		kvn_gpu_mem_free(g->dev[i].tier_mem);
 		pthread_mutex_destroy(&g->dev[i].copy);
 	}
 	kvn_gpu_close(g->gpu);
@@ -155,6 +198,13 @@ void
 kvn_engine_gpus_copy_end(struct kvn_engine_gpus *g, int index)
 {
 	pthread_mutex_unlock(&dev_of(g, index)->copy);
+}
+
+const struct kvn_gpu_region *
+kvn_engine_gpus_regions(struct kvn_engine_gpus *g, size_t *n)
+{
+	*n = g ? g->nregions : 0;
+	return g ? g->regions : NULL;
 }
 
 struct kvn_gpu *

@@ -187,7 +187,7 @@ tier_log(const struct kvn_backend_env *env, int level, const char *fmt, ...)
 static int
 add_tier(struct kvn_storage *st, const struct kvn_backend_ops *ops, const char *name,
 	 const char *prefix, struct kvn_pool *pool, uint64_t capacity, const char *path, void *dl,
-	 char *err, size_t errlen)
+	 const struct kvn_gpu_region *gpu, char *err, size_t errlen)
 {
 	if (st->ntiers == MAX_TIERS) {
 		if (dl)
@@ -219,6 +219,7 @@ add_tier(struct kvn_storage *st, const struct kvn_backend_ops *ops, const char *
 	    .node_priv = t,
 	};
 	t->tenv.pool = pool;
+	t->tenv.gpu = gpu;
 	int rc = ops->create(&t->tenv.env, &t->be);
 	if (rc < 0) {
 		free(t->path);
@@ -261,7 +262,7 @@ add_external(struct kvn_storage *st, const char *name, char *err, size_t errlen)
 	snprintf(key, sizeof(key), "%scapacity_bytes", prefix);
 	const char *cap = kvn_config_extra(st->cfg, key);
 	return add_tier(st, ops, name, prefix, NULL, cap ? strtoull(cap, NULL, 10) : 0, NULL, dl,
-			err, errlen);
+			NULL, err, errlen);
 }
 
 /* --------------------------------------------------------------------------------------------
@@ -588,6 +589,14 @@ int
 kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn_storage **out,
 		 char *err, size_t errlen)
 {
+	return kvn_storage_open_gpu(cfg, pool, NULL, 0, out, err, errlen);
+}
+
+int
+kvn_storage_open_gpu(const struct kvn_config *cfg, struct kvn_pool *pool,
+		     const struct kvn_gpu_region *gpus, size_t ngpus, struct kvn_storage **out,
+		     char *err, size_t errlen)
+{
 	struct kvn_storage *st = calloc(1, sizeof(*st));
 	if (!st)
 		return -ENOMEM;
@@ -599,18 +608,31 @@ kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn
 	pthread_cond_init(&st->idle, NULL);
 
 	int rc = 0;
+	/* The gpu tiers first in lookup order; each moves what it evicts into the cpu tier. */
+	for (size_t i = 0; i < ngpus; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "gpu%d", gpus[i].device);
+		rc = add_tier(st, &kvn_gpu_backend_ops, name, "gpu.", pool, gpus[i].len, NULL, NULL,
+			      &gpus[i], err, errlen);
+		if (rc < 0)
+			goto fail;
+	}
 	if (cfg->local_cpu) {
 		if (!pool) {
 			rc = kvn_seterr(-EINVAL, err, errlen,
 					"local_cpu is on but no chunk pool was given");
 			goto fail;
 		}
+		st->cpu = (int)st->ntiers;
 		rc = add_tier(st, &kvn_cpu_backend_ops, "cpu", "cpu.", pool, kvn_pool_size(pool),
-			      NULL, NULL, err, errlen);
-		if (rc < 0)
+			      NULL, NULL, NULL, err, errlen);
+		if (rc < 0) {
+			st->cpu = -1;
 			goto fail;
-		st->cpu = 0;
+		}
 		st->pool = pool;
+		for (size_t i = 0; i < ngpus; i++)
+			kvn_gpu_tier_set_spill(st->tier[i].be, st->tier[st->cpu].be);
 	}
 	if (cfg->local_disk && cfg->max_local_disk_size == 0) {
 		kvn_warn("storage", "local_disk is set to %s but max_local_disk_size is 0: "
@@ -618,22 +640,22 @@ kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool, struct kvn
 			 cfg->local_disk);
 	} else if (cfg->local_disk) {
 		rc = add_tier(st, &kvn_disk_backend_ops, "disk", "disk.", NULL,
-			      cfg->max_local_disk_size, cfg->local_disk, NULL, err, errlen);
+			      cfg->max_local_disk_size, cfg->local_disk, NULL, NULL, err, errlen);
 		if (rc < 0)
 			goto fail;
 	}
 	if (cfg->scheduler_url) {
 		/* Chunks of the other nodes, found through the scheduler (backends/peer.c); the
 		 * cluster glue attaches it once the transport and membership are up. */
-		rc = add_tier(st, &kvn_peer_backend_ops, "peer", "peer.", NULL, 0, NULL, NULL, err,
-			      errlen);
+		rc = add_tier(st, &kvn_peer_backend_ops, "peer", "peer.", NULL, 0, NULL, NULL, NULL,
+			      err, errlen);
 		if (rc < 0)
 			goto fail;
 	}
 	if (cfg->remote_url) {
 		/* Options come as extra_config "remote.<opt>" (the tier adds the prefix). */
-		rc = add_tier(st, &kvn_remote_backend_ops, "remote", "", NULL, 0, NULL, NULL, err,
-			      errlen);
+		rc = add_tier(st, &kvn_remote_backend_ops, "remote", "", NULL, 0, NULL, NULL, NULL,
+			      err, errlen);
 		if (rc < 0)
 			goto fail;
 	}
@@ -841,7 +863,8 @@ kvn_storage_abort(struct kvn_storage *st, struct kvn_slot *slot)
 static int
 promote(struct kvn_storage *st, size_t from, const struct kvn_key *key, struct kvn_buf *buf)
 {
-	if (!st->promote || st->cpu < 0 || (size_t)st->cpu == from)
+	/* A tier above cpu (gpu) got the put written through: nothing to promote. */
+	if (!st->promote || st->cpu < 0 || from <= (size_t)st->cpu)
 		return 0;
 	struct tier *c = &st->tier[st->cpu];
 	int rc = c->ops->put(c->be, key, buf);

@@ -1,4 +1,4 @@
-/* Storage manager: backends in priority order (cpu, disk, [peer, remote], external…). get
+/* Storage manager: backends in priority order ([gpu…], cpu, disk, [peer, remote], external…). get
  * returns the first hit and promotes it into cpu; put writes through to every tier, each slow
  * tier through its own bounded queue served by writer threads, with queued puts visible to
  * contains/get. docs/durability.md says what a put's success promises. */
@@ -20,6 +20,11 @@ int kvn_storage_remote_status(struct kvn_storage *st, struct kvn_remote_status *
 /* Builds the tiers the config enables. */
 int kvn_storage_open(const struct kvn_config *cfg, struct kvn_pool *pool,
 			     struct kvn_storage **out, char *err, size_t errlen);
+/* The same with a gpu tier on each of gpus[0 .. ngpus) (first in lookup order, spilling into
+ * the cpu tier); the regions must outlive the storage. */
+int kvn_storage_open_gpu(const struct kvn_config *cfg, struct kvn_pool *pool,
+			 const struct kvn_gpu_region *gpus, size_t ngpus, struct kvn_storage **out,
+			 char *err, size_t errlen);
 void kvn_storage_close(struct kvn_storage *st);
 
 int kvn_storage_put(struct kvn_storage *st, const struct kvn_key *key, struct kvn_buf *buf);

@@ -92,6 +92,12 @@ fail:
 	return NULL;
 }
 
+void
+backend_env_set_gpu(struct kvn_backend_env *env, const struct kvn_gpu_region *rg)
+{
+	((struct test_env *)env)->tenv.gpu = rg;
+}
+
 int
 backend_env_set_config_dir(struct kvn_backend_env *env, const char *dir)
 {

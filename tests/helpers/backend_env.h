@@ -17,6 +17,8 @@ struct backend_opt {
  * Returns NULL when out of memory. */
 struct kvn_backend_env *backend_env_new(const char *name, const struct backend_opt *opts,
 					struct kvn_pool *pool);
+/* The device region a gpu tier created with env uses (not copied: it must outlive the tier). */
+void backend_env_set_gpu(struct kvn_backend_env *env, const struct kvn_gpu_region *rg);
 /* Sets config_dir (copied). */
 int backend_env_set_config_dir(struct kvn_backend_env *env, const char *dir);
 /* The text of the last line the backend logged at or above level (KVN_LOG_ERROR … DEBUG),
