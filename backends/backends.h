@@ -106,6 +106,29 @@ void kvn_gpu_tier_set_spill(struct kvn_backend *be, struct kvn_backend *cpu);
 /* Evicted chunks the tier moved into the cpu tier. */
 uint64_t kvn_gpu_tier_spilled(struct kvn_backend *be);
 
+/* A chunk's slot image in the region: len bytes (header + payload) at off, published with
+ * generation. */
+struct kvn_gpu_slot_info {
+	struct kvn_digest digest;
+	uint64_t off, len, generation;
+};
+/* The publish hook sees each chunk the tier admits and drops (KVN_CPU_ADMIT, KVN_CPU_DROP), in
+ * order per key, without the tier's index lock held: it may ask the cpu tier. fn NULL clears
+ * it. */
+typedef void (*kvn_gpu_publish_fn)(void *ctx, enum kvn_cpu_event ev,
+				   const struct kvn_gpu_slot_info *si);
+void kvn_gpu_tier_set_publish(struct kvn_backend *be, kvn_gpu_publish_fn fn, void *ctx);
+/* 1 with *out when the tier holds digest, else 0. Takes only the index lock (the cpu tier's
+ * hook may call it). */
+int kvn_gpu_tier_locate(struct kvn_backend *be, struct kvn_digest d, struct kvn_gpu_slot_info *out);
+/* fn for every chunk held, called with no lock held (from a copy taken first). */
+int kvn_gpu_tier_walk(struct kvn_backend *be,
+		      void (*fn)(void *ctx, const struct kvn_gpu_slot_info *si), void *ctx);
+/* host: region-sized host memory that peers read instead of the region (a registration by
+ * host staging): filled with every slot held, then kept current by each put and drop. NULL
+ * stops that (before the area goes). 0, or the copy's -errno with err set (no mirror then). */
+int kvn_gpu_tier_set_mirror(struct kvn_backend *be, void *host, char *err, size_t errlen);
+
 /* ------------------------------------------------------------------------------------------
  * remote
  * ------------------------------------------------------------------------------------------ */

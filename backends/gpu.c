@@ -14,6 +14,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +58,10 @@ struct kvn_backend {
 	uint64_t bytes, generation;
 	struct gblock *hot, *cold; /* LRU ends */
 	struct kvn_backend *cpu;   /* where evicted chunks go (kvn_gpu_tier_set_spill) */
+	/* Set and read under copy: */
+	unsigned char *mirror; /* the host copy peers read (kvn_gpu_tier_set_mirror), or NULL */
+	kvn_gpu_publish_fn publish;
+	void *publish_ctx;
 	uint64_t hits, misses, puts, evictions, errors, spilled; /* under lock */
 };
 
@@ -304,14 +309,61 @@ write_slot(struct kvn_backend *be, struct gblock *b, const void *data, char *err
 	fill_hdr(&h, b);
 	atomic_store_explicit(&h.generation, b->generation - 1, memory_order_relaxed);
 	struct put_src src = {&h, data, &xs};
+	unsigned char *m = be->mirror ? be->mirror + b->off : NULL;
+	if (m) {
+		memcpy(m, &h, sizeof(h));
+		memcpy(m + sizeof(h), data, b->len);
+	}
 	int rc = kvn_staging_put(be->rg->staging, be->rg->base + b->off, sizeof(h) + b->len,
 				 image_piece, &src, err, errlen);
 	if (rc)
 		return rc;
 	b->checksum = XXH3_64bits_digest(&xs);
 	fill_hdr(&h, b);
-	return kvn_staging_put_buf(be->rg->staging, be->rg->base + b->off, &h, sizeof(h), err,
-				   errlen);
+	rc =
+	    kvn_staging_put_buf(be->rg->staging, be->rg->base + b->off, &h, sizeof(h), err, errlen);
+	if (rc == 0 && m) {
+		struct kvn_slot_hdr *mh = (struct kvn_slot_hdr *)m;
+		mh->checksum = h.checksum;
+		atomic_store_explicit(&mh->generation, b->generation, memory_order_release);
+	}
+	return rc;
+}
+
+/* Makes b's header say "being rewritten" (odd generation) in the region and its mirror before
+ * its block is freed, so that a reader holding its old location gets -ESTALE, not the bytes of
+ * a value no longer held. Caller holds copy. */
+static void
+retire(struct kvn_backend *be, const struct gblock *b)
+{
+	uint64_t odd = b->generation + 1;
+	char err[256];
+	if (be->mirror)
+		atomic_store_explicit(&((struct kvn_slot_hdr *)(be->mirror + b->off))->generation,
+				      odd, memory_order_release);
+	if (kvn_staging_put_buf(be->rg->staging,
+				be->rg->base + b->off + offsetof(struct kvn_slot_hdr, generation),
+				&odd, sizeof(odd), err, sizeof(err)))
+		be->env->log(be->env, KVN_LOG_WARN, "key %s: its header stays: %s", b->key.str,
+			     err);
+}
+
+static struct kvn_gpu_slot_info
+info_of(const struct gblock *b)
+{
+	return (struct kvn_gpu_slot_info){.digest = b->key.digest,
+					  .off = b->off,
+					  .len = sizeof(struct kvn_slot_hdr) + b->len,
+					  .generation = b->generation};
+}
+
+/* Tells the publish hook; caller holds copy (so the events of a key keep their order), not
+ * lock (the hook may ask the cpu tier, whose own hook asks this tier under its lock). */
+static void
+publish(struct kvn_backend *be, enum kvn_cpu_event ev, const struct kvn_gpu_slot_info *si)
+{
+	if (be->publish)
+		be->publish(be->publish_ctx, ev, si);
 }
 
 /* Reads b's payload into dst and checks it against the checksum it was written with. */
@@ -338,11 +390,13 @@ count(struct kvn_backend *be, uint64_t *ctr)
 	pthread_mutex_unlock(&be->lock);
 }
 
-/* Drops b from the index and frees its block. Caller holds copy and lock. */
+/* Drops b from the index and frees its block (b is gone after it). Caller holds copy and
+ * lock. */
 static void
 drop(struct kvn_backend *be, struct gblock *b)
 {
 	unlink_chunk(be, b);
+	retire(be, b);
 	block_release(be, b);
 }
 
@@ -389,12 +443,16 @@ make_room(struct kvn_backend *be, struct gblock *nb, uint64_t size)
 		if (!v)
 			return false;
 		spill(be, v); /* v stays held while it moves: only pins can change meanwhile */
+		struct kvn_gpu_slot_info si = info_of(v);
 		pthread_mutex_lock(&be->lock);
-		if (!v->pins) {
+		bool evicted = !v->pins;
+		if (evicted) {
 			drop(be, v);
 			be->evictions++;
 		}
 		pthread_mutex_unlock(&be->lock);
+		if (evicted)
+			publish(be, KVN_CPU_DROP, &si);
 	}
 }
 
@@ -488,6 +546,7 @@ gpu_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 	pthread_mutex_unlock(&be->lock);
 
 	int rc = write_slot(be, nb, buf->data, err, sizeof(err));
+	struct kvn_gpu_slot_info si = info_of(nb);
 	pthread_mutex_lock(&be->lock);
 	if (rc == 0) {
 		struct gblock *old = find(be, key);
@@ -500,6 +559,8 @@ gpu_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 		be->errors++;
 	}
 	pthread_mutex_unlock(&be->lock);
+	if (rc == 0)
+		publish(be, KVN_CPU_ADMIT, &si); /* it replaces the older value's entry */
 	pthread_mutex_unlock(&be->copy);
 	if (rc)
 		be->env->log(be->env, KVN_LOG_WARN, "put %s of %zu bytes: %s", key->str, buf->len,
@@ -527,16 +588,20 @@ gpu_get(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf **out)
 	char err[256];
 	uint64_t sum;
 	int rc = buf ? read_slot(be, b, buf->data, &sum, err, sizeof(err)) : -ENOMEM;
+	struct kvn_gpu_slot_info si = info_of(b);
+	bool dropped = rc && rc != -ENOMEM;
 	pthread_mutex_lock(&be->lock);
 	if (rc == 0) {
 		be->hits++;
-	} else if (rc != -ENOMEM) {
+	} else if (dropped) {
 		/* A chunk that cannot be read back is not served again. */
 		be->errors++;
 		be->misses++;
 		drop(be, b);
 	}
 	pthread_mutex_unlock(&be->lock);
+	if (dropped)
+		publish(be, KVN_CPU_DROP, &si);
 	pthread_mutex_unlock(&be->copy);
 	if (rc == -ENOMEM)
 		return rc;
@@ -555,9 +620,12 @@ gpu_remove(struct kvn_backend *be, const struct kvn_key *key)
 	pthread_mutex_lock(&be->copy);
 	pthread_mutex_lock(&be->lock);
 	struct gblock *b = find(be, key);
+	struct kvn_gpu_slot_info si = b ? info_of(b) : (struct kvn_gpu_slot_info){0};
 	if (b)
 		drop(be, b);
 	pthread_mutex_unlock(&be->lock);
+	if (b)
+		publish(be, KVN_CPU_DROP, &si);
 	pthread_mutex_unlock(&be->copy);
 	return b ? 0 : -ENOENT;
 }
@@ -627,6 +695,63 @@ kvn_gpu_tier_set_spill(struct kvn_backend *be, struct kvn_backend *cpu)
 	pthread_mutex_lock(&be->copy);
 	be->cpu = cpu;
 	pthread_mutex_unlock(&be->copy);
+}
+
+void
+kvn_gpu_tier_set_publish(struct kvn_backend *be, kvn_gpu_publish_fn fn, void *ctx)
+{
+	pthread_mutex_lock(&be->copy);
+	be->publish = fn;
+	be->publish_ctx = ctx;
+	pthread_mutex_unlock(&be->copy);
+}
+
+int
+kvn_gpu_tier_locate(struct kvn_backend *be, struct kvn_digest d, struct kvn_gpu_slot_info *out)
+{
+	struct kvn_key k = {.digest = d};
+	pthread_mutex_lock(&be->lock);
+	struct gblock *b = find(be, &k);
+	if (b)
+		*out = info_of(b);
+	pthread_mutex_unlock(&be->lock);
+	return b != NULL;
+}
+
+int
+kvn_gpu_tier_walk(struct kvn_backend *be, void (*fn)(void *ctx, const struct kvn_gpu_slot_info *si),
+		  void *ctx)
+{
+	pthread_mutex_lock(&be->lock);
+	size_t n = be->n, k = 0;
+	struct kvn_gpu_slot_info *all = malloc((n ? n : 1) * sizeof(*all));
+	for (struct gblock *b = be->blocks; all && b; b = b->next)
+		if (!b->free && k < n)
+			all[k++] = info_of(b);
+	pthread_mutex_unlock(&be->lock);
+	if (!all)
+		return -ENOMEM;
+	for (size_t i = 0; i < k; i++)
+		fn(ctx, &all[i]);
+	free(all);
+	return 0;
+}
+
+int
+kvn_gpu_tier_set_mirror(struct kvn_backend *be, void *host, char *err, size_t errlen)
+{
+	int rc = 0;
+	pthread_mutex_lock(&be->copy);
+	/* What the tier holds already goes into the mirror before peers can read it. Blocks
+	 * change only under copy: the list may be walked without lock. */
+	for (struct gblock *b = host ? be->blocks : NULL; b && rc == 0; b = b->next)
+		if (!b->free)
+			rc = kvn_staging_get_buf(be->rg->staging, (unsigned char *)host + b->off,
+						 be->rg->base + b->off,
+						 sizeof(struct kvn_slot_hdr) + b->len, err, errlen);
+	be->mirror = rc ? NULL : host;
+	pthread_mutex_unlock(&be->copy);
+	return rc;
 }
 
 uint64_t

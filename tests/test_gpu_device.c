@@ -27,6 +27,7 @@
 #include "tests/helpers/engine_env.h"
 #include "tests/helpers/expo.h"
 #include "tests/helpers/pattern.h"
+#include "tests/helpers/proc.h"
 
 static char err[1024];
 
@@ -539,4 +540,45 @@ Test(gpu_device, a_gpu_tier_holds_chunks_in_device_memory_and_evicts_when_full)
 	cr_assert_eq(s.errors, 0, "%" PRIu64 " chunks failed their checksum", s.errors);
 	kvn_engine_close(eng);
 	kvn_config_free(cfg);
+}
+
+/* Peers READ what only a node's gpu tier holds: node A's cpu tier (30 MiB) is smaller than its
+ * gpu tier (64 MiB), so the first chunks put are evicted from cpu and their locations become
+ * the gpu tier's (served over tcp from the host copy the tier keeps current). Node B gets
+ * every chunk byte for byte. */
+Test(gpu_device, peers_read_chunks_that_only_a_nodes_gpu_tier_holds, .timeout = 240)
+{
+	kvn_gpu_close(gpu_or_skip());
+	struct sched s = {0};
+	struct cnode a = {0}, b = {0};
+	char dir[256];
+	sched_start(&s, "127.0.0.1:0", NULL);
+	cr_assert_eq(proc_mkdtemp("gpu-tier", dir, sizeof(dir)), 0);
+	struct cnode_opts o = {.dir = dir,
+			       .sched = s.addr,
+			       .cpu_gb = "0.03",
+			       .extra = "gpu: true\ngpu_devices: [0]\nmax_gpu_size: 0.0625\n"};
+	cnode_start(&a, "node-a", &o);
+	o.extra = NULL;
+	o.cpu_gb = NULL;
+	cnode_start(&b, "node-b", &o);
+	enum { N = 12, LEN = 4 << 20 };
+	for (unsigned i = 0; i < N; i++)
+		cnode_put(&a, "gpu-tier", i, LEN);
+	cr_assert_eq(cnode_tier_stat(&a, "gpu0", "count"), N, "the gpu tier holds %lld",
+		     cnode_tier_stat(&a, "gpu0", "count"));
+	cr_assert_gt(cnode_tier_stat(&a, "cpu", "evictions"), 0, "nothing only on the gpu tier");
+	for (unsigned i = 0; i < N; i++) {
+		int got = 0;
+		for (int tries = 0; tries < 200 && got == 0; tries++) {
+			got = cnode_get_check(&b, "gpu-tier", i, LEN);
+			if (got == 0)
+				usleep(100 * 1000); /* the directory catches up */
+		}
+		cr_assert_eq(got, 1, "chunk %u from node-a: %s", i, got ? "other bytes" : "a miss");
+	}
+	cnode_stop(&b);
+	cnode_stop(&a);
+	sched_stop(&s);
+	proc_rm_tree(dir);
 }

@@ -588,3 +588,69 @@ Test(storage, what_the_gpu_tier_evicts_moves_into_cpu_when_cpu_lacks_it)
 	cr_assert_gt(tier(0, "gpu7").evictions, 0);
 	close_gpu_tier(&h);
 }
+
+struct gpu_events {
+	int admits, drops;
+	struct kvn_gpu_slot_info last;
+	enum kvn_cpu_event last_ev;
+};
+
+static void
+record_gpu_event(void *ctx, enum kvn_cpu_event ev, const struct kvn_gpu_slot_info *si)
+{
+	struct gpu_events *e = ctx;
+	e->admits += ev == KVN_CPU_ADMIT;
+	e->drops += ev == KVN_CPU_DROP;
+	e->last = *si;
+	e->last_ev = ev;
+}
+
+Test(storage, the_gpu_tier_publishes_admits_and_drops_and_keeps_a_mirror_readers_can_verify)
+{
+	struct host_region h;
+	open_with_gpu_tier(&h, 1 << 20);
+	struct kvn_backend *gpu = kvn_storage_backend(st, &kvn_gpu_backend_ops);
+	struct gpu_events ev = {0};
+	unsigned char *mirror = calloc(1, 1 << 20);
+	cr_assert_not_null(mirror);
+	put_n(1, 5000, 0x11); /* held before the mirror exists: copied into it */
+	kvn_gpu_tier_set_publish(gpu, record_gpu_event, &ev);
+	cr_assert_eq(kvn_gpu_tier_set_mirror(gpu, mirror, err, sizeof(err)), 0, "%s", err);
+	struct kvn_key k1 = key_n(1), k2 = key_n(2);
+	struct kvn_gpu_slot_info si;
+	cr_assert_eq(kvn_gpu_tier_locate(gpu, k1.digest, &si), 1);
+	cr_assert_eq(si.len, 64 + 5000);
+	cr_assert_eq(kvn_slot_verify(mirror + si.off, si.len, k1.digest, si.generation), 0,
+		     "the mirror lacks what the tier held before it");
+
+	put_n(2, 70000, 0x22);
+	cr_assert_eq(ev.admits, 1);
+	cr_assert_eq(ev.last_ev, KVN_CPU_ADMIT);
+	cr_assert(kvn_digest_eq(ev.last.digest, k2.digest));
+	struct kvn_gpu_slot_info s2 = ev.last;
+	cr_assert_eq(kvn_slot_verify(mirror + s2.off, s2.len, k2.digest, s2.generation), 0);
+	put_n(2, 3000, 0x23); /* a new value: one admit, which replaces the older entry */
+	cr_assert_eq(ev.admits, 2);
+	cr_assert_eq(ev.drops, 0);
+	cr_assert_gt(ev.last.generation, s2.generation);
+	cr_assert_eq(
+	    kvn_slot_verify(mirror + ev.last.off, ev.last.len, k2.digest, ev.last.generation), 0);
+	struct kvn_gpu_slot_info s3 = ev.last;
+
+	cr_assert_eq(kvn_storage_remove(st, &k2), 0);
+	cr_assert_eq(ev.drops, 1);
+	cr_assert_eq(ev.last_ev, KVN_CPU_DROP);
+	cr_assert_eq(kvn_slot_verify(mirror + s3.off, s3.len, k2.digest, s3.generation), -ESTALE,
+		     "a dropped chunk's image still reads as whole");
+	for (int i = 10; i < 30; i++) /* 1.25 MiB through 1 MiB: evictions are drops */
+		put_n(i, 64 * 1024, i);
+	cr_assert_eq(ev.admits, 22);
+	cr_assert_gt(ev.drops, 1);
+	struct kvn_backend_stats g = tier(0, "gpu7");
+	cr_assert_eq((uint64_t)ev.drops, 1 + g.evictions, "%d drops, %" PRIu64 " evictions",
+		     ev.drops, g.evictions);
+	kvn_gpu_tier_set_mirror(gpu, NULL, err, sizeof(err));
+	kvn_gpu_tier_set_publish(gpu, NULL, NULL);
+	close_gpu_tier(&h);
+	free(mirror);
+}

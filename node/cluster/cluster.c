@@ -18,6 +18,19 @@
 #include "rdma/devreg.h"
 
 #define REPUBLISH_BATCH 4096
+#define MAX_GPU_TIERS	64
+
+struct kvn_cluster;
+
+/* A gpu tier's region as registered for peers' READs (docs/gpu.md "The gpu tier"). */
+struct gpu_reg {
+	struct kvn_cluster *c;
+	struct kvn_backend *tier;
+	struct kvn_gpu_dev_src src; /* the registration's callbacks use it: lives as long */
+	struct kvn_tp_mr *mr;
+	struct kvn_mem_desc desc;
+	bool mirrored; /* host staging won: the tier keeps the transport's area current */
+};
 #define REGION_BLOB	24 /* addr u64 | len u64 | rkey u32 | zero u32, little-endian */
 
 struct kvn_cluster {
@@ -36,6 +49,8 @@ struct kvn_cluster {
 	/* re-publish batch, used on the membership thread only */
 	struct kvn_cf_pub batch[REPUBLISH_BATCH];
 	size_t nbatch;
+	struct gpu_reg gpu[MAX_GPU_TIERS];
+	size_t ngpu;
 };
 
 static struct kvn_cf_pub
@@ -50,7 +65,28 @@ record(const struct kvn_cluster *c, enum kvn_cf_pub_op op, const struct kvn_slot
 	return r;
 }
 
-/* The cpu tier's hook (its index lock held): queue only. */
+static struct kvn_cf_pub
+gpu_record(const struct gpu_reg *g, const struct kvn_gpu_slot_info *si)
+{
+	return (struct kvn_cf_pub){.op = KVN_CF_ADMIT,
+				   .digest = si->digest,
+				   .loc = {.rkey = g->desc.rkey,
+					   .addr = g->desc.addr + si->off,
+					   .len = si->len,
+					   .generation = si->generation}};
+}
+
+static void
+publish_one(struct kvn_membership *m, const struct kvn_cf_pub *r)
+{
+	if (kvn_membership_publish(m, r, 1) < 0)
+		kvn_warn("cluster", "cannot queue a directory update (out of memory); the next "
+				    "re-join re-publishes everything");
+}
+
+/* The cpu tier's hook (its index lock held): queue only. The directory holds one location per
+ * node and key, the cpu tier's while it holds the key: when it lets go, a gpu tier that still
+ * holds the key takes its place. */
 static void
 on_cpu_change(void *ctx, enum kvn_cpu_event ev, const struct kvn_slot *slot)
 {
@@ -59,9 +95,29 @@ on_cpu_change(void *ctx, enum kvn_cpu_event ev, const struct kvn_slot *slot)
 	if (!m)
 		return;
 	struct kvn_cf_pub r = record(c, ev == KVN_CPU_ADMIT ? KVN_CF_ADMIT : KVN_CF_EVICT, slot);
-	if (kvn_membership_publish(m, &r, 1) < 0)
-		kvn_warn("cluster", "cannot queue a directory update (out of memory); the next "
-				    "re-join re-publishes everything");
+	struct kvn_gpu_slot_info si;
+	for (size_t i = 0; ev == KVN_CPU_DROP && i < c->ngpu; i++)
+		if (kvn_gpu_tier_locate(c->gpu[i].tier, r.digest, &si)) {
+			r = gpu_record(&c->gpu[i], &si);
+			break;
+		}
+	publish_one(m, &r);
+}
+
+/* A gpu tier's hook: its chunk's location is published only while the cpu tier lacks the key
+ * (else the cpu tier's stands). */
+static void
+on_gpu_change(void *ctx, enum kvn_cpu_event ev, const struct kvn_gpu_slot_info *si)
+{
+	struct gpu_reg *g = ctx;
+	struct kvn_membership *m = atomic_load(&g->c->m);
+	struct kvn_key k = {.digest = si->digest};
+	if (!m || kvn_cpu_backend_ops.contains(g->c->cpu, &k, false) == 1)
+		return;
+	struct kvn_cf_pub r = ev == KVN_CPU_ADMIT
+				  ? gpu_record(g, si)
+				  : (struct kvn_cf_pub){.op = KVN_CF_EVICT, .digest = si->digest};
+	publish_one(m, &r);
 }
 
 static void
@@ -69,6 +125,26 @@ walk_one(void *ctx, const struct kvn_slot *slot)
 {
 	struct kvn_cluster *c = ctx;
 	c->batch[c->nbatch++] = record(c, KVN_CF_ADMIT, slot);
+	if (c->nbatch == REPUBLISH_BATCH) {
+		kvn_membership_publish(atomic_load(&c->m), c->batch, c->nbatch);
+		c->nbatch = 0;
+	}
+}
+
+struct gpu_walk {
+	struct kvn_cluster *c;
+	const struct gpu_reg *g;
+};
+
+static void
+walk_gpu_one(void *ctx, const struct kvn_gpu_slot_info *si)
+{
+	struct gpu_walk *w = ctx;
+	struct kvn_cluster *c = w->c;
+	struct kvn_key k = {.digest = si->digest};
+	if (kvn_cpu_backend_ops.contains(c->cpu, &k, false) == 1)
+		return;
+	c->batch[c->nbatch++] = gpu_record(w->g, si);
 	if (c->nbatch == REPUBLISH_BATCH) {
 		kvn_membership_publish(atomic_load(&c->m), c->batch, c->nbatch);
 		c->nbatch = 0;
@@ -83,6 +159,14 @@ on_joined(void *ctx, struct kvn_membership *m, uint32_t worker_id, uint32_t work
 	atomic_store(&c->m, m);
 	c->nbatch = 0;
 	kvn_cpu_walk(c->cpu, walk_one, c);
+	for (size_t i = 0; i < c->ngpu; i++) {
+		struct gpu_walk w = {c, &c->gpu[i]};
+		if (kvn_gpu_tier_walk(c->gpu[i].tier, walk_gpu_one, &w) < 0)
+			kvn_warn("cluster",
+				 "out of memory listing the gpu tier %zu: its chunks "
+				 "are found again at the next re-join",
+				 i);
+	}
 	if (c->nbatch)
 		kvn_membership_publish(m, c->batch, c->nbatch);
 	kvn_info("cluster", "joined as worker %u of %u (epoch %llu); published %s index", worker_id,
@@ -187,11 +271,64 @@ put_le(uint8_t *p, uint64_t v, int n)
 		p[i] = (uint8_t)(v >> (8 * i));
 }
 
-/* How each GPU's memory registers with this transport (docs/gpu.md "Registration"): a probe
- * allocation goes down the ladder as the gpu tier's region will, the winner is recorded for
- * `kvnode stat` and the metrics, and the probe is dropped. Never fatal: a GPU whose memory
- * cannot be registered is reported so, and the node serves its host pool as before. */
+/* How each GPU's memory registers with this transport (docs/gpu.md "Registration"): a GPU with
+ * a gpu tier registers the tier's region for good; on one without, a probe allocation goes
+ * down the ladder, the winner is recorded for `kvnode stat` and the metrics, and the probe is
+ * dropped. Never fatal: a GPU whose memory cannot be registered is reported so, and the node
+ * serves its host pool (and its gpu tier, to itself) as before. */
 #define GPU_PROBE_BYTES (2u << 20)
+
+/* The gpu tier's region on device dev, when that device has one: registered for good, so
+ * that peers READ its chunks (published by on_gpu_change while cpu lacks them). 1 when
+ * registered (the report recorded), 0 when dev has no tier, -errno when it failed (recorded
+ * too: the tier still serves this node). */
+static int
+gpu_register_tier(struct kvn_cluster *c, struct kvn_engine *eng, size_t i)
+{
+	struct kvn_engine_gpus *g = kvn_engine_gpus(eng);
+	const struct kvn_gpu_info *in = kvn_engine_gpus_info(g, i);
+	size_t n, ndev;
+	const struct kvn_gpu_region *rg = kvn_engine_gpus_regions(g, &n);
+	struct kvn_gpu *gpu = kvn_engine_gpus_driver(g, &ndev);
+	size_t t = 0;
+	while (t < n && rg[t].device != in->index)
+		t++;
+	if (t == n || c->ngpu == MAX_GPU_TIERS)
+		return 0;
+	struct kvn_backend *tier =
+	    kvn_storage_backend_at(kvn_engine_storage(eng), &kvn_gpu_backend_ops, t);
+	if (!tier)
+		return 0;
+	struct gpu_reg *r = &c->gpu[c->ngpu];
+	*r = (struct gpu_reg){.c = c, .tier = tier};
+	struct kvn_dev_mem src;
+	struct kvn_reg_report rep = {KVN_REG_REPORT_INIT};
+	char err[768] = "";
+	kvn_gpu_dev_mem(gpu, in, &r->src, &src);
+	int rc = c->ops->reg_dev(c->tp, (void *)(uintptr_t)rg[t].base, rg[t].len, &src, &r->mr,
+				 &r->desc, &rep, err, sizeof(err));
+	if (rc == 0 && rep.method == KVN_REG_STAGING) {
+		rc = kvn_gpu_tier_set_mirror(tier, rep.staging, err, sizeof(err));
+		r->mirrored = rc == 0;
+		if (rc) {
+			c->ops->dereg(r->mr);
+			r->mr = NULL;
+		}
+	}
+	if (rc) {
+		kvn_warn("cluster", "%s: the gpu tier's %zu bytes are not readable by peers: %s",
+			 r->src.name, rg[t].len, err);
+		kvn_engine_gpus_set_reg(g, i, c->ops->name, &rep, err);
+		return rc;
+	}
+	kvn_info("cluster", "%s: the gpu tier's %zu bytes register with %s by %s%s", r->src.name,
+		 rg[t].len, c->ops->name, kvn_reg_method_name(rep.method),
+		 r->mirrored ? " (peers read a host copy the tier keeps current)" : "");
+	kvn_engine_gpus_set_reg(g, i, c->ops->name, &rep, NULL);
+	kvn_gpu_tier_set_publish(tier, on_gpu_change, r);
+	c->ngpu++;
+	return 1;
+}
 
 static void
 gpu_probe(struct kvn_cluster *c, struct kvn_engine *eng)
@@ -209,6 +346,8 @@ gpu_probe(struct kvn_cluster *c, struct kvn_engine *eng)
 			kvn_engine_gpus_set_reg(g, i, c->ops->name, NULL, err);
 			continue;
 		}
+		if (gpu_register_tier(c, eng, i) != 0)
+			continue;
 		int rc = kvn_gpu_mem_alloc(gpu, in->index, GPU_PROBE_BYTES, &m, err, sizeof(err));
 		if (rc < 0) {
 			kvn_warn("cluster", "GPU %d: no registration probe: %s", in->index, err);
@@ -340,8 +479,16 @@ kvn_cluster_stop(struct kvn_cluster *c)
 		kvn_peer_attach(c->peer, NULL);
 	if (c->cpu)
 		kvn_cpu_set_publish(c->cpu, NULL, NULL);
+	for (size_t i = 0; i < c->ngpu; i++)
+		kvn_gpu_tier_set_publish(c->gpu[i].tier, NULL, NULL);
 	atomic_store(&c->m, NULL);
 	kvn_membership_stop(c->owned); /* LEAVE: the directory forgets us at once */
+	for (size_t i = 0; i < c->ngpu; i++) {
+		char err[256];
+		if (c->gpu[i].mirrored) /* before the area goes with the registration */
+			kvn_gpu_tier_set_mirror(c->gpu[i].tier, NULL, err, sizeof(err));
+		c->ops->dereg(c->gpu[i].mr);
+	}
 	if (c->mr)
 		c->ops->dereg(c->mr);
 	if (c->tp)

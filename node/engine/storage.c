@@ -1179,12 +1179,18 @@ kvn_storage_tier_skipped(struct kvn_storage *st, size_t i)
 }
 
 struct kvn_backend *
-kvn_storage_backend(struct kvn_storage *st, const struct kvn_backend_ops *ops)
+kvn_storage_backend_at(struct kvn_storage *st, const struct kvn_backend_ops *ops, size_t n)
 {
 	for (size_t i = 0; i < st->ntiers; i++)
-		if (st->tier[i].ops == ops)
+		if (st->tier[i].ops == ops && n-- == 0)
 			return st->tier[i].be;
 	return NULL;
+}
+
+struct kvn_backend *
+kvn_storage_backend(struct kvn_storage *st, const struct kvn_backend_ops *ops)
+{
+	return kvn_storage_backend_at(st, ops, 0);
 }
 
 int

@@ -14,6 +14,10 @@ struct kvn_storage;
 /* The instance of tier ops in st, NULL when st has none. */
 struct kvn_backend *kvn_storage_backend(struct kvn_storage *st, const struct kvn_backend_ops *ops);
 
+/* The n-th instance (0 first) of tier ops in st (the gpu tiers: one per device), or NULL. */
+struct kvn_backend *kvn_storage_backend_at(struct kvn_storage *st,
+					   const struct kvn_backend_ops *ops, size_t n);
+
 /* Status of st's remote tier; -ENOENT when it has none. */
 int kvn_storage_remote_status(struct kvn_storage *st, struct kvn_remote_status *out);
 
