@@ -103,6 +103,12 @@ int kvn_cpu_adopt(struct kvn_backend *be, const struct kvn_key *key, struct kvn_
  * the one that tier allocates from), unless cpu already holds the key. NULL: evicted chunks
  * are dropped. */
 void kvn_gpu_tier_set_spill(struct kvn_backend *be, struct kvn_backend *cpu);
+/* The value of key copied to device address dst (on the tier's device, cap bytes) with no host
+ * memory between: one device to device copy, *len its length. Device memory is trusted, as
+ * host memory is by the cpu tier's get: no checksum pass. -ENOENT on a miss (not counted:
+ * the caller asks the tiers next), -ENOSPC when the value is longer than cap. */
+int kvn_gpu_tier_get_into_dev(struct kvn_backend *be, const struct kvn_key *key, uint64_t dst,
+			      size_t cap, size_t *len, char *err, size_t errlen);
 /* Evicted chunks the tier moved into the cpu tier. */
 uint64_t kvn_gpu_tier_spilled(struct kvn_backend *be);
 

@@ -754,6 +754,33 @@ kvn_gpu_tier_set_mirror(struct kvn_backend *be, void *host, char *err, size_t er
 	return rc;
 }
 
+int
+kvn_gpu_tier_get_into_dev(struct kvn_backend *be, const struct kvn_key *key, uint64_t dst,
+			  size_t cap, size_t *len, char *err, size_t errlen)
+{
+	pthread_mutex_lock(&be->copy);
+	pthread_mutex_lock(&be->lock);
+	struct gblock *b = find(be, key);
+	if (b)
+		lru_push_hot(be, b);
+	pthread_mutex_unlock(&be->lock);
+	int rc = !b ? -ENOENT : 0;
+	if (b && b->len > cap)
+		rc = kvn_seterr(-ENOSPC, err, errlen,
+				"the value of %s is %" PRIu64 " bytes, the buffer %zu", key->str,
+				b->len, cap);
+	if (rc == 0)
+		rc = kvn_staging_copy_dev(be->rg->staging, dst,
+					  be->rg->base + b->off + sizeof(struct kvn_slot_hdr),
+					  b->len, err, errlen);
+	if (rc == 0) {
+		*len = b->len;
+		count(be, &be->hits);
+	}
+	pthread_mutex_unlock(&be->copy);
+	return rc;
+}
+
 uint64_t
 kvn_gpu_tier_spilled(struct kvn_backend *be)
 {

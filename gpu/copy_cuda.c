@@ -64,6 +64,22 @@ cuda_to_dev(struct kvn_copy_engine *e, kvn_devptr_t dst, const void *src, size_t
 }
 
 static int
+cuda_dev_to_dev(struct kvn_copy_engine *e, kvn_devptr_t dst, kvn_devptr_t src, size_t len,
+		unsigned s, char *err, size_t errlen)
+{
+	struct cuda_engine *c = cuda_of(e);
+	int rc = enter(c, s, err, errlen);
+	if (rc)
+		return rc;
+	CUresult r =
+	    c->gpu->f.p_cuMemcpyDtoDAsync((CUdeviceptr)dst, (CUdeviceptr)src, len, c->s[s]);
+	return r == CUDA_SUCCESS
+		   ? 0
+		   : kvn_gpu_cuerr(c->gpu, r, err, errlen, "cuMemcpyDtoDAsync(%zu bytes) on GPU %d",
+				   len, c->dev);
+}
+
+static int
 cuda_sync(struct kvn_copy_engine *e, unsigned s, char *err, size_t errlen)
 {
 	struct cuda_engine *c = cuda_of(e);
@@ -109,6 +125,7 @@ static const struct kvn_copy_engine_ops cuda_ops = {
     .name = "cuda",
     .copy_to_host = cuda_to_host,
     .copy_to_dev = cuda_to_dev,
+    .copy_dev = cuda_dev_to_dev,
     .sync = cuda_sync,
     .register_host = cuda_register,
     .unregister_host = cuda_unregister,

@@ -68,6 +68,14 @@ host_to_dev(struct kvn_copy_engine *e, kvn_devptr_t dst, const void *src, size_t
 }
 
 static int
+host_dev_to_dev(struct kvn_copy_engine *e, kvn_devptr_t dst, kvn_devptr_t src, size_t len,
+		unsigned s, char *err, size_t errlen)
+{
+	return enqueue(e, (void *)(uintptr_t)dst, (const void *)(uintptr_t)src, len, s, err,
+		       errlen);
+}
+
+static int
 host_sync(struct kvn_copy_engine *e, unsigned s, char *err, size_t errlen)
 {
 	if (s >= e->nstreams)
@@ -107,6 +115,7 @@ static const struct kvn_copy_engine_ops host_ops = {
     .name = "host",
     .copy_to_host = host_to_host,
     .copy_to_dev = host_to_dev,
+    .copy_dev = host_dev_to_dev,
     .sync = host_sync,
     .register_host = host_register,
     .unregister_host = host_unregister,

@@ -35,6 +35,7 @@
 	X(cuMemFree, 1)                                                                            \
 	X(cuMemcpyHtoDAsync, 1)                                                                    \
 	X(cuMemcpyDtoHAsync, 1)                                                                    \
+	X(cuMemcpyDtoDAsync, 1)                                                                    \
 	X(cuStreamCreate, 1)                                                                       \
 	X(cuStreamSynchronize, 1)                                                                  \
 	X(cuStreamDestroy, 1)                                                                      \

@@ -252,3 +252,12 @@ kvn_gpu_staging_close(struct kvn_copy_engine *e, struct kvn_staging *st)
 	if (e)
 		kvn_copy_engine_destroy(e);
 }
+
+int
+kvn_staging_copy_dev(struct kvn_staging *st, kvn_devptr_t dst, kvn_devptr_t src, size_t len,
+		     char *err, size_t errlen)
+{
+	int rc = st->e->ops->copy_dev(st->e, dst, src, len, 0, err, errlen);
+	int rs = st->e->ops->sync(st->e, 0, rc ? NULL : err, rc ? 0 : errlen);
+	return rc ? rc : rs;
+}

@@ -26,6 +26,9 @@ struct kvn_copy_engine_ops {
 			    unsigned s, char *err, size_t errlen);
 	int (*copy_to_dev)(struct kvn_copy_engine *e, kvn_devptr_t dst, const void *src, size_t len,
 			   unsigned s, char *err, size_t errlen);
+	/* Device to device, both on the engine's device. */
+	int (*copy_dev)(struct kvn_copy_engine *e, kvn_devptr_t dst, kvn_devptr_t src, size_t len,
+			unsigned s, char *err, size_t errlen);
 	int (*sync)(struct kvn_copy_engine *e, unsigned s, char *err, size_t errlen);
 	/* Page-locks host memory so that copies to and from it are truly asynchronous (the
 	 * cuda engine: cuMemHostRegister); the host engine has nothing to do. */
@@ -87,6 +90,10 @@ int kvn_gpu_staging_open(struct kvn_gpu *gpu, int dev, struct kvn_copy_engine **
 			 struct kvn_staging **st, char *err, size_t errlen);
 /* Destroys both (either may be NULL). */
 void kvn_gpu_staging_close(struct kvn_copy_engine *e, struct kvn_staging *st);
+/* len bytes from device address src to dst on the staging's device, no host memory between
+ * (one copy on the engine's first stream, synced). */
+int kvn_staging_copy_dev(struct kvn_staging *st, kvn_devptr_t dst, kvn_devptr_t src, size_t len,
+			 char *err, size_t errlen);
 /* Pieces the last transfer took (for the tests and the stats). */
 size_t kvn_staging_pieces(const struct kvn_staging *st);
 size_t kvn_staging_half(const struct kvn_staging *st);

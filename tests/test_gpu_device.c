@@ -538,6 +538,23 @@ Test(gpu_device, a_gpu_tier_holds_chunks_in_device_memory_and_evicts_when_full)
 	cr_assert_eq(kvn_storage_tier(st, 0, &name, &s), 0);
 	cr_assert_geq(s.hits - hits, 1, "no get was served from device memory");
 	cr_assert_eq(s.errors, 0, "%" PRIu64 " chunks failed their checksum", s.errors);
+
+	/* Into device memory of the same GPU: one device to device copy from the tier. */
+	struct devbufs b = {0};
+	devbufs_open(&b);
+	struct kvn_key k;
+	char key[96];
+	size_t got = 0;
+	snprintf(key, sizeof(key), "vllm@test-model@1@0@%08x02@bfloat16", N - 1);
+	cr_assert_eq(kvn_key_from_str(&k, key), 0);
+	hits = s.hits;
+	cr_assert_eq(kvn_engine_get_into_gpu(eng, &k, 0, kvn_gpu_mem_ptr(b.dst), DEV_MAX, &got), 0);
+	cr_assert_eq(got, LEN);
+	cr_assert_eq(kvn_storage_tier(st, 0, &name, &s), 0);
+	cr_assert_eq(s.hits, hits + 1, "the get into GPU 0 was not served by its tier");
+	pattern_fill(b.want, LEN, 500 + N - 1);
+	devbufs_check(&b, LEN);
+	devbufs_close(&b);
 	kvn_engine_close(eng);
 	kvn_config_free(cfg);
 }

@@ -589,6 +589,36 @@ Test(storage, what_the_gpu_tier_evicts_moves_into_cpu_when_cpu_lacks_it)
 	close_gpu_tier(&h);
 }
 
+Test(storage, the_gpu_tier_copies_a_value_to_device_memory_of_its_own_device)
+{
+	struct host_region h;
+	open_with_gpu_tier(&h, 1 << 20);
+	struct kvn_backend *gpu = kvn_storage_backend(st, &kvn_gpu_backend_ops);
+	put_n(3, 100000, 0x5a);
+	unsigned char *dst = malloc(100000);
+	cr_assert_not_null(dst);
+	struct kvn_key k = key_n(3), missing = key_n(4);
+	size_t len = 0;
+	uint64_t hits = tier(0, "gpu7").hits;
+	cr_assert_eq(kvn_gpu_tier_get_into_dev(gpu, &k, (uint64_t)(uintptr_t)dst, 100000, &len, err,
+					       sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(len, 100000);
+	for (size_t i = 0; i < len; i++)
+		if (dst[i] != 0x5a)
+			cr_assert_fail("byte %zu is %d", i, dst[i]);
+	cr_assert_eq(tier(0, "gpu7").hits, hits + 1);
+	cr_assert_eq(kvn_gpu_tier_get_into_dev(gpu, &k, (uint64_t)(uintptr_t)dst, 99999, &len, err,
+					       sizeof(err)),
+		     -ENOSPC);
+	cr_assert(strstr(err, "100000 bytes") != NULL, "%s", err);
+	cr_assert_eq(kvn_gpu_tier_get_into_dev(gpu, &missing, (uint64_t)(uintptr_t)dst, 100000,
+					       &len, err, sizeof(err)),
+		     -ENOENT);
+	free(dst);
+	close_gpu_tier(&h);
+}
+
 struct gpu_events {
 	int admits, drops;
 	struct kvn_gpu_slot_info last;

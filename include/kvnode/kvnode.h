@@ -213,7 +213,8 @@ KVN_API int kvn_engine_get_into(struct kvn_engine *eng, const struct kvn_key *ke
  * (CUdeviceptr values) on the GPU with CUDA ordinal gpu, one of the engine's (`gpu`,
  * `gpu_devices`). The bytes go through a page-locked bounce area of that GPU, one copy at a
  * time per GPU; a put lands in its pool slot checksummed piece by piece, and is then stored as
- * kvn_engine_put stores. -ENODEV when gpu is not one of the engine's GPUs; the driver's errors
+ * kvn_engine_put stores. A get of a key that gpu's own gpu tier holds (max_gpu_size) is one
+ * device to device copy. -ENODEV when gpu is not one of the engine's GPUs; the driver's errors
  * are logged, naming the key. */
 KVN_API int kvn_engine_put_from_gpu(struct kvn_engine *eng, const struct kvn_key *key, int gpu,
 				    uint64_t src, size_t len);

@@ -162,17 +162,40 @@ kvn_engine_put_from_gpu(struct kvn_engine *eng, const struct kvn_key *key, int g
 	return kvn_storage_commit(eng->st, key, slot, sum);
 }
 
+/* The gpu tier on GPU gpu, NULL when that GPU has none. The tiers are the regions, in order. */
+static struct kvn_backend *
+gpu_tier_of(struct kvn_engine *eng, int gpu)
+{
+	size_t n;
+	const struct kvn_gpu_region *rg = kvn_engine_gpus_regions(eng->gpus, &n);
+	for (size_t t = 0; t < n; t++)
+		if (rg[t].device == gpu)
+			return kvn_storage_backend_at(eng->st, &kvn_gpu_backend_ops, t);
+	return NULL;
+}
+
 KVN_API int
 kvn_engine_get_into_gpu(struct kvn_engine *eng, const struct kvn_key *key, int gpu, uint64_t dst,
 			size_t cap, size_t *len)
 {
 	struct kvn_buf *buf = NULL;
-	int rc = get(eng, key, &buf);
+	char err[512];
+	/* Held in that GPU's own tier: one device to device copy. */
+	struct kvn_backend *tier = gpu_tier_of(eng, gpu);
+	int rc =
+	    tier ? kvn_gpu_tier_get_into_dev(tier, key, dst, cap, len, err, sizeof(err)) : -ENOENT;
+	if (rc == 0) {
+		atomic_fetch_add_explicit(&eng->hits, 1, memory_order_relaxed);
+		return 0;
+	}
+	if (rc != -ENOENT && rc != -ENOSPC)
+		kvn_warn(COMP, "get %s from the gpu tier of GPU %d: %s; asking the other tiers",
+			 key->str, gpu, err);
+	rc = get(eng, key, &buf);
 	if (rc)
 		return rc;
 	*len = buf->len;
 	struct kvn_staging *stg;
-	char err[512];
 	if (buf->len > cap)
 		rc = -ENOSPC;
 	else if (!(rc = kvn_engine_gpus_copy_begin(eng->gpus, gpu, &stg, err, sizeof(err)))) {
