@@ -24,6 +24,7 @@
 #include "node/engine/config.h"
 #include "node/engine/engine.h"
 #include "node/cli/demo.h"
+#include "node/cli/doctor.h"
 #include "core/log.h"
 #include "core/pool.h"
 #include "node/cluster/membership.h"
@@ -64,6 +65,7 @@ static const char help_main[] =
     "  kvnode stat [--json] [--scheduler HOST:PORT]\n"
     "  kvnode scheduler [-c FILE] [--listen HOST:PORT]\n"
     "  kvnode demo [-c FILE]\n"
+    "  kvnode doctor [-c FILE] [--json]\n"
     "  kvnode help [COMMAND] | --help | --version\n"
     "\n"
     "COMMANDS\n"
@@ -76,6 +78,7 @@ static const char help_main[] =
     "          --scheduler, the cluster view: members, worker ids, chunks)\n"
     "  scheduler  run the membership service and chunk directory of a cluster\n"
     "  demo    a scheduler and 3 nodes: put chunks on one, read them on another by RDMA READ\n"
+    "  doctor  check RDMA bring-up (devices, ports, GID, MTU, memlock, GPUDirect) for a config\n"
     "  help    the manual of one command (also `kvnode COMMAND --help`)\n"
     "\n"
     "  Keys are LMCache CacheEngineKey strings (model@world_size@worker_id@hash@dtype\n"
@@ -959,6 +962,37 @@ cmd_scheduler(struct opts *o)
 }
 
 /* ------------------------------------------------------------------------------------------
+ * doctor (node/cli/doctor.c)
+ * ------------------------------------------------------------------------------------------ */
+
+static int
+cmd_doctor(struct opts *o)
+{
+	apply_log_level(o, KVN_LOG_ERROR);
+	struct kvn_config *cfg;
+	char err[1024];
+	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
+		return die(KVN_DR_FAIL, "doctor: %s", err);
+	struct kvn_doctor_facts *f = malloc(sizeof(*f));
+	struct kvn_doctor_report *r = malloc(sizeof(*r));
+	int rc = KVN_DR_FAIL;
+	if (!f || !r) {
+		die(KVN_DR_FAIL, "doctor: out of memory");
+	} else {
+		kvn_doctor_facts(cfg, NULL, f);
+		kvn_doctor_decide(cfg, f, r);
+		kvn_doctor_print(r, o->json, stdout);
+		rc = r->status;
+		if (fflush(stdout))
+			rc = die(KVN_DR_FAIL, "doctor: writing stdout: %s", strerror(errno));
+	}
+	free(f);
+	free(r);
+	kvn_config_free(cfg);
+	return rc;
+}
+
+/* ------------------------------------------------------------------------------------------
  * demo (node/cli/demo.c)
  * ------------------------------------------------------------------------------------------ */
 
@@ -1045,8 +1079,8 @@ static const struct command commands[] = {
      "  The config's auth_token is sent when the scheduler wants one.\n\n"
      "OPTIONS\n      --json           the node's statistics object, one line of JSON\n"
      "      --scheduler HOST:PORT  ask the scheduler there (scheduler_url form also\n"
-     "                       accepted) for the cluster view\n" HELP_COMMON
-     "\n" HELP_EXIT "\nEXAMPLES\n  kvnode stat --json | jq '.backends[0].hits'\n"
+     "                       accepted) for the cluster view\n" HELP_COMMON "\n" HELP_EXIT
+     "\nEXAMPLES\n  kvnode stat --json | jq '.backends[0].hits'\n"
      "  kvnode stat --scheduler 10.0.0.1:7470\n"},
     {"scheduler", cmd_scheduler, 0, 0, "listen",
      "NAME\n  kvnode scheduler - run the membership service and chunk directory\n\n"
@@ -1073,6 +1107,31 @@ static const struct command commands[] = {
      "\nEXIT STATUS\n  0 clean shutdown; 2 bad option or config; 3 cannot listen\n\n"
      "EXAMPLES\n  kvnode scheduler --listen 0.0.0.0:7470\n"
      "  kvnode stat --scheduler 127.0.0.1:7470\n"},
+    {"doctor", cmd_doctor, 0, 0, "json",
+     "NAME\n  kvnode doctor - check what RDMA bring-up needs, one line per check\n\n"
+     "SYNOPSIS\n  kvnode doctor [-c FILE] [--json]\n\n"
+     "DESCRIPTION\n"
+     "  Checks, for the config given (none: the embedded defaults), what breaks RDMA\n"
+     "  bring-up, and prints one line per check - ok, warn or fail, the check, what it\n"
+     "  found - with the fix under each line that needs one:\n"
+     "    rdma-devices  RDMA devices (sysfs), rdma_device among them\n"
+     "    port D/N      each port's state, physical state, link layer and rate\n"
+     "    gid D/N       RoCE: the GID table entry the node will use and why (gid_index,\n"
+     "                  or the RoCE v2 entry of the address listen binds)\n"
+     "    mtu D/N       active against maximum MTU (RoCE: from the netdev's MTU)\n"
+     "    transport     what transport: auto picks, and why\n"
+     "    memlock       ulimit -l against the pool (max_local_cpu_size) it must pin\n"
+     "    hugepages     free 2 MiB pages against the pool (hugepages: true)\n"
+     "    fork          whether a forked plugin can disturb registered memory\n"
+     "    gpu, gpudirect  with gpu: true|auto: the driver, nvidia-peermem, dma-buf\n"
+     "  Nothing is changed and no node is started. KVNODE_SYSFS=DIR reads DIR in place\n"
+     "  of /sys (a copy of another host's tree, or a test fixture).\n\n"
+     "OPTIONS\n      --json           one JSON object: status and every check (check,\n"
+     "                       status, what, fix)\n" HELP_COMMON
+     "\nEXIT STATUS\n  0 every check ok; 1 some warn, none fail; 2 some fail (or the config\n"
+     "  does not load)\n\n"
+     "EXAMPLES\n  kvnode doctor -c /etc/kvnode/kvnode.yaml\n"
+     "  kvnode doctor --json | jq '.checks[] | select(.status != \"ok\")'\n"},
     {"demo", cmd_demo, 0, 0, "",
      "NAME\n  kvnode demo - a scheduler and three nodes sharing KV-cache chunks\n\n"
      "SYNOPSIS\n  kvnode demo [-c FILE]\n\n"
@@ -1236,7 +1295,7 @@ main(int argc, char **argv)
 		if (!hc)
 			return die(EXIT_USAGE,
 				   "help: no command %s (commands: serve put get rm ls "
-				   "stat scheduler demo)",
+				   "stat scheduler demo doctor)",
 				   argv[cmd_at + 1]);
 		fputs(hc->help, stdout);
 		return EXIT_OK;

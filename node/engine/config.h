@@ -53,7 +53,7 @@ struct kvn_config {
 	char *gpu; /* "false" | "true" | "auto" | "N" (older form: true on device N) */
 	char **gpu_devices; /* CUDA ordinals as "N", default ["0"]; see kvn_config_gpu_devices */
 	size_t n_gpu_devices;
-	uint64_t max_gpu_size; /* bytes per device (config: GB), default 0; no gpu tier yet */
+	uint64_t max_gpu_size; /* bytes per device (config: GB), default 0: no gpu tier */
 	uint32_t heartbeat_ms; /* default 500 */
 	char *auth_token;	/* the cluster's secret; see kvn_config_resolve_token */
 	char *auth_token_file;	/* where it is read from when auth_token is not set */

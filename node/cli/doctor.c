@@ -1,0 +1,552 @@
+/* `kvnode doctor`: the facts (kvn_doctor_facts), the checks decided from them alone
+ * (kvn_doctor_decide), and their report (docs/doctor.md). */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/utsname.h>
+
+#include "core/netaddr.h"
+#include "gpu/gpu.h"
+#include "node/cli/doctor.h"
+#include "node/engine/config.h"
+
+#if KVN_HAVE_VERBS
+#include <infiniband/verbs.h>
+#endif
+
+#define MIB (1024.0 * 1024.0)
+
+/* ------------------------------------------------------------------------------------------
+ * Facts
+ * ------------------------------------------------------------------------------------------ */
+
+/* Bit 14 of CapEff in /proc/self/status: CAP_IPC_LOCK, which lifts RLIMIT_MEMLOCK. */
+static bool
+have_cap_ipc_lock(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	unsigned long long cap = 0;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "CapEff: %llx", &cap) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return cap & (1ull << 14);
+}
+
+static uint64_t
+read_u64(const char *root, const char *rel)
+{
+	char path[600];
+	snprintf(path, sizeof(path), "%s%s", root, rel);
+	FILE *f = fopen(path, "r");
+	unsigned long long v = 0;
+	if (f) {
+		if (fscanf(f, "%llu", &v) != 1)
+			v = 0;
+		fclose(f);
+	}
+	return v;
+}
+
+#if KVN_HAVE_VERBS
+static int
+mtu_bytes(enum ibv_mtu m)
+{
+	return m >= IBV_MTU_256 && m <= IBV_MTU_4096 ? 128 << m : 0;
+}
+
+/* Active and maximum MTU of each port from the device itself (not in sysfs). */
+static void
+query_mtus(struct kvn_doctor_facts *f)
+{
+	int n = 0;
+	struct ibv_device **list = ibv_get_device_list(&n);
+	for (int d = 0; list && d < n; d++) {
+		struct ibv_context *ctx = NULL;
+		for (int i = 0; i < f->nports; i++) {
+			if (strcmp(f->ports[i].dev, ibv_get_device_name(list[d])))
+				continue;
+			if (!ctx && !(ctx = ibv_open_device(list[d])))
+				break;
+			struct ibv_port_attr pa;
+			if (ibv_query_port(ctx, (uint8_t)f->ports[i].port, &pa) == 0) {
+				f->active_mtu[i] = mtu_bytes(pa.active_mtu);
+				f->max_mtu[i] = mtu_bytes(pa.max_mtu);
+			}
+		}
+		if (ctx)
+			ibv_close_device(ctx);
+	}
+	if (list)
+		ibv_free_device_list(list);
+}
+#endif
+
+void
+kvn_doctor_facts(const struct kvn_config *cfg, const char *root, struct kvn_doctor_facts *f)
+{
+	memset(f, 0, sizeof(*f));
+	f->sysfs = kvn_sysfs_root(root);
+	f->nports = kvn_sysfs_ports(f->sysfs, f->ports, KVN_DOCTOR_PORTS_MAX);
+	f->verbs_built = KVN_HAVE_VERBS;
+#if KVN_HAVE_VERBS
+	if (f->nports > 0 && !strcmp(f->sysfs, "/sys"))
+		query_mtus(f);
+#endif
+	struct rlimit rl;
+	f->memlock = getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+			 ? (uint64_t)rl.rlim_cur
+			 : UINT64_MAX;
+	f->cap_ipc_lock = have_cap_ipc_lock();
+	f->hugepages_free =
+	    read_u64(f->sysfs, "/kernel/mm/hugepages/hugepages-2048kB/free_hugepages");
+	struct utsname u;
+	if (uname(&u) == 0)
+		snprintf(f->kernel, sizeof(f->kernel), "%.64s", u.release);
+	int maj = 0, min = 0;
+	sscanf(f->kernel, "%d.%d", &maj, &min);
+	f->fork_unneeded = maj > 5 || (maj == 5 && min >= 13);
+	f->fork_safe_env = getenv("RDMAV_FORK_SAFE") || getenv("IBV_FORK_SAFE");
+	kvn_devreg_read_sysfs(f->sysfs, &f->peermem);
+	if (kvn_config_gpu_mode(cfg) != KVN_GPU_OFF) {
+		struct kvn_gpu *gpu = NULL;
+		f->gpu_rc = kvn_gpu_open(&gpu, f->gpu_why, sizeof(f->gpu_why));
+		if (f->gpu_rc == 0) {
+			f->ngpus = kvn_gpu_device_count(gpu);
+			f->gpu_dmabuf = kvn_gpu_has_dmabuf(gpu);
+			kvn_gpu_close(gpu);
+		}
+	}
+}
+
+/* ------------------------------------------------------------------------------------------
+ * Checks
+ * ------------------------------------------------------------------------------------------ */
+
+static struct kvn_doctor_check *add(struct kvn_doctor_report *r, int status, const char *name,
+				    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+static struct kvn_doctor_check *
+add(struct kvn_doctor_report *r, int status, const char *name, const char *fmt, ...)
+{
+	static struct kvn_doctor_check spare; /* past the last: dropped, never written out */
+	struct kvn_doctor_check *c = r->n < KVN_DOCTOR_CHECKS_MAX ? &r->c[r->n++] : &spare;
+	memset(c, 0, sizeof(*c));
+	c->status = status;
+	snprintf(c->name, sizeof(c->name), "%s", name);
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->what, sizeof(c->what), fmt, ap);
+	va_end(ap);
+	if (status > r->status)
+		r->status = status;
+	return c;
+}
+
+static void fix(struct kvn_doctor_check *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void
+fix(struct kvn_doctor_check *c, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(c->fix, sizeof(c->fix), fmt, ap);
+	va_end(ap);
+}
+
+static bool
+is_roce(const struct kvn_sysfs_port *p)
+{
+	return !strcmp(p->link_layer, "Ethernet");
+}
+
+/* The port the verbs transport opens: rdma_device's first active port, else the first active
+ * port of any device; -1 when none. */
+static int
+chosen_port(const struct kvn_config *cfg, const struct kvn_doctor_facts *f)
+{
+	for (int i = 0; i < f->nports; i++)
+		if (f->ports[i].active &&
+		    (!cfg->rdma_device || !strcmp(cfg->rdma_device, f->ports[i].dev)))
+			return i;
+	return -1;
+}
+
+static void
+check_devices(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
+	      struct kvn_doctor_report *r)
+{
+	if (f->nports < 0) {
+		struct kvn_doctor_check *c =
+		    add(r, KVN_DR_FAIL, "rdma-devices", "cannot read %s/class/infiniband: %s",
+			f->sysfs, strerror(-f->nports));
+		fix(c, "run doctor as a user that can read sysfs");
+		return;
+	}
+	if (f->nports == 0) {
+		struct kvn_doctor_check *c =
+		    add(r, KVN_DR_FAIL, "rdma-devices",
+			"no RDMA device (nothing under %s/class/infiniband): kvnode will use tcp",
+			f->sysfs);
+		fix(c, "load the NIC's RDMA driver (mlx5_ib, irdma, bnxt_re ...; rdma-core's "
+		       "ibv_devices lists what it finds), or for Soft-RoCE without such a NIC: "
+		       "rdma link add rxe0 type rxe netdev eth0");
+		return;
+	}
+	char list[300] = "";
+	size_t len = 0;
+	for (int i = 0; i < f->nports; i++)
+		if (i == 0 || strcmp(f->ports[i].dev, f->ports[i - 1].dev))
+			len += (size_t)snprintf(list + len,
+						len < sizeof(list) ? sizeof(list) - len : 0, "%s%s",
+						len ? ", " : "", f->ports[i].dev);
+	bool found = !cfg->rdma_device;
+	for (int i = 0; i < f->nports && !found; i++)
+		found = !strcmp(f->ports[i].dev, cfg->rdma_device);
+	if (!found) {
+		struct kvn_doctor_check *c =
+		    add(r, KVN_DR_FAIL, "rdma-devices", "rdma_device %s is not on this host (%s)",
+			cfg->rdma_device, list);
+		fix(c, "set rdma_device to one of %s, or leave it unset (the first active port)",
+		    list);
+		return;
+	}
+	add(r, KVN_DR_OK, "rdma-devices", "%s", list);
+	for (int i = 0; i < f->nports; i++) {
+		const struct kvn_sysfs_port *p = &f->ports[i];
+		char name[96];
+		snprintf(name, sizeof(name), "port %s/%u", p->dev, p->port);
+		if (p->active) {
+			add(r, KVN_DR_OK, name, "ACTIVE, %s, %s%s%s", p->link_layer,
+			    p->rate[0] ? p->rate : "rate unknown", p->netdev[0] ? ", netdev " : "",
+			    p->netdev);
+			continue;
+		}
+		bool used = cfg->rdma_device && !strcmp(cfg->rdma_device, p->dev);
+		struct kvn_doctor_check *c =
+		    add(r, used ? KVN_DR_FAIL : KVN_DR_WARN, name, "%s (physical state %s), %s",
+			p->state[0] ? p->state : "state unknown",
+			p->phys_state[0] ? p->phys_state : "unknown", p->link_layer);
+		if (is_roce(p))
+			fix(c,
+			    "bring the netdev up (ip link set %s up) and check its cable and "
+			    "switch port",
+			    p->netdev[0] ? p->netdev : "DEV");
+		else if (!strcmp(p->state, "INIT"))
+			fix(c, "the link is up but no subnet manager has configured it: run "
+			       "opensm on the fabric (or enable the switch's SM)");
+		else
+			fix(c, "check the cable and the switch port (ibstat %s %u)", p->dev,
+			    p->port);
+	}
+}
+
+static void
+check_gid(const struct kvn_config *cfg, const struct kvn_sysfs_port *p, struct kvn_doctor_report *r)
+{
+	char name[96], v2[200] = "";
+	size_t len = 0;
+	snprintf(name, sizeof(name), "gid %s/%u", p->dev, p->port);
+	for (size_t i = 0; i < p->ngids; i++)
+		if (!strcmp(p->gids[i].type, "RoCE v2"))
+			len += (size_t)snprintf(v2 + len, len < sizeof(v2) ? sizeof(v2) - len : 0,
+						"%s%d %s", len ? ", " : "", p->gids[i].index,
+						p->gids[i].addr);
+	if (cfg->gid_index >= 0) {
+		const struct kvn_sysfs_gid *g = NULL;
+		for (size_t i = 0; i < p->ngids && !g; i++)
+			if (p->gids[i].index == cfg->gid_index)
+				g = &p->gids[i];
+		if (!g) {
+			struct kvn_doctor_check *c = add(
+			    r, KVN_DR_FAIL, name, "gid_index %d is an empty entry", cfg->gid_index);
+			fix(c, "use a RoCE v2 entry (%s) or leave gid_index unset",
+			    v2[0] ? v2 : "none: give the netdev an IP address");
+		} else if (strcmp(g->type, "RoCE v2")) {
+			struct kvn_doctor_check *c =
+			    add(r, KVN_DR_WARN, name,
+				"gid_index %d is %s (%s): RoCE v1 is not routable", g->index,
+				g->type, g->addr);
+			fix(c, "use a RoCE v2 entry (%s)", v2[0] ? v2 : "none on this port");
+		} else {
+			add(r, KVN_DR_OK, name, "gid_index %d: RoCE v2, %s on %s", g->index,
+			    g->addr, g->ndev);
+		}
+		return;
+	}
+	if (!v2[0]) {
+		struct kvn_doctor_check *c =
+		    add(r, KVN_DR_WARN, name, "no RoCE v2 GID on this port");
+		fix(c, "give %s an IP address: its RoCE v2 GIDs appear with it",
+		    p->netdev[0] ? p->netdev : "the netdev");
+		return;
+	}
+	/* Without gid_index, rdma_cm picks the GID through the address the node binds. */
+	char host[KVN_HOST_MAX] = "";
+	uint16_t port;
+	char err[128];
+	const char *listen = cfg->listen ? cfg->listen : "127.0.0.1:0";
+	if (kvn_hostport_parse(listen, host, &port, err, sizeof(err)) < 0 ||
+	    kvn_host_is_loopback(host) || !strcmp(host, "0.0.0.0") || !strcmp(host, "::")) {
+		struct kvn_doctor_check *c =
+		    add(r, KVN_DR_WARN, name,
+			"listen is %s: rdma_cm binds no address of %s, so the GID is not chosen "
+			"(RoCE v2 GIDs: %s)",
+			listen, p->dev, v2);
+		fix(c, "set listen to an address of %s (for example %s:0), or gid_index",
+		    p->netdev[0] ? p->netdev : p->dev, p->gids[0].addr);
+		return;
+	}
+	for (size_t i = 0; i < p->ngids; i++)
+		if (!strcmp(p->gids[i].addr, host) && !strcmp(p->gids[i].type, "RoCE v2")) {
+			add(r, KVN_DR_OK, name,
+			    "GID index %d: RoCE v2, %s on %s (the address listen "
+			    "binds)",
+			    p->gids[i].index, host, p->gids[i].ndev);
+			return;
+		}
+	struct kvn_doctor_check *c =
+	    add(r, KVN_DR_FAIL, name, "listen %s is not a RoCE v2 GID of %s (they are: %s)", host,
+		p->dev, v2);
+	fix(c, "set listen to one of those addresses, or rdma_device to the device that has %s",
+	    host);
+}
+
+static void
+check_mtu(const struct kvn_doctor_facts *f, int i, struct kvn_doctor_report *r)
+{
+	const struct kvn_sysfs_port *p = &f->ports[i];
+	char name[96];
+	snprintf(name, sizeof(name), "mtu %s/%u", p->dev, p->port);
+	int active = f->active_mtu[i], max = f->max_mtu[i] ? f->max_mtu[i] : 4096;
+	if (!active && is_roce(p) && p->netdev_mtu)
+		active = kvn_roce_mtu(p->netdev_mtu);
+	if (!active) {
+		add(r, KVN_DR_OK, name, "not known from sysfs (ibv_devinfo shows active_mtu)");
+		return;
+	}
+	if (active >= max) {
+		add(r, KVN_DR_OK, name, "active %d, the maximum%s", active,
+		    is_roce(p) ? " (netdev MTU large enough)" : "");
+		return;
+	}
+	struct kvn_doctor_check *c;
+	if (is_roce(p)) {
+		c = add(r, KVN_DR_WARN, name, "active %d of %d: %s has MTU %d", active, max,
+			p->netdev[0] ? p->netdev : "the netdev", p->netdev_mtu);
+		fix(c,
+		    "set MTU 9000 on %s and on the switch ports (jumbo frames); every peer "
+		    "must run the same MTU",
+		    p->netdev[0] ? p->netdev : "the netdev");
+	} else {
+		c = add(r, KVN_DR_WARN, name, "active %d of %d", active, max);
+		fix(c, "the subnet manager sets the MTU: raise the partition's MTU (opensm "
+		       "partitions.conf mtu=5 for 4096); every peer must run the same MTU");
+	}
+}
+
+static uint64_t
+pinned_bytes(const struct kvn_config *cfg)
+{
+	return cfg->local_cpu ? cfg->max_local_cpu_size : 0;
+}
+
+static void
+check_memlock(const struct kvn_config *cfg, const struct kvn_doctor_facts *f, bool verbs,
+	      struct kvn_doctor_report *r)
+{
+	uint64_t need = pinned_bytes(cfg);
+	if (f->cap_ipc_lock || f->memlock == UINT64_MAX) {
+		add(r, KVN_DR_OK, "memlock", "%s: the %.0f MiB pool can be registered",
+		    f->cap_ipc_lock ? "CAP_IPC_LOCK (no limit applies)" : "unlimited",
+		    (double)need / MIB);
+		return;
+	}
+	if (f->memlock >= need) {
+		add(r, KVN_DR_OK, "memlock", "%.0f MiB, the pool needs %.0f MiB",
+		    (double)f->memlock / MIB, (double)need / MIB);
+		return;
+	}
+	struct kvn_doctor_check *c =
+	    add(r, verbs ? KVN_DR_FAIL : KVN_DR_WARN, "memlock",
+		"ulimit -l is %.0f MiB, below the %.0f MiB pool (max_local_cpu_size): %s",
+		(double)f->memlock / MIB, (double)need / MIB,
+		verbs ? "registering it with the NIC fails"
+		      : "tcp registers nothing, but verbs will fail to");
+	fix(c, "raise the limit: LimitMEMLOCK=infinity in the systemd unit (the package's "
+	       "kvnode.service has it), `ulimit -l unlimited` before kvnode serve, or "
+	       "'* - memlock unlimited' in /etc/security/limits.conf");
+}
+
+static void
+check_hugepages(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
+		struct kvn_doctor_report *r)
+{
+	uint64_t need = pinned_bytes(cfg), have = f->hugepages_free * 2 * 1024 * 1024;
+	if (!cfg->hugepages || !need) {
+		add(r, KVN_DR_OK, "hugepages", "not asked for (hugepages: false or no cpu tier)");
+		return;
+	}
+	if (have >= need) {
+		add(r, KVN_DR_OK, "hugepages",
+		    "%" PRIu64 " free 2 MiB pages hold the %.0f MiB pool", f->hugepages_free,
+		    (double)need / MIB);
+		return;
+	}
+	struct kvn_doctor_check *c = add(
+	    r, KVN_DR_OK, "hugepages",
+	    "%" PRIu64 " free 2 MiB pages, the pool needs %" PRIu64
+	    " (%.0f MiB): it uses transparent huge pages instead (kvnode stat shows the backing)",
+	    f->hugepages_free, (need + (2u << 20) - 1) / (2u << 20), (double)need / MIB);
+	fix(c, "for hugetlb pages: sysctl vm.nr_hugepages=%" PRIu64 " (optional)",
+	    (need + (2u << 20) - 1) / (2u << 20));
+}
+
+static void
+check_fork(const struct kvn_doctor_facts *f, struct kvn_doctor_report *r)
+{
+	if (f->fork_unneeded) {
+		add(r, KVN_DR_OK, "fork",
+		    "kernel %s copies pinned pages on fork: the plugins "
+		    "kvnode starts cannot disturb registered memory",
+		    f->kernel);
+		return;
+	}
+	if (f->fork_safe_env) {
+		add(r, KVN_DR_OK, "fork", "kernel %s, RDMAV_FORK_SAFE set", f->kernel);
+		return;
+	}
+	struct kvn_doctor_check *c =
+	    add(r, KVN_DR_WARN, "fork",
+		"kernel %s is older than 5.13 (no copy-on-fork of pinned pages): a plugin "
+		"forked by the node can corrupt registered memory",
+		f->kernel);
+	fix(c, "set RDMAV_FORK_SAFE=1 in the node's environment, or run no plugins");
+}
+
+static void
+check_gpu(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
+	  struct kvn_doctor_report *r)
+{
+	enum kvn_gpu_mode mode = kvn_config_gpu_mode(cfg);
+	if (mode == KVN_GPU_OFF) {
+		add(r, KVN_DR_OK, "gpu", "off (gpu: false)");
+		return;
+	}
+	if (f->gpu_rc) {
+		struct kvn_doctor_check *c =
+		    add(r, mode == KVN_GPU_ON ? KVN_DR_FAIL : KVN_DR_OK, "gpu", "gpu: %s: %s",
+			mode == KVN_GPU_ON ? "true, kvnode serve refuses to start"
+					   : "auto, no GPU used",
+			f->gpu_why);
+		if (mode == KVN_GPU_ON)
+			fix(c,
+			    "install the NVIDIA driver (libcuda.so.1), or set gpu: auto or false");
+		return;
+	}
+	add(r, KVN_DR_OK, "gpu", "%d CUDA device%s", f->ngpus, f->ngpus == 1 ? "" : "s");
+	if (f->peermem.peermem) {
+		add(r, KVN_DR_OK, "gpudirect",
+		    "nvidia-peermem is loaded (%s): GPU memory "
+		    "registers with the NIC directly",
+		    f->peermem.path);
+	} else if (f->gpu_dmabuf) {
+		add(r, KVN_DR_OK, "gpudirect",
+		    "the driver exports dma-buf; whether the NIC's "
+		    "provider takes it is found at start (kvnode stat)");
+	} else {
+		struct kvn_doctor_check *c =
+		    add(r, KVN_DR_WARN, "gpudirect",
+			"no GPUDirect: no nvidia-peermem (%s) and no dma-buf export in this "
+			"driver: peers read GPU memory through a host copy of it",
+			f->peermem.path);
+		fix(c, "modprobe nvidia-peermem, or a driver of CUDA 11.7+ with rdma-core 34+ "
+		       "for dma-buf");
+	}
+}
+
+void
+kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
+		  struct kvn_doctor_report *r)
+{
+	memset(r, 0, sizeof(*r));
+	check_devices(cfg, f, r);
+	int at = chosen_port(cfg, f);
+	const char *t = cfg->transport ? cfg->transport : "auto";
+	bool verbs = f->verbs_built && at >= 0 && strcmp(t, "tcp");
+	if (at >= 0) {
+		if (is_roce(&f->ports[at]))
+			check_gid(cfg, &f->ports[at], r);
+		for (int i = 0; i < f->nports; i++)
+			if (f->ports[i].active)
+				check_mtu(f, i, r);
+	}
+	struct kvn_doctor_check *c;
+	if (!strcmp(t, "tcp")) {
+		add(r, KVN_DR_OK, "transport", "tcp (transport: tcp)");
+	} else if (verbs) {
+		add(r, KVN_DR_OK, "transport", "%s picks verbs on %s port %u", t, f->ports[at].dev,
+		    f->ports[at].port);
+	} else if (!strcmp(t, "verbs")) {
+		c = add(r, KVN_DR_FAIL, "transport",
+			"transport: verbs, but %s: kvnode serve cannot start",
+			!f->verbs_built ? "this build has no verbs (rdma-core was not found)"
+					: "no RDMA device has an active port");
+		fix(c, "bring an RDMA port up (the lines above), or set transport: auto or tcp");
+	} else {
+		add(r, KVN_DR_OK, "transport", "auto picks tcp: %s",
+		    !f->verbs_built ? "this build has no verbs"
+				    : "no RDMA device has an active port");
+	}
+	check_memlock(cfg, f, verbs, r);
+	check_hugepages(cfg, f, r);
+	check_fork(f, r);
+	check_gpu(cfg, f, r);
+}
+
+const char *
+kvn_doctor_status_name(int status)
+{
+	return status == KVN_DR_FAIL ? "fail" : status == KVN_DR_WARN ? "warn" : "ok";
+}
+
+void
+kvn_doctor_print(const struct kvn_doctor_report *r, bool json, FILE *out)
+{
+	if (json) {
+		cJSON *root = cJSON_CreateObject();
+		cJSON_AddStringToObject(root, "status", kvn_doctor_status_name(r->status));
+		cJSON *arr = cJSON_AddArrayToObject(root, "checks");
+		for (size_t i = 0; i < r->n; i++) {
+			const struct kvn_doctor_check *c = &r->c[i];
+			cJSON *o = cJSON_CreateObject();
+			cJSON_AddStringToObject(o, "check", c->name);
+			cJSON_AddStringToObject(o, "status", kvn_doctor_status_name(c->status));
+			cJSON_AddStringToObject(o, "what", c->what);
+			if (c->fix[0])
+				cJSON_AddStringToObject(o, "fix", c->fix);
+			cJSON_AddItemToArray(arr, o);
+		}
+		char *text = cJSON_PrintUnformatted(root);
+		if (text)
+			fprintf(out, "%s\n", text);
+		free(text);
+		cJSON_Delete(root);
+		return;
+	}
+	for (size_t i = 0; i < r->n; i++) {
+		const struct kvn_doctor_check *c = &r->c[i];
+		fprintf(out, "%-4s  %-16s %s\n", kvn_doctor_status_name(c->status), c->name,
+			c->what);
+		if (c->fix[0])
+			fprintf(out, "      %-16s fix: %s\n", "", c->fix);
+	}
+}

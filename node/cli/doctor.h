@@ -1,0 +1,65 @@
+/* `kvnode doctor` (docs/doctor.md): the checks of what breaks RDMA bring-up, each decided from
+ * facts (sysfs, limits, the kernel, the GPU driver) gathered once, so that the tests can decide
+ * from fixture trees what a real device cannot give them. */
+#ifndef KVN_NODE_CLI_DOCTOR_H
+#define KVN_NODE_CLI_DOCTOR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "rdma/devreg.h"
+#include "rdma/sysfs.h"
+
+struct kvn_config;
+
+#define KVN_DOCTOR_PORTS_MAX  32
+#define KVN_DOCTOR_CHECKS_MAX 96
+
+enum kvn_doctor_status { KVN_DR_OK = 0, KVN_DR_WARN = 1, KVN_DR_FAIL = 2 };
+
+struct kvn_doctor_facts {
+	const char *sysfs; /* the root read ("/sys", or a fixture tree) */
+	int nports;	   /* ports found, or -errno reading the class directory */
+	struct kvn_sysfs_port ports[KVN_DOCTOR_PORTS_MAX];
+	/* From ibv_query_port on a real device (0: not known, as from a fixture tree). */
+	int active_mtu[KVN_DOCTOR_PORTS_MAX], max_mtu[KVN_DOCTOR_PORTS_MAX];
+	bool verbs_built;
+	uint64_t memlock;	 /* RLIMIT_MEMLOCK's soft limit, UINT64_MAX when unlimited */
+	bool cap_ipc_lock;	 /* the limit does not apply */
+	uint64_t hugepages_free; /* free 2 MiB hugetlb pages */
+	char kernel[80];	 /* uname release */
+	bool fork_unneeded; /* copy-on-fork: the kernel keeps pinned pages across fork (5.13+) */
+	bool fork_safe_env; /* RDMAV_FORK_SAFE or IBV_FORK_SAFE set */
+	struct kvn_devreg_sysfs peermem;
+	/* gpu != false: kvn_gpu_open's answer and what the driver has */
+	int gpu_rc;
+	char gpu_why[384];
+	int ngpus;
+	bool gpu_dmabuf;
+};
+
+struct kvn_doctor_check {
+	int status; /* enum kvn_doctor_status */
+	char name[96];
+	char what[400];
+	char fix[400]; /* "" when there is nothing to do */
+};
+
+struct kvn_doctor_report {
+	size_t n;
+	struct kvn_doctor_check c[KVN_DOCTOR_CHECKS_MAX];
+	int status; /* the worst */
+};
+
+/* Reads the facts for cfg from root (NULL: kvn_sysfs_root's choice), the process and, where
+ * there is one, the driver. */
+void kvn_doctor_facts(const struct kvn_config *cfg, const char *root, struct kvn_doctor_facts *f);
+/* The checks, decided from f alone. */
+void kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
+		       struct kvn_doctor_report *r);
+/* One line per check (and its fix under it), or one JSON object. */
+void kvn_doctor_print(const struct kvn_doctor_report *r, bool json, FILE *out);
+const char *kvn_doctor_status_name(int status);
+
+#endif
