@@ -109,6 +109,70 @@ Test(cluster, a_chunk_put_on_one_node_is_read_by_another_byte_for_byte)
 	cluster_down(&f);
 }
 
+/* kvnode doctor --peers connects to every member the scheduler lists and READs its pool. */
+Test(cluster, doctor_peers_reads_from_every_member_and_names_a_dead_one)
+{
+	struct fixture f;
+	cluster_up(&f, NULL, NULL, true);
+	char out[300];
+	snprintf(out, sizeof(out), "%s/doctor.json", f.dir);
+	const char *argv[] = {KVN_BINARY_DIR "/kvnode",
+			      "doctor",
+			      "-c",
+			      f.a.cfg,
+			      "--peers",
+			      "--scheduler",
+			      f.s.addr,
+			      "--json",
+			      NULL};
+	struct proc_opts po = {.stdout_path = out};
+	int rc = proc_run(argv, &po, 60000);
+	char *text = proc_read_file(out, NULL);
+	cr_assert_not_null(text);
+	cJSON *j = cJSON_Parse(text);
+	cr_assert_not_null(j, "rc %d: %s", rc, text);
+	int ok = 0;
+	const cJSON *c;
+	cJSON_ArrayForEach(c, cJSON_GetObjectItem(j, "checks"))
+	{
+		const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(c, "check"));
+		const char *st = cJSON_GetStringValue(cJSON_GetObjectItem(c, "status"));
+		const char *what = cJSON_GetStringValue(cJSON_GetObjectItem(c, "what"));
+		if (strncmp(name, "peer ", 5))
+			continue;
+		cr_assert_str_eq(st, "ok", "%s: %s", name, what);
+		cr_assert(strstr(what, "over tcp: connected in") && strstr(what, "a READ of 64 B"),
+			  "%s", what);
+		ok++;
+	}
+	cr_assert_eq(ok, 3, "peer checks for node-a, node-b, node-c: %s", text);
+	cJSON_Delete(j);
+	free(text);
+
+	/* a member killed without a goodbye is still listed until it expires: named, failed */
+	cnode_kill(&f.b);
+	snprintf(out, sizeof(out), "%s/doctor.txt", f.dir);
+	const char *argv2[] = {KVN_BINARY_DIR "/kvnode",
+			       "doctor",
+			       "-c",
+			       f.a.cfg,
+			       "--peers",
+			       "--scheduler",
+			       f.s.addr,
+			       NULL};
+	rc = proc_run(argv2, &po, 60000);
+	text = proc_read_file(out, NULL);
+	cr_assert_not_null(text);
+	const char *line = strstr(text, "peer node-b");
+	if (line) { /* else it expired first: nothing to say about it */
+		cr_assert(!strncmp(line - 6, "fail  ", 6), "%s", text);
+		cr_assert(strstr(line, "cannot connect"), "%s", text);
+		cr_assert_eq(rc, 2, "exit %d: %s", rc, text);
+	}
+	free(text);
+	cluster_down(&f);
+}
+
 /* The scheduler's log line for node-b's expiry, with the silence it measured. */
 static bool
 expired(void *arg)

@@ -10,9 +10,12 @@
 #include <sys/resource.h>
 #include <sys/utsname.h>
 
+#include "core/clock.h"
 #include "core/netaddr.h"
 #include "gpu/gpu.h"
 #include "node/cli/doctor.h"
+#include "node/cluster/cluster.h"
+#include "node/cluster/membership.h"
 #include "node/engine/config.h"
 
 #if KVN_HAVE_VERBS
@@ -510,6 +513,146 @@ kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_facts *f
 	check_hugepages(cfg, f, r);
 	check_fork(f, r);
 	check_gpu(cfg, f, r);
+}
+
+/* ------------------------------------------------------------------------------------------
+ * --peers: one READ of every member's pool
+ * ------------------------------------------------------------------------------------------ */
+
+#define PEER_TIMEOUT_MS 5000
+#define PEER_READ	64
+
+/* A member's pool descriptor from the scheduler's hex "region". */
+static int
+member_region(const cJSON *m, struct kvn_mem_desc *d)
+{
+	const char *hex = cJSON_GetStringValue(cJSON_GetObjectItem(m, "region"));
+	uint8_t blob[32];
+	size_t n = 0;
+	while (hex && n < sizeof(blob) && hex[2 * n] && hex[2 * n + 1]) {
+		unsigned v;
+		if (sscanf(hex + 2 * n, "%2x", &v) != 1)
+			return -EPROTO;
+		blob[n++] = (uint8_t)v;
+	}
+	return kvn_cluster_region_decode(blob, n, d);
+}
+
+/* Connects to one member and READs PEER_READ bytes of its pool, timed. */
+static void
+read_member(const struct kvn_transport_ops *ops, struct kvn_transport *tp, struct kvn_tp_mr *mr,
+	    void *buf, const cJSON *m, struct kvn_doctor_report *r)
+{
+	const char *mname = cJSON_GetStringValue(cJSON_GetObjectItem(m, "name"));
+	const char *addr = cJSON_GetStringValue(cJSON_GetObjectItem(m, "data_addr"));
+	const char *mt = cJSON_GetStringValue(cJSON_GetObjectItem(m, "transport"));
+	int wid = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(m, "worker_id"));
+	char name[96], err[512];
+	snprintf(name, sizeof(name), "peer %s", mname ? mname : "?");
+	struct kvn_mem_desc d;
+	struct kvn_doctor_check *c;
+	if (!addr || !*addr || member_region(m, &d) < 0) {
+		c = add(r, KVN_DR_FAIL, name, "worker %d published no data address or region", wid);
+		fix(c, "the member joined without a transport (scheduler_url unset at its start?)");
+		return;
+	}
+	if (mt && strcmp(mt, ops->name)) {
+		c = add(r, KVN_DR_FAIL, name,
+			"worker %d at %s serves over %s, this host reads over %s", wid, addr, mt,
+			ops->name);
+		fix(c, "set the same transport on every node (verbs needs an active port on both)");
+		return;
+	}
+	struct kvn_tp_ep *ep = NULL;
+	uint64_t t0 = kvn_now_ns();
+	int rc = ops->connect(tp, addr, PEER_TIMEOUT_MS, &ep, err, sizeof(err));
+	uint64_t t1 = kvn_now_ns();
+	if (rc) {
+		c = add(r, KVN_DR_FAIL, name, "worker %d at %s: cannot connect: %s", wid, addr,
+			err);
+		fix(c, "%s",
+		    rc == -EACCES ? "set the same auth_token on every node"
+				  : "check that the node runs and that its listen address "
+				    "is reachable from here (routes, firewall)");
+		return;
+	}
+	struct kvn_read rd = {.local = buf,
+			      .local_mr = mr,
+			      .remote_addr = d.addr,
+			      .rkey = d.rkey,
+			      .len = d.len < PEER_READ ? d.len : PEER_READ};
+	rc = kvn_transport_read_sync(ops, ep, &rd, 1, err, sizeof(err));
+	uint64_t t2 = kvn_now_ns();
+	ops->ep_close(ep);
+	if (rc) {
+		c = add(r, KVN_DR_FAIL, name, "worker %d at %s: connected, but a READ failed: %s",
+			wid, addr, err);
+		fix(c, "%s",
+		    rc == -EACCES ? "the member's registration changed (restarted?): run "
+				    "doctor again"
+				  : "check the fabric between the hosts (ib_read_lat)");
+		return;
+	}
+	add(r, KVN_DR_OK, name,
+	    "worker %d at %s over %s: connected in %.1f ms, a READ of %llu B "
+	    "in %.1f us",
+	    wid, addr, ops->name, (double)(t1 - t0) / 1e6, (unsigned long long)rd.len,
+	    (double)(t2 - t1) / 1e3);
+}
+
+void
+kvn_doctor_peers(const struct kvn_config *cfg, const char *scheduler, struct kvn_doctor_report *r)
+{
+	const char *sched = scheduler ? scheduler : cfg->scheduler_url;
+	char err[1024], *json = NULL;
+	struct kvn_doctor_check *c;
+	if (!sched) {
+		c = add(r, KVN_DR_FAIL, "peers", "no scheduler to ask for the members");
+		fix(c, "set scheduler_url in the config or give --scheduler HOST:PORT");
+		return;
+	}
+	int rc = kvn_membership_fetch_stats(sched, cfg->auth_token, PEER_TIMEOUT_MS, &json, err,
+					    sizeof(err));
+	cJSON *root = rc ? NULL : cJSON_Parse(json);
+	free(json);
+	if (!root) {
+		c = add(r, KVN_DR_FAIL, "peers", "scheduler %s: %s", sched,
+			rc ? err : "its member list is not JSON");
+		fix(c, "check that the scheduler runs there and that auth_token matches");
+		return;
+	}
+	struct kvn_transport_cfg tcfg = {KVN_TRANSPORT_CFG_INIT, .rdma_device = cfg->rdma_device,
+					 .gid_index = cfg->gid_index, .auth_token = cfg->auth_token,
+					 .timeout_ms = PEER_TIMEOUT_MS};
+	const struct kvn_transport_ops *ops = kvn_transport_by_name(
+	    cfg->transport ? cfg->transport : "auto", &tcfg, err, sizeof(err));
+	struct kvn_transport *tp = NULL;
+	struct kvn_tp_mr *mr = NULL;
+	struct kvn_mem_desc desc;
+	void *buf = aligned_alloc(4096, 4096);
+	if (!ops || !buf || ops->open(&tcfg, &tp, err, sizeof(err)) ||
+	    ops->reg_mem(tp, buf, 4096, KVN_MEM_HOST, &mr, &desc, err, sizeof(err))) {
+		c = add(r, KVN_DR_FAIL, "peers", "cannot open the %s transport here: %s",
+			ops ? ops->name : "configured", buf ? err : "out of memory");
+		fix(c, "see the checks above");
+	} else {
+		size_t n = 0;
+		const cJSON *m;
+		cJSON_ArrayForEach(m, cJSON_GetObjectItem(root, "members"))
+		{
+			const char *state = cJSON_GetStringValue(cJSON_GetObjectItem(m, "state"));
+			if (state && !strcmp(state, "alive"))
+				read_member(ops, tp, mr, buf, m, r), n++;
+		}
+		if (!n)
+			add(r, KVN_DR_WARN, "peers", "scheduler %s has no live member", sched);
+	}
+	if (mr)
+		ops->dereg(mr);
+	if (tp)
+		ops->close(tp);
+	free(buf);
+	cJSON_Delete(root);
 }
 
 const char *

@@ -58,6 +58,11 @@ void kvn_doctor_facts(const struct kvn_config *cfg, const char *root, struct kvn
 /* The checks, decided from f alone. */
 void kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
 		       struct kvn_doctor_report *r);
+/* `--peers`: one "peer NAME" check per live member of the scheduler (scheduler, else
+ * cfg->scheduler_url): a connect and a READ of its pool over the configured transport, timed.
+ * cfg->auth_token must be resolved already. */
+void kvn_doctor_peers(const struct kvn_config *cfg, const char *scheduler,
+		      struct kvn_doctor_report *r);
 /* One line per check (and its fix under it), or one JSON object. */
 void kvn_doctor_print(const struct kvn_doctor_report *r, bool json, FILE *out);
 const char *kvn_doctor_status_name(int status);

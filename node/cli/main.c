@@ -65,7 +65,7 @@ static const char help_main[] =
     "  kvnode stat [--json] [--scheduler HOST:PORT]\n"
     "  kvnode scheduler [-c FILE] [--listen HOST:PORT]\n"
     "  kvnode demo [-c FILE]\n"
-    "  kvnode doctor [-c FILE] [--json]\n"
+    "  kvnode doctor [-c FILE] [--peers] [--json]\n"
     "  kvnode help [COMMAND] | --help | --version\n"
     "\n"
     "COMMANDS\n"
@@ -109,7 +109,8 @@ struct opts {
 	const char *output;
 	bool json;
 	const char *listen; /* scheduler: --listen */
-	const char *scheduler; /* stat: --scheduler */
+	const char *scheduler; /* stat, doctor: --scheduler */
+	bool peers;	       /* doctor: --peers */
 	int verbose;
 	int log_level; /* -1: not given */
 	const struct command *cmd;
@@ -973,6 +974,11 @@ cmd_doctor(struct opts *o)
 	char err[1024];
 	if (kvn_config_load(o->config, &cfg, err, sizeof(err)) < 0)
 		return die(KVN_DR_FAIL, "doctor: %s", err);
+	/* --peers reads with this host's token, as the node does: read, never created. */
+	if (o->peers && kvn_config_resolve_token(cfg, false, err, sizeof(err)) < 0) {
+		kvn_config_free(cfg);
+		return die(KVN_DR_FAIL, "doctor: %s", err);
+	}
 	struct kvn_doctor_facts *f = malloc(sizeof(*f));
 	struct kvn_doctor_report *r = malloc(sizeof(*r));
 	int rc = KVN_DR_FAIL;
@@ -981,6 +987,8 @@ cmd_doctor(struct opts *o)
 	} else {
 		kvn_doctor_facts(cfg, NULL, f);
 		kvn_doctor_decide(cfg, f, r);
+		if (o->peers)
+			kvn_doctor_peers(cfg, o->scheduler, r);
 		kvn_doctor_print(r, o->json, stdout);
 		rc = r->status;
 		if (fflush(stdout))
@@ -1107,9 +1115,9 @@ static const struct command commands[] = {
      "\nEXIT STATUS\n  0 clean shutdown; 2 bad option or config; 3 cannot listen\n\n"
      "EXAMPLES\n  kvnode scheduler --listen 0.0.0.0:7470\n"
      "  kvnode stat --scheduler 127.0.0.1:7470\n"},
-    {"doctor", cmd_doctor, 0, 0, "json",
+    {"doctor", cmd_doctor, 0, 0, "json peers scheduler",
      "NAME\n  kvnode doctor - check what RDMA bring-up needs, one line per check\n\n"
-     "SYNOPSIS\n  kvnode doctor [-c FILE] [--json]\n\n"
+     "SYNOPSIS\n  kvnode doctor [-c FILE] [--peers [--scheduler HOST:PORT]] [--json]\n\n"
      "DESCRIPTION\n"
      "  Checks, for the config given (none: the embedded defaults), what breaks RDMA\n"
      "  bring-up, and prints one line per check - ok, warn or fail, the check, what it\n"
@@ -1124,9 +1132,14 @@ static const struct command commands[] = {
      "    hugepages     free 2 MiB pages against the pool (hugepages: true)\n"
      "    fork          whether a forked plugin can disturb registered memory\n"
      "    gpu, gpudirect  with gpu: true|auto: the driver, nvidia-peermem, dma-buf\n"
+     "    peer NAME     with --peers: every live member the scheduler lists, connected to\n"
+     "                  over the configured transport and read (64 bytes of its pool),\n"
+     "                  with the connect and READ times\n"
      "  Nothing is changed and no node is started. KVNODE_SYSFS=DIR reads DIR in place\n"
      "  of /sys (a copy of another host's tree, or a test fixture).\n\n"
-     "OPTIONS\n      --json           one JSON object: status and every check (check,\n"
+     "OPTIONS\n      --peers          also READ from every member (needs a scheduler)\n"
+     "      --scheduler HOST:PORT  the scheduler to ask (default: scheduler_url)\n"
+     "      --json           one JSON object: status and every check (check,\n"
      "                       status, what, fix)\n" HELP_COMMON
      "\nEXIT STATUS\n  0 every check ok; 1 some warn, none fail; 2 some fail (or the config\n"
      "  does not load)\n\n"
@@ -1180,7 +1193,7 @@ print_version(void)
 	       KVN_HAVE_CUDA ? "yes" : "no");
 }
 
-enum { OPT_NODE = 256, OPT_LOG_LEVEL, OPT_VERSION, OPT_JSON, OPT_LISTEN, OPT_SCHEDULER };
+enum { OPT_NODE = 256, OPT_LOG_LEVEL, OPT_VERSION, OPT_JSON, OPT_LISTEN, OPT_SCHEDULER, OPT_PEERS };
 
 static const struct option long_opts[] = {
     {"config", required_argument, NULL, 'c'},
@@ -1194,6 +1207,7 @@ static const struct option long_opts[] = {
     {"json", no_argument, NULL, OPT_JSON},
     {"listen", required_argument, NULL, OPT_LISTEN},
     {"scheduler", required_argument, NULL, OPT_SCHEDULER},
+    {"peers", no_argument, NULL, OPT_PEERS},
     {0},
 };
 
@@ -1248,6 +1262,14 @@ parse_opts(int argc, char **argv, const struct command *cmd, struct opts *o)
 		case OPT_VERSION:
 			print_version();
 			return EXIT_OK;
+		case OPT_PEERS:
+			if (!cmd || !strstr(cmd->opt_allowed, "peers"))
+				return die(EXIT_USAGE,
+					   "option --peers does not apply to `kvnode %s` "
+					   "(see kvnode %s --help)",
+					   where ? where : "", where ? where : "");
+			o->peers = true;
+			break;
 		case 'o':
 		case OPT_JSON: {
 			const char *name = ch == 'o' ? "output" : "json";

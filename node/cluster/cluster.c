@@ -31,7 +31,7 @@ struct gpu_reg {
 	struct kvn_mem_desc desc;
 	bool mirrored; /* host staging won: the tier keeps the transport's area current */
 };
-#define REGION_BLOB	24 /* addr u64 | len u64 | rkey u32 | zero u32, little-endian */
+#define REGION_BLOB KVN_CLUSTER_REGION_BLOB
 
 struct kvn_cluster {
 	const struct kvn_transport_ops *ops;
@@ -520,4 +520,20 @@ struct kvn_membership *
 kvn_cluster_membership(struct kvn_cluster *c)
 {
 	return c->owned;
+}
+
+int
+kvn_cluster_region_decode(const uint8_t *blob, size_t n, struct kvn_mem_desc *out)
+{
+	if (n < REGION_BLOB)
+		return -EPROTO;
+	uint64_t v[3] = {0, 0, 0};
+	for (int f = 0; f < 3; f++)
+		for (int i = 0; i < (f < 2 ? 8 : 4); i++)
+			v[f] |= (uint64_t)blob[8 * f + i] << (8 * i);
+	memset(out, 0, sizeof(*out));
+	out->addr = v[0];
+	out->len = v[1];
+	out->rkey = (uint32_t)v[2];
+	return 0;
 }

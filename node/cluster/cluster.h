@@ -37,6 +37,10 @@ int kvn_cluster_held(struct kvn_cluster *c, const struct kvn_digest *keys, size_
 /* The data listener's counters (connections, refusals); all zero when c is NULL or its
  * transport keeps none. */
 struct kvn_transport_stats;
+/* The region descriptor a node joins with (its pool as peers address it): addr u64 | len u64 |
+ * rkey u32 | zero u32, little-endian. decode: -EPROTO when n is shorter. */
+#define KVN_CLUSTER_REGION_BLOB 24
+int kvn_cluster_region_decode(const uint8_t *blob, size_t n, struct kvn_mem_desc *out);
 void kvn_cluster_listener_stats(struct kvn_cluster *c, struct kvn_transport_stats *out);
 
 #endif

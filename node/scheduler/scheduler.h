@@ -53,6 +53,10 @@ struct kvn_sched_member_stats {
 	uint64_t capacity;
 	uint64_t chunks; /* directory entries it published */
 	int64_t last_heartbeat_ms_ago;
+	/* The first bytes of the region descriptors it joined with (opaque to the scheduler:
+	 * a node's pool, kvn_cluster_region_decode), for `kvnode doctor --peers`. */
+	uint8_t region[32];
+	size_t region_len;
 };
 
 /* The scheduler's counters and members at one moment: what STATS replies with (as JSON) and

@@ -592,6 +592,9 @@ kvn_scheduler_stats(struct kvn_scheduler *s, struct kvn_sched_stats *out)
 		o->capacity = m->capacity;
 		o->chunks = kvn_dir_worker_entries(s->dir, id);
 		o->last_heartbeat_ms_ago = now - m->last_beat_ms;
+		o->region_len = m->blob_len < sizeof(o->region) ? m->blob_len : sizeof(o->region);
+		if (o->region_len)
+			memcpy(o->region, m->blob, o->region_len);
 	}
 	return 0;
 }
@@ -643,6 +646,12 @@ kvn_scheduler_stats_json(struct kvn_scheduler *s)
 		cJSON_AddNumberToObject(o, "last_heartbeat_ms_ago", (double)m->last_heartbeat_ms_ago);
 		cJSON_AddBoolToObject(o, "connected", m->connected);
 		cJSON_AddStringToObject(o, "peer", m->peer);
+		if (m->region_len) {
+			char hex[2 * sizeof(m->region) + 1];
+			for (size_t k = 0; k < m->region_len; k++)
+				snprintf(hex + 2 * k, 3, "%02x", m->region[k]);
+			cJSON_AddStringToObject(o, "region", hex);
+		}
 		cJSON_AddItemToArray(arr, o);
 	}
 	kvn_sched_stats_free(&st);
