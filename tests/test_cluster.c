@@ -109,26 +109,30 @@ Test(cluster, a_chunk_put_on_one_node_is_read_by_another_byte_for_byte)
 	cluster_down(&f);
 }
 
+/* `kvnode doctor --peers` with node-a's config against the fixture's scheduler; *text gets
+ * what it printed (JSON with json). Returns its exit status. */
+static int
+doctor_peers(struct fixture *f, bool json, char **text)
+{
+	char out[300];
+	snprintf(out, sizeof(out), "%s/doctor.out", f->dir);
+	const char *argv[] = {
+	    KVN_BINARY_DIR "/kvnode", "doctor", "-c", f->a.cfg, "--peers", "--scheduler", f->s.addr,
+	    json ? "--json" : NULL,   NULL};
+	struct proc_opts po = {.stdout_path = out};
+	int rc = proc_run(argv, &po, 60000);
+	*text = proc_read_file(out, NULL);
+	cr_assert_not_null(*text, "doctor --peers printed nothing (exit %d)", rc);
+	return rc;
+}
+
 /* kvnode doctor --peers connects to every member the scheduler lists and READs its pool. */
 Test(cluster, doctor_peers_reads_from_every_member_and_names_a_dead_one)
 {
 	struct fixture f;
 	cluster_up(&f, NULL, NULL, true);
-	char out[300];
-	snprintf(out, sizeof(out), "%s/doctor.json", f.dir);
-	const char *argv[] = {KVN_BINARY_DIR "/kvnode",
-			      "doctor",
-			      "-c",
-			      f.a.cfg,
-			      "--peers",
-			      "--scheduler",
-			      f.s.addr,
-			      "--json",
-			      NULL};
-	struct proc_opts po = {.stdout_path = out};
-	int rc = proc_run(argv, &po, 60000);
-	char *text = proc_read_file(out, NULL);
-	cr_assert_not_null(text);
+	char *text;
+	int rc = doctor_peers(&f, true, &text);
 	cJSON *j = cJSON_Parse(text);
 	cr_assert_not_null(j, "rc %d: %s", rc, text);
 	int ok = 0;
@@ -151,18 +155,7 @@ Test(cluster, doctor_peers_reads_from_every_member_and_names_a_dead_one)
 
 	/* a member killed without a goodbye is still listed until it expires: named, failed */
 	cnode_kill(&f.b);
-	snprintf(out, sizeof(out), "%s/doctor.txt", f.dir);
-	const char *argv2[] = {KVN_BINARY_DIR "/kvnode",
-			       "doctor",
-			       "-c",
-			       f.a.cfg,
-			       "--peers",
-			       "--scheduler",
-			       f.s.addr,
-			       NULL};
-	rc = proc_run(argv2, &po, 60000);
-	text = proc_read_file(out, NULL);
-	cr_assert_not_null(text);
+	rc = doctor_peers(&f, false, &text);
 	const char *line = strstr(text, "peer node-b");
 	if (line) { /* else it expired first: nothing to say about it */
 		cr_assert(!strncmp(line - 6, "fail  ", 6), "%s", text);

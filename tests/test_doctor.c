@@ -165,7 +165,8 @@ Test(doctor, the_gid_check_names_the_entry_and_why)
 {
 	roce_port("rxe0", "4: ACTIVE\n", "eth0", 9000);
 	decide("listen: 127.0.0.1:0\n");
-	expect("gid rxe0/1", KVN_DR_WARN, "rdma_cm binds no address of rxe0", "address of eth0");
+	expect("gid rxe0/1", KVN_DR_WARN, "rdma_cm binds no address of rxe0",
+	       "address of eth0 (for example 10.0.0.5:0)");
 	decide("listen: 10.9.9.9:0\n");
 	expect("gid rxe0/1", KVN_DR_FAIL,
 	       "10.9.9.9 is not a RoCE v2 GID of rxe0 (they are: 1 "
@@ -177,6 +178,20 @@ Test(doctor, the_gid_check_names_the_entry_and_why)
 	expect("gid rxe0/1", KVN_DR_FAIL, "gid_index 4 is an empty entry", "RoCE v2 entry");
 	decide("gid_index: 3\n");
 	expect("gid rxe0/1", KVN_DR_OK, "gid_index 3: RoCE v2, 10.0.0.5 on eth0", NULL);
+}
+
+Test(doctor, a_listen_address_on_another_device_than_the_first_active_one_names_it)
+{
+	roce_port("rxe0", "4: ACTIVE\n", "eth0", 9000);
+	put_file("4: ACTIVE\n", "class/infiniband/rxe1/ports/1/state");
+	put_file("Ethernet\n", "class/infiniband/rxe1/ports/1/link_layer");
+	put_file("0000:0000:0000:0000:0000:ffff:0a01:0001", "class/infiniband/rxe1/ports/1/gids/1");
+	put_file("RoCE v2", "class/infiniband/rxe1/ports/1/gid_attrs/types/1");
+	put_file("eth1", "class/infiniband/rxe1/ports/1/gid_attrs/ndevs/1");
+	decide("listen: 10.1.0.1:0\n");
+	expect("gid rxe0/1", KVN_DR_FAIL, "it is one of rxe1", "set rdma_device: rxe1");
+	decide("listen: 10.1.0.1:0\nrdma_device: rxe1\n");
+	expect("gid rxe1/1", KVN_DR_OK, "GID index 1: RoCE v2, 10.1.0.1 on eth1", NULL);
 }
 
 Test(doctor, a_netdev_mtu_of_1500_runs_roce_at_1024_and_says_how_to_get_4096)

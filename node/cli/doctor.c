@@ -252,8 +252,39 @@ check_devices(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
 	}
 }
 
+/* An example listen address of p: its first RoCE v2 IPv4 GID, else its first v2 GID
+ * (bracketed IPv6). */
 static void
-check_gid(const struct kvn_config *cfg, const struct kvn_sysfs_port *p, struct kvn_doctor_report *r)
+listen_example(const struct kvn_sysfs_port *p, char *out, size_t len)
+{
+	const struct kvn_sysfs_gid *pick = NULL;
+	for (size_t i = 0; i < p->ngids; i++)
+		if (!strcmp(p->gids[i].type, "RoCE v2") &&
+		    (!pick || (strchr(pick->addr, ':') && !strchr(p->gids[i].addr, ':'))))
+			pick = &p->gids[i];
+	if (!pick)
+		snprintf(out, len, "ADDRESS:0");
+	else if (strchr(pick->addr, ':'))
+		snprintf(out, len, "[%s]:0", pick->addr);
+	else
+		snprintf(out, len, "%s:0", pick->addr);
+}
+
+/* The port other than p whose RoCE v2 GIDs hold host, or NULL. */
+static const struct kvn_sysfs_port *
+port_with_addr(const struct kvn_doctor_facts *f, const struct kvn_sysfs_port *p, const char *host)
+{
+	for (int i = 0; i < f->nports; i++)
+		for (size_t k = 0; &f->ports[i] != p && k < f->ports[i].ngids; k++)
+			if (!strcmp(f->ports[i].gids[k].addr, host) &&
+			    !strcmp(f->ports[i].gids[k].type, "RoCE v2"))
+				return &f->ports[i];
+	return NULL;
+}
+
+static void
+check_gid(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
+	  const struct kvn_sysfs_port *p, struct kvn_doctor_report *r)
 {
 	char name[96], v2[200] = "";
 	size_t len = 0;
@@ -304,8 +335,10 @@ check_gid(const struct kvn_config *cfg, const struct kvn_sysfs_port *p, struct k
 			"listen is %s: rdma_cm binds no address of %s, so the GID is not chosen "
 			"(RoCE v2 GIDs: %s)",
 			listen, p->dev, v2);
-		fix(c, "set listen to an address of %s (for example %s:0), or gid_index",
-		    p->netdev[0] ? p->netdev : p->dev, p->gids[0].addr);
+		char ex[80];
+		listen_example(p, ex, sizeof(ex));
+		fix(c, "set listen to an address of %s (for example %s), or gid_index",
+		    p->netdev[0] ? p->netdev : p->dev, ex);
 		return;
 	}
 	for (size_t i = 0; i < p->ngids; i++)
@@ -316,11 +349,20 @@ check_gid(const struct kvn_config *cfg, const struct kvn_sysfs_port *p, struct k
 			    p->gids[i].index, host, p->gids[i].ndev);
 			return;
 		}
+	const struct kvn_sysfs_port *other = port_with_addr(f, p, host);
 	struct kvn_doctor_check *c =
-	    add(r, KVN_DR_FAIL, name, "listen %s is not a RoCE v2 GID of %s (they are: %s)", host,
-		p->dev, v2);
-	fix(c, "set listen to one of those addresses, or rdma_device to the device that has %s",
-	    host);
+	    add(r, KVN_DR_FAIL, name, "listen %s is not a RoCE v2 GID of %s (they are: %s)%s%s",
+		host, p->dev, v2, other ? ": it is one of " : "", other ? other->dev : "");
+	if (other)
+		fix(c,
+		    "set rdma_device: %s, the device of %s (without rdma_device the node "
+		    "registers its memory on the first active port, %s)",
+		    other->dev, host, p->dev);
+	else
+		fix(c,
+		    "set listen to one of those addresses, or rdma_device to the device that "
+		    "has %s",
+		    host);
 }
 
 static void
@@ -487,7 +529,7 @@ kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_facts *f
 	bool verbs = f->verbs_built && at >= 0 && strcmp(t, "tcp");
 	if (at >= 0) {
 		if (is_roce(&f->ports[at]))
-			check_gid(cfg, &f->ports[at], r);
+			check_gid(cfg, f, &f->ports[at], r);
 		for (int i = 0; i < f->nports; i++)
 			if (f->ports[i].active)
 				check_mtu(f, i, r);
