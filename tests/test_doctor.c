@@ -282,6 +282,18 @@ Test(doctor, gpu_checks_follow_the_gpu_mode_and_what_the_driver_has)
 	kvn_devreg_read_sysfs(root, &facts.peermem);
 	kvn_doctor_decide(cfg, &facts, &rep);
 	expect("gpudirect", KVN_DR_OK, "nvidia-peermem is loaded", NULL);
+	/* the start probe's answers, one line per GPU: staging is news on verbs, not on tcp */
+	facts.ngpu_reg = 3;
+	facts.gpu_reg_rc[0] = 0, facts.gpu_reg_method[0] = KVN_REG_STAGING;
+	snprintf(facts.gpu_reg_why[0], sizeof(facts.gpu_reg_why[0]), "verbs");
+	facts.gpu_reg_rc[1] = 0, facts.gpu_reg_method[1] = KVN_REG_STAGING;
+	snprintf(facts.gpu_reg_why[1], sizeof(facts.gpu_reg_why[1]), "tcp");
+	facts.gpu_reg_rc[2] = -EOPNOTSUPP, facts.gpu_reg_method[2] = KVN_REG_NONE;
+	snprintf(facts.gpu_reg_why[2], sizeof(facts.gpu_reg_why[2]), "dma-buf passed over: x");
+	kvn_doctor_decide(cfg, &facts, &rep);
+	expect("gpu 0 memory", KVN_DR_WARN, "registers with verbs by host staging", "no GPUDirect");
+	expect("gpu 1 memory", KVN_DR_OK, "registers with tcp by host staging", NULL);
+	expect("gpu 2 memory", KVN_DR_WARN, "does not register: dma-buf passed over: x", NULL);
 }
 
 /* ------------------------------------------------------------------------------------------

@@ -339,6 +339,27 @@ Test(gpu_device, a_node_records_how_its_gpus_memory_registers_in_its_stats)
 	kvn_config_free(cfg);
 }
 
+/* kvnode doctor on a GPU host runs the same registration probe as a node's start. */
+Test(gpu_device, doctor_shows_how_each_gpus_memory_registers)
+{
+	kvn_gpu_close(gpu_or_skip());
+	char dir[256], out[300];
+	cr_assert_eq(proc_mkdtemp("gpu-doctor", dir, sizeof(dir)), 0);
+	snprintf(out, sizeof(out), "%s/doctor.txt", dir);
+	const char *argv[] = {KVN_BINARY_DIR "/kvnode", "doctor", NULL};
+	const char *env[] = {"KVNODE_GPU=true", "KVNODE_TRANSPORT=tcp", NULL};
+	struct proc_opts po = {.stdout_path = out, .env = env};
+	int rc = proc_run(argv, &po, 120000);
+	char *text = proc_read_file(out, NULL);
+	cr_assert_not_null(text, "doctor printed nothing (exit %d)", rc);
+	cr_log_info("%s", text);
+	cr_assert(strstr(text, "gpu 0 memory") &&
+		      strstr(text, "registers with tcp by host staging"),
+		  "%s", text);
+	free(text);
+	proc_rm_tree(dir);
+}
+
 /* What the device-buffer tests move: a pattern put on the host, a device source and a device
  * destination of MAX bytes each, and the bytes copied back from the destination. */
 enum { DEV_MAX = 32 << 20 };

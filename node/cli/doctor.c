@@ -92,6 +92,44 @@ query_mtus(struct kvn_doctor_facts *f)
 }
 #endif
 
+/* The registration ladder on each GPU, with the transport the node would open: what kvnode
+ * stat shows after a start, found without starting one. */
+static void
+probe_gpus(const struct kvn_config *cfg, struct kvn_gpu *gpu, struct kvn_doctor_facts *f)
+{
+	char err[512];
+	struct kvn_transport_cfg tcfg = {KVN_TRANSPORT_CFG_INIT, .rdma_device = cfg->rdma_device,
+					 .gid_index = cfg->gid_index};
+	const struct kvn_transport_ops *ops = kvn_transport_by_name(
+	    cfg->transport ? cfg->transport : "auto", &tcfg, err, sizeof(err));
+	struct kvn_transport *tp = NULL;
+	int rc = !ops ? -EINVAL : ops->open(&tcfg, &tp, err, sizeof(err));
+	if (rc == 0 && (!KVN_ABI_HAS(ops, reg_dev) || !ops->reg_dev)) {
+		rc = -EOPNOTSUPP;
+		snprintf(err, sizeof(err), "the %s transport registers no device memory",
+			 ops->name);
+	}
+	f->ngpu_reg = f->ngpus < 8 ? f->ngpus : 8;
+	for (int i = 0; i < f->ngpu_reg; i++) {
+		struct kvn_gpu_info in;
+		struct kvn_reg_report rep = {KVN_REG_REPORT_INIT};
+		char why[512];
+		f->gpu_reg_method[i] = KVN_REG_NONE;
+		f->gpu_reg_rc[i] = rc ? rc : kvn_gpu_device_info(gpu, i, &in, why, sizeof(why));
+		if (f->gpu_reg_rc[i] == 0)
+			f->gpu_reg_rc[i] =
+			    kvn_cluster_gpu_probe(ops, tp, gpu, &in, &rep, why, sizeof(why));
+		if (f->gpu_reg_rc[i] == 0)
+			snprintf(why, sizeof(why), "%s", ops->name);
+		else if (rc)
+			snprintf(why, sizeof(why), "%s", err);
+		f->gpu_reg_method[i] = rep.method;
+		snprintf(f->gpu_reg_why[i], sizeof(f->gpu_reg_why[i]), "%.399s", why);
+	}
+	if (tp)
+		ops->close(tp);
+}
+
 void
 kvn_doctor_facts(const struct kvn_config *cfg, const char *root, struct kvn_doctor_facts *f)
 {
@@ -124,6 +162,7 @@ kvn_doctor_facts(const struct kvn_config *cfg, const char *root, struct kvn_doct
 		if (f->gpu_rc == 0) {
 			f->ngpus = kvn_gpu_device_count(gpu);
 			f->gpu_dmabuf = kvn_gpu_has_dmabuf(gpu);
+			probe_gpus(cfg, gpu, f);
 			kvn_gpu_close(gpu);
 		}
 	}
@@ -498,6 +537,28 @@ check_gpu(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
 		return;
 	}
 	add(r, KVN_DR_OK, "gpu", "%d CUDA device%s", f->ngpus, f->ngpus == 1 ? "" : "s");
+	for (int i = 0; i < f->ngpu_reg; i++) {
+		char name[32];
+		snprintf(name, sizeof(name), "gpu %d memory", i);
+		if (f->gpu_reg_rc[i] == 0) {
+			/* tcp has no NIC: staging is its only way, nothing to fix */
+			bool nic = f->gpu_reg_method[i] == KVN_REG_STAGING &&
+				   strcmp(f->gpu_reg_why[i], "tcp");
+			struct kvn_doctor_check *c =
+			    add(r, nic ? KVN_DR_WARN : KVN_DR_OK, name, "registers with %s by %s",
+				f->gpu_reg_why[i], kvn_reg_method_name(f->gpu_reg_method[i]));
+			if (nic)
+				fix(c, "no GPUDirect on this NIC: see the gpudirect line; peers "
+				       "read a "
+				       "host copy of GPU memory meanwhile");
+		} else {
+			struct kvn_doctor_check *c =
+			    add(r, KVN_DR_WARN, name, "does not register: %s", f->gpu_reg_why[i]);
+			fix(c,
+			    "the node serves its GPU memory to itself only; kvnode stat shows the "
+			    "same after a start");
+		}
+	}
 	if (f->peermem.peermem) {
 		add(r, KVN_DR_OK, "gpudirect",
 		    "nvidia-peermem is loaded (%s): GPU memory "

@@ -37,6 +37,13 @@ struct kvn_doctor_facts {
 	char gpu_why[384];
 	int ngpus;
 	bool gpu_dmabuf;
+	/* How each GPU's memory registers with the transport the node would open (the start
+	 * probe of kvn_cluster_gpu_probe); gpu_reg_rc[i] < 0: no way won, or not probed
+	 * (gpu_reg_why says why). */
+	int ngpu_reg;
+	int gpu_reg_rc[8];
+	int gpu_reg_method[8];
+	char gpu_reg_why[8][400];
 };
 
 struct kvn_doctor_check {

@@ -330,6 +330,28 @@ gpu_register_tier(struct kvn_cluster *c, struct kvn_engine *eng, size_t i)
 	return 1;
 }
 
+int
+kvn_cluster_gpu_probe(const struct kvn_transport_ops *ops, struct kvn_transport *tp,
+		      struct kvn_gpu *gpu, const struct kvn_gpu_info *in,
+		      struct kvn_reg_report *rep, char *err, size_t errlen)
+{
+	struct kvn_gpu_mem *m = NULL;
+	int rc = kvn_gpu_mem_alloc(gpu, in->index, GPU_PROBE_BYTES, &m, err, errlen);
+	if (rc < 0)
+		return -ENOMEM; /* nothing was tried */
+	struct kvn_gpu_dev_src ctx;
+	struct kvn_dev_mem src;
+	struct kvn_tp_mr *mr = NULL;
+	struct kvn_mem_desc d;
+	kvn_gpu_dev_mem(gpu, in, &ctx, &src);
+	rc = ops->reg_dev(tp, (void *)(uintptr_t)kvn_gpu_mem_ptr(m), GPU_PROBE_BYTES, &src, &mr, &d,
+			  rep, err, errlen);
+	if (rc == 0)
+		ops->dereg(mr);
+	kvn_gpu_mem_free(m);
+	return rc;
+}
+
 static void
 gpu_probe(struct kvn_cluster *c, struct kvn_engine *eng)
 {
@@ -339,7 +361,6 @@ gpu_probe(struct kvn_cluster *c, struct kvn_engine *eng)
 	for (size_t i = 0; i < n; i++) {
 		const struct kvn_gpu_info *in = kvn_engine_gpus_info(g, i);
 		char err[768] = "";
-		struct kvn_gpu_mem *m = NULL;
 		if (!KVN_ABI_HAS(c->ops, reg_dev) || !c->ops->reg_dev) {
 			snprintf(err, sizeof(err), "the %s transport registers no device memory",
 				 c->ops->name);
@@ -348,30 +369,17 @@ gpu_probe(struct kvn_cluster *c, struct kvn_engine *eng)
 		}
 		if (gpu_register_tier(c, eng, i) != 0)
 			continue;
-		int rc = kvn_gpu_mem_alloc(gpu, in->index, GPU_PROBE_BYTES, &m, err, sizeof(err));
-		if (rc < 0) {
-			kvn_warn("cluster", "GPU %d: no registration probe: %s", in->index, err);
-			kvn_engine_gpus_set_reg(g, i, c->ops->name, NULL, err);
-			continue;
-		}
-		struct kvn_gpu_dev_src ctx;
-		struct kvn_dev_mem src;
 		struct kvn_reg_report rep = {KVN_REG_REPORT_INIT};
-		struct kvn_tp_mr *mr = NULL;
-		struct kvn_mem_desc d;
-		kvn_gpu_dev_mem(gpu, in, &ctx, &src);
-		rc = c->ops->reg_dev(c->tp, (void *)(uintptr_t)kvn_gpu_mem_ptr(m), GPU_PROBE_BYTES,
-				     &src, &mr, &d, &rep, err, sizeof(err));
+		int rc = kvn_cluster_gpu_probe(c->ops, c->tp, gpu, in, &rep, err, sizeof(err));
 		if (rc == 0) {
-			kvn_info("cluster", "%s: its memory registers with %s by %s", ctx.name,
-				 c->ops->name, kvn_reg_method_name(rep.method));
-			c->ops->dereg(mr);
+			kvn_info("cluster", "GPU %d (%s): its memory registers with %s by %s",
+				 in->index, in->name, c->ops->name,
+				 kvn_reg_method_name(rep.method));
 			kvn_engine_gpus_set_reg(g, i, c->ops->name, &rep, NULL);
 		} else {
-			kvn_warn("cluster", "%s", err);
-			kvn_engine_gpus_set_reg(g, i, c->ops->name, &rep, err);
+			kvn_warn("cluster", "GPU %d: %s", in->index, err);
+			kvn_engine_gpus_set_reg(g, i, c->ops->name, rep.nsteps ? &rep : NULL, err);
 		}
-		kvn_gpu_mem_free(m);
 	}
 }
 

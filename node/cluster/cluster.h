@@ -37,6 +37,16 @@ int kvn_cluster_held(struct kvn_cluster *c, const struct kvn_digest *keys, size_
 /* The data listener's counters (connections, refusals); all zero when c is NULL or its
  * transport keeps none. */
 struct kvn_transport_stats;
+/* How GPU in's memory registers with the transport (ops, tp): a 2 MiB allocation down the
+ * ladder, rep filled, the registration and the allocation dropped. 0 when a way won; else
+ * -errno with err set: rep->nsteps is 0 when the probe could not even be allocated, else rep
+ * has every step's reason. kvnode stat and kvnode doctor report the same. */
+struct kvn_gpu;
+struct kvn_gpu_info;
+int kvn_cluster_gpu_probe(const struct kvn_transport_ops *ops, struct kvn_transport *tp,
+			  struct kvn_gpu *gpu, const struct kvn_gpu_info *in,
+			  struct kvn_reg_report *rep, char *err, size_t errlen);
+
 /* The region descriptor a node joins with (its pool as peers address it): addr u64 | len u64 |
  * rkey u32 | zero u32, little-endian. decode: -EPROTO when n is shorter. */
 #define KVN_CLUSTER_REGION_BLOB 24
