@@ -625,20 +625,34 @@ kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_facts *f
 #define PEER_TIMEOUT_MS 5000
 #define PEER_READ	64
 
+static int
+hex_digit(char c)
+{
+	return c >= '0' && c <= '9'   ? c - '0'
+	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
+	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
+				      : -1;
+}
+
+int
+kvn_doctor_region_hex(const char *hex, struct kvn_mem_desc *d)
+{
+	uint8_t blob[32];
+	size_t n = 0;
+	while (hex && n < sizeof(blob) && hex[2 * n] && hex[2 * n + 1]) {
+		int hi = hex_digit(hex[2 * n]), lo = hex_digit(hex[2 * n + 1]);
+		if (hi < 0 || lo < 0)
+			return -EPROTO;
+		blob[n++] = (uint8_t)(hi << 4 | lo);
+	}
+	return kvn_cluster_region_decode(blob, n, d);
+}
+
 /* A member's pool descriptor from the scheduler's hex "region". */
 static int
 member_region(const cJSON *m, struct kvn_mem_desc *d)
 {
-	const char *hex = cJSON_GetStringValue(cJSON_GetObjectItem(m, "region"));
-	uint8_t blob[32];
-	size_t n = 0;
-	while (hex && n < sizeof(blob) && hex[2 * n] && hex[2 * n + 1]) {
-		unsigned v;
-		if (sscanf(hex + 2 * n, "%2x", &v) != 1)
-			return -EPROTO;
-		blob[n++] = (uint8_t)v;
-	}
-	return kvn_cluster_region_decode(blob, n, d);
+	return kvn_doctor_region_hex(cJSON_GetStringValue(cJSON_GetObjectItem(m, "region")), d);
 }
 
 /* Connects to one member and READs PEER_READ bytes of its pool, timed. */
@@ -649,7 +663,9 @@ read_member(const struct kvn_transport_ops *ops, struct kvn_transport *tp, struc
 	const char *mname = cJSON_GetStringValue(cJSON_GetObjectItem(m, "name"));
 	const char *addr = cJSON_GetStringValue(cJSON_GetObjectItem(m, "data_addr"));
 	const char *mt = cJSON_GetStringValue(cJSON_GetObjectItem(m, "transport"));
-	int wid = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(m, "worker_id"));
+	const cJSON *w = cJSON_GetObjectItem(m, "worker_id");
+	double wv = cJSON_IsNumber(w) ? w->valuedouble : -1;
+	int wid = wv >= 0 && wv < 1e9 ? (int)wv : -1;
 	char name[96], err[512];
 	snprintf(name, sizeof(name), "peer %s", mname ? mname : "?");
 	struct kvn_mem_desc d;

@@ -70,6 +70,10 @@ void kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_fac
  * cfg->auth_token must be resolved already. */
 void kvn_doctor_peers(const struct kvn_config *cfg, const char *scheduler,
 		      struct kvn_doctor_report *r);
+/* A member's pool descriptor from the hex "region" of the scheduler's member list (untrusted:
+ * whatever a scheduler sends). 0, or -EPROTO for a bad digit or fewer than 24 bytes. */
+struct kvn_mem_desc;
+int kvn_doctor_region_hex(const char *hex, struct kvn_mem_desc *d);
 /* One line per check (and its fix under it), or one JSON object. */
 void kvn_doctor_print(const struct kvn_doctor_report *r, bool json, FILE *out);
 const char *kvn_doctor_status_name(int status);
