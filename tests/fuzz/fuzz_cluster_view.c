@@ -56,7 +56,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	text[size] = '\0';
 	int rc = kvn_cli_print_cluster(text, devnull);
 	cJSON *j = cJSON_Parse(text);
-	bool view = cJSON_IsObject(j) && cJSON_IsArray(cJSON_GetObjectItem(j, "members"));
+	bool view =
+	    cJSON_IsObject(j) && cJSON_IsArray(cJSON_GetObjectItemCaseSensitive(j, "members"));
 	FZ_ASSERT((rc == 0) == view && (rc == 0 || rc == -EPROTO),
 		  "print_cluster %d for input that %s a cluster view", rc, view ? "is" : "is not");
 	const cJSON *m;
