@@ -22,6 +22,8 @@ struct bench_opts {
 	int depth; /* client: requests in flight (kvn_client_submit) */
 	/* peer mode */
 	const char *transport; /* tcp | verbs | auto */
+	const char *rdma_device; /* verbs: the device to open (and ib_read_bw's -d); NULL: the
+				  * first with an active port */
 	const char *connect; /* HOST:PORT of a running responder; NULL = start one */
 	const char *remote_desc; /* with connect: the responder's "serving ..." line */
 	const char *listen; /* --serve: address to listen on */

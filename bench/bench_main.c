@@ -130,6 +130,8 @@ static const char usage[] =
     "                       pattern, print \"serving T HOST:PORT addr=0x.. len=N rkey=0x..\"\n"
     "                       and serve until SIGTERM\n"
     "    --listen HOST:PORT peer --serve: where to listen (default 127.0.0.1:0)\n"
+    "    --rdma-device DEV  peer, verbs: the RDMA device to open on both sides, and\n"
+    "                       ib_read_bw's -d (default: the first with an active port)\n"
     "    --entries N        scheduler: directory entries for the memory row (default\n"
     "                       10000000)\n"
     "    --url URL          remote: the redis:// store to measure (default: start one)\n"
@@ -218,7 +220,8 @@ enum {
 	O_URL,
 	O_PEER,
 	O_DEPTH,
-	O_DEVICE
+	O_DEVICE,
+	O_RDMA_DEVICE
 };
 
 static const struct option longopts[] = {
@@ -241,6 +244,7 @@ static const struct option longopts[] = {
     {"peer", no_argument, NULL, O_PEER},
     {"depth", required_argument, NULL, O_DEPTH},
     {"device", required_argument, NULL, O_DEVICE},
+    {"rdma-device", required_argument, NULL, O_RDMA_DEVICE},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, O_VERSION},
@@ -339,6 +343,9 @@ parse_opts(int argc, char **argv, struct bench_opts *o)
 		case O_CONNECT: o->connect = optarg; break;
 		case O_REMOTE: o->remote_desc = optarg; break;
 		case O_LISTEN: o->listen = optarg; break;
+		case O_RDMA_DEVICE:
+			o->rdma_device = optarg;
+			break;
 		case O_SERVE: o->serve = true; break;
 		case O_URL: o->url = optarg; break;
 		case O_PEER: o->peer = true; break;

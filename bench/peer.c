@@ -33,7 +33,7 @@ open_transport(const struct bench_opts *o, const struct kvn_transport_ops **ops,
 {
 	char err[256] = "";
 	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
-					.conns_per_peer = o->conns};
+					.conns_per_peer = o->conns, .rdma_device = o->rdma_device};
 	*ops = kvn_transport_by_name(o->transport, &cfg, err, sizeof(err));
 	int rc = *ops ? (*ops)->open(&cfg, tp, err, sizeof(err)) : -EINVAL;
 	if (rc < 0)
@@ -391,8 +391,8 @@ run_sizes(const struct bench_opts *o, struct run *r, const char *transport_name,
 				rc = measure(r, o->inflight, o->duration_s, &it[s][t], &gb[s][t]);
 			/* ib_read_bw runs per size, on the same device as the reads above. */
 			if (!rc && o->baseline && verbs &&
-			    (base[s][t] = bench_verbs_baseline_gbps(pi->addr, r->size, it[s][t],
-								    o->inflight)) < 0)
+			    (base[s][t] = bench_verbs_baseline_gbps(
+				 pi->addr, o->rdma_device, r->size, it[s][t], o->inflight)) < 0)
 				rc = -EIO;
 		}
 		if (!rc && o->baseline && !verbs && (base[0][t] = iperf3_gbps()) < 0)

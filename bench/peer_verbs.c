@@ -63,14 +63,17 @@ parse_bw(FILE *f, size_t size)
 }
 
 double
-bench_verbs_baseline_gbps(const char *peer_addr, size_t size, uint64_t iterations, int inflight)
+bench_verbs_baseline_gbps(const char *peer_addr, const char *device, size_t size,
+			  uint64_t iterations, int inflight)
 {
 	char dev[64], host[128], sz[32], iters[24], depth[16], port[16];
 	const char *colon = strrchr(peer_addr, ':');
 	double gbps = -EIO;
 	pid_t srv;
 
-	if (active_device(dev, sizeof(dev)) < 0) {
+	if (device)
+		snprintf(dev, sizeof(dev), "%s", device);
+	else if (active_device(dev, sizeof(dev)) < 0) {
 		fprintf(stderr, "kvnode-bench: ib_read_bw baseline: no RDMA device with an active "
 				"port\n");
 		return -ENODEV;
@@ -130,9 +133,10 @@ bench_verbs_baseline_gbps(const char *peer_addr, size_t size, uint64_t iteration
 #else
 
 double
-bench_verbs_baseline_gbps(const char *peer_addr, size_t size, uint64_t iterations, int inflight)
+bench_verbs_baseline_gbps(const char *peer_addr, const char *device, size_t size,
+			  uint64_t iterations, int inflight)
 {
-	(void)peer_addr, (void)size, (void)iterations, (void)inflight;
+	(void)peer_addr, (void)device, (void)size, (void)iterations, (void)inflight;
 	fprintf(stderr, "kvnode-bench: this build has no verbs (libibverbs was not found)\n");
 	return -EOPNOTSUPP;
 }

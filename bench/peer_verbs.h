@@ -6,9 +6,9 @@
 #include <stdint.h>
 
 /* ib_read_bw's average bandwidth (1e9 B/s) for iterations reads of size bytes, inflight posted at
- * once, from peer_addr's host over rdma_cm on the first active RDMA device (the one the verbs
- * transport picks by default); or a negative errno with the reason on stderr. */
-double bench_verbs_baseline_gbps(const char *peer_addr, size_t size, uint64_t iterations,
-				 int inflight);
+ * once, from peer_addr's host over rdma_cm on device (NULL: the first active RDMA device, the
+ * one the verbs transport picks by default); or a negative errno with the reason on stderr. */
+double bench_verbs_baseline_gbps(const char *peer_addr, const char *device, size_t size,
+				 uint64_t iterations, int inflight);
 
 #endif

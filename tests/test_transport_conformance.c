@@ -27,12 +27,20 @@
 #define DEADLINE_MS 120000 /* ours, for a loaded 2-core machine under sanitizers */
 #define BENCH KVN_BINARY_DIR "/kvnode-bench"
 
-/* Where owners listen: loopback, or (inside the rxe VM) the address the runner names. */
+/* Where owners listen: loopback, or (inside the rxe VM) the address the runner names; and the
+ * RDMA device both sides open (NULL: the first active one), one rail of the VM per run. */
 static const char *
 test_host(void)
 {
 	const char *h = getenv("KVN_TEST_TRANSPORT_HOST");
 	return h && *h ? h : "127.0.0.1";
+}
+
+static const char *
+test_device(void)
+{
+	const char *d = getenv("KVN_TEST_RDMA_DEVICE");
+	return d && *d ? d : NULL;
 }
 
 struct fx {
@@ -52,7 +60,7 @@ open_impl(const char *name, const struct kvn_transport_ops **ops, struct kvn_tra
 {
 	char err[256] = "";
 	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
-					.timeout_ms = TIMEOUT_MS};
+					.timeout_ms = TIMEOUT_MS, .rdma_device = test_device()};
 	*ops = kvn_transport_by_name(name, &cfg, err, sizeof(err));
 	if (!*ops)
 		cr_skip_test("transport %s: %s", name, err);
@@ -79,7 +87,8 @@ fx_setup(struct fx *f, const char *name)
 	char err[256] = "", addr[160];
 	cr_assert_eq(
 	    f->ops->open(&(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
-						     .timeout_ms = TIMEOUT_MS},
+						     .timeout_ms = TIMEOUT_MS,
+						     .rdma_device = test_device()},
 			 &f->reader, err, sizeof(err)),
 	    0, "%s", err);
 	f->region = xalloc(REGION);
@@ -452,8 +461,11 @@ child_start(struct child *c, const char *name)
 	snprintf(err, sizeof(err), "%s/serve.err", c->dir);
 	snprintf(c->out, sizeof(c->out), "%s/serve.out", c->dir);
 	unlink(c->out);
-	const char *argv[] = { BENCH, "peer", "--serve", "--transport", name, "--listen", listen,
-			       "--sizes", "4M", NULL };
+	const char *dev = test_device();
+	const char *argv[] = {
+	    BENCH,	"peer", "--serve", "--transport", name,
+	    "--listen", listen, "--sizes", "4M",	  dev ? "--rdma-device" : NULL,
+	    dev,	NULL};
 	struct proc_opts o = { .stdout_path = c->out, .stderr_path = err };
 	cr_assert_eq(proc_spawn(&c->p, argv, &o), 0);
 	cr_assert(proc_wait_for(serving_line, c, DEADLINE_MS),
@@ -742,7 +754,7 @@ tok_reader_open(struct fx *f, struct tok_reader *r, const char *token)
 {
 	char err[256] = "";
 	struct kvn_transport_cfg cfg = {KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
-					.timeout_ms = TIMEOUT_MS};
+					.timeout_ms = TIMEOUT_MS, .rdma_device = test_device()};
 	/* A copy that dies before the instance does: open must keep only what it needs. */
 	char *copy = token ? strdup(token) : NULL;
 	cfg.auth_token = copy;
@@ -816,7 +828,8 @@ t_auth_token(const char *name)
 	char *token = strdup("cluster-secret-1");
 	cr_assert_eq(
 	    f.ops->open(&(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
-						    .timeout_ms = TIMEOUT_MS, .auth_token = token},
+						    .timeout_ms = TIMEOUT_MS, .auth_token = token,
+						    .rdma_device = test_device()},
 			&f.owner, err, sizeof(err)),
 	    0, "%s", err);
 	free(token);
@@ -832,12 +845,12 @@ t_auth_token(const char *name)
 	/* The fixture's own reader holds the right token: f.ep is the good reader. */
 	f.dst = xalloc(REGION);
 	struct kvn_mem_desc d;
-	cr_assert_eq(
-	    f.ops->open(&(struct kvn_transport_cfg){KVN_TRANSPORT_CFG_INIT, .gid_index = -1,
-						    .timeout_ms = TIMEOUT_MS,
-						    .auth_token = "cluster-secret-1"},
-			&f.reader, err, sizeof(err)),
-	    0, "%s", err);
+	cr_assert_eq(f.ops->open(
+			 &(struct kvn_transport_cfg){
+			     KVN_TRANSPORT_CFG_INIT, .gid_index = -1, .timeout_ms = TIMEOUT_MS,
+			     .auth_token = "cluster-secret-1", .rdma_device = test_device()},
+			 &f.reader, err, sizeof(err)),
+		     0, "%s", err);
 	cr_assert_eq(f.ops->reg_mem(f.reader, f.dst, REGION, KVN_MEM_HOST, &f.dst_mr, &d, err,
 				    sizeof(err)),
 		     0, "%s", err);
