@@ -7,8 +7,9 @@
  * Locking: `copy` is held for every transfer and for every change that frees device memory
  * (put, remove, eviction), so a get that found a slot under `copy` reads it while nothing can
  * free or reuse its block. `lock` guards the index, the block list, the LRU and the counts, and
- * is held for lookups and pointer updates only: contains, pin and stats never wait behind a
- * copy. Order: copy, then lock; the spill into the cpu tier runs under copy only. */
+ * is held for lookups and pointer updates (and a dropped slot's 8-byte generation write) only:
+ * contains, pin and stats never wait behind a chunk's copy. Order: copy, then lock; the spill
+ * into the cpu tier runs under copy only. */
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack (write_slot) */
 #include <errno.h>
 #include <inttypes.h>
