@@ -550,6 +550,12 @@ Test(gpu_device, a_gpu_tier_holds_chunks_in_device_memory_and_evicts_when_full)
 	cr_assert_eq(kvn_storage_tier(st, 0, &name, &s), 0);
 	cr_assert(s.count > 0 && s.count < N, "the gpu tier holds %" PRIu64 " of %d", s.count, N);
 	cr_assert_gt(s.evictions, 0);
+	bool gpu;
+	cr_assert_eq(kvn_storage_tier_moved(st, 0, &gpu), 0, "cpu held every chunk evicted");
+	cr_assert(gpu);
+	char *json = kvn_engine_stats_json(eng);
+	cr_assert(strstr(json, "\"moved_to_cpu\":0"), "%s", json);
+	free(json);
 	uint64_t hits = s.hits;
 	for (int i = N - 1; i >= 0; i--) {
 		char key[96];

@@ -584,6 +584,11 @@ Test(storage, what_the_gpu_tier_evicts_moves_into_cpu_when_cpu_lacks_it)
 	cr_assert_eq(kvn_gpu_tier_spilled(gpu), 1,
 		     "%" PRIu64 " chunks moved into cpu: only key 100 was not there already",
 		     kvn_gpu_tier_spilled(gpu));
+	bool is_gpu;
+	cr_assert_eq(kvn_storage_tier_moved(st, 0, &is_gpu), 1);
+	cr_assert(is_gpu);
+	cr_assert_eq(kvn_storage_tier_moved(st, 1, &is_gpu), 0);
+	cr_assert_not(is_gpu, "tier 1 is cpu");
 	expect_n(100, 64 * 1024, 0x64);
 	cr_assert_gt(tier(0, "gpu7").evictions, 0);
 	close_gpu_tier(&h);

@@ -262,6 +262,10 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 		cJSON_AddNumberToObject(t, "puts", (double)s.puts);
 		cJSON_AddNumberToObject(t, "evictions", (double)s.evictions);
 		cJSON_AddNumberToObject(t, "errors", (double)s.errors);
+		bool gpu;
+		uint64_t moved = kvn_storage_tier_moved(eng->st, i, &gpu);
+		if (gpu)
+			cJSON_AddNumberToObject(t, "moved_to_cpu", (double)moved);
 		cJSON_AddItemToArray(tiers, t);
 	}
 	struct kvn_remote_status rs;

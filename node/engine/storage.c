@@ -1170,6 +1170,15 @@ kvn_storage_tier_io(struct kvn_storage *st, size_t i, uint64_t *read, uint64_t *
 }
 
 uint64_t
+kvn_storage_tier_moved(struct kvn_storage *st, size_t i, bool *is_gpu)
+{
+	bool gpu = i < st->ntiers && st->tier[i].ops == &kvn_gpu_backend_ops;
+	if (is_gpu)
+		*is_gpu = gpu;
+	return gpu ? kvn_gpu_tier_spilled(st->tier[i].be) : 0;
+}
+
+uint64_t
 kvn_storage_tier_skipped(struct kvn_storage *st, size_t i)
 {
 	for (size_t k = 0; k < st->nlanes; k++)

@@ -79,5 +79,8 @@ void kvn_storage_tier_io(struct kvn_storage *st, size_t i, uint64_t *read, uint6
 /* Writes to slow tier i that were skipped (the remote tier out of service, or its queue
  * full); 0 for other tiers and past the last. */
 uint64_t kvn_storage_tier_skipped(struct kvn_storage *st, size_t i);
+/* Chunks tier i (a gpu tier) moved into the cpu tier when it evicted them; 0 for other tiers
+ * and past the last. is_gpu (may be NULL) says whether tier i is a gpu tier. */
+uint64_t kvn_storage_tier_moved(struct kvn_storage *st, size_t i, bool *is_gpu);
 
 #endif

@@ -75,7 +75,7 @@ kvn_metrics_common(struct kvn_expo *e, struct kvn_plugins *pl)
 struct tier_snap {
 	const char *name;
 	struct kvn_backend_stats s;
-	uint64_t read, written, skipped;
+	uint64_t read, written, skipped, moved;
 };
 
 /* One family per counter, every tier in it. */
@@ -88,6 +88,7 @@ tiers(struct kvn_expo *e, struct kvn_storage *st)
 		kvn_storage_tier(st, i, &t[n].name, &t[n].s);
 		kvn_storage_tier_io(st, i, &t[n].read, &t[n].written);
 		t[n].skipped = kvn_storage_tier_skipped(st, i);
+		t[n].moved = kvn_storage_tier_moved(st, i, NULL);
 	}
 #define TIER_FIELD(f) offsetof(struct tier_snap, f)
 	static const struct {
@@ -110,6 +111,9 @@ tiers(struct kvn_expo *e, struct kvn_storage *st)
 	    {"kvnode_tier_writes_skipped_total", "counter",
 	     "Writes to this slow tier skipped: its store out of service or its queue full",
 	     TIER_FIELD(skipped)},
+	    {"kvnode_tier_moved_to_cpu_total", "counter",
+	     "Chunks this gpu tier evicted and moved into the cpu tier first (0 for other tiers)",
+	     TIER_FIELD(moved)},
 	    {"kvnode_tier_chunks", "gauge", "Chunks this tier holds now", TIER_FIELD(s.count)},
 	    {"kvnode_tier_stored_bytes", "gauge", "Value bytes this tier holds now",
 	     TIER_FIELD(s.bytes)},
