@@ -9,6 +9,10 @@
 
 #include "rdma/sysfs.h"
 
+#if KVN_HAVE_VERBS
+#include <infiniband/verbs.h>
+#endif
+
 #define PATH_LEN 1024
 
 /* snprintf into a path or a field; a longer result is cut (a path cut short names no file). */
@@ -220,6 +224,63 @@ kvn_sysfs_ports(const char *root, struct kvn_sysfs_port *ports, size_t max)
 	}
 	free_list(devs, ndev);
 	return (int)np;
+}
+
+int
+kvn_sysfs_pick_port(const struct kvn_sysfs_port *ports, int n, const char *want)
+{
+	for (int i = 0; i < n; i++)
+		if (ports[i].active && (!want || !strcmp(want, ports[i].dev)))
+			return i;
+	return -1;
+}
+
+#if KVN_HAVE_VERBS
+static int
+mtu_bytes(enum ibv_mtu m)
+{
+	return m >= IBV_MTU_256 && m <= IBV_MTU_4096 ? 128 << m : 0;
+}
+
+int
+kvn_rdma_port_mtu(const char *dev, unsigned port, int *active, int *max)
+{
+	int n = 0, rc = -ENODEV;
+	struct ibv_device **list = ibv_get_device_list(&n);
+	for (int d = 0; list && d < n && rc == -ENODEV; d++) {
+		if (strcmp(dev, ibv_get_device_name(list[d])))
+			continue;
+		struct ibv_context *ctx = ibv_open_device(list[d]);
+		struct ibv_port_attr pa;
+		if (ctx && ibv_query_port(ctx, (uint8_t)port, &pa) == 0) {
+			*active = mtu_bytes(pa.active_mtu);
+			*max = mtu_bytes(pa.max_mtu);
+			rc = 0;
+		}
+		if (ctx)
+			ibv_close_device(ctx);
+	}
+	if (list)
+		ibv_free_device_list(list);
+	return rc;
+}
+#else
+int
+kvn_rdma_port_mtu(const char *dev, unsigned port, int *active, int *max)
+{
+	(void)dev, (void)port, (void)active, (void)max;
+	return -ENOTSUP;
+}
+#endif
+
+int
+kvn_sysfs_port_mtu(const struct kvn_sysfs_port *p)
+{
+	int active = 0, max = 0;
+	if (kvn_rdma_port_mtu(p->dev, p->port, &active, &max) == 0 && active)
+		return active;
+	return !strcmp(p->link_layer, "Ethernet") && p->netdev_mtu ? kvn_roce_mtu(p->netdev_mtu)
+								   : 0;
 }
 
 int

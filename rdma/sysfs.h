@@ -40,6 +40,15 @@ const char *kvn_sysfs_root(const char *root);
  * (0: no RDMA device), or -errno when the class directory cannot be read for another reason
  * than its absence. */
 int kvn_sysfs_ports(const char *root, struct kvn_sysfs_port *ports, size_t max);
+/* The port the verbs transport opens: want's first active port (want NULL: any device's), as
+ * index into ports[0 .. n); -1 when there is none. */
+int kvn_sysfs_pick_port(const struct kvn_sysfs_port *ports, int n, const char *want);
+/* Active and maximum MTU in bytes of port on dev, from the device itself (ibv_query_port: sysfs
+ * has neither); -ENOTSUP in a build without verbs, -ENODEV when dev cannot be opened. */
+int kvn_rdma_port_mtu(const char *dev, unsigned port, int *active, int *max);
+/* The active MTU of port p: kvn_rdma_port_mtu's when a device answers, else for RoCE the one
+ * its netdev's MTU gives (kvn_roce_mtu); 0 when not known. */
+int kvn_sysfs_port_mtu(const struct kvn_sysfs_port *p);
 /* The IB MTU a RoCE port runs at on a netdev of MTU mtu (the kernel's iboe_get_mtu: the
  * largest of 256 .. 4096 that fits with 96 bytes of headers); 0 when none does. */
 int kvn_roce_mtu(int netdev_mtu);

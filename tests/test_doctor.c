@@ -208,6 +208,25 @@ Test(doctor, a_netdev_mtu_of_1500_runs_roce_at_1024_and_says_how_to_get_4096)
 	cr_assert_eq(kvn_roce_mtu(300), 0);
 }
 
+Test(doctor, a_peers_mtu_that_differs_from_this_hosts_is_a_warning)
+{
+	roce_port("rxe0", "4: ACTIVE\n", "eth0", 1500);
+	decide("listen: 10.0.0.5:0\n");
+	int own = kvn_doctor_own_mtu(cfg, &facts);
+	if (facts.verbs_built)
+		cr_assert_eq(own, 1024, "a netdev MTU of 1500 runs RoCE at 1024, not %d", own);
+	char why[128];
+	cr_assert_eq(kvn_doctor_mtu_match(1024, 4096, why, sizeof(why)), KVN_DR_WARN);
+	cr_assert_str_eq(why, "; its MTU is 4096, this host's 1024: the connection runs at 1024");
+	cr_assert_eq(kvn_doctor_mtu_match(4096, 4096, why, sizeof(why)), KVN_DR_OK);
+	cr_assert_str_eq(why, "");
+	/* tcp members publish none, and a tcp host has none: nothing to compare */
+	cr_assert_eq(kvn_doctor_mtu_match(4096, 0, why, sizeof(why)), KVN_DR_OK);
+	cr_assert_eq(kvn_doctor_mtu_match(0, 4096, why, sizeof(why)), KVN_DR_OK);
+	decide("transport: tcp\n");
+	cr_assert_eq(kvn_doctor_own_mtu(cfg, &facts), 0);
+}
+
 Test(doctor, a_memlock_limit_below_the_pool_fails_with_the_fix)
 {
 	roce_port("rxe0", "4: ACTIVE\n", "eth0", 9000);

@@ -560,6 +560,58 @@ valid_utf8(const char *text)
 	return rc != (size_t)-1 && in == 0;
 }
 
+/* A node's RDMA MTU (JOIN "mtu") is kept and listed, for doctor --peers; a bad one is refused. */
+Test(scheduler, a_join_mtu_is_listed_with_the_member_and_a_bad_one_is_refused)
+{
+	struct sched s = {0};
+	sched_start(&s, "127.0.0.1:0", NULL);
+	static const char *bad[] = {"{\"name\":\"m1\",\"mtu\":\"4096\"}",
+				    "{\"name\":\"m1\",\"mtu\":70000}",
+				    "{\"name\":\"m1\",\"mtu\":-1}"};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char msg[512];
+		int code = 0;
+		cr_assert_eq(raw_join(s.addr, bad[i], msg, sizeof(msg), &code, NULL), -1,
+			     "JOIN %zu was let in", i);
+		cr_assert_eq(code, -EINVAL, "JOIN %zu: %s", i, msg);
+		cr_assert(strstr(msg, "\"mtu\""), "JOIN %zu: the message names mtu: %s", i, msg);
+	}
+	char msg[512];
+	int code = 0, fd = -1, fd2 = -1;
+	cr_assert_geq(
+	    raw_join(s.addr, "{\"name\":\"m1\",\"mtu\":4096}", msg, sizeof(msg), &code, &fd), 0,
+	    "%s", msg);
+	cr_assert_geq(raw_join(s.addr, "{\"name\":\"m2\"}", msg, sizeof(msg), &code, &fd2), 0, "%s",
+		      msg);
+	char *json = NULL;
+	cr_assert_eq(
+	    kvn_membership_fetch_stats(s.addr, tok(), 5000, &json, sched_err, sizeof(sched_err)), 0,
+	    "%s", sched_err);
+	cJSON *view = cJSON_Parse(json);
+	cr_assert_not_null(view);
+	int seen = 0;
+	const cJSON *m;
+	cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(view, "members"))
+	{
+		const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(m, "name"));
+		const cJSON *mtu = cJSON_GetObjectItemCaseSensitive(m, "mtu");
+		if (!strcmp(name, "m1")) {
+			cr_assert(cJSON_IsNumber(mtu) && mtu->valuedouble == 4096, "%s", json);
+			seen++;
+		}
+		if (!strcmp(name, "m2")) {
+			cr_assert_null(mtu, "m2 gave no mtu: %s", json);
+			seen++;
+		}
+	}
+	cr_assert_eq(seen, 2, "%s", json);
+	cJSON_Delete(view);
+	free(json);
+	close(fd);
+	close(fd2);
+	sched_stop(&s);
+}
+
 Test(scheduler, join_names_that_are_not_short_valid_utf8_words_are_refused_naming_the_rule)
 {
 	struct sched s = {0};

@@ -18,10 +18,6 @@
 #include "node/cluster/membership.h"
 #include "node/engine/config.h"
 
-#if KVN_HAVE_VERBS
-#include <infiniband/verbs.h>
-#endif
-
 #define MIB (1024.0 * 1024.0)
 
 /* ------------------------------------------------------------------------------------------
@@ -58,39 +54,14 @@ read_u64(const char *root, const char *rel)
 	return v;
 }
 
-#if KVN_HAVE_VERBS
-static int
-mtu_bytes(enum ibv_mtu m)
-{
-	return m >= IBV_MTU_256 && m <= IBV_MTU_4096 ? 128 << m : 0;
-}
-
 /* Active and maximum MTU of each port from the device itself (not in sysfs). */
 static void
 query_mtus(struct kvn_doctor_facts *f)
 {
-	int n = 0;
-	struct ibv_device **list = ibv_get_device_list(&n);
-	for (int d = 0; list && d < n; d++) {
-		struct ibv_context *ctx = NULL;
-		for (int i = 0; i < f->nports; i++) {
-			if (strcmp(f->ports[i].dev, ibv_get_device_name(list[d])))
-				continue;
-			if (!ctx && !(ctx = ibv_open_device(list[d])))
-				break;
-			struct ibv_port_attr pa;
-			if (ibv_query_port(ctx, (uint8_t)f->ports[i].port, &pa) == 0) {
-				f->active_mtu[i] = mtu_bytes(pa.active_mtu);
-				f->max_mtu[i] = mtu_bytes(pa.max_mtu);
-			}
-		}
-		if (ctx)
-			ibv_close_device(ctx);
-	}
-	if (list)
-		ibv_free_device_list(list);
+	for (int i = 0; i < f->nports; i++)
+		kvn_rdma_port_mtu(f->ports[i].dev, f->ports[i].port, &f->active_mtu[i],
+				  &f->max_mtu[i]);
 }
-#endif
 
 /* The registration ladder on each GPU, with the transport the node would open: what kvnode
  * stat shows after a start, found without starting one. */
@@ -137,10 +108,8 @@ kvn_doctor_facts(const struct kvn_config *cfg, const char *root, struct kvn_doct
 	f->sysfs = kvn_sysfs_root(root);
 	f->nports = kvn_sysfs_ports(f->sysfs, f->ports, KVN_DOCTOR_PORTS_MAX);
 	f->verbs_built = KVN_HAVE_VERBS;
-#if KVN_HAVE_VERBS
 	if (f->nports > 0 && !strcmp(f->sysfs, "/sys"))
 		query_mtus(f);
-#endif
 	struct rlimit rl;
 	f->memlock = getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
 			 ? (uint64_t)rl.rlim_cur
@@ -210,16 +179,11 @@ is_roce(const struct kvn_sysfs_port *p)
 	return !strcmp(p->link_layer, "Ethernet");
 }
 
-/* The port the verbs transport opens: rdma_device's first active port, else the first active
- * port of any device; -1 when none. */
+/* The port the verbs transport opens; -1 when none. */
 static int
 chosen_port(const struct kvn_config *cfg, const struct kvn_doctor_facts *f)
 {
-	for (int i = 0; i < f->nports; i++)
-		if (f->ports[i].active &&
-		    (!cfg->rdma_device || !strcmp(cfg->rdma_device, f->ports[i].dev)))
-			return i;
-	return -1;
+	return kvn_sysfs_pick_port(f->ports, f->nports, cfg->rdma_device);
 }
 
 static void
@@ -655,10 +619,34 @@ member_region(const cJSON *m, struct kvn_mem_desc *d)
 	return kvn_doctor_region_hex(cJSON_GetStringValue(cJSON_GetObjectItem(m, "region")), d);
 }
 
+int
+kvn_doctor_own_mtu(const struct kvn_config *cfg, const struct kvn_doctor_facts *f)
+{
+	int at = chosen_port(cfg, f);
+	const char *t = cfg->transport ? cfg->transport : "auto";
+	if (at < 0 || !f->verbs_built || !strcmp(t, "tcp"))
+		return 0;
+	if (f->active_mtu[at])
+		return f->active_mtu[at];
+	const struct kvn_sysfs_port *p = &f->ports[at];
+	return is_roce(p) && p->netdev_mtu ? kvn_roce_mtu(p->netdev_mtu) : 0;
+}
+
+int
+kvn_doctor_mtu_match(int own, int peer_mtu, char *why, size_t len)
+{
+	why[0] = '\0';
+	if (!own || !peer_mtu || own == peer_mtu)
+		return KVN_DR_OK;
+	snprintf(why, len, "; its MTU is %d, this host's %d: the connection runs at %d", peer_mtu,
+		 own, own < peer_mtu ? own : peer_mtu);
+	return KVN_DR_WARN;
+}
+
 /* Connects to one member and READs PEER_READ bytes of its pool, timed. */
 static void
 read_member(const struct kvn_transport_ops *ops, struct kvn_transport *tp, struct kvn_tp_mr *mr,
-	    void *buf, const cJSON *m, struct kvn_doctor_report *r)
+	    void *buf, const cJSON *m, int own_mtu, struct kvn_doctor_report *r)
 {
 	const char *mname = cJSON_GetStringValue(cJSON_GetObjectItem(m, "name"));
 	const char *addr = cJSON_GetStringValue(cJSON_GetObjectItem(m, "data_addr"));
@@ -712,16 +700,26 @@ read_member(const struct kvn_transport_ops *ops, struct kvn_transport *tp, struc
 				  : "check the fabric between the hosts (ib_read_lat)");
 		return;
 	}
-	add(r, KVN_DR_OK, name,
-	    "worker %d at %s over %s: connected in %.1f ms, a READ of %llu B "
-	    "in %.1f us",
-	    wid, addr, ops->name, (double)(t1 - t0) / 1e6, (unsigned long long)rd.len,
-	    (double)(t2 - t1) / 1e3);
+	const cJSON *mj = cJSON_GetObjectItem(m, "mtu");
+	int peer_mtu = cJSON_IsNumber(mj) && mj->valuedouble > 0 && mj->valuedouble <= 65536
+			   ? (int)mj->valuedouble
+			   : 0;
+	char mtu_why[128];
+	int st = kvn_doctor_mtu_match(own_mtu, peer_mtu, mtu_why, sizeof(mtu_why));
+	c = add(r, st, name,
+		"worker %d at %s over %s: connected in %.1f ms, a READ of %llu B in %.1f us%s", wid,
+		addr, ops->name, (double)(t1 - t0) / 1e6, (unsigned long long)rd.len,
+		(double)(t2 - t1) / 1e3, mtu_why);
+	if (st)
+		fix(c, "set the same MTU on every host (RoCE: the netdevs' and switch ports' MTU; "
+		       "InfiniBand: the subnet manager's partition MTU)");
 }
 
 void
-kvn_doctor_peers(const struct kvn_config *cfg, const char *scheduler, struct kvn_doctor_report *r)
+kvn_doctor_peers(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
+		 const char *scheduler, struct kvn_doctor_report *r)
 {
+	int own_mtu = kvn_doctor_own_mtu(cfg, f);
 	const char *sched = scheduler ? scheduler : cfg->scheduler_url;
 	char err[1024], *json = NULL;
 	struct kvn_doctor_check *c;
@@ -761,7 +759,7 @@ kvn_doctor_peers(const struct kvn_config *cfg, const char *scheduler, struct kvn
 		{
 			const char *state = cJSON_GetStringValue(cJSON_GetObjectItem(m, "state"));
 			if (state && !strcmp(state, "alive"))
-				read_member(ops, tp, mr, buf, m, r), n++;
+				read_member(ops, tp, mr, buf, m, own_mtu, r), n++;
 		}
 		if (!n)
 			add(r, KVN_DR_WARN, "peers", "scheduler %s has no live member", sched);

@@ -68,8 +68,13 @@ void kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_fac
 /* `--peers`: one "peer NAME" check per live member of the scheduler (scheduler, else
  * cfg->scheduler_url): a connect and a READ of its pool over the configured transport, timed.
  * cfg->auth_token must be resolved already. */
-void kvn_doctor_peers(const struct kvn_config *cfg, const char *scheduler,
-		      struct kvn_doctor_report *r);
+void kvn_doctor_peers(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
+		      const char *scheduler, struct kvn_doctor_report *r);
+/* This host's active MTU on the port the node would use (0: tcp or not known), and the words
+ * a peer's line gets when the peer's (peer_mtu, 0: not known) differs: KVN_DR_WARN with why
+ * written, else KVN_DR_OK with why "". */
+int kvn_doctor_own_mtu(const struct kvn_config *cfg, const struct kvn_doctor_facts *f);
+int kvn_doctor_mtu_match(int own, int peer_mtu, char *why, size_t len);
 /* A member's pool descriptor from the hex "region" of the scheduler's member list (untrusted:
  * whatever a scheduler sends). 0, or -EPROTO for a bad digit or fewer than 24 bytes. */
 struct kvn_mem_desc;

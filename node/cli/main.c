@@ -988,7 +988,7 @@ cmd_doctor(struct opts *o)
 		kvn_doctor_facts(cfg, NULL, f);
 		kvn_doctor_decide(cfg, f, r);
 		if (o->peers)
-			kvn_doctor_peers(cfg, o->scheduler, r);
+			kvn_doctor_peers(cfg, f, o->scheduler, r);
 		kvn_doctor_print(r, o->json, stdout);
 		rc = r->status;
 		if (fflush(stdout))

@@ -16,6 +16,7 @@
 #include "node/engine/engine.h"
 #include "node/engine/storage.h"
 #include "rdma/devreg.h"
+#include "rdma/sysfs.h"
 
 #define REPUBLISH_BATCH 4096
 #define MAX_GPU_TIERS	64
@@ -383,6 +384,22 @@ gpu_probe(struct kvn_cluster *c, struct kvn_engine *eng)
 	}
 }
 
+/* The active MTU of the port the verbs transport opened (for the member list, which doctor
+ * --peers compares); 0 with tcp or when it is not known. */
+static uint32_t
+verbs_mtu(const struct kvn_cluster *c, const struct kvn_config *cfg)
+{
+	enum { PORTS = 32 };
+	if (strcmp(c->ops->name, "verbs"))
+		return 0;
+	struct kvn_sysfs_port *ports = malloc(PORTS * sizeof(*ports));
+	int n = ports ? kvn_sysfs_ports(NULL, ports, PORTS) : 0;
+	int at = n > 0 ? kvn_sysfs_pick_port(ports, n, cfg->rdma_device) : -1;
+	uint32_t mtu = at >= 0 ? (uint32_t)kvn_sysfs_port_mtu(&ports[at]) : 0;
+	free(ports);
+	return mtu;
+}
+
 int
 kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct kvn_cluster **out,
 		  char *err, size_t errlen)
@@ -435,6 +452,7 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 		goto fail;
 
 	kvn_cpu_set_publish(c->cpu, on_cpu_change, c);
+	uint32_t mtu = verbs_mtu(c, cfg);
 	uint8_t blob[REGION_BLOB] = {0};
 	put_le(blob, c->desc.addr, 8);
 	put_le(blob + 8, c->desc.len, 8);
@@ -447,6 +465,7 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 	    .regions = blob,
 	    .regions_len = sizeof(blob),
 	    .capacity = kvn_pool_size(c->pool),
+	    .mtu = mtu,
 	    .auth_token = cfg->auth_token,
 	    .heartbeat_ms = cfg->heartbeat_ms,
 	    .want_evicts = true,

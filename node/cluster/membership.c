@@ -173,6 +173,8 @@ send_join(struct kvn_membership *m, int fd, const char *proof)
 	cJSON_AddStringToObject(j, "data_addr", m->o.data_addr ? m->o.data_addr : "");
 	cJSON_AddStringToObject(j, "transport", m->o.transport ? m->o.transport : "");
 	cJSON_AddNumberToObject(j, "capacity", (double)m->o.capacity);
+	if (m->o.mtu)
+		cJSON_AddNumberToObject(j, "mtu", m->o.mtu);
 	cJSON_AddBoolToObject(j, "want_evicts", m->o.want_evicts);
 	if (hint >= 0)
 		cJSON_AddNumberToObject(j, "worker_id", hint);

@@ -53,6 +53,7 @@ struct kvn_membership_opts {
 	const void *regions;   /* opaque region descriptors, at most KVN_CF_BLOB_MAX bytes */
 	size_t regions_len;
 	uint64_t capacity;	/* bytes this node offers (cpu tier) */
+	uint32_t mtu;		/* its RDMA port's active MTU (bytes); 0: tcp or not known */
 	const char *auth_token; /* NULL: none (a daemon resolves its own: kvn_config_resolve_token) */
 	uint32_t heartbeat_ms;	/* 0 = 500; the scheduler's period when that is shorter */
 	int timeout_ms;		/* connect, join and lookup deadline; 0 = 5000 */

@@ -51,6 +51,7 @@ struct kvn_sched_member_stats {
 	char transport[32];
 	char peer[64]; /* its connection's address, "" while disconnected */
 	uint64_t capacity;
+	uint32_t mtu;	 /* its RDMA port's active MTU, 0: not given (tcp) */
 	uint64_t chunks; /* directory entries it published */
 	int64_t last_heartbeat_ms_ago;
 	/* The first bytes of the region descriptors it joined with (opaque to the scheduler:

@@ -29,6 +29,7 @@ struct member {
 	uint8_t *blob;
 	size_t blob_len;
 	uint64_t capacity;
+	uint32_t mtu; /* its RDMA port's active MTU, 0: not given */
 	int64_t last_beat_ms;
 	int64_t joined_ms;
 	int64_t down_ms;   /* when it expired or left: its id is free worker_id_grace_ms later */

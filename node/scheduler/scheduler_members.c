@@ -360,6 +360,7 @@ join_fields(const cJSON *j, struct join_req *q, char *err, size_t errlen)
 {
 	struct member *nm = &q->nm;
 	const cJSON *cap = cJSON_GetObjectItemCaseSensitive(j, "capacity");
+	const cJSON *mtu = cJSON_GetObjectItemCaseSensitive(j, "mtu");
 	const cJSON *hint = cJSON_GetObjectItemCaseSensitive(j, "worker_id");
 	int rc = copy_str(j, "name", nm->name, sizeof(nm->name), true, err, errlen);
 	nm->name_next = -1;
@@ -373,6 +374,11 @@ join_fields(const cJSON *j, struct join_req *q, char *err, size_t errlen)
 	    !(cJSON_IsNumber(cap) && cap->valuedouble >= 0 && cap->valuedouble < 1e19))
 		rc = kvn_seterr(-EINVAL, err, errlen, "JOIN \"capacity\" must be a byte count");
 	nm->capacity = cJSON_IsNumber(cap) && !rc ? (uint64_t)cap->valuedouble : 0;
+	if (!rc && mtu &&
+	    !(cJSON_IsNumber(mtu) && mtu->valuedouble >= 0 && mtu->valuedouble <= 65536))
+		rc = kvn_seterr(-EINVAL, err, errlen,
+				"JOIN \"mtu\" must be a byte count up to 65536");
+	nm->mtu = cJSON_IsNumber(mtu) && !rc ? (uint32_t)mtu->valuedouble : 0;
 	q->hint = cJSON_IsNumber(hint) ? hint->valuedouble : -1;
 	return rc;
 }
@@ -590,6 +596,7 @@ kvn_scheduler_stats(struct kvn_scheduler *s, struct kvn_sched_stats *out)
 		snprintf(o->transport, sizeof(o->transport), "%s", m->transport);
 		snprintf(o->peer, sizeof(o->peer), "%s", m->conn ? m->conn->peer : "");
 		o->capacity = m->capacity;
+		o->mtu = m->mtu;
 		o->chunks = kvn_dir_worker_entries(s->dir, id);
 		o->last_heartbeat_ms_ago = now - m->last_beat_ms;
 		o->region_len = m->blob_len < sizeof(o->region) ? m->blob_len : sizeof(o->region);
@@ -642,6 +649,8 @@ kvn_scheduler_stats_json(struct kvn_scheduler *s)
 		cJSON_AddStringToObject(o, "data_addr", m->data_addr);
 		cJSON_AddStringToObject(o, "transport", m->transport);
 		cJSON_AddNumberToObject(o, "capacity", (double)m->capacity);
+		if (m->mtu)
+			cJSON_AddNumberToObject(o, "mtu", m->mtu);
 		cJSON_AddNumberToObject(o, "chunks", (double)m->chunks);
 		cJSON_AddNumberToObject(o, "last_heartbeat_ms_ago", (double)m->last_heartbeat_ms_ago);
 		cJSON_AddBoolToObject(o, "connected", m->connected);
