@@ -560,6 +560,15 @@ valid_utf8(const char *text)
 	return rc != (size_t)-1 && in == 0;
 }
 
+/* JOIN number i (its JSON) is refused with -EINVAL; msg gets the scheduler's words. */
+static void
+expect_join_refused(const char *addr, const char *json, size_t i, char *msg, size_t cap)
+{
+	int code = 0;
+	cr_assert_eq(raw_join(addr, json, msg, cap, &code, NULL), -1, "JOIN %zu was let in", i);
+	cr_assert_eq(code, -EINVAL, "JOIN %zu: %s", i, msg);
+}
+
 /* A node's RDMA MTU (JOIN "mtu") is kept and listed, for doctor --peers; a bad one is refused. */
 Test(scheduler, a_join_mtu_is_listed_with_the_member_and_a_bad_one_is_refused)
 {
@@ -570,10 +579,7 @@ Test(scheduler, a_join_mtu_is_listed_with_the_member_and_a_bad_one_is_refused)
 				    "{\"name\":\"m1\",\"mtu\":-1}"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char msg[512];
-		int code = 0;
-		cr_assert_eq(raw_join(s.addr, bad[i], msg, sizeof(msg), &code, NULL), -1,
-			     "JOIN %zu was let in", i);
-		cr_assert_eq(code, -EINVAL, "JOIN %zu: %s", i, msg);
+		expect_join_refused(s.addr, bad[i], i, msg, sizeof(msg));
 		cr_assert(strstr(msg, "\"mtu\""), "JOIN %zu: the message names mtu: %s", i, msg);
 	}
 	char msg[512];
@@ -626,10 +632,7 @@ Test(scheduler, join_names_that_are_not_short_valid_utf8_words_are_refused_namin
 	    "{\"name\":\"ok\",\"transport\":\"t\xff\"}"};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		char msg[512];
-		int code = 0;
-		cr_assert_eq(raw_join(s.addr, bad[i], msg, sizeof(msg), &code, NULL), -1,
-			     "JOIN %zu was let in", i);
-		cr_assert_eq(code, -EINVAL, "JOIN %zu: %s", i, msg);
+		expect_join_refused(s.addr, bad[i], i, msg, sizeof(msg));
 		cr_assert(strstr(msg, "UTF-8") || strstr(msg, "printable"),
 			  "JOIN %zu: the message states the rule: %s", i, msg);
 		cr_assert(valid_utf8(msg), "JOIN %zu: the message is valid UTF-8", i);
