@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "backends/backends.h"
+#include "core/le.h"
 #include "core/log.h"
 #include "core/pool.h"
 #include "gpu/gpu.h"
@@ -121,15 +122,22 @@ on_gpu_change(void *ctx, enum kvn_cpu_event ev, const struct kvn_gpu_slot_info *
 	publish_one(m, &r);
 }
 
+/* One record of a re-join's re-publish, sent a full batch at a time. */
 static void
-walk_one(void *ctx, const struct kvn_slot *slot)
+batch_add(struct kvn_cluster *c, struct kvn_cf_pub r)
 {
-	struct kvn_cluster *c = ctx;
-	c->batch[c->nbatch++] = record(c, KVN_CF_ADMIT, slot);
+	c->batch[c->nbatch++] = r;
 	if (c->nbatch == REPUBLISH_BATCH) {
 		kvn_membership_publish(atomic_load(&c->m), c->batch, c->nbatch);
 		c->nbatch = 0;
 	}
+}
+
+static void
+walk_one(void *ctx, const struct kvn_slot *slot)
+{
+	struct kvn_cluster *c = ctx;
+	batch_add(c, record(c, KVN_CF_ADMIT, slot));
 }
 
 struct gpu_walk {
@@ -143,13 +151,8 @@ walk_gpu_one(void *ctx, const struct kvn_gpu_slot_info *si)
 	struct gpu_walk *w = ctx;
 	struct kvn_cluster *c = w->c;
 	struct kvn_key k = {.digest = si->digest};
-	if (kvn_cpu_backend_ops.contains(c->cpu, &k, false) == 1)
-		return;
-	c->batch[c->nbatch++] = gpu_record(w->g, si);
-	if (c->nbatch == REPUBLISH_BATCH) {
-		kvn_membership_publish(atomic_load(&c->m), c->batch, c->nbatch);
-		c->nbatch = 0;
-	}
+	if (kvn_cpu_backend_ops.contains(c->cpu, &k, false) != 1)
+		batch_add(c, gpu_record(w->g, si));
 }
 
 static void
@@ -263,13 +266,6 @@ on_evicted(void *ctx, uint32_t worker_id, const struct kvn_digest *d, size_t n)
 {
 	struct kvn_cluster *c = ctx;
 	kvn_peer_evicted(c->peer, worker_id, d, n);
-}
-
-static void
-put_le(uint8_t *p, uint64_t v, int n)
-{
-	for (int i = 0; i < n; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
 }
 
 /* How each GPU's memory registers with this transport (docs/gpu.md "Registration"): a GPU with
@@ -454,9 +450,9 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 	kvn_cpu_set_publish(c->cpu, on_cpu_change, c);
 	uint32_t mtu = verbs_mtu(c, cfg);
 	uint8_t blob[REGION_BLOB] = {0};
-	put_le(blob, c->desc.addr, 8);
-	put_le(blob + 8, c->desc.len, 8);
-	put_le(blob + 16, c->desc.rkey, 4);
+	kvn_le_put64(blob, c->desc.addr);
+	kvn_le_put64(blob + 8, c->desc.len);
+	kvn_le_put32(blob + 16, c->desc.rkey);
 	struct kvn_membership_opts mo = {
 	    .scheduler = cfg->scheduler_url,
 	    .name = cfg->node_name ? cfg->node_name : "kvnode",
@@ -554,13 +550,9 @@ kvn_cluster_region_decode(const uint8_t *blob, size_t n, struct kvn_mem_desc *ou
 {
 	if (n < REGION_BLOB)
 		return -EPROTO;
-	uint64_t v[3] = {0, 0, 0};
-	for (int f = 0; f < 3; f++)
-		for (int i = 0; i < (f < 2 ? 8 : 4); i++)
-			v[f] |= (uint64_t)blob[8 * f + i] << (8 * i);
 	memset(out, 0, sizeof(*out));
-	out->addr = v[0];
-	out->len = v[1];
-	out->rkey = (uint32_t)v[2];
+	out->addr = kvn_le_get64(blob);
+	out->len = kvn_le_get64(blob + 8);
+	out->rkey = kvn_le_get32(blob + 16);
 	return 0;
 }
