@@ -569,18 +569,27 @@ gpu_put(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf *buf)
 	return rc;
 }
 
+/* key's chunk, made the hottest on the LRU; NULL on a miss (counted with count_miss). Caller
+ * holds copy, so the block stays until it lets go. */
+static struct gblock *
+touch(struct kvn_backend *be, const struct kvn_key *key, bool count_miss)
+{
+	pthread_mutex_lock(&be->lock);
+	struct gblock *b = find(be, key);
+	if (b)
+		lru_push_hot(be, b);
+	else if (count_miss)
+		be->misses++;
+	pthread_mutex_unlock(&be->lock);
+	return b;
+}
+
 static int
 gpu_get(struct kvn_backend *be, const struct kvn_key *key, struct kvn_buf **out)
 {
 	*out = NULL;
 	pthread_mutex_lock(&be->copy);
-	pthread_mutex_lock(&be->lock);
-	struct gblock *b = find(be, key);
-	if (!b)
-		be->misses++;
-	else
-		lru_push_hot(be, b);
-	pthread_mutex_unlock(&be->lock);
+	struct gblock *b = touch(be, key, true);
 	if (!b) {
 		pthread_mutex_unlock(&be->copy);
 		return -ENOENT;
@@ -760,11 +769,7 @@ kvn_gpu_tier_get_into_dev(struct kvn_backend *be, const struct kvn_key *key, uin
 			  size_t cap, size_t *len, char *err, size_t errlen)
 {
 	pthread_mutex_lock(&be->copy);
-	pthread_mutex_lock(&be->lock);
-	struct gblock *b = find(be, key);
-	if (b)
-		lru_push_hot(be, b);
-	pthread_mutex_unlock(&be->lock);
+	struct gblock *b = touch(be, key, false);
 	int rc = !b ? -ENOENT : 0;
 	if (b && b->len > cap)
 		rc = kvn_seterr(-ENOSPC, err, errlen,
