@@ -274,13 +274,21 @@ kvn_rdma_port_mtu(const char *dev, unsigned port, int *active, int *max)
 #endif
 
 int
-kvn_sysfs_port_mtu(const struct kvn_sysfs_port *p)
+kvn_sysfs_known_mtu(const struct kvn_sysfs_port *p, int active)
 {
-	int active = 0, max = 0;
-	if (kvn_rdma_port_mtu(p->dev, p->port, &active, &max) == 0 && active)
+	if (active)
 		return active;
 	return !strcmp(p->link_layer, "Ethernet") && p->netdev_mtu ? kvn_roce_mtu(p->netdev_mtu)
 								   : 0;
+}
+
+int
+kvn_sysfs_port_mtu(const struct kvn_sysfs_port *p)
+{
+	int active = 0, max = 0;
+	if (kvn_rdma_port_mtu(p->dev, p->port, &active, &max) < 0)
+		active = 0;
+	return kvn_sysfs_known_mtu(p, active);
 }
 
 int

@@ -49,6 +49,8 @@ int kvn_rdma_port_mtu(const char *dev, unsigned port, int *active, int *max);
 /* The active MTU of port p: kvn_rdma_port_mtu's when a device answers, else for RoCE the one
  * its netdev's MTU gives (kvn_roce_mtu); 0 when not known. */
 int kvn_sysfs_port_mtu(const struct kvn_sysfs_port *p);
+/* The same from an active MTU already asked for (0: the device did not say). */
+int kvn_sysfs_known_mtu(const struct kvn_sysfs_port *p, int active);
 /* The IB MTU a RoCE port runs at on a netdev of MTU mtu (the kernel's iboe_get_mtu: the
  * largest of 256 .. 4096 that fits with 96 bytes of headers); 0 when none does. */
 int kvn_roce_mtu(int netdev_mtu);

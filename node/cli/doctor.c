@@ -63,18 +63,32 @@ query_mtus(struct kvn_doctor_facts *f)
 				  &f->max_mtu[i]);
 }
 
+#define PEER_TIMEOUT_MS 5000
+
+/* The transport the node would open for cfg (its transport, rdma_device, gid_index and
+ * auth_token), with doctor's timeout. *ops is NULL when the name is not one; 0 or -errno
+ * with err set. */
+static int
+open_transport(const struct kvn_config *cfg, const struct kvn_transport_ops **ops,
+	       struct kvn_transport **tp, char *err, size_t errlen)
+{
+	struct kvn_transport_cfg tcfg = {KVN_TRANSPORT_CFG_INIT, .rdma_device = cfg->rdma_device,
+					 .gid_index = cfg->gid_index, .auth_token = cfg->auth_token,
+					 .timeout_ms = PEER_TIMEOUT_MS};
+	*tp = NULL;
+	*ops = kvn_transport_by_name(cfg->transport ? cfg->transport : "auto", &tcfg, err, errlen);
+	return !*ops ? -EINVAL : (*ops)->open(&tcfg, tp, err, errlen);
+}
+
 /* The registration ladder on each GPU, with the transport the node would open: what kvnode
  * stat shows after a start, found without starting one. */
 static void
 probe_gpus(const struct kvn_config *cfg, struct kvn_gpu *gpu, struct kvn_doctor_facts *f)
 {
 	char err[512];
-	struct kvn_transport_cfg tcfg = {KVN_TRANSPORT_CFG_INIT, .rdma_device = cfg->rdma_device,
-					 .gid_index = cfg->gid_index};
-	const struct kvn_transport_ops *ops = kvn_transport_by_name(
-	    cfg->transport ? cfg->transport : "auto", &tcfg, err, sizeof(err));
-	struct kvn_transport *tp = NULL;
-	int rc = !ops ? -EINVAL : ops->open(&tcfg, &tp, err, sizeof(err));
+	const struct kvn_transport_ops *ops;
+	struct kvn_transport *tp;
+	int rc = open_transport(cfg, &ops, &tp, err, sizeof(err));
 	if (rc == 0 && (!KVN_ABI_HAS(ops, reg_dev) || !ops->reg_dev)) {
 		rc = -EOPNOTSUPP;
 		snprintf(err, sizeof(err), "the %s transport registers no device memory",
@@ -374,9 +388,8 @@ check_mtu(const struct kvn_doctor_facts *f, int i, struct kvn_doctor_report *r)
 	const struct kvn_sysfs_port *p = &f->ports[i];
 	char name[96];
 	snprintf(name, sizeof(name), "mtu %s/%u", p->dev, p->port);
-	int active = f->active_mtu[i], max = f->max_mtu[i] ? f->max_mtu[i] : 4096;
-	if (!active && is_roce(p) && p->netdev_mtu)
-		active = kvn_roce_mtu(p->netdev_mtu);
+	int active = kvn_sysfs_known_mtu(p, f->active_mtu[i]);
+	int max = f->max_mtu[i] ? f->max_mtu[i] : 4096;
 	if (!active) {
 		add(r, KVN_DR_OK, name, "not known from sysfs (ibv_devinfo shows active_mtu)");
 		return;
@@ -586,8 +599,7 @@ kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_facts *f
  * --peers: one READ of every member's pool
  * ------------------------------------------------------------------------------------------ */
 
-#define PEER_TIMEOUT_MS 5000
-#define PEER_READ	64
+#define PEER_READ 64
 
 static int
 hex_digit(char c)
@@ -626,10 +638,7 @@ kvn_doctor_own_mtu(const struct kvn_config *cfg, const struct kvn_doctor_facts *
 	const char *t = cfg->transport ? cfg->transport : "auto";
 	if (at < 0 || !f->verbs_built || !strcmp(t, "tcp"))
 		return 0;
-	if (f->active_mtu[at])
-		return f->active_mtu[at];
-	const struct kvn_sysfs_port *p = &f->ports[at];
-	return is_roce(p) && p->netdev_mtu ? kvn_roce_mtu(p->netdev_mtu) : 0;
+	return kvn_sysfs_known_mtu(&f->ports[at], f->active_mtu[at]);
 }
 
 int
@@ -738,16 +747,12 @@ kvn_doctor_peers(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
 		fix(c, "check that the scheduler runs there and that auth_token matches");
 		return;
 	}
-	struct kvn_transport_cfg tcfg = {KVN_TRANSPORT_CFG_INIT, .rdma_device = cfg->rdma_device,
-					 .gid_index = cfg->gid_index, .auth_token = cfg->auth_token,
-					 .timeout_ms = PEER_TIMEOUT_MS};
-	const struct kvn_transport_ops *ops = kvn_transport_by_name(
-	    cfg->transport ? cfg->transport : "auto", &tcfg, err, sizeof(err));
+	const struct kvn_transport_ops *ops = NULL;
 	struct kvn_transport *tp = NULL;
 	struct kvn_tp_mr *mr = NULL;
 	struct kvn_mem_desc desc;
 	void *buf = aligned_alloc(4096, 4096);
-	if (!ops || !buf || ops->open(&tcfg, &tp, err, sizeof(err)) ||
+	if (!buf || open_transport(cfg, &ops, &tp, err, sizeof(err)) ||
 	    ops->reg_mem(tp, buf, 4096, KVN_MEM_HOST, &mr, &desc, err, sizeof(err))) {
 		c = add(r, KVN_DR_FAIL, "peers", "cannot open the %s transport here: %s",
 			ops ? ops->name : "configured", buf ? err : "out of memory");
