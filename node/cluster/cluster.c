@@ -284,17 +284,11 @@ gpu_register_tier(struct kvn_cluster *c, struct kvn_engine *eng, size_t i)
 {
 	struct kvn_engine_gpus *g = kvn_engine_gpus(eng);
 	const struct kvn_gpu_info *in = kvn_engine_gpus_info(g, i);
-	size_t n, ndev;
-	const struct kvn_gpu_region *rg = kvn_engine_gpus_regions(g, &n);
+	size_t ndev;
 	struct kvn_gpu *gpu = kvn_engine_gpus_driver(g, &ndev);
-	size_t t = 0;
-	while (t < n && rg[t].device != in->index)
-		t++;
-	if (t == n || c->ngpu == MAX_GPU_TIERS)
-		return 0;
-	struct kvn_backend *tier =
-	    kvn_storage_backend_at(kvn_engine_storage(eng), &kvn_gpu_backend_ops, t);
-	if (!tier)
+	const struct kvn_gpu_region *rg;
+	struct kvn_backend *tier = kvn_engine_gpu_tier(eng, in->index, &rg);
+	if (!tier || c->ngpu == MAX_GPU_TIERS)
 		return 0;
 	struct gpu_reg *r = &c->gpu[c->ngpu];
 	*r = (struct gpu_reg){.c = c, .tier = tier};
@@ -302,7 +296,7 @@ gpu_register_tier(struct kvn_cluster *c, struct kvn_engine *eng, size_t i)
 	struct kvn_reg_report rep = {KVN_REG_REPORT_INIT};
 	char err[768] = "";
 	kvn_gpu_dev_mem(gpu, in, &r->src, &src);
-	int rc = c->ops->reg_dev(c->tp, (void *)(uintptr_t)rg[t].base, rg[t].len, &src, &r->mr,
+	int rc = c->ops->reg_dev(c->tp, (void *)(uintptr_t)rg->base, rg->len, &src, &r->mr,
 				 &r->desc, &rep, err, sizeof(err));
 	if (rc == 0 && rep.method == KVN_REG_STAGING) {
 		rc = kvn_gpu_tier_set_mirror(tier, rep.staging, err, sizeof(err));
@@ -314,12 +308,12 @@ gpu_register_tier(struct kvn_cluster *c, struct kvn_engine *eng, size_t i)
 	}
 	if (rc) {
 		kvn_warn("cluster", "%s: the gpu tier's %zu bytes are not readable by peers: %s",
-			 r->src.name, rg[t].len, err);
+			 r->src.name, rg->len, err);
 		kvn_engine_gpus_set_reg(g, i, c->ops->name, &rep, err);
 		return rc;
 	}
 	kvn_info("cluster", "%s: the gpu tier's %zu bytes register with %s by %s%s", r->src.name,
-		 rg[t].len, c->ops->name, kvn_reg_method_name(rep.method),
+		 rg->len, c->ops->name, kvn_reg_method_name(rep.method),
 		 r->mirrored ? " (peers read a host copy the tier keeps current)" : "");
 	kvn_engine_gpus_set_reg(g, i, c->ops->name, &rep, NULL);
 	kvn_gpu_tier_set_publish(tier, on_gpu_change, r);

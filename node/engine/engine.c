@@ -162,15 +162,18 @@ kvn_engine_put_from_gpu(struct kvn_engine *eng, const struct kvn_key *key, int g
 	return kvn_storage_commit(eng->st, key, slot, sum);
 }
 
-/* The gpu tier on GPU gpu, NULL when that GPU has none. The tiers are the regions, in order. */
-static struct kvn_backend *
-gpu_tier_of(struct kvn_engine *eng, int gpu)
+struct kvn_backend *
+kvn_engine_gpu_tier(struct kvn_engine *eng, int gpu, const struct kvn_gpu_region **region)
 {
 	size_t n;
 	const struct kvn_gpu_region *rg = kvn_engine_gpus_regions(eng->gpus, &n);
 	for (size_t t = 0; t < n; t++)
-		if (rg[t].device == gpu)
+		if (rg[t].device == gpu) {
+			if (region)
+				*region = &rg[t];
+			/* the storage made the tiers from the regions, in their order */
 			return kvn_storage_backend_at(eng->st, &kvn_gpu_backend_ops, t);
+		}
 	return NULL;
 }
 
@@ -181,7 +184,7 @@ kvn_engine_get_into_gpu(struct kvn_engine *eng, const struct kvn_key *key, int g
 	struct kvn_buf *buf = NULL;
 	char err[512];
 	/* Held in that GPU's own tier: one device to device copy. */
-	struct kvn_backend *tier = gpu_tier_of(eng, gpu);
+	struct kvn_backend *tier = kvn_engine_gpu_tier(eng, gpu, NULL);
 	int rc =
 	    tier ? kvn_gpu_tier_get_into_dev(tier, key, dst, cap, len, err, sizeof(err)) : -ENOENT;
 	if (rc == 0) {

@@ -38,6 +38,11 @@ void kvn_engine_gpus_close(struct kvn_engine_gpus *g);
 /* The gpu tiers' device regions (max_gpu_size on each device), n of them; NULL when none. */
 struct kvn_gpu_region;
 const struct kvn_gpu_region *kvn_engine_gpus_regions(struct kvn_engine_gpus *g, size_t *n);
+/* The gpu tier on the GPU with CUDA ordinal gpu and (region, may be NULL) its device region;
+ * NULL when that GPU has none. */
+struct kvn_backend;
+struct kvn_backend *kvn_engine_gpu_tier(struct kvn_engine *eng, int gpu,
+					const struct kvn_gpu_region **region);
 struct kvn_gpu *kvn_engine_gpus_driver(struct kvn_engine_gpus *g, size_t *n);
 const struct kvn_gpu_info *kvn_engine_gpus_info(struct kvn_engine_gpus *g, size_t i);
 /* How the i-th device's memory registers with the node's transport (the cluster glue's probe
