@@ -19,6 +19,7 @@
 #include "core/pool.h"
 #include "gpu/gpu.h"
 #include "gpu/staging.h"
+#include "tests/helpers/host_region.h"
 #include "node/engine/storage.h"
 #include "tests/helpers/backend_env.h"
 
@@ -44,7 +45,7 @@ struct fixture {
 	struct kvn_staging *staging;
 	struct kvn_gpu *gpu;
 	struct kvn_gpu_mem *mem;
-	void *host_region;
+	struct host_region host;
 };
 
 struct impl {
@@ -132,23 +133,16 @@ setup_gpu(struct fixture *f)
 }
 
 /* The gpu tier's own logic (allocator, index, LRU, pins, checksums, its staging transfers)
- * over the host copy engine of gpu/staging.h: the "device region" is host memory and the
- * copies are memcpy run at each stream's sync, with a 64 KiB bounce area so that a chunk goes
- * in many pieces. This is not a GPU; the gpu case above is. */
+ * over the host copy engine (tests/helpers/host_region.h): the "device region" is host memory
+ * and the copies are memcpy run at each stream's sync, in many pieces. This is not a GPU; the
+ * gpu case above is. */
 static void
 setup_gpu_host(struct fixture *f)
 {
-	char err[256] = "";
-	cr_assert_eq(kvn_copy_engine_host(2, &f->ce, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(kvn_staging_create(f->ce, 64 * KIB, &f->staging, err, sizeof(err)), 0, "%s",
-		     err);
-	f->host_region = malloc(f->capacity);
-	cr_assert_not_null(f->host_region);
-	f->region = (struct kvn_gpu_region){(uint64_t)(uintptr_t)f->host_region, f->capacity,
-					    f->staging, -1};
+	host_region_open(&f->host, f->capacity, -1);
 	f->ops = &kvn_gpu_backend_ops;
 	env_for(f, "gpu_host", NULL);
-	backend_env_set_gpu(f->env, &f->region);
+	backend_env_set_gpu(f->env, &f->host.rg);
 }
 
 static const struct impl cpu_impl = {"cpu", setup_cpu};
@@ -179,15 +173,10 @@ fixture_fini(void)
 		kvn_pool_destroy(f->pool);
 	if (f->dl)
 		dlclose(f->dl);
-	if (f->gpu)
-		kvn_gpu_staging_close(f->ce, f->staging);
-	else if (f->ce) {
-		kvn_staging_destroy(f->staging);
-		kvn_copy_engine_destroy(f->ce);
-	}
+	kvn_gpu_staging_close(f->ce, f->staging);
 	kvn_gpu_mem_free(f->mem);
 	kvn_gpu_close(f->gpu);
-	free(f->host_region);
+	host_region_close(&f->host);
 	if (f->dir[0])
 		nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 	memset(f, 0, sizeof(*f));

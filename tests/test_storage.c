@@ -14,6 +14,7 @@
 #include "node/engine/config.h"
 #include "core/pool.h"
 #include "gpu/staging.h"
+#include "tests/helpers/host_region.h"
 #include "node/engine/storage.h"
 
 #define GATE_SO KVN_MODULE_DIR "/libkvn_test_gate.so"
@@ -512,21 +513,10 @@ Test(storage, sync_put_for_the_remote_tier_is_refused_naming_it)
  * case of the backend conformance suite run it on device memory).
  * ------------------------------------------------------------------------------------------ */
 
-struct host_region {
-	struct kvn_copy_engine *ce;
-	struct kvn_staging *stg;
-	void *mem;
-	struct kvn_gpu_region rg;
-};
-
 static void
 open_with_gpu_tier(struct host_region *h, size_t len)
 {
-	cr_assert_eq(kvn_copy_engine_host(2, &h->ce, err, sizeof(err)), 0, "%s", err);
-	cr_assert_eq(kvn_staging_create(h->ce, 64 * 1024, &h->stg, err, sizeof(err)), 0, "%s", err);
-	h->mem = malloc(len);
-	cr_assert_not_null(h->mem);
-	h->rg = (struct kvn_gpu_region){(uint64_t)(uintptr_t)h->mem, len, h->stg, 7};
+	host_region_open(h, len, 7);
 	const char *yaml = "local_cpu: true\nmax_local_cpu_size: 0.01\n";
 	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "test.yaml", &cfg, err, sizeof(err)), 0,
 		     "config: %s", err);
@@ -540,9 +530,7 @@ static void
 close_gpu_tier(struct host_region *h)
 {
 	close_all();
-	kvn_staging_destroy(h->stg);
-	kvn_copy_engine_destroy(h->ce);
-	free(h->mem);
+	host_region_close(h);
 }
 
 Test(storage, the_gpu_tier_is_asked_first_and_written_through_with_cpu)
