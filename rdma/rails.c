@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "core/clock.h"
+#include "core/le.h"
 #include "core/log.h"
 #include "rdma/rails.h"
 
@@ -178,6 +179,22 @@ near_rails(const struct kvn_rails *r, int node)
 	return r->any_numa || node < 0 || !near ? all : near;
 }
 
+/* The host area rail 0's staging gave (ctx): the other rails register the same one, so that the
+ * one copy the owner keeps current is what every rail serves. */
+static int
+shared_area(void *ctx, void *ptr, size_t len, void **host, char *err, size_t errlen)
+{
+	(void)ptr, (void)len, (void)err, (void)errlen;
+	*host = ctx;
+	return 0;
+}
+
+static void
+shared_area_done(void *ctx, void *ptr, void *host)
+{
+	(void)ctx, (void)ptr, (void)host; /* rail 0's registration lets it go */
+}
+
 int
 kvn_rails_reg(struct kvn_rails *r, void *ptr, size_t len, const struct kvn_dev_mem *src,
 	      struct kvn_rails_mr **out, struct kvn_mem_desc *desc, struct kvn_reg_report *report,
@@ -189,13 +206,26 @@ kvn_rails_reg(struct kvn_rails *r, void *ptr, size_t len, const struct kvn_dev_m
 		return -ENOMEM;
 	m->r = r;
 	int rc = 0;
+	struct kvn_reg_report rep0 = {KVN_REG_REPORT_INIT};
+	struct kvn_dev_mem shared; /* rails after 0 when rail 0 staged: its one host area */
 	for (size_t i = 0; i < r->n && !rc; i++) {
 		struct rail *rl = &r->rail[i];
 		char e[768] = "";
 		if (src) {
 			struct kvn_reg_report rep = {KVN_REG_REPORT_INIT};
-			rc = r->ops->reg_dev(rl->tp, ptr, len, src, &m->mr[i], &desc[i],
-					     i == 0 && report ? report : &rep, e, sizeof(e));
+			const struct kvn_dev_mem *use = src;
+			if (i > 0 && rep0.method == KVN_REG_STAGING) {
+				shared = *src;
+				shared.ctx = rep0.staging;
+				shared.staging = shared_area;
+				shared.staging_done = shared_area_done;
+				use = &shared;
+			}
+			rc = r->ops->reg_dev(rl->tp, ptr, len, use, &m->mr[i], &desc[i],
+					     i == 0 ? &rep0 : &rep, e, sizeof(e));
+			if (i == 0 && report)
+				memcpy(report, &rep0,
+				       report->size < sizeof(rep0) ? report->size : sizeof(rep0));
 		} else {
 			rc = r->ops->reg_mem(rl->tp, ptr, len, KVN_MEM_HOST, &m->mr[i], &desc[i], e,
 					     sizeof(e));
@@ -734,4 +764,93 @@ kvn_rails_listener_stats(struct kvn_rails *r, struct kvn_transport_stats *out)
 		out->auth_refused += s.auth_refused;
 		out->accept_errors += s.accept_errors;
 	}
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The region blob
+ * ------------------------------------------------------------------------------------------- */
+
+#define DESC_BYTES 24
+
+static void
+put_desc(uint8_t *p, const struct kvn_mem_desc *d)
+{
+	kvn_le_put64(p, d->addr);
+	kvn_le_put64(p + 8, d->len);
+	kvn_le_put32(p + 16, d->rkey);
+	kvn_le_put32(p + 20, 0);
+}
+
+static void
+get_desc(const uint8_t *p, struct kvn_mem_desc *d)
+{
+	*d = (struct kvn_mem_desc){
+	    .addr = kvn_le_get64(p), .len = kvn_le_get64(p + 8), .rkey = kvn_le_get32(p + 16)};
+}
+
+int
+kvn_rails_blob_encode(const struct kvn_rails *r, const struct kvn_mem_desc *desc, size_t nregions,
+		      uint8_t *out, size_t cap)
+{
+	size_t need = DESC_BYTES + 8 + nregions * r->n * DESC_BYTES;
+	for (size_t i = 0; i < r->n; i++)
+		need += 1 + strlen(r->rail[i].addr);
+	if (!nregions || nregions > KVN_RAILS_PEER_REGIONS || need > cap)
+		return -ENOSPC;
+	uint8_t *p = out;
+	put_desc(p, &desc[0]);
+	p += DESC_BYTES;
+	kvn_le_put32(p, KVN_RAILS_BLOB_MAGIC);
+	p[4] = (uint8_t)r->n;
+	p[5] = (uint8_t)nregions;
+	kvn_le_put16(p + 6, 0);
+	p += 8;
+	for (size_t i = 0; i < r->n; i++) {
+		size_t l = strlen(r->rail[i].addr);
+		*p++ = (uint8_t)l;
+		memcpy(p, r->rail[i].addr, l);
+		p += l;
+	}
+	for (size_t g = 0; g < nregions * r->n; g++, p += DESC_BYTES)
+		put_desc(p, &desc[g]);
+	return (int)(p - out);
+}
+
+int
+kvn_rails_blob_decode(const uint8_t *blob, size_t n, const char *data_addr,
+		      struct kvn_rails_peer_buf *out)
+{
+	memset(&out->p, 0, sizeof(out->p));
+	if (n < DESC_BYTES)
+		return -EPROTO;
+	out->p.desc = out->desc;
+	if (n < DESC_BYTES + 8 || kvn_le_get32(blob + DESC_BYTES) != KVN_RAILS_BLOB_MAGIC) {
+		/* a node before rails: one rail at its data address, rkeys as published */
+		snprintf(out->addr[0], sizeof(out->addr[0]), "%s", data_addr ? data_addr : "");
+		out->p.nrails = 1;
+		out->p.addr[0] = out->addr[0];
+		return 0;
+	}
+	const uint8_t *p = blob + DESC_BYTES, *end = blob + n;
+	size_t nr = p[4], ng = p[5];
+	if (!nr || nr > KVN_RAILS_MAX || !ng || ng > KVN_RAILS_PEER_REGIONS)
+		return -EPROTO;
+	p += 8;
+	for (size_t i = 0; i < nr; i++) {
+		if (p >= end || *p > KVN_RAILS_ADDR_MAX || (size_t)(end - p) < 1u + *p)
+			return -EPROTO;
+		memcpy(out->addr[i], p + 1, *p);
+		out->addr[i][*p] = 0;
+		if (strlen(out->addr[i]) != *p) /* a NUL inside the address */
+			return -EPROTO;
+		out->p.addr[i] = out->addr[i];
+		p += 1 + *p;
+	}
+	if ((size_t)(end - p) < ng * nr * DESC_BYTES)
+		return -EPROTO;
+	for (size_t g = 0; g < ng * nr; g++, p += DESC_BYTES)
+		get_desc(p, &out->desc[g]);
+	out->p.nrails = nr;
+	out->p.nregions = ng;
+	return 0;
 }

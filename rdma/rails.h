@@ -95,6 +95,33 @@ size_t kvn_rails_ep_rails(const struct kvn_rails_ep *ep);
  * (from there broken rails are not reconnected). */
 int kvn_rails_read(struct kvn_rails_ep *ep, struct kvn_read *reads, size_t n);
 
+/* ---------------------------------------------------------------------------------------------
+ * The region blob a node joins with (docs/architecture.md §12.6): rail 0's first region as
+ * nodes before rails read it, then the rails.
+ *   addr u64 | len u64 | rkey u32 | zero u32                      (24 bytes)
+ *   magic u32 "RAIL" | nrails u8 | nregions u8 | zero u16
+ *   nrails x (addr_len u8 | addr bytes)
+ *   nregions x nrails x (addr u64 | len u64 | rkey u32 | zero u32)  region-major
+ * ------------------------------------------------------------------------------------------- */
+#define KVN_RAILS_BLOB_MAGIC   0x4c494152u /* "RAIL" */
+#define KVN_RAILS_PEER_REGIONS 72	   /* regions a peer's blob may carry */
+
+/* A decoded blob: p points into the arrays. */
+struct kvn_rails_peer_buf {
+	struct kvn_rails_peer p;
+	char addr[KVN_RAILS_MAX][KVN_RAILS_ADDR_MAX + 1];
+	struct kvn_mem_desc desc[KVN_RAILS_PEER_REGIONS * KVN_RAILS_MAX];
+};
+
+/* Writes r's blob for nregions regions (desc region-major, r's rail count per region) into
+ * out; its length, or -ENOSPC when cap is short. */
+int kvn_rails_blob_encode(const struct kvn_rails *r, const struct kvn_mem_desc *desc,
+			  size_t nregions, uint8_t *out, size_t cap);
+/* Reads a member's blob. One without the rails part (a node before rails) is one rail of no
+ * region table, its address data_addr. -EPROTO when it is malformed. */
+int kvn_rails_blob_decode(const uint8_t *blob, size_t n, const char *data_addr,
+			  struct kvn_rails_peer_buf *out);
+
 /* One rail as a reader and owner sees it. */
 struct kvn_rail_stats {
 	char device[64]; /* "" with tcp */
