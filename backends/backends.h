@@ -12,6 +12,7 @@
 #include "core/histogram.h"
 #include "kvnode/backend.h"
 #include "kvnode/transport.h"
+#include "rdma/rails.h"
 
 struct kvn_pool;
 struct kvn_staging;
@@ -178,15 +179,17 @@ struct kvn_peer_member {
 	uint32_t worker_id;
 	bool up; /* false: it left or was expired */
 	char data_addr[KVN_PEER_ADDR_MAX + 1];
+	/* Where the member callback writes the member's rails (its region blob decoded); NULL
+	 * where the caller does not need them. */
+	struct kvn_rails_peer_buf *rails;
 };
 
-/* What the peer tier reads with: the transport, the registration of this node's pool (reads
+/* What the peer tier reads with: the rails, the registration of this node's pool (reads
  * land in scratch slots of it), the cpu tier that hands those out, and the cluster it asks
  * through these callbacks (each bounded by timeout_ms; ctx is passed back). */
 struct kvn_peer_link {
-	const struct kvn_transport_ops *ops;
-	struct kvn_transport *tp;
-	struct kvn_tp_mr *mr;
+	struct kvn_rails *rails; /* this node's (rdma/rails.h): reads are sliced over them */
+	struct kvn_tp_mr *mr;	 /* rail 0's registration of the pool */
 	struct kvn_pool *pool;
 	struct kvn_backend *cpu;
 	void *ctx;
@@ -226,6 +229,8 @@ struct kvn_peer_read_stats {
 	uint64_t location_cache_misses;	     /* keys that needed the scheduler's directory */
 	uint64_t promoted_in_place;	     /* peer hits the cpu tier indexed where they landed */
 	const struct kvn_histogram *latency; /* of each READ, posted to completed */
+	size_t nrails;			     /* the rails it reads over (0: detached) */
+	struct kvn_rail_stats rails[KVN_RAILS_MAX];
 };
 void kvn_peer_read_stats(struct kvn_backend *be, struct kvn_peer_read_stats *out);
 

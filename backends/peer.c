@@ -17,6 +17,7 @@
 #include "core/xxh.h"
 #include "kvnode/backend.h"
 #include "kvnode/transport.h"
+#include "rdma/rails.h"
 
 /* The directory cache: CACHE_SETS sets of CACHE_WAYS locations, the set chosen by digest.lo, a
  * full set replacing its least recently used entry. 64 Ki locations in 4 MiB. It was 4096
@@ -45,7 +46,7 @@ struct cache_ent {
 struct conn {
 	uint32_t worker_id;
 	char addr[KVN_PEER_ADDR_MAX + 1]; /* the data address it was made to */
-	struct kvn_tp_ep *ep;
+	struct kvn_rails_ep *ep;
 	int refs;
 	bool stale;
 };
@@ -161,12 +162,12 @@ conn_find(struct kvn_backend *be, uint32_t worker_id)
 }
 
 /* Caller holds be->lock; returns the endpoint to close (outside the lock) or NULL. */
-static struct kvn_tp_ep *
+static struct kvn_rails_ep *
 conn_reap_locked(struct kvn_backend *be, struct conn *c)
 {
 	if (!c->stale || c->refs)
 		return NULL;
-	struct kvn_tp_ep *ep = c->ep;
+	struct kvn_rails_ep *ep = c->ep;
 	*c = be->conns[--be->nconns];
 	return ep;
 }
@@ -174,7 +175,7 @@ conn_reap_locked(struct kvn_backend *be, struct conn *c)
 /* Endpoints taken out of the table, closed once be->lock is let go. */
 #define SWEEP_MAX 8
 struct sweep {
-	struct kvn_tp_ep *ep[SWEEP_MAX + 1];
+	struct kvn_rails_ep *ep[SWEEP_MAX + 1];
 	size_t n;
 };
 
@@ -185,7 +186,7 @@ static void
 sweep_locked(struct kvn_backend *be, struct sweep *sw)
 {
 	for (size_t i = 0; i < be->nconns && sw->n < SWEEP_MAX;) {
-		struct kvn_tp_ep *ep = conn_reap_locked(be, &be->conns[i]);
+		struct kvn_rails_ep *ep = conn_reap_locked(be, &be->conns[i]);
 		if (ep)
 			sw->ep[sw->n++] = ep; /* the last entry moved into i: look at it again */
 		else
@@ -194,10 +195,10 @@ sweep_locked(struct kvn_backend *be, struct sweep *sw)
 }
 
 static void
-sweep_close(struct kvn_backend *be, struct sweep *sw)
+sweep_close(struct sweep *sw)
 {
 	for (size_t i = 0; i < sw->n; i++)
-		be->link.ops->ep_close(sw->ep[i]);
+		kvn_rails_ep_close(sw->ep[i]);
 	sw->n = 0;
 }
 
@@ -223,7 +224,7 @@ kvn_peer_member(struct kvn_backend *be, const struct kvn_peer_member *mi)
  * (without be->lock held) when there is none; err names the peer. Stale endpoints are closed
  * on the way, on every path. */
 static int
-conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, char *err,
+conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_rails_ep **out, char *err,
 	 size_t errlen)
 {
 	struct sweep sw = {.n = 0};
@@ -234,25 +235,26 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 		c->refs++;
 		*out = c->ep;
 		pthread_mutex_unlock(&be->lock);
-		sweep_close(be, &sw);
+		sweep_close(&sw);
 		return 0;
 	}
 	pthread_mutex_unlock(&be->lock);
 
 	/* Endpoints swept are closed only after the new one exists (or failed), so the two
 	 * never share an address (the transport keys its events by endpoint). */
-	struct kvn_peer_member mi;
-	int rc = be->link.member(be->link.ctx, worker_id, &mi);
-	struct kvn_tp_ep *ep = NULL;
+	struct kvn_peer_member mi = {.rails = malloc(sizeof(*mi.rails))};
+	int rc = mi.rails ? be->link.member(be->link.ctx, worker_id, &mi) : -ENOMEM;
+	struct kvn_rails_ep *ep = NULL;
 	if (rc < 0 || !mi.up) {
 		kvn_seterr(rc, err, errlen, "peer worker %u is not a live member", worker_id);
 		rc = -ENOENT;
 	} else {
-		rc = be->link.ops->connect(be->link.tp, mi.data_addr, be->link.timeout_ms, &ep, err,
-					   errlen);
+		rc = kvn_rails_connect(be->link.rails, &mi.rails->p, be->link.timeout_ms, &ep, err,
+				       errlen);
 	}
+	free(mi.rails);
 	if (rc < 0) {
-		sweep_close(be, &sw);
+		sweep_close(&sw);
 		return rc;
 	}
 	pthread_mutex_lock(&be->lock);
@@ -261,8 +263,8 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 		c->refs++;
 		*out = c->ep;
 		pthread_mutex_unlock(&be->lock);
-		be->link.ops->ep_close(ep);
-		sweep_close(be, &sw);
+		kvn_rails_ep_close(ep);
+		sweep_close(&sw);
 		return 0;
 	}
 	if (c && !c->refs) {
@@ -277,8 +279,8 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 		struct conn *n = realloc(be->conns, cap * sizeof(*n));
 		if (!n) {
 			pthread_mutex_unlock(&be->lock);
-			be->link.ops->ep_close(ep);
-			sweep_close(be, &sw);
+			kvn_rails_ep_close(ep);
+			sweep_close(&sw);
 			return -ENOMEM;
 		}
 		be->conns = n;
@@ -289,16 +291,16 @@ conn_get(struct kvn_backend *be, uint32_t worker_id, struct kvn_tp_ep **out, cha
 	snprintf(c->addr, sizeof(c->addr), "%s", mi.data_addr);
 	*out = ep;
 	pthread_mutex_unlock(&be->lock);
-	sweep_close(be, &sw);
+	sweep_close(&sw);
 	return 0;
 }
 
 /* Drops a reference; broken marks the endpoint for reconnection. conns may move while
  * be->lock is not held, so the entry is found again by endpoint. */
 static void
-conn_put(struct kvn_backend *be, struct kvn_tp_ep *ep, bool broken)
+conn_put(struct kvn_backend *be, struct kvn_rails_ep *ep, bool broken)
 {
-	struct kvn_tp_ep *old = NULL;
+	struct kvn_rails_ep *old = NULL;
 	pthread_mutex_lock(&be->lock);
 	for (size_t i = 0; i < be->nconns; i++) {
 		struct conn *c = &be->conns[i];
@@ -311,7 +313,7 @@ conn_put(struct kvn_backend *be, struct kvn_tp_ep *ep, bool broken)
 	}
 	pthread_mutex_unlock(&be->lock);
 	if (old)
-		be->link.ops->ep_close(old);
+		kvn_rails_ep_close(old);
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -343,7 +345,7 @@ struct pread {
 	struct bkey *bk;
 	const struct kvn_peer_loc *loc;
 	struct kvn_buf **out;
-	struct kvn_tp_ep *ep;
+	struct kvn_rails_ep *ep;
 	struct kvn_slot *scratch;
 	struct rwait *w;
 	bool posted; /* fetch_begin took ep and scratch; fetch_end gives them back */
@@ -557,15 +559,16 @@ post_reads(struct kvn_backend *be, struct pread **ready, size_t n, struct kvn_re
 			ready[j]->t0 = t0;
 			pieces += ready[j]->npieces;
 		}
-		int rc = be->link.ops->read(ready[i]->ep, ready[i]->rd, pieces);
+		/* w.lock is not held: a read no rail takes completes inside this call */
+		int rc = kvn_rails_read(ready[i]->ep, ready[i]->rd, pieces);
 		if (rc == 0)
 			continue;
 		/* none of these was posted, so no callback counts them down */
 		for (size_t k = i; k < j; k++) {
 			ready[k]->rc = rc;
 			kvn_seterr(rc, ready[k]->err, sizeof(ready[k]->err),
-				   "%s: posting %zu reads failed: %s", be->link.ops->name, j - i,
-				   kvn_strerror(rc));
+				   "%s: posting %zu reads failed: %s",
+				   kvn_rails_ops(be->link.rails)->name, j - i, kvn_strerror(rc));
 		}
 		pthread_mutex_lock(&w.lock);
 		w.left -= pieces;
@@ -805,7 +808,7 @@ close_conns(struct kvn_backend *be)
 	pthread_mutex_unlock(&be->lock);
 	for (size_t i = 0; i < n; i++)
 		if (v[i].ep)
-			be->link.ops->ep_close(v[i].ep);
+			kvn_rails_ep_close(v[i].ep);
 	free(v);
 }
 
@@ -837,6 +840,7 @@ kvn_peer_read_stats(struct kvn_backend *be, struct kvn_peer_read_stats *out)
 	out->latency = &be->read_latency;
 	pthread_rwlock_rdlock(&be->attach_lock);
 	out->promoted_in_place = be->attached ? kvn_cpu_adopted(be->link.cpu) : 0;
+	out->nrails = be->attached ? kvn_rails_stats(be->link.rails, out->rails, KVN_RAILS_MAX) : 0;
 	pthread_rwlock_unlock(&be->attach_lock);
 }
 

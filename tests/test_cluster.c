@@ -573,8 +573,8 @@ ghost_serve(struct ghost *g)
 	cr_assert_eq(g->ops->open(&cfg, &g->tp, err, sizeof(err)), 0, "%s", err);
 	free(tok);
 	g->region = calloc(1, GHOST_REGION);
-	cr_assert_eq(g->ops->reg_mem(g->tp, g->region, GHOST_REGION, KVN_MEM_HOST, &g->mr,
-				     &g->desc, err, sizeof(err)),
+	cr_assert_eq(g->ops->reg_mem(g->tp, g->region, GHOST_REGION, KVN_MEM_HOST, &g->mr, &g->desc,
+				     err, sizeof(err)),
 		     0, "%s", err);
 	cr_assert_eq(g->ops->listen(g->tp, "127.0.0.1:0", g->data_addr, sizeof(g->data_addr), err,
 				    sizeof(err)),
@@ -1150,4 +1150,67 @@ Test(cluster, the_demo_reads_chunks_across_nodes_and_leaves_nothing_behind)
 	proc_rm_tree(dir);
 	unlink(out);
 	unlink(err);
+}
+
+/* A node's peer.rails from its stats: bytes and reads of rail i, -1 when absent. */
+static void
+rail_bytes(struct cnode *n, size_t *count, long long bytes[2], long long reads[2])
+{
+	cJSON *root = cnode_stat_json(n);
+	cJSON *rails = cJSON_GetObjectItem(cJSON_GetObjectItem(root, "peer"), "rails");
+	*count = (size_t)cJSON_GetArraySize(rails);
+	for (int i = 0; i < 2; i++) {
+		cJSON *r = cJSON_GetArrayItem(rails, i);
+		cJSON *b = cJSON_GetObjectItem(r, "bytes"), *k = cJSON_GetObjectItem(r, "reads");
+		bytes[i] = cJSON_IsNumber(b) ? (long long)b->valuedouble : -1;
+		reads[i] = cJSON_IsNumber(k) ? (long long)k->valuedouble : -1;
+	}
+	cJSON_Delete(root);
+}
+
+/* Two rails a node (two tcp listeners: `listen` lists one address a rail): a chunk read from a
+ * peer is sliced over both, and a node of one rail still reads from them and they from it. */
+Test(cluster, peer_reads_are_sliced_over_every_rail_and_one_rail_nodes_still_read)
+{
+	struct fixture f;
+	memset(&f, 0, sizeof(f));
+	sched_start(&f.s, "127.0.0.1:0", NULL);
+	cr_assert_eq(proc_mkdtemp("cluster-rails", f.dir, sizeof(f.dir)), 0);
+	struct cnode_opts o = {.dir = f.dir,
+			       .sched = f.s.addr,
+			       .listen = "127.0.0.1:0,127.0.0.1:0",
+			       .extra = "max_chunk_size: 4MiB\n"};
+	cnode_start(&f.a, "node-a", &o);
+	cnode_start(&f.b, "node-b", &o);
+	o.listen = NULL;
+	cnode_start(&f.c, "node-c", &o);
+	enum { BIG = 1 << 20 };
+	for (unsigned i = 0; i < 8; i++)
+		cnode_put(&f.a, "r", i, BIG);
+	for (unsigned i = 0; i < 8; i++) {
+		int got = 0;
+		for (int t = 0; t < 200 && (got = cnode_get_check(&f.b, "r", i, BIG)) == 0; t++)
+			usleep(20000); /* publishing is asynchronous */
+		cr_assert_eq(got, 1, "node-b reads chunk %u of node-a over the rails", i);
+	}
+	size_t n;
+	long long bytes[2], reads[2];
+	rail_bytes(&f.b, &n, bytes, reads);
+	cr_assert_eq(n, 2, "node-b reads over two rails");
+	/* a 1 MiB chunk over two rails at the 64 KiB slice minimum: half on each */
+	cr_assert_geq(bytes[0], 4ll * BIG, "rail 0 moved %lld bytes", bytes[0]);
+	cr_assert_geq(bytes[1], 4ll * BIG, "rail 1 moved %lld bytes", bytes[1]);
+	cr_assert_geq(reads[0], 8);
+	cr_assert_geq(reads[1], 8);
+	/* node-c has one rail: it reads node-a (rail 0 to rail 0), and node-a reads it */
+	for (unsigned i = 0; i < 8; i++)
+		cr_assert_eq(cnode_get_check(&f.c, "r", i, BIG), 1, "node-c reads chunk %u", i);
+	cnode_put(&f.c, "c", 0, BIG);
+	int got = 0;
+	for (int t = 0; t < 200 && (got = cnode_get_check(&f.a, "c", 0, BIG)) == 0; t++)
+		usleep(20000);
+	cr_assert_eq(got, 1, "node-a (two rails) reads node-c (one)");
+	rail_bytes(&f.c, &n, bytes, reads);
+	cr_assert_eq(n, 1, "node-c reads over its one rail");
+	cluster_down(&f);
 }

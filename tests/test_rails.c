@@ -429,8 +429,9 @@ Test(rails, reads_fail_only_when_no_rail_is_left)
 	uint64_t off[4] = {0, MIB, 2 * MIB, 3 * MIB};
 	int first = 0;
 	cr_assert_eq(read_all(off, 4, MIB, F.owner.desc[0].rkey, &first), 4);
-	cr_assert(first == -ECONNRESET || first == -ENOTCONN || first == -ECONNREFUSED, "got %d",
-		  first);
+	cr_assert(first == -ECONNRESET || first == -ENOTCONN || first == -ECONNREFUSED ||
+		      first == -ETIMEDOUT || first == -EIO,
+		  "got %d", first);
 	fx_close();
 }
 

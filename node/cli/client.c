@@ -101,6 +101,24 @@ kvn_cli_print_stats(const char *json, FILE *out)
 			!none && cJSON_IsString(tp) ? " with " : "",
 			!none && cJSON_IsString(tp) ? tp->valuestring : "");
 	}
+	/* The rails peer READs go over, when there are several (docs/architecture.md §12.6). */
+	const cJSON *rails = cJSON_GetObjectItemCaseSensitive(
+	    cJSON_GetObjectItemCaseSensitive(root, "peer"), "rails");
+	int ri = 0;
+	cJSON_ArrayForEach(t, (cJSON_GetArraySize(rails) > 1 ? rails : NULL))
+	{
+		const cJSON *dev = cJSON_GetObjectItemCaseSensitive(t, "device");
+		const cJSON *ra = cJSON_GetObjectItemCaseSensitive(t, "address");
+		fprintf(out,
+			"rail %-3d %s%s%s: %s, %.0f reads, %s, %.0f errors (%.0f reissued), out "
+			"%.0f times\n",
+			ri++, cJSON_IsString(dev) ? dev->valuestring : "",
+			cJSON_IsString(dev) ? " on " : "",
+			cJSON_IsString(ra) ? ra->valuestring : "?",
+			cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "up")) ? "up" : "OUT",
+			num(t, "reads"), kvn_cli_human_bytes(num(t, "bytes"), a, sizeof(a)),
+			num(t, "errors"), num(t, "reissued"), num(t, "downs"));
+	}
 	fprintf(out, "\n%-10s %10s %12s %12s %10s %10s %10s %10s %8s\n", "BACKEND", "COUNT",
 		"BYTES", "CAPACITY", "HITS", "MISSES", "PUTS", "EVICTIONS", "ERRORS");
 	cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(root, "backends"))

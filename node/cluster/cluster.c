@@ -29,17 +29,18 @@ struct gpu_reg {
 	struct kvn_cluster *c;
 	struct kvn_backend *tier;
 	struct kvn_gpu_dev_src src; /* the registration's callbacks use it: lives as long */
-	struct kvn_tp_mr *mr;
-	struct kvn_mem_desc desc;
+	struct kvn_rails_mr *mr;
+	struct kvn_mem_desc desc[KVN_RAILS_MAX]; /* per rail */
 	bool mirrored; /* host staging won: the tier keeps the transport's area current */
 };
 #define REGION_BLOB KVN_CLUSTER_REGION_BLOB
 
 struct kvn_cluster {
 	const struct kvn_transport_ops *ops;
-	struct kvn_transport *tp;
-	struct kvn_tp_mr *mr;
-	struct kvn_mem_desc desc;
+	struct kvn_rails *rails;
+	struct kvn_transport *tp; /* rail 0's: the GPU probe's */
+	struct kvn_rails_mr *mr;
+	struct kvn_mem_desc desc[KVN_RAILS_MAX]; /* the pool's, per rail */
 	struct kvn_pool *pool;
 	struct kvn_backend *cpu, *peer;
 	/* Set by the joined callback (it hands us the handle before kvn_membership_start
@@ -60,8 +61,8 @@ record(const struct kvn_cluster *c, enum kvn_cf_pub_op op, const struct kvn_slot
 {
 	struct kvn_cf_pub r = {.op = (uint8_t)op, .digest = kvn_slot_digest(slot)};
 	if (op == KVN_CF_ADMIT)
-		r.loc = (struct kvn_loc){.rkey = c->desc.rkey,
-					 .addr = c->desc.addr + kvn_slot_offset(slot),
+		r.loc = (struct kvn_loc){.rkey = c->desc[0].rkey,
+					 .addr = c->desc[0].addr + kvn_slot_offset(slot),
 					 .len = sizeof(struct kvn_slot_hdr) + kvn_slot_len(slot),
 					 .generation = kvn_slot_generation(slot)};
 	return r;
@@ -72,8 +73,8 @@ gpu_record(const struct gpu_reg *g, const struct kvn_gpu_slot_info *si)
 {
 	return (struct kvn_cf_pub){.op = KVN_CF_ADMIT,
 				   .digest = si->digest,
-				   .loc = {.rkey = g->desc.rkey,
-					   .addr = g->desc.addr + si->off,
+				   .loc = {.rkey = g->desc[0].rkey,
+					   .addr = g->desc[0].addr + si->off,
 					   .len = si->len,
 					   .generation = si->generation}};
 }
@@ -241,16 +242,33 @@ peer_lookup(void *ctx, const struct kvn_digest *keys, size_t n, uint32_t max, ui
 	return rc;
 }
 
+/* The member and, when out->rails asks for them, its rails from its region blob (locations
+ * carry rail 0's addr and rkey; the other rails' rkeys come from the blob). */
 static int
 peer_member(void *ctx, uint32_t worker_id, struct kvn_peer_member *out)
 {
 	struct kvn_cluster *c = ctx;
 	struct kvn_member_info mi;
-	int rc = kvn_membership_member(c->owned, worker_id, &mi, NULL, 0);
-	if (rc == -ENOSPC)
-		rc = 0; /* the regions are not needed: locations carry addr and rkey */
-	if (!rc)
+	struct kvn_rails_peer_buf *rails = out->rails;
+	uint8_t *blob = rails ? malloc(KVN_CF_BLOB_MAX) : NULL;
+	if (rails && !blob)
+		return -ENOMEM;
+	int rc = kvn_membership_member(c->owned, worker_id, &mi, blob, blob ? KVN_CF_BLOB_MAX : 0);
+	if (rc == -ENOSPC && !rails)
+		rc = 0;
+	if (!rc) {
 		peer_member_of(&mi, out);
+		out->rails = rails;
+	}
+	if (!rc && rails && kvn_rails_blob_decode(blob, mi.regions_len, mi.data_addr, rails) < 0) {
+		kvn_warn("cluster",
+			 "member %s (worker %u) joined with a region blob of %zu bytes this node "
+			 "cannot read; reading it over its data address only",
+			 mi.name, worker_id, mi.regions_len);
+		uint8_t legacy[KVN_CLUSTER_REGION_BLOB] = {0};
+		kvn_rails_blob_decode(legacy, sizeof(legacy), mi.data_addr, rails);
+	}
+	free(blob);
 	return rc;
 }
 
@@ -296,13 +314,13 @@ gpu_register_tier(struct kvn_cluster *c, struct kvn_engine *eng, size_t i)
 	struct kvn_reg_report rep = {KVN_REG_REPORT_INIT};
 	char err[768] = "";
 	kvn_gpu_dev_mem(gpu, in, &r->src, &src);
-	int rc = c->ops->reg_dev(c->tp, (void *)(uintptr_t)rg->base, rg->len, &src, &r->mr,
-				 &r->desc, &rep, err, sizeof(err));
+	int rc = kvn_rails_reg(c->rails, (void *)(uintptr_t)rg->base, rg->len, &src, &r->mr,
+			       r->desc, &rep, err, sizeof(err));
 	if (rc == 0 && rep.method == KVN_REG_STAGING) {
 		rc = kvn_gpu_tier_set_mirror(tier, rep.staging, err, sizeof(err));
 		r->mirrored = rc == 0;
 		if (rc) {
-			c->ops->dereg(r->mr);
+			kvn_rails_dereg(r->mr);
 			r->mr = NULL;
 		}
 	}
@@ -374,20 +392,79 @@ gpu_probe(struct kvn_cluster *c, struct kvn_engine *eng)
 	}
 }
 
-/* The active MTU of the port the verbs transport opened (for the member list, which doctor
- * --peers compares); 0 with tcp or when it is not known. */
+/* The active MTU of rail 0's port (for the member list, which doctor --peers compares); 0 with
+ * tcp or when it is not known. */
 static uint32_t
-verbs_mtu(const struct kvn_cluster *c, const struct kvn_config *cfg)
+verbs_mtu(const struct kvn_cluster *c, const char *device)
 {
 	enum { PORTS = 32 };
 	if (strcmp(c->ops->name, "verbs"))
 		return 0;
 	struct kvn_sysfs_port *ports = malloc(PORTS * sizeof(*ports));
 	int n = ports ? kvn_sysfs_ports(NULL, ports, PORTS) : 0;
-	int at = n > 0 ? kvn_sysfs_pick_port(ports, n, cfg->rdma_device) : -1;
+	int at = n > 0 ? kvn_sysfs_pick_port(ports, n, device && *device ? device : NULL) : -1;
 	uint32_t mtu = at >= 0 ? (uint32_t)kvn_sysfs_port_mtu(&ports[at]) : 0;
 	free(ports);
 	return mtu;
+}
+
+/* Opens the rails the config plans (rails_plan.c) and registers the pool on each. */
+static int
+open_rails(struct kvn_cluster *c, const struct kvn_config *cfg, struct kvn_rails_plan *pl,
+	   char *err, size_t errlen)
+{
+	/* The token guards the data connections too: a reader without it reads nothing of the
+	 * pool, whether it went through the scheduler or not. The peer tier reads with these same
+	 * instances, so it presents the token to the other nodes. */
+	struct kvn_transport_cfg tcfg = {KVN_TRANSPORT_CFG_INIT,
+					 .rdma_device = cfg->rdma_device,
+					 .gid_index = cfg->gid_index,
+					 .auth_token = cfg->auth_token,
+					 .max_conns = cfg->transport_max_connections,
+					 .hello_timeout_ms = (int)cfg->transport_hello_timeout_ms};
+	/* auto probes the first device rdma_devices names, as it probes rdma_device */
+	if (cfg->n_rdma_devices && strcmp(cfg->rdma_devices[0], "auto"))
+		tcfg.rdma_device = cfg->rdma_devices[0];
+	c->ops =
+	    kvn_transport_by_name(cfg->transport ? cfg->transport : "auto", &tcfg, err, errlen);
+	if (!c->ops)
+		return -EINVAL;
+	int rc = kvn_cluster_rails_plan(cfg, !strcmp(c->ops->name, "verbs"), NULL, pl, err, errlen);
+	if (rc < 0)
+		return rc;
+	struct kvn_rails_cfg rc_cfg = {.ops = c->ops,
+				       .tcfg = &tcfg,
+				       .nrails = pl->n,
+				       .slice_min = cfg->rail_slice_size,
+				       .retry_ms = (int)cfg->rail_retry_ms,
+				       .any_numa = !cfg->rail_numa};
+	for (size_t i = 0; i < pl->n; i++)
+		rc_cfg.rail[i] =
+		    (struct kvn_rail_spec){.device = *pl->device[i] ? pl->device[i] : NULL,
+					   .listen = pl->listen[i],
+					   .numa_node = pl->numa[i]};
+	if ((rc = kvn_rails_open(&rc_cfg, &c->rails, err, errlen)) < 0)
+		return rc;
+	c->tp = kvn_rails_tp(c->rails, 0);
+	/* The pool, once a rail, and nothing else: local write + remote read only. */
+	return kvn_rails_reg(c->rails, kvn_pool_base(c->pool), kvn_pool_size(c->pool), NULL, &c->mr,
+			     c->desc, NULL, err, errlen);
+}
+
+/* The region blob: the pool and each gpu tier's region, as every rail registered them. */
+static int
+region_blob(struct kvn_cluster *c, uint8_t *blob, size_t cap)
+{
+	size_t nr = kvn_rails_count(c->rails), ng = 1 + c->ngpu;
+	struct kvn_mem_desc *d = malloc(ng * nr * sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	memcpy(d, c->desc, nr * sizeof(*d));
+	for (size_t g = 0; g < c->ngpu; g++)
+		memcpy(d + (1 + g) * nr, c->gpu[g].desc, nr * sizeof(*d));
+	int n = kvn_rails_blob_encode(c->rails, d, ng, blob, cap);
+	free(d);
+	return n;
 }
 
 int
@@ -399,8 +476,12 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 		return 0;
 	struct kvn_storage *st = kvn_engine_storage(eng);
 	struct kvn_cluster *c = calloc(1, sizeof(*c));
-	if (!c)
+	uint8_t *blob = malloc(KVN_CF_BLOB_MAX);
+	if (!c || !blob) {
+		free(c);
+		free(blob);
 		return -ENOMEM;
+	}
 	c->pool = kvn_engine_pool(eng);
 	c->cpu = kvn_storage_backend(st, &kvn_cpu_backend_ops);
 	c->peer = kvn_storage_backend(st, &kvn_peer_backend_ops);
@@ -413,49 +494,30 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 			       cfg->scheduler_url);
 		goto fail;
 	}
-	/* The token guards the data connections too: a reader without it reads nothing of the
-	 * pool, whether it went through the scheduler or not. The peer tier reads with this same
-	 * instance, so it presents the token to the other nodes. */
-	struct kvn_transport_cfg tcfg = {KVN_TRANSPORT_CFG_INIT,
-					 .rdma_device = cfg->rdma_device,
-					 .gid_index = cfg->gid_index,
-					 .auth_token = cfg->auth_token,
-					 .max_conns = cfg->transport_max_connections,
-					 .hello_timeout_ms = (int)cfg->transport_hello_timeout_ms};
-	c->ops =
-	    kvn_transport_by_name(cfg->transport ? cfg->transport : "auto", &tcfg, err, errlen);
-	if (!c->ops) {
-		rc = -EINVAL;
-		goto fail;
-	}
-	if ((rc = c->ops->open(&tcfg, &c->tp, err, errlen)) < 0)
-		goto fail;
-	/* The pool, once, and nothing else: local write + remote read only. */
-	rc = c->ops->reg_mem(c->tp, kvn_pool_base(c->pool), kvn_pool_size(c->pool), KVN_MEM_HOST,
-			     &c->mr, &c->desc, err, errlen);
-	if (rc < 0)
+	struct kvn_rails_plan pl;
+	if ((rc = open_rails(c, cfg, &pl, err, errlen)) < 0)
 		goto fail;
 	gpu_probe(c, eng);
-	const char *listen = cfg->listen ? cfg->listen : "127.0.0.1:0";
-	rc = c->ops->listen(c->tp, listen, c->data_addr, sizeof(c->data_addr), err, errlen);
-	if (rc < 0)
+	if ((rc = kvn_rails_listen(c->rails, err, errlen)) < 0)
 		goto fail;
+	snprintf(c->data_addr, sizeof(c->data_addr), "%s", kvn_rails_addr(c->rails, 0));
 
 	kvn_cpu_set_publish(c->cpu, on_cpu_change, c);
-	uint32_t mtu = verbs_mtu(c, cfg);
-	uint8_t blob[REGION_BLOB] = {0};
-	kvn_le_put64(blob, c->desc.addr);
-	kvn_le_put64(blob + 8, c->desc.len);
-	kvn_le_put32(blob + 16, c->desc.rkey);
+	int blen = region_blob(c, blob, KVN_CF_BLOB_MAX);
+	if (blen < 0) {
+		rc = kvn_seterr(blen, err, errlen, "%zu rails and %zu gpu tiers do not fit a join",
+				kvn_rails_count(c->rails), c->ngpu);
+		goto fail;
+	}
 	struct kvn_membership_opts mo = {
 	    .scheduler = cfg->scheduler_url,
 	    .name = cfg->node_name ? cfg->node_name : "kvnode",
 	    .data_addr = c->data_addr,
 	    .transport = c->ops->name,
 	    .regions = blob,
-	    .regions_len = sizeof(blob),
+	    .regions_len = (size_t)blen,
 	    .capacity = kvn_pool_size(c->pool),
-	    .mtu = mtu,
+	    .mtu = verbs_mtu(c, pl.device[0]),
 	    .auth_token = cfg->auth_token,
 	    .heartbeat_ms = cfg->heartbeat_ms,
 	    .want_evicts = true,
@@ -466,9 +528,8 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 	if (rc < 0)
 		goto fail;
 	atomic_store(&c->m, c->owned);
-	struct kvn_peer_link link = {.ops = c->ops,
-				     .tp = c->tp,
-				     .mr = c->mr,
+	struct kvn_peer_link link = {.rails = c->rails,
+				     .mr = kvn_rails_mr_tp(c->mr, 0),
 				     .pool = c->pool,
 				     .cpu = c->cpu,
 				     .ctx = c,
@@ -478,11 +539,18 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 				     .timeout_ms = (int)cfg->peer_timeout_ms,
 				     .max_chunk = cfg->max_chunk_size};
 	kvn_peer_attach(c->peer, &link);
-	kvn_info("cluster", "serving reads of the %zu-byte pool on %s (%s); scheduler %s",
-		 kvn_pool_size(c->pool), c->data_addr, c->ops->name, cfg->scheduler_url);
+	size_t nr = kvn_rails_count(c->rails);
+	kvn_info("cluster", "serving reads of the %zu-byte pool on %s%s (%s); scheduler %s",
+		 kvn_pool_size(c->pool), c->data_addr, nr > 1 ? " and more rails" : "",
+		 c->ops->name, cfg->scheduler_url);
+	for (size_t i = 0; nr > 1 && i < nr; i++)
+		kvn_info("cluster", "rail %zu: %s%s%s", i, *pl.device[i] ? pl.device[i] : "",
+			 *pl.device[i] ? " on " : "", kvn_rails_addr(c->rails, i));
+	free(blob);
 	*out = c;
 	return 0;
 fail:
+	free(blob);
 	kvn_cluster_stop(c);
 	return rc;
 }
@@ -504,12 +572,10 @@ kvn_cluster_stop(struct kvn_cluster *c)
 		char err[256];
 		if (c->gpu[i].mirrored) /* before the area goes with the registration */
 			kvn_gpu_tier_set_mirror(c->gpu[i].tier, NULL, err, sizeof(err));
-		c->ops->dereg(c->gpu[i].mr);
+		kvn_rails_dereg(c->gpu[i].mr);
 	}
-	if (c->mr)
-		c->ops->dereg(c->mr);
-	if (c->tp)
-		c->ops->close(c->tp);
+	kvn_rails_dereg(c->mr);
+	kvn_rails_close(c->rails);
 	free(c);
 }
 
@@ -523,8 +589,14 @@ void
 kvn_cluster_listener_stats(struct kvn_cluster *c, struct kvn_transport_stats *out)
 {
 	memset(out, 0, sizeof(*out));
-	if (c && c->tp && c->ops->stats)
-		c->ops->stats(c->tp, out);
+	if (c)
+		kvn_rails_listener_stats(c->rails, out);
+}
+
+struct kvn_rails *
+kvn_cluster_rails(struct kvn_cluster *c)
+{
+	return c ? c->rails : NULL;
 }
 
 const char *

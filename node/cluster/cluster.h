@@ -53,4 +53,21 @@ int kvn_cluster_gpu_probe(const struct kvn_transport_ops *ops, struct kvn_transp
 int kvn_cluster_region_decode(const uint8_t *blob, size_t n, struct kvn_mem_desc *out);
 void kvn_cluster_listener_stats(struct kvn_cluster *c, struct kvn_transport_stats *out);
 
+/* The rails a node opens (node/cluster/rails_plan.c): with rdma_devices, each device (every
+ * one with an active port for "auto") on its own address (RoCE v2 GID, else IPoIB) at listen's
+ * port; with a listen list "A,B", one rail an address (verbs: on the device with it); else one
+ * rail of rdma_device and listen. verbs: the transport is verbs (devices come from sysfs at
+ * root, NULL: the real one). -errno with err naming the key on a bad combination. */
+#include "rdma/rails.h"
+struct kvn_rails_plan {
+	size_t n;
+	char device[KVN_RAILS_MAX][64]; /* "" with tcp, or for verbs' own choice */
+	char listen[KVN_RAILS_MAX][KVN_RAILS_ADDR_MAX + 1];
+	int numa[KVN_RAILS_MAX];
+};
+int kvn_cluster_rails_plan(const struct kvn_config *cfg, bool verbs, const char *root,
+			   struct kvn_rails_plan *pl, char *err, size_t errlen);
+/* The rails of a node (NULL when c is); kvn_rails_stats reads them. */
+struct kvn_rails *kvn_cluster_rails(struct kvn_cluster *c);
+
 #endif

@@ -44,6 +44,10 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"transport", KVN_K_TRANSPORT, FIELD(transport), 0, 0, 0, 0},
     {"rdma_device", KVN_K_STR, FIELD(rdma_device), 0, 0, 0, KVN_KF_NULLABLE},
     {"gid_index", KVN_K_INT, FIELD(gid_index), 0, -1, INT_MAX, 0},
+    {"rdma_devices", KVN_K_LIST, FIELD(rdma_devices), FIELD(n_rdma_devices), 0, 0, KVN_KF_SPLIT},
+    {"rail_slice_size", KVN_K_SIZE, FIELD(rail_slice_size), 0, 4096, 1ll << 30, 0},
+    {"rail_retry_ms", KVN_K_UINT, FIELD(rail_retry_ms), 0, 1, INT32_MAX, 0},
+    {"rail_numa", KVN_K_BOOL, FIELD(rail_numa), 0, 0, 0, 0},
     {"gpu", KVN_K_GPU, FIELD(gpu), 0, 0, 0, 0},
     {"gpu_devices", KVN_K_LIST, FIELD(gpu_devices), FIELD(n_gpu_devices), 0, 0,
      KVN_KF_SPLIT | KVN_KF_GPU_INDEX},
@@ -864,6 +868,9 @@ kvn_config_new_defaults(void)
 	cfg->client_max_connections = 128;
 	cfg->transport_max_connections = 1024;
 	cfg->transport_hello_timeout_ms = 5000;
+	cfg->rail_slice_size = 64 << 10;
+	cfg->rail_retry_ms = 2000;
+	cfg->rail_numa = true;
 	cfg->lm_max_connections = 128;
 	cfg->lm_idle_timeout_ms = 600000;
 	cfg->lm_request_timeout_ms = 30000;

@@ -50,6 +50,12 @@ struct kvn_config {
 	char *transport; /* "auto" | "verbs" | "tcp" */
 	char *rdma_device; /* NULL = first active port */
 	int gid_index; /* -1 = auto */
+	/* Rails (node/cluster/rails_plan.c): devices ("auto": every one with an active port) */
+	char **rdma_devices;
+	size_t n_rdma_devices;
+	uint64_t rail_slice_size; /* least bytes of a READ's slice on one rail, default 64 KiB */
+	uint32_t rail_retry_ms;	  /* a broken rail is tried again after this, default 2000 */
+	bool rail_numa;		  /* slices only over the rails near the memory, default true */
 	char *gpu; /* "false" | "true" | "auto" | "N" (older form: true on device N) */
 	char **gpu_devices; /* CUDA ordinals as "N", default ["0"]; see kvn_config_gpu_devices */
 	size_t n_gpu_devices;

@@ -292,6 +292,27 @@ kvn_engine_stats_json(struct kvn_engine *eng)
 		cJSON_AddNumberToObject(p, "location_cache_hits", (double)ps.location_cache_hits);
 		cJSON_AddNumberToObject(p, "location_cache_misses",
 					(double)ps.location_cache_misses);
+		/* the rails peer READs go over (docs/architecture.md §12.6) */
+		cJSON *rails = cJSON_AddArrayToObject(p, "rails");
+		for (size_t i = 0; rails && i < ps.nrails; i++) {
+			const struct kvn_rail_stats *rs = &ps.rails[i];
+			cJSON *r = cJSON_CreateObject();
+			if (!r)
+				break;
+			cJSON_AddItemToArray(rails, r);
+			if (*rs->device)
+				cJSON_AddStringToObject(r, "device", rs->device);
+			else
+				cJSON_AddNullToObject(r, "device");
+			cJSON_AddStringToObject(r, "address", rs->addr);
+			cJSON_AddNumberToObject(r, "numa_node", rs->numa_node);
+			cJSON_AddBoolToObject(r, "up", !rs->down);
+			cJSON_AddNumberToObject(r, "reads", (double)rs->slices);
+			cJSON_AddNumberToObject(r, "bytes", (double)rs->bytes);
+			cJSON_AddNumberToObject(r, "errors", (double)rs->errors);
+			cJSON_AddNumberToObject(r, "reissued", (double)rs->reissued);
+			cJSON_AddNumberToObject(r, "downs", (double)rs->downs);
+		}
 	}
 	kvn_engine_gpus_json(eng->gpus, root);
 	cJSON_AddNumberToObject(root, "hits", (double)atomic_load(&eng->hits));

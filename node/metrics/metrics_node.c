@@ -132,6 +132,36 @@ tiers(struct kvn_expo *e, struct kvn_storage *st)
 	}
 }
 
+/* Per rail (docs/architecture.md §12.6): what peer READs moved over it and how it failed. */
+static void
+rails(struct kvn_expo *e, const struct kvn_peer_read_stats *p)
+{
+	static const struct {
+		const char *name, *type, *help;
+	} fam[] = {
+	    {"kvnode_rail_reads_total", "counter", "Slices of peer READs completed on the rail"},
+	    {"kvnode_rail_bytes_total", "counter", "Bytes peer READs moved over the rail"},
+	    {"kvnode_rail_errors_total", "counter", "Slices that failed on the rail"},
+	    {"kvnode_rail_reissued_total", "counter",
+	     "Slices that failed on the rail and were reissued on another"},
+	    {"kvnode_rail_downs_total", "counter",
+	     "Times a peer connection took the rail out (retried after rail_retry_ms)"},
+	    {"kvnode_rail_up", "gauge", "1 while no peer connection has the rail out, else 0"},
+	};
+	for (size_t f = 0; f < sizeof(fam) / sizeof(fam[0]); f++) {
+		kvn_expo_family(e, fam[f].name, fam[f].type, fam[f].help);
+		for (size_t i = 0; i < p->nrails; i++) {
+			const struct kvn_rail_stats *r = &p->rails[i];
+			char idx[16];
+			snprintf(idx, sizeof(idx), "%zu", i);
+			struct kvn_label l[2] = {{"rail", idx}, {"device", r->device}};
+			const uint64_t v[] = {r->slices,   r->bytes, r->errors,
+					      r->reissued, r->downs, !r->down};
+			kvn_expo_u64(e, fam[f].name, l, 2, v[f]);
+		}
+	}
+}
+
 static void
 peer(struct kvn_expo *e, struct kvn_storage *st)
 {
@@ -161,6 +191,7 @@ peer(struct kvn_expo *e, struct kvn_storage *st)
 		     p.location_cache_misses);
 	kvn_expo_one(e, "kvnode_transport_errors_total", "counter",
 		     "READs the data transport (verbs or tcp) failed", p.transport_errors);
+	rails(e, &p);
 	kvn_expo_family(e, "kvnode_peer_read_duration_seconds", "histogram",
 			"Time from posting a READ to a peer to its completion");
 	static const struct kvn_histogram none;

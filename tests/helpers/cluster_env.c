@@ -137,8 +137,8 @@ cnode_get_check(struct cnode *n, const char *tag, unsigned i, size_t len)
 }
 
 /* The node's stats, parsed; NULL when it cannot be asked. */
-static cJSON *
-stat_json(struct cnode *n)
+cJSON *
+cnode_stat_json(struct cnode *n)
 {
 	char *json = NULL, err[256];
 	struct kvn_cli_conn *c; /* its own connection: n->c may have idled out during a long test */
@@ -155,7 +155,7 @@ long long
 cnode_tier_stat(struct cnode *n, const char *tier, const char *field)
 {
 	long long v = -1;
-	cJSON *root = stat_json(n), *t;
+	cJSON *root = cnode_stat_json(n), *t;
 	cJSON_ArrayForEach(t, cJSON_GetObjectItem(root, "backends"))
 	{
 		cJSON *nm = cJSON_GetObjectItem(t, "name"), *f = cJSON_GetObjectItem(t, field);
@@ -169,7 +169,7 @@ cnode_tier_stat(struct cnode *n, const char *tier, const char *field)
 long long
 cnode_stat(struct cnode *n, const char *section, const char *field)
 {
-	cJSON *root = stat_json(n);
+	cJSON *root = cnode_stat_json(n);
 	cJSON *f = cJSON_GetObjectItem(cJSON_GetObjectItem(root, section), field);
 	long long v = cJSON_IsNumber(f) ? (long long)f->valuedouble : -1;
 	cJSON_Delete(root);

@@ -48,5 +48,8 @@ int cnode_get_check(struct cnode *n, const char *tag, unsigned i, size_t len);
 long long cnode_tier_stat(struct cnode *n, const char *tier, const char *field);
 /* The node's stats JSON field section.field (peer.promoted_in_place …), -1 when absent. */
 long long cnode_stat(struct cnode *n, const char *section, const char *field);
+/* The node's whole stats JSON (asserts it answered); the caller deletes it. */
+struct cJSON;
+struct cJSON *cnode_stat_json(struct cnode *n);
 
 #endif
