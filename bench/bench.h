@@ -30,6 +30,7 @@ struct bench_opts {
 	int inflight; /* reads outstanding */
 	int conns; /* tcp: connections per peer; 0 = transport default */
 	bool serve; /* be the responder only, until SIGTERM */
+	int rails;  /* peer: rails on both sides (bench/peer_rails.c); 0 or 1: one transport */
 	/* scheduler mode */
 	uint64_t entries; /* directory entries of the memory row */
 	/* remote mode */
@@ -98,6 +99,7 @@ void bench_json_flush(void);
 
 int bench_local(const struct bench_opts *o);
 int bench_peer(const struct bench_opts *o);
+int bench_peer_rails(const struct bench_opts *o);
 int bench_scheduler(const struct bench_opts *o);
 int bench_remote(const struct bench_opts *o);
 int bench_client(const struct bench_opts *o);

@@ -131,7 +131,13 @@ static const char usage[] =
     "                       and serve until SIGTERM\n"
     "    --listen HOST:PORT peer --serve: where to listen (default 127.0.0.1:0)\n"
     "    --rdma-device DEV  peer, verbs: the RDMA device to open on both sides, and\n"
-    "                       ib_read_bw's -d (default: the first with an active port)\n"
+    "                       ib_read_bw's -d (default: the first with an active port);\n"
+    "                       with --rails, one device a rail: DEV0,DEV1,...\n"
+    "    --rails N          peer: N rails on both sides (2..16): each READ is sliced over\n"
+    "                       all of them; --listen HOST:PORT,HOST:PORT,... gives the\n"
+    "                       responder's addresses, one a rail (default 127.0.0.1:0 each).\n"
+    "                       Baseline (verbs): N ib_read_bw at once, one per device,\n"
+    "                       towards that rail's address; the ratio is to their sum\n"
     "    --entries N        scheduler: directory entries for the memory row (default\n"
     "                       10000000)\n"
     "    --url URL          remote: the redis:// store to measure (default: start one)\n"
@@ -221,7 +227,8 @@ enum {
 	O_PEER,
 	O_DEPTH,
 	O_DEVICE,
-	O_RDMA_DEVICE
+	O_RDMA_DEVICE,
+	O_RAILS
 };
 
 static const struct option longopts[] = {
@@ -245,6 +252,7 @@ static const struct option longopts[] = {
     {"depth", required_argument, NULL, O_DEPTH},
     {"device", required_argument, NULL, O_DEVICE},
     {"rdma-device", required_argument, NULL, O_RDMA_DEVICE},
+    {"rails", required_argument, NULL, O_RAILS},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, O_VERSION},
@@ -267,16 +275,23 @@ set_number(struct bench_opts *o, int c, const char *arg)
 		break;
 	case O_INFLIGHT:
 	case O_CONNS:
-	case O_DEPTH: {
+	case O_DEPTH:
+	case O_RAILS: {
 		long v = strtol(arg, &end, 10);
-		int max = c == O_INFLIGHT ? 4096 : c == O_CONNS ? 16 : 64;
-		const char *name = c == O_INFLIGHT ? "inflight" : c == O_CONNS ? "conns" : "depth";
+		int max = c == O_INFLIGHT ? 4096 : c == O_CONNS || c == O_RAILS ? 16 : 64;
+		const char *name = c == O_INFLIGHT ? "inflight"
+				   : c == O_CONNS  ? "conns"
+				   : c == O_RAILS  ? "rails"
+						   : "depth";
 		if (*end || v < 1 || v > max) {
 			fprintf(stderr, "kvnode-bench: --%s: want 1..%d, got \"%s\"\n", name, max,
 				arg);
 			return 2;
 		}
-		*(c == O_INFLIGHT ? &o->inflight : c == O_CONNS ? &o->conns : &o->depth) = (int)v;
+		*(c == O_INFLIGHT ? &o->inflight
+		  : c == O_CONNS  ? &o->conns
+		  : c == O_RAILS  ? &o->rails
+				  : &o->depth) = (int)v;
 		break;
 	}
 	case O_DEVICE: {
@@ -353,6 +368,7 @@ parse_opts(int argc, char **argv, struct bench_opts *o)
 		case O_INFLIGHT:
 		case O_CONNS:
 		case O_DEPTH:
+		case O_RAILS:
 		case O_DEVICE:
 		case O_DURATION:
 		case O_WSET:

@@ -435,6 +435,8 @@ run_sizes(const struct bench_opts *o, struct run *r, const char *transport_name,
 int
 bench_peer(const struct bench_opts *o)
 {
+	if (o->rails > 1)
+		return bench_peer_rails(o);
 	if (o->serve)
 		return serve(o, stdout);
 	pid_t child = 0;

@@ -62,72 +62,110 @@ parse_bw(FILE *f, size_t size)
 	return gbps;
 }
 
+#define BASE_MAX 16
+
+/* One ib_read_bw pair of a baseline run: its device, host, port and client output. */
+struct pair {
+	char dev[64], host[128], port[16];
+	pid_t srv;
+	FILE *cli;
+	double gbps;
+};
+
+double
+bench_verbs_baseline_sum(size_t n, const char *const *addrs, const char *const *devices,
+			 size_t size, uint64_t iterations, int inflight)
+{
+	struct pair pr[BASE_MAX];
+	char sz[32], iters[24], depth[16], cmd[4096] = "";
+	if (n < 1 || n > BASE_MAX)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		const char *colon = strrchr(addrs[i], ':');
+		if (devices && devices[i])
+			snprintf(pr[i].dev, sizeof(pr[i].dev), "%s", devices[i]);
+		else if (active_device(pr[i].dev, sizeof(pr[i].dev)) < 0) {
+			fprintf(stderr, "kvnode-bench: ib_read_bw baseline: no RDMA device with an "
+					"active port\n");
+			return -ENODEV;
+		}
+		if (!colon || (size_t)(colon - addrs[i]) >= sizeof(pr[i].host))
+			return -EINVAL;
+		snprintf(pr[i].host, sizeof(pr[i].host), "%.*s", (int)(colon - addrs[i]), addrs[i]);
+	}
+	snprintf(sz, sizeof(sz), "%zu", size);
+	/* The same work as kvnode's reads, shared out over the runs: iterations and the
+	 * send-queue depth (reads posted at once). perftest's duration mode (-D) starves at large
+	 * sizes under emulation. */
+	uint64_t each = iterations / n;
+	snprintf(iters, sizeof(iters), "%llu", (unsigned long long)(each < 8 ? 8 : each));
+	snprintf(depth, sizeof(depth), "%d", inflight < 1 ? 1 : inflight > 128 ? 128 : inflight);
+	/* perftest converts cycles to seconds with a CPU clock it calibrates itself; under
+	 * emulation that calibration fails now and then ("Correlation coefficient r^2 < 0.9") and
+	 * the row says 0.00. Its server also needs a moment before it listens. So: several
+	 * attempts, each with fresh servers, until every run of one attempt gave a figure. */
+	double sum = -EIO;
+	for (int attempt = 0; attempt < 12 && sum <= 0; attempt++) {
+		for (size_t i = 0; i < n; i++) {
+			snprintf(pr[i].port, sizeof(pr[i].port), "%d",
+				 20000 + (int)((getpid() * 7919u + (unsigned)time(NULL) * 31u +
+						(unsigned)attempt * 101u + (unsigned)size +
+						(unsigned)i * 1009u) %
+					       20000));
+			char *sargv[] = {"ib_read_bw", "-d", pr[i].dev,	 "-R",	"-F",
+					 "-s",	       sz,   "-n",	 iters, "-t",
+					 depth,	       "-p", pr[i].port, NULL};
+			posix_spawn_file_actions_t fa;
+			posix_spawn_file_actions_init(&fa);
+			posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY,
+							 0);
+			posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY,
+							 0);
+			int rc = posix_spawnp(&pr[i].srv, "ib_read_bw", &fa, NULL, sargv, environ);
+			posix_spawn_file_actions_destroy(&fa);
+			if (rc) {
+				fprintf(
+				    stderr,
+				    "kvnode-bench: cannot run ib_read_bw: %s (install perftest: "
+				    "scripts/install-vm-deps)\n",
+				    strerror(rc));
+				for (size_t k = 0; k < i; k++) {
+					kill(pr[k].srv, SIGTERM);
+					waitpid(pr[k].srv, NULL, 0);
+				}
+				return -rc;
+			}
+		}
+		usleep(300000u + 100000u * (unsigned)attempt);
+		for (size_t i = 0; i < n; i++) { /* every client at once */
+			snprintf(cmd, sizeof(cmd),
+				 "ib_read_bw -d %s -R -F -s %s -n %s -t %s -p %s %s 2>&1",
+				 pr[i].dev, sz, iters, depth, pr[i].port, pr[i].host);
+			pr[i].cli = popen(cmd, "r");
+		}
+		sum = 0;
+		for (size_t i = 0; i < n; i++) {
+			pr[i].gbps = pr[i].cli ? parse_bw(pr[i].cli, size) : -EIO;
+			if (pr[i].cli)
+				pclose(pr[i].cli);
+			kill(pr[i].srv, SIGTERM);
+			waitpid(pr[i].srv, NULL, 0);
+			sum = pr[i].gbps > 0 && sum >= 0 ? sum + pr[i].gbps : -EIO;
+		}
+	}
+	if (sum <= 0) {
+		fprintf(stderr, "kvnode-bench: '%s' (one of %zu at once) gave no bandwidth\n", cmd,
+			n);
+		return -EIO;
+	}
+	return sum;
+}
+
 double
 bench_verbs_baseline_gbps(const char *peer_addr, const char *device, size_t size,
 			  uint64_t iterations, int inflight)
 {
-	char dev[64], host[128], sz[32], iters[24], depth[16], port[16];
-	const char *colon = strrchr(peer_addr, ':');
-	double gbps = -EIO;
-	pid_t srv;
-
-	if (device)
-		snprintf(dev, sizeof(dev), "%s", device);
-	else if (active_device(dev, sizeof(dev)) < 0) {
-		fprintf(stderr, "kvnode-bench: ib_read_bw baseline: no RDMA device with an active "
-				"port\n");
-		return -ENODEV;
-	}
-	if (!colon || (size_t)(colon - peer_addr) >= sizeof(host))
-		return -EINVAL;
-	snprintf(host, sizeof(host), "%.*s", (int)(colon - peer_addr), peer_addr);
-	snprintf(sz, sizeof(sz), "%zu", size);
-	/* The same work as kvnode's reads: iterations and the send-queue depth (reads posted at
-	 * once). perftest's duration mode (-D) starves at large sizes under emulation. */
-	snprintf(iters, sizeof(iters), "%llu",
-		 (unsigned long long)(iterations < 8 ? 8 : iterations));
-	snprintf(depth, sizeof(depth), "%d", inflight < 1 ? 1 : inflight > 128 ? 128 : inflight);
-	char *sargv[] = {"ib_read_bw", "-d",  dev,  "-R",  "-F", "-s", sz,
-			 "-n",	       iters, "-t", depth, "-p", port, NULL};
-	char cmd[512];
-	/* perftest converts cycles to seconds with a CPU clock it calibrates itself; under
-	 * emulation that calibration fails now and then ("Correlation coefficient r^2 < 0.9") and
-	 * the row says 0.00. Its server also needs a moment before it listens. So: several
-	 * attempts, each with a fresh server. */
-	for (int attempt = 0; attempt < 12 && gbps <= 0; attempt++) {
-		posix_spawn_file_actions_t fa;
-		snprintf(port, sizeof(port), "%d",
-			 20000 + (int)((getpid() * 7919u + (unsigned)time(NULL) * 31u +
-					(unsigned)attempt * 101u + (unsigned)size) %
-				       20000));
-		posix_spawn_file_actions_init(&fa);
-		posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-		posix_spawn_file_actions_addopen(&fa, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
-		int rc = posix_spawnp(&srv, "ib_read_bw", &fa, NULL, sargv, environ);
-		posix_spawn_file_actions_destroy(&fa);
-		if (rc) {
-			fprintf(stderr,
-				"kvnode-bench: cannot run ib_read_bw: %s (install perftest: "
-				"scripts/install-vm-deps)\n",
-				strerror(rc));
-			return -rc;
-		}
-		usleep(300000u + 100000u * (unsigned)attempt);
-		snprintf(cmd, sizeof(cmd), "ib_read_bw -d %s -R -F -s %s -n %s -t %s -p %s %s 2>&1",
-			 dev, sz, iters, depth, port, host);
-		FILE *f = popen(cmd, "r");
-		if (f) {
-			gbps = parse_bw(f, size);
-			pclose(f);
-		}
-		kill(srv, SIGTERM);
-		waitpid(srv, NULL, 0);
-	}
-	if (gbps <= 0) {
-		fprintf(stderr, "kvnode-bench: '%s' gave no bandwidth\n", cmd);
-		return -EIO;
-	}
-	return gbps;
+	return bench_verbs_baseline_sum(1, &peer_addr, &device, size, iterations, inflight);
 }
 
 #else
@@ -139,6 +177,14 @@ bench_verbs_baseline_gbps(const char *peer_addr, const char *device, size_t size
 	(void)peer_addr, (void)device, (void)size, (void)iterations, (void)inflight;
 	fprintf(stderr, "kvnode-bench: this build has no verbs (libibverbs was not found)\n");
 	return -EOPNOTSUPP;
+}
+
+double
+bench_verbs_baseline_sum(size_t n, const char *const *addrs, const char *const *devices,
+			 size_t size, uint64_t iterations, int inflight)
+{
+	(void)n, (void)devices;
+	return bench_verbs_baseline_gbps(addrs ? addrs[0] : NULL, NULL, size, iterations, inflight);
 }
 
 #endif

@@ -11,4 +11,10 @@
 double bench_verbs_baseline_gbps(const char *peer_addr, const char *device, size_t size,
 				 uint64_t iterations, int inflight);
 
+/* n ib_read_bw runs at once, run i on devices[i] (NULL: as above) towards addrs[i]'s host, each
+ * doing iterations / n reads of size; the sum of their bandwidths (1e9 B/s), or a negative
+ * errno with the reason on stderr. */
+double bench_verbs_baseline_sum(size_t n, const char *const *addrs, const char *const *devices,
+				size_t size, uint64_t iterations, int inflight);
+
 #endif
