@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #include "node/cli/doctor.h"
+#include "node/cluster/cluster.h"
 #include "node/engine/config.h"
 #include "rdma/sysfs.h"
 #include "tests/helpers/proc.h"
@@ -59,18 +60,22 @@ put_file(const char *text, const char *fmt, ...)
 /* A RoCE port of dev on netdev with MTU mtu: link-local and 10.0.0.5 GIDs, each as v1 and v2
  * (the table a kernel builds for one IPv4 address). */
 static void
-roce_port(const char *dev, const char *state, const char *netdev, int mtu)
+roce_port_at(const char *dev, const char *state, const char *netdev, int mtu, const char *v4,
+	     int numa)
 {
-	static const char *const gids[] = {
-	    "fe80:0000:0000:0000:5054:00ff:fe12:3456", "fe80:0000:0000:0000:5054:00ff:fe12:3456",
-	    "0000:0000:0000:0000:0000:ffff:0a00:0005", "0000:0000:0000:0000:0000:ffff:0a00:0005"};
+	char mapped[64];
+	snprintf(mapped, sizeof(mapped), "0000:0000:0000:0000:0000:ffff:%s", v4);
+	const char *const gids[] = {"fe80:0000:0000:0000:5054:00ff:fe12:3456",
+				    "fe80:0000:0000:0000:5054:00ff:fe12:3456", mapped, mapped};
 	static const char *const types[] = {"IB/RoCE v1", "RoCE v2", "IB/RoCE v1", "RoCE v2"};
 	put_file(state, "class/infiniband/%s/ports/1/state", dev);
 	put_file(strstr(state, "ACTIVE") ? "5: LinkUp\n" : "3: Disabled\n",
 		 "class/infiniband/%s/ports/1/phys_state", dev);
 	put_file("Ethernet\n", "class/infiniband/%s/ports/1/link_layer", dev);
 	put_file("100 Gb/sec (4X EDR)\n", "class/infiniband/%s/ports/1/rate", dev);
-	put_file("0\n", "class/infiniband/%s/device/numa_node", dev);
+	char nn[16];
+	snprintf(nn, sizeof(nn), "%d\n", numa);
+	put_file(nn, "class/infiniband/%s/device/numa_node", dev);
 	for (int i = 0; i < 4; i++) {
 		put_file(gids[i], "class/infiniband/%s/ports/1/gids/%d", dev, i);
 		put_file(types[i], "class/infiniband/%s/ports/1/gid_attrs/types/%d", dev, i);
@@ -82,6 +87,12 @@ roce_port(const char *dev, const char *state, const char *netdev, int mtu)
 	char m[16];
 	snprintf(m, sizeof(m), "%d\n", mtu);
 	put_file(m, "class/net/%s/mtu", netdev);
+}
+
+static void
+roce_port(const char *dev, const char *state, const char *netdev, int mtu)
+{
+	roce_port_at(dev, state, netdev, mtu, "0a00:0005", 0);
 }
 
 static void
@@ -386,4 +397,108 @@ Test(doctor, the_command_reads_a_fixture_tree_and_exits_with_its_status)
 	}
 	cr_assert(mtu, "no mtu warning in the command's output");
 	cJSON_Delete(j);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Which rails a node opens (node/cluster/rails_plan.c), from the same fixture trees
+ * ------------------------------------------------------------------------------------------- */
+
+static int
+plan(const char *yaml, bool verbs, struct kvn_rails_plan *pl, char *err, size_t errlen)
+{
+	kvn_config_free(cfg);
+	char perr[512];
+	cr_assert_eq(kvn_config_parse(yaml, strlen(yaml), "test.yaml", &cfg, perr, sizeof(perr)), 0,
+		     "%s", perr);
+	return kvn_cluster_rails_plan(cfg, verbs, root, pl, err, errlen);
+}
+
+static void
+two_roce_devices(void)
+{
+	roce_port_at("mlx5_0", "4: ACTIVE\n", "eth0", 9000, "0a00:0005", 0);
+	roce_port_at("mlx5_1", "4: ACTIVE\n", "eth1", 9000, "0a00:0105", 1);
+}
+
+Test(doctor, rails_from_rdma_devices_listen_on_each_devices_own_address)
+{
+	two_roce_devices();
+	struct kvn_rails_plan pl;
+	char err[512] = "";
+	cr_assert_eq(plan("rdma_devices: [mlx5_0, mlx5_1]\nlisten: 0.0.0.0:7000\n", true, &pl, err,
+			  sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(pl.n, 2);
+	cr_assert_str_eq(pl.device[0], "mlx5_0");
+	cr_assert_str_eq(pl.listen[0], "10.0.0.5:7000");
+	cr_assert_str_eq(pl.device[1], "mlx5_1");
+	cr_assert_str_eq(pl.listen[1], "10.0.1.5:7000");
+	cr_assert_eq(pl.numa[0], 0);
+	cr_assert_eq(pl.numa[1], 1, "the rail knows its device's NUMA node");
+}
+
+Test(doctor, rails_auto_takes_every_device_with_an_active_port)
+{
+	two_roce_devices();
+	roce_port_at("mlx5_2", "1: DOWN\n", "eth2", 9000, "0a00:0205", 1);
+	struct kvn_rails_plan pl;
+	char err[512] = "";
+	cr_assert_eq(plan("rdma_devices: auto\n", true, &pl, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(pl.n, 2, "mlx5_2's port is down");
+	cr_assert_str_eq(pl.listen[1], "10.0.1.5:0", "listen's port (the default's 0)");
+}
+
+Test(doctor, rails_refuse_what_cannot_work_and_name_the_key)
+{
+	two_roce_devices();
+	ib_port("mlx5_3", "4: ACTIVE\n"); /* no IPv4 GID, no IPoIB netdev in the fixture */
+	struct kvn_rails_plan pl;
+	char err[512];
+	static const struct {
+		const char *yaml;
+		bool verbs;
+		int rc;
+		const char *says;
+	} bad[] = {
+	    {"rdma_devices: [mlx5_0, mlx5_1]\ntransport: tcp\n", false, -EINVAL, "rdma_devices"},
+	    {"rdma_devices: [mlx5_0]\nrdma_device: mlx5_0\n", true, -EINVAL, "not both"},
+	    {"rdma_devices: [mlx5_0, mlx5_9]\n", true, -ENODEV, "mlx5_9"},
+	    {"rdma_devices: [mlx5_0, mlx5_0]\n", true, -EINVAL, "twice"},
+	    {"rdma_devices: [mlx5_3]\n", true, -EADDRNOTAVAIL, "mlx5_3"},
+	    {"rdma_devices: [mlx5_0]\nlisten: \"10.0.0.5:1,10.0.1.5:1\"\n", true, -EINVAL,
+	     "port only"},
+	    {"listen: \"10.0.0.5:7000,10.0.9.9:7000\"\n", true, -EADDRNOTAVAIL, "10.0.9.9"},
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		err[0] = 0;
+		int rc = plan(bad[i].yaml, bad[i].verbs, &pl, err, sizeof(err));
+		cr_assert_eq(rc, bad[i].rc, "%s: got %d (%s)", bad[i].yaml, rc, err);
+		cr_assert(strstr(err, bad[i].says), "%s: \"%s\" does not say %s", bad[i].yaml, err,
+			  bad[i].says);
+	}
+}
+
+Test(doctor, a_listen_list_is_one_rail_an_address)
+{
+	two_roce_devices();
+	struct kvn_rails_plan pl;
+	char err[512] = "";
+	cr_assert_eq(plan("listen: \"10.0.1.5:7001,10.0.0.5:7000\"\n", true, &pl, err, sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(pl.n, 2);
+	cr_assert_str_eq(pl.device[0], "mlx5_1", "verbs: the device with that address");
+	cr_assert_str_eq(pl.listen[0], "10.0.1.5:7001");
+	cr_assert_str_eq(pl.device[1], "mlx5_0");
+	/* tcp: no devices, the addresses as given */
+	cr_assert_eq(plan("listen: \"127.0.0.1:0,127.0.0.1:0\"\ntransport: tcp\n", false, &pl, err,
+			  sizeof(err)),
+		     0, "%s", err);
+	cr_assert_eq(pl.n, 2);
+	cr_assert_str_eq(pl.device[1], "");
+	/* neither: today's one rail */
+	cr_assert_eq(
+	    plan("rdma_device: mlx5_1\nlisten: 10.0.1.5:7000\n", true, &pl, err, sizeof(err)), 0,
+	    "%s", err);
+	cr_assert_eq(pl.n, 1);
+	cr_assert_str_eq(pl.device[0], "mlx5_1");
 }
