@@ -502,3 +502,28 @@ Test(doctor, a_listen_list_is_one_rail_an_address)
 	cr_assert_eq(pl.n, 1);
 	cr_assert_str_eq(pl.device[0], "mlx5_1");
 }
+
+/* The doctor's rails line: the check of issue 16's rails, from the same plan as the start. */
+static const struct kvn_doctor_check *
+rails_line(void)
+{
+	for (size_t i = 0; i < rep.n; i++)
+		if (!strcmp(rep.c[i].name, "rails"))
+			return &rep.c[i];
+	return NULL;
+}
+
+Test(doctor, doctor_shows_the_rails_or_why_a_node_would_refuse_them)
+{
+	two_roce_devices();
+	decide("rdma_devices: [mlx5_0, mlx5_1]\nlisten: 0.0.0.0:7000\n");
+	const struct kvn_doctor_check *c = rails_line();
+	cr_assert_not_null(c, "a rails line");
+	cr_assert_eq(c->status, KVN_DR_OK, "%s", c->what);
+	cr_assert(strstr(c->what, "mlx5_1 on 10.0.1.5:7000 (NUMA 1)"), "%s", c->what);
+	decide("rdma_devices: [mlx5_0, mlx5_7]\n");
+	c = rails_line();
+	cr_assert_not_null(c);
+	cr_assert_eq(c->status, KVN_DR_FAIL);
+	cr_assert(strstr(c->what, "mlx5_7"), "%s", c->what);
+}

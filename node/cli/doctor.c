@@ -556,6 +556,40 @@ check_gpu(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
 	}
 }
 
+/* The rails the config asks for (rdma_devices, or a listen list): each device and the address
+ * it serves on, or why the node would refuse to start. Nothing with one rail. */
+static void
+check_rails(const struct kvn_config *cfg, const struct kvn_doctor_facts *f, bool verbs,
+	    struct kvn_doctor_report *r)
+{
+	if (!cfg->n_rdma_devices && !(cfg->listen && strchr(cfg->listen, ',')))
+		return;
+	struct kvn_rails_plan *pl = malloc(sizeof(*pl));
+	char err[512] = "";
+	int rc = pl ? kvn_cluster_rails_plan(cfg, verbs, f->sysfs, pl, err, sizeof(err)) : -ENOMEM;
+	if (rc < 0) {
+		struct kvn_doctor_check *c =
+		    add(r, KVN_DR_FAIL, "rails", "kvnode serve would refuse to start: %s",
+			*err ? err : strerror(-rc));
+		fix(c, "see rdma_devices and listen in docs/configuration.md");
+	} else {
+		char what[sizeof(r->c[0].what)] = "";
+		size_t at = 0;
+		for (size_t i = 0; i < pl->n && at < sizeof(what); i++) {
+			char numa[24] = "";
+			if (pl->numa[i] >= 0)
+				snprintf(numa, sizeof(numa), " (NUMA %d)", pl->numa[i]);
+			int w = snprintf(what + at, sizeof(what) - at, "%s%s%s%s%s", i ? ", " : "",
+					 pl->device[i], *pl->device[i] ? " on " : "", pl->listen[i],
+					 numa);
+			at += w > 0 ? (size_t)w : 0;
+		}
+		add(r, pl->n > 1 ? KVN_DR_OK : KVN_DR_WARN, "rails", "%zu rail%s: %s", pl->n,
+		    pl->n == 1 ? " only" : "s", what);
+	}
+	free(pl);
+}
+
 void
 kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
 		  struct kvn_doctor_report *r)
@@ -589,6 +623,7 @@ kvn_doctor_decide(const struct kvn_config *cfg, const struct kvn_doctor_facts *f
 		    !f->verbs_built ? "this build has no verbs"
 				    : "no RDMA device has an active port");
 	}
+	check_rails(cfg, f, verbs, r);
 	check_memlock(cfg, f, verbs, r);
 	check_hugepages(cfg, f, r);
 	check_fork(f, r);
