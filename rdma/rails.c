@@ -52,6 +52,8 @@ struct kvn_rails_ep {
 	size_t n; /* rails paired with the peer's */
 	_Atomic(struct kvn_tp_ep *) ep[KVN_RAILS_MAX];
 	_Atomic uint64_t down_until[KVN_RAILS_MAX]; /* 0: up */
+	_Atomic bool probing[KVN_RAILS_MAX];	    /* a caller is trying it again */
+	_Atomic unsigned fails[KVN_RAILS_MAX];	    /* retries that failed in a row */
 	char peer[KVN_RAILS_MAX][KVN_RAILS_ADDR_MAX + 1];
 	int timeout_ms;
 	pthread_mutex_t connect_lock;
@@ -373,25 +375,54 @@ kvn_rails_ep_rails(const struct kvn_rails_ep *ep)
 	return ep->n;
 }
 
-/* Takes rail i out of ep until its retry time. */
+/* Takes rail i out of ep until its retry time: rail_retry_ms after it broke, doubling with each
+ * retry that fails (up to 64 times), so a rail that stays dead costs its retry's reconnect
+ * rarely. */
 static void
 rail_down(struct kvn_rails_ep *ep, size_t i, const char *why)
 {
 	struct rail *rl = &ep->r->rail[i];
-	uint64_t now = kvn_now_ns(), until = now + ep->r->retry_ns;
-	if (atomic_exchange(&ep->down_until[i], until) > now)
-		return; /* already out (or being retried): counted and logged once */
-	atomic_fetch_add_explicit(&rl->downs, 1, memory_order_relaxed);
+	uint64_t now = kvn_now_ns();
+	bool retry = atomic_exchange(&ep->probing[i], false);
+	unsigned f = retry ? atomic_fetch_add(&ep->fails[i], 1) + 1 : 0;
+	uint64_t wait = ep->r->retry_ns << (f < 6 ? f : 6), until = now + wait;
+	if (retry) {
+		atomic_store(&ep->down_until[i], until);
+	} else {
+		if (atomic_exchange(&ep->down_until[i], until) > now)
+			return; /* already out: counted and logged once */
+		atomic_store(&ep->fails[i], 0);
+		atomic_fetch_add_explicit(&rl->downs, 1, memory_order_relaxed);
+	}
 	uint64_t cur = atomic_load(&rl->down_until);
 	while (cur < until && !atomic_compare_exchange_weak(&rl->down_until, &cur, until))
 		;
-	kvn_warn(LOG, "rail %zu%s%s to %s is out for %llu ms: %s", i, *rl->device ? " " : "",
-		 rl->device, ep->peer[i], (unsigned long long)(ep->r->retry_ns / 1000000u), why);
+	if (retry)
+		kvn_debug(LOG, "rail %zu to %s: still out (%s); next try in %llu ms", i,
+			  ep->peer[i], why, (unsigned long long)(wait / 1000000u));
+	else
+		kvn_warn(LOG, "rail %zu%s%s to %s is out for %llu ms: %s", i,
+			 *rl->device ? " " : "", rl->device, ep->peer[i],
+			 (unsigned long long)(wait / 1000000u), why);
+}
+
+/* A slice completed on rail i: a retry of it worked. */
+static void
+rail_ok(struct kvn_rails_ep *ep, size_t i)
+{
+	if (!atomic_load_explicit(&ep->probing[i], memory_order_relaxed) ||
+	    !atomic_exchange(&ep->probing[i], false))
+		return;
+	atomic_store(&ep->fails[i], 0);
+	struct rail *rl = &ep->r->rail[i];
+	kvn_info(LOG, "rail %zu%s%s to %s is back", i, *rl->device ? " " : "", rl->device,
+		 ep->peer[i]);
 }
 
 /* Whether rail i of ep takes slices now. A rail out past its retry time is tried again by one
  * caller (the one that moves its time on), connecting it first when it never connected; from a
- * callback it waits for a caller. */
+ * callback it waits for a caller. The retry's reconnect runs on that caller's thread, bounded
+ * by the transport's timeout. */
 static bool
 rail_live(struct kvn_rails_ep *ep, size_t i)
 {
@@ -404,6 +435,7 @@ rail_live(struct kvn_rails_ep *ep, size_t i)
 	/* one caller retries; the others see it out a while longer */
 	if (!atomic_compare_exchange_strong(&ep->down_until[i], &until, kvn_now_ns() + r->retry_ns))
 		return false;
+	atomic_store(&ep->probing[i], true);
 	if (!atomic_load(&ep->ep[i])) {
 		pthread_mutex_lock(&ep->connect_lock);
 		struct kvn_tp_ep *te = NULL;
@@ -416,13 +448,11 @@ rail_live(struct kvn_rails_ep *ep, size_t i)
 			atomic_store(&ep->ep[i], te);
 		pthread_mutex_unlock(&ep->connect_lock);
 		if (rc < 0) {
-			kvn_debug(LOG, "rail %zu to %s: still out: %s", i, ep->peer[i], e);
+			rail_down(ep, i, e);
 			return false;
 		}
 	}
 	atomic_store(&ep->down_until[i], 0);
-	kvn_info(LOG, "rail %zu%s%s to %s is back", i, *r->rail[i].device ? " " : "",
-		 r->rail[i].device, ep->peer[i]);
 	return true;
 }
 
@@ -566,6 +596,7 @@ slice_cb(struct kvn_read *rd, int status, const char *msg)
 	struct kvn_rails_ep *ep = s->call->ep;
 	struct rail *rl = &ep->r->rail[s->rail];
 	if (status == 0) {
+		rail_ok(ep, s->rail);
 		atomic_fetch_add_explicit(&rl->slices, 1, memory_order_relaxed);
 		atomic_fetch_add_explicit(&rl->bytes, rd->len, memory_order_relaxed);
 		slice_final(s, 0, NULL);
