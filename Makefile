@@ -84,7 +84,7 @@ fuzz-run: fuzz
 # gcc: its ThreadSanitizer runtime is a shared library, which the test modules (linked with
 # --no-undefined) need; clang links the runtime into executables only.
 TSAN_CC ?= gcc
-TSAN_TESTS ?= storage|cpu|pool|tcp|transport_conformance|cluster|scheduler|lm|server|client|plugins|reload
+TSAN_TESTS ?= storage|cpu|pool|tcp|transport_conformance|rails|cluster|scheduler|lm|server|client|plugins|reload
 TSAN_REPORTS = $(CURDIR)/build-tsan/tsan-reports
 tsan:
 	@$(MAKE) --no-print-directory build BUILD=build-tsan BUILD_TYPE=Debug \

@@ -595,22 +595,23 @@ slice_cb(struct kvn_read *rd, int status, const char *msg)
 	struct slice *s = rd->ctx;
 	struct kvn_rails_ep *ep = s->call->ep;
 	struct rail *rl = &ep->r->rail[s->rail];
+	/* a progress thread: what runs from here (the caller's callback included) never connects */
+	bool was = in_callback;
+	in_callback = true;
 	if (status == 0) {
 		rail_ok(ep, s->rail);
 		atomic_fetch_add_explicit(&rl->slices, 1, memory_order_relaxed);
 		atomic_fetch_add_explicit(&rl->bytes, rd->len, memory_order_relaxed);
 		slice_final(s, 0, NULL);
-		return;
+	} else {
+		atomic_fetch_add_explicit(&rl->errors, 1, memory_order_relaxed);
+		if (!rail_failure(status) || atomic_load(&ep->closing)) {
+			slice_final(s, status, msg);
+		} else {
+			rail_down(ep, s->rail, msg ? msg : kvn_strerror(status));
+			reissue(s, status, msg);
+		}
 	}
-	atomic_fetch_add_explicit(&rl->errors, 1, memory_order_relaxed);
-	if (!rail_failure(status) || atomic_load(&ep->closing)) {
-		slice_final(s, status, msg);
-		return;
-	}
-	rail_down(ep, s->rail, msg ? msg : kvn_strerror(status));
-	bool was = in_callback;
-	in_callback = true;
-	reissue(s, status, msg);
 	in_callback = was;
 }
 
