@@ -44,7 +44,7 @@ active_device(char *name, size_t len)
 /* perftest prints one row per size under "#bytes #iterations BW peak[MB/sec] BW average..."
  * with MB = 2^20 bytes. */
 static double
-parse_bw(FILE *f, size_t size)
+parse_bw(FILE *f, size_t size, char *why, size_t whylen)
 {
 	char line[512];
 	bool table = false;
@@ -52,6 +52,9 @@ parse_bw(FILE *f, size_t size)
 	while (fgets(line, sizeof(line), f)) {
 		unsigned long long bytes, iters;
 		double peak, avg;
+		size_t n = strcspn(line, "\n");
+		if (n && line[0] != '-' && line[0] != ' ') /* the last word it said, for errors */
+			snprintf(why, whylen, "%.*s", (int)n, line);
 		if (strstr(line, "#bytes"))
 			table = true;
 		else if (table &&
@@ -70,6 +73,7 @@ struct pair {
 	pid_t srv;
 	FILE *cli;
 	double gbps;
+	char why[200];
 };
 
 double
@@ -77,7 +81,7 @@ bench_verbs_baseline_sum(size_t n, const char *const *addrs, const char *const *
 			 size_t size, uint64_t iterations, int inflight)
 {
 	struct pair pr[BASE_MAX];
-	char sz[32], iters[24], depth[16], cmd[4096] = "";
+	char sz[32], iters[24], depth[16], cmd[8192] = "";
 	if (n < 1 || n > BASE_MAX)
 		return -EINVAL;
 	for (size_t i = 0; i < n; i++) {
@@ -138,14 +142,18 @@ bench_verbs_baseline_sum(size_t n, const char *const *addrs, const char *const *
 		}
 		usleep(300000u + 100000u * (unsigned)attempt);
 		for (size_t i = 0; i < n; i++) { /* every client at once */
-			snprintf(cmd, sizeof(cmd),
-				 "ib_read_bw -d %s -R -F -s %s -n %s -t %s -p %s %s 2>&1",
-				 pr[i].dev, sz, iters, depth, pr[i].port, pr[i].host);
+			snprintf(
+			    cmd, sizeof(cmd),
+			    "timeout 120 ib_read_bw -d %s -R -F -s %s -n %s -t %s -p %s %s 2>&1",
+			    pr[i].dev, sz, iters, depth, pr[i].port, pr[i].host);
 			pr[i].cli = popen(cmd, "r");
 		}
 		sum = 0;
 		for (size_t i = 0; i < n; i++) {
-			pr[i].gbps = pr[i].cli ? parse_bw(pr[i].cli, size) : -EIO;
+			pr[i].why[0] = 0;
+			pr[i].gbps = pr[i].cli
+					 ? parse_bw(pr[i].cli, size, pr[i].why, sizeof(pr[i].why))
+					 : -EIO;
 			if (pr[i].cli)
 				pclose(pr[i].cli);
 			kill(pr[i].srv, SIGTERM);
@@ -154,8 +162,13 @@ bench_verbs_baseline_sum(size_t n, const char *const *addrs, const char *const *
 		}
 	}
 	if (sum <= 0) {
-		fprintf(stderr, "kvnode-bench: '%s' (one of %zu at once) gave no bandwidth\n", cmd,
-			n);
+		for (size_t i = 0; i < n; i++)
+			if (pr[i].gbps <= 0)
+				fprintf(stderr,
+					"kvnode-bench: ib_read_bw on %s towards %s (one of %zu at "
+					"once) gave no bandwidth; its last line: %s\n",
+					pr[i].dev, pr[i].host, n,
+					*pr[i].why ? pr[i].why : "(none)");
 		return -EIO;
 	}
 	return sum;
