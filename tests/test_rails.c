@@ -480,3 +480,38 @@ Test(rails, a_rail_that_was_out_is_used_again_after_its_retry)
 	} while (st[1].slices == 0);
 	fx_close();
 }
+
+/* The region blob a node joins with: what a reader decodes is what the owner's rails are. */
+Test(rails, the_region_blob_carries_every_rail_and_region_and_a_plain_one_is_one_rail)
+{
+	fx_open();
+	struct kvn_mem_desc d[2 * 2];
+	memcpy(d, F.reader.desc, 2 * sizeof(d[0]));
+	d[2] = (struct kvn_mem_desc){.addr = 0x7e0000000000, .len = 1 << 28, .rkey = 0x1111};
+	d[3] = (struct kvn_mem_desc){.addr = 0x7e0000000000, .len = 1 << 28, .rkey = 0x2222};
+	uint8_t blob[1024];
+	int n = kvn_rails_blob_encode(F.reader.rails, d, 2, blob, sizeof(blob));
+	cr_assert_gt(n, 24, "encode: %d", n);
+	cr_assert_eq(kvn_rails_blob_encode(F.reader.rails, d, 2, blob, (size_t)n - 1), -ENOSPC);
+	struct kvn_rails_peer_buf *b = malloc(sizeof(*b));
+	cr_assert_eq(kvn_rails_blob_decode(blob, (size_t)n, "ignored:1", b), 0);
+	cr_assert_eq(b->p.nrails, 2);
+	cr_assert_eq(b->p.nregions, 2);
+	for (size_t i = 0; i < 4; i++) {
+		cr_assert_eq(b->p.desc[i].addr, d[i].addr);
+		cr_assert_eq(b->p.desc[i].len, d[i].len);
+		cr_assert_eq(b->p.desc[i].rkey, d[i].rkey);
+	}
+	cr_assert_str_eq(b->p.addr[0], kvn_rails_addr(F.reader.rails, 0));
+	/* the first 24 bytes alone (a node before rails): one rail at the data address */
+	cr_assert_eq(kvn_rails_blob_decode(blob, 24, "10.0.0.5:7000", b), 0);
+	cr_assert_eq(b->p.nrails, 1);
+	cr_assert_eq(b->p.nregions, 0);
+	cr_assert_str_eq(b->p.addr[0], "10.0.0.5:7000");
+	/* cut short anywhere past the magic: refused */
+	for (int cut = 33; cut < n; cut += 7)
+		cr_assert_eq(kvn_rails_blob_decode(blob, (size_t)cut, "x:1", b), -EPROTO, "cut %d",
+			     cut);
+	free(b);
+	fx_close();
+}
