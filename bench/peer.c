@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "bench/bench.h"
+#include "bench/peer.h"
 #include "bench/peer_verbs.h"
 #include "kvnode/transport.h"
 #include "core/log.h"
@@ -45,8 +46,8 @@ open_transport(const struct bench_opts *o, const struct kvn_transport_ops **ops,
  * Responder
  * ------------------------------------------------------------------------------------------- */
 
-static size_t
-region_len(const struct bench_opts *o)
+size_t
+bench_peer_region_len(const struct bench_opts *o)
 {
 	size_t max = 0;
 	for (size_t i = 0; i < o->nsizes; i++)
@@ -68,7 +69,7 @@ serve(const struct bench_opts *o, FILE *out)
 	struct kvn_transport *tp;
 	if (open_transport(o, &ops, &tp) < 0)
 		return -EINVAL;
-	size_t len = region_len(o);
+	size_t len = bench_peer_region_len(o);
 	char *region = bench_map_region(len);
 	if (!region) {
 		fprintf(stderr, "kvnode-bench: cannot map a %zu MiB region to serve\n", len >> 20);
@@ -118,9 +119,9 @@ parse_serving(const char *line, struct peer_info *pi)
 		       : -EPROTO;
 }
 
-/* Forks the responder (before any thread exists here) and reads its serving line. */
-static int
-start_responder(const struct bench_opts *o, pid_t *pid, struct peer_info *pi)
+int
+bench_peer_fork(const struct bench_opts *o, int (*serve_fn)(const struct bench_opts *, FILE *),
+		pid_t *pid, char *line, size_t cap)
 {
 	int fds[2];
 	if (pipe(fds) < 0)
@@ -133,12 +134,11 @@ start_responder(const struct bench_opts *o, pid_t *pid, struct peer_info *pi)
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		close(fds[0]);
 		FILE *out = fdopen(fds[1], "w");
-		_exit(out && serve(o, out) == 0 ? 0 : 1);
+		_exit(out && serve_fn(o, out) == 0 ? 0 : 1);
 	}
 	close(fds[1]);
 	FILE *in = fdopen(fds[0], "r");
-	char line[512];
-	int rc = in && fgets(line, sizeof(line), in) ? parse_serving(line, pi) : -EPIPE;
+	int rc = in && fgets(line, (int)cap, in) ? 0 : -EPIPE;
 	if (in)
 		fclose(in);
 	if (rc < 0)
@@ -146,27 +146,8 @@ start_responder(const struct bench_opts *o, pid_t *pid, struct peer_info *pi)
 	return rc;
 }
 
-struct run {
-	const struct kvn_transport_ops *ops;
-	struct kvn_tp_ep *ep;
-	struct kvn_tp_mr *mr;
-	char *dst;
-	size_t dst_slots; /* reads land in slot (i % dst_slots) of size bytes */
-	size_t size;
-	struct kvn_mem_desc remote;
-	size_t remote_slots;
-	double deadline;
-	atomic_uint_fast64_t next; /* read counter: picks remote and local slots */
-	atomic_uint_fast64_t completed;
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	int outstanding;
-	int status;
-	char err[256];
-};
-
 static void
-set_read(struct run *r, struct kvn_read *rd)
+set_read(struct bench_peer_run *r, struct kvn_read *rd)
 {
 	uint64_t k = atomic_fetch_add(&r->next, 1);
 	rd->local = r->dst + (k % r->dst_slots) * r->size;
@@ -176,7 +157,7 @@ set_read(struct run *r, struct kvn_read *rd)
 static void
 read_done(struct kvn_read *rd, int status, const char *msg)
 {
-	struct run *r = rd->ctx;
+	struct bench_peer_run *r = rd->ctx;
 	bool again = false;
 	if (status == 0) {
 		atomic_fetch_add(&r->completed, 1);
@@ -184,7 +165,7 @@ read_done(struct kvn_read *rd, int status, const char *msg)
 	}
 	if (again) {
 		set_read(r, rd);
-		status = r->ops->read(r->ep, rd, 1);
+		status = r->post(r->ctx, rd, 1);
 		if (status == 0)
 			return;
 		msg = "posting the next read failed";
@@ -201,12 +182,13 @@ read_done(struct kvn_read *rd, int status, const char *msg)
 
 /* Keeps inflight reads of size outstanding for duration seconds; returns GB/s. */
 static int
-measure(struct run *r, int inflight, double duration, uint64_t *iters, double *gbps)
+measure(struct bench_peer_run *r, int inflight, double duration, uint64_t *iters, double *gbps)
 {
 	struct kvn_read *rds = calloc((size_t)inflight, sizeof(*rds));
 	if (!rds)
 		return -ENOMEM;
 	atomic_store(&r->completed, 0);
+	atomic_store(&r->next, 0);
 	r->status = 0;
 	r->outstanding = inflight;
 	double t0 = kvn_now_s();
@@ -216,7 +198,7 @@ measure(struct run *r, int inflight, double duration, uint64_t *iters, double *g
 					    .len = r->size, .done = read_done, .ctx = r };
 		set_read(r, &rds[i]);
 	}
-	int rc = r->ops->read(r->ep, rds, (size_t)inflight);
+	int rc = r->post(r->ctx, rds, (size_t)inflight);
 	pthread_mutex_lock(&r->lock);
 	if (rc < 0) {
 		r->outstanding = 0;
@@ -235,23 +217,24 @@ measure(struct run *r, int inflight, double duration, uint64_t *iters, double *g
 	return r->status;
 }
 
-/* One read of size at offset 0 must return the responder's pattern. */
+/* One read of size at offset 0 (through post, so sliced with rails) must bring the
+ * responder's pattern. */
 static int
-verify(struct run *r)
+verify(struct bench_peer_run *r)
 {
-	struct kvn_read rd = { .local = r->dst, .local_mr = r->mr, .remote_addr = r->remote.addr,
-			       .rkey = r->remote.rkey, .len = r->size };
 	memset(r->dst, 0, r->size);
-	char err[256] = "";
-	int rc = kvn_transport_read_sync(r->ops, r->ep, &rd, 1, err, sizeof(err));
+	uint64_t it;
+	double g;
+	int rc = measure(r, 1, 0, &it, &g);
 	for (size_t i = 0; !rc && i < r->size; i++) {
 		if ((uint8_t)r->dst[i] != bench_pattern(i)) {
-			snprintf(err, sizeof(err), "byte %zu of a %zu-byte read is wrong", i, r->size);
+			fprintf(stderr,
+				"kvnode-bench: verification read: byte %zu of a %zu-byte "
+				"read is wrong\n",
+				i, r->size);
 			rc = -EIO;
 		}
 	}
-	if (rc)
-		fprintf(stderr, "kvnode-bench: verification read failed: %s\n", err);
 	return rc;
 }
 
@@ -361,23 +344,15 @@ cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static int
-run_sizes(const struct bench_opts *o, struct run *r, const char *transport_name,
-	  const struct peer_info *pi)
+int
+bench_peer_sizes(const struct bench_opts *o, struct bench_peer_run *r,
+		 const struct bench_peer_table *tb)
 {
-	char setup[256];
-	bool verbs = !strcmp(transport_name, "verbs");
-	snprintf(setup, sizeof(setup),
-		 "transport: %s   peer: %s   in flight: %d   trials: %d x %.2f s   baseline: %s",
-		 transport_name, pi->addr, o->inflight, o->trials, o->duration_s,
-		 !o->baseline ? "none"
-		 : verbs     ? "ib_read_bw -R (same size and device)"
-			     : "iperf3 -c (single stream, loopback)");
-	bench_table_header(o, "kvnode-bench peer: one-sided READ of a peer's registered memory",
-			   setup);
+	bench_table_header(o, tb->title, tb->setup);
 	double gb[16][99], base[16][99];
 	uint64_t it[16][99];
 	int rc = 0;
+	bool with = o->baseline && tb->baseline;
 	for (int t = 0; t < o->trials && !rc; t++) {
 		for (size_t s = 0; s < o->nsizes && !rc; s++) {
 			r->size = o->sizes[s];
@@ -389,22 +364,22 @@ run_sizes(const struct bench_opts *o, struct run *r, const char *transport_name,
 				rc = verify(r);
 			if (!rc)
 				rc = measure(r, o->inflight, o->duration_s, &it[s][t], &gb[s][t]);
-			/* ib_read_bw runs per size, on the same device as the reads above. */
-			if (!rc && o->baseline && verbs &&
-			    (base[s][t] = bench_verbs_baseline_gbps(
-				 pi->addr, o->rdma_device, r->size, it[s][t], o->inflight)) < 0)
+			base[s][t] = 0;
+			if (!rc && with && !tb->once &&
+			    (base[s][t] = tb->baseline(tb->ctx, r->size, it[s][t], o->inflight)) <
+				0)
 				rc = -EIO;
 		}
-		if (!rc && o->baseline && !verbs && (base[0][t] = iperf3_gbps()) < 0)
+		if (!rc && with && tb->once && (base[0][t] = tb->baseline(tb->ctx, 0, 0, 0)) < 0)
 			rc = -EIO;
-		for (size_t s = 1; !rc && o->baseline && !verbs && s < o->nsizes; s++)
+		for (size_t s = 1; !rc && with && tb->once && s < o->nsizes; s++)
 			base[s][t] = base[0][t];
 	}
 	if (rc)
 		return rc;
 	for (size_t s = 0; s < o->nsizes; s++) {
 		double med_base = 0;
-		if (o->baseline) {
+		if (with) {
 			qsort(base[s], (size_t)o->trials, sizeof(double), cmp_double);
 			med_base = base[s][o->trials / 2];
 		}
@@ -417,19 +392,61 @@ run_sizes(const struct bench_opts *o, struct run *r, const char *transport_name,
 			if (gb[s][t] == sorted[o->trials / 2])
 				mid = t;
 		struct bench_row row = {
-			.mode = "peer",
-			.op = "read",
-			.bytes = o->sizes[s],
-			.iterations = it[s][mid],
-			.gbps = gb[s][mid],
-			.peak_gbps = sorted[o->trials - 1],
-			.baseline_gbps = med_base,
-			.baseline_name = verbs ? "ib_read_bw" : "iperf3",
+		    .mode = "peer",
+		    .op = tb->op,
+		    .bytes = o->sizes[s],
+		    .iterations = it[s][mid],
+		    .gbps = gb[s][mid],
+		    .peak_gbps = sorted[o->trials - 1],
+		    .baseline_gbps = med_base,
+		    .baseline_name = tb->baseline_name,
+		    .goal = with ? tb->goal : 0,
 		};
 		bench_table_row(o, &row);
 	}
 	bench_table_footer(o);
 	return 0;
+}
+
+int
+bench_peer_end(const struct bench_opts *o, pid_t child, int rc)
+{
+	if (child > 0) {
+		kill(child, SIGTERM);
+		waitpid(child, NULL, 0);
+	}
+	if (!rc && o->json)
+		bench_json_flush();
+	return rc;
+}
+
+/* ib_read_bw at the same size on the same device towards the responder (ctx its address). */
+static double
+verbs_baseline(void *ctx, size_t size, uint64_t iterations, int inflight)
+{
+	const struct bench_opts *o = ((const void **)ctx)[0];
+	const struct peer_info *pi = ((const void **)ctx)[1];
+	return bench_verbs_baseline_gbps(pi->addr, o->rdma_device, size, iterations, inflight);
+}
+
+static double
+iperf3_baseline(void *ctx, size_t size, uint64_t iterations, int inflight)
+{
+	(void)ctx, (void)size, (void)iterations, (void)inflight;
+	return iperf3_gbps();
+}
+
+/* The reader of one transport: what tp_post posts with. */
+struct tp_reader {
+	const struct kvn_transport_ops *ops;
+	struct kvn_tp_ep *ep;
+};
+
+static int
+tp_post(void *ctx, struct kvn_read *rd, size_t n)
+{
+	struct tp_reader *t = ctx;
+	return t->ops->read(t->ep, rd, n);
 }
 
 int
@@ -442,6 +459,7 @@ bench_peer(const struct bench_opts *o)
 	pid_t child = 0;
 	struct peer_info pi;
 	int rc = 0;
+	char line[512];
 	if (o->connect) {
 		/* A running responder (kvnode-bench peer --serve) told us its region. */
 		if (!o->remote_desc || parse_serving(o->remote_desc, &pi) < 0) {
@@ -450,14 +468,16 @@ bench_peer(const struct bench_opts *o)
 			return -EINVAL;
 		}
 		snprintf(pi.addr, sizeof(pi.addr), "%s", o->connect);
-	} else if ((rc = start_responder(o, &child, &pi)) < 0) {
+	} else if ((rc = bench_peer_fork(o, serve, &child, line, sizeof(line))) < 0 ||
+		   (rc = parse_serving(line, &pi)) < 0) {
 		goto out;
 	}
 	const struct kvn_transport_ops *ops;
 	struct kvn_transport *tp;
 	if ((rc = open_transport(o, &ops, &tp)) < 0)
 		goto out;
-	struct run r = { .ops = ops, .remote = pi.d };
+	struct tp_reader tr = {.ops = ops};
+	struct bench_peer_run r = {.post = tp_post, .ctx = &tr, .remote = pi.d};
 	pthread_mutex_init(&r.lock, NULL);
 	pthread_cond_init(&r.cond, NULL);
 	char err[256] = "";
@@ -469,13 +489,31 @@ bench_peer(const struct bench_opts *o)
 				  err, sizeof(err))
 		   : -ENOMEM;
 	if (!rc)
-		rc = ops->connect(tp, pi.addr, 0, &r.ep, err, sizeof(err));
+		rc = ops->connect(tp, pi.addr, 0, &tr.ep, err, sizeof(err));
+	bool verbs = !strcmp(ops->name, "verbs");
+	char setup[256];
+	snprintf(setup, sizeof(setup),
+		 "transport: %s   peer: %s   in flight: %d   trials: %d x %.2f s   baseline: %s",
+		 ops->name, pi.addr, o->inflight, o->trials, o->duration_s,
+		 !o->baseline ? "none"
+		 : verbs      ? "ib_read_bw -R (same size and device)"
+			      : "iperf3 -c (single stream, loopback)");
+	const void *bctx[2] = {o, &pi};
+	struct bench_peer_table tb = {
+	    .title = "kvnode-bench peer: one-sided READ of a peer's registered memory",
+	    .setup = setup,
+	    .op = "read",
+	    .baseline_name = verbs ? "ib_read_bw" : "iperf3",
+	    .baseline = verbs ? verbs_baseline : iperf3_baseline,
+	    .ctx = bctx,
+	    .once = !verbs,
+	};
 	if (rc < 0)
 		fprintf(stderr, "kvnode-bench: %s\n", *err ? err : kvn_strerror(rc));
 	else
-		rc = run_sizes(o, &r, ops->name, &pi);
-	if (r.ep)
-		ops->ep_close(r.ep);
+		rc = bench_peer_sizes(o, &r, &tb);
+	if (tr.ep)
+		ops->ep_close(tr.ep);
 	if (r.mr)
 		ops->dereg(r.mr);
 	ops->close(tp);
@@ -484,11 +522,5 @@ bench_peer(const struct bench_opts *o)
 	pthread_cond_destroy(&r.cond);
 	pthread_mutex_destroy(&r.lock);
 out:
-	if (child > 0) {
-		kill(child, SIGTERM);
-		waitpid(child, NULL, 0);
-	}
-	if (!rc && o->json)
-		bench_json_flush();
-	return rc;
+	return bench_peer_end(o, child, rc);
 }
