@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -175,6 +176,62 @@ read_gids(const char *pdir, struct kvn_sysfs_port *p)
 	}
 }
 
+/* The part of link's real path below root's devices/ ("" when it is not under it). */
+static void
+tree_path(const char *root, const char *link, char *out, size_t cap)
+{
+	char real[PATH_MAX], top[PATH_MAX], devs[PATH_LEN];
+	*out = 0;
+	pathf(devs, sizeof(devs), "%s/devices", root);
+	if (!realpath(link, real) || !realpath(devs, top))
+		return;
+	size_t n = strlen(top);
+	if (!strncmp(real, top, n) && real[n] == '/')
+		snprintf(out, cap, "%s", real + n + 1);
+}
+
+void
+kvn_sysfs_pci_path(const char *root, const char *bdf, char *out, size_t cap)
+{
+	char link[PATH_LEN];
+	root = kvn_sysfs_root(root);
+	pathf(link, sizeof(link), "%s/bus/pci/devices/%s", root, bdf);
+	tree_path(root, link, out, cap);
+}
+
+bool
+kvn_sysfs_pci_same_root(const char *a, const char *b)
+{
+	size_t la = strcspn(a, "/"), lb = strcspn(b, "/");
+	return *a && la == lb && !strncmp(a, b, la);
+}
+
+int
+kvn_sysfs_pci_hops(const char *a, const char *b)
+{
+	if (!*a || !*b)
+		return -1;
+	/* the components they share from the top */
+	size_t i = 0, common = 0;
+	while (a[i] && a[i] == b[i]) {
+		if (a[i] == '/')
+			common = i + 1;
+		i++;
+	}
+	if ((!a[i] || a[i] == '/') && (!b[i] || b[i] == '/'))
+		common = i; /* one is the other's ancestor, or they are equal */
+	if (!common)
+		return -1;
+	int hops = 0;
+	for (const char *s = a + common; *s; s++)
+		hops += *s == '/';
+	for (const char *s = b + common; *s; s++)
+		hops += *s == '/';
+	/* each side's own component below the shared bridge counts once */
+	hops += (a[common] != 0) + (b[common] != 0);
+	return hops;
+}
+
 int
 kvn_sysfs_ports(const char *root, struct kvn_sysfs_port *ports, size_t max)
 {
@@ -191,6 +248,9 @@ kvn_sysfs_ports(const char *root, struct kvn_sysfs_port *ports, size_t max)
 		pathf(ddir, sizeof(ddir), "%s/%s", cls, devs[d]);
 		pathf(path, sizeof(path), "%s/device/numa_node", ddir);
 		int numa = read_line(path, text, sizeof(text)) ? atoi(text) : -1;
+		char pci[256];
+		pathf(path, sizeof(path), "%s/device", ddir);
+		tree_path(root, path, pci, sizeof(pci));
 		size_t nport;
 		pathf(path, sizeof(path), "%s/ports", ddir);
 		char **pn = list_dir(path, &nport, &err);
@@ -201,6 +261,7 @@ kvn_sysfs_ports(const char *root, struct kvn_sysfs_port *ports, size_t max)
 			pathf(p->dev, sizeof(p->dev), "%s", devs[d]);
 			p->port = (unsigned)atoi(pn[k]);
 			p->numa_node = numa;
+			pathf(p->pci, sizeof(p->pci), "%s", pci);
 			pathf(pdir, sizeof(pdir), "%s/ports/%s", ddir, pn[k]);
 			pathf(path, sizeof(path), "%s/state", pdir);
 			if (read_line(path, text, sizeof(text)))

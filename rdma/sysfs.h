@@ -28,6 +28,7 @@ struct kvn_sysfs_port {
 	char link_layer[16]; /* "InfiniBand", "Ethernet" */
 	char rate[48];	     /* "100 Gb/sec (4X EDR)" */
 	int numa_node;	     /* of the device's PCI function; -1 unknown */
+	char pci[256];	     /* that function's place in the PCI tree ("" unknown): see below */
 	char netdev[32];     /* RoCE: the netdev of its GIDs ("" unknown) */
 	int netdev_mtu;	     /* RoCE: that netdev's MTU, 0 unknown */
 	size_t ngids;	     /* non-zero entries, in index order */
@@ -51,6 +52,17 @@ int kvn_rdma_port_mtu(const char *dev, unsigned port, int *active, int *max);
 int kvn_sysfs_port_mtu(const struct kvn_sysfs_port *p);
 /* The same from an active MTU already asked for (0: the device did not say). */
 int kvn_sysfs_known_mtu(const struct kvn_sysfs_port *p, int active);
+/* Where PCI function bdf ("0000:17:00.0") sits in the PCI tree: the path of its directory under
+ * root's devices/ ("pci0000:16/0000:16:02.0/0000:17:00.0"), resolved through
+ * bus/pci/devices/BDF; "" when sysfs does not have it. */
+void kvn_sysfs_pci_path(const char *root, const char *bdf, char *out, size_t cap);
+/* PCIe hops between two functions of those paths: the bridges from each up to the closest one
+ * they share (2: under one switch port; more: further apart; a different root complex adds
+ * the CPU interconnect). -1 when either is unknown or they share no root. */
+int kvn_sysfs_pci_hops(const char *a, const char *b);
+/* Whether the two share their root complex (the first path component). */
+bool kvn_sysfs_pci_same_root(const char *a, const char *b);
+
 /* The IB MTU a RoCE port runs at on a netdev of MTU mtu (the kernel's iboe_get_mtu: the
  * largest of 256 .. 4096 that fits with 96 bytes of headers); 0 when none does. */
 int kvn_roce_mtu(int netdev_mtu);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "node/cli/doctor.h"
 #include "node/cluster/cluster.h"
@@ -526,4 +527,49 @@ Test(doctor, doctor_shows_the_rails_or_why_a_node_would_refuse_them)
 	cr_assert_not_null(c);
 	cr_assert_eq(c->status, KVN_DR_FAIL);
 	cr_assert(strstr(c->what, "mlx5_7"), "%s", c->what);
+}
+
+/* A function of the fixture's PCI tree (devices/TREE) and link (under root) pointing at it. */
+static void
+pci_fn(const char *tree, const char *link)
+{
+	char parent[512], target[1024], at[1024];
+	put_file("", "devices/%s/.keep", tree); /* makes the directories on the way */
+	snprintf(parent, sizeof(parent), "%s", link);
+	*strrchr(parent, '/') = 0;
+	put_file("", "%s/.keep", parent);
+	snprintf(target, sizeof(target), "%s/devices/%s", root, tree);
+	snprintf(at, sizeof(at), "%s/%s", root, link);
+	cr_assert_eq(symlink(target, at), 0, "symlink %s", at);
+}
+
+Test(doctor, each_gpu_is_told_its_nearest_nic_by_pcie_topology)
+{
+	/* mlx5_0 under the GPU's switch port, mlx5_1 on the other socket's root complex */
+	pci_fn("pci0000:16/0000:16:02.0/0000:17:00.0", "bus/pci/devices/0000:17:00.0");
+	pci_fn("pci0000:16/0000:16:02.0/0000:18:00.0", "class/infiniband/mlx5_0/device");
+	pci_fn("pci0000:80/0000:80:02.0/0000:81:00.0", "class/infiniband/mlx5_1/device");
+	pci_fn("pci0000:80/0000:80:03.0/0000:83:00.0", "bus/pci/devices/0000:83:00.0");
+	roce_port_at("mlx5_0", "4: ACTIVE\n", "eth0", 9000, "0a00:0005", 0);
+	roce_port_at("mlx5_1", "4: ACTIVE\n", "eth1", 9000, "0a00:0105", 1);
+	decide("gpu: auto\n");
+	facts.gpu_rc = 0;
+	facts.ngpus = facts.ngpu_reg = 3;
+	const char *bdf[] = {"0000:17:00.0", "0000:83:00.0", "0000:99:00.0"};
+	for (int i = 0; i < 3; i++) {
+		snprintf(facts.gpu_bdf[i], sizeof(facts.gpu_bdf[i]), "%s", bdf[i]);
+		kvn_sysfs_pci_path(root, bdf[i], facts.gpu_pci[i], sizeof(facts.gpu_pci[i]));
+	}
+	cr_assert_str_eq(facts.gpu_pci[0], "pci0000:16/0000:16:02.0/0000:17:00.0");
+	cr_assert_str_eq(facts.gpu_pci[2], "", "a function sysfs lacks has no place");
+	kvn_doctor_decide(cfg, &facts, &rep);
+	expect("gpu 0 nic", KVN_DR_OK, "nearest mlx5_0: 2 PCIe hops (under one switch port)", NULL);
+	expect("gpu 1 nic", KVN_DR_OK, "nearest mlx5_1: 4 PCIe hops", NULL);
+	/* mlx5_1 down: GPU 1 has no NIC on its root complex */
+	roce_port_at("mlx5_1", "1: DOWN\n", "eth1", 9000, "0a00:0105", 1);
+	facts.nports = kvn_sysfs_ports(root, facts.ports, KVN_DOCTOR_PORTS_MAX);
+	kvn_doctor_decide(cfg, &facts, &rep);
+	expect("gpu 1 nic", KVN_DR_WARN, "crosses the CPU interconnect", "lspci -t");
+	for (size_t i = 0; i < rep.n; i++)
+		cr_assert_str_neq(rep.c[i].name, "gpu 2 nic", "GPU 2's place is unknown: no line");
 }

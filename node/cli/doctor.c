@@ -1,6 +1,7 @@
 /* `kvnode doctor`: the facts (kvn_doctor_facts), the checks decided from them alone
  * (kvn_doctor_decide), and their report (docs/doctor.md). */
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -82,6 +83,16 @@ open_transport(const struct kvn_config *cfg, const struct kvn_transport_ops **op
 
 /* The registration ladder on each GPU, with the transport the node would open: what kvnode
  * stat shows after a start, found without starting one. */
+/* GPU i's PCI function (CUDA writes its hex in upper case, sysfs in lower) and its place. */
+static void
+gpu_place(struct kvn_doctor_facts *f, int i, const char *bdf)
+{
+	snprintf(f->gpu_bdf[i], sizeof(f->gpu_bdf[i]), "%s", bdf);
+	for (char *c = f->gpu_bdf[i]; *c; c++)
+		*c = (char)tolower((unsigned char)*c);
+	kvn_sysfs_pci_path(f->sysfs, f->gpu_bdf[i], f->gpu_pci[i], sizeof(f->gpu_pci[i]));
+}
+
 static void
 probe_gpus(const struct kvn_config *cfg, struct kvn_gpu *gpu, struct kvn_doctor_facts *f)
 {
@@ -101,9 +112,11 @@ probe_gpus(const struct kvn_config *cfg, struct kvn_gpu *gpu, struct kvn_doctor_
 		char why[512];
 		f->gpu_reg_method[i] = KVN_REG_NONE;
 		f->gpu_reg_rc[i] = rc ? rc : kvn_gpu_device_info(gpu, i, &in, why, sizeof(why));
-		if (f->gpu_reg_rc[i] == 0)
+		if (f->gpu_reg_rc[i] == 0) {
+			gpu_place(f, i, in.pci_bus_id);
 			f->gpu_reg_rc[i] =
 			    kvn_cluster_gpu_probe(ops, tp, gpu, &in, &rep, why, sizeof(why));
+		}
 		if (f->gpu_reg_rc[i] == 0)
 			snprintf(why, sizeof(why), "%s", ops->name);
 		else if (rc)
@@ -493,6 +506,38 @@ check_fork(const struct kvn_doctor_facts *f, struct kvn_doctor_report *r)
 	fix(c, "set RDMAV_FORK_SAFE=1 in the node's environment, or run no plugins");
 }
 
+/* The RDMA device nearest GPU i by PCIe topology: GPUDirect traffic between them stays under
+ * one switch when they share one, and crosses the CPU interconnect when no NIC shares the
+ * GPU's root complex. Nothing when the GPU's place is unknown. */
+static void
+check_gpu_nic(const struct kvn_doctor_facts *f, int i, struct kvn_doctor_report *r)
+{
+	if (!*f->gpu_pci[i] || f->nports <= 0)
+		return;
+	int best = -1, hops = -1;
+	for (int p = 0; p < f->nports; p++) {
+		int h = kvn_sysfs_pci_hops(f->gpu_pci[i], f->ports[p].pci);
+		if (f->ports[p].active && h >= 0 && (hops < 0 || h < hops)) {
+			best = p;
+			hops = h;
+		}
+	}
+	char name[32];
+	snprintf(name, sizeof(name), "gpu %d nic", i);
+	if (best < 0) {
+		struct kvn_doctor_check *c =
+		    add(r, KVN_DR_WARN, name,
+			"no active RDMA device shares the PCIe root complex of GPU %d (%s): "
+			"GPUDirect traffic crosses the CPU interconnect",
+			i, f->gpu_bdf[i]);
+		fix(c, "put a NIC on the GPU's PCIe switch or root complex (lspci -t)");
+		return;
+	}
+	add(r, KVN_DR_OK, name, "GPU %d (%s) is nearest %s: %d PCIe hop%s%s", i, f->gpu_bdf[i],
+	    f->ports[best].dev, hops, hops == 1 ? "" : "s",
+	    hops <= 2 ? " (under one switch port)" : "");
+}
+
 static void
 check_gpu(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
 	  struct kvn_doctor_report *r)
@@ -536,6 +581,8 @@ check_gpu(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
 			    "same after a start");
 		}
 	}
+	for (int i = 0; i < f->ngpu_reg; i++)
+		check_gpu_nic(f, i, r);
 	if (f->peermem.peermem) {
 		add(r, KVN_DR_OK, "gpudirect",
 		    "nvidia-peermem is loaded (%s): GPU memory "

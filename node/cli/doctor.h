@@ -44,6 +44,9 @@ struct kvn_doctor_facts {
 	int gpu_reg_rc[8];
 	int gpu_reg_method[8];
 	char gpu_reg_why[8][400];
+	/* each GPU's place in the PCI tree (kvn_sysfs_pci_path of its bus id; "" unknown) */
+	char gpu_bdf[8][32];
+	char gpu_pci[8][256];
 };
 
 struct kvn_doctor_check {
