@@ -151,10 +151,12 @@ kvn_cluster_rails_plan(const struct kvn_config *cfg, bool verbs, const char *roo
 		return kvn_seterr(-EINVAL, err, errlen,
 				  "set rdma_device (one device) or rdma_devices (rails), not both");
 	if (devices && !verbs)
-		return kvn_seterr(-EINVAL, err, errlen,
-				  "rdma_devices names RDMA devices, and the %s transport has none: "
-				  "use transport verbs, or give one address a rail in listen",
-				  cfg->transport ? cfg->transport : "tcp");
+		return kvn_seterr(
+		    -EINVAL, err, errlen,
+		    "rdma_devices names RDMA devices, but this node's transport is tcp "
+		    "(transport: %s): use verbs on a host with an active RDMA port, or "
+		    "give one address a rail in listen",
+		    cfg->transport ? cfg->transport : "auto");
 	struct kvn_sysfs_port *ports = verbs ? calloc(PORTS_MAX, sizeof(*ports)) : NULL;
 	int n = ports ? kvn_sysfs_ports(root, ports, PORTS_MAX) : 0;
 	if (n < 0)
