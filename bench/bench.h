@@ -31,6 +31,7 @@ struct bench_opts {
 	int conns; /* tcp: connections per peer; 0 = transport default */
 	bool serve; /* be the responder only, until SIGTERM */
 	int rails;  /* peer: rails on both sides (bench/peer_rails.c); 0 or 1: one transport */
+	size_t rail_slice; /* peer --rails: rail_slice_size; 0 = the rails' default */
 	/* scheduler mode */
 	uint64_t entries; /* directory entries of the memory row */
 	/* remote mode */

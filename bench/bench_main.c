@@ -18,6 +18,7 @@ static const char usage[] =
     "    kvnode-bench MODE [--baseline] [--json] [--sizes LIST] [--duration SEC]\n"
     "                      [--working-set MIB] [--trials N] [-v] [--log-level LEVEL]\n"
     "    kvnode-bench peer [--transport tcp|verbs|auto] [--inflight N] [--conns N]\n"
+    "                      [--rails N [--rail-slice SIZE]] [--rdma-device DEV[,DEV...]]\n"
     "                      [--connect HOST:PORT --remote LINE] [--baseline] [--json] ...\n"
     "    kvnode-bench peer --serve [--transport T] [--listen HOST:PORT] [--sizes LIST]\n"
     "    kvnode-bench remote [--url redis://HOST:PORT] [--baseline] [--peer] [--json] ...\n"
@@ -138,6 +139,8 @@ static const char usage[] =
     "                       responder's addresses, one a rail (default 127.0.0.1:0 each).\n"
     "                       Baseline (verbs): N ib_read_bw at once, one per device,\n"
     "                       towards that rail's address; the ratio is to their sum\n"
+    "    --rail-slice SIZE  peer --rails: the least slice of a READ on one rail (the\n"
+    "                       node's rail_slice_size; default 64K)\n"
     "    --entries N        scheduler: directory entries for the memory row (default\n"
     "                       10000000)\n"
     "    --url URL          remote: the redis:// store to measure (default: start one)\n"
@@ -228,7 +231,8 @@ enum {
 	O_DEPTH,
 	O_DEVICE,
 	O_RDMA_DEVICE,
-	O_RAILS
+	O_RAILS,
+	O_RAIL_SLICE
 };
 
 static const struct option longopts[] = {
@@ -253,6 +257,7 @@ static const struct option longopts[] = {
     {"device", required_argument, NULL, O_DEVICE},
     {"rdma-device", required_argument, NULL, O_RDMA_DEVICE},
     {"rails", required_argument, NULL, O_RAILS},
+    {"rail-slice", required_argument, NULL, O_RAIL_SLICE},
     {"verbose", no_argument, NULL, 'v'},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, O_VERSION},
@@ -360,6 +365,15 @@ parse_opts(int argc, char **argv, struct bench_opts *o)
 		case O_LISTEN: o->listen = optarg; break;
 		case O_RDMA_DEVICE:
 			o->rdma_device = optarg;
+			break;
+		case O_RAIL_SLICE:
+			if (parse_size(optarg, &o->rail_slice) < 0 || o->rail_slice < 4096) {
+				fprintf(stderr,
+					"kvnode-bench: --rail-slice: want a size of at least "
+					"4K, got \"%s\"\n",
+					optarg);
+				return 2;
+			}
 			break;
 		case O_SERVE: o->serve = true; break;
 		case O_URL: o->url = optarg; break;

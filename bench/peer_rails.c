@@ -50,7 +50,8 @@ open_rails(const struct bench_opts *o, bool listen, struct kvn_rails **out)
 		fprintf(stderr, "kvnode-bench: %s\n", err);
 		return -EINVAL;
 	}
-	struct kvn_rails_cfg rc = {.ops = ops, .tcfg = &tc, .nrails = (size_t)o->rails};
+	struct kvn_rails_cfg rc = {
+	    .ops = ops, .tcfg = &tc, .nrails = (size_t)o->rails, .slice_min = o->rail_slice};
 	static char dev[KVN_RAILS_MAX][64], lis[KVN_RAILS_MAX][KVN_RAILS_ADDR_MAX + 1];
 	for (size_t i = 0; i < rc.nrails; i++) {
 		const char *l = nth(o->listen, i, lis[i], sizeof(lis[i]));
