@@ -152,7 +152,7 @@ rails(struct kvn_expo *e, const struct kvn_peer_read_stats *p)
 		kvn_expo_family(e, fam[f].name, fam[f].type, fam[f].help);
 		for (size_t i = 0; i < p->nrails; i++) {
 			const struct kvn_rail_stats *r = &p->rails[i];
-			char idx[16];
+			char idx[24];
 			snprintf(idx, sizeof(idx), "%zu", i);
 			struct kvn_label l[2] = {{"rail", idx}, {"device", r->device}};
 			const uint64_t v[] = {r->slices,   r->bytes, r->errors,
