@@ -54,6 +54,7 @@ struct kvn_rails_ep {
 	_Atomic uint64_t down_until[KVN_RAILS_MAX]; /* 0: up */
 	_Atomic bool probing[KVN_RAILS_MAX];	    /* a caller is trying it again */
 	_Atomic unsigned fails[KVN_RAILS_MAX];	    /* retries that failed in a row */
+	_Atomic uint32_t inflight[KVN_RAILS_MAX];   /* slices posted, not completed */
 	char peer[KVN_RAILS_MAX][KVN_RAILS_ADDR_MAX + 1];
 	int timeout_ms;
 	pthread_mutex_t connect_lock;
@@ -579,11 +580,13 @@ reissue(struct slice *s, int status, const char *msg)
 		slice_on(ep, s, (size_t)i);
 		s->rd->done = slice_cb;
 		s->rd->ctx = s;
+		atomic_fetch_add_explicit(&ep->inflight[i], 1, memory_order_relaxed);
 		int rc = ep->r->ops->read(atomic_load(&ep->ep[i]), s->rd, 1);
 		if (rc == 0) {
 			atomic_fetch_add_explicit(&from->reissued, 1, memory_order_relaxed);
 			return;
 		}
+		atomic_fetch_sub_explicit(&ep->inflight[i], 1, memory_order_relaxed);
 		rail_down(ep, (size_t)i, kvn_strerror(rc));
 	}
 	slice_final(s, status, msg);
@@ -595,6 +598,7 @@ slice_cb(struct kvn_read *rd, int status, const char *msg)
 	struct slice *s = rd->ctx;
 	struct kvn_rails_ep *ep = s->call->ep;
 	struct rail *rl = &ep->r->rail[s->rail];
+	atomic_fetch_sub_explicit(&ep->inflight[s->rail], 1, memory_order_relaxed);
 	/* a progress thread: what runs from here (the caller's callback included) never connects */
 	bool was = in_callback;
 	in_callback = true;
@@ -688,6 +692,9 @@ kvn_rails_read(struct kvn_rails_ep *ep, struct kvn_read *reads, size_t n)
 		free(k);
 		return -ENOMEM;
 	}
+	uint32_t load[KVN_RAILS_MAX]; /* slices on each rail: in flight, and placed by this call */
+	for (size_t i = 0; i < ep->n; i++)
+		load[i] = atomic_load_explicit(&ep->inflight[i], memory_order_relaxed);
 	size_t t = 0;
 	for (size_t j = 0; j < n; j++) {
 		struct kvn_read *u = &reads[j];
@@ -698,6 +705,19 @@ kvn_rails_read(struct kvn_rails_ep *ep, struct kvn_read *reads, size_t n)
 		uint8_t live[KVN_RAILS_MAX];
 		size_t nl = live_rails(ep, m, up, live);
 		uint32_t cut = region < 0 || !nl ? 1 : k[j] < nl ? k[j] : (uint32_t)nl;
+		/* With two slices a rail already queued, every rail is kept busy by whole READs:
+		 * this one goes whole to the least loaded, and never waits for a slower rail's
+		 * slice. Alone (a lone chunk, a light load) it is sliced over all of them. */
+		size_t lightest = 0;
+		uint32_t queued = 0;
+		for (size_t q = 0; q < nl; q++) {
+			queued += load[live[q]];
+			if (load[live[q]] < load[live[lightest]])
+				lightest = q;
+		}
+		bool busy = cut > 1 && queued >= 2 * nl;
+		if (busy)
+			cut = 1;
 		if (cut != k[j]) { /* fewer: give the rest back */
 			atomic_fetch_sub(&c->left, k[j] - cut);
 			p->left = cut;
@@ -715,7 +735,10 @@ kvn_rails_read(struct kvn_rails_ep *ep, struct kvn_read *reads, size_t n)
 					    .off = off,
 					    .region = region,
 					    .lmr = m};
-			size_t rail = region < 0 || !nl ? 0 : live[(first + q) % nl];
+			size_t rail = region < 0 || !nl ? 0
+				      : busy		? live[lightest]
+							: live[(first + q) % nl];
+			load[rail]++;
 			slice_on(ep, s, rail);
 			s->rd->len = q + 1 == cut ? u->len - off : per;
 			s->rd->done = slice_cb;
@@ -742,9 +765,13 @@ kvn_rails_read(struct kvn_rails_ep *ep, struct kvn_read *reads, size_t n)
 		if (a == b)
 			continue;
 		struct kvn_tp_ep *te = atomic_load(&ep->ep[i]);
+		atomic_fetch_add_explicit(&ep->inflight[i], (uint32_t)(b - a),
+					  memory_order_relaxed);
 		int rc = te ? r->ops->read(te, &c->rds[a], b - a) : -ENOTCONN;
 		if (rc == 0)
 			continue;
+		atomic_fetch_sub_explicit(&ep->inflight[i], (uint32_t)(b - a),
+					  memory_order_relaxed);
 		rail_down(ep, i, kvn_strerror(rc));
 		atomic_fetch_add_explicit(&r->rail[i].errors, b - a, memory_order_relaxed);
 		for (size_t s = a; s < b; s++) {
