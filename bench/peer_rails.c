@@ -169,6 +169,25 @@ rails_post(void *ctx, struct kvn_read *rd, size_t n)
 	return kvn_rails_read(ctx, rd, n);
 }
 
+/* A rail out from the start would make the table a figure of fewer rails than it says. */
+static int
+every_rail_up(struct kvn_rails *rails, const struct rails_peer *p)
+{
+	struct kvn_rail_stats st[KVN_RAILS_MAX];
+	size_t nr = kvn_rails_stats(rails, st, KVN_RAILS_MAX);
+	for (size_t i = 0; i < nr; i++)
+		if (st[i].down) {
+			fprintf(
+			    stderr,
+			    "kvnode-bench: rail %zu (%s to %s) is out: its connect failed (above); "
+			    "the figure would be of fewer rails than --rails says (kvnode doctor "
+			    "checks the device)\n",
+			    i, *st[i].device ? st[i].device : "tcp", p->addr[i]);
+			return -ENETDOWN;
+		}
+	return 0;
+}
+
 /* The table, then what each rail carried: every rail must have taken its share. */
 static int
 run_sizes(const struct bench_opts *o, struct bench_peer_run *r, struct kvn_rails_ep *ep,
@@ -258,7 +277,7 @@ bench_peer_rails(const struct bench_opts *o)
 	}
 	if (rc < 0)
 		fprintf(stderr, "kvnode-bench: %s\n", *err ? err : kvn_strerror(rc));
-	else
+	else if ((rc = every_rail_up(rails, &p)) == 0)
 		rc = run_sizes(o, &r, ep, &p, rails);
 	kvn_rails_ep_close(ep);
 	kvn_rails_dereg(mr);

@@ -66,6 +66,7 @@ parse_bw(FILE *f, size_t size, char *why, size_t whylen)
 }
 
 #define BASE_MAX 16
+#define BASE_TIMEOUT_S 120 /* one ib_read_bw client run */
 
 /* One ib_read_bw pair of a baseline run: its device, host, port and client output. */
 struct pair {
@@ -109,7 +110,8 @@ bench_verbs_baseline_sum(size_t n, const char *const *addrs, const char *const *
 	 * the row says 0.00. Its server also needs a moment before it listens. So: several
 	 * attempts, each with fresh servers, until every run of one attempt gave a figure. */
 	double sum = -EIO;
-	for (int attempt = 0; attempt < 12 && sum <= 0; attempt++) {
+	bool timed_out = false; /* a run that hung is a broken path: no attempt would do better */
+	for (int attempt = 0; attempt < 12 && sum <= 0 && !timed_out; attempt++) {
 		for (size_t i = 0; i < n; i++) {
 			snprintf(pr[i].port, sizeof(pr[i].port), "%d",
 				 20000 + (int)((getpid() * 7919u + (unsigned)time(NULL) * 31u +
@@ -144,8 +146,8 @@ bench_verbs_baseline_sum(size_t n, const char *const *addrs, const char *const *
 		for (size_t i = 0; i < n; i++) { /* every client at once */
 			snprintf(
 			    cmd, sizeof(cmd),
-			    "timeout 120 ib_read_bw -d %s -R -F -s %s -n %s -t %s -p %s %s 2>&1",
-			    pr[i].dev, sz, iters, depth, pr[i].port, pr[i].host);
+			    "timeout %d ib_read_bw -d %s -R -F -s %s -n %s -t %s -p %s %s 2>&1",
+			    BASE_TIMEOUT_S, pr[i].dev, sz, iters, depth, pr[i].port, pr[i].host);
 			pr[i].cli = popen(cmd, "r");
 		}
 		sum = 0;
@@ -154,8 +156,16 @@ bench_verbs_baseline_sum(size_t n, const char *const *addrs, const char *const *
 			pr[i].gbps = pr[i].cli
 					 ? parse_bw(pr[i].cli, size, pr[i].why, sizeof(pr[i].why))
 					 : -EIO;
-			if (pr[i].cli)
-				pclose(pr[i].cli);
+			if (pr[i].cli) {
+				int st = pclose(pr[i].cli);
+				if (st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 124) {
+					snprintf(pr[i].why, sizeof(pr[i].why),
+						 "no result within %d s (timed out)",
+						 BASE_TIMEOUT_S);
+					pr[i].gbps = -ETIMEDOUT;
+					timed_out = true;
+				}
+			}
 			kill(pr[i].srv, SIGTERM);
 			waitpid(pr[i].srv, NULL, 0);
 			sum = pr[i].gbps > 0 && sum >= 0 ? sum + pr[i].gbps : -EIO;

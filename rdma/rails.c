@@ -302,6 +302,8 @@ reg_of(struct kvn_rails *r, const struct kvn_tp_mr *mr)
  * Endpoints
  * ------------------------------------------------------------------------------------------- */
 
+static void rail_down(struct kvn_rails_ep *ep, size_t i, const char *why);
+
 int
 kvn_rails_connect(struct kvn_rails *r, const struct kvn_rails_peer *peer, int timeout_ms,
 		  struct kvn_rails_ep **out, char *err, size_t errlen)
@@ -341,10 +343,8 @@ kvn_rails_connect(struct kvn_rails *r, const struct kvn_rails_peer *peer, int ti
 			first = rc;
 			kvn_seterr(rc, err, errlen, "%s", e);
 		}
-		if (ep->n > 1)
-			kvn_warn(LOG, "rail %zu%s%s to %s is out until a retry: %s", i,
-				 *r->rail[i].device ? " " : "", r->rail[i].device, ep->peer[i], e);
-		atomic_store(&ep->down_until[i], kvn_now_ns() + r->retry_ns);
+		if (ep->n > 1) /* out until its retry, and counted so (stats, metrics) */
+			rail_down(ep, i, e);
 	}
 	if (!up) {
 		kvn_rails_ep_close(ep);
