@@ -127,6 +127,8 @@ pick_device(struct kvn_transport *tp, const struct kvn_transport_cfg *cfg, char 
 		verbs_probe(cfg, err, errlen);
 		return -ENODEV;
 	}
+	snprintf(tp->devname, sizeof(tp->devname), "%s", ibv_get_device_name(tp->ctx->device));
+	tp->gid_tbl_len = pa.gid_tbl_len;
 	if (ibv_query_device(tp->ctx, &da)) {
 		return kvn_seterr(-EIO, err, errlen, "querying RDMA device %s failed: %s",
 				  ibv_get_device_name(tp->ctx->device), strerror(errno));
@@ -232,7 +234,8 @@ verbs_close(struct kvn_transport *tp)
 		tp->mrs = mr->next;
 		kvn_warn(LOG, "closing with %zu bytes at 0x%llx still registered", mr->len,
 			 (unsigned long long)mr->base);
-		ibv_dereg_mr(mr->mr);
+		if (mr->mr)
+			ibv_dereg_mr(mr->mr);
 		kvn_devreg_release(&mr->rel);
 		free(mr);
 	}
@@ -271,14 +274,20 @@ verbs_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind
 	mr = calloc(1, sizeof(*mr));
 	if (!mr)
 		return -ENOMEM;
+	int rc = kvn_vb_dev_enter(tp, err, errlen);
+	if (rc) {
+		free(mr);
+		return rc;
+	}
 	/* Peers may read, never write: no IBV_ACCESS_REMOTE_WRITE, ever. */
 	mr->mr = ibv_reg_mr(tp->pd, ptr, len, IBV_ACCESS_LOCAL_WRITE | IBV_ACCESS_REMOTE_READ);
 	if (!mr->mr) {
-		int rc = errno ? -errno : -ENOMEM;
+		rc = errno ? -errno : -ENOMEM;
 		kvn_seterr(rc, err, errlen,
 			   "verbs: registering %zu bytes at %p on %s failed: %s (raise "
 			   "'ulimit -l' / memlock)",
-			   len, ptr, ibv_get_device_name(tp->ctx->device), strerror(-rc));
+			   len, ptr, tp->devname, strerror(-rc));
+		kvn_vb_dev_leave(tp);
 		free(mr);
 		return rc;
 	}
@@ -286,6 +295,7 @@ verbs_reg_mem(struct kvn_transport *tp, void *ptr, size_t len, enum kvn_mem_kind
 	mr->len = len;
 	*desc = (struct kvn_mem_desc){.addr = (uintptr_t)ptr, .len = len, .rkey = mr->mr->rkey};
 	kvn_vb_mr_link(tp, mr);
+	kvn_vb_dev_leave(tp);
 	*out = mr;
 	return 0;
 }
@@ -314,8 +324,16 @@ verbs_dereg(struct kvn_tp_mr *mr)
 			break;
 		}
 	}
+	/* Off the list, the release of a removed device no longer sees it; until this dereg is
+	 * done it waits (dev_users). Released already: the device took the MR with it. */
+	struct ibv_mr *m = mr->mr;
+	if (m)
+		tp->dev_users++;
 	pthread_mutex_unlock(&tp->lock);
-	ibv_dereg_mr(mr->mr); /* from here on the device refuses the rkey */
+	if (m) {
+		ibv_dereg_mr(m); /* from here on the device refuses the rkey */
+		kvn_vb_dev_leave(tp);
+	}
 	kvn_devreg_release(&mr->rel); /* no read touches the staging area any more */
 	free(mr);
 }
@@ -438,6 +456,13 @@ verbs_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 	if (!ops)
 		return -ENOMEM;
 	pthread_mutex_lock(&tp->lock);
+	if (tp->removed) {
+		pthread_mutex_unlock(&tp->lock);
+		for (size_t i = 0; i < n; i++)
+			free(ops[i]);
+		free(ops);
+		return -ENODEV;
+	}
 	/* Broken earlier: reconnect once, here; but never from a read callback, which runs on the
 	 * progress thread and must not block (the ABI says -ENOTCONN then). */
 	if (ep->state == EP_DOWN && !ep->closing && !pthread_equal(pthread_self(), tp->progress)) {
@@ -463,6 +488,11 @@ verbs_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 		struct vb_op *op = ops[i];
 		op->rd = &reads[i];
 		op->ep = ep;
+		op->lnext = tp->live;
+		op->lprev = &tp->live;
+		if (tp->live)
+			tp->live->lprev = &op->lnext;
+		tp->live = op;
 		op->status = check_read(ep, op->rd, op->msg, sizeof(op->msg));
 		if (op->status) {
 			kvn_vb_op_done(op);

@@ -35,6 +35,7 @@ enum ep_state {
 /* One kvn_read from read() until its callback has returned. */
 struct vb_op {
 	struct vb_op *next;
+	struct vb_op *lnext, **lprev; /* tp->live: every op from read() to its callback */
 	struct kvn_read *rd;
 	struct kvn_tp_ep *ep;
 	uint64_t posted; /* bytes handed to work requests so far */
@@ -94,9 +95,14 @@ struct kvn_transport {
 	uint8_t seen[VB_SEEN][KVN_AUTH_NONCE]; /* recent REQ nonces (cm thread only) */
 	unsigned seen_next;
 	struct kvn_transport_stats st;
-	struct ibv_context **devs; /* rdma_get_devices(): rdma_cm ids point at these contexts */
-	struct ibv_context *ctx;
+	/* rdma_get_devices(): rdma_cm ids point at these contexts. librdmacm closes a removed
+	 * device's context only when no list and no id holds it, so every instance takes its
+	 * list again after a removal (verbs_removal.c). Progress thread only, after open. */
+	struct ibv_context **devs;
+	struct ibv_context *ctx; /* NULL once released */
+	char devname[64];
 	uint8_t port;
+	int gid_tbl_len;
 	uint32_t max_msg; /* bytes per work request (port max_msg_sz, maybe lowered for tests) */
 	uint32_t sq_depth, cq_depth;
 	uint8_t init_depth, resp_depth; /* max_qp_init_rd_atom, max_qp_rd_atom */
@@ -117,13 +123,23 @@ struct kvn_transport {
 	struct vb_op *done, **done_tail; /* completed reads whose callbacks are still to run */
 	struct vb_srv_conn *srv;
 	struct vb_srv_conn *dead; /* ids of drained endpoints, destroyed unlocked */
+	struct vb_op *live;	  /* every read from read() until its callback returned */
 	bool stop;
+	/* Device removal (verbs_removal.c): removed once rdma_cm says the device goes (no new
+	 * work from then on), abandoned once the progress thread failed every read and let go of
+	 * every QP, released once registrations, CQ and PD are gone and the context is let go. */
+	bool removed, abandoned, released;
+	unsigned dev_users; /* calls using the device unlocked: connects, registrations */
+	unsigned dev_gen;   /* the process's removal count this instance last synced with */
+	unsigned sync_left; /* resyncs still to try while a removed device is listed */
+	uint64_t next_sync_ns;
 
 	int wake_fd; /* eventfd: the progress thread has new work */
 	pthread_t progress;
 
 	struct rdma_event_channel *cm_ch; /* the listener and every connected endpoint */
 	struct rdma_cm_id *listen_id;
+	struct rdma_cm_id *anchor; /* bound to the port's address: hears of the device's removal */
 	int cm_stop_fd;
 	pthread_t cm_thread;
 	bool cm_running;
@@ -146,6 +162,12 @@ int kvn_vb_reg_dev_plan(struct kvn_transport *tp, const struct kvn_devreg_plan *
 			struct kvn_mem_desc *desc, struct kvn_reg_report *report, char *err,
 			size_t errlen);
 
+/* verbs_removal.c: the device going away under the instance */
+int kvn_vb_dev_enter(struct kvn_transport *tp, char *err, size_t errlen);
+void kvn_vb_dev_leave(struct kvn_transport *tp);
+void kvn_vb_removal_note(struct kvn_transport *tp);
+void kvn_vb_removal_tick(struct kvn_transport *tp, uint64_t now);
+
 /* verbs_cm.c */
 int kvn_vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen);
 void kvn_vb_cm_stop(struct kvn_transport *tp);
@@ -164,6 +186,7 @@ void kvn_vb_op_done(struct vb_op *op);
 void kvn_vb_queue_push(struct kvn_tp_ep *ep, struct vb_op *op, bool front);
 void kvn_vb_fail_queue(struct kvn_tp_ep *ep, int status, const char *msg);
 void kvn_vb_post_queue(struct kvn_tp_ep *ep);
+void kvn_vb_abandon(struct kvn_transport *tp);
 void *kvn_vb_progress_main(void *arg);
 
 #endif

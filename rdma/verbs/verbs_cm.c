@@ -222,7 +222,9 @@ accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev 
 			  : "wrong or missing auth_token (it has none, this node has one)";
 		status = EACCES;
 		__atomic_fetch_add(&tp->st.auth_refused, 1, __ATOMIC_RELAXED);
-	} else if (id->verbs != tp->ctx)
+	} else if (tp->removed)
+		why = "this node's RDMA device is being removed";
+	else if (id->verbs != tp->ctx)
 		why = "request arrived on another RDMA device than this node registered on";
 	else if (srv_count(tp) >= tp->max_conns) {
 		why = "too many readers (transport_max_connections)";
@@ -281,6 +283,43 @@ accept_conn(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev 
 	}
 }
 
+/* The device goes (verbs_removal.c has the whole sequence): no new work from now on, and the
+ * ids this thread owns are destroyed here; the progress thread does the rest. */
+static void
+device_removed(struct kvn_transport *tp)
+{
+	struct vb_srv_conn *srv;
+	struct rdma_cm_id *listen, *anchor;
+
+	pthread_mutex_lock(&tp->lock);
+	if (tp->removed) {
+		pthread_mutex_unlock(&tp->lock);
+		return;
+	}
+	__atomic_store_n(&tp->removed, true, __ATOMIC_RELEASE);
+	tp->dev_users++; /* until the ids below are gone */
+	srv = tp->srv, tp->srv = NULL;
+	listen = tp->listen_id, tp->listen_id = NULL;
+	anchor = tp->anchor, tp->anchor = NULL;
+	pthread_mutex_unlock(&tp->lock);
+	kvn_warn(LOG,
+		 "RDMA device %s is being removed: its reads fail with ENODEV, it serves "
+		 "nothing more, and this instance lets go of it",
+		 tp->devname);
+	while (srv) {
+		struct vb_srv_conn *next = srv->next;
+		kvn_vb_destroy_id(srv->id);
+		free(srv);
+		srv = next;
+	}
+	if (listen)
+		rdma_destroy_id(listen);
+	if (anchor)
+		rdma_destroy_id(anchor);
+	kvn_vb_removal_note(tp);
+	kvn_vb_dev_leave(tp);
+}
+
 static void
 cm_event(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev *ev)
 {
@@ -290,9 +329,12 @@ cm_event(struct kvn_transport *tp, struct rdma_cm_id *id, const struct cm_ev *ev
 		accept_conn(tp, id, ev);
 		return;
 	}
-	if (ev->type != RDMA_CM_EVENT_DISCONNECTED && ev->type != RDMA_CM_EVENT_DEVICE_REMOVAL &&
-	    ev->type != RDMA_CM_EVENT_CONNECT_ERROR && ev->type != RDMA_CM_EVENT_UNREACHABLE &&
-	    ev->type != RDMA_CM_EVENT_REJECTED)
+	if (ev->type == RDMA_CM_EVENT_DEVICE_REMOVAL) {
+		device_removed(tp);
+		return;
+	}
+	if (ev->type != RDMA_CM_EVENT_DISCONNECTED && ev->type != RDMA_CM_EVENT_CONNECT_ERROR &&
+	    ev->type != RDMA_CM_EVENT_UNREACHABLE && ev->type != RDMA_CM_EVENT_REJECTED)
 		return;
 	pthread_mutex_lock(&tp->lock);
 	for (struct vb_srv_conn **p = &tp->srv; *p; p = &(*p)->next) {
@@ -338,6 +380,69 @@ cm_main(void *arg)
 	return NULL;
 }
 
+/* An address of the port (its GID table: the first IPv4-mapped entry, else a global IPv6 one),
+ * or false: the port has no IP address (InfiniBand without IPoIB). */
+static bool
+port_addr(struct kvn_transport *tp, struct sockaddr_storage *ss)
+{
+	static const uint8_t v4map[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	bool v6 = false;
+
+	if (tp->have_src) {
+		*ss = tp->src;
+		return true;
+	}
+	memset(ss, 0, sizeof(*ss));
+	for (int i = 0; i < tp->gid_tbl_len; i++) {
+		union ibv_gid g;
+		if (ibv_query_gid(tp->ctx, tp->port, i, &g) || !memcmp(g.raw, (uint8_t[16]){0}, 16))
+			continue;
+		if (!memcmp(g.raw, v4map, sizeof(v4map))) {
+			struct sockaddr_in *in = (struct sockaddr_in *)ss;
+			memset(ss, 0, sizeof(*ss));
+			in->sin_family = AF_INET;
+			memcpy(&in->sin_addr, g.raw + 12, 4);
+			return true;
+		}
+		if (!v6 && !(g.raw[0] == 0xfe && (g.raw[1] & 0xc0) == 0x80)) {
+			struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+			in6->sin6_family = AF_INET6;
+			memcpy(&in6->sin6_addr, g.raw, 16);
+			v6 = true;
+		}
+	}
+	return v6;
+}
+
+/* The anchor: an id bound to the port's address, so that the device's removal reaches this
+ * instance even when it has no listener and no connection. Without one (no address) removal is
+ * heard only through the ids there are. */
+static void
+anchor_bind(struct kvn_transport *tp)
+{
+	struct sockaddr_storage ss;
+	struct rdma_cm_id *id = NULL;
+
+	if (!port_addr(tp, &ss)) {
+		kvn_debug(LOG,
+			  "%s port %u has no IP address: its removal is seen only by its "
+			  "connections",
+			  tp->devname, tp->port);
+		return;
+	}
+	if (rdma_create_id(tp->cm_ch, &id, NULL, RDMA_PS_TCP) ||
+	    rdma_bind_addr(id, (struct sockaddr *)&ss) || id->verbs != tp->ctx) {
+		kvn_debug(LOG,
+			  "%s: no id bound to the port's address (%s): its removal is seen "
+			  "only by its connections",
+			  tp->devname, id && id->verbs ? "another device has it" : strerror(errno));
+		if (id)
+			rdma_destroy_id(id);
+		return;
+	}
+	tp->anchor = id;
+}
+
 int
 kvn_vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen)
 {
@@ -348,6 +453,7 @@ kvn_vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen)
 		return -errno ? -errno : -EIO;
 	}
 	fcntl(tp->cm_ch->fd, F_SETFL, fcntl(tp->cm_ch->fd, F_GETFL) | O_NONBLOCK);
+	anchor_bind(tp);
 	tp->cm_stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (tp->cm_stop_fd < 0)
 		return -errno;
@@ -374,6 +480,10 @@ kvn_vb_cm_stop(struct kvn_transport *tp)
 		rdma_destroy_id(tp->listen_id);
 		tp->listen_id = NULL;
 	}
+	if (tp->anchor) {
+		rdma_destroy_id(tp->anchor);
+		tp->anchor = NULL;
+	}
 	while (tp->srv) {
 		struct vb_srv_conn *c = tp->srv;
 		tp->srv = c->next;
@@ -391,9 +501,9 @@ kvn_vb_cm_free(struct kvn_transport *tp)
 		close(tp->cm_stop_fd);
 }
 
-int
-kvn_vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen, char *err,
-	      size_t errlen)
+static int
+listen_on(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen, char *err,
+	  size_t errlen)
 {
 	struct sockaddr_storage ss;
 	struct rdma_cm_id *id = NULL;
@@ -438,11 +548,24 @@ kvn_vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t bo
 		rdma_destroy_id(id);
 		return -ENODEV;
 	}
-	tp->listen_id = id;
 	kvn_sockaddr_format(rdma_get_local_addr(id), ntohs(rdma_get_src_port(id)), bound, boundlen);
-	kvn_info(LOG, "serving RDMA READs of registered memory at %s (%s)", bound,
-		 devname(tp->ctx));
+	kvn_info(LOG, "serving RDMA READs of registered memory at %s (%s)", bound, tp->devname);
+	pthread_mutex_lock(&tp->lock); /* from here on the cm thread may destroy it (removal) */
+	tp->listen_id = id;
+	pthread_mutex_unlock(&tp->lock);
 	return 0;
+}
+
+int
+kvn_vb_listen(struct kvn_transport *tp, const char *addr, char *bound, size_t boundlen, char *err,
+	      size_t errlen)
+{
+	int rc = kvn_vb_dev_enter(tp, err, errlen);
+	if (rc)
+		return rc;
+	rc = listen_on(tp, addr, bound, boundlen, err, errlen);
+	kvn_vb_dev_leave(tp);
+	return rc;
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -639,13 +762,20 @@ dial_accepted(struct dial *d, const uint8_t req[REQ_SIZE])
 	return 0;
 }
 
-/* The endpoint takes the connected id and the owner's region descriptors. */
-static void
+/* The endpoint takes the connected id and the owner's region descriptors, unless the device
+ * was removed meanwhile. */
+static int
 dial_up(struct dial *d)
 {
 	struct kvn_transport *tp = d->tp;
 	struct kvn_tp_ep *ep = d->ep;
 	pthread_mutex_lock(&tp->lock);
+	if (tp->removed) {
+		pthread_mutex_unlock(&tp->lock);
+		return kvn_seterr(-ENODEV, d->err, d->errlen,
+				  "peer %s: RDMA device %s was removed while connecting", ep->peer,
+				  tp->devname);
+	}
 	ep->ndesc = d->ev.pdata[6];
 	ep->desc_complete = d->ev.pdata[7];
 	for (uint32_t i = 0; i < ep->ndesc; i++) {
@@ -659,6 +789,7 @@ dial_up(struct dial *d)
 	ep->sq_free = tp->sq_depth;
 	pthread_cond_broadcast(&tp->cond);
 	pthread_mutex_unlock(&tp->lock);
+	return 0;
 }
 
 int
@@ -676,6 +807,12 @@ kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms
 	int rc;
 
 	d.dl = kvn_deadline_in_ms(timeout_ms > 0 ? (uint64_t)timeout_ms : 0);
+	rc = kvn_vb_dev_enter(tp, err, errlen);
+	if (rc) {
+		if (d.ch)
+			rdma_destroy_event_channel(d.ch);
+		return rc;
+	}
 	rc = parse_addr(ep->peer, &dst, err, errlen);
 	if (rc)
 		goto out;
@@ -695,13 +832,14 @@ kvn_vb_connect_id(struct kvn_transport *tp, struct kvn_tp_ep *ep, int timeout_ms
 			   strerror(errno));
 		goto out;
 	}
-	dial_up(&d);
-	d.id = NULL;
-	rc = 0;
+	rc = dial_up(&d);
+	if (!rc)
+		d.id = NULL;
 out:
 	if (d.id)
 		kvn_vb_destroy_id(d.id);
 	if (d.ch)
 		rdma_destroy_event_channel(d.ch);
+	kvn_vb_dev_leave(tp);
 	return rc;
 }

@@ -30,9 +30,8 @@ kvn_vb_probe_dmabuf(struct kvn_transport *tp)
 		return 0;
 	}
 	int rc = errno ? -errno : -EIO;
-	kvn_debug(LOG, "%s: ibv_reg_dmabuf_mr(fd -1) answered %s: dma-buf %s",
-		  ibv_get_device_name(tp->ctx->device), strerror(-rc),
-		  rc == -EBADF ? "supported" : "not supported");
+	kvn_debug(LOG, "%s: ibv_reg_dmabuf_mr(fd -1) answered %s: dma-buf %s", tp->devname,
+		  strerror(-rc), rc == -EBADF ? "supported" : "not supported");
 	return rc;
 #else
 	(void)tp;
@@ -44,8 +43,8 @@ static int
 mr_fail(struct kvn_transport *tp, const char *call, size_t len, char *err, size_t errlen)
 {
 	int rc = errno ? -errno : -EIO;
-	return kvn_seterr(rc, err, errlen, "%s of %zu bytes on %s: %s", call, len,
-			  ibv_get_device_name(tp->ctx->device), strerror(-rc));
+	return kvn_seterr(rc, err, errlen, "%s of %zu bytes on %s: %s", call, len, tp->devname,
+			  strerror(-rc));
 }
 
 static int
@@ -90,7 +89,7 @@ kvn_vb_devreg_facts(struct kvn_transport *tp, const struct kvn_dev_mem *src,
 {
 	*f = (struct kvn_devreg_facts){
 	    .transport = LOG,
-	    .nic = ibv_get_device_name(tp->ctx->device),
+	    .nic = tp->devname,
 	    .can_dmabuf = KVN_HAVE_IBV_DMABUF,
 	    .dmabuf_probe = tp->dmabuf_probe,
 	    .can_peermem = true,
@@ -139,7 +138,12 @@ kvn_vb_reg_dev(struct kvn_transport *tp, void *ptr, size_t len, const struct kvn
 {
 	struct kvn_devreg_facts f;
 	struct kvn_devreg_plan plan;
+	int rc = kvn_vb_dev_enter(tp, err, errlen);
+	if (rc)
+		return rc;
 	kvn_vb_devreg_facts(tp, src, &f);
 	kvn_devreg_plan(&f, &plan);
-	return kvn_vb_reg_dev_plan(tp, &plan, &f, ptr, len, src, out, desc, report, err, errlen);
+	rc = kvn_vb_reg_dev_plan(tp, &plan, &f, ptr, len, src, out, desc, report, err, errlen);
+	kvn_vb_dev_leave(tp);
+	return rc;
 }

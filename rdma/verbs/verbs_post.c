@@ -143,6 +143,39 @@ kvn_vb_ep_break(struct kvn_tp_ep *ep, int status, bool retry, const char *fmt, .
 		ep_drained(ep);
 }
 
+/* The device was removed (verbs_removal.c): every read in flight or queued fails with -ENODEV
+ * now, not when the device would flush it (a device being unregistered may never), and every
+ * connected QP goes to tp->dead. From here on nobody polls the CQ, whose entries may still name
+ * these reads: their callbacks run after the QPs are destroyed, so nothing lands after them. */
+void
+kvn_vb_abandon(struct kvn_transport *tp)
+{
+	char msg[sizeof(((struct vb_op *)0)->msg)];
+
+	for (struct vb_op *op = tp->live; op; op = op->lnext) {
+		if (!op->wrs_out)
+			continue;
+		op->wrs_out = 0;
+		kvn_seterr(-EINVAL, msg, sizeof(msg),
+			   "peer %s: RDMA device %s was removed under this read (rdma link "
+			   "delete, or the NIC went away)",
+			   op->ep->peer, tp->devname);
+		op_fail(op, -ENODEV, msg);
+		if (!op->queued)
+			kvn_vb_op_done(op);
+	}
+	for (struct kvn_tp_ep *ep = tp->eps; ep; ep = ep->next) {
+		kvn_seterr(-EINVAL, msg, sizeof(msg), "peer %s: RDMA device %s was removed",
+			   ep->peer, tp->devname);
+		kvn_vb_fail_queue(ep, -ENODEV, msg);
+		ep->wrs_out = 0;
+		if (ep->id && (ep->state == EP_UP || ep->state == EP_BROKEN))
+			ep_drained(ep);
+	}
+	tp->cq_free = tp->cq_depth;
+	tp->abandoned = true;
+}
+
 /* Hands queued reads to the QP: one chain, one doorbell, split at the port's max message size,
  * bounded by the send queue and the shared CQ. The device keeps max_rd_atomic of them on the
  * wire and the rest waiting in the send queue. */
@@ -303,6 +336,9 @@ run_callbacks(struct kvn_transport *tp, struct vb_op *list)
 	pthread_mutex_lock(&tp->lock);
 	for (op = list; op; op = next) {
 		next = op->next;
+		*op->lprev = op->lnext;
+		if (op->lnext)
+			op->lnext->lprev = op->lprev;
 		if (!--op->ep->live_ops)
 			pthread_cond_broadcast(&tp->cond);
 		free(op);
@@ -362,16 +398,19 @@ post_all(struct kvn_transport *tp)
 static int
 sleep_on_cq(struct kvn_transport *tp, uint64_t *spin_ns, struct ibv_wc *wc)
 {
-	struct pollfd pfd[2] = {{.fd = tp->cc->fd, .events = POLLIN},
+	/* The device gone (abandoned, maybe released): only wake-ups and the watchdog. */
+	struct pollfd pfd[2] = {{.fd = tp->abandoned ? -1 : tp->cc->fd, .events = POLLIN},
 				{.fd = tp->wake_fd, .events = POLLIN}};
 	uint64_t t0 = kvn_now_ns();
 
-	if (ibv_req_notify_cq(tp->cq, 0))
-		return 0;
-	/* A completion that arrived between the last poll and arming raises no event: look once
-	 * more before sleeping, and hand what we found to the caller. */
-	if (ibv_poll_cq(tp->cq, 1, wc) > 0)
-		return 1;
+	if (!tp->abandoned) {
+		if (ibv_req_notify_cq(tp->cq, 0))
+			return 0;
+		/* A completion that arrived between the last poll and arming raises no event:
+		 * look once more before sleeping, and hand what we found to the caller. */
+		if (ibv_poll_cq(tp->cq, 1, wc) > 0)
+			return 1;
+	}
 	if (poll(pfd, 2, (int)(WATCHDOG_NS / 1000000ull)) > 0) {
 		if (pfd[0].revents & POLLIN) {
 			struct ibv_cq *cq;
@@ -401,7 +440,8 @@ kvn_vb_progress_main(void *arg)
 	uint64_t spin_ns = 50000, idle_since = 0, last_house = 0;
 
 	for (;;) {
-		int n = ibv_poll_cq(tp->cq, POLL_BATCH, wc);
+		/* Only this thread sets abandoned, so it reads it unlocked. */
+		int n = tp->abandoned ? 0 : ibv_poll_cq(tp->cq, POLL_BATCH, wc);
 		uint64_t now = kvn_now_ns();
 		struct vb_op *done;
 		struct vb_srv_conn *dead;
@@ -413,6 +453,8 @@ kvn_vb_progress_main(void *arg)
 			handle_wc(tp, &wc[i]);
 		if (n > 0)
 			post_all(tp);
+		if (tp->removed && !tp->abandoned)
+			kvn_vb_abandon(tp);
 		if (now - last_house > WATCHDOG_NS / 4 || tp->dead) {
 			todo = housekeeping(tp, now);
 			last_house = now;
@@ -425,16 +467,18 @@ kvn_vb_progress_main(void *arg)
 		stop = tp->stop && !tp->eps;
 		pthread_mutex_unlock(&tp->lock);
 
-		if (done)
-			run_callbacks(tp, done);
+		/* QPs first: an abandoned read's callback runs once nothing can land in it. */
 		while (dead) {
 			struct vb_srv_conn *next = dead->next;
 			kvn_vb_destroy_id(dead->id);
 			free(dead);
 			dead = next;
 		}
+		if (done)
+			run_callbacks(tp, done);
 		if (todo)
 			reconnect(tp, todo);
+		kvn_vb_removal_tick(tp, now);
 		if (stop)
 			return NULL;
 		if (n > 0 || done || todo) {
