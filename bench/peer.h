@@ -22,6 +22,7 @@ struct bench_peer_run {
 	size_t dst_slots, size, remote_slots;
 	struct kvn_mem_desc remote;
 	double deadline;
+	uint64_t min_reads; /* posted before the deadline counts: 3 rounds of the window */
 	atomic_uint_fast64_t next, completed;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
