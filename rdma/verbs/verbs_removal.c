@@ -25,7 +25,7 @@
 #include "rdma/rdma.h"
 #include "rdma/verbs/verbs.h"
 
-#define LOG	     "verbs"
+#define LOG	      "verbs"
 #define SYNC_EVERY_NS 100000000ull
 #define SYNC_TRIES    100
 
@@ -172,9 +172,11 @@ kvn_vb_removal_tick(struct kvn_transport *tp, uint64_t now)
 		tp->sync_left--;
 		tp->next_sync_ns = now + SYNC_EVERY_NS;
 		if (!tp->sync_left)
-			kvn_warn(LOG, "removed RDMA device %s is still listed after %u s; giving up "
-				      "waiting for the kernel",
-				 tp->devname, (unsigned)(SYNC_TRIES * SYNC_EVERY_NS / 1000000000ull));
+			kvn_warn(LOG,
+				 "removed RDMA device %s is still listed after %u s; giving up "
+				 "waiting for the kernel",
+				 tp->devname,
+				 (unsigned)(SYNC_TRIES * SYNC_EVERY_NS / 1000000000ull));
 	} else {
 		tp->sync_left = 0;
 	}
