@@ -14,6 +14,7 @@
 #include "bench/bench.h"
 #include "core/auth.h"
 #include "node/cluster/ctlframe.h"
+#include "node/cluster/membership.h"
 #include "core/log.h"
 #include "core/netaddr.h"
 #include "node/scheduler/scheduler.h"
@@ -383,7 +384,21 @@ bench_scheduler(const struct bench_opts *o)
 	struct kvn_scheduler *s = NULL;
 	pthread_t th;
 	const char *addr = o->connect;
+	char leader[KVN_HOST_MAX + 8];
 	int rc = 0;
+	if (addr && !strncmp(addr, "etcd://", 7)) {
+		/* the leader of an etcd cluster (docs/architecture.md §5.6): found once, through
+		 * etcd; the lookups then go to it directly */
+		char host[KVN_HOST_MAX], err[512];
+		uint16_t port;
+		if (kvn_scheduler_resolve(addr, NULL, host, &port, err, sizeof(err))) {
+			fprintf(stderr, "kvnode-bench: %s\n", err);
+			return -1;
+		}
+		snprintf(leader, sizeof(leader), strchr(host, ':') ? "[%s]:%u" : "%s:%u", host,
+			 port);
+		addr = leader;
+	}
 	if (!addr) {
 		if (start_scheduler(&s, &th) < 0)
 			return -1;

@@ -878,7 +878,11 @@ static void
 scheduler_listen(const struct opts *o, const struct kvn_config *cfg, char *addr, size_t len)
 {
 	const char *listen = o->listen, *url = cfg->scheduler_url;
-	if (!listen && url)
+	/* etcd://: the URL names etcd, not this scheduler; it listens where it tells nodes to go */
+	bool etcd = url && !strncmp(url, "etcd://", 7);
+	if (!listen && etcd)
+		listen = cfg->scheduler_advertise;
+	else if (!listen && url)
 		listen = strstr(url, "://") ? strstr(url, "://") + 3 : url;
 	snprintf(addr, len, "%s", listen ? listen : SCHEDULER_DEFAULT_LISTEN);
 	size_t n = strlen(addr);
@@ -887,9 +891,14 @@ scheduler_listen(const struct opts *o, const struct kvn_config *cfg, char *addr,
 }
 
 static struct kvn_scheduler_opts
-scheduler_opts(const struct kvn_config *cfg, const char *addr)
+scheduler_opts(const struct kvn_config *cfg, const char *addr, const struct kvn_etcd_opts *eo)
 {
+	bool etcd = cfg->scheduler_url && !strncmp(cfg->scheduler_url, "etcd://", 7);
 	return (struct kvn_scheduler_opts){
+	    .cluster_url = etcd ? cfg->scheduler_url : NULL,
+	    .etcd = eo,
+	    .lease_ttl_s = cfg->scheduler_lease_ttl_s,
+	    .advertise = cfg->scheduler_advertise,
 	    .listen = addr,
 	    .heartbeat_ms = cfg->heartbeat_ms,
 	    .auth_token = cfg->auth_token,
@@ -916,7 +925,8 @@ cmd_scheduler(struct opts *o)
 	}
 	block_signals();
 	struct kvn_scheduler *sched;
-	struct kvn_scheduler_opts so = scheduler_opts(cfg, addr);
+	struct kvn_etcd_opts eo = kvn_config_etcd_opts(cfg);
+	struct kvn_scheduler_opts so = scheduler_opts(cfg, addr, &eo);
 	rc = kvn_scheduler_create(&so, &sched, err, sizeof(err));
 	if (rc < 0) {
 		kvn_config_free(cfg);
@@ -1104,17 +1114,31 @@ static const struct command commands[] = {
      "  directory. Prints `kvnode: scheduler on HOST:PORT` once listening. With\n"
      "  auth_token set, a join or stats request without the same token is refused.\n"
      "  The plugins of plugin_locations for the scheduler run beside it.\n"
-     "  SIGTERM or SIGINT: stop the plugins, close every connection and exit 0.\n"
+     "  With scheduler_url: etcd://HOST:PORT[,HOST:PORT...]/CLUSTER several schedulers\n"
+     "  share CLUSTER: the one holding etcd's leader key (under a lease of\n"
+     "  scheduler_lease_ttl_s) leads and is the one nodes join; the others stand by and\n"
+     "  take over within about the TTL when it dies. A leader that cannot keep its lease\n"
+     "  steps down before it lapses. Worker ids are kept in etcd. Nodes are told\n"
+     "  scheduler_advertise (default: the --listen address).\n"
+     "  SIGTERM or SIGINT: stop the plugins, close every connection and exit 0 (with\n"
+     "  etcd, the lease is revoked first so that a standby leads at once).\n"
      "  SIGHUP: re-read the config file and apply log_level, plugin_restart and\n"
      "  plugin_stop_timeout_ms; other changed keys are logged as needing a restart.\n\n"
      "OPTIONS\n"
      "      --listen HOST:PORT  where nodes connect (default: the HOST:PORT of the\n"
-     "                       config's scheduler_url, else " SCHEDULER_DEFAULT_LISTEN ";\n"
+     "                       config's scheduler_url, with etcd:// scheduler_advertise,\n"
+     "                       else " SCHEDULER_DEFAULT_LISTEN ";\n"
      "                       port 0 picks a free one)\n" HELP_COMMON
-     "\nCONFIG KEYS\n  heartbeat_ms (default 500), auth_token, scheduler_url, log_level\n"
+     "\nCONFIG KEYS\n  heartbeat_ms (default 500), auth_token, scheduler_url, log_level;\n"
+     "  with etcd: scheduler_lease_ttl_s (5), scheduler_advertise, etcd_timeout_ms,\n"
+     "  etcd_user, etcd_password, etcd_token, etcd_tls, etcd_ca_file, etcd_cert_file,\n"
+     "  etcd_key_file\n"
      "\nEXIT STATUS\n  0 clean shutdown; 2 bad option or config; 3 cannot listen\n\n"
      "EXAMPLES\n  kvnode scheduler --listen 0.0.0.0:7470\n"
-     "  kvnode stat --scheduler 127.0.0.1:7470\n"},
+     "  kvnode stat --scheduler 127.0.0.1:7470\n"
+     "  KVNODE_SCHEDULER_URL=etcd://10.0.0.1:2379,10.0.0.2:2379/prod \\\n"
+     "      kvnode scheduler --listen 10.0.0.7:7470\n"
+     "  kvnode stat --scheduler etcd://10.0.0.1:2379/prod\n"},
     {"doctor", cmd_doctor, 0, 0, "json peers scheduler",
      "NAME\n  kvnode doctor - check what RDMA bring-up needs, one line per check\n\n"
      "SYNOPSIS\n  kvnode doctor [-c FILE] [--peers [--scheduler HOST:PORT]] [--json]\n\n"

@@ -509,8 +509,10 @@ kvn_cluster_start(const struct kvn_config *cfg, struct kvn_engine *eng, struct k
 				kvn_rails_count(c->rails), c->ngpu);
 		goto fail;
 	}
+	struct kvn_etcd_opts eo = kvn_config_etcd_opts(cfg);
 	struct kvn_membership_opts mo = {
 	    .scheduler = cfg->scheduler_url,
+	    .etcd = &eo,
 	    .name = cfg->node_name ? cfg->node_name : "kvnode",
 	    .data_addr = c->data_addr,
 	    .transport = c->ops->name,

@@ -3,6 +3,7 @@
  * waiting lookups by seq; notices update the member table). Callers' lookups write their
  * request under the send lock and sleep until the thread hands them the reply. */
 #include <cjson/cJSON.h>
+#include <ctype.h>
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -16,7 +17,9 @@
 #include "core/auth.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "node/cluster/etcd.h"
 #include "node/cluster/membership.h"
+#include "node/engine/config.h"
 #include "core/netaddr.h"
 
 #define COMP	       "membership"
@@ -42,8 +45,16 @@ struct mrec {
 struct kvn_membership {
 	struct kvn_membership_opts o; /* strings below are owned copies; auth_token NULL */
 	struct kvn_auth auth;	      /* the token's key: the join's proofs */
-	char host[KVN_HOST_MAX];
+	char host[KVN_HOST_MAX];      /* the scheduler now (the thread's, or start's before it) */
 	uint16_t port;
+	/* scheduler_url etcd://: the client, the leader key, and the watch of it (its own thread,
+	 * which shuts the connection down when the leader changes) */
+	struct kvn_etcd *etcd;
+	char cluster[KVN_CF_NAME_MAX + 1], leader_key[256];
+	pthread_t watcher;
+	bool watching;
+	int64_t leader_rev;	 /* the leader key's revision the last join read (lock) */
+	uint64_t leader_changes; /* the watch saw the leader change (lock) */
 	struct kvn_membership_cbs cbs;
 	int wake_fd;
 	pthread_t thread;
@@ -120,6 +131,112 @@ kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *port
 		return kvn_seterr(-EINVAL, err, errlen, "scheduler_url \"%s\": %s", url,
 				  *port ? why : "needs a port other than 0");
 	return 0;
+}
+
+int
+kvn_scheduler_url_etcd(const char *url, char *endpoints, size_t elen, char *cluster, size_t clen,
+		       char *err, size_t errlen)
+{
+	if (!url || strncmp(url, "etcd://", 7))
+		return 0;
+	const char *e = url + 7, *slash = strchr(e, '/');
+	if (!slash || slash == e)
+		return kvn_seterr(
+		    -EINVAL, err, errlen,
+		    "scheduler_url \"%s\": want etcd://HOST:PORT[,HOST:PORT...]/CLUSTER "
+		    "(%s)",
+		    url, slash ? "no etcd endpoint" : "no /CLUSTER");
+	const char *c = slash + 1;
+	size_t cl = strlen(c);
+	if (cl && c[cl - 1] == '/')
+		cl--;
+	bool ok = cl >= 1 && cl <= 64 && cl < clen;
+	for (size_t i = 0; ok && i < cl; i++)
+		ok = isalnum((unsigned char)c[i]) || c[i] == '.' || c[i] == '_' || c[i] == '-';
+	if (!ok)
+		return kvn_seterr(-EINVAL, err, errlen,
+				  "scheduler_url \"%s\": the cluster name \"%.*s\" must be 1 to 64 "
+				  "of A-Z a-z 0-9 . _ -",
+				  url, (int)cl, c);
+	if ((size_t)(slash - e) >= elen)
+		return kvn_seterr(-EINVAL, err, errlen, "scheduler_url \"%.60s...\": too long",
+				  url);
+	snprintf(endpoints, elen, "%.*s", (int)(slash - e), e);
+	snprintf(cluster, clen, "%.*s", (int)cl, c);
+	return 1;
+}
+
+struct kvn_etcd_opts
+kvn_config_etcd_opts(const struct kvn_config *cfg)
+{
+	return (struct kvn_etcd_opts){.timeout_ms = (int)cfg->etcd_timeout_ms,
+				      .user = cfg->etcd_user,
+				      .password = cfg->etcd_password,
+				      .token = cfg->etcd_token,
+				      .tls = cfg->etcd_tls,
+				      .ca_file = cfg->etcd_ca_file,
+				      .cert_file = cfg->etcd_cert_file,
+				      .key_file = cfg->etcd_key_file};
+}
+
+void
+kvn_sched_etcd_key(const char *cluster, const char *leaf, char *out, size_t cap)
+{
+	snprintf(out, cap, "/kvnode/%s/%s", cluster, leaf);
+}
+
+/* The leader key's value as HOST:PORT (and its revision). */
+static int
+leader_read(struct kvn_etcd *e, const char *cluster, const char *key, char host[KVN_HOST_MAX],
+	    uint16_t *port, int64_t *rev, char *err, size_t errlen)
+{
+	struct kvn_etcd_kv *kv = malloc(sizeof(*kv));
+	char why[512];
+	if (!kv)
+		return -ENOMEM;
+	int rc = kvn_etcd_get(e, key, kv, rev, why, sizeof(why));
+	if (rc == -ENOENT)
+		kvn_seterr(rc, err, errlen,
+			   "no scheduler leads cluster %s now (etcd key %s is absent; start "
+			   "`kvnode scheduler` with this scheduler_url)",
+			   cluster, key);
+	else if (rc)
+		kvn_seterr(rc, err, errlen, "cluster %s: reading its leader from etcd: %s", cluster,
+			   why);
+	else if (kvn_hostport_parse(kv->value, host, port, why, sizeof(why)) || !*port)
+		rc = kvn_seterr(-EPROTO, err, errlen,
+				"cluster %s: etcd key %s holds \"%.64s\", not a scheduler's "
+				"HOST:PORT",
+				cluster, key, kv->value);
+	free(kv);
+	return rc;
+}
+
+static int
+etcd_open_for(const char *endpoints, const struct kvn_etcd_opts *eo, struct kvn_etcd **out,
+	      char *err, size_t errlen)
+{
+	struct kvn_etcd_opts o = eo ? *eo : (struct kvn_etcd_opts){0};
+	o.endpoints = endpoints;
+	return kvn_etcd_open(&o, out, err, errlen);
+}
+
+int
+kvn_scheduler_resolve(const char *url, const struct kvn_etcd_opts *eo, char host[KVN_HOST_MAX],
+		      uint16_t *port, char *err, size_t errlen)
+{
+	char endpoints[1024], cluster[KVN_CF_NAME_MAX + 1], key[256];
+	int rc = kvn_scheduler_url_etcd(url, endpoints, sizeof(endpoints), cluster, sizeof(cluster),
+					err, errlen);
+	if (rc <= 0)
+		return rc < 0 ? rc : kvn_scheduler_url_parse(url, host, port, err, errlen);
+	struct kvn_etcd *e;
+	if ((rc = etcd_open_for(endpoints, eo, &e, err, errlen)))
+		return rc;
+	kvn_sched_etcd_key(cluster, "leader", key, sizeof(key));
+	rc = leader_read(e, cluster, key, host, port, NULL, err, errlen);
+	kvn_etcd_close(e);
+	return rc;
 }
 
 /* ------------------------------------------------------------------------------------------
@@ -213,7 +330,7 @@ await_join_ok(struct kvn_membership *m, int fd, struct join_ok *ok, bool *refuse
 				  m->host, m->port, why);
 	if (h.type == KVN_CF_ERROR) {
 		rc = kvn_cf_error_decode(body, h.len, why, sizeof(why));
-		*refused = true;
+		*refused = rc != -EAGAIN; /* a standby scheduler: the leader is elsewhere */
 		return kvn_seterr(rc, err, errlen, "scheduler %s:%u refused node %s: %s", m->host,
 				  m->port, m->o.name, why);
 	}
@@ -243,7 +360,17 @@ connect_join(struct kvn_membership *m, bool *refused, char *err, size_t errlen)
 	*refused = false;
 	int fd;
 	char proof[KVN_CF_PROOF_HEX];
-	int rc = open_authed(m, &fd, proof, refused, err, errlen);
+	int rc;
+	if (m->etcd) {
+		int64_t rev = 0;
+		if ((rc = leader_read(m->etcd, m->cluster, m->leader_key, m->host, &m->port, &rev,
+				      err, errlen)))
+			return rc == -EPROTO ? -EAGAIN : rc; /* a bad value may be replaced */
+		pthread_mutex_lock(&m->lock);
+		m->leader_rev = rev;
+		pthread_mutex_unlock(&m->lock);
+	}
+	rc = open_authed(m, &fd, proof, refused, err, errlen);
 	if (rc)
 		return rc;
 	if ((rc = send_join(m, fd, proof))) {
@@ -510,6 +637,13 @@ nap(struct kvn_membership *m, int ms)
 }
 
 static void
+nap_ms(int ms)
+{
+	struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
+	nanosleep(&ts, NULL);
+}
+
+static void
 after_join(struct kvn_membership *m)
 {
 	if (m->cbs.joined) {
@@ -519,6 +653,52 @@ after_join(struct kvn_membership *m)
 		pthread_mutex_unlock(&m->lock);
 		m->cbs.joined(m->cbs.ctx, m, id, count, epoch);
 	}
+}
+
+/* scheduler_url etcd://: watches the leader key from the revision the last join read; when it
+ * changes (a new leader, or the old one's lease gone) the connection is shut down, so that the
+ * membership thread reads the leader again and joins it. */
+static void *
+watch_main(void *arg)
+{
+	struct kvn_membership *m = arg;
+	char err[512];
+	while (!stopping(m)) {
+		pthread_mutex_lock(&m->lock);
+		int64_t from = m->leader_rev + 1;
+		bool joined = m->connected && m->leader_rev > 0;
+		pthread_mutex_unlock(&m->lock);
+		if (!joined) {
+			nap_ms(200);
+			continue;
+		}
+		bool deleted = false;
+		int64_t rev = 0;
+		int rc = kvn_etcd_watch(m->etcd, m->leader_key, from, 1000, &deleted, &rev, err,
+					sizeof(err));
+		if (rc == -ETIMEDOUT) /* etcd did not confirm the watch in time: again */
+			continue;
+		if (rc < 0) {
+			kvn_debug(COMP, "node %s: watching the leader of cluster %s: %s", m->o.name,
+				  m->cluster, err);
+			nap_ms(500);
+			continue;
+		}
+		if (rc == 0)
+			continue;
+		pthread_mutex_lock(&m->send_lock);
+		pthread_mutex_lock(&m->lock);
+		if (m->leader_rev < rev)
+			m->leader_rev = rev;
+		m->leader_changes++;
+		if (m->fd >= 0)
+			shutdown(m->fd, SHUT_RDWR); /* the thread sees it closed and joins again */
+		pthread_mutex_unlock(&m->lock);
+		pthread_mutex_unlock(&m->send_lock);
+		kvn_info(COMP, "node %s: the leader of cluster %s %s; joining the new one",
+			 m->o.name, m->cluster, deleted ? "is gone" : "changed");
+	}
+	return NULL;
 }
 
 static void *
@@ -630,6 +810,7 @@ free_all(struct kvn_membership *m)
 	free(m->queue);
 	free(m->rx.p);
 	kvn_cf_buf_free(&m->tx);
+	kvn_etcd_close(m->etcd);
 	if (m->wake_fd >= 0)
 		close(m->wake_fd);
 	pthread_mutex_destroy(&m->send_lock);
@@ -674,7 +855,16 @@ kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_me
 	m->o.timeout_ms = opts->timeout_ms > 0 ? opts->timeout_ms : DEFAULT_TMO_MS;
 	if (cbs)
 		m->cbs = *cbs;
-	int rc = kvn_scheduler_url_parse(opts->scheduler, m->host, &m->port, err, errlen);
+	char endpoints[1024];
+	int rc = kvn_scheduler_url_etcd(opts->scheduler, endpoints, sizeof(endpoints), m->cluster,
+					sizeof(m->cluster), err, errlen);
+	if (rc > 0) {
+		kvn_sched_etcd_key(m->cluster, "leader", m->leader_key, sizeof(m->leader_key));
+		rc = etcd_open_for(endpoints, opts->etcd, &m->etcd, err, errlen);
+	} else if (rc == 0) {
+		rc = kvn_scheduler_url_parse(opts->scheduler, m->host, &m->port, err, errlen);
+	}
+	m->o.etcd = NULL;
 	if (rc)
 		goto fail;
 	m->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -697,6 +887,13 @@ kvn_membership_start(const struct kvn_membership_opts *opts, const struct kvn_me
 		goto fail;
 	}
 	m->started = true;
+	if (m->etcd && pthread_create(&m->watcher, NULL, watch_main, m) == 0)
+		m->watching = true;
+	else if (m->etcd)
+		kvn_warn(COMP,
+			 "node %s: cannot start the leader watch; a new leader is found only "
+			 "when the old one's connection drops",
+			 m->o.name);
 	*out = m;
 	return 0;
 fail:
@@ -721,6 +918,8 @@ kvn_membership_stop(struct kvn_membership *m)
 	(void)n;
 	if (m->started)
 		pthread_join(m->thread, NULL);
+	if (m->watching)
+		pthread_join(m->watcher, NULL);
 	if (kvn_membership_connected(m)) {
 		flush_queue(m);
 		send_simple(m, KVN_CF_LEAVE);

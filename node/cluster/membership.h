@@ -11,6 +11,7 @@
 #include <stdio.h>
 
 #include "node/cluster/ctlframe.h"
+#include "node/cluster/etcd.h"
 #include "core/netaddr.h"
 
 struct kvn_membership;
@@ -46,7 +47,11 @@ struct kvn_membership_cbs {
 };
 
 struct kvn_membership_opts {
-	const char *scheduler; /* HOST:PORT, or scheduler_url with any scheme:// prefix */
+	/* HOST:PORT, or scheduler_url with any scheme:// prefix; etcd://HOST:PORT[,...]/CLUSTER
+	 * joins whichever scheduler leads CLUSTER (read from etcd before each join, and joined
+	 * again when the leader changes) */
+	const char *scheduler;
+	const struct kvn_etcd_opts *etcd; /* the etcd client's options but endpoints; NULL: none */
 	const char *name;      /* node_name: the scheduler's key for a stable worker id */
 	const char *data_addr; /* where peers reach this node's transport */
 	const char *transport; /* "tcp", "verbs" */
@@ -59,6 +64,22 @@ struct kvn_membership_opts {
 	int timeout_ms;		/* connect, join and lookup deadline; 0 = 5000 */
 	bool want_evicts; /* receive EVICTED notices (a peer backend with a cache wants them) */
 };
+
+/* scheduler_url's etcd form, etcd://HOST:PORT[,HOST:PORT...]/CLUSTER: 1 with the endpoints
+ * ("HOST:PORT,...") and the cluster name, 0 when url is another form, -EINVAL naming what is
+ * wrong (no endpoint, no cluster, a cluster name outside [A-Za-z0-9._-]{1,64}). */
+int kvn_scheduler_url_etcd(const char *url, char *endpoints, size_t elen, char *cluster,
+			   size_t clen, char *err, size_t errlen);
+/* The etcd client options of a config (etcd_* keys; the endpoints come from scheduler_url). */
+struct kvn_config;
+struct kvn_etcd_opts kvn_config_etcd_opts(const struct kvn_config *cfg);
+/* The etcd key of cluster's leaf: "/kvnode/CLUSTER/LEAF" ("leader", "workers/"). */
+void kvn_sched_etcd_key(const char *cluster, const char *leaf, char *out, size_t cap);
+/* Where the scheduler of url is now: the plain form as it is; the etcd form from the leader key
+ * (-ENOENT: no scheduler leads the cluster now). eo: the etcd client's options but endpoints
+ * (NULL: defaults). */
+int kvn_scheduler_resolve(const char *url, const struct kvn_etcd_opts *eo, char host[KVN_HOST_MAX],
+			  uint16_t *port, char *err, size_t errlen);
 
 /* Joins (once, on the caller's thread) and starts the heartbeat thread. A join the scheduler
  * refuses fails with the code of its ERROR and err naming the scheduler: -EACCES for the auth

@@ -20,7 +20,7 @@ kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, 
 {
 	char host[KVN_HOST_MAX], why[512];
 	uint16_t port;
-	int rc = kvn_scheduler_url_parse(addr, host, &port, err, errlen);
+	int rc = kvn_scheduler_resolve(addr, NULL, host, &port, err, errlen);
 	if (rc)
 		return rc;
 	if (timeout_ms <= 0)

@@ -87,6 +87,18 @@ const struct kvn_keydef kvn_config_keys[] = {
     {"scheduler_reply_queue_max", KVN_K_SIZE, FIELD(scheduler_reply_queue_max), 0, 1 << 20,
      1ll << 40, 0},
     {"worker_id_grace_ms", KVN_K_UINT, FIELD(worker_id_grace_ms), 0, 0, INT32_MAX, 0},
+    /* etcd (scheduler_url: etcd://...): the leader's lease, where it is reached, the client */
+    {"scheduler_lease_ttl_s", KVN_K_UINT, FIELD(scheduler_lease_ttl_s), 0, 2, 3600, 0},
+    {"scheduler_advertise", KVN_K_STR, FIELD(scheduler_advertise), 0, 0, 0, KVN_KF_NULLABLE},
+    {"etcd_timeout_ms", KVN_K_UINT, FIELD(etcd_timeout_ms), 0, 1, INT32_MAX, 0},
+    {"etcd_user", KVN_K_STR, FIELD(etcd_user), 0, 0, 0, KVN_KF_NULLABLE},
+    {"etcd_password", KVN_K_STR, FIELD(etcd_password), 0, 0, 0, KVN_KF_NULLABLE | KVN_KF_SECRET},
+    {"etcd_token", KVN_K_STR, FIELD(etcd_token), 0, 0, 0, KVN_KF_NULLABLE | KVN_KF_SECRET},
+    {"etcd_tls", KVN_K_BOOL, FIELD(etcd_tls), 0, 0, 0, 0},
+    {"etcd_ca_file", KVN_K_PATH, FIELD(etcd_ca_file), 0, 0, 0, KVN_KF_NULLABLE | KVN_KF_RESOLVE},
+    {"etcd_cert_file", KVN_K_PATH, FIELD(etcd_cert_file), 0, 0, 0,
+     KVN_KF_NULLABLE | KVN_KF_RESOLVE},
+    {"etcd_key_file", KVN_K_PATH, FIELD(etcd_key_file), 0, 0, 0, KVN_KF_NULLABLE | KVN_KF_RESOLVE},
 };
 
 /* LMCache's newer names of kvnode's keys (lmcache/v1/config.py, _CONFIG_ALIASES: the older
@@ -880,6 +892,8 @@ kvn_config_new_defaults(void)
 	cfg->scheduler_unjoined_timeout_ms = 10000;
 	cfg->scheduler_reply_queue_max = 256ull << 20;
 	cfg->worker_id_grace_ms = 600000;
+	cfg->scheduler_lease_ttl_s = 5;
+	cfg->etcd_timeout_ms = 2000;
 	cfg->priv = calloc(1, sizeof(*cfg->priv));
 	cfg->dir = strdup(".");
 	cfg->remote_serde = strdup("naive");

@@ -103,6 +103,13 @@ struct kvn_config {
 					     * default 256 MiB */
 	uint32_t worker_id_grace_ms;	    /* an expired name keeps its worker id this long;
 					     * default 600000 */
+	/* etcd (scheduler_url: etcd://HOST:PORT[,...]/CLUSTER, docs/architecture.md §5.6) */
+	uint32_t scheduler_lease_ttl_s; /* the leader's lease; default 5 */
+	char *scheduler_advertise;	/* HOST:PORT nodes reach a leader at; default: listen */
+	uint32_t etcd_timeout_ms;	/* each etcd call; default 2000 */
+	char *etcd_user, *etcd_password, *etcd_token;
+	bool etcd_tls;
+	char *etcd_ca_file, *etcd_cert_file, *etcd_key_file;
 
 	/* The loader's bookkeeping (where each key was set). The strings above are malloc'd and
 	 * freed by kvn_config_free: code that changes one must free the old and strdup. */

@@ -46,7 +46,7 @@ extern const struct kvn_keydef kvn_config_keys[];
 #define KVN_CONFIG_MAX_DEPTH 16 /* extra_config nesting; also stops a self-referencing alias */
 /* Keys in one mapping and flattened extra_config entries; stops alias "billion laughs". */
 #define KVN_CONFIG_MAX_ENTRIES 4096
-#define KVN_NKEYS	       54
+#define KVN_NKEYS	       64
 
 /* Bookkeeping behind kvn_config.priv. */
 struct kvn_config_priv {

@@ -97,6 +97,24 @@ kvn_metrics_collect_sched(void *ctx, struct kvn_expo *e)
 		kvn_expo_one(e, fam[i].name, fam[i].type, fam[i].help,
 			     *(const uint64_t *)((const char *)&st + fam[i].off));
 	members(e, &st);
+	{ /* scheduler_url etcd:// (docs/architecture.md §5.6); a single scheduler: 1, 0, 0, 0 */
+		kvn_expo_one(
+		    e, "kvnode_scheduler_leader", "gauge",
+		    "1 while this scheduler leads its cluster (in etcd; a single scheduler "
+		    "always does), 0 while it stands by",
+		    st.leading);
+		kvn_expo_one(e, "kvnode_scheduler_elections_total", "counter",
+			     "Elections this scheduler won (it created the cluster's leader key)",
+			     st.elections);
+		kvn_expo_one(
+		    e, "kvnode_scheduler_stepdowns_total", "counter",
+		    "Leads given up: etcd did not confirm the lease in time, or the leader "
+		    "key was deleted or taken",
+		    st.stepdowns);
+		kvn_expo_one(e, "kvnode_scheduler_failovers_total", "counter",
+			     "Times this scheduler saw the lead pass from one scheduler to another",
+			     st.failovers);
+	}
 	kvn_sched_stats_free(&st);
 	return e->oom ? -ENOMEM : 0;
 }

@@ -600,6 +600,9 @@ kvn_scheduler_create(const struct kvn_scheduler_opts *o, struct kvn_scheduler **
 			   s->addr, strerror(errno));
 		goto fail;
 	}
+	s->leading = !o->cluster_url;
+	if (o->cluster_url && (rc = kvn_sched_ha_start(s, o, err, errlen)))
+		goto fail;
 	*out = s;
 	return 0;
 fail:
@@ -710,6 +713,10 @@ kvn_scheduler_run(struct kvn_scheduler *s)
 				answer_stats(s);
 				continue;
 			}
+			if (p == s->ha) {
+				kvn_sched_ha_poll(s);
+				continue;
+			}
 			if (p == &s->lfd) {
 				accept_all(s);
 				continue;
@@ -728,6 +735,8 @@ kvn_scheduler_run(struct kvn_scheduler *s)
 				conn_frames(s, c);
 		}
 		if (kvn_sched_now_ms() >= next_check) {
+			if (s->ha)
+				kvn_sched_ha_poll(s); /* a lease about to lapse is given up here */
 			kvn_sched_expire(s);
 			next_check = kvn_sched_now_ms() + (s->hb_ms / 2 ? s->hb_ms / 2 : 1);
 		}
@@ -750,6 +759,7 @@ kvn_scheduler_destroy(struct kvn_scheduler *s)
 {
 	if (!s)
 		return;
+	kvn_sched_ha_stop(s); /* first: its thread may still wake the loop */
 	while (s->conns)
 		kvn_sched_conn_close(s, s->conns, "scheduler shutting down");
 	free_dead(s);

@@ -7,9 +7,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/netaddr.h"
 #include "node/cluster/ctlframe.h"
 
 struct kvn_scheduler;
+struct kvn_etcd_opts;
 
 struct kvn_scheduler_opts {
 	const char *listen;	    /* HOST:PORT; port 0 picks one */
@@ -28,6 +30,14 @@ struct kvn_scheduler_opts {
 	int64_t worker_id_grace_ms; /* worker_id_grace_ms: an expired or departed name keeps its
 				     * id this long (a restarting node gets it back), then the id
 				     * is free; 0 = 600000, < 0 = free at once */
+	/* scheduler_url etcd://HOST:PORT[,...]/CLUSTER (docs/architecture.md §5.6): this
+	 * scheduler leads CLUSTER while it holds the leader key, stands by otherwise; worker ids
+	 * live in etcd. NULL: the only scheduler, as before. */
+	const char *cluster_url;
+	const struct kvn_etcd_opts *etcd; /* the client's options but endpoints; NULL: defaults */
+	uint32_t lease_ttl_s;		  /* scheduler_lease_ttl_s; 0 = 5 */
+	const char *advertise; /* scheduler_advertise: HOST:PORT the leader key names; NULL: the
+				* bound address (refused when that is 0.0.0.0 or ::) */
 };
 
 int kvn_scheduler_create(const struct kvn_scheduler_opts *opts, struct kvn_scheduler **out,
@@ -70,6 +80,11 @@ struct kvn_sched_stats {
 	uint64_t heartbeat_ms;
 	uint64_t frames, lookups, keys_looked_up, published, refused, protocol_errors;
 	uint64_t joins, leaves, expiries;
+	/* etcd (cluster_url): whether this one leads, who does, how often it won, stepped down
+	 * (lost etcd or its key), and saw the leadership move from one scheduler to another */
+	bool ha, leading;
+	char cluster[65], leader[KVN_HOST_MAX + 8];
+	uint64_t elections, stepdowns, failovers, lease_ttl_s;
 	size_t nmembers;
 	struct kvn_sched_member_stats *members; /* malloc'd; kvn_sched_stats_free */
 };

@@ -91,6 +91,11 @@ struct kvn_scheduler {
 	uint64_t accept_errors;
 	int64_t accept_resume_ms; /* 0 = watched */
 
+	/* etcd (scheduler_ha.c): the election's thread and what the loop made of it; NULL: the
+	 * only scheduler, always leading. */
+	struct kvn_sched_ha *ha;
+	bool leading;
+
 	struct kvn_ratelimit rl_fail, rl_accept, rl_cap, rl_drop; /* log lines of refusals */
 	struct kvn_plugins *plugins;				  /* listed by STATS; NULL = none */
 
@@ -125,7 +130,34 @@ int kvn_sched_conn_fail(struct kvn_scheduler *s, struct conn *c, uint32_t seq, i
  * them. */
 int kvn_sched_charge(struct kvn_scheduler *s, struct conn *c);
 
+/* scheduler_ha.c */
+/* Opens the etcd client and starts the election thread (cluster_url set). */
+int kvn_sched_ha_start(struct kvn_scheduler *s, const struct kvn_scheduler_opts *o, char *err,
+		       size_t errlen);
+void kvn_sched_ha_stop(struct kvn_scheduler *s);
+/* The loop's turn (on the election's eventfd and every expiry pass): takes the lead (loads the
+ * worker ids from etcd) or steps down (every connection closed, members and directory
+ * dropped) as the election says; a lead whose lease etcd may no longer hold is given up here
+ * too, before it can expire. */
+void kvn_sched_ha_poll(struct kvn_scheduler *s);
+/* The election's eventfd, watched by the loop; -1 without etcd. */
+int kvn_sched_ha_fd(const struct kvn_scheduler *s);
+/* A fresh worker id for name goes to etcd before the JOIN is answered: 0, or *id replaced by
+ * the one etcd already holds for name (0 too); negative: etcd did not take it. */
+int kvn_sched_ha_record(struct kvn_scheduler *s, const char *name, uint32_t *id, char *err,
+			size_t errlen);
+/* name's id is free again: its etcd record goes. */
+void kvn_sched_ha_forget(struct kvn_scheduler *s, const char *name);
+void kvn_sched_ha_stats(struct kvn_scheduler *s, struct kvn_sched_stats *st);
+/* "standby of cluster C; the leader is X" for a refused JOIN. */
+void kvn_sched_ha_standby_why(struct kvn_scheduler *s, char *out, size_t cap);
+
 /* scheduler_members.c */
+/* A name etcd holds an id for: kept as a departed member (its grace starts now), so that the
+ * node gets it back when it joins. -EEXIST when the id is held by another name. */
+int kvn_sched_reserve(struct kvn_scheduler *s, const char *name, uint32_t id);
+/* Stepping down: every connection closed, every member and directory entry dropped. */
+void kvn_sched_reset(struct kvn_scheduler *s, const char *why);
 /* Sends the frames in s->scratch to every joined connection but skip (evict notices only to
  * those that asked for them). */
 void kvn_sched_broadcast(struct kvn_scheduler *s, const struct conn *skip, bool evict_notice);

@@ -89,6 +89,8 @@ reclaim(struct kvn_scheduler *s, uint32_t id)
 	struct member *m = &s->members[id];
 	kvn_debug(COMP, "worker id %u of node %s is free again: down for over %lld ms", id, m->name,
 		  (long long)s->grace_ms);
+	if (s->ha)
+		kvn_sched_ha_forget(s, m->name);
 	name_del(s, id);
 	free(m->blob);
 	memset(m, 0, sizeof(*m)); /* M_UNUSED */
@@ -446,6 +448,15 @@ claim_id(struct kvn_scheduler *s, struct conn *c, uint32_t seq, struct join_req 
 		memcpy(nm->blob, q->blob, blen);
 	nm->blob_len = blen;
 
+	char why[512];
+	if (*fresh && s->ha && (rc = kvn_sched_ha_record(s, nm->name, id, why, sizeof(why)))) {
+		free(nm->blob);
+		s->refused++;
+		return kvn_sched_conn_fail(s, c, seq, -EAGAIN,
+					   "JOIN of %s: its worker id cannot be recorded in etcd "
+					   "(%s); join again",
+					   nm->name, why);
+	}
 	struct member *m = &s->members[*id];
 	if (*fresh) {
 		memcpy(m->name, nm->name, sizeof(m->name));
@@ -535,6 +546,12 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 	struct join_req q;
 	uint32_t id = 0;
 	bool fresh = false;
+	if (!s->leading) {
+		char why[256];
+		kvn_sched_ha_standby_why(s, why, sizeof(why));
+		return kvn_sched_conn_fail(s, c, seq, -EAGAIN, "JOIN refused: this scheduler is %s",
+					   why);
+	}
 	int rc = parse_join(s, c, seq, body, len, &q);
 	if (!rc)
 		rc = claim_id(s, c, seq, &q, &id, &fresh);
@@ -545,6 +562,62 @@ kvn_sched_join(struct kvn_scheduler *s, struct conn *c, uint32_t seq, const uint
 		drop_old_conn(s, m, c);
 	admit_member(s, c, id, &q.nm, !fresh);
 	return send_join_ok(s, c, seq, id);
+}
+
+int
+kvn_sched_reserve(struct kvn_scheduler *s, const char *name, uint32_t id)
+{
+	if (id >= KVN_DIR_MAX_WORKERS)
+		return -ERANGE;
+	int32_t own = name_find(s, name);
+	if (own >= 0)
+		return (uint32_t)own == id ? 0 : -EEXIST;
+	if (id >= s->nmembers) {
+		size_t n = id + 1 > s->nmembers * 2 ? id + 1 : s->nmembers * 2;
+		if (n < 16)
+			n = 16;
+		if (n > KVN_DIR_MAX_WORKERS)
+			n = KVN_DIR_MAX_WORKERS;
+		struct member *p = realloc(s->members, n * sizeof(*p));
+		if (!p)
+			return -ENOMEM;
+		memset(p + s->nmembers, 0, (n - s->nmembers) * sizeof(*p));
+		s->members = p;
+		s->nmembers = n;
+	}
+	struct member *m = &s->members[id];
+	if (m->state != M_UNUSED)
+		return -EEXIST;
+	snprintf(m->name, sizeof(m->name), "%s", name);
+	if (name_add(s, id)) {
+		memset(m, 0, sizeof(*m));
+		m->name_next = -1;
+		return -ENOMEM;
+	}
+	m->state = M_EXPIRED;
+	m->down_ms = kvn_sched_now_ms();
+	s->held++;
+	return 0;
+}
+
+void
+kvn_sched_reset(struct kvn_scheduler *s, const char *why)
+{
+	while (s->conns)
+		kvn_sched_conn_close(s, s->conns, why);
+	for (uint32_t id = 0; id < s->nmembers; id++) {
+		if (s->members[id].state == M_ALIVE)
+			kvn_dir_drop_worker(s->dir, id);
+		free(s->members[id].blob);
+	}
+	free(s->members);
+	free(s->name_buckets);
+	s->members = NULL;
+	s->name_buckets = NULL;
+	s->nmembers = s->nbuckets = 0;
+	s->held = s->alive = s->free_from = 0;
+	s->blob_bytes = 0;
+	s->epoch++;
 }
 
 int
@@ -577,7 +650,10 @@ kvn_scheduler_stats(struct kvn_scheduler *s, struct kvn_sched_stats *out)
 	    .joins = s->joins,
 	    .leaves = s->leaves,
 	    .expiries = s->expiries,
+	    .leading = s->leading,
 	};
+	if (s->ha)
+		kvn_sched_ha_stats(s, out);
 	size_t n = 0;
 	for (uint32_t id = 0; id < s->nmembers; id++)
 		n += s->members[id].state != M_UNUSED;
@@ -639,6 +715,16 @@ kvn_scheduler_stats_json(struct kvn_scheduler *s)
 	for (size_t i = 0; i < sizeof(num) / sizeof(num[0]); i++)
 		cJSON_AddNumberToObject(j, num[i].name,
 					(double)*(const uint64_t *)((const char *)&st + num[i].off));
+	if (st.ha) {
+		cJSON *ha = cJSON_AddObjectToObject(j, "ha");
+		cJSON_AddStringToObject(ha, "cluster", st.cluster);
+		cJSON_AddStringToObject(ha, "role", st.leading ? "leader" : "standby");
+		cJSON_AddStringToObject(ha, "leader", st.leader);
+		cJSON_AddNumberToObject(ha, "lease_ttl_s", (double)st.lease_ttl_s);
+		cJSON_AddNumberToObject(ha, "elections", (double)st.elections);
+		cJSON_AddNumberToObject(ha, "stepdowns", (double)st.stepdowns);
+		cJSON_AddNumberToObject(ha, "failovers", (double)st.failovers);
+	}
 	cJSON *arr = cJSON_AddArrayToObject(j, "members");
 	for (size_t i = 0; i < st.nmembers; i++) {
 		const struct kvn_sched_member_stats *m = &st.members[i];
