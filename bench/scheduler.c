@@ -15,6 +15,7 @@
 #include "core/auth.h"
 #include "node/cluster/ctlframe.h"
 #include "node/cluster/membership.h"
+#include "node/engine/config.h"
 #include "core/log.h"
 #include "core/netaddr.h"
 #include "node/scheduler/scheduler.h"
@@ -66,7 +67,7 @@ next_frame(struct client *c, struct kvn_cf_hdr *h, const uint8_t **body)
 /* Joins and publishes keys 0..n-1 (then waits for a heartbeat's ack: everything before it has
  * been applied, frames on one connection are handled in order). */
 static int
-client_open(struct client *c, const char *addr, size_t n)
+client_open(struct client *c, const char *addr, const char *token, size_t n)
 {
 	char host[KVN_HOST_MAX], err[512];
 	uint16_t port;
@@ -76,17 +77,22 @@ client_open(struct client *c, const char *addr, size_t n)
 		return -ECONNREFUSED;
 	}
 	/* The scheduler the benchmark runs has no token: the set-up proves nothing, but a
-	 * scheduler takes a JOIN only after it. */
-	struct kvn_auth none;
-	char proof[KVN_CF_PROOF_HEX];
-	kvn_auth_init(&none, NULL);
-	int rc = kvn_cf_client_auth(c->fd, &c->rx, &none, 5000, proof, err, sizeof(err));
+	 * scheduler takes a JOIN only after it. A running one (--connect) has this host's. */
+	struct kvn_auth a;
+	char proof[KVN_CF_PROOF_HEX], join[64 + KVN_CF_PROOF_HEX];
+	kvn_auth_init(&a, token);
+	int rc = kvn_cf_client_auth(c->fd, &c->rx, &a, 5000, proof, err, sizeof(err));
+	kvn_auth_wipe(&a);
 	if (rc) {
 		fprintf(stderr, "kvnode-bench: scheduler %s %s\n", addr, err);
 		return rc;
 	}
+	snprintf(join, sizeof(join),
+		 proof[0] ? "{\"name\":\"kvnode-bench\",\"proof\":\"%s\"}"
+			  : "{\"name\":\"kvnode-bench\"}",
+		 proof);
 	struct kvn_cf_buf b = {0};
-	kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, "{\"name\":\"kvnode-bench\"}", NULL, 0);
+	kvn_cf_put_json_frame(&b, KVN_CF_JOIN, 1, join, NULL, 0);
 	for (size_t off = 0; off < n; off += KVN_CF_PUBLISH_MAX) {
 		size_t k = n - off < KVN_CF_PUBLISH_MAX ? n - off : KVN_CF_PUBLISH_MAX;
 		kvn_cf_begin(&b, KVN_CF_PUBLISH, 0);
@@ -103,6 +109,9 @@ client_open(struct client *c, const char *addr, size_t n)
 	kvn_cf_end(&b);
 	rc = b.err ? b.err : kvn_cf_send_all(c->fd, b.p, b.len);
 	kvn_cf_buf_free(&b);
+	if (rc) /* the scheduler's ERROR, if it sent one, says why */
+		fprintf(stderr, "kvnode-bench: sending the JOIN and %zu keys to %s: %s\n", n, addr,
+			kvn_strerror(rc));
 	for (bool acked = false; !rc && !acked;) {
 		struct kvn_cf_hdr h;
 		const uint8_t *body;
@@ -407,7 +416,16 @@ bench_scheduler(const struct bench_opts *o)
 	cJSON *rows = cJSON_CreateArray();
 	struct client c = {.fd = -1};
 	struct kvn_dir *direct = NULL;
-	if ((rc = client_open(&c, addr, LOOKUP_KEYS)))
+	/* A running scheduler has this host's token (the config's, a file, or the generated
+	 * one), as `kvnode stat` finds it. */
+	struct kvn_config *cfg = NULL;
+	char terr[512];
+	if (o->connect && (kvn_config_load(NULL, &cfg, terr, sizeof(terr)) < 0 ||
+			   kvn_config_resolve_token(cfg, false, terr, sizeof(terr)) < 0))
+		fprintf(stderr, "kvnode-bench: %s (trying without a token)\n", terr);
+	rc = client_open(&c, addr, cfg ? cfg->auth_token : NULL, LOOKUP_KEYS);
+	kvn_config_free(cfg);
+	if (rc)
 		goto out;
 	if (o->baseline)
 		fill_direct(&direct);

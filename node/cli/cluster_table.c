@@ -32,6 +32,14 @@ kvn_cli_print_cluster(const char *json, FILE *out)
 	fprintf(out, "scheduler %s  epoch %.0f  members alive %.0f  heartbeat %.0f ms\n",
 		str(j, "scheduler"), num(j, "epoch"), num(j, "worker_count"),
 		num(j, "heartbeat_ms"));
+	const cJSON *ha = cJSON_GetObjectItemCaseSensitive(j, "ha");
+	if (cJSON_IsObject(ha)) /* scheduler_url etcd:// */
+		fprintf(
+		    out,
+		    "cluster %s (etcd): this scheduler is the %s, leader %s; lease %.0f s, %.0f "
+		    "elections won, %.0f stepdowns, %.0f failovers seen\n",
+		    str(ha, "cluster"), str(ha, "role"), str(ha, "leader"), num(ha, "lease_ttl_s"),
+		    num(ha, "elections"), num(ha, "stepdowns"), num(ha, "failovers"));
 	fprintf(out,
 		"directory: %.0f entries, %.1f MiB; %.0f lookups (%.0f keys), %.0f "
 		"publish records; %.0f connections\n\n",
