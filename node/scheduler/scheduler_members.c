@@ -246,6 +246,26 @@ copy_str(const cJSON *j, const char *field, char *dst, size_t cap, bool is_name,
 	return 0;
 }
 
+/* The member table reaches id (< KVN_DIR_MAX_WORKERS): doubling, the new entries unused. */
+static int
+grow_to(struct kvn_scheduler *s, uint32_t id)
+{
+	if (id < s->nmembers)
+		return 0;
+	size_t n = id + 1 > s->nmembers * 2 ? id + 1 : s->nmembers * 2;
+	if (n < 16)
+		n = 16;
+	if (n > KVN_DIR_MAX_WORKERS)
+		n = KVN_DIR_MAX_WORKERS;
+	struct member *p = realloc(s->members, n * sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	memset(p + s->nmembers, 0, (n - s->nmembers) * sizeof(*p));
+	s->members = p;
+	s->nmembers = n;
+	return 0;
+}
+
 /* The worker id for name: its own while it holds one, else the hint when that is free and
  * under the hint bound, else the lowest free id. *fresh: the id was free (name not indexed). */
 static int
@@ -277,21 +297,10 @@ pick_id(struct kvn_scheduler *s, const char *name, double hint, uint32_t *id, bo
 			i++;
 		s->free_from = want = i; /* held < the cap: i is below it */
 	}
-	if (want >= s->nmembers) {
-		size_t n = want + 1 > s->nmembers * 2 ? want + 1 : s->nmembers * 2;
-		if (n < 16)
-			n = 16;
-		if (n > KVN_DIR_MAX_WORKERS)
-			n = KVN_DIR_MAX_WORKERS;
-		struct member *p = realloc(s->members, n * sizeof(*p));
-		if (!p)
-			return -ENOMEM;
-		memset(p + s->nmembers, 0, (n - s->nmembers) * sizeof(*p));
-		s->members = p;
-		s->nmembers = n;
-	}
-	*id = want;
-	return 0;
+	int rc = grow_to(s, want);
+	if (!rc)
+		*id = want;
+	return rc;
 }
 
 /* The client's proof in a JOIN or STATS (ctlframe.h "Auth"): its HELLO must have come first,
@@ -572,19 +581,9 @@ kvn_sched_reserve(struct kvn_scheduler *s, const char *name, uint32_t id)
 	int32_t own = name_find(s, name);
 	if (own >= 0)
 		return (uint32_t)own == id ? 0 : -EEXIST;
-	if (id >= s->nmembers) {
-		size_t n = id + 1 > s->nmembers * 2 ? id + 1 : s->nmembers * 2;
-		if (n < 16)
-			n = 16;
-		if (n > KVN_DIR_MAX_WORKERS)
-			n = KVN_DIR_MAX_WORKERS;
-		struct member *p = realloc(s->members, n * sizeof(*p));
-		if (!p)
-			return -ENOMEM;
-		memset(p + s->nmembers, 0, (n - s->nmembers) * sizeof(*p));
-		s->members = p;
-		s->nmembers = n;
-	}
+	int rc = grow_to(s, id);
+	if (rc)
+		return rc;
 	struct member *m = &s->members[id];
 	if (m->state != M_UNUSED)
 		return -EEXIST;

@@ -239,12 +239,7 @@ verbs_close(struct kvn_transport *tp)
 		kvn_devreg_release(&mr->rel);
 		free(mr);
 	}
-	if (tp->cq)
-		ibv_destroy_cq(tp->cq);
-	if (tp->cc)
-		ibv_destroy_comp_channel(tp->cc);
-	if (tp->pd)
-		ibv_dealloc_pd(tp->pd);
+	kvn_vb_free_queues(tp);
 	kvn_vb_cm_free(tp);
 	if (tp->devs)
 		rdma_free_devices(tp->devs);

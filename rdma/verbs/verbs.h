@@ -167,6 +167,8 @@ int kvn_vb_dev_enter(struct kvn_transport *tp, char *err, size_t errlen);
 void kvn_vb_dev_leave(struct kvn_transport *tp);
 void kvn_vb_removal_note(struct kvn_transport *tp);
 void kvn_vb_removal_tick(struct kvn_transport *tp, uint64_t now);
+/* CQ, its channel and the PD destroyed (each if there), at close or on release. */
+void kvn_vb_free_queues(struct kvn_transport *tp);
 
 /* verbs_cm.c */
 int kvn_vb_cm_start(struct kvn_transport *tp, char *err, size_t errlen);

@@ -63,6 +63,18 @@ kvn_vb_dev_leave(struct kvn_transport *tp)
 }
 
 void
+kvn_vb_free_queues(struct kvn_transport *tp)
+{
+	if (tp->cq)
+		ibv_destroy_cq(tp->cq);
+	if (tp->cc)
+		ibv_destroy_comp_channel(tp->cc);
+	if (tp->pd)
+		ibv_dealloc_pd(tp->pd);
+	tp->cq = NULL, tp->cc = NULL, tp->pd = NULL;
+}
+
+void
 kvn_vb_removal_note(struct kvn_transport *tp)
 {
 	pthread_mutex_lock(&gone_lock);
@@ -98,13 +110,7 @@ release(struct kvn_transport *tp)
 	}
 	pthread_mutex_unlock(&tp->lock);
 	/* The progress thread (this one) no longer polls: the CQ and its channel can go. */
-	if (tp->cq)
-		ibv_destroy_cq(tp->cq);
-	if (tp->cc)
-		ibv_destroy_comp_channel(tp->cc);
-	if (tp->pd)
-		ibv_dealloc_pd(tp->pd);
-	tp->cq = NULL, tp->cc = NULL, tp->pd = NULL;
+	kvn_vb_free_queues(tp);
 	if (tp->devs)
 		rdma_free_devices(tp->devs);
 	tp->devs = NULL;
