@@ -819,8 +819,9 @@ kvn_doctor_peers(const struct kvn_config *cfg, const struct kvn_doctor_facts *f,
 		fix(c, "set scheduler_url in the config or give --scheduler HOST:PORT");
 		return;
 	}
-	int rc = kvn_membership_fetch_stats(sched, cfg->auth_token, PEER_TIMEOUT_MS, &json, err,
-					    sizeof(err));
+	struct kvn_etcd_opts eo = kvn_config_etcd_opts(cfg);
+	int rc = kvn_membership_fetch_stats_etcd(sched, &eo, cfg->auth_token, PEER_TIMEOUT_MS,
+						 &json, err, sizeof(err));
 	cJSON *root = rc ? NULL : cJSON_Parse(json);
 	free(json);
 	if (!root) {

@@ -578,8 +578,9 @@ stat_scheduler(struct opts *o)
 		kvn_config_free(cfg);
 		return die(EXIT_USAGE, "stat: %s", err);
 	}
-	int e = kvn_membership_fetch_stats(o->scheduler, cfg->auth_token, 0, &json, err,
-					   sizeof(err));
+	struct kvn_etcd_opts eo = kvn_config_etcd_opts(cfg);
+	int e = kvn_membership_fetch_stats_etcd(o->scheduler, &eo, cfg->auth_token, 0, &json, err,
+						sizeof(err));
 	kvn_config_free(cfg);
 	if (e < 0)
 		return die(e == -EINVAL ? EXIT_USAGE : EXIT_CONN, "stat: %s", err);
@@ -1097,9 +1098,11 @@ static const struct command commands[] = {
      "  The config's auth_token is sent when the scheduler wants one.\n\n"
      "OPTIONS\n      --json           the node's statistics object, one line of JSON\n"
      "      --scheduler HOST:PORT  ask the scheduler there (scheduler_url form also\n"
-     "                       accepted) for the cluster view\n" HELP_COMMON "\n" HELP_EXIT
-     "\nEXAMPLES\n  kvnode stat --json | jq '.backends[0].hits'\n"
-     "  kvnode stat --scheduler 10.0.0.1:7470\n"},
+     "                       accepted) for the cluster view; etcd://HOST:PORT/CLUSTER\n"
+     "                       asks the cluster's leader, found in etcd (etcd_* keys)\n" HELP_COMMON
+     "\n" HELP_EXIT "\nEXAMPLES\n  kvnode stat --json | jq '.backends[0].hits'\n"
+     "  kvnode stat --scheduler 10.0.0.1:7470\n"
+     "  kvnode stat --scheduler etcd://10.0.0.1:2379/prod\n"},
     {"scheduler", cmd_scheduler, 0, 0, "listen",
      "NAME\n  kvnode scheduler - run the membership service and chunk directory\n\n"
      "SYNOPSIS\n  kvnode scheduler [-c FILE] [--listen HOST:PORT]\n\n"
@@ -1162,7 +1165,8 @@ static const struct command commands[] = {
      "  Nothing is changed and no node is started. KVNODE_SYSFS=DIR reads DIR in place\n"
      "  of /sys (a copy of another host's tree, or a test fixture).\n\n"
      "OPTIONS\n      --peers          also READ from every member (needs a scheduler)\n"
-     "      --scheduler HOST:PORT  the scheduler to ask (default: scheduler_url)\n"
+     "      --scheduler HOST:PORT  the scheduler to ask (default: scheduler_url;\n"
+     "                       etcd://HOST:PORT/CLUSTER: its leader)\n"
      "      --json           one JSON object: status and every check (check,\n"
      "                       status, what, fix)\n" HELP_COMMON
      "\nEXIT STATUS\n  0 every check ok; 1 some warn, none fail; 2 some fail (or the config\n"

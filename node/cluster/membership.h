@@ -130,5 +130,9 @@ int kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *
  * (malloc'd). token may be NULL (none). */
 int kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, char **json,
 			       char *err, size_t errlen);
+/* The same with the etcd client's options (but endpoints) for an etcd:// addr (NULL: none). */
+int kvn_membership_fetch_stats_etcd(const char *addr, const struct kvn_etcd_opts *eo,
+				    const char *token, int timeout_ms, char **json, char *err,
+				    size_t errlen);
 
 #endif

@@ -18,9 +18,16 @@ int
 kvn_membership_fetch_stats(const char *addr, const char *token, int timeout_ms, char **json,
 			   char *err, size_t errlen)
 {
+	return kvn_membership_fetch_stats_etcd(addr, NULL, token, timeout_ms, json, err, errlen);
+}
+
+int
+kvn_membership_fetch_stats_etcd(const char *addr, const struct kvn_etcd_opts *eo, const char *token,
+				int timeout_ms, char **json, char *err, size_t errlen)
+{
 	char host[KVN_HOST_MAX], why[512];
 	uint16_t port;
-	int rc = kvn_scheduler_resolve(addr, NULL, host, &port, err, errlen);
+	int rc = kvn_scheduler_resolve(addr, eo, host, &port, err, errlen);
 	if (rc)
 		return rc;
 	if (timeout_ms <= 0)
