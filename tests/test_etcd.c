@@ -661,3 +661,68 @@ Test(etcd_offline, watch_streams_decode_put_delete_compaction_and_cancel)
 	cr_assert_eq(decode_watch("{\"result\":{}} garbage", 2, &d, &rev), -EPROTO);
 	cr_assert_eq(decode_watch("", 2, &d, &rev), 0);
 }
+
+/* ------------------------------------------------------------------------------------------
+ * TLS: an etcd serving https only and requiring client certificates (--client-cert-auth), with
+ * certificates of a CA made for the test
+ * ------------------------------------------------------------------------------------------ */
+
+static void
+setup_tls(void)
+{
+	if (!etcd_server_available())
+		cr_skip_test("etcd is not installed (Debian's etcd-server: scripts/install-deps)");
+	int rc = etcd_server_start_tls(&es);
+	if (rc == -ENOENT)
+		cr_skip_test("openssl is not installed: no certificates for the TLS cases");
+	cr_assert_eq(rc, 0, "etcd with TLS did not start (%d); etcd.*.log, openssl.log in %s", rc,
+		     es.dir);
+}
+
+TestSuite(etcd_tls, .init = setup_tls, .fini = teardown, .timeout = 240);
+
+static int
+get_with(const struct kvn_etcd_opts *o)
+{
+	struct kvn_etcd *e = open_opts(o);
+	int rc = kvn_etcd_get(e, "/tls/k", &kv, NULL, err, sizeof(err));
+	kvn_etcd_close(e);
+	return rc;
+}
+
+Test(etcd_tls, https_with_the_ca_and_a_client_certificate_works_and_without_either_is_refused)
+{
+	struct kvn_etcd_opts o = {.endpoints = es.endpoint,
+				  .timeout_ms = 20000,
+				  .tls = true,
+				  .ca_file = es.ca,
+				  .cert_file = es.client_cert,
+				  .key_file = es.client_key};
+	struct kvn_etcd *e = open_opts(&o);
+	put_ok(e, "/tls/k", "over https", 0);
+	get_ok(e, "/tls/k", NULL);
+	cr_assert_str_eq(kv.value, "over https");
+	kvn_etcd_close(e);
+
+	/* The server's certificate is not from a CA the client trusts. */
+	struct kvn_etcd_opts noca = o;
+	noca.ca_file = NULL;
+	int rc = get_with(&noca);
+	cr_assert_lt(rc, 0, "a server of an unknown CA was trusted");
+	cr_assert(strstr(err, es.endpoint), "err does not name the endpoint: %s", err);
+	/* No client certificate: etcd refuses the connection. */
+	struct kvn_etcd_opts nocert = o;
+	nocert.cert_file = nocert.key_file = NULL;
+	rc = get_with(&nocert);
+	cr_assert_lt(rc, 0, "etcd took a client without a certificate");
+	cr_assert(strstr(err, es.endpoint), "err: %s", err);
+	/* Plain http to an https-only etcd. */
+	struct kvn_etcd_opts plain = {.endpoints = es.endpoint, .timeout_ms = 5000};
+	rc = get_with(&plain);
+	cr_assert_lt(rc, 0, "plain http was answered by an https-only etcd");
+	/* The files given but tls not set: https all the same (the header's rule). */
+	struct kvn_etcd_opts implied = o;
+	implied.tls = false;
+	cr_assert_eq(get_with(&implied), 0, "%s", err);
+	cr_assert_str_eq(kv.value, "over https");
+}

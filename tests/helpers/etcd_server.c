@@ -70,7 +70,12 @@ etcd_server_post(const struct etcd_server *s, const char *path, const char *body
 	if (!c)
 		return -ENOMEM;
 	char url[256], auth[1024];
-	snprintf(url, sizeof(url), "http://%s%s", s->endpoint, path);
+	snprintf(url, sizeof(url), "%s://%s%s", s->tls ? "https" : "http", s->endpoint, path);
+	if (s->tls) {
+		curl_easy_setopt(c, CURLOPT_CAINFO, s->ca);
+		curl_easy_setopt(c, CURLOPT_SSLCERT, s->client_cert);
+		curl_easy_setopt(c, CURLOPT_SSLKEY, s->client_key);
+	}
 	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
 	if (token) {
 		snprintf(auth, sizeof(auth), "Authorization: %s", token);
@@ -124,12 +129,16 @@ static int
 spawn(struct etcd_server *s, int n)
 {
 	char etcd[PATH_MAX], log[PATH_MAX], data[PATH_MAX], curl[64], purl[64], cluster[96];
+	char cert[PATH_MAX], key[PATH_MAX];
 	if (!find_etcd(etcd, sizeof(etcd)))
 		return -ENOENT;
 	snprintf(log, sizeof(log), "%s/etcd.%d.log", s->dir, n);
 	snprintf(data, sizeof(data), "%s/data", s->dir);
+	snprintf(cert, sizeof(cert), "%s/server.pem", s->dir);
+	snprintf(key, sizeof(key), "%s/server.key", s->dir);
 	snprintf(s->endpoint, sizeof(s->endpoint), "127.0.0.1:%d", s->client_port);
-	snprintf(curl, sizeof(curl), "http://127.0.0.1:%d", s->client_port);
+	snprintf(curl, sizeof(curl), "%s://127.0.0.1:%d", s->tls ? "https" : "http",
+		 s->client_port);
 	snprintf(purl, sizeof(purl), "http://127.0.0.1:%d", s->peer_port);
 	snprintf(cluster, sizeof(cluster), "default=%s", purl);
 	const char *argv[] = {etcd,	 "--name",
@@ -139,7 +148,17 @@ spawn(struct etcd_server *s, int n)
 			      curl,	 "--listen-peer-urls",
 			      purl,	 "--initial-advertise-peer-urls",
 			      purl,	 "--initial-cluster",
-			      cluster,	 NULL};
+			      cluster,	 NULL,
+			      NULL,	 NULL,
+			      NULL,	 NULL,
+			      NULL,	 NULL,
+			      NULL};
+	if (s->tls) { /* after the NULL above: the TLS flags */
+		const char *tls[] = {"--cert-file",	  cert,	 "--key-file",	       key,
+				     "--trusted-ca-file", s->ca, "--client-cert-auth", NULL};
+		for (size_t i = 0; i < sizeof(tls) / sizeof(tls[0]); i++)
+			argv[15 + i] = tls[i];
+	}
 	struct proc_opts o = {.stdout_path = log, .stderr_path = log};
 	memset(&s->proc, 0, sizeof(s->proc));
 	int rc = proc_spawn(&s->proc, argv, &o);
@@ -152,6 +171,7 @@ spawn(struct etcd_server *s, int n)
 }
 
 static int spawns;
+static int spawn_on_free_ports(struct etcd_server *s);
 
 int
 etcd_server_start(struct etcd_server *s)
@@ -160,6 +180,23 @@ etcd_server_start(struct etcd_server *s)
 	int rc = proc_mkdtemp("kvn-etcd", s->dir, sizeof(s->dir));
 	if (rc < 0)
 		return rc;
+	return spawn_on_free_ports(s);
+}
+
+/* Runs an openssl command line in s->dir (its output into openssl.log there). */
+static int
+openssl(const struct etcd_server *s, const char *args)
+{
+	char cmd[PATH_MAX + 1024];
+	snprintf(cmd, sizeof(cmd), "cd '%s' && openssl %.900s >>openssl.log 2>&1", s->dir, args);
+	return system(cmd) == 0 ? 0 : -EIO;
+}
+
+/* Free ports, then etcd on them (again when one was taken in between). */
+static int
+spawn_on_free_ports(struct etcd_server *s)
+{
+	int rc = -EADDRINUSE;
 	for (int attempt = 0; attempt < 5; attempt++) {
 		s->client_port = kvn_tcp_free_port();
 		s->peer_port = kvn_tcp_free_port();
@@ -172,6 +209,43 @@ etcd_server_start(struct etcd_server *s)
 			break;
 	}
 	return rc;
+}
+
+int
+etcd_server_start_tls(struct etcd_server *s)
+{
+	if (system("command -v openssl >/dev/null 2>&1") != 0)
+		return -ENOENT;
+	memset(s, 0, sizeof(*s));
+	int rc = proc_mkdtemp("kvn-etcd", s->dir, sizeof(s->dir));
+	if (rc < 0)
+		return rc;
+	s->tls = true;
+	snprintf(s->ca, sizeof(s->ca), "%s/ca.pem", s->dir);
+	snprintf(s->client_cert, sizeof(s->client_cert), "%s/client.pem", s->dir);
+	snprintf(s->client_key, sizeof(s->client_key), "%s/client.key", s->dir);
+	char ext[PATH_MAX + 16];
+	snprintf(ext, sizeof(ext), "%s/ext.cnf", s->dir);
+	FILE *f = fopen(ext, "w");
+	if (!f)
+		return -errno;
+	/* etcd's own gateway dials its gRPC server with the server's certificate: with
+	 * --client-cert-auth that certificate must be good for clients too. */
+	fprintf(f, "[server]\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+		   "[client]\nextendedKeyUsage=clientAuth\n");
+	fclose(f);
+#define EC "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+	if (openssl(s, "req -x509 " EC
+		       " -keyout ca.key -out ca.pem -days 2 -subj /CN=kvnode-test-ca") ||
+	    openssl(s, "req " EC " -keyout server.key -out server.csr -subj /CN=127.0.0.1") ||
+	    openssl(s, "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+		       "-extfile ext.cnf -extensions server -out server.pem") ||
+	    openssl(s, "req " EC " -keyout client.key -out client.csr -subj /CN=kvnode-test") ||
+	    openssl(s, "x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+		       "-extfile ext.cnf -extensions client -out client.pem"))
+		return -EIO;
+#undef EC
+	return spawn_on_free_ports(s);
 }
 
 void

@@ -14,6 +14,11 @@ struct etcd_server {
 	int client_port, peer_port;
 	char dir[PATH_MAX - 64]; /* temp dir: etcd.log and data/ */
 	char endpoint[64]; /* "127.0.0.1:<client_port>", as kvn_etcd_opts.endpoints takes it */
+	/* etcd_server_start_tls: https only, certificates of a CA made for the test (in dir):
+	 * ca.pem signed server.pem (for IP 127.0.0.1) and client.pem/client.key, which etcd
+	 * requires of every client (--client-cert-auth). */
+	bool tls;
+	char ca[PATH_MAX], client_cert[PATH_MAX], client_key[PATH_MAX];
 };
 
 /* true when an etcd binary is there (/usr/bin/etcd or etcd on PATH; scripts/install-deps
@@ -22,6 +27,9 @@ bool etcd_server_available(void);
 /* Starts one and waits (generous deadline) until it answers a range request. 0 or a negative
  * errno (the log is etcd.log in s->dir). */
 int etcd_server_start(struct etcd_server *s);
+/* The same serving https only and requiring a client certificate; the CA, server and client
+ * certificates are made with openssl in s->dir first. -ENOENT without openssl. */
+int etcd_server_start_tls(struct etcd_server *s);
 /* Kills it with sig (SIGKILL for a crash) and reaps it; the directory and data stay. */
 void etcd_server_stop(struct etcd_server *s, int sig);
 /* Starts it again on the same ports and data directory and waits until it answers. 0 or a
