@@ -74,7 +74,7 @@ saw_leader(struct kvn_sched_ha *h, const char *addr)
 	pthread_mutex_lock(&h->lock);
 	if (*h->leader && strcmp(h->leader, addr))
 		h->failovers++;
-	snprintf(h->leader, sizeof(h->leader), "%s", addr);
+	snprintf(h->leader, sizeof(h->leader), "%.*s", (int)sizeof(h->leader) - 1, addr);
 	pthread_mutex_unlock(&h->lock);
 }
 
