@@ -81,28 +81,35 @@ verbs_probe(const struct kvn_transport_cfg *in, char *err, size_t errlen)
 
 /* A GID table entry that is an IPv4-mapped or IPv6 address becomes the source address of our
  * connections: with RoCE the GID index is chosen through the address rdma_cm binds to. */
+int
+kvn_vb_gid_addr(struct kvn_transport *tp, int index, struct sockaddr_storage *ss)
+{
+	static const uint8_t v4map[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	union ibv_gid g;
+
+	if (ibv_query_gid(tp->ctx, tp->port, index, &g) || !memcmp(g.raw, (uint8_t[16]){0}, 16))
+		return 0;
+	memset(ss, 0, sizeof(*ss));
+	if (!memcmp(g.raw, v4map, sizeof(v4map))) {
+		struct sockaddr_in *in = (struct sockaddr_in *)ss;
+		in->sin_family = AF_INET;
+		memcpy(&in->sin_addr, g.raw + 12, 4);
+		return AF_INET;
+	}
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+	in6->sin6_family = AF_INET6;
+	memcpy(&in6->sin6_addr, g.raw, 16);
+	return AF_INET6;
+}
+
 static int
 src_from_gid(struct kvn_transport *tp, int gid_index, char *err, size_t errlen)
 {
-	union ibv_gid gid;
-	static const uint8_t v4map[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-
-	if (ibv_query_gid(tp->ctx, tp->port, gid_index, &gid) ||
-	    !memcmp(gid.raw, (uint8_t[16]){0}, 16)) {
+	if (!kvn_vb_gid_addr(tp, gid_index, &tp->src)) {
 		return kvn_seterr(-EINVAL, err, errlen,
 				  "gid_index %d is not a valid GID of %s port %u (list them with "
 				  "'ibv_devinfo -v')",
 				  gid_index, ibv_get_device_name(tp->ctx->device), tp->port);
-	}
-	memset(&tp->src, 0, sizeof(tp->src));
-	if (!memcmp(gid.raw, v4map, sizeof(v4map))) {
-		struct sockaddr_in *in = (struct sockaddr_in *)&tp->src;
-		in->sin_family = AF_INET;
-		memcpy(&in->sin_addr, gid.raw + 12, 4);
-	} else {
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&tp->src;
-		in6->sin6_family = AF_INET6;
-		memcpy(&in6->sin6_addr, gid.raw, 16);
 	}
 	tp->have_src = true;
 	return 0;
@@ -451,16 +458,10 @@ verbs_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 	if (!ops)
 		return -ENOMEM;
 	pthread_mutex_lock(&tp->lock);
-	if (tp->removed) {
-		pthread_mutex_unlock(&tp->lock);
-		for (size_t i = 0; i < n; i++)
-			free(ops[i]);
-		free(ops);
-		return -ENODEV;
-	}
 	/* Broken earlier: reconnect once, here; but never from a read callback, which runs on the
 	 * progress thread and must not block (the ABI says -ENOTCONN then). */
-	if (ep->state == EP_DOWN && !ep->closing && !pthread_equal(pthread_self(), tp->progress)) {
+	if (ep->state == EP_DOWN && !ep->closing && !tp->removed &&
+	    !pthread_equal(pthread_self(), tp->progress)) {
 		char err[192];
 		ep->state = EP_CONNECTING;
 		pthread_mutex_unlock(&tp->lock);
@@ -472,12 +473,13 @@ verbs_read(struct kvn_tp_ep *ep, struct kvn_read *reads, size_t n)
 			kvn_warn(LOG, "peer %s: reconnect failed: %s", ep->peer, err);
 		}
 	}
-	if (ep->state == EP_DOWN || ep->closing) {
+	if (ep->state == EP_DOWN || ep->closing || tp->removed) {
+		int rc = tp->removed ? -ENODEV : -ENOTCONN;
 		pthread_mutex_unlock(&tp->lock);
 		for (size_t i = 0; i < n; i++)
 			free(ops[i]);
 		free(ops);
-		return -ENOTCONN;
+		return rc;
 	}
 	for (size_t i = 0; i < n; i++) {
 		struct vb_op *op = ops[i];

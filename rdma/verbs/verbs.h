@@ -162,6 +162,10 @@ int kvn_vb_reg_dev_plan(struct kvn_transport *tp, const struct kvn_devreg_plan *
 			struct kvn_mem_desc *desc, struct kvn_reg_report *report, char *err,
 			size_t errlen);
 
+/* verbs.c: GID index of the instance's port as the address rdma_cm binds to: AF_INET for an
+ * IPv4-mapped entry, AF_INET6 for another, 0 for an empty or invalid one. */
+int kvn_vb_gid_addr(struct kvn_transport *tp, int index, struct sockaddr_storage *ss);
+
 /* verbs_removal.c: the device going away under the instance */
 int kvn_vb_dev_enter(struct kvn_transport *tp, char *err, size_t errlen);
 void kvn_vb_dev_leave(struct kvn_transport *tp);

@@ -385,29 +385,22 @@ cm_main(void *arg)
 static bool
 port_addr(struct kvn_transport *tp, struct sockaddr_storage *ss)
 {
-	static const uint8_t v4map[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+	struct sockaddr_storage g;
 	bool v6 = false;
 
 	if (tp->have_src) {
 		*ss = tp->src;
 		return true;
 	}
-	memset(ss, 0, sizeof(*ss));
 	for (int i = 0; i < tp->gid_tbl_len; i++) {
-		union ibv_gid g;
-		if (ibv_query_gid(tp->ctx, tp->port, i, &g) || !memcmp(g.raw, (uint8_t[16]){0}, 16))
-			continue;
-		if (!memcmp(g.raw, v4map, sizeof(v4map))) {
-			struct sockaddr_in *in = (struct sockaddr_in *)ss;
-			memset(ss, 0, sizeof(*ss));
-			in->sin_family = AF_INET;
-			memcpy(&in->sin_addr, g.raw + 12, 4);
+		int af = kvn_vb_gid_addr(tp, i, &g);
+		const uint8_t *a = ((struct sockaddr_in6 *)&g)->sin6_addr.s6_addr;
+		if (af == AF_INET) {
+			*ss = g;
 			return true;
 		}
-		if (!v6 && !(g.raw[0] == 0xfe && (g.raw[1] & 0xc0) == 0x80)) {
-			struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-			in6->sin6_family = AF_INET6;
-			memcpy(&in6->sin6_addr, g.raw, 16);
+		if (af == AF_INET6 && !v6 && !(a[0] == 0xfe && (a[1] & 0xc0) == 0x80)) {
+			*ss = g;
 			v6 = true;
 		}
 	}
