@@ -395,7 +395,7 @@ bench_scheduler(const struct bench_opts *o)
 	const char *addr = o->connect;
 	char leader[KVN_HOST_MAX + 8];
 	int rc = 0;
-	if (addr && !strncmp(addr, "etcd://", 7)) {
+	if (kvn_scheduler_url_is_etcd(addr)) {
 		/* the leader of an etcd cluster (docs/architecture.md §5.6): found once, through
 		 * etcd; the lookups then go to it directly */
 		char host[KVN_HOST_MAX], err[512];

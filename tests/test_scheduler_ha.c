@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/clock.h"
 #include "node/cluster/etcd.h"
 #include "node/cluster/membership.h"
 #include "tests/helpers/cluster_env.h"
@@ -28,9 +29,7 @@
 static double
 now_ms(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+	return (double)kvn_now_ns() / 1e6;
 }
 
 struct ha {
@@ -78,17 +77,24 @@ start_sched(struct ha *h, struct sched *s)
 	sched_start_env(s, "127.0.0.1:0", NULL, env);
 }
 
+/* The cluster view of the scheduler at addr (HOST:PORT, or etcd://: the leader), with this
+ * host's token; NULL when it does not answer. The caller deletes it. */
+static cJSON *
+view_of(const char *addr)
+{
+	char *json = NULL, err[512], *tok = sched_host_token();
+	int rc = kvn_membership_fetch_stats(addr, tok, 5000, &json, err, sizeof(err));
+	free(tok);
+	cJSON *j = rc ? NULL : cJSON_Parse(json);
+	free(json);
+	return j;
+}
+
 /* name -> worker id from the leader's cluster view (found through etcd); -1: not a member. */
 static int
 worker_id_of(struct ha *h, const char *name)
 {
-	char *json = NULL, err[512], *tok = sched_host_token();
-	int rc = kvn_membership_fetch_stats(h->url, tok, 5000, &json, err, sizeof(err));
-	free(tok);
-	if (rc)
-		return -1;
-	cJSON *j = cJSON_Parse(json);
-	free(json);
+	cJSON *j = view_of(h->url);
 	int id = -1;
 	const cJSON *m;
 	cJSON_ArrayForEach(m, cJSON_GetObjectItem(j, "members"))
@@ -113,13 +119,7 @@ static bool
 role_is(void *arg)
 {
 	struct role_is *r = arg;
-	char *json = NULL, err[512], *tok = sched_host_token();
-	int rc = kvn_membership_fetch_stats(r->s->addr, tok, 5000, &json, err, sizeof(err));
-	free(tok);
-	if (rc)
-		return false;
-	cJSON *j = cJSON_Parse(json);
-	free(json);
+	cJSON *j = view_of(r->s->addr);
 	const cJSON *role = cJSON_GetObjectItem(cJSON_GetObjectItem(j, "ha"), "role");
 	bool ok = cJSON_IsString(role) && !strcmp(role->valuestring, r->want);
 	cJSON_Delete(j);

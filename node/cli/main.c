@@ -880,8 +880,7 @@ scheduler_listen(const struct opts *o, const struct kvn_config *cfg, char *addr,
 {
 	const char *listen = o->listen, *url = cfg->scheduler_url;
 	/* etcd://: the URL names etcd, not this scheduler; it listens where it tells nodes to go */
-	bool etcd = url && !strncmp(url, "etcd://", 7);
-	if (!listen && etcd)
+	if (!listen && kvn_scheduler_url_is_etcd(url))
 		listen = cfg->scheduler_advertise;
 	else if (!listen && url)
 		listen = strstr(url, "://") ? strstr(url, "://") + 3 : url;
@@ -894,9 +893,9 @@ scheduler_listen(const struct opts *o, const struct kvn_config *cfg, char *addr,
 static struct kvn_scheduler_opts
 scheduler_opts(const struct kvn_config *cfg, const char *addr, const struct kvn_etcd_opts *eo)
 {
-	bool etcd = cfg->scheduler_url && !strncmp(cfg->scheduler_url, "etcd://", 7);
 	return (struct kvn_scheduler_opts){
-	    .cluster_url = etcd ? cfg->scheduler_url : NULL,
+	    .cluster_url =
+		kvn_scheduler_url_is_etcd(cfg->scheduler_url) ? cfg->scheduler_url : NULL,
 	    .etcd = eo,
 	    .lease_ttl_s = cfg->scheduler_lease_ttl_s,
 	    .advertise = cfg->scheduler_advertise,

@@ -53,8 +53,7 @@ struct kvn_membership {
 	char cluster[KVN_CF_NAME_MAX + 1], leader_key[256];
 	pthread_t watcher;
 	bool watching;
-	int64_t leader_rev;	 /* the leader key's revision the last join read (lock) */
-	uint64_t leader_changes; /* the watch saw the leader change (lock) */
+	int64_t leader_rev; /* the leader key's revision the last join read (lock) */
 	struct kvn_membership_cbs cbs;
 	int wake_fd;
 	pthread_t thread;
@@ -133,11 +132,17 @@ kvn_scheduler_url_parse(const char *url, char host[KVN_HOST_MAX], uint16_t *port
 	return 0;
 }
 
+bool
+kvn_scheduler_url_is_etcd(const char *url)
+{
+	return url && !strncmp(url, "etcd://", 7);
+}
+
 int
 kvn_scheduler_url_etcd(const char *url, char *endpoints, size_t elen, char *cluster, size_t clen,
 		       char *err, size_t errlen)
 {
-	if (!url || strncmp(url, "etcd://", 7))
+	if (!kvn_scheduler_url_is_etcd(url))
 		return 0;
 	const char *e = url + 7, *slash = strchr(e, '/');
 	if (!slash || slash == e)
@@ -690,7 +695,6 @@ watch_main(void *arg)
 		pthread_mutex_lock(&m->lock);
 		if (m->leader_rev < rev)
 			m->leader_rev = rev;
-		m->leader_changes++;
 		if (m->fd >= 0)
 			shutdown(m->fd, SHUT_RDWR); /* the thread sees it closed and joins again */
 		pthread_mutex_unlock(&m->lock);

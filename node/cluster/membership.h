@@ -65,6 +65,8 @@ struct kvn_membership_opts {
 	bool want_evicts; /* receive EVICTED notices (a peer backend with a cache wants them) */
 };
 
+/* url is scheduler_url's etcd form (starts with etcd://). */
+bool kvn_scheduler_url_is_etcd(const char *url);
 /* scheduler_url's etcd form, etcd://HOST:PORT[,HOST:PORT...]/CLUSTER: 1 with the endpoints
  * ("HOST:PORT,...") and the cluster name, 0 when url is another form, -EINVAL naming what is
  * wrong (no endpoint, no cluster, a cluster name outside [A-Za-z0-9._-]{1,64}). */

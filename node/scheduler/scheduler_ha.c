@@ -299,12 +299,6 @@ kvn_sched_ha_stop(struct kvn_scheduler *s)
 	s->ha = NULL;
 }
 
-int
-kvn_sched_ha_fd(const struct kvn_scheduler *s)
-{
-	return s->ha ? s->ha->fd : -1;
-}
-
 static int
 load_one(void *ctx, const char *key, const struct kvn_etcd_kv *kv)
 {

@@ -140,8 +140,6 @@ void kvn_sched_ha_stop(struct kvn_scheduler *s);
  * dropped) as the election says; a lead whose lease etcd may no longer hold is given up here
  * too, before it can expire. */
 void kvn_sched_ha_poll(struct kvn_scheduler *s);
-/* The election's eventfd, watched by the loop; -1 without etcd. */
-int kvn_sched_ha_fd(const struct kvn_scheduler *s);
 /* A fresh worker id for name goes to etcd before the JOIN is answered: 0, or *id replaced by
  * the one etcd already holds for name (0 too); negative: etcd did not take it. */
 int kvn_sched_ha_record(struct kvn_scheduler *s, const char *name, uint32_t *id, char *err,
